@@ -1,0 +1,976 @@
+//! The weak-credential rules. Each finding has a stable rule id (`kind.check`, for example
+//! `ext.password_equals_number`), a severity, the field it concerns, and a sentence a
+//! person understands. Messages never quote a secret or a part of one.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::config::PolicyConfig;
+use crate::{password, pin, vendor};
+
+/// What kind of account a finding is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Ext,
+    Gateway,
+    Provider,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Ext => "ext",
+            Kind::Gateway => "gateway",
+            Kind::Provider => "provider",
+        }
+    }
+
+    /// The subject string used in findings, such as `ext:1001`.
+    pub fn subject(self, id: &str) -> String {
+        format!("{}:{id}", self.as_str())
+    }
+}
+
+/// How bad a finding is. Ordered: `Info < Warning < Critical`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "info" => Some(Severity::Info),
+            "warning" => Some(Severity::Warning),
+            "critical" => Some(Severity::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// The individual checks; combined with a [`Kind`] they make a rule id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Check {
+    PasswordEqualsNumber,
+    PasswordEqualsAuthId,
+    PinEqualsNumber,
+    SipIdEqualsNumber,
+    AuthIdEqualsNumber,
+    PasswordTooShort,
+    PasswordNotMixed,
+    PasswordContainsNumber,
+    PasswordContainsAuthId,
+    PasswordContainsName,
+    PasswordContainsDomain,
+    PasswordCommon,
+    PasswordGuessable,
+    PasswordReused,
+    PinTooShort,
+    PinTrivial,
+    PinContainsNumber,
+    FactoryDefaultLogin,
+    NoEmail,
+}
+
+impl Check {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Check::PasswordEqualsNumber => "password_equals_number",
+            Check::PasswordEqualsAuthId => "password_equals_auth_id",
+            Check::PinEqualsNumber => "pin_equals_number",
+            Check::SipIdEqualsNumber => "sip_id_equals_number",
+            Check::AuthIdEqualsNumber => "auth_id_equals_number",
+            Check::PasswordTooShort => "password_too_short",
+            Check::PasswordNotMixed => "password_not_mixed",
+            Check::PasswordContainsNumber => "password_contains_number",
+            Check::PasswordContainsAuthId => "password_contains_auth_id",
+            Check::PasswordContainsName => "password_contains_name",
+            Check::PasswordContainsDomain => "password_contains_domain",
+            Check::PasswordCommon => "password_common",
+            Check::PasswordGuessable => "password_guessable",
+            Check::PasswordReused => "password_reused",
+            Check::PinTooShort => "pin_too_short",
+            Check::PinTrivial => "pin_trivial",
+            Check::PinContainsNumber => "pin_contains_number",
+            Check::FactoryDefaultLogin => "factory_default_login",
+            Check::NoEmail => "no_email",
+        }
+    }
+
+    pub fn severity(self) -> Severity {
+        use Check::*;
+        match self {
+            PasswordEqualsNumber | PasswordEqualsAuthId | PinEqualsNumber | PasswordTooShort
+            | PasswordCommon | PinTooShort | PinTrivial | PinContainsNumber
+            | FactoryDefaultLogin => Severity::Critical,
+            SipIdEqualsNumber
+            | AuthIdEqualsNumber
+            | PasswordNotMixed
+            | PasswordContainsNumber
+            | PasswordContainsAuthId
+            | PasswordContainsName
+            | PasswordContainsDomain
+            | PasswordGuessable
+            | PasswordReused => Severity::Warning,
+            NoEmail => Severity::Info,
+        }
+    }
+
+    pub fn field(self) -> &'static str {
+        use Check::*;
+        match self {
+            PinEqualsNumber | PinTooShort | PinTrivial | PinContainsNumber => "pin",
+            SipIdEqualsNumber => "sip_id",
+            AuthIdEqualsNumber => "auth_id",
+            NoEmail => "email",
+            _ => "password",
+        }
+    }
+}
+
+/// A stable rule id such as `gateway.password_equals_auth_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleId {
+    pub kind: Kind,
+    pub check: Check,
+}
+
+impl fmt::Display for RuleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.kind.as_str(), self.check.as_str())
+    }
+}
+
+impl Serialize for RuleId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// One weakness found in one account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub rule: RuleId,
+    pub severity: Severity,
+    /// `ext:1001`, `gateway:NAME` or `provider:NAME`.
+    pub subject: String,
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// What the rules need to know about the installation.
+#[derive(Clone, Copy, Debug)]
+pub struct Context<'a> {
+    pub policy: &'a PolicyConfig,
+    /// The SIP domain, when one is configured; passwords must not contain it.
+    pub domain: Option<&'a str>,
+}
+
+/// The facts about one extension that the rules look at (plaintext secrets included:
+/// build these only transiently, in memory).
+#[derive(Clone, Copy, Debug)]
+pub struct ExtensionFacts<'a> {
+    pub number: &'a str,
+    pub auth_id: &'a str,
+    pub sip_id: Option<&'a str>,
+    pub name: &'a str,
+    pub email: Option<&'a str>,
+    pub password: &'a str,
+    /// The stored zxcvbn score, if known; computed when `None`.
+    pub password_score: Option<u8>,
+    pub pin: &'a str,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct GatewayFacts<'a> {
+    pub name: &'a str,
+    pub vendor: &'a str,
+    pub number: &'a str,
+    pub auth_id: &'a str,
+    pub password: &'a str,
+    pub password_score: Option<u8>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct ProviderFacts<'a> {
+    pub name: &'a str,
+    pub registrar: &'a str,
+    pub auth_id: &'a str,
+    pub password: &'a str,
+    pub password_score: Option<u8>,
+}
+
+/// Runs the rules over any number of accounts and, at the end, the cross-account rule
+/// (the same password on several accounts).
+#[derive(Debug)]
+pub struct Auditor<'a> {
+    ctx: Context<'a>,
+    findings: Vec<Finding>,
+    by_password: HashMap<&'a str, Vec<(Kind, String)>>,
+}
+
+impl<'a> Auditor<'a> {
+    pub fn new(ctx: Context<'a>) -> Self {
+        Self {
+            ctx,
+            findings: Vec::new(),
+            by_password: HashMap::new(),
+        }
+    }
+
+    fn push(&mut self, kind: Kind, id: &str, check: Check, message: String) {
+        self.findings.push(Finding {
+            rule: RuleId { kind, check },
+            severity: check.severity(),
+            subject: kind.subject(id),
+            field: check.field(),
+            message,
+        });
+    }
+
+    pub fn extension(&mut self, e: &ExtensionFacts<'a>) {
+        let (k, id) = (Kind::Ext, e.number);
+        if e.password == e.number {
+            self.push(k, id, Check::PasswordEqualsNumber, "the SIP password is the extension number: anyone who knows the number can register as this extension".into());
+        } else if password::contains_ci(e.password, e.number) {
+            self.push(
+                k,
+                id,
+                Check::PasswordContainsNumber,
+                "the SIP password contains the extension number".into(),
+            );
+        }
+        let identity = Identity {
+            auth_id: e.auth_id,
+            name: e.name,
+            extra_host: None,
+        };
+        self.password_rules(k, id, e.password, e.password_score, identity);
+
+        if e.pin == e.number {
+            self.push(
+                k,
+                id,
+                Check::PinEqualsNumber,
+                "the voicemail PIN is the extension number: anyone can open this voicemail box"
+                    .into(),
+            );
+        } else {
+            if e.pin.len() < 4 {
+                self.push(
+                    k,
+                    id,
+                    Check::PinTooShort,
+                    format!(
+                        "the voicemail PIN has {} digits; use at least 4 (6 recommended)",
+                        e.pin.len()
+                    ),
+                );
+            } else if let Some(why) = pin::trivial_reason(e.pin) {
+                self.push(
+                    k,
+                    id,
+                    Check::PinTrivial,
+                    format!("the voicemail PIN is trivial: {why}"),
+                );
+            }
+            if pin::contains_number(e.pin, e.number) {
+                self.push(
+                    k,
+                    id,
+                    Check::PinContainsNumber,
+                    "the voicemail PIN contains the extension number (or its digits reversed)"
+                        .into(),
+                );
+            }
+        }
+        if e.sip_id == Some(e.number) {
+            self.push(
+                k,
+                id,
+                Check::SipIdEqualsNumber,
+                "the SIP ID repeats the extension number; leave it blank".into(),
+            );
+        }
+        if e.auth_id == e.number {
+            self.push(k, id, Check::AuthIdEqualsNumber, "the auth ID is the extension number, so a scanner that finds the number also has the login name; use a random auth ID".into());
+        }
+        if e.email.is_none() {
+            self.push(
+                k,
+                id,
+                Check::NoEmail,
+                "no email address: new credentials cannot be mailed to this extension's user"
+                    .into(),
+            );
+        }
+        self.track_reuse(k, id, e.password);
+    }
+
+    pub fn gateway(&mut self, g: &GatewayFacts<'a>) {
+        let (k, id) = (Kind::Gateway, g.name);
+        if g.password == g.number {
+            self.push(
+                k,
+                id,
+                Check::PasswordEqualsNumber,
+                "the gateway's password is its virtual extension number".into(),
+            );
+        } else if password::contains_ci(g.password, g.number) {
+            self.push(
+                k,
+                id,
+                Check::PasswordContainsNumber,
+                "the gateway's password contains its virtual extension number".into(),
+            );
+        }
+        if g.auth_id == g.number {
+            self.push(
+                k,
+                id,
+                Check::AuthIdEqualsNumber,
+                "the gateway's auth ID is its virtual extension number; use a random auth ID"
+                    .into(),
+            );
+        }
+        if let Ok(v) = vendor::find(g.vendor)
+            && let Some(login) = v.matching_default(g.auth_id, g.password)
+        {
+            self.push(
+                k,
+                id,
+                Check::FactoryDefaultLogin,
+                format!(
+                    "the gateway uses the {} factory default login (user {:?}); source: {}",
+                    v.name, login.user, v.source
+                ),
+            );
+        }
+        let identity = Identity {
+            auth_id: g.auth_id,
+            name: g.name,
+            extra_host: None,
+        };
+        self.password_rules(k, id, g.password, g.password_score, identity);
+        self.track_reuse(k, id, g.password);
+    }
+
+    pub fn provider(&mut self, p: &ProviderFacts<'a>) {
+        let (k, id) = (Kind::Provider, p.name);
+        let identity = Identity {
+            auth_id: p.auth_id,
+            name: p.name,
+            extra_host: Some(p.registrar),
+        };
+        self.password_rules(k, id, p.password, p.password_score, identity);
+        self.track_reuse(k, id, p.password);
+    }
+
+    /// The rules every password is held to, whatever the account.
+    fn password_rules(
+        &mut self,
+        k: Kind,
+        id: &str,
+        pw: &str,
+        score: Option<u8>,
+        who: Identity<'_>,
+    ) {
+        let policy = self.ctx.policy;
+        if pw == who.auth_id {
+            self.push(
+                k,
+                id,
+                Check::PasswordEqualsAuthId,
+                "the password is the same as the auth ID".into(),
+            );
+        } else if who.auth_id.len() >= 3 && password::contains_ci(pw, who.auth_id) {
+            self.push(
+                k,
+                id,
+                Check::PasswordContainsAuthId,
+                "the password contains the auth ID".into(),
+            );
+        }
+        let len = pw.chars().count();
+        if len < policy.min_password_length {
+            self.push(
+                k,
+                id,
+                Check::PasswordTooShort,
+                format!(
+                    "the password has {len} characters; at least {} are required",
+                    policy.min_password_length
+                ),
+            );
+        }
+        if !password::is_mixed(pw) {
+            self.push(
+                k,
+                id,
+                Check::PasswordNotMixed,
+                "the password does not mix letters and digits".into(),
+            );
+        }
+        if password::name_tokens(who.name)
+            .iter()
+            .any(|t| password::contains_ci(pw, t))
+        {
+            self.push(
+                k,
+                id,
+                Check::PasswordContainsName,
+                "the password contains the name".into(),
+            );
+        }
+        let mut hosts = self
+            .ctx
+            .domain
+            .map(password::domain_tokens)
+            .unwrap_or_default();
+        if let Some(h) = who.extra_host {
+            let host_only = h.rsplit_once(':').map_or(h, |(a, _)| a);
+            hosts.extend(password::domain_tokens(host_only));
+        }
+        if hosts.iter().any(|t| password::contains_ci(pw, t)) {
+            self.push(
+                k,
+                id,
+                Check::PasswordContainsDomain,
+                "the password contains the domain name".into(),
+            );
+        }
+        if password::is_common(pw) {
+            self.push(
+                k,
+                id,
+                Check::PasswordCommon,
+                "the password is in the list of the most common passwords".into(),
+            );
+        } else {
+            let score = score.unwrap_or_else(|| password::strength_score(pw));
+            if score < policy.min_strength_score {
+                self.push(
+                    k,
+                    id,
+                    Check::PasswordGuessable,
+                    format!(
+                        "the password is easy to guess (strength {score} of 4; at least {} needed)",
+                        policy.min_strength_score
+                    ),
+                );
+            }
+        }
+    }
+
+    fn track_reuse(&mut self, kind: Kind, id: &str, pw: &'a str) {
+        self.by_password
+            .entry(pw)
+            .or_default()
+            .push((kind, id.to_owned()));
+    }
+
+    /// All findings, with the reuse findings added, sorted by subject then rule.
+    pub fn finish(mut self) -> Vec<Finding> {
+        let groups: Vec<Vec<(Kind, String)>> = std::mem::take(&mut self.by_password)
+            .into_values()
+            .filter(|g| g.len() > 1)
+            .collect();
+        for group in groups {
+            for (i, (kind, id)) in group.iter().enumerate() {
+                let others: Vec<String> = group
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .take(5)
+                    .map(|(_, (k, o))| k.subject(o))
+                    .collect();
+                let more = group.len() - 1 - others.len();
+                let tail = if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                };
+                self.push(
+                    *kind,
+                    id,
+                    Check::PasswordReused,
+                    format!(
+                        "the same password is also used by {}{tail}",
+                        others.join(", ")
+                    ),
+                );
+            }
+        }
+        self.findings
+            .sort_by(|a, b| (&a.subject, a.rule).cmp(&(&b.subject, b.rule)));
+        self.findings
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Identity<'a> {
+    auth_id: &'a str,
+    name: &'a str,
+    extra_host: Option<&'a str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STRONG: &str = "Xk29fLq8PzR4tW7yM3cB";
+
+    fn strong_ext() -> ExtensionFacts<'static> {
+        ExtensionFacts {
+            number: "1001",
+            auth_id: "k3x9m2p8q4",
+            sip_id: None,
+            name: "Ann Smith",
+            email: Some("ann@example.com"),
+            password: STRONG,
+            password_score: None,
+            pin: "482913",
+        }
+    }
+
+    fn run_ext(e: ExtensionFacts<'_>, domain: Option<&str>) -> Vec<String> {
+        let policy = PolicyConfig::default();
+        let mut a = Auditor::new(Context {
+            policy: &policy,
+            domain,
+        });
+        a.extension(&e);
+        a.finish().into_iter().map(|f| f.rule.to_string()).collect()
+    }
+
+    fn rules_of(e: ExtensionFacts<'_>) -> Vec<String> {
+        run_ext(e, Some("pbx.example.com"))
+    }
+
+    #[test]
+    fn a_strong_extension_has_no_findings() {
+        assert!(
+            rules_of(strong_ext()).is_empty(),
+            "{:?}",
+            rules_of(strong_ext())
+        );
+    }
+
+    /// Each case: the facts to change, the rule that must fire.
+    #[test]
+    fn each_extension_rule_fires() {
+        let base = strong_ext();
+        let cases: Vec<(ExtensionFacts<'_>, &str)> = vec![
+            (
+                ExtensionFacts {
+                    password: "1001",
+                    ..base
+                },
+                "ext.password_equals_number",
+            ),
+            (
+                ExtensionFacts {
+                    password: "Zq8xLm1001Tr4wPy",
+                    ..base
+                },
+                "ext.password_contains_number",
+            ),
+            (
+                ExtensionFacts {
+                    pin: "1001",
+                    ..base
+                },
+                "ext.pin_equals_number",
+            ),
+            (
+                ExtensionFacts {
+                    sip_id: Some("1001"),
+                    ..base
+                },
+                "ext.sip_id_equals_number",
+            ),
+            (
+                ExtensionFacts {
+                    auth_id: "1001",
+                    ..base
+                },
+                "ext.auth_id_equals_number",
+            ),
+            (
+                ExtensionFacts {
+                    password: "Xk29fLq8",
+                    ..base
+                },
+                "ext.password_too_short",
+            ),
+            (
+                ExtensionFacts {
+                    password: "XkqfLqPzRtWyMcBvbnTe",
+                    ..base
+                },
+                "ext.password_not_mixed",
+            ),
+            (
+                ExtensionFacts {
+                    password: "k3x9m2p8q4",
+                    ..base
+                },
+                "ext.password_equals_auth_id",
+            ),
+            (
+                ExtensionFacts {
+                    password: "Zz7k3x9m2p8q4Lw",
+                    ..base
+                },
+                "ext.password_contains_auth_id",
+            ),
+            (
+                ExtensionFacts {
+                    password: "Smith8Rq2LmZ7wPx",
+                    ..base
+                },
+                "ext.password_contains_name",
+            ),
+            (
+                ExtensionFacts {
+                    password: "pbx.example.com1001",
+                    ..base
+                },
+                "ext.password_contains_domain",
+            ),
+            (
+                ExtensionFacts {
+                    password: "Rq2Example7wPxZ9",
+                    ..base
+                },
+                "ext.password_contains_domain",
+            ),
+            (
+                ExtensionFacts {
+                    password: "password",
+                    ..base
+                },
+                "ext.password_common",
+            ),
+            (
+                ExtensionFacts {
+                    password: "Jennifer2000!",
+                    ..base
+                },
+                "ext.password_guessable",
+            ),
+            (ExtensionFacts { pin: "123", ..base }, "ext.pin_too_short"),
+            (
+                ExtensionFacts {
+                    pin: "012345",
+                    ..base
+                },
+                "ext.pin_trivial",
+            ),
+            (
+                ExtensionFacts {
+                    pin: "0000",
+                    ..base
+                },
+                "ext.pin_trivial",
+            ),
+            (
+                ExtensionFacts {
+                    pin: "910019",
+                    ..base
+                },
+                "ext.pin_contains_number",
+            ),
+            (
+                ExtensionFacts {
+                    email: None,
+                    ..base
+                },
+                "ext.no_email",
+            ),
+        ];
+        for (facts, rule) in cases {
+            let got = rules_of(facts);
+            assert!(
+                got.iter().any(|r| r == rule),
+                "{rule} must fire for {facts:?}; got {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn equality_is_not_reported_twice_as_containment() {
+        let got = rules_of(ExtensionFacts {
+            password: "1001",
+            pin: "1001",
+            ..strong_ext()
+        });
+        assert!(
+            !got.contains(&"ext.password_contains_number".to_string()),
+            "{got:?}"
+        );
+        assert!(
+            !got.contains(&"ext.pin_contains_number".to_string()),
+            "{got:?}"
+        );
+        assert!(
+            !got.contains(&"ext.pin_too_short".to_string())
+                && !got.contains(&"ext.pin_trivial".to_string()),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn the_domain_rule_needs_a_domain() {
+        let e = ExtensionFacts {
+            password: "Rq2Example7wPxZ9",
+            ..strong_ext()
+        };
+        assert!(
+            !run_ext(e, None)
+                .iter()
+                .any(|r| r == "ext.password_contains_domain")
+        );
+    }
+
+    #[test]
+    fn a_stored_score_is_used() {
+        // A strong password with a stored low score is reported: the stored fact wins,
+        // proving the audit does not recompute it.
+        let got = rules_of(ExtensionFacts {
+            password_score: Some(1),
+            ..strong_ext()
+        });
+        assert_eq!(got, vec!["ext.password_guessable"]);
+    }
+
+    #[test]
+    fn messages_never_contain_the_secret() {
+        let policy = PolicyConfig::default();
+        let mut a = Auditor::new(Context {
+            policy: &policy,
+            domain: Some("pbx.example.com"),
+        });
+        let secrets = ["pbx.example.com1001", "Smith8Rq2LmZ7wPx", "letmein"];
+        for (i, pw) in secrets.iter().enumerate() {
+            let number = format!("{}", 2000 + i);
+            let number: &'static str = Box::leak(number.into_boxed_str());
+            a.extension(&ExtensionFacts {
+                number,
+                password: pw,
+                ..strong_ext()
+            });
+        }
+        for f in a.finish() {
+            for s in secrets {
+                assert!(!f.message.contains(s), "{f:?} leaks {s}");
+            }
+        }
+    }
+
+    #[test]
+    fn reuse_is_found_across_accounts() {
+        let policy = PolicyConfig::default();
+        let mut a = Auditor::new(Context {
+            policy: &policy,
+            domain: None,
+        });
+        a.extension(&ExtensionFacts {
+            number: "1001",
+            ..strong_ext()
+        });
+        a.extension(&ExtensionFacts {
+            number: "1002",
+            auth_id: "zz81kq",
+            ..strong_ext()
+        });
+        a.gateway(&GatewayFacts {
+            name: "gw1",
+            vendor: "generic",
+            number: "4001",
+            auth_id: "gwauth77",
+            password: STRONG,
+            password_score: None,
+        });
+        a.extension(&ExtensionFacts {
+            number: "1003",
+            auth_id: "zz82kq",
+            password: "Tq4Lm9Wz2Rp8Xc7Vb",
+            ..strong_ext()
+        });
+        let found = a.finish();
+        let reused: Vec<&str> = found
+            .iter()
+            .filter(|f| f.rule.check == Check::PasswordReused)
+            .map(|f| f.subject.as_str())
+            .collect();
+        assert_eq!(reused, vec!["ext:1001", "ext:1002", "gateway:gw1"]);
+        let msg = &found
+            .iter()
+            .find(|f| f.subject == "gateway:gw1")
+            .expect("gw")
+            .message;
+        assert!(
+            msg.contains("ext:1001") && msg.contains("ext:1002"),
+            "{msg}"
+        );
+    }
+
+    fn gateway_rules(g: GatewayFacts<'_>) -> Vec<String> {
+        let policy = PolicyConfig::default();
+        let mut a = Auditor::new(Context {
+            policy: &policy,
+            domain: None,
+        });
+        a.gateway(&g);
+        a.finish().into_iter().map(|f| f.rule.to_string()).collect()
+    }
+
+    #[test]
+    fn gateway_rules_both_ways() {
+        let base = GatewayFacts {
+            name: "gw1",
+            vendor: "grandstream",
+            number: "4001",
+            auth_id: "gw7xq2",
+            password: STRONG,
+            password_score: None,
+        };
+        assert!(gateway_rules(base).is_empty(), "{:?}", gateway_rules(base));
+        let cases = [
+            (
+                GatewayFacts {
+                    password: "gw7xq2",
+                    ..base
+                },
+                "gateway.password_equals_auth_id",
+            ),
+            (
+                GatewayFacts {
+                    password: "4001",
+                    ..base
+                },
+                "gateway.password_equals_number",
+            ),
+            (
+                GatewayFacts {
+                    auth_id: "4001",
+                    ..base
+                },
+                "gateway.auth_id_equals_number",
+            ),
+            (
+                GatewayFacts {
+                    password: "admin",
+                    ..base
+                },
+                "gateway.factory_default_login",
+            ),
+            (
+                GatewayFacts {
+                    auth_id: "user",
+                    password: "123",
+                    ..base
+                },
+                "gateway.factory_default_login",
+            ),
+            (
+                GatewayFacts {
+                    password: "qwerty",
+                    ..base
+                },
+                "gateway.password_common",
+            ),
+            (
+                GatewayFacts {
+                    password: "Xk29fL",
+                    ..base
+                },
+                "gateway.password_too_short",
+            ),
+        ];
+        for (g, rule) in cases {
+            let got = gateway_rules(g);
+            assert!(got.iter().any(|r| r == rule), "{rule} for {g:?}: {got:?}");
+        }
+        // A default password for another vendor is not this vendor's factory login.
+        let got = gateway_rules(GatewayFacts {
+            vendor: "yeastar",
+            password: "admin",
+            ..base
+        });
+        assert!(
+            !got.contains(&"gateway.factory_default_login".to_string()),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn provider_rules_both_ways() {
+        let policy = PolicyConfig::default();
+        let run = |p: ProviderFacts<'_>| {
+            let mut a = Auditor::new(Context {
+                policy: &policy,
+                domain: None,
+            });
+            a.provider(&p);
+            a.finish()
+                .into_iter()
+                .map(|f| f.rule.to_string())
+                .collect::<Vec<_>>()
+        };
+        let base = ProviderFacts {
+            name: "itsp",
+            registrar: "sip.carrier.net:5060",
+            auth_id: "55512345",
+            password: STRONG,
+            password_score: None,
+        };
+        assert!(run(base).is_empty());
+        assert!(
+            run(ProviderFacts {
+                password: "55512345",
+                ..base
+            })
+            .contains(&"provider.password_equals_auth_id".into())
+        );
+        assert!(
+            run(ProviderFacts {
+                password: "letmein",
+                ..base
+            })
+            .contains(&"provider.password_common".into())
+        );
+        assert!(
+            run(ProviderFacts {
+                password: "Carrier2024xQ9z",
+                ..base
+            })
+            .contains(&"provider.password_contains_domain".into())
+        );
+    }
+
+    #[test]
+    fn severities_order_and_parse() {
+        assert!(Severity::Info < Severity::Warning && Severity::Warning < Severity::Critical);
+        for s in [Severity::Info, Severity::Warning, Severity::Critical] {
+            assert_eq!(Severity::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Severity::parse("fatal"), None);
+        assert_eq!(Check::PasswordEqualsNumber.severity(), Severity::Critical);
+        assert_eq!(Check::SipIdEqualsNumber.severity(), Severity::Warning);
+    }
+}

@@ -1,0 +1,21 @@
+//! Pure credential policy for sipward: validated account fields, secret handling,
+//! the weak-credential rules behind `sipward audit`, and the generators for strong
+//! credentials.
+//!
+//! Architecture invariant: this crate does no IO. It reads no files, no environment,
+//! no clock and no OS randomness; callers pass randomness in (any [`rand_core::CryptoRng`])
+//! and data files are compiled in. Every rule has unit tests both ways.
+
+pub mod audit;
+pub mod config;
+pub mod fields;
+pub mod generate;
+pub mod password;
+pub mod pin;
+pub mod secret;
+pub mod vendor;
+
+pub use audit::{Finding, Kind, RuleId, Severity};
+pub use config::PolicyConfig;
+pub use fields::InvalidField;
+pub use secret::Secret;
