@@ -1,0 +1,382 @@
+//! Registry rows and their queries. Rows carry values already validated by the caller
+//! and secrets already sealed; this module only moves them in and out of the database.
+//! Functions take a connection so that callers can group writes in one transaction.
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use crate::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtensionRow {
+    pub number: String,
+    /// `user` or `fax`.
+    pub kind: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub auth_id: String,
+    pub sip_id: Option<String>,
+    pub password_enc: String,
+    pub password_score: i64,
+    pub pin_enc: String,
+    pub ha1_md5: String,
+    pub ha1_sha256: String,
+    pub mac: Option<String>,
+    pub model: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayRow {
+    pub name: String,
+    pub vendor: String,
+    pub number: String,
+    pub auth_id: String,
+    pub password_enc: String,
+    pub password_score: i64,
+    pub ha1_md5: String,
+    pub ha1_sha256: String,
+    pub host: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderRow {
+    pub name: String,
+    pub registrar: String,
+    pub auth_id: String,
+    pub password_enc: String,
+    pub password_score: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const EXT_COLUMNS: &str = "number, kind, name, email, auth_id, sip_id, password_enc, password_score, \
+     pin_enc, ha1_md5, ha1_sha256, mac, model, created_at, updated_at";
+const GW_COLUMNS: &str = "name, vendor, number, auth_id, password_enc, password_score, ha1_md5, \
+     ha1_sha256, host, created_at, updated_at";
+const PROV_COLUMNS: &str =
+    "name, registrar, auth_id, password_enc, password_score, created_at, updated_at";
+
+fn ext_from_row(r: &AnyRow) -> Result<ExtensionRow> {
+    Ok(ExtensionRow {
+        number: r.try_get("number")?,
+        kind: r.try_get("kind")?,
+        name: r.try_get("name")?,
+        email: r.try_get("email")?,
+        auth_id: r.try_get("auth_id")?,
+        sip_id: r.try_get("sip_id")?,
+        password_enc: r.try_get("password_enc")?,
+        password_score: r.try_get("password_score")?,
+        pin_enc: r.try_get("pin_enc")?,
+        ha1_md5: r.try_get("ha1_md5")?,
+        ha1_sha256: r.try_get("ha1_sha256")?,
+        mac: r.try_get("mac")?,
+        model: r.try_get("model")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn gw_from_row(r: &AnyRow) -> Result<GatewayRow> {
+    Ok(GatewayRow {
+        name: r.try_get("name")?,
+        vendor: r.try_get("vendor")?,
+        number: r.try_get("number")?,
+        auth_id: r.try_get("auth_id")?,
+        password_enc: r.try_get("password_enc")?,
+        password_score: r.try_get("password_score")?,
+        ha1_md5: r.try_get("ha1_md5")?,
+        ha1_sha256: r.try_get("ha1_sha256")?,
+        host: r.try_get("host")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn prov_from_row(r: &AnyRow) -> Result<ProviderRow> {
+    Ok(ProviderRow {
+        name: r.try_get("name")?,
+        registrar: r.try_get("registrar")?,
+        auth_id: r.try_get("auth_id")?,
+        password_enc: r.try_get("password_enc")?,
+        password_score: r.try_get("password_score")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+// ---- meta ----
+
+pub async fn get_meta(conn: &mut AnyConnection, key: &str) -> Result<Option<String>> {
+    let row = sqlx::query("SELECT value FROM meta WHERE key = $1")
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.map(|r| r.try_get("value")).transpose()?)
+}
+
+pub async fn set_meta(conn: &mut AnyConnection, key: &str, value: &str) -> Result<()> {
+    sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+        .bind(key)
+        .bind(value)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+// ---- cross-table identity ----
+
+/// Who uses an auth ID already, as a subject such as `ext:1001` or `gateway:gw1`.
+pub async fn auth_id_owner(conn: &mut AnyConnection, auth_id: &str) -> Result<Option<String>> {
+    let row = sqlx::query(
+        "SELECT 'ext:' || number AS who FROM extensions WHERE auth_id = $1 \
+         UNION ALL SELECT 'gateway:' || name AS who FROM gateways WHERE auth_id = $1",
+    )
+    .bind(auth_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.map(|r| r.try_get("who")).transpose()?)
+}
+
+/// Who uses a number already: an extension, or a gateway as its virtual extension.
+pub async fn number_owner(conn: &mut AnyConnection, number: &str) -> Result<Option<String>> {
+    let row = sqlx::query(
+        "SELECT 'ext:' || number AS who FROM extensions WHERE number = $1 \
+         UNION ALL SELECT 'gateway:' || name AS who FROM gateways WHERE number = $1",
+    )
+    .bind(number)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.map(|r| r.try_get("who")).transpose()?)
+}
+
+// ---- extensions ----
+
+pub async fn insert_extension(conn: &mut AnyConnection, e: &ExtensionRow) -> Result<()> {
+    let sql = format!(
+        "INSERT INTO extensions ({EXT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&e.number)
+        .bind(&e.kind)
+        .bind(&e.name)
+        .bind(&e.email)
+        .bind(&e.auth_id)
+        .bind(&e.sip_id)
+        .bind(&e.password_enc)
+        .bind(e.password_score)
+        .bind(&e.pin_enc)
+        .bind(&e.ha1_md5)
+        .bind(&e.ha1_sha256)
+        .bind(&e.mac)
+        .bind(&e.model)
+        .bind(e.created_at)
+        .bind(e.updated_at)
+        .execute(&mut *conn)
+        .await
+        .map_err(|err| {
+            Error::on_conflict(err, || {
+                format!("extension {} (or its auth ID, SIP ID or MAC)", e.number)
+            })
+        })?;
+    Ok(())
+}
+
+/// Replaces every column of the extension with this number; returns false when absent.
+pub async fn update_extension(conn: &mut AnyConnection, e: &ExtensionRow) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE extensions SET kind = $2, name = $3, email = $4, auth_id = $5, sip_id = $6, \
+         password_enc = $7, password_score = $8, pin_enc = $9, ha1_md5 = $10, ha1_sha256 = $11, \
+         mac = $12, model = $13, updated_at = $14 WHERE number = $1",
+    )
+    .bind(&e.number)
+    .bind(&e.kind)
+    .bind(&e.name)
+    .bind(&e.email)
+    .bind(&e.auth_id)
+    .bind(&e.sip_id)
+    .bind(&e.password_enc)
+    .bind(e.password_score)
+    .bind(&e.pin_enc)
+    .bind(&e.ha1_md5)
+    .bind(&e.ha1_sha256)
+    .bind(&e.mac)
+    .bind(&e.model)
+    .bind(e.updated_at)
+    .execute(&mut *conn)
+    .await
+    .map_err(|err| {
+        Error::on_conflict(err, || {
+            format!("the auth ID, SIP ID or MAC of extension {}", e.number)
+        })
+    })?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn delete_extension(conn: &mut AnyConnection, number: &str) -> Result<bool> {
+    let done = sqlx::query("DELETE FROM extensions WHERE number = $1")
+        .bind(number)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn get_extension(conn: &mut AnyConnection, number: &str) -> Result<Option<ExtensionRow>> {
+    let sql = format!("SELECT {EXT_COLUMNS} FROM extensions WHERE number = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(number)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(ext_from_row).transpose()
+}
+
+/// All extensions, ordered by number (as text).
+pub async fn list_extensions(conn: &mut AnyConnection) -> Result<Vec<ExtensionRow>> {
+    let sql = format!("SELECT {EXT_COLUMNS} FROM extensions ORDER BY number");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(ext_from_row).collect()
+}
+
+pub async fn count_extensions(conn: &mut AnyConnection) -> Result<i64> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM extensions")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(row.try_get("n")?)
+}
+
+// ---- gateways ----
+
+pub async fn insert_gateway(conn: &mut AnyConnection, g: &GatewayRow) -> Result<()> {
+    let sql =
+        format!("INSERT INTO gateways ({GW_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&g.name)
+        .bind(&g.vendor)
+        .bind(&g.number)
+        .bind(&g.auth_id)
+        .bind(&g.password_enc)
+        .bind(g.password_score)
+        .bind(&g.ha1_md5)
+        .bind(&g.ha1_sha256)
+        .bind(&g.host)
+        .bind(g.created_at)
+        .bind(g.updated_at)
+        .execute(&mut *conn)
+        .await
+        .map_err(|err| {
+            Error::on_conflict(err, || {
+                format!("gateway {} (or its number or auth ID)", g.name)
+            })
+        })?;
+    Ok(())
+}
+
+pub async fn update_gateway(conn: &mut AnyConnection, g: &GatewayRow) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE gateways SET vendor = $2, number = $3, auth_id = $4, password_enc = $5, \
+         password_score = $6, ha1_md5 = $7, ha1_sha256 = $8, host = $9, updated_at = $10 WHERE name = $1",
+    )
+    .bind(&g.name)
+    .bind(&g.vendor)
+    .bind(&g.number)
+    .bind(&g.auth_id)
+    .bind(&g.password_enc)
+    .bind(g.password_score)
+    .bind(&g.ha1_md5)
+    .bind(&g.ha1_sha256)
+    .bind(&g.host)
+    .bind(g.updated_at)
+    .execute(&mut *conn)
+    .await
+    .map_err(|err| Error::on_conflict(err, || format!("the number or auth ID of gateway {}", g.name)))?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn delete_gateway(conn: &mut AnyConnection, name: &str) -> Result<bool> {
+    let done = sqlx::query("DELETE FROM gateways WHERE name = $1")
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn get_gateway(conn: &mut AnyConnection, name: &str) -> Result<Option<GatewayRow>> {
+    let sql = format!("SELECT {GW_COLUMNS} FROM gateways WHERE name = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(gw_from_row).transpose()
+}
+
+pub async fn list_gateways(conn: &mut AnyConnection) -> Result<Vec<GatewayRow>> {
+    let sql = format!("SELECT {GW_COLUMNS} FROM gateways ORDER BY name");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(gw_from_row).collect()
+}
+
+// ---- providers ----
+
+pub async fn insert_provider(conn: &mut AnyConnection, p: &ProviderRow) -> Result<()> {
+    let sql = format!("INSERT INTO providers ({PROV_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7)");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&p.name)
+        .bind(&p.registrar)
+        .bind(&p.auth_id)
+        .bind(&p.password_enc)
+        .bind(p.password_score)
+        .bind(p.created_at)
+        .bind(p.updated_at)
+        .execute(&mut *conn)
+        .await
+        .map_err(|err| Error::on_conflict(err, || format!("provider {}", p.name)))?;
+    Ok(())
+}
+
+pub async fn update_provider(conn: &mut AnyConnection, p: &ProviderRow) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE providers SET registrar = $2, auth_id = $3, password_enc = $4, password_score = $5, \
+         updated_at = $6 WHERE name = $1",
+    )
+    .bind(&p.name)
+    .bind(&p.registrar)
+    .bind(&p.auth_id)
+    .bind(&p.password_enc)
+    .bind(p.password_score)
+    .bind(p.updated_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn delete_provider(conn: &mut AnyConnection, name: &str) -> Result<bool> {
+    let done = sqlx::query("DELETE FROM providers WHERE name = $1")
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn get_provider(conn: &mut AnyConnection, name: &str) -> Result<Option<ProviderRow>> {
+    let sql = format!("SELECT {PROV_COLUMNS} FROM providers WHERE name = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(prov_from_row).transpose()
+}
+
+pub async fn list_providers(conn: &mut AnyConnection) -> Result<Vec<ProviderRow>> {
+    let sql = format!("SELECT {PROV_COLUMNS} FROM providers ORDER BY name");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(prov_from_row).collect()
+}

@@ -1,0 +1,184 @@
+//! Store tests against a real SQLite file.
+
+use store::registry::{self, ExtensionRow, GatewayRow};
+use store::{Error, Store};
+
+fn ext(number: &str, auth_id: &str) -> ExtensionRow {
+    ExtensionRow {
+        number: number.into(),
+        kind: "user".into(),
+        name: "Ann".into(),
+        email: None,
+        auth_id: auth_id.into(),
+        sip_id: None,
+        password_enc: "v1:00".into(),
+        password_score: 4,
+        pin_enc: "v1:00".into(),
+        ha1_md5: "a".into(),
+        ha1_sha256: "b".into(),
+        mac: None,
+        model: None,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+#[tokio::test]
+async fn extension_round_trip_and_conflicts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_sqlite(&dir.path().join("t.db"))
+        .await
+        .expect("open");
+    let mut conn = store.pool().acquire().await.expect("conn");
+    let a = ext("1001", "authA");
+    registry::insert_extension(&mut conn, &a)
+        .await
+        .expect("insert");
+    assert_eq!(
+        registry::get_extension(&mut conn, "1001")
+            .await
+            .expect("get"),
+        Some(a.clone())
+    );
+
+    let dup = registry::insert_extension(&mut conn, &ext("1001", "authB")).await;
+    assert!(matches!(dup, Err(Error::Conflict { .. })), "{dup:?}");
+    let dup_auth = registry::insert_extension(&mut conn, &ext("1002", "authA")).await;
+    assert!(
+        matches!(dup_auth, Err(Error::Conflict { .. })),
+        "{dup_auth:?}"
+    );
+
+    let mut b = a.clone();
+    b.name = "Bea".into();
+    b.updated_at = 2;
+    assert!(
+        registry::update_extension(&mut conn, &b)
+            .await
+            .expect("update")
+    );
+    assert_eq!(
+        registry::get_extension(&mut conn, "1001")
+            .await
+            .expect("get")
+            .map(|e| e.name),
+        Some("Bea".into())
+    );
+    assert!(
+        !registry::update_extension(&mut conn, &ext("9999", "x"))
+            .await
+            .expect("absent")
+    );
+
+    registry::insert_gateway(
+        &mut conn,
+        &GatewayRow {
+            name: "gw1".into(),
+            vendor: "generic".into(),
+            number: "4001".into(),
+            auth_id: "gwauth".into(),
+            password_enc: "v1:00".into(),
+            password_score: 4,
+            ha1_md5: "a".into(),
+            ha1_sha256: "b".into(),
+            host: "192.0.2.1".into(),
+            created_at: 1,
+            updated_at: 1,
+        },
+    )
+    .await
+    .expect("gateway");
+    assert_eq!(
+        registry::auth_id_owner(&mut conn, "gwauth")
+            .await
+            .expect("owner")
+            .as_deref(),
+        Some("gateway:gw1")
+    );
+    assert_eq!(
+        registry::auth_id_owner(&mut conn, "authA")
+            .await
+            .expect("owner")
+            .as_deref(),
+        Some("ext:1001")
+    );
+    assert_eq!(
+        registry::number_owner(&mut conn, "4001")
+            .await
+            .expect("owner")
+            .as_deref(),
+        Some("gateway:gw1")
+    );
+    assert_eq!(
+        registry::number_owner(&mut conn, "5000")
+            .await
+            .expect("owner"),
+        None
+    );
+
+    assert!(
+        registry::delete_extension(&mut conn, "1001")
+            .await
+            .expect("delete")
+    );
+    assert!(
+        !registry::delete_extension(&mut conn, "1001")
+            .await
+            .expect("gone")
+    );
+    assert_eq!(
+        registry::count_extensions(&mut conn).await.expect("count"),
+        0
+    );
+
+    registry::set_meta(&mut conn, "k", "v1")
+        .await
+        .expect("meta");
+    registry::set_meta(&mut conn, "k", "v2")
+        .await
+        .expect("meta upsert");
+    assert_eq!(
+        registry::get_meta(&mut conn, "k")
+            .await
+            .expect("meta")
+            .as_deref(),
+        Some("v2")
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_file_is_reported_as_such() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.db");
+    std::fs::write(&path, vec![0x5a; 8192]).expect("write junk");
+    let err = Store::open_sqlite(&path).await.expect_err("must refuse");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    assert!(err.is_operator_error());
+    assert!(
+        err.to_string().contains("not a valid sipward database"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_transaction_rolls_back_as_a_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_sqlite(&dir.path().join("t.db"))
+        .await
+        .expect("open");
+    let mut tx = store.begin().await.expect("begin");
+    registry::insert_extension(&mut tx, &ext("1001", "a1"))
+        .await
+        .expect("insert");
+    assert!(
+        registry::insert_extension(&mut tx, &ext("1001", "a2"))
+            .await
+            .is_err()
+    );
+    drop(tx); // rolled back
+    let mut conn = store.pool().acquire().await.expect("conn");
+    assert_eq!(
+        registry::count_extensions(&mut conn).await.expect("count"),
+        0
+    );
+}
