@@ -67,11 +67,12 @@ pub fn trivial_reason(pin: &str) -> Option<&'static str> {
         return Some("it is one of the most commonly chosen PINs");
     }
     let repeats_block = (1..=digits.len() / 2)
-        .any(|p| digits.len() % p == 0 && digits.chunks(p).all(|c| c == &digits[..p]));
+        .any(|p| digits.len().is_multiple_of(p) && digits.chunks(p).all(|c| c == &digits[..p]));
     if repeats_block {
         return Some("it repeats a shorter block of digits");
     }
-    if digits.len() % 2 == 0 && digits.len() >= 4 && digits.chunks(2).all(|c| c[0] == c[1]) {
+    if digits.len().is_multiple_of(2) && digits.len() >= 4 && digits.chunks(2).all(|c| c[0] == c[1])
+    {
         let halves: Vec<u8> = digits.chunks(2).map(|c| c[0]).collect();
         if is_run(&halves, 1) || is_run(&halves, 9) {
             return Some("it is a run of doubled digits");

@@ -64,13 +64,16 @@ pub fn find(id: &str) -> Result<&'static Vendor, InvalidField> {
 }
 
 impl Vendor {
-    /// The factory login this auth ID and password match, if any: the pair, or the
-    /// default password alone (a default password is in every scanner's dictionary).
+    /// The factory login whose password this is, if any, preferring the login whose user
+    /// is also the auth ID. The password alone is enough: every scanner's dictionary pairs
+    /// a vendor's default password with any user name.
     pub fn matching_default(&self, auth_id: &str, password: &str) -> Option<&Login> {
-        self.logins
+        let mut hits = self
+            .logins
             .iter()
-            .filter(|l| !l.password.is_empty())
-            .find(|l| l.password == password || (l.user == auth_id && l.password == password))
+            .filter(|l| !l.password.is_empty() && l.password == password);
+        let first = hits.clone().next();
+        hits.find(|l| l.user == auth_id).or(first)
     }
 }
 

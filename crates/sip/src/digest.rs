@@ -5,7 +5,7 @@
 //! `HA2 = H(method ":" uri)` over the raw `uri` parameter, compared in constant time.
 
 use md5::Md5;
-use sha2::{Digest as _, Sha256};
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 /// A digest algorithm sipward offers. RFC 8760 names them `MD5` and `SHA-256`.

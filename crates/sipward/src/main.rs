@@ -1,1 +1,97 @@
-fn main() {}
+//! `sipward`: the binary. It reads the environment, the config file and the clock,
+//! wires the libraries together, and turns errors into one sentence and an exit code
+//! (2 for bad input or environment, 1 for findings and failures).
+
+mod cli;
+mod cmd;
+mod config;
+mod output;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use pbx::{Clock, Registry};
+use store::DataDir;
+
+/// An error caused by the operator's input or environment: exit code 2.
+#[derive(Debug)]
+pub struct OperatorError(pub String);
+
+impl std::fmt::Display for OperatorError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OperatorError {}
+
+#[derive(Debug)]
+struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    }
+}
+
+/// Opens the data dir named on the command line, creating it on first use.
+pub async fn open_registry(cli: &cli::Cli) -> anyhow::Result<Registry> {
+    let settings = config::load(cli.config.as_deref(), &cli.data)?;
+    let data = DataDir::new(&cli.data);
+    let rng = Box::new(rand_core::UnwrapErr(rand::rngs::SysRng));
+    let (registry, opened) = Registry::open(&data, settings, rng, Arc::new(SystemClock)).await?;
+    if opened.created {
+        eprintln!(
+            "created data dir {} (database, secrets key, fax extension {} with strong credentials)",
+            cli.data.display(),
+            pbx::registry::DEFAULT_FAX_NUMBER
+        );
+    }
+    if let Some(n) = opened.rehashed {
+        eprintln!(
+            "the realm changed to {:?}: re-computed the digests of {n} accounts",
+            registry.settings().realm
+        );
+    }
+    Ok(registry)
+}
+
+fn exit_code_for(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.is::<OperatorError>() {
+            return 2;
+        }
+        if let Some(e) = cause.downcast_ref::<pbx::Error>() {
+            return if e.is_operator_error() { 2 } else { 1 };
+        }
+        if let Some(e) = cause.downcast_ref::<store::Error>() {
+            return if e.is_operator_error() { 2 } else { 1 };
+        }
+    }
+    1
+}
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(cmd::run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            let chain: Vec<String> = err.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", chain.join(": "));
+            ExitCode::from(exit_code_for(&err))
+        }
+    }
+}

@@ -153,6 +153,30 @@ pub async fn number_owner(conn: &mut AnyConnection, number: &str) -> Result<Opti
     Ok(row.map(|r| r.try_get("who")).transpose()?)
 }
 
+/// Extension columns that must be unique besides number and auth ID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UniqueField {
+    SipId,
+    Mac,
+}
+
+/// Which extension holds a SIP ID or MAC, as a subject such as `ext:1001`.
+pub async fn extension_with(
+    conn: &mut AnyConnection,
+    field: UniqueField,
+    value: &str,
+) -> Result<Option<String>> {
+    let sql = match field {
+        UniqueField::SipId => "SELECT 'ext:' || number AS who FROM extensions WHERE sip_id = $1",
+        UniqueField::Mac => "SELECT 'ext:' || number AS who FROM extensions WHERE mac = $1",
+    };
+    let row = sqlx::query(sql)
+        .bind(value)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.map(|r| r.try_get("who")).transpose()?)
+}
+
 // ---- extensions ----
 
 pub async fn insert_extension(conn: &mut AnyConnection, e: &ExtensionRow) -> Result<()> {
@@ -233,9 +257,9 @@ pub async fn get_extension(conn: &mut AnyConnection, number: &str) -> Result<Opt
     row.as_ref().map(ext_from_row).transpose()
 }
 
-/// All extensions, ordered by number (as text).
+/// All extensions, in number order (shorter numbers first, so 888 comes before 1001).
 pub async fn list_extensions(conn: &mut AnyConnection) -> Result<Vec<ExtensionRow>> {
-    let sql = format!("SELECT {EXT_COLUMNS} FROM extensions ORDER BY number");
+    let sql = format!("SELECT {EXT_COLUMNS} FROM extensions ORDER BY LENGTH(number), number");
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .fetch_all(&mut *conn)
         .await?;

@@ -1,0 +1,128 @@
+//! The audit over everything stored: secrets are opened in memory only for the rules and
+//! dropped (wiped) afterwards; findings never carry them.
+
+use policy::Secret;
+use policy::audit::{Auditor, Context, ExtensionFacts, GatewayFacts, ProviderFacts};
+use policy::{Finding, Severity};
+use store::registry::{self as q, ExtensionRow, GatewayRow, ProviderRow};
+
+use crate::Result;
+use crate::registry::{Registry, ext_aad, gateway_aad, provider_aad};
+
+/// An extension (or other account) is *weak* when it has a finding of at least this
+/// severity; info findings (such as a missing email) do not make it weak.
+pub const WEAK_AT: Severity = Severity::Warning;
+
+struct OpenedExt<'r> {
+    row: &'r ExtensionRow,
+    password: Secret,
+    pin: Secret,
+}
+
+impl Registry {
+    fn context(&self) -> Context<'_> {
+        Context {
+            policy: &self.settings().policy,
+            domain: self.settings().domain.as_deref(),
+        }
+    }
+
+    fn open_ext<'r>(&self, row: &'r ExtensionRow) -> Result<OpenedExt<'r>> {
+        Ok(OpenedExt {
+            row,
+            password: self.open_secret(&ext_aad(&row.number, "password"), &row.password_enc)?,
+            pin: self.open_secret(&ext_aad(&row.number, "pin"), &row.pin_enc)?,
+        })
+    }
+
+    fn ext_facts<'a>(o: &'a OpenedExt<'_>) -> ExtensionFacts<'a> {
+        ExtensionFacts {
+            number: &o.row.number,
+            auth_id: &o.row.auth_id,
+            sip_id: o.row.sip_id.as_deref(),
+            name: &o.row.name,
+            email: o.row.email.as_deref(),
+            password: o.password.expose(),
+            password_score: u8::try_from(o.row.password_score).ok(),
+            pin: o.pin.expose(),
+        }
+    }
+
+    fn gw_facts<'a>(row: &'a GatewayRow, pw: &'a Secret) -> GatewayFacts<'a> {
+        GatewayFacts {
+            name: &row.name,
+            vendor: &row.vendor,
+            number: &row.number,
+            auth_id: &row.auth_id,
+            password: pw.expose(),
+            password_score: u8::try_from(row.password_score).ok(),
+        }
+    }
+
+    fn prov_facts<'a>(row: &'a ProviderRow, pw: &'a Secret) -> ProviderFacts<'a> {
+        ProviderFacts {
+            name: &row.name,
+            registrar: &row.registrar,
+            auth_id: &row.auth_id,
+            password: pw.expose(),
+            password_score: u8::try_from(row.password_score).ok(),
+        }
+    }
+
+    /// Every finding over every extension, gateway and provider, including passwords
+    /// reused across accounts. Sorted by subject, then rule.
+    pub async fn audit(&self) -> Result<Vec<Finding>> {
+        let mut conn = self.store().pool().acquire().await?;
+        let exts = q::list_extensions(&mut conn).await?;
+        let gws = q::list_gateways(&mut conn).await?;
+        let provs = q::list_providers(&mut conn).await?;
+        drop(conn);
+
+        let opened: Vec<OpenedExt<'_>> = exts
+            .iter()
+            .map(|r| self.open_ext(r))
+            .collect::<Result<_>>()?;
+        let gw_pw: Vec<Secret> = gws
+            .iter()
+            .map(|g| self.open_secret(&gateway_aad(&g.name), &g.password_enc))
+            .collect::<Result<_>>()?;
+        let prov_pw: Vec<Secret> = provs
+            .iter()
+            .map(|p| self.open_secret(&provider_aad(&p.name), &p.password_enc))
+            .collect::<Result<_>>()?;
+
+        let mut auditor = Auditor::new(self.context());
+        for o in &opened {
+            auditor.extension(&Self::ext_facts(o));
+        }
+        for (g, pw) in gws.iter().zip(&gw_pw) {
+            auditor.gateway(&Self::gw_facts(g, pw));
+        }
+        for (p, pw) in provs.iter().zip(&prov_pw) {
+            auditor.provider(&Self::prov_facts(p, pw));
+        }
+        Ok(auditor.finish())
+    }
+
+    /// Findings for one extension on its own (reuse across accounts needs the full audit).
+    pub(crate) fn audit_extension_row(&self, row: &ExtensionRow) -> Result<Vec<Finding>> {
+        let o = self.open_ext(row)?;
+        let mut a = Auditor::new(self.context());
+        a.extension(&Self::ext_facts(&o));
+        Ok(a.finish())
+    }
+
+    pub(crate) fn audit_gateway_row(&self, row: &GatewayRow) -> Result<Vec<Finding>> {
+        let pw = self.open_secret(&gateway_aad(&row.name), &row.password_enc)?;
+        let mut a = Auditor::new(self.context());
+        a.gateway(&Self::gw_facts(row, &pw));
+        Ok(a.finish())
+    }
+
+    pub(crate) fn audit_provider_row(&self, row: &ProviderRow) -> Result<Vec<Finding>> {
+        let pw = self.open_secret(&provider_aad(&row.name), &row.password_enc)?;
+        let mut a = Auditor::new(self.context());
+        a.provider(&Self::prov_facts(row, &pw));
+        Ok(a.finish())
+    }
+}

@@ -1,0 +1,375 @@
+//! Extension operations: add, update, remove, show, list.
+
+use policy::fields::{self, AuthId, DisplayName, Email, ExtensionNumber, Mac, PhoneModel, SipId};
+use policy::{Secret, generate, password};
+use serde::Serialize;
+use sqlx::AnyConnection;
+use store::registry::{self as q, ExtensionRow};
+
+use super::{Generated, Registry};
+use crate::{Error, Result};
+
+/// The associated data that binds a sealed secret to its extension and field.
+pub(crate) fn aad(number: &str, field: &str) -> String {
+    format!("ext/{number}/{field}")
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtensionKind {
+    #[default]
+    User,
+    Fax,
+}
+
+impl ExtensionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExtensionKind::User => "user",
+            ExtensionKind::Fax => "fax",
+        }
+    }
+
+    pub fn parse(value: &str) -> Result<Self, policy::InvalidField> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "" | "user" => Ok(ExtensionKind::User),
+            "fax" => Ok(ExtensionKind::Fax),
+            _ => Err(policy::InvalidField {
+                field: "kind",
+                reason: "it must be \"user\" or \"fax\"".into(),
+            }),
+        }
+    }
+}
+
+/// A new extension as typed by an operator: raw text, validated by [`Registry::add_extension`].
+/// Absent password, PIN and auth ID are generated; an absent SIP ID stays blank.
+#[derive(Clone, Debug, Default)]
+pub struct NewExtension {
+    pub kind: ExtensionKind,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub password: Option<String>,
+    pub pin: Option<String>,
+    pub sip_id: Option<String>,
+    pub auth_id: Option<String>,
+    pub mac: Option<String>,
+    pub model: Option<String>,
+}
+
+/// Changes to an extension: `Some` sets a field; for email, SIP ID, MAC and model an empty
+/// string clears it.
+#[derive(Clone, Debug, Default)]
+pub struct ExtensionChange {
+    pub kind: Option<ExtensionKind>,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub password: Option<String>,
+    pub pin: Option<String>,
+    pub sip_id: Option<String>,
+    pub auth_id: Option<String>,
+    pub mac: Option<String>,
+    pub model: Option<String>,
+}
+
+/// An extension as shown to operators: no secrets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExtensionView {
+    pub number: String,
+    pub kind: ExtensionKind,
+    pub name: String,
+    pub email: Option<String>,
+    pub auth_id: String,
+    pub sip_id: Option<String>,
+    pub mac: Option<String>,
+    pub model: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl From<&ExtensionRow> for ExtensionView {
+    fn from(r: &ExtensionRow) -> Self {
+        Self {
+            number: r.number.clone(),
+            kind: if r.kind == "fax" {
+                ExtensionKind::Fax
+            } else {
+                ExtensionKind::User
+            },
+            name: r.name.clone(),
+            email: r.email.clone(),
+            auth_id: r.auth_id.clone(),
+            sip_id: r.sip_id.clone(),
+            mac: r.mac.clone(),
+            model: r.model.clone(),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// The result of adding an extension.
+#[derive(Debug)]
+pub struct Added {
+    pub extension: ExtensionView,
+    pub generated: Generated,
+    /// Weaknesses of explicitly given credentials (stored anyway, flagged).
+    pub findings: Vec<policy::Finding>,
+}
+
+/// A validated new extension ready to insert, with what was generated for it.
+pub(crate) struct Prepared {
+    pub row: ExtensionRow,
+    pub generated: Generated,
+    pub password: Secret,
+}
+
+/// An extension's secrets, opened for the operator who asked to see them.
+#[derive(Debug)]
+pub struct Revealed {
+    pub password: Secret,
+    pub pin: Secret,
+}
+
+fn optional<T>(
+    value: Option<&str>,
+    parse: impl FnOnce(&str) -> Result<T, policy::InvalidField>,
+) -> Result<Option<T>> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => Ok(Some(parse(v)?)),
+    }
+}
+
+impl Registry {
+    /// Validates a new extension and fills in generated credentials, without writing.
+    /// Also checks that its number and auth ID are not used by another account.
+    pub(crate) async fn prepare_new_extension(
+        &self,
+        number: &str,
+        new: NewExtension,
+        conn: &mut AnyConnection,
+    ) -> Result<Prepared> {
+        let p = self.validate_new_extension(number, new)?;
+        self.ensure_number_free(conn, &p.row.number, None).await?;
+        self.ensure_unique(conn, q::UniqueField::SipId, p.row.sip_id.as_deref(), None)
+            .await?;
+        self.ensure_unique(conn, q::UniqueField::Mac, p.row.mac.as_deref(), None)
+            .await?;
+        if p.generated.auth_id.is_some() {
+            // A generated auth ID is 12 random characters; a collision is vanishingly rare
+            // but cheap to rule out.
+            let mut p = p;
+            while q::auth_id_owner(conn, &p.row.auth_id).await?.is_some() {
+                let id = self.with_rng(|rng| generate::auth_id(rng));
+                p.row.auth_id = id.into_string();
+                p.generated.auth_id = Some(p.row.auth_id.clone());
+                (p.row.ha1_md5, p.row.ha1_sha256) = self.ha1s(&p.row.auth_id, &p.password);
+            }
+            return Ok(p);
+        }
+        self.ensure_auth_id_free(conn, &p.row.auth_id, None).await?;
+        Ok(p)
+    }
+
+    /// The pure part of preparing an extension: validation, generation, sealing, HA1.
+    /// `password_score` for given passwords is computed here (zxcvbn, ~0.4 ms).
+    pub(crate) fn validate_new_extension(
+        &self,
+        number: &str,
+        new: NewExtension,
+    ) -> Result<Prepared> {
+        let number = ExtensionNumber::parse(number.trim())?;
+        let name = DisplayName::parse(new.name.as_deref().unwrap_or(""))?;
+        let email = optional(new.email.as_deref(), Email::parse)?;
+        let sip_id = match new.sip_id.as_deref() {
+            Some(v) => SipId::parse(v)?,
+            None => None,
+        };
+        let mac = optional(new.mac.as_deref(), Mac::parse)?;
+        let model = optional(new.model.as_deref(), PhoneModel::parse)?;
+        let mut generated = Generated::default();
+        let auth_id = match optional(new.auth_id.as_deref(), AuthId::parse)? {
+            Some(a) => a,
+            None => {
+                let a = self.with_rng(|rng| generate::auth_id(rng));
+                generated.auth_id = Some(a.as_str().to_owned());
+                a
+            }
+        };
+        let (password, score) = match new.password.as_deref() {
+            Some(p) => {
+                let p = fields::parse_password("password", p)?;
+                let score = password::strength_score(p.expose());
+                (p, score)
+            }
+            None => {
+                let p =
+                    self.generated_password(&[number.as_str(), auth_id.as_str()], name.as_str());
+                generated.password = Some(p.clone());
+                (p, generate::GENERATED_PASSWORD_SCORE)
+            }
+        };
+        let pin = match new.pin.as_deref() {
+            Some(p) => fields::parse_pin(p)?,
+            None => {
+                let len = self.settings.policy.generated_pin_length;
+                let p = self.with_rng(|rng| generate::pin(rng, len, number.as_str()));
+                generated.pin = Some(p.clone());
+                p
+            }
+        };
+        let now = self.now();
+        let (ha1_md5, ha1_sha256) = self.ha1s(auth_id.as_str(), &password);
+        let row = ExtensionRow {
+            password_enc: self.seal(&aad(number.as_str(), "password"), password.expose()),
+            pin_enc: self.seal(&aad(number.as_str(), "pin"), pin.expose()),
+            number: number.into_string(),
+            kind: new.kind.as_str().to_owned(),
+            name: name.into_string(),
+            email: email.map(Email::into_string),
+            auth_id: auth_id.into_string(),
+            sip_id: sip_id.map(SipId::into_string),
+            password_score: i64::from(score),
+            ha1_md5,
+            ha1_sha256,
+            mac: mac.map(Mac::into_string),
+            model: model.map(PhoneModel::into_string),
+            created_at: now,
+            updated_at: now,
+        };
+        Ok(Prepared {
+            row,
+            generated,
+            password,
+        })
+    }
+
+    /// Adds an extension. Explicit credentials are stored even when weak (a legacy system
+    /// must be mirrored first); their findings are returned for a warning.
+    pub async fn add_extension(&self, number: &str, new: NewExtension) -> Result<Added> {
+        let mut tx = self.store.begin().await?;
+        let prepared = self.prepare_new_extension(number, new, &mut tx).await?;
+        q::insert_extension(&mut tx, &prepared.row).await?;
+        tx.commit().await?;
+        let findings = self.audit_extension_row(&prepared.row)?;
+        Ok(Added {
+            extension: ExtensionView::from(&prepared.row),
+            generated: prepared.generated,
+            findings,
+        })
+    }
+
+    /// Changes some fields of an extension; returns its view and current findings.
+    pub async fn update_extension(
+        &self,
+        number: &str,
+        change: ExtensionChange,
+    ) -> Result<(ExtensionView, Vec<policy::Finding>)> {
+        let number = ExtensionNumber::parse(number.trim())?;
+        let mut tx = self.store.begin().await?;
+        let mut row = q::get_extension(&mut tx, number.as_str())
+            .await?
+            .ok_or_else(|| Error::not_found(format!("extension {number}")))?;
+        let subject = format!("ext:{number}");
+        let mut password = self.open_secret(&aad(&row.number, "password"), &row.password_enc)?;
+        let mut rehash = false;
+
+        if let Some(kind) = change.kind {
+            row.kind = kind.as_str().to_owned();
+        }
+        if let Some(name) = change.name.as_deref() {
+            row.name = DisplayName::parse(name)?.into_string();
+        }
+        if let Some(email) = change.email.as_deref() {
+            row.email = optional(Some(email), Email::parse)?.map(Email::into_string);
+        }
+        if let Some(sip_id) = change.sip_id.as_deref() {
+            row.sip_id = SipId::parse(sip_id)?.map(SipId::into_string);
+        }
+        if let Some(mac) = change.mac.as_deref() {
+            row.mac = optional(Some(mac), Mac::parse)?.map(Mac::into_string);
+        }
+        if let Some(model) = change.model.as_deref() {
+            row.model = optional(Some(model), PhoneModel::parse)?.map(PhoneModel::into_string);
+        }
+        if let Some(auth_id) = change.auth_id.as_deref() {
+            let auth_id = AuthId::parse(auth_id.trim())?;
+            self.ensure_auth_id_free(&mut tx, auth_id.as_str(), Some(&subject))
+                .await?;
+            rehash |= auth_id.as_str() != row.auth_id;
+            row.auth_id = auth_id.into_string();
+        }
+        if let Some(p) = change.password.as_deref() {
+            password = fields::parse_password("password", p)?;
+            row.password_score = i64::from(password::strength_score(password.expose()));
+            row.password_enc = self.seal(&aad(&row.number, "password"), password.expose());
+            rehash = true;
+        }
+        if let Some(p) = change.pin.as_deref() {
+            let pin = fields::parse_pin(p)?;
+            row.pin_enc = self.seal(&aad(&row.number, "pin"), pin.expose());
+        }
+        if rehash {
+            (row.ha1_md5, row.ha1_sha256) = self.ha1s(&row.auth_id, &password);
+        }
+        self.ensure_unique(
+            &mut tx,
+            q::UniqueField::SipId,
+            row.sip_id.as_deref(),
+            Some(&subject),
+        )
+        .await?;
+        self.ensure_unique(
+            &mut tx,
+            q::UniqueField::Mac,
+            row.mac.as_deref(),
+            Some(&subject),
+        )
+        .await?;
+        row.updated_at = self.now();
+        q::update_extension(&mut tx, &row).await?;
+        tx.commit().await?;
+        let findings = self.audit_extension_row(&row)?;
+        Ok((ExtensionView::from(&row), findings))
+    }
+
+    pub async fn remove_extension(&self, number: &str) -> Result<()> {
+        let number = ExtensionNumber::parse(number.trim())?;
+        let mut conn = self.store.pool().acquire().await?;
+        if !q::delete_extension(&mut conn, number.as_str()).await? {
+            return Err(Error::not_found(format!("extension {number}")));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn extension_row(&self, number: &str) -> Result<ExtensionRow> {
+        let number = ExtensionNumber::parse(number.trim())?;
+        let mut conn = self.store.pool().acquire().await?;
+        q::get_extension(&mut conn, number.as_str())
+            .await?
+            .ok_or_else(|| Error::not_found(format!("extension {number}")))
+    }
+
+    pub async fn get_extension(&self, number: &str) -> Result<ExtensionView> {
+        Ok(ExtensionView::from(&self.extension_row(number).await?))
+    }
+
+    /// The extension's plaintext password and PIN, for an operator who explicitly asked.
+    pub async fn reveal_extension(&self, number: &str) -> Result<Revealed> {
+        let row = self.extension_row(number).await?;
+        Ok(Revealed {
+            password: self.open_secret(&aad(&row.number, "password"), &row.password_enc)?,
+            pin: self.open_secret(&aad(&row.number, "pin"), &row.pin_enc)?,
+        })
+    }
+
+    pub async fn list_extensions(&self) -> Result<Vec<ExtensionView>> {
+        let mut conn = self.store.pool().acquire().await?;
+        Ok(q::list_extensions(&mut conn)
+            .await?
+            .iter()
+            .map(ExtensionView::from)
+            .collect())
+    }
+}

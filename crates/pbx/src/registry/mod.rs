@@ -1,0 +1,286 @@
+//! The registry: extensions, PSTN gateways and VoIP providers, and the workflow that
+//! keeps their stored form right (validated fields, sealed secrets, current HA1s).
+
+mod extension;
+mod gateway;
+mod provider;
+
+pub use extension::{ExtensionChange, ExtensionKind, ExtensionView, NewExtension};
+pub use gateway::{GatewayChange, GatewayView, NewGateway};
+pub use provider::{NewProvider, ProviderChange, ProviderView};
+
+pub(crate) use extension::Prepared;
+pub(crate) use extension::aad as ext_aad;
+pub use extension::{Added, Revealed};
+pub(crate) use gateway::aad as gateway_aad;
+pub(crate) use provider::aad as provider_aad;
+
+use std::sync::{Arc, Mutex};
+
+use policy::{PolicyConfig, Secret, generate};
+use rand_core::CryptoRng;
+use sip::digest::{self, Algorithm};
+use store::{DataDir, Store, Vault, registry as q};
+
+use crate::{Error, Result};
+
+/// Wall-clock time as seconds since the Unix epoch. Only the binary reads the real
+/// clock; tests pass a fixed one.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now(&self) -> i64;
+}
+
+/// Installation settings the registry needs (from the config file, via the binary).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// The digest realm HA1s are computed for.
+    pub realm: String,
+    /// The SIP domain, if configured; passwords must not contain it.
+    pub domain: Option<String>,
+    pub policy: PolicyConfig,
+}
+
+/// The number of the default fax extension every new data dir gets.
+pub const DEFAULT_FAX_NUMBER: &str = "888";
+
+const META_REALM: &str = "realm";
+const META_KEY_CHECK: &str = "key_check";
+const KEY_CHECK_AAD: &str = "meta/key_check";
+const KEY_CHECK_TEXT: &str = "sipward key check";
+
+type SharedRng = Arc<Mutex<Box<dyn CryptoRng + Send>>>;
+
+/// An open registry over one data dir.
+#[derive(Clone)]
+pub struct Registry {
+    store: Store,
+    vault: Arc<Vault>,
+    settings: Arc<Settings>,
+    rng: SharedRng,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What opening a data dir did, for the operator to hear about.
+#[derive(Debug, Default)]
+pub struct Opened {
+    /// The data dir was created by this call (schema, key, fax extension 888).
+    pub created: bool,
+    /// The realm changed since the HA1s were computed; this many accounts were re-hashed.
+    pub rehashed: Option<usize>,
+}
+
+impl Registry {
+    /// Opens the data dir, creating it on first use: database schema, secrets key (mode
+    /// 0600) and the fax extension 888 with strong credentials.
+    pub async fn open(
+        data: &DataDir,
+        settings: Settings,
+        rng: Box<dyn CryptoRng + Send>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Self, Opened)> {
+        let rng: SharedRng = Arc::new(Mutex::new(rng));
+        let fresh = data.ensure()?;
+        let key_path = data.key_path();
+        let vault = if key_path.exists() {
+            Vault::load(&key_path)?
+        } else if fresh {
+            let mut guard = rng.lock().unwrap_or_else(|p| p.into_inner());
+            Vault::create(&key_path, &mut **guard)?
+        } else {
+            return Err(store::Error::KeyMissing {
+                path: key_path,
+                db: data.db_path(),
+            }
+            .into());
+        };
+        let store = Store::open_sqlite(&data.db_path()).await?;
+        data.restrict_db_files()?;
+        let registry = Self {
+            store,
+            vault: Arc::new(vault),
+            settings: Arc::new(settings),
+            rng,
+            clock,
+        };
+        let mut opened = Opened::default();
+
+        let mut tx = registry.store.begin().await?;
+        match q::get_meta(&mut tx, META_KEY_CHECK).await? {
+            Some(sealed) => {
+                let ok = registry
+                    .vault
+                    .open(KEY_CHECK_AAD, &sealed)
+                    .is_ok_and(|s| s.ct_eq(KEY_CHECK_TEXT));
+                if !ok {
+                    return Err(store::Error::KeyMismatch.into());
+                }
+            }
+            None => {
+                // A database without a key check is one this call just created.
+                let sealed = registry.seal(KEY_CHECK_AAD, KEY_CHECK_TEXT);
+                q::set_meta(&mut tx, META_KEY_CHECK, &sealed).await?;
+                q::set_meta(&mut tx, META_REALM, &registry.settings.realm).await?;
+                registry.create_default_fax(&mut tx).await?;
+                opened.created = true;
+            }
+        }
+        let stored_realm = q::get_meta(&mut tx, META_REALM).await?;
+        if stored_realm.as_deref() != Some(registry.settings.realm.as_str()) {
+            opened.rehashed = Some(registry.rehash_all(&mut tx).await?);
+            q::set_meta(&mut tx, META_REALM, &registry.settings.realm).await?;
+        }
+        tx.commit().await?;
+        Ok((registry, opened))
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(crate) fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    pub(crate) fn with_rng<T>(&self, f: impl FnOnce(&mut dyn CryptoRng) -> T) -> T {
+        let mut guard = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut **guard)
+    }
+
+    pub(crate) fn seal(&self, aad: &str, plaintext: &str) -> String {
+        self.with_rng(|rng| self.vault.seal(rng, aad, plaintext))
+    }
+
+    pub(crate) fn open_secret(&self, aad: &str, sealed: &str) -> Result<Secret> {
+        Ok(self.vault.open(aad, sealed)?)
+    }
+
+    /// HA1 digests (MD5, SHA-256) for an auth ID and password in the configured realm.
+    pub(crate) fn ha1s(&self, auth_id: &str, password: &Secret) -> (String, String) {
+        let realm = &self.settings.realm;
+        (
+            digest::ha1(Algorithm::Md5, auth_id, realm, password.expose()),
+            digest::ha1(Algorithm::Sha256, auth_id, realm, password.expose()),
+        )
+    }
+
+    /// A generated password for an account: it avoids the account's identifiers, the
+    /// words of its name and the configured domain, so no audit rule can fire on it.
+    pub(crate) fn generated_password(&self, ids: &[&str], name: &str) -> Secret {
+        let len = self.settings.policy.generated_password_length;
+        let mut avoid: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        avoid.extend(policy::password::name_tokens(name));
+        if let Some(domain) = &self.settings.domain {
+            avoid.extend(policy::password::domain_tokens(domain));
+        }
+        let avoid: Vec<&str> = avoid.iter().map(String::as_str).collect();
+        self.with_rng(|rng| generate::password(rng, len, &avoid))
+    }
+
+    async fn create_default_fax(&self, conn: &mut sqlx::AnyConnection) -> Result<()> {
+        let new = NewExtension {
+            kind: ExtensionKind::Fax,
+            name: Some("Fax".into()),
+            ..NewExtension::default()
+        };
+        let prepared = self
+            .prepare_new_extension(DEFAULT_FAX_NUMBER, new, conn)
+            .await?;
+        q::insert_extension(conn, &prepared.row).await?;
+        Ok(())
+    }
+
+    /// Recomputes every stored HA1 for the current realm (the realm changed in config).
+    async fn rehash_all(&self, conn: &mut sqlx::AnyConnection) -> Result<usize> {
+        let mut n = 0;
+        for mut e in q::list_extensions(conn).await? {
+            let pw = self.open_secret(&extension::aad(&e.number, "password"), &e.password_enc)?;
+            (e.ha1_md5, e.ha1_sha256) = self.ha1s(&e.auth_id, &pw);
+            q::update_extension(conn, &e).await?;
+            n += 1;
+        }
+        for mut g in q::list_gateways(conn).await? {
+            let pw = self.open_secret(&gateway::aad(&g.name), &g.password_enc)?;
+            (g.ha1_md5, g.ha1_sha256) = self.ha1s(&g.auth_id, &pw);
+            q::update_gateway(conn, &g).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Fails when `number` is used by an account other than `me` (a subject such as
+    /// `ext:1001`); pass `None` when adding, where any user is a conflict.
+    pub(crate) async fn ensure_number_free(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        number: &str,
+        me: Option<&str>,
+    ) -> Result<()> {
+        match q::number_owner(conn, number).await? {
+            Some(owner) if Some(owner.as_str()) != me => Err(Error::InUse {
+                what: format!("number {number}"),
+                owner,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Fails when the SIP ID or MAC is held by an extension other than `me`.
+    pub(crate) async fn ensure_unique(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        field: q::UniqueField,
+        value: Option<&str>,
+        me: Option<&str>,
+    ) -> Result<()> {
+        let Some(value) = value else { return Ok(()) };
+        match q::extension_with(conn, field, value).await? {
+            Some(owner) if Some(owner.as_str()) != me => {
+                let label = match field {
+                    q::UniqueField::SipId => "SIP ID",
+                    q::UniqueField::Mac => "MAC address",
+                };
+                Err(Error::InUse {
+                    what: format!("{label} {value}"),
+                    owner,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Fails when `auth_id` is used by an account other than `me` (`None` when adding).
+    pub(crate) async fn ensure_auth_id_free(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        auth_id: &str,
+        me: Option<&str>,
+    ) -> Result<()> {
+        match q::auth_id_owner(conn, auth_id).await? {
+            Some(owner) if Some(owner.as_str()) != me => Err(Error::InUse {
+                what: format!("auth ID {auth_id}"),
+                owner,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A generated (not given) secret or identifier, shown to the operator once.
+#[derive(Debug, Default)]
+pub struct Generated {
+    pub password: Option<Secret>,
+    pub pin: Option<Secret>,
+    pub auth_id: Option<String>,
+}

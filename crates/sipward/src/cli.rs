@@ -1,0 +1,240 @@
+//! The command line, as DESIGN.md fixes it. Flags here are raw text: validation happens
+//! once, in the registry, so the CLI, the CSV import and the console share it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sipward",
+    version,
+    about = "A SIP PBX core that cannot be turned into a toll-fraud relay"
+)]
+pub struct Cli {
+    /// The data directory (database, secrets key, provisioning files, backups).
+    #[arg(
+        long,
+        global = true,
+        env = "SIPWARD_DATA",
+        default_value = "./sipward-data"
+    )]
+    pub data: PathBuf,
+    /// The config file (TOML); by default DATA/sipward.toml when it exists.
+    #[arg(long, global = true, env = "SIPWARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Extensions: add, update, remove, list, show.
+    #[command(subcommand)]
+    Ext(ExtCommand),
+    /// PSTN gateways (they register to sipward on a virtual extension number).
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
+    /// VoIP provider accounts (sipward registers to them).
+    #[command(subcommand)]
+    Provider(ProviderCommand),
+    /// Report weak credentials across extensions, gateways and providers.
+    Audit(AuditArgs),
+    /// Add many extensions from a CSV file, all or nothing.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Level {
+    Info,
+    Warning,
+    Critical,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print one JSON document on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Extension fields shared by `ext add` and `ext update`. A password or PIN given as `-`
+/// is read from standard input (keeps it out of the process list and shell history).
+#[derive(Debug, Args, Default)]
+pub struct ExtFields {
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub email: Option<String>,
+    /// Make it a fax extension.
+    #[arg(long)]
+    pub fax: bool,
+    /// SIP password (generated when absent on add; `-` reads it from stdin).
+    #[arg(long)]
+    pub password: Option<String>,
+    /// Voicemail PIN (generated when absent on add; `-` reads it from stdin).
+    #[arg(long)]
+    pub pin: Option<String>,
+    /// SIP ID (blank by default; an empty value clears it).
+    #[arg(long = "sip-id")]
+    pub sip_id: Option<String>,
+    /// Authentication ID (random by default).
+    #[arg(long = "auth-id")]
+    pub auth_id: Option<String>,
+    /// Phone MAC address, for provisioning.
+    #[arg(long)]
+    pub mac: Option<String>,
+    /// Phone model, for provisioning.
+    #[arg(long)]
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExtCommand {
+    /// Add an extension; missing credentials are generated and shown once.
+    Add {
+        number: String,
+        #[command(flatten)]
+        fields: ExtFields,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Change fields of an extension.
+    Update {
+        number: String,
+        #[command(flatten)]
+        fields: ExtFields,
+        /// Make it a user (non-fax) extension.
+        #[arg(long, conflicts_with = "fax")]
+        user: bool,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Remove an extension.
+    Remove { number: String },
+    /// List extensions.
+    List {
+        /// Only weak extensions (a finding of warning or worse).
+        #[arg(long)]
+        weak: bool,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Show one extension and its findings.
+    Show {
+        number: String,
+        /// Also print the SIP password and voicemail PIN.
+        #[arg(long)]
+        reveal: bool,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayFields {
+    /// Vendor id, such as grandstream or patton (`generic` for others).
+    #[arg(long)]
+    pub vendor: Option<String>,
+    /// The gateway's virtual extension number.
+    #[arg(long = "ext")]
+    pub number: Option<String>,
+    #[arg(long = "auth-id")]
+    pub auth_id: Option<String>,
+    /// `-` reads it from stdin.
+    #[arg(long)]
+    pub password: Option<String>,
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GatewayCommand {
+    /// Add a PSTN gateway (all fields required).
+    Add {
+        name: String,
+        #[command(flatten)]
+        fields: GatewayFields,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    Update {
+        name: String,
+        #[command(flatten)]
+        fields: GatewayFields,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    Remove {
+        name: String,
+    },
+    List {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    Show {
+        name: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ProviderFields {
+    /// The provider's registrar host[:port].
+    #[arg(long)]
+    pub registrar: Option<String>,
+    #[arg(long = "auth-id")]
+    pub auth_id: Option<String>,
+    /// `-` reads it from stdin.
+    #[arg(long)]
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProviderCommand {
+    /// Add a VoIP provider account (all fields required).
+    Add {
+        name: String,
+        #[command(flatten)]
+        fields: ProviderFields,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    Update {
+        name: String,
+        #[command(flatten)]
+        fields: ProviderFields,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    Remove {
+        name: String,
+    },
+    List {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    Show {
+        name: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Exit with status 1 when a finding at or above this level exists.
+    #[arg(long = "fail-on", value_enum)]
+    pub fail_on: Option<Level>,
+    #[command(flatten)]
+    pub out: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The CSV file (header row naming the columns).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub out: JsonFlag,
+}

@@ -1,0 +1,71 @@
+//! `sipward audit`
+
+use std::process::ExitCode;
+
+use pbx::Registry;
+use policy::{Finding, Severity};
+use serde::Serialize;
+
+use crate::cli::{AuditArgs, Level};
+use crate::output::{self, Table};
+
+#[derive(Serialize)]
+struct Summary {
+    critical: usize,
+    warning: usize,
+    info: usize,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    summary: Summary,
+    findings: &'a [Finding],
+}
+
+pub async fn run(reg: &Registry, args: AuditArgs) -> anyhow::Result<ExitCode> {
+    let findings = reg.audit().await?;
+    let count = |s: Severity| findings.iter().filter(|f| f.severity == s).count();
+    let summary = Summary {
+        critical: count(Severity::Critical),
+        warning: count(Severity::Warning),
+        info: count(Severity::Info),
+    };
+    if args.out.json {
+        output::json(&Report {
+            summary,
+            findings: &findings,
+        })?;
+    } else if findings.is_empty() {
+        println!("no findings: every credential passes the policy");
+    } else {
+        let mut t = Table::new(&["SEVERITY", "RULE", "SUBJECT", "FIELD", "MESSAGE"]);
+        for f in &findings {
+            t.row(
+                vec![
+                    f.severity.as_str().into(),
+                    f.rule.to_string(),
+                    f.subject.clone(),
+                    f.field.into(),
+                    f.message.clone(),
+                ],
+                f.severity >= pbx::audit::WEAK_AT,
+            );
+        }
+        t.print()?;
+        println!(
+            "{} critical, {} warning, {} info",
+            summary.critical, summary.warning, summary.info
+        );
+    }
+    let threshold = args.fail_on.map(|l| match l {
+        Level::Info => Severity::Info,
+        Level::Warning => Severity::Warning,
+        Level::Critical => Severity::Critical,
+    });
+    let failed = threshold.is_some_and(|t| findings.iter().any(|f| f.severity >= t));
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

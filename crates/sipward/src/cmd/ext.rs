@@ -1,0 +1,265 @@
+//! `sipward ext ...`
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+use pbx::Registry;
+use pbx::audit::WEAK_AT;
+use pbx::registry::{ExtensionChange, ExtensionKind, ExtensionView, NewExtension};
+use policy::Finding;
+use serde::Serialize;
+
+use super::secrets_from_stdin;
+use crate::cli::{ExtCommand, ExtFields};
+use crate::output::{self, Table};
+
+#[derive(Serialize)]
+struct GeneratedJson<'a> {
+    auth_id: Option<&'a str>,
+    password: Option<&'a str>,
+    pin: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct WithFindings<'a, T: Serialize> {
+    #[serde(flatten)]
+    item: &'a T,
+    weak: bool,
+    findings: Vec<&'a Finding>,
+}
+
+fn is_weak(findings: &[&Finding]) -> bool {
+    findings.iter().any(|f| f.severity >= WEAK_AT)
+}
+
+fn subject(number: &str) -> String {
+    format!("ext:{number}")
+}
+
+pub async fn run(reg: &Registry, cmd: ExtCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ExtCommand::Add {
+            number,
+            mut fields,
+            out,
+        } => {
+            secrets_from_stdin([&mut fields.password, &mut fields.pin])?;
+            let new = NewExtension {
+                kind: if fields.fax {
+                    ExtensionKind::Fax
+                } else {
+                    ExtensionKind::User
+                },
+                name: fields.name,
+                email: fields.email,
+                password: fields.password,
+                pin: fields.pin,
+                sip_id: fields.sip_id,
+                auth_id: fields.auth_id,
+                mac: fields.mac,
+                model: fields.model,
+            };
+            let added = reg.add_extension(&number, new).await?;
+            let e = &added.extension;
+            output::warn_findings(&format!("extension {}", e.number), &added.findings);
+            let g = &added.generated;
+            if out.json {
+                #[derive(Serialize)]
+                struct Out<'a> {
+                    extension: &'a ExtensionView,
+                    generated: GeneratedJson<'a>,
+                    findings: &'a [Finding],
+                }
+                output::json(&Out {
+                    extension: e,
+                    generated: GeneratedJson {
+                        auth_id: g.auth_id.as_deref(),
+                        password: g.password.as_ref().map(|s| s.expose()),
+                        pin: g.pin.as_ref().map(|s| s.expose()),
+                    },
+                    findings: &added.findings,
+                })?;
+            } else {
+                println!(
+                    "added {} extension {} (auth ID {})",
+                    e.kind.as_str(),
+                    e.number,
+                    e.auth_id
+                );
+                if let Some(p) = &g.password {
+                    println!("  SIP password:  {}", p.expose());
+                }
+                if let Some(p) = &g.pin {
+                    println!("  voicemail PIN: {}", p.expose());
+                }
+                if g.password.is_some() || g.pin.is_some() {
+                    println!("  (generated secrets are shown only now)");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ExtCommand::Update {
+            number,
+            mut fields,
+            user,
+            out,
+        } => {
+            secrets_from_stdin([&mut fields.password, &mut fields.pin])?;
+            let kind = if fields.fax {
+                Some(ExtensionKind::Fax)
+            } else if user {
+                Some(ExtensionKind::User)
+            } else {
+                None
+            };
+            let change = change_from(fields, kind);
+            let (view, findings) = reg.update_extension(&number, change).await?;
+            output::warn_findings(&format!("extension {}", view.number), &findings);
+            if out.json {
+                let refs: Vec<&Finding> = findings.iter().collect();
+                output::json(&WithFindings {
+                    item: &view,
+                    weak: is_weak(&refs),
+                    findings: refs,
+                })?;
+            } else {
+                println!("updated extension {}", view.number);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ExtCommand::Remove { number } => {
+            reg.remove_extension(&number).await?;
+            println!("removed extension {}", number.trim());
+            Ok(ExitCode::SUCCESS)
+        }
+        ExtCommand::List { weak, out } => {
+            let exts = reg.list_extensions().await?;
+            let findings = reg.audit().await?;
+            let mut by_subject: HashMap<&str, Vec<&Finding>> = HashMap::new();
+            for f in &findings {
+                by_subject.entry(f.subject.as_str()).or_default().push(f);
+            }
+            let rows: Vec<(&ExtensionView, Vec<&Finding>)> = exts
+                .iter()
+                .map(|e| {
+                    (
+                        e,
+                        by_subject
+                            .remove(subject(&e.number).as_str())
+                            .unwrap_or_default(),
+                    )
+                })
+                .filter(|(_, f)| !weak || is_weak(f))
+                .collect();
+            if out.json {
+                let items: Vec<WithFindings<'_, ExtensionView>> = rows
+                    .into_iter()
+                    .map(|(e, f)| WithFindings {
+                        item: e,
+                        weak: is_weak(&f),
+                        findings: f,
+                    })
+                    .collect();
+                output::json(&items)?;
+            } else {
+                let mut t = Table::new(&["NUMBER", "KIND", "NAME", "AUTH ID", "EMAIL", "WEAK"]);
+                for (e, f) in rows {
+                    let weak_rules: Vec<String> = f
+                        .iter()
+                        .filter(|x| x.severity >= WEAK_AT)
+                        .map(|x| x.rule.check.as_str().to_owned())
+                        .collect();
+                    let alert = !weak_rules.is_empty();
+                    t.row(
+                        vec![
+                            e.number.clone(),
+                            e.kind.as_str().into(),
+                            e.name.clone(),
+                            e.auth_id.clone(),
+                            e.email.clone().unwrap_or_default(),
+                            if alert {
+                                weak_rules.join(", ")
+                            } else {
+                                "-".into()
+                            },
+                        ],
+                        alert,
+                    );
+                }
+                t.print()?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ExtCommand::Show {
+            number,
+            reveal,
+            out,
+        } => {
+            let view = reg.get_extension(&number).await?;
+            let all = reg.audit().await?;
+            let subj = subject(&view.number);
+            let findings: Vec<&Finding> = all.iter().filter(|f| f.subject == subj).collect();
+            let secrets = if reveal {
+                Some(reg.reveal_extension(&view.number).await?)
+            } else {
+                None
+            };
+            if out.json {
+                #[derive(Serialize)]
+                struct Out<'a> {
+                    #[serde(flatten)]
+                    inner: WithFindings<'a, ExtensionView>,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    password: Option<&'a str>,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    pin: Option<&'a str>,
+                }
+                output::json(&Out {
+                    inner: WithFindings {
+                        item: &view,
+                        weak: is_weak(&findings),
+                        findings: findings.clone(),
+                    },
+                    password: secrets.as_ref().map(|s| s.password.expose()),
+                    pin: secrets.as_ref().map(|s| s.pin.expose()),
+                })?;
+            } else {
+                println!("extension  {}", view.number);
+                println!("kind       {}", view.kind.as_str());
+                println!("name       {}", view.name);
+                println!("email      {}", view.email.as_deref().unwrap_or("-"));
+                println!("auth ID    {}", view.auth_id);
+                println!("SIP ID     {}", view.sip_id.as_deref().unwrap_or("(blank)"));
+                println!("MAC        {}", view.mac.as_deref().unwrap_or("-"));
+                println!("model      {}", view.model.as_deref().unwrap_or("-"));
+                if let Some(s) = &secrets {
+                    println!("password   {}", s.password.expose());
+                    println!("PIN        {}", s.pin.expose());
+                }
+                if findings.is_empty() {
+                    println!("findings   none");
+                } else {
+                    println!("findings");
+                    for f in &findings {
+                        println!("  {} {}: {}", f.severity.as_str(), f.rule, f.message);
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn change_from(f: ExtFields, kind: Option<ExtensionKind>) -> ExtensionChange {
+    ExtensionChange {
+        kind,
+        name: f.name,
+        email: f.email,
+        password: f.password,
+        pin: f.pin,
+        sip_id: f.sip_id,
+        auth_id: f.auth_id,
+        mac: f.mac,
+        model: f.model,
+    }
+}

@@ -1,0 +1,48 @@
+//! One module per command area; each turns parsed flags into registry calls and output.
+
+mod audit;
+mod ext;
+mod import;
+mod trunk;
+
+use std::io::BufRead;
+use std::process::ExitCode;
+
+use crate::OperatorError;
+use crate::cli::{Cli, Command};
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let registry = crate::open_registry(&cli).await?;
+    let code = match cli.command {
+        Command::Ext(c) => ext::run(&registry, c).await?,
+        Command::Gateway(c) => trunk::gateway(&registry, c).await?,
+        Command::Provider(c) => trunk::provider(&registry, c).await?,
+        Command::Audit(a) => audit::run(&registry, a).await?,
+        Command::Import(a) => import::run(&registry, a).await?,
+    };
+    registry.store().close().await;
+    Ok(code)
+}
+
+/// Resolves secret flags: a value of `-` is read as one line from standard input, in the
+/// order the flags are given here.
+pub fn secrets_from_stdin<const N: usize>(values: [&mut Option<String>; N]) -> anyhow::Result<()> {
+    let mut stdin = std::io::stdin().lock();
+    for v in values {
+        if v.as_deref() == Some("-") {
+            let mut line = String::new();
+            stdin.read_line(&mut line).map_err(|e| {
+                OperatorError(format!("cannot read a secret from standard input: {e}"))
+            })?;
+            let line = line.trim_end_matches(['\n', '\r']).to_owned();
+            if line.is_empty() {
+                return Err(OperatorError(
+                    "standard input ended before the secret was read".into(),
+                )
+                .into());
+            }
+            *v = Some(line);
+        }
+    }
+    Ok(())
+}

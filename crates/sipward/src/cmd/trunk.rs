@@ -1,0 +1,255 @@
+//! `sipward gateway ...` and `sipward provider ...`
+
+use std::process::ExitCode;
+
+use pbx::Registry;
+use pbx::registry::{GatewayChange, NewGateway, NewProvider, ProviderChange};
+use policy::Finding;
+use serde::Serialize;
+
+use super::secrets_from_stdin;
+use crate::OperatorError;
+use crate::cli::{GatewayCommand, ProviderCommand};
+use crate::output::{self, Table};
+
+fn required(value: Option<String>, flag: &str, what: &str) -> anyhow::Result<String> {
+    value.ok_or_else(|| OperatorError(format!("adding a {what} needs {flag}")).into())
+}
+
+#[derive(Serialize)]
+struct WithFindings<'a, T: Serialize> {
+    #[serde(flatten)]
+    item: &'a T,
+    findings: Vec<&'a Finding>,
+}
+
+fn findings_of<'a>(all: &'a [Finding], subject: &str) -> Vec<&'a Finding> {
+    all.iter().filter(|f| f.subject == subject).collect()
+}
+
+fn print_findings(findings: &[&Finding]) {
+    if findings.is_empty() {
+        println!("findings   none");
+    } else {
+        println!("findings");
+        for f in findings {
+            println!("  {} {}: {}", f.severity.as_str(), f.rule, f.message);
+        }
+    }
+}
+
+fn weak_cell(findings: &[&Finding]) -> (String, bool) {
+    let rules: Vec<&str> = findings
+        .iter()
+        .filter(|f| f.severity >= pbx::audit::WEAK_AT)
+        .map(|f| f.rule.check.as_str())
+        .collect();
+    if rules.is_empty() {
+        ("-".into(), false)
+    } else {
+        (rules.join(", "), true)
+    }
+}
+
+pub async fn gateway(reg: &Registry, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        GatewayCommand::Add {
+            name,
+            mut fields,
+            out,
+        } => {
+            secrets_from_stdin([&mut fields.password])?;
+            let new = NewGateway {
+                vendor: required(fields.vendor, "--vendor", "gateway")?,
+                number: required(fields.number, "--ext", "gateway")?,
+                auth_id: required(fields.auth_id, "--auth-id", "gateway")?,
+                password: required(fields.password, "--password", "gateway")?,
+                host: required(fields.host, "--host", "gateway")?,
+            };
+            let (view, findings) = reg.add_gateway(&name, new).await?;
+            output::warn_findings(&format!("gateway {}", view.name), &findings);
+            if out.json {
+                output::json(&WithFindings {
+                    item: &view,
+                    findings: findings.iter().collect(),
+                })?;
+            } else {
+                println!(
+                    "added gateway {} ({}, number {}, host {})",
+                    view.name, view.vendor, view.number, view.host
+                );
+            }
+        }
+        GatewayCommand::Update {
+            name,
+            mut fields,
+            out,
+        } => {
+            secrets_from_stdin([&mut fields.password])?;
+            let change = GatewayChange {
+                vendor: fields.vendor,
+                number: fields.number,
+                auth_id: fields.auth_id,
+                password: fields.password,
+                host: fields.host,
+            };
+            let (view, findings) = reg.update_gateway(&name, change).await?;
+            output::warn_findings(&format!("gateway {}", view.name), &findings);
+            if out.json {
+                output::json(&WithFindings {
+                    item: &view,
+                    findings: findings.iter().collect(),
+                })?;
+            } else {
+                println!("updated gateway {}", view.name);
+            }
+        }
+        GatewayCommand::Remove { name } => {
+            reg.remove_gateway(&name).await?;
+            println!("removed gateway {}", name.trim());
+        }
+        GatewayCommand::List { out } => {
+            let list = reg.list_gateways().await?;
+            let all = reg.audit().await?;
+            if out.json {
+                let items: Vec<_> = list
+                    .iter()
+                    .map(|g| WithFindings {
+                        item: g,
+                        findings: findings_of(&all, &format!("gateway:{}", g.name)),
+                    })
+                    .collect();
+                output::json(&items)?;
+            } else {
+                let mut t = Table::new(&["NAME", "VENDOR", "NUMBER", "AUTH ID", "HOST", "WEAK"]);
+                for g in &list {
+                    let (cell, alert) =
+                        weak_cell(&findings_of(&all, &format!("gateway:{}", g.name)));
+                    t.row(
+                        vec![
+                            g.name.clone(),
+                            g.vendor.clone(),
+                            g.number.clone(),
+                            g.auth_id.clone(),
+                            g.host.clone(),
+                            cell,
+                        ],
+                        alert,
+                    );
+                }
+                t.print()?;
+            }
+        }
+        GatewayCommand::Show { name, out } => {
+            let g = reg.get_gateway(&name).await?;
+            let all = reg.audit().await?;
+            let findings = findings_of(&all, &format!("gateway:{}", g.name));
+            if out.json {
+                output::json(&WithFindings { item: &g, findings })?;
+            } else {
+                println!(
+                    "gateway    {}\nvendor     {}\nnumber     {}\nauth ID    {}\nhost       {}",
+                    g.name, g.vendor, g.number, g.auth_id, g.host
+                );
+                print_findings(&findings);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn provider(reg: &Registry, cmd: ProviderCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ProviderCommand::Add {
+            name,
+            mut fields,
+            out,
+        } => {
+            secrets_from_stdin([&mut fields.password])?;
+            let new = NewProvider {
+                registrar: required(fields.registrar, "--registrar", "provider")?,
+                auth_id: required(fields.auth_id, "--auth-id", "provider")?,
+                password: required(fields.password, "--password", "provider")?,
+            };
+            let (view, findings) = reg.add_provider(&name, new).await?;
+            output::warn_findings(&format!("provider {}", view.name), &findings);
+            if out.json {
+                output::json(&WithFindings {
+                    item: &view,
+                    findings: findings.iter().collect(),
+                })?;
+            } else {
+                println!(
+                    "added provider {} (registrar {})",
+                    view.name, view.registrar
+                );
+            }
+        }
+        ProviderCommand::Update {
+            name,
+            mut fields,
+            out,
+        } => {
+            secrets_from_stdin([&mut fields.password])?;
+            let change = ProviderChange {
+                registrar: fields.registrar,
+                auth_id: fields.auth_id,
+                password: fields.password,
+            };
+            let (view, findings) = reg.update_provider(&name, change).await?;
+            output::warn_findings(&format!("provider {}", view.name), &findings);
+            if out.json {
+                output::json(&WithFindings {
+                    item: &view,
+                    findings: findings.iter().collect(),
+                })?;
+            } else {
+                println!("updated provider {}", view.name);
+            }
+        }
+        ProviderCommand::Remove { name } => {
+            reg.remove_provider(&name).await?;
+            println!("removed provider {}", name.trim());
+        }
+        ProviderCommand::List { out } => {
+            let list = reg.list_providers().await?;
+            let all = reg.audit().await?;
+            if out.json {
+                let items: Vec<_> = list
+                    .iter()
+                    .map(|p| WithFindings {
+                        item: p,
+                        findings: findings_of(&all, &format!("provider:{}", p.name)),
+                    })
+                    .collect();
+                output::json(&items)?;
+            } else {
+                let mut t = Table::new(&["NAME", "REGISTRAR", "AUTH ID", "WEAK"]);
+                for p in &list {
+                    let (cell, alert) =
+                        weak_cell(&findings_of(&all, &format!("provider:{}", p.name)));
+                    t.row(
+                        vec![p.name.clone(), p.registrar.clone(), p.auth_id.clone(), cell],
+                        alert,
+                    );
+                }
+                t.print()?;
+            }
+        }
+        ProviderCommand::Show { name, out } => {
+            let p = reg.get_provider(&name).await?;
+            let all = reg.audit().await?;
+            let findings = findings_of(&all, &format!("provider:{}", p.name));
+            if out.json {
+                output::json(&WithFindings { item: &p, findings })?;
+            } else {
+                println!(
+                    "provider   {}\nregistrar  {}\nauth ID    {}",
+                    p.name, p.registrar, p.auth_id
+                );
+                print_findings(&findings);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `sipward` binary on temporary data dirs.
+
+mod bad_input;
+mod cli;
+mod harness;
+mod import;
+mod trunks;

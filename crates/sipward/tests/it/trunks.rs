@@ -1,0 +1,218 @@
+//! Gateways and providers through the CLI.
+
+use crate::harness::{Env, rules_of};
+
+#[test]
+fn gateways_are_audited_like_extensions() {
+    let env = Env::new();
+    let added = env.json(&[
+        "gateway",
+        "add",
+        "gw1",
+        "--vendor",
+        "grandstream",
+        "--ext",
+        "4001",
+        "--auth-id",
+        "admin",
+        "--password",
+        "admin",
+        "--host",
+        "192.0.2.10",
+        "--json",
+    ]);
+    let rules = rules_of(&added["findings"]);
+    for r in [
+        "gateway.factory_default_login",
+        "gateway.password_equals_auth_id",
+        "gateway.password_common",
+    ] {
+        assert!(rules.contains(&r.to_string()), "{r}: {rules:?}");
+    }
+    env.ok(&[
+        "gateway",
+        "add",
+        "gw2",
+        "--vendor",
+        "patton",
+        "--ext",
+        "4002",
+        "--auth-id",
+        "gw2in",
+        "--password",
+        "4002",
+        "--host",
+        "gw2.example.com:5060",
+    ]);
+    let report = env.json(&["audit", "--json"]);
+    let all = rules_of(&report["findings"]);
+    assert!(
+        all.contains(&"gateway.password_equals_number".to_string()),
+        "{all:?}"
+    );
+
+    // A strong gateway has no findings.
+    env.ok(&[
+        "gateway",
+        "update",
+        "gw1",
+        "--password",
+        "Rk8wQz3mTn6vLp2Xs",
+        "--auth-id",
+        "gw1in",
+    ]);
+    let shown = env.json(&["gateway", "show", "gw1", "--json"]);
+    assert!(rules_of(&shown["findings"]).is_empty(), "{shown}");
+    assert_eq!(shown["auth_id"], "gw1in");
+
+    let listed = env.json(&["gateway", "list", "--json"]);
+    assert_eq!(listed.as_array().expect("a").len(), 2);
+    env.ok(&["gateway", "remove", "gw2"]);
+    env.fails(&["gateway", "remove", "gw2"], 2);
+    assert!(!env.ok(&["gateway", "list"]).contains("gw2"));
+}
+
+#[test]
+fn numbers_and_auth_ids_are_unique_across_extensions_and_gateways() {
+    let env = Env::new();
+    env.ok(&["ext", "add", "1001", "--auth-id", "ann1001x"]);
+    let before = env.snapshot();
+    let err = env.fails(
+        &[
+            "gateway",
+            "add",
+            "gw1",
+            "--vendor",
+            "generic",
+            "--ext",
+            "1001",
+            "--auth-id",
+            "gwx",
+            "--password",
+            "Rk8wQz3mTn6vLp2Xs",
+            "--host",
+            "gw.example.com",
+        ],
+        2,
+    );
+    assert!(
+        err.contains("number 1001 is already used by ext:1001"),
+        "{err}"
+    );
+    let err = env.fails(
+        &[
+            "gateway",
+            "add",
+            "gw1",
+            "--vendor",
+            "generic",
+            "--ext",
+            "4001",
+            "--auth-id",
+            "ann1001x",
+            "--password",
+            "Rk8wQz3mTn6vLp2Xs",
+            "--host",
+            "gw.example.com",
+        ],
+        2,
+    );
+    assert!(
+        err.contains("auth ID ann1001x is already used by ext:1001"),
+        "{err}"
+    );
+    env.ok(&[
+        "gateway",
+        "add",
+        "gw1",
+        "--vendor",
+        "generic",
+        "--ext",
+        "4001",
+        "--auth-id",
+        "gwx",
+        "--password",
+        "Rk8wQz3mTn6vLp2Xs",
+        "--host",
+        "gw.example.com",
+    ]);
+    let err = env.fails(&["ext", "add", "4001"], 2);
+    assert!(err.contains("already used by gateway:gw1"), "{err}");
+    let err = env.fails(&["ext", "update", "1001", "--auth-id", "gwx"], 2);
+    assert!(err.contains("already used by gateway:gw1"), "{err}");
+    let err = env.fails(
+        &[
+            "gateway",
+            "add",
+            "gw1",
+            "--vendor",
+            "generic",
+            "--ext",
+            "4002",
+            "--auth-id",
+            "gwy",
+            "--password",
+            "Rk8wQz3mTn6vLp2Xs",
+            "--host",
+            "gw.example.com",
+        ],
+        2,
+    );
+    assert!(err.contains("gateway name gw1"), "{err}");
+    assert_eq!(before["ext"], env.snapshot()["ext"]);
+}
+
+#[test]
+fn providers_are_audited() {
+    let env = Env::new();
+    let added = env.json(&[
+        "provider",
+        "add",
+        "itsp",
+        "--registrar",
+        "sip.carrier.net",
+        "--auth-id",
+        "55512345",
+        "--password",
+        "55512345",
+        "--json",
+    ]);
+    assert!(
+        rules_of(&added["findings"]).contains(&"provider.password_equals_auth_id".to_string()),
+        "{added}"
+    );
+    env.ok(&[
+        "provider",
+        "update",
+        "itsp",
+        "--password",
+        "Wm3kR8zQ2vLt9Pn5",
+    ]);
+    let shown = env.json(&["provider", "show", "itsp", "--json"]);
+    assert!(rules_of(&shown["findings"]).is_empty(), "{shown}");
+    let err = env.fails(
+        &[
+            "provider",
+            "add",
+            "itsp",
+            "--registrar",
+            "x.example.com",
+            "--auth-id",
+            "a",
+            "--password",
+            "Wm3kR8zQ2vLt9Pn5",
+        ],
+        2,
+    );
+    assert!(err.contains("provider name itsp"), "{err}");
+    let err = env.fails(
+        &["provider", "add", "p2", "--registrar", "x.example.com"],
+        2,
+    );
+    assert!(err.contains("--auth-id"), "{err}");
+    env.ok(&["provider", "remove", "itsp"]);
+    assert_eq!(
+        env.json(&["provider", "list", "--json"]),
+        serde_json::json!([])
+    );
+}
