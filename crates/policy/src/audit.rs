@@ -218,6 +218,8 @@ pub struct ProviderFacts<'a> {
 #[derive(Debug)]
 pub struct Auditor<'a> {
     ctx: Context<'a>,
+    /// The configured domain's tokens, lower-case, computed once.
+    domain_tokens: Vec<String>,
     findings: Vec<Finding>,
     by_password: HashMap<&'a str, Vec<(Kind, String)>>,
 }
@@ -225,6 +227,7 @@ pub struct Auditor<'a> {
 impl<'a> Auditor<'a> {
     pub fn new(ctx: Context<'a>) -> Self {
         Self {
+            domain_tokens: ctx.domain.map(password::domain_tokens).unwrap_or_default(),
             ctx,
             findings: Vec::new(),
             by_password: HashMap::new(),
@@ -389,6 +392,9 @@ impl<'a> Auditor<'a> {
         who: Identity<'_>,
     ) {
         let policy = self.ctx.policy;
+        // Lower-cased once: every containment test below compares lower-case text.
+        let lower = pw.to_ascii_lowercase();
+        let contains = |needle: &str| !needle.is_empty() && lower.contains(needle);
         if pw == who.auth_id {
             self.push(
                 k,
@@ -396,7 +402,7 @@ impl<'a> Auditor<'a> {
                 Check::PasswordEqualsAuthId,
                 "the password is the same as the auth ID".into(),
             );
-        } else if who.auth_id.len() >= 3 && password::contains_ci(pw, who.auth_id) {
+        } else if who.auth_id.len() >= 3 && contains(&who.auth_id.to_ascii_lowercase()) {
             self.push(
                 k,
                 id,
@@ -424,10 +430,7 @@ impl<'a> Auditor<'a> {
                 "the password does not mix letters and digits".into(),
             );
         }
-        if password::name_tokens(who.name)
-            .iter()
-            .any(|t| password::contains_ci(pw, t))
-        {
+        if password::name_tokens(who.name).iter().any(|t| contains(t)) {
             self.push(
                 k,
                 id,
@@ -435,16 +438,16 @@ impl<'a> Auditor<'a> {
                 "the password contains the name".into(),
             );
         }
-        let mut hosts = self
-            .ctx
-            .domain
-            .map(password::domain_tokens)
+        let extra_host_tokens = who
+            .extra_host
+            .map(|h| password::domain_tokens(h.rsplit_once(':').map_or(h, |(a, _)| a)))
             .unwrap_or_default();
-        if let Some(h) = who.extra_host {
-            let host_only = h.rsplit_once(':').map_or(h, |(a, _)| a);
-            hosts.extend(password::domain_tokens(host_only));
-        }
-        if hosts.iter().any(|t| password::contains_ci(pw, t)) {
+        let in_domain = self
+            .domain_tokens
+            .iter()
+            .chain(&extra_host_tokens)
+            .any(|t| contains(t));
+        if in_domain {
             self.push(
                 k,
                 id,
@@ -452,7 +455,7 @@ impl<'a> Auditor<'a> {
                 "the password contains the domain name".into(),
             );
         }
-        if password::is_common(pw) {
+        if password::is_common_lower(&lower) {
             self.push(
                 k,
                 id,

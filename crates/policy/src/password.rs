@@ -28,7 +28,12 @@ pub fn common_list_len() -> usize {
 
 /// Whether the password (ignoring case) is in the common-password list.
 pub fn is_common(password: &str) -> bool {
-    common_set().contains(password.to_ascii_lowercase().as_str())
+    is_common_lower(&password.to_ascii_lowercase())
+}
+
+/// [`is_common`] for a password already lower-cased.
+pub fn is_common_lower(lower: &str) -> bool {
+    common_set().contains(lower)
 }
 
 /// Whether the password has at least one letter and at least one digit.

@@ -111,7 +111,7 @@ impl Vault {
             what: aad.to_owned(),
         };
         let body = sealed.strip_prefix(PREFIX).ok_or_else(fail)?;
-        let bytes = hex::decode(body).map_err(|_| fail())?;
+        let bytes = decode_hex(body).ok_or_else(fail)?;
         if bytes.len() < NONCE_LEN + 16 {
             return Err(fail());
         }
@@ -131,6 +131,40 @@ impl Vault {
         let text = std::str::from_utf8(&pt).map_err(|_| fail())?;
         Ok(Secret::new(text))
     }
+}
+
+/// Hex decoding with a lookup table: `hex::decode` goes through an iterator per byte and
+/// was a third of the time the audit spent opening secrets.
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    const fn table() -> [u8; 256] {
+        let mut t = [0xff_u8; 256];
+        let mut i = 0;
+        while i < 10 {
+            t[b'0' as usize + i] = i as u8;
+            i += 1;
+        }
+        let mut i = 0;
+        while i < 6 {
+            t[b'a' as usize + i] = 10 + i as u8;
+            t[b'A' as usize + i] = 10 + i as u8;
+            i += 1;
+        }
+        t
+    }
+    static TABLE: [u8; 256] = table();
+    let bytes = text.as_bytes();
+    if !bytes.len().is_multiple_of(2) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 2);
+    for pair in bytes.chunks_exact(2) {
+        let (hi, lo) = (TABLE[usize::from(pair[0])], TABLE[usize::from(pair[1])]);
+        if hi == 0xff || lo == 0xff {
+            return None;
+        }
+        out.push(hi << 4 | lo);
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -182,6 +216,23 @@ mod tests {
         }
         // Same plaintext twice seals differently (fresh nonce).
         assert_ne!(v.seal(&mut rng, "a", "same"), v.seal(&mut rng, "a", "same"));
+    }
+
+    #[test]
+    fn hex_decoding_matches_the_hex_crate() {
+        for bytes in [
+            vec![],
+            vec![0u8],
+            vec![0xff, 0x00, 0xab, 0x7f],
+            (0..=255).collect::<Vec<u8>>(),
+        ] {
+            let lower = hex::encode(&bytes);
+            assert_eq!(decode_hex(&lower), Some(bytes.clone()));
+            assert_eq!(decode_hex(&lower.to_uppercase()), Some(bytes));
+        }
+        for bad in ["0", "zz", "0g", "é0"] {
+            assert_eq!(decode_hex(bad), None, "{bad}");
+        }
     }
 
     #[test]
