@@ -1,0 +1,82 @@
+//! Typed views of the headers sipward acts on, parsed from the raw values of
+//! [`crate::msg::Message`]. One file per header, each with its own tests.
+
+pub mod addr;
+pub mod auth;
+pub mod cseq;
+pub mod via;
+
+/// Splits a header value at commas that are outside quoted strings and `<...>`
+/// (RFC 3261 §7.3: several values of one header may share a line).
+pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
+    let mut parts = Vec::new();
+    let (mut quoted, mut angle, mut escaped, mut start) = (false, false, false, 0);
+    for (i, c) in value.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            ',' if !quoted && !angle => {
+                parts.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&value[start..]);
+    parts.into_iter().map(str::trim).filter(|p| !p.is_empty())
+}
+
+/// Parses `;name=value;flag` parameters. Values may be quoted; names are compared
+/// case-insensitively by [`param`].
+pub fn params(text: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    text.split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+            None => (p, None),
+        })
+}
+
+/// The value of a parameter: `None` when absent, `Some(None)` for a flag without value.
+pub fn param<'a>(text: &'a str, name: &str) -> Option<Option<&'a str>> {
+    params(text)
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_split_outside_quotes_and_brackets() {
+        let v = r#""Smith, Bob" <sip:b@x;a=1,2>;expires=60, <sip:c@y>, sip:d@z"#;
+        assert_eq!(
+            split_list(v).collect::<Vec<_>>(),
+            vec![
+                r#""Smith, Bob" <sip:b@x;a=1,2>;expires=60"#,
+                "<sip:c@y>",
+                "sip:d@z"
+            ]
+        );
+        assert_eq!(split_list(r#""a\"," <sip:x>"#).count(), 1);
+        assert_eq!(split_list(" , ,").count(), 0);
+    }
+
+    #[test]
+    fn parameters() {
+        let p = ";branch=z9hG4bK1 ; rport; received=\"1.2.3.4\";Expires=30";
+        assert_eq!(param(p, "branch"), Some(Some("z9hG4bK1")));
+        assert_eq!(param(p, "rport"), Some(None));
+        assert_eq!(param(p, "received"), Some(Some("1.2.3.4")));
+        assert_eq!(param(p, "expires"), Some(Some("30")));
+        assert_eq!(param(p, "maddr"), None);
+    }
+}

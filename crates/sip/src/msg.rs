@@ -1,0 +1,386 @@
+//! SIP message parsing (RFC 3261 §7), zero-copy over the received bytes.
+//!
+//! Hostile input arrives here: the parser only slices with checked operations, never
+//! panics (property tests and a fuzz target hold it to that), bounds the number of
+//! headers, and its errors never quote the input.
+
+use std::borrow::Cow;
+
+/// Why a message could not be parsed. Deliberately coarse and free of input text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// The head (start line and headers) did not end with an empty line.
+    Incomplete,
+    /// Not UTF-8, a malformed start line, or a malformed header line.
+    Malformed,
+    /// More headers than [`MAX_HEADERS`].
+    TooManyHeaders,
+    /// The body is shorter than Content-Length says, or Content-Length is invalid.
+    BadLength,
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ParseError::Incomplete => "incomplete message head",
+            ParseError::Malformed => "malformed message",
+            ParseError::TooManyHeaders => "too many headers",
+            ParseError::BadLength => "body length does not match Content-Length",
+        })
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// A message with more header lines than this is refused.
+pub const MAX_HEADERS: usize = 96;
+
+/// Header names sipward looks at, with their compact forms (RFC 3261 §7.3.3, RFC 3515, RFC 6665).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Name {
+    Via,
+    From,
+    To,
+    CallId,
+    CSeq,
+    Contact,
+    Expires,
+    ContentLength,
+    ContentType,
+    Authorization,
+    MaxForwards,
+    UserAgent,
+    Supported,
+    Event,
+    Other,
+}
+
+impl Name {
+    fn parse(raw: &str) -> Self {
+        if raw.len() == 1 {
+            return match raw.as_bytes()[0].to_ascii_lowercase() {
+                b'v' => Name::Via,
+                b'f' => Name::From,
+                b't' => Name::To,
+                b'i' => Name::CallId,
+                b'm' => Name::Contact,
+                b'l' => Name::ContentLength,
+                b'c' => Name::ContentType,
+                b'k' => Name::Supported,
+                b'o' => Name::Event,
+                _ => Name::Other,
+            };
+        }
+        const NAMES: &[(&str, Name)] = &[
+            ("via", Name::Via),
+            ("from", Name::From),
+            ("to", Name::To),
+            ("call-id", Name::CallId),
+            ("cseq", Name::CSeq),
+            ("contact", Name::Contact),
+            ("expires", Name::Expires),
+            ("content-length", Name::ContentLength),
+            ("content-type", Name::ContentType),
+            ("authorization", Name::Authorization),
+            ("max-forwards", Name::MaxForwards),
+            ("user-agent", Name::UserAgent),
+            ("supported", Name::Supported),
+            ("event", Name::Event),
+        ];
+        NAMES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(raw))
+            .map_or(Name::Other, |(_, n)| *n)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header<'a> {
+    pub name: Name,
+    pub raw_name: &'a str,
+    /// The value with folding (CRLF + whitespace) replaced by one space; trimmed.
+    pub value: Cow<'a, str>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartLine<'a> {
+    Request { method: &'a str, uri: &'a str },
+    Response { code: u16, reason: &'a str },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message<'a> {
+    pub start: StartLine<'a>,
+    pub headers: Vec<Header<'a>>,
+    pub body: &'a [u8],
+}
+
+impl<'a> Message<'a> {
+    /// The first header with this name.
+    pub fn header(&self, name: Name) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.value.as_ref())
+    }
+
+    /// Every header with this name, in order.
+    pub fn headers_named(&self, name: Name) -> impl Iterator<Item = &str> {
+        self.headers
+            .iter()
+            .filter(move |h| h.name == name)
+            .map(|h| h.value.as_ref())
+    }
+
+    pub fn method(&self) -> Option<&'a str> {
+        match self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+}
+
+/// Finds the end of the message head (the index just past the empty line), if present.
+/// Accepts CRLF CRLF and, leniently, LF LF.
+pub fn head_end(buf: &[u8]) -> Option<usize> {
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Parses one complete message. For datagrams the body is everything after the head
+/// (cut to Content-Length when present); a stream transport frames first (see
+/// [`frame_len`]). Leading empty lines (stream keep-alives) are skipped.
+pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
+    let skip = buf
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    let buf = buf.get(skip..).unwrap_or_default();
+    let end = head_end(buf).ok_or(ParseError::Incomplete)?;
+    let head = std::str::from_utf8(buf.get(..end).unwrap_or_default())
+        .map_err(|_| ParseError::Malformed)?;
+    let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let start = parse_start_line(lines.next().unwrap_or(""))?;
+    let mut headers: Vec<Header<'_>> = Vec::with_capacity(16);
+    for line in lines {
+        if line.is_empty() {
+            break;
+        }
+        if line.starts_with([' ', '\t']) {
+            // Folding (RFC 3261 §7.3.1): the line continues the previous header value.
+            let last = headers.last_mut().ok_or(ParseError::Malformed)?;
+            let mut joined = last.value.clone().into_owned();
+            joined.push(' ');
+            joined.push_str(line.trim_matches([' ', '\t']));
+            last.value = Cow::Owned(joined);
+            continue;
+        }
+        if headers.len() >= MAX_HEADERS {
+            return Err(ParseError::TooManyHeaders);
+        }
+        let (raw_name, value) = split_header(line)?;
+        headers.push(Header {
+            name: Name::parse(raw_name),
+            raw_name,
+            value: Cow::Borrowed(value),
+        });
+    }
+    let rest = buf.get(end..).unwrap_or_default();
+    let body = match headers.iter().find(|h| h.name == Name::ContentLength) {
+        Some(h) => {
+            let len: usize = h.value.trim().parse().map_err(|_| ParseError::BadLength)?;
+            rest.get(..len).ok_or(ParseError::BadLength)?
+        }
+        None => rest,
+    };
+    Ok(Message {
+        start,
+        headers,
+        body,
+    })
+}
+
+/// For stream transports: given bytes that start at a message boundary (after any
+/// keep-alive CRLFs), the length of the first whole message (head plus Content-Length
+/// body), or `Ok(None)` when more bytes are needed. RFC 3261 §18.3 makes Content-Length
+/// mandatory on streams; messages over `max` bytes are refused.
+pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, ParseError> {
+    let Some(end) = head_end(buf) else {
+        return if buf.len() > max {
+            Err(ParseError::BadLength)
+        } else {
+            Ok(None)
+        };
+    };
+    let head = std::str::from_utf8(buf.get(..end).unwrap_or_default())
+        .map_err(|_| ParseError::Malformed)?;
+    let mut len = None;
+    for line in head.split('\n').skip(1) {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() || line.starts_with([' ', '\t']) {
+            continue;
+        }
+        let (name, value) = split_header(line)?;
+        if Name::parse(name) == Name::ContentLength {
+            len = Some(
+                value
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| ParseError::BadLength)?,
+            );
+        }
+    }
+    let total = end
+        .checked_add(len.ok_or(ParseError::BadLength)?)
+        .ok_or(ParseError::BadLength)?;
+    if total > max {
+        return Err(ParseError::BadLength);
+    }
+    Ok((buf.len() >= total).then_some(total))
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+}
+
+fn parse_start_line(line: &str) -> Result<StartLine<'_>, ParseError> {
+    let mut parts = line.splitn(3, ' ');
+    let (a, b, c) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
+    if a == "SIP/2.0" {
+        let code: u16 = b.parse().map_err(|_| ParseError::Malformed)?;
+        if !(100..=699).contains(&code) || b.len() != 3 {
+            return Err(ParseError::Malformed);
+        }
+        return Ok(StartLine::Response { code, reason: c });
+    }
+    let uri_ok =
+        !b.is_empty() && !b.contains(|ch: char| ch.is_ascii_whitespace() || ch.is_control());
+    if !is_token(a) || !uri_ok || c != "SIP/2.0" {
+        return Err(ParseError::Malformed);
+    }
+    Ok(StartLine::Request { method: a, uri: b })
+}
+
+fn split_header(line: &str) -> Result<(&str, &str), ParseError> {
+    let (name, value) = line.split_once(':').ok_or(ParseError::Malformed)?;
+    let name = name.trim_end_matches([' ', '\t']);
+    if !is_token(name) || value.contains(|c: char| c.is_control() && c != '\t') {
+        return Err(ParseError::Malformed);
+    }
+    Ok((name, value.trim_matches([' ', '\t'])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REGISTER: &[u8] = b"REGISTER sip:pbx.example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bK776asdhds;rport\r\n\
+Max-Forwards: 70\r\n\
+To: Bob <sip:1001@pbx.example.com>\r\n\
+From: Bob <sip:1001@pbx.example.com>;tag=456248\r\n\
+Call-ID: 843817637684230@998sdasdh09\r\n\
+CSeq: 1826 REGISTER\r\n\
+Contact: <sip:1001@192.0.2.10:5062>\r\n\
+Expires: 7200\r\n\
+Content-Length: 0\r\n\r\n";
+
+    #[test]
+    fn a_register() {
+        let m = parse(REGISTER).expect("parses");
+        assert_eq!(
+            m.start,
+            StartLine::Request {
+                method: "REGISTER",
+                uri: "sip:pbx.example.com"
+            }
+        );
+        assert_eq!(m.header(Name::CSeq), Some("1826 REGISTER"));
+        assert_eq!(m.header(Name::Expires), Some("7200"));
+        assert_eq!(m.headers_named(Name::Via).count(), 1);
+        assert_eq!(m.header(Name::Authorization), None);
+        assert!(m.body.is_empty());
+        assert_eq!(frame_len(REGISTER, 65536), Ok(Some(REGISTER.len())));
+        assert_eq!(frame_len(&REGISTER[..REGISTER.len() - 2], 65536), Ok(None));
+    }
+
+    #[test]
+    fn compact_folded_and_lf_only() {
+        let msg = b"\r\n\r\nOPTIONS sip:x@example.com SIP/2.0\nv: SIP/2.0/TCP h;branch=z9hG4bK1\ni: abc\nm: <sip:a@b>,\n  <sip:c@d>\nl: 4\n\nbody";
+        let m = parse(msg).expect("parses");
+        assert_eq!(m.method(), Some("OPTIONS"));
+        assert_eq!(m.header(Name::CallId), Some("abc"));
+        assert_eq!(m.header(Name::Contact), Some("<sip:a@b>, <sip:c@d>"));
+        assert_eq!(m.body, b"body");
+    }
+
+    #[test]
+    fn responses() {
+        let m = parse(b"SIP/2.0 401 Unauthorized\r\nCall-ID: x\r\n\r\n").expect("parses");
+        assert_eq!(
+            m.start,
+            StartLine::Response {
+                code: 401,
+                reason: "Unauthorized"
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_input_is_refused() {
+        let cases: &[&[u8]] = &[
+            b"",
+            b"REGISTER sip:x SIP/2.0\r\nVia: a\r\n",
+            b"REGISTER sip:x SIP/2.0\r\nno colon here\r\n\r\n",
+            b"REGISTER sip:x SIP/3.0\r\n\r\n",
+            b"REG ISTER sip:x SIP/2.0\r\n\r\n",
+            b"REGISTER  SIP/2.0\r\n\r\n",
+            b"SIP/2.0 99 Too Low\r\n\r\n",
+            b" folded: first\r\n\r\n",
+            b"REGISTER sip:x SIP/2.0\r\n folded-first\r\n\r\n",
+            b"REGISTER sip:x SIP/2.0\r\nContent-Length: 10\r\n\r\nshort",
+            b"REGISTER sip:x SIP/2.0\r\nContent-Length: -1\r\n\r\n",
+            b"REGISTER sip:x SIP/2.0\r\nX: \xff\r\n\r\n",
+            b"REGISTER sip:x SIP/2.0\r\nX: a\x00b\r\n\r\n",
+        ];
+        for c in cases {
+            assert!(parse(c).is_err(), "{:?}", String::from_utf8_lossy(c));
+        }
+        let many: String = std::iter::once("OPTIONS sip:x SIP/2.0\r\n".to_string())
+            .chain((0..=MAX_HEADERS).map(|i| format!("X-{i}: y\r\n")))
+            .chain(std::iter::once("\r\n".to_string()))
+            .collect();
+        assert_eq!(parse(many.as_bytes()), Err(ParseError::TooManyHeaders));
+    }
+
+    #[test]
+    fn stream_framing_limits() {
+        assert_eq!(
+            frame_len(b"OPTIONS sip:x SIP/2.0\r\n\r\n", 1000),
+            Err(ParseError::BadLength),
+            "Content-Length is mandatory on streams"
+        );
+        assert_eq!(frame_len(&[b'a'; 2000], 1000), Err(ParseError::BadLength));
+        assert_eq!(
+            frame_len(
+                b"OPTIONS sip:x SIP/2.0\r\nl: 99999999999999999999999\r\n\r\n",
+                1000
+            ),
+            Err(ParseError::BadLength)
+        );
+        assert_eq!(
+            frame_len(b"OPTIONS sip:x SIP/2.0\r\nl: 5000\r\n\r\n", 1000),
+            Err(ParseError::BadLength)
+        );
+    }
+}
