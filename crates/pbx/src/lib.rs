@@ -1,11 +1,18 @@
-//! The running PBX's application layer. For now: the registry workflow shared by the CLI
-//! and (later) the console: validating input, generating strong credentials, sealing
-//! secrets, keeping HA1s current, the audit over everything stored, and CSV import.
+//! The running PBX: the registry workflow shared by the CLI and the console
+//! (validation, strong credentials, sealed secrets, HA1s, the audit, CSV import) and the
+//! SIP server (transports -> endpoint -> authenticator -> registrar).
 
 pub mod audit;
+pub mod authenticator;
+pub mod directory;
+pub mod endpoint;
 mod error;
 pub mod import;
+pub mod metrics;
+pub mod registrar;
 pub mod registry;
+pub mod server;
+pub mod transport;
 
 pub use error::{Error, Result};
 pub use registry::{Clock, Registry, Settings};

@@ -1,10 +1,13 @@
-//! Stateless digest nonces: `hex(issued_at) || hex(HMAC-SHA256(key, issued_at, source IP,
-//! realm)[..16])`. A nonce is checked without per-request state; it is bound to the
-//! address it was issued to and expires (RFC 7616 §3.3 `stale=true` when only its age is
-//! wrong). Replayed `nc` values are refused by [`NcTracker`], which is bounded.
+//! Stateless digest nonces: `hex(issued_at) || hex(salt) || hex(HMAC-SHA256(key,
+//! issued_at, salt, source IP, realm)[..16])`. A nonce is checked without per-request
+//! state; it is bound to the address it was issued to and expires (RFC 7616 §3.3
+//! `stale=true` when only its age is wrong). The salt makes every nonce unique, even for
+//! many clients behind one address in the same second (each then counts `nc` from 1 on
+//! its own nonce). Replayed `nc` values are refused by [`NcTracker`], which is bounded.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -13,14 +16,16 @@ use subtle::ConstantTimeEq;
 type HmacSha256 = Hmac<Sha256>;
 
 const TS_HEX: usize = 16;
+const SALT_HEX: usize = 16;
 const MAC_BYTES: usize = 16;
 /// Length of every nonce sipward issues.
-pub const NONCE_LEN: usize = TS_HEX + 2 * MAC_BYTES;
+pub const NONCE_LEN: usize = TS_HEX + SALT_HEX + 2 * MAC_BYTES;
 
 /// The server's nonce secret (random per process; a restart only means clients get a
 /// fresh challenge).
 pub struct NonceKey {
     key: [u8; 32],
+    issued: AtomicU64,
 }
 
 impl std::fmt::Debug for NonceKey {
@@ -42,14 +47,34 @@ pub enum NonceCheck {
 
 impl NonceKey {
     pub fn new(key: [u8; 32]) -> Self {
-        Self { key }
+        Self {
+            key,
+            issued: AtomicU64::new(0),
+        }
     }
 
-    fn mac(&self, issued_at: u64, source: IpAddr, realm: &str) -> [u8; 32] {
+    fn hmac(&self) -> HmacSha256 {
         // new_from_slice only fails for invalid key lengths; HMAC accepts any length.
-        let mut m = <HmacSha256 as KeyInit>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable_hmac());
+        <HmacSha256 as KeyInit>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable_hmac())
+    }
+
+    /// A unique, unpredictable salt: a keyed hash of a per-process counter (the counter
+    /// itself would reveal how many challenges were sent).
+    fn next_salt(&self) -> u64 {
+        let n = self.issued.fetch_add(1, Ordering::Relaxed);
+        let mut m = self.hmac();
+        m.update(b"salt");
+        m.update(&n.to_be_bytes());
+        let out = m.finalize().into_bytes();
+        u64::from_be_bytes([
+            out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7],
+        ])
+    }
+
+    fn mac(&self, issued_at: u64, salt: u64, source: IpAddr, realm: &str) -> [u8; 32] {
+        let mut m = self.hmac();
         m.update(&issued_at.to_be_bytes());
+        m.update(&salt.to_be_bytes());
         match source {
             IpAddr::V4(a) => m.update(&a.octets()),
             IpAddr::V6(a) => m.update(&a.octets()),
@@ -59,15 +84,16 @@ impl NonceKey {
     }
 
     pub fn issue(&self, now_secs: u64, source: IpAddr, realm: &str) -> String {
-        let mac = self.mac(now_secs, source, realm);
-        let mut s = format!("{now_secs:016x}");
+        let salt = self.next_salt();
+        let mac = self.mac(now_secs, salt, source, realm);
+        let mut s = format!("{now_secs:016x}{salt:016x}");
         s.push_str(&hex::encode(&mac[..MAC_BYTES]));
         s
     }
 
     /// An opaque value derived from the key (constant for the process).
     pub fn opaque(&self) -> String {
-        hex::encode(&self.mac(0, IpAddr::from([0, 0, 0, 0]), "opaque")[..8])
+        hex::encode(&self.mac(0, 0, IpAddr::from([0, 0, 0, 0]), "opaque")[..8])
     }
 
     pub fn check(
@@ -81,13 +107,16 @@ impl NonceKey {
         if nonce.len() != NONCE_LEN || !nonce.is_ascii() {
             return NonceCheck::Invalid;
         }
-        let Ok(issued_at) = u64::from_str_radix(&nonce[..TS_HEX], 16) else {
+        let (ts, rest) = nonce.split_at(TS_HEX);
+        let (salt, mac) = rest.split_at(SALT_HEX);
+        let (Ok(issued_at), Ok(salt), Ok(given)) = (
+            u64::from_str_radix(ts, 16),
+            u64::from_str_radix(salt, 16),
+            hex::decode(mac),
+        ) else {
             return NonceCheck::Invalid;
         };
-        let Ok(given) = hex::decode(&nonce[TS_HEX..]) else {
-            return NonceCheck::Invalid;
-        };
-        let expected = self.mac(issued_at, source, realm);
+        let expected = self.mac(issued_at, salt, source, realm);
         if !bool::from(given.ct_eq(&expected[..MAC_BYTES])) {
             return NonceCheck::Invalid;
         }
@@ -181,6 +210,23 @@ mod tests {
         let k = NonceKey::new([1; 32]);
         let n = k.issue(1000, A, "r");
         assert_eq!(n.len(), NONCE_LEN);
+        assert_ne!(
+            n,
+            k.issue(1000, A, "r"),
+            "unique even in the same second for the same source"
+        );
+        let mut other_salt = n.clone().into_bytes();
+        other_salt[TS_HEX] = if other_salt[TS_HEX] == b'0' {
+            b'1'
+        } else {
+            b'0'
+        };
+        let other_salt = String::from_utf8(other_salt).expect("ascii");
+        assert_eq!(
+            k.check(&other_salt, 1000, A, "r", 300),
+            NonceCheck::Invalid,
+            "the salt is covered by the MAC"
+        );
         assert_eq!(
             k.check(&n, 1000, A, "r", 300),
             NonceCheck::Valid { issued_at: 1000 }

@@ -29,6 +29,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the PBX: SIP on UDP and TCP, health and metrics over HTTP.
+    Serve(ServeArgs),
     /// Extensions: add, update, remove, list, show.
     #[command(subcommand)]
     Ext(ExtCommand),
@@ -42,6 +44,16 @@ pub enum Command {
     Audit(AuditArgs),
     /// Add many extensions from a CSV file, all or nothing.
     Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// SIP address for both UDP and TCP (port 0 picks a free one).
+    #[arg(long, default_value = "0.0.0.0:5060")]
+    pub sip: std::net::SocketAddr,
+    /// HTTP address for /healthz and /metrics (local only by default).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: std::net::SocketAddr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]

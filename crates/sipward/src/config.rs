@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use pbx::Settings;
+use pbx::registrar::RegistrarConfig;
 use policy::PolicyConfig;
 use serde::Deserialize;
 
@@ -14,6 +15,7 @@ use crate::OperatorError;
 struct RawConfig {
     sip: RawSip,
     policy: PolicyConfig,
+    registrar: RegistrarConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -23,13 +25,27 @@ struct RawSip {
     realm: Option<String>,
     /// SIP domain of this PBX.
     domain: Option<String>,
+    /// Seconds a digest nonce stays valid (then `stale=true`).
+    nonce_lifetime: Option<u64>,
+    /// Offer SHA-256 before MD5 in challenges (only for fleets of modern phones).
+    prefer_sha256: bool,
+}
+
+/// Everything the config file sets, typed and checked.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub settings: Settings,
+    pub registrar: RegistrarConfig,
+    pub nonce_lifetime_secs: u64,
+    pub prefer_sha256: bool,
 }
 
 const DEFAULT_REALM: &str = "sipward";
+const DEFAULT_NONCE_LIFETIME: u64 = 300;
 
 /// Reads the config: the explicit file (which must exist), else DATA/sipward.toml when
 /// present, else the defaults.
-pub fn load(explicit: Option<&Path>, data: &Path) -> anyhow::Result<Settings> {
+pub fn load(explicit: Option<&Path>, data: &Path) -> anyhow::Result<Config> {
     let path: Option<PathBuf> = match explicit {
         Some(p) => Some(p.to_owned()),
         None => Some(data.join("sipward.toml")).filter(|p| p.exists()),
@@ -43,15 +59,16 @@ pub fn load(explicit: Option<&Path>, data: &Path) -> anyhow::Result<Settings> {
         }
         None => RawConfig::default(),
     };
-    settings(raw)
+    typed(raw)
 }
 
 fn parse(text: &str) -> anyhow::Result<RawConfig> {
     toml::from_str(text).map_err(|e| OperatorError(e.message().to_owned()).into())
 }
 
-fn settings(raw: RawConfig) -> anyhow::Result<Settings> {
+fn typed(raw: RawConfig) -> anyhow::Result<Config> {
     raw.policy.validate().map_err(OperatorError)?;
+    raw.registrar.validate().map_err(OperatorError)?;
     let domain = raw
         .sip
         .domain
@@ -76,10 +93,21 @@ fn settings(raw: RawConfig) -> anyhow::Result<Settings> {
         )
         .into());
     }
-    Ok(Settings {
-        realm,
-        domain,
-        policy: raw.policy,
+    let nonce_lifetime_secs = raw.sip.nonce_lifetime.unwrap_or(DEFAULT_NONCE_LIFETIME);
+    if !(30..=3600).contains(&nonce_lifetime_secs) {
+        return Err(
+            OperatorError("sip.nonce_lifetime must be between 30 and 3600 seconds".into()).into(),
+        );
+    }
+    Ok(Config {
+        settings: Settings {
+            realm,
+            domain,
+            policy: raw.policy,
+        },
+        registrar: raw.registrar,
+        nonce_lifetime_secs,
+        prefer_sha256: raw.sip.prefer_sha256,
     })
 }
 
@@ -87,30 +115,39 @@ fn settings(raw: RawConfig) -> anyhow::Result<Settings> {
 mod tests {
     use super::*;
 
+    fn config(text: &str) -> anyhow::Result<Config> {
+        typed(parse(text)?)
+    }
+
     #[test]
     fn defaults() {
-        let s = settings(parse("").expect("empty parses")).expect("valid");
-        assert_eq!(s.realm, "sipward");
-        assert_eq!(s.domain, None);
+        let c = config("").expect("valid");
+        assert_eq!(c.settings.realm, "sipward");
+        assert_eq!(c.settings.domain, None);
+        assert_eq!(c.nonce_lifetime_secs, 300);
+        assert_eq!(c.registrar, RegistrarConfig::default());
     }
 
     #[test]
     fn domain_becomes_the_realm() {
-        let s = settings(parse("[sip]\ndomain = \"PBX.Example.com\"\n").expect("parses"))
-            .expect("valid");
-        assert_eq!(s.realm, "pbx.example.com");
-        assert_eq!(s.domain.as_deref(), Some("pbx.example.com"));
+        let c = config("[sip]\ndomain = \"PBX.Example.com\"\n").expect("valid");
+        assert_eq!(c.settings.realm, "pbx.example.com");
+        assert_eq!(c.settings.domain.as_deref(), Some("pbx.example.com"));
     }
 
     #[test]
     fn bad_configs_are_refused() {
-        assert!(parse("[sip]\nrealmm = \"x\"\n").is_err(), "unknown key");
-        assert!(
-            parse("[policy]\nmin_password_length = \"ten\"\n").is_err(),
-            "wrong type"
-        );
-        assert!(settings(parse("[policy]\nmin_password_length = 4\n").expect("parses")).is_err());
-        assert!(settings(parse("[sip]\nrealm = \"a\\\"b\"\n").expect("parses")).is_err());
-        assert!(settings(parse("[sip]\ndomain = \"bad domain\"\n").expect("parses")).is_err());
+        for bad in [
+            "[sip]\nrealmm = \"x\"\n",
+            "[policy]\nmin_password_length = \"ten\"\n",
+            "[policy]\nmin_password_length = 4\n",
+            "[sip]\nrealm = \"a\\\"b\"\n",
+            "[sip]\ndomain = \"bad domain\"\n",
+            "[sip]\nnonce_lifetime = 5\n",
+            "[registrar]\nmin_expires = 0\n",
+            "[registrar]\nmax_contacts = 1000\n",
+        ] {
+            assert!(config(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -29,6 +29,10 @@ impl std::error::Error for OperatorError {}
 #[derive(Debug)]
 struct SystemClock;
 
+pub fn clock() -> Arc<dyn Clock> {
+    Arc::new(SystemClock)
+}
+
 impl Clock for SystemClock {
     fn now(&self) -> i64 {
         std::time::SystemTime::now()
@@ -38,11 +42,11 @@ impl Clock for SystemClock {
 }
 
 /// Opens the data dir named on the command line, creating it on first use.
-pub async fn open_registry(cli: &cli::Cli) -> anyhow::Result<Registry> {
-    let settings = config::load(cli.config.as_deref(), &cli.data)?;
+pub async fn open_registry(cli: &cli::Cli, config: &config::Config) -> anyhow::Result<Registry> {
+    let settings = config.settings.clone();
     let data = DataDir::new(&cli.data);
     let rng = Box::new(rand_core::UnwrapErr(rand::rngs::SysRng));
-    let (registry, opened) = Registry::open(&data, settings, rng, Arc::new(SystemClock)).await?;
+    let (registry, opened) = Registry::open(&data, settings, rng, clock()).await?;
     if opened.created {
         eprintln!(
             "created data dir {} (database, secrets key, fax extension {} with strong credentials)",

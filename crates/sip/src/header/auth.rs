@@ -16,7 +16,10 @@ pub struct DigestCredentials<'a> {
     /// The `algorithm=` token as sent (absent means MD5).
     pub algorithm: Option<Cow<'a, str>>,
     pub qop: Option<Cow<'a, str>>,
+    /// The nonce count as a number (for replay checks)...
     pub nc: Option<u32>,
+    /// ...and exactly as sent (the response hash covers this text).
+    pub nc_raw: Option<Cow<'a, str>>,
     pub cnonce: Option<Cow<'a, str>>,
     pub opaque: Option<Cow<'a, str>>,
 }
@@ -102,6 +105,7 @@ impl<'a> DigestCredentials<'a> {
                     }
                     out.nc =
                         Some(u32::from_str_radix(&val, 16).map_err(|_| AuthParseError::Malformed)?);
+                    out.nc_raw = Some(val);
                 }
                 8 => out.cnonce = Some(val),
                 _ => out.opaque = Some(val),
@@ -186,6 +190,7 @@ mod tests {
         assert_eq!(c.uri, "sip:pbx.example.com");
         assert_eq!(c.algorithm(), Some(Algorithm::Sha256));
         assert_eq!(c.nc, Some(0x12f), "nc above 255 is fine");
+        assert_eq!(c.nc_raw.as_deref(), Some("0000012f"));
         assert_eq!(c.cnonce.as_deref(), Some("x y"));
         assert_eq!(c.qop.as_deref(), Some("auth"));
     }

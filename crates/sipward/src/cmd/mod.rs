@@ -3,6 +3,7 @@
 mod audit;
 mod ext;
 mod import;
+mod serve;
 mod trunk;
 
 use std::io::BufRead;
@@ -12,8 +13,10 @@ use crate::OperatorError;
 use crate::cli::{Cli, Command};
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let registry = crate::open_registry(&cli).await?;
+    let config = crate::config::load(cli.config.as_deref(), &cli.data)?;
+    let registry = crate::open_registry(&cli, &config).await?;
     let code = match cli.command {
+        Command::Serve(a) => serve::run(&registry, a, &config).await?,
         Command::Ext(c) => ext::run(&registry, c).await?,
         Command::Gateway(c) => trunk::gateway(&registry, c).await?,
         Command::Provider(c) => trunk::provider(&registry, c).await?,

@@ -1,0 +1,355 @@
+//! Digest authentication for the registrar (RFC 3261 §22, RFC 7616/8760).
+//!
+//! Enumeration resistance: an unknown auth ID, a wrong password and a wrong realm take
+//! the same path, do the same hashing (a dummy HA1 is derived for every request, used
+//! when the user is unknown) and end in the same challenge built by the same code.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use sip::digest::{self, Algorithm, ResponseInput};
+use sip::header::auth::{self, DigestCredentials};
+use sip::msg::{Message, Name};
+use sip::nonce::{NcTracker, NonceCheck, NonceKey};
+
+use crate::directory::{Account, Directory};
+
+/// Settings of the authenticator.
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    pub realm: String,
+    pub nonce_max_age_secs: u64,
+    /// How many nonces' `nc` counters are remembered (bounded memory).
+    pub nc_capacity: usize,
+    /// Offer SHA-256 before MD5. Off by default: many deployed clients (SIPp 3.6,
+    /// baresip 1.0, older phone firmware) answer only the first challenge and know only
+    /// MD5, so SHA-256 first locks them out. Responses with either algorithm are always
+    /// accepted.
+    pub prefer_sha256: bool,
+}
+
+#[derive(Debug)]
+pub struct Authenticator {
+    cfg: AuthConfig,
+    nonces: NonceKey,
+    opaque: String,
+    dummy_key: [u8; 32],
+    nc: Mutex<NcTracker>,
+}
+
+/// The result of checking a request's credentials.
+#[derive(Debug)]
+pub enum Outcome {
+    Authenticated(Arc<Account>),
+    /// Answer 401 with a fresh challenge; `stale` when the nonce merely expired.
+    Challenge {
+        stale: bool,
+    },
+}
+
+impl Authenticator {
+    /// `nonce_key` and `dummy_key` come from the OS CSPRNG (through the caller).
+    pub fn new(cfg: AuthConfig, nonce_key: [u8; 32], dummy_key: [u8; 32]) -> Self {
+        let nonces = NonceKey::new(nonce_key);
+        let opaque = nonces.opaque();
+        let nc = Mutex::new(NcTracker::new(cfg.nc_capacity, cfg.nonce_max_age_secs));
+        Self {
+            cfg,
+            nonces,
+            opaque,
+            dummy_key,
+            nc,
+        }
+    }
+
+    /// The two `WWW-Authenticate` values for a 401 (RFC 8760: one per algorithm, in
+    /// order of preference), both with the same fresh nonce.
+    pub fn challenges(&self, source: IpAddr, now_secs: u64, stale: bool) -> [String; 2] {
+        let nonce = self.nonces.issue(now_secs, source, &self.cfg.realm);
+        let (first, second) = if self.cfg.prefer_sha256 {
+            (Algorithm::Sha256, Algorithm::Md5)
+        } else {
+            (Algorithm::Md5, Algorithm::Sha256)
+        };
+        [
+            auth::challenge(&self.cfg.realm, &nonce, &self.opaque, first, stale),
+            auth::challenge(&self.cfg.realm, &nonce, &self.opaque, second, stale),
+        ]
+    }
+
+    /// A stand-in HA1 for a user name, so unknown users cost what known ones cost.
+    fn dummy_ha1(&self, username: &str, alg: Algorithm) -> String {
+        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.dummy_key)
+            .unwrap_or_else(|_| unreachable_hmac());
+        m.update(username.as_bytes());
+        let bytes = m.finalize().into_bytes();
+        match alg {
+            Algorithm::Md5 => hex::encode(&bytes[..16]),
+            Algorithm::Sha256 => hex::encode(bytes),
+        }
+    }
+
+    pub fn verify(
+        &self,
+        dir: &Directory,
+        req: &Message<'_>,
+        method: &str,
+        source: IpAddr,
+        now_secs: u64,
+    ) -> Outcome {
+        // Prefer the Authorization for our realm when a client sends several.
+        let mut chosen: Option<DigestCredentials<'_>> = None;
+        for value in req.headers_named(Name::Authorization) {
+            if let Ok(c) = DigestCredentials::parse(value) {
+                let ours = c.realm == self.cfg.realm;
+                if chosen.is_none() || ours {
+                    chosen = Some(c);
+                }
+                if ours {
+                    break;
+                }
+            }
+        }
+        let Some(c) = chosen else {
+            return Outcome::Challenge { stale: false };
+        };
+        let Some(alg) = c.algorithm() else {
+            return Outcome::Challenge { stale: false };
+        };
+
+        let nonce = self.nonces.check(
+            &c.nonce,
+            now_secs,
+            source,
+            &self.cfg.realm,
+            self.cfg.nonce_max_age_secs,
+        );
+        let qop_auth = match (&c.qop, &c.nc_raw, &c.cnonce) {
+            (Some(q), Some(nc), Some(cnonce)) if q.eq_ignore_ascii_case("auth") => {
+                Some((nc.as_ref(), cnonce.as_ref()))
+            }
+            _ => None,
+        };
+        // The same work whatever the outcome: look up, derive the dummy, hash.
+        let account = dir.account(&c.username).cloned();
+        let dummy = self.dummy_ha1(&c.username, alg);
+        let ha1 = match (&account, alg) {
+            (Some(a), Algorithm::Md5) => a.ha1_md5.as_str(),
+            (Some(a), Algorithm::Sha256) => a.ha1_sha256.as_str(),
+            (None, _) => dummy.as_str(),
+        };
+        let input = ResponseInput {
+            method,
+            uri: &c.uri,
+            nonce: &c.nonce,
+            qop_auth,
+        };
+        let response_ok = digest::verify_response(alg, ha1, &input, &c.response);
+        let realm_ok = c.realm == self.cfg.realm;
+        let nonce_ok = matches!(nonce, NonceCheck::Valid { .. });
+        let ok = response_ok & realm_ok & nonce_ok & qop_auth.is_some() & account.is_some();
+        match (ok, account, c.nc) {
+            (true, Some(a), Some(nc)) => {
+                let fresh = self
+                    .nc
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .accept(&c.nonce, nc, now_secs);
+                if fresh {
+                    Outcome::Authenticated(a)
+                } else {
+                    Outcome::Challenge { stale: false }
+                }
+            }
+            _ => Outcome::Challenge {
+                stale: nonce == NonceCheck::Stale,
+            },
+        }
+    }
+}
+
+#[cold]
+fn unreachable_hmac() -> Hmac<Sha256> {
+    panic!("HMAC-SHA256 accepts keys of any length")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sip::digest::{expected_response, ha1};
+    use store::registrar::DirectoryRow;
+
+    const SRC: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
+    const NOW: u64 = 1_795_894_105;
+
+    fn setup(prefer_sha256: bool) -> (Authenticator, Directory) {
+        let cfg = AuthConfig {
+            realm: "sipward".into(),
+            nonce_max_age_secs: 300,
+            nc_capacity: 100,
+            prefer_sha256,
+        };
+        let a = Authenticator::new(cfg, [1; 32], [2; 32]);
+        let d = Directory::from_rows(vec![DirectoryRow {
+            kind: "ext",
+            number: "1001".into(),
+            auth_id: "alice1001".into(),
+            sip_id: None,
+            ha1_md5: ha1(Algorithm::Md5, "alice1001", "sipward", "Zq8xLmTr4wPyK7vB2"),
+            ha1_sha256: ha1(
+                Algorithm::Sha256,
+                "alice1001",
+                "sipward",
+                "Zq8xLmTr4wPyK7vB2",
+            ),
+        }]);
+        (a, d)
+    }
+
+    fn nonce_of(challenge: &str) -> String {
+        challenge
+            .split("nonce=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .expect("nonce")
+            .to_owned()
+    }
+
+    /// An Authorization header as SIPp 3.6 writes it (no spaces, unquoted qop and nc).
+    fn authorization(
+        user: &str,
+        realm: &str,
+        password: &str,
+        nonce: &str,
+        nc: &str,
+        alg: Algorithm,
+    ) -> String {
+        let uri = "sip:127.0.0.1:54686";
+        let h = ha1(alg, user, realm, password);
+        let input = ResponseInput {
+            method: "REGISTER",
+            uri,
+            nonce,
+            qop_auth: Some((nc, "6b8b4567")),
+        };
+        let response = expected_response(alg, &h, &input);
+        format!(
+            "Digest username=\"{user}\",realm=\"{realm}\",cnonce=\"6b8b4567\",nc={nc},qop=auth,uri=\"{uri}\",nonce=\"{nonce}\",response=\"{response}\",algorithm={}",
+            alg.token()
+        )
+    }
+
+    fn verify(a: &Authenticator, d: &Directory, auth: &str, now: u64) -> Outcome {
+        let text = format!(
+            "REGISTER sip:127.0.0.1:54686 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:16062;branch=z9hG4bK-1\r\nAuthorization: {auth}\r\nContent-Length: 0\r\n\r\n"
+        );
+        let m = sip::msg::parse(text.as_bytes()).expect("parses");
+        a.verify(d, &m, "REGISTER", SRC, now)
+    }
+
+    #[test]
+    fn a_correct_response_authenticates_with_either_algorithm() {
+        let (a, d) = setup(false);
+        for alg in [Algorithm::Md5, Algorithm::Sha256] {
+            let nonce = nonce_of(&a.challenges(SRC, NOW, false)[0]);
+            let h = authorization(
+                "alice1001",
+                "sipward",
+                "Zq8xLmTr4wPyK7vB2",
+                &nonce,
+                "00000001",
+                alg,
+            );
+            match verify(&a, &d, &h, NOW + 1) {
+                Outcome::Authenticated(acc) => assert_eq!(acc.number, "1001"),
+                other => panic!("{alg:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn challenge_order_follows_the_setting() {
+        let (md5_first, _) = setup(false);
+        let [first, second] = md5_first.challenges(SRC, NOW, false);
+        assert!(first.contains("algorithm=MD5") && second.contains("algorithm=SHA-256"));
+        let (sha_first, _) = setup(true);
+        assert!(
+            sha_first.challenges(SRC, NOW, true)[0]
+                .contains("algorithm=SHA-256, qop=\"auth\", stale=true")
+        );
+    }
+
+    #[test]
+    fn replay_expiry_and_failures() {
+        let (a, d) = setup(false);
+        let nonce = nonce_of(&a.challenges(SRC, NOW, false)[0]);
+        let good = authorization(
+            "alice1001",
+            "sipward",
+            "Zq8xLmTr4wPyK7vB2",
+            &nonce,
+            "00000001",
+            Algorithm::Md5,
+        );
+        assert!(matches!(
+            verify(&a, &d, &good, NOW),
+            Outcome::Authenticated(_)
+        ));
+        assert!(
+            matches!(
+                verify(&a, &d, &good, NOW),
+                Outcome::Challenge { stale: false }
+            ),
+            "same nc replayed"
+        );
+        let next = authorization(
+            "alice1001",
+            "sipward",
+            "Zq8xLmTr4wPyK7vB2",
+            &nonce,
+            "00000002",
+            Algorithm::Md5,
+        );
+        assert!(
+            matches!(verify(&a, &d, &next, NOW), Outcome::Authenticated(_)),
+            "next nc on the same nonce"
+        );
+        let late = authorization(
+            "alice1001",
+            "sipward",
+            "Zq8xLmTr4wPyK7vB2",
+            &nonce,
+            "00000003",
+            Algorithm::Md5,
+        );
+        assert!(
+            matches!(
+                verify(&a, &d, &late, NOW + 301),
+                Outcome::Challenge { stale: true }
+            ),
+            "expired nonce"
+        );
+        let wrong = authorization(
+            "alice1001",
+            "sipward",
+            "wrong",
+            &nonce,
+            "00000004",
+            Algorithm::Md5,
+        );
+        assert!(matches!(
+            verify(&a, &d, &wrong, NOW),
+            Outcome::Challenge { stale: false }
+        ));
+        let no_qop = good.replace(",nc=00000001,qop=auth", "");
+        assert!(
+            matches!(
+                verify(&a, &d, &no_qop, NOW),
+                Outcome::Challenge { stale: false }
+            ),
+            "qop=auth is required"
+        );
+    }
+}

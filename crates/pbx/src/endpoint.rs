@@ -1,0 +1,299 @@
+//! The SIP endpoint: every received message passes through here, in order: parse,
+//! required headers, the transaction table, then the method's handler (REGISTER goes
+//! through authentication, then the registrar). It returns the bytes to send back;
+//! transports do the IO. The anti-hacking guard (issue #4) will sit first in this chain.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use sip::header::addr::{NameAddr, SipUri};
+use sip::header::cseq::CSeq;
+use sip::header::split_list;
+use sip::header::via::Via;
+use sip::msg::{self, Message, Name, StartLine};
+use sip::response::{ResponseBuilder, datagram_target};
+use sip::transaction::{Seen, ServerTransactions, TIMER_J, TxKey};
+
+use crate::Clock;
+use crate::authenticator::{Authenticator, Outcome};
+use crate::directory::DirectoryCache;
+use crate::metrics::Metrics;
+use crate::registrar::{Contacts, RegisterError, RegisterRequest, Registrar, TransportKind};
+
+/// Methods sipward knows but does not serve (yet): answered 405 with `Allow`.
+const KNOWN_METHODS: &[&str] = &[
+    "INVITE",
+    "BYE",
+    "CANCEL",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "MESSAGE",
+    "INFO",
+    "PRACK",
+    "UPDATE",
+    "REFER",
+    "PUBLISH",
+];
+const ALLOW: &str = "REGISTER, OPTIONS";
+
+/// Where a reply goes: for datagrams an address, for streams back on the connection.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub bytes: Vec<u8>,
+    /// For UDP: the target address (RFC 3261 §18.2.2 / RFC 3581).
+    pub target: SocketAddr,
+}
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub directory: Arc<DirectoryCache>,
+    pub auth: Authenticator,
+    pub registrar: Arc<Registrar>,
+    pub metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+    transactions: Mutex<ServerTransactions>,
+    tag_hasher: RandomState,
+}
+
+impl Endpoint {
+    pub fn new(
+        directory: Arc<DirectoryCache>,
+        auth: Authenticator,
+        registrar: Arc<Registrar>,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+        transaction_capacity: usize,
+    ) -> Self {
+        Self {
+            directory,
+            auth,
+            registrar,
+            metrics,
+            clock,
+            transactions: Mutex::new(ServerTransactions::new(transaction_capacity, TIMER_J)),
+            tag_hasher: RandomState::new(),
+        }
+    }
+
+    /// Handles one message; returns the reply to send, if any.
+    pub fn handle(
+        &self,
+        bytes: &[u8],
+        source: SocketAddr,
+        transport: TransportKind,
+    ) -> Option<Reply> {
+        let Ok(m) = msg::parse(bytes) else {
+            Metrics::inc(&self.metrics.parse_errors);
+            return None;
+        };
+        let StartLine::Request { method, uri } = m.start else {
+            return None; // responses: sipward sends no requests yet
+        };
+        Metrics::inc(&self.metrics.requests);
+        let top = m.header(Name::Via).and_then(Via::parse_top)?;
+        let target = match transport {
+            TransportKind::Udp => datagram_target(&top, source),
+            TransportKind::Tcp => source,
+        };
+        let tag = self.to_tag(&m);
+        let respond =
+            |code: u16, reason: &str| ResponseBuilder::new(&m, code, reason, source, &tag).ok();
+
+        // Required headers (RFC 3261 §8.1.1); a request without them is answered 400.
+        let cseq = m.header(Name::CSeq).and_then(CSeq::parse);
+        let cseq_ok = cseq.is_some_and(|c| c.method == method);
+        let headers_ok = m.header(Name::From).and_then(NameAddr::parse).is_some()
+            && m.header(Name::To).and_then(NameAddr::parse).is_some()
+            && m.header(Name::CallId).is_some_and(|c| !c.is_empty());
+        if !cseq_ok || !headers_ok {
+            Metrics::inc(&self.metrics.bad_requests);
+            let bytes = respond(400, "Bad Request")?.finish();
+            return Some(Reply { bytes, target });
+        }
+        if method == "ACK" {
+            return None;
+        }
+
+        // Retransmissions over UDP are absorbed or answered again from the table.
+        let key = match transport {
+            TransportKind::Udp => top
+                .branch
+                .and_then(|b| TxKey::new(b, top.host, top.port, method)),
+            TransportKind::Tcp => None,
+        };
+        let now = Instant::now();
+        if let Some(k) = &key {
+            let mut tx = self.transactions.lock().unwrap_or_else(|p| p.into_inner());
+            match tx.on_request(k, now) {
+                Seen::New => {}
+                Seen::Absorb => {
+                    Metrics::inc(&self.metrics.retransmissions);
+                    return None;
+                }
+                Seen::Resend(r) => {
+                    Metrics::inc(&self.metrics.retransmissions);
+                    return Some(Reply {
+                        bytes: r.to_vec(),
+                        target,
+                    });
+                }
+            }
+        }
+
+        let bytes = match method {
+            "REGISTER" => self.register(&m, uri, source, transport, &tag)?,
+            "OPTIONS" => {
+                Metrics::inc(&self.metrics.options);
+                respond(200, "OK")?
+                    .header("Allow", ALLOW)
+                    .header("Accept", "application/sdp")
+                    .finish()
+            }
+            "CANCEL" => respond(481, "Call/Transaction Does Not Exist")?.finish(),
+            m if KNOWN_METHODS.contains(&m) => {
+                Metrics::inc(&self.metrics.other_methods);
+                respond(405, "Method Not Allowed")?
+                    .header("Allow", ALLOW)
+                    .finish()
+            }
+            _ => {
+                Metrics::inc(&self.metrics.other_methods);
+                respond(501, "Not Implemented")?
+                    .header("Allow", ALLOW)
+                    .finish()
+            }
+        };
+        if let Some(k) = &key {
+            self.transactions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .respond(k, &bytes, now);
+        }
+        Some(Reply { bytes, target })
+    }
+
+    /// A To tag for our responses: stable for one request (so retransmitted answers
+    /// match) and unpredictable across requests.
+    fn to_tag(&self, m: &Message<'_>) -> String {
+        let h = self.tag_hasher.hash_one((
+            m.header(Name::CallId),
+            m.header(Name::From),
+            m.header(Name::CSeq),
+        ));
+        format!("{h:016x}")
+    }
+
+    fn register(
+        &self,
+        m: &Message<'_>,
+        _uri: &str,
+        source: SocketAddr,
+        transport: TransportKind,
+        tag: &str,
+    ) -> Option<Vec<u8>> {
+        let respond =
+            |code: u16, reason: &str| ResponseBuilder::new(m, code, reason, source, tag).ok();
+        let now = self.clock.now();
+        let now_u = u64::try_from(now).unwrap_or(0);
+        let dir = self.directory.get();
+        let account = match self.auth.verify(&dir, m, "REGISTER", source.ip(), now_u) {
+            Outcome::Authenticated(a) => a,
+            Outcome::Challenge { stale } => {
+                Metrics::inc(&self.metrics.register_challenged);
+                let [first, second] = self.auth.challenges(source.ip(), now_u, stale);
+                return Some(
+                    respond(401, "Unauthorized")?
+                        .header("WWW-Authenticate", &first)
+                        .header("WWW-Authenticate", &second)
+                        .finish(),
+                );
+            }
+        };
+        // Only an authenticated request learns anything about the address of record.
+        let refused = |code: u16, reason: &str| {
+            Metrics::inc(&self.metrics.register_refused);
+            respond(code, reason).map(|b| b.finish())
+        };
+        let to = m.header(Name::To).and_then(NameAddr::parse)?;
+        let user = SipUri::parse(to.uri).and_then(|u| u.user);
+        let aor_number = user.and_then(|u| dir.number_for_user(u));
+        if aor_number != Some(account.number.as_str()) {
+            return refused(403, "Forbidden");
+        }
+        let Some(req) = register_request(m, source, transport) else {
+            return refused(400, "Bad Request");
+        };
+        match self.registrar.register(&account.number, &req, now) {
+            Ok(current) => {
+                Metrics::inc(&self.metrics.register_ok);
+                let mut b = respond(200, "OK")?;
+                for c in &current {
+                    b = b.header(
+                        "Contact",
+                        &format!("<{}>;expires={}", c.contact, c.expires_in),
+                    );
+                }
+                Some(b.finish())
+            }
+            Err(RegisterError::IntervalTooBrief { min }) => {
+                Metrics::inc(&self.metrics.register_refused);
+                Some(
+                    respond(423, "Interval Too Brief")?
+                        .header("Min-Expires", &min.to_string())
+                        .finish(),
+                )
+            }
+            Err(RegisterError::BadStar) => refused(400, "Bad Request"),
+            Err(RegisterError::OutOfOrder) => refused(500, "Server Internal Error"),
+            Err(RegisterError::TooManyContacts) => refused(403, "Too Many Contacts"),
+        }
+    }
+}
+
+/// Reads the registrar's view of a REGISTER; `None` when Contact or Expires is malformed.
+fn register_request(
+    m: &Message<'_>,
+    source: SocketAddr,
+    transport: TransportKind,
+) -> Option<RegisterRequest> {
+    let expires_header = match m.header(Name::Expires) {
+        Some(v) => Some(v.trim().parse::<u32>().ok()?),
+        None => None,
+    };
+    let mut star = false;
+    let mut list = Vec::new();
+    for value in m.headers_named(Name::Contact) {
+        for part in split_list(value) {
+            if part == "*" {
+                star = true;
+                continue;
+            }
+            let a = NameAddr::parse(part)?;
+            SipUri::parse(a.uri)?;
+            let expires = match a.param("expires") {
+                Some(Some(v)) => Some(v.parse::<u32>().ok()?),
+                Some(None) => return None,
+                None => None,
+            };
+            list.push((a.uri.to_owned(), expires));
+        }
+    }
+    let contacts = match (star, list.is_empty()) {
+        (false, true) => Contacts::None,
+        (true, true) => Contacts::Star,
+        (false, false) => Contacts::List(list),
+        // `*` mixed with other contacts is a bad request (RFC 3261 §10.3 step 6).
+        (true, false) => return None,
+    };
+    Some(RegisterRequest {
+        call_id: m.header(Name::CallId)?.to_owned(),
+        cseq: m.header(Name::CSeq).and_then(CSeq::parse)?.seq,
+        contacts,
+        expires_header,
+        source,
+        transport,
+    })
+}

@@ -1,0 +1,101 @@
+//! Counters the server exposes on `/metrics` (Prometheus text). No label ever holds an
+//! address or a user name.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub requests: AtomicU64,
+    pub parse_errors: AtomicU64,
+    pub bad_requests: AtomicU64,
+    pub retransmissions: AtomicU64,
+    pub register_ok: AtomicU64,
+    pub register_challenged: AtomicU64,
+    pub register_refused: AtomicU64,
+    pub options: AtomicU64,
+    pub other_methods: AtomicU64,
+    pub bindings: AtomicU64,
+    pub directory_accounts: AtomicU64,
+}
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut s = String::new();
+        let counters = [
+            (
+                "sipward_sip_requests_total",
+                "SIP requests received",
+                get(&self.requests),
+            ),
+            (
+                "sipward_sip_parse_errors_total",
+                "datagrams or stream messages that did not parse",
+                get(&self.parse_errors),
+            ),
+            (
+                "sipward_sip_bad_requests_total",
+                "requests answered 400",
+                get(&self.bad_requests),
+            ),
+            (
+                "sipward_sip_retransmissions_total",
+                "retransmitted requests absorbed or re-answered",
+                get(&self.retransmissions),
+            ),
+            (
+                "sipward_register_ok_total",
+                "REGISTER requests accepted",
+                get(&self.register_ok),
+            ),
+            (
+                "sipward_register_challenged_total",
+                "REGISTER requests answered 401",
+                get(&self.register_challenged),
+            ),
+            (
+                "sipward_register_refused_total",
+                "authenticated REGISTER requests refused (403, 423, 400, 500)",
+                get(&self.register_refused),
+            ),
+            (
+                "sipward_options_total",
+                "OPTIONS requests answered",
+                get(&self.options),
+            ),
+            (
+                "sipward_other_methods_total",
+                "requests answered 405 or 501",
+                get(&self.other_methods),
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = write!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+            );
+        }
+        let gauges = [
+            (
+                "sipward_bindings",
+                "current registrar bindings",
+                get(&self.bindings),
+            ),
+            (
+                "sipward_directory_accounts",
+                "accounts that can authenticate",
+                get(&self.directory_accounts),
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let _ = write!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");
+        }
+        s
+    }
+}

@@ -1,0 +1,242 @@
+//! The running SIP server: binds the transports, loads the directory and the persisted
+//! bindings, and runs the background work (directory reload when the store changes,
+//! binding expiry and write-behind) until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use store::registrar as rq;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+
+use crate::authenticator::{AuthConfig, Authenticator};
+use crate::directory::{Directory, DirectoryCache};
+use crate::endpoint::Endpoint;
+use crate::metrics::Metrics;
+use crate::registrar::{Registrar, RegistrarConfig};
+use crate::{Clock, Registry, Result, transport};
+
+/// How often the store's registry version is polled (a CLI change is live within this).
+pub const RELOAD_EVERY: Duration = Duration::from_millis(250);
+/// How often bindings are expired and written behind.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub sip: SocketAddr,
+    pub registrar: RegistrarConfig,
+    pub nonce_max_age_secs: u64,
+    pub prefer_sha256: bool,
+    /// Tasks receiving on the UDP socket (one per core is best).
+    pub udp_workers: usize,
+}
+
+/// Random keys for this process, from the OS CSPRNG (through the binary).
+#[derive(Clone)]
+pub struct ServerKeys {
+    pub nonce: [u8; 32],
+    pub dummy: [u8; 32],
+}
+
+impl std::fmt::Debug for ServerKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerKeys([redacted])")
+    }
+}
+
+/// A server whose sockets are bound and whose state is loaded, ready to run.
+#[derive(Debug)]
+pub struct Bound {
+    pub sip_udp: SocketAddr,
+    pub sip_tcp: SocketAddr,
+    pub endpoint: Arc<Endpoint>,
+    udp: Arc<UdpSocket>,
+    tcp: TcpListener,
+    registry: Registry,
+    cfg: ServeConfig,
+    version: i64,
+    clock: Arc<dyn Clock>,
+}
+
+pub async fn bind(
+    registry: Registry,
+    cfg: ServeConfig,
+    keys: ServerKeys,
+    clock: Arc<dyn Clock>,
+) -> Result<Bound> {
+    let (udp, tcp) = transport::bind_pair(cfg.sip)
+        .await
+        .map_err(|e| store::Error::Io {
+            path: cfg.sip.to_string().into(),
+            source: e,
+        })?;
+    let sip_udp = udp.local_addr().map_err(|e| store::Error::Io {
+        path: "udp".into(),
+        source: e,
+    })?;
+    let sip_tcp = tcp.local_addr().map_err(|e| store::Error::Io {
+        path: "tcp".into(),
+        source: e,
+    })?;
+
+    let metrics = Arc::new(Metrics::default());
+    let directory = Arc::new(DirectoryCache::default());
+    let mut conn = registry.store().pool().acquire().await?;
+    let version = rq::registry_version(&mut conn).await?;
+    let dir = Directory::from_rows(rq::directory(&mut conn).await?);
+    metrics
+        .directory_accounts
+        .store(dir.len() as u64, Ordering::Relaxed);
+    directory.replace(dir);
+    let registrar = Arc::new(Registrar::new(cfg.registrar.clone()));
+    let loaded = registrar.load(rq::live_bindings(&mut conn, clock.now()).await?);
+    metrics.bindings.store(loaded as u64, Ordering::Relaxed);
+    drop(conn);
+
+    let auth = Authenticator::new(
+        AuthConfig {
+            realm: registry.settings().realm.clone(),
+            nonce_max_age_secs: cfg.nonce_max_age_secs,
+            nc_capacity: 65_536,
+            prefer_sha256: cfg.prefer_sha256,
+        },
+        keys.nonce,
+        keys.dummy,
+    );
+    let endpoint = Arc::new(Endpoint::new(
+        directory,
+        auth,
+        registrar,
+        metrics,
+        clock.clone(),
+        65_536,
+    ));
+    Ok(Bound {
+        sip_udp,
+        sip_tcp,
+        endpoint,
+        udp: Arc::new(udp),
+        tcp,
+        registry,
+        cfg,
+        version,
+        clock,
+    })
+}
+
+impl Bound {
+    /// Serves until `shutdown` resolves, then writes the bindings one last time.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..self.cfg.udp_workers.max(1) {
+            tasks.spawn(transport::serve_udp(
+                self.udp.clone(),
+                self.endpoint.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        tasks.spawn(transport::serve_tcp(
+            self.tcp,
+            self.endpoint.clone(),
+            stop_rx.clone(),
+        ));
+        tasks.spawn(reload_loop(
+            self.registry.clone(),
+            self.endpoint.clone(),
+            self.version,
+            stop_rx.clone(),
+        ));
+        tasks.spawn(flush_loop(
+            self.registry.clone(),
+            self.endpoint.clone(),
+            self.clock.clone(),
+            stop_rx.clone(),
+        ));
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        while tasks.join_next().await.is_some() {}
+        flush(&self.registry, &self.endpoint, self.clock.now()).await
+    }
+}
+
+async fn reload_loop(
+    registry: Registry,
+    endpoint: Arc<Endpoint>,
+    mut version: i64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(RELOAD_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let Ok(mut conn) = registry.store().pool().acquire().await else {
+            continue;
+        };
+        let Ok(now_version) = rq::registry_version(&mut conn).await else {
+            continue;
+        };
+        if now_version == version {
+            continue;
+        }
+        if let Ok(rows) = rq::directory(&mut conn).await {
+            let dir = Directory::from_rows(rows);
+            endpoint
+                .metrics
+                .directory_accounts
+                .store(dir.len() as u64, Ordering::Relaxed);
+            endpoint.directory.replace(dir);
+            version = now_version;
+        }
+    }
+}
+
+async fn flush_loop(
+    registry: Registry,
+    endpoint: Arc<Endpoint>,
+    clock: Arc<dyn Clock>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let _ = flush(&registry, &endpoint, clock.now()).await;
+    }
+}
+
+/// Expires bindings and writes every changed extension's bindings in one transaction;
+/// on failure the changes stay dirty and are retried on the next tick.
+async fn flush(registry: &Registry, endpoint: &Endpoint, now: i64) -> Result<()> {
+    endpoint.registrar.sweep(now);
+    endpoint
+        .metrics
+        .bindings
+        .store(endpoint.registrar.binding_count() as u64, Ordering::Relaxed);
+    let dirty = endpoint.registrar.take_dirty();
+    if dirty.is_empty() {
+        return Ok(());
+    }
+    let write = async {
+        let mut tx = registry.store().begin().await?;
+        for (number, rows) in &dirty {
+            rq::replace_bindings(&mut tx, number, rows).await?;
+        }
+        rq::delete_expired_bindings(&mut tx, now).await?;
+        tx.commit().await?;
+        Ok::<_, crate::Error>(())
+    };
+    let result = write.await;
+    if result.is_err() {
+        endpoint
+            .registrar
+            .mark_dirty(dirty.into_iter().map(|(n, _)| n));
+    }
+    result
+}

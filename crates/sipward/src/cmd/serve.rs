@@ -1,0 +1,87 @@
+//! `sipward serve`: binds SIP (UDP+TCP) and HTTP, prints one JSON ready line, serves
+//! until SIGINT or SIGTERM, then writes the bindings a last time.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use pbx::Registry;
+use pbx::server::{self, ServeConfig, ServerKeys};
+use rand_core::Rng;
+
+use crate::OperatorError;
+use crate::cli::ServeArgs;
+use crate::config::Config;
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Result<ExitCode> {
+    let mut rng = rand_core::UnwrapErr(rand::rngs::SysRng);
+    let mut keys = ServerKeys {
+        nonce: [0; 32],
+        dummy: [0; 32],
+    };
+    rng.fill_bytes(&mut keys.nonce);
+    rng.fill_bytes(&mut keys.dummy);
+    let cfg = ServeConfig {
+        sip: args.sip,
+        registrar: config.registrar.clone(),
+        nonce_max_age_secs: config.nonce_lifetime_secs,
+        prefer_sha256: config.prefer_sha256,
+        udp_workers: std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 8),
+    };
+    let bound = server::bind(reg.clone(), cfg, keys, crate::clock())
+        .await
+        .map_err(|e| OperatorError(format!("cannot serve SIP on {}: {e}", args.sip)))?;
+    let http = tokio::net::TcpListener::bind(args.http)
+        .await
+        .map_err(|e| OperatorError(format!("cannot serve HTTP on {}: {e}", args.http)))?;
+    let http_addr = http.local_addr()?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let app = console::router(console::ConsoleState {
+        metrics: bound.endpoint.metrics.clone(),
+        ready: ready.clone(),
+    });
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, app)
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .await
+    });
+
+    ready.store(true, Ordering::Release);
+    let line = serde_json::json!({
+        "event": "ready",
+        "sip_udp": bound.sip_udp.to_string(),
+        "sip_tcp": bound.sip_tcp.to_string(),
+        "http": http_addr.to_string(),
+    });
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    drop(out);
+
+    bound.run(shutdown_signal()).await?;
+    let _ = stop_http.send(());
+    let _ = http_task.await;
+    eprintln!("stopped");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,146 @@
+//! What the running registrar reads and writes: the credential directory (auth IDs and
+//! HA1s, never secrets), the registry version it polls for changes, and bindings.
+
+use sqlx::{AnyConnection, Row};
+
+use crate::{Error, Result};
+
+/// An account that can authenticate to the registrar.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectoryRow {
+    /// `ext` or `gateway`.
+    pub kind: &'static str,
+    /// The extension number (or the gateway's virtual extension number).
+    pub number: String,
+    pub auth_id: String,
+    pub sip_id: Option<String>,
+    pub ha1_md5: String,
+    pub ha1_sha256: String,
+}
+
+/// Increases whenever an extension or gateway is written (SQLite triggers).
+pub async fn registry_version(conn: &mut AnyConnection) -> Result<i64> {
+    let row = sqlx::query("SELECT value FROM meta WHERE key = 'registry_version'")
+        .fetch_optional(&mut *conn)
+        .await?;
+    let text: String = match row {
+        Some(r) => r.try_get("value")?,
+        None => return Ok(0),
+    };
+    text.parse().map_err(|_| Error::Corrupt {
+        path: "meta".into(),
+        detail: "registry_version is not a number".into(),
+    })
+}
+
+/// Every account that can register, packed by SQLite into one value (see
+/// `list_extensions_for_audit` for why).
+pub async fn directory(conn: &mut AnyConnection) -> Result<Vec<DirectoryRow>> {
+    let row = sqlx::query(
+        "SELECT (SELECT group_concat('ext' || char(31) || number || char(31) || auth_id || char(31) || \
+                coalesce(sip_id, '') || char(31) || ha1_md5 || char(31) || ha1_sha256, char(30)) FROM extensions) AS e, \
+                (SELECT group_concat('gateway' || char(31) || number || char(31) || auth_id || char(31) || \
+                '' || char(31) || ha1_md5 || char(31) || ha1_sha256, char(30)) FROM gateways) AS g",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let mut out = Vec::new();
+    for col in ["e", "g"] {
+        let packed: Option<String> = row.try_get(col)?;
+        for record in packed
+            .as_deref()
+            .unwrap_or("")
+            .split('\u{1e}')
+            .filter(|r| !r.is_empty())
+        {
+            let f: Vec<&str> = record.split('\u{1f}').collect();
+            let [kind, number, auth_id, sip_id, md5, sha] = f[..] else {
+                return Err(Error::Corrupt {
+                    path: "extensions".into(),
+                    detail: "a directory row has unexpected fields".into(),
+                });
+            };
+            out.push(DirectoryRow {
+                kind: if kind == "gateway" { "gateway" } else { "ext" },
+                number: number.to_owned(),
+                auth_id: auth_id.to_owned(),
+                sip_id: (!sip_id.is_empty()).then(|| sip_id.to_owned()),
+                ha1_md5: md5.to_owned(),
+                ha1_sha256: sha.to_owned(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A persisted registration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindingRow {
+    pub number: String,
+    pub contact: String,
+    pub call_id: String,
+    pub cseq: i64,
+    pub expires_at: i64,
+    pub source: String,
+    pub transport: String,
+}
+
+/// Bindings that have not expired at `now`.
+pub async fn live_bindings(conn: &mut AnyConnection, now: i64) -> Result<Vec<BindingRow>> {
+    let rows = sqlx::query(
+        "SELECT number, contact, call_id, cseq, expires_at, source, transport FROM bindings WHERE expires_at > $1",
+    )
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(BindingRow {
+                number: r.try_get("number")?,
+                contact: r.try_get("contact")?,
+                call_id: r.try_get("call_id")?,
+                cseq: r.try_get("cseq")?,
+                expires_at: r.try_get("expires_at")?,
+                source: r.try_get("source")?,
+                transport: r.try_get("transport")?,
+            })
+        })
+        .collect()
+}
+
+/// Replaces the stored bindings of one extension with `rows`.
+pub async fn replace_bindings(
+    conn: &mut AnyConnection,
+    number: &str,
+    rows: &[BindingRow],
+) -> Result<()> {
+    sqlx::query("DELETE FROM bindings WHERE number = $1")
+        .bind(number)
+        .execute(&mut *conn)
+        .await?;
+    for b in rows {
+        sqlx::query(
+            "INSERT INTO bindings (number, contact, call_id, cseq, expires_at, source, transport) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&b.number)
+        .bind(&b.contact)
+        .bind(&b.call_id)
+        .bind(b.cseq)
+        .bind(b.expires_at)
+        .bind(&b.source)
+        .bind(&b.transport)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Removes bindings that expired before `now`.
+pub async fn delete_expired_bindings(conn: &mut AnyConnection, now: i64) -> Result<u64> {
+    let done = sqlx::query("DELETE FROM bindings WHERE expires_at <= $1")
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected())
+}
