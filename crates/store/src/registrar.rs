@@ -108,6 +108,19 @@ pub async fn live_bindings(conn: &mut AnyConnection, now: i64) -> Result<Vec<Bin
         .collect()
 }
 
+/// The live bindings of one extension.
+pub async fn bindings_of(
+    conn: &mut AnyConnection,
+    number: &str,
+    now: i64,
+) -> Result<Vec<BindingRow>> {
+    Ok(live_bindings(conn, now)
+        .await?
+        .into_iter()
+        .filter(|b| b.number == number)
+        .collect())
+}
+
 /// Replaces the stored bindings of one extension with `rows`.
 pub async fn replace_bindings(
     conn: &mut AnyConnection,

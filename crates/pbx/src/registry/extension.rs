@@ -108,6 +108,15 @@ impl From<&ExtensionRow> for ExtensionView {
     }
 }
 
+/// A phone registered to an extension.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RegistrationView {
+    pub contact: String,
+    pub expires_in: i64,
+    pub source: String,
+    pub transport: String,
+}
+
 /// The result of adding an extension.
 #[derive(Debug)]
 pub struct Added {
@@ -362,6 +371,26 @@ impl Registry {
             password: self.open_secret(&aad(&row.number, "password"), &row.password_enc)?,
             pin: self.open_secret(&aad(&row.number, "pin"), &row.pin_enc)?,
         })
+    }
+
+    /// The extension's current registrations as last written by the running server
+    /// (the server writes them behind within about a second).
+    pub async fn registrations(&self, number: &str) -> Result<Vec<RegistrationView>> {
+        let number = ExtensionNumber::parse(number.trim())?;
+        let now = self.now();
+        let mut conn = self.store.pool().acquire().await?;
+        Ok(
+            store::registrar::bindings_of(&mut conn, number.as_str(), now)
+                .await?
+                .into_iter()
+                .map(|b| RegistrationView {
+                    contact: b.contact,
+                    expires_in: b.expires_at - now,
+                    source: b.source,
+                    transport: b.transport,
+                })
+                .collect(),
+        )
     }
 
     pub async fn list_extensions(&self) -> Result<Vec<ExtensionView>> {

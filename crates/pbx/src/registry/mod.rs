@@ -5,7 +5,9 @@ mod extension;
 mod gateway;
 mod provider;
 
-pub use extension::{ExtensionChange, ExtensionKind, ExtensionView, NewExtension};
+pub use extension::{
+    ExtensionChange, ExtensionKind, ExtensionView, NewExtension, RegistrationView,
+};
 pub use gateway::{GatewayChange, GatewayView, NewGateway};
 pub use provider::{NewProvider, ProviderChange, ProviderView};
 

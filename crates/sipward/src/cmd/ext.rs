@@ -204,17 +204,20 @@ pub async fn run(reg: &Registry, cmd: ExtCommand) -> anyhow::Result<ExitCode> {
             } else {
                 None
             };
+            let registrations = reg.registrations(&view.number).await?;
             if out.json {
                 #[derive(Serialize)]
                 struct Out<'a> {
                     #[serde(flatten)]
                     inner: WithFindings<'a, ExtensionView>,
+                    registrations: &'a [pbx::registry::RegistrationView],
                     #[serde(skip_serializing_if = "Option::is_none")]
                     password: Option<&'a str>,
                     #[serde(skip_serializing_if = "Option::is_none")]
                     pin: Option<&'a str>,
                 }
                 output::json(&Out {
+                    registrations: &registrations,
                     inner: WithFindings {
                         item: &view,
                         weak: is_weak(&findings),
@@ -235,6 +238,15 @@ pub async fn run(reg: &Registry, cmd: ExtCommand) -> anyhow::Result<ExitCode> {
                 if let Some(s) = &secrets {
                     println!("password   {}", s.password.expose());
                     println!("PIN        {}", s.pin.expose());
+                }
+                if registrations.is_empty() {
+                    println!("registered no");
+                }
+                for r in &registrations {
+                    println!(
+                        "registered {} from {} over {} (expires in {} s)",
+                        r.contact, r.source, r.transport, r.expires_in
+                    );
                 }
                 if findings.is_empty() {
                     println!("findings   none");

@@ -4,4 +4,6 @@ mod bad_input;
 mod cli;
 mod harness;
 mod import;
+mod peers;
+mod registrar;
 mod trunks;

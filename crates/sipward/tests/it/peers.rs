@@ -1,0 +1,280 @@
+//! Real peers for the server tests: the server itself (spawned on ephemeral ports),
+//! SIPp, and a raw UDP client for answers that must be compared byte by byte.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::harness::Env;
+
+/// Finds a peer program or fails with a message that says how to get it. Never skips:
+/// a test that needs a peer proves nothing without it (CI installs them via scripts/test).
+pub fn require(program: &str, package: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join(program);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "the test peer `{program}` is not installed (Debian package {package}); run scripts/test, which installs it"
+    );
+}
+
+/// A port free on 127.0.0.1 for both UDP and TCP at the time of asking.
+pub fn free_port() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
+        let port = udp.local_addr().expect("addr").port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Polls `check` until it returns true or the deadline passes.
+pub fn eventually(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what}: not within {deadline:?}");
+}
+
+/// A running `sipward serve`.
+pub struct Server {
+    child: Child,
+    pub sip: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl Env {
+    pub fn serve(&self) -> Server {
+        self.serve_with(&[])
+    }
+
+    pub fn serve_with(&self, extra: &[&str]) -> Server {
+        let mut args = vec!["serve", "--sip", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sipward"))
+            .arg("--data")
+            .arg(&self.data)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("serve printed no ready line within 20 s")
+            });
+        let ready: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("ready line {line:?}: {e}"));
+        assert_eq!(ready["event"], "ready");
+        assert_eq!(
+            ready["sip_udp"], ready["sip_tcp"],
+            "UDP and TCP share the port"
+        );
+        let addr = |k: &str| ready[k].as_str().expect(k).parse().expect("addr");
+        Server {
+            sip: addr("sip_udp"),
+            http: addr("http"),
+            child,
+        }
+    }
+}
+
+impl Server {
+    /// Stops with SIGTERM (the server writes its bindings on the way out).
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "serve exited with {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("serve did not stop within 10 s of SIGTERM");
+    }
+
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.http).expect("connect http");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (code, body)
+    }
+
+    pub fn metric(&self, name: &str) -> u64 {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("metric {name} missing"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The outcome of one SIPp run.
+#[derive(Debug)]
+pub struct SippRun {
+    pub code: i32,
+    pub successful: u64,
+    pub failed: u64,
+}
+
+/// Runs a SIPp client scenario against `target` and reads its final statistics.
+pub fn sipp(
+    env: &Env,
+    scenario: &str,
+    csv: &str,
+    target: SocketAddr,
+    transport: &str,
+    calls: u32,
+    rate: u32,
+) -> SippRun {
+    let sipp = require("sipp", "sip-tester");
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/sipp")
+        .join(scenario);
+    let dir = env.path(&format!("sipp-{}", free_port()));
+    std::fs::create_dir_all(&dir).expect("sipp dir");
+    let inf = dir.join("users.csv");
+    std::fs::write(&inf, csv).expect("csv");
+    let stat = dir.join("stat.csv");
+    let out = Command::new(sipp)
+        .current_dir(&dir)
+        .args([
+            "-sf",
+            scenario.to_str().expect("utf8"),
+            "-inf",
+            inf.to_str().expect("utf8"),
+        ])
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &free_port().to_string(),
+            "-cp",
+            &free_port().to_string(),
+        ])
+        .args([
+            "-t",
+            transport,
+            "-m",
+            &calls.to_string(),
+            "-r",
+            &rate.to_string(),
+            "-l",
+            &calls.to_string(),
+        ])
+        .args(["-timeout", "60s", "-recv_timeout", "5000", "-nostdin"])
+        .args([
+            "-trace_stat",
+            "-stf",
+            stat.to_str().expect("utf8"),
+            "-fd",
+            "1",
+        ])
+        .arg(target.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("run sipp");
+    let text = std::fs::read_to_string(&stat).unwrap_or_default();
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = lines.next().unwrap_or("").split(';').collect();
+    let last: Vec<&str> = lines.last().unwrap_or("").split(';').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .and_then(|i| last.get(i))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    SippRun {
+        code: out.status.code().unwrap_or(-1),
+        successful: col("SuccessfulCall(C)"),
+        failed: col("FailedCall(C)"),
+    }
+}
+
+/// A bare SIP client over UDP, for exact answers.
+pub struct UdpClient {
+    socket: UdpSocket,
+    pub local: SocketAddr,
+    target: SocketAddr,
+}
+
+impl UdpClient {
+    pub fn new(target: SocketAddr) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let local = socket.local_addr().expect("local");
+        Self {
+            socket,
+            local,
+            target,
+        }
+    }
+
+    pub fn send(&self, text: &str) {
+        self.socket
+            .send_to(text.as_bytes(), self.target)
+            .expect("send");
+    }
+
+    /// Sends and waits for one answer (None on timeout).
+    pub fn request(&self, text: &str) -> Option<String> {
+        self.send(text);
+        let mut buf = vec![0u8; 65_535];
+        let (n, _) = self.socket.recv_from(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+}
