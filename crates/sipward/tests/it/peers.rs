@@ -225,9 +225,15 @@ pub fn sipp(
         .output()
         .expect("run sipp");
     let text = std::fs::read_to_string(&stat).unwrap_or_default();
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines.next().unwrap_or("").split(';').collect();
-    let last: Vec<&str> = lines.last().unwrap_or("").split(';').collect();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let header: Vec<&str> = lines.first().copied().unwrap_or("").split(';').collect();
+    let last: Vec<&str> = lines
+        .get(1..)
+        .and_then(<[&str]>::last)
+        .copied()
+        .unwrap_or("")
+        .split(';')
+        .collect();
     let col = |name: &str| {
         header
             .iter()

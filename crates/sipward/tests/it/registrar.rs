@@ -82,13 +82,25 @@ fn authorization(user: &str, realm: &str, password: &str, nonce: &str) -> String
     )
 }
 
+/// Who logs in: the extension, the auth ID, and the realm and password the client uses.
+struct Login<'a> {
+    number: &'a str,
+    auth_id: &'a str,
+    realm: &'a str,
+    password: &'a str,
+}
+
+const ALICE: Login<'static> = Login {
+    number: "1001",
+    auth_id: "alice1001",
+    realm: "sipward",
+    password: PASSWORD,
+};
+
 /// Challenge, then answer it; returns the final response.
 fn register(
     c: &UdpClient,
-    number: &str,
-    auth_id: &str,
-    realm: &str,
-    password: &str,
+    who: &Login<'_>,
     call_id: &str,
     cseq: u32,
     contact: Option<&str>,
@@ -96,15 +108,15 @@ fn register(
 ) -> String {
     let challenge = c
         .request(&register_text(
-            c, number, cseq, call_id, contact, expires, "",
+            c, who.number, cseq, call_id, contact, expires, "",
         ))
         .expect("401");
     assert_eq!(status(&challenge), 401, "{challenge}");
     let nonce = nonce_of(header(&challenge, "WWW-Authenticate")[0]);
-    let auth = authorization(auth_id, realm, password, &nonce);
+    let auth = authorization(who.auth_id, who.realm, who.password, &nonce);
     c.request(&register_text(
         c,
-        number,
+        who.number,
         cseq + 1,
         call_id,
         contact,
@@ -240,10 +252,7 @@ fn unknown_users_wrong_passwords_and_wrong_realms_get_identical_answers() {
     // Positive control: the client's digest is right.
     let ok = register(
         &c,
-        "1001",
-        "alice1001",
-        "sipward",
-        PASSWORD,
+        &ALICE,
         "ok1",
         1,
         Some("<sip:1001@127.0.0.1:5999>"),
@@ -253,14 +262,26 @@ fn unknown_users_wrong_passwords_and_wrong_realms_get_identical_answers() {
 
     // Distinct Call-IDs (so no answer is a retransmission replay), same CSeq.
     let unknown = register(
-        &c, "1001", "mallory", "sipward", PASSWORD, "probe-a", 1, None, None,
+        &c,
+        &Login {
+            number: "1001",
+            auth_id: "mallory",
+            realm: "sipward",
+            password: PASSWORD,
+        },
+        "probe-a",
+        1,
+        None,
+        None,
     );
     let wrong_pw = register(
         &c,
-        "1001",
-        "alice1001",
-        "sipward",
-        "not-the-password",
+        &Login {
+            number: "1001",
+            auth_id: "alice1001",
+            realm: "sipward",
+            password: "not-the-password",
+        },
         "probe-b",
         1,
         None,
@@ -268,10 +289,12 @@ fn unknown_users_wrong_passwords_and_wrong_realms_get_identical_answers() {
     );
     let wrong_realm = register(
         &c,
-        "1001",
-        "alice1001",
-        "elsewhere",
-        PASSWORD,
+        &Login {
+            number: "1001",
+            auth_id: "alice1001",
+            realm: "elsewhere",
+            password: PASSWORD,
+        },
         "probe-c",
         1,
         None,
@@ -369,10 +392,7 @@ fn a_password_change_takes_effect_without_restart() {
     let c = UdpClient::new(server.sip);
     let first = register(
         &c,
-        "1001",
-        "alice1001",
-        "sipward",
-        PASSWORD,
+        &ALICE,
         "pc1",
         1,
         Some("<sip:1001@127.0.0.1:5999>"),
@@ -385,10 +405,7 @@ fn a_password_change_takes_effect_without_restart() {
         cseq += 2;
         status(&register(
             &c,
-            "1001",
-            "alice1001",
-            "sipward",
-            PASSWORD,
+            &ALICE,
             "pc1",
             cseq,
             Some("<sip:1001@127.0.0.1:5999>"),
@@ -398,10 +415,12 @@ fn a_password_change_takes_effect_without_restart() {
     cseq += 2;
     let new = register(
         &c,
-        "1001",
-        "alice1001",
-        "sipward",
-        "Nw7pQz4xTr9mLk2Vb",
+        &Login {
+            number: "1001",
+            auth_id: "alice1001",
+            realm: "sipward",
+            password: "Nw7pQz4xTr9mLk2Vb",
+        },
         "pc1",
         cseq,
         Some("<sip:1001@127.0.0.1:5999>"),
@@ -425,30 +444,10 @@ fn registrar_rules_and_bindings_survive_a_restart() {
     let server = env.serve();
     let c = UdpClient::new(server.sip);
     let contact = Some("<sip:1001@127.0.0.1:5999>");
-    let brief = register(
-        &c,
-        "1001",
-        "alice1001",
-        "sipward",
-        PASSWORD,
-        "r1",
-        1,
-        contact,
-        Some(30),
-    );
+    let brief = register(&c, &ALICE, "r1", 1, contact, Some(30));
     assert_eq!(status(&brief), 423, "{brief}");
     assert_eq!(header(&brief, "Min-Expires"), vec!["60"]);
-    let ok = register(
-        &c,
-        "1001",
-        "alice1001",
-        "sipward",
-        PASSWORD,
-        "r1",
-        3,
-        contact,
-        Some(300),
-    );
+    let ok = register(&c, &ALICE, "r1", 3, contact, Some(300));
     assert_eq!(status(&ok), 200, "{ok}");
     assert_eq!(
         header(&ok, "Contact"),
@@ -457,10 +456,7 @@ fn registrar_rules_and_bindings_survive_a_restart() {
     // Another phone on the same extension.
     let two = register(
         &c,
-        "1001",
-        "alice1001",
-        "sipward",
-        PASSWORD,
+        &ALICE,
         "r2",
         1,
         Some("<sip:1001@127.0.0.1:6001>"),
@@ -471,17 +467,7 @@ fn registrar_rules_and_bindings_survive_a_restart() {
 
     let server = env.serve();
     let c = UdpClient::new(server.sip);
-    let query = register(
-        &c,
-        "1001",
-        "alice1001",
-        "sipward",
-        PASSWORD,
-        "r3",
-        1,
-        None,
-        None,
-    );
+    let query = register(&c, &ALICE, "r3", 1, None, None);
     assert_eq!(status(&query), 200, "{query}");
     assert_eq!(
         header(&query, "Contact").len(),
@@ -489,30 +475,10 @@ fn registrar_rules_and_bindings_survive_a_restart() {
         "both bindings survived the restart: {query}"
     );
     // Contact: * with Expires: 0 removes them all.
-    let gone = register(
-        &c,
-        "1001",
-        "alice1001",
-        "sipward",
-        PASSWORD,
-        "r4",
-        1,
-        Some("*"),
-        Some(0),
-    );
+    let gone = register(&c, &ALICE, "r4", 1, Some("*"), Some(0));
     assert_eq!(status(&gone), 200, "{gone}");
     assert!(header(&gone, "Contact").is_empty(), "{gone}");
-    let bad_star = register(
-        &c,
-        "1001",
-        "alice1001",
-        "sipward",
-        PASSWORD,
-        "r5",
-        1,
-        Some("*"),
-        Some(60),
-    );
+    let bad_star = register(&c, &ALICE, "r5", 1, Some("*"), Some(60));
     assert_eq!(status(&bad_star), 400);
     // Authenticated, but for someone else's extension.
     env.ok(&["ext", "add", "1002"]);
@@ -521,10 +487,12 @@ fn registrar_rules_and_bindings_survive_a_restart() {
     });
     let other = register(
         &c,
-        "1002",
-        "alice1001",
-        "sipward",
-        PASSWORD,
+        &Login {
+            number: "1002",
+            auth_id: "alice1001",
+            realm: "sipward",
+            password: PASSWORD,
+        },
         "r6",
         1,
         contact,
