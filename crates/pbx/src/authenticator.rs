@@ -23,11 +23,11 @@ pub struct AuthConfig {
     pub nonce_max_age_secs: u64,
     /// How many nonces' `nc` counters are remembered (bounded memory).
     pub nc_capacity: usize,
-    /// Offer SHA-256 before MD5. Off by default: many deployed clients (SIPp 3.6,
-    /// baresip 1.0, older phone firmware) answer only the first challenge and know only
-    /// MD5, so SHA-256 first locks them out. Responses with either algorithm are always
-    /// accepted.
-    pub prefer_sha256: bool,
+    /// The algorithms challenged with, in order of preference (1 or 2 entries). Many
+    /// deployed clients answer only the first challenge and know only MD5 (SIPp 3.6), and
+    /// some abort on any challenge they do not know (baresip 1.0 / libre 1.x): MD5 first
+    /// by default, and `["MD5"]` for such fleets. Only offered algorithms are accepted.
+    pub algorithms: Vec<Algorithm>,
 }
 
 #[derive(Debug)]
@@ -66,17 +66,13 @@ impl Authenticator {
 
     /// The two `WWW-Authenticate` values for a 401 (RFC 8760: one per algorithm, in
     /// order of preference), both with the same fresh nonce.
-    pub fn challenges(&self, source: IpAddr, now_secs: u64, stale: bool) -> [String; 2] {
+    pub fn challenges(&self, source: IpAddr, now_secs: u64, stale: bool) -> Vec<String> {
         let nonce = self.nonces.issue(now_secs, source, &self.cfg.realm);
-        let (first, second) = if self.cfg.prefer_sha256 {
-            (Algorithm::Sha256, Algorithm::Md5)
-        } else {
-            (Algorithm::Md5, Algorithm::Sha256)
-        };
-        [
-            auth::challenge(&self.cfg.realm, &nonce, &self.opaque, first, stale),
-            auth::challenge(&self.cfg.realm, &nonce, &self.opaque, second, stale),
-        ]
+        self.cfg
+            .algorithms
+            .iter()
+            .map(|alg| auth::challenge(&self.cfg.realm, &nonce, &self.opaque, *alg, stale))
+            .collect()
     }
 
     /// A stand-in HA1 for a user name, so unknown users cost what known ones cost.
@@ -115,7 +111,7 @@ impl Authenticator {
         let Some(c) = chosen else {
             return Outcome::Challenge { stale: false };
         };
-        let Some(alg) = c.algorithm() else {
+        let Some(alg) = c.algorithm().filter(|a| self.cfg.algorithms.contains(a)) else {
             return Outcome::Challenge { stale: false };
         };
 
@@ -184,12 +180,12 @@ mod tests {
     const SRC: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
     const NOW: u64 = 1_795_894_105;
 
-    fn setup(prefer_sha256: bool) -> (Authenticator, Directory) {
+    fn setup(algorithms: &[Algorithm]) -> (Authenticator, Directory) {
         let cfg = AuthConfig {
             realm: "sipward".into(),
             nonce_max_age_secs: 300,
             nc_capacity: 100,
-            prefer_sha256,
+            algorithms: algorithms.to_vec(),
         };
         let a = Authenticator::new(cfg, [1; 32], [2; 32]);
         let d = Directory::from_rows(vec![DirectoryRow {
@@ -251,7 +247,7 @@ mod tests {
 
     #[test]
     fn a_correct_response_authenticates_with_either_algorithm() {
-        let (a, d) = setup(false);
+        let (a, d) = setup(&[Algorithm::Md5, Algorithm::Sha256]);
         for alg in [Algorithm::Md5, Algorithm::Sha256] {
             let nonce = nonce_of(&a.challenges(SRC, NOW, false)[0]);
             let h = authorization(
@@ -271,19 +267,49 @@ mod tests {
 
     #[test]
     fn challenge_order_follows_the_setting() {
-        let (md5_first, _) = setup(false);
-        let [first, second] = md5_first.challenges(SRC, NOW, false);
-        assert!(first.contains("algorithm=MD5") && second.contains("algorithm=SHA-256"));
-        let (sha_first, _) = setup(true);
+        let (both, d) = setup(&[Algorithm::Md5, Algorithm::Sha256]);
+        let c = both.challenges(SRC, NOW, false);
+        assert_eq!(c.len(), 2);
+        assert!(c[0].contains("algorithm=MD5") && c[1].contains("algorithm=SHA-256"));
+        let (sha_first, _) = setup(&[Algorithm::Sha256, Algorithm::Md5]);
         assert!(
             sha_first.challenges(SRC, NOW, true)[0]
                 .contains("algorithm=SHA-256, qop=\"auth\", stale=true")
         );
+        // MD5 only: one challenge, and a SHA-256 answer is refused even if correct.
+        let (md5_only, _) = setup(&[Algorithm::Md5]);
+        let c = md5_only.challenges(SRC, NOW, false);
+        assert_eq!(c.len(), 1);
+        let nonce = nonce_of(&c[0]);
+        let sha = authorization(
+            "alice1001",
+            "sipward",
+            "Zq8xLmTr4wPyK7vB2",
+            &nonce,
+            "00000001",
+            Algorithm::Sha256,
+        );
+        assert!(matches!(
+            verify(&md5_only, &d, &sha, NOW),
+            Outcome::Challenge { .. }
+        ));
+        let md5 = authorization(
+            "alice1001",
+            "sipward",
+            "Zq8xLmTr4wPyK7vB2",
+            &nonce,
+            "00000001",
+            Algorithm::Md5,
+        );
+        assert!(matches!(
+            verify(&md5_only, &d, &md5, NOW),
+            Outcome::Authenticated(_)
+        ));
     }
 
     #[test]
     fn replay_expiry_and_failures() {
-        let (a, d) = setup(false);
+        let (a, d) = setup(&[Algorithm::Md5, Algorithm::Sha256]);
         let nonce = nonce_of(&a.challenges(SRC, NOW, false)[0]);
         let good = authorization(
             "alice1001",

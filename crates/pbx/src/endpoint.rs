@@ -203,13 +203,12 @@ impl Endpoint {
             Outcome::Authenticated(a) => a,
             Outcome::Challenge { stale } => {
                 Metrics::inc(&self.metrics.register_challenged);
-                let [first, second] = self.auth.challenges(source.ip(), now_u, stale);
-                return Some(
-                    respond(401, "Unauthorized")?
-                        .header("WWW-Authenticate", &first)
-                        .header("WWW-Authenticate", &second)
-                        .finish(),
-                );
+                let challenges = self.auth.challenges(source.ip(), now_u, stale);
+                let mut b = respond(401, "Unauthorized")?;
+                for c in &challenges {
+                    b = b.header("WWW-Authenticate", c);
+                }
+                return Some(b.finish());
             }
         };
         // Only an authenticated request learns anything about the address of record.

@@ -28,7 +28,8 @@ pub struct ServeConfig {
     pub sip: SocketAddr,
     pub registrar: RegistrarConfig,
     pub nonce_max_age_secs: u64,
-    pub prefer_sha256: bool,
+    /// Digest algorithms challenged with, in order of preference.
+    pub digest_algorithms: Vec<sip::digest::Algorithm>,
     /// Tasks receiving on the UDP socket (one per core is best).
     pub udp_workers: usize,
 }
@@ -100,7 +101,7 @@ pub async fn bind(
             realm: registry.settings().realm.clone(),
             nonce_max_age_secs: cfg.nonce_max_age_secs,
             nc_capacity: 65_536,
-            prefer_sha256: cfg.prefer_sha256,
+            algorithms: cfg.digest_algorithms.clone(),
         },
         keys.nonce,
         keys.dummy,

@@ -7,6 +7,7 @@ use pbx::Settings;
 use pbx::registrar::RegistrarConfig;
 use policy::PolicyConfig;
 use serde::Deserialize;
+use sip::digest::Algorithm;
 
 use crate::OperatorError;
 
@@ -27,8 +28,8 @@ struct RawSip {
     domain: Option<String>,
     /// Seconds a digest nonce stays valid (then `stale=true`).
     nonce_lifetime: Option<u64>,
-    /// Offer SHA-256 before MD5 in challenges (only for fleets of modern phones).
-    prefer_sha256: bool,
+    /// Digest algorithms challenged with, in order of preference.
+    digest_algorithms: Option<Vec<String>>,
 }
 
 /// Everything the config file sets, typed and checked.
@@ -37,7 +38,7 @@ pub struct Config {
     pub settings: Settings,
     pub registrar: RegistrarConfig,
     pub nonce_lifetime_secs: u64,
-    pub prefer_sha256: bool,
+    pub digest_algorithms: Vec<sip::digest::Algorithm>,
 }
 
 const DEFAULT_REALM: &str = "sipward";
@@ -93,6 +94,31 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
         )
         .into());
     }
+    let digest_algorithms = match raw.sip.digest_algorithms {
+        None => vec![Algorithm::Md5, Algorithm::Sha256],
+        Some(list) => {
+            let mut algs = Vec::new();
+            for name in &list {
+                let alg = Algorithm::from_token(Some(name)).ok_or_else(|| {
+                    OperatorError(format!("sip.digest_algorithms: {name:?} is not supported; use \"MD5\" and/or \"SHA-256\""))
+                })?;
+                if algs.contains(&alg) {
+                    return Err(OperatorError(format!(
+                        "sip.digest_algorithms lists {name:?} twice"
+                    ))
+                    .into());
+                }
+                algs.push(alg);
+            }
+            if algs.is_empty() {
+                return Err(OperatorError(
+                    "sip.digest_algorithms must name at least one algorithm".into(),
+                )
+                .into());
+            }
+            algs
+        }
+    };
     let nonce_lifetime_secs = raw.sip.nonce_lifetime.unwrap_or(DEFAULT_NONCE_LIFETIME);
     if !(30..=3600).contains(&nonce_lifetime_secs) {
         return Err(
@@ -107,7 +133,7 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
         },
         registrar: raw.registrar,
         nonce_lifetime_secs,
-        prefer_sha256: raw.sip.prefer_sha256,
+        digest_algorithms,
     })
 }
 
@@ -126,6 +152,9 @@ mod tests {
         assert_eq!(c.settings.domain, None);
         assert_eq!(c.nonce_lifetime_secs, 300);
         assert_eq!(c.registrar, RegistrarConfig::default());
+        assert_eq!(c.digest_algorithms, vec![Algorithm::Md5, Algorithm::Sha256]);
+        let md5 = config("[sip]\ndigest_algorithms = [\"MD5\"]\n").expect("valid");
+        assert_eq!(md5.digest_algorithms, vec![Algorithm::Md5]);
     }
 
     #[test]
@@ -146,6 +175,9 @@ mod tests {
             "[sip]\nnonce_lifetime = 5\n",
             "[registrar]\nmin_expires = 0\n",
             "[registrar]\nmax_contacts = 1000\n",
+            "[sip]\ndigest_algorithms = []\n",
+            "[sip]\ndigest_algorithms = [\"SHA-512-256\"]\n",
+            "[sip]\ndigest_algorithms = [\"MD5\", \"md5\"]\n",
         ] {
             assert!(config(bad).is_err(), "{bad}");
         }

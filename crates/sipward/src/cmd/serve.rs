@@ -41,7 +41,7 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
         sip: args.sip,
         registrar: config.registrar.clone(),
         nonce_max_age_secs: config.nonce_lifetime_secs,
-        prefer_sha256: config.prefer_sha256,
+        digest_algorithms: config.digest_algorithms.clone(),
         udp_workers: std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(1, 8),

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `sipward` binary on temporary data dirs.
 
 mod bad_input;
+mod baresip;
 mod cli;
 mod harness;
 mod import;

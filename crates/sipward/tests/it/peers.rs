@@ -36,7 +36,17 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `check` until it returns true or the deadline passes.
-pub fn eventually(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
+pub fn eventually(what: &str, deadline: Duration, check: impl FnMut() -> bool) {
+    eventually_or(what, deadline, check, String::new);
+}
+
+/// [`eventually`], with `context` (a peer's log, say) in the failure message.
+pub fn eventually_or(
+    what: &str,
+    deadline: Duration,
+    mut check: impl FnMut() -> bool,
+    context: impl FnOnce() -> String,
+) {
     let start = Instant::now();
     while start.elapsed() < deadline {
         if check() {
@@ -44,7 +54,7 @@ pub fn eventually(what: &str, deadline: Duration, mut check: impl FnMut() -> boo
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("{what}: not within {deadline:?}");
+    panic!("{what}: not within {deadline:?}\n{}", context());
 }
 
 /// A running `sipward serve`.
