@@ -171,7 +171,12 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
             break;
         }
         if line.starts_with([' ', '\t']) {
-            // Folding (RFC 3261 §7.3.1): the line continues the previous header value.
+            // Folding (RFC 3261 §7.3.1): the line continues the previous header value,
+            // and is held to the same rule as a first line: no control characters
+            // (a bare CR here would reach responses that copy the header).
+            if has_bad_control(line) {
+                return Err(ParseError::Malformed);
+            }
             let last = headers.last_mut().ok_or(ParseError::Malformed)?;
             let mut joined = last.value.clone().into_owned();
             joined.push(' ');
@@ -243,6 +248,11 @@ pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, ParseError> {
     Ok((buf.len() >= total).then_some(total))
 }
 
+/// Control characters other than horizontal tab are not allowed in header values.
+fn has_bad_control(text: &str) -> bool {
+    text.contains(|c: char| c.is_control() && c != '\t')
+}
+
 fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -274,7 +284,7 @@ fn parse_start_line(line: &str) -> Result<StartLine<'_>, ParseError> {
 fn split_header(line: &str) -> Result<(&str, &str), ParseError> {
     let (name, value) = line.split_once(':').ok_or(ParseError::Malformed)?;
     let name = name.trim_end_matches([' ', '\t']);
-    if !is_token(name) || value.contains(|c: char| c.is_control() && c != '\t') {
+    if !is_token(name) || has_bad_control(value) {
         return Err(ParseError::Malformed);
     }
     Ok((name, value.trim_matches([' ', '\t'])))
@@ -352,6 +362,8 @@ Content-Length: 0\r\n\r\n";
             b"REGISTER sip:x SIP/2.0\r\nContent-Length: -1\r\n\r\n",
             b"REGISTER sip:x SIP/2.0\r\nX: \xff\r\n\r\n",
             b"REGISTER sip:x SIP/2.0\r\nX: a\x00b\r\n\r\n",
+            // Found by the fuzzer: a bare CR in a folded continuation line.
+            b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\t\r\n c.\romSIP\r\n\r\n",
         ];
         for c in cases {
             assert!(parse(c).is_err(), "{:?}", String::from_utf8_lossy(c));
