@@ -157,6 +157,7 @@ loadmodule "sl.so"
 loadmodule "pv.so"
 loadmodule "maxfwd.so"
 loadmodule "siputils.so"
+loadmodule "textops.so"
 loadmodule "usrloc.so"
 loadmodule "registrar.so"
 loadmodule "auth.so"
@@ -182,16 +183,24 @@ request_route {{
     p = subprocess.Popen(["kamailio", "-f", cfg, "-DD", "-E", "-m", "128", "-M", "16", "-P", pidfile],
                          stdout=subprocess.DEVNULL, stderr=open(os.path.join(OUT, "kamailio.log"), "w"))
     # -DD keeps the main process in the foreground with its children.
+    check = subprocess.run(["kamailio", "-c", "-f", cfg], capture_output=True, text=True)
+    if check.returncode != 0:
+        raise SystemExit(f"kamailio.cfg does not parse:\n{check.stderr}")
     deadline = time.time() + 10
-    while time.time() < deadline:
+    answered = False
+    while time.time() < deadline and not answered:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
         s.settimeout(0.2)
-        s.sendto(b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKx\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: probe\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n", ("127.0.0.1", port))
+        via = f"Via: SIP/2.0/UDP 127.0.0.1:{s.getsockname()[1]};branch=z9hG4bKx"
+        s.sendto(b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\n" + via.encode() + b"\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: probe\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n", ("127.0.0.1", port))
         try:
-            s.recv(2000)
-            break
+            answered = b"SIP/2.0 405" in s.recv(2000)
         except OSError:
             time.sleep(0.1)
+    if not answered:
+        p.kill()
+        raise SystemExit("kamailio did not answer a probe within 10 s; see bench/out/register/kamailio.log")
     return p, f"127.0.0.1:{port}", inf
 
 
