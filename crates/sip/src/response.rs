@@ -8,6 +8,11 @@ use std::net::SocketAddr;
 use crate::header::via::Via;
 use crate::msg::{Message, Name};
 
+/// A request with more Via header lines than this is not answered: no path that long
+/// is legitimate (Max-Forwards starts at 70), and the response must stay within the
+/// header limit of [`crate::msg::MAX_HEADERS`] together with what it adds.
+pub const MAX_VIA_LINES: usize = 70;
+
 /// Headers copied from the request into every response, in this order.
 const COPIED: [Name; 4] = [Name::From, Name::To, Name::CallId, Name::CSeq];
 
@@ -34,20 +39,28 @@ impl ResponseBuilder {
     ) -> Result<Self, Unroutable> {
         let mut text = String::with_capacity(512);
         let _ = write!(text, "SIP/2.0 {code} {reason}\r\n");
+        // Via lines are copied one for one (only the top entry is rewritten), so a
+        // response never has more header lines than its request.
+        if req.headers_named(Name::Via).count() > MAX_VIA_LINES {
+            return Err(Unroutable);
+        }
         let mut first = true;
         for value in req.headers_named(Name::Via) {
-            for (i, one) in crate::header::split_list(value).enumerate() {
-                if first && i == 0 {
-                    let via = Via::parse(one).ok_or(Unroutable)?;
-                    text.push_str("Via: ");
-                    text.push_str(&top_via_with_source(one, &via, source));
-                    first = false;
-                } else {
-                    text.push_str("Via: ");
-                    text.push_str(one);
+            text.push_str("Via: ");
+            if first {
+                let mut entries = crate::header::split_list(value);
+                let top = entries.next().ok_or(Unroutable)?;
+                let via = Via::parse(top).ok_or(Unroutable)?;
+                text.push_str(&top_via_with_source(top, &via, source));
+                for rest in entries {
+                    text.push_str(", ");
+                    text.push_str(rest);
                 }
-                text.push_str("\r\n");
+                first = false;
+            } else {
+                text.push_str(value);
             }
+            text.push_str("\r\n");
         }
         if first {
             return Err(Unroutable);
@@ -160,8 +173,7 @@ Content-Length: 0\r\n\r\n";
             vias,
             vec![
                 "SIP/2.0/UDP 10.0.0.5:5062;branch=z9hG4bK1;received=192.0.2.7;rport=40000",
-                "SIP/2.0/UDP proxy.example.com;branch=z9hG4bK0",
-                "SIP/2.0/UDP far.example.com",
+                "SIP/2.0/UDP proxy.example.com;branch=z9hG4bK0, SIP/2.0/UDP far.example.com",
             ]
         );
         assert_eq!(res.header(Name::To), Some("<sip:1001@pbx>;tag=t9"));
@@ -196,6 +208,18 @@ Content-Length: 0\r\n\r\n";
         assert_eq!(
             ResponseBuilder::new(&novia, 200, "OK", src, "t").err(),
             Some(Unroutable)
+        );
+        let long: String = std::iter::once("OPTIONS sip:x SIP/2.0\r\n".to_string())
+            .chain(
+                (0..=MAX_VIA_LINES).map(|i| format!("Via: SIP/2.0/UDP h{i};branch=z9hG4bK{i}\r\n")),
+            )
+            .chain(std::iter::once("\r\n".to_string()))
+            .collect();
+        let long = parse(long.as_bytes()).expect("parses");
+        assert_eq!(
+            ResponseBuilder::new(&long, 200, "OK", src, "t").err(),
+            Some(Unroutable),
+            "too many Via lines"
         );
         let badvia = parse(b"OPTIONS sip:x SIP/2.0\r\nVia: garbage\r\n\r\n").expect("req");
         assert_eq!(
