@@ -13,50 +13,8 @@ use crate::registry::{Registry, ext_aad, gateway_aad, provider_aad};
 /// severity; info findings (such as a missing email) do not make it weak.
 pub const WEAK_AT: Severity = Severity::Warning;
 
-/// The columns of an extension the rules look at, from either row type.
-struct ExtFields<'r> {
-    number: &'r str,
-    name: &'r str,
-    email: Option<&'r str>,
-    auth_id: &'r str,
-    sip_id: Option<&'r str>,
-    password_enc: &'r str,
-    password_score: i64,
-    pin_enc: &'r str,
-}
-
-impl<'r> From<&'r ExtensionRow> for ExtFields<'r> {
-    fn from(r: &'r ExtensionRow) -> Self {
-        Self {
-            number: &r.number,
-            name: &r.name,
-            email: r.email.as_deref(),
-            auth_id: &r.auth_id,
-            sip_id: r.sip_id.as_deref(),
-            password_enc: &r.password_enc,
-            password_score: r.password_score,
-            pin_enc: &r.pin_enc,
-        }
-    }
-}
-
-impl<'r> From<&'r ExtensionAuditRow> for ExtFields<'r> {
-    fn from(r: &'r ExtensionAuditRow) -> Self {
-        Self {
-            number: &r.number,
-            name: &r.name,
-            email: r.email.as_deref(),
-            auth_id: &r.auth_id,
-            sip_id: r.sip_id.as_deref(),
-            password_enc: &r.password_enc,
-            password_score: r.password_score,
-            pin_enc: &r.pin_enc,
-        }
-    }
-}
-
 struct OpenedExt<'r> {
-    row: ExtFields<'r>,
+    row: &'r ExtensionAuditRow,
     password: Secret,
     pin: Secret,
 }
@@ -69,22 +27,21 @@ impl Registry {
         }
     }
 
-    fn open_ext<'r>(&self, row: impl Into<ExtFields<'r>>) -> Result<OpenedExt<'r>> {
-        let row = row.into();
+    fn open_ext<'r>(&self, row: &'r ExtensionAuditRow) -> Result<OpenedExt<'r>> {
         Ok(OpenedExt {
-            password: self.open_secret(&ext_aad(row.number, "password"), row.password_enc)?,
-            pin: self.open_secret(&ext_aad(row.number, "pin"), row.pin_enc)?,
+            password: self.open_secret(&ext_aad(&row.number, "password"), &row.password_enc)?,
+            pin: self.open_secret(&ext_aad(&row.number, "pin"), &row.pin_enc)?,
             row,
         })
     }
 
     fn ext_facts<'a>(o: &'a OpenedExt<'_>) -> ExtensionFacts<'a> {
         ExtensionFacts {
-            number: o.row.number,
-            auth_id: o.row.auth_id,
-            sip_id: o.row.sip_id,
-            name: o.row.name,
-            email: o.row.email,
+            number: &o.row.number,
+            auth_id: &o.row.auth_id,
+            sip_id: o.row.sip_id.as_deref(),
+            name: &o.row.name,
+            email: o.row.email.as_deref(),
             password: o.password.expose(),
             password_score: u8::try_from(o.row.password_score).ok(),
             pin: o.pin.expose(),
@@ -167,7 +124,8 @@ impl Registry {
 
     /// Findings for one extension on its own (reuse across accounts needs the full audit).
     pub(crate) fn audit_extension_row(&self, row: &ExtensionRow) -> Result<Vec<Finding>> {
-        let o = self.open_ext(row)?;
+        let row = ExtensionAuditRow::from(row);
+        let o = self.open_ext(&row)?;
         let mut a = Auditor::new(self.context());
         a.extension(&Self::ext_facts(&o));
         Ok(a.finish())

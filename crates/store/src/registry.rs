@@ -279,6 +279,21 @@ pub struct ExtensionAuditRow {
     pub pin_enc: String,
 }
 
+impl From<&ExtensionRow> for ExtensionAuditRow {
+    fn from(r: &ExtensionRow) -> Self {
+        Self {
+            number: r.number.clone(),
+            name: r.name.clone(),
+            email: r.email.clone(),
+            auth_id: r.auth_id.clone(),
+            sip_id: r.sip_id.clone(),
+            password_enc: r.password_enc.clone(),
+            password_score: r.password_score,
+            pin_enc: r.pin_enc.clone(),
+        }
+    }
+}
+
 /// Every extension's audit columns, in no particular order (the audit sorts its findings).
 ///
 /// SQLite packs all rows into one text value (fields joined by U+001F, rows by U+001E)
