@@ -89,7 +89,7 @@ impl Endpoint {
             Metrics::inc(&self.metrics.parse_errors);
             return None;
         };
-        let StartLine::Request { method, uri } = m.start else {
+        let StartLine::Request { method, .. } = m.start else {
             return None; // responses: sipward sends no requests yet
         };
         Metrics::inc(&self.metrics.requests);
@@ -144,7 +144,7 @@ impl Endpoint {
         }
 
         let bytes = match method {
-            "REGISTER" => self.register(&m, uri, source, transport, &tag)?,
+            "REGISTER" => self.register(&m, source, transport, &tag)?,
             "OPTIONS" => {
                 Metrics::inc(&self.metrics.options);
                 respond(200, "OK")?
@@ -189,7 +189,6 @@ impl Endpoint {
     fn register(
         &self,
         m: &Message<'_>,
-        _uri: &str,
         source: SocketAddr,
         transport: TransportKind,
         tag: &str,

@@ -14,6 +14,11 @@ pub enum Error {
     InUse { what: String, owner: String },
     #[error("{0}")]
     Import(crate::import::ImportErrors),
+    #[error("cannot listen for SIP on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] store::Error),
 }
@@ -22,9 +27,11 @@ impl Error {
     /// Whether the cause lies with the operator's input or environment (exit code 2).
     pub fn is_operator_error(&self) -> bool {
         match self {
-            Error::Invalid(_) | Error::NotFound { .. } | Error::InUse { .. } | Error::Import(_) => {
-                true
-            }
+            Error::Invalid(_)
+            | Error::NotFound { .. }
+            | Error::InUse { .. }
+            | Error::Import(_)
+            | Error::Bind { .. } => true,
             Error::Store(e) => e.is_operator_error(),
         }
     }

@@ -67,20 +67,13 @@ pub async fn bind(
     keys: ServerKeys,
     clock: Arc<dyn Clock>,
 ) -> Result<Bound> {
-    let (udp, tcp) = transport::bind_pair(cfg.sip)
-        .await
-        .map_err(|e| store::Error::Io {
-            path: cfg.sip.to_string().into(),
-            source: e,
-        })?;
-    let sip_udp = udp.local_addr().map_err(|e| store::Error::Io {
-        path: "udp".into(),
-        source: e,
-    })?;
-    let sip_tcp = tcp.local_addr().map_err(|e| store::Error::Io {
-        path: "tcp".into(),
-        source: e,
-    })?;
+    let bind_err = |source| crate::Error::Bind {
+        addr: cfg.sip,
+        source,
+    };
+    let (udp, tcp) = transport::bind_pair(cfg.sip).await.map_err(bind_err)?;
+    let sip_udp = udp.local_addr().map_err(bind_err)?;
+    let sip_tcp = tcp.local_addr().map_err(bind_err)?;
 
     let metrics = Arc::new(Metrics::default());
     let directory = Arc::new(DirectoryCache::default());

@@ -46,9 +46,7 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
             .map_or(2, |n| n.get())
             .clamp(1, 8),
     };
-    let bound = server::bind(reg.clone(), cfg, keys, crate::clock())
-        .await
-        .map_err(|e| OperatorError(format!("cannot serve SIP on {}: {e}", args.sip)))?;
+    let bound = server::bind(reg.clone(), cfg, keys, crate::clock()).await?;
     let http = tokio::net::TcpListener::bind(args.http)
         .await
         .map_err(|e| OperatorError(format!("cannot serve HTTP on {}: {e}", args.http)))?;

@@ -500,3 +500,24 @@ fn registrar_rules_and_bindings_survive_a_restart() {
     );
     assert_eq!(status(&other), 403, "{other}");
 }
+
+#[test]
+fn ports_already_in_use_are_refused_with_one_sentence() {
+    let env = Env::new();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let taken = udp.local_addr().expect("addr").to_string();
+    let err = env.fails(&["serve", "--sip", &taken, "--http", "127.0.0.1:0"], 2);
+    assert!(
+        err.contains(&format!("cannot listen for SIP on {taken}")) && err.contains("in use"),
+        "{err}"
+    );
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");
+    let taken = tcp.local_addr().expect("addr").to_string();
+    let err = env.fails(&["serve", "--sip", "127.0.0.1:0", "--http", &taken], 2);
+    assert!(
+        err.contains(&format!("cannot serve HTTP on {taken}")),
+        "{err}"
+    );
+    let err = env.fails(&["serve", "--sip", "not-an-address"], 2);
+    assert!(err.contains("invalid value"), "{err}");
+}
