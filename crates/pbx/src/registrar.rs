@@ -186,10 +186,12 @@ impl Registrar {
                     }
                     let expires = expires.min(self.cfg.max_expires);
                     let pos = next.iter().position(|b| b.contact == *uri);
-                    if let Some(i) = pos
-                        && next[i].call_id == req.call_id
-                        && req.cseq <= next[i].cseq
-                    {
+                    // Ordering is judged against the binding as it was before this
+                    // request (a contact listed twice must not collide with itself).
+                    let before = existing
+                        .iter()
+                        .find(|b| b.contact == *uri && b.expires_at > now);
+                    if before.is_some_and(|b| b.call_id == req.call_id && req.cseq <= b.cseq) {
                         return Err(RegisterError::OutOfOrder);
                     }
                     match (pos, expires) {
@@ -420,6 +422,23 @@ mod tests {
             .expect("star");
         assert!(cur.is_empty());
         assert_eq!(r.binding_count(), 0);
+    }
+
+    #[test]
+    fn a_contact_listed_twice_is_one_binding() {
+        let r = Registrar::new(RegistrarConfig::default());
+        let twice = list(&[("sip:a@h", Some(120)), ("sip:a@h", Some(300))]);
+        let cur = r
+            .register("1001", &req("c", 1, twice, None), 0)
+            .expect("ok");
+        assert_eq!(
+            cur,
+            vec![Current {
+                contact: "sip:a@h".into(),
+                expires_in: 300
+            }],
+            "the last one wins"
+        );
     }
 
     #[test]
