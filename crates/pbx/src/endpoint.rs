@@ -20,6 +20,7 @@ use sip::transaction::{Seen, ServerTransactions, TIMER_J, TxKey};
 use crate::Clock;
 use crate::authenticator::{Authenticator, Outcome};
 use crate::directory::DirectoryCache;
+use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::registrar::{Contacts, RegisterError, RegisterRequest, Registrar, TransportKind};
 
@@ -50,6 +51,8 @@ pub struct Reply {
 #[derive(Debug)]
 pub struct Endpoint {
     pub directory: Arc<DirectoryCache>,
+    /// Consulted by the transports before a packet is parsed.
+    pub guard: Arc<Guard>,
     pub auth: Authenticator,
     pub registrar: Arc<Registrar>,
     pub metrics: Arc<Metrics>,
@@ -61,6 +64,7 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(
         directory: Arc<DirectoryCache>,
+        guard: Arc<Guard>,
         auth: Authenticator,
         registrar: Arc<Registrar>,
         metrics: Arc<Metrics>,
@@ -69,6 +73,7 @@ impl Endpoint {
     ) -> Self {
         Self {
             directory,
+            guard,
             auth,
             registrar,
             metrics,

@@ -4,9 +4,11 @@
 
 pub mod audit;
 pub mod authenticator;
+pub mod bans;
 pub mod directory;
 pub mod endpoint;
 mod error;
+pub mod guard;
 pub mod import;
 pub mod metrics;
 pub mod registrar;

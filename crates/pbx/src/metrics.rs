@@ -17,6 +17,8 @@ pub struct Metrics {
     pub other_methods: AtomicU64,
     pub bindings: AtomicU64,
     pub directory_accounts: AtomicU64,
+    pub dropped_banned: AtomicU64,
+    pub bans: AtomicU64,
 }
 
 impl Metrics {
@@ -74,6 +76,11 @@ impl Metrics {
                 "requests answered 405 or 501",
                 get(&self.other_methods),
             ),
+            (
+                "sipward_dropped_banned_total",
+                "packets and stream messages from banned sources, dropped unread",
+                get(&self.dropped_banned),
+            ),
         ];
         for (name, help, v) in counters {
             let _ = write!(
@@ -92,6 +99,7 @@ impl Metrics {
                 "accounts that can authenticate",
                 get(&self.directory_accounts),
             ),
+            ("sipward_bans", "sources banned now", get(&self.bans)),
         ];
         for (name, help, v) in gauges {
             let _ = write!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");

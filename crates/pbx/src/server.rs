@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use store::guard as gq;
 use store::registrar as rq;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 use crate::authenticator::{AuthConfig, Authenticator};
 use crate::directory::{Directory, DirectoryCache};
 use crate::endpoint::Endpoint;
+use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::registrar::{Registrar, RegistrarConfig};
 use crate::{Clock, Registry, Result, transport};
@@ -57,7 +59,8 @@ pub struct Bound {
     tcp: TcpListener,
     registry: Registry,
     cfg: ServeConfig,
-    version: i64,
+    /// The registry and guard versions the loaded state corresponds to.
+    versions: (i64, i64),
     clock: Arc<dyn Clock>,
 }
 
@@ -78,7 +81,10 @@ pub async fn bind(
     let metrics = Arc::new(Metrics::default());
     let directory = Arc::new(DirectoryCache::default());
     let mut conn = registry.store().pool().acquire().await?;
-    let version = rq::registry_version(&mut conn).await?;
+    let versions = (
+        rq::registry_version(&mut conn).await?,
+        gq::guard_version(&mut conn).await?,
+    );
     let dir = Directory::from_rows(rq::directory(&mut conn).await?);
     metrics
         .directory_accounts
@@ -101,12 +107,16 @@ pub async fn bind(
     );
     let endpoint = Arc::new(Endpoint::new(
         directory,
+        Arc::new(Guard::default()),
         auth,
         registrar,
         metrics,
         clock.clone(),
         65_536,
     ));
+    let mut conn = registry.store().pool().acquire().await?;
+    load_guard(&mut conn, &endpoint, clock.now()).await?;
+    drop(conn);
     Ok(Bound {
         sip_udp,
         sip_tcp,
@@ -115,7 +125,7 @@ pub async fn bind(
         tcp,
         registry,
         cfg,
-        version,
+        versions,
         clock,
     })
 }
@@ -140,7 +150,8 @@ impl Bound {
         tasks.spawn(reload_loop(
             self.registry.clone(),
             self.endpoint.clone(),
-            self.version,
+            self.clock.clone(),
+            self.versions,
             stop_rx.clone(),
         ));
         tasks.spawn(flush_loop(
@@ -156,10 +167,14 @@ impl Bound {
     }
 }
 
+/// Reloads what other processes (the CLI) change: the credential directory when the
+/// registry version moves, the guard when the ban/allow version moves. Also keeps the
+/// guard's coarse clock current.
 async fn reload_loop(
     registry: Registry,
     endpoint: Arc<Endpoint>,
-    mut version: i64,
+    clock: Arc<dyn Clock>,
+    mut versions: (i64, i64),
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(RELOAD_EVERY);
@@ -168,25 +183,41 @@ async fn reload_loop(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        endpoint.guard.set_now(clock.now());
         let Ok(mut conn) = registry.store().pool().acquire().await else {
             continue;
         };
-        let Ok(now_version) = rq::registry_version(&mut conn).await else {
-            continue;
-        };
-        if now_version == version {
-            continue;
-        }
-        if let Ok(rows) = rq::directory(&mut conn).await {
+        if let Ok(v) = rq::registry_version(&mut conn).await
+            && v != versions.0
+            && let Ok(rows) = rq::directory(&mut conn).await
+        {
             let dir = Directory::from_rows(rows);
             endpoint
                 .metrics
                 .directory_accounts
                 .store(dir.len() as u64, Ordering::Relaxed);
             endpoint.directory.replace(dir);
-            version = now_version;
+            versions.0 = v;
+        }
+        if let Ok(v) = gq::guard_version(&mut conn).await
+            && v != versions.1
+            && load_guard(&mut conn, &endpoint, clock.now()).await.is_ok()
+        {
+            versions.1 = v;
         }
     }
+}
+
+async fn load_guard(conn: &mut sqlx::AnyConnection, endpoint: &Endpoint, now: i64) -> Result<()> {
+    let bans = gq::bans(conn, Some(now)).await?;
+    let allow = gq::allow_list(conn).await?;
+    endpoint.guard.set_now(now);
+    endpoint.guard.replace(&bans, &allow);
+    endpoint
+        .metrics
+        .bans
+        .store(bans.len() as u64, Ordering::Relaxed);
+    Ok(())
 }
 
 async fn flush_loop(

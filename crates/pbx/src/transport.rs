@@ -32,6 +32,11 @@ pub async fn serve_udp(
         tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, src)) => {
+                    // A banned source costs one lookup: nothing is parsed or allocated.
+                    if !endpoint.guard.admits(src.ip()) {
+                        endpoint.metrics.dropped_banned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        continue;
+                    }
                     if let Some(reply) = endpoint.handle(&buf[..n], src, TransportKind::Udp) {
                         // A full send buffer or an unreachable peer is the peer's problem:
                         // UDP responses are best effort, retransmissions recover.
@@ -57,6 +62,10 @@ pub async fn serve_tcp(
         tokio::select! {
             r = listener.accept() => {
                 let Ok((stream, peer)) = r else { continue };
+                if !endpoint.guard.admits(peer.ip()) {
+                    endpoint.metrics.dropped_banned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
                 // Over the limit: refuse by closing at once.
                 let Ok(permit) = permits.clone().try_acquire_owned() else { continue };
                 let endpoint = endpoint.clone();
@@ -89,6 +98,14 @@ async fn connection(
         buf.drain(..skip);
         match sip::msg::frame_len(&buf, MAX_MESSAGE) {
             Ok(Some(n)) => {
+                // A source banned while connected is cut off at its next message.
+                if !endpoint.guard.admits(peer.ip()) {
+                    endpoint
+                        .metrics
+                        .dropped_banned
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
                 let message: Vec<u8> = buf.drain(..n).collect();
                 if let Some(reply) = endpoint.handle(&message, peer, TransportKind::Tcp)
                     && stream.write_all(&reply.bytes).await.is_err()

@@ -44,6 +44,56 @@ pub enum Command {
     Audit(AuditArgs),
     /// Add many extensions from a CSV file, all or nothing.
     Import(ImportArgs),
+    /// Banned sources: list, ban by hand, lift a ban.
+    #[command(subcommand)]
+    Ban(BanCommand),
+    /// Networks that are never banned (trunks, gateways, offices).
+    #[command(subcommand)]
+    Allow(AllowCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BanCommand {
+    /// Bans in force (`--all`: expired ones too).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Ban an address by hand.
+    Add {
+        address: String,
+        /// Why (kept with the ban).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// How long: 30m, 12h, 7d, or `forever` (the default).
+        #[arg(long = "for", default_value = "forever")]
+        duration: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Lift the ban of an address.
+    Remove { address: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AllowCommand {
+    List {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Never ban this network (CIDR) or address.
+    Add {
+        network: String,
+        #[arg(long, default_value = "")]
+        note: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    Remove {
+        network: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@
 
 mod datadir;
 mod error;
+pub mod guard;
 pub mod registrar;
 pub mod registry;
 mod vault;

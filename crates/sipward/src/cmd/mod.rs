@@ -2,6 +2,7 @@
 
 mod audit;
 mod ext;
+mod guard;
 mod import;
 mod serve;
 mod trunk;
@@ -22,6 +23,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Provider(c) => trunk::provider(&registry, c).await?,
         Command::Audit(a) => audit::run(&registry, a).await?,
         Command::Import(a) => import::run(&registry, a).await?,
+        Command::Ban(c) => guard::ban(&registry, c).await?,
+        Command::Allow(c) => guard::allow(&registry, c).await?,
     };
     registry.store().close().await;
     Ok(code)

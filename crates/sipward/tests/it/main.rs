@@ -3,6 +3,7 @@
 mod bad_input;
 mod baresip;
 mod cli;
+mod guard;
 mod harness;
 mod import;
 mod peers;

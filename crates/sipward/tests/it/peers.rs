@@ -268,10 +268,13 @@ pub struct UdpClient {
 
 impl UdpClient {
     pub fn new(target: SocketAddr) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        socket
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .expect("timeout");
+        Self::from_address("127.0.0.1", target, Duration::from_secs(3))
+    }
+
+    /// A client on another loopback address (127.0.0.0/8), waiting `timeout` for answers.
+    pub fn from_address(ip: &str, target: SocketAddr, timeout: Duration) -> Self {
+        let socket = UdpSocket::bind((ip, 0)).expect("bind");
+        socket.set_read_timeout(Some(timeout)).expect("timeout");
         let local = socket.local_addr().expect("local");
         Self {
             socket,

@@ -1,0 +1,210 @@
+//! Ban and allow records, as the CLI (and later the console) manage them.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use policy::InvalidField;
+use serde::Serialize;
+use store::guard::{self as q, AllowRow, BanRow};
+
+use crate::{Error, Registry, Result};
+
+/// A ban that never expires on its own (year 9999).
+pub const FOREVER: i64 = 253_402_300_799;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BanView {
+    pub source: String,
+    pub reason: String,
+    pub detail: String,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub expires_at: i64,
+    pub times: i64,
+}
+
+impl From<BanRow> for BanView {
+    fn from(b: BanRow) -> Self {
+        Self {
+            source: b.source,
+            reason: b.reason,
+            detail: b.detail,
+            first_seen: b.first_seen,
+            last_seen: b.last_seen,
+            expires_at: b.expires_at,
+            times: b.times,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AllowView {
+    pub network: String,
+    pub note: String,
+    pub created_at: i64,
+}
+
+fn parse_ip(value: &str) -> Result<IpAddr> {
+    value.trim().parse().map_err(|_| {
+        InvalidField {
+            field: "address",
+            reason: format!(
+                "{:?} is not an IP address",
+                value.chars().take(50).collect::<String>()
+            ),
+        }
+        .into()
+    })
+}
+
+/// A network in CIDR form; a bare address means that one host.
+fn parse_network(value: &str) -> Result<IpNet> {
+    let v = value.trim();
+    v.parse::<IpNet>()
+        .or_else(|_| v.parse::<IpAddr>().map(IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| {
+            InvalidField {
+                field: "network",
+                reason: format!(
+                    "{:?} is not an address or CIDR network",
+                    v.chars().take(50).collect::<String>()
+                ),
+            }
+            .into()
+        })
+}
+
+fn note_text(field: &'static str, value: &str) -> Result<String> {
+    let v = value.trim();
+    if v.chars().count() > 200 || v.chars().any(char::is_control) {
+        return Err(InvalidField {
+            field,
+            reason: "it must be at most 200 characters without control characters".into(),
+        }
+        .into());
+    }
+    Ok(v.to_owned())
+}
+
+impl Registry {
+    /// Bans `source` by hand for `seconds` (or forever). An allow-listed source is refused.
+    pub async fn ban(&self, source: &str, why: &str, seconds: Option<i64>) -> Result<BanView> {
+        let ip = parse_ip(source)?;
+        let why = note_text("reason", why)?;
+        let mut conn = self.store().pool().acquire().await?;
+        if let Some(a) = q::allow_list(&mut conn)
+            .await?
+            .into_iter()
+            .find(|a| a.network.parse::<IpNet>().is_ok_and(|n| n.contains(&ip)))
+        {
+            return Err(Error::InUse {
+                what: format!("address {ip}"),
+                owner: format!("the allow list ({})", a.network),
+            });
+        }
+        let now = self.now();
+        let previous = q::bans(&mut conn, None)
+            .await?
+            .into_iter()
+            .find(|b| b.source == ip.to_string());
+        let row = BanRow {
+            source: ip.to_string(),
+            reason: "manual".into(),
+            detail: if why.is_empty() {
+                "banned by an administrator".into()
+            } else {
+                why
+            },
+            first_seen: previous.as_ref().map_or(now, |p| p.first_seen),
+            last_seen: now,
+            expires_at: seconds.map_or(FOREVER, |s| now.saturating_add(s)),
+            times: previous.map_or(1, |p| p.times + 1),
+        };
+        q::put_ban(&mut conn, &row).await?;
+        Ok(row.into())
+    }
+
+    pub async fn unban(&self, source: &str) -> Result<()> {
+        let ip = parse_ip(source)?;
+        let mut conn = self.store().pool().acquire().await?;
+        if !q::delete_ban(&mut conn, &ip.to_string()).await? {
+            return Err(Error::not_found(format!("a ban of {ip}")));
+        }
+        Ok(())
+    }
+
+    /// Bans in force (or every recorded ban with `all`).
+    pub async fn bans(&self, all: bool) -> Result<Vec<BanView>> {
+        let mut conn = self.store().pool().acquire().await?;
+        let now = (!all).then(|| self.now());
+        Ok(q::bans(&mut conn, now)
+            .await?
+            .into_iter()
+            .map(BanView::from)
+            .collect())
+    }
+
+    pub async fn allow(&self, network: &str, note: &str) -> Result<AllowView> {
+        let net = parse_network(network)?;
+        let row = AllowRow {
+            network: net.to_string(),
+            note: note_text("note", note)?,
+            created_at: self.now(),
+        };
+        let mut conn = self.store().pool().acquire().await?;
+        q::add_allow(&mut conn, &row).await?;
+        Ok(AllowView {
+            network: row.network,
+            note: row.note,
+            created_at: row.created_at,
+        })
+    }
+
+    pub async fn disallow(&self, network: &str) -> Result<()> {
+        let net = parse_network(network)?;
+        let mut conn = self.store().pool().acquire().await?;
+        if !q::delete_allow(&mut conn, &net.to_string()).await? {
+            return Err(Error::not_found(format!("allow-list entry {net}")));
+        }
+        Ok(())
+    }
+
+    pub async fn allow_list(&self) -> Result<Vec<AllowView>> {
+        let mut conn = self.store().pool().acquire().await?;
+        Ok(q::allow_list(&mut conn)
+            .await?
+            .into_iter()
+            .map(|a| AllowView {
+                network: a.network,
+                note: a.note,
+                created_at: a.created_at,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_networks() {
+        assert!(parse_ip("192.0.2.1").is_ok());
+        assert!(parse_ip("2001:db8::1").is_ok());
+        assert!(parse_ip("192.0.2.0/24").is_err());
+        assert_eq!(
+            parse_network("192.0.2.7/24").expect("net").to_string(),
+            "192.0.2.0/24",
+            "host bits cleared"
+        );
+        assert_eq!(
+            parse_network("192.0.2.7").expect("host").to_string(),
+            "192.0.2.7/32"
+        );
+        for bad in ["", "x", "192.0.2.0/33", "300.1.1.1"] {
+            assert!(parse_network(bad).is_err(), "{bad}");
+        }
+        assert!(note_text("note", "line\nbreak").is_err());
+    }
+}

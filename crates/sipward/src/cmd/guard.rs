@@ -1,0 +1,133 @@
+//! `sipward ban ...` and `sipward allow ...`
+
+use std::process::ExitCode;
+
+use pbx::Registry;
+use pbx::bans::FOREVER;
+
+use crate::OperatorError;
+use crate::cli::{AllowCommand, BanCommand};
+use crate::output::{self, Table};
+
+/// `30m`, `12h`, `7d`, `90s`, or `forever` (None).
+fn parse_duration(text: &str) -> anyhow::Result<Option<i64>> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("forever") {
+        return Ok(None);
+    }
+    let bad = || {
+        OperatorError(format!(
+            "--for {t:?}: use a number with s, m, h or d (like 30m or 7d), or forever"
+        ))
+    };
+    let (n, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+    let n: i64 = n.parse().map_err(|_| bad())?;
+    let factor = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad().into()),
+    };
+    let secs = n.checked_mul(factor).filter(|s| *s > 0).ok_or_else(bad)?;
+    Ok(Some(secs))
+}
+
+fn until(expires_at: i64) -> String {
+    if expires_at >= FOREVER {
+        "never".into()
+    } else {
+        format!("{expires_at} (epoch s)")
+    }
+}
+
+pub async fn ban(reg: &Registry, cmd: BanCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BanCommand::List { all, out } => {
+            let bans = reg.bans(all).await?;
+            if out.json {
+                output::json(&bans)?;
+            } else {
+                let mut t = Table::new(&["SOURCE", "REASON", "TIMES", "EXPIRES", "DETAIL"]);
+                for b in &bans {
+                    t.row(
+                        vec![
+                            b.source.clone(),
+                            b.reason.clone(),
+                            b.times.to_string(),
+                            until(b.expires_at),
+                            b.detail.clone(),
+                        ],
+                        false,
+                    );
+                }
+                t.print()?;
+            }
+        }
+        BanCommand::Add {
+            address,
+            reason,
+            duration,
+            out,
+        } => {
+            let seconds = parse_duration(&duration)?;
+            let b = reg.ban(&address, &reason, seconds).await?;
+            if out.json {
+                output::json(&b)?;
+            } else {
+                println!("banned {} until {}", b.source, until(b.expires_at));
+            }
+        }
+        BanCommand::Remove { address } => {
+            reg.unban(&address).await?;
+            println!("lifted the ban of {}", address.trim());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn allow(reg: &Registry, cmd: AllowCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AllowCommand::List { out } => {
+            let list = reg.allow_list().await?;
+            if out.json {
+                output::json(&list)?;
+            } else {
+                let mut t = Table::new(&["NETWORK", "NOTE"]);
+                for a in &list {
+                    t.row(vec![a.network.clone(), a.note.clone()], false);
+                }
+                t.print()?;
+            }
+        }
+        AllowCommand::Add { network, note, out } => {
+            let a = reg.allow(&network, &note).await?;
+            if out.json {
+                output::json(&a)?;
+            } else {
+                println!("allow-listed {}", a.network);
+            }
+        }
+        AllowCommand::Remove { network } => {
+            reg.disallow(&network).await?;
+            println!("removed {} from the allow list", network.trim());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("forever").expect("ok"), None);
+        assert_eq!(parse_duration("90s").expect("ok"), Some(90));
+        assert_eq!(parse_duration("30m").expect("ok"), Some(1800));
+        assert_eq!(parse_duration("7d").expect("ok"), Some(604_800));
+        for bad in ["", "h", "10", "10w", "-5m", "0m", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+}

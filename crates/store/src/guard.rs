@@ -1,0 +1,129 @@
+//! The guard's records: bans and the allow list, and the version the running server
+//! polls for changes made elsewhere (the CLI).
+
+use sqlx::{AnyConnection, Row};
+
+use crate::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BanRow {
+    /// The banned IP address, in its canonical text form.
+    pub source: String,
+    /// A rule id such as `manual` or `auth.failures`.
+    pub reason: String,
+    /// What triggered it, in words (counts, the user agent seen, who banned by hand).
+    pub detail: String,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub expires_at: i64,
+    /// How often this source has been banned (for escalation).
+    pub times: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowRow {
+    /// An IP network in CIDR form.
+    pub network: String,
+    pub note: String,
+    pub created_at: i64,
+}
+
+pub async fn guard_version(conn: &mut AnyConnection) -> Result<i64> {
+    let row = sqlx::query("SELECT value FROM meta WHERE key = 'guard_version'")
+        .fetch_optional(&mut *conn)
+        .await?;
+    let text: String = match row {
+        Some(r) => r.try_get("value")?,
+        None => return Ok(0),
+    };
+    text.parse().map_err(|_| Error::Corrupt {
+        path: "meta".into(),
+        detail: "guard_version is not a number".into(),
+    })
+}
+
+/// Bans in force at `now` (all bans when `now` is `None`).
+pub async fn bans(conn: &mut AnyConnection, now: Option<i64>) -> Result<Vec<BanRow>> {
+    let rows = sqlx::query(
+        "SELECT source, reason, detail, first_seen, last_seen, expires_at, times FROM bans \
+         WHERE expires_at > $1 ORDER BY source",
+    )
+    .bind(now.unwrap_or(i64::MIN))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(BanRow {
+                source: r.try_get("source")?,
+                reason: r.try_get("reason")?,
+                detail: r.try_get("detail")?,
+                first_seen: r.try_get("first_seen")?,
+                last_seen: r.try_get("last_seen")?,
+                expires_at: r.try_get("expires_at")?,
+                times: r.try_get("times")?,
+            })
+        })
+        .collect()
+}
+
+/// Inserts or replaces the ban of a source.
+pub async fn put_ban(conn: &mut AnyConnection, b: &BanRow) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO bans (source, reason, detail, first_seen, last_seen, expires_at, times) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (source) DO UPDATE SET reason = excluded.reason, \
+         detail = excluded.detail, last_seen = excluded.last_seen, expires_at = excluded.expires_at, \
+         times = excluded.times",
+    )
+    .bind(&b.source)
+    .bind(&b.reason)
+    .bind(&b.detail)
+    .bind(b.first_seen)
+    .bind(b.last_seen)
+    .bind(b.expires_at)
+    .bind(b.times)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn delete_ban(conn: &mut AnyConnection, source: &str) -> Result<bool> {
+    let done = sqlx::query("DELETE FROM bans WHERE source = $1")
+        .bind(source)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn allow_list(conn: &mut AnyConnection) -> Result<Vec<AllowRow>> {
+    let rows = sqlx::query("SELECT network, note, created_at FROM allow_list ORDER BY network")
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(AllowRow {
+                network: r.try_get("network")?,
+                note: r.try_get("note")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .collect()
+}
+
+pub async fn add_allow(conn: &mut AnyConnection, a: &AllowRow) -> Result<()> {
+    sqlx::query("INSERT INTO allow_list (network, note, created_at) VALUES ($1, $2, $3)")
+        .bind(&a.network)
+        .bind(&a.note)
+        .bind(a.created_at)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| Error::on_conflict(e, || format!("allow-list entry {}", a.network)))?;
+    Ok(())
+}
+
+pub async fn delete_allow(conn: &mut AnyConnection, network: &str) -> Result<bool> {
+    let done = sqlx::query("DELETE FROM allow_list WHERE network = $1")
+        .bind(network)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
