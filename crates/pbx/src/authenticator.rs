@@ -44,8 +44,12 @@ pub struct Authenticator {
 pub enum Outcome {
     Authenticated(Arc<Account>),
     /// Answer 401 with a fresh challenge; `stale` when the nonce merely expired.
+    /// `failed` names the auth ID when the request answered a valid nonce issued to this
+    /// very source and was still wrong: the only failures the guard counts, since a
+    /// spoofed source address never received our nonce.
     Challenge {
         stale: bool,
+        failed: Option<String>,
     },
 }
 
@@ -109,10 +113,16 @@ impl Authenticator {
             }
         }
         let Some(c) = chosen else {
-            return Outcome::Challenge { stale: false };
+            return Outcome::Challenge {
+                stale: false,
+                failed: None,
+            };
         };
         let Some(alg) = c.algorithm().filter(|a| self.cfg.algorithms.contains(a)) else {
-            return Outcome::Challenge { stale: false };
+            return Outcome::Challenge {
+                stale: false,
+                failed: None,
+            };
         };
 
         let nonce = self.nonces.check(
@@ -156,11 +166,15 @@ impl Authenticator {
                 if fresh {
                     Outcome::Authenticated(a)
                 } else {
-                    Outcome::Challenge { stale: false }
+                    Outcome::Challenge {
+                        stale: false,
+                        failed: Some(c.username.to_string()),
+                    }
                 }
             }
             _ => Outcome::Challenge {
                 stale: nonce == NonceCheck::Stale,
+                failed: nonce_ok.then(|| c.username.to_string()),
             },
         }
     }
@@ -326,7 +340,7 @@ mod tests {
         assert!(
             matches!(
                 verify(&a, &d, &good, NOW),
-                Outcome::Challenge { stale: false }
+                Outcome::Challenge { stale: false, .. }
             ),
             "same nc replayed"
         );
@@ -353,9 +367,24 @@ mod tests {
         assert!(
             matches!(
                 verify(&a, &d, &late, NOW + 301),
-                Outcome::Challenge { stale: true }
+                Outcome::Challenge { stale: true, .. }
             ),
             "expired nonce"
+        );
+        let forged = authorization(
+            "alice1001",
+            "sipward",
+            "wrong",
+            &"0".repeat(64),
+            "00000001",
+            Algorithm::Md5,
+        );
+        assert!(
+            matches!(
+                verify(&a, &d, &forged, NOW),
+                Outcome::Challenge { failed: None, .. }
+            ),
+            "a nonce we never issued does not count"
         );
         let wrong = authorization(
             "alice1001",
@@ -365,15 +394,21 @@ mod tests {
             "00000004",
             Algorithm::Md5,
         );
-        assert!(matches!(
-            verify(&a, &d, &wrong, NOW),
-            Outcome::Challenge { stale: false }
-        ));
+        assert!(
+            matches!(
+                verify(&a, &d, &wrong, NOW),
+                Outcome::Challenge {
+                    stale: false,
+                    failed: Some(_)
+                }
+            ),
+            "a wrong password answering our nonce counts"
+        );
         let no_qop = good.replace(",nc=00000001,qop=auth", "");
         assert!(
             matches!(
                 verify(&a, &d, &no_qop, NOW),
-                Outcome::Challenge { stale: false }
+                Outcome::Challenge { stale: false, .. }
             ),
             "qop=auth is required"
         );

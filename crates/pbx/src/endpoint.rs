@@ -204,8 +204,16 @@ impl Endpoint {
         let now_u = u64::try_from(now).unwrap_or(0);
         let dir = self.directory.get();
         let account = match self.auth.verify(&dir, m, "REGISTER", source.ip(), now_u) {
-            Outcome::Authenticated(a) => a,
-            Outcome::Challenge { stale } => {
+            Outcome::Authenticated(a) => {
+                self.guard.auth_success(source.ip(), &a.auth_id, now);
+                a
+            }
+            Outcome::Challenge { stale, failed } => {
+                if let Some(auth_id) = failed {
+                    // Counted only for answers to a nonce issued to this source; the
+                    // answer itself stays the same either way.
+                    self.guard.auth_failure(source.ip(), &auth_id, now);
+                }
                 Metrics::inc(&self.metrics.register_challenged);
                 let challenges = self.auth.challenges(source.ip(), now_u, stale);
                 let mut b = respond(401, "Unauthorized")?;

@@ -1,24 +1,53 @@
 //! The guard: the first thing every packet meets. A banned source costs one hash lookup
-//! before any parsing or allocation; allow-listed networks are never dropped. The state
-//! is loaded from the store's ban and allow records and reloaded when they change, so a
-//! ban made with the CLI takes effect in the running server within the reload interval.
+//! before any parsing or allocation; allow-listed networks are never dropped or counted.
+//! The state is loaded from the store's ban and allow records and reloaded when they
+//! change, so a ban made with the CLI takes effect in the running server within the
+//! reload interval.
 //!
-//! Automatic bans (failed authentication, floods, scanners, decoys) come next (#4); this
-//! module is the mechanism they will use.
+//! Automatic bans so far: repeated failed authentication (`auth.failures`), counted only
+//! for requests that answered a nonce issued to that very source (a spoofed UDP source
+//! never received one). Floods, scanners and decoys come next (#4) on the same mechanism.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, OnceLock, RwLock};
 
 use ipnet::IpNet;
+use policy::ban::{BanPolicy, FailureWindow};
 use store::guard::{AllowRow, BanRow};
+use tokio::sync::mpsc;
+
+/// Sources whose failures are tracked at once; the oldest is forgotten first, so a
+/// flood from millions of addresses cannot exhaust memory.
+pub const FAILURE_TABLE_CAPACITY: usize = 65_536;
 
 #[derive(Debug, Default)]
 struct State {
     /// Banned address -> expiry (epoch seconds).
     banned: HashMap<IpAddr, i64>,
     allow: Vec<IpNet>,
+    /// Address -> (bans within the repeat window, time of the last one), for escalation.
+    history: HashMap<IpAddr, (u32, i64)>,
+}
+
+impl State {
+    fn allowed(&self, ip: IpAddr) -> bool {
+        self.allow.iter().any(|n| n.contains(&ip))
+    }
+}
+
+#[derive(Debug, Default)]
+struct FailureTable {
+    windows: HashMap<IpAddr, FailureWindow>,
+    order: VecDeque<IpAddr>,
+}
+
+/// (address, auth ID) pairs that authenticated successfully, with their expiry.
+#[derive(Debug, Default)]
+struct TrustTable {
+    until: HashMap<(IpAddr, String), i64>,
+    order: VecDeque<(IpAddr, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -27,18 +56,36 @@ pub struct Guard {
     /// A coarse clock (epoch seconds) refreshed by the reload loop, so the hot path
     /// needs no time call.
     now: AtomicI64,
+    policy: BanPolicy,
+    failures: Mutex<FailureTable>,
+    trusted: Mutex<TrustTable>,
+    /// Where new bans go to be written to the store (set by the server).
+    writer: OnceLock<mpsc::Sender<BanRow>>,
 }
 
 impl Guard {
+    pub fn new(policy: BanPolicy) -> Self {
+        Self {
+            policy,
+            ..Self::default()
+        }
+    }
+
+    /// Connects the channel new bans are persisted through.
+    pub fn set_writer(&self, tx: mpsc::Sender<BanRow>) {
+        let _ = self.writer.set(tx);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Whether a packet from `ip` may be looked at at all.
     pub fn admits(&self, ip: IpAddr) -> bool {
-        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let st = self.read();
         match st.banned.get(&ip) {
             None => true,
-            Some(&expires) => {
-                expires <= self.now.load(Ordering::Relaxed)
-                    || st.allow.iter().any(|n| n.contains(&ip))
-            }
+            Some(&expires) => expires <= self.now.load(Ordering::Relaxed) || st.allowed(ip),
         }
     }
 
@@ -46,26 +93,123 @@ impl Guard {
         self.now.store(now, Ordering::Relaxed);
     }
 
-    /// Replaces the state with the store's records (rows that do not parse are skipped:
-    /// the CLI validates them on the way in).
+    /// Replaces the state with the store's records. `bans` may include expired records:
+    /// they feed escalation, not the ban set. Rows that do not parse are skipped (the CLI
+    /// validates them on the way in).
     pub fn replace(&self, bans: &[BanRow], allow: &[AllowRow]) {
-        let banned = bans
-            .iter()
-            .filter_map(|b| Some((b.source.parse().ok()?, b.expires_at)))
+        let now = self.now.load(Ordering::Relaxed);
+        let parsed = || {
+            bans.iter()
+                .filter_map(|b| Some((b.source.parse::<IpAddr>().ok()?, b)))
+        };
+        let banned = parsed()
+            .filter(|(_, b)| b.expires_at > now)
+            .map(|(ip, b)| (ip, b.expires_at))
+            .collect();
+        let history = parsed()
+            .map(|(ip, b)| (ip, (u32::try_from(b.times).unwrap_or(1), b.last_seen)))
             .collect();
         let allow = allow
             .iter()
             .filter_map(|a| a.network.parse().ok())
             .collect();
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = State { banned, allow };
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = State {
+            banned,
+            allow,
+            history,
+        };
     }
 
+    /// Sources banned now.
     pub fn banned_count(&self) -> usize {
-        self.state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .banned
-            .len()
+        let now = self.now.load(Ordering::Relaxed);
+        self.read().banned.values().filter(|e| **e > now).count()
+    }
+
+    /// Records that `auth_id` authenticated from `ip`: the pair is trusted for a while.
+    pub fn auth_success(&self, ip: IpAddr, auth_id: &str, now: i64) {
+        let until = now.saturating_add(self.policy.trusted_secs);
+        let mut t = self.trusted.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (ip, auth_id.to_owned());
+        if let Some(u) = t.until.get_mut(&key) {
+            *u = until;
+            return;
+        }
+        if t.until.len() >= FAILURE_TABLE_CAPACITY
+            && let Some(old) = t.order.pop_front()
+        {
+            t.until.remove(&old);
+        }
+        t.order.push_back(key.clone());
+        t.until.insert(key, until);
+    }
+
+    fn trusted(&self, ip: IpAddr, auth_id: &str, now: i64) -> bool {
+        let t = self.trusted.lock().unwrap_or_else(|p| p.into_inner());
+        t.until
+            .get(&(ip, auth_id.to_owned()))
+            .is_some_and(|u| *u > now)
+    }
+
+    /// Counts a failed authentication for `auth_id` from `ip` (one that answered a nonce
+    /// issued to `ip`); bans the source at once when it has failed too often, and returns
+    /// the ban. Not counted: allow-listed sources, and an auth ID failing where it has
+    /// authenticated before (a phone that still has its old password must not get its
+    /// office banned; guessing at that one extension from there is for the
+    /// per-extension protection to stop).
+    pub fn auth_failure(&self, ip: IpAddr, auth_id: &str, now: i64) -> Option<BanRow> {
+        if self.read().allowed(ip) || self.trusted(ip, auth_id, now) {
+            return None;
+        }
+        let count = {
+            let mut t = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            if !t.windows.contains_key(&ip) {
+                if t.windows.len() >= FAILURE_TABLE_CAPACITY
+                    && let Some(old) = t.order.pop_front()
+                {
+                    t.windows.remove(&old);
+                }
+                t.order.push_back(ip);
+            }
+            let count = t
+                .windows
+                .entry(ip)
+                .or_default()
+                .record(now, self.policy.auth_window_secs);
+            if count >= self.policy.auth_failures {
+                t.windows.remove(&ip);
+            }
+            count
+        };
+        if count < self.policy.auth_failures {
+            return None;
+        }
+        let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let n = self.policy.ban_number(st.history.get(&ip).copied(), now);
+        let expires_at = now.saturating_add(self.policy.ban_length(n));
+        st.banned.insert(ip, expires_at);
+        st.history.insert(ip, (n, now));
+        drop(st);
+        let row = BanRow {
+            source: ip.to_string(),
+            reason: "auth.failures".into(),
+            detail: format!(
+                "{count} failed authentications within {} minutes (ban {n} within {} hours)",
+                self.policy.auth_window_secs / 60,
+                self.policy.repeat_window_secs / 3600
+            ),
+            first_seen: now,
+            last_seen: now,
+            expires_at,
+            times: i64::from(n),
+        };
+        // The ban is in force in memory already; the store write happens off the packet path.
+        if let Some(tx) = self.writer.get()
+            && tx.try_send(row.clone()).is_err()
+        {
+            eprintln!("{{\"event\":\"ban_not_persisted\",\"source\":\"{ip}\"}}");
+        }
+        Some(row)
     }
 }
 
@@ -102,8 +246,94 @@ mod tests {
         assert!(!g.admits(a), "banned");
         assert!(g.admits(b), "allow-listed networks are never dropped");
         assert!(g.admits("203.0.113.9".parse().expect("ip")));
+        assert_eq!(g.banned_count(), 2);
         g.set_now(200);
         assert!(g.admits(a), "expired");
-        assert_eq!(g.banned_count(), 2);
+        assert_eq!(g.banned_count(), 0);
+    }
+
+    #[test]
+    fn repeated_failures_ban_and_escalate() {
+        let g = Guard::new(BanPolicy::default());
+        let ip: IpAddr = "203.0.113.5".parse().expect("ip");
+        for i in 0..9 {
+            assert!(g.auth_failure(ip, "x", i).is_none());
+        }
+        let first = g.auth_failure(ip, "x", 9).expect("the tenth failure bans");
+        assert_eq!(
+            (first.reason.as_str(), first.times, first.expires_at),
+            ("auth.failures", 1, 9 + 3600)
+        );
+        g.set_now(10);
+        assert!(!g.admits(ip));
+        // Two more rounds within a day: the third ban lasts a week.
+        let mut t = 4000;
+        let mut last = first;
+        for _ in 0..2 {
+            for _ in 0..10 {
+                t += 1;
+                if let Some(b) = g.auth_failure(ip, "x", t) {
+                    last = b;
+                }
+            }
+        }
+        assert_eq!(last.times, 3);
+        assert_eq!(last.expires_at - t, 604_800);
+    }
+
+    #[test]
+    fn a_stale_phone_does_not_get_its_office_banned() {
+        let g = Guard::new(BanPolicy {
+            auth_failures: 3,
+            ..Default::default()
+        });
+        let office: IpAddr = "198.51.100.20".parse().expect("ip");
+        g.auth_success(office, "alice1001", 0);
+        for t in 1..100 {
+            assert!(
+                g.auth_failure(office, "alice1001", t).is_none(),
+                "the stale phone's failures do not count"
+            );
+        }
+        // Guessing another extension's password from the same address still counts...
+        for t in 100..102 {
+            assert!(g.auth_failure(office, "bob1002", t).is_none());
+        }
+        assert!(g.auth_failure(office, "bob1002", 102).is_some());
+        // ...and the trust expires.
+        let g = Guard::new(BanPolicy {
+            auth_failures: 1,
+            ..Default::default()
+        });
+        g.auth_success(office, "alice1001", 0);
+        assert!(g.auth_failure(office, "alice1001", 604_801).is_some());
+    }
+
+    #[test]
+    fn allow_listed_sources_are_not_counted_and_the_table_is_bounded() {
+        let g = Guard::new(BanPolicy {
+            auth_failures: 1,
+            ..Default::default()
+        });
+        g.replace(
+            &[],
+            &[AllowRow {
+                network: "10.0.0.0/8".into(),
+                note: String::new(),
+                created_at: 0,
+            }],
+        );
+        assert!(
+            g.auth_failure("10.1.2.3".parse().expect("ip"), "x", 0)
+                .is_none()
+        );
+        let many = Guard::new(BanPolicy {
+            auth_failures: 2,
+            ..Default::default()
+        });
+        for i in 0..(FAILURE_TABLE_CAPACITY as u32 + 1000) {
+            many.auth_failure(IpAddr::from(i.to_be_bytes()), "x", 0);
+        }
+        assert!(many.failures.lock().expect("lock").windows.len() <= FAILURE_TABLE_CAPACITY);
     }
 }

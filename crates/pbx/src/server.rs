@@ -32,6 +32,8 @@ pub struct ServeConfig {
     pub nonce_max_age_secs: u64,
     /// Digest algorithms challenged with, in order of preference.
     pub digest_algorithms: Vec<sip::digest::Algorithm>,
+    /// When sources are banned automatically.
+    pub bans: policy::ban::BanPolicy,
     /// Tasks receiving on the UDP socket (one per core is best).
     pub udp_workers: usize,
 }
@@ -107,7 +109,7 @@ pub async fn bind(
     );
     let endpoint = Arc::new(Endpoint::new(
         directory,
-        Arc::new(Guard::default()),
+        Arc::new(Guard::new(cfg.bans.clone())),
         auth,
         registrar,
         metrics,
@@ -142,6 +144,9 @@ impl Bound {
                 stop_rx.clone(),
             ));
         }
+        let (ban_tx, ban_rx) = tokio::sync::mpsc::channel(1024);
+        self.endpoint.guard.set_writer(ban_tx);
+        tasks.spawn(ban_writer(self.registry.clone(), ban_rx, stop_rx.clone()));
         tasks.spawn(transport::serve_tcp(
             self.tcp,
             self.endpoint.clone(),
@@ -209,15 +214,63 @@ async fn reload_loop(
 }
 
 async fn load_guard(conn: &mut sqlx::AnyConnection, endpoint: &Endpoint, now: i64) -> Result<()> {
-    let bans = gq::bans(conn, Some(now)).await?;
+    // Expired records too: they feed escalation.
+    let bans = gq::bans(conn, None).await?;
     let allow = gq::allow_list(conn).await?;
     endpoint.guard.set_now(now);
     endpoint.guard.replace(&bans, &allow);
     endpoint
         .metrics
         .bans
-        .store(bans.len() as u64, Ordering::Relaxed);
+        .store(endpoint.guard.banned_count() as u64, Ordering::Relaxed);
     Ok(())
+}
+
+/// Persists bans the guard made and writes one JSON security event per ban to stderr.
+/// The ban is already in force in memory when it arrives here. On shutdown the bans
+/// still queued are written before the task ends.
+async fn ban_writer(
+    registry: Registry,
+    mut rx: tokio::sync::mpsc::Receiver<gq::BanRow>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let row = tokio::select! {
+            r = rx.recv() => r,
+            _ = stop.changed() => {
+                while let Ok(row) = rx.try_recv() {
+                    persist_ban(&registry, row).await;
+                }
+                return;
+            }
+        };
+        match row {
+            Some(row) => persist_ban(&registry, row).await,
+            None => return,
+        }
+    }
+}
+
+async fn persist_ban(registry: &Registry, mut row: gq::BanRow) {
+    let Ok(mut conn) = registry.store().pool().acquire().await else {
+        return;
+    };
+    if let Ok(previous) = gq::bans(&mut conn, None).await
+        && let Some(p) = previous.into_iter().find(|p| p.source == row.source)
+    {
+        row.first_seen = p.first_seen;
+    }
+    let stored = gq::put_ban(&mut conn, &row).await.is_ok();
+    let event = serde_json::json!({
+        "event": "ban",
+        "source": row.source,
+        "reason": row.reason,
+        "detail": row.detail,
+        "expires_at": row.expires_at,
+        "times": row.times,
+        "persisted": stored,
+    });
+    eprintln!("{event}");
 }
 
 async fn flush_loop(

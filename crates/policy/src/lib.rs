@@ -7,6 +7,7 @@
 //! and data files are compiled in. Every rule has unit tests both ways.
 
 pub mod audit;
+pub mod ban;
 pub mod config;
 pub mod fields;
 pub mod generate;

@@ -17,6 +17,7 @@ struct RawConfig {
     sip: RawSip,
     policy: PolicyConfig,
     registrar: RegistrarConfig,
+    guard: policy::ban::BanPolicy,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -39,6 +40,7 @@ pub struct Config {
     pub registrar: RegistrarConfig,
     pub nonce_lifetime_secs: u64,
     pub digest_algorithms: Vec<sip::digest::Algorithm>,
+    pub bans: policy::ban::BanPolicy,
 }
 
 const DEFAULT_REALM: &str = "sipward";
@@ -70,6 +72,7 @@ fn parse(text: &str) -> anyhow::Result<RawConfig> {
 fn typed(raw: RawConfig) -> anyhow::Result<Config> {
     raw.policy.validate().map_err(OperatorError)?;
     raw.registrar.validate().map_err(OperatorError)?;
+    raw.guard.validate().map_err(OperatorError)?;
     let domain = raw
         .sip
         .domain
@@ -134,6 +137,7 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
         registrar: raw.registrar,
         nonce_lifetime_secs,
         digest_algorithms,
+        bans: raw.guard,
     })
 }
 

@@ -99,3 +99,89 @@ fn allow_listed_networks_are_never_banned() {
     env.ok(&["allow", "remove", "127.0.0.0/8"]);
     env.ok(&["ban", "add", "127.0.0.2", "--for", "30m"]);
 }
+
+#[test]
+fn repeated_wrong_passwords_ban_the_source_but_spoofed_failures_do_not() {
+    use crate::registrar::{
+        ALICE, Login, PASSWORD, authorization, header, register, register_text, status,
+    };
+    let env = Env::new();
+    env.ok(&[
+        "ext",
+        "add",
+        "1001",
+        "--auth-id",
+        "alice1001",
+        "--password",
+        PASSWORD,
+    ]);
+    let server = env.serve();
+    let guesser = UdpClient::from_address("127.0.0.2", server.sip, Duration::from_millis(500));
+    let wrong = Login {
+        password: "guess",
+        ..ALICE
+    };
+    for i in 0..10 {
+        let answer = register(&guesser, &wrong, &format!("guess{i}"), 1, None, None);
+        assert_eq!(status(&answer), 401, "guess {i} is answered like any other");
+    }
+    // The tenth guess banned it: the next request gets no answer at all.
+    let challenge = guesser.request(&register_text(&guesser, "1001", 1, "after", None, None, ""));
+    assert_eq!(challenge, None, "banned after 10 failed guesses");
+    let office = UdpClient::new(server.sip);
+    let ok = register(
+        &office,
+        &ALICE,
+        "office",
+        1,
+        Some("<sip:1001@127.0.0.1:5999>"),
+        Some(120),
+    );
+    assert_eq!(status(&ok), 200, "the office keeps registering");
+
+    // Failures that answer a nonce we never gave this source do not count: a spoofer
+    // cannot get someone else banned.
+    let spoofed = UdpClient::from_address("127.0.0.3", server.sip, Duration::from_millis(500));
+    let stolen_nonce = "0".repeat(64);
+    for i in 0..30 {
+        let auth = authorization("alice1001", "sipward", "guess", &stolen_nonce);
+        let answer = spoofed
+            .request(&register_text(
+                &spoofed,
+                "1001",
+                2,
+                &format!("s{i}"),
+                None,
+                None,
+                &auth,
+            ))
+            .expect("answered");
+        assert_eq!(status(&answer), 401);
+    }
+    assert_eq!(
+        status(&register(&spoofed, &ALICE, "still-in", 1, None, None)),
+        200,
+        "never banned"
+    );
+
+    let bans = env.json(&["ban", "list", "--json"]);
+    let bans = bans.as_array().expect("array");
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    assert_eq!(bans[0]["source"], "127.0.0.2");
+    assert_eq!(bans[0]["reason"], "auth.failures");
+    assert!(
+        bans[0]["detail"]
+            .as_str()
+            .expect("detail")
+            .starts_with("10 failed authentications within 10 minutes")
+    );
+    assert!(
+        server.log().contains(r#""event":"ban""#) && server.log().contains("127.0.0.2"),
+        "security event logged"
+    );
+    assert!(
+        !server.log().contains("guess"),
+        "no secret or guess in the log"
+    );
+    let _ = header;
+}

@@ -60,6 +60,7 @@ pub fn eventually_or(
 /// A running `sipward serve`.
 pub struct Server {
     child: Child,
+    log: PathBuf,
     pub sip: SocketAddr,
     pub http: SocketAddr,
 }
@@ -72,13 +73,19 @@ impl Env {
     pub fn serve_with(&self, extra: &[&str]) -> Server {
         let mut args = vec!["serve", "--sip", "127.0.0.1:0", "--http", "127.0.0.1:0"];
         args.extend_from_slice(extra);
+        let log = self.path("serve.log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("serve log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_sipward"))
             .arg("--data")
             .arg(&self.data)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(log_file.try_clone().expect("log")))
             .spawn()
             .expect("spawn serve");
         let stdout = child.stdout.take().expect("stdout");
@@ -106,11 +113,17 @@ impl Env {
             sip: addr("sip_udp"),
             http: addr("http"),
             child,
+            log,
         }
     }
 }
 
 impl Server {
+    /// What the server wrote to stderr (security events, errors).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// Stops with SIGTERM (the server writes its bindings on the way out).
     pub fn stop(mut self) {
         let _ = Command::new("kill")

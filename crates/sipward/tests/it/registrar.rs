@@ -7,9 +7,9 @@ use sip::digest::{Algorithm, ResponseInput, expected_response, ha1};
 use crate::harness::Env;
 use crate::peers::{UdpClient, eventually, sipp};
 
-const PASSWORD: &str = "Zq8xLmTr4wPyK7vB2";
+pub(crate) const PASSWORD: &str = "Zq8xLmTr4wPyK7vB2";
 
-fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
+pub(crate) fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
     msg.lines()
         .filter_map(|l| {
             l.split_once(':')
@@ -19,14 +19,14 @@ fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-fn status(msg: &str) -> u16 {
+pub(crate) fn status(msg: &str) -> u16 {
     msg.split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
 }
 
-fn nonce_of(challenge: &str) -> String {
+pub(crate) fn nonce_of(challenge: &str) -> String {
     challenge
         .split("nonce=\"")
         .nth(1)
@@ -36,7 +36,7 @@ fn nonce_of(challenge: &str) -> String {
 }
 
 /// A REGISTER as a phone would send it; `auth` is an Authorization value or empty.
-fn register_text(
+pub(crate) fn register_text(
     c: &UdpClient,
     number: &str,
     cseq: u32,
@@ -64,7 +64,7 @@ fn register_text(
     t
 }
 
-fn authorization(user: &str, realm: &str, password: &str, nonce: &str) -> String {
+pub(crate) fn authorization(user: &str, realm: &str, password: &str, nonce: &str) -> String {
     let h = ha1(Algorithm::Md5, user, realm, password);
     let uri = "sip:127.0.0.1";
     let response = expected_response(
@@ -83,14 +83,14 @@ fn authorization(user: &str, realm: &str, password: &str, nonce: &str) -> String
 }
 
 /// Who logs in: the extension, the auth ID, and the realm and password the client uses.
-struct Login<'a> {
-    number: &'a str,
-    auth_id: &'a str,
-    realm: &'a str,
-    password: &'a str,
+pub(crate) struct Login<'a> {
+    pub number: &'a str,
+    pub auth_id: &'a str,
+    pub realm: &'a str,
+    pub password: &'a str,
 }
 
-const ALICE: Login<'static> = Login {
+pub(crate) const ALICE: Login<'static> = Login {
     number: "1001",
     auth_id: "alice1001",
     realm: "sipward",
@@ -98,7 +98,7 @@ const ALICE: Login<'static> = Login {
 };
 
 /// Challenge, then answer it; returns the final response.
-fn register(
+pub(crate) fn register(
     c: &UdpClient,
     who: &Login<'_>,
     call_id: &str,
