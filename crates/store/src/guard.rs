@@ -29,17 +29,7 @@ pub struct AllowRow {
 }
 
 pub async fn guard_version(conn: &mut AnyConnection) -> Result<i64> {
-    let row = sqlx::query("SELECT value FROM meta WHERE key = 'guard_version'")
-        .fetch_optional(&mut *conn)
-        .await?;
-    let text: String = match row {
-        Some(r) => r.try_get("value")?,
-        None => return Ok(0),
-    };
-    text.parse().map_err(|_| Error::Corrupt {
-        path: "meta".into(),
-        detail: "guard_version is not a number".into(),
-    })
+    crate::registry::meta_counter(conn, "guard_version").await
 }
 
 /// Bans in force at `now` (all bans when `now` is `None`).

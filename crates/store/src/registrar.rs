@@ -20,17 +20,7 @@ pub struct DirectoryRow {
 
 /// Increases whenever an extension or gateway is written (SQLite triggers).
 pub async fn registry_version(conn: &mut AnyConnection) -> Result<i64> {
-    let row = sqlx::query("SELECT value FROM meta WHERE key = 'registry_version'")
-        .fetch_optional(&mut *conn)
-        .await?;
-    let text: String = match row {
-        Some(r) => r.try_get("value")?,
-        None => return Ok(0),
-    };
-    text.parse().map_err(|_| Error::Corrupt {
-        path: "meta".into(),
-        detail: "registry_version is not a number".into(),
-    })
+    crate::registry::meta_counter(conn, "registry_version").await
 }
 
 /// Every account that can register, packed by SQLite into one value (see

@@ -127,6 +127,16 @@ pub async fn set_meta(conn: &mut AnyConnection, key: &str, value: &str) -> Resul
     Ok(())
 }
 
+/// A counter kept in `meta` by triggers (0 when absent); the running server polls it
+/// to learn that another process changed a table.
+pub async fn meta_counter(conn: &mut AnyConnection, key: &str) -> Result<i64> {
+    let text = get_meta(conn, key).await?.unwrap_or_else(|| "0".into());
+    text.parse().map_err(|_| Error::Corrupt {
+        path: "meta".into(),
+        detail: format!("{key} is not a number"),
+    })
+}
+
 // ---- cross-table identity ----
 
 /// Who uses an auth ID already, as a subject such as `ext:1001` or `gateway:gw1`.
