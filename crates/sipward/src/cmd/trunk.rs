@@ -51,6 +51,38 @@ fn weak_cell(findings: &[&Finding]) -> (String, bool) {
     }
 }
 
+/// A list of accounts with their findings: JSON, or a table whose last column names the
+/// weak rules (rows in red on a terminal).
+fn print_accounts<T: Serialize>(
+    items: &[T],
+    all: &[Finding],
+    json: bool,
+    subject: impl Fn(&T) -> String,
+    headers: &[&'static str],
+    cells: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if json {
+        let out: Vec<_> = items
+            .iter()
+            .map(|i| WithFindings {
+                item: i,
+                findings: findings_of(all, &subject(i)),
+            })
+            .collect();
+        return output::json(&out);
+    }
+    let mut columns = headers.to_vec();
+    columns.push("WEAK");
+    let mut t = Table::new(&columns);
+    for i in items {
+        let (cell, alert) = weak_cell(&findings_of(all, &subject(i)));
+        let mut row = cells(i);
+        row.push(cell);
+        t.row(row, alert);
+    }
+    t.print()
+}
+
 pub async fn gateway(reg: &Registry, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         GatewayCommand::Add {
@@ -111,34 +143,22 @@ pub async fn gateway(reg: &Registry, cmd: GatewayCommand) -> anyhow::Result<Exit
         GatewayCommand::List { out } => {
             let list = reg.list_gateways().await?;
             let all = reg.audit().await?;
-            if out.json {
-                let items: Vec<_> = list
-                    .iter()
-                    .map(|g| WithFindings {
-                        item: g,
-                        findings: findings_of(&all, &format!("gateway:{}", g.name)),
-                    })
-                    .collect();
-                output::json(&items)?;
-            } else {
-                let mut t = Table::new(&["NAME", "VENDOR", "NUMBER", "AUTH ID", "HOST", "WEAK"]);
-                for g in &list {
-                    let (cell, alert) =
-                        weak_cell(&findings_of(&all, &format!("gateway:{}", g.name)));
-                    t.row(
-                        vec![
-                            g.name.clone(),
-                            g.vendor.clone(),
-                            g.number.clone(),
-                            g.auth_id.clone(),
-                            g.host.clone(),
-                            cell,
-                        ],
-                        alert,
-                    );
-                }
-                t.print()?;
-            }
+            print_accounts(
+                &list,
+                &all,
+                out.json,
+                |g| format!("gateway:{}", g.name),
+                &["NAME", "VENDOR", "NUMBER", "AUTH ID", "HOST"],
+                |g| {
+                    vec![
+                        g.name.clone(),
+                        g.vendor.clone(),
+                        g.number.clone(),
+                        g.auth_id.clone(),
+                        g.host.clone(),
+                    ]
+                },
+            )?;
         }
         GatewayCommand::Show { name, out } => {
             let g = reg.get_gateway(&name).await?;
@@ -214,27 +234,14 @@ pub async fn provider(reg: &Registry, cmd: ProviderCommand) -> anyhow::Result<Ex
         ProviderCommand::List { out } => {
             let list = reg.list_providers().await?;
             let all = reg.audit().await?;
-            if out.json {
-                let items: Vec<_> = list
-                    .iter()
-                    .map(|p| WithFindings {
-                        item: p,
-                        findings: findings_of(&all, &format!("provider:{}", p.name)),
-                    })
-                    .collect();
-                output::json(&items)?;
-            } else {
-                let mut t = Table::new(&["NAME", "REGISTRAR", "AUTH ID", "WEAK"]);
-                for p in &list {
-                    let (cell, alert) =
-                        weak_cell(&findings_of(&all, &format!("provider:{}", p.name)));
-                    t.row(
-                        vec![p.name.clone(), p.registrar.clone(), p.auth_id.clone(), cell],
-                        alert,
-                    );
-                }
-                t.print()?;
-            }
+            print_accounts(
+                &list,
+                &all,
+                out.json,
+                |p| format!("provider:{}", p.name),
+                &["NAME", "REGISTRAR", "AUTH ID"],
+                |p| vec![p.name.clone(), p.registrar.clone(), p.auth_id.clone()],
+            )?;
         }
         ProviderCommand::Show { name, out } => {
             let p = reg.get_provider(&name).await?;
