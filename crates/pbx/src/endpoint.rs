@@ -94,6 +94,15 @@ impl Endpoint {
             Metrics::inc(&self.metrics.parse_errors);
             return None;
         };
+        // A scanner's first request bans its source, and it gets no answer at all.
+        if let Some(ua) = m.header(Name::UserAgent)
+            && self
+                .guard
+                .scanner(source.ip(), ua, self.clock.now())
+                .is_some()
+        {
+            return None;
+        }
         let StartLine::Request { method, .. } = m.start else {
             return None; // responses: sipward sends no requests yet
         };

@@ -184,20 +184,51 @@ impl Guard {
         if count < self.policy.auth_failures {
             return None;
         }
+        let window_min = self.policy.auth_window_secs / 60;
+        Some(self.impose(ip, "auth.failures", now, |n| {
+            format!(
+                "{count} failed authentications within {window_min} minutes (ban {n} within {} hours)",
+                self.policy.repeat_window_secs / 3600
+            )
+        }, None))
+    }
+
+    /// Bans `ip` at once when its User-Agent names a known scanner (unless allow-listed
+    /// or scanner bans are off). Returns the ban.
+    pub fn scanner(&self, ip: IpAddr, user_agent: &str, now: i64) -> Option<BanRow> {
+        let tool = policy::scanner::scanner(user_agent)?;
+        if !self.policy.ban_scanners || self.read().allowed(ip) {
+            return None;
+        }
+        Some(self.impose(
+            ip,
+            "scanner.user_agent",
+            now,
+            |_| format!("User-Agent of a scanner: {tool}"),
+            Some(self.policy.scanner_ban_secs),
+        ))
+    }
+
+    /// Puts a ban in force in memory at once and hands it to the writer. The length is
+    /// `fixed`, or else escalates with the source's recent bans.
+    fn impose(
+        &self,
+        ip: IpAddr,
+        reason: &str,
+        now: i64,
+        detail: impl FnOnce(u32) -> String,
+        fixed: Option<i64>,
+    ) -> BanRow {
         let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
         let n = self.policy.ban_number(st.history.get(&ip).copied(), now);
-        let expires_at = now.saturating_add(self.policy.ban_length(n));
+        let expires_at = now.saturating_add(fixed.unwrap_or_else(|| self.policy.ban_length(n)));
         st.banned.insert(ip, expires_at);
         st.history.insert(ip, (n, now));
         drop(st);
         let row = BanRow {
             source: ip.to_string(),
-            reason: "auth.failures".into(),
-            detail: format!(
-                "{count} failed authentications within {} minutes (ban {n} within {} hours)",
-                self.policy.auth_window_secs / 60,
-                self.policy.repeat_window_secs / 3600
-            ),
+            reason: reason.to_owned(),
+            detail: detail(n),
             first_seen: now,
             last_seen: now,
             expires_at,
@@ -209,7 +240,7 @@ impl Guard {
         {
             eprintln!("{{\"event\":\"ban_not_persisted\",\"source\":\"{ip}\"}}");
         }
-        Some(row)
+        row
     }
 }
 

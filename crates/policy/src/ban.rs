@@ -25,6 +25,10 @@ pub struct BanPolicy {
     /// auth ID this long: its failures there (a phone with a stale password) do not
     /// count toward banning the address.
     pub trusted_secs: i64,
+    /// Ban a source whose User-Agent names a known scanner, at its first request.
+    pub ban_scanners: bool,
+    /// Length of a scanner ban.
+    pub scanner_ban_secs: i64,
 }
 
 impl Default for BanPolicy {
@@ -37,6 +41,8 @@ impl Default for BanPolicy {
             repeat_window_secs: 86_400,
             repeat_ban_secs: 604_800,
             trusted_secs: 604_800,
+            ban_scanners: true,
+            scanner_ban_secs: 604_800,
         }
     }
 }
@@ -51,6 +57,7 @@ impl BanPolicy {
             self.ban_secs,
             self.repeat_window_secs,
             self.trusted_secs,
+            self.scanner_ban_secs,
             self.repeat_ban_secs,
         ];
         if positive.iter().any(|s| *s <= 0) || self.repeat_bans == 0 {

@@ -13,6 +13,7 @@ pub mod fields;
 pub mod generate;
 pub mod password;
 pub mod pin;
+pub mod scanner;
 pub mod secret;
 pub mod vendor;
 

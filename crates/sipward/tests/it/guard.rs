@@ -185,3 +185,68 @@ fn repeated_wrong_passwords_ban_the_source_but_spoofed_failures_do_not() {
     );
     let _ = header;
 }
+
+/// SIPVicious' svmap (Debian 12 names it `svmap`, newer packages `sipvicious_svmap`).
+fn svmap() -> std::path::PathBuf {
+    let found = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .flat_map(|d| ["svmap", "sipvicious_svmap"].map(|n| std::path::Path::new(d).join(n)))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| crate::peers::require("sipvicious_svmap", "sipvicious"))
+}
+
+/// Runs svmap from 127.0.0.4 against the server; returns what it printed.
+fn scan(server: &crate::peers::Server) -> String {
+    let out = std::process::Command::new(svmap())
+        .args([
+            "-b",
+            "127.0.0.4",
+            "-p",
+            &server.sip.port().to_string(),
+            "127.0.0.1",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run svmap");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn svmap_finds_nothing_and_its_source_is_banned() {
+    // Positive control: the same scan finds the server when scanner bans are off.
+    let control = Env::new();
+    control.ok(&["ext", "list"]);
+    std::fs::write(
+        control.data.join("sipward.toml"),
+        "[guard]\nban_scanners = false\n",
+    )
+    .expect("config");
+    let open = control.serve();
+    let seen = scan(&open);
+    let address = format!("127.0.0.1:{}", open.sip.port());
+    assert!(
+        seen.contains(&address),
+        "svmap must find an undefended server:\n{seen}"
+    );
+
+    let env = Env::new();
+    let server = env.serve();
+    let seen = scan(&server);
+    let address = format!("127.0.0.1:{}", server.sip.port());
+    assert!(!seen.contains(&address), "svmap found the server:\n{seen}");
+    let bans = env.json(&["ban", "list", "--json"]);
+    assert_eq!(bans[0]["source"], "127.0.0.4", "{bans}");
+    assert_eq!(bans[0]["reason"], "scanner.user_agent");
+    assert!(
+        bans[0]["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("SIPVicious")
+    );
+    let office = UdpClient::new(server.sip);
+    assert!(
+        options(&office, 1).is_some(),
+        "everyone else is still answered"
+    );
+}
