@@ -186,19 +186,20 @@ fn repeated_wrong_passwords_ban_the_source_but_spoofed_failures_do_not() {
     let _ = header;
 }
 
-/// SIPVicious' svmap (Debian 12 names it `svmap`, newer packages `sipvicious_svmap`).
-fn svmap() -> std::path::PathBuf {
+/// A SIPVicious tool (Debian 12 names them `svmap`, newer packages `sipvicious_svmap`).
+fn sipvicious(tool: &str) -> std::path::PathBuf {
+    let names = [tool.to_string(), format!("sipvicious_{tool}")];
     let found = std::env::var("PATH")
         .unwrap_or_default()
         .split(':')
-        .flat_map(|d| ["svmap", "sipvicious_svmap"].map(|n| std::path::Path::new(d).join(n)))
+        .flat_map(|d| names.iter().map(move |n| std::path::Path::new(d).join(n)))
         .find(|p| p.is_file());
-    found.unwrap_or_else(|| crate::peers::require("sipvicious_svmap", "sipvicious"))
+    found.unwrap_or_else(|| crate::peers::require(&format!("sipvicious_{tool}"), "sipvicious"))
 }
 
 /// Runs svmap from 127.0.0.4 against the server; returns what it printed.
 fn scan(server: &crate::peers::Server) -> String {
-    let out = std::process::Command::new(svmap())
+    let out = std::process::Command::new(sipvicious("svmap"))
         .args([
             "-b",
             "127.0.0.4",
@@ -248,5 +249,109 @@ fn svmap_finds_nothing_and_its_source_is_banned() {
     assert!(
         options(&office, 1).is_some(),
         "everyone else is still answered"
+    );
+}
+
+/// Runs svcrack against extension 1001 (auth ID 1001), guessing 1000..1030: its range
+/// starts with the user name itself, so a password equal to the number is its first guess.
+fn crack(server: &crate::peers::Server) -> String {
+    let out = std::process::Command::new(sipvicious("svcrack"))
+        .args([
+            "-u",
+            "1001",
+            "-r",
+            "1000-1030",
+            "-p",
+            &server.sip.port().to_string(),
+            "127.0.0.1",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run svcrack");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn cracked(output: &str) -> bool {
+    output
+        .lines()
+        .any(|l| l.split('|').map(str::trim).collect::<Vec<_>>() == ["", "1001", "1001", ""])
+}
+
+#[test]
+fn svcrack_finds_no_password_and_is_banned_within_10_guesses() {
+    // Positive control: with the guard out of the way, svcrack finds a password that
+    // equals the extension number.
+    let control = Env::new();
+    control.ok(&["ext", "list"]);
+    std::fs::write(
+        control.data.join("sipward.toml"),
+        "[guard]\nban_scanners = false\nauth_failures = 10000\n",
+    )
+    .expect("config");
+    control.ok(&[
+        "ext",
+        "add",
+        "1001",
+        "--auth-id",
+        "1001",
+        "--password",
+        "1001",
+    ]);
+    let open = control.serve();
+    let seen = crack(&open);
+    assert!(
+        cracked(&seen),
+        "svcrack must crack an undefended weak extension:\n{seen}"
+    );
+
+    // Default guard, same weak extension: its first request bans it (scanner User-Agent).
+    let env = Env::new();
+    env.ok(&[
+        "ext",
+        "add",
+        "1001",
+        "--auth-id",
+        "1001",
+        "--password",
+        "1001",
+    ]);
+    let server = env.serve();
+    let seen = crack(&server);
+    assert!(!cracked(&seen), "{seen}");
+    assert_eq!(
+        env.json(&["ban", "list", "--json"])[0]["reason"],
+        "scanner.user_agent"
+    );
+
+    // Without the scanner rule, failed authentications alone stop it within 10 guesses.
+    let env = Env::new();
+    env.ok(&["ext", "list"]);
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        "[guard]\nban_scanners = false\n",
+    )
+    .expect("config");
+    env.ok(&[
+        "ext",
+        "add",
+        "1001",
+        "--auth-id",
+        "1001",
+        "--password",
+        "Zq8xLmTr4wPyK7vB2",
+    ]);
+    let server = env.serve();
+    let seen = crack(&server);
+    assert!(!cracked(&seen), "{seen}");
+    let ban = &env.json(&["ban", "list", "--json"])[0];
+    assert_eq!(ban["reason"], "auth.failures", "{ban}");
+    let challenged = server.metric("sipward_register_challenged_total");
+    assert!(
+        challenged <= 11,
+        "banned after its first request and at most 10 guesses: {challenged} challenges"
+    );
+    assert!(
+        server.metric("sipward_dropped_banned_total") > 0,
+        "what it sent after the ban was dropped unread"
     );
 }
