@@ -197,20 +197,28 @@ fn sipvicious(tool: &str) -> std::path::PathBuf {
     found.unwrap_or_else(|| crate::peers::require(&format!("sipvicious_{tool}"), "sipvicious"))
 }
 
-/// Runs svmap from 127.0.0.4 against the server; returns what it printed.
+/// Runs a SIPVicious tool to its end and returns everything it printed.
+fn run_sipvicious(tool: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(sipvicious(tool))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {tool}: {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// Runs svmap from 127.0.0.4 against the server.
 fn scan(server: &crate::peers::Server) -> String {
-    let out = std::process::Command::new(sipvicious("svmap"))
-        .args([
+    run_sipvicious(
+        "svmap",
+        &[
             "-b",
             "127.0.0.4",
             "-p",
             &server.sip.port().to_string(),
             "127.0.0.1",
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run svmap");
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+        ],
+    )
 }
 
 #[test]
@@ -255,8 +263,9 @@ fn svmap_finds_nothing_and_its_source_is_banned() {
 /// Runs svcrack against extension 1001 (auth ID 1001), guessing 1000..1030: its range
 /// starts with the user name itself, so a password equal to the number is its first guess.
 fn crack(server: &crate::peers::Server) -> String {
-    let out = std::process::Command::new(sipvicious("svcrack"))
-        .args([
+    run_sipvicious(
+        "svcrack",
+        &[
             "-u",
             "1001",
             "-r",
@@ -264,11 +273,8 @@ fn crack(server: &crate::peers::Server) -> String {
             "-p",
             &server.sip.port().to_string(),
             "127.0.0.1",
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run svcrack");
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+        ],
+    )
 }
 
 fn cracked(output: &str) -> bool {
