@@ -104,10 +104,7 @@ impl Registry {
             });
         }
         let now = self.now();
-        let previous = q::bans(&mut conn, None)
-            .await?
-            .into_iter()
-            .find(|b| b.source == ip.to_string());
+        let previous = q::get_ban(&mut conn, &ip.to_string()).await?;
         let row = BanRow {
             source: ip.to_string(),
             reason: "manual".into(),

@@ -96,10 +96,7 @@ impl Endpoint {
         };
         // A scanner's first request bans its source, and it gets no answer at all.
         if let Some(ua) = m.header(Name::UserAgent)
-            && self
-                .guard
-                .scanner(source.ip(), ua, self.clock.now())
-                .is_some()
+            && self.guard.scanner(source.ip(), ua).is_some()
         {
             return None;
         }

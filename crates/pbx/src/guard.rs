@@ -43,10 +43,13 @@ struct FailureTable {
     order: VecDeque<IpAddr>,
 }
 
-/// (address, auth ID) pairs that authenticated successfully, with their expiry.
+/// (address, auth ID) pairs that authenticated successfully, with their expiry. Keyed
+/// by address first so that a refresh (every successful REGISTER) finds its entry
+/// without allocating.
 #[derive(Debug, Default)]
 struct TrustTable {
-    until: HashMap<(IpAddr, String), i64>,
+    until: HashMap<IpAddr, HashMap<String, i64>>,
+    pairs: usize,
     order: VecDeque<(IpAddr, String)>,
 }
 
@@ -129,25 +132,36 @@ impl Guard {
     /// Records that `auth_id` authenticated from `ip`: the pair is trusted for a while.
     pub fn auth_success(&self, ip: IpAddr, auth_id: &str, now: i64) {
         let until = now.saturating_add(self.policy.trusted_secs);
-        let mut t = self.trusted.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (ip, auth_id.to_owned());
-        if let Some(u) = t.until.get_mut(&key) {
+        let mut guard = self.trusted.lock().unwrap_or_else(|p| p.into_inner());
+        let t: &mut TrustTable = &mut guard;
+        if let Some(u) = t.until.get_mut(&ip).and_then(|m| m.get_mut(auth_id)) {
             *u = until;
             return;
         }
-        if t.until.len() >= FAILURE_TABLE_CAPACITY
-            && let Some(old) = t.order.pop_front()
+        if t.pairs >= FAILURE_TABLE_CAPACITY
+            && let Some((old_ip, old_id)) = t.order.pop_front()
+            && let Some(m) = t.until.get_mut(&old_ip)
         {
-            t.until.remove(&old);
+            if m.remove(&old_id).is_some() {
+                t.pairs -= 1;
+            }
+            if m.is_empty() {
+                t.until.remove(&old_ip);
+            }
         }
-        t.order.push_back(key.clone());
-        t.until.insert(key, until);
+        t.order.push_back((ip, auth_id.to_owned()));
+        t.until
+            .entry(ip)
+            .or_default()
+            .insert(auth_id.to_owned(), until);
+        t.pairs += 1;
     }
 
     fn trusted(&self, ip: IpAddr, auth_id: &str, now: i64) -> bool {
         let t = self.trusted.lock().unwrap_or_else(|p| p.into_inner());
         t.until
-            .get(&(ip, auth_id.to_owned()))
+            .get(&ip)
+            .and_then(|m| m.get(auth_id))
             .is_some_and(|u| *u > now)
     }
 
@@ -195,8 +209,11 @@ impl Guard {
 
     /// Bans `ip` at once when its User-Agent names a known scanner (unless allow-listed
     /// or scanner bans are off). Returns the ban.
-    pub fn scanner(&self, ip: IpAddr, user_agent: &str, now: i64) -> Option<BanRow> {
+    /// Runs on every request with a User-Agent: matching needs no lock, allocation or
+    /// time call; only a match reads the (coarse) clock.
+    pub fn scanner(&self, ip: IpAddr, user_agent: &str) -> Option<BanRow> {
         let tool = policy::scanner::scanner(user_agent)?;
+        let now = self.now.load(Ordering::Relaxed);
         if !self.policy.ban_scanners || self.read().allowed(ip) {
             return None;
         }
@@ -338,6 +355,21 @@ mod tests {
         });
         g.auth_success(office, "alice1001", 0);
         assert!(g.auth_failure(office, "alice1001", 604_801).is_some());
+    }
+
+    #[test]
+    fn the_trust_table_is_bounded() {
+        let g = Guard::new(BanPolicy::default());
+        for i in 0..(FAILURE_TABLE_CAPACITY as u32 + 500) {
+            g.auth_success(IpAddr::from(i.to_be_bytes()), "a", 0);
+            g.auth_success(IpAddr::from(i.to_be_bytes()), "a", 1); // a refresh adds nothing
+        }
+        let t = g.trusted.lock().expect("lock");
+        assert_eq!(t.pairs, FAILURE_TABLE_CAPACITY);
+        assert_eq!(
+            t.until.values().map(HashMap::len).sum::<usize>(),
+            FAILURE_TABLE_CAPACITY
+        );
     }
 
     #[test]

@@ -22,6 +22,9 @@ use crate::{Clock, Registry, Result, transport};
 
 /// How often the store's registry version is polled (a CLI change is live within this).
 pub const RELOAD_EVERY: Duration = Duration::from_millis(250);
+/// Ban records are kept this long after they expire (longer than any repeat window
+/// that escalation looks back over), then pruned.
+pub const BAN_RECORDS_KEPT_SECS: i64 = 30 * 86_400;
 /// How often bindings are expired and written behind.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
@@ -251,16 +254,17 @@ async fn ban_writer(
     }
 }
 
-async fn persist_ban(registry: &Registry, mut row: gq::BanRow) {
+async fn persist_ban(registry: &Registry, row: gq::BanRow) {
     let Ok(mut conn) = registry.store().pool().acquire().await else {
         return;
     };
-    if let Ok(previous) = gq::bans(&mut conn, None).await
-        && let Some(p) = previous.into_iter().find(|p| p.source == row.source)
-    {
-        row.first_seen = p.first_seen;
-    }
+    // The record keeps its first_seen on update (see put_ban).
     let stored = gq::put_ban(&mut conn, &row).await.is_ok();
+    let _ = gq::prune_bans(
+        &mut conn,
+        row.last_seen.saturating_sub(BAN_RECORDS_KEPT_SECS),
+    )
+    .await;
     let event = serde_json::json!({
         "event": "ban",
         "source": row.source,

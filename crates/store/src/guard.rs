@@ -41,22 +41,43 @@ pub async fn bans(conn: &mut AnyConnection, now: Option<i64>) -> Result<Vec<BanR
     .bind(now.unwrap_or(i64::MIN))
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(BanRow {
-                source: r.try_get("source")?,
-                reason: r.try_get("reason")?,
-                detail: r.try_get("detail")?,
-                first_seen: r.try_get("first_seen")?,
-                last_seen: r.try_get("last_seen")?,
-                expires_at: r.try_get("expires_at")?,
-                times: r.try_get("times")?,
-            })
-        })
-        .collect()
+    rows.iter().map(ban_from_row).collect()
 }
 
-/// Inserts or replaces the ban of a source.
+/// The ban record of one source, in force or not.
+pub async fn get_ban(conn: &mut AnyConnection, source: &str) -> Result<Option<BanRow>> {
+    let row = sqlx::query(
+        "SELECT source, reason, detail, first_seen, last_seen, expires_at, times FROM bans WHERE source = $1",
+    )
+    .bind(source)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(ban_from_row).transpose()
+}
+
+fn ban_from_row(r: &sqlx::any::AnyRow) -> Result<BanRow> {
+    Ok(BanRow {
+        source: r.try_get("source")?,
+        reason: r.try_get("reason")?,
+        detail: r.try_get("detail")?,
+        first_seen: r.try_get("first_seen")?,
+        last_seen: r.try_get("last_seen")?,
+        expires_at: r.try_get("expires_at")?,
+        times: r.try_get("times")?,
+    })
+}
+
+/// Forgets bans that expired before `before` (they no longer feed escalation), so an
+/// attack from many addresses cannot grow the table without end.
+pub async fn prune_bans(conn: &mut AnyConnection, before: i64) -> Result<u64> {
+    let done = sqlx::query("DELETE FROM bans WHERE expires_at < $1")
+        .bind(before)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Inserts or replaces the ban of a source; an existing record keeps its `first_seen`.
 pub async fn put_ban(conn: &mut AnyConnection, b: &BanRow) -> Result<()> {
     sqlx::query(
         "INSERT INTO bans (source, reason, detail, first_seen, last_seen, expires_at, times) \

@@ -182,3 +182,48 @@ async fn a_transaction_rolls_back_as_a_whole() {
         0
     );
 }
+
+#[tokio::test]
+async fn ban_records_keep_first_seen_and_old_ones_are_pruned() {
+    use store::guard::{self as g, BanRow};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_sqlite(&dir.path().join("t.db"))
+        .await
+        .expect("open");
+    let mut conn = store.pool().acquire().await.expect("conn");
+    let ban = |source: &str, seen: i64, expires_at: i64, times: i64| BanRow {
+        source: source.into(),
+        reason: "auth.failures".into(),
+        detail: "d".into(),
+        first_seen: seen,
+        last_seen: seen,
+        expires_at,
+        times,
+    };
+    g::put_ban(&mut conn, &ban("192.0.2.1", 100, 200, 1))
+        .await
+        .expect("put");
+    g::put_ban(&mut conn, &ban("192.0.2.1", 500, 900, 2))
+        .await
+        .expect("update");
+    let b = g::get_ban(&mut conn, "192.0.2.1")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        (b.first_seen, b.last_seen, b.expires_at, b.times),
+        (100, 500, 900, 2),
+        "first_seen is kept"
+    );
+    assert_eq!(g::get_ban(&mut conn, "192.0.2.2").await.expect("get"), None);
+    g::put_ban(&mut conn, &ban("192.0.2.3", 0, 50, 1))
+        .await
+        .expect("put");
+    assert_eq!(g::prune_bans(&mut conn, 100).await.expect("prune"), 1);
+    assert_eq!(g::bans(&mut conn, None).await.expect("all").len(), 1);
+    assert_eq!(
+        g::bans(&mut conn, Some(900)).await.expect("in force").len(),
+        0,
+        "expired at 900"
+    );
+}
