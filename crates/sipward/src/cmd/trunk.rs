@@ -83,6 +83,27 @@ fn print_accounts<T: Serialize>(
     t.print()
 }
 
+/// After an add or update: warns about weak credentials on stderr, then prints the
+/// account (with its findings) as JSON, or the one-line summary.
+fn saved<T: Serialize>(
+    what: &str,
+    item: &T,
+    findings: &[Finding],
+    json: bool,
+    summary: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    output::warn_findings(what, findings);
+    if json {
+        output::json(&WithFindings {
+            item,
+            findings: findings.iter().collect(),
+        })
+    } else {
+        println!("{}", summary());
+        Ok(())
+    }
+}
+
 pub async fn gateway(reg: &Registry, cmd: GatewayCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         GatewayCommand::Add {
@@ -99,18 +120,18 @@ pub async fn gateway(reg: &Registry, cmd: GatewayCommand) -> anyhow::Result<Exit
                 host: required(fields.host, "--host", "gateway")?,
             };
             let (view, findings) = reg.add_gateway(&name, new).await?;
-            output::warn_findings(&format!("gateway {}", view.name), &findings);
-            if out.json {
-                output::json(&WithFindings {
-                    item: &view,
-                    findings: findings.iter().collect(),
-                })?;
-            } else {
-                println!(
-                    "added gateway {} ({}, number {}, host {})",
-                    view.name, view.vendor, view.number, view.host
-                );
-            }
+            saved(
+                &format!("gateway {}", view.name),
+                &view,
+                &findings,
+                out.json,
+                || {
+                    format!(
+                        "added gateway {} ({}, number {}, host {})",
+                        view.name, view.vendor, view.number, view.host
+                    )
+                },
+            )?;
         }
         GatewayCommand::Update {
             name,
@@ -126,15 +147,13 @@ pub async fn gateway(reg: &Registry, cmd: GatewayCommand) -> anyhow::Result<Exit
                 host: fields.host,
             };
             let (view, findings) = reg.update_gateway(&name, change).await?;
-            output::warn_findings(&format!("gateway {}", view.name), &findings);
-            if out.json {
-                output::json(&WithFindings {
-                    item: &view,
-                    findings: findings.iter().collect(),
-                })?;
-            } else {
-                println!("updated gateway {}", view.name);
-            }
+            saved(
+                &format!("gateway {}", view.name),
+                &view,
+                &findings,
+                out.json,
+                || format!("updated gateway {}", view.name),
+            )?;
         }
         GatewayCommand::Remove { name } => {
             reg.remove_gateway(&name).await?;
@@ -192,18 +211,18 @@ pub async fn provider(reg: &Registry, cmd: ProviderCommand) -> anyhow::Result<Ex
                 password: required(fields.password, "--password", "provider")?,
             };
             let (view, findings) = reg.add_provider(&name, new).await?;
-            output::warn_findings(&format!("provider {}", view.name), &findings);
-            if out.json {
-                output::json(&WithFindings {
-                    item: &view,
-                    findings: findings.iter().collect(),
-                })?;
-            } else {
-                println!(
-                    "added provider {} (registrar {})",
-                    view.name, view.registrar
-                );
-            }
+            saved(
+                &format!("provider {}", view.name),
+                &view,
+                &findings,
+                out.json,
+                || {
+                    format!(
+                        "added provider {} (registrar {})",
+                        view.name, view.registrar
+                    )
+                },
+            )?;
         }
         ProviderCommand::Update {
             name,
@@ -217,15 +236,13 @@ pub async fn provider(reg: &Registry, cmd: ProviderCommand) -> anyhow::Result<Ex
                 password: fields.password,
             };
             let (view, findings) = reg.update_provider(&name, change).await?;
-            output::warn_findings(&format!("provider {}", view.name), &findings);
-            if out.json {
-                output::json(&WithFindings {
-                    item: &view,
-                    findings: findings.iter().collect(),
-                })?;
-            } else {
-                println!("updated provider {}", view.name);
-            }
+            saved(
+                &format!("provider {}", view.name),
+                &view,
+                &findings,
+                out.json,
+                || format!("updated provider {}", view.name),
+            )?;
         }
         ProviderCommand::Remove { name } => {
             reg.remove_provider(&name).await?;

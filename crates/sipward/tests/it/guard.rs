@@ -283,35 +283,11 @@ fn cracked(output: &str) -> bool {
         .any(|l| l.split('|').map(str::trim).collect::<Vec<_>>() == ["", "1001", "1001", ""])
 }
 
-#[test]
-fn svcrack_finds_no_password_and_is_banned_within_10_guesses() {
-    // Positive control: with the guard out of the way, svcrack finds a password that
-    // equals the extension number.
-    let control = Env::new();
-    control.ok(&["ext", "list"]);
-    std::fs::write(
-        control.data.join("sipward.toml"),
-        "[guard]\nban_scanners = false\nauth_failures = 10000\n",
-    )
-    .expect("config");
-    control.ok(&[
-        "ext",
-        "add",
-        "1001",
-        "--auth-id",
-        "1001",
-        "--password",
-        "1001",
-    ]);
-    let open = control.serve();
-    let seen = crack(&open);
-    assert!(
-        cracked(&seen),
-        "svcrack must crack an undefended weak extension:\n{seen}"
-    );
-
-    // Default guard, same weak extension: its first request bans it (scanner User-Agent).
+/// A server with extension 1001 (auth ID 1001) and the given password and config.
+fn target(config: &str, password: &str) -> (Env, crate::peers::Server) {
     let env = Env::new();
+    env.ok(&["ext", "list"]);
+    std::fs::write(env.data.join("sipward.toml"), config).expect("config");
     env.ok(&[
         "ext",
         "add",
@@ -319,9 +295,28 @@ fn svcrack_finds_no_password_and_is_banned_within_10_guesses() {
         "--auth-id",
         "1001",
         "--password",
-        "1001",
+        password,
     ]);
     let server = env.serve();
+    (env, server)
+}
+
+#[test]
+fn svcrack_finds_no_password_and_is_banned_within_10_guesses() {
+    // Positive control: with the guard out of the way, svcrack finds a password that
+    // equals the extension number.
+    let (_control, open) = target(
+        "[guard]\nban_scanners = false\nauth_failures = 10000\n",
+        "1001",
+    );
+    let seen = crack(&open);
+    assert!(
+        cracked(&seen),
+        "svcrack must crack an undefended weak extension:\n{seen}"
+    );
+
+    // Default guard, same weak extension: its first request bans it (scanner User-Agent).
+    let (env, server) = target("", "1001");
     let seen = crack(&server);
     assert!(!cracked(&seen), "{seen}");
     assert_eq!(
@@ -330,23 +325,7 @@ fn svcrack_finds_no_password_and_is_banned_within_10_guesses() {
     );
 
     // Without the scanner rule, failed authentications alone stop it within 10 guesses.
-    let env = Env::new();
-    env.ok(&["ext", "list"]);
-    std::fs::write(
-        env.data.join("sipward.toml"),
-        "[guard]\nban_scanners = false\n",
-    )
-    .expect("config");
-    env.ok(&[
-        "ext",
-        "add",
-        "1001",
-        "--auth-id",
-        "1001",
-        "--password",
-        "Zq8xLmTr4wPyK7vB2",
-    ]);
-    let server = env.serve();
+    let (env, server) = target("[guard]\nban_scanners = false\n", "Zq8xLmTr4wPyK7vB2");
     let seen = crack(&server);
     assert!(!cracked(&seen), "{seen}");
     let ban = &env.json(&["ban", "list", "--json"])[0];
