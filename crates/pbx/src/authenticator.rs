@@ -202,19 +202,24 @@ mod tests {
             algorithms: algorithms.to_vec(),
         };
         let a = Authenticator::new(cfg, [1; 32], [2; 32]);
-        let d = Directory::from_rows(vec![DirectoryRow {
-            kind: "ext",
-            number: "1001".into(),
-            auth_id: "alice1001".into(),
-            sip_id: None,
-            ha1_md5: ha1(Algorithm::Md5, "alice1001", "sipward", "Zq8xLmTr4wPyK7vB2"),
-            ha1_sha256: ha1(
-                Algorithm::Sha256,
-                "alice1001",
-                "sipward",
-                "Zq8xLmTr4wPyK7vB2",
-            ),
-        }]);
+        let d = Directory::from_rows(
+            vec![DirectoryRow {
+                kind: "ext",
+                number: "1001".into(),
+                auth_id: "alice1001".into(),
+                sip_id: None,
+                ha1_md5: ha1(Algorithm::Md5, "alice1001", "sipward", "Zq8xLmTr4wPyK7vB2"),
+                ha1_sha256: ha1(
+                    Algorithm::Sha256,
+                    "alice1001",
+                    "sipward",
+                    "Zq8xLmTr4wPyK7vB2",
+                ),
+                password_score: 4,
+            }],
+            "sipward",
+            3,
+        );
         (a, d)
     }
 

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use sip::digest::{Algorithm, ha1};
 use store::registrar::DirectoryRow;
 
 /// One account that can authenticate.
@@ -16,6 +17,9 @@ pub struct Account {
     pub auth_id: String,
     pub ha1_md5: String,
     pub ha1_sha256: String,
+    /// The password is weak: guessable (zxcvbn below the policy's minimum) or equal to
+    /// the number or the auth ID (recognised from the HA1, without the password).
+    pub weak: bool,
 }
 
 /// An immutable snapshot; replaced whole on reload.
@@ -24,24 +28,33 @@ pub struct Directory {
     by_auth_id: HashMap<String, Arc<Account>>,
     /// A registrable user part (number or SIP ID) to the extension number.
     by_user: HashMap<String, String>,
+    by_number: HashMap<String, Arc<Account>>,
 }
 
 impl Directory {
-    pub fn from_rows(rows: Vec<DirectoryRow>) -> Self {
+    /// Builds the snapshot; `realm` and `min_score` decide which passwords are weak.
+    pub fn from_rows(rows: Vec<DirectoryRow>, realm: &str, min_score: u8) -> Self {
         let mut d = Directory::default();
         for r in rows {
             d.by_user.insert(r.number.clone(), r.number.clone());
             if let Some(s) = &r.sip_id {
                 d.by_user.insert(s.clone(), r.number.clone());
             }
+            let md5 = |password: &str| ha1(Algorithm::Md5, &r.auth_id, realm, password);
+            let weak = r.password_score < min_score
+                || r.ha1_md5 == md5(&r.number)
+                || r.ha1_md5 == md5(&r.auth_id);
             let acc = Account {
+                weak,
                 kind: r.kind,
                 number: r.number,
                 auth_id: r.auth_id,
                 ha1_md5: r.ha1_md5,
                 ha1_sha256: r.ha1_sha256,
             };
-            d.by_auth_id.insert(acc.auth_id.clone(), Arc::new(acc));
+            let acc = Arc::new(acc);
+            d.by_number.insert(acc.number.clone(), acc.clone());
+            d.by_auth_id.insert(acc.auth_id.clone(), acc);
         }
         d
     }
@@ -53,6 +66,11 @@ impl Directory {
     /// The extension number a To/AOR user part names (its number or SIP ID).
     pub fn number_for_user(&self, user: &str) -> Option<&str> {
         self.by_user.get(user).map(String::as_str)
+    }
+
+    /// The auth ID of the account with this number.
+    pub fn auth_id_of(&self, number: &str) -> Option<&str> {
+        self.by_number.get(number).map(|a| a.auth_id.as_str())
     }
 
     pub fn len(&self) -> usize {
@@ -80,5 +98,43 @@ impl DirectoryCache {
 
     pub fn replace(&self, d: Directory) {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(d);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(number: &str, auth_id: &str, password: &str, score: u8) -> DirectoryRow {
+        DirectoryRow {
+            kind: "ext",
+            number: number.into(),
+            auth_id: auth_id.into(),
+            sip_id: None,
+            ha1_md5: ha1(Algorithm::Md5, auth_id, "sipward", password),
+            ha1_sha256: ha1(Algorithm::Sha256, auth_id, "sipward", password),
+            password_score: score,
+        }
+    }
+
+    #[test]
+    fn weak_passwords_are_recognised_without_the_password() {
+        let d = Directory::from_rows(
+            vec![
+                row("1001", "alice1001", "Zq8xLmTr4wPyK7vB2", 4),
+                row("1002", "bob1002", "1002", 4),
+                row("1003", "carol1003", "carol1003", 4),
+                row("1004", "dave1004", "summer2024", 1),
+            ],
+            "sipward",
+            3,
+        );
+        let weak = |id: &str| d.account(id).expect("account").weak;
+        assert!(!weak("alice1001"));
+        assert!(weak("bob1002"), "equals the number");
+        assert!(weak("carol1003"), "equals the auth ID");
+        assert!(weak("dave1004"), "guessable");
+        assert_eq!(d.auth_id_of("1002"), Some("bob1002"));
+        assert_eq!(d.auth_id_of("1999"), None);
     }
 }

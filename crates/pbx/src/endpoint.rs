@@ -96,13 +96,21 @@ impl Endpoint {
         };
         // A scanner's first request bans its source, and it gets no answer at all.
         if let Some(ua) = m.header(Name::UserAgent)
-            && self.guard.scanner(source.ip(), ua).is_some()
+            && self.guard.scanner(source.ip(), ua)
         {
             return None;
         }
-        let StartLine::Request { method, .. } = m.start else {
+        let StartLine::Request { method, uri, .. } = m.start else {
             return None; // responses: sipward sends no requests yet
         };
+        // Scanners address servers by IP; phones set up with the domain never do.
+        if self.guard.policy().refuse_ip_request_uri
+            && SipUri::parse(uri).is_some_and(|u| is_ip_literal(u.host))
+            && !self.guard.allowed(source.ip())
+        {
+            Metrics::inc(&self.metrics.ip_uri_dropped);
+            return None;
+        }
         Metrics::inc(&self.metrics.requests);
         let top = m.header(Name::Via).and_then(Via::parse_top)?;
         let target = match transport {
@@ -209,16 +217,46 @@ impl Endpoint {
         let now = self.clock.now();
         let now_u = u64::try_from(now).unwrap_or(0);
         let dir = self.directory.get();
-        let account = match self.auth.verify(&dir, m, "REGISTER", source.ip(), now_u) {
+        let ip = source.ip();
+        let mut outcome = self.auth.verify(&dir, m, "REGISTER", ip, now_u);
+        match &outcome {
+            // Right credentials from a source the guard does not let this account log
+            // in from (weak password, or under distributed guessing): answered exactly
+            // like wrong ones, and counted as a failure.
+            Outcome::Authenticated(a) if !self.guard.may_authenticate(ip, a, now) => {
+                self.guard.refused(ip, a, now);
+                let failed = Some(a.auth_id.clone());
+                outcome = Outcome::Challenge {
+                    stale: false,
+                    failed,
+                };
+            }
+            Outcome::Challenge {
+                failed: Some(auth_id),
+                ..
+            } => {
+                // The same work as for right credentials.
+                if let Some(a) = dir.account(auth_id) {
+                    let _ = self.guard.may_authenticate(ip, a, now);
+                }
+            }
+            _ => {}
+        }
+        let account = match outcome {
             Outcome::Authenticated(a) => {
-                self.guard.auth_success(source.ip(), &a.auth_id, now);
+                self.guard.auth_success(ip, &a.auth_id, now);
                 a
             }
             Outcome::Challenge { stale, failed } => {
                 if let Some(auth_id) = failed {
                     // Counted only for answers to a nonce issued to this source; the
-                    // answer itself stays the same either way.
-                    self.guard.auth_failure(source.ip(), &auth_id, now);
+                    // answer itself stays the same either way. A decoy bans at once, and
+                    // its answer is silence.
+                    let known = dir.account(&auth_id).is_some();
+                    if !known && self.guard.decoy(ip, &auth_id, now) {
+                        return None;
+                    }
+                    self.guard.auth_failure(ip, &auth_id, known, now);
                 }
                 Metrics::inc(&self.metrics.register_challenged);
                 let challenges = self.auth.challenges(source.ip(), now_u, stale);
@@ -313,4 +351,13 @@ fn register_request(
         source,
         transport,
     })
+}
+
+/// Whether a URI host is an IP address (`192.0.2.1`, `[2001:db8::1]`), not a name.
+fn is_ip_literal(host: &str) -> bool {
+    host.parse::<std::net::Ipv4Addr>().is_ok()
+        || host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok())
 }

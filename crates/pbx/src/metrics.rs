@@ -19,6 +19,12 @@ pub struct Metrics {
     pub directory_accounts: AtomicU64,
     pub dropped_banned: AtomicU64,
     pub bans: AtomicU64,
+    /// Bans imposed, by [`crate::guard::Reason`] (indexed by its discriminant).
+    pub bans_by_reason: [AtomicU64; 5],
+    pub silenced: AtomicU64,
+    pub refused_credentials: AtomicU64,
+    pub accounts_protected: AtomicU64,
+    pub ip_uri_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -81,12 +87,41 @@ impl Metrics {
                 "packets and stream messages from banned sources, dropped unread",
                 get(&self.dropped_banned),
             ),
+            (
+                "sipward_dropped_silenced_total",
+                "packets from sources over the silence rate, dropped unread",
+                get(&self.silenced),
+            ),
+            (
+                "sipward_refused_credentials_total",
+                "right credentials refused: a weak password or an account under guessing, from an untrusted source",
+                get(&self.refused_credentials),
+            ),
+            (
+                "sipward_accounts_protected_total",
+                "times an account was closed to untrusted sources after distributed guessing",
+                get(&self.accounts_protected),
+            ),
+            (
+                "sipward_dropped_ip_uri_total",
+                "requests addressed to a bare IP, dropped (guard.refuse_ip_request_uri)",
+                get(&self.ip_uri_dropped),
+            ),
         ];
         for (name, help, v) in counters {
             let _ = write!(
                 s,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
             );
+        }
+        let name = "sipward_bans_total";
+        let _ = write!(
+            s,
+            "# HELP {name} bans imposed, by reason\n# TYPE {name} counter\n"
+        );
+        for r in crate::guard::Reason::ALL {
+            let v = get(&self.bans_by_reason[r as usize]);
+            let _ = writeln!(s, "{name}{{reason=\"{}\"}} {v}", r.as_str());
         }
         let gauges = [
             (

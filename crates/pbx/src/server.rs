@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::authenticator::{AuthConfig, Authenticator};
 use crate::directory::{Directory, DirectoryCache};
 use crate::endpoint::Endpoint;
-use crate::guard::Guard;
+use crate::guard::{Event, Guard};
 use crate::metrics::Metrics;
 use crate::registrar::{Registrar, RegistrarConfig};
 use crate::{Clock, Registry, Result, transport};
@@ -35,8 +35,10 @@ pub struct ServeConfig {
     pub nonce_max_age_secs: u64,
     /// Digest algorithms challenged with, in order of preference.
     pub digest_algorithms: Vec<sip::digest::Algorithm>,
-    /// When sources are banned automatically.
+    /// The guard's rules.
     pub bans: policy::ban::BanPolicy,
+    /// Passwords scoring below this are weak (`policy.min_strength_score`).
+    pub min_strength_score: u8,
     /// Tasks receiving on the UDP socket (one per core is best).
     pub udp_workers: usize,
 }
@@ -90,19 +92,35 @@ pub async fn bind(
         rq::registry_version(&mut conn).await?,
         gq::guard_version(&mut conn).await?,
     );
-    let dir = Directory::from_rows(rq::directory(&mut conn).await?);
+    let realm = registry.settings().realm.clone();
+    let dir = Directory::from_rows(
+        rq::directory(&mut conn).await?,
+        &realm,
+        cfg.min_strength_score,
+    );
     metrics
         .directory_accounts
         .store(dir.len() as u64, Ordering::Relaxed);
     directory.replace(dir);
     let registrar = Arc::new(Registrar::new(cfg.registrar.clone()));
-    let loaded = registrar.load(rq::live_bindings(&mut conn, clock.now()).await?);
+    let bindings = rq::live_bindings(&mut conn, clock.now()).await?;
+    // Where phones are registered from is trusted for them, across restarts.
+    let guard = Arc::new(Guard::new(cfg.bans.clone(), metrics.clone()));
+    let dir = directory.get();
+    for b in &bindings {
+        if let (Some(auth_id), Ok(source)) =
+            (dir.auth_id_of(&b.number), b.source.parse::<SocketAddr>())
+        {
+            guard.auth_success(source.ip(), auth_id, clock.now());
+        }
+    }
+    let loaded = registrar.load(bindings);
     metrics.bindings.store(loaded as u64, Ordering::Relaxed);
     drop(conn);
 
     let auth = Authenticator::new(
         AuthConfig {
-            realm: registry.settings().realm.clone(),
+            realm,
             nonce_max_age_secs: cfg.nonce_max_age_secs,
             nc_capacity: 65_536,
             algorithms: cfg.digest_algorithms.clone(),
@@ -112,7 +130,7 @@ pub async fn bind(
     );
     let endpoint = Arc::new(Endpoint::new(
         directory,
-        Arc::new(Guard::new(cfg.bans.clone())),
+        guard,
         auth,
         registrar,
         metrics,
@@ -120,7 +138,7 @@ pub async fn bind(
         65_536,
     ));
     let mut conn = registry.store().pool().acquire().await?;
-    load_guard(&mut conn, &endpoint, clock.now()).await?;
+    load_guard(&mut conn, &endpoint, clock.now(), false).await?;
     drop(conn);
     Ok(Bound {
         sip_udp,
@@ -147,9 +165,14 @@ impl Bound {
                 stop_rx.clone(),
             ));
         }
-        let (ban_tx, ban_rx) = tokio::sync::mpsc::channel(1024);
-        self.endpoint.guard.set_writer(ban_tx);
-        tasks.spawn(ban_writer(self.registry.clone(), ban_rx, stop_rx.clone()));
+        let (event_tx, event_rx) = tokio::sync::mpsc::channel(4096);
+        self.endpoint.guard.set_events(event_tx);
+        tasks.spawn(event_writer(
+            self.registry.clone(),
+            self.endpoint.clone(),
+            event_rx,
+            stop_rx.clone(),
+        ));
         tasks.spawn(transport::serve_tcp(
             self.tcp,
             self.endpoint.clone(),
@@ -160,6 +183,7 @@ impl Bound {
             self.endpoint.clone(),
             self.clock.clone(),
             self.versions,
+            self.cfg.min_strength_score,
             stop_rx.clone(),
         ));
         tasks.spawn(flush_loop(
@@ -176,13 +200,14 @@ impl Bound {
 }
 
 /// Reloads what other processes (the CLI) change: the credential directory when the
-/// registry version moves, the guard when the ban/allow version moves. Also keeps the
-/// guard's coarse clock current.
+/// registry version moves, the guard when the ban/allow version moves (or the registry's:
+/// gateway addresses are exempt). Also keeps the guard's coarse clock current.
 async fn reload_loop(
     registry: Registry,
     endpoint: Arc<Endpoint>,
     clock: Arc<dyn Clock>,
     mut versions: (i64, i64),
+    min_score: u8,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(RELOAD_EVERY);
@@ -191,37 +216,55 @@ async fn reload_loop(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        endpoint.guard.set_now(clock.now());
+        endpoint.guard.tick(clock.now());
+        endpoint
+            .metrics
+            .bans
+            .store(endpoint.guard.banned_count() as u64, Ordering::Relaxed);
         let Ok(mut conn) = registry.store().pool().acquire().await else {
             continue;
         };
+        let mut registry_moved = false;
         if let Ok(v) = rq::registry_version(&mut conn).await
             && v != versions.0
             && let Ok(rows) = rq::directory(&mut conn).await
         {
-            let dir = Directory::from_rows(rows);
+            let dir = Directory::from_rows(rows, &registry.settings().realm, min_score);
             endpoint
                 .metrics
                 .directory_accounts
                 .store(dir.len() as u64, Ordering::Relaxed);
             endpoint.directory.replace(dir);
             versions.0 = v;
+            registry_moved = true;
         }
         if let Ok(v) = gq::guard_version(&mut conn).await
-            && v != versions.1
-            && load_guard(&mut conn, &endpoint, clock.now()).await.is_ok()
+            && (v != versions.1 || registry_moved)
+            && load_guard(&mut conn, &endpoint, clock.now(), true)
+                .await
+                .is_ok()
         {
             versions.1 = v;
         }
     }
 }
 
-async fn load_guard(conn: &mut sqlx::AnyConnection, endpoint: &Endpoint, now: i64) -> Result<()> {
+async fn load_guard(
+    conn: &mut sqlx::AnyConnection,
+    endpoint: &Endpoint,
+    now: i64,
+    announce: bool,
+) -> Result<()> {
     // Expired records too: they feed escalation.
     let bans = gq::bans(conn, None).await?;
     let allow = gq::allow_list(conn).await?;
-    endpoint.guard.set_now(now);
-    endpoint.guard.replace(&bans, &allow);
+    let gateways: Vec<_> = gq::gateway_hosts(conn)
+        .await?
+        .iter()
+        .filter_map(|h| policy::fields::Host::ip_literal(h))
+        .collect();
+    endpoint.guard.tick(now);
+    endpoint.guard.replace(&bans, &allow, &gateways, announce);
     endpoint
         .metrics
         .bans
@@ -229,52 +272,59 @@ async fn load_guard(conn: &mut sqlx::AnyConnection, endpoint: &Endpoint, now: i6
     Ok(())
 }
 
-/// Persists bans the guard made and writes one JSON security event per ban to stderr.
-/// The ban is already in force in memory when it arrives here. On shutdown the bans
-/// still queued are written before the task ends.
-async fn ban_writer(
+/// Writes one JSON security event per line to stderr, persisting the bans the guard
+/// made first (they are in force in memory already). On shutdown the events still
+/// queued are handled before the task ends.
+async fn event_writer(
     registry: Registry,
-    mut rx: tokio::sync::mpsc::Receiver<gq::BanRow>,
+    endpoint: Arc<Endpoint>,
+    mut rx: tokio::sync::mpsc::Receiver<Event>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let row = tokio::select! {
-            r = rx.recv() => r,
+        let event = tokio::select! {
+            e = rx.recv() => e,
             _ = stop.changed() => {
-                while let Ok(row) = rx.try_recv() {
-                    persist_ban(&registry, row).await;
+                while let Ok(e) = rx.try_recv() {
+                    handle_event(&registry, &endpoint, e).await;
                 }
                 return;
             }
         };
-        match row {
-            Some(row) => persist_ban(&registry, row).await,
+        match event {
+            Some(e) => handle_event(&registry, &endpoint, e).await,
             None => return,
         }
     }
 }
 
-async fn persist_ban(registry: &Registry, row: gq::BanRow) {
+async fn handle_event(registry: &Registry, endpoint: &Endpoint, e: Event) {
+    let persisted = match &e {
+        Event::Ban {
+            row,
+            from_store: false,
+        } => Some(persist_ban(registry, row).await),
+        _ => None,
+    };
+    endpoint
+        .metrics
+        .bans
+        .store(endpoint.guard.banned_count() as u64, Ordering::Relaxed);
+    eprintln!("{}", e.to_json(persisted));
+}
+
+async fn persist_ban(registry: &Registry, row: &gq::BanRow) -> bool {
     let Ok(mut conn) = registry.store().pool().acquire().await else {
-        return;
+        return false;
     };
     // The record keeps its first_seen on update (see put_ban).
-    let stored = gq::put_ban(&mut conn, &row).await.is_ok();
+    let stored = gq::put_ban(&mut conn, row).await.is_ok();
     let _ = gq::prune_bans(
         &mut conn,
         row.last_seen.saturating_sub(BAN_RECORDS_KEPT_SECS),
     )
     .await;
-    let event = serde_json::json!({
-        "event": "ban",
-        "source": row.source,
-        "reason": row.reason,
-        "detail": row.detail,
-        "expires_at": row.expires_at,
-        "times": row.times,
-        "persisted": stored,
-    });
-    eprintln!("{event}");
+    stored
 }
 
 async fn flush_loop(

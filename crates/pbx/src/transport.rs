@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, watch};
 
 use crate::endpoint::Endpoint;
+use crate::guard::Admission;
 use crate::registrar::TransportKind;
 
 /// The largest SIP message accepted on a stream.
@@ -32,9 +33,9 @@ pub async fn serve_udp(
         tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, src)) => {
-                    // A banned source costs one lookup: nothing is parsed or allocated.
-                    if !endpoint.guard.admits(src.ip()) {
-                        endpoint.metrics.dropped_banned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // A banned or silenced source costs a lookup or two: nothing is
+                    // parsed or allocated.
+                    if endpoint.guard.admit(src.ip()) != Admission::Admit {
                         continue;
                     }
                     if let Some(reply) = endpoint.handle(&buf[..n], src, TransportKind::Udp) {
@@ -98,13 +99,15 @@ async fn connection(
         buf.drain(..skip);
         match sip::msg::frame_len(&buf, MAX_MESSAGE) {
             Ok(Some(n)) => {
-                // A source banned while connected is cut off at its next message.
-                if !endpoint.guard.admits(peer.ip()) {
-                    endpoint
-                        .metrics
-                        .dropped_banned
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    return;
+                // A source banned while connected is cut off at its next message; a
+                // silenced one loses the message.
+                match endpoint.guard.admit(peer.ip()) {
+                    Admission::Admit => {}
+                    Admission::Banned => return,
+                    Admission::Silenced => {
+                        buf.drain(..n);
+                        continue;
+                    }
                 }
                 let message: Vec<u8> = buf.drain(..n).collect();
                 if let Some(reply) = endpoint.handle(&message, peer, TransportKind::Tcp)

@@ -29,7 +29,54 @@ pub struct BanPolicy {
     pub ban_scanners: bool,
     /// Length of a scanner ban.
     pub scanner_ban_secs: i64,
+    /// A source that has never authenticated and sends more than this many requests
+    /// within `flood_window_secs` is banned for `flood_ban_secs` (0 turns flood limits off)...
+    pub flood_requests: u32,
+    /// ...and above this many it is not answered until its rate falls again.
+    pub silence_requests: u32,
+    pub flood_window_secs: i64,
+    pub flood_ban_secs: i64,
+    /// Sources where some account authenticated get limits this many times higher.
+    pub trusted_factor: u32,
+    /// An account that collects this many failures within `extension_window_secs` from
+    /// sources it never authenticated from can no longer authenticate from such sources
+    /// until the failures age out (0 turns this off). Distributed guessing is stopped
+    /// here: per-source bans never see a botnet that rotates addresses.
+    pub extension_failures: u32,
+    pub extension_window_secs: i64,
+    /// Accounts with weak passwords (zxcvbn below `policy.min_strength_score`, or equal to
+    /// the number or auth ID) authenticate only from allow-listed networks or from
+    /// addresses they are registered from: `trusted-only` (default) or `allow`.
+    pub weak_credentials: WeakCredentials,
+    /// User names that are no account here: an authentication attempt with one of them
+    /// bans its source at once, for `decoy_ban_secs`.
+    pub decoys: Vec<String>,
+    pub decoy_ban_secs: i64,
+    /// Drop requests whose Request-URI host is an IP address (scanners address servers
+    /// by IP; phones configured with the domain never do). Needs `[sip] domain`.
+    pub refuse_ip_request_uri: bool,
 }
+
+/// What a weak account may do (see [`BanPolicy::weak_credentials`]).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum WeakCredentials {
+    TrustedOnly,
+    Allow,
+}
+
+/// User names scanners and dictionary attacks try that no PBX account should have.
+pub const DEFAULT_DECOYS: &[&str] = &[
+    "admin",
+    "administrator",
+    "asterisk",
+    "guest",
+    "operator",
+    "root",
+    "support",
+    "test",
+    "voip",
+];
 
 impl Default for BanPolicy {
     fn default() -> Self {
@@ -43,6 +90,17 @@ impl Default for BanPolicy {
             trusted_secs: 604_800,
             ban_scanners: true,
             scanner_ban_secs: 604_800,
+            flood_requests: 50,
+            silence_requests: 30,
+            flood_window_secs: 10,
+            flood_ban_secs: 86_400,
+            trusted_factor: 100,
+            extension_failures: 20,
+            extension_window_secs: 3600,
+            weak_credentials: WeakCredentials::TrustedOnly,
+            decoys: DEFAULT_DECOYS.iter().map(|d| (*d).to_owned()).collect(),
+            decoy_ban_secs: 604_800,
+            refuse_ip_request_uri: false,
         }
     }
 }
@@ -59,11 +117,35 @@ impl BanPolicy {
             self.trusted_secs,
             self.scanner_ban_secs,
             self.repeat_ban_secs,
+            self.flood_window_secs,
+            self.flood_ban_secs,
+            self.extension_window_secs,
+            self.decoy_ban_secs,
         ];
-        if positive.iter().any(|s| *s <= 0) || self.repeat_bans == 0 {
+        if positive.iter().any(|s| *s <= 0) || self.repeat_bans == 0 || self.trusted_factor == 0 {
             return Err("guard durations and counts must be positive".into());
         }
+        if self.flood_requests > 0 && !(1..=self.flood_requests).contains(&self.silence_requests) {
+            return Err("guard.silence_requests must be between 1 and guard.flood_requests".into());
+        }
+        if let Some(d) = self.decoys.iter().find(|d| {
+            d.is_empty() || d.len() > 64 || d.chars().any(|c| c.is_whitespace() || c.is_control())
+        }) {
+            return Err(format!(
+                "guard.decoys: {d:?} is not a user name (1 to 64 characters, no spaces)"
+            ));
+        }
         Ok(())
+    }
+
+    /// The request limits (silence, ban) per flood window for a source; `trusted` when
+    /// some account authenticated from it.
+    pub fn flood_limits(&self, trusted: bool) -> (u32, u32) {
+        let f = if trusted { self.trusted_factor } else { 1 };
+        (
+            self.silence_requests.saturating_mul(f),
+            self.flood_requests.saturating_mul(f),
+        )
     }
 
     /// How many bans this source has had in the repeat window, counting the new one.
@@ -84,6 +166,15 @@ impl BanPolicy {
     }
 }
 
+/// A source's request rate as a sliding-window estimate over two fixed windows: the
+/// current window's count plus the previous one's, weighted by how much of it still
+/// overlaps the sliding window. `elapsed` is the time into the current window.
+pub fn sliding_count(current: u32, previous: u32, elapsed: i64, window: i64) -> u32 {
+    let overlap = (window - elapsed.clamp(0, window)) as u64;
+    let carried = u64::from(previous) * overlap / window.max(1) as u64;
+    current.saturating_add(u32::try_from(carried).unwrap_or(u32::MAX))
+}
+
 /// Failure times of one source within the window.
 #[derive(Clone, Debug, Default)]
 pub struct FailureWindow {
@@ -91,17 +182,32 @@ pub struct FailureWindow {
 }
 
 impl FailureWindow {
-    /// Records a failure at `now`; returns how many fall within the window.
-    pub fn record(&mut self, now: i64, window_secs: i64) -> u32 {
-        while self.times.front().is_some_and(|t| now - t >= window_secs) {
+    /// Records a failure at `now`; returns how many fall within the window, counting at
+    /// most `cap` (only the newest `cap` times are kept: memory stays bounded however
+    /// many failures arrive, and "at least `cap` within the window" stays exact).
+    pub fn record(&mut self, now: i64, window_secs: i64, cap: u32) -> u32 {
+        self.expire(now, window_secs);
+        self.times.push_back(now);
+        while self.times.len() > cap.max(1) as usize {
             self.times.pop_front();
         }
-        self.times.push_back(now);
         u32::try_from(self.times.len()).unwrap_or(u32::MAX)
     }
 
-    pub fn last(&self) -> Option<i64> {
-        self.times.back().copied()
+    /// How many failures fall within the window at `now`.
+    pub fn count(&mut self, now: i64, window_secs: i64) -> u32 {
+        self.expire(now, window_secs);
+        u32::try_from(self.times.len()).unwrap_or(u32::MAX)
+    }
+
+    pub fn clear(&mut self) {
+        self.times.clear();
+    }
+
+    fn expire(&mut self, now: i64, window_secs: i64) {
+        while self.times.front().is_some_and(|t| now - t >= window_secs) {
+            self.times.pop_front();
+        }
     }
 }
 
@@ -113,13 +219,19 @@ mod tests {
     fn failures_count_within_the_window_only() {
         let mut w = FailureWindow::default();
         for i in 0..9 {
-            assert_eq!(w.record(i, 600), (i + 1) as u32);
+            assert_eq!(w.record(i, 600, 10), (i + 1) as u32);
         }
-        assert_eq!(w.record(599, 600), 10, "the tenth within ten minutes");
+        assert_eq!(w.record(599, 600, 10), 10, "the tenth within ten minutes");
+        assert_eq!(w.record(599, 600, 10), 10, "capped: memory stays bounded");
+        assert_eq!(
+            w.count(605, 600),
+            5,
+            "those from before minute -10 aged out"
+        );
         let mut slow = FailureWindow::default();
         for i in 0..20 {
             assert_eq!(
-                slow.record(i * 700, 600),
+                slow.record(i * 700, 600, 10),
                 1,
                 "one every 11.7 minutes never accumulates"
             );
@@ -147,7 +259,48 @@ mod tests {
     }
 
     #[test]
+    fn the_sliding_count_carries_the_overlapping_part_of_the_previous_window() {
+        assert_eq!(
+            sliding_count(5, 40, 0, 10),
+            45,
+            "all of the previous window overlaps"
+        );
+        assert_eq!(sliding_count(5, 40, 5, 10), 25);
+        assert_eq!(sliding_count(5, 40, 10, 10), 5);
+        assert_eq!(sliding_count(u32::MAX, u32::MAX, 0, 10), u32::MAX);
+        let p = BanPolicy::default();
+        assert_eq!(p.flood_limits(false), (30, 50));
+        assert_eq!(p.flood_limits(true), (3000, 5000));
+    }
+
+    #[test]
     fn nonsense_is_refused() {
+        for bad in [
+            BanPolicy {
+                silence_requests: 60,
+                ..Default::default()
+            },
+            BanPolicy {
+                trusted_factor: 0,
+                ..Default::default()
+            },
+            BanPolicy {
+                decoys: vec!["two words".into()],
+                ..Default::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        assert!(
+            BanPolicy {
+                flood_requests: 0,
+                silence_requests: 0,
+                ..Default::default()
+            }
+            .validate()
+            .is_ok(),
+            "flood limits may be turned off"
+        );
         assert!(BanPolicy::default().validate().is_ok());
         assert!(
             BanPolicy {

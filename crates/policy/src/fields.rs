@@ -313,6 +313,20 @@ impl AccountName {
 }
 
 impl Host {
+    /// The IP address a host names literally (`192.0.2.1:5060`, `[2001:db8::1]`), if any.
+    pub fn ip_literal(value: &str) -> Option<std::net::IpAddr> {
+        if let Some(rest) = value.strip_prefix('[') {
+            return rest
+                .split_once(']')?
+                .0
+                .parse()
+                .ok()
+                .map(std::net::IpAddr::V6);
+        }
+        let host = value.rsplit_once(':').map_or(value, |(h, _)| h);
+        host.parse().ok().map(std::net::IpAddr::V4)
+    }
+
     /// Accepts `name.example.com`, `192.0.2.1`, `[2001:db8::1]`, each with an optional `:port`.
     pub fn parse(value: &str) -> Result<Self> {
         const FIELD: &str = "host";
@@ -497,6 +511,11 @@ mod tests {
             "GW1",
         ] {
             assert!(Host::parse(ok).is_ok(), "{ok}");
+            assert_eq!(
+                Host::ip_literal(ok).is_some(),
+                ok.starts_with('[') || ok.starts_with(|c: char| c.is_ascii_digit()),
+                "{ok}"
+            );
         }
         for bad in [
             "",

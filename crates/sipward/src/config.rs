@@ -81,6 +81,13 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
     if let Some(d) = &domain {
         policy::fields::Host::parse(d).map_err(|e| OperatorError(format!("sip.domain: {e}")))?;
     }
+    if raw.guard.refuse_ip_request_uri && domain.is_none() {
+        return Err(OperatorError(
+            "guard.refuse_ip_request_uri needs sip.domain: phones must be set up with the domain"
+                .into(),
+        )
+        .into());
+    }
     let realm = raw
         .sip
         .realm
@@ -182,6 +189,10 @@ mod tests {
             "[sip]\ndigest_algorithms = []\n",
             "[sip]\ndigest_algorithms = [\"SHA-512-256\"]\n",
             "[sip]\ndigest_algorithms = [\"MD5\", \"md5\"]\n",
+            "[guard]\nrefuse_ip_request_uri = true\n",
+            "[guard]\nweak_credentials = \"sometimes\"\n",
+            "[guard]\ndecoys = [\"\"]\n",
+            "[guard]\nsilence_requests = 500\n",
         ] {
             assert!(config(bad).is_err(), "{bad}");
         }

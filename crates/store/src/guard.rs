@@ -32,6 +32,16 @@ pub async fn guard_version(conn: &mut AnyConnection) -> Result<i64> {
     crate::registry::meta_counter(conn, "guard_version").await
 }
 
+/// The `host` of every PSTN gateway (their addresses are never banned).
+pub async fn gateway_hosts(conn: &mut AnyConnection) -> Result<Vec<String>> {
+    let rows = sqlx::query("SELECT host FROM gateways ORDER BY host")
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get("host").map_err(Into::into))
+        .collect()
+}
+
 /// Bans in force at `now` (all bans when `now` is `None`).
 pub async fn bans(conn: &mut AnyConnection, now: Option<i64>) -> Result<Vec<BanRow>> {
     let rows = sqlx::query(

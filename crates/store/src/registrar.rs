@@ -16,6 +16,8 @@ pub struct DirectoryRow {
     pub sip_id: Option<String>,
     pub ha1_md5: String,
     pub ha1_sha256: String,
+    /// The password's zxcvbn score (0..=4), stored when it was set.
+    pub password_score: u8,
 }
 
 /// Increases whenever an extension or gateway is written (SQLite triggers).
@@ -28,9 +30,9 @@ pub async fn registry_version(conn: &mut AnyConnection) -> Result<i64> {
 pub async fn directory(conn: &mut AnyConnection) -> Result<Vec<DirectoryRow>> {
     let row = sqlx::query(
         "SELECT (SELECT group_concat('ext' || char(31) || number || char(31) || auth_id || char(31) || \
-                coalesce(sip_id, '') || char(31) || ha1_md5 || char(31) || ha1_sha256, char(30)) FROM extensions) AS e, \
+                coalesce(sip_id, '') || char(31) || ha1_md5 || char(31) || ha1_sha256 || char(31) || password_score, char(30)) FROM extensions) AS e, \
                 (SELECT group_concat('gateway' || char(31) || number || char(31) || auth_id || char(31) || \
-                '' || char(31) || ha1_md5 || char(31) || ha1_sha256, char(30)) FROM gateways) AS g",
+                '' || char(31) || ha1_md5 || char(31) || ha1_sha256 || char(31) || password_score, char(30)) FROM gateways) AS g",
     )
     .fetch_one(&mut *conn)
     .await?;
@@ -44,7 +46,7 @@ pub async fn directory(conn: &mut AnyConnection) -> Result<Vec<DirectoryRow>> {
             .filter(|r| !r.is_empty())
         {
             let f: Vec<&str> = record.split('\u{1f}').collect();
-            let [kind, number, auth_id, sip_id, md5, sha] = f[..] else {
+            let [kind, number, auth_id, sip_id, md5, sha, score] = f[..] else {
                 return Err(Error::Corrupt {
                     path: "extensions".into(),
                     detail: "a directory row has unexpected fields".into(),
@@ -57,6 +59,7 @@ pub async fn directory(conn: &mut AnyConnection) -> Result<Vec<DirectoryRow>> {
                 sip_id: (!sip_id.is_empty()).then(|| sip_id.to_owned()),
                 ha1_md5: md5.to_owned(),
                 ha1_sha256: sha.to_owned(),
+                password_score: score.parse().unwrap_or(0),
             });
         }
     }

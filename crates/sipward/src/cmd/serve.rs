@@ -43,6 +43,7 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
         nonce_max_age_secs: config.nonce_lifetime_secs,
         digest_algorithms: config.digest_algorithms.clone(),
         bans: config.bans.clone(),
+        min_strength_score: config.settings.policy.min_strength_score,
         udp_workers: std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(1, 8),
