@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::harness::Env;
 use crate::peers::{UdpClient, eventually};
 
-fn options(c: &UdpClient, n: u32) -> Option<String> {
+pub(crate) fn options(c: &UdpClient, n: u32) -> Option<String> {
     c.request(&format!(
         "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKg{n};rport\r\nFrom: <sip:a@x>;tag={n}\r\n\
          To: <sip:b@x>\r\nCall-ID: g{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
@@ -45,6 +45,10 @@ fn a_ban_from_the_cli_silences_a_source_within_a_second_and_survives_a_restart()
         || probe(&attacker).is_none(),
     );
     assert!(probe(&office).is_some(), "others are still answered");
+    assert!(
+        server.log().contains(r#""event":"ban""#) && server.log().contains(r#""origin":"store""#),
+        "the CLI's ban is a security event of the server"
+    );
     assert!(server.metric("sipward_dropped_banned_total") >= 1);
     let listed = env.json(&["ban", "list", "--json"]);
     assert_eq!(listed[0]["source"], "127.0.0.2");
@@ -66,6 +70,13 @@ fn a_ban_from_the_cli_silences_a_source_within_a_second_and_survives_a_restart()
             m += 1;
             options(&attacker, m).is_some()
         },
+    );
+    assert!(
+        server
+            .log()
+            .contains(r#""event":"unban","source":"127.0.0.2""#),
+        "{}",
+        server.log()
     );
     let err = env.fails(&["ban", "remove", "127.0.0.2"], 2);
     assert!(err.contains("does not exist"), "{err}");
@@ -198,7 +209,7 @@ fn sipvicious(tool: &str) -> std::path::PathBuf {
 }
 
 /// Runs a SIPVicious tool to its end and returns everything it printed.
-fn run_sipvicious(tool: &str, args: &[&str]) -> String {
+pub(crate) fn run_sipvicious(tool: &str, args: &[&str]) -> String {
     let out = std::process::Command::new(sipvicious(tool))
         .args(args)
         .stdin(std::process::Stdio::null())
@@ -262,7 +273,7 @@ fn svmap_finds_nothing_and_its_source_is_banned() {
 
 /// Runs svcrack against extension 1001 (auth ID 1001), guessing 1000..1030: its range
 /// starts with the user name itself, so a password equal to the number is its first guess.
-fn crack(server: &crate::peers::Server) -> String {
+pub(crate) fn crack(server: &crate::peers::Server) -> String {
     run_sipvicious(
         "svcrack",
         &[

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `sipward` binary on temporary data dirs.
 
+mod attacks;
 mod bad_input;
 mod baresip;
 mod cli;

@@ -198,6 +198,30 @@ pub fn sipp(
     calls: u32,
     rate: u32,
 ) -> SippRun {
+    sipp_from(
+        "127.0.0.1",
+        env,
+        scenario,
+        csv,
+        target,
+        transport,
+        calls,
+        rate,
+    )
+}
+
+/// [`sipp`] from another loopback address.
+#[allow(clippy::too_many_arguments)]
+pub fn sipp_from(
+    local_ip: &str,
+    env: &Env,
+    scenario: &str,
+    csv: &str,
+    target: SocketAddr,
+    transport: &str,
+    calls: u32,
+    rate: u32,
+) -> SippRun {
     let sipp = require("sipp", "sip-tester");
     let scenario = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/sipp")
@@ -217,7 +241,7 @@ pub fn sipp(
         ])
         .args([
             "-i",
-            "127.0.0.1",
+            local_ip,
             "-p",
             &free_port().to_string(),
             "-cp",

@@ -126,7 +126,7 @@ pub(crate) fn register(
     .expect("answer")
 }
 
-fn import_users(env: &Env, n: u32) -> Vec<(String, String)> {
+pub(crate) fn import_users(env: &Env, n: u32) -> Vec<(String, String)> {
     let mut csv = String::from("number,auth_id,password,email\n");
     let mut users = Vec::new();
     for i in 0..n {
