@@ -22,8 +22,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use ipnet::IpNet;
@@ -34,6 +34,10 @@ use tokio::sync::mpsc;
 
 use crate::directory::Account;
 use crate::metrics::Metrics;
+
+/// Banned IPv4 sources handed to the kernel's socket filter at most (two classic BPF
+/// instructions each, within the kernel's 4,096); the rest are dropped in user space.
+pub const KERNEL_DROP_MAX: usize = 2000;
 
 /// Entries per table (sources failing, trusted pairs, accounts failing, sources
 /// counted for floods); the oldest is forgotten first, so a flood from millions of
@@ -272,6 +276,8 @@ pub struct Guard {
     metrics: Arc<Metrics>,
     /// Where events go to be logged (and bans persisted); set by the server.
     events: OnceLock<mpsc::Sender<Event>>,
+    /// Moves whenever the set of banned sources changes.
+    generation: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -419,6 +425,7 @@ impl Guard {
             st.banned.remove(ip);
         }
         drop(st);
+        self.generation.fetch_add(1, Ordering::Relaxed);
         for source in expired {
             self.emit(Event::Expired { source });
         }
@@ -463,6 +470,7 @@ impl Guard {
             }
         }
         let old = std::mem::take(&mut st.banned);
+        self.generation.fetch_add(1, Ordering::Relaxed);
         *st = State {
             banned,
             pending,
@@ -493,6 +501,31 @@ impl Guard {
         for e in events {
             self.emit(e);
         }
+    }
+
+    /// Changes whenever the set of banned sources does.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// The banned IPv4 sources the kernel may drop by itself (not allow-listed, at most
+    /// [`KERNEL_DROP_MAX`], those banned longest first).
+    pub fn kernel_drop_list(&self) -> Vec<Ipv4Addr> {
+        let now = self.now();
+        let st = self.read();
+        let mut v: Vec<(i64, Ipv4Addr)> = st
+            .banned
+            .iter()
+            .filter(|(ip, e)| **e > now && !st.allowed(**ip))
+            .filter_map(|(ip, e)| match ip {
+                IpAddr::V4(v4) => Some((*e, *v4)),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        drop(st);
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v.truncate(KERNEL_DROP_MAX);
+        v.into_iter().map(|(_, ip)| ip).collect()
     }
 
     /// Sources banned now.
@@ -693,6 +726,7 @@ impl Guard {
         st.pending.insert(ip);
         st.history.insert(ip, (n, now));
         drop(st);
+        self.generation.fetch_add(1, Ordering::Relaxed);
         Metrics::inc(&self.metrics.bans_by_reason[reason as usize]);
         let row = BanRow {
             source: ip.to_string(),
@@ -1095,6 +1129,30 @@ mod tests {
             ..Default::default()
         });
         assert!(open.may_authenticate(src, &weak, 0));
+    }
+
+    #[test]
+    fn the_kernel_gets_banned_ipv4_sources_but_never_allowed_ones() {
+        let (g, _rx) = guard(BanPolicy::default());
+        g.tick(10);
+        let before = g.generation();
+        g.replace(
+            &[
+                ban("192.0.2.1", 100),
+                ban("10.0.0.1", 100),
+                ban("2001:db8::1", 100),
+                ban("192.0.2.2", 5),
+            ],
+            &[allow("10.0.0.0/8")],
+            &[],
+            false,
+        );
+        assert_ne!(g.generation(), before);
+        assert_eq!(g.kernel_drop_list(), vec![Ipv4Addr::new(192, 0, 2, 1)]);
+        let before = g.generation();
+        g.scanner(ip("192.0.2.3"), "sipcli/v1.8");
+        assert_ne!(g.generation(), before, "a new ban moves the generation");
+        assert_eq!(g.kernel_drop_list().len(), 2);
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub refused_credentials: AtomicU64,
     pub accounts_protected: AtomicU64,
     pub ip_uri_dropped: AtomicU64,
+    pub kernel_drop_sources: AtomicU64,
 }
 
 impl Metrics {
@@ -135,6 +136,11 @@ impl Metrics {
                 get(&self.directory_accounts),
             ),
             ("sipward_bans", "sources banned now", get(&self.bans)),
+            (
+                "sipward_kernel_drop_sources",
+                "banned IPv4 sources the kernel's socket filter drops before sipward sees them",
+                get(&self.kernel_drop_sources),
+            ),
         ];
         for (name, help, v) in gauges {
             let _ = write!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");

@@ -179,6 +179,7 @@ impl Bound {
             stop_rx.clone(),
         ));
         tasks.spawn(reload_loop(
+            self.udp.clone(),
             self.registry.clone(),
             self.endpoint.clone(),
             self.clock.clone(),
@@ -203,6 +204,7 @@ impl Bound {
 /// registry version moves, the guard when the ban/allow version moves (or the registry's:
 /// gateway addresses are exempt). Also keeps the guard's coarse clock current.
 async fn reload_loop(
+    udp: Arc<UdpSocket>,
     registry: Registry,
     endpoint: Arc<Endpoint>,
     clock: Arc<dyn Clock>,
@@ -211,10 +213,24 @@ async fn reload_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(RELOAD_EVERY);
+    let mut kernel_generation = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
+        }
+        // Bans reach the kernel's socket filter within one tick; until then (and beyond
+        // its capacity) they are dropped in user space.
+        let generation = endpoint.guard.generation();
+        if kernel_generation != Some(generation) {
+            let list = endpoint.guard.kernel_drop_list();
+            if transport::set_kernel_drop(&udp, &list).is_ok() {
+                endpoint
+                    .metrics
+                    .kernel_drop_sources
+                    .store(list.len() as u64, Ordering::Relaxed);
+            }
+            kernel_generation = Some(generation);
         }
         endpoint.guard.tick(clock.now());
         endpoint

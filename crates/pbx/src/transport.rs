@@ -168,3 +168,43 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     s.bind(&addr.into())?;
     UdpSocket::from_std(s.into())
 }
+
+/// Has the kernel drop datagrams from `sources` before they reach the socket: a classic
+/// BPF socket filter that loads the IPv4 source address and compares it with each
+/// source in turn (two instructions each). A banned flood then costs no wake-up, no
+/// system call and no copy. An empty list removes the filter. IPv4 sockets only.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub fn set_kernel_drop(socket: &UdpSocket, sources: &[std::net::Ipv4Addr]) -> std::io::Result<()> {
+    use socket2::{SockFilter, SockRef};
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    /// SKF_NET_OFF + 12: the source address in the IPv4 header.
+    const IPV4_SOURCE: u32 = 0xFFF0_0000 + 12;
+    let sock = SockRef::from(socket);
+    if sources.is_empty() {
+        // Nothing attached yet is not an error worth reporting.
+        let _ = sock.detach_filter();
+        return Ok(());
+    }
+    if !socket.local_addr()?.is_ipv4() || sources.len() > crate::guard::KERNEL_DROP_MAX {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    let mut prog = Vec::with_capacity(2 + 2 * sources.len());
+    prog.push(SockFilter::new(LD_W_ABS, 0, 0, IPV4_SOURCE));
+    for ip in sources {
+        // Equal: fall through to "drop"; else skip it.
+        prog.push(SockFilter::new(JEQ_K, 0, 1, u32::from(*ip)));
+        prog.push(SockFilter::new(RET_K, 0, 0, 0));
+    }
+    prog.push(SockFilter::new(RET_K, 0, 0, u32::MAX));
+    sock.attach_filter(&prog)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub fn set_kernel_drop(
+    _socket: &UdpSocket,
+    _sources: &[std::net::Ipv4Addr],
+) -> std::io::Result<()> {
+    Ok(())
+}

@@ -49,7 +49,26 @@ fn a_ban_from_the_cli_silences_a_source_within_a_second_and_survives_a_restart()
         server.log().contains(r#""event":"ban""#) && server.log().contains(r#""origin":"store""#),
         "the CLI's ban is a security event of the server"
     );
-    assert!(server.metric("sipward_dropped_banned_total") >= 1);
+    // Within a reload tick the kernel's socket filter drops the source: sipward no
+    // longer even receives its packets (the user-space counter stands still).
+    eventually(
+        "the ban reaches the kernel's socket filter",
+        Duration::from_secs(1),
+        || server.metric("sipward_kernel_drop_sources") == 1,
+    );
+    let dropped = server.metric("sipward_dropped_banned_total");
+    for _ in 0..20 {
+        attacker.send("OPTIONS sip:127.0.0.1 SIP/2.0\r\n\r\n");
+    }
+    assert!(
+        probe(&office).is_some(),
+        "answered after the attacker's packets"
+    );
+    assert_eq!(
+        server.metric("sipward_dropped_banned_total"),
+        dropped,
+        "dropped in the kernel"
+    );
     let listed = env.json(&["ban", "list", "--json"]);
     assert_eq!(listed[0]["source"], "127.0.0.2");
     assert!(listed[0]["expires_at"].as_i64().expect("expiry") > 0);
