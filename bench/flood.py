@@ -13,6 +13,7 @@ the server's core. Without PIN all three share both cores (the flooder alone tak
 import json
 import multiprocessing
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -21,9 +22,9 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import register as R  # noqa: E402
 
+PIN = os.environ.get("PIN") == "1"
 OUT = os.path.join(R.ROOT, "bench", "out", "flood-pinned" if PIN else "flood")
 R.OUT = OUT
-PIN = os.environ.get("PIN") == "1"
 DEFAULT_STEPS = "2000 3000 4000 5000 6000 7000 8000 9000" if PIN else "4000 6000 8000 10000 12000 14000 16000 18000"
 STEPS = [int(x) for x in os.environ.get("STEPS", DEFAULT_STEPS).split()]
 
@@ -31,13 +32,14 @@ STEPS = [int(x) for x in os.environ.get("STEPS", DEFAULT_STEPS).split()]
 def pin(pid, core):
     if PIN:
         subprocess.run(["taskset", "-a", "-p", "-c", str(core), str(pid)], check=True, capture_output=True)
+
+
 FLOOD_FROM = "127.0.0.66"
 
 
 def flood(target, stop, sent):
     pin(os.getpid(), 1)
     host, port = target.rsplit(":", 1)
-    import socket
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((FLOOD_FROM, 0))
     local = s.getsockname()
