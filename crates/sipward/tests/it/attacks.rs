@@ -29,9 +29,7 @@ fn login<'a>(number: &'a str, auth_id: &'a str, password: &'a str) -> Login<'a> 
 
 /// Extension 1001 with a password equal to its number, 1002 with a strong one.
 fn two_extensions(config: &str) -> (Env, Server) {
-    let env = Env::new();
-    env.ok(&["ext", "list"]);
-    std::fs::write(env.data.join("sipward.toml"), config).expect("config");
+    let env = Env::with_config(config);
     env.ok(&[
         "ext",
         "add",
@@ -221,13 +219,9 @@ fn a_flood_is_silenced_then_banned_and_others_keep_being_answered() {
 
 #[test]
 fn a_decoy_login_bans_at_once_and_bare_ip_requests_can_be_refused() {
-    let env = Env::new();
-    env.ok(&["ext", "list"]);
-    std::fs::write(
-        env.data.join("sipward.toml"),
+    let env = Env::with_config(
         "[sip]\ndomain = \"pbx.example.com\"\n[guard]\nrefuse_ip_request_uri = true\ndecoys = [\"100\", \"admin\"]\n",
-    )
-    .expect("config");
+    );
     let server = env.serve();
     let c = UdpClient::from_address("127.0.0.7", server.sip, Duration::from_millis(500));
     let to_ip = options(&c, 1);
@@ -270,9 +264,7 @@ fn a_decoy_login_bans_at_once_and_bare_ip_requests_can_be_refused() {
 /// The server with 100 extensions (2000-2099), five of them with passwords equal to
 /// their numbers.
 fn office_of_100(config: &str) -> (Env, Vec<(String, String)>, Server) {
-    let env = Env::new();
-    env.ok(&["ext", "list"]);
-    std::fs::write(env.data.join("sipward.toml"), config).expect("config");
+    let env = Env::with_config(config);
     let users = import_users(&env, 100);
     for n in ["2000", "2001", "2002", "2003", "2004"] {
         env.ok(&["ext", "update", n, "--password", n]);

@@ -315,9 +315,7 @@ fn cracked(output: &str) -> bool {
 
 /// A server with extension 1001 (auth ID 1001) and the given password and config.
 fn target(config: &str, password: &str) -> (Env, crate::peers::Server) {
-    let env = Env::new();
-    env.ok(&["ext", "list"]);
-    std::fs::write(env.data.join("sipward.toml"), config).expect("config");
+    let env = Env::with_config(config);
     env.ok(&[
         "ext",
         "add",

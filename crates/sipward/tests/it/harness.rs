@@ -24,6 +24,14 @@ impl Env {
         Self { _dir: dir, data }
     }
 
+    /// A data dir created by the CLI, with `config` as its `sipward.toml`.
+    pub fn with_config(config: &str) -> Self {
+        let env = Self::new();
+        env.ok(&["ext", "list"]);
+        std::fs::write(env.data.join("sipward.toml"), config).expect("config");
+        env
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.data.parent().expect("parent").join(name)
     }
