@@ -423,6 +423,7 @@ impl Guard {
         let mut st = self.write();
         for ip in &expired {
             st.banned.remove(ip);
+            st.pending.remove(ip);
         }
         drop(st);
         self.generation.fetch_add(1, Ordering::Relaxed);
