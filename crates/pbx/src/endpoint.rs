@@ -105,7 +105,8 @@ impl Endpoint {
         };
         // Scanners address servers by IP; phones set up with the domain never do.
         if self.guard.policy().refuse_ip_request_uri
-            && SipUri::parse(uri).is_some_and(|u| is_ip_literal(u.host))
+            && SipUri::parse(uri)
+                .is_some_and(|u| policy::fields::Host::ip_literal(u.host).is_some())
             && !self.guard.allowed(source.ip())
         {
             Metrics::inc(&self.metrics.ip_uri_dropped);
@@ -351,13 +352,4 @@ fn register_request(
         source,
         transport,
     })
-}
-
-/// Whether a URI host is an IP address (`192.0.2.1`, `[2001:db8::1]`), not a name.
-fn is_ip_literal(host: &str) -> bool {
-    host.parse::<std::net::Ipv4Addr>().is_ok()
-        || host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok())
 }

@@ -20,7 +20,7 @@ pub struct Metrics {
     pub dropped_banned: AtomicU64,
     pub bans: AtomicU64,
     /// Bans imposed, by [`crate::guard::Reason`] (indexed by its discriminant).
-    pub bans_by_reason: [AtomicU64; 5],
+    pub bans_by_reason: [AtomicU64; crate::guard::Reason::ALL.len()],
     pub silenced: AtomicU64,
     pub refused_credentials: AtomicU64,
     pub accounts_protected: AtomicU64,

@@ -169,7 +169,6 @@ impl Bound {
         self.endpoint.guard.set_events(event_tx);
         tasks.spawn(event_writer(
             self.registry.clone(),
-            self.endpoint.clone(),
             event_rx,
             stop_rx.clone(),
         ));
@@ -293,7 +292,6 @@ async fn load_guard(
 /// queued are handled before the task ends.
 async fn event_writer(
     registry: Registry,
-    endpoint: Arc<Endpoint>,
     mut rx: tokio::sync::mpsc::Receiver<Event>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -302,19 +300,19 @@ async fn event_writer(
             e = rx.recv() => e,
             _ = stop.changed() => {
                 while let Ok(e) = rx.try_recv() {
-                    handle_event(&registry, &endpoint, e).await;
+                    handle_event(&registry, e).await;
                 }
                 return;
             }
         };
         match event {
-            Some(e) => handle_event(&registry, &endpoint, e).await,
+            Some(e) => handle_event(&registry, e).await,
             None => return,
         }
     }
 }
 
-async fn handle_event(registry: &Registry, endpoint: &Endpoint, e: Event) {
+async fn handle_event(registry: &Registry, e: Event) {
     let persisted = match &e {
         Event::Ban {
             row,
@@ -322,10 +320,6 @@ async fn handle_event(registry: &Registry, endpoint: &Endpoint, e: Event) {
         } => Some(persist_ban(registry, row).await),
         _ => None,
     };
-    endpoint
-        .metrics
-        .bans
-        .store(endpoint.guard.banned_count() as u64, Ordering::Relaxed);
     eprintln!("{}", e.to_json(persisted));
 }
 

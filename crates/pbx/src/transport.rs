@@ -208,3 +208,49 @@ pub fn set_kernel_drop(
 ) -> std::io::Result<()> {
     Ok(())
 }
+
+#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    /// What arrives on `rx` after one datagram from each sender, in order.
+    async fn arrivals(rx: &UdpSocket, senders: &[&std::net::UdpSocket]) -> Vec<SocketAddr> {
+        let to = rx.local_addr().expect("addr");
+        for s in senders {
+            s.send_to(b"x", to).expect("send");
+        }
+        let mut got = Vec::new();
+        let mut buf = [0u8; 16];
+        while let Ok(Ok((_, from))) =
+            tokio::time::timeout(Duration::from_millis(200), rx.recv_from(&mut buf)).await
+        {
+            got.push(from);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn the_kernel_filter_drops_exactly_the_listed_sources() {
+        let rx = bind_udp("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let banned = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind");
+        let other = std::net::UdpSocket::bind("127.0.0.3:0").expect("bind");
+        let listed = [Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(127, 0, 0, 2)];
+        set_kernel_drop(&rx, &listed).expect("attach");
+        let got = arrivals(&rx, &[&banned, &other]).await;
+        assert_eq!(got, vec![other.local_addr().expect("addr")]);
+        // An empty list lifts the filter.
+        set_kernel_drop(&rx, &[]).expect("detach");
+        assert_eq!(arrivals(&rx, &[&banned]).await.len(), 1);
+        // More than the kernel takes is refused, not truncated silently.
+        let too_many = vec![Ipv4Addr::new(192, 0, 2, 1); crate::guard::KERNEL_DROP_MAX + 1];
+        assert!(set_kernel_drop(&rx, &too_many).is_err());
+        let v6 = bind_udp("[::1]:0".parse().expect("addr"));
+        if let Ok(v6) = v6 {
+            assert!(
+                set_kernel_drop(&v6, &listed).is_err(),
+                "IPv4 offsets on an IPv6 socket"
+            );
+        }
+    }
+}
