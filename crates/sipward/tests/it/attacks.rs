@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::guard::{crack, options, run_sipvicious};
+use crate::guard::{crack, options, run_sipvicious, target_env};
 use crate::harness::Env;
 use crate::peers::{Server, UdpClient, eventually, free_port, require, sipp_from};
 use crate::registrar::{
@@ -29,16 +29,7 @@ fn login<'a>(number: &'a str, auth_id: &'a str, password: &'a str) -> Login<'a> 
 
 /// Extension 1001 with a password equal to its number, 1002 with a strong one.
 fn two_extensions(config: &str) -> (Env, Server) {
-    let env = Env::with_config(config);
-    env.ok(&[
-        "ext",
-        "add",
-        "1001",
-        "--auth-id",
-        "1001",
-        "--password",
-        "1001",
-    ]);
+    let env = target_env(config, "1001");
     env.ok(&[
         "ext",
         "add",

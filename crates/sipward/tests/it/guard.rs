@@ -315,6 +315,13 @@ fn cracked(output: &str) -> bool {
 
 /// A server with extension 1001 (auth ID 1001) and the given password and config.
 fn target(config: &str, password: &str) -> (Env, crate::peers::Server) {
+    let env = target_env(config, password);
+    let server = env.serve();
+    (env, server)
+}
+
+/// The data dir of [`target`], not yet served.
+pub(crate) fn target_env(config: &str, password: &str) -> Env {
     let env = Env::with_config(config);
     env.ok(&[
         "ext",
@@ -325,8 +332,7 @@ fn target(config: &str, password: &str) -> (Env, crate::peers::Server) {
         "--password",
         password,
     ]);
-    let server = env.serve();
-    (env, server)
+    env
 }
 
 #[test]

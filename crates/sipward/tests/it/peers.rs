@@ -188,29 +188,8 @@ pub struct SippRun {
     pub failed: u64,
 }
 
-/// Runs a SIPp client scenario against `target` and reads its final statistics.
-pub fn sipp(
-    env: &Env,
-    scenario: &str,
-    csv: &str,
-    target: SocketAddr,
-    transport: &str,
-    calls: u32,
-    rate: u32,
-) -> SippRun {
-    sipp_from(
-        "127.0.0.1",
-        env,
-        scenario,
-        csv,
-        target,
-        transport,
-        calls,
-        rate,
-    )
-}
-
-/// [`sipp`] from another loopback address.
+/// Runs a SIPp client scenario from `local_ip` (a loopback address) against `target`
+/// and reads its final statistics.
 #[allow(clippy::too_many_arguments)]
 pub fn sipp_from(
     local_ip: &str,

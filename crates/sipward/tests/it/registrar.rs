@@ -5,7 +5,7 @@ use std::time::Duration;
 use sip::digest::{Algorithm, ResponseInput, expected_response, ha1};
 
 use crate::harness::Env;
-use crate::peers::{UdpClient, eventually, sipp};
+use crate::peers::{UdpClient, eventually, sipp_from};
 
 pub(crate) const PASSWORD: &str = "Zq8xLmTr4wPyK7vB2";
 
@@ -151,7 +151,16 @@ fn sipp_registers_100_extensions_and_none_with_wrong_passwords() {
             format!("{n};[authentication username={a} password={PASSWORD}{i}]\n")
         }))
         .collect();
-    let run = sipp(&env, "register_auth.xml", &good, server.sip, "u1", 100, 50);
+    let run = sipp_from(
+        "127.0.0.1",
+        &env,
+        "register_auth.xml",
+        &good,
+        server.sip,
+        "u1",
+        100,
+        50,
+    );
     assert_eq!(
         (run.successful, run.failed, run.code),
         (100, 0, 0),
@@ -165,7 +174,16 @@ fn sipp_registers_100_extensions_and_none_with_wrong_passwords() {
                 .map(|(n, a)| format!("{n};[authentication username={a} password=wrong-{a}]\n")),
         )
         .collect();
-    let run = sipp(&env, "register_auth.xml", &wrong, server.sip, "u1", 100, 50);
+    let run = sipp_from(
+        "127.0.0.1",
+        &env,
+        "register_auth.xml",
+        &wrong,
+        server.sip,
+        "u1",
+        100,
+        50,
+    );
     assert_eq!((run.successful, run.failed), (0, 100), "{run:?}");
     assert_ne!(run.code, 0);
 
@@ -193,7 +211,16 @@ fn sipp_registers_over_tcp() {
             format!("{n};[authentication username={a} password={PASSWORD}{i}]\n")
         }))
         .collect();
-    let run = sipp(&env, "register_auth.xml", &csv, server.sip, "t1", 10, 10);
+    let run = sipp_from(
+        "127.0.0.1",
+        &env,
+        "register_auth.xml",
+        &csv,
+        server.sip,
+        "t1",
+        10,
+        10,
+    );
     assert_eq!(
         (run.successful, run.failed, run.code),
         (10, 0, 0),
