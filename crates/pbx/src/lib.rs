@@ -11,6 +11,7 @@ mod error;
 pub mod guard;
 pub mod import;
 pub mod metrics;
+pub mod provisioning;
 pub mod registrar;
 pub mod registry;
 pub mod server;
