@@ -11,6 +11,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use pbx::metrics::Metrics;
 
+pub mod provisioning;
+
 #[derive(Clone, Debug)]
 pub struct ConsoleState {
     pub metrics: Arc<Metrics>,
@@ -18,11 +20,17 @@ pub struct ConsoleState {
     pub ready: Arc<AtomicBool>,
 }
 
-pub fn router(state: ConsoleState) -> Router {
+/// The HTTP routes; serve them with `into_make_service_with_connect_info::<SocketAddr>`
+/// (provisioning counts probes per source address).
+pub fn router(state: ConsoleState, prov: provisioning::Provisioning) -> Router {
+    let prov = Router::new()
+        .route("/prov/{path}/{file}", get(provisioning::serve_file))
+        .with_state(prov);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(state)
+        .merge(prov)
 }
 
 async fn healthz(State(s): State<ConsoleState>) -> impl IntoResponse {

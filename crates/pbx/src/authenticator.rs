@@ -43,6 +43,9 @@ pub struct Authenticator {
 #[derive(Debug)]
 pub enum Outcome {
     Authenticated(Arc<Account>),
+    /// Authenticated with the account's previous password, inside its grace window
+    /// and from an address its phones were registered from.
+    Grace(Arc<Account>),
     /// Answer 401 with a fresh challenge; `stale` when the nonce merely expired.
     /// `failed` names the auth ID when the request answered a valid nonce issued to this
     /// very source and was still wrong: the only failures the guard counts, since a
@@ -152,7 +155,21 @@ impl Authenticator {
             nonce: &c.nonce,
             qop_auth,
         };
-        let response_ok = digest::verify_response(alg, ha1, &input, &c.response);
+        let mut response_ok = digest::verify_response(alg, ha1, &input, &c.response);
+        // After Re-Generate the old password still works, but only from where the
+        // phones were (the grace window); everywhere else it is dead.
+        let mut old = false;
+        if !response_ok
+            && let Some(g) = account.as_ref().and_then(|a| a.grace.as_ref())
+            && g.applies(source, i64::try_from(now_secs).unwrap_or(i64::MAX))
+        {
+            let old_ha1 = match alg {
+                Algorithm::Md5 => g.ha1_md5.as_str(),
+                Algorithm::Sha256 => g.ha1_sha256.as_str(),
+            };
+            old = digest::verify_response(alg, old_ha1, &input, &c.response);
+            response_ok = old;
+        }
         let realm_ok = c.realm == self.cfg.realm;
         let nonce_ok = matches!(nonce, NonceCheck::Valid { .. });
         let ok = response_ok & realm_ok & nonce_ok & qop_auth.is_some() & account.is_some();
@@ -163,7 +180,9 @@ impl Authenticator {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .accept(&c.nonce, nc, now_secs);
-                if fresh {
+                if fresh && old {
+                    Outcome::Grace(a)
+                } else if fresh {
                     Outcome::Authenticated(a)
                 } else {
                     Outcome::Challenge {

@@ -3,10 +3,50 @@
 //! moves, so a change made with the CLI takes effect in the running server.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use sip::digest::{Algorithm, ha1};
+use store::regen::GraceRow;
 use store::registrar::DirectoryRow;
+
+/// An extension's previous password during its grace window after Re-Generate: HA1s
+/// only, accepted only from the addresses its phones were registered from.
+#[derive(Debug)]
+pub struct Grace {
+    pub ha1_md5: String,
+    pub ha1_sha256: String,
+    pub sources: Vec<IpAddr>,
+    pub expires_at: i64,
+    /// Set by the first registration with the new password; the store row is deleted
+    /// behind it.
+    pub ended: AtomicBool,
+}
+
+impl Grace {
+    /// Whether the old password is accepted from `source` at `now`.
+    pub fn applies(&self, source: IpAddr, now: i64) -> bool {
+        now < self.expires_at
+            && !self.ended.load(Ordering::Relaxed)
+            && self.sources.contains(&source)
+    }
+
+    /// Ends the window; true the first time.
+    pub fn end(&self) -> bool {
+        !self.ended.swap(true, Ordering::Relaxed)
+    }
+}
+
+impl PartialEq for Grace {
+    fn eq(&self, o: &Self) -> bool {
+        self.ha1_md5 == o.ha1_md5
+            && self.ha1_sha256 == o.ha1_sha256
+            && self.sources == o.sources
+            && self.expires_at == o.expires_at
+    }
+}
+impl Eq for Grace {}
 
 /// One account that can authenticate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +60,8 @@ pub struct Account {
     /// The password is weak: guessable (zxcvbn below the policy's minimum) or equal to
     /// the number or the auth ID (recognised from the HA1, without the password).
     pub weak: bool,
+    /// The previous password's window after Re-Generate, if open.
+    pub grace: Option<Arc<Grace>>,
 }
 
 /// An immutable snapshot; replaced whole on reload.
@@ -34,6 +76,18 @@ pub struct Directory {
 impl Directory {
     /// Builds the snapshot; `realm` and `min_score` decide which passwords are weak.
     pub fn from_rows(rows: Vec<DirectoryRow>, realm: &str, min_score: u8) -> Self {
+        Self::with_graces(rows, Vec::new(), realm, min_score)
+    }
+
+    /// Builds the snapshot with the open grace windows (matched by number and auth ID).
+    pub fn with_graces(
+        rows: Vec<DirectoryRow>,
+        graces: Vec<GraceRow>,
+        realm: &str,
+        min_score: u8,
+    ) -> Self {
+        let mut graces: HashMap<String, GraceRow> =
+            graces.into_iter().map(|g| (g.number.clone(), g)).collect();
         let mut d = Directory::default();
         for r in rows {
             d.by_user.insert(r.number.clone(), r.number.clone());
@@ -44,7 +98,22 @@ impl Directory {
             let weak = r.password_score < min_score
                 || r.ha1_md5 == md5(&r.number)
                 || r.ha1_md5 == md5(&r.auth_id);
+            let grace = match graces.remove(&r.number) {
+                Some(g) if r.kind == "ext" && g.auth_id == r.auth_id => Some(Arc::new(Grace {
+                    sources: g
+                        .sources
+                        .split(',')
+                        .filter_map(|s| s.parse().ok())
+                        .collect(),
+                    ha1_md5: g.ha1_md5,
+                    ha1_sha256: g.ha1_sha256,
+                    expires_at: g.expires_at,
+                    ended: AtomicBool::new(false),
+                })),
+                _ => None,
+            };
             let acc = Account {
+                grace,
                 weak,
                 kind: r.kind,
                 number: r.number,

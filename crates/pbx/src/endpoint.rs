@@ -22,6 +22,7 @@ use crate::authenticator::{Authenticator, Outcome};
 use crate::directory::DirectoryCache;
 use crate::guard::Guard;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::registrar::{Contacts, RegisterError, RegisterRequest, Registrar, TransportKind};
 
 /// Methods sipward knows but does not serve (yet): answered 405 with `Allow`.
@@ -48,6 +49,9 @@ pub struct Reply {
     pub target: SocketAddr,
 }
 
+/// Server transactions remembered at once (bounded like every table).
+pub const TRANSACTION_CAPACITY: usize = 65_536;
+
 #[derive(Debug)]
 pub struct Endpoint {
     pub directory: Arc<DirectoryCache>,
@@ -56,6 +60,11 @@ pub struct Endpoint {
     pub auth: Authenticator,
     pub registrar: Arc<Registrar>,
     pub metrics: Arc<Metrics>,
+    /// NOTIFYs to phones (check-sync) and the matching of their answers.
+    pub notifier: Notifier,
+    /// Extensions whose grace window the new password ended; the server deletes their
+    /// store rows.
+    graces_ended: Mutex<Vec<String>>,
     clock: Arc<dyn Clock>,
     transactions: Mutex<ServerTransactions>,
     tag_hasher: RandomState,
@@ -69,18 +78,33 @@ impl Endpoint {
         registrar: Arc<Registrar>,
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
-        transaction_capacity: usize,
+        notifier: Notifier,
     ) -> Self {
         Self {
+            notifier,
+            graces_ended: Mutex::new(Vec::new()),
             directory,
             guard,
             auth,
             registrar,
             metrics,
             clock,
-            transactions: Mutex::new(ServerTransactions::new(transaction_capacity, TIMER_J)),
+            transactions: Mutex::new(ServerTransactions::new(TRANSACTION_CAPACITY, TIMER_J)),
             tag_hasher: RandomState::new(),
         }
+    }
+
+    /// Takes the extensions whose grace window ended since the last call.
+    pub fn take_graces_ended(&self) -> Vec<String> {
+        std::mem::take(&mut *self.graces_ended.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Puts back extensions whose grace rows could not be deleted (retried next time).
+    pub fn return_graces_ended(&self, numbers: Vec<String>) {
+        self.graces_ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(numbers);
     }
 
     /// Handles one message; returns the reply to send, if any.
@@ -101,7 +125,9 @@ impl Endpoint {
             return None;
         }
         let StartLine::Request { method, uri, .. } = m.start else {
-            return None; // responses: sipward sends no requests yet
+            // Responses: only answers to our NOTIFYs are of interest.
+            self.notifier.response(&m);
+            return None;
         };
         // Scanners address servers by IP; phones set up with the domain never do.
         if self.guard.policy().refuse_ip_request_uri
@@ -220,6 +246,12 @@ impl Endpoint {
         let dir = self.directory.get();
         let ip = source.ip();
         let mut outcome = self.auth.verify(&dir, m, "REGISTER", ip, now_u);
+        let mut old_password = false;
+        if let Outcome::Grace(a) = outcome {
+            Metrics::inc(&self.metrics.grace_logins);
+            old_password = true;
+            outcome = Outcome::Authenticated(a);
+        }
         match &outcome {
             // Right credentials from a source the guard does not let this account log
             // in from (weak password, or under distributed guessing): answered exactly
@@ -244,8 +276,15 @@ impl Endpoint {
             _ => {}
         }
         let account = match outcome {
-            Outcome::Authenticated(a) => {
+            Outcome::Authenticated(a) | Outcome::Grace(a) => {
                 self.guard.auth_success(ip, &a.auth_id, now);
+                // The first login with the new password closes the old one's window.
+                if !old_password && a.grace.as_ref().is_some_and(|g| g.end()) {
+                    self.graces_ended
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(a.number.clone());
+                }
                 a
             }
             Outcome::Challenge { stale, failed } => {

@@ -21,6 +21,13 @@ pub enum Error {
     },
     #[error(transparent)]
     Store(#[from] store::Error),
+    #[error(transparent)]
+    Template(#[from] crate::provisioning::TemplateError),
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -33,6 +40,7 @@ impl Error {
             | Error::Import(_)
             | Error::Bind { .. } => true,
             Error::Store(e) => e.is_operator_error(),
+            Error::Template(_) | Error::Io { .. } => true,
         }
     }
 

@@ -51,15 +51,17 @@ pub enum Reason {
     Flood,
     Scanner,
     Decoy,
+    ProvisioningProbe,
     Manual,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 5] = [
+    pub const ALL: [Reason; 6] = [
         Reason::AuthFailures,
         Reason::Flood,
         Reason::Scanner,
         Reason::Decoy,
+        Reason::ProvisioningProbe,
         Reason::Manual,
     ];
 
@@ -69,6 +71,7 @@ impl Reason {
             Reason::Flood => "flood.requests",
             Reason::Scanner => "scanner.user_agent",
             Reason::Decoy => "decoy.auth",
+            Reason::ProvisioningProbe => "provisioning.probe",
             Reason::Manual => "manual",
         }
     }
@@ -268,6 +271,7 @@ pub struct Guard {
     policy: BanPolicy,
     decoys: HashSet<String>,
     failures: Mutex<Windows<IpAddr>>,
+    provisioning_probes: Mutex<Windows<IpAddr>>,
     account_failures: Mutex<Windows<String>>,
     /// Weak accounts refused lately: one event per account and hour, not per attempt.
     weak_noted: Mutex<HashMap<String, i64>>,
@@ -694,6 +698,35 @@ impl Guard {
         true
     }
 
+    /// Counts a provisioning request for a file no phone has, or with a wrong login;
+    /// bans the source at the threshold. Returns whether it banned.
+    pub fn provisioning_probe(&self, ip: IpAddr, now: i64) -> bool {
+        if self.allowed(ip) {
+            return false;
+        }
+        let p = &self.policy;
+        let count = {
+            let mut t = lock(&self.provisioning_probes);
+            let count = t.record(&ip, now, p.provisioning_window_secs, p.provisioning_probes);
+            if count >= p.provisioning_probes {
+                t.reset(&ip);
+            }
+            count
+        };
+        if count < p.provisioning_probes {
+            return false;
+        }
+        let minutes = p.provisioning_window_secs / 60;
+        self.impose(
+            ip,
+            Reason::ProvisioningProbe,
+            now,
+            |_| format!("{count} provisioning requests for unknown phones or with a wrong login within {minutes} minutes"),
+            Some(p.provisioning_ban_secs),
+        );
+        true
+    }
+
     /// Bans `ip` at once when `user` is a decoy (the caller has checked it is no account
     /// here). Returns whether it did.
     pub fn decoy(&self, ip: IpAddr, user: &str, now: i64) -> bool {
@@ -804,6 +837,7 @@ mod tests {
             ha1_md5: String::new(),
             ha1_sha256: String::new(),
             weak,
+            grace: None,
         }
     }
 

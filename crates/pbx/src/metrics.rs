@@ -26,6 +26,15 @@ pub struct Metrics {
     pub accounts_protected: AtomicU64,
     pub ip_uri_dropped: AtomicU64,
     pub kernel_drop_sources: AtomicU64,
+    pub notify_sent: AtomicU64,
+    pub notify_answered: AtomicU64,
+    pub notify_unanswered: AtomicU64,
+    pub grace_logins: AtomicU64,
+    pub mail_sent: AtomicU64,
+    pub mail_deferred: AtomicU64,
+    pub mail_failed: AtomicU64,
+    pub provisioning_served: AtomicU64,
+    pub provisioning_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -107,6 +116,51 @@ impl Metrics {
                 "sipward_dropped_ip_uri_total",
                 "requests addressed to a bare IP, dropped (guard.refuse_ip_request_uri)",
                 get(&self.ip_uri_dropped),
+            ),
+            (
+                "sipward_notify_sent_total",
+                "check-sync NOTIFYs sent to registered phones",
+                get(&self.notify_sent),
+            ),
+            (
+                "sipward_notify_answered_total",
+                "check-sync NOTIFYs answered with a final response",
+                get(&self.notify_answered),
+            ),
+            (
+                "sipward_notify_unanswered_total",
+                "check-sync NOTIFYs given up after 32 s",
+                get(&self.notify_unanswered),
+            ),
+            (
+                "sipward_grace_logins_total",
+                "registrations with an old password during its grace window",
+                get(&self.grace_logins),
+            ),
+            (
+                "sipward_mail_sent_total",
+                "welcome mails the SMTP server accepted",
+                get(&self.mail_sent),
+            ),
+            (
+                "sipward_mail_deferred_total",
+                "welcome mail attempts that will be retried",
+                get(&self.mail_deferred),
+            ),
+            (
+                "sipward_mail_failed_total",
+                "welcome mails given up",
+                get(&self.mail_failed),
+            ),
+            (
+                "sipward_provisioning_served_total",
+                "provisioning files served to an authenticated phone",
+                get(&self.provisioning_served),
+            ),
+            (
+                "sipward_provisioning_refused_total",
+                "provisioning requests refused (no or wrong login, unknown file)",
+                get(&self.provisioning_refused),
             ),
         ];
         for (name, help, v) in counters {

@@ -31,9 +31,15 @@ pub enum Vendor {
 const BUILTIN: &[(&str, &str)] = &[
     ("yealink.cfg", include_str!("../templates/yealink.cfg")),
     ("poly.xml", include_str!("../templates/poly.xml")),
-    ("poly-phone.xml", include_str!("../templates/poly-phone.xml")),
+    (
+        "poly-phone.xml",
+        include_str!("../templates/poly-phone.xml"),
+    ),
     ("snom.xml", include_str!("../templates/snom.xml")),
-    ("grandstream.xml", include_str!("../templates/grandstream.xml")),
+    (
+        "grandstream.xml",
+        include_str!("../templates/grandstream.xml"),
+    ),
     ("cisco.xml", include_str!("../templates/cisco.xml")),
     ("fanvil.xml", include_str!("../templates/fanvil.xml")),
     ("welcome.txt", include_str!("../templates/welcome.txt")),
@@ -196,9 +202,8 @@ impl Templates {
         for (name, builtin) in BUILTIN {
             let custom = overrides.map(|d| d.join(name)).filter(|p| p.is_file());
             let text = match custom {
-                Some(path) => {
-                    fs::read_to_string(&path).map_err(|source| TemplateError::Read { path, source })?
-                }
+                Some(path) => fs::read_to_string(&path)
+                    .map_err(|source| TemplateError::Read { path, source })?,
                 None => (*builtin).to_owned(),
             };
             env.add_template_owned(*name, text)
@@ -216,7 +221,11 @@ impl Templates {
             name: name.to_owned(),
             detail: e.to_string(),
         };
-        self.env.get_template(name).map_err(err)?.render(minijinja::value::Serde(ctx)).map_err(err)
+        self.env
+            .get_template(name)
+            .map_err(err)?
+            .render(minijinja::value::Serde(ctx))
+            .map_err(err)
     }
 
     /// The files of one phone: (file name, content).
@@ -268,7 +277,10 @@ pub fn write_atomic(dir: &Path, name: &str, content: &[u8]) -> std::io::Result<(
 pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if !dir.is_dir() {
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
     }
     Ok(())
 }
@@ -304,7 +316,10 @@ mod tests {
         assert_eq!(Vendor::from_model("Polycom VVX 450"), Some(Vendor::Poly));
         assert_eq!(Vendor::from_model("Poly Edge E450"), Some(Vendor::Poly));
         assert_eq!(Vendor::from_model("snom D785"), Some(Vendor::Snom));
-        assert_eq!(Vendor::from_model("Grandstream GXP2170"), Some(Vendor::Grandstream));
+        assert_eq!(
+            Vendor::from_model("Grandstream GXP2170"),
+            Some(Vendor::Grandstream)
+        );
         assert_eq!(Vendor::from_model("Cisco SPA504G"), Some(Vendor::Cisco));
         assert_eq!(Vendor::from_model("Fanvil X4U"), Some(Vendor::Fanvil));
         assert_eq!(Vendor::from_model("Acme 9000"), None);
@@ -315,10 +330,21 @@ mod tests {
     fn file_names_map_back_to_their_mac() {
         for v in Vendor::ALL {
             for (file, _) in v.files("001565aabbcc") {
-                assert_eq!(mac_of_file(&file).as_deref(), Some("001565aabbcc"), "{file}");
+                assert_eq!(
+                    mac_of_file(&file).as_deref(),
+                    Some("001565aabbcc"),
+                    "{file}"
+                );
             }
         }
-        for bad in ["", "x.cfg", "001565aabbc.cfg", "../001565aabbcc.cfg", "001565aabbcc", "cfg.xml"] {
+        for bad in [
+            "",
+            "x.cfg",
+            "001565aabbc.cfg",
+            "../001565aabbcc.cfg",
+            "001565aabbcc",
+            "cfg.xml",
+        ] {
             assert_eq!(mac_of_file(bad), None, "{bad}");
         }
     }
@@ -326,13 +352,21 @@ mod tests {
     #[test]
     fn control_characters_are_refused() {
         let t = Templates::load(None).expect("builtins");
-        for bad in ["Alice\nadmin.password = x", "Alice\r", "A\u{0}", "A\u{1b}[0m", "A\u{85}"] {
+        for bad in [
+            "Alice\nadmin.password = x",
+            "Alice\r",
+            "A\u{0}",
+            "A\u{1b}[0m",
+            "A\u{85}",
+        ] {
             let mut a = account();
             a.display_name = bad;
             for v in Vendor::ALL {
                 assert!(matches!(
                     t.phone_files(v, &a),
-                    Err(TemplateError::ControlCharacter { field: "display name" })
+                    Err(TemplateError::ControlCharacter {
+                        field: "display name"
+                    })
                 ));
             }
         }
@@ -345,7 +379,11 @@ mod tests {
         let files = t.phone_files(Vendor::Snom, &a).expect("render");
         assert!(files[0].1.contains("Alice &lt;Sales&gt; &amp; Co"));
         let files = t.phone_files(Vendor::Yealink, &a).expect("render");
-        assert!(files[0].1.contains("account.1.display_name = Alice <Sales> & Co\n"));
+        assert!(
+            files[0]
+                .1
+                .contains("account.1.display_name = Alice <Sales> & Co\n")
+        );
     }
 
     #[test]
@@ -384,7 +422,11 @@ mod tests {
                     assert_eq!(lines.next(), Some("#!version:1.0.0.1"), "{file}");
                     for l in lines.filter(|l| !l.is_empty() && !l.starts_with('#')) {
                         let (k, _) = l.split_once(" = ").unwrap_or_else(|| panic!("{file}: {l}"));
-                        assert!(k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_'), "{l}");
+                        assert!(
+                            k.bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_'),
+                            "{l}"
+                        );
                     }
                 }
                 let snap = dir.join(format!("{}-{file}", v.id()));
@@ -392,8 +434,9 @@ mod tests {
                     fs::create_dir_all(&dir).expect("mkdir");
                     fs::write(&snap, &content).expect("write snapshot");
                 }
-                let want = fs::read_to_string(&snap)
-                    .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_SNAPSHOTS=1 writes it)", snap.display()));
+                let want = fs::read_to_string(&snap).unwrap_or_else(|e| {
+                    panic!("{}: {e} (UPDATE_SNAPSHOTS=1 writes it)", snap.display())
+                });
                 assert_eq!(content, want, "{file} differs from its snapshot");
             }
         }
@@ -410,7 +453,10 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names.len(), 1);
-        let mode = fs::metadata(dir.path().join("a.cfg")).expect("meta").permissions().mode();
+        let mode = fs::metadata(dir.path().join("a.cfg"))
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use store::guard as gq;
+use store::regen;
 use store::registrar as rq;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
@@ -17,6 +18,8 @@ use crate::directory::{Directory, DirectoryCache};
 use crate::endpoint::Endpoint;
 use crate::guard::{Event, Guard};
 use crate::metrics::Metrics;
+use crate::notify::{Notifier, local_for};
+use crate::provisioning::Vendor;
 use crate::registrar::{Registrar, RegistrarConfig};
 use crate::{Clock, Registry, Result, transport};
 
@@ -41,6 +44,8 @@ pub struct ServeConfig {
     pub min_strength_score: u8,
     /// Tasks receiving on the UDP socket (one per core is best).
     pub udp_workers: usize,
+    /// The SMTP server the outbox is sent through; None leaves mails queued.
+    pub mailer: Option<crate::mail::Mailer>,
 }
 
 /// Random keys for this process, from the OS CSPRNG (through the binary).
@@ -48,6 +53,8 @@ pub struct ServeConfig {
 pub struct ServerKeys {
     pub nonce: [u8; 32],
     pub dummy: [u8; 32],
+    /// Keys the branches, tags and Call-IDs of the NOTIFYs sipward sends.
+    pub notify: [u8; 32],
 }
 
 impl std::fmt::Debug for ServerKeys {
@@ -93,8 +100,9 @@ pub async fn bind(
         gq::guard_version(&mut conn).await?,
     );
     let realm = registry.settings().realm.clone();
-    let dir = Directory::from_rows(
+    let dir = Directory::with_graces(
         rq::directory(&mut conn).await?,
+        regen::live_graces(&mut conn, clock.now()).await?,
         &realm,
         cfg.min_strength_score,
     );
@@ -135,7 +143,7 @@ pub async fn bind(
         registrar,
         metrics,
         clock.clone(),
-        65_536,
+        Notifier::new(keys.notify),
     ));
     let mut conn = registry.store().pool().acquire().await?;
     load_guard(&mut conn, &endpoint, clock.now(), false).await?;
@@ -186,6 +194,21 @@ impl Bound {
             self.cfg.min_strength_score,
             stop_rx.clone(),
         ));
+        tasks.spawn(resync_loop(
+            self.udp.clone(),
+            self.registry.clone(),
+            self.endpoint.clone(),
+            self.clock.clone(),
+            stop_rx.clone(),
+        ));
+        if let Some(mailer) = self.cfg.mailer.clone() {
+            tasks.spawn(outbox_loop(
+                self.registry.clone(),
+                mailer,
+                self.endpoint.clone(),
+                stop_rx.clone(),
+            ));
+        }
         tasks.spawn(flush_loop(
             self.registry.clone(),
             self.endpoint.clone(),
@@ -243,8 +266,9 @@ async fn reload_loop(
         if let Ok(v) = rq::registry_version(&mut conn).await
             && v != versions.0
             && let Ok(rows) = rq::directory(&mut conn).await
+            && let Ok(graces) = regen::live_graces(&mut conn, clock.now()).await
         {
-            let dir = Directory::from_rows(rows, &registry.settings().realm, min_score);
+            let dir = Directory::with_graces(rows, graces, &registry.settings().realm, min_score);
             endpoint
                 .metrics
                 .directory_accounts
@@ -337,6 +361,95 @@ async fn persist_ban(registry: &Registry, row: &gq::BanRow) -> bool {
     stored
 }
 
+/// How often the re-fetch queue and the outbox are looked at.
+pub const RESYNC_EVERY: Duration = Duration::from_millis(500);
+pub const OUTBOX_EVERY: Duration = Duration::from_secs(2);
+
+/// Sends a check-sync NOTIFY to every UDP contact of each extension the store asks
+/// for (Re-Generate queues them), each retransmitted in its own task until answered.
+async fn resync_loop(
+    udp: Arc<UdpSocket>,
+    registry: Registry,
+    endpoint: Arc<Endpoint>,
+    clock: Arc<dyn Clock>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(RESYNC_EVERY);
+    let bound = udp.local_addr().ok();
+    let realm = registry.settings().realm.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let Some(bound) = bound else { return };
+        let Ok(mut conn) = registry.store().pool().acquire().await else {
+            continue;
+        };
+        let Ok(numbers) = regen::take_resyncs(&mut conn).await else {
+            continue;
+        };
+        for number in numbers {
+            let vendor = store::registry::get_extension(&mut conn, &number)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|r| r.model)
+                .and_then(|m| Vendor::from_model(&m));
+            let Some(vendor) = vendor else { continue };
+            for b in endpoint.registrar.bindings(&number, clock.now()) {
+                if b.transport != crate::registrar::TransportKind::Udp {
+                    continue; // TCP contacts re-fetch on their next periodic check
+                }
+                let local = local_for(bound, b.source);
+                let Some(out) = endpoint.notifier.build(
+                    &b.contact,
+                    &number,
+                    &realm,
+                    vendor.check_sync_event(),
+                    local,
+                    b.source,
+                ) else {
+                    continue;
+                };
+                let (udp, endpoint) = (udp.clone(), endpoint.clone());
+                tokio::spawn(async move {
+                    endpoint.notifier.run(&udp, out, &endpoint.metrics).await;
+                });
+            }
+        }
+    }
+}
+
+/// Sends the outbox's due mails (retries included) every few seconds.
+async fn outbox_loop(
+    registry: Registry,
+    mailer: crate::mail::Mailer,
+    endpoint: Arc<Endpoint>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(OUTBOX_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let Ok(done) = registry.send_due_mail(&mailer, None).await else {
+            continue;
+        };
+        for (_, outcome) in done {
+            use crate::registry::regenerate::MailOutcome as M;
+            let m = &endpoint.metrics;
+            match outcome {
+                M::Sent { .. } => Metrics::inc(&m.mail_sent),
+                M::Deferred { .. } => Metrics::inc(&m.mail_deferred),
+                M::Failed { .. } => Metrics::inc(&m.mail_failed),
+                _ => {}
+            }
+        }
+    }
+}
+
 async fn flush_loop(
     registry: Registry,
     endpoint: Arc<Endpoint>,
@@ -356,6 +469,14 @@ async fn flush_loop(
 /// Expires bindings and writes every changed extension's bindings in one transaction;
 /// on failure the changes stay dirty and are retried on the next tick.
 async fn flush(registry: &Registry, endpoint: &Endpoint, now: i64) -> Result<()> {
+    let ended = endpoint.take_graces_ended();
+    if !ended.is_empty() {
+        let mut conn = registry.store().pool().acquire().await?;
+        if let Err(e) = regen::end_graces(&mut conn, &ended, now).await {
+            endpoint.return_graces_ended(ended);
+            return Err(e.into());
+        }
+    }
     endpoint.registrar.sweep(now);
     endpoint
         .metrics

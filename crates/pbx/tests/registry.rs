@@ -24,6 +24,7 @@ fn settings(realm: &str) -> Settings {
         realm: realm.into(),
         domain: None,
         policy: PolicyConfig::default(),
+        provisioning: Default::default(),
     }
 }
 

@@ -55,6 +55,12 @@ pub struct BanPolicy {
     /// Drop requests whose Request-URI host is an IP address (scanners address servers
     /// by IP; phones configured with the domain never do). Needs `[sip] domain`.
     pub refuse_ip_request_uri: bool,
+    /// A source that asks the provisioning server this many times within
+    /// `provisioning_window_secs` for files no phone has, or with a wrong login, is
+    /// probing MAC addresses: banned for `provisioning_ban_secs`.
+    pub provisioning_probes: u32,
+    pub provisioning_window_secs: i64,
+    pub provisioning_ban_secs: i64,
 }
 
 /// What a weak account may do (see [`BanPolicy::weak_credentials`]).
@@ -101,6 +107,9 @@ impl Default for BanPolicy {
             decoys: DEFAULT_DECOYS.iter().map(|d| (*d).to_owned()).collect(),
             decoy_ban_secs: 604_800,
             refuse_ip_request_uri: false,
+            provisioning_probes: 10,
+            provisioning_window_secs: 600,
+            provisioning_ban_secs: 86_400,
         }
     }
 }
@@ -121,9 +130,14 @@ impl BanPolicy {
             self.flood_ban_secs,
             self.extension_window_secs,
             self.decoy_ban_secs,
+            self.provisioning_window_secs,
+            self.provisioning_ban_secs,
         ];
         if positive.iter().any(|s| *s <= 0) || self.repeat_bans == 0 || self.trusted_factor == 0 {
             return Err("guard durations and counts must be positive".into());
+        }
+        if !(1..=10_000).contains(&self.provisioning_probes) {
+            return Err("guard.provisioning_probes must be between 1 and 10000".into());
         }
         if self.flood_requests > 0 && !(1..=self.flood_requests).contains(&self.silence_requests) {
             return Err("guard.silence_requests must be between 1 and guard.flood_requests".into());

@@ -50,6 +50,23 @@ pub enum Command {
     /// Networks that are never banned (trunks, gateways, offices).
     #[command(subcommand)]
     Allow(AllowCommand),
+    /// The welcome-mail outbox.
+    #[command(subcommand)]
+    Mail(MailCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MailCommand {
+    /// Every mail in the outbox and its state (no contents).
+    List {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Send the mails that are due now through `[mail]` (as `serve` does).
+    Send {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,10 +199,29 @@ pub enum ExtCommand {
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// New strong password and PIN for some extensions: their phones' files are
+    /// rewritten, registered phones told to re-fetch them, welcome mails sent. The old
+    /// password keeps working for `provisioning.grace_secs` from where the phones are.
+    #[command(group = clap::ArgGroup::new("which").required(true).args(["numbers", "weak", "all"]))]
+    Regenerate {
+        /// Extension numbers.
+        numbers: Vec<String>,
+        /// Every weak extension (a finding of warning or worse).
+        #[arg(long)]
+        weak: bool,
+        /// Every extension.
+        #[arg(long)]
+        all: bool,
+        /// Queue no welcome mails.
+        #[arg(long = "no-email")]
+        no_email: bool,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
     /// Show one extension and its findings.
     Show {
         number: String,
-        /// Also print the SIP password and voicemail PIN.
+        /// Also print the SIP password, voicemail PIN and the phone's provisioning login.
         #[arg(long)]
         reveal: bool,
         #[command(flatten)]

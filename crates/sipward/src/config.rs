@@ -18,6 +18,36 @@ struct RawConfig {
     policy: PolicyConfig,
     registrar: RegistrarConfig,
     guard: policy::ban::BanPolicy,
+    provisioning: RawProvisioning,
+    mail: Option<RawMail>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawProvisioning {
+    /// The SIP server phones register to; defaults to sip.domain.
+    server: Option<String>,
+    port: Option<u16>,
+    transport: Option<pbx::provisioning::PhoneTransport>,
+    voicemail_number: Option<String>,
+    /// `http://host:port` phones fetch their files from (shown in welcome mails).
+    base_url: Option<String>,
+    /// Seconds the old password keeps working after Re-Generate (0 = off).
+    grace_secs: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMail {
+    smtp_host: String,
+    smtp_port: Option<u16>,
+    #[serde(default)]
+    security: pbx::mail::Security,
+    username: Option<String>,
+    password: Option<String>,
+    from: String,
+    ca_file: Option<PathBuf>,
+    timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -41,6 +71,8 @@ pub struct Config {
     pub nonce_lifetime_secs: u64,
     pub digest_algorithms: Vec<sip::digest::Algorithm>,
     pub bans: policy::ban::BanPolicy,
+    /// The SMTP server welcome mails go through (`[mail]`); None: mails stay queued.
+    pub mail: Option<pbx::mail::SmtpSettings>,
 }
 
 const DEFAULT_REALM: &str = "sipward";
@@ -135,16 +167,110 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
             OperatorError("sip.nonce_lifetime must be between 30 and 3600 seconds".into()).into(),
         );
     }
+    let provisioning = provisioning(raw.provisioning)?;
+    let mail = raw.mail.map(mail).transpose()?;
     Ok(Config {
         settings: Settings {
             realm,
             domain,
             policy: raw.policy,
+            provisioning,
         },
+        mail,
         registrar: raw.registrar,
         nonce_lifetime_secs,
         digest_algorithms,
         bans: raw.guard,
+    })
+}
+
+fn provisioning(raw: RawProvisioning) -> anyhow::Result<pbx::registry::ProvisioningSettings> {
+    let d = pbx::registry::ProvisioningSettings::default();
+    let bad = |m: String| -> anyhow::Error { OperatorError(m).into() };
+    let server = raw
+        .server
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty());
+    if let Some(s) = &server {
+        policy::fields::Host::parse(s).map_err(|e| bad(format!("provisioning.server: {e}")))?;
+    }
+    let voicemail_number = raw.voicemail_number.unwrap_or(d.voicemail_number);
+    let vm_ok = !voicemail_number.is_empty()
+        && voicemail_number.len() <= 16
+        && voicemail_number
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'*' || b == b'#');
+    if !vm_ok {
+        return Err(bad(
+            "provisioning.voicemail_number must be 1 to 16 of 0-9 * #".into(),
+        ));
+    }
+    let base_url = raw
+        .base_url
+        .map(|u| u.trim().trim_end_matches('/').to_owned())
+        .filter(|u| !u.is_empty());
+    if let Some(u) = &base_url {
+        let rest = u
+            .strip_prefix("http://")
+            .or_else(|| u.strip_prefix("https://"))
+            .ok_or_else(|| {
+                bad("provisioning.base_url must start with http:// or https://".into())
+            })?;
+        let host_ok = !rest.is_empty()
+            && !rest.contains(['/', '?', '#', '@'])
+            && !rest.chars().any(|c| c.is_control() || c.is_whitespace());
+        if !host_ok {
+            return Err(bad(
+                "provisioning.base_url must be http(s)://host[:port] without a path or login"
+                    .into(),
+            ));
+        }
+    }
+    let grace_secs = raw.grace_secs.unwrap_or(d.grace_secs);
+    if !(0..=30 * 86_400).contains(&grace_secs) {
+        return Err(bad(
+            "provisioning.grace_secs must be between 0 and 2592000 (30 days)".into(),
+        ));
+    }
+    let port = raw.port.unwrap_or(d.port);
+    if port == 0 {
+        return Err(bad("provisioning.port must not be 0".into()));
+    }
+    Ok(pbx::registry::ProvisioningSettings {
+        server,
+        port,
+        transport: raw.transport.unwrap_or(d.transport),
+        voicemail_number,
+        base_url,
+        grace_secs,
+    })
+}
+
+fn mail(raw: RawMail) -> anyhow::Result<pbx::mail::SmtpSettings> {
+    let bad = |m: &str| -> anyhow::Error { OperatorError(m.into()).into() };
+    let host = raw.smtp_host.trim().to_owned();
+    policy::fields::Host::parse(&host).map_err(|e| bad(&format!("mail.smtp_host: {e}")))?;
+    policy::fields::Email::parse(raw.from.trim()).map_err(|e| bad(&format!("mail.from: {e}")))?;
+    if raw.username.is_some() != raw.password.is_some() {
+        return Err(bad("mail.username and mail.password go together"));
+    }
+    let timeout = raw.timeout_secs.unwrap_or(20);
+    if !(1..=300).contains(&timeout) {
+        return Err(bad("mail.timeout_secs must be between 1 and 300"));
+    }
+    let port = raw.smtp_port.unwrap_or(match raw.security {
+        pbx::mail::Security::Tls => 465,
+        _ => 587,
+    });
+    Ok(pbx::mail::SmtpSettings {
+        host,
+        port,
+        security: raw.security,
+        username: raw.username,
+        password: raw.password.map(policy::Secret::new),
+        from: raw.from.trim().to_owned(),
+        ca_file: raw.ca_file,
+        timeout: std::time::Duration::from_secs(timeout),
     })
 }
 
@@ -193,6 +319,17 @@ mod tests {
             "[guard]\nweak_credentials = \"sometimes\"\n",
             "[guard]\ndecoys = [\"\"]\n",
             "[guard]\nsilence_requests = 500\n",
+            "[provisioning]\nbase_url = \"ftp://x\"\n",
+            "[provisioning]\nbase_url = \"http://u:p@x\"\n",
+            "[provisioning]\nbase_url = \"http://x/a\"\n",
+            "[provisioning]\ngrace_secs = -1\n",
+            "[provisioning]\nvoicemail_number = \"*97\\nx\"\n",
+            "[provisioning]\ntransport = \"sctp\"\n",
+            "[provisioning]\nserver = \"bad host\"\n",
+            "[mail]\nsmtp_host = \"mail\"\n",
+            "[mail]\nsmtp_host = \"mail\"\nfrom = \"nobody\"\n",
+            "[mail]\nsmtp_host = \"mail\"\nfrom = \"pbx@example.com\"\nusername = \"u\"\n",
+            "[mail]\nsmtp_host = \"mail\"\nfrom = \"pbx@example.com\"\nsecurity = \"ssl\"\n",
         ] {
             assert!(config(bad).is_err(), "{bad}");
         }

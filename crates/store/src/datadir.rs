@@ -33,6 +33,16 @@ impl DataDir {
         self.root.join("sipward.toml")
     }
 
+    /// Generated phone provisioning files.
+    pub fn provisioning_dir(&self) -> PathBuf {
+        self.root.join("provisioning")
+    }
+
+    /// Operator overrides of the built-in templates (phone files, welcome mail).
+    pub fn templates_dir(&self) -> PathBuf {
+        self.root.join("templates")
+    }
+
     /// Creates the directory (mode 0700) when it does not exist. Returns whether the
     /// database is new, i.e. this is the first use of the data dir.
     pub fn ensure(&self) -> Result<bool> {

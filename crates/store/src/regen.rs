@@ -288,10 +288,12 @@ pub async fn finish_mail(
 }
 
 pub async fn get_mail(conn: &mut AnyConnection, id: &str) -> Result<Option<OutboxRow>> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = $1")))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
     row.as_ref().map(outbox_from_row).transpose()
 }
 

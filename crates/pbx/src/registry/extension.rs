@@ -260,7 +260,12 @@ impl Registry {
         let mut tx = self.store.begin().await?;
         let prepared = self.prepare_new_extension(number, new, &mut tx).await?;
         q::insert_extension(&mut tx, &prepared.row).await?;
+        let phone = self.bump_provisioning(&mut tx, &prepared.row).await?;
         tx.commit().await?;
+        if phone.is_some() {
+            self.write_files(std::slice::from_ref(&prepared.row.number))
+                .await?;
+        }
         let findings = self.audit_extension_row(&prepared.row)?;
         Ok(Added {
             extension: ExtensionView::from(&prepared.row),
@@ -281,6 +286,7 @@ impl Registry {
             .await?
             .ok_or_else(|| Error::not_found(format!("extension {number}")))?;
         let subject = format!("ext:{number}");
+        let (old_mac, old_model) = (row.mac.clone(), row.model.clone());
         let mut password = self.open_secret(&aad(&row.number, "password"), &row.password_enc)?;
         let mut rehash = false;
 
@@ -338,7 +344,15 @@ impl Registry {
         .await?;
         row.updated_at = self.now();
         q::update_extension(&mut tx, &row).await?;
+        let phone = self.bump_provisioning(&mut tx, &row).await?;
         tx.commit().await?;
+        if (old_mac.as_deref(), old_model.as_deref()) != (row.mac.as_deref(), row.model.as_deref())
+        {
+            self.remove_phone_files(old_mac.as_deref(), old_model.as_deref());
+        }
+        if phone.is_some() {
+            self.write_files(std::slice::from_ref(&row.number)).await?;
+        }
         let findings = self.audit_extension_row(&row)?;
         Ok((ExtensionView::from(&row), findings))
     }
@@ -346,8 +360,12 @@ impl Registry {
     pub async fn remove_extension(&self, number: &str) -> Result<()> {
         let number = ExtensionNumber::parse(number.trim())?;
         let mut conn = self.store.pool().acquire().await?;
+        let row = q::get_extension(&mut conn, number.as_str()).await?;
         if !q::delete_extension(&mut conn, number.as_str()).await? {
             return Err(Error::not_found(format!("extension {number}")));
+        }
+        if let Some(row) = row {
+            self.remove_phone_files(row.mac.as_deref(), row.model.as_deref());
         }
         Ok(())
     }

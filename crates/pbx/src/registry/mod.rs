@@ -4,6 +4,7 @@
 mod extension;
 mod gateway;
 mod provider;
+pub mod regenerate;
 
 pub use extension::{
     ExtensionChange, ExtensionKind, ExtensionView, NewExtension, RegistrationView,
@@ -40,6 +41,37 @@ pub struct Settings {
     /// The SIP domain, if configured; passwords must not contain it.
     pub domain: Option<String>,
     pub policy: PolicyConfig,
+    /// What phones' provisioning files and welcome mails say.
+    pub provisioning: ProvisioningSettings,
+}
+
+/// Settings of provisioning and Re-Generate (`[provisioning]` in the config file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProvisioningSettings {
+    /// The SIP server phones register to (host name or address); defaults to the domain.
+    pub server: Option<String>,
+    pub port: u16,
+    pub transport: crate::provisioning::PhoneTransport,
+    /// The number phones dial for voicemail.
+    pub voicemail_number: String,
+    /// Where phones fetch their files: `http://host:port`, without the path.
+    pub base_url: Option<String>,
+    /// How long an old password keeps working after Re-Generate, from the addresses the
+    /// extension was registered from (0 = not at all).
+    pub grace_secs: i64,
+}
+
+impl Default for ProvisioningSettings {
+    fn default() -> Self {
+        Self {
+            server: None,
+            port: 5060,
+            transport: crate::provisioning::PhoneTransport::Udp,
+            voicemail_number: "*97".into(),
+            base_url: None,
+            grace_secs: 86_400,
+        }
+    }
 }
 
 /// The number of the default fax extension every new data dir gets.
@@ -56,6 +88,7 @@ type SharedRng = Arc<Mutex<Box<dyn CryptoRng + Send>>>;
 #[derive(Clone)]
 pub struct Registry {
     store: Store,
+    data: DataDir,
     vault: Arc<Vault>,
     settings: Arc<Settings>,
     rng: SharedRng,
@@ -77,6 +110,9 @@ pub struct Opened {
     pub created: bool,
     /// The realm changed since the HA1s were computed; this many accounts were re-hashed.
     pub rehashed: Option<usize>,
+    /// Phones whose provisioning files were behind the database (an interrupted
+    /// Re-Generate) and were rewritten.
+    pub provisioning_rewritten: usize,
 }
 
 impl Registry {
@@ -107,6 +143,7 @@ impl Registry {
         data.restrict_db_files()?;
         let registry = Self {
             store,
+            data: data.clone(),
             vault: Arc::new(vault),
             settings: Arc::new(settings),
             rng,
@@ -139,12 +176,26 @@ impl Registry {
             opened.rehashed = Some(registry.rehash_all(&mut tx).await?);
             q::set_meta(&mut tx, META_REALM, &registry.settings.realm).await?;
         }
+        if q::get_meta(&mut tx, regenerate::META_PROVISIONING_PATH)
+            .await?
+            .is_none()
+        {
+            // 24 random alphanumerics (~143 bits): the per-install path phones fetch under.
+            let path = registry.with_rng(|rng| generate::password(rng, 24, &[]));
+            q::set_meta(&mut tx, regenerate::META_PROVISIONING_PATH, path.expose()).await?;
+        }
         tx.commit().await?;
+        // Files a crash left behind their database state are written now.
+        opened.provisioning_rewritten = registry.write_unwritten_files().await?;
         Ok((registry, opened))
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    pub fn data_dir(&self) -> &DataDir {
+        &self.data
     }
 
     pub fn store(&self) -> &Store {

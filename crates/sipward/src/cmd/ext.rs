@@ -11,7 +11,9 @@ use serde::Serialize;
 
 use super::secrets_from_stdin;
 use crate::cli::{ExtCommand, ExtFields};
+use crate::config::Config;
 use crate::output::{self, Table};
+use pbx::registry::regenerate::Selection;
 
 #[derive(Serialize)]
 struct GeneratedJson<'a> {
@@ -36,8 +38,24 @@ fn subject(number: &str) -> String {
     format!("ext:{number}")
 }
 
-pub async fn run(reg: &Registry, cmd: ExtCommand) -> anyhow::Result<ExitCode> {
+pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Result<ExitCode> {
     match cmd {
+        ExtCommand::Regenerate {
+            numbers,
+            weak,
+            all,
+            no_email,
+            out,
+        } => {
+            let selection = if all {
+                Selection::All
+            } else if weak {
+                Selection::Weak
+            } else {
+                Selection::Numbers(numbers)
+            };
+            super::regenerate::run(reg, selection, !no_email, out.json, config).await
+        }
         ExtCommand::Add {
             number,
             mut fields,
@@ -205,6 +223,16 @@ pub async fn run(reg: &Registry, cmd: ExtCommand) -> anyhow::Result<ExitCode> {
                 None
             };
             let registrations = reg.registrations(&view.number).await?;
+            let phone = if reveal {
+                reg.phone_login(&view.number).await?
+            } else {
+                None
+            };
+            let prov_path = reg.provisioning_path().await?;
+            let phone_url = match (&phone, &config.settings.provisioning.base_url) {
+                (Some(_), Some(base)) => Some(format!("{base}/prov/{prov_path}/")),
+                _ => None,
+            };
             if out.json {
                 #[derive(Serialize)]
                 struct Out<'a> {
@@ -215,6 +243,15 @@ pub async fn run(reg: &Registry, cmd: ExtCommand) -> anyhow::Result<ExitCode> {
                     password: Option<&'a str>,
                     #[serde(skip_serializing_if = "Option::is_none")]
                     pin: Option<&'a str>,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    provisioning: Option<PhoneLogin<'a>>,
+                }
+                #[derive(Serialize)]
+                struct PhoneLogin<'a> {
+                    user: &'a str,
+                    password: &'a str,
+                    path: &'a str,
+                    url: Option<&'a str>,
                 }
                 output::json(&Out {
                     registrations: &registrations,
@@ -225,6 +262,12 @@ pub async fn run(reg: &Registry, cmd: ExtCommand) -> anyhow::Result<ExitCode> {
                     },
                     password: secrets.as_ref().map(|s| s.password.expose()),
                     pin: secrets.as_ref().map(|s| s.pin.expose()),
+                    provisioning: phone.as_ref().map(|(user, pw)| PhoneLogin {
+                        user,
+                        password: pw.expose(),
+                        path: &prov_path,
+                        url: phone_url.as_deref(),
+                    }),
                 })?;
             } else {
                 println!("extension  {}", view.number);
@@ -238,6 +281,15 @@ pub async fn run(reg: &Registry, cmd: ExtCommand) -> anyhow::Result<ExitCode> {
                 if let Some(s) = &secrets {
                     println!("password   {}", s.password.expose());
                     println!("PIN        {}", s.pin.expose());
+                }
+                if let Some((user, pw)) = &phone {
+                    println!(
+                        "phone login {user} / {} under {}",
+                        pw.expose(),
+                        phone_url
+                            .as_deref()
+                            .unwrap_or(&format!("/prov/{prov_path}/"))
+                    );
                 }
                 if registrations.is_empty() {
                     println!("registered no");

@@ -4,6 +4,8 @@ mod audit;
 mod ext;
 mod guard;
 mod import;
+mod mail;
+mod regenerate;
 mod serve;
 mod trunk;
 
@@ -18,13 +20,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let registry = crate::open_registry(&cli, &config).await?;
     let code = match cli.command {
         Command::Serve(a) => serve::run(&registry, a, &config).await?,
-        Command::Ext(c) => ext::run(&registry, c).await?,
+        Command::Ext(c) => ext::run(&registry, c, &config).await?,
         Command::Gateway(c) => trunk::gateway(&registry, c).await?,
         Command::Provider(c) => trunk::provider(&registry, c).await?,
         Command::Audit(a) => audit::run(&registry, a).await?,
         Command::Import(a) => import::run(&registry, a).await?,
         Command::Ban(c) => guard::ban(&registry, c).await?,
         Command::Allow(c) => guard::allow(&registry, c).await?,
+        Command::Mail(c) => mail::run(&registry, c, &config).await?,
     };
     registry.store().close().await;
     Ok(code)

@@ -34,9 +34,17 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
     let mut keys = ServerKeys {
         nonce: [0; 32],
         dummy: [0; 32],
+        notify: [0; 32],
     };
     rng.fill_bytes(&mut keys.nonce);
     rng.fill_bytes(&mut keys.dummy);
+    rng.fill_bytes(&mut keys.notify);
+    let mailer = config
+        .mail
+        .as_ref()
+        .map(pbx::mail::Mailer::new)
+        .transpose()
+        .map_err(|e| OperatorError(e.to_string()))?;
     let cfg = ServeConfig {
         sip: args.sip,
         registrar: config.registrar.clone(),
@@ -47,6 +55,7 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
         udp_workers: std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(1, 8),
+        mailer,
     };
     let bound = server::bind(reg.clone(), cfg, keys, crate::clock()).await?;
     let http = tokio::net::TcpListener::bind(args.http)
@@ -54,10 +63,27 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
         .map_err(|e| OperatorError(format!("cannot serve HTTP on {}: {e}", args.http)))?;
     let http_addr = http.local_addr()?;
     let ready = Arc::new(AtomicBool::new(false));
-    let app = console::router(console::ConsoleState {
+    let mut prov_nonce = [0u8; 32];
+    let mut prov_dummy = [0u8; 32];
+    rng.fill_bytes(&mut prov_nonce);
+    rng.fill_bytes(&mut prov_dummy);
+    let prov = console::provisioning::Provisioning {
+        registry: reg.clone(),
+        guard: bound.endpoint.guard.clone(),
         metrics: bound.endpoint.metrics.clone(),
-        ready: ready.clone(),
-    });
+        path: Arc::new(policy::Secret::new(reg.provisioning_path().await?)),
+        nonces: Arc::new(sip::nonce::NonceKey::new(prov_nonce)),
+        dummy_key: Arc::new(prov_dummy),
+        now: Arc::new(|| crate::clock().now()),
+    };
+    let app = console::router(
+        console::ConsoleState {
+            metrics: bound.endpoint.metrics.clone(),
+            ready: ready.clone(),
+        },
+        prov,
+    )
+    .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {
         axum::serve(http, app)

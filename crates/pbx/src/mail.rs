@@ -1,0 +1,274 @@
+//! The welcome-mail sender: SMTP through lettre (STARTTLS or implicit TLS, AUTH from the
+//! config), fed by the durable outbox in the store. A mail is claimed with a lease before
+//! it is sent, so a CLI command and the running server never send the same row at once;
+//! a sender that dies leaves a lease that runs out and the mail is sent again later.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use policy::Secret;
+use store::regen as rq;
+
+use crate::Registry;
+use crate::registry::regenerate::{MailMessage, MailOutcome};
+
+/// How a connection to the SMTP server is protected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Security {
+    /// Plain connection upgraded with STARTTLS; refused when the server does not offer it.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// No encryption (a relay on the same host only).
+    None,
+}
+
+/// `[mail]` in the config file.
+#[derive(Clone, Debug)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub from: String,
+    /// Extra CA certificate (PEM) to trust, for a relay with a private CA.
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    #[error("mail.from {0:?} is not a mail address")]
+    From(String),
+    #[error("cannot read mail.ca_file {path}: {source}")]
+    Ca {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mail TLS settings: {0}")]
+    Tls(String),
+}
+
+/// A connection recipe to the SMTP server. Build it inside a tokio runtime.
+#[derive(Clone)]
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailer")
+            .field("from", &self.from)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why one send did not work.
+#[derive(Debug)]
+pub struct SendFailure {
+    /// The server refused for good (5xx): retrying cannot help.
+    pub permanent: bool,
+    pub reason: String,
+}
+
+/// Attempts before a mail is given up.
+pub const MAX_ATTEMPTS: i64 = 10;
+/// How long a claimed mail is reserved for its sender.
+const LEASE_SECS: i64 = 120;
+
+/// Seconds to wait before attempt number `attempts + 1`: 30 s doubling, at most an hour.
+pub fn backoff_secs(attempts: i64) -> i64 {
+    let shift = u32::try_from(attempts.clamp(0, 7)).unwrap_or(7);
+    (30_i64 << shift).min(3600)
+}
+
+impl Mailer {
+    pub fn new(s: &SmtpSettings) -> Result<Self, MailError> {
+        let from: Mailbox = s
+            .from
+            .parse()
+            .map_err(|_| MailError::From(s.from.clone()))?;
+        let tls = match s.security {
+            Security::None => Tls::None,
+            Security::Starttls | Security::Tls => {
+                let mut b = TlsParameters::builder(s.host.clone());
+                if let Some(path) = &s.ca_file {
+                    let pem = std::fs::read(path).map_err(|source| MailError::Ca {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    let cert =
+                        Certificate::from_pem(&pem).map_err(|e| MailError::Tls(e.to_string()))?;
+                    b = b.add_root_certificate(cert);
+                }
+                let params = b
+                    .build_rustls()
+                    .map_err(|e| MailError::Tls(e.to_string()))?;
+                if s.security == Security::Tls {
+                    Tls::Wrapper(params)
+                } else {
+                    Tls::Required(params)
+                }
+            }
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host)
+            .port(s.port)
+            .tls(tls)
+            .timeout(Some(s.timeout));
+        if let (Some(user), Some(pw)) = (&s.username, &s.password) {
+            builder = builder.credentials(Credentials::new(user.clone(), pw.expose().to_owned()));
+        }
+        Ok(Self {
+            transport: builder.build(),
+            from,
+        })
+    }
+
+    /// Sends one message (text and HTML alternatives) to `to`.
+    pub async fn send(&self, to: &str, id: &str, m: &MailMessage) -> Result<(), SendFailure> {
+        let to: Mailbox = to.parse().map_err(|_| SendFailure {
+            permanent: true,
+            reason: "the recipient is not a mail address".into(),
+        })?;
+        let msg = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(&m.subject)
+            // Derived from the outbox row: a mail sent twice after a crash is recognisably one.
+            .message_id(Some(format!("<{id}@sipward.outbox>")))
+            .multipart(
+                MultiPart::alternative()
+                    .singlepart(
+                        SinglePart::builder()
+                            .header(ContentType::TEXT_PLAIN)
+                            .body(m.text.clone()),
+                    )
+                    .singlepart(
+                        SinglePart::builder()
+                            .header(ContentType::TEXT_HTML)
+                            .body(m.html.clone()),
+                    ),
+            )
+            .map_err(|e| SendFailure {
+                permanent: true,
+                reason: format!("cannot build the message: {e}"),
+            })?;
+        self.transport
+            .send(msg)
+            .await
+            .map(|_| ())
+            .map_err(|e| SendFailure {
+                permanent: e.is_permanent(),
+                reason: smtp_reason(&e),
+            })
+    }
+}
+
+/// A sentence about an SMTP error that never quotes the message (it holds a password).
+fn smtp_reason(e: &lettre::transport::smtp::Error) -> String {
+    if e.is_permanent() || e.is_transient() {
+        match e.status() {
+            Some(code) => format!("the SMTP server answered {code}"),
+            None => "the SMTP server refused".into(),
+        }
+    } else if e.is_timeout() {
+        "the SMTP server did not answer in time".into()
+    } else if e.is_tls() {
+        "TLS with the SMTP server failed (certificate or STARTTLS)".into()
+    } else {
+        let text = e.to_string();
+        format!("cannot talk to the SMTP server: {text}")
+    }
+}
+
+impl Registry {
+    /// Sends the outbox's due mails once each (only `ids` when given) and records every
+    /// outcome. Returns (id, outcome) for the mails this call tried.
+    pub async fn send_due_mail(
+        &self,
+        mailer: &Mailer,
+        ids: Option<&HashSet<String>>,
+    ) -> crate::Result<Vec<(String, MailOutcome)>> {
+        let mut out = Vec::new();
+        loop {
+            let now = self.now();
+            let mut conn = self.store().pool().acquire().await?;
+            let due: Vec<_> = rq::due_mail(&mut conn, now, 200)
+                .await?
+                .into_iter()
+                .filter(|m| ids.is_none_or(|s| s.contains(&m.id)))
+                .filter(|m| !out.iter().any(|(id, _)| id == &m.id))
+                .collect();
+            if due.is_empty() {
+                return Ok(out);
+            }
+            for row in due {
+                let now = self.now();
+                if !rq::claim_mail(&mut conn, &row.id, now, now + LEASE_SECS).await? {
+                    continue;
+                }
+                let result = match self.open_mail(&row) {
+                    Ok(m) => mailer.send(&row.recipient, &row.id, &m).await,
+                    Err(e) => Err(SendFailure {
+                        permanent: true,
+                        reason: format!("cannot open the queued message: {e}"),
+                    }),
+                };
+                let now = self.now();
+                let outcome = match result {
+                    Ok(()) => {
+                        rq::finish_mail(&mut conn, &row.id, "sent", 0, "", now).await?;
+                        MailOutcome::Sent { id: row.id.clone() }
+                    }
+                    Err(f) if f.permanent || row.attempts + 1 >= MAX_ATTEMPTS => {
+                        rq::finish_mail(&mut conn, &row.id, "failed", 0, &f.reason, now).await?;
+                        MailOutcome::Failed {
+                            id: row.id.clone(),
+                            reason: f.reason,
+                        }
+                    }
+                    Err(f) => {
+                        let next = now + backoff_secs(row.attempts);
+                        rq::finish_mail(&mut conn, &row.id, "queued", next, &f.reason, now).await?;
+                        MailOutcome::Deferred {
+                            id: row.id.clone(),
+                            reason: f.reason,
+                        }
+                    }
+                };
+                out.push((row.id, outcome));
+            }
+        }
+    }
+
+    /// The outbox, newest first (no message bodies).
+    pub async fn outbox(&self) -> crate::Result<Vec<rq::OutboxRow>> {
+        let mut conn = self.store().pool().acquire().await?;
+        Ok(rq::list_mail(&mut conn).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_an_hour() {
+        assert_eq!(backoff_secs(0), 30);
+        assert_eq!(backoff_secs(1), 60);
+        assert_eq!(backoff_secs(5), 960);
+        assert_eq!(backoff_secs(7), 3600);
+        assert_eq!(backoff_secs(50), 3600);
+        assert_eq!(backoff_secs(-3), 30);
+    }
+}

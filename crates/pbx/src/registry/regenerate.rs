@@ -1,0 +1,644 @@
+//! Re-Generate: new password and PIN for one or many extensions, their phones'
+//! provisioning files rewritten, the registered phones told to re-fetch, a welcome mail
+//! queued, and the old password kept alive for a while, but only where the phones are.
+//!
+//! Consistency: each extension's change (credentials, grace window, provisioning
+//! generation, re-fetch request, queued mail) is written in one transaction, batches of
+//! [`BATCH`] extensions at a time. Files are rendered from the database after the commit
+//! and marked written; a crash in between leaves rows with `written < generation`, which
+//! the next open of the data dir rewrites. So an extension is always fully old or fully
+//! new, and its mail is queued exactly once with the change.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+
+use policy::fields::ExtensionNumber;
+use policy::{Secret, generate};
+use serde::{Deserialize, Serialize};
+use sqlx::AnyConnection;
+use store::regen::{self as rq, GraceRow, OutboxRow, ProvisioningRow};
+use store::registry::{self as q, ExtensionRow};
+
+use super::Registry;
+use super::extension::aad;
+use crate::provisioning::{self, PhoneAccount, Templates, Vendor};
+use crate::{Error, Result};
+
+pub(crate) const META_PROVISIONING_PATH: &str = "provisioning_path";
+
+/// Extensions changed per transaction.
+pub const BATCH: usize = 50;
+
+/// Length of generated phone admin and provisioning passwords.
+const PHONE_SECRET_LEN: usize = 20;
+
+/// Which extensions to Re-Generate.
+#[derive(Clone, Debug)]
+pub enum Selection {
+    Numbers(Vec<String>),
+    /// Every extension with a finding of warning or worse.
+    Weak,
+    All,
+}
+
+/// What happened to an extension's provisioning files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum FilesOutcome {
+    Written {
+        vendor: Vendor,
+        files: Vec<String>,
+    },
+    /// No MAC address: nothing to provision.
+    NoPhone,
+    /// A MAC but a model of no supported vendor.
+    UnknownModel {
+        model: Option<String>,
+    },
+    /// Neither `provisioning.server` nor `sip.domain` is set: phones would not know
+    /// where to register.
+    NoServer,
+    Failed {
+        reason: String,
+    },
+}
+
+/// What happened to an extension's welcome mail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum MailOutcome {
+    /// In the outbox; `sipward serve` (or the command that queued it) sends it.
+    Queued {
+        id: String,
+    },
+    Sent {
+        id: String,
+    },
+    /// Will be retried (it stays in the outbox).
+    Deferred {
+        id: String,
+        reason: String,
+    },
+    Failed {
+        id: String,
+        reason: String,
+    },
+    /// The extension has no email address (reported, not a failure).
+    NoEmail,
+    /// `--no-email`.
+    Skipped,
+}
+
+/// One extension's Re-Generate result. The password and PIN are shown this once.
+#[derive(Debug)]
+pub struct Regenerated {
+    pub number: String,
+    pub auth_id: String,
+    pub password: Secret,
+    pub pin: Secret,
+    pub files: FilesOutcome,
+    pub mail: MailOutcome,
+    /// Addresses the old password keeps working from until the grace window ends.
+    pub grace_sources: Vec<IpAddr>,
+    pub grace_until: Option<i64>,
+    /// Whether its registered phones were queued a NOTIFY to re-fetch their files.
+    pub resync: bool,
+}
+
+/// The message queued in the outbox (sealed: it carries the password).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MailMessage {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+/// Everything a phone's files and welcome mail are rendered from.
+struct Phone {
+    vendor: Vendor,
+    mac: String,
+    admin_password: Secret,
+    http_password: Secret,
+}
+
+#[derive(Serialize)]
+struct WelcomeContext<'a> {
+    number: &'a str,
+    name: &'a str,
+    auth_id: &'a str,
+    password: &'a str,
+    pin: &'a str,
+    voicemail: &'a str,
+    server: &'a str,
+    mac: Option<&'a str>,
+    provisioning_url: Option<String>,
+    provisioning_password: Option<&'a str>,
+}
+
+impl Registry {
+    fn templates(&self) -> Result<Templates> {
+        Ok(Templates::load(Some(&self.data.templates_dir()))?)
+    }
+
+    /// The SIP server phones are told to register to.
+    fn phone_server(&self) -> Option<&str> {
+        let p = &self.settings.provisioning;
+        p.server.as_deref().or(self.settings.domain.as_deref())
+    }
+
+    /// The secret path segment phones fetch their files under: `/prov/<this>/<file>`.
+    pub async fn provisioning_path(&self) -> Result<String> {
+        let mut conn = self.store.pool().acquire().await?;
+        q::get_meta(&mut conn, META_PROVISIONING_PATH)
+            .await?
+            .ok_or_else(|| Error::not_found("the provisioning path"))
+    }
+
+    /// The URL a phone's configuration is fetched from, when `provisioning.base_url` is set.
+    fn provisioning_url(&self, path: &str, file: &str) -> Option<String> {
+        let base = self.settings.provisioning.base_url.as_deref()?;
+        Some(format!("{}/prov/{path}/{file}", base.trim_end_matches('/')))
+    }
+
+    /// Resolves a selection to extension numbers; an unknown number fails the whole
+    /// request before anything changes.
+    async fn select(&self, sel: &Selection) -> Result<Vec<String>> {
+        let mut conn = self.store.pool().acquire().await?;
+        let all: BTreeSet<String> = q::list_extensions(&mut conn)
+            .await?
+            .into_iter()
+            .map(|r| r.number)
+            .collect();
+        drop(conn);
+        Ok(match sel {
+            Selection::All => all.into_iter().collect(),
+            Selection::Numbers(list) => {
+                let mut out = Vec::new();
+                for n in list {
+                    let n = ExtensionNumber::parse(n.trim())?.into_string();
+                    if !all.contains(&n) {
+                        return Err(Error::not_found(format!("extension {n}")));
+                    }
+                    if !out.contains(&n) {
+                        out.push(n);
+                    }
+                }
+                out
+            }
+            Selection::Weak => {
+                let weak: BTreeSet<String> = self
+                    .audit()
+                    .await?
+                    .into_iter()
+                    .filter(|f| f.severity >= crate::audit::WEAK_AT)
+                    .filter_map(|f| f.subject.strip_prefix("ext:").map(str::to_owned))
+                    .collect();
+                weak.into_iter().filter(|n| all.contains(n)).collect()
+            }
+        })
+    }
+
+    fn new_phone_secret(&self) -> Secret {
+        self.with_rng(|rng| generate::password(rng, PHONE_SECRET_LEN, &[]))
+    }
+
+    /// The phone behind an extension row, if it has a MAC and a supported model.
+    fn phone_of(&self, row: &ExtensionRow, prov: &ProvisioningRow) -> Result<Option<Phone>> {
+        let (Some(mac), Some(vendor)) = (
+            row.mac.as_deref(),
+            row.model.as_deref().and_then(Vendor::from_model),
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(Phone {
+            vendor,
+            mac: mac.to_owned(),
+            admin_password: self
+                .open_secret(&aad(&row.number, "phone_admin"), &prov.admin_password_enc)?,
+            http_password: self
+                .open_secret(&aad(&row.number, "phone_http"), &prov.http_password_enc)?,
+        }))
+    }
+
+    /// Moves the extension's provisioning generation on (creating its phone secrets on
+    /// first use), inside the caller's transaction. None when there is no phone.
+    pub(crate) async fn bump_provisioning(
+        &self,
+        conn: &mut AnyConnection,
+        row: &ExtensionRow,
+    ) -> Result<Option<ProvisioningRow>> {
+        if row.mac.is_none() {
+            return Ok(None);
+        }
+        let prov = match rq::get_provisioning(conn, &row.number).await? {
+            Some(mut p) => {
+                p.generation = p.generation.max(p.written) + 1;
+                p
+            }
+            None => ProvisioningRow {
+                number: row.number.clone(),
+                admin_password_enc: self.seal(
+                    &aad(&row.number, "phone_admin"),
+                    self.new_phone_secret().expose(),
+                ),
+                http_password_enc: self.seal(
+                    &aad(&row.number, "phone_http"),
+                    self.new_phone_secret().expose(),
+                ),
+                generation: 1,
+                written: 0,
+            },
+        };
+        rq::put_provisioning(conn, &prov).await?;
+        Ok(Some(prov))
+    }
+
+    /// Renders and writes the files of the given extensions from their stored state,
+    /// then marks them written. Per-extension outcomes; a failure of one does not stop
+    /// the others (its row stays unwritten and is retried at the next open).
+    pub(crate) async fn write_files(
+        &self,
+        numbers: &[String],
+    ) -> Result<Vec<(String, FilesOutcome)>> {
+        let templates = self.templates()?;
+        let dir = self.data.provisioning_dir();
+        provisioning::ensure_dir(&dir).map_err(|source| Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut conn = self.store.pool().acquire().await?;
+        let mut out = Vec::with_capacity(numbers.len());
+        let mut done = Vec::new();
+        for number in numbers {
+            let Some(row) = q::get_extension(&mut conn, number).await? else {
+                continue;
+            };
+            let Some(prov) = rq::get_provisioning(&mut conn, number).await? else {
+                out.push((number.clone(), FilesOutcome::NoPhone));
+                continue;
+            };
+            let outcome = self.write_phone(&templates, &dir, &row, &prov);
+            if matches!(
+                outcome,
+                FilesOutcome::Written { .. }
+                    | FilesOutcome::NoPhone
+                    | FilesOutcome::UnknownModel { .. }
+                    | FilesOutcome::NoServer
+            ) {
+                done.push((number.clone(), prov.generation));
+            }
+            out.push((number.clone(), outcome));
+        }
+        provisioning::sync_dir(&dir).map_err(|source| Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut tx = self.store.begin().await?;
+        for (number, generation) in &done {
+            rq::mark_written(&mut tx, number, *generation).await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    fn write_phone(
+        &self,
+        templates: &Templates,
+        dir: &std::path::Path,
+        row: &ExtensionRow,
+        prov: &ProvisioningRow,
+    ) -> FilesOutcome {
+        let phone = match self.phone_of(row, prov) {
+            Ok(Some(p)) => p,
+            Ok(None) if row.mac.is_none() => return FilesOutcome::NoPhone,
+            Ok(None) => {
+                return FilesOutcome::UnknownModel {
+                    model: row.model.clone(),
+                };
+            }
+            Err(e) => {
+                return FilesOutcome::Failed {
+                    reason: e.to_string(),
+                };
+            }
+        };
+        let Some(server) = self.phone_server() else {
+            return FilesOutcome::NoServer;
+        };
+        let password = match self.open_secret(&aad(&row.number, "password"), &row.password_enc) {
+            Ok(p) => p,
+            Err(e) => {
+                return FilesOutcome::Failed {
+                    reason: e.to_string(),
+                };
+            }
+        };
+        let p = &self.settings.provisioning;
+        let account = PhoneAccount {
+            number: &row.number,
+            display_name: &row.name,
+            user: row.sip_id.as_deref().unwrap_or(&row.number),
+            auth_id: &row.auth_id,
+            password: password.expose(),
+            admin_password: phone.admin_password.expose(),
+            server,
+            port: p.port,
+            transport: p.transport,
+            voicemail: &p.voicemail_number,
+            mac: &phone.mac,
+        };
+        let files = match templates.phone_files(phone.vendor, &account) {
+            Ok(f) => f,
+            Err(e) => {
+                return FilesOutcome::Failed {
+                    reason: e.to_string(),
+                };
+            }
+        };
+        let mut names = Vec::new();
+        for (name, content) in files {
+            if let Err(e) = provisioning::write_atomic(dir, &name, content.as_bytes()) {
+                return FilesOutcome::Failed {
+                    reason: format!("cannot write {name}: {e}"),
+                };
+            }
+            names.push(name);
+        }
+        FilesOutcome::Written {
+            vendor: phone.vendor,
+            files: names,
+        }
+    }
+
+    /// Rewrites every phone whose files are behind the database; returns how many.
+    pub(crate) async fn write_unwritten_files(&self) -> Result<usize> {
+        let mut conn = self.store.pool().acquire().await?;
+        let rows = rq::unwritten_provisioning(&mut conn).await?;
+        drop(conn);
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let numbers: Vec<String> = rows.into_iter().map(|r| r.number).collect();
+        self.write_files(&numbers).await?;
+        Ok(numbers.len())
+    }
+
+    /// Removes the files a phone with this MAC and model had (after a MAC change or
+    /// the extension's removal). Best effort: a missing file is fine.
+    pub(crate) fn remove_phone_files(&self, mac: Option<&str>, model: Option<&str>) {
+        let (Some(mac), Some(vendor)) = (mac, model.and_then(Vendor::from_model)) else {
+            return;
+        };
+        let dir = self.data.provisioning_dir();
+        for (name, _) in vendor.files(mac) {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+    }
+
+    /// Re-Generates the selected extensions. `progress(done, total)` is called after
+    /// each committed batch.
+    pub async fn regenerate(
+        &self,
+        selection: &Selection,
+        email: bool,
+        progress: &mut (dyn FnMut(usize, usize) + Send),
+    ) -> Result<Vec<Regenerated>> {
+        let numbers = self.select(selection).await?;
+        let templates = self.templates()?;
+        let prov_path = self.provisioning_path().await?;
+        let total = numbers.len();
+        let mut results = Vec::with_capacity(total);
+        for batch in numbers.chunks(BATCH) {
+            let mut tx = self.store.begin().await?;
+            let mut changed = Vec::with_capacity(batch.len());
+            for number in batch {
+                let Some(row) = q::get_extension(&mut tx, number).await? else {
+                    continue; // removed meanwhile
+                };
+                changed.push(
+                    self.regenerate_one(&mut tx, &templates, &prov_path, row, email)
+                        .await?,
+                );
+            }
+            tx.commit().await?;
+            let written = self
+                .write_files(&changed.iter().map(|r| r.number.clone()).collect::<Vec<_>>())
+                .await?;
+            for mut r in changed {
+                if let Some((_, f)) = written.iter().find(|(n, _)| *n == r.number) {
+                    r.files = f.clone();
+                }
+                results.push(r);
+            }
+            progress(results.len(), total);
+        }
+        Ok(results)
+    }
+
+    async fn regenerate_one(
+        &self,
+        conn: &mut AnyConnection,
+        templates: &Templates,
+        prov_path: &str,
+        mut row: ExtensionRow,
+        email: bool,
+    ) -> Result<Regenerated> {
+        let now = self.now();
+        let (old_md5, old_sha) = (row.ha1_md5.clone(), row.ha1_sha256.clone());
+        let password = self.generated_password(&[&row.number, &row.auth_id], &row.name);
+        let pin_len = self.settings.policy.generated_pin_length;
+        let pin = self.with_rng(|rng| generate::pin(rng, pin_len, &row.number));
+        row.password_enc = self.seal(&aad(&row.number, "password"), password.expose());
+        row.pin_enc = self.seal(&aad(&row.number, "pin"), pin.expose());
+        row.password_score = i64::from(generate::GENERATED_PASSWORD_SCORE);
+        (row.ha1_md5, row.ha1_sha256) = self.ha1s(&row.auth_id, &password);
+        row.updated_at = now;
+        q::update_extension(conn, &row).await?;
+
+        // The grace window: the old password, from where the phones are registered.
+        let bindings = store::registrar::bindings_of(conn, &row.number, now).await?;
+        let sources: BTreeSet<IpAddr> = bindings
+            .iter()
+            .filter_map(|b| b.source.parse::<SocketAddr>().ok().map(|s| s.ip()))
+            .collect();
+        let grace_secs = self.settings.provisioning.grace_secs;
+        let (grace_sources, grace_until) = if grace_secs > 0 && !sources.is_empty() {
+            // A window still open keeps the password the phones actually have.
+            let open = rq::get_grace(conn, &row.number)
+                .await?
+                .filter(|g| g.expires_at > now && g.auth_id == row.auth_id);
+            let (md5, sha, mut all) = match open {
+                Some(g) => {
+                    let prev: BTreeSet<IpAddr> = g
+                        .sources
+                        .split(',')
+                        .filter_map(|s| s.parse().ok())
+                        .collect();
+                    (g.ha1_md5, g.ha1_sha256, prev)
+                }
+                None => (old_md5, old_sha, BTreeSet::new()),
+            };
+            all.extend(sources.iter().copied());
+            let until = now + grace_secs;
+            rq::put_grace(
+                conn,
+                &GraceRow {
+                    number: row.number.clone(),
+                    auth_id: row.auth_id.clone(),
+                    ha1_md5: md5,
+                    ha1_sha256: sha,
+                    sources: all
+                        .iter()
+                        .map(IpAddr::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    expires_at: until,
+                },
+            )
+            .await?;
+            (all.into_iter().collect(), Some(until))
+        } else {
+            // No phone registered (or no window configured): the old password is dead.
+            rq::end_graces(conn, std::slice::from_ref(&row.number), now).await?;
+            (Vec::new(), None)
+        };
+
+        let prov = self.bump_provisioning(conn, &row).await?;
+        let phone = match &prov {
+            Some(p) => self.phone_of(&row, p)?,
+            None => None,
+        };
+        let resync = phone.is_some() && !bindings.is_empty();
+        if resync {
+            rq::request_resync(conn, &row.number, now).await?;
+        }
+
+        let mail = match (&row.email, email) {
+            (_, false) => MailOutcome::Skipped,
+            (None, true) => MailOutcome::NoEmail,
+            (Some(to), true) => {
+                let file = phone.as_ref().map(|p| p.vendor.files(&p.mac).remove(0).0);
+                let ctx = WelcomeContext {
+                    number: &row.number,
+                    name: &row.name,
+                    auth_id: &row.auth_id,
+                    password: password.expose(),
+                    pin: pin.expose(),
+                    voicemail: &self.settings.provisioning.voicemail_number,
+                    server: self.phone_server().unwrap_or("(ask your administrator)"),
+                    mac: phone.as_ref().map(|p| p.mac.as_str()),
+                    provisioning_url: file.and_then(|f| self.provisioning_url(prov_path, &f)),
+                    provisioning_password: phone.as_ref().map(|p| p.http_password.expose()),
+                };
+                let message = MailMessage {
+                    subject: format!("Your phone extension {}: new credentials", row.number),
+                    text: templates.render("welcome.txt", &ctx)?,
+                    html: templates.render("welcome.html", &ctx)?,
+                };
+                let id = self.with_rng(|rng| generate::auth_id(rng)).into_string();
+                let json = serde_json::to_string(&message).map_err(|e| {
+                    Error::Template(provisioning::TemplateError::Render {
+                        name: "welcome".into(),
+                        detail: e.to_string(),
+                    })
+                })?;
+                rq::queue_mail(
+                    conn,
+                    &OutboxRow {
+                        message_enc: self.seal(&mail_aad(&id), &json),
+                        id: id.clone(),
+                        number: row.number.clone(),
+                        recipient: to.clone(),
+                        state: "queued".into(),
+                        attempts: 0,
+                        next_attempt_at: now,
+                        lease_until: 0,
+                        last_error: String::new(),
+                        created_at: now,
+                        sent_at: 0,
+                    },
+                )
+                .await?;
+                MailOutcome::Queued { id }
+            }
+        };
+        Ok(Regenerated {
+            number: row.number.clone(),
+            auth_id: row.auth_id.clone(),
+            password,
+            pin,
+            files: FilesOutcome::NoPhone,
+            mail,
+            grace_sources,
+            grace_until,
+            resync,
+        })
+    }
+
+    /// Opens a queued mail.
+    pub(crate) fn open_mail(&self, row: &OutboxRow) -> Result<MailMessage> {
+        let json = self.open_secret(&mail_aad(&row.id), &row.message_enc)?;
+        serde_json::from_str(json.expose()).map_err(|e| {
+            Error::Template(provisioning::TemplateError::Render {
+                name: "outbox message".into(),
+                detail: e.to_string(),
+            })
+        })
+    }
+
+    /// A phone's provisioning login (user = MAC, password), for `ext show --reveal`.
+    pub async fn phone_login(&self, number: &str) -> Result<Option<(String, Secret)>> {
+        let row = self.extension_row(number).await?;
+        let mut conn = self.store.pool().acquire().await?;
+        let Some(prov) = rq::get_provisioning(&mut conn, &row.number).await? else {
+            return Ok(None);
+        };
+        let Some(mac) = row.mac else { return Ok(None) };
+        let pw = self.open_secret(&aad(&row.number, "phone_http"), &prov.http_password_enc)?;
+        Ok(Some((mac, pw)))
+    }
+
+    /// The phone a requested provisioning file belongs to: its path on disk and the
+    /// Digest login (user = MAC, HA1 over the provisioning realm is the caller's). None
+    /// when no phone has such a file (the caller counts that as a probe).
+    pub async fn provisioning_file(&self, file: &str) -> Result<Option<PhoneFile>> {
+        let Some(mac) = provisioning::mac_of_file(file) else {
+            return Ok(None);
+        };
+        let mut conn = self.store.pool().acquire().await?;
+        let Some(number) = q::extension_with(&mut conn, q::UniqueField::Mac, &mac).await? else {
+            return Ok(None);
+        };
+        let number = number.trim_start_matches("ext:").to_owned();
+        let Some(row) = q::get_extension(&mut conn, &number).await? else {
+            return Ok(None);
+        };
+        let Some(vendor) = row.model.as_deref().and_then(Vendor::from_model) else {
+            return Ok(None);
+        };
+        if !vendor.files(&mac).iter().any(|(n, _)| n == file) {
+            return Ok(None);
+        }
+        let Some(prov) = rq::get_provisioning(&mut conn, &number).await? else {
+            return Ok(None);
+        };
+        let password = self.open_secret(&aad(&number, "phone_http"), &prov.http_password_enc)?;
+        Ok(Some(PhoneFile {
+            path: self.data.provisioning_dir().join(file),
+            user: mac,
+            password,
+        }))
+    }
+}
+
+/// A provisioning file and the login that protects it.
+#[derive(Debug)]
+pub struct PhoneFile {
+    pub path: std::path::PathBuf,
+    pub user: String,
+    pub password: Secret,
+}
+
+pub(crate) fn mail_aad(id: &str) -> String {
+    format!("outbox/{id}")
+}
