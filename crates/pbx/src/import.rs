@@ -307,10 +307,18 @@ impl Registry {
             .filter(|(_, p)| p.generated.password.is_some() || p.generated.pin.is_some())
             .count();
         let mut tx = self.store().begin().await?;
+        let mut phones = Vec::new();
         for (_, p) in &prepared {
             q::insert_extension(&mut tx, &p.row).await?;
+            if self.bump_provisioning(&mut tx, &p.row).await?.is_some() {
+                phones.push(p.row.number.clone());
+            }
         }
         tx.commit().await?;
+        // Phones' files follow the commit (rewritten at the next open if this is cut short).
+        if !phones.is_empty() {
+            self.write_files(&phones).await?;
+        }
         Ok(ImportReport {
             imported: prepared.len(),
             with_generated_credentials: generated,

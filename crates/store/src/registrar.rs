@@ -86,19 +86,19 @@ pub async fn live_bindings(conn: &mut AnyConnection, now: i64) -> Result<Vec<Bin
     .bind(now)
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(BindingRow {
-                number: r.try_get("number")?,
-                contact: r.try_get("contact")?,
-                call_id: r.try_get("call_id")?,
-                cseq: r.try_get("cseq")?,
-                expires_at: r.try_get("expires_at")?,
-                source: r.try_get("source")?,
-                transport: r.try_get("transport")?,
-            })
-        })
-        .collect()
+    rows.iter().map(binding_from_row).collect()
+}
+
+fn binding_from_row(r: &sqlx::any::AnyRow) -> Result<BindingRow> {
+    Ok(BindingRow {
+        number: r.try_get("number")?,
+        contact: r.try_get("contact")?,
+        call_id: r.try_get("call_id")?,
+        cseq: r.try_get("cseq")?,
+        expires_at: r.try_get("expires_at")?,
+        source: r.try_get("source")?,
+        transport: r.try_get("transport")?,
+    })
 }
 
 /// The live bindings of one extension.
@@ -107,11 +107,15 @@ pub async fn bindings_of(
     number: &str,
     now: i64,
 ) -> Result<Vec<BindingRow>> {
-    Ok(live_bindings(conn, now)
-        .await?
-        .into_iter()
-        .filter(|b| b.number == number)
-        .collect())
+    let rows = sqlx::query(
+        "SELECT number, contact, call_id, cseq, expires_at, source, transport FROM bindings \
+         WHERE number = $1 AND expires_at > $2",
+    )
+    .bind(number)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(binding_from_row).collect()
 }
 
 /// Replaces the stored bindings of one extension with `rows`.

@@ -8,5 +8,6 @@ mod guard;
 mod harness;
 mod import;
 mod peers;
+mod regenerate;
 mod registrar;
 mod trunks;

@@ -1,0 +1,768 @@
+//! Re-Generate end to end: welcome mails through a real SMTP server (aiosmtpd with
+//! STARTTLS and AUTH), phones registering with the mailed password (SIPp), the grace
+//! window, the check-sync NOTIFY (SIPp as the phone), provisioning over HTTP (curl with
+//! Digest), and a kill -9 in the middle of a bulk Re-Generate.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::Env;
+use crate::peers::{Server, eventually, eventually_or, free_port, require, sipp_from};
+
+const SMTP_USER: &str = "pbx";
+const SMTP_PASSWORD: &str = "Smtp-Test-Secret-42";
+const MAC: &str = "001565aabbcc";
+
+/// A Python interpreter with aiosmtpd (Debian's python3-aiosmtpd lives in /usr/bin).
+fn python_with_aiosmtpd() -> PathBuf {
+    for py in ["/usr/bin/python3", "python3"] {
+        let ok = Command::new(py)
+            .args(["-c", "import aiosmtpd"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return PathBuf::from(py);
+        }
+    }
+    panic!(
+        "the test peer aiosmtpd is not installed (Debian package python3-aiosmtpd); run scripts/test, which installs it"
+    );
+}
+
+/// A real SMTP server requiring STARTTLS and AUTH; messages land in `maildir`.
+struct Smtp {
+    child: Child,
+    port: u16,
+    /// The CA that signed the server's certificate (sipward's `mail.ca_file`).
+    cert: PathBuf,
+    maildir: PathBuf,
+}
+
+impl Smtp {
+    fn start(env: &Env) -> Smtp {
+        let python = python_with_aiosmtpd();
+        let openssl = require("openssl", "openssl");
+        let dir = env.path(&format!("smtp-{}", free_port()));
+        std::fs::create_dir_all(&dir).expect("smtp dir");
+        // A test CA and a server certificate it signed (rustls refuses a CA certificate
+        // used as the server's own).
+        let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+        let (cert, key, csr) = (
+            dir.join("cert.pem"),
+            dir.join("key.pem"),
+            dir.join("cert.csr"),
+        );
+        let ext = dir.join("ext.cnf");
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("ext");
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let steps: [Vec<&std::ffi::OsStr>; 3] = [
+            ["req", "-x509"]
+                .iter()
+                .chain(&ec)
+                .chain(&["-days", "2", "-subj", "/CN=sipward test CA", "-keyout"])
+                .map(std::ffi::OsStr::new)
+                .chain([ca_key.as_os_str(), "-out".as_ref(), ca.as_os_str()])
+                .collect(),
+            ["req"]
+                .iter()
+                .chain(&ec)
+                .chain(&["-subj", "/CN=127.0.0.1", "-keyout"])
+                .map(std::ffi::OsStr::new)
+                .chain([key.as_os_str(), "-out".as_ref(), csr.as_os_str()])
+                .collect(),
+            ["x509", "-req", "-days", "2", "-in"]
+                .iter()
+                .map(std::ffi::OsStr::new)
+                .chain([
+                    csr.as_os_str(),
+                    "-CA".as_ref(),
+                    ca.as_os_str(),
+                    "-CAkey".as_ref(),
+                    ca_key.as_os_str(),
+                    "-CAcreateserial".as_ref(),
+                    "-extfile".as_ref(),
+                    ext.as_os_str(),
+                    "-out".as_ref(),
+                    cert.as_os_str(),
+                ])
+                .collect(),
+        ];
+        for args in steps {
+            let made = Command::new(&openssl)
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl");
+            assert!(made.success(), "openssl {args:?} failed");
+        }
+        let maildir = dir.join("mail");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/smtp/server.py");
+        let mut child = Command::new(python)
+            .arg(script)
+            .args(["127.0.0.1", "0"])
+            .arg(&cert)
+            .arg(&key)
+            .args([SMTP_USER, SMTP_PASSWORD])
+            .arg(&maildir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start aiosmtpd");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("ready line");
+        let port = line
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("aiosmtpd did not start: {line:?}"));
+        Smtp {
+            child,
+            port,
+            cert: ca,
+            maildir,
+        }
+    }
+
+    /// The `[mail]` section pointing at this server (with a wrong password if asked).
+    fn config(&self, password: &str) -> String {
+        format!(
+            "[mail]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\nsecurity = \"starttls\"\n\
+             username = \"{SMTP_USER}\"\npassword = \"{password}\"\nfrom = \"pbx@example.com\"\n\
+             ca_file = \"{}\"\ntimeout_secs = 10\n",
+            self.port,
+            self.cert.display()
+        )
+    }
+
+    /// Every message received so far.
+    fn messages(&self) -> Vec<String> {
+        let mut out: Vec<(PathBuf, String)> = std::fs::read_dir(&self.maildir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                    .map(|p| {
+                        let text = std::fs::read_to_string(&p).expect("read mail");
+                        (p, text)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out.into_iter().map(|(_, t)| t).collect()
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A value from a welcome mail's text part: `label: value` (soft line breaks of
+/// quoted-printable undone first).
+fn mail_field(mail: &str, label: &str) -> Option<String> {
+    let text = mail.replace("=\r\n", "").replace("=\n", "");
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .map(|v| v.trim().to_owned())
+}
+
+fn base_config() -> String {
+    "[sip]\ndomain = \"pbx.example.com\"\ndigest_algorithms = [\"MD5\"]\n\
+     [provisioning]\nbase_url = \"http://pbx.example.com:8080\"\n"
+        .to_owned()
+}
+
+fn register(
+    env: &Env,
+    from: &str,
+    server: &Server,
+    number: &str,
+    auth_id: &str,
+    password: &str,
+) -> bool {
+    let csv =
+        format!("SEQUENTIAL\n{number};[authentication username={auth_id} password={password}]\n");
+    let run = sipp_from(from, env, "register_auth.xml", &csv, server.sip, "u1", 1, 1);
+    run.successful == 1
+}
+
+/// The password a phone's Yealink file carries.
+fn file_password(env: &Env, mac: &str) -> String {
+    let text = std::fs::read_to_string(env.data.join("provisioning").join(format!("{mac}.cfg")))
+        .expect("provisioning file");
+    text.lines()
+        .find_map(|l| l.strip_prefix("account.1.password = "))
+        .expect("password line")
+        .to_owned()
+}
+
+#[test]
+fn welcome_mail_arrives_over_starttls_and_its_password_registers() {
+    let env = Env::new();
+    let smtp = Smtp::start(&env);
+    env.ok(&["ext", "list"]);
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        base_config() + &smtp.config(SMTP_PASSWORD),
+    )
+    .expect("config");
+    env.ok(&[
+        "ext",
+        "add",
+        "3001",
+        "--name",
+        "Alice",
+        "--email",
+        "alice@example.com",
+        "--password",
+        "3001",
+        "--pin",
+        "3001",
+        "--mac",
+        MAC,
+        "--model",
+        "Yealink T46U",
+    ]);
+    env.ok(&["ext", "add", "3002", "--password", "3002", "--pin", "3002"]);
+    env.ok(&["ext", "add", "3003", "--email", "carol@example.com"]);
+
+    let out = env.json(&["ext", "regenerate", "--weak", "--json"]);
+    let items = out["regenerated"].as_array().expect("list");
+    let by: HashMap<&str, &Value> = items
+        .iter()
+        .map(|i| (i["number"].as_str().expect("n"), i))
+        .collect();
+    assert_eq!(by.len(), 2, "only the weak ones: {out}");
+    let alice = by["3001"];
+    assert_eq!(alice["mail"]["status"], "sent", "{alice}");
+    assert_eq!(alice["files"]["status"], "written");
+    assert_eq!(alice["files"]["files"][0], format!("{MAC}.cfg"));
+    assert_eq!(by["3002"]["mail"]["status"], "no_email");
+    let password = alice["password"].as_str().expect("password");
+    let pin = alice["pin"].as_str().expect("pin");
+    assert_ne!(password, "3001");
+
+    let mails = smtp.messages();
+    assert_eq!(
+        mails.len(),
+        1,
+        "one mail, for the one weak extension with an address"
+    );
+    let mail = &mails[0];
+    assert!(mail.starts_with("X-Test-Envelope-To: alice@example.com"));
+    assert!(mail.contains("Message-ID: <"), "{mail}");
+    assert!(mail.contains("Content-Type: text/html"), "an HTML part too");
+    assert_eq!(mail_field(mail, "SIP password:").as_deref(), Some(password));
+    assert_eq!(mail_field(mail, "Voicemail PIN:").as_deref(), Some(pin));
+    let auth_id = mail_field(mail, "Auth ID:").expect("auth id in the mail");
+    let url = mail_field(mail, "http://pbx.example.com:8080/prov/").expect("provisioning url");
+    assert!(url.ends_with(&format!("/{MAC}.cfg")), "{url}");
+    // The file the phone fetches carries the same password as the mail.
+    assert_eq!(file_password(&env, MAC), password);
+
+    // The password read from the mail registers; the old one does not (nothing was
+    // registered, so there is no grace window).
+    let server = env.serve();
+    assert!(register(
+        &env,
+        "127.0.0.1",
+        &server,
+        "3001",
+        &auth_id,
+        password
+    ));
+    assert!(!register(
+        &env,
+        "127.0.0.1",
+        &server,
+        "3001",
+        &auth_id,
+        "3001"
+    ));
+    let shown = env.json(&["mail", "list", "--json"]);
+    assert_eq!(shown[0]["state"], "sent");
+    server.stop();
+}
+
+#[test]
+fn a_wrong_smtp_login_is_reported_failed_and_mails_wait_without_smtp() {
+    let env = Env::new();
+    let smtp = Smtp::start(&env);
+    env.ok(&["ext", "list"]);
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        base_config() + &smtp.config("wrong"),
+    )
+    .expect("config");
+    env.ok(&["ext", "add", "3101", "--email", "bob@example.com"]);
+    let r = env.run(&["ext", "regenerate", "3101", "--json"]);
+    assert_eq!(
+        r.code, 1,
+        "a failed mail fails the command: {}{}",
+        r.stdout, r.stderr
+    );
+    let out: Value = serde_json::from_str(&r.stdout).expect("json");
+    let mail = &out["regenerated"][0]["mail"];
+    assert_eq!(mail["status"], "failed", "{mail}");
+    assert!(
+        mail["reason"].as_str().expect("reason").contains("535"),
+        "{mail}"
+    );
+    assert!(
+        !r.stdout.contains("wrong") && !r.stderr.contains("wrong"),
+        "the SMTP password is never printed"
+    );
+    assert!(smtp.messages().is_empty());
+
+    // Without [mail] the mail is queued, and `mail send` refuses clearly.
+    std::fs::write(env.data.join("sipward.toml"), base_config()).expect("config");
+    let out = env.json(&["ext", "regenerate", "3101", "--json"]);
+    assert_eq!(out["regenerated"][0]["mail"]["status"], "queued");
+    env.fails(&["mail", "send"], 2);
+    // `--no-email` queues nothing.
+    let out = env.json(&["ext", "regenerate", "3101", "--no-email", "--json"]);
+    assert_eq!(out["regenerated"][0]["mail"]["status"], "skipped");
+    let states: Vec<String> = env
+        .json(&["mail", "list", "--json"])
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|m| m["state"].as_str().expect("state").to_owned())
+        .collect();
+    assert_eq!(
+        states.iter().filter(|s| *s == "queued").count(),
+        1,
+        "{states:?}"
+    );
+}
+
+#[test]
+fn grace_window_keeps_registered_phones_and_nobody_else() {
+    let env = Env::with_config(&base_config());
+    let old = "Vq3Lx9TzKp2Wm7Rb";
+    env.ok(&[
+        "ext",
+        "add",
+        "3201",
+        "--auth-id",
+        "desk3201",
+        "--password",
+        old,
+    ]);
+    let server = env.serve();
+    // The phone at 127.0.0.2 registers with the old password.
+    assert!(register(
+        &env,
+        "127.0.0.2",
+        &server,
+        "3201",
+        "desk3201",
+        old
+    ));
+    eventually(
+        "registration written behind",
+        Duration::from_secs(5),
+        || {
+            env.json(&["ext", "show", "3201", "--json"])["registrations"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+        },
+    );
+    let out = env.json(&["ext", "regenerate", "3201", "--no-email", "--json"]);
+    let item = &out["regenerated"][0];
+    assert_eq!(item["grace"]["sources"], serde_json::json!(["127.0.0.2"]));
+    let new = item["password"].as_str().expect("password").to_owned();
+    // Once the server has reloaded, the old password is refused from an address that
+    // was never registered (polled: the reload runs every 250 ms).
+    eventually(
+        "the server loads the change",
+        Duration::from_secs(5),
+        || !register(&env, "127.0.0.4", &server, "3201", "desk3201", old),
+    );
+    // From the registered phone's address the old password still works...
+    assert!(
+        register(&env, "127.0.0.2", &server, "3201", "desk3201", old),
+        "grace from a registered address"
+    );
+    assert!(server.metric("sipward_grace_logins_total") >= 1);
+    // ...and from anywhere else it is dead.
+    assert!(
+        !register(&env, "127.0.0.3", &server, "3201", "desk3201", old),
+        "no grace elsewhere"
+    );
+    // The first login with the new password ends the window everywhere.
+    assert!(register(
+        &env,
+        "127.0.0.3",
+        &server,
+        "3201",
+        "desk3201",
+        &new
+    ));
+    assert!(
+        !register(&env, "127.0.0.2", &server, "3201", "desk3201", old),
+        "window ended"
+    );
+    // The end is stored: after a restart the old password stays dead.
+    server.stop();
+    let server = env.serve();
+    assert!(register(
+        &env,
+        "127.0.0.3",
+        &server,
+        "3201",
+        "desk3201",
+        &new
+    ));
+    assert!(
+        !register(&env, "127.0.0.2", &server, "3201", "desk3201", old),
+        "window stays ended"
+    );
+    server.stop();
+}
+
+#[test]
+fn registered_phones_get_a_check_sync_notify() {
+    // baresip is the phone: it registers over UDP and answers the out-of-dialog NOTIFY
+    // (any final response proves it received it).
+    let baresip = require("baresip", "baresip-core");
+    let env = Env::with_config(&base_config());
+    let pw = "Nq4Zt8LmXw2Kp7Rb";
+    env.ok(&[
+        "ext",
+        "add",
+        "3301",
+        "--auth-id",
+        "desk3301",
+        "--password",
+        pw,
+        "--mac",
+        MAC,
+        "--model",
+        "snom D785",
+    ]);
+    env.ok(&[
+        "ext",
+        "add",
+        "3302",
+        "--auth-id",
+        "desk3302",
+        "--password",
+        pw,
+        "--mac",
+        "001565aabbcd",
+        "--model",
+        "snom D785",
+    ]);
+    let server = env.serve();
+    let dir = env.path("baresip");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("config"),
+        format!(
+            "sip_listen 127.0.0.1:{}\nnet_interface 127.0.0.1\nmodule_path /usr/lib/baresip/modules\nmodule account.so\nmodule g711.so\n",
+            free_port()
+        ),
+    )
+    .expect("config");
+    std::fs::write(
+        dir.join("accounts"),
+        format!(
+            "<sip:3301@{0};transport=udp>;auth_user=desk3301;auth_pass={pw};regint=3600\n\
+             <sip:3302@{0};transport=udp>;auth_user=desk3302;auth_pass={pw};regint=3600\n",
+            server.sip
+        ),
+    )
+    .expect("accounts");
+    let log = dir.join("baresip.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let mut phone = Command::new(baresip)
+        .arg("-f")
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("dup"))
+        .stderr(out)
+        .spawn()
+        .expect("spawn baresip");
+    let registered = |n: &str| {
+        env.json(&["ext", "show", n, "--json"])["registrations"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    };
+    eventually_or(
+        "baresip registers both lines",
+        Duration::from_secs(15),
+        || registered("3301") && registered("3302"),
+        || std::fs::read_to_string(&log).unwrap_or_default(),
+    );
+    let out = env.json(&["ext", "regenerate", "3301", "--no-email", "--json"]);
+    assert_eq!(out["regenerated"][0]["resync"], true, "{out}");
+    eventually_or(
+        "the phone answers the NOTIFY",
+        Duration::from_secs(10),
+        || server.metric("sipward_notify_answered_total") == 1,
+        || server.log(),
+    );
+    // Only the Re-Generated extension's phone was told.
+    assert_eq!(server.metric("sipward_notify_sent_total"), 1);
+    assert_eq!(server.metric("sipward_notify_unanswered_total"), 0);
+    let _ = phone.kill();
+    let _ = phone.wait();
+    server.stop();
+}
+
+/// curl as the phone: `--digest` login, status code and body.
+fn curl(args: &[&str], url: &str) -> (u16, String) {
+    let curl = require("curl", "curl");
+    let out = Command::new(curl)
+        .args(["-s", "-g", "--max-time", "5", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+#[test]
+fn provisioning_files_need_the_phones_login_and_mac_probing_is_banned() {
+    let env = Env::with_config(&base_config());
+    env.ok(&[
+        "ext",
+        "add",
+        "3401",
+        "--mac",
+        MAC,
+        "--model",
+        "Grandstream GXP2170",
+    ]);
+    let shown = env.json(&["ext", "show", "3401", "--reveal", "--json"]);
+    let login = &shown["provisioning"];
+    let (user, pw, path) = (
+        login["user"].as_str().expect("user"),
+        login["password"].as_str().expect("password"),
+        login["path"].as_str().expect("path"),
+    );
+    assert_eq!(user, MAC);
+    let server = env.serve();
+    let url = |p: &str, f: &str| format!("http://{}/prov/{p}/{f}", server.http);
+    let file = format!("cfg{MAC}.xml");
+    let good = format!("{user}:{pw}");
+    let bad = format!("{user}:{pw}x");
+
+    let (code, body) = curl(&["--digest", "-u", &good], &url(path, &file));
+    assert_eq!(code, 200);
+    assert!(body.contains(&format!(
+        "<P34>{}</P34>",
+        shown["password"].as_str().expect("sip password")
+    )));
+    assert_eq!(curl(&[], &url(path, &file)).0, 401, "no login");
+    assert_eq!(
+        curl(&["--digest", "-u", &bad], &url(path, &file)).0,
+        401,
+        "wrong login"
+    );
+    assert_eq!(
+        curl(&["--basic", "-u", &good], &url(path, &file)).0,
+        401,
+        "Basic is never accepted"
+    );
+    assert_eq!(
+        curl(&["--digest", "-u", &good], &url("wrongpath", &file)).0,
+        401,
+        "wrong path"
+    );
+    let other_mac = "cfg0015650000aa.xml";
+    assert_eq!(
+        curl(&["--digest", "-u", &good], &url(path, other_mac)).0,
+        401,
+        "unknown MAC"
+    );
+    assert_eq!(
+        curl(&["--digest", "-u", &good], &url(path, "../sipward.db")).0,
+        404,
+        "not a route"
+    );
+
+    // A prober on another address: ten unknown MACs and it is banned, with a reason.
+    let mut codes = Vec::new();
+    for i in 0..12 {
+        let f = format!("cfg00156500{i:04x}.xml");
+        codes.push(curl(&["--interface", "127.0.0.5"], &url(path, &f)).0);
+    }
+    assert_eq!(&codes[..9], &[401; 9], "{codes:?}");
+    assert!(codes[9..].iter().all(|c| *c == 403), "{codes:?}");
+    let bans = env.json(&["ban", "list", "--json"]);
+    let ban = bans
+        .as_array()
+        .expect("bans")
+        .iter()
+        .find(|b| b["source"] == "127.0.0.5")
+        .unwrap_or_else(|| panic!("no ban for the prober: {bans}"));
+    assert_eq!(ban["reason"], "provisioning.probe");
+    // The phone's own address still gets its file (the earlier wrong logins stayed under
+    // the threshold).
+    assert_eq!(curl(&["--digest", "-u", &good], &url(path, &file)).0, 200);
+    assert!(server.metric("sipward_provisioning_served_total") >= 2);
+    server.stop();
+}
+
+#[test]
+fn kill_9_during_bulk_regenerate_leaves_every_extension_old_or_new() {
+    const N: usize = 500;
+    let env = Env::new();
+    let smtp = Smtp::start(&env);
+    env.ok(&["ext", "list"]);
+    let orig = |i: usize| format!("Orig-{i}-Zq8xLmTr4wPy");
+    let mac = |i: usize| format!("0200000{i:05x}");
+    let mut csv = String::from("number,auth_id,password,email,mac,model\n");
+    for i in 0..N {
+        csv.push_str(&format!(
+            "{},desk{i}k,{},u{i}@example.com,{},Yealink T46U\n",
+            5000 + i,
+            orig(i),
+            mac(i)
+        ));
+    }
+    std::fs::write(env.path("phones.csv"), csv).expect("csv");
+    std::fs::write(env.data.join("sipward.toml"), base_config()).expect("config");
+    env.ok(&["import", env.path("phones.csv").to_str().expect("utf8")]);
+    for i in 0..N {
+        assert_eq!(
+            file_password(&env, &mac(i)),
+            orig(i),
+            "imported phones get files"
+        );
+    }
+
+    // Kill -9 as soon as the first batch is reported done.
+    let mut child = env.spawn(&["ext", "regenerate", "--all", "--json"]);
+    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    err.read_line(&mut line).expect("progress");
+    // 500 phones and the default fax extension 888.
+    assert!(line.starts_with("regenerated 50/501"), "{line:?}");
+    child.kill().expect("kill -9");
+    let status = child.wait().expect("wait");
+    assert!(!status.success(), "killed before it finished");
+
+    // The next command's open rewrites any file behind its row.
+    let outbox = env.json(&["mail", "list", "--json"]);
+    let mut queued: BTreeMap<String, usize> = BTreeMap::new();
+    for m in outbox.as_array().expect("outbox") {
+        assert_eq!(m["state"], "queued");
+        *queued
+            .entry(m["number"].as_str().expect("n").to_owned())
+            .or_default() += 1;
+    }
+    let mut changed = HashMap::new();
+    for i in 0..N {
+        let pw = file_password(&env, &mac(i));
+        let number = (5000 + i).to_string();
+        if pw != orig(i) {
+            assert_eq!(
+                queued.get(&number),
+                Some(&1),
+                "{number}: new file, one mail"
+            );
+            changed.insert(format!("u{i}@example.com"), pw);
+        } else {
+            assert_eq!(queued.get(&number), None, "{number}: old file, no mail");
+        }
+    }
+    assert!(
+        (50..N).contains(&changed.len()),
+        "killed mid-way: {} changed",
+        changed.len()
+    );
+
+    // Every phone registers with what its file says: stored credentials and files agree.
+    let server = {
+        std::fs::write(
+            env.data.join("sipward.toml"),
+            base_config() + &smtp.config(SMTP_PASSWORD),
+        )
+        .expect("config");
+        env.serve()
+    };
+    let mut users = String::from("SEQUENTIAL\n");
+    for i in 0..N {
+        users.push_str(&format!(
+            "{};[authentication username=desk{i}k password={}]\n",
+            5000 + i,
+            file_password(&env, &mac(i))
+        ));
+    }
+    // From an allow-listed address: 500 registrations at 100/s are a flood otherwise.
+    env.ok(&["allow", "add", "127.0.0.6/32"]);
+    std::thread::sleep(Duration::from_millis(600));
+    let run = sipp_from(
+        "127.0.0.6",
+        &env,
+        "register_auth.xml",
+        &users,
+        server.sip,
+        "u1",
+        N as u32,
+        100,
+    );
+    assert_eq!((run.successful, run.failed), (N as u64, 0), "{run:?}");
+
+    // The server's outbox sends each queued mail once, with the file's password.
+    eventually_or(
+        "every queued mail delivered",
+        Duration::from_secs(120),
+        || smtp.messages().len() >= changed.len(),
+        || {
+            format!(
+                "{} of {} delivered\n{}",
+                smtp.messages().len(),
+                changed.len(),
+                server.log()
+            )
+        },
+    );
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), changed.len(), "no mail twice");
+    let mut seen = HashSet::new();
+    for m in &mails {
+        let to = m
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("X-Test-Envelope-To: "))
+            .expect("to");
+        assert!(seen.insert(to.to_owned()), "{to} mailed twice");
+        assert_eq!(
+            mail_field(m, "SIP password:").as_ref(),
+            changed.get(to),
+            "{to}"
+        );
+    }
+    let again = env.json(&["mail", "send", "--json"]);
+    assert_eq!(again, serde_json::json!([]), "nothing left to send");
+    server.stop();
+}
