@@ -83,6 +83,8 @@ pub struct SendFailure {
 
 /// Attempts before a mail is given up.
 pub const MAX_ATTEMPTS: i64 = 10;
+/// Mails sent at once (lettre's pool keeps up to 10 connections).
+const SEND_CONCURRENCY: usize = 8;
 /// How long a claimed mail is reserved for its sender.
 const LEASE_SECS: i64 = 120;
 
@@ -212,41 +214,59 @@ impl Registry {
             if due.is_empty() {
                 return Ok(out);
             }
-            for row in due {
-                let now = self.now();
-                if !rq::claim_mail(&mut conn, &row.id, now, now + LEASE_SECS).await? {
-                    continue;
+            // Several mails at once: lettre writes a message and its final dot in two
+            // writes without TCP_NODELAY, so each mail waits ~40 ms for the server's
+            // delayed ACK; parallel connections (its pool) hide that wait.
+            for chunk in due.chunks(SEND_CONCURRENCY) {
+                let mut claimed = Vec::with_capacity(chunk.len());
+                for row in chunk {
+                    let now = self.now();
+                    if rq::claim_mail(&mut conn, &row.id, now, now + LEASE_SECS).await? {
+                        claimed.push(row.clone());
+                    }
                 }
-                let result = match self.open_mail(&row) {
-                    Ok(m) => mailer.send(&row.recipient, &row.id, &m).await,
-                    Err(e) => Err(SendFailure {
-                        permanent: true,
-                        reason: format!("cannot open the queued message: {e}"),
-                    }),
-                };
-                let now = self.now();
-                let outcome = match result {
-                    Ok(()) => {
-                        rq::finish_mail(&mut conn, &row.id, "sent", 0, "", now).await?;
-                        MailOutcome::Sent { id: row.id.clone() }
-                    }
-                    Err(f) if f.permanent || row.attempts + 1 >= MAX_ATTEMPTS => {
-                        rq::finish_mail(&mut conn, &row.id, "failed", 0, &f.reason, now).await?;
-                        MailOutcome::Failed {
-                            id: row.id.clone(),
-                            reason: f.reason,
+                let mut sends = tokio::task::JoinSet::new();
+                for row in claimed {
+                    let (reg, mailer) = (self.clone(), mailer.clone());
+                    sends.spawn(async move {
+                        let result = match reg.open_mail(&row) {
+                            Ok(m) => mailer.send(&row.recipient, &row.id, &m).await,
+                            Err(e) => Err(SendFailure {
+                                permanent: true,
+                                reason: format!("cannot open the queued message: {e}"),
+                            }),
+                        };
+                        (row, result)
+                    });
+                }
+                while let Some(joined) = sends.join_next().await {
+                    let Ok((row, result)) = joined else { continue };
+                    let now = self.now();
+                    let outcome = match result {
+                        Ok(()) => {
+                            rq::finish_mail(&mut conn, &row.id, "sent", 0, "", now).await?;
+                            MailOutcome::Sent { id: row.id.clone() }
                         }
-                    }
-                    Err(f) => {
-                        let next = now + backoff_secs(row.attempts);
-                        rq::finish_mail(&mut conn, &row.id, "queued", next, &f.reason, now).await?;
-                        MailOutcome::Deferred {
-                            id: row.id.clone(),
-                            reason: f.reason,
+                        Err(f) if f.permanent || row.attempts + 1 >= MAX_ATTEMPTS => {
+                            rq::finish_mail(&mut conn, &row.id, "failed", 0, &f.reason, now)
+                                .await?;
+                            MailOutcome::Failed {
+                                id: row.id.clone(),
+                                reason: f.reason,
+                            }
                         }
-                    }
-                };
-                out.push((row.id, outcome));
+                        Err(f) => {
+                            let next = now + backoff_secs(row.attempts);
+                            rq::finish_mail(&mut conn, &row.id, "queued", next, &f.reason, now)
+                                .await?;
+                            MailOutcome::Deferred {
+                                id: row.id.clone(),
+                                reason: f.reason,
+                            }
+                        }
+                    };
+                    out.push((row.id, outcome));
+                }
             }
         }
     }

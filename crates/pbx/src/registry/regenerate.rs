@@ -260,42 +260,79 @@ impl Registry {
         &self,
         numbers: &[String],
     ) -> Result<Vec<(String, FilesOutcome)>> {
+        let mut conn = self.store.pool().acquire().await?;
+        let mut phones = Vec::with_capacity(numbers.len());
+        let mut out = Vec::new();
+        for number in numbers {
+            let Some(row) = q::get_extension(&mut conn, number).await? else {
+                continue;
+            };
+            match rq::get_provisioning(&mut conn, number).await? {
+                Some(prov) => phones.push((row, prov)),
+                None => out.push((number.clone(), FilesOutcome::NoPhone)),
+            }
+        }
+        drop(conn);
+        out.extend(self.write_rows(&phones).await?);
+        Ok(out)
+    }
+
+    /// Writes the files of phones whose rows the caller holds, on two threads (each
+    /// file is synced before its rename: the waits overlap), then marks them written.
+    async fn write_rows(
+        &self,
+        phones: &[(ExtensionRow, ProvisioningRow)],
+    ) -> Result<Vec<(String, FilesOutcome)>> {
+        if phones.is_empty() {
+            return Ok(Vec::new());
+        }
         let templates = self.templates()?;
         let dir = self.data.provisioning_dir();
         provisioning::ensure_dir(&dir).map_err(|source| Error::Io {
             path: dir.clone(),
             source,
         })?;
-        let mut conn = self.store.pool().acquire().await?;
-        let mut out = Vec::with_capacity(numbers.len());
-        let mut done = Vec::new();
-        for number in numbers {
-            let Some(row) = q::get_extension(&mut conn, number).await? else {
-                continue;
-            };
-            let Some(prov) = rq::get_provisioning(&mut conn, number).await? else {
-                out.push((number.clone(), FilesOutcome::NoPhone));
-                continue;
-            };
-            let outcome = self.write_phone(&templates, &dir, &row, &prov);
-            if matches!(
-                outcome,
-                FilesOutcome::Written { .. }
-                    | FilesOutcome::NoPhone
-                    | FilesOutcome::UnknownModel { .. }
-                    | FilesOutcome::NoServer
-            ) {
-                done.push((number.clone(), prov.generation));
-            }
-            out.push((number.clone(), outcome));
-        }
+        let half = phones.len().div_ceil(2);
+        let (reg, owned, dir2) = (self.clone(), phones.to_vec(), dir.clone());
+        let out: Vec<(String, FilesOutcome)> = tokio::task::spawn_blocking(move || {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = owned
+                    .chunks(half)
+                    .map(|part| {
+                        let (reg, templates, dir) = (&reg, &templates, &dir2);
+                        s.spawn(move || {
+                            part.iter()
+                                .map(|(row, prov)| {
+                                    (
+                                        row.number.clone(),
+                                        reg.write_phone(templates, dir, row, prov),
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
+            })
+        })
+        .await
+        .map_err(|e| Error::Io {
+            path: dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         provisioning::sync_dir(&dir).map_err(|source| Error::Io {
             path: dir.clone(),
             source,
         })?;
         let mut tx = self.store.begin().await?;
-        for (number, generation) in &done {
-            rq::mark_written(&mut tx, number, *generation).await?;
+        for ((number, outcome), (_, prov)) in out.iter().zip(phones) {
+            // A failed write stays unwritten and is retried at the next open.
+            if !matches!(outcome, FilesOutcome::Failed { .. }) {
+                rq::mark_written(&mut tx, number, prov.generation).await?;
+            }
         }
         tx.commit().await?;
         Ok(out)
@@ -411,22 +448,23 @@ impl Registry {
         for batch in numbers.chunks(BATCH) {
             let mut tx = self.store.begin().await?;
             let mut changed = Vec::with_capacity(batch.len());
+            let mut phones = Vec::new();
             for number in batch {
                 let Some(row) = q::get_extension(&mut tx, number).await? else {
                     continue; // removed meanwhile
                 };
-                changed.push(
-                    self.regenerate_one(&mut tx, &templates, &prov_path, row, email)
-                        .await?,
-                );
+                let (r, phone) = self
+                    .regenerate_one(&mut tx, &templates, &prov_path, row, email)
+                    .await?;
+                changed.push(r);
+                phones.extend(phone);
             }
             tx.commit().await?;
-            let written = self
-                .write_files(&changed.iter().map(|r| r.number.clone()).collect::<Vec<_>>())
-                .await?;
+            let mut written: std::collections::HashMap<String, FilesOutcome> =
+                self.write_rows(&phones).await?.into_iter().collect();
             for mut r in changed {
-                if let Some((_, f)) = written.iter().find(|(n, _)| *n == r.number) {
-                    r.files = f.clone();
+                if let Some(f) = written.remove(&r.number) {
+                    r.files = f;
                 }
                 results.push(r);
             }
@@ -442,7 +480,7 @@ impl Registry {
         prov_path: &str,
         mut row: ExtensionRow,
         email: bool,
-    ) -> Result<Regenerated> {
+    ) -> Result<(Regenerated, Option<(ExtensionRow, ProvisioningRow)>)> {
         let now = self.now();
         let (old_md5, old_sha) = (row.ha1_md5.clone(), row.ha1_sha256.clone());
         let password = self.generated_password(&[&row.number, &row.auth_id], &row.name);
@@ -562,7 +600,7 @@ impl Registry {
                 MailOutcome::Queued { id }
             }
         };
-        Ok(Regenerated {
+        let result = Regenerated {
             number: row.number.clone(),
             auth_id: row.auth_id.clone(),
             password,
@@ -572,7 +610,8 @@ impl Registry {
             grace_sources,
             grace_until,
             resync,
-        })
+        };
+        Ok((result, prov.map(|p| (row, p))))
     }
 
     /// Opens a queued mail.

@@ -43,6 +43,8 @@ CREATE TABLE outbox (
     sent_at BIGINT NOT NULL
 );
 CREATE INDEX outbox_due ON outbox (state, next_attempt_at);
+-- Superseding a waiting mail looks up the extension's queued ones.
+CREATE INDEX outbox_number ON outbox (number, state);
 
 -- Extensions whose registered phones should be told to re-fetch their files; the
 -- running server sends the NOTIFYs and deletes the rows.
