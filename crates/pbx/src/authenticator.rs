@@ -437,4 +437,72 @@ mod tests {
             "qop=auth is required"
         );
     }
+
+    #[test]
+    fn the_old_password_works_only_from_grace_sources_until_the_window_ends() {
+        let (a, d) = setup(&[Algorithm::Md5]);
+        let row = |pw: &str| DirectoryRow {
+            kind: "ext",
+            number: "1001".into(),
+            auth_id: "alice1001".into(),
+            sip_id: None,
+            ha1_md5: ha1(Algorithm::Md5, "alice1001", "sipward", pw),
+            ha1_sha256: ha1(Algorithm::Sha256, "alice1001", "sipward", pw),
+            password_score: 4,
+        };
+        let old = "Zq8xLmTr4wPyK7vB2";
+        let new = "Nq4Zt8LmXw2Kp7RbQ";
+        let grace = store::regen::GraceRow {
+            number: "1001".into(),
+            auth_id: "alice1001".into(),
+            ha1_md5: ha1(Algorithm::Md5, "alice1001", "sipward", old),
+            ha1_sha256: ha1(Algorithm::Sha256, "alice1001", "sipward", old),
+            sources: "127.0.0.1,192.0.2.7".into(),
+            expires_at: i64::try_from(NOW).expect("fits") + 100,
+        };
+        drop(d);
+        let d = Directory::with_graces(vec![row(new)], vec![grace], "sipward", 3);
+        let try_from = |src: IpAddr, pw: &str, nc: &str, now: u64| {
+            let nonce = nonce_of(&a.challenges(src, now, false)[0]);
+            let auth = authorization("alice1001", "sipward", pw, &nonce, nc, Algorithm::Md5);
+            let text = format!(
+                "REGISTER sip:127.0.0.1:54686 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:16062;branch=z9hG4bK-1\r\nAuthorization: {auth}\r\nContent-Length: 0\r\n\r\n"
+            );
+            let m = sip::msg::parse(text.as_bytes()).expect("parses");
+            a.verify(&d, &m, "REGISTER", src, now)
+        };
+        let other: IpAddr = "192.0.2.99".parse().expect("ip");
+        assert!(matches!(
+            try_from(SRC, old, "00000001", NOW),
+            Outcome::Grace(_)
+        ));
+        assert!(
+            matches!(
+                try_from(other, old, "00000001", NOW),
+                Outcome::Challenge { .. }
+            ),
+            "not a grace source"
+        );
+        assert!(
+            matches!(
+                try_from(SRC, old, "00000001", NOW + 100),
+                Outcome::Challenge { .. }
+            ),
+            "expired"
+        );
+        assert!(matches!(
+            try_from(other, new, "00000001", NOW),
+            Outcome::Authenticated(_)
+        ));
+        // The new password ends the window (the endpoint does this on success).
+        let acc = d.account("alice1001").expect("account");
+        assert!(acc.grace.as_ref().expect("grace").end());
+        assert!(
+            matches!(
+                try_from(SRC, old, "00000001", NOW),
+                Outcome::Challenge { .. }
+            ),
+            "ended"
+        );
+    }
 }

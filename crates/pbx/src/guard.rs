@@ -1208,4 +1208,37 @@ mod tests {
             "the allow list is never banned"
         );
     }
+
+    #[test]
+    fn provisioning_probes_ban_at_the_threshold_but_never_the_allow_list() {
+        let (g, _rx) = guard(BanPolicy {
+            provisioning_probes: 3,
+            ..Default::default()
+        });
+        let prober: IpAddr = "198.51.100.7".parse().expect("ip");
+        assert!(!g.provisioning_probe(prober, 1000));
+        assert!(!g.provisioning_probe(prober, 1001));
+        assert!(g.admits(prober));
+        assert!(g.provisioning_probe(prober, 1002));
+        assert!(!g.admits(prober));
+        assert_eq!(
+            g.metrics.bans_by_reason[Reason::ProvisioningProbe as usize].load(Ordering::Relaxed),
+            1
+        );
+        let office: IpAddr = "10.0.0.5".parse().expect("ip");
+        g.replace(
+            &[],
+            &[store::guard::AllowRow {
+                network: "10.0.0.0/8".into(),
+                note: String::new(),
+                created_at: 0,
+            }],
+            &[],
+            false,
+        );
+        for t in 0..10 {
+            assert!(!g.provisioning_probe(office, 2000 + t));
+        }
+        assert!(g.admits(office));
+    }
 }

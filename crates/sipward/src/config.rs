@@ -302,6 +302,25 @@ mod tests {
     }
 
     #[test]
+    fn provisioning_and_mail() {
+        let c = config("").expect("valid");
+        assert_eq!(c.settings.provisioning.grace_secs, 86_400);
+        assert!(c.mail.is_none());
+        let c = config(
+            "[provisioning]\nserver = \"pbx.example.com\"\ntransport = \"tcp\"\nbase_url = \"https://pbx.example.com:8443/\"\ngrace_secs = 0\n\
+             [mail]\nsmtp_host = \"mail.example.com\"\nfrom = \"pbx@example.com\"\nsecurity = \"tls\"\n",
+        )
+        .expect("valid");
+        let p = &c.settings.provisioning;
+        assert_eq!(p.base_url.as_deref(), Some("https://pbx.example.com:8443"));
+        assert_eq!(p.transport, pbx::provisioning::PhoneTransport::Tcp);
+        assert_eq!(p.grace_secs, 0);
+        let m = c.mail.expect("mail");
+        assert_eq!((m.port, m.security), (465, pbx::mail::Security::Tls));
+        assert!(m.username.is_none());
+    }
+
+    #[test]
     fn bad_configs_are_refused() {
         for bad in [
             "[sip]\nrealmm = \"x\"\n",

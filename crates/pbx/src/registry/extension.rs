@@ -345,6 +345,10 @@ impl Registry {
         row.updated_at = self.now();
         q::update_extension(&mut tx, &row).await?;
         let phone = self.bump_provisioning(&mut tx, &row).await?;
+        if phone.is_some() {
+            // Its registered phones (if any) fetch the changed file at once.
+            store::regen::request_resync(&mut tx, &row.number, row.updated_at).await?;
+        }
         tx.commit().await?;
         if (old_mac.as_deref(), old_model.as_deref()) != (row.mac.as_deref(), row.model.as_deref())
         {
