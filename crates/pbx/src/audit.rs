@@ -79,27 +79,12 @@ impl Registry {
         drop(conn);
 
         // Opening ~200,000 sealed secrets is the largest cost after the fetch: use every core.
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, 8);
-        let chunk = exts.len().div_ceil(threads).max(1);
-        let opened: Vec<OpenedExt<'_>> = std::thread::scope(|s| {
-            let handles: Vec<_> = exts
-                .chunks(chunk)
-                .map(|part| {
-                    s.spawn(move || {
-                        part.iter()
-                            .map(|r| self.open_ext(r))
-                            .collect::<Result<Vec<_>>>()
-                    })
-                })
-                .collect();
-            let mut all = Vec::with_capacity(exts.len());
-            for h in handles {
-                all.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?);
-            }
-            Ok::<_, crate::Error>(all)
-        })?;
+        let opened: Vec<OpenedExt<'_>> =
+            crate::registry::parallel_map(&exts, crate::registry::worker_threads(), |r| {
+                self.open_ext(r)
+            })
+            .into_iter()
+            .collect::<Result<_>>()?;
         let gw_pw: Vec<Secret> = gws
             .iter()
             .map(|g| self.open_secret(&gateway_aad(&g.name), &g.password_enc))

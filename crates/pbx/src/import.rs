@@ -215,33 +215,13 @@ impl Registry {
 
         // Validation is dominated by zxcvbn on given passwords (~0.4 ms each): spread it
         // over the cores.
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, 8);
-        let chunk = rows.len().div_ceil(threads).max(1);
-        let validated: Vec<(u64, Result<Prepared>)> = std::thread::scope(|s| {
-            let handles: Vec<_> = rows
-                .chunks(chunk)
-                .map(|part| {
-                    s.spawn(move || {
-                        part.iter()
-                            .map(|r| {
-                                (
-                                    r.line,
-                                    self.validate_new_extension(&r.number, r.new.clone()),
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            // Validation does not panic; if it ever did, re-raise rather than import a
-            // file with rows silently missing.
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        });
+        let validated: Vec<(u64, Result<Prepared>)> =
+            crate::registry::parallel_map(&rows, crate::registry::worker_threads(), |r| {
+                (
+                    r.line,
+                    self.validate_new_extension(&r.number, r.new.clone()),
+                )
+            });
 
         let mut conn = self.store().pool().acquire().await?;
         let exts = q::list_extensions(&mut conn).await?;

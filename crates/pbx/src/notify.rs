@@ -209,8 +209,8 @@ mod tests {
         let n = Notifier::new([7; 32]);
         let local: SocketAddr = "127.0.0.1:5060".parse().expect("addr");
         let target: SocketAddr = "127.0.0.2:5062".parse().expect("addr");
-        let out = n
-            .build(
+        let build = || {
+            n.build(
                 "sip:1001@127.0.0.2:5062",
                 "1001",
                 "sipward",
@@ -218,21 +218,14 @@ mod tests {
                 local,
                 target,
             )
-            .expect("built");
+            .expect("built")
+        };
+        let out = build();
         let text = String::from_utf8(out.bytes.clone()).expect("utf8");
         let m = sip::msg::parse(&out.bytes).expect("parses");
         assert_eq!(m.method(), Some("NOTIFY"));
         assert!(text.contains("\r\nEvent: check-sync\r\n"));
-        let other = n
-            .build(
-                "sip:1001@127.0.0.2:5062",
-                "1001",
-                "sipward",
-                "check-sync",
-                local,
-                target,
-            )
-            .expect("built");
+        let other = build();
         assert_ne!(out.branch, other.branch, "branches are unique");
 
         let reply = |branch: &str, code: u16| {

@@ -97,6 +97,19 @@ async fn files_behind_the_database_are_rewritten_at_the_next_open() {
     assert_eq!((p.generation, p.written), (2, 2));
 }
 
+async fn regenerate_1001(
+    reg: &Registry,
+    email: bool,
+) -> Vec<pbx::registry::regenerate::Regenerated> {
+    reg.regenerate(
+        &Selection::Numbers(vec!["1001".into()]),
+        email,
+        &mut |_, _| {},
+    )
+    .await
+    .expect("regenerate")
+}
+
 #[tokio::test]
 async fn grace_keeps_the_password_phones_have_and_mails_are_superseded() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -122,11 +135,7 @@ async fn grace_keeps_the_password_phones_have_and_mails_are_superseded() {
         .await
         .expect("bind");
 
-    let mut none = |_: usize, _: usize| {};
-    let first = reg
-        .regenerate(&Selection::Numbers(vec!["1001".into()]), true, &mut none)
-        .await
-        .expect("regenerate");
+    let first = regenerate_1001(&reg, true).await;
     let r = &first[0];
     assert!(matches!(r.files, FilesOutcome::Written { .. }));
     assert!(r.resync, "a registered phone is told to re-fetch");
@@ -154,10 +163,7 @@ async fn grace_keeps_the_password_phones_have_and_mails_are_superseded() {
     )
     .await
     .expect("bind");
-    let second = reg
-        .regenerate(&Selection::Numbers(vec!["1001".into()]), true, &mut none)
-        .await
-        .expect("regenerate");
+    let second = regenerate_1001(&reg, true).await;
     let g = rq::get_grace(&mut conn, "1001")
         .await
         .expect("q")
@@ -185,10 +191,7 @@ async fn grace_keeps_the_password_phones_have_and_mails_are_superseded() {
     replace_bindings(&mut conn, "1001", &[])
         .await
         .expect("unbind");
-    let third = reg
-        .regenerate(&Selection::Numbers(vec!["1001".into()]), false, &mut none)
-        .await
-        .expect("regenerate");
+    let third = regenerate_1001(&reg, false).await;
     assert!(third[0].grace_sources.is_empty() && !third[0].resync);
     assert_eq!(third[0].mail, MailOutcome::Skipped);
     assert!(rq::get_grace(&mut conn, "1001").await.expect("q").is_none());

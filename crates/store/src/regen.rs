@@ -206,10 +206,7 @@ fn outbox_from_row(r: &AnyRow) -> Result<OutboxRow> {
 /// Queues a mail; mails of the same extension still waiting are superseded (they carry
 /// credentials that no longer work).
 pub async fn queue_mail(conn: &mut AnyConnection, m: &OutboxRow) -> Result<()> {
-    sqlx::query("UPDATE outbox SET state = 'superseded' WHERE number = $1 AND state = 'queued'")
-        .bind(&m.number)
-        .execute(&mut *conn)
-        .await?;
+    supersede_mail(conn, &m.number).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO outbox ({OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
     )))
@@ -226,6 +223,16 @@ pub async fn queue_mail(conn: &mut AnyConnection, m: &OutboxRow) -> Result<()> {
     .bind(m.sent_at)
     .execute(&mut *conn)
     .await?;
+    Ok(())
+}
+
+/// Marks the extension's mails still waiting as superseded (a newer change, or the
+/// extension was removed: their credentials no longer work).
+pub async fn supersede_mail(conn: &mut AnyConnection, number: &str) -> Result<()> {
+    sqlx::query("UPDATE outbox SET state = 'superseded' WHERE number = $1 AND state = 'queued'")
+        .bind(number)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

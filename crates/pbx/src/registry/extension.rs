@@ -363,11 +363,14 @@ impl Registry {
 
     pub async fn remove_extension(&self, number: &str) -> Result<()> {
         let number = ExtensionNumber::parse(number.trim())?;
-        let mut conn = self.store.pool().acquire().await?;
-        let row = q::get_extension(&mut conn, number.as_str()).await?;
-        if !q::delete_extension(&mut conn, number.as_str()).await? {
+        let mut tx = self.store.begin().await?;
+        let row = q::get_extension(&mut tx, number.as_str()).await?;
+        if !q::delete_extension(&mut tx, number.as_str()).await? {
             return Err(Error::not_found(format!("extension {number}")));
         }
+        // A welcome mail not yet sent would describe an account that is gone.
+        store::regen::supersede_mail(&mut tx, number.as_str()).await?;
+        tx.commit().await?;
         if let Some(row) = row {
             self.remove_phone_files(row.mac.as_deref(), row.model.as_deref());
         }

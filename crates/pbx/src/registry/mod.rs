@@ -330,6 +330,34 @@ impl Registry {
     }
 }
 
+/// Maps `f` over `items` on up to `threads` scoped threads, keeping the order. A panic
+/// in `f` is re-raised (never a silently shorter result).
+pub(crate) fn parallel_map<'a, T: Sync, R: Send>(
+    items: &'a [T],
+    threads: usize,
+    f: impl Fn(&'a T) -> R + Sync,
+) -> Vec<R> {
+    let chunk = items.len().div_ceil(threads.max(1)).max(1);
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| s.spawn(move || part.iter().map(f).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
+/// Threads for CPU-bound work over many accounts: the cores, at most 8.
+pub(crate) fn worker_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8)
+}
+
 /// A generated (not given) secret or identifier, shown to the operator once.
 #[derive(Debug, Default)]
 pub struct Generated {

@@ -292,30 +292,15 @@ impl Registry {
             path: dir.clone(),
             source,
         })?;
-        let half = phones.len().div_ceil(2);
-        let (reg, owned, dir2) = (self.clone(), phones.to_vec(), dir.clone());
+        let (reg, owned) = (self.clone(), phones.to_vec());
+        let dir2 = dir.clone();
+        // Two threads: each file is synced before its rename, and the waits overlap.
         let out: Vec<(String, FilesOutcome)> = tokio::task::spawn_blocking(move || {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = owned
-                    .chunks(half)
-                    .map(|part| {
-                        let (reg, templates, dir) = (&reg, &templates, &dir2);
-                        s.spawn(move || {
-                            part.iter()
-                                .map(|(row, prov)| {
-                                    (
-                                        row.number.clone(),
-                                        reg.write_phone(templates, dir, row, prov),
-                                    )
-                                })
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                    .collect()
+            super::parallel_map(&owned, 2, |(row, prov)| {
+                (
+                    row.number.clone(),
+                    reg.write_phone(&templates, &dir2, row, prov),
+                )
             })
         })
         .await

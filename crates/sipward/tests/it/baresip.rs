@@ -7,13 +7,41 @@ use std::time::Duration;
 use crate::harness::Env;
 use crate::peers::{eventually, eventually_or, free_port, require};
 
-struct Baresip {
+/// A running baresip with its own config dir; killed when dropped.
+pub(crate) struct Baresip {
     child: Child,
     log: std::path::PathBuf,
 }
 
 impl Baresip {
-    fn log(&self) -> String {
+    /// Starts baresip on 127.0.0.1 with `accounts` (its accounts file, one line each).
+    pub(crate) fn start(env: &Env, accounts: &str) -> Baresip {
+        let baresip = require("baresip", "baresip-core");
+        let dir = env.path("baresip");
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(
+            dir.join("config"),
+            format!(
+                "sip_listen 127.0.0.1:{}\nnet_interface 127.0.0.1\nmodule_path /usr/lib/baresip/modules\nmodule account.so\nmodule g711.so\n",
+                free_port()
+            ),
+        )
+        .expect("config");
+        std::fs::write(dir.join("accounts"), accounts).expect("accounts");
+        let log = dir.join("baresip.log");
+        let out = std::fs::File::create(&log).expect("log");
+        let child = Command::new(baresip)
+            .arg("-f")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn baresip");
+        Baresip { child, log }
+    }
+
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -27,7 +55,6 @@ impl Drop for Baresip {
 
 #[test]
 fn baresip_registers_over_udp_and_tcp_and_fails_after_a_password_change() {
-    let baresip = require("baresip", "baresip-core");
     let env = Env::new();
     // libre 1.x aborts on any challenge that is not MD5 (ENOSYS), even a second one:
     // installations with such phones offer MD5 only. Short intervals keep the test quick.
@@ -55,28 +82,7 @@ fn baresip_registers_over_udp_and_tcp_and_fails_after_a_password_change() {
         Duration::from_secs(5),
         || server.metric("sipward_directory_accounts") == 3,
     );
-    let dir = env.path("baresip");
-    std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::write(
-        dir.join("config"),
-        format!(
-            "sip_listen 127.0.0.1:{}\nnet_interface 127.0.0.1\nmodule_path /usr/lib/baresip/modules\nmodule account.so\nmodule g711.so\n",
-            free_port()
-        ),
-    )
-    .expect("config");
-    std::fs::write(dir.join("accounts"), accounts).expect("accounts");
-    let log = dir.join("baresip.log");
-    let out = std::fs::File::create(&log).expect("log");
-    let child = Command::new(baresip)
-        .arg("-f")
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().expect("dup"))
-        .stderr(out)
-        .spawn()
-        .expect("spawn baresip");
-    let phone = Baresip { child, log };
+    let phone = Baresip::start(&env, &accounts);
 
     eventually_or(
         "baresip reports both accounts registered",

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::baresip::Baresip;
 use crate::harness::Env;
 use crate::peers::{Server, eventually, eventually_or, free_port, require, sipp_from};
 
@@ -357,6 +358,17 @@ fn a_wrong_smtp_login_is_reported_failed_and_mails_wait_without_smtp() {
         1,
         "{states:?}"
     );
+    // Removing the extension withdraws its waiting mail.
+    env.ok(&["ext", "remove", "3101"]);
+    let states = env.json(&["mail", "list", "--json"]);
+    assert!(
+        states
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|m| m["state"] != "queued"),
+        "{states}"
+    );
 }
 
 #[test]
@@ -373,15 +385,11 @@ fn grace_window_keeps_registered_phones_and_nobody_else() {
         old,
     ]);
     let server = env.serve();
+    let desk = |server: &Server, from: &str, pw: &str| {
+        register(&env, from, server, "3201", "desk3201", pw)
+    };
     // The phone at 127.0.0.2 registers with the old password.
-    assert!(register(
-        &env,
-        "127.0.0.2",
-        &server,
-        "3201",
-        "desk3201",
-        old
-    ));
+    assert!(desk(&server, "127.0.0.2", old));
     eventually(
         "registration written behind",
         Duration::from_secs(5),
@@ -400,47 +408,24 @@ fn grace_window_keeps_registered_phones_and_nobody_else() {
     eventually(
         "the server loads the change",
         Duration::from_secs(5),
-        || !register(&env, "127.0.0.4", &server, "3201", "desk3201", old),
+        || !desk(&server, "127.0.0.4", old),
     );
     // From the registered phone's address the old password still works...
     assert!(
-        register(&env, "127.0.0.2", &server, "3201", "desk3201", old),
+        desk(&server, "127.0.0.2", old),
         "grace from a registered address"
     );
     assert!(server.metric("sipward_grace_logins_total") >= 1);
     // ...and from anywhere else it is dead.
-    assert!(
-        !register(&env, "127.0.0.3", &server, "3201", "desk3201", old),
-        "no grace elsewhere"
-    );
+    assert!(!desk(&server, "127.0.0.3", old), "no grace elsewhere");
     // The first login with the new password ends the window everywhere.
-    assert!(register(
-        &env,
-        "127.0.0.3",
-        &server,
-        "3201",
-        "desk3201",
-        &new
-    ));
-    assert!(
-        !register(&env, "127.0.0.2", &server, "3201", "desk3201", old),
-        "window ended"
-    );
+    assert!(desk(&server, "127.0.0.3", &new));
+    assert!(!desk(&server, "127.0.0.2", old), "window ended");
     // The end is stored: after a restart the old password stays dead.
     server.stop();
     let server = env.serve();
-    assert!(register(
-        &env,
-        "127.0.0.3",
-        &server,
-        "3201",
-        "desk3201",
-        &new
-    ));
-    assert!(
-        !register(&env, "127.0.0.2", &server, "3201", "desk3201", old),
-        "window stays ended"
-    );
+    assert!(desk(&server, "127.0.0.3", &new));
+    assert!(!desk(&server, "127.0.0.2", old), "window stays ended");
     server.stop();
 }
 
@@ -448,7 +433,6 @@ fn grace_window_keeps_registered_phones_and_nobody_else() {
 fn registered_phones_get_a_check_sync_notify() {
     // baresip is the phone: it registers over UDP and answers the out-of-dialog NOTIFY
     // (any final response proves it received it).
-    let baresip = require("baresip", "baresip-core");
     let env = Env::with_config(&base_config());
     let pw = "Nq4Zt8LmXw2Kp7Rb";
     env.ok(&[
@@ -478,35 +462,14 @@ fn registered_phones_get_a_check_sync_notify() {
         "snom D785",
     ]);
     let server = env.serve();
-    let dir = env.path("baresip");
-    std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::write(
-        dir.join("config"),
-        format!(
-            "sip_listen 127.0.0.1:{}\nnet_interface 127.0.0.1\nmodule_path /usr/lib/baresip/modules\nmodule account.so\nmodule g711.so\n",
-            free_port()
-        ),
-    )
-    .expect("config");
-    std::fs::write(
-        dir.join("accounts"),
-        format!(
+    let phone = Baresip::start(
+        &env,
+        &format!(
             "<sip:3301@{0};transport=udp>;auth_user=desk3301;auth_pass={pw};regint=3600\n\
              <sip:3302@{0};transport=udp>;auth_user=desk3302;auth_pass={pw};regint=3600\n",
             server.sip
         ),
-    )
-    .expect("accounts");
-    let log = dir.join("baresip.log");
-    let out = std::fs::File::create(&log).expect("log");
-    let mut phone = Command::new(baresip)
-        .arg("-f")
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().expect("dup"))
-        .stderr(out)
-        .spawn()
-        .expect("spawn baresip");
+    );
     let registered = |n: &str| {
         env.json(&["ext", "show", n, "--json"])["registrations"]
             .as_array()
@@ -516,7 +479,7 @@ fn registered_phones_get_a_check_sync_notify() {
         "baresip registers both lines",
         Duration::from_secs(15),
         || registered("3301") && registered("3302"),
-        || std::fs::read_to_string(&log).unwrap_or_default(),
+        || phone.log(),
     );
     let out = env.json(&["ext", "regenerate", "3301", "--no-email", "--json"]);
     assert_eq!(out["regenerated"][0]["resync"], true, "{out}");
@@ -529,8 +492,7 @@ fn registered_phones_get_a_check_sync_notify() {
     // Only the Re-Generated extension's phone was told.
     assert_eq!(server.metric("sipward_notify_sent_total"), 1);
     assert_eq!(server.metric("sipward_notify_unanswered_total"), 0);
-    let _ = phone.kill();
-    let _ = phone.wait();
+    drop(phone);
     server.stop();
 }
 
