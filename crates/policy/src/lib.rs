@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod ban;
 pub mod config;
+pub mod dialplan;
 pub mod fields;
 pub mod generate;
 pub mod password;
