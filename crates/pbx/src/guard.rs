@@ -167,7 +167,7 @@ impl State {
 
 /// Failure windows by key, bounded: the key seen least recently first is forgotten.
 #[derive(Debug)]
-struct Windows<K> {
+pub(crate) struct Windows<K> {
     map: HashMap<K, FailureWindow>,
     order: VecDeque<K>,
 }
@@ -183,7 +183,7 @@ impl<K> Default for Windows<K> {
 
 impl<K: Hash + Eq + Clone> Windows<K> {
     /// Records a failure; returns the count within the window (at most `cap`).
-    fn record(&mut self, key: &K, now: i64, window: i64, cap: u32) -> u32 {
+    pub(crate) fn record(&mut self, key: &K, now: i64, window: i64, cap: u32) -> u32 {
         if !self.map.contains_key(key) {
             if self.map.len() >= TABLE_CAPACITY
                 && let Some(old) = self.order.pop_front()
@@ -203,7 +203,7 @@ impl<K: Hash + Eq + Clone> Windows<K> {
     }
 
     /// Starts counting afresh for `key` (it stays in the table, so the order stays true).
-    fn reset(&mut self, key: &K) {
+    pub(crate) fn reset(&mut self, key: &K) {
         if let Some(w) = self.map.get_mut(key) {
             w.clear();
         }

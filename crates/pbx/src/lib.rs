@@ -13,6 +13,7 @@ pub mod import;
 pub mod mail;
 pub mod metrics;
 pub mod notify;
+pub mod outbound;
 pub mod provisioning;
 pub mod registrar;
 pub mod registry;

@@ -8,6 +8,7 @@
 mod datadir;
 mod error;
 pub mod guard;
+pub mod outbound;
 pub mod regen;
 pub mod registrar;
 pub mod registry;

@@ -1,0 +1,291 @@
+//! Outbound calling in the running server: each extension's class of service, fraud
+//! limits and suspension (a snapshot reloaded with the directory), the attempt counts,
+//! and the decision for each authenticated INVITE. The rules themselves are
+//! `policy::dialplan`; this keeps the state.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use policy::dialplan::{Breach, CallClass, ClassOfService, DialPlan, FraudLimits, Usage};
+use store::outbound::CallingRow;
+
+use crate::guard::Windows;
+
+/// One extension's effective outbound settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Line {
+    pub class: ClassOfService,
+    pub limits: FraudLimits,
+    pub suspended: bool,
+}
+
+impl Line {
+    /// The effective settings of a stored row under `plan`'s defaults.
+    pub fn from_row(row: &CallingRow, plan: &DialPlan) -> Line {
+        let o = &row.outbound;
+        let default_class = if row.kind == "fax" {
+            plan.default_fax_class
+        } else {
+            plan.default_user_class
+        };
+        let pick = |v: Option<i64>, d: u32| v.and_then(|v| u32::try_from(v).ok()).unwrap_or(d);
+        Line {
+            class: o
+                .class_of_service
+                .as_deref()
+                .and_then(ClassOfService::parse)
+                .unwrap_or(default_class),
+            limits: FraudLimits {
+                concurrent_external: pick(o.concurrent_external, plan.limits.concurrent_external),
+                attempts_per_minute: pick(o.attempts_per_minute, plan.limits.attempts_per_minute),
+                international_per_day: pick(
+                    o.international_per_day,
+                    plan.limits.international_per_day,
+                ),
+            },
+            suspended: o.suspended_at != 0,
+        }
+    }
+}
+
+/// The answer to an authenticated caller's INVITE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Go on to routing.
+    Allow(CallClass),
+    /// `403`: the class of service does not allow this call, the number is invalid, or
+    /// the extension's outbound calling is suspended.
+    Forbidden,
+    /// `403`, and this attempt broke a limit: the extension is suspended from now on.
+    Suspend(Breach),
+}
+
+const MINUTE: i64 = 60;
+const DAY: i64 = 86_400;
+
+/// The outbound state of the server.
+#[derive(Debug)]
+pub struct Outbound {
+    plan: DialPlan,
+    lines: RwLock<Arc<HashMap<String, Line>>>,
+    attempts: Mutex<Windows<String>>,
+    international: Mutex<Windows<String>>,
+    /// Suspended here and not yet seen back from the store.
+    suspended_now: Mutex<HashSet<String>>,
+}
+
+impl Outbound {
+    pub fn new(plan: DialPlan) -> Self {
+        Self {
+            plan,
+            lines: RwLock::new(Arc::new(HashMap::new())),
+            attempts: Mutex::new(Windows::default()),
+            international: Mutex::new(Windows::default()),
+            suspended_now: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn plan(&self) -> &DialPlan {
+        &self.plan
+    }
+
+    /// Replaces the snapshot (on every directory reload).
+    pub fn replace(&self, rows: &[CallingRow]) {
+        let lines: HashMap<String, Line> = rows
+            .iter()
+            .map(|r| (r.outbound.number.clone(), Line::from_row(r, &self.plan)))
+            .collect();
+        *self.lines.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(lines);
+    }
+
+    /// The store has recorded the suspension of `number`: from now on the snapshot
+    /// carries it (and `ext resume` can lift it).
+    pub fn persisted(&self, number: &str) {
+        self.suspended_now
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(number);
+    }
+
+    /// Decides an INVITE from extension `number` (authenticated) to `dialled`.
+    /// `is_extension` says whether a user part names an extension here.
+    pub fn decide(
+        &self,
+        number: &str,
+        dialled: &str,
+        is_extension: impl Fn(&str) -> bool,
+        active_external: u32,
+        now: i64,
+    ) -> Decision {
+        let class = self.plan.classify(dialled, is_extension);
+        let Some(line) = self
+            .lines
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(number)
+            .copied()
+        else {
+            return Decision::Forbidden;
+        };
+        if class == CallClass::Emergency {
+            return Decision::Allow(class);
+        }
+        let suspended = line.suspended
+            || self
+                .suspended_now
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(number);
+        if !line.class.allows(class) || (suspended && class.is_external()) {
+            return Decision::Forbidden;
+        }
+        if !class.is_external() {
+            return Decision::Allow(class);
+        }
+        let key = number.to_owned();
+        let l = line.limits;
+        let attempts = self
+            .attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(&key, now, MINUTE, l.attempts_per_minute.saturating_add(1));
+        let international = if class == CallClass::International {
+            self.international
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(&key, now, DAY, l.international_per_day.saturating_add(1))
+        } else {
+            0
+        };
+        let usage = Usage {
+            active_external,
+            attempts_last_minute: attempts,
+            international_today: international,
+        };
+        match l.check(class, usage) {
+            None => Decision::Allow(class),
+            Some(breach) => {
+                self.suspended_now
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key);
+                Decision::Suspend(breach)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use store::outbound::OutboundRow;
+
+    fn row(number: &str, kind: &str, class: Option<&str>) -> CallingRow {
+        CallingRow {
+            kind: kind.into(),
+            outbound: OutboundRow {
+                number: number.into(),
+                class_of_service: class.map(str::to_owned),
+                ..OutboundRow::default()
+            },
+        }
+    }
+
+    fn outbound() -> Outbound {
+        let o = Outbound::new(DialPlan {
+            country_code: "49".into(),
+            international_prefix: "00".into(),
+            national_prefix: "0".into(),
+            emergency_numbers: vec!["112".into()],
+            ..DialPlan::default()
+        });
+        o.replace(&[
+            row("888", "fax", None),
+            row("1001", "user", None),
+            row("1002", "user", Some("international")),
+            row("1003", "user", Some("internal")),
+        ]);
+        o
+    }
+
+    #[test]
+    fn the_fax_extension_cannot_call_abroad_by_default() {
+        let o = outbound();
+        let ext = |n: &str| ["888", "1001", "1002", "1003"].contains(&n);
+        assert_eq!(o.decide("888", "00252612345678", ext, 0, 0), Decision::Forbidden);
+        assert_eq!(
+            o.decide("888", "0301234567", ext, 0, 0),
+            Decision::Allow(CallClass::National)
+        );
+        assert_eq!(
+            o.decide("1002", "00252612345678", ext, 0, 0),
+            Decision::Allow(CallClass::International)
+        );
+        assert_eq!(o.decide("1003", "0301234567", ext, 0, 0), Decision::Forbidden);
+        assert_eq!(
+            o.decide("1003", "1001", ext, 0, 0),
+            Decision::Allow(CallClass::Internal)
+        );
+        assert_eq!(
+            o.decide("1003", "112", ext, 0, 0),
+            Decision::Allow(CallClass::Emergency)
+        );
+        assert_eq!(o.decide("9999", "1001", ext, 0, 0), Decision::Forbidden, "unknown caller");
+    }
+
+    #[test]
+    fn the_sixth_attempt_in_a_minute_suspends_until_resumed() {
+        let o = outbound();
+        let ext = |n: &str| n == "1001";
+        for i in 0..5 {
+            assert_eq!(
+                o.decide("1001", "0301234567", ext, 0, 100 + i),
+                Decision::Allow(CallClass::National)
+            );
+        }
+        assert_eq!(
+            o.decide("1001", "0301234567", ext, 0, 105),
+            Decision::Suspend(Breach::AttemptsPerMinute { limit: 5 })
+        );
+        // Suspended at once, before the store knows; internal and emergency calls go on.
+        assert_eq!(o.decide("1001", "0301234567", ext, 0, 500), Decision::Forbidden);
+        assert_eq!(o.decide("1001", "1001", ext, 0, 500), Decision::Allow(CallClass::Internal));
+        assert_eq!(o.decide("1001", "112", ext, 0, 500), Decision::Allow(CallClass::Emergency));
+        // A reload before the store has it keeps it; then the store records it...
+        o.replace(&[row("1001", "user", None)]);
+        assert_eq!(o.decide("1001", "0301234567", ext, 0, 550), Decision::Forbidden);
+        let mut suspended = row("1001", "user", None);
+        suspended.outbound.suspended_at = 105;
+        o.replace(&[suspended]);
+        o.persisted("1001");
+        assert_eq!(o.decide("1001", "0301234567", ext, 0, 600), Decision::Forbidden);
+        // ...and `ext resume` clears it there.
+        o.replace(&[row("1001", "user", None)]);
+        assert_eq!(
+            o.decide("1001", "0301234567", ext, 0, 700),
+            Decision::Allow(CallClass::National)
+        );
+    }
+
+    #[test]
+    fn concurrent_calls_and_international_per_day() {
+        let o = outbound();
+        let ext = |_: &str| false;
+        assert_eq!(
+            o.decide("1002", "0301234567", ext, 2, 0),
+            Decision::Suspend(Breach::ConcurrentExternal { limit: 2 })
+        );
+        let o = outbound();
+        for i in 0..10 {
+            // One a minute: the per-minute limit stays quiet.
+            assert_eq!(
+                o.decide("1002", "0044207946", ext, 0, i * 61),
+                Decision::Allow(CallClass::International)
+            );
+        }
+        assert_eq!(
+            o.decide("1002", "0044207946", ext, 0, 700),
+            Decision::Suspend(Breach::InternationalPerDay { limit: 10 })
+        );
+    }
+}
