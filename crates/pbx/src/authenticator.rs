@@ -102,9 +102,23 @@ impl Authenticator {
         source: IpAddr,
         now_secs: u64,
     ) -> Outcome {
-        // Prefer the Authorization for our realm when a client sends several.
+        self.verify_header(dir, req, Name::Authorization, method, source, now_secs)
+    }
+
+    /// [`Authenticator::verify`] with the credentials from `header` (`Proxy-Authorization`
+    /// for requests sipward challenges with 407).
+    pub fn verify_header(
+        &self,
+        dir: &Directory,
+        req: &Message<'_>,
+        header: Name,
+        method: &str,
+        source: IpAddr,
+        now_secs: u64,
+    ) -> Outcome {
+        // Prefer the credentials for our realm when a client sends several.
         let mut chosen: Option<DigestCredentials<'_>> = None;
-        for value in req.headers_named(Name::Authorization) {
+        for value in req.headers_named(header) {
             if let Ok(c) = DigestCredentials::parse(value) {
                 let ours = c.realm == self.cfg.realm;
                 if chosen.is_none() || ours {

@@ -19,15 +19,16 @@ use sip::transaction::{Seen, ServerTransactions, TIMER_J, TxKey};
 
 use crate::Clock;
 use crate::authenticator::{Authenticator, Outcome};
-use crate::directory::DirectoryCache;
-use crate::guard::Guard;
+use crate::directory::{Account, Directory, DirectoryCache};
+use crate::guard::{Event, Guard};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
+use crate::outbound::{Decision, Outbound};
 use crate::registrar::{Contacts, RegisterError, RegisterRequest, Registrar, TransportKind};
+use policy::dialplan::CallClass;
 
 /// Methods sipward knows but does not serve (yet): answered 405 with `Allow`.
 const KNOWN_METHODS: &[&str] = &[
-    "INVITE",
     "BYE",
     "CANCEL",
     "SUBSCRIBE",
@@ -49,6 +50,15 @@ pub struct Reply {
     pub target: SocketAddr,
 }
 
+/// What authentication of a request came to.
+enum Authn {
+    Account(Arc<Account>),
+    /// Answer with these challenges (401 or 407).
+    Challenge(Vec<String>),
+    /// No answer at all (a decoy banned its source).
+    Silent,
+}
+
 /// Server transactions remembered at once (bounded like every table).
 pub const TRANSACTION_CAPACITY: usize = 65_536;
 
@@ -62,6 +72,8 @@ pub struct Endpoint {
     pub metrics: Arc<Metrics>,
     /// NOTIFYs to phones (check-sync) and the matching of their answers.
     pub notifier: Notifier,
+    /// Classes of service, fraud limits and suspensions of outbound calls.
+    pub outbound: Arc<Outbound>,
     /// Extensions whose grace window the new password ended; the server deletes their
     /// store rows.
     graces_ended: Mutex<Vec<String>>,
@@ -82,6 +94,7 @@ impl Endpoint {
     ) -> Self {
         Self {
             notifier,
+            outbound: Arc::new(Outbound::new(policy::dialplan::DialPlan::default())),
             graces_ended: Mutex::new(Vec::new()),
             directory,
             guard,
@@ -92,6 +105,17 @@ impl Endpoint {
             transactions: Mutex::new(ServerTransactions::new(TRANSACTION_CAPACITY, TIMER_J)),
             tag_hasher: RandomState::new(),
         }
+    }
+
+    /// The server's wall clock, for records written on the endpoint's behalf.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    /// Uses `plan` for outbound calls (the default plan otherwise).
+    pub fn with_dialplan(mut self, plan: policy::dialplan::DialPlan) -> Self {
+        self.outbound = Arc::new(Outbound::new(plan));
+        self
     }
 
     /// Takes the extensions whose grace window ended since the last call.
@@ -191,6 +215,7 @@ impl Endpoint {
 
         let bytes = match method {
             "REGISTER" => self.register(&m, source, transport, &tag)?,
+            "INVITE" => self.invite(&m, uri, source, &tag)?,
             "OPTIONS" => {
                 Metrics::inc(&self.metrics.options);
                 respond(200, "OK")?
@@ -232,20 +257,22 @@ impl Endpoint {
         format!("{h:016x}")
     }
 
-    fn register(
+    /// Digest authentication with the guard's rules, shared by every method sipward
+    /// challenges: weak accounts and accounts under guessing refused from untrusted
+    /// sources (answered like a wrong password), failures counted, decoys banned, the
+    /// grace window of a Re-Generated password honoured and ended.
+    fn authenticate(
         &self,
+        dir: &Directory,
         m: &Message<'_>,
+        header: Name,
+        method: &str,
         source: SocketAddr,
-        transport: TransportKind,
-        tag: &str,
-    ) -> Option<Vec<u8>> {
-        let respond =
-            |code: u16, reason: &str| ResponseBuilder::new(m, code, reason, source, tag).ok();
-        let now = self.clock.now();
+        now: i64,
+    ) -> Authn {
         let now_u = u64::try_from(now).unwrap_or(0);
-        let dir = self.directory.get();
         let ip = source.ip();
-        let mut outcome = self.auth.verify(&dir, m, "REGISTER", ip, now_u);
+        let mut outcome = self.auth.verify_header(dir, m, header, method, ip, now_u);
         let mut old_password = false;
         if let Outcome::Grace(a) = outcome {
             Metrics::inc(&self.metrics.grace_logins);
@@ -275,7 +302,7 @@ impl Endpoint {
             }
             _ => {}
         }
-        let account = match outcome {
+        match outcome {
             Outcome::Authenticated(a) | Outcome::Grace(a) => {
                 self.guard.auth_success(ip, &a.auth_id, now);
                 // The first login with the new password closes the old one's window.
@@ -285,7 +312,7 @@ impl Endpoint {
                         .unwrap_or_else(|p| p.into_inner())
                         .push(a.number.clone());
                 }
-                a
+                Authn::Account(a)
             }
             Outcome::Challenge { stale, failed } => {
                 if let Some(auth_id) = failed {
@@ -294,12 +321,93 @@ impl Endpoint {
                     // its answer is silence.
                     let known = dir.account(&auth_id).is_some();
                     if !known && self.guard.decoy(ip, &auth_id, now) {
-                        return None;
+                        return Authn::Silent;
                     }
                     self.guard.auth_failure(ip, &auth_id, known, now);
                 }
+                Authn::Challenge(self.auth.challenges(ip, now_u, stale))
+            }
+        }
+    }
+
+    /// An INVITE: the caller authenticates first (407), and only then is the dialled
+    /// number looked at: class of service, fraud limits (breaking one suspends the
+    /// extension's outbound calling), emergency numbers always. Admitted calls are not
+    /// routed yet (480).
+    fn invite(&self, m: &Message<'_>, uri: &str, source: SocketAddr, tag: &str) -> Option<Vec<u8>> {
+        let respond =
+            |code: u16, reason: &str| ResponseBuilder::new(m, code, reason, source, tag).ok();
+        let now = self.clock.now();
+        let dir = self.directory.get();
+        let caller =
+            match self.authenticate(&dir, m, Name::ProxyAuthorization, "INVITE", source, now) {
+                Authn::Account(a) => a,
+                Authn::Silent => return None,
+                Authn::Challenge(challenges) => {
+                    Metrics::inc(&self.metrics.invite_challenged);
+                    let mut b = respond(407, "Proxy Authentication Required")?;
+                    for c in &challenges {
+                        b = b.header("Proxy-Authenticate", c);
+                    }
+                    return Some(b.finish());
+                }
+            };
+        let forbidden = || {
+            Metrics::inc(&self.metrics.calls_forbidden);
+            respond(403, "Forbidden").map(|b| b.finish())
+        };
+        if caller.kind != "ext" {
+            // Calls from trunks arrive with DID routing (not built yet).
+            return forbidden();
+        }
+        let dialled = SipUri::parse(uri).and_then(|u| u.user).unwrap_or("");
+        let is_extension = |u: &str| dir.number_for_user(u).is_some();
+        match self
+            .outbound
+            .decide(&caller.number, dialled, is_extension, 0, now)
+        {
+            Decision::Forbidden => forbidden(),
+            Decision::Suspend(breach) => {
+                Metrics::inc(&self.metrics.outbound_suspensions);
+                self.guard.report(Event::Suspended {
+                    number: caller.number.clone(),
+                    breach,
+                    dialled: dialled.to_owned(),
+                    source: source.ip(),
+                });
+                forbidden()
+            }
+            Decision::Allow(class) => {
+                if class == CallClass::Emergency {
+                    Metrics::inc(&self.metrics.emergency_calls);
+                    self.guard.report(Event::EmergencyCall {
+                        number: caller.number.clone(),
+                        dialled: dialled.to_owned(),
+                    });
+                }
+                Metrics::inc(&self.metrics.calls_unrouted);
+                respond(480, "Temporarily Unavailable").map(|b| b.finish())
+            }
+        }
+    }
+
+    fn register(
+        &self,
+        m: &Message<'_>,
+        source: SocketAddr,
+        transport: TransportKind,
+        tag: &str,
+    ) -> Option<Vec<u8>> {
+        let respond =
+            |code: u16, reason: &str| ResponseBuilder::new(m, code, reason, source, tag).ok();
+        let now = self.clock.now();
+        let dir = self.directory.get();
+        let account = match self.authenticate(&dir, m, Name::Authorization, "REGISTER", source, now)
+        {
+            Authn::Account(a) => a,
+            Authn::Silent => return None,
+            Authn::Challenge(challenges) => {
                 Metrics::inc(&self.metrics.register_challenged);
-                let challenges = self.auth.challenges(source.ip(), now_u, stale);
                 let mut b = respond(401, "Unauthorized")?;
                 for c in &challenges {
                     b = b.header("WWW-Authenticate", c);

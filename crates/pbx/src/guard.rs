@@ -96,6 +96,15 @@ pub enum Event {
     AccountProtected { auth_id: String, failures: u32 },
     /// The right password for a weak account from a source it is not trusted at.
     WeakRefused { auth_id: String, source: IpAddr },
+    /// An extension broke a fraud limit: its outbound calling is suspended.
+    Suspended {
+        number: String,
+        breach: policy::dialplan::Breach,
+        dialled: String,
+        source: IpAddr,
+    },
+    /// An extension called an emergency number (always allowed; the administrator is told).
+    EmergencyCall { number: String, dialled: String },
 }
 
 impl Event {
@@ -131,6 +140,24 @@ impl Event {
                 "auth_id": auth_id,
                 "source": source.to_string(),
                 "detail": "the password is weak: this account logs in only from allow-listed or trusted sources; regenerate it",
+            }),
+            Event::Suspended {
+                number,
+                breach,
+                dialled,
+                source,
+            } => json!({
+                "event": "outbound_suspended",
+                "extension": number,
+                "reason": breach.id(),
+                "detail": breach.describe(),
+                "dialled": dialled,
+                "source": source.to_string(),
+            }),
+            Event::EmergencyCall { number, dialled } => json!({
+                "event": "emergency_call",
+                "extension": number,
+                "dialled": dialled,
             }),
         }
     }
@@ -305,6 +332,11 @@ impl Guard {
     /// Connects the channel events (and the bans to persist) go through.
     pub fn set_events(&self, tx: mpsc::Sender<Event>) {
         let _ = self.events.set(tx);
+    }
+
+    /// Hands a security event made elsewhere (the INVITE path) to the event writer.
+    pub fn report(&self, e: Event) {
+        self.emit(e);
     }
 
     fn emit(&self, e: Event) {

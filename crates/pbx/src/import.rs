@@ -170,6 +170,9 @@ fn parse_rows(reader: impl Read, errors: &mut Vec<RowError>) -> Vec<ParsedRow> {
                 auth_id: cell("auth_id"),
                 mac: cell("mac"),
                 model: cell("model"),
+                // Imported extensions get their kind's default; set classes with
+                // `ext update --class`.
+                class_of_service: None,
             },
         });
     }

@@ -35,6 +35,11 @@ pub struct Metrics {
     pub mail_failed: AtomicU64,
     pub provisioning_served: AtomicU64,
     pub provisioning_refused: AtomicU64,
+    pub invite_challenged: AtomicU64,
+    pub calls_forbidden: AtomicU64,
+    pub outbound_suspensions: AtomicU64,
+    pub emergency_calls: AtomicU64,
+    pub calls_unrouted: AtomicU64,
 }
 
 impl Metrics {
@@ -161,6 +166,31 @@ impl Metrics {
                 "sipward_provisioning_refused_total",
                 "provisioning requests refused (no or wrong login, unknown file)",
                 get(&self.provisioning_refused),
+            ),
+            (
+                "sipward_invite_challenged_total",
+                "INVITEs answered 407 (every caller authenticates before the number is looked at)",
+                get(&self.invite_challenged),
+            ),
+            (
+                "sipward_calls_forbidden_total",
+                "authenticated INVITEs refused 403: class of service, invalid number or suspended",
+                get(&self.calls_forbidden),
+            ),
+            (
+                "sipward_outbound_suspensions_total",
+                "extensions suspended for breaking a fraud limit",
+                get(&self.outbound_suspensions),
+            ),
+            (
+                "sipward_emergency_calls_total",
+                "calls to emergency numbers",
+                get(&self.emergency_calls),
+            ),
+            (
+                "sipward_calls_unrouted_total",
+                "admitted INVITEs answered 480 (call routing is not built yet)",
+                get(&self.calls_unrouted),
             ),
         ];
         for (name, help, v) in counters {

@@ -212,7 +212,10 @@ mod tests {
     fn the_fax_extension_cannot_call_abroad_by_default() {
         let o = outbound();
         let ext = |n: &str| ["888", "1001", "1002", "1003"].contains(&n);
-        assert_eq!(o.decide("888", "00252612345678", ext, 0, 0), Decision::Forbidden);
+        assert_eq!(
+            o.decide("888", "00252612345678", ext, 0, 0),
+            Decision::Forbidden
+        );
         assert_eq!(
             o.decide("888", "0301234567", ext, 0, 0),
             Decision::Allow(CallClass::National)
@@ -221,7 +224,10 @@ mod tests {
             o.decide("1002", "00252612345678", ext, 0, 0),
             Decision::Allow(CallClass::International)
         );
-        assert_eq!(o.decide("1003", "0301234567", ext, 0, 0), Decision::Forbidden);
+        assert_eq!(
+            o.decide("1003", "0301234567", ext, 0, 0),
+            Decision::Forbidden
+        );
         assert_eq!(
             o.decide("1003", "1001", ext, 0, 0),
             Decision::Allow(CallClass::Internal)
@@ -230,7 +236,11 @@ mod tests {
             o.decide("1003", "112", ext, 0, 0),
             Decision::Allow(CallClass::Emergency)
         );
-        assert_eq!(o.decide("9999", "1001", ext, 0, 0), Decision::Forbidden, "unknown caller");
+        assert_eq!(
+            o.decide("9999", "1001", ext, 0, 0),
+            Decision::Forbidden,
+            "unknown caller"
+        );
     }
 
     #[test]
@@ -248,17 +258,32 @@ mod tests {
             Decision::Suspend(Breach::AttemptsPerMinute { limit: 5 })
         );
         // Suspended at once, before the store knows; internal and emergency calls go on.
-        assert_eq!(o.decide("1001", "0301234567", ext, 0, 500), Decision::Forbidden);
-        assert_eq!(o.decide("1001", "1001", ext, 0, 500), Decision::Allow(CallClass::Internal));
-        assert_eq!(o.decide("1001", "112", ext, 0, 500), Decision::Allow(CallClass::Emergency));
+        assert_eq!(
+            o.decide("1001", "0301234567", ext, 0, 500),
+            Decision::Forbidden
+        );
+        assert_eq!(
+            o.decide("1001", "1001", ext, 0, 500),
+            Decision::Allow(CallClass::Internal)
+        );
+        assert_eq!(
+            o.decide("1001", "112", ext, 0, 500),
+            Decision::Allow(CallClass::Emergency)
+        );
         // A reload before the store has it keeps it; then the store records it...
         o.replace(&[row("1001", "user", None)]);
-        assert_eq!(o.decide("1001", "0301234567", ext, 0, 550), Decision::Forbidden);
+        assert_eq!(
+            o.decide("1001", "0301234567", ext, 0, 550),
+            Decision::Forbidden
+        );
         let mut suspended = row("1001", "user", None);
         suspended.outbound.suspended_at = 105;
         o.replace(&[suspended]);
         o.persisted("1001");
-        assert_eq!(o.decide("1001", "0301234567", ext, 0, 600), Decision::Forbidden);
+        assert_eq!(
+            o.decide("1001", "0301234567", ext, 0, 600),
+            Decision::Forbidden
+        );
         // ...and `ext resume` clears it there.
         o.replace(&[row("1001", "user", None)]);
         assert_eq!(

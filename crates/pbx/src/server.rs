@@ -136,17 +136,23 @@ pub async fn bind(
         keys.nonce,
         keys.dummy,
     );
-    let endpoint = Arc::new(Endpoint::new(
-        directory,
-        guard,
-        auth,
-        registrar,
-        metrics,
-        clock.clone(),
-        Notifier::new(keys.notify),
-    ));
+    let endpoint = Arc::new(
+        Endpoint::new(
+            directory,
+            guard,
+            auth,
+            registrar,
+            metrics,
+            clock.clone(),
+            Notifier::new(keys.notify),
+        )
+        .with_dialplan(registry.settings().dialplan.clone()),
+    );
     let mut conn = registry.store().pool().acquire().await?;
     load_guard(&mut conn, &endpoint, clock.now(), false).await?;
+    endpoint
+        .outbound
+        .replace(&store::outbound::calling(&mut conn).await?);
     drop(conn);
     Ok(Bound {
         sip_udp,
@@ -177,6 +183,7 @@ impl Bound {
         self.endpoint.guard.set_events(event_tx);
         tasks.spawn(event_writer(
             self.registry.clone(),
+            self.endpoint.clone(),
             event_rx,
             stop_rx.clone(),
         ));
@@ -274,6 +281,9 @@ async fn reload_loop(
                 .directory_accounts
                 .store(dir.len() as u64, Ordering::Relaxed);
             endpoint.directory.replace(dir);
+            if let Ok(rows) = store::outbound::calling(&mut conn).await {
+                endpoint.outbound.replace(&rows);
+            }
             versions.0 = v;
             registry_moved = true;
         }
@@ -316,6 +326,7 @@ async fn load_guard(
 /// queued are handled before the task ends.
 async fn event_writer(
     registry: Registry,
+    endpoint: Arc<Endpoint>,
     mut rx: tokio::sync::mpsc::Receiver<Event>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -324,24 +335,43 @@ async fn event_writer(
             e = rx.recv() => e,
             _ = stop.changed() => {
                 while let Ok(e) = rx.try_recv() {
-                    handle_event(&registry, e).await;
+                    handle_event(&registry, &endpoint, e).await;
                 }
                 return;
             }
         };
         match event {
-            Some(e) => handle_event(&registry, e).await,
+            Some(e) => handle_event(&registry, &endpoint, e).await,
             None => return,
         }
     }
 }
 
-async fn handle_event(registry: &Registry, e: Event) {
+async fn handle_event(registry: &Registry, endpoint: &Endpoint, e: Event) {
+    let now = endpoint.now();
     let persisted = match &e {
         Event::Ban {
             row,
             from_store: false,
         } => Some(persist_ban(registry, row).await),
+        Event::Suspended {
+            number,
+            breach,
+            dialled,
+            ..
+        } => {
+            let ok = registry
+                .suspend_outbound(number, *breach, dialled, now)
+                .await
+                .is_ok();
+            if ok {
+                endpoint.outbound.persisted(number);
+            }
+            Some(ok)
+        }
+        Event::EmergencyCall { number, dialled } => {
+            Some(registry.emergency_alert(number, dialled, now).await.is_ok())
+        }
         _ => None,
     };
     eprintln!("{}", e.to_json(persisted));

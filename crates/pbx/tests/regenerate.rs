@@ -28,6 +28,8 @@ async fn open(data: &DataDir, seed: u64) -> (Registry, pbx::registry::Opened) {
         realm: "sipward".into(),
         domain: Some("pbx.example.com".into()),
         policy: PolicyConfig::default(),
+        dialplan: Default::default(),
+        admin_email: None,
         provisioning: ProvisioningSettings {
             base_url: Some("http://pbx.example.com:8080".into()),
             ..ProvisioningSettings::default()

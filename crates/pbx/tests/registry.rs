@@ -24,6 +24,8 @@ fn settings(realm: &str) -> Settings {
         realm: realm.into(),
         domain: None,
         policy: PolicyConfig::default(),
+        dialplan: Default::default(),
+        admin_email: None,
         provisioning: Default::default(),
     }
 }

@@ -166,6 +166,10 @@ pub struct ExtFields {
     /// Phone model, for provisioning.
     #[arg(long)]
     pub model: Option<String>,
+    /// Class of service: internal, local, national or international (default from
+    /// `[dialplan]`: national; an empty value resets it).
+    #[arg(long = "class")]
+    pub class_of_service: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,6 +195,8 @@ pub enum ExtCommand {
     },
     /// Remove an extension.
     Remove { number: String },
+    /// Lift the suspension of an extension's outbound calling (a fraud limit was broken).
+    Resume { number: String },
     /// List extensions.
     List {
         /// Only weak extensions (a finding of warning or worse).

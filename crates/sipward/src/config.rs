@@ -20,6 +20,7 @@ struct RawConfig {
     guard: policy::ban::BanPolicy,
     provisioning: RawProvisioning,
     mail: Option<RawMail>,
+    dialplan: policy::dialplan::DialPlan,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -48,6 +49,8 @@ struct RawMail {
     from: String,
     ca_file: Option<PathBuf>,
     timeout_secs: Option<u64>,
+    /// Where security alerts go (suspensions, emergency calls).
+    admin: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +171,15 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
         );
     }
     let provisioning = provisioning(raw.provisioning)?;
+    raw.dialplan.validate().map_err(OperatorError)?;
+    let admin_email = match raw.mail.as_ref().and_then(|m| m.admin.as_deref()) {
+        Some(a) => Some(
+            policy::fields::Email::parse(a.trim())
+                .map_err(|e| OperatorError(format!("mail.admin: {e}")))?
+                .into_string(),
+        ),
+        None => None,
+    };
     let mail = raw.mail.map(mail).transpose()?;
     Ok(Config {
         settings: Settings {
@@ -175,6 +187,8 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
             domain,
             policy: raw.policy,
             provisioning,
+            dialplan: raw.dialplan,
+            admin_email,
         },
         mail,
         registrar: raw.registrar,

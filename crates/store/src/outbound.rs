@@ -91,7 +91,12 @@ pub async fn put_outbound(conn: &mut AnyConnection, o: &OutboundRow) -> Result<(
 
 /// Suspends an extension's outbound calling (keeps its other settings). Returns false
 /// when the extension does not exist.
-pub async fn suspend(conn: &mut AnyConnection, number: &str, at: i64, reason: &str) -> Result<bool> {
+pub async fn suspend(
+    conn: &mut AnyConnection,
+    number: &str,
+    at: i64,
+    reason: &str,
+) -> Result<bool> {
     let Some(mut row) = calling_of(conn, number).await? else {
         return Ok(false);
     };

@@ -207,6 +207,11 @@ fn outbox_from_row(r: &AnyRow) -> Result<OutboxRow> {
 /// credentials that no longer work).
 pub async fn queue_mail(conn: &mut AnyConnection, m: &OutboxRow) -> Result<()> {
     supersede_mail(conn, &m.number).await?;
+    insert_mail(conn, m).await
+}
+
+/// Queues a mail without superseding anything (alerts).
+pub async fn insert_mail(conn: &mut AnyConnection, m: &OutboxRow) -> Result<()> {
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO outbox ({OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
     )))

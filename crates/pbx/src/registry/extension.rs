@@ -55,6 +55,9 @@ pub struct NewExtension {
     pub auth_id: Option<String>,
     pub mac: Option<String>,
     pub model: Option<String>,
+    /// `internal`, `local`, `national` or `international`; the `[dialplan]` default for
+    /// its kind when absent.
+    pub class_of_service: Option<String>,
 }
 
 /// Changes to an extension: `Some` sets a field; for email, SIP ID, MAC and model an empty
@@ -70,6 +73,8 @@ pub struct ExtensionChange {
     pub auth_id: Option<String>,
     pub mac: Option<String>,
     pub model: Option<String>,
+    /// An empty string resets it to the default for the extension's kind.
+    pub class_of_service: Option<String>,
 }
 
 /// An extension as shown to operators: no secrets.
@@ -257,9 +262,21 @@ impl Registry {
     /// Adds an extension. Explicit credentials are stored even when weak (a legacy system
     /// must be mirrored first); their findings are returned for a warning.
     pub async fn add_extension(&self, number: &str, new: NewExtension) -> Result<Added> {
+        let class = optional(new.class_of_service.as_deref(), |v| {
+            super::outbound::parse_class(v).map_err(|e| match e {
+                Error::Invalid(f) => f,
+                other => policy::InvalidField {
+                    field: "class of service",
+                    reason: other.to_string(),
+                },
+            })
+        })?;
         let mut tx = self.store.begin().await?;
         let prepared = self.prepare_new_extension(number, new, &mut tx).await?;
         q::insert_extension(&mut tx, &prepared.row).await?;
+        if class.is_some() {
+            self.set_class(&mut tx, &prepared.row.number, class).await?;
+        }
         let phone = self.bump_provisioning(&mut tx, &prepared.row).await?;
         tx.commit().await?;
         if phone.is_some() {
@@ -307,6 +324,13 @@ impl Registry {
         }
         if let Some(model) = change.model.as_deref() {
             row.model = optional(Some(model), PhoneModel::parse)?.map(PhoneModel::into_string);
+        }
+        if let Some(class) = change.class_of_service.as_deref() {
+            let class = match class.trim() {
+                "" => None,
+                c => Some(super::outbound::parse_class(c)?),
+            };
+            self.set_class(&mut tx, &row.number, class).await?;
         }
         if let Some(auth_id) = change.auth_id.as_deref() {
             let auth_id = AuthId::parse(auth_id.trim())?;

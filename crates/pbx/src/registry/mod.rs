@@ -3,6 +3,7 @@
 
 mod extension;
 mod gateway;
+mod outbound;
 mod provider;
 pub mod regenerate;
 
@@ -10,6 +11,7 @@ pub use extension::{
     ExtensionChange, ExtensionKind, ExtensionView, NewExtension, RegistrationView,
 };
 pub use gateway::{GatewayChange, GatewayView, NewGateway};
+pub use outbound::OutboundView;
 pub use provider::{NewProvider, ProviderChange, ProviderView};
 
 pub(crate) use extension::Prepared;
@@ -43,6 +45,10 @@ pub struct Settings {
     pub policy: PolicyConfig,
     /// What phones' provisioning files and welcome mails say.
     pub provisioning: ProvisioningSettings,
+    /// Call classes, classes of service and fraud limits (`[dialplan]`).
+    pub dialplan: policy::dialplan::DialPlan,
+    /// Where security alerts (suspensions, emergency calls) are mailed (`mail.admin`).
+    pub admin_email: Option<String>,
 }
 
 /// Settings of provisioning and Re-Generate (`[provisioning]` in the config file).

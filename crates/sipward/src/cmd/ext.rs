@@ -56,6 +56,14 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
             };
             super::regenerate::run(reg, selection, !no_email, out.json, config).await
         }
+        ExtCommand::Resume { number } => {
+            if reg.resume(&number).await? {
+                println!("outbound calling of extension {} resumed", number.trim());
+            } else {
+                println!("extension {} was not suspended", number.trim());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         ExtCommand::Add {
             number,
             mut fields,
@@ -76,6 +84,7 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
                 auth_id: fields.auth_id,
                 mac: fields.mac,
                 model: fields.model,
+                class_of_service: fields.class_of_service,
             };
             let added = reg.add_extension(&number, new).await?;
             let e = &added.extension;
@@ -223,6 +232,7 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
                 None
             };
             let registrations = reg.registrations(&view.number).await?;
+            let outbound = reg.outbound_of(&view.number).await?;
             let phone = if reveal {
                 reg.phone_login(&view.number).await?
             } else {
@@ -239,6 +249,7 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
                     #[serde(flatten)]
                     inner: WithFindings<'a, ExtensionView>,
                     registrations: &'a [pbx::registry::RegistrationView],
+                    outbound: &'a pbx::registry::OutboundView,
                     #[serde(skip_serializing_if = "Option::is_none")]
                     password: Option<&'a str>,
                     #[serde(skip_serializing_if = "Option::is_none")]
@@ -255,6 +266,7 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
                 }
                 output::json(&Out {
                     registrations: &registrations,
+                    outbound: &outbound,
                     inner: WithFindings {
                         item: &view,
                         weak: is_weak(&findings),
@@ -278,6 +290,15 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
                 println!("SIP ID     {}", view.sip_id.as_deref().unwrap_or("(blank)"));
                 println!("MAC        {}", view.mac.as_deref().unwrap_or("-"));
                 println!("model      {}", view.model.as_deref().unwrap_or("-"));
+                println!(
+                    "calling    {}{}",
+                    outbound.class_of_service.as_str(),
+                    match &outbound.suspend_reason {
+                        Some(r) =>
+                            format!(", SUSPENDED ({r}): `sipward ext resume {}`", view.number),
+                        None => String::new(),
+                    }
+                );
                 if let Some(s) = &secrets {
                     println!("password   {}", s.password.expose());
                     println!("PIN        {}", s.pin.expose());
@@ -325,5 +346,6 @@ fn change_from(f: ExtFields, kind: Option<ExtensionKind>) -> ExtensionChange {
         auth_id: f.auth_id,
         mac: f.mac,
         model: f.model,
+        class_of_service: f.class_of_service,
     }
 }

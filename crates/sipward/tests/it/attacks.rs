@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::guard::{crack, options, run_sipvicious, target_env};
 use crate::harness::Env;
-use crate::peers::{Server, UdpClient, eventually, free_port, require, sipp_from};
+use crate::peers::{Server, UdpClient, eventually, eventually_or, free_port, require, sipp_from};
 use crate::registrar::{
     Login, PASSWORD, authorization, header, import_users, nonce_of, register, register_text, status,
 };
@@ -130,15 +130,19 @@ fn distributed_guessing_never_succeeds_and_the_office_keeps_working() {
     assert!(server.metric("sipward_refused_credentials_total") >= 2);
     // Both accounts collected 20 failures from strangers.
     assert_eq!(server.metric("sipward_accounts_protected_total"), 2);
+    // The event writer logs behind the answers: wait for both kinds of event.
+    eventually_or(
+        "protected-account and weak-refusal events logged",
+        Duration::from_secs(5),
+        || {
+            let log = server.log();
+            log.contains(r#""event":"account_protected""#)
+                && log.contains("bob1002")
+                && log.contains(r#""event":"weak_credentials_refused""#)
+        },
+        || server.log(),
+    );
     let log = server.log();
-    assert!(
-        log.contains(r#""event":"account_protected""#) && log.contains("bob1002"),
-        "{log}"
-    );
-    assert!(
-        log.contains(r#""event":"weak_credentials_refused""#),
-        "{log}"
-    );
     assert!(
         !log.contains(PASSWORD) && !log.contains("guess1"),
         "no secret or guess logged"

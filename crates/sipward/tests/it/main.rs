@@ -3,6 +3,7 @@
 mod attacks;
 mod bad_input;
 mod baresip;
+mod calls;
 mod cli;
 mod guard;
 mod harness;

@@ -313,3 +313,168 @@ impl UdpClient {
         Some(String::from_utf8_lossy(&buf[..n]).into_owned())
     }
 }
+
+pub const SMTP_USER: &str = "pbx";
+pub const SMTP_PASSWORD: &str = "Smtp-Test-Secret-42";
+
+/// A Python interpreter with aiosmtpd (Debian's python3-aiosmtpd lives in /usr/bin).
+fn python_with_aiosmtpd() -> PathBuf {
+    for py in ["/usr/bin/python3", "python3"] {
+        let ok = Command::new(py)
+            .args(["-c", "import aiosmtpd"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return PathBuf::from(py);
+        }
+    }
+    panic!(
+        "the test peer aiosmtpd is not installed (Debian package python3-aiosmtpd); run scripts/test, which installs it"
+    );
+}
+
+/// A real SMTP server requiring STARTTLS and AUTH; messages land in `maildir`.
+pub struct Smtp {
+    child: Child,
+    port: u16,
+    /// The CA that signed the server's certificate (sipward's `mail.ca_file`).
+    cert: PathBuf,
+    maildir: PathBuf,
+}
+
+impl Smtp {
+    pub fn start(env: &Env) -> Smtp {
+        let python = python_with_aiosmtpd();
+        let openssl = require("openssl", "openssl");
+        let dir = env.path(&format!("smtp-{}", free_port()));
+        std::fs::create_dir_all(&dir).expect("smtp dir");
+        // A test CA and a server certificate it signed (rustls refuses a CA certificate
+        // used as the server's own).
+        let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+        let (cert, key, csr) = (
+            dir.join("cert.pem"),
+            dir.join("key.pem"),
+            dir.join("cert.csr"),
+        );
+        let ext = dir.join("ext.cnf");
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("ext");
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let steps: [Vec<&std::ffi::OsStr>; 3] = [
+            ["req", "-x509"]
+                .iter()
+                .chain(&ec)
+                .chain(&["-days", "2", "-subj", "/CN=sipward test CA", "-keyout"])
+                .map(std::ffi::OsStr::new)
+                .chain([ca_key.as_os_str(), "-out".as_ref(), ca.as_os_str()])
+                .collect(),
+            ["req"]
+                .iter()
+                .chain(&ec)
+                .chain(&["-subj", "/CN=127.0.0.1", "-keyout"])
+                .map(std::ffi::OsStr::new)
+                .chain([key.as_os_str(), "-out".as_ref(), csr.as_os_str()])
+                .collect(),
+            ["x509", "-req", "-days", "2", "-in"]
+                .iter()
+                .map(std::ffi::OsStr::new)
+                .chain([
+                    csr.as_os_str(),
+                    "-CA".as_ref(),
+                    ca.as_os_str(),
+                    "-CAkey".as_ref(),
+                    ca_key.as_os_str(),
+                    "-CAcreateserial".as_ref(),
+                    "-extfile".as_ref(),
+                    ext.as_os_str(),
+                    "-out".as_ref(),
+                    cert.as_os_str(),
+                ])
+                .collect(),
+        ];
+        for args in steps {
+            let made = Command::new(&openssl)
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl");
+            assert!(made.success(), "openssl {args:?} failed");
+        }
+        let maildir = dir.join("mail");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/smtp/server.py");
+        let mut child = Command::new(python)
+            .arg(script)
+            .args(["127.0.0.1", "0"])
+            .arg(&cert)
+            .arg(&key)
+            .args([SMTP_USER, SMTP_PASSWORD])
+            .arg(&maildir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start aiosmtpd");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("ready line");
+        let port = line
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("aiosmtpd did not start: {line:?}"));
+        Smtp {
+            child,
+            port,
+            cert: ca,
+            maildir,
+        }
+    }
+
+    /// The `[mail]` section pointing at this server (with a wrong password if asked).
+    pub fn config(&self, password: &str) -> String {
+        format!(
+            "[mail]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\nsecurity = \"starttls\"\n\
+             username = \"{SMTP_USER}\"\npassword = \"{password}\"\nfrom = \"pbx@example.com\"\n\
+             ca_file = \"{}\"\ntimeout_secs = 10\n",
+            self.port,
+            self.cert.display()
+        )
+    }
+
+    /// Every message received so far.
+    pub fn messages(&self) -> Vec<String> {
+        let mut out: Vec<(PathBuf, String)> = std::fs::read_dir(&self.maildir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                    .map(|p| {
+                        let text = std::fs::read_to_string(&p).expect("read mail");
+                        (p, text)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out.into_iter().map(|(_, t)| t).collect()
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

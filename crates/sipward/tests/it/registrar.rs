@@ -371,6 +371,11 @@ fn options_unknown_methods_and_malformed_requests() {
     assert!(header(&options, "To")[0].contains(";tag="), "{options}");
     assert_eq!(
         status(&c.request(&base("INVITE", "1 INVITE")).expect("answer")),
+        407,
+        "every caller authenticates first"
+    );
+    assert_eq!(
+        status(&c.request(&base("BYE", "1 BYE")).expect("answer")),
         405
     );
     assert_eq!(

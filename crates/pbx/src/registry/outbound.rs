@@ -1,0 +1,193 @@
+//! Outbound calling settings of extensions: class of service, suspension, and the
+//! security alerts mailed to the administrator.
+
+use policy::dialplan::{Breach, ClassOfService, FraudLimits};
+use policy::fields::ExtensionNumber;
+use serde::Serialize;
+use sqlx::AnyConnection;
+use store::outbound as oq;
+use store::regen::{self as rq, OutboxRow};
+
+use super::Registry;
+use super::regenerate::{MailMessage, mail_aad};
+use crate::outbound::Line;
+use crate::{Error, Result};
+
+/// An extension's effective outbound settings, as operators see them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OutboundView {
+    pub class_of_service: ClassOfService,
+    /// The class comes from `[dialplan]`'s default for the extension's kind.
+    pub default_class: bool,
+    pub limits: FraudLimits,
+    pub suspended: bool,
+    pub suspended_at: Option<i64>,
+    pub suspend_reason: Option<String>,
+}
+
+/// Parses a class of service given by an operator.
+pub(crate) fn parse_class(value: &str) -> Result<ClassOfService> {
+    ClassOfService::parse(value).ok_or_else(|| {
+        Error::Invalid(policy::InvalidField {
+            field: "class of service",
+            reason: "it must be internal, local, national or international".into(),
+        })
+    })
+}
+
+impl Registry {
+    /// Sets (or, with `None`, resets to the default) an extension's class of service
+    /// inside the caller's transaction.
+    pub(crate) async fn set_class(
+        &self,
+        conn: &mut AnyConnection,
+        number: &str,
+        class: Option<ClassOfService>,
+    ) -> Result<()> {
+        let mut row = oq::calling_of(conn, number)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("extension {number}")))?;
+        row.outbound.class_of_service = class.map(|c| c.as_str().to_owned());
+        oq::put_outbound(conn, &row.outbound).await?;
+        Ok(())
+    }
+
+    pub async fn outbound_of(&self, number: &str) -> Result<OutboundView> {
+        let number = ExtensionNumber::parse(number.trim())?;
+        let mut conn = self.store().pool().acquire().await?;
+        let row = oq::calling_of(&mut conn, number.as_str())
+            .await?
+            .ok_or_else(|| Error::not_found(format!("extension {number}")))?;
+        let line = Line::from_row(&row, &self.settings().dialplan);
+        let o = &row.outbound;
+        Ok(OutboundView {
+            class_of_service: line.class,
+            default_class: o.class_of_service.is_none(),
+            limits: line.limits,
+            suspended: line.suspended,
+            suspended_at: (o.suspended_at != 0).then_some(o.suspended_at),
+            suspend_reason: (o.suspended_at != 0).then(|| o.suspend_reason.clone()),
+        })
+    }
+
+    /// Lifts a suspension; returns whether the extension was suspended.
+    pub async fn resume(&self, number: &str) -> Result<bool> {
+        let number = ExtensionNumber::parse(number.trim())?;
+        let mut tx = self.store().begin().await?;
+        let mut row = oq::calling_of(&mut tx, number.as_str())
+            .await?
+            .ok_or_else(|| Error::not_found(format!("extension {number}")))?;
+        let was = row.outbound.suspended_at != 0;
+        if was {
+            row.outbound.suspended_at = 0;
+            row.outbound.suspend_reason.clear();
+            oq::put_outbound(&mut tx, &row.outbound).await?;
+        }
+        tx.commit().await?;
+        Ok(was)
+    }
+
+    /// Records a suspension (the server has applied it already) and alerts the
+    /// administrator. Returns false when the extension no longer exists.
+    pub async fn suspend_outbound(
+        &self,
+        number: &str,
+        breach: Breach,
+        dialled: &str,
+        at: i64,
+    ) -> Result<bool> {
+        let reason = format!("{}: {}", breach.id(), breach.describe());
+        let mut tx = self.store().begin().await?;
+        if !oq::suspend(&mut tx, number, at, &reason).await? {
+            return Ok(false);
+        }
+        let text = format!(
+            "sipward suspended outbound calling of extension {number}: {}.\n\n\
+             The attempt that broke the limit dialled {dialled}. Until an administrator runs\n\
+             `sipward ext resume {number}`, the extension can call other extensions and\n\
+             emergency numbers only. If nobody at that extension made these calls, its\n\
+             password is known to someone else: Re-Generate it\n\
+             (`sipward ext regenerate {number}`).\n",
+            breach.describe()
+        );
+        self.queue_alert(
+            &mut tx,
+            number,
+            &format!("Outbound calling of extension {number} suspended"),
+            &text,
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Queues an alert for the administrator (`mail.admin`), if one is configured.
+    pub(crate) async fn queue_alert(
+        &self,
+        conn: &mut AnyConnection,
+        number: &str,
+        subject: &str,
+        text: &str,
+        now: i64,
+    ) -> Result<Option<String>> {
+        let Some(to) = self.settings().admin_email.clone() else {
+            return Ok(None);
+        };
+        let message = MailMessage {
+            subject: subject.to_owned(),
+            text: text.to_owned(),
+            html: format!(
+                "<!DOCTYPE html><html><body><pre>{}</pre></body></html>",
+                text.replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+            ),
+        };
+        let id = self
+            .with_rng(|rng| policy::generate::auth_id(rng))
+            .into_string();
+        let json = serde_json::to_string(&message).map_err(|e| {
+            Error::Template(crate::provisioning::TemplateError::Render {
+                name: "alert".into(),
+                detail: e.to_string(),
+            })
+        })?;
+        rq::insert_mail(
+            conn,
+            &OutboxRow {
+                message_enc: self.seal(&mail_aad(&id), &json),
+                id: id.clone(),
+                // Alerts never supersede each other or an extension's welcome mail.
+                number: format!("alert:{number}"),
+                recipient: to,
+                state: "queued".into(),
+                attempts: 0,
+                next_attempt_at: now,
+                lease_until: 0,
+                last_error: String::new(),
+                created_at: now,
+                sent_at: 0,
+            },
+        )
+        .await?;
+        Ok(Some(id))
+    }
+
+    /// An emergency call went out: tell the administrator.
+    pub async fn emergency_alert(&self, number: &str, dialled: &str, at: i64) -> Result<()> {
+        let mut conn = self.store().pool().acquire().await?;
+        self.queue_alert(
+            &mut conn,
+            number,
+            &format!("Emergency call from extension {number}"),
+            &format!(
+                "Extension {number} dialled the emergency number {dialled}.\n\
+                 Emergency calls always go out, whatever the class of service or limits.\n"
+            ),
+            at,
+        )
+        .await?;
+        Ok(())
+    }
+}
