@@ -130,18 +130,25 @@ impl Outbound {
         if class == CallClass::Emergency {
             return Decision::Allow(class);
         }
+        if !class.is_external() {
+            return if line.class.allows(class) {
+                Decision::Allow(class)
+            } else {
+                Decision::Forbidden
+            };
+        }
         let suspended = line.suspended
             || self
                 .suspended_now
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .contains(number);
-        if !line.class.allows(class) || (suspended && class.is_external()) {
+        if suspended {
             return Decision::Forbidden;
         }
-        if !class.is_external() {
-            return Decision::Allow(class);
-        }
+        // Every external attempt counts, also one the class of service forbids: an
+        // intruder trying numbers abroad on a national extension is suspended (and the
+        // administrator told) as fast as one who succeeds.
         let key = number.to_owned();
         let l = line.limits;
         let attempts = self
@@ -149,7 +156,8 @@ impl Outbound {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .record(&key, now, MINUTE, l.attempts_per_minute.saturating_add(1));
-        let international = if class == CallClass::International {
+        let allowed = line.class.allows(class);
+        let international = if class == CallClass::International && allowed {
             self.international
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -162,7 +170,12 @@ impl Outbound {
             attempts_last_minute: attempts,
             international_today: international,
         };
-        match l.check(class, usage) {
+        let breach = match l.check(class, usage) {
+            Some(b @ Breach::AttemptsPerMinute { .. }) => Some(b),
+            _ if !allowed => return Decision::Forbidden,
+            other => other,
+        };
+        match breach {
             None => Decision::Allow(class),
             Some(breach) => {
                 self.suspended_now
@@ -289,6 +302,27 @@ mod tests {
         assert_eq!(
             o.decide("1001", "0301234567", ext, 0, 700),
             Decision::Allow(CallClass::National)
+        );
+    }
+
+    #[test]
+    fn forbidden_attempts_count_too() {
+        let o = outbound();
+        let ext = |_: &str| false;
+        for i in 0..5 {
+            assert_eq!(
+                o.decide("888", "00252612345678", ext, 0, i),
+                Decision::Forbidden
+            );
+        }
+        assert_eq!(
+            o.decide("888", "00252612345678", ext, 0, 5),
+            Decision::Suspend(Breach::AttemptsPerMinute { limit: 5 })
+        );
+        assert_eq!(
+            o.decide("888", "0301234567", ext, 0, 6),
+            Decision::Forbidden,
+            "suspended"
         );
     }
 
