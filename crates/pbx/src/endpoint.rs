@@ -24,6 +24,7 @@ use crate::guard::{Event, Guard};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::outbound::{Decision, Outbound};
+use crate::proxy::{Proxy, Relay};
 use crate::registrar::{Contacts, RegisterError, RegisterRequest, Registrar, TransportKind};
 use policy::dialplan::CallClass;
 
@@ -74,6 +75,9 @@ pub struct Endpoint {
     pub notifier: Notifier,
     /// Classes of service, fraud limits and suspensions of outbound calls.
     pub outbound: Arc<Outbound>,
+    /// Calls between extensions.
+    pub proxy: Proxy,
+    socket: std::sync::OnceLock<Arc<tokio::net::UdpSocket>>,
     /// Extensions whose grace window the new password ended; the server deletes their
     /// store rows.
     graces_ended: Mutex<Vec<String>>,
@@ -95,6 +99,8 @@ impl Endpoint {
         Self {
             notifier,
             outbound: Arc::new(Outbound::new(policy::dialplan::DialPlan::default())),
+            proxy: Proxy::new([0; 32]),
+            socket: std::sync::OnceLock::new(),
             graces_ended: Mutex::new(Vec::new()),
             directory,
             guard,
@@ -110,6 +116,34 @@ impl Endpoint {
     /// The server's wall clock, for records written on the endpoint's behalf.
     pub fn now(&self) -> i64 {
         self.clock.now()
+    }
+
+    /// Sends what the proxy's timers produced.
+    pub fn send_tick(&self, sends: Vec<crate::proxy::Send>) {
+        self.send_all(sends);
+    }
+
+    /// Sends datagrams the proxy produced (on the UDP socket once the server runs).
+    fn send_all(&self, sends: Vec<crate::proxy::Send>) {
+        if let Some(socket) = self.socket.get() {
+            for s in sends {
+                let _ = socket.try_send_to(&s.bytes, s.target);
+            }
+        }
+    }
+
+    /// Connects the UDP socket the proxy sends on.
+    pub fn set_socket(&self, socket: Arc<tokio::net::UdpSocket>) {
+        if let Ok(addr) = socket.local_addr() {
+            self.proxy.set_bound(addr);
+        }
+        let _ = self.socket.set(socket);
+    }
+
+    /// Uses `key` for the proxy's branches and dialog tokens.
+    pub fn with_proxy_key(mut self, key: [u8; 32]) -> Self {
+        self.proxy = Proxy::new(key);
+        self
     }
 
     /// Uses `plan` for outbound calls (the default plan otherwise).
@@ -149,8 +183,10 @@ impl Endpoint {
             return None;
         }
         let StartLine::Request { method, uri, .. } = m.start else {
-            // Responses: only answers to our NOTIFYs are of interest.
-            self.notifier.response(&m);
+            // Responses: answers to our NOTIFYs, and answers the proxy passes on.
+            if !self.notifier.response(&m) && transport == TransportKind::Udp {
+                self.send_all(self.proxy.response(&m));
+            }
             return None;
         };
         // Scanners address servers by IP; phones set up with the domain never do.
@@ -182,6 +218,31 @@ impl Endpoint {
             Metrics::inc(&self.metrics.bad_requests);
             let bytes = respond(400, "Bad Request")?.finish();
             return Some(Reply { bytes, target });
+        }
+        // In-dialog requests (a To tag) are the proxy's: relayed when they carry our
+        // Route with its dialog token, refused otherwise. ACK for a non-2xx answer of
+        // ours ends that answer's retransmissions.
+        let in_dialog = m
+            .header(Name::To)
+            .and_then(NameAddr::parse)
+            .is_some_and(|t| t.tag().is_some());
+        if method == "ACK" && self.proxy.ack_upstream_final(&m) {
+            return None;
+        }
+        if in_dialog && transport == TransportKind::Udp && !matches!(method, "REGISTER" | "CANCEL")
+        {
+            match self.proxy.relay(&m, method, uri, source) {
+                Relay::Forward(send) => {
+                    Metrics::inc(&self.metrics.relayed);
+                    self.send_all(vec![send]);
+                    return None;
+                }
+                Relay::Refuse(..) if method == "ACK" => return None,
+                Relay::Refuse(code, reason) => {
+                    let bytes = respond(code, reason)?.finish();
+                    return Some(Reply { bytes, target });
+                }
+            }
         }
         if method == "ACK" {
             return None;
@@ -215,7 +276,7 @@ impl Endpoint {
 
         let bytes = match method {
             "REGISTER" => self.register(&m, source, transport, &tag)?,
-            "INVITE" => self.invite(&m, uri, source, &tag)?,
+            "INVITE" => self.invite(&m, uri, source, target, transport, &tag)?,
             "OPTIONS" => {
                 Metrics::inc(&self.metrics.options);
                 respond(200, "OK")?
@@ -223,7 +284,26 @@ impl Endpoint {
                     .header("Accept", "application/sdp")
                     .finish()
             }
-            "CANCEL" => respond(481, "Call/Transaction Does Not Exist")?.finish(),
+            "CANCEL" => match self.proxy.cancel(&m) {
+                Some(cancels) => {
+                    // Answered before the CANCELs go downstream, so the caller sees
+                    // this 200 before the 487 that follows from them.
+                    let ok = respond(200, "OK")?.finish();
+                    self.send_all(vec![crate::proxy::Send {
+                        bytes: ok.clone(),
+                        target,
+                    }]);
+                    self.send_all(cancels);
+                    if let Some(k) = &key {
+                        self.transactions
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .respond(k, &ok, now);
+                    }
+                    return None;
+                }
+                None => respond(481, "Call/Transaction Does Not Exist")?.finish(),
+            },
             m if KNOWN_METHODS.contains(&m) => {
                 Metrics::inc(&self.metrics.other_methods);
                 respond(405, "Method Not Allowed")?
@@ -334,7 +414,15 @@ impl Endpoint {
     /// number looked at: class of service, fraud limits (breaking one suspends the
     /// extension's outbound calling), emergency numbers always. Admitted calls are not
     /// routed yet (480).
-    fn invite(&self, m: &Message<'_>, uri: &str, source: SocketAddr, tag: &str) -> Option<Vec<u8>> {
+    fn invite(
+        &self,
+        m: &Message<'_>,
+        uri: &str,
+        source: SocketAddr,
+        upstream: SocketAddr,
+        transport: TransportKind,
+        tag: &str,
+    ) -> Option<Vec<u8>> {
         let respond =
             |code: u16, reason: &str| ResponseBuilder::new(m, code, reason, source, tag).ok();
         let now = self.clock.now();
@@ -385,8 +473,41 @@ impl Endpoint {
                         dialled: dialled.to_owned(),
                     });
                 }
-                Metrics::inc(&self.metrics.calls_unrouted);
-                respond(480, "Temporarily Unavailable").map(|b| b.finish())
+                let callee = (class == CallClass::Internal)
+                    .then(|| dir.number_for_user(dialled))
+                    .flatten();
+                let (Some(callee), TransportKind::Udp) = (callee, transport) else {
+                    // Trunks (external and emergency calls) are not built yet.
+                    Metrics::inc(&self.metrics.calls_unrouted);
+                    return respond(480, "Temporarily Unavailable").map(|b| b.finish());
+                };
+                let contacts: Vec<(String, SocketAddr)> = self
+                    .registrar
+                    .bindings(callee, now)
+                    .into_iter()
+                    .filter(|b| b.transport == TransportKind::Udp)
+                    .map(|b| (b.contact, b.source))
+                    .collect();
+                if contacts.is_empty() {
+                    Metrics::inc(&self.metrics.calls_unrouted);
+                    return respond(480, "Temporarily Unavailable").map(|b| b.finish());
+                }
+                match self
+                    .proxy
+                    .start(m, source, upstream, &contacts, std::time::Instant::now())
+                {
+                    Ok(sends) => {
+                        if !sends.is_empty() {
+                            Metrics::inc(&self.metrics.calls_proxied);
+                        }
+                        self.send_all(sends);
+                        // Without a To tag: no dialog is made by a 100.
+                        ResponseBuilder::new(m, 100, "Trying", source, "")
+                            .ok()
+                            .map(|b| b.finish())
+                    }
+                    Err((code, reason)) => respond(code, reason).map(|b| b.finish()),
+                }
             }
         }
     }

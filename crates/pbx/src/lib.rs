@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod notify;
 pub mod outbound;
 pub mod provisioning;
+pub mod proxy;
 pub mod registrar;
 pub mod registry;
 pub mod server;

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub outbound_suspensions: AtomicU64,
     pub emergency_calls: AtomicU64,
     pub calls_unrouted: AtomicU64,
+    pub calls_proxied: AtomicU64,
+    pub relayed: AtomicU64,
 }
 
 impl Metrics {
@@ -189,8 +191,18 @@ impl Metrics {
             ),
             (
                 "sipward_calls_unrouted_total",
-                "admitted INVITEs answered 480 (call routing is not built yet)",
+                "admitted INVITEs answered 480: callee not registered, or external (trunks are not built yet)",
                 get(&self.calls_unrouted),
+            ),
+            (
+                "sipward_calls_proxied_total",
+                "INVITEs forked to a registered extension",
+                get(&self.calls_proxied),
+            ),
+            (
+                "sipward_relayed_total",
+                "in-dialog requests relayed (ACK, BYE, re-INVITE, ...)",
+                get(&self.relayed),
             ),
         ];
         for (name, help, v) in counters {

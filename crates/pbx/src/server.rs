@@ -55,6 +55,8 @@ pub struct ServerKeys {
     pub dummy: [u8; 32],
     /// Keys the branches, tags and Call-IDs of the NOTIFYs sipward sends.
     pub notify: [u8; 32],
+    /// Keys the proxy's branches and Record-Route dialog tokens.
+    pub proxy: [u8; 32],
 }
 
 impl std::fmt::Debug for ServerKeys {
@@ -172,6 +174,8 @@ impl Bound {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
+        // The proxy sends on the socket: connected before the first datagram is read.
+        self.endpoint.set_socket(self.udp.clone());
         for _ in 0..self.cfg.udp_workers.max(1) {
             tasks.spawn(transport::serve_udp(
                 self.udp.clone(),
@@ -179,6 +183,7 @@ impl Bound {
                 stop_rx.clone(),
             ));
         }
+        tasks.spawn(proxy_loop(self.endpoint.clone(), stop_rx.clone()));
         let (event_tx, event_rx) = tokio::sync::mpsc::channel(4096);
         self.endpoint.guard.set_events(event_tx);
         tasks.spawn(event_writer(
@@ -448,6 +453,22 @@ async fn resync_loop(
                 });
             }
         }
+    }
+}
+
+/// How often the proxy's retransmission timers are looked at.
+pub const PROXY_TICK: Duration = Duration::from_millis(100);
+
+/// Runs the proxy's timers (retransmissions, timeouts, forgetting ended calls).
+async fn proxy_loop(endpoint: Arc<Endpoint>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(PROXY_TICK);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let sends = endpoint.proxy.tick(std::time::Instant::now());
+        endpoint.send_tick(sends);
     }
 }
 

@@ -108,7 +108,7 @@ fn has_tag(to: &str) -> bool {
 
 /// The top Via with `received` (when the packet came from elsewhere than `sent-by`, or
 /// rport was asked for) and `rport` filled in (RFC 3581 §4).
-fn top_via_with_source(raw: &str, via: &Via<'_>, source: SocketAddr) -> String {
+pub fn top_via_with_source(raw: &str, via: &Via<'_>, source: SocketAddr) -> String {
     let ip = source.ip().to_string();
     let mut out = String::with_capacity(raw.len() + 40);
     // Rebuild the parameter list, replacing rport/received.

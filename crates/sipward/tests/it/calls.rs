@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::Env;
-use crate::peers::{Server, Smtp, UdpClient, eventually, eventually_or, sipp_from};
-use crate::registrar::{header, status};
+use crate::peers::{Server, SippServer, Smtp, UdpClient, eventually, eventually_or, sipp_from};
+use crate::registrar::{Login, header, register, status};
 
 const GERMANY: &str = "[sip]\ndigest_algorithms = [\"MD5\"]\n\
     [dialplan]\ncountry_code = \"49\"\ninternational_prefix = \"00\"\nnational_prefix = \"0\"\n\
@@ -240,5 +240,124 @@ fn six_attempts_in_a_minute_suspend_and_mail_the_administrator() {
     // `ext resume` re-enables it (a minute later the attempt window is clear).
     env.ok(&["ext", "resume", "3001"]);
     assert_eq!(outbound(&env, "3001")["suspended"], false);
+    server.stop();
+}
+
+/// Registers `number` from `ip` with a raw client, then frees its port for SIPp: the
+/// binding (and so the proxy's INVITE) points at that address.
+fn register_phone(server: &Server, ip: &str, number: &str, login: &(String, String)) -> u16 {
+    let c = UdpClient::from_address(ip, server.sip, Duration::from_secs(3));
+    let who = Login {
+        number,
+        auth_id: &login.0,
+        realm: "sipward",
+        password: &login.1,
+    };
+    let contact = format!("<sip:{number}@{}>", c.local);
+    let answer = register(
+        &c,
+        &who,
+        &format!("reg-{number}"),
+        1,
+        Some(&contact),
+        Some(3600),
+    );
+    assert_eq!(status(&answer), 200, "{answer}");
+    c.local.port()
+}
+
+#[test]
+fn a_call_between_two_extensions_goes_through_the_proxy() {
+    let env = Env::with_config(GERMANY);
+    let caller = add(&env, "4001", &[]);
+    let callee = add(&env, "4002", &[]);
+    let server = env.serve();
+    let port = register_phone(&server, "127.0.0.3", "4002", &callee);
+    let phone = SippServer::start(&env, "call_uas.xml", "127.0.0.3", port, 1);
+    std::thread::sleep(Duration::from_millis(300)); // SIPp binds its port
+    let csv = format!(
+        "SEQUENTIAL\n4001;[authentication username={} password={}];4002\n",
+        caller.0, caller.1
+    );
+    let run = sipp_from(
+        "127.0.0.2",
+        &env,
+        "call_uac.xml",
+        &csv,
+        server.sip,
+        "u1",
+        1,
+        1,
+    );
+    assert_eq!(
+        (run.successful, run.failed),
+        (1, 0),
+        "caller: {run:?}\n{}",
+        server.log()
+    );
+    assert_eq!(phone.finish(Duration::from_secs(10)), (1, 0), "callee");
+    assert_eq!(server.metric("sipward_calls_proxied_total"), 1);
+    assert!(
+        server.metric("sipward_relayed_total") >= 2,
+        "ACK and BYE followed the route"
+    );
+    server.stop();
+}
+
+#[test]
+fn in_dialog_requests_without_our_token_are_not_relayed() {
+    let env = Env::with_config(GERMANY);
+    add(&env, "4101", &[]);
+    let server = env.serve();
+    let c = UdpClient::from_address("127.0.0.9", server.sip, Duration::from_secs(3));
+    // A BYE "in a dialog" routed through us towards an arbitrary address: with no
+    // Route, a Route without a token, and one with a forged token.
+    let bye = |route: &str, n: u32| {
+        format!(
+            "BYE sip:4101@192.0.2.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKbye{n};rport\r\n\
+             From: <sip:x@example.com>;tag=a{n}\r\nTo: <sip:4101@127.0.0.1>;tag=b{n}\r\nCall-ID: bye{n}\r\n\
+             CSeq: 1 BYE\r\n{route}Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            local = c.local
+        )
+    };
+    let ours = server.sip;
+    assert_eq!(status(&c.request(&bye("", 1)).expect("answer")), 481);
+    let no_token = format!("Route: <sip:{ours};lr>\r\n");
+    assert_eq!(status(&c.request(&bye(&no_token, 2)).expect("answer")), 403);
+    let forged = format!("Route: <sip:{ours};lr;sw=0123456789abcdef01234567>\r\n");
+    assert_eq!(status(&c.request(&bye(&forged, 3)).expect("answer")), 403);
+    assert_eq!(server.metric("sipward_relayed_total"), 0);
+    server.stop();
+}
+
+#[test]
+fn a_ringing_call_can_be_cancelled() {
+    let env = Env::with_config(GERMANY);
+    let caller = add(&env, "4201", &[]);
+    let callee = add(&env, "4202", &[]);
+    let server = env.serve();
+    let port = register_phone(&server, "127.0.0.3", "4202", &callee);
+    let phone = SippServer::start(&env, "cancel_uas.xml", "127.0.0.3", port, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let csv = format!(
+        "SEQUENTIAL\n4201;[authentication username={} password={}];4202\n",
+        caller.0, caller.1
+    );
+    let run = sipp_from(
+        "127.0.0.2",
+        &env,
+        "cancel_uac.xml",
+        &csv,
+        server.sip,
+        "u1",
+        1,
+        1,
+    );
+    assert_eq!((run.successful, run.failed), (1, 0), "caller: {run:?}");
+    assert_eq!(
+        phone.finish(Duration::from_secs(10)),
+        (1, 0),
+        "callee got CANCEL and ACK"
+    );
     server.stop();
 }

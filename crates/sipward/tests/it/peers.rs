@@ -478,3 +478,75 @@ impl Drop for Smtp {
         let _ = self.child.wait();
     }
 }
+
+/// A SIPp server scenario (a called phone) on `ip:port`, running in the background
+/// until it has handled `calls` calls.
+pub struct SippServer {
+    child: Child,
+    stat: PathBuf,
+}
+
+impl SippServer {
+    pub fn start(env: &Env, scenario: &str, ip: &str, port: u16, calls: u32) -> SippServer {
+        let sipp = require("sipp", "sip-tester");
+        let scenario = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/sipp")
+            .join(scenario);
+        let dir = env.path(&format!("sipp-uas-{}", free_port()));
+        std::fs::create_dir_all(&dir).expect("sipp dir");
+        let stat = dir.join("stat.csv");
+        let child = Command::new(sipp)
+            .current_dir(&dir)
+            .args(["-sf", scenario.to_str().expect("utf8")])
+            .args([
+                "-i",
+                ip,
+                "-p",
+                &port.to_string(),
+                "-mp",
+                &free_port().to_string(),
+            ])
+            .args(["-t", "u1", "-m", &calls.to_string(), "-nostdin"])
+            .args(["-timeout", "60s", "-trace_stat", "-fd", "1", "-stf"])
+            .arg(&stat)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run sipp");
+        SippServer { child, stat }
+    }
+
+    /// Waits (at most `deadline`) for SIPp to finish; its successful and failed calls.
+    pub fn finish(mut self, deadline: Duration) -> (u64, u64) {
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let text = std::fs::read_to_string(&self.stat).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let header: Vec<&str> = lines.first().copied().unwrap_or("").split(';').collect();
+        let last: Vec<&str> = lines.last().copied().unwrap_or("").split(';').collect();
+        let col = |name: &str| {
+            header
+                .iter()
+                .position(|h| *h == name)
+                .and_then(|i| last.get(i))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (col("SuccessfulCall(C)"), col("FailedCall(C)"))
+    }
+}
+
+impl Drop for SippServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
