@@ -51,6 +51,13 @@ pub struct Reply {
     pub target: SocketAddr,
 }
 
+/// An answer to a request: for the transport to send, or sent already (the proxy must
+/// order it before what it forwards).
+enum Answer {
+    Reply(Vec<u8>),
+    Sent(Vec<u8>),
+}
+
 /// What authentication of a request came to.
 enum Authn {
     Account(Arc<Account>),
@@ -276,7 +283,19 @@ impl Endpoint {
 
         let bytes = match method {
             "REGISTER" => self.register(&m, source, transport, &tag)?,
-            "INVITE" => self.invite(&m, uri, source, target, transport, &tag)?,
+            "INVITE" => match self.invite(&m, uri, source, target, transport, &tag)? {
+                Answer::Reply(bytes) => bytes,
+                Answer::Sent(bytes) => {
+                    // Remembered for retransmitted INVITEs; already on its way.
+                    if let Some(k) = &key {
+                        self.transactions
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .respond(k, &bytes, now);
+                    }
+                    return None;
+                }
+            },
             "OPTIONS" => {
                 Metrics::inc(&self.metrics.options);
                 respond(200, "OK")?
@@ -422,9 +441,11 @@ impl Endpoint {
         upstream: SocketAddr,
         transport: TransportKind,
         tag: &str,
-    ) -> Option<Vec<u8>> {
-        let respond =
+    ) -> Option<Answer> {
+        let builder =
             |code: u16, reason: &str| ResponseBuilder::new(m, code, reason, source, tag).ok();
+        let respond =
+            |code: u16, reason: &str| builder(code, reason).map(|b| Answer::Reply(b.finish()));
         let now = self.clock.now();
         let dir = self.directory.get();
         let caller =
@@ -433,16 +454,16 @@ impl Endpoint {
                 Authn::Silent => return None,
                 Authn::Challenge(challenges) => {
                     Metrics::inc(&self.metrics.invite_challenged);
-                    let mut b = respond(407, "Proxy Authentication Required")?;
+                    let mut b = builder(407, "Proxy Authentication Required")?;
                     for c in &challenges {
                         b = b.header("Proxy-Authenticate", c);
                     }
-                    return Some(b.finish());
+                    return Some(Answer::Reply(b.finish()));
                 }
             };
         let forbidden = || {
             Metrics::inc(&self.metrics.calls_forbidden);
-            respond(403, "Forbidden").map(|b| b.finish())
+            respond(403, "Forbidden")
         };
         if caller.kind != "ext" {
             // Calls from trunks arrive with DID routing (not built yet).
@@ -479,7 +500,7 @@ impl Endpoint {
                 let (Some(callee), TransportKind::Udp) = (callee, transport) else {
                     // Trunks (external and emergency calls) are not built yet.
                     Metrics::inc(&self.metrics.calls_unrouted);
-                    return respond(480, "Temporarily Unavailable").map(|b| b.finish());
+                    return respond(480, "Temporarily Unavailable");
                 };
                 let contacts: Vec<(String, SocketAddr)> = self
                     .registrar
@@ -490,7 +511,7 @@ impl Endpoint {
                     .collect();
                 if contacts.is_empty() {
                     Metrics::inc(&self.metrics.calls_unrouted);
-                    return respond(480, "Temporarily Unavailable").map(|b| b.finish());
+                    return respond(480, "Temporarily Unavailable");
                 }
                 match self
                     .proxy
@@ -500,13 +521,20 @@ impl Endpoint {
                         if !sends.is_empty() {
                             Metrics::inc(&self.metrics.calls_proxied);
                         }
+                        // The 100 leaves before the INVITE goes on, so no answer from
+                        // the callee can overtake it. Without a To tag: a 100 makes no
+                        // dialog.
+                        let trying = ResponseBuilder::new(m, 100, "Trying", source, "")
+                            .ok()?
+                            .finish();
+                        self.send_all(vec![crate::proxy::Send {
+                            bytes: trying.clone(),
+                            target: upstream,
+                        }]);
                         self.send_all(sends);
-                        // Without a To tag: no dialog is made by a 100.
-                        ResponseBuilder::new(m, 100, "Trying", source, "")
-                            .ok()
-                            .map(|b| b.finish())
+                        Some(Answer::Sent(trying))
                     }
-                    Err((code, reason)) => respond(code, reason).map(|b| b.finish()),
+                    Err((code, reason)) => respond(code, reason),
                 }
             }
         }
