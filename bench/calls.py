@@ -9,12 +9,9 @@ call succeeded within 12 s. Callers and callee are allow-listed in sipward (a lo
 generator is not an office: the guard's flood limits would silence it).
 """
 
-import hashlib
 import json
 import os
 import shutil
-import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -94,44 +91,13 @@ def setup_sipward():
 
 
 def setup_kamailio():
-    db = os.path.join(OUT, "kamailio.db")
-    con = sqlite3.connect(db)
-    for script in ["standard-create.sql", "auth_db-create.sql"]:
-        con.executescript(open(f"/usr/share/kamailio/db_sqlite/{script}").read())
-    for n, pw in [(CALLER, PW_CALLER), (CALLEE, PW_CALLEE)]:
-        ha1 = hashlib.md5(f"{n}:127.0.0.1:{pw}".encode()).hexdigest()
-        con.execute("INSERT INTO subscriber (username, domain, password, ha1, ha1b) VALUES (?, '127.0.0.1', ?, ?, '')",
-                    (n, pw, ha1))
-    con.commit()
+    db = R.kamailio_db([(CALLER, PW_CALLER), (CALLEE, PW_CALLEE)])
     port = R.free_port()
     cfg = os.path.join(OUT, "kamailio.cfg")
     with open(cfg, "w") as f:
-        f.write(f"""#!KAMAILIO
-debug=0
-log_stderror=yes
-children=2
-disable_tcp=yes
-listen=udp:127.0.0.1:{port}
-maxbuffer=4194304
-mpath="{R.KAM_MODULES}/"
-loadmodule "db_sqlite.so"
-loadmodule "tm.so"
-loadmodule "sl.so"
-loadmodule "rr.so"
-loadmodule "pv.so"
-loadmodule "maxfwd.so"
-loadmodule "siputils.so"
-loadmodule "textops.so"
-loadmodule "usrloc.so"
-loadmodule "registrar.so"
-loadmodule "auth.so"
-loadmodule "auth_db.so"
-modparam("usrloc", "db_mode", 0)
-modparam("auth_db", "db_url", "sqlite://{db}")
-modparam("auth_db", "calculate_ha1", 0)
-modparam("auth_db", "password_column", "ha1")
-modparam("auth_db", "load_credentials", "")
-request_route {{
+        f.write(R.kamailio_head(port, db, ["db_sqlite", "tm", "sl", "rr", "pv", "maxfwd", "siputils",
+                                           "textops", "usrloc", "registrar", "auth", "auth_db"]))
+        f.write(f"""request_route {{
     if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
     if (has_totag()) {{
         if (loose_route()) {{ t_relay(); exit; }}

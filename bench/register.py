@@ -141,19 +141,25 @@ def allow_load_generator(data):
                    check=True, capture_output=True)
 
 
-def setup_kamailio():
+def kamailio_db(subscribers):
+    """Kamailio's SQLite database with (number, password) subscribers, HA1 precomputed
+    for the realm 127.0.0.1."""
     db = os.path.join(OUT, "kamailio.db")
     con = sqlite3.connect(db)
     for script in ["standard-create.sql", "auth_db-create.sql"]:
         con.executescript(open(f"/usr/share/kamailio/db_sqlite/{script}").read())
-    for n, _a, pw in users():
+    for n, pw in subscribers:
         ha1 = hashlib.md5(f"{n}:127.0.0.1:{pw}".encode()).hexdigest()
         con.execute("INSERT INTO subscriber (username, domain, password, ha1, ha1b) VALUES (?, '127.0.0.1', ?, ?, '')", (n, pw, ha1))
     con.commit()
-    port = free_port()
-    cfg = os.path.join(OUT, "kamailio.cfg")
-    with open(cfg, "w") as f:
-        f.write(f"""#!KAMAILIO
+    return db
+
+
+def kamailio_head(port, db, modules):
+    """The common head of the benchmarks' kamailio.cfg: one UDP listener, 2 children,
+    auth_db on SQLite with precomputed HA1s, usrloc in memory."""
+    loads = "".join(f'loadmodule "{m}.so"\n' for m in modules)
+    return f"""#!KAMAILIO
 debug=0
 log_stderror=yes
 children=2
@@ -161,22 +167,22 @@ disable_tcp=yes
 listen=udp:127.0.0.1:{port}
 maxbuffer=4194304
 mpath="{KAM_MODULES}/"
-loadmodule "db_sqlite.so"
-loadmodule "sl.so"
-loadmodule "pv.so"
-loadmodule "maxfwd.so"
-loadmodule "siputils.so"
-loadmodule "textops.so"
-loadmodule "usrloc.so"
-loadmodule "registrar.so"
-loadmodule "auth.so"
-loadmodule "auth_db.so"
-modparam("usrloc", "db_mode", 0)
+{loads}modparam("usrloc", "db_mode", 0)
 modparam("auth_db", "db_url", "sqlite://{db}")
 modparam("auth_db", "calculate_ha1", 0)
 modparam("auth_db", "password_column", "ha1")
 modparam("auth_db", "load_credentials", "")
-request_route {{
+"""
+
+
+def setup_kamailio():
+    db = kamailio_db([(n, pw) for n, _a, pw in users()])
+    port = free_port()
+    cfg = os.path.join(OUT, "kamailio.cfg")
+    with open(cfg, "w") as f:
+        f.write(kamailio_head(port, db, ["db_sqlite", "sl", "pv", "maxfwd", "siputils", "textops",
+                                         "usrloc", "registrar", "auth", "auth_db"]))
+        f.write(f"""request_route {{
     if (!is_method("REGISTER")) {{ sl_send_reply("405", "Method Not Allowed"); exit; }}
     if (!auth_check("$fd", "subscriber", "1")) {{ auth_challenge("$fd", "1"); exit; }}
     consume_credentials();

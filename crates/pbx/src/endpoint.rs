@@ -287,12 +287,7 @@ impl Endpoint {
                 Answer::Reply(bytes) => bytes,
                 Answer::Sent(bytes) => {
                     // Remembered for retransmitted INVITEs; already on its way.
-                    if let Some(k) = &key {
-                        self.transactions
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .respond(k, &bytes, now);
-                    }
+                    self.remember(key.as_ref(), &bytes, now);
                     return None;
                 }
             },
@@ -313,12 +308,7 @@ impl Endpoint {
                         target,
                     }]);
                     self.send_all(cancels);
-                    if let Some(k) = &key {
-                        self.transactions
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .respond(k, &ok, now);
-                    }
+                    self.remember(key.as_ref(), &ok, now);
                     return None;
                 }
                 None => respond(481, "Call/Transaction Does Not Exist")?.finish(),
@@ -336,13 +326,18 @@ impl Endpoint {
                     .finish()
             }
         };
-        if let Some(k) = &key {
+        self.remember(key.as_ref(), &bytes, now);
+        Some(Reply { bytes, target })
+    }
+
+    /// Keeps the answer of a server transaction for its retransmitted requests.
+    fn remember(&self, key: Option<&TxKey>, bytes: &[u8], now: Instant) {
+        if let Some(k) = key {
             self.transactions
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .respond(k, &bytes, now);
+                .respond(k, bytes, now);
         }
-        Some(Reply { bytes, target })
     }
 
     /// A To tag for our responses: stable for one request (so retransmitted answers

@@ -6,10 +6,10 @@ use policy::fields::ExtensionNumber;
 use serde::Serialize;
 use sqlx::AnyConnection;
 use store::outbound as oq;
-use store::regen::{self as rq, OutboxRow};
+use store::regen as rq;
 
 use super::Registry;
-use super::regenerate::{MailMessage, mail_aad};
+use super::regenerate::MailMessage;
 use crate::outbound::Line;
 use crate::{Error, Result};
 
@@ -144,33 +144,10 @@ impl Registry {
                     .replace('>', "&gt;")
             ),
         };
-        let id = self
-            .with_rng(|rng| policy::generate::auth_id(rng))
-            .into_string();
-        let json = serde_json::to_string(&message).map_err(|e| {
-            Error::Template(crate::provisioning::TemplateError::Render {
-                name: "alert".into(),
-                detail: e.to_string(),
-            })
-        })?;
-        rq::insert_mail(
-            conn,
-            &OutboxRow {
-                message_enc: self.seal(&mail_aad(&id), &json),
-                id: id.clone(),
-                // Alerts never supersede each other or an extension's welcome mail.
-                number: format!("alert:{number}"),
-                recipient: to,
-                state: "queued".into(),
-                attempts: 0,
-                next_attempt_at: now,
-                lease_until: 0,
-                last_error: String::new(),
-                created_at: now,
-                sent_at: 0,
-            },
-        )
-        .await?;
+        // Alerts never supersede each other or an extension's welcome mail.
+        let mail = self.outbox_row(&format!("alert:{number}"), &to, &message, now)?;
+        rq::insert_mail(conn, &mail).await?;
+        let id = mail.id;
         Ok(Some(id))
     }
 

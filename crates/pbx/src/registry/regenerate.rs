@@ -558,31 +558,9 @@ impl Registry {
                     text: templates.render("welcome.txt", &ctx)?,
                     html: templates.render("welcome.html", &ctx)?,
                 };
-                let id = self.with_rng(|rng| generate::auth_id(rng)).into_string();
-                let json = serde_json::to_string(&message).map_err(|e| {
-                    Error::Template(provisioning::TemplateError::Render {
-                        name: "welcome".into(),
-                        detail: e.to_string(),
-                    })
-                })?;
-                rq::queue_mail(
-                    conn,
-                    &OutboxRow {
-                        message_enc: self.seal(&mail_aad(&id), &json),
-                        id: id.clone(),
-                        number: row.number.clone(),
-                        recipient: to.clone(),
-                        state: "queued".into(),
-                        attempts: 0,
-                        next_attempt_at: now,
-                        lease_until: 0,
-                        last_error: String::new(),
-                        created_at: now,
-                        sent_at: 0,
-                    },
-                )
-                .await?;
-                MailOutcome::Queued { id }
+                let mail = self.outbox_row(&row.number, to, &message, now)?;
+                rq::queue_mail(conn, &mail).await?;
+                MailOutcome::Queued { id: mail.id }
             }
         };
         let result = Regenerated {
@@ -597,6 +575,36 @@ impl Registry {
             resync,
         };
         Ok((result, prov.map(|p| (row, p))))
+    }
+
+    /// A new outbox row for `message` (sealed: mails carry passwords).
+    pub(crate) fn outbox_row(
+        &self,
+        number: &str,
+        recipient: &str,
+        message: &MailMessage,
+        now: i64,
+    ) -> Result<OutboxRow> {
+        let id = self.with_rng(|rng| generate::auth_id(rng)).into_string();
+        let json = serde_json::to_string(message).map_err(|e| {
+            Error::Template(provisioning::TemplateError::Render {
+                name: "mail".into(),
+                detail: e.to_string(),
+            })
+        })?;
+        Ok(OutboxRow {
+            message_enc: self.seal(&mail_aad(&id), &json),
+            id,
+            number: number.to_owned(),
+            recipient: recipient.to_owned(),
+            state: "queued".into(),
+            attempts: 0,
+            next_attempt_at: now,
+            lease_until: 0,
+            last_error: String::new(),
+            created_at: now,
+            sent_at: 0,
+        })
     }
 
     /// Opens a queued mail.

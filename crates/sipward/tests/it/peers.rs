@@ -250,7 +250,17 @@ pub fn sipp_from(
         .stderr(Stdio::null())
         .output()
         .expect("run sipp");
-    let text = std::fs::read_to_string(&stat).unwrap_or_default();
+    let (successful, failed) = sipp_stats(&stat);
+    SippRun {
+        code: out.status.code().unwrap_or(-1),
+        successful,
+        failed,
+    }
+}
+
+/// Successful and failed calls from the last line of a SIPp statistics file.
+fn sipp_stats(stat: &Path) -> (u64, u64) {
+    let text = std::fs::read_to_string(stat).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let header: Vec<&str> = lines.first().copied().unwrap_or("").split(';').collect();
     let last: Vec<&str> = lines
@@ -268,11 +278,7 @@ pub fn sipp_from(
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
     };
-    SippRun {
-        code: out.status.code().unwrap_or(-1),
-        successful: col("SuccessfulCall(C)"),
-        failed: col("FailedCall(C)"),
-    }
+    (col("SuccessfulCall(C)"), col("FailedCall(C)"))
 }
 
 /// A bare SIP client over UDP, for exact answers.
@@ -528,19 +534,7 @@ impl SippServer {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let text = std::fs::read_to_string(&self.stat).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        let header: Vec<&str> = lines.first().copied().unwrap_or("").split(';').collect();
-        let last: Vec<&str> = lines.last().copied().unwrap_or("").split(';').collect();
-        let col = |name: &str| {
-            header
-                .iter()
-                .position(|h| *h == name)
-                .and_then(|i| last.get(i))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0)
-        };
-        (col("SuccessfulCall(C)"), col("FailedCall(C)"))
+        sipp_stats(&self.stat)
     }
 }
 
