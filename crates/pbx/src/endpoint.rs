@@ -238,7 +238,8 @@ impl Endpoint {
         }
         if in_dialog && transport == TransportKind::Udp && !matches!(method, "REGISTER" | "CANCEL")
         {
-            match self.proxy.relay(&m, method, uri, source) {
+            let known = |ip| self.registrar.knows_host(ip);
+            match self.proxy.relay(&m, method, uri, source, known) {
                 Relay::Forward(send) => {
                     Metrics::inc(&self.metrics.relayed);
                     self.send_all(vec![send]);

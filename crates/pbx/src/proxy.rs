@@ -536,7 +536,16 @@ impl Proxy {
 
     /// An in-dialog request (To tag present): relayed when its top Route is ours with
     /// a valid token for its Call-ID.
-    pub fn relay(&self, m: &Message<'_>, method: &str, uri: &str, source: SocketAddr) -> Relay {
+    /// `allowed` says whether an address may be relayed to (one a registered phone is
+    /// at): a party to a call cannot steer it anywhere else.
+    pub fn relay(
+        &self,
+        m: &Message<'_>,
+        method: &str,
+        uri: &str,
+        source: SocketAddr,
+        allowed: impl Fn(IpAddr) -> bool,
+    ) -> Relay {
         let Some(bound) = self.bound.get().copied() else {
             return Relay::Refuse(500, "Server Internal Error");
         };
@@ -594,6 +603,9 @@ impl Proxy {
         let Some(target) = uri_target(next) else {
             return Relay::Refuse(404, "Not Found");
         };
+        if !allowed(target.ip()) {
+            return Relay::Refuse(403, "Forbidden");
+        }
         let Some(headers) = self.forward_headers(m, source, target, &branch, None, true) else {
             return Relay::Refuse(400, "Bad Request");
         };
@@ -830,6 +842,49 @@ mod tests {
             .replace("2 INVITE", "2 ACK");
         assert!(p.ack_upstream_final(&sip::msg::parse(ack.as_bytes()).expect("parse")));
         assert!(p.tick(t0 + Duration::from_secs(3)).is_empty());
+    }
+
+    #[test]
+    fn in_dialog_requests_need_our_token_and_a_known_target() {
+        let p = proxy();
+        let sends = start(&p, &["10.0.0.2:5070"], Instant::now());
+        let text = String::from_utf8(sends[0].bytes.clone()).expect("utf8");
+        let rr = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Record-Route: "))
+            .expect("record-route")
+            .to_owned();
+        let bye = |route: &str, uri: &str| {
+            format!(
+                "BYE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bKbye1;rport\r\n\
+                 From: <sip:1001@pbx>;tag=f1\r\nTo: <sip:1002@pbx>;tag=callee\r\nCall-ID: c1\r\n\
+                 CSeq: 3 BYE\r\nRoute: {route}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        let relay = |text: String, allowed: bool| {
+            let m = sip::msg::parse(text.as_bytes()).expect("parse");
+            let StartLine::Request { method, uri, .. } = m.start else {
+                panic!("request")
+            };
+            p.relay(&m, method, uri, addr(CALLER), |_| allowed)
+        };
+        match relay(bye(&rr, "sip:1002@10.0.0.2:5070"), true) {
+            Relay::Forward(s) => {
+                assert_eq!(s.target, addr("10.0.0.2:5070"));
+                let t = String::from_utf8(s.bytes).expect("utf8");
+                assert!(!t.contains("Route:"), "our Route entry is consumed: {t}");
+                assert!(t.contains("Max-Forwards: 69"));
+            }
+            other => panic!("not relayed: {other:?}"),
+        }
+        // To an address no registered phone is at: refused.
+        assert_eq!(
+            relay(bye(&rr, "sip:00252612345678@192.0.2.99"), false),
+            Relay::Refuse(403, "Forbidden")
+        );
+        // Another dialog's token does not fit this Call-ID.
+        let other = bye(&rr, "sip:1002@10.0.0.2:5070").replace("Call-ID: c1", "Call-ID: c2");
+        assert_eq!(relay(other, true), Relay::Refuse(403, "Forbidden"));
     }
 
     #[test]

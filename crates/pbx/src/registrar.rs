@@ -5,10 +5,11 @@
 //! machine is tested without sleeping.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 
 use serde::Deserialize;
+use sip::header::addr::SipUri;
 use store::registrar::BindingRow;
 
 /// Registration intervals and limits (the `[registrar]` table of the config file).
@@ -124,6 +125,29 @@ pub struct Current {
 struct State {
     by_number: HashMap<String, Vec<Binding>>,
     dirty: HashSet<String>,
+    /// How many bindings name each address (as source or as Contact host): the
+    /// addresses in-dialog requests may be relayed to.
+    hosts: HashMap<IpAddr, u32>,
+}
+
+impl State {
+    fn count_hosts(&mut self, list: &[Binding], add: bool) {
+        for b in list {
+            let contact_ip = SipUri::parse(&b.contact).and_then(|u| u.host.parse::<IpAddr>().ok());
+            for ip in
+                std::iter::once(b.source.ip()).chain(contact_ip.filter(|ip| *ip != b.source.ip()))
+            {
+                if add {
+                    *self.hosts.entry(ip).or_default() += 1;
+                } else if let Some(n) = self.hosts.get_mut(&ip) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.hosts.remove(&ip);
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -229,6 +253,9 @@ impl Registrar {
             })
             .collect();
         if changed {
+            let old = st.by_number.get(number).cloned().unwrap_or_default();
+            st.count_hosts(&old, false);
+            st.count_hosts(&next, true);
             if next.is_empty() {
                 st.by_number.remove(number);
             } else {
@@ -245,8 +272,10 @@ impl Registrar {
         let mut removed = 0;
         let mut emptied = Vec::new();
         let mut touched = Vec::new();
+        let mut gone = Vec::new();
         for (number, list) in st.by_number.iter_mut() {
             let before = list.len();
+            gone.extend(list.iter().filter(|b| b.expires_at <= now).cloned());
             list.retain(|b| b.expires_at > now);
             if list.len() != before {
                 removed += before - list.len();
@@ -259,6 +288,7 @@ impl Registrar {
         for n in emptied {
             st.by_number.remove(&n);
         }
+        st.count_hosts(&gone, false);
         st.dirty.extend(touched);
         removed
     }
@@ -270,6 +300,11 @@ impl Registrar {
             .get(number)
             .map(|l| l.iter().filter(|b| b.expires_at > now).cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Whether a current binding has this address (as its source or Contact host).
+    pub fn knows_host(&self, ip: IpAddr) -> bool {
+        self.lock().hosts.contains_key(&ip)
     }
 
     pub fn binding_count(&self) -> usize {
@@ -320,6 +355,7 @@ impl Registrar {
                 source,
                 transport,
             };
+            st.count_hosts(std::slice::from_ref(&b), true);
             st.by_number.entry(r.number).or_default().push(b);
             n += 1;
         }
@@ -549,5 +585,38 @@ mod tests {
             .validate()
             .is_err()
         );
+    }
+
+    #[test]
+    fn the_addresses_of_bindings_are_known_until_they_go() {
+        let r = Registrar::new(RegistrarConfig::default());
+        let phone: IpAddr = "127.0.0.1".parse().expect("ip");
+        let lan: IpAddr = "10.1.2.3".parse().expect("ip");
+        assert!(!r.knows_host(phone));
+        r.register(
+            "1001",
+            &req("a", 1, list(&[("sip:1001@10.1.2.3:5060", Some(60))]), None),
+            0,
+        )
+        .expect("register");
+        assert!(r.knows_host(phone), "the source");
+        assert!(r.knows_host(lan), "the Contact host");
+        // Removed with Expires 0...
+        r.register(
+            "1001",
+            &req("a", 2, list(&[("sip:1001@10.1.2.3:5060", Some(0))]), None),
+            1,
+        )
+        .expect("unregister");
+        assert!(!r.knows_host(phone) && !r.knows_host(lan));
+        // ...or expired.
+        r.register(
+            "1002",
+            &req("b", 1, list(&[("sip:1002@10.1.2.3:5060", Some(60))]), None),
+            0,
+        )
+        .expect("register");
+        assert_eq!(r.sweep(100), 1);
+        assert!(!r.knows_host(lan));
     }
 }
