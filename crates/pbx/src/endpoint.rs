@@ -236,7 +236,12 @@ impl Endpoint {
         if method == "ACK" && self.proxy.ack_upstream_final(&m) {
             return None;
         }
-        if in_dialog && transport == TransportKind::Udp && !matches!(method, "REGISTER" | "CANCEL")
+        // An in-dialog OPTIONS without a Route is a keepalive for us, not for relaying.
+        let keepalive = method == "OPTIONS" && m.header(Name::Route).is_none();
+        if in_dialog
+            && transport == TransportKind::Udp
+            && !keepalive
+            && !matches!(method, "REGISTER" | "CANCEL")
         {
             let known = |ip| self.registrar.knows_host(ip);
             match self.proxy.relay(&m, method, uri, source, known) {

@@ -33,6 +33,8 @@ const T2: Duration = Duration::from_secs(4);
 const TIMER_B: Duration = Duration::from_secs(32);
 /// Our branches start with this (after the RFC 3261 magic cookie).
 pub const BRANCH_PREFIX: &str = "z9hG4bKswp";
+/// How long an answered call is remembered (to pass 2xx retransmissions statefully).
+const ANSWERED_KEPT: Duration = Duration::from_secs(2);
 /// Calls tracked at once (bounded like every table); more are answered 503.
 pub const MAX_CALLS: usize = 65_536;
 
@@ -71,6 +73,7 @@ struct Call {
     /// The best non-2xx final answer so far (already without our Via).
     best: Option<(u16, Vec<u8>)>,
     answered: bool,
+    answered_at: Option<Instant>,
     /// A non-2xx final answer sent upstream, retransmitted until ACKed.
     upstream_final: Option<Vec<u8>>,
     next_final: Instant,
@@ -353,6 +356,7 @@ impl Proxy {
                 branches,
                 best: None,
                 answered: false,
+                answered_at: None,
                 upstream_final: None,
                 next_final: now,
                 final_interval: T1,
@@ -499,6 +503,7 @@ impl Proxy {
             call.branches[i].status = code;
             let first = !call.answered;
             call.answered = true;
+            call.answered_at.get_or_insert_with(Instant::now);
             out.push(Send {
                 bytes: stripped,
                 target: upstream,
@@ -655,7 +660,15 @@ impl Proxy {
                 call.final_interval = (call.final_interval * 2).min(T2);
                 call.next_final = now + call.final_interval;
             }
-            if now.duration_since(call.created) >= TIMER_B * 2 {
+            // Answered calls need no state (2xx retransmissions and in-dialog requests
+            // are relayed by their Via and Route); a non-2xx answer is kept until
+            // ACKed or Timer H; anything else until twice Timer B.
+            let answered = call
+                .answered_at
+                .is_some_and(|t| now.duration_since(t) >= ANSWERED_KEPT);
+            let finished = call.upstream_final.is_some()
+                && (call.acked || now.duration_since(call.final_since) >= TIMER_B);
+            if answered || finished || now.duration_since(call.created) >= TIMER_B * 2 {
                 gone.push(key.clone());
             }
         }
@@ -842,6 +855,7 @@ mod tests {
             .replace("2 INVITE", "2 ACK");
         assert!(p.ack_upstream_final(&sip::msg::parse(ack.as_bytes()).expect("parse")));
         assert!(p.tick(t0 + Duration::from_secs(3)).is_empty());
+        assert_eq!(p.call_count(), 0, "forgotten once ACKed");
     }
 
     #[test]

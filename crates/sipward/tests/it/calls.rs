@@ -327,6 +327,9 @@ fn in_dialog_requests_without_our_token_are_not_relayed() {
     let forged = format!("Route: <sip:{ours};lr;sw=0123456789abcdef01234567>\r\n");
     assert_eq!(status(&c.request(&bye(&forged, 3)).expect("answer")), 403);
     assert_eq!(server.metric("sipward_relayed_total"), 0);
+    // An in-dialog OPTIONS without a Route is a keepalive: answered, not relayed.
+    let keepalive = bye("", 4).replace("BYE", "OPTIONS");
+    assert_eq!(status(&c.request(&keepalive).expect("answer")), 200);
     server.stop();
 }
 
