@@ -147,23 +147,9 @@ def main():
     sw_uas, kam_uas = start_uas(sw_uas_port), start_uas(kam_uas_port)
     time.sleep(0.5)
     kam_pids = [kam.pid] + R.children_of(kam.pid)
-    results, best = [], {"sipward": 0, "kamailio": 0}
-    failed_once = {"sipward": False, "kamailio": False}
     try:
-        for rate in STEPS:
-            for label, target, inf, pids in [("sipward", sw_target, sw_inf, [sw.pid]),
-                                             ("kamailio", kam_target, kam_inf, kam_pids)]:
-                if failed_once[label]:
-                    continue
-                r = run_step(label, target, inf, rate, pids)
-                results.append(r)
-                print(json.dumps(r), flush=True)
-                if r["sustained"]:
-                    best[label] = rate
-                else:
-                    failed_once[label] = True
-            if all(failed_once.values()):
-                break
+        results, best = R.ladder(STEPS, [("sipward", sw_target, sw_inf, [sw.pid]),
+                                         ("kamailio", kam_target, kam_inf, kam_pids)], run_step)
     finally:
         for p in (sw_uas, kam_uas, kam, sw):
             p.terminate()

@@ -227,6 +227,28 @@ def rss_kib(pid):
     return 0
 
 
+def ladder(steps, servers, step):
+    """Runs `step(label, target, inf, rate, pids)` for each server at each rate, rising,
+    until a server fails a rate (then it is left out). Returns every step's result and
+    each server's highest sustained rate."""
+    results, best = [], {s[0]: 0 for s in servers}
+    failed = {s[0]: False for s in servers}
+    for rate in steps:
+        for label, target, inf, pids in servers:
+            if failed[label]:
+                continue
+            r = step(label, target, inf, rate, pids)
+            results.append(r)
+            print(json.dumps(r), flush=True)
+            if r["sustained"]:
+                best[label] = rate
+            else:
+                failed[label] = True
+        if all(failed.values()):
+            break
+    return results, best
+
+
 def main():
     shutil.rmtree(OUT, ignore_errors=True)
     os.makedirs(OUT)
@@ -234,25 +256,10 @@ def main():
     sw, ready, _ = start_sipward(data)
     kam, kam_target, kam_inf = setup_kamailio()
     kam_pids = [kam.pid] + children_of(kam.pid)
-    results = []
-    best = {"sipward": 0, "kamailio": 0}
-    failed_once = {"sipward": False, "kamailio": False}
-    for rate in STEPS:
-        for label, target, inf, pids in [
-            ("sipward", ready["sip_udp"], sw_inf, [sw.pid]),
-            ("kamailio", kam_target, kam_inf, kam_pids),
-        ]:
-            if failed_once[label]:
-                continue
-            r = run_step(label, target, inf, rate, pids)
-            results.append(r)
-            print(json.dumps(r), flush=True)
-            if r["sustained"]:
-                best[label] = rate
-            else:
-                failed_once[label] = True
-        if all(failed_once.values()):
-            break
+    results, best = ladder(STEPS, [
+        ("sipward", ready["sip_udp"], sw_inf, [sw.pid]),
+        ("kamailio", kam_target, kam_inf, kam_pids),
+    ], run_step)
     kam.terminate()
     kam.wait()
     sw.terminate()

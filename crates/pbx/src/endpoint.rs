@@ -104,9 +104,9 @@ impl Endpoint {
         notifier: Notifier,
     ) -> Self {
         Self {
+            proxy: Proxy::new(notifier.derived_key("proxy")),
             notifier,
             outbound: Arc::new(Outbound::new(policy::dialplan::DialPlan::default())),
-            proxy: Proxy::new([0; 32]),
             socket: std::sync::OnceLock::new(),
             graces_ended: Mutex::new(Vec::new()),
             directory,
@@ -145,12 +145,6 @@ impl Endpoint {
             self.proxy.set_bound(addr);
         }
         let _ = self.socket.set(socket);
-    }
-
-    /// Uses `key` for the proxy's branches and dialog tokens.
-    pub fn with_proxy_key(mut self, key: [u8; 32]) -> Self {
-        self.proxy = Proxy::new(key);
-        self
     }
 
     /// Uses `plan` for outbound calls (the default plan otherwise).

@@ -51,6 +51,16 @@ impl Notifier {
         }
     }
 
+    /// A key for another use, derived from this one (so no component ever runs on a
+    /// default key).
+    pub(crate) fn derived_key(&self, label: &str) -> [u8; 32] {
+        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        m.update(b"derive:");
+        m.update(label.as_bytes());
+        m.finalize().into_bytes().into()
+    }
+
     fn token(&self, label: &str) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)

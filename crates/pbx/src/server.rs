@@ -53,10 +53,9 @@ pub struct ServeConfig {
 pub struct ServerKeys {
     pub nonce: [u8; 32],
     pub dummy: [u8; 32],
-    /// Keys the branches, tags and Call-IDs of the NOTIFYs sipward sends.
+    /// Keys the branches, tags and Call-IDs of the NOTIFYs sipward sends, and (derived)
+    /// the proxy's branches and Record-Route dialog tokens.
     pub notify: [u8; 32],
-    /// Keys the proxy's branches and Record-Route dialog tokens.
-    pub proxy: [u8; 32],
 }
 
 impl std::fmt::Debug for ServerKeys {

@@ -35,12 +35,10 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
         nonce: [0; 32],
         dummy: [0; 32],
         notify: [0; 32],
-        proxy: [0; 32],
     };
     rng.fill_bytes(&mut keys.nonce);
     rng.fill_bytes(&mut keys.dummy);
     rng.fill_bytes(&mut keys.notify);
-    rng.fill_bytes(&mut keys.proxy);
     let mailer = config
         .mail
         .as_ref()
