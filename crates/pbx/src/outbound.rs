@@ -85,10 +85,6 @@ impl Outbound {
         }
     }
 
-    pub fn plan(&self) -> &DialPlan {
-        &self.plan
-    }
-
     /// Replaces the snapshot (on every directory reload).
     pub fn replace(&self, rows: &[CallingRow]) {
         let lines: HashMap<String, Line> = rows

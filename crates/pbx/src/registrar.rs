@@ -253,9 +253,17 @@ impl Registrar {
             })
             .collect();
         if changed {
-            let old = st.by_number.get(number).cloned().unwrap_or_default();
-            st.count_hosts(&old, false);
-            st.count_hosts(&next, true);
+            // A refresh from the same place (the common case on this hot path) changes
+            // no address: only recount when contacts or sources moved.
+            let same_places = existing.len() == next.len()
+                && existing
+                    .iter()
+                    .zip(&next)
+                    .all(|(a, b)| a.contact == b.contact && a.source == b.source);
+            if !same_places {
+                st.count_hosts(&existing, false);
+                st.count_hosts(&next, true);
+            }
             if next.is_empty() {
                 st.by_number.remove(number);
             } else {
@@ -601,14 +609,24 @@ mod tests {
         .expect("register");
         assert!(r.knows_host(phone), "the source");
         assert!(r.knows_host(lan), "the Contact host");
-        // Removed with Expires 0...
+        // A refresh from the same place changes nothing; one from elsewhere moves it.
         r.register(
             "1001",
-            &req("a", 2, list(&[("sip:1001@10.1.2.3:5060", Some(0))]), None),
-            1,
+            &req("a", 2, list(&[("sip:1001@10.1.2.3:5060", Some(60))]), None),
+            0,
         )
-        .expect("unregister");
-        assert!(!r.knows_host(phone) && !r.knows_host(lan));
+        .expect("refresh");
+        assert!(r.knows_host(phone) && r.knows_host(lan));
+        let mut moved = req("a", 3, list(&[("sip:1001@10.1.2.3:5060", Some(60))]), None);
+        moved.source = "127.0.0.7:5062".parse().expect("addr");
+        r.register("1001", &moved, 0).expect("moved");
+        assert!(!r.knows_host(phone), "the old source is forgotten");
+        assert!(r.knows_host("127.0.0.7".parse().expect("ip")) && r.knows_host(lan));
+        // Removed with Expires 0...
+        let mut gone = req("a", 4, list(&[("sip:1001@10.1.2.3:5060", Some(0))]), None);
+        gone.source = "127.0.0.7:5062".parse().expect("addr");
+        r.register("1001", &gone, 1).expect("unregister");
+        assert!(!r.knows_host("127.0.0.7".parse().expect("ip")) && !r.knows_host(lan));
         // ...or expired.
         r.register(
             "1002",

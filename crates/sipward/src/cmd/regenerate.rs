@@ -142,13 +142,7 @@ fn item(r: &Regenerated) -> Item<'_> {
 fn files_text(f: &FilesOutcome) -> String {
     match f {
         FilesOutcome::Written { vendor, files } => {
-            format!(
-                "{} {}",
-                serde_json::to_value(vendor)
-                    .map(|v| v.as_str().unwrap_or("").to_owned())
-                    .unwrap_or_default(),
-                files.join(" ")
-            )
+            format!("{} {}", vendor.id(), files.join(" "))
         }
         FilesOutcome::NoPhone => "no phone (no MAC)".into(),
         FilesOutcome::UnknownModel { model } => {
