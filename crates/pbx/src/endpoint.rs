@@ -125,13 +125,8 @@ impl Endpoint {
         self.clock.now()
     }
 
-    /// Sends what the proxy's timers produced.
-    pub fn send_tick(&self, sends: Vec<crate::proxy::Send>) {
-        self.send_all(sends);
-    }
-
     /// Sends datagrams the proxy produced (on the UDP socket once the server runs).
-    fn send_all(&self, sends: Vec<crate::proxy::Send>) {
+    pub(crate) fn send_all(&self, sends: Vec<crate::proxy::Send>) {
         if let Some(socket) = self.socket.get() {
             for s in sends {
                 let _ = socket.try_send_to(&s.bytes, s.target);
@@ -223,20 +218,19 @@ impl Endpoint {
         // In-dialog requests (a To tag) are the proxy's: relayed when they carry our
         // Route with its dialog token, refused otherwise. ACK for a non-2xx answer of
         // ours ends that answer's retransmissions.
-        let in_dialog = m
-            .header(Name::To)
-            .and_then(NameAddr::parse)
-            .is_some_and(|t| t.tag().is_some());
         if method == "ACK" && self.proxy.ack_upstream_final(&m) {
             return None;
         }
         // An in-dialog OPTIONS without a Route is a keepalive for us, not for relaying.
-        let keepalive = method == "OPTIONS" && m.header(Name::Route).is_none();
-        if in_dialog
-            && transport == TransportKind::Udp
-            && !keepalive
+        // REGISTER (the hot path) and CANCEL never look at the To tag here.
+        let relayable = transport == TransportKind::Udp
             && !matches!(method, "REGISTER" | "CANCEL")
-        {
+            && !(method == "OPTIONS" && m.header(Name::Route).is_none());
+        let in_dialog = relayable
+            && m.header(Name::To)
+                .and_then(NameAddr::parse)
+                .is_some_and(|t| t.tag().is_some());
+        if in_dialog {
             let known = |ip| self.registrar.knows_host(ip);
             match self.proxy.relay(&m, method, uri, source, known) {
                 Relay::Forward(send) => {
@@ -281,53 +275,68 @@ impl Endpoint {
             }
         }
 
-        let bytes = match method {
-            "REGISTER" => self.register(&m, source, transport, &tag)?,
-            "INVITE" => match self.invite(&m, uri, source, target, transport, &tag)? {
-                Answer::Reply(bytes) => bytes,
-                Answer::Sent(bytes) => {
-                    // Remembered for retransmitted INVITEs; already on its way.
-                    self.remember(key.as_ref(), &bytes, now);
-                    return None;
-                }
-            },
+        let answer = match method {
+            "REGISTER" => Answer::Reply(self.register(&m, source, transport, &tag)?),
+            "INVITE" => self.invite(&m, uri, source, target, transport, &tag)?,
             "OPTIONS" => {
                 Metrics::inc(&self.metrics.options);
-                respond(200, "OK")?
-                    .header("Allow", ALLOW)
-                    .header("Accept", "application/sdp")
-                    .finish()
+                Answer::Reply(
+                    respond(200, "OK")?
+                        .header("Allow", ALLOW)
+                        .header("Accept", "application/sdp")
+                        .finish(),
+                )
             }
             "CANCEL" => match self.proxy.cancel(&m) {
-                Some(cancels) => {
-                    // Answered before the CANCELs go downstream, so the caller sees
-                    // this 200 before the 487 that follows from them.
-                    let ok = respond(200, "OK")?.finish();
-                    self.send_all(vec![crate::proxy::Send {
-                        bytes: ok.clone(),
-                        target,
-                    }]);
-                    self.send_all(cancels);
-                    self.remember(key.as_ref(), &ok, now);
-                    return None;
-                }
-                None => respond(481, "Call/Transaction Does Not Exist")?.finish(),
+                // Answered before the CANCELs go downstream, so the caller sees this
+                // 200 before the 487 that follows from them.
+                Some(cancels) => self.send_first(respond(200, "OK")?.finish(), target, cancels),
+                None => Answer::Reply(respond(481, "Call/Transaction Does Not Exist")?.finish()),
             },
             m if KNOWN_METHODS.contains(&m) => {
                 Metrics::inc(&self.metrics.other_methods);
-                respond(405, "Method Not Allowed")?
-                    .header("Allow", ALLOW)
-                    .finish()
+                Answer::Reply(
+                    respond(405, "Method Not Allowed")?
+                        .header("Allow", ALLOW)
+                        .finish(),
+                )
             }
             _ => {
                 Metrics::inc(&self.metrics.other_methods);
-                respond(501, "Not Implemented")?
-                    .header("Allow", ALLOW)
-                    .finish()
+                Answer::Reply(
+                    respond(501, "Not Implemented")?
+                        .header("Allow", ALLOW)
+                        .finish(),
+                )
             }
         };
-        self.remember(key.as_ref(), &bytes, now);
-        Some(Reply { bytes, target })
+        // Remembered for retransmitted requests, whoever sends it.
+        match answer {
+            Answer::Reply(bytes) => {
+                self.remember(key.as_ref(), &bytes, now);
+                Some(Reply { bytes, target })
+            }
+            Answer::Sent(bytes) => {
+                self.remember(key.as_ref(), &bytes, now);
+                None
+            }
+        }
+    }
+
+    /// Sends our own answer, then what the proxy forwards because of the request, so
+    /// nothing the far end answers can overtake ours.
+    fn send_first(
+        &self,
+        answer: Vec<u8>,
+        target: SocketAddr,
+        then: Vec<crate::proxy::Send>,
+    ) -> Answer {
+        self.send_all(vec![crate::proxy::Send {
+            bytes: answer.clone(),
+            target,
+        }]);
+        self.send_all(then);
+        Answer::Sent(answer)
     }
 
     /// Keeps the answer of a server transaction for its retransmitted requests.
@@ -516,18 +525,11 @@ impl Endpoint {
                         if !sends.is_empty() {
                             Metrics::inc(&self.metrics.calls_proxied);
                         }
-                        // The 100 leaves before the INVITE goes on, so no answer from
-                        // the callee can overtake it. Without a To tag: a 100 makes no
-                        // dialog.
+                        // Without a To tag: a 100 makes no dialog.
                         let trying = ResponseBuilder::new(m, 100, "Trying", source, "")
                             .ok()?
                             .finish();
-                        self.send_all(vec![crate::proxy::Send {
-                            bytes: trying.clone(),
-                            target: upstream,
-                        }]);
-                        self.send_all(sends);
-                        Some(Answer::Sent(trying))
+                        Some(self.send_first(trying, upstream, sends))
                     }
                     Err((code, reason)) => respond(code, reason),
                 }

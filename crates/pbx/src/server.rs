@@ -467,7 +467,7 @@ async fn proxy_loop(endpoint: Arc<Endpoint>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
         let sends = endpoint.proxy.tick(std::time::Instant::now());
-        endpoint.send_tick(sends);
+        endpoint.send_all(sends);
     }
 }
 
