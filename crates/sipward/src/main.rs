@@ -54,6 +54,12 @@ pub async fn open_registry(cli: &cli::Cli, config: &config::Config) -> anyhow::R
             pbx::registry::DEFAULT_FAX_NUMBER
         );
     }
+    if let Some((number, reason)) = opened.provisioning_failed.first() {
+        eprintln!(
+            "warning: the provisioning files of {} phone(s) cannot be written (extension {number}: {reason}); they are retried with every command",
+            opened.provisioning_failed.len()
+        );
+    }
     if let Some(n) = opened.rehashed {
         eprintln!(
             "the realm changed to {:?}: re-computed the digests of {n} accounts",

@@ -119,6 +119,9 @@ pub struct Opened {
     /// Phones whose provisioning files were behind the database (an interrupted
     /// Re-Generate) and were rewritten.
     pub provisioning_rewritten: usize,
+    /// Phones whose files still cannot be written (extension number, why): a broken
+    /// operator template, say. Retried at every open.
+    pub provisioning_failed: Vec<(String, String)>,
 }
 
 impl Registry {
@@ -192,7 +195,8 @@ impl Registry {
         }
         tx.commit().await?;
         // Files a crash left behind their database state are written now.
-        opened.provisioning_rewritten = registry.write_unwritten_files().await?;
+        (opened.provisioning_rewritten, opened.provisioning_failed) =
+            registry.write_unwritten_files().await?;
         Ok((registry, opened))
     }
 

@@ -286,14 +286,30 @@ impl Registry {
         if phones.is_empty() {
             return Ok(Vec::new());
         }
-        let templates = self.templates()?;
+        // Files are derived: a broken operator template or a full disk fails the phones
+        // (their rows stay unwritten, retried at every open), never the command that
+        // changed the database.
         let dir = self.data.provisioning_dir();
-        provisioning::ensure_dir(&dir).map_err(|source| Error::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        let (reg, owned) = (self.clone(), phones.to_vec());
-        let dir2 = dir.clone();
+        let prepared = self.templates().map_err(|e| e.to_string()).and_then(|t| {
+            provisioning::ensure_dir(&dir)
+                .map(|()| t)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+        });
+        let templates = match prepared {
+            Ok(t) => t,
+            Err(reason) => {
+                return Ok(phones
+                    .iter()
+                    .map(|(row, _)| {
+                        let failed = FilesOutcome::Failed {
+                            reason: reason.clone(),
+                        };
+                        (row.number.clone(), failed)
+                    })
+                    .collect());
+            }
+        };
+        let (reg, owned, dir2) = (self.clone(), phones.to_vec(), dir.clone());
         // Two threads: each file is synced before its rename, and the waits overlap.
         let out: Vec<(String, FilesOutcome)> = tokio::task::spawn_blocking(move || {
             super::parallel_map(&owned, 2, |(row, prov)| {
@@ -308,10 +324,11 @@ impl Registry {
             path: dir.clone(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        provisioning::sync_dir(&dir).map_err(|source| Error::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        // Without a durable directory entry a file may vanish in a crash: then the rows
+        // stay unwritten.
+        if provisioning::sync_dir(&dir).is_err() {
+            return Ok(out);
+        }
         let mut tx = self.store.begin().await?;
         for ((number, outcome), (_, prov)) in out.iter().zip(phones) {
             // A failed write stays unwritten and is retried at the next open.
@@ -393,16 +410,25 @@ impl Registry {
     }
 
     /// Rewrites every phone whose files are behind the database; returns how many.
-    pub(crate) async fn write_unwritten_files(&self) -> Result<usize> {
+    /// Returns how many were rewritten, and the ones that still fail with why.
+    pub(crate) async fn write_unwritten_files(&self) -> Result<(usize, Vec<(String, String)>)> {
         let mut conn = self.store.pool().acquire().await?;
         let rows = rq::unwritten_provisioning(&mut conn).await?;
         drop(conn);
         if rows.is_empty() {
-            return Ok(0);
+            return Ok((0, Vec::new()));
         }
         let numbers: Vec<String> = rows.into_iter().map(|r| r.number).collect();
-        self.write_files(&numbers).await?;
-        Ok(numbers.len())
+        let failed: Vec<(String, String)> = self
+            .write_files(&numbers)
+            .await?
+            .into_iter()
+            .filter_map(|(n, o)| match o {
+                FilesOutcome::Failed { reason } => Some((n, reason)),
+                _ => None,
+            })
+            .collect();
+        Ok((numbers.len() - failed.len(), failed))
     }
 
     /// Removes the files a phone with this MAC and model had (after a MAC change or

@@ -564,3 +564,46 @@ fn kill_9_during_bulk_regenerate_leaves_every_extension_old_or_new() {
     assert_eq!(again, serde_json::json!([]), "nothing left to send");
     server.stop();
 }
+
+#[test]
+fn a_broken_operator_template_fails_the_files_not_the_data_dir() {
+    let env = Env::with_config(&base_config());
+    let templates = env.data.join("templates");
+    std::fs::create_dir_all(&templates).expect("dir");
+    std::fs::write(templates.join("yealink.cfg"), "{% if %}\n").expect("template");
+    // The extension is stored; its files cannot be written yet.
+    env.ok(&[
+        "ext",
+        "add",
+        "3501",
+        "--password",
+        "Vq3Lx9TzKp2Wm7Rb",
+        "--mac",
+        MAC,
+        "--model",
+        "Yealink T46U",
+    ]);
+    assert!(
+        !env.data
+            .join("provisioning")
+            .join(format!("{MAC}.cfg"))
+            .exists()
+    );
+    // Every later command still works, and says what is wrong.
+    let r = env.run(&["ext", "list"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("warning: the provisioning files of 1 phone(s) cannot be written (extension 3501: template yealink.cfg"), "{}", r.stderr);
+    // Re-Generate refuses up front and changes nothing.
+    let before = env.json(&["ext", "show", "3501", "--reveal", "--json"])["password"].clone();
+    let err = env.fails(&["ext", "regenerate", "3501"], 2);
+    assert!(err.contains("template yealink.cfg"), "{err}");
+    assert_eq!(
+        env.json(&["ext", "show", "3501", "--reveal", "--json"])["password"],
+        before
+    );
+    // Fixed: the next command writes the file.
+    std::fs::remove_file(templates.join("yealink.cfg")).expect("rm");
+    let r = env.run(&["ext", "list"]);
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+    assert_eq!(file_password(&env, MAC), "Vq3Lx9TzKp2Wm7Rb");
+}
