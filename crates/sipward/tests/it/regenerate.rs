@@ -607,3 +607,41 @@ fn a_broken_operator_template_fails_the_files_not_the_data_dir() {
     assert!(!r.stderr.contains("warning"), "{}", r.stderr);
     assert_eq!(file_password(&env, MAC), "Vq3Lx9TzKp2Wm7Rb");
 }
+
+#[test]
+fn an_smtp_server_that_is_down_defers_the_mail_with_backoff() {
+    let env = Env::new();
+    env.ok(&["ext", "list"]);
+    // Nothing listens on this port.
+    let port = crate::peers::free_port();
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        format!(
+            "{}[mail]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\nfrom = \"pbx@example.com\"\ntimeout_secs = 2\n",
+            base_config()
+        ),
+    )
+    .expect("config");
+    env.ok(&["ext", "add", "3601", "--email", "dan@example.com"]);
+    let r = env.run(&["ext", "regenerate", "3601", "--json"]);
+    assert_eq!(r.code, 0, "a deferred mail is not a failure: {}", r.stderr);
+    let out: Value = serde_json::from_str(&r.stdout).expect("json");
+    let mail = &out["regenerated"][0]["mail"];
+    assert_eq!(mail["status"], "deferred", "{mail}");
+    assert!(
+        mail["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("SMTP server"),
+        "{mail}"
+    );
+    let list = env.json(&["mail", "list", "--json"]);
+    let row = &list[0];
+    assert_eq!(
+        (row["state"].as_str(), row["attempts"].as_i64()),
+        (Some("queued"), Some(1))
+    );
+    assert!(row["next_attempt_at"].as_i64() >= row["created_at"].as_i64().map(|c| c + 30));
+    // Not due yet: a second sender leaves it alone.
+    assert_eq!(env.json(&["mail", "send", "--json"]), serde_json::json!([]));
+}
