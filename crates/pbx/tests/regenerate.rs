@@ -45,6 +45,14 @@ async fn open(data: &DataDir, seed: u64) -> (Registry, pbx::registry::Opened) {
     .expect("open")
 }
 
+/// A new data dir (kept alive by the returned TempDir) and its registry.
+async fn fresh(seed: u64) -> (tempfile::TempDir, DataDir, Registry) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = DataDir::new(dir.path().join("d"));
+    let (reg, _) = open(&data, seed).await;
+    (dir, data, reg)
+}
+
 fn phone(email: Option<&str>, password: &str) -> NewExtension {
     NewExtension {
         email: email.map(str::to_owned),
@@ -66,9 +74,7 @@ fn file_password(data: &DataDir) -> String {
 
 #[tokio::test]
 async fn files_behind_the_database_are_rewritten_at_the_next_open() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let data = DataDir::new(dir.path().join("d"));
-    let (reg, _) = open(&data, 1).await;
+    let (_dir, data, reg) = fresh(1).await;
     reg.add_extension("1001", phone(None, "Zq8xLmTr4wPyK7vB2"))
         .await
         .expect("add");
@@ -114,9 +120,7 @@ async fn regenerate_1001(
 
 #[tokio::test]
 async fn grace_keeps_the_password_phones_have_and_mails_are_superseded() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let data = DataDir::new(dir.path().join("d"));
-    let (reg, _) = open(&data, 3).await;
+    let (_dir, data, reg) = fresh(3).await;
     let original = "Zq8xLmTr4wPyK7vB2";
     let added = reg
         .add_extension("1001", phone(Some("a@example.com"), original))
@@ -201,9 +205,7 @@ async fn grace_keeps_the_password_phones_have_and_mails_are_superseded() {
 
 #[tokio::test]
 async fn selections_and_unknown_numbers() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let data = DataDir::new(dir.path().join("d"));
-    let (reg, _) = open(&data, 4).await;
+    let (_dir, _data, reg) = fresh(4).await;
     reg.add_extension(
         "1001",
         NewExtension {
