@@ -142,6 +142,14 @@ impl Directory {
         self.by_number.get(number).map(|a| a.auth_id.as_str())
     }
 
+    /// The numbers of extensions (not gateways).
+    pub fn extension_numbers(&self) -> impl Iterator<Item = &str> {
+        self.by_number
+            .values()
+            .filter(|a| a.kind == "ext")
+            .map(|a| a.number.as_str())
+    }
+
     pub fn len(&self) -> usize {
         self.by_auth_id.len()
     }

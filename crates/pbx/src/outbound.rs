@@ -87,10 +87,29 @@ impl Outbound {
 
     /// Replaces the snapshot (on every directory reload).
     pub fn replace(&self, rows: &[CallingRow]) {
-        let lines: HashMap<String, Line> = rows
-            .iter()
-            .map(|r| (r.outbound.number.clone(), Line::from_row(r, &self.plan)))
-            .collect();
+        self.replace_with_users(rows, std::iter::empty());
+    }
+
+    /// Replaces the snapshot: `rows` as stored (fax extensions, explicit settings), and
+    /// every other extension in `users` with a user extension's defaults.
+    pub fn replace_with_users<'a>(
+        &self,
+        rows: &[CallingRow],
+        users: impl Iterator<Item = &'a str>,
+    ) {
+        let default_user = Line::from_row(
+            &CallingRow {
+                kind: "user".into(),
+                outbound: store::outbound::OutboundRow::default(),
+            },
+            &self.plan,
+        );
+        let mut lines: HashMap<String, Line> =
+            users.map(|n| (n.to_owned(), default_user)).collect();
+        lines.extend(
+            rows.iter()
+                .map(|r| (r.outbound.number.clone(), Line::from_row(r, &self.plan))),
+        );
         *self.lines.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(lines);
     }
 
@@ -298,6 +317,30 @@ mod tests {
         assert_eq!(
             o.decide("1001", "0301234567", ext, 0, 700),
             Decision::Allow(CallClass::National)
+        );
+    }
+
+    #[test]
+    fn users_without_a_stored_row_get_the_user_defaults() {
+        let o = outbound();
+        o.replace_with_users(
+            &[row("888", "fax", Some("internal"))],
+            ["1001", "888"].into_iter(),
+        );
+        let ext = |_: &str| false;
+        assert_eq!(
+            o.decide("1001", "0301234567", ext, 0, 0),
+            Decision::Allow(CallClass::National)
+        );
+        assert_eq!(
+            o.decide("888", "0301234567", ext, 0, 0),
+            Decision::Forbidden,
+            "stored row wins"
+        );
+        assert_eq!(
+            o.decide("1002", "0301234567", ext, 0, 0),
+            Decision::Forbidden,
+            "unknown"
         );
     }
 

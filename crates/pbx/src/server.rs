@@ -151,9 +151,10 @@ pub async fn bind(
     );
     let mut conn = registry.store().pool().acquire().await?;
     load_guard(&mut conn, &endpoint, clock.now(), false).await?;
-    endpoint
-        .outbound
-        .replace(&store::outbound::calling(&mut conn).await?);
+    endpoint.outbound.replace_with_users(
+        &store::outbound::calling(&mut conn).await?,
+        endpoint.directory.get().extension_numbers(),
+    );
     drop(conn);
     Ok(Bound {
         sip_udp,
@@ -284,10 +285,12 @@ async fn reload_loop(
                 .metrics
                 .directory_accounts
                 .store(dir.len() as u64, Ordering::Relaxed);
-            endpoint.directory.replace(dir);
             if let Ok(rows) = store::outbound::calling(&mut conn).await {
-                endpoint.outbound.replace(&rows);
+                endpoint
+                    .outbound
+                    .replace_with_users(&rows, dir.extension_numbers());
             }
+            endpoint.directory.replace(dir);
             versions.0 = v;
             registry_moved = true;
         }
