@@ -19,6 +19,7 @@ use sip::transaction::{Seen, ServerTransactions, TIMER_J, TxKey};
 
 use crate::Clock;
 use crate::authenticator::{Authenticator, Outcome};
+use crate::b2bua::{B2bua, InDialog, Placed};
 use crate::directory::{Account, Directory, DirectoryCache};
 use crate::guard::{Event, Guard};
 use crate::metrics::Metrics;
@@ -26,6 +27,7 @@ use crate::notify::Notifier;
 use crate::outbound::{Decision, Outbound};
 use crate::proxy::{Proxy, Relay};
 use crate::registrar::{Contacts, RegisterError, RegisterRequest, Registrar, TransportKind};
+use crate::trunk::Trunks;
 use policy::dialplan::CallClass;
 
 /// Methods sipward knows but does not serve (yet): answered 405 with `Allow`.
@@ -82,8 +84,12 @@ pub struct Endpoint {
     pub notifier: Notifier,
     /// Classes of service, fraud limits and suspensions of outbound calls.
     pub outbound: Arc<Outbound>,
-    /// Calls between extensions.
+    /// Calls between extensions, and from trunks to extensions.
     pub proxy: Proxy,
+    /// Calls to trunks (sipward as a back-to-back user agent).
+    pub b2bua: B2bua,
+    /// Gateways, providers, routes, DIDs; provider registrations.
+    pub trunks: Trunks,
     socket: std::sync::OnceLock<Arc<tokio::net::UdpSocket>>,
     /// Extensions whose grace window the new password ended; the server deletes their
     /// store rows.
@@ -105,6 +111,8 @@ impl Endpoint {
     ) -> Self {
         Self {
             proxy: Proxy::new(notifier.derived_key("proxy")),
+            b2bua: B2bua::new(notifier.derived_key("b2bua")),
+            trunks: Trunks::new(notifier.derived_key("trunks")),
             notifier,
             outbound: Arc::new(Outbound::new(policy::dialplan::DialPlan::default())),
             socket: std::sync::OnceLock::new(),
@@ -138,8 +146,14 @@ impl Endpoint {
     pub fn set_socket(&self, socket: Arc<tokio::net::UdpSocket>) {
         if let Ok(addr) = socket.local_addr() {
             self.proxy.set_bound(addr);
+            self.b2bua.set_bound(addr);
         }
         let _ = self.socket.set(socket);
+    }
+
+    /// The address a peer sees us at (once the UDP socket is bound).
+    fn local_to(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        self.proxy.local_to(peer)
     }
 
     /// Uses `plan` for outbound calls (the default plan otherwise).
@@ -179,10 +193,17 @@ impl Endpoint {
             return None;
         }
         let StartLine::Request { method, uri, .. } = m.start else {
-            // Responses: answers to our NOTIFYs, and answers the proxy passes on.
-            if !self.notifier.response(&m) && transport == TransportKind::Udp {
-                self.send_all(self.proxy.response(&m));
+            // Responses: answers to our NOTIFYs and provider REGISTERs, to trunk calls,
+            // and answers the proxy passes on.
+            if self.notifier.response(&m) || transport != TransportKind::Udp {
+                return None;
             }
+            let sends = self
+                .trunks
+                .response(&m, self.clock.now(), |peer| self.local_to(peer))
+                .or_else(|| self.b2bua.response(&m))
+                .unwrap_or_else(|| self.proxy.response(&m));
+            self.send_all(sends);
             return None;
         };
         // Scanners address servers by IP; phones set up with the domain never do.
@@ -230,8 +251,16 @@ impl Endpoint {
             && m.header(Name::To)
                 .and_then(NameAddr::parse)
                 .is_some_and(|t| t.tag().is_some());
-        if in_dialog {
-            let known = |ip| self.registrar.knows_host(ip);
+        // Trunk calls: sipward is the far end of both legs.
+        let trunk_call = in_dialog && m.header(Name::CallId).is_some_and(|c| self.b2bua.owns(c));
+        if trunk_call && method == "ACK" {
+            if let Some(InDialog::Sent(sends)) = self.b2bua.in_dialog(&m, method, source) {
+                self.send_all(sends);
+            }
+            return None;
+        }
+        if in_dialog && !trunk_call {
+            let known = |ip| self.registrar.knows_host(ip) || self.trunks.trunk_at(ip).is_some();
             match self.proxy.relay(&m, method, uri, source, known) {
                 Relay::Forward(send) => {
                     Metrics::inc(&self.metrics.relayed);
@@ -276,6 +305,15 @@ impl Endpoint {
         }
 
         let answer = match method {
+            _ if trunk_call => match self.b2bua.in_dialog(&m, method, source)? {
+                InDialog::Answer(code, reason, sends) => {
+                    self.send_first(respond(code, reason)?.finish(), target, sends)
+                }
+                InDialog::Sent(sends) => {
+                    self.send_all(sends);
+                    return None;
+                }
+            },
             "REGISTER" => Answer::Reply(self.register(&m, source, transport, &tag)?),
             "INVITE" => self.invite(&m, uri, source, target, transport, &tag)?,
             "OPTIONS" => {
@@ -287,7 +325,7 @@ impl Endpoint {
                         .finish(),
                 )
             }
-            "CANCEL" => match self.proxy.cancel(&m) {
+            "CANCEL" => match self.proxy.cancel(&m).or_else(|| self.b2bua.cancel(&m)) {
                 // Answered before the CANCELs go downstream, so the caller sees this
                 // 200 before the 487 that follows from them.
                 Some(cancels) => self.send_first(respond(200, "OK")?.finish(), target, cancels),
@@ -433,10 +471,12 @@ impl Endpoint {
         }
     }
 
-    /// An INVITE: the caller authenticates first (407), and only then is the dialled
-    /// number looked at: class of service, fraud limits (breaking one suspends the
-    /// extension's outbound calling), emergency numbers always. Admitted calls are not
-    /// routed yet (480).
+    /// An INVITE. From a trunk (a gateway's or provider's address, or a gateway that
+    /// authenticated) it reaches an extension only through a DID. Anyone else
+    /// authenticates first (407), and only then is the dialled number looked at: class
+    /// of service, fraud limits (breaking one suspends the extension's outbound
+    /// calling), emergency numbers always; then an extension (proxied) or a route to a
+    /// trunk (a call of sipward's own to the trunk).
     fn invite(
         &self,
         m: &Message<'_>,
@@ -452,6 +492,10 @@ impl Endpoint {
             |code: u16, reason: &str| builder(code, reason).map(|b| Answer::Reply(b.finish()));
         let now = self.clock.now();
         let dir = self.directory.get();
+        let dialled = SipUri::parse(uri).and_then(|u| u.user).unwrap_or("");
+        if transport == TransportKind::Udp && self.trunks.trunk_at(source.ip()).is_some() {
+            return self.inbound(m, dialled, source, upstream, &respond);
+        }
         let caller =
             match self.authenticate(&dir, m, Name::ProxyAuthorization, "INVITE", source, now) {
                 Authn::Account(a) => a,
@@ -469,17 +513,19 @@ impl Endpoint {
             Metrics::inc(&self.metrics.calls_forbidden);
             respond(403, "Forbidden")
         };
+        if caller.kind == "gateway" && transport == TransportKind::Udp {
+            return self.inbound(m, dialled, source, upstream, &respond);
+        }
         if caller.kind != "ext" {
-            // Calls from trunks arrive with DID routing (not built yet).
             return forbidden();
         }
-        let dialled = SipUri::parse(uri).and_then(|u| u.user).unwrap_or("");
         let is_extension = |u: &str| dir.number_for_user(u).is_some();
-        match self
+        let active = self.b2bua.active_for(&caller.number);
+        let class = match self
             .outbound
-            .decide(&caller.number, dialled, is_extension, 0, now)
+            .decide(&caller.number, dialled, is_extension, active, now)
         {
-            Decision::Forbidden => forbidden(),
+            Decision::Forbidden => return forbidden(),
             Decision::Suspend(breach) => {
                 Metrics::inc(&self.metrics.outbound_suspensions);
                 self.guard.report(Event::Suspended {
@@ -488,52 +534,130 @@ impl Endpoint {
                     dialled: dialled.to_owned(),
                     source: source.ip(),
                 });
-                forbidden()
+                return forbidden();
             }
-            Decision::Allow(class) => {
-                if class == CallClass::Emergency {
-                    Metrics::inc(&self.metrics.emergency_calls);
-                    self.guard.report(Event::EmergencyCall {
-                        number: caller.number.clone(),
-                        dialled: dialled.to_owned(),
-                    });
-                }
-                let callee = (class == CallClass::Internal)
-                    .then(|| dir.number_for_user(dialled))
-                    .flatten();
-                let (Some(callee), TransportKind::Udp) = (callee, transport) else {
-                    // Trunks (external and emergency calls) are not built yet.
-                    Metrics::inc(&self.metrics.calls_unrouted);
-                    return respond(480, "Temporarily Unavailable");
-                };
-                let contacts: Vec<(String, SocketAddr)> = self
-                    .registrar
-                    .bindings(callee, now)
-                    .into_iter()
-                    .filter(|b| b.transport == TransportKind::Udp)
-                    .map(|b| (b.contact, b.source))
-                    .collect();
-                if contacts.is_empty() {
-                    Metrics::inc(&self.metrics.calls_unrouted);
-                    return respond(480, "Temporarily Unavailable");
-                }
-                match self
-                    .proxy
-                    .start(m, source, upstream, &contacts, std::time::Instant::now())
-                {
-                    Ok(sends) => {
-                        if !sends.is_empty() {
-                            Metrics::inc(&self.metrics.calls_proxied);
-                        }
-                        // Without a To tag: a 100 makes no dialog.
-                        let trying = ResponseBuilder::new(m, 100, "Trying", source, "")
-                            .ok()?
-                            .finish();
-                        Some(self.send_first(trying, upstream, sends))
-                    }
-                    Err((code, reason)) => respond(code, reason),
-                }
+            Decision::Allow(class) => class,
+        };
+        if class == CallClass::Emergency {
+            Metrics::inc(&self.metrics.emergency_calls);
+            self.guard.report(Event::EmergencyCall {
+                number: caller.number.clone(),
+                dialled: dialled.to_owned(),
+            });
+        }
+        if transport != TransportKind::Udp {
+            // Calls are signalled over UDP only for now.
+            Metrics::inc(&self.metrics.calls_unrouted);
+            return respond(480, "Temporarily Unavailable");
+        }
+        if class == CallClass::Internal {
+            let Some(callee) = dir.number_for_user(dialled) else {
+                return respond(404, "Not Found");
+            };
+            return self.proxy_to(m, callee, source, upstream, now, &respond);
+        }
+        let registered = |number: &str| {
+            self.registrar
+                .bindings(number, now)
+                .into_iter()
+                .find(|b| b.transport == TransportKind::Udp)
+                .map(|b| b.source)
+        };
+        let (target, number) = match self.trunks.route(dialled, &caller.number, registered) {
+            None => {
+                Metrics::inc(&self.metrics.calls_unrouted);
+                return respond(404, "Not Found");
             }
+            Some(Err(_)) => {
+                Metrics::inc(&self.metrics.calls_unrouted);
+                return respond(503, "Service Unavailable");
+            }
+            Some(Ok((target, number, _route))) => (target, number),
+        };
+        let placed = Placed {
+            caller: caller.number.clone(),
+            dialled: dialled.to_owned(),
+            number,
+            class,
+            target,
+        };
+        match self.b2bua.start(m, source, upstream, placed, now) {
+            Ok(sends) => {
+                if !sends.is_empty() {
+                    Metrics::inc(&self.metrics.calls_trunk);
+                }
+                let trying = ResponseBuilder::new(m, 100, "Trying", source, "")
+                    .ok()?
+                    .finish();
+                Some(self.send_first(trying, upstream, sends))
+            }
+            Err((code, reason)) => respond(code, reason),
+        }
+    }
+
+    /// A call from a trunk: the DID (Request-URI user, else To user) names the
+    /// extension; nothing from a trunk ever goes out to a trunk again.
+    fn inbound(
+        &self,
+        m: &Message<'_>,
+        dialled: &str,
+        source: SocketAddr,
+        upstream: SocketAddr,
+        respond: &dyn Fn(u16, &str) -> Option<Answer>,
+    ) -> Option<Answer> {
+        let to_user = m
+            .header(Name::To)
+            .and_then(NameAddr::parse)
+            .and_then(|a| SipUri::parse(a.uri))
+            .and_then(|u| u.user);
+        let Some(callee) = self
+            .trunks
+            .did(dialled)
+            .or_else(|| to_user.and_then(|u| self.trunks.did(u)))
+        else {
+            Metrics::inc(&self.metrics.calls_unrouted);
+            return respond(404, "Not Found");
+        };
+        Metrics::inc(&self.metrics.calls_inbound);
+        self.proxy_to(m, &callee, source, upstream, self.clock.now(), respond)
+    }
+
+    /// Forks an INVITE to an extension's UDP contacts.
+    fn proxy_to(
+        &self,
+        m: &Message<'_>,
+        callee: &str,
+        source: SocketAddr,
+        upstream: SocketAddr,
+        now: i64,
+        respond: &dyn Fn(u16, &str) -> Option<Answer>,
+    ) -> Option<Answer> {
+        let contacts: Vec<(String, SocketAddr)> = self
+            .registrar
+            .bindings(callee, now)
+            .into_iter()
+            .filter(|b| b.transport == TransportKind::Udp)
+            .map(|b| (b.contact, b.source))
+            .collect();
+        if contacts.is_empty() {
+            Metrics::inc(&self.metrics.calls_unrouted);
+            return respond(480, "Temporarily Unavailable");
+        }
+        match self
+            .proxy
+            .start(m, source, upstream, &contacts, std::time::Instant::now())
+        {
+            Ok(sends) => {
+                if !sends.is_empty() {
+                    Metrics::inc(&self.metrics.calls_proxied);
+                }
+                // Without a To tag: a 100 makes no dialog.
+                let trying = ResponseBuilder::new(m, 100, "Trying", source, "")
+                    .ok()?
+                    .finish();
+                Some(self.send_first(trying, upstream, sends))
+            }
+            Err((code, reason)) => respond(code, reason),
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod authenticator;
+pub mod b2bua;
 pub mod bans;
 pub mod directory;
 pub mod endpoint;
@@ -20,6 +21,7 @@ pub mod registrar;
 pub mod registry;
 pub mod server;
 pub mod transport;
+pub mod trunk;
 
 pub use error::{Error, Result};
 pub use registry::{Clock, Registry, Settings};

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub emergency_calls: AtomicU64,
     pub calls_unrouted: AtomicU64,
     pub calls_proxied: AtomicU64,
+    pub calls_trunk: AtomicU64,
+    pub calls_inbound: AtomicU64,
     pub relayed: AtomicU64,
 }
 
@@ -191,13 +193,23 @@ impl Metrics {
             ),
             (
                 "sipward_calls_unrouted_total",
-                "admitted INVITEs answered 480: callee not registered, or external (trunks are not built yet)",
+                "admitted INVITEs not routed: callee not registered (480), no route (404), trunk without an address (503)",
                 get(&self.calls_unrouted),
             ),
             (
                 "sipward_calls_proxied_total",
                 "INVITEs forked to a registered extension",
                 get(&self.calls_proxied),
+            ),
+            (
+                "sipward_calls_trunk_total",
+                "external and emergency calls placed to a gateway or provider",
+                get(&self.calls_trunk),
+            ),
+            (
+                "sipward_calls_inbound_total",
+                "calls from a trunk put through to an extension by DID",
+                get(&self.calls_inbound),
             ),
             (
                 "sipward_relayed_total",

@@ -150,7 +150,7 @@ impl Proxy {
     }
 
     /// The address a peer sees the proxy at.
-    fn local_to(&self, peer: SocketAddr) -> Option<SocketAddr> {
+    pub(crate) fn local_to(&self, peer: SocketAddr) -> Option<SocketAddr> {
         self.bound.get().map(|b| crate::notify::local_for(*b, peer))
     }
 

@@ -156,6 +156,7 @@ pub async fn bind(
         endpoint.directory.get().extension_numbers(),
     );
     drop(conn);
+    load_trunks(&registry, &endpoint).await?;
     Ok(Bound {
         sip_udp,
         sip_tcp,
@@ -230,6 +231,10 @@ impl Bound {
         shutdown.await;
         let _ = stop_tx.send(true);
         while tasks.join_next().await.is_some() {}
+        // No server, no calls: `sipward calls` must not show the last ones as up.
+        if let Ok(mut conn) = self.registry.store().pool().acquire().await {
+            let _ = store::trunks::replace_active_calls(&mut conn, &[], 0).await;
+        }
         flush(&self.registry, &self.endpoint, self.clock.now()).await
     }
 }
@@ -293,6 +298,7 @@ async fn reload_loop(
             endpoint.directory.replace(dir);
             versions.0 = v;
             registry_moved = true;
+            let _ = load_trunks(&registry, &endpoint).await;
         }
         if let Ok(v) = gq::guard_version(&mut conn).await
             && (v != versions.1 || registry_moved)
@@ -303,6 +309,50 @@ async fn reload_loop(
             versions.1 = v;
         }
     }
+}
+
+/// Loads gateways, providers, routes and DIDs (passwords opened), resolving each
+/// trunk's host (a name that does not resolve now leaves that trunk without an address
+/// until the next load).
+async fn load_trunks(registry: &Registry, endpoint: &Endpoint) -> Result<()> {
+    let set = registry.trunk_set().await?;
+    let mut resolved = std::collections::HashMap::new();
+    let hosts = set
+        .gateways
+        .iter()
+        .map(|g| g.host.clone())
+        .chain(set.providers.iter().map(|p| p.registrar.clone()));
+    for host in hosts {
+        if let Some(addr) = resolve(&host).await {
+            resolved.insert(host, addr);
+        }
+    }
+    endpoint.trunks.replace(set, |h| resolved.get(h).copied());
+    Ok(())
+}
+
+/// `host[:port]` to one address (port 5060 when none is given; IPv4 preferred).
+async fn resolve(host: &str) -> Option<SocketAddr> {
+    if let Ok(a) = host.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    let has_port = if host.starts_with('[') {
+        host.contains("]:")
+    } else {
+        host.matches(':').count() == 1
+    };
+    let query = if has_port {
+        host.to_owned()
+    } else {
+        format!("{host}:5060")
+    };
+    let lookup = tokio::time::timeout(Duration::from_secs(3), tokio::net::lookup_host(query));
+    let addrs: Vec<SocketAddr> = lookup.await.ok()?.ok()?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
 }
 
 async fn load_guard(
@@ -461,7 +511,8 @@ async fn resync_loop(
 /// How often the proxy's retransmission timers are looked at.
 pub const PROXY_TICK: Duration = Duration::from_millis(100);
 
-/// Runs the proxy's timers (retransmissions, timeouts, forgetting ended calls).
+/// Runs the proxy's, the trunk calls' and the provider registrations' timers
+/// (retransmissions, timeouts, refreshes, forgetting ended calls).
 async fn proxy_loop(endpoint: Arc<Endpoint>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(PROXY_TICK);
     loop {
@@ -469,7 +520,14 @@ async fn proxy_loop(endpoint: Arc<Endpoint>, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let sends = endpoint.proxy.tick(std::time::Instant::now());
+        let now = std::time::Instant::now();
+        let mut sends = endpoint.proxy.tick(now);
+        sends.extend(endpoint.b2bua.tick(now));
+        sends.extend(
+            endpoint
+                .trunks
+                .tick(now, |peer| endpoint.proxy.local_to(peer)),
+        );
         endpoint.send_all(sends);
     }
 }
@@ -510,12 +568,47 @@ async fn flush_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(FLUSH_EVERY);
+    let mut calls_written = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        write_trunk_state(&registry, &endpoint, clock.now(), &mut calls_written).await;
         let _ = flush(&registry, &endpoint, clock.now()).await;
+    }
+}
+
+/// How often an unchanged active-calls snapshot is stamped again (so `sipward calls`
+/// can tell a running server's empty list from a stopped server's).
+const CALLS_STAMP_EVERY: i64 = 10;
+
+/// Writes what `provider show` and `sipward calls` read: changed registration states,
+/// and the trunk calls up (when they change, and stamped every 10 s). `last` is what
+/// was written last; None writes in any case.
+async fn write_trunk_state(
+    registry: &Registry,
+    endpoint: &Endpoint,
+    now: i64,
+    last: &mut Option<(Vec<store::trunks::ActiveCallRow>, i64)>,
+) {
+    let Ok(mut conn) = registry.store().pool().acquire().await else {
+        return;
+    };
+    for s in endpoint.trunks.take_status(now) {
+        let _ = store::trunks::put_provider_status(&mut conn, &s).await;
+    }
+    let calls = endpoint.b2bua.snapshot();
+    let due = match last {
+        Some((written, at)) => *written != calls || now - *at >= CALLS_STAMP_EVERY,
+        None => true,
+    };
+    if due
+        && store::trunks::replace_active_calls(&mut conn, &calls, now)
+            .await
+            .is_ok()
+    {
+        *last = Some((calls, now));
     }
 }
 

@@ -14,7 +14,7 @@ pub struct InvalidField {
 }
 
 impl InvalidField {
-    fn new(field: &'static str, reason: impl Into<String>) -> Self {
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
         Self {
             field,
             reason: reason.into(),

@@ -14,6 +14,7 @@ pub mod fields;
 pub mod generate;
 pub mod password;
 pub mod pin;
+pub mod route;
 pub mod scanner;
 pub mod secret;
 pub mod vendor;

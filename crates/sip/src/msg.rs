@@ -49,6 +49,8 @@ pub enum Name {
     ContentType,
     Authorization,
     ProxyAuthorization,
+    WwwAuthenticate,
+    ProxyAuthenticate,
     Route,
     RecordRoute,
     MaxForwards,
@@ -86,6 +88,8 @@ impl Name {
             ("content-type", Name::ContentType),
             ("authorization", Name::Authorization),
             ("proxy-authorization", Name::ProxyAuthorization),
+            ("www-authenticate", Name::WwwAuthenticate),
+            ("proxy-authenticate", Name::ProxyAuthenticate),
             ("route", Name::Route),
             ("record-route", Name::RecordRoute),
             ("max-forwards", Name::MaxForwards),
@@ -122,6 +126,14 @@ pub struct Message<'a> {
 }
 
 impl<'a> Message<'a> {
+    /// The first header sipward has no [`Name`] for, by its name (case-insensitive).
+    pub fn other_header(&self, raw: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.name == Name::Other && h.raw_name.eq_ignore_ascii_case(raw))
+            .map(|h| h.value.as_ref())
+    }
+
     /// The first header with this name.
     pub fn header(&self, name: Name) -> Option<&str> {
         self.headers

@@ -53,6 +53,70 @@ pub enum Command {
     /// The welcome-mail outbox.
     #[command(subcommand)]
     Mail(MailCommand),
+    /// Outbound routes: which trunk a dialled number goes to.
+    #[command(subcommand)]
+    Route(RouteCommand),
+    /// Inbound numbers (DIDs): which extension a call from a trunk reaches.
+    #[command(subcommand)]
+    Did(DidCommand),
+    /// Calls to trunks up right now (as the running server last wrote them).
+    Calls {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RouteCommand {
+    /// Add a route: numbers matching PATTERN go to TRUNK.
+    Add {
+        name: String,
+        /// Dial pattern: digits, + * #, X (any digit), Z (1-9), N (2-9), [1-5] sets, and
+        /// a final `.` for "one or more further digits" (for example `0ZX.` or `00.`).
+        #[arg(long)]
+        pattern: String,
+        /// A gateway or provider name (`gateway:NAME` / `provider:NAME` when both exist).
+        #[arg(long)]
+        trunk: String,
+        /// Leading digits removed before the number goes to the trunk.
+        #[arg(long, default_value_t = 0)]
+        strip: u32,
+        /// Digits put in front after stripping (for example `+49`).
+        #[arg(long, default_value = "")]
+        prepend: String,
+        /// Routes are tried by priority, lowest first (default: after the last one).
+        #[arg(long)]
+        priority: Option<i64>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    Remove {
+        name: String,
+    },
+    /// Routes in the order they are tried.
+    List {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DidCommand {
+    /// Calls from a trunk to DID reach extension NUMBER.
+    Add {
+        did: String,
+        #[arg(long = "ext")]
+        number: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    Remove {
+        did: String,
+    },
+    List {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
 }
 
 #[derive(Debug, Subcommand)]

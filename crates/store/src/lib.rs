@@ -12,6 +12,7 @@ pub mod outbound;
 pub mod regen;
 pub mod registrar;
 pub mod registry;
+pub mod trunks;
 mod vault;
 
 pub use datadir::DataDir;

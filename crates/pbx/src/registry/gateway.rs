@@ -154,6 +154,8 @@ impl Registry {
     pub async fn remove_gateway(&self, name: &str) -> Result<()> {
         let name = AccountName::parse(FIELD_NAME, name.trim())?;
         let mut conn = self.store.pool().acquire().await?;
+        self.ensure_unrouted(&mut conn, super::TrunkKind::Gateway, name.as_str())
+            .await?;
         if !q::delete_gateway(&mut conn, name.as_str()).await? {
             return Err(Error::not_found(format!("gateway {name}")));
         }

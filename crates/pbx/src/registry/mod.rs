@@ -6,6 +6,7 @@ mod gateway;
 mod outbound;
 mod provider;
 pub mod regenerate;
+mod trunks;
 
 pub use extension::{
     ExtensionChange, ExtensionKind, ExtensionView, NewExtension, RegistrationView,
@@ -13,6 +14,10 @@ pub use extension::{
 pub use gateway::{GatewayChange, GatewayView, NewGateway};
 pub use outbound::OutboundView;
 pub use provider::{NewProvider, ProviderChange, ProviderView};
+pub use trunks::{
+    DidView, GatewayTrunk, LoadedRoute, NewRoute, ProviderTrunk, RouteView, TrunkKind, TrunkSet,
+    normalize_did,
+};
 
 pub(crate) use extension::Prepared;
 pub(crate) use extension::aad as ext_aad;

@@ -39,40 +39,9 @@ impl<'a> DigestCredentials<'a> {
     /// Parses the header value. The scheme is matched case-insensitively (`digest`
     /// is as valid as `Digest`); duplicate parameters are refused.
     pub fn parse(value: &'a str) -> Result<Self, AuthParseError> {
-        let value = value.trim();
-        let (scheme, rest) = value
-            .split_once(|c: char| c.is_ascii_whitespace())
-            .ok_or(AuthParseError::NotDigest)?;
-        if !scheme.eq_ignore_ascii_case("Digest") {
-            return Err(AuthParseError::NotDigest);
-        }
         let mut out = DigestCredentials::default();
         let mut seen: u16 = 0;
-        let mut i = rest.trim_start();
-        while !i.is_empty() {
-            let eq = i.find('=').ok_or(AuthParseError::Malformed)?;
-            let name = i[..eq].trim();
-            let after = i[eq + 1..].trim_start();
-            let (val, remaining) = if let Some(q) = after.strip_prefix('"') {
-                let (v, used) = unquote(q).ok_or(AuthParseError::Malformed)?;
-                (v, &q[used..])
-            } else {
-                let end = after.find(',').unwrap_or(after.len());
-                let token = after[..end].trim();
-                // An unquoted value is a token: no spaces, quotes or separators.
-                if token.is_empty()
-                    || token.contains(|c: char| c.is_whitespace() || c == '"' || c == '=')
-                {
-                    return Err(AuthParseError::Malformed);
-                }
-                (Cow::Borrowed(token), &after[end..])
-            };
-            let remaining = remaining.trim_start();
-            i = match remaining.strip_prefix(',') {
-                Some(r) => r.trim_start(),
-                None if remaining.is_empty() => remaining,
-                None => return Err(AuthParseError::Malformed),
-            };
+        for_each_param(value, |name, val| {
             let slot = match name.to_ascii_lowercase().as_str() {
                 "username" => 0,
                 "realm" => 1,
@@ -84,7 +53,7 @@ impl<'a> DigestCredentials<'a> {
                 "nc" => 7,
                 "cnonce" => 8,
                 "opaque" => 9,
-                _ => continue, // unknown parameters are ignored (RFC 7616 §3.4)
+                _ => return Ok(()), // unknown parameters are ignored (RFC 7616 §3.4)
             };
             if seen & (1 << slot) != 0 {
                 return Err(AuthParseError::Malformed);
@@ -110,7 +79,8 @@ impl<'a> DigestCredentials<'a> {
                 8 => out.cnonce = Some(val),
                 _ => out.opaque = Some(val),
             }
-        }
+            Ok(())
+        })?;
         for (bit, name) in [
             (0, "username"),
             (1, "realm"),
@@ -123,6 +93,148 @@ impl<'a> DigestCredentials<'a> {
             }
         }
         Ok(out)
+    }
+}
+
+/// Walks the `name=value` parameters of a `Digest ...` header value (the scheme is
+/// matched case-insensitively), values unquoted and unescaped.
+fn for_each_param<'a>(
+    value: &'a str,
+    mut f: impl FnMut(&'a str, Cow<'a, str>) -> Result<(), AuthParseError>,
+) -> Result<(), AuthParseError> {
+    let value = value.trim();
+    let (scheme, rest) = value
+        .split_once(|c: char| c.is_ascii_whitespace())
+        .ok_or(AuthParseError::NotDigest)?;
+    if !scheme.eq_ignore_ascii_case("Digest") {
+        return Err(AuthParseError::NotDigest);
+    }
+    let mut i = rest.trim_start();
+    while !i.is_empty() {
+        let eq = i.find('=').ok_or(AuthParseError::Malformed)?;
+        let name = i[..eq].trim();
+        let after = i[eq + 1..].trim_start();
+        let (val, remaining) = if let Some(q) = after.strip_prefix('"') {
+            let (v, used) = unquote(q).ok_or(AuthParseError::Malformed)?;
+            (v, &q[used..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            let token = after[..end].trim();
+            // An unquoted value is a token: no spaces, quotes or separators.
+            if token.is_empty()
+                || token.contains(|c: char| c.is_whitespace() || c == '"' || c == '=')
+            {
+                return Err(AuthParseError::Malformed);
+            }
+            (Cow::Borrowed(token), &after[end..])
+        };
+        let remaining = remaining.trim_start();
+        i = match remaining.strip_prefix(',') {
+            Some(r) => r.trim_start(),
+            None if remaining.is_empty() => remaining,
+            None => return Err(AuthParseError::Malformed),
+        };
+        f(name, val)?;
+    }
+    Ok(())
+}
+
+/// A `WWW-Authenticate` / `Proxy-Authenticate` Digest challenge a server sent us
+/// (sipward as a client of a VoIP provider or gateway).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Challenge {
+    pub realm: String,
+    pub nonce: String,
+    pub opaque: Option<String>,
+    /// None when the algorithm is one we do not speak.
+    pub algorithm: Option<Algorithm>,
+    /// The server offered `qop=auth`.
+    pub qop_auth: bool,
+    pub stale: bool,
+}
+
+/// The longest challenge value accepted from a peer.
+const MAX_CHALLENGE: usize = 2048;
+
+impl Challenge {
+    pub fn parse(value: &str) -> Result<Self, AuthParseError> {
+        if value.len() > MAX_CHALLENGE {
+            return Err(AuthParseError::Malformed);
+        }
+        let mut c = Challenge {
+            algorithm: Some(Algorithm::Md5),
+            ..Challenge::default()
+        };
+        let (mut realm, mut nonce) = (false, false);
+        for_each_param(value, |name, val| {
+            match name.to_ascii_lowercase().as_str() {
+                "realm" => {
+                    realm = true;
+                    c.realm = val.into_owned();
+                }
+                "nonce" => {
+                    nonce = true;
+                    c.nonce = val.into_owned();
+                }
+                "opaque" => c.opaque = Some(val.into_owned()),
+                "algorithm" => c.algorithm = Algorithm::from_token(Some(&val)),
+                "qop" => {
+                    c.qop_auth = val
+                        .split(',')
+                        .any(|q| q.trim().eq_ignore_ascii_case("auth"))
+                }
+                "stale" => c.stale = val.eq_ignore_ascii_case("true"),
+                _ => {}
+            }
+            Ok(())
+        })?;
+        if !realm {
+            return Err(AuthParseError::Missing("realm"));
+        }
+        if !nonce {
+            return Err(AuthParseError::Missing("nonce"));
+        }
+        // Whatever we echo back goes into a header: never line breaks or quotes.
+        let clean = |s: &str| !s.chars().any(|c| c.is_control() || c == '"' || c == '\\');
+        if !clean(&c.realm) || !clean(&c.nonce) || !c.opaque.as_deref().is_none_or(clean) {
+            return Err(AuthParseError::Malformed);
+        }
+        Ok(c)
+    }
+
+    /// The `Authorization` / `Proxy-Authorization` value answering this challenge.
+    /// `cnonce` comes from the caller's CSPRNG; `nc` is always 1 (one use per nonce).
+    pub fn answer(
+        &self,
+        method: &str,
+        uri: &str,
+        username: &str,
+        password: &str,
+        cnonce: &str,
+    ) -> Option<String> {
+        let alg = self.algorithm?;
+        let ha1 = crate::digest::ha1(alg, username, &self.realm, password);
+        let nc = "00000001";
+        let input = crate::digest::ResponseInput {
+            method,
+            uri,
+            nonce: &self.nonce,
+            qop_auth: self.qop_auth.then_some((nc, cnonce)),
+        };
+        let response = crate::digest::expected_response(alg, &ha1, &input);
+        let mut s = format!(
+            "Digest username=\"{username}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\", response=\"{response}\", algorithm={}",
+            self.realm,
+            self.nonce,
+            alg.token()
+        );
+        if self.qop_auth {
+            s.push_str(&format!(", qop=auth, nc={nc}, cnonce=\"{cnonce}\""));
+        }
+        if let Some(o) = &self.opaque {
+            s.push_str(&format!(", opaque=\"{o}\""));
+        }
+        Some(s)
     }
 }
 
@@ -249,6 +361,62 @@ mod tests {
         assert_eq!(
             c,
             "Digest realm=\"r\", nonce=\"n\", opaque=\"o\", algorithm=SHA-256, qop=\"auth\", stale=true"
+        );
+    }
+
+    #[test]
+    fn answering_a_challenge_verifies_on_our_own_server_side() {
+        let c = Challenge::parse(
+            "Digest realm=\"sip.example.net\", nonce=\"n1\", opaque=\"o\", qop=\"auth,auth-int\", algorithm=MD5",
+        )
+        .expect("parses");
+        assert!(c.qop_auth);
+        let header = c
+            .answer("INVITE", "sip:0301234@sip.example.net", "acct", "pw", "cn")
+            .expect("MD5 is spoken");
+        let creds = DigestCredentials::parse(&header).expect("our own header parses");
+        let ha1 = crate::digest::ha1(Algorithm::Md5, "acct", "sip.example.net", "pw");
+        let input = crate::digest::ResponseInput {
+            method: "INVITE",
+            uri: &creds.uri,
+            nonce: &creds.nonce,
+            qop_auth: Some(("00000001", "cn")),
+        };
+        assert!(crate::digest::verify_response(
+            Algorithm::Md5,
+            &ha1,
+            &input,
+            &creds.response
+        ));
+        assert_eq!(creds.opaque.as_deref(), Some("o"));
+        // Without qop (RFC 2069 style) and with SHA-256.
+        let c = Challenge::parse("Digest realm=r, nonce=n, algorithm=SHA-256").expect("parses");
+        assert!(!c.qop_auth);
+        let header = c
+            .answer("REGISTER", "sip:r", "u", "p", "x")
+            .expect("spoken");
+        assert!(!header.contains("qop"));
+        assert!(header.contains("algorithm=SHA-256"));
+    }
+
+    #[test]
+    fn hostile_challenges_are_refused() {
+        for bad in [
+            "Basic realm=x",
+            "Digest nonce=n",
+            "Digest realm=r",
+            "Digest realm=\"a\r\nX: y\", nonce=n",
+            "Digest realm=\"a\\\"b\", nonce=n",
+        ] {
+            assert!(Challenge::parse(bad).is_err(), "{bad}");
+        }
+        let long = format!("Digest realm=r, nonce=\"{}\"", "n".repeat(3000));
+        assert!(Challenge::parse(&long).is_err());
+        let c = Challenge::parse("Digest realm=r, nonce=n, algorithm=SHA-512-256").expect("parses");
+        assert_eq!(
+            c.answer("INVITE", "sip:x", "u", "p", "c"),
+            None,
+            "unknown algorithm"
         );
     }
 }

@@ -1,6 +1,7 @@
 //! One module per command area; each turns parsed flags into registry calls and output.
 
 mod audit;
+mod calls;
 mod ext;
 mod guard;
 mod import;
@@ -28,6 +29,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ban(c) => guard::ban(&registry, c).await?,
         Command::Allow(c) => guard::allow(&registry, c).await?,
         Command::Mail(c) => mail::run(&registry, c, &config).await?,
+        Command::Route(c) => calls::route(&registry, c).await?,
+        Command::Did(c) => calls::did(&registry, c).await?,
+        Command::Calls { out } => calls::calls(&registry, out.json).await?,
     };
     registry.store().close().await;
     Ok(code)

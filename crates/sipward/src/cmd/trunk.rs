@@ -264,13 +264,41 @@ pub async fn provider(reg: &Registry, cmd: ProviderCommand) -> anyhow::Result<Ex
             let p = reg.get_provider(&name).await?;
             let all = reg.audit().await?;
             let findings = findings_of(&all, &format!("provider:{}", p.name));
+            let status = reg.provider_status(&p.name).await?;
             if out.json {
-                output::json(&WithFindings { item: &p, findings })?;
+                #[derive(Serialize)]
+                struct Registration {
+                    state: String,
+                    detail: String,
+                    registered_until: i64,
+                    updated_at: i64,
+                }
+                #[derive(Serialize)]
+                struct Shown<'a> {
+                    #[serde(flatten)]
+                    item: WithFindings<'a, pbx::registry::ProviderView>,
+                    registration: Option<Registration>,
+                }
+                output::json(&Shown {
+                    item: WithFindings { item: &p, findings },
+                    registration: status.map(|s| Registration {
+                        state: s.state,
+                        detail: s.detail,
+                        registered_until: s.registered_until,
+                        updated_at: s.updated_at,
+                    }),
+                })?;
             } else {
                 println!(
                     "provider   {}\nregistrar  {}\nauth ID    {}",
                     p.name, p.registrar, p.auth_id
                 );
+                match status {
+                    Some(s) => println!("register   {} ({})", s.state, s.detail),
+                    None => {
+                        println!("register   not attempted (no server has run since it was added)")
+                    }
+                }
                 print_findings(&findings);
             }
         }

@@ -245,7 +245,7 @@ fn six_attempts_in_a_minute_suspend_and_mail_the_administrator() {
 
 /// Registers `number` from `ip` with a raw client, then frees its port for SIPp: the
 /// binding (and so the proxy's INVITE) points at that address.
-fn register_phone(server: &Server, ip: &str, number: &str, login: &(String, String)) -> u16 {
+pub fn register_phone(server: &Server, ip: &str, number: &str, login: &(String, String)) -> u16 {
     let c = UdpClient::from_address(ip, server.sip, Duration::from_secs(3));
     let who = Login {
         number,

@@ -11,4 +11,5 @@ mod import;
 mod peers;
 mod regenerate;
 mod registrar;
+mod trunk_calls;
 mod trunks;

@@ -493,6 +493,7 @@ pub struct SippServer {
 }
 
 impl SippServer {
+    /// `scenario` is a file in tests/sipp (or an absolute path).
     pub fn start(env: &Env, scenario: &str, ip: &str, port: u16, calls: u32) -> SippServer {
         let sipp = require("sipp", "sip-tester");
         let scenario = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,0 +1,484 @@
+//! Calls to and from trunks with real peers: a SIPp UAS plays the PSTN gateway and the
+//! VoIP provider (each challenges and verifies sipward's digest answer with SIPp's own
+//! `verifyauth`), SIPp UACs play the phones and a trunk calling in.
+
+use std::time::Duration;
+
+use crate::harness::Env;
+use crate::peers::{SippServer, UdpClient, eventually_or, free_port, sipp_from};
+
+const GERMANY: &str = "[sip]\ndigest_algorithms = [\"MD5\"]\n\
+    [dialplan]\ncountry_code = \"49\"\ninternational_prefix = \"00\"\nnational_prefix = \"0\"\n\
+    emergency_numbers = [\"112\", \"110\"]\n";
+const NATIONAL: &str = "0301234567";
+const FOREIGN: &str = "00252612345678";
+const TRUNK_PASSWORD: &str = "Gw7-pQ2v-Xk9m-Lr4t";
+
+fn add(env: &Env, number: &str) -> (String, String) {
+    let auth = format!("desk{number}");
+    let pw = format!("Zq8xLmTr4wPy{number}Kb");
+    env.ok(&["ext", "add", number, "--auth-id", &auth, "--password", &pw]);
+    (auth, pw)
+}
+
+fn creds(number: &str, login: &(String, String), dialled: &str) -> String {
+    format!(
+        "SEQUENTIAL\n{number};[authentication username={} password={}];{dialled}\n",
+        login.0, login.1
+    )
+}
+
+/// How the trunk challenges INVITEs.
+enum Challenge {
+    /// 401, verified by SIPp's verifyauth.
+    Www,
+    /// 407 with a fixed nonce; the Proxy-Authorization must carry the response computed
+    /// here independently (RFC 2617 MD5, no qop).
+    Proxy,
+}
+
+const PROXY_NONCE: &str = "provnonce1";
+
+fn md5_hex(s: &str) -> String {
+    use md5::{Digest, Md5};
+    hex::encode(Md5::digest(s.as_bytes()))
+}
+
+/// tests/sipp/trunk_uas.xml with the trunk's credentials, the expected number, how long
+/// it rings, and how it challenges INVITEs; written into the test's dir.
+fn trunk_scenario(
+    env: &Env,
+    login: (&str, &str),
+    number: &str,
+    ring_ms: u32,
+    challenge: Challenge,
+    domain: &str,
+) -> String {
+    let mut text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/sipp/trunk_uas.xml"),
+    )
+    .expect("scenario")
+    .replace("@AUTH_ID@", login.0)
+    .replace("@PASSWORD@", login.1)
+    .replace("@NUMBER@", number)
+    .replace(
+        "<pause milliseconds=\"20\"/>",
+        &format!("<pause milliseconds=\"{ring_ms}\"/>"),
+    );
+    if let Challenge::Proxy = challenge {
+        let uri = format!("sip:{number}@{domain}");
+        let ha1 = md5_hex(&format!("{}:trunk.test:{}", login.0, login.1));
+        let ha2 = md5_hex(&format!("INVITE:{uri}"));
+        let expected = md5_hex(&format!("{ha1}:{PROXY_NONCE}:{ha2}"));
+        text = text
+            .replacen(
+                "SIP/2.0 401 Unauthorized",
+                "SIP/2.0 407 Proxy Authentication Required",
+                1,
+            )
+            .replacen(
+                "WWW-Authenticate: Digest realm=\"trunk.test\", nonce=\"[pid]n[call_number]i\"",
+                &format!("Proxy-Authenticate: Digest realm=\"trunk.test\", nonce=\"{PROXY_NONCE}\""),
+                1,
+            )
+            .replacen(
+                &format!("<verifyauth assign_to=\"authvalid\" username=\"{}\" password=\"{}\"/>", login.0, login.1),
+                &format!(
+                    "<ereg regexp=\"response=.{expected}.\" search_in=\"hdr\" header=\"Proxy-Authorization:\" check_it=\"true\" assign_to=\"authvalid\"/>"
+                ),
+                1,
+            )
+            .replacen(
+                "<nop hide=\"true\" test=\"authvalid\" next=\"answer\"/>",
+                "<Reference variables=\"authvalid\"/>\n  <nop hide=\"true\" next=\"answer\"/>",
+                1,
+            );
+        assert!(
+            text.contains("407 Proxy") && text.contains(&expected),
+            "swapped"
+        );
+    }
+    let path = env.path(&format!("trunk-{}.xml", crate::peers::free_port()));
+    std::fs::write(&path, text).expect("write scenario");
+    path.to_string_lossy().into_owned()
+}
+
+fn gateway(env: &Env, ip: &str, port: u16) {
+    env.ok(&[
+        "gateway",
+        "add",
+        "pstn",
+        "--vendor",
+        "generic",
+        "--ext",
+        "800",
+        "--auth-id",
+        "gw-pstn-7",
+        "--password",
+        TRUNK_PASSWORD,
+        "--host",
+        &format!("{ip}:{port}"),
+    ]);
+    env.ok(&[
+        "route",
+        "add",
+        "national",
+        "--pattern",
+        "0ZX.",
+        "--trunk",
+        "pstn",
+    ]);
+    env.ok(&[
+        "route",
+        "add",
+        "world",
+        "--pattern",
+        "00.",
+        "--trunk",
+        "gateway:pstn",
+    ]);
+}
+
+#[test]
+fn calls_to_the_pstn_reach_the_gateway_with_its_credentials() {
+    let env = Env::with_config(GERMANY);
+    let port = free_port();
+    gateway(&env, "127.0.0.7", port);
+    let user = add(&env, "5001");
+    let server = env.serve();
+    let scenario = trunk_scenario(
+        &env,
+        ("gw-pstn-7", TRUNK_PASSWORD),
+        NATIONAL,
+        20,
+        Challenge::Www,
+        "",
+    );
+    let gw = SippServer::start(&env, &scenario, "127.0.0.7", port, 1);
+    std::thread::sleep(Duration::from_millis(300)); // SIPp binds its port
+
+    // The fax extension dialling abroad: 403, nothing reaches the gateway.
+    let fax = env.json(&["ext", "show", "888", "--reveal", "--json"]);
+    let fax_login = (
+        fax["auth_id"].as_str().expect("auth id").to_owned(),
+        fax["password"].as_str().expect("password").to_owned(),
+    );
+    let forbidden = server.metric("sipward_calls_forbidden_total");
+    let run = sipp_from(
+        "127.0.0.2",
+        &env,
+        "invite_auth.xml",
+        &creds("888", &fax_login, FOREIGN),
+        server.sip,
+        "u1",
+        1,
+        1,
+    );
+    assert_eq!((run.successful, run.failed), (1, 0), "{run:?}");
+    assert_eq!(
+        server.metric("sipward_calls_forbidden_total"),
+        forbidden + 1
+    );
+
+    // A stranger's INVITE to a number abroad is challenged, never routed.
+    let stranger = UdpClient::from_address("127.0.0.9", server.sip, Duration::from_secs(3));
+    let answer = stranger
+        .request(&format!(
+            "INVITE sip:{FOREIGN}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKstranger1\r\n\
+             From: <sip:x@127.0.0.9>;tag=s1\r\nTo: <sip:{FOREIGN}@127.0.0.1>\r\nCall-ID: stranger-1\r\n\
+             CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            stranger.local
+        ))
+        .expect("an answer");
+    assert!(answer.starts_with("SIP/2.0 407"), "{answer}");
+
+    // The national call goes out through the gateway, which challenges; sipward
+    // answers with the gateway's credentials; the whole call (ACK, BYE) works.
+    let run = sipp_from(
+        "127.0.0.2",
+        &env,
+        "call_uac.xml",
+        &creds("5001", &user, NATIONAL),
+        server.sip,
+        "u1",
+        1,
+        1,
+    );
+    assert_eq!(
+        (run.successful, run.failed),
+        (1, 0),
+        "phone: {run:?}\n{}",
+        server.log()
+    );
+    assert_eq!(
+        gw.finish(Duration::from_secs(10)),
+        (1, 0),
+        "gateway: exactly one call, verified"
+    );
+    assert_eq!(server.metric("sipward_calls_trunk_total"), 1);
+    eventually_or(
+        "the call is over in `sipward calls`",
+        Duration::from_secs(5),
+        || {
+            let c = env.json(&["calls", "--json"]);
+            c["written_at"].as_i64().unwrap_or(0) > 0
+                && c["calls"].as_array().is_some_and(Vec::is_empty)
+        },
+        || server.log(),
+    );
+    // A trunk a route uses cannot be removed.
+    let refused = env.fails(&["gateway", "remove", "pstn"], 2);
+    assert!(refused.contains("route national"), "{refused}");
+    server.stop();
+}
+
+#[test]
+fn a_third_concurrent_call_breaks_the_limit_and_calls_are_listed() {
+    let env = Env::with_config(GERMANY);
+    let port = free_port();
+    gateway(&env, "127.0.0.7", port);
+    let user = add(&env, "5101");
+    let server = env.serve();
+    let scenario = trunk_scenario(
+        &env,
+        ("gw-pstn-7", TRUNK_PASSWORD),
+        NATIONAL,
+        4000,
+        Challenge::Www,
+        "",
+    );
+    let gw = SippServer::start(&env, &scenario, "127.0.0.7", port, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let sip = server.sip;
+    std::thread::scope(|scope| {
+        let phone = scope.spawn(|| {
+            sipp_from(
+                "127.0.0.2",
+                &env,
+                "call_uac.xml",
+                &creds("5101", &user, NATIONAL),
+                sip,
+                "u1",
+                2,
+                10,
+            )
+        });
+        eventually_or(
+            "two calls ringing in `sipward calls --json`",
+            Duration::from_secs(5),
+            || {
+                let c = env.json(&["calls", "--json"]);
+                c["calls"].as_array().is_some_and(|a| {
+                    a.len() == 2
+                        && a.iter().all(|c| {
+                            c["caller"] == "5101"
+                                && c["trunk"] == "gateway:pstn"
+                                && c["state"] == "ringing"
+                        })
+                })
+            },
+            || server.log(),
+        );
+        // The third call while two are up: 403 and the extension is suspended.
+        let run = sipp_from(
+            "127.0.0.2",
+            &env,
+            "invite_auth.xml",
+            &creds("5101", &user, NATIONAL),
+            sip,
+            "u1",
+            1,
+            1,
+        );
+        assert_eq!((run.successful, run.failed), (1, 0), "{run:?}");
+        assert_eq!(server.metric("sipward_outbound_suspensions_total"), 1);
+        let first_two = phone.join().expect("phone thread");
+        assert_eq!(
+            (first_two.successful, first_two.failed),
+            (2, 0),
+            "{first_two:?}"
+        );
+    });
+    assert_eq!(gw.finish(Duration::from_secs(10)), (2, 0));
+    eventually_or(
+        "the suspension is stored with its reason",
+        Duration::from_secs(5),
+        || {
+            env.json(&["ext", "show", "5101", "--json"])["outbound"]["suspend_reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("fraud.concurrent_external"))
+        },
+        || server.log(),
+    );
+    server.stop();
+}
+
+#[test]
+fn sipward_registers_at_a_provider_and_calls_through_it() {
+    let env = Env::with_config(GERMANY);
+    let port = free_port();
+    env.ok(&[
+        "provider",
+        "add",
+        "carrier",
+        "--registrar",
+        &format!("127.0.0.8:{port}"),
+        "--auth-id",
+        "acct-77",
+        "--password",
+        TRUNK_PASSWORD,
+    ]);
+    // National numbers go out in international format: 030... -> 4930...
+    env.ok(&[
+        "route",
+        "add",
+        "out",
+        "--pattern",
+        "0ZX.",
+        "--trunk",
+        "carrier",
+        "--strip",
+        "1",
+        "--prepend",
+        "49",
+    ]);
+    let user = add(&env, "5201");
+    let scenario = trunk_scenario(
+        &env,
+        ("acct-77", TRUNK_PASSWORD),
+        "49301234567",
+        20,
+        Challenge::Proxy,
+        "127.0.0.8",
+    );
+    let provider = SippServer::start(&env, &scenario, "127.0.0.8", port, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let server = env.serve();
+    eventually_or(
+        "registered at the provider",
+        Duration::from_secs(10),
+        || {
+            env.json(&["provider", "show", "carrier", "--json"])["registration"]["state"]
+                == "registered"
+        },
+        || server.log(),
+    );
+    let shown = env.ok(&["provider", "show", "carrier"]);
+    assert!(shown.contains("registered (200 OK)"), "{shown}");
+    let run = sipp_from(
+        "127.0.0.2",
+        &env,
+        "call_uac.xml",
+        &creds("5201", &user, NATIONAL),
+        server.sip,
+        "u1",
+        1,
+        1,
+    );
+    assert_eq!(
+        (run.successful, run.failed),
+        (1, 0),
+        "phone: {run:?}\n{}",
+        server.log()
+    );
+    assert_eq!(
+        provider.finish(Duration::from_secs(10)),
+        (2, 0),
+        "REGISTER and the call"
+    );
+    server.stop();
+}
+
+#[test]
+fn a_wrong_provider_password_is_reported_not_retried_at_once() {
+    let env = Env::with_config(GERMANY);
+    let port = free_port();
+    env.ok(&[
+        "provider",
+        "add",
+        "carrier",
+        "--registrar",
+        &format!("127.0.0.8:{port}"),
+        "--auth-id",
+        "acct-77",
+        "--password",
+        "Not-the-Right-One-42",
+    ]);
+    let scenario = trunk_scenario(
+        &env,
+        ("acct-77", TRUNK_PASSWORD),
+        "0",
+        20,
+        Challenge::Www,
+        "",
+    );
+    let provider = SippServer::start(&env, &scenario, "127.0.0.8", port, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let server = env.serve();
+    eventually_or(
+        "the refusal is shown",
+        Duration::from_secs(10),
+        || {
+            let r = &env.json(&["provider", "show", "carrier", "--json"])["registration"];
+            r["state"] == "failed" && r["detail"].as_str().is_some_and(|d| d.starts_with("403"))
+        },
+        || server.log(),
+    );
+    assert_eq!(
+        provider.finish(Duration::from_secs(5)),
+        (0, 1),
+        "one attempt, refused"
+    );
+    assert!(
+        !server.log().contains("Not-the-Right-One-42"),
+        "the password is never logged"
+    );
+    server.stop();
+}
+
+#[test]
+fn a_trunk_calls_an_extension_through_its_did_and_nothing_else() {
+    let env = Env::with_config(GERMANY);
+    let port = free_port();
+    gateway(&env, "127.0.0.7", port);
+    let callee = add(&env, "5301");
+    env.ok(&["did", "add", "+4930555123", "--ext", "5301"]);
+    let server = env.serve();
+    let phone_port = crate::calls::register_phone(&server, "127.0.0.3", "5301", &callee);
+    let phone = SippServer::start(&env, "call_uas.xml", "127.0.0.3", phone_port, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    // The gateway (from its configured address) calls the DID: no challenge.
+    let run = sipp_from(
+        "127.0.0.7",
+        &env,
+        "trunk_uac.xml",
+        "SEQUENTIAL\n4930555123;\n",
+        server.sip,
+        "u1",
+        1,
+        1,
+    );
+    assert_eq!(
+        (run.successful, run.failed),
+        (1, 0),
+        "trunk: {run:?}\n{}",
+        server.log()
+    );
+    assert_eq!(phone.finish(Duration::from_secs(10)), (1, 0), "extension");
+    assert_eq!(server.metric("sipward_calls_inbound_total"), 1);
+    // A trunk dialling anything but a DID (an extension, a number abroad) gets 404:
+    // no trunk-to-trunk relaying, no reaching extensions directly.
+    let gw = UdpClient::from_address("127.0.0.7", server.sip, Duration::from_secs(3));
+    for dialled in ["5301", FOREIGN] {
+        let answer = gw
+            .request(&format!(
+                "INVITE sip:{dialled}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKgw{dialled}\r\n\
+                 From: <sip:x@127.0.0.7>;tag=g1\r\nTo: <sip:{dialled}@127.0.0.1>\r\nCall-ID: gw-{dialled}\r\n\
+                 CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+                gw.local
+            ))
+            .expect("an answer");
+        assert!(answer.starts_with("SIP/2.0 404"), "{dialled}: {answer}");
+    }
+    server.stop();
+}
