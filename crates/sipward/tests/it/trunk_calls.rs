@@ -482,3 +482,80 @@ fn a_trunk_calls_an_extension_through_its_did_and_nothing_else() {
     }
     server.stop();
 }
+
+#[test]
+fn routes_and_dids_refuse_bad_input_with_one_clear_sentence() {
+    let env = Env::new();
+    gateway(&env, "127.0.0.7", 5060);
+    add(&env, "5401");
+    for (args, says) in [
+        (
+            vec!["route", "add", "r1", "--pattern", "0a.", "--trunk", "pstn"],
+            "dial pattern",
+        ),
+        (
+            vec![
+                "route",
+                "add",
+                "r1",
+                "--pattern",
+                "0.",
+                "--trunk",
+                "nowhere",
+            ],
+            "nowhere",
+        ),
+        (
+            vec![
+                "route",
+                "add",
+                "r1",
+                "--pattern",
+                "0.",
+                "--trunk",
+                "pstn",
+                "--prepend",
+                "+4+9",
+            ],
+            "prepend",
+        ),
+        (
+            vec![
+                "route",
+                "add",
+                "national",
+                "--pattern",
+                "0.",
+                "--trunk",
+                "pstn",
+            ],
+            "already used",
+        ),
+        (vec!["route", "remove", "r9"], "does not exist"),
+        (vec!["did", "add", "49-30", "--ext", "5401"], "DID"),
+        (
+            vec!["did", "add", "4930555", "--ext", "5999"],
+            "extension 5999",
+        ),
+    ] {
+        let err = env.fails(&args, 2);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    env.ok(&["did", "add", "+4930555", "--ext", "5401"]);
+    let err = env.fails(&["did", "add", "4930555", "--ext", "5401"], 2);
+    assert!(
+        err.contains("already used"),
+        "+ and no + are the same DID: {err}"
+    );
+    let routes = env.json(&["route", "list", "--json"]);
+    let names: Vec<&str> = routes
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|r| r["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["national", "world"], "in priority order");
+    // Removing the extension removes its DID with it.
+    env.ok(&["ext", "remove", "5401"]);
+    assert_eq!(env.json(&["did", "list", "--json"]), serde_json::json!([]));
+}
