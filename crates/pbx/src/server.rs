@@ -149,6 +149,7 @@ pub async fn bind(
         )
         .with_dialplan(registry.settings().dialplan.clone()),
     );
+    load_trunks(&registry, &endpoint).await?;
     let mut conn = registry.store().pool().acquire().await?;
     load_guard(&mut conn, &endpoint, clock.now(), false).await?;
     endpoint.outbound.replace_with_users(
@@ -156,7 +157,6 @@ pub async fn bind(
         endpoint.directory.get().extension_numbers(),
     );
     drop(conn);
-    load_trunks(&registry, &endpoint).await?;
     Ok(Bound {
         sip_udp,
         sip_tcp,
@@ -364,11 +364,14 @@ async fn load_guard(
     // Expired records too: they feed escalation.
     let bans = gq::bans(conn, None).await?;
     let allow = gq::allow_list(conn).await?;
-    let gateways: Vec<_> = gq::gateway_hosts(conn)
+    // Gateways' literal addresses, and every trunk's resolved address (providers
+    // send inbound calls from theirs).
+    let mut gateways: Vec<_> = gq::gateway_hosts(conn)
         .await?
         .iter()
         .filter_map(|h| policy::fields::Host::ip_literal(h))
         .collect();
+    gateways.extend(endpoint.trunks.ips());
     endpoint.guard.tick(now);
     endpoint.guard.replace(&bans, &allow, &gateways, announce);
     endpoint

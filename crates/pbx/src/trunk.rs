@@ -213,6 +213,11 @@ impl Trunks {
         self.get().ips.get(&ip).cloned()
     }
 
+    /// Every trunk's address (never limited or banned by the guard).
+    pub fn ips(&self) -> Vec<IpAddr> {
+        self.get().ips.keys().copied().collect()
+    }
+
     /// The extension a DID (Request-URI or To user) reaches.
     pub fn did(&self, user: &str) -> Option<String> {
         let d = crate::registry::normalize_did(user)?;

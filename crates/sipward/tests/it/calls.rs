@@ -1,7 +1,8 @@
 //! The toll-fraud guard on INVITE: every caller authenticates (407) before the dialled
 //! number is looked at; classes of service (403), fraud limits that suspend an
 //! extension and mail the administrator, emergency numbers always. SIPp is the phone;
-//! aiosmtpd receives the alerts. (Admitted calls are answered 480 until routing lands.)
+//! aiosmtpd receives the alerts. Admitted external calls here have no route (404); the
+//! trunk calls are in `trunk_calls.rs`.
 
 use std::time::Duration;
 
