@@ -1162,3 +1162,223 @@ fn ack_a(call: &Call, bound: SocketAddr, branch: &str, cseq: u32) -> Option<Send
         target: call.a_addr,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policy::secret::Secret;
+
+    const PHONE: &str = "127.0.0.2:5062";
+    const TRUNK: &str = "127.0.0.7:5070";
+
+    fn b2bua() -> B2bua {
+        let b = B2bua::new([3; 32]);
+        b.set_bound("127.0.0.1:5060".parse().expect("addr"));
+        b
+    }
+
+    fn invite() -> String {
+        format!(
+            "INVITE sip:0301234567@pbx SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bKphone1\r\n\
+             From: <sip:5001@pbx>;tag=p1\r\nTo: <sip:0301234567@pbx>\r\nCall-ID: phone-call-1\r\n\
+             CSeq: 2 INVITE\r\nContact: <sip:5001@{PHONE}>\r\nMax-Forwards: 70\r\n\
+             Content-Type: application/sdp\r\nContent-Length: 3\r\n\r\nv=0"
+        )
+    }
+
+    fn placed() -> Placed {
+        Placed {
+            caller: "5001".into(),
+            dialled: "0301234567".into(),
+            number: "0301234567".into(),
+            class: CallClass::National,
+            target: Target {
+                label: "gateway:pstn".into(),
+                addr: TRUNK.parse().expect("addr"),
+                domain: "127.0.0.7".into(),
+                from_user: "5001".into(),
+                auth_id: "gw-pstn-7".into(),
+                password: Secret::new("Gw7-secret"),
+            },
+        }
+    }
+
+    fn text(s: &Send) -> String {
+        String::from_utf8(s.bytes.clone()).expect("utf8")
+    }
+
+    fn header<'a>(msg: &'a str, name: &str) -> &'a str {
+        msg.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or("")
+    }
+
+    /// The trunk's answer to one of our requests, echoing its Via, From, Call-ID, CSeq.
+    fn answer(req: &str, status: &str, extra: &str, body: &str) -> String {
+        format!(
+            "SIP/2.0 {status}\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=t1\r\nCall-ID: {}\r\nCSeq: {}\r\n\
+             {extra}Content-Length: {}\r\n\r\n{body}",
+            header(req, "Via"),
+            header(req, "From"),
+            header(req, "To"),
+            header(req, "Call-ID"),
+            header(req, "CSeq"),
+            body.len()
+        )
+    }
+
+    fn feed(b: &B2bua, msg: &str) -> Vec<Send> {
+        b.response(&sip::msg::parse(msg.as_bytes()).expect("parses"))
+            .expect("ours")
+    }
+
+    #[test]
+    fn a_challenged_call_is_answered_with_the_trunks_credentials_and_hung_up_across() {
+        let b = b2bua();
+        let inv = invite();
+        let m = sip::msg::parse(inv.as_bytes()).expect("parses");
+        let phone: SocketAddr = PHONE.parse().expect("addr");
+        let sent = b.start(&m, phone, phone, placed(), 1000).expect("started");
+        let first = text(&sent[0]);
+        assert!(first.starts_with("INVITE sip:0301234567@127.0.0.7 SIP/2.0"));
+        assert!(!first.contains("phone-call-1"), "our own Call-ID");
+        assert!(!first.contains("Authorization"));
+        assert!(first.ends_with("v=0"), "the SDP passes through");
+        assert_eq!(b.active_for("5001"), 1);
+
+        // 407 from the trunk: ACKed, and the INVITE again with CSeq + 1 and credentials.
+        let out = feed(
+            &b,
+            &answer(
+                &first,
+                "407 Proxy Authentication Required",
+                "Proxy-Authenticate: Digest realm=\"gw\", nonce=\"n1\"\r\n",
+                "",
+            ),
+        );
+        assert!(text(&out[0]).starts_with("ACK "));
+        let second = text(&out[1]);
+        assert!(second.contains("CSeq: 2 INVITE"), "{second}");
+        let auth = header(&second, "Proxy-Authorization");
+        let creds = sip::header::auth::DigestCredentials::parse(auth).expect("credentials");
+        assert_eq!(creds.username, "gw-pstn-7");
+        let ha1 = sip::digest::ha1(sip::digest::Algorithm::Md5, "gw-pstn-7", "gw", "Gw7-secret");
+        let input = sip::digest::ResponseInput {
+            method: "INVITE",
+            uri: &creds.uri,
+            nonce: "n1",
+            qop_auth: None,
+        };
+        assert!(sip::digest::verify_response(
+            sip::digest::Algorithm::Md5,
+            &ha1,
+            &input,
+            &creds.response
+        ));
+
+        // A second challenge is not answered again: the phone gets 503.
+        let again = feed(
+            &b,
+            &answer(
+                &second,
+                "407 Proxy Authentication Required",
+                "Proxy-Authenticate: Digest realm=\"gw\", nonce=\"n2\"\r\n",
+                "",
+            ),
+        );
+        assert_eq!(again.len(), 2, "ACK to the trunk, final to the phone");
+        let final_answer = text(&again[1]);
+        assert!(final_answer.starts_with("SIP/2.0 503"), "{final_answer}");
+        assert!(final_answer.contains("Call-ID: phone-call-1"));
+        assert_eq!(b.active_for("5001"), 0, "a failed call is not active");
+    }
+
+    #[test]
+    fn an_answered_call_maps_ack_and_bye_between_the_legs() {
+        let b = b2bua();
+        let inv = invite();
+        let m = sip::msg::parse(inv.as_bytes()).expect("parses");
+        let phone: SocketAddr = PHONE.parse().expect("addr");
+        let trunk: SocketAddr = TRUNK.parse().expect("addr");
+        let sent = b.start(&m, phone, phone, placed(), 1000).expect("started");
+        let out_invite = text(&sent[0]);
+        let ok = feed(
+            &b,
+            &answer(
+                &out_invite,
+                "200 OK",
+                &format!("Contact: <sip:{TRUNK}>\r\nContent-Type: application/sdp\r\n"),
+                "v=1",
+            ),
+        );
+        let to_phone = text(&ok[0]);
+        assert!(to_phone.starts_with("SIP/2.0 200 OK"));
+        assert!(to_phone.contains("Call-ID: phone-call-1") && to_phone.ends_with("v=1"));
+        let tag = header(&to_phone, "To")
+            .split(";tag=")
+            .nth(1)
+            .expect("our tag");
+        assert_eq!(b.snapshot()[0].state, "answered");
+
+        // The phone's ACK becomes the trunk's ACK (same CSeq as its INVITE).
+        let ack = format!(
+            "ACK sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bKack\r\n\
+             From: <sip:5001@pbx>;tag=p1\r\nTo: <sip:0301234567@pbx>;tag={tag}\r\n\
+             Call-ID: phone-call-1\r\nCSeq: 2 ACK\r\nContent-Length: 0\r\n\r\n"
+        );
+        let m = sip::msg::parse(ack.as_bytes()).expect("parses");
+        let Some(InDialog::Sent(sends)) = b.in_dialog(&m, "ACK", phone) else {
+            panic!("ACK handled");
+        };
+        let trunk_ack = text(&sends[0]);
+        assert!(
+            trunk_ack.starts_with(&format!("ACK sip:{TRUNK} SIP/2.0")),
+            "{trunk_ack}"
+        );
+        assert!(trunk_ack.contains("CSeq: 1 ACK"));
+        assert_eq!(sends[0].target, trunk);
+
+        // The same BYE from another address is refused; from the phone it is answered
+        // and carried to the trunk.
+        let bye = ack
+            .replace("ACK", "BYE")
+            .replace("CSeq: 2 BYE", "CSeq: 3 BYE");
+        let m = sip::msg::parse(bye.as_bytes()).expect("parses");
+        let stranger: SocketAddr = "127.0.0.9:5060".parse().expect("addr");
+        assert_eq!(
+            b.in_dialog(&m, "BYE", stranger),
+            Some(InDialog::Answer(
+                481,
+                "Call/Transaction Does Not Exist",
+                Vec::new()
+            ))
+        );
+        let Some(InDialog::Answer(200, _, sends)) = b.in_dialog(&m, "BYE", phone) else {
+            panic!("BYE answered");
+        };
+        assert!(text(&sends[0]).starts_with(&format!("BYE sip:{TRUNK} SIP/2.0")));
+        assert_eq!(b.active_for("5001"), 0);
+        assert!(b.snapshot().is_empty());
+    }
+
+    #[test]
+    fn a_trunks_redirect_is_never_followed() {
+        let b = b2bua();
+        let inv = invite();
+        let m = sip::msg::parse(inv.as_bytes()).expect("parses");
+        let phone: SocketAddr = PHONE.parse().expect("addr");
+        let sent = b.start(&m, phone, phone, placed(), 1000).expect("started");
+        let out = feed(
+            &b,
+            &answer(
+                &text(&sent[0]),
+                "302 Moved Temporarily",
+                "Contact: <sip:0900123@198.51.100.1>\r\n",
+                "",
+            ),
+        );
+        assert!(text(&out[0]).starts_with("ACK "));
+        assert!(text(&out[1]).starts_with("SIP/2.0 480"), "not followed");
+        assert!(out.iter().all(|s| !text(s).contains("198.51.100.1")));
+    }
+}
