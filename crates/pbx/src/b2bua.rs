@@ -32,8 +32,9 @@ use sip::msg::{Message, Name, StartLine};
 use sip::response::top_via_with_source;
 use store::trunks::ActiveCallRow;
 
+use crate::notify::Tokens;
 use crate::proxy::Send;
-use crate::trunk::{Target, Tokens};
+use crate::trunk::Target;
 
 const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);
@@ -179,24 +180,11 @@ pub struct B2bua {
     tables: Mutex<Tables>,
 }
 
-fn render(
-    start: &str,
-    headers: impl IntoIterator<Item = (String, String)>,
-    body: &[u8],
-) -> Vec<u8> {
-    let mut out = String::with_capacity(1024);
-    out.push_str(start);
-    out.push_str("\r\n");
-    for (n, v) in headers {
-        out.push_str(&n);
-        out.push_str(": ");
-        out.push_str(&v);
-        out.push_str("\r\n");
-    }
-    out.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(body);
-    bytes
+/// A message with these headers, its Content-Length (ours: we write every message on
+/// this side) and body.
+fn render(start: &str, mut headers: Vec<(String, String)>, body: &[u8]) -> Vec<u8> {
+    headers.push(h("Content-Length", body.len().to_string()));
+    crate::proxy::render(start, headers, body)
 }
 
 fn h(name: &str, value: impl Into<String>) -> (String, String) {

@@ -27,7 +27,7 @@ use crate::notify::Notifier;
 use crate::outbound::{Decision, Outbound};
 use crate::proxy::{Proxy, Relay};
 use crate::registrar::{Contacts, RegisterError, RegisterRequest, Registrar, TransportKind};
-use crate::trunk::Trunks;
+use crate::trunk::{Routed, Trunks};
 use policy::dialplan::CallClass;
 
 /// Methods sipward knows but does not serve (yet): answered 405 with `Allow`.
@@ -520,7 +520,9 @@ impl Endpoint {
             return forbidden();
         }
         let is_extension = |u: &str| dir.number_for_user(u).is_some();
-        let active = self.b2bua.active_for(&caller.number);
+        // Live trunk calls are counted only for external numbers (not on the way of
+        // calls between extensions).
+        let active = || self.b2bua.active_for(&caller.number);
         let class = match self
             .outbound
             .decide(&caller.number, dialled, is_extension, active, now)
@@ -564,15 +566,15 @@ impl Endpoint {
                 .map(|b| b.source)
         };
         let (target, number) = match self.trunks.route(dialled, &caller.number, registered) {
-            None => {
+            Routed::To(target, number) => (target, number),
+            Routed::NoRoute => {
                 Metrics::inc(&self.metrics.calls_unrouted);
                 return respond(404, "Not Found");
             }
-            Some(Err(_)) => {
+            Routed::NoAddress => {
                 Metrics::inc(&self.metrics.calls_unrouted);
                 return respond(503, "Service Unavailable");
             }
-            Some(Ok((target, number, _route))) => (target, number),
         };
         let placed = Placed {
             caller: caller.number.clone(),

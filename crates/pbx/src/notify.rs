@@ -24,12 +24,38 @@ const BRANCH_PREFIX: &str = "z9hG4bKswn";
 /// At most this many NOTIFYs wait for an answer at once (bounded like every table).
 const MAX_PENDING: usize = 65_536;
 
+/// Unguessable tokens (branches, tags, Call-IDs, cnonces) from a key drawn from the OS
+/// CSPRNG and a counter.
+#[derive(Debug)]
+pub(crate) struct Tokens {
+    key: [u8; 32],
+    counter: AtomicU64,
+}
+
+impl Tokens {
+    pub(crate) fn new(key: [u8; 32]) -> Self {
+        Self {
+            key,
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn next(&self, label: &str) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        m.update(label.as_bytes());
+        m.update(&n.to_be_bytes());
+        hex::encode(&m.finalize().into_bytes()[..12])
+    }
+}
+
 /// The NOTIFY client side: builds requests with unguessable branches and matches the
 /// answers to them.
 #[derive(Debug)]
 pub struct Notifier {
     key: [u8; 32],
-    counter: AtomicU64,
+    tokens: Tokens,
     /// Branch -> answered (final status code, 0 until then).
     pending: Mutex<HashMap<String, u16>>,
 }
@@ -46,7 +72,7 @@ impl Notifier {
     pub fn new(key: [u8; 32]) -> Self {
         Self {
             key,
-            counter: AtomicU64::new(0),
+            tokens: Tokens::new(key),
             pending: Mutex::new(HashMap::new()),
         }
     }
@@ -59,15 +85,6 @@ impl Notifier {
         m.update(b"derive:");
         m.update(label.as_bytes());
         m.finalize().into_bytes().into()
-    }
-
-    fn token(&self, label: &str) -> String {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-        m.update(label.as_bytes());
-        m.update(&n.to_be_bytes());
-        hex::encode(&m.finalize().into_bytes()[..12])
     }
 
     /// A NOTIFY for one registered contact. `local` is the address the phone sees us at.
@@ -84,9 +101,9 @@ impl Notifier {
         if contact.chars().any(char::is_control) || event.chars().any(char::is_control) {
             return None;
         }
-        let branch = format!("{BRANCH_PREFIX}{}", self.token("branch"));
-        let tag = self.token("tag");
-        let call_id = self.token("call-id");
+        let branch = format!("{BRANCH_PREFIX}{}", self.tokens.next("branch"));
+        let tag = self.tokens.next("tag");
+        let call_id = self.tokens.next("call-id");
         let host = match local.ip() {
             IpAddr::V6(ip) => format!("[{ip}]"),
             IpAddr::V4(ip) => ip.to_string(),

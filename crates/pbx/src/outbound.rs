@@ -129,7 +129,7 @@ impl Outbound {
         number: &str,
         dialled: &str,
         is_extension: impl Fn(&str) -> bool,
-        active_external: u32,
+        active_external: impl FnOnce() -> u32,
         now: i64,
     ) -> Decision {
         let class = self.plan.classify(dialled, is_extension);
@@ -181,7 +181,7 @@ impl Outbound {
             0
         };
         let usage = Usage {
-            active_external,
+            active_external: active_external(),
             attempts_last_minute: attempts,
             international_today: international,
         };
@@ -241,31 +241,31 @@ mod tests {
         let o = outbound();
         let ext = |n: &str| ["888", "1001", "1002", "1003"].contains(&n);
         assert_eq!(
-            o.decide("888", "00252612345678", ext, 0, 0),
+            o.decide("888", "00252612345678", ext, || 0, 0),
             Decision::Forbidden
         );
         assert_eq!(
-            o.decide("888", "0301234567", ext, 0, 0),
+            o.decide("888", "0301234567", ext, || 0, 0),
             Decision::Allow(CallClass::National)
         );
         assert_eq!(
-            o.decide("1002", "00252612345678", ext, 0, 0),
+            o.decide("1002", "00252612345678", ext, || 0, 0),
             Decision::Allow(CallClass::International)
         );
         assert_eq!(
-            o.decide("1003", "0301234567", ext, 0, 0),
+            o.decide("1003", "0301234567", ext, || 0, 0),
             Decision::Forbidden
         );
         assert_eq!(
-            o.decide("1003", "1001", ext, 0, 0),
+            o.decide("1003", "1001", ext, || 0, 0),
             Decision::Allow(CallClass::Internal)
         );
         assert_eq!(
-            o.decide("1003", "112", ext, 0, 0),
+            o.decide("1003", "112", ext, || 0, 0),
             Decision::Allow(CallClass::Emergency)
         );
         assert_eq!(
-            o.decide("9999", "1001", ext, 0, 0),
+            o.decide("9999", "1001", ext, || 0, 0),
             Decision::Forbidden,
             "unknown caller"
         );
@@ -277,31 +277,31 @@ mod tests {
         let ext = |n: &str| n == "1001";
         for i in 0..5 {
             assert_eq!(
-                o.decide("1001", "0301234567", ext, 0, 100 + i),
+                o.decide("1001", "0301234567", ext, || 0, 100 + i),
                 Decision::Allow(CallClass::National)
             );
         }
         assert_eq!(
-            o.decide("1001", "0301234567", ext, 0, 105),
+            o.decide("1001", "0301234567", ext, || 0, 105),
             Decision::Suspend(Breach::AttemptsPerMinute { limit: 5 })
         );
         // Suspended at once, before the store knows; internal and emergency calls go on.
         assert_eq!(
-            o.decide("1001", "0301234567", ext, 0, 500),
+            o.decide("1001", "0301234567", ext, || 0, 500),
             Decision::Forbidden
         );
         assert_eq!(
-            o.decide("1001", "1001", ext, 0, 500),
+            o.decide("1001", "1001", ext, || 0, 500),
             Decision::Allow(CallClass::Internal)
         );
         assert_eq!(
-            o.decide("1001", "112", ext, 0, 500),
+            o.decide("1001", "112", ext, || 0, 500),
             Decision::Allow(CallClass::Emergency)
         );
         // A reload before the store has it keeps it; then the store records it...
         o.replace(&[row("1001", "user", None)]);
         assert_eq!(
-            o.decide("1001", "0301234567", ext, 0, 550),
+            o.decide("1001", "0301234567", ext, || 0, 550),
             Decision::Forbidden
         );
         let mut suspended = row("1001", "user", None);
@@ -309,13 +309,13 @@ mod tests {
         o.replace(&[suspended]);
         o.persisted("1001");
         assert_eq!(
-            o.decide("1001", "0301234567", ext, 0, 600),
+            o.decide("1001", "0301234567", ext, || 0, 600),
             Decision::Forbidden
         );
         // ...and `ext resume` clears it there.
         o.replace(&[row("1001", "user", None)]);
         assert_eq!(
-            o.decide("1001", "0301234567", ext, 0, 700),
+            o.decide("1001", "0301234567", ext, || 0, 700),
             Decision::Allow(CallClass::National)
         );
     }
@@ -329,16 +329,16 @@ mod tests {
         );
         let ext = |_: &str| false;
         assert_eq!(
-            o.decide("1001", "0301234567", ext, 0, 0),
+            o.decide("1001", "0301234567", ext, || 0, 0),
             Decision::Allow(CallClass::National)
         );
         assert_eq!(
-            o.decide("888", "0301234567", ext, 0, 0),
+            o.decide("888", "0301234567", ext, || 0, 0),
             Decision::Forbidden,
             "stored row wins"
         );
         assert_eq!(
-            o.decide("1002", "0301234567", ext, 0, 0),
+            o.decide("1002", "0301234567", ext, || 0, 0),
             Decision::Forbidden,
             "unknown"
         );
@@ -350,16 +350,16 @@ mod tests {
         let ext = |_: &str| false;
         for i in 0..5 {
             assert_eq!(
-                o.decide("888", "00252612345678", ext, 0, i),
+                o.decide("888", "00252612345678", ext, || 0, i),
                 Decision::Forbidden
             );
         }
         assert_eq!(
-            o.decide("888", "00252612345678", ext, 0, 5),
+            o.decide("888", "00252612345678", ext, || 0, 5),
             Decision::Suspend(Breach::AttemptsPerMinute { limit: 5 })
         );
         assert_eq!(
-            o.decide("888", "0301234567", ext, 0, 6),
+            o.decide("888", "0301234567", ext, || 0, 6),
             Decision::Forbidden,
             "suspended"
         );
@@ -370,19 +370,19 @@ mod tests {
         let o = outbound();
         let ext = |_: &str| false;
         assert_eq!(
-            o.decide("1002", "0301234567", ext, 2, 0),
+            o.decide("1002", "0301234567", ext, || 2, 0),
             Decision::Suspend(Breach::ConcurrentExternal { limit: 2 })
         );
         let o = outbound();
         for i in 0..10 {
             // One a minute: the per-minute limit stays quiet.
             assert_eq!(
-                o.decide("1002", "0044207946", ext, 0, i * 61),
+                o.decide("1002", "0044207946", ext, || 0, i * 61),
                 Decision::Allow(CallClass::International)
             );
         }
         assert_eq!(
-            o.decide("1002", "0044207946", ext, 0, 700),
+            o.decide("1002", "0044207946", ext, || 0, 700),
             Decision::Suspend(Breach::InternationalPerDay { limit: 10 })
         );
     }

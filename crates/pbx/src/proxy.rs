@@ -101,7 +101,8 @@ pub enum Relay {
     Refuse(u16, &'static str),
 }
 
-fn render(
+/// A message from its start line, headers (as given, Content-Length included) and body.
+pub(crate) fn render(
     start: &str,
     headers: impl IntoIterator<Item = (String, String)>,
     body: &[u8],

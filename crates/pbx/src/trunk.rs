@@ -7,13 +7,10 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, KeyInit, Mac};
 use policy::secret::Secret;
-use sha2::Sha256;
 use sip::header::addr::NameAddr;
 use sip::header::auth::Challenge;
 use sip::header::split_list;
@@ -21,6 +18,7 @@ use sip::header::via::Via;
 use sip::msg::{Message, Name, StartLine};
 use store::trunks::ProviderStatusRow;
 
+use crate::notify::Tokens;
 use crate::proxy::Send;
 use crate::registry::{TrunkKind, TrunkSet};
 
@@ -33,32 +31,6 @@ pub const REG_BRANCH_PREFIX: &str = "z9hG4bKswr";
 const REQUESTED_EXPIRES: u32 = 3600;
 const RETRY_FIRST: Duration = Duration::from_secs(30);
 const RETRY_MAX: Duration = Duration::from_secs(600);
-
-/// Unguessable tokens (branches, tags, Call-IDs, cnonces) from a key drawn from the OS
-/// CSPRNG and a counter.
-#[derive(Debug)]
-pub(crate) struct Tokens {
-    key: [u8; 32],
-    counter: AtomicU64,
-}
-
-impl Tokens {
-    pub(crate) fn new(key: [u8; 32]) -> Self {
-        Self {
-            key,
-            counter: AtomicU64::new(0),
-        }
-    }
-
-    pub(crate) fn next(&self, label: &str) -> String {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-        m.update(label.as_bytes());
-        m.update(&n.to_be_bytes());
-        hex::encode(&m.finalize().into_bytes()[..12])
-    }
-}
 
 /// The host part of `host[:port]` (brackets kept for IPv6), for URIs.
 pub fn domain_of(host_port: &str) -> &str {
@@ -81,6 +53,17 @@ pub struct Target {
     pub from_user: String,
     pub auth_id: String,
     pub password: Secret,
+}
+
+/// Where an external number goes.
+#[derive(Debug)]
+pub enum Routed {
+    /// No route matches it (`404`).
+    NoRoute,
+    /// The route's trunk has no address now: its host did not resolve (`503`).
+    NoAddress,
+    /// This trunk, with the number as the route rewrote it.
+    To(Target, String),
 }
 
 #[derive(Debug, Default)]
@@ -234,15 +217,24 @@ impl Trunks {
             .map(|g| format!("gateway:{}", g.name))
     }
 
-    /// The route for an external number dialled by `caller`: the trunk target, the
-    /// number to send, the route's name. `registered` gives a gateway's registered
-    /// address by its number (preferred over its configured host).
+    /// The route for an external number dialled by `caller`. `registered` gives a
+    /// gateway's registered address by its number (preferred over its configured host).
     pub fn route(
         &self,
         dialled: &str,
         caller: &str,
         registered: impl Fn(&str) -> Option<SocketAddr>,
-    ) -> Option<Result<(Target, String, String), String>> {
+    ) -> Routed {
+        self.route_to(dialled, caller, registered)
+            .unwrap_or(Routed::NoRoute)
+    }
+
+    fn route_to(
+        &self,
+        dialled: &str,
+        caller: &str,
+        registered: impl Fn(&str) -> Option<SocketAddr>,
+    ) -> Option<Routed> {
         let l = self.get();
         let (route, number) =
             policy::route::pick(&l.set.routes, dialled, |r| (&r.pattern, &r.rewrite))?;
@@ -252,7 +244,7 @@ impl Trunks {
                 let addr = registered(&g.number)
                     .or_else(|| l.addrs.get(&("gateway", g.name.clone())).copied());
                 let Some(addr) = addr else {
-                    return Some(Err(format!("gateway {} has no address", g.name)));
+                    return Some(Routed::NoAddress);
                 };
                 Target {
                     label: format!("gateway:{}", g.name),
@@ -266,7 +258,7 @@ impl Trunks {
             TrunkKind::Provider => {
                 let p = l.set.providers.iter().find(|p| p.name == route.trunk)?;
                 let Some(addr) = l.addrs.get(&("provider", p.name.clone())).copied() else {
-                    return Some(Err(format!("provider {} has no address", p.name)));
+                    return Some(Routed::NoAddress);
                 };
                 Target {
                     label: format!("provider:{}", p.name),
@@ -278,7 +270,7 @@ impl Trunks {
                 }
             }
         };
-        Some(Ok((target, number, route.name.clone())))
+        Some(Routed::To(target, number))
     }
 
     fn register_request(

@@ -21,6 +21,27 @@ fn add(env: &Env, number: &str) -> (String, String) {
     (auth, pw)
 }
 
+/// One call from a phone at 127.0.0.2 with `scenario`; SIPp's result.
+fn dial(
+    env: &Env,
+    server: &crate::peers::Server,
+    scenario: &str,
+    number: &str,
+    login: &(String, String),
+    dialled: &str,
+) -> crate::peers::SippRun {
+    sipp_from(
+        "127.0.0.2",
+        env,
+        scenario,
+        &creds(number, login, dialled),
+        server.sip,
+        "u1",
+        1,
+        1,
+    )
+}
+
 fn creds(number: &str, login: &(String, String), dialled: &str) -> String {
     format!(
         "SEQUENTIAL\n{number};[authentication username={} password={}];{dialled}\n",
@@ -164,16 +185,7 @@ fn calls_to_the_pstn_reach_the_gateway_with_its_credentials() {
         fax["password"].as_str().expect("password").to_owned(),
     );
     let forbidden = server.metric("sipward_calls_forbidden_total");
-    let run = sipp_from(
-        "127.0.0.2",
-        &env,
-        "invite_auth.xml",
-        &creds("888", &fax_login, FOREIGN),
-        server.sip,
-        "u1",
-        1,
-        1,
-    );
+    let run = dial(&env, &server, "invite_auth.xml", "888", &fax_login, FOREIGN);
     assert_eq!((run.successful, run.failed), (1, 0), "{run:?}");
     assert_eq!(
         server.metric("sipward_calls_forbidden_total"),
@@ -194,16 +206,7 @@ fn calls_to_the_pstn_reach_the_gateway_with_its_credentials() {
 
     // The national call goes out through the gateway, which challenges; sipward
     // answers with the gateway's credentials; the whole call (ACK, BYE) works.
-    let run = sipp_from(
-        "127.0.0.2",
-        &env,
-        "call_uac.xml",
-        &creds("5001", &user, NATIONAL),
-        server.sip,
-        "u1",
-        1,
-        1,
-    );
+    let run = dial(&env, &server, "call_uac.xml", "5001", &user, NATIONAL);
     assert_eq!(
         (run.successful, run.failed),
         (1, 0),
@@ -280,16 +283,7 @@ fn a_third_concurrent_call_breaks_the_limit_and_calls_are_listed() {
             || server.log(),
         );
         // The third call while two are up: 403 and the extension is suspended.
-        let run = sipp_from(
-            "127.0.0.2",
-            &env,
-            "invite_auth.xml",
-            &creds("5101", &user, NATIONAL),
-            sip,
-            "u1",
-            1,
-            1,
-        );
+        let run = dial(&env, &server, "invite_auth.xml", "5101", &user, NATIONAL);
         assert_eq!((run.successful, run.failed), (1, 0), "{run:?}");
         assert_eq!(server.metric("sipward_outbound_suspensions_total"), 1);
         let first_two = phone.join().expect("phone thread");
@@ -365,16 +359,7 @@ fn sipward_registers_at_a_provider_and_calls_through_it() {
     );
     let shown = env.ok(&["provider", "show", "carrier"]);
     assert!(shown.contains("registered (200 OK)"), "{shown}");
-    let run = sipp_from(
-        "127.0.0.2",
-        &env,
-        "call_uac.xml",
-        &creds("5201", &user, NATIONAL),
-        server.sip,
-        "u1",
-        1,
-        1,
-    );
+    let run = dial(&env, &server, "call_uac.xml", "5201", &user, NATIONAL);
     assert_eq!(
         (run.successful, run.failed),
         (1, 0),
@@ -558,4 +543,40 @@ fn routes_and_dids_refuse_bad_input_with_one_clear_sentence() {
     // Removing the extension removes its DID with it.
     env.ok(&["ext", "remove", "5401"]);
     assert_eq!(env.json(&["did", "list", "--json"]), serde_json::json!([]));
+}
+
+#[test]
+fn a_trunk_whose_host_does_not_resolve_answers_503_and_sends_nothing() {
+    let env = Env::with_config(GERMANY);
+    env.ok(&[
+        "gateway",
+        "add",
+        "lost",
+        "--vendor",
+        "generic",
+        "--ext",
+        "801",
+        "--auth-id",
+        "gw-lost-3",
+        "--password",
+        TRUNK_PASSWORD,
+        "--host",
+        "pstn.sipward-test.invalid",
+    ]);
+    env.ok(&[
+        "route",
+        "add",
+        "national",
+        "--pattern",
+        "0ZX.",
+        "--trunk",
+        "lost",
+    ]);
+    let user = add(&env, "5501");
+    let server = env.serve();
+    let run = dial(&env, &server, "invite_auth.xml", "5501", &user, NATIONAL);
+    assert_eq!((run.successful, run.failed), (1, 0), "{run:?}");
+    assert_eq!(server.metric("sipward_calls_unrouted_total"), 1);
+    assert_eq!(server.metric("sipward_calls_trunk_total"), 0);
+    server.stop();
 }
