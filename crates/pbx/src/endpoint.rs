@@ -457,6 +457,7 @@ impl Endpoint {
             }
             Outcome::Challenge { stale, failed } => {
                 if let Some(auth_id) = failed {
+                    Metrics::inc(&self.metrics.auth_failures);
                     // Counted only for answers to a nonce issued to this source; the
                     // answer itself stays the same either way. A decoy bans at once, and
                     // its answer is silence.

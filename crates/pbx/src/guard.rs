@@ -566,6 +566,11 @@ impl Guard {
     }
 
     /// Sources banned now.
+    /// How many allow-list networks are in force.
+    pub fn allowed_count(&self) -> usize {
+        self.read().allow.len()
+    }
+
     pub fn banned_count(&self) -> usize {
         let now = self.now();
         self.read().banned.values().filter(|e| **e > now).count()

@@ -13,6 +13,7 @@ pub struct Metrics {
     pub register_ok: AtomicU64,
     pub register_challenged: AtomicU64,
     pub register_refused: AtomicU64,
+    pub auth_failures: AtomicU64,
     pub options: AtomicU64,
     pub other_methods: AtomicU64,
     pub bindings: AtomicU64,
@@ -26,6 +27,7 @@ pub struct Metrics {
     pub accounts_protected: AtomicU64,
     pub ip_uri_dropped: AtomicU64,
     pub kernel_drop_sources: AtomicU64,
+    pub allowed_networks: AtomicU64,
     pub notify_sent: AtomicU64,
     pub notify_answered: AtomicU64,
     pub notify_unanswered: AtomicU64,
@@ -85,6 +87,11 @@ impl Metrics {
                 "sipward_register_challenged_total",
                 "REGISTER requests answered 401",
                 get(&self.register_challenged),
+            ),
+            (
+                "sipward_auth_failures_total",
+                "digest answers that did not verify (wrong password, or right credentials refused by the guard)",
+                get(&self.auth_failures),
             ),
             (
                 "sipward_register_refused_total",
@@ -248,6 +255,11 @@ impl Metrics {
                 "sipward_kernel_drop_sources",
                 "banned IPv4 sources the kernel's socket filter drops before sipward sees them",
                 get(&self.kernel_drop_sources),
+            ),
+            (
+                "sipward_allowed_networks",
+                "allow-listed networks in force (never banned, never flood-limited)",
+                get(&self.allowed_networks),
             ),
         ];
         for (name, help, v) in gauges {

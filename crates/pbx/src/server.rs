@@ -378,6 +378,10 @@ async fn load_guard(
         .metrics
         .bans
         .store(endpoint.guard.banned_count() as u64, Ordering::Relaxed);
+    endpoint
+        .metrics
+        .allowed_networks
+        .store(endpoint.guard.allowed_count() as u64, Ordering::Relaxed);
     Ok(())
 }
 

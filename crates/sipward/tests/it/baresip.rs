@@ -79,7 +79,7 @@ fn baresip_registers_over_udp_and_tcp_and_fails_after_a_password_change() {
     // refused first backs off for long, so wait until the accounts are live.
     eventually(
         "the server knows both accounts",
-        Duration::from_secs(5),
+        Duration::from_secs(20),
         || server.metric("sipward_directory_accounts") == 3,
     );
     let phone = Baresip::start(&env, &accounts);
@@ -96,7 +96,7 @@ fn baresip_registers_over_udp_and_tcp_and_fails_after_a_password_change() {
     );
     eventually(
         "the server lists both registrations",
-        Duration::from_secs(5),
+        Duration::from_secs(20),
         || {
             env.json(&["ext", "show", "1001", "--json"])["registrations"][0]["transport"] == "udp"
                 && env.json(&["ext", "show", "1002", "--json"])["registrations"][0]["transport"]

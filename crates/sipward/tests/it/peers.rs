@@ -186,6 +186,8 @@ pub struct SippRun {
     pub code: i32,
     pub successful: u64,
     pub failed: u64,
+    /// The start of SIPp's error log (why calls failed), empty when none did.
+    pub errors: String,
 }
 
 /// Runs a SIPp client scenario from `local_ip` (a loopback address) against `target`
@@ -241,6 +243,7 @@ pub fn sipp_from(
             "-trace_stat",
             "-stf",
             stat.to_str().expect("utf8"),
+            "-trace_err",
             "-fd",
             "1",
         ])
@@ -255,7 +258,23 @@ pub fn sipp_from(
         code: out.status.code().unwrap_or(-1),
         successful,
         failed,
+        errors: sipp_errors(&dir),
     }
+}
+
+/// The first 4,000 characters of the `*_errors.log` SIPp wrote into `dir`.
+fn sipp_errors(dir: &Path) -> String {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return String::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with("_errors.log"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .collect::<String>()
+        .chars()
+        .take(4000)
+        .collect()
 }
 
 /// Successful and failed calls from the last line of a SIPp statistics file.
@@ -492,6 +511,18 @@ pub struct SippServer {
     stat: PathBuf,
 }
 
+/// Whether a UDP socket is bound to `ip:port`, from `/proc/net/udp` (binding the port
+/// to find out would race with the peer that is about to).
+fn udp_bound(ip: std::net::Ipv4Addr, port: u16) -> bool {
+    // The kernel prints the address as the u32 in host byte order, in hex.
+    let want = format!("{:08X}:{port:04X}", u32::from_ne_bytes(ip.octets()));
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .any(|l| l.split_whitespace().nth(1) == Some(want.as_str()))
+}
+
 impl SippServer {
     /// `scenario` is a file in tests/sipp (or an absolute path).
     pub fn start(env: &Env, scenario: &str, ip: &str, port: u16, calls: u32) -> SippServer {
@@ -521,7 +552,16 @@ impl SippServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("run sipp");
-        SippServer { child, stat }
+        let mut server = SippServer { child, stat };
+        let addr: std::net::Ipv4Addr = ip.parse().expect("IPv4 loopback address");
+        eventually("SIPp listens", Duration::from_secs(10), || {
+            assert!(
+                !matches!(server.child.try_wait(), Ok(Some(_))),
+                "SIPp exited before it listened on {ip}:{port}"
+            );
+            udp_bound(addr, port)
+        });
+        server
     }
 
     /// Waits (at most `deadline`) for SIPp to finish; its successful and failed calls.

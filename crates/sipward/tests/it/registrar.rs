@@ -190,7 +190,7 @@ fn sipp_registers_100_extensions_and_none_with_wrong_passwords() {
     // The registrations are visible to the CLI once written behind.
     eventually(
         "registration of 2000 visible",
-        Duration::from_secs(5),
+        Duration::from_secs(20),
         || {
             env.json(&["ext", "show", "2000", "--json"])["registrations"]
                 .as_array()
@@ -226,7 +226,7 @@ fn sipp_registers_over_tcp() {
         (10, 0, 0),
         "{run:?}"
     );
-    eventually("TCP registration visible", Duration::from_secs(5), || {
+    eventually("TCP registration visible", Duration::from_secs(20), || {
         env.json(&["ext", "show", "2000", "--json"])["registrations"][0]["transport"] == "tcp"
     });
 }
@@ -433,7 +433,7 @@ fn a_password_change_takes_effect_without_restart() {
     assert_eq!(status(&first), 200, "{first}");
     env.ok(&["ext", "update", "1001", "--password", "Nw7pQz4xTr9mLk2Vb"]);
     let mut cseq = 10;
-    eventually("old password refused", Duration::from_secs(5), || {
+    eventually("old password refused", Duration::from_secs(20), || {
         cseq += 2;
         status(&register(
             &c,
@@ -514,7 +514,7 @@ fn registrar_rules_and_bindings_survive_a_restart() {
     assert_eq!(status(&bad_star), 400);
     // Authenticated, but for someone else's extension.
     env.ok(&["ext", "add", "1002"]);
-    eventually("1002 known to the server", Duration::from_secs(5), || {
+    eventually("1002 known to the server", Duration::from_secs(20), || {
         server.metric("sipward_directory_accounts") == 3
     });
     let other = register(

@@ -176,7 +176,6 @@ fn calls_to_the_pstn_reach_the_gateway_with_its_credentials() {
         "",
     );
     let gw = SippServer::start(&env, &scenario, "127.0.0.7", port, 1);
-    std::thread::sleep(Duration::from_millis(300)); // SIPp binds its port
 
     // The fax extension dialling abroad: 403, nothing reaches the gateway.
     let fax = env.json(&["ext", "show", "888", "--reveal", "--json"]);
@@ -221,7 +220,7 @@ fn calls_to_the_pstn_reach_the_gateway_with_its_credentials() {
     assert_eq!(server.metric("sipward_calls_trunk_total"), 1);
     eventually_or(
         "the call is over in `sipward calls`",
-        Duration::from_secs(5),
+        Duration::from_secs(20),
         || {
             let c = env.json(&["calls", "--json"]);
             c["written_at"].as_i64().unwrap_or(0) > 0
@@ -251,7 +250,6 @@ fn a_third_concurrent_call_breaks_the_limit_and_calls_are_listed() {
         "",
     );
     let gw = SippServer::start(&env, &scenario, "127.0.0.7", port, 2);
-    std::thread::sleep(Duration::from_millis(300));
     let sip = server.sip;
     std::thread::scope(|scope| {
         let phone = scope.spawn(|| {
@@ -296,7 +294,7 @@ fn a_third_concurrent_call_breaks_the_limit_and_calls_are_listed() {
     assert_eq!(gw.finish(Duration::from_secs(10)), (2, 0));
     eventually_or(
         "the suspension is stored with its reason",
-        Duration::from_secs(5),
+        Duration::from_secs(20),
         || {
             env.json(&["ext", "show", "5101", "--json"])["outbound"]["suspend_reason"]
                 .as_str()
@@ -346,7 +344,6 @@ fn sipward_registers_at_a_provider_and_calls_through_it() {
         "127.0.0.8",
     );
     let provider = SippServer::start(&env, &scenario, "127.0.0.8", port, 2);
-    std::thread::sleep(Duration::from_millis(300));
     let server = env.serve();
     eventually_or(
         "registered at the provider",
@@ -398,7 +395,6 @@ fn a_wrong_provider_password_is_reported_not_retried_at_once() {
         "",
     );
     let provider = SippServer::start(&env, &scenario, "127.0.0.8", port, 1);
-    std::thread::sleep(Duration::from_millis(300));
     let server = env.serve();
     eventually_or(
         "the refusal is shown",
@@ -431,7 +427,6 @@ fn a_trunk_calls_an_extension_through_its_did_and_nothing_else() {
     let server = env.serve();
     let phone_port = crate::calls::register_phone(&server, "127.0.0.3", "5301", &callee);
     let phone = SippServer::start(&env, "call_uas.xml", "127.0.0.3", phone_port, 1);
-    std::thread::sleep(Duration::from_millis(300));
     // The gateway (from its configured address) calls the DID: no challenge.
     let run = sipp_from(
         "127.0.0.7",
