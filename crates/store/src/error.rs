@@ -37,6 +37,8 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
     #[error("database migration failed: {0}")]
     Migrate(sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
@@ -57,6 +59,7 @@ impl Error {
                 | Error::SchemaTooNew { .. }
                 | Error::Conflict { .. }
                 | Error::Io { .. }
+                | Error::Backup(_)
         )
     }
 

@@ -5,6 +5,8 @@
 //! The database is the source of truth: every process (the server, each CLI call) reads
 //! it afresh, so a change made by one is seen by the others without a restart.
 
+pub mod audit_log;
+pub mod backup;
 mod datadir;
 mod error;
 pub mod guard;
