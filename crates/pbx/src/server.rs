@@ -332,7 +332,7 @@ async fn load_trunks(registry: &Registry, endpoint: &Endpoint) -> Result<()> {
 }
 
 /// `host[:port]` to one address (port 5060 when none is given; IPv4 preferred).
-async fn resolve(host: &str) -> Option<SocketAddr> {
+pub async fn resolve(host: &str) -> Option<SocketAddr> {
     if let Ok(a) = host.parse::<SocketAddr>() {
         return Some(a);
     }

@@ -10,6 +10,8 @@ pub mod audit;
 pub mod ban;
 pub mod config;
 pub mod dialplan;
+pub mod epoch;
+pub mod exposure;
 pub mod fields;
 pub mod generate;
 pub mod password;

@@ -1,6 +1,8 @@
 //! The registry: extensions, PSTN gateways and VoIP providers, and the workflow that
 //! keeps their stored form right (validated fields, sealed secrets, current HA1s).
 
+pub mod backup;
+pub mod epoch;
 mod extension;
 mod gateway;
 mod outbound;
@@ -127,6 +129,9 @@ pub struct Opened {
     /// Phones whose files still cannot be written (extension number, why): a broken
     /// operator template, say. Retried at every open.
     pub provisioning_failed: Vec<(String, String)>,
+    /// The data dir is at this security epoch, older than [`policy::epoch::CURRENT`]:
+    /// the caller backs it up and calls [`Registry::harden`].
+    pub epoch_behind: Option<u32>,
 }
 
 impl Registry {
@@ -182,6 +187,13 @@ impl Registry {
                 q::set_meta(&mut tx, META_KEY_CHECK, &sealed).await?;
                 q::set_meta(&mut tx, META_REALM, &registry.settings.realm).await?;
                 registry.create_default_fax(&mut tx).await?;
+                // Created hardened: nothing an epoch fixes can be in a new data dir.
+                q::set_meta(
+                    &mut tx,
+                    epoch::META_EPOCH,
+                    &policy::epoch::CURRENT.to_string(),
+                )
+                .await?;
                 opened.created = true;
             }
         }
@@ -198,6 +210,11 @@ impl Registry {
             let path = registry.with_rng(|rng| generate::password(rng, 24, &[]));
             q::set_meta(&mut tx, regenerate::META_PROVISIONING_PATH, path.expose()).await?;
         }
+        let at: u32 = q::get_meta(&mut tx, epoch::META_EPOCH)
+            .await?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        opened.epoch_behind = (at < policy::epoch::CURRENT).then_some(at);
         tx.commit().await?;
         // Files a crash left behind their database state are written now.
         (opened.provisioning_rewritten, opened.provisioning_failed) =
