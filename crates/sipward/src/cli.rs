@@ -64,6 +64,87 @@ pub enum Command {
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// Encrypted backups: create, verify, restore (refusing ones from before a security
+    /// epoch unless --reharden).
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// The administrators' audit log (changes made by commands, epochs and restores).
+    Log {
+        /// How many of the newest entries to show.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Which ports must be reachable from the internet, and why; an nftables rule set.
+    Advise {
+        /// The SIP address `serve` listens on (to name its port).
+        #[arg(long, default_value = "0.0.0.0:5060")]
+        sip: std::net::SocketAddr,
+        /// The HTTP address of the console and provisioning.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: std::net::SocketAddr,
+        /// Phones outside the LAN will register (also inferred from live registrations
+        /// from public addresses).
+        #[arg(long)]
+        remote_phones: bool,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+/// How a backup is encrypted or opened. Without a flag: `[backup]` in the config, then
+/// the env variable SIPWARD_BACKUP_PASSPHRASE, then a prompt.
+#[derive(Debug, Args)]
+pub struct BackupKeyArgs {
+    /// A file whose first line is the passphrase.
+    #[arg(long, conflicts_with_all = ["recipient", "identity"])]
+    pub passphrase_file: Option<PathBuf>,
+    /// Encrypt to this age recipient (`age1...`) instead of a passphrase (create only).
+    #[arg(long, conflicts_with = "identity")]
+    pub recipient: Option<String>,
+    /// The age identity file that opens a backup made for a recipient (verify, restore).
+    #[arg(long)]
+    pub identity: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Write one encrypted file with the database, secrets key, config, templates and
+    /// provisioning files.
+    Create {
+        /// Where to write it (default: DATA/backups/sipward-TIME.swbak).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        key: BackupKeyArgs,
+        #[command(flatten)]
+        out_format: JsonFlag,
+    },
+    /// Decrypt a backup and check its manifest and every file's SHA-256.
+    Verify {
+        file: PathBuf,
+        #[command(flatten)]
+        key: BackupKeyArgs,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Restore into --data DIR (stopped or new), atomically: a failed restore leaves DIR
+    /// as it was; a replaced data dir is kept beside it.
+    Restore {
+        file: PathBuf,
+        #[command(flatten)]
+        key: BackupKeyArgs,
+        /// Restore a backup from before the current security epoch and apply every newer
+        /// epoch's hardening to it, printing what changed.
+        #[arg(long)]
+        reharden: bool,
+        /// With --reharden: queue no welcome mails for re-generated extensions.
+        #[arg(long)]
+        no_email: bool,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -21,6 +21,65 @@ struct RawConfig {
     provisioning: RawProvisioning,
     mail: Option<RawMail>,
     dialplan: policy::dialplan::DialPlan,
+    backup: RawBackup,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBackup {
+    /// Where scheduled and automatic backups go (default DATA/backups).
+    dir: Option<PathBuf>,
+    /// Seconds between scheduled backups made by `serve` (absent or 0: none).
+    interval_secs: Option<u64>,
+    /// How many scheduled backups to keep (default 7).
+    keep: Option<usize>,
+    /// Encrypt to this age recipient (`age1...`).
+    recipient: Option<String>,
+    /// Or with the passphrase on this file's first line.
+    passphrase_file: Option<PathBuf>,
+}
+
+/// `[backup]`: scheduled backups and the key automatic ones are encrypted with.
+#[derive(Clone, Debug, Default)]
+pub struct BackupConfig {
+    pub dir: Option<PathBuf>,
+    pub interval_secs: Option<u64>,
+    pub keep: usize,
+    pub recipient: Option<String>,
+    pub passphrase_file: Option<PathBuf>,
+}
+
+const DEFAULT_BACKUP_KEEP: usize = 7;
+
+fn backup(raw: RawBackup) -> anyhow::Result<BackupConfig> {
+    if raw.recipient.is_some() && raw.passphrase_file.is_some() {
+        return Err(OperatorError(
+            "backup: set either recipient or passphrase_file, not both".into(),
+        )
+        .into());
+    }
+    if let Some(r) = &raw.recipient {
+        store::backup::parse_recipient(r)
+            .map_err(|e| OperatorError(format!("backup.recipient: {e}")))?;
+    }
+    let interval_secs = raw.interval_secs.filter(|s| *s > 0);
+    if interval_secs.is_some() && raw.recipient.is_none() && raw.passphrase_file.is_none() {
+        return Err(OperatorError(
+            "backup.interval_secs needs backup.recipient or backup.passphrase_file: scheduled backups are always encrypted".into(),
+        )
+        .into());
+    }
+    let keep = raw.keep.unwrap_or(DEFAULT_BACKUP_KEEP);
+    if keep == 0 {
+        return Err(OperatorError("backup.keep must be at least 1".into()).into());
+    }
+    Ok(BackupConfig {
+        dir: raw.dir,
+        interval_secs,
+        keep,
+        recipient: raw.recipient,
+        passphrase_file: raw.passphrase_file,
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -76,6 +135,7 @@ pub struct Config {
     pub bans: policy::ban::BanPolicy,
     /// The SMTP server welcome mails go through (`[mail]`); None: mails stay queued.
     pub mail: Option<pbx::mail::SmtpSettings>,
+    pub backup: BackupConfig,
 }
 
 const DEFAULT_REALM: &str = "sipward";
@@ -181,7 +241,9 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
         None => None,
     };
     let mail = raw.mail.map(mail).transpose()?;
+    let backup = backup(raw.backup)?;
     Ok(Config {
+        backup,
         settings: Settings {
             realm,
             domain,

@@ -42,15 +42,18 @@ impl Clock for SystemClock {
 }
 
 /// Opens the data dir named on the command line, creating it on first use.
-pub async fn open_registry(cli: &cli::Cli, config: &config::Config) -> anyhow::Result<Registry> {
+pub async fn open_registry(
+    path: &std::path::Path,
+    config: &config::Config,
+) -> anyhow::Result<Registry> {
     let settings = config.settings.clone();
-    let data = DataDir::new(&cli.data);
+    let data = DataDir::new(path);
     let rng = Box::new(rand_core::UnwrapErr(rand::rngs::SysRng));
     let (registry, opened) = Registry::open(&data, settings, rng, clock()).await?;
     if opened.created {
         eprintln!(
             "created data dir {} (database, secrets key, fax extension {} with strong credentials)",
-            cli.data.display(),
+            path.display(),
             pbx::registry::DEFAULT_FAX_NUMBER
         );
     }
@@ -66,7 +69,42 @@ pub async fn open_registry(cli: &cli::Cli, config: &config::Config) -> anyhow::R
             registry.settings().realm
         );
     }
+    if let Some(from) = opened.epoch_behind {
+        harden_upgraded(&registry, config, from).await?;
+    }
     Ok(registry)
+}
+
+/// An upgraded data dir older than this version's security epoch: backed up as it is,
+/// then hardened (through the Re-Generate workflow, so files and mails follow), with
+/// every change printed and in the audit log.
+async fn harden_upgraded(
+    registry: &Registry,
+    config: &config::Config,
+    from: u32,
+) -> anyhow::Result<()> {
+    let (backup, key) = cmd::backup::automatic(registry, &config.backup).await?;
+    eprintln!(
+        "upgrading the data dir from security epoch {from} to {}: backed it up first to {}{}",
+        policy::epoch::CURRENT,
+        backup.display(),
+        key.map(|k| format!(" (its key: {}; move both off this machine, or delete them once the upgrade is checked)", k.display()))
+            .unwrap_or_default()
+    );
+    let mut progress = |done: usize, total: usize| eprintln!("regenerated {done}/{total}");
+    let (changes, _) = registry.harden(true, &mut progress).await?;
+    for c in &changes {
+        eprintln!(
+            "security epoch {}: {} {}: {}",
+            c.epoch, c.action, c.subject, c.detail
+        );
+    }
+    eprintln!(
+        "security epoch {} applied: {} changes (see `sipward log`); new passwords are in the phones' files and the welcome mails",
+        policy::epoch::CURRENT,
+        changes.len()
+    );
+    Ok(())
 }
 
 fn exit_code_for(err: &anyhow::Error) -> u8 {

@@ -1,6 +1,8 @@
 //! One module per command area; each turns parsed flags into registry calls and output.
 
+mod advise;
 mod audit;
+pub mod backup;
 mod calls;
 mod ext;
 mod guard;
@@ -17,9 +19,19 @@ use crate::OperatorError;
 use crate::cli::{Cli, Command};
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = crate::config::load(cli.config.as_deref(), &cli.data)?;
-    let registry = crate::open_registry(&cli, &config).await?;
-    let code = match cli.command {
+    let Cli {
+        data,
+        config: config_path,
+        command,
+    } = cli;
+    let command = match command {
+        // Backups open data dirs themselves: a restore must not create its target first.
+        Command::Backup(c) => return backup::run(&data, config_path.as_deref(), c).await,
+        other => other,
+    };
+    let config = crate::config::load(config_path.as_deref(), &data)?;
+    let registry = crate::open_registry(&data, &config).await?;
+    let code = match command {
         Command::Serve(a) => serve::run(&registry, a, &config).await?,
         Command::Ext(c) => ext::run(&registry, c, &config).await?,
         Command::Gateway(c) => trunk::gateway(&registry, c).await?,
@@ -32,6 +44,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Route(c) => calls::route(&registry, c).await?,
         Command::Did(c) => calls::did(&registry, c).await?,
         Command::Calls { out } => calls::calls(&registry, out.json).await?,
+        Command::Log { limit, out } => backup::log(&registry, limit, out.json).await?,
+        Command::Advise {
+            sip,
+            http,
+            remote_phones,
+            out,
+        } => advise::run(&registry, &config, sip, http, remote_phones, out.json).await?,
+        Command::Backup(_) => ExitCode::from(2),
     };
     registry.store().close().await;
     Ok(code)

@@ -62,6 +62,14 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
         .await
         .map_err(|e| OperatorError(format!("cannot serve HTTP on {}: {e}", args.http)))?;
     let http_addr = http.local_addr()?;
+    let data_root = reg.data_dir().root().to_owned();
+    let _serving =
+        super::backup::DirLock::take(&super::backup::serve_lock_path(&data_root), || {
+            format!(
+                "another sipward serve is running on {}",
+                data_root.display()
+            )
+        })?;
     let ready = Arc::new(AtomicBool::new(false));
     let mut prov_nonce = [0u8; 32];
     let mut prov_dummy = [0u8; 32];
@@ -105,7 +113,17 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
     out.flush()?;
     drop(out);
 
+    let scheduler = config.backup.interval_secs.map(|secs| {
+        tokio::spawn(super::backup::scheduled(
+            reg.clone(),
+            config.backup.clone(),
+            secs,
+        ))
+    });
     bound.run(shutdown_signal()).await?;
+    if let Some(s) = scheduler {
+        s.abort();
+    }
     let _ = stop_http.send(());
     let _ = http_task.await;
     eprintln!("stopped");

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `sipward` binary on temporary data dirs.
 
 mod attacks;
+mod backup;
 mod bad_input;
 mod baresip;
 mod calls;

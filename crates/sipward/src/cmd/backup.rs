@@ -1,0 +1,780 @@
+//! `sipward backup create|verify|restore` and `sipward log`, and the automatic backup
+//! made before a security epoch hardens an upgraded data dir.
+
+use std::fs;
+use std::io::{IsTerminal, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use pbx::Registry;
+use pbx::registry::backup::{Created, file_name, utc_stamp};
+use pbx::registry::epoch::Hardening;
+use policy::epoch::{self, CURRENT};
+use serde::Serialize;
+use store::backup::secrecy::{ExposeSecret, SecretString};
+use store::backup::{self as archive, BackupError, Manifest, Seal, Target, Unseal};
+
+use crate::OperatorError;
+use crate::cli::{BackupCommand, BackupKeyArgs};
+use crate::config::BackupConfig;
+use crate::output::{self, Table};
+
+/// The env variable a passphrase can come from (never a flag: flags show in `ps`).
+const PASSPHRASE_ENV: &str = "SIPWARD_BACKUP_PASSPHRASE";
+/// Passphrases shorter than this are refused for new backups.
+const MIN_PASSPHRASE: usize = 12;
+/// Progress lines are printed for archives larger than this.
+const PROGRESS_FROM: u64 = 4 << 20;
+
+pub async fn run(
+    data: &Path,
+    config_path: Option<&Path>,
+    command: BackupCommand,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        BackupCommand::Create {
+            out,
+            key,
+            out_format,
+        } => {
+            let config = crate::config::load(config_path, data)?;
+            let reg = crate::open_registry(data, &config).await?;
+            let seal = seal_for(&key, &config.backup)?;
+            let out = match out {
+                Some(p) => p,
+                None => default_dir(&reg, &config.backup)?.join(file_name(crate::clock().now())),
+            };
+            let started = Instant::now();
+            let created = reg
+                .create_backup(
+                    &out,
+                    &seal,
+                    "sipward backup create",
+                    &mut progress("backup"),
+                )
+                .await?;
+            reg.store().close().await;
+            print_created(&created, started.elapsed().as_secs_f64(), out_format.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Verify { file, key, out } => {
+            let config = crate::config::load(config_path, data)?;
+            let unseal = unseal_for(&key, &config.backup)?;
+            let started = Instant::now();
+            let manifest = tokio::task::block_in_place(|| {
+                archive::read_archive(
+                    &file,
+                    &unseal,
+                    Target::Nowhere,
+                    &mut |_| Ok(()),
+                    &mut progress("verify"),
+                )
+            })?;
+            print_verified(&file, &manifest, started.elapsed().as_secs_f64(), out.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Restore {
+            file,
+            key,
+            reharden,
+            no_email,
+            out,
+        } => {
+            restore(
+                data,
+                config_path,
+                &file,
+                &key,
+                reharden,
+                !no_email,
+                out.json,
+            )
+            .await
+        }
+    }
+}
+
+/// The directory `backup create` writes to without `--out` (created 0700).
+fn default_dir(reg: &Registry, config: &BackupConfig) -> anyhow::Result<PathBuf> {
+    let dir = config.dir.clone().unwrap_or_else(|| reg.backups_dir());
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| OperatorError(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+fn read_passphrase_file(path: &Path) -> anyhow::Result<SecretString> {
+    let text = fs::read_to_string(path).map_err(|e| {
+        OperatorError(format!(
+            "cannot read the passphrase file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let line = text.lines().next().unwrap_or("").to_owned();
+    if line.is_empty() {
+        return Err(
+            OperatorError(format!("the passphrase file {} is empty", path.display())).into(),
+        );
+    }
+    Ok(SecretString::from(line))
+}
+
+fn env_passphrase() -> Option<SecretString> {
+    std::env::var(PASSPHRASE_ENV)
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(SecretString::from)
+}
+
+fn prompt(confirm: bool) -> anyhow::Result<SecretString> {
+    if !std::io::stdin().is_terminal() {
+        return Err(OperatorError(format!(
+            "no backup passphrase: give --passphrase-file, --recipient/--identity, or set {PASSPHRASE_ENV}"
+        ))
+        .into());
+    }
+    let first = rpassword::prompt_password("backup passphrase: ")
+        .map_err(|e| OperatorError(format!("cannot read the passphrase: {e}")))?;
+    if confirm {
+        let again = rpassword::prompt_password("again: ")
+            .map_err(|e| OperatorError(format!("cannot read the passphrase: {e}")))?;
+        if again != first {
+            return Err(OperatorError("the passphrases differ".into()).into());
+        }
+    }
+    Ok(SecretString::from(first))
+}
+
+/// How a new backup is sealed: flags, then `[backup]`, then the env variable, then a
+/// prompt.
+pub fn seal_for(key: &BackupKeyArgs, config: &BackupConfig) -> anyhow::Result<Seal> {
+    if key.identity.is_some() {
+        return Err(OperatorError(
+            "--identity opens backups; to make one for a key, give its --recipient".into(),
+        )
+        .into());
+    }
+    let passphrase = if let Some(r) = key.recipient.as_ref().or(config.recipient.as_ref()) {
+        archive::parse_recipient(r).map_err(|e| OperatorError(e.to_string()))?;
+        return Ok(Seal::Recipient(r.trim().to_owned()));
+    } else if let Some(f) = key
+        .passphrase_file
+        .as_ref()
+        .or(config.passphrase_file.as_ref())
+    {
+        read_passphrase_file(f)?
+    } else if let Some(p) = env_passphrase() {
+        p
+    } else {
+        prompt(true)?
+    };
+    if passphrase.expose_secret().chars().count() < MIN_PASSPHRASE {
+        return Err(OperatorError(format!(
+            "the backup passphrase must be at least {MIN_PASSPHRASE} characters (it protects every password in the backup)"
+        ))
+        .into());
+    }
+    Ok(Seal::Passphrase(passphrase))
+}
+
+/// The key `[backup]` names (scheduled backups never prompt).
+fn config_seal(config: &BackupConfig) -> anyhow::Result<Seal> {
+    match (&config.recipient, &config.passphrase_file) {
+        (Some(r), _) => Ok(Seal::Recipient(r.clone())),
+        (None, Some(f)) => Ok(Seal::Passphrase(read_passphrase_file(f)?)),
+        (None, None) => {
+            Err(OperatorError("[backup] names no recipient or passphrase_file".into()).into())
+        }
+    }
+}
+
+/// `serve`'s scheduled backups: one every `secs`, then the oldest pruned down to
+/// `keep`. Each outcome is one JSON event line on stderr.
+pub async fn scheduled(reg: Registry, config: BackupConfig, secs: u64) {
+    let every = std::time::Duration::from_secs(secs);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let outcome = async {
+            let seal = config_seal(&config)?;
+            let dir = default_dir(&reg, &config)?;
+            let out = dir.join(file_name(crate::clock().now()));
+            let created = reg
+                .create_backup(&out, &seal, "sipward serve (scheduled)", &mut |_, _| {})
+                .await?;
+            let removed = Registry::prune_backups(&dir, config.keep)?;
+            anyhow::Ok((created, removed))
+        }
+        .await;
+        let line = match outcome {
+            Ok((c, removed)) => serde_json::json!({
+                "event": "backup_created",
+                "path": c.path,
+                "bytes": c.bytes,
+                "security_epoch": c.manifest.security_epoch,
+                "pruned": removed,
+            }),
+            Err(e) => serde_json::json!({
+                "event": "backup_failed",
+                "error": format!("{e:#}"),
+            }),
+        };
+        eprintln!("{line}");
+    }
+}
+
+/// How a backup is opened: `--identity`, a passphrase file, `[backup]`'s passphrase
+/// file, the env variable, a prompt.
+fn unseal_for(key: &BackupKeyArgs, config: &BackupConfig) -> anyhow::Result<Unseal> {
+    if key.recipient.is_some() {
+        return Err(OperatorError(
+            "--recipient makes backups; to open one, give the matching --identity file".into(),
+        )
+        .into());
+    }
+    if let Some(path) = &key.identity {
+        let text = fs::read_to_string(path).map_err(|e| {
+            OperatorError(format!(
+                "cannot read the identity file {}: {e}",
+                path.display()
+            ))
+        })?;
+        return Ok(Unseal::Identity(SecretString::from(text)));
+    }
+    let p = match key
+        .passphrase_file
+        .as_ref()
+        .or(config.passphrase_file.as_ref())
+    {
+        Some(f) => read_passphrase_file(f)?,
+        None => match env_passphrase() {
+            Some(p) => p,
+            None => prompt(false)?,
+        },
+    };
+    Ok(Unseal::Passphrase(p))
+}
+
+/// Progress to stderr in 10 % steps, for archives worth it.
+fn progress(what: &'static str) -> impl FnMut(u64, u64) + Send {
+    let mut shown = 0u64;
+    move |done, total| {
+        if total < PROGRESS_FROM || total == 0 {
+            return;
+        }
+        let pct = done * 100 / total;
+        if pct >= shown + 10 || (done == total && shown < 100) {
+            shown = pct - pct % 10;
+            let mib = |b: u64| b as f64 / (1 << 20) as f64;
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(
+                err,
+                "{what}: {pct}% ({:.1} of {:.1} MiB)",
+                mib(done),
+                mib(total)
+            );
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct CreatedOut<'a> {
+    path: &'a Path,
+    bytes: u64,
+    seconds: f64,
+    files: usize,
+    version: &'a str,
+    schema_version: i64,
+    security_epoch: u32,
+    created_at: i64,
+}
+
+fn print_created(c: &Created, seconds: f64, json: bool) -> anyhow::Result<()> {
+    if json {
+        return output::json(&CreatedOut {
+            path: &c.path,
+            bytes: c.bytes,
+            seconds,
+            files: c.manifest.files.len(),
+            version: &c.manifest.version,
+            schema_version: c.manifest.schema_version,
+            security_epoch: c.manifest.security_epoch,
+            created_at: c.manifest.created_at,
+        });
+    }
+    println!(
+        "wrote {} ({} bytes, {} files, schema {}, security epoch {}) in {seconds:.2} s",
+        c.path.display(),
+        c.bytes,
+        c.manifest.files.len(),
+        c.manifest.schema_version,
+        c.manifest.security_epoch
+    );
+    Ok(())
+}
+
+fn print_verified(file: &Path, m: &Manifest, seconds: f64, json: bool) -> anyhow::Result<()> {
+    if json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            file: &'a Path,
+            ok: bool,
+            seconds: f64,
+            manifest: &'a Manifest,
+        }
+        return output::json(&Out {
+            file,
+            ok: true,
+            seconds,
+            manifest: m,
+        });
+    }
+    let mut t = Table::new(&["FILE", "BYTES", "SHA-256"]);
+    for f in &m.files {
+        t.row(
+            vec![f.path.clone(), f.size.to_string(), f.sha256.clone()],
+            false,
+        );
+    }
+    t.print()?;
+    let epoch_note = if m.security_epoch < CURRENT {
+        format!(" (older than this version's {CURRENT}: restore needs --reharden)")
+    } else {
+        String::new()
+    };
+    println!(
+        "{}: decrypted, manifest and {} files check out; sipward {}, schema {}, security epoch {}{epoch_note}, made {}",
+        file.display(),
+        m.files.len(),
+        m.version,
+        m.schema_version,
+        m.security_epoch,
+        utc_stamp(m.created_at)
+    );
+    Ok(())
+}
+
+/// A lock file held while a process owns a data dir (`serve`) or a restore target.
+pub struct DirLock {
+    _file: fs::File,
+}
+
+impl DirLock {
+    /// Takes the lock at `path` (creating the file) without waiting; `busy` is the
+    /// sentence when it is held.
+    pub fn take(path: &Path, busy: impl FnOnce() -> String) -> anyhow::Result<Self> {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| OperatorError(format!("cannot open {}: {e}", path.display())))?;
+        Self::lock(file, path, busy)
+    }
+
+    /// Like [`DirLock::take`], but a missing lock file means nobody holds it (and none
+    /// is created: the directory stays as it was).
+    pub fn take_existing(
+        path: &Path,
+        busy: impl FnOnce() -> String,
+    ) -> anyhow::Result<Option<Self>> {
+        match fs::OpenOptions::new().write(true).open(path) {
+            Ok(file) => Self::lock(file, path, busy).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(OperatorError(format!("cannot open {}: {e}", path.display())).into()),
+        }
+    }
+
+    fn lock(file: fs::File, path: &Path, busy: impl FnOnce() -> String) -> anyhow::Result<Self> {
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(OperatorError(busy()).into()),
+            Err(fs::TryLockError::Error(e)) => {
+                Err(OperatorError(format!("cannot lock {}: {e}", path.display())).into())
+            }
+        }
+    }
+}
+
+/// The lock `serve` holds on its data dir.
+pub fn serve_lock_path(data: &Path) -> PathBuf {
+    data.join("serve.lock")
+}
+
+#[derive(Serialize)]
+struct RestoredOut<'a> {
+    data: &'a Path,
+    /// Where the data dir that was replaced is kept (None: there was none).
+    replaced_kept_at: Option<&'a Path>,
+    manifest: &'a Manifest,
+    hardening: &'a [Hardening],
+    seconds: f64,
+}
+
+async fn restore(
+    data: &Path,
+    config_path: Option<&Path>,
+    file: &Path,
+    key: &BackupKeyArgs,
+    reharden: bool,
+    email: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let target = absolute(data)?;
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| {
+            OperatorError(format!(
+                "{} is not a usable data dir path",
+                target.display()
+            ))
+        })?
+        .to_owned();
+    let parent = target.parent().unwrap_or(Path::new("/")).to_owned();
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&parent)
+        .map_err(|e| OperatorError(format!("cannot create {}: {e}", parent.display())))?;
+    let _restoring = DirLock::take(&parent.join(format!(".{name}.restore.lock")), || {
+        format!("another restore into {} is running", target.display())
+    })?;
+    let _serving = if target.exists() {
+        if !target.is_dir() {
+            return Err(OperatorError(format!(
+                "{} exists and is not a directory",
+                target.display()
+            ))
+            .into());
+        }
+        let empty = fs::read_dir(&target)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !empty && !target.join(archive::DB_FILE).exists() {
+            return Err(OperatorError(format!(
+                "{} is not empty and is not a sipward data dir; restore into a new directory",
+                target.display()
+            ))
+            .into());
+        }
+        DirLock::take_existing(&serve_lock_path(&target), || {
+            format!(
+                "a sipward serve is running on {}; stop it before restoring into its data dir",
+                target.display()
+            )
+        })?
+    } else {
+        None
+    };
+    let config_for_key = crate::config::load(config_path, &target)
+        .map(|c| c.backup)
+        .unwrap_or_default();
+    let unseal = unseal_for(key, &config_for_key)?;
+
+    // Everything happens in a staging dir beside the target; the target is touched only
+    // by the final rename. A staging dir left by an interrupted restore goes first.
+    let staging = parent.join(format!(".{name}.restoring"));
+    if staging.exists() {
+        fs::remove_dir_all(&staging).map_err(|e| {
+            OperatorError(format!(
+                "cannot remove {} (left by an interrupted restore): {e}",
+                staging.display()
+            ))
+        })?;
+    }
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .map_err(|e| OperatorError(format!("cannot create {}: {e}", staging.display())))?;
+    let result = restore_into(config_path, file, &unseal, &staging, reharden, email).await;
+    let (manifest, hardening) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    let kept = swap_into_place(&staging, &target, &parent, &name)?;
+    if let Some(k) = &kept {
+        eprintln!(
+            "the data dir that was replaced is kept at {} (delete it once the restore is checked)",
+            k.display()
+        );
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if json {
+        output::json(&RestoredOut {
+            data: &target,
+            replaced_kept_at: kept.as_deref(),
+            manifest: &manifest,
+            hardening: &hardening,
+            seconds,
+        })?;
+    } else {
+        print_hardening(&hardening)?;
+        println!(
+            "restored {} into {} (sipward {}, schema {}, security epoch {} -> {CURRENT}) in {seconds:.2} s",
+            file.display(),
+            target.display(),
+            manifest.version,
+            manifest.schema_version,
+            manifest.security_epoch
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    if p.is_absolute() {
+        return Ok(p.to_owned());
+    }
+    Ok(std::env::current_dir()
+        .map_err(|e| OperatorError(format!("cannot read the current directory: {e}")))?
+        .join(p))
+}
+
+/// Extracts, checks, opens (migrating to this version's schema) and, with `reharden`,
+/// hardens the backup in `staging`.
+async fn restore_into(
+    config_path: Option<&Path>,
+    file: &Path,
+    unseal: &Unseal,
+    staging: &Path,
+    reharden: bool,
+    email: bool,
+) -> anyhow::Result<(Manifest, Vec<Hardening>)> {
+    let known = archive::known_schema_version();
+    let manifest = tokio::task::block_in_place(|| {
+        archive::read_archive(
+            file,
+            unseal,
+            Target::Dir(staging),
+            &mut |m| {
+                if m.schema_version > known {
+                    return Err(BackupError::Refused(format!(
+                        "{} was made by a newer sipward ({}, schema {}); this one knows schema {known}: upgrade sipward to restore it",
+                        file.display(),
+                        m.version,
+                        m.schema_version
+                    ))
+                    .into());
+                }
+                if m.security_epoch > CURRENT {
+                    return Err(BackupError::Refused(format!(
+                        "{} was made by a newer sipward ({}, security epoch {}); upgrade sipward to restore it",
+                        file.display(),
+                        m.version,
+                        m.security_epoch
+                    ))
+                    .into());
+                }
+                if m.security_epoch < CURRENT && !reharden {
+                    return Err(BackupError::Refused(epoch::refusal(m.security_epoch)).into());
+                }
+                Ok(())
+            },
+            &mut progress("restore"),
+        )
+    })?;
+    let config = crate::config::load(config_path, staging)?;
+    let data = store::DataDir::new(staging);
+    let rng = Box::new(rand_core::UnwrapErr(rand::rngs::SysRng));
+    let (reg, opened) = Registry::open(&data, config.settings.clone(), rng, crate::clock()).await?;
+    if opened.created {
+        return Err(OperatorError(format!(
+            "{} holds no database that sipward can open",
+            file.display()
+        ))
+        .into());
+    }
+    let at = reg.security_epoch().await?;
+    if at != manifest.security_epoch {
+        return Err(BackupError::Refused(format!(
+            "{}: its manifest says security epoch {} but its database says {at}; it cannot be trusted",
+            file.display(),
+            manifest.security_epoch
+        ))
+        .into());
+    }
+    let mut hardening = Vec::new();
+    if reharden && at < CURRENT {
+        let mut progress = |done: usize, total: usize| {
+            eprintln!("regenerated {done}/{total}");
+        };
+        let (changes, _) = reg.harden(email, &mut progress).await?;
+        hardening = changes;
+    }
+    let mut conn = reg.store().pool().acquire().await?;
+    store::audit_log::append(
+        &mut conn,
+        crate::clock().now(),
+        "sipward backup restore",
+        "backup.restored",
+        &file.display().to_string(),
+        &format!(
+            "made {} by sipward {} at security epoch {}; {} hardening changes",
+            utc_stamp(manifest.created_at),
+            manifest.version,
+            manifest.security_epoch,
+            hardening.len()
+        ),
+    )
+    .await?;
+    drop(conn);
+    reg.store().close().await;
+    Ok((manifest, hardening))
+}
+
+/// Puts `staging` at `target`. An existing target is exchanged atomically
+/// (`renameat2(RENAME_EXCHANGE)`) and kept as `NAME.pre-restore-TIME` beside it.
+fn swap_into_place(
+    staging: &Path,
+    target: &Path,
+    parent: &Path,
+    name: &str,
+) -> anyhow::Result<Option<PathBuf>> {
+    let fail = |e: std::io::Error| {
+        OperatorError(format!(
+            "cannot move the restored data dir into {}: {e}",
+            target.display()
+        ))
+    };
+    if !target.exists() {
+        fs::rename(staging, target).map_err(fail)?;
+        return Ok(None);
+    }
+    let kept = parent.join(format!(
+        "{name}.pre-restore-{}",
+        utc_stamp(crate::clock().now())
+    ));
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, staging, CWD, target, RenameFlags::EXCHANGE) {
+        Ok(()) => {
+            // `staging` now holds the old data dir.
+            fs::rename(staging, &kept).map_err(fail)?;
+        }
+        Err(_) => {
+            // File systems without RENAME_EXCHANGE: two renames.
+            fs::rename(target, &kept).map_err(fail)?;
+            if let Err(e) = fs::rename(staging, target) {
+                let _ = fs::rename(&kept, target);
+                return Err(fail(e).into());
+            }
+        }
+    }
+    Ok(Some(kept))
+}
+
+pub fn print_hardening(changes: &[Hardening]) -> anyhow::Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut t = Table::new(&["EPOCH", "ACTION", "SUBJECT", "WHY"]);
+    for c in changes {
+        t.row(
+            vec![
+                c.epoch.to_string(),
+                c.action.to_owned(),
+                c.subject.clone(),
+                c.detail.clone(),
+            ],
+            c.action == "reported",
+        );
+    }
+    t.print()
+}
+
+/// Before a security epoch hardens an upgraded data dir: a backup of it as it was, for
+/// rollback. Encrypted with `[backup]`'s key; without one, to a new age key written
+/// beside it (mode 0600), so the data never leaves the data dir less protected than it
+/// was. Returns the backup's path and the key file's, if one was made.
+pub async fn automatic(
+    reg: &Registry,
+    config: &BackupConfig,
+) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
+    let dir = default_dir(reg, config)?;
+    let now = crate::clock().now();
+    let from = reg.security_epoch().await?;
+    let out = dir.join(format!("pre-epoch-{CURRENT}-{}.swbak", utc_stamp(now)));
+    let (seal, key_file) = if config.recipient.is_some() || config.passphrase_file.is_some() {
+        (config_seal(config)?, None)
+    } else {
+        let (secret, public) = archive::new_identity();
+        let key_path = out.with_extension("key");
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_path)
+            .map_err(|e| OperatorError(format!("cannot write {}: {e}", key_path.display())))?;
+        writeln!(
+            f,
+            "# the key of {} (sipward's backup before security epoch {CURRENT}, from epoch {from})\n{}",
+            out.display(),
+            secret.expose_secret()
+        )?;
+        (Seal::Recipient(public), Some(key_path))
+    };
+    reg.create_backup(
+        &out,
+        &seal,
+        "sipward (before security epoch)",
+        &mut |_, _| {},
+    )
+    .await?;
+    Ok((out, key_file))
+}
+
+/// `sipward log`.
+pub async fn log(reg: &Registry, limit: i64, json: bool) -> anyhow::Result<ExitCode> {
+    if !(1..=100_000).contains(&limit) {
+        return Err(OperatorError("--limit must be between 1 and 100000".into()).into());
+    }
+    let mut conn = reg.store().pool().acquire().await?;
+    let rows = store::audit_log::recent(&mut conn, limit).await?;
+    if json {
+        #[derive(Serialize)]
+        struct Entry<'a> {
+            id: i64,
+            at: i64,
+            actor: &'a str,
+            action: &'a str,
+            subject: &'a str,
+            detail: &'a str,
+        }
+        let entries: Vec<Entry<'_>> = rows
+            .iter()
+            .map(|r| Entry {
+                id: r.id,
+                at: r.at,
+                actor: &r.actor,
+                action: &r.action,
+                subject: &r.subject,
+                detail: &r.detail,
+            })
+            .collect();
+        return output::json(&entries).map(|()| ExitCode::SUCCESS);
+    }
+    let mut t = Table::new(&["TIME (UTC)", "ACTOR", "ACTION", "SUBJECT", "DETAIL"]);
+    for r in &rows {
+        t.row(
+            vec![
+                utc_stamp(r.at),
+                r.actor.clone(),
+                r.action.clone(),
+                r.subject.clone(),
+                r.detail.clone(),
+            ],
+            false,
+        );
+    }
+    t.print()?;
+    Ok(ExitCode::SUCCESS)
+}
