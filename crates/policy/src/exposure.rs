@@ -11,6 +11,8 @@ use serde::Serialize;
 pub struct Facts {
     pub sip_port: u16,
     pub http_port: u16,
+    /// The console and provisioning listen on every interface (0.0.0.0 or ::).
+    pub http_all_interfaces: bool,
     /// VoIP providers: (name, resolved registrar addresses).
     pub providers: Vec<(String, Vec<IpAddr>)>,
     /// The administrator says phones outside the LAN register (`--remote-phones`).
@@ -178,6 +180,12 @@ pub fn advise(f: &Facts) -> Advice {
         from: vec![],
         why: "the web console and /metrics are for administrators: reach them over the LAN or a VPN, never from the internet".into(),
     });
+    if f.http_all_interfaces {
+        warnings.push(Warning {
+            id: "http.all_interfaces",
+            message: "the console listens on every interface: bind --http to a LAN or loopback address so a firewall mistake cannot expose it".into(),
+        });
+    }
     if f.http_port == 80 || f.http_port == 8080 {
         warnings.push(Warning {
             id: "http.default_port",
@@ -330,6 +338,15 @@ mod tests {
         let a = advise(&f);
         assert_eq!(open(&a, "sip"), vec![("udp", vec![]), ("tcp", vec![])]);
         assert!(a.ports.iter().any(|p| p.why.contains("providers")));
+    }
+
+    #[test]
+    fn a_console_on_every_interface_is_a_warning() {
+        let mut f = facts();
+        f.http_all_interfaces = true;
+        let a = advise(&f);
+        assert!(a.warnings.iter().any(|w| w.id == "http.all_interfaces"));
+        assert!(!a.nftables.contains("8080"));
     }
 
     #[test]

@@ -91,8 +91,9 @@ async fn harden_upgraded(
         key.map(|k| format!(" (its key: {}; move both off this machine, or delete them once the upgrade is checked)", k.display()))
             .unwrap_or_default()
     );
-    let mut progress = |done: usize, total: usize| eprintln!("regenerated {done}/{total}");
-    let (changes, _) = registry.harden(true, &mut progress).await?;
+    let (changes, _) = registry
+        .harden(true, &mut cmd::regenerate::progress)
+        .await?;
     for c in &changes {
         eprintln!(
             "security epoch {}: {} {}: {}",

@@ -119,41 +119,43 @@ impl Registry {
         let contents = Contents { files };
         let manifest =
             backup::manifest_for(&contents, env!("CARGO_PKG_VERSION"), schema, epoch, now)?;
-        let (out_owned, seal_ref) = (out.to_owned(), seal);
-        // Compression and encryption are CPU work: off the async threads.
-        let bytes = tokio::task::block_in_place(|| {
-            backup::write_archive(&out_owned, seal_ref, &manifest, &contents, progress)
-        })?;
+        // Compression and encryption are CPU work: off the async threads where the
+        // runtime has others to run them.
+        let mut write = || backup::write_archive(out, seal, &manifest, &contents, progress);
+        let bytes = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(write),
+            _ => write(),
+        }?;
         Ok(Created {
             path: out.to_owned(),
             bytes,
             manifest,
         })
     }
+}
 
-    /// Deletes the oldest backups in `dir` (only files named like [`file_name`]'s)
-    /// until `keep` remain. Returns the paths removed.
-    pub fn prune_backups(dir: &Path, keep: usize) -> Result<Vec<PathBuf>> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .map_err(|e| StoreError::Io {
-                path: dir.to_owned(),
-                source: e,
-            })?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| is_backup_name(n))
-            .collect();
-        names.sort();
-        let excess = names.len().saturating_sub(keep);
-        let mut removed = Vec::new();
-        for n in names.into_iter().take(excess) {
-            let p = dir.join(n);
-            if std::fs::remove_file(&p).is_ok() {
-                removed.push(p);
-            }
+/// Deletes the oldest backups in `dir` (only files named like [`file_name`]'s) until
+/// `keep` remain. Returns the paths removed.
+pub fn prune(dir: &Path, keep: usize) -> Result<Vec<PathBuf>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| StoreError::Io {
+            path: dir.to_owned(),
+            source: e,
+        })?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| is_backup_name(n))
+        .collect();
+    names.sort();
+    let excess = names.len().saturating_sub(keep);
+    let mut removed = Vec::new();
+    for n in names.into_iter().take(excess) {
+        let p = dir.join(n);
+        if std::fs::remove_file(&p).is_ok() {
+            removed.push(p);
         }
-        Ok(removed)
     }
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -184,7 +186,7 @@ mod tests {
             std::fs::write(dir.path().join(file_name(t)), b"x").expect("write");
         }
         std::fs::write(dir.path().join("mine.txt"), b"x").expect("write");
-        let removed = Registry::prune_backups(dir.path(), 2).expect("prune");
+        let removed = prune(dir.path(), 2).expect("prune");
         assert_eq!(removed.len(), 2);
         assert!(dir.path().join(file_name(300)).exists());
         assert!(dir.path().join(file_name(400)).exists());

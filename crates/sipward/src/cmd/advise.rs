@@ -42,6 +42,7 @@ pub async fn run(
     let advice = exposure::advise(&Facts {
         sip_port: sip.port(),
         http_port: http.port(),
+        http_all_interfaces: http.ip().is_unspecified(),
         providers,
         remote_declared: remote_phones,
         remote_seen,

@@ -207,7 +207,7 @@ pub async fn scheduled(reg: Registry, config: BackupConfig, secs: u64) {
             let created = reg
                 .create_backup(&out, &seal, "sipward serve (scheduled)", &mut |_, _| {})
                 .await?;
-            let removed = Registry::prune_backups(&dir, config.keep)?;
+            let removed = pbx::registry::backup::prune(&dir, config.keep)?;
             anyhow::Ok((created, removed))
         }
         .await;
@@ -605,9 +605,7 @@ async fn restore_into(
     }
     let mut hardening = Vec::new();
     if reharden && at < CURRENT {
-        let mut progress = |done: usize, total: usize| {
-            eprintln!("regenerated {done}/{total}");
-        };
+        let mut progress = super::regenerate::progress;
         let (changes, _) = reg.harden(email, &mut progress).await?;
         hardening = changes;
     }

@@ -8,7 +8,7 @@ mod ext;
 mod guard;
 mod import;
 mod mail;
-mod regenerate;
+pub mod regenerate;
 mod serve;
 mod trunk;
 

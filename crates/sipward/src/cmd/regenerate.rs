@@ -2,7 +2,6 @@
 //! when `[mail]` is configured (they stay queued for `serve` otherwise).
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::process::ExitCode;
 
 use pbx::Registry;
@@ -32,6 +31,13 @@ struct Grace<'a> {
     until: &'a Option<i64>,
 }
 
+/// Re-Generate progress to stderr, for selections larger than one batch.
+pub fn progress(done: usize, total: usize) {
+    if total > pbx::registry::regenerate::BATCH {
+        eprintln!("regenerated {done}/{total}");
+    }
+}
+
 pub async fn run(
     reg: &Registry,
     selection: Selection,
@@ -39,13 +45,9 @@ pub async fn run(
     json: bool,
     config: &Config,
 ) -> anyhow::Result<ExitCode> {
-    let mut progress = |done: usize, total: usize| {
-        if total > pbx::registry::regenerate::BATCH {
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "regenerated {done}/{total}");
-        }
-    };
-    let mut results = reg.regenerate(&selection, email, &mut progress).await?;
+    let mut results = reg
+        .regenerate(&selection, email, &mut progress)
+        .await?;
 
     let queued: HashSet<String> = results
         .iter()
