@@ -7,12 +7,10 @@ use std::process::ExitCode;
 use pbx::Registry;
 use policy::exposure::{self, Facts};
 
-use crate::config::Config;
 use crate::output::{self, Table};
 
 pub async fn run(
     reg: &Registry,
-    _config: &Config,
     sip: SocketAddr,
     http: SocketAddr,
     remote_phones: bool,

@@ -149,6 +149,11 @@ fn prompt(confirm: bool) -> anyhow::Result<SecretString> {
     Ok(SecretString::from(first))
 }
 
+fn recipient_seal(r: &str) -> anyhow::Result<Seal> {
+    archive::parse_recipient(r).map_err(|e| OperatorError(e.to_string()))?;
+    Ok(Seal::Recipient(r.trim().to_owned()))
+}
+
 /// How a new backup is sealed: flags, then `[backup]`, then the env variable, then a
 /// prompt.
 pub fn seal_for(key: &BackupKeyArgs, config: &BackupConfig) -> anyhow::Result<Seal> {
@@ -158,14 +163,14 @@ pub fn seal_for(key: &BackupKeyArgs, config: &BackupConfig) -> anyhow::Result<Se
         )
         .into());
     }
-    let passphrase = if let Some(r) = key.recipient.as_ref().or(config.recipient.as_ref()) {
-        archive::parse_recipient(r).map_err(|e| OperatorError(e.to_string()))?;
-        return Ok(Seal::Recipient(r.trim().to_owned()));
-    } else if let Some(f) = key
-        .passphrase_file
-        .as_ref()
-        .or(config.passphrase_file.as_ref())
-    {
+    // Flags first, then the config, then the environment, then a prompt.
+    let passphrase = if let Some(r) = &key.recipient {
+        return recipient_seal(r);
+    } else if let Some(f) = &key.passphrase_file {
+        read_passphrase_file(f)?
+    } else if let Some(r) = &config.recipient {
+        return recipient_seal(r);
+    } else if let Some(f) = &config.passphrase_file {
         read_passphrase_file(f)?
     } else if let Some(p) = env_passphrase() {
         p

@@ -50,7 +50,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             http,
             remote_phones,
             out,
-        } => advise::run(&registry, &config, sip, http, remote_phones, out.json).await?,
+        } => advise::run(&registry, sip, http, remote_phones, out.json).await?,
+        // Returned above, before any data dir was opened.
         Command::Backup(_) => ExitCode::from(2),
     };
     registry.store().close().await;

@@ -45,9 +45,7 @@ pub async fn run(
     json: bool,
     config: &Config,
 ) -> anyhow::Result<ExitCode> {
-    let mut results = reg
-        .regenerate(&selection, email, &mut progress)
-        .await?;
+    let mut results = reg.regenerate(&selection, email, &mut progress).await?;
 
     let queued: HashSet<String> = results
         .iter()

@@ -734,6 +734,34 @@ fn backup_settings_and_keys_are_checked() {
     // No key and no terminal: one sentence, not a hang.
     let err = env.fails(&["backup", "create"], 2);
     assert!(err.contains("no backup passphrase"), "{err}");
+
+    // A flag beats the config; without one, the config's key is used.
+    let (key, public) = keygen(&env, "key.txt");
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        format!("[backup]\nrecipient = \"{public}\"\n"),
+    )
+    .expect("config");
+    let pass = env.path("p.txt");
+    let (by_flag, by_config) = (env.path("flag.swbak"), env.path("config.swbak"));
+    let s = |p: &PathBuf| p.to_str().expect("utf8").to_owned();
+    env.ok(&[
+        "backup",
+        "create",
+        "--passphrase-file",
+        &s(&pass),
+        "--out",
+        &s(&by_flag),
+    ]);
+    env.ok(&["backup", "create", "--out", &s(&by_config)]);
+    env.ok(&[
+        "backup",
+        "verify",
+        &s(&by_flag),
+        "--passphrase-file",
+        &s(&pass),
+    ]);
+    env.ok(&["backup", "verify", &s(&by_config), "--identity", &s(&key)]);
 }
 
 fn advice(env: &Env, extra: &[&str]) -> Vec<(String, bool, usize)> {
