@@ -121,6 +121,11 @@ fn files_under(dir: &Path) -> BTreeMap<String, String> {
 /// ban and an allow-list entry.
 fn populated() -> Env {
     let env = Env::with_config(CONFIG);
+    // An operator's own welcome mail.
+    let builtin = concat!(env!("CARGO_MANIFEST_DIR"), "/../pbx/templates/welcome.txt");
+    let text = std::fs::read_to_string(builtin).expect("template") + "\nThe IT desk: 555-0100\n";
+    std::fs::create_dir_all(env.data.join("templates")).expect("templates");
+    std::fs::write(env.data.join("templates/welcome.txt"), text).expect("template");
     for (n, mac) in [("2001", "001565aa0001"), ("2002", "001565aa0002")] {
         env.ok(&[
             "ext",
@@ -228,6 +233,9 @@ fn a_backup_restores_everything_and_phones_register_with_the_same_credentials() 
     ]);
     assert_eq!(restored["replaced_kept_at"], Value::Null);
     assert_eq!(state(&copy), state(&env));
+    let templates = |e: &Env| files_under(&e.data.join("templates"));
+    assert_eq!(templates(&copy), templates(&env), "operator templates");
+    assert_eq!(templates(&env).len(), 1);
     let prov = |e: &Env| files_under(&e.data.join("provisioning"));
     assert!(!prov(&env).is_empty());
     assert_eq!(prov(&copy), prov(&env), "provisioning files byte for byte");
