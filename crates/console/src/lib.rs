@@ -1,5 +1,5 @@
-//! The HTTP side of `sipward serve`: health and metrics now; the web console and the
-//! JSON API (issue #7) grow here, one file per area, merged in [`router`].
+//! The HTTP side of `sipward serve`: health and metrics, phone provisioning, the web
+//! console and the JSON API, one file per area, merged in [`router`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +11,10 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use pbx::metrics::Metrics;
 
+pub mod admin;
+pub mod api;
 pub mod provisioning;
+pub mod web;
 
 #[derive(Clone, Debug)]
 pub struct ConsoleState {
@@ -22,7 +25,7 @@ pub struct ConsoleState {
 
 /// The HTTP routes; serve them with `into_make_service_with_connect_info::<SocketAddr>`
 /// (provisioning counts probes per source address).
-pub fn router(state: ConsoleState, prov: provisioning::Provisioning) -> Router {
+pub fn router(state: ConsoleState, prov: provisioning::Provisioning, web: web::Web) -> Router {
     let prov = Router::new()
         .route("/prov/{path}/{file}", get(provisioning::serve_file))
         .with_state(prov);
@@ -31,6 +34,8 @@ pub fn router(state: ConsoleState, prov: provisioning::Provisioning) -> Router {
         .route("/metrics", get(metrics))
         .with_state(state)
         .merge(prov)
+        .merge(web::routes(web.clone()))
+        .merge(api::routes(web))
 }
 
 async fn healthz(State(s): State<ConsoleState>) -> impl IntoResponse {

@@ -68,6 +68,9 @@ pub enum Command {
     /// epoch unless --reharden).
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Console administrators and API tokens.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// The administrators' audit log (changes made by commands, epochs and restores).
     Log {
         /// How many of the newest entries to show.
@@ -91,6 +94,30 @@ pub enum Command {
         #[command(flatten)]
         out: JsonFlag,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Set a console administrator's password (creating the administrator): a strong
+    /// one is generated and shown once unless --password is given (`-` reads stdin).
+    /// Ends the administrator's sessions.
+    Passwd {
+        #[arg(default_value = "admin")]
+        name: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// API tokens for scripts (`Authorization: Bearer TOKEN` on /api/v1).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token; it is shown once (only its SHA-256 is stored).
+    Create { name: String },
+    /// Revoke a token.
+    Remove { name: String },
 }
 
 /// How a backup is encrypted or opened. Without a flag: `[backup]` in the config, then

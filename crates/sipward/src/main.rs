@@ -56,6 +56,10 @@ pub async fn open_registry(
             path.display(),
             pbx::registry::DEFAULT_FAX_NUMBER
         );
+        let password = cmd::admin::first_admin(&registry).await?;
+        eprintln!(
+            "console login: admin / {password}  (shown once; `sipward admin passwd` sets a new one)"
+        );
     }
     if let Some((number, reason)) = opened.provisioning_failed.first() {
         eprintln!(

@@ -7,6 +7,7 @@
 
 pub mod audit_log;
 pub mod backup;
+pub mod console;
 mod datadir;
 mod error;
 pub mod guard;

@@ -310,20 +310,9 @@ impl Registry {
         if let Some(kind) = change.kind {
             row.kind = kind.as_str().to_owned();
         }
-        if let Some(name) = change.name.as_deref() {
-            row.name = DisplayName::parse(name)?.into_string();
-        }
-        if let Some(email) = change.email.as_deref() {
-            row.email = optional(Some(email), Email::parse)?.map(Email::into_string);
-        }
-        if let Some(sip_id) = change.sip_id.as_deref() {
-            row.sip_id = SipId::parse(sip_id)?.map(SipId::into_string);
-        }
-        if let Some(mac) = change.mac.as_deref() {
-            row.mac = optional(Some(mac), Mac::parse)?.map(Mac::into_string);
-        }
-        if let Some(model) = change.model.as_deref() {
-            row.model = optional(Some(model), PhoneModel::parse)?.map(PhoneModel::into_string);
+        if let Some(p) = self.apply_fields(&mut row, &change)? {
+            password = p;
+            rehash = true;
         }
         if let Some(class) = change.class_of_service.as_deref() {
             let class = match class.trim() {
@@ -338,16 +327,6 @@ impl Registry {
                 .await?;
             rehash |= auth_id.as_str() != row.auth_id;
             row.auth_id = auth_id.into_string();
-        }
-        if let Some(p) = change.password.as_deref() {
-            password = fields::parse_password("password", p)?;
-            row.password_score = i64::from(password::strength_score(password.expose()));
-            row.password_enc = self.seal(&aad(&row.number, "password"), password.expose());
-            rehash = true;
-        }
-        if let Some(p) = change.pin.as_deref() {
-            let pin = fields::parse_pin(p)?;
-            row.pin_enc = self.seal(&aad(&row.number, "pin"), pin.expose());
         }
         if rehash {
             (row.ha1_md5, row.ha1_sha256) = self.ha1s(&row.auth_id, &password);
@@ -383,6 +362,57 @@ impl Registry {
         }
         let findings = self.audit_extension_row(&row)?;
         Ok((ExtensionView::from(&row), findings))
+    }
+
+    /// Applies the fields of `change` that need no other row (name, email, SIP ID, MAC,
+    /// model, password, PIN) to `row`; the new password when one was given.
+    fn apply_fields(
+        &self,
+        row: &mut ExtensionRow,
+        change: &ExtensionChange,
+    ) -> Result<Option<Secret>> {
+        if let Some(name) = change.name.as_deref() {
+            row.name = DisplayName::parse(name)?.into_string();
+        }
+        if let Some(email) = change.email.as_deref() {
+            row.email = optional(Some(email), Email::parse)?.map(Email::into_string);
+        }
+        if let Some(sip_id) = change.sip_id.as_deref() {
+            row.sip_id = SipId::parse(sip_id)?.map(SipId::into_string);
+        }
+        if let Some(mac) = change.mac.as_deref() {
+            row.mac = optional(Some(mac), Mac::parse)?.map(Mac::into_string);
+        }
+        if let Some(model) = change.model.as_deref() {
+            row.model = optional(Some(model), PhoneModel::parse)?.map(PhoneModel::into_string);
+        }
+        if let Some(p) = change.pin.as_deref() {
+            let pin = fields::parse_pin(p)?;
+            row.pin_enc = self.seal(&aad(&row.number, "pin"), pin.expose());
+        }
+        let Some(p) = change.password.as_deref() else {
+            return Ok(None);
+        };
+        let password = fields::parse_password("password", p)?;
+        row.password_score = i64::from(password::strength_score(password.expose()));
+        row.password_enc = self.seal(&aad(&row.number, "password"), password.expose());
+        Ok(Some(password))
+    }
+
+    /// The findings the extension would have with `change`'s fields applied; nothing is
+    /// saved (the console's live check).
+    pub async fn check_extension(
+        &self,
+        number: &str,
+        change: &ExtensionChange,
+    ) -> Result<Vec<policy::Finding>> {
+        let number = ExtensionNumber::parse(number.trim())?;
+        let mut conn = self.store.pool().acquire().await?;
+        let mut row = q::get_extension(&mut conn, number.as_str())
+            .await?
+            .ok_or_else(|| Error::not_found(format!("extension {number}")))?;
+        self.apply_fields(&mut row, change)?;
+        self.audit_extension_row(&row)
     }
 
     pub async fn remove_extension(&self, number: &str) -> Result<()> {

@@ -1,5 +1,6 @@
 //! One module per command area; each turns parsed flags into registry calls and output.
 
+pub mod admin;
 mod advise;
 mod audit;
 pub mod backup;
@@ -44,6 +45,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Route(c) => calls::route(&registry, c).await?,
         Command::Did(c) => calls::did(&registry, c).await?,
         Command::Calls { out } => calls::calls(&registry, out.json).await?,
+        Command::Admin(c) => admin::run(&registry, c).await?,
         Command::Log { limit, out } => backup::log(&registry, limit, out.json).await?,
         Command::Advise {
             sip,

@@ -90,6 +90,8 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
             ready: ready.clone(),
         },
         prov,
+        console::web::Web::new(reg.clone(), Arc::new(|| crate::clock().now()))
+            .map_err(|e| anyhow::anyhow!("the console's templates do not compile: {e}"))?,
     )
     .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();

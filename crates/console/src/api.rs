@@ -1,0 +1,409 @@
+//! The JSON API under `/api/v1`: the console's operations for scripts. A request
+//! authenticates with `Authorization: Bearer TOKEN` (`sipward admin token create`) or
+//! with a console session (then a state-changing request also carries `X-CSRF-Token`).
+//! Errors are `{"error": "..."}` with 400, 401, 403, 404 or 409. The OpenAPI document
+//! at `/api/v1/openapi.json` is built from [`ENDPOINTS`], the same table the tests
+//! check the router against.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use pbx::registry::regenerate::Selection;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::admin;
+use crate::web::{self, Web};
+
+/// One documented operation.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    /// Statuses it answers besides 200.
+    pub errors: &'static [u16],
+    pub body: Option<&'static str>,
+}
+
+pub const ENDPOINTS: &[Endpoint] = &[
+    Endpoint {
+        method: "get",
+        path: "/api/v1/extensions",
+        summary: "Every extension with its audit findings and whether it is weak",
+        errors: &[401],
+        body: None,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/v1/extensions",
+        summary: "Add an extension; credentials not given are generated and returned once",
+        errors: &[400, 401, 403, 409],
+        body: Some("NewExtension"),
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/extensions/{number}",
+        summary: "One extension with its findings",
+        errors: &[400, 401, 404],
+        body: None,
+    },
+    Endpoint {
+        method: "delete",
+        path: "/api/v1/extensions/{number}",
+        summary: "Remove an extension (its phone files and DIDs go with it)",
+        errors: &[400, 401, 403, 404],
+        body: None,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/v1/extensions/regenerate",
+        summary: "Re-Generate the listed extensions: new password and PIN, phone files, welcome mails",
+        errors: &[400, 401, 403, 404],
+        body: Some("Regenerate"),
+    },
+];
+
+pub fn routes(web: Web) -> Router {
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/extensions", get(list).post(add))
+        .route("/api/v1/extensions/regenerate", post(regenerate))
+        .route("/api/v1/extensions/{number}", get(one).delete(remove))
+        .fallback(not_found)
+        .with_state(web)
+        .layer(axum::middleware::map_response(web::security_headers))
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+/// Who is calling, or the error answer. `unsafe_method`: a session must also carry its
+/// CSRF token and come from the console's origin.
+async fn caller(
+    web: &Web,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    unsafe_method: bool,
+) -> Result<String, Response> {
+    if let Some(auth) = headers.get(header::AUTHORIZATION) {
+        let token = auth
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()));
+        let Some(token) = token else {
+            return Err(error(
+                StatusCode::UNAUTHORIZED,
+                "a Bearer API token is required",
+            ));
+        };
+        let name = match web.registry.store().pool().acquire().await {
+            Ok(mut conn) => store::console::token_name(&mut conn, &admin::token_digest(token))
+                .await
+                .ok()
+                .flatten(),
+            Err(_) => None,
+        };
+        return name
+            .map(|n| format!("API token {n} ({})", peer.ip()))
+            .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "unknown API token"));
+    }
+    let Some(s) = web::session(web, headers, peer.ip()).await else {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "log in to the console or send an API token",
+        ));
+    };
+    if unsafe_method {
+        let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+        if !web::same_origin(headers) || !sent.is_some_and(|t| web::tokens_match(t, &s.csrf)) {
+            return Err(error(
+                StatusCode::FORBIDDEN,
+                "a console session needs its X-CSRF-Token from the console's own pages",
+            ));
+        }
+    }
+    Ok(s.actor())
+}
+
+fn pbx_error(e: &pbx::Error) -> Response {
+    let status = match e {
+        pbx::Error::NotFound { .. } => StatusCode::NOT_FOUND,
+        pbx::Error::InUse { .. } => StatusCode::CONFLICT,
+        pbx::Error::Store(store::Error::Conflict { .. }) => StatusCode::CONFLICT,
+        e if e.is_operator_error() => StatusCode::BAD_REQUEST,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, e.to_string())
+}
+
+async fn list(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = caller(&web, &headers, peer, false).await {
+        return r;
+    }
+    match web::rows(&web.registry).await {
+        Ok(rows) => axum::Json(rows).into_response(),
+        Err(e) => pbx_error(&e),
+    }
+}
+
+async fn one(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(number): Path<String>,
+) -> Response {
+    if let Err(r) = caller(&web, &headers, peer, false).await {
+        return r;
+    }
+    if policy::fields::ExtensionNumber::parse(&number).is_err() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{number:?} is not an extension number"),
+        );
+    }
+    match web::rows(&web.registry).await {
+        Ok(rows) => match rows.into_iter().find(|r| r.view.number == number) {
+            Some(r) => axum::Json(r).into_response(),
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("extension {number} does not exist"),
+            ),
+        },
+        Err(e) => pbx_error(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewExtension {
+    number: String,
+    name: Option<String>,
+    email: Option<String>,
+    fax: Option<bool>,
+    password: Option<String>,
+    pin: Option<String>,
+    sip_id: Option<String>,
+    auth_id: Option<String>,
+    mac: Option<String>,
+    model: Option<String>,
+}
+
+async fn add(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let actor = match caller(&web, &headers, peer, true).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let req: NewExtension = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not a NewExtension: {e}"),
+            );
+        }
+    };
+    let new = pbx::registry::NewExtension {
+        kind: if req.fax == Some(true) {
+            pbx::registry::ExtensionKind::Fax
+        } else {
+            pbx::registry::ExtensionKind::User
+        },
+        name: req.name,
+        email: req.email,
+        password: req.password,
+        pin: req.pin,
+        sip_id: req.sip_id,
+        auth_id: req.auth_id,
+        mac: req.mac,
+        model: req.model,
+        class_of_service: None,
+    };
+    let added = match web.registry.add_extension(&req.number, new).await {
+        Ok(a) => a,
+        Err(e) => return pbx_error(&e),
+    };
+    let number = added.extension.number.clone();
+    web.log(&actor, "ext.added", &format!("ext:{number}"), "")
+        .await;
+    let g = &added.generated;
+    (
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "extension": added.extension,
+            "generated": {
+                "password": g.password.as_ref().map(|p| p.expose().to_owned()),
+                "pin": g.pin.as_ref().map(|p| p.expose().to_owned()),
+                "auth_id": g.auth_id,
+            },
+            "findings": added.findings,
+        })),
+    )
+        .into_response()
+}
+
+async fn remove(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(number): Path<String>,
+) -> Response {
+    let actor = match caller(&web, &headers, peer, true).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    match web.registry.remove_extension(&number).await {
+        Ok(()) => {
+            web.log(&actor, "ext.removed", &format!("ext:{number}"), "")
+                .await;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => pbx_error(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Regenerate {
+    numbers: Vec<String>,
+    /// Queue welcome mails (default true).
+    email: Option<bool>,
+}
+
+async fn regenerate(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let actor = match caller(&web, &headers, peer, true).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let req: Regenerate = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not a Regenerate request: {e}"),
+            );
+        }
+    };
+    if req.numbers.is_empty() || req.numbers.len() > 100_000 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "numbers must list 1 to 100000 extensions",
+        );
+    }
+    let selection = Selection::Numbers(req.numbers);
+    let results = match web
+        .registry
+        .regenerate(&selection, req.email.unwrap_or(true), &mut |_, _| {})
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return pbx_error(&e),
+    };
+    for r in &results {
+        web.log(
+            &actor,
+            "ext.regenerated",
+            &format!("ext:{}", r.number),
+            "new password and PIN",
+        )
+        .await;
+    }
+    let out: Vec<Value> = results
+        .iter()
+        .map(|r| {
+            json!({
+                "number": r.number,
+                "files": web::files_text(&r.files),
+                "mail": web::mail_text(&r.mail),
+            })
+        })
+        .collect();
+    axum::Json(json!({ "regenerated": out })).into_response()
+}
+
+/// The OpenAPI 3.1 document for [`ENDPOINTS`].
+pub fn openapi_document() -> Value {
+    let mut paths = serde_json::Map::new();
+    for e in ENDPOINTS {
+        let mut responses = serde_json::Map::new();
+        responses.insert(
+            "200".into(),
+            json!({ "description": "OK", "content": { "application/json": { "schema": {} } } }),
+        );
+        for code in e.errors {
+            responses.insert(
+                code.to_string(),
+                json!({ "description": "error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }),
+            );
+        }
+        let mut op = json!({
+            "summary": e.summary,
+            "operationId": format!("{}{}", e.method, e.path.replace(['/', '{', '}'], "_")),
+            "responses": responses,
+            "security": [{ "bearer": [] }],
+        });
+        if e.path.contains("{number}") {
+            op["parameters"] = json!([{ "name": "number", "in": "path", "required": true,
+                                         "schema": { "type": "string", "pattern": "^[0-9]{2,15}$" } }]);
+        }
+        if let Some(body) = e.body {
+            op["requestBody"] = json!({ "required": true, "content": { "application/json": {
+                "schema": { "$ref": format!("#/components/schemas/{body}") } } } });
+        }
+        paths
+            .entry(e.path)
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .map(|m| m.insert(e.method.into(), op));
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "sipward API", "version": env!("CARGO_PKG_VERSION") },
+        "paths": paths,
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
+                "NewExtension": { "type": "object", "required": ["number"], "additionalProperties": false,
+                    "properties": {
+                        "number": { "type": "string" }, "name": { "type": "string" },
+                        "email": { "type": "string" }, "fax": { "type": "boolean" },
+                        "password": { "type": "string" }, "pin": { "type": "string" },
+                        "sip_id": { "type": "string" }, "auth_id": { "type": "string" },
+                        "mac": { "type": "string" }, "model": { "type": "string" } } },
+                "Regenerate": { "type": "object", "required": ["numbers"], "additionalProperties": false,
+                    "properties": { "numbers": { "type": "array", "items": { "type": "string" } },
+                                    "email": { "type": "boolean" } } },
+            },
+        },
+    })
+}
+
+async fn openapi() -> Response {
+    axum::Json(openapi_document()).into_response()
+}

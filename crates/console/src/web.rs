@@ -1,0 +1,832 @@
+//! The web console: server-rendered pages (minijinja, every value escaped), sessions in
+//! the store behind `HttpOnly; Secure; SameSite=Strict` cookies, a CSRF token on every
+//! state-changing request plus an Origin / `Sec-Fetch-Site` check, a strict
+//! Content-Security-Policy (scripts and styles from this server's files only), and a
+//! login that refuses a source or an account after repeated failures before hashing.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use minijinja::{Environment, Value, context};
+
+/// A serializable value for a template.
+fn ser<T: Serialize>(v: T) -> Value {
+    Value::from(minijinja::value::Serde(v))
+}
+use pbx::Registry;
+use pbx::audit::WEAK_AT;
+use pbx::registry::regenerate::{FilesOutcome, MailOutcome, Selection};
+use pbx::registry::{ExtensionChange, ExtensionView};
+use policy::Finding;
+use serde::Serialize;
+use store::console::{self as q, SessionRow};
+
+use crate::admin::{self, Locked, Lockout};
+
+pub const COOKIE: &str = "sipward_session";
+/// Sessions last 12 hours.
+const SESSION_SECS: i64 = 12 * 3600;
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// What the console needs.
+#[derive(Clone)]
+pub struct Web {
+    pub registry: Registry,
+    pub now: Arc<dyn Fn() -> i64 + Send + Sync>,
+    pub lockout: Arc<Mutex<Lockout>>,
+    pub templates: Arc<Environment<'static>>,
+}
+
+impl std::fmt::Debug for Web {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Web")
+    }
+}
+
+/// The templates, compiled into the binary.
+pub fn templates() -> Result<Environment<'static>, minijinja::Error> {
+    let mut env = Environment::new();
+    for (name, text) in [
+        ("base.html", include_str!("../templates/base.html")),
+        ("login.html", include_str!("../templates/login.html")),
+        (
+            "dashboard.html",
+            include_str!("../templates/dashboard.html"),
+        ),
+        (
+            "extensions.html",
+            include_str!("../templates/extensions.html"),
+        ),
+        ("confirm.html", include_str!("../templates/confirm.html")),
+        ("results.html", include_str!("../templates/results.html")),
+        ("edit.html", include_str!("../templates/edit.html")),
+    ] {
+        env.add_template(name, text)?;
+    }
+    Ok(env)
+}
+
+impl Web {
+    pub fn new(
+        registry: Registry,
+        now: Arc<dyn Fn() -> i64 + Send + Sync>,
+    ) -> Result<Self, minijinja::Error> {
+        Ok(Self {
+            registry,
+            now,
+            lockout: Arc::new(Mutex::new(Lockout::default())),
+            templates: Arc::new(templates()?),
+        })
+    }
+
+    fn render(&self, status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
+        match self
+            .templates
+            .get_template(name)
+            .and_then(|t| t.render(ctx))
+        {
+            Ok(html) => (status, Html(html)).into_response(),
+            Err(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be rendered\n",
+            )
+                .into_response(),
+        }
+    }
+
+    /// Appends to the audit log (a failure to log does not fail the action).
+    pub(crate) fn log(
+        &self,
+        actor: &str,
+        action: &str,
+        subject: &str,
+        detail: &str,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let reg = self.registry.clone();
+        let now = (self.now)();
+        let (actor, action, subject, detail) = (
+            actor.to_owned(),
+            action.to_owned(),
+            subject.to_owned(),
+            detail.to_owned(),
+        );
+        async move {
+            if let Ok(mut conn) = reg.store().pool().acquire().await {
+                let _ =
+                    store::audit_log::append(&mut conn, now, &actor, &action, &subject, &detail)
+                        .await;
+            }
+        }
+    }
+}
+
+/// A logged-in administrator.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub admin: String,
+    pub csrf: String,
+    digest: String,
+    pub source: IpAddr,
+}
+
+impl Session {
+    pub fn actor(&self) -> String {
+        format!("admin {} (console, {})", self.admin, self.source)
+    }
+}
+
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// The session the request's cookie names, if it is live.
+pub async fn session(web: &Web, headers: &HeaderMap, source: IpAddr) -> Option<Session> {
+    let token = cookie_value(headers, COOKIE)?;
+    if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let digest = admin::token_digest(&token);
+    let mut conn = web.registry.store().pool().acquire().await.ok()?;
+    let row = q::session(&mut conn, &digest, (web.now)()).await.ok()??;
+    Some(Session {
+        admin: row.admin,
+        csrf: row.csrf,
+        digest,
+        source,
+    })
+}
+
+/// Refuses requests another site made the browser send: `Sec-Fetch-Site` must be
+/// same-origin (or absent, for non-browser clients), and an `Origin` must be this host.
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
+        && site != "same-origin"
+        && site != "none"
+    {
+        return false;
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        return origin == format!("http://{host}") || origin == format!("https://{host}");
+    }
+    true
+}
+
+/// Constant-time comparison of two tokens (by their digests' bytes).
+pub fn tokens_match(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let (da, db) = (admin::token_digest(a), admin::token_digest(b));
+    bool::from(da.as_bytes().ct_eq(db.as_bytes()))
+}
+
+fn forbidden() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "refused: this request did not come from the console's own pages\n",
+    )
+        .into_response()
+}
+
+fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    form.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A session whose CSRF token the form (or `X-CSRF-Token`) carries, from this origin.
+async fn checked(
+    web: &Web,
+    headers: &HeaderMap,
+    source: IpAddr,
+    form_token: Option<&str>,
+) -> Result<Session, Response> {
+    if !same_origin(headers) {
+        return Err(forbidden());
+    }
+    let Some(s) = session(web, headers, source).await else {
+        return Err(Redirect::to("/login").into_response());
+    };
+    let sent = form_token.or_else(|| headers.get("x-csrf-token").and_then(|v| v.to_str().ok()));
+    match sent {
+        Some(t) if tokens_match(t, &s.csrf) => Ok(s),
+        _ => Err(forbidden()),
+    }
+}
+
+pub fn routes(web: Web) -> Router {
+    Router::new()
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/", get(dashboard))
+        .route("/extensions", get(extensions))
+        .route("/extensions/regenerate", post(regenerate))
+        .route("/extensions/{number}", get(edit_page).post(edit))
+        .route("/extensions/{number}/check", post(check))
+        .route("/static/console.css", get(css))
+        .route("/static/console.js", get(js))
+        .with_state(web)
+        .layer(axum::middleware::map_response(security_headers))
+}
+
+/// Headers on every console answer.
+pub async fn security_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    for (k, v) in [
+        ("content-security-policy", CSP),
+        ("x-content-type-options", "nosniff"),
+        // Not no-referrer: with it, browsers send `Origin: null` on the console's own forms.
+        ("referrer-policy", "same-origin"),
+        ("x-frame-options", "DENY"),
+        ("cache-control", "no-store"),
+    ] {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    r
+}
+
+async fn css() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../static/console.css"),
+    )
+}
+
+async fn js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../static/console.js"),
+    )
+}
+
+async fn login_page(State(web): State<Web>) -> Response {
+    web.render(
+        StatusCode::OK,
+        "login.html",
+        context! { title => "Log in", name => "" },
+    )
+}
+
+async fn login(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    if !same_origin(&headers) {
+        return forbidden();
+    }
+    let ip = peer.ip();
+    let name = field(&form, "name").unwrap_or("").trim().to_owned();
+    let password = field(&form, "password").unwrap_or("").to_owned();
+    let now = (web.now)();
+    let page = |status, error: String| {
+        web.render(
+            status,
+            "login.html",
+            context! { title => "Log in", name => name.clone(), error => error },
+        )
+    };
+    // Refused before any hashing: guessing costs the guesser, not the server.
+    let locked = web
+        .lockout
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .check(ip, &name, now);
+    if let Err(l) = locked {
+        let (who, secs) = match l {
+            Locked::Source { retry_in } => ("from this address", retry_in),
+            Locked::Account { retry_in } => ("for this account", retry_in),
+        };
+        return page(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many failed logins {who}; try again in {} minutes",
+                (secs + 59) / 60
+            ),
+        );
+    }
+    let hash = match web.registry.store().pool().acquire().await {
+        Ok(mut conn) => q::admin_hash(&mut conn, &name).await.ok().flatten(),
+        Err(_) => None,
+    };
+    let ok =
+        tokio::task::spawn_blocking(move || admin::verify_password(&password, hash.as_deref()))
+            .await
+            .unwrap_or(false);
+    if !ok {
+        web.lockout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failed(ip, &name, now);
+        return page(StatusCode::UNAUTHORIZED, "wrong name or password".into());
+    }
+    web.lockout
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .succeeded(ip);
+    let mut rng = rand_core::UnwrapErr(rand::rngs::SysRng);
+    let token = admin::token(&mut rng);
+    let row = SessionRow {
+        admin: name.clone(),
+        csrf: admin::token(&mut rng),
+        source: ip.to_string(),
+        created_at: now,
+        expires_at: now + SESSION_SECS,
+    };
+    let stored = match web.registry.store().pool().acquire().await {
+        Ok(mut conn) => q::insert_session(&mut conn, &admin::token_digest(&token), &row)
+            .await
+            .is_ok(),
+        Err(_) => false,
+    };
+    if !stored {
+        return page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the session could not be stored; try again".into(),
+        );
+    }
+    web.log(
+        &format!("admin {name} (console, {ip})"),
+        "console.login",
+        "console",
+        "logged in",
+    )
+    .await;
+    let cookie = format!(
+        "{COOKIE}={token}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={SESSION_SECS}"
+    );
+    let mut r = Redirect::to("/").into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+async fn logout(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    let s = match checked(&web, &headers, peer.ip(), field(&form, "csrf")).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if let Ok(mut conn) = web.registry.store().pool().acquire().await {
+        let _ = q::delete_session(&mut conn, &s.digest, (web.now)()).await;
+    }
+    web.log(&s.actor(), "console.logout", "console", "logged out")
+        .await;
+    let mut r = Redirect::to("/login").into_response();
+    let gone = format!("{COOKIE}=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0");
+    if let Ok(v) = HeaderValue::from_str(&gone) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// An extension as the list shows it.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    #[serde(flatten)]
+    pub view: ExtensionView,
+    pub weak: bool,
+    pub rules: Vec<String>,
+    pub reasons: Vec<String>,
+}
+
+/// Every extension with its findings (the same audit as `sipward ext list`).
+pub async fn rows(reg: &Registry) -> pbx::Result<Vec<Row>> {
+    let findings = reg.audit().await?;
+    let mut by_subject: BTreeMap<&str, Vec<&Finding>> = BTreeMap::new();
+    for f in &findings {
+        by_subject.entry(f.subject.as_str()).or_default().push(f);
+    }
+    Ok(reg
+        .list_extensions()
+        .await?
+        .into_iter()
+        .map(|view| {
+            let subject = format!("ext:{}", view.number);
+            let fs = by_subject
+                .get(subject.as_str())
+                .cloned()
+                .unwrap_or_default();
+            let weak_ones: Vec<&&Finding> = fs.iter().filter(|f| f.severity >= WEAK_AT).collect();
+            Row {
+                weak: !weak_ones.is_empty(),
+                rules: weak_ones
+                    .iter()
+                    .map(|f| f.rule.to_string().trim_start_matches("ext.").to_owned())
+                    .collect(),
+                reasons: weak_ones.iter().map(|f| f.message.clone()).collect(),
+                view,
+            }
+        })
+        .collect())
+}
+
+async fn dashboard(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(s) = session(&web, &headers, peer.ip()).await else {
+        return Redirect::to("/login").into_response();
+    };
+    let reg = &web.registry;
+    let (Ok(findings), Ok(exts), Ok(gws), Ok(provs), Ok(bans)) = (
+        reg.audit().await,
+        reg.list_extensions().await,
+        reg.list_gateways().await,
+        reg.list_providers().await,
+        reg.bans(false).await,
+    ) else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the data dir cannot be read\n",
+        )
+            .into_response();
+    };
+    let weak_of = |kind: &str| {
+        let mut subjects: Vec<&str> = findings
+            .iter()
+            .filter(|f| f.severity >= WEAK_AT && f.subject.starts_with(kind))
+            .map(|f| f.subject.as_str())
+            .collect();
+        subjects.sort_unstable();
+        subjects.dedup();
+        subjects.len()
+    };
+    let kinds = [
+        ("extensions", weak_of("ext:"), exts.len()),
+        ("gateways", weak_of("gateway:"), gws.len()),
+        ("providers", weak_of("provider:"), provs.len()),
+    ];
+    let (weak_total, total): (usize, usize) =
+        kinds.iter().fold((0, 0), |a, k| (a.0 + k.1, a.1 + k.2));
+    let now = (web.now)();
+    let (registrations, log) = match reg.store().pool().acquire().await {
+        Ok(mut conn) => (
+            store::registrar::live_bindings(&mut conn, now)
+                .await
+                .map_or(0, |b| b.len()),
+            store::audit_log::recent(&mut conn, 10)
+                .await
+                .unwrap_or_default(),
+        ),
+        Err(_) => (0, Vec::new()),
+    };
+    let log: Vec<_> = log
+        .iter()
+        .rev()
+        .map(|e| {
+            context! {
+                at => pbx::registry::backup::utc_stamp(e.at),
+                actor => e.actor.clone(), action => e.action.clone(),
+                subject => e.subject.clone(), detail => e.detail.clone(),
+            }
+        })
+        .collect();
+    web.render(
+        StatusCode::OK,
+        "dashboard.html",
+        context! {
+            title => "Dashboard", admin => s.admin, csrf => s.csrf,
+            weak_total, bans => bans.len(), registrations,
+            score => ((total - weak_total) * 100).checked_div(total).unwrap_or(100),
+            kinds => kinds.iter().map(|k| context! { kind => k.0, weak => k.1, total => k.2 }).collect::<Vec<_>>(),
+            log,
+        },
+    )
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ListQuery {
+    weak: Option<String>,
+}
+
+async fn extensions(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    let Some(s) = session(&web, &headers, peer.ip()).await else {
+        return Redirect::to("/login").into_response();
+    };
+    let Ok(mut rows) = rows(&web.registry).await else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the data dir cannot be read\n",
+        )
+            .into_response();
+    };
+    let weak_only = query.weak.as_deref().is_some_and(|w| w == "1");
+    if weak_only {
+        rows.retain(|r| r.weak);
+    }
+    let weak_count = rows.iter().filter(|r| r.weak).count();
+    web.render(
+        StatusCode::OK,
+        "extensions.html",
+        context! { title => "Extensions", admin => s.admin, csrf => s.csrf,
+        rows => ser(&rows), weak_only, weak_count },
+    )
+}
+
+async fn regenerate(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    let s = match checked(&web, &headers, peer.ip(), field(&form, "csrf")).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let numbers: Vec<String> = form
+        .iter()
+        .filter(|(k, _)| k == "number")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if numbers.is_empty() {
+        return (StatusCode::BAD_REQUEST, "select at least one extension\n").into_response();
+    }
+    if field(&form, "confirm") != Some("yes") {
+        return web.render(
+            StatusCode::OK,
+            "confirm.html",
+            context! { title => "Re-Generate", admin => s.admin, csrf => s.csrf, numbers },
+        );
+    }
+    let selection = Selection::Numbers(numbers.clone());
+    let results = match web
+        .registry
+        .regenerate(&selection, true, &mut |_, _| {})
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let status = if matches!(e, pbx::Error::NotFound { .. }) {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return (status, format!("{e}\n")).into_response();
+        }
+    };
+    for r in &results {
+        web.log(
+            &s.actor(),
+            "ext.regenerated",
+            &format!("ext:{}", r.number),
+            "new password and PIN",
+        )
+        .await;
+    }
+    let results: Vec<_> = results
+        .iter()
+
+        .map(|r| context! { number => r.number.clone(), files => files_text(&r.files), mail => mail_text(&r.mail) })
+        .collect();
+    web.render(
+        StatusCode::OK,
+        "results.html",
+        context! { title => "Re-Generated", admin => s.admin, csrf => s.csrf, results },
+    )
+}
+
+pub fn files_text(f: &FilesOutcome) -> String {
+    match f {
+        FilesOutcome::Written { files, .. } => format!("written ({})", files.join(", ")),
+        FilesOutcome::NoPhone => "no phone".into(),
+        FilesOutcome::UnknownModel { .. } => "unknown model".into(),
+        FilesOutcome::NoServer => "no provisioning server set".into(),
+        FilesOutcome::Failed { reason } => format!("failed: {reason}"),
+    }
+}
+
+pub fn mail_text(m: &MailOutcome) -> String {
+    match m {
+        MailOutcome::Queued { .. } => "queued".into(),
+        MailOutcome::Sent { .. } => "sent".into(),
+        MailOutcome::Deferred { reason, .. } => format!("deferred: {reason}"),
+        MailOutcome::Failed { reason, .. } => format!("failed: {reason}"),
+        MailOutcome::NoEmail => "no email address".into(),
+        MailOutcome::Skipped => "not mailed".into(),
+    }
+}
+
+/// The password, PIN and SIP ID findings (warning or worse), by field.
+fn field_findings(findings: &[Finding]) -> BTreeMap<&'static str, Vec<String>> {
+    let mut out: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+    for f in findings.iter().filter(|f| f.severity >= WEAK_AT) {
+        if matches!(f.field, "password" | "pin" | "sip_id") {
+            out.entry(f.field).or_default().push(f.message.clone());
+        }
+    }
+    out
+}
+
+async fn edit_page(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(number): Path<String>,
+) -> Response {
+    let Some(s) = session(&web, &headers, peer.ip()).await else {
+        return Redirect::to("/login").into_response();
+    };
+    let Ok(all) = rows(&web.registry).await else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the data dir cannot be read\n",
+        )
+            .into_response();
+    };
+    let Some(row) = all.into_iter().find(|r| r.view.number == number) else {
+        return (StatusCode::NOT_FOUND, "no such extension\n").into_response();
+    };
+    let findings = web.registry.audit().await.unwrap_or_default();
+    let mine: Vec<Finding> = findings
+        .into_iter()
+        .filter(|f| f.subject == format!("ext:{number}"))
+        .collect();
+    web.render(
+        StatusCode::OK,
+        "edit.html",
+        context! { title => format!("Extension {number}"), admin => s.admin, csrf => s.csrf,
+        e => ser(&row.view),
+        fields => ser(field_findings(&mine)) },
+    )
+}
+
+fn change_from(form: &[(String, String)]) -> ExtensionChange {
+    let given = |name: &str| field(form, name).map(str::to_owned);
+    let secret = |name: &str| {
+        field(form, name)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    ExtensionChange {
+        name: given("name"),
+        email: given("email"),
+        sip_id: given("sip_id"),
+        password: secret("password"),
+        pin: secret("pin"),
+        ..Default::default()
+    }
+}
+
+async fn edit(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(number): Path<String>,
+    axum::Form(form): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    let s = match checked(&web, &headers, peer.ip(), field(&form, "csrf")).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let change = change_from(&form);
+    let changed: Vec<&str> = [
+        ("name", change.name.is_some()),
+        ("email", change.email.is_some()),
+        ("sip_id", change.sip_id.is_some()),
+        ("password", change.password.is_some()),
+        ("pin", change.pin.is_some()),
+    ]
+    .iter()
+    .filter(|(_, c)| *c)
+    .map(|(n, _)| *n)
+    .collect();
+    match web.registry.update_extension(&number, change).await {
+        Ok((view, findings)) => {
+            web.log(
+                &s.actor(),
+                "ext.updated",
+                &format!("ext:{number}"),
+                &changed.join(", "),
+            )
+            .await;
+            web.render(
+                StatusCode::OK,
+                "edit.html",
+                context! { title => format!("Extension {number}"), admin => s.admin, csrf => s.csrf,
+                e => ser(&view),
+                fields => ser(field_findings(&findings)), saved => true },
+            )
+        }
+        Err(pbx::Error::NotFound { .. }) => {
+            (StatusCode::NOT_FOUND, "no such extension\n").into_response()
+        }
+        Err(e) => match web.registry.get_extension(&number).await {
+            Ok(view) => web.render(
+                StatusCode::BAD_REQUEST,
+                "edit.html",
+                context! { title => format!("Extension {number}"), admin => s.admin, csrf => s.csrf,
+                e => ser(&view),
+                fields => ser(BTreeMap::<&str, Vec<String>>::new()), error => e.to_string() },
+            ),
+            Err(_) => (StatusCode::NOT_FOUND, "no such extension\n").into_response(),
+        },
+    }
+}
+
+/// The live check: the typed values through the same audit rules as the CLI, without
+/// saving. Blank password and PIN boxes mean "unchanged" and are not reported.
+async fn check(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(number): Path<String>,
+    axum::Form(form): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    if let Err(r) = checked(&web, &headers, peer.ip(), None).await {
+        return r;
+    }
+    let change = change_from(&form);
+    let typed_password = change.password.is_some();
+    let typed_pin = change.pin.is_some();
+    match web.registry.check_extension(&number, &change).await {
+        Ok(findings) => {
+            let mut fields = field_findings(&findings);
+            if !typed_password {
+                fields.remove("password");
+            }
+            if !typed_pin {
+                fields.remove("pin");
+            }
+            axum::Json(serde_json::json!({ "fields": fields })).into_response()
+        }
+        Err(pbx::Error::NotFound { .. }) => StatusCode::NOT_FOUND.into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_templates_compile() {
+        let env = templates().expect("templates");
+        assert!(env.get_template("extensions.html").is_ok());
+    }
+
+    #[test]
+    fn cross_site_requests_are_told_apart() {
+        let mut h = HeaderMap::new();
+        assert!(same_origin(&h), "non-browser clients carry neither header");
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:8080"),
+        );
+        assert!(same_origin(&h));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://evil.example"),
+        );
+        assert!(!same_origin(&h));
+        h.remove(header::ORIGIN);
+        h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+        assert!(!same_origin(&h));
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(same_origin(&h));
+    }
+
+    #[test]
+    fn cookies_are_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; sipward_session=abc; b=2"),
+        );
+        assert_eq!(cookie_value(&h, COOKIE).as_deref(), Some("abc"));
+        assert_eq!(cookie_value(&h, "c"), None);
+    }
+}

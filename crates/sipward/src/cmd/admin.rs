@@ -1,0 +1,133 @@
+//! `sipward admin passwd|token`: console administrators and API tokens.
+
+use std::process::ExitCode;
+
+use console::admin;
+use pbx::Registry;
+use policy::generate;
+
+use crate::OperatorError;
+use crate::cli::{AdminCommand, TokenCommand};
+
+const GENERATED_LEN: usize = 20;
+const MIN_LEN: usize = 12;
+
+fn name_ok(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+}
+
+async fn set_password(reg: &Registry, name: &str, password: &str) -> anyhow::Result<()> {
+    let mut rng = rand_core::UnwrapErr(rand::rngs::SysRng);
+    let hash = admin::hash_password(password, &mut rng)
+        .ok_or_else(|| OperatorError("the password cannot be hashed".into()))?;
+    let mut tx = reg.store().begin().await?;
+    let now = crate::clock().now();
+    store::console::set_admin(&mut tx, name, &hash, now).await?;
+    store::audit_log::append(
+        &mut tx,
+        now,
+        "sipward admin passwd",
+        "admin.password_set",
+        &format!("admin:{name}"),
+        "console password set; sessions ended",
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The administrator "admin" of a new data dir, with a generated password (returned,
+/// to be shown once).
+pub async fn first_admin(reg: &Registry) -> anyhow::Result<String> {
+    let mut rng = rand_core::UnwrapErr(rand::rngs::SysRng);
+    let password = generate::password(&mut rng, GENERATED_LEN, &[]);
+    set_password(reg, "admin", password.expose()).await?;
+    Ok(password.expose().to_owned())
+}
+
+pub async fn run(reg: &Registry, command: AdminCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AdminCommand::Passwd { name, mut password } => {
+            if !name_ok(&name) {
+                return Err(OperatorError(
+                    "an administrator name is 1 to 64 letters, digits or . _ - @".into(),
+                )
+                .into());
+            }
+            super::secrets_from_stdin([&mut password])?;
+            let (password, shown) = match password {
+                Some(p) => {
+                    if p.chars().count() < MIN_LEN {
+                        return Err(OperatorError(format!(
+                            "a console password must be at least {MIN_LEN} characters"
+                        ))
+                        .into());
+                    }
+                    (p, false)
+                }
+                None => {
+                    let mut rng = rand_core::UnwrapErr(rand::rngs::SysRng);
+                    (
+                        generate::password(&mut rng, GENERATED_LEN, &[])
+                            .expose()
+                            .to_owned(),
+                        true,
+                    )
+                }
+            };
+            set_password(reg, &name, &password).await?;
+            if shown {
+                println!("console login: {name} / {password}  (shown once)");
+            } else {
+                println!("console password of {name} set");
+            }
+        }
+        AdminCommand::Token(TokenCommand::Create { name }) => {
+            if !name_ok(&name) {
+                return Err(OperatorError(
+                    "a token name is 1 to 64 letters, digits or . _ - @".into(),
+                )
+                .into());
+            }
+            let mut rng = rand_core::UnwrapErr(rand::rngs::SysRng);
+            let token = admin::token(&mut rng);
+            let mut conn = reg.store().pool().acquire().await?;
+            let now = crate::clock().now();
+            store::console::insert_token(&mut conn, &name, &admin::token_digest(&token), now)
+                .await?;
+            store::audit_log::append(
+                &mut conn,
+                now,
+                "sipward admin token",
+                "api_token.created",
+                &format!("token:{name}"),
+                "",
+            )
+            .await?;
+            println!("{token}");
+            eprintln!(
+                "API token {name} created (shown once; send it as `Authorization: Bearer TOKEN`)"
+            );
+        }
+        AdminCommand::Token(TokenCommand::Remove { name }) => {
+            let mut conn = reg.store().pool().acquire().await?;
+            if !store::console::delete_token(&mut conn, &name).await? {
+                return Err(OperatorError(format!("there is no API token {name:?}")).into());
+            }
+            store::audit_log::append(
+                &mut conn,
+                crate::clock().now(),
+                "sipward admin token",
+                "api_token.removed",
+                &format!("token:{name}"),
+                "",
+            )
+            .await?;
+            println!("API token {name} removed");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,455 @@
+//! The web console in Debian's Chromium (through playwright-core, no browser download)
+//! and the login lockout and JSON API through curl.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::Env;
+use crate::peers::{SMTP_PASSWORD, Smtp, eventually_or, require};
+
+const ADMIN_PASSWORD: &str = "Console-Test-Secret-77";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A data dir with two weak extensions, a strong one and one with a hostile name, a
+/// known console password, and mail to the test SMTP server.
+fn office(env: &Env, smtp: Option<&Smtp>) {
+    env.ok(&["ext", "list"]);
+    let mut config = String::from(
+        "[sip]\ndomain = \"pbx.example.com\"\n[provisioning]\nbase_url = \"http://pbx.example.com:8080\"\n",
+    );
+    if let Some(smtp) = smtp {
+        config.push_str(&smtp.config(SMTP_PASSWORD));
+    }
+    std::fs::write(env.data.join("sipward.toml"), config).expect("config");
+    for n in ["4001", "4002"] {
+        env.ok(&[
+            "ext",
+            "add",
+            n,
+            "--password",
+            n,
+            "--pin",
+            n,
+            "--email",
+            &format!("u{n}@example.com"),
+        ]);
+    }
+    env.ok(&[
+        "ext",
+        "add",
+        "4003",
+        "--name",
+        "Reception",
+        "--email",
+        "u4003@example.com",
+    ]);
+    env.ok(&["ext", "add", "4009", "--name", "<script>alert(1)</script>"]);
+    let r = env.run_with_stdin(
+        &["admin", "passwd", "--password", "-"],
+        &format!("{ADMIN_PASSWORD}\n"),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new(require("curl", "curl"))
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// Logs in with curl from `ip`; the session cookie's value when it worked.
+fn login(base: &str, ip: &str, password: &str) -> (u16, Option<String>) {
+    let out = Command::new(require("curl", "curl"))
+        .args([
+            "-s",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "--interface",
+            ip,
+            "-X",
+            "POST",
+        ])
+        .args(["--data-urlencode", "name=admin", "--data-urlencode"])
+        .arg(format!("password={password}"))
+        .arg(format!("{base}/login"))
+        .output()
+        .expect("curl");
+    let head = String::from_utf8_lossy(&out.stdout).into_owned();
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let cookie = head.lines().find_map(|l| {
+        let l = l.to_ascii_lowercase();
+        l.strip_prefix("set-cookie: sipward_session=")
+            .map(|v| v.split(';').next().unwrap_or("").to_owned())
+    });
+    (code, cookie)
+}
+
+#[test]
+fn the_console_in_a_real_browser() {
+    require("chromium", "chromium");
+    let node = require("node", "nodejs");
+    let browser = root().join("tests/browser");
+    assert!(
+        browser.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is not installed in tests/browser; run scripts/test, which installs it"
+    );
+    let env = Env::new();
+    let smtp = Smtp::start(&env);
+    office(&env, Some(&smtp));
+    let server = env.serve();
+    let artifacts = root().join("target/browser-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("artifacts");
+    let out = Command::new(node)
+        .arg(browser.join("console.mjs"))
+        .current_dir(&browser)
+        .env("BASE", format!("http://{}", server.http))
+        .env("NAME", "admin")
+        .env("PASSWORD", ADMIN_PASSWORD)
+        .env("WEAK", "4001,4002")
+        .env("STRONG", "4003")
+        .env("XSS", "4009")
+        .env("ARTIFACTS", &artifacts)
+        .output()
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let seen: Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| {
+            panic!(
+                "no observations ({e}):\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert_eq!(seen["error"], Value::Null, "{seen:#}\n{}", server.log());
+
+    assert_eq!(seen["redirectedToLogin"], true);
+    assert_eq!(seen["loggedIn"], true);
+    assert_eq!(
+        seen["cookie"],
+        serde_json::json!({"httpOnly": true, "secure": true, "sameSite": "Strict"})
+    );
+    assert_eq!(seen["weakTotal"], "2");
+    // Weak rows bold red (computed), the strong one not.
+    assert_eq!(seen["weakRow"]["color"], "rgb(192, 0, 0)", "{seen:#}");
+    assert_eq!(seen["weakRow"]["weight"], "700");
+    assert_ne!(seen["strongRow"]["color"], "rgb(192, 0, 0)");
+    assert_eq!(seen["strongRow"]["weight"], "400");
+    assert!(
+        seen["weakTitle"]
+            .as_str()
+            .is_some_and(|t| t.contains("extension number"))
+    );
+    // The hostile name is text, and nothing ran.
+    assert_eq!(seen["xssText"], "<script>alert(1)</script>");
+    assert_eq!(seen["dialogs"], 0);
+    assert_eq!(
+        seen["weakOnlyRows"],
+        serde_json::json!(["ext-4001", "ext-4002"])
+    );
+    // Re-Generate of the two, confirmed; they are normal afterwards.
+    assert_eq!(seen["confirmList"], serde_json::json!(["4001", "4002"]));
+    assert_eq!(
+        seen["results"].as_array().map(Vec::len),
+        Some(2),
+        "{seen:#}"
+    );
+    assert_eq!(seen["afterRegenerate"]["a"], Value::Null);
+    assert_eq!(seen["afterRegenerate"]["b"], Value::Null);
+    assert_ne!(seen["afterRegenerate"]["color"], "rgb(192, 0, 0)");
+    // The PIN box turned red while typing, before anything was saved.
+    assert_ne!(seen["pinBefore"], seen["pinAfter"]);
+    assert_eq!(seen["pinAfter"], "rgb(192, 0, 0)");
+    assert!(
+        seen["pinWhy"]
+            .as_str()
+            .is_some_and(|t| t.contains("extension number")),
+        "{seen:#}"
+    );
+    let pin = env.json(&["ext", "show", "4003", "--reveal", "--json"])["pin"].clone();
+    assert_ne!(pin, "4003", "typing is not saving");
+    // A form on another site was refused.
+    assert_eq!(seen["crossSiteStatus"], 403);
+    for shot in ["dashboard.png", "extensions.png", "edit.png"] {
+        assert!(
+            artifacts
+                .join(shot)
+                .metadata()
+                .is_ok_and(|m| m.len() > 1000),
+            "{shot}"
+        );
+    }
+
+    // The welcome mails of the two re-generated extensions arrive.
+    eventually_or(
+        "two welcome mails",
+        Duration::from_secs(60),
+        || smtp.messages().len() >= 2,
+        || server.log(),
+    );
+    let to: Vec<String> = smtp
+        .messages()
+        .iter()
+        .filter_map(|m| m.lines().next().map(str::to_owned))
+        .collect();
+    assert!(to.iter().any(|l| l.contains("u4001@example.com")), "{to:?}");
+    assert!(to.iter().any(|l| l.contains("u4002@example.com")), "{to:?}");
+    let log = env.json(&["log", "--json"]);
+    let actions: Vec<&str> = log
+        .as_array()
+        .expect("log")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(actions.contains(&"console.login"), "{actions:?}");
+    assert_eq!(
+        actions.iter().filter(|a| **a == "ext.regenerated").count(),
+        2
+    );
+    server.stop();
+}
+
+#[test]
+fn the_sixth_login_from_a_source_is_refused_even_with_the_right_password() {
+    let env = Env::new();
+    office(&env, None);
+    let server = env.serve();
+    let base = format!("http://{}", server.http);
+    for _ in 0..5 {
+        assert_eq!(login(&base, "127.0.0.3", "not-the-password").0, 401);
+    }
+    let (code, cookie) = login(&base, "127.0.0.3", ADMIN_PASSWORD);
+    assert_eq!((code, cookie.is_some()), (429, false));
+    // Another address still logs in.
+    let (code, cookie) = login(&base, "127.0.0.4", ADMIN_PASSWORD);
+    assert_eq!(code, 303);
+    assert!(cookie.is_some_and(|c| c.len() == 64));
+    server.stop();
+}
+
+#[test]
+fn the_api_answers_every_error_and_works_with_a_token() {
+    let env = Env::new();
+    office(&env, None);
+    let token = env
+        .ok(&["admin", "token", "create", "ci"])
+        .trim()
+        .to_owned();
+    assert_eq!(token.len(), 64);
+    let server = env.serve();
+    let base = format!("http://{}", server.http);
+    let api = |path: &str| format!("{base}/api/v1{path}");
+    let bearer = format!("Authorization: Bearer {token}");
+
+    // 401 without a session or token, with a wrong or malformed token.
+    let (code, body) = curl(&[&api("/extensions")]);
+    assert_eq!(code, 401, "{body}");
+    assert!(serde_json::from_str::<Value>(&body).is_ok_and(|v| v["error"].is_string()));
+    let wrong = format!("Authorization: Bearer {}", "0".repeat(64));
+    assert_eq!(curl(&["-H", &wrong, &api("/extensions")]).0, 401);
+    assert_eq!(
+        curl(&[
+            "-H",
+            "Authorization: Basic YWRtaW46eA==",
+            &api("/extensions")
+        ])
+        .0,
+        401
+    );
+
+    // 200 with the token: weak ones flagged.
+    let (code, body) = curl(&["-H", &bearer, &api("/extensions")]);
+    assert_eq!(code, 200, "{body}");
+    let list: Value = serde_json::from_str(&body).expect("json");
+    let weak: Vec<&str> = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|e| e["weak"] == true)
+        .filter_map(|e| e["number"].as_str())
+        .collect();
+    assert_eq!(weak, ["4001", "4002"]);
+    // 400, 404.
+    assert_eq!(curl(&["-H", &bearer, &api("/extensions/abc")]).0, 400);
+    assert_eq!(curl(&["-H", &bearer, &api("/extensions/9999")]).0, 404);
+    assert_eq!(curl(&["-H", &bearer, &api("/nothing")]).0, 404);
+    let post = |body: &str, auth: &[&str]| {
+        let mut args = vec![
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            body,
+        ];
+        args.extend_from_slice(auth);
+        let url = api("/extensions/regenerate");
+        args.push(&url);
+        curl(&args)
+    };
+    assert_eq!(post("{not json", &["-H", &bearer]).0, 400);
+    assert_eq!(post(r#"{"numbers": []}"#, &["-H", &bearer]).0, 400);
+    assert_eq!(post(r#"{"numbers": ["9999"]}"#, &["-H", &bearer]).0, 404);
+    assert_eq!(post(r#"{"numbers": ["4001"]}"#, &[]).0, 401);
+    // 403: a console session without its CSRF token.
+    let (_, cookie) = login(&base, "127.0.0.1", ADMIN_PASSWORD);
+    let cookie = format!("Cookie: sipward_session={}", cookie.expect("session"));
+    assert_eq!(post(r#"{"numbers": ["4001"]}"#, &["-H", &cookie]).0, 403);
+    assert_eq!(
+        post(
+            r#"{"numbers": ["4001"]}"#,
+            &["-H", &cookie, "-H", "X-CSRF-Token: 00"]
+        )
+        .0,
+        403
+    );
+    // The session reads; the token changes.
+    assert_eq!(curl(&["-H", &cookie, &api("/extensions/4001")]).0, 200);
+    let (code, body) = post(r#"{"numbers": ["4001"], "email": false}"#, &["-H", &bearer]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json")["regenerated"][0]["number"],
+        "4001"
+    );
+    let after: Value =
+        serde_json::from_str(&curl(&["-H", &bearer, &api("/extensions/4001")]).1).expect("json");
+    assert_eq!(after["weak"], false, "{after}");
+    // Add (201, credentials generated and returned once), duplicate (409), remove (204),
+    // remove again (404).
+    let add = |body: &str| {
+        let url = api("/extensions");
+        curl(&[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            &bearer,
+            "--data",
+            body,
+            &url,
+        ])
+    };
+    let (code, body) = add(r#"{"number": "4100", "name": "Lobby"}"#);
+    assert_eq!(code, 201, "{body}");
+    let added: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        added["generated"]["password"].as_str().map(str::len),
+        Some(20)
+    );
+    assert_eq!(add(r#"{"number": "4100"}"#).0, 409);
+    assert_eq!(add(r#"{"number": "12ab"}"#).0, 400);
+    assert_eq!(add(r#"{"number": "4101", "colour": "red"}"#).0, 400);
+    let delete = |n: &str| {
+        curl(&[
+            "-X",
+            "DELETE",
+            "-H",
+            &bearer,
+            &api(&format!("/extensions/{n}")),
+        ])
+        .0
+    };
+    assert_eq!(delete("4100"), 204);
+    assert_eq!(delete("4100"), 404);
+    // A revoked token no longer works.
+    env.ok(&["admin", "token", "remove", "ci"]);
+    assert_eq!(curl(&["-H", &bearer, &api("/extensions")]).0, 401);
+
+    // The OpenAPI document lists every endpoint the router serves.
+    let (code, body) = curl(&[&api("/openapi.json")]);
+    assert_eq!(code, 200);
+    let doc: Value = serde_json::from_str(&body).expect("json");
+    let paths = doc["paths"].as_object().expect("paths");
+    for p in [
+        "/api/v1/extensions",
+        "/api/v1/extensions/{number}",
+        "/api/v1/extensions/regenerate",
+    ] {
+        assert!(paths.contains_key(p), "{p} missing");
+    }
+    // Every page carries the strict CSP.
+    let out = Command::new(require("curl", "curl"))
+        .args(["-s", "-D", "-", "-o", "/dev/null"])
+        .arg(format!("{base}/login"))
+        .output()
+        .expect("curl");
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        head.contains("content-security-policy: default-src 'none'; script-src 'self'"),
+        "{head}"
+    );
+    server.stop();
+}
+
+#[test]
+fn admin_passwords_and_tokens_refuse_bad_input() {
+    let env = Env::new();
+    let r = env.run(&["ext", "list"]);
+    assert!(r.stderr.contains("console login: admin / "), "{}", r.stderr);
+    let err = env.fails(&["admin", "passwd", "--password", "short"], 2);
+    assert!(err.contains("at least 12"), "{err}");
+    let err = env.fails(&["admin", "passwd", "bad name!"], 2);
+    assert!(err.contains("administrator name"), "{err}");
+    env.ok(&["admin", "token", "create", "ci"]);
+    let err = env.fails(&["admin", "token", "create", "ci"], 2);
+    assert!(err.contains("already exists"), "{err}");
+    let err = env.fails(&["admin", "token", "remove", "nope"], 2);
+    assert!(err.contains("no API token"), "{err}");
+}
+
+#[test]
+fn a_schemathesis_run_from_the_openapi_document_finds_no_server_error() {
+    let st = require("schemathesis", "python3 -m pip install schemathesis");
+    let env = Env::new();
+    office(&env, None);
+    let token = env
+        .ok(&["admin", "token", "create", "fuzz"])
+        .trim()
+        .to_owned();
+    let server = env.serve();
+    let out = Command::new(st)
+        .args([
+            "run",
+            &format!("http://{}/api/v1/openapi.json", server.http),
+        ])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args([
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "60",
+            "--seed",
+            "1",
+        ])
+        .env("SCHEMATHESIS_TELEMETRY", "false")
+        // Its cache of failing cases goes beside the data dir, not into the checkout.
+        .current_dir(env.data.parent().expect("temp dir"))
+        .output()
+        .expect("schemathesis");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    assert!(text.contains("passed"), "{text}");
+    assert!(!server.log().contains("panicked"), "{}", server.log());
+    server.stop();
+}

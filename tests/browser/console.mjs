@@ -1,0 +1,98 @@
+// Drives Debian's Chromium through the console the way an administrator would, and
+// prints what it saw as one JSON object; the Rust test (crates/sipward/tests/it/
+// console.rs) makes the assertions. Screenshots go to ARTIFACTS.
+//
+//   BASE=http://127.0.0.1:PORT NAME=admin PASSWORD=... WEAK=4001,4002 STRONG=4003
+//   XSS=4009 ARTIFACTS=dir node console.mjs
+import { chromium } from "playwright-core";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const env = process.env;
+const base = env.BASE;
+const [weakA, weakB] = env.WEAK.split(",");
+const seen = { dialogs: 0 };
+
+const context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "sw-chromium-")), {
+  executablePath: "/usr/bin/chromium",
+  headless: true,
+  args: [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
+  ],
+});
+const page = context.pages()[0] || (await context.newPage());
+page.on("dialog", async (d) => { seen.dialogs += 1; await d.dismiss(); });
+const style = (selector, prop) =>
+  page.$eval(selector, (el, p) => getComputedStyle(el).getPropertyValue(p), prop);
+
+try {
+  // Unauthenticated: to the login form.
+  await page.goto(base + "/extensions");
+  seen.redirectedToLogin = new URL(page.url()).pathname === "/login";
+
+  await page.fill('input[name="name"]', env.NAME);
+  await page.fill('input[name="password"]', env.PASSWORD);
+  await Promise.all([page.waitForURL(base + "/"), page.click('button[type="submit"]')]);
+  seen.loggedIn = new URL(page.url()).pathname === "/";
+  const cookie = (await context.cookies(base)).find((c) => c.name === "sipward_session");
+  seen.cookie = cookie ? { httpOnly: cookie.httpOnly, secure: cookie.secure, sameSite: cookie.sameSite } : null;
+  seen.weakTotal = (await page.textContent("#weak-total span")).trim();
+  await page.screenshot({ path: join(env.ARTIFACTS, "dashboard.png"), fullPage: true });
+
+  // The list: weak rows bold red, strong ones not; a hostile name is text.
+  await page.goto(base + "/extensions");
+  seen.weakRow = { color: await style(`#ext-${weakA} td.name`, "color"), weight: await style(`#ext-${weakA} td.name`, "font-weight") };
+  seen.strongRow = { color: await style(`#ext-${env.STRONG} td.name`, "color"), weight: await style(`#ext-${env.STRONG} td.name`, "font-weight") };
+  seen.weakTitle = await page.getAttribute(`#ext-${weakA}`, "title");
+  seen.xssText = (await page.textContent(`#ext-${env.XSS} td.name`)).trim();
+  await page.screenshot({ path: join(env.ARTIFACTS, "extensions.png"), fullPage: true });
+
+  // Weak only.
+  await page.click("#weak-only");
+  seen.weakOnlyRows = await page.$$eval("#extensions tbody tr", (rows) => rows.map((r) => r.id));
+
+  // Select two weak extensions, Re-Generate, confirm.
+  await page.goto(base + "/extensions");
+  await page.check(`input[name="number"][value="${weakA}"]`);
+  await page.check(`input[name="number"][value="${weakB}"]`);
+  await page.click("#regenerate");
+  await page.waitForSelector("#confirm");
+  seen.confirmList = await page.$$eval("main li", (li) => li.map((l) => l.textContent.trim()));
+  await page.click("#confirm");
+  await page.waitForSelector("#results");
+  seen.results = await page.$$eval("#results tbody tr", (rows) => rows.map((r) => [...r.cells].map((c) => c.textContent.trim())));
+  await page.goto(base + "/extensions");
+  seen.afterRegenerate = {
+    a: await page.getAttribute(`#ext-${weakA}`, "class"),
+    b: await page.getAttribute(`#ext-${weakB}`, "class"),
+    color: await style(`#ext-${weakA} td.name`, "color"),
+  };
+
+  // The edit form: a weak PIN turns its box red while typing, before saving.
+  await page.goto(`${base}/extensions/${env.STRONG}`);
+  seen.pinBefore = await style('input[name="pin"]', "border-top-color");
+  await page.fill('input[name="pin"]', env.STRONG);
+  await page.waitForSelector('input[name="pin"].weak', { timeout: 10000 });
+  seen.pinAfter = await style('input[name="pin"]', "border-top-color");
+  seen.pinWhy = (await page.textContent("#why-pin")).trim();
+  seen.savedPin = null;
+  await page.screenshot({ path: join(env.ARTIFACTS, "edit.png"), fullPage: true });
+
+  // A form on another site posting to the console: refused.
+  const hostile = `data:text/html,<form method="post" action="${base}/extensions/regenerate">` +
+    `<input name="number" value="${env.STRONG}"><input name="confirm" value="yes"></form>`;
+  await page.goto(hostile);
+  const [answer] = await Promise.all([
+    page.waitForResponse((r) => r.url().startsWith(base + "/extensions/regenerate")),
+    page.$eval("form", (f) => f.submit()),
+  ]);
+  seen.crossSiteStatus = answer.status();
+} catch (e) {
+  seen.error = String(e && e.stack || e);
+} finally {
+  await context.close();
+}
+console.log(JSON.stringify(seen));
