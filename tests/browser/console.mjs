@@ -3,7 +3,7 @@
 // console.rs) makes the assertions. Screenshots go to ARTIFACTS.
 //
 //   BASE=http://127.0.0.1:PORT NAME=admin PASSWORD=... WEAK=4001,4002 STRONG=4003
-//   XSS=4009 ARTIFACTS=dir node console.mjs
+//   XSS=4009 NEW=4200 ARTIFACTS=dir node console.mjs
 import { chromium } from "playwright-core";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -90,6 +90,32 @@ try {
     page.$eval("form", (f) => f.submit()),
   ]);
   seen.crossSiteStatus = answer.status();
+  await page.waitForURL(base + "/extensions/regenerate");
+
+  // Add an extension: its credentials are generated and shown once.
+  await page.goto(base + "/extensions/new");
+  await page.fill('#add input[name="number"]', env.NEW);
+  await page.fill('#add input[name="name"]', "New desk");
+  await Promise.all([page.waitForSelector("#added"), page.click('#add button[type="submit"]')]);
+  seen.addedPassword = (await page.textContent("#password")).trim();
+
+  // Gateways and providers: the weak gateway is red.
+  await page.goto(base + "/trunks");
+  seen.gatewayClass = await page.getAttribute("#gateway-gw1", "class");
+
+  // Security: the ban with its reason, then lifted.
+  await page.goto(base + "/security");
+  seen.bans = await page.$$eval("#bans tbody tr", (rows) => rows.map((r) => [...r.cells].slice(0, 2).map((c) => c.textContent.trim())));
+  await page.screenshot({ path: join(env.ARTIFACTS, "security.png"), fullPage: true });
+  await Promise.all([page.waitForURL(base + "/security"), page.click("#bans button")]);
+  seen.bansAfter = (await page.textContent("#bans tbody")).trim();
+
+  // The advisor and the audit log.
+  await page.goto(base + "/advisor");
+  seen.nftables = await page.textContent("#nftables");
+  await page.screenshot({ path: join(env.ARTIFACTS, "advisor.png"), fullPage: true });
+  await page.goto(base + "/log");
+  seen.logActions = await page.$$eval("#log tbody tr", (rows) => rows.map((r) => r.cells[2].textContent.trim()));
 } catch (e) {
   seen.error = String(e && e.stack || e);
 } finally {

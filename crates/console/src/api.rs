@@ -95,6 +95,12 @@ async fn caller(
     peer: SocketAddr,
     unsafe_method: bool,
 ) -> Result<String, Response> {
+    if !web.admits(peer.ip()) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "the console does not answer this address",
+        ));
+    }
     if let Some(auth) = headers.get(header::AUTHORIZATION) {
         let token = auth
             .to_str()

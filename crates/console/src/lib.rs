@@ -13,6 +13,7 @@ use pbx::metrics::Metrics;
 
 pub mod admin;
 pub mod api;
+pub mod pages;
 pub mod provisioning;
 pub mod web;
 
@@ -35,6 +36,7 @@ pub fn router(state: ConsoleState, prov: provisioning::Provisioning, web: web::W
         .with_state(state)
         .merge(prov)
         .merge(web::routes(web.clone()))
+        .merge(pages::routes(web.clone()))
         .merge(api::routes(web))
 }
 

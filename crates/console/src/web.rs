@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use minijinja::{Environment, Value, context};
 
 /// A serializable value for a template.
-fn ser<T: Serialize>(v: T) -> Value {
+pub(crate) fn ser<T: Serialize>(v: T) -> Value {
     Value::from(minijinja::value::Serde(v))
 }
 use pbx::Registry;
@@ -43,6 +43,10 @@ pub struct Web {
     pub now: Arc<dyn Fn() -> i64 + Send + Sync>,
     pub lockout: Arc<Mutex<Lockout>>,
     pub templates: Arc<Environment<'static>>,
+    /// Where `serve` listens for SIP and HTTP (for the advisor).
+    pub listening: (SocketAddr, SocketAddr),
+    /// When not empty, the only networks the console and API answer.
+    pub allow: Arc<Vec<ipnet::IpNet>>,
 }
 
 impl std::fmt::Debug for Web {
@@ -68,6 +72,12 @@ pub fn templates() -> Result<Environment<'static>, minijinja::Error> {
         ("confirm.html", include_str!("../templates/confirm.html")),
         ("results.html", include_str!("../templates/results.html")),
         ("edit.html", include_str!("../templates/edit.html")),
+        ("new.html", include_str!("../templates/new.html")),
+        ("added.html", include_str!("../templates/added.html")),
+        ("trunks.html", include_str!("../templates/trunks.html")),
+        ("security.html", include_str!("../templates/security.html")),
+        ("advisor.html", include_str!("../templates/advisor.html")),
+        ("log.html", include_str!("../templates/log.html")),
     ] {
         env.add_template(name, text)?;
     }
@@ -78,16 +88,25 @@ impl Web {
     pub fn new(
         registry: Registry,
         now: Arc<dyn Fn() -> i64 + Send + Sync>,
+        listening: (SocketAddr, SocketAddr),
+        allow: Vec<ipnet::IpNet>,
     ) -> Result<Self, minijinja::Error> {
         Ok(Self {
             registry,
             now,
             lockout: Arc::new(Mutex::new(Lockout::default())),
             templates: Arc::new(templates()?),
+            listening,
+            allow: Arc::new(allow),
         })
     }
 
-    fn render(&self, status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
+    /// Whether the console's allow list (if any) lets `ip` in.
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip))
+    }
+
+    pub(crate) fn render(&self, status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
         match self
             .templates
             .get_template(name)
@@ -156,6 +175,9 @@ fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
 
 /// The session the request's cookie names, if it is live.
 pub async fn session(web: &Web, headers: &HeaderMap, source: IpAddr) -> Option<Session> {
+    if !web.admits(source) {
+        return None;
+    }
     let token = cookie_value(headers, COOKIE)?;
     if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
@@ -204,14 +226,14 @@ fn forbidden() -> Response {
         .into_response()
 }
 
-fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
     form.iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
 }
 
 /// A session whose CSRF token the form (or `X-CSRF-Token`) carries, from this origin.
-async fn checked(
+pub(crate) async fn checked(
     web: &Web,
     headers: &HeaderMap,
     source: IpAddr,
@@ -289,10 +311,10 @@ async fn login(
     headers: HeaderMap,
     axum::Form(form): axum::Form<Vec<(String, String)>>,
 ) -> Response {
-    if !same_origin(&headers) {
+    let ip = peer.ip();
+    if !same_origin(&headers) || !web.admits(ip) {
         return forbidden();
     }
-    let ip = peer.ip();
     let name = field(&form, "name").unwrap_or("").trim().to_owned();
     let password = field(&form, "password").unwrap_or("").to_owned();
     let now = (web.now)();
@@ -494,17 +516,7 @@ async fn dashboard(
         ),
         Err(_) => (0, Vec::new()),
     };
-    let log: Vec<_> = log
-        .iter()
-        .rev()
-        .map(|e| {
-            context! {
-                at => pbx::registry::backup::utc_stamp(e.at),
-                actor => e.actor.clone(), action => e.action.clone(),
-                subject => e.subject.clone(), detail => e.detail.clone(),
-            }
-        })
-        .collect();
+    let log = log_rows(&log);
     web.render(
         StatusCode::OK,
         "dashboard.html",
@@ -516,6 +528,20 @@ async fn dashboard(
             log,
         },
     )
+}
+
+/// Audit log entries for a template, newest first.
+pub(crate) fn log_rows(rows: &[store::audit_log::LogRow]) -> Vec<Value> {
+    rows.iter()
+        .rev()
+        .map(|e| {
+            context! {
+                at => pbx::registry::backup::utc_stamp(e.at),
+                actor => e.actor.clone(), action => e.action.clone(),
+                subject => e.subject.clone(), detail => e.detail.clone(),
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -22,6 +22,14 @@ struct RawConfig {
     mail: Option<RawMail>,
     dialplan: policy::dialplan::DialPlan,
     backup: RawBackup,
+    console: RawConsole,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConsole {
+    /// When set, the only networks (addresses or CIDRs) the console and API answer.
+    allow: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +144,8 @@ pub struct Config {
     /// The SMTP server welcome mails go through (`[mail]`); None: mails stay queued.
     pub mail: Option<pbx::mail::SmtpSettings>,
     pub backup: BackupConfig,
+    /// `[console] allow`: the networks the console answers (empty: any).
+    pub console_allow: Vec<ipnet::IpNet>,
 }
 
 const DEFAULT_REALM: &str = "sipward";
@@ -242,8 +252,21 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
     };
     let mail = raw.mail.map(mail).transpose()?;
     let backup = backup(raw.backup)?;
+    let mut console_allow = Vec::new();
+    for n in &raw.console.allow {
+        let net = n
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                OperatorError(format!(
+                    "console.allow: {n:?} is not an address or CIDR network"
+                ))
+            })?;
+        console_allow.push(net);
+    }
     Ok(Config {
         backup,
+        console_allow,
         settings: Settings {
             realm,
             domain,

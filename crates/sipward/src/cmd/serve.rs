@@ -90,8 +90,13 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
             ready: ready.clone(),
         },
         prov,
-        console::web::Web::new(reg.clone(), Arc::new(|| crate::clock().now()))
-            .map_err(|e| anyhow::anyhow!("the console's templates do not compile: {e}"))?,
+        console::web::Web::new(
+            reg.clone(),
+            Arc::new(|| crate::clock().now()),
+            (bound.sip_udp, http_addr),
+            config.console_allow.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("the console's templates do not compile: {e}"))?,
     )
     .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();

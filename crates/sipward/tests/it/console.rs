@@ -50,6 +50,23 @@ fn office(env: &Env, smtp: Option<&Smtp>) {
         "u4003@example.com",
     ]);
     env.ok(&["ext", "add", "4009", "--name", "<script>alert(1)</script>"]);
+    // A gateway on a weak login and a banned scanner, for the other pages.
+    env.ok(&[
+        "gateway",
+        "add",
+        "gw1",
+        "--vendor",
+        "generic",
+        "--ext",
+        "2900",
+        "--auth-id",
+        "gwadmin7",
+        "--password",
+        "gwadmin7",
+        "--host",
+        "127.0.0.7",
+    ]);
+    env.ok(&["ban", "add", "203.0.113.9", "--for", "1h"]);
     let r = env.run_with_stdin(
         &["admin", "passwd", "--password", "-"],
         &format!("{ADMIN_PASSWORD}\n"),
@@ -125,6 +142,7 @@ fn the_console_in_a_real_browser() {
         .env("WEAK", "4001,4002")
         .env("STRONG", "4003")
         .env("XSS", "4009")
+        .env("NEW", "4200")
         .env("ARTIFACTS", &artifacts)
         .output()
         .expect("node");
@@ -144,7 +162,7 @@ fn the_console_in_a_real_browser() {
         seen["cookie"],
         serde_json::json!({"httpOnly": true, "secure": true, "sameSite": "Strict"})
     );
-    assert_eq!(seen["weakTotal"], "2");
+    assert_eq!(seen["weakTotal"], "3", "two extensions and the gateway");
     // Weak rows bold red (computed), the strong one not.
     assert_eq!(seen["weakRow"]["color"], "rgb(192, 0, 0)", "{seen:#}");
     assert_eq!(seen["weakRow"]["weight"], "700");
@@ -185,7 +203,47 @@ fn the_console_in_a_real_browser() {
     assert_ne!(pin, "4003", "typing is not saving");
     // A form on another site was refused.
     assert_eq!(seen["crossSiteStatus"], 403);
-    for shot in ["dashboard.png", "extensions.png", "edit.png"] {
+    // The add form generated credentials; the other pages.
+    assert_eq!(
+        seen["addedPassword"].as_str().map(str::len),
+        Some(20),
+        "{seen:#}"
+    );
+    assert!(env.ok(&["ext", "list"]).contains("4200"));
+    assert_eq!(seen["gatewayClass"], "weak");
+    assert_eq!(seen["bans"], serde_json::json!([["203.0.113.9", "manual"]]));
+    assert!(
+        seen["bansAfter"]
+            .as_str()
+            .is_some_and(|t| t.contains("No source is banned"))
+    );
+    assert_eq!(env.json(&["ban", "list", "--json"]), serde_json::json!([]));
+    assert!(
+        seen["nftables"]
+            .as_str()
+            .is_some_and(|t| t.contains("policy drop"))
+    );
+    let shown: Vec<&str> = seen["logActions"]
+        .as_array()
+        .expect("log")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for a in [
+        "console.login",
+        "ext.regenerated",
+        "ext.added",
+        "ban.lifted",
+    ] {
+        assert!(shown.contains(&a), "{a} not in {shown:?}");
+    }
+    for shot in [
+        "dashboard.png",
+        "extensions.png",
+        "edit.png",
+        "security.png",
+        "advisor.png",
+    ] {
         assert!(
             artifacts
                 .join(shot)
@@ -451,5 +509,56 @@ fn a_schemathesis_run_from_the_openapi_document_finds_no_server_error() {
     );
     assert!(text.contains("passed"), "{text}");
     assert!(!server.log().contains("panicked"), "{}", server.log());
+    server.stop();
+}
+
+#[test]
+fn the_console_answers_only_its_allow_list_when_one_is_set() {
+    let env = Env::new();
+    office(&env, None);
+    let config = std::fs::read_to_string(env.data.join("sipward.toml")).expect("config");
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        config + "[console]\nallow = [\"127.0.0.5/32\"]\n",
+    )
+    .expect("config");
+    let server = env.serve();
+    let base = format!("http://{}", server.http);
+    assert_eq!(login(&base, "127.0.0.1", ADMIN_PASSWORD).0, 403);
+    let (code, cookie) = login(&base, "127.0.0.5", ADMIN_PASSWORD);
+    assert_eq!(code, 303);
+    let token = env
+        .ok(&["admin", "token", "create", "ci"])
+        .trim()
+        .to_owned();
+    let bearer = format!("Authorization: Bearer {token}");
+    let url = format!("{base}/api/v1/extensions");
+    assert_eq!(
+        curl(&["--interface", "127.0.0.1", "-H", &bearer, &url]).0,
+        403
+    );
+    assert_eq!(
+        curl(&["--interface", "127.0.0.5", "-H", &bearer, &url]).0,
+        200
+    );
+    // A session cookie from the allowed address is no use elsewhere.
+    let cookie = format!("Cookie: sipward_session={}", cookie.expect("cookie"));
+    let page = format!("{base}/extensions");
+    assert_eq!(
+        curl(&["--interface", "127.0.0.1", "-H", &cookie, &page]).0,
+        303
+    );
+    assert_eq!(
+        curl(&["--interface", "127.0.0.5", "-H", &cookie, &page]).0,
+        200
+    );
+    // Bad networks are refused with one sentence.
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        "[console]\nallow = [\"10.0.0.0/33\"]\n",
+    )
+    .expect("config");
+    let err = env.fails(&["ext", "list"], 2);
+    assert!(err.contains("console.allow"), "{err}");
     server.stop();
 }
