@@ -57,6 +57,60 @@ pub fn token_digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// Seconds per TOTP step (RFC 6238's default, what authenticator apps use).
+pub const TOTP_PERIOD: i64 = 30;
+
+/// The 6-digit HOTP value (RFC 4226) of `secret` at `counter`, with HMAC-SHA1.
+pub fn hotp(secret: &[u8], counter: u64) -> u32 {
+    use hmac::{KeyInit, Mac};
+    let Ok(mut mac) = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret) else {
+        return u32::MAX; // unreachable: HMAC takes keys of any length
+    };
+    mac.update(&counter.to_be_bytes());
+    let d = mac.finalize().into_bytes();
+    let off = usize::from(d[19] & 0x0f);
+    let bin = u32::from_be_bytes([d[off] & 0x7f, d[off + 1], d[off + 2], d[off + 3]]);
+    bin % 1_000_000
+}
+
+/// The step a 6-digit `code` matches at `now` (one step of clock drift either way), if
+/// any, and only if it is newer than `last_step` (a code is never accepted twice).
+pub fn totp_step(secret: &[u8], code: &str, now: i64, last_step: i64) -> Option<i64> {
+    if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let want: u32 = code.parse().ok()?;
+    let step = now.div_euclid(TOTP_PERIOD);
+    let mut found = None;
+    for s in [step - 1, step, step + 1] {
+        // Every candidate is computed: the time taken says nothing about which matched.
+        let ok = u64::try_from(s).is_ok_and(|c| hotp(secret, c) == want);
+        if ok && s > last_step {
+            found = Some(s);
+        }
+    }
+    found
+}
+
+/// RFC 4648 base32 without padding, as authenticator apps take secrets.
+pub fn base32(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut out = String::new();
+    let (mut buf, mut bits) = (0u32, 0u32);
+    for &b in bytes {
+        buf = (buf << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(char::from(ALPHABET[((buf >> bits) & 31) as usize]));
+        }
+    }
+    if bits > 0 {
+        out.push(char::from(ALPHABET[((buf << (5 - bits)) & 31) as usize]));
+    }
+    out
+}
+
 /// Recent failed logins per source and per account.
 #[derive(Debug, Default)]
 pub struct Lockout {
@@ -178,6 +232,36 @@ mod tests {
             Err(Locked::Account { .. })
         ));
         assert_eq!(l.check(fresh, "ops", 101), Ok(()));
+    }
+
+    #[test]
+    fn totp_matches_rfc_6238_and_refuses_replays() {
+        // RFC 6238 appendix B, SHA-1 key, last 6 of the 8-digit values.
+        let key = b"12345678901234567890";
+        assert_eq!(hotp(key, 59 / 30), 287_082);
+        assert_eq!(hotp(key, 1_111_111_109 / 30), 81_804);
+        assert_eq!(hotp(key, 1_234_567_890 / 30), 5_924);
+        assert_eq!(totp_step(key, "287082", 59, 0), Some(1));
+        assert_eq!(
+            totp_step(key, "287082", 59 + 30, 0),
+            Some(1),
+            "one step of drift"
+        );
+        assert_eq!(totp_step(key, "287082", 59 + 90, 0), None, "too old");
+        assert_eq!(totp_step(key, "287082", 59, 1), None, "already used");
+        assert_eq!(totp_step(key, "28708", 59, 0), None);
+        assert_eq!(totp_step(key, "2870a2", 59, 0), None);
+    }
+
+    #[test]
+    fn base32_matches_rfc_4648() {
+        assert_eq!(base32(b""), "");
+        assert_eq!(base32(b"f"), "MY");
+        assert_eq!(base32(b"foobar"), "MZXW6YTBOI");
+        assert_eq!(
+            base32(b"12345678901234567890"),
+            "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
+        );
     }
 
     #[test]

@@ -107,6 +107,13 @@ pub enum AdminCommand {
         #[arg(long)]
         password: Option<String>,
     },
+    /// Turn on a TOTP second factor for an administrator (the secret is shown once, as
+    /// an otpauth:// URI for authenticator apps), or turn it off with --off.
+    Totp {
+        name: String,
+        #[arg(long)]
+        off: bool,
+    },
     /// API tokens for scripts (`Authorization: Bearer TOKEN` on /api/v1).
     #[command(subcommand)]
     Token(TokenCommand),

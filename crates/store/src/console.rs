@@ -136,3 +136,40 @@ pub async fn delete_token(conn: &mut AnyConnection, name: &str) -> Result<bool> 
         .await?;
     Ok(done.rows_affected() > 0)
 }
+
+/// An administrator's sealed TOTP secret and last accepted step, when TOTP is on.
+pub async fn admin_totp(conn: &mut AnyConnection, name: &str) -> Result<Option<(String, i64)>> {
+    let row = sqlx::query("SELECT totp_enc, totp_last_step FROM admins WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(r) = row else { return Ok(None) };
+    let sealed: Option<String> = r.try_get("totp_enc")?;
+    Ok(sealed.map(|s| (s, r.try_get("totp_last_step").unwrap_or(0))))
+}
+
+/// Turns TOTP on (with a sealed secret) or off (`None`); whether the administrator exists.
+pub async fn set_admin_totp(
+    conn: &mut AnyConnection,
+    name: &str,
+    sealed: Option<&str>,
+) -> Result<bool> {
+    let done = sqlx::query("UPDATE admins SET totp_enc = $1, totp_last_step = 0 WHERE name = $2")
+        .bind(sealed)
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Records `step` as used, only if it is newer than the last one; whether it was.
+pub async fn accept_totp_step(conn: &mut AnyConnection, name: &str, step: i64) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE admins SET totp_last_step = $1 WHERE name = $2 AND totp_last_step < $1",
+    )
+    .bind(step)
+    .bind(name)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}

@@ -251,6 +251,16 @@ impl Registry {
         Ok(self.vault.open(aad, sealed)?)
     }
 
+    /// Seals a console administrator's TOTP secret (bound to the administrator).
+    pub fn seal_admin_totp(&self, admin: &str, secret: &str) -> String {
+        self.seal(&format!("admin:{admin}:totp"), secret)
+    }
+
+    /// Opens what [`Registry::seal_admin_totp`] sealed.
+    pub fn open_admin_totp(&self, admin: &str, sealed: &str) -> Result<Secret> {
+        self.open_secret(&format!("admin:{admin}:totp"), sealed)
+    }
+
     /// HA1 digests (MD5, SHA-256) for an auth ID and password in the configured realm.
     pub(crate) fn ha1s(&self, auth_id: &str, password: &Secret) -> (String, String) {
         let realm = &self.settings.realm;

@@ -85,6 +85,45 @@ pub async fn run(reg: &Registry, command: AdminCommand) -> anyhow::Result<ExitCo
                 println!("console password of {name} set");
             }
         }
+        AdminCommand::Totp { name, off } => {
+            let mut conn = reg.store().pool().acquire().await?;
+            let (sealed, shown) = if off {
+                (None, None)
+            } else {
+                let mut secret = [0u8; 20];
+                let mut rng = rand_core::UnwrapErr(rand::rngs::SysRng);
+                rand_core::Rng::fill_bytes(&mut rng, &mut secret);
+                let sealed = reg.seal_admin_totp(&name, &hex::encode(secret));
+                (Some(sealed), Some(admin::base32(&secret)))
+            };
+            if !store::console::set_admin_totp(&mut conn, &name, sealed.as_deref()).await? {
+                return Err(OperatorError(format!("there is no administrator {name:?}")).into());
+            }
+            store::audit_log::append(
+                &mut conn,
+                crate::clock().now(),
+                "sipward admin totp",
+                if off {
+                    "admin.totp_off"
+                } else {
+                    "admin.totp_on"
+                },
+                &format!("admin:{name}"),
+                "",
+            )
+            .await?;
+            match shown {
+                Some(b32) => {
+                    println!(
+                        "otpauth://totp/sipward:{name}?secret={b32}&issuer=sipward&digits=6&period=30"
+                    );
+                    eprintln!(
+                        "TOTP turned on for {name}: add the URI (or the secret {b32}) to an authenticator app; shown once"
+                    );
+                }
+                None => println!("TOTP turned off for {name}"),
+            }
+        }
         AdminCommand::Token(TokenCommand::Create { name }) => {
             if !name_ok(&name) {
                 return Err(OperatorError(

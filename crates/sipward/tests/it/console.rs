@@ -87,6 +87,10 @@ fn curl(args: &[&str]) -> (u16, String) {
 
 /// Logs in with curl from `ip`; the session cookie's value when it worked.
 fn login(base: &str, ip: &str, password: &str) -> (u16, Option<String>) {
+    login_with_code(base, ip, password, "")
+}
+
+fn login_with_code(base: &str, ip: &str, password: &str, code: &str) -> (u16, Option<String>) {
     let out = Command::new(require("curl", "curl"))
         .args([
             "-s",
@@ -101,6 +105,7 @@ fn login(base: &str, ip: &str, password: &str) -> (u16, Option<String>) {
         ])
         .args(["--data-urlencode", "name=admin", "--data-urlencode"])
         .arg(format!("password={password}"))
+        .args(["--data-urlencode", &format!("code={code}")])
         .arg(format!("{base}/login"))
         .output()
         .expect("curl");
@@ -560,5 +565,50 @@ fn the_console_answers_only_its_allow_list_when_one_is_set() {
     .expect("config");
     let err = env.fails(&["ext", "list"], 2);
     assert!(err.contains("console.allow"), "{err}");
+    server.stop();
+}
+
+#[test]
+fn a_totp_second_factor_is_needed_once_turned_on_and_a_code_works_once() {
+    let oathtool = require("oathtool", "oathtool");
+    let env = Env::new();
+    office(&env, None);
+    let uri = env.ok(&["admin", "totp", "admin"]);
+    let secret = uri
+        .trim()
+        .split("secret=")
+        .nth(1)
+        .and_then(|r| r.split('&').next())
+        .expect("secret in the URI")
+        .to_owned();
+    let code = || {
+        let out = Command::new(&oathtool)
+            .args(["--totp", "-b", &secret])
+            .output()
+            .expect("oathtool");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let server = env.serve();
+    let base = format!("http://{}", server.http);
+    // The password alone, or with a wrong code, is not enough (and says the same).
+    assert_eq!(login(&base, "127.0.0.6", ADMIN_PASSWORD).0, 401);
+    assert_eq!(
+        login_with_code(&base, "127.0.0.6", ADMIN_PASSWORD, "000000").0,
+        401
+    );
+    // The authenticator's code (oathtool computes it independently) logs in, once.
+    let now = code();
+    let (status, cookie) = login_with_code(&base, "127.0.0.7", ADMIN_PASSWORD, &now);
+    assert_eq!((status, cookie.is_some()), (303, true));
+    assert_eq!(
+        login_with_code(&base, "127.0.0.7", ADMIN_PASSWORD, &now).0,
+        401,
+        "replayed"
+    );
+    // Off again: the password suffices.
+    env.ok(&["admin", "totp", "admin", "--off"]);
+    assert_eq!(login(&base, "127.0.0.8", ADMIN_PASSWORD).0, 303);
+    let err = env.fails(&["admin", "totp", "nobody"], 2);
+    assert!(err.contains("no administrator"), "{err}");
     server.stop();
 }
