@@ -40,6 +40,7 @@ try {
   const cookie = (await context.cookies(base)).find((c) => c.name === "sipward_session");
   seen.cookie = cookie ? { httpOnly: cookie.httpOnly, secure: cookie.secure, sameSite: cookie.sameSite } : null;
   seen.weakTotal = (await page.textContent("#weak-total span")).trim();
+  seen.recentBans = await page.$$eval("#recent-bans tbody tr td:nth-child(2)", (tds) => tds.map((t) => t.textContent.trim()));
   await page.screenshot({ path: join(env.ARTIFACTS, "dashboard.png"), fullPage: true });
 
   // The list: weak rows bold red, strong ones not; a hostile name is text.

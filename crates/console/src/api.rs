@@ -344,8 +344,8 @@ async fn regenerate(
         .map(|r| {
             json!({
                 "number": r.number,
-                "files": web::files_text(&r.files),
-                "mail": web::mail_text(&r.mail),
+                "files": r.files.describe(),
+                "mail": r.mail.describe(),
             })
         })
         .collect();

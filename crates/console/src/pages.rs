@@ -2,29 +2,25 @@
 //! (bans and the allow list), the exposure advisor and the audit log.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-
 use axum::Router;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use minijinja::context;
 use pbx::audit::WEAK_AT;
 use pbx::registry::backup::utc_stamp;
 use pbx::registry::{ExtensionKind, NewExtension};
-use policy::exposure::{self, Facts};
+use policy::exposure;
 
-use crate::web::{self, Web, field, ser};
+use crate::web::{self, Admin, AdminForm, Web, field, ser};
 
 pub fn routes(web: Web) -> Router {
     Router::new()
         .route("/extensions/new", get(new_page).post(add))
         .route("/trunks", get(trunks))
         .route("/security", get(security))
-        .route("/security/unban", post(unban))
-        .route("/security/allow", post(allow))
-        .route("/security/disallow", post(disallow))
+        .route("/security/{action}", post(security_change))
         .route("/advisor", get(advisor))
         .route("/log", get(log))
         .with_state(web)
@@ -39,14 +35,7 @@ fn unreadable() -> Response {
         .into_response()
 }
 
-async fn new_page(
-    State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    let Some(s) = web::session(&web, &headers, peer.ip()).await else {
-        return Redirect::to("/login").into_response();
-    };
+async fn new_page(State(web): State<Web>, Admin(s): Admin) -> Response {
     web.render(
         StatusCode::OK,
         "new.html",
@@ -55,16 +44,7 @@ async fn new_page(
     )
 }
 
-async fn add(
-    State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    axum::Form(form): axum::Form<Vec<(String, String)>>,
-) -> Response {
-    let s = match web::checked(&web, &headers, peer.ip(), field(&form, "csrf")).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+async fn add(State(web): State<Web>, AdminForm { session: s, form }: AdminForm) -> Response {
     let text = |n: &str| {
         field(&form, n)
             .map(str::trim)
@@ -107,14 +87,7 @@ async fn add(
     }
 }
 
-async fn trunks(
-    State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    let Some(s) = web::session(&web, &headers, peer.ip()).await else {
-        return Redirect::to("/login").into_response();
-    };
+async fn trunks(State(web): State<Web>, Admin(s): Admin) -> Response {
     let reg = &web.registry;
     let (Ok(findings), Ok(gws), Ok(provs)) = (
         reg.audit().await,
@@ -156,14 +129,7 @@ async fn trunks(
     )
 }
 
-async fn security(
-    State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    let Some(s) = web::session(&web, &headers, peer.ip()).await else {
-        return Redirect::to("/login").into_response();
-    };
+async fn security(State(web): State<Web>, Admin(s): Admin) -> Response {
     let (Ok(bans), Ok(allow)) = (
         web.registry.bans(false).await,
         web.registry.allow_list().await,
@@ -187,22 +153,37 @@ async fn security(
     )
 }
 
-/// A security change from a form: done, logged, back to the security page.
+/// A change on the security page (`lift`, `allow`, `disallow`): done, logged, back to
+/// the page.
 async fn security_change(
-    web: &Web,
-    headers: &HeaderMap,
-    peer: SocketAddr,
-    form: &[(String, String)],
-    key: &str,
-) -> Result<(web::Session, String), Response> {
-    let s = web::checked(web, headers, peer.ip(), field(form, "csrf")).await?;
-    let value = field(form, key).unwrap_or("").trim().to_owned();
-    Ok((s, value))
-}
-
-fn outcome(r: pbx::Result<()>) -> Response {
+    State(web): State<Web>,
+    Path(action): Path<String>,
+    AdminForm { session: s, form }: AdminForm,
+) -> Response {
+    let value = |k: &str| field(&form, k).unwrap_or("").trim().to_owned();
+    let (what, subject, detail, r) = match action.as_str() {
+        "unban" => {
+            let source = value("source");
+            let r = web.registry.unban(&source).await;
+            ("ban.lifted", source, String::new(), r)
+        }
+        "allow" => {
+            let (network, note) = (value("network"), value("note"));
+            let r = web.registry.allow(&network, &note).await.map(|_| ());
+            ("allow.added", network, note, r)
+        }
+        "disallow" => {
+            let network = value("network");
+            let r = web.registry.disallow(&network).await;
+            ("allow.removed", network, String::new(), r)
+        }
+        _ => return (StatusCode::NOT_FOUND, "no such action\n").into_response(),
+    };
     match r {
-        Ok(()) => Redirect::to("/security").into_response(),
+        Ok(()) => {
+            web.log(&s.actor(), what, &subject, &detail).await;
+            Redirect::to("/security").into_response()
+        }
         Err(pbx::Error::NotFound { what }) => {
             (StatusCode::NOT_FOUND, format!("{what} does not exist\n")).into_response()
         }
@@ -210,67 +191,9 @@ fn outcome(r: pbx::Result<()>) -> Response {
     }
 }
 
-async fn unban(
-    State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    axum::Form(form): axum::Form<Vec<(String, String)>>,
-) -> Response {
-    let (s, source) = match security_change(&web, &headers, peer, &form, "source").await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let r = web.registry.unban(&source).await;
-    if r.is_ok() {
-        web.log(&s.actor(), "ban.lifted", &source, "").await;
-    }
-    outcome(r)
-}
-
-async fn allow(
-    State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    axum::Form(form): axum::Form<Vec<(String, String)>>,
-) -> Response {
-    let (s, network) = match security_change(&web, &headers, peer, &form, "network").await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let note = field(&form, "note").unwrap_or("").trim().to_owned();
-    let r = web.registry.allow(&network, &note).await.map(|_| ());
-    if r.is_ok() {
-        web.log(&s.actor(), "allow.added", &network, &note).await;
-    }
-    outcome(r)
-}
-
-async fn disallow(
-    State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    axum::Form(form): axum::Form<Vec<(String, String)>>,
-) -> Response {
-    let (s, network) = match security_change(&web, &headers, peer, &form, "network").await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let r = web.registry.disallow(&network).await;
-    if r.is_ok() {
-        web.log(&s.actor(), "allow.removed", &network, "").await;
-    }
-    outcome(r)
-}
-
-async fn advisor(
-    State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    let Some(s) = web::session(&web, &headers, peer.ip()).await else {
-        return Redirect::to("/login").into_response();
-    };
-    let Ok(facts) = facts(&web).await else {
+async fn advisor(State(web): State<Web>, Admin(s): Admin) -> Response {
+    let (sip, http) = web.listening;
+    let Ok(facts) = pbx::exposure::facts(&web.registry, sip, http, false, (web.now)()).await else {
         return unreadable();
     };
     web.render(
@@ -281,54 +204,7 @@ async fn advisor(
     )
 }
 
-/// What the advisor looks at: the addresses `serve` listens on, the providers' resolved
-/// registrars and the registrations from public addresses.
-pub async fn facts(web: &Web) -> pbx::Result<Facts> {
-    let mut providers = Vec::new();
-    for p in web.registry.list_providers().await? {
-        let addrs = pbx::server::resolve(&p.registrar)
-            .await
-            .map(|a| a.ip())
-            .into_iter()
-            .collect();
-        providers.push((p.name, addrs));
-    }
-    let mut conn = web
-        .registry
-        .store()
-        .pool()
-        .acquire()
-        .await
-        .map_err(store::Error::from)?;
-    let mut remote_seen: Vec<_> = store::registrar::live_bindings(&mut conn, (web.now)())
-        .await?
-        .into_iter()
-        .filter_map(|b| {
-            let ip = b.source.parse::<SocketAddr>().ok()?.ip();
-            exposure::is_public(ip).then_some((b.number, ip))
-        })
-        .collect();
-    remote_seen.sort();
-    remote_seen.dedup();
-    let (sip, http) = web.listening;
-    Ok(Facts {
-        sip_port: sip.port(),
-        http_port: http.port(),
-        http_all_interfaces: http.ip().is_unspecified(),
-        providers,
-        remote_declared: false,
-        remote_seen,
-    })
-}
-
-async fn log(
-    State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    let Some(s) = web::session(&web, &headers, peer.ip()).await else {
-        return Redirect::to("/login").into_response();
-    };
+async fn log(State(web): State<Web>, Admin(s): Admin) -> Response {
     let Ok(mut conn) = web.registry.store().pool().acquire().await else {
         return unreadable();
     };

@@ -9,7 +9,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -21,7 +22,7 @@ pub(crate) fn ser<T: Serialize>(v: T) -> Value {
 }
 use pbx::Registry;
 use pbx::audit::WEAK_AT;
-use pbx::registry::regenerate::{FilesOutcome, MailOutcome, Selection};
+use pbx::registry::regenerate::Selection;
 use pbx::registry::{ExtensionChange, ExtensionView};
 use policy::Finding;
 use serde::Serialize;
@@ -78,6 +79,10 @@ pub fn templates() -> Result<Environment<'static>, minijinja::Error> {
         ("security.html", include_str!("../templates/security.html")),
         ("advisor.html", include_str!("../templates/advisor.html")),
         ("log.html", include_str!("../templates/log.html")),
+        (
+            "log_table.html",
+            include_str!("../templates/log_table.html"),
+        ),
     ] {
         env.add_template(name, text)?;
     }
@@ -191,6 +196,54 @@ pub async fn session(web: &Web, headers: &HeaderMap, source: IpAddr) -> Option<S
         digest,
         source,
     })
+}
+
+/// The address a request came from (`serve` installs `ConnectInfo`).
+fn peer(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
+}
+
+/// A logged-in administrator asking for a page; otherwise the answer is the login form.
+#[derive(Debug)]
+pub struct Admin(pub Session);
+
+impl FromRequestParts<Web> for Admin {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, web: &Web) -> Result<Self, Response> {
+        session(web, &parts.headers, peer(parts))
+            .await
+            .map(Admin)
+            .ok_or_else(|| Redirect::to("/login").into_response())
+    }
+}
+
+/// A form a logged-in administrator posted from the console's own pages: its origin
+/// and CSRF token (field `csrf` or header `X-CSRF-Token`) are checked.
+#[derive(Debug)]
+pub struct AdminForm {
+    pub session: Session,
+    pub form: Vec<(String, String)>,
+}
+
+impl FromRequest<Web> for AdminForm {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, web: &Web) -> Result<Self, Response> {
+        let (parts, body) = req.into_parts();
+        let (ip, headers) = (peer(&parts), parts.headers.clone());
+        let axum::Form(form) = axum::Form::<Vec<(String, String)>>::from_request(
+            Request::from_parts(parts, body),
+            web,
+        )
+        .await
+        .map_err(IntoResponse::into_response)?;
+        let session = checked(web, &headers, ip, field(&form, "csrf")).await?;
+        Ok(Self { session, form })
+    }
 }
 
 /// Refuses requests another site made the browser send: `Sec-Fetch-Site` must be
@@ -435,16 +488,7 @@ async fn second_factor(web: &Web, name: &str, code: &str, now: i64) -> bool {
     }
 }
 
-async fn logout(
-    State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    axum::Form(form): axum::Form<Vec<(String, String)>>,
-) -> Response {
-    let s = match checked(&web, &headers, peer.ip(), field(&form, "csrf")).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+async fn logout(State(web): State<Web>, AdminForm { session: s, .. }: AdminForm) -> Response {
     if let Ok(mut conn) = web.registry.store().pool().acquire().await {
         let _ = q::delete_session(&mut conn, &s.digest, (web.now)()).await;
     }
@@ -499,14 +543,7 @@ pub async fn rows(reg: &Registry) -> pbx::Result<Vec<Row>> {
         .collect())
 }
 
-async fn dashboard(
-    State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    let Some(s) = session(&web, &headers, peer.ip()).await else {
-        return Redirect::to("/login").into_response();
-    };
+async fn dashboard(State(web): State<Web>, Admin(s): Admin) -> Response {
     let reg = &web.registry;
     let (Ok(findings), Ok(exts), Ok(gws), Ok(provs), Ok(bans)) = (
         reg.audit().await,
@@ -551,12 +588,24 @@ async fn dashboard(
         Err(_) => (0, Vec::new()),
     };
     let log = log_rows(&log);
+    let mut recent = bans.clone();
+    recent.sort_by_key(|b| std::cmp::Reverse(b.last_seen));
+    let recent_bans: Vec<_> = recent
+        .iter()
+        .take(5)
+        .map(|b| {
+            context! {
+                at => pbx::registry::backup::utc_stamp(b.last_seen), source => b.source.clone(),
+                reason => b.reason.clone(), detail => b.detail.clone(),
+            }
+        })
+        .collect();
     web.render(
         StatusCode::OK,
         "dashboard.html",
         context! {
             title => "Dashboard", admin => s.admin, csrf => s.csrf,
-            weak_total, bans => bans.len(), registrations,
+            weak_total, bans => bans.len(), registrations, recent_bans,
             score => ((total - weak_total) * 100).checked_div(total).unwrap_or(100),
             kinds => kinds.iter().map(|k| context! { kind => k.0, weak => k.1, total => k.2 }).collect::<Vec<_>>(),
             log,
@@ -585,13 +634,9 @@ struct ListQuery {
 
 async fn extensions(
     State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Admin(s): Admin,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    let Some(s) = session(&web, &headers, peer.ip()).await else {
-        return Redirect::to("/login").into_response();
-    };
     let Ok(mut rows) = rows(&web.registry).await else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -612,16 +657,7 @@ async fn extensions(
     )
 }
 
-async fn regenerate(
-    State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    axum::Form(form): axum::Form<Vec<(String, String)>>,
-) -> Response {
-    let s = match checked(&web, &headers, peer.ip(), field(&form, "csrf")).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+async fn regenerate(State(web): State<Web>, AdminForm { session: s, form }: AdminForm) -> Response {
     let numbers: Vec<String> = form
         .iter()
         .filter(|(k, _)| k == "number")
@@ -665,34 +701,13 @@ async fn regenerate(
     let results: Vec<_> = results
         .iter()
 
-        .map(|r| context! { number => r.number.clone(), files => files_text(&r.files), mail => mail_text(&r.mail) })
+        .map(|r| context! { number => r.number.clone(), files => r.files.describe(), mail => r.mail.describe() })
         .collect();
     web.render(
         StatusCode::OK,
         "results.html",
         context! { title => "Re-Generated", admin => s.admin, csrf => s.csrf, results },
     )
-}
-
-pub fn files_text(f: &FilesOutcome) -> String {
-    match f {
-        FilesOutcome::Written { files, .. } => format!("written ({})", files.join(", ")),
-        FilesOutcome::NoPhone => "no phone".into(),
-        FilesOutcome::UnknownModel { .. } => "unknown model".into(),
-        FilesOutcome::NoServer => "no provisioning server set".into(),
-        FilesOutcome::Failed { reason } => format!("failed: {reason}"),
-    }
-}
-
-pub fn mail_text(m: &MailOutcome) -> String {
-    match m {
-        MailOutcome::Queued { .. } => "queued".into(),
-        MailOutcome::Sent { .. } => "sent".into(),
-        MailOutcome::Deferred { reason, .. } => format!("deferred: {reason}"),
-        MailOutcome::Failed { reason, .. } => format!("failed: {reason}"),
-        MailOutcome::NoEmail => "no email address".into(),
-        MailOutcome::Skipped => "not mailed".into(),
-    }
 }
 
 /// The password, PIN and SIP ID findings (warning or worse), by field.
@@ -708,13 +723,9 @@ fn field_findings(findings: &[Finding]) -> BTreeMap<&'static str, Vec<String>> {
 
 async fn edit_page(
     State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Admin(s): Admin,
     Path(number): Path<String>,
 ) -> Response {
-    let Some(s) = session(&web, &headers, peer.ip()).await else {
-        return Redirect::to("/login").into_response();
-    };
     let Ok(all) = rows(&web.registry).await else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -758,15 +769,9 @@ fn change_from(form: &[(String, String)]) -> ExtensionChange {
 
 async fn edit(
     State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Path(number): Path<String>,
-    axum::Form(form): axum::Form<Vec<(String, String)>>,
+    AdminForm { session: s, form }: AdminForm,
 ) -> Response {
-    let s = match checked(&web, &headers, peer.ip(), field(&form, "csrf")).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let change = change_from(&form);
     let changed: Vec<&str> = [
         ("name", change.name.is_some()),
@@ -816,14 +821,9 @@ async fn edit(
 /// saving. Blank password and PIN boxes mean "unchanged" and are not reported.
 async fn check(
     State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Path(number): Path<String>,
-    axum::Form(form): axum::Form<Vec<(String, String)>>,
+    AdminForm { form, .. }: AdminForm,
 ) -> Response {
-    if let Err(r) = checked(&web, &headers, peer.ip(), None).await {
-        return r;
-    }
     let change = change_from(&form);
     let typed_password = change.password.is_some();
     let typed_pin = change.pin.is_some();

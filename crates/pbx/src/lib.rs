@@ -9,6 +9,7 @@ pub mod bans;
 pub mod directory;
 pub mod endpoint;
 mod error;
+pub mod exposure;
 pub mod guard;
 pub mod import;
 pub mod mail;

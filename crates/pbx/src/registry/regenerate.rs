@@ -89,6 +89,37 @@ pub enum MailOutcome {
     Skipped,
 }
 
+impl FilesOutcome {
+    /// In words, for tables and pages.
+    pub fn describe(&self) -> String {
+        match self {
+            FilesOutcome::Written { vendor, files } => {
+                format!("{} {}", vendor.id(), files.join(" "))
+            }
+            FilesOutcome::NoPhone => "no phone (no MAC)".into(),
+            FilesOutcome::UnknownModel { model } => {
+                format!("unsupported model {}", model.as_deref().unwrap_or("(none)"))
+            }
+            FilesOutcome::NoServer => "not written: set provisioning.server or sip.domain".into(),
+            FilesOutcome::Failed { reason } => format!("FAILED: {reason}"),
+        }
+    }
+}
+
+impl MailOutcome {
+    /// In words, for tables and pages.
+    pub fn describe(&self) -> String {
+        match self {
+            MailOutcome::Queued { .. } => "queued".into(),
+            MailOutcome::Sent { .. } => "sent".into(),
+            MailOutcome::Deferred { reason, .. } => format!("will retry: {reason}"),
+            MailOutcome::Failed { reason, .. } => format!("FAILED: {reason}"),
+            MailOutcome::NoEmail => "no email address".into(),
+            MailOutcome::Skipped => "not sent (no mail asked for)".into(),
+        }
+    }
+}
+
 /// One extension's Re-Generate result. The password and PIN are shown this once.
 #[derive(Debug)]
 pub struct Regenerated {

@@ -1,11 +1,11 @@
 //! `sipward advise`: which ports the internet must reach, from the data dir's providers
 //! and live registrations (see [`policy::exposure`]).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use pbx::Registry;
-use policy::exposure::{self, Facts};
+use policy::exposure;
 
 use crate::output::{self, Table};
 
@@ -16,35 +16,8 @@ pub async fn run(
     remote_phones: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let mut providers = Vec::new();
-    for p in reg.list_providers().await? {
-        let addrs: Vec<IpAddr> = pbx::server::resolve(&p.registrar)
-            .await
-            .map(|a| a.ip())
-            .into_iter()
-            .collect();
-        providers.push((p.name, addrs));
-    }
-    let mut conn = reg.store().pool().acquire().await?;
-    let now = crate::clock().now();
-    let mut remote_seen: Vec<(String, IpAddr)> = store::registrar::live_bindings(&mut conn, now)
-        .await?
-        .into_iter()
-        .filter_map(|b| {
-            let ip = b.source.parse::<SocketAddr>().ok()?.ip();
-            exposure::is_public(ip).then_some((b.number, ip))
-        })
-        .collect();
-    remote_seen.sort();
-    remote_seen.dedup();
-    let advice = exposure::advise(&Facts {
-        sip_port: sip.port(),
-        http_port: http.port(),
-        http_all_interfaces: http.ip().is_unspecified(),
-        providers,
-        remote_declared: remote_phones,
-        remote_seen,
-    });
+    let facts = pbx::exposure::facts(reg, sip, http, remote_phones, crate::clock().now()).await?;
+    let advice = exposure::advise(&facts);
     if json {
         output::json(&advice)?;
         return Ok(ExitCode::SUCCESS);

@@ -103,8 +103,8 @@ pub async fn run(
                     r.number.clone(),
                     r.password.expose().to_owned(),
                     r.pin.expose().to_owned(),
-                    files_text(&r.files),
-                    mail_text(&r.mail),
+                    r.files.describe(),
+                    r.mail.describe(),
                     phones_text(r),
                 ],
                 alert,
@@ -136,31 +136,6 @@ fn item(r: &Regenerated) -> Item<'_> {
             sources: r.grace_sources.iter().map(|s| s.to_string()).collect(),
             until: &r.grace_until,
         },
-    }
-}
-
-fn files_text(f: &FilesOutcome) -> String {
-    match f {
-        FilesOutcome::Written { vendor, files } => {
-            format!("{} {}", vendor.id(), files.join(" "))
-        }
-        FilesOutcome::NoPhone => "no phone (no MAC)".into(),
-        FilesOutcome::UnknownModel { model } => {
-            format!("unsupported model {}", model.as_deref().unwrap_or("(none)"))
-        }
-        FilesOutcome::NoServer => "not written: set provisioning.server or sip.domain".into(),
-        FilesOutcome::Failed { reason } => format!("FAILED: {reason}"),
-    }
-}
-
-fn mail_text(m: &MailOutcome) -> String {
-    match m {
-        MailOutcome::Queued { .. } => "queued".into(),
-        MailOutcome::Sent { .. } => "sent".into(),
-        MailOutcome::Deferred { reason, .. } => format!("will retry: {reason}"),
-        MailOutcome::Failed { reason, .. } => format!("FAILED: {reason}"),
-        MailOutcome::NoEmail => "no email address".into(),
-        MailOutcome::Skipped => "not sent (--no-email)".into(),
     }
 }
 

@@ -168,6 +168,7 @@ fn the_console_in_a_real_browser() {
         serde_json::json!({"httpOnly": true, "secure": true, "sameSite": "Strict"})
     );
     assert_eq!(seen["weakTotal"], "3", "two extensions and the gateway");
+    assert_eq!(seen["recentBans"], serde_json::json!(["203.0.113.9"]));
     // Weak rows bold red (computed), the strong one not.
     assert_eq!(seen["weakRow"]["color"], "rgb(192, 0, 0)", "{seen:#}");
     assert_eq!(seen["weakRow"]["weight"], "700");
