@@ -1,7 +1,6 @@
 //! The console's other pages: adding an extension, gateways and providers, security
 //! (bans and the allow list), the exposure advisor and the audit log.
 
-use std::collections::BTreeMap;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -12,6 +11,7 @@ use pbx::audit::WEAK_AT;
 use pbx::registry::backup::utc_stamp;
 use pbx::registry::{ExtensionKind, NewExtension};
 use policy::exposure;
+use std::collections::BTreeMap;
 
 use crate::web::{self, Admin, AdminForm, Web, field, ser};
 
