@@ -115,6 +115,12 @@ try {
   await page.goto(base + "/advisor");
   seen.nftables = await page.textContent("#nftables");
   await page.screenshot({ path: join(env.ARTIFACTS, "advisor.png"), fullPage: true });
+  await page.goto(base + "/calls");
+  seen.calls = (await page.textContent("#calls tbody")).trim();
+  await page.goto(base + "/backups");
+  seen.backups = await page.$$eval("#backups tbody tr td:first-child", (tds) => tds.map((t) => t.textContent.trim()));
+  await page.goto(base + "/security");
+  seen.thresholds = (await page.textContent("#thresholds")).replace(/\s+/g, " ").trim();
   await page.goto(base + "/log");
   seen.logActions = await page.$$eval("#log tbody tr", (rows) => rows.map((r) => r.cells[2].textContent.trim()));
 } catch (e) {

@@ -33,6 +33,48 @@ pub struct Endpoint {
 pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint {
         method: "get",
+        path: "/api/v1/gateways",
+        summary: "PSTN gateways with their audit findings",
+        errors: &[401],
+        body: None,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/providers",
+        summary: "VoIP provider accounts with their audit findings",
+        errors: &[401],
+        body: None,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/bans",
+        summary: "Sources banned now, with why",
+        errors: &[401],
+        body: None,
+    },
+    Endpoint {
+        method: "delete",
+        path: "/api/v1/bans/{source}",
+        summary: "Lift a ban",
+        errors: &[400, 401, 403, 404],
+        body: None,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/calls",
+        summary: "Calls to and from trunks now (as the server last wrote them)",
+        errors: &[401],
+        body: None,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/log",
+        summary: "The newest 500 entries of the audit log",
+        errors: &[401],
+        body: None,
+    },
+    Endpoint {
+        method: "get",
         path: "/api/v1/extensions",
         summary: "Every extension with its audit findings and whether it is weak",
         errors: &[401],
@@ -74,6 +116,12 @@ pub fn routes(web: Web) -> Router {
         .route("/api/v1/extensions", get(list).post(add))
         .route("/api/v1/extensions/regenerate", post(regenerate))
         .route("/api/v1/extensions/{number}", get(one).delete(remove))
+        .route("/api/v1/gateways", get(gateways))
+        .route("/api/v1/providers", get(providers))
+        .route("/api/v1/bans", get(bans))
+        .route("/api/v1/bans/{source}", axum::routing::delete(unban))
+        .route("/api/v1/calls", get(calls))
+        .route("/api/v1/log", get(log))
         .fallback(not_found)
         .with_state(web)
         .layer(axum::middleware::map_response(web::security_headers))
@@ -377,6 +425,10 @@ pub fn openapi_document() -> Value {
             op["parameters"] = json!([{ "name": "number", "in": "path", "required": true,
                                          "schema": { "type": "string", "pattern": "^[0-9]{2,15}$" } }]);
         }
+        if e.path.contains("{source}") {
+            op["parameters"] = json!([{ "name": "source", "in": "path", "required": true,
+                                         "schema": { "type": "string" } }]);
+        }
         if let Some(body) = e.body {
             op["requestBody"] = json!({ "required": true, "content": { "application/json": {
                 "schema": { "$ref": format!("#/components/schemas/{body}") } } } });
@@ -412,4 +464,152 @@ pub fn openapi_document() -> Value {
 
 async fn openapi() -> Response {
     axum::Json(openapi_document()).into_response()
+}
+
+/// Accounts of one kind with their warning-or-worse findings.
+fn with_findings<T: serde::Serialize>(
+    items: &[T],
+    subject: impl Fn(&T) -> String,
+    findings: &[policy::Finding],
+) -> Vec<Value> {
+    items
+        .iter()
+        .map(|item| {
+            let subject = subject(item);
+            let mine: Vec<&policy::Finding> = findings
+                .iter()
+                .filter(|f| f.subject == subject && f.severity >= pbx::audit::WEAK_AT)
+                .collect();
+            let mut v = serde_json::to_value(item).unwrap_or(Value::Null);
+            v["weak"] = json!(!mine.is_empty());
+            v["findings"] = json!(mine);
+            v
+        })
+        .collect()
+}
+
+async fn gateways(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = caller(&web, &headers, peer, false).await {
+        return r;
+    }
+    match (
+        web.registry.list_gateways().await,
+        web.registry.audit().await,
+    ) {
+        (Ok(g), Ok(f)) => {
+            axum::Json(with_findings(&g, |g| format!("gateway:{}", g.name), &f)).into_response()
+        }
+        (Err(e), _) | (_, Err(e)) => pbx_error(&e),
+    }
+}
+
+async fn providers(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = caller(&web, &headers, peer, false).await {
+        return r;
+    }
+    match (
+        web.registry.list_providers().await,
+        web.registry.audit().await,
+    ) {
+        (Ok(p), Ok(f)) => {
+            axum::Json(with_findings(&p, |p| format!("provider:{}", p.name), &f)).into_response()
+        }
+        (Err(e), _) | (_, Err(e)) => pbx_error(&e),
+    }
+}
+
+async fn bans(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = caller(&web, &headers, peer, false).await {
+        return r;
+    }
+    match web.registry.bans(false).await {
+        Ok(b) => axum::Json(b).into_response(),
+        Err(e) => pbx_error(&e),
+    }
+}
+
+async fn unban(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(source): Path<String>,
+) -> Response {
+    let actor = match caller(&web, &headers, peer, true).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    match web.registry.unban(&source).await {
+        Ok(()) => {
+            web.log(&actor, "ban.lifted", &source, "").await;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => pbx_error(&e),
+    }
+}
+
+async fn calls(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = caller(&web, &headers, peer, false).await {
+        return r;
+    }
+    match web.registry.active_calls().await {
+        Ok((calls, written_at)) => {
+            let calls: Vec<Value> = calls
+                .iter()
+                .map(|c| {
+                    json!({
+                        "id": c.id, "caller": c.caller, "callee": c.callee, "kind": c.kind,
+                        "trunk": c.trunk, "state": c.state, "started_at": c.started_at,
+                        "answered_at": (c.answered_at > 0).then_some(c.answered_at),
+                    })
+                })
+                .collect();
+            axum::Json(
+                json!({ "calls": calls, "written_at": (written_at > 0).then_some(written_at) }),
+            )
+            .into_response()
+        }
+        Err(e) => pbx_error(&e),
+    }
+}
+
+async fn log(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = caller(&web, &headers, peer, false).await {
+        return r;
+    }
+    let rows = match web.registry.store().pool().acquire().await {
+        Ok(mut conn) => store::audit_log::recent(&mut conn, 500).await,
+        Err(e) => Err(store::Error::from(e)),
+    };
+    match rows {
+        Ok(rows) => axum::Json(
+            rows.iter()
+                .map(|r| {
+                    json!({ "id": r.id, "at": r.at, "actor": r.actor, "action": r.action,
+                                  "subject": r.subject, "detail": r.detail })
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => pbx_error(&pbx::Error::from(e)),
+    }
 }

@@ -23,6 +23,9 @@ pub fn routes(web: Web) -> Router {
         .route("/security/{action}", post(security_change))
         .route("/advisor", get(advisor))
         .route("/log", get(log))
+        .route("/calls", get(calls))
+        .route("/calls/resume", post(resume))
+        .route("/backups", get(backups))
         .with_state(web)
         .layer(axum::middleware::map_response(web::security_headers))
 }
@@ -149,7 +152,8 @@ async fn security(State(web): State<Web>, Admin(s): Admin) -> Response {
     web.render(
         StatusCode::OK,
         "security.html",
-        context! { title => "Security", admin => s.admin, csrf => s.csrf, bans, allow => ser(&allow) },
+        context! { title => "Security", admin => s.admin, csrf => s.csrf, bans, allow => ser(&allow),
+                   guard => ser(&web.options.guard) },
     )
 }
 
@@ -192,7 +196,7 @@ async fn security_change(
 }
 
 async fn advisor(State(web): State<Web>, Admin(s): Admin) -> Response {
-    let (sip, http) = web.listening;
+    let (sip, http) = web.options.listening;
     let Ok(facts) = pbx::exposure::facts(&web.registry, sip, http, false, (web.now)()).await else {
         return unreadable();
     };
@@ -216,5 +220,97 @@ async fn log(State(web): State<Web>, Admin(s): Admin) -> Response {
         StatusCode::OK,
         "log.html",
         context! { title => "Audit log", admin => s.admin, csrf => s.csrf, log },
+    )
+}
+
+async fn calls(State(web): State<Web>, Admin(s): Admin) -> Response {
+    let Ok((calls, written_at)) = web.registry.active_calls().await else {
+        return unreadable();
+    };
+    let Ok(mut conn) = web.registry.store().pool().acquire().await else {
+        return unreadable();
+    };
+    let suspended: Vec<_> = store::outbound::calling(&mut conn)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.outbound.suspended_at > 0)
+        .map(|c| {
+            context! {
+                number => c.outbound.number, since => utc_stamp(c.outbound.suspended_at),
+                reason => c.outbound.suspend_reason,
+            }
+        })
+        .collect();
+    let calls: Vec<_> = calls
+        .iter()
+        .map(|c| {
+            context! {
+                caller => c.caller.clone(), callee => c.callee.clone(), kind => c.kind.clone(),
+                trunk => c.trunk.clone(), state => c.state.clone(), since => utc_stamp(c.started_at),
+            }
+        })
+        .collect();
+    web.render(
+        StatusCode::OK,
+        "calls.html",
+        context! { title => "Calls", admin => s.admin, csrf => s.csrf, calls, suspended,
+        written => (written_at > 0).then(|| utc_stamp(written_at)) },
+    )
+}
+
+async fn resume(State(web): State<Web>, AdminForm { session: s, form }: AdminForm) -> Response {
+    let number = field(&form, "number").unwrap_or("").trim().to_owned();
+    match web.registry.resume(&number).await {
+        Ok(_) => {
+            web.log(
+                &s.actor(),
+                "ext.resumed",
+                &format!("ext:{number}"),
+                "outbound calling",
+            )
+            .await;
+            Redirect::to("/calls").into_response()
+        }
+        Err(pbx::Error::NotFound { what }) => {
+            (StatusCode::NOT_FOUND, format!("{what} does not exist\n")).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn backups(State(web): State<Web>, Admin(s): Admin) -> Response {
+    let dir = &web.options.backups_dir;
+    let mut files: Vec<(String, u64, i64)> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    if !name.ends_with(".swbak") {
+                        return None;
+                    }
+                    let m = e.metadata().ok()?;
+                    let at = m
+                        .modified()
+                        .ok()?
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .ok()?
+                        .as_secs();
+                    Some((name, m.len(), i64::try_from(at).ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort_by_key(|f| std::cmp::Reverse(f.2));
+    let epoch = web.registry.security_epoch().await.unwrap_or(0);
+    let files: Vec<_> = files
+        .iter()
+        .map(|(name, bytes, at)| context! { name, bytes, at => utc_stamp(*at) })
+        .collect();
+    web.render(
+        StatusCode::OK,
+        "backups.html",
+        context! { title => "Backups", admin => s.admin, csrf => s.csrf, files,
+        dir => dir.display().to_string(), epoch },
     )
 }

@@ -44,10 +44,20 @@ pub struct Web {
     pub now: Arc<dyn Fn() -> i64 + Send + Sync>,
     pub lockout: Arc<Mutex<Lockout>>,
     pub templates: Arc<Environment<'static>>,
+    pub options: Arc<Options>,
+}
+
+/// What the console shows of the server's settings.
+#[derive(Clone, Debug)]
+pub struct Options {
     /// Where `serve` listens for SIP and HTTP (for the advisor).
     pub listening: (SocketAddr, SocketAddr),
     /// When not empty, the only networks the console and API answer.
-    pub allow: Arc<Vec<ipnet::IpNet>>,
+    pub allow: Vec<ipnet::IpNet>,
+    /// Where scheduled and automatic backups go.
+    pub backups_dir: std::path::PathBuf,
+    /// The anti-hacking thresholds in force (`[guard]`).
+    pub guard: policy::ban::BanPolicy,
 }
 
 impl std::fmt::Debug for Web {
@@ -83,6 +93,8 @@ pub fn templates() -> Result<Environment<'static>, minijinja::Error> {
             "log_table.html",
             include_str!("../templates/log_table.html"),
         ),
+        ("calls.html", include_str!("../templates/calls.html")),
+        ("backups.html", include_str!("../templates/backups.html")),
     ] {
         env.add_template(name, text)?;
     }
@@ -93,22 +105,21 @@ impl Web {
     pub fn new(
         registry: Registry,
         now: Arc<dyn Fn() -> i64 + Send + Sync>,
-        listening: (SocketAddr, SocketAddr),
-        allow: Vec<ipnet::IpNet>,
+        options: Options,
     ) -> Result<Self, minijinja::Error> {
         Ok(Self {
             registry,
             now,
             lockout: Arc::new(Mutex::new(Lockout::default())),
             templates: Arc::new(templates()?),
-            listening,
-            allow: Arc::new(allow),
+            options: Arc::new(options),
         })
     }
 
     /// Whether the console's allow list (if any) lets `ip` in.
     pub fn admits(&self, ip: IpAddr) -> bool {
-        self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip))
+        let allow = &self.options.allow;
+        allow.is_empty() || allow.iter().any(|n| n.contains(&ip))
     }
 
     pub(crate) fn render(&self, status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
@@ -118,11 +129,17 @@ impl Web {
             .and_then(|t| t.render(ctx))
         {
             Ok(html) => (status, Html(html)).into_response(),
-            Err(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the page could not be rendered\n",
-            )
-                .into_response(),
+            Err(e) => {
+                let event = serde_json::json!({
+                    "event": "console_error", "page": name, "error": e.to_string(),
+                });
+                eprintln!("{event}");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the page could not be rendered\n",
+                )
+                    .into_response()
+            }
         }
     }
 
@@ -852,9 +869,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_templates_compile() {
+    fn every_page_the_handlers_render_is_there_and_compiles() {
         let env = templates().expect("templates");
-        assert!(env.get_template("extensions.html").is_ok());
+        let sources = [include_str!("web.rs"), include_str!("pages.rs")];
+        let mut names = 0;
+        for src in sources {
+            for part in src.split('"').skip(1).step_by(2) {
+                if part.ends_with(".html") && !part.contains(' ') && !part.contains('/') {
+                    names += 1;
+                    assert!(env.get_template(part).is_ok(), "{part} is not registered");
+                }
+            }
+        }
+        assert!(names >= 15, "found {names} page names");
     }
 
     #[test]

@@ -3,10 +3,10 @@
 
 use std::collections::VecDeque;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The `[guard]` table of the config file.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BanPolicy {
     /// Failed authentications (answering a nonce issued to that source) that earn a ban...
@@ -64,7 +64,7 @@ pub struct BanPolicy {
 }
 
 /// What a weak account may do (see [`BanPolicy::weak_credentials`]).
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum WeakCredentials {
     TrustedOnly,

@@ -93,8 +93,16 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
         console::web::Web::new(
             reg.clone(),
             Arc::new(|| crate::clock().now()),
-            (bound.sip_udp, http_addr),
-            config.console_allow.clone(),
+            console::web::Options {
+                listening: (bound.sip_udp, http_addr),
+                allow: config.console_allow.clone(),
+                backups_dir: config
+                    .backup
+                    .dir
+                    .clone()
+                    .unwrap_or_else(|| reg.backups_dir()),
+                guard: config.bans.clone(),
+            },
         )
         .map_err(|e| anyhow::anyhow!("the console's templates do not compile: {e}"))?,
     )

@@ -18,7 +18,7 @@ const CONFIG: &str = "[sip]\ndomain = \"pbx.example.com\"\ndigest_algorithms = [
                       [provisioning]\nbase_url = \"http://pbx.example.com:8080\"\n";
 
 /// An age identity made by `age-keygen`: (identity file, recipient).
-fn keygen(env: &Env, name: &str) -> (PathBuf, String) {
+pub(crate) fn keygen(env: &Env, name: &str) -> (PathBuf, String) {
     let path = env.path(name);
     let out = Command::new(require("age-keygen", "age"))
         .arg("-o")

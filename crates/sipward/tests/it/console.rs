@@ -67,6 +67,8 @@ fn office(env: &Env, smtp: Option<&Smtp>) {
         "127.0.0.7",
     ]);
     env.ok(&["ban", "add", "203.0.113.9", "--for", "1h"]);
+    let (_, public) = crate::backup::keygen(env, "console-key.txt");
+    env.ok(&["backup", "create", "--recipient", &public]);
     let r = env.run_with_stdin(
         &["admin", "passwd", "--password", "-"],
         &format!("{ADMIN_PASSWORD}\n"),
@@ -217,6 +219,25 @@ fn the_console_in_a_real_browser() {
     );
     assert!(env.ok(&["ext", "list"]).contains("4200"));
     assert_eq!(seen["gatewayClass"], "weak");
+    assert!(
+        seen["calls"]
+            .as_str()
+            .is_some_and(|t| t.contains("No call is up")),
+        "{seen:#}"
+    );
+    let backups = seen["backups"].as_array().expect("backups");
+    assert_eq!(backups.len(), 1, "{seen:#}");
+    assert!(
+        backups[0]
+            .as_str()
+            .is_some_and(|n| n.starts_with("sipward-") && n.ends_with(".swbak"))
+    );
+    assert!(
+        seen["thresholds"]
+            .as_str()
+            .is_some_and(|t| t.contains("10 within 600 s")),
+        "{seen:#}"
+    );
     assert_eq!(seen["bans"], serde_json::json!([["203.0.113.9", "manual"]]));
     assert!(
         seen["bansAfter"]
@@ -431,6 +452,31 @@ fn the_api_answers_every_error_and_works_with_a_token() {
     };
     assert_eq!(delete("4100"), 204);
     assert_eq!(delete("4100"), 404);
+    // Gateways with findings, bans (lift: 204, again: 404), calls, the audit log.
+    let get = |path: &str| -> Value {
+        let (code, body) = curl(&["-H", &bearer, &api(path)]);
+        assert_eq!(code, 200, "{path}: {body}");
+        serde_json::from_str(&body).expect("json")
+    };
+    assert_eq!(get("/gateways")[0]["weak"], true);
+    assert_eq!(get("/providers"), serde_json::json!([]));
+    assert_eq!(get("/bans")[0]["source"], "203.0.113.9");
+    let lift = |s: &str| curl(&["-X", "DELETE", "-H", &bearer, &api(&format!("/bans/{s}"))]).0;
+    assert_eq!(lift("203.0.113.9"), 204);
+    assert_eq!(lift("203.0.113.9"), 404);
+    assert_eq!(lift("not-an-address"), 400);
+    assert_eq!(get("/calls")["calls"], serde_json::json!([]));
+    let log = get("/log");
+    assert!(
+        log.as_array()
+            .expect("log")
+            .iter()
+            .any(|e| e["action"] == "ban.lifted"
+                && e["actor"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("API token ci"))),
+        "{log}"
+    );
     // A revoked token no longer works.
     env.ok(&["admin", "token", "remove", "ci"]);
     assert_eq!(curl(&["-H", &bearer, &api("/extensions")]).0, 401);
