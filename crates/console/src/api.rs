@@ -95,6 +95,34 @@ pub const ENDPOINTS: &[Endpoint] = &[
         body: None,
     },
     Endpoint {
+        method: "patch",
+        path: "/api/v1/extensions/{number}",
+        summary: "Change some fields of an extension (absent fields stay; an empty email, SIP ID, MAC or model clears it)",
+        errors: &[400, 401, 403, 404, 409],
+        body: Some("ExtensionChange"),
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/v1/extensions/{number}/resume",
+        summary: "Resume an extension's suspended outbound calling",
+        errors: &[400, 401, 403, 404],
+        body: None,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/allow",
+        summary: "Networks that are never banned",
+        errors: &[401],
+        body: None,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/v1/allow",
+        summary: "Add a network to the allow list, or remove it (`remove: true`)",
+        errors: &[400, 401, 403, 404, 409],
+        body: Some("AllowChange"),
+    },
+    Endpoint {
         method: "delete",
         path: "/api/v1/extensions/{number}",
         summary: "Remove an extension (its phone files and DIDs go with it)",
@@ -115,7 +143,12 @@ pub fn routes(web: Web) -> Router {
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/extensions", get(list).post(add))
         .route("/api/v1/extensions/regenerate", post(regenerate))
-        .route("/api/v1/extensions/{number}", get(one).delete(remove))
+        .route(
+            "/api/v1/extensions/{number}",
+            get(one).delete(remove).patch(update),
+        )
+        .route("/api/v1/extensions/{number}/resume", post(resume))
+        .route("/api/v1/allow", get(allow_list).post(allow_change))
         .route("/api/v1/gateways", get(gateways))
         .route("/api/v1/providers", get(providers))
         .route("/api/v1/bans", get(bans))
@@ -454,6 +487,16 @@ pub fn openapi_document() -> Value {
                         "password": { "type": "string" }, "pin": { "type": "string" },
                         "sip_id": { "type": "string" }, "auth_id": { "type": "string" },
                         "mac": { "type": "string" }, "model": { "type": "string" } } },
+                "ExtensionChange": { "type": "object", "additionalProperties": false,
+                    "properties": {
+                        "name": { "type": "string" }, "email": { "type": "string" },
+                        "password": { "type": "string" }, "pin": { "type": "string" },
+                        "sip_id": { "type": "string" }, "auth_id": { "type": "string" },
+                        "mac": { "type": "string" }, "model": { "type": "string" },
+                        "class_of_service": { "type": "string" } } },
+                "AllowChange": { "type": "object", "required": ["network"], "additionalProperties": false,
+                    "properties": { "network": { "type": "string" }, "note": { "type": "string" },
+                                    "remove": { "type": "boolean" } } },
                 "Regenerate": { "type": "object", "required": ["numbers"], "additionalProperties": false,
                     "properties": { "numbers": { "type": "array", "items": { "type": "string" } },
                                     "email": { "type": "boolean" } } },
@@ -611,5 +654,166 @@ async fn log(
         )
         .into_response(),
         Err(e) => pbx_error(&pbx::Error::from(e)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Change {
+    name: Option<String>,
+    email: Option<String>,
+    password: Option<String>,
+    pin: Option<String>,
+    sip_id: Option<String>,
+    auth_id: Option<String>,
+    mac: Option<String>,
+    model: Option<String>,
+    class_of_service: Option<String>,
+}
+
+async fn update(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(number): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let actor = match caller(&web, &headers, peer, true).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let c: Change = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not an ExtensionChange: {e}"),
+            );
+        }
+    };
+    let changed: Vec<&str> = [
+        ("name", c.name.is_some()),
+        ("email", c.email.is_some()),
+        ("password", c.password.is_some()),
+        ("pin", c.pin.is_some()),
+        ("sip_id", c.sip_id.is_some()),
+        ("auth_id", c.auth_id.is_some()),
+        ("mac", c.mac.is_some()),
+        ("model", c.model.is_some()),
+        ("class_of_service", c.class_of_service.is_some()),
+    ]
+    .iter()
+    .filter(|(_, set)| *set)
+    .map(|(n, _)| *n)
+    .collect();
+    let change = pbx::registry::ExtensionChange {
+        name: c.name,
+        email: c.email,
+        password: c.password,
+        pin: c.pin,
+        sip_id: c.sip_id,
+        auth_id: c.auth_id,
+        mac: c.mac,
+        model: c.model,
+        class_of_service: c.class_of_service,
+        ..Default::default()
+    };
+    match web.registry.update_extension(&number, change).await {
+        Ok((view, findings)) => {
+            web.log(
+                &actor,
+                "ext.updated",
+                &format!("ext:{number}"),
+                &changed.join(", "),
+            )
+            .await;
+            axum::Json(json!({ "extension": view, "findings": findings })).into_response()
+        }
+        Err(e) => pbx_error(&e),
+    }
+}
+
+async fn resume(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(number): Path<String>,
+) -> Response {
+    let actor = match caller(&web, &headers, peer, true).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    match web.registry.resume(&number).await {
+        Ok(was) => {
+            web.log(
+                &actor,
+                "ext.resumed",
+                &format!("ext:{number}"),
+                "outbound calling",
+            )
+            .await;
+            axum::Json(json!({ "number": number, "was_suspended": was })).into_response()
+        }
+        Err(e) => pbx_error(&e),
+    }
+}
+
+async fn allow_list(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = caller(&web, &headers, peer, false).await {
+        return r;
+    }
+    match web.registry.allow_list().await {
+        Ok(a) => axum::Json(a).into_response(),
+        Err(e) => pbx_error(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowChange {
+    network: String,
+    note: Option<String>,
+    remove: Option<bool>,
+}
+
+async fn allow_change(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let actor = match caller(&web, &headers, peer, true).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let c: AllowChange = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not an AllowChange: {e}"),
+            );
+        }
+    };
+    if c.remove == Some(true) {
+        return match web.registry.disallow(&c.network).await {
+            Ok(()) => {
+                web.log(&actor, "allow.removed", &c.network, "").await;
+                axum::Json(json!({ "removed": c.network })).into_response()
+            }
+            Err(e) => pbx_error(&e),
+        };
+    }
+    let note = c.note.unwrap_or_default();
+    match web.registry.allow(&c.network, &note).await {
+        Ok(view) => {
+            web.log(&actor, "allow.added", &c.network, &note).await;
+            (StatusCode::CREATED, axum::Json(view)).into_response()
+        }
+        Err(e) => pbx_error(&e),
     }
 }

@@ -477,6 +477,75 @@ fn the_api_answers_every_error_and_works_with_a_token() {
                     .is_some_and(|a| a.starts_with("API token ci"))),
         "{log}"
     );
+    // Update (200, findings), a bad field (400), an unknown extension (404), a taken
+    // auth ID (409); resume; the allow list (201, 409, removed, 404).
+    let send = |method: &str, path: &str, body: &str| {
+        let url = api(path);
+        curl(&[
+            "-X",
+            method,
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            &bearer,
+            "--data",
+            body,
+            &url,
+        ])
+    };
+    let (code, body) = send("PATCH", "/extensions/4003", r#"{"pin": "4003"}"#);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("ext.pin_equals_number"), "{body}");
+    assert_eq!(
+        send(
+            "PATCH",
+            "/extensions/4003",
+            r#"{"email": "not an address"}"#
+        )
+        .0,
+        400
+    );
+    assert_eq!(send("PATCH", "/extensions/9999", r#"{"name": "x"}"#).0, 404);
+    let auth_4009 = get("/extensions/4009")["auth_id"]
+        .as_str()
+        .expect("auth")
+        .to_owned();
+    let taken = format!(r#"{{"auth_id": "{auth_4009}"}}"#);
+    assert_eq!(send("PATCH", "/extensions/4003", &taken).0, 409);
+    assert_eq!(send("POST", "/extensions/4003/resume", "").0, 200);
+    assert_eq!(
+        send(
+            "POST",
+            "/allow",
+            r#"{"network": "192.0.2.0/24", "note": "office"}"#
+        )
+        .0,
+        201
+    );
+    assert_eq!(
+        send("POST", "/allow", r#"{"network": "192.0.2.0/24"}"#).0,
+        409
+    );
+    assert_eq!(get("/allow")[0]["network"], "192.0.2.0/24");
+    assert_eq!(
+        send(
+            "POST",
+            "/allow",
+            r#"{"network": "192.0.2.0/24", "remove": true}"#
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        send(
+            "POST",
+            "/allow",
+            r#"{"network": "192.0.2.0/24", "remove": true}"#
+        )
+        .0,
+        404
+    );
+    assert_eq!(send("POST", "/allow", r#"{"network": "nonsense"}"#).0, 400);
     // A revoked token no longer works.
     env.ok(&["admin", "token", "remove", "ci"]);
     assert_eq!(curl(&["-H", &bearer, &api("/extensions")]).0, 401);
