@@ -8,7 +8,9 @@
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::Method;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -168,6 +170,47 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such endpoint")
 }
 
+/// Who is calling (for the audit log): an API token's name or a console session's
+/// administrator. A state-changing method from a session must also carry its CSRF token
+/// and come from the console's origin.
+#[derive(Debug)]
+pub struct Caller(pub String);
+
+impl FromRequestParts<Web> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, web: &Web) -> Result<Self, Response> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
+        let unsafe_method = !matches!(parts.method, Method::GET | Method::HEAD);
+        caller(web, &parts.headers, peer, unsafe_method)
+            .await
+            .map(Caller)
+    }
+}
+
+/// A JSON request body; anything else is a 400 saying why.
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> FromRequest<Web> for Body<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, web: &Web) -> Result<Self, Response> {
+        let bytes = axum::body::Bytes::from_request(req, web)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        serde_json::from_slice(&bytes).map(Body).map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("the JSON body does not fit this call: {e}"),
+            )
+        })
+    }
+}
+
 /// Who is calling, or the error answer. `unsafe_method`: a session must also carry its
 /// CSRF token and come from the console's origin.
 async fn caller(
@@ -235,29 +278,14 @@ fn pbx_error(e: &pbx::Error) -> Response {
     error(status, e.to_string())
 }
 
-async fn list(
-    State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = caller(&web, &headers, peer, false).await {
-        return r;
-    }
+async fn list(State(web): State<Web>, Caller(_): Caller) -> Response {
     match web::rows(&web.registry).await {
         Ok(rows) => axum::Json(rows).into_response(),
         Err(e) => pbx_error(&e),
     }
 }
 
-async fn one(
-    State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(number): Path<String>,
-) -> Response {
-    if let Err(r) = caller(&web, &headers, peer, false).await {
-        return r;
-    }
+async fn one(State(web): State<Web>, Caller(_): Caller, Path(number): Path<String>) -> Response {
     if policy::fields::ExtensionNumber::parse(&number).is_err() {
         return error(
             StatusCode::BAD_REQUEST,
@@ -293,23 +321,9 @@ struct NewExtension {
 
 async fn add(
     State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Caller(actor): Caller,
+    Body(req): Body<NewExtension>,
 ) -> Response {
-    let actor = match caller(&web, &headers, peer, true).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let req: NewExtension = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("the body is not a NewExtension: {e}"),
-            );
-        }
-    };
     let new = pbx::registry::NewExtension {
         kind: if req.fax == Some(true) {
             pbx::registry::ExtensionKind::Fax
@@ -351,14 +365,9 @@ async fn add(
 
 async fn remove(
     State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Caller(actor): Caller,
     Path(number): Path<String>,
 ) -> Response {
-    let actor = match caller(&web, &headers, peer, true).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     match web.registry.remove_extension(&number).await {
         Ok(()) => {
             web.log(&actor, "ext.removed", &format!("ext:{number}"), "")
@@ -379,23 +388,9 @@ struct Regenerate {
 
 async fn regenerate(
     State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Caller(actor): Caller,
+    Body(req): Body<Regenerate>,
 ) -> Response {
-    let actor = match caller(&web, &headers, peer, true).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let req: Regenerate = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("the body is not a Regenerate request: {e}"),
-            );
-        }
-    };
     if req.numbers.is_empty() || req.numbers.len() > 100_000 {
         return error(
             StatusCode::BAD_REQUEST,
@@ -531,14 +526,7 @@ fn with_findings<T: serde::Serialize>(
         .collect()
 }
 
-async fn gateways(
-    State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = caller(&web, &headers, peer, false).await {
-        return r;
-    }
+async fn gateways(State(web): State<Web>, Caller(_): Caller) -> Response {
     match (
         web.registry.list_gateways().await,
         web.registry.audit().await,
@@ -550,14 +538,7 @@ async fn gateways(
     }
 }
 
-async fn providers(
-    State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = caller(&web, &headers, peer, false).await {
-        return r;
-    }
+async fn providers(State(web): State<Web>, Caller(_): Caller) -> Response {
     match (
         web.registry.list_providers().await,
         web.registry.audit().await,
@@ -569,14 +550,7 @@ async fn providers(
     }
 }
 
-async fn bans(
-    State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = caller(&web, &headers, peer, false).await {
-        return r;
-    }
+async fn bans(State(web): State<Web>, Caller(_): Caller) -> Response {
     match web.registry.bans(false).await {
         Ok(b) => axum::Json(b).into_response(),
         Err(e) => pbx_error(&e),
@@ -585,14 +559,9 @@ async fn bans(
 
 async fn unban(
     State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Caller(actor): Caller,
     Path(source): Path<String>,
 ) -> Response {
-    let actor = match caller(&web, &headers, peer, true).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     match web.registry.unban(&source).await {
         Ok(()) => {
             web.log(&actor, "ban.lifted", &source, "").await;
@@ -602,14 +571,7 @@ async fn unban(
     }
 }
 
-async fn calls(
-    State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = caller(&web, &headers, peer, false).await {
-        return r;
-    }
+async fn calls(State(web): State<Web>, Caller(_): Caller) -> Response {
     match web.registry.active_calls().await {
         Ok((calls, written_at)) => {
             let calls: Vec<Value> = calls
@@ -631,14 +593,7 @@ async fn calls(
     }
 }
 
-async fn log(
-    State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = caller(&web, &headers, peer, false).await {
-        return r;
-    }
+async fn log(State(web): State<Web>, Caller(_): Caller) -> Response {
     let rows = match web.registry.store().pool().acquire().await {
         Ok(mut conn) => store::audit_log::recent(&mut conn, 500).await,
         Err(e) => Err(store::Error::from(e)),
@@ -673,24 +628,10 @@ struct Change {
 
 async fn update(
     State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Caller(actor): Caller,
     Path(number): Path<String>,
-    body: axum::body::Bytes,
+    Body(c): Body<Change>,
 ) -> Response {
-    let actor = match caller(&web, &headers, peer, true).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let c: Change = match serde_json::from_slice(&body) {
-        Ok(c) => c,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("the body is not an ExtensionChange: {e}"),
-            );
-        }
-    };
     let changed: Vec<&str> = [
         ("name", c.name.is_some()),
         ("email", c.email.is_some()),
@@ -735,14 +676,9 @@ async fn update(
 
 async fn resume(
     State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Caller(actor): Caller,
     Path(number): Path<String>,
 ) -> Response {
-    let actor = match caller(&web, &headers, peer, true).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     match web.registry.resume(&number).await {
         Ok(was) => {
             web.log(
@@ -758,14 +694,7 @@ async fn resume(
     }
 }
 
-async fn allow_list(
-    State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = caller(&web, &headers, peer, false).await {
-        return r;
-    }
+async fn allow_list(State(web): State<Web>, Caller(_): Caller) -> Response {
     match web.registry.allow_list().await {
         Ok(a) => axum::Json(a).into_response(),
         Err(e) => pbx_error(&e),
@@ -782,23 +711,9 @@ struct AllowChange {
 
 async fn allow_change(
     State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Caller(actor): Caller,
+    Body(c): Body<AllowChange>,
 ) -> Response {
-    let actor = match caller(&web, &headers, peer, true).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let c: AllowChange = match serde_json::from_slice(&body) {
-        Ok(c) => c,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("the body is not an AllowChange: {e}"),
-            );
-        }
-    };
     if c.remove == Some(true) {
         return match web.registry.disallow(&c.network).await {
             Ok(()) => {
