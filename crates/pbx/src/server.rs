@@ -177,6 +177,10 @@ impl Bound {
         let mut tasks = tokio::task::JoinSet::new();
         // The proxy sends on the socket: connected before the first datagram is read.
         self.endpoint.set_socket(self.udp.clone());
+        // So are the guard's events: a ban or refusal made by the first datagram read is
+        // persisted and logged, not lost before the writer exists.
+        let (event_tx, event_rx) = tokio::sync::mpsc::channel(4096);
+        self.endpoint.guard.set_events(event_tx);
         for _ in 0..self.cfg.udp_workers.max(1) {
             tasks.spawn(transport::serve_udp(
                 self.udp.clone(),
@@ -185,8 +189,6 @@ impl Bound {
             ));
         }
         tasks.spawn(proxy_loop(self.endpoint.clone(), stop_rx.clone()));
-        let (event_tx, event_rx) = tokio::sync::mpsc::channel(4096);
-        self.endpoint.guard.set_events(event_tx);
         tasks.spawn(event_writer(
             self.registry.clone(),
             self.endpoint.clone(),
