@@ -594,7 +594,18 @@ fn admin_passwords_and_tokens_refuse_bad_input() {
 
 #[test]
 fn a_schemathesis_run_from_the_openapi_document_finds_no_server_error() {
-    let st = require("schemathesis", "python3 -m pip install schemathesis");
+    // On PATH, or beside the python3 that pip installed it for.
+    let beside_python = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, os; print(os.path.dirname(sys.executable))",
+        ])
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("schemathesis"))
+        .filter(|p| p.is_file());
+    let st = beside_python
+        .unwrap_or_else(|| require("schemathesis", "python3 -m pip install schemathesis"));
     let env = Env::new();
     office(&env, None);
     let token = env
