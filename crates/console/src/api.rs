@@ -510,14 +510,14 @@ fn with_findings<T: serde::Serialize>(
     subject: impl Fn(&T) -> String,
     findings: &[policy::Finding],
 ) -> Vec<Value> {
+    let weak = pbx::audit::weak_by_subject(findings);
     items
         .iter()
         .map(|item| {
-            let subject = subject(item);
-            let mine: Vec<&policy::Finding> = findings
-                .iter()
-                .filter(|f| f.subject == subject && f.severity >= pbx::audit::WEAK_AT)
-                .collect();
+            let mine = weak
+                .get(subject(item).as_str())
+                .cloned()
+                .unwrap_or_default();
             let mut v = serde_json::to_value(item).unwrap_or(Value::Null);
             v["weak"] = json!(!mine.is_empty());
             v["findings"] = json!(mine);
@@ -526,28 +526,29 @@ fn with_findings<T: serde::Serialize>(
         .collect()
 }
 
-async fn gateways(State(web): State<Web>, Caller(_): Caller) -> Response {
-    match (
-        web.registry.list_gateways().await,
-        web.registry.audit().await,
-    ) {
-        (Ok(g), Ok(f)) => {
-            axum::Json(with_findings(&g, |g| format!("gateway:{}", g.name), &f)).into_response()
+/// `GET /gateways` and `GET /providers`: the list with each account's findings.
+async fn trunk_accounts<T: serde::Serialize>(
+    web: &Web,
+    list: pbx::Result<Vec<T>>,
+    kind: &str,
+    name: impl Fn(&T) -> &str,
+) -> Response {
+    match (list, web.registry.audit().await) {
+        (Ok(items), Ok(f)) => {
+            axum::Json(with_findings(&items, |i| format!("{kind}:{}", name(i)), &f)).into_response()
         }
         (Err(e), _) | (_, Err(e)) => pbx_error(&e),
     }
 }
 
+async fn gateways(State(web): State<Web>, Caller(_): Caller) -> Response {
+    let list = web.registry.list_gateways().await;
+    trunk_accounts(&web, list, "gateway", |g| g.name.as_str()).await
+}
+
 async fn providers(State(web): State<Web>, Caller(_): Caller) -> Response {
-    match (
-        web.registry.list_providers().await,
-        web.registry.audit().await,
-    ) {
-        (Ok(p), Ok(f)) => {
-            axum::Json(with_findings(&p, |p| format!("provider:{}", p.name), &f)).into_response()
-        }
-        (Err(e), _) | (_, Err(e)) => pbx_error(&e),
-    }
+    let list = web.registry.list_providers().await;
+    trunk_accounts(&web, list, "provider", |p| p.name.as_str()).await
 }
 
 async fn bans(State(web): State<Web>, Caller(_): Caller) -> Response {

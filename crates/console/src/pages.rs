@@ -7,11 +7,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use minijinja::context;
-use pbx::audit::WEAK_AT;
+use pbx::audit::weak_by_subject;
 use pbx::registry::backup::utc_stamp;
 use pbx::registry::{ExtensionKind, NewExtension};
 use policy::exposure;
-use std::collections::BTreeMap;
 
 use crate::web::{self, Admin, AdminForm, Web, field, ser};
 
@@ -99,10 +98,7 @@ async fn trunks(State(web): State<Web>, Admin(s): Admin) -> Response {
     ) else {
         return unreadable();
     };
-    let mut by_subject: BTreeMap<&str, Vec<&policy::Finding>> = BTreeMap::new();
-    for f in findings.iter().filter(|f| f.severity >= WEAK_AT) {
-        by_subject.entry(f.subject.as_str()).or_default().push(f);
-    }
+    let by_subject = weak_by_subject(&findings);
     let row = |kind: &str, name: &str, address: &str, auth_id: &str| {
         let subject = format!("{kind}:{name}");
         let fs = by_subject

@@ -21,7 +21,7 @@ pub(crate) fn ser<T: Serialize>(v: T) -> Value {
     Value::from(minijinja::value::Serde(v))
 }
 use pbx::Registry;
-use pbx::audit::WEAK_AT;
+use pbx::audit::{WEAK_AT, weak_by_subject};
 use pbx::registry::regenerate::Selection;
 use pbx::registry::{ExtensionChange, ExtensionView};
 use policy::Finding;
@@ -532,21 +532,16 @@ pub struct Row {
 /// Every extension with its findings (the same audit as `sipward ext list`).
 pub async fn rows(reg: &Registry) -> pbx::Result<Vec<Row>> {
     let findings = reg.audit().await?;
-    let mut by_subject: BTreeMap<&str, Vec<&Finding>> = BTreeMap::new();
-    for f in &findings {
-        by_subject.entry(f.subject.as_str()).or_default().push(f);
-    }
+    let weak = weak_by_subject(&findings);
     Ok(reg
         .list_extensions()
         .await?
         .into_iter()
         .map(|view| {
-            let subject = format!("ext:{}", view.number);
-            let fs = by_subject
-                .get(subject.as_str())
+            let weak_ones = weak
+                .get(format!("ext:{}", view.number).as_str())
                 .cloned()
                 .unwrap_or_default();
-            let weak_ones: Vec<&&Finding> = fs.iter().filter(|f| f.severity >= WEAK_AT).collect();
             Row {
                 weak: !weak_ones.is_empty(),
                 rules: weak_ones
@@ -575,16 +570,8 @@ async fn dashboard(State(web): State<Web>, Admin(s): Admin) -> Response {
         )
             .into_response();
     };
-    let weak_of = |kind: &str| {
-        let mut subjects: Vec<&str> = findings
-            .iter()
-            .filter(|f| f.severity >= WEAK_AT && f.subject.starts_with(kind))
-            .map(|f| f.subject.as_str())
-            .collect();
-        subjects.sort_unstable();
-        subjects.dedup();
-        subjects.len()
-    };
+    let weak = weak_by_subject(&findings);
+    let weak_of = |kind: &str| weak.keys().filter(|s| s.starts_with(kind)).count();
     let kinds = [
         ("extensions", weak_of("ext:"), exts.len()),
         ("gateways", weak_of("gateway:"), gws.len()),

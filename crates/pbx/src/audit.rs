@@ -13,6 +13,16 @@ use crate::registry::{Registry, ext_aad, gateway_aad, provider_aad};
 /// severity; info findings (such as a missing email) do not make it weak.
 pub const WEAK_AT: Severity = Severity::Warning;
 
+/// The findings that make each subject (`ext:1001`, `gateway:NAME`, ...) weak: those of
+/// [`WEAK_AT`] or worse, grouped by subject. A subject absent from the map is not weak.
+pub fn weak_by_subject(findings: &[Finding]) -> std::collections::BTreeMap<&str, Vec<&Finding>> {
+    let mut out: std::collections::BTreeMap<&str, Vec<&Finding>> = Default::default();
+    for f in findings.iter().filter(|f| f.severity >= WEAK_AT) {
+        out.entry(f.subject.as_str()).or_default().push(f);
+    }
+    out
+}
+
 struct OpenedExt<'r> {
     row: &'r ExtensionAuditRow,
     password: Secret,

@@ -722,12 +722,50 @@ fn backup_settings_and_keys_are_checked() {
         ],
         2,
     );
-    assert!(
-        err.contains("passphrase file") || err.contains("cannot use"),
-        "{err}"
-    );
+    assert!(err.contains("passphrase file /dev/null is empty"), "{err}");
     std::fs::write(env.path("junk.swbak"), "not age").expect("junk");
     std::fs::write(env.path("p.txt"), "a long enough passphrase").expect("p");
+    // A backup that is not there, and one that cannot be written: one sentence each,
+    // and no half-written file left behind.
+    let p = |n: &str| env.path(n).to_str().expect("utf8").to_owned();
+    let err = env.fails(
+        &[
+            "backup",
+            "verify",
+            &p("nothing.swbak"),
+            "--passphrase-file",
+            &p("p.txt"),
+        ],
+        2,
+    );
+    assert!(
+        err.contains("cannot use") && err.contains("nothing.swbak"),
+        "{err}"
+    );
+    let nowhere = env.path("no-such-dir").join("b.swbak");
+    let err = env.fails(
+        &[
+            "backup",
+            "create",
+            "--out",
+            nowhere.to_str().expect("utf8"),
+            "--passphrase-file",
+            &p("p.txt"),
+        ],
+        2,
+    );
+    assert!(
+        err.contains("cannot use") && err.contains("no-such-dir"),
+        "{err}"
+    );
+    assert!(!env.path("no-such-dir").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&env.data)
+        .expect("data")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".backup-"))
+        .collect();
+    assert!(leftovers.is_empty(), "staging dirs left: {leftovers:?}");
     let err = env.fails(
         &[
             "backup",
@@ -860,4 +898,56 @@ fn the_advisor_answers_for_four_configurations() {
             .iter()
             .all(|p| p["service"] != "console" || p["open"] == false)
     );
+}
+
+#[test]
+fn a_scheduled_backup_that_fails_is_reported_and_the_next_one_succeeds() {
+    let env = Env::new();
+    env.ok(&["ext", "list"]);
+    let pass = env.path("later.pass");
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        format!(
+            "[backup]\ninterval_secs = 1\nkeep = 3\npassphrase_file = \"{}\"\n",
+            pass.display()
+        ),
+    )
+    .expect("config");
+    // The passphrase file does not exist yet: each attempt fails, the server keeps going.
+    let server = env.serve();
+    eventually_or(
+        "a failed backup reported",
+        Duration::from_secs(30),
+        || server.log().contains("\"event\":\"backup_failed\""),
+        || server.log(),
+    );
+    assert!(
+        server.log().contains("cannot read the passphrase file"),
+        "{}",
+        server.log()
+    );
+    assert!(!server.log().contains("backup_created"));
+    // Once it is there, the next one is made (and it opens with that passphrase).
+    std::fs::write(&pass, "a long and right passphrase\n").expect("pass");
+    eventually_or(
+        "a backup after the failures",
+        Duration::from_secs(30),
+        || server.log().contains("\"event\":\"backup_created\""),
+        || server.log(),
+    );
+    server.stop();
+    let made: Vec<_> = std::fs::read_dir(env.data.join("backups"))
+        .expect("backups")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "swbak"))
+        .collect();
+    assert!(!made.is_empty());
+    env.ok(&[
+        "backup",
+        "verify",
+        made[0].to_str().expect("utf8"),
+        "--passphrase-file",
+        pass.to_str().expect("utf8"),
+    ]);
 }

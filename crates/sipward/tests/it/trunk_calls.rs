@@ -124,6 +124,22 @@ fn trunk_scenario(
     path.to_string_lossy().into_owned()
 }
 
+/// The provider account "carrier" (auth ID acct-77) whose registrar SIPp plays on
+/// 127.0.0.8:`port`.
+fn provider(env: &Env, port: u16, password: &str) {
+    env.ok(&[
+        "provider",
+        "add",
+        "carrier",
+        "--registrar",
+        &format!("127.0.0.8:{port}"),
+        "--auth-id",
+        "acct-77",
+        "--password",
+        password,
+    ]);
+}
+
 fn gateway(env: &Env, ip: &str, port: u16) {
     env.ok(&[
         "gateway",
@@ -309,17 +325,7 @@ fn a_third_concurrent_call_breaks_the_limit_and_calls_are_listed() {
 fn sipward_registers_at_a_provider_and_calls_through_it() {
     let env = Env::with_config(GERMANY);
     let port = free_port();
-    env.ok(&[
-        "provider",
-        "add",
-        "carrier",
-        "--registrar",
-        &format!("127.0.0.8:{port}"),
-        "--auth-id",
-        "acct-77",
-        "--password",
-        TRUNK_PASSWORD,
-    ]);
+    provider(&env, port, TRUNK_PASSWORD);
     // National numbers go out in international format: 030... -> 4930...
     env.ok(&[
         "route",
@@ -375,17 +381,7 @@ fn sipward_registers_at_a_provider_and_calls_through_it() {
 fn a_wrong_provider_password_is_reported_not_retried_at_once() {
     let env = Env::with_config(GERMANY);
     let port = free_port();
-    env.ok(&[
-        "provider",
-        "add",
-        "carrier",
-        "--registrar",
-        &format!("127.0.0.8:{port}"),
-        "--auth-id",
-        "acct-77",
-        "--password",
-        "Not-the-Right-One-42",
-    ]);
+    provider(&env, port, "Not-the-Right-One-42");
     let scenario = trunk_scenario(
         &env,
         ("acct-77", TRUNK_PASSWORD),
