@@ -730,26 +730,37 @@ async fn edit_page(
     Admin(s): Admin,
     Path(number): Path<String>,
 ) -> Response {
-    let Ok(all) = rows(&web.registry).await else {
+    // One audit (it also finds a password reused on another account).
+    let view = match web.registry.get_extension(&number).await {
+        Ok(v) => v,
+        Err(pbx::Error::NotFound { .. } | pbx::Error::Invalid(_)) => {
+            return (StatusCode::NOT_FOUND, "no such extension\n").into_response();
+        }
+        Err(_) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the data dir cannot be read\n",
+            )
+                .into_response();
+        }
+    };
+    let Ok(findings) = web.registry.audit().await else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "the data dir cannot be read\n",
         )
             .into_response();
     };
-    let Some(row) = all.into_iter().find(|r| r.view.number == number) else {
-        return (StatusCode::NOT_FOUND, "no such extension\n").into_response();
-    };
-    let findings = web.registry.audit().await.unwrap_or_default();
+    let subject = format!("ext:{number}");
     let mine: Vec<Finding> = findings
         .into_iter()
-        .filter(|f| f.subject == format!("ext:{number}"))
+        .filter(|f| f.subject == subject)
         .collect();
     web.render(
         StatusCode::OK,
         "edit.html",
         context! { title => format!("Extension {number}"), admin => s.admin, csrf => s.csrf,
-        e => ser(&row.view),
+        e => ser(&view),
         fields => ser(field_findings(&mine)) },
     )
 }

@@ -403,6 +403,15 @@ fn the_api_answers_every_error_and_works_with_a_token() {
         .0,
         403
     );
+    // An unknown extension's edit page is a 404, not an error page.
+    assert_eq!(
+        curl(&["-H", &cookie, &format!("{base}/extensions/9999")]).0,
+        404
+    );
+    assert_eq!(
+        curl(&["-H", &cookie, &format!("{base}/extensions/12ab")]).0,
+        404
+    );
     // The session reads; the token changes.
     assert_eq!(curl(&["-H", &cookie, &api("/extensions/4001")]).0, 200);
     let (code, body) = post(r#"{"numbers": ["4001"], "email": false}"#, &["-H", &bearer]);
