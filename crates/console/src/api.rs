@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 
+use accounts::regenerate::Selection;
 use axum::Router;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::Method;
@@ -14,7 +15,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use pbx::registry::regenerate::Selection;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -267,11 +267,11 @@ async fn caller(
     Ok(s.actor())
 }
 
-fn pbx_error(e: &pbx::Error) -> Response {
+fn accounts_error(e: &accounts::Error) -> Response {
     let status = match e {
-        pbx::Error::NotFound { .. } => StatusCode::NOT_FOUND,
-        pbx::Error::InUse { .. } => StatusCode::CONFLICT,
-        pbx::Error::Store(store::Error::Conflict { .. }) => StatusCode::CONFLICT,
+        accounts::Error::NotFound { .. } => StatusCode::NOT_FOUND,
+        accounts::Error::InUse { .. } => StatusCode::CONFLICT,
+        accounts::Error::Store(store::Error::Conflict { .. }) => StatusCode::CONFLICT,
         e if e.is_operator_error() => StatusCode::BAD_REQUEST,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
@@ -281,7 +281,7 @@ fn pbx_error(e: &pbx::Error) -> Response {
 async fn list(State(web): State<Web>, Caller(_): Caller) -> Response {
     match web::rows(&web.registry).await {
         Ok(rows) => axum::Json(rows).into_response(),
-        Err(e) => pbx_error(&e),
+        Err(e) => accounts_error(&e),
     }
 }
 
@@ -300,7 +300,7 @@ async fn one(State(web): State<Web>, Caller(_): Caller, Path(number): Path<Strin
                 format!("extension {number} does not exist"),
             ),
         },
-        Err(e) => pbx_error(&e),
+        Err(e) => accounts_error(&e),
     }
 }
 
@@ -324,11 +324,11 @@ async fn add(
     Caller(actor): Caller,
     Body(req): Body<NewExtension>,
 ) -> Response {
-    let new = pbx::registry::NewExtension {
+    let new = accounts::registry::NewExtension {
         kind: if req.fax == Some(true) {
-            pbx::registry::ExtensionKind::Fax
+            accounts::registry::ExtensionKind::Fax
         } else {
-            pbx::registry::ExtensionKind::User
+            accounts::registry::ExtensionKind::User
         },
         name: req.name,
         email: req.email,
@@ -342,7 +342,7 @@ async fn add(
     };
     let added = match web.registry.add_extension(&req.number, new).await {
         Ok(a) => a,
-        Err(e) => return pbx_error(&e),
+        Err(e) => return accounts_error(&e),
     };
     let number = added.extension.number.clone();
     web.log(&actor, "ext.added", &format!("ext:{number}"), "")
@@ -374,7 +374,7 @@ async fn remove(
                 .await;
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(e) => pbx_error(&e),
+        Err(e) => accounts_error(&e),
     }
 }
 
@@ -404,7 +404,7 @@ async fn regenerate(
         .await
     {
         Ok(r) => r,
-        Err(e) => return pbx_error(&e),
+        Err(e) => return accounts_error(&e),
     };
     for r in &results {
         web.log(
@@ -510,7 +510,7 @@ fn with_findings<T: serde::Serialize>(
     subject: impl Fn(&T) -> String,
     findings: &[policy::Finding],
 ) -> Vec<Value> {
-    let weak = pbx::audit::weak_by_subject(findings);
+    let weak = accounts::audit::weak_by_subject(findings);
     items
         .iter()
         .map(|item| {
@@ -529,7 +529,7 @@ fn with_findings<T: serde::Serialize>(
 /// `GET /gateways` and `GET /providers`: the list with each account's findings.
 async fn trunk_accounts<T: serde::Serialize>(
     web: &Web,
-    list: pbx::Result<Vec<T>>,
+    list: accounts::Result<Vec<T>>,
     kind: &str,
     name: impl Fn(&T) -> &str,
 ) -> Response {
@@ -537,7 +537,7 @@ async fn trunk_accounts<T: serde::Serialize>(
         (Ok(items), Ok(f)) => {
             axum::Json(with_findings(&items, |i| format!("{kind}:{}", name(i)), &f)).into_response()
         }
-        (Err(e), _) | (_, Err(e)) => pbx_error(&e),
+        (Err(e), _) | (_, Err(e)) => accounts_error(&e),
     }
 }
 
@@ -554,7 +554,7 @@ async fn providers(State(web): State<Web>, Caller(_): Caller) -> Response {
 async fn bans(State(web): State<Web>, Caller(_): Caller) -> Response {
     match web.registry.bans(false).await {
         Ok(b) => axum::Json(b).into_response(),
-        Err(e) => pbx_error(&e),
+        Err(e) => accounts_error(&e),
     }
 }
 
@@ -568,7 +568,7 @@ async fn unban(
             web.log(&actor, "ban.lifted", &source, "").await;
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(e) => pbx_error(&e),
+        Err(e) => accounts_error(&e),
     }
 }
 
@@ -590,7 +590,7 @@ async fn calls(State(web): State<Web>, Caller(_): Caller) -> Response {
             )
             .into_response()
         }
-        Err(e) => pbx_error(&e),
+        Err(e) => accounts_error(&e),
     }
 }
 
@@ -609,7 +609,7 @@ async fn log(State(web): State<Web>, Caller(_): Caller) -> Response {
                 .collect::<Vec<_>>(),
         )
         .into_response(),
-        Err(e) => pbx_error(&pbx::Error::from(e)),
+        Err(e) => accounts_error(&accounts::Error::from(e)),
     }
 }
 
@@ -648,7 +648,7 @@ async fn update(
     .filter(|(_, set)| *set)
     .map(|(n, _)| *n)
     .collect();
-    let change = pbx::registry::ExtensionChange {
+    let change = accounts::registry::ExtensionChange {
         name: c.name,
         email: c.email,
         password: c.password,
@@ -671,7 +671,7 @@ async fn update(
             .await;
             axum::Json(json!({ "extension": view, "findings": findings })).into_response()
         }
-        Err(e) => pbx_error(&e),
+        Err(e) => accounts_error(&e),
     }
 }
 
@@ -691,14 +691,14 @@ async fn resume(
             .await;
             axum::Json(json!({ "number": number, "was_suspended": was })).into_response()
         }
-        Err(e) => pbx_error(&e),
+        Err(e) => accounts_error(&e),
     }
 }
 
 async fn allow_list(State(web): State<Web>, Caller(_): Caller) -> Response {
     match web.registry.allow_list().await {
         Ok(a) => axum::Json(a).into_response(),
-        Err(e) => pbx_error(&e),
+        Err(e) => accounts_error(&e),
     }
 }
 
@@ -721,7 +721,7 @@ async fn allow_change(
                 web.log(&actor, "allow.removed", &c.network, "").await;
                 axum::Json(json!({ "removed": c.network })).into_response()
             }
-            Err(e) => pbx_error(&e),
+            Err(e) => accounts_error(&e),
         };
     }
     let note = c.note.unwrap_or_default();
@@ -730,6 +730,6 @@ async fn allow_change(
             web.log(&actor, "allow.added", &c.network, &note).await;
             (StatusCode::CREATED, axum::Json(view)).into_response()
         }
-        Err(e) => pbx_error(&e),
+        Err(e) => accounts_error(&e),
     }
 }

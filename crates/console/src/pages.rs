@@ -1,15 +1,15 @@
 //! The console's other pages: adding an extension, gateways and providers, security
 //! (bans and the allow list), the exposure advisor and the audit log.
 
+use accounts::audit::weak_by_subject;
+use accounts::backup::utc_stamp;
+use accounts::registry::{ExtensionKind, NewExtension};
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use minijinja::context;
-use pbx::audit::weak_by_subject;
-use pbx::registry::backup::utc_stamp;
-use pbx::registry::{ExtensionKind, NewExtension};
 use policy::exposure;
 
 use crate::web::{self, Admin, AdminForm, Web, field, ser};
@@ -141,7 +141,7 @@ async fn security(State(web): State<Web>, Admin(s): Admin) -> Response {
             context! {
                 source => b.source.clone(), reason => b.reason.clone(),
                 detail => b.detail.clone(), times => b.times,
-                until => if b.expires_at >= pbx::bans::FOREVER { "never".to_owned() } else { utc_stamp(b.expires_at) },
+                until => if b.expires_at >= accounts::bans::FOREVER { "never".to_owned() } else { utc_stamp(b.expires_at) },
             }
         })
         .collect();
@@ -184,7 +184,7 @@ async fn security_change(
             web.log(&s.actor(), what, &subject, &detail).await;
             Redirect::to("/security").into_response()
         }
-        Err(pbx::Error::NotFound { what }) => {
+        Err(accounts::Error::NotFound { what }) => {
             (StatusCode::NOT_FOUND, format!("{what} does not exist\n")).into_response()
         }
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
@@ -193,7 +193,8 @@ async fn security_change(
 
 async fn advisor(State(web): State<Web>, Admin(s): Admin) -> Response {
     let (sip, http) = web.options.listening;
-    let Ok(facts) = pbx::exposure::facts(&web.registry, sip, http, false, (web.now)()).await else {
+    let Ok(facts) = accounts::exposure::facts(&web.registry, sip, http, false, (web.now)()).await
+    else {
         return unreadable();
     };
     web.render(
@@ -268,7 +269,7 @@ async fn resume(State(web): State<Web>, AdminForm { session: s, form }: AdminFor
             .await;
             Redirect::to("/calls").into_response()
         }
-        Err(pbx::Error::NotFound { what }) => {
+        Err(accounts::Error::NotFound { what }) => {
             (StatusCode::NOT_FOUND, format!("{what} does not exist\n")).into_response()
         }
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),

@@ -8,10 +8,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use accounts::Registry;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use pbx::Registry;
 use pbx::guard::Guard;
 use pbx::metrics::Metrics;
 use policy::Secret;

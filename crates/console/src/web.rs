@@ -20,10 +20,10 @@ use minijinja::{Environment, Value, context};
 pub(crate) fn ser<T: Serialize>(v: T) -> Value {
     Value::from(minijinja::value::Serde(v))
 }
-use pbx::Registry;
-use pbx::audit::{WEAK_AT, weak_by_subject};
-use pbx::registry::regenerate::Selection;
-use pbx::registry::{ExtensionChange, ExtensionView};
+use accounts::Registry;
+use accounts::audit::{WEAK_AT, weak_by_subject};
+use accounts::regenerate::Selection;
+use accounts::registry::{ExtensionChange, ExtensionView};
 use policy::Finding;
 use serde::Serialize;
 use store::console::{self as q, SessionRow};
@@ -530,7 +530,7 @@ pub struct Row {
 }
 
 /// Every extension with its findings (the same audit as `sipward ext list`).
-pub async fn rows(reg: &Registry) -> pbx::Result<Vec<Row>> {
+pub async fn rows(reg: &Registry) -> accounts::Result<Vec<Row>> {
     let findings = reg.audit().await?;
     let weak = weak_by_subject(&findings);
     Ok(reg
@@ -599,7 +599,7 @@ async fn dashboard(State(web): State<Web>, Admin(s): Admin) -> Response {
         .take(5)
         .map(|b| {
             context! {
-                at => pbx::registry::backup::utc_stamp(b.last_seen), source => b.source.clone(),
+                at => accounts::backup::utc_stamp(b.last_seen), source => b.source.clone(),
                 reason => b.reason.clone(), detail => b.detail.clone(),
             }
         })
@@ -623,7 +623,7 @@ pub(crate) fn log_rows(rows: &[store::audit_log::LogRow]) -> Vec<Value> {
         .rev()
         .map(|e| {
             context! {
-                at => pbx::registry::backup::utc_stamp(e.at),
+                at => accounts::backup::utc_stamp(e.at),
                 actor => e.actor.clone(), action => e.action.clone(),
                 subject => e.subject.clone(), detail => e.detail.clone(),
             }
@@ -685,7 +685,7 @@ async fn regenerate(State(web): State<Web>, AdminForm { session: s, form }: Admi
     {
         Ok(r) => r,
         Err(e) => {
-            let status = if matches!(e, pbx::Error::NotFound { .. }) {
+            let status = if matches!(e, accounts::Error::NotFound { .. }) {
                 StatusCode::NOT_FOUND
             } else {
                 StatusCode::BAD_REQUEST
@@ -733,7 +733,7 @@ async fn edit_page(
     // One audit (it also finds a password reused on another account).
     let view = match web.registry.get_extension(&number).await {
         Ok(v) => v,
-        Err(pbx::Error::NotFound { .. } | pbx::Error::Invalid(_)) => {
+        Err(accounts::Error::NotFound { .. } | accounts::Error::Invalid(_)) => {
             return (StatusCode::NOT_FOUND, "no such extension\n").into_response();
         }
         Err(_) => {
@@ -816,7 +816,7 @@ async fn edit(
                 fields => ser(field_findings(&findings)), saved => true },
             )
         }
-        Err(pbx::Error::NotFound { .. }) => {
+        Err(accounts::Error::NotFound { .. }) => {
             (StatusCode::NOT_FOUND, "no such extension\n").into_response()
         }
         Err(e) => match web.registry.get_extension(&number).await {
@@ -853,7 +853,7 @@ async fn check(
             }
             axum::Json(serde_json::json!({ "fields": fields })).into_response()
         }
-        Err(pbx::Error::NotFound { .. }) => StatusCode::NOT_FOUND.into_response(),
+        Err(accounts::Error::NotFound { .. }) => StatusCode::NOT_FOUND.into_response(),
         Err(e) => (
             StatusCode::BAD_REQUEST,
             axum::Json(serde_json::json!({ "error": e.to_string() })),

@@ -17,7 +17,6 @@ use sip::msg::{self, Message, Name, StartLine};
 use sip::response::{ResponseBuilder, datagram_target};
 use sip::transaction::{Seen, ServerTransactions, TIMER_J, TxKey};
 
-use crate::Clock;
 use crate::authenticator::{Authenticator, Outcome};
 use crate::b2bua::{B2bua, InDialog, Placed};
 use crate::directory::{Account, Directory, DirectoryCache};
@@ -28,6 +27,7 @@ use crate::outbound::{Decision, Outbound};
 use crate::proxy::{Proxy, Relay};
 use crate::registrar::{Contacts, RegisterError, RegisterRequest, Registrar, TransportKind};
 use crate::trunk::{Routed, Trunks};
+use accounts::Clock;
 use policy::dialplan::CallClass;
 
 /// Methods sipward knows but does not serve (yet): answered 405 with `Allow`.

@@ -1,51 +1,28 @@
-//! Errors of the registry workflow, each one sentence an administrator can act on.
-
-use policy::InvalidField;
+//! Errors of the running server, each one sentence an administrator can act on.
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(transparent)]
-    Invalid(#[from] InvalidField),
-    #[error("{what} does not exist")]
-    NotFound { what: String },
-    #[error("{what} is already used by {owner}")]
-    InUse { what: String, owner: String },
-    #[error("{0}")]
-    Import(crate::import::ImportErrors),
     #[error("cannot listen for SIP on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
     #[error(transparent)]
-    Store(#[from] store::Error),
+    Accounts(#[from] accounts::Error),
     #[error(transparent)]
-    Template(#[from] crate::provisioning::TemplateError),
-    #[error("cannot write {path}: {source}")]
-    Io {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    Store(#[from] store::Error),
 }
 
 impl Error {
     /// Whether the cause lies with the operator's input or environment (exit code 2).
     pub fn is_operator_error(&self) -> bool {
         match self {
-            Error::Invalid(_)
-            | Error::NotFound { .. }
-            | Error::InUse { .. }
-            | Error::Import(_)
-            | Error::Bind { .. } => true,
+            Error::Bind { .. } => true,
+            Error::Accounts(e) => e.is_operator_error(),
             Error::Store(e) => e.is_operator_error(),
-            Error::Template(_) | Error::Io { .. } => true,
         }
-    }
-
-    pub(crate) fn not_found(what: impl Into<String>) -> Self {
-        Error::NotFound { what: what.into() }
     }
 }
 

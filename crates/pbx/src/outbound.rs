@@ -6,47 +6,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
-use policy::dialplan::{Breach, CallClass, ClassOfService, DialPlan, FraudLimits, Usage};
+use accounts::outbound::Line;
+use policy::dialplan::{Breach, CallClass, DialPlan, Usage};
 use store::outbound::CallingRow;
 
 use crate::guard::Windows;
-
-/// One extension's effective outbound settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Line {
-    pub class: ClassOfService,
-    pub limits: FraudLimits,
-    pub suspended: bool,
-}
-
-impl Line {
-    /// The effective settings of a stored row under `plan`'s defaults.
-    pub fn from_row(row: &CallingRow, plan: &DialPlan) -> Line {
-        let o = &row.outbound;
-        let default_class = if row.kind == "fax" {
-            plan.default_fax_class
-        } else {
-            plan.default_user_class
-        };
-        let pick = |v: Option<i64>, d: u32| v.and_then(|v| u32::try_from(v).ok()).unwrap_or(d);
-        Line {
-            class: o
-                .class_of_service
-                .as_deref()
-                .and_then(ClassOfService::parse)
-                .unwrap_or(default_class),
-            limits: FraudLimits {
-                concurrent_external: pick(o.concurrent_external, plan.limits.concurrent_external),
-                attempts_per_minute: pick(o.attempts_per_minute, plan.limits.attempts_per_minute),
-                international_per_day: pick(
-                    o.international_per_day,
-                    plan.limits.international_per_day,
-                ),
-            },
-            suspended: o.suspended_at != 0,
-        }
-    }
-}
 
 /// The answer to an authenticated caller's INVITE.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

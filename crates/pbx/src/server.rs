@@ -19,9 +19,11 @@ use crate::endpoint::Endpoint;
 use crate::guard::{Event, Guard};
 use crate::metrics::Metrics;
 use crate::notify::{Notifier, local_for};
-use crate::provisioning::Vendor;
 use crate::registrar::{Registrar, RegistrarConfig};
-use crate::{Clock, Registry, Result, transport};
+use crate::{Result, transport};
+use accounts::provisioning::Vendor;
+use accounts::trunks::resolve;
+use accounts::{Clock, Registry};
 
 /// How often the store's registry version is polled (a CLI change is live within this).
 pub const RELOAD_EVERY: Duration = Duration::from_millis(250);
@@ -45,7 +47,7 @@ pub struct ServeConfig {
     /// Tasks receiving on the UDP socket (one per core is best).
     pub udp_workers: usize,
     /// The SMTP server the outbox is sent through; None leaves mails queued.
-    pub mailer: Option<crate::mail::Mailer>,
+    pub mailer: Option<accounts::mail::Mailer>,
 }
 
 /// Random keys for this process, from the OS CSPRNG (through the binary).
@@ -333,30 +335,6 @@ async fn load_trunks(registry: &Registry, endpoint: &Endpoint) -> Result<()> {
     Ok(())
 }
 
-/// `host[:port]` to one address (port 5060 when none is given; IPv4 preferred).
-pub async fn resolve(host: &str) -> Option<SocketAddr> {
-    if let Ok(a) = host.parse::<SocketAddr>() {
-        return Some(a);
-    }
-    let has_port = if host.starts_with('[') {
-        host.contains("]:")
-    } else {
-        host.matches(':').count() == 1
-    };
-    let query = if has_port {
-        host.to_owned()
-    } else {
-        format!("{host}:5060")
-    };
-    let lookup = tokio::time::timeout(Duration::from_secs(3), tokio::net::lookup_host(query));
-    let addrs: Vec<SocketAddr> = lookup.await.ok()?.ok()?.collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
-}
-
 async fn load_guard(
     conn: &mut sqlx::AnyConnection,
     endpoint: &Endpoint,
@@ -544,7 +522,7 @@ async fn proxy_loop(endpoint: Arc<Endpoint>, mut stop: watch::Receiver<bool>) {
 /// Sends the outbox's due mails (retries included) every few seconds.
 async fn outbox_loop(
     registry: Registry,
-    mailer: crate::mail::Mailer,
+    mailer: accounts::mail::Mailer,
     endpoint: Arc<Endpoint>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -558,7 +536,7 @@ async fn outbox_loop(
             continue;
         };
         for (_, outcome) in done {
-            use crate::registry::regenerate::MailOutcome as M;
+            use accounts::regenerate::MailOutcome as M;
             let m = &endpoint.metrics;
             match outcome {
                 M::Sent { .. } => Metrics::inc(&m.mail_sent),

@@ -20,7 +20,7 @@ use store::trunks::ProviderStatusRow;
 
 use crate::notify::Tokens;
 use crate::proxy::Send;
-use crate::registry::{TrunkKind, TrunkSet};
+use accounts::trunks::{TrunkKind, TrunkSet};
 
 const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);
@@ -203,7 +203,7 @@ impl Trunks {
 
     /// The extension a DID (Request-URI or To user) reaches.
     pub fn did(&self, user: &str) -> Option<String> {
-        let d = crate::registry::normalize_did(user)?;
+        let d = accounts::trunks::normalize_did(user)?;
         self.get().set.dids.get(&d).cloned()
     }
 

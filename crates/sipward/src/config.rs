@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use accounts::Settings;
 use anyhow::Context as _;
-use pbx::Settings;
 use pbx::registrar::RegistrarConfig;
 use policy::PolicyConfig;
 use serde::Deserialize;
@@ -96,7 +96,7 @@ struct RawProvisioning {
     /// The SIP server phones register to; defaults to sip.domain.
     server: Option<String>,
     port: Option<u16>,
-    transport: Option<pbx::provisioning::PhoneTransport>,
+    transport: Option<accounts::provisioning::PhoneTransport>,
     voicemail_number: Option<String>,
     /// `http://host:port` phones fetch their files from (shown in welcome mails).
     base_url: Option<String>,
@@ -110,7 +110,7 @@ struct RawMail {
     smtp_host: String,
     smtp_port: Option<u16>,
     #[serde(default)]
-    security: pbx::mail::Security,
+    security: accounts::mail::Security,
     username: Option<String>,
     password: Option<String>,
     from: String,
@@ -142,7 +142,7 @@ pub struct Config {
     pub digest_algorithms: Vec<sip::digest::Algorithm>,
     pub bans: policy::ban::BanPolicy,
     /// The SMTP server welcome mails go through (`[mail]`); None: mails stay queued.
-    pub mail: Option<pbx::mail::SmtpSettings>,
+    pub mail: Option<accounts::mail::SmtpSettings>,
     pub backup: BackupConfig,
     /// `[console] allow`: the networks the console answers (empty: any).
     pub console_allow: Vec<ipnet::IpNet>,
@@ -283,8 +283,8 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
     })
 }
 
-fn provisioning(raw: RawProvisioning) -> anyhow::Result<pbx::registry::ProvisioningSettings> {
-    let d = pbx::registry::ProvisioningSettings::default();
+fn provisioning(raw: RawProvisioning) -> anyhow::Result<accounts::registry::ProvisioningSettings> {
+    let d = accounts::registry::ProvisioningSettings::default();
     let bad = |m: String| -> anyhow::Error { OperatorError(m).into() };
     let server = raw
         .server
@@ -335,7 +335,7 @@ fn provisioning(raw: RawProvisioning) -> anyhow::Result<pbx::registry::Provision
     if port == 0 {
         return Err(bad("provisioning.port must not be 0".into()));
     }
-    Ok(pbx::registry::ProvisioningSettings {
+    Ok(accounts::registry::ProvisioningSettings {
         server,
         port,
         transport: raw.transport.unwrap_or(d.transport),
@@ -345,7 +345,7 @@ fn provisioning(raw: RawProvisioning) -> anyhow::Result<pbx::registry::Provision
     })
 }
 
-fn mail(raw: RawMail) -> anyhow::Result<pbx::mail::SmtpSettings> {
+fn mail(raw: RawMail) -> anyhow::Result<accounts::mail::SmtpSettings> {
     let bad = |m: &str| -> anyhow::Error { OperatorError(m.into()).into() };
     let host = raw.smtp_host.trim().to_owned();
     policy::fields::Host::parse(&host).map_err(|e| bad(&format!("mail.smtp_host: {e}")))?;
@@ -358,10 +358,10 @@ fn mail(raw: RawMail) -> anyhow::Result<pbx::mail::SmtpSettings> {
         return Err(bad("mail.timeout_secs must be between 1 and 300"));
     }
     let port = raw.smtp_port.unwrap_or(match raw.security {
-        pbx::mail::Security::Tls => 465,
+        accounts::mail::Security::Tls => 465,
         _ => 587,
     });
-    Ok(pbx::mail::SmtpSettings {
+    Ok(accounts::mail::SmtpSettings {
         host,
         port,
         security: raw.security,
@@ -412,10 +412,10 @@ mod tests {
         .expect("valid");
         let p = &c.settings.provisioning;
         assert_eq!(p.base_url.as_deref(), Some("https://pbx.example.com:8443"));
-        assert_eq!(p.transport, pbx::provisioning::PhoneTransport::Tcp);
+        assert_eq!(p.transport, accounts::provisioning::PhoneTransport::Tcp);
         assert_eq!(p.grace_secs, 0);
         let m = c.mail.expect("mail");
-        assert_eq!((m.port, m.security), (465, pbx::mail::Security::Tls));
+        assert_eq!((m.port, m.security), (465, accounts::mail::Security::Tls));
         assert!(m.username.is_none());
     }
 

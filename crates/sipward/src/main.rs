@@ -10,8 +10,8 @@ mod output;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use accounts::{Clock, Registry};
 use clap::Parser;
-use pbx::{Clock, Registry};
 use store::DataDir;
 
 /// An error caused by the operator's input or environment: exit code 2.
@@ -54,7 +54,7 @@ pub async fn open_registry(
         eprintln!(
             "created data dir {} (database, secrets key, fax extension {} with strong credentials)",
             path.display(),
-            pbx::registry::DEFAULT_FAX_NUMBER
+            accounts::registry::DEFAULT_FAX_NUMBER
         );
         let password = cmd::admin::first_admin(&registry).await?;
         eprintln!(
@@ -118,6 +118,9 @@ fn exit_code_for(err: &anyhow::Error) -> u8 {
             return 2;
         }
         if let Some(e) = cause.downcast_ref::<pbx::Error>() {
+            return if e.is_operator_error() { 2 } else { 1 };
+        }
+        if let Some(e) = cause.downcast_ref::<accounts::Error>() {
             return if e.is_operator_error() { 2 } else { 1 };
         }
         if let Some(e) = cause.downcast_ref::<store::Error>() {

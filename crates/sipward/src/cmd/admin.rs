@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
+use accounts::Registry;
 use console::admin;
-use pbx::Registry;
 use policy::generate;
 
 use crate::OperatorError;

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use pbx::Registry;
+use accounts::Registry;
 use policy::exposure;
 
 use crate::output::{self, Table};
@@ -16,7 +16,8 @@ pub async fn run(
     remote_phones: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let facts = pbx::exposure::facts(reg, sip, http, remote_phones, crate::clock().now()).await?;
+    let facts =
+        accounts::exposure::facts(reg, sip, http, remote_phones, crate::clock().now()).await?;
     let advice = exposure::advise(&facts);
     if json {
         output::json(&advice)?;

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use pbx::Registry;
+use accounts::Registry;
 use policy::{Finding, Severity};
 use serde::Serialize;
 
@@ -48,7 +48,7 @@ pub async fn run(reg: &Registry, args: AuditArgs) -> anyhow::Result<ExitCode> {
                     f.field.into(),
                     f.message.clone(),
                 ],
-                f.severity >= pbx::audit::WEAK_AT,
+                f.severity >= accounts::audit::WEAK_AT,
             );
         }
         t.print()?;

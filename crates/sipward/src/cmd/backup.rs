@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use pbx::Registry;
-use pbx::registry::backup::{Created, file_name, utc_stamp};
-use pbx::registry::epoch::Hardening;
+use accounts::Registry;
+use accounts::backup::{Created, file_name, utc_stamp};
+use accounts::epoch::Hardening;
 use policy::epoch::{self, CURRENT};
 use serde::Serialize;
 use store::backup::secrecy::{ExposeSecret, SecretString};
@@ -212,7 +212,7 @@ pub async fn scheduled(reg: Registry, config: BackupConfig, secs: u64) {
             let created = reg
                 .create_backup(&out, &seal, "sipward serve (scheduled)", &mut |_, _| {})
                 .await?;
-            let removed = pbx::registry::backup::prune(&dir, config.keep)?;
+            let removed = accounts::backup::prune(&dir, config.keep)?;
             anyhow::Ok((created, removed))
         }
         .await;

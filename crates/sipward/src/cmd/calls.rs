@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use pbx::Registry;
-use pbx::registry::NewRoute;
+use accounts::Registry;
+use accounts::registry::NewRoute;
 use serde::Serialize;
 
 use crate::cli::{DidCommand, RouteCommand};

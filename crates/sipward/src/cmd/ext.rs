@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 use std::process::ExitCode;
 
-use pbx::Registry;
-use pbx::audit::WEAK_AT;
-use pbx::registry::{ExtensionChange, ExtensionKind, ExtensionView, NewExtension};
+use accounts::Registry;
+use accounts::audit::WEAK_AT;
+use accounts::registry::{ExtensionChange, ExtensionKind, ExtensionView, NewExtension};
 use policy::Finding;
 use serde::Serialize;
 
@@ -13,7 +13,7 @@ use super::secrets_from_stdin;
 use crate::cli::{ExtCommand, ExtFields};
 use crate::config::Config;
 use crate::output::{self, Table};
-use pbx::registry::regenerate::Selection;
+use accounts::regenerate::Selection;
 
 #[derive(Serialize)]
 struct GeneratedJson<'a> {
@@ -248,8 +248,8 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
                 struct Out<'a> {
                     #[serde(flatten)]
                     inner: WithFindings<'a, ExtensionView>,
-                    registrations: &'a [pbx::registry::RegistrationView],
-                    outbound: &'a pbx::registry::OutboundView,
+                    registrations: &'a [accounts::registry::RegistrationView],
+                    outbound: &'a accounts::registry::OutboundView,
                     #[serde(skip_serializing_if = "Option::is_none")]
                     password: Option<&'a str>,
                     #[serde(skip_serializing_if = "Option::is_none")]

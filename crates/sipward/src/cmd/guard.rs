@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use pbx::Registry;
-use pbx::bans::FOREVER;
+use accounts::Registry;
+use accounts::bans::FOREVER;
 
 use crate::OperatorError;
 use crate::cli::{AllowCommand, BanCommand};

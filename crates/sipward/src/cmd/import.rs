@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use pbx::Registry;
+use accounts::Registry;
 
 use crate::OperatorError;
 use crate::cli::ImportArgs;

@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
-use pbx::Registry;
-use pbx::mail::Mailer;
-use pbx::registry::regenerate::MailOutcome;
+use accounts::Registry;
+use accounts::mail::Mailer;
+use accounts::regenerate::MailOutcome;
 use serde::Serialize;
 
 use crate::OperatorError;

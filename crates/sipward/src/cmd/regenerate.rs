@@ -4,9 +4,9 @@
 use std::collections::HashSet;
 use std::process::ExitCode;
 
-use pbx::Registry;
-use pbx::mail::Mailer;
-use pbx::registry::regenerate::{FilesOutcome, MailOutcome, Regenerated, Selection};
+use accounts::Registry;
+use accounts::mail::Mailer;
+use accounts::regenerate::{FilesOutcome, MailOutcome, Regenerated, Selection};
 use serde::Serialize;
 
 use crate::config::Config;
@@ -33,7 +33,7 @@ struct Grace<'a> {
 
 /// Re-Generate progress to stderr, for selections larger than one batch.
 pub fn progress(done: usize, total: usize) {
-    if total > pbx::registry::regenerate::BATCH {
+    if total > accounts::regenerate::BATCH {
         eprintln!("regenerated {done}/{total}");
     }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use pbx::Registry;
+use accounts::Registry;
 use pbx::server::{self, ServeConfig, ServerKeys};
 use rand_core::Rng;
 
@@ -42,7 +42,7 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
     let mailer = config
         .mail
         .as_ref()
-        .map(pbx::mail::Mailer::new)
+        .map(accounts::mail::Mailer::new)
         .transpose()
         .map_err(|e| OperatorError(e.to_string()))?;
     let cfg = ServeConfig {

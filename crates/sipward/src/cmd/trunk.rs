@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use pbx::Registry;
-use pbx::registry::{GatewayChange, NewGateway, NewProvider, ProviderChange};
+use accounts::Registry;
+use accounts::registry::{GatewayChange, NewGateway, NewProvider, ProviderChange};
 use policy::Finding;
 use serde::Serialize;
 
@@ -41,7 +41,7 @@ fn print_findings(findings: &[&Finding]) {
 fn weak_cell(findings: &[&Finding]) -> (String, bool) {
     let rules: Vec<&str> = findings
         .iter()
-        .filter(|f| f.severity >= pbx::audit::WEAK_AT)
+        .filter(|f| f.severity >= accounts::audit::WEAK_AT)
         .map(|f| f.rule.check.as_str())
         .collect();
     if rules.is_empty() {
@@ -276,7 +276,7 @@ pub async fn provider(reg: &Registry, cmd: ProviderCommand) -> anyhow::Result<Ex
                 #[derive(Serialize)]
                 struct Shown<'a> {
                     #[serde(flatten)]
-                    item: WithFindings<'a, pbx::registry::ProviderView>,
+                    item: WithFindings<'a, accounts::registry::ProviderView>,
                     registration: Option<Registration>,
                 }
                 output::json(&Shown {

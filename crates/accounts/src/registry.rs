@@ -1,31 +1,22 @@
 //! The registry: extensions, PSTN gateways and VoIP providers, and the workflow that
 //! keeps their stored form right (validated fields, sealed secrets, current HA1s).
 
-pub mod backup;
-pub mod epoch;
-mod extension;
-mod gateway;
-mod outbound;
-mod provider;
-pub mod regenerate;
-mod trunks;
-
-pub use extension::{
+pub use crate::extension::{
     ExtensionChange, ExtensionKind, ExtensionView, NewExtension, RegistrationView,
 };
-pub use gateway::{GatewayChange, GatewayView, NewGateway};
-pub use outbound::OutboundView;
-pub use provider::{NewProvider, ProviderChange, ProviderView};
-pub use trunks::{
+pub use crate::gateway::{GatewayChange, GatewayView, NewGateway};
+pub use crate::outbound::OutboundView;
+pub use crate::provider::{NewProvider, ProviderChange, ProviderView};
+pub use crate::trunks::{
     DidView, GatewayTrunk, LoadedRoute, NewRoute, ProviderTrunk, RouteView, TrunkKind, TrunkSet,
     normalize_did,
 };
 
-pub(crate) use extension::Prepared;
-pub(crate) use extension::aad as ext_aad;
-pub use extension::{Added, Revealed};
-pub(crate) use gateway::aad as gateway_aad;
-pub(crate) use provider::aad as provider_aad;
+pub(crate) use crate::extension::Prepared;
+pub(crate) use crate::extension::aad as ext_aad;
+pub use crate::extension::{Added, Revealed};
+pub(crate) use crate::gateway::aad as gateway_aad;
+pub(crate) use crate::provider::aad as provider_aad;
 
 use std::sync::{Arc, Mutex};
 
@@ -100,10 +91,10 @@ type SharedRng = Arc<Mutex<Box<dyn CryptoRng + Send>>>;
 /// An open registry over one data dir.
 #[derive(Clone)]
 pub struct Registry {
-    store: Store,
-    data: DataDir,
+    pub(crate) store: Store,
+    pub(crate) data: DataDir,
     vault: Arc<Vault>,
-    settings: Arc<Settings>,
+    pub(crate) settings: Arc<Settings>,
     rng: SharedRng,
     clock: Arc<dyn Clock>,
 }
@@ -190,7 +181,7 @@ impl Registry {
                 // Created hardened: nothing an epoch fixes can be in a new data dir.
                 q::set_meta(
                     &mut tx,
-                    epoch::META_EPOCH,
+                    crate::epoch::META_EPOCH,
                     &policy::epoch::CURRENT.to_string(),
                 )
                 .await?;
@@ -202,15 +193,20 @@ impl Registry {
             opened.rehashed = Some(registry.rehash_all(&mut tx).await?);
             q::set_meta(&mut tx, META_REALM, &registry.settings.realm).await?;
         }
-        if q::get_meta(&mut tx, regenerate::META_PROVISIONING_PATH)
+        if q::get_meta(&mut tx, crate::regenerate::META_PROVISIONING_PATH)
             .await?
             .is_none()
         {
             // 24 random alphanumerics (~143 bits): the per-install path phones fetch under.
             let path = registry.with_rng(|rng| generate::password(rng, 24, &[]));
-            q::set_meta(&mut tx, regenerate::META_PROVISIONING_PATH, path.expose()).await?;
+            q::set_meta(
+                &mut tx,
+                crate::regenerate::META_PROVISIONING_PATH,
+                path.expose(),
+            )
+            .await?;
         }
-        let at: u32 = q::get_meta(&mut tx, epoch::META_EPOCH)
+        let at: u32 = q::get_meta(&mut tx, crate::epoch::META_EPOCH)
             .await?
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
@@ -300,13 +296,16 @@ impl Registry {
     async fn rehash_all(&self, conn: &mut sqlx::AnyConnection) -> Result<usize> {
         let mut n = 0;
         for mut e in q::list_extensions(conn).await? {
-            let pw = self.open_secret(&extension::aad(&e.number, "password"), &e.password_enc)?;
+            let pw = self.open_secret(
+                &crate::extension::aad(&e.number, "password"),
+                &e.password_enc,
+            )?;
             (e.ha1_md5, e.ha1_sha256) = self.ha1s(&e.auth_id, &pw);
             q::update_extension(conn, &e).await?;
             n += 1;
         }
         for mut g in q::list_gateways(conn).await? {
-            let pw = self.open_secret(&gateway::aad(&g.name), &g.password_enc)?;
+            let pw = self.open_secret(&crate::gateway::aad(&g.name), &g.password_enc)?;
             (g.ha1_md5, g.ha1_sha256) = self.ha1s(&g.auth_id, &pw);
             q::update_gateway(conn, &g).await?;
             n += 1;

@@ -6,7 +6,7 @@ use policy::{password, vendor};
 use serde::Serialize;
 use store::registry::{self as q, GatewayRow};
 
-use super::Registry;
+use crate::registry::Registry;
 use crate::{Error, Result};
 
 pub(crate) fn aad(name: &str) -> String {
@@ -154,7 +154,7 @@ impl Registry {
     pub async fn remove_gateway(&self, name: &str) -> Result<()> {
         let name = AccountName::parse(FIELD_NAME, name.trim())?;
         let mut conn = self.store.pool().acquire().await?;
-        self.ensure_unrouted(&mut conn, super::TrunkKind::Gateway, name.as_str())
+        self.ensure_unrouted(&mut conn, crate::trunks::TrunkKind::Gateway, name.as_str())
             .await?;
         if !q::delete_gateway(&mut conn, name.as_str()).await? {
             return Err(Error::not_found(format!("gateway {name}")));

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::AnyConnection;
 use store::registry::{self as q, ExtensionRow};
 
-use super::{Generated, Registry};
+use crate::registry::{Generated, Registry};
 use crate::{Error, Result};
 
 /// The associated data that binds a sealed secret to its extension and field.
@@ -263,7 +263,7 @@ impl Registry {
     /// must be mirrored first); their findings are returned for a warning.
     pub async fn add_extension(&self, number: &str, new: NewExtension) -> Result<Added> {
         let class = optional(new.class_of_service.as_deref(), |v| {
-            super::outbound::parse_class(v).map_err(|e| match e {
+            crate::outbound::parse_class(v).map_err(|e| match e {
                 Error::Invalid(f) => f,
                 other => policy::InvalidField {
                     field: "class of service",
@@ -317,7 +317,7 @@ impl Registry {
         if let Some(class) = change.class_of_service.as_deref() {
             let class = match class.trim() {
                 "" => None,
-                c => Some(super::outbound::parse_class(c)?),
+                c => Some(crate::outbound::parse_class(c)?),
             };
             self.set_class(&mut tx, &row.number, class).await?;
         }

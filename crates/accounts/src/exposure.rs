@@ -20,7 +20,7 @@ pub async fn facts(
 ) -> Result<Facts> {
     let mut providers = Vec::new();
     for p in reg.list_providers().await? {
-        let addrs = crate::server::resolve(&p.registrar)
+        let addrs = crate::trunks::resolve(&p.registrar)
             .await
             .map(|a| a.ip())
             .into_iter()

@@ -8,7 +8,7 @@ use serde::Serialize;
 use store::{audit_log, registry as q};
 
 use crate::Result;
-use crate::registry::regenerate::{Regenerated, Selection};
+use crate::regenerate::{Regenerated, Selection};
 use crate::registry::{ExtensionChange, ExtensionKind, Registry};
 
 pub(crate) const META_EPOCH: &str = "security_epoch";

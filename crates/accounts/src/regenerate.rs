@@ -19,9 +19,9 @@ use sqlx::AnyConnection;
 use store::regen::{self as rq, GraceRow, OutboxRow, ProvisioningRow};
 use store::registry::{self as q, ExtensionRow};
 
-use super::Registry;
-use super::extension::aad;
+use crate::extension::aad;
 use crate::provisioning::{self, PhoneAccount, Templates, Vendor};
+use crate::registry::Registry;
 use crate::{Error, Result};
 
 pub(crate) const META_PROVISIONING_PATH: &str = "provisioning_path";
@@ -343,7 +343,7 @@ impl Registry {
         let (reg, owned, dir2) = (self.clone(), phones.to_vec(), dir.clone());
         // Two threads: each file is synced before its rename, and the waits overlap.
         let out: Vec<(String, FilesOutcome)> = tokio::task::spawn_blocking(move || {
-            super::parallel_map(&owned, 2, |(row, prov)| {
+            crate::registry::parallel_map(&owned, 2, |(row, prov)| {
                 (
                     row.number.clone(),
                     reg.write_phone(&templates, &dir2, row, prov),

@@ -1,17 +1,54 @@
 //! Outbound calling settings of extensions: class of service, suspension, and the
 //! security alerts mailed to the administrator.
 
-use policy::dialplan::{Breach, ClassOfService, FraudLimits};
+use policy::dialplan::{Breach, ClassOfService, DialPlan, FraudLimits};
 use policy::fields::ExtensionNumber;
 use serde::Serialize;
 use sqlx::AnyConnection;
 use store::outbound as oq;
 use store::regen as rq;
 
-use super::Registry;
-use super::regenerate::MailMessage;
-use crate::outbound::Line;
+use crate::regenerate::MailMessage;
+use crate::registry::Registry;
 use crate::{Error, Result};
+use store::outbound::CallingRow;
+
+/// One extension's effective outbound settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Line {
+    pub class: ClassOfService,
+    pub limits: FraudLimits,
+    pub suspended: bool,
+}
+
+impl Line {
+    /// The effective settings of a stored row under `plan`'s defaults.
+    pub fn from_row(row: &CallingRow, plan: &DialPlan) -> Line {
+        let o = &row.outbound;
+        let default_class = if row.kind == "fax" {
+            plan.default_fax_class
+        } else {
+            plan.default_user_class
+        };
+        let pick = |v: Option<i64>, d: u32| v.and_then(|v| u32::try_from(v).ok()).unwrap_or(d);
+        Line {
+            class: o
+                .class_of_service
+                .as_deref()
+                .and_then(ClassOfService::parse)
+                .unwrap_or(default_class),
+            limits: FraudLimits {
+                concurrent_external: pick(o.concurrent_external, plan.limits.concurrent_external),
+                attempts_per_minute: pick(o.attempts_per_minute, plan.limits.attempts_per_minute),
+                international_per_day: pick(
+                    o.international_per_day,
+                    plan.limits.international_per_day,
+                ),
+            },
+            suspended: o.suspended_at != 0,
+        }
+    }
+}
 
 /// An extension's effective outbound settings, as operators see them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

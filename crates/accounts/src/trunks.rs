@@ -2,6 +2,9 @@
 //! extension), and the trunk set the server loads: every gateway and provider with its
 //! password opened (sipward must answer their challenges), routes in order, DIDs.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use policy::InvalidField;
 use policy::fields::{AccountName, ExtensionNumber};
 use policy::route::{Pattern, Rewrite};
@@ -10,7 +13,7 @@ use serde::Serialize;
 use store::registry as q;
 use store::trunks::{self as tq, DidRow, RouteRow};
 
-use super::Registry;
+use crate::registry::Registry;
 use crate::{Error, Result};
 
 #[derive(Clone, Debug, Default)]
@@ -122,6 +125,30 @@ pub struct TrunkSet {
     pub routes: Vec<LoadedRoute>,
     /// DID (digits) -> extension number.
     pub dids: std::collections::HashMap<String, String>,
+}
+
+/// `host[:port]` to one address (port 5060 when none is given; IPv4 preferred).
+pub async fn resolve(host: &str) -> Option<SocketAddr> {
+    if let Ok(a) = host.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    let has_port = if host.starts_with('[') {
+        host.contains("]:")
+    } else {
+        host.matches(':').count() == 1
+    };
+    let query = if has_port {
+        host.to_owned()
+    } else {
+        format!("{host}:5060")
+    };
+    let lookup = tokio::time::timeout(Duration::from_secs(3), tokio::net::lookup_host(query));
+    let addrs: Vec<SocketAddr> = lookup.await.ok()?.ok()?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
 }
 
 const FIELD_ROUTE: &str = "route name";
@@ -284,7 +311,7 @@ impl Registry {
             .into_iter()
             .map(|g| {
                 Ok(GatewayTrunk {
-                    password: self.open_secret(&super::gateway::aad(&g.name), &g.password_enc)?,
+                    password: self.open_secret(&crate::gateway::aad(&g.name), &g.password_enc)?,
                     name: g.name,
                     number: g.number,
                     auth_id: g.auth_id,
@@ -297,7 +324,7 @@ impl Registry {
             .into_iter()
             .map(|p| {
                 Ok(ProviderTrunk {
-                    password: self.open_secret(&super::provider::aad(&p.name), &p.password_enc)?,
+                    password: self.open_secret(&crate::provider::aad(&p.name), &p.password_enc)?,
                     name: p.name,
                     registrar: p.registrar,
                     auth_id: p.auth_id,

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use pbx::registry::regenerate::{FilesOutcome, MailOutcome, Selection};
-use pbx::registry::{NewExtension, ProvisioningSettings};
-use pbx::{Clock, Registry, Settings};
+use accounts::regenerate::{FilesOutcome, MailOutcome, Selection};
+use accounts::registry::{NewExtension, ProvisioningSettings};
+use accounts::{Clock, Registry, Settings};
 use policy::PolicyConfig;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -23,7 +23,7 @@ impl Clock for Fixed {
     }
 }
 
-async fn open(data: &DataDir, seed: u64) -> (Registry, pbx::registry::Opened) {
+async fn open(data: &DataDir, seed: u64) -> (Registry, accounts::registry::Opened) {
     let settings = Settings {
         realm: "sipward".into(),
         domain: Some("pbx.example.com".into()),
@@ -105,10 +105,7 @@ async fn files_behind_the_database_are_rewritten_at_the_next_open() {
     assert_eq!((p.generation, p.written), (2, 2));
 }
 
-async fn regenerate_1001(
-    reg: &Registry,
-    email: bool,
-) -> Vec<pbx::registry::regenerate::Regenerated> {
+async fn regenerate_1001(reg: &Registry, email: bool) -> Vec<accounts::regenerate::Regenerated> {
     reg.regenerate(
         &Selection::Numbers(vec!["1001".into()]),
         email,

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use pbx::registry::{ExtensionChange, NewExtension};
-use pbx::{Clock, Registry, Settings};
+use accounts::registry::{ExtensionChange, NewExtension};
+use accounts::{Clock, Registry, Settings};
 use policy::PolicyConfig;
 use rand::SeedableRng;
 use rand::rngs::StdRng;

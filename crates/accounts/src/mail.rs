@@ -16,7 +16,7 @@ use policy::Secret;
 use store::regen as rq;
 
 use crate::Registry;
-use crate::registry::regenerate::{MailMessage, MailOutcome};
+use crate::regenerate::{MailMessage, MailOutcome};
 
 /// How a connection to the SMTP server is protected.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
