@@ -24,4 +24,4 @@ pub mod registry;
 pub mod trunks;
 
 pub use error::{Error, Result};
-pub use registry::{Clock, Registry, Settings};
+pub use registry::{Registry, Settings};

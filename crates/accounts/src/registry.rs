@@ -20,18 +20,13 @@ pub(crate) use crate::provider::aad as provider_aad;
 
 use std::sync::{Arc, Mutex};
 
+use policy::clock::Clock;
 use policy::{PolicyConfig, Secret, generate};
 use rand_core::CryptoRng;
 use sip::digest::{self, Algorithm};
 use store::{DataDir, Store, Vault, registry as q};
 
 use crate::{Error, Result};
-
-/// Wall-clock time as seconds since the Unix epoch. Only the binary reads the real
-/// clock; tests pass a fixed one.
-pub trait Clock: Send + Sync + std::fmt::Debug {
-    fn now(&self) -> i64;
-}
 
 /// Installation settings the registry needs (from the config file, via the binary).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use accounts::regenerate::{FilesOutcome, MailOutcome, Selection};
 use accounts::registry::{NewExtension, ProvisioningSettings};
-use accounts::{Clock, Registry, Settings};
+use accounts::{Registry, Settings};
 use policy::PolicyConfig;
+use policy::clock::ManualClock;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use sip::digest::{Algorithm, ha1};
@@ -14,14 +15,6 @@ use store::regen as rq;
 use store::registrar::{BindingRow, replace_bindings};
 
 const NOW: i64 = 1_700_000_000;
-
-#[derive(Debug)]
-struct Fixed(i64);
-impl Clock for Fixed {
-    fn now(&self) -> i64 {
-        self.0
-    }
-}
 
 async fn open(data: &DataDir, seed: u64) -> (Registry, accounts::registry::Opened) {
     let settings = Settings {
@@ -39,7 +32,7 @@ async fn open(data: &DataDir, seed: u64) -> (Registry, accounts::registry::Opene
         data,
         settings,
         Box::new(StdRng::seed_from_u64(seed)),
-        Arc::new(Fixed(NOW)),
+        Arc::new(ManualClock::new(NOW, std::time::Instant::now())),
     )
     .await
     .expect("open")

@@ -3,21 +3,14 @@
 use std::sync::Arc;
 
 use accounts::registry::{ExtensionChange, NewExtension};
-use accounts::{Clock, Registry, Settings};
+use accounts::{Registry, Settings};
 use policy::PolicyConfig;
+use policy::clock::ManualClock;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use sip::digest::{Algorithm, ha1};
 use store::DataDir;
 use store::registry as q;
-
-#[derive(Debug)]
-struct Fixed(i64);
-impl Clock for Fixed {
-    fn now(&self) -> i64 {
-        self.0
-    }
-}
 
 fn settings(realm: &str) -> Settings {
     Settings {
@@ -35,7 +28,7 @@ async fn open(data: &DataDir, realm: &str, seed: u64) -> Registry {
         data,
         settings(realm),
         Box::new(StdRng::seed_from_u64(seed)),
-        Arc::new(Fixed(1_700_000_000)),
+        Arc::new(ManualClock::new(1_700_000_000, std::time::Instant::now())),
     )
     .await
     .expect("open");

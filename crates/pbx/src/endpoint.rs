@@ -27,7 +27,7 @@ use crate::outbound::{Decision, Outbound};
 use crate::proxy::{Proxy, Relay};
 use crate::registrar::{Contacts, RegisterError, RegisterRequest, Registrar, TransportKind};
 use crate::trunk::{Routed, Trunks};
-use accounts::Clock;
+use policy::clock::Clock;
 use policy::dialplan::CallClass;
 
 /// Methods sipward knows but does not serve (yet): answered 405 with `Allow`.

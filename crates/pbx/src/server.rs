@@ -21,9 +21,10 @@ use crate::metrics::Metrics;
 use crate::notify::{Notifier, local_for};
 use crate::registrar::{Registrar, RegistrarConfig};
 use crate::{Result, transport};
+use accounts::Registry;
 use accounts::provisioning::Vendor;
 use accounts::trunks::resolve;
-use accounts::{Clock, Registry};
+use policy::clock::Clock;
 
 /// How often the store's registry version is polled (a CLI change is live within this).
 pub const RELOAD_EVERY: Duration = Duration::from_millis(250);
@@ -190,7 +191,11 @@ impl Bound {
                 stop_rx.clone(),
             ));
         }
-        tasks.spawn(proxy_loop(self.endpoint.clone(), stop_rx.clone()));
+        tasks.spawn(proxy_loop(
+            self.endpoint.clone(),
+            self.clock.clone(),
+            stop_rx.clone(),
+        ));
         tasks.spawn(event_writer(
             self.registry.clone(),
             self.endpoint.clone(),
@@ -500,14 +505,18 @@ pub const PROXY_TICK: Duration = Duration::from_millis(100);
 
 /// Runs the proxy's, the trunk calls' and the provider registrations' timers
 /// (retransmissions, timeouts, refreshes, forgetting ended calls).
-async fn proxy_loop(endpoint: Arc<Endpoint>, mut stop: watch::Receiver<bool>) {
+async fn proxy_loop(
+    endpoint: Arc<Endpoint>,
+    clock: Arc<dyn Clock>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(PROXY_TICK);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let now = std::time::Instant::now();
+        let now = clock.instant();
         let mut sends = endpoint.proxy.tick(now);
         sends.extend(endpoint.b2bua.tick(now));
         sends.extend(

@@ -3,11 +3,13 @@
 //! credentials.
 //!
 //! Architecture invariant: this crate does no IO. It reads no files, no environment,
-//! no clock and no OS randomness; callers pass randomness in (any [`rand_core::CryptoRng`])
+//! no clock (it only defines [`clock::Clock`], which the binary implements) and no OS
+//! randomness; callers pass randomness in (any [`rand_core::CryptoRng`])
 //! and data files are compiled in. Every rule has unit tests both ways.
 
 pub mod audit;
 pub mod ban;
+pub mod clock;
 pub mod config;
 pub mod dialplan;
 pub mod epoch;

@@ -10,8 +10,9 @@ mod output;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use accounts::{Clock, Registry};
+use accounts::Registry;
 use clap::Parser;
+use policy::clock::Clock;
 use store::DataDir;
 
 /// An error caused by the operator's input or environment: exit code 2.
@@ -38,6 +39,10 @@ impl Clock for SystemClock {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    }
+
+    fn instant(&self) -> std::time::Instant {
+        std::time::Instant::now()
     }
 }
 
