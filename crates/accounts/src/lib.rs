@@ -21,6 +21,7 @@ pub mod provider;
 pub mod provisioning;
 pub mod regenerate;
 pub mod registry;
+pub mod running;
 pub mod trunks;
 
 pub use error::{Error, Result};

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use accounts::running::RunningServer;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use pbx::metrics::Metrics;
 
 pub mod admin;
 pub mod api;
@@ -19,7 +19,8 @@ pub mod web;
 
 #[derive(Clone, Debug)]
 pub struct ConsoleState {
-    pub metrics: Arc<Metrics>,
+    /// The SIP server running in this process.
+    pub server: Arc<dyn RunningServer>,
     /// Set once the SIP transports are serving.
     pub ready: Arc<AtomicBool>,
 }
@@ -51,6 +52,6 @@ async fn healthz(State(s): State<ConsoleState>) -> impl IntoResponse {
 async fn metrics(State(s): State<ConsoleState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
+        s.server.metrics_text(),
     )
 }

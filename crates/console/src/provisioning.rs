@@ -9,11 +9,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use accounts::Registry;
+use accounts::running::RunningServer;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use pbx::guard::Guard;
-use pbx::metrics::Metrics;
 use policy::Secret;
 use sip::digest::{self, Algorithm, ResponseInput};
 use sip::header::auth::{self, DigestCredentials};
@@ -27,8 +26,8 @@ const NONCE_MAX_AGE: u64 = 300;
 #[derive(Clone)]
 pub struct Provisioning {
     pub registry: Registry,
-    pub guard: Arc<Guard>,
-    pub metrics: Arc<Metrics>,
+    /// The SIP server's guard and counters: a probe here counts like a failed SIP login.
+    pub server: Arc<dyn RunningServer>,
     /// The per-install path segment.
     pub path: Arc<Secret>,
     pub nonces: Arc<NonceKey>,
@@ -64,8 +63,7 @@ impl Provisioning {
 
     /// Counts a probe and answers like a wrong login (or not at all once banned).
     fn probe(&self, ip: IpAddr) -> Response {
-        Metrics::inc(&self.metrics.provisioning_refused);
-        if self.guard.provisioning_probe(ip, (self.now)()) {
+        if self.server.provisioning_refused(ip, (self.now)()) {
             return plain(StatusCode::FORBIDDEN, "forbidden\n");
         }
         self.challenge(ip, false)
@@ -80,7 +78,7 @@ pub async fn serve_file(
     headers: HeaderMap,
 ) -> Response {
     let ip = peer.ip();
-    if !p.guard.admits(ip) {
+    if !p.server.admits(ip) {
         return plain(StatusCode::FORBIDDEN, "forbidden\n");
     }
     let phone = if p.path.ct_eq(&path) {
@@ -152,7 +150,7 @@ pub async fn serve_file(
     };
     match tokio::fs::read(&f.path).await {
         Ok(body) => {
-            Metrics::inc(&p.metrics.provisioning_served);
+            p.server.provisioning_served();
             let ctype = if body.starts_with(b"<?xml") {
                 "application/xml"
             } else {

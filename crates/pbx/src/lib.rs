@@ -9,6 +9,7 @@ pub mod directory;
 pub mod endpoint;
 mod error;
 pub mod guard;
+pub mod handle;
 pub mod metrics;
 pub mod notify;
 pub mod outbound;

@@ -174,6 +174,14 @@ pub async fn bind(
 }
 
 impl Bound {
+    /// The console's handle on this server (ban check, provisioning probes, metrics).
+    pub fn handle(&self) -> Arc<dyn accounts::running::RunningServer> {
+        Arc::new(crate::handle::ServerHandle::new(
+            self.endpoint.guard.clone(),
+            self.endpoint.metrics.clone(),
+        ))
+    }
+
     /// Serves until `shutdown` resolves, then writes the bindings one last time.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);

@@ -75,10 +75,11 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
     let mut prov_dummy = [0u8; 32];
     rng.fill_bytes(&mut prov_nonce);
     rng.fill_bytes(&mut prov_dummy);
+    // The console sees the running server only through this handle.
+    let server = bound.handle();
     let prov = console::provisioning::Provisioning {
         registry: reg.clone(),
-        guard: bound.endpoint.guard.clone(),
-        metrics: bound.endpoint.metrics.clone(),
+        server: server.clone(),
         path: Arc::new(policy::Secret::new(reg.provisioning_path().await?)),
         nonces: Arc::new(sip::nonce::NonceKey::new(prov_nonce)),
         dummy_key: Arc::new(prov_dummy),
@@ -86,7 +87,7 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
     };
     let app = console::router(
         console::ConsoleState {
-            metrics: bound.endpoint.metrics.clone(),
+            server,
             ready: ready.clone(),
         },
         prov,
