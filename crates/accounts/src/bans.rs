@@ -4,6 +4,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use policy::InvalidField;
+use policy::ban::Reason;
 use serde::Serialize;
 use store::guard::{self as q, AllowRow, BanRow};
 
@@ -107,7 +108,7 @@ impl Registry {
         let previous = q::get_ban(&mut conn, &ip.to_string()).await?;
         let row = BanRow {
             source: ip.to_string(),
-            reason: "manual".into(),
+            reason: Reason::Manual.as_str().into(),
             detail: if why.is_empty() {
                 "banned by an administrator".into()
             } else {

@@ -154,7 +154,7 @@ impl Registry {
     pub async fn remove_gateway(&self, name: &str) -> Result<()> {
         let name = AccountName::parse(FIELD_NAME, name.trim())?;
         let mut conn = self.store.pool().acquire().await?;
-        self.ensure_unrouted(&mut conn, crate::trunks::TrunkKind::Gateway, name.as_str())
+        self.ensure_unrouted(&mut conn, policy::trunk::TrunkKind::Gateway, name.as_str())
             .await?;
         if !q::delete_gateway(&mut conn, name.as_str()).await? {
             return Err(Error::not_found(format!("gateway {name}")));

@@ -115,7 +115,7 @@ impl Registry {
     pub async fn remove_provider(&self, name: &str) -> Result<()> {
         let name = AccountName::parse(FIELD_NAME, name.trim())?;
         let mut conn = self.store.pool().acquire().await?;
-        self.ensure_unrouted(&mut conn, crate::trunks::TrunkKind::Provider, name.as_str())
+        self.ensure_unrouted(&mut conn, policy::trunk::TrunkKind::Provider, name.as_str())
             .await?;
         if !q::delete_provider(&mut conn, name.as_str()).await? {
             return Err(Error::not_found(format!("provider {name}")));

@@ -8,8 +8,7 @@ pub use crate::gateway::{GatewayChange, GatewayView, NewGateway};
 pub use crate::outbound::OutboundView;
 pub use crate::provider::{NewProvider, ProviderChange, ProviderView};
 pub use crate::trunks::{
-    DidView, GatewayTrunk, LoadedRoute, NewRoute, ProviderTrunk, RouteView, TrunkKind, TrunkSet,
-    normalize_did,
+    DidView, GatewayTrunk, LoadedRoute, NewRoute, ProviderTrunk, RouteView, TrunkSet,
 };
 
 pub(crate) use crate::extension::Prepared;

@@ -9,6 +9,7 @@ use policy::InvalidField;
 use policy::fields::{AccountName, ExtensionNumber};
 use policy::route::{Pattern, Rewrite};
 use policy::secret::Secret;
+use policy::trunk::{TrunkKind, normalize_did};
 use serde::Serialize;
 use store::registry as q;
 use store::trunks::{self as tq, DidRow, RouteRow};
@@ -56,34 +57,6 @@ impl From<&RouteRow> for RouteView {
 pub struct DidView {
     pub did: String,
     pub number: String,
-}
-
-/// A DID as sipward keeps it: digits only (a leading `+` dropped; providers differ in
-/// sending it).
-pub fn normalize_did(did: &str) -> Option<String> {
-    let d = did.trim();
-    let d = d.strip_prefix('+').unwrap_or(d);
-    (!d.is_empty()
-        && d.len() <= policy::dialplan::MAX_DIALLED
-        && d.bytes().all(|b| b.is_ascii_digit()))
-    .then(|| d.to_owned())
-}
-
-/// A trunk sipward sends calls to.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TrunkKind {
-    Gateway,
-    Provider,
-}
-
-impl TrunkKind {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            TrunkKind::Gateway => "gateway",
-            TrunkKind::Provider => "provider",
-        }
-    }
 }
 
 /// A gateway as the server uses it.
@@ -340,11 +313,7 @@ impl Registry {
                 Some(LoadedRoute {
                     pattern: Pattern::parse(&r.pattern).ok()?,
                     rewrite: Rewrite::parse(u32::try_from(r.strip).ok()?, &r.prepend).ok()?,
-                    kind: match r.trunk_kind.as_str() {
-                        "gateway" => TrunkKind::Gateway,
-                        "provider" => TrunkKind::Provider,
-                        _ => return None,
-                    },
+                    kind: TrunkKind::parse(&r.trunk_kind)?,
                     name: r.name,
                     trunk: r.trunk,
                 })

@@ -4,7 +4,7 @@
 //! and reloaded when they change, so a ban made with the CLI takes effect in the running
 //! server within the reload interval.
 //!
-//! Rules, each with a stable reason id (see [`Reason`]):
+//! Rules, each with a stable reason id (see [`policy::ban::Reason`]):
 //! - `auth.failures`: repeated failed authentication from one source, counted only for
 //!   requests that answered a nonce issued to that very source (a spoofed UDP source
 //!   never received one), escalating for repeat offenders;
@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use ipnet::IpNet;
-use policy::ban::{BanPolicy, FailureWindow, WeakCredentials, sliding_count};
+use policy::ban::{BanPolicy, FailureWindow, Reason, WeakCredentials, sliding_count};
 use serde_json::json;
 use store::guard::{AllowRow, BanRow};
 use tokio::sync::mpsc;
@@ -43,43 +43,6 @@ pub const KERNEL_DROP_MAX: usize = 2000;
 /// counted for floods); the oldest is forgotten first, so a flood from millions of
 /// addresses cannot exhaust memory.
 pub const TABLE_CAPACITY: usize = 65_536;
-
-/// Why a source was banned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    AuthFailures,
-    Flood,
-    Scanner,
-    Decoy,
-    ProvisioningProbe,
-    Manual,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 6] = [
-        Reason::AuthFailures,
-        Reason::Flood,
-        Reason::Scanner,
-        Reason::Decoy,
-        Reason::ProvisioningProbe,
-        Reason::Manual,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::AuthFailures => "auth.failures",
-            Reason::Flood => "flood.requests",
-            Reason::Scanner => "scanner.user_agent",
-            Reason::Decoy => "decoy.auth",
-            Reason::ProvisioningProbe => "provisioning.probe",
-            Reason::Manual => "manual",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Reason> {
-        Self::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-}
 
 /// A security event: one JSON line in the server's log each.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -20,8 +20,8 @@ pub struct Metrics {
     pub directory_accounts: AtomicU64,
     pub dropped_banned: AtomicU64,
     pub bans: AtomicU64,
-    /// Bans imposed, by [`crate::guard::Reason`] (indexed by its discriminant).
-    pub bans_by_reason: [AtomicU64; crate::guard::Reason::ALL.len()],
+    /// Bans imposed, by [`policy::ban::Reason`] (indexed by its discriminant).
+    pub bans_by_reason: [AtomicU64; policy::ban::Reason::ALL.len()],
     pub silenced: AtomicU64,
     pub refused_credentials: AtomicU64,
     pub accounts_protected: AtomicU64,
@@ -235,7 +235,7 @@ impl Metrics {
             s,
             "# HELP {name} bans imposed, by reason\n# TYPE {name} counter\n"
         );
-        for r in crate::guard::Reason::ALL {
+        for r in policy::ban::Reason::ALL {
             let v = get(&self.bans_by_reason[r as usize]);
             let _ = writeln!(s, "{name}{{reason=\"{}\"}} {v}", r.as_str());
         }

@@ -20,7 +20,8 @@ use store::trunks::ProviderStatusRow;
 
 use crate::notify::Tokens;
 use crate::proxy::Send;
-use accounts::trunks::{TrunkKind, TrunkSet};
+use accounts::trunks::TrunkSet;
+use policy::trunk::{TrunkKind, normalize_did};
 
 const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);
@@ -203,7 +204,7 @@ impl Trunks {
 
     /// The extension a DID (Request-URI or To user) reaches.
     pub fn did(&self, user: &str) -> Option<String> {
-        let d = accounts::trunks::normalize_did(user)?;
+        let d = normalize_did(user)?;
         self.get().set.dids.get(&d).cloned()
     }
 

@@ -5,6 +5,44 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+/// Why a source was banned: the stable ids that ban records, security events and the
+/// `sipward_bans_total{reason}` metric carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    AuthFailures,
+    Flood,
+    Scanner,
+    Decoy,
+    ProvisioningProbe,
+    Manual,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 6] = [
+        Reason::AuthFailures,
+        Reason::Flood,
+        Reason::Scanner,
+        Reason::Decoy,
+        Reason::ProvisioningProbe,
+        Reason::Manual,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::AuthFailures => "auth.failures",
+            Reason::Flood => "flood.requests",
+            Reason::Scanner => "scanner.user_agent",
+            Reason::Decoy => "decoy.auth",
+            Reason::ProvisioningProbe => "provisioning.probe",
+            Reason::Manual => "manual",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Reason> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
 /// The `[guard]` table of the config file.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -228,6 +266,28 @@ impl FailureWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reason_ids_are_stable_distinct_and_parse_back() {
+        let ids: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "auth.failures",
+                "flood.requests",
+                "scanner.user_agent",
+                "decoy.auth",
+                "provisioning.probe",
+                "manual"
+            ]
+        );
+        for r in Reason::ALL {
+            assert_eq!(Reason::parse(r.as_str()), Some(r));
+            assert_eq!(Reason::ALL[r as usize], r, "metrics index by discriminant");
+        }
+        assert_eq!(Reason::parse("Manual"), None);
+        assert_eq!(Reason::parse(""), None);
+    }
 
     #[test]
     fn failures_count_within_the_window_only() {

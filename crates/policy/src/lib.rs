@@ -21,6 +21,7 @@ pub mod pin;
 pub mod route;
 pub mod scanner;
 pub mod secret;
+pub mod trunk;
 pub mod vendor;
 
 pub use audit::{Finding, Kind, RuleId, Severity};
