@@ -82,7 +82,7 @@ impl Registry {
     /// Every finding over every extension, gateway and provider, including passwords
     /// reused across accounts. Sorted by subject, then rule.
     pub async fn audit(&self) -> Result<Vec<Finding>> {
-        let mut conn = self.store().pool().acquire().await?;
+        let mut conn = self.store().conn().await?;
         let exts = q::list_extensions_for_audit(&mut conn).await?;
         let gws = q::list_gateways(&mut conn).await?;
         let provs = q::list_providers(&mut conn).await?;

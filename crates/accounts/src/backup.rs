@@ -4,10 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+use store::Error as StoreError;
 use store::backup::{self, Contents, Manifest, Seal};
-use store::{Error as StoreError, audit_log};
 
 use crate::Result;
+use crate::audit_log::LogEntry;
 use crate::registry::Registry;
 
 /// What `backup create` wrote.
@@ -78,22 +79,22 @@ impl Registry {
             .await;
         let _ = std::fs::remove_dir_all(&staging);
         let created = result?;
-        let mut conn = self.store().pool().acquire().await?;
-        audit_log::append(
-            &mut conn,
-            now,
+        let subject = created.path.display().to_string();
+        let detail = format!(
+            "{} bytes, {} files, schema {}, security epoch {}",
+            created.bytes,
+            created.manifest.files.len(),
+            created.manifest.schema_version,
+            created.manifest.security_epoch
+        );
+        let entry = LogEntry {
             actor,
-            "backup.created",
-            &created.path.display().to_string(),
-            &format!(
-                "{} bytes, {} files, schema {}, security epoch {}",
-                created.bytes,
-                created.manifest.files.len(),
-                created.manifest.schema_version,
-                created.manifest.security_epoch
-            ),
-        )
-        .await?;
+            action: "backup.created",
+            subject: &subject,
+            detail: &detail,
+        };
+        let mut conn = self.store().conn().await?;
+        self.log_in(&mut conn, now, entry).await?;
         Ok(created)
     }
 

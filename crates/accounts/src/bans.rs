@@ -93,7 +93,7 @@ impl Registry {
     pub async fn ban(&self, source: &str, why: &str, seconds: Option<i64>) -> Result<BanView> {
         let ip = parse_ip(source)?;
         let why = note_text("reason", why)?;
-        let mut conn = self.store().pool().acquire().await?;
+        let mut conn = self.store().conn().await?;
         if let Some(a) = q::allow_list(&mut conn)
             .await?
             .into_iter()
@@ -125,7 +125,7 @@ impl Registry {
 
     pub async fn unban(&self, source: &str) -> Result<()> {
         let ip = parse_ip(source)?;
-        let mut conn = self.store().pool().acquire().await?;
+        let mut conn = self.store().conn().await?;
         if !q::delete_ban(&mut conn, &ip.to_string()).await? {
             return Err(Error::not_found(format!("a ban of {ip}")));
         }
@@ -134,7 +134,7 @@ impl Registry {
 
     /// Bans in force (or every recorded ban with `all`).
     pub async fn bans(&self, all: bool) -> Result<Vec<BanView>> {
-        let mut conn = self.store().pool().acquire().await?;
+        let mut conn = self.store().conn().await?;
         let now = (!all).then(|| self.now());
         Ok(q::bans(&mut conn, now)
             .await?
@@ -150,7 +150,7 @@ impl Registry {
             note: note_text("note", note)?,
             created_at: self.now(),
         };
-        let mut conn = self.store().pool().acquire().await?;
+        let mut conn = self.store().conn().await?;
         q::add_allow(&mut conn, &row).await?;
         Ok(AllowView {
             network: row.network,
@@ -161,7 +161,7 @@ impl Registry {
 
     pub async fn disallow(&self, network: &str) -> Result<()> {
         let net = parse_network(network)?;
-        let mut conn = self.store().pool().acquire().await?;
+        let mut conn = self.store().conn().await?;
         if !q::delete_allow(&mut conn, &net.to_string()).await? {
             return Err(Error::not_found(format!("allow-list entry {net}")));
         }
@@ -169,7 +169,7 @@ impl Registry {
     }
 
     pub async fn allow_list(&self) -> Result<Vec<AllowView>> {
-        let mut conn = self.store().pool().acquire().await?;
+        let mut conn = self.store().conn().await?;
         Ok(q::allow_list(&mut conn)
             .await?
             .into_iter()

@@ -5,13 +5,13 @@
 use policy::audit::{Check, Kind};
 use policy::epoch::{self, CURRENT};
 use serde::Serialize;
-use store::{audit_log, registry as q};
+use store::registry as q;
 
 use crate::Result;
+use crate::audit_log::LogEntry;
+use crate::extension::{ExtensionChange, ExtensionKind};
 use crate::regenerate::{Regenerated, Selection};
-use crate::registry::{ExtensionChange, ExtensionKind, Registry};
-
-pub(crate) const META_EPOCH: &str = "security_epoch";
+use crate::registry::{META_EPOCH, Registry};
 
 /// Who the audit log names for changes made by an epoch.
 pub const ACTOR: &str = "sipward (security epoch)";
@@ -30,7 +30,7 @@ pub struct Hardening {
 impl Registry {
     /// The last security epoch applied to this data dir.
     pub async fn security_epoch(&self) -> Result<u32> {
-        let mut conn = self.store().pool().acquire().await?;
+        let mut conn = self.store().conn().await?;
         let v = q::get_meta(&mut conn, META_EPOCH).await?;
         Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
     }
@@ -55,26 +55,24 @@ impl Registry {
         let now = self.now();
         let mut tx = self.store().begin().await?;
         for c in &changes {
-            audit_log::append(
-                &mut tx,
-                now,
-                ACTOR,
-                &format!("epoch{}.{}", c.epoch, c.action),
-                &c.subject,
-                &c.detail,
-            )
-            .await?;
+            let action = format!("epoch{}.{}", c.epoch, c.action);
+            let entry = LogEntry {
+                actor: ACTOR,
+                action: &action,
+                subject: &c.subject,
+                detail: &c.detail,
+            };
+            self.log_in(&mut tx, now, entry).await?;
         }
         if from < CURRENT {
-            audit_log::append(
-                &mut tx,
-                now,
-                ACTOR,
-                "epoch.applied",
-                "data dir",
-                &format!("security epoch {from} -> {CURRENT}"),
-            )
-            .await?;
+            let detail = format!("security epoch {from} -> {CURRENT}");
+            let entry = LogEntry {
+                actor: ACTOR,
+                action: "epoch.applied",
+                subject: "data dir",
+                detail: &detail,
+            };
+            self.log_in(&mut tx, now, entry).await?;
         }
         q::set_meta(&mut tx, META_EPOCH, &CURRENT.to_string()).await?;
         tx.commit().await?;

@@ -1,5 +1,7 @@
 //! Errors of the registry workflow, each one sentence an administrator can act on.
 
+use std::fmt;
+
 use policy::InvalidField;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -13,7 +15,7 @@ pub enum Error {
     #[error("{what} is already used by {owner}")]
     InUse { what: String, owner: String },
     #[error("{0}")]
-    Import(crate::import::ImportErrors),
+    Import(ImportErrors),
     #[error(transparent)]
     Store(#[from] store::Error),
     #[error(transparent)]
@@ -42,8 +44,34 @@ impl Error {
     }
 }
 
-impl From<sqlx::Error> for Error {
-    fn from(e: sqlx::Error) -> Self {
-        Error::Store(store::Error::Db(e))
+/// How many row errors the message lists before summarising the rest.
+const SHOWN_ERRORS: usize = 50;
+
+/// One bad row of a CSV import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowError {
+    pub line: u64,
+    pub message: String,
+}
+
+/// Why a file was not imported: one entry per bad row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportErrors(pub Vec<RowError>);
+
+impl fmt::Display for ImportErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(
+            f,
+            "nothing was imported: the CSV file has {n} error{}",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in self.0.iter().take(SHOWN_ERRORS) {
+            write!(f, "\n  line {}: {}", e.line, e.message)?;
+        }
+        if n > SHOWN_ERRORS {
+            write!(f, "\n  … and {} more", n - SHOWN_ERRORS)?;
+        }
+        Ok(())
     }
 }

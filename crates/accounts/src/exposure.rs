@@ -27,12 +27,7 @@ pub async fn facts(
             .collect();
         providers.push((p.name, addrs));
     }
-    let mut conn = reg
-        .store()
-        .pool()
-        .acquire()
-        .await
-        .map_err(store::Error::from)?;
+    let mut conn = reg.store().conn().await?;
     let mut remote_seen: Vec<_> = store::registrar::live_bindings(&mut conn, now)
         .await?
         .into_iter()

@@ -3,16 +3,11 @@
 use policy::fields::{self, AuthId, DisplayName, Email, ExtensionNumber, Mac, PhoneModel, SipId};
 use policy::{Secret, generate, password};
 use serde::Serialize;
-use sqlx::AnyConnection;
+use store::Db;
 use store::registry::{self as q, ExtensionRow};
 
-use crate::registry::{Generated, Registry};
+use crate::registry::{Generated, Registry, ext_aad};
 use crate::{Error, Result};
-
-/// The associated data that binds a sealed secret to its extension and field.
-pub(crate) fn aad(number: &str, field: &str) -> String {
-    format!("ext/{number}/{field}")
-}
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -162,7 +157,7 @@ impl Registry {
         &self,
         number: &str,
         new: NewExtension,
-        conn: &mut AnyConnection,
+        conn: &mut dyn Db,
     ) -> Result<Prepared> {
         let p = self.validate_new_extension(number, new)?;
         self.ensure_number_free(conn, &p.row.number, None).await?;
@@ -236,8 +231,8 @@ impl Registry {
         let now = self.now();
         let (ha1_md5, ha1_sha256) = self.ha1s(auth_id.as_str(), &password);
         let row = ExtensionRow {
-            password_enc: self.seal(&aad(number.as_str(), "password"), password.expose()),
-            pin_enc: self.seal(&aad(number.as_str(), "pin"), pin.expose()),
+            password_enc: self.seal(&ext_aad(number.as_str(), "password"), password.expose()),
+            pin_enc: self.seal(&ext_aad(number.as_str(), "pin"), pin.expose()),
             number: number.into_string(),
             kind: new.kind.as_str().to_owned(),
             name: name.into_string(),
@@ -304,7 +299,8 @@ impl Registry {
             .ok_or_else(|| Error::not_found(format!("extension {number}")))?;
         let subject = format!("ext:{number}");
         let (old_mac, old_model) = (row.mac.clone(), row.model.clone());
-        let mut password = self.open_secret(&aad(&row.number, "password"), &row.password_enc)?;
+        let mut password =
+            self.open_secret(&ext_aad(&row.number, "password"), &row.password_enc)?;
         let mut rehash = false;
 
         if let Some(kind) = change.kind {
@@ -388,14 +384,14 @@ impl Registry {
         }
         if let Some(p) = change.pin.as_deref() {
             let pin = fields::parse_pin(p)?;
-            row.pin_enc = self.seal(&aad(&row.number, "pin"), pin.expose());
+            row.pin_enc = self.seal(&ext_aad(&row.number, "pin"), pin.expose());
         }
         let Some(p) = change.password.as_deref() else {
             return Ok(None);
         };
         let password = fields::parse_password("password", p)?;
         row.password_score = i64::from(password::strength_score(password.expose()));
-        row.password_enc = self.seal(&aad(&row.number, "password"), password.expose());
+        row.password_enc = self.seal(&ext_aad(&row.number, "password"), password.expose());
         Ok(Some(password))
     }
 
@@ -407,7 +403,7 @@ impl Registry {
         change: &ExtensionChange,
     ) -> Result<Vec<policy::Finding>> {
         let number = ExtensionNumber::parse(number.trim())?;
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         let mut row = q::get_extension(&mut conn, number.as_str())
             .await?
             .ok_or_else(|| Error::not_found(format!("extension {number}")))?;
@@ -433,7 +429,7 @@ impl Registry {
 
     pub(crate) async fn extension_row(&self, number: &str) -> Result<ExtensionRow> {
         let number = ExtensionNumber::parse(number.trim())?;
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         q::get_extension(&mut conn, number.as_str())
             .await?
             .ok_or_else(|| Error::not_found(format!("extension {number}")))
@@ -447,8 +443,8 @@ impl Registry {
     pub async fn reveal_extension(&self, number: &str) -> Result<Revealed> {
         let row = self.extension_row(number).await?;
         Ok(Revealed {
-            password: self.open_secret(&aad(&row.number, "password"), &row.password_enc)?,
-            pin: self.open_secret(&aad(&row.number, "pin"), &row.pin_enc)?,
+            password: self.open_secret(&ext_aad(&row.number, "password"), &row.password_enc)?,
+            pin: self.open_secret(&ext_aad(&row.number, "pin"), &row.pin_enc)?,
         })
     }
 
@@ -457,7 +453,7 @@ impl Registry {
     pub async fn registrations(&self, number: &str) -> Result<Vec<RegistrationView>> {
         let number = ExtensionNumber::parse(number.trim())?;
         let now = self.now();
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         Ok(
             store::registrar::bindings_of(&mut conn, number.as_str(), now)
                 .await?
@@ -473,7 +469,7 @@ impl Registry {
     }
 
     pub async fn list_extensions(&self) -> Result<Vec<ExtensionView>> {
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         Ok(q::list_extensions(&mut conn)
             .await?
             .iter()

@@ -6,12 +6,8 @@ use policy::{password, vendor};
 use serde::Serialize;
 use store::registry::{self as q, GatewayRow};
 
-use crate::registry::Registry;
+use crate::registry::{Registry, gateway_aad};
 use crate::{Error, Result};
-
-pub(crate) fn aad(name: &str) -> String {
-    format!("gateway/{name}/password")
-}
 
 const FIELD_NAME: &str = "gateway name";
 
@@ -85,7 +81,7 @@ impl Registry {
         let (ha1_md5, ha1_sha256) = self.ha1s(auth_id.as_str(), &pw);
         let now = self.now();
         let row = GatewayRow {
-            password_enc: self.seal(&aad(name.as_str()), pw.expose()),
+            password_enc: self.seal(&gateway_aad(name.as_str()), pw.expose()),
             password_score: i64::from(password::strength_score(pw.expose())),
             name: name.into_string(),
             vendor: vendor.id.clone(),
@@ -114,7 +110,7 @@ impl Registry {
         let mut row = q::get_gateway(&mut tx, name.as_str())
             .await?
             .ok_or_else(|| Error::not_found(format!("gateway {name}")))?;
-        let mut pw = self.open_secret(&aad(&row.name), &row.password_enc)?;
+        let mut pw = self.open_secret(&gateway_aad(&row.name), &row.password_enc)?;
         let mut rehash = false;
         if let Some(v) = change.vendor.as_deref() {
             row.vendor = vendor::find(v.trim())?.id.clone();
@@ -134,7 +130,7 @@ impl Registry {
         }
         if let Some(p) = change.password.as_deref() {
             pw = fields::parse_password("gateway password", p)?;
-            row.password_enc = self.seal(&aad(&row.name), pw.expose());
+            row.password_enc = self.seal(&gateway_aad(&row.name), pw.expose());
             row.password_score = i64::from(password::strength_score(pw.expose()));
             rehash = true;
         }
@@ -153,7 +149,7 @@ impl Registry {
 
     pub async fn remove_gateway(&self, name: &str) -> Result<()> {
         let name = AccountName::parse(FIELD_NAME, name.trim())?;
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         self.ensure_unrouted(&mut conn, policy::trunk::TrunkKind::Gateway, name.as_str())
             .await?;
         if !q::delete_gateway(&mut conn, name.as_str()).await? {
@@ -164,7 +160,7 @@ impl Registry {
 
     pub async fn get_gateway(&self, name: &str) -> Result<GatewayView> {
         let name = AccountName::parse(FIELD_NAME, name.trim())?;
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         let row = q::get_gateway(&mut conn, name.as_str())
             .await?
             .ok_or_else(|| Error::not_found(format!("gateway {name}")))?;
@@ -172,7 +168,7 @@ impl Registry {
     }
 
     pub async fn list_gateways(&self) -> Result<Vec<GatewayView>> {
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         Ok(q::list_gateways(&mut conn)
             .await?
             .iter()

@@ -7,48 +7,18 @@
 //! Empty cells mean "not given": credentials are then generated, the SIP ID stays blank.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::io::Read;
 
 use store::registry as q;
 
-use crate::registry::{ExtensionKind, NewExtension, Prepared, Registry};
+use crate::error::{ImportErrors, RowError};
+use crate::extension::{ExtensionKind, NewExtension, Prepared};
+use crate::registry::Registry;
 use crate::{Error, Result};
 
 const COLUMNS: &[&str] = &[
     "number", "name", "email", "kind", "password", "pin", "sip_id", "auth_id", "mac", "model",
 ];
-
-/// How many row errors the message lists before summarising the rest.
-const SHOWN_ERRORS: usize = 50;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RowError {
-    pub line: u64,
-    pub message: String,
-}
-
-/// Why a file was not imported: one entry per bad row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImportErrors(pub Vec<RowError>);
-
-impl fmt::Display for ImportErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.0.len();
-        write!(
-            f,
-            "nothing was imported: the CSV file has {n} error{}",
-            if n == 1 { "" } else { "s" }
-        )?;
-        for e in self.0.iter().take(SHOWN_ERRORS) {
-            write!(f, "\n  line {}: {}", e.line, e.message)?;
-        }
-        if n > SHOWN_ERRORS {
-            write!(f, "\n  … and {} more", n - SHOWN_ERRORS)?;
-        }
-        Ok(())
-    }
-}
 
 /// What an import did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -226,7 +196,7 @@ impl Registry {
                 )
             });
 
-        let mut conn = self.store().pool().acquire().await?;
+        let mut conn = self.store().conn().await?;
         let exts = q::list_extensions(&mut conn).await?;
         let gws = q::list_gateways(&mut conn).await?;
         drop(conn);

@@ -7,6 +7,7 @@
 //! It does no SIP: the running server (`pbx`) reads what this crate writes.
 
 pub mod audit;
+pub mod audit_log;
 pub mod backup;
 pub mod bans;
 pub mod epoch;
@@ -16,6 +17,7 @@ pub mod extension;
 pub mod gateway;
 pub mod import;
 pub mod mail;
+pub mod open;
 pub mod outbound;
 pub mod provider;
 pub mod provisioning;
@@ -24,5 +26,5 @@ pub mod registry;
 pub mod running;
 pub mod trunks;
 
-pub use error::{Error, Result};
+pub use error::{Error, ImportErrors, Result, RowError};
 pub use registry::{Registry, Settings};

@@ -12,11 +12,61 @@ use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use policy::Secret;
-use store::regen as rq;
+use policy::{Secret, generate};
+use serde::{Deserialize, Serialize};
+use store::regen::{self as rq, OutboxRow};
 
-use crate::Registry;
-use crate::regenerate::{MailMessage, MailOutcome};
+use crate::provisioning::TemplateError;
+use crate::registry::{Registry, mail_aad};
+use crate::{Error, Result};
+
+/// The message queued in the outbox (sealed: it carries the password).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MailMessage {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+/// What happened to an extension's welcome mail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum MailOutcome {
+    /// In the outbox; `sipward serve` (or the command that queued it) sends it.
+    Queued {
+        id: String,
+    },
+    Sent {
+        id: String,
+    },
+    /// Will be retried (it stays in the outbox).
+    Deferred {
+        id: String,
+        reason: String,
+    },
+    Failed {
+        id: String,
+        reason: String,
+    },
+    /// The extension has no email address (reported, not a failure).
+    NoEmail,
+    /// `--no-email`.
+    Skipped,
+}
+
+impl MailOutcome {
+    /// In words, for tables and pages.
+    pub fn describe(&self) -> String {
+        match self {
+            MailOutcome::Queued { .. } => "queued".into(),
+            MailOutcome::Sent { .. } => "sent".into(),
+            MailOutcome::Deferred { reason, .. } => format!("will retry: {reason}"),
+            MailOutcome::Failed { reason, .. } => format!("FAILED: {reason}"),
+            MailOutcome::NoEmail => "no email address".into(),
+            MailOutcome::Skipped => "not sent (no mail asked for)".into(),
+        }
+    }
+}
 
 /// How a connection to the SMTP server is protected.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -194,17 +244,60 @@ fn smtp_reason(e: &lettre::transport::smtp::Error) -> String {
 }
 
 impl Registry {
+    /// A new outbox row for `message` (sealed: mails carry passwords).
+    pub(crate) fn outbox_row(
+        &self,
+        number: &str,
+        recipient: &str,
+        message: &MailMessage,
+        now: i64,
+    ) -> Result<OutboxRow> {
+        let id = self.with_rng(|rng| generate::auth_id(rng)).into_string();
+        let json = serde_json::to_string(message).map_err(|e| {
+            Error::Template(TemplateError::Render {
+                name: "mail".into(),
+                detail: e.to_string(),
+            })
+        })?;
+        Ok(OutboxRow {
+            message_enc: self.seal(&mail_aad(&id), &json),
+            id,
+            number: number.to_owned(),
+            recipient: recipient.to_owned(),
+            state: "queued".into(),
+            attempts: 0,
+            next_attempt_at: now,
+            lease_until: 0,
+            last_error: String::new(),
+            created_at: now,
+            sent_at: 0,
+        })
+    }
+
+    /// Opens a queued mail.
+    pub(crate) fn open_mail(&self, row: &OutboxRow) -> Result<MailMessage> {
+        let json = self.open_secret(&mail_aad(&row.id), &row.message_enc)?;
+        serde_json::from_str(json.expose()).map_err(|e| {
+            Error::Template(TemplateError::Render {
+                name: "outbox message".into(),
+                detail: e.to_string(),
+            })
+        })
+    }
+}
+
+impl Registry {
     /// Sends the outbox's due mails once each (only `ids` when given) and records every
     /// outcome. Returns (id, outcome) for the mails this call tried.
     pub async fn send_due_mail(
         &self,
         mailer: &Mailer,
         ids: Option<&HashSet<String>>,
-    ) -> crate::Result<Vec<(String, MailOutcome)>> {
+    ) -> Result<Vec<(String, MailOutcome)>> {
         let mut out = Vec::new();
         loop {
             let now = self.now();
-            let mut conn = self.store().pool().acquire().await?;
+            let mut conn = self.store().conn().await?;
             let due: Vec<_> = rq::due_mail(&mut conn, now, 200)
                 .await?
                 .into_iter()
@@ -272,8 +365,8 @@ impl Registry {
     }
 
     /// The outbox, newest first (no message bodies).
-    pub async fn outbox(&self) -> crate::Result<Vec<rq::OutboxRow>> {
-        let mut conn = self.store().pool().acquire().await?;
+    pub async fn outbox(&self) -> Result<Vec<rq::OutboxRow>> {
+        let mut conn = self.store().conn().await?;
         Ok(rq::list_mail(&mut conn).await?)
     }
 }

@@ -4,11 +4,11 @@
 use policy::dialplan::{Breach, ClassOfService, DialPlan, FraudLimits};
 use policy::fields::ExtensionNumber;
 use serde::Serialize;
-use sqlx::AnyConnection;
+use store::Db;
 use store::outbound as oq;
 use store::regen as rq;
 
-use crate::regenerate::MailMessage;
+use crate::mail::MailMessage;
 use crate::registry::Registry;
 use crate::{Error, Result};
 use store::outbound::CallingRow;
@@ -77,7 +77,7 @@ impl Registry {
     /// inside the caller's transaction.
     pub(crate) async fn set_class(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut dyn Db,
         number: &str,
         class: Option<ClassOfService>,
     ) -> Result<()> {
@@ -91,7 +91,7 @@ impl Registry {
 
     pub async fn outbound_of(&self, number: &str) -> Result<OutboundView> {
         let number = ExtensionNumber::parse(number.trim())?;
-        let mut conn = self.store().pool().acquire().await?;
+        let mut conn = self.store().conn().await?;
         let row = oq::calling_of(&mut conn, number.as_str())
             .await?
             .ok_or_else(|| Error::not_found(format!("extension {number}")))?;
@@ -162,7 +162,7 @@ impl Registry {
     /// Queues an alert for the administrator (`mail.admin`), if one is configured.
     pub(crate) async fn queue_alert(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut dyn Db,
         number: &str,
         subject: &str,
         text: &str,
@@ -190,7 +190,7 @@ impl Registry {
 
     /// An emergency call went out: tell the administrator.
     pub async fn emergency_alert(&self, number: &str, dialled: &str, at: i64) -> Result<()> {
-        let mut conn = self.store().pool().acquire().await?;
+        let mut conn = self.store().conn().await?;
         self.queue_alert(
             &mut conn,
             number,

@@ -6,12 +6,8 @@ use policy::password;
 use serde::Serialize;
 use store::registry::{self as q, ProviderRow};
 
-use crate::registry::Registry;
+use crate::registry::{Registry, provider_aad};
 use crate::{Error, Result};
-
-pub(crate) fn aad(name: &str) -> String {
-    format!("provider/{name}/password")
-}
 
 const FIELD_NAME: &str = "provider name";
 
@@ -62,7 +58,7 @@ impl Registry {
         let pw = fields::parse_password("provider password", &new.password)?;
         let now = self.now();
         let row = ProviderRow {
-            password_enc: self.seal(&aad(name.as_str()), pw.expose()),
+            password_enc: self.seal(&provider_aad(name.as_str()), pw.expose()),
             password_score: i64::from(password::strength_score(pw.expose())),
             name: name.into_string(),
             registrar: registrar.into_string(),
@@ -70,7 +66,7 @@ impl Registry {
             created_at: now,
             updated_at: now,
         };
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         q::insert_provider(&mut conn, &row)
             .await
             .map_err(|e| match e {
@@ -102,7 +98,7 @@ impl Registry {
         }
         if let Some(p) = change.password.as_deref() {
             let pw = fields::parse_password("provider password", p)?;
-            row.password_enc = self.seal(&aad(&row.name), pw.expose());
+            row.password_enc = self.seal(&provider_aad(&row.name), pw.expose());
             row.password_score = i64::from(password::strength_score(pw.expose()));
         }
         row.updated_at = self.now();
@@ -114,7 +110,7 @@ impl Registry {
 
     pub async fn remove_provider(&self, name: &str) -> Result<()> {
         let name = AccountName::parse(FIELD_NAME, name.trim())?;
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         self.ensure_unrouted(&mut conn, policy::trunk::TrunkKind::Provider, name.as_str())
             .await?;
         if !q::delete_provider(&mut conn, name.as_str()).await? {
@@ -125,7 +121,7 @@ impl Registry {
 
     pub async fn get_provider(&self, name: &str) -> Result<ProviderView> {
         let name = AccountName::parse(FIELD_NAME, name.trim())?;
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         let row = q::get_provider(&mut conn, name.as_str())
             .await?
             .ok_or_else(|| Error::not_found(format!("provider {name}")))?;
@@ -133,7 +129,7 @@ impl Registry {
     }
 
     pub async fn list_providers(&self) -> Result<Vec<ProviderView>> {
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         Ok(q::list_providers(&mut conn)
             .await?
             .iter()

@@ -14,17 +14,15 @@ use std::net::{IpAddr, SocketAddr};
 
 use policy::fields::ExtensionNumber;
 use policy::{Secret, generate};
-use serde::{Deserialize, Serialize};
-use sqlx::AnyConnection;
-use store::regen::{self as rq, GraceRow, OutboxRow, ProvisioningRow};
+use serde::Serialize;
+use store::Db;
+use store::regen::{self as rq, GraceRow, ProvisioningRow};
 use store::registry::{self as q, ExtensionRow};
 
-use crate::extension::aad;
+use crate::mail::{MailMessage, MailOutcome};
 use crate::provisioning::{self, PhoneAccount, Templates, Vendor};
-use crate::registry::Registry;
+use crate::registry::{META_PROVISIONING_PATH, Registry, ext_aad};
 use crate::{Error, Result};
-
-pub(crate) const META_PROVISIONING_PATH: &str = "provisioning_path";
 
 /// Extensions changed per transaction.
 pub const BATCH: usize = 50;
@@ -63,32 +61,6 @@ pub enum FilesOutcome {
     },
 }
 
-/// What happened to an extension's welcome mail.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum MailOutcome {
-    /// In the outbox; `sipward serve` (or the command that queued it) sends it.
-    Queued {
-        id: String,
-    },
-    Sent {
-        id: String,
-    },
-    /// Will be retried (it stays in the outbox).
-    Deferred {
-        id: String,
-        reason: String,
-    },
-    Failed {
-        id: String,
-        reason: String,
-    },
-    /// The extension has no email address (reported, not a failure).
-    NoEmail,
-    /// `--no-email`.
-    Skipped,
-}
-
 impl FilesOutcome {
     /// In words, for tables and pages.
     pub fn describe(&self) -> String {
@@ -102,20 +74,6 @@ impl FilesOutcome {
             }
             FilesOutcome::NoServer => "not written: set provisioning.server or sip.domain".into(),
             FilesOutcome::Failed { reason } => format!("FAILED: {reason}"),
-        }
-    }
-}
-
-impl MailOutcome {
-    /// In words, for tables and pages.
-    pub fn describe(&self) -> String {
-        match self {
-            MailOutcome::Queued { .. } => "queued".into(),
-            MailOutcome::Sent { .. } => "sent".into(),
-            MailOutcome::Deferred { reason, .. } => format!("will retry: {reason}"),
-            MailOutcome::Failed { reason, .. } => format!("FAILED: {reason}"),
-            MailOutcome::NoEmail => "no email address".into(),
-            MailOutcome::Skipped => "not sent (no mail asked for)".into(),
         }
     }
 }
@@ -134,14 +92,6 @@ pub struct Regenerated {
     pub grace_until: Option<i64>,
     /// Whether its registered phones were queued a NOTIFY to re-fetch their files.
     pub resync: bool,
-}
-
-/// The message queued in the outbox (sealed: it carries the password).
-#[derive(Debug, Serialize, Deserialize)]
-pub struct MailMessage {
-    pub subject: String,
-    pub text: String,
-    pub html: String,
 }
 
 /// Everything a phone's files and welcome mail are rendered from.
@@ -179,7 +129,7 @@ impl Registry {
 
     /// The secret path segment phones fetch their files under: `/prov/<this>/<file>`.
     pub async fn provisioning_path(&self) -> Result<String> {
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         q::get_meta(&mut conn, META_PROVISIONING_PATH)
             .await?
             .ok_or_else(|| Error::not_found("the provisioning path"))
@@ -194,7 +144,7 @@ impl Registry {
     /// Resolves a selection to extension numbers; an unknown number fails the whole
     /// request before anything changes.
     async fn select(&self, sel: &Selection) -> Result<Vec<String>> {
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         let all: BTreeSet<String> = q::list_extensions(&mut conn)
             .await?
             .into_iter()
@@ -244,10 +194,12 @@ impl Registry {
         Ok(Some(Phone {
             vendor,
             mac: mac.to_owned(),
-            admin_password: self
-                .open_secret(&aad(&row.number, "phone_admin"), &prov.admin_password_enc)?,
+            admin_password: self.open_secret(
+                &ext_aad(&row.number, "phone_admin"),
+                &prov.admin_password_enc,
+            )?,
             http_password: self
-                .open_secret(&aad(&row.number, "phone_http"), &prov.http_password_enc)?,
+                .open_secret(&ext_aad(&row.number, "phone_http"), &prov.http_password_enc)?,
         }))
     }
 
@@ -255,7 +207,7 @@ impl Registry {
     /// first use), inside the caller's transaction. None when there is no phone.
     pub(crate) async fn bump_provisioning(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut dyn Db,
         row: &ExtensionRow,
     ) -> Result<Option<ProvisioningRow>> {
         if row.mac.is_none() {
@@ -269,11 +221,11 @@ impl Registry {
             None => ProvisioningRow {
                 number: row.number.clone(),
                 admin_password_enc: self.seal(
-                    &aad(&row.number, "phone_admin"),
+                    &ext_aad(&row.number, "phone_admin"),
                     self.new_phone_secret().expose(),
                 ),
                 http_password_enc: self.seal(
-                    &aad(&row.number, "phone_http"),
+                    &ext_aad(&row.number, "phone_http"),
                     self.new_phone_secret().expose(),
                 ),
                 generation: 1,
@@ -291,7 +243,7 @@ impl Registry {
         &self,
         numbers: &[String],
     ) -> Result<Vec<(String, FilesOutcome)>> {
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         let mut phones = Vec::with_capacity(numbers.len());
         let mut out = Vec::new();
         for number in numbers {
@@ -395,7 +347,8 @@ impl Registry {
         let Some(server) = self.phone_server() else {
             return FilesOutcome::NoServer;
         };
-        let password = match self.open_secret(&aad(&row.number, "password"), &row.password_enc) {
+        let password = match self.open_secret(&ext_aad(&row.number, "password"), &row.password_enc)
+        {
             Ok(p) => p,
             Err(e) => {
                 return FilesOutcome::Failed {
@@ -443,7 +396,7 @@ impl Registry {
     /// Rewrites every phone whose files are behind the database; returns how many.
     /// Returns how many were rewritten, and the ones that still fail with why.
     pub(crate) async fn write_unwritten_files(&self) -> Result<(usize, Vec<(String, String)>)> {
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         let rows = rq::unwritten_provisioning(&mut conn).await?;
         drop(conn);
         if rows.is_empty() {
@@ -517,7 +470,7 @@ impl Registry {
 
     async fn regenerate_one(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut dyn Db,
         templates: &Templates,
         prov_path: &str,
         mut row: ExtensionRow,
@@ -528,8 +481,8 @@ impl Registry {
         let password = self.generated_password(&[&row.number, &row.auth_id], &row.name);
         let pin_len = self.settings.policy.generated_pin_length;
         let pin = self.with_rng(|rng| generate::pin(rng, pin_len, &row.number));
-        row.password_enc = self.seal(&aad(&row.number, "password"), password.expose());
-        row.pin_enc = self.seal(&aad(&row.number, "pin"), pin.expose());
+        row.password_enc = self.seal(&ext_aad(&row.number, "password"), password.expose());
+        row.pin_enc = self.seal(&ext_aad(&row.number, "pin"), pin.expose());
         row.password_score = i64::from(generate::GENERATED_PASSWORD_SCORE);
         (row.ha1_md5, row.ha1_sha256) = self.ha1s(&row.auth_id, &password);
         row.updated_at = now;
@@ -634,56 +587,15 @@ impl Registry {
         Ok((result, prov.map(|p| (row, p))))
     }
 
-    /// A new outbox row for `message` (sealed: mails carry passwords).
-    pub(crate) fn outbox_row(
-        &self,
-        number: &str,
-        recipient: &str,
-        message: &MailMessage,
-        now: i64,
-    ) -> Result<OutboxRow> {
-        let id = self.with_rng(|rng| generate::auth_id(rng)).into_string();
-        let json = serde_json::to_string(message).map_err(|e| {
-            Error::Template(provisioning::TemplateError::Render {
-                name: "mail".into(),
-                detail: e.to_string(),
-            })
-        })?;
-        Ok(OutboxRow {
-            message_enc: self.seal(&mail_aad(&id), &json),
-            id,
-            number: number.to_owned(),
-            recipient: recipient.to_owned(),
-            state: "queued".into(),
-            attempts: 0,
-            next_attempt_at: now,
-            lease_until: 0,
-            last_error: String::new(),
-            created_at: now,
-            sent_at: 0,
-        })
-    }
-
-    /// Opens a queued mail.
-    pub(crate) fn open_mail(&self, row: &OutboxRow) -> Result<MailMessage> {
-        let json = self.open_secret(&mail_aad(&row.id), &row.message_enc)?;
-        serde_json::from_str(json.expose()).map_err(|e| {
-            Error::Template(provisioning::TemplateError::Render {
-                name: "outbox message".into(),
-                detail: e.to_string(),
-            })
-        })
-    }
-
     /// A phone's provisioning login (user = MAC, password), for `ext show --reveal`.
     pub async fn phone_login(&self, number: &str) -> Result<Option<(String, Secret)>> {
         let row = self.extension_row(number).await?;
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         let Some(prov) = rq::get_provisioning(&mut conn, &row.number).await? else {
             return Ok(None);
         };
         let Some(mac) = row.mac else { return Ok(None) };
-        let pw = self.open_secret(&aad(&row.number, "phone_http"), &prov.http_password_enc)?;
+        let pw = self.open_secret(&ext_aad(&row.number, "phone_http"), &prov.http_password_enc)?;
         Ok(Some((mac, pw)))
     }
 
@@ -694,7 +606,7 @@ impl Registry {
         let Some(mac) = provisioning::mac_of_file(file) else {
             return Ok(None);
         };
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         let Some(number) = q::extension_with(&mut conn, q::UniqueField::Mac, &mac).await? else {
             return Ok(None);
         };
@@ -711,7 +623,8 @@ impl Registry {
         let Some(prov) = rq::get_provisioning(&mut conn, &number).await? else {
             return Ok(None);
         };
-        let password = self.open_secret(&aad(&number, "phone_http"), &prov.http_password_enc)?;
+        let password =
+            self.open_secret(&ext_aad(&number, "phone_http"), &prov.http_password_enc)?;
         Ok(Some(PhoneFile {
             path: self.data.provisioning_dir().join(file),
             user: mac,
@@ -726,8 +639,4 @@ pub struct PhoneFile {
     pub path: std::path::PathBuf,
     pub user: String,
     pub password: Secret,
-}
-
-pub(crate) fn mail_aad(id: &str) -> String {
-    format!("outbox/{id}")
 }

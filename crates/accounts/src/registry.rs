@@ -1,29 +1,13 @@
 //! The registry: extensions, PSTN gateways and VoIP providers, and the workflow that
 //! keeps their stored form right (validated fields, sealed secrets, current HA1s).
 
-pub use crate::extension::{
-    ExtensionChange, ExtensionKind, ExtensionView, NewExtension, RegistrationView,
-};
-pub use crate::gateway::{GatewayChange, GatewayView, NewGateway};
-pub use crate::outbound::OutboundView;
-pub use crate::provider::{NewProvider, ProviderChange, ProviderView};
-pub use crate::trunks::{
-    DidView, GatewayTrunk, LoadedRoute, NewRoute, ProviderTrunk, RouteView, TrunkSet,
-};
-
-pub(crate) use crate::extension::Prepared;
-pub(crate) use crate::extension::aad as ext_aad;
-pub use crate::extension::{Added, Revealed};
-pub(crate) use crate::gateway::aad as gateway_aad;
-pub(crate) use crate::provider::aad as provider_aad;
-
 use std::sync::{Arc, Mutex};
 
 use policy::clock::Clock;
 use policy::{PolicyConfig, Secret, generate};
 use rand_core::CryptoRng;
 use sip::digest::{self, Algorithm};
-use store::{DataDir, Store, Vault, registry as q};
+use store::{DataDir, Db, Store, Vault, registry as q};
 
 use crate::{Error, Result};
 
@@ -75,22 +59,44 @@ impl Default for ProvisioningSettings {
 /// The number of the default fax extension every new data dir gets.
 pub const DEFAULT_FAX_NUMBER: &str = "888";
 
-const META_REALM: &str = "realm";
-const META_KEY_CHECK: &str = "key_check";
-const KEY_CHECK_AAD: &str = "meta/key_check";
-const KEY_CHECK_TEXT: &str = "sipward key check";
+/// Keys of the data dir's meta table.
+pub(crate) const META_REALM: &str = "realm";
+pub(crate) const META_KEY_CHECK: &str = "key_check";
+pub(crate) const META_EPOCH: &str = "security_epoch";
+pub(crate) const META_PROVISIONING_PATH: &str = "provisioning_path";
 
-type SharedRng = Arc<Mutex<Box<dyn CryptoRng + Send>>>;
+/// The associated data that binds a sealed secret to its extension and field
+/// (`ext/1001/password`): a ciphertext copied to another row or field does not open.
+pub(crate) fn ext_aad(number: &str, field: &str) -> String {
+    format!("ext/{number}/{field}")
+}
+
+/// The associated data of a gateway's sealed password.
+pub(crate) fn gateway_aad(name: &str) -> String {
+    format!("gateway/{name}/password")
+}
+
+/// The associated data of a provider's sealed password.
+pub(crate) fn provider_aad(name: &str) -> String {
+    format!("provider/{name}/password")
+}
+
+/// The associated data of a queued mail (it carries a password).
+pub(crate) fn mail_aad(id: &str) -> String {
+    format!("outbox/{id}")
+}
+
+pub(crate) type SharedRng = Arc<Mutex<Box<dyn CryptoRng + Send>>>;
 
 /// An open registry over one data dir.
 #[derive(Clone)]
 pub struct Registry {
     pub(crate) store: Store,
     pub(crate) data: DataDir,
-    vault: Arc<Vault>,
+    pub(crate) vault: Arc<Vault>,
     pub(crate) settings: Arc<Settings>,
-    rng: SharedRng,
-    clock: Arc<dyn Clock>,
+    pub(crate) rng: SharedRng,
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -101,117 +107,7 @@ impl std::fmt::Debug for Registry {
     }
 }
 
-/// What opening a data dir did, for the operator to hear about.
-#[derive(Debug, Default)]
-pub struct Opened {
-    /// The data dir was created by this call (schema, key, fax extension 888).
-    pub created: bool,
-    /// The realm changed since the HA1s were computed; this many accounts were re-hashed.
-    pub rehashed: Option<usize>,
-    /// Phones whose provisioning files were behind the database (an interrupted
-    /// Re-Generate) and were rewritten.
-    pub provisioning_rewritten: usize,
-    /// Phones whose files still cannot be written (extension number, why): a broken
-    /// operator template, say. Retried at every open.
-    pub provisioning_failed: Vec<(String, String)>,
-    /// The data dir is at this security epoch, older than [`policy::epoch::CURRENT`]:
-    /// the caller backs it up and calls [`Registry::harden`].
-    pub epoch_behind: Option<u32>,
-}
-
 impl Registry {
-    /// Opens the data dir, creating it on first use: database schema, secrets key (mode
-    /// 0600) and the fax extension 888 with strong credentials.
-    pub async fn open(
-        data: &DataDir,
-        settings: Settings,
-        rng: Box<dyn CryptoRng + Send>,
-        clock: Arc<dyn Clock>,
-    ) -> Result<(Self, Opened)> {
-        let rng: SharedRng = Arc::new(Mutex::new(rng));
-        let fresh = data.ensure()?;
-        let key_path = data.key_path();
-        let vault = if key_path.exists() {
-            Vault::load(&key_path)?
-        } else if fresh {
-            let mut guard = rng.lock().unwrap_or_else(|p| p.into_inner());
-            Vault::create(&key_path, &mut **guard)?
-        } else {
-            return Err(store::Error::KeyMissing {
-                path: key_path,
-                db: data.db_path(),
-            }
-            .into());
-        };
-        let store = Store::open_sqlite(&data.db_path()).await?;
-        data.restrict_db_files()?;
-        let registry = Self {
-            store,
-            data: data.clone(),
-            vault: Arc::new(vault),
-            settings: Arc::new(settings),
-            rng,
-            clock,
-        };
-        let mut opened = Opened::default();
-
-        let mut tx = registry.store.begin().await?;
-        match q::get_meta(&mut tx, META_KEY_CHECK).await? {
-            Some(sealed) => {
-                let ok = registry
-                    .vault
-                    .open(KEY_CHECK_AAD, &sealed)
-                    .is_ok_and(|s| s.ct_eq(KEY_CHECK_TEXT));
-                if !ok {
-                    return Err(store::Error::KeyMismatch.into());
-                }
-            }
-            None => {
-                // A database without a key check is one this call just created.
-                let sealed = registry.seal(KEY_CHECK_AAD, KEY_CHECK_TEXT);
-                q::set_meta(&mut tx, META_KEY_CHECK, &sealed).await?;
-                q::set_meta(&mut tx, META_REALM, &registry.settings.realm).await?;
-                registry.create_default_fax(&mut tx).await?;
-                // Created hardened: nothing an epoch fixes can be in a new data dir.
-                q::set_meta(
-                    &mut tx,
-                    crate::epoch::META_EPOCH,
-                    &policy::epoch::CURRENT.to_string(),
-                )
-                .await?;
-                opened.created = true;
-            }
-        }
-        let stored_realm = q::get_meta(&mut tx, META_REALM).await?;
-        if stored_realm.as_deref() != Some(registry.settings.realm.as_str()) {
-            opened.rehashed = Some(registry.rehash_all(&mut tx).await?);
-            q::set_meta(&mut tx, META_REALM, &registry.settings.realm).await?;
-        }
-        if q::get_meta(&mut tx, crate::regenerate::META_PROVISIONING_PATH)
-            .await?
-            .is_none()
-        {
-            // 24 random alphanumerics (~143 bits): the per-install path phones fetch under.
-            let path = registry.with_rng(|rng| generate::password(rng, 24, &[]));
-            q::set_meta(
-                &mut tx,
-                crate::regenerate::META_PROVISIONING_PATH,
-                path.expose(),
-            )
-            .await?;
-        }
-        let at: u32 = q::get_meta(&mut tx, crate::epoch::META_EPOCH)
-            .await?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        opened.epoch_behind = (at < policy::epoch::CURRENT).then_some(at);
-        tx.commit().await?;
-        // Files a crash left behind their database state are written now.
-        (opened.provisioning_rewritten, opened.provisioning_failed) =
-            registry.write_unwritten_files().await?;
-        Ok((registry, opened))
-    }
-
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -273,45 +169,11 @@ impl Registry {
         self.with_rng(|rng| generate::password(rng, len, &avoid))
     }
 
-    async fn create_default_fax(&self, conn: &mut sqlx::AnyConnection) -> Result<()> {
-        let new = NewExtension {
-            kind: ExtensionKind::Fax,
-            name: Some("Fax".into()),
-            ..NewExtension::default()
-        };
-        let prepared = self
-            .prepare_new_extension(DEFAULT_FAX_NUMBER, new, conn)
-            .await?;
-        q::insert_extension(conn, &prepared.row).await?;
-        Ok(())
-    }
-
-    /// Recomputes every stored HA1 for the current realm (the realm changed in config).
-    async fn rehash_all(&self, conn: &mut sqlx::AnyConnection) -> Result<usize> {
-        let mut n = 0;
-        for mut e in q::list_extensions(conn).await? {
-            let pw = self.open_secret(
-                &crate::extension::aad(&e.number, "password"),
-                &e.password_enc,
-            )?;
-            (e.ha1_md5, e.ha1_sha256) = self.ha1s(&e.auth_id, &pw);
-            q::update_extension(conn, &e).await?;
-            n += 1;
-        }
-        for mut g in q::list_gateways(conn).await? {
-            let pw = self.open_secret(&crate::gateway::aad(&g.name), &g.password_enc)?;
-            (g.ha1_md5, g.ha1_sha256) = self.ha1s(&g.auth_id, &pw);
-            q::update_gateway(conn, &g).await?;
-            n += 1;
-        }
-        Ok(n)
-    }
-
     /// Fails when `number` is used by an account other than `me` (a subject such as
     /// `ext:1001`); pass `None` when adding, where any user is a conflict.
     pub(crate) async fn ensure_number_free(
         &self,
-        conn: &mut sqlx::AnyConnection,
+        conn: &mut dyn Db,
         number: &str,
         me: Option<&str>,
     ) -> Result<()> {
@@ -327,7 +189,7 @@ impl Registry {
     /// Fails when the SIP ID or MAC is held by an extension other than `me`.
     pub(crate) async fn ensure_unique(
         &self,
-        conn: &mut sqlx::AnyConnection,
+        conn: &mut dyn Db,
         field: q::UniqueField,
         value: Option<&str>,
         me: Option<&str>,
@@ -351,7 +213,7 @@ impl Registry {
     /// Fails when `auth_id` is used by an account other than `me` (`None` when adding).
     pub(crate) async fn ensure_auth_id_free(
         &self,
-        conn: &mut sqlx::AnyConnection,
+        conn: &mut dyn Db,
         auth_id: &str,
         me: Option<&str>,
     ) -> Result<()> {

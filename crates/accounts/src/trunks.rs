@@ -11,10 +11,11 @@ use policy::route::{Pattern, Rewrite};
 use policy::secret::Secret;
 use policy::trunk::{TrunkKind, normalize_did};
 use serde::Serialize;
+use store::Db;
 use store::registry as q;
 use store::trunks::{self as tq, DidRow, RouteRow};
 
-use crate::registry::Registry;
+use crate::registry::{Registry, gateway_aad, provider_aad};
 use crate::{Error, Result};
 
 #[derive(Clone, Debug, Default)]
@@ -128,11 +129,7 @@ const FIELD_ROUTE: &str = "route name";
 
 impl Registry {
     /// Resolves `NAME`, `gateway:NAME` or `provider:NAME` to an existing trunk.
-    async fn resolve_trunk(
-        &self,
-        conn: &mut sqlx::AnyConnection,
-        text: &str,
-    ) -> Result<(TrunkKind, String)> {
+    async fn resolve_trunk(&self, conn: &mut dyn Db, text: &str) -> Result<(TrunkKind, String)> {
         let text = text.trim();
         let (want, name) = match text.split_once(':') {
             Some(("gateway", n)) => (Some(TrunkKind::Gateway), n),
@@ -192,7 +189,7 @@ impl Registry {
 
     pub async fn remove_route(&self, name: &str) -> Result<()> {
         let name = AccountName::parse(FIELD_ROUTE, name.trim())?;
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         if !tq::delete_route(&mut conn, name.as_str()).await? {
             return Err(Error::not_found(format!("route {name}")));
         }
@@ -200,7 +197,7 @@ impl Registry {
     }
 
     pub async fn list_routes(&self) -> Result<Vec<RouteView>> {
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         Ok(tq::routes(&mut conn)
             .await?
             .iter()
@@ -240,7 +237,7 @@ impl Registry {
         let d = normalize_did(did).ok_or_else(|| {
             InvalidField::new("DID", "a DID is 1 to 24 digits, optionally after +")
         })?;
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         if !tq::delete_did(&mut conn, &d).await? {
             return Err(Error::not_found(format!("DID {d}")));
         }
@@ -248,7 +245,7 @@ impl Registry {
     }
 
     pub async fn list_dids(&self) -> Result<Vec<DidView>> {
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         Ok(tq::dids(&mut conn)
             .await?
             .into_iter()
@@ -262,7 +259,7 @@ impl Registry {
     /// Refuses to remove a trunk that routes still send calls to.
     pub(crate) async fn ensure_unrouted(
         &self,
-        conn: &mut sqlx::AnyConnection,
+        conn: &mut dyn Db,
         kind: TrunkKind,
         name: &str,
     ) -> Result<()> {
@@ -278,13 +275,13 @@ impl Registry {
 
     /// The trunk set for the server, passwords opened.
     pub async fn trunk_set(&self) -> Result<TrunkSet> {
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         let gateways = q::list_gateways(&mut conn)
             .await?
             .into_iter()
             .map(|g| {
                 Ok(GatewayTrunk {
-                    password: self.open_secret(&crate::gateway::aad(&g.name), &g.password_enc)?,
+                    password: self.open_secret(&gateway_aad(&g.name), &g.password_enc)?,
                     name: g.name,
                     number: g.number,
                     auth_id: g.auth_id,
@@ -297,7 +294,7 @@ impl Registry {
             .into_iter()
             .map(|p| {
                 Ok(ProviderTrunk {
-                    password: self.open_secret(&crate::provider::aad(&p.name), &p.password_enc)?,
+                    password: self.open_secret(&provider_aad(&p.name), &p.password_enc)?,
                     name: p.name,
                     registrar: p.registrar,
                     auth_id: p.auth_id,
@@ -336,13 +333,13 @@ impl Registry {
 impl Registry {
     /// The trunk calls the running server last wrote, and when (0: no server runs).
     pub async fn active_calls(&self) -> Result<(Vec<tq::ActiveCallRow>, i64)> {
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         Ok(tq::active_calls(&mut conn).await?)
     }
 
     /// What the running server last saw of a provider's registration.
     pub async fn provider_status(&self, name: &str) -> Result<Option<tq::ProviderStatusRow>> {
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.conn().await?;
         Ok(tq::provider_status(&mut conn, name.trim()).await?)
     }
 }

@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
-use accounts::regenerate::{FilesOutcome, MailOutcome, Selection};
-use accounts::registry::{NewExtension, ProvisioningSettings};
+use accounts::extension::NewExtension;
+use accounts::mail::MailOutcome;
+use accounts::regenerate::{FilesOutcome, Selection};
+use accounts::registry::ProvisioningSettings;
 use accounts::{Registry, Settings};
 use policy::PolicyConfig;
 use policy::clock::ManualClock;
@@ -16,7 +18,7 @@ use store::registrar::{BindingRow, replace_bindings};
 
 const NOW: i64 = 1_700_000_000;
 
-async fn open(data: &DataDir, seed: u64) -> (Registry, accounts::registry::Opened) {
+async fn open(data: &DataDir, seed: u64) -> (Registry, accounts::open::Opened) {
     let settings = Settings {
         realm: "sipward".into(),
         domain: Some("pbx.example.com".into()),
@@ -75,7 +77,7 @@ async fn files_behind_the_database_are_rewritten_at_the_next_open() {
 
     // A crash between the commit and the file write: the row says generation 2, the
     // file on disk is gone (or old).
-    let mut conn = reg.store().pool().acquire().await.expect("conn");
+    let mut conn = reg.store().conn().await.expect("conn");
     let mut p = rq::get_provisioning(&mut conn, "1001")
         .await
         .expect("q")
@@ -90,7 +92,7 @@ async fn files_behind_the_database_are_rewritten_at_the_next_open() {
     let (reg, opened) = open(&data, 2).await;
     assert_eq!(opened.provisioning_rewritten, 1);
     assert_eq!(file_password(&data), "Zq8xLmTr4wPyK7vB2");
-    let mut conn = reg.store().pool().acquire().await.expect("conn");
+    let mut conn = reg.store().conn().await.expect("conn");
     let p = rq::get_provisioning(&mut conn, "1001")
         .await
         .expect("q")
@@ -117,7 +119,7 @@ async fn grace_keeps_the_password_phones_have_and_mails_are_superseded() {
         .await
         .expect("add");
     let auth_id = added.extension.auth_id.clone();
-    let mut conn = reg.store().pool().acquire().await.expect("conn");
+    let mut conn = reg.store().conn().await.expect("conn");
     let binding = |source: &str| BindingRow {
         number: "1001".into(),
         contact: format!("sip:1001@{source}"),

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use accounts::registry::{ExtensionChange, NewExtension};
+use accounts::extension::{ExtensionChange, NewExtension};
 use accounts::{Registry, Settings};
 use policy::PolicyConfig;
 use policy::clock::ManualClock;
@@ -36,7 +36,7 @@ async fn open(data: &DataDir, realm: &str, seed: u64) -> Registry {
 }
 
 async fn stored_ha1s(reg: &Registry, number: &str) -> (String, String, String) {
-    let mut conn = reg.store().pool().acquire().await.expect("conn");
+    let mut conn = reg.store().conn().await.expect("conn");
     let row = q::get_extension(&mut conn, number)
         .await
         .expect("get")

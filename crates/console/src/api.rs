@@ -238,7 +238,7 @@ async fn caller(
                 "a Bearer API token is required",
             ));
         };
-        let name = match web.registry.store().pool().acquire().await {
+        let name = match web.registry.store().conn().await {
             Ok(mut conn) => store::console::token_name(&mut conn, &admin::token_digest(token))
                 .await
                 .ok()
@@ -324,11 +324,11 @@ async fn add(
     Caller(actor): Caller,
     Body(req): Body<NewExtension>,
 ) -> Response {
-    let new = accounts::registry::NewExtension {
+    let new = accounts::extension::NewExtension {
         kind: if req.fax == Some(true) {
-            accounts::registry::ExtensionKind::Fax
+            accounts::extension::ExtensionKind::Fax
         } else {
-            accounts::registry::ExtensionKind::User
+            accounts::extension::ExtensionKind::User
         },
         name: req.name,
         email: req.email,
@@ -595,11 +595,7 @@ async fn calls(State(web): State<Web>, Caller(_): Caller) -> Response {
 }
 
 async fn log(State(web): State<Web>, Caller(_): Caller) -> Response {
-    let rows = match web.registry.store().pool().acquire().await {
-        Ok(mut conn) => store::audit_log::recent(&mut conn, 500).await,
-        Err(e) => Err(store::Error::from(e)),
-    };
-    match rows {
+    match web.registry.recent_log(500).await {
         Ok(rows) => axum::Json(
             rows.iter()
                 .map(|r| {
@@ -609,7 +605,7 @@ async fn log(State(web): State<Web>, Caller(_): Caller) -> Response {
                 .collect::<Vec<_>>(),
         )
         .into_response(),
-        Err(e) => accounts_error(&accounts::Error::from(e)),
+        Err(e) => accounts_error(&e),
     }
 }
 
@@ -648,7 +644,7 @@ async fn update(
     .filter(|(_, set)| *set)
     .map(|(n, _)| *n)
     .collect();
-    let change = accounts::registry::ExtensionChange {
+    let change = accounts::extension::ExtensionChange {
         name: c.name,
         email: c.email,
         password: c.password,

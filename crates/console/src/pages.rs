@@ -3,7 +3,7 @@
 
 use accounts::audit::weak_by_subject;
 use accounts::backup::utc_stamp;
-use accounts::registry::{ExtensionKind, NewExtension};
+use accounts::extension::{ExtensionKind, NewExtension};
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -206,12 +206,9 @@ async fn advisor(State(web): State<Web>, Admin(s): Admin) -> Response {
 }
 
 async fn log(State(web): State<Web>, Admin(s): Admin) -> Response {
-    let Ok(mut conn) = web.registry.store().pool().acquire().await else {
+    let Ok(rows) = web.registry.recent_log(500).await else {
         return unreadable();
     };
-    let rows = store::audit_log::recent(&mut conn, 500)
-        .await
-        .unwrap_or_default();
     let log = web::log_rows(&rows);
     web.render(
         StatusCode::OK,
@@ -224,7 +221,7 @@ async fn calls(State(web): State<Web>, Admin(s): Admin) -> Response {
     let Ok((calls, written_at)) = web.registry.active_calls().await else {
         return unreadable();
     };
-    let Ok(mut conn) = web.registry.store().pool().acquire().await else {
+    let Ok(mut conn) = web.registry.store().conn().await else {
         return unreadable();
     };
     let suspended: Vec<_> = store::outbound::calling(&mut conn)

@@ -22,10 +22,12 @@ pub(crate) fn ser<T: Serialize>(v: T) -> Value {
 }
 use accounts::Registry;
 use accounts::audit::{WEAK_AT, weak_by_subject};
+use accounts::audit_log::LogEntry;
+use accounts::extension::{ExtensionChange, ExtensionView};
 use accounts::regenerate::Selection;
-use accounts::registry::{ExtensionChange, ExtensionView};
 use policy::Finding;
 use serde::Serialize;
+use store::audit_log::LogRow;
 use store::console::{self as q, SessionRow};
 
 use crate::admin::{self, Locked, Lockout};
@@ -160,10 +162,14 @@ impl Web {
             detail.to_owned(),
         );
         async move {
-            if let Ok(mut conn) = reg.store().pool().acquire().await {
-                let _ =
-                    store::audit_log::append(&mut conn, now, &actor, &action, &subject, &detail)
-                        .await;
+            if let Ok(mut conn) = reg.store().conn().await {
+                let entry = LogEntry {
+                    actor: &actor,
+                    action: &action,
+                    subject: &subject,
+                    detail: &detail,
+                };
+                let _ = reg.log_in(&mut conn, now, entry).await;
             }
         }
     }
@@ -205,7 +211,7 @@ pub async fn session(web: &Web, headers: &HeaderMap, source: IpAddr) -> Option<S
         return None;
     }
     let digest = admin::token_digest(&token);
-    let mut conn = web.registry.store().pool().acquire().await.ok()?;
+    let mut conn = web.registry.store().conn().await.ok()?;
     let row = q::session(&mut conn, &digest, (web.now)()).await.ok()??;
     Some(Session {
         admin: row.admin,
@@ -414,7 +420,7 @@ async fn login(
             ),
         );
     }
-    let hash = match web.registry.store().pool().acquire().await {
+    let hash = match web.registry.store().conn().await {
         Ok(mut conn) => q::admin_hash(&mut conn, &name).await.ok().flatten(),
         Err(_) => None,
     };
@@ -448,7 +454,7 @@ async fn login(
         created_at: now,
         expires_at: now + SESSION_SECS,
     };
-    let stored = match web.registry.store().pool().acquire().await {
+    let stored = match web.registry.store().conn().await {
         Ok(mut conn) => q::insert_session(&mut conn, &admin::token_digest(&token), &row)
             .await
             .is_ok(),
@@ -480,7 +486,7 @@ async fn login(
 /// The TOTP check of an administrator who turned it on (`sipward admin totp`); true
 /// for one who did not. An accepted step is stored first, so a code works once.
 async fn second_factor(web: &Web, name: &str, code: &str, now: i64) -> bool {
-    let Ok(mut conn) = web.registry.store().pool().acquire().await else {
+    let Ok(mut conn) = web.registry.store().conn().await else {
         return false;
     };
     let Ok(totp) = q::admin_totp(&mut conn, name).await else {
@@ -506,7 +512,7 @@ async fn second_factor(web: &Web, name: &str, code: &str, now: i64) -> bool {
 }
 
 async fn logout(State(web): State<Web>, AdminForm { session: s, .. }: AdminForm) -> Response {
-    if let Ok(mut conn) = web.registry.store().pool().acquire().await {
+    if let Ok(mut conn) = web.registry.store().conn().await {
         let _ = q::delete_session(&mut conn, &s.digest, (web.now)()).await;
     }
     web.log(&s.actor(), "console.logout", "console", "logged out")
@@ -580,17 +586,13 @@ async fn dashboard(State(web): State<Web>, Admin(s): Admin) -> Response {
     let (weak_total, total): (usize, usize) =
         kinds.iter().fold((0, 0), |a, k| (a.0 + k.1, a.1 + k.2));
     let now = (web.now)();
-    let (registrations, log) = match reg.store().pool().acquire().await {
-        Ok(mut conn) => (
-            store::registrar::live_bindings(&mut conn, now)
-                .await
-                .map_or(0, |b| b.len()),
-            store::audit_log::recent(&mut conn, 10)
-                .await
-                .unwrap_or_default(),
-        ),
-        Err(_) => (0, Vec::new()),
+    let registrations = match reg.store().conn().await {
+        Ok(mut conn) => store::registrar::live_bindings(&mut conn, now)
+            .await
+            .map_or(0, |b| b.len()),
+        Err(_) => 0,
     };
+    let log = reg.recent_log(10).await.unwrap_or_default();
     let log = log_rows(&log);
     let mut recent = bans.clone();
     recent.sort_by_key(|b| std::cmp::Reverse(b.last_seen));
@@ -618,7 +620,7 @@ async fn dashboard(State(web): State<Web>, Admin(s): Admin) -> Response {
 }
 
 /// Audit log entries for a template, newest first.
-pub(crate) fn log_rows(rows: &[store::audit_log::LogRow]) -> Vec<Value> {
+pub(crate) fn log_rows(rows: &[LogRow]) -> Vec<Value> {
     rows.iter()
         .rev()
         .map(|e| {

@@ -25,9 +25,3 @@ impl Error {
         }
     }
 }
-
-impl From<sqlx::Error> for Error {
-    fn from(e: sqlx::Error) -> Self {
-        Error::Store(store::Error::Db(e))
-    }
-}

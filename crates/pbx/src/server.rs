@@ -98,7 +98,7 @@ pub async fn bind(
 
     let metrics = Arc::new(Metrics::default());
     let directory = Arc::new(DirectoryCache::default());
-    let mut conn = registry.store().pool().acquire().await?;
+    let mut conn = registry.store().conn().await?;
     let versions = (
         rq::registry_version(&mut conn).await?,
         gq::guard_version(&mut conn).await?,
@@ -153,7 +153,7 @@ pub async fn bind(
         .with_dialplan(registry.settings().dialplan.clone()),
     );
     load_trunks(&registry, &endpoint).await?;
-    let mut conn = registry.store().pool().acquire().await?;
+    let mut conn = registry.store().conn().await?;
     load_guard(&mut conn, &endpoint, clock.now(), false).await?;
     endpoint.outbound.replace_with_users(
         &store::outbound::calling(&mut conn).await?,
@@ -249,7 +249,7 @@ impl Bound {
         let _ = stop_tx.send(true);
         while tasks.join_next().await.is_some() {}
         // No server, no calls: `sipward calls` must not show the last ones as up.
-        if let Ok(mut conn) = self.registry.store().pool().acquire().await {
+        if let Ok(mut conn) = self.registry.store().conn().await {
             let _ = store::trunks::replace_active_calls(&mut conn, &[], 0).await;
         }
         flush(&self.registry, &self.endpoint, self.clock.now()).await
@@ -293,7 +293,7 @@ async fn reload_loop(
             .metrics
             .bans
             .store(endpoint.guard.banned_count() as u64, Ordering::Relaxed);
-        let Ok(mut conn) = registry.store().pool().acquire().await else {
+        let Ok(mut conn) = registry.store().conn().await else {
             continue;
         };
         let mut registry_moved = false;
@@ -349,7 +349,7 @@ async fn load_trunks(registry: &Registry, endpoint: &Endpoint) -> Result<()> {
 }
 
 async fn load_guard(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut dyn store::Db,
     endpoint: &Endpoint,
     now: i64,
     announce: bool,
@@ -435,7 +435,7 @@ async fn handle_event(registry: &Registry, endpoint: &Endpoint, e: Event) {
 }
 
 async fn persist_ban(registry: &Registry, row: &gq::BanRow) -> bool {
-    let Ok(mut conn) = registry.store().pool().acquire().await else {
+    let Ok(mut conn) = registry.store().conn().await else {
         return false;
     };
     // The record keeps its first_seen on update (see put_ban).
@@ -470,7 +470,7 @@ async fn resync_loop(
             _ = stop.changed() => return,
         }
         let Some(bound) = bound else { return };
-        let Ok(mut conn) = registry.store().pool().acquire().await else {
+        let Ok(mut conn) = registry.store().conn().await else {
             continue;
         };
         let Ok(numbers) = regen::take_resyncs(&mut conn).await else {
@@ -553,7 +553,7 @@ async fn outbox_loop(
             continue;
         };
         for (_, outcome) in done {
-            use accounts::regenerate::MailOutcome as M;
+            use accounts::mail::MailOutcome as M;
             let m = &endpoint.metrics;
             match outcome {
                 M::Sent { .. } => Metrics::inc(&m.mail_sent),
@@ -596,7 +596,7 @@ async fn write_trunk_state(
     now: i64,
     last: &mut Option<(Vec<store::trunks::ActiveCallRow>, i64)>,
 ) {
-    let Ok(mut conn) = registry.store().pool().acquire().await else {
+    let Ok(mut conn) = registry.store().conn().await else {
         return;
     };
     for s in endpoint.trunks.take_status(now) {
@@ -621,7 +621,7 @@ async fn write_trunk_state(
 async fn flush(registry: &Registry, endpoint: &Endpoint, now: i64) -> Result<()> {
     let ended = endpoint.take_graces_ended();
     if !ended.is_empty() {
-        let mut conn = registry.store().pool().acquire().await?;
+        let mut conn = registry.store().conn().await?;
         if let Err(e) = regen::end_graces(&mut conn, &ended, now).await {
             endpoint.return_graces_ended(ended);
             return Err(e.into());

@@ -1,8 +1,9 @@
 //! The administrators' audit log: who did what to which subject, never a secret.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 
-use crate::Result;
+use crate::db::{Db, raw};
+use crate::error::Result;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogRow {
@@ -15,13 +16,14 @@ pub struct LogRow {
 }
 
 pub async fn append(
-    conn: &mut AnyConnection,
+    db: &mut dyn Db,
     at: i64,
     actor: &str,
     action: &str,
     subject: &str,
     detail: &str,
 ) -> Result<()> {
+    let conn = raw(db);
     sqlx::query(
         "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -36,7 +38,8 @@ pub async fn append(
 }
 
 /// The newest `limit` entries, oldest first.
-pub async fn recent(conn: &mut AnyConnection, limit: i64) -> Result<Vec<LogRow>> {
+pub async fn recent(db: &mut dyn Db, limit: i64) -> Result<Vec<LogRow>> {
+    let conn = raw(db);
     let rows = sqlx::query(
         "SELECT id, at, actor, action, subject, detail FROM \
          (SELECT * FROM audit_log ORDER BY id DESC LIMIT $1) ORDER BY id",

@@ -24,7 +24,8 @@ use age::secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{DataDir, Error, Result, Store};
+use crate::datadir::DataDir;
+use crate::error::{BackupError, Error, Result};
 
 /// The archive layout this code writes and reads.
 pub const FORMAT: u32 = 1;
@@ -78,40 +79,6 @@ pub enum Unseal {
 /// Work done so far, for progress output: (`done`, `total`) bytes.
 pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 
-/// Why a backup could not be read: each says what is wrong in one sentence.
-#[derive(Debug, thiserror::Error)]
-pub enum BackupError {
-    #[error("{0} is not a sipward backup (not an age-encrypted file)")]
-    NotAge(PathBuf),
-    #[error("wrong passphrase or key: {0} cannot be decrypted with it")]
-    WrongKey(PathBuf),
-    #[error("{0} is encrypted with a passphrase: give the passphrase, not a key")]
-    WantsPassphrase(PathBuf),
-    #[error("{0} is encrypted to a key: give its identity file (--identity), not a passphrase")]
-    WantsIdentity(PathBuf),
-    #[error("{path} is damaged or cut short ({detail}); it cannot be trusted")]
-    Damaged { path: PathBuf, detail: String },
-    #[error("{path} has a bad manifest: {detail}")]
-    BadManifest { path: PathBuf, detail: String },
-    #[error("{path} does not match its manifest: {detail}")]
-    Mismatch { path: PathBuf, detail: String },
-    #[error("{0}")]
-    BadKey(String),
-    /// The archive is sound but not restorable here (an older security epoch, a newer
-    /// schema): the sentence says why and what to do.
-    #[error("{0}")]
-    Refused(String),
-}
-
-impl BackupError {
-    fn damaged(path: &Path, e: impl std::fmt::Display) -> Self {
-        Self::Damaged {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        }
-    }
-}
-
 /// Parses an `age1...` recipient.
 pub fn parse_recipient(text: &str) -> std::result::Result<age::x25519::Recipient, BackupError> {
     age::x25519::Recipient::from_str(text.trim()).map_err(|_| {
@@ -126,38 +93,6 @@ pub fn parse_recipient(text: &str) -> std::result::Result<age::x25519::Recipient
 pub fn new_identity() -> (SecretString, String) {
     let id = age::x25519::Identity::generate();
     (id.to_string(), id.to_public().to_string())
-}
-
-impl Store {
-    /// Writes a consistent snapshot of the database to `dest` (which must not exist).
-    pub async fn snapshot_into(&self, dest: &Path) -> Result<()> {
-        let path = dest
-            .to_str()
-            .ok_or_else(|| Error::io(dest, io::Error::other("the path is not valid UTF-8")))?;
-        sqlx::query("VACUUM INTO $1")
-            .bind(path)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// The highest migration applied to this database.
-    pub async fn schema_version(&self) -> Result<i64> {
-        let v: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(v.unwrap_or(0))
-    }
-}
-
-/// The highest schema version this build knows.
-pub fn known_schema_version() -> i64 {
-    sqlx::migrate!("./migrations/sqlite")
-        .iter()
-        .map(|m| m.version)
-        .max()
-        .unwrap_or(0)
 }
 
 /// The data dir's files that go into a backup besides the database: paths relative to

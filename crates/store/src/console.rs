@@ -1,9 +1,10 @@
 //! Console administrators, sessions and API tokens. Tokens are stored as SHA-256 digests
 //! only: a copy of the database opens no session.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 
-use crate::{Error, Result};
+use crate::db::{Db, raw};
+use crate::error::{Error, Result};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionRow {
@@ -16,7 +17,8 @@ pub struct SessionRow {
 
 /// Sets an administrator's password hash (creating the administrator), ending every
 /// session they had.
-pub async fn set_admin(conn: &mut AnyConnection, name: &str, hash: &str, now: i64) -> Result<()> {
+pub async fn set_admin(db: &mut dyn Db, name: &str, hash: &str, now: i64) -> Result<()> {
+    let conn = raw(db);
     sqlx::query(
         "INSERT INTO admins (name, password_hash, created_at, updated_at) VALUES ($1, $2, $3, $3) \
          ON CONFLICT (name) DO UPDATE SET password_hash = excluded.password_hash, updated_at = excluded.updated_at",
@@ -33,7 +35,8 @@ pub async fn set_admin(conn: &mut AnyConnection, name: &str, hash: &str, now: i6
     Ok(())
 }
 
-pub async fn admin_hash(conn: &mut AnyConnection, name: &str) -> Result<Option<String>> {
+pub async fn admin_hash(db: &mut dyn Db, name: &str) -> Result<Option<String>> {
+    let conn = raw(db);
     let row = sqlx::query("SELECT password_hash FROM admins WHERE name = $1")
         .bind(name)
         .fetch_optional(&mut *conn)
@@ -41,17 +44,15 @@ pub async fn admin_hash(conn: &mut AnyConnection, name: &str) -> Result<Option<S
     Ok(row.map(|r| r.try_get("password_hash")).transpose()?)
 }
 
-pub async fn admin_count(conn: &mut AnyConnection) -> Result<i64> {
+pub async fn admin_count(db: &mut dyn Db) -> Result<i64> {
+    let conn = raw(db);
     Ok(sqlx::query_scalar("SELECT COUNT(*) FROM admins")
         .fetch_one(&mut *conn)
         .await?)
 }
 
-pub async fn insert_session(
-    conn: &mut AnyConnection,
-    token_sha256: &str,
-    s: &SessionRow,
-) -> Result<()> {
+pub async fn insert_session(db: &mut dyn Db, token_sha256: &str, s: &SessionRow) -> Result<()> {
+    let conn = raw(db);
     sqlx::query(
         "INSERT INTO console_sessions (token_sha256, admin, csrf, source, created_at, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -68,11 +69,8 @@ pub async fn insert_session(
 }
 
 /// The live session with this token digest.
-pub async fn session(
-    conn: &mut AnyConnection,
-    token_sha256: &str,
-    now: i64,
-) -> Result<Option<SessionRow>> {
+pub async fn session(db: &mut dyn Db, token_sha256: &str, now: i64) -> Result<Option<SessionRow>> {
+    let conn = raw(db);
     let row = sqlx::query(
         "SELECT admin, csrf, source, created_at, expires_at FROM console_sessions \
          WHERE token_sha256 = $1 AND expires_at > $2",
@@ -94,7 +92,8 @@ pub async fn session(
 }
 
 /// Ends one session, and every expired one.
-pub async fn delete_session(conn: &mut AnyConnection, token_sha256: &str, now: i64) -> Result<()> {
+pub async fn delete_session(db: &mut dyn Db, token_sha256: &str, now: i64) -> Result<()> {
+    let conn = raw(db);
     sqlx::query("DELETE FROM console_sessions WHERE token_sha256 = $1 OR expires_at <= $2")
         .bind(token_sha256)
         .bind(now)
@@ -103,12 +102,8 @@ pub async fn delete_session(conn: &mut AnyConnection, token_sha256: &str, now: i
     Ok(())
 }
 
-pub async fn insert_token(
-    conn: &mut AnyConnection,
-    name: &str,
-    token_sha256: &str,
-    now: i64,
-) -> Result<()> {
+pub async fn insert_token(db: &mut dyn Db, name: &str, token_sha256: &str, now: i64) -> Result<()> {
+    let conn = raw(db);
     sqlx::query("INSERT INTO api_tokens (name, token_sha256, created_at) VALUES ($1, $2, $3)")
         .bind(name)
         .bind(token_sha256)
@@ -120,7 +115,8 @@ pub async fn insert_token(
 }
 
 /// The name of the API token with this digest.
-pub async fn token_name(conn: &mut AnyConnection, token_sha256: &str) -> Result<Option<String>> {
+pub async fn token_name(db: &mut dyn Db, token_sha256: &str) -> Result<Option<String>> {
+    let conn = raw(db);
     let row = sqlx::query("SELECT name FROM api_tokens WHERE token_sha256 = $1")
         .bind(token_sha256)
         .fetch_optional(&mut *conn)
@@ -129,7 +125,8 @@ pub async fn token_name(conn: &mut AnyConnection, token_sha256: &str) -> Result<
 }
 
 /// Removes a token; whether one was there.
-pub async fn delete_token(conn: &mut AnyConnection, name: &str) -> Result<bool> {
+pub async fn delete_token(db: &mut dyn Db, name: &str) -> Result<bool> {
+    let conn = raw(db);
     let done = sqlx::query("DELETE FROM api_tokens WHERE name = $1")
         .bind(name)
         .execute(&mut *conn)
@@ -138,7 +135,8 @@ pub async fn delete_token(conn: &mut AnyConnection, name: &str) -> Result<bool> 
 }
 
 /// An administrator's sealed TOTP secret and last accepted step, when TOTP is on.
-pub async fn admin_totp(conn: &mut AnyConnection, name: &str) -> Result<Option<(String, i64)>> {
+pub async fn admin_totp(db: &mut dyn Db, name: &str) -> Result<Option<(String, i64)>> {
+    let conn = raw(db);
     let row = sqlx::query("SELECT totp_enc, totp_last_step FROM admins WHERE name = $1")
         .bind(name)
         .fetch_optional(&mut *conn)
@@ -149,11 +147,8 @@ pub async fn admin_totp(conn: &mut AnyConnection, name: &str) -> Result<Option<(
 }
 
 /// Turns TOTP on (with a sealed secret) or off (`None`); whether the administrator exists.
-pub async fn set_admin_totp(
-    conn: &mut AnyConnection,
-    name: &str,
-    sealed: Option<&str>,
-) -> Result<bool> {
+pub async fn set_admin_totp(db: &mut dyn Db, name: &str, sealed: Option<&str>) -> Result<bool> {
+    let conn = raw(db);
     let done = sqlx::query("UPDATE admins SET totp_enc = $1, totp_last_step = 0 WHERE name = $2")
         .bind(sealed)
         .bind(name)
@@ -163,7 +158,8 @@ pub async fn set_admin_totp(
 }
 
 /// Records `step` as used, only if it is newer than the last one; whether it was.
-pub async fn accept_totp_step(conn: &mut AnyConnection, name: &str, step: i64) -> Result<bool> {
+pub async fn accept_totp_step(db: &mut dyn Db, name: &str, step: i64) -> Result<bool> {
+    let conn = raw(db);
     let done = sqlx::query(
         "UPDATE admins SET totp_last_step = $1 WHERE name = $2 AND totp_last_step < $1",
     )

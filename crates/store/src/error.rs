@@ -38,7 +38,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Backup(#[from] crate::backup::BackupError),
+    Backup(#[from] BackupError),
     #[error("database migration failed: {0}")]
     Migrate(sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
@@ -94,5 +94,39 @@ impl Error {
             return Error::Conflict { what: what() };
         }
         Error::Db(e)
+    }
+}
+
+/// Why a backup could not be read: each says what is wrong in one sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("{0} is not a sipward backup (not an age-encrypted file)")]
+    NotAge(PathBuf),
+    #[error("wrong passphrase or key: {0} cannot be decrypted with it")]
+    WrongKey(PathBuf),
+    #[error("{0} is encrypted with a passphrase: give the passphrase, not a key")]
+    WantsPassphrase(PathBuf),
+    #[error("{0} is encrypted to a key: give its identity file (--identity), not a passphrase")]
+    WantsIdentity(PathBuf),
+    #[error("{path} is damaged or cut short ({detail}); it cannot be trusted")]
+    Damaged { path: PathBuf, detail: String },
+    #[error("{path} has a bad manifest: {detail}")]
+    BadManifest { path: PathBuf, detail: String },
+    #[error("{path} does not match its manifest: {detail}")]
+    Mismatch { path: PathBuf, detail: String },
+    #[error("{0}")]
+    BadKey(String),
+    /// The archive is sound but not restorable here (an older security epoch, a newer
+    /// schema): the sentence says why and what to do.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl BackupError {
+    pub(crate) fn damaged(path: &Path, e: impl std::fmt::Display) -> Self {
+        Self::Damaged {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        }
     }
 }

@@ -1,9 +1,10 @@
 //! The guard's records: bans and the allow list, and the version the running server
 //! polls for changes made elsewhere (the CLI).
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 
-use crate::{Error, Result};
+use crate::db::{Db, raw};
+use crate::error::{Error, Result};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BanRow {
@@ -28,12 +29,14 @@ pub struct AllowRow {
     pub created_at: i64,
 }
 
-pub async fn guard_version(conn: &mut AnyConnection) -> Result<i64> {
+pub async fn guard_version(db: &mut dyn Db) -> Result<i64> {
+    let conn = raw(db);
     crate::registry::meta_counter(conn, "guard_version").await
 }
 
 /// The `host` of every PSTN gateway (their addresses are never banned).
-pub async fn gateway_hosts(conn: &mut AnyConnection) -> Result<Vec<String>> {
+pub async fn gateway_hosts(db: &mut dyn Db) -> Result<Vec<String>> {
+    let conn = raw(db);
     let rows = sqlx::query("SELECT host FROM gateways ORDER BY host")
         .fetch_all(&mut *conn)
         .await?;
@@ -43,7 +46,8 @@ pub async fn gateway_hosts(conn: &mut AnyConnection) -> Result<Vec<String>> {
 }
 
 /// Bans in force at `now` (all bans when `now` is `None`).
-pub async fn bans(conn: &mut AnyConnection, now: Option<i64>) -> Result<Vec<BanRow>> {
+pub async fn bans(db: &mut dyn Db, now: Option<i64>) -> Result<Vec<BanRow>> {
+    let conn = raw(db);
     let rows = sqlx::query(
         "SELECT source, reason, detail, first_seen, last_seen, expires_at, times FROM bans \
          WHERE expires_at > $1 ORDER BY source",
@@ -55,7 +59,8 @@ pub async fn bans(conn: &mut AnyConnection, now: Option<i64>) -> Result<Vec<BanR
 }
 
 /// The ban record of one source, in force or not.
-pub async fn get_ban(conn: &mut AnyConnection, source: &str) -> Result<Option<BanRow>> {
+pub async fn get_ban(db: &mut dyn Db, source: &str) -> Result<Option<BanRow>> {
+    let conn = raw(db);
     let row = sqlx::query(
         "SELECT source, reason, detail, first_seen, last_seen, expires_at, times FROM bans WHERE source = $1",
     )
@@ -79,7 +84,8 @@ fn ban_from_row(r: &sqlx::any::AnyRow) -> Result<BanRow> {
 
 /// Forgets bans that expired before `before` (they no longer feed escalation), so an
 /// attack from many addresses cannot grow the table without end.
-pub async fn prune_bans(conn: &mut AnyConnection, before: i64) -> Result<u64> {
+pub async fn prune_bans(db: &mut dyn Db, before: i64) -> Result<u64> {
+    let conn = raw(db);
     let done = sqlx::query("DELETE FROM bans WHERE expires_at < $1")
         .bind(before)
         .execute(&mut *conn)
@@ -88,7 +94,8 @@ pub async fn prune_bans(conn: &mut AnyConnection, before: i64) -> Result<u64> {
 }
 
 /// Inserts or replaces the ban of a source; an existing record keeps its `first_seen`.
-pub async fn put_ban(conn: &mut AnyConnection, b: &BanRow) -> Result<()> {
+pub async fn put_ban(db: &mut dyn Db, b: &BanRow) -> Result<()> {
+    let conn = raw(db);
     sqlx::query(
         "INSERT INTO bans (source, reason, detail, first_seen, last_seen, expires_at, times) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (source) DO UPDATE SET reason = excluded.reason, \
@@ -107,7 +114,8 @@ pub async fn put_ban(conn: &mut AnyConnection, b: &BanRow) -> Result<()> {
     Ok(())
 }
 
-pub async fn delete_ban(conn: &mut AnyConnection, source: &str) -> Result<bool> {
+pub async fn delete_ban(db: &mut dyn Db, source: &str) -> Result<bool> {
+    let conn = raw(db);
     let done = sqlx::query("DELETE FROM bans WHERE source = $1")
         .bind(source)
         .execute(&mut *conn)
@@ -115,7 +123,8 @@ pub async fn delete_ban(conn: &mut AnyConnection, source: &str) -> Result<bool> 
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn allow_list(conn: &mut AnyConnection) -> Result<Vec<AllowRow>> {
+pub async fn allow_list(db: &mut dyn Db) -> Result<Vec<AllowRow>> {
+    let conn = raw(db);
     let rows = sqlx::query("SELECT network, note, created_at FROM allow_list ORDER BY network")
         .fetch_all(&mut *conn)
         .await?;
@@ -130,7 +139,8 @@ pub async fn allow_list(conn: &mut AnyConnection) -> Result<Vec<AllowRow>> {
         .collect()
 }
 
-pub async fn add_allow(conn: &mut AnyConnection, a: &AllowRow) -> Result<()> {
+pub async fn add_allow(db: &mut dyn Db, a: &AllowRow) -> Result<()> {
+    let conn = raw(db);
     sqlx::query("INSERT INTO allow_list (network, note, created_at) VALUES ($1, $2, $3)")
         .bind(&a.network)
         .bind(&a.note)
@@ -141,7 +151,8 @@ pub async fn add_allow(conn: &mut AnyConnection, a: &AllowRow) -> Result<()> {
     Ok(())
 }
 
-pub async fn delete_allow(conn: &mut AnyConnection, network: &str) -> Result<bool> {
+pub async fn delete_allow(db: &mut dyn Db, network: &str) -> Result<bool> {
+    let conn = raw(db);
     let done = sqlx::query("DELETE FROM allow_list WHERE network = $1")
         .bind(network)
         .execute(&mut *conn)

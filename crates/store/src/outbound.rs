@@ -1,10 +1,11 @@
 //! Outbound calling settings per extension: class of service, fraud-limit overrides and
 //! suspension. A missing row (or NULL column) means the defaults for the extension's kind.
 
+use sqlx::Row;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
 
-use crate::Result;
+use crate::db::{Db, raw};
+use crate::error::Result;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OutboundRow {
@@ -49,7 +50,8 @@ fn from_row(r: &AnyRow) -> Result<CallingRow> {
 /// extensions and those with a stored row. (Fetching all 10,000 rows of a big install
 /// one by one cost ~100 ms and 14 MiB at every start and reload; the rest are users
 /// with the defaults, known from the directory.)
-pub async fn calling(conn: &mut AnyConnection) -> Result<Vec<CallingRow>> {
+pub async fn calling(db: &mut dyn Db) -> Result<Vec<CallingRow>> {
+    let conn = raw(db);
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT e.number AS number, e.kind AS kind, {COLUMNS} FROM extensions e \
          LEFT JOIN outbound o ON o.number = e.number \
@@ -61,7 +63,8 @@ pub async fn calling(conn: &mut AnyConnection) -> Result<Vec<CallingRow>> {
 }
 
 /// One extension's outbound settings; None when the extension does not exist.
-pub async fn calling_of(conn: &mut AnyConnection, number: &str) -> Result<Option<CallingRow>> {
+pub async fn calling_of(db: &mut dyn Db, number: &str) -> Result<Option<CallingRow>> {
+    let conn = raw(db);
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT e.number AS number, e.kind AS kind, {COLUMNS} FROM extensions e \
          LEFT JOIN outbound o ON o.number = e.number WHERE e.number = $1"
@@ -72,7 +75,8 @@ pub async fn calling_of(conn: &mut AnyConnection, number: &str) -> Result<Option
     row.as_ref().map(from_row).transpose()
 }
 
-pub async fn put_outbound(conn: &mut AnyConnection, o: &OutboundRow) -> Result<()> {
+pub async fn put_outbound(db: &mut dyn Db, o: &OutboundRow) -> Result<()> {
+    let conn = raw(db);
     sqlx::query(
         "INSERT INTO outbound (number, class_of_service, concurrent_external, attempts_per_minute, \
          international_per_day, suspended_at, suspend_reason) VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -95,12 +99,8 @@ pub async fn put_outbound(conn: &mut AnyConnection, o: &OutboundRow) -> Result<(
 
 /// Suspends an extension's outbound calling (keeps its other settings). Returns false
 /// when the extension does not exist.
-pub async fn suspend(
-    conn: &mut AnyConnection,
-    number: &str,
-    at: i64,
-    reason: &str,
-) -> Result<bool> {
+pub async fn suspend(db: &mut dyn Db, number: &str, at: i64, reason: &str) -> Result<bool> {
+    let conn = raw(db);
     let Some(mut row) = calling_of(conn, number).await? else {
         return Ok(false);
     };

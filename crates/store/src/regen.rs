@@ -1,10 +1,11 @@
 //! Rows and queries for Re-Generate: per-phone provisioning secrets and file state, the
 //! old-password grace window, the mail outbox and the re-fetch (NOTIFY) queue.
 
+use sqlx::Row;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
 
-use crate::Result;
+use crate::db::{Db, raw};
+use crate::error::Result;
 
 /// A phone's provisioning secrets (sealed) and file state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,10 +31,8 @@ fn prov_from_row(r: &AnyRow) -> Result<ProvisioningRow> {
 
 const PROV_COLUMNS: &str = "number, admin_password_enc, http_password_enc, generation, written";
 
-pub async fn get_provisioning(
-    conn: &mut AnyConnection,
-    number: &str,
-) -> Result<Option<ProvisioningRow>> {
+pub async fn get_provisioning(db: &mut dyn Db, number: &str) -> Result<Option<ProvisioningRow>> {
+    let conn = raw(db);
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {PROV_COLUMNS} FROM provisioning WHERE number = $1"
     )))
@@ -43,7 +42,8 @@ pub async fn get_provisioning(
     row.as_ref().map(prov_from_row).transpose()
 }
 
-pub async fn all_provisioning(conn: &mut AnyConnection) -> Result<Vec<ProvisioningRow>> {
+pub async fn all_provisioning(db: &mut dyn Db) -> Result<Vec<ProvisioningRow>> {
+    let conn = raw(db);
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {PROV_COLUMNS} FROM provisioning ORDER BY number"
     )))
@@ -53,7 +53,8 @@ pub async fn all_provisioning(conn: &mut AnyConnection) -> Result<Vec<Provisioni
 }
 
 /// Rows whose files on disk are older than the database (a crash or a failed write).
-pub async fn unwritten_provisioning(conn: &mut AnyConnection) -> Result<Vec<ProvisioningRow>> {
+pub async fn unwritten_provisioning(db: &mut dyn Db) -> Result<Vec<ProvisioningRow>> {
+    let conn = raw(db);
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {PROV_COLUMNS} FROM provisioning WHERE written < generation ORDER BY number"
     )))
@@ -63,7 +64,8 @@ pub async fn unwritten_provisioning(conn: &mut AnyConnection) -> Result<Vec<Prov
 }
 
 /// Inserts or replaces a phone's provisioning row.
-pub async fn put_provisioning(conn: &mut AnyConnection, p: &ProvisioningRow) -> Result<()> {
+pub async fn put_provisioning(db: &mut dyn Db, p: &ProvisioningRow) -> Result<()> {
+    let conn = raw(db);
     sqlx::query(
         "INSERT INTO provisioning (number, admin_password_enc, http_password_enc, generation, written) \
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (number) DO UPDATE SET \
@@ -82,7 +84,8 @@ pub async fn put_provisioning(conn: &mut AnyConnection, p: &ProvisioningRow) -> 
 
 /// Records that the files of `number` at `generation` are on disk (unless a newer
 /// generation was stored meanwhile).
-pub async fn mark_written(conn: &mut AnyConnection, number: &str, generation: i64) -> Result<()> {
+pub async fn mark_written(db: &mut dyn Db, number: &str, generation: i64) -> Result<()> {
+    let conn = raw(db);
     sqlx::query("UPDATE provisioning SET written = $2 WHERE number = $1 AND written < $2")
         .bind(number)
         .bind(generation)
@@ -115,7 +118,8 @@ fn grace_from_row(r: &AnyRow) -> Result<GraceRow> {
 }
 
 /// Grace windows still open at `now`.
-pub async fn live_graces(conn: &mut AnyConnection, now: i64) -> Result<Vec<GraceRow>> {
+pub async fn live_graces(db: &mut dyn Db, now: i64) -> Result<Vec<GraceRow>> {
+    let conn = raw(db);
     let rows = sqlx::query(
         "SELECT number, auth_id, ha1_md5, ha1_sha256, sources, expires_at FROM credential_grace WHERE expires_at > $1",
     )
@@ -125,7 +129,8 @@ pub async fn live_graces(conn: &mut AnyConnection, now: i64) -> Result<Vec<Grace
     rows.iter().map(grace_from_row).collect()
 }
 
-pub async fn get_grace(conn: &mut AnyConnection, number: &str) -> Result<Option<GraceRow>> {
+pub async fn get_grace(db: &mut dyn Db, number: &str) -> Result<Option<GraceRow>> {
+    let conn = raw(db);
     let row = sqlx::query(
         "SELECT number, auth_id, ha1_md5, ha1_sha256, sources, expires_at FROM credential_grace WHERE number = $1",
     )
@@ -135,7 +140,8 @@ pub async fn get_grace(conn: &mut AnyConnection, number: &str) -> Result<Option<
     row.as_ref().map(grace_from_row).transpose()
 }
 
-pub async fn put_grace(conn: &mut AnyConnection, g: &GraceRow) -> Result<()> {
+pub async fn put_grace(db: &mut dyn Db, g: &GraceRow) -> Result<()> {
+    let conn = raw(db);
     sqlx::query(
         "INSERT INTO credential_grace (number, auth_id, ha1_md5, ha1_sha256, sources, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (number) DO UPDATE SET auth_id = excluded.auth_id, \
@@ -154,7 +160,8 @@ pub async fn put_grace(conn: &mut AnyConnection, g: &GraceRow) -> Result<()> {
 }
 
 /// Ends grace windows: those of `numbers`, and every expired one.
-pub async fn end_graces(conn: &mut AnyConnection, numbers: &[String], now: i64) -> Result<()> {
+pub async fn end_graces(db: &mut dyn Db, numbers: &[String], now: i64) -> Result<()> {
+    let conn = raw(db);
     for n in numbers {
         sqlx::query("DELETE FROM credential_grace WHERE number = $1")
             .bind(n)
@@ -205,13 +212,15 @@ fn outbox_from_row(r: &AnyRow) -> Result<OutboxRow> {
 
 /// Queues a mail; mails of the same extension still waiting are superseded (they carry
 /// credentials that no longer work).
-pub async fn queue_mail(conn: &mut AnyConnection, m: &OutboxRow) -> Result<()> {
+pub async fn queue_mail(db: &mut dyn Db, m: &OutboxRow) -> Result<()> {
+    let conn = raw(db);
     supersede_mail(conn, &m.number).await?;
     insert_mail(conn, m).await
 }
 
 /// Queues a mail without superseding anything (alerts).
-pub async fn insert_mail(conn: &mut AnyConnection, m: &OutboxRow) -> Result<()> {
+pub async fn insert_mail(db: &mut dyn Db, m: &OutboxRow) -> Result<()> {
+    let conn = raw(db);
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO outbox ({OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
     )))
@@ -233,7 +242,8 @@ pub async fn insert_mail(conn: &mut AnyConnection, m: &OutboxRow) -> Result<()> 
 
 /// Marks the extension's mails still waiting as superseded (a newer change, or the
 /// extension was removed: their credentials no longer work).
-pub async fn supersede_mail(conn: &mut AnyConnection, number: &str) -> Result<()> {
+pub async fn supersede_mail(db: &mut dyn Db, number: &str) -> Result<()> {
+    let conn = raw(db);
     sqlx::query("UPDATE outbox SET state = 'superseded' WHERE number = $1 AND state = 'queued'")
         .bind(number)
         .execute(&mut *conn)
@@ -243,7 +253,8 @@ pub async fn supersede_mail(conn: &mut AnyConnection, number: &str) -> Result<()
 
 /// Mails ready to send at `now`: queued and due, or claimed by a sender whose lease ran
 /// out (it died). Oldest first, at most `limit`.
-pub async fn due_mail(conn: &mut AnyConnection, now: i64, limit: i64) -> Result<Vec<OutboxRow>> {
+pub async fn due_mail(db: &mut dyn Db, now: i64, limit: i64) -> Result<Vec<OutboxRow>> {
+    let conn = raw(db);
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE (state = 'queued' AND next_attempt_at <= $1) \
          OR (state = 'sending' AND lease_until <= $1) ORDER BY created_at, id LIMIT $2"
@@ -256,12 +267,8 @@ pub async fn due_mail(conn: &mut AnyConnection, now: i64, limit: i64) -> Result<
 }
 
 /// Claims a mail for sending until `lease_until`; false when another sender has it.
-pub async fn claim_mail(
-    conn: &mut AnyConnection,
-    id: &str,
-    now: i64,
-    lease_until: i64,
-) -> Result<bool> {
+pub async fn claim_mail(db: &mut dyn Db, id: &str, now: i64, lease_until: i64) -> Result<bool> {
+    let conn = raw(db);
     let done = sqlx::query(
         "UPDATE outbox SET state = 'sending', lease_until = $3 WHERE id = $1 AND \
          ((state = 'queued' AND next_attempt_at <= $2) OR (state = 'sending' AND lease_until <= $2))",
@@ -277,13 +284,14 @@ pub async fn claim_mail(
 /// Records the outcome of a send attempt: `state` is sent, queued (retry at
 /// `next_attempt_at`) or failed.
 pub async fn finish_mail(
-    conn: &mut AnyConnection,
+    db: &mut dyn Db,
     id: &str,
     state: &str,
     next_attempt_at: i64,
     error: &str,
     now: i64,
 ) -> Result<()> {
+    let conn = raw(db);
     let sent_at = if state == "sent" { now } else { 0 };
     sqlx::query(
         "UPDATE outbox SET state = $2, attempts = attempts + 1, next_attempt_at = $3, \
@@ -299,7 +307,8 @@ pub async fn finish_mail(
     Ok(())
 }
 
-pub async fn get_mail(conn: &mut AnyConnection, id: &str) -> Result<Option<OutboxRow>> {
+pub async fn get_mail(db: &mut dyn Db, id: &str) -> Result<Option<OutboxRow>> {
+    let conn = raw(db);
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = $1"
     )))
@@ -310,7 +319,8 @@ pub async fn get_mail(conn: &mut AnyConnection, id: &str) -> Result<Option<Outbo
 }
 
 /// Every mail, newest first (for `sipward mail list`).
-pub async fn list_mail(conn: &mut AnyConnection) -> Result<Vec<OutboxRow>> {
+pub async fn list_mail(db: &mut dyn Db) -> Result<Vec<OutboxRow>> {
+    let conn = raw(db);
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {OUTBOX_COLUMNS} FROM outbox ORDER BY created_at DESC, id"
     )))
@@ -320,7 +330,8 @@ pub async fn list_mail(conn: &mut AnyConnection) -> Result<Vec<OutboxRow>> {
 }
 
 /// Asks the running server to tell the phones of `number` to re-fetch their files.
-pub async fn request_resync(conn: &mut AnyConnection, number: &str, now: i64) -> Result<()> {
+pub async fn request_resync(db: &mut dyn Db, number: &str, now: i64) -> Result<()> {
+    let conn = raw(db);
     sqlx::query(
         "INSERT INTO resync (number, created_at) VALUES ($1, $2) \
          ON CONFLICT (number) DO UPDATE SET created_at = excluded.created_at",
@@ -333,7 +344,8 @@ pub async fn request_resync(conn: &mut AnyConnection, number: &str, now: i64) ->
 }
 
 /// Takes every pending re-fetch request (the rows are deleted).
-pub async fn take_resyncs(conn: &mut AnyConnection) -> Result<Vec<String>> {
+pub async fn take_resyncs(db: &mut dyn Db) -> Result<Vec<String>> {
+    let conn = raw(db);
     let rows = sqlx::query("DELETE FROM resync RETURNING number")
         .fetch_all(&mut *conn)
         .await?;

@@ -1,9 +1,10 @@
 //! What the running registrar reads and writes: the credential directory (auth IDs and
 //! HA1s, never secrets), the registry version it polls for changes, and bindings.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 
-use crate::{Error, Result};
+use crate::db::{Db, raw};
+use crate::error::{Error, Result};
 
 /// An account that can authenticate to the registrar.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,13 +22,15 @@ pub struct DirectoryRow {
 }
 
 /// Increases whenever an extension or gateway is written (SQLite triggers).
-pub async fn registry_version(conn: &mut AnyConnection) -> Result<i64> {
+pub async fn registry_version(db: &mut dyn Db) -> Result<i64> {
+    let conn = raw(db);
     crate::registry::meta_counter(conn, "registry_version").await
 }
 
 /// Every account that can register, packed by SQLite into one value (see
 /// `list_extensions_for_audit` for why).
-pub async fn directory(conn: &mut AnyConnection) -> Result<Vec<DirectoryRow>> {
+pub async fn directory(db: &mut dyn Db) -> Result<Vec<DirectoryRow>> {
+    let conn = raw(db);
     let row = sqlx::query(
         "SELECT (SELECT group_concat('ext' || char(31) || number || char(31) || auth_id || char(31) || \
                 coalesce(sip_id, '') || char(31) || ha1_md5 || char(31) || ha1_sha256 || char(31) || password_score, char(30)) FROM extensions) AS e, \
@@ -79,7 +82,8 @@ pub struct BindingRow {
 }
 
 /// Bindings that have not expired at `now`.
-pub async fn live_bindings(conn: &mut AnyConnection, now: i64) -> Result<Vec<BindingRow>> {
+pub async fn live_bindings(db: &mut dyn Db, now: i64) -> Result<Vec<BindingRow>> {
+    let conn = raw(db);
     let rows = sqlx::query(
         "SELECT number, contact, call_id, cseq, expires_at, source, transport FROM bindings WHERE expires_at > $1",
     )
@@ -102,11 +106,8 @@ fn binding_from_row(r: &sqlx::any::AnyRow) -> Result<BindingRow> {
 }
 
 /// The live bindings of one extension.
-pub async fn bindings_of(
-    conn: &mut AnyConnection,
-    number: &str,
-    now: i64,
-) -> Result<Vec<BindingRow>> {
+pub async fn bindings_of(db: &mut dyn Db, number: &str, now: i64) -> Result<Vec<BindingRow>> {
+    let conn = raw(db);
     let rows = sqlx::query(
         "SELECT number, contact, call_id, cseq, expires_at, source, transport FROM bindings \
          WHERE number = $1 AND expires_at > $2",
@@ -119,11 +120,8 @@ pub async fn bindings_of(
 }
 
 /// Replaces the stored bindings of one extension with `rows`.
-pub async fn replace_bindings(
-    conn: &mut AnyConnection,
-    number: &str,
-    rows: &[BindingRow],
-) -> Result<()> {
+pub async fn replace_bindings(db: &mut dyn Db, number: &str, rows: &[BindingRow]) -> Result<()> {
+    let conn = raw(db);
     sqlx::query("DELETE FROM bindings WHERE number = $1")
         .bind(number)
         .execute(&mut *conn)
@@ -147,7 +145,8 @@ pub async fn replace_bindings(
 }
 
 /// Removes bindings that expired before `now`.
-pub async fn delete_expired_bindings(conn: &mut AnyConnection, now: i64) -> Result<u64> {
+pub async fn delete_expired_bindings(db: &mut dyn Db, now: i64) -> Result<u64> {
+    let conn = raw(db);
     let done = sqlx::query("DELETE FROM bindings WHERE expires_at <= $1")
         .bind(now)
         .execute(&mut *conn)

@@ -2,10 +2,11 @@
 //! and secrets already sealed; this module only moves them in and out of the database.
 //! Functions take a connection so that callers can group writes in one transaction.
 
+use sqlx::Row;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
 
-use crate::{Error, Result};
+use crate::db::{Db, raw};
+use crate::error::{Error, Result};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExtensionRow {
@@ -110,7 +111,8 @@ fn prov_from_row(r: &AnyRow) -> Result<ProviderRow> {
 
 // ---- meta ----
 
-pub async fn get_meta(conn: &mut AnyConnection, key: &str) -> Result<Option<String>> {
+pub async fn get_meta(db: &mut dyn Db, key: &str) -> Result<Option<String>> {
+    let conn = raw(db);
     let row = sqlx::query("SELECT value FROM meta WHERE key = $1")
         .bind(key)
         .fetch_optional(&mut *conn)
@@ -118,7 +120,8 @@ pub async fn get_meta(conn: &mut AnyConnection, key: &str) -> Result<Option<Stri
     Ok(row.map(|r| r.try_get("value")).transpose()?)
 }
 
-pub async fn set_meta(conn: &mut AnyConnection, key: &str, value: &str) -> Result<()> {
+pub async fn set_meta(db: &mut dyn Db, key: &str, value: &str) -> Result<()> {
+    let conn = raw(db);
     sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
         .bind(key)
         .bind(value)
@@ -129,7 +132,8 @@ pub async fn set_meta(conn: &mut AnyConnection, key: &str, value: &str) -> Resul
 
 /// A counter kept in `meta` by triggers (0 when absent); the running server polls it
 /// to learn that another process changed a table.
-pub async fn meta_counter(conn: &mut AnyConnection, key: &str) -> Result<i64> {
+pub async fn meta_counter(db: &mut dyn Db, key: &str) -> Result<i64> {
+    let conn = raw(db);
     let text = get_meta(conn, key).await?.unwrap_or_else(|| "0".into());
     text.parse().map_err(|_| Error::Corrupt {
         path: "meta".into(),
@@ -140,7 +144,8 @@ pub async fn meta_counter(conn: &mut AnyConnection, key: &str) -> Result<i64> {
 // ---- cross-table identity ----
 
 /// Who uses an auth ID already, as a subject such as `ext:1001` or `gateway:gw1`.
-pub async fn auth_id_owner(conn: &mut AnyConnection, auth_id: &str) -> Result<Option<String>> {
+pub async fn auth_id_owner(db: &mut dyn Db, auth_id: &str) -> Result<Option<String>> {
+    let conn = raw(db);
     let row = sqlx::query(
         "SELECT 'ext:' || number AS who FROM extensions WHERE auth_id = $1 \
          UNION ALL SELECT 'gateway:' || name AS who FROM gateways WHERE auth_id = $1",
@@ -152,7 +157,8 @@ pub async fn auth_id_owner(conn: &mut AnyConnection, auth_id: &str) -> Result<Op
 }
 
 /// Who uses a number already: an extension, or a gateway as its virtual extension.
-pub async fn number_owner(conn: &mut AnyConnection, number: &str) -> Result<Option<String>> {
+pub async fn number_owner(db: &mut dyn Db, number: &str) -> Result<Option<String>> {
+    let conn = raw(db);
     let row = sqlx::query(
         "SELECT 'ext:' || number AS who FROM extensions WHERE number = $1 \
          UNION ALL SELECT 'gateway:' || name AS who FROM gateways WHERE number = $1",
@@ -172,10 +178,11 @@ pub enum UniqueField {
 
 /// Which extension holds a SIP ID or MAC, as a subject such as `ext:1001`.
 pub async fn extension_with(
-    conn: &mut AnyConnection,
+    db: &mut dyn Db,
     field: UniqueField,
     value: &str,
 ) -> Result<Option<String>> {
+    let conn = raw(db);
     let sql = match field {
         UniqueField::SipId => "SELECT 'ext:' || number AS who FROM extensions WHERE sip_id = $1",
         UniqueField::Mac => "SELECT 'ext:' || number AS who FROM extensions WHERE mac = $1",
@@ -189,7 +196,8 @@ pub async fn extension_with(
 
 // ---- extensions ----
 
-pub async fn insert_extension(conn: &mut AnyConnection, e: &ExtensionRow) -> Result<()> {
+pub async fn insert_extension(db: &mut dyn Db, e: &ExtensionRow) -> Result<()> {
+    let conn = raw(db);
     let sql = format!(
         "INSERT INTO extensions ({EXT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)"
     );
@@ -220,7 +228,8 @@ pub async fn insert_extension(conn: &mut AnyConnection, e: &ExtensionRow) -> Res
 }
 
 /// Replaces every column of the extension with this number; returns false when absent.
-pub async fn update_extension(conn: &mut AnyConnection, e: &ExtensionRow) -> Result<bool> {
+pub async fn update_extension(db: &mut dyn Db, e: &ExtensionRow) -> Result<bool> {
+    let conn = raw(db);
     let done = sqlx::query(
         "UPDATE extensions SET kind = $2, name = $3, email = $4, auth_id = $5, sip_id = $6, \
          password_enc = $7, password_score = $8, pin_enc = $9, ha1_md5 = $10, ha1_sha256 = $11, \
@@ -250,7 +259,8 @@ pub async fn update_extension(conn: &mut AnyConnection, e: &ExtensionRow) -> Res
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn delete_extension(conn: &mut AnyConnection, number: &str) -> Result<bool> {
+pub async fn delete_extension(db: &mut dyn Db, number: &str) -> Result<bool> {
+    let conn = raw(db);
     let done = sqlx::query("DELETE FROM extensions WHERE number = $1")
         .bind(number)
         .execute(&mut *conn)
@@ -258,7 +268,8 @@ pub async fn delete_extension(conn: &mut AnyConnection, number: &str) -> Result<
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn get_extension(conn: &mut AnyConnection, number: &str) -> Result<Option<ExtensionRow>> {
+pub async fn get_extension(db: &mut dyn Db, number: &str) -> Result<Option<ExtensionRow>> {
+    let conn = raw(db);
     let sql = format!("SELECT {EXT_COLUMNS} FROM extensions WHERE number = $1");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(number)
@@ -268,7 +279,8 @@ pub async fn get_extension(conn: &mut AnyConnection, number: &str) -> Result<Opt
 }
 
 /// All extensions, in number order (shorter numbers first, so 888 comes before 1001).
-pub async fn list_extensions(conn: &mut AnyConnection) -> Result<Vec<ExtensionRow>> {
+pub async fn list_extensions(db: &mut dyn Db) -> Result<Vec<ExtensionRow>> {
+    let conn = raw(db);
     let sql = format!("SELECT {EXT_COLUMNS} FROM extensions ORDER BY LENGTH(number), number");
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .fetch_all(&mut *conn)
@@ -311,7 +323,8 @@ impl From<&ExtensionRow> for ExtensionAuditRow {
 /// per column and a channel wake-up per row, which dominated the audit's time. The
 /// separators cannot occur in stored values (validated fields refuse control characters;
 /// sealed secrets are hex). PostgreSQL's equivalent is `string_agg`.
-pub async fn list_extensions_for_audit(conn: &mut AnyConnection) -> Result<Vec<ExtensionAuditRow>> {
+pub async fn list_extensions_for_audit(db: &mut dyn Db) -> Result<Vec<ExtensionAuditRow>> {
+    let conn = raw(db);
     let row = sqlx::query(
         "SELECT group_concat(number || char(31) || name || char(31) || coalesce(email, '') || char(31) || \
          auth_id || char(31) || coalesce(sip_id, '') || char(31) || password_enc || char(31) || \
@@ -346,7 +359,8 @@ fn unpack_audit_row(record: &str) -> Result<ExtensionAuditRow> {
     })
 }
 
-pub async fn count_extensions(conn: &mut AnyConnection) -> Result<i64> {
+pub async fn count_extensions(db: &mut dyn Db) -> Result<i64> {
+    let conn = raw(db);
     let row = sqlx::query("SELECT COUNT(*) AS n FROM extensions")
         .fetch_one(&mut *conn)
         .await?;
@@ -355,7 +369,8 @@ pub async fn count_extensions(conn: &mut AnyConnection) -> Result<i64> {
 
 // ---- gateways ----
 
-pub async fn insert_gateway(conn: &mut AnyConnection, g: &GatewayRow) -> Result<()> {
+pub async fn insert_gateway(db: &mut dyn Db, g: &GatewayRow) -> Result<()> {
+    let conn = raw(db);
     let sql =
         format!("INSERT INTO gateways ({GW_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)");
     sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -380,7 +395,8 @@ pub async fn insert_gateway(conn: &mut AnyConnection, g: &GatewayRow) -> Result<
     Ok(())
 }
 
-pub async fn update_gateway(conn: &mut AnyConnection, g: &GatewayRow) -> Result<bool> {
+pub async fn update_gateway(db: &mut dyn Db, g: &GatewayRow) -> Result<bool> {
+    let conn = raw(db);
     let done = sqlx::query(
         "UPDATE gateways SET vendor = $2, number = $3, auth_id = $4, password_enc = $5, \
          password_score = $6, ha1_md5 = $7, ha1_sha256 = $8, host = $9, updated_at = $10 WHERE name = $1",
@@ -401,7 +417,8 @@ pub async fn update_gateway(conn: &mut AnyConnection, g: &GatewayRow) -> Result<
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn delete_gateway(conn: &mut AnyConnection, name: &str) -> Result<bool> {
+pub async fn delete_gateway(db: &mut dyn Db, name: &str) -> Result<bool> {
+    let conn = raw(db);
     let done = sqlx::query("DELETE FROM gateways WHERE name = $1")
         .bind(name)
         .execute(&mut *conn)
@@ -409,7 +426,8 @@ pub async fn delete_gateway(conn: &mut AnyConnection, name: &str) -> Result<bool
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn get_gateway(conn: &mut AnyConnection, name: &str) -> Result<Option<GatewayRow>> {
+pub async fn get_gateway(db: &mut dyn Db, name: &str) -> Result<Option<GatewayRow>> {
+    let conn = raw(db);
     let sql = format!("SELECT {GW_COLUMNS} FROM gateways WHERE name = $1");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(name)
@@ -418,7 +436,8 @@ pub async fn get_gateway(conn: &mut AnyConnection, name: &str) -> Result<Option<
     row.as_ref().map(gw_from_row).transpose()
 }
 
-pub async fn list_gateways(conn: &mut AnyConnection) -> Result<Vec<GatewayRow>> {
+pub async fn list_gateways(db: &mut dyn Db) -> Result<Vec<GatewayRow>> {
+    let conn = raw(db);
     let sql = format!("SELECT {GW_COLUMNS} FROM gateways ORDER BY name");
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .fetch_all(&mut *conn)
@@ -428,7 +447,8 @@ pub async fn list_gateways(conn: &mut AnyConnection) -> Result<Vec<GatewayRow>> 
 
 // ---- providers ----
 
-pub async fn insert_provider(conn: &mut AnyConnection, p: &ProviderRow) -> Result<()> {
+pub async fn insert_provider(db: &mut dyn Db, p: &ProviderRow) -> Result<()> {
+    let conn = raw(db);
     let sql = format!("INSERT INTO providers ({PROV_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7)");
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(&p.name)
@@ -444,7 +464,8 @@ pub async fn insert_provider(conn: &mut AnyConnection, p: &ProviderRow) -> Resul
     Ok(())
 }
 
-pub async fn update_provider(conn: &mut AnyConnection, p: &ProviderRow) -> Result<bool> {
+pub async fn update_provider(db: &mut dyn Db, p: &ProviderRow) -> Result<bool> {
+    let conn = raw(db);
     let done = sqlx::query(
         "UPDATE providers SET registrar = $2, auth_id = $3, password_enc = $4, password_score = $5, \
          updated_at = $6 WHERE name = $1",
@@ -460,7 +481,8 @@ pub async fn update_provider(conn: &mut AnyConnection, p: &ProviderRow) -> Resul
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn delete_provider(conn: &mut AnyConnection, name: &str) -> Result<bool> {
+pub async fn delete_provider(db: &mut dyn Db, name: &str) -> Result<bool> {
+    let conn = raw(db);
     let done = sqlx::query("DELETE FROM providers WHERE name = $1")
         .bind(name)
         .execute(&mut *conn)
@@ -468,7 +490,8 @@ pub async fn delete_provider(conn: &mut AnyConnection, name: &str) -> Result<boo
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn get_provider(conn: &mut AnyConnection, name: &str) -> Result<Option<ProviderRow>> {
+pub async fn get_provider(db: &mut dyn Db, name: &str) -> Result<Option<ProviderRow>> {
+    let conn = raw(db);
     let sql = format!("SELECT {PROV_COLUMNS} FROM providers WHERE name = $1");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(name)
@@ -477,7 +500,8 @@ pub async fn get_provider(conn: &mut AnyConnection, name: &str) -> Result<Option
     row.as_ref().map(prov_from_row).transpose()
 }
 
-pub async fn list_providers(conn: &mut AnyConnection) -> Result<Vec<ProviderRow>> {
+pub async fn list_providers(db: &mut dyn Db) -> Result<Vec<ProviderRow>> {
+    let conn = raw(db);
     let sql = format!("SELECT {PROV_COLUMNS} FROM providers ORDER BY name");
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .fetch_all(&mut *conn)

@@ -1,9 +1,10 @@
 //! Outbound routes, DIDs, provider registration status and the active-calls snapshot.
 
+use sqlx::Row;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
 
-use crate::Result;
+use crate::db::{Db, raw};
+use crate::error::Result;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteRow {
@@ -35,7 +36,8 @@ fn route(r: &AnyRow) -> Result<RouteRow> {
 }
 
 /// Every route, in the order they are tried (priority, then name).
-pub async fn routes(conn: &mut AnyConnection) -> Result<Vec<RouteRow>> {
+pub async fn routes(db: &mut dyn Db) -> Result<Vec<RouteRow>> {
+    let conn = raw(db);
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {ROUTE_COLUMNS} FROM routes ORDER BY priority, name"
     )))
@@ -44,7 +46,8 @@ pub async fn routes(conn: &mut AnyConnection) -> Result<Vec<RouteRow>> {
     rows.iter().map(route).collect()
 }
 
-pub async fn get_route(conn: &mut AnyConnection, name: &str) -> Result<Option<RouteRow>> {
+pub async fn get_route(db: &mut dyn Db, name: &str) -> Result<Option<RouteRow>> {
+    let conn = raw(db);
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {ROUTE_COLUMNS} FROM routes WHERE name = $1"
     )))
@@ -54,7 +57,8 @@ pub async fn get_route(conn: &mut AnyConnection, name: &str) -> Result<Option<Ro
     row.as_ref().map(route).transpose()
 }
 
-pub async fn insert_route(conn: &mut AnyConnection, r: &RouteRow) -> Result<()> {
+pub async fn insert_route(db: &mut dyn Db, r: &RouteRow) -> Result<()> {
+    let conn = raw(db);
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO routes ({ROUTE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
     )))
@@ -71,7 +75,8 @@ pub async fn insert_route(conn: &mut AnyConnection, r: &RouteRow) -> Result<()> 
     Ok(())
 }
 
-pub async fn delete_route(conn: &mut AnyConnection, name: &str) -> Result<bool> {
+pub async fn delete_route(db: &mut dyn Db, name: &str) -> Result<bool> {
+    let conn = raw(db);
     let done = sqlx::query("DELETE FROM routes WHERE name = $1")
         .bind(name)
         .execute(&mut *conn)
@@ -80,7 +85,8 @@ pub async fn delete_route(conn: &mut AnyConnection, name: &str) -> Result<bool> 
 }
 
 /// The routes that send calls to a trunk (a trunk they use cannot be removed).
-pub async fn routes_to(conn: &mut AnyConnection, kind: &str, trunk: &str) -> Result<Vec<String>> {
+pub async fn routes_to(db: &mut dyn Db, kind: &str, trunk: &str) -> Result<Vec<String>> {
+    let conn = raw(db);
     let rows =
         sqlx::query("SELECT name FROM routes WHERE trunk_kind = $1 AND trunk = $2 ORDER BY name")
             .bind(kind)
@@ -107,14 +113,16 @@ fn did(r: &AnyRow) -> Result<DidRow> {
     })
 }
 
-pub async fn dids(conn: &mut AnyConnection) -> Result<Vec<DidRow>> {
+pub async fn dids(db: &mut dyn Db) -> Result<Vec<DidRow>> {
+    let conn = raw(db);
     let rows = sqlx::query("SELECT did, number, created_at FROM dids ORDER BY did")
         .fetch_all(&mut *conn)
         .await?;
     rows.iter().map(did).collect()
 }
 
-pub async fn get_did(conn: &mut AnyConnection, d: &str) -> Result<Option<DidRow>> {
+pub async fn get_did(db: &mut dyn Db, d: &str) -> Result<Option<DidRow>> {
+    let conn = raw(db);
     let row = sqlx::query("SELECT did, number, created_at FROM dids WHERE did = $1")
         .bind(d)
         .fetch_optional(&mut *conn)
@@ -122,7 +130,8 @@ pub async fn get_did(conn: &mut AnyConnection, d: &str) -> Result<Option<DidRow>
     row.as_ref().map(did).transpose()
 }
 
-pub async fn insert_did(conn: &mut AnyConnection, d: &DidRow) -> Result<()> {
+pub async fn insert_did(db: &mut dyn Db, d: &DidRow) -> Result<()> {
+    let conn = raw(db);
     sqlx::query("INSERT INTO dids (did, number, created_at) VALUES ($1, $2, $3)")
         .bind(&d.did)
         .bind(&d.number)
@@ -132,7 +141,8 @@ pub async fn insert_did(conn: &mut AnyConnection, d: &DidRow) -> Result<()> {
     Ok(())
 }
 
-pub async fn delete_did(conn: &mut AnyConnection, d: &str) -> Result<bool> {
+pub async fn delete_did(db: &mut dyn Db, d: &str) -> Result<bool> {
+    let conn = raw(db);
     let done = sqlx::query("DELETE FROM dids WHERE did = $1")
         .bind(d)
         .execute(&mut *conn)
@@ -152,7 +162,8 @@ pub struct ProviderStatusRow {
     pub updated_at: i64,
 }
 
-pub async fn put_provider_status(conn: &mut AnyConnection, s: &ProviderStatusRow) -> Result<()> {
+pub async fn put_provider_status(db: &mut dyn Db, s: &ProviderStatusRow) -> Result<()> {
+    let conn = raw(db);
     sqlx::query(
         "INSERT INTO provider_status (name, state, detail, registered_until, updated_at) \
          SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM providers WHERE name = $1) \
@@ -169,10 +180,8 @@ pub async fn put_provider_status(conn: &mut AnyConnection, s: &ProviderStatusRow
     Ok(())
 }
 
-pub async fn provider_status(
-    conn: &mut AnyConnection,
-    name: &str,
-) -> Result<Option<ProviderStatusRow>> {
+pub async fn provider_status(db: &mut dyn Db, name: &str) -> Result<Option<ProviderStatusRow>> {
+    let conn = raw(db);
     let row = sqlx::query(
         "SELECT name, state, detail, registered_until, updated_at FROM provider_status WHERE name = $1",
     )
@@ -210,10 +219,11 @@ pub struct ActiveCallRow {
 
 /// Replaces the snapshot of active calls and stamps when it was written.
 pub async fn replace_active_calls(
-    conn: &mut AnyConnection,
+    db: &mut dyn Db,
     calls: &[ActiveCallRow],
     now: i64,
 ) -> Result<()> {
+    let conn = raw(db);
     sqlx::query("DELETE FROM active_calls")
         .execute(&mut *conn)
         .await?;
@@ -237,7 +247,8 @@ pub async fn replace_active_calls(
 }
 
 /// The active calls as last written, and when they were written (0: never).
-pub async fn active_calls(conn: &mut AnyConnection) -> Result<(Vec<ActiveCallRow>, i64)> {
+pub async fn active_calls(db: &mut dyn Db) -> Result<(Vec<ActiveCallRow>, i64)> {
+    let conn = raw(db);
     let rows = sqlx::query(
         "SELECT id, caller, callee, kind, trunk, state, started_at, answered_at FROM active_calls \
          ORDER BY started_at, id",

@@ -16,7 +16,7 @@ use policy::Secret;
 use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 const PREFIX: &str = "v1:";
 const NONCE_LEN: usize = 24;

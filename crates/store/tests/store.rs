@@ -29,7 +29,7 @@ async fn extension_round_trip_and_conflicts() {
     let store = Store::open_sqlite(&dir.path().join("t.db"))
         .await
         .expect("open");
-    let mut conn = store.pool().acquire().await.expect("conn");
+    let mut conn = store.conn().await.expect("conn");
     let a = ext("1001", "authA");
     registry::insert_extension(&mut conn, &a)
         .await
@@ -176,7 +176,7 @@ async fn a_transaction_rolls_back_as_a_whole() {
             .is_err()
     );
     drop(tx); // rolled back
-    let mut conn = store.pool().acquire().await.expect("conn");
+    let mut conn = store.conn().await.expect("conn");
     assert_eq!(
         registry::count_extensions(&mut conn).await.expect("count"),
         0
@@ -190,7 +190,7 @@ async fn ban_records_keep_first_seen_and_old_ones_are_pruned() {
     let store = Store::open_sqlite(&dir.path().join("t.db"))
         .await
         .expect("open");
-    let mut conn = store.pool().acquire().await.expect("conn");
+    let mut conn = store.conn().await.expect("conn");
     let ban = |source: &str, seen: i64, expires_at: i64, times: i64| BanRow {
         source: source.into(),
         reason: "auth.failures".into(),

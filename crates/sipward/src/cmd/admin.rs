@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use accounts::Registry;
+use accounts::audit_log::LogEntry;
 use console::admin;
 use policy::generate;
 
@@ -26,15 +27,14 @@ async fn set_password(reg: &Registry, name: &str, password: &str) -> anyhow::Res
     let mut tx = reg.store().begin().await?;
     let now = crate::clock().now();
     store::console::set_admin(&mut tx, name, &hash, now).await?;
-    store::audit_log::append(
-        &mut tx,
-        now,
-        "sipward admin passwd",
-        "admin.password_set",
-        &format!("admin:{name}"),
-        "console password set; sessions ended",
-    )
-    .await?;
+    let subject = format!("admin:{name}");
+    let entry = LogEntry {
+        actor: "sipward admin passwd",
+        action: "admin.password_set",
+        subject: &subject,
+        detail: "console password set; sessions ended",
+    };
+    reg.log_in(&mut tx, now, entry).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -86,7 +86,7 @@ pub async fn run(reg: &Registry, command: AdminCommand) -> anyhow::Result<ExitCo
             }
         }
         AdminCommand::Totp { name, off } => {
-            let mut conn = reg.store().pool().acquire().await?;
+            let mut conn = reg.store().conn().await?;
             let (sealed, shown) = if off {
                 (None, None)
             } else {
@@ -99,19 +99,18 @@ pub async fn run(reg: &Registry, command: AdminCommand) -> anyhow::Result<ExitCo
             if !store::console::set_admin_totp(&mut conn, &name, sealed.as_deref()).await? {
                 return Err(OperatorError(format!("there is no administrator {name:?}")).into());
             }
-            store::audit_log::append(
-                &mut conn,
-                crate::clock().now(),
-                "sipward admin totp",
-                if off {
+            let subject = format!("admin:{name}");
+            let entry = LogEntry {
+                actor: "sipward admin totp",
+                action: if off {
                     "admin.totp_off"
                 } else {
                     "admin.totp_on"
                 },
-                &format!("admin:{name}"),
-                "",
-            )
-            .await?;
+                subject: &subject,
+                detail: "",
+            };
+            reg.log_in(&mut conn, crate::clock().now(), entry).await?;
             match shown {
                 Some(b32) => {
                     println!(
@@ -133,38 +132,36 @@ pub async fn run(reg: &Registry, command: AdminCommand) -> anyhow::Result<ExitCo
             }
             let mut rng = rand_core::UnwrapErr(rand::rngs::SysRng);
             let token = admin::token(&mut rng);
-            let mut conn = reg.store().pool().acquire().await?;
+            let mut conn = reg.store().conn().await?;
             let now = crate::clock().now();
             store::console::insert_token(&mut conn, &name, &admin::token_digest(&token), now)
                 .await?;
-            store::audit_log::append(
-                &mut conn,
-                now,
-                "sipward admin token",
-                "api_token.created",
-                &format!("token:{name}"),
-                "",
-            )
-            .await?;
+            let subject = format!("token:{name}");
+            let entry = LogEntry {
+                actor: "sipward admin token",
+                action: "api_token.created",
+                subject: &subject,
+                detail: "",
+            };
+            reg.log_in(&mut conn, now, entry).await?;
             println!("{token}");
             eprintln!(
                 "API token {name} created (shown once; send it as `Authorization: Bearer TOKEN`)"
             );
         }
         AdminCommand::Token(TokenCommand::Remove { name }) => {
-            let mut conn = reg.store().pool().acquire().await?;
+            let mut conn = reg.store().conn().await?;
             if !store::console::delete_token(&mut conn, &name).await? {
                 return Err(OperatorError(format!("there is no API token {name:?}")).into());
             }
-            store::audit_log::append(
-                &mut conn,
-                crate::clock().now(),
-                "sipward admin token",
-                "api_token.removed",
-                &format!("token:{name}"),
-                "",
-            )
-            .await?;
+            let subject = format!("token:{name}");
+            let entry = LogEntry {
+                actor: "sipward admin token",
+                action: "api_token.removed",
+                subject: &subject,
+                detail: "",
+            };
+            reg.log_in(&mut conn, crate::clock().now(), entry).await?;
             println!("API token {name} removed");
         }
     }

@@ -9,12 +9,14 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use accounts::Registry;
+use accounts::audit_log::LogEntry;
 use accounts::backup::{Created, file_name, utc_stamp};
 use accounts::epoch::Hardening;
 use policy::epoch::{self, CURRENT};
 use serde::Serialize;
+use store::BackupError;
 use store::backup::secrecy::{ExposeSecret, SecretString};
-use store::backup::{self as archive, BackupError, Manifest, Seal, Target, Unseal};
+use store::backup::{self as archive, Manifest, Seal, Target, Unseal};
 
 use crate::OperatorError;
 use crate::cli::{BackupCommand, BackupKeyArgs};
@@ -555,7 +557,7 @@ async fn restore_into(
     reharden: bool,
     email: bool,
 ) -> anyhow::Result<(Manifest, Vec<Hardening>)> {
-    let known = archive::known_schema_version();
+    let known = store::Store::known_schema_version();
     let manifest = tokio::task::block_in_place(|| {
         archive::read_archive(
             file,
@@ -614,23 +616,21 @@ async fn restore_into(
         let (changes, _) = reg.harden(email, &mut progress).await?;
         hardening = changes;
     }
-    let mut conn = reg.store().pool().acquire().await?;
-    store::audit_log::append(
-        &mut conn,
-        crate::clock().now(),
-        "sipward backup restore",
-        "backup.restored",
-        &file.display().to_string(),
-        &format!(
-            "made {} by sipward {} at security epoch {}; {} hardening changes",
-            utc_stamp(manifest.created_at),
-            manifest.version,
-            manifest.security_epoch,
-            hardening.len()
-        ),
-    )
+    let subject = file.display().to_string();
+    let detail = format!(
+        "made {} by sipward {} at security epoch {}; {} hardening changes",
+        utc_stamp(manifest.created_at),
+        manifest.version,
+        manifest.security_epoch,
+        hardening.len()
+    );
+    reg.log(LogEntry {
+        actor: "sipward backup restore",
+        action: "backup.restored",
+        subject: &subject,
+        detail: &detail,
+    })
     .await?;
-    drop(conn);
     reg.store().close().await;
     Ok((manifest, hardening))
 }
@@ -740,8 +740,7 @@ pub async fn log(reg: &Registry, limit: i64, json: bool) -> anyhow::Result<ExitC
     if !(1..=100_000).contains(&limit) {
         return Err(OperatorError("--limit must be between 1 and 100000".into()).into());
     }
-    let mut conn = reg.store().pool().acquire().await?;
-    let rows = store::audit_log::recent(&mut conn, limit).await?;
+    let rows = reg.recent_log(limit).await?;
     if json {
         #[derive(Serialize)]
         struct Entry<'a> {

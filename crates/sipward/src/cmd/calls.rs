@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use accounts::Registry;
-use accounts::registry::NewRoute;
+use accounts::trunks::NewRoute;
 use serde::Serialize;
 
 use crate::cli::{DidCommand, RouteCommand};

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use accounts::Registry;
 use accounts::audit::WEAK_AT;
-use accounts::registry::{ExtensionChange, ExtensionKind, ExtensionView, NewExtension};
+use accounts::extension::{ExtensionChange, ExtensionKind, ExtensionView, NewExtension};
 use policy::Finding;
 use serde::Serialize;
 
@@ -248,8 +248,8 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
                 struct Out<'a> {
                     #[serde(flatten)]
                     inner: WithFindings<'a, ExtensionView>,
-                    registrations: &'a [accounts::registry::RegistrationView],
-                    outbound: &'a accounts::registry::OutboundView,
+                    registrations: &'a [accounts::extension::RegistrationView],
+                    outbound: &'a accounts::outbound::OutboundView,
                     #[serde(skip_serializing_if = "Option::is_none")]
                     password: Option<&'a str>,
                     #[serde(skip_serializing_if = "Option::is_none")]

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use accounts::Registry;
+use accounts::mail::MailOutcome;
 use accounts::mail::Mailer;
-use accounts::regenerate::MailOutcome;
 use serde::Serialize;
 
 use crate::OperatorError;

@@ -5,8 +5,9 @@ use std::collections::HashSet;
 use std::process::ExitCode;
 
 use accounts::Registry;
+use accounts::mail::MailOutcome;
 use accounts::mail::Mailer;
-use accounts::regenerate::{FilesOutcome, MailOutcome, Regenerated, Selection};
+use accounts::regenerate::{FilesOutcome, Regenerated, Selection};
 use serde::Serialize;
 
 use crate::config::Config;

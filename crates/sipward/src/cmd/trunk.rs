@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use accounts::Registry;
-use accounts::registry::{GatewayChange, NewGateway, NewProvider, ProviderChange};
+use accounts::gateway::{GatewayChange, NewGateway};
+use accounts::provider::{NewProvider, ProviderChange};
 use policy::Finding;
 use serde::Serialize;
 
@@ -276,7 +277,7 @@ pub async fn provider(reg: &Registry, cmd: ProviderCommand) -> anyhow::Result<Ex
                 #[derive(Serialize)]
                 struct Shown<'a> {
                     #[serde(flatten)]
-                    item: WithFindings<'a, accounts::registry::ProviderView>,
+                    item: WithFindings<'a, accounts::provider::ProviderView>,
                     registration: Option<Registration>,
                 }
                 output::json(&Shown {

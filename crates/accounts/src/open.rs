@@ -1,0 +1,156 @@
+//! Opening a data dir: creating it on first use (schema, secrets key, the fax extension
+//! 888 with strong credentials, the provisioning path), checking the key against the
+//! database, re-hashing every account after a realm change, and rewriting provisioning
+//! files a crash left behind. What it found is reported back, never silently fixed.
+
+use std::sync::{Arc, Mutex};
+
+use policy::clock::Clock;
+use policy::generate;
+use rand_core::CryptoRng;
+use store::{DataDir, Db, Store, Vault, registry as q};
+
+use crate::Result;
+use crate::extension::{ExtensionKind, NewExtension};
+use crate::registry::{
+    DEFAULT_FAX_NUMBER, META_EPOCH, META_KEY_CHECK, META_PROVISIONING_PATH, META_REALM, Registry,
+    Settings, SharedRng, ext_aad, gateway_aad,
+};
+
+/// The key check: a known text sealed with the data dir's key when it was created, so a
+/// wrong key is refused at open instead of failing on the first secret.
+const KEY_CHECK_AAD: &str = "meta/key_check";
+const KEY_CHECK_TEXT: &str = "sipward key check";
+
+/// What opening a data dir did, for the operator to hear about.
+#[derive(Debug, Default)]
+pub struct Opened {
+    /// The data dir was created by this call (schema, key, fax extension 888).
+    pub created: bool,
+    /// The realm changed since the HA1s were computed; this many accounts were re-hashed.
+    pub rehashed: Option<usize>,
+    /// Phones whose provisioning files were behind the database (an interrupted
+    /// Re-Generate) and were rewritten.
+    pub provisioning_rewritten: usize,
+    /// Phones whose files still cannot be written (extension number, why): a broken
+    /// operator template, say. Retried at every open.
+    pub provisioning_failed: Vec<(String, String)>,
+    /// The data dir is at this security epoch, older than [`policy::epoch::CURRENT`]:
+    /// the caller backs it up and calls [`Registry::harden`].
+    pub epoch_behind: Option<u32>,
+}
+
+impl Registry {
+    /// Opens the data dir, creating it on first use: database schema, secrets key (mode
+    /// 0600) and the fax extension 888 with strong credentials.
+    pub async fn open(
+        data: &DataDir,
+        settings: Settings,
+        rng: Box<dyn CryptoRng + Send>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Self, Opened)> {
+        let rng: SharedRng = Arc::new(Mutex::new(rng));
+        let fresh = data.ensure()?;
+        let key_path = data.key_path();
+        let vault = if key_path.exists() {
+            Vault::load(&key_path)?
+        } else if fresh {
+            let mut guard = rng.lock().unwrap_or_else(|p| p.into_inner());
+            Vault::create(&key_path, &mut **guard)?
+        } else {
+            return Err(store::Error::KeyMissing {
+                path: key_path,
+                db: data.db_path(),
+            }
+            .into());
+        };
+        let store = Store::open_sqlite(&data.db_path()).await?;
+        data.restrict_db_files()?;
+        let registry = Self {
+            store,
+            data: data.clone(),
+            vault: Arc::new(vault),
+            settings: Arc::new(settings),
+            rng,
+            clock,
+        };
+        let mut opened = Opened::default();
+
+        let mut tx = registry.store.begin().await?;
+        match q::get_meta(&mut tx, META_KEY_CHECK).await? {
+            Some(sealed) => {
+                let ok = registry
+                    .vault
+                    .open(KEY_CHECK_AAD, &sealed)
+                    .is_ok_and(|s| s.ct_eq(KEY_CHECK_TEXT));
+                if !ok {
+                    return Err(store::Error::KeyMismatch.into());
+                }
+            }
+            None => {
+                // A database without a key check is one this call just created.
+                let sealed = registry.seal(KEY_CHECK_AAD, KEY_CHECK_TEXT);
+                q::set_meta(&mut tx, META_KEY_CHECK, &sealed).await?;
+                q::set_meta(&mut tx, META_REALM, &registry.settings.realm).await?;
+                registry.create_default_fax(&mut tx).await?;
+                // Created hardened: nothing an epoch fixes can be in a new data dir.
+                q::set_meta(&mut tx, META_EPOCH, &policy::epoch::CURRENT.to_string()).await?;
+                opened.created = true;
+            }
+        }
+        let stored_realm = q::get_meta(&mut tx, META_REALM).await?;
+        if stored_realm.as_deref() != Some(registry.settings.realm.as_str()) {
+            opened.rehashed = Some(registry.rehash_all(&mut tx).await?);
+            q::set_meta(&mut tx, META_REALM, &registry.settings.realm).await?;
+        }
+        if q::get_meta(&mut tx, META_PROVISIONING_PATH)
+            .await?
+            .is_none()
+        {
+            // 24 random alphanumerics (~143 bits): the per-install path phones fetch under.
+            let path = registry.with_rng(|rng| generate::password(rng, 24, &[]));
+            q::set_meta(&mut tx, META_PROVISIONING_PATH, path.expose()).await?;
+        }
+        let at: u32 = q::get_meta(&mut tx, META_EPOCH)
+            .await?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        opened.epoch_behind = (at < policy::epoch::CURRENT).then_some(at);
+        tx.commit().await?;
+        // Files a crash left behind their database state are written now.
+        (opened.provisioning_rewritten, opened.provisioning_failed) =
+            registry.write_unwritten_files().await?;
+        Ok((registry, opened))
+    }
+
+    async fn create_default_fax(&self, conn: &mut dyn Db) -> Result<()> {
+        let new = NewExtension {
+            kind: ExtensionKind::Fax,
+            name: Some("Fax".into()),
+            ..NewExtension::default()
+        };
+        let prepared = self
+            .prepare_new_extension(DEFAULT_FAX_NUMBER, new, conn)
+            .await?;
+        q::insert_extension(conn, &prepared.row).await?;
+        Ok(())
+    }
+
+    /// Recomputes every stored HA1 for the current realm (the realm changed in config).
+    async fn rehash_all(&self, conn: &mut dyn Db) -> Result<usize> {
+        let mut n = 0;
+        for mut e in q::list_extensions(conn).await? {
+            let pw = self.open_secret(&ext_aad(&e.number, "password"), &e.password_enc)?;
+            (e.ha1_md5, e.ha1_sha256) = self.ha1s(&e.auth_id, &pw);
+            q::update_extension(conn, &e).await?;
+            n += 1;
+        }
+        for mut g in q::list_gateways(conn).await? {
+            let pw = self.open_secret(&gateway_aad(&g.name), &g.password_enc)?;
+            (g.ha1_md5, g.ha1_sha256) = self.ha1s(&g.auth_id, &pw);
+            q::update_gateway(conn, &g).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
