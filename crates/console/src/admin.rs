@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::OnceLock;
 
+use accounts::Registry;
+use accounts::audit_log::LogEntry;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Argon2, PasswordHash};
 use rand_core::CryptoRng;
@@ -17,8 +19,33 @@ pub const SOURCE_FAILURES: usize = 5;
 /// one source must not be able to lock the administrator out).
 pub const ACCOUNT_FAILURES: usize = 20;
 pub const WINDOW_SECS: i64 = 900;
+/// Length of the console passwords sipward generates (the first administrator's, and
+/// `sipward admin passwd` without a password).
+pub const GENERATED_PASSWORD_LEN: usize = 20;
 /// Entries kept per table: a flood of sources cannot grow memory without bound.
 const MAX_ENTRIES: usize = 65_536;
+
+/// Stores administrator `name`'s password hash (creating the administrator) and ends
+/// its sessions, in one transaction with the audit-log entry that says so.
+pub async fn store_password(
+    reg: &Registry,
+    name: &str,
+    hash: &str,
+    now: i64,
+) -> accounts::Result<()> {
+    let mut tx = reg.store().begin().await?;
+    store::console::set_admin(&mut tx, name, hash, now).await?;
+    let subject = format!("admin:{name}");
+    let entry = LogEntry {
+        actor: "sipward admin passwd",
+        action: "admin.password_set",
+        subject: &subject,
+        detail: "console password set; sessions ended",
+    };
+    reg.log_in(&mut tx, now, entry).await?;
+    tx.commit().await?;
+    Ok(())
+}
 
 /// An argon2id hash (PHC string) of `password` with a 16-byte salt from `rng`.
 pub fn hash_password(password: &str, rng: &mut dyn CryptoRng) -> Option<String> {

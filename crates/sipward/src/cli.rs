@@ -1,9 +1,12 @@
 //! The command line, as DESIGN.md fixes it. Flags here are raw text: validation happens
 //! once, in the registry, so the CLI, the CSV import and the console share it.
 
+use std::io::BufRead;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::error::OperatorError;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -520,4 +523,27 @@ pub struct ImportArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub out: JsonFlag,
+}
+
+/// Resolves secret flags: a value of `-` is read as one line from standard input, in the
+/// order the flags are given here.
+pub fn secrets_from_stdin<const N: usize>(values: [&mut Option<String>; N]) -> anyhow::Result<()> {
+    let mut stdin = std::io::stdin().lock();
+    for v in values {
+        if v.as_deref() == Some("-") {
+            let mut line = String::new();
+            stdin.read_line(&mut line).map_err(|e| {
+                OperatorError(format!("cannot read a secret from standard input: {e}"))
+            })?;
+            let line = line.trim_end_matches(['\n', '\r']).to_owned();
+            if line.is_empty() {
+                return Err(OperatorError(
+                    "standard input ended before the secret was read".into(),
+                )
+                .into());
+            }
+            *v = Some(line);
+        }
+    }
+    Ok(())
 }

@@ -9,7 +9,7 @@ use policy::PolicyConfig;
 use serde::Deserialize;
 use sip::digest::Algorithm;
 
-use crate::OperatorError;
+use crate::error::OperatorError;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -102,3 +102,10 @@ pub fn warn_findings(what: &str, findings: &[Finding]) {
         eprintln!("  {} {}: {}", f.severity.as_str(), f.rule, f.message);
     }
 }
+
+/// Re-Generate progress to stderr, for selections larger than one batch.
+pub fn regenerate_progress(done: usize, total: usize) {
+    if total > accounts::regenerate::BATCH {
+        eprintln!("regenerated {done}/{total}");
+    }
+}

@@ -7,10 +7,9 @@ use accounts::audit_log::LogEntry;
 use console::admin;
 use policy::generate;
 
-use crate::OperatorError;
 use crate::cli::{AdminCommand, TokenCommand};
+use crate::error::OperatorError;
 
-const GENERATED_LEN: usize = 20;
 const MIN_LEN: usize = 12;
 
 fn name_ok(name: &str) -> bool {
@@ -20,32 +19,13 @@ fn name_ok(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
 }
 
-async fn set_password(reg: &Registry, name: &str, password: &str) -> anyhow::Result<()> {
+/// Hashes `password` and stores it for administrator `name` (sessions end).
+pub async fn set_password(reg: &Registry, name: &str, password: &str) -> anyhow::Result<()> {
     let mut rng = rand_core::UnwrapErr(rand::rngs::SysRng);
     let hash = admin::hash_password(password, &mut rng)
         .ok_or_else(|| OperatorError("the password cannot be hashed".into()))?;
-    let mut tx = reg.store().begin().await?;
-    let now = crate::clock().now();
-    store::console::set_admin(&mut tx, name, &hash, now).await?;
-    let subject = format!("admin:{name}");
-    let entry = LogEntry {
-        actor: "sipward admin passwd",
-        action: "admin.password_set",
-        subject: &subject,
-        detail: "console password set; sessions ended",
-    };
-    reg.log_in(&mut tx, now, entry).await?;
-    tx.commit().await?;
+    admin::store_password(reg, name, &hash, crate::clock::clock().now()).await?;
     Ok(())
-}
-
-/// The administrator "admin" of a new data dir, with a generated password (returned,
-/// to be shown once).
-pub async fn first_admin(reg: &Registry) -> anyhow::Result<String> {
-    let mut rng = rand_core::UnwrapErr(rand::rngs::SysRng);
-    let password = generate::password(&mut rng, GENERATED_LEN, &[]);
-    set_password(reg, "admin", password.expose()).await?;
-    Ok(password.expose().to_owned())
 }
 
 pub async fn run(reg: &Registry, command: AdminCommand) -> anyhow::Result<ExitCode> {
@@ -57,7 +37,7 @@ pub async fn run(reg: &Registry, command: AdminCommand) -> anyhow::Result<ExitCo
                 )
                 .into());
             }
-            super::secrets_from_stdin([&mut password])?;
+            crate::cli::secrets_from_stdin([&mut password])?;
             let (password, shown) = match password {
                 Some(p) => {
                     if p.chars().count() < MIN_LEN {
@@ -71,7 +51,7 @@ pub async fn run(reg: &Registry, command: AdminCommand) -> anyhow::Result<ExitCo
                 None => {
                     let mut rng = rand_core::UnwrapErr(rand::rngs::SysRng);
                     (
-                        generate::password(&mut rng, GENERATED_LEN, &[])
+                        generate::password(&mut rng, admin::GENERATED_PASSWORD_LEN, &[])
                             .expose()
                             .to_owned(),
                         true,
@@ -110,7 +90,8 @@ pub async fn run(reg: &Registry, command: AdminCommand) -> anyhow::Result<ExitCo
                 subject: &subject,
                 detail: "",
             };
-            reg.log_in(&mut conn, crate::clock().now(), entry).await?;
+            reg.log_in(&mut conn, crate::clock::clock().now(), entry)
+                .await?;
             match shown {
                 Some(b32) => {
                     println!(
@@ -133,7 +114,7 @@ pub async fn run(reg: &Registry, command: AdminCommand) -> anyhow::Result<ExitCo
             let mut rng = rand_core::UnwrapErr(rand::rngs::SysRng);
             let token = admin::token(&mut rng);
             let mut conn = reg.store().conn().await?;
-            let now = crate::clock().now();
+            let now = crate::clock::clock().now();
             store::console::insert_token(&mut conn, &name, &admin::token_digest(&token), now)
                 .await?;
             let subject = format!("token:{name}");
@@ -161,7 +142,8 @@ pub async fn run(reg: &Registry, command: AdminCommand) -> anyhow::Result<ExitCo
                 subject: &subject,
                 detail: "",
             };
-            reg.log_in(&mut conn, crate::clock().now(), entry).await?;
+            reg.log_in(&mut conn, crate::clock::clock().now(), entry)
+                .await?;
             println!("API token {name} removed");
         }
     }

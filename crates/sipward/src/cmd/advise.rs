@@ -17,7 +17,8 @@ pub async fn run(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let facts =
-        accounts::exposure::facts(reg, sip, http, remote_phones, crate::clock().now()).await?;
+        accounts::exposure::facts(reg, sip, http, remote_phones, crate::clock::clock().now())
+            .await?;
     let advice = exposure::advise(&facts);
     if json {
         output::json(&advice)?;

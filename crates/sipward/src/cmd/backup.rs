@@ -2,8 +2,8 @@
 //! made before a security epoch hardens an upgraded data dir.
 
 use std::fs;
-use std::io::{IsTerminal, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -15,18 +15,14 @@ use accounts::epoch::Hardening;
 use policy::epoch::{self, CURRENT};
 use serde::Serialize;
 use store::BackupError;
-use store::backup::secrecy::{ExposeSecret, SecretString};
-use store::backup::{self as archive, Manifest, Seal, Target, Unseal};
+use store::backup::{self as archive, Manifest, Target, Unseal};
 
-use crate::OperatorError;
+use crate::backup_keys::{config_seal, default_dir, seal_for, unseal_for};
 use crate::cli::{BackupCommand, BackupKeyArgs};
 use crate::config::BackupConfig;
+use crate::error::OperatorError;
 use crate::output::{self, Table};
 
-/// The env variable a passphrase can come from (never a flag: flags show in `ps`).
-const PASSPHRASE_ENV: &str = "SIPWARD_BACKUP_PASSPHRASE";
-/// Passphrases shorter than this are refused for new backups.
-const MIN_PASSPHRASE: usize = 12;
 /// Progress lines are printed for archives larger than this.
 const PROGRESS_FROM: u64 = 4 << 20;
 
@@ -42,11 +38,13 @@ pub async fn run(
             out_format,
         } => {
             let config = crate::config::load(config_path, data)?;
-            let reg = crate::open_registry(data, &config).await?;
+            let reg = crate::open::open_registry(data, &config).await?;
             let seal = seal_for(&key, &config.backup)?;
             let out = match out {
                 Some(p) => p,
-                None => default_dir(&reg, &config.backup)?.join(file_name(crate::clock().now())),
+                None => {
+                    default_dir(&reg, &config.backup)?.join(file_name(crate::clock::clock().now()))
+                }
             };
             let started = Instant::now();
             let created = reg
@@ -98,107 +96,6 @@ pub async fn run(
     }
 }
 
-/// The directory `backup create` writes to without `--out` (created 0700).
-fn default_dir(reg: &Registry, config: &BackupConfig) -> anyhow::Result<PathBuf> {
-    let dir = config.dir.clone().unwrap_or_else(|| reg.backups_dir());
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| OperatorError(format!("cannot create {}: {e}", dir.display())))?;
-    Ok(dir)
-}
-
-fn read_passphrase_file(path: &Path) -> anyhow::Result<SecretString> {
-    let text = fs::read_to_string(path).map_err(|e| {
-        OperatorError(format!(
-            "cannot read the passphrase file {}: {e}",
-            path.display()
-        ))
-    })?;
-    let line = text.lines().next().unwrap_or("").to_owned();
-    if line.is_empty() {
-        return Err(
-            OperatorError(format!("the passphrase file {} is empty", path.display())).into(),
-        );
-    }
-    Ok(SecretString::from(line))
-}
-
-fn env_passphrase() -> Option<SecretString> {
-    std::env::var(PASSPHRASE_ENV)
-        .ok()
-        .filter(|p| !p.is_empty())
-        .map(SecretString::from)
-}
-
-fn prompt(confirm: bool) -> anyhow::Result<SecretString> {
-    if !std::io::stdin().is_terminal() {
-        return Err(OperatorError(format!(
-            "no backup passphrase: give --passphrase-file, --recipient/--identity, or set {PASSPHRASE_ENV}"
-        ))
-        .into());
-    }
-    let first = rpassword::prompt_password("backup passphrase: ")
-        .map_err(|e| OperatorError(format!("cannot read the passphrase: {e}")))?;
-    if confirm {
-        let again = rpassword::prompt_password("again: ")
-            .map_err(|e| OperatorError(format!("cannot read the passphrase: {e}")))?;
-        if again != first {
-            return Err(OperatorError("the passphrases differ".into()).into());
-        }
-    }
-    Ok(SecretString::from(first))
-}
-
-fn recipient_seal(r: &str) -> anyhow::Result<Seal> {
-    archive::parse_recipient(r).map_err(|e| OperatorError(e.to_string()))?;
-    Ok(Seal::Recipient(r.trim().to_owned()))
-}
-
-/// How a new backup is sealed: flags, then `[backup]`, then the env variable, then a
-/// prompt.
-pub fn seal_for(key: &BackupKeyArgs, config: &BackupConfig) -> anyhow::Result<Seal> {
-    if key.identity.is_some() {
-        return Err(OperatorError(
-            "--identity opens backups; to make one for a key, give its --recipient".into(),
-        )
-        .into());
-    }
-    // Flags first, then the config, then the environment, then a prompt.
-    let passphrase = if let Some(r) = &key.recipient {
-        return recipient_seal(r);
-    } else if let Some(f) = &key.passphrase_file {
-        read_passphrase_file(f)?
-    } else if let Some(r) = &config.recipient {
-        return recipient_seal(r);
-    } else if let Some(f) = &config.passphrase_file {
-        read_passphrase_file(f)?
-    } else if let Some(p) = env_passphrase() {
-        p
-    } else {
-        prompt(true)?
-    };
-    if passphrase.expose_secret().chars().count() < MIN_PASSPHRASE {
-        return Err(OperatorError(format!(
-            "the backup passphrase must be at least {MIN_PASSPHRASE} characters (it protects every password in the backup)"
-        ))
-        .into());
-    }
-    Ok(Seal::Passphrase(passphrase))
-}
-
-/// The key `[backup]` names (scheduled backups never prompt).
-fn config_seal(config: &BackupConfig) -> anyhow::Result<Seal> {
-    match (&config.recipient, &config.passphrase_file) {
-        (Some(r), _) => Ok(Seal::Recipient(r.clone())),
-        (None, Some(f)) => Ok(Seal::Passphrase(read_passphrase_file(f)?)),
-        (None, None) => {
-            Err(OperatorError("[backup] names no recipient or passphrase_file".into()).into())
-        }
-    }
-}
-
 /// `serve`'s scheduled backups: one every `secs`, then the oldest pruned down to
 /// `keep`. Each outcome is one JSON event line on stderr.
 pub async fn scheduled(reg: Registry, config: BackupConfig, secs: u64) {
@@ -210,7 +107,7 @@ pub async fn scheduled(reg: Registry, config: BackupConfig, secs: u64) {
         let outcome = async {
             let seal = config_seal(&config)?;
             let dir = default_dir(&reg, &config)?;
-            let out = dir.join(file_name(crate::clock().now()));
+            let out = dir.join(file_name(crate::clock::clock().now()));
             let created = reg
                 .create_backup(&out, &seal, "sipward serve (scheduled)", &mut |_, _| {})
                 .await?;
@@ -233,38 +130,6 @@ pub async fn scheduled(reg: Registry, config: BackupConfig, secs: u64) {
         };
         eprintln!("{line}");
     }
-}
-
-/// How a backup is opened: `--identity`, a passphrase file, `[backup]`'s passphrase
-/// file, the env variable, a prompt.
-fn unseal_for(key: &BackupKeyArgs, config: &BackupConfig) -> anyhow::Result<Unseal> {
-    if key.recipient.is_some() {
-        return Err(OperatorError(
-            "--recipient makes backups; to open one, give the matching --identity file".into(),
-        )
-        .into());
-    }
-    if let Some(path) = &key.identity {
-        let text = fs::read_to_string(path).map_err(|e| {
-            OperatorError(format!(
-                "cannot read the identity file {}: {e}",
-                path.display()
-            ))
-        })?;
-        return Ok(Unseal::Identity(SecretString::from(text)));
-    }
-    let p = match key
-        .passphrase_file
-        .as_ref()
-        .or(config.passphrase_file.as_ref())
-    {
-        Some(f) => read_passphrase_file(f)?,
-        None => match env_passphrase() {
-            Some(p) => p,
-            None => prompt(false)?,
-        },
-    };
-    Ok(Unseal::Passphrase(p))
 }
 
 /// Progress to stderr in 10 % steps, for archives worth it.
@@ -593,7 +458,8 @@ async fn restore_into(
     let config = crate::config::load(config_path, staging)?;
     let data = store::DataDir::new(staging);
     let rng = Box::new(rand_core::UnwrapErr(rand::rngs::SysRng));
-    let (reg, opened) = Registry::open(&data, config.settings.clone(), rng, crate::clock()).await?;
+    let (reg, opened) =
+        Registry::open(&data, config.settings.clone(), rng, crate::clock::clock()).await?;
     if opened.created {
         return Err(OperatorError(format!(
             "{} holds no database that sipward can open",
@@ -612,7 +478,7 @@ async fn restore_into(
     }
     let mut hardening = Vec::new();
     if reharden && at < CURRENT {
-        let mut progress = super::regenerate::progress;
+        let mut progress = crate::output::regenerate_progress;
         let (changes, _) = reg.harden(email, &mut progress).await?;
         hardening = changes;
     }
@@ -655,7 +521,7 @@ fn swap_into_place(
     }
     let kept = parent.join(format!(
         "{name}.pre-restore-{}",
-        utc_stamp(crate::clock().now())
+        utc_stamp(crate::clock::clock().now())
     ));
     use rustix::fs::{CWD, RenameFlags, renameat_with};
     match renameat_with(CWD, staging, CWD, target, RenameFlags::EXCHANGE) {
@@ -692,47 +558,6 @@ pub fn print_hardening(changes: &[Hardening]) -> anyhow::Result<()> {
         );
     }
     t.print()
-}
-
-/// Before a security epoch hardens an upgraded data dir: a backup of it as it was, for
-/// rollback. Encrypted with `[backup]`'s key; without one, to a new age key written
-/// beside it (mode 0600), so the data never leaves the data dir less protected than it
-/// was. Returns the backup's path and the key file's, if one was made.
-pub async fn automatic(
-    reg: &Registry,
-    config: &BackupConfig,
-) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
-    let dir = default_dir(reg, config)?;
-    let now = crate::clock().now();
-    let from = reg.security_epoch().await?;
-    let out = dir.join(format!("pre-epoch-{CURRENT}-{}.swbak", utc_stamp(now)));
-    let (seal, key_file) = if config.recipient.is_some() || config.passphrase_file.is_some() {
-        (config_seal(config)?, None)
-    } else {
-        let (secret, public) = archive::new_identity();
-        let key_path = out.with_extension("key");
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&key_path)
-            .map_err(|e| OperatorError(format!("cannot write {}: {e}", key_path.display())))?;
-        writeln!(
-            f,
-            "# the key of {} (sipward's backup before security epoch {CURRENT}, from epoch {from})\n{}",
-            out.display(),
-            secret.expose_secret()
-        )?;
-        (Seal::Recipient(public), Some(key_path))
-    };
-    reg.create_backup(
-        &out,
-        &seal,
-        "sipward (before security epoch)",
-        &mut |_, _| {},
-    )
-    .await?;
-    Ok((out, key_file))
 }
 
 /// `sipward log`.

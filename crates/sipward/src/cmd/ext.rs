@@ -9,7 +9,7 @@ use accounts::extension::{ExtensionChange, ExtensionKind, ExtensionView, NewExte
 use policy::Finding;
 use serde::Serialize;
 
-use super::secrets_from_stdin;
+use crate::cli::secrets_from_stdin;
 use crate::cli::{ExtCommand, ExtFields};
 use crate::config::Config;
 use crate::output::{self, Table};

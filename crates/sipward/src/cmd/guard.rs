@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use accounts::Registry;
 use accounts::bans::FOREVER;
 
-use crate::OperatorError;
 use crate::cli::{AllowCommand, BanCommand};
+use crate::error::OperatorError;
 use crate::output::{self, Table};
 
 /// `30m`, `12h`, `7d`, `90s`, or `forever` (None).

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use accounts::Registry;
 
-use crate::OperatorError;
 use crate::cli::ImportArgs;
+use crate::error::OperatorError;
 use crate::output;
 
 pub async fn run(reg: &Registry, args: ImportArgs) -> anyhow::Result<ExitCode> {

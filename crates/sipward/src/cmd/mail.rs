@@ -7,9 +7,9 @@ use accounts::mail::MailOutcome;
 use accounts::mail::Mailer;
 use serde::Serialize;
 
-use crate::OperatorError;
 use crate::cli::MailCommand;
 use crate::config::Config;
+use crate::error::OperatorError;
 use crate::output::{self, Table};
 
 #[derive(Serialize)]

@@ -13,10 +13,8 @@ pub mod regenerate;
 mod serve;
 mod trunk;
 
-use std::io::BufRead;
 use std::process::ExitCode;
 
-use crate::OperatorError;
 use crate::cli::{Cli, Command};
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -31,7 +29,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         other => other,
     };
     let config = crate::config::load(config_path.as_deref(), &data)?;
-    let registry = crate::open_registry(&data, &config).await?;
+    let registry = crate::open::open_registry(&data, &config).await?;
     let code = match command {
         Command::Serve(a) => serve::run(&registry, a, &config).await?,
         Command::Ext(c) => ext::run(&registry, c, &config).await?,
@@ -58,27 +56,4 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     registry.store().close().await;
     Ok(code)
-}
-
-/// Resolves secret flags: a value of `-` is read as one line from standard input, in the
-/// order the flags are given here.
-pub fn secrets_from_stdin<const N: usize>(values: [&mut Option<String>; N]) -> anyhow::Result<()> {
-    let mut stdin = std::io::stdin().lock();
-    for v in values {
-        if v.as_deref() == Some("-") {
-            let mut line = String::new();
-            stdin.read_line(&mut line).map_err(|e| {
-                OperatorError(format!("cannot read a secret from standard input: {e}"))
-            })?;
-            let line = line.trim_end_matches(['\n', '\r']).to_owned();
-            if line.is_empty() {
-                return Err(OperatorError(
-                    "standard input ended before the secret was read".into(),
-                )
-                .into());
-            }
-            *v = Some(line);
-        }
-    }
-    Ok(())
 }

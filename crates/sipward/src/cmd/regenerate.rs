@@ -32,13 +32,6 @@ struct Grace<'a> {
     until: &'a Option<i64>,
 }
 
-/// Re-Generate progress to stderr, for selections larger than one batch.
-pub fn progress(done: usize, total: usize) {
-    if total > accounts::regenerate::BATCH {
-        eprintln!("regenerated {done}/{total}");
-    }
-}
-
 pub async fn run(
     reg: &Registry,
     selection: Selection,
@@ -46,7 +39,9 @@ pub async fn run(
     json: bool,
     config: &Config,
 ) -> anyhow::Result<ExitCode> {
-    let mut results = reg.regenerate(&selection, email, &mut progress).await?;
+    let mut results = reg
+        .regenerate(&selection, email, &mut crate::output::regenerate_progress)
+        .await?;
 
     let queued: HashSet<String> = results
         .iter()
@@ -58,8 +53,8 @@ pub async fn run(
     if !queued.is_empty() {
         match &config.mail {
             Some(settings) => {
-                let mailer =
-                    Mailer::new(settings).map_err(|e| crate::OperatorError(e.to_string()))?;
+                let mailer = Mailer::new(settings)
+                    .map_err(|e| crate::error::OperatorError(e.to_string()))?;
                 let sent = reg.send_due_mail(&mailer, Some(&queued)).await?;
                 for r in &mut results {
                     if let MailOutcome::Queued { id } = &r.mail

@@ -10,9 +10,9 @@ use accounts::Registry;
 use pbx::server::{self, ServeConfig, ServerKeys};
 use rand_core::Rng;
 
-use crate::OperatorError;
 use crate::cli::ServeArgs;
 use crate::config::Config;
+use crate::error::OperatorError;
 
 async fn shutdown_signal() {
     let term = async {
@@ -57,7 +57,7 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
             .clamp(1, 8),
         mailer,
     };
-    let bound = server::bind(reg.clone(), cfg, keys, crate::clock()).await?;
+    let bound = server::bind(reg.clone(), cfg, keys, crate::clock::clock()).await?;
     let http = tokio::net::TcpListener::bind(args.http)
         .await
         .map_err(|e| OperatorError(format!("cannot serve HTTP on {}: {e}", args.http)))?;
@@ -83,7 +83,7 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
         path: Arc::new(policy::Secret::new(reg.provisioning_path().await?)),
         nonces: Arc::new(sip::nonce::NonceKey::new(prov_nonce)),
         dummy_key: Arc::new(prov_dummy),
-        now: Arc::new(|| crate::clock().now()),
+        now: Arc::new(|| crate::clock::clock().now()),
     };
     let app = console::router(
         console::ConsoleState {
@@ -93,7 +93,7 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
         prov,
         console::web::Web::new(
             reg.clone(),
-            Arc::new(|| crate::clock().now()),
+            Arc::new(|| crate::clock::clock().now()),
             console::web::Options {
                 listening: (bound.sip_udp, http_addr),
                 allow: config.console_allow.clone(),

@@ -8,9 +8,9 @@ use accounts::provider::{NewProvider, ProviderChange};
 use policy::Finding;
 use serde::Serialize;
 
-use super::secrets_from_stdin;
-use crate::OperatorError;
+use crate::cli::secrets_from_stdin;
 use crate::cli::{GatewayCommand, ProviderCommand};
+use crate::error::OperatorError;
 use crate::output::{self, Table};
 
 fn required(value: Option<String>, flag: &str, what: &str) -> anyhow::Result<String> {
