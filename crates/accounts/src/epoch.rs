@@ -5,7 +5,6 @@
 use policy::audit::{Check, Kind};
 use policy::epoch::{self, CURRENT};
 use serde::Serialize;
-use store::registry as q;
 
 use crate::Result;
 use crate::audit_log::LogEntry;
@@ -31,7 +30,7 @@ impl Registry {
     /// The last security epoch applied to this data dir.
     pub async fn security_epoch(&self) -> Result<u32> {
         let mut conn = self.store().conn().await?;
-        let v = q::get_meta(&mut conn, META_EPOCH).await?;
+        let v = store::meta::get_meta(&mut conn, META_EPOCH).await?;
         Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
     }
 
@@ -74,7 +73,7 @@ impl Registry {
             };
             self.log_in(&mut tx, now, entry).await?;
         }
-        q::set_meta(&mut tx, META_EPOCH, &CURRENT.to_string()).await?;
+        store::meta::set_meta(&mut tx, META_EPOCH, &CURRENT.to_string()).await?;
         tx.commit().await?;
         Ok((changes, regenerated))
     }

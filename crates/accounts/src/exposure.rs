@@ -28,7 +28,7 @@ pub async fn facts(
         providers.push((p.name, addrs));
     }
     let mut conn = reg.store().conn().await?;
-    let mut remote_seen: Vec<_> = store::registrar::live_bindings(&mut conn, now)
+    let mut remote_seen: Vec<_> = store::bindings::live_bindings(&mut conn, now)
         .await?
         .into_iter()
         .filter_map(|b| {

@@ -4,7 +4,7 @@ use policy::fields::{self, AuthId, DisplayName, Email, ExtensionNumber, Mac, Pho
 use policy::{Secret, generate, password};
 use serde::Serialize;
 use store::Db;
-use store::registry::{self as q, ExtensionRow};
+use store::account::{self as q, ExtensionRow};
 
 use crate::registry::{Generated, Registry, ext_aad};
 use crate::{Error, Result};
@@ -258,7 +258,7 @@ impl Registry {
     /// must be mirrored first); their findings are returned for a warning.
     pub async fn add_extension(&self, number: &str, new: NewExtension) -> Result<Added> {
         let class = optional(new.class_of_service.as_deref(), |v| {
-            crate::outbound::parse_class(v).map_err(|e| match e {
+            crate::class_of_service::parse_class(v).map_err(|e| match e {
                 Error::Invalid(f) => f,
                 other => policy::InvalidField {
                     field: "class of service",
@@ -313,7 +313,7 @@ impl Registry {
         if let Some(class) = change.class_of_service.as_deref() {
             let class = match class.trim() {
                 "" => None,
-                c => Some(crate::outbound::parse_class(c)?),
+                c => Some(crate::class_of_service::parse_class(c)?),
             };
             self.set_class(&mut tx, &row.number, class).await?;
         }
@@ -346,7 +346,7 @@ impl Registry {
         let phone = self.bump_provisioning(&mut tx, &row).await?;
         if phone.is_some() {
             // Its registered phones (if any) fetch the changed file at once.
-            store::regen::request_resync(&mut tx, &row.number, row.updated_at).await?;
+            store::provisioning::request_resync(&mut tx, &row.number, row.updated_at).await?;
         }
         tx.commit().await?;
         if (old_mac.as_deref(), old_model.as_deref()) != (row.mac.as_deref(), row.model.as_deref())
@@ -419,7 +419,7 @@ impl Registry {
             return Err(Error::not_found(format!("extension {number}")));
         }
         // A welcome mail not yet sent would describe an account that is gone.
-        store::regen::supersede_mail(&mut tx, number.as_str()).await?;
+        store::outbox::supersede_mail(&mut tx, number.as_str()).await?;
         tx.commit().await?;
         if let Some(row) = row {
             self.remove_phone_files(row.mac.as_deref(), row.model.as_deref());
@@ -455,7 +455,7 @@ impl Registry {
         let now = self.now();
         let mut conn = self.store.conn().await?;
         Ok(
-            store::registrar::bindings_of(&mut conn, number.as_str(), now)
+            store::bindings::bindings_of(&mut conn, number.as_str(), now)
                 .await?
                 .into_iter()
                 .map(|b| RegistrationView {

@@ -4,7 +4,7 @@
 use policy::fields::{self, AccountName, AuthId, ExtensionNumber, Host};
 use policy::{password, vendor};
 use serde::Serialize;
-use store::registry::{self as q, GatewayRow};
+use store::account::{self as q, GatewayRow};
 
 use crate::registry::{Registry, gateway_aad};
 use crate::{Error, Result};

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 
-use store::registry as q;
+use store::account as q;
 
 use crate::error::{ImportErrors, RowError};
 use crate::extension::{ExtensionKind, NewExtension, Prepared};

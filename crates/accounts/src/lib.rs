@@ -6,19 +6,19 @@
 //!
 //! It does no SIP: the running server (`pbx`) reads what this crate writes.
 
-pub mod audit;
 pub mod audit_log;
 pub mod backup;
 pub mod bans;
+pub mod class_of_service;
 pub mod epoch;
 mod error;
 pub mod exposure;
 pub mod extension;
+pub mod findings;
 pub mod gateway;
 pub mod import;
 pub mod mail;
 pub mod open;
-pub mod outbound;
 pub mod provider;
 pub mod provisioning;
 pub mod regenerate;

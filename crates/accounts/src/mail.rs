@@ -14,7 +14,7 @@ use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use policy::{Secret, generate};
 use serde::{Deserialize, Serialize};
-use store::regen::{self as rq, OutboxRow};
+use store::outbox::OutboxRow;
 
 use crate::provisioning::TemplateError;
 use crate::registry::{Registry, mail_aad};
@@ -298,7 +298,7 @@ impl Registry {
         loop {
             let now = self.now();
             let mut conn = self.store().conn().await?;
-            let due: Vec<_> = rq::due_mail(&mut conn, now, 200)
+            let due: Vec<_> = store::outbox::due_mail(&mut conn, now, 200)
                 .await?
                 .into_iter()
                 .filter(|m| ids.is_none_or(|s| s.contains(&m.id)))
@@ -314,7 +314,7 @@ impl Registry {
                 let mut claimed = Vec::with_capacity(chunk.len());
                 for row in chunk {
                     let now = self.now();
-                    if rq::claim_mail(&mut conn, &row.id, now, now + LEASE_SECS).await? {
+                    if store::outbox::claim_mail(&mut conn, &row.id, now, now + LEASE_SECS).await? {
                         claimed.push(row.clone());
                     }
                 }
@@ -337,12 +337,15 @@ impl Registry {
                     let now = self.now();
                     let outcome = match result {
                         Ok(()) => {
-                            rq::finish_mail(&mut conn, &row.id, "sent", 0, "", now).await?;
+                            store::outbox::finish_mail(&mut conn, &row.id, "sent", 0, "", now)
+                                .await?;
                             MailOutcome::Sent { id: row.id.clone() }
                         }
                         Err(f) if f.permanent || row.attempts + 1 >= MAX_ATTEMPTS => {
-                            rq::finish_mail(&mut conn, &row.id, "failed", 0, &f.reason, now)
-                                .await?;
+                            store::outbox::finish_mail(
+                                &mut conn, &row.id, "failed", 0, &f.reason, now,
+                            )
+                            .await?;
                             MailOutcome::Failed {
                                 id: row.id.clone(),
                                 reason: f.reason,
@@ -350,8 +353,10 @@ impl Registry {
                         }
                         Err(f) => {
                             let next = now + backoff_secs(row.attempts);
-                            rq::finish_mail(&mut conn, &row.id, "queued", next, &f.reason, now)
-                                .await?;
+                            store::outbox::finish_mail(
+                                &mut conn, &row.id, "queued", next, &f.reason, now,
+                            )
+                            .await?;
                             MailOutcome::Deferred {
                                 id: row.id.clone(),
                                 reason: f.reason,
@@ -365,9 +370,9 @@ impl Registry {
     }
 
     /// The outbox, newest first (no message bodies).
-    pub async fn outbox(&self) -> Result<Vec<rq::OutboxRow>> {
+    pub async fn outbox(&self) -> Result<Vec<store::outbox::OutboxRow>> {
         let mut conn = self.store().conn().await?;
-        Ok(rq::list_mail(&mut conn).await?)
+        Ok(store::outbox::list_mail(&mut conn).await?)
     }
 }
 

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use policy::clock::Clock;
 use policy::generate;
 use rand_core::CryptoRng;
-use store::{DataDir, Db, Store, Vault, registry as q};
+use store::account as q;
+use store::{DataDir, Db, Store, Vault};
 
 use crate::Result;
 use crate::extension::{ExtensionKind, NewExtension};
@@ -77,7 +78,7 @@ impl Registry {
         let mut opened = Opened::default();
 
         let mut tx = registry.store.begin().await?;
-        match q::get_meta(&mut tx, META_KEY_CHECK).await? {
+        match store::meta::get_meta(&mut tx, META_KEY_CHECK).await? {
             Some(sealed) => {
                 let ok = registry
                     .vault
@@ -90,28 +91,29 @@ impl Registry {
             None => {
                 // A database without a key check is one this call just created.
                 let sealed = registry.seal(KEY_CHECK_AAD, KEY_CHECK_TEXT);
-                q::set_meta(&mut tx, META_KEY_CHECK, &sealed).await?;
-                q::set_meta(&mut tx, META_REALM, &registry.settings.realm).await?;
+                store::meta::set_meta(&mut tx, META_KEY_CHECK, &sealed).await?;
+                store::meta::set_meta(&mut tx, META_REALM, &registry.settings.realm).await?;
                 registry.create_default_fax(&mut tx).await?;
                 // Created hardened: nothing an epoch fixes can be in a new data dir.
-                q::set_meta(&mut tx, META_EPOCH, &policy::epoch::CURRENT.to_string()).await?;
+                store::meta::set_meta(&mut tx, META_EPOCH, &policy::epoch::CURRENT.to_string())
+                    .await?;
                 opened.created = true;
             }
         }
-        let stored_realm = q::get_meta(&mut tx, META_REALM).await?;
+        let stored_realm = store::meta::get_meta(&mut tx, META_REALM).await?;
         if stored_realm.as_deref() != Some(registry.settings.realm.as_str()) {
             opened.rehashed = Some(registry.rehash_all(&mut tx).await?);
-            q::set_meta(&mut tx, META_REALM, &registry.settings.realm).await?;
+            store::meta::set_meta(&mut tx, META_REALM, &registry.settings.realm).await?;
         }
-        if q::get_meta(&mut tx, META_PROVISIONING_PATH)
+        if store::meta::get_meta(&mut tx, META_PROVISIONING_PATH)
             .await?
             .is_none()
         {
             // 24 random alphanumerics (~143 bits): the per-install path phones fetch under.
             let path = registry.with_rng(|rng| generate::password(rng, 24, &[]));
-            q::set_meta(&mut tx, META_PROVISIONING_PATH, path.expose()).await?;
+            store::meta::set_meta(&mut tx, META_PROVISIONING_PATH, path.expose()).await?;
         }
-        let at: u32 = q::get_meta(&mut tx, META_EPOCH)
+        let at: u32 = store::meta::get_meta(&mut tx, META_EPOCH)
             .await?
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);

@@ -4,7 +4,7 @@
 use policy::fields::{self, AccountName, AuthId, Host};
 use policy::password;
 use serde::Serialize;
-use store::registry::{self as q, ProviderRow};
+use store::account::{self as q, ProviderRow};
 
 use crate::registry::{Registry, provider_aad};
 use crate::{Error, Result};

@@ -16,8 +16,9 @@ use policy::fields::ExtensionNumber;
 use policy::{Secret, generate};
 use serde::Serialize;
 use store::Db;
-use store::regen::{self as rq, GraceRow, ProvisioningRow};
-use store::registry::{self as q, ExtensionRow};
+use store::account::{self as q, ExtensionRow};
+use store::grace::GraceRow;
+use store::provisioning::ProvisioningRow;
 
 use crate::mail::{MailMessage, MailOutcome};
 use crate::provisioning::{self, PhoneAccount, Templates, Vendor};
@@ -130,7 +131,7 @@ impl Registry {
     /// The secret path segment phones fetch their files under: `/prov/<this>/<file>`.
     pub async fn provisioning_path(&self) -> Result<String> {
         let mut conn = self.store.conn().await?;
-        q::get_meta(&mut conn, META_PROVISIONING_PATH)
+        store::meta::get_meta(&mut conn, META_PROVISIONING_PATH)
             .await?
             .ok_or_else(|| Error::not_found("the provisioning path"))
     }
@@ -171,7 +172,7 @@ impl Registry {
                     .audit()
                     .await?
                     .into_iter()
-                    .filter(|f| f.severity >= crate::audit::WEAK_AT)
+                    .filter(|f| f.severity >= crate::findings::WEAK_AT)
                     .filter_map(|f| f.subject.strip_prefix("ext:").map(str::to_owned))
                     .collect();
                 weak.into_iter().filter(|n| all.contains(n)).collect()
@@ -213,7 +214,7 @@ impl Registry {
         if row.mac.is_none() {
             return Ok(None);
         }
-        let prov = match rq::get_provisioning(conn, &row.number).await? {
+        let prov = match store::provisioning::get_provisioning(conn, &row.number).await? {
             Some(mut p) => {
                 p.generation = p.generation.max(p.written) + 1;
                 p
@@ -232,7 +233,7 @@ impl Registry {
                 written: 0,
             },
         };
-        rq::put_provisioning(conn, &prov).await?;
+        store::provisioning::put_provisioning(conn, &prov).await?;
         Ok(Some(prov))
     }
 
@@ -250,7 +251,7 @@ impl Registry {
             let Some(row) = q::get_extension(&mut conn, number).await? else {
                 continue;
             };
-            match rq::get_provisioning(&mut conn, number).await? {
+            match store::provisioning::get_provisioning(&mut conn, number).await? {
                 Some(prov) => phones.push((row, prov)),
                 None => out.push((number.clone(), FilesOutcome::NoPhone)),
             }
@@ -316,7 +317,7 @@ impl Registry {
         for ((number, outcome), (_, prov)) in out.iter().zip(phones) {
             // A failed write stays unwritten and is retried at the next open.
             if !matches!(outcome, FilesOutcome::Failed { .. }) {
-                rq::mark_written(&mut tx, number, prov.generation).await?;
+                store::provisioning::mark_written(&mut tx, number, prov.generation).await?;
             }
         }
         tx.commit().await?;
@@ -397,7 +398,7 @@ impl Registry {
     /// Returns how many were rewritten, and the ones that still fail with why.
     pub(crate) async fn write_unwritten_files(&self) -> Result<(usize, Vec<(String, String)>)> {
         let mut conn = self.store.conn().await?;
-        let rows = rq::unwritten_provisioning(&mut conn).await?;
+        let rows = store::provisioning::unwritten_provisioning(&mut conn).await?;
         drop(conn);
         if rows.is_empty() {
             return Ok((0, Vec::new()));
@@ -489,7 +490,7 @@ impl Registry {
         q::update_extension(conn, &row).await?;
 
         // The grace window: the old password, from where the phones are registered.
-        let bindings = store::registrar::bindings_of(conn, &row.number, now).await?;
+        let bindings = store::bindings::bindings_of(conn, &row.number, now).await?;
         let sources: BTreeSet<IpAddr> = bindings
             .iter()
             .filter_map(|b| b.source.parse::<SocketAddr>().ok().map(|s| s.ip()))
@@ -497,7 +498,7 @@ impl Registry {
         let grace_secs = self.settings.provisioning.grace_secs;
         let (grace_sources, grace_until) = if grace_secs > 0 && !sources.is_empty() {
             // A window still open keeps the password the phones actually have.
-            let open = rq::get_grace(conn, &row.number)
+            let open = store::grace::get_grace(conn, &row.number)
                 .await?
                 .filter(|g| g.expires_at > now && g.auth_id == row.auth_id);
             let (md5, sha, mut all) = match open {
@@ -513,7 +514,7 @@ impl Registry {
             };
             all.extend(sources.iter().copied());
             let until = now + grace_secs;
-            rq::put_grace(
+            store::grace::put_grace(
                 conn,
                 &GraceRow {
                     number: row.number.clone(),
@@ -532,7 +533,7 @@ impl Registry {
             (all.into_iter().collect(), Some(until))
         } else {
             // No phone registered (or no window configured): the old password is dead.
-            rq::end_graces(conn, std::slice::from_ref(&row.number), now).await?;
+            store::grace::end_graces(conn, std::slice::from_ref(&row.number), now).await?;
             (Vec::new(), None)
         };
 
@@ -543,7 +544,7 @@ impl Registry {
         };
         let resync = phone.is_some() && !bindings.is_empty();
         if resync {
-            rq::request_resync(conn, &row.number, now).await?;
+            store::provisioning::request_resync(conn, &row.number, now).await?;
         }
 
         let mail = match (&row.email, email) {
@@ -569,7 +570,7 @@ impl Registry {
                     html: templates.render("welcome.html", &ctx)?,
                 };
                 let mail = self.outbox_row(&row.number, to, &message, now)?;
-                rq::queue_mail(conn, &mail).await?;
+                store::outbox::queue_mail(conn, &mail).await?;
                 MailOutcome::Queued { id: mail.id }
             }
         };
@@ -591,7 +592,8 @@ impl Registry {
     pub async fn phone_login(&self, number: &str) -> Result<Option<(String, Secret)>> {
         let row = self.extension_row(number).await?;
         let mut conn = self.store.conn().await?;
-        let Some(prov) = rq::get_provisioning(&mut conn, &row.number).await? else {
+        let Some(prov) = store::provisioning::get_provisioning(&mut conn, &row.number).await?
+        else {
             return Ok(None);
         };
         let Some(mac) = row.mac else { return Ok(None) };
@@ -620,7 +622,7 @@ impl Registry {
         if !vendor.files(&mac).iter().any(|(n, _)| n == file) {
             return Ok(None);
         }
-        let Some(prov) = rq::get_provisioning(&mut conn, &number).await? else {
+        let Some(prov) = store::provisioning::get_provisioning(&mut conn, &number).await? else {
             return Ok(None);
         };
         let password =

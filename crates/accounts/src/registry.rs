@@ -7,7 +7,8 @@ use policy::clock::Clock;
 use policy::{PolicyConfig, Secret, generate};
 use rand_core::CryptoRng;
 use sip::digest::{self, Algorithm};
-use store::{DataDir, Db, Store, Vault, registry as q};
+use store::account as q;
+use store::{DataDir, Db, Store, Vault};
 
 use crate::{Error, Result};
 

@@ -12,7 +12,7 @@ use policy::secret::Secret;
 use policy::trunk::{TrunkKind, normalize_did};
 use serde::Serialize;
 use store::Db;
-use store::registry as q;
+use store::account as q;
 use store::trunks::{self as tq, DidRow, RouteRow};
 
 use crate::registry::{Registry, gateway_aad, provider_aad};

@@ -13,8 +13,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use sip::digest::{Algorithm, ha1};
 use store::DataDir;
-use store::regen as rq;
-use store::registrar::{BindingRow, replace_bindings};
+use store::bindings::{BindingRow, replace_bindings};
 
 const NOW: i64 = 1_700_000_000;
 
@@ -78,13 +77,15 @@ async fn files_behind_the_database_are_rewritten_at_the_next_open() {
     // A crash between the commit and the file write: the row says generation 2, the
     // file on disk is gone (or old).
     let mut conn = reg.store().conn().await.expect("conn");
-    let mut p = rq::get_provisioning(&mut conn, "1001")
+    let mut p = store::provisioning::get_provisioning(&mut conn, "1001")
         .await
         .expect("q")
         .expect("row");
     assert_eq!((p.generation, p.written), (1, 1));
     p.generation = 2;
-    rq::put_provisioning(&mut conn, &p).await.expect("put");
+    store::provisioning::put_provisioning(&mut conn, &p)
+        .await
+        .expect("put");
     drop(conn);
     std::fs::remove_file(data.provisioning_dir().join("001565aabbcc.cfg")).expect("rm");
     reg.store().close().await;
@@ -93,7 +94,7 @@ async fn files_behind_the_database_are_rewritten_at_the_next_open() {
     assert_eq!(opened.provisioning_rewritten, 1);
     assert_eq!(file_password(&data), "Zq8xLmTr4wPyK7vB2");
     let mut conn = reg.store().conn().await.expect("conn");
-    let p = rq::get_provisioning(&mut conn, "1001")
+    let p = store::provisioning::get_provisioning(&mut conn, "1001")
         .await
         .expect("q")
         .expect("row");
@@ -143,7 +144,7 @@ async fn grace_keeps_the_password_phones_have_and_mails_are_superseded() {
     );
     assert_eq!(r.grace_until, Some(NOW + 86_400));
     assert_eq!(file_password(&data), r.password.expose());
-    let g = rq::get_grace(&mut conn, "1001")
+    let g = store::grace::get_grace(&mut conn, "1001")
         .await
         .expect("q")
         .expect("grace");
@@ -162,7 +163,7 @@ async fn grace_keeps_the_password_phones_have_and_mails_are_superseded() {
     .await
     .expect("bind");
     let second = regenerate_1001(&reg, true).await;
-    let g = rq::get_grace(&mut conn, "1001")
+    let g = store::grace::get_grace(&mut conn, "1001")
         .await
         .expect("q")
         .expect("grace");
@@ -172,7 +173,7 @@ async fn grace_keeps_the_password_phones_have_and_mails_are_superseded() {
     );
     assert_eq!(g.sources, "192.0.2.10,192.0.2.11");
     // The first mail (with a password that no longer works) is superseded.
-    let states: Vec<(String, String)> = rq::list_mail(&mut conn)
+    let states: Vec<(String, String)> = store::outbox::list_mail(&mut conn)
         .await
         .expect("mail")
         .into_iter()
@@ -192,7 +193,12 @@ async fn grace_keeps_the_password_phones_have_and_mails_are_superseded() {
     let third = regenerate_1001(&reg, false).await;
     assert!(third[0].grace_sources.is_empty() && !third[0].resync);
     assert_eq!(third[0].mail, MailOutcome::Skipped);
-    assert!(rq::get_grace(&mut conn, "1001").await.expect("q").is_none());
+    assert!(
+        store::grace::get_grace(&mut conn, "1001")
+            .await
+            .expect("q")
+            .is_none()
+    );
 }
 
 #[tokio::test]

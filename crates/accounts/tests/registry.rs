@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use sip::digest::{Algorithm, ha1};
 use store::DataDir;
-use store::registry as q;
+use store::account as q;
 
 fn settings(realm: &str) -> Settings {
     Settings {

@@ -510,7 +510,7 @@ fn with_findings<T: serde::Serialize>(
     subject: impl Fn(&T) -> String,
     findings: &[policy::Finding],
 ) -> Vec<Value> {
-    let weak = accounts::audit::weak_by_subject(findings);
+    let weak = accounts::findings::weak_by_subject(findings);
     items
         .iter()
         .map(|item| {

@@ -1,9 +1,9 @@
 //! The console's other pages: adding an extension, gateways and providers, security
 //! (bans and the allow list), the exposure advisor and the audit log.
 
-use accounts::audit::weak_by_subject;
 use accounts::backup::utc_stamp;
 use accounts::extension::{ExtensionKind, NewExtension};
+use accounts::findings::weak_by_subject;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

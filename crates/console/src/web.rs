@@ -21,9 +21,9 @@ pub(crate) fn ser<T: Serialize>(v: T) -> Value {
     Value::from(minijinja::value::Serde(v))
 }
 use accounts::Registry;
-use accounts::audit::{WEAK_AT, weak_by_subject};
 use accounts::audit_log::LogEntry;
 use accounts::extension::{ExtensionChange, ExtensionView};
+use accounts::findings::{WEAK_AT, weak_by_subject};
 use accounts::regenerate::Selection;
 use policy::Finding;
 use serde::Serialize;
@@ -587,7 +587,7 @@ async fn dashboard(State(web): State<Web>, Admin(s): Admin) -> Response {
         kinds.iter().fold((0, 0), |a, k| (a.0 + k.1, a.1 + k.2));
     let now = (web.now)();
     let registrations = match reg.store().conn().await {
-        Ok(mut conn) => store::registrar::live_bindings(&mut conn, now)
+        Ok(mut conn) => store::bindings::live_bindings(&mut conn, now)
             .await
             .map_or(0, |b| b.len()),
         Err(_) => 0,

@@ -222,7 +222,7 @@ fn unreachable_hmac() -> Hmac<Sha256> {
 mod tests {
     use super::*;
     use sip::digest::{expected_response, ha1};
-    use store::registrar::DirectoryRow;
+    use store::directory::DirectoryRow;
 
     const SRC: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
     const NOW: u64 = 1_795_894_105;
@@ -466,7 +466,7 @@ mod tests {
         };
         let old = "Zq8xLmTr4wPyK7vB2";
         let new = "Nq4Zt8LmXw2Kp7RbQ";
-        let grace = store::regen::GraceRow {
+        let grace = store::grace::GraceRow {
             number: "1001".into(),
             auth_id: "alice1001".into(),
             ha1_md5: ha1(Algorithm::Md5, "alice1001", "sipward", old),

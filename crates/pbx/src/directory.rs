@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use sip::digest::{Algorithm, ha1};
-use store::regen::GraceRow;
-use store::registrar::DirectoryRow;
+use store::directory::DirectoryRow;
+use store::grace::GraceRow;
 
 /// An extension's previous password during its grace window after Re-Generate: HA1s
 /// only, accepted only from the addresses its phones were registered from.

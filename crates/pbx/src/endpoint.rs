@@ -17,13 +17,13 @@ use sip::msg::{self, Message, Name, StartLine};
 use sip::response::{ResponseBuilder, datagram_target};
 use sip::transaction::{Seen, ServerTransactions, TIMER_J, TxKey};
 
+use crate::admission::{Decision, Outbound};
 use crate::authenticator::{Authenticator, Outcome};
 use crate::b2bua::{B2bua, InDialog, Placed};
 use crate::directory::{Account, Directory, DirectoryCache};
 use crate::guard::{Event, Guard};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::outbound::{Decision, Outbound};
 use crate::proxy::{Proxy, Relay};
 use crate::registrar::{Contacts, RegisterError, RegisterRequest, Registrar, TransportKind};
 use crate::trunk::{Routed, Trunks};

@@ -3,6 +3,7 @@
 //! accounts the `accounts` crate keeps and writes back what only it sees (bindings,
 //! bans it made, suspensions, provider status, active calls).
 
+pub mod admission;
 pub mod authenticator;
 pub mod b2bua;
 pub mod directory;
@@ -12,7 +13,6 @@ pub mod guard;
 pub mod handle;
 pub mod metrics;
 pub mod notify;
-pub mod outbound;
 pub mod proxy;
 pub mod registrar;
 pub mod server;

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use serde::Deserialize;
 use sip::header::addr::SipUri;
-use store::registrar::BindingRow;
+use store::bindings::BindingRow;
 
 /// Registration intervals and limits (the `[registrar]` table of the config file).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

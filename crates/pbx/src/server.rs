@@ -8,8 +8,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use store::guard as gq;
-use store::regen;
-use store::registrar as rq;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 
@@ -100,13 +98,13 @@ pub async fn bind(
     let directory = Arc::new(DirectoryCache::default());
     let mut conn = registry.store().conn().await?;
     let versions = (
-        rq::registry_version(&mut conn).await?,
+        store::directory::accounts_version(&mut conn).await?,
         gq::guard_version(&mut conn).await?,
     );
     let realm = registry.settings().realm.clone();
     let dir = Directory::with_graces(
-        rq::directory(&mut conn).await?,
-        regen::live_graces(&mut conn, clock.now()).await?,
+        store::directory::directory(&mut conn).await?,
+        store::grace::live_graces(&mut conn, clock.now()).await?,
         &realm,
         cfg.min_strength_score,
     );
@@ -115,7 +113,7 @@ pub async fn bind(
         .store(dir.len() as u64, Ordering::Relaxed);
     directory.replace(dir);
     let registrar = Arc::new(Registrar::new(cfg.registrar.clone()));
-    let bindings = rq::live_bindings(&mut conn, clock.now()).await?;
+    let bindings = store::bindings::live_bindings(&mut conn, clock.now()).await?;
     // Where phones are registered from is trusted for them, across restarts.
     let guard = Arc::new(Guard::new(cfg.bans.clone(), metrics.clone()));
     let dir = directory.get();
@@ -297,10 +295,10 @@ async fn reload_loop(
             continue;
         };
         let mut registry_moved = false;
-        if let Ok(v) = rq::registry_version(&mut conn).await
+        if let Ok(v) = store::directory::accounts_version(&mut conn).await
             && v != versions.0
-            && let Ok(rows) = rq::directory(&mut conn).await
-            && let Ok(graces) = regen::live_graces(&mut conn, clock.now()).await
+            && let Ok(rows) = store::directory::directory(&mut conn).await
+            && let Ok(graces) = store::grace::live_graces(&mut conn, clock.now()).await
         {
             let dir = Directory::with_graces(rows, graces, &registry.settings().realm, min_score);
             endpoint
@@ -473,11 +471,11 @@ async fn resync_loop(
         let Ok(mut conn) = registry.store().conn().await else {
             continue;
         };
-        let Ok(numbers) = regen::take_resyncs(&mut conn).await else {
+        let Ok(numbers) = store::provisioning::take_resyncs(&mut conn).await else {
             continue;
         };
         for number in numbers {
-            let vendor = store::registry::get_extension(&mut conn, &number)
+            let vendor = store::account::get_extension(&mut conn, &number)
                 .await
                 .ok()
                 .flatten()
@@ -622,7 +620,7 @@ async fn flush(registry: &Registry, endpoint: &Endpoint, now: i64) -> Result<()>
     let ended = endpoint.take_graces_ended();
     if !ended.is_empty() {
         let mut conn = registry.store().conn().await?;
-        if let Err(e) = regen::end_graces(&mut conn, &ended, now).await {
+        if let Err(e) = store::grace::end_graces(&mut conn, &ended, now).await {
             endpoint.return_graces_ended(ended);
             return Err(e.into());
         }
@@ -639,9 +637,9 @@ async fn flush(registry: &Registry, endpoint: &Endpoint, now: i64) -> Result<()>
     let write = async {
         let mut tx = registry.store().begin().await?;
         for (number, rows) in &dirty {
-            rq::replace_bindings(&mut tx, number, rows).await?;
+            store::bindings::replace_bindings(&mut tx, number, rows).await?;
         }
-        rq::delete_expired_bindings(&mut tx, now).await?;
+        store::bindings::delete_expired_bindings(&mut tx, now).await?;
         tx.commit().await?;
         Ok::<_, crate::Error>(())
     };

@@ -31,7 +31,7 @@ pub struct AllowRow {
 
 pub async fn guard_version(db: &mut dyn Db) -> Result<i64> {
     let conn = raw(db);
-    crate::registry::meta_counter(conn, "guard_version").await
+    crate::meta::meta_counter(conn, "guard_version").await
 }
 
 /// The `host` of every PSTN gateway (their addresses are never banned).

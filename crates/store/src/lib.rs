@@ -8,17 +8,21 @@
 //! Every query lives here, behind typed repository functions that take a [`Db`] handle
 //! (a pooled [`Conn`] or a [`Tx`]); no other crate names sqlx.
 
+pub mod account;
 pub mod audit_log;
 pub mod backup;
+pub mod bindings;
 pub mod console;
 mod datadir;
 mod db;
+pub mod directory;
 mod error;
+pub mod grace;
 pub mod guard;
+pub mod meta;
 pub mod outbound;
-pub mod regen;
-pub mod registrar;
-pub mod registry;
+pub mod outbox;
+pub mod provisioning;
 pub mod trunks;
 mod vault;
 

@@ -243,7 +243,7 @@ pub async fn replace_active_calls(
         .execute(&mut *conn)
         .await?;
     }
-    crate::registry::set_meta(conn, "calls_written_at", &now.to_string()).await
+    crate::meta::set_meta(conn, "calls_written_at", &now.to_string()).await
 }
 
 /// The active calls as last written, and when they were written (0: never).
@@ -270,7 +270,7 @@ pub async fn active_calls(db: &mut dyn Db) -> Result<(Vec<ActiveCallRow>, i64)> 
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let at = crate::registry::get_meta(conn, "calls_written_at")
+    let at = crate::meta::get_meta(conn, "calls_written_at")
         .await?
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);

@@ -1,6 +1,6 @@
 //! Store tests against a real SQLite file.
 
-use store::registry::{self, ExtensionRow, GatewayRow};
+use store::account::{self, ExtensionRow, GatewayRow};
 use store::{Error, Store};
 
 fn ext(number: &str, auth_id: &str) -> ExtensionRow {
@@ -31,19 +31,19 @@ async fn extension_round_trip_and_conflicts() {
         .expect("open");
     let mut conn = store.conn().await.expect("conn");
     let a = ext("1001", "authA");
-    registry::insert_extension(&mut conn, &a)
+    account::insert_extension(&mut conn, &a)
         .await
         .expect("insert");
     assert_eq!(
-        registry::get_extension(&mut conn, "1001")
+        account::get_extension(&mut conn, "1001")
             .await
             .expect("get"),
         Some(a.clone())
     );
 
-    let dup = registry::insert_extension(&mut conn, &ext("1001", "authB")).await;
+    let dup = account::insert_extension(&mut conn, &ext("1001", "authB")).await;
     assert!(matches!(dup, Err(Error::Conflict { .. })), "{dup:?}");
-    let dup_auth = registry::insert_extension(&mut conn, &ext("1002", "authA")).await;
+    let dup_auth = account::insert_extension(&mut conn, &ext("1002", "authA")).await;
     assert!(
         matches!(dup_auth, Err(Error::Conflict { .. })),
         "{dup_auth:?}"
@@ -53,24 +53,24 @@ async fn extension_round_trip_and_conflicts() {
     b.name = "Bea".into();
     b.updated_at = 2;
     assert!(
-        registry::update_extension(&mut conn, &b)
+        account::update_extension(&mut conn, &b)
             .await
             .expect("update")
     );
     assert_eq!(
-        registry::get_extension(&mut conn, "1001")
+        account::get_extension(&mut conn, "1001")
             .await
             .expect("get")
             .map(|e| e.name),
         Some("Bea".into())
     );
     assert!(
-        !registry::update_extension(&mut conn, &ext("9999", "x"))
+        !account::update_extension(&mut conn, &ext("9999", "x"))
             .await
             .expect("absent")
     );
 
-    registry::insert_gateway(
+    account::insert_gateway(
         &mut conn,
         &GatewayRow {
             name: "gw1".into(),
@@ -89,56 +89,56 @@ async fn extension_round_trip_and_conflicts() {
     .await
     .expect("gateway");
     assert_eq!(
-        registry::auth_id_owner(&mut conn, "gwauth")
+        account::auth_id_owner(&mut conn, "gwauth")
             .await
             .expect("owner")
             .as_deref(),
         Some("gateway:gw1")
     );
     assert_eq!(
-        registry::auth_id_owner(&mut conn, "authA")
+        account::auth_id_owner(&mut conn, "authA")
             .await
             .expect("owner")
             .as_deref(),
         Some("ext:1001")
     );
     assert_eq!(
-        registry::number_owner(&mut conn, "4001")
+        account::number_owner(&mut conn, "4001")
             .await
             .expect("owner")
             .as_deref(),
         Some("gateway:gw1")
     );
     assert_eq!(
-        registry::number_owner(&mut conn, "5000")
+        account::number_owner(&mut conn, "5000")
             .await
             .expect("owner"),
         None
     );
 
     assert!(
-        registry::delete_extension(&mut conn, "1001")
+        account::delete_extension(&mut conn, "1001")
             .await
             .expect("delete")
     );
     assert!(
-        !registry::delete_extension(&mut conn, "1001")
+        !account::delete_extension(&mut conn, "1001")
             .await
             .expect("gone")
     );
     assert_eq!(
-        registry::count_extensions(&mut conn).await.expect("count"),
+        account::count_extensions(&mut conn).await.expect("count"),
         0
     );
 
-    registry::set_meta(&mut conn, "k", "v1")
+    store::meta::set_meta(&mut conn, "k", "v1")
         .await
         .expect("meta");
-    registry::set_meta(&mut conn, "k", "v2")
+    store::meta::set_meta(&mut conn, "k", "v2")
         .await
         .expect("meta upsert");
     assert_eq!(
-        registry::get_meta(&mut conn, "k")
+        store::meta::get_meta(&mut conn, "k")
             .await
             .expect("meta")
             .as_deref(),
@@ -167,18 +167,18 @@ async fn a_transaction_rolls_back_as_a_whole() {
         .await
         .expect("open");
     let mut tx = store.begin().await.expect("begin");
-    registry::insert_extension(&mut tx, &ext("1001", "a1"))
+    account::insert_extension(&mut tx, &ext("1001", "a1"))
         .await
         .expect("insert");
     assert!(
-        registry::insert_extension(&mut tx, &ext("1001", "a2"))
+        account::insert_extension(&mut tx, &ext("1001", "a2"))
             .await
             .is_err()
     );
     drop(tx); // rolled back
     let mut conn = store.conn().await.expect("conn");
     assert_eq!(
-        registry::count_extensions(&mut conn).await.expect("count"),
+        account::count_extensions(&mut conn).await.expect("count"),
         0
     );
 }

@@ -48,7 +48,7 @@ pub async fn run(reg: &Registry, args: AuditArgs) -> anyhow::Result<ExitCode> {
                     f.field.into(),
                     f.message.clone(),
                 ],
-                f.severity >= accounts::audit::WEAK_AT,
+                f.severity >= accounts::findings::WEAK_AT,
             );
         }
         t.print()?;

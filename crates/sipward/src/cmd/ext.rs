@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 use accounts::Registry;
-use accounts::audit::WEAK_AT;
 use accounts::extension::{ExtensionChange, ExtensionKind, ExtensionView, NewExtension};
+use accounts::findings::WEAK_AT;
 use policy::Finding;
 use serde::Serialize;
 
@@ -249,7 +249,7 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
                     #[serde(flatten)]
                     inner: WithFindings<'a, ExtensionView>,
                     registrations: &'a [accounts::extension::RegistrationView],
-                    outbound: &'a accounts::outbound::OutboundView,
+                    outbound: &'a accounts::class_of_service::OutboundView,
                     #[serde(skip_serializing_if = "Option::is_none")]
                     password: Option<&'a str>,
                     #[serde(skip_serializing_if = "Option::is_none")]

@@ -42,7 +42,7 @@ fn print_findings(findings: &[&Finding]) {
 fn weak_cell(findings: &[&Finding]) -> (String, bool) {
     let rules: Vec<&str> = findings
         .iter()
-        .filter(|f| f.severity >= accounts::audit::WEAK_AT)
+        .filter(|f| f.severity >= accounts::findings::WEAK_AT)
         .map(|f| f.rule.check.as_str())
         .collect();
     if rules.is_empty() {

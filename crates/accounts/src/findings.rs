@@ -1,10 +1,10 @@
-//! The audit over everything stored: secrets are opened in memory only for the rules and
+//! The findings of the credential audit over everything stored: secrets are opened in memory only for the rules and
 //! dropped (wiped) afterwards; findings never carry them.
 
 use policy::Secret;
 use policy::audit::{Auditor, Context, ExtensionFacts, GatewayFacts, ProviderFacts};
 use policy::{Finding, Severity};
-use store::registry::{self as q, ExtensionAuditRow, ExtensionRow, GatewayRow, ProviderRow};
+use store::account::{self as q, ExtensionAuditRow, ExtensionRow, GatewayRow, ProviderRow};
 
 use crate::Result;
 use crate::registry::{Registry, ext_aad, gateway_aad, provider_aad};

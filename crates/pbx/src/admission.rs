@@ -1,4 +1,4 @@
-//! Outbound calling in the running server: each extension's class of service, fraud
+//! Admission of outbound calls in the running server: each extension's class of service, fraud
 //! limits and suspension (a snapshot reloaded with the directory), the attempt counts,
 //! and the decision for each authenticated INVITE. The rules themselves are
 //! `policy::dialplan`; this keeps the state.
@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
-use accounts::outbound::Line;
+use accounts::class_of_service::Line;
 use policy::dialplan::{Breach, CallClass, DialPlan, Usage};
 use store::outbound::CallingRow;
 

@@ -6,7 +6,6 @@ use policy::fields::ExtensionNumber;
 use serde::Serialize;
 use store::Db;
 use store::outbound as oq;
-use store::regen as rq;
 
 use crate::mail::MailMessage;
 use crate::registry::Registry;
@@ -183,7 +182,7 @@ impl Registry {
         };
         // Alerts never supersede each other or an extension's welcome mail.
         let mail = self.outbox_row(&format!("alert:{number}"), &to, &message, now)?;
-        rq::insert_mail(conn, &mail).await?;
+        store::outbox::insert_mail(conn, &mail).await?;
         let id = mail.id;
         Ok(Some(id))
     }

@@ -1,6 +1,7 @@
-//! Registry rows and their queries. Rows carry values already validated by the caller
-//! and secrets already sealed; this module only moves them in and out of the database.
-//! Functions take a connection so that callers can group writes in one transaction.
+//! Account rows (extensions, gateways, providers) and their queries. Rows carry values
+//! already validated by the caller and secrets already sealed; this module only moves
+//! them in and out of the database. Functions take any handle, so that callers can group
+//! writes in one transaction.
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -106,38 +107,6 @@ fn prov_from_row(r: &AnyRow) -> Result<ProviderRow> {
         password_score: r.try_get("password_score")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
-    })
-}
-
-// ---- meta ----
-
-pub async fn get_meta(db: &mut dyn Db, key: &str) -> Result<Option<String>> {
-    let conn = raw(db);
-    let row = sqlx::query("SELECT value FROM meta WHERE key = $1")
-        .bind(key)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(row.map(|r| r.try_get("value")).transpose()?)
-}
-
-pub async fn set_meta(db: &mut dyn Db, key: &str, value: &str) -> Result<()> {
-    let conn = raw(db);
-    sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
-        .bind(key)
-        .bind(value)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-/// A counter kept in `meta` by triggers (0 when absent); the running server polls it
-/// to learn that another process changed a table.
-pub async fn meta_counter(db: &mut dyn Db, key: &str) -> Result<i64> {
-    let conn = raw(db);
-    let text = get_meta(conn, key).await?.unwrap_or_else(|| "0".into());
-    text.parse().map_err(|_| Error::Corrupt {
-        path: "meta".into(),
-        detail: format!("{key} is not a number"),
     })
 }
 

@@ -1,0 +1,72 @@
+//! The credential directory the running registrar authenticates against (auth IDs and
+//! HA1s, never secrets), and the version it polls to learn that it changed.
+
+use sqlx::Row;
+
+use crate::db::{Db, raw};
+use crate::error::{Error, Result};
+
+/// An account that can authenticate to the registrar.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectoryRow {
+    /// `ext` or `gateway`.
+    pub kind: &'static str,
+    /// The extension number (or the gateway's virtual extension number).
+    pub number: String,
+    pub auth_id: String,
+    pub sip_id: Option<String>,
+    pub ha1_md5: String,
+    pub ha1_sha256: String,
+    /// The password's zxcvbn score (0..=4), stored when it was set.
+    pub password_score: u8,
+}
+
+/// Moves whenever an account, a route, a DID, an outbound setting or a grace window is
+/// written (SQLite triggers; the meta key keeps its first name, `registry_version`): the
+/// server reloads its directory and trunks when it moves.
+pub async fn accounts_version(db: &mut dyn Db) -> Result<i64> {
+    let conn = raw(db);
+    crate::meta::meta_counter(conn, "registry_version").await
+}
+
+/// Every account that can register, packed by SQLite into one value (see
+/// `list_extensions_for_audit` for why).
+pub async fn directory(db: &mut dyn Db) -> Result<Vec<DirectoryRow>> {
+    let conn = raw(db);
+    let row = sqlx::query(
+        "SELECT (SELECT group_concat('ext' || char(31) || number || char(31) || auth_id || char(31) || \
+                coalesce(sip_id, '') || char(31) || ha1_md5 || char(31) || ha1_sha256 || char(31) || password_score, char(30)) FROM extensions) AS e, \
+                (SELECT group_concat('gateway' || char(31) || number || char(31) || auth_id || char(31) || \
+                '' || char(31) || ha1_md5 || char(31) || ha1_sha256 || char(31) || password_score, char(30)) FROM gateways) AS g",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let mut out = Vec::new();
+    for col in ["e", "g"] {
+        let packed: Option<String> = row.try_get(col)?;
+        for record in packed
+            .as_deref()
+            .unwrap_or("")
+            .split('\u{1e}')
+            .filter(|r| !r.is_empty())
+        {
+            let f: Vec<&str> = record.split('\u{1f}').collect();
+            let [kind, number, auth_id, sip_id, md5, sha, score] = f[..] else {
+                return Err(Error::Corrupt {
+                    path: "extensions".into(),
+                    detail: "a directory row has unexpected fields".into(),
+                });
+            };
+            out.push(DirectoryRow {
+                kind: if kind == "gateway" { "gateway" } else { "ext" },
+                number: number.to_owned(),
+                auth_id: auth_id.to_owned(),
+                sip_id: (!sip_id.is_empty()).then(|| sip_id.to_owned()),
+                ha1_md5: md5.to_owned(),
+                ha1_sha256: sha.to_owned(),
+                password_score: score.parse().unwrap_or(0),
+            });
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,89 @@
+//! Grace windows: the old credentials of a Re-Generated extension, kept for the
+//! addresses its phones were registered from until the window ends.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::db::{Db, raw};
+use crate::error::Result;
+
+/// The old credentials of an extension during its grace window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GraceRow {
+    pub number: String,
+    pub auth_id: String,
+    pub ha1_md5: String,
+    pub ha1_sha256: String,
+    /// IP addresses, comma-separated.
+    pub sources: String,
+    pub expires_at: i64,
+}
+
+fn grace_from_row(r: &AnyRow) -> Result<GraceRow> {
+    Ok(GraceRow {
+        number: r.try_get("number")?,
+        auth_id: r.try_get("auth_id")?,
+        ha1_md5: r.try_get("ha1_md5")?,
+        ha1_sha256: r.try_get("ha1_sha256")?,
+        sources: r.try_get("sources")?,
+        expires_at: r.try_get("expires_at")?,
+    })
+}
+
+/// Grace windows still open at `now`.
+pub async fn live_graces(db: &mut dyn Db, now: i64) -> Result<Vec<GraceRow>> {
+    let conn = raw(db);
+    let rows = sqlx::query(
+        "SELECT number, auth_id, ha1_md5, ha1_sha256, sources, expires_at FROM credential_grace WHERE expires_at > $1",
+    )
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(grace_from_row).collect()
+}
+
+pub async fn get_grace(db: &mut dyn Db, number: &str) -> Result<Option<GraceRow>> {
+    let conn = raw(db);
+    let row = sqlx::query(
+        "SELECT number, auth_id, ha1_md5, ha1_sha256, sources, expires_at FROM credential_grace WHERE number = $1",
+    )
+    .bind(number)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(grace_from_row).transpose()
+}
+
+pub async fn put_grace(db: &mut dyn Db, g: &GraceRow) -> Result<()> {
+    let conn = raw(db);
+    sqlx::query(
+        "INSERT INTO credential_grace (number, auth_id, ha1_md5, ha1_sha256, sources, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (number) DO UPDATE SET auth_id = excluded.auth_id, \
+         ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256, sources = excluded.sources, \
+         expires_at = excluded.expires_at",
+    )
+    .bind(&g.number)
+    .bind(&g.auth_id)
+    .bind(&g.ha1_md5)
+    .bind(&g.ha1_sha256)
+    .bind(&g.sources)
+    .bind(g.expires_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Ends grace windows: those of `numbers`, and every expired one.
+pub async fn end_graces(db: &mut dyn Db, numbers: &[String], now: i64) -> Result<()> {
+    let conn = raw(db);
+    for n in numbers {
+        sqlx::query("DELETE FROM credential_grace WHERE number = $1")
+            .bind(n)
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query("DELETE FROM credential_grace WHERE expires_at <= $1")
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! The mail outbox: queued messages (sealed), claimed with a lease by whoever sends them,
+//! retried with backoff, superseded by a newer change of the same extension.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::db::{Db, raw};
+use crate::error::Result;
+
+/// One mail in the outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub id: String,
+    pub number: String,
+    pub recipient: String,
+    pub message_enc: String,
+    pub state: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub lease_until: i64,
+    pub last_error: String,
+    pub created_at: i64,
+    pub sent_at: i64,
+}
+
+const OUTBOX_COLUMNS: &str = "id, number, recipient, message_enc, state, attempts, next_attempt_at, \
+     lease_until, last_error, created_at, sent_at";
+
+fn outbox_from_row(r: &AnyRow) -> Result<OutboxRow> {
+    Ok(OutboxRow {
+        id: r.try_get("id")?,
+        number: r.try_get("number")?,
+        recipient: r.try_get("recipient")?,
+        message_enc: r.try_get("message_enc")?,
+        state: r.try_get("state")?,
+        attempts: r.try_get("attempts")?,
+        next_attempt_at: r.try_get("next_attempt_at")?,
+        lease_until: r.try_get("lease_until")?,
+        last_error: r.try_get("last_error")?,
+        created_at: r.try_get("created_at")?,
+        sent_at: r.try_get("sent_at")?,
+    })
+}
+
+/// Queues a mail; mails of the same extension still waiting are superseded (they carry
+/// credentials that no longer work).
+pub async fn queue_mail(db: &mut dyn Db, m: &OutboxRow) -> Result<()> {
+    let conn = raw(db);
+    supersede_mail(conn, &m.number).await?;
+    insert_mail(conn, m).await
+}
+
+/// Queues a mail without superseding anything (alerts).
+pub async fn insert_mail(db: &mut dyn Db, m: &OutboxRow) -> Result<()> {
+    let conn = raw(db);
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO outbox ({OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    )))
+    .bind(&m.id)
+    .bind(&m.number)
+    .bind(&m.recipient)
+    .bind(&m.message_enc)
+    .bind(&m.state)
+    .bind(m.attempts)
+    .bind(m.next_attempt_at)
+    .bind(m.lease_until)
+    .bind(&m.last_error)
+    .bind(m.created_at)
+    .bind(m.sent_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks the extension's mails still waiting as superseded (a newer change, or the
+/// extension was removed: their credentials no longer work).
+pub async fn supersede_mail(db: &mut dyn Db, number: &str) -> Result<()> {
+    let conn = raw(db);
+    sqlx::query("UPDATE outbox SET state = 'superseded' WHERE number = $1 AND state = 'queued'")
+        .bind(number)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Mails ready to send at `now`: queued and due, or claimed by a sender whose lease ran
+/// out (it died). Oldest first, at most `limit`.
+pub async fn due_mail(db: &mut dyn Db, now: i64, limit: i64) -> Result<Vec<OutboxRow>> {
+    let conn = raw(db);
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE (state = 'queued' AND next_attempt_at <= $1) \
+         OR (state = 'sending' AND lease_until <= $1) ORDER BY created_at, id LIMIT $2"
+    )))
+    .bind(now)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(outbox_from_row).collect()
+}
+
+/// Claims a mail for sending until `lease_until`; false when another sender has it.
+pub async fn claim_mail(db: &mut dyn Db, id: &str, now: i64, lease_until: i64) -> Result<bool> {
+    let conn = raw(db);
+    let done = sqlx::query(
+        "UPDATE outbox SET state = 'sending', lease_until = $3 WHERE id = $1 AND \
+         ((state = 'queued' AND next_attempt_at <= $2) OR (state = 'sending' AND lease_until <= $2))",
+    )
+    .bind(id)
+    .bind(now)
+    .bind(lease_until)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Records the outcome of a send attempt: `state` is sent, queued (retry at
+/// `next_attempt_at`) or failed.
+pub async fn finish_mail(
+    db: &mut dyn Db,
+    id: &str,
+    state: &str,
+    next_attempt_at: i64,
+    error: &str,
+    now: i64,
+) -> Result<()> {
+    let conn = raw(db);
+    let sent_at = if state == "sent" { now } else { 0 };
+    sqlx::query(
+        "UPDATE outbox SET state = $2, attempts = attempts + 1, next_attempt_at = $3, \
+         last_error = $4, sent_at = $5, lease_until = 0 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(state)
+    .bind(next_attempt_at)
+    .bind(error)
+    .bind(sent_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn get_mail(db: &mut dyn Db, id: &str) -> Result<Option<OutboxRow>> {
+    let conn = raw(db);
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(outbox_from_row).transpose()
+}
+
+/// Every mail, newest first (for `sipward mail list`).
+pub async fn list_mail(db: &mut dyn Db) -> Result<Vec<OutboxRow>> {
+    let conn = raw(db);
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {OUTBOX_COLUMNS} FROM outbox ORDER BY created_at DESC, id"
+    )))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(outbox_from_row).collect()
+}

@@ -1,0 +1,121 @@
+//! Each phone's provisioning state: its secrets (sealed), the generation of its files
+//! and the generation on disk, and the queue of phones the server tells to re-fetch
+//! their files (check-sync NOTIFY).
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::db::{Db, raw};
+use crate::error::Result;
+
+/// A phone's provisioning secrets (sealed) and file state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProvisioningRow {
+    pub number: String,
+    /// The phone's own web UI admin password, set by its provisioning file.
+    pub admin_password_enc: String,
+    /// The password the phone fetches its file with (HTTP Digest, user = MAC).
+    pub http_password_enc: String,
+    pub generation: i64,
+    pub written: i64,
+}
+
+fn prov_from_row(r: &AnyRow) -> Result<ProvisioningRow> {
+    Ok(ProvisioningRow {
+        number: r.try_get("number")?,
+        admin_password_enc: r.try_get("admin_password_enc")?,
+        http_password_enc: r.try_get("http_password_enc")?,
+        generation: r.try_get("generation")?,
+        written: r.try_get("written")?,
+    })
+}
+
+const PROV_COLUMNS: &str = "number, admin_password_enc, http_password_enc, generation, written";
+
+pub async fn get_provisioning(db: &mut dyn Db, number: &str) -> Result<Option<ProvisioningRow>> {
+    let conn = raw(db);
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {PROV_COLUMNS} FROM provisioning WHERE number = $1"
+    )))
+    .bind(number)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(prov_from_row).transpose()
+}
+
+pub async fn all_provisioning(db: &mut dyn Db) -> Result<Vec<ProvisioningRow>> {
+    let conn = raw(db);
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {PROV_COLUMNS} FROM provisioning ORDER BY number"
+    )))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(prov_from_row).collect()
+}
+
+/// Rows whose files on disk are older than the database (a crash or a failed write).
+pub async fn unwritten_provisioning(db: &mut dyn Db) -> Result<Vec<ProvisioningRow>> {
+    let conn = raw(db);
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {PROV_COLUMNS} FROM provisioning WHERE written < generation ORDER BY number"
+    )))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(prov_from_row).collect()
+}
+
+/// Inserts or replaces a phone's provisioning row.
+pub async fn put_provisioning(db: &mut dyn Db, p: &ProvisioningRow) -> Result<()> {
+    let conn = raw(db);
+    sqlx::query(
+        "INSERT INTO provisioning (number, admin_password_enc, http_password_enc, generation, written) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (number) DO UPDATE SET \
+         admin_password_enc = excluded.admin_password_enc, http_password_enc = excluded.http_password_enc, \
+         generation = excluded.generation, written = excluded.written",
+    )
+    .bind(&p.number)
+    .bind(&p.admin_password_enc)
+    .bind(&p.http_password_enc)
+    .bind(p.generation)
+    .bind(p.written)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Records that the files of `number` at `generation` are on disk (unless a newer
+/// generation was stored meanwhile).
+pub async fn mark_written(db: &mut dyn Db, number: &str, generation: i64) -> Result<()> {
+    let conn = raw(db);
+    sqlx::query("UPDATE provisioning SET written = $2 WHERE number = $1 AND written < $2")
+        .bind(number)
+        .bind(generation)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Asks the running server to tell the phones of `number` to re-fetch their files.
+pub async fn request_resync(db: &mut dyn Db, number: &str, now: i64) -> Result<()> {
+    let conn = raw(db);
+    sqlx::query(
+        "INSERT INTO resync (number, created_at) VALUES ($1, $2) \
+         ON CONFLICT (number) DO UPDATE SET created_at = excluded.created_at",
+    )
+    .bind(number)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Takes every pending re-fetch request (the rows are deleted).
+pub async fn take_resyncs(db: &mut dyn Db) -> Result<Vec<String>> {
+    let conn = raw(db);
+    let rows = sqlx::query("DELETE FROM resync RETURNING number")
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|r| Ok(r.try_get::<String, _>("number")?))
+        .collect()
+}
