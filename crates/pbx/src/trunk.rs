@@ -208,16 +208,6 @@ impl Trunks {
         self.get().set.dids.get(&d).cloned()
     }
 
-    /// A gateway by its virtual extension number (it registered: calls follow it).
-    pub fn gateway_number(&self, number: &str) -> Option<String> {
-        self.get()
-            .set
-            .gateways
-            .iter()
-            .find(|g| g.number == number)
-            .map(|g| format!("gateway:{}", g.name))
-    }
-
     /// The route for an external number dialled by `caller`. `registered` gives a
     /// gateway's registered address by its number (preferred over its configured host).
     pub fn route(

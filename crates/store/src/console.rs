@@ -44,13 +44,6 @@ pub async fn admin_hash(db: &mut dyn Db, name: &str) -> Result<Option<String>> {
     Ok(row.map(|r| r.try_get("password_hash")).transpose()?)
 }
 
-pub async fn admin_count(db: &mut dyn Db) -> Result<i64> {
-    let conn = raw(db);
-    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM admins")
-        .fetch_one(&mut *conn)
-        .await?)
-}
-
 pub async fn insert_session(db: &mut dyn Db, token_sha256: &str, s: &SessionRow) -> Result<()> {
     let conn = raw(db);
     sqlx::query(

@@ -139,17 +139,6 @@ pub async fn finish_mail(
     Ok(())
 }
 
-pub async fn get_mail(db: &mut dyn Db, id: &str) -> Result<Option<OutboxRow>> {
-    let conn = raw(db);
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = $1"
-    )))
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    row.as_ref().map(outbox_from_row).transpose()
-}
-
 /// Every mail, newest first (for `sipward mail list`).
 pub async fn list_mail(db: &mut dyn Db) -> Result<Vec<OutboxRow>> {
     let conn = raw(db);

@@ -43,16 +43,6 @@ pub async fn get_provisioning(db: &mut dyn Db, number: &str) -> Result<Option<Pr
     row.as_ref().map(prov_from_row).transpose()
 }
 
-pub async fn all_provisioning(db: &mut dyn Db) -> Result<Vec<ProvisioningRow>> {
-    let conn = raw(db);
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {PROV_COLUMNS} FROM provisioning ORDER BY number"
-    )))
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(prov_from_row).collect()
-}
-
 /// Rows whose files on disk are older than the database (a crash or a failed write).
 pub async fn unwritten_provisioning(db: &mut dyn Db) -> Result<Vec<ProvisioningRow>> {
     let conn = raw(db);
