@@ -122,7 +122,10 @@ fn files_under(dir: &Path) -> BTreeMap<String, String> {
 fn populated() -> Env {
     let env = Env::with_config(CONFIG);
     // An operator's own welcome mail.
-    let builtin = concat!(env!("CARGO_MANIFEST_DIR"), "/../pbx/templates/welcome.txt");
+    let builtin = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../accounts/templates/welcome.txt"
+    );
     let text = std::fs::read_to_string(builtin).expect("template") + "\nThe IT desk: 555-0100\n";
     std::fs::create_dir_all(env.data.join("templates")).expect("templates");
     std::fs::write(env.data.join("templates/welcome.txt"), text).expect("template");
