@@ -193,7 +193,8 @@ async fn security_change(
 
 async fn advisor(State(web): State<Web>, Admin(s): Admin) -> Response {
     let (sip, http) = web.options.listening;
-    let Ok(facts) = accounts::exposure::facts(&web.registry, sip, http, false, (web.now)()).await
+    let Ok(facts) =
+        accounts::exposure::facts(&web.registry, sip, http, false, web.clock.now()).await
     else {
         return unreadable();
     };

@@ -14,6 +14,7 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use policy::Secret;
+use policy::clock::Clock;
 use sip::digest::{self, Algorithm, ResponseInput};
 use sip::header::auth::{self, DigestCredentials};
 use sip::nonce::{NonceCheck, NonceKey};
@@ -33,7 +34,8 @@ pub struct Provisioning {
     pub nonces: Arc<NonceKey>,
     /// Keys the stand-in HA1 for unknown files, so they cost what known ones cost.
     pub dummy_key: Arc<[u8; 32]>,
-    pub now: Arc<dyn Fn() -> i64 + Send + Sync>,
+    /// The one clock (the binary's; tests could move a `ManualClock`).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Provisioning {
@@ -48,7 +50,7 @@ fn plain(code: StatusCode, text: &'static str) -> Response {
 
 impl Provisioning {
     fn challenge(&self, ip: IpAddr, stale: bool) -> Response {
-        let now = u64::try_from((self.now)()).unwrap_or(0);
+        let now = u64::try_from(self.clock.now()).unwrap_or(0);
         let nonce = self.nonces.issue(now, ip, REALM);
         let opaque = self.nonces.opaque();
         let mut r = plain(StatusCode::UNAUTHORIZED, "authentication required\n");
@@ -63,7 +65,7 @@ impl Provisioning {
 
     /// Counts a probe and answers like a wrong login (or not at all once banned).
     fn probe(&self, ip: IpAddr) -> Response {
-        if self.server.provisioning_refused(ip, (self.now)()) {
+        if self.server.provisioning_refused(ip, self.clock.now()) {
             return plain(StatusCode::FORBIDDEN, "forbidden\n");
         }
         self.challenge(ip, false)
@@ -104,7 +106,7 @@ pub async fn serve_file(
     let Some(alg) = c.algorithm() else {
         return p.probe(ip);
     };
-    let now = u64::try_from((p.now)()).unwrap_or(0);
+    let now = u64::try_from(p.clock.now()).unwrap_or(0);
     let nonce = p.nonces.check(&c.nonce, now, ip, REALM, NONCE_MAX_AGE);
     if nonce == NonceCheck::Stale {
         return p.challenge(ip, true);

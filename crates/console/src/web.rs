@@ -26,6 +26,7 @@ use accounts::extension::{ExtensionChange, ExtensionView};
 use accounts::findings::{WEAK_AT, weak_by_subject};
 use accounts::regenerate::Selection;
 use policy::Finding;
+use policy::clock::Clock;
 use serde::Serialize;
 use store::audit_log::LogRow;
 use store::console::{self as q, SessionRow};
@@ -43,7 +44,8 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 #[derive(Clone)]
 pub struct Web {
     pub registry: Registry,
-    pub now: Arc<dyn Fn() -> i64 + Send + Sync>,
+    /// The one clock (the binary's; tests could move a `ManualClock`).
+    pub clock: Arc<dyn Clock>,
     pub lockout: Arc<Mutex<Lockout>>,
     pub templates: Arc<Environment<'static>>,
     pub options: Arc<Options>,
@@ -106,12 +108,12 @@ pub fn templates() -> Result<Environment<'static>, minijinja::Error> {
 impl Web {
     pub fn new(
         registry: Registry,
-        now: Arc<dyn Fn() -> i64 + Send + Sync>,
+        clock: Arc<dyn Clock>,
         options: Options,
     ) -> Result<Self, minijinja::Error> {
         Ok(Self {
             registry,
-            now,
+            clock,
             lockout: Arc::new(Mutex::new(Lockout::default())),
             templates: Arc::new(templates()?),
             options: Arc::new(options),
@@ -154,7 +156,7 @@ impl Web {
         detail: &str,
     ) -> impl Future<Output = ()> + Send + 'static {
         let reg = self.registry.clone();
-        let now = (self.now)();
+        let now = self.clock.now();
         let (actor, action, subject, detail) = (
             actor.to_owned(),
             action.to_owned(),
@@ -212,7 +214,9 @@ pub async fn session(web: &Web, headers: &HeaderMap, source: IpAddr) -> Option<S
     }
     let digest = admin::token_digest(&token);
     let mut conn = web.registry.store().conn().await.ok()?;
-    let row = q::session(&mut conn, &digest, (web.now)()).await.ok()??;
+    let row = q::session(&mut conn, &digest, web.clock.now())
+        .await
+        .ok()??;
     Some(Session {
         admin: row.admin,
         csrf: row.csrf,
@@ -393,7 +397,7 @@ async fn login(
     }
     let name = field(&form, "name").unwrap_or("").trim().to_owned();
     let password = field(&form, "password").unwrap_or("").to_owned();
-    let now = (web.now)();
+    let now = web.clock.now();
     let page = |status, error: String| {
         web.render(
             status,
@@ -513,7 +517,7 @@ async fn second_factor(web: &Web, name: &str, code: &str, now: i64) -> bool {
 
 async fn logout(State(web): State<Web>, AdminForm { session: s, .. }: AdminForm) -> Response {
     if let Ok(mut conn) = web.registry.store().conn().await {
-        let _ = q::delete_session(&mut conn, &s.digest, (web.now)()).await;
+        let _ = q::delete_session(&mut conn, &s.digest, web.clock.now()).await;
     }
     web.log(&s.actor(), "console.logout", "console", "logged out")
         .await;
@@ -585,7 +589,7 @@ async fn dashboard(State(web): State<Web>, Admin(s): Admin) -> Response {
     ];
     let (weak_total, total): (usize, usize) =
         kinds.iter().fold((0, 0), |a, k| (a.0 + k.1, a.1 + k.2));
-    let now = (web.now)();
+    let now = web.clock.now();
     let registrations = match reg.store().conn().await {
         Ok(mut conn) => store::bindings::live_bindings(&mut conn, now)
             .await

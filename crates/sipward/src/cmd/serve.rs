@@ -83,7 +83,7 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
         path: Arc::new(policy::Secret::new(reg.provisioning_path().await?)),
         nonces: Arc::new(sip::nonce::NonceKey::new(prov_nonce)),
         dummy_key: Arc::new(prov_dummy),
-        now: Arc::new(|| crate::clock::clock().now()),
+        clock: crate::clock::clock(),
     };
     let app = console::router(
         console::ConsoleState {
@@ -93,7 +93,7 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
         prov,
         console::web::Web::new(
             reg.clone(),
-            Arc::new(|| crate::clock::clock().now()),
+            crate::clock::clock(),
             console::web::Options {
                 listening: (bound.sip_udp, http_addr),
                 allow: config.console_allow.clone(),
