@@ -5,6 +5,7 @@
 //!
 //! Architecture invariant: nothing here performs IO or panics on input.
 
+pub mod branch;
 pub mod digest;
 pub mod header;
 pub mod msg;
