@@ -10,5 +10,6 @@ pub mod digest;
 pub mod header;
 pub mod msg;
 pub mod nonce;
+pub mod request;
 pub mod response;
 pub mod transaction;
