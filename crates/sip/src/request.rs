@@ -13,6 +13,7 @@ use std::fmt::{self, Write as _};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use crate::branch::Branch;
+use crate::header::addr::NameAddr;
 use crate::header::cseq::CSeq;
 use crate::header::{is_token, split_list};
 use crate::msg::{MAX_HEADERS, Message, Name, StartLine};
@@ -195,6 +196,55 @@ pub struct DialogState<'a> {
     /// The peer's Contact: where requests within the dialog go.
     pub remote_target: &'a str,
     pub route_set: Vec<&'a str>,
+}
+
+impl<'a> DialogState<'a> {
+    /// The dialog that an answer with a To tag (a 2xx, or a 1xx) to an INVITE we
+    /// sent creates (§12.1.2): Call-ID and our From from the INVITE, the peer's tag
+    /// from the answer's To, the remote target from its Contact, the route set from
+    /// its Record-Route entries in reverse order. What a TU needs to ACK a 2xx
+    /// (even a late one) and to end the call with a BYE.
+    pub fn from_answer(invite: &'a Message<'_>, answer: &'a Message<'_>) -> Result<Self> {
+        let addr = |m: &'a Message<'_>, name, field| {
+            let value = m.header(name).ok_or(RequestError::Missing(field))?;
+            NameAddr::parse(value).ok_or(RequestError::Malformed(field))
+        };
+        let from = addr(invite, Name::From, Field::From)?;
+        let to = addr(invite, Name::To, Field::To)?;
+        let answer_to = addr(answer, Name::To, Field::To)?;
+        let local_tag = from.tag().ok_or(RequestError::Missing(Field::FromTag))?;
+        let contact = answer
+            .header(Name::Contact)
+            .and_then(|c| split_list(c).next())
+            .ok_or(RequestError::Missing(Field::Contact))?;
+        let remote_target = NameAddr::parse(contact)
+            .ok_or(RequestError::Malformed(Field::Contact))?
+            .uri;
+        let mut route_set = Vec::new();
+        for line in answer.headers_named(Name::RecordRoute) {
+            for entry in split_list(line) {
+                if route_set.len() >= MAX_HEADERS {
+                    return Err(RequestError::TooManyHeaders);
+                }
+                let uri = NameAddr::parse(entry)
+                    .ok_or(RequestError::Malformed(Field::Route))?
+                    .uri;
+                route_set.push(uri);
+            }
+        }
+        route_set.reverse();
+        Ok(Self {
+            call_id: invite
+                .header(Name::CallId)
+                .ok_or(RequestError::Missing(Field::CallId))?,
+            local_uri: from.uri,
+            local_tag,
+            remote_uri: to.uri,
+            remote_tag: answer_to.tag(),
+            remote_target,
+            route_set,
+        })
+    }
 }
 
 /// One request under construction. Setters only record; [`RequestBuilder::build`]
@@ -655,7 +705,6 @@ fn write_party(out: &mut String, name: &str, party: &Party<'_>, fields: PartyFie
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::header::addr::NameAddr;
     use crate::header::via::Via;
     use crate::msg::parse;
 
@@ -1145,6 +1194,87 @@ mod tests {
         );
         assert_eq!(m.header(Name::Route), Some("<sip:p1.example.com;lr>"));
         assert_eq!(m.body, b"v=0\r\n");
+    }
+
+    #[test]
+    fn a_2xx_gives_the_dialog_to_ack_and_bye_it() {
+        let invite = parse(INVITE).expect("parses");
+        let ok = parse(
+            b"SIP/2.0 200 OK\r\n\
+Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKabc0123456789def;rport=5060\r\n\
+Record-Route: <sip:p2.example.com;lr>, <sip:p1.example.com;lr>\r\n\
+Record-Route: \"edge\" <sip:edge.example.com;lr;x=1>\r\n\
+From: \"Alice\" <sip:1001@pbx.example.com>;tag=f1\r\n\
+To: <sip:1002@pbx.example.com>;tag=callee\r\n\
+Call-ID: c1@pbx\r\nCSeq: 11 INVITE\r\n\
+Contact: <sip:1002@192.0.2.9:5062;transport=udp>;expires=60\r\n\r\n",
+        )
+        .expect("parses");
+        let d = DialogState::from_answer(&invite, &ok).expect("a dialog");
+        assert_eq!(
+            d,
+            DialogState {
+                call_id: "c1@pbx",
+                local_uri: "sip:1001@pbx.example.com",
+                local_tag: "f1",
+                remote_uri: "sip:1002@pbx.example.com",
+                remote_tag: Some("callee"),
+                remote_target: "sip:1002@192.0.2.9:5062;transport=udp",
+                route_set: vec![
+                    "sip:edge.example.com;lr;x=1",
+                    "sip:p1.example.com;lr",
+                    "sip:p2.example.com;lr"
+                ],
+            }
+        );
+        let b = Branch::new("another-0123456789").expect("branch");
+        let ack = ack_2xx(&d, 11, TopVia::new("UDP", local(), &b))
+            .build()
+            .expect("builds");
+        let ack = parse(&ack).expect("parses");
+        assert_eq!(
+            ack.start,
+            StartLine::Request {
+                method: "ACK",
+                uri: "sip:1002@192.0.2.9:5062;transport=udp"
+            }
+        );
+        assert_eq!(
+            ack.header(Name::Route),
+            Some("<sip:edge.example.com;lr;x=1>")
+        );
+        assert_eq!(
+            ack.header(Name::To),
+            Some("<sip:1002@pbx.example.com>;tag=callee")
+        );
+        let bye = RequestBuilder::in_dialog(&d, "BYE", 12)
+            .via(TopVia::new("UDP", local(), &b))
+            .build()
+            .expect("builds");
+        assert!(parse(&bye).is_ok());
+
+        let no_contact = parse(b"SIP/2.0 200 OK\r\nTo: <sip:x>;tag=a\r\n\r\n").expect("parses");
+        assert_eq!(
+            DialogState::from_answer(&invite, &no_contact),
+            Err(RequestError::Missing(Field::Contact))
+        );
+        let bad_rr = parse(
+            b"SIP/2.0 200 OK\r\nTo: <sip:x>;tag=a\r\nContact: <sip:c@d>\r\nRecord-Route: junk junk\r\n\r\n",
+        )
+        .expect("parses");
+        assert_eq!(
+            DialogState::from_answer(&invite, &bad_rr),
+            Err(RequestError::Malformed(Field::Route))
+        );
+        let many = format!(
+            "SIP/2.0 200 OK\r\nTo: <sip:x>;tag=a\r\nContact: <sip:c@d>\r\nRecord-Route: {}\r\n\r\n",
+            vec!["<sip:p;lr>"; 200].join(",")
+        );
+        let many = parse(many.as_bytes()).expect("parses");
+        assert_eq!(
+            DialogState::from_answer(&invite, &many),
+            Err(RequestError::TooManyHeaders)
+        );
     }
 
     const INVITE: &[u8] = b"INVITE sip:1002@192.0.2.9:5062 SIP/2.0\r\n\

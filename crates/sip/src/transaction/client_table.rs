@@ -152,7 +152,9 @@ impl<D: Clone> ClientTransactions<D> {
     }
 
     /// A response arrived: the outputs of the transaction it matches, or why it
-    /// matches none.
+    /// matches none. A 2xx to an INVITE that failed, timed out or could not be
+    /// delivered is still matched for 64·T1 and reported as [`Action::LateSuccess`]
+    /// (ACK it, then BYE it); after that it is [`Unmatched::NoTransaction`].
     pub fn on_response(
         &mut self,
         response: &Message<'_>,
@@ -285,9 +287,11 @@ impl<D: Clone> ClientTransactions<D> {
         Ok(())
     }
 
-    /// Forgets a transaction without any output (the TU has no more use for it, for
-    /// example an INVITE left in Proceeding). A CANCEL still waiting for the INVITE's
-    /// first provisional answer is forgotten with it.
+    /// Forgets a transaction without any output (the TU has no more use for it).
+    /// A CANCEL still waiting for the INVITE's first provisional answer is forgotten
+    /// with it. To give up a ringing INVITE, [`Self::cancel`] it instead: a removed
+    /// INVITE can no longer report a 2xx that crossed the decision, and the TU could
+    /// not ACK and BYE that call.
     pub fn remove(&mut self, tx: TxId) -> bool {
         let Some(entry) = self.entries.remove(&tx) else {
             return false;
