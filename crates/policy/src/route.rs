@@ -135,13 +135,13 @@ impl Pattern {
 /// How many of a sample's variable positions take every digit their class allows; the
 /// others take one representative digit. Three positions cover a country code or a NANP
 /// area code whole, at most 1,000 samples per length.
-const ENUMERATED_POSITIONS: usize = 3;
+pub const ENUMERATED_POSITIONS: usize = 3;
 
 /// The total lengths an open pattern (`.`) is sampled at, besides one past its fixed
 /// part: international and national numbers with and without prefixes, subscriber
 /// numbers, short codes. Typical full lengths come first, so that the sample a finding
 /// quotes looks like a number people dial.
-const SAMPLE_LENGTHS: [usize; 12] = [12, 13, 11, 14, 10, 15, 8, 7, 16, 17, 18, 4];
+pub const SAMPLE_LENGTHS: [usize; 12] = [12, 13, 11, 14, 10, 15, 8, 7, 16, 17, 18, 4];
 
 fn digits_of(set: &[bool; 10]) -> impl Iterator<Item = u8> + '_ {
     (0u8..10).filter(|&d| set[usize::from(d)]).map(|d| b'0' + d)
