@@ -66,7 +66,7 @@ pub(crate) fn parse_class(value: &str) -> Result<ClassOfService> {
     ClassOfService::parse(value).ok_or_else(|| {
         Error::Invalid(policy::InvalidField {
             field: "class of service",
-            reason: "it must be internal, local, national or international".into(),
+            reason: "it must be internal, local, national, international or unrestricted".into(),
         })
     })
 }

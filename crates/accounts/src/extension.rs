@@ -50,8 +50,8 @@ pub struct NewExtension {
     pub auth_id: Option<String>,
     pub mac: Option<String>,
     pub model: Option<String>,
-    /// `internal`, `local`, `national` or `international`; the `[dialplan]` default for
-    /// its kind when absent.
+    /// `internal`, `local`, `national`, `international` or `unrestricted`; the
+    /// `[dialplan]` default for its kind when absent.
     pub class_of_service: Option<String>,
 }
 

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use accounts::class_of_service::Line;
-use policy::dialplan::{Breach, CallClass, DialPlan, Usage};
+use policy::dialplan::{Breach, CallClass, Destination, DialPlan, Usage};
 use store::outbound::CallingRow;
 
 use crate::guard::Windows;
@@ -136,20 +136,21 @@ impl Outbound {
             .unwrap_or_else(|p| p.into_inner())
             .record(&key, now, MINUTE, l.attempts_per_minute.saturating_add(1));
         let allowed = line.class.allows(class);
-        let international = if class == CallClass::International && allowed {
-            self.international
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .record(&key, now, DAY, l.international_per_day.saturating_add(1))
-        } else {
-            0
-        };
+        let international =
+            if class.destination().is_some_and(Destination::counts_per_day) && allowed {
+                self.international
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .record(&key, now, DAY, l.international_per_day.saturating_add(1))
+            } else {
+                0
+            };
         let usage = Usage {
             active_external: active_external(),
             attempts_last_minute: attempts,
             international_today: international,
         };
-        let breach = match l.check(class, usage) {
+        let breach = match class.destination().and_then(|d| l.check(d, usage)) {
             Some(b @ Breach::AttemptsPerMinute { .. }) => Some(b),
             _ if !allowed => return Decision::Forbidden,
             other => other,
@@ -213,8 +214,13 @@ mod tests {
             Decision::Allow(CallClass::National)
         );
         assert_eq!(
-            o.decide("1002", "00252612345678", ext, || 0, 0),
+            o.decide("1002", "00442079460000", ext, || 0, 0),
             Decision::Allow(CallClass::International)
+        );
+        assert_eq!(
+            o.decide("1002", "00252612345678", ext, || 0, 0),
+            Decision::Forbidden,
+            "Somalia is a high-cost destination: international is not enough"
         );
         assert_eq!(
             o.decide("1003", "0301234567", ext, || 0, 0),

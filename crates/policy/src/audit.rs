@@ -1,5 +1,7 @@
-//! The weak-credential rules. Each finding has a stable rule id (`kind.check`, for example
-//! `ext.password_equals_number`), a severity, the field it concerns, and a sentence a
+//! The audit rules: weak credentials of extensions, gateways and providers, and outbound
+//! routes whose rewrite raises the class of the numbers they send. Each finding has a
+//! stable rule id (`kind.check`, for example `ext.password_equals_number`,
+//! `route.rewrite_raises_class`), a severity, the field it concerns, and a sentence a
 //! person understands. Messages never quote a secret or a part of one.
 
 use std::collections::HashMap;
@@ -8,7 +10,9 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::config::PolicyConfig;
-use crate::{password, pin, vendor};
+use crate::dialplan::{Destination, DialPlan, Leaving};
+use crate::route::{Pattern, Rewrite};
+use crate::{password, pin, route, vendor};
 
 /// What kind of account a finding is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -16,6 +20,7 @@ pub enum Kind {
     Ext,
     Gateway,
     Provider,
+    Route,
 }
 
 impl Kind {
@@ -24,6 +29,7 @@ impl Kind {
             Kind::Ext => "ext",
             Kind::Gateway => "gateway",
             Kind::Provider => "provider",
+            Kind::Route => "route",
         }
     }
 
@@ -83,6 +89,11 @@ pub enum Check {
     PinContainsNumber,
     FactoryDefaultLogin,
     NoEmail,
+    /// A route's rewrite sends numbers out as a higher class than they are dialled.
+    RewriteRaisesClass,
+    /// A route's rewrite sends numbers that the dial plan reads as a lower class than
+    /// they are dialled (typically international digits without `+`).
+    RewriteLowersClass,
 }
 
 impl Check {
@@ -107,15 +118,19 @@ impl Check {
             Check::PinContainsNumber => "pin_contains_number",
             Check::FactoryDefaultLogin => "factory_default_login",
             Check::NoEmail => "no_email",
+            Check::RewriteRaisesClass => "rewrite_raises_class",
+            Check::RewriteLowersClass => "rewrite_lowers_class",
         }
     }
 
+    /// The check's severity; for the route checks the worst one (a route that changes
+    /// the class of national numbers only is a warning, see [`Auditor::route`]).
     pub fn severity(self) -> Severity {
         use Check::*;
         match self {
             PasswordEqualsNumber | PasswordEqualsAuthId | PinEqualsNumber | PasswordTooShort
             | PasswordCommon | PinTooShort | PinTrivial | PinContainsNumber
-            | FactoryDefaultLogin => Severity::Critical,
+            | FactoryDefaultLogin | RewriteRaisesClass | RewriteLowersClass => Severity::Critical,
             SipIdEqualsNumber
             | AuthIdEqualsNumber
             | PasswordNotMixed
@@ -136,6 +151,7 @@ impl Check {
             SipIdEqualsNumber => "sip_id",
             AuthIdEqualsNumber => "auth_id",
             NoEmail => "email",
+            RewriteRaisesClass | RewriteLowersClass => "rewrite",
             _ => "password",
         }
     }
@@ -211,6 +227,15 @@ pub struct ProviderFacts<'a> {
     pub auth_id: &'a str,
     pub password: &'a str,
     pub password_score: Option<u8>,
+}
+
+/// The facts about one outbound route that the route rule looks at.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteFacts<'a> {
+    /// The route's name (`sipward route add NAME`).
+    pub name: &'a str,
+    pub pattern: &'a Pattern,
+    pub rewrite: &'a Rewrite,
 }
 
 /// Runs the rules over any number of accounts and, at the end, the cross-account rule
@@ -382,6 +407,78 @@ impl<'a> Auditor<'a> {
         self.track_reuse(k, id, p.password);
     }
 
+    /// The route rules, over one outbound route and the server's dial plan
+    /// ([`route::classes`] explains the method):
+    ///
+    /// - `route.rewrite_raises_class`: the rewrite sends numbers out as a higher class than
+    ///   the pattern matches as dialled. Critical when they leave as international or
+    ///   high-cost, a warning otherwise.
+    /// - `route.rewrite_lowers_class`: the rewrite sends numbers that the dial plan reads
+    ///   as a lower class than dialled, so calls would be held to the lower class if the
+    ///   trunk reads them otherwise (international digits without `+`). Critical when the
+    ///   numbers are dialled as international or high-cost, a warning otherwise.
+    ///
+    /// This is the entry point for `sipward audit`: the registry's audit calls it for
+    /// every stored route.
+    pub fn route(&mut self, plan: &DialPlan, r: &RouteFacts<'_>) {
+        let found = route::classes(plan, r.pattern, r.rewrite);
+        let rewrite = match (r.rewrite.strip, r.rewrite.prepend.as_str()) {
+            (0, "") => "no rewrite".to_owned(),
+            (n, "") => format!("strip {n}"),
+            (0, p) => format!("prepend {p}"),
+            (n, p) => format!("strip {n}, prepend {p}"),
+        };
+        let pattern = r.pattern.as_str();
+        if let Some(c) = found.raised {
+            let severity = if c.sent.destination.counts_per_day() {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            };
+            let message = format!(
+                "route pattern {pattern} ({rewrite}) matches {}, which as dialled is {}, and \
+                 sends it out as {}, {}: calls are classed by the number that leaves, so make \
+                 the pattern match what the route sends, or change the rewrite",
+                c.dialled,
+                dialled_as(c.as_dialled),
+                c.sent.number,
+                leaves_as(&c.sent),
+            );
+            self.push_route(r.name, Check::RewriteRaisesClass, severity, message);
+        }
+        if let Some(c) = found.lowered {
+            let severity = if c.as_dialled.is_some_and(|d| d.counts_per_day()) {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            };
+            let message = format!(
+                "route pattern {pattern} ({rewrite}) matches {}, which as dialled is {}, and \
+                 sends {}, which this dial plan reads as {}: if the trunk reads it as the \
+                 number dialled, such calls are held to a lower class than they cost; send \
+                 numbers in international form (prepend +) or as the dial plan reads them",
+                c.dialled,
+                dialled_as(c.as_dialled),
+                r.rewrite.apply(&c.dialled).unwrap_or_default(),
+                leaves_as(&c.sent),
+            );
+            self.push_route(r.name, Check::RewriteLowersClass, severity, message);
+        }
+    }
+
+    fn push_route(&mut self, name: &str, check: Check, severity: Severity, message: String) {
+        self.findings.push(Finding {
+            rule: RuleId {
+                kind: Kind::Route,
+                check,
+            },
+            severity,
+            subject: Kind::Route.subject(name),
+            field: check.field(),
+            message,
+        });
+    }
+
     /// The rules every password is held to, whatever the account.
     fn password_rules(
         &mut self,
@@ -523,6 +620,27 @@ impl<'a> Auditor<'a> {
     }
 }
 
+/// "an international number", or what a number that does not map is.
+fn dialled_as(d: Option<Destination>) -> &'static str {
+    d.map_or(
+        "not a number this dial plan maps at all",
+        Destination::describe,
+    )
+}
+
+/// "a high-cost destination (revenue-share fraud destination: Cuba)".
+fn leaves_as(l: &Leaving) -> String {
+    match l.high_cost {
+        Some(e) => format!(
+            "{} ({}: {})",
+            l.destination.describe(),
+            e.kind.as_str(),
+            e.name
+        ),
+        None => l.destination.describe().to_owned(),
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Identity<'a> {
     auth_id: &'a str,
@@ -533,6 +651,8 @@ struct Identity<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dialplan::DialPlan;
+    use crate::route::{Pattern, Rewrite};
 
     const STRONG: &str = "Xk29fLq8PzR4tW7yM3cB";
 
@@ -964,6 +1084,139 @@ mod tests {
             })
             .contains(&"provider.password_contains_domain".into())
         );
+    }
+
+    fn route_findings(
+        plan: &DialPlan,
+        name: &str,
+        pattern: &str,
+        strip: u32,
+        prepend: &str,
+    ) -> Vec<Finding> {
+        let policy = PolicyConfig::default();
+        let mut a = Auditor::new(Context {
+            policy: &policy,
+            domain: None,
+        });
+        let pattern = Pattern::parse(pattern).expect("pattern");
+        let rewrite = Rewrite::parse(strip, prepend).expect("rewrite");
+        a.route(
+            plan,
+            &RouteFacts {
+                name,
+                pattern: &pattern,
+                rewrite: &rewrite,
+            },
+        );
+        a.finish()
+    }
+
+    /// The README's `world` route under the default (NANP) plan: the canonical case.
+    #[test]
+    fn a_route_that_raises_numbers_abroad_is_critical() {
+        let found = route_findings(&DialPlan::default(), "world", "00.", 2, "+");
+        assert_eq!(found.len(), 1, "{found:?}");
+        let f = &found[0];
+        assert_eq!(f.rule.to_string(), "route.rewrite_raises_class");
+        assert_eq!(f.severity, Severity::Critical);
+        assert_eq!(f.subject, "route:world");
+        assert_eq!(f.field, "rewrite");
+        for part in [
+            "route pattern 00. (strip 2, prepend +) matches 00",
+            "not a number this dial plan maps at all",
+            "sends it out as +",
+            "a high-cost destination (revenue-share fraud destination: ",
+            "classed by the number that leaves",
+        ] {
+            assert!(f.message.contains(part), "{part:?} in {}", f.message);
+        }
+    }
+
+    #[test]
+    fn a_route_that_raises_local_numbers_to_national_is_a_warning() {
+        let plan = DialPlan {
+            area_code: "212".into(),
+            ..DialPlan::default()
+        };
+        let found = route_findings(&plan, "sf", "NXXXXXX", 0, "+1415");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].rule.to_string(), "route.rewrite_raises_class");
+        assert_eq!(found[0].severity, Severity::Warning);
+        assert!(
+            found[0]
+                .message
+                .contains("which as dialled is a local number")
+                && found[0].message.contains("+1415"),
+            "{}",
+            found[0].message
+        );
+        // And sent to Jamaica instead: critical.
+        let found = route_findings(&plan, "jm", "NXXXXXX", 0, "+1876");
+        assert_eq!(found[0].severity, Severity::Critical);
+        assert!(found[0].message.contains("Jamaica"), "{}", found[0].message);
+    }
+
+    #[test]
+    fn a_route_that_lowers_numbers_abroad_is_critical() {
+        let berlin = DialPlan {
+            country_code: "49".into(),
+            international_prefix: "00".into(),
+            national_prefix: "0".into(),
+            area_code: "30".into(),
+            ..DialPlan::default()
+        };
+        // International digits sent without +: read as Berlin subscriber numbers. (The
+        // same route also raises: 0000 25... is sent as 0025..., which is abroad.)
+        let found = route_findings(&berlin, "bare", "00.", 2, "");
+        let rules: Vec<String> = found.iter().map(|f| f.rule.to_string()).collect();
+        assert_eq!(
+            rules,
+            vec!["route.rewrite_raises_class", "route.rewrite_lowers_class"],
+            "{found:?}"
+        );
+        let lowered = &found[1];
+        assert_eq!(lowered.severity, Severity::Critical);
+        assert!(
+            lowered
+                .message
+                .contains("which this dial plan reads as a local number")
+                && lowered.message.contains("prepend +"),
+            "{}",
+            lowered.message
+        );
+        let lowered = |pattern: &str| {
+            route_findings(&berlin, "de", pattern, 1, "49")
+                .into_iter()
+                .find(|f| f.rule.check == Check::RewriteLowersClass)
+                .expect("lowered")
+        };
+        // National numbers sent as 49...: critical, because 0900 premium numbers are
+        // among them; a warning where the pattern leaves them out.
+        assert_eq!(lowered("0ZX.").severity, Severity::Critical);
+        assert_eq!(lowered("0[2-8]X.").severity, Severity::Warning);
+    }
+
+    #[test]
+    fn faithful_routes_have_no_findings() {
+        let germany = DialPlan {
+            country_code: "49".into(),
+            international_prefix: "00".into(),
+            national_prefix: "0".into(),
+            emergency_numbers: vec!["112".into()],
+            ..DialPlan::default()
+        };
+        for (pattern, strip, prepend) in [
+            ("0ZX.", 0, ""),
+            ("0ZX.", 1, "+49"),
+            ("00.", 2, "+"),
+            ("00.", 0, ""),
+            ("112", 0, ""),
+        ] {
+            let found = route_findings(&germany, "r", pattern, strip, prepend);
+            assert!(found.is_empty(), "{pattern}: {found:?}");
+        }
+        assert!(route_findings(&DialPlan::default(), "us", "1NXXNXXXXXX", 0, "+").is_empty());
+        assert!(route_findings(&DialPlan::default(), "intl", "011.", 3, "+").is_empty());
     }
 
     #[test]

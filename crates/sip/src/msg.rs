@@ -6,6 +6,8 @@
 
 use std::borrow::Cow;
 
+use crate::header::is_token;
+
 /// Why a message could not be parsed. Deliberately coarse and free of input text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParseError {
@@ -269,12 +271,6 @@ pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, ParseError> {
 /// Control characters other than horizontal tab are not allowed in header values.
 fn has_bad_control(text: &str) -> bool {
     text.contains(|c: char| c.is_control() && c != '\t')
-}
-
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
 }
 
 fn parse_start_line(line: &str) -> Result<StartLine<'_>, ParseError> {

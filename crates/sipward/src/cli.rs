@@ -348,8 +348,9 @@ pub struct ExtFields {
     /// Phone model, for provisioning.
     #[arg(long)]
     pub model: Option<String>,
-    /// Class of service: internal, local, national or international (default from
-    /// `[dialplan]`: national; an empty value resets it).
+    /// Class of service: internal, local, national, international or unrestricted (which
+    /// also reaches high-cost destinations). Default from `[dialplan]`: national; an
+    /// empty value resets it.
     #[arg(long = "class")]
     pub class_of_service: Option<String>,
 }

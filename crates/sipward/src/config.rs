@@ -241,7 +241,9 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
         );
     }
     let provisioning = provisioning(raw.provisioning)?;
-    raw.dialplan.validate().map_err(OperatorError)?;
+    raw.dialplan
+        .validate()
+        .map_err(|e| OperatorError(e.to_string()))?;
     let admin_email = match raw.mail.as_ref().and_then(|m| m.admin.as_deref()) {
         Some(a) => Some(
             policy::fields::Email::parse(a.trim())

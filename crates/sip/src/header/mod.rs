@@ -6,6 +6,13 @@ pub mod auth;
 pub mod cseq;
 pub mod via;
 
+/// A `token` (RFC 3261 §25.1): method names, header names, tags, transport names.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+}
+
 /// Splits a header value at commas that are outside quoted strings and `<...>`
 /// (RFC 3261 §7.3: several values of one header may share a line).
 pub fn split_list(value: &str) -> impl Iterator<Item = &str> {

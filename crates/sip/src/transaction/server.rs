@@ -6,10 +6,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::branch::MAGIC_COOKIE;
+
 /// Timer J for UDP.
 pub const TIMER_J: Duration = Duration::from_secs(32);
-
-const MAGIC_COOKIE: &str = "z9hG4bK";
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TxKey {
