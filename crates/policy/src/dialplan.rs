@@ -32,7 +32,10 @@ use crate::e164::{self, E164, NotE164};
 use crate::high_cost;
 use crate::nanp;
 
-pub use crate::fraud::{Breach, EmergencyBreach, EmergencyLimits, FraudLimits, Usage};
+pub use crate::destination::Destination;
+pub use crate::fraud::{
+    Breach, EmergencyBreach, EmergencyLimits, FraudLimits, InvalidLimits, Usage,
+};
 
 /// The longest dialled number accepted (E.164 allows 15 digits, plus prefixes).
 pub const MAX_DIALLED: usize = 24;
@@ -107,48 +110,6 @@ impl ClassOfService {
 impl fmt::Display for ClassOfService {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// Where an E.164 number leads, seen from the dial plan's home. Ordered by cost.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Destination {
-    /// In the plan's `area_code`.
-    Local,
-    /// Elsewhere in the home country (for the NANP: the plan's `nanp_regions`, and
-    /// toll-free numbers).
-    National,
-    /// Abroad, NANP countries other than the home regions included.
-    International,
-    /// A high-cost destination ([`crate::high_cost`]), at home or abroad.
-    HighCost,
-}
-
-impl Destination {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Destination::Local => "local",
-            Destination::National => "national",
-            Destination::International => "international",
-            Destination::HighCost => "high_cost",
-        }
-    }
-
-    /// What an administrator reads: "an international number".
-    pub fn describe(self) -> &'static str {
-        match self {
-            Destination::Local => "a local number",
-            Destination::National => "a national number",
-            Destination::International => "an international number",
-            Destination::HighCost => "a high-cost destination",
-        }
-    }
-
-    /// Calls that count against the per-day limit (`international_per_day`): numbers
-    /// abroad and high-cost destinations, which is where toll fraud makes its money.
-    pub fn counts_per_day(self) -> bool {
-        self >= Destination::International
     }
 }
 
@@ -315,12 +276,8 @@ pub enum InvalidPlan {
         "dialplan.classes.{class}.max_call_seconds must be between 60 and 86400 (a minute to a day)"
     )]
     MaxCallSeconds { class: ClassOfService },
-    #[error("dialplan.limits.{field} must be between 1 and {max}")]
-    Limit { field: &'static str, max: u32 },
-    #[error("dialplan.emergency.per_extension must be between 1 and {max}")]
-    EmergencyPerExtension { max: u32 },
-    #[error("dialplan.emergency.total must be between dialplan.emergency.per_extension and {max}")]
-    EmergencyTotal { max: u32 },
+    #[error(transparent)]
+    Limits(#[from] InvalidLimits),
 }
 
 /// `[dialplan]` in the config file.
@@ -435,7 +392,8 @@ impl DialPlan {
             }
         }
         self.limits.validate()?;
-        self.emergency.validate()
+        self.emergency.validate()?;
+        Ok(())
     }
 
     /// Step one: what the dialled text (the Request-URI's user part) is. `is_extension`

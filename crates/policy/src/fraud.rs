@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::dialplan::{Destination, InvalidPlan};
+use crate::destination::Destination;
 
 /// Limits on an extension's external calls; breaking one suspends its outbound calling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -76,6 +76,18 @@ pub struct Usage {
     pub international_today: u32,
 }
 
+/// A `[dialplan]` limit out of range (part of [`crate::dialplan::InvalidPlan`]). Each
+/// message is one sentence naming the range.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidLimits {
+    #[error("dialplan.limits.{field} must be between 1 and {max}")]
+    Limit { field: &'static str, max: u32 },
+    #[error("dialplan.emergency.per_extension must be between 1 and {max}")]
+    EmergencyPerExtension { max: u32 },
+    #[error("dialplan.emergency.total must be between dialplan.emergency.per_extension and {max}")]
+    EmergencyTotal { max: u32 },
+}
+
 const MAX_CONCURRENT: u32 = 1_000;
 const MAX_PER_MINUTE: u32 = 10_000;
 const MAX_PER_DAY: u32 = 100_000;
@@ -83,12 +95,12 @@ const MAX_PER_DAY: u32 = 100_000;
 impl FraudLimits {
     /// Each limit must be positive (a class of service forbids calls; a zero limit would
     /// suspend on the first one) and below an implausible height.
-    pub fn validate(&self) -> Result<(), InvalidPlan> {
+    pub fn validate(&self) -> Result<(), InvalidLimits> {
         let check = |value: u32, field, max| {
             if (1..=max).contains(&value) {
                 Ok(())
             } else {
-                Err(InvalidPlan::Limit { field, max })
+                Err(InvalidLimits::Limit { field, max })
             }
         };
         check(
@@ -186,14 +198,14 @@ const MAX_EMERGENCY_PER_EXTENSION: u32 = 10;
 const MAX_EMERGENCY_TOTAL: u32 = 10_000;
 
 impl EmergencyLimits {
-    pub fn validate(&self) -> Result<(), InvalidPlan> {
+    pub fn validate(&self) -> Result<(), InvalidLimits> {
         if !(1..=MAX_EMERGENCY_PER_EXTENSION).contains(&self.per_extension) {
-            return Err(InvalidPlan::EmergencyPerExtension {
+            return Err(InvalidLimits::EmergencyPerExtension {
                 max: MAX_EMERGENCY_PER_EXTENSION,
             });
         }
         if !(self.per_extension..=MAX_EMERGENCY_TOTAL).contains(&self.total) {
-            return Err(InvalidPlan::EmergencyTotal {
+            return Err(InvalidLimits::EmergencyTotal {
                 max: MAX_EMERGENCY_TOTAL,
             });
         }

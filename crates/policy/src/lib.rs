@@ -12,6 +12,7 @@ pub mod audit;
 pub mod ban;
 pub mod clock;
 pub mod config;
+pub mod destination;
 pub mod dialplan;
 pub mod e164;
 pub mod epoch;
