@@ -1,15 +1,33 @@
 //! Phone provisioning over HTTP: `GET /prov/<install secret>/<file>`, each phone's files
-//! behind its own HTTP Digest login (RFC 7616; user = the phone's MAC, password
-//! generated per phone). A request for a file no phone has, for a wrong path, or with a
-//! wrong login counts against its source in the guard, and a source probing MAC
-//! addresses is banned like a SIP attacker (the same ban records). Unknown files and
-//! wrong logins get the same 401, so probing tells nothing about which MACs exist.
+//! behind its own HTTP Digest login (RFC 7616; user = the phone's MAC, password generated
+//! per phone and rotated whenever its SIP credentials change).
+//!
+//! The checks, in order, each costing the same whatever file or MAC is asked for:
+//!
+//! 1. A banned source, or a phone's address over the probe limit, gets 403 before any
+//!    work.
+//! 2. No login: a challenge, never counted (a phone's first request carries none, and
+//!    every file gets the same answer, so there is nothing to learn).
+//! 3. The nonce, before anything is looked up: one that is not ours, or stale, is
+//!    counted as a probe and challenged again.
+//! 4. The login is looked up by its user (the MAC) with the same work whether a phone
+//!    has it (a stand-in secret otherwise), and its digest verified; the previous login
+//!    a grace window keeps is accepted only from the window's sources.
+//! 5. `nc` must move forward on its nonce: a replayed Authorization is refused and
+//!    counted.
+//! 6. An authenticated phone gets its own files, and 404 for any other name: the files
+//!    vendors' boot sequences ask for that sipward does not serve (Poly's `sip.ld`,
+//!    `-phone.cfg`, `-web.cfg`, `-directory.xml`, common files) are never probes.
+//!
+//! Failed logins count against their source: a stranger is banned at the threshold, an
+//! address where a phone is registered or logged in only loses provisioning for a while
+//! (see [`ProbeVerdict`]).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use accounts::Registry;
-use accounts::running::RunningServer;
+use accounts::running::{ProbeVerdict, RunningServer};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -17,23 +35,25 @@ use policy::Secret;
 use policy::clock::Clock;
 use sip::digest::{self, Algorithm, ResponseInput};
 use sip::header::auth::{self, DigestCredentials};
-use sip::nonce::{NonceCheck, NonceKey};
+use sip::nonce::{NcTracker, NonceCheck, NonceKey};
 
 /// The Digest realm of the provisioning server.
-pub const REALM: &str = "sipward-provisioning";
+pub const REALM: &str = accounts::provisioning::REALM;
 const NONCE_MAX_AGE: u64 = 300;
+/// Nonces whose `nc` is remembered at once (bounded like every table).
+const NC_CAPACITY: usize = 65_536;
 
 /// What the provisioning routes need.
 #[derive(Clone)]
 pub struct Provisioning {
     pub registry: Registry,
-    /// The SIP server's guard and counters: a probe here counts like a failed SIP login.
+    /// The SIP server's guard and counters: a probe here is counted there.
     pub server: Arc<dyn RunningServer>,
     /// The per-install path segment.
     pub path: Arc<Secret>,
     pub nonces: Arc<NonceKey>,
-    /// Keys the stand-in HA1 for unknown files, so they cost what known ones cost.
-    pub dummy_key: Arc<[u8; 32]>,
+    /// The highest `nc` accepted per nonce: a captured Authorization is not served twice.
+    nc: Arc<Mutex<NcTracker>>,
     /// The one clock (the binary's; tests could move a `ManualClock`).
     pub clock: Arc<dyn Clock>,
 }
@@ -49,6 +69,23 @@ fn plain(code: StatusCode, text: &'static str) -> Response {
 }
 
 impl Provisioning {
+    pub fn new(
+        registry: Registry,
+        server: Arc<dyn RunningServer>,
+        path: Secret,
+        nonces: NonceKey,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            registry,
+            server,
+            path: Arc::new(path),
+            nonces: Arc::new(nonces),
+            nc: Arc::new(Mutex::new(NcTracker::new(NC_CAPACITY, NONCE_MAX_AGE))),
+            clock,
+        }
+    }
+
     fn challenge(&self, ip: IpAddr, stale: bool) -> Response {
         let now = u64::try_from(self.clock.now()).unwrap_or(0);
         let nonce = self.nonces.issue(now, ip, REALM);
@@ -63,12 +100,23 @@ impl Provisioning {
         r
     }
 
-    /// Counts a probe and answers like a wrong login (or not at all once banned).
-    fn probe(&self, ip: IpAddr) -> Response {
-        if self.server.provisioning_refused(ip, self.clock.now()) {
-            return plain(StatusCode::FORBIDDEN, "forbidden\n");
+    /// Counts a failed request and answers like a wrong login (a stale challenge for a
+    /// stale nonce), or 403 once the source is over the limit.
+    fn probe(&self, ip: IpAddr, stale: bool) -> Response {
+        match self.server.provisioning_refused(ip, self.clock.now()) {
+            ProbeVerdict::Counted => self.challenge(ip, stale),
+            ProbeVerdict::Limited | ProbeVerdict::Banned => {
+                plain(StatusCode::FORBIDDEN, "forbidden\n")
+            }
         }
-        self.challenge(ip, false)
+    }
+
+    /// Accepts `nc` for `nonce` if it is higher than any accepted before.
+    fn fresh_nc(&self, nonce: &str, nc: u32, now: u64) -> bool {
+        self.nc
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .accept(nonce, nc, now)
     }
 }
 
@@ -80,36 +128,28 @@ pub async fn serve_file(
     headers: HeaderMap,
 ) -> Response {
     let ip = peer.ip();
-    if !p.server.admits(ip) {
+    let now = p.clock.now();
+    if !p.server.provisioning_admits(ip, now) {
         return plain(StatusCode::FORBIDDEN, "forbidden\n");
     }
-    let phone = if p.path.ct_eq(&path) {
-        match p.registry.provisioning_file(&file).await {
-            Ok(f) => f,
-            Err(_) => return plain(StatusCode::INTERNAL_SERVER_ERROR, "error\n"),
-        }
-    } else {
-        None
-    };
     let creds = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| DigestCredentials::parse(v).ok());
     let Some(c) = creds else {
-        // A phone's first request carries no login: challenge it. Asking for a file
-        // nobody has is a probe even without one.
-        return match phone {
-            Some(_) => p.challenge(ip, false),
-            None => p.probe(ip),
-        };
+        // A phone's first request carries no login; every file gets this same answer.
+        return p.challenge(ip, false);
     };
     let Some(alg) = c.algorithm() else {
-        return p.probe(ip);
+        return p.probe(ip, false);
     };
-    let now = u64::try_from(p.clock.now()).unwrap_or(0);
-    let nonce = p.nonces.check(&c.nonce, now, ip, REALM, NONCE_MAX_AGE);
-    if nonce == NonceCheck::Stale {
-        return p.challenge(ip, true);
+    let now_u = u64::try_from(now).unwrap_or(0);
+    // The nonce first, before any lookup: a stale or foreign one costs the same for
+    // every file, and counts.
+    match p.nonces.check(&c.nonce, now_u, ip, REALM, NONCE_MAX_AGE) {
+        NonceCheck::Valid { .. } => {}
+        NonceCheck::Stale => return p.probe(ip, true),
+        NonceCheck::Invalid => return p.probe(ip, false),
     }
     let qop_auth = match (&c.qop, &c.nc_raw, &c.cnonce) {
         (Some(q), Some(nc), Some(cnonce)) if q.eq_ignore_ascii_case("auth") => {
@@ -117,40 +157,45 @@ pub async fn serve_file(
         }
         _ => None,
     };
-    // The same hashing whether or not the file exists.
-    let dummy = {
-        use hmac::{Hmac, KeyInit, Mac};
-        let mut m = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(p.dummy_key.as_ref())
-            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-        m.update(c.username.as_bytes());
-        let bytes = m.finalize().into_bytes();
-        match alg {
-            Algorithm::Md5 => hex::encode(&bytes[..16]),
-            Algorithm::Sha256 => hex::encode(bytes),
-        }
+    // The same lookup and hashing whether or not a phone has this login.
+    let login = match p.registry.provisioning_login(&c.username).await {
+        Ok(l) => l,
+        Err(_) => return plain(StatusCode::INTERNAL_SERVER_ERROR, "error\n"),
     };
-    let ha1 = match &phone {
-        Some(f) => digest::ha1(alg, &f.user, REALM, f.password.expose()),
-        None => dummy,
-    };
+    let ha1 = digest::ha1(alg, &c.username, REALM, login.password.expose());
     let input = ResponseInput {
         method: "GET",
         uri: &c.uri,
         nonce: &c.nonce,
         qop_auth,
     };
-    let response_ok = digest::verify_response(alg, &ha1, &input, &c.response);
+    let current = digest::verify_response(alg, &ha1, &input, &c.response);
+    // The previous login, from the grace window's sources only (the phone fetching the
+    // file that brings its new login); elsewhere the same work on the current HA1.
+    let grace_ha1 = login.grace.as_ref().and_then(|g| g.ha1_for(alg, ip, now));
+    let previous = digest::verify_response(alg, grace_ha1.unwrap_or(&ha1), &input, &c.response)
+        & grace_ha1.is_some();
     // The digest covers `uri=`: it must name this very request.
     let uri_ok = c.uri == uri.path() || uri.path_and_query().is_some_and(|pq| c.uri == pq.as_str());
-    let ok = response_ok
+    let ok = (current | previous)
         & uri_ok
+        & p.path.ct_eq(&path)
         & (c.realm == REALM)
-        & matches!(nonce, NonceCheck::Valid { .. })
         & qop_auth.is_some();
-    let Some(f) = phone.filter(|f| ok && f.user == c.username) else {
-        return p.probe(ip);
+    let (Some(phone), true) = (login.phone, ok) else {
+        return p.probe(ip, false);
     };
-    match tokio::fs::read(&f.path).await {
+    // A replayed Authorization (the same nonce and nc again) is refused.
+    if !c.nc.is_some_and(|nc| p.fresh_nc(&c.nonce, nc, now_u)) {
+        return p.probe(ip, false);
+    }
+    let Some(on_disk) = phone.path_of(&file) else {
+        // A file of its vendor's boot sequence that sipward does not serve, or any
+        // other name: the phone proved its login, so this is no probe.
+        p.server.provisioning_not_served();
+        return plain(StatusCode::NOT_FOUND, "not served here\n");
+    };
+    match tokio::fs::read(&on_disk).await {
         Ok(body) => {
             p.server.provisioning_served();
             let ctype = if body.starts_with(b"<?xml") {

@@ -72,19 +72,16 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
         })?;
     let ready = Arc::new(AtomicBool::new(false));
     let mut prov_nonce = [0u8; 32];
-    let mut prov_dummy = [0u8; 32];
     rng.fill_bytes(&mut prov_nonce);
-    rng.fill_bytes(&mut prov_dummy);
     // The console sees the running server only through this handle.
     let server = bound.handle();
-    let prov = console::provisioning::Provisioning {
-        registry: reg.clone(),
-        server: server.clone(),
-        path: Arc::new(policy::Secret::new(reg.provisioning_path().await?)),
-        nonces: Arc::new(sip::nonce::NonceKey::new(prov_nonce)),
-        dummy_key: Arc::new(prov_dummy),
-        clock: crate::clock::clock(),
-    };
+    let prov = console::provisioning::Provisioning::new(
+        reg.clone(),
+        server.clone(),
+        policy::Secret::new(reg.provisioning_path().await?),
+        sip::nonce::NonceKey::new(prov_nonce),
+        crate::clock::clock(),
+    );
     let app = console::router(
         console::ConsoleState {
             server,
