@@ -30,6 +30,20 @@ async fn shutdown_signal() {
 }
 
 pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Result<ExitCode> {
+    // Settings that weaken a defence are said at start, one event line each.
+    let findings = config.findings();
+    for f in &findings {
+        eprintln!(
+            "{}",
+            serde_json::json!({
+                "event": "config_weakened",
+                "rule": f.rule,
+                "severity": f.severity,
+                "field": f.field,
+                "detail": f.message,
+            })
+        );
+    }
     let mut rng = rand_core::UnwrapErr(rand::rngs::SysRng);
     let mut keys = ServerKeys {
         nonce: [0; 32],
@@ -100,6 +114,7 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
                     .clone()
                     .unwrap_or_else(|| reg.backups_dir()),
                 guard: config.bans.clone(),
+                config_findings: findings.clone(),
             },
         )
         .map_err(|e| anyhow::anyhow!("the console's templates do not compile: {e}"))?,
