@@ -217,3 +217,142 @@ pub async fn serve_file(
         Err(_) => plain(StatusCode::NOT_FOUND, "not provisioned yet\n"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use md5::{Digest, Md5};
+    use policy::clock::ManualClock;
+    use rand::SeedableRng;
+
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000;
+
+    /// The server side of probe counting: bans at the tenth failure.
+    #[derive(Debug, Default)]
+    struct Counter {
+        refused: AtomicU32,
+    }
+
+    impl RunningServer for Counter {
+        fn admits(&self, _: IpAddr) -> bool {
+            self.refused.load(Ordering::Relaxed) < 10
+        }
+        fn provisioning_admits(&self, ip: IpAddr, _: i64) -> bool {
+            self.admits(ip)
+        }
+        fn provisioning_refused(&self, _: IpAddr, _: i64) -> ProbeVerdict {
+            if self.refused.fetch_add(1, Ordering::Relaxed) + 1 >= 10 {
+                ProbeVerdict::Banned
+            } else {
+                ProbeVerdict::Counted
+            }
+        }
+        fn provisioning_served(&self) {}
+        fn provisioning_not_served(&self) {}
+        fn metrics_text(&self) -> String {
+            String::new()
+        }
+    }
+
+    async fn setup() -> (
+        tempfile::TempDir,
+        Provisioning,
+        Arc<Counter>,
+        Arc<ManualClock>,
+    ) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let clock = Arc::new(ManualClock::new(NOW, std::time::Instant::now()));
+        let (registry, _) = Registry::open(
+            &store::DataDir::new(dir.path().join("d")),
+            accounts::Settings {
+                realm: "sipward".into(),
+                domain: None,
+                policy: policy::PolicyConfig::default(),
+                dialplan: Default::default(),
+                admin_email: None,
+                provisioning: Default::default(),
+            },
+            Box::new(rand::rngs::StdRng::seed_from_u64(3)),
+            clock.clone(),
+        )
+        .await
+        .expect("open");
+        let counter = Arc::new(Counter::default());
+        let p = Provisioning::new(
+            registry,
+            counter.clone(),
+            Secret::new("install-path".to_owned()),
+            NonceKey::new([9; 32]),
+            clock.clone(),
+        );
+        (dir, p, counter, clock)
+    }
+
+    async fn get(p: &Provisioning, file: &str, auth: Option<&str>) -> Response {
+        let mut headers = HeaderMap::new();
+        if let Some(a) = auth {
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(a).expect("h"));
+        }
+        let uri: Uri = format!("/prov/install-path/{file}").parse().expect("uri");
+        serve_file(
+            State(p.clone()),
+            ConnectInfo("127.0.0.5:40000".parse().expect("addr")),
+            Path(("install-path".to_owned(), file.to_owned())),
+            uri,
+            headers,
+        )
+        .await
+    }
+
+    fn nonce_of(r: &Response) -> String {
+        let h = r.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .expect("ascii");
+        let i = h.find("nonce=\"").expect("nonce") + 7;
+        h[i..i + h[i..].find('"').expect("end")].to_owned()
+    }
+
+    fn authorization(user: &str, nonce: &str, uri: &str) -> String {
+        let hex = |s: String| hex::encode(Md5::digest(s.as_bytes()));
+        let ha1 = hex(format!("{user}:{REALM}:guess"));
+        let ha2 = hex(format!("GET:{uri}"));
+        let response = hex(format!("{ha1}:{nonce}:00000001:c0ffee:auth:{ha2}"));
+        format!(
+            "Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+             qop=auth, nc=00000001, cnonce=\"c0ffee\", response=\"{response}\""
+        )
+    }
+
+    #[tokio::test]
+    async fn a_stale_nonce_is_counted_before_anything_is_looked_up() {
+        let (_dir, p, counter, clock) = setup().await;
+        // No login: challenged, never counted.
+        let first = get(&p, "0015650000aa.cfg", None).await;
+        assert_eq!(first.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(counter.refused.load(Ordering::Relaxed), 0);
+        let nonce = nonce_of(&first);
+        clock.advance(Duration::from_secs(NONCE_MAX_AGE + 1));
+        // Forty probes for made-up MACs with that stale nonce: each is counted, and the
+        // tenth bans.
+        let mut codes = Vec::new();
+        for i in 0..40 {
+            let file = format!("00156500{i:04x}.cfg");
+            let uri = format!("/prov/install-path/{file}");
+            let r = get(&p, &file, Some(&authorization(&file[..12], &nonce, &uri))).await;
+            if i == 0 {
+                let h = r.headers()[header::WWW_AUTHENTICATE]
+                    .to_str()
+                    .expect("ascii");
+                assert!(h.contains("stale=true"), "{h}");
+            }
+            codes.push(r.status().as_u16());
+        }
+        assert_eq!(&codes[..9], &[401; 9]);
+        assert!(codes[9..].iter().all(|c| *c == 403), "{codes:?}");
+        assert!(counter.refused.load(Ordering::Relaxed) >= 10);
+    }
+}
