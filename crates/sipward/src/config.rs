@@ -275,7 +275,18 @@ fn mail_password(m: &RawMail) -> anyhow::Result<Option<String>> {
 }
 
 fn parse(text: &str) -> anyhow::Result<RawConfig> {
-    toml::from_str(text).map_err(|e| OperatorError(e.message().to_owned()).into())
+    toml::from_str(text).map_err(|e| {
+        // toml's own message does not name the setting; the line it is on does.
+        let at = e
+            .span()
+            .and_then(|span| {
+                let line = text.get(..span.start)?.matches('\n').count();
+                let shown = text.lines().nth(line)?.trim();
+                Some(format!("line {} (`{shown}`): ", line + 1))
+            })
+            .unwrap_or_default();
+        OperatorError(format!("{at}{}", e.message().trim_end())).into()
+    })
 }
 
 fn typed(raw: RawConfig) -> anyhow::Result<Config> {
@@ -589,6 +600,8 @@ mod tests {
             .expect_err("refused")
             .to_string();
         assert!(e.contains("write \"off\""), "{e}");
+        // toml's message does not name the setting: the line it is on does.
+        assert!(e.starts_with("line 2 (`flood_requests = 0`): "), "{e}");
     }
 
     #[test]
