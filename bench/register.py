@@ -19,7 +19,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench", "out", "register")
-SIPWARD = os.path.join(ROOT, "target", "release", "sipward")
+# SIPWARD=/path/to/sipward measures another build (say, the previous commit's) with the
+# same script.
+SIPWARD = os.environ.get("SIPWARD", os.path.join(ROOT, "target", "release", "sipward"))
 SCENARIO = os.path.join(ROOT, "tests", "sipp", "register_auth.xml")
 USERS = 1000
 SECONDS = 10

@@ -246,6 +246,8 @@ impl Registry {
             model: model.map(PhoneModel::into_string),
             created_at: now,
             updated_at: now,
+            // Drawn by the store when the row is inserted.
+            credential_generation: 0,
         };
         Ok(Prepared {
             row,
@@ -287,6 +289,12 @@ impl Registry {
     }
 
     /// Changes some fields of an extension; returns its view and current findings.
+    ///
+    /// A new password or auth ID revokes what the old credentials reached (bindings,
+    /// the phone's provisioning login, queued mails; see [`crate::revocation`]). A new
+    /// address or PIN withdraws the mails still waiting. Either way, when a credentials
+    /// mail was withdrawn, one with what holds now is queued to the address that holds
+    /// now: the old one is never sent.
     pub async fn update_extension(
         &self,
         number: &str,
@@ -294,11 +302,11 @@ impl Registry {
     ) -> Result<(ExtensionView, Vec<policy::Finding>)> {
         let number = ExtensionNumber::parse(number.trim())?;
         let mut tx = self.store.begin().await?;
-        let mut row = q::get_extension(&mut tx, number.as_str())
+        let old = q::get_extension(&mut tx, number.as_str())
             .await?
             .ok_or_else(|| Error::not_found(format!("extension {number}")))?;
+        let mut row = old.clone();
         let subject = format!("ext:{number}");
-        let (old_mac, old_model) = (row.mac.clone(), row.model.clone());
         let mut password =
             self.open_secret(&ext_aad(&row.number, "password"), &row.password_enc)?;
         let mut rehash = false;
@@ -341,17 +349,48 @@ impl Registry {
             Some(&subject),
         )
         .await?;
-        row.updated_at = self.now();
+        let now = self.now();
+        row.updated_at = now;
         q::update_extension(&mut tx, &row).await?;
+        let credentials_changed = rehash && row.ha1_md5 != old.ha1_md5;
+        let withdrawn = if credentials_changed {
+            self.revoke_credentials(&mut tx, &old, &mut row, now)
+                .await?
+                .mails_withdrawn
+        } else if row.email != old.email || row.pin_enc != old.pin_enc {
+            store::outbox::supersede_mail(&mut tx, &row.number).await?
+        } else {
+            0
+        };
         let phone = self.bump_provisioning(&mut tx, &row).await?;
         if phone.is_some() {
             // Its registered phones (if any) fetch the changed file at once.
             store::provisioning::request_resync(&mut tx, &row.number, row.updated_at).await?;
         }
+        if withdrawn > 0 && row.email.is_some() {
+            let pin = self.open_secret(&ext_aad(&row.number, "pin"), &row.pin_enc)?;
+            let templates = self.templates()?;
+            let prov_path = self.provisioning_path_in(&mut tx).await?;
+            let shown = match &phone {
+                Some(p) => self.phone_of(&row, p)?,
+                None => None,
+            };
+            self.queue_welcome(
+                &mut tx,
+                &templates,
+                &prov_path,
+                &row,
+                &password,
+                &pin,
+                shown.as_ref(),
+                now,
+            )
+            .await?;
+        }
         tx.commit().await?;
-        if (old_mac.as_deref(), old_model.as_deref()) != (row.mac.as_deref(), row.model.as_deref())
+        if (old.mac.as_deref(), old.model.as_deref()) != (row.mac.as_deref(), row.model.as_deref())
         {
-            self.remove_phone_files(old_mac.as_deref(), old_model.as_deref());
+            self.remove_phone_files(old.mac.as_deref(), old.model.as_deref());
         }
         if phone.is_some() {
             self.write_files(std::slice::from_ref(&row.number)).await?;
@@ -418,7 +457,9 @@ impl Registry {
         if !q::delete_extension(&mut tx, number.as_str()).await? {
             return Err(Error::not_found(format!("extension {number}")));
         }
-        // A welcome mail not yet sent would describe an account that is gone.
+        // Its bindings, grace window and phone secrets go with it (the store's
+        // cascades); a welcome mail not yet sent, even one a sender claimed and never
+        // finished, would describe an account that is gone.
         store::outbox::supersede_mail(&mut tx, number.as_str()).await?;
         tx.commit().await?;
         if let Some(row) = row {

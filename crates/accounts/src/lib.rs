@@ -14,6 +14,7 @@ pub mod epoch;
 mod error;
 pub mod exposure;
 pub mod extension;
+pub mod fetch;
 pub mod findings;
 pub mod gateway;
 pub mod import;
@@ -23,6 +24,7 @@ pub mod provider;
 pub mod provisioning;
 pub mod regenerate;
 pub mod registry;
+mod revocation;
 pub mod running;
 pub mod trunks;
 

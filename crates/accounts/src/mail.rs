@@ -48,6 +48,11 @@ pub enum MailOutcome {
         id: String,
         reason: String,
     },
+    /// Withdrawn before sending: the extension's address, password or PIN changed since
+    /// it was queued (or the extension is gone); a newer mail, if any, says what holds.
+    Withdrawn {
+        id: String,
+    },
     /// The extension has no email address (reported, not a failure).
     NoEmail,
     /// `--no-email`.
@@ -62,6 +67,7 @@ impl MailOutcome {
             MailOutcome::Sent { .. } => "sent".into(),
             MailOutcome::Deferred { reason, .. } => format!("will retry: {reason}"),
             MailOutcome::Failed { reason, .. } => format!("FAILED: {reason}"),
+            MailOutcome::Withdrawn { .. } => "withdrawn: the account changed since".into(),
             MailOutcome::NoEmail => "no email address".into(),
             MailOutcome::Skipped => "not sent (no mail asked for)".into(),
         }
@@ -243,6 +249,49 @@ fn smtp_reason(e: &lettre::transport::smtp::Error) -> String {
     }
 }
 
+/// What a credentials mail to `recipient` about `row` is made from: a digest of the
+/// recipient, the auth ID and the sealed password and PIN (a sealed value changes
+/// whenever its secret is set anew). Whoever sends the mail compares it with the
+/// extension as it is then: a mail whose address or credentials changed since is
+/// withdrawn, never sent.
+pub(crate) fn credentials_basis(row: &store::account::ExtensionRow, recipient: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [
+        recipient,
+        &row.number,
+        &row.auth_id,
+        &row.password_enc,
+        &row.pin_enc,
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Why a claimed mail must not go out, if it must not: alerts (`alert:NUMBER`) always
+/// go; a credentials mail only while its extension still has the address and the
+/// credentials it was made from.
+fn stale_reason(
+    row: &OutboxRow,
+    ext: Option<&store::account::ExtensionRow>,
+) -> Option<&'static str> {
+    if row.number.starts_with("alert:") {
+        return None;
+    }
+    let Some(ext) = ext else {
+        return Some("withdrawn: the extension was removed");
+    };
+    if ext.email.as_deref() != Some(row.recipient.as_str()) {
+        return Some("withdrawn: the extension's address changed");
+    }
+    if row.basis.is_empty() || row.basis != credentials_basis(ext, &row.recipient) {
+        return Some("withdrawn: the extension's credentials changed");
+    }
+    None
+}
+
 impl Registry {
     /// A new outbox row for `message` (sealed: mails carry passwords).
     pub(crate) fn outbox_row(
@@ -271,6 +320,7 @@ impl Registry {
             last_error: String::new(),
             created_at: now,
             sent_at: 0,
+            basis: String::new(),
         })
     }
 
@@ -314,9 +364,27 @@ impl Registry {
                 let mut claimed = Vec::with_capacity(chunk.len());
                 for row in chunk {
                     let now = self.now();
-                    if store::outbox::claim_mail(&mut conn, &row.id, now, now + LEASE_SECS).await? {
-                        claimed.push(row.clone());
+                    if !store::outbox::claim_mail(&mut conn, &row.id, now, now + LEASE_SECS).await?
+                    {
+                        continue;
                     }
+                    // Checked against the extension as it is now, after the claim: a
+                    // change made before this point has withdrawn it or shows here; one
+                    // made later withdraws it (a send in flight still finishes).
+                    let ext = if row.number.starts_with("alert:") {
+                        None
+                    } else {
+                        store::account::get_extension(&mut conn, &row.number).await?
+                    };
+                    if let Some(reason) = stale_reason(row, ext.as_ref()) {
+                        store::outbox::withdraw_mail(&mut conn, &row.id, reason).await?;
+                        out.push((
+                            row.id.clone(),
+                            MailOutcome::Withdrawn { id: row.id.clone() },
+                        ));
+                        continue;
+                    }
+                    claimed.push(row.clone());
                 }
                 let mut sends = tokio::task::JoinSet::new();
                 for row in claimed {

@@ -74,6 +74,7 @@ impl Registry {
             settings: Arc::new(settings),
             rng,
             clock,
+            stand_in: Arc::default(),
         };
         let mut opened = Opened::default();
 

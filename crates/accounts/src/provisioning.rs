@@ -156,7 +156,16 @@ pub struct PhoneAccount<'a> {
     pub transport: PhoneTransport,
     pub voicemail: &'a str,
     pub mac: &'a str,
+    /// The directory URL the phone fetches its files from (`http://host/prov/<path>/`),
+    /// when `provisioning.base_url` is set: the files tell the phone where to come back.
+    pub provisioning_url: Option<&'a str>,
+    /// The phone's provisioning login (user = MAC): the files set it, so that a
+    /// rotated login reaches the phone with its next fetch.
+    pub provisioning_password: &'a str,
 }
+
+/// The Digest realm of the provisioning server (HA1s of provisioning logins are over it).
+pub const REALM: &str = "sipward-provisioning";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
@@ -244,6 +253,8 @@ impl Templates {
             ("server", a.server),
             ("voicemail number", a.voicemail),
             ("MAC address", a.mac),
+            ("provisioning URL", a.provisioning_url.unwrap_or("")),
+            ("provisioning password", a.provisioning_password),
         ] {
             check_value(field, v)?;
         }
@@ -307,6 +318,8 @@ mod tests {
             transport: PhoneTransport::Udp,
             voicemail: "*97",
             mac: "001565aabbcc",
+            provisioning_url: Some("http://pbx.example.com:8080/prov/Kq2Zx8Lm4TwPy7Rb3Nc9Vd5H/"),
+            provisioning_password: "Pv7Lq2Zx8Mn4Tw9Ry3Kb",
         }
     }
 
@@ -413,6 +426,10 @@ mod tests {
             let files = t.phone_files(v, &account()).expect("render");
             let all: String = files.iter().map(|(_, c)| c.as_str()).collect();
             assert!(all.contains(account().password) && all.contains(account().admin_password));
+            assert!(
+                all.contains(account().provisioning_password),
+                "{v:?}: the file brings the phone its (rotated) provisioning login"
+            );
             for (file, content) in files {
                 if content.trim_start().starts_with("<?xml") {
                     roxmltree::Document::parse(&content)

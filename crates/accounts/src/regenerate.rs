@@ -10,14 +10,13 @@
 //! new, and its mail is queued exactly once with the change.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use policy::fields::ExtensionNumber;
 use policy::{Secret, generate};
 use serde::Serialize;
 use store::Db;
 use store::account::{self as q, ExtensionRow};
-use store::grace::GraceRow;
 use store::provisioning::ProvisioningRow;
 
 use crate::mail::{MailMessage, MailOutcome};
@@ -96,29 +95,35 @@ pub struct Regenerated {
 }
 
 /// Everything a phone's files and welcome mail are rendered from.
-struct Phone {
+pub(crate) struct Phone {
     vendor: Vendor,
     mac: String,
     admin_password: Secret,
     http_password: Secret,
 }
 
+/// What the welcome mail says: enough to set a phone up by hand, never the
+/// provisioning login (whoever reads an old mail must not be able to fetch the phone's
+/// future files).
 #[derive(Serialize)]
 struct WelcomeContext<'a> {
     number: &'a str,
     name: &'a str,
+    /// The user name to register (the SIP ID when set, else the number).
+    user: &'a str,
     auth_id: &'a str,
     password: &'a str,
     pin: &'a str,
     voicemail: &'a str,
     server: &'a str,
+    port: u16,
+    transport: crate::provisioning::PhoneTransport,
     mac: Option<&'a str>,
     provisioning_url: Option<String>,
-    provisioning_password: Option<&'a str>,
 }
 
 impl Registry {
-    fn templates(&self) -> Result<Templates> {
+    pub(crate) fn templates(&self) -> Result<Templates> {
         Ok(Templates::load(Some(&self.data.templates_dir()))?)
     }
 
@@ -131,7 +136,12 @@ impl Registry {
     /// The secret path segment phones fetch their files under: `/prov/<this>/<file>`.
     pub async fn provisioning_path(&self) -> Result<String> {
         let mut conn = self.store.conn().await?;
-        store::meta::get_meta(&mut conn, META_PROVISIONING_PATH)
+        self.provisioning_path_in(&mut conn).await
+    }
+
+    /// [`Registry::provisioning_path`], read through the caller's handle.
+    pub(crate) async fn provisioning_path_in(&self, conn: &mut dyn Db) -> Result<String> {
+        store::meta::get_meta(conn, META_PROVISIONING_PATH)
             .await?
             .ok_or_else(|| Error::not_found("the provisioning path"))
     }
@@ -180,12 +190,16 @@ impl Registry {
         })
     }
 
-    fn new_phone_secret(&self) -> Secret {
+    pub(crate) fn new_phone_secret(&self) -> Secret {
         self.with_rng(|rng| generate::password(rng, PHONE_SECRET_LEN, &[]))
     }
 
     /// The phone behind an extension row, if it has a MAC and a supported model.
-    fn phone_of(&self, row: &ExtensionRow, prov: &ProvisioningRow) -> Result<Option<Phone>> {
+    pub(crate) fn phone_of(
+        &self,
+        row: &ExtensionRow,
+        prov: &ProvisioningRow,
+    ) -> Result<Option<Phone>> {
         let (Some(mac), Some(vendor)) = (
             row.mac.as_deref(),
             row.model.as_deref().and_then(Vendor::from_model),
@@ -293,13 +307,19 @@ impl Registry {
                     .collect());
             }
         };
+        // Where the phones fetch their files, when known: the files tell the phones
+        // (with their provisioning login, which Re-Generate rotates).
+        let prov_dir = match self.provisioning_path().await {
+            Ok(path) => self.provisioning_url(&path, ""),
+            Err(_) => None,
+        };
         let (reg, owned, dir2) = (self.clone(), phones.to_vec(), dir.clone());
         // Two threads: each file is synced before its rename, and the waits overlap.
         let out: Vec<(String, FilesOutcome)> = tokio::task::spawn_blocking(move || {
             crate::registry::parallel_map(&owned, 2, |(row, prov)| {
                 (
                     row.number.clone(),
-                    reg.write_phone(&templates, &dir2, row, prov),
+                    reg.write_phone(&templates, &dir2, prov_dir.as_deref(), row, prov),
                 )
             })
         })
@@ -328,6 +348,7 @@ impl Registry {
         &self,
         templates: &Templates,
         dir: &std::path::Path,
+        prov_dir: Option<&str>,
         row: &ExtensionRow,
         prov: &ProvisioningRow,
     ) -> FilesOutcome {
@@ -370,6 +391,8 @@ impl Registry {
             transport: p.transport,
             voicemail: &p.voicemail_number,
             mac: &phone.mac,
+            provisioning_url: prov_dir,
+            provisioning_password: phone.http_password.expose(),
         };
         let files = match templates.phone_files(phone.vendor, &account) {
             Ok(f) => f,
@@ -474,11 +497,11 @@ impl Registry {
         conn: &mut dyn Db,
         templates: &Templates,
         prov_path: &str,
-        mut row: ExtensionRow,
+        old: ExtensionRow,
         email: bool,
     ) -> Result<(Regenerated, Option<(ExtensionRow, ProvisioningRow)>)> {
         let now = self.now();
-        let (old_md5, old_sha) = (row.ha1_md5.clone(), row.ha1_sha256.clone());
+        let mut row = old.clone();
         let password = self.generated_password(&[&row.number, &row.auth_id], &row.name);
         let pin_len = self.settings.policy.generated_pin_length;
         let pin = self.with_rng(|rng| generate::pin(rng, pin_len, &row.number));
@@ -488,61 +511,16 @@ impl Registry {
         (row.ha1_md5, row.ha1_sha256) = self.ha1s(&row.auth_id, &password);
         row.updated_at = now;
         q::update_extension(conn, &row).await?;
-
-        // The grace window: the old password, from where the phones are registered.
-        let bindings = store::bindings::bindings_of(conn, &row.number, now).await?;
-        let sources: BTreeSet<IpAddr> = bindings
-            .iter()
-            .filter_map(|b| b.source.parse::<SocketAddr>().ok().map(|s| s.ip()))
-            .collect();
-        let grace_secs = self.settings.provisioning.grace_secs;
-        let (grace_sources, grace_until) = if grace_secs > 0 && !sources.is_empty() {
-            // A window still open keeps the password the phones actually have.
-            let open = store::grace::get_grace(conn, &row.number)
-                .await?
-                .filter(|g| g.expires_at > now && g.auth_id == row.auth_id);
-            let (md5, sha, mut all) = match open {
-                Some(g) => {
-                    let prev: BTreeSet<IpAddr> = g
-                        .sources
-                        .split(',')
-                        .filter_map(|s| s.parse().ok())
-                        .collect();
-                    (g.ha1_md5, g.ha1_sha256, prev)
-                }
-                None => (old_md5, old_sha, BTreeSet::new()),
-            };
-            all.extend(sources.iter().copied());
-            let until = now + grace_secs;
-            store::grace::put_grace(
-                conn,
-                &GraceRow {
-                    number: row.number.clone(),
-                    auth_id: row.auth_id.clone(),
-                    ha1_md5: md5,
-                    ha1_sha256: sha,
-                    sources: all
-                        .iter()
-                        .map(IpAddr::to_string)
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    expires_at: until,
-                },
-            )
-            .await?;
-            (all.into_iter().collect(), Some(until))
-        } else {
-            // No phone registered (or no window configured): the old password is dead.
-            store::grace::end_graces(conn, std::slice::from_ref(&row.number), now).await?;
-            (Vec::new(), None)
-        };
+        // Bindings, grace window, provisioning login, queued mails: all in this
+        // transaction.
+        let revoked = self.revoke_credentials(conn, &old, &mut row, now).await?;
 
         let prov = self.bump_provisioning(conn, &row).await?;
         let phone = match &prov {
             Some(p) => self.phone_of(&row, p)?,
             None => None,
         };
-        let resync = phone.is_some() && !bindings.is_empty();
+        let resync = phone.is_some() && revoked.registered;
         if resync {
             store::provisioning::request_resync(conn, &row.number, now).await?;
         }
@@ -550,28 +528,20 @@ impl Registry {
         let mail = match (&row.email, email) {
             (_, false) => MailOutcome::Skipped,
             (None, true) => MailOutcome::NoEmail,
-            (Some(to), true) => {
-                let file = phone.as_ref().map(|p| p.vendor.files(&p.mac).remove(0).0);
-                let ctx = WelcomeContext {
-                    number: &row.number,
-                    name: &row.name,
-                    auth_id: &row.auth_id,
-                    password: password.expose(),
-                    pin: pin.expose(),
-                    voicemail: &self.settings.provisioning.voicemail_number,
-                    server: self.phone_server().unwrap_or("(ask your administrator)"),
-                    mac: phone.as_ref().map(|p| p.mac.as_str()),
-                    provisioning_url: file.and_then(|f| self.provisioning_url(prov_path, &f)),
-                    provisioning_password: phone.as_ref().map(|p| p.http_password.expose()),
-                };
-                let message = MailMessage {
-                    subject: format!("Your phone extension {}: new credentials", row.number),
-                    text: templates.render("welcome.txt", &ctx)?,
-                    html: templates.render("welcome.html", &ctx)?,
-                };
-                let mail = self.outbox_row(&row.number, to, &message, now)?;
-                store::outbox::queue_mail(conn, &mail).await?;
-                MailOutcome::Queued { id: mail.id }
+            (Some(_), true) => {
+                let id = self
+                    .queue_welcome(
+                        conn,
+                        templates,
+                        prov_path,
+                        &row,
+                        &password,
+                        &pin,
+                        phone.as_ref(),
+                        now,
+                    )
+                    .await?;
+                MailOutcome::Queued { id }
             }
         };
         let result = Regenerated {
@@ -581,11 +551,58 @@ impl Registry {
             pin,
             files: FilesOutcome::NoPhone,
             mail,
-            grace_sources,
-            grace_until,
+            grace_sources: revoked.grace_sources,
+            grace_until: revoked.grace_until,
             resync,
         };
         Ok((result, prov.map(|p| (row, p))))
+    }
+
+    /// Queues the welcome mail with the extension's current credentials (superseding
+    /// any mail of the extension still waiting); returns its id. The mail never carries
+    /// the provisioning login: the phone gets that through provisioning.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn queue_welcome(
+        &self,
+        conn: &mut dyn Db,
+        templates: &Templates,
+        prov_path: &str,
+        row: &ExtensionRow,
+        password: &Secret,
+        pin: &Secret,
+        phone: Option<&Phone>,
+        now: i64,
+    ) -> Result<String> {
+        let Some(to) = row.email.as_deref() else {
+            return Err(Error::not_found(format!(
+                "the email address of extension {}",
+                row.number
+            )));
+        };
+        let file = phone.map(|p| p.vendor.files(&p.mac).remove(0).0);
+        let ctx = WelcomeContext {
+            number: &row.number,
+            name: &row.name,
+            user: row.sip_id.as_deref().unwrap_or(&row.number),
+            auth_id: &row.auth_id,
+            password: password.expose(),
+            pin: pin.expose(),
+            voicemail: &self.settings.provisioning.voicemail_number,
+            server: self.phone_server().unwrap_or("(ask your administrator)"),
+            port: self.settings.provisioning.port,
+            transport: self.settings.provisioning.transport,
+            mac: phone.map(|p| p.mac.as_str()),
+            provisioning_url: file.and_then(|f| self.provisioning_url(prov_path, &f)),
+        };
+        let message = MailMessage {
+            subject: format!("Your phone extension {}: new credentials", row.number),
+            text: templates.render("welcome.txt", &ctx)?,
+            html: templates.render("welcome.html", &ctx)?,
+        };
+        let mut mail = self.outbox_row(&row.number, to, &message, now)?;
+        mail.basis = crate::mail::credentials_basis(row, to);
+        store::outbox::queue_mail(conn, &mail).await?;
+        Ok(mail.id)
     }
 
     /// A phone's provisioning login (user = MAC, password), for `ext show --reveal`.
@@ -600,45 +617,4 @@ impl Registry {
         let pw = self.open_secret(&ext_aad(&row.number, "phone_http"), &prov.http_password_enc)?;
         Ok(Some((mac, pw)))
     }
-
-    /// The phone a requested provisioning file belongs to: its path on disk and the
-    /// Digest login (user = MAC, HA1 over the provisioning realm is the caller's). None
-    /// when no phone has such a file (the caller counts that as a probe).
-    pub async fn provisioning_file(&self, file: &str) -> Result<Option<PhoneFile>> {
-        let Some(mac) = provisioning::mac_of_file(file) else {
-            return Ok(None);
-        };
-        let mut conn = self.store.conn().await?;
-        let Some(number) = q::extension_with(&mut conn, q::UniqueField::Mac, &mac).await? else {
-            return Ok(None);
-        };
-        let number = number.trim_start_matches("ext:").to_owned();
-        let Some(row) = q::get_extension(&mut conn, &number).await? else {
-            return Ok(None);
-        };
-        let Some(vendor) = row.model.as_deref().and_then(Vendor::from_model) else {
-            return Ok(None);
-        };
-        if !vendor.files(&mac).iter().any(|(n, _)| n == file) {
-            return Ok(None);
-        }
-        let Some(prov) = store::provisioning::get_provisioning(&mut conn, &number).await? else {
-            return Ok(None);
-        };
-        let password =
-            self.open_secret(&ext_aad(&number, "phone_http"), &prov.http_password_enc)?;
-        Ok(Some(PhoneFile {
-            path: self.data.provisioning_dir().join(file),
-            user: mac,
-            password,
-        }))
-    }
-}
-
-/// A provisioning file and the login that protects it.
-#[derive(Debug)]
-pub struct PhoneFile {
-    pub path: std::path::PathBuf,
-    pub user: String,
-    pub password: Secret,
 }

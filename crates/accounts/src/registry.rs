@@ -98,6 +98,8 @@ pub struct Registry {
     pub(crate) settings: Arc<Settings>,
     pub(crate) rng: SharedRng,
     pub(crate) clock: Arc<dyn Clock>,
+    /// The stand-in secret the provisioning lookup opens for logins no phone has.
+    pub(crate) stand_in: Arc<std::sync::OnceLock<String>>,
 }
 
 impl std::fmt::Debug for Registry {

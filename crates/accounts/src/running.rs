@@ -6,19 +6,40 @@
 
 use std::net::IpAddr;
 
+/// What counting a refused provisioning request came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeVerdict {
+    /// Counted; the source is answered as before.
+    Counted,
+    /// Over the probe limit from an address where a phone is registered or recently
+    /// logged in: provisioning is refused from it for a while, SIP is untouched (a
+    /// provisioning probe proves no source address, and must never silence a phone).
+    Limited,
+    /// Over the probe limit from anywhere else: banned, SIP included.
+    Banned,
+}
+
 /// What the console may ask of the server running in the same process.
 pub trait RunningServer: Send + Sync + std::fmt::Debug {
     /// Whether `source` may be answered at all: false while it is banned (and not
     /// allow-listed). The console asks before it does any work for a request.
     fn admits(&self, source: IpAddr) -> bool;
 
-    /// A provisioning request from `source` was refused (no or wrong login, a file no
-    /// phone has): it is counted, against the source like a failed SIP login. Returns
-    /// whether the source is now banned.
-    fn provisioning_refused(&self, source: IpAddr, now: i64) -> bool;
+    /// Whether the provisioning server answers `source`: not while it is banned, nor
+    /// while it is over the provisioning probe limit.
+    fn provisioning_admits(&self, source: IpAddr, now: i64) -> bool;
+
+    /// A provisioning request from `source` failed (wrong login, a nonce that is stale
+    /// or not ours, a replayed login): it is counted against the source, on the
+    /// provisioning scale (see [`ProbeVerdict`]).
+    fn provisioning_refused(&self, source: IpAddr, now: i64) -> ProbeVerdict;
 
     /// A provisioning file was served to an authenticated phone (counted).
     fn provisioning_served(&self);
+
+    /// An authenticated phone asked for a file sipward does not serve (answered 404,
+    /// counted apart, never as a probe).
+    fn provisioning_not_served(&self);
 
     /// `/metrics`: the Prometheus text exposition of the server's counters.
     fn metrics_text(&self) -> String;

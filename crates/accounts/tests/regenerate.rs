@@ -101,6 +101,16 @@ async fn files_behind_the_database_are_rewritten_at_the_next_open() {
     assert_eq!((p.generation, p.written), (2, 2));
 }
 
+/// The extension's credential generation as stored.
+async fn generation(reg: &Registry, number: &str) -> i64 {
+    let mut conn = reg.store().conn().await.expect("conn");
+    store::account::get_extension(&mut conn, number)
+        .await
+        .expect("get")
+        .expect("exists")
+        .credential_generation
+}
+
 async fn regenerate_1001(reg: &Registry, email: bool) -> Vec<accounts::regenerate::Regenerated> {
     reg.regenerate(
         &Selection::Numbers(vec!["1001".into()]),
@@ -121,6 +131,7 @@ async fn grace_keeps_the_password_phones_have_and_mails_are_superseded() {
         .expect("add");
     let auth_id = added.extension.auth_id.clone();
     let mut conn = reg.store().conn().await.expect("conn");
+    let g1 = generation(&reg, "1001").await;
     let binding = |source: &str| BindingRow {
         number: "1001".into(),
         contact: format!("sip:1001@{source}"),
@@ -129,8 +140,9 @@ async fn grace_keeps_the_password_phones_have_and_mails_are_superseded() {
         expires_at: NOW + 3600,
         source: source.into(),
         transport: "udp".into(),
+        generation: g1,
     };
-    replace_bindings(&mut conn, "1001", &[binding("192.0.2.10:5060")])
+    replace_bindings(&mut conn, "1001", &[binding("192.0.2.10:5060")], NOW)
         .await
         .expect("bind");
 
@@ -155,10 +167,12 @@ async fn grace_keeps_the_password_phones_have_and_mails_are_superseded() {
 
     // A second Re-Generate while the window is open keeps the password the phone has,
     // and adds the addresses registered since.
+    // (Both made with the old password the window keeps.)
     replace_bindings(
         &mut conn,
         "1001",
         &[binding("192.0.2.10:5060"), binding("192.0.2.11:5060")],
+        NOW,
     )
     .await
     .expect("bind");
@@ -187,7 +201,7 @@ async fn grace_keeps_the_password_phones_have_and_mails_are_superseded() {
     assert!(states.contains(&(id(&second[0].mail), "queued".into())));
 
     // No phone registered: the old password dies at once.
-    replace_bindings(&mut conn, "1001", &[])
+    replace_bindings(&mut conn, "1001", &[], NOW)
         .await
         .expect("unbind");
     let third = regenerate_1001(&reg, false).await;

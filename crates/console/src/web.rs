@@ -62,6 +62,9 @@ pub struct Options {
     pub backups_dir: std::path::PathBuf,
     /// The anti-hacking thresholds in force (`[guard]`).
     pub guard: policy::ban::BanPolicy,
+    /// The config's settings that weaken a defence (`config.*` findings), shown on the
+    /// dashboard.
+    pub config_findings: Vec<policy::Finding>,
 }
 
 impl std::fmt::Debug for Web {
@@ -610,11 +613,22 @@ async fn dashboard(State(web): State<Web>, Admin(s): Admin) -> Response {
             }
         })
         .collect();
+    let settings: Vec<Value> = web
+        .options
+        .config_findings
+        .iter()
+        .map(|f| {
+            context! {
+                severity => f.severity.as_str(), rule => f.rule.to_string(),
+                field => f.field, message => f.message.clone(),
+            }
+        })
+        .collect();
     web.render(
         StatusCode::OK,
         "dashboard.html",
         context! {
-            title => "Dashboard", admin => s.admin, csrf => s.csrf,
+            title => "Dashboard", admin => s.admin, csrf => s.csrf, settings,
             weak_total, bans => bans.len(), registrations, recent_bans,
             score => ((total - weak_total) * 100).checked_div(total).unwrap_or(100),
             kinds => kinds.iter().map(|k| context! { kind => k.0, weak => k.1, total => k.2 }).collect::<Vec<_>>(),

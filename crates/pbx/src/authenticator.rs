@@ -249,6 +249,7 @@ mod tests {
                     "Zq8xLmTr4wPyK7vB2",
                 ),
                 password_score: 4,
+                credential_generation: 1,
             }],
             "sipward",
             3,
@@ -463,6 +464,7 @@ mod tests {
             ha1_md5: ha1(Algorithm::Md5, "alice1001", "sipward", pw),
             ha1_sha256: ha1(Algorithm::Sha256, "alice1001", "sipward", pw),
             password_score: 4,
+            credential_generation: 2,
         };
         let old = "Zq8xLmTr4wPyK7vB2";
         let new = "Nq4Zt8LmXw2Kp7RbQ";
@@ -473,6 +475,10 @@ mod tests {
             ha1_sha256: ha1(Algorithm::Sha256, "alice1001", "sipward", old),
             sources: "127.0.0.1,192.0.2.7".into(),
             expires_at: i64::try_from(NOW).expect("fits") + 100,
+            generation: 1,
+            prov_user: String::new(),
+            prov_ha1_md5: String::new(),
+            prov_ha1_sha256: String::new(),
         };
         drop(d);
         let d = Directory::with_graces(vec![row(new)], vec![grace], "sipward", 3);

@@ -1,6 +1,11 @@
 //! The credential directory the registrar authenticates against: auth IDs, numbers and
 //! HA1s held in memory (never secrets), reloaded whenever the store's registry version
 //! moves, so a change made with the CLI takes effect in the running server.
+//!
+//! Each account carries its credential generation; comparing two snapshots says which
+//! extensions were removed or had their credentials changed ([`Directory::revocations`]),
+//! and a binding is backed only while its generation is the account's (or that of the
+//! account's open grace window, from the window's sources: [`Account::backs`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -19,6 +24,9 @@ pub struct Grace {
     pub ha1_sha256: String,
     pub sources: Vec<IpAddr>,
     pub expires_at: i64,
+    /// The credential generation of the old password: bindings made with it stay until
+    /// the window ends.
+    pub generation: i64,
     /// Set by the first registration with the new password; the store row is deleted
     /// behind it.
     pub ended: AtomicBool,
@@ -44,6 +52,7 @@ impl PartialEq for Grace {
             && self.ha1_sha256 == o.ha1_sha256
             && self.sources == o.sources
             && self.expires_at == o.expires_at
+            && self.generation == o.generation
     }
 }
 impl Eq for Grace {}
@@ -62,6 +71,78 @@ pub struct Account {
     pub weak: bool,
     /// The previous password's window after Re-Generate, if open.
     pub grace: Option<Arc<Grace>>,
+    /// The credential generation bindings made by this login carry: the extension's
+    /// (a login with the grace window's old password carries the window's, see
+    /// [`Account::grace_login`]); for a gateway, one derived from its HA1, so that a new
+    /// gateway password revokes too.
+    pub generation: i64,
+}
+
+impl Account {
+    /// Whether a binding made under `generation` from `source` is still backed by
+    /// credentials this account has at `now`.
+    pub fn backs(&self, generation: i64, source: IpAddr, now: i64) -> bool {
+        generation == self.generation
+            || self
+                .grace
+                .as_ref()
+                .is_some_and(|g| g.generation == generation && g.applies(source, now))
+    }
+
+    /// This account as authenticated by the grace window's old password: what it
+    /// registers carries the old generation, and goes when the window does.
+    pub fn grace_login(self: &Arc<Self>) -> Arc<Account> {
+        match &self.grace {
+            Some(g) => Arc::new(Account {
+                generation: g.generation,
+                ..Account::clone(self)
+            }),
+            None => self.clone(),
+        }
+    }
+}
+
+/// Why an account's registrations and calls lose their footing on a reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RevocationReason {
+    /// The extension (or gateway) is gone.
+    Removed,
+    /// Its credentials changed (Re-Generate, a new password or auth ID).
+    CredentialsChanged,
+}
+
+impl RevocationReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationReason::Removed => "removed",
+            RevocationReason::CredentialsChanged => "credentials_changed",
+        }
+    }
+}
+
+/// An account whose old credentials no longer hold: everything they reached lets go
+/// (the registrar drops the bindings they made; the call path ends its calls).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    /// The extension number (or a gateway's virtual extension number).
+    pub number: String,
+    /// `ext` or `gateway`.
+    pub kind: &'static str,
+    pub reason: RevocationReason,
+}
+
+/// A stand-in credential generation for a gateway (which has no stored one): derived
+/// from its HA1, so it moves exactly when the gateway's credentials (or the realm) do.
+fn gateway_generation(ha1_md5: &str) -> i64 {
+    // FNV-1a: stable across processes (unlike the std hasher), and no secret is at
+    // stake (an HA1 is stored beside it).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in ha1_md5.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // Negative, so it never equals an extension's generation (those count up from 1).
+    i64::from_ne_bytes(h.to_ne_bytes()) | i64::MIN
 }
 
 /// An immutable snapshot; replaced whole on reload.
@@ -108,11 +189,18 @@ impl Directory {
                     ha1_md5: g.ha1_md5,
                     ha1_sha256: g.ha1_sha256,
                     expires_at: g.expires_at,
+                    generation: g.generation,
                     ended: AtomicBool::new(false),
                 })),
                 _ => None,
             };
+            let generation = if r.kind == "gateway" {
+                gateway_generation(&r.ha1_md5)
+            } else {
+                r.credential_generation
+            };
             let acc = Account {
+                generation,
                 grace,
                 weak,
                 kind: r.kind,
@@ -140,6 +228,37 @@ impl Directory {
     /// The auth ID of the account with this number.
     pub fn auth_id_of(&self, number: &str) -> Option<&str> {
         self.by_number.get(number).map(|a| a.auth_id.as_str())
+    }
+
+    /// The account with this (extension or gateway virtual) number.
+    pub fn by_number(&self, number: &str) -> Option<&Arc<Account>> {
+        self.by_number.get(number)
+    }
+
+    /// The accounts of `self` (the snapshot before a reload) that `new` removed or gave
+    /// new credentials, in number order: what the runtime must let go of.
+    pub fn revocations(&self, new: &Directory) -> Vec<Revocation> {
+        let mut out: Vec<Revocation> = self
+            .by_number
+            .values()
+            .filter_map(|old| {
+                let reason = match new.by_number.get(&old.number) {
+                    None => RevocationReason::Removed,
+                    Some(n) if n.kind != old.kind => RevocationReason::Removed,
+                    Some(n) if n.generation != old.generation => {
+                        RevocationReason::CredentialsChanged
+                    }
+                    Some(_) => return None,
+                };
+                Some(Revocation {
+                    number: old.number.clone(),
+                    kind: old.kind,
+                    reason,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.number.cmp(&b.number));
+        out
     }
 
     /// The numbers of extensions (not gateways).
@@ -191,6 +310,7 @@ mod tests {
             ha1_md5: ha1(Algorithm::Md5, auth_id, "sipward", password),
             ha1_sha256: ha1(Algorithm::Sha256, auth_id, "sipward", password),
             password_score: score,
+            credential_generation: 1,
         }
     }
 
@@ -213,5 +333,81 @@ mod tests {
         assert!(weak("dave1004"), "guessable");
         assert_eq!(d.auth_id_of("1002"), Some("bob1002"));
         assert_eq!(d.auth_id_of("1999"), None);
+    }
+
+    #[test]
+    fn revocations_name_removed_and_changed_accounts_only() {
+        let strong = "Zq8xLmTr4wPyK7vB2";
+        let gw = |password: &str| DirectoryRow {
+            kind: "gateway",
+            credential_generation: 0,
+            ..row("4001", "gw4001", password, 4)
+        };
+        let old = Directory::from_rows(
+            vec![
+                row("1001", "a1001", strong, 4),
+                row("1002", "b1002", strong, 4),
+                row("1003", "c1003", strong, 4),
+                gw(strong),
+            ],
+            "sipward",
+            3,
+        );
+        let mut changed = row("1002", "b1002", strong, 4);
+        changed.credential_generation = 7;
+        let new = Directory::from_rows(
+            vec![
+                row("1001", "a1001", strong, 4),
+                changed,
+                gw("Another-Gw-Passw0rd"),
+            ],
+            "sipward",
+            3,
+        );
+        let r = old.revocations(&new);
+        let got: Vec<(&str, RevocationReason)> =
+            r.iter().map(|r| (r.number.as_str(), r.reason)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("1002", RevocationReason::CredentialsChanged),
+                ("1003", RevocationReason::Removed),
+                ("4001", RevocationReason::CredentialsChanged),
+            ]
+        );
+        assert!(new.revocations(&new).is_empty(), "control: nothing moved");
+    }
+
+    #[test]
+    fn a_binding_is_backed_by_its_generation_or_by_the_grace_window_from_its_sources() {
+        let phone: IpAddr = "127.0.0.2".parse().expect("ip");
+        let elsewhere: IpAddr = "127.0.0.3".parse().expect("ip");
+        let mut r = row("1001", "a1001", "Zq8xLmTr4wPyK7vB2", 4);
+        r.credential_generation = 5;
+        let grace = GraceRow {
+            number: "1001".into(),
+            auth_id: "a1001".into(),
+            ha1_md5: "x".into(),
+            ha1_sha256: "y".into(),
+            sources: "127.0.0.2".into(),
+            expires_at: 100,
+            generation: 4,
+            prov_user: String::new(),
+            prov_ha1_md5: String::new(),
+            prov_ha1_sha256: String::new(),
+        };
+        let d = Directory::with_graces(vec![r], vec![grace], "sipward", 3);
+        let a = d.by_number("1001").expect("account");
+        assert!(a.backs(5, elsewhere, 0), "the current generation, anywhere");
+        assert!(a.backs(4, phone, 0), "the old one from the window's source");
+        assert!(!a.backs(4, elsewhere, 0), "not from elsewhere");
+        assert!(!a.backs(4, phone, 100), "not once the window is over");
+        assert!(!a.backs(3, phone, 0), "an older generation never");
+        assert_eq!(a.grace_login().generation, 4);
+        assert!(a.grace.as_ref().expect("grace").end());
+        assert!(
+            !a.backs(4, phone, 0),
+            "not once a new login ended the window"
+        );
     }
 }

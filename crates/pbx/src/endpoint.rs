@@ -25,7 +25,9 @@ use crate::guard::{Event, Guard};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::proxy::{Proxy, Relay};
-use crate::registrar::{Contacts, RegisterError, RegisterRequest, Registrar, TransportKind};
+use crate::registrar::{
+    Contacts, Durable, RegisterError, RegisterRequest, Registrar, TransportKind,
+};
 use crate::trunk::{Routed, Trunks};
 use policy::clock::Clock;
 use policy::dialplan::CallClass;
@@ -46,18 +48,33 @@ const KNOWN_METHODS: &[&str] = &[
 const ALLOW: &str = "REGISTER, OPTIONS";
 
 /// Where a reply goes: for datagrams an address, for streams back on the connection.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Reply {
     pub bytes: Vec<u8>,
     /// For UDP: the target address (RFC 3261 §18.2.2 / RFC 3581).
     pub target: SocketAddr,
+    /// Present when the reply may go out only once a change is in the store (a new or
+    /// moved binding's 200): the transport sends it after [`Endpoint::release`] says so.
+    pub held: Option<Held>,
 }
 
+/// A reply held until the registrar's write that it reports on is in the store.
+#[derive(Debug)]
+pub struct Held {
+    durable: Durable,
+    key: Option<TxKey>,
+}
+
+/// How long a held answer waits for its write; past that it is dropped (the client
+/// retransmits, and is answered once the write has happened).
+pub const HOLD_AT_MOST: std::time::Duration = std::time::Duration::from_secs(4);
+
 /// An answer to a request: for the transport to send, or sent already (the proxy must
-/// order it before what it forwards).
+/// order it before what it forwards), or to send once a write is durable.
 enum Answer {
     Reply(Vec<u8>),
     Sent(Vec<u8>),
+    Held(Vec<u8>, Durable),
 }
 
 /// What authentication of a request came to.
@@ -234,7 +251,11 @@ impl Endpoint {
         if !cseq_ok || !headers_ok {
             Metrics::inc(&self.metrics.bad_requests);
             let bytes = respond(400, "Bad Request")?.finish();
-            return Some(Reply { bytes, target });
+            return Some(Reply {
+                bytes,
+                target,
+                held: None,
+            });
         }
         // In-dialog requests (a To tag) are the proxy's: relayed when they carry our
         // Route with its dialog token, refused otherwise. ACK for a non-2xx answer of
@@ -270,7 +291,11 @@ impl Endpoint {
                 Relay::Refuse(..) if method == "ACK" => return None,
                 Relay::Refuse(code, reason) => {
                     let bytes = respond(code, reason)?.finish();
-                    return Some(Reply { bytes, target });
+                    return Some(Reply {
+                        bytes,
+                        target,
+                        held: None,
+                    });
                 }
             }
         }
@@ -299,6 +324,7 @@ impl Endpoint {
                     return Some(Reply {
                         bytes: r.to_vec(),
                         target,
+                        held: None,
                     });
                 }
             }
@@ -314,7 +340,10 @@ impl Endpoint {
                     return None;
                 }
             },
-            "REGISTER" => Answer::Reply(self.register(&m, source, transport, &tag)?),
+            "REGISTER" => match self.register(&m, source, transport, &tag)? {
+                (bytes, None) => Answer::Reply(bytes),
+                (bytes, Some(durable)) => Answer::Held(bytes, durable),
+            },
             "INVITE" => self.invite(&m, uri, source, target, transport, &tag)?,
             "OPTIONS" => {
                 Metrics::inc(&self.metrics.options);
@@ -352,13 +381,36 @@ impl Endpoint {
         match answer {
             Answer::Reply(bytes) => {
                 self.remember(key.as_ref(), &bytes, now);
-                Some(Reply { bytes, target })
+                Some(Reply {
+                    bytes,
+                    target,
+                    held: None,
+                })
             }
             Answer::Sent(bytes) => {
                 self.remember(key.as_ref(), &bytes, now);
                 None
             }
+            // Remembered (and so resent to retransmissions) only once released.
+            Answer::Held(bytes, durable) => Some(Reply {
+                bytes,
+                target,
+                held: Some(Held { durable, key }),
+            }),
         }
+    }
+
+    /// Waits (at most [`HOLD_AT_MOST`]) until the write a held reply reports on is in
+    /// the store; true when the reply may go out now (it is then remembered for
+    /// retransmissions like any other answer).
+    pub async fn release(&self, held: Held, bytes: &[u8]) -> bool {
+        let written = tokio::time::timeout(HOLD_AT_MOST, held.durable.wait())
+            .await
+            .unwrap_or(false);
+        if written {
+            self.remember(held.key.as_ref(), bytes, Instant::now());
+        }
+        written
     }
 
     /// Sends our own answer, then what the proxy forwards because of the request, so
@@ -418,7 +470,8 @@ impl Endpoint {
         if let Outcome::Grace(a) = outcome {
             Metrics::inc(&self.metrics.grace_logins);
             old_password = true;
-            outcome = Outcome::Authenticated(a);
+            // What it registers carries the old credentials' generation.
+            outcome = Outcome::Authenticated(a.grace_login());
         }
         match &outcome {
             // Right credentials from a source the guard does not let this account log
@@ -664,13 +717,14 @@ impl Endpoint {
         }
     }
 
+    /// A REGISTER: the answer, and the write it must wait for (a new or moved binding).
     fn register(
         &self,
         m: &Message<'_>,
         source: SocketAddr,
         transport: TransportKind,
         tag: &str,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<(Vec<u8>, Option<Durable>)> {
         let respond =
             |code: u16, reason: &str| ResponseBuilder::new(m, code, reason, source, tag).ok();
         let now = self.clock.now();
@@ -685,13 +739,13 @@ impl Endpoint {
                 for c in &challenges {
                     b = b.header("WWW-Authenticate", c);
                 }
-                return Some(b.finish());
+                return Some((b.finish(), None));
             }
         };
         // Only an authenticated request learns anything about the address of record.
         let refused = |code: u16, reason: &str| {
             Metrics::inc(&self.metrics.register_refused);
-            respond(code, reason).map(|b| b.finish())
+            respond(code, reason).map(|b| (b.finish(), None))
         };
         let to = m.header(Name::To).and_then(NameAddr::parse)?;
         let user = SipUri::parse(to.uri).and_then(|u| u.user);
@@ -699,28 +753,29 @@ impl Endpoint {
         if aor_number != Some(account.number.as_str()) {
             return refused(403, "Forbidden");
         }
-        let Some(req) = register_request(m, source, transport) else {
+        let Some(req) = register_request(m, source, transport, account.generation) else {
             return refused(400, "Bad Request");
         };
         match self.registrar.register(&account.number, &req, now) {
-            Ok(current) => {
+            Ok(done) => {
                 Metrics::inc(&self.metrics.register_ok);
                 let mut b = respond(200, "OK")?;
-                for c in &current {
+                for c in &done.current {
                     b = b.header(
                         "Contact",
                         &format!("<{}>;expires={}", c.contact, c.expires_in),
                     );
                 }
-                Some(b.finish())
+                Some((b.finish(), done.durable))
             }
             Err(RegisterError::IntervalTooBrief { min }) => {
                 Metrics::inc(&self.metrics.register_refused);
-                Some(
+                Some((
                     respond(423, "Interval Too Brief")?
                         .header("Min-Expires", &min.to_string())
                         .finish(),
-                )
+                    None,
+                ))
             }
             Err(RegisterError::BadStar) => refused(400, "Bad Request"),
             Err(RegisterError::OutOfOrder) => refused(500, "Server Internal Error"),
@@ -734,6 +789,7 @@ fn register_request(
     m: &Message<'_>,
     source: SocketAddr,
     transport: TransportKind,
+    generation: i64,
 ) -> Option<RegisterRequest> {
     let expires_header = match m.header(Name::Expires) {
         Some(v) => Some(v.trim().parse::<u32>().ok()?),
@@ -771,5 +827,6 @@ fn register_request(
         expires_header,
         source,
         transport,
+        generation,
     })
 }

@@ -26,6 +26,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
+use accounts::running::ProbeVerdict;
 use ipnet::IpNet;
 use policy::ban::{BanPolicy, FailureWindow, Reason, WeakCredentials, sliding_count};
 use serde_json::json;
@@ -68,6 +69,13 @@ pub enum Event {
     },
     /// An extension called an emergency number (always allowed; the administrator is told).
     EmergencyCall { number: String, dialled: String },
+    /// Provisioning probes from an address where a phone is registered or logged in:
+    /// provisioning is refused from it until `until`, but it is not banned.
+    ProvisioningLimited {
+        source: IpAddr,
+        probes: u32,
+        until: i64,
+    },
 }
 
 impl Event {
@@ -121,6 +129,17 @@ impl Event {
                 "event": "emergency_call",
                 "extension": number,
                 "dialled": dialled,
+            }),
+            Event::ProvisioningLimited {
+                source,
+                probes,
+                until,
+            } => json!({
+                "event": "provisioning_limited",
+                "source": source.to_string(),
+                "reason": Reason::ProvisioningProbe.as_str(),
+                "until": until,
+                "detail": format!("{probes} failed provisioning requests: refused and counted, but not banned, because a phone is registered or logged in from this address; provisioning is refused from it until the limit runs out, SIP is not"),
             }),
         }
     }
@@ -262,6 +281,9 @@ pub struct Guard {
     decoys: HashSet<String>,
     failures: Mutex<Windows<IpAddr>>,
     provisioning_probes: Mutex<Windows<IpAddr>>,
+    /// Phones' addresses over the provisioning probe limit, and until when provisioning
+    /// refuses them (bounded like every table).
+    provisioning_limited: Mutex<HashMap<IpAddr, i64>>,
     account_failures: Mutex<Windows<String>>,
     /// Weak accounts refused lately: one event per account and hour, not per attempt.
     weak_noted: Mutex<HashMap<String, i64>>,
@@ -698,11 +720,21 @@ impl Guard {
         true
     }
 
-    /// Counts a provisioning request for a file no phone has, or with a wrong login;
-    /// bans the source at the threshold. Returns whether it banned.
-    pub fn provisioning_probe(&self, ip: IpAddr, now: i64) -> bool {
+    /// Whether provisioning answers `ip` (it is not over the provisioning probe limit).
+    pub fn provisioning_admits(&self, ip: IpAddr, now: i64) -> bool {
+        lock(&self.provisioning_limited)
+            .get(&ip)
+            .is_none_or(|until| *until <= now)
+    }
+
+    /// Counts a failed provisioning request (a wrong login, a nonce that is stale or not
+    /// ours, a replay). At the threshold, a source where a phone is `registered` (or
+    /// where some account logged in lately) is only refused provisioning for a
+    /// provisioning window: such a probe proves no source address and must never
+    /// silence a phone. Any other source is banned.
+    pub fn provisioning_probe(&self, ip: IpAddr, now: i64, registered: bool) -> ProbeVerdict {
         if self.allowed(ip) {
-            return false;
+            return ProbeVerdict::Counted;
         }
         let p = &self.policy;
         let count = {
@@ -714,17 +746,36 @@ impl Guard {
             count
         };
         if count < p.provisioning_probes {
-            return false;
+            return ProbeVerdict::Counted;
+        }
+        if registered || self.trusted_anywhere(ip, now) {
+            let until = now.saturating_add(p.provisioning_window_secs);
+            let mut limited = lock(&self.provisioning_limited);
+            if limited.len() >= TABLE_CAPACITY {
+                limited.retain(|_, u| *u > now);
+                if limited.len() >= TABLE_CAPACITY {
+                    limited.clear();
+                }
+            }
+            limited.insert(ip, until);
+            drop(limited);
+            Metrics::inc(&self.metrics.provisioning_limited);
+            self.emit(Event::ProvisioningLimited {
+                source: ip,
+                probes: count,
+                until,
+            });
+            return ProbeVerdict::Limited;
         }
         let minutes = p.provisioning_window_secs / 60;
         self.impose(
             ip,
             Reason::ProvisioningProbe,
             now,
-            |_| format!("{count} provisioning requests for unknown phones or with a wrong login within {minutes} minutes"),
+            |_| format!("{count} failed provisioning requests (wrong login, stale or foreign nonce, replay) within {minutes} minutes"),
             Some(p.provisioning_ban_secs),
         );
-        true
+        ProbeVerdict::Banned
     }
 
     /// Bans `ip` at once when `user` is a decoy (the caller has checked it is no account
@@ -838,6 +889,7 @@ mod tests {
             ha1_sha256: String::new(),
             weak,
             grace: None,
+            generation: 1,
         }
     }
 
@@ -1216,10 +1268,19 @@ mod tests {
             ..Default::default()
         });
         let prober: IpAddr = "198.51.100.7".parse().expect("ip");
-        assert!(!g.provisioning_probe(prober, 1000));
-        assert!(!g.provisioning_probe(prober, 1001));
+        assert_eq!(
+            g.provisioning_probe(prober, 1000, false),
+            ProbeVerdict::Counted
+        );
+        assert_eq!(
+            g.provisioning_probe(prober, 1001, false),
+            ProbeVerdict::Counted
+        );
         assert!(g.admits(prober));
-        assert!(g.provisioning_probe(prober, 1002));
+        assert_eq!(
+            g.provisioning_probe(prober, 1002, false),
+            ProbeVerdict::Banned
+        );
         assert!(!g.admits(prober));
         assert_eq!(
             g.metrics.bans_by_reason[Reason::ProvisioningProbe as usize].load(Ordering::Relaxed),
@@ -1237,8 +1298,67 @@ mod tests {
             false,
         );
         for t in 0..10 {
-            assert!(!g.provisioning_probe(office, 2000 + t));
+            assert_eq!(
+                g.provisioning_probe(office, 2000 + t, false),
+                ProbeVerdict::Counted
+            );
         }
-        assert!(g.admits(office));
+        assert!(g.admits(office) && g.provisioning_admits(office, 2010));
+    }
+
+    #[test]
+    fn probes_from_a_phones_address_limit_provisioning_and_never_ban() {
+        let (g, mut rx) = guard(BanPolicy {
+            provisioning_probes: 3,
+            provisioning_window_secs: 600,
+            ..Default::default()
+        });
+        // Registered (the registrar knows a binding there)...
+        let desk: IpAddr = "198.51.100.20".parse().expect("ip");
+        for t in 0..2 {
+            assert_eq!(
+                g.provisioning_probe(desk, 1000 + t, true),
+                ProbeVerdict::Counted
+            );
+        }
+        assert_eq!(
+            g.provisioning_probe(desk, 1002, true),
+            ProbeVerdict::Limited
+        );
+        assert!(g.admits(desk), "SIP keeps answering the phone");
+        assert!(
+            !g.provisioning_admits(desk, 1003),
+            "provisioning does not, for now"
+        );
+        assert!(g.provisioning_admits(desk, 1002 + 600), "on its own scale");
+        // ...or where an account logged in lately.
+        let office: IpAddr = "198.51.100.21".parse().expect("ip");
+        g.auth_success(office, "alice1001", 1000);
+        for t in 0..3 {
+            let _ = g.provisioning_probe(office, 1000 + t, false);
+        }
+        assert!(g.admits(office) && !g.provisioning_admits(office, 1003));
+        let said: Vec<serde_json::Value> = events(&mut rx)
+            .into_iter()
+            .map(|e| e.to_json(None))
+            .collect();
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert!(said.iter().all(|e| {
+            e["event"] == "provisioning_limited"
+                && e["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("not banned"))
+        }));
+        assert_eq!(
+            g.metrics.bans_by_reason[Reason::ProvisioningProbe as usize].load(Ordering::Relaxed),
+            0,
+            "no ban"
+        );
+        // Control: the same probes from a stranger ban it.
+        let stranger: IpAddr = "198.51.100.22".parse().expect("ip");
+        for t in 0..3 {
+            let _ = g.provisioning_probe(stranger, 1000 + t, false);
+        }
+        assert!(!g.admits(stranger));
     }
 }

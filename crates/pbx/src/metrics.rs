@@ -37,6 +37,8 @@ pub struct Metrics {
     pub mail_failed: AtomicU64,
     pub provisioning_served: AtomicU64,
     pub provisioning_refused: AtomicU64,
+    pub provisioning_limited: AtomicU64,
+    pub provisioning_not_served: AtomicU64,
     pub invite_challenged: AtomicU64,
     pub calls_forbidden: AtomicU64,
     pub outbound_suspensions: AtomicU64,
@@ -175,8 +177,18 @@ impl Metrics {
             ),
             (
                 "sipward_provisioning_refused_total",
-                "provisioning requests refused (no or wrong login, unknown file)",
+                "provisioning requests refused and counted as probes (wrong login, stale or unknown nonce, replay)",
                 get(&self.provisioning_refused),
+            ),
+            (
+                "sipward_provisioning_limited_total",
+                "sources where a phone is registered that went over the provisioning probe limit (provisioning refused for a while, SIP untouched)",
+                get(&self.provisioning_limited),
+            ),
+            (
+                "sipward_provisioning_not_served_total",
+                "files an authenticated phone asked for that sipward does not serve (answered 404, not counted as probes)",
+                get(&self.provisioning_not_served),
             ),
             (
                 "sipward_invite_challenged_total",

@@ -1,8 +1,17 @@
 //! The registrar's bindings (RFC 3261 §10.3): per extension, several contacts, each with
-//! its Call-ID, CSeq and expiry. Kept in memory for speed; changed extensions are marked
-//! dirty and written behind to the store, from which they are loaded at start, so
-//! registrations survive a restart. All time is passed in (epoch seconds), so the state
-//! machine is tested without sleeping.
+//! its Call-ID, CSeq, expiry and the credential generation of the login that made it.
+//! Kept in memory for speed and written to the store, from which they are loaded at
+//! start, so registrations survive a restart. All time is passed in (epoch seconds), so
+//! the state machine is tested without sleeping.
+//!
+//! Durability: a new or moved binding (a contact not bound before, or bound from
+//! another source, transport or login) and a removal are written before their `200` is
+//! sent: [`Registrar::register`] hands back a [`Durable`] ticket for the group commit
+//! that will carry the change, and the answer waits for it. Refreshes of an unchanged
+//! binding stay write-behind: losing one in a crash costs nothing but an older expiry.
+//!
+//! Revocation: [`Registrar::reconcile`] drops every binding no credentials back any more
+//! (the extension is gone, or its credentials changed and no grace window keeps it).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -11,6 +20,7 @@ use std::sync::Mutex;
 use serde::Deserialize;
 use sip::header::addr::SipUri;
 use store::bindings::BindingRow;
+use tokio::sync::{Notify, watch};
 
 /// Registration intervals and limits (the `[registrar]` table of the config file).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -79,6 +89,8 @@ pub struct Binding {
     pub expires_at: i64,
     pub source: SocketAddr,
     pub transport: TransportKind,
+    /// The credential generation of the login that made it.
+    pub generation: i64,
 }
 
 /// The Contact part of a REGISTER.
@@ -100,6 +112,9 @@ pub struct RegisterRequest {
     pub expires_header: Option<u32>,
     pub source: SocketAddr,
     pub transport: TransportKind,
+    /// The credential generation of the login that authenticated it (see
+    /// [`crate::directory::Account::generation`]).
+    pub generation: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,10 +136,51 @@ pub struct Current {
     pub expires_in: u32,
 }
 
+/// What a REGISTER that was applied comes to.
+#[derive(Debug)]
+pub struct Registered {
+    /// The bindings now current, for the 200.
+    pub current: Vec<Current>,
+    /// Present when the change must be in the store before the 200 goes out.
+    pub durable: Option<Durable>,
+}
+
+/// A wait for the group commit that carries a change: the answer to the REGISTER that
+/// made it is sent once [`Durable::wait`] returns true.
+#[derive(Debug)]
+pub struct Durable {
+    batch: u64,
+    committed: watch::Receiver<u64>,
+}
+
+impl Durable {
+    /// Waits until the change is in the store: true then, false when the registrar
+    /// stopped committing (shutdown) first.
+    pub async fn wait(mut self) -> bool {
+        let batch = self.batch;
+        self.committed.wait_for(|c| *c >= batch).await.is_ok()
+    }
+}
+
+/// Extensions changed since the last write, taken together as one batch (group commit).
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Identifies the batch: [`Registrar::committed`] with this id releases the answers
+    /// waiting for it (and for every earlier batch).
+    pub id: u64,
+    /// Each changed extension with its bindings as rows (an empty list removes them).
+    pub rows: Vec<(String, Vec<BindingRow>)>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     by_number: HashMap<String, Vec<Binding>>,
     dirty: HashSet<String>,
+    /// Extensions with a new, moved or removed binding that is not in the store yet, and
+    /// the batch that will carry it: their answers wait (a refresh of one waits too).
+    unwritten: HashMap<String, u64>,
+    /// The batch now collecting changes (ids start at 1).
+    batch: u64,
     /// How many bindings name each address (as source or as Contact host): the
     /// addresses in-dialog requests may be relayed to.
     hosts: HashMap<IpAddr, u32>,
@@ -154,13 +210,22 @@ impl State {
 pub struct Registrar {
     cfg: RegistrarConfig,
     state: Mutex<State>,
+    /// The highest batch in the store; answers waiting for a batch watch it.
+    committed: watch::Sender<u64>,
+    /// Woken when a change waits for its write, so the writer starts a group commit.
+    urgent: Notify,
 }
 
 impl Registrar {
     pub fn new(cfg: RegistrarConfig) -> Self {
         Self {
             cfg,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                batch: 1,
+                ..State::default()
+            }),
+            committed: watch::Sender::new(0),
+            urgent: Notify::new(),
         }
     }
 
@@ -168,14 +233,15 @@ impl Registrar {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies a REGISTER for `number` at time `now` and returns the bindings now current.
+    /// Applies a REGISTER for `number` at time `now` and returns the bindings now current,
+    /// with a [`Durable`] ticket when the change must be written before the answer.
     /// Nothing changes unless the whole request is valid.
     pub fn register(
         &self,
         number: &str,
         req: &RegisterRequest,
         now: i64,
-    ) -> Result<Vec<Current>, RegisterError> {
+    ) -> Result<Registered, RegisterError> {
         let mut st = self.lock();
         let existing = st.by_number.get(number).cloned().unwrap_or_default();
         let mut next: Vec<Binding> = existing
@@ -184,6 +250,9 @@ impl Registrar {
             .cloned()
             .collect();
         let mut changed = next.len() != existing.len();
+        // A change the store must hold before the answer: a binding added, moved (other
+        // source, transport or login) or removed.
+        let mut must_write = false;
         match &req.contacts {
             Contacts::None => {}
             Contacts::Star => {
@@ -196,6 +265,7 @@ impl Registrar {
                     }
                 }
                 changed |= !next.is_empty();
+                must_write |= !next.is_empty();
                 next.clear();
             }
             Contacts::List(list) => {
@@ -221,6 +291,7 @@ impl Registrar {
                     match (pos, expires) {
                         (Some(i), 0) => {
                             next.remove(i);
+                            must_write = true;
                         }
                         (None, 0) => {}
                         (pos, e) => {
@@ -231,7 +302,15 @@ impl Registrar {
                                 expires_at: now + i64::from(e),
                                 source: req.source,
                                 transport: req.transport,
+                                generation: req.generation,
                             };
+                            let same_place = pos.is_some_and(|i| {
+                                let o = &next[i];
+                                o.source == b.source
+                                    && o.transport == b.transport
+                                    && o.generation == b.generation
+                            });
+                            must_write |= !same_place;
                             match pos {
                                 Some(i) => next[i] = b,
                                 None => next.push(b),
@@ -252,6 +331,9 @@ impl Registrar {
                 expires_in: u32::try_from(b.expires_at - now).unwrap_or(0),
             })
             .collect();
+        // A refresh of an extension whose earlier change is not written yet waits for
+        // that write too: its 200 must not claim more than the store holds.
+        let waits = must_write || st.unwritten.contains_key(number);
         if changed {
             // A refresh from the same place (the common case on this hot path) changes
             // no address: only recount when contacts or sources moved.
@@ -271,7 +353,51 @@ impl Registrar {
             }
             st.dirty.insert(number.to_owned());
         }
-        Ok(current)
+        let durable = if waits {
+            let batch = st.batch;
+            st.unwritten.insert(number.to_owned(), batch);
+            st.dirty.insert(number.to_owned());
+            drop(st);
+            self.urgent.notify_one();
+            Some(Durable {
+                batch,
+                committed: self.committed.subscribe(),
+            })
+        } else {
+            None
+        };
+        Ok(Registered { current, durable })
+    }
+
+    /// Resolves when a change waits for its write (at once if one has since the last
+    /// call): the writer then gathers a batch and commits it.
+    pub async fn urgent(&self) {
+        self.urgent.notified().await;
+    }
+
+    /// Drops the bindings `backed` says no credentials back any more (called with the
+    /// number and the binding); returns the numbers that lost bindings. Their removal is
+    /// written like any other change.
+    pub fn reconcile(&self, backed: impl Fn(&str, &Binding) -> bool) -> Vec<String> {
+        let mut st = self.lock();
+        let mut touched = Vec::new();
+        let mut gone = Vec::new();
+        for (number, list) in st.by_number.iter_mut() {
+            let before = list.len();
+            gone.extend(list.iter().filter(|b| !backed(number, b)).cloned());
+            list.retain(|b| backed(number, b));
+            if list.len() != before {
+                touched.push(number.clone());
+            }
+        }
+        if touched.is_empty() {
+            return touched;
+        }
+        st.by_number.retain(|_, l| !l.is_empty());
+        st.count_hosts(&gone, false);
+        st.dirty.extend(touched.iter().cloned());
+        touched.sort();
+        touched
     }
 
     /// Drops expired bindings; returns how many.
@@ -319,11 +445,14 @@ impl Registrar {
         self.lock().by_number.values().map(Vec::len).sum()
     }
 
-    /// Takes the extensions changed since the last call, with their bindings as rows.
-    pub fn take_dirty(&self) -> Vec<(String, Vec<BindingRow>)> {
+    /// Takes the extensions changed since the last call, with their bindings as rows,
+    /// as one batch; the next changes go into the next batch.
+    pub fn take_dirty(&self) -> Batch {
         let mut st = self.lock();
+        let id = st.batch;
+        st.batch += 1;
         let dirty: Vec<String> = st.dirty.drain().collect();
-        dirty
+        let rows = dirty
             .into_iter()
             .map(|n| {
                 let rows = st
@@ -333,12 +462,39 @@ impl Registrar {
                     .unwrap_or_default();
                 (n, rows)
             })
-            .collect()
+            .collect();
+        Batch { id, rows }
     }
 
-    /// Marks extensions dirty again (a write-behind that failed will be retried).
+    /// The batch `id` (and every one before it) is in the store: the answers waiting
+    /// for it go out.
+    pub fn committed(&self, id: u64) {
+        let mut st = self.lock();
+        st.unwritten.retain(|_, b| *b > id);
+        drop(st);
+        self.committed.send_if_modified(|c| {
+            let moved = id > *c;
+            *c = (*c).max(id);
+            moved
+        });
+    }
+
+    /// A batch could not be written: its extensions go into the batch now collecting
+    /// (answers waiting for them wait on, until a later batch carries them).
     pub fn mark_dirty(&self, numbers: impl IntoIterator<Item = String>) {
-        self.lock().dirty.extend(numbers);
+        let mut st = self.lock();
+        let batch = st.batch;
+        for n in numbers {
+            if let Some(b) = st.unwritten.get_mut(&n) {
+                *b = batch;
+            }
+            st.dirty.insert(n);
+        }
+        let waiting = !st.unwritten.is_empty();
+        drop(st);
+        if waiting {
+            self.urgent.notify_one();
+        }
     }
 
     /// Loads persisted bindings at start (rows that do not parse are skipped).
@@ -362,6 +518,7 @@ impl Registrar {
                 expires_at: r.expires_at,
                 source,
                 transport,
+                generation: r.generation,
             };
             st.count_hosts(std::slice::from_ref(&b), true);
             st.by_number.entry(r.number).or_default().push(b);
@@ -380,6 +537,7 @@ fn to_row(number: &str, b: &Binding) -> BindingRow {
         expires_at: b.expires_at,
         source: b.source.to_string(),
         transport: b.transport.as_str().to_owned(),
+        generation: b.generation,
     }
 }
 
@@ -395,7 +553,18 @@ mod tests {
             expires_header: expires,
             source: "127.0.0.1:5062".parse().expect("addr"),
             transport: TransportKind::Udp,
+            generation: 1,
         }
+    }
+
+    /// The bindings a REGISTER leaves current (the durability ticket dropped).
+    fn reg(
+        r: &Registrar,
+        number: &str,
+        req: &RegisterRequest,
+        now: i64,
+    ) -> Result<Vec<Current>, RegisterError> {
+        r.register(number, req, now).map(|x| x.current)
     }
 
     fn list(items: &[(&str, Option<u32>)]) -> Contacts {
@@ -405,13 +574,13 @@ mod tests {
     #[test]
     fn register_refresh_query_and_remove() {
         let r = Registrar::new(RegistrarConfig::default());
-        let cur = r
-            .register(
-                "1001",
-                &req("c1", 1, list(&[("sip:a@h", None)]), Some(120)),
-                1000,
-            )
-            .expect("ok");
+        let cur = reg(
+            &r,
+            "1001",
+            &req("c1", 1, list(&[("sip:a@h", None)]), Some(120)),
+            1000,
+        )
+        .expect("ok");
         assert_eq!(
             cur,
             vec![Current {
@@ -420,50 +589,48 @@ mod tests {
             }]
         );
         // A second contact with its own expires parameter.
-        let cur = r
-            .register(
-                "1001",
-                &req("c2", 1, list(&[("sip:b@h", Some(300))]), None),
-                1010,
-            )
-            .expect("ok");
+        let cur = reg(
+            &r,
+            "1001",
+            &req("c2", 1, list(&[("sip:b@h", Some(300))]), None),
+            1010,
+        )
+        .expect("ok");
         assert_eq!(cur.len(), 2);
         // A query lists both without changing anything.
-        let q = r
-            .register("1001", &req("c3", 1, Contacts::None, None), 1020)
-            .expect("query");
+        let q = reg(&r, "1001", &req("c3", 1, Contacts::None, None), 1020).expect("query");
         assert_eq!(
             q.iter().map(|c| c.expires_in).collect::<Vec<_>>(),
             vec![100, 290]
         );
         // Refresh with a higher CSeq; out-of-order CSeq is refused.
         assert_eq!(
-            r.register(
+            reg(
+                &r,
                 "1001",
                 &req("c1", 1, list(&[("sip:a@h", None)]), Some(120)),
                 1030
             ),
             Err(RegisterError::OutOfOrder)
         );
-        r.register(
+        reg(
+            &r,
             "1001",
             &req("c1", 2, list(&[("sip:a@h", None)]), Some(120)),
             1030,
         )
         .expect("refresh");
         // Expires 0 removes one binding.
-        let cur = r
-            .register(
-                "1001",
-                &req("c2", 2, list(&[("sip:b@h", Some(0))]), None),
-                1040,
-            )
-            .expect("remove");
+        let cur = reg(
+            &r,
+            "1001",
+            &req("c2", 2, list(&[("sip:b@h", Some(0))]), None),
+            1040,
+        )
+        .expect("remove");
         assert_eq!(cur.len(), 1);
         // Star removes all.
-        let cur = r
-            .register("1001", &req("c9", 1, Contacts::Star, Some(0)), 1050)
-            .expect("star");
+        let cur = reg(&r, "1001", &req("c9", 1, Contacts::Star, Some(0)), 1050).expect("star");
         assert!(cur.is_empty());
         assert_eq!(r.binding_count(), 0);
     }
@@ -472,9 +639,7 @@ mod tests {
     fn a_contact_listed_twice_is_one_binding() {
         let r = Registrar::new(RegistrarConfig::default());
         let twice = list(&[("sip:a@h", Some(120)), ("sip:a@h", Some(300))]);
-        let cur = r
-            .register("1001", &req("c", 1, twice, None), 0)
-            .expect("ok");
+        let cur = reg(&r, "1001", &req("c", 1, twice, None), 0).expect("ok");
         assert_eq!(
             cur,
             vec![Current {
@@ -493,7 +658,8 @@ mod tests {
         };
         let r = Registrar::new(cfg);
         assert_eq!(
-            r.register(
+            reg(
+                &r,
                 "1001",
                 &req("c", 1, list(&[("sip:a@h", None)]), Some(30)),
                 0
@@ -501,28 +667,37 @@ mod tests {
             Err(RegisterError::IntervalTooBrief { min: 60 })
         );
         assert_eq!(r.binding_count(), 0, "nothing changed");
-        let cur = r
-            .register(
-                "1001",
-                &req("c", 2, list(&[("sip:a@h", None)]), Some(999_999)),
-                0,
-            )
-            .expect("clamped");
+        let cur = reg(
+            &r,
+            "1001",
+            &req("c", 2, list(&[("sip:a@h", None)]), Some(999_999)),
+            0,
+        )
+        .expect("clamped");
         assert_eq!(cur[0].expires_in, 3600);
-        let cur = r
-            .register("1001", &req("d", 1, list(&[("sip:b@h", None)]), None), 0)
-            .expect("default");
+        let cur = reg(
+            &r,
+            "1001",
+            &req("d", 1, list(&[("sip:b@h", None)]), None),
+            0,
+        )
+        .expect("default");
         assert_eq!(cur[1].expires_in, 3600);
         assert_eq!(
-            r.register("1001", &req("e", 1, list(&[("sip:c@h", None)]), None), 0),
+            reg(
+                &r,
+                "1001",
+                &req("e", 1, list(&[("sip:c@h", None)]), None),
+                0
+            ),
             Err(RegisterError::TooManyContacts)
         );
         assert_eq!(
-            r.register("1001", &req("f", 1, Contacts::Star, Some(60)), 0),
+            reg(&r, "1001", &req("f", 1, Contacts::Star, Some(60)), 0),
             Err(RegisterError::BadStar)
         );
         assert_eq!(
-            r.register("1001", &req("f", 1, Contacts::Star, None), 0),
+            reg(&r, "1001", &req("f", 1, Contacts::Star, None), 0),
             Err(RegisterError::BadStar)
         );
         assert_eq!(r.binding_count(), 2);
@@ -531,27 +706,29 @@ mod tests {
     #[test]
     fn expiry_and_write_behind() {
         let r = Registrar::new(RegistrarConfig::default());
-        r.register(
+        reg(
+            &r,
             "1001",
             &req("c", 1, list(&[("sip:a@h", Some(60))]), None),
             0,
         )
         .expect("ok");
-        r.register(
+        reg(
+            &r,
             "1002",
             &req("c", 1, list(&[("sip:b@h", Some(600))]), None),
             0,
         )
         .expect("ok");
         let dirty = r.take_dirty();
-        assert_eq!(dirty.len(), 2);
-        assert!(r.take_dirty().is_empty(), "taken");
+        assert_eq!(dirty.rows.len(), 2);
+        assert!(r.take_dirty().rows.is_empty(), "taken");
         assert_eq!(r.sweep(59), 0);
         assert_eq!(r.sweep(60), 1, "expires exactly on time");
         assert!(r.bindings("1001", 60).is_empty());
         let dirty = r.take_dirty();
         assert_eq!(
-            dirty,
+            dirty.rows,
             vec![("1001".to_string(), vec![])],
             "the removal is written behind too"
         );
@@ -601,7 +778,8 @@ mod tests {
         let phone: IpAddr = "127.0.0.1".parse().expect("ip");
         let lan: IpAddr = "10.1.2.3".parse().expect("ip");
         assert!(!r.knows_host(phone));
-        r.register(
+        reg(
+            &r,
             "1001",
             &req("a", 1, list(&[("sip:1001@10.1.2.3:5060", Some(60))]), None),
             0,
@@ -610,7 +788,8 @@ mod tests {
         assert!(r.knows_host(phone), "the source");
         assert!(r.knows_host(lan), "the Contact host");
         // A refresh from the same place changes nothing; one from elsewhere moves it.
-        r.register(
+        reg(
+            &r,
             "1001",
             &req("a", 2, list(&[("sip:1001@10.1.2.3:5060", Some(60))]), None),
             0,
@@ -619,16 +798,17 @@ mod tests {
         assert!(r.knows_host(phone) && r.knows_host(lan));
         let mut moved = req("a", 3, list(&[("sip:1001@10.1.2.3:5060", Some(60))]), None);
         moved.source = "127.0.0.7:5062".parse().expect("addr");
-        r.register("1001", &moved, 0).expect("moved");
+        reg(&r, "1001", &moved, 0).expect("moved");
         assert!(!r.knows_host(phone), "the old source is forgotten");
         assert!(r.knows_host("127.0.0.7".parse().expect("ip")) && r.knows_host(lan));
         // Removed with Expires 0...
         let mut gone = req("a", 4, list(&[("sip:1001@10.1.2.3:5060", Some(0))]), None);
         gone.source = "127.0.0.7:5062".parse().expect("addr");
-        r.register("1001", &gone, 1).expect("unregister");
+        reg(&r, "1001", &gone, 1).expect("unregister");
         assert!(!r.knows_host("127.0.0.7".parse().expect("ip")) && !r.knows_host(lan));
         // ...or expired.
-        r.register(
+        reg(
+            &r,
             "1002",
             &req("b", 1, list(&[("sip:1002@10.1.2.3:5060", Some(60))]), None),
             0,
@@ -636,5 +816,130 @@ mod tests {
         .expect("register");
         assert_eq!(r.sweep(100), 1);
         assert!(!r.knows_host(lan));
+    }
+
+    /// Whether a ticket's wait is over right now.
+    fn released(d: &Durable) -> bool {
+        *d.committed.borrow() >= d.batch
+    }
+
+    #[test]
+    fn new_moved_and_removed_bindings_wait_for_their_write_refreshes_do_not() {
+        let r = Registrar::new(RegistrarConfig::default());
+        let new = r
+            .register("1001", &req("a", 1, list(&[("sip:a@h", None)]), None), 0)
+            .expect("new");
+        let ticket = new.durable.expect("a new binding waits for its write");
+        assert!(!released(&ticket));
+        // A refresh before the write waits for it too.
+        let early = r
+            .register("1001", &req("a", 2, list(&[("sip:a@h", None)]), None), 1)
+            .expect("refresh");
+        let early = early.durable.expect("not written yet: it waits as well");
+        let batch = r.take_dirty();
+        assert_eq!(batch.rows.len(), 1);
+        assert!(!released(&ticket), "taken is not written");
+        r.committed(batch.id);
+        assert!(released(&ticket) && released(&early));
+
+        // Written: a refresh from the same place is answered at once (write-behind).
+        let refresh = r
+            .register("1001", &req("a", 3, list(&[("sip:a@h", None)]), None), 2)
+            .expect("refresh");
+        assert!(refresh.durable.is_none());
+        // From another source, over another transport or with another login: moved.
+        let mut moved = req("a", 4, list(&[("sip:a@h", None)]), None);
+        moved.source = "127.0.0.9:5062".parse().expect("addr");
+        assert!(
+            r.register("1001", &moved, 3)
+                .expect("moved")
+                .durable
+                .is_some()
+        );
+        let mut tcp = req("a", 5, list(&[("sip:a@h", None)]), None);
+        tcp.source = moved.source;
+        tcp.transport = TransportKind::Tcp;
+        assert!(r.register("1001", &tcp, 3).expect("tcp").durable.is_some());
+        let mut relogin = tcp.clone();
+        relogin.cseq = 6;
+        relogin.generation = 2;
+        let relogin = r.register("1001", &relogin, 3).expect("new login");
+        let last = relogin.durable.expect("a new login's binding waits");
+        let b = r.take_dirty();
+        r.committed(b.id);
+        assert!(released(&last));
+        // A removal waits too.
+        let gone = r
+            .register("1001", &req("z", 1, Contacts::Star, Some(0)), 4)
+            .expect("remove");
+        assert!(gone.durable.is_some());
+    }
+
+    #[test]
+    fn a_failed_write_keeps_its_answers_waiting_for_the_batch_that_carries_it() {
+        let r = Registrar::new(RegistrarConfig::default());
+        let t = r
+            .register("1001", &req("a", 1, list(&[("sip:a@h", None)]), None), 0)
+            .expect("new")
+            .durable
+            .expect("waits");
+        let failed = r.take_dirty();
+        r.mark_dirty(failed.rows.into_iter().map(|(n, _)| n));
+        // Nothing else changed; the retry is a later batch.
+        let retry = r.take_dirty();
+        assert_eq!(retry.rows.len(), 1, "retried");
+        assert!(retry.id > failed.id);
+        assert!(!released(&t));
+        r.committed(retry.id);
+        assert!(released(&t));
+        // A refresh after the retry's write is write-behind again.
+        let refresh = r
+            .register("1001", &req("a", 2, list(&[("sip:a@h", None)]), None), 1)
+            .expect("refresh");
+        assert!(refresh.durable.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_ticket_resolves_on_commit_and_fails_when_the_registrar_is_gone() {
+        let r = Registrar::new(RegistrarConfig::default());
+        let t = r
+            .register("1001", &req("a", 1, list(&[("sip:a@h", None)]), None), 0)
+            .expect("new")
+            .durable
+            .expect("waits");
+        let b = r.take_dirty();
+        r.committed(b.id);
+        assert!(t.wait().await);
+        let t = r
+            .register("1002", &req("b", 1, list(&[("sip:b@h", None)]), None), 0)
+            .expect("new")
+            .durable
+            .expect("waits");
+        drop(r);
+        assert!(!t.wait().await, "never written: never answered 200");
+    }
+
+    #[test]
+    fn reconcile_drops_bindings_no_credentials_back() {
+        let r = Registrar::new(RegistrarConfig::default());
+        for (n, generation) in [("1001", 1), ("1002", 1), ("1003", 1)] {
+            let mut q = req(n, 1, list(&[(&format!("sip:{n}@10.0.0.1"), None)]), None);
+            q.generation = generation;
+            reg(&r, n, &q, 0).expect("register");
+        }
+        let _ = r.take_dirty();
+        assert!(r.knows_host("10.0.0.1".parse().expect("ip")));
+        // 1002's credentials changed (generation 2), 1003 was removed.
+        let dropped = r.reconcile(|n, b| match n {
+            "1001" => b.generation == 1,
+            "1002" => b.generation == 2,
+            _ => false,
+        });
+        assert_eq!(dropped, vec!["1002".to_string(), "1003".to_string()]);
+        assert_eq!(r.binding_count(), 1);
+        assert!(r.bindings("1002", 0).is_empty() && r.bindings("1003", 0).is_empty());
+        let written: Vec<String> = r.take_dirty().rows.into_iter().map(|(n, _)| n).collect();
+        assert_eq!(written.len(), 2, "the removals are written: {written:?}");
+        assert!(r.reconcile(|_, _| true).is_empty(), "control: nothing else");
     }
 }

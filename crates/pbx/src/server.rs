@@ -1,6 +1,7 @@
 //! The running SIP server: binds the transports, loads the directory and the persisted
 //! bindings, and runs the background work (directory reload when the store changes,
-//! binding expiry and write-behind) until shutdown.
+//! revocation of what changed credentials reached, the bindings' group commit and
+//! write-behind, expiry) until shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 
 use crate::authenticator::{AuthConfig, Authenticator};
-use crate::directory::{Directory, DirectoryCache};
+use crate::directory::{Directory, DirectoryCache, Revocation};
 use crate::endpoint::Endpoint;
 use crate::guard::{Event, Guard};
 use crate::metrics::Metrics;
@@ -31,6 +32,10 @@ pub const RELOAD_EVERY: Duration = Duration::from_millis(250);
 pub const BAN_RECORDS_KEPT_SECS: i64 = 30 * 86_400;
 /// How often bindings are expired and written behind.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How long the writer gathers changes that wait for their write (new or moved
+/// bindings) before it commits them together: every answer waits about this long plus
+/// one commit, and a burst of registrations shares one commit.
+pub const GROUP_COMMIT_AFTER: Duration = Duration::from_millis(3);
 
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -124,8 +129,17 @@ pub async fn bind(
             guard.auth_success(source.ip(), auth_id, clock.now());
         }
     }
-    let loaded = registrar.load(bindings);
-    metrics.bindings.store(loaded as u64, Ordering::Relaxed);
+    registrar.load(bindings);
+    // Only bindings the directory's credentials back are kept (the store's read already
+    // filters them; this holds it true of memory, whatever was read).
+    let now = clock.now();
+    registrar.reconcile(|n, b| {
+        dir.by_number(n)
+            .is_some_and(|a| a.backs(b.generation, b.source.ip(), now))
+    });
+    metrics
+        .bindings
+        .store(registrar.binding_count() as u64, Ordering::Relaxed);
     drop(conn);
 
     let auth = Authenticator::new(
@@ -177,6 +191,7 @@ impl Bound {
         Arc::new(crate::handle::ServerHandle::new(
             self.endpoint.guard.clone(),
             self.endpoint.metrics.clone(),
+            self.endpoint.registrar.clone(),
         ))
     }
 
@@ -250,7 +265,7 @@ impl Bound {
         if let Ok(mut conn) = self.registry.store().conn().await {
             let _ = store::trunks::replace_active_calls(&mut conn, &[], 0).await;
         }
-        flush(&self.registry, &self.endpoint, self.clock.now()).await
+        flush(&self.registry, &self.endpoint, self.clock.now(), true).await
     }
 }
 
@@ -310,7 +325,10 @@ async fn reload_loop(
                     .outbound
                     .replace_with_users(&rows, dir.extension_numbers());
             }
-            endpoint.directory.replace(dir);
+            let reloaded = apply_directory(&endpoint, dir, clock.now());
+            for r in &reloaded.revoked {
+                eprintln!("{}", revocation_event(r, &reloaded.bindings_dropped));
+            }
             versions.0 = v;
             registry_moved = true;
             let _ = load_trunks(&registry, &endpoint).await;
@@ -324,6 +342,54 @@ async fn reload_loop(
             versions.1 = v;
         }
     }
+}
+
+/// What a directory reload changed for the runtime.
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    /// Accounts removed or given new credentials since the previous snapshot: every
+    /// call of theirs must end (the call path's part of revocation).
+    pub revoked: Vec<Revocation>,
+    /// Extensions that lost bindings no credentials back any more (revoked ones, and
+    /// those whose grace window ended).
+    pub bindings_dropped: Vec<String>,
+}
+
+/// Puts a new directory snapshot in force: the registrar drops every binding that no
+/// credentials in it back (removed extensions, changed credentials without a grace
+/// window from the binding's source, ended windows). Returns what was revoked, for the
+/// call path to end those accounts' calls.
+pub fn apply_directory(endpoint: &Endpoint, dir: Directory, now: i64) -> Reloaded {
+    let old = endpoint.directory.get();
+    let revoked = old.revocations(&dir);
+    endpoint.directory.replace(dir);
+    let current = endpoint.directory.get();
+    let bindings_dropped = endpoint.registrar.reconcile(|n, b| {
+        current
+            .by_number(n)
+            .is_some_and(|a| a.backs(b.generation, b.source.ip(), now))
+    });
+    if !bindings_dropped.is_empty() {
+        endpoint
+            .metrics
+            .bindings
+            .store(endpoint.registrar.binding_count() as u64, Ordering::Relaxed);
+    }
+    Reloaded {
+        revoked,
+        bindings_dropped,
+    }
+}
+
+/// The security event for one revocation (one JSON line).
+fn revocation_event(r: &Revocation, dropped: &[String]) -> serde_json::Value {
+    serde_json::json!({
+        "event": "credentials_revoked",
+        "number": r.number,
+        "kind": r.kind,
+        "reason": r.reason.as_str(),
+        "bindings_dropped": dropped.contains(&r.number),
+    })
 }
 
 /// Loads gateways, providers, routes and DIDs (passwords opened), resolving each
@@ -563,6 +629,9 @@ async fn outbox_loop(
     }
 }
 
+/// The bindings' writer: a group commit as soon as a change waits for its write (after
+/// [`GROUP_COMMIT_AFTER`], so that a burst shares it), and every second the
+/// write-behind of refreshes, expiry and the trunk state.
 async fn flush_loop(
     registry: Registry,
     endpoint: Arc<Endpoint>,
@@ -572,12 +641,18 @@ async fn flush_loop(
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     let mut calls_written = None;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let every_second = tokio::select! {
+            _ = tick.tick() => true,
+            _ = endpoint.registrar.urgent() => {
+                tokio::time::sleep(GROUP_COMMIT_AFTER).await;
+                false
+            }
             _ = stop.changed() => return,
+        };
+        if every_second {
+            write_trunk_state(&registry, &endpoint, clock.now(), &mut calls_written).await;
         }
-        write_trunk_state(&registry, &endpoint, clock.now(), &mut calls_written).await;
-        let _ = flush(&registry, &endpoint, clock.now()).await;
+        let _ = flush(&registry, &endpoint, clock.now(), every_second).await;
     }
 }
 
@@ -614,9 +689,10 @@ async fn write_trunk_state(
     }
 }
 
-/// Expires bindings and writes every changed extension's bindings in one transaction;
-/// on failure the changes stay dirty and are retried on the next tick.
-async fn flush(registry: &Registry, endpoint: &Endpoint, now: i64) -> Result<()> {
+/// Writes every changed extension's bindings in one transaction (one batch: the answers
+/// waiting for it go out once it is committed), expiring bindings first when `sweep`;
+/// on failure the changes stay dirty and are retried with the next batch.
+async fn flush(registry: &Registry, endpoint: &Endpoint, now: i64, sweep: bool) -> Result<()> {
     let ended = endpoint.take_graces_ended();
     if !ended.is_empty() {
         let mut conn = registry.store().conn().await?;
@@ -625,29 +701,37 @@ async fn flush(registry: &Registry, endpoint: &Endpoint, now: i64) -> Result<()>
             return Err(e.into());
         }
     }
-    endpoint.registrar.sweep(now);
+    if sweep {
+        endpoint.registrar.sweep(now);
+    }
     endpoint
         .metrics
         .bindings
         .store(endpoint.registrar.binding_count() as u64, Ordering::Relaxed);
-    let dirty = endpoint.registrar.take_dirty();
-    if dirty.is_empty() {
+    let batch = endpoint.registrar.take_dirty();
+    if batch.rows.is_empty() {
+        endpoint.registrar.committed(batch.id);
         return Ok(());
     }
     let write = async {
         let mut tx = registry.store().begin().await?;
-        for (number, rows) in &dirty {
-            store::bindings::replace_bindings(&mut tx, number, rows).await?;
+        for (number, rows) in &batch.rows {
+            // Rows no credentials back any more (changed or removed since) are not
+            // written: the store refuses them.
+            store::bindings::replace_bindings(&mut tx, number, rows, now).await?;
         }
-        store::bindings::delete_expired_bindings(&mut tx, now).await?;
+        if sweep {
+            store::bindings::delete_expired_bindings(&mut tx, now).await?;
+        }
         tx.commit().await?;
         Ok::<_, crate::Error>(())
     };
     let result = write.await;
-    if result.is_err() {
-        endpoint
+    match &result {
+        Ok(()) => endpoint.registrar.committed(batch.id),
+        Err(_) => endpoint
             .registrar
-            .mark_dirty(dirty.into_iter().map(|(n, _)| n));
+            .mark_dirty(batch.rows.into_iter().map(|(n, _)| n)),
     }
     result
 }

@@ -38,10 +38,24 @@ pub async fn serve_udp(
                     if endpoint.guard.admit(src.ip()) != Admission::Admit {
                         continue;
                     }
-                    if let Some(reply) = endpoint.handle(&buf[..n], src, TransportKind::Udp) {
+                    if let Some(mut reply) = endpoint.handle(&buf[..n], src, TransportKind::Udp) {
                         // A full send buffer or an unreachable peer is the peer's problem:
                         // UDP responses are best effort, retransmissions recover.
-                        let _ = socket.send_to(&reply.bytes, reply.target).await;
+                        match reply.held.take() {
+                            None => {
+                                let _ = socket.send_to(&reply.bytes, reply.target).await;
+                            }
+                            // Sent once the binding it reports is in the store; the
+                            // receiver goes on reading meanwhile.
+                            Some(held) => {
+                                let (socket, endpoint) = (socket.clone(), endpoint.clone());
+                                tokio::spawn(async move {
+                                    if endpoint.release(held, &reply.bytes).await {
+                                        let _ = socket.send_to(&reply.bytes, reply.target).await;
+                                    }
+                                });
+                            }
+                        }
                     }
                 }
                 // ICMP errors from earlier sends surface here on Linux; keep serving.
@@ -110,10 +124,16 @@ async fn connection(
                     }
                 }
                 let message: Vec<u8> = buf.drain(..n).collect();
-                if let Some(reply) = endpoint.handle(&message, peer, TransportKind::Tcp)
-                    && stream.write_all(&reply.bytes).await.is_err()
-                {
-                    return;
+                if let Some(mut reply) = endpoint.handle(&message, peer, TransportKind::Tcp) {
+                    // A held answer waits for its write; the connection's next message
+                    // waits behind it, which keeps answers in order.
+                    let send = match reply.held.take() {
+                        None => true,
+                        Some(held) => endpoint.release(held, &reply.bytes).await,
+                    };
+                    if send && stream.write_all(&reply.bytes).await.is_err() {
+                        return;
+                    }
                 }
                 continue;
             }

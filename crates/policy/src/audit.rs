@@ -21,6 +21,8 @@ pub enum Kind {
     Gateway,
     Provider,
     Route,
+    /// The installation's settings (`sipward.toml`): see [`crate::weakening`].
+    Config,
 }
 
 impl Kind {
@@ -30,6 +32,7 @@ impl Kind {
             Kind::Gateway => "gateway",
             Kind::Provider => "provider",
             Kind::Route => "route",
+            Kind::Config => "config",
         }
     }
 
@@ -94,6 +97,26 @@ pub enum Check {
     /// A route's rewrite sends numbers that the dial plan reads as a lower class than
     /// they are dialled (typically international digits without `+`).
     RewriteLowersClass,
+    // Settings that weaken a defence (`config.*`, see [`crate::weakening`]).
+    FloodLimitsOff,
+    FloodLimitsLenient,
+    ScannerBansOff,
+    NoDecoys,
+    AuthFailuresLenient,
+    BansShort,
+    ExtensionLockoutOff,
+    ExtensionLockoutLenient,
+    WeakCredentialsAllowed,
+    ProvisioningProbesLenient,
+    MinStrengthLow,
+    MinPasswordLengthLow,
+    GeneratedPinShort,
+    FraudLimitHigh,
+    DefaultClassWide,
+    MailUnencrypted,
+    GraceLong,
+    ProvisioningPlainHttp,
+    NonceLifetimeLong,
 }
 
 impl Check {
@@ -120,6 +143,25 @@ impl Check {
             Check::NoEmail => "no_email",
             Check::RewriteRaisesClass => "rewrite_raises_class",
             Check::RewriteLowersClass => "rewrite_lowers_class",
+            Check::FloodLimitsOff => "flood_limits_off",
+            Check::FloodLimitsLenient => "flood_limits_lenient",
+            Check::ScannerBansOff => "scanner_bans_off",
+            Check::NoDecoys => "no_decoys",
+            Check::AuthFailuresLenient => "auth_failures_lenient",
+            Check::BansShort => "bans_short",
+            Check::ExtensionLockoutOff => "extension_lockout_off",
+            Check::ExtensionLockoutLenient => "extension_lockout_lenient",
+            Check::WeakCredentialsAllowed => "weak_credentials_allowed",
+            Check::ProvisioningProbesLenient => "provisioning_probes_lenient",
+            Check::MinStrengthLow => "min_strength_low",
+            Check::MinPasswordLengthLow => "min_password_length_low",
+            Check::GeneratedPinShort => "generated_pin_short",
+            Check::FraudLimitHigh => "fraud_limit_high",
+            Check::DefaultClassWide => "default_class_wide",
+            Check::MailUnencrypted => "mail_unencrypted",
+            Check::GraceLong => "grace_long",
+            Check::ProvisioningPlainHttp => "provisioning_plain_http",
+            Check::NonceLifetimeLong => "nonce_lifetime_long",
         }
     }
 
@@ -131,6 +173,27 @@ impl Check {
             PasswordEqualsNumber | PasswordEqualsAuthId | PinEqualsNumber | PasswordTooShort
             | PasswordCommon | PinTooShort | PinTrivial | PinContainsNumber
             | FactoryDefaultLogin | RewriteRaisesClass | RewriteLowersClass => Severity::Critical,
+            // The worst a setting check reports; each finding carries its own, by how
+            // much the setting opens (see `crate::weakening`).
+            FloodLimitsOff
+            | FloodLimitsLenient
+            | ScannerBansOff
+            | NoDecoys
+            | AuthFailuresLenient
+            | BansShort
+            | ExtensionLockoutOff
+            | ExtensionLockoutLenient
+            | WeakCredentialsAllowed
+            | ProvisioningProbesLenient
+            | MinStrengthLow
+            | MinPasswordLengthLow
+            | GeneratedPinShort
+            | FraudLimitHigh
+            | DefaultClassWide
+            | MailUnencrypted
+            | GraceLong
+            | ProvisioningPlainHttp
+            | NonceLifetimeLong => Severity::Critical,
             SipIdEqualsNumber
             | AuthIdEqualsNumber
             | PasswordNotMixed
@@ -152,6 +215,25 @@ impl Check {
             AuthIdEqualsNumber => "auth_id",
             NoEmail => "email",
             RewriteRaisesClass | RewriteLowersClass => "rewrite",
+            FloodLimitsOff
+            | FloodLimitsLenient
+            | ScannerBansOff
+            | NoDecoys
+            | AuthFailuresLenient
+            | BansShort
+            | ExtensionLockoutOff
+            | ExtensionLockoutLenient
+            | WeakCredentialsAllowed
+            | ProvisioningProbesLenient
+            | MinStrengthLow
+            | MinPasswordLengthLow
+            | GeneratedPinShort
+            | FraudLimitHigh
+            | DefaultClassWide
+            | MailUnencrypted
+            | GraceLong
+            | ProvisioningPlainHttp
+            | NonceLifetimeLong => "setting",
             _ => "password",
         }
     }

@@ -68,7 +68,9 @@ pub struct BanPolicy {
     /// Length of a scanner ban.
     pub scanner_ban_secs: i64,
     /// A source that has never authenticated and sends more than this many requests
-    /// within `flood_window_secs` is banned for `flood_ban_secs` (0 turns flood limits off)...
+    /// within `flood_window_secs` is banned for `flood_ban_secs` (`"off"` turns flood
+    /// limits off; 0 in memory)...
+    #[serde(with = "crate::switch::count_or_off")]
     pub flood_requests: u32,
     /// ...and above this many it is not answered until its rate falls again.
     pub silence_requests: u32,
@@ -78,8 +80,10 @@ pub struct BanPolicy {
     pub trusted_factor: u32,
     /// An account that collects this many failures within `extension_window_secs` from
     /// sources it never authenticated from can no longer authenticate from such sources
-    /// until the failures age out (0 turns this off). Distributed guessing is stopped
-    /// here: per-source bans never see a botnet that rotates addresses.
+    /// until the failures age out (`"off"` turns this off; 0 in memory). Distributed
+    /// guessing is stopped here: per-source bans never see a botnet that rotates
+    /// addresses.
+    #[serde(with = "crate::switch::count_or_off")]
     pub extension_failures: u32,
     pub extension_window_secs: i64,
     /// Accounts with weak passwords (zxcvbn below `policy.min_strength_score`, or equal to
@@ -152,33 +156,84 @@ impl Default for BanPolicy {
     }
 }
 
+/// The longest counting window: a window longer than a day lets the counts of a slow,
+/// patient attacker and of yesterday's office add up, and far beyond it the arithmetic
+/// itself breaks (a window of 2^63 seconds silenced calm traffic).
+pub const MAX_WINDOW_SECS: i64 = 86_400;
+/// The longest ban: a year.
+pub const MAX_BAN_SECS: i64 = 365 * 86_400;
+/// How long a source stays trusted for an account at most: 30 days.
+pub const MAX_TRUSTED_SECS: i64 = 30 * 86_400;
+
 impl BanPolicy {
+    /// Refuses values out of their sane range, with one sentence naming the range.
     pub fn validate(&self) -> Result<(), String> {
-        if !(1..=10_000).contains(&self.auth_failures) {
-            return Err("guard.auth_failures must be between 1 and 10000".into());
+        let within = |name: &str, value: i64, lo: i64, hi: i64, unit: &str| {
+            if (lo..=hi).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!("guard.{name} must be between {lo} and {hi}{unit}"))
+            }
+        };
+        within("auth_failures", i64::from(self.auth_failures), 1, 100, "")?;
+        for (name, value) in [
+            ("auth_window_secs", self.auth_window_secs),
+            ("repeat_window_secs", self.repeat_window_secs),
+            ("flood_window_secs", self.flood_window_secs),
+            ("extension_window_secs", self.extension_window_secs),
+            ("provisioning_window_secs", self.provisioning_window_secs),
+        ] {
+            within(name, value, 1, MAX_WINDOW_SECS, " seconds (a day)")?;
         }
-        let positive = [
-            self.auth_window_secs,
-            self.ban_secs,
-            self.repeat_window_secs,
+        for (name, value) in [
+            ("ban_secs", self.ban_secs),
+            ("repeat_ban_secs", self.repeat_ban_secs),
+            ("scanner_ban_secs", self.scanner_ban_secs),
+            ("flood_ban_secs", self.flood_ban_secs),
+            ("decoy_ban_secs", self.decoy_ban_secs),
+            ("provisioning_ban_secs", self.provisioning_ban_secs),
+        ] {
+            within(
+                name,
+                value,
+                60,
+                MAX_BAN_SECS,
+                " seconds (a minute to a year)",
+            )?;
+        }
+        within(
+            "trusted_secs",
             self.trusted_secs,
-            self.scanner_ban_secs,
-            self.repeat_ban_secs,
-            self.flood_window_secs,
-            self.flood_ban_secs,
-            self.extension_window_secs,
-            self.decoy_ban_secs,
-            self.provisioning_window_secs,
-            self.provisioning_ban_secs,
-        ];
-        if positive.iter().any(|s| *s <= 0) || self.repeat_bans == 0 || self.trusted_factor == 0 {
-            return Err("guard durations and counts must be positive".into());
-        }
-        if !(1..=10_000).contains(&self.provisioning_probes) {
-            return Err("guard.provisioning_probes must be between 1 and 10000".into());
+            60,
+            MAX_TRUSTED_SECS,
+            " seconds (a minute to 30 days)",
+        )?;
+        within("repeat_bans", i64::from(self.repeat_bans), 1, 100, "")?;
+        within(
+            "trusted_factor",
+            i64::from(self.trusted_factor),
+            1,
+            1000,
+            "",
+        )?;
+        within(
+            "provisioning_probes",
+            i64::from(self.provisioning_probes),
+            1,
+            1000,
+            "",
+        )?;
+        if self.flood_requests > 100_000 {
+            return Err("guard.flood_requests must be between 1 and 100000, or \"off\"".into());
         }
         if self.flood_requests > 0 && !(1..=self.flood_requests).contains(&self.silence_requests) {
             return Err("guard.silence_requests must be between 1 and guard.flood_requests".into());
+        }
+        if self.extension_failures > 10_000 {
+            return Err("guard.extension_failures must be between 1 and 10000, or \"off\"".into());
+        }
+        if self.decoys.len() > 100 {
+            return Err("guard.decoys may name at most 100 user names".into());
         }
         if let Some(d) = self.decoys.iter().find(|d| {
             d.is_empty() || d.len() > 64 || d.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -391,6 +446,93 @@ mod tests {
             }
             .validate()
             .is_err()
+        );
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_with_the_range() {
+        let refused = |p: BanPolicy| p.validate().expect_err("refused");
+        let e = refused(BanPolicy {
+            flood_window_secs: i64::MAX,
+            ..Default::default()
+        });
+        assert_eq!(
+            e,
+            "guard.flood_window_secs must be between 1 and 86400 seconds (a day)"
+        );
+        for (p, names) in [
+            (
+                BanPolicy {
+                    auth_window_secs: 86_401,
+                    ..Default::default()
+                },
+                "auth_window_secs",
+            ),
+            (
+                BanPolicy {
+                    auth_failures: 10_000,
+                    ..Default::default()
+                },
+                "auth_failures must be between 1 and 100",
+            ),
+            (
+                BanPolicy {
+                    ban_secs: 1,
+                    ..Default::default()
+                },
+                "ban_secs must be between 60",
+            ),
+            (
+                BanPolicy {
+                    trusted_secs: 365 * 86_400,
+                    ..Default::default()
+                },
+                "trusted_secs",
+            ),
+            (
+                BanPolicy {
+                    trusted_factor: 1_000_000,
+                    ..Default::default()
+                },
+                "trusted_factor",
+            ),
+            (
+                BanPolicy {
+                    flood_requests: 1_000_000,
+                    ..Default::default()
+                },
+                "or \"off\"",
+            ),
+            (
+                BanPolicy {
+                    extension_failures: 1_000_000,
+                    ..Default::default()
+                },
+                "extension_failures",
+            ),
+        ] {
+            let e = refused(p);
+            assert!(e.contains(names), "{e}");
+            assert!(
+                !e.contains('\n') && e.starts_with("guard."),
+                "one sentence: {e}"
+            );
+        }
+        // The config file's own words: 0 is refused, "off" is taken.
+        let parse = |t: &str| toml::from_str::<BanPolicy>(t).map_err(|e| e.message().to_owned());
+        assert!(parse("flood_requests = 0").is_err());
+        assert!(parse("extension_failures = 0").is_err());
+        assert_eq!(
+            parse("flood_requests = \"off\"")
+                .expect("off")
+                .flood_requests,
+            0
+        );
+        assert_eq!(
+            parse("extension_failures = \"off\"")
+                .expect("off")
+                .extension_failures,
+            0
         );
     }
 }

@@ -12,7 +12,9 @@ pub struct PolicyConfig {
     pub generated_password_length: usize,
     /// Length of generated voicemail PINs (at least 4).
     pub generated_pin_length: usize,
-    /// zxcvbn scores below this are flagged (`*.password_guessable`), 0..=4.
+    /// zxcvbn scores below this are flagged (`*.password_guessable`), 1..=4, or `"off"`
+    /// (0 in memory: no password is ever guessable, which `sipward audit` reports).
+    #[serde(with = "crate::switch::level_or_off")]
     pub min_strength_score: u8,
 }
 
@@ -46,7 +48,7 @@ impl PolicyConfig {
             );
         }
         if self.min_strength_score > 4 {
-            return Err("policy.min_strength_score must be between 0 and 4".into());
+            return Err("policy.min_strength_score must be between 1 and 4, or \"off\"".into());
         }
         Ok(())
     }

@@ -27,9 +27,11 @@ pub mod pin;
 pub mod route;
 pub mod scanner;
 pub mod secret;
+pub mod switch;
 pub mod transfer;
 pub mod trunk;
 pub mod vendor;
+pub mod weakening;
 
 pub use audit::{Finding, Kind, RuleId, Severity};
 pub use config::PolicyConfig;

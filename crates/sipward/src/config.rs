@@ -1,5 +1,10 @@
-//! The config file: raw TOML parsed into typed settings, unknown keys refused.
+//! The config file: raw TOML parsed into typed settings, unknown keys refused, values out
+//! of their sane range refused with one sentence naming the range. A file that holds a
+//! secret must be private (0600, like the data dir's key), or the secret comes from a
+//! file or an environment variable. Settings that weaken a defence are kept and
+//! reported ([`Config::findings`]).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use accounts::Settings;
@@ -112,7 +117,12 @@ struct RawMail {
     #[serde(default)]
     security: accounts::mail::Security,
     username: Option<String>,
+    /// The SMTP password itself: the config file must then be 0600...
     password: Option<String>,
+    /// ...or read from this file's first line (the file must be 0600)...
+    password_file: Option<PathBuf>,
+    /// ...or from the environment variable of this name.
+    password_env: Option<String>,
     from: String,
     ca_file: Option<PathBuf>,
     timeout_secs: Option<u64>,
@@ -148,6 +158,26 @@ pub struct Config {
     pub console_allow: Vec<ipnet::IpNet>,
 }
 
+impl Config {
+    /// The settings that weaken a defence (`config.*` findings, worst first): what
+    /// `audit`, `advise`, `serve` and the console's dashboard report.
+    pub fn findings(&self) -> Vec<policy::Finding> {
+        let mail = self.mail.as_ref().map(|m| policy::weakening::MailFacts {
+            host: &m.host,
+            encrypted: m.security != accounts::mail::Security::None,
+        });
+        policy::weakening::findings(&policy::weakening::Settings {
+            guard: &self.bans,
+            policy: &self.settings.policy,
+            dialplan: &self.settings.dialplan,
+            mail,
+            grace_secs: self.settings.provisioning.grace_secs,
+            provisioning_url: self.settings.provisioning.base_url.as_deref(),
+            nonce_lifetime_secs: self.nonce_lifetime_secs,
+        })
+    }
+}
+
 const DEFAULT_REALM: &str = "sipward";
 const DEFAULT_NONCE_LIFETIME: u64 = 300;
 
@@ -158,7 +188,7 @@ pub fn load(explicit: Option<&Path>, data: &Path) -> anyhow::Result<Config> {
         Some(p) => Some(p.to_owned()),
         None => Some(data.join("sipward.toml")).filter(|p| p.exists()),
     };
-    let raw = match &path {
+    let mut raw = match &path {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| {
                 OperatorError(format!("cannot read the config file {}: {e}", p.display()))
@@ -167,11 +197,96 @@ pub fn load(explicit: Option<&Path>, data: &Path) -> anyhow::Result<Config> {
         }
         None => RawConfig::default(),
     };
+    if let (Some(p), Some(m)) = (&path, &mut raw.mail) {
+        if m.password.is_some() {
+            private(
+                p,
+                "mail.password",
+                "mail.password_file or mail.password_env",
+            )?;
+        }
+        m.password = mail_password(m)?;
+    }
     typed(raw)
 }
 
+/// Refuses a file that holds a secret (`what`) but that others may read, the way the
+/// data dir's key is refused.
+fn private(path: &Path, what: &str, instead: &str) -> anyhow::Result<()> {
+    let mode = std::fs::metadata(path)
+        .map_err(|e| OperatorError(format!("cannot read {}: {e}", path.display())))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(OperatorError(format!(
+            "{} holds {what} but others may read it (mode {mode:04o}): make it private (chmod 600 {}), or keep the secret in {instead}",
+            path.display(),
+            path.display()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// The SMTP password from exactly one of `password`, `password_file` (first line; the
+/// file must be 0600) and `password_env` (the variable it names).
+fn mail_password(m: &RawMail) -> anyhow::Result<Option<String>> {
+    let given = [
+        m.password.is_some(),
+        m.password_file.is_some(),
+        m.password_env.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(OperatorError(
+            "set one of mail.password, mail.password_file and mail.password_env, not several"
+                .into(),
+        )
+        .into());
+    }
+    if let Some(file) = &m.password_file {
+        private(file, "the SMTP password", "mail.password_env")?;
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            OperatorError(format!(
+                "cannot read mail.password_file {}: {e}",
+                file.display()
+            ))
+        })?;
+        let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+        if line.is_empty() {
+            return Err(
+                OperatorError(format!("mail.password_file {} is empty", file.display())).into(),
+            );
+        }
+        return Ok(Some(line.to_owned()));
+    }
+    if let Some(name) = &m.password_env {
+        let value = std::env::var(name).map_err(|_| {
+            OperatorError(format!(
+                "mail.password_env names {name:?}, which is not set (or not UTF-8)"
+            ))
+        })?;
+        if value.is_empty() {
+            return Err(OperatorError(format!("the environment variable {name} is empty")).into());
+        }
+        return Ok(Some(value));
+    }
+    Ok(m.password.clone())
+}
+
 fn parse(text: &str) -> anyhow::Result<RawConfig> {
-    toml::from_str(text).map_err(|e| OperatorError(e.message().to_owned()).into())
+    toml::from_str(text).map_err(|e| {
+        // toml's own message does not name the setting; the line it is on does.
+        let at = e
+            .span()
+            .and_then(|span| {
+                let line = text.get(..span.start)?.matches('\n').count();
+                let shown = text.lines().nth(line)?.trim();
+                Some(format!("line {} (`{shown}`): ", line + 1))
+            })
+            .unwrap_or_default();
+        OperatorError(format!("{at}{}", e.message().trim_end())).into()
+    })
 }
 
 fn typed(raw: RawConfig) -> anyhow::Result<Config> {
@@ -328,9 +443,9 @@ fn provisioning(raw: RawProvisioning) -> anyhow::Result<accounts::registry::Prov
         }
     }
     let grace_secs = raw.grace_secs.unwrap_or(d.grace_secs);
-    if !(0..=30 * 86_400).contains(&grace_secs) {
+    if !(0..=7 * 86_400).contains(&grace_secs) {
         return Err(bad(
-            "provisioning.grace_secs must be between 0 and 2592000 (30 days)".into(),
+            "provisioning.grace_secs must be between 0 and 604800 seconds (7 days)".into(),
         ));
     }
     let port = raw.port.unwrap_or(d.port);
@@ -363,6 +478,14 @@ fn mail(raw: RawMail) -> anyhow::Result<accounts::mail::SmtpSettings> {
         accounts::mail::Security::Tls => 465,
         _ => 587,
     });
+    if raw.security == accounts::mail::Security::None
+        && raw.username.is_some()
+        && !policy::weakening::is_loopback_host(&host)
+    {
+        return Err(bad(
+            "mail.security = \"none\" with a login to a host other than this one would send the SMTP password and every welcome mail in clear: use \"starttls\" or \"tls\"",
+        ));
+    }
     Ok(accounts::mail::SmtpSettings {
         host,
         port,
@@ -450,8 +573,121 @@ mod tests {
             "[mail]\nsmtp_host = \"mail\"\nfrom = \"nobody\"\n",
             "[mail]\nsmtp_host = \"mail\"\nfrom = \"pbx@example.com\"\nusername = \"u\"\n",
             "[mail]\nsmtp_host = \"mail\"\nfrom = \"pbx@example.com\"\nsecurity = \"ssl\"\n",
+            "[provisioning]\ngrace_secs = 2592000\n",
+            "[guard]\nflood_window_secs = 9223372036854775807\n",
+            "[guard]\nflood_requests = 0\n",
+            "[guard]\nextension_failures = 0\n",
+            "[guard]\nauth_failures = 10000\n",
+            "[guard]\nauth_window_secs = 172800\n",
+            "[policy]\nmin_strength_score = 0\n",
+            "[dialplan.limits]\nconcurrent_external = 0\n",
+            "[mail]\nsmtp_host = \"mail.example.com\"\nfrom = \"pbx@example.com\"\nsecurity = \"none\"\nusername = \"u\"\npassword = \"p\"\n",
         ] {
             assert!(config(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_refusal_is_one_sentence_naming_the_range() {
+        let e = config("[guard]\nflood_window_secs = 9223372036854775807\n")
+            .expect_err("refused")
+            .to_string();
+        assert_eq!(
+            e,
+            "guard.flood_window_secs must be between 1 and 86400 seconds (a day)"
+        );
+        let e = config("[guard]\nflood_requests = 0\n")
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("write \"off\""), "{e}");
+        // toml's message does not name the setting: the line it is on does.
+        assert!(e.starts_with("line 2 (`flood_requests = 0`): "), "{e}");
+    }
+
+    #[test]
+    fn turning_a_defence_off_takes_off_and_is_a_finding() {
+        let c = config("[guard]\nflood_requests = \"off\"\nextension_failures = \"off\"\n")
+            .expect("off is taken");
+        assert_eq!((c.bans.flood_requests, c.bans.extension_failures), (0, 0));
+        let rules: Vec<String> = c.findings().iter().map(|f| f.rule.to_string()).collect();
+        assert_eq!(
+            rules,
+            ["config.extension_lockout_off", "config.flood_limits_off"]
+        );
+        assert!(config("").expect("defaults").findings().is_empty());
+        // A relay on this machine may go without TLS; anywhere else it is critical.
+        let local = config(
+            "[mail]\nsmtp_host = \"127.0.0.1\"\nfrom = \"pbx@example.com\"\nsecurity = \"none\"\n",
+        )
+        .expect("local relay");
+        assert!(local.findings().is_empty());
+        let remote = config("[mail]\nsmtp_host = \"mail.example.com\"\nfrom = \"pbx@example.com\"\nsecurity = \"none\"\n")
+            .expect("accepted, and reported");
+        let f = remote.findings();
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].rule.to_string(), "config.mail_unencrypted");
+        assert_eq!(f[0].severity, policy::Severity::Critical);
+    }
+
+    fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        p
+    }
+
+    #[test]
+    fn a_secret_in_a_file_others_may_read_is_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mail = "[mail]\nsmtp_host = \"mail.example.com\"\nfrom = \"pbx@example.com\"\nusername = \"pbx\"\n";
+        let inline = format!("{mail}password = \"Smtp-Secret-1\"\n");
+        let open = write(dir.path(), "open.toml", &inline, 0o644);
+        let e = load(Some(&open), dir.path()).expect_err("0644").to_string();
+        assert!(e.contains("mode 0644") && e.contains("chmod 600"), "{e}");
+        assert!(!e.contains("Smtp-Secret-1"), "never quoted");
+        let closed = write(dir.path(), "closed.toml", &inline, 0o600);
+        let c = load(Some(&closed), dir.path()).expect("0600");
+        let pw = c.mail.expect("mail").password.expect("password");
+        assert!(pw.ct_eq("Smtp-Secret-1"));
+        // Or the secret lives in a file of its own (private too), and the config may be
+        // readable.
+        let secret = write(dir.path(), "smtp.secret", "Smtp-Secret-2\n", 0o600);
+        let by_file = write(
+            dir.path(),
+            "by-file.toml",
+            &format!("{mail}password_file = \"{}\"\n", secret.display()),
+            0o644,
+        );
+        let c = load(Some(&by_file), dir.path()).expect("file");
+        assert!(
+            c.mail
+                .expect("mail")
+                .password
+                .expect("pw")
+                .ct_eq("Smtp-Secret-2")
+        );
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        assert!(
+            load(Some(&by_file), dir.path()).is_err(),
+            "a readable secret file"
+        );
+        // Two sources at once are refused.
+        let both = write(
+            dir.path(),
+            "both.toml",
+            &format!("{mail}password_file = \"x\"\npassword_env = \"Y\"\n"),
+            0o600,
+        );
+        assert!(load(Some(&both), dir.path()).is_err());
+        let unset = write(
+            dir.path(),
+            "env.toml",
+            &format!("{mail}password_env = \"SIPWARD_TEST_NOT_SET_ANYWHERE\"\n"),
+            0o644,
+        );
+        let e = load(Some(&unset), dir.path())
+            .expect_err("unset")
+            .to_string();
+        assert!(e.contains("SIPWARD_TEST_NOT_SET_ANYWHERE"), "{e}");
     }
 }

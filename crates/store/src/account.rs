@@ -27,6 +27,11 @@ pub struct ExtensionRow {
     pub model: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Moves whenever the SIP credentials change (drawn from one counter for the whole
+    /// data dir, so a re-added number never gets an old value back): a binding made
+    /// under another generation is revoked. Set by the store, never by the caller:
+    /// [`insert_extension`] draws a fresh one, [`renew_credentials`] draws the next.
+    pub credential_generation: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,7 +61,7 @@ pub struct ProviderRow {
 }
 
 const EXT_COLUMNS: &str = "number, kind, name, email, auth_id, sip_id, password_enc, password_score, \
-     pin_enc, ha1_md5, ha1_sha256, mac, model, created_at, updated_at";
+     pin_enc, ha1_md5, ha1_sha256, mac, model, created_at, updated_at, credential_generation";
 const GW_COLUMNS: &str = "name, vendor, number, auth_id, password_enc, password_score, ha1_md5, \
      ha1_sha256, host, created_at, updated_at";
 const PROV_COLUMNS: &str =
@@ -79,6 +84,7 @@ fn ext_from_row(r: &AnyRow) -> Result<ExtensionRow> {
         model: r.try_get("model")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+        credential_generation: r.try_get("credential_generation")?,
     })
 }
 
@@ -165,10 +171,28 @@ pub async fn extension_with(
 
 // ---- extensions ----
 
-pub async fn insert_extension(db: &mut dyn Db, e: &ExtensionRow) -> Result<()> {
+/// Draws the next credential generation (one counter for the whole data dir).
+async fn next_credential_generation(conn: &mut sqlx::AnyConnection) -> Result<i64> {
+    let row = sqlx::query(
+        "UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS TEXT) \
+         WHERE key = 'credential_generation' RETURNING value",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let text: String = row.try_get("value")?;
+    text.parse().map_err(|_| Error::Corrupt {
+        path: "meta".into(),
+        detail: "credential_generation is not a number".into(),
+    })
+}
+
+/// Inserts an extension with a fresh credential generation (the row's value is
+/// ignored); returns that generation.
+pub async fn insert_extension(db: &mut dyn Db, e: &ExtensionRow) -> Result<i64> {
     let conn = raw(db);
+    let generation = next_credential_generation(conn).await?;
     let sql = format!(
-        "INSERT INTO extensions ({EXT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)"
+        "INSERT INTO extensions ({EXT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(&e.number)
@@ -186,6 +210,7 @@ pub async fn insert_extension(db: &mut dyn Db, e: &ExtensionRow) -> Result<()> {
         .bind(&e.model)
         .bind(e.created_at)
         .bind(e.updated_at)
+        .bind(generation)
         .execute(&mut *conn)
         .await
         .map_err(|err| {
@@ -193,10 +218,25 @@ pub async fn insert_extension(db: &mut dyn Db, e: &ExtensionRow) -> Result<()> {
                 format!("extension {} (or its auth ID, SIP ID or MAC)", e.number)
             })
         })?;
-    Ok(())
+    Ok(generation)
 }
 
-/// Replaces every column of the extension with this number; returns false when absent.
+/// The extension's SIP credentials changed: draws its next credential generation, which
+/// revokes every binding made under the old one (except those its grace window keeps).
+/// Returns the new generation, or None when there is no such extension.
+pub async fn renew_credentials(db: &mut dyn Db, number: &str) -> Result<Option<i64>> {
+    let conn = raw(db);
+    let generation = next_credential_generation(conn).await?;
+    let done = sqlx::query("UPDATE extensions SET credential_generation = $2 WHERE number = $1")
+        .bind(number)
+        .bind(generation)
+        .execute(&mut *conn)
+        .await?;
+    Ok((done.rows_affected() == 1).then_some(generation))
+}
+
+/// Replaces every column of the extension with this number (but its credential
+/// generation, see [`renew_credentials`]); returns false when absent.
 pub async fn update_extension(db: &mut dyn Db, e: &ExtensionRow) -> Result<bool> {
     let conn = raw(db);
     let done = sqlx::query(

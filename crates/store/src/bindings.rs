@@ -1,5 +1,11 @@
-//! Registrations as the running registrar writes them behind: read back at start, by
-//! `ext show`, by Re-Generate (grace sources) and the exposure advisor.
+//! Registrations as the running registrar writes them: read back at start, by `ext show`,
+//! by Re-Generate (grace sources) and the exposure advisor.
+//!
+//! A binding belongs to its extension (removing the extension removes its bindings) and
+//! to the credential generation it was made with. Only bindings of the extension's
+//! current generation, or of the generation its open grace window keeps alive, are ever
+//! read or written: a binding made with credentials that were since changed is revoked
+//! here even if a running server still holds it in memory and tries to write it back.
 
 use sqlx::Row;
 
@@ -16,14 +22,25 @@ pub struct BindingRow {
     pub expires_at: i64,
     pub source: String,
     pub transport: String,
+    /// The credential generation of the login that made it.
+    pub generation: i64,
 }
 
-/// Bindings that have not expired at `now`.
+/// The condition that a binding `b` is still backed by credentials that exist.
+/// (`$1` is now; absent rows compare as -1, which no generation is, so the condition is
+/// never NULL.)
+const CURRENT: &str = "(b.generation = coalesce((SELECT e.credential_generation FROM extensions e WHERE e.number = b.number), -1) \
+     OR b.generation = coalesce((SELECT g.generation FROM credential_grace g WHERE g.number = b.number AND g.expires_at > $1), -1))";
+
+const COLUMNS: &str =
+    "b.number, b.contact, b.call_id, b.cseq, b.expires_at, b.source, b.transport, b.generation";
+
+/// Bindings that have not expired at `now` and whose credentials still exist.
 pub async fn live_bindings(db: &mut dyn Db, now: i64) -> Result<Vec<BindingRow>> {
     let conn = raw(db);
-    let rows = sqlx::query(
-        "SELECT number, contact, call_id, cseq, expires_at, source, transport FROM bindings WHERE expires_at > $1",
-    )
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM bindings b WHERE b.expires_at > $1 AND {CURRENT}"
+    )))
     .bind(now)
     .fetch_all(&mut *conn)
     .await?;
@@ -39,34 +56,45 @@ fn binding_from_row(r: &sqlx::any::AnyRow) -> Result<BindingRow> {
         expires_at: r.try_get("expires_at")?,
         source: r.try_get("source")?,
         transport: r.try_get("transport")?,
+        generation: r.try_get("generation")?,
     })
 }
 
-/// The live bindings of one extension.
+/// The live bindings of one extension (only those its credentials still back).
 pub async fn bindings_of(db: &mut dyn Db, number: &str, now: i64) -> Result<Vec<BindingRow>> {
     let conn = raw(db);
-    let rows = sqlx::query(
-        "SELECT number, contact, call_id, cseq, expires_at, source, transport FROM bindings \
-         WHERE number = $1 AND expires_at > $2",
-    )
-    .bind(number)
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM bindings b WHERE b.number = $2 AND b.expires_at > $1 AND {CURRENT}"
+    )))
     .bind(now)
+    .bind(number)
     .fetch_all(&mut *conn)
     .await?;
     rows.iter().map(binding_from_row).collect()
 }
 
-/// Replaces the stored bindings of one extension with `rows`.
-pub async fn replace_bindings(db: &mut dyn Db, number: &str, rows: &[BindingRow]) -> Result<()> {
+/// Replaces the stored bindings of one extension with `rows`. A row whose generation is
+/// neither the extension's nor its open grace window's is not written (its credentials
+/// changed, or the extension is gone, since the server made it); returns how many rows
+/// were written.
+pub async fn replace_bindings(
+    db: &mut dyn Db,
+    number: &str,
+    rows: &[BindingRow],
+    now: i64,
+) -> Result<usize> {
     let conn = raw(db);
     sqlx::query("DELETE FROM bindings WHERE number = $1")
         .bind(number)
         .execute(&mut *conn)
         .await?;
+    let mut written = 0;
     for b in rows {
-        sqlx::query(
-            "INSERT INTO bindings (number, contact, call_id, cseq, expires_at, source, transport) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        let done = sqlx::query(
+            "INSERT INTO bindings (number, contact, call_id, cseq, expires_at, source, transport, generation) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE \
+             EXISTS (SELECT 1 FROM extensions e WHERE e.number = $1 AND e.credential_generation = $8) \
+             OR EXISTS (SELECT 1 FROM credential_grace g WHERE g.number = $1 AND g.generation = $8 AND g.expires_at > $9)",
         )
         .bind(&b.number)
         .bind(&b.contact)
@@ -75,18 +103,38 @@ pub async fn replace_bindings(db: &mut dyn Db, number: &str, rows: &[BindingRow]
         .bind(b.expires_at)
         .bind(&b.source)
         .bind(&b.transport)
+        .bind(b.generation)
+        .bind(now)
         .execute(&mut *conn)
         .await?;
+        written += usize::try_from(done.rows_affected()).unwrap_or(0);
+    }
+    Ok(written)
+}
+
+/// Deletes the given contacts' bindings of one extension (Re-Generate drops those its
+/// grace window does not keep).
+pub async fn delete_bindings(db: &mut dyn Db, number: &str, contacts: &[String]) -> Result<()> {
+    let conn = raw(db);
+    for c in contacts {
+        sqlx::query("DELETE FROM bindings WHERE number = $1 AND contact = $2")
+            .bind(number)
+            .bind(c)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
 
-/// Removes bindings that expired before `now`.
+/// Removes bindings that expired before `now`, and those no credentials back any more
+/// (a grace window ended, or the extension's credentials changed).
 pub async fn delete_expired_bindings(db: &mut dyn Db, now: i64) -> Result<u64> {
     let conn = raw(db);
-    let done = sqlx::query("DELETE FROM bindings WHERE expires_at <= $1")
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+    let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM bindings AS b WHERE b.expires_at <= $1 OR NOT {CURRENT}"
+    )))
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
     Ok(done.rows_affected())
 }

@@ -19,6 +19,9 @@ pub struct DirectoryRow {
     pub ha1_sha256: String,
     /// The password's zxcvbn score (0..=4), stored when it was set.
     pub password_score: u8,
+    /// An extension's credential generation (see
+    /// [`crate::account::ExtensionRow::credential_generation`]); 0 for gateways.
+    pub credential_generation: i64,
 }
 
 /// Moves whenever an account, a route, a DID, an outbound setting or a grace window is
@@ -35,9 +38,10 @@ pub async fn directory(db: &mut dyn Db) -> Result<Vec<DirectoryRow>> {
     let conn = raw(db);
     let row = sqlx::query(
         "SELECT (SELECT group_concat('ext' || char(31) || number || char(31) || auth_id || char(31) || \
-                coalesce(sip_id, '') || char(31) || ha1_md5 || char(31) || ha1_sha256 || char(31) || password_score, char(30)) FROM extensions) AS e, \
+                coalesce(sip_id, '') || char(31) || ha1_md5 || char(31) || ha1_sha256 || char(31) || password_score || char(31) || \
+                credential_generation, char(30)) FROM extensions) AS e, \
                 (SELECT group_concat('gateway' || char(31) || number || char(31) || auth_id || char(31) || \
-                '' || char(31) || ha1_md5 || char(31) || ha1_sha256 || char(31) || password_score, char(30)) FROM gateways) AS g",
+                '' || char(31) || ha1_md5 || char(31) || ha1_sha256 || char(31) || password_score || char(31) || '0', char(30)) FROM gateways) AS g",
     )
     .fetch_one(&mut *conn)
     .await?;
@@ -51,7 +55,7 @@ pub async fn directory(db: &mut dyn Db) -> Result<Vec<DirectoryRow>> {
             .filter(|r| !r.is_empty())
         {
             let f: Vec<&str> = record.split('\u{1f}').collect();
-            let [kind, number, auth_id, sip_id, md5, sha, score] = f[..] else {
+            let [kind, number, auth_id, sip_id, md5, sha, score, generation] = f[..] else {
                 return Err(Error::Corrupt {
                     path: "extensions".into(),
                     detail: "a directory row has unexpected fields".into(),
@@ -65,6 +69,10 @@ pub async fn directory(db: &mut dyn Db) -> Result<Vec<DirectoryRow>> {
                 ha1_md5: md5.to_owned(),
                 ha1_sha256: sha.to_owned(),
                 password_score: score.parse().unwrap_or(0),
+                credential_generation: generation.parse().map_err(|_| Error::Corrupt {
+                    path: "extensions".into(),
+                    detail: "a credential generation is not a number".into(),
+                })?,
             });
         }
     }

@@ -1,5 +1,6 @@
 //! Grace windows: the old credentials of a Re-Generated extension, kept for the
-//! addresses its phones were registered from until the window ends.
+//! addresses its phones were registered from until the window ends: the old SIP HA1s,
+//! the credential generation whose bindings stay, and the old provisioning login.
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -17,7 +18,18 @@ pub struct GraceRow {
     /// IP addresses, comma-separated.
     pub sources: String,
     pub expires_at: i64,
+    /// The credential generation the old credentials had: bindings made with it stay
+    /// (from the sources above) until the window ends.
+    pub generation: i64,
+    /// The previous provisioning login (user = MAC; HA1s over the provisioning realm),
+    /// empty when the phone had none: the phone fetches its new file with it.
+    pub prov_user: String,
+    pub prov_ha1_md5: String,
+    pub prov_ha1_sha256: String,
 }
+
+const GRACE_COLUMNS: &str = "number, auth_id, ha1_md5, ha1_sha256, sources, expires_at, generation, \
+     prov_user, prov_ha1_md5, prov_ha1_sha256";
 
 fn grace_from_row(r: &AnyRow) -> Result<GraceRow> {
     Ok(GraceRow {
@@ -27,15 +39,19 @@ fn grace_from_row(r: &AnyRow) -> Result<GraceRow> {
         ha1_sha256: r.try_get("ha1_sha256")?,
         sources: r.try_get("sources")?,
         expires_at: r.try_get("expires_at")?,
+        generation: r.try_get("generation")?,
+        prov_user: r.try_get("prov_user")?,
+        prov_ha1_md5: r.try_get("prov_ha1_md5")?,
+        prov_ha1_sha256: r.try_get("prov_ha1_sha256")?,
     })
 }
 
 /// Grace windows still open at `now`.
 pub async fn live_graces(db: &mut dyn Db, now: i64) -> Result<Vec<GraceRow>> {
     let conn = raw(db);
-    let rows = sqlx::query(
-        "SELECT number, auth_id, ha1_md5, ha1_sha256, sources, expires_at FROM credential_grace WHERE expires_at > $1",
-    )
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {GRACE_COLUMNS} FROM credential_grace WHERE expires_at > $1"
+    )))
     .bind(now)
     .fetch_all(&mut *conn)
     .await?;
@@ -44,9 +60,9 @@ pub async fn live_graces(db: &mut dyn Db, now: i64) -> Result<Vec<GraceRow>> {
 
 pub async fn get_grace(db: &mut dyn Db, number: &str) -> Result<Option<GraceRow>> {
     let conn = raw(db);
-    let row = sqlx::query(
-        "SELECT number, auth_id, ha1_md5, ha1_sha256, sources, expires_at FROM credential_grace WHERE number = $1",
-    )
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {GRACE_COLUMNS} FROM credential_grace WHERE number = $1"
+    )))
     .bind(number)
     .fetch_optional(&mut *conn)
     .await?;
@@ -56,10 +72,12 @@ pub async fn get_grace(db: &mut dyn Db, number: &str) -> Result<Option<GraceRow>
 pub async fn put_grace(db: &mut dyn Db, g: &GraceRow) -> Result<()> {
     let conn = raw(db);
     sqlx::query(
-        "INSERT INTO credential_grace (number, auth_id, ha1_md5, ha1_sha256, sources, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (number) DO UPDATE SET auth_id = excluded.auth_id, \
+        "INSERT INTO credential_grace (number, auth_id, ha1_md5, ha1_sha256, sources, expires_at, \
+         generation, prov_user, prov_ha1_md5, prov_ha1_sha256) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (number) DO UPDATE SET auth_id = excluded.auth_id, \
          ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256, sources = excluded.sources, \
-         expires_at = excluded.expires_at",
+         expires_at = excluded.expires_at, generation = excluded.generation, prov_user = excluded.prov_user, \
+         prov_ha1_md5 = excluded.prov_ha1_md5, prov_ha1_sha256 = excluded.prov_ha1_sha256",
     )
     .bind(&g.number)
     .bind(&g.auth_id)
@@ -67,12 +85,17 @@ pub async fn put_grace(db: &mut dyn Db, g: &GraceRow) -> Result<()> {
     .bind(&g.ha1_sha256)
     .bind(&g.sources)
     .bind(g.expires_at)
+    .bind(g.generation)
+    .bind(&g.prov_user)
+    .bind(&g.prov_ha1_md5)
+    .bind(&g.prov_ha1_sha256)
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
-/// Ends grace windows: those of `numbers`, and every expired one.
+/// Ends grace windows: those of `numbers`, and every expired one. The bindings the
+/// ended windows kept (made with the old credentials) go with them.
 pub async fn end_graces(db: &mut dyn Db, numbers: &[String], now: i64) -> Result<()> {
     let conn = raw(db);
     for n in numbers {
@@ -85,5 +108,6 @@ pub async fn end_graces(db: &mut dyn Db, numbers: &[String], now: i64) -> Result
         .bind(now)
         .execute(&mut *conn)
         .await?;
+    crate::bindings::delete_expired_bindings(conn, now).await?;
     Ok(())
 }

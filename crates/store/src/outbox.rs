@@ -1,5 +1,7 @@
 //! The mail outbox: queued messages (sealed), claimed with a lease by whoever sends them,
-//! retried with backoff, superseded by a newer change of the same extension.
+//! retried with backoff, superseded by a newer change of the same extension. A
+//! credentials mail carries the digest of what it was made from (`basis`), which its
+//! sender checks against the extension before sending.
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -21,10 +23,13 @@ pub struct OutboxRow {
     pub last_error: String,
     pub created_at: i64,
     pub sent_at: i64,
+    /// For a credentials mail, a digest of the recipient and the sealed credentials it
+    /// was made from; empty for alerts (which are about, not for, an extension).
+    pub basis: String,
 }
 
 const OUTBOX_COLUMNS: &str = "id, number, recipient, message_enc, state, attempts, next_attempt_at, \
-     lease_until, last_error, created_at, sent_at";
+     lease_until, last_error, created_at, sent_at, basis";
 
 fn outbox_from_row(r: &AnyRow) -> Result<OutboxRow> {
     Ok(OutboxRow {
@@ -39,6 +44,7 @@ fn outbox_from_row(r: &AnyRow) -> Result<OutboxRow> {
         last_error: r.try_get("last_error")?,
         created_at: r.try_get("created_at")?,
         sent_at: r.try_get("sent_at")?,
+        basis: r.try_get("basis")?,
     })
 }
 
@@ -54,7 +60,7 @@ pub async fn queue_mail(db: &mut dyn Db, m: &OutboxRow) -> Result<()> {
 pub async fn insert_mail(db: &mut dyn Db, m: &OutboxRow) -> Result<()> {
     let conn = raw(db);
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO outbox ({OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        "INSERT INTO outbox ({OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
     )))
     .bind(&m.id)
     .bind(&m.number)
@@ -67,19 +73,40 @@ pub async fn insert_mail(db: &mut dyn Db, m: &OutboxRow) -> Result<()> {
     .bind(&m.last_error)
     .bind(m.created_at)
     .bind(m.sent_at)
+    .bind(&m.basis)
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
-/// Marks the extension's mails still waiting as superseded (a newer change, or the
-/// extension was removed: their credentials no longer work).
-pub async fn supersede_mail(db: &mut dyn Db, number: &str) -> Result<()> {
+/// Marks the extension's mails not yet sent as superseded (a newer change, or the
+/// extension was removed: their credentials or address no longer hold). That includes
+/// mails claimed by a sender (`sending`): one still sending finishes as it was going
+/// to; one whose sender died is never picked up again. Returns how many it withdrew.
+pub async fn supersede_mail(db: &mut dyn Db, number: &str) -> Result<u64> {
     let conn = raw(db);
-    sqlx::query("UPDATE outbox SET state = 'superseded' WHERE number = $1 AND state = 'queued'")
-        .bind(number)
-        .execute(&mut *conn)
-        .await?;
+    let done = sqlx::query(
+        "UPDATE outbox SET state = 'superseded', lease_until = 0, \
+         last_error = 'withdrawn: the account changed after it was queued' \
+         WHERE number = $1 AND state IN ('queued', 'sending')",
+    )
+    .bind(number)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Withdraws one claimed mail that no longer matches its extension (its sender checked
+/// before sending).
+pub async fn withdraw_mail(db: &mut dyn Db, id: &str, reason: &str) -> Result<()> {
+    let conn = raw(db);
+    sqlx::query(
+        "UPDATE outbox SET state = 'superseded', lease_until = 0, last_error = $2 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -114,7 +141,8 @@ pub async fn claim_mail(db: &mut dyn Db, id: &str, now: i64, lease_until: i64) -
 }
 
 /// Records the outcome of a send attempt: `state` is sent, queued (retry at
-/// `next_attempt_at`) or failed.
+/// `next_attempt_at`) or failed. A mail withdrawn while it was being sent stays
+/// withdrawn unless it did go out (then the record says so).
 pub async fn finish_mail(
     db: &mut dyn Db,
     id: &str,
@@ -127,7 +155,8 @@ pub async fn finish_mail(
     let sent_at = if state == "sent" { now } else { 0 };
     sqlx::query(
         "UPDATE outbox SET state = $2, attempts = attempts + 1, next_attempt_at = $3, \
-         last_error = $4, sent_at = $5, lease_until = 0 WHERE id = $1",
+         last_error = $4, sent_at = $5, lease_until = 0 \
+         WHERE id = $1 AND (state = 'sending' OR $2 = 'sent')",
     )
     .bind(id)
     .bind(state)

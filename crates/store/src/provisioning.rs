@@ -109,3 +109,47 @@ pub async fn take_resyncs(db: &mut dyn Db) -> Result<Vec<String>> {
         .map(|r| Ok(r.try_get::<String, _>("number")?))
         .collect()
 }
+
+/// What the provisioning server knows about a login user (a MAC): the extension whose
+/// phone has it, its sealed provisioning password, and the previous login its open
+/// grace window keeps. Every field is empty when no phone has this MAC.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PhoneByMac {
+    pub number: Option<String>,
+    pub model: Option<String>,
+    pub http_password_enc: Option<String>,
+    pub grace_prov_ha1_md5: Option<String>,
+    pub grace_prov_ha1_sha256: Option<String>,
+    /// IP addresses, comma-separated.
+    pub grace_sources: Option<String>,
+    pub grace_expires_at: Option<i64>,
+}
+
+/// Looks up the phone with this MAC. One query that returns exactly one row whether
+/// or not the MAC is known (outer joins from the MAC itself), so that a prober cannot
+/// tell known MACs from the time the answer takes.
+pub async fn phone_by_mac(db: &mut dyn Db, mac: &str, now: i64) -> Result<PhoneByMac> {
+    let conn = raw(db);
+    let r = sqlx::query(
+        "SELECT e.number AS number, e.model AS model, p.http_password_enc AS http_password_enc, \
+         g.prov_ha1_md5 AS g_md5, g.prov_ha1_sha256 AS g_sha256, g.sources AS g_sources, \
+         g.expires_at AS g_expires \
+         FROM (SELECT $1 AS mac) k \
+         LEFT JOIN extensions e ON e.mac = k.mac \
+         LEFT JOIN provisioning p ON p.number = e.number \
+         LEFT JOIN credential_grace g ON g.number = e.number AND g.prov_user = k.mac AND g.expires_at > $2",
+    )
+    .bind(mac)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(PhoneByMac {
+        number: r.try_get("number")?,
+        model: r.try_get("model")?,
+        http_password_enc: r.try_get("http_password_enc")?,
+        grace_prov_ha1_md5: r.try_get("g_md5")?,
+        grace_prov_ha1_sha256: r.try_get("g_sha256")?,
+        grace_sources: r.try_get("g_sources")?,
+        grace_expires_at: r.try_get("g_expires")?,
+    })
+}

@@ -20,6 +20,7 @@ fn ext(number: &str, auth_id: &str) -> ExtensionRow {
         model: None,
         created_at: 1,
         updated_at: 1,
+        credential_generation: 0,
     }
 }
 
@@ -30,10 +31,11 @@ async fn extension_round_trip_and_conflicts() {
         .await
         .expect("open");
     let mut conn = store.conn().await.expect("conn");
-    let a = ext("1001", "authA");
-    account::insert_extension(&mut conn, &a)
+    let mut a = ext("1001", "authA");
+    a.credential_generation = account::insert_extension(&mut conn, &a)
         .await
         .expect("insert");
+    assert!(a.credential_generation > 0, "drawn by the store");
     assert_eq!(
         account::get_extension(&mut conn, "1001")
             .await
@@ -226,4 +228,286 @@ async fn ban_records_keep_first_seen_and_old_ones_are_pruned() {
         0,
         "expired at 900"
     );
+}
+
+async fn open_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_sqlite(&dir.path().join("t.db"))
+        .await
+        .expect("open");
+    (dir, store)
+}
+
+fn binding(number: &str, contact: &str, generation: i64) -> store::bindings::BindingRow {
+    store::bindings::BindingRow {
+        number: number.into(),
+        contact: contact.into(),
+        call_id: "c".into(),
+        cseq: 1,
+        expires_at: 1000,
+        source: "127.0.0.2:5060".into(),
+        transport: "udp".into(),
+        generation,
+    }
+}
+
+fn contacts(rows: &[store::bindings::BindingRow]) -> Vec<&str> {
+    rows.iter().map(|b| b.contact.as_str()).collect()
+}
+
+#[tokio::test]
+async fn bindings_belong_to_their_extension_and_its_credential_generation() {
+    use store::bindings as b;
+    let (_dir, store) = open_store().await;
+    let mut conn = store.conn().await.expect("conn");
+    let g1 = account::insert_extension(&mut conn, &ext("1001", "a1"))
+        .await
+        .expect("insert");
+    assert_eq!(
+        b::replace_bindings(&mut conn, "1001", &[binding("1001", "sip:a@h", g1)], 0)
+            .await
+            .expect("write"),
+        1
+    );
+    assert_eq!(
+        contacts(&b::live_bindings(&mut conn, 0).await.expect("live")),
+        ["sip:a@h"]
+    );
+
+    // New credentials: the binding made with the old ones is neither read nor written.
+    let g2 = account::renew_credentials(&mut conn, "1001")
+        .await
+        .expect("renew")
+        .expect("exists");
+    assert!(g2 > g1);
+    assert!(
+        b::bindings_of(&mut conn, "1001", 0)
+            .await
+            .expect("of")
+            .is_empty()
+    );
+    assert_eq!(
+        b::replace_bindings(&mut conn, "1001", &[binding("1001", "sip:a@h", g1)], 0)
+            .await
+            .expect("write"),
+        0,
+        "a running server's stale binding is refused"
+    );
+    b::replace_bindings(&mut conn, "1001", &[binding("1001", "sip:new@h", g2)], 0)
+        .await
+        .expect("write");
+    assert_eq!(
+        contacts(&b::bindings_of(&mut conn, "1001", 0).await.expect("of")),
+        ["sip:new@h"]
+    );
+
+    // Removed: its bindings go with it; the number added again never gets them back.
+    assert!(
+        account::delete_extension(&mut conn, "1001")
+            .await
+            .expect("delete")
+    );
+    assert!(
+        b::live_bindings(&mut conn, 0)
+            .await
+            .expect("live")
+            .is_empty()
+    );
+    assert_eq!(
+        b::replace_bindings(&mut conn, "1001", &[binding("1001", "sip:new@h", g2)], 0)
+            .await
+            .expect("write"),
+        0,
+        "no extension: nothing written (and no foreign-key error)"
+    );
+    let g3 = account::insert_extension(&mut conn, &ext("1001", "other"))
+        .await
+        .expect("re-add");
+    assert!(g3 > g2, "a re-added number gets a generation never used");
+    assert_eq!(
+        b::replace_bindings(&mut conn, "1001", &[binding("1001", "sip:new@h", g2)], 0)
+            .await
+            .expect("write"),
+        0,
+        "the previous owner's binding stays out"
+    );
+    assert!(
+        b::bindings_of(&mut conn, "1001", 0)
+            .await
+            .expect("of")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_grace_window_keeps_the_old_generation_until_it_ends() {
+    use store::bindings as b;
+    use store::grace::{self, GraceRow};
+    let (_dir, store) = open_store().await;
+    let mut conn = store.conn().await.expect("conn");
+    let g1 = account::insert_extension(&mut conn, &ext("1001", "a1"))
+        .await
+        .expect("insert");
+    b::replace_bindings(&mut conn, "1001", &[binding("1001", "sip:a@h", g1)], 0)
+        .await
+        .expect("write");
+    let g2 = account::renew_credentials(&mut conn, "1001")
+        .await
+        .expect("renew")
+        .expect("exists");
+    grace::put_grace(
+        &mut conn,
+        &GraceRow {
+            number: "1001".into(),
+            auth_id: "a1".into(),
+            ha1_md5: "m".into(),
+            ha1_sha256: "s".into(),
+            sources: "127.0.0.2".into(),
+            expires_at: 500,
+            generation: g1,
+            prov_user: String::new(),
+            prov_ha1_md5: String::new(),
+            prov_ha1_sha256: String::new(),
+        },
+    )
+    .await
+    .expect("grace");
+    let phone = binding("1001", "sip:new@h", g2);
+    b::replace_bindings(
+        &mut conn,
+        "1001",
+        &[binding("1001", "sip:a@h", g1), phone],
+        0,
+    )
+    .await
+    .expect("write");
+    assert_eq!(
+        b::bindings_of(&mut conn, "1001", 0)
+            .await
+            .expect("of")
+            .len(),
+        2,
+        "both held"
+    );
+    assert_eq!(
+        b::bindings_of(&mut conn, "1001", 500)
+            .await
+            .expect("of")
+            .len(),
+        1,
+        "an expired window backs nothing"
+    );
+    // The new login ends the window: the old binding goes with it.
+    grace::end_graces(&mut conn, &["1001".into()], 10)
+        .await
+        .expect("end");
+    assert_eq!(
+        b::delete_expired_bindings(&mut conn, 10)
+            .await
+            .expect("sweep"),
+        0,
+        "already gone"
+    );
+    assert_eq!(
+        contacts(&b::bindings_of(&mut conn, "1001", 10).await.expect("of")),
+        ["sip:new@h"]
+    );
+}
+
+#[tokio::test]
+async fn withdrawn_mails_stay_withdrawn_even_when_claimed() {
+    use store::outbox::{self as o, OutboxRow};
+    let (_dir, store) = open_store().await;
+    let mut conn = store.conn().await.expect("conn");
+    let mail = |id: &str| OutboxRow {
+        id: id.into(),
+        number: "1001".into(),
+        recipient: "a@example.com".into(),
+        message_enc: "v1:00".into(),
+        state: "queued".into(),
+        attempts: 0,
+        next_attempt_at: 0,
+        lease_until: 0,
+        last_error: String::new(),
+        created_at: 0,
+        sent_at: 0,
+        basis: "b".into(),
+    };
+    o::insert_mail(&mut conn, &mail("m1")).await.expect("m1");
+    o::insert_mail(&mut conn, &mail("m2")).await.expect("m2");
+    // m1's sender claims it and dies; m2 waits.
+    assert!(
+        o::claim_mail(&mut conn, "m1", 10, 130)
+            .await
+            .expect("claim")
+    );
+    assert_eq!(
+        o::supersede_mail(&mut conn, "1001")
+            .await
+            .expect("supersede"),
+        2
+    );
+    // Its lease runs out: nothing is due, and a late finish does not bring it back.
+    assert!(
+        o::due_mail(&mut conn, 1000, 10)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    o::finish_mail(&mut conn, "m1", "queued", 0, "retry", 1000)
+        .await
+        .expect("finish");
+    let states: Vec<String> = o::list_mail(&mut conn)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.state)
+        .collect();
+    assert_eq!(states, ["superseded", "superseded"]);
+    // A send that did go out is recorded as sent.
+    o::finish_mail(&mut conn, "m2", "sent", 0, "", 1000)
+        .await
+        .expect("sent");
+    assert!(
+        o::list_mail(&mut conn)
+            .await
+            .expect("list")
+            .iter()
+            .any(|m| m.state == "sent")
+    );
+}
+
+#[tokio::test]
+async fn a_phone_lookup_returns_one_row_either_way() {
+    use store::provisioning as p;
+    let (_dir, store) = open_store().await;
+    let mut conn = store.conn().await.expect("conn");
+    let mut e = ext("1001", "a1");
+    e.mac = Some("001565aabbcc".into());
+    e.model = Some("Yealink T46U".into());
+    account::insert_extension(&mut conn, &e)
+        .await
+        .expect("insert");
+    p::put_provisioning(
+        &mut conn,
+        &p::ProvisioningRow {
+            number: "1001".into(),
+            admin_password_enc: "v1:aa".into(),
+            http_password_enc: "v1:bb".into(),
+            generation: 1,
+            written: 1,
+        },
+    )
+    .await
+    .expect("prov");
+    let known = p::phone_by_mac(&mut conn, "001565aabbcc", 0)
+        .await
+        .expect("known");
+    assert_eq!(known.number.as_deref(), Some("1001"));
+    assert_eq!(known.http_password_enc.as_deref(), Some("v1:bb"));
+    assert_eq!(known.grace_sources, None);
+    let unknown = p::phone_by_mac(&mut conn, "0015650000aa", 0)
+        .await
+        .expect("unknown");
+    assert_eq!(unknown, p::PhoneByMac::default());
 }

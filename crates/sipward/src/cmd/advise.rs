@@ -1,5 +1,6 @@
 //! `sipward advise`: which ports the internet must reach, from the data dir's providers
-//! and live registrations (see [`policy::exposure`]).
+//! and live registrations (see [`policy::exposure`]), and the config's settings that
+//! weaken a defence (see [`policy::weakening`]).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -7,10 +8,20 @@ use std::process::ExitCode;
 use accounts::Registry;
 use policy::exposure;
 
+use crate::config::Config;
 use crate::output::{self, Table};
+
+/// The advice with the weakened settings beside it (`--json`).
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    #[serde(flatten)]
+    advice: &'a exposure::Advice,
+    findings: &'a [policy::Finding],
+}
 
 pub async fn run(
     reg: &Registry,
+    config: &Config,
     sip: SocketAddr,
     http: SocketAddr,
     remote_phones: bool,
@@ -20,8 +31,12 @@ pub async fn run(
         accounts::exposure::facts(reg, sip, http, remote_phones, crate::clock::clock().now())
             .await?;
     let advice = exposure::advise(&facts);
+    let findings = config.findings();
     if json {
-        output::json(&advice)?;
+        output::json(&Report {
+            advice: &advice,
+            findings: &findings,
+        })?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut t = Table::new(&["PORT", "SERVICE", "INTERNET", "WHY"]);
@@ -51,6 +66,15 @@ pub async fn run(
     t.print()?;
     for w in &advice.warnings {
         println!("warning {}: {}", w.id, w.message);
+    }
+    for f in &findings {
+        println!(
+            "{} {} ({}): {}",
+            f.severity.as_str(),
+            f.rule,
+            f.field,
+            f.message
+        );
     }
     println!("\n# nftables rule set matching this advice (nft -f FILE):");
     print!("{}", advice.nftables);

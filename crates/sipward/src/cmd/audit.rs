@@ -7,6 +7,7 @@ use policy::{Finding, Severity};
 use serde::Serialize;
 
 use crate::cli::{AuditArgs, Level};
+use crate::config::Config;
 use crate::output::{self, Table};
 
 #[derive(Serialize)]
@@ -22,8 +23,10 @@ struct Report<'a> {
     findings: &'a [Finding],
 }
 
-pub async fn run(reg: &Registry, args: AuditArgs) -> anyhow::Result<ExitCode> {
-    let findings = reg.audit().await?;
+/// The config's weakened settings first, then every stored account's findings.
+pub async fn run(reg: &Registry, args: AuditArgs, config: &Config) -> anyhow::Result<ExitCode> {
+    let mut findings = config.findings();
+    findings.extend(reg.audit().await?);
     let count = |s: Severity| findings.iter().filter(|f| f.severity == s).count();
     let summary = Summary {
         critical: count(Severity::Critical),
@@ -36,7 +39,7 @@ pub async fn run(reg: &Registry, args: AuditArgs) -> anyhow::Result<ExitCode> {
             findings: &findings,
         })?;
     } else if findings.is_empty() {
-        println!("no findings: every credential passes the policy");
+        println!("no findings: every setting and every credential passes the policy");
     } else {
         let mut t = Table::new(&["SEVERITY", "RULE", "SUBJECT", "FIELD", "MESSAGE"]);
         for f in &findings {

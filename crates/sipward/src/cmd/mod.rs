@@ -35,7 +35,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ext(c) => ext::run(&registry, c, &config).await?,
         Command::Gateway(c) => trunk::gateway(&registry, c).await?,
         Command::Provider(c) => trunk::provider(&registry, c).await?,
-        Command::Audit(a) => audit::run(&registry, a).await?,
+        Command::Audit(a) => audit::run(&registry, a, &config).await?,
         Command::Import(a) => import::run(&registry, a).await?,
         Command::Ban(c) => guard::ban(&registry, c).await?,
         Command::Allow(c) => guard::allow(&registry, c).await?,
@@ -50,7 +50,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             http,
             remote_phones,
             out,
-        } => advise::run(&registry, sip, http, remote_phones, out.json).await?,
+        } => advise::run(&registry, &config, sip, http, remote_phones, out.json).await?,
         // Returned above, before any data dir was opened.
         Command::Backup(_) => ExitCode::from(2),
     };

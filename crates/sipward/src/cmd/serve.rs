@@ -30,6 +30,20 @@ async fn shutdown_signal() {
 }
 
 pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Result<ExitCode> {
+    // Settings that weaken a defence are said at start, one event line each.
+    let findings = config.findings();
+    for f in &findings {
+        eprintln!(
+            "{}",
+            serde_json::json!({
+                "event": "config_weakened",
+                "rule": f.rule,
+                "severity": f.severity,
+                "field": f.field,
+                "detail": f.message,
+            })
+        );
+    }
     let mut rng = rand_core::UnwrapErr(rand::rngs::SysRng);
     let mut keys = ServerKeys {
         nonce: [0; 32],
@@ -72,19 +86,16 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
         })?;
     let ready = Arc::new(AtomicBool::new(false));
     let mut prov_nonce = [0u8; 32];
-    let mut prov_dummy = [0u8; 32];
     rng.fill_bytes(&mut prov_nonce);
-    rng.fill_bytes(&mut prov_dummy);
     // The console sees the running server only through this handle.
     let server = bound.handle();
-    let prov = console::provisioning::Provisioning {
-        registry: reg.clone(),
-        server: server.clone(),
-        path: Arc::new(policy::Secret::new(reg.provisioning_path().await?)),
-        nonces: Arc::new(sip::nonce::NonceKey::new(prov_nonce)),
-        dummy_key: Arc::new(prov_dummy),
-        clock: crate::clock::clock(),
-    };
+    let prov = console::provisioning::Provisioning::new(
+        reg.clone(),
+        server.clone(),
+        policy::Secret::new(reg.provisioning_path().await?),
+        sip::nonce::NonceKey::new(prov_nonce),
+        crate::clock::clock(),
+    );
     let app = console::router(
         console::ConsoleState {
             server,
@@ -103,6 +114,7 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
                     .clone()
                     .unwrap_or_else(|| reg.backups_dir()),
                 guard: config.bans.clone(),
+                config_findings: findings.clone(),
             },
         )
         .map_err(|e| anyhow::anyhow!("the console's templates do not compile: {e}"))?,

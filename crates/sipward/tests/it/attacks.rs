@@ -48,7 +48,7 @@ fn distributed_guessing_never_succeeds_and_the_office_keeps_working() {
     // Positive control: without the per-account rules, the first guess of the botnet
     // (the number itself) logs in.
     let (_control, open) =
-        two_extensions("[guard]\nweak_credentials = \"allow\"\nextension_failures = 0\n");
+        two_extensions("[guard]\nweak_credentials = \"allow\"\nextension_failures = \"off\"\n");
     let answer = register(
         &bot(0, &open),
         &login("1001", "1001", "1001"),
@@ -349,7 +349,7 @@ fn svwar_finds_no_extension() {
 
     // sipward with its scanner rule and flood limits off: enumeration resistance alone.
     let (env, _users, server) =
-        office_of_100("[guard]\nban_scanners = false\nflood_requests = 0\n");
+        office_of_100("[guard]\nban_scanners = false\nflood_requests = \"off\"\n");
     for method in ["REGISTER", "INVITE"] {
         let out = svwar(server.sip.port(), method, "127.0.0.8");
         assert_eq!(enumerated(&out), Vec::<String>::new(), "{method}:\n{out}");

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::harness::Env;
 use crate::peers::{SMTP_PASSWORD, Smtp, eventually_or, require};
 
-const ADMIN_PASSWORD: &str = "Console-Test-Secret-77";
+pub(crate) const ADMIN_PASSWORD: &str = "Console-Test-Secret-77";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -18,7 +18,7 @@ fn root() -> PathBuf {
 
 /// A data dir with two weak extensions, a strong one and one with a hostile name, a
 /// known console password, and mail to the test SMTP server.
-fn office(env: &Env, smtp: Option<&Smtp>) {
+pub(crate) fn office(env: &Env, smtp: Option<&Smtp>) {
     env.ok(&["ext", "list"]);
     let mut config = String::from(
         "[sip]\ndomain = \"pbx.example.com\"\n[provisioning]\nbase_url = \"http://pbx.example.com:8080\"\n",
@@ -88,7 +88,7 @@ fn curl(args: &[&str]) -> (u16, String) {
 }
 
 /// Logs in with curl from `ip`; the session cookie's value when it worked.
-fn login(base: &str, ip: &str, password: &str) -> (u16, Option<String>) {
+pub(crate) fn login(base: &str, ip: &str, password: &str) -> (u16, Option<String>) {
     login_with_code(base, ip, password, "")
 }
 

@@ -340,7 +340,7 @@ fn svcrack_finds_no_password_and_is_banned_within_10_guesses() {
     // Positive control: with the guard out of the way, svcrack finds a password that
     // equals the extension number.
     let (_control, open) = target(
-        "[guard]\nban_scanners = false\nauth_failures = 10000\nflood_requests = 0\nweak_credentials = \"allow\"\n",
+        "[guard]\nban_scanners = false\nauth_failures = 100\nflood_requests = \"off\"\nweak_credentials = \"allow\"\n",
         "1001",
     );
     let seen = crack(&open);

@@ -468,12 +468,21 @@ impl Smtp {
     }
 
     /// The `[mail]` section pointing at this server (with a wrong password if asked).
+    /// The password lives in a file of its own (0600), so the config file holding this
+    /// section may stay readable.
     pub fn config(&self, password: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let file = self
+            .maildir
+            .with_file_name(format!("smtp-password-{}", free_port()));
+        std::fs::write(&file, format!("{password}\n")).expect("password file");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         format!(
             "[mail]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\nsecurity = \"starttls\"\n\
-             username = \"{SMTP_USER}\"\npassword = \"{password}\"\nfrom = \"pbx@example.com\"\n\
+             username = \"{SMTP_USER}\"\npassword_file = \"{}\"\nfrom = \"pbx@example.com\"\n\
              ca_file = \"{}\"\ntimeout_secs = 10\n",
             self.port,
+            file.display(),
             self.cert.display()
         )
     }

@@ -15,24 +15,24 @@ use crate::baresip::Baresip;
 use crate::harness::Env;
 use crate::peers::{Server, Smtp, eventually, eventually_or, require, sipp_from};
 
-const MAC: &str = "001565aabbcc";
+pub(crate) const MAC: &str = "001565aabbcc";
 
 /// A value from a welcome mail's text part: `label: value` (soft line breaks of
 /// quoted-printable undone first).
-fn mail_field(mail: &str, label: &str) -> Option<String> {
+pub(crate) fn mail_field(mail: &str, label: &str) -> Option<String> {
     let text = mail.replace("=\r\n", "").replace("=\n", "");
     text.lines()
         .find_map(|l| l.trim().strip_prefix(label))
         .map(|v| v.trim().to_owned())
 }
 
-fn base_config() -> String {
+pub(crate) fn base_config() -> String {
     "[sip]\ndomain = \"pbx.example.com\"\ndigest_algorithms = [\"MD5\"]\n\
      [provisioning]\nbase_url = \"http://pbx.example.com:8080\"\n"
         .to_owned()
 }
 
-fn register(
+pub(crate) fn register(
     env: &Env,
     from: &str,
     server: &Server,
@@ -47,7 +47,7 @@ fn register(
 }
 
 /// The password a phone's Yealink file carries.
-fn file_password(env: &Env, mac: &str) -> String {
+pub(crate) fn file_password(env: &Env, mac: &str) -> String {
     let text = std::fs::read_to_string(env.data.join("provisioning").join(format!("{mac}.cfg")))
         .expect("provisioning file");
     text.lines()
@@ -117,8 +117,22 @@ fn welcome_mail_arrives_over_starttls_and_its_password_registers() {
     let auth_id = mail_field(mail, "Auth ID:").expect("auth id in the mail");
     let url = mail_field(mail, "http://pbx.example.com:8080/prov/").expect("provisioning url");
     assert!(url.ends_with(&format!("/{MAC}.cfg")), "{url}");
-    // The file the phone fetches carries the same password as the mail.
+    // The file the phone fetches carries the same password as the mail...
     assert_eq!(file_password(&env, MAC), password);
+    // ...but the mail never carries the phone's provisioning login (whoever reads an
+    // old mail must not fetch the phone's future files); it says how to set a phone up
+    // by hand instead.
+    let shown = env.json(&["ext", "show", "3001", "--reveal", "--json"]);
+    let login = shown["provisioning"]["password"].as_str().expect("login");
+    assert!(
+        !mail.contains(login),
+        "the provisioning login is not in the mail"
+    );
+    assert_eq!(mail_field(mail, "User name:").as_deref(), Some("3001"));
+    assert_eq!(
+        mail_field(mail, "Authentication ID:").as_deref(),
+        Some(auth_id.as_str())
+    );
 
     // The password read from the mail registers; the old one does not (nothing was
     // registered, so there is no grace window).
@@ -179,7 +193,8 @@ fn a_wrong_smtp_login_is_reported_failed_and_mails_wait_without_smtp() {
     let out = env.json(&["ext", "regenerate", "3101", "--json"]);
     assert_eq!(out["regenerated"][0]["mail"]["status"], "queued");
     env.fails(&["mail", "send"], 2);
-    // `--no-email` queues nothing.
+    // `--no-email` queues nothing, and withdraws the mail still waiting: it carries a
+    // password that no longer works.
     let out = env.json(&["ext", "regenerate", "3101", "--no-email", "--json"]);
     assert_eq!(out["regenerated"][0]["mail"]["status"], "skipped");
     let states: Vec<String> = env
@@ -191,10 +206,12 @@ fn a_wrong_smtp_login_is_reported_failed_and_mails_wait_without_smtp() {
         .collect();
     assert_eq!(
         states.iter().filter(|s| *s == "queued").count(),
-        1,
+        0,
         "{states:?}"
     );
     // Removing the extension withdraws its waiting mail.
+    let out = env.json(&["ext", "regenerate", "3101", "--json"]);
+    assert_eq!(out["regenerated"][0]["mail"]["status"], "queued");
     env.ok(&["ext", "remove", "3101"]);
     let states = env.json(&["mail", "list", "--json"]);
     assert!(
@@ -333,7 +350,7 @@ fn registered_phones_get_a_check_sync_notify() {
 }
 
 /// curl as the phone: `--digest` login, status code and body.
-fn curl(args: &[&str], url: &str) -> (u16, String) {
+pub(crate) fn curl(args: &[&str], url: &str) -> (u16, String) {
     let curl = require("curl", "curl");
     let out = Command::new(curl)
         .args(["-s", "-g", "--max-time", "5", "-w", "\n%{http_code}"])
@@ -347,7 +364,7 @@ fn curl(args: &[&str], url: &str) -> (u16, String) {
 }
 
 #[test]
-fn provisioning_files_need_the_phones_login_and_mac_probing_is_banned() {
+fn provisioning_files_need_the_phones_login_and_login_guessing_is_banned() {
     let env = Env::with_config(&base_config());
     env.ok(&[
         "ext",
@@ -394,11 +411,16 @@ fn provisioning_files_need_the_phones_login_and_mac_probing_is_banned() {
         401,
         "wrong path"
     );
-    let other_mac = "cfg0015650000aa.xml";
+    // Another phone's file with this phone's login: not this phone's, and not a probe
+    // (the login is right); the answer is the same whether that MAC exists.
     assert_eq!(
-        curl(&["--digest", "-u", &good], &url(path, other_mac)).0,
-        401,
-        "unknown MAC"
+        curl(
+            &["--digest", "-u", &good],
+            &url(path, "cfg0015650000aa.xml")
+        )
+        .0,
+        404,
+        "not this phone's file"
     );
     assert_eq!(
         curl(&["--digest", "-u", &good], &url(path, "../sipward.db")).0,
@@ -406,11 +428,23 @@ fn provisioning_files_need_the_phones_login_and_mac_probing_is_banned() {
         "not a route"
     );
 
-    // A prober on another address: ten unknown MACs and it is banned, with a reason.
+    // Requests without a login get a challenge and are never counted: every file gets
+    // the same answer, so there is nothing to learn, and phones boot that way.
+    for i in 0..20 {
+        let f = format!("cfg00156501{i:04x}.xml");
+        assert_eq!(curl(&["--interface", "127.0.0.8"], &url(path, &f)).0, 401);
+    }
+    // A guesser on another address: ten wrong logins and it is banned, with a reason.
     let mut codes = Vec::new();
     for i in 0..12 {
-        let f = format!("cfg00156500{i:04x}.xml");
-        codes.push(curl(&["--interface", "127.0.0.5"], &url(path, &f)).0);
+        let guess = format!("00156500{i:04x}:guess{i}");
+        codes.push(
+            curl(
+                &["--interface", "127.0.0.5", "--digest", "-u", &guess],
+                &url(path, &file),
+            )
+            .0,
+        );
     }
     assert_eq!(&codes[..9], &[401; 9], "{codes:?}");
     assert!(codes[9..].iter().all(|c| *c == 403), "{codes:?}");
@@ -422,6 +456,14 @@ fn provisioning_files_need_the_phones_login_and_mac_probing_is_banned() {
         .find(|b| b["source"] == "127.0.0.5")
         .unwrap_or_else(|| panic!("no ban for the prober: {bans}"));
     assert_eq!(ban["reason"], "provisioning.probe");
+    assert!(
+        !bans
+            .as_array()
+            .expect("bans")
+            .iter()
+            .any(|b| b["source"] == "127.0.0.8"),
+        "no login, no count: {bans}"
+    );
     // The phone's own address still gets its file (the earlier wrong logins stayed under
     // the threshold).
     assert_eq!(curl(&["--digest", "-u", &good], &url(path, &file)).0, 200);
@@ -682,4 +724,73 @@ fn an_smtp_server_that_is_down_defers_the_mail_with_backoff() {
     assert!(row["next_attempt_at"].as_i64() >= row["created_at"].as_i64().map(|c| c + 30));
     // Not due yet: a second sender leaves it alone.
     assert_eq!(env.json(&["mail", "send", "--json"]), serde_json::json!([]));
+}
+
+/// Registers phones `first..first + n` of the kill -9 test
+/// from an allow-listed address at 100 a second; every one must get its 200.
+fn register_phones(env: &Env, server: &Server, first: usize, n: usize) {
+    let mut users = String::from("SEQUENTIAL\n");
+    for i in first..first + n {
+        users.push_str(&format!(
+            "{};[authentication username=phone{i}k password=Phone-{i}-Zq8xLmTr4wPy]\n",
+            7000 + i
+        ));
+    }
+    let run = sipp_from(
+        "127.0.0.6",
+        env,
+        "register_auth.xml",
+        &users,
+        server.sip,
+        "u1",
+        n as u32,
+        100,
+    );
+    assert_eq!(
+        (run.successful, run.failed),
+        (n as u64, 0),
+        "{}",
+        run.errors
+    );
+}
+
+#[test]
+fn kill_9_half_a_second_after_50_phones_register_loses_none() {
+    const N: usize = 50;
+    let env = Env::with_config(&base_config());
+    let mut csv = String::from("number,auth_id,password\n");
+    for i in 0..2 * N {
+        csv.push_str(&format!("{},phone{i}k,Phone-{i}-Zq8xLmTr4wPy\n", 7000 + i));
+    }
+    std::fs::write(env.path("phones.csv"), csv).expect("csv");
+    env.ok(&["import", env.path("phones.csv").to_str().expect("utf8")]);
+    // From an allow-listed address: 100 phones a second are a flood otherwise.
+    env.ok(&["allow", "add", "127.0.0.6/32"]);
+    let registered = |server: &Server, n: usize| {
+        assert_eq!(
+            server.metric("sipward_bindings"),
+            n as u64,
+            "every phone that got its 200 is still registered"
+        );
+        for i in [0, n / 2, n - 1] {
+            let number = (7000 + i).to_string();
+            let regs = env.json(&["ext", "show", &number, "--json"])["registrations"].clone();
+            assert_eq!(regs.as_array().map(Vec::len), Some(1), "{number}: {regs}");
+        }
+    };
+
+    // kill -9 the moment the last phone has its 200 (no write-behind can have run)...
+    let server = env.serve();
+    register_phones(&env, &server, 0, N);
+    drop(server);
+    let server = env.serve();
+    registered(&server, N);
+    // ...and, as the issue saw it, half a second after: nothing was written on the way
+    // out either time.
+    register_phones(&env, &server, N, N);
+    std::thread::sleep(Duration::from_millis(500));
+    drop(server);
+    let server = env.serve();
+    registered(&server, 2 * N);
+    server.stop();
 }

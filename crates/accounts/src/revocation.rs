@@ -1,0 +1,160 @@
+//! Revocation: when an extension's SIP credentials change (Re-Generate, a new password or
+//! auth ID), everything the old ones reached lets go, in the caller's transaction:
+//!
+//! - the credential generation moves, so every binding made with the old credentials is
+//!   revoked (in the store at once, in a running server at its next reload), except the
+//!   bindings from the grace window's sources, which stay until the phone logs in with
+//!   the new password or the window ends;
+//! - the phone's provisioning login and admin password are rotated (its file is
+//!   rewritten by the caller after the commit); the old login keeps working only from
+//!   the grace window's sources, so the phone can fetch its new file;
+//! - queued mails of the extension, including those a sender claimed and never finished,
+//!   are withdrawn.
+//!
+//! A removed extension loses all of this by the store's cascades, its mails by
+//! [`store::outbox::supersede_mail`].
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+
+use policy::Secret;
+use sip::digest::{self, Algorithm};
+use store::Db;
+use store::account::{self as q, ExtensionRow};
+use store::grace::GraceRow;
+
+use crate::provisioning::REALM as PROVISIONING_REALM;
+use crate::registry::{Registry, ext_aad};
+use crate::{Error, Result};
+
+/// What one revocation did.
+#[derive(Debug, Default)]
+pub(crate) struct Revoked {
+    /// Addresses the old credentials keep working from until the window ends.
+    pub grace_sources: Vec<IpAddr>,
+    pub grace_until: Option<i64>,
+    /// Phones were registered when the credentials changed.
+    pub registered: bool,
+    /// Mails withdrawn (queued, or claimed by a sender that never finished).
+    pub mails_withdrawn: u64,
+}
+
+impl Registry {
+    /// Revokes what `old` (the row as it was) reached; `row` (already written, with the
+    /// new credentials) gets its new credential generation. Runs in the caller's
+    /// transaction, so the extension is always fully old or fully new.
+    pub(crate) async fn revoke_credentials(
+        &self,
+        conn: &mut dyn Db,
+        old: &ExtensionRow,
+        row: &mut ExtensionRow,
+        now: i64,
+    ) -> Result<Revoked> {
+        // The phones registered now (with the old credentials, or with those of a grace
+        // window still open) are where the old credentials may go on working. Read
+        // before the generation moves: after, no credentials back them.
+        let bindings = store::bindings::bindings_of(conn, &row.number, now).await?;
+        let generation = q::renew_credentials(conn, &row.number)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("extension {}", row.number)))?;
+        row.credential_generation = generation;
+        let sources: BTreeSet<IpAddr> = bindings
+            .iter()
+            .filter_map(|b| b.source.parse::<SocketAddr>().ok().map(|s| s.ip()))
+            .collect();
+        let old_login = self.provisioning_login_ha1s(conn, old).await?;
+        let grace_secs = self.settings.provisioning.grace_secs;
+        let mut revoked = Revoked {
+            registered: !bindings.is_empty(),
+            ..Revoked::default()
+        };
+        if grace_secs > 0 && !sources.is_empty() {
+            // A window still open keeps the credentials the phones actually have: none
+            // of them has logged in with the newer ones yet (that would have ended it).
+            let open = store::grace::get_grace(conn, &row.number)
+                .await?
+                .filter(|g| g.expires_at > now && g.auth_id == old.auth_id);
+            let mut grace = match open {
+                Some(g) => g,
+                None => {
+                    let (prov_user, prov_ha1_md5, prov_ha1_sha256) = old_login.unwrap_or_default();
+                    GraceRow {
+                        number: row.number.clone(),
+                        auth_id: old.auth_id.clone(),
+                        ha1_md5: old.ha1_md5.clone(),
+                        ha1_sha256: old.ha1_sha256.clone(),
+                        sources: String::new(),
+                        expires_at: 0,
+                        generation: old.credential_generation,
+                        prov_user,
+                        prov_ha1_md5,
+                        prov_ha1_sha256,
+                    }
+                }
+            };
+            let mut all: BTreeSet<IpAddr> = grace
+                .sources
+                .split(',')
+                .filter_map(|s| s.parse().ok())
+                .collect();
+            all.extend(sources.iter().copied());
+            grace.sources = all
+                .iter()
+                .map(IpAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            grace.expires_at = now + grace_secs;
+            // Only the window's auth ID can use the old password: with a new auth ID
+            // the old SIP login is dead at once (the provisioning login is by MAC).
+            grace.auth_id = old.auth_id.clone();
+            store::grace::put_grace(conn, &grace).await?;
+            // Every binding now is from a source of the window: they all stay (under
+            // the old generation) until the phone logs in anew or the window ends.
+            revoked.grace_sources = all.into_iter().collect();
+            revoked.grace_until = Some(grace.expires_at);
+        } else {
+            // No phone registered (or no window configured): the old credentials are
+            // dead, and so is every binding made with them.
+            store::grace::end_graces(conn, std::slice::from_ref(&row.number), now).await?;
+            let contacts: Vec<String> = bindings.into_iter().map(|b| b.contact).collect();
+            store::bindings::delete_bindings(conn, &row.number, &contacts).await?;
+        }
+        self.rotate_phone_secrets(conn, &row.number).await?;
+        revoked.mails_withdrawn = store::outbox::supersede_mail(conn, &row.number).await?;
+        Ok(revoked)
+    }
+
+    /// The phone's provisioning login as it is now (user = MAC, HA1s over the
+    /// provisioning realm), if the extension has a phone.
+    async fn provisioning_login_ha1s(
+        &self,
+        conn: &mut dyn Db,
+        row: &ExtensionRow,
+    ) -> Result<Option<(String, String, String)>> {
+        let Some(mac) = row.mac.as_deref() else {
+            return Ok(None);
+        };
+        let Some(prov) = store::provisioning::get_provisioning(conn, &row.number).await? else {
+            return Ok(None);
+        };
+        let pw = self.open_secret(&ext_aad(&row.number, "phone_http"), &prov.http_password_enc)?;
+        Ok(Some((
+            mac.to_owned(),
+            digest::ha1(Algorithm::Md5, mac, PROVISIONING_REALM, pw.expose()),
+            digest::ha1(Algorithm::Sha256, mac, PROVISIONING_REALM, pw.expose()),
+        )))
+    }
+
+    /// New provisioning and admin passwords for the extension's phone (when it has a
+    /// provisioning row); the caller bumps the file generation.
+    async fn rotate_phone_secrets(&self, conn: &mut dyn Db, number: &str) -> Result<()> {
+        let Some(mut prov) = store::provisioning::get_provisioning(conn, number).await? else {
+            return Ok(());
+        };
+        let (admin, http): (Secret, Secret) = (self.new_phone_secret(), self.new_phone_secret());
+        prov.admin_password_enc = self.seal(&ext_aad(number, "phone_admin"), admin.expose());
+        prov.http_password_enc = self.seal(&ext_aad(number, "phone_http"), http.expose());
+        store::provisioning::put_provisioning(conn, &prov).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,390 @@
+//! A credential change revokes everything the old credentials reached (issue 15), end to
+//! end with real peers: SIPp registers as the phone and as the attacker, curl fetches
+//! provisioning files as both, aiosmtpd receives the mails.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::Env;
+use crate::peers::{SMTP_PASSWORD, Server, Smtp, eventually, eventually_or};
+use crate::regenerate::{MAC, base_config, curl, file_password, mail_field, register};
+
+const PHONE: &str = "127.0.0.2";
+const ATTACKER: &str = "127.0.0.66";
+
+/// The provisioning login's password in a Yealink file.
+fn file_login(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("static.auto_provision.server.password = "))
+        .map(str::to_owned)
+}
+
+/// The SIP password in a Yealink file.
+fn file_sip_password(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("account.1.password = "))
+        .map(str::to_owned)
+}
+
+fn registrations(env: &Env, number: &str) -> Vec<Value> {
+    env.json(&["ext", "show", number, "--json"])["registrations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Fetches the phone's file with `login` from `from`: the status and the body.
+fn fetch(server: &Server, path: &str, from: &str, login: &str) -> (u16, String) {
+    let url = format!("http://{}/prov/{path}/{MAC}.cfg", server.http);
+    let user = format!("{MAC}:{login}");
+    curl(&["--interface", from, "--digest", "-u", &user], &url)
+}
+
+#[test]
+fn after_regenerate_the_old_mail_opens_nothing_and_the_phone_carries_on() {
+    let env = Env::new();
+    let smtp = Smtp::start(&env);
+    env.ok(&["ext", "list"]);
+    // Mail is down for now: what Re-Generate queues waits in the outbox.
+    std::fs::write(env.data.join("sipward.toml"), base_config()).expect("config");
+    env.ok(&[
+        "ext",
+        "add",
+        "3701",
+        "--auth-id",
+        "desk3701",
+        "--email",
+        "alice@example.com",
+        "--mac",
+        MAC,
+        "--model",
+        "Yealink T46U",
+    ]);
+    // A first Re-Generate: its mail (P1, and, as mails did before, the provisioning
+    // login) is what the attacker gets hold of.
+    let first = env.json(&["ext", "regenerate", "3701", "--json"]);
+    let p1 = first["regenerated"][0]["password"]
+        .as_str()
+        .expect("p1")
+        .to_owned();
+    let shown = env.json(&["ext", "show", "3701", "--reveal", "--json"]);
+    let l1 = shown["provisioning"]["password"]
+        .as_str()
+        .expect("login")
+        .to_owned();
+    let path = shown["provisioning"]["path"]
+        .as_str()
+        .expect("path")
+        .to_owned();
+    let server = env.serve();
+
+    // 1. The phone is provisioned and registered: it fetches its file with its login,
+    // from its address, and registers with what the file says.
+    let (code, file) = fetch(&server, &path, PHONE, &l1);
+    assert_eq!(code, 200, "{file}");
+    assert_eq!(file_sip_password(&file).as_deref(), Some(p1.as_str()));
+    assert_eq!(
+        file_login(&file).as_deref(),
+        Some(l1.as_str()),
+        "the file carries the login"
+    );
+    assert!(register(&env, PHONE, &server, "3701", "desk3701", &p1));
+    assert_eq!(
+        registrations(&env, "3701").len(),
+        1,
+        "durable before its 200"
+    );
+
+    // 2. The attacker holds the old mail. 3. Re-Generate.
+    let second = env.json(&["ext", "regenerate", "3701", "--json"]);
+    let item = &second["regenerated"][0];
+    let p2 = item["password"].as_str().expect("p2").to_owned();
+    assert_eq!(item["resync"], true, "the phone is told to re-fetch");
+    assert_eq!(item["grace"]["sources"], serde_json::json!([PHONE]));
+    let mails = env.json(&["mail", "list", "--json"]);
+    let states: Vec<(&str, &str)> = mails
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap_or(""),
+                m["state"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states.iter().filter(|(_, s)| *s == "queued").count(),
+        1,
+        "only the new mail waits: {states:?}"
+    );
+
+    // Nothing the attacker holds works: the file...
+    assert_eq!(
+        fetch(&server, &path, ATTACKER, &l1).0,
+        401,
+        "the old provisioning login from elsewhere"
+    );
+    // ...SIP (once the server has reloaded, within a poll)...
+    eventually(
+        "the old SIP password is refused to the attacker",
+        Duration::from_secs(20),
+        || !register(&env, ATTACKER, &server, "3701", "desk3701", &p1),
+    );
+    // ...and the mails: the one with the old credentials is never delivered; the
+    // new one goes to the extension's address.
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        base_config() + &smtp.config(SMTP_PASSWORD),
+    )
+    .expect("config");
+    let sent = env.json(&["mail", "send", "--json"]);
+    assert_eq!(sent.as_array().map(Vec::len), Some(1), "{sent}");
+    let delivered = smtp.messages();
+    assert_eq!(delivered.len(), 1);
+    assert!(delivered[0].starts_with("X-Test-Envelope-To: alice@example.com"));
+    assert_eq!(
+        mail_field(&delivered[0], "SIP password:").as_deref(),
+        Some(p2.as_str())
+    );
+    assert!(!delivered[0].contains(&p1) && !delivered[0].contains(&l1));
+
+    // 4. The phone re-provisions with the login it has (from where it is registered:
+    // the grace window) and registers with the new password.
+    let (code, file) = fetch(&server, &path, PHONE, &l1);
+    assert_eq!(code, 200, "the phone fetches its new file: {file}");
+    assert_eq!(file_sip_password(&file).as_deref(), Some(p2.as_str()));
+    let l2 = file_login(&file).expect("the new login");
+    assert_ne!(l2, l1, "rotated");
+    assert_eq!(file_password(&env, MAC), p2);
+    assert!(register(&env, PHONE, &server, "3701", "desk3701", &p2));
+    // Its new login ends the window: the old credentials are dead even there.
+    eventually_or(
+        "the window ends",
+        Duration::from_secs(20),
+        || fetch(&server, &path, PHONE, &l1).0 == 401,
+        || server.log(),
+    );
+    assert!(!register(&env, PHONE, &server, "3701", "desk3701", &p1));
+    assert_eq!(
+        fetch(&server, &path, PHONE, &l2).0,
+        200,
+        "the new login works"
+    );
+    let regs = registrations(&env, "3701");
+    assert_eq!(regs.len(), 1, "{regs:?}");
+    assert!(
+        regs[0]["source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(PHONE)),
+        "{regs:?}"
+    );
+    server.stop();
+}
+
+#[test]
+fn a_removed_number_added_again_never_shows_or_keeps_the_old_phone() {
+    let env = Env::with_config(&base_config());
+    env.ok(&[
+        "ext",
+        "add",
+        "6001",
+        "--auth-id",
+        "old6001",
+        "--password",
+        "Vq3Lx9TzKp2Wm7Rb",
+    ]);
+    let server = env.serve();
+    assert!(register(
+        &env,
+        PHONE,
+        &server,
+        "6001",
+        "old6001",
+        "Vq3Lx9TzKp2Wm7Rb"
+    ));
+    eventually("registered", Duration::from_secs(10), || {
+        registrations(&env, "6001").len() == 1 && server.metric("sipward_bindings") == 1
+    });
+
+    env.ok(&["ext", "remove", "6001"]);
+    env.ok(&[
+        "ext",
+        "add",
+        "6001",
+        "--auth-id",
+        "new6001",
+        "--password",
+        "Nq4Zt8LmXw2Kp7Rb",
+    ]);
+    // The store forgot the previous owner's phone with the extension...
+    assert!(registrations(&env, "6001").is_empty(), "ext show");
+    // ...and the running server lets go of it at its next reload (calls to 6001 can
+    // no longer ring it), and says so.
+    eventually_or(
+        "the server drops the removed extension's binding",
+        Duration::from_secs(20),
+        || server.metric("sipward_bindings") == 0,
+        || server.log(),
+    );
+    let log = server.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"event\":\"credentials_revoked\"")
+                && l.contains("\"number\":\"6001\"")),
+        "{log}"
+    );
+    server.stop();
+    // Nor does it come back after a restart.
+    let server = env.serve();
+    assert_eq!(server.metric("sipward_bindings"), 0);
+    assert!(registrations(&env, "6001").is_empty());
+    // The new owner registers as usual.
+    assert!(register(
+        &env,
+        PHONE,
+        &server,
+        "6001",
+        "new6001",
+        "Nq4Zt8LmXw2Kp7Rb"
+    ));
+    assert_eq!(registrations(&env, "6001").len(), 1);
+    server.stop();
+}
+
+#[test]
+fn a_new_password_lets_go_of_the_registrations_made_with_the_old_one() {
+    // Without a grace window: at once.
+    let env = Env::with_config(&(base_config() + "grace_secs = 0\n"));
+    env.ok(&[
+        "ext",
+        "add",
+        "6101",
+        "--auth-id",
+        "desk6101",
+        "--password",
+        "Vq3Lx9TzKp2Wm7Rb",
+    ]);
+    let server = env.serve();
+    assert!(register(
+        &env,
+        PHONE,
+        &server,
+        "6101",
+        "desk6101",
+        "Vq3Lx9TzKp2Wm7Rb"
+    ));
+    eventually("registered", Duration::from_secs(10), || {
+        registrations(&env, "6101").len() == 1 && server.metric("sipward_bindings") == 1
+    });
+    env.ok(&["ext", "update", "6101", "--password", "Nq4Zt8LmXw2Kp7Rb"]);
+    assert!(registrations(&env, "6101").is_empty());
+    eventually_or(
+        "the old registration goes",
+        Duration::from_secs(20),
+        || server.metric("sipward_bindings") == 0,
+        || server.log(),
+    );
+    server.stop();
+
+    // With the default window: the phone keeps its registration until it logs in with
+    // the new password, which replaces it.
+    let env = Env::with_config(&base_config());
+    env.ok(&[
+        "ext",
+        "add",
+        "6102",
+        "--auth-id",
+        "desk6102",
+        "--password",
+        "Vq3Lx9TzKp2Wm7Rb",
+    ]);
+    let server = env.serve();
+    assert!(register(
+        &env,
+        PHONE,
+        &server,
+        "6102",
+        "desk6102",
+        "Vq3Lx9TzKp2Wm7Rb"
+    ));
+    env.ok(&["ext", "update", "6102", "--password", "Nq4Zt8LmXw2Kp7Rb"]);
+    assert_eq!(registrations(&env, "6102").len(), 1, "kept for the phone");
+    eventually(
+        "the old password is refused elsewhere",
+        Duration::from_secs(20),
+        || {
+            !register(
+                &env,
+                ATTACKER,
+                &server,
+                "6102",
+                "desk6102",
+                "Vq3Lx9TzKp2Wm7Rb",
+            )
+        },
+    );
+    assert!(register(
+        &env,
+        PHONE,
+        &server,
+        "6102",
+        "desk6102",
+        "Nq4Zt8LmXw2Kp7Rb"
+    ));
+    assert_eq!(registrations(&env, "6102").len(), 1, "the new login's");
+    assert!(
+        !register(&env, PHONE, &server, "6102", "desk6102", "Vq3Lx9TzKp2Wm7Rb"),
+        "the window ended with the new login"
+    );
+    server.stop();
+}
+
+#[test]
+fn a_waiting_mail_follows_the_address_and_the_password() {
+    let env = Env::new();
+    let smtp = Smtp::start(&env);
+    env.ok(&["ext", "list"]);
+    // SMTP is down (nothing listens there): mails wait, deferred.
+    let port = crate::peers::free_port();
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        format!(
+            "{}[mail]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\nfrom = \"pbx@example.com\"\ntimeout_secs = 2\n",
+            base_config()
+        ),
+    )
+    .expect("config");
+    env.ok(&["ext", "add", "3801", "--email", "alcie@example.com"]);
+    let out = env.json(&["ext", "regenerate", "3801", "--json"]);
+    assert_eq!(out["regenerated"][0]["mail"]["status"], "deferred");
+    // The address is fixed, then the password changed.
+    env.ok(&["ext", "update", "3801", "--email", "alice@example.com"]);
+    env.ok(&["ext", "update", "3801", "--password", "Nq4Zt8LmXw2Kp7Rb"]);
+    let list = env.json(&["mail", "list", "--json"]);
+    let waiting: Vec<&Value> = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|m| m["state"] == "queued")
+        .collect();
+    assert_eq!(waiting.len(), 1, "{list}");
+    assert_eq!(waiting[0]["recipient"], "alice@example.com");
+
+    // SMTP is back: one mail, to the fixed address, with the password that works.
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        base_config() + &smtp.config(SMTP_PASSWORD),
+    )
+    .expect("config");
+    env.ok(&["mail", "send"]);
+    let delivered = smtp.messages();
+    assert_eq!(delivered.len(), 1, "the mistyped one is never sent");
+    assert!(delivered[0].starts_with("X-Test-Envelope-To: alice@example.com"));
+    assert_eq!(
+        mail_field(&delivered[0], "SIP password:").as_deref(),
+        Some("Nq4Zt8LmXw2Kp7Rb")
+    );
+    assert_eq!(env.json(&["mail", "send", "--json"]), serde_json::json!([]));
+}
