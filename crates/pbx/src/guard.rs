@@ -425,6 +425,10 @@ struct FloodEntry {
     silenced: bool,
     /// A withheld ban was reported in this window.
     withheld: bool,
+    /// For a source with standing over its limit: what the current second still lets
+    /// through.
+    tokens: u32,
+    second: i64,
 }
 
 /// Requests per source (address and prefix) in the current and the previous fixed
@@ -688,9 +692,21 @@ impl Guard {
             return Verdict::Admit;
         }
         if let Some(standing) = standing.filter(|_| !may_ban(proof, standing)) {
-            // Held to its limit, never banned: only admitted packets count, so the
-            // source keeps `silence` requests a window however much is forged in its name.
-            e.requests -= 1;
+            // Held to its limit, never banned: over it, each second lets the limit's
+            // share through (`silence` per window, spread over its seconds), so the
+            // source keeps that rate however much is forged in its name, and is answered
+            // in full the second the forged packets stop.
+            let per_second = silence
+                .div_ceil(u32::try_from(window).unwrap_or(u32::MAX))
+                .max(1);
+            if e.second != now {
+                e.second = now;
+                e.tokens = per_second;
+            }
+            if e.tokens > 0 {
+                e.tokens -= 1;
+                return Verdict::Admit;
+            }
             let first = !e.withheld;
             e.withheld = true;
             if first {
@@ -1546,11 +1562,13 @@ mod tests {
             }
         }
         assert!(g.admits(office));
-        // 600 a second against a limit of 3,000 in 10 s: about half gets through.
-        assert!(
-            (5000..=7000).contains(&admitted),
-            "{admitted} admitted of 12,000"
-        );
+        // 600 a second against a limit of 3,000 in 10 s: all of the first 5 s, then 300
+        // in each second (the limit's share), which the office's own packets compete for.
+        assert_eq!(admitted, 3000 + 15 * 300, "admitted of 12,000");
+        // The forged packets stop: the next second answers the office again, although
+        // the window still counts the flood.
+        g.tick(1020);
+        assert_eq!(g.admit(office), Admission::Admit);
         let ev = events(&mut rx);
         assert!(
             !ev.is_empty()
@@ -1730,6 +1748,9 @@ mod tests {
         g.auth_success(office, "alice1001", 990);
         for _ in 0..3000 {
             assert_eq!(g.admit(office), Admission::Admit);
+        }
+        for _ in 0..300 {
+            assert_eq!(g.admit(office), Admission::Admit, "this second's share");
         }
         assert_eq!(g.admit(office), Admission::Silenced);
         let trunk = ip("10.9.9.9");
