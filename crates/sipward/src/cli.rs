@@ -260,7 +260,7 @@ pub enum BanCommand {
         #[command(flatten)]
         out: JsonFlag,
     },
-    /// Ban an address by hand.
+    /// Ban an address, or a network prefix in CIDR form (2001:db8:1:2::/64), by hand.
     Add {
         address: String,
         /// Why (kept with the ban).
@@ -272,7 +272,7 @@ pub enum BanCommand {
         #[command(flatten)]
         out: JsonFlag,
     },
-    /// Lift the ban of an address.
+    /// Lift the ban of an address or prefix.
     Remove { address: String },
 }
 
