@@ -510,3 +510,176 @@ fn one_credential_from_65600_addresses_of_an_ipv6_64_flushes_nothing() {
     );
     assert_eq!(bans(&env), vec![]);
 }
+
+#[test]
+fn numbers_sip_ids_and_auth_ids_are_one_namespace() {
+    let env = Env::new();
+    env.ok(&["ext", "add", "2102", "--auth-id", "a2102kq8"]);
+    // Issue #17: this was accepted, and then 2102's calls rang 2104's phone.
+    let err = env.fails(&["ext", "add", "2104", "--sip-id", "2102"], 2);
+    assert_eq!(
+        err.trim(),
+        "error: SIP ID 2102 is already used by ext:2102 (as its number)",
+        "one sentence"
+    );
+    for (args, expect) in [
+        (
+            &["ext", "add", "2105", "--auth-id", "2102"][..],
+            "auth ID 2102 is already used by ext:2102 (as its number)",
+        ),
+        (&["ext", "add", "a2102kq8"][..], ""),
+        (
+            &["ext", "add", "2106", "--sip-id", "a2102kq8"][..],
+            "SIP ID a2102kq8 is already used by ext:2102 (as its auth ID)",
+        ),
+    ] {
+        let r = env.run(args);
+        if expect.is_empty() {
+            // Not a number at all: refused by validation, whatever the namespace says.
+            assert_eq!(r.code, 2, "{args:?}");
+        } else {
+            assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+            assert!(r.stderr.contains(expect), "{args:?}: {}", r.stderr);
+        }
+    }
+    env.ok(&["ext", "add", "2107", "--sip-id", "3000"]);
+    let err = env.fails(&["ext", "add", "3000"], 2);
+    assert!(
+        err.contains("number 3000 is already used by ext:2107 (as its SIP ID)"),
+        "{err}"
+    );
+    let err = env.fails(&["ext", "update", "2102", "--sip-id", "2107"], 2);
+    assert!(
+        err.contains("SIP ID 2107 is already used by ext:2107 (as its number)"),
+        "{err}"
+    );
+    // An account's own identifiers may repeat each other (only a finding).
+    env.ok(&["ext", "add", "2109", "--sip-id", "2109"]);
+    let gw = |number: &str, auth_id: &str| {
+        env.run(&[
+            "gateway",
+            "add",
+            "gw1",
+            "--vendor",
+            "generic",
+            "--ext",
+            number,
+            "--auth-id",
+            auth_id,
+            "--password",
+            PASSWORD,
+            "--host",
+            "127.0.0.10",
+        ])
+    };
+    let r = gw("3000", "gwauth77");
+    assert!(
+        r.code == 2
+            && r.stderr
+                .contains("number 3000 is already used by ext:2107 (as its SIP ID)"),
+        "{}",
+        r.stderr
+    );
+    let r = gw("4001", "3000");
+    assert!(
+        r.code == 2
+            && r.stderr
+                .contains("auth ID 3000 is already used by ext:2107"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(gw("4001", "gwauth77").code, 0);
+    let err = env.fails(&["ext", "add", "2108", "--auth-id", "gwauth77"], 2);
+    assert!(err.contains("gateway:gw1 (as its auth ID)"), "{err}");
+    // Import: against what is stored and within the file, all or nothing.
+    let csv = env.path("collide.csv");
+    std::fs::write(
+        &csv,
+        "number,sip_id,auth_id\n5001,2102,\n5002,,5003\n5003,,\n5004,4001,\n",
+    )
+    .expect("csv");
+    let err = env.fails(&["import", csv.to_str().expect("utf8")], 2);
+    for line in [
+        "SIP ID 2102 is already used by ext:2102 (as its number)",
+        "number 5003 is also on line 3 (as its auth ID)",
+        "SIP ID 4001 is already used by gateway:gw1 (as its number)",
+    ] {
+        assert!(err.contains(line), "{line}: {err}");
+    }
+    assert!(
+        env.ok(&["ext", "list"])
+            .lines()
+            .all(|l| !l.contains("5002")),
+        "nothing imported"
+    );
+
+    // Collisions already in a data dir (from before this check) are critical findings.
+    let db = env.data.join("sipward.db");
+    let done = Command::new("sqlite3")
+        .arg(&db)
+        .arg("UPDATE extensions SET sip_id = '2102' WHERE number = '2107'")
+        .status()
+        .expect("sqlite3");
+    assert!(done.success());
+    let findings = env.json(&["audit", "--json"]);
+    let collisions: Vec<(String, String, String)> = findings["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["rule"] == "ext.identity_collision")
+        .map(|f| {
+            (
+                f["subject"].as_str().expect("subject").to_owned(),
+                f["field"].as_str().expect("field").to_owned(),
+                f["severity"].as_str().expect("severity").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        collisions,
+        vec![
+            (
+                "ext:2102".to_owned(),
+                "number".to_owned(),
+                "critical".to_owned()
+            ),
+            (
+                "ext:2107".to_owned(),
+                "sip_id".to_owned(),
+                "critical".to_owned()
+            ),
+        ],
+        "{findings}"
+    );
+    let r = env.run(&["audit", "--fail-on", "critical"]);
+    assert_eq!(r.code, 1);
+    // An edit that does not touch the colliding field still works; one that keeps it
+    // is refused.
+    env.ok(&["ext", "update", "2107", "--name", "Front desk"]);
+    env.fails(&["ext", "update", "2107", "--sip-id", "2102"], 2);
+
+    // The API refuses the same with 409 and the same sentence.
+    let token = env
+        .ok(&["admin", "token", "create", "ci"])
+        .trim()
+        .to_owned();
+    let server = env.serve();
+    let out = Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST"])
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-H",
+            "Content-Type: application/json",
+        ])
+        .args(["--data", r#"{"number": "2110", "sip_id": "2109"}"#])
+        .arg(format!("http://{}/api/v1/extensions", server.http))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.ends_with("\n409"), "{text}");
+    assert!(
+        text.contains("SIP ID 2109 is already used by ext:2109 (as its number)"),
+        "{text}"
+    );
+}
