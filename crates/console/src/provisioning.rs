@@ -2,15 +2,17 @@
 //! behind its own HTTP Digest login (RFC 7616; user = the phone's MAC, password
 //! generated per phone). A request for a file no phone has, for a wrong path, or with a
 //! wrong login counts against its source in the guard, and a source probing MAC
-//! addresses is banned like a SIP attacker (the same ban records). Unknown files and
+//! addresses is banned like a SIP attacker (the same ban records). The source is the
+//! real client ([`crate::client`]): behind a trusted reverse proxy, the phone, not the
+//! proxy. Unknown files and
 //! wrong logins get the same 401, so probing tells nothing about which MACs exist.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use accounts::Registry;
 use accounts::running::RunningServer;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use policy::Secret;
@@ -18,6 +20,8 @@ use policy::clock::Clock;
 use sip::digest::{self, Algorithm, ResponseInput};
 use sip::header::auth::{self, DigestCredentials};
 use sip::nonce::{NonceCheck, NonceKey};
+
+use crate::client::ClientIp;
 
 /// The Digest realm of the provisioning server.
 pub const REALM: &str = "sipward-provisioning";
@@ -74,12 +78,11 @@ impl Provisioning {
 
 pub async fn serve_file(
     State(p): State<Provisioning>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     Path((path, file)): Path<(String, String)>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let ip = peer.ip();
     if !p.server.admits(ip) {
         return plain(StatusCode::FORBIDDEN, "forbidden\n");
     }

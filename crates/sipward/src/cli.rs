@@ -120,6 +120,13 @@ pub enum AdminCommand {
     /// API tokens for scripts (`Authorization: Bearer TOKEN` on /api/v1).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Lift the console's login lockout of an administrator (NAME) or of a source
+    /// address (--source IP; an IPv6 address lifts its /64), in the running server(s).
+    Unlock {
+        name: Option<String>,
+        #[arg(long)]
+        source: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

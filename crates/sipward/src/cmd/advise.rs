@@ -14,11 +14,13 @@ pub async fn run(
     sip: SocketAddr,
     http: SocketAddr,
     remote_phones: bool,
+    trusted_proxies: &[ipnet::IpNet],
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let facts =
+    let mut facts =
         accounts::exposure::facts(reg, sip, http, remote_phones, crate::clock::clock().now())
             .await?;
+    facts.trusted_proxies = trusted_proxies.iter().map(ToString::to_string).collect();
     let advice = exposure::advise(&facts);
     if json {
         output::json(&advice)?;

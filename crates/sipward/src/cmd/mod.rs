@@ -50,7 +50,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             http,
             remote_phones,
             out,
-        } => advise::run(&registry, sip, http, remote_phones, out.json).await?,
+        } => {
+            let proxies = &config.http.trusted_proxies;
+            advise::run(&registry, sip, http, remote_phones, proxies, out.json).await?
+        }
         // Returned above, before any data dir was opened.
         Command::Backup(_) => ExitCode::from(2),
     };

@@ -163,7 +163,8 @@ impl Server {
             .expect("timeout");
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.http
         )
         .expect("write");
         let mut out = String::new();
