@@ -462,6 +462,8 @@ impl FloodTable {
 /// What the flood limits make of one packet for one of its sources.
 enum Verdict {
     Admit,
+    /// From an allow-listed address: admitted, and not counted against its prefix.
+    Exempt,
     Silence,
     Ban(u32),
 }
@@ -634,7 +636,7 @@ impl Guard {
             v
         };
         match verdict {
-            Verdict::Admit => Admission::Admit,
+            Verdict::Admit | Verdict::Exempt => Admission::Admit,
             Verdict::Silence => {
                 Metrics::inc(&self.metrics.silenced);
                 Admission::Silenced
@@ -672,17 +674,22 @@ impl Guard {
         if requests <= p.scaled(p.silence_requests, &source) {
             return Verdict::Admit;
         }
+        if source.is_prefix() && self.read().allowed(ip) {
+            // An allow-listed address is never limited, but the rest of its prefix is:
+            // asked per packet, never remembered for the prefix.
+            return Verdict::Admit;
+        }
         if e.class.is_none() {
-            e.class = if self.read().allowed(ip) {
-                Some(Class::Exempt)
-            } else if source.is_prefix() {
+            e.class = if source.is_prefix() {
                 self.prefix_standing(&source, now).map(Class::Standing)
+            } else if self.read().allowed(ip) {
+                Some(Class::Exempt)
             } else {
                 self.standing(ip, now).map(Class::Standing)
             };
         }
         let standing = match e.class {
-            Some(Class::Exempt) => return Verdict::Admit,
+            Some(Class::Exempt) => return Verdict::Exempt,
             Some(Class::Standing(s)) => Some(s),
             None => None,
         };
@@ -1638,6 +1645,34 @@ mod tests {
         );
         g.tick(5000);
         assert!(g.admits(ip("2001:db8:1:2::78")), "expired");
+        // An allow-listed address over the prefix's limit stays in; the rest of its
+        // /64 does not get its exemption.
+        let (g, mut rx) = guard(BanPolicy::default());
+        g.tick(1000);
+        g.replace(&[], &[allow("2001:db8:7:7::1/128")], &[], false);
+        for _ in 0..300 {
+            assert_eq!(g.admit(ip("2001:db8:7:7::1")), Admission::Admit);
+        }
+        // Its first 30 count (under its own limit it is not asked), the rest do not.
+        let others: Vec<Admission> = (1..=170u16)
+            .map(|i| g.admit(IpAddr::from([0x2001, 0xdb8, 7, 7, 0, 0, 1, i])))
+            .collect();
+        assert!(
+            !others.contains(&Admission::Banned),
+            "an allow-listed host's traffic does not ban its neighbours"
+        );
+        let others: Vec<Admission> = (171..=250u16)
+            .map(|i| g.admit(IpAddr::from([0x2001, 0xdb8, 7, 7, 0, 0, 1, i])))
+            .collect();
+        assert!(others.contains(&Admission::Banned), "{others:?}");
+        assert_eq!(
+            bans(&mut rx).pop().map(|b| b.source).as_deref(),
+            Some("2001:db8:7:7::/64")
+        );
+        assert!(
+            g.admits(ip("2001:db8:7:7::1")),
+            "the allow list wins over the prefix ban"
+        );
         // Failures spread over a /64: 40 (4 × 10) ban the prefix.
         let (g, mut rx) = guard(BanPolicy::default());
         for i in 0..40u16 {
