@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -29,6 +29,9 @@ pub const NONCE_LEN: usize = TS_HEX + SALT_HEX + 2 * MAC_BYTES;
 pub struct NonceKey {
     /// HMAC-SHA256 keyed once; cloned for each use (saves the key schedule per nonce).
     keyed: HmacSha256,
+    /// SHA-256 that has absorbed one secret 64-byte block: the Feistel round function
+    /// (a keyed prefix over fixed-length input, one compression per round).
+    rounds: Sha256,
     issued: AtomicU64,
 }
 
@@ -57,10 +60,22 @@ const FEISTEL_ROUNDS: u8 = 3;
 
 impl NonceKey {
     pub fn new(key: [u8; 32]) -> Self {
+        // new_from_slice only fails for invalid key lengths; HMAC accepts any length.
+        let keyed =
+            <HmacSha256 as KeyInit>::new_from_slice(&key).unwrap_or_else(|_| unreachable_hmac());
+        // The round key: derived from the nonce key, filling a whole block.
+        let mut block = [0u8; 64];
+        for (i, half) in block.chunks_mut(32).enumerate() {
+            let mut m = keyed.clone();
+            m.update(b"feistel round key");
+            m.update(&[i as u8]);
+            half.copy_from_slice(&m.finalize().into_bytes());
+        }
+        let mut rounds = Sha256::new();
+        Digest::update(&mut rounds, block);
         Self {
-            // new_from_slice only fails for invalid key lengths; HMAC accepts any length.
-            keyed: <HmacSha256 as KeyInit>::new_from_slice(&key)
-                .unwrap_or_else(|_| unreachable_hmac()),
+            keyed,
+            rounds,
             issued: AtomicU64::new(0),
         }
     }
@@ -71,11 +86,10 @@ impl NonceKey {
 
     /// The Feistel round function: 32 pseudo-random bits of round `i` and half `x`.
     fn round(&self, i: u8, x: u32) -> u32 {
-        let mut m = self.hmac();
-        m.update(b"serial");
-        m.update(&[i]);
-        m.update(&x.to_be_bytes());
-        let out = m.finalize().into_bytes();
+        let mut m = self.rounds.clone();
+        let x = x.to_be_bytes();
+        Digest::update(&mut m, [i, x[0], x[1], x[2], x[3]]);
+        let out = m.finalize();
         u32::from_be_bytes([out[0], out[1], out[2], out[3]])
     }
 
