@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use policy::InvalidField;
-use policy::ban::Reason;
+use policy::ban::{Reason, Source};
 use serde::Serialize;
 use store::guard::{self as q, AllowRow, BanRow};
 
@@ -45,12 +45,14 @@ pub struct AllowView {
     pub created_at: i64,
 }
 
-fn parse_ip(value: &str) -> Result<IpAddr> {
-    value.trim().parse().map_err(|_| {
+/// An address, or a network prefix in CIDR form (`2001:db8:1:2::/64`), as ban records
+/// hold them.
+fn parse_source(value: &str) -> Result<Source> {
+    Source::parse(value).ok_or_else(|| {
         InvalidField {
             field: "address",
             reason: format!(
-                "{:?} is not an IP address",
+                "{:?} is not an IP address or CIDR prefix",
                 value.chars().take(50).collect::<String>()
             ),
         }
@@ -89,25 +91,32 @@ fn note_text(field: &'static str, value: &str) -> Result<String> {
 }
 
 impl Registry {
-    /// Bans `source` by hand for `seconds` (or forever). An allow-listed source is refused.
+    /// Bans `source` (an address or a prefix) by hand for `seconds` (or forever). A
+    /// source the allow list covers whole is refused (allow-listed addresses inside a
+    /// banned prefix stay allowed).
     pub async fn ban(&self, source: &str, why: &str, seconds: Option<i64>) -> Result<BanView> {
-        let ip = parse_ip(source)?;
+        let source = parse_source(source)?;
         let why = note_text("reason", why)?;
         let mut conn = self.store().conn().await?;
-        if let Some(a) = q::allow_list(&mut conn)
-            .await?
-            .into_iter()
-            .find(|a| a.network.parse::<IpNet>().is_ok_and(|n| n.contains(&ip)))
-        {
+        if let Some(a) = q::allow_list(&mut conn).await?.into_iter().find(|a| {
+            a.network
+                .parse::<IpNet>()
+                .is_ok_and(|n| n.contains(&source.network()))
+        }) {
+            let what = if source.is_prefix() {
+                "prefix"
+            } else {
+                "address"
+            };
             return Err(Error::InUse {
-                what: format!("address {ip}"),
+                what: format!("{what} {source}"),
                 owner: format!("the allow list ({})", a.network),
             });
         }
         let now = self.now();
-        let previous = q::get_ban(&mut conn, &ip.to_string()).await?;
+        let previous = q::get_ban(&mut conn, &source.to_string()).await?;
         let row = BanRow {
-            source: ip.to_string(),
+            source: source.to_string(),
             reason: Reason::Manual.as_str().into(),
             detail: if why.is_empty() {
                 "banned by an administrator".into()
@@ -124,10 +133,10 @@ impl Registry {
     }
 
     pub async fn unban(&self, source: &str) -> Result<()> {
-        let ip = parse_ip(source)?;
+        let source = parse_source(source)?;
         let mut conn = self.store().conn().await?;
-        if !q::delete_ban(&mut conn, &ip.to_string()).await? {
-            return Err(Error::not_found(format!("a ban of {ip}")));
+        if !q::delete_ban(&mut conn, &source.to_string()).await? {
+            return Err(Error::not_found(format!("a ban of {source}")));
         }
         Ok(())
     }
@@ -188,9 +197,15 @@ mod tests {
 
     #[test]
     fn addresses_and_networks() {
-        assert!(parse_ip("192.0.2.1").is_ok());
-        assert!(parse_ip("2001:db8::1").is_ok());
-        assert!(parse_ip("192.0.2.0/24").is_err());
+        assert!(parse_source("192.0.2.1").is_ok());
+        assert!(parse_source("2001:db8::1").is_ok());
+        assert_eq!(
+            parse_source("2001:db8:1:2:3::/64")
+                .expect("prefix")
+                .to_string(),
+            "2001:db8:1:2::/64"
+        );
+        assert!(parse_source("192.0.2.0/33").is_err());
         assert_eq!(
             parse_network("192.0.2.7/24").expect("net").to_string(),
             "192.0.2.0/24",

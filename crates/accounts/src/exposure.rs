@@ -1,6 +1,7 @@
 //! What the exposure advisor ([`policy::exposure`]) looks at, read from the data dir:
-//! the providers' registrars (resolved) and the extensions registered from public
-//! addresses. Shared by `sipward advise` and the console's advisor page.
+//! the providers' registrars (resolved), the extensions registered from public
+//! addresses, and the running server's note of forwarding headers from addresses that
+//! are not trusted proxies. Shared by `sipward advise` and the console's advisor page.
 
 use std::net::SocketAddr;
 
@@ -38,6 +39,11 @@ pub async fn facts(
         .collect();
     remote_seen.sort();
     remote_seen.dedup();
+    let forwarded_untrusted = store::meta::get_meta(&mut conn, META_FORWARDED_UNTRUSTED)
+        .await?
+        .and_then(|t| serde_json::from_str::<ForwardedNote>(&t).ok())
+        .filter(|n| now - n.at <= FORWARDED_NOTE_KEPT_SECS)
+        .map(|n| (n.count, n.from));
     Ok(Facts {
         sip_port: sip.port(),
         http_port: http.port(),
@@ -45,5 +51,39 @@ pub async fn facts(
         providers,
         remote_declared,
         remote_seen,
+        trusted_proxies: Vec::new(),
+        forwarded_untrusted,
     })
+}
+
+/// The meta key where a running server notes forwarding headers from an address that
+/// is not a trusted proxy.
+pub const META_FORWARDED_UNTRUSTED: &str = "http_forwarded_untrusted";
+/// Such a note is shown for a week.
+const FORWARDED_NOTE_KEPT_SECS: i64 = 7 * 86_400;
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ForwardedNote {
+    at: i64,
+    from: std::net::IpAddr,
+    count: u64,
+}
+
+/// Notes (for `sipward advise` and the console's advisor) that requests with forwarding
+/// headers came from `from`, which is not a trusted proxy: `count` of them so far.
+pub async fn note_forwarded_untrusted(
+    reg: &Registry,
+    from: std::net::IpAddr,
+    count: u64,
+    now: i64,
+) -> Result<()> {
+    let note = ForwardedNote {
+        at: now,
+        from,
+        count,
+    };
+    let text = serde_json::to_string(&note).unwrap_or_default();
+    let mut conn = reg.store().conn().await?;
+    store::meta::set_meta(&mut conn, META_FORWARDED_UNTRUSTED, &text).await?;
+    Ok(())
 }

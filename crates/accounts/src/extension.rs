@@ -6,7 +6,7 @@ use serde::Serialize;
 use store::Db;
 use store::account::{self as q, ExtensionRow};
 
-use crate::registry::{Generated, Registry, ext_aad};
+use crate::registry::{Generated, Identity, Registry, ext_aad};
 use crate::{Error, Result};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -160,16 +160,21 @@ impl Registry {
         conn: &mut dyn Db,
     ) -> Result<Prepared> {
         let p = self.validate_new_extension(number, new)?;
-        self.ensure_number_free(conn, &p.row.number, None).await?;
-        self.ensure_unique(conn, q::UniqueField::SipId, p.row.sip_id.as_deref(), None)
+        // Nothing stored may hold any of the new account's identifiers (its own may
+        // repeat each other: a SIP ID equal to its number is only a finding).
+        self.ensure_identity_free(conn, Identity::Number, &p.row.number, None)
             .await?;
-        self.ensure_unique(conn, q::UniqueField::Mac, p.row.mac.as_deref(), None)
+        if let Some(sip_id) = p.row.sip_id.as_deref() {
+            self.ensure_identity_free(conn, Identity::SipId, sip_id, None)
+                .await?;
+        }
+        self.ensure_mac_free(conn, p.row.mac.as_deref(), None)
             .await?;
         if p.generated.auth_id.is_some() {
             // A generated auth ID is 12 random characters; a collision is vanishingly rare
             // but cheap to rule out.
             let mut p = p;
-            while q::auth_id_owner(conn, &p.row.auth_id).await?.is_some() {
+            while !q::identity_owners(conn, &p.row.auth_id).await?.is_empty() {
                 let id = self.with_rng(|rng| generate::auth_id(rng));
                 p.row.auth_id = id.into_string();
                 p.generated.auth_id = Some(p.row.auth_id.clone());
@@ -177,7 +182,8 @@ impl Registry {
             }
             return Ok(p);
         }
-        self.ensure_auth_id_free(conn, &p.row.auth_id, None).await?;
+        self.ensure_identity_free(conn, Identity::AuthId, &p.row.auth_id, None)
+            .await?;
         Ok(p)
     }
 
@@ -327,7 +333,7 @@ impl Registry {
         }
         if let Some(auth_id) = change.auth_id.as_deref() {
             let auth_id = AuthId::parse(auth_id.trim())?;
-            self.ensure_auth_id_free(&mut tx, auth_id.as_str(), Some(&subject))
+            self.ensure_identity_free(&mut tx, Identity::AuthId, auth_id.as_str(), Some(&subject))
                 .await?;
             rehash |= auth_id.as_str() != row.auth_id;
             row.auth_id = auth_id.into_string();
@@ -335,20 +341,16 @@ impl Registry {
         if rehash {
             (row.ha1_md5, row.ha1_sha256) = self.ha1s(&row.auth_id, &password);
         }
-        self.ensure_unique(
-            &mut tx,
-            q::UniqueField::SipId,
-            row.sip_id.as_deref(),
-            Some(&subject),
-        )
-        .await?;
-        self.ensure_unique(
-            &mut tx,
-            q::UniqueField::Mac,
-            row.mac.as_deref(),
-            Some(&subject),
-        )
-        .await?;
+        // Only what changes is checked: an existing collision (reported by the audit)
+        // must not block an unrelated edit.
+        if change.sip_id.is_some()
+            && let Some(sip_id) = row.sip_id.as_deref()
+        {
+            self.ensure_identity_free(&mut tx, Identity::SipId, sip_id, Some(&subject))
+                .await?;
+        }
+        self.ensure_mac_free(&mut tx, row.mac.as_deref(), Some(&subject))
+            .await?;
         let now = self.now();
         row.updated_at = now;
         q::update_extension(&mut tx, &row).await?;

@@ -6,7 +6,7 @@ use policy::{password, vendor};
 use serde::Serialize;
 use store::account::{self as q, GatewayRow};
 
-use crate::registry::{Registry, gateway_aad};
+use crate::registry::{Identity, Registry, gateway_aad};
 use crate::{Error, Result};
 
 const FIELD_NAME: &str = "gateway name";
@@ -74,9 +74,9 @@ impl Registry {
                 owner: subject,
             });
         }
-        self.ensure_number_free(&mut tx, number.as_str(), None)
+        self.ensure_identity_free(&mut tx, Identity::Number, number.as_str(), None)
             .await?;
-        self.ensure_auth_id_free(&mut tx, auth_id.as_str(), None)
+        self.ensure_identity_free(&mut tx, Identity::AuthId, auth_id.as_str(), None)
             .await?;
         let (ha1_md5, ha1_sha256) = self.ha1s(auth_id.as_str(), &pw);
         let now = self.now();
@@ -117,13 +117,13 @@ impl Registry {
         }
         if let Some(n) = change.number.as_deref() {
             let n = ExtensionNumber::parse(n.trim())?;
-            self.ensure_number_free(&mut tx, n.as_str(), Some(&subject))
+            self.ensure_identity_free(&mut tx, Identity::Number, n.as_str(), Some(&subject))
                 .await?;
             row.number = n.into_string();
         }
         if let Some(a) = change.auth_id.as_deref() {
             let a = AuthId::parse(a.trim())?;
-            self.ensure_auth_id_free(&mut tx, a.as_str(), Some(&subject))
+            self.ensure_identity_free(&mut tx, Identity::AuthId, a.as_str(), Some(&subject))
                 .await?;
             rehash |= a.as_str() != row.auth_id;
             row.auth_id = a.into_string();

@@ -13,7 +13,7 @@ use store::account as q;
 
 use crate::error::{ImportErrors, RowError};
 use crate::extension::{ExtensionKind, NewExtension, Prepared};
-use crate::registry::Registry;
+use crate::registry::{Identity, Registry};
 use crate::{Error, Result};
 
 const COLUMNS: &[&str] = &[
@@ -180,6 +180,47 @@ impl<'a> Uniques<'a> {
     }
 }
 
+/// The one namespace of numbers, SIP IDs and auth IDs, across the file and against
+/// what is stored (extensions and gateways). A row's own identifiers may repeat each
+/// other; nobody else's.
+struct Identities<'a> {
+    /// Value -> (owner subject, its role there).
+    stored: HashMap<String, (String, Identity)>,
+    /// Value -> (line, role) of the row that used it first.
+    seen: HashMap<&'a str, (u64, Identity)>,
+}
+
+impl<'a> Identities<'a> {
+    fn check(&mut self, row: &'a [(Identity, &'a str)], line: u64, errors: &mut Vec<RowError>) {
+        let mut mine: Vec<&str> = Vec::new();
+        for (role, value) in row {
+            if mine.contains(value) {
+                continue;
+            }
+            mine.push(value);
+            if let Some((owner, as_role)) = self.stored.get(*value) {
+                errors.push(RowError {
+                    line,
+                    message: format!(
+                        "{} {value} is already used by {owner} (as its {})",
+                        role.label(),
+                        as_role.label()
+                    ),
+                });
+            } else if let Some((first, as_role)) = self.seen.insert(value, (line, *role)) {
+                errors.push(RowError {
+                    line,
+                    message: format!(
+                        "{} {value} is also on line {first} (as its {})",
+                        role.label(),
+                        as_role.label()
+                    ),
+                });
+            }
+        }
+    }
+}
+
 impl Registry {
     /// Imports extensions from CSV, all or nothing.
     pub async fn import_extensions_csv(&self, reader: impl Read) -> Result<ImportReport> {
@@ -201,29 +242,31 @@ impl Registry {
         let gws = q::list_gateways(&mut conn).await?;
         drop(conn);
         let ext_subject = |n: &str| format!("ext:{n}");
-        let mut numbers = Uniques::new(
-            "number",
-            exts.iter()
-                .map(|e| (e.number.clone(), ext_subject(&e.number)))
-                .chain(
-                    gws.iter()
-                        .map(|g| (g.number.clone(), format!("gateway:{}", g.name))),
-                ),
-        );
-        let mut auth_ids = Uniques::new(
-            "auth ID",
-            exts.iter()
-                .map(|e| (e.auth_id.clone(), ext_subject(&e.number)))
-                .chain(
-                    gws.iter()
-                        .map(|g| (g.auth_id.clone(), format!("gateway:{}", g.name))),
-                ),
-        );
-        let mut sip_ids = Uniques::new(
-            "SIP ID",
-            exts.iter()
-                .filter_map(|e| Some((e.sip_id.clone()?, ext_subject(&e.number)))),
-        );
+        let mut stored: HashMap<String, (String, Identity)> = HashMap::new();
+        for e in &exts {
+            let who = ext_subject(&e.number);
+            let ids = [
+                Some((Identity::Number, &e.number)),
+                e.sip_id.as_ref().map(|s| (Identity::SipId, s)),
+                Some((Identity::AuthId, &e.auth_id)),
+            ];
+            for (role, value) in ids.into_iter().flatten() {
+                stored.entry(value.clone()).or_insert((who.clone(), role));
+            }
+        }
+        for g in &gws {
+            let who = format!("gateway:{}", g.name);
+            for (role, value) in [
+                (Identity::Number, &g.number),
+                (Identity::AuthId, &g.auth_id),
+            ] {
+                stored.entry(value.clone()).or_insert((who.clone(), role));
+            }
+        }
+        let mut identities = Identities {
+            stored,
+            seen: HashMap::new(),
+        };
         let mut macs = Uniques::new(
             "MAC address",
             exts.iter()
@@ -240,12 +283,19 @@ impl Registry {
                 }),
             }
         }
-        for (line, p) in &prepared {
-            numbers.check(&p.row.number, *line, &mut errors);
-            auth_ids.check(&p.row.auth_id, *line, &mut errors);
-            if let Some(s) = &p.row.sip_id {
-                sip_ids.check(s, *line, &mut errors);
-            }
+        let ids: Vec<Vec<(Identity, &str)>> = prepared
+            .iter()
+            .map(|(_, p)| {
+                let mut v = vec![(Identity::Number, p.row.number.as_str())];
+                if let Some(s) = &p.row.sip_id {
+                    v.push((Identity::SipId, s.as_str()));
+                }
+                v.push((Identity::AuthId, p.row.auth_id.as_str()));
+                v
+            })
+            .collect();
+        for ((line, p), ids) in prepared.iter().zip(&ids) {
+            identities.check(ids, *line, &mut errors);
             if let Some(m) = &p.row.mac {
                 macs.check(m, *line, &mut errors);
             }

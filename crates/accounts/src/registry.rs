@@ -172,60 +172,70 @@ impl Registry {
         self.with_rng(|rng| generate::password(rng, len, &avoid))
     }
 
-    /// Fails when `number` is used by an account other than `me` (a subject such as
-    /// `ext:1001`); pass `None` when adding, where any user is a conflict.
-    pub(crate) async fn ensure_number_free(
+    /// Fails when `value`, as this account's `role`, is already an identity of an
+    /// account other than `me` (a subject such as `ext:1001`; `None` when adding):
+    /// numbers, SIP IDs and auth IDs of extensions and gateways form one namespace. A
+    /// SIP ID equal to another extension's number would take that extension's calls
+    /// and registrations.
+    pub(crate) async fn ensure_identity_free(
         &self,
         conn: &mut dyn Db,
-        number: &str,
+        role: Identity,
+        value: &str,
         me: Option<&str>,
     ) -> Result<()> {
-        match q::number_owner(conn, number).await? {
-            Some(owner) if Some(owner.as_str()) != me => Err(Error::InUse {
-                what: format!("number {number}"),
-                owner,
+        let owners = q::identity_owners(conn, value).await?;
+        match owners.into_iter().find(|(who, _)| Some(who.as_str()) != me) {
+            Some((owner, other)) => Err(Error::InUse {
+                what: format!("{} {value}", role.label()),
+                owner: format!("{owner} (as its {})", Identity::parse(&other).label()),
             }),
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
-    /// Fails when the SIP ID or MAC is held by an extension other than `me`.
-    pub(crate) async fn ensure_unique(
+    /// Fails when the MAC is held by an extension other than `me`.
+    pub(crate) async fn ensure_mac_free(
         &self,
         conn: &mut dyn Db,
-        field: q::UniqueField,
         value: Option<&str>,
         me: Option<&str>,
     ) -> Result<()> {
         let Some(value) = value else { return Ok(()) };
-        match q::extension_with(conn, field, value).await? {
-            Some(owner) if Some(owner.as_str()) != me => {
-                let label = match field {
-                    q::UniqueField::SipId => "SIP ID",
-                    q::UniqueField::Mac => "MAC address",
-                };
-                Err(Error::InUse {
-                    what: format!("{label} {value}"),
-                    owner,
-                })
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Fails when `auth_id` is used by an account other than `me` (`None` when adding).
-    pub(crate) async fn ensure_auth_id_free(
-        &self,
-        conn: &mut dyn Db,
-        auth_id: &str,
-        me: Option<&str>,
-    ) -> Result<()> {
-        match q::auth_id_owner(conn, auth_id).await? {
+        match q::extension_with(conn, q::UniqueField::Mac, value).await? {
             Some(owner) if Some(owner.as_str()) != me => Err(Error::InUse {
-                what: format!("auth ID {auth_id}"),
+                what: format!("MAC address {value}"),
                 owner,
             }),
             _ => Ok(()),
+        }
+    }
+}
+
+/// What an identifier is to its account; numbers, SIP IDs and auth IDs share one
+/// namespace ([`Registry::ensure_identity_free`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Identity {
+    Number,
+    SipId,
+    AuthId,
+}
+
+impl Identity {
+    pub fn label(self) -> &'static str {
+        match self {
+            Identity::Number => "number",
+            Identity::SipId => "SIP ID",
+            Identity::AuthId => "auth ID",
+        }
+    }
+
+    /// The store's role name (`number`, `sip_id`, `auth_id`).
+    pub fn parse(role: &str) -> Identity {
+        match role {
+            "sip_id" => Identity::SipId,
+            "auth_id" => Identity::AuthId,
+            _ => Identity::Number,
         }
     }
 }

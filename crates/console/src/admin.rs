@@ -1,10 +1,15 @@
 //! Administrator credentials: argon2id password hashes, random tokens (sessions, CSRF,
 //! API) stored only as SHA-256 digests, and the login lockout that refuses a source or
-//! an account after repeated failures *before* any hash is computed.
+//! an account after repeated failures *before* any hash is computed. An attempt takes
+//! its place in the lockout atomically before it is checked ([`Lockout::reserve`]), so
+//! concurrent guesses cannot overtake the limit; `sipward admin unlock` lifts a lockout
+//! of a running server through the store ([`request_unlock`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ipnet::IpNet;
 
 use accounts::Registry;
 use accounts::audit_log::LogEntry;
@@ -138,11 +143,38 @@ pub fn base32(bytes: &[u8]) -> String {
     out
 }
 
-/// Recent failed logins per source and per account.
+/// Argon2 verifications run at once at most (each takes ~30 ms of a core and ~19 MiB);
+/// a login that cannot get one within [`VERIFY_WAIT`] is answered 429.
+pub const MAX_VERIFYING: usize = 2;
+pub const VERIFY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Recent failed logins, and logins being checked right now, per source and per
+/// account. A source is an address, or its /64 for IPv6 (one site, however many
+/// addresses it uses).
 #[derive(Debug, Default)]
 pub struct Lockout {
-    sources: HashMap<IpAddr, Vec<i64>>,
-    accounts: HashMap<String, Vec<i64>>,
+    sources: HashMap<IpNet, Tally>,
+    accounts: HashMap<String, Tally>,
+    /// The newest `sipward admin unlock` applied.
+    unlocks_seen: i64,
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    failures: Vec<i64>,
+    /// Attempts reserved and not settled: they count like failures until they are.
+    checking: u32,
+}
+
+impl Tally {
+    fn used(&mut self, now: i64) -> usize {
+        recent(&mut self.failures, now);
+        self.failures.len() + self.checking as usize
+    }
+
+    fn idle(&self, now: i64) -> bool {
+        self.checking == 0 && self.failures.iter().all(|t| now - *t >= WINDOW_SECS)
+    }
 }
 
 /// Why a login is refused before its password is looked at.
@@ -152,6 +184,15 @@ pub enum Locked {
     Account { retry_in: i64 },
 }
 
+/// How a reserved attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    /// Never checked (no verification slot free): it counts as nothing.
+    NotChecked,
+}
+
 fn recent(list: &mut Vec<i64>, now: i64) {
     list.retain(|t| now - *t < WINDOW_SECS);
 }
@@ -159,58 +200,213 @@ fn recent(list: &mut Vec<i64>, now: i64) {
 fn retry_in(list: &[i64], now: i64) -> i64 {
     list.iter()
         .min()
-        .map_or(0, |first| WINDOW_SECS - (now - first))
+        .map_or(WINDOW_SECS, |first| WINDOW_SECS - (now - first))
         .max(1)
 }
 
+/// The lockout's key for a source address.
+pub fn source_key(ip: IpAddr) -> IpNet {
+    let ip = ip.to_canonical();
+    let len = if ip.is_ipv4() { 32 } else { 64 };
+    IpNet::new(ip, len).map_or(IpNet::from(ip), |n| n.trunc())
+}
+
 impl Lockout {
-    /// Whether a login from `ip` for `account` may be tried now.
-    pub fn check(&mut self, ip: IpAddr, account: &str, now: i64) -> Result<(), Locked> {
-        if let Some(list) = self.sources.get_mut(&ip) {
-            recent(list, now);
-            if list.len() >= SOURCE_FAILURES {
-                return Err(Locked::Source {
-                    retry_in: retry_in(list, now),
-                });
-            }
+    /// Takes a place for a login from `ip` for `account` at `now`, or says why not. The
+    /// place counts like a failure until [`Attempt::finish`] settles it, so N
+    /// concurrent attempts can never pass a limit of fewer than N.
+    pub fn reserve(
+        lockout: &Arc<Mutex<Lockout>>,
+        ip: IpAddr,
+        account: &str,
+        now: i64,
+    ) -> Result<Attempt, Locked> {
+        let key = source_key(ip);
+        let mut l = lockout.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = l.sources.get_mut(&key)
+            && t.used(now) >= SOURCE_FAILURES
+        {
+            return Err(Locked::Source {
+                retry_in: retry_in(&t.failures, now),
+            });
         }
-        if let Some(list) = self.accounts.get_mut(account) {
-            recent(list, now);
-            if list.len() >= ACCOUNT_FAILURES {
-                return Err(Locked::Account {
-                    retry_in: retry_in(list, now),
-                });
-            }
+        if let Some(t) = l.accounts.get_mut(account)
+            && t.used(now) >= ACCOUNT_FAILURES
+        {
+            return Err(Locked::Account {
+                retry_in: retry_in(&t.failures, now),
+            });
         }
-        Ok(())
+        if l.sources.len() >= MAX_ENTRIES {
+            l.sources.retain(|_, t| !t.idle(now));
+        }
+        if l.accounts.len() >= MAX_ENTRIES {
+            l.accounts.retain(|_, t| !t.idle(now));
+        }
+        if l.sources.len() >= MAX_ENTRIES || l.accounts.len() >= MAX_ENTRIES {
+            // Full of live entries: refuse rather than forget someone's failures.
+            return Err(Locked::Source { retry_in: 60 });
+        }
+        l.sources.entry(key).or_default().checking += 1;
+        l.accounts.entry(account.to_owned()).or_default().checking += 1;
+        Ok(Attempt {
+            lockout: lockout.clone(),
+            source: key,
+            account: account.to_owned(),
+            now,
+            done: false,
+        })
     }
 
-    pub fn failed(&mut self, ip: IpAddr, account: &str, now: i64) {
-        if self.sources.len() >= MAX_ENTRIES {
-            self.sources
-                .retain(|_, l| l.iter().any(|t| now - *t < WINDOW_SECS));
+    fn settle(&mut self, source: IpNet, account: &str, outcome: Outcome, now: i64) {
+        if let Some(t) = self.sources.get_mut(&source) {
+            t.checking = t.checking.saturating_sub(1);
+            match outcome {
+                Outcome::Failed => t.failures.push(now),
+                // A successful login clears its source's failures.
+                Outcome::Succeeded => t.failures.clear(),
+                Outcome::NotChecked => {}
+            }
         }
-        if self.sources.len() < MAX_ENTRIES {
-            self.sources.entry(ip).or_default().push(now);
-        }
-        if self.accounts.len() >= MAX_ENTRIES {
-            self.accounts
-                .retain(|_, l| l.iter().any(|t| now - *t < WINDOW_SECS));
-        }
-        if self.accounts.len() < MAX_ENTRIES {
-            let list = self.accounts.entry(account.to_owned()).or_default();
-            list.push(now);
-            // Never more than the threshold's worth of times.
-            if list.len() > ACCOUNT_FAILURES {
-                list.remove(0);
+        if let Some(t) = self.accounts.get_mut(account) {
+            t.checking = t.checking.saturating_sub(1);
+            if outcome == Outcome::Failed {
+                t.failures.push(now);
+                // Never more than the threshold's worth of times.
+                if t.failures.len() > ACCOUNT_FAILURES {
+                    t.failures.remove(0);
+                }
             }
         }
     }
 
-    /// A successful login clears its source's failures.
-    pub fn succeeded(&mut self, ip: IpAddr) {
-        self.sources.remove(&ip);
+    /// Lifts the lockout of an administrator (`sipward admin unlock NAME`).
+    pub fn unlock_account(&mut self, name: &str) {
+        if let Some(t) = self.accounts.get_mut(name) {
+            t.failures.clear();
+        }
     }
+
+    /// Lifts the lockout of a source (`sipward admin unlock --source IP`).
+    pub fn unlock_source(&mut self, ip: IpAddr) {
+        if let Some(t) = self.sources.get_mut(&source_key(ip)) {
+            t.failures.clear();
+        }
+    }
+
+    /// Applies the unlocks requested since the last call (newest id last).
+    pub fn apply(&mut self, unlocks: &[Unlock]) {
+        let seen = self.unlocks_seen;
+        for u in unlocks.iter().filter(|u| u.id > seen) {
+            if let Some(name) = &u.name {
+                self.unlock_account(name);
+            }
+            if let Some(ip) = u.source {
+                self.unlock_source(ip);
+            }
+            self.unlocks_seen = u.id;
+        }
+    }
+
+    pub fn unlocks_seen(&self) -> i64 {
+        self.unlocks_seen
+    }
+}
+
+/// A login attempt with its place in the lockout. Dropped without [`Attempt::finish`]
+/// (the client went away mid-check) it counts as a failure.
+#[derive(Debug)]
+pub struct Attempt {
+    lockout: Arc<Mutex<Lockout>>,
+    source: IpNet,
+    account: String,
+    now: i64,
+    done: bool,
+}
+
+impl Attempt {
+    pub fn finish(mut self, outcome: Outcome) {
+        self.done = true;
+        self.lockout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .settle(self.source, &self.account, outcome, self.now);
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if !self.done {
+            self.lockout
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .settle(self.source, &self.account, Outcome::Failed, self.now);
+        }
+    }
+}
+
+/// A lockout lifted with `sipward admin unlock`: an administrator, a source, or both.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Unlock {
+    pub id: i64,
+    pub name: Option<String>,
+    pub source: Option<IpAddr>,
+    pub at: i64,
+}
+
+/// The meta key holding the latest unlock requests (the running server applies them
+/// at its next login attempt; every node sharing the database does).
+pub const META_UNLOCKS: &str = "console_unlocks";
+/// Unlock requests kept (older ones have long been applied).
+const UNLOCKS_KEPT: usize = 50;
+
+/// The unlock requests in the store, oldest first.
+pub async fn unlocks(reg: &Registry) -> accounts::Result<Vec<Unlock>> {
+    let mut conn = reg.store().conn().await?;
+    let text = store::meta::get_meta(&mut conn, META_UNLOCKS).await?;
+    Ok(text
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default())
+}
+
+/// Records an unlock request for the running server(s), with its audit-log entry.
+pub async fn request_unlock(
+    reg: &Registry,
+    name: Option<&str>,
+    source: Option<IpAddr>,
+    now: i64,
+) -> accounts::Result<Unlock> {
+    let mut tx = reg.store().begin().await?;
+    let mut list: Vec<Unlock> = store::meta::get_meta(&mut tx, META_UNLOCKS)
+        .await?
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let unlock = Unlock {
+        id: list.last().map_or(1, |u| u.id + 1),
+        name: name.map(str::to_owned),
+        source,
+        at: now,
+    };
+    list.push(unlock.clone());
+    if list.len() > UNLOCKS_KEPT {
+        list.drain(..list.len() - UNLOCKS_KEPT);
+    }
+    let text = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
+    store::meta::set_meta(&mut tx, META_UNLOCKS, &text).await?;
+    let subject = match (&unlock.name, unlock.source) {
+        (Some(n), _) => format!("admin:{n}"),
+        (None, Some(ip)) => format!("source:{ip}"),
+        (None, None) => "console".into(),
+    };
+    let entry = LogEntry {
+        actor: "sipward admin unlock",
+        action: "admin.unlocked",
+        subject: &subject,
+        detail: "console login lockout lifted",
+    };
+    reg.log_in(&mut tx, now, entry).await?;
+    tx.commit().await?;
+    Ok(unlock)
 }
 
 #[cfg(test)]
@@ -229,36 +425,111 @@ mod tests {
         assert!(!verify_password("correct horse", None));
     }
 
+    fn lockout() -> Arc<Mutex<Lockout>> {
+        Arc::default()
+    }
+
+    /// Whether a login may be tried (the place is given back unchecked).
+    fn may_try(l: &Arc<Mutex<Lockout>>, ip: IpAddr, name: &str, now: i64) -> bool {
+        Lockout::reserve(l, ip, name, now)
+            .map(|a| a.finish(Outcome::NotChecked))
+            .is_ok()
+    }
+
+    fn fail(l: &Arc<Mutex<Lockout>>, ip: IpAddr, name: &str, now: i64) {
+        Lockout::reserve(l, ip, name, now)
+            .expect("allowed")
+            .finish(Outcome::Failed);
+    }
+
     #[test]
     fn the_sixth_try_from_a_source_is_refused_and_expires() {
         let ip: IpAddr = "192.0.2.1".parse().expect("ip");
         let other: IpAddr = "192.0.2.2".parse().expect("ip");
-        let mut l = Lockout::default();
+        let l = lockout();
         for i in 0..SOURCE_FAILURES as i64 {
-            assert_eq!(l.check(ip, "admin", 100 + i), Ok(()));
-            l.failed(ip, "admin", 100 + i);
+            fail(&l, ip, "admin", 100 + i);
         }
         assert!(matches!(
-            l.check(ip, "admin", 110),
+            Lockout::reserve(&l, ip, "admin", 110),
             Err(Locked::Source { .. })
         ));
-        assert_eq!(l.check(other, "admin", 110), Ok(()), "others still may");
-        assert_eq!(l.check(ip, "admin", 100 + WINDOW_SECS + 10), Ok(()));
+        assert!(
+            Lockout::reserve(&l, other, "admin", 110).is_ok(),
+            "others still may"
+        );
+        assert!(Lockout::reserve(&l, ip, "admin", 100 + WINDOW_SECS + 10).is_ok());
+    }
+
+    #[test]
+    fn concurrent_attempts_hold_their_place_before_any_check() {
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let l = lockout();
+        // 50 at once: only 5 get to be checked.
+        let held: Vec<_> = (0..50)
+            .filter_map(|_| Lockout::reserve(&l, ip, "admin", 100).ok())
+            .collect();
+        assert_eq!(held.len(), SOURCE_FAILURES);
+        // A place given back unchecked (no verification slot) counts as nothing...
+        let mut held = held.into_iter();
+        held.next().expect("one").finish(Outcome::NotChecked);
+        assert!(Lockout::reserve(&l, ip, "admin", 100).is_ok());
+        // ...one whose client went away counts as a failure.
+        drop(held);
+        assert!(Lockout::reserve(&l, ip, "admin", 101).is_err());
+        // From many sources, the account's limit holds the same way.
+        let l = lockout();
+        let held: Vec<_> = (0..50u8)
+            .filter_map(|i| Lockout::reserve(&l, IpAddr::from([10, 0, 0, i]), "admin", 100).ok())
+            .collect();
+        assert_eq!(held.len(), ACCOUNT_FAILURES);
     }
 
     #[test]
     fn an_account_under_distributed_guessing_is_refused() {
-        let mut l = Lockout::default();
+        let l = lockout();
         for i in 0..ACCOUNT_FAILURES {
             let ip = IpAddr::from([10, 0, (i / 256) as u8, (i % 256) as u8]);
-            l.failed(ip, "admin", 100);
+            fail(&l, ip, "admin", 100);
         }
         let fresh: IpAddr = "192.0.2.9".parse().expect("ip");
         assert!(matches!(
-            l.check(fresh, "admin", 101),
+            Lockout::reserve(&l, fresh, "admin", 101),
             Err(Locked::Account { .. })
         ));
-        assert_eq!(l.check(fresh, "ops", 101), Ok(()));
+        assert!(Lockout::reserve(&l, fresh, "ops", 101).is_ok());
+    }
+
+    #[test]
+    fn unlocks_lift_a_source_or_an_account_once() {
+        let ip: IpAddr = "2001:db8:1:2::7".parse().expect("ip");
+        let l = lockout();
+        for i in 0..SOURCE_FAILURES as i64 {
+            // Addresses of one /64 are one source.
+            fail(
+                &l,
+                IpAddr::from([0x2001, 0xdb8, 1, 2, 0, 0, 0, i as u16]),
+                "ops",
+                100,
+            );
+        }
+        assert!(!may_try(&l, ip, "admin", 101));
+        let unlock = |id, name: Option<&str>, source| Unlock {
+            id,
+            name: name.map(str::to_owned),
+            source,
+            at: 0,
+        };
+        l.lock().expect("lock").apply(&[unlock(1, None, Some(ip))]);
+        assert!(may_try(&l, ip, "admin", 101));
+        for i in 0..ACCOUNT_FAILURES {
+            fail(&l, IpAddr::from([10, 1, 0, i as u8]), "admin", 102);
+        }
+        assert!(!may_try(&l, "192.0.2.1".parse().expect("ip"), "admin", 103));
+        let both = [unlock(1, None, Some(ip)), unlock(2, Some("admin"), None)];
+        l.lock().expect("lock").apply(&both);
+        assert_eq!(l.lock().expect("lock").unlocks_seen(), 2);
+        assert!(may_try(&l, "192.0.2.1".parse().expect("ip"), "admin", 103));
     }
 
     #[test]

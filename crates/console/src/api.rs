@@ -5,11 +5,11 @@
 //! at `/api/v1/openapi.json` is built from [`ENDPOINTS`], the same table the tests
 //! check the router against.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use accounts::regenerate::Selection;
 use axum::Router;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::Method;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -180,10 +180,7 @@ impl FromRequestParts<Web> for Caller {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, web: &Web) -> Result<Self, Response> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
+        let peer = crate::client::client_ip(parts);
         let unsafe_method = !matches!(parts.method, Method::GET | Method::HEAD);
         caller(web, &parts.headers, peer, unsafe_method)
             .await
@@ -216,10 +213,10 @@ impl<T: serde::de::DeserializeOwned> FromRequest<Web> for Body<T> {
 async fn caller(
     web: &Web,
     headers: &HeaderMap,
-    peer: SocketAddr,
+    peer: IpAddr,
     unsafe_method: bool,
 ) -> Result<String, Response> {
-    if !web.admits(peer.ip()) {
+    if !web.admits(peer) {
         return Err(error(
             StatusCode::FORBIDDEN,
             "the console does not answer this address",
@@ -246,10 +243,10 @@ async fn caller(
             Err(_) => None,
         };
         return name
-            .map(|n| format!("API token {n} ({})", peer.ip()))
+            .map(|n| format!("API token {n} ({peer})"))
             .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "unknown API token"));
     }
-    let Some(s) = web::session(web, headers, peer.ip()).await else {
+    let Some(s) = web::session(web, headers, peer).await else {
         return Err(error(
             StatusCode::UNAUTHORIZED,
             "log in to the console or send an API token",

@@ -1,5 +1,7 @@
 //! The HTTP side of `sipward serve`: health and metrics, phone provisioning, the web
-//! console and the JSON API, one file per area, merged in [`router`].
+//! console and the JSON API, one file per area, merged in [`router`] behind the
+//! [`entry`] checks (client address, Host, allow list, deadline), served by
+//! [`listener`] under per-source connection caps.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +15,9 @@ use axum::routing::get;
 
 pub mod admin;
 pub mod api;
+pub mod client;
+pub mod entry;
+pub mod listener;
 pub mod pages;
 pub mod provisioning;
 pub mod web;
@@ -23,11 +28,18 @@ pub struct ConsoleState {
     pub server: Arc<dyn RunningServer>,
     /// Set once the SIP transports are serving.
     pub ready: Arc<AtomicBool>,
+    /// The HTTP side's own counters (appended to `/metrics`).
+    pub http: Arc<entry::Counters>,
 }
 
-/// The HTTP routes; serve them with `into_make_service_with_connect_info::<SocketAddr>`
-/// (provisioning counts probes per source address).
-pub fn router(state: ConsoleState, prov: provisioning::Provisioning, web: web::Web) -> Router {
+/// The HTTP routes behind the [`entry`] checks; serve them with [`listener::serve`]
+/// (every request needs `ConnectInfo<SocketAddr>`: the client address comes from it).
+pub fn router(
+    state: ConsoleState,
+    prov: provisioning::Provisioning,
+    web: web::Web,
+    entry: entry::Entry,
+) -> Router {
     let prov = Router::new()
         .route("/prov/{path}/{file}", get(provisioning::serve_file))
         .with_state(prov);
@@ -39,6 +51,7 @@ pub fn router(state: ConsoleState, prov: provisioning::Provisioning, web: web::W
         .merge(web::routes(web.clone()))
         .merge(pages::routes(web.clone()))
         .merge(api::routes(web))
+        .layer(axum::middleware::from_fn_with_state(entry, entry::check))
 }
 
 async fn healthz(State(s): State<ConsoleState>) -> impl IntoResponse {
@@ -52,6 +65,6 @@ async fn healthz(State(s): State<ConsoleState>) -> impl IntoResponse {
 async fn metrics(State(s): State<ConsoleState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.server.metrics_text(),
+        s.server.metrics_text() + &s.http.render(),
     )
 }

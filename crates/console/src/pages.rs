@@ -193,11 +193,17 @@ async fn security_change(
 
 async fn advisor(State(web): State<Web>, Admin(s): Admin) -> Response {
     let (sip, http) = web.options.listening;
-    let Ok(facts) =
+    let Ok(mut facts) =
         accounts::exposure::facts(&web.registry, sip, http, false, web.clock.now()).await
     else {
         return unreadable();
     };
+    facts.trusted_proxies = web
+        .options
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     web.render(
         StatusCode::OK,
         "advisor.html",

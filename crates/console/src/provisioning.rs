@@ -19,23 +19,26 @@
 //!    vendors' boot sequences ask for that sipward does not serve (Poly's `sip.ld`,
 //!    `-phone.cfg`, `-web.cfg`, `-directory.xml`, common files) are never probes.
 //!
-//! Failed logins count against their source: a stranger is banned at the threshold, an
-//! address where a phone is registered or logged in only loses provisioning for a while
-//! (see [`ProbeVerdict`]).
+//! The source is the real client ([`crate::client`]): behind a trusted reverse proxy,
+//! the phone, not the proxy. Failed logins count against their source: a stranger is
+//! banned at the threshold, an address where a phone is registered or logged in only
+//! loses provisioning for a while (see [`ProbeVerdict`]).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use accounts::Registry;
 use accounts::running::{ProbeVerdict, RunningServer};
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use policy::Secret;
 use policy::clock::Clock;
 use sip::digest::{self, Algorithm, ResponseInput};
 use sip::header::auth::{self, DigestCredentials};
-use sip::nonce::{NcTracker, NonceCheck, NonceKey};
+use sip::nonce::{NcCheck, NcTracker, NonceCheck, NonceKey};
+
+use crate::client::ClientIp;
 
 /// The Digest realm of the provisioning server.
 pub const REALM: &str = accounts::provisioning::REALM;
@@ -111,23 +114,23 @@ impl Provisioning {
         }
     }
 
-    /// Accepts `nc` for `nonce` if it is higher than any accepted before.
-    fn fresh_nc(&self, nonce: &str, nc: u32, now: u64) -> bool {
+    /// Judges `nc` for the nonce with this serial (fresh only if higher than any
+    /// accepted before).
+    fn nc_check(&self, serial: u64, nc: u32, now: u64) -> NcCheck {
         self.nc
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .accept(nonce, nc, now)
+            .accept(serial, nc, now)
     }
 }
 
 pub async fn serve_file(
     State(p): State<Provisioning>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     Path((path, file)): Path<(String, String)>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let ip = peer.ip();
     let now = p.clock.now();
     if !p.server.provisioning_admits(ip, now) {
         return plain(StatusCode::FORBIDDEN, "forbidden\n");
@@ -146,11 +149,11 @@ pub async fn serve_file(
     let now_u = u64::try_from(now).unwrap_or(0);
     // The nonce first, before any lookup: a stale or foreign one costs the same for
     // every file, and counts.
-    match p.nonces.check(&c.nonce, now_u, ip, REALM, NONCE_MAX_AGE) {
-        NonceCheck::Valid { .. } => {}
+    let serial = match p.nonces.check(&c.nonce, now_u, ip, REALM, NONCE_MAX_AGE) {
+        NonceCheck::Valid { salt, .. } => p.nonces.serial(salt),
         NonceCheck::Stale => return p.probe(ip, true),
         NonceCheck::Invalid => return p.probe(ip, false),
-    }
+    };
     let qop_auth = match (&c.qop, &c.nc_raw, &c.cnonce) {
         (Some(q), Some(nc), Some(cnonce)) if q.eq_ignore_ascii_case("auth") => {
             Some((nc.as_ref(), cnonce.as_ref()))
@@ -185,9 +188,12 @@ pub async fn serve_file(
     let (Some(phone), true) = (login.phone, ok) else {
         return p.probe(ip, false);
     };
-    // A replayed Authorization (the same nonce and nc again) is refused.
-    if !c.nc.is_some_and(|nc| p.fresh_nc(&c.nonce, nc, now_u)) {
-        return p.probe(ip, false);
+    // A replayed Authorization (the same nonce and nc again) is refused; a nonce whose
+    // record the bounded table let go gets a new challenge, never trust.
+    match c.nc.map(|nc| p.nc_check(serial, nc, now_u)) {
+        Some(NcCheck::Fresh) => {}
+        Some(NcCheck::Forgotten) => return p.challenge(ip, true),
+        Some(NcCheck::Replayed) | None => return p.probe(ip, false),
     }
     let Some(on_disk) = phone.path_of(&file) else {
         // A file of its vendor's boot sequence that sipward does not serve, or any
@@ -300,7 +306,7 @@ mod tests {
         let uri: Uri = format!("/prov/install-path/{file}").parse().expect("uri");
         serve_file(
             State(p.clone()),
-            ConnectInfo("127.0.0.5:40000".parse().expect("addr")),
+            crate::client::ClientIp("127.0.0.5".parse().expect("addr")),
             Path(("install-path".to_owned(), file.to_owned())),
             uri,
             headers,

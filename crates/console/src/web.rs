@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -32,6 +32,7 @@ use store::audit_log::LogRow;
 use store::console::{self as q, SessionRow};
 
 use crate::admin::{self, Locked, Lockout};
+use crate::client::ClientIp;
 
 pub const COOKIE: &str = "sipward_session";
 /// Sessions last 12 hours.
@@ -47,6 +48,8 @@ pub struct Web {
     /// The one clock (the binary's; tests could move a `ManualClock`).
     pub clock: Arc<dyn Clock>,
     pub lockout: Arc<Mutex<Lockout>>,
+    /// Argon2 verifications running at once ([`admin::MAX_VERIFYING`]).
+    pub verifying: Arc<tokio::sync::Semaphore>,
     pub templates: Arc<Environment<'static>>,
     pub options: Arc<Options>,
 }
@@ -65,6 +68,11 @@ pub struct Options {
     /// The config's settings that weaken a defence (`config.*` findings), shown on the
     /// dashboard.
     pub config_findings: Vec<policy::Finding>,
+    /// `[http] trusted_proxies` (for the advisor).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The HTTP side's counters (the advisor reads forwarding headers from unlisted
+    /// addresses there).
+    pub http: Arc<crate::entry::Counters>,
 }
 
 impl std::fmt::Debug for Web {
@@ -118,6 +126,7 @@ impl Web {
             registry,
             clock,
             lockout: Arc::new(Mutex::new(Lockout::default())),
+            verifying: Arc::new(tokio::sync::Semaphore::new(admin::MAX_VERIFYING)),
             templates: Arc::new(templates()?),
             options: Arc::new(options),
         })
@@ -228,12 +237,9 @@ pub async fn session(web: &Web, headers: &HeaderMap, source: IpAddr) -> Option<S
     })
 }
 
-/// The address a request came from (`serve` installs `ConnectInfo`).
+/// The real client's address (behind a trusted proxy, the one it forwarded for).
 fn peer(parts: &Parts) -> IpAddr {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
+    crate::client::client_ip(parts)
 }
 
 /// A logged-in administrator asking for a page; otherwise the answer is the login form.
@@ -390,11 +396,10 @@ async fn login_page(State(web): State<Web>) -> Response {
 
 async fn login(
     State(web): State<Web>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     axum::Form(form): axum::Form<Vec<(String, String)>>,
 ) -> Response {
-    let ip = peer.ip();
     if !same_origin(&headers) || !web.admits(ip) {
         return forbidden();
     }
@@ -408,50 +413,75 @@ async fn login(
             context! { title => "Log in", name => name.clone(), error => error },
         )
     };
-    // Refused before any hashing: guessing costs the guesser, not the server.
-    let locked = web
+    // Unlocks made with `sipward admin unlock` since the last login attempt.
+    let seen = web
         .lockout
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .check(ip, &name, now);
-    if let Err(l) = locked {
-        let (who, secs) = match l {
-            Locked::Source { retry_in } => ("from this address", retry_in),
-            Locked::Account { retry_in } => ("for this account", retry_in),
-        };
+        .unlocks_seen();
+    if let Ok(list) = admin::unlocks(&web.registry).await
+        && list.last().is_some_and(|u| u.id > seen)
+    {
+        web.lockout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(&list);
+    }
+    // Refused before any hashing: guessing costs the guesser, not the server. The
+    // place is taken at once, so concurrent guesses cannot overtake the limit.
+    let attempt = match Lockout::reserve(&web.lockout, ip, &name, now) {
+        Ok(a) => a,
+        Err(l) => {
+            let (who, secs) = match l {
+                Locked::Source { retry_in } => ("from this address", retry_in),
+                Locked::Account { retry_in } => ("for this account", retry_in),
+            };
+            return page(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many failed logins {who}; try again in {} minutes",
+                    (secs + 59) / 60
+                ),
+            );
+        }
+    };
+    // A bounded number of argon2 verifications at once; the rest wait briefly.
+    let Ok(Ok(slot)) =
+        tokio::time::timeout(admin::VERIFY_WAIT, web.verifying.clone().acquire_owned()).await
+    else {
+        attempt.finish(admin::Outcome::NotChecked);
+        web.options
+            .http
+            .logins_busy
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return page(
             StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "too many failed logins {who}; try again in {} minutes",
-                (secs + 59) / 60
-            ),
+            "the server is busy checking logins; try again in a moment".into(),
         );
-    }
+    };
     let hash = match web.registry.store().conn().await {
         Ok(mut conn) => q::admin_hash(&mut conn, &name).await.ok().flatten(),
         Err(_) => None,
     };
-    let password_ok =
-        tokio::task::spawn_blocking(move || admin::verify_password(&password, hash.as_deref()))
-            .await
-            .unwrap_or(false);
+    let verifying = web.options.http.verification();
+    let password_ok = tokio::task::spawn_blocking(move || {
+        let ok = admin::verify_password(&password, hash.as_deref());
+        drop((verifying, slot));
+        ok
+    })
+    .await
+    .unwrap_or(false);
     let code = field(&form, "code").unwrap_or("").trim().to_owned();
     let ok = password_ok && second_factor(&web, &name, &code, now).await;
     if !ok {
-        web.lockout
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .failed(ip, &name, now);
+        attempt.finish(admin::Outcome::Failed);
         // The same words whichever part was wrong.
         return page(
             StatusCode::UNAUTHORIZED,
             "wrong name, password or code".into(),
         );
     }
-    web.lockout
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .succeeded(ip);
+    attempt.finish(admin::Outcome::Succeeded);
     let mut rng = rand_core::UnwrapErr(rand::rngs::SysRng);
     let token = admin::token(&mut rng);
     let row = SessionRow {

@@ -12,7 +12,7 @@ use sha2::Sha256;
 use sip::digest::{self, Algorithm, ResponseInput};
 use sip::header::auth::{self, DigestCredentials};
 use sip::msg::{Message, Name};
-use sip::nonce::{NcTracker, NonceCheck, NonceKey};
+use sip::nonce::{NcCheck, NcTracker, NonceCheck, NonceKey};
 
 use crate::directory::{Account, Directory};
 
@@ -187,22 +187,27 @@ impl Authenticator {
         let realm_ok = c.realm == self.cfg.realm;
         let nonce_ok = matches!(nonce, NonceCheck::Valid { .. });
         let ok = response_ok & realm_ok & nonce_ok & qop_auth.is_some() & account.is_some();
-        match (ok, account, c.nc) {
-            (true, Some(a), Some(nc)) => {
-                let fresh = self
+        match (ok, account, c.nc, nonce) {
+            (true, Some(a), Some(nc), NonceCheck::Valid { salt, .. }) => {
+                let serial = self.nonces.serial(salt);
+                let seen = self
                     .nc
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .accept(&c.nonce, nc, now_secs);
-                if fresh && old {
-                    Outcome::Grace(a)
-                } else if fresh {
-                    Outcome::Authenticated(a)
-                } else {
-                    Outcome::Challenge {
+                    .accept(serial, nc, now_secs);
+                match seen {
+                    NcCheck::Fresh if old => Outcome::Grace(a),
+                    NcCheck::Fresh => Outcome::Authenticated(a),
+                    NcCheck::Replayed => Outcome::Challenge {
                         stale: false,
                         failed: Some(c.username.to_string()),
-                    }
+                    },
+                    // The nonce's replay record is gone: a new nonce, and nothing
+                    // counted against the source (it is not the client's doing).
+                    NcCheck::Forgotten => Outcome::Challenge {
+                        stale: true,
+                        failed: None,
+                    },
                 }
             }
             _ => Outcome::Challenge {
@@ -523,6 +528,50 @@ mod tests {
                 Outcome::Challenge { .. }
             ),
             "ended"
+        );
+    }
+
+    #[test]
+    fn a_captured_request_is_not_fresh_again_when_its_nonce_record_was_pushed_out() {
+        // nc_capacity is 100 in `setup`: 150 logins with fresh nonces push the first out.
+        let (a, d) = setup(&[Algorithm::Md5]);
+        let nonce = nonce_of(&a.challenges(SRC, NOW, false)[0]);
+        let captured = authorization(
+            "alice1001",
+            "sipward",
+            "Zq8xLmTr4wPyK7vB2",
+            &nonce,
+            "00000001",
+            Algorithm::Md5,
+        );
+        assert!(matches!(
+            verify(&a, &d, &captured, NOW),
+            Outcome::Authenticated(_)
+        ));
+        for i in 0..150 {
+            let n = nonce_of(&a.challenges(SRC, NOW + 1, false)[0]);
+            let h = authorization(
+                "alice1001",
+                "sipward",
+                "Zq8xLmTr4wPyK7vB2",
+                &n,
+                "00000001",
+                Algorithm::Md5,
+            );
+            assert!(
+                matches!(verify(&a, &d, &h, NOW + 1), Outcome::Authenticated(_)),
+                "login {i}"
+            );
+        }
+        assert!(
+            matches!(
+                verify(&a, &d, &captured, NOW + 2),
+                Outcome::Challenge {
+                    stale: true,
+                    failed: None
+                }
+            ),
+            "replayed byte for byte: a new challenge, never accepted, not counted"
         );
     }
 }

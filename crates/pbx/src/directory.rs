@@ -170,10 +170,14 @@ impl Directory {
         let mut graces: HashMap<String, GraceRow> =
             graces.into_iter().map(|g| (g.number.clone(), g)).collect();
         let mut d = Directory::default();
+        // A SIP ID that is another extension's number (data from before the identity
+        // check, reported by the audit as ext.identity_collision) never takes that
+        // number's registrations and calls: numbers win.
+        let mut sip_ids = Vec::new();
         for r in rows {
             d.by_user.insert(r.number.clone(), r.number.clone());
             if let Some(s) = &r.sip_id {
-                d.by_user.insert(s.clone(), r.number.clone());
+                sip_ids.push((s.clone(), r.number.clone()));
             }
             let md5 = |password: &str| ha1(Algorithm::Md5, &r.auth_id, realm, password);
             let weak = r.password_score < min_score
@@ -212,6 +216,9 @@ impl Directory {
             let acc = Arc::new(acc);
             d.by_number.insert(acc.number.clone(), acc.clone());
             d.by_auth_id.insert(acc.auth_id.clone(), acc);
+        }
+        for (sip_id, number) in sip_ids {
+            d.by_user.entry(sip_id).or_insert(number);
         }
         d
     }
@@ -409,5 +416,26 @@ mod tests {
             !a.backs(4, phone, 0),
             "not once a new login ended the window"
         );
+    }
+
+    #[test]
+    fn a_sip_id_never_takes_another_extensions_number() {
+        // Rows as the store returns them, the colliding SIP ID last and first.
+        for order in [[0, 1], [1, 0]] {
+            let rows = [
+                row("2102", "a2102", "Zq8xLmTr4wPyK7vB2", 4),
+                DirectoryRow {
+                    sip_id: Some("2102".into()),
+                    ..row("2104", "a2104", "Nq4Zt8LmXw2Kp7RbQ", 4)
+                },
+            ];
+            let d = Directory::from_rows(
+                order.iter().map(|i| rows[*i].clone()).collect(),
+                "sipward",
+                3,
+            );
+            assert_eq!(d.number_for_user("2102"), Some("2102"), "{order:?}");
+            assert_eq!(d.number_for_user("2104"), Some("2104"));
+        }
     }
 }

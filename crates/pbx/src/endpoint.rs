@@ -29,6 +29,7 @@ use crate::registrar::{
     Contacts, Durable, RegisterError, RegisterRequest, Registrar, TransportKind,
 };
 use crate::trunk::{Routed, Trunks};
+use policy::ban::Proof;
 use policy::clock::Clock;
 use policy::dialplan::CallClass;
 
@@ -204,8 +205,13 @@ impl Endpoint {
             return None;
         };
         // A scanner's first request bans its source, and it gets no answer at all.
+        // Over TCP the handshake proved the source; a datagram proves nothing.
+        let proof = match transport {
+            TransportKind::Udp => Proof::Spoofable,
+            TransportKind::Tcp => Proof::Handshake,
+        };
         if let Some(ua) = m.header(Name::UserAgent)
-            && self.guard.scanner(source.ip(), ua)
+            && self.guard.scanner(source.ip(), ua, proof)
         {
             return None;
         }

@@ -1,24 +1,38 @@
 //! The guard: the first thing every packet meets. A banned source costs one hash lookup
-//! before any parsing or allocation; allow-listed networks and gateway addresses are
-//! never dropped, counted or banned. The ban and allow records are loaded from the store
-//! and reloaded when they change, so a ban made with the CLI takes effect in the running
-//! server within the reload interval.
+//! (two for an IPv6 source while prefixes are banned) before any parsing or allocation;
+//! allow-listed networks and gateway addresses are never dropped, counted or banned. The
+//! ban and allow records are loaded from the store and reloaded when they change, so a
+//! ban made with the CLI takes effect in the running server within the reload interval.
 //!
 //! Rules, each with a stable reason id (see [`policy::ban::Reason`]):
 //! - `auth.failures`: repeated failed authentication from one source, counted only for
 //!   requests that answered a nonce issued to that very source (a spoofed UDP source
 //!   never received one), escalating for repeat offenders;
-//! - `flood.requests`: too many requests from a source where nothing ever
-//!   authenticated (above a lower rate it is first silenced);
+//! - `flood.requests`: too many requests from a source (above a lower rate it is first
+//!   silenced);
 //! - `scanner.user_agent`: the User-Agent of a known scanner;
-//! - `decoy.auth`: authenticating as a decoy user name;
+//! - `decoy.auth`: authenticating as a decoy user name (answering our nonce);
+//! - `provisioning.probe`: asking the provisioning server for files no phone has;
 //! - `manual`: banned with the CLI.
+//!
+//! **Proof before punishment** ([`policy::ban::may_ban`]): a signal that does not prove
+//! its source address (a packet rate or a User-Agent in a UDP datagram) never bans a
+//! source with standing, one where an account authenticated within the trust window or
+//! a registration is live. Such a source is silenced for that signal only (the request
+//! dropped, the rate held to its limit) and a `ban_withheld` event says why. Signals
+//! with proof (an answer to our nonce, a TCP handshake) ban as before, and so does any
+//! signal from a source with no history.
+//!
+//! Counts and bans are per address and per network prefix (an IPv6 /64 by default,
+//! `guard.ipv6_prefix`): a ban record says which it covers (`2001:db8:1:2::/64`).
 //!
 //! Besides bans, an account under distributed guessing (many failures from sources it
 //! never authenticated from) and an account with a weak password can authenticate only
 //! from trusted sources; the answer to everyone else stays exactly the same.
 //!
-//! Every table keyed by a source or a user name is bounded.
+//! Every table keyed by a source or a user name is bounded, and none can be flushed by
+//! one credential: trusted pairs are capped per account, and a pair whose address holds
+//! a live registration is never pushed out.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -28,7 +42,10 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use accounts::running::ProbeVerdict;
 use ipnet::IpNet;
-use policy::ban::{BanPolicy, FailureWindow, Reason, WeakCredentials, sliding_count};
+use policy::ban::{
+    BanPolicy, FailureWindow, Proof, Reason, Source, Standing, WeakCredentials, may_ban,
+    sliding_count,
+};
 use serde_json::json;
 use store::guard::{AllowRow, BanRow};
 use tokio::sync::mpsc;
@@ -45,17 +62,35 @@ pub const KERNEL_DROP_MAX: usize = 2000;
 /// addresses cannot exhaust memory.
 pub const TABLE_CAPACITY: usize = 65_536;
 
+/// A withheld ban is logged at most this often per source and signal.
+const WITHHELD_NOTE_SECS: i64 = 60;
+
+/// What the guard asks of the registrar: whether a registration made from `ip` is live
+/// now. Such an address has proved itself (its REGISTER answered our nonce).
+pub trait Registrations: Send + Sync + std::fmt::Debug {
+    fn live_from(&self, ip: IpAddr) -> bool;
+}
+
 /// A security event: one JSON line in the server's log each.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// A ban made here (to be persisted) or found in the store (made with the CLI).
     Ban { row: BanRow, from_store: bool },
     /// A ban removed from the store before it expired.
-    Unban { source: IpAddr },
+    Unban { source: Source },
     /// A ban that ran out.
-    Expired { source: IpAddr },
+    Expired { source: Source },
     /// A source over the silence rate: its requests go unanswered for now.
-    Silenced { source: IpAddr, requests: u32 },
+    Silenced { source: Source, requests: u32 },
+    /// A signal that bans a stranger came, without proof of its source address, from a
+    /// source with standing: not banned, silenced for that signal only.
+    Withheld {
+        source: Source,
+        reason: Reason,
+        standing: Standing,
+        /// What the signal was, in words.
+        signal: String,
+    },
     /// An account under distributed guessing: untrusted sources can no longer log in.
     AccountProtected { auth_id: String, failures: u32 },
     /// The right password for a weak account from a source it is not trusted at.
@@ -100,6 +135,20 @@ impl Event {
                 "event": "silenced",
                 "source": source.to_string(),
                 "detail": format!("{requests} requests within the flood window from a source nothing authenticated from"),
+            }),
+            Event::Withheld {
+                source,
+                reason,
+                standing,
+                signal,
+            } => json!({
+                "event": "ban_withheld",
+                "source": source.to_string(),
+                "reason": reason.as_str(),
+                "detail": format!(
+                    "{signal}; not banned: this signal does not prove the source address (a forged UDP datagram can carry it) and {}; silenced for this signal only",
+                    standing.describe()
+                ),
             }),
             Event::AccountProtected { auth_id, failures } => json!({
                 "event": "account_protected",
@@ -157,20 +206,33 @@ pub enum Admission {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Banned address -> expiry (epoch seconds).
-    banned: HashMap<IpAddr, i64>,
+    /// Banned address or prefix -> expiry (epoch seconds).
+    banned: HashMap<Source, i64>,
+    /// How many of them are prefixes (the hot path looks up a prefix only then).
+    prefixes: usize,
     /// Bans imposed here and not yet seen back from the store.
-    pending: HashSet<IpAddr>,
+    pending: HashSet<Source>,
     allow: Vec<IpNet>,
     /// Gateway addresses: never banned, like the allow list.
     gateways: HashSet<IpAddr>,
-    /// Address -> (bans within the repeat window, time of the last one), for escalation.
-    history: HashMap<IpAddr, (u32, i64)>,
+    /// Source -> (bans within the repeat window, time of the last one), for escalation.
+    history: HashMap<Source, (u32, i64)>,
 }
 
 impl State {
     fn allowed(&self, ip: IpAddr) -> bool {
         self.gateways.contains(&ip) || self.allow.iter().any(|n| n.contains(&ip))
+    }
+
+    fn count_prefixes(&mut self) {
+        self.prefixes = self.banned.keys().filter(|s| s.is_prefix()).count();
+    }
+
+    fn unban(&mut self, s: &Source) {
+        if self.banned.remove(s).is_some() && s.is_prefix() {
+            self.prefixes -= 1;
+        }
+        self.pending.remove(s);
     }
 }
 
@@ -219,20 +281,157 @@ impl<K: Hash + Eq + Clone> Windows<K> {
     }
 }
 
+/// When a trusted pair expires, and which insertion it was (entries in the order
+/// queues that name an older insertion are stale).
+#[derive(Clone, Copy, Debug)]
+struct Pair {
+    until: i64,
+    seq: u64,
+}
+
 /// (address, auth ID) pairs that authenticated successfully, with their expiry. Keyed
 /// by address first so that a refresh (every successful REGISTER) finds its entry
-/// without allocating.
+/// without allocating. Bounded in total ([`TABLE_CAPACITY`]) and per account
+/// (`guard.trusted_per_account`); the oldest pair goes first, except one whose address
+/// holds a live registration, which never goes.
 #[derive(Debug, Default)]
 struct TrustTable {
-    until: HashMap<IpAddr, HashMap<String, i64>>,
+    until: HashMap<IpAddr, HashMap<String, Pair>>,
     pairs: usize,
-    order: VecDeque<(IpAddr, String)>,
+    seq: u64,
+    /// Every insertion, oldest first (stale entries are skipped and compacted).
+    order: VecDeque<(IpAddr, String, u64)>,
+    /// Each account's insertions, oldest first.
+    by_account: HashMap<String, VecDeque<(IpAddr, u64)>>,
+    /// Prefix -> the latest expiry of a pair within it (the prefix's standing).
+    prefixes: HashMap<Source, i64>,
+    prefix_order: VecDeque<Source>,
+}
+
+impl TrustTable {
+    fn current(&self, ip: IpAddr, auth_id: &str, seq: u64) -> bool {
+        self.until
+            .get(&ip)
+            .and_then(|m| m.get(auth_id))
+            .is_some_and(|p| p.seq == seq)
+    }
+
+    fn remove(&mut self, ip: IpAddr, auth_id: &str) {
+        if let Some(m) = self.until.get_mut(&ip) {
+            if m.remove(auth_id).is_some() {
+                self.pairs -= 1;
+            }
+            if m.is_empty() {
+                self.until.remove(&ip);
+            }
+        }
+    }
+
+    /// Makes room for one more pair of `auth_id`: its own oldest pair past the
+    /// per-account cap, then the table's oldest past the total. Pairs at addresses with
+    /// a live registration are kept. False when nothing may go.
+    fn make_room(&mut self, auth_id: &str, cap: usize, live: &dyn Fn(IpAddr) -> bool) -> bool {
+        let victim = {
+            let Self {
+                until, by_account, ..
+            } = &mut *self;
+            let mine = by_account.entry(auth_id.to_owned()).or_default();
+            mine.retain(|(ip, seq)| {
+                until
+                    .get(ip)
+                    .and_then(|m| m.get(auth_id))
+                    .is_some_and(|p| p.seq == *seq)
+            });
+            if mine.len() < cap {
+                None
+            } else {
+                let Some(i) = mine.iter().position(|(ip, _)| !live(*ip)) else {
+                    return false;
+                };
+                mine.remove(i).map(|(ip, _)| ip)
+            }
+        };
+        if let Some(ip) = victim {
+            self.remove(ip, auth_id);
+        }
+        let limit = self.order.len();
+        let mut looked = 0;
+        while self.pairs >= TABLE_CAPACITY {
+            if looked >= limit {
+                return false;
+            }
+            looked += 1;
+            let Some((ip, id, seq)) = self.order.pop_front() else {
+                return false;
+            };
+            if !self.current(ip, &id, seq) {
+                continue;
+            }
+            if live(ip) {
+                self.order.push_back((ip, id, seq));
+                continue;
+            }
+            self.remove(ip, &id);
+        }
+        true
+    }
+
+    fn insert(&mut self, ip: IpAddr, auth_id: &str, until: i64) {
+        self.seq += 1;
+        let seq = self.seq;
+        self.until
+            .entry(ip)
+            .or_default()
+            .insert(auth_id.to_owned(), Pair { until, seq });
+        self.pairs += 1;
+        self.order.push_back((ip, auth_id.to_owned(), seq));
+        self.by_account
+            .entry(auth_id.to_owned())
+            .or_default()
+            .push_back((ip, seq));
+        if self.order.len() > 2 * TABLE_CAPACITY {
+            let until = &self.until;
+            self.order.retain(|(ip, id, seq)| {
+                until
+                    .get(ip)
+                    .and_then(|m| m.get(id))
+                    .is_some_and(|p| p.seq == *seq)
+            });
+        }
+        if self.by_account.len() > TABLE_CAPACITY {
+            let until = &self.until;
+            self.by_account.retain(|id, q| {
+                q.retain(|(ip, seq)| {
+                    until
+                        .get(ip)
+                        .and_then(|m| m.get(id))
+                        .is_some_and(|p| p.seq == *seq)
+                });
+                !q.is_empty()
+            });
+        }
+    }
+
+    fn note_prefix(&mut self, prefix: Source, until: i64) {
+        match self.prefixes.get_mut(&prefix) {
+            Some(u) => *u = (*u).max(until),
+            None => {
+                if self.prefixes.len() >= TABLE_CAPACITY
+                    && let Some(old) = self.prefix_order.pop_front()
+                {
+                    self.prefixes.remove(&old);
+                }
+                self.prefixes.insert(prefix, until);
+                self.prefix_order.push_back(prefix);
+            }
+        }
+    }
 }
 
 /// How a source is limited, decided when it first crosses the untrusted silence rate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Class {
-    Trusted,
+    Standing(Standing),
     Exempt,
 }
 
@@ -243,21 +442,29 @@ struct FloodEntry {
     /// office becomes trusted the moment its first phone logs in.
     class: Option<Class>,
     silenced: bool,
+    /// A withheld ban was reported in this window.
+    withheld: bool,
+    /// For a source with standing over its limit: what the current second still lets
+    /// through.
+    tokens: u32,
+    second: i64,
 }
 
-/// Requests per source in the current and the previous fixed window. When the current
-/// window holds [`TABLE_CAPACITY`] sources it is closed early, so memory stays bounded
-/// (under a flood from that many addresses windows get shorter, never larger).
+/// Requests per source (address and prefix) in the current and the previous fixed
+/// window. When the current window holds [`TABLE_CAPACITY`] sources it is closed early,
+/// so memory stays bounded (under a flood from that many addresses windows get
+/// shorter, never larger).
 #[derive(Debug, Default)]
 struct FloodTable {
     start: i64,
-    current: HashMap<IpAddr, FloodEntry>,
-    previous: HashMap<IpAddr, u32>,
+    current: HashMap<Source, FloodEntry>,
+    previous: HashMap<Source, u32>,
 }
 
 impl FloodTable {
-    fn roll(&mut self, ip: IpAddr, now: i64, window: i64) {
-        let full = self.current.len() >= TABLE_CAPACITY && !self.current.contains_key(&ip);
+    fn roll(&mut self, keys: &[Source], now: i64, window: i64) {
+        let full = self.current.len() + keys.len() > TABLE_CAPACITY
+            && keys.iter().any(|k| !self.current.contains_key(k));
         if now - self.start >= window || full {
             self.previous = if now - self.start >= 2 * window && !full {
                 HashMap::new()
@@ -271,6 +478,15 @@ impl FloodTable {
     }
 }
 
+/// What the flood limits make of one packet for one of its sources.
+enum Verdict {
+    Admit,
+    /// From an allow-listed address: admitted, and not counted against its prefix.
+    Exempt,
+    Silence,
+    Ban(u32),
+}
+
 #[derive(Debug, Default)]
 pub struct Guard {
     state: RwLock<State>,
@@ -279,19 +495,23 @@ pub struct Guard {
     now: AtomicI64,
     policy: BanPolicy,
     decoys: HashSet<String>,
-    failures: Mutex<Windows<IpAddr>>,
-    provisioning_probes: Mutex<Windows<IpAddr>>,
+    failures: Mutex<Windows<Source>>,
+    provisioning_probes: Mutex<Windows<Source>>,
     /// Phones' addresses over the provisioning probe limit, and until when provisioning
     /// refuses them (bounded like every table).
     provisioning_limited: Mutex<HashMap<IpAddr, i64>>,
     account_failures: Mutex<Windows<String>>,
     /// Weak accounts refused lately: one event per account and hour, not per attempt.
     weak_noted: Mutex<HashMap<String, i64>>,
+    /// Withheld bans reported lately, per source and reason.
+    withheld_noted: Mutex<HashMap<(Source, Reason), i64>>,
     trusted: Mutex<TrustTable>,
     flood: Mutex<FloodTable>,
     metrics: Arc<Metrics>,
     /// Where events go to be logged (and bans persisted); set by the server.
     events: OnceLock<mpsc::Sender<Event>>,
+    /// The registrar's live registrations; set by the server.
+    registrations: OnceLock<Arc<dyn Registrations>>,
     /// Moves whenever the set of banned sources changes.
     generation: AtomicU64,
 }
@@ -317,6 +537,12 @@ impl Guard {
     /// Connects the channel events (and the bans to persist) go through.
     pub fn set_events(&self, tx: mpsc::Sender<Event>) {
         let _ = self.events.set(tx);
+    }
+
+    /// Connects the registrar: addresses with a live registration have standing, and
+    /// their trusted pairs are never pushed out of the table.
+    pub fn set_registrations(&self, r: Arc<dyn Registrations>) {
+        let _ = self.registrations.set(r);
     }
 
     /// Hands a security event made elsewhere (the INVITE path) to the event writer.
@@ -352,17 +578,60 @@ impl Guard {
         self.now.load(Ordering::Relaxed)
     }
 
-    /// Whether `ip` is banned now: one read lock and one hash lookup, nothing else.
-    pub fn admits(&self, ip: IpAddr) -> bool {
-        let st = self.read();
-        match st.banned.get(&ip) {
-            None => true,
-            Some(&expires) => expires <= self.now() || st.allowed(ip),
+    fn live_from(&self, ip: IpAddr) -> bool {
+        self.registrations.get().is_some_and(|r| r.live_from(ip))
+    }
+
+    /// Why `ip` is a legitimate source, if it is one: an account authenticated from it
+    /// within the trust window, or a registration made from it is live.
+    pub fn standing(&self, ip: IpAddr, now: i64) -> Option<Standing> {
+        if self.trusted_anywhere(ip, now) {
+            Some(Standing::Authenticated)
+        } else if self.live_from(ip) {
+            Some(Standing::Registered)
+        } else {
+            None
         }
     }
 
-    /// The door: the ban check, then the flood limits. Counts what it drops.
+    /// The standing of a whole prefix: some account authenticated from an address in it
+    /// within the trust window.
+    fn prefix_standing(&self, prefix: &Source, now: i64) -> Option<Standing> {
+        lock(&self.trusted)
+            .prefixes
+            .get(prefix)
+            .is_some_and(|u| *u > now)
+            .then_some(Standing::Authenticated)
+    }
+
+    /// Whether `ip` is banned now (as an address, or within a banned prefix): one read
+    /// lock and one hash lookup (two for a prefix while any is banned), nothing else.
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        let st = self.read();
+        if st.banned.is_empty() {
+            return true;
+        }
+        let now = self.now();
+        let banned = |s: &Source| st.banned.get(s).is_some_and(|e| *e > now);
+        let hit = banned(&Source::host(ip))
+            || (st.prefixes > 0 && self.policy.prefix_of(ip).is_some_and(|p| banned(&p)));
+        !hit || st.allowed(ip)
+    }
+
+    /// The door for a datagram: the ban check, then the flood limits. A UDP source
+    /// address proves nothing, so a flood from a source with standing is held to its
+    /// limit but never banned. Counts what it drops.
     pub fn admit(&self, ip: IpAddr) -> Admission {
+        self.admit_with(ip, Proof::Spoofable)
+    }
+
+    /// The door for a message on a connection: its source completed a TCP handshake,
+    /// so a flood from it bans whatever its standing. (For the stream transports.)
+    pub fn admit_on_connection(&self, ip: IpAddr) -> Admission {
+        self.admit_with(ip, Proof::Handshake)
+    }
+
+    fn admit_with(&self, ip: IpAddr, proof: Proof) -> Admission {
         if !self.admits(ip) {
             Metrics::inc(&self.metrics.dropped_banned);
             return Admission::Banned;
@@ -372,79 +641,177 @@ impl Guard {
         }
         let now = self.now();
         let window = self.policy.flood_window_secs;
-        let requests = {
+        let host = Source::host(ip);
+        let prefix = self.policy.prefix_of(ip);
+        let (source, verdict) = {
             let mut t = lock(&self.flood);
-            t.roll(ip, now, window);
-            let previous = t.previous.get(&ip).copied().unwrap_or(0);
-            let elapsed = now - t.start;
-            let e = t.current.entry(ip).or_default();
-            e.requests = e.requests.saturating_add(1);
-            let requests = sliding_count(e.requests, previous, elapsed, window);
-            if requests <= self.policy.silence_requests {
-                return Admission::Admit;
+            match prefix {
+                Some(p) => t.roll(&[host, p], now, window),
+                None => t.roll(&[host], now, window),
             }
-            if e.class.is_none() {
-                e.class = if self.read().allowed(ip) {
-                    Some(Class::Exempt)
-                } else if self.trusted_anywhere(ip, now) {
-                    Some(Class::Trusted)
-                } else {
-                    None
-                };
+            let mut v = (host, self.flood_verdict(&mut t, ip, host, proof, now));
+            if matches!(v.1, Verdict::Admit)
+                && let Some(p) = prefix
+            {
+                v = (p, self.flood_verdict(&mut t, ip, p, proof, now));
             }
-            let (silence, ban) = match e.class {
-                Some(Class::Exempt) => return Admission::Admit,
-                Some(Class::Trusted) => self.policy.flood_limits(true),
-                None => self.policy.flood_limits(false),
-            };
-            if requests <= silence {
-                return Admission::Admit;
-            }
-            if requests <= ban {
-                let first = !e.silenced;
-                e.silenced = true;
-                drop(t);
-                Metrics::inc(&self.metrics.silenced);
-                if first {
-                    self.emit(Event::Silenced {
-                        source: ip,
-                        requests,
-                    });
-                }
-                return Admission::Silenced;
-            }
-            e.requests = 0;
-            requests
+            v
         };
-        self.impose(
-            ip,
-            Reason::Flood,
-            now,
-            |_| format!("{requests} requests within {window} s"),
-            Some(self.policy.flood_ban_secs),
-        );
-        Metrics::inc(&self.metrics.dropped_banned);
-        Admission::Banned
+        match verdict {
+            Verdict::Admit | Verdict::Exempt => Admission::Admit,
+            Verdict::Silence => {
+                Metrics::inc(&self.metrics.silenced);
+                Admission::Silenced
+            }
+            Verdict::Ban(requests) => {
+                self.impose(
+                    source,
+                    Reason::Flood,
+                    now,
+                    |_| format!("{requests} requests within {window} s"),
+                    Some(self.policy.flood_ban_secs),
+                );
+                Metrics::inc(&self.metrics.dropped_banned);
+                Admission::Banned
+            }
+        }
+    }
+
+    /// Counts one packet of `ip` against `source` (its address or its prefix).
+    fn flood_verdict(
+        &self,
+        t: &mut FloodTable,
+        ip: IpAddr,
+        source: Source,
+        proof: Proof,
+        now: i64,
+    ) -> Verdict {
+        let p = &self.policy;
+        let window = p.flood_window_secs;
+        let previous = t.previous.get(&source).copied().unwrap_or(0);
+        let elapsed = now - t.start;
+        let e = t.current.entry(source).or_default();
+        e.requests = e.requests.saturating_add(1);
+        let requests = sliding_count(e.requests, previous, elapsed, window);
+        if requests <= p.scaled(p.silence_requests, &source) {
+            return Verdict::Admit;
+        }
+        if source.is_prefix() && self.read().allowed(ip) {
+            // An allow-listed address is never limited, but the rest of its prefix is:
+            // asked per packet, never remembered for the prefix.
+            return Verdict::Admit;
+        }
+        if e.class.is_none() {
+            e.class = if source.is_prefix() {
+                self.prefix_standing(&source, now).map(Class::Standing)
+            } else if self.read().allowed(ip) {
+                Some(Class::Exempt)
+            } else {
+                self.standing(ip, now).map(Class::Standing)
+            };
+        }
+        let standing = match e.class {
+            Some(Class::Exempt) => return Verdict::Exempt,
+            Some(Class::Standing(s)) => Some(s),
+            None => None,
+        };
+        let (silence, ban) = p.flood_limits(standing.is_some());
+        let (silence, ban) = (p.scaled(silence, &source), p.scaled(ban, &source));
+        if requests <= silence {
+            return Verdict::Admit;
+        }
+        if let Some(standing) = standing.filter(|_| !may_ban(proof, standing)) {
+            // Held to its limit, never banned: over it, each second lets the limit's
+            // share through (`silence` per window, spread over its seconds), so the
+            // source keeps that rate however much is forged in its name, and is answered
+            // in full the second the forged packets stop.
+            let per_second = silence
+                .div_ceil(u32::try_from(window).unwrap_or(u32::MAX))
+                .max(1);
+            if e.second != now {
+                e.second = now;
+                e.tokens = per_second;
+            }
+            if e.tokens > 0 {
+                e.tokens -= 1;
+                return Verdict::Admit;
+            }
+            let first = !e.withheld;
+            e.withheld = true;
+            if first {
+                self.withhold(
+                    source,
+                    Reason::Flood,
+                    standing,
+                    format!(
+                        "{requests} requests within {window} s, more than its limit of {silence}"
+                    ),
+                    now,
+                );
+            }
+            return Verdict::Silence;
+        }
+        if requests <= ban {
+            let first = !e.silenced;
+            e.silenced = true;
+            if first {
+                self.emit(Event::Silenced { source, requests });
+            }
+            return Verdict::Silence;
+        }
+        e.requests = 0;
+        Verdict::Ban(requests)
+    }
+
+    /// Reports a ban withheld by the proof rule (at most once a minute per source and
+    /// signal) and counts it.
+    fn withhold(
+        &self,
+        source: Source,
+        reason: Reason,
+        standing: Standing,
+        signal: String,
+        now: i64,
+    ) {
+        Metrics::inc(&self.metrics.bans_withheld);
+        let mut noted = lock(&self.withheld_noted);
+        if noted.len() >= TABLE_CAPACITY {
+            noted.retain(|_, t| now - *t < WITHHELD_NOTE_SECS);
+            if noted.len() >= TABLE_CAPACITY {
+                noted.clear();
+            }
+        }
+        let last = noted.get(&(source, reason)).copied();
+        if last.is_some_and(|t| now - t < WITHHELD_NOTE_SECS) {
+            return;
+        }
+        noted.insert((source, reason), now);
+        drop(noted);
+        self.emit(Event::Withheld {
+            source,
+            reason,
+            standing,
+            signal,
+        });
     }
 
     /// Moves the coarse clock and lets bans that ran out go (one event each).
     pub fn tick(&self, now: i64) {
         self.now.store(now, Ordering::Relaxed);
-        let expired: Vec<IpAddr> = {
+        let expired: Vec<Source> = {
             let st = self.read();
             st.banned
                 .iter()
                 .filter(|(_, e)| **e <= now)
-                .map(|(ip, _)| *ip)
+                .map(|(s, _)| *s)
                 .collect()
         };
         if expired.is_empty() {
             return;
         }
         let mut st = self.write();
-        for ip in &expired {
-            st.banned.remove(ip);
-            st.pending.remove(ip);
+        for s in &expired {
+            st.unban(s);
         }
         drop(st);
         self.generation.fetch_add(1, Ordering::Relaxed);
@@ -467,14 +834,14 @@ impl Guard {
         let now = self.now();
         let parsed = || {
             bans.iter()
-                .filter_map(|b| Some((b.source.parse::<IpAddr>().ok()?, b)))
+                .filter_map(|b| Some((Source::parse(&b.source)?, b)))
         };
-        let mut banned: HashMap<IpAddr, i64> = parsed()
+        let mut banned: HashMap<Source, i64> = parsed()
             .filter(|(_, b)| b.expires_at > now)
-            .map(|(ip, b)| (ip, b.expires_at))
+            .map(|(s, b)| (s, b.expires_at))
             .collect();
-        let mut history: HashMap<IpAddr, (u32, i64)> = parsed()
-            .map(|(ip, b)| (ip, (u32::try_from(b.times).unwrap_or(1), b.last_seen)))
+        let mut history: HashMap<Source, (u32, i64)> = parsed()
+            .map(|(s, b)| (s, (u32::try_from(b.times).unwrap_or(1), b.last_seen)))
             .collect();
         let allow = allow
             .iter()
@@ -482,33 +849,35 @@ impl Guard {
             .collect();
         let mut st = self.write();
         let mut pending = std::mem::take(&mut st.pending);
-        pending.retain(|ip| !banned.contains_key(ip));
-        for ip in &pending {
-            if let Some(e) = st.banned.get(ip) {
-                banned.insert(*ip, *e);
+        pending.retain(|s| !banned.contains_key(s));
+        for s in &pending {
+            if let Some(e) = st.banned.get(s) {
+                banned.insert(*s, *e);
             }
-            if let Some(h) = st.history.get(ip) {
-                history.insert(*ip, *h);
+            if let Some(h) = st.history.get(s) {
+                history.insert(*s, *h);
             }
         }
         let old = std::mem::take(&mut st.banned);
         self.generation.fetch_add(1, Ordering::Relaxed);
         *st = State {
             banned,
+            prefixes: 0,
             pending,
             allow,
             gateways: gateways.iter().copied().collect(),
             history,
         };
+        st.count_prefixes();
         let mut events = Vec::new();
         if announce {
-            for (ip, _) in old.iter().filter(|(_, e)| **e > now) {
-                if !st.banned.contains_key(ip) {
-                    events.push(Event::Unban { source: *ip });
+            for (s, _) in old.iter().filter(|(_, e)| **e > now) {
+                if !st.banned.contains_key(s) {
+                    events.push(Event::Unban { source: *s });
                 }
             }
-            for (ip, b) in parsed().filter(|(_, b)| b.expires_at > now) {
-                if !old.contains_key(&ip) {
+            for (s, b) in parsed().filter(|(_, b)| b.expires_at > now) {
+                if !old.contains_key(&s) {
                     if let Some(r) = Reason::parse(&b.reason) {
                         Metrics::inc(&self.metrics.bans_by_reason[r as usize]);
                     }
@@ -530,18 +899,19 @@ impl Guard {
         self.generation.load(Ordering::Relaxed)
     }
 
-    /// The banned IPv4 sources the kernel may drop by itself (not allow-listed, at most
-    /// [`KERNEL_DROP_MAX`], those banned longest first).
+    /// The banned IPv4 addresses the kernel may drop by itself (not allow-listed, at
+    /// most [`KERNEL_DROP_MAX`], those banned longest first). Prefix bans stay in user
+    /// space.
     pub fn kernel_drop_list(&self) -> Vec<Ipv4Addr> {
         let now = self.now();
         let st = self.read();
         let mut v: Vec<(i64, Ipv4Addr)> = st
             .banned
             .iter()
-            .filter(|(ip, e)| **e > now && !st.allowed(**ip))
-            .filter_map(|(ip, e)| match ip {
-                IpAddr::V4(v4) => Some((*e, *v4)),
-                IpAddr::V6(_) => None,
+            .filter(|(_, e)| **e > now)
+            .filter_map(|(s, e)| match s.address() {
+                Some(IpAddr::V4(v4)) if !st.allowed(IpAddr::V4(v4)) => Some((*e, v4)),
+                _ => None,
             })
             .collect();
         drop(st);
@@ -550,12 +920,12 @@ impl Guard {
         v.into_iter().map(|(_, ip)| ip).collect()
     }
 
-    /// Sources banned now.
     /// How many allow-list networks are in force.
     pub fn allowed_count(&self) -> usize {
         self.read().allow.len()
     }
 
+    /// Sources (addresses and prefixes) banned now.
     pub fn banned_count(&self) -> usize {
         let now = self.now();
         self.read().banned.values().filter(|e| **e > now).count()
@@ -569,29 +939,20 @@ impl Guard {
     /// Records that `auth_id` authenticated from `ip`: the pair is trusted for a while.
     pub fn auth_success(&self, ip: IpAddr, auth_id: &str, now: i64) {
         let until = now.saturating_add(self.policy.trusted_secs);
-        let mut guard = lock(&self.trusted);
-        let t: &mut TrustTable = &mut guard;
-        if let Some(u) = t.until.get_mut(&ip).and_then(|m| m.get_mut(auth_id)) {
-            *u = until;
+        let prefix = self.policy.prefix_of(ip);
+        let mut t = lock(&self.trusted);
+        if let Some(p) = prefix {
+            t.note_prefix(p, until);
+        }
+        if let Some(pair) = t.until.get_mut(&ip).and_then(|m| m.get_mut(auth_id)) {
+            pair.until = until;
             return;
         }
-        if t.pairs >= TABLE_CAPACITY
-            && let Some((old_ip, old_id)) = t.order.pop_front()
-            && let Some(m) = t.until.get_mut(&old_ip)
-        {
-            if m.remove(&old_id).is_some() {
-                t.pairs -= 1;
-            }
-            if m.is_empty() {
-                t.until.remove(&old_ip);
-            }
+        let cap = usize::try_from(self.policy.trusted_per_account).unwrap_or(usize::MAX);
+        let live = |ip: IpAddr| self.live_from(ip);
+        if t.make_room(auth_id, cap, &live) {
+            t.insert(ip, auth_id, until);
         }
-        t.order.push_back((ip, auth_id.to_owned()));
-        t.until
-            .entry(ip)
-            .or_default()
-            .insert(auth_id.to_owned(), until);
-        t.pairs += 1;
     }
 
     fn trusted(&self, ip: IpAddr, auth_id: &str, now: i64) -> bool {
@@ -599,14 +960,14 @@ impl Guard {
             .until
             .get(&ip)
             .and_then(|m| m.get(auth_id))
-            .is_some_and(|u| *u > now)
+            .is_some_and(|p| p.until > now)
     }
 
     fn trusted_anywhere(&self, ip: IpAddr, now: i64) -> bool {
         lock(&self.trusted)
             .until
             .get(&ip)
-            .is_some_and(|m| m.values().any(|u| *u > now))
+            .is_some_and(|m| m.values().any(|p| p.until > now))
     }
 
     /// Whether `account` may log in from `ip` now, its credentials being right. No when
@@ -648,12 +1009,38 @@ impl Guard {
         }
     }
 
+    /// Counts a failure of `ip` in `table` against its address and its prefix; the
+    /// source to ban (the address when it reached `threshold` alone, else the prefix
+    /// when its addresses together reached `threshold × prefix_factor`), with the count.
+    fn count_failure(
+        &self,
+        table: &Mutex<Windows<Source>>,
+        ip: IpAddr,
+        threshold: u32,
+        window: i64,
+        now: i64,
+    ) -> Option<(Source, u32)> {
+        let mut t = lock(table);
+        let host = Source::host(ip);
+        let keys = std::iter::once(host).chain(self.policy.prefix_of(ip));
+        for key in keys {
+            let limit = self.policy.scaled(threshold, &key);
+            let count = t.record(&key, now, window, limit);
+            if count >= limit {
+                t.reset(&key);
+                return Some((key, count));
+            }
+        }
+        None
+    }
+
     /// Counts a failed authentication for `auth_id` from `ip` (one that answered a nonce
-    /// issued to `ip`; `known` when the auth ID is an account here). Bans the source when
-    /// it has failed too often, and protects the account when it collects too many
-    /// failures from untrusted sources. Not counted: allow-listed sources, and an auth
-    /// ID failing where it has authenticated before (a phone that still has its old
-    /// password must not get its office banned nor its account closed).
+    /// issued to `ip`, so it proves the source; `known` when the auth ID is an account
+    /// here). Bans the source when it has failed too often, and protects the account
+    /// when it collects too many failures from untrusted sources. Not counted:
+    /// allow-listed sources, and an auth ID failing where it has authenticated before (a
+    /// phone that still has its old password must not get its office banned nor its
+    /// account closed).
     pub fn auth_failure(&self, ip: IpAddr, auth_id: &str, known: bool, now: i64) {
         if self.allowed(ip) || self.trusted(ip, auth_id, now) {
             return;
@@ -673,48 +1060,56 @@ impl Guard {
                 });
             }
         }
-        let count = {
-            let mut t = lock(&self.failures);
-            let count = t.record(&ip, now, p.auth_window_secs, p.auth_failures);
-            if count >= p.auth_failures {
-                t.reset(&ip);
-            }
-            count
-        };
-        if count < p.auth_failures {
+        let Some((source, count)) =
+            self.count_failure(&self.failures, ip, p.auth_failures, p.auth_window_secs, now)
+        else {
             return;
-        }
+        };
         let window_min = p.auth_window_secs / 60;
         let hours = p.repeat_window_secs / 3600;
+        let spread = if source.is_prefix() {
+            " from addresses of this network"
+        } else {
+            ""
+        };
         self.impose(
-            ip,
+            source,
             Reason::AuthFailures,
             now,
             |n| {
                 format!(
-                    "{count} failed authentications within {window_min} minutes (ban {n} within {hours} hours)"
+                    "{count} failed authentications{spread} within {window_min} minutes (ban {n} within {hours} hours)"
                 )
             },
             None,
         );
     }
 
-    /// Bans `ip` at once when its User-Agent names a known scanner (unless allow-listed
-    /// or scanner bans are off). Returns whether it did.
+    /// Handles a request whose User-Agent names a known scanner: bans the source at once
+    /// (unless allow-listed or scanner bans are off), or, when the User-Agent came in a
+    /// datagram (`proof` spoofable) from a source with standing, withholds the ban and
+    /// only silences this request. Returns whether the request is to be dropped.
     /// Runs on every request with a User-Agent: matching needs no lock, allocation or
     /// time call; only a match reads the (coarse) clock.
-    pub fn scanner(&self, ip: IpAddr, user_agent: &str) -> bool {
+    pub fn scanner(&self, ip: IpAddr, user_agent: &str, proof: Proof) -> bool {
         let Some(tool) = policy::scanner::scanner(user_agent) else {
             return false;
         };
         if !self.policy.ban_scanners || self.allowed(ip) {
             return false;
         }
+        let now = self.now();
+        let signal = format!("User-Agent of a scanner: {tool}");
+        let standing = self.standing(ip, now);
+        if let Some(standing) = standing.filter(|_| !may_ban(proof, standing)) {
+            self.withhold(Source::host(ip), Reason::Scanner, standing, signal, now);
+            return true;
+        }
         self.impose(
-            ip,
+            Source::host(ip),
             Reason::Scanner,
-            self.now(),
-            |_| format!("User-Agent of a scanner: {tool}"),
+            now,
+            |_| signal,
             Some(self.policy.scanner_ban_secs),
         );
         true
@@ -731,23 +1126,22 @@ impl Guard {
     /// ours, a replay). At the threshold, a source where a phone is `registered` (or
     /// where some account logged in lately) is only refused provisioning for a
     /// provisioning window: such a probe proves no source address and must never
-    /// silence a phone. Any other source is banned.
+    /// silence a phone. Any other source is banned (its address, or its prefix when many
+    /// of its addresses probe).
     pub fn provisioning_probe(&self, ip: IpAddr, now: i64, registered: bool) -> ProbeVerdict {
         if self.allowed(ip) {
             return ProbeVerdict::Counted;
         }
         let p = &self.policy;
-        let count = {
-            let mut t = lock(&self.provisioning_probes);
-            let count = t.record(&ip, now, p.provisioning_window_secs, p.provisioning_probes);
-            if count >= p.provisioning_probes {
-                t.reset(&ip);
-            }
-            count
-        };
-        if count < p.provisioning_probes {
+        let Some((source, count)) = self.count_failure(
+            &self.provisioning_probes,
+            ip,
+            p.provisioning_probes,
+            p.provisioning_window_secs,
+            now,
+        ) else {
             return ProbeVerdict::Counted;
-        }
+        };
         if registered || self.trusted_anywhere(ip, now) {
             let until = now.saturating_add(p.provisioning_window_secs);
             let mut limited = lock(&self.provisioning_limited);
@@ -769,7 +1163,7 @@ impl Guard {
         }
         let minutes = p.provisioning_window_secs / 60;
         self.impose(
-            ip,
+            source,
             Reason::ProvisioningProbe,
             now,
             |_| format!("{count} failed provisioning requests (wrong login, stale or foreign nonce, replay) within {minutes} minutes"),
@@ -779,13 +1173,14 @@ impl Guard {
     }
 
     /// Bans `ip` at once when `user` is a decoy (the caller has checked it is no account
-    /// here). Returns whether it did.
+    /// here, and that the request answered a nonce issued to `ip`). Returns whether it
+    /// did.
     pub fn decoy(&self, ip: IpAddr, user: &str, now: i64) -> bool {
         if !self.decoys.contains(user) || self.allowed(ip) {
             return false;
         }
         self.impose(
-            ip,
+            Source::host(ip),
             Reason::Decoy,
             now,
             |_| format!("authenticated as the decoy user name {user:?}"),
@@ -798,23 +1193,27 @@ impl Guard {
     /// `fixed`, or else escalates with the source's recent bans.
     fn impose(
         &self,
-        ip: IpAddr,
+        source: Source,
         reason: Reason,
         now: i64,
         detail: impl FnOnce(u32) -> String,
         fixed: Option<i64>,
     ) -> BanRow {
         let mut st = self.write();
-        let n = self.policy.ban_number(st.history.get(&ip).copied(), now);
+        let n = self
+            .policy
+            .ban_number(st.history.get(&source).copied(), now);
         let expires_at = now.saturating_add(fixed.unwrap_or_else(|| self.policy.ban_length(n)));
-        st.banned.insert(ip, expires_at);
-        st.pending.insert(ip);
-        st.history.insert(ip, (n, now));
+        if st.banned.insert(source, expires_at).is_none() && source.is_prefix() {
+            st.prefixes += 1;
+        }
+        st.pending.insert(source);
+        st.history.insert(source, (n, now));
         drop(st);
         self.generation.fetch_add(1, Ordering::Relaxed);
         Metrics::inc(&self.metrics.bans_by_reason[reason as usize]);
         let row = BanRow {
-            source: ip.to_string(),
+            source: source.to_string(),
             reason: reason.as_str().to_owned(),
             detail: detail(n),
             first_seen: now,
@@ -926,7 +1325,9 @@ mod tests {
         assert_eq!(g.banned_count(), 0);
         let expired = events(&mut rx);
         assert_eq!(expired.len(), 3);
-        assert!(expired.contains(&Event::Expired { source: a }));
+        assert!(expired.contains(&Event::Expired {
+            source: Source::host(a)
+        }));
         g.tick(201);
         assert!(events(&mut rx).is_empty(), "one event per expiry");
     }
@@ -937,7 +1338,7 @@ mod tests {
         g.tick(10);
         let (cli, mine) = (ip("192.0.2.1"), ip("192.0.2.2"));
         g.replace(&[ban("192.0.2.1", 1000)], &[], &[], false);
-        assert!(g.scanner(mine, "friendly-scanner"));
+        assert!(g.scanner(mine, "friendly-scanner", Proof::Spoofable));
         assert_eq!(bans(&mut rx)[0].reason, "scanner.user_agent");
         // The CLI removed its ban; the store does not hold the scanner ban yet.
         g.replace(&[], &[], &[], true);
@@ -947,7 +1348,12 @@ mod tests {
             Admission::Banned,
             "kept until the store has it"
         );
-        assert_eq!(events(&mut rx), vec![Event::Unban { source: cli }]);
+        assert_eq!(
+            events(&mut rx),
+            vec![Event::Unban {
+                source: Source::host(cli)
+            }]
+        );
         // A ban made with the CLI is announced once, and counted by its reason.
         let mut by_hand = ban("192.0.2.3", 1000);
         by_hand.detail = "seen in the CDRs".into();
@@ -1027,8 +1433,9 @@ mod tests {
     fn the_trust_table_is_bounded() {
         let (g, _rx) = guard(BanPolicy::default());
         for i in 0..(TABLE_CAPACITY as u32 + 500) {
-            g.auth_success(IpAddr::from(i.to_be_bytes()), "a", 0);
-            g.auth_success(IpAddr::from(i.to_be_bytes()), "a", 1); // a refresh adds nothing
+            let id = format!("a{}", i % 2000);
+            g.auth_success(IpAddr::from(i.to_be_bytes()), &id, 0);
+            g.auth_success(IpAddr::from(i.to_be_bytes()), &id, 1); // a refresh adds nothing
         }
         let t = g.trusted.lock().expect("lock");
         assert_eq!(t.pairs, TABLE_CAPACITY);
@@ -1036,6 +1443,310 @@ mod tests {
             t.until.values().map(HashMap::len).sum::<usize>(),
             TABLE_CAPACITY
         );
+        assert!(t.order.len() <= 2 * TABLE_CAPACITY);
+    }
+
+    /// Registrations for the tests: the addresses a live binding was made from.
+    #[derive(Debug, Default)]
+    struct Live(Mutex<HashSet<IpAddr>>);
+
+    impl Registrations for Live {
+        fn live_from(&self, ip: IpAddr) -> bool {
+            lock(&self.0).contains(&ip)
+        }
+    }
+
+    fn with_live(g: &Guard, ips: &[IpAddr]) -> Arc<Live> {
+        let live = Arc::new(Live::default());
+        lock(&live.0).extend(ips.iter().copied());
+        g.set_registrations(live.clone());
+        live
+    }
+
+    #[test]
+    fn one_credential_cannot_flush_the_trust_table() {
+        // Issue #17: one account's credentials from 65,600 addresses pushed an office
+        // phone's trust out; its weak password then got 401 on its next refresh, and
+        // the office lost its flood allowance.
+        let (g, mut rx) = guard(BanPolicy::default());
+        let office = ip("198.51.100.20");
+        let phone = account("weak1001", true);
+        g.auth_success(office, "weak1001", 0);
+        for i in 0..65_600u32 {
+            g.auth_success(
+                IpAddr::from((0x0a00_0000 + i).to_be_bytes()),
+                "attacker2000",
+                1,
+            );
+        }
+        assert!(
+            g.may_authenticate(office, &phone, 2),
+            "the office's weak phone still logs in"
+        );
+        assert_eq!(g.standing(office, 2), Some(Standing::Authenticated));
+        let t = g.trusted.lock().expect("lock");
+        let attackers: usize = t
+            .until
+            .values()
+            .filter(|m| m.contains_key("attacker2000"))
+            .count();
+        assert_eq!(attackers, 64, "capped per account");
+        drop(t);
+        assert!(
+            g.may_authenticate(
+                IpAddr::from((0x0a00_0000u32 + 65_599).to_be_bytes()),
+                &account("attacker2000", true),
+                2
+            ),
+            "the newest pairs of the account are the ones kept"
+        );
+        assert!(events(&mut rx).is_empty());
+    }
+
+    #[test]
+    fn a_pair_for_a_live_registration_is_never_pushed_out() {
+        let (g, _rx) = guard(BanPolicy {
+            trusted_per_account: 2,
+            ..Default::default()
+        });
+        let (a, b, c, d) = (
+            ip("192.0.2.1"),
+            ip("192.0.2.2"),
+            ip("192.0.2.3"),
+            ip("192.0.2.4"),
+        );
+        let live = with_live(&g, &[a]);
+        let x = account("x", true);
+        g.auth_success(a, "x", 0);
+        g.auth_success(b, "x", 0);
+        g.auth_success(c, "x", 0);
+        assert!(g.may_authenticate(a, &x, 1), "registered: kept");
+        assert!(
+            !g.may_authenticate(b, &x, 1),
+            "the oldest unregistered one went"
+        );
+        assert!(g.may_authenticate(c, &x, 1));
+        // Every pair of the account registered: a new address is not trusted, nothing goes.
+        lock(&live.0).insert(c);
+        g.auth_success(d, "x", 0);
+        assert!(g.may_authenticate(a, &x, 1) && g.may_authenticate(c, &x, 1));
+        assert!(!g.may_authenticate(d, &x, 1));
+        // Across accounts too: with the table full, live pairs stay and others go.
+        let (g, _rx) = guard(BanPolicy::default());
+        let office = ip("203.0.113.7");
+        with_live(&g, &[office]);
+        g.auth_success(office, "office", 0);
+        for i in 0..(TABLE_CAPACITY as u32 + 100) {
+            g.auth_success(
+                IpAddr::from((0x0a00_0000 + i).to_be_bytes()),
+                &format!("acc{}", i / 60),
+                1,
+            );
+        }
+        assert!(g.may_authenticate(office, &account("office", true), 2));
+        assert_eq!(lock(&g.trusted).pairs, TABLE_CAPACITY);
+    }
+
+    #[test]
+    fn a_forged_scanner_user_agent_never_bans_a_source_with_standing() {
+        let (g, mut rx) = guard(BanPolicy::default());
+        g.tick(100);
+        let office = ip("198.51.100.20");
+        g.auth_success(office, "alice1001", 50);
+        assert!(
+            g.scanner(office, "friendly-scanner", Proof::Spoofable),
+            "the request is dropped"
+        );
+        assert!(g.admits(office), "but the office is not banned");
+        let withheld = events(&mut rx);
+        assert_eq!(
+            withheld,
+            vec![Event::Withheld {
+                source: Source::host(office),
+                reason: Reason::Scanner,
+                standing: Standing::Authenticated,
+                signal: "User-Agent of a scanner: SIPVicious 0.2/0.3 (svmap, svwar, svcrack)"
+                    .into(),
+            }]
+        );
+        let line = withheld[0].to_json(None).to_string();
+        assert!(
+            line.contains(r#""event":"ban_withheld""#) && line.contains("does not prove"),
+            "{line}"
+        );
+        assert!(g.scanner(office, "friendly-scanner", Proof::Spoofable));
+        assert!(
+            events(&mut rx).is_empty(),
+            "one event a minute, not one per packet"
+        );
+        assert_eq!(g.metrics.bans_withheld.load(Ordering::Relaxed), 2);
+        // A live registration is standing too.
+        let registered = ip("198.51.100.21");
+        with_live(&g, &[registered]);
+        assert!(g.scanner(registered, "sipvicious", Proof::Spoofable));
+        assert!(g.admits(registered));
+        assert!(matches!(
+            events(&mut rx).as_slice(),
+            [Event::Withheld {
+                standing: Standing::Registered,
+                ..
+            }]
+        ));
+        // Over TCP the handshake proved the source: banned whatever its standing.
+        assert!(g.scanner(office, "friendly-scanner", Proof::Handshake));
+        assert!(!g.admits(office));
+        assert_eq!(bans(&mut rx)[0].reason, "scanner.user_agent");
+        // Control: the same datagram from an address with no history bans as before.
+        let stranger = ip("192.0.2.50");
+        assert!(g.scanner(stranger, "friendly-scanner", Proof::Spoofable));
+        assert!(!g.admits(stranger));
+    }
+
+    #[test]
+    fn a_forged_flood_from_an_office_is_held_to_its_limit_and_never_banned() {
+        // Issue #17: ~5,000 forged datagrams in 10 s banned a trusted office for a day.
+        let (g, mut rx) = guard(BanPolicy::default());
+        let office = ip("198.51.100.20");
+        g.auth_success(office, "alice1001", 990);
+        let mut admitted = 0;
+        for t in 0..20 {
+            g.tick(1000 + t);
+            for _ in 0..600 {
+                match g.admit(office) {
+                    Admission::Admit => admitted += 1,
+                    Admission::Silenced => {}
+                    Admission::Banned => panic!("banned at {t} s"),
+                }
+            }
+        }
+        assert!(g.admits(office));
+        // 600 a second against a limit of 3,000 in 10 s: all of the first 5 s, then 300
+        // in each second (the limit's share), which the office's own packets compete for.
+        assert_eq!(admitted, 3000 + 15 * 300, "admitted of 12,000");
+        // The forged packets stop: the next second answers the office again, although
+        // the window still counts the flood.
+        g.tick(1020);
+        assert_eq!(g.admit(office), Admission::Admit);
+        let ev = events(&mut rx);
+        assert!(
+            !ev.is_empty()
+                && ev.iter().all(|e| matches!(
+                    e,
+                    Event::Withheld {
+                        reason: Reason::Flood,
+                        standing: Standing::Authenticated,
+                        ..
+                    }
+                )),
+            "{ev:?}"
+        );
+        assert!(ev.len() <= 2, "one event a minute: {ev:?}");
+        // Control: the same packets from an address with no history ban it.
+        let stranger = ip("192.0.2.66");
+        let verdicts: Vec<Admission> = (0..600).map(|_| g.admit(stranger)).collect();
+        assert_eq!(verdicts.last(), Some(&Admission::Banned));
+        assert_eq!(bans(&mut rx)[0].reason, "flood.requests");
+        // Over a connection (a TCP handshake) the office's flood bans too.
+        let (g, mut rx) = guard(BanPolicy::default());
+        g.tick(1000);
+        g.auth_success(office, "alice1001", 990);
+        let verdicts: Vec<Admission> = (0..5001).map(|_| g.admit_on_connection(office)).collect();
+        assert_eq!(verdicts.last(), Some(&Admission::Banned));
+        assert_eq!(bans(&mut rx)[0].source, "198.51.100.20");
+    }
+
+    #[test]
+    fn ipv6_counts_per_address_and_per_prefix_and_bans_say_which() {
+        let (g, mut rx) = guard(BanPolicy::default());
+        g.tick(1000);
+        // One address floods: that address is banned, its /64 neighbours are not.
+        let one = ip("2001:db8:1:2::1");
+        let verdicts: Vec<Admission> = (0..51).map(|_| g.admit(one)).collect();
+        assert_eq!(verdicts.last(), Some(&Admission::Banned));
+        assert_eq!(bans(&mut rx)[0].source, "2001:db8:1:2::1");
+        assert!(g.admits(ip("2001:db8:1:2::2")));
+        // Many addresses of one /64, each under its own limit: the prefix is banned.
+        let (g, mut rx) = guard(BanPolicy::default());
+        g.tick(1000);
+        let mut last = Admission::Admit;
+        for i in 0..201u16 {
+            let a = IpAddr::from([0x2001, 0xdb8, 1, 2, 0, 0, 0x10, i]);
+            last = g.admit(a);
+        }
+        assert_eq!(last, Admission::Banned, "a /64 may send 4 × 50");
+        let b = bans(&mut rx).pop().expect("ban");
+        assert_eq!(
+            (b.source.as_str(), b.reason.as_str()),
+            ("2001:db8:1:2::/64", "flood.requests")
+        );
+        assert!(!g.admits(ip("2001:db8:1:2:ffff::9")), "the whole /64");
+        assert!(g.admits(ip("2001:db8:1:3::1")), "not the next one");
+        assert_eq!(g.banned_count(), 1);
+        // An allow-listed address inside a banned prefix stays in.
+        g.replace(
+            &[ban("2001:db8:1:2::/64", 5000)],
+            &[allow("2001:db8:1:2::77/128")],
+            &[],
+            false,
+        );
+        assert!(g.admits(ip("2001:db8:1:2::77")) && !g.admits(ip("2001:db8:1:2::78")));
+        assert!(
+            g.kernel_drop_list().is_empty(),
+            "prefixes stay in user space"
+        );
+        g.tick(5000);
+        assert!(g.admits(ip("2001:db8:1:2::78")), "expired");
+        // An allow-listed address over the prefix's limit stays in; the rest of its
+        // /64 does not get its exemption.
+        let (g, mut rx) = guard(BanPolicy::default());
+        g.tick(1000);
+        g.replace(&[], &[allow("2001:db8:7:7::1/128")], &[], false);
+        for _ in 0..300 {
+            assert_eq!(g.admit(ip("2001:db8:7:7::1")), Admission::Admit);
+        }
+        // Its first 30 count (under its own limit it is not asked), the rest do not.
+        let others: Vec<Admission> = (1..=170u16)
+            .map(|i| g.admit(IpAddr::from([0x2001, 0xdb8, 7, 7, 0, 0, 1, i])))
+            .collect();
+        assert!(
+            !others.contains(&Admission::Banned),
+            "an allow-listed host's traffic does not ban its neighbours"
+        );
+        let others: Vec<Admission> = (171..=250u16)
+            .map(|i| g.admit(IpAddr::from([0x2001, 0xdb8, 7, 7, 0, 0, 1, i])))
+            .collect();
+        assert!(others.contains(&Admission::Banned), "{others:?}");
+        assert_eq!(
+            bans(&mut rx).pop().map(|b| b.source).as_deref(),
+            Some("2001:db8:7:7::/64")
+        );
+        assert!(
+            g.admits(ip("2001:db8:7:7::1")),
+            "the allow list wins over the prefix ban"
+        );
+        // Failures spread over a /64: 40 (4 × 10) ban the prefix.
+        let (g, mut rx) = guard(BanPolicy::default());
+        for i in 0..40u16 {
+            g.auth_failure(
+                IpAddr::from([0x2001, 0xdb8, 9, 9, 0, 0, 0, i]),
+                "x",
+                false,
+                10,
+            );
+        }
+        let b = bans(&mut rx).pop().expect("ban");
+        assert_eq!(b.source, "2001:db8:9:9::/64");
+        assert!(
+            b.detail.contains("from addresses of this network"),
+            "{}",
+            b.detail
+        );
+        // ::1 counts as itself (and ::/64).
+        let (g, mut rx) = guard(BanPolicy::default());
+        for t in 0..10 {
+            g.auth_failure(ip("::1"), "x", false, t);
+        }
+        assert_eq!(bans(&mut rx)[0].source, "::1");
     }
 
     #[test]
@@ -1078,7 +1789,7 @@ mod tests {
         assert_eq!(
             events(&mut rx),
             vec![Event::Silenced {
-                source: src,
+                source: Source::host(src),
                 requests: 31
             }],
             "one event per window, not per packet"
@@ -1123,6 +1834,9 @@ mod tests {
         g.auth_success(office, "alice1001", 990);
         for _ in 0..3000 {
             assert_eq!(g.admit(office), Admission::Admit);
+        }
+        for _ in 0..300 {
+            assert_eq!(g.admit(office), Admission::Admit, "this second's share");
         }
         assert_eq!(g.admit(office), Admission::Silenced);
         let trunk = ip("10.9.9.9");
@@ -1237,7 +1951,7 @@ mod tests {
         assert_ne!(g.generation(), before);
         assert_eq!(g.kernel_drop_list(), vec![Ipv4Addr::new(192, 0, 2, 1)]);
         let before = g.generation();
-        g.scanner(ip("192.0.2.3"), "sipcli/v1.8");
+        g.scanner(ip("192.0.2.3"), "sipcli/v1.8", Proof::Spoofable);
         assert_ne!(g.generation(), before, "a new ban moves the generation");
         assert_eq!(g.kernel_drop_list().len(), 2);
     }

@@ -23,6 +23,8 @@ pub struct Metrics {
     /// Bans imposed, by [`policy::ban::Reason`] (indexed by its discriminant).
     pub bans_by_reason: [AtomicU64; policy::ban::Reason::ALL.len()],
     pub silenced: AtomicU64,
+    /// Bans a signal without proof would have imposed on a source with standing.
+    pub bans_withheld: AtomicU64,
     pub refused_credentials: AtomicU64,
     pub accounts_protected: AtomicU64,
     pub ip_uri_dropped: AtomicU64,
@@ -119,6 +121,11 @@ impl Metrics {
                 "sipward_dropped_silenced_total",
                 "packets from sources over the silence rate, dropped unread",
                 get(&self.silenced),
+            ),
+            (
+                "sipward_bans_withheld_total",
+                "bans not imposed: the signal did not prove its source address, and the source has standing (authenticated or registered)",
+                get(&self.bans_withheld),
             ),
             (
                 "sipward_refused_credentials_total",

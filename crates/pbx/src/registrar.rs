@@ -184,12 +184,24 @@ struct State {
     /// How many bindings name each address (as source or as Contact host): the
     /// addresses in-dialog requests may be relayed to.
     hosts: HashMap<IpAddr, u32>,
+    /// How many bindings were made from each source address (their REGISTER answered
+    /// a nonce sent there): the addresses the guard must never ban on a forged signal.
+    sources: HashMap<IpAddr, u32>,
 }
 
 impl State {
     fn count_hosts(&mut self, list: &[Binding], add: bool) {
         for b in list {
             let contact_ip = SipUri::parse(&b.contact).and_then(|u| u.host.parse::<IpAddr>().ok());
+            let source = self.sources.entry(b.source.ip()).or_default();
+            if add {
+                *source += 1;
+            } else {
+                *source = source.saturating_sub(1);
+                if *source == 0 {
+                    self.sources.remove(&b.source.ip());
+                }
+            }
             for ip in
                 std::iter::once(b.source.ip()).chain(contact_ip.filter(|ip| *ip != b.source.ip()))
             {
@@ -441,6 +453,11 @@ impl Registrar {
         self.lock().hosts.contains_key(&ip)
     }
 
+    /// Whether a current binding was registered from this source address.
+    pub fn registered_from(&self, ip: IpAddr) -> bool {
+        self.lock().sources.contains_key(&ip)
+    }
+
     pub fn binding_count(&self) -> usize {
         self.lock().by_number.values().map(Vec::len).sum()
     }
@@ -538,6 +555,12 @@ fn to_row(number: &str, b: &Binding) -> BindingRow {
         source: b.source.to_string(),
         transport: b.transport.as_str().to_owned(),
         generation: b.generation,
+    }
+}
+
+impl crate::guard::Registrations for Registrar {
+    fn live_from(&self, ip: IpAddr) -> bool {
+        self.registered_from(ip)
     }
 }
 

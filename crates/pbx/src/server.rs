@@ -121,6 +121,7 @@ pub async fn bind(
     let bindings = store::bindings::live_bindings(&mut conn, clock.now()).await?;
     // Where phones are registered from is trusted for them, across restarts.
     let guard = Arc::new(Guard::new(cfg.bans.clone(), metrics.clone()));
+    guard.set_registrations(registrar.clone());
     let dir = directory.get();
     for b in &bindings {
         if let (Some(auth_id), Ok(source)) =

@@ -92,6 +92,9 @@ pub enum Check {
     PinContainsNumber,
     FactoryDefaultLogin,
     NoEmail,
+    /// A number, SIP ID or auth ID that is also another account's identifier: calls and
+    /// registrations for it reach the wrong account.
+    IdentityCollision,
     /// A route's rewrite sends numbers out as a higher class than they are dialled.
     RewriteRaisesClass,
     /// A route's rewrite sends numbers that the dial plan reads as a lower class than
@@ -141,6 +144,7 @@ impl Check {
             Check::PinContainsNumber => "pin_contains_number",
             Check::FactoryDefaultLogin => "factory_default_login",
             Check::NoEmail => "no_email",
+            Check::IdentityCollision => "identity_collision",
             Check::RewriteRaisesClass => "rewrite_raises_class",
             Check::RewriteLowersClass => "rewrite_lowers_class",
             Check::FloodLimitsOff => "flood_limits_off",
@@ -172,7 +176,9 @@ impl Check {
         match self {
             PasswordEqualsNumber | PasswordEqualsAuthId | PinEqualsNumber | PasswordTooShort
             | PasswordCommon | PinTooShort | PinTrivial | PinContainsNumber
-            | FactoryDefaultLogin | RewriteRaisesClass | RewriteLowersClass => Severity::Critical,
+            | FactoryDefaultLogin | IdentityCollision | RewriteRaisesClass | RewriteLowersClass => {
+                Severity::Critical
+            }
             // The worst a setting check reports; each finding carries its own, by how
             // much the setting opens (see `crate::weakening`).
             FloodLimitsOff
@@ -329,7 +335,13 @@ pub struct Auditor<'a> {
     domain_tokens: Vec<String>,
     findings: Vec<Finding>,
     by_password: HashMap<&'a str, Vec<(Kind, String)>>,
+    /// Every number, SIP ID and auth ID of extensions and gateways, with its owners.
+    by_identity: HashMap<&'a str, Vec<Owner>>,
 }
+
+/// An account holding an identifier: its kind, its id and the field (`number`,
+/// `sip_id`, `auth_id`).
+type Owner = (Kind, String, &'static str);
 
 impl<'a> Auditor<'a> {
     pub fn new(ctx: Context<'a>) -> Self {
@@ -338,6 +350,7 @@ impl<'a> Auditor<'a> {
             ctx,
             findings: Vec::new(),
             by_password: HashMap::new(),
+            by_identity: HashMap::new(),
         }
     }
 
@@ -428,6 +441,11 @@ impl<'a> Auditor<'a> {
             );
         }
         self.track_reuse(k, id, e.password);
+        self.track_identity(k, id, e.number, "number");
+        if let Some(s) = e.sip_id {
+            self.track_identity(k, id, s, "sip_id");
+        }
+        self.track_identity(k, id, e.auth_id, "auth_id");
     }
 
     pub fn gateway(&mut self, g: &GatewayFacts<'a>) {
@@ -476,6 +494,8 @@ impl<'a> Auditor<'a> {
         };
         self.password_rules(k, id, g.password, g.password_score, identity);
         self.track_reuse(k, id, g.password);
+        self.track_identity(k, id, g.number, "number");
+        self.track_identity(k, id, g.auth_id, "auth_id");
     }
 
     pub fn provider(&mut self, p: &ProviderFacts<'a>) {
@@ -664,8 +684,58 @@ impl<'a> Auditor<'a> {
             .push((kind, id.to_owned()));
     }
 
-    /// All findings, with the reuse findings added, sorted by subject then rule.
+    fn track_identity(&mut self, kind: Kind, id: &str, value: &'a str, field: &'static str) {
+        let owners = self.by_identity.entry(value).or_default();
+        // An account's own identifiers may repeat each other (other rules flag that).
+        if !owners.iter().any(|(k, i, _)| *k == kind && i == id) {
+            owners.push((kind, id.to_owned(), field));
+        }
+    }
+
+    /// `ext.identity_collision` / `gateway.identity_collision`: a number, SIP ID or auth
+    /// ID that several accounts hold (data from before the check on add, update and
+    /// import, or restored). One finding per account, on the field that collides.
+    fn identity_collisions(&mut self) {
+        let mut groups: Vec<(&'a str, Vec<Owner>)> = std::mem::take(&mut self.by_identity)
+            .into_iter()
+            .filter(|(_, g)| g.len() > 1)
+            .collect();
+        groups.sort();
+        let label = |f: &str| match f {
+            "sip_id" => "SIP ID",
+            "auth_id" => "auth ID",
+            _ => "number",
+        };
+        for (value, group) in groups {
+            for (i, (kind, id, field)) in group.iter().enumerate() {
+                let others: Vec<String> = group
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, (k, o, f))| format!("{}'s {}", k.subject(o), label(f)))
+                    .collect();
+                self.findings.push(Finding {
+                    rule: RuleId {
+                        kind: *kind,
+                        check: Check::IdentityCollision,
+                    },
+                    severity: Check::IdentityCollision.severity(),
+                    subject: kind.subject(id),
+                    field,
+                    message: format!(
+                        "the {} {value} is also {}: calls and registrations for {value} can reach the wrong account; give each account identifiers of its own",
+                        label(field),
+                        others.join(" and ")
+                    ),
+                });
+            }
+        }
+    }
+
+    /// All findings, with the reuse and collision findings added, sorted by subject
+    /// then rule.
     pub fn finish(mut self) -> Vec<Finding> {
+        self.identity_collisions();
         let groups: Vec<Vec<(Kind, String)>> = std::mem::take(&mut self.by_password)
             .into_values()
             .filter(|g| g.len() > 1)
@@ -984,6 +1054,80 @@ mod tests {
                 assert!(!f.message.contains(s), "{f:?} leaks {s}");
             }
         }
+    }
+
+    #[test]
+    fn identifiers_shared_between_accounts_are_critical_collisions() {
+        let policy = PolicyConfig::default();
+        let mut a = Auditor::new(Context {
+            policy: &policy,
+            domain: None,
+        });
+        // Issue #17: `ext add 2104 --sip-id 2102` while 2102 exists.
+        a.extension(&ExtensionFacts {
+            number: "2102",
+            auth_id: "a2102kq8",
+            ..strong_ext()
+        });
+        a.extension(&ExtensionFacts {
+            number: "2104",
+            sip_id: Some("2102"),
+            auth_id: "a2104kq8",
+            password: "Qm7vLx2Rt9Wz4Kp8Hn3B",
+            ..strong_ext()
+        });
+        // A gateway whose auth ID is an extension's auth ID.
+        a.gateway(&GatewayFacts {
+            name: "gw1",
+            vendor: "generic",
+            number: "4001",
+            auth_id: "a2104kq8",
+            password: "Zp4Wn8Kq2Lx7Rm3Tv9Yb",
+            password_score: None,
+        });
+        // Its own SIP ID equal to its own number is a warning of its own, not a collision.
+        a.extension(&ExtensionFacts {
+            number: "2105",
+            sip_id: Some("2105"),
+            auth_id: "a2105kq8",
+            password: "Hb6Ty3Nq9Ws2Lp5Xc8Vm",
+            ..strong_ext()
+        });
+        let found = a.finish();
+        let collisions: Vec<(&str, &str, &str)> = found
+            .iter()
+            .filter(|f| f.rule.check == Check::IdentityCollision)
+            .map(|f| (f.subject.as_str(), f.field, f.severity.as_str()))
+            .collect();
+        assert_eq!(
+            collisions,
+            vec![
+                ("ext:2102", "number", "critical"),
+                ("ext:2104", "sip_id", "critical"),
+                ("ext:2104", "auth_id", "critical"),
+                ("gateway:gw1", "auth_id", "critical"),
+            ]
+        );
+        let f = found
+            .iter()
+            .find(|f| f.subject == "ext:2104" && f.field == "sip_id")
+            .expect("finding");
+        assert_eq!(f.rule.to_string(), "ext.identity_collision");
+        assert!(
+            f.message.contains("SIP ID 2102 is also ext:2102's number"),
+            "{}",
+            f.message
+        );
+        assert!(
+            found.iter().any(
+                |f| f.subject == "ext:2105" && f.rule.to_string() == "ext.sip_id_equals_number"
+            )
+        );
+        assert!(
+            !found
+                .iter()
+                .any(|f| f.subject == "ext:2105" && f.rule.check == Check::IdentityCollision)
+        );
     }
 
     #[test]

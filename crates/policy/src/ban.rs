@@ -1,13 +1,122 @@
 //! Ban decisions, pure: how many failures within which window earn a ban, and how long
-//! it lasts (escalating for repeat offenders). The server counts; these rules decide.
+//! it lasts (escalating for repeat offenders); which signals prove the address they came
+//! from and may therefore punish it ([`Proof`], [`may_ban`]); and what a ban covers, one
+//! address or a network prefix ([`Source`]). The server counts; these rules decide.
 
 use std::collections::VecDeque;
+use std::fmt;
+use std::net::IpAddr;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+/// What a ban or a count covers: one address, or a network prefix (an IPv6 /64 by
+/// default) when the traffic came from many addresses of one network. An attacker with
+/// an IPv6 /64 holds 2^64 addresses: counting per address alone never bans it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Source(IpNet);
+
+impl Source {
+    /// One address.
+    pub fn host(ip: IpAddr) -> Self {
+        Self(IpNet::from(ip))
+    }
+
+    /// A network (host bits cleared); a full-length network is the address itself.
+    pub fn net(net: IpNet) -> Self {
+        Self(net.trunc())
+    }
+
+    /// An address (`192.0.2.7`, `2001:db8::1`) or a network in CIDR form
+    /// (`2001:db8:1:2::/64`), as ban records and the CLI write them.
+    pub fn parse(text: &str) -> Option<Self> {
+        let t = text.trim();
+        if let Ok(ip) = t.parse::<IpAddr>() {
+            return Some(Self::host(ip));
+        }
+        t.parse::<IpNet>().ok().map(Self::net)
+    }
+
+    pub fn network(&self) -> IpNet {
+        self.0
+    }
+
+    /// Whether this is a prefix (more than one address).
+    pub fn is_prefix(&self) -> bool {
+        self.0.prefix_len() < self.0.max_prefix_len()
+    }
+
+    /// The address itself, for a single address.
+    pub fn address(&self) -> Option<IpAddr> {
+        (!self.is_prefix()).then(|| self.0.addr())
+    }
+
+    pub fn covers(&self, ip: IpAddr) -> bool {
+        self.0.contains(&ip)
+    }
+}
+
+/// An address prints bare (`192.0.2.7`), a prefix in CIDR form (`2001:db8:1:2::/64`).
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.address() {
+            Some(ip) => write!(f, "{ip}"),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+/// Whether a signal proves that the packet really came from its source address. Only
+/// proof may punish a source that has shown it is legitimate: a UDP source address is
+/// whatever the sender wrote, so a spoofed datagram must never get an office banned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proof {
+    /// Anything a forged UDP datagram can carry: a packet rate, a User-Agent, a bare-IP
+    /// Request-URI, a malformed message.
+    Spoofable,
+    /// The packet came over a connection whose TCP handshake the source completed.
+    Handshake,
+    /// The request answered a digest nonce sent to that very address.
+    Nonce,
+}
+
+impl Proof {
+    pub fn proves_source(self) -> bool {
+        !matches!(self, Proof::Spoofable)
+    }
+}
+
+/// Why a source has shown it is legitimate: such a source is never banned on a signal
+/// without [`Proof`], only silenced for that signal, briefly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// An account authenticated from it within the trust window (`trusted_secs`).
+    Authenticated,
+    /// A registration made from it is live.
+    Registered,
+}
+
+impl Standing {
+    /// Why a ban was withheld, in words (the security event's detail).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Standing::Authenticated => {
+                "an account authenticated from this source within the trust window"
+            }
+            Standing::Registered => "a registration made from this source is live",
+        }
+    }
+}
+
+/// The rule: a signal may ban a source when it proves the source address, or when the
+/// source has no standing. Otherwise the source is silenced for that signal only.
+pub fn may_ban(proof: Proof, standing: Option<Standing>) -> bool {
+    proof.proves_source() || standing.is_none()
+}
 
 /// Why a source was banned: the stable ids that ban records, security events and the
 /// `sipward_bans_total{reason}` metric carry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
     AuthFailures,
     Flood,
@@ -103,6 +212,19 @@ pub struct BanPolicy {
     pub provisioning_probes: u32,
     pub provisioning_window_secs: i64,
     pub provisioning_ban_secs: i64,
+    /// Flood limits, failures and bans also count per network prefix of this length:
+    /// an IPv6 /64 is one site (one subscriber, one office LAN), however many addresses
+    /// it uses. 128 counts per address only.
+    pub ipv6_prefix: u8,
+    /// The same for IPv4 (32: per address only, the default; one IPv4 address is
+    /// usually one site already).
+    pub ipv4_prefix: u8,
+    /// A prefix is held to limits this many times an address's, so one misbehaving
+    /// host is banned alone and a prefix is banned when many of its addresses add up.
+    pub prefix_factor: u32,
+    /// Trusted (address, auth ID) pairs kept per account: one credential used from
+    /// thousands of addresses cannot push other accounts' trust out of the table.
+    pub trusted_per_account: u32,
 }
 
 /// What a weak account may do (see [`BanPolicy::weak_credentials`]).
@@ -152,6 +274,10 @@ impl Default for BanPolicy {
             provisioning_probes: 10,
             provisioning_window_secs: 600,
             provisioning_ban_secs: 86_400,
+            ipv6_prefix: 64,
+            ipv4_prefix: 32,
+            prefix_factor: 4,
+            trusted_per_account: 64,
         }
     }
 }
@@ -235,6 +361,18 @@ impl BanPolicy {
         if self.decoys.len() > 100 {
             return Err("guard.decoys may name at most 100 user names".into());
         }
+        if !(32..=128).contains(&self.ipv6_prefix) {
+            return Err("guard.ipv6_prefix must be between 32 and 128".into());
+        }
+        if !(16..=32).contains(&self.ipv4_prefix) {
+            return Err("guard.ipv4_prefix must be between 16 and 32".into());
+        }
+        if !(1..=1000).contains(&self.prefix_factor) {
+            return Err("guard.prefix_factor must be between 1 and 1000".into());
+        }
+        if !(1..=65_536).contains(&self.trusted_per_account) {
+            return Err("guard.trusted_per_account must be between 1 and 65536".into());
+        }
         if let Some(d) = self.decoys.iter().find(|d| {
             d.is_empty() || d.len() > 64 || d.chars().any(|c| c.is_whitespace() || c.is_control())
         }) {
@@ -253,6 +391,28 @@ impl BanPolicy {
             self.silence_requests.saturating_mul(f),
             self.flood_requests.saturating_mul(f),
         )
+    }
+
+    /// The prefix `ip` is counted under besides itself, when the configured length is
+    /// shorter than an address (`None` for IPv4 by default).
+    pub fn prefix_of(&self, ip: IpAddr) -> Option<Source> {
+        let len = match ip {
+            IpAddr::V4(_) => self.ipv4_prefix,
+            IpAddr::V6(_) => self.ipv6_prefix,
+        };
+        let net = IpNet::new(ip, len).ok()?;
+        let s = Source::net(net);
+        s.is_prefix().then_some(s)
+    }
+
+    /// A count limit for `source`: as configured for an address, times
+    /// `prefix_factor` for a prefix.
+    pub fn scaled(&self, limit: u32, source: &Source) -> u32 {
+        if source.is_prefix() {
+            limit.saturating_mul(self.prefix_factor)
+        } else {
+            limit
+        }
     }
 
     /// How many bans this source has had in the repeat window, counting the new one.
@@ -403,6 +563,77 @@ mod tests {
     }
 
     #[test]
+    fn only_proof_punishes_a_source_with_standing() {
+        for standing in [Some(Standing::Authenticated), Some(Standing::Registered)] {
+            assert!(
+                !may_ban(Proof::Spoofable, standing),
+                "a spoofable signal never bans a source with {standing:?}"
+            );
+            assert!(may_ban(Proof::Handshake, standing));
+            assert!(may_ban(Proof::Nonce, standing));
+        }
+        assert!(
+            may_ban(Proof::Spoofable, None),
+            "a source with no history is banned as before"
+        );
+        assert!(Standing::Registered.describe().contains("registration"));
+    }
+
+    #[test]
+    fn sources_are_addresses_or_prefixes_and_print_as_ban_records_do() {
+        let p = BanPolicy::default();
+        let v6: IpAddr = "2001:db8:1:2:aaaa::7".parse().expect("ip");
+        let prefix = p.prefix_of(v6).expect("a /64");
+        assert_eq!(prefix.to_string(), "2001:db8:1:2::/64");
+        assert!(prefix.is_prefix() && prefix.covers(v6));
+        assert!(!prefix.covers("2001:db8:1:3::1".parse().expect("ip")));
+        assert_eq!(
+            p.prefix_of("::1".parse().expect("ip"))
+                .map(|s| s.to_string())
+                .as_deref(),
+            Some("::/64")
+        );
+        assert_eq!(
+            p.prefix_of("192.0.2.7".parse().expect("ip")),
+            None,
+            "IPv4 counts per address by default"
+        );
+        let p24 = BanPolicy {
+            ipv4_prefix: 24,
+            ..Default::default()
+        };
+        assert_eq!(
+            p24.prefix_of("192.0.2.7".parse().expect("ip"))
+                .map(|s| s.to_string())
+                .as_deref(),
+            Some("192.0.2.0/24")
+        );
+        let host = Source::host(v6);
+        assert_eq!(host.to_string(), "2001:db8:1:2:aaaa::7");
+        assert_eq!(host.address(), Some(v6));
+        assert_eq!(Source::parse("2001:db8:1:2::/64"), Some(prefix));
+        assert_eq!(
+            Source::parse("2001:db8:1:2:1::/64"),
+            Some(prefix),
+            "host bits cleared"
+        );
+        assert_eq!(
+            Source::parse(" 192.0.2.7 "),
+            Some(Source::host("192.0.2.7".parse().expect("ip")))
+        );
+        assert_eq!(
+            Source::parse("192.0.2.7/32"),
+            Source::parse("192.0.2.7"),
+            "a /32 is the address"
+        );
+        for bad in ["", "x", "192.0.2.0/33", "2001:db8::/129"] {
+            assert_eq!(Source::parse(bad), None, "{bad}");
+        }
+        assert_eq!(p.scaled(10, &prefix), 40);
+        assert_eq!(p.scaled(10, &host), 10);
+    }
+
+    #[test]
     fn nonsense_is_refused() {
         for bad in [
             BanPolicy {
@@ -415,6 +646,22 @@ mod tests {
             },
             BanPolicy {
                 decoys: vec!["two words".into()],
+                ..Default::default()
+            },
+            BanPolicy {
+                ipv6_prefix: 8,
+                ..Default::default()
+            },
+            BanPolicy {
+                ipv4_prefix: 33,
+                ..Default::default()
+            },
+            BanPolicy {
+                prefix_factor: 0,
+                ..Default::default()
+            },
+            BanPolicy {
+                trusted_per_account: 0,
                 ..Default::default()
             },
         ] {

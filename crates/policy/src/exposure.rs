@@ -19,6 +19,11 @@ pub struct Facts {
     pub remote_declared: bool,
     /// Extensions registered right now from public addresses: (number, address).
     pub remote_seen: Vec<(String, IpAddr)>,
+    /// `[http] trusted_proxies`, as configured.
+    pub trusted_proxies: Vec<String>,
+    /// Requests with `Forwarded` / `X-Forwarded-For` from an address not among them,
+    /// seen lately by the running server: (how many, the last such address).
+    pub forwarded_untrusted: Option<(u64, IpAddr)>,
 }
 
 /// One port and whether the internet must reach it.
@@ -167,7 +172,7 @@ pub fn advise(f: &Facts) -> Advice {
         open: false,
         from: vec![],
         why: if remote {
-            "remote phones fetch their files under /prov/: publish only that path through an HTTPS reverse proxy, never this port itself (it also serves /metrics and the console)".into()
+            "remote phones fetch their files under /prov/: publish only that path through an HTTPS reverse proxy, never this port itself (it also serves /metrics and the console), and list the proxy in [http] trusted_proxies".into()
         } else {
             "phones on the LAN fetch their files here; nothing outside needs it".into()
         },
@@ -192,6 +197,20 @@ pub fn advise(f: &Facts) -> Advice {
             message: format!(
                 "the console listens on the common port {}; keep it off the internet",
                 f.http_port
+            ),
+        });
+    }
+    if remote && f.trusted_proxies.is_empty() {
+        warnings.push(Warning {
+            id: "http.trusted_proxies",
+            message: "remote phones reach provisioning through a reverse proxy, so every request comes from the proxy's address: list it in [http] trusted_proxies = [\"ADDRESS\"], so that bans, provisioning probe counting, the console's allow list and the audit log see each phone's real address (Forwarded / X-Forwarded-For are honoured only from listed proxies). Without it, a few bad requests from anywhere ban the proxy and every remote phone with it, and allow-listing the proxy turns probe detection off".into(),
+        });
+    }
+    if let Some((count, from)) = f.forwarded_untrusted {
+        warnings.push(Warning {
+            id: "http.forwarded_untrusted",
+            message: format!(
+                "{count} HTTP requests carried Forwarded / X-Forwarded-For from addresses not in [http] trusted_proxies (the last from {from}); they were judged by that address, not the one they name. If {from} is your reverse proxy, list it; if not, someone is posing as other clients"
             ),
         });
     }
@@ -272,6 +291,45 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")
+    }
+
+    #[test]
+    fn the_advisor_explains_trusted_proxies_and_warns_about_unlisted_forwarding() {
+        let mut f = facts();
+        f.remote_declared = true;
+        let a = advise(&f);
+        let w = a
+            .warnings
+            .iter()
+            .find(|w| w.id == "http.trusted_proxies")
+            .expect("explained");
+        assert!(
+            w.message.contains("[http] trusted_proxies"),
+            "{}",
+            w.message
+        );
+        f.trusted_proxies = vec!["192.0.2.10/32".into()];
+        assert!(
+            advise(&f)
+                .warnings
+                .iter()
+                .all(|w| w.id != "http.trusted_proxies")
+        );
+        f.forwarded_untrusted = Some((3, ip("198.51.100.9")));
+        let a = advise(&f);
+        let w = a
+            .warnings
+            .iter()
+            .find(|w| w.id == "http.forwarded_untrusted")
+            .expect("warned");
+        assert!(w.message.starts_with("3 HTTP requests") && w.message.contains("198.51.100.9"));
+        assert!(
+            advise(&facts())
+                .warnings
+                .iter()
+                .all(|w| !w.id.starts_with("http.t") && w.id != "http.forwarded_untrusted"),
+            "nothing to say on a LAN-only set-up without such requests"
+        );
     }
 
     #[test]

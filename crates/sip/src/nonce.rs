@@ -3,14 +3,17 @@
 //! state; it is bound to the address it was issued to and expires (RFC 7616 §3.3
 //! `stale=true` when only its age is wrong). The salt makes every nonce unique, even for
 //! many clients behind one address in the same second (each then counts `nc` from 1 on
-//! its own nonce). Replayed `nc` values are refused by [`NcTracker`], which is bounded.
+//! its own nonce): it is the nonce's *serial* (a per-process counter) under a keyed
+//! permutation, so only the server can read the order nonces were issued in. Replayed
+//! `nc` values are refused by [`NcTracker`], which is bounded and fails closed: it
+//! remembers up to which serial it has forgotten.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -24,7 +27,11 @@ pub const NONCE_LEN: usize = TS_HEX + SALT_HEX + 2 * MAC_BYTES;
 /// The server's nonce secret (random per process; a restart only means clients get a
 /// fresh challenge).
 pub struct NonceKey {
-    key: [u8; 32],
+    /// HMAC-SHA256 keyed once; cloned for each use (saves the key schedule per nonce).
+    keyed: HmacSha256,
+    /// SHA-256 that has absorbed one secret 64-byte block: the Feistel round function
+    /// (a keyed prefix over fixed-length input, one compression per round).
+    rounds: Sha256,
     issued: AtomicU64,
 }
 
@@ -38,6 +45,8 @@ impl std::fmt::Debug for NonceKey {
 pub enum NonceCheck {
     Valid {
         issued_at: u64,
+        /// The salt as issued; [`NonceKey::serial`] reads the serial out of it.
+        salt: u64,
     },
     /// Ours, but older than the maximum age: re-challenge with `stale=true`.
     Stale,
@@ -45,30 +54,64 @@ pub enum NonceCheck {
     Invalid,
 }
 
+/// Rounds of the Feistel permutation that turns serials into salts (three rounds of a
+/// pseudo-random function make a pseudo-random permutation: Luby and Rackoff).
+const FEISTEL_ROUNDS: u8 = 3;
+
 impl NonceKey {
     pub fn new(key: [u8; 32]) -> Self {
+        // new_from_slice only fails for invalid key lengths; HMAC accepts any length.
+        let keyed =
+            <HmacSha256 as KeyInit>::new_from_slice(&key).unwrap_or_else(|_| unreachable_hmac());
+        // The round key: derived from the nonce key, filling a whole block.
+        let mut block = [0u8; 64];
+        for (i, half) in block.chunks_mut(32).enumerate() {
+            let mut m = keyed.clone();
+            m.update(b"feistel round key");
+            m.update(&[i as u8]);
+            half.copy_from_slice(&m.finalize().into_bytes());
+        }
+        let mut rounds = Sha256::new();
+        Digest::update(&mut rounds, block);
         Self {
-            key,
+            keyed,
+            rounds,
             issued: AtomicU64::new(0),
         }
     }
 
     fn hmac(&self) -> HmacSha256 {
-        // new_from_slice only fails for invalid key lengths; HMAC accepts any length.
-        <HmacSha256 as KeyInit>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable_hmac())
+        self.keyed.clone()
     }
 
-    /// A unique, unpredictable salt: a keyed hash of a per-process counter (the counter
-    /// itself would reveal how many challenges were sent).
+    /// The Feistel round function: 32 pseudo-random bits of round `i` and half `x`.
+    fn round(&self, i: u8, x: u32) -> u32 {
+        let mut m = self.rounds.clone();
+        let x = x.to_be_bytes();
+        Digest::update(&mut m, [i, x[0], x[1], x[2], x[3]]);
+        let out = m.finalize();
+        u32::from_be_bytes([out[0], out[1], out[2], out[3]])
+    }
+
+    /// A unique, unpredictable salt: the next serial under a keyed permutation (the
+    /// serial itself would reveal how many challenges were sent).
     fn next_salt(&self) -> u64 {
         let n = self.issued.fetch_add(1, Ordering::Relaxed);
-        let mut m = self.hmac();
-        m.update(b"salt");
-        m.update(&n.to_be_bytes());
-        let out = m.finalize().into_bytes();
-        u64::from_be_bytes([
-            out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7],
-        ])
+        let (mut l, mut r) = ((n >> 32) as u32, n as u32);
+        for i in 0..FEISTEL_ROUNDS {
+            (l, r) = (r, l ^ self.round(i, r));
+        }
+        (u64::from(l) << 32) | u64::from(r)
+    }
+
+    /// The serial a salt was made from: nonces issued later have higher serials. Call it
+    /// only on a salt from a [`NonceCheck::Valid`] nonce (the MAC vouches for it).
+    pub fn serial(&self, salt: u64) -> u64 {
+        let (mut l, mut r) = ((salt >> 32) as u32, salt as u32);
+        for i in (0..FEISTEL_ROUNDS).rev() {
+            (l, r) = (r ^ self.round(i, l), l);
+        }
+        (u64::from(l) << 32) | u64::from(r)
     }
 
     fn mac(&self, issued_at: u64, salt: u64, source: IpAddr, realm: &str) -> [u8; 32] {
@@ -126,7 +169,7 @@ impl NonceKey {
         if now_secs.saturating_sub(issued_at) > max_age_secs {
             return NonceCheck::Stale;
         }
-        NonceCheck::Valid { issued_at }
+        NonceCheck::Valid { issued_at, salt }
     }
 }
 
@@ -135,15 +178,37 @@ fn unreachable_hmac() -> HmacSha256 {
     panic!("HMAC-SHA256 accepts keys of any length")
 }
 
-/// Remembers the highest `nc` seen per nonce so a captured request cannot be replayed.
-/// Bounded: the oldest entries go first once `capacity` is reached (an evicted nonce is
-/// near the end of its life anyway, since entries are kept in first-use order).
+/// What [`NcTracker::accept`] makes of a request's `nc`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NcCheck {
+    /// Higher than any accepted before for this nonce (or the nonce's first use).
+    Fresh,
+    /// Not higher than one accepted before: a replay.
+    Replayed,
+    /// The nonce's record was pushed out of the bounded table: whether this `nc` was
+    /// seen cannot be told, so the answer is a new challenge (`stale=true`), never
+    /// "fresh". Fails closed.
+    Forgotten,
+}
+
+/// Remembers the highest `nc` seen per nonce (by its serial, [`NonceKey::serial`]) so
+/// a captured request cannot be replayed. Bounded: the entries first used longest ago go
+/// once `capacity` is reached. Forgetting must not open a replay: a nonce whose serial
+/// is at or below the highest one ever pushed out (the *floor*) and that is not in the
+/// table is [`NcCheck::Forgotten`]. An attacker who fills the table (one credential from
+/// 65,000 addresses) therefore gains nothing, and a client only loses nonces it got
+/// before the push and had not used yet (one more challenge); a challenge issued after
+/// it is always fresh.
 #[derive(Debug)]
 pub struct NcTracker {
-    highest: HashMap<String, u32>,
-    order: VecDeque<(u64, String)>,
+    /// Serial -> highest nc.
+    highest: HashMap<u64, u32>,
+    /// First-use time and serial, oldest first.
+    order: VecDeque<(u64, u64)>,
     capacity: usize,
     max_age_secs: u64,
+    /// The highest serial pushed out for room.
+    floor: Option<u64>,
 }
 
 impl NcTracker {
@@ -153,31 +218,36 @@ impl NcTracker {
             order: VecDeque::new(),
             capacity: capacity.max(1),
             max_age_secs,
+            floor: None,
         }
     }
 
-    /// Accepts `nc` for `nonce` if it is higher than any accepted before.
-    pub fn accept(&mut self, nonce: &str, nc: u32, now_secs: u64) -> bool {
+    /// Judges `nc` for the nonce with this serial.
+    pub fn accept(&mut self, serial: u64, nc: u32, now_secs: u64) -> NcCheck {
         self.expire(now_secs);
-        match self.highest.get_mut(nonce) {
-            Some(last) if nc <= *last => false,
+        match self.highest.get_mut(&serial) {
+            Some(last) if nc <= *last => NcCheck::Replayed,
             Some(last) => {
                 *last = nc;
-                true
+                NcCheck::Fresh
             }
+            None if self.floor.is_some_and(|f| serial <= f) => NcCheck::Forgotten,
             None => {
                 if self.highest.len() >= self.capacity
                     && let Some((_, old)) = self.order.pop_front()
                 {
                     self.highest.remove(&old);
+                    self.floor = Some(self.floor.map_or(old, |f| f.max(old)));
                 }
-                self.highest.insert(nonce.to_owned(), nc);
-                self.order.push_back((now_secs, nonce.to_owned()));
-                true
+                self.highest.insert(serial, nc);
+                self.order.push_back((now_secs, serial));
+                NcCheck::Fresh
             }
         }
     }
 
+    /// Entries first used more than a nonce lifetime ago go: their nonces are older than
+    /// that and answered `stale` by [`NonceKey::check`] before the tracker is asked.
     fn expire(&mut self, now_secs: u64) {
         while let Some((t, _)) = self.order.front() {
             if now_secs.saturating_sub(*t) <= self.max_age_secs {
@@ -227,14 +297,20 @@ mod tests {
             NonceCheck::Invalid,
             "the salt is covered by the MAC"
         );
-        assert_eq!(
+        assert!(matches!(
             k.check(&n, 1000, A, "r", 300),
-            NonceCheck::Valid { issued_at: 1000 }
-        );
-        assert_eq!(
+            NonceCheck::Valid {
+                issued_at: 1000,
+                ..
+            }
+        ));
+        assert!(matches!(
             k.check(&n, 1300, A, "r", 300),
-            NonceCheck::Valid { issued_at: 1000 }
-        );
+            NonceCheck::Valid {
+                issued_at: 1000,
+                ..
+            }
+        ));
         assert_eq!(k.check(&n, 1301, A, "r", 300), NonceCheck::Stale);
         assert_eq!(
             k.check(&n, 1000, B, "r", 300),
@@ -278,18 +354,89 @@ mod tests {
     }
 
     #[test]
+    fn serials_come_back_out_of_salts_in_issue_order() {
+        let k = NonceKey::new([7; 32]);
+        let salts: Vec<u64> = (0..1000).map(|_| k.next_salt()).collect();
+        for (i, s) in salts.iter().enumerate() {
+            assert_eq!(k.serial(*s), i as u64);
+        }
+        let mut sorted = salts.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 1000, "unique");
+        assert_ne!(
+            salts,
+            (0..1000).collect::<Vec<u64>>(),
+            "not the counter itself"
+        );
+        assert_ne!(
+            NonceKey::new([8; 32]).serial(salts[5]),
+            5,
+            "another key reads another serial"
+        );
+        let n = k.issue(1000, A, "r");
+        match k.check(&n, 1000, A, "r", 300) {
+            NonceCheck::Valid { issued_at, salt } => {
+                assert_eq!(issued_at, 1000);
+                assert_eq!(k.serial(salt), 1000);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn nc_replay_is_refused_and_the_table_is_bounded() {
+        use NcCheck::*;
         let mut t = NcTracker::new(3, 300);
-        assert!(t.accept("n1", 1, 0));
-        assert!(!t.accept("n1", 1, 0), "replay");
-        assert!(t.accept("n1", 2, 0));
-        assert!(!t.accept("n1", 1, 0), "older");
-        for (i, n) in ["n2", "n3", "n4"].iter().enumerate() {
-            assert!(t.accept(n, 1, i as u64));
+        assert_eq!(t.accept(1, 1, 0), Fresh);
+        assert_eq!(t.accept(1, 1, 0), Replayed);
+        assert_eq!(t.accept(1, 2, 0), Fresh);
+        assert_eq!(t.accept(1, 1, 0), Replayed, "older");
+        for (i, n) in [2, 3, 4].iter().enumerate() {
+            assert_eq!(t.accept(*n, 1, i as u64), Fresh);
         }
         assert_eq!(t.len(), 3, "bounded");
-        assert!(t.accept("n1", 1, 2), "n1 was evicted first");
-        assert!(t.accept("n9", 1, 1000));
+        assert_eq!(
+            t.accept(1, 3, 2),
+            Forgotten,
+            "1 was pushed out: its next nc is neither fresh nor a replay"
+        );
+        assert_eq!(t.accept(1, 1, 2), Forgotten, "nor is its first one again");
+        assert_eq!(
+            t.accept(0, 1, 2),
+            Forgotten,
+            "an older nonce never used is not known to be fresh either"
+        );
+        assert_eq!(
+            t.accept(5, 1, 3),
+            Fresh,
+            "a nonce issued after everything pushed out is new"
+        );
+        assert_eq!(t.accept(9, 1, 1000), Fresh);
         assert_eq!(t.len(), 1, "entries expire with the nonce lifetime");
+    }
+
+    #[test]
+    fn flushing_the_table_never_lets_a_captured_request_through_again() {
+        // One credential answering 65,600 challenges from as many addresses fills the
+        // tracker; a phone's captured REGISTER (its nonce issued before the flood) is
+        // then replayed byte for byte. New challenges keep working all along.
+        let mut t = NcTracker::new(65_536, 300);
+        assert_eq!(t.accept(0, 1, 1000), NcCheck::Fresh);
+        for serial in 1..=65_600u64 {
+            assert_eq!(t.accept(serial, 1, 1001), NcCheck::Fresh, "{serial}");
+        }
+        assert!(t.len() <= 65_536);
+        assert_eq!(
+            t.accept(0, 1, 1004),
+            NcCheck::Forgotten,
+            "not accepted as fresh"
+        );
+        assert_eq!(t.accept(0, 2, 1004), NcCheck::Forgotten);
+        assert_eq!(
+            t.accept(65_601, 1, 1005),
+            NcCheck::Fresh,
+            "a new challenge works"
+        );
     }
 }

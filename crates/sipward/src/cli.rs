@@ -120,6 +120,13 @@ pub enum AdminCommand {
     /// API tokens for scripts (`Authorization: Bearer TOKEN` on /api/v1).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Lift the console's login lockout of an administrator (NAME) or of a source
+    /// address (--source IP; an IPv6 address lifts its /64), in the running server(s).
+    Unlock {
+        name: Option<String>,
+        #[arg(long)]
+        source: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -260,7 +267,7 @@ pub enum BanCommand {
         #[command(flatten)]
         out: JsonFlag,
     },
-    /// Ban an address by hand.
+    /// Ban an address, or a network prefix in CIDR form (2001:db8:1:2::/64), by hand.
     Add {
         address: String,
         /// Why (kept with the ban).
@@ -272,7 +279,7 @@ pub enum BanCommand {
         #[command(flatten)]
         out: JsonFlag,
     },
-    /// Lift the ban of an address.
+    /// Lift the ban of an address or prefix.
     Remove { address: String },
 }
 

@@ -28,13 +28,35 @@ struct RawConfig {
     dialplan: policy::dialplan::DialPlan,
     backup: RawBackup,
     console: RawConsole,
+    http: RawHttp,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawConsole {
-    /// When set, the only networks (addresses or CIDRs) the console and API answer.
+    /// When set, the only networks (addresses or CIDRs) the console, the API and
+    /// /metrics answer.
     allow: Vec<String>,
+    /// Host names the HTTP server answers for besides its own addresses (`name` or
+    /// `name:port`); the provisioning URL's host and the SIP domain are added.
+    hosts: Vec<String>,
+    /// Who may read /healthz: "public" (default) or "allow-list".
+    healthz: Option<console::entry::Healthz>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHttp {
+    /// Reverse proxies (addresses or CIDRs) whose Forwarded / X-Forwarded-For name the
+    /// real client.
+    trusted_proxies: Vec<String>,
+    /// Open connections per client address (a network prefix gets guard.prefix_factor
+    /// times as many).
+    connections_per_source: Option<u32>,
+    /// Seconds a request head may take to arrive (also the idle limit between requests).
+    header_timeout_secs: Option<u64>,
+    /// Seconds a whole request may take.
+    request_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,6 +178,9 @@ pub struct Config {
     pub backup: BackupConfig,
     /// `[console] allow`: the networks the console answers (empty: any).
     pub console_allow: Vec<ipnet::IpNet>,
+    /// `[console]` hosts and healthz, `[http]`: what the HTTP server's entry checks and
+    /// its listener enforce.
+    pub http: console::entry::HttpSettings,
 }
 
 impl Config {
@@ -369,21 +394,18 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
     };
     let mail = raw.mail.map(mail).transpose()?;
     let backup = backup(raw.backup)?;
-    let mut console_allow = Vec::new();
-    for n in &raw.console.allow {
-        let net = n
-            .parse::<ipnet::IpNet>()
-            .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-            .map_err(|_| {
-                OperatorError(format!(
-                    "console.allow: {n:?} is not an address or CIDR network"
-                ))
-            })?;
-        console_allow.push(net);
-    }
+    let console_allow = networks("console.allow", &raw.console.allow)?;
+    let http = http(
+        &raw.console,
+        raw.http,
+        &console_allow,
+        &provisioning,
+        domain.as_deref(),
+    )?;
     Ok(Config {
         backup,
         console_allow,
+        http,
         settings: Settings {
             realm,
             domain,
@@ -397,6 +419,97 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
         nonce_lifetime_secs,
         digest_algorithms,
         bans: raw.guard,
+    })
+}
+
+/// Addresses or CIDR networks of a list setting.
+fn networks(setting: &str, list: &[String]) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    list.iter()
+        .map(|n| {
+            n.trim()
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| n.trim().parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| {
+                    OperatorError(format!(
+                        "{setting}: {:?} is not an address or CIDR network",
+                        n.chars().take(60).collect::<String>()
+                    ))
+                    .into()
+                })
+        })
+        .collect()
+}
+
+/// The HTTP server's settings: `[console]` hosts and healthz, `[http]`.
+fn http(
+    console: &RawConsole,
+    raw: RawHttp,
+    allow: &[ipnet::IpNet],
+    provisioning: &accounts::registry::ProvisioningSettings,
+    domain: Option<&str>,
+) -> anyhow::Result<console::entry::HttpSettings> {
+    let d = console::entry::HttpSettings::default();
+    let mut hosts = Vec::new();
+    for h in &console.hosts {
+        let h = h.trim().to_ascii_lowercase();
+        let (name, port) = match h.rsplit_once(':') {
+            Some((n, p)) if !n.contains(':') => (n, Some(p)),
+            _ => (h.as_str(), None),
+        };
+        let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+        if policy::fields::Host::parse(name).is_err() || !port_ok {
+            return Err(OperatorError(format!(
+                "console.hosts: {:?} is not a host name with an optional :port",
+                h.chars().take(60).collect::<String>()
+            ))
+            .into());
+        }
+        hosts.push(h.clone());
+    }
+    // The names phones and administrators are told to use are this server's names.
+    if let Some(url) = &provisioning.base_url {
+        let host = url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .to_ascii_lowercase();
+        hosts.push(host);
+    }
+    if let Some(d) = domain {
+        hosts.push(d.to_owned());
+    }
+    let connections_per_source = raw
+        .connections_per_source
+        .unwrap_or(d.connections_per_source);
+    if !(1..=1024).contains(&connections_per_source) {
+        return Err(
+            OperatorError("http.connections_per_source must be between 1 and 1024".into()).into(),
+        );
+    }
+    let header_timeout_secs = raw
+        .header_timeout_secs
+        .unwrap_or(d.header_timeout.as_secs());
+    if !(1..=300).contains(&header_timeout_secs) {
+        return Err(
+            OperatorError("http.header_timeout_secs must be between 1 and 300".into()).into(),
+        );
+    }
+    let request_timeout_secs = raw
+        .request_timeout_secs
+        .unwrap_or(d.request_timeout.as_secs());
+    if !(1..=3600).contains(&request_timeout_secs) {
+        return Err(
+            OperatorError("http.request_timeout_secs must be between 1 and 3600".into()).into(),
+        );
+    }
+    Ok(console::entry::HttpSettings {
+        hosts,
+        trusted_proxies: networks("http.trusted_proxies", &raw.trusted_proxies)?,
+        allow: allow.to_vec(),
+        healthz: console.healthz.unwrap_or(d.healthz),
+        connections_per_source,
+        header_timeout: std::time::Duration::from_secs(header_timeout_secs),
+        request_timeout: std::time::Duration::from_secs(request_timeout_secs),
     })
 }
 
@@ -545,6 +658,30 @@ mod tests {
     }
 
     #[test]
+    fn http_settings_name_the_servers_hosts_and_its_proxies() {
+        let c = config(
+            "[sip]\ndomain = \"pbx.example.com\"\n[provisioning]\nbase_url = \"https://prov.example.com:8443\"\n\
+             [console]\nhosts = [\"Console.example.com\"]\nhealthz = \"allow-list\"\nallow = [\"10.0.0.0/8\"]\n\
+             [http]\ntrusted_proxies = [\"192.0.2.10\", \"198.51.100.0/24\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.http.hosts,
+            [
+                "console.example.com",
+                "prov.example.com:8443",
+                "pbx.example.com"
+            ]
+        );
+        assert_eq!(c.http.healthz, console::entry::Healthz::AllowList);
+        assert_eq!(c.http.trusted_proxies.len(), 2);
+        assert_eq!(c.http.allow, c.console_allow);
+        let d = config("").expect("valid");
+        assert!(d.http.hosts.is_empty() && d.http.trusted_proxies.is_empty());
+        assert_eq!(d.http.healthz, console::entry::Healthz::Public);
+    }
+
+    #[test]
     fn bad_configs_are_refused() {
         for bad in [
             "[sip]\nrealmm = \"x\"\n",
@@ -582,6 +719,13 @@ mod tests {
             "[policy]\nmin_strength_score = 0\n",
             "[dialplan.limits]\nconcurrent_external = 0\n",
             "[mail]\nsmtp_host = \"mail.example.com\"\nfrom = \"pbx@example.com\"\nsecurity = \"none\"\nusername = \"u\"\npassword = \"p\"\n",
+            "[console]\nhosts = [\"bad host\"]\n",
+            "[console]\nhosts = [\"pbx.example.com:0\"]\n",
+            "[console]\nhealthz = \"sometimes\"\n",
+            "[http]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+            "[http]\nconnections_per_source = 0\n",
+            "[http]\nheader_timeout_secs = 0\n",
+            "[http]\nproxies = []\n",
         ] {
             assert!(config(bad).is_err(), "{bad}");
         }

@@ -131,6 +131,27 @@ pub async fn auth_id_owner(db: &mut dyn Db, auth_id: &str) -> Result<Option<Stri
     Ok(row.map(|r| r.try_get("who")).transpose()?)
 }
 
+/// Every account that uses `value` as its number, SIP ID or auth ID: extensions and
+/// gateways share one namespace, since a phone's To user and a digest user name are
+/// looked up in it. Pairs of (subject such as `ext:1001`, role `number`, `sip_id` or
+/// `auth_id`).
+pub async fn identity_owners(db: &mut dyn Db, value: &str) -> Result<Vec<(String, String)>> {
+    let conn = raw(db);
+    let rows = sqlx::query(
+        "SELECT 'ext:' || number AS who, 'number' AS role FROM extensions WHERE number = $1 \
+         UNION ALL SELECT 'ext:' || number AS who, 'sip_id' AS role FROM extensions WHERE sip_id = $1 \
+         UNION ALL SELECT 'ext:' || number AS who, 'auth_id' AS role FROM extensions WHERE auth_id = $1 \
+         UNION ALL SELECT 'gateway:' || name AS who, 'number' AS role FROM gateways WHERE number = $1 \
+         UNION ALL SELECT 'gateway:' || name AS who, 'auth_id' AS role FROM gateways WHERE auth_id = $1",
+    )
+    .bind(value)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("who")?, r.try_get("role")?)))
+        .collect()
+}
+
 /// Who uses a number already: an extension, or a gateway as its virtual extension.
 pub async fn number_owner(db: &mut dyn Db, number: &str) -> Result<Option<String>> {
     let conn = raw(db);

@@ -130,6 +130,42 @@ pub async fn run(reg: &Registry, command: AdminCommand) -> anyhow::Result<ExitCo
                 "API token {name} created (shown once; send it as `Authorization: Bearer TOKEN`)"
             );
         }
+        AdminCommand::Unlock { name, source } => {
+            let source = match source.as_deref().map(str::trim) {
+                Some(s) => Some(s.parse::<std::net::IpAddr>().map_err(|_| {
+                    OperatorError(format!(
+                        "--source {:?} is not an IP address",
+                        s.chars().take(50).collect::<String>()
+                    ))
+                })?),
+                None => None,
+            };
+            let name = name.as_deref().map(str::trim);
+            if name.is_none() && source.is_none() {
+                return Err(OperatorError(
+                    "name the administrator to unlock, or give --source IP".into(),
+                )
+                .into());
+            }
+            if let Some(n) = name
+                && !name_ok(n)
+            {
+                return Err(OperatorError(
+                    "an administrator name is 1 to 64 letters, digits or . _ - @".into(),
+                )
+                .into());
+            }
+            admin::request_unlock(reg, name, source, crate::clock::clock().now()).await?;
+            let what = match (name, source) {
+                (Some(n), Some(ip)) => format!("administrator {n} and source {ip}"),
+                (Some(n), None) => format!("administrator {n}"),
+                (None, Some(ip)) => format!("source {ip}"),
+                (None, None) => String::new(),
+            };
+            println!(
+                "console lockout of {what} lifted (the running server applies it at its next login attempt)"
+            );
+        }
         AdminCommand::Token(TokenCommand::Remove { name }) => {
             let mut conn = reg.store().conn().await?;
             if !store::console::delete_token(&mut conn, &name).await? {

@@ -27,9 +27,15 @@ pub async fn run(
     remote_phones: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let facts =
+    let mut facts =
         accounts::exposure::facts(reg, sip, http, remote_phones, crate::clock::clock().now())
             .await?;
+    facts.trusted_proxies = config
+        .http
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let advice = exposure::advise(&facts);
     let findings = config.findings();
     if json {

@@ -96,10 +96,18 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
         sip::nonce::NonceKey::new(prov_nonce),
         crate::clock::clock(),
     );
+    let counters = Arc::new(console::entry::Counters::default());
+    let entry = console::entry::Entry::new(
+        config.http.clone(),
+        counters.clone(),
+        reg.clone(),
+        crate::clock::clock(),
+    );
     let app = console::router(
         console::ConsoleState {
             server,
             ready: ready.clone(),
+            http: counters.clone(),
         },
         prov,
         console::web::Web::new(
@@ -115,19 +123,32 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
                     .unwrap_or_else(|| reg.backups_dir()),
                 guard: config.bans.clone(),
                 config_findings: findings.clone(),
+                trusted_proxies: config.http.trusted_proxies.clone(),
+                http: counters.clone(),
             },
         )
         .map_err(|e| anyhow::anyhow!("the console's templates do not compile: {e}"))?,
-    )
-    .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        entry,
+    );
+    let per_source = config.http.connections_per_source;
+    let limits = console::listener::Limits {
+        per_source,
+        per_prefix: per_source.saturating_mul(config.bans.prefix_factor),
+        ipv4_prefix: config.bans.ipv4_prefix,
+        ipv6_prefix: config.bans.ipv6_prefix,
+        header_timeout: config.http.header_timeout,
+        trusted_proxies: config.http.trusted_proxies.clone(),
+    };
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http_task = tokio::spawn(async move {
-        axum::serve(http, app)
-            .with_graceful_shutdown(async {
-                let _ = http_stopped.await;
-            })
-            .await
-    });
+    let http_task = tokio::spawn(console::listener::serve(
+        http,
+        app,
+        limits,
+        counters,
+        async {
+            let _ = http_stopped.await;
+        },
+    ));
 
     ready.store(true, Ordering::Release);
     let line = serde_json::json!({

@@ -7,6 +7,8 @@ mod baresip;
 mod calls;
 mod cli;
 mod console;
+mod console_entry;
+mod door;
 mod guard;
 mod harness;
 mod import;

@@ -71,7 +71,13 @@ impl Env {
     }
 
     pub fn serve_with(&self, extra: &[&str]) -> Server {
-        let mut args = vec!["serve", "--sip", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+        self.serve_via(&[], "127.0.0.1:0", extra)
+    }
+
+    /// `serve` with SIP on `sip`, started through `wrapper` (such as `ip netns exec NS`)
+    /// when one is given.
+    pub fn serve_via(&self, wrapper: &[&str], sip: &str, extra: &[&str]) -> Server {
+        let mut args = vec!["serve", "--sip", sip, "--http", "127.0.0.1:0"];
         args.extend_from_slice(extra);
         let log = self.path("serve.log");
         let log_file = std::fs::OpenOptions::new()
@@ -79,7 +85,16 @@ impl Env {
             .append(true)
             .open(&log)
             .expect("serve log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sipward"))
+        let (program, before): (&str, &[&str]) = match wrapper.split_first() {
+            Some((p, rest)) => (p, rest),
+            None => (env!("CARGO_BIN_EXE_sipward"), &[]),
+        };
+        let mut command = Command::new(program);
+        command.args(before);
+        if !wrapper.is_empty() {
+            command.arg(env!("CARGO_BIN_EXE_sipward"));
+        }
+        let mut child = command
             .arg("--data")
             .arg(&self.data)
             .args(&args)
@@ -148,7 +163,8 @@ impl Server {
             .expect("timeout");
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.http
         )
         .expect("write");
         let mut out = String::new();
