@@ -1026,6 +1026,21 @@ async fn path4_caribbean_and_premium_numbers_are_not_national_under_the_default_
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path4_premium_rate_is_a_class_above_international() {
+    // No extension has the high-cost class by default: not even an international one
+    // reaches a premium-rate number. Jamaica, abroad, it does reach.
+    number_that_leaves(
+        "",
+        NANP_ROUTES,
+        &["international"],
+        &["19005550123", "+19005550123"],
+        "international",
+        &[("+18765550123", "8765550123")],
+    )
+    .await;
+}
+
 // ---------------------------------------------------------------------------------
 // Path 5: transfers, redirects and auto-answer.
 
