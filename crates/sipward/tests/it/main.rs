@@ -13,5 +13,7 @@ mod import;
 mod peers;
 mod regenerate;
 mod registrar;
+mod relay;
 mod trunk_calls;
 mod trunks;
+mod user_agent;
