@@ -191,12 +191,8 @@ impl Authenticator {
         // password's path: same work, same answer, counted as a failure.
         let uri_ok = matches!(req.start, StartLine::Request { uri, .. } if *c.uri == *uri);
         let nonce_ok = matches!(nonce, NonceCheck::Valid { .. });
-        let ok = response_ok
-            & realm_ok
-            & uri_ok
-            & nonce_ok
-            & qop_auth.is_some()
-            & account.is_some();
+        let ok =
+            response_ok & realm_ok & uri_ok & nonce_ok & qop_auth.is_some() & account.is_some();
         match (ok, account, c.nc) {
             (true, Some(a), Some(nc)) => {
                 let fresh = self
