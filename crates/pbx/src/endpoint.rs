@@ -15,7 +15,7 @@ use sip::header::split_list;
 use sip::header::via::Via;
 use sip::msg::{self, Message, Name, StartLine};
 use sip::response::{ResponseBuilder, datagram_target};
-use sip::transaction::{Seen, ServerTransactions, TIMER_J, TxKey};
+use sip::transaction::{Seen, ServerTransactions, TxKey};
 
 use crate::admission::{Decision, Outbound};
 use crate::authenticator::{Authenticator, Outcome};
@@ -95,7 +95,7 @@ pub struct Endpoint {
     /// store rows.
     graces_ended: Mutex<Vec<String>>,
     clock: Arc<dyn Clock>,
-    transactions: Mutex<ServerTransactions>,
+    transactions: Mutex<ServerTransactions<SocketAddr>>,
     tag_hasher: RandomState,
 }
 
@@ -123,7 +123,11 @@ impl Endpoint {
             registrar,
             metrics,
             clock,
-            transactions: Mutex::new(ServerTransactions::new(TRANSACTION_CAPACITY, TIMER_J)),
+            transactions: Mutex::new(ServerTransactions::new(
+                TRANSACTION_CAPACITY,
+                TRANSACTION_CAPACITY,
+                sip::transaction::Timers::default(),
+            )),
             tag_hasher: RandomState::new(),
         }
     }
@@ -288,19 +292,20 @@ impl Endpoint {
         let now = Instant::now();
         if let Some(k) = &key {
             let mut tx = self.transactions.lock().unwrap_or_else(|p| p.into_inner());
-            match tx.on_request(k, now) {
+            match tx.on_request(k, target, sip::transaction::Reliability::Unreliable, now) {
                 Seen::New => {}
                 Seen::Absorb => {
                     Metrics::inc(&self.metrics.retransmissions);
                     return None;
                 }
-                Seen::Resend(r) => {
+                Seen::Resend { to, bytes } => {
                     Metrics::inc(&self.metrics.retransmissions);
                     return Some(Reply {
-                        bytes: r.to_vec(),
-                        target,
+                        bytes: bytes.to_vec(),
+                        target: to,
                     });
                 }
+                Seen::Full => return None,
             }
         }
 
@@ -383,7 +388,8 @@ impl Endpoint {
             self.transactions
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .respond(k, bytes, now);
+                .respond(k, bytes.into(), now)
+                .ok();
         }
     }
 
