@@ -68,6 +68,12 @@ pub enum Event {
     },
     /// An extension called an emergency number (always allowed; the administrator is told).
     EmergencyCall { number: String, dialled: String },
+    /// An emergency call was refused: the extension, or the PBX, holds as many at once
+    /// as the emergency limits allow.
+    EmergencyRefused {
+        number: String,
+        breach: policy::dialplan::EmergencyBreach,
+    },
 }
 
 impl Event {
@@ -121,6 +127,12 @@ impl Event {
                 "event": "emergency_call",
                 "extension": number,
                 "dialled": dialled,
+            }),
+            Event::EmergencyRefused { number, breach } => json!({
+                "event": "emergency_refused",
+                "extension": number,
+                "reason": breach.id(),
+                "detail": breach.describe(),
             }),
         }
     }

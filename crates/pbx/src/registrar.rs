@@ -1,16 +1,20 @@
 //! The registrar's bindings (RFC 3261 §10.3): per extension, several contacts, each with
-//! its Call-ID, CSeq and expiry. Kept in memory for speed; changed extensions are marked
-//! dirty and written behind to the store, from which they are loaded at start, so
-//! registrations survive a restart. All time is passed in (epoch seconds), so the state
-//! machine is tested without sleeping.
+//! its Call-ID, CSeq, expiry and the flow the REGISTER came on. That flow, not the
+//! Contact's host and port (which a phone writes as it likes), is where sipward reaches
+//! the phone: calls, NOTIFYs and OPTIONS go there and nowhere else. Kept in memory for
+//! speed; changed extensions are marked dirty and written behind to the store, from
+//! which they are loaded at start, so registrations survive a restart. All time is
+//! passed in (epoch seconds), so the state machine is tested without sleeping.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use serde::Deserialize;
-use sip::header::addr::SipUri;
 use store::bindings::BindingRow;
+
+use crate::flow::Flow;
+pub use crate::flow::TransportKind;
 
 /// Registration intervals and limits (the `[registrar]` table of the config file).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -56,29 +60,14 @@ impl RegistrarConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TransportKind {
-    Udp,
-    Tcp,
-}
-
-impl TransportKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TransportKind::Udp => "udp",
-            TransportKind::Tcp => "tcp",
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Binding {
     pub contact: String,
     pub call_id: String,
     pub cseq: u32,
     pub expires_at: i64,
-    pub source: SocketAddr,
-    pub transport: TransportKind,
+    /// Where the REGISTER came from: how the phone is reached.
+    pub flow: Flow,
 }
 
 /// The Contact part of a REGISTER.
@@ -98,8 +87,8 @@ pub struct RegisterRequest {
     pub cseq: u32,
     pub contacts: Contacts,
     pub expires_header: Option<u32>,
-    pub source: SocketAddr,
-    pub transport: TransportKind,
+    /// The flow the REGISTER came on.
+    pub flow: Flow,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,29 +114,6 @@ pub struct Current {
 struct State {
     by_number: HashMap<String, Vec<Binding>>,
     dirty: HashSet<String>,
-    /// How many bindings name each address (as source or as Contact host): the
-    /// addresses in-dialog requests may be relayed to.
-    hosts: HashMap<IpAddr, u32>,
-}
-
-impl State {
-    fn count_hosts(&mut self, list: &[Binding], add: bool) {
-        for b in list {
-            let contact_ip = SipUri::parse(&b.contact).and_then(|u| u.host.parse::<IpAddr>().ok());
-            for ip in
-                std::iter::once(b.source.ip()).chain(contact_ip.filter(|ip| *ip != b.source.ip()))
-            {
-                if add {
-                    *self.hosts.entry(ip).or_default() += 1;
-                } else if let Some(n) = self.hosts.get_mut(&ip) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        self.hosts.remove(&ip);
-                    }
-                }
-            }
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -229,8 +195,7 @@ impl Registrar {
                                 call_id: req.call_id.clone(),
                                 cseq: req.cseq,
                                 expires_at: now + i64::from(e),
-                                source: req.source,
-                                transport: req.transport,
+                                flow: req.flow,
                             };
                             match pos {
                                 Some(i) => next[i] = b,
@@ -253,17 +218,6 @@ impl Registrar {
             })
             .collect();
         if changed {
-            // A refresh from the same place (the common case on this hot path) changes
-            // no address: only recount when contacts or sources moved.
-            let same_places = existing.len() == next.len()
-                && existing
-                    .iter()
-                    .zip(&next)
-                    .all(|(a, b)| a.contact == b.contact && a.source == b.source);
-            if !same_places {
-                st.count_hosts(&existing, false);
-                st.count_hosts(&next, true);
-            }
             if next.is_empty() {
                 st.by_number.remove(number);
             } else {
@@ -280,10 +234,8 @@ impl Registrar {
         let mut removed = 0;
         let mut emptied = Vec::new();
         let mut touched = Vec::new();
-        let mut gone = Vec::new();
         for (number, list) in st.by_number.iter_mut() {
             let before = list.len();
-            gone.extend(list.iter().filter(|b| b.expires_at <= now).cloned());
             list.retain(|b| b.expires_at > now);
             if list.len() != before {
                 removed += before - list.len();
@@ -296,7 +248,6 @@ impl Registrar {
         for n in emptied {
             st.by_number.remove(&n);
         }
-        st.count_hosts(&gone, false);
         st.dirty.extend(touched);
         removed
     }
@@ -310,9 +261,30 @@ impl Registrar {
             .unwrap_or_default()
     }
 
-    /// Whether a current binding has this address (as its source or Contact host).
-    pub fn knows_host(&self, ip: IpAddr) -> bool {
-        self.lock().hosts.contains_key(&ip)
+    /// Whether a current binding of `number` came on `flow`: what the egress rule asks
+    /// before anything is sent to a phone.
+    pub fn has_flow(&self, number: &str, flow: &Flow, now: i64) -> bool {
+        self.lock().by_number.get(number).is_some_and(|l| {
+            l.iter()
+                .any(|b| b.expires_at > now && b.flow.same_peer(flow))
+        })
+    }
+
+    /// The flows the current bindings of `number` came on, each once, newest binding
+    /// first (where a call to the extension forks to).
+    pub fn flows(&self, number: &str, now: i64) -> Vec<(String, Flow)> {
+        let st = self.lock();
+        let mut out: Vec<(String, Flow)> = Vec::new();
+        if let Some(list) = st.by_number.get(number) {
+            let mut live: Vec<&Binding> = list.iter().filter(|b| b.expires_at > now).collect();
+            live.sort_by_key(|b| std::cmp::Reverse(b.expires_at));
+            for b in live {
+                if !out.iter().any(|(_, f)| f.same_peer(&b.flow)) {
+                    out.push((b.contact.clone(), b.flow));
+                }
+            }
+        }
+        out
     }
 
     pub fn binding_count(&self) -> usize {
@@ -350,6 +322,8 @@ impl Registrar {
             else {
                 continue;
             };
+            // A stream's connection did not survive the restart: such a phone is
+            // reached again once it registers again on a new one.
             let transport = if r.transport == "tcp" {
                 TransportKind::Tcp
             } else {
@@ -360,10 +334,12 @@ impl Registrar {
                 call_id: r.call_id,
                 cseq,
                 expires_at: r.expires_at,
-                source,
-                transport,
+                flow: Flow {
+                    transport,
+                    remote: source,
+                    conn: None,
+                },
             };
-            st.count_hosts(std::slice::from_ref(&b), true);
             st.by_number.entry(r.number).or_default().push(b);
             n += 1;
         }
@@ -378,8 +354,8 @@ fn to_row(number: &str, b: &Binding) -> BindingRow {
         call_id: b.call_id.clone(),
         cseq: i64::from(b.cseq),
         expires_at: b.expires_at,
-        source: b.source.to_string(),
-        transport: b.transport.as_str().to_owned(),
+        source: b.flow.remote.to_string(),
+        transport: b.flow.transport.as_str().to_owned(),
     }
 }
 
@@ -393,8 +369,7 @@ mod tests {
             cseq,
             contacts,
             expires_header: expires,
-            source: "127.0.0.1:5062".parse().expect("addr"),
-            transport: TransportKind::Udp,
+            flow: Flow::udp("127.0.0.1:5062".parse().expect("addr")),
         }
     }
 
@@ -596,45 +571,33 @@ mod tests {
     }
 
     #[test]
-    fn the_addresses_of_bindings_are_known_until_they_go() {
+    fn a_phone_is_reached_on_the_flow_it_registered_from_never_at_its_contact() {
         let r = Registrar::new(RegistrarConfig::default());
-        let phone: IpAddr = "127.0.0.1".parse().expect("ip");
-        let lan: IpAddr = "10.1.2.3".parse().expect("ip");
-        assert!(!r.knows_host(phone));
+        let phone = Flow::udp("127.0.0.1:5062".parse().expect("addr"));
+        let contact = Flow::udp("10.1.2.3:5060".parse().expect("addr"));
+        assert!(!r.has_flow("1001", &phone, 0));
         r.register(
             "1001",
             &req("a", 1, list(&[("sip:1001@10.1.2.3:5060", Some(60))]), None),
             0,
         )
         .expect("register");
-        assert!(r.knows_host(phone), "the source");
-        assert!(r.knows_host(lan), "the Contact host");
-        // A refresh from the same place changes nothing; one from elsewhere moves it.
-        r.register(
-            "1001",
-            &req("a", 2, list(&[("sip:1001@10.1.2.3:5060", Some(60))]), None),
-            0,
-        )
-        .expect("refresh");
-        assert!(r.knows_host(phone) && r.knows_host(lan));
-        let mut moved = req("a", 3, list(&[("sip:1001@10.1.2.3:5060", Some(60))]), None);
-        moved.source = "127.0.0.7:5062".parse().expect("addr");
+        assert!(r.has_flow("1001", &phone, 0), "the source");
+        assert!(!r.has_flow("1001", &contact, 0), "never the Contact's host");
+        assert!(!r.has_flow("1002", &phone, 0), "only for its own extension");
+        assert_eq!(
+            r.flows("1001", 0),
+            vec![("sip:1001@10.1.2.3:5060".to_string(), phone)]
+        );
+        // Moved: the old flow is forgotten.
+        let mut moved = req("a", 2, list(&[("sip:1001@10.1.2.3:5060", Some(60))]), None);
+        moved.flow = Flow::udp("127.0.0.7:5062".parse().expect("addr"));
         r.register("1001", &moved, 0).expect("moved");
-        assert!(!r.knows_host(phone), "the old source is forgotten");
-        assert!(r.knows_host("127.0.0.7".parse().expect("ip")) && r.knows_host(lan));
-        // Removed with Expires 0...
-        let mut gone = req("a", 4, list(&[("sip:1001@10.1.2.3:5060", Some(0))]), None);
-        gone.source = "127.0.0.7:5062".parse().expect("addr");
-        r.register("1001", &gone, 1).expect("unregister");
-        assert!(!r.knows_host("127.0.0.7".parse().expect("ip")) && !r.knows_host(lan));
-        // ...or expired.
-        r.register(
-            "1002",
-            &req("b", 1, list(&[("sip:1002@10.1.2.3:5060", Some(60))]), None),
-            0,
-        )
-        .expect("register");
+        assert!(!r.has_flow("1001", &phone, 0));
+        assert!(r.has_flow("1001", &moved.flow, 0));
+        // Expired.
+        assert!(!r.has_flow("1001", &moved.flow, 60));
         assert_eq!(r.sweep(100), 1);
-        assert!(!r.knows_host(lan));
+        assert!(r.flows("1001", 100).is_empty());
     }
 }
