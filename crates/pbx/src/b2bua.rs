@@ -32,7 +32,7 @@ use sip::header::split_list;
 use sip::msg::{Message, Name, StartLine};
 use sip::request::{DialogState, Party as UriParty, RequestBuilder, TopVia, ack_2xx};
 use sip::response::ResponseBuilder;
-use sip::transaction::{Action, ResponseClass, TxId, TxKey};
+use sip::transaction::{Action, ResponseClass, State, TxId, TxKey};
 use store::trunks::ActiveCallRow;
 
 use crate::dialog::{DialogId, Kind, Leg, NewDialog, Party, Phase as DialogPhase, Who};
@@ -169,14 +169,23 @@ struct Call {
 }
 
 impl Call {
-    /// Whether the call still counts against the limits: leg B has a live
-    /// transaction or dialog.
-    fn counts(&self, dialogs: &crate::dialog::Dialogs) -> bool {
-        !self.b_txs.is_empty()
+    /// Whether the call still counts against the limits: leg B has a transaction
+    /// without its final answer (an INVITE that rings, is being cancelled, or was
+    /// given up and may still be answered late; a BYE on its way) or a dialog that has
+    /// not ended. A failure that was answered and ACKed is over, even while its
+    /// transaction lingers to absorb retransmissions.
+    fn counts(&self, sig: &Signalling) -> bool {
+        let open = |tx: &TxId| {
+            matches!(
+                sig.egress.state(*tx),
+                Some(State::Calling | State::Trying | State::Proceeding | State::Abandoned)
+            )
+        };
+        self.b_txs.iter().any(open)
             || self
                 .b_remote
                 .as_ref()
-                .and_then(|r| dialogs.get(r.dialog))
+                .and_then(|r| sig.dialogs.get(r.dialog))
                 .is_some_and(|d| d.phase != DialogPhase::Ended)
     }
 
@@ -256,7 +265,7 @@ impl B2bua {
         let n = st
             .calls
             .values()
-            .filter(|c| c.counted == account && c.counts(&self.sig.dialogs))
+            .filter(|c| c.counted == account && c.counts(&self.sig))
             .count();
         u32::try_from(n).unwrap_or(u32::MAX)
     }
@@ -267,7 +276,7 @@ impl B2bua {
         let live: Vec<&Call> = st
             .calls
             .values()
-            .filter(|c| c.class == CallClass::Emergency && c.counts(&self.sig.dialogs))
+            .filter(|c| c.class == CallClass::Emergency && c.counts(&self.sig))
             .collect();
         let mine = live.iter().filter(|c| c.caller == caller).count();
         (
@@ -303,14 +312,14 @@ impl B2bua {
             .ok_or(bad)?;
         let a_call_id = m.header(Name::CallId).ok_or(bad)?.to_owned();
         let a_invite_cseq = cseq_of(&m).ok_or(bad)?;
-        {
-            let st = self.lock();
-            if st.by_a_key.contains_key(&p.key) {
-                return Ok(());
-            }
-            if st.calls.len() >= MAX_CALLS {
-                return Err((503, "Service Unavailable"));
-            }
+        // The table is held until the call is in it: the trunk's first answer may come
+        // at once, on another thread.
+        let mut st = self.lock();
+        if st.by_a_key.contains_key(&p.key) {
+            return Ok(());
+        }
+        if st.calls.len() >= MAX_CALLS {
+            return Err((503, "Service Unavailable"));
         }
         let now = self.sig.clock.instant();
         let t = &p.target;
@@ -366,12 +375,11 @@ impl B2bua {
             reinvite_acks: Vec::new(),
             b_invite_bytes: Vec::new(),
         };
+        st.next += 1;
+        call.id = st.next;
         let tx = self
             .send_invite(&mut call, None)
             .ok_or((503, "Service Unavailable"))?;
-        let mut st = self.lock();
-        st.next += 1;
-        call.id = st.next;
         st.by_tx.insert(tx, (call.id, Role::Invite));
         st.by_a_key.insert(call.a_key.clone(), call.id);
         st.calls.insert(call.id, call);
@@ -1228,7 +1236,7 @@ impl B2bua {
             .filter(|c| {
                 c.phase == Phase::Ending
                     && c.txs.is_empty()
-                    && !c.counts(dialogs)
+                    && !c.counts(&self.sig)
                     && c.a_dialog
                         .and_then(|d| dialogs.get(d))
                         .is_none_or(|d| d.phase == DialogPhase::Ended)
@@ -1248,7 +1256,7 @@ impl B2bua {
         let mut rows: Vec<ActiveCallRow> = st
             .calls
             .values()
-            .filter(|c| c.counts(&self.sig.dialogs))
+            .filter(|c| c.counts(&self.sig))
             .map(|c| ActiveCallRow {
                 id: format!("{:x}", c.id),
                 caller: c.caller.clone(),

@@ -221,6 +221,14 @@ pub struct Delivery {
     pub action: Action<Flow>,
 }
 
+/// How the server transaction table treats an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    Relayed,
+    Once,
+    Own2xx,
+}
+
 /// What became of a request that arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arrival {
@@ -351,16 +359,23 @@ impl Egress {
     /// (a status line) and name that request's branch in its top Via; a request not in
     /// the table, or one that has had its final answer, gets nothing more.
     pub fn respond(&self, key: &TxKey, bytes: Vec<u8>) -> Result<(), Denial> {
-        self.answer(key, bytes, false)
+        self.answer(key, bytes, Answer::Relayed)
+    }
+
+    /// [`Egress::respond`] for sipward's own answers to requests it refuses or
+    /// challenges: a failure to an INVITE is not repeated by Timer G, so a forged source
+    /// gets one answer per request, never an amplified stream.
+    pub fn respond_once(&self, key: &TxKey, bytes: Vec<u8>) -> Result<(), Denial> {
+        self.answer(key, bytes, Answer::Once)
     }
 
     /// [`Egress::respond`] for a 2xx of sipward's own to an INVITE: repeated until
     /// [`Egress::acknowledged`].
     pub fn respond_until_ack(&self, key: &TxKey, bytes: Vec<u8>) -> Result<(), Denial> {
-        self.answer(key, bytes, true)
+        self.answer(key, bytes, Answer::Own2xx)
     }
 
-    fn answer(&self, key: &TxKey, bytes: Vec<u8>, own_2xx: bool) -> Result<(), Denial> {
+    fn answer(&self, key: &TxKey, bytes: Vec<u8>, kind: Answer) -> Result<(), Denial> {
         let answers = match msg::parse(&bytes) {
             Ok(m) if matches!(m.start, StartLine::Response { .. }) => m
                 .header(Name::Via)
@@ -376,10 +391,10 @@ impl Egress {
         let now = self.clock.instant();
         let recorded = {
             let mut server = self.server();
-            if own_2xx {
-                server.respond_until_ack(key, Arc::clone(&bytes), now)
-            } else {
-                server.respond(key, Arc::clone(&bytes), now)
+            match kind {
+                Answer::Relayed => server.respond(key, Arc::clone(&bytes), now),
+                Answer::Once => server.respond_once(key, Arc::clone(&bytes), now),
+                Answer::Own2xx => server.respond_until_ack(key, Arc::clone(&bytes), now),
             }
         };
         match recorded {

@@ -243,7 +243,7 @@ impl Endpoint {
         for (name, value) in headers {
             b = b.header(name, value);
         }
-        let _ = self.egress.respond(key, b.finish());
+        let _ = self.egress.respond_once(key, b.finish());
     }
 
     /// Handles one message, as it came on `flow`.
@@ -333,7 +333,7 @@ impl Endpoint {
             "REGISTER" => {
                 let tag = self.to_tag(&m);
                 if let Some(answer) = self.register(&m, &flow, &tag) {
-                    let _ = self.egress.respond(&key, answer);
+                    let _ = self.egress.respond_once(&key, answer);
                 }
             }
             "INVITE" => self.invite(&m, uri, bytes, &key, &flow),

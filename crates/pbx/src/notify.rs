@@ -81,8 +81,10 @@ impl Notifier {
         registrations: &[(String, Flow)],
     ) -> usize {
         let mut sent = 0;
+        // Held while each starts: an answer may come before `start` returns.
+        let mut pending = self.pending();
         for (contact, flow) in registrations {
-            if self.pending().len() >= MAX_PENDING {
+            if pending.len() >= MAX_PENDING {
                 break;
             }
             let Some(bytes) = self.build(contact, number, realm, event, flow) else {
@@ -94,7 +96,7 @@ impl Notifier {
                 Purpose::Registration { number },
                 Owner::Notify,
             ) {
-                self.pending().insert(tx);
+                pending.insert(tx);
                 Metrics::inc(&self.sig.metrics.notify_sent);
                 sent += 1;
             }

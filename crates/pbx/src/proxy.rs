@@ -386,14 +386,14 @@ impl Proxy {
         if p.contacts.is_empty() {
             return Err((480, "Temporarily Unavailable"));
         }
-        {
-            let st = self.lock();
-            if st.calls.contains_key(&p.key) {
-                return Ok(()); // a retransmission the table did not absorb
-            }
-            if st.calls.len() >= MAX_CALLS {
-                return Err((503, "Service Unavailable"));
-            }
+        // The table is held until the call is in it: a callee that answers at once must
+        // find its branch (another thread handles that answer).
+        let mut st = self.lock();
+        if st.calls.contains_key(&p.key) {
+            return Ok(()); // a retransmission the table did not absorb
+        }
+        if st.calls.len() >= MAX_CALLS {
+            return Err((503, "Service Unavailable"));
         }
         let mut branches = Vec::new();
         let mut hints_removed = false;
@@ -418,6 +418,13 @@ impl Proxy {
                 Purpose::Callee { number: p.callee },
                 Owner::Proxy,
             ) {
+                st.by_tx.insert(
+                    tx,
+                    Forward::Branch {
+                        call: p.key.clone(),
+                        index: branches.len(),
+                    },
+                );
                 branches.push(Branch {
                     tx,
                     flow: *flow,
@@ -431,16 +438,6 @@ impl Proxy {
         }
         if hints_removed {
             Metrics::inc(&self.metrics.auto_answer_removed);
-        }
-        let mut st = self.lock();
-        for (i, b) in branches.iter().enumerate() {
-            st.by_tx.insert(
-                b.tx,
-                Forward::Branch {
-                    call: p.key.clone(),
-                    index: i,
-                },
-            );
         }
         st.calls.insert(
             p.key.clone(),
@@ -522,6 +519,9 @@ impl Proxy {
             return Ok(());
         }
         let key = key.ok_or((400, "Bad Request"))?;
+        // Held until the relay is recorded: its answer may come at once, on another
+        // thread.
+        let mut st = self.lock();
         let tx = self
             .egress
             .start(
@@ -535,7 +535,6 @@ impl Proxy {
         if method == "BYE" {
             self.dialogs.terminating(d.id);
         }
-        let mut st = self.lock();
         if method == "INVITE" {
             st.relays_by_key.insert(key.clone(), tx);
         }

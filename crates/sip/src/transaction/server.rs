@@ -155,6 +155,17 @@ enum Phase {
     Accepted,
 }
 
+/// Which answers the table repeats by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Repeat {
+    /// A 300-699 answer to an INVITE, until its ACK (Timer G).
+    UntilAck,
+    /// Nothing (answers to requests nobody authenticated).
+    Never,
+    /// A 2xx of our own, until the TU reports its ACK.
+    Own2xx,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Retransmit {
     at: Instant,
@@ -392,7 +403,21 @@ impl<D: Clone> ServerTransactions<D> {
         bytes: Arc<[u8]>,
         now: Instant,
     ) -> Result<D, Unanswerable> {
-        self.record(key, bytes, false, now)
+        self.record(key, bytes, Repeat::UntilAck, now)
+    }
+
+    /// [`Self::respond`], except that a 300-699 answer to an INVITE is not repeated by
+    /// Timer G: it goes again only when the INVITE does. For answers to requests nobody
+    /// has authenticated (a 407 challenge, a refusal): a forged source address then gets
+    /// one answer per request it is sent, never ten, so sipward cannot be used to
+    /// amplify a flood towards it.
+    pub fn respond_once(
+        &mut self,
+        key: &TxKey,
+        bytes: Arc<[u8]>,
+        now: Instant,
+    ) -> Result<D, Unanswerable> {
+        self.record(key, bytes, Repeat::Never, now)
     }
 
     /// [`Self::respond`] for a 2xx of sipward's own to an INVITE (a UAS core): the table
@@ -404,16 +429,17 @@ impl<D: Clone> ServerTransactions<D> {
         bytes: Arc<[u8]>,
         now: Instant,
     ) -> Result<D, Unanswerable> {
-        self.record(key, bytes, true, now)
+        self.record(key, bytes, Repeat::Own2xx, now)
     }
 
     fn record(
         &mut self,
         key: &TxKey,
         bytes: Arc<[u8]>,
-        own_2xx: bool,
+        repeat: Repeat,
         now: Instant,
     ) -> Result<D, Unanswerable> {
+        let own_2xx = repeat == Repeat::Own2xx;
         let code = status_of(&bytes).ok_or(Unanswerable::NotAResponse)?;
         let timers = self.timers;
         let e = self
@@ -456,7 +482,7 @@ impl<D: Clone> ServerTransactions<D> {
             });
         } else {
             e.phase = Phase::Completed;
-            e.retransmit = unreliable.then(|| Retransmit {
+            e.retransmit = (unreliable && repeat != Repeat::Never).then(|| Retransmit {
                 at: now + timers.t1(),
                 interval: timers.t1(),
             });
@@ -662,6 +688,18 @@ mod tests {
         );
         t.on_deadline(t0 + ms(8000));
         assert!(t.is_empty(), "gone after Timer I");
+
+        // An answer sent once is not repeated by Timer G, only for the INVITE again.
+        let k = key("z9hG4bKonce", "INVITE");
+        t.on_request(&k, "stranger", UDP, t0);
+        t.respond_once(&k, bytes("SIP/2.0 407 Proxy Authentication Required"), t0)
+            .expect("407");
+        assert!(t.on_deadline(t0 + ms(600)).is_empty());
+        assert!(matches!(
+            t.on_request(&k, "stranger", UDP, t0 + ms(700)),
+            Seen::Resend { .. }
+        ));
+        assert!(t.on_ack(&k, t0 + ms(800)));
 
         // No ACK ever: Timer H reports it.
         let k = key("z9hG4bKinv2", "INVITE");

@@ -212,6 +212,24 @@ pub fn sipp_from(
     let inf = dir.join("users.csv");
     std::fs::write(&inf, csv).expect("csv");
     let stat = dir.join("stat.csv");
+    // SIPp 3.6 computes every digest over `sip:REMOTE_IP:PORT` unless told otherwise;
+    // sipward holds a digest's uri= to the Request-URI (RFC 3261 §22.4), so a scenario
+    // that calls `[field2]` signs that Request-URI (one dialled number per run).
+    let calls_field2 = std::fs::read_to_string(&scenario)
+        .is_ok_and(|t| t.contains("INVITE sip:[field2]@[remote_ip]:[remote_port] SIP/2.0"));
+    let dialled: std::collections::BTreeSet<&str> = csv
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(';').nth(2))
+        .collect();
+    let auth_uri = match (calls_field2, dialled.len()) {
+        (true, 1) => dialled
+            .first()
+            .map(|d| vec!["-auth_uri".to_owned(), format!("{d}@{target}")]),
+        (true, _) => panic!("one SIPp run signs one Request-URI: give it one dialled number"),
+        _ => None,
+    }
+    .unwrap_or_default();
     let out = Command::new(sipp)
         .current_dir(&dir)
         .args([
@@ -220,6 +238,7 @@ pub fn sipp_from(
             "-inf",
             inf.to_str().expect("utf8"),
         ])
+        .args(&auth_uri)
         .args([
             "-i",
             local_ip,
