@@ -133,7 +133,11 @@ impl Server {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
             if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(status.success(), "serve exited with {status}");
+                assert!(
+                    status.success(),
+                    "serve exited with {status}:\n{}",
+                    self.log()
+                );
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
