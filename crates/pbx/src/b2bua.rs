@@ -1287,3 +1287,227 @@ impl B2bua {
         self.lock().calls.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::egress::tests::{Rig, addr, rig};
+    use crate::trunk::Routed;
+    use policy::clock::Clock;
+
+    const INVITE: &str = "INVITE sip:12125550123@pbx SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bKphone1;rport\r\n\
+        From: <sip:1001@pbx>;tag=p1\r\nTo: <sip:12125550123@pbx>\r\nCall-ID: phone-call-1\r\n\
+        CSeq: 2 INVITE\r\nContact: <sip:1001@192.0.2.1:5062>\r\nMax-Forwards: 70\r\n\
+        Content-Type: application/sdp\r\nContent-Length: 3\r\n\r\nv=0";
+
+    fn phone() -> Flow {
+        Flow::udp(addr("192.0.2.1:5062"))
+    }
+
+    fn trunk() -> Flow {
+        Flow::udp(addr("192.0.2.7:5060"))
+    }
+
+    /// A B2BUA on the rig with the phone's INVITE placed towards the gateway.
+    fn placed(r: &Rig) -> B2bua {
+        let b = B2bua::new(r.signalling());
+        let m = sip::msg::parse(INVITE.as_bytes()).expect("parse");
+        let key = TxKey::of(&m).expect("key");
+        r.egress.arrived(&key, phone(), r.clock.instant());
+        let trunks = crate::trunk::tests::trunks();
+        let Routed::To(target, number) = trunks.route("12125550123", "1001", |_| None) else {
+            panic!("routed")
+        };
+        b.start(Placed {
+            request: INVITE.as_bytes(),
+            key,
+            source: phone(),
+            caller: "1001".into(),
+            counted: "1001".into(),
+            dialled: "12125550123".into(),
+            number,
+            e164: Some("+12125550123".into()),
+            class: CallClass::National,
+            ring: Duration::from_secs(180),
+            max: Some(Duration::from_secs(7200)),
+            target,
+        })
+        .expect("started");
+        b
+    }
+
+    fn text(bytes: &[u8]) -> String {
+        String::from_utf8(bytes.to_vec()).expect("utf8")
+    }
+
+    fn header<'a>(msg: &'a str, name: &str) -> &'a str {
+        msg.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or("")
+    }
+
+    /// The trunk's answer to `req`, through the egress rule and back to the B2BUA.
+    fn feed(r: &Rig, b: &B2bua, req: &str, status: &str, extra: &str) {
+        let answer = format!(
+            "SIP/2.0 {status}\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=t1\r\nCall-ID: {}\r\nCSeq: {}\r\n\
+             {extra}Content-Length: 0\r\n\r\n",
+            header(req, "Via"),
+            header(req, "From"),
+            header(req, "To"),
+            header(req, "Call-ID"),
+            header(req, "CSeq"),
+        );
+        let m = sip::msg::parse(answer.as_bytes()).expect("parse");
+        let now = r.clock.instant();
+        for d in r.egress.on_response(&m, &trunk(), now).expect("matched") {
+            b.on_delivery(&d, Some(&m), now);
+        }
+    }
+
+    #[test]
+    fn a_challenged_call_is_answered_with_the_trunks_credentials_once() {
+        let r = rig();
+        let b = placed(&r);
+        let sent = r.wire.take();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, trunk(), "to the route's trunk");
+        let first = text(&sent[0].1);
+        assert!(
+            first.starts_with("INVITE sip:12125550123@192.0.2.7 SIP/2.0"),
+            "{first}"
+        );
+        assert!(!first.contains("phone-call-1"), "its own Call-ID");
+        assert!(first.ends_with("v=0"), "the SDP passes through");
+        assert_eq!(b.active_for("1001"), 1);
+        // A 407: the transaction ACKs it, and the INVITE goes again with credentials.
+        feed(
+            &r,
+            &b,
+            &first,
+            "407 Proxy Authentication Required",
+            "Proxy-Authenticate: Digest realm=\"gw\", nonce=\"n1\"\r\n",
+        );
+        let sent = r.wire.take();
+        assert!(text(&sent[0].1).starts_with("ACK "), "{sent:?}");
+        let second = text(&sent[1].1);
+        assert!(second.contains("CSeq: 2 INVITE"), "{second}");
+        let creds =
+            sip::header::auth::DigestCredentials::parse(header(&second, "Proxy-Authorization"))
+                .expect("credentials");
+        assert_eq!(creds.username, "gw");
+        let ha1 = sip::digest::ha1(sip::digest::Algorithm::Md5, "gw", "gw", "Gw7-secret");
+        let input = sip::digest::ResponseInput {
+            method: "INVITE",
+            uri: &creds.uri,
+            nonce: "n1",
+            qop_auth: None,
+        };
+        assert!(sip::digest::verify_response(
+            sip::digest::Algorithm::Md5,
+            &ha1,
+            &input,
+            &creds.response
+        ));
+        // A second challenge is not answered again: the phone gets 503.
+        feed(
+            &r,
+            &b,
+            &second,
+            "407 Proxy Authentication Required",
+            "Proxy-Authenticate: Digest realm=\"gw\", nonce=\"n2\"\r\n",
+        );
+        let sent = r.wire.take();
+        assert_eq!(sent.len(), 2, "ACK to the trunk, final to the phone");
+        assert_eq!(sent[1].0, phone());
+        let final_answer = text(&sent[1].1);
+        assert!(final_answer.starts_with("SIP/2.0 503"), "{final_answer}");
+        assert!(final_answer.contains("Call-ID: phone-call-1"));
+        assert_eq!(b.active_for("1001"), 0, "a failed and ACKed call is over");
+    }
+
+    #[test]
+    fn a_trunks_redirect_is_never_followed() {
+        let r = rig();
+        let b = placed(&r);
+        let first = text(&r.wire.take()[0].1);
+        feed(
+            &r,
+            &b,
+            &first,
+            "302 Moved Temporarily",
+            "Contact: <sip:0900123@198.51.100.1>\r\n",
+        );
+        let sent = r.wire.take();
+        assert!(text(&sent[0].1).starts_with("ACK "));
+        assert!(text(&sent[1].1).starts_with("SIP/2.0 480"), "not followed");
+        assert!(
+            sent.iter()
+                .all(|(f, bytes)| f.remote.ip().to_string() != "198.51.100.1"
+                    && !text(bytes).starts_with("INVITE"))
+        );
+    }
+
+    #[test]
+    fn an_answered_call_maps_bye_across_the_legs() {
+        let r = rig();
+        let b = placed(&r);
+        let first = text(&r.wire.take()[0].1);
+        feed(
+            &r,
+            &b,
+            &first,
+            "200 OK",
+            "Contact: <sip:gw@192.0.2.7:5060>\r\n",
+        );
+        let sent = r.wire.take();
+        // The trunk's 2xx is ACKed at once (the phone's INVITE carried the offer) and
+        // the phone gets its own 200 with sipward's tag.
+        let ack = sent
+            .iter()
+            .find(|(_, m)| m.starts_with(b"ACK "))
+            .expect("ACK");
+        assert_eq!(ack.0, trunk());
+        let ok = sent
+            .iter()
+            .find(|(f, m)| *f == phone() && m.starts_with(b"SIP/2.0 200"))
+            .expect("200 to the phone");
+        let ok = text(&ok.1);
+        let our_tag = header(&ok, "To")
+            .split(";tag=")
+            .nth(1)
+            .expect("tag")
+            .to_owned();
+        assert_eq!(b.snapshot()[0].state, "answered");
+        // The leg A dialog: the phone and sipward.
+        let (d, side) = r
+            .dialogs
+            .find("phone-call-1", "p1", &our_tag)
+            .expect("leg A dialog");
+        assert_eq!(side, crate::dialog::Side::Caller);
+        let crate::dialog::Kind::Trunk { call, leg } = d.kind else {
+            panic!("a trunk leg")
+        };
+        assert_eq!(leg, Leg::A);
+        // The phone hangs up: answered 200, BYE to the trunk.
+        let bye = format!(
+            "BYE sip:x@192.0.2.100 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bKbye1;rport\r\n\
+             From: <sip:1001@pbx>;tag=p1\r\nTo: <sip:12125550123@pbx>;tag={our_tag}\r\n\
+             Call-ID: phone-call-1\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n"
+        );
+        let m = sip::msg::parse(bye.as_bytes()).expect("parse");
+        let key = TxKey::of(&m).expect("key");
+        r.egress.arrived(&key, phone(), r.clock.instant());
+        b.in_dialog(&m, bye.as_bytes(), Some(&key), &phone(), call, leg);
+        let sent = r.wire.take();
+        assert!(
+            sent.iter()
+                .any(|(f, m)| *f == phone() && m.starts_with(b"SIP/2.0 200"))
+        );
+        let to_trunk = sent
+            .iter()
+            .find(|(_, m)| m.starts_with(b"BYE "))
+            .expect("BYE on leg B");
+        assert_eq!(to_trunk.0, trunk());
+        assert!(text(&to_trunk.1).starts_with("BYE sip:gw@192.0.2.7:5060 SIP/2.0"));
+    }
+}

@@ -695,18 +695,18 @@ impl Egress {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::dialog::{Kind, NewDialog, Party, Phase, Who};
     use crate::registrar::{Contacts, RegisterRequest, RegistrarConfig};
     use policy::clock::ManualClock;
     use std::net::SocketAddr;
 
-    /// Records what reaches the wire.
+    /// Records what reaches the wire (shared with the proxy's and B2BUA's tests).
     #[derive(Debug, Default)]
-    struct Recorder {
+    pub(crate) struct Recorder {
         sent: Mutex<Vec<(Flow, Vec<u8>)>>,
-        dead: Mutex<Vec<Flow>>,
+        pub(crate) dead: Mutex<Vec<Flow>>,
     }
 
     impl Wire for Recorder {
@@ -723,39 +723,55 @@ mod tests {
     }
 
     impl Recorder {
-        fn take(&self) -> Vec<(Flow, Vec<u8>)> {
+        pub(crate) fn take(&self) -> Vec<(Flow, Vec<u8>)> {
             std::mem::take(&mut *self.sent.lock().expect("lock"))
         }
     }
 
     const T0: i64 = 1_800_000_000;
 
-    struct Rig {
-        egress: Egress,
-        wire: Arc<Recorder>,
-        metrics: Arc<Metrics>,
-        registrar: Arc<Registrar>,
-        dialogs: Arc<Dialogs>,
-        clock: Arc<ManualClock>,
+    /// An egress rule on a recorder, with extension 1001 registered from
+    /// 192.0.2.1:5062 and the trunks of `crate::trunk::tests::trunks`.
+    impl Rig {
+        /// The signalling the proxy and the B2BUA are built on.
+        pub(crate) fn signalling(&self) -> Arc<crate::signalling::Signalling> {
+            Arc::new(crate::signalling::Signalling::new(
+                self.egress.clone(),
+                self.dialogs.clone(),
+                self.metrics.clone(),
+                self.clock.clone(),
+                addr("192.0.2.100:5060"),
+                [5; 32],
+            ))
+        }
     }
 
-    fn addr(s: &str) -> SocketAddr {
+    pub(crate) struct Rig {
+        pub(crate) egress: Arc<Egress>,
+        pub(crate) wire: Arc<Recorder>,
+        pub(crate) metrics: Arc<Metrics>,
+        pub(crate) registrar: Arc<Registrar>,
+        pub(crate) dialogs: Arc<Dialogs>,
+        pub(crate) clock: Arc<ManualClock>,
+    }
+
+    pub(crate) fn addr(s: &str) -> SocketAddr {
         s.parse().expect("addr")
     }
 
-    fn rig() -> Rig {
+    pub(crate) fn rig() -> Rig {
         let metrics = Arc::new(Metrics::default());
         let registrar = Arc::new(Registrar::new(RegistrarConfig::default()));
         let dialogs = Arc::new(Dialogs::default());
         let trunks = Arc::new(crate::trunk::tests::trunks());
         let clock = Arc::new(ManualClock::new(T0, Instant::now()));
-        let egress = Egress::new(
+        let egress = Arc::new(Egress::new(
             dialogs.clone(),
             registrar.clone(),
             trunks,
             metrics.clone(),
             clock.clone(),
-        );
+        ));
         let wire = Arc::new(Recorder::default());
         egress.connect(wire.clone());
         // 1001 is registered from 192.0.2.1:5062 (its Contact names another place).

@@ -846,6 +846,134 @@ impl Proxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::egress::tests::{Rig, addr, rig};
+    use policy::clock::Clock;
+
+    const INVITE: &str = "INVITE sip:1001@pbx SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKcaller1;rport\r\n\
+        From: <sip:1002@pbx>;tag=f1\r\nTo: <sip:1001@pbx>\r\nCall-ID: c1\r\nCSeq: 2 INVITE\r\n\
+        Proxy-Authorization: Digest username=\"x\"\r\nCall-Info: <sip:pbx>;answer-after=0\r\n\
+        Route: <sip:192.0.2.100;lr>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+
+    fn caller() -> Flow {
+        Flow::udp(addr("192.0.2.9:5060"))
+    }
+
+    fn callee() -> Flow {
+        Flow::udp(addr("192.0.2.1:5062"))
+    }
+
+    fn proxy(r: &Rig) -> Proxy {
+        let transfers = Arc::new(Transfers::new(
+            Arc::new(crate::admission::Outbound::new(
+                policy::dialplan::DialPlan::default(),
+            )),
+            Arc::new(crate::trunk::tests::trunks()),
+            Arc::new(crate::directory::DirectoryCache::default()),
+        ));
+        Proxy::new(r.signalling(), transfers)
+    }
+
+    /// The caller's INVITE to 1001, arrived and forked; what went downstream.
+    fn invite(r: &Rig, p: &Proxy) -> (TxKey, String) {
+        let m = sip::msg::parse(INVITE.as_bytes()).expect("parse");
+        let key = TxKey::of(&m).expect("key");
+        r.egress.arrived(&key, caller(), r.clock.instant());
+        p.invite(Placed {
+            request: INVITE.as_bytes(),
+            key: key.clone(),
+            source: caller(),
+            caller: Who::Extension("1002".into()),
+            callee: "1001",
+            contacts: r.registrar.flows("1001", 1_800_000_000),
+            intercom: false,
+            class: Some(policy::dialplan::CallClass::Internal),
+        })
+        .expect("forked");
+        let sent = r.wire.take();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, callee(), "to the flow it registered from");
+        (key, String::from_utf8(sent[0].1.clone()).expect("utf8"))
+    }
+
+    /// The callee's answer to `req`, through the egress rule and back to the proxy.
+    fn answer(r: &Rig, p: &Proxy, req: &str, code: u16, from: Flow) {
+        let m = sip::msg::parse(req.as_bytes()).expect("parse");
+        let vias: String = m
+            .headers_named(Name::Via)
+            .map(|v| format!("Via: {v}\r\n"))
+            .collect();
+        let text = format!(
+            "SIP/2.0 {code} X\r\n{vias}From: <sip:1002@pbx>;tag=f1\r\nTo: <sip:1001@pbx>;tag=callee\r\n\
+             Call-ID: c1\r\nCSeq: 2 INVITE\r\nContact: <sip:1001@198.51.100.9>\r\nContent-Length: 0\r\n\r\n"
+        );
+        let m = sip::msg::parse(text.as_bytes()).expect("parse");
+        let now = r.clock.instant();
+        if let Ok(ds) = r.egress.on_response(&m, &from, now) {
+            for d in ds {
+                p.on_delivery(&d, Some(&m), now);
+            }
+        }
+    }
+
+    #[test]
+    fn the_forwarded_invite_carries_our_via_and_record_route_and_nothing_of_the_callers() {
+        let r = rig();
+        let p = proxy(&r);
+        let (_, sent) = invite(&r, &p);
+        assert!(sent.starts_with("INVITE sip:1001@198.51.100.9:7000 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.100:5060;branch=z9hG4bK"), "{sent}");
+        assert!(sent.contains("branch=z9hG4bKcaller1;received=192.0.2.9;rport=5060"));
+        assert!(sent.contains("Record-Route: <sip:192.0.2.100:5060;lr>"));
+        assert!(sent.contains("Max-Forwards: 69\r\n"));
+        assert!(
+            !sent.contains("Proxy-Authorization"),
+            "our credentials stay here"
+        );
+        assert!(!sent.contains("\r\nRoute:"), "no Route goes on");
+        assert!(
+            !sent.contains("answer-after"),
+            "no auto-answer hint without intercom"
+        );
+    }
+
+    #[test]
+    fn a_failure_is_acked_downstream_and_goes_upstream_to_the_caller_only() {
+        let r = rig();
+        let p = proxy(&r);
+        let (_, sent) = invite(&r, &p);
+        // The same 486 from a third address reaches nothing.
+        answer(&r, &p, &sent, 486, Flow::udp(addr("192.0.2.66:5062")));
+        assert!(r.wire.take().is_empty());
+        answer(&r, &p, &sent, 486, callee());
+        let out = r.wire.take();
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out[0].1.starts_with(b"ACK sip:1001@198.51.100.9:7000"));
+        assert_eq!(out[0].0, callee());
+        assert!(out[1].1.starts_with(b"SIP/2.0 486"));
+        assert_eq!(out[1].0, caller());
+        assert_eq!(p.call_count(), 1, "until the branch's transaction ends");
+    }
+
+    #[test]
+    fn a_2xx_confirms_the_dialog_of_the_two_parties() {
+        let r = rig();
+        let p = proxy(&r);
+        let (_, sent) = invite(&r, &p);
+        answer(&r, &p, &sent, 180, callee());
+        let (d, _) = r.dialogs.find("c1", "f1", "callee").expect("early dialog");
+        assert_eq!(d.phase, crate::dialog::Phase::Early);
+        answer(&r, &p, &sent, 200, callee());
+        let (d, side) = r.dialogs.find("c1", "callee", "f1").expect("dialog");
+        assert_eq!(side, Side::Callee);
+        assert_eq!(d.phase, crate::dialog::Phase::Confirmed);
+        assert_eq!(d.caller.flow, Some(caller()));
+        assert_eq!(d.callee.flow, Some(callee()));
+        let out = r.wire.take();
+        assert!(
+            out.iter().all(|(f, _)| *f == caller()),
+            "both answers go upstream"
+        );
+        assert!(out.iter().any(|(_, m)| m.starts_with(b"SIP/2.0 200")));
+    }
 
     #[test]
     fn auto_answer_hints_are_taken_out_entry_by_entry() {
