@@ -29,11 +29,13 @@ const ANSWER: Duration = Duration::from_secs(5);
 /// How long silence is watched for where nothing must come.
 const QUIET: Duration = Duration::from_millis(600);
 
-/// A user agent on one UDP socket: it records everything that arrives.
+/// A user agent on one UDP socket, or on one TCP connection it opened to the PBX: it
+/// records everything that arrives.
 struct Ua {
     addr: SocketAddr,
     pbx: SocketAddr,
     sock: Arc<UdpSocket>,
+    tcp: Option<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>,
     inbox: Arc<Mutex<Vec<(String, bool)>>>,
     number: String,
     auth_id: String,
@@ -133,12 +135,44 @@ impl Ua {
             addr,
             pbx,
             sock,
+            tcp: None,
             inbox,
             number: number.to_owned(),
             auth_id: format!("cp{number}desk"),
             password: format!("Vb7-qLx9-{number}-Tz4Wm"),
             counter: Default::default(),
         }
+    }
+
+    /// A phone on a TCP connection it opens from `ip` to the PBX (its address is the
+    /// connection's).
+    async fn connect(ip: &str, pbx: SocketAddr, number: &str) -> Ua {
+        use tokio::io::AsyncReadExt;
+        let mut ua = Ua::bind(ip, pbx, number).await;
+        let s = tokio::net::TcpSocket::new_v4().expect("socket");
+        s.bind((ua.addr.ip(), 0).into()).expect("bind");
+        let stream = s.connect(pbx).await.expect("connect");
+        ua.addr = stream.local_addr().expect("addr");
+        let (mut rd, wr) = stream.into_split();
+        let ib = ua.inbox.clone();
+        tokio::spawn(async move {
+            let mut buf: Vec<u8> = Vec::new();
+            let mut chunk = vec![0u8; 65_536];
+            while let Ok(n) = rd.read(&mut chunk).await {
+                if n == 0 {
+                    return;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                while let Ok(Some(len)) = sip::msg::frame_len(&buf, 1 << 20) {
+                    let m: Vec<u8> = buf.drain(..len).collect();
+                    ib.lock()
+                        .expect("inbox")
+                        .push((String::from_utf8_lossy(&m).into_owned(), false));
+                }
+            }
+        });
+        ua.tcp = Some(tokio::sync::Mutex::new(wr));
+        ua
     }
 
     fn next(&self, what: &str) -> String {
@@ -149,10 +183,21 @@ impl Ua {
     }
 
     async fn send(&self, text: &str) {
-        self.sock
-            .send_to(text.as_bytes(), self.pbx)
-            .await
-            .expect("send");
+        use tokio::io::AsyncWriteExt;
+        match &self.tcp {
+            Some(w) => w
+                .lock()
+                .await
+                .write_all(text.as_bytes())
+                .await
+                .expect("send TCP"),
+            None => {
+                self.sock
+                    .send_to(text.as_bytes(), self.pbx)
+                    .await
+                    .expect("send");
+            }
+        }
     }
 
     /// Takes the first message not taken yet that `pred` accepts, within `within`.
@@ -213,7 +258,8 @@ impl Ua {
     }
 
     fn via(&self, branch: &str) -> String {
-        format!("SIP/2.0/UDP {};branch={branch};rport", self.addr)
+        let t = if self.tcp.is_some() { "TCP" } else { "UDP" };
+        format!("SIP/2.0/{t} {};branch={branch};rport", self.addr)
     }
 
     async fn register(&self) {
@@ -1032,4 +1078,46 @@ async fn what_the_egress_rule_refuses_is_counted_by_reason() {
             "{reason}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_go_over_tcp_on_the_connection_a_phone_registered_on() {
+    let pbx = start(Setup {
+        extensions: vec![("4001", "national"), ("4002", "national")],
+        ..Setup::default()
+    })
+    .await;
+    let tcp = Ua::connect("127.0.0.21", pbx.sip, "4001").await;
+    let udp = Ua::bind("127.0.0.22", pbx.sip, "4002").await;
+    tcp.register().await;
+    udp.register().await;
+    // UDP to TCP: the INVITE comes on the phone's own connection.
+    let out = udp.invite("4001", "").await;
+    let invite = tcp.request_for("INVITE", &out.call_id, 0).await;
+    assert!(invite.contains("Via: SIP/2.0/TCP "), "{invite}");
+    assert!(
+        invite.contains(";transport=tcp;lr>"),
+        "a Record-Route the TCP phone reaches on its connection: {invite}"
+    );
+    assert!(
+        invite.contains(";lr>\r\nRecord-Route: <sip:127.0.0.1:"),
+        "two, RFC 5658: {invite}"
+    );
+    tcp.reply(
+        &invite,
+        200,
+        "OK",
+        "t1",
+        &format!("Contact: <sip:4001@{};transport=tcp>\r\n", tcp.addr),
+        "",
+    )
+    .await;
+    let ok = udp.answer_to(&out, |c| c == 200).await;
+    assert!(ok.contains("tag=t1"));
+    // TCP to UDP: the call goes the other way too (it used to get 480).
+    let out = tcp.invite("4002", "").await;
+    let invite = udp.request_for("INVITE", &out.call_id, 0).await;
+    udp.reply(&invite, 486, "Busy Here", "u1", "", "").await;
+    let busy = tcp.answer_to(&out, |c| c >= 300).await;
+    assert_eq!(status(&busy), 486, "{busy}");
 }
