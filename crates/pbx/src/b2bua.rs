@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use policy::dialplan::CallClass;
+use policy::dialplan::{CallClass, ClassOfService};
 use sip::header::addr::NameAddr;
 use sip::header::auth::Challenge;
 use sip::header::cseq::CSeq;
@@ -64,6 +64,8 @@ pub struct Placed<'a> {
     /// That number in E.164.
     pub e164: Option<String>,
     pub class: CallClass,
+    /// The class of service it was admitted under (the charged account's).
+    pub class_of_service: ClassOfService,
     /// How long it may ring, and last once answered (None: emergency calls).
     pub ring: Duration,
     pub max: Option<Duration>,
@@ -117,6 +119,7 @@ struct Call {
     dialled: String,
     e164: Option<String>,
     class: CallClass,
+    class_of_service: ClassOfService,
     target: Target,
     phase: Phase,
     started_wall: i64,
@@ -335,6 +338,7 @@ impl B2bua {
             dialled: p.dialled,
             e164: p.e164,
             class: p.class,
+            class_of_service: p.class_of_service,
             target: p.target.clone(),
             phase: Phase::Calling,
             started_wall: self.sig.clock.now(),
@@ -488,6 +492,7 @@ impl B2bua {
                                 leg: Leg::A,
                             },
                             class: Some(call.class),
+                            class_of_service: Some(call.class_of_service),
                             e164: call.e164.clone(),
                         },
                         now,
@@ -526,6 +531,7 @@ impl B2bua {
                         leg: Leg::B,
                     },
                     class: Some(call.class),
+                    class_of_service: Some(call.class_of_service),
                     e164: call.e164.clone(),
                 },
                 now,
@@ -1328,6 +1334,7 @@ mod tests {
             number,
             e164: Some("+12125550123".into()),
             class: CallClass::National,
+            class_of_service: ClassOfService::National,
             ring: Duration::from_secs(180),
             max: Some(Duration::from_secs(7200)),
             target,

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
-use policy::dialplan::CallClass;
+use policy::dialplan::{CallClass, ClassOfService};
 use sha2::Sha256;
 
 use crate::flow::Flow;
@@ -124,8 +124,11 @@ pub struct Dialog {
     pub callee: Party,
     pub phase: Phase,
     pub kind: Kind,
-    /// The class of service the call was admitted under.
+    /// The class the call was admitted as (internal, national, ...).
     pub class: Option<CallClass>,
+    /// The class of service it was admitted under (the caller's, or a transfer's
+    /// referrer's); None for calls from trunks.
+    pub class_of_service: Option<ClassOfService>,
     /// For a trunk call: the number that leaves, in E.164.
     pub e164: Option<String>,
     pub started: Instant,
@@ -170,6 +173,7 @@ pub struct NewDialog {
     pub phase: Phase,
     pub kind: Kind,
     pub class: Option<CallClass>,
+    pub class_of_service: Option<ClassOfService>,
     pub e164: Option<String>,
 }
 
@@ -290,6 +294,7 @@ impl Dialogs {
                 phase: d.phase,
                 kind: d.kind,
                 class: d.class,
+                class_of_service: d.class_of_service,
                 e164: d.e164,
                 started: now,
                 answered,
@@ -433,6 +438,7 @@ mod tests {
                 phase: Phase::Early,
                 kind: Kind::Proxied,
                 class: Some(CallClass::Internal),
+                class_of_service: Some(ClassOfService::National),
                 e164: None,
             },
             now,
@@ -534,6 +540,7 @@ mod tests {
                     leg: Leg::B,
                 },
                 class: Some(CallClass::National),
+                class_of_service: Some(ClassOfService::National),
                 e164: Some("+12125550123".into()),
             },
             t0,
@@ -572,6 +579,7 @@ mod tests {
                 phase: Phase::Early,
                 kind: Kind::Proxied,
                 class: None,
+                class_of_service: None,
                 e164: None,
             },
             now,

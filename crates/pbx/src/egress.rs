@@ -1015,6 +1015,7 @@ pub(crate) mod tests {
                     phase: Phase::Confirmed,
                     kind: Kind::Proxied,
                     class: None,
+                    class_of_service: None,
                     e164: None,
                 },
                 r.clock.instant(),
@@ -1125,6 +1126,42 @@ pub(crate) mod tests {
         assert_eq!(sent.len(), 1);
         assert!(sent[0].1.starts_with(b"ACK "));
         assert_eq!(sent[0].0, registered);
+    }
+
+    #[test]
+    fn a_send_of_no_live_transaction_or_to_another_destination_is_denied() {
+        let r = rig();
+        let registered = Flow::udp(addr("192.0.2.1:5062"));
+        let tx = r
+            .egress
+            .start(
+                request("NOTIFY", "z9hG4bKn1", ""),
+                registered,
+                Purpose::Registration { number: "1001" },
+                Owner::Notify,
+            )
+            .expect("started");
+        r.wire.take();
+        let send = |to: Flow| Output {
+            tx,
+            action: Action::Send {
+                to,
+                bytes: Arc::from(&b"NOTIFY sip:x SIP/2.0\r\n\r\n"[..]),
+            },
+        };
+        // To another destination than the one chosen at creation.
+        r.egress.carry_out(
+            vec![send(Flow::udp(addr("192.0.2.66:5060")))],
+            r.clock.instant(),
+        );
+        assert!(r.wire.take().is_empty());
+        assert_eq!(denied(&r, Denial::NoClientTransaction), 1);
+        // For a transaction that is no longer live.
+        r.egress.forget(tx);
+        r.egress
+            .carry_out(vec![send(registered)], r.clock.instant());
+        assert!(r.wire.take().is_empty());
+        assert_eq!(denied(&r, Denial::NoClientTransaction), 2);
     }
 
     #[test]

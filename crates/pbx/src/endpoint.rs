@@ -623,7 +623,7 @@ impl Endpoint {
                     Who::Extension(caller.number.clone()),
                     callee,
                     intercom,
-                    Some(CallClass::Internal),
+                    Some((CallClass::Internal, cos)),
                 );
             }
             Dialled::Emergency => {
@@ -758,6 +758,7 @@ impl Endpoint {
             number,
             e164: call.e164,
             class: call.class,
+            class_of_service: call.cos,
             ring: plan.max_ring_duration(call.cos),
             max: plan.max_call_duration(call.cos, call.class),
             target,
@@ -807,7 +808,7 @@ impl Endpoint {
         caller: Who,
         callee: &str,
         intercom: bool,
-        class: Option<CallClass>,
+        class: Option<(CallClass, ClassOfService)>,
     ) {
         let source = flow.remote;
         let contacts = self.registrar.flows(callee, self.clock.now());
@@ -825,7 +826,8 @@ impl Endpoint {
             callee,
             contacts,
             intercom,
-            class,
+            class: class.map(|c| c.0),
+            class_of_service: class.map(|c| c.1),
         };
         match self.proxy.invite(placed) {
             Ok(()) => Metrics::inc(&self.metrics.calls_proxied),

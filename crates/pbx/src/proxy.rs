@@ -55,8 +55,10 @@ pub struct Placed<'a> {
     pub contacts: Vec<(String, Flow)>,
     /// Auto-answer hints may pass (the caller's class allows intercom).
     pub intercom: bool,
-    /// The caller's class of service was checked; recorded in the dialog.
+    /// The call's class and the caller's class of service (None from a trunk):
+    /// recorded in the dialog.
     pub class: Option<policy::dialplan::CallClass>,
+    pub class_of_service: Option<policy::dialplan::ClassOfService>,
 }
 
 #[derive(Debug)]
@@ -80,6 +82,7 @@ struct Call {
     call_id: String,
     callee: String,
     class: Option<policy::dialplan::CallClass>,
+    class_of_service: Option<policy::dialplan::ClassOfService>,
     branches: Vec<Branch>,
     /// The best failure so far, rebuilt for upstream (status, bytes).
     best: Option<(u16, Vec<u8>)>,
@@ -450,6 +453,7 @@ impl Proxy {
                 call_id,
                 callee: p.callee.to_owned(),
                 class: p.class,
+                class_of_service: p.class_of_service,
                 branches,
                 best: None,
                 answered: false,
@@ -819,6 +823,7 @@ impl Proxy {
             phase,
             kind: Kind::Proxied,
             class: call.class,
+            class_of_service: call.class_of_service,
             e164: None,
         }
     }
@@ -887,6 +892,7 @@ mod tests {
             contacts: r.registrar.flows("1001", 1_800_000_000),
             intercom: false,
             class: Some(policy::dialplan::CallClass::Internal),
+            class_of_service: Some(policy::dialplan::ClassOfService::Internal),
         })
         .expect("forked");
         let sent = r.wire.take();
