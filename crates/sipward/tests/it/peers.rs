@@ -177,6 +177,33 @@ impl Server {
     }
 }
 
+impl Server {
+    /// `sipward_egress_denied_total` summed over its reasons, after printing every
+    /// non-zero reason with `what` (run with `--nocapture` to read the counts).
+    pub fn egress_denied(&self, what: &str) -> u64 {
+        let (_, body) = self.http_get("/metrics");
+        let mut total = 0;
+        for l in body.lines() {
+            let family = [
+                "sipward_egress_denied_total{",
+                "sipward_responses_dropped_total{",
+            ];
+            if family.iter().any(|f| l.starts_with(f)) {
+                let n: u64 = l
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                eprintln!("{what}: {l}");
+                if l.starts_with(family[0]) {
+                    total += n;
+                }
+            }
+        }
+        total
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
