@@ -1232,6 +1232,18 @@ impl B2bua {
                     self.bye(&mut st, id, Leg::A);
                     self.bye(&mut st, id, Leg::B);
                 }
+                // Both legs' dialogs are over (the dialog table ended them: nobody sent
+                // a BYE for a day): so is the call.
+                Phase::Answered
+                    if [call.a_dialog, call.b_remote.as_ref().map(|r| r.dialog)]
+                        .iter()
+                        .all(|d| {
+                            d.and_then(|d| self.sig.dialogs.get(d))
+                                .is_none_or(|d| d.phase == DialogPhase::Ended)
+                        }) =>
+                {
+                    call.phase = Phase::Ending;
+                }
                 _ => {}
             }
         }

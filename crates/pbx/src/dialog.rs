@@ -30,6 +30,11 @@ pub const MAX_DIALOGS: usize = 65_536;
 /// How long an ended dialog is remembered (64·T1: longer than any retransmission of
 /// the requests that ended it).
 pub const ENDED_KEPT: Duration = Duration::from_secs(32);
+/// An early dialog that no 2xx confirmed within this is over (longer than any ring time).
+pub const EARLY_MAX: Duration = Duration::from_secs(15 * 60);
+/// A confirmed dialog older than this is over: phones that vanish without a BYE must not
+/// fill the table (longer than the longest maximum call duration a class may have).
+pub const CONFIRMED_MAX: Duration = Duration::from_secs(25 * 3600);
 
 /// Unguessable tokens (tags, Call-IDs, cnonces) from a key drawn from the OS CSPRNG
 /// and a counter.
@@ -345,9 +350,22 @@ impl Dialogs {
         }
     }
 
-    /// Forgets dialogs ended [`ENDED_KEPT`] ago or more.
+    /// Forgets dialogs ended [`ENDED_KEPT`] ago or more, and ends early dialogs older
+    /// than [`EARLY_MAX`] and confirmed ones older than [`CONFIRMED_MAX`].
     pub fn sweep(&self, now: Instant) {
         let mut t = self.lock();
+        for d in t.by_id.values_mut() {
+            let age = now.saturating_duration_since(d.started);
+            let stale = match d.phase {
+                Phase::Early => age >= EARLY_MAX,
+                Phase::Confirmed | Phase::Terminating => age >= CONFIRMED_MAX,
+                Phase::Ended => false,
+            };
+            if stale {
+                d.phase = Phase::Ended;
+                d.ended = Some(now);
+            }
+        }
         let gone: Vec<DialogId> = t
             .by_id
             .values()
@@ -514,6 +532,22 @@ mod tests {
             d.permits("c1", "ta", "tb", "BYE", Some(&a), &b),
             Err(Refusal::NoDialog)
         );
+    }
+
+    #[test]
+    fn dialogs_nobody_ends_are_ended_in_time() {
+        let t0 = Instant::now();
+        let d = Dialogs::default();
+        let early = call(&d, t0);
+        let confirmed = call(&d, t0);
+        d.confirm(confirmed, t0);
+        d.sweep(t0 + EARLY_MAX);
+        assert_eq!(d.get(early).map(|x| x.phase), Some(Phase::Ended));
+        assert_eq!(d.get(confirmed).map(|x| x.phase), Some(Phase::Confirmed));
+        d.sweep(t0 + CONFIRMED_MAX);
+        assert_eq!(d.get(confirmed).map(|x| x.phase), Some(Phase::Ended));
+        d.sweep(t0 + CONFIRMED_MAX + ENDED_KEPT);
+        assert!(d.is_empty());
     }
 
     #[test]

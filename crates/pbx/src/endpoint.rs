@@ -194,6 +194,7 @@ impl Endpoint {
         for key in unacknowledged {
             self.b2bua.unacknowledged(&key);
         }
+        self.proxy.tick(now);
         self.b2bua.tick(now);
         self.providers.tick(now);
         self.dialogs.sweep(now);
@@ -451,7 +452,17 @@ impl Endpoint {
         // Towards a trunk, the trunk would place the call at the owner's cost: only
         // targets inside are let through.
         let towards_trunk = matches!(d.other(side).who, Who::Trunk(_));
-        let Some(target) = m.other_header("Refer-To").or_else(|| m.other_header("r")) else {
+        // Exactly one Refer-To (RFC 3515 §2.1): a second one could name another target
+        // than the one judged here.
+        let targets: Vec<&str> = m
+            .headers
+            .iter()
+            .filter(|h| {
+                h.raw_name.eq_ignore_ascii_case("Refer-To") || h.raw_name.eq_ignore_ascii_case("r")
+            })
+            .map(|h| h.value.as_ref())
+            .collect();
+        let [target] = targets.as_slice() else {
             return false;
         };
         match self.transfers.judge(
@@ -818,6 +829,10 @@ impl Endpoint {
         }
         // Without a To tag: a 100 makes no dialog.
         self.respond(m, key, source, 100, "Trying", &[]);
+        // The caller's class's ring time; three minutes (Timer C) for a trunk's call.
+        let ring = class.map_or(std::time::Duration::from_secs(180), |(_, cos)| {
+            self.outbound.plan().max_ring_duration(cos)
+        });
         let placed = proxy::Placed {
             request: bytes,
             key: key.clone(),
@@ -826,6 +841,7 @@ impl Endpoint {
             callee,
             contacts,
             intercom,
+            ring,
             class: class.map(|c| c.0),
             class_of_service: class.map(|c| c.1),
         };

@@ -55,6 +55,9 @@ pub struct Placed<'a> {
     pub contacts: Vec<(String, Flow)>,
     /// Auto-answer hints may pass (the caller's class allows intercom).
     pub intercom: bool,
+    /// How long the callee may ring before the branches are cancelled (RFC 3261 §16.6's
+    /// Timer C; the caller's class's ring time).
+    pub ring: std::time::Duration,
     /// The call's class and the caller's class of service (None from a trunk):
     /// recorded in the dialog.
     pub class: Option<policy::dialplan::CallClass>,
@@ -89,6 +92,8 @@ struct Call {
     answered: bool,
     final_sent: bool,
     cancelled: bool,
+    /// When the branches are cancelled if nobody answered (Timer C).
+    ring_until: Instant,
 }
 
 /// A request relayed within a dialog, waiting for its answer.
@@ -459,9 +464,29 @@ impl Proxy {
                 answered: false,
                 final_sent: false,
                 cancelled: false,
+                ring_until: self.sig.clock.instant() + p.ring,
             },
         );
         Ok(())
+    }
+
+    /// Timer C (RFC 3261 §16.6): a call still ringing at its ring time has its branches
+    /// cancelled; their 487s (or, after 64·T1 without one, our own) go to the caller.
+    pub fn tick(&self, now: Instant) {
+        let pending: Vec<TxId> = {
+            let mut st = self.lock();
+            st.calls
+                .values_mut()
+                .filter(|c| !c.answered && !c.final_sent && !c.cancelled && now >= c.ring_until)
+                .flat_map(|c| {
+                    c.cancelled = true;
+                    c.branches.iter().filter(|b| !b.done).map(|b| b.tx)
+                })
+                .collect()
+        };
+        for tx in pending {
+            let _ = self.egress.cancel(tx);
+        }
     }
 
     /// A CANCEL for the INVITE `invite` (its key): true when it is one of ours (the
@@ -891,6 +916,7 @@ mod tests {
             callee: "1001",
             contacts: r.registrar.flows("1001", 1_800_000_000),
             intercom: false,
+            ring: std::time::Duration::from_secs(180),
             class: Some(policy::dialplan::CallClass::Internal),
             class_of_service: Some(policy::dialplan::ClassOfService::Internal),
         })
@@ -957,6 +983,22 @@ mod tests {
         assert!(out[1].1.starts_with(b"SIP/2.0 486"));
         assert_eq!(out[1].0, caller());
         assert_eq!(p.call_count(), 1, "until the branch's transaction ends");
+    }
+
+    #[test]
+    fn a_callee_that_rings_too_long_is_cancelled() {
+        let r = rig();
+        let p = proxy(&r);
+        let (_, sent) = invite(&r, &p);
+        answer(&r, &p, &sent, 180, callee());
+        r.wire.take();
+        p.tick(r.clock.instant() + std::time::Duration::from_secs(179));
+        assert!(r.wire.take().is_empty());
+        p.tick(r.clock.instant() + std::time::Duration::from_secs(180));
+        let out = r.wire.take();
+        assert_eq!(out.len(), 1);
+        assert!(out[0].1.starts_with(b"CANCEL sip:1001@198.51.100.9:7000"));
+        assert_eq!(out[0].0, callee());
     }
 
     #[test]
