@@ -449,9 +449,11 @@ impl Endpoint {
         };
         let referrer = number(&d.party(side).who);
         let transferee = number(&d.other(side).who);
-        // Towards a trunk, the trunk would place the call at the owner's cost: only
-        // targets inside are let through.
-        let towards_trunk = matches!(d.other(side).who, Who::Trunk(_));
+        // Towards a trunk nothing is let through: the trunk would carry out the transfer
+        // itself, at the owner's cost, whatever the target looks like.
+        if matches!(d.other(side).who, Who::Trunk(_)) {
+            return false;
+        }
         // Exactly one Refer-To (RFC 3515 §2.1): a second one could name another target
         // than the one judged here.
         let targets: Vec<&str> = m
@@ -465,16 +467,12 @@ impl Endpoint {
         let [target] = targets.as_slice() else {
             return false;
         };
-        match self.transfers.judge(
+        self.transfers.judge(
             referrer.as_deref(),
             transferee.as_deref(),
             target,
             self.clock.now(),
-        ) {
-            Verdict::Inside => true,
-            Verdict::Granted { .. } => !towards_trunk,
-            Verdict::Refused => false,
-        }
+        ) != Verdict::Refused
     }
 
     /// Digest authentication with the guard's rules, shared by every method sipward

@@ -9,7 +9,7 @@
 //! 2xx confirms it (and the other branches are cancelled); when every branch has failed
 //! the best answer goes upstream. A 3xx whose target is outside goes upstream only when
 //! the redirecting extension's class may call that target (then the caller's call to it
-//! is the callee's); otherwise the caller gets 480.
+//! is the callee's); otherwise the caller gets 480. No 3xx goes back to a trunk.
 //!
 //! sipward Record-Routes, so that requests within the dialog come back through it. Those
 //! are relayed only by the dialog table's word: from one party's flow to the other's,
@@ -857,9 +857,11 @@ impl Proxy {
     /// referrer) may call; a granted one is then the callee's call when the caller
     /// places it.
     fn redirect_allowed(&self, call: &Call, m: &Message<'_>) -> bool {
+        // A trunk that follows a redirect dials the target at the owner's cost: no
+        // redirect goes back to a trunk.
         let transferee = match &call.caller {
             Who::Extension(n) => Some(n.as_str()),
-            _ => None,
+            _ => return false,
         };
         let targets: Vec<&str> = m
             .headers_named(Name::Contact)
