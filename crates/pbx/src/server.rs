@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use store::guard as gq;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admission::Outbound;
@@ -72,7 +72,6 @@ pub struct Bound {
     pub sip_udp: SocketAddr,
     pub sip_tcp: SocketAddr,
     pub endpoint: Arc<Endpoint>,
-    udp: Arc<UdpSocket>,
     transports: Arc<Transports>,
     tcp: TcpListener,
     registry: Registry,
@@ -92,8 +91,8 @@ pub async fn bind(
         addr: cfg.sip,
         source,
     };
-    let (udp, tcp) = transport::bind_pair(cfg.sip).await.map_err(bind_err)?;
-    let sip_udp = udp.local_addr().map_err(bind_err)?;
+    let (transports, tcp) = Transports::bind(cfg.sip).await.map_err(bind_err)?;
+    let sip_udp = transports.local_addr().map_err(bind_err)?;
     let sip_tcp = tcp.local_addr().map_err(bind_err)?;
 
     let metrics = Arc::new(Metrics::default());
@@ -160,15 +159,12 @@ pub async fn bind(
         endpoint.directory.get().extension_numbers(),
     );
     drop(conn);
-    let udp = Arc::new(udp);
-    let transports = Arc::new(Transports::new(udp.clone()));
     // Every message sipward writes goes through the egress rule to these sockets.
     endpoint.egress.connect(transports.clone());
     Ok(Bound {
         sip_udp,
         sip_tcp,
         endpoint,
-        udp,
         transports,
         tcp,
         registry,
@@ -198,7 +194,7 @@ impl Bound {
         let inbound: Arc<dyn Inbound> = self.endpoint.clone();
         for _ in 0..self.cfg.udp_workers.max(1) {
             tasks.spawn(transport::serve_udp(
-                self.udp.clone(),
+                self.transports.clone(),
                 inbound.clone(),
                 stop_rx.clone(),
             ));
@@ -217,7 +213,7 @@ impl Bound {
             stop_rx.clone(),
         ));
         tasks.spawn(reload_loop(
-            self.udp.clone(),
+            self.transports.clone(),
             self.registry.clone(),
             self.endpoint.clone(),
             self.clock.clone(),
@@ -260,7 +256,7 @@ impl Bound {
 /// registry version moves, the guard when the ban/allow version moves (or the registry's:
 /// gateway addresses are exempt). Also keeps the guard's coarse clock current.
 async fn reload_loop(
-    udp: Arc<UdpSocket>,
+    transports: Arc<Transports>,
     registry: Registry,
     endpoint: Arc<Endpoint>,
     clock: Arc<dyn Clock>,
@@ -280,7 +276,7 @@ async fn reload_loop(
         let generation = endpoint.guard.generation();
         if kernel_generation != Some(generation) {
             let list = endpoint.guard.kernel_drop_list();
-            if transport::set_kernel_drop(&udp, &list).is_ok() {
+            if transports.kernel_drop(&list).is_ok() {
                 endpoint
                     .metrics
                     .kernel_drop_sources

@@ -63,12 +63,26 @@ pub struct Transports {
 }
 
 impl Transports {
-    pub fn new(udp: Arc<UdpSocket>) -> Self {
-        Self {
-            udp,
+    /// Binds UDP and TCP on the same address (see [`bind_pair`]). The UDP socket stays in
+    /// here: nothing outside this module can write to it.
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<(Arc<Self>, TcpListener)> {
+        let (udp, tcp) = bind_pair(addr).await?;
+        let transports = Self {
+            udp: Arc::new(udp),
             connections: Mutex::new(Connections::default()),
             next_conn: AtomicU64::new(0),
-        }
+        };
+        Ok((Arc::new(transports), tcp))
+    }
+
+    /// The UDP socket's address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.udp.local_addr()
+    }
+
+    /// Has the kernel drop datagrams from `sources` (see [`set_kernel_drop`]).
+    pub fn kernel_drop(&self, sources: &[std::net::Ipv4Addr]) -> std::io::Result<()> {
+        set_kernel_drop(&self.udp, sources)
     }
 
     fn connections(&self) -> std::sync::MutexGuard<'_, Connections> {
@@ -123,10 +137,11 @@ impl Wire for Transports {
 /// Receives datagrams until shutdown. Several of these may share one socket: each
 /// datagram goes to exactly one of them, so both cores work.
 pub async fn serve_udp(
-    socket: Arc<UdpSocket>,
+    transports: Arc<Transports>,
     inbound: Arc<dyn Inbound>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let socket = &transports.udp;
     let mut buf = vec![0u8; 65_535];
     loop {
         tokio::select! {
@@ -243,7 +258,7 @@ async fn connection(
 
 /// Binds UDP and TCP on the same address. With port 0, the UDP socket picks the port and
 /// TCP takes the same one (retrying with a new port if TCP finds it taken).
-pub async fn bind_pair(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+async fn bind_pair(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
     let attempts = if addr.port() == 0 { 20 } else { 1 };
     let mut last_err = None;
     for _ in 0..attempts {
@@ -278,7 +293,7 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 /// source in turn (two instructions each). A banned flood then costs no wake-up, no
 /// system call and no copy. An empty list removes the filter. IPv4 sockets only.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-pub fn set_kernel_drop(socket: &UdpSocket, sources: &[std::net::Ipv4Addr]) -> std::io::Result<()> {
+fn set_kernel_drop(socket: &UdpSocket, sources: &[std::net::Ipv4Addr]) -> std::io::Result<()> {
     use socket2::{SockFilter, SockRef};
     const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
     const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
@@ -306,10 +321,7 @@ pub fn set_kernel_drop(socket: &UdpSocket, sources: &[std::net::Ipv4Addr]) -> st
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-pub fn set_kernel_drop(
-    _socket: &UdpSocket,
-    _sources: &[std::net::Ipv4Addr],
-) -> std::io::Result<()> {
+fn set_kernel_drop(_socket: &UdpSocket, _sources: &[std::net::Ipv4Addr]) -> std::io::Result<()> {
     Ok(())
 }
 
