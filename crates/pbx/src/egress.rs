@@ -542,12 +542,6 @@ impl Egress {
         self.client().table.get(tx).map(|t| t.state())
     }
 
-    /// The request a live client transaction carries (an INVITE, to ACK or BYE what
-    /// its answers made).
-    pub fn request(&self, tx: TxId) -> Option<Vec<u8>> {
-        self.client().table.get(tx).map(|t| t.request().to_vec())
-    }
-
     /// Permit (c) for an ACK of a 2xx (no transaction carries it): within a dialog,
     /// from one party (or sipward's own leg) to the other party's flow.
     pub fn ack(&self, ack: Vec<u8>, from: Option<&Flow>, to: Flow) -> Result<(), Denial> {
