@@ -1112,18 +1112,15 @@ impl B2bua {
                         call.phase = Phase::Ending;
                         self.bye(&mut st, call_id, other);
                     }
-                    _ => {
-                        if leg == Leg::B {
-                            // The trunk ended an early or unwanted dialog.
-                            for (_, d) in &call.b_early {
-                                self.sig.dialogs.end(*d, now);
-                            }
-                            if !call.a_final {
-                                self.respond_a(call, 480, "Temporarily Unavailable", None);
-                                call.phase = Phase::Ending;
-                            }
+                    Phase::Calling | Phase::Ringing => {
+                        // The trunk ended its early dialog: the call is over, and its
+                        // INVITE (which may never get a final answer now) is cancelled.
+                        for (_, d) in &call.b_early {
+                            self.sig.dialogs.end(*d, now);
                         }
+                        self.give_up(call, 480, "Temporarily Unavailable", now);
                     }
+                    Phase::Ending => {}
                 }
             }
             "INVITE" | "UPDATE" | "INFO" if call.phase == Phase::Answered => {
