@@ -453,6 +453,8 @@ struct Setup {
     /// The gateway's address, with routes `1NXXNXXXXXX` and `911`.
     gateway: Option<SocketAddr>,
     admin_email: bool,
+    /// (DID, extension) pairs: numbers the gateway may call in on.
+    dids: Vec<(&'static str, &'static str)>,
 }
 
 async fn start(setup: Setup) -> Pbx {
@@ -503,6 +505,9 @@ async fn start(setup: Setup) -> Pbx {
             )
             .await
             .expect("gateway");
+        for (did, number) in &setup.dids {
+            registry.add_did(did, number).await.expect("did");
+        }
         for (name, pattern, priority) in [
             ("emergency", "911", Some(1)),
             ("us", "1NXXNXXXXXX", None),
@@ -857,6 +862,7 @@ async fn emergency_calls_go_through_within_the_caps_and_alerts_are_merged() {
         ],
         gateway: Some(gw.addr),
         admin_email: true,
+        ..Setup::default()
     })
     .await;
     let gw = towards(gw, &pbx);
@@ -1120,4 +1126,176 @@ async fn calls_go_over_tcp_on_the_connection_a_phone_registered_on() {
     udp.reply(&invite, 486, "Busy Here", "u1", "", "").await;
     let busy = tcp.answer_to(&out, |c| c >= 300).await;
     assert_eq!(status(&busy), 486, "{busy}");
+}
+
+/// The URI inside a name-addr header value (`<sip:...>;params` → `sip:...`).
+fn uri_of(value: &str) -> &str {
+    value
+        .split_once('<')
+        .and_then(|(_, rest)| rest.split_once('>'))
+        .map_or(value, |(uri, _)| uri)
+}
+
+/// A request the callee of `invite` (it answered with tag `tag`) sends in that dialog,
+/// through the Record-Route the INVITE carried.
+fn callee_request(callee: &Ua, invite: &str, tag: &str, method_: &str, extra: &str) -> String {
+    let route = header(invite, "Record-Route")
+        .map(|r| format!("Route: {r}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "{method_} {} SIP/2.0\r\nVia: {}\r\n{route}Max-Forwards: 70\r\nFrom: {};tag={tag}\r\n\
+         To: {}\r\nCall-ID: {}\r\nCSeq: 7 {method_}\r\nContact: <sip:{}@{}>\r\n{extra}\
+         Content-Length: 0\r\n\r\n",
+        uri_of(header(invite, "Contact").expect("Contact")),
+        callee.via(&callee.next("z9hG4bKuas")),
+        header(invite, "To").expect("To"),
+        header(invite, "From").expect("From"),
+        header(invite, "Call-ID").expect("Call-ID"),
+        callee.number,
+        callee.addr,
+    )
+}
+
+/// The gateway calls `dialled` from its configured address (no challenge: it is known
+/// by its address).
+async fn call_in(gw: &Ua, dialled: &str) -> Outgoing {
+    let ruri = format!("sip:{dialled}@{}", gw.pbx);
+    let out = Outgoing {
+        call_id: gw.next("in"),
+        from: format!("<sip:+15551230000@{}>;tag={}", gw.addr, gw.next("ft")),
+        to: format!("<{ruri}>"),
+        ruri,
+        branch: gw.next("z9hG4bKin"),
+        cseq: 1,
+    };
+    gw.send(&gw.invite_text(&out, "")).await;
+    out
+}
+
+/// The callee `ua` answers the INVITE of `call_id` with 200 (tag `tag`).
+async fn pick_up(ua: &Ua, call_id: &str, tag: &str) -> String {
+    let invite = ua.request_for("INVITE", call_id, 0).await;
+    let contact = format!("Contact: <sip:{}@{}>\r\n", ua.number, ua.addr);
+    ua.reply(&invite, 200, "OK", tag, &contact, "").await;
+    invite
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_transfer_or_redirect_goes_to_a_trunk_and_a_refer_names_one_target() {
+    let gw = gateway_socket().await;
+    let pbx = start(Setup {
+        plan: us_plan(),
+        extensions: vec![
+            ("4201", "international"),
+            ("4202", "international"),
+            ("4203", "international"),
+        ],
+        gateway: Some(gw.addr),
+        dids: vec![("12125550100", "4201"), ("12125550101", "4202")],
+        ..Setup::default()
+    })
+    .await;
+    let gw = towards(gw, &pbx);
+    let a = Ua::bind("127.0.0.21", pbx.sip, "4201").await;
+    let b = Ua::bind("127.0.0.22", pbx.sip, "4202").await;
+    let c = Ua::bind("127.0.0.23", pbx.sip, "4203").await;
+    for ua in [&a, &b, &c] {
+        ua.register().await;
+    }
+    let to_c = format!("Refer-To: <sip:4203@{}>\r\n", pbx.sip);
+
+    // Between extensions a REFER to an extension passes, but not one naming two targets.
+    let out = b.invite("4201", "").await;
+    let invite = pick_up(&a, &out.call_id, "a1").await;
+    let ok = b.answer_to(&out, |c| c == 200).await;
+    b.in_dialog(&out, &ok, "ACK", out.cseq).await;
+    let two = format!("{to_c}Refer-To: <sip:011442079460000@{}>\r\n", pbx.sip);
+    a.send(&callee_request(&a, &invite, "a1", "REFER", &two))
+        .await;
+    let refused = a
+        .wait("the answer to a REFER with two targets", |m| {
+            header(m, "CSeq") == Some("7 REFER") && status(m) >= 200
+        })
+        .await;
+    assert_eq!(status(&refused), 403, "{refused}");
+    assert!(b.quiet(|m| method(m) == Some("REFER")).await);
+    a.send(&callee_request(&a, &invite, "a1", "REFER", &to_c))
+        .await;
+    b.request_for("REFER", &out.call_id, 0).await;
+
+    // A call from the trunk: the same REFER towards the gateway is refused, target inside
+    // or not (the gateway would place the call itself, at the owner's cost).
+    let inbound = call_in(&gw, "12125550100").await;
+    let invite = pick_up(&a, &inbound.call_id, "a2").await;
+    let ok = gw.answer_to(&inbound, |c| c == 200).await;
+    gw.in_dialog(&inbound, &ok, "ACK", inbound.cseq).await;
+    let before = pbx.metric("sipward_transfers_refused_total");
+    a.send(&callee_request(&a, &invite, "a2", "REFER", &to_c))
+        .await;
+    let refused = a
+        .wait("the answer to a REFER towards the trunk", |m| {
+            header(m, "CSeq") == Some("7 REFER")
+                && header(m, "Call-ID") == Some(inbound.call_id.as_str())
+                && status(m) >= 200
+        })
+        .await;
+    assert_eq!(status(&refused), 403, "{refused}");
+    assert!(gw.quiet(|m| method(m) == Some("REFER")).await);
+    assert_eq!(pbx.metric("sipward_transfers_refused_total"), before + 1);
+
+    // A redirect to an extension reaches an extension caller...
+    let moved = format!("Contact: <sip:4203@{}>\r\n", pbx.sip);
+    let out = a.invite("4202", "").await;
+    let invite = b.request_for("INVITE", &out.call_id, 0).await;
+    b.reply(&invite, 302, "Moved Temporarily", "b1", &moved, "")
+        .await;
+    let redirected = a.answer_to(&out, |c| c >= 300).await;
+    assert_eq!(status(&redirected), 302, "{redirected}");
+    a.ack_failure(&out, &redirected).await;
+    // ...but never goes back to a trunk.
+    let inbound = call_in(&gw, "12125550101").await;
+    let invite = b.request_for("INVITE", &inbound.call_id, 0).await;
+    b.reply(&invite, 302, "Moved Temporarily", "b2", &moved, "")
+        .await;
+    let answer = gw.answer_to(&inbound, |c| c >= 300).await;
+    assert_eq!(status(&answer), 480, "{answer}");
+    assert!(!answer.contains("4203"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trunk_that_ends_its_early_dialog_has_its_invite_cancelled() {
+    let gw = gateway_socket().await;
+    let pbx = start(Setup {
+        plan: us_plan(),
+        extensions: vec![("4301", "national")],
+        gateway: Some(gw.addr),
+        ..Setup::default()
+    })
+    .await;
+    let gw = towards(gw, &pbx);
+    let phone = Ua::bind("127.0.0.21", pbx.sip, "4301").await;
+    let (out, invite) = trunk_call(&phone, &gw, "12125550130").await;
+    let gw_call = header(&invite, "Call-ID").expect("call-id").to_owned();
+    let contact = format!("Contact: <sip:{}>\r\n", gw.addr);
+    gw.reply(&invite, 183, "Session Progress", "gw1", &contact, "")
+        .await;
+    phone.answer_to(&out, |c| c == 183).await;
+    // The trunk hangs up its early dialog, and never answers the INVITE.
+    gw.send(&callee_request(&gw, &invite, "gw1", "BYE", ""))
+        .await;
+    gw.wait("200 to the trunk's BYE", |m| {
+        status(m) == 200 && header(m, "CSeq") == Some("7 BYE")
+    })
+    .await;
+    let over = phone.answer_to(&out, |c| c >= 300).await;
+    assert_eq!(status(&over), 480, "{over}");
+    phone.ack_failure(&out, &over).await;
+    gw.request_for("CANCEL", &gw_call, 0).await;
+    assert_eq!(pbx.endpoint.b2bua.active_for("4301"), 1, "until its end");
+    // 64·T1 after the CANCEL the INVITE is given up, 64·T1 more for a late 2xx: then
+    // nothing counts it any more.
+    pbx.advance(Duration::from_secs(33)).await;
+    pbx.advance(Duration::from_secs(33)).await;
+    assert_eq!(pbx.endpoint.b2bua.active_for("4301"), 0);
+    assert!(pbx.endpoint.b2bua.snapshot().is_empty());
 }
