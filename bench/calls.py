@@ -59,6 +59,9 @@ def run_step(label, target, inf, rate, pids):
     p = subprocess.Popen(["sipp", "-sf", os.path.join(SIPP_DIR, "call_uac.xml"), "-inf", inf,
                           "-i", "127.0.0.1", "-p", str(R.free_port()), "-mp", str(R.free_port()),
                           "-r", str(rate), "-m", str(calls), "-l", str(max(calls, 1)),
+                          # SIPp signs sip:HOST:PORT unless told; sipward holds uri= to the
+                          # Request-URI (Kamailio does not check it): same work for both.
+                          "-auth_uri", f"{CALLEE}@{target}",
                           "-timeout", "60s", "-recv_timeout", "5000", "-nostdin", "-buff_size", "8388608",
                           "-trace_err", "-trace_stat", "-stf", stat, "-fd", "1", target],
                          cwd=OUT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

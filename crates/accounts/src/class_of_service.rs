@@ -170,37 +170,149 @@ impl Registry {
         let Some(to) = self.settings().admin_email.clone() else {
             return Ok(None);
         };
-        let message = MailMessage {
-            subject: subject.to_owned(),
-            text: text.to_owned(),
-            html: format!(
-                "<!DOCTYPE html><html><body><pre>{}</pre></body></html>",
-                text.replace('&', "&amp;")
-                    .replace('<', "&lt;")
-                    .replace('>', "&gt;")
-            ),
-        };
         // Alerts never supersede each other or an extension's welcome mail.
-        let mail = self.outbox_row(&format!("alert:{number}"), &to, &message, now)?;
+        let mail = self.outbox_row(&alert_key(number), &to, &alert_message(subject, text), now)?;
         store::outbox::insert_mail(conn, &mail).await?;
         let id = mail.id;
         Ok(Some(id))
     }
 
-    /// An emergency call went out: tell the administrator.
-    pub async fn emergency_alert(&self, number: &str, dialled: &str, at: i64) -> Result<()> {
-        let mut conn = self.store().conn().await?;
-        self.queue_alert(
-            &mut conn,
-            number,
-            &format!("Emergency call from extension {number}"),
-            &format!(
-                "Extension {number} dialled the emergency number {dialled}.\n\
-                 Emergency calls always go out, whatever the class of service or limits.\n"
-            ),
-            at,
-        )
-        .await?;
+    /// Queues an alert merged with the others of the same extension and `reason`: at
+    /// most one mail per [`ALERT_WINDOW_SECS`], saying how many events it stands for.
+    /// While a window's mail waits in the outbox, a new event rewrites it with the new
+    /// count; once it has gone, the next mail waits for the next window. `message`
+    /// gives the subject and text for a count.
+    async fn merged_alert(
+        &self,
+        number: &str,
+        reason: &str,
+        now: i64,
+        message: impl Fn(i64) -> (String, String),
+    ) -> Result<()> {
+        let Some(to) = self.settings().admin_email.clone() else {
+            return Ok(());
+        };
+        let mut tx = self.store().begin().await?;
+        let window = store::outbox::alert_window(&mut tx, number, reason).await?;
+        let next = match window {
+            Some(mut w) if now < w.window_start.saturating_add(ALERT_WINDOW_SECS) => {
+                w.count += 1;
+                let (subject, text) = message(w.count);
+                let sealed = self.seal_mail(&w.mail_id, &alert_message(&subject, &text))?;
+                if store::outbox::replace_queued_message(&mut tx, &w.mail_id, &sealed).await? {
+                    Some(w)
+                } else {
+                    // Sent (or being sent) already: this event opens the next window,
+                    // whose mail goes when that window begins.
+                    let start = w.window_start.saturating_add(ALERT_WINDOW_SECS);
+                    let (subject, text) = message(1);
+                    let mut mail = self.outbox_row(
+                        &alert_key(number),
+                        &to,
+                        &alert_message(&subject, &text),
+                        now,
+                    )?;
+                    mail.next_attempt_at = start;
+                    store::outbox::insert_mail(&mut tx, &mail).await?;
+                    Some(store::outbox::AlertWindowRow {
+                        window_start: start,
+                        count: 1,
+                        mail_id: mail.id,
+                        ..w
+                    })
+                }
+            }
+            _ => None,
+        };
+        let window = match next {
+            Some(w) => w,
+            None => {
+                let (subject, text) = message(1);
+                let mail = self.outbox_row(
+                    &alert_key(number),
+                    &to,
+                    &alert_message(&subject, &text),
+                    now,
+                )?;
+                store::outbox::insert_mail(&mut tx, &mail).await?;
+                store::outbox::AlertWindowRow {
+                    number: number.to_owned(),
+                    reason: reason.to_owned(),
+                    window_start: now,
+                    count: 1,
+                    mail_id: mail.id,
+                }
+            }
+        };
+        store::outbox::put_alert_window(&mut tx, &window).await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// An emergency call went out: tell the administrator (merged: one mail per
+    /// extension an hour, saying how many calls).
+    pub async fn emergency_alert(&self, number: &str, dialled: &str, at: i64) -> Result<()> {
+        self.merged_alert(number, "emergency", at, |count| {
+            let subject = format!("Emergency call from extension {number}");
+            let text = if count == 1 {
+                format!(
+                    "Extension {number} dialled the emergency number {dialled}.\n\
+                     Emergency calls always go out, whatever the class of service or limits.\n"
+                )
+            } else {
+                format!(
+                    "Extension {number} dialled emergency numbers {count} times within the hour \
+                     (the last: {dialled}).\n\
+                     Emergency calls always go out, whatever the class of service or limits;\n\
+                     each extension may hold one at a time. If nobody at that extension made\n\
+                     these calls, its password is known to someone else: Re-Generate it\n\
+                     (`sipward ext regenerate {number}`).\n"
+                )
+            };
+            (subject, text)
+        })
+        .await
+    }
+
+    /// An emergency call was refused by the emergency limits (too many at once): tell
+    /// the administrator, merged like every alert.
+    pub async fn emergency_refused_alert(
+        &self,
+        number: &str,
+        breach: policy::dialplan::EmergencyBreach,
+        at: i64,
+    ) -> Result<()> {
+        self.merged_alert(number, breach.id(), at, |count| {
+            (
+                format!("Emergency calls from extension {number} refused"),
+                format!(
+                    "sipward refused {count} emergency call(s) from extension {number} within \
+                     the hour: {}.\nOne emergency call at a time always goes through.\n",
+                    breach.describe()
+                ),
+            )
+        })
+        .await
+    }
+}
+
+/// How long one merged alert mail covers.
+pub const ALERT_WINDOW_SECS: i64 = 3600;
+
+/// The outbox key of an extension's alerts (never superseded by its welcome mails).
+fn alert_key(number: &str) -> String {
+    format!("alert:{number}")
+}
+
+fn alert_message(subject: &str, text: &str) -> MailMessage {
+    MailMessage {
+        subject: subject.to_owned(),
+        text: text.to_owned(),
+        html: format!(
+            "<!DOCTYPE html><html><body><pre>{}</pre></body></html>",
+            text.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        ),
     }
 }

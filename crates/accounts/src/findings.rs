@@ -2,7 +2,8 @@
 //! dropped (wiped) afterwards; findings never carry them.
 
 use policy::Secret;
-use policy::audit::{Auditor, Context, ExtensionFacts, GatewayFacts, ProviderFacts};
+use policy::audit::{Auditor, Context, ExtensionFacts, GatewayFacts, ProviderFacts, RouteFacts};
+use policy::route::{Pattern, Rewrite};
 use policy::{Finding, Severity};
 use store::account::{self as q, ExtensionAuditRow, ExtensionRow, GatewayRow, ProviderRow};
 
@@ -80,12 +81,15 @@ impl Registry {
     }
 
     /// Every finding over every extension, gateway and provider, including passwords
-    /// reused across accounts. Sorted by subject, then rule.
+    /// reused across accounts, and every route whose rewrite moves numbers into another
+    /// class than its pattern matches (`route.rewrite_raises_class`: what the class of
+    /// service is checked on is the number that leaves). Sorted by subject, then rule.
     pub async fn audit(&self) -> Result<Vec<Finding>> {
         let mut conn = self.store().conn().await?;
         let exts = q::list_extensions_for_audit(&mut conn).await?;
         let gws = q::list_gateways(&mut conn).await?;
         let provs = q::list_providers(&mut conn).await?;
+        let routes = store::trunks::routes(&mut conn).await?;
         drop(conn);
 
         // Opening ~200,000 sealed secrets is the largest cost after the fetch: use every core.
@@ -113,6 +117,27 @@ impl Registry {
         }
         for (p, pw) in provs.iter().zip(&prov_pw) {
             auditor.provider(&Self::prov_facts(p, pw));
+        }
+        // Stored routes were validated when added; a row that no longer parses (an
+        // older rule) has nothing to sample and is skipped.
+        let plan = &self.settings().dialplan;
+        for r in &routes {
+            let (Ok(pattern), Some(rewrite)) = (
+                Pattern::parse(&r.pattern),
+                u32::try_from(r.strip)
+                    .ok()
+                    .and_then(|strip| Rewrite::parse(strip, &r.prepend).ok()),
+            ) else {
+                continue;
+            };
+            auditor.route(
+                plan,
+                &RouteFacts {
+                    name: &r.name,
+                    pattern: &pattern,
+                    rewrite: &rewrite,
+                },
+            );
         }
         Ok(auditor.finish())
     }

@@ -302,14 +302,8 @@ impl Registry {
         now: i64,
     ) -> Result<OutboxRow> {
         let id = self.with_rng(|rng| generate::auth_id(rng)).into_string();
-        let json = serde_json::to_string(message).map_err(|e| {
-            Error::Template(TemplateError::Render {
-                name: "mail".into(),
-                detail: e.to_string(),
-            })
-        })?;
         Ok(OutboxRow {
-            message_enc: self.seal(&mail_aad(&id), &json),
+            message_enc: self.seal_mail(&id, message)?,
             id,
             number: number.to_owned(),
             recipient: recipient.to_owned(),
@@ -322,6 +316,17 @@ impl Registry {
             sent_at: 0,
             basis: String::new(),
         })
+    }
+
+    /// `message` sealed for the outbox row `id` (bound to it by the AAD).
+    pub(crate) fn seal_mail(&self, id: &str, message: &MailMessage) -> Result<String> {
+        let json = serde_json::to_string(message).map_err(|e| {
+            Error::Template(TemplateError::Render {
+                name: "mail".into(),
+                detail: e.to_string(),
+            })
+        })?;
+        Ok(self.seal(&mail_aad(id), &json))
     }
 
     /// Opens a queued mail.

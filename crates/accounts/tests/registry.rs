@@ -125,3 +125,99 @@ async fn import_of_many_rows_is_consistent_with_single_adds() {
         );
     }
 }
+
+#[tokio::test]
+async fn emergency_alerts_are_merged_into_one_mail_an_hour() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = DataDir::new(dir.path().join("d"));
+    let mut s = settings("sipward");
+    s.admin_email = Some("admin@example.com".into());
+    let (reg, _) = Registry::open(
+        &data,
+        s,
+        Box::new(StdRng::seed_from_u64(7)),
+        Arc::new(ManualClock::new(1_700_000_000, std::time::Instant::now())),
+    )
+    .await
+    .expect("open");
+    const T: i64 = 1_700_000_000;
+    let window = |reg: &Registry| {
+        let reg = reg.clone();
+        async move {
+            let mut conn = reg.store().conn().await.expect("conn");
+            store::outbox::alert_window(&mut conn, "1001", "emergency")
+                .await
+                .expect("read")
+                .expect("a window")
+        }
+    };
+    let alerts = |reg: &Registry| {
+        let reg = reg.clone();
+        async move {
+            reg.outbox()
+                .await
+                .expect("outbox")
+                .into_iter()
+                .filter(|m| m.number == "alert:1001")
+                .collect::<Vec<_>>()
+        }
+    };
+    // Three calls within minutes, the mail not sent yet: one mail that says three.
+    for i in 0..3 {
+        reg.emergency_alert("1001", "911", T + i * 60)
+            .await
+            .expect("alert");
+    }
+    let queued = alerts(&reg).await;
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0].next_attempt_at, T, "the first goes at once");
+    let w = window(&reg).await;
+    assert_eq!(
+        (w.window_start, w.count, w.mail_id.as_str()),
+        (T, 3, queued[0].id.as_str())
+    );
+
+    // Once that mail has gone, the next call waits for the next hour's mail...
+    {
+        let mut conn = reg.store().conn().await.expect("conn");
+        store::outbox::finish_mail(&mut conn, &queued[0].id, "sent", 0, "", T + 200)
+            .await
+            .expect("sent");
+    }
+    reg.emergency_alert("1001", "112", T + 300)
+        .await
+        .expect("alert");
+    reg.emergency_alert("1001", "112", T + 400)
+        .await
+        .expect("alert");
+    let all = alerts(&reg).await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    let next = all.iter().find(|m| m.state == "queued").expect("queued");
+    assert_eq!(
+        next.next_attempt_at,
+        T + 3600,
+        "not before the hour is over"
+    );
+    let w = window(&reg).await;
+    assert_eq!((w.window_start, w.count), (T + 3600, 2));
+
+    // ...and other extensions are not merged with this one.
+    reg.emergency_alert("1002", "911", T + 500)
+        .await
+        .expect("alert");
+    assert_eq!(
+        reg.outbox()
+            .await
+            .expect("outbox")
+            .iter()
+            .filter(|m| m.number == "alert:1002" && m.next_attempt_at == T + 500)
+            .count(),
+        1
+    );
+    // Long after, a call opens a window of its own, mailed at once.
+    reg.emergency_alert("1001", "911", T + 10_000)
+        .await
+        .expect("alert");
+    let w = window(&reg).await;
+    assert_eq!((w.window_start, w.count), (T + 10_000, 1));
+}

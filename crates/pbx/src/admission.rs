@@ -1,13 +1,14 @@
 //! Admission of outbound calls in the running server: each extension's class of service, fraud
 //! limits and suspension (a snapshot reloaded with the directory), the attempt counts,
-//! and the decision for each authenticated INVITE. The rules themselves are
-//! `policy::dialplan`; this keeps the state.
+//! the transfer grants, and the decision for each authenticated INVITE. The decision is
+//! taken on the class of the number that leaves (after the route's rewrite, in E.164:
+//! the endpoint classifies with `policy::dialplan`); this keeps the state.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use accounts::class_of_service::Line;
-use policy::dialplan::{Breach, CallClass, Destination, DialPlan, Usage};
+use policy::dialplan::{Breach, CallClass, ClassOfService, Destination, DialPlan, Usage};
 use store::outbound::CallingRow;
 
 use crate::guard::Windows;
@@ -27,6 +28,22 @@ pub enum Decision {
 const MINUTE: i64 = 60;
 const DAY: i64 = 86_400;
 
+/// How long a transfer grant waits for the transferee's INVITE.
+pub const GRANT_LIFETIME: i64 = 60;
+/// Transfer grants at once.
+pub const MAX_GRANTS: usize = 4096;
+
+/// A transfer (REFER) or redirect (3xx) to a target outside that the referrer's class
+/// allowed: the call the transferee places to it is the referrer's, held to the
+/// referrer's class and counted against the referrer's limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Grant {
+    transferee: String,
+    target: String,
+    referrer: String,
+    until: i64,
+}
+
 /// The outbound state of the server.
 #[derive(Debug)]
 pub struct Outbound {
@@ -36,6 +53,7 @@ pub struct Outbound {
     international: Mutex<Windows<String>>,
     /// Suspended here and not yet seen back from the store.
     suspended_now: Mutex<HashSet<String>>,
+    grants: Mutex<VecDeque<Grant>>,
 }
 
 impl Outbound {
@@ -46,7 +64,57 @@ impl Outbound {
             attempts: Mutex::new(Windows::default()),
             international: Mutex::new(Windows::default()),
             suspended_now: Mutex::new(HashSet::new()),
+            grants: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// The dial plan calls are classified with.
+    pub fn plan(&self) -> &DialPlan {
+        &self.plan
+    }
+
+    /// An extension's class of service, and whether its outbound calling is suspended
+    /// (None: no such extension).
+    pub fn line(&self, number: &str) -> Option<(ClassOfService, bool)> {
+        let line = self
+            .lines
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(number)
+            .copied()?;
+        let suspended = line.suspended
+            || self
+                .suspended_now
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(number);
+        Some((line.class, suspended))
+    }
+
+    /// Records that `referrer` allowed `transferee` to call `target` (a REFER or a 3xx
+    /// whose target is outside): the next such call within [`GRANT_LIFETIME`] is the
+    /// referrer's.
+    pub fn grant(&self, transferee: &str, target: &str, referrer: &str, now: i64) {
+        let mut g = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        g.retain(|x| x.until > now);
+        if g.len() >= MAX_GRANTS {
+            g.pop_front();
+        }
+        g.push_back(Grant {
+            transferee: transferee.to_owned(),
+            target: target.to_owned(),
+            referrer: referrer.to_owned(),
+            until: now + GRANT_LIFETIME,
+        });
+    }
+
+    /// The referrer whose grant lets `transferee` call `target` now, consumed.
+    pub fn take_grant(&self, transferee: &str, target: &str, now: i64) -> Option<String> {
+        let mut g = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let i = g
+            .iter()
+            .position(|x| x.until > now && x.transferee == transferee && x.target == target)?;
+        g.remove(i).map(|x| x.referrer)
     }
 
     /// Replaces the snapshot (on every directory reload).
@@ -86,17 +154,16 @@ impl Outbound {
             .remove(number);
     }
 
-    /// Decides an INVITE from extension `number` (authenticated) to `dialled`.
-    /// `is_extension` says whether a user part names an extension here.
+    /// Decides a call of `class` from extension `number` (authenticated, or the
+    /// referrer of a transfer): the class of the number that leaves, as the dial plan
+    /// gives it after the route's rewrite.
     pub fn decide(
         &self,
         number: &str,
-        dialled: &str,
-        is_extension: impl Fn(&str) -> bool,
+        class: CallClass,
         active_external: impl FnOnce() -> u32,
         now: i64,
     ) -> Decision {
-        let class = self.plan.classify(dialled, is_extension);
         let Some(line) = self
             .lines
             .read()
@@ -184,6 +251,19 @@ mod tests {
         }
     }
 
+    /// The old signature: classify as dialled, then decide.
+    fn decide(
+        o: &Outbound,
+        number: &str,
+        dialled: &str,
+        is_extension: impl Fn(&str) -> bool,
+        active: impl FnOnce() -> u32,
+        now: i64,
+    ) -> Decision {
+        let class = o.plan().classify(dialled, is_extension);
+        o.decide(number, class, active, now)
+    }
+
     fn outbound() -> Outbound {
         let o = Outbound::new(DialPlan {
             country_code: "49".into(),
@@ -206,36 +286,36 @@ mod tests {
         let o = outbound();
         let ext = |n: &str| ["888", "1001", "1002", "1003"].contains(&n);
         assert_eq!(
-            o.decide("888", "00252612345678", ext, || 0, 0),
+            decide(&o, "888", "00252612345678", ext, || 0, 0),
             Decision::Forbidden
         );
         assert_eq!(
-            o.decide("888", "0301234567", ext, || 0, 0),
+            decide(&o, "888", "0301234567", ext, || 0, 0),
             Decision::Allow(CallClass::National)
         );
         assert_eq!(
-            o.decide("1002", "00442079460000", ext, || 0, 0),
+            decide(&o, "1002", "00442079460000", ext, || 0, 0),
             Decision::Allow(CallClass::International)
         );
         assert_eq!(
-            o.decide("1002", "00252612345678", ext, || 0, 0),
+            decide(&o, "1002", "00252612345678", ext, || 0, 0),
             Decision::Forbidden,
             "Somalia is a high-cost destination: international is not enough"
         );
         assert_eq!(
-            o.decide("1003", "0301234567", ext, || 0, 0),
+            decide(&o, "1003", "0301234567", ext, || 0, 0),
             Decision::Forbidden
         );
         assert_eq!(
-            o.decide("1003", "1001", ext, || 0, 0),
+            decide(&o, "1003", "1001", ext, || 0, 0),
             Decision::Allow(CallClass::Internal)
         );
         assert_eq!(
-            o.decide("1003", "112", ext, || 0, 0),
+            decide(&o, "1003", "112", ext, || 0, 0),
             Decision::Allow(CallClass::Emergency)
         );
         assert_eq!(
-            o.decide("9999", "1001", ext, || 0, 0),
+            decide(&o, "9999", "1001", ext, || 0, 0),
             Decision::Forbidden,
             "unknown caller"
         );
@@ -247,31 +327,31 @@ mod tests {
         let ext = |n: &str| n == "1001";
         for i in 0..5 {
             assert_eq!(
-                o.decide("1001", "0301234567", ext, || 0, 100 + i),
+                decide(&o, "1001", "0301234567", ext, || 0, 100 + i),
                 Decision::Allow(CallClass::National)
             );
         }
         assert_eq!(
-            o.decide("1001", "0301234567", ext, || 0, 105),
+            decide(&o, "1001", "0301234567", ext, || 0, 105),
             Decision::Suspend(Breach::AttemptsPerMinute { limit: 5 })
         );
         // Suspended at once, before the store knows; internal and emergency calls go on.
         assert_eq!(
-            o.decide("1001", "0301234567", ext, || 0, 500),
+            decide(&o, "1001", "0301234567", ext, || 0, 500),
             Decision::Forbidden
         );
         assert_eq!(
-            o.decide("1001", "1001", ext, || 0, 500),
+            decide(&o, "1001", "1001", ext, || 0, 500),
             Decision::Allow(CallClass::Internal)
         );
         assert_eq!(
-            o.decide("1001", "112", ext, || 0, 500),
+            decide(&o, "1001", "112", ext, || 0, 500),
             Decision::Allow(CallClass::Emergency)
         );
         // A reload before the store has it keeps it; then the store records it...
         o.replace(&[row("1001", "user", None)]);
         assert_eq!(
-            o.decide("1001", "0301234567", ext, || 0, 550),
+            decide(&o, "1001", "0301234567", ext, || 0, 550),
             Decision::Forbidden
         );
         let mut suspended = row("1001", "user", None);
@@ -279,13 +359,13 @@ mod tests {
         o.replace(&[suspended]);
         o.persisted("1001");
         assert_eq!(
-            o.decide("1001", "0301234567", ext, || 0, 600),
+            decide(&o, "1001", "0301234567", ext, || 0, 600),
             Decision::Forbidden
         );
         // ...and `ext resume` clears it there.
         o.replace(&[row("1001", "user", None)]);
         assert_eq!(
-            o.decide("1001", "0301234567", ext, || 0, 700),
+            decide(&o, "1001", "0301234567", ext, || 0, 700),
             Decision::Allow(CallClass::National)
         );
     }
@@ -299,16 +379,16 @@ mod tests {
         );
         let ext = |_: &str| false;
         assert_eq!(
-            o.decide("1001", "0301234567", ext, || 0, 0),
+            decide(&o, "1001", "0301234567", ext, || 0, 0),
             Decision::Allow(CallClass::National)
         );
         assert_eq!(
-            o.decide("888", "0301234567", ext, || 0, 0),
+            decide(&o, "888", "0301234567", ext, || 0, 0),
             Decision::Forbidden,
             "stored row wins"
         );
         assert_eq!(
-            o.decide("1002", "0301234567", ext, || 0, 0),
+            decide(&o, "1002", "0301234567", ext, || 0, 0),
             Decision::Forbidden,
             "unknown"
         );
@@ -320,19 +400,40 @@ mod tests {
         let ext = |_: &str| false;
         for i in 0..5 {
             assert_eq!(
-                o.decide("888", "00252612345678", ext, || 0, i),
+                decide(&o, "888", "00252612345678", ext, || 0, i),
                 Decision::Forbidden
             );
         }
         assert_eq!(
-            o.decide("888", "00252612345678", ext, || 0, 5),
+            decide(&o, "888", "00252612345678", ext, || 0, 5),
             Decision::Suspend(Breach::AttemptsPerMinute { limit: 5 })
         );
         assert_eq!(
-            o.decide("888", "0301234567", ext, || 0, 6),
+            decide(&o, "888", "0301234567", ext, || 0, 6),
             Decision::Forbidden,
             "suspended"
         );
+    }
+
+    #[test]
+    fn a_grant_is_used_once_by_its_transferee_for_its_target() {
+        let o = outbound();
+        o.grant("1002", "00442079460000", "1001", 100);
+        assert_eq!(o.take_grant("1003", "00442079460000", 110), None);
+        assert_eq!(o.take_grant("1002", "00442079460001", 110), None);
+        assert_eq!(
+            o.take_grant("1002", "00442079460000", 110).as_deref(),
+            Some("1001")
+        );
+        assert_eq!(o.take_grant("1002", "00442079460000", 111), None, "once");
+        o.grant("1002", "00442079460000", "1001", 100);
+        assert_eq!(
+            o.take_grant("1002", "00442079460000", 100 + GRANT_LIFETIME),
+            None,
+            "expired"
+        );
+        assert_eq!(o.line("1003"), Some((ClassOfService::Internal, false)));
+        assert_eq!(o.line("9999"), None);
     }
 
     #[test]
@@ -340,19 +441,19 @@ mod tests {
         let o = outbound();
         let ext = |_: &str| false;
         assert_eq!(
-            o.decide("1002", "0301234567", ext, || 2, 0),
+            decide(&o, "1002", "0301234567", ext, || 2, 0),
             Decision::Suspend(Breach::ConcurrentExternal { limit: 2 })
         );
         let o = outbound();
         for i in 0..10 {
             // One a minute: the per-minute limit stays quiet.
             assert_eq!(
-                o.decide("1002", "0044207946", ext, || 0, i * 61),
+                decide(&o, "1002", "0044207946", ext, || 0, i * 61),
                 Decision::Allow(CallClass::International)
             );
         }
         assert_eq!(
-            o.decide("1002", "0044207946", ext, || 0, 700),
+            decide(&o, "1002", "0044207946", ext, || 0, 700),
             Decision::Suspend(Breach::InternationalPerDay { limit: 10 })
         );
     }

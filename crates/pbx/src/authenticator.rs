@@ -11,7 +11,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use sip::digest::{self, Algorithm, ResponseInput};
 use sip::header::auth::{self, DigestCredentials};
-use sip::msg::{Message, Name};
+use sip::msg::{Message, Name, StartLine};
 use sip::nonce::{NcCheck, NcTracker, NonceCheck, NonceKey};
 
 use crate::directory::{Account, Directory};
@@ -185,8 +185,14 @@ impl Authenticator {
             response_ok = old;
         }
         let realm_ok = c.realm == self.cfg.realm;
+        // The digest covers `uri=`, not the Request-URI: without this check a response
+        // computed for one request (a call to an extension) would authorise another (a
+        // call abroad). RFC 3261 §22.4, RFC 7616 §3.4.6. A mismatch takes the wrong
+        // password's path: same work, same answer, counted as a failure.
+        let uri_ok = matches!(req.start, StartLine::Request { uri, .. } if *c.uri == *uri);
         let nonce_ok = matches!(nonce, NonceCheck::Valid { .. });
-        let ok = response_ok & realm_ok & nonce_ok & qop_auth.is_some() & account.is_some();
+        let ok =
+            response_ok & realm_ok & uri_ok & nonce_ok & qop_auth.is_some() & account.is_some();
         match (ok, account, c.nc, nonce) {
             (true, Some(a), Some(nc), NonceCheck::Valid { salt, .. }) => {
                 let serial = self.nonces.serial(salt);
@@ -456,6 +462,37 @@ mod tests {
             ),
             "qop=auth is required"
         );
+    }
+
+    #[test]
+    fn a_digest_for_another_uri_fails_like_a_wrong_password() {
+        let (a, d) = setup(&[Algorithm::Md5]);
+        let nonce = nonce_of(&a.challenges(SRC, NOW, false)[0]);
+        let good = authorization(
+            "alice1001",
+            "sipward",
+            "Zq8xLmTr4wPyK7vB2",
+            &nonce,
+            "00000001",
+            Algorithm::Md5,
+        );
+        // The same credentials on a request to another URI.
+        let text = format!(
+            "REGISTER sip:elsewhere.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:16062;branch=z9hG4bK-1\r\nAuthorization: {good}\r\nContent-Length: 0\r\n\r\n"
+        );
+        let m = sip::msg::parse(text.as_bytes()).expect("parses");
+        match a.verify(&d, &m, "REGISTER", SRC, NOW) {
+            Outcome::Challenge {
+                stale: false,
+                failed: Some(user),
+            } => assert_eq!(user, "alice1001", "counted as a failure"),
+            other => panic!("{other:?}"),
+        }
+        // Control: on its own Request-URI the same nonce and nc still work.
+        assert!(matches!(
+            verify(&a, &d, &good, NOW),
+            Outcome::Authenticated(_)
+        ));
     }
 
     #[test]

@@ -1,399 +1,303 @@
 //! Calls to trunks, as a signalling back-to-back user agent (RFC 3261 §6 "B2BUA"): the
 //! extension's INVITE (leg A) is answered by sipward, and sipward places a call of its
-//! own to the gateway or provider (leg B) with its own Call-ID, tags and CSeq, its
-//! own identity (the provider account, or the extension as caller ID at a gateway) and
-//! the trunk's credentials when the trunk challenges (401/407, answered once per
-//! challenge). The SDP is passed through unchanged, so media flows between the phone and
-//! the trunk. Nothing of the internal network but the SDP reaches the trunk, and the
-//! trunk cannot steer the call anywhere else.
+//! own to the gateway or provider (leg B) with its own Call-ID, tags and CSeq, its own
+//! identity (the provider account, or the extension as caller ID at a gateway) and the
+//! trunk's credentials when the trunk challenges (answered once). The SDP is passed
+//! through, so media flows between the phone and the trunk. Nothing of the internal
+//! network but the SDP reaches the trunk, and the trunk cannot steer the call anywhere
+//! else (redirects are never followed, REFER is refused).
 //!
-//! Both legs run over UDP with RFC 3261 timers: the INVITE to the trunk is retransmitted
-//! (Timer A) until a provisional answer and given up after 32 s (Timer B); a ringing call
-//! is cancelled after 3 minutes; final answers to the phone are retransmitted until its
-//! ACK (Timer G/H); BYE, CANCEL and relayed in-dialog requests are non-INVITE client
-//! transactions (Timer E/F). A BYE from either side is answered at once and sent on.
-//! re-INVITE, UPDATE and INFO are relayed to the other leg and their answers back;
-//! REFER (a transfer the trunk would carry out at the owner's cost) is refused.
+//! Both legs live by the transaction rules of `sip::transaction`, driven by the
+//! injected clock: the trunk's INVITE is retransmitted until its first provisional
+//! answer, and Timer B stops there; ringing is then limited by the caller's class's ring
+//! time. A caller who CANCELs, or hangs up in the early dialog, cancels the trunk leg.
+//! A 2xx that arrives after the caller has gone (after a CANCEL, Timer B, or the ring
+//! limit) is ACKed and ended with a BYE. An answered call lasts at most its class's
+//! maximum duration; then sipward sends BYE to both sides.
 //!
-//! The call's lifetime is what the fraud limits count: a call is active from its INVITE
-//! until its BYE (or its failure).
+//! A call counts against every limit of the account it is charged to (the caller, or the
+//! referrer of a transfer) from its INVITE until the trunk leg's final end: while any
+//! transaction of leg B lives (a cancelled INVITE waits for its 487, and then 64·T1 for a
+//! late 2xx) or its dialog is up.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Mutex, OnceLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use policy::dialplan::CallClass;
+use policy::dialplan::{CallClass, ClassOfService};
 use sip::header::addr::NameAddr;
 use sip::header::auth::Challenge;
+use sip::header::cseq::CSeq;
 use sip::header::split_list;
-use sip::header::via::Via;
 use sip::msg::{Message, Name, StartLine};
-use sip::response::top_via_with_source;
+use sip::request::{DialogState, Party as UriParty, RequestBuilder, TopVia, ack_2xx};
+use sip::response::ResponseBuilder;
+use sip::transaction::{Action, ResponseClass, State, TxId, TxKey};
 use store::trunks::ActiveCallRow;
 
-use crate::notify::Tokens;
-use crate::proxy::Send;
+use crate::dialog::{DialogId, Kind, Leg, NewDialog, Party, Phase as DialogPhase, Who};
+use crate::egress::{Delivery, Owner, Purpose};
+use crate::flow::{Flow, our_uri};
+use crate::metrics::Metrics;
+use crate::proxy::clean_reason;
+use crate::signalling::Signalling;
 use crate::trunk::Target;
 
-const T1: Duration = Duration::from_millis(500);
-const T2: Duration = Duration::from_secs(4);
-const TIMER_B: Duration = Duration::from_secs(32);
-/// A call that rings this long is cancelled (RFC 3261 §16.6's Timer C is > 3 min).
-const RING_LIMIT: Duration = Duration::from_secs(180);
-/// An ended call is kept this long to absorb retransmissions.
-const LINGER: Duration = Duration::from_secs(32);
-/// Our branches start with this.
-pub const BRANCH_PREFIX: &str = "z9hG4bKswb";
 /// Trunk calls at once (bounded like every table); more are answered 503.
 pub const MAX_CALLS: usize = 16_384;
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Leg {
-    A,
-    B,
+/// A call to a trunk, admitted and routed by the endpoint.
+#[derive(Debug)]
+pub struct Placed<'a> {
+    /// The phone's INVITE as it arrived, its server transaction and flow.
+    pub request: &'a [u8],
+    pub key: TxKey,
+    pub source: Flow,
+    /// The calling extension.
+    pub caller: String,
+    /// The account the call is charged to: the caller, or a transfer's referrer.
+    pub counted: String,
+    pub dialled: String,
+    /// The number as the trunk gets it (after the route's rewrite).
+    pub number: String,
+    /// That number in E.164.
+    pub e164: Option<String>,
+    pub class: CallClass,
+    /// The class of service it was admitted under (the charged account's).
+    pub class_of_service: ClassOfService,
+    /// How long it may ring, and last once answered (None: emergency calls).
+    pub ring: Duration,
+    pub max: Option<Duration>,
+    pub target: Target,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
+enum Phase {
     Calling,
     Ringing,
     Answered,
-    /// Over (failed, cancelled or hung up); kept a while for retransmissions.
-    Ended,
+    /// The caller has gone or sipward is ending the call; leg B may still be live.
+    Ending,
 }
 
-/// A request one side sent us that we relayed to the other: how to answer it.
-#[derive(Debug, Clone)]
+/// A request one leg sent that sipward relays to the other: what its answer goes to.
+#[derive(Clone, Debug)]
 struct Origin {
     leg: Leg,
-    vias: Vec<String>,
-    from: String,
-    to: String,
-    cseq: String,
-}
-
-/// A client transaction sipward runs on one leg.
-#[derive(Debug)]
-struct Tx {
-    leg: Leg,
+    request: Vec<u8>,
+    key: TxKey,
+    source: Flow,
     method: String,
     cseq: u32,
-    bytes: Vec<u8>,
-    target: SocketAddr,
-    next: Instant,
-    interval: Duration,
-    started: Instant,
-    /// A provisional answer arrived (INVITE: stop retransmitting).
-    proceeding: bool,
-    done: bool,
-    relay_of: Option<Origin>,
+}
+
+#[derive(Clone, Debug)]
+enum Role {
+    /// A leg B INVITE (the first, or the one with credentials).
+    Invite,
+    /// A BYE sipward sent on a leg.
+    Bye(Leg),
+    /// A request relayed to a leg from the other.
+    Relay { origin: Origin },
+}
+
+/// Leg B's dialog as its 2xx made it (owned, for the requests sipward sends in it).
+#[derive(Clone, Debug)]
+struct Remote {
+    tag: String,
+    target: String,
+    route_set: Vec<String>,
+    dialog: DialogId,
 }
 
 #[derive(Debug)]
 struct Call {
-    id: String,
+    id: u64,
+    counted: String,
     caller: String,
     dialled: String,
-    trunk: String,
+    e164: Option<String>,
     class: CallClass,
-    state: State,
-    started: Instant,
+    class_of_service: ClassOfService,
+    target: Target,
+    phase: Phase,
     started_wall: i64,
     answered_wall: i64,
-    ended_at: Option<Instant>,
-    // Leg A: the extension, we are its UAS.
-    a_addr: SocketAddr,
+    ring_until: Instant,
+    max: Option<Duration>,
+    ends_at: Option<Instant>,
+    // Leg A: the phone, sipward is its UAS.
+    a_request: Vec<u8>,
+    a_key: TxKey,
+    a_flow: Flow,
     a_call_id: String,
-    a_from: String,
-    a_to: String,
     a_tag: String,
-    a_vias: Vec<String>,
+    a_remote_tag: String,
+    a_local_uri: String,
+    a_remote_uri: String,
+    a_target: String,
     a_cseq: u32,
-    a_branch: String,
-    a_uri: String,
-    a_local_cseq: u32,
-    a_final: Option<Vec<u8>>,
-    a_final_next: Instant,
-    a_final_interval: Duration,
-    a_final_since: Instant,
-    a_acked: bool,
-    // Leg B: the trunk, we are its UAC.
-    target: Target,
+    a_invite_cseq: u32,
+    a_final: bool,
+    a_dialog: Option<DialogId>,
+    // Leg B: the trunk, sipward is its UAC.
     b_call_id: String,
-    b_from: String,
-    b_to: String,
+    b_tag: String,
     b_uri: String,
-    b_remote_uri: Option<String>,
-    b_routes: Vec<String>,
-    b_cseq: u32,
-    b_invite_branch: String,
+    b_from: String,
+    b_invite: Option<TxId>,
     b_invite_cseq: u32,
+    b_cseq: u32,
     b_auth_tried: bool,
+    b_early: Vec<(String, DialogId)>,
+    b_remote: Option<Remote>,
+    /// The ACK sent for the 2xx (sent again for each retransmitted 2xx).
     b_ack: Option<Vec<u8>>,
-    /// The SDP and its type from the phone's INVITE (sent again after a challenge).
+    /// Leg B waits for the phone's ACK to carry its SDP (a delayed offer).
+    b_ack_waits: bool,
     body: Vec<u8>,
-    content_type: Option<String>,
-    max_forwards: u32,
-    txs: HashMap<String, Tx>,
-    /// A re-INVITE relayed to the other leg and answered 2xx: the origin's ACK (by its
-    /// CSeq number) becomes an ACK there with our CSeq.
-    reinvite_acks: Vec<(Leg, u32, u32)>,
-}
-
-#[derive(Debug, Default)]
-struct Tables {
-    calls: HashMap<String, Call>,
-    /// Our branches -> call.
-    by_branch: HashMap<String, String>,
-    /// Both legs' Call-IDs -> call.
-    by_call_id: HashMap<String, String>,
-    /// The phone's INVITE branch -> call (CANCEL and retransmissions).
-    by_a_branch: HashMap<String, String>,
-}
-
-/// A call to a trunk, decided and routed by the endpoint.
-#[derive(Debug)]
-pub struct Placed {
-    pub caller: String,
-    pub dialled: String,
-    /// The number as the trunk gets it (after the route's rewrite).
-    pub number: String,
-    pub class: CallClass,
-    pub target: Target,
-}
-
-/// What the endpoint does with an in-dialog request that belongs to a trunk call.
-#[derive(Debug, PartialEq, Eq)]
-pub enum InDialog {
-    /// Answer it with this status, then send these.
-    Answer(u16, &'static str, Vec<Send>),
-    /// No answer from us (ACK, or relayed: the answer comes from the other side).
-    Sent(Vec<Send>),
-}
-
-#[derive(Debug)]
-pub struct B2bua {
-    tokens: Tokens,
-    bound: OnceLock<SocketAddr>,
-    tables: Mutex<Tables>,
-}
-
-/// A message with these headers, its Content-Length (ours: we write every message on
-/// this side) and body.
-fn render(start: &str, mut headers: Vec<(String, String)>, body: &[u8]) -> Vec<u8> {
-    headers.push(h("Content-Length", body.len().to_string()));
-    crate::proxy::render(start, headers, body)
-}
-
-fn h(name: &str, value: impl Into<String>) -> (String, String) {
-    (name.to_owned(), value.into())
-}
-
-fn cseq_of(m: &Message<'_>) -> Option<(u32, String)> {
-    let v = m.header(Name::CSeq)?;
-    let mut it = v.split_whitespace();
-    let n = it.next()?.parse().ok()?;
-    Some((n, it.next()?.to_owned()))
-}
-
-/// Reasons from a peer go into our answers: printable and short.
-fn clean_reason(reason: &str) -> String {
-    reason
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(64)
-        .collect()
+    content_type: String,
+    /// Live transactions of the call, and of leg B alone (what the limits count).
+    txs: HashSet<TxId>,
+    b_txs: HashSet<TxId>,
+    /// Dialogs sipward made for 2xx answers it did not want (late, or another fork),
+    /// ended by their BYE.
+    b_hangups: Vec<DialogId>,
+    /// Relayed re-INVITEs answered 2xx: the origin's ACK (its leg and CSeq) ends the
+    /// origin's transaction (its key) and becomes an ACK on the other leg with our CSeq.
+    reinvite_acks: Vec<ReinviteAck>,
+    /// The leg B INVITE last sent (to ACK and BYE what its answers make).
+    b_invite_bytes: Vec<u8>,
 }
 
 impl Call {
-    fn local(&self, bound: SocketAddr, peer: SocketAddr) -> SocketAddr {
-        crate::notify::local_for(bound, peer)
-    }
-
-    /// A response to the phone's INVITE.
-    fn a_response(
-        &self,
-        bound: SocketAddr,
-        code: u16,
-        reason: &str,
-        body: Option<(&str, &[u8])>,
-    ) -> Vec<u8> {
-        let mut hs: Vec<(String, String)> =
-            self.a_vias.iter().map(|v| h("Via", v.clone())).collect();
-        hs.push(h("From", self.a_from.clone()));
-        if code > 100 {
-            hs.push(h("To", format!("{};tag={}", self.a_to, self.a_tag)));
-        } else {
-            hs.push(h("To", self.a_to.clone()));
-        }
-        hs.push(h("Call-ID", self.a_call_id.clone()));
-        hs.push(h("CSeq", format!("{} INVITE", self.a_cseq)));
-        if code > 100 && code < 300 {
-            hs.push(h(
-                "Contact",
-                format!("<sip:{}>", self.local(bound, self.a_addr)),
-            ));
-            hs.push(h("Allow", ALLOW));
-        }
-        let (ct, bytes) = body.unwrap_or(("", b""));
-        if !bytes.is_empty() {
-            hs.push(h("Content-Type", ct));
-        }
-        render(&format!("SIP/2.0 {code} {reason}"), hs, bytes)
-    }
-
-    /// A request on leg B inside the dialog (or the INVITE itself).
-    fn b_request(
-        &self,
-        bound: SocketAddr,
-        method: &str,
-        cseq: u32,
-        branch: &str,
-        extra: Vec<(String, String)>,
-        body: Option<(&str, &[u8])>,
-    ) -> Vec<u8> {
-        let local = self.local(bound, self.target.addr);
-        let uri = self.b_remote_uri.as_deref().unwrap_or(&self.b_uri);
-        let mut hs = vec![
-            h("Via", format!("SIP/2.0/UDP {local};branch={branch};rport")),
-            h("Max-Forwards", self.max_forwards.to_string()),
-        ];
-        if !self.b_routes.is_empty() {
-            hs.push(h("Route", self.b_routes.join(", ")));
-        }
-        hs.push(h("From", self.b_from.clone()));
-        hs.push(h("To", self.b_to.clone()));
-        hs.push(h("Call-ID", self.b_call_id.clone()));
-        hs.push(h("CSeq", format!("{cseq} {method}")));
-        if method == "INVITE" {
-            hs.push(h(
-                "Contact",
-                format!("<sip:{}@{local}>", self.target.from_user),
-            ));
-            hs.push(h("Allow", ALLOW));
-            hs.push(h("User-Agent", "sipward"));
-        }
-        hs.extend(extra);
-        let (ct, bytes) = body.unwrap_or(("", b""));
-        if !bytes.is_empty() {
-            hs.push(h("Content-Type", ct));
-        }
-        let start = if method == "INVITE" && self.b_remote_uri.is_none() {
-            format!("INVITE {} SIP/2.0", self.b_uri)
-        } else {
-            format!("{method} {uri} SIP/2.0")
+    /// Whether the call still counts against the limits: leg B has a transaction
+    /// without its final answer (an INVITE that rings, is being cancelled, or was
+    /// given up and may still be answered late; a BYE on its way) or a dialog that has
+    /// not ended. A failure that was answered and ACKed is over, even while its
+    /// transaction lingers to absorb retransmissions.
+    fn counts(&self, sig: &Signalling) -> bool {
+        let open = |tx: &TxId| {
+            matches!(
+                sig.egress.state(*tx),
+                Some(State::Calling | State::Trying | State::Proceeding | State::Abandoned)
+            )
         };
-        render(&start, hs, bytes)
+        self.b_txs.iter().any(open)
+            || self
+                .b_remote
+                .as_ref()
+                .and_then(|r| sig.dialogs.get(r.dialog))
+                .is_some_and(|d| d.phase != DialogPhase::Ended)
     }
 
-    /// A request on leg A inside the dialog (we are the callee there).
-    fn a_request(
-        &mut self,
-        bound: SocketAddr,
-        method: &str,
-        branch: &str,
-        body: Option<(&str, &[u8])>,
-    ) -> (u32, Vec<u8>) {
-        self.a_local_cseq += 1;
-        let local = self.local(bound, self.a_addr);
-        let mut hs = vec![
-            h("Via", format!("SIP/2.0/UDP {local};branch={branch};rport")),
-            h("Max-Forwards", "70"),
-            h("From", format!("{};tag={}", self.a_to, self.a_tag)),
-            h("To", self.a_from.clone()),
-            h("Call-ID", self.a_call_id.clone()),
-            h("CSeq", format!("{} {method}", self.a_local_cseq)),
-        ];
-        if method == "INVITE" {
-            hs.push(h("Contact", format!("<sip:{local}>")));
-        }
-        let (ct, bytes) = body.unwrap_or(("", b""));
-        if !bytes.is_empty() {
-            hs.push(h("Content-Type", ct));
-        }
-        (
-            self.a_local_cseq,
-            render(&format!("{method} {} SIP/2.0", self.a_uri), hs, bytes),
-        )
-    }
-
-    fn end(&mut self, now: Instant) {
-        if self.state != State::Ended {
-            self.state = State::Ended;
-            self.ended_at = Some(now);
+    fn a_dialog_state(&self) -> DialogState<'_> {
+        DialogState {
+            call_id: &self.a_call_id,
+            local_uri: &self.a_local_uri,
+            local_tag: &self.a_tag,
+            remote_uri: &self.a_remote_uri,
+            remote_tag: Some(&self.a_remote_tag),
+            remote_target: &self.a_target,
+            route_set: Vec::new(),
         }
     }
 
-    /// Sends a final answer to the phone (retransmitted until its ACK).
-    fn a_final(&mut self, bytes: Vec<u8>, now: Instant) -> Send {
-        self.a_final = Some(bytes.clone());
-        self.a_final_next = now + T1;
-        self.a_final_interval = T1;
-        self.a_final_since = now;
-        Send {
-            bytes,
-            target: self.a_addr,
-        }
+    fn b_dialog_state(&self) -> Option<DialogState<'_>> {
+        let r = self.b_remote.as_ref()?;
+        Some(DialogState {
+            call_id: &self.b_call_id,
+            local_uri: &self.b_from,
+            local_tag: &self.b_tag,
+            remote_uri: &self.b_uri,
+            remote_tag: Some(&r.tag),
+            remote_target: &r.target,
+            route_set: r.route_set.iter().map(String::as_str).collect(),
+        })
     }
 }
 
+#[derive(Debug)]
+struct ReinviteAck {
+    leg: Leg,
+    origin_cseq: u32,
+    origin_key: TxKey,
+    our_cseq: u32,
+}
+
+#[derive(Debug, Default)]
+struct Calls {
+    calls: HashMap<u64, Call>,
+    next: u64,
+    by_tx: HashMap<TxId, (u64, Role)>,
+    by_a_key: HashMap<TxKey, u64>,
+}
+
+/// The back-to-back agent; see the module documentation.
+#[derive(Debug)]
+pub struct B2bua {
+    sig: Arc<Signalling>,
+    state: Mutex<Calls>,
+}
+
+fn cseq_of(m: &Message<'_>) -> Option<u32> {
+    m.header(Name::CSeq).and_then(CSeq::parse).map(|c| c.seq)
+}
+
+fn body_of<'m>(m: &'m Message<'_>) -> Option<(&'m str, &'m [u8])> {
+    let ct = m.header(Name::ContentType)?;
+    (!m.body.is_empty()).then_some((ct, m.body))
+}
+
 impl B2bua {
-    pub fn new(key: [u8; 32]) -> Self {
+    pub fn new(sig: Arc<Signalling>) -> Self {
         Self {
-            tokens: Tokens::new(key),
-            bound: OnceLock::new(),
-            tables: Mutex::new(Tables::default()),
+            sig,
+            state: Mutex::new(Calls::default()),
         }
     }
 
-    pub fn set_bound(&self, addr: SocketAddr) {
-        let _ = self.bound.set(addr);
+    fn lock(&self) -> std::sync::MutexGuard<'_, Calls> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn branch(&self) -> String {
-        format!("{BRANCH_PREFIX}{}", self.tokens.next("b2b-branch"))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
-        self.tables.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Trunk calls of `caller` not ended yet (the concurrent-calls limit counts these).
-    pub fn active_for(&self, caller: &str) -> u32 {
-        let n = self
-            .lock()
+    /// Trunk calls charged to `account` that still count (the concurrent-calls limit).
+    pub fn active_for(&self, account: &str) -> u32 {
+        let st = self.lock();
+        let n = st
             .calls
             .values()
-            .filter(|c| c.caller == caller && c.state != State::Ended)
+            .filter(|c| c.counted == account && c.counts(&self.sig))
             .count();
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
-    /// Whether a Call-ID belongs to a trunk call (one hash lookup).
-    pub fn owns(&self, call_id: &str) -> bool {
-        self.lock().by_call_id.contains_key(call_id)
+    /// Emergency calls up now: of `caller`, and in all.
+    pub fn emergencies(&self, caller: &str) -> (u32, u32) {
+        let st = self.lock();
+        let live: Vec<&Call> = st
+            .calls
+            .values()
+            .filter(|c| c.class == CallClass::Emergency && c.counts(&self.sig))
+            .collect();
+        let mine = live.iter().filter(|c| c.caller == caller).count();
+        (
+            u32::try_from(mine).unwrap_or(u32::MAX),
+            u32::try_from(live.len()).unwrap_or(u32::MAX),
+        )
     }
 
-    /// Starts a trunk call for the phone's INVITE `m` from `source` (answers go to
-    /// `upstream`). Returns what to send to the trunk; the caller answers 100 first.
-    pub fn start(
-        &self,
-        m: &Message<'_>,
-        source: SocketAddr,
-        upstream: SocketAddr,
-        placed: Placed,
-        wall_now: i64,
-    ) -> Result<Vec<Send>, (u16, &'static str)> {
-        let bound = *self.bound.get().ok_or((500, "Server Internal Error"))?;
+    /// Whether the phone's INVITE `key` is one of our calls (for CANCEL).
+    pub fn owns(&self, key: &TxKey) -> bool {
+        self.lock().by_a_key.contains_key(key)
+    }
+
+    /// Starts a trunk call for the phone's INVITE (the endpoint has sent 100 Trying).
+    /// `Err` carries the status to answer instead.
+    pub fn start(&self, p: Placed<'_>) -> Result<(), (u16, &'static str)> {
         let bad = (400, "Bad Request");
-        let a_branch = m
-            .header(Name::Via)
-            .and_then(Via::parse_top)
-            .and_then(|v| v.branch)
-            .ok_or(bad)?
-            .to_owned();
+        let m = sip::msg::parse(p.request).map_err(|_| bad)?;
         let max_forwards = match m.header(Name::MaxForwards) {
             Some(v) => v.trim().parse::<u32>().map_err(|_| bad)?,
             None => 70,
@@ -401,713 +305,975 @@ impl B2bua {
         if max_forwards == 0 {
             return Err((483, "Too Many Hops"));
         }
-        let a_call_id = m.header(Name::CallId).ok_or(bad)?.to_owned();
-        let a_from = m.header(Name::From).ok_or(bad)?.to_owned();
-        let a_to = m.header(Name::To).ok_or(bad)?.to_owned();
-        let (a_cseq, _) = cseq_of(m).ok_or(bad)?;
-        let a_uri = m
+        let from = m.header(Name::From).and_then(NameAddr::parse).ok_or(bad)?;
+        let to = m.header(Name::To).and_then(NameAddr::parse).ok_or(bad)?;
+        let a_target = m
             .header(Name::Contact)
             .and_then(|c| split_list(c).next())
             .and_then(NameAddr::parse)
             .map(|a| a.uri.to_owned())
             .ok_or(bad)?;
-        if a_uri.chars().any(char::is_control) {
-            return Err(bad);
+        let a_call_id = m.header(Name::CallId).ok_or(bad)?.to_owned();
+        let a_invite_cseq = cseq_of(&m).ok_or(bad)?;
+        // The table is held until the call is in it: the trunk's first answer may come
+        // at once, on another thread.
+        let mut st = self.lock();
+        if st.by_a_key.contains_key(&p.key) {
+            return Ok(());
         }
-        let mut a_vias: Vec<String> = m.headers_named(Name::Via).map(str::to_owned).collect();
-        if let Some(first) = a_vias.first_mut() {
-            let mut entries = split_list(first);
-            let top = entries.next().ok_or(bad)?;
-            let via = Via::parse(top).ok_or(bad)?;
-            let mut v = top_via_with_source(top, &via, source);
-            for rest in entries {
-                v.push_str(", ");
-                v.push_str(rest);
-            }
-            *first = v;
-        }
-        let mut t = self.lock();
-        if t.by_a_branch.contains_key(&a_branch) {
-            return Ok(Vec::new()); // a retransmission: the 100 goes again
-        }
-        if t.calls.len() >= MAX_CALLS {
+        if st.calls.len() >= MAX_CALLS {
             return Err((503, "Service Unavailable"));
         }
-        let now = Instant::now();
-        let id = self.tokens.next("b2b-call");
-        let domain = placed.target.domain.clone();
-        let b_call_id = format!("{}@sipward", self.tokens.next("b2b-call-id"));
-        let b_uri = format!("sip:{}@{domain}", placed.number);
+        let now = self.sig.clock.instant();
+        let t = &p.target;
+        let b_uri = format!("sip:{}@{}", p.number, t.domain);
+        let b_from = format!("sip:{}@{}", t.from_user, t.domain);
+        let (content_type, body) = body_of(&m)
+            .map(|(ct, b)| (ct.to_owned(), b.to_vec()))
+            .unwrap_or_default();
         let mut call = Call {
-            id: id.clone(),
-            caller: placed.caller,
-            dialled: placed.dialled,
-            trunk: placed.target.label.clone(),
-            class: placed.class,
-            state: State::Calling,
-            started: now,
-            started_wall: wall_now,
+            id: 0,
+            counted: p.counted,
+            caller: p.caller,
+            dialled: p.dialled,
+            e164: p.e164,
+            class: p.class,
+            class_of_service: p.class_of_service,
+            target: p.target.clone(),
+            phase: Phase::Calling,
+            started_wall: self.sig.clock.now(),
             answered_wall: 0,
-            ended_at: None,
-            a_addr: upstream,
-            a_call_id: a_call_id.clone(),
-            a_from,
-            a_to,
-            a_tag: self.tokens.next("b2b-tag"),
-            a_vias,
-            a_cseq,
-            a_branch: a_branch.clone(),
-            a_uri,
-            a_local_cseq: 0,
-            a_final: None,
-            a_final_next: now,
-            a_final_interval: T1,
-            a_final_since: now,
-            a_acked: false,
-            b_from: format!(
-                "<sip:{}@{domain}>;tag={}",
-                placed.target.from_user,
-                self.tokens.next("b2b-tag")
-            ),
-            b_to: format!("<{b_uri}>"),
+            ring_until: now + p.ring,
+            max: p.max,
+            ends_at: None,
+            a_request: p.request.to_vec(),
+            a_key: p.key.clone(),
+            a_flow: p.source,
+            a_call_id,
+            a_tag: self.sig.token("b2b-tag"),
+            a_remote_tag: from.tag().unwrap_or_default().to_owned(),
+            a_local_uri: to.uri.to_owned(),
+            a_remote_uri: from.uri.to_owned(),
+            a_target,
+            a_cseq: 0,
+            a_invite_cseq,
+            a_final: false,
+            a_dialog: None,
+            b_call_id: format!("{}@sipward", self.sig.token("b2b-call-id")),
+            b_tag: self.sig.token("b2b-tag"),
             b_uri,
-            b_remote_uri: None,
-            b_routes: Vec::new(),
-            b_cseq: 1,
-            b_invite_branch: String::new(),
+            b_from,
+            b_invite: None,
             b_invite_cseq: 1,
+            b_cseq: 1,
             b_auth_tried: false,
+            b_early: Vec::new(),
+            b_remote: None,
             b_ack: None,
-            body: m.body.to_vec(),
-            content_type: m.header(Name::ContentType).map(str::to_owned),
-            max_forwards: max_forwards - 1,
-            b_call_id: b_call_id.clone(),
-            target: placed.target,
-            txs: HashMap::new(),
+            b_ack_waits: body.is_empty(),
+            body,
+            content_type,
+            txs: HashSet::new(),
+            b_txs: HashSet::new(),
+            b_hangups: Vec::new(),
             reinvite_acks: Vec::new(),
+            b_invite_bytes: Vec::new(),
         };
-        let send = self.send_invite(&mut call, bound, None, now);
-        t.by_branch.insert(call.b_invite_branch.clone(), id.clone());
-        t.by_a_branch.insert(a_branch, id.clone());
-        t.by_call_id.insert(a_call_id, id.clone());
-        t.by_call_id.insert(b_call_id, id.clone());
-        t.calls.insert(id, call);
-        Ok(vec![send])
+        st.next += 1;
+        call.id = st.next;
+        let tx = self
+            .send_invite(&mut call, None)
+            .ok_or((503, "Service Unavailable"))?;
+        st.by_tx.insert(tx, (call.id, Role::Invite));
+        st.by_a_key.insert(call.a_key.clone(), call.id);
+        st.calls.insert(call.id, call);
+        Ok(())
     }
 
-    /// (Re)sends the INVITE on leg B, with credentials when given.
-    fn send_invite(
-        &self,
-        call: &mut Call,
-        bound: SocketAddr,
-        auth: Option<(String, String)>,
-        now: Instant,
-    ) -> Send {
-        let branch = self.branch();
-        let body = call.content_type.clone().map(|ct| (ct, call.body.clone()));
-        let bytes = call.b_request(
-            bound,
-            "INVITE",
-            call.b_cseq,
-            &branch,
-            auth.into_iter().collect(),
-            body.as_ref().map(|(ct, b)| (ct.as_str(), b.as_slice())),
-        );
-        call.b_invite_branch = branch.clone();
+    /// Sends leg B's INVITE (CSeq `b_cseq`), with credentials when given.
+    fn send_invite(&self, call: &mut Call, auth: Option<(&str, &str)>) -> Option<TxId> {
+        let branch = self.sig.branch();
+        let flow = call.target.flow;
+        let local = self.sig.local(&flow);
+        let contact = our_uri(self.sig.bound, &flow, Some(&call.target.from_user));
+        let mut b = RequestBuilder::new("INVITE", &call.b_uri)
+            .via(TopVia::new(flow.transport.via_token(), local, &branch))
+            .from(UriParty::new(&call.b_from).tag(&call.b_tag))
+            .to(UriParty::new(&call.b_uri))
+            .call_id(&call.b_call_id)
+            .cseq(call.b_cseq)
+            .contact(&contact)
+            .header("Allow", ALLOW)
+            .header("User-Agent", "sipward");
+        if let Some((name, value)) = auth {
+            b = b.header(name, value);
+        }
+        if !call.body.is_empty() {
+            b = b.body(&call.content_type, &call.body);
+        }
+        let bytes = b.build().ok()?;
+        call.b_invite_bytes = bytes.clone();
+        let tx = self
+            .sig
+            .egress
+            .start(
+                bytes,
+                flow,
+                Purpose::Trunk {
+                    label: &call.target.label,
+                },
+                Owner::B2bua,
+            )
+            .ok()?;
+        call.b_invite = Some(tx);
         call.b_invite_cseq = call.b_cseq;
-        call.txs.insert(
-            branch,
-            Tx {
-                leg: Leg::B,
-                method: "INVITE".into(),
-                cseq: call.b_cseq,
-                bytes: bytes.clone(),
-                target: call.target.addr,
-                next: now + T1,
-                interval: T1,
-                started: now,
-                proceeding: false,
-                done: false,
-                relay_of: None,
-            },
-        );
-        Send {
-            bytes,
-            target: call.target.addr,
+        call.txs.insert(tx);
+        call.b_txs.insert(tx);
+        Some(tx)
+    }
+
+    /// A response of ours to the phone's INVITE.
+    fn respond_a(&self, call: &mut Call, code: u16, reason: &str, body: Option<(&str, &[u8])>) {
+        let Ok(m) = sip::msg::parse(&call.a_request) else {
+            return;
+        };
+        let tag = if code > 100 { call.a_tag.as_str() } else { "" };
+        let Ok(mut b) = ResponseBuilder::new(&m, code, reason, call.a_flow.remote, tag) else {
+            return;
+        };
+        if (101..300).contains(&code) {
+            b = b.header(
+                "Contact",
+                &format!("<{}>", our_uri(self.sig.bound, &call.a_flow, None)),
+            );
+        }
+        if (200..300).contains(&code) {
+            b = b.header("Allow", ALLOW);
+        }
+        let bytes = match body {
+            Some((ct, body)) => b.finish_with_body(ct, body),
+            None => b.finish(),
+        };
+        if (200..300).contains(&code) {
+            let _ = self.sig.egress.respond_until_ack(&call.a_key, bytes);
+        } else {
+            let _ = self.sig.egress.respond(&call.a_key, bytes);
+        }
+        if code >= 200 {
+            call.a_final = true;
         }
     }
 
-    /// Starts a non-INVITE (or relayed) client transaction on a leg.
-    #[allow(clippy::too_many_arguments)]
-    fn request(
+    /// A leg A dialog for our tagged answer (early at 1xx, confirmed at 2xx).
+    fn a_dialog(&self, call: &mut Call, phase: DialogPhase, now: Instant) {
+        match call.a_dialog {
+            Some(id) if phase == DialogPhase::Confirmed => self.sig.dialogs.confirm(id, now),
+            Some(_) => {}
+            None => {
+                call.a_dialog = self
+                    .sig
+                    .dialogs
+                    .create(
+                        NewDialog {
+                            call_id: call.a_call_id.clone(),
+                            caller: Party {
+                                who: Who::Extension(call.caller.clone()),
+                                tag: call.a_remote_tag.clone(),
+                                flow: Some(call.a_flow),
+                            },
+                            callee: Party {
+                                who: Who::Sipward,
+                                tag: call.a_tag.clone(),
+                                flow: None,
+                            },
+                            phase,
+                            kind: Kind::Trunk {
+                                call: call.id,
+                                leg: Leg::A,
+                            },
+                            class: Some(call.class),
+                            class_of_service: Some(call.class_of_service),
+                            e164: call.e164.clone(),
+                        },
+                        now,
+                    )
+                    .ok();
+            }
+        }
+    }
+
+    /// A leg B dialog with the trunk's tag.
+    fn b_dialog(
         &self,
-        t: &mut Tables,
-        id: &str,
+        call: &Call,
+        tag: &str,
+        phase: DialogPhase,
+        now: Instant,
+    ) -> Option<DialogId> {
+        self.sig
+            .dialogs
+            .create(
+                NewDialog {
+                    call_id: call.b_call_id.clone(),
+                    caller: Party {
+                        who: Who::Sipward,
+                        tag: call.b_tag.clone(),
+                        flow: None,
+                    },
+                    callee: Party {
+                        who: Who::Trunk(call.target.label.clone()),
+                        tag: tag.to_owned(),
+                        flow: Some(call.target.flow),
+                    },
+                    phase,
+                    kind: Kind::Trunk {
+                        call: call.id,
+                        leg: Leg::B,
+                    },
+                    class: Some(call.class),
+                    class_of_service: Some(call.class_of_service),
+                    e164: call.e164.clone(),
+                },
+                now,
+            )
+            .ok()
+    }
+
+    /// A request of ours within the dialog of `leg` (CSeq moves on).
+    fn leg_request(
+        &self,
+        call: &mut Call,
         leg: Leg,
         method: &str,
         body: Option<(&str, &[u8])>,
-        relay_of: Option<Origin>,
-        now: Instant,
-    ) -> Option<Send> {
-        let bound = *self.bound.get()?;
-        let call = t.calls.get_mut(id)?;
-        let branch = self.branch();
-        let (cseq, bytes, target) = match leg {
+    ) -> Option<(Vec<u8>, Flow, u32)> {
+        let branch = self.sig.branch();
+        let (flow, cseq) = match leg {
             Leg::A => {
-                let (cseq, bytes) = call.a_request(bound, method, &branch, body);
-                (cseq, bytes, call.a_addr)
+                call.a_cseq += 1;
+                (call.a_flow, call.a_cseq)
             }
             Leg::B => {
                 call.b_cseq += 1;
-                let bytes = call.b_request(bound, method, call.b_cseq, &branch, Vec::new(), body);
-                (call.b_cseq, bytes, call.target.addr)
+                (call.target.flow, call.b_cseq)
             }
         };
-        call.txs.insert(
-            branch.clone(),
-            Tx {
-                leg,
-                method: method.to_owned(),
-                cseq,
-                bytes: bytes.clone(),
-                target,
-                next: now + T1,
-                interval: T1,
-                started: now,
-                proceeding: false,
-                done: false,
-                relay_of,
-            },
-        );
-        t.by_branch.insert(branch, id.to_owned());
-        Some(Send { bytes, target })
-    }
-
-    /// CANCEL of the INVITE on leg B (same branch and CSeq number as the INVITE).
-    fn cancel_b(call: &Call, bound: SocketAddr) -> Option<Send> {
-        let tx = call.txs.get(&call.b_invite_branch)?;
-        if tx.done {
-            return None;
-        }
-        let local = call.local(bound, call.target.addr);
-        let hs = vec![
-            h(
-                "Via",
-                format!("SIP/2.0/UDP {local};branch={};rport", call.b_invite_branch),
-            ),
-            h("Max-Forwards", "70"),
-            h("From", call.b_from.clone()),
-            h("To", format!("<{}>", call.b_uri)),
-            h("Call-ID", call.b_call_id.clone()),
-            h("CSeq", format!("{} CANCEL", call.b_invite_cseq)),
-        ];
-        Some(Send {
-            bytes: render(&format!("CANCEL {} SIP/2.0", call.b_uri), hs, b""),
-            target: call.target.addr,
-        })
-    }
-
-    /// The ACK on leg B for a final answer to our INVITE (hop by hop for non-2xx:
-    /// same branch; for 2xx: a new one, sent to the remote target).
-    fn ack_b(
-        &self,
-        call: &Call,
-        bound: SocketAddr,
-        response_to: &str,
-        branch: &str,
-        cseq: u32,
-        body: Option<(&str, &[u8])>,
-    ) -> Send {
-        let local = call.local(bound, call.target.addr);
-        let mut hs = vec![
-            h("Via", format!("SIP/2.0/UDP {local};branch={branch};rport")),
-            h("Max-Forwards", "70"),
-        ];
-        if !call.b_routes.is_empty() {
-            hs.push(h("Route", call.b_routes.join(", ")));
-        }
-        hs.push(h("From", call.b_from.clone()));
-        hs.push(h("To", response_to.to_owned()));
-        hs.push(h("Call-ID", call.b_call_id.clone()));
-        hs.push(h("CSeq", format!("{cseq} ACK")));
-        let (ct, bytes) = body.unwrap_or(("", b""));
-        if !bytes.is_empty() {
-            hs.push(h("Content-Type", ct));
-        }
-        let uri = call.b_remote_uri.as_deref().unwrap_or(&call.b_uri);
-        Send {
-            bytes: render(&format!("ACK {uri} SIP/2.0"), hs, bytes),
-            target: call.target.addr,
-        }
-    }
-
-    /// CANCEL from the phone for its INVITE: Some when it matched (answer it 200), with
-    /// the CANCEL to the trunk and the 487 to the phone.
-    pub fn cancel(&self, m: &Message<'_>) -> Option<Vec<Send>> {
-        let branch = m.header(Name::Via).and_then(Via::parse_top)?.branch?;
-        let bound = *self.bound.get()?;
-        let mut t = self.lock();
-        let id = t.by_a_branch.get(branch)?.clone();
-        let call = t.calls.get_mut(&id)?;
-        let mut out = Vec::new();
-        if matches!(call.state, State::Calling | State::Ringing) {
-            out.extend(Self::cancel_b(call, bound));
-            let now = Instant::now();
-            let bytes = call.a_response(bound, 487, "Request Terminated", None);
-            out.push(call.a_final(bytes, now));
-            call.end(now);
-        }
-        Some(out)
-    }
-
-    /// A response whose top Via branch is ours.
-    pub fn response(&self, m: &Message<'_>) -> Option<Vec<Send>> {
-        let StartLine::Response { code, reason } = m.start else {
-            return None;
+        let local = self.sig.local(&flow);
+        let contact = our_uri(self.sig.bound, &flow, None);
+        let ds = match leg {
+            Leg::A => call.a_dialog_state(),
+            Leg::B => call.b_dialog_state()?,
         };
-        let branch = m.header(Name::Via).and_then(Via::parse_top)?.branch?;
-        if !branch.starts_with(BRANCH_PREFIX) {
-            return None;
-        }
-        let bound = *self.bound.get()?;
-        let mut t = self.lock();
-        let Some(id) = t.by_branch.get(branch).cloned() else {
-            return Some(Vec::new());
-        };
-        let now = Instant::now();
-        let (_, method) = cseq_of(m)?;
-        let mut out = Vec::new();
-        let call = t.calls.get_mut(&id)?;
-        let tx = call.txs.get_mut(branch)?;
-        if method == "CANCEL" {
-            return Some(out); // the answer to our CANCEL: the INVITE's answer follows
-        }
-        let is_b_invite = tx.leg == Leg::B && tx.method == "INVITE" && tx.relay_of.is_none();
-        if is_b_invite {
-            let reason = clean_reason(reason);
-            if code < 200 {
-                tx.proceeding = true;
-                if code > 100 && call.state == State::Calling {
-                    call.state = State::Ringing;
-                }
-                if code > 100 && call.a_final.is_none() {
-                    let body = m.header(Name::ContentType).map(|ct| (ct, m.body));
-                    out.push(Send {
-                        bytes: call.a_response(
-                            bound,
-                            code,
-                            &reason,
-                            body.filter(|(_, b)| !b.is_empty()),
-                        ),
-                        target: call.a_addr,
-                    });
-                }
-                return Some(out);
-            }
-            let first = !tx.done;
-            tx.done = true;
-            let to = m.header(Name::To).unwrap_or_default().to_owned();
-            if (200..300).contains(&code) {
-                if !first {
-                    // A retransmitted 2xx: our ACK got lost.
-                    out.extend(call.b_ack.clone().map(|bytes| Send {
-                        bytes,
-                        target: call.target.addr,
-                    }));
-                    return Some(out);
-                }
-                call.b_to = to.clone();
-                call.b_remote_uri = m
-                    .header(Name::Contact)
-                    .and_then(|c| split_list(c).next())
-                    .and_then(NameAddr::parse)
-                    .map(|a| a.uri.to_owned())
-                    .filter(|u| !u.chars().any(char::is_control));
-                let mut routes: Vec<String> = m
-                    .headers_named(Name::RecordRoute)
-                    .flat_map(split_list)
-                    .map(str::to_owned)
-                    .filter(|r| !r.chars().any(char::is_control))
-                    .collect();
-                routes.reverse();
-                call.b_routes = routes;
-                if call.state == State::Ended {
-                    // Answered after the phone gave up: ACK and hang up at once.
-                    let ack_branch = self.branch();
-                    let ack = self.ack_b(call, bound, &to, &ack_branch, call.b_invite_cseq, None);
-                    call.b_ack = Some(ack.bytes.clone());
-                    out.push(ack);
-                    out.extend(self.request(&mut t, &id, Leg::B, "BYE", None, None, now));
-                    return Some(out);
-                }
-                call.state = State::Answered;
-                call.answered_wall = call.started_wall
-                    + i64::try_from(now.duration_since(call.started).as_secs()).unwrap_or(0);
-                let body = m.header(Name::ContentType).map(|ct| (ct, m.body));
-                let bytes =
-                    call.a_response(bound, code, &reason, body.filter(|(_, b)| !b.is_empty()));
-                out.push(call.a_final(bytes, now));
-                return Some(out);
-            }
-            // Non-2xx: ACK it on the same branch.
-            out.push(self.ack_b(call, bound, &to, branch, tx_cseq(call, branch), None));
-            if !first || call.a_final.is_some() {
-                return Some(out);
-            }
-            if matches!(code, 401 | 407) && !call.b_auth_tried {
-                let (header, answer) = if code == 401 {
-                    (Name::WwwAuthenticate, "Authorization")
-                } else {
-                    (Name::ProxyAuthenticate, "Proxy-Authorization")
-                };
-                let value = m
-                    .header(header)
-                    .and_then(|v| Challenge::parse(v).ok())
-                    .and_then(|ch| {
-                        ch.answer(
-                            "INVITE",
-                            &call.b_uri,
-                            &call.target.auth_id,
-                            call.target.password.expose(),
-                            &self.tokens.next("cnonce"),
-                        )
-                    });
-                if let Some(value) = value {
-                    call.b_auth_tried = true;
-                    call.b_cseq += 1;
-                    let send = self.send_invite(call, bound, Some((answer.to_owned(), value)), now);
-                    let b = call.b_invite_branch.clone();
-                    t.by_branch.insert(b, id);
-                    out.push(send);
-                    return Some(out);
-                }
-            }
-            // The phone gets the trunk's answer, except: credentials refused (a trunk
-            // problem, not the phone's) and redirects (never followed: a trunk must not
-            // steer calls).
-            let (code, reason) = match code {
-                401 | 407 => (503, "Service Unavailable".to_owned()),
-                300..=399 => (480, "Temporarily Unavailable".to_owned()),
-                c => (c, reason),
-            };
-            let bytes = call.a_response(bound, code, &reason, None);
-            out.push(call.a_final(bytes, now));
-            call.end(now);
-            return Some(out);
-        }
-        // Answers to BYE and relayed requests.
-        if code < 200 {
-            tx.proceeding = true;
-            return Some(out);
-        }
-        if tx.done {
-            return Some(out);
-        }
-        tx.done = true;
-        let leg = tx.leg;
-        let our_cseq = tx.cseq;
-        let relayed_invite = tx.method == "INVITE";
-        let Some(origin) = tx.relay_of.clone() else {
-            return Some(out);
-        };
-        if relayed_invite && code >= 300 {
-            // Our re-INVITE failed: ACK it hop by hop (the origin ACKs us).
-            let to = m.header(Name::To).unwrap_or_default().to_owned();
-            match leg {
-                Leg::B => out.push(self.ack_b(call, bound, &to, branch, our_cseq, None)),
-                Leg::A => out.extend(ack_a(call, bound, branch, our_cseq)),
-            }
-        }
-        if relayed_invite && (200..300).contains(&code) {
-            let origin_cseq = origin
-                .cseq
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            call.reinvite_acks.push((leg, origin_cseq, our_cseq));
-        }
-        let mut hs: Vec<(String, String)> =
-            origin.vias.iter().map(|v| h("Via", v.clone())).collect();
-        hs.push(h("From", origin.from.clone()));
-        hs.push(h("To", origin.to.clone()));
-        hs.push(h(
-            "Call-ID",
-            match origin.leg {
-                Leg::A => call.a_call_id.clone(),
-                Leg::B => call.b_call_id.clone(),
-            },
+        let mut b = RequestBuilder::in_dialog(&ds, method, cseq).via(TopVia::new(
+            flow.transport.via_token(),
+            local,
+            &branch,
         ));
-        hs.push(h("CSeq", origin.cseq.clone()));
-        if relayed_invite && (200..300).contains(&code) {
-            let peer = match origin.leg {
-                Leg::A => call.a_addr,
-                Leg::B => call.target.addr,
-            };
-            hs.push(h("Contact", format!("<sip:{}>", call.local(bound, peer))));
+        if method == "INVITE" {
+            b = b.contact(&contact);
         }
-        let body = m.header(Name::ContentType).filter(|_| !m.body.is_empty());
-        if let Some(ct) = body {
-            hs.push(h("Content-Type", ct));
+        if let Some((ct, body)) = body {
+            b = b.body(ct, body);
         }
-        let bytes = render(
-            &format!("SIP/2.0 {code} {}", clean_reason(reason)),
-            hs,
-            if body.is_some() { m.body } else { b"" },
-        );
-        out.push(Send {
-            bytes,
-            target: match origin.leg {
-                Leg::A => call.a_addr,
-                Leg::B => call.target.addr,
-            },
-        });
-        Some(out)
+        Some((b.build().ok()?, flow, cseq))
     }
 
-    /// An in-dialog request (or ACK) whose Call-ID is a trunk call's. None when it is not
-    /// ours (or comes from an address that is not the leg's).
-    pub fn in_dialog(&self, m: &Message<'_>, method: &str, source: SocketAddr) -> Option<InDialog> {
-        let call_id = m.header(Name::CallId)?;
-        let bound = *self.bound.get()?;
-        let mut t = self.lock();
-        let id = t.by_call_id.get(call_id)?.clone();
-        let now = Instant::now();
-        let call = t.calls.get_mut(&id)?;
-        let leg = if call_id == call.a_call_id {
-            Leg::A
-        } else {
-            Leg::B
+    /// Sends a BYE of ours on `leg` (the dialog ends when it is answered or times out).
+    fn bye(&self, st: &mut Calls, id: u64, leg: Leg) {
+        let Some(call) = st.calls.get_mut(&id) else {
+            return;
         };
-        let expected = match leg {
-            Leg::A => call.a_addr.ip(),
-            Leg::B => call.target.addr.ip(),
+        let dialog = match leg {
+            Leg::A => call.a_dialog,
+            Leg::B => call.b_remote.as_ref().map(|r| r.dialog),
         };
-        if source.ip() != expected {
-            return Some(InDialog::Answer(
-                481,
-                "Call/Transaction Does Not Exist",
-                Vec::new(),
-            ));
+        let Some(dialog) = dialog else { return };
+        if !self
+            .sig
+            .dialogs
+            .get(dialog)
+            .is_some_and(|d| d.phase == DialogPhase::Confirmed)
+        {
+            return;
         }
-        let (cseq, _) = cseq_of(m)?;
-        let mut out = Vec::new();
-        if method == "ACK" {
-            if leg == Leg::A && cseq == call.a_cseq {
-                call.a_acked = true;
-                if call.state == State::Answered && call.b_ack.is_none() {
-                    let body = m.header(Name::ContentType).filter(|_| !m.body.is_empty());
-                    let ack_branch = self.branch();
-                    let b_to = call.b_to.clone();
-                    let ack = self.ack_b(
-                        call,
-                        bound,
-                        &b_to,
-                        &ack_branch,
-                        call.b_invite_cseq,
-                        body.map(|ct| (ct, m.body)),
-                    );
-                    call.b_ack = Some(ack.bytes.clone());
-                    out.push(ack);
+        self.sig.dialogs.terminating(dialog);
+        let Some((bytes, flow, _)) = self.leg_request(call, leg, "BYE", None) else {
+            self.sig.dialogs.end(dialog, self.sig.clock.instant());
+            return;
+        };
+        match self
+            .sig
+            .egress
+            .start(bytes, flow, Purpose::InDialog { from: None }, Owner::B2bua)
+        {
+            Ok(tx) => {
+                call.txs.insert(tx);
+                if leg == Leg::B {
+                    call.b_txs.insert(tx);
                 }
-            } else if let Some(i) = call
-                .reinvite_acks
-                .iter()
-                .position(|(l, origin, _)| *l != leg && *origin == cseq)
-            {
-                let (other, _, ours) = call.reinvite_acks.remove(i);
-                let branch = self.branch();
-                match other {
-                    Leg::B => {
-                        let b_to = call.b_to.clone();
-                        out.push(self.ack_b(call, bound, &b_to, &branch, ours, None));
+                st.by_tx.insert(tx, (id, Role::Bye(leg)));
+            }
+            Err(_) => self.sig.dialogs.end(dialog, self.sig.clock.instant()),
+        }
+    }
+
+    /// Gives up leg B's INVITE (CANCEL); the call still counts until it is over.
+    fn cancel_b(&self, call: &Call) {
+        if let Some(tx) = call.b_invite
+            && self.sig.egress.cancel(tx).is_ok()
+        {
+            Metrics::inc(&self.sig.metrics.trunk_legs_cancelled);
+        }
+    }
+
+    /// The caller has gone before an answer: 487 (or `code`) to the phone, leg B
+    /// cancelled.
+    fn give_up(&self, call: &mut Call, code: u16, reason: &str, now: Instant) {
+        if !call.a_final {
+            self.respond_a(call, code, reason, None);
+        }
+        if let Some(id) = call.a_dialog {
+            self.sig.dialogs.end(id, now);
+        }
+        call.phase = Phase::Ending;
+        self.cancel_b(call);
+    }
+
+    /// The phone CANCELs its INVITE `key` (the endpoint has answered the CANCEL 200).
+    pub fn cancel(&self, key: &TxKey) -> bool {
+        let now = self.sig.clock.instant();
+        let mut st = self.lock();
+        let Some(id) = st.by_a_key.get(key).copied() else {
+            return false;
+        };
+        if let Some(call) = st.calls.get_mut(&id)
+            && matches!(call.phase, Phase::Calling | Phase::Ringing)
+        {
+            self.give_up(call, 487, "Request Terminated", now);
+        }
+        true
+    }
+
+    /// A 2xx on leg B that nobody wants (the caller has gone, or another fork already
+    /// answered): ACK it and end it with BYE (RFC 3261 §15, and the late-answer attack).
+    fn hang_up_answer(&self, st: &mut Calls, id: u64, m: &Message<'_>, now: Instant) {
+        let Some(call) = st.calls.get_mut(&id) else {
+            return;
+        };
+        let invite = call.b_invite_bytes.clone();
+        let Ok(invite_m) = sip::msg::parse(&invite) else {
+            return;
+        };
+        let Ok(ds) = DialogState::from_answer(&invite_m, m) else {
+            return;
+        };
+        let Some(tag) = ds.remote_tag else { return };
+        let Some(dialog) = self.b_dialog(call, tag, DialogPhase::Terminating, now) else {
+            return;
+        };
+        call.b_hangups.push(dialog);
+        let flow = call.target.flow;
+        let local = self.sig.local(&flow);
+        // The ACK carries the CSeq of the INVITE the 2xx answers (an earlier attempt's,
+        // for a late answer to the INVITE before the credentials).
+        let invite_cseq = cseq_of(m).unwrap_or(call.b_invite_cseq);
+        let branch = self.sig.branch();
+        if let Ok(ack) = ack_2xx(
+            &ds,
+            invite_cseq,
+            TopVia::new(flow.transport.via_token(), local, &branch),
+        )
+        .build()
+        {
+            let _ = self.sig.egress.ack(ack, None, flow);
+        }
+        call.b_cseq += 1;
+        let branch = self.sig.branch();
+        let bye = RequestBuilder::in_dialog(&ds, "BYE", call.b_cseq)
+            .via(TopVia::new(flow.transport.via_token(), local, &branch))
+            .build();
+        Metrics::inc(&self.sig.metrics.late_answers_ended);
+        match bye.ok().and_then(|b| {
+            self.sig
+                .egress
+                .start(b, flow, Purpose::InDialog { from: None }, Owner::B2bua)
+                .ok()
+        }) {
+            Some(tx) => {
+                call.txs.insert(tx);
+                call.b_txs.insert(tx);
+                st.by_tx.insert(tx, (id, Role::Bye(Leg::B)));
+            }
+            None => self.sig.dialogs.end(dialog, now),
+        }
+    }
+
+    /// The trunk answered 2xx.
+    fn answered(&self, st: &mut Calls, id: u64, m: &Message<'_>, now: Instant) {
+        let to_tag = m
+            .header(Name::To)
+            .and_then(NameAddr::parse)
+            .and_then(|a| a.tag())
+            .unwrap_or("");
+        let Some(call) = st.calls.get_mut(&id) else {
+            return;
+        };
+        if let Some(r) = &call.b_remote {
+            if r.tag == to_tag {
+                // A retransmitted 2xx: our ACK was lost.
+                if let Some(ack) = call.b_ack.clone() {
+                    let _ = self.sig.egress.ack(ack, None, call.target.flow);
+                }
+                return;
+            }
+            return self.hang_up_answer(st, id, m, now);
+        }
+        if call.phase == Phase::Ending || call.a_final {
+            return self.hang_up_answer(st, id, m, now);
+        }
+        let invite = call.b_invite_bytes.clone();
+        let Ok(invite_m) = sip::msg::parse(&invite) else {
+            return;
+        };
+        let Ok(ds) = DialogState::from_answer(&invite_m, m) else {
+            // An answer that makes no dialog we could ACK: nothing can be done with it.
+            return;
+        };
+        let early = call
+            .b_early
+            .iter()
+            .find(|(t, _)| t == to_tag)
+            .map(|(_, d)| *d);
+        let dialog = match early {
+            Some(d) => {
+                self.sig.dialogs.confirm(d, now);
+                Some(d)
+            }
+            None => self.b_dialog(call, to_tag, DialogPhase::Confirmed, now),
+        };
+        for (t, d) in &call.b_early {
+            if t != to_tag {
+                self.sig.dialogs.end(*d, now);
+            }
+        }
+        let Some(dialog) = dialog else {
+            return self.hang_up_answer(st, id, m, now);
+        };
+        call.b_remote = Some(Remote {
+            tag: to_tag.to_owned(),
+            target: ds.remote_target.to_owned(),
+            route_set: ds.route_set.iter().map(|r| (*r).to_owned()).collect(),
+            dialog,
+        });
+        call.phase = Phase::Answered;
+        call.answered_wall = self.sig.clock.now();
+        call.ends_at = call.max.map(|d| now + d);
+        if !call.b_ack_waits {
+            self.ack_b(call, None);
+        }
+        let reason = match m.start {
+            StartLine::Response { reason, .. } => clean_reason(reason),
+            _ => "OK".into(),
+        };
+        let code = match m.start {
+            StartLine::Response { code, .. } => code,
+            _ => 200,
+        };
+        self.respond_a(call, code, &reason, body_of(m));
+        self.a_dialog(call, DialogPhase::Confirmed, now);
+    }
+
+    /// ACKs leg B's 2xx (with the phone's SDP answer for a delayed offer).
+    fn ack_b(&self, call: &mut Call, body: Option<(&str, &[u8])>) {
+        let flow = call.target.flow;
+        let local = self.sig.local(&flow);
+        let branch = self.sig.branch();
+        let Some(ds) = call.b_dialog_state() else {
+            return;
+        };
+        let mut b = ack_2xx(
+            &ds,
+            call.b_invite_cseq,
+            TopVia::new(flow.transport.via_token(), local, &branch),
+        );
+        if let Some((ct, body)) = body {
+            b = b.body(ct, body);
+        }
+        if let Ok(ack) = b.build() {
+            let _ = self.sig.egress.ack(ack.clone(), None, flow);
+            call.b_ack = Some(ack);
+            call.b_ack_waits = false;
+        }
+    }
+
+    /// An output of one of our client transactions.
+    pub fn on_delivery(&self, d: &Delivery, m: Option<&Message<'_>>, now: Instant) {
+        let mut st = self.lock();
+        let Some((id, role)) = st.by_tx.get(&d.tx).cloned() else {
+            return;
+        };
+        if d.action == Action::Terminated {
+            st.by_tx.remove(&d.tx);
+            if let Some(call) = st.calls.get_mut(&id) {
+                call.txs.remove(&d.tx);
+                call.b_txs.remove(&d.tx);
+            }
+            return;
+        }
+        let code = m
+            .and_then(|m| match m.start {
+                StartLine::Response { code, .. } => Some(code),
+                _ => None,
+            })
+            .unwrap_or(0);
+        match role {
+            Role::Invite => self.invite_event(&mut st, id, d, m, code, now),
+            Role::Bye(leg) => {
+                if matches!(
+                    d.action,
+                    Action::Deliver(ResponseClass::Success | ResponseClass::Failure)
+                        | Action::TimedOut
+                        | Action::TransportFailed
+                ) && let Some(call) = st.calls.get(&id)
+                {
+                    let dialog = match leg {
+                        Leg::A => call.a_dialog,
+                        Leg::B => call.b_remote.as_ref().map(|r| r.dialog),
+                    };
+                    if let Some(dialog) = dialog {
+                        self.sig.dialogs.end(dialog, now);
                     }
-                    Leg::A => out.extend(ack_a(call, bound, &branch, ours)),
+                    // The BYE that ended an unwanted answer.
+                    for h in &call.b_hangups {
+                        if self
+                            .sig
+                            .dialogs
+                            .get(*h)
+                            .is_some_and(|d| d.phase == DialogPhase::Terminating)
+                        {
+                            self.sig.dialogs.end(*h, now);
+                        }
+                    }
                 }
             }
-            return Some(InDialog::Sent(out));
+            Role::Relay { origin } => {
+                self.relay_event(&mut st, id, &origin, d, m, code);
+            }
         }
+    }
+
+    fn invite_event(
+        &self,
+        st: &mut Calls,
+        id: u64,
+        d: &Delivery,
+        m: Option<&Message<'_>>,
+        code: u16,
+        now: Instant,
+    ) {
+        let current = st.calls.get(&id).and_then(|c| c.b_invite) == Some(d.tx);
+        match (&d.action, m) {
+            (Action::Deliver(ResponseClass::Provisional), Some(m)) if current => {
+                let Some(call) = st.calls.get_mut(&id) else {
+                    return;
+                };
+                if code <= 100 || call.phase != Phase::Calling && call.phase != Phase::Ringing {
+                    return;
+                }
+                call.phase = Phase::Ringing;
+                if let Some(tag) = m
+                    .header(Name::To)
+                    .and_then(NameAddr::parse)
+                    .and_then(|a| a.tag())
+                    && !call.b_early.iter().any(|(t, _)| t == tag)
+                    && let Some(dialog) = self.b_dialog(call, tag, DialogPhase::Early, now)
+                {
+                    call.b_early.push((tag.to_owned(), dialog));
+                }
+                let reason = match m.start {
+                    StartLine::Response { reason, .. } => clean_reason(reason),
+                    _ => String::new(),
+                };
+                self.respond_a(call, code, &reason, body_of(m));
+                self.a_dialog(call, DialogPhase::Early, now);
+            }
+            (Action::Deliver(ResponseClass::Success), Some(m)) => self.answered(st, id, m, now),
+            (Action::LateSuccess, Some(m)) => self.hang_up_answer(st, id, m, now),
+            (Action::Deliver(ResponseClass::Failure), Some(m)) if current => {
+                let Some(call) = st.calls.get_mut(&id) else {
+                    return;
+                };
+                for (_, dialog) in &call.b_early {
+                    self.sig.dialogs.end(*dialog, now);
+                }
+                let waiting = matches!(call.phase, Phase::Calling | Phase::Ringing);
+                if matches!(code, 401 | 407) && waiting && !call.b_auth_tried {
+                    let (header, answer) = if code == 401 {
+                        (Name::WwwAuthenticate, "Authorization")
+                    } else {
+                        (Name::ProxyAuthenticate, "Proxy-Authorization")
+                    };
+                    let cnonce = self.sig.token("cnonce");
+                    let value = m
+                        .header(header)
+                        .and_then(|v| Challenge::parse(v).ok())
+                        .and_then(|ch| {
+                            ch.answer(
+                                "INVITE",
+                                &call.b_uri,
+                                &call.target.auth_id,
+                                call.target.password.expose(),
+                                &cnonce,
+                            )
+                        });
+                    if let Some(value) = value {
+                        call.b_auth_tried = true;
+                        call.b_cseq += 1;
+                        if let Some(tx) = self.send_invite(call, Some((answer, &value))) {
+                            st.by_tx.insert(tx, (id, Role::Invite));
+                            return;
+                        }
+                    }
+                }
+                if waiting {
+                    // The phone gets the trunk's answer, except: credentials refused (a
+                    // trunk problem, not the phone's) and redirects (never followed: a
+                    // trunk must not steer calls).
+                    let (code, reason) = match code {
+                        401 | 407 => (503, "Service Unavailable".to_owned()),
+                        300..=399 => (480, "Temporarily Unavailable".to_owned()),
+                        c => (
+                            c,
+                            match m.start {
+                                StartLine::Response { reason, .. } => clean_reason(reason),
+                                _ => String::new(),
+                            },
+                        ),
+                    };
+                    self.respond_a(call, code, &reason, None);
+                    if let Some(dialog) = call.a_dialog {
+                        self.sig.dialogs.end(dialog, now);
+                    }
+                    call.phase = Phase::Ending;
+                }
+            }
+            (Action::TimedOut | Action::TransportFailed, _) if current => {
+                let Some(call) = st.calls.get_mut(&id) else {
+                    return;
+                };
+                for (_, dialog) in &call.b_early {
+                    self.sig.dialogs.end(*dialog, now);
+                }
+                if matches!(call.phase, Phase::Calling | Phase::Ringing) {
+                    let (code, reason) = if d.action == Action::TimedOut {
+                        (408, "Request Timeout")
+                    } else {
+                        (503, "Service Unavailable")
+                    };
+                    self.respond_a(call, code, reason, None);
+                    if let Some(dialog) = call.a_dialog {
+                        self.sig.dialogs.end(dialog, now);
+                    }
+                    call.phase = Phase::Ending;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn relay_event(
+        &self,
+        st: &mut Calls,
+        id: u64,
+        origin: &Origin,
+        d: &Delivery,
+        m: Option<&Message<'_>>,
+        code: u16,
+    ) {
+        let Some(call) = st.calls.get_mut(&id) else {
+            return;
+        };
+        let Ok(om) = sip::msg::parse(&origin.request) else {
+            return;
+        };
+        let (code, reason) = match (&d.action, m) {
+            (Action::Deliver(_), Some(m)) => (
+                code,
+                match m.start {
+                    StartLine::Response { reason, .. } => clean_reason(reason),
+                    _ => String::new(),
+                },
+            ),
+            (Action::TimedOut | Action::TransportFailed, _) => (408, "Request Timeout".into()),
+            _ => return,
+        };
+        if code <= 100 {
+            return;
+        }
+        let Ok(mut b) = ResponseBuilder::new(&om, code, &reason, origin.source.remote, "") else {
+            return;
+        };
+        let reinvite_ok = origin.method == "INVITE" && (200..300).contains(&code);
+        if reinvite_ok {
+            b = b.header(
+                "Contact",
+                &format!("<{}>", our_uri(self.sig.bound, &origin.source, None)),
+            );
+            if let Some(our_cseq) = m.and_then(cseq_of) {
+                call.reinvite_acks.push(ReinviteAck {
+                    leg: origin.leg,
+                    origin_cseq: origin.cseq,
+                    origin_key: origin.key.clone(),
+                    our_cseq,
+                });
+            }
+        }
+        let bytes = match m.and_then(body_of) {
+            Some((ct, body)) => b.finish_with_body(ct, body),
+            None => b.finish(),
+        };
+        if reinvite_ok {
+            let _ = self.sig.egress.respond_until_ack(&origin.key, bytes);
+        } else {
+            let _ = self.sig.egress.respond(&origin.key, bytes);
+        }
+    }
+
+    /// Answers a request of a leg ourselves.
+    fn answer(&self, m: &Message<'_>, key: &TxKey, source: &Flow, code: u16, reason: &str) {
+        if let Ok(b) = ResponseBuilder::new(m, code, reason, source.remote, "") {
+            let _ = self.sig.egress.respond(key, b.finish());
+        }
+    }
+
+    /// An in-dialog request from a party of one of our legs (the endpoint found the
+    /// dialog and checked the flow). It is answered or carried to the other leg here.
+    pub fn in_dialog(
+        &self,
+        m: &Message<'_>,
+        bytes: &[u8],
+        key: Option<&TxKey>,
+        source: &Flow,
+        call_id: u64,
+        leg: Leg,
+    ) {
+        let now = self.sig.clock.instant();
+        let Some(method) = m.method() else { return };
+        let cseq = cseq_of(m).unwrap_or(0);
+        let mut st = self.lock();
+        let Some(call) = st.calls.get_mut(&call_id) else {
+            if let Some(key) = key {
+                self.answer(m, key, source, 481, "Call/Transaction Does Not Exist");
+            }
+            return;
+        };
         let other = match leg {
             Leg::A => Leg::B,
             Leg::B => Leg::A,
         };
+        if method == "ACK" {
+            if leg == Leg::A && cseq == call.a_invite_cseq {
+                self.sig.egress.acknowledged(&call.a_key);
+                if call.phase == Phase::Answered && call.b_ack_waits {
+                    let body = body_of(m).map(|(ct, b)| (ct.to_owned(), b.to_vec()));
+                    self.ack_b(
+                        call,
+                        body.as_ref().map(|(ct, b)| (ct.as_str(), b.as_slice())),
+                    );
+                }
+            } else if let Some(i) = call
+                .reinvite_acks
+                .iter()
+                .position(|a| a.leg == leg && a.origin_cseq == cseq)
+            {
+                let a = call.reinvite_acks.remove(i);
+                self.sig.egress.acknowledged(&a.origin_key);
+                self.ack_other(call, other, a.our_cseq, body_of(m));
+            }
+            return;
+        }
+        let Some(key) = key else { return };
         match method {
             "BYE" => {
-                let answered = call.state == State::Answered;
-                if call.state != State::Ended {
-                    if answered {
-                        out.extend(self.request(&mut t, &id, other, "BYE", None, None, now));
-                    } else if leg == Leg::B {
-                        // The trunk gave up before answering.
-                        let call = t.calls.get_mut(&id)?;
-                        let bytes = call.a_response(bound, 480, "Temporarily Unavailable", None);
-                        out.push(call.a_final(bytes, now));
+                self.answer(m, key, source, 200, "OK");
+                match call.phase {
+                    Phase::Calling | Phase::Ringing if leg == Leg::A => {
+                        // Hung up in the early dialog: the trunk leg is cancelled.
+                        self.give_up(call, 487, "Request Terminated", now);
                     }
+                    Phase::Answered => {
+                        let mine = match leg {
+                            Leg::A => call.a_dialog,
+                            Leg::B => call.b_remote.as_ref().map(|r| r.dialog),
+                        };
+                        if let Some(d) = mine {
+                            self.sig.dialogs.end(d, now);
+                        }
+                        call.phase = Phase::Ending;
+                        self.bye(&mut st, call_id, other);
+                    }
+                    Phase::Calling | Phase::Ringing => {
+                        // The trunk ended its early dialog: the call is over, and its
+                        // INVITE (which may never get a final answer now) is cancelled.
+                        for (_, d) in &call.b_early {
+                            self.sig.dialogs.end(*d, now);
+                        }
+                        self.give_up(call, 480, "Temporarily Unavailable", now);
+                    }
+                    Phase::Ending => {}
                 }
-                if let Some(call) = t.calls.get_mut(&id) {
-                    call.end(now);
-                }
-                Some(InDialog::Answer(200, "OK", out))
             }
-            "INVITE" | "UPDATE" | "INFO" if call.state == State::Answered => {
+            "INVITE" | "UPDATE" | "INFO" if call.phase == Phase::Answered => {
                 let origin = Origin {
                     leg,
-                    vias: m.headers_named(Name::Via).map(str::to_owned).collect(),
-                    from: m.header(Name::From)?.to_owned(),
-                    to: m.header(Name::To)?.to_owned(),
-                    cseq: m.header(Name::CSeq)?.to_owned(),
+                    request: bytes.to_vec(),
+                    key: key.clone(),
+                    source: *source,
+                    method: method.to_owned(),
+                    cseq,
                 };
-                if origin
-                    .vias
-                    .iter()
-                    .chain([&origin.from, &origin.to, &origin.cseq])
-                    .any(|v| v.chars().any(char::is_control))
-                {
-                    return Some(InDialog::Answer(400, "Bad Request", out));
-                }
-                let ct = m.header(Name::ContentType).filter(|_| !m.body.is_empty());
-                let body = ct.map(|ct| (ct, m.body));
-                match self.request(&mut t, &id, other, method, body, Some(origin), now) {
-                    Some(s) => Some(InDialog::Sent(vec![s])),
-                    None => Some(InDialog::Answer(500, "Server Internal Error", out)),
+                let body = body_of(m);
+                let Some((out, flow, _)) = self.leg_request(call, other, method, body) else {
+                    self.answer(m, key, source, 500, "Server Internal Error");
+                    return;
+                };
+                match self.sig.egress.start(
+                    out,
+                    flow,
+                    Purpose::InDialog { from: None },
+                    Owner::B2bua,
+                ) {
+                    Ok(tx) => {
+                        call.txs.insert(tx);
+                        if other == Leg::B {
+                            call.b_txs.insert(tx);
+                        }
+                        st.by_tx.insert(tx, (call_id, Role::Relay { origin }));
+                    }
+                    Err(_) => self.answer(m, key, source, 500, "Server Internal Error"),
                 }
             }
-            "INVITE" | "UPDATE" | "INFO" => Some(InDialog::Answer(491, "Request Pending", out)),
-            "REFER" => Some(InDialog::Answer(403, "Forbidden", out)),
-            "OPTIONS" => Some(InDialog::Answer(200, "OK", out)),
-            _ => Some(InDialog::Answer(501, "Not Implemented", out)),
+            "INVITE" | "UPDATE" | "INFO" => {
+                self.answer(m, key, source, 491, "Request Pending");
+            }
+            // A transfer the trunk would carry out at the owner's cost, or one sipward
+            // would place for the phone: refused on trunk calls.
+            "REFER" => {
+                Metrics::inc(&self.sig.metrics.transfers_refused);
+                self.answer(m, key, source, 403, "Forbidden");
+            }
+            "OPTIONS" => self.answer(m, key, source, 200, "OK"),
+            _ => self.answer(m, key, source, 501, "Not Implemented"),
         }
     }
 
-    /// Retransmissions and timeouts (every ~100 ms).
-    pub fn tick(&self, now: Instant) -> Vec<Send> {
-        let Some(bound) = self.bound.get().copied() else {
-            return Vec::new();
+    /// The ACK on `leg` for our re-INVITE with CSeq `cseq` that was answered 2xx.
+    fn ack_other(&self, call: &mut Call, leg: Leg, cseq: u32, body: Option<(&str, &[u8])>) {
+        let (flow, ds) = match leg {
+            Leg::A => (call.a_flow, Some(call.a_dialog_state())),
+            Leg::B => (call.target.flow, call.b_dialog_state()),
         };
-        let mut out = Vec::new();
-        let mut t = self.lock();
-        let mut byes = Vec::new();
-        let mut gone = Vec::new();
-        for (id, call) in t.calls.iter_mut() {
-            let invite_branch = call.b_invite_branch.clone();
-            let mut invite_timed_out = false;
-            let mut relays_timed_out = Vec::new();
-            for (branch, tx) in call.txs.iter_mut() {
-                if tx.done || now < tx.next {
-                    continue;
-                }
-                let invite = tx.method == "INVITE";
-                if now.duration_since(tx.started) >= TIMER_B {
-                    tx.done = true;
-                    if *branch == invite_branch {
-                        invite_timed_out = true;
-                    } else if let Some(o) = tx.relay_of.clone() {
-                        relays_timed_out.push(o);
-                    }
-                    continue;
-                }
-                if invite && tx.proceeding {
-                    continue;
-                }
-                let interval = if invite {
-                    tx.interval * 2
-                } else if tx.proceeding {
-                    T2
-                } else {
-                    (tx.interval * 2).min(T2)
-                };
-                tx.interval = interval;
-                tx.next = now + interval;
-                out.push(Send {
-                    bytes: tx.bytes.clone(),
-                    target: tx.target,
-                });
-            }
-            if invite_timed_out && call.a_final.is_none() {
-                let bytes = call.a_response(bound, 408, "Request Timeout", None);
-                out.push(call.a_final(bytes, now));
-                call.end(now);
-            }
-            for o in relays_timed_out {
-                let mut hs: Vec<(String, String)> =
-                    o.vias.iter().map(|v| h("Via", v.clone())).collect();
-                hs.push(h("From", o.from));
-                hs.push(h("To", o.to));
-                hs.push(h(
-                    "Call-ID",
-                    match o.leg {
-                        Leg::A => call.a_call_id.clone(),
-                        Leg::B => call.b_call_id.clone(),
-                    },
-                ));
-                hs.push(h("CSeq", o.cseq));
-                out.push(Send {
-                    bytes: render("SIP/2.0 408 Request Timeout", hs, b""),
-                    target: match o.leg {
-                        Leg::A => call.a_addr,
-                        Leg::B => call.target.addr,
-                    },
-                });
-            }
-            if matches!(call.state, State::Calling | State::Ringing)
-                && now.duration_since(call.started) >= RING_LIMIT
-            {
-                out.extend(Self::cancel_b(call, bound));
-                let bytes = call.a_response(bound, 480, "Temporarily Unavailable", None);
-                out.push(call.a_final(bytes, now));
-                call.end(now);
-            }
-            if let Some(bytes) = &call.a_final
-                && !call.a_acked
-                && now >= call.a_final_next
-            {
-                if now.duration_since(call.a_final_since) >= TIMER_B {
-                    // The phone never ACKed: for an answered call, hang up the trunk.
-                    call.a_acked = true;
-                    if call.state == State::Answered {
-                        byes.push(id.clone());
-                        call.end(now);
-                    }
-                } else {
-                    out.push(Send {
-                        bytes: bytes.clone(),
-                        target: call.a_addr,
-                    });
-                    call.a_final_interval = (call.a_final_interval * 2).min(T2);
-                    call.a_final_next = now + call.a_final_interval;
-                }
-            }
-            if let Some(ended) = call.ended_at
-                && now.duration_since(ended) >= LINGER
-                && call.txs.values().all(|tx| tx.done)
-            {
-                gone.push(id.clone());
-            }
+        let Some(ds) = ds else { return };
+        let local = self.sig.local(&flow);
+        let branch = self.sig.branch();
+        let mut b = ack_2xx(
+            &ds,
+            cseq,
+            TopVia::new(flow.transport.via_token(), local, &branch),
+        );
+        if let Some((ct, body)) = body {
+            b = b.body(ct, body);
         }
-        for id in byes {
-            out.extend(self.request(&mut t, &id, Leg::B, "BYE", None, None, now));
+        if let Ok(ack) = b.build() {
+            let _ = self.sig.egress.ack(ack, None, flow);
         }
-        for id in gone {
-            if let Some(call) = t.calls.remove(&id) {
-                t.by_call_id.remove(&call.a_call_id);
-                t.by_call_id.remove(&call.b_call_id);
-                t.by_a_branch.remove(&call.a_branch);
-                for b in call.txs.keys() {
-                    t.by_branch.remove(b);
-                }
-            }
-        }
-        out
     }
 
-    /// The trunk calls not ended, for `sipward calls`.
-    pub fn snapshot(&self) -> Vec<ActiveCallRow> {
-        self.lock()
+    /// sipward's own 2xx to the phone was never ACKed: the call is ended both ways.
+    pub fn unacknowledged(&self, key: &TxKey) {
+        let now = self.sig.clock.instant();
+        let mut st = self.lock();
+        let Some(id) = st.by_a_key.get(key).copied() else {
+            return;
+        };
+        let Some(call) = st.calls.get_mut(&id) else {
+            return;
+        };
+        if call.phase != Phase::Answered {
+            return;
+        }
+        call.phase = Phase::Ending;
+        if let Some(d) = call.a_dialog {
+            self.sig.dialogs.end(d, now);
+        }
+        self.bye(&mut st, id, Leg::B);
+    }
+
+    /// Time-driven work (every tick of the server's timer, with the injected clock's
+    /// monotonic reading): the ring limit, the maximum duration, and forgetting calls
+    /// that are over.
+    pub fn tick(&self, now: Instant) {
+        let mut st = self.lock();
+        let ids: Vec<u64> = st.calls.keys().copied().collect();
+        for id in ids {
+            let Some(call) = st.calls.get_mut(&id) else {
+                continue;
+            };
+            match call.phase {
+                Phase::Calling | Phase::Ringing if now >= call.ring_until => {
+                    self.give_up(call, 480, "Temporarily Unavailable", now);
+                }
+                Phase::Answered if call.ends_at.is_some_and(|t| now >= t) => {
+                    Metrics::inc(&self.sig.metrics.calls_ended_max_duration);
+                    call.phase = Phase::Ending;
+                    self.bye(&mut st, id, Leg::A);
+                    self.bye(&mut st, id, Leg::B);
+                }
+                // Both legs' dialogs are over (the dialog table ended them: nobody sent
+                // a BYE for a day): so is the call.
+                Phase::Answered
+                    if [call.a_dialog, call.b_remote.as_ref().map(|r| r.dialog)]
+                        .iter()
+                        .all(|d| {
+                            d.and_then(|d| self.sig.dialogs.get(d))
+                                .is_none_or(|d| d.phase == DialogPhase::Ended)
+                        }) =>
+                {
+                    call.phase = Phase::Ending;
+                }
+                _ => {}
+            }
+        }
+        let dialogs = &self.sig.dialogs;
+        let over: Vec<u64> = st
             .calls
             .values()
-            .filter(|c| c.state != State::Ended)
+            .filter(|c| {
+                c.phase == Phase::Ending
+                    && c.txs.is_empty()
+                    && !c.counts(&self.sig)
+                    && c.a_dialog
+                        .and_then(|d| dialogs.get(d))
+                        .is_none_or(|d| d.phase == DialogPhase::Ended)
+            })
+            .map(|c| c.id)
+            .collect();
+        for id in over {
+            if let Some(call) = st.calls.remove(&id) {
+                st.by_a_key.remove(&call.a_key);
+            }
+        }
+    }
+
+    /// The trunk calls that count now, for `sipward calls`.
+    pub fn snapshot(&self) -> Vec<ActiveCallRow> {
+        let st = self.lock();
+        let mut rows: Vec<ActiveCallRow> = st
+            .calls
+            .values()
+            .filter(|c| c.counts(&self.sig))
             .map(|c| ActiveCallRow {
-                id: c.id.clone(),
+                id: format!("{:x}", c.id),
                 caller: c.caller.clone(),
                 callee: c.dialled.clone(),
                 kind: if c.class == CallClass::Emergency {
@@ -1115,84 +1281,79 @@ impl B2bua {
                 } else {
                     "outbound".into()
                 },
-                trunk: c.trunk.clone(),
-                state: match c.state {
-                    State::Calling => "setup",
-                    State::Ringing => "ringing",
-                    _ => "answered",
+                trunk: c.target.label.clone(),
+                state: match c.phase {
+                    Phase::Calling => "setup",
+                    Phase::Ringing => "ringing",
+                    Phase::Answered => "answered",
+                    Phase::Ending => "ending",
                 }
                 .into(),
                 started_at: c.started_wall,
                 answered_at: c.answered_wall,
             })
-            .collect()
+            .collect();
+        rows.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+        rows
     }
-}
 
-/// The CSeq number of one of our transactions.
-fn tx_cseq(call: &Call, branch: &str) -> u32 {
-    call.txs.get(branch).map_or(call.b_invite_cseq, |t| t.cseq)
-}
-
-/// The ACK on leg A for a re-INVITE we sent there.
-fn ack_a(call: &Call, bound: SocketAddr, branch: &str, cseq: u32) -> Option<Send> {
-    let local = call.local(bound, call.a_addr);
-    let hs = vec![
-        h("Via", format!("SIP/2.0/UDP {local};branch={branch};rport")),
-        h("Max-Forwards", "70"),
-        h("From", format!("{};tag={}", call.a_to, call.a_tag)),
-        h("To", call.a_from.clone()),
-        h("Call-ID", call.a_call_id.clone()),
-        h("CSeq", format!("{cseq} ACK")),
-    ];
-    Some(Send {
-        bytes: render(&format!("ACK {} SIP/2.0", call.a_uri), hs, b""),
-        target: call.a_addr,
-    })
+    /// Calls in the table (for tests).
+    pub fn call_count(&self) -> usize {
+        self.lock().calls.len()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use policy::secret::Secret;
+    use crate::egress::tests::{Rig, addr, rig};
+    use crate::trunk::Routed;
+    use policy::clock::Clock;
 
-    const PHONE: &str = "127.0.0.2:5062";
-    const TRUNK: &str = "127.0.0.7:5070";
+    const INVITE: &str = "INVITE sip:12125550123@pbx SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bKphone1;rport\r\n\
+        From: <sip:1001@pbx>;tag=p1\r\nTo: <sip:12125550123@pbx>\r\nCall-ID: phone-call-1\r\n\
+        CSeq: 2 INVITE\r\nContact: <sip:1001@192.0.2.1:5062>\r\nMax-Forwards: 70\r\n\
+        Content-Type: application/sdp\r\nContent-Length: 3\r\n\r\nv=0";
 
-    fn b2bua() -> B2bua {
-        let b = B2bua::new([3; 32]);
-        b.set_bound("127.0.0.1:5060".parse().expect("addr"));
+    fn phone() -> Flow {
+        Flow::udp(addr("192.0.2.1:5062"))
+    }
+
+    fn trunk() -> Flow {
+        Flow::udp(addr("192.0.2.7:5060"))
+    }
+
+    /// A B2BUA on the rig with the phone's INVITE placed towards the gateway.
+    fn placed(r: &Rig) -> B2bua {
+        let b = B2bua::new(r.signalling());
+        let m = sip::msg::parse(INVITE.as_bytes()).expect("parse");
+        let key = TxKey::of(&m).expect("key");
+        r.egress.arrived(&key, phone(), r.clock.instant());
+        let trunks = crate::trunk::tests::trunks();
+        let Routed::To(target, number) = trunks.route("12125550123", "1001", |_| None) else {
+            panic!("routed")
+        };
+        b.start(Placed {
+            request: INVITE.as_bytes(),
+            key,
+            source: phone(),
+            caller: "1001".into(),
+            counted: "1001".into(),
+            dialled: "12125550123".into(),
+            number,
+            e164: Some("+12125550123".into()),
+            class: CallClass::National,
+            class_of_service: ClassOfService::National,
+            ring: Duration::from_secs(180),
+            max: Some(Duration::from_secs(7200)),
+            target,
+        })
+        .expect("started");
         b
     }
 
-    fn invite() -> String {
-        format!(
-            "INVITE sip:0301234567@pbx SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bKphone1\r\n\
-             From: <sip:5001@pbx>;tag=p1\r\nTo: <sip:0301234567@pbx>\r\nCall-ID: phone-call-1\r\n\
-             CSeq: 2 INVITE\r\nContact: <sip:5001@{PHONE}>\r\nMax-Forwards: 70\r\n\
-             Content-Type: application/sdp\r\nContent-Length: 3\r\n\r\nv=0"
-        )
-    }
-
-    fn placed() -> Placed {
-        Placed {
-            caller: "5001".into(),
-            dialled: "0301234567".into(),
-            number: "0301234567".into(),
-            class: CallClass::National,
-            target: Target {
-                label: "gateway:pstn".into(),
-                addr: TRUNK.parse().expect("addr"),
-                domain: "127.0.0.7".into(),
-                from_user: "5001".into(),
-                auth_id: "gw-pstn-7".into(),
-                password: Secret::new("Gw7-secret"),
-            },
-        }
-    }
-
-    fn text(s: &Send) -> String {
-        String::from_utf8(s.bytes.clone()).expect("utf8")
+    fn text(bytes: &[u8]) -> String {
+        String::from_utf8(bytes.to_vec()).expect("utf8")
     }
 
     fn header<'a>(msg: &'a str, name: &str) -> &'a str {
@@ -1201,56 +1362,56 @@ mod tests {
             .unwrap_or("")
     }
 
-    /// The trunk's answer to one of our requests, echoing its Via, From, Call-ID, CSeq.
-    fn answer(req: &str, status: &str, extra: &str, body: &str) -> String {
-        format!(
+    /// The trunk's answer to `req`, through the egress rule and back to the B2BUA.
+    fn feed(r: &Rig, b: &B2bua, req: &str, status: &str, extra: &str) {
+        let answer = format!(
             "SIP/2.0 {status}\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=t1\r\nCall-ID: {}\r\nCSeq: {}\r\n\
-             {extra}Content-Length: {}\r\n\r\n{body}",
+             {extra}Content-Length: 0\r\n\r\n",
             header(req, "Via"),
             header(req, "From"),
             header(req, "To"),
             header(req, "Call-ID"),
             header(req, "CSeq"),
-            body.len()
-        )
-    }
-
-    fn feed(b: &B2bua, msg: &str) -> Vec<Send> {
-        b.response(&sip::msg::parse(msg.as_bytes()).expect("parses"))
-            .expect("ours")
+        );
+        let m = sip::msg::parse(answer.as_bytes()).expect("parse");
+        let now = r.clock.instant();
+        for d in r.egress.on_response(&m, &trunk(), now).expect("matched") {
+            b.on_delivery(&d, Some(&m), now);
+        }
     }
 
     #[test]
-    fn a_challenged_call_is_answered_with_the_trunks_credentials_and_hung_up_across() {
-        let b = b2bua();
-        let inv = invite();
-        let m = sip::msg::parse(inv.as_bytes()).expect("parses");
-        let phone: SocketAddr = PHONE.parse().expect("addr");
-        let sent = b.start(&m, phone, phone, placed(), 1000).expect("started");
-        let first = text(&sent[0]);
-        assert!(first.starts_with("INVITE sip:0301234567@127.0.0.7 SIP/2.0"));
-        assert!(!first.contains("phone-call-1"), "our own Call-ID");
-        assert!(!first.contains("Authorization"));
-        assert!(first.ends_with("v=0"), "the SDP passes through");
-        assert_eq!(b.active_for("5001"), 1);
-
-        // 407 from the trunk: ACKed, and the INVITE again with CSeq + 1 and credentials.
-        let out = feed(
-            &b,
-            &answer(
-                &first,
-                "407 Proxy Authentication Required",
-                "Proxy-Authenticate: Digest realm=\"gw\", nonce=\"n1\"\r\n",
-                "",
-            ),
+    fn a_challenged_call_is_answered_with_the_trunks_credentials_once() {
+        let r = rig();
+        let b = placed(&r);
+        let sent = r.wire.take();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, trunk(), "to the route's trunk");
+        let first = text(&sent[0].1);
+        assert!(
+            first.starts_with("INVITE sip:12125550123@192.0.2.7 SIP/2.0"),
+            "{first}"
         );
-        assert!(text(&out[0]).starts_with("ACK "));
-        let second = text(&out[1]);
+        assert!(!first.contains("phone-call-1"), "its own Call-ID");
+        assert!(first.ends_with("v=0"), "the SDP passes through");
+        assert_eq!(b.active_for("1001"), 1);
+        // A 407: the transaction ACKs it, and the INVITE goes again with credentials.
+        feed(
+            &r,
+            &b,
+            &first,
+            "407 Proxy Authentication Required",
+            "Proxy-Authenticate: Digest realm=\"gw\", nonce=\"n1\"\r\n",
+        );
+        let sent = r.wire.take();
+        assert!(text(&sent[0].1).starts_with("ACK "), "{sent:?}");
+        let second = text(&sent[1].1);
         assert!(second.contains("CSeq: 2 INVITE"), "{second}");
-        let auth = header(&second, "Proxy-Authorization");
-        let creds = sip::header::auth::DigestCredentials::parse(auth).expect("credentials");
-        assert_eq!(creds.username, "gw-pstn-7");
-        let ha1 = sip::digest::ha1(sip::digest::Algorithm::Md5, "gw-pstn-7", "gw", "Gw7-secret");
+        let creds =
+            sip::header::auth::DigestCredentials::parse(header(&second, "Proxy-Authorization"))
+                .expect("credentials");
+        assert_eq!(creds.username, "gw");
+        let ha1 = sip::digest::ha1(sip::digest::Algorithm::Md5, "gw", "gw", "Gw7-secret");
         let input = sip::digest::ResponseInput {
             method: "INVITE",
             uri: &creds.uri,
@@ -1263,110 +1424,106 @@ mod tests {
             &input,
             &creds.response
         ));
-
         // A second challenge is not answered again: the phone gets 503.
-        let again = feed(
+        feed(
+            &r,
             &b,
-            &answer(
-                &second,
-                "407 Proxy Authentication Required",
-                "Proxy-Authenticate: Digest realm=\"gw\", nonce=\"n2\"\r\n",
-                "",
-            ),
+            &second,
+            "407 Proxy Authentication Required",
+            "Proxy-Authenticate: Digest realm=\"gw\", nonce=\"n2\"\r\n",
         );
-        assert_eq!(again.len(), 2, "ACK to the trunk, final to the phone");
-        let final_answer = text(&again[1]);
+        let sent = r.wire.take();
+        assert_eq!(sent.len(), 2, "ACK to the trunk, final to the phone");
+        assert_eq!(sent[1].0, phone());
+        let final_answer = text(&sent[1].1);
         assert!(final_answer.starts_with("SIP/2.0 503"), "{final_answer}");
         assert!(final_answer.contains("Call-ID: phone-call-1"));
-        assert_eq!(b.active_for("5001"), 0, "a failed call is not active");
-    }
-
-    #[test]
-    fn an_answered_call_maps_ack_and_bye_between_the_legs() {
-        let b = b2bua();
-        let inv = invite();
-        let m = sip::msg::parse(inv.as_bytes()).expect("parses");
-        let phone: SocketAddr = PHONE.parse().expect("addr");
-        let trunk: SocketAddr = TRUNK.parse().expect("addr");
-        let sent = b.start(&m, phone, phone, placed(), 1000).expect("started");
-        let out_invite = text(&sent[0]);
-        let ok = feed(
-            &b,
-            &answer(
-                &out_invite,
-                "200 OK",
-                &format!("Contact: <sip:{TRUNK}>\r\nContent-Type: application/sdp\r\n"),
-                "v=1",
-            ),
-        );
-        let to_phone = text(&ok[0]);
-        assert!(to_phone.starts_with("SIP/2.0 200 OK"));
-        assert!(to_phone.contains("Call-ID: phone-call-1") && to_phone.ends_with("v=1"));
-        let tag = header(&to_phone, "To")
-            .split(";tag=")
-            .nth(1)
-            .expect("our tag");
-        assert_eq!(b.snapshot()[0].state, "answered");
-
-        // The phone's ACK becomes the trunk's ACK (same CSeq as its INVITE).
-        let ack = format!(
-            "ACK sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bKack\r\n\
-             From: <sip:5001@pbx>;tag=p1\r\nTo: <sip:0301234567@pbx>;tag={tag}\r\n\
-             Call-ID: phone-call-1\r\nCSeq: 2 ACK\r\nContent-Length: 0\r\n\r\n"
-        );
-        let m = sip::msg::parse(ack.as_bytes()).expect("parses");
-        let Some(InDialog::Sent(sends)) = b.in_dialog(&m, "ACK", phone) else {
-            panic!("ACK handled");
-        };
-        let trunk_ack = text(&sends[0]);
-        assert!(
-            trunk_ack.starts_with(&format!("ACK sip:{TRUNK} SIP/2.0")),
-            "{trunk_ack}"
-        );
-        assert!(trunk_ack.contains("CSeq: 1 ACK"));
-        assert_eq!(sends[0].target, trunk);
-
-        // The same BYE from another address is refused; from the phone it is answered
-        // and carried to the trunk.
-        let bye = ack
-            .replace("ACK", "BYE")
-            .replace("CSeq: 2 BYE", "CSeq: 3 BYE");
-        let m = sip::msg::parse(bye.as_bytes()).expect("parses");
-        let stranger: SocketAddr = "127.0.0.9:5060".parse().expect("addr");
-        assert_eq!(
-            b.in_dialog(&m, "BYE", stranger),
-            Some(InDialog::Answer(
-                481,
-                "Call/Transaction Does Not Exist",
-                Vec::new()
-            ))
-        );
-        let Some(InDialog::Answer(200, _, sends)) = b.in_dialog(&m, "BYE", phone) else {
-            panic!("BYE answered");
-        };
-        assert!(text(&sends[0]).starts_with(&format!("BYE sip:{TRUNK} SIP/2.0")));
-        assert_eq!(b.active_for("5001"), 0);
-        assert!(b.snapshot().is_empty());
+        assert_eq!(b.active_for("1001"), 0, "a failed and ACKed call is over");
     }
 
     #[test]
     fn a_trunks_redirect_is_never_followed() {
-        let b = b2bua();
-        let inv = invite();
-        let m = sip::msg::parse(inv.as_bytes()).expect("parses");
-        let phone: SocketAddr = PHONE.parse().expect("addr");
-        let sent = b.start(&m, phone, phone, placed(), 1000).expect("started");
-        let out = feed(
+        let r = rig();
+        let b = placed(&r);
+        let first = text(&r.wire.take()[0].1);
+        feed(
+            &r,
             &b,
-            &answer(
-                &text(&sent[0]),
-                "302 Moved Temporarily",
-                "Contact: <sip:0900123@198.51.100.1>\r\n",
-                "",
-            ),
+            &first,
+            "302 Moved Temporarily",
+            "Contact: <sip:0900123@198.51.100.1>\r\n",
         );
-        assert!(text(&out[0]).starts_with("ACK "));
-        assert!(text(&out[1]).starts_with("SIP/2.0 480"), "not followed");
-        assert!(out.iter().all(|s| !text(s).contains("198.51.100.1")));
+        let sent = r.wire.take();
+        assert!(text(&sent[0].1).starts_with("ACK "));
+        assert!(text(&sent[1].1).starts_with("SIP/2.0 480"), "not followed");
+        assert!(
+            sent.iter()
+                .all(|(f, bytes)| f.remote.ip().to_string() != "198.51.100.1"
+                    && !text(bytes).starts_with("INVITE"))
+        );
+    }
+
+    #[test]
+    fn an_answered_call_maps_bye_across_the_legs() {
+        let r = rig();
+        let b = placed(&r);
+        let first = text(&r.wire.take()[0].1);
+        feed(
+            &r,
+            &b,
+            &first,
+            "200 OK",
+            "Contact: <sip:gw@192.0.2.7:5060>\r\n",
+        );
+        let sent = r.wire.take();
+        // The trunk's 2xx is ACKed at once (the phone's INVITE carried the offer) and
+        // the phone gets its own 200 with sipward's tag.
+        let ack = sent
+            .iter()
+            .find(|(_, m)| m.starts_with(b"ACK "))
+            .expect("ACK");
+        assert_eq!(ack.0, trunk());
+        let ok = sent
+            .iter()
+            .find(|(f, m)| *f == phone() && m.starts_with(b"SIP/2.0 200"))
+            .expect("200 to the phone");
+        let ok = text(&ok.1);
+        let our_tag = header(&ok, "To")
+            .split(";tag=")
+            .nth(1)
+            .expect("tag")
+            .to_owned();
+        assert_eq!(b.snapshot()[0].state, "answered");
+        // The leg A dialog: the phone and sipward.
+        let (d, side) = r
+            .dialogs
+            .find("phone-call-1", "p1", &our_tag)
+            .expect("leg A dialog");
+        assert_eq!(side, crate::dialog::Side::Caller);
+        let crate::dialog::Kind::Trunk { call, leg } = d.kind else {
+            panic!("a trunk leg")
+        };
+        assert_eq!(leg, Leg::A);
+        // The phone hangs up: answered 200, BYE to the trunk.
+        let bye = format!(
+            "BYE sip:x@192.0.2.100 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bKbye1;rport\r\n\
+             From: <sip:1001@pbx>;tag=p1\r\nTo: <sip:12125550123@pbx>;tag={our_tag}\r\n\
+             Call-ID: phone-call-1\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n"
+        );
+        let m = sip::msg::parse(bye.as_bytes()).expect("parse");
+        let key = TxKey::of(&m).expect("key");
+        r.egress.arrived(&key, phone(), r.clock.instant());
+        b.in_dialog(&m, bye.as_bytes(), Some(&key), &phone(), call, leg);
+        let sent = r.wire.take();
+        assert!(
+            sent.iter()
+                .any(|(f, m)| *f == phone() && m.starts_with(b"SIP/2.0 200"))
+        );
+        let to_trunk = sent
+            .iter()
+            .find(|(_, m)| m.starts_with(b"BYE "))
+            .expect("BYE on leg B");
+        assert_eq!(to_trunk.0, trunk());
+        assert!(text(&to_trunk.1).starts_with("BYE sip:gw@192.0.2.7:5060 SIP/2.0"));
     }
 }

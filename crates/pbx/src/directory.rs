@@ -227,9 +227,21 @@ impl Directory {
         self.by_auth_id.get(auth_id)
     }
 
-    /// The extension number a To/AOR user part names (its number or SIP ID).
+    /// The account number a To/AOR user part names (its number or SIP ID): what a
+    /// REGISTER may bind, gateways' virtual numbers included.
     pub fn number_for_user(&self, user: &str) -> Option<&str> {
         self.by_user.get(user).map(String::as_str)
+    }
+
+    /// The extension a dialled user part names. Never a gateway: a gateway is a trunk,
+    /// its virtual number is not a user anyone can call, and calls reach it only
+    /// through a route.
+    pub fn extension_for_user(&self, user: &str) -> Option<&str> {
+        let number = self.by_user.get(user)?;
+        self.by_number
+            .get(number)
+            .filter(|a| a.kind == "ext")
+            .map(|a| a.number.as_str())
     }
 
     /// The auth ID of the account with this number.
@@ -437,5 +449,19 @@ mod tests {
             assert_eq!(d.number_for_user("2102"), Some("2102"), "{order:?}");
             assert_eq!(d.number_for_user("2104"), Some("2104"));
         }
+    }
+
+    #[test]
+    fn a_gateway_registers_on_its_number_but_is_no_extension() {
+        let mut gw = row("800", "gw-pstn", "Zq8xLmTr4wPyK7vB2", 4);
+        gw.kind = "gateway";
+        let d = Directory::from_rows(
+            vec![row("1001", "alice1001", "Zq8xLmTr4wPyK7vB2", 4), gw],
+            "sipward",
+            3,
+        );
+        assert_eq!(d.number_for_user("800"), Some("800"), "it may register");
+        assert_eq!(d.extension_for_user("800"), None, "it cannot be dialled");
+        assert_eq!(d.extension_for_user("1001"), Some("1001"));
     }
 }

@@ -1,42 +1,51 @@
-//! The SIP endpoint: every received message passes through here, in order: parse,
-//! required headers, the transaction table, then the method's handler (REGISTER goes
-//! through authentication, then the registrar). It returns the bytes to send back;
-//! transports do the IO. The anti-hacking guard (issue #4) will sit first in this chain.
+//! The SIP endpoint: every received message passes through here, in order: parse, the
+//! scanner check, then for a response the client transaction it answers (or nothing:
+//! it is dropped and counted), and for a request the server transaction table (a
+//! retransmission is answered again or absorbed), the required headers, the dialog
+//! table for in-dialog requests (carried only between the parties of a live dialog),
+//! and the method's handler: REGISTER through authentication to the registrar, INVITE
+//! through authentication and admission to the proxy (extensions) or the B2BUA
+//! (trunks). Nothing here writes to a socket: every answer and request goes through the
+//! egress rule (`crate::egress`).
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use policy::clock::Clock;
+use policy::dialplan::{CallClass, ClassOfService, Dialled};
 use sip::header::addr::{NameAddr, SipUri};
 use sip::header::cseq::CSeq;
 use sip::header::split_list;
 use sip::header::via::Via;
 use sip::msg::{self, Message, Name, StartLine};
 use sip::response::{ResponseBuilder, datagram_target};
-use sip::transaction::{Seen, ServerTransactions, TIMER_J, TxKey};
+use sip::transaction::TxKey;
 
 use crate::admission::{Decision, Outbound};
 use crate::authenticator::{Authenticator, Outcome};
-use crate::b2bua::{B2bua, InDialog, Placed};
+use crate::b2bua::{self, B2bua};
+use crate::dialog::{Dialog, Dialogs, Kind, Side, Who};
 use crate::directory::{Account, Directory, DirectoryCache};
-use crate::guard::{Event, Guard};
+use crate::egress::{Arrival, Delivery, Egress, Owner};
+use crate::flow::{Flow, TransportKind};
+use crate::guard::{Admission, Event, Guard};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::proxy::{Proxy, Relay};
-use crate::registrar::{
-    Contacts, Durable, RegisterError, RegisterRequest, Registrar, TransportKind,
-};
+use crate::provider::ProviderRegistrations;
+use crate::proxy::{self, Proxy};
+use crate::registrar::{Contacts, Durable, RegisterError, RegisterRequest, Registrar};
+use crate::signalling::Signalling;
+use crate::transfer::{Transfers, Verdict};
+use crate::transport::Inbound;
 use crate::trunk::{Routed, Trunks};
 use policy::ban::Proof;
-use policy::clock::Clock;
-use policy::dialplan::CallClass;
 
-/// Methods sipward knows but does not serve (yet): answered 405 with `Allow`.
+/// Methods sipward knows but does not serve outside a dialog: answered 405 with `Allow`.
 const KNOWN_METHODS: &[&str] = &[
     "BYE",
-    "CANCEL",
     "SUBSCRIBE",
     "NOTIFY",
     "MESSAGE",
@@ -48,35 +57,10 @@ const KNOWN_METHODS: &[&str] = &[
 ];
 const ALLOW: &str = "REGISTER, OPTIONS";
 
-/// Where a reply goes: for datagrams an address, for streams back on the connection.
-#[derive(Debug)]
-pub struct Reply {
-    pub bytes: Vec<u8>,
-    /// For UDP: the target address (RFC 3261 §18.2.2 / RFC 3581).
-    pub target: SocketAddr,
-    /// Present when the reply may go out only once a change is in the store (a new or
-    /// moved binding's 200): the transport sends it after [`Endpoint::release`] says so.
-    pub held: Option<Held>,
-}
-
-/// A reply held until the registrar's write that it reports on is in the store.
-#[derive(Debug)]
-pub struct Held {
-    durable: Durable,
-    key: Option<TxKey>,
-}
-
-/// How long a held answer waits for its write; past that it is dropped (the client
-/// retransmits, and is answered once the write has happened).
+/// How long a REGISTER's answer waits for the write of the binding it reports; past
+/// that the phone is told to try again (`500` with `Retry-After`), never told `200`
+/// for a binding the store does not hold.
 pub const HOLD_AT_MOST: std::time::Duration = std::time::Duration::from_secs(4);
-
-/// An answer to a request: for the transport to send, or sent already (the proxy must
-/// order it before what it forwards), or to send once a write is durable.
-enum Answer {
-    Reply(Vec<u8>),
-    Sent(Vec<u8>),
-    Held(Vec<u8>, Durable),
-}
 
 /// What authentication of a request came to.
 enum Authn {
@@ -87,8 +71,22 @@ enum Authn {
     Silent,
 }
 
-/// Server transactions remembered at once (bounded like every table).
-pub const TRANSACTION_CAPACITY: usize = 65_536;
+/// What the endpoint is made of (see `crate::server::bind`).
+#[derive(Debug)]
+pub struct Parts {
+    pub directory: Arc<DirectoryCache>,
+    pub guard: Arc<Guard>,
+    pub auth: Authenticator,
+    pub registrar: Arc<Registrar>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
+    pub outbound: Arc<Outbound>,
+    pub trunks: Arc<Trunks>,
+    /// The address the SIP sockets are bound to.
+    pub bound: SocketAddr,
+    /// Keys branches, tags and Call-IDs (from the OS CSPRNG, through the binary).
+    pub key: [u8; 32],
+}
 
 #[derive(Debug)]
 pub struct Endpoint {
@@ -98,50 +96,77 @@ pub struct Endpoint {
     pub auth: Authenticator,
     pub registrar: Arc<Registrar>,
     pub metrics: Arc<Metrics>,
-    /// NOTIFYs to phones (check-sync) and the matching of their answers.
-    pub notifier: Notifier,
-    /// Classes of service, fraud limits and suspensions of outbound calls.
+    /// The egress rule, with the transaction tables it consults.
+    pub egress: Arc<Egress>,
+    pub dialogs: Arc<Dialogs>,
+    /// Classes of service, fraud limits, suspensions and transfer grants.
     pub outbound: Arc<Outbound>,
-    /// Calls between extensions, and from trunks to extensions.
+    /// Gateways, providers, routes, DIDs.
+    pub trunks: Arc<Trunks>,
+    /// Calls to extensions.
     pub proxy: Proxy,
     /// Calls to trunks (sipward as a back-to-back user agent).
     pub b2bua: B2bua,
-    /// Gateways, providers, routes, DIDs; provider registrations.
-    pub trunks: Trunks,
-    socket: std::sync::OnceLock<Arc<tokio::net::UdpSocket>>,
+    /// Check-sync NOTIFYs.
+    pub notifier: Notifier,
+    /// sipward's registrations at providers.
+    pub providers: ProviderRegistrations,
+    transfers: Arc<Transfers>,
     /// Extensions whose grace window the new password ended; the server deletes their
     /// store rows.
     graces_ended: Mutex<Vec<String>>,
     clock: Arc<dyn Clock>,
-    transactions: Mutex<ServerTransactions>,
     tag_hasher: RandomState,
 }
 
+/// The Call-ID and both tags of a request.
+fn dialog_ids<'m>(m: &'m Message<'_>) -> Option<(&'m str, &'m str, &'m str)> {
+    let call_id = m.header(Name::CallId)?;
+    let from = NameAddr::parse(m.header(Name::From)?)?.tag()?;
+    let to = NameAddr::parse(m.header(Name::To)?)?.tag()?;
+    Some((call_id, from, to))
+}
+
 impl Endpoint {
-    pub fn new(
-        directory: Arc<DirectoryCache>,
-        guard: Arc<Guard>,
-        auth: Authenticator,
-        registrar: Arc<Registrar>,
-        metrics: Arc<Metrics>,
-        clock: Arc<dyn Clock>,
-        notifier: Notifier,
-    ) -> Self {
+    pub fn new(p: Parts) -> Self {
+        let dialogs = Arc::new(Dialogs::default());
+        let egress = Arc::new(Egress::new(
+            dialogs.clone(),
+            p.registrar.clone(),
+            p.trunks.clone(),
+            p.metrics.clone(),
+            p.clock.clone(),
+        ));
+        let sig = Arc::new(Signalling::new(
+            egress.clone(),
+            dialogs.clone(),
+            p.metrics.clone(),
+            p.clock.clone(),
+            p.bound,
+            p.key,
+        ));
+        let transfers = Arc::new(Transfers::new(
+            p.outbound.clone(),
+            p.trunks.clone(),
+            p.directory.clone(),
+        ));
         Self {
-            proxy: Proxy::new(notifier.derived_key("proxy")),
-            b2bua: B2bua::new(notifier.derived_key("b2bua")),
-            trunks: Trunks::new(notifier.derived_key("trunks")),
-            notifier,
-            outbound: Arc::new(Outbound::new(policy::dialplan::DialPlan::default())),
-            socket: std::sync::OnceLock::new(),
+            proxy: Proxy::new(sig.clone(), transfers.clone()),
+            b2bua: B2bua::new(sig.clone()),
+            notifier: Notifier::new(sig.clone()),
+            providers: ProviderRegistrations::new(sig),
+            transfers,
+            egress,
+            dialogs,
+            directory: p.directory,
+            guard: p.guard,
+            auth: p.auth,
+            registrar: p.registrar,
+            metrics: p.metrics,
+            outbound: p.outbound,
+            trunks: p.trunks,
             graces_ended: Mutex::new(Vec::new()),
-            directory,
-            guard,
-            auth,
-            registrar,
-            metrics,
-            clock,
-            transactions: Mutex::new(ServerTransactions::new(TRANSACTION_CAPACITY, TIMER_J)),
+            clock: p.clock,
             tag_hasher: RandomState::new(),
         }
     }
@@ -149,35 +174,6 @@ impl Endpoint {
     /// The server's wall clock, for records written on the endpoint's behalf.
     pub fn now(&self) -> i64 {
         self.clock.now()
-    }
-
-    /// Sends datagrams the proxy produced (on the UDP socket once the server runs).
-    pub(crate) fn send_all(&self, sends: Vec<crate::proxy::Send>) {
-        if let Some(socket) = self.socket.get() {
-            for s in sends {
-                let _ = socket.try_send_to(&s.bytes, s.target);
-            }
-        }
-    }
-
-    /// Connects the UDP socket the proxy sends on.
-    pub fn set_socket(&self, socket: Arc<tokio::net::UdpSocket>) {
-        if let Ok(addr) = socket.local_addr() {
-            self.proxy.set_bound(addr);
-            self.b2bua.set_bound(addr);
-        }
-        let _ = self.socket.set(socket);
-    }
-
-    /// The address a peer sees us at (once the UDP socket is bound).
-    fn local_to(&self, peer: SocketAddr) -> Option<SocketAddr> {
-        self.proxy.local_to(peer)
-    }
-
-    /// Uses `plan` for outbound calls (the default plan otherwise).
-    pub fn with_dialplan(mut self, plan: policy::dialplan::DialPlan) -> Self {
-        self.outbound = Arc::new(Outbound::new(plan));
-        self
     }
 
     /// Takes the extensions whose grace window ended since the last call.
@@ -193,255 +189,68 @@ impl Endpoint {
             .extend(numbers);
     }
 
-    /// Handles one message; returns the reply to send, if any.
-    pub fn handle(
-        &self,
-        bytes: &[u8],
-        source: SocketAddr,
-        transport: TransportKind,
-    ) -> Option<Reply> {
-        let Ok(m) = msg::parse(bytes) else {
-            Metrics::inc(&self.metrics.parse_errors);
-            return None;
-        };
-        // A scanner's first request bans its source, and it gets no answer at all.
-        // Over TCP the handshake proved the source; a datagram proves nothing.
-        let proof = match transport {
-            TransportKind::Udp => Proof::Spoofable,
-            TransportKind::Tcp => Proof::Handshake,
-        };
-        if let Some(ua) = m.header(Name::UserAgent)
-            && self.guard.scanner(source.ip(), ua, proof)
-        {
-            return None;
+    /// Runs every timer due now (the server calls this every few tens of ms; tests
+    /// move the injected clock and wait for the next call): transaction
+    /// retransmissions and timeouts, ring limits, maximum call durations, provider
+    /// refreshes, forgetting ended dialogs.
+    pub fn tick(&self) {
+        let now = self.clock.instant();
+        let (deliveries, unacknowledged) = self.egress.on_deadline(now);
+        self.dispatch(&deliveries, None, now);
+        for key in unacknowledged {
+            self.b2bua.unacknowledged(&key);
         }
-        let StartLine::Request { method, uri, .. } = m.start else {
-            // Responses: answers to our NOTIFYs and provider REGISTERs, to trunk calls,
-            // and answers the proxy passes on.
-            if self.notifier.response(&m) || transport != TransportKind::Udp {
-                return None;
-            }
-            let sends = self
-                .trunks
-                .response(&m, self.clock.now(), |peer| self.local_to(peer))
-                .or_else(|| self.b2bua.response(&m))
-                .unwrap_or_else(|| self.proxy.response(&m));
-            self.send_all(sends);
-            return None;
-        };
-        // Scanners address servers by IP; phones set up with the domain never do.
-        if self.guard.policy().refuse_ip_request_uri
-            && SipUri::parse(uri)
-                .is_some_and(|u| policy::fields::Host::ip_literal(u.host).is_some())
-            && !self.guard.allowed(source.ip())
-        {
-            Metrics::inc(&self.metrics.ip_uri_dropped);
-            return None;
-        }
-        Metrics::inc(&self.metrics.requests);
-        let top = m.header(Name::Via).and_then(Via::parse_top)?;
-        let target = match transport {
-            TransportKind::Udp => datagram_target(&top, source),
-            TransportKind::Tcp => source,
-        };
-        let tag = self.to_tag(&m);
-        let respond =
-            |code: u16, reason: &str| ResponseBuilder::new(&m, code, reason, source, &tag).ok();
-
-        // Required headers (RFC 3261 §8.1.1); a request without them is answered 400.
-        let cseq = m.header(Name::CSeq).and_then(CSeq::parse);
-        let cseq_ok = cseq.is_some_and(|c| c.method == method);
-        let headers_ok = m.header(Name::From).and_then(NameAddr::parse).is_some()
-            && m.header(Name::To).and_then(NameAddr::parse).is_some()
-            && m.header(Name::CallId).is_some_and(|c| !c.is_empty());
-        if !cseq_ok || !headers_ok {
-            Metrics::inc(&self.metrics.bad_requests);
-            let bytes = respond(400, "Bad Request")?.finish();
-            return Some(Reply {
-                bytes,
-                target,
-                held: None,
-            });
-        }
-        // In-dialog requests (a To tag) are the proxy's: relayed when they carry our
-        // Route with its dialog token, refused otherwise. ACK for a non-2xx answer of
-        // ours ends that answer's retransmissions.
-        if method == "ACK" && self.proxy.ack_upstream_final(&m) {
-            return None;
-        }
-        // An in-dialog OPTIONS without a Route is a keepalive for us, not for relaying.
-        // REGISTER (the hot path) and CANCEL never look at the To tag here.
-        let relayable = transport == TransportKind::Udp
-            && !matches!(method, "REGISTER" | "CANCEL")
-            && !(method == "OPTIONS" && m.header(Name::Route).is_none());
-        let in_dialog = relayable
-            && m.header(Name::To)
-                .and_then(NameAddr::parse)
-                .is_some_and(|t| t.tag().is_some());
-        // Trunk calls: sipward is the far end of both legs.
-        let trunk_call = in_dialog && m.header(Name::CallId).is_some_and(|c| self.b2bua.owns(c));
-        if trunk_call && method == "ACK" {
-            if let Some(InDialog::Sent(sends)) = self.b2bua.in_dialog(&m, method, source) {
-                self.send_all(sends);
-            }
-            return None;
-        }
-        if in_dialog && !trunk_call {
-            let known = |ip| self.registrar.knows_host(ip) || self.trunks.trunk_at(ip).is_some();
-            match self.proxy.relay(&m, method, uri, source, known) {
-                Relay::Forward(send) => {
-                    Metrics::inc(&self.metrics.relayed);
-                    self.send_all(vec![send]);
-                    return None;
-                }
-                Relay::Refuse(..) if method == "ACK" => return None,
-                Relay::Refuse(code, reason) => {
-                    let bytes = respond(code, reason)?.finish();
-                    return Some(Reply {
-                        bytes,
-                        target,
-                        held: None,
-                    });
-                }
-            }
-        }
-        if method == "ACK" {
-            return None;
-        }
-
-        // Retransmissions over UDP are absorbed or answered again from the table.
-        let key = match transport {
-            TransportKind::Udp => top
-                .branch
-                .and_then(|b| TxKey::new(b, top.host, top.port, method)),
-            TransportKind::Tcp => None,
-        };
-        let now = Instant::now();
-        if let Some(k) = &key {
-            let mut tx = self.transactions.lock().unwrap_or_else(|p| p.into_inner());
-            match tx.on_request(k, now) {
-                Seen::New => {}
-                Seen::Absorb => {
-                    Metrics::inc(&self.metrics.retransmissions);
-                    return None;
-                }
-                Seen::Resend(r) => {
-                    Metrics::inc(&self.metrics.retransmissions);
-                    return Some(Reply {
-                        bytes: r.to_vec(),
-                        target,
-                        held: None,
-                    });
-                }
-            }
-        }
-
-        let answer = match method {
-            _ if trunk_call => match self.b2bua.in_dialog(&m, method, source)? {
-                InDialog::Answer(code, reason, sends) => {
-                    self.send_first(respond(code, reason)?.finish(), target, sends)
-                }
-                InDialog::Sent(sends) => {
-                    self.send_all(sends);
-                    return None;
-                }
-            },
-            "REGISTER" => match self.register(&m, source, transport, &tag)? {
-                (bytes, None) => Answer::Reply(bytes),
-                (bytes, Some(durable)) => Answer::Held(bytes, durable),
-            },
-            "INVITE" => self.invite(&m, uri, source, target, transport, &tag)?,
-            "OPTIONS" => {
-                Metrics::inc(&self.metrics.options);
-                Answer::Reply(
-                    respond(200, "OK")?
-                        .header("Allow", ALLOW)
-                        .header("Accept", "application/sdp")
-                        .finish(),
-                )
-            }
-            "CANCEL" => match self.proxy.cancel(&m).or_else(|| self.b2bua.cancel(&m)) {
-                // Answered before the CANCELs go downstream, so the caller sees this
-                // 200 before the 487 that follows from them.
-                Some(cancels) => self.send_first(respond(200, "OK")?.finish(), target, cancels),
-                None => Answer::Reply(respond(481, "Call/Transaction Does Not Exist")?.finish()),
-            },
-            m if KNOWN_METHODS.contains(&m) => {
-                Metrics::inc(&self.metrics.other_methods);
-                Answer::Reply(
-                    respond(405, "Method Not Allowed")?
-                        .header("Allow", ALLOW)
-                        .finish(),
-                )
-            }
-            _ => {
-                Metrics::inc(&self.metrics.other_methods);
-                Answer::Reply(
-                    respond(501, "Not Implemented")?
-                        .header("Allow", ALLOW)
-                        .finish(),
-                )
-            }
-        };
-        // Remembered for retransmitted requests, whoever sends it.
-        match answer {
-            Answer::Reply(bytes) => {
-                self.remember(key.as_ref(), &bytes, now);
-                Some(Reply {
-                    bytes,
-                    target,
-                    held: None,
-                })
-            }
-            Answer::Sent(bytes) => {
-                self.remember(key.as_ref(), &bytes, now);
-                None
-            }
-            // Remembered (and so resent to retransmissions) only once released.
-            Answer::Held(bytes, durable) => Some(Reply {
-                bytes,
-                target,
-                held: Some(Held { durable, key }),
-            }),
-        }
+        self.proxy.tick(now);
+        self.b2bua.tick(now);
+        self.providers.tick(now);
+        self.dialogs.sweep(now);
     }
 
-    /// Waits (at most [`HOLD_AT_MOST`]) until the write a held reply reports on is in
-    /// the store; true when the reply may go out now (it is then remembered for
-    /// retransmissions like any other answer).
-    pub async fn release(&self, held: Held, bytes: &[u8]) -> bool {
-        let written = tokio::time::timeout(HOLD_AT_MOST, held.durable.wait())
-            .await
-            .unwrap_or(false);
-        if written {
-            self.remember(held.key.as_ref(), bytes, Instant::now());
-        }
-        written
-    }
-
-    /// Sends our own answer, then what the proxy forwards because of the request, so
-    /// nothing the far end answers can overtake ours.
-    fn send_first(
+    /// Sends a REGISTER's `200` once the binding it reports is in the store (the
+    /// registrar's group commit), or `retry` if that takes longer than
+    /// [`HOLD_AT_MOST`]. The receiver goes on meanwhile; retransmissions of the
+    /// REGISTER are absorbed by its server transaction.
+    fn answer_when_durable(
         &self,
+        key: TxKey,
         answer: Vec<u8>,
-        target: SocketAddr,
-        then: Vec<crate::proxy::Send>,
-    ) -> Answer {
-        self.send_all(vec![crate::proxy::Send {
-            bytes: answer.clone(),
-            target,
-        }]);
-        self.send_all(then);
-        Answer::Sent(answer)
+        retry: Option<Vec<u8>>,
+        durable: Durable,
+    ) {
+        let egress = self.egress.clone();
+        let wait = async move {
+            let written = tokio::time::timeout(HOLD_AT_MOST, durable.wait())
+                .await
+                .unwrap_or(false);
+            match (written, retry) {
+                (true, _) => {
+                    let _ = egress.respond_once(&key, answer);
+                }
+                (false, Some(retry)) => {
+                    let _ = egress.respond_once(&key, retry);
+                }
+                (false, None) => {}
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(wait);
+            }
+            // Every transport runs on the runtime; without one nothing could commit
+            // the write either, so nothing is claimed.
+            Err(_) => Metrics::inc(&self.metrics.register_refused),
+        }
     }
 
-    /// Keeps the answer of a server transaction for its retransmitted requests.
-    fn remember(&self, key: Option<&TxKey>, bytes: &[u8], now: Instant) {
-        if let Some(k) = key {
-            self.transactions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .respond(k, bytes, now);
+    /// Hands client transaction outputs to their owners.
+    fn dispatch(&self, deliveries: &[Delivery], m: Option<&Message<'_>>, now: Instant) {
+        for d in deliveries {
+            match d.owner {
+                Owner::Proxy => self.proxy.on_delivery(d, m, now),
+                Owner::B2bua => self.b2bua.on_delivery(d, m, now),
+                Owner::Notify => self.notifier.on_delivery(d),
+                Owner::Provider => self.providers.on_delivery(d, m),
+            }
         }
     }
 
@@ -454,6 +263,272 @@ impl Endpoint {
             m.header(Name::CSeq),
         ));
         format!("{h:016x}")
+    }
+
+    /// Answers the request `m` (server transaction `key`, from `source`).
+    fn respond(
+        &self,
+        m: &Message<'_>,
+        key: &TxKey,
+        source: SocketAddr,
+        code: u16,
+        reason: &str,
+        headers: &[(&str, &str)],
+    ) {
+        let tag = if code > 100 {
+            self.to_tag(m)
+        } else {
+            String::new()
+        };
+        let Ok(mut b) = ResponseBuilder::new(m, code, reason, source, &tag) else {
+            return;
+        };
+        for (name, value) in headers {
+            b = b.header(name, value);
+        }
+        let _ = self.egress.respond_once(key, b.finish());
+    }
+
+    /// Handles one message, as it came on `flow`.
+    pub fn handle(&self, bytes: &[u8], flow: Flow) {
+        let Ok(m) = msg::parse(bytes) else {
+            Metrics::inc(&self.metrics.parse_errors);
+            return;
+        };
+        // A scanner's first request bans its source, and it gets no answer at all.
+        // Over TCP the handshake proved the source; a datagram proves nothing.
+        let proof = match flow.transport {
+            TransportKind::Udp => Proof::Spoofable,
+            TransportKind::Tcp => Proof::Handshake,
+        };
+        if let Some(ua) = m.header(Name::UserAgent)
+            && self.guard.scanner(flow.remote.ip(), ua, proof)
+        {
+            return;
+        }
+        let StartLine::Request { method, uri } = m.start else {
+            // A response: it reaches a client transaction of ours, or nothing.
+            let now = self.clock.instant();
+            if let Ok(deliveries) = self.egress.on_response(&m, &flow, now) {
+                self.dispatch(&deliveries, Some(&m), now);
+            }
+            return;
+        };
+        let source = flow.remote;
+        // Scanners address servers by IP; phones set up with the domain never do.
+        if self.guard.policy().refuse_ip_request_uri
+            && SipUri::parse(uri)
+                .is_some_and(|u| policy::fields::Host::ip_literal(u.host).is_some())
+            && !self.guard.allowed(source.ip())
+        {
+            Metrics::inc(&self.metrics.ip_uri_dropped);
+            return;
+        }
+        Metrics::inc(&self.metrics.requests);
+        let Some(top) = m.header(Name::Via).and_then(Via::parse_top) else {
+            return;
+        };
+        let reply_to = match flow.transport {
+            TransportKind::Udp => Flow::udp(datagram_target(&top, source)),
+            TransportKind::Tcp => flow,
+        };
+        // Only requests with an RFC 3261 branch have a transaction, and only a
+        // transaction can be answered.
+        let Some(key) = top
+            .branch
+            .and_then(|b| TxKey::new(b, top.host, top.port, method))
+        else {
+            return;
+        };
+        let now = self.clock.instant();
+        if method == "ACK" {
+            // The ACK of a failure of ours ends here (hop by hop); the ACK of a 2xx
+            // belongs to its dialog.
+            if !self.egress.ack_arrived(&key, now) {
+                self.in_dialog(&m, bytes, None, &flow);
+            }
+            return;
+        }
+        match self.egress.arrived(&key, reply_to, now) {
+            Arrival::New => {}
+            Arrival::Retransmission => {
+                Metrics::inc(&self.metrics.retransmissions);
+                return;
+            }
+            Arrival::Full => return,
+        }
+        // Required headers (RFC 3261 §8.1.1); a request without them is answered 400.
+        let cseq = m.header(Name::CSeq).and_then(CSeq::parse);
+        let cseq_ok = cseq.is_some_and(|c| c.method == method);
+        let to = m.header(Name::To).and_then(NameAddr::parse);
+        let headers_ok = m.header(Name::From).and_then(NameAddr::parse).is_some()
+            && to.is_some()
+            && m.header(Name::CallId).is_some_and(|c| !c.is_empty());
+        if !cseq_ok || !headers_ok {
+            Metrics::inc(&self.metrics.bad_requests);
+            self.respond(&m, &key, source, 400, "Bad Request", &[]);
+            return;
+        }
+        // Requests within a dialog (a To tag) are the dialog table's. REGISTER (the hot
+        // path) and CANCEL never look at the To tag.
+        let in_dialog =
+            !matches!(method, "REGISTER" | "CANCEL") && to.and_then(|t| t.tag()).is_some();
+        if in_dialog {
+            self.in_dialog(&m, bytes, Some(&key), &flow);
+            return;
+        }
+        match method {
+            "REGISTER" => {
+                let tag = self.to_tag(&m);
+                match self.register(&m, &flow, &tag) {
+                    Some((answer, None)) => {
+                        let _ = self.egress.respond_once(&key, answer);
+                    }
+                    Some((answer, Some(durable))) => {
+                        let retry =
+                            ResponseBuilder::new(&m, 500, "Server Internal Error", source, &tag)
+                                .map(|b| b.header("Retry-After", "5").finish());
+                        self.answer_when_durable(key, answer, retry.ok(), durable);
+                    }
+                    None => {}
+                }
+            }
+            "INVITE" => self.invite(&m, uri, bytes, &key, &flow),
+            "OPTIONS" => {
+                Metrics::inc(&self.metrics.options);
+                self.respond(
+                    &m,
+                    &key,
+                    source,
+                    200,
+                    "OK",
+                    &[("Allow", ALLOW), ("Accept", "application/sdp")],
+                );
+            }
+            "CANCEL" => {
+                let invite = TxKey::new(top.branch.unwrap_or(""), top.host, top.port, "INVITE");
+                let ours = invite.as_ref().filter(|k| {
+                    self.egress.pending(k) && (self.proxy.owns(k) || self.b2bua.owns(k))
+                });
+                match ours {
+                    // Answered before anything is cancelled, so the caller sees this
+                    // 200 before the 487 that follows.
+                    Some(k) => {
+                        self.respond(&m, &key, source, 200, "OK", &[]);
+                        if !self.proxy.cancel(k) {
+                            self.b2bua.cancel(k);
+                        }
+                    }
+                    None => self.respond(
+                        &m,
+                        &key,
+                        source,
+                        481,
+                        "Call/Transaction Does Not Exist",
+                        &[],
+                    ),
+                }
+            }
+            m_ if KNOWN_METHODS.contains(&m_) => {
+                Metrics::inc(&self.metrics.other_methods);
+                self.respond(
+                    &m,
+                    &key,
+                    source,
+                    405,
+                    "Method Not Allowed",
+                    &[("Allow", ALLOW)],
+                );
+            }
+            _ => {
+                Metrics::inc(&self.metrics.other_methods);
+                self.respond(
+                    &m,
+                    &key,
+                    source,
+                    501,
+                    "Not Implemented",
+                    &[("Allow", ALLOW)],
+                );
+            }
+        }
+    }
+
+    /// A request within a dialog (`key`: None for an ACK). It is carried only when the
+    /// dialog table knows its dialog, the dialog is live, and it comes from the flow of
+    /// the party its From names; and only to the other party.
+    fn in_dialog(&self, m: &Message<'_>, bytes: &[u8], key: Option<&TxKey>, flow: &Flow) {
+        let source = flow.remote;
+        let refuse = |code: u16, reason: &str| {
+            if let Some(key) = key {
+                self.respond(m, key, source, code, reason, &[]);
+            }
+        };
+        let Some(method) = m.method() else { return };
+        let found = dialog_ids(m).and_then(|(c, f, t)| self.dialogs.find(c, f, t));
+        let Some((d, side)) = found else {
+            // An in-dialog OPTIONS without a Route is a keepalive for us.
+            if method == "OPTIONS" && m.header(Name::Route).is_none() {
+                refuse(200, "OK");
+            } else {
+                refuse(481, "Call/Transaction Does Not Exist");
+            }
+            return;
+        };
+        let from_the_party = d.party(side).flow.is_some_and(|f| f.same_peer(flow));
+        let live = d.live() || (method == "BYE" && d.phase == crate::dialog::Phase::Terminating);
+        if !from_the_party || !live {
+            refuse(481, "Call/Transaction Does Not Exist");
+            return;
+        }
+        match d.kind {
+            Kind::Proxied => {
+                if method == "REFER" && !self.refer_allowed(m, &d, side) {
+                    Metrics::inc(&self.metrics.transfers_refused);
+                    refuse(403, "Forbidden");
+                    return;
+                }
+                if let Err((code, reason)) = self.proxy.relay(m, bytes, key, flow, &d, side) {
+                    refuse(code, reason);
+                }
+            }
+            Kind::Trunk { call, leg } => self.b2bua.in_dialog(m, bytes, key, flow, call, leg),
+        }
+    }
+
+    /// A REFER between two parties of a proxied dialog: its target must be one the
+    /// referrer's own class may call (a granted one is then the referrer's call).
+    fn refer_allowed(&self, m: &Message<'_>, d: &Dialog, side: Side) -> bool {
+        let number = |w: &Who| match w {
+            Who::Extension(n) => Some(n.clone()),
+            _ => None,
+        };
+        let referrer = number(&d.party(side).who);
+        let transferee = number(&d.other(side).who);
+        // Towards a trunk nothing is let through: the trunk would carry out the transfer
+        // itself, at the owner's cost, whatever the target looks like.
+        if matches!(d.other(side).who, Who::Trunk(_)) {
+            return false;
+        }
+        // Exactly one Refer-To (RFC 3515 §2.1): a second one could name another target
+        // than the one judged here.
+        let targets: Vec<&str> = m
+            .headers
+            .iter()
+            .filter(|h| {
+                h.raw_name.eq_ignore_ascii_case("Refer-To") || h.raw_name.eq_ignore_ascii_case("r")
+            })
+            .map(|h| h.value.as_ref())
+            .collect();
+        let [target] = targets.as_slice() else {
+            return false;
+        };
+        self.transfers.judge(
+            referrer.as_deref(),
+            transferee.as_deref(),
+            target,
+            self.clock.now(),
+        ) != Verdict::Refused
     }
 
     /// Digest authentication with the guard's rules, shared by every method sipward
@@ -531,129 +606,232 @@ impl Endpoint {
         }
     }
 
-    /// An INVITE. From a trunk (a gateway's or provider's address, or a gateway that
-    /// authenticated) it reaches an extension only through a DID. Anyone else
-    /// authenticates first (407), and only then is the dialled number looked at: class
-    /// of service, fraud limits (breaking one suspends the extension's outbound
-    /// calling), emergency numbers always; then an extension (proxied) or a route to a
-    /// trunk (a call of sipward's own to the trunk).
-    fn invite(
-        &self,
-        m: &Message<'_>,
-        uri: &str,
-        source: SocketAddr,
-        upstream: SocketAddr,
-        transport: TransportKind,
-        tag: &str,
-    ) -> Option<Answer> {
-        let builder =
-            |code: u16, reason: &str| ResponseBuilder::new(m, code, reason, source, tag).ok();
-        let respond =
-            |code: u16, reason: &str| builder(code, reason).map(|b| Answer::Reply(b.finish()));
+    /// An INVITE outside a dialog. From a trunk (a gateway's or provider's address, or a
+    /// gateway that authenticated) it reaches an extension only through a DID. Anyone
+    /// else authenticates first (407), and only then is the dialled number looked at:
+    /// emergency numbers always go out (within the emergency limits); an extension is
+    /// called through the proxy; anything else is routed, the number that leaves is
+    /// classified (E.164), and class of service and fraud limits are held to that class
+    /// before the B2BUA places the call.
+    fn invite(&self, m: &Message<'_>, uri: &str, bytes: &[u8], key: &TxKey, flow: &Flow) {
+        let source = flow.remote;
+        let respond = |code: u16, reason: &str| self.respond(m, key, source, code, reason, &[]);
         let now = self.clock.now();
         let dir = self.directory.get();
         let dialled = SipUri::parse(uri).and_then(|u| u.user).unwrap_or("");
-        if transport == TransportKind::Udp && self.trunks.trunk_at(source.ip()).is_some() {
-            return self.inbound(m, dialled, source, upstream, &respond);
+        if let Some(label) = self.trunks.trunk_at(source.ip()) {
+            return self.inbound(m, bytes, key, flow, dialled, Who::Trunk(label));
         }
         let caller =
             match self.authenticate(&dir, m, Name::ProxyAuthorization, "INVITE", source, now) {
                 Authn::Account(a) => a,
-                Authn::Silent => return None,
+                Authn::Silent => return,
                 Authn::Challenge(challenges) => {
                     Metrics::inc(&self.metrics.invite_challenged);
-                    let mut b = builder(407, "Proxy Authentication Required")?;
-                    for c in &challenges {
-                        b = b.header("Proxy-Authenticate", c);
-                    }
-                    return Some(Answer::Reply(b.finish()));
+                    let headers: Vec<(&str, &str)> = challenges
+                        .iter()
+                        .map(|c| ("Proxy-Authenticate", c.as_str()))
+                        .collect();
+                    self.respond(
+                        m,
+                        key,
+                        source,
+                        407,
+                        "Proxy Authentication Required",
+                        &headers,
+                    );
+                    return;
                 }
             };
         let forbidden = || {
             Metrics::inc(&self.metrics.calls_forbidden);
-            respond(403, "Forbidden")
+            respond(403, "Forbidden");
         };
-        if caller.kind == "gateway" && transport == TransportKind::Udp {
-            return self.inbound(m, dialled, source, upstream, &respond);
+        if caller.kind == "gateway" {
+            let label = self
+                .trunks
+                .gateway_label(&caller.number)
+                .unwrap_or_else(|| format!("gateway:{}", caller.number));
+            return self.inbound(m, bytes, key, flow, dialled, Who::Trunk(label));
         }
         if caller.kind != "ext" {
             return forbidden();
         }
-        let is_extension = |u: &str| dir.number_for_user(u).is_some();
-        // Live trunk calls are counted only for external numbers (not on the way of
-        // calls between extensions).
-        let active = || self.b2bua.active_for(&caller.number);
-        let class = match self
+        // A transfer or redirect a referrer allowed: the call is the referrer's.
+        let counted = self
             .outbound
-            .decide(&caller.number, dialled, is_extension, active, now)
-        {
-            Decision::Forbidden => return forbidden(),
-            Decision::Suspend(breach) => {
-                Metrics::inc(&self.metrics.outbound_suspensions);
-                self.guard.report(Event::Suspended {
-                    number: caller.number.clone(),
-                    breach,
-                    dialled: dialled.to_owned(),
-                    source: source.ip(),
-                });
-                return forbidden();
+            .take_grant(&caller.number, dialled, now)
+            .unwrap_or_else(|| caller.number.clone());
+        let Some((cos, _)) = self.outbound.line(&counted) else {
+            return forbidden();
+        };
+        let plan = self.outbound.plan();
+        let is_extension = |u: &str| dir.extension_for_user(u).is_some();
+        match plan.dialled(dialled, is_extension) {
+            Dialled::Invalid => forbidden(),
+            Dialled::Internal => {
+                match self
+                    .outbound
+                    .decide(&counted, CallClass::Internal, || 0, now)
+                {
+                    Decision::Allow(_) => {}
+                    _ => return forbidden(),
+                }
+                let Some(callee) = dir.extension_for_user(dialled) else {
+                    return respond(404, "Not Found");
+                };
+                let intercom = policy::transfer::auto_answer_passes(plan, cos);
+                self.proxy_to(
+                    m,
+                    bytes,
+                    key,
+                    flow,
+                    Who::Extension(caller.number.clone()),
+                    callee,
+                    intercom,
+                    Some((CallClass::Internal, cos)),
+                );
             }
-            Decision::Allow(class) => class,
-        };
-        if class == CallClass::Emergency {
-            Metrics::inc(&self.metrics.emergency_calls);
-            self.guard.report(Event::EmergencyCall {
-                number: caller.number.clone(),
-                dialled: dialled.to_owned(),
-            });
+            Dialled::Emergency => {
+                let (mine, total) = self.b2bua.emergencies(&caller.number);
+                if let Some(breach) = plan.emergency.check(mine, total) {
+                    Metrics::inc(&self.metrics.emergency_refused);
+                    self.guard.report(Event::EmergencyRefused {
+                        number: caller.number.clone(),
+                        breach,
+                    });
+                    return respond(486, "Busy Here");
+                }
+                Metrics::inc(&self.metrics.emergency_calls);
+                self.guard.report(Event::EmergencyCall {
+                    number: caller.number.clone(),
+                    dialled: dialled.to_owned(),
+                });
+                let routed = self.route(dialled, &caller.number);
+                let e164 = match &routed {
+                    Routed::To(_, number) => {
+                        plan.leaving(number).ok().map(|l| l.number.to_string())
+                    }
+                    _ => None,
+                };
+                self.trunk_call(
+                    m,
+                    bytes,
+                    key,
+                    flow,
+                    routed,
+                    TrunkCall {
+                        caller: &caller.number,
+                        counted: &caller.number,
+                        dialled,
+                        e164,
+                        class: CallClass::Emergency,
+                        cos,
+                    },
+                );
+            }
+            Dialled::Outside => {
+                let routed = self.route(dialled, &caller.number);
+                // The class is the number that leaves, in E.164; with no route nothing
+                // leaves, and the dialled text is held to the class of service as it is.
+                let (class, e164) = match &routed {
+                    Routed::To(_, number) => match plan.leaving(number) {
+                        Ok(l) => (CallClass::from(l.destination), Some(l.number.to_string())),
+                        Err(_) => {
+                            Metrics::inc(&self.metrics.calls_unrouted);
+                            return respond(404, "Not Found");
+                        }
+                    },
+                    _ => (plan.classify(dialled, is_extension), None),
+                };
+                let active = || self.b2bua.active_for(&counted);
+                match self.outbound.decide(&counted, class, active, now) {
+                    Decision::Forbidden => return forbidden(),
+                    Decision::Suspend(breach) => {
+                        Metrics::inc(&self.metrics.outbound_suspensions);
+                        self.guard.report(Event::Suspended {
+                            number: counted.clone(),
+                            breach,
+                            dialled: dialled.to_owned(),
+                            source: source.ip(),
+                        });
+                        return forbidden();
+                    }
+                    Decision::Allow(_) => {}
+                }
+                self.trunk_call(
+                    m,
+                    bytes,
+                    key,
+                    flow,
+                    routed,
+                    TrunkCall {
+                        caller: &caller.number,
+                        counted: &counted,
+                        dialled,
+                        e164,
+                        class,
+                        cos,
+                    },
+                );
+            }
         }
-        if transport != TransportKind::Udp {
-            // Calls are signalled over UDP only for now.
-            Metrics::inc(&self.metrics.calls_unrouted);
-            return respond(480, "Temporarily Unavailable");
-        }
-        if class == CallClass::Internal {
-            let Some(callee) = dir.number_for_user(dialled) else {
-                return respond(404, "Not Found");
-            };
-            return self.proxy_to(m, callee, source, upstream, now, &respond);
-        }
-        let registered = |number: &str| {
+    }
+
+    /// The route for a number (a gateway is reached where it registered from, if it did).
+    fn route(&self, dialled: &str, caller: &str) -> Routed {
+        let now = self.clock.now();
+        self.trunks.route(dialled, caller, |gateway| {
             self.registrar
-                .bindings(number, now)
-                .into_iter()
-                .find(|b| b.transport == TransportKind::Udp)
-                .map(|b| b.source)
-        };
-        let (target, number) = match self.trunks.route(dialled, &caller.number, registered) {
+                .flows(gateway, now)
+                .first()
+                .map(|(_, flow)| *flow)
+        })
+    }
+
+    /// Places an admitted call on the route's trunk.
+    fn trunk_call(
+        &self,
+        m: &Message<'_>,
+        bytes: &[u8],
+        key: &TxKey,
+        flow: &Flow,
+        routed: Routed,
+        call: TrunkCall<'_>,
+    ) {
+        let source = flow.remote;
+        let (target, number) = match routed {
             Routed::To(target, number) => (target, number),
             Routed::NoRoute => {
                 Metrics::inc(&self.metrics.calls_unrouted);
-                return respond(404, "Not Found");
+                return self.respond(m, key, source, 404, "Not Found", &[]);
             }
             Routed::NoAddress => {
                 Metrics::inc(&self.metrics.calls_unrouted);
-                return respond(503, "Service Unavailable");
+                return self.respond(m, key, source, 503, "Service Unavailable", &[]);
             }
         };
-        let placed = Placed {
-            caller: caller.number.clone(),
-            dialled: dialled.to_owned(),
+        let plan = self.outbound.plan();
+        // Without a To tag: a 100 makes no dialog.
+        self.respond(m, key, source, 100, "Trying", &[]);
+        let placed = b2bua::Placed {
+            request: bytes,
+            key: key.clone(),
+            source: *flow,
+            caller: call.caller.to_owned(),
+            counted: call.counted.to_owned(),
+            dialled: call.dialled.to_owned(),
             number,
-            class,
+            e164: call.e164,
+            class: call.class,
+            class_of_service: call.cos,
+            ring: plan.max_ring_duration(call.cos),
+            max: plan.max_call_duration(call.cos, call.class),
             target,
         };
-        match self.b2bua.start(m, source, upstream, placed, now) {
-            Ok(sends) => {
-                if !sends.is_empty() {
-                    Metrics::inc(&self.metrics.calls_trunk);
-                }
-                let trying = ResponseBuilder::new(m, 100, "Trying", source, "")
-                    .ok()?
-                    .finish();
-                Some(self.send_first(trying, upstream, sends))
-            }
-            Err((code, reason)) => respond(code, reason),
+        match self.b2bua.start(placed) {
+            Ok(()) => Metrics::inc(&self.metrics.calls_trunk),
+            Err((code, reason)) => self.respond(m, key, source, code, reason, &[]),
         }
     }
 
@@ -662,11 +840,12 @@ impl Endpoint {
     fn inbound(
         &self,
         m: &Message<'_>,
+        bytes: &[u8],
+        key: &TxKey,
+        flow: &Flow,
         dialled: &str,
-        source: SocketAddr,
-        upstream: SocketAddr,
-        respond: &dyn Fn(u16, &str) -> Option<Answer>,
-    ) -> Option<Answer> {
+        caller: Who,
+    ) {
         let to_user = m
             .header(Name::To)
             .and_then(NameAddr::parse)
@@ -678,59 +857,69 @@ impl Endpoint {
             .or_else(|| to_user.and_then(|u| self.trunks.did(u)))
         else {
             Metrics::inc(&self.metrics.calls_unrouted);
-            return respond(404, "Not Found");
+            return self.respond(m, key, flow.remote, 404, "Not Found", &[]);
         };
         Metrics::inc(&self.metrics.calls_inbound);
-        self.proxy_to(m, &callee, source, upstream, self.clock.now(), respond)
+        self.proxy_to(m, bytes, key, flow, caller, &callee, false, None);
     }
 
-    /// Forks an INVITE to an extension's UDP contacts.
+    /// Forks an INVITE to the flows an extension is registered from.
+    #[allow(clippy::too_many_arguments)]
     fn proxy_to(
         &self,
         m: &Message<'_>,
+        bytes: &[u8],
+        key: &TxKey,
+        flow: &Flow,
+        caller: Who,
         callee: &str,
-        source: SocketAddr,
-        upstream: SocketAddr,
-        now: i64,
-        respond: &dyn Fn(u16, &str) -> Option<Answer>,
-    ) -> Option<Answer> {
-        let contacts: Vec<(String, SocketAddr)> = self
-            .registrar
-            .bindings(callee, now)
-            .into_iter()
-            .filter(|b| b.transport == TransportKind::Udp)
-            .map(|b| (b.contact, b.source))
-            .collect();
+        intercom: bool,
+        class: Option<(CallClass, ClassOfService)>,
+    ) {
+        let source = flow.remote;
+        let contacts = self.registrar.flows(callee, self.clock.now());
         if contacts.is_empty() {
             Metrics::inc(&self.metrics.calls_unrouted);
-            return respond(480, "Temporarily Unavailable");
+            return self.respond(m, key, source, 480, "Temporarily Unavailable", &[]);
         }
-        match self
-            .proxy
-            .start(m, source, upstream, &contacts, std::time::Instant::now())
-        {
-            Ok(sends) => {
-                if !sends.is_empty() {
-                    Metrics::inc(&self.metrics.calls_proxied);
+        // Without a To tag: a 100 makes no dialog.
+        self.respond(m, key, source, 100, "Trying", &[]);
+        // The caller's class's ring time; three minutes (Timer C) for a trunk's call.
+        let ring = class.map_or(std::time::Duration::from_secs(180), |(_, cos)| {
+            self.outbound.plan().max_ring_duration(cos)
+        });
+        let placed = proxy::Placed {
+            request: bytes,
+            key: key.clone(),
+            source: *flow,
+            caller,
+            callee,
+            contacts,
+            intercom,
+            ring,
+            class: class.map(|c| c.0),
+            class_of_service: class.map(|c| c.1),
+        };
+        match self.proxy.invite(placed) {
+            Ok(()) => Metrics::inc(&self.metrics.calls_proxied),
+            Err((code, reason)) => {
+                if code == 480 {
+                    Metrics::inc(&self.metrics.calls_unrouted);
                 }
-                // Without a To tag: a 100 makes no dialog.
-                let trying = ResponseBuilder::new(m, 100, "Trying", source, "")
-                    .ok()?
-                    .finish();
-                Some(self.send_first(trying, upstream, sends))
+                self.respond(m, key, source, code, reason, &[]);
             }
-            Err((code, reason)) => respond(code, reason),
         }
     }
 
-    /// A REGISTER: the answer, and the write it must wait for (a new or moved binding).
+    /// A REGISTER: the bytes of its answer (None: no answer at all), and the write it
+    /// must wait for (a new or moved binding).
     fn register(
         &self,
         m: &Message<'_>,
-        source: SocketAddr,
-        transport: TransportKind,
+        flow: &Flow,
         tag: &str,
     ) -> Option<(Vec<u8>, Option<Durable>)> {
+        let source = flow.remote;
         let respond =
             |code: u16, reason: &str| ResponseBuilder::new(m, code, reason, source, tag).ok();
         let now = self.clock.now();
@@ -759,7 +948,7 @@ impl Endpoint {
         if aor_number != Some(account.number.as_str()) {
             return refused(403, "Forbidden");
         }
-        let Some(req) = register_request(m, source, transport, account.generation) else {
+        let Some(req) = register_request(m, *flow, account.generation) else {
             return refused(400, "Bad Request");
         };
         match self.registrar.register(&account.number, &req, now) {
@@ -790,13 +979,45 @@ impl Endpoint {
     }
 }
 
+/// What the endpoint decided about a trunk call.
+struct TrunkCall<'a> {
+    caller: &'a str,
+    counted: &'a str,
+    dialled: &'a str,
+    e164: Option<String>,
+    class: CallClass,
+    /// The class of service of the account the call is charged to.
+    cos: ClassOfService,
+}
+
+impl Inbound for Endpoint {
+    fn admit(&self, ip: IpAddr) -> Admission {
+        self.guard.admit(ip)
+    }
+
+    fn admit_on_connection(&self, ip: IpAddr) -> Admission {
+        self.guard.admit_on_connection(ip)
+    }
+
+    fn admits_connection(&self, ip: IpAddr) -> bool {
+        let admitted = self.guard.admits(ip);
+        if !admitted {
+            Metrics::inc(&self.metrics.dropped_banned);
+        }
+        admitted
+    }
+
+    fn received(&self, bytes: &[u8], flow: Flow) {
+        self.handle(bytes, flow);
+    }
+
+    fn unframed(&self) {
+        Metrics::inc(&self.metrics.parse_errors);
+    }
+}
+
 /// Reads the registrar's view of a REGISTER; `None` when Contact or Expires is malformed.
-fn register_request(
-    m: &Message<'_>,
-    source: SocketAddr,
-    transport: TransportKind,
-    generation: i64,
-) -> Option<RegisterRequest> {
+fn register_request(m: &Message<'_>, flow: Flow, generation: i64) -> Option<RegisterRequest> {
     let expires_header = match m.header(Name::Expires) {
         Some(v) => Some(v.trim().parse::<u32>().ok()?),
         None => None,
@@ -831,8 +1052,7 @@ fn register_request(
         cseq: m.header(Name::CSeq).and_then(CSeq::parse)?.seq,
         contacts,
         expires_header,
-        source,
-        transport,
+        flow,
         generation,
     })
 }

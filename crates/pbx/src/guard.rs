@@ -111,6 +111,12 @@ pub enum Event {
         probes: u32,
         until: i64,
     },
+    /// An emergency call was refused: the extension, or the PBX, holds as many at once
+    /// as the emergency limits allow.
+    EmergencyRefused {
+        number: String,
+        breach: policy::dialplan::EmergencyBreach,
+    },
 }
 
 impl Event {
@@ -189,6 +195,12 @@ impl Event {
                 "reason": Reason::ProvisioningProbe.as_str(),
                 "until": until,
                 "detail": format!("{probes} failed provisioning requests: refused and counted, but not banned, because a phone is registered or logged in from this address; provisioning is refused from it until the limit runs out, SIP is not"),
+            }),
+            Event::EmergencyRefused { number, breach } => json!({
+                "event": "emergency_refused",
+                "extension": number,
+                "reason": breach.id(),
+                "detail": breach.describe(),
             }),
         }
     }

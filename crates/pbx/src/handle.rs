@@ -40,7 +40,7 @@ impl RunningServer for ServerHandle {
 
     fn provisioning_refused(&self, source: IpAddr, now: i64) -> ProbeVerdict {
         Metrics::inc(&self.metrics.provisioning_refused);
-        let registered = self.registrar.knows_host(source);
+        let registered = self.registrar.registered_from(source);
         self.guard.provisioning_probe(source, now, registered)
     }
 

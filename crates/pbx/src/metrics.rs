@@ -4,6 +4,32 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// The reasons of `sipward_egress_denied_total{reason}`: a fixed set (the egress
+/// rule's denials), never an address or a user.
+pub const EGRESS_DENIALS: [&str; 12] = [
+    "no_server_transaction",
+    "answered",
+    "malformed",
+    "no_client_transaction",
+    "not_a_registration",
+    "not_a_trunk",
+    "not_a_provider",
+    "no_dialog",
+    "dialog_ended",
+    "not_from_a_party",
+    "not_to_the_other_party",
+    "wrong_method",
+];
+
+/// The reasons of `sipward_responses_dropped_total{reason}`.
+pub const RESPONSES_DROPPED: [&str; 5] = [
+    "not_a_response",
+    "no_branch",
+    "no_cseq",
+    "no_transaction",
+    "wrong_source",
+];
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub requests: AtomicU64,
@@ -50,6 +76,17 @@ pub struct Metrics {
     pub calls_trunk: AtomicU64,
     pub calls_inbound: AtomicU64,
     pub relayed: AtomicU64,
+    /// Messages the egress rule refused, by reason (indexed like [`EGRESS_DENIALS`]).
+    pub egress_denied: [AtomicU64; EGRESS_DENIALS.len()],
+    /// Responses that reached no client transaction, by reason (indexed like
+    /// [`RESPONSES_DROPPED`]).
+    pub responses_dropped: [AtomicU64; RESPONSES_DROPPED.len()],
+    pub emergency_refused: AtomicU64,
+    pub calls_ended_max_duration: AtomicU64,
+    pub trunk_legs_cancelled: AtomicU64,
+    pub late_answers_ended: AtomicU64,
+    pub transfers_refused: AtomicU64,
+    pub auto_answer_removed: AtomicU64,
 }
 
 impl Metrics {
@@ -239,8 +276,38 @@ impl Metrics {
             ),
             (
                 "sipward_relayed_total",
-                "in-dialog requests relayed (ACK, BYE, re-INVITE, ...)",
+                "in-dialog requests relayed between the parties of a dialog (ACK, BYE, re-INVITE, ...)",
                 get(&self.relayed),
+            ),
+            (
+                "sipward_emergency_refused_total",
+                "emergency calls refused by the emergency limits (per extension, total)",
+                get(&self.emergency_refused),
+            ),
+            (
+                "sipward_calls_ended_max_duration_total",
+                "answered trunk calls ended by sipward at their class's maximum duration",
+                get(&self.calls_ended_max_duration),
+            ),
+            (
+                "sipward_trunk_legs_cancelled_total",
+                "trunk legs CANCELled: the caller gave up, hung up early, or the ring time ran out",
+                get(&self.trunk_legs_cancelled),
+            ),
+            (
+                "sipward_late_answers_ended_total",
+                "2xx answers that came after the call was given up, ACKed and ended with BYE",
+                get(&self.late_answers_ended),
+            ),
+            (
+                "sipward_transfers_refused_total",
+                "REFERs and 3xx redirects to targets the referrer's class may not call",
+                get(&self.transfers_refused),
+            ),
+            (
+                "sipward_auto_answer_removed_total",
+                "calls between extensions whose auto-answer hints were removed",
+                get(&self.auto_answer_removed),
             ),
         ];
         for (name, help, v) in counters {
@@ -257,6 +324,30 @@ impl Metrics {
         for r in policy::ban::Reason::ALL {
             let v = get(&self.bans_by_reason[r as usize]);
             let _ = writeln!(s, "{name}{{reason=\"{}\"}} {v}", r.as_str());
+        }
+        let name = "sipward_egress_denied_total";
+        let _ = write!(
+            s,
+            "# HELP {name} messages the egress rule refused to send, by reason\n# TYPE {name} counter\n"
+        );
+        for (i, label) in EGRESS_DENIALS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "{name}{{reason=\"{label}\"}} {}",
+                get(&self.egress_denied[i])
+            );
+        }
+        let name = "sipward_responses_dropped_total";
+        let _ = write!(
+            s,
+            "# HELP {name} responses that reached no client transaction, dropped, by reason\n# TYPE {name} counter\n"
+        );
+        for (i, label) in RESPONSES_DROPPED.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "{name}{{reason=\"{label}\"}} {}",
+                get(&self.responses_dropped[i])
+            );
         }
         let gauges = [
             (

@@ -1,936 +1,1104 @@
-//! The stateful proxy between extensions (RFC 3261 §16), over UDP.
+//! The stateful proxy for calls to extensions (RFC 3261 §16): calls between extensions,
+//! and calls from trunks put through by DID.
 //!
-//! An admitted INVITE to an extension is answered `100 Trying` and forked to every UDP
-//! contact the extension is registered with: each branch is an INVITE client
-//! transaction (Timer A retransmission until a provisional answer, Timer B after 32 s).
-//! Provisional and 2xx answers go upstream at once (a 2xx cancels the other branches);
-//! a non-2xx answer is ACKed downstream hop by hop, and the best one goes upstream when
-//! every branch is done, retransmitted (Timer G) until the caller's ACK. CANCEL is
-//! answered and passed to every pending branch.
+//! An admitted INVITE is forked to every flow the called extension is registered from
+//! (never to its Contact's host), each branch an INVITE client transaction of
+//! `sip::transaction` run by the egress rule. Answers go upstream through the caller's
+//! server transaction, rebuilt with the caller's own Via headers (nothing is forwarded
+//! because of a Via a peer wrote). A tagged provisional answer makes an early dialog, a
+//! 2xx confirms it (and the other branches are cancelled); when every branch has failed
+//! the best answer goes upstream. A 3xx whose target is outside goes upstream only when
+//! the redirecting extension's class may call that target (then the caller's call to it
+//! is the callee's); otherwise the caller gets 480. No 3xx goes back to a trunk.
 //!
-//! sipward records the route with a token bound to the dialog's Call-ID, and relays
-//! in-dialog requests (ACK for 2xx, BYE, re-INVITE, UPDATE, INFO) only when their top
-//! Route carries a valid token: nobody can use the proxy to reach an arbitrary address.
-//! Those requests and all responses not matched to a call are forwarded statelessly
-//! (§16.11) by their Via.
+//! sipward Record-Routes, so that requests within the dialog come back through it. Those
+//! are relayed only by the dialog table's word: from one party's flow to the other's,
+//! each in a client transaction of its own (ACKs of 2xx, which have none, through the
+//! egress rule's dialog permit). The Request-URI is carried as the sender wrote it and
+//! Route headers are dropped: neither ever decides where a request goes.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
-
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
-use sip::header::addr::{NameAddr, SipUri};
+use sip::header::addr::NameAddr;
 use sip::header::split_list;
 use sip::header::via::Via;
 use sip::msg::{Message, Name, StartLine};
-use sip::response::{datagram_target, top_via_with_source};
+use sip::response::{ResponseBuilder, top_via_with_source};
+use sip::transaction::{Action, ResponseClass, TxId, TxKey};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-const T1: Duration = Duration::from_millis(500);
-const T2: Duration = Duration::from_secs(4);
-const TIMER_B: Duration = Duration::from_secs(32);
-/// Our branches start with this (after the RFC 3261 magic cookie).
-pub const BRANCH_PREFIX: &str = "z9hG4bKswp";
-/// How long an answered call is remembered (to pass 2xx retransmissions statefully).
-const ANSWERED_KEPT: Duration = Duration::from_secs(2);
-/// Calls tracked at once (bounded like every table); more are answered 503.
-pub const MAX_CALLS: usize = 65_536;
+use crate::dialog::{Dialog, DialogId, Dialogs, Kind, NewDialog, Party, Phase, Side, Who};
+use crate::egress::{Delivery, Egress, Owner, Purpose};
+use crate::flow::{Flow, our_uri};
+use crate::metrics::Metrics;
+use crate::signalling::Signalling;
+use crate::transfer::{Transfers, Verdict};
 
-/// A datagram to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Send {
-    pub bytes: Vec<u8>,
-    pub target: SocketAddr,
+/// Calls being set up at once (bounded like every table); more are answered 503.
+pub const MAX_CALLS: usize = 16_384;
+
+/// A call to an extension, admitted by the endpoint.
+#[derive(Debug)]
+pub struct Placed<'a> {
+    /// The caller's INVITE as it arrived.
+    pub request: &'a [u8],
+    /// Its server transaction.
+    pub key: TxKey,
+    /// The flow it came on.
+    pub source: Flow,
+    /// Who calls: an extension, or a trunk (a DID call).
+    pub caller: Who,
+    /// The called extension's number.
+    pub callee: &'a str,
+    /// Where it is registered from: (Contact URI, flow).
+    pub contacts: Vec<(String, Flow)>,
+    /// Auto-answer hints may pass (the caller's class allows intercom).
+    pub intercom: bool,
+    /// How long the callee may ring before the branches are cancelled (RFC 3261 §16.6's
+    /// Timer C; the caller's class's ring time).
+    pub ring: std::time::Duration,
+    /// The call's class and the caller's class of service (None from a trunk):
+    /// recorded in the dialog.
+    pub class: Option<policy::dialplan::CallClass>,
+    pub class_of_service: Option<policy::dialplan::ClassOfService>,
 }
 
 #[derive(Debug)]
 struct Branch {
-    branch: String,
-    target: SocketAddr,
-    request_uri: String,
-    invite: Vec<u8>,
-    /// 0: nothing yet; 1xx; final code.
-    status: u16,
-    next_retransmit: Instant,
-    interval: Duration,
-    started: Instant,
+    tx: TxId,
+    flow: Flow,
+    /// A final answer came, or the branch timed out or failed.
+    done: bool,
+    /// The early dialogs its tagged provisional answers made, by the callee's tag.
+    dialogs: Vec<(String, DialogId)>,
 }
 
 #[derive(Debug)]
 struct Call {
-    /// Where answers for the caller go.
-    upstream: SocketAddr,
-    /// The caller's INVITE headers needed to build CANCEL/ACK downstream.
+    request: Vec<u8>,
+    key: TxKey,
+    source: Flow,
+    caller: Who,
+    /// The caller's From tag.
+    caller_tag: String,
     call_id: String,
-    from: String,
-    to: String,
-    cseq: u32,
-    /// The caller's Via lines (top one with received/rport), for answers we make.
-    upstream_vias: Vec<String>,
+    callee: String,
+    class: Option<policy::dialplan::CallClass>,
+    class_of_service: Option<policy::dialplan::ClassOfService>,
     branches: Vec<Branch>,
-    /// The best non-2xx final answer so far (already without our Via).
+    /// The best failure so far, rebuilt for upstream (status, bytes).
     best: Option<(u16, Vec<u8>)>,
     answered: bool,
-    answered_at: Option<Instant>,
-    /// A non-2xx final answer sent upstream, retransmitted until ACKed.
-    upstream_final: Option<Vec<u8>>,
-    next_final: Instant,
-    final_interval: Duration,
-    final_since: Instant,
-    acked: bool,
-    created: Instant,
+    final_sent: bool,
+    cancelled: bool,
+    /// When the branches are cancelled if nobody answered (Timer C).
+    ring_until: Instant,
 }
 
-/// The proxy's state: calls by the caller's branch, and our branches back to them.
+/// A request relayed within a dialog, waiting for its answer.
+#[derive(Debug)]
+struct Relay {
+    request: Vec<u8>,
+    key: TxKey,
+    source: Flow,
+    dialog: DialogId,
+    method: String,
+}
+
+#[derive(Debug)]
+enum Forward {
+    Branch { call: TxKey, index: usize },
+    Relay(Relay),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    calls: HashMap<TxKey, Call>,
+    by_tx: HashMap<TxId, Forward>,
+    /// Relayed re-INVITEs by their upstream key (for CANCEL).
+    relays_by_key: HashMap<TxKey, TxId>,
+}
+
+/// The proxy's state; see the module documentation.
 #[derive(Debug)]
 pub struct Proxy {
-    key: [u8; 32],
-    counter: AtomicU64,
-    bound: OnceLock<SocketAddr>,
-    calls: Mutex<HashMap<String, Call>>,
-    by_branch: Mutex<HashMap<String, String>>,
+    sig: Arc<Signalling>,
+    egress: Arc<Egress>,
+    dialogs: Arc<Dialogs>,
+    transfers: Arc<Transfers>,
+    metrics: Arc<Metrics>,
+    state: Mutex<State>,
 }
 
-/// What to do with an in-dialog request.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Relay {
-    Forward(Send),
-    /// Answer it with this status (bad token, no route, too many hops).
-    Refuse(u16, &'static str),
+/// The order in which failures are passed upstream (RFC 3261 §16.7 step 6: 6xx first,
+/// then the lowest class, with 401/407/415/420/484 preferred within 4xx).
+fn rank(code: u16) -> (u8, u16) {
+    match code {
+        600..=699 => (0, code),
+        401 | 407 | 415 | 420 | 484 => (1, code),
+        300..=399 => (2, code),
+        400..=499 => (3, code),
+        500..=599 => (4, code),
+        _ => (5, code),
+    }
 }
 
-/// A message from its start line, headers (as given, Content-Length included) and body.
-pub(crate) fn render(
-    start: &str,
-    headers: impl IntoIterator<Item = (String, String)>,
-    body: &[u8],
-) -> Vec<u8> {
+/// Reasons from a peer go into what we send: printable and short.
+pub(crate) fn clean_reason(reason: &str) -> String {
+    reason
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect()
+}
+
+/// Whether a header is an auto-answer hint (or which entries of it are): `Call-Info`
+/// with `answer-after`, the `Alert-Info` auto-answer and intercom variants phones honour,
+/// and RFC 5373's `Answer-Mode`/`Priv-Answer-Mode`. Returns the value to keep (None:
+/// drop the header) and whether anything was removed.
+fn without_auto_answer(raw_name: &str, value: &str) -> (Option<String>, bool) {
+    let name = raw_name.to_ascii_lowercase();
+    if name == "answer-mode" || name == "priv-answer-mode" {
+        return (None, true);
+    }
+    let hint = |entry: &str| {
+        let e = entry.to_ascii_lowercase();
+        match name.as_str() {
+            "call-info" => e.contains("answer-after"),
+            "alert-info" => [
+                "autoanswer",
+                "auto-answer",
+                "auto answer",
+                "ring answer",
+                "intercom",
+            ]
+            .iter()
+            .any(|h| e.contains(h)),
+            _ => false,
+        }
+    };
+    if !matches!(name.as_str(), "call-info" | "alert-info") {
+        return (Some(value.to_owned()), false);
+    }
+    let entries: Vec<&str> = split_list(value).collect();
+    let kept: Vec<&str> = entries.iter().copied().filter(|e| !hint(e)).collect();
+    let removed = kept.len() != entries.len();
+    if kept.is_empty() {
+        (None, removed)
+    } else {
+        (Some(kept.join(", ")), removed)
+    }
+}
+
+/// A message from its start line, headers and body; Content-Length is ours.
+fn render(start: &str, headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
     let mut out = String::with_capacity(1024);
     out.push_str(start);
     out.push_str("\r\n");
     for (n, v) in headers {
-        out.push_str(&n);
+        out.push_str(n);
         out.push_str(": ");
-        out.push_str(&v);
+        out.push_str(v);
         out.push_str("\r\n");
     }
-    out.push_str("\r\n");
+    out.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
     let mut bytes = out.into_bytes();
     bytes.extend_from_slice(body);
     bytes
 }
 
-/// The address a SIP URI names, when its host is an IP literal.
-fn uri_target(uri: &str) -> Option<SocketAddr> {
-    let u = SipUri::parse(uri)?;
-    let ip: IpAddr = u.host.parse().ok()?;
-    Some(SocketAddr::new(ip, u.port.unwrap_or(5060)))
+/// The sender's Via headers with its top entry stamped with where it came from
+/// (`received`, `rport`: RFC 3581).
+fn upstream_vias(m: &Message<'_>, source: SocketAddr) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for (i, value) in m.headers_named(Name::Via).enumerate() {
+        if i == 0 {
+            let mut entries = split_list(value);
+            let top = entries.next()?;
+            let via = Via::parse(top)?;
+            let mut v = top_via_with_source(top, &via, source);
+            for rest in entries {
+                v.push_str(", ");
+                v.push_str(rest);
+            }
+            out.push(v);
+        } else {
+            out.push(value.to_owned());
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }
 
-/// The URI inside a `<...>` name-addr (or the bare value).
-fn uri_of(value: &str) -> Option<&str> {
-    NameAddr::parse(value).map(|a| a.uri)
+/// The response `m` (from downstream) as it goes upstream to the request `request`
+/// from `source`: the upstream request's own Vias in place of whatever Vias `m` has.
+fn upstream_response(request: &[u8], source: &Flow, m: &Message<'_>) -> Option<Vec<u8>> {
+    let StartLine::Response { code, reason } = m.start else {
+        return None;
+    };
+    let up = sip::msg::parse(request).ok()?;
+    let vias = upstream_vias(&up, source.remote)?;
+    let mut headers: Vec<(String, String)> = Vec::with_capacity(m.headers.len() + 2);
+    let mut placed = false;
+    for h in &m.headers {
+        match h.name {
+            Name::Via => {
+                if !placed {
+                    headers.extend(vias.iter().map(|v| ("Via".to_owned(), v.clone())));
+                    placed = true;
+                }
+            }
+            Name::ContentLength => {}
+            _ => headers.push((h.raw_name.to_owned(), h.value.to_string())),
+        }
+    }
+    if !placed {
+        let mut with_vias: Vec<(String, String)> =
+            vias.into_iter().map(|v| ("Via".to_owned(), v)).collect();
+        with_vias.extend(headers);
+        headers = with_vias;
+    }
+    Some(render(
+        &format!("SIP/2.0 {code} {}", clean_reason(reason)),
+        &headers,
+        m.body,
+    ))
 }
 
 impl Proxy {
-    pub fn new(key: [u8; 32]) -> Self {
+    pub fn new(sig: Arc<Signalling>, transfers: Arc<Transfers>) -> Self {
         Self {
-            key,
-            counter: AtomicU64::new(0),
-            bound: OnceLock::new(),
-            calls: Mutex::new(HashMap::new()),
-            by_branch: Mutex::new(HashMap::new()),
+            egress: sig.egress.clone(),
+            dialogs: sig.dialogs.clone(),
+            metrics: sig.metrics.clone(),
+            sig,
+            transfers,
+            state: Mutex::new(State::default()),
         }
     }
 
-    /// The address the UDP socket is bound to (set once it is).
-    pub fn set_bound(&self, addr: SocketAddr) {
-        let _ = self.bound.set(addr);
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The address a peer sees the proxy at.
-    pub(crate) fn local_to(&self, peer: SocketAddr) -> Option<SocketAddr> {
-        self.bound.get().map(|b| crate::notify::local_for(*b, peer))
+    /// Whether the INVITE `key` (its server transaction) is a call or a relayed
+    /// re-INVITE of ours (for CANCEL).
+    pub fn owns(&self, key: &TxKey) -> bool {
+        let st = self.lock();
+        st.calls.contains_key(key) || st.relays_by_key.contains_key(key)
     }
 
-    fn mac(&self, parts: &[&[u8]]) -> String {
-        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-        for p in parts {
-            m.update(p);
-            m.update(b"\x00");
-        }
-        hex::encode(&m.finalize().into_bytes()[..12])
+    /// Calls being set up (for metrics and tests).
+    pub fn call_count(&self) -> usize {
+        self.lock().calls.len()
     }
 
-    fn new_branch(&self) -> String {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+    /// Our Via for a request to `to`.
+    fn via(&self, to: &Flow, branch: &str) -> String {
+        let local = self.sig.local(to);
         format!(
-            "{BRANCH_PREFIX}{}",
-            self.mac(&[b"branch", &n.to_be_bytes()])
+            "SIP/2.0/{} {local};branch={branch};rport",
+            to.transport.via_token()
         )
     }
 
-    /// The token our Record-Route carries for a dialog.
-    fn dialog_token(&self, call_id: &str) -> String {
-        self.mac(&[b"dialog", call_id.as_bytes()])
-    }
-
-    fn our_via(&self, branch: &str, peer: SocketAddr) -> Option<String> {
-        let l = self.local_to(peer)?;
-        Some(format!("SIP/2.0/UDP {l};branch={branch};rport"))
-    }
-
-    pub fn call_count(&self) -> usize {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// Whether this request already passed through us (a loop): one of its Vias is
-    /// ours (our port, our branch prefix).
-    fn looped(&self, m: &Message<'_>) -> bool {
-        let Some(b) = self.bound.get() else {
-            return false;
-        };
-        m.headers_named(Name::Via).flat_map(split_list).any(|v| {
-            Via::parse(v).is_some_and(|v| {
-                v.port.unwrap_or(5060) == b.port()
-                    && v.branch.is_some_and(|br| br.starts_with(BRANCH_PREFIX))
-            })
-        })
-    }
-
-    /// The headers of `m` as they go downstream: our Via on top, the sender's top Via
-    /// with `received`/`rport`, Max-Forwards decremented, our credentials removed,
-    /// `drop_top_route` removing our own Route entry, and `record_route` added.
+    /// `m` as it goes to `to`: our Via on top of the sender's (stamped with where it
+    /// came from), Max-Forwards one less, no Route (the dialog or the registration
+    /// decides where it goes), no credentials meant for us, and `record_route` added.
     #[allow(clippy::too_many_arguments)]
-    fn forward_headers(
+    fn forward(
         &self,
         m: &Message<'_>,
-        source: SocketAddr,
-        target: SocketAddr,
+        source: &Flow,
+        to: &Flow,
+        request_uri: &str,
         branch: &str,
-        record_route: Option<&str>,
-        drop_top_route: bool,
-    ) -> Option<Vec<(String, String)>> {
-        let mut out = vec![("Via".to_owned(), self.our_via(branch, target)?)];
-        let mut first_via = true;
-        let mut route_dropped = !drop_top_route;
-        let mut max_forwards_seen = false;
+        record_route: &[String],
+        strip_hints: bool,
+    ) -> Option<(Vec<u8>, bool)> {
+        let StartLine::Request { method, .. } = m.start else {
+            return None;
+        };
+        let mut headers: Vec<(String, String)> = vec![("Via".into(), self.via(to, branch))];
+        headers.extend(
+            upstream_vias(m, source.remote)?
+                .into_iter()
+                .map(|v| ("Via".to_owned(), v)),
+        );
+        headers.extend(
+            record_route
+                .iter()
+                .map(|r| ("Record-Route".to_owned(), r.clone())),
+        );
+        let mut hops = None;
+        let mut removed = false;
         for h in &m.headers {
             match h.name {
-                Name::Via if first_via => {
-                    first_via = false;
-                    let mut entries = split_list(&h.value);
-                    let top = entries.next()?;
-                    let via = Via::parse(top)?;
-                    let mut v = top_via_with_source(top, &via, source);
-                    for rest in entries {
-                        v.push_str(", ");
-                        v.push_str(rest);
-                    }
-                    out.push(("Via".into(), v));
-                    if let Some(rr) = record_route {
-                        out.push(("Record-Route".into(), rr.to_owned()));
+                Name::Via | Name::Route | Name::ProxyAuthorization | Name::ContentLength => {}
+                Name::MaxForwards => hops = Some(h.value.trim().parse::<u32>().ok()?),
+                _ if strip_hints => {
+                    let (kept, gone) = without_auto_answer(h.raw_name, &h.value);
+                    removed |= gone;
+                    if let Some(v) = kept {
+                        headers.push((h.raw_name.to_owned(), v));
                     }
                 }
-                Name::MaxForwards => {
-                    max_forwards_seen = true;
-                    let n: u32 = h.value.trim().parse().ok()?;
-                    out.push(("Max-Forwards".into(), n.checked_sub(1)?.to_string()));
-                }
-                Name::ProxyAuthorization => {}
-                Name::Route if !route_dropped => {
-                    route_dropped = true;
-                    let rest: Vec<&str> = split_list(&h.value).skip(1).collect();
-                    if !rest.is_empty() {
-                        out.push(("Route".into(), rest.join(", ")));
-                    }
-                }
-                _ => out.push((h.raw_name.to_owned(), h.value.to_string())),
+                _ => headers.push((h.raw_name.to_owned(), h.value.to_string())),
             }
         }
-        if !max_forwards_seen {
-            out.push(("Max-Forwards".into(), "69".into()));
+        let hops = hops.unwrap_or(70).checked_sub(1)?;
+        headers.push(("Max-Forwards".into(), hops.to_string()));
+        if request_uri.chars().any(|c| c.is_control() || c == ' ') {
+            return None;
         }
-        Some(out)
+        Some((
+            render(&format!("{method} {request_uri} SIP/2.0"), &headers, m.body),
+            removed,
+        ))
     }
 
-    /// Starts a call: forks the admitted INVITE `m` (from `source`, answered upstream at
-    /// `upstream`) to `contacts` (contact URI, address). Returns what to send downstream;
-    /// the caller answers `100 Trying`. `Err` carries the status to answer instead.
-    pub fn start(
-        &self,
-        m: &Message<'_>,
-        source: SocketAddr,
-        upstream: SocketAddr,
-        contacts: &[(String, SocketAddr)],
-        now: Instant,
-    ) -> Result<Vec<Send>, (u16, &'static str)> {
-        if self.looped(m) {
-            return Err((482, "Loop Detected"));
+    /// Our Record-Route entries for a call between `caller` and `callee` flows: one,
+    /// or two when the transports differ (RFC 5658), each reachable on its side.
+    fn record_route(&self, caller: &Flow, callee: &Flow) -> Vec<String> {
+        let towards_callee = format!("<{};lr>", our_uri(self.sig.bound, callee, None));
+        if caller.transport == callee.transport {
+            vec![towards_callee]
+        } else {
+            vec![
+                towards_callee,
+                format!("<{};lr>", our_uri(self.sig.bound, caller, None)),
+            ]
         }
+    }
+
+    /// Forks the admitted INVITE to the callee's registered flows. `Err` carries the
+    /// status to answer instead (the endpoint has sent 100 Trying already).
+    pub fn invite(&self, p: Placed<'_>) -> Result<(), (u16, &'static str)> {
+        let m = sip::msg::parse(p.request).map_err(|_| (400, "Bad Request"))?;
         if m.header(Name::MaxForwards)
             .and_then(|v| v.trim().parse::<u32>().ok())
-            .is_some_and(|n| n == 0)
+            == Some(0)
         {
             return Err((483, "Too Many Hops"));
         }
-        let top = m
-            .header(Name::Via)
-            .and_then(Via::parse_top)
-            .and_then(|v| v.branch)
+        let caller_tag = m
+            .header(Name::From)
+            .and_then(NameAddr::parse)
+            .and_then(|a| a.tag())
             .ok_or((400, "Bad Request"))?
             .to_owned();
         let call_id = m
             .header(Name::CallId)
             .ok_or((400, "Bad Request"))?
             .to_owned();
-        let from = m.header(Name::From).ok_or((400, "Bad Request"))?.to_owned();
-        let cseq: u32 = m
-            .header(Name::CSeq)
-            .and_then(|c| c.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .ok_or((400, "Bad Request"))?;
-        let local = self
-            .local_to(source)
-            .ok_or((500, "Server Internal Error"))?;
-        let rr = format!("<sip:{local};lr;sw={}>", self.dialog_token(&call_id));
-        let to = m.header(Name::To).ok_or((400, "Bad Request"))?.to_owned();
-        let mut upstream_vias: Vec<String> =
-            m.headers_named(Name::Via).map(str::to_owned).collect();
-        if let Some(first) = upstream_vias.first_mut() {
-            let mut entries = split_list(first);
-            let top = entries.next().ok_or((400, "Bad Request"))?;
-            let via = Via::parse(top).ok_or((400, "Bad Request"))?;
-            let mut v = top_via_with_source(top, &via, source);
-            for rest in entries {
-                v.push_str(", ");
-                v.push_str(rest);
-            }
-            *first = v;
+        if p.contacts.is_empty() {
+            return Err((480, "Temporarily Unavailable"));
         }
-        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
-        if calls.contains_key(&top) {
-            return Ok(Vec::new()); // a retransmission: the 100 is sent again
+        // The table is held until the call is in it: a callee that answers at once must
+        // find its branch (another thread handles that answer).
+        let mut st = self.lock();
+        if st.calls.contains_key(&p.key) {
+            return Ok(()); // a retransmission the table did not absorb
         }
-        if calls.len() >= MAX_CALLS {
+        if st.calls.len() >= MAX_CALLS {
             return Err((503, "Service Unavailable"));
         }
-        let mut sends = Vec::new();
         let mut branches = Vec::new();
-        for (contact, target) in contacts {
-            let branch = self.new_branch();
-            let headers = self
-                .forward_headers(m, source, *target, &branch, Some(&rr), false)
-                .ok_or((400, "Bad Request"))?;
-            let bytes = render(&format!("INVITE {contact} SIP/2.0"), headers, m.body);
-            sends.push(Send {
-                bytes: bytes.clone(),
-                target: *target,
-            });
-            branches.push(Branch {
-                branch,
-                target: *target,
-                request_uri: contact.clone(),
-                invite: bytes,
-                status: 0,
-                next_retransmit: now + T1,
-                interval: T1,
-                started: now,
-            });
+        let mut hints_removed = false;
+        for (contact, flow) in &p.contacts {
+            let branch = self.sig.branch();
+            let rr = self.record_route(&p.source, flow);
+            let Some((bytes, removed)) = self.forward(
+                &m,
+                &p.source,
+                flow,
+                contact,
+                branch.as_str(),
+                &rr,
+                !p.intercom,
+            ) else {
+                continue;
+            };
+            hints_removed |= removed;
+            if let Ok(tx) = self.egress.start(
+                bytes,
+                *flow,
+                Purpose::Callee { number: p.callee },
+                Owner::Proxy,
+            ) {
+                st.by_tx.insert(
+                    tx,
+                    Forward::Branch {
+                        call: p.key.clone(),
+                        index: branches.len(),
+                    },
+                );
+                branches.push(Branch {
+                    tx,
+                    flow: *flow,
+                    done: false,
+                    dialogs: Vec::new(),
+                });
+            }
         }
-        let mut by_branch = self.by_branch.lock().unwrap_or_else(|p| p.into_inner());
-        for b in &branches {
-            by_branch.insert(b.branch.clone(), top.clone());
+        if branches.is_empty() {
+            return Err((480, "Temporarily Unavailable"));
         }
-        calls.insert(
-            top,
+        if hints_removed {
+            Metrics::inc(&self.metrics.auto_answer_removed);
+        }
+        st.calls.insert(
+            p.key.clone(),
             Call {
-                upstream,
+                request: p.request.to_vec(),
+                key: p.key,
+                source: p.source,
+                caller: p.caller,
+                caller_tag,
                 call_id,
-                from,
-                to,
-                cseq,
-                upstream_vias,
+                callee: p.callee.to_owned(),
+                class: p.class,
+                class_of_service: p.class_of_service,
                 branches,
                 best: None,
                 answered: false,
-                answered_at: None,
-                upstream_final: None,
-                next_final: now,
-                final_interval: T1,
-                final_since: now,
-                acked: false,
-                created: now,
+                final_sent: false,
+                cancelled: false,
+                ring_until: self.sig.clock.instant() + p.ring,
             },
         );
-        Ok(sends)
+        Ok(())
     }
 
-    /// CANCEL from the caller: true when it matched a call (answer it 200), with the
-    /// CANCELs to send downstream.
-    pub fn cancel(&self, m: &Message<'_>) -> Option<Vec<Send>> {
-        let top = m.header(Name::Via).and_then(Via::parse_top)?.branch?;
-        let calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
-        let call = calls.get(top)?;
-        Some(
-            call.branches
-                .iter()
-                .filter(|b| b.status < 200)
-                .filter_map(|b| self.cancel_for(call, b))
-                .collect(),
-        )
-    }
-
-    fn cancel_for(&self, call: &Call, b: &Branch) -> Option<Send> {
-        let headers = vec![
-            ("Via".to_owned(), self.our_via(&b.branch, b.target)?),
-            ("Max-Forwards".to_owned(), "70".to_owned()),
-            ("From".to_owned(), call.from.clone()),
-            ("To".to_owned(), call.to.clone()),
-            ("Call-ID".to_owned(), call.call_id.clone()),
-            ("CSeq".to_owned(), format!("{} CANCEL", call.cseq)),
-            ("Content-Length".to_owned(), "0".to_owned()),
-        ];
-        Some(Send {
-            bytes: render(&format!("CANCEL {} SIP/2.0", b.request_uri), headers, b""),
-            target: b.target,
-        })
-    }
-
-    /// The ACK for a non-2xx final answer on one of our branches (hop by hop).
-    fn ack_for(&self, call: &Call, b: &Branch, response: &Message<'_>) -> Option<Send> {
-        let headers = vec![
-            ("Via".to_owned(), self.our_via(&b.branch, b.target)?),
-            ("Max-Forwards".to_owned(), "70".to_owned()),
-            ("From".to_owned(), call.from.clone()),
-            ("To".to_owned(), response.header(Name::To)?.to_owned()),
-            ("Call-ID".to_owned(), call.call_id.clone()),
-            ("CSeq".to_owned(), format!("{} ACK", call.cseq)),
-            ("Content-Length".to_owned(), "0".to_owned()),
-        ];
-        Some(Send {
-            bytes: render(&format!("ACK {} SIP/2.0", b.request_uri), headers, b""),
-            target: b.target,
-        })
-    }
-
-    /// The caller ACKed our non-2xx answer (same branch as its INVITE).
-    pub fn ack_upstream_final(&self, m: &Message<'_>) -> bool {
-        let Some(top) = m
-            .header(Name::Via)
-            .and_then(Via::parse_top)
-            .and_then(|v| v.branch)
-        else {
-            return false;
-        };
-        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
-        match calls.get_mut(top) {
-            Some(c) if c.upstream_final.is_some() => {
-                c.acked = true;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// A response whose top Via is ours: what to send (upstream, and ACK/CANCEL
-    /// downstream). Responses to in-dialog requests we relayed statelessly go to the
-    /// next Via.
-    pub fn response(&self, m: &Message<'_>) -> Vec<Send> {
-        let StartLine::Response { code, .. } = m.start else {
-            return Vec::new();
-        };
-        let Some(branch) = m
-            .header(Name::Via)
-            .and_then(Via::parse_top)
-            .and_then(|v| v.branch)
-        else {
-            return Vec::new();
-        };
-        if !branch.starts_with(BRANCH_PREFIX) {
-            return Vec::new();
-        }
-        let Some(stripped) = strip_top_via(m) else {
-            return Vec::new();
-        };
-        let server_key = self
-            .by_branch
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(branch)
-            .cloned();
-        let invite = m
-            .header(Name::CSeq)
-            .and_then(|c| c.split_whitespace().nth(1))
-            .is_some_and(|meth| meth.eq_ignore_ascii_case("INVITE"));
-        if server_key.is_some() && !invite {
-            // The answer to our own CANCEL (hop by hop): nothing goes upstream.
-            return Vec::new();
-        }
-        let Some(server_key) = server_key else {
-            // Stateless: the next Via says where it goes.
-            return next_hop(m)
-                .map(|target| Send {
-                    bytes: stripped,
-                    target,
+    /// Timer C (RFC 3261 §16.6): a call still ringing at its ring time has its branches
+    /// cancelled; their 487s (or, after 64·T1 without one, our own) go to the caller.
+    pub fn tick(&self, now: Instant) {
+        let pending: Vec<TxId> = {
+            let mut st = self.lock();
+            st.calls
+                .values_mut()
+                .filter(|c| !c.answered && !c.final_sent && !c.cancelled && now >= c.ring_until)
+                .flat_map(|c| {
+                    c.cancelled = true;
+                    c.branches.iter().filter(|b| !b.done).map(|b| b.tx)
                 })
-                .into_iter()
-                .collect();
+                .collect()
         };
-        let mut out = Vec::new();
-        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(call) = calls.get_mut(&server_key) else {
-            return out;
-        };
-        let Some(i) = call.branches.iter().position(|b| b.branch == branch) else {
-            return out;
-        };
-        let upstream = call.upstream;
-        if code < 200 {
-            call.branches[i].status = call.branches[i].status.max(code);
-            if code > 100 && !call.answered && call.upstream_final.is_none() {
-                out.push(Send {
-                    bytes: stripped,
-                    target: upstream,
-                });
-            }
-            return out;
+        for tx in pending {
+            let _ = self.egress.cancel(tx);
         }
-        if (200..300).contains(&code) {
-            // 2xx (and their retransmissions) go upstream; the other branches are cancelled.
-            call.branches[i].status = code;
-            let first = !call.answered;
-            call.answered = true;
-            call.answered_at.get_or_insert_with(Instant::now);
-            out.push(Send {
-                bytes: stripped,
-                target: upstream,
-            });
-            if first {
-                let cancels: Vec<Send> = call
-                    .branches
-                    .iter()
-                    .filter(|b| b.status < 200)
-                    .filter_map(|b| self.cancel_for(call, b))
-                    .collect();
-                out.extend(cancels);
-            }
-            return out;
-        }
-        // Non-2xx: ACK it downstream; keep the best; answer upstream when all are done.
-        if let Some(ack) = self.ack_for(call, &call.branches[i], m) {
-            out.push(ack);
-        }
-        if call.branches[i].status >= 200 {
-            return out; // a retransmission, ACKed again
-        }
-        call.branches[i].status = code;
-        let better = match &call.best {
-            None => true,
-            // RFC 3261 §16.7: a 6xx wins, else the lowest code.
-            Some((best, _)) => *best < 600 && (code >= 600 || code < *best),
-        };
-        if better {
-            call.best = Some((code, stripped));
-        }
-        out.extend(finish_if_done(call, Instant::now()));
-        out
     }
 
-    /// An in-dialog request (To tag present): relayed when its top Route is ours with
-    /// a valid token for its Call-ID.
-    /// `allowed` says whether an address may be relayed to (one a registered phone is
-    /// at): a party to a call cannot steer it anywhere else.
+    /// A CANCEL for the INVITE `invite` (its key): true when it is one of ours (the
+    /// endpoint has answered the CANCEL 200); every pending branch is cancelled, and
+    /// their 487s go upstream as usual.
+    pub fn cancel(&self, invite: &TxKey) -> bool {
+        let pending: Vec<TxId> = {
+            let mut st = self.lock();
+            if let Some(call) = st.calls.get_mut(invite) {
+                if call.final_sent || call.answered {
+                    return true;
+                }
+                call.cancelled = true;
+                call.branches
+                    .iter()
+                    .filter(|b| !b.done)
+                    .map(|b| b.tx)
+                    .collect()
+            } else if let Some(tx) = st.relays_by_key.get(invite) {
+                vec![*tx]
+            } else {
+                return false;
+            }
+        };
+        for tx in pending {
+            let _ = self.egress.cancel(tx);
+        }
+        true
+    }
+
+    /// An in-dialog request `m` from `source`, which the endpoint found to be `side` of
+    /// the proxied dialog `d` (and, for REFER, judged). `Err` carries the status to
+    /// answer instead.
     pub fn relay(
         &self,
         m: &Message<'_>,
-        method: &str,
-        uri: &str,
-        source: SocketAddr,
-        allowed: impl Fn(IpAddr) -> bool,
-    ) -> Relay {
-        let Some(bound) = self.bound.get().copied() else {
-            return Relay::Refuse(500, "Server Internal Error");
+        bytes: &[u8],
+        key: Option<&TxKey>,
+        source: &Flow,
+        d: &Dialog,
+        side: Side,
+    ) -> Result<(), (u16, &'static str)> {
+        let StartLine::Request { method, uri } = m.start else {
+            return Err((400, "Bad Request"));
         };
-        let call_id = m.header(Name::CallId).unwrap_or("");
-        let route = m
-            .header(Name::Route)
-            .and_then(|v| split_list(v).next())
-            .and_then(uri_of);
-        let ours = route
-            .and_then(SipUri::parse)
-            .is_some_and(|u| u.port.unwrap_or(5060) == bound.port());
-        let token_ok = route.is_some_and(|r| {
-            sip::header::param(r, "sw").flatten().is_some_and(|t| {
-                subtle::ConstantTimeEq::ct_eq(t.as_bytes(), self.dialog_token(call_id).as_bytes())
-                    .into()
-            })
-        });
-        if !ours {
-            return Relay::Refuse(481, "Call/Transaction Does Not Exist");
+        let to = d
+            .other(side)
+            .flow
+            .ok_or((481, "Call/Transaction Does Not Exist"))?;
+        let branch = self.sig.branch();
+        let (out, _) = self
+            .forward(m, source, &to, uri, branch.as_str(), &[], false)
+            .ok_or((483, "Too Many Hops"))?;
+        if method == "ACK" {
+            self.egress
+                .ack(out, Some(source), to)
+                .map_err(|_| (481, "Call/Transaction Does Not Exist"))?;
+            Metrics::inc(&self.metrics.relayed);
+            return Ok(());
         }
-        if !token_ok {
-            return Relay::Refuse(403, "Forbidden");
+        let key = key.ok_or((400, "Bad Request"))?;
+        // Held until the relay is recorded: its answer may come at once, on another
+        // thread.
+        let mut st = self.lock();
+        let tx = self
+            .egress
+            .start(
+                out,
+                to,
+                Purpose::InDialog { from: Some(source) },
+                Owner::Proxy,
+            )
+            .map_err(|_| (481, "Call/Transaction Does Not Exist"))?;
+        Metrics::inc(&self.metrics.relayed);
+        if method == "BYE" {
+            self.dialogs.terminating(d.id);
         }
-        if self.looped(m) {
-            return Relay::Refuse(482, "Loop Detected");
+        if method == "INVITE" {
+            st.relays_by_key.insert(key.clone(), tx);
         }
-        if m.header(Name::MaxForwards)
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            == Some(0)
-        {
-            return Relay::Refuse(483, "Too Many Hops");
-        }
-        // The branch follows from the sender's, so retransmissions take the same one.
-        let their = m
-            .header(Name::Via)
-            .and_then(Via::parse_top)
-            .and_then(|v| v.branch)
-            .unwrap_or("");
-        let branch = format!(
-            "{BRANCH_PREFIX}{}",
-            self.mac(&[b"relay", their.as_bytes(), method.as_bytes()])
+        st.by_tx.insert(
+            tx,
+            Forward::Relay(Relay {
+                request: bytes.to_vec(),
+                key: key.clone(),
+                source: *source,
+                dialog: d.id,
+                method: method.to_owned(),
+            }),
         );
-        // Loose routing: the next Route if any, else the Request-URI.
-        let next = m
-            .header(Name::Route)
-            .and_then(|v| split_list(v).nth(1))
-            .and_then(uri_of)
-            .or_else(|| {
-                m.headers_named(Name::Route)
-                    .nth(1)
-                    .and_then(|v| split_list(v).next())
-                    .and_then(uri_of)
-            })
-            .unwrap_or(uri);
-        let Some(target) = uri_target(next) else {
-            return Relay::Refuse(404, "Not Found");
-        };
-        if !allowed(target.ip()) {
-            return Relay::Refuse(403, "Forbidden");
-        }
-        let Some(headers) = self.forward_headers(m, source, target, &branch, None, true) else {
-            return Relay::Refuse(400, "Bad Request");
-        };
-        Relay::Forward(Send {
-            bytes: render(&format!("{method} {uri} SIP/2.0"), headers, m.body),
-            target,
-        })
+        Ok(())
     }
 
-    /// Retransmissions and timeouts (run every ~100 ms): INVITE branches until a
-    /// provisional answer (Timer A, B), non-2xx answers upstream until ACKed (Timer G,
-    /// H); calls are forgotten 32 s after they ended.
-    pub fn tick(&self, now: Instant) -> Vec<Send> {
-        let mut out = Vec::new();
-        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
-        let mut gone = Vec::new();
-        for (key, call) in calls.iter_mut() {
-            let mut timed_out = false;
-            for b in call.branches.iter_mut() {
-                if b.status == 0 && now >= b.next_retransmit {
-                    if now.duration_since(b.started) >= TIMER_B {
-                        b.status = 408;
-                        timed_out = true;
-                    } else {
-                        out.push(Send {
-                            bytes: b.invite.clone(),
-                            target: b.target,
+    /// Our own answer upstream (408, 480, 487...) to the call's INVITE.
+    fn answer(&self, request: &[u8], key: &TxKey, source: &Flow, code: u16, reason: &str) {
+        let Ok(m) = sip::msg::parse(request) else {
+            return;
+        };
+        let tag = self.sig.token("tag");
+        if let Ok(b) = ResponseBuilder::new(&m, code, reason, source.remote, &tag) {
+            let _ = self.egress.respond(key, b.finish());
+        }
+    }
+
+    /// An output of one of our client transactions (`m`: the response, for deliveries).
+    pub fn on_delivery(&self, d: &Delivery, m: Option<&Message<'_>>, now: Instant) {
+        let forward = {
+            let mut st = self.lock();
+            if d.action == Action::Terminated {
+                match st.by_tx.remove(&d.tx) {
+                    Some(Forward::Relay(r)) => {
+                        st.relays_by_key.remove(&r.key);
+                    }
+                    Some(Forward::Branch { call, .. }) => {
+                        let gone = st.calls.get(&call).is_some_and(|c| {
+                            c.branches.iter().all(|b| !st.by_tx.contains_key(&b.tx))
                         });
-                        b.interval *= 2;
-                        b.next_retransmit = now + b.interval;
+                        if gone {
+                            st.calls.remove(&call);
+                        }
+                    }
+                    None => {}
+                }
+                return;
+            }
+            match st.by_tx.get(&d.tx) {
+                Some(Forward::Branch { call, index }) => Some((call.clone(), *index)),
+                Some(Forward::Relay(_)) => None,
+                None => return,
+            }
+        };
+        match forward {
+            Some((call, index)) => self.branch_event(&call, index, &d.action, m, now),
+            None => self.relay_event(d, m, now),
+        }
+    }
+
+    fn relay_event(&self, d: &Delivery, m: Option<&Message<'_>>, now: Instant) {
+        let st = self.lock();
+        let Some(Forward::Relay(r)) = st.by_tx.get(&d.tx) else {
+            return;
+        };
+        let (request, key, source, dialog, method) = (
+            r.request.clone(),
+            r.key.clone(),
+            r.source,
+            r.dialog,
+            r.method.clone(),
+        );
+        drop(st);
+        let final_answer = match (&d.action, m) {
+            (Action::Deliver(class), Some(m)) => {
+                if let Some(bytes) = upstream_response(&request, &source, m) {
+                    let _ = self.egress.respond(&key, bytes);
+                }
+                *class != ResponseClass::Provisional
+            }
+            (Action::TimedOut | Action::TransportFailed, _) => {
+                self.answer(&request, &key, &source, 408, "Request Timeout");
+                true
+            }
+            _ => false,
+        };
+        if final_answer && method == "BYE" {
+            self.dialogs.end(dialog, now);
+        }
+    }
+
+    fn branch_event(
+        &self,
+        call_key: &TxKey,
+        index: usize,
+        action: &Action<crate::flow::Flow>,
+        m: Option<&Message<'_>>,
+        now: Instant,
+    ) {
+        let code = m
+            .and_then(|m| match m.start {
+                StartLine::Response { code, .. } => Some(code),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let to_tag = m
+            .and_then(|m| m.header(Name::To))
+            .and_then(NameAddr::parse)
+            .and_then(|a| a.tag())
+            .map(str::to_owned);
+        let mut st = self.lock();
+        let Some(call) = st.calls.get_mut(call_key) else {
+            return;
+        };
+        let Some(branch) = call.branches.get(index) else {
+            return;
+        };
+        let branch_flow = branch.flow;
+        let (request, key, source) = (call.request.clone(), call.key.clone(), call.source);
+        match action {
+            Action::Deliver(ResponseClass::Provisional) => {
+                let Some(m) = m else { return };
+                if code > 100
+                    && let Some(tag) = &to_tag
+                    && !call.final_sent
+                    && !call.branches[index].dialogs.iter().any(|(t, _)| t == tag)
+                    && let Ok(id) = self
+                        .dialogs
+                        .create(self.new_dialog(call, tag, branch_flow, Phase::Early), now)
+                {
+                    call.branches[index].dialogs.push((tag.clone(), id));
+                }
+                let up = (code > 100 && !call.final_sent)
+                    .then(|| upstream_response(&request, &source, m))
+                    .flatten();
+                drop(st);
+                if let Some(bytes) = up {
+                    let _ = self.egress.respond(&key, bytes);
+                }
+            }
+            Action::Deliver(ResponseClass::Success) => {
+                let Some(m) = m else { return };
+                let first = !call.answered;
+                call.answered = true;
+                call.branches[index].done = true;
+                if let Some(tag) = &to_tag {
+                    let existing = call.branches[index]
+                        .dialogs
+                        .iter()
+                        .find(|(t, _)| t == tag)
+                        .map(|(_, id)| *id);
+                    match existing {
+                        Some(id) => self.dialogs.confirm(id, now),
+                        None => {
+                            if let Ok(id) = self.dialogs.create(
+                                self.new_dialog(call, tag, branch_flow, Phase::Confirmed),
+                                now,
+                            ) {
+                                call.branches[index].dialogs.push((tag.clone(), id));
+                            }
+                        }
                     }
                 }
-            }
-            if timed_out && call.best.is_none() {
-                call.best = Some((408, timeout_response(call)));
-            }
-            out.extend(finish_if_done(call, now));
-            if let Some(f) = &call.upstream_final
-                && !call.acked
-                && now >= call.next_final
-                && now.duration_since(call.final_since) < TIMER_B
-            {
-                out.push(Send {
-                    bytes: f.clone(),
-                    target: call.upstream,
-                });
-                call.final_interval = (call.final_interval * 2).min(T2);
-                call.next_final = now + call.final_interval;
-            }
-            // Answered calls need no state (2xx retransmissions and in-dialog requests
-            // are relayed by their Via and Route); a non-2xx answer is kept until
-            // ACKed or Timer H; anything else until twice Timer B.
-            let answered = call
-                .answered_at
-                .is_some_and(|t| now.duration_since(t) >= ANSWERED_KEPT);
-            let finished = call.upstream_final.is_some()
-                && (call.acked || now.duration_since(call.final_since) >= TIMER_B);
-            if answered || finished || now.duration_since(call.created) >= TIMER_B * 2 {
-                gone.push(key.clone());
-            }
-        }
-        let mut by_branch = self.by_branch.lock().unwrap_or_else(|p| p.into_inner());
-        for key in gone {
-            if let Some(call) = calls.remove(&key) {
-                for b in call.branches {
-                    by_branch.remove(&b.branch);
+                // The other branches and the early dialogs that did not answer end.
+                let mut cancel = Vec::new();
+                if first {
+                    for (i, b) in call.branches.iter().enumerate() {
+                        for (t, id) in &b.dialogs {
+                            if i != index || Some(t) != to_tag.as_ref() {
+                                self.dialogs.end(*id, now);
+                            }
+                        }
+                        if i != index && !b.done {
+                            cancel.push(b.tx);
+                        }
+                    }
+                }
+                call.final_sent = true;
+                let up = upstream_response(&request, &source, m);
+                drop(st);
+                if let Some(bytes) = up {
+                    let _ = self.egress.respond(&key, bytes);
+                }
+                for tx in cancel {
+                    let _ = self.egress.cancel(tx);
                 }
             }
-        }
-        out
-    }
-}
-
-/// When every branch has a final answer and none was a 2xx: the best one goes
-/// upstream (once; then Timer G repeats it until the caller's ACK).
-fn finish_if_done(call: &mut Call, now: Instant) -> Option<Send> {
-    let all_done = call.branches.iter().all(|b| b.status >= 200);
-    if !all_done || call.answered || call.upstream_final.is_some() {
-        return None;
-    }
-    let (_, best) = call.best.take()?;
-    call.upstream_final = Some(best.clone());
-    call.next_final = now + T1;
-    call.final_since = now;
-    Some(Send {
-        bytes: best,
-        target: call.upstream,
-    })
-}
-
-/// `408 Request Timeout` for the caller when no branch answered in time.
-fn timeout_response(call: &Call) -> Vec<u8> {
-    let mut headers: Vec<(String, String)> = call
-        .upstream_vias
-        .iter()
-        .map(|v| ("Via".to_owned(), v.clone()))
-        .collect();
-    headers.push(("From".into(), call.from.clone()));
-    headers.push(("To".into(), format!("{};tag=sw408", call.to)));
-    headers.push(("Call-ID".into(), call.call_id.clone()));
-    headers.push(("CSeq".into(), format!("{} INVITE", call.cseq)));
-    headers.push(("Content-Length".into(), "0".into()));
-    render("SIP/2.0 408 Request Timeout", headers, b"")
-}
-
-/// The response without its top Via entry (ours).
-fn strip_top_via(m: &Message<'_>) -> Option<Vec<u8>> {
-    let StartLine::Response { code, reason } = m.start else {
-        return None;
-    };
-    let mut headers = Vec::with_capacity(m.headers.len());
-    let mut first = true;
-    for h in &m.headers {
-        if h.name == Name::Via && first {
-            first = false;
-            let rest: Vec<&str> = split_list(&h.value).skip(1).collect();
-            if !rest.is_empty() {
-                headers.push(("Via".to_owned(), rest.join(", ")));
+            Action::Deliver(ResponseClass::Failure) => {
+                let Some(m) = m else { return };
+                call.branches[index].done = true;
+                for (_, id) in &call.branches[index].dialogs {
+                    self.dialogs.end(*id, now);
+                }
+                let mut up = upstream_response(&request, &source, m).map(|b| (code, b));
+                if (300..400).contains(&code) && !self.redirect_allowed(call, m) {
+                    Metrics::inc(&self.metrics.transfers_refused);
+                    up = None;
+                    let tag = self.sig.token("tag");
+                    let refused = sip::msg::parse(&request).ok().and_then(|rm| {
+                        ResponseBuilder::new(
+                            &rm,
+                            480,
+                            "Temporarily Unavailable",
+                            source.remote,
+                            &tag,
+                        )
+                        .ok()
+                        .map(|b| (480, b.finish()))
+                    });
+                    if let Some(r) = refused {
+                        up = Some(r);
+                    }
+                }
+                if let Some((code, bytes)) = up
+                    && call
+                        .best
+                        .as_ref()
+                        .is_none_or(|(c, _)| rank(code) < rank(*c))
+                {
+                    call.best = Some((code, bytes));
+                }
+                self.finish_if_done(&mut st, call_key);
             }
-            continue;
+            Action::TimedOut | Action::TransportFailed => {
+                call.branches[index].done = true;
+                for (_, id) in &call.branches[index].dialogs {
+                    self.dialogs.end(*id, now);
+                }
+                self.finish_if_done(&mut st, call_key);
+            }
+            // A 2xx after this branch failed or gave up: the caller has its final
+            // answer already; the callee's phone ends the call when no ACK comes.
+            Action::LateSuccess | Action::Send { .. } | Action::Terminated => {}
         }
-        headers.push((h.raw_name.to_owned(), h.value.to_string()));
     }
-    Some(render(&format!("SIP/2.0 {code} {reason}"), headers, m.body))
-}
 
-/// Where a response goes after our Via is removed: the next Via's `received`/`rport`
-/// (which we filled in when forwarding), else its sent-by.
-fn next_hop(m: &Message<'_>) -> Option<SocketAddr> {
-    let mut entries = m.headers_named(Name::Via).flat_map(split_list);
-    entries.next()?;
-    let v = Via::parse(entries.next()?)?;
-    let received = sip::header::param(v.params, "received")
-        .flatten()
-        .and_then(|r| r.parse::<IpAddr>().ok());
-    let ip = received.or_else(|| v.host.parse().ok())?;
-    let sent_by = SocketAddr::new(ip, v.port.unwrap_or(5060));
-    Some(match v.rport {
-        Some(Some(p)) => SocketAddr::new(ip, p),
-        _ => datagram_target(&v, sent_by),
-    })
+    /// When every branch is done and none answered: the best failure goes upstream
+    /// (487 after a CANCEL, 408 when nothing came at all).
+    fn finish_if_done(&self, st: &mut std::sync::MutexGuard<'_, State>, call_key: &TxKey) {
+        let Some(call) = st.calls.get_mut(call_key) else {
+            return;
+        };
+        if call.final_sent || call.answered || !call.branches.iter().all(|b| b.done) {
+            return;
+        }
+        call.final_sent = true;
+        let best = call.best.take();
+        let (request, key, source, cancelled) = (
+            call.request.clone(),
+            call.key.clone(),
+            call.source,
+            call.cancelled,
+        );
+        match best {
+            Some((_, bytes)) => {
+                let _ = self.egress.respond(&key, bytes);
+            }
+            None if cancelled => self.answer(&request, &key, &source, 487, "Request Terminated"),
+            None => self.answer(&request, &key, &source, 408, "Request Timeout"),
+        }
+    }
+
+    fn new_dialog(
+        &self,
+        call: &Call,
+        callee_tag: &str,
+        callee_flow: Flow,
+        phase: Phase,
+    ) -> NewDialog {
+        NewDialog {
+            call_id: call.call_id.clone(),
+            caller: Party {
+                who: call.caller.clone(),
+                tag: call.caller_tag.clone(),
+                flow: Some(call.source),
+            },
+            callee: Party {
+                who: Who::Extension(call.callee.clone()),
+                tag: callee_tag.to_owned(),
+                flow: Some(callee_flow),
+            },
+            phase,
+            kind: Kind::Proxied,
+            class: call.class,
+            class_of_service: call.class_of_service,
+            e164: None,
+        }
+    }
+
+    /// A 3xx from the callee: every target outside must be one the callee (the
+    /// referrer) may call; a granted one is then the callee's call when the caller
+    /// places it.
+    fn redirect_allowed(&self, call: &Call, m: &Message<'_>) -> bool {
+        // A trunk that follows a redirect dials the target at the owner's cost: no
+        // redirect goes back to a trunk.
+        let transferee = match &call.caller {
+            Who::Extension(n) => Some(n.as_str()),
+            _ => return false,
+        };
+        let targets: Vec<&str> = m
+            .headers_named(Name::Contact)
+            .flat_map(split_list)
+            .collect();
+        let now = self.sig.clock.now();
+        !targets.is_empty()
+            && targets.iter().all(|t| {
+                self.transfers.judge(Some(&call.callee), transferee, t, now) != Verdict::Refused
+            })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::egress::tests::{Rig, addr, rig};
+    use policy::clock::Clock;
 
-    const INVITE: &str = "INVITE sip:1002@127.0.0.1 SIP/2.0\r\n\
-        Via: SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bKcaller1;rport\r\n\
-        From: <sip:1001@pbx>;tag=f1\r\nTo: <sip:1002@pbx>\r\nCall-ID: c1\r\nCSeq: 2 INVITE\r\n\
-        Proxy-Authorization: Digest username=\"x\"\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
-    const CALLER: &str = "10.0.0.1:5062";
+    const INVITE: &str = "INVITE sip:1001@pbx SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKcaller1;rport\r\n\
+        From: <sip:1002@pbx>;tag=f1\r\nTo: <sip:1001@pbx>\r\nCall-ID: c1\r\nCSeq: 2 INVITE\r\n\
+        Proxy-Authorization: Digest username=\"x\"\r\nCall-Info: <sip:pbx>;answer-after=0\r\n\
+        Route: <sip:192.0.2.100;lr>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
 
-    fn proxy() -> Proxy {
-        let p = Proxy::new([9; 32]);
-        p.set_bound("127.0.0.1:5060".parse().expect("addr"));
-        p
+    fn caller() -> Flow {
+        Flow::udp(addr("192.0.2.9:5060"))
     }
 
-    fn addr(s: &str) -> SocketAddr {
-        s.parse().expect("addr")
+    fn callee() -> Flow {
+        Flow::udp(addr("192.0.2.1:5062"))
     }
 
-    fn start(p: &Proxy, contacts: &[&str], now: Instant) -> Vec<Send> {
+    fn proxy(r: &Rig) -> Proxy {
+        let transfers = Arc::new(Transfers::new(
+            Arc::new(crate::admission::Outbound::new(
+                policy::dialplan::DialPlan::default(),
+            )),
+            Arc::new(crate::trunk::tests::trunks()),
+            Arc::new(crate::directory::DirectoryCache::default()),
+        ));
+        Proxy::new(r.signalling(), transfers)
+    }
+
+    /// The caller's INVITE to 1001, arrived and forked; what went downstream.
+    fn invite(r: &Rig, p: &Proxy) -> (TxKey, String) {
         let m = sip::msg::parse(INVITE.as_bytes()).expect("parse");
-        let contacts: Vec<(String, SocketAddr)> = contacts
-            .iter()
-            .map(|c| (format!("sip:1002@{c}"), addr(c)))
-            .collect();
-        p.start(&m, addr(CALLER), addr(CALLER), &contacts, now)
-            .expect("started")
+        let key = TxKey::of(&m).expect("key");
+        r.egress.arrived(&key, caller(), r.clock.instant());
+        p.invite(Placed {
+            request: INVITE.as_bytes(),
+            key: key.clone(),
+            source: caller(),
+            caller: Who::Extension("1002".into()),
+            callee: "1001",
+            contacts: r.registrar.flows("1001", 1_800_000_000),
+            intercom: false,
+            ring: std::time::Duration::from_secs(180),
+            class: Some(policy::dialplan::CallClass::Internal),
+            class_of_service: Some(policy::dialplan::ClassOfService::Internal),
+        })
+        .expect("forked");
+        let sent = r.wire.take();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, callee(), "to the flow it registered from");
+        (key, String::from_utf8(sent[0].1.clone()).expect("utf8"))
     }
 
-    fn branch_of(bytes: &[u8]) -> String {
-        let m = sip::msg::parse(bytes).expect("parse");
-        m.header(Name::Via)
-            .and_then(Via::parse_top)
-            .and_then(|v| v.branch)
-            .expect("branch")
-            .to_owned()
-    }
-
-    fn answer(to_request: &[u8], code: u16) -> Vec<u8> {
-        let m = sip::msg::parse(to_request).expect("parse");
-        let vias: Vec<String> = m
+    /// The callee's answer to `req`, through the egress rule and back to the proxy.
+    fn answer(r: &Rig, p: &Proxy, req: &str, code: u16, from: Flow) {
+        let m = sip::msg::parse(req.as_bytes()).expect("parse");
+        let vias: String = m
             .headers_named(Name::Via)
             .map(|v| format!("Via: {v}\r\n"))
             .collect();
-        format!(
-            "SIP/2.0 {code} X\r\n{}From: <sip:1001@pbx>;tag=f1\r\nTo: <sip:1002@pbx>;tag=callee\r\n\
-             Call-ID: c1\r\nCSeq: 2 INVITE\r\nContent-Length: 0\r\n\r\n",
-            vias.concat()
-        )
-        .into_bytes()
-    }
-
-    fn respond(p: &Proxy, bytes: &[u8]) -> Vec<Send> {
-        p.response(&sip::msg::parse(bytes).expect("parse"))
-    }
-
-    #[test]
-    fn the_forwarded_invite_carries_our_via_record_route_and_no_credentials() {
-        let p = proxy();
-        let sends = start(&p, &["10.0.0.2:5070"], Instant::now());
-        assert_eq!(sends.len(), 1);
-        let text = String::from_utf8(sends[0].bytes.clone()).expect("utf8");
-        assert!(text.starts_with("INVITE sip:1002@10.0.0.2:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKswp"));
-        assert!(text.contains("branch=z9hG4bKcaller1;received=10.0.0.1;rport=5062"));
-        assert!(text.contains("Record-Route: <sip:127.0.0.1:5060;lr;sw="));
-        assert!(text.contains("Max-Forwards: 69\r\n"));
-        assert!(!text.contains("Proxy-Authorization"));
-        assert_eq!(sends[0].target, addr("10.0.0.2:5070"));
-        // Its own INVITE coming back is a loop.
-        let m = sip::msg::parse(&sends[0].bytes).expect("parse");
-        assert_eq!(
-            p.start(&m, addr(CALLER), addr(CALLER), &[], Instant::now()),
-            Err((482, "Loop Detected"))
+        let text = format!(
+            "SIP/2.0 {code} X\r\n{vias}From: <sip:1002@pbx>;tag=f1\r\nTo: <sip:1001@pbx>;tag=callee\r\n\
+             Call-ID: c1\r\nCSeq: 2 INVITE\r\nContact: <sip:1001@198.51.100.9>\r\nContent-Length: 0\r\n\r\n"
         );
-    }
-
-    #[test]
-    fn a_busy_callee_is_acked_here_and_the_answer_repeated_until_the_caller_acks() {
-        let p = proxy();
-        let t0 = Instant::now();
-        let sends = start(&p, &["10.0.0.2:5070"], t0);
-        let out = respond(&p, &answer(&sends[0].bytes, 486));
-        assert_eq!(out.len(), 2, "ACK downstream, 486 upstream");
-        assert!(
-            out[0]
-                .bytes
-                .starts_with(b"ACK sip:1002@10.0.0.2:5070 SIP/2.0")
-        );
-        assert_eq!(out[0].target, addr("10.0.0.2:5070"));
-        assert!(out[1].bytes.starts_with(b"SIP/2.0 486"));
-        assert_eq!(out[1].target, addr(CALLER));
-        let up = String::from_utf8(out[1].bytes.clone()).expect("utf8");
-        assert!(!up.contains("z9hG4bKswp"), "our Via is gone: {up}");
-        // Timer G until the ACK.
-        assert_eq!(p.tick(t0 + Duration::from_millis(600)).len(), 1);
-        let ack = INVITE
-            .replace("INVITE sip", "ACK sip")
-            .replace("2 INVITE", "2 ACK");
-        assert!(p.ack_upstream_final(&sip::msg::parse(ack.as_bytes()).expect("parse")));
-        assert!(p.tick(t0 + Duration::from_secs(3)).is_empty());
-        assert_eq!(p.call_count(), 0, "forgotten once ACKed");
-    }
-
-    #[test]
-    fn in_dialog_requests_need_our_token_and_a_known_target() {
-        let p = proxy();
-        let sends = start(&p, &["10.0.0.2:5070"], Instant::now());
-        let text = String::from_utf8(sends[0].bytes.clone()).expect("utf8");
-        let rr = text
-            .lines()
-            .find_map(|l| l.strip_prefix("Record-Route: "))
-            .expect("record-route")
-            .to_owned();
-        let bye = |route: &str, uri: &str| {
-            format!(
-                "BYE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bKbye1;rport\r\n\
-                 From: <sip:1001@pbx>;tag=f1\r\nTo: <sip:1002@pbx>;tag=callee\r\nCall-ID: c1\r\n\
-                 CSeq: 3 BYE\r\nRoute: {route}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-            )
-        };
-        let relay = |text: String, allowed: bool| {
-            let m = sip::msg::parse(text.as_bytes()).expect("parse");
-            let StartLine::Request { method, uri, .. } = m.start else {
-                panic!("request")
-            };
-            p.relay(&m, method, uri, addr(CALLER), |_| allowed)
-        };
-        match relay(bye(&rr, "sip:1002@10.0.0.2:5070"), true) {
-            Relay::Forward(s) => {
-                assert_eq!(s.target, addr("10.0.0.2:5070"));
-                let t = String::from_utf8(s.bytes).expect("utf8");
-                assert!(!t.contains("Route:"), "our Route entry is consumed: {t}");
-                assert!(t.contains("Max-Forwards: 69"));
+        let m = sip::msg::parse(text.as_bytes()).expect("parse");
+        let now = r.clock.instant();
+        if let Ok(ds) = r.egress.on_response(&m, &from, now) {
+            for d in ds {
+                p.on_delivery(&d, Some(&m), now);
             }
-            other => panic!("not relayed: {other:?}"),
         }
-        // To an address no registered phone is at: refused.
-        assert_eq!(
-            relay(bye(&rr, "sip:00252612345678@192.0.2.99"), false),
-            Relay::Refuse(403, "Forbidden")
-        );
-        // Another dialog's token does not fit this Call-ID.
-        let other = bye(&rr, "sip:1002@10.0.0.2:5070").replace("Call-ID: c1", "Call-ID: c2");
-        assert_eq!(relay(other, true), Relay::Refuse(403, "Forbidden"));
     }
 
     #[test]
-    fn forks_cancel_the_losers_and_silence_times_out_with_408() {
-        let p = proxy();
-        let t0 = Instant::now();
-        let sends = start(&p, &["10.0.0.2:5070", "10.0.0.3:5070"], t0);
-        assert_eq!(sends.len(), 2);
-        assert_ne!(branch_of(&sends[0].bytes), branch_of(&sends[1].bytes));
-        let out = respond(&p, &answer(&sends[1].bytes, 200));
-        assert!(out[0].bytes.starts_with(b"SIP/2.0 200"));
-        assert!(out[1].bytes.starts_with(b"CANCEL sip:1002@10.0.0.2:5070"));
-        assert_eq!(branch_of(&out[1].bytes), branch_of(&sends[0].bytes));
-
-        let p = proxy();
-        let sends = start(&p, &["10.0.0.2:5070"], t0);
-        // Timer A: retransmitted at 0.5 s, 1.5 s, ...
-        assert_eq!(
-            p.tick(t0 + Duration::from_millis(510)),
-            vec![Send {
-                bytes: sends[0].bytes.clone(),
-                target: addr("10.0.0.2:5070"),
-            }]
-        );
-        let out = p.tick(t0 + Duration::from_secs(33));
+    fn the_forwarded_invite_carries_our_via_and_record_route_and_nothing_of_the_callers() {
+        let r = rig();
+        let p = proxy(&r);
+        let (_, sent) = invite(&r, &p);
+        assert!(sent.starts_with("INVITE sip:1001@198.51.100.9:7000 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.100:5060;branch=z9hG4bK"), "{sent}");
+        assert!(sent.contains("branch=z9hG4bKcaller1;received=192.0.2.9;rport=5060"));
+        assert!(sent.contains("Record-Route: <sip:192.0.2.100:5060;lr>"));
+        assert!(sent.contains("Max-Forwards: 69\r\n"));
         assert!(
-            out.iter()
-                .any(|s| s.bytes.starts_with(b"SIP/2.0 408") && s.target == addr(CALLER))
+            !sent.contains("Proxy-Authorization"),
+            "our credentials stay here"
         );
-        // Forgotten later.
-        p.tick(t0 + Duration::from_secs(70));
-        assert_eq!(p.call_count(), 0);
+        assert!(!sent.contains("\r\nRoute:"), "no Route goes on");
+        assert!(
+            !sent.contains("answer-after"),
+            "no auto-answer hint without intercom"
+        );
+    }
+
+    #[test]
+    fn a_failure_is_acked_downstream_and_goes_upstream_to_the_caller_only() {
+        let r = rig();
+        let p = proxy(&r);
+        let (_, sent) = invite(&r, &p);
+        // The same 486 from a third address reaches nothing.
+        answer(&r, &p, &sent, 486, Flow::udp(addr("192.0.2.66:5062")));
+        assert!(r.wire.take().is_empty());
+        answer(&r, &p, &sent, 486, callee());
+        let out = r.wire.take();
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out[0].1.starts_with(b"ACK sip:1001@198.51.100.9:7000"));
+        assert_eq!(out[0].0, callee());
+        assert!(out[1].1.starts_with(b"SIP/2.0 486"));
+        assert_eq!(out[1].0, caller());
+        assert_eq!(p.call_count(), 1, "until the branch's transaction ends");
+    }
+
+    #[test]
+    fn a_callee_that_rings_too_long_is_cancelled() {
+        let r = rig();
+        let p = proxy(&r);
+        let (_, sent) = invite(&r, &p);
+        answer(&r, &p, &sent, 180, callee());
+        r.wire.take();
+        p.tick(r.clock.instant() + std::time::Duration::from_secs(179));
+        assert!(r.wire.take().is_empty());
+        p.tick(r.clock.instant() + std::time::Duration::from_secs(180));
+        let out = r.wire.take();
+        assert_eq!(out.len(), 1);
+        assert!(out[0].1.starts_with(b"CANCEL sip:1001@198.51.100.9:7000"));
+        assert_eq!(out[0].0, callee());
+    }
+
+    #[test]
+    fn a_2xx_confirms_the_dialog_of_the_two_parties() {
+        let r = rig();
+        let p = proxy(&r);
+        let (_, sent) = invite(&r, &p);
+        answer(&r, &p, &sent, 180, callee());
+        let (d, _) = r.dialogs.find("c1", "f1", "callee").expect("early dialog");
+        assert_eq!(d.phase, crate::dialog::Phase::Early);
+        answer(&r, &p, &sent, 200, callee());
+        let (d, side) = r.dialogs.find("c1", "callee", "f1").expect("dialog");
+        assert_eq!(side, Side::Callee);
+        assert_eq!(d.phase, crate::dialog::Phase::Confirmed);
+        assert_eq!(d.caller.flow, Some(caller()));
+        assert_eq!(d.callee.flow, Some(callee()));
+        let out = r.wire.take();
+        assert!(
+            out.iter().all(|(f, _)| *f == caller()),
+            "both answers go upstream"
+        );
+        assert!(out.iter().any(|(_, m)| m.starts_with(b"SIP/2.0 200")));
+    }
+
+    #[test]
+    fn auto_answer_hints_are_taken_out_entry_by_entry() {
+        let cases = [
+            ("Call-Info", "<sip:127.0.0.1>;answer-after=0", None),
+            ("call-info", "<sip:127.0.0.1>;Answer-After=0", None),
+            ("Call-Info", ";answer-after=0", None),
+            (
+                "Call-Info",
+                "<http://127.0.0.1/photo.jpg>;purpose=icon, <sip:127.0.0.1>;answer-after=0",
+                Some("<http://127.0.0.1/photo.jpg>;purpose=icon"),
+            ),
+            (
+                "Alert-Info",
+                "<http://www.notused.com>;info=alert-autoanswer;delay=0",
+                None,
+            ),
+            ("Alert-Info", "info=alert-autoanswer", None),
+            ("Alert-Info", "Auto Answer", None),
+            ("Alert-Info", "Ring Answer", None),
+            ("Alert-Info", "<http://127.0.0.1>;info=intercom", None),
+            (
+                "Alert-Info",
+                "<http://127.0.0.1/ring.wav>, <http://www.notused.com>;info=alert-autoanswer",
+                Some("<http://127.0.0.1/ring.wav>"),
+            ),
+            ("Answer-Mode", "Auto", None),
+            ("Priv-Answer-Mode", "Auto", None),
+        ];
+        for (name, value, kept) in cases {
+            let (got, removed) = without_auto_answer(name, value);
+            assert_eq!(got.as_deref(), kept, "{name}: {value}");
+            assert!(removed, "{name}: {value}");
+        }
+        // Control: what is no hint stays as it is.
+        assert_eq!(
+            without_auto_answer("Call-Info", "<http://x/photo.jpg>;purpose=icon"),
+            (Some("<http://x/photo.jpg>;purpose=icon".to_owned()), false)
+        );
+        assert_eq!(
+            without_auto_answer("Alert-Info", "<http://x/ring.wav>"),
+            (Some("<http://x/ring.wav>".to_owned()), false)
+        );
+        assert_eq!(
+            without_auto_answer("Subject", "auto answer"),
+            (Some("auto answer".to_owned()), false)
+        );
+    }
+
+    #[test]
+    fn failures_rank_as_the_rfc_says() {
+        let mut codes = vec![486, 603, 408, 302, 407, 500];
+        codes.sort_by_key(|c| rank(*c));
+        assert_eq!(codes, vec![603, 407, 302, 408, 486, 500]);
+    }
+
+    #[test]
+    fn a_response_goes_upstream_with_the_callers_own_vias() {
+        let request = b"INVITE sip:1002@pbx SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bKcaller;rport\r\n\
+            From: <sip:1001@pbx>;tag=f\r\nTo: <sip:1002@pbx>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        // The callee answers with a forged second Via naming a victim.
+        let answer = b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKours\r\n\
+            Via: SIP/2.0/UDP 192.0.2.66:5060;branch=z9hG4bKvictim\r\nFrom: <sip:1001@pbx>;tag=f\r\n\
+            To: <sip:1002@pbx>;tag=t\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 2\r\n\r\nab";
+        let m = sip::msg::parse(answer).expect("parse");
+        let source = Flow::udp("10.0.0.1:5062".parse().expect("addr"));
+        let up = upstream_response(request, &source, &m).expect("built");
+        let text = String::from_utf8(up.clone()).expect("utf8");
+        assert!(
+            !text.contains("victim") && !text.contains("z9hG4bKours"),
+            "{text}"
+        );
+        assert!(text.contains("branch=z9hG4bKcaller;received=10.0.0.1;rport=5062"));
+        let parsed = sip::msg::parse(&up).expect("parses");
+        assert_eq!(parsed.body, b"ab");
+        assert_eq!(parsed.header(Name::To), Some("<sip:1002@pbx>;tag=t"));
     }
 }

@@ -1,13 +1,15 @@
 //! The registrar's bindings (RFC 3261 §10.3): per extension, several contacts, each with
-//! its Call-ID, CSeq, expiry and the credential generation of the login that made it.
-//! Kept in memory for speed and written to the store, from which they are loaded at
-//! start, so registrations survive a restart. All time is passed in (epoch seconds), so
-//! the state machine is tested without sleeping.
+//! its Call-ID, CSeq, expiry, the credential generation of the login that made it, and
+//! the flow the REGISTER came on. That flow, not the Contact's host and port (which a
+//! phone writes as it likes), is where sipward reaches the phone: calls, NOTIFYs and
+//! OPTIONS go there and nowhere else. Kept in memory for speed and written to the
+//! store, from which they are loaded at start, so registrations survive a restart. All
+//! time is passed in (epoch seconds), so the state machine is tested without sleeping.
 //!
 //! Durability: a new or moved binding (a contact not bound before, or bound from
-//! another source, transport or login) and a removal are written before their `200` is
-//! sent: [`Registrar::register`] hands back a [`Durable`] ticket for the group commit
-//! that will carry the change, and the answer waits for it. Refreshes of an unchanged
+//! another flow or login) and a removal are written before their `200` is sent:
+//! [`Registrar::register`] hands back a [`Durable`] ticket for the group commit that
+//! will carry the change, and the answer waits for it. Refreshes of an unchanged
 //! binding stay write-behind: losing one in a crash costs nothing but an older expiry.
 //!
 //! Revocation: [`Registrar::reconcile`] drops every binding no credentials back any more
@@ -18,9 +20,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 
 use serde::Deserialize;
-use sip::header::addr::SipUri;
 use store::bindings::BindingRow;
 use tokio::sync::{Notify, watch};
+
+use crate::flow::Flow;
+pub use crate::flow::TransportKind;
 
 /// Registration intervals and limits (the `[registrar]` table of the config file).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -66,29 +70,14 @@ impl RegistrarConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TransportKind {
-    Udp,
-    Tcp,
-}
-
-impl TransportKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TransportKind::Udp => "udp",
-            TransportKind::Tcp => "tcp",
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Binding {
     pub contact: String,
     pub call_id: String,
     pub cseq: u32,
     pub expires_at: i64,
-    pub source: SocketAddr,
-    pub transport: TransportKind,
+    /// Where the REGISTER came from: how the phone is reached.
+    pub flow: Flow,
     /// The credential generation of the login that made it.
     pub generation: i64,
 }
@@ -110,8 +99,8 @@ pub struct RegisterRequest {
     pub cseq: u32,
     pub contacts: Contacts,
     pub expires_header: Option<u32>,
-    pub source: SocketAddr,
-    pub transport: TransportKind,
+    /// The flow the REGISTER came on.
+    pub flow: Flow,
     /// The credential generation of the login that authenticated it (see
     /// [`crate::directory::Account::generation`]).
     pub generation: i64,
@@ -181,37 +170,21 @@ struct State {
     unwritten: HashMap<String, u64>,
     /// The batch now collecting changes (ids start at 1).
     batch: u64,
-    /// How many bindings name each address (as source or as Contact host): the
-    /// addresses in-dialog requests may be relayed to.
-    hosts: HashMap<IpAddr, u32>,
     /// How many bindings were made from each source address (their REGISTER answered
     /// a nonce sent there): the addresses the guard must never ban on a forged signal.
     sources: HashMap<IpAddr, u32>,
 }
 
 impl State {
-    fn count_hosts(&mut self, list: &[Binding], add: bool) {
+    fn count_sources(&mut self, list: &[Binding], add: bool) {
         for b in list {
-            let contact_ip = SipUri::parse(&b.contact).and_then(|u| u.host.parse::<IpAddr>().ok());
-            let source = self.sources.entry(b.source.ip()).or_default();
+            let ip = b.flow.remote.ip();
             if add {
-                *source += 1;
-            } else {
-                *source = source.saturating_sub(1);
-                if *source == 0 {
-                    self.sources.remove(&b.source.ip());
-                }
-            }
-            for ip in
-                std::iter::once(b.source.ip()).chain(contact_ip.filter(|ip| *ip != b.source.ip()))
-            {
-                if add {
-                    *self.hosts.entry(ip).or_default() += 1;
-                } else if let Some(n) = self.hosts.get_mut(&ip) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        self.hosts.remove(&ip);
-                    }
+                *self.sources.entry(ip).or_default() += 1;
+            } else if let Some(n) = self.sources.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.sources.remove(&ip);
                 }
             }
         }
@@ -312,14 +285,16 @@ impl Registrar {
                                 call_id: req.call_id.clone(),
                                 cseq: req.cseq,
                                 expires_at: now + i64::from(e),
-                                source: req.source,
-                                transport: req.transport,
+                                flow: req.flow,
                                 generation: req.generation,
                             };
                             let same_place = pos.is_some_and(|i| {
                                 let o = &next[i];
-                                o.source == b.source
-                                    && o.transport == b.transport
+                                // What the store keeps: a TCP phone on a new
+                                // connection is reached on it at once, but the
+                                // stored row does not change.
+                                o.flow.remote == b.flow.remote
+                                    && o.flow.transport == b.flow.transport
                                     && o.generation == b.generation
                             });
                             must_write |= !same_place;
@@ -347,16 +322,16 @@ impl Registrar {
         // that write too: its 200 must not claim more than the store holds.
         let waits = must_write || st.unwritten.contains_key(number);
         if changed {
-            // A refresh from the same place (the common case on this hot path) changes
-            // no address: only recount when contacts or sources moved.
+            // A refresh from the same place (the common case on this hot path) moves no
+            // source: only recount when contacts or sources moved.
             let same_places = existing.len() == next.len()
                 && existing
                     .iter()
                     .zip(&next)
-                    .all(|(a, b)| a.contact == b.contact && a.source == b.source);
+                    .all(|(a, b)| a.contact == b.contact && a.flow.remote == b.flow.remote);
             if !same_places {
-                st.count_hosts(&existing, false);
-                st.count_hosts(&next, true);
+                st.count_sources(&existing, false);
+                st.count_sources(&next, true);
             }
             if next.is_empty() {
                 st.by_number.remove(number);
@@ -406,7 +381,7 @@ impl Registrar {
             return touched;
         }
         st.by_number.retain(|_, l| !l.is_empty());
-        st.count_hosts(&gone, false);
+        st.count_sources(&gone, false);
         st.dirty.extend(touched.iter().cloned());
         touched.sort();
         touched
@@ -434,7 +409,7 @@ impl Registrar {
         for n in emptied {
             st.by_number.remove(&n);
         }
-        st.count_hosts(&gone, false);
+        st.count_sources(&gone, false);
         st.dirty.extend(touched);
         removed
     }
@@ -448,9 +423,30 @@ impl Registrar {
             .unwrap_or_default()
     }
 
-    /// Whether a current binding has this address (as its source or Contact host).
-    pub fn knows_host(&self, ip: IpAddr) -> bool {
-        self.lock().hosts.contains_key(&ip)
+    /// Whether a current binding of `number` came on `flow`: what the egress rule asks
+    /// before anything is sent to a phone.
+    pub fn has_flow(&self, number: &str, flow: &Flow, now: i64) -> bool {
+        self.lock().by_number.get(number).is_some_and(|l| {
+            l.iter()
+                .any(|b| b.expires_at > now && b.flow.same_peer(flow))
+        })
+    }
+
+    /// The flows the current bindings of `number` came on, each once, newest binding
+    /// first (where a call to the extension forks to).
+    pub fn flows(&self, number: &str, now: i64) -> Vec<(String, Flow)> {
+        let st = self.lock();
+        let mut out: Vec<(String, Flow)> = Vec::new();
+        if let Some(list) = st.by_number.get(number) {
+            let mut live: Vec<&Binding> = list.iter().filter(|b| b.expires_at > now).collect();
+            live.sort_by_key(|b| std::cmp::Reverse(b.expires_at));
+            for b in live {
+                if !out.iter().any(|(_, f)| f.same_peer(&b.flow)) {
+                    out.push((b.contact.clone(), b.flow));
+                }
+            }
+        }
+        out
     }
 
     /// Whether a current binding was registered from this source address.
@@ -523,6 +519,8 @@ impl Registrar {
             else {
                 continue;
             };
+            // A stream's connection did not survive the restart: such a phone is
+            // reached again once it registers again on a new one.
             let transport = if r.transport == "tcp" {
                 TransportKind::Tcp
             } else {
@@ -533,11 +531,14 @@ impl Registrar {
                 call_id: r.call_id,
                 cseq,
                 expires_at: r.expires_at,
-                source,
-                transport,
+                flow: Flow {
+                    transport,
+                    remote: source,
+                    conn: None,
+                },
                 generation: r.generation,
             };
-            st.count_hosts(std::slice::from_ref(&b), true);
+            st.count_sources(std::slice::from_ref(&b), true);
             st.by_number.entry(r.number).or_default().push(b);
             n += 1;
         }
@@ -552,8 +553,8 @@ fn to_row(number: &str, b: &Binding) -> BindingRow {
         call_id: b.call_id.clone(),
         cseq: i64::from(b.cseq),
         expires_at: b.expires_at,
-        source: b.source.to_string(),
-        transport: b.transport.as_str().to_owned(),
+        source: b.flow.remote.to_string(),
+        transport: b.flow.transport.as_str().to_owned(),
         generation: b.generation,
     }
 }
@@ -574,8 +575,7 @@ mod tests {
             cseq,
             contacts,
             expires_header: expires,
-            source: "127.0.0.1:5062".parse().expect("addr"),
-            transport: TransportKind::Udp,
+            flow: Flow::udp("127.0.0.1:5062".parse().expect("addr")),
             generation: 1,
         }
     }
@@ -796,49 +796,40 @@ mod tests {
     }
 
     #[test]
-    fn the_addresses_of_bindings_are_known_until_they_go() {
+    fn a_phone_is_reached_on_the_flow_it_registered_from_never_at_its_contact() {
         let r = Registrar::new(RegistrarConfig::default());
-        let phone: IpAddr = "127.0.0.1".parse().expect("ip");
-        let lan: IpAddr = "10.1.2.3".parse().expect("ip");
-        assert!(!r.knows_host(phone));
-        reg(
-            &r,
+        let phone = Flow::udp("127.0.0.1:5062".parse().expect("addr"));
+        let contact = Flow::udp("10.1.2.3:5060".parse().expect("addr"));
+        assert!(!r.has_flow("1001", &phone, 0));
+        r.register(
             "1001",
             &req("a", 1, list(&[("sip:1001@10.1.2.3:5060", Some(60))]), None),
             0,
         )
         .expect("register");
-        assert!(r.knows_host(phone), "the source");
-        assert!(r.knows_host(lan), "the Contact host");
-        // A refresh from the same place changes nothing; one from elsewhere moves it.
-        reg(
-            &r,
-            "1001",
-            &req("a", 2, list(&[("sip:1001@10.1.2.3:5060", Some(60))]), None),
-            0,
-        )
-        .expect("refresh");
-        assert!(r.knows_host(phone) && r.knows_host(lan));
-        let mut moved = req("a", 3, list(&[("sip:1001@10.1.2.3:5060", Some(60))]), None);
-        moved.source = "127.0.0.7:5062".parse().expect("addr");
-        reg(&r, "1001", &moved, 0).expect("moved");
-        assert!(!r.knows_host(phone), "the old source is forgotten");
-        assert!(r.knows_host("127.0.0.7".parse().expect("ip")) && r.knows_host(lan));
-        // Removed with Expires 0...
-        let mut gone = req("a", 4, list(&[("sip:1001@10.1.2.3:5060", Some(0))]), None);
-        gone.source = "127.0.0.7:5062".parse().expect("addr");
-        reg(&r, "1001", &gone, 1).expect("unregister");
-        assert!(!r.knows_host("127.0.0.7".parse().expect("ip")) && !r.knows_host(lan));
-        // ...or expired.
-        reg(
-            &r,
-            "1002",
-            &req("b", 1, list(&[("sip:1002@10.1.2.3:5060", Some(60))]), None),
-            0,
-        )
-        .expect("register");
+        assert!(r.has_flow("1001", &phone, 0), "the source");
+        assert!(!r.has_flow("1001", &contact, 0), "never the Contact's host");
+        assert!(!r.has_flow("1002", &phone, 0), "only for its own extension");
+        assert_eq!(
+            r.flows("1001", 0),
+            vec![("sip:1001@10.1.2.3:5060".to_string(), phone)]
+        );
+        // Moved: the old flow is forgotten.
+        let mut moved = req("a", 2, list(&[("sip:1001@10.1.2.3:5060", Some(60))]), None);
+        moved.flow = Flow::udp("127.0.0.7:5062".parse().expect("addr"));
+        r.register("1001", &moved, 0).expect("moved");
+        assert!(!r.has_flow("1001", &phone, 0));
+        assert!(r.has_flow("1001", &moved.flow, 0));
+        assert!(
+            !r.registered_from(phone.remote.ip()),
+            "the old source is forgotten"
+        );
+        assert!(r.registered_from(moved.flow.remote.ip()));
+        // Expired.
+        assert!(!r.has_flow("1001", &moved.flow, 60));
         assert_eq!(r.sweep(100), 1);
-        assert!(!r.knows_host(lan));
+        assert!(r.flows("1001", 100).is_empty());
+        assert!(!r.registered_from(moved.flow.remote.ip()), "swept");
     }
 
     /// Whether a ticket's wait is over right now.
@@ -872,7 +863,7 @@ mod tests {
         assert!(refresh.durable.is_none());
         // From another source, over another transport or with another login: moved.
         let mut moved = req("a", 4, list(&[("sip:a@h", None)]), None);
-        moved.source = "127.0.0.9:5062".parse().expect("addr");
+        moved.flow = Flow::udp("127.0.0.9:5062".parse().expect("addr"));
         assert!(
             r.register("1001", &moved, 3)
                 .expect("moved")
@@ -880,8 +871,7 @@ mod tests {
                 .is_some()
         );
         let mut tcp = req("a", 5, list(&[("sip:a@h", None)]), None);
-        tcp.source = moved.source;
-        tcp.transport = TransportKind::Tcp;
+        tcp.flow.transport = TransportKind::Tcp;
         assert!(r.register("1001", &tcp, 3).expect("tcp").durable.is_some());
         let mut relogin = tcp.clone();
         relogin.cseq = 6;
@@ -951,7 +941,7 @@ mod tests {
             reg(&r, n, &q, 0).expect("register");
         }
         let _ = r.take_dirty();
-        assert!(r.knows_host("10.0.0.1".parse().expect("ip")));
+        assert!(r.registered_from("127.0.0.1".parse().expect("ip")));
         // 1002's credentials changed (generation 2), 1003 was removed.
         let dropped = r.reconcile(|n, b| match n {
             "1001" => b.generation == 1,

@@ -9,16 +9,18 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use store::guard as gq;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admission::Outbound;
 use crate::authenticator::{AuthConfig, Authenticator};
 use crate::directory::{Directory, DirectoryCache, Revocation};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, Parts};
 use crate::guard::{Event, Guard};
 use crate::metrics::Metrics;
-use crate::notify::{Notifier, local_for};
 use crate::registrar::{Registrar, RegistrarConfig};
+use crate::transport::{Inbound, Transports};
+use crate::trunk::Trunks;
 use crate::{Result, transport};
 use accounts::Registry;
 use accounts::provisioning::Vendor;
@@ -59,8 +61,7 @@ pub struct ServeConfig {
 pub struct ServerKeys {
     pub nonce: [u8; 32],
     pub dummy: [u8; 32],
-    /// Keys the branches, tags and Call-IDs of the NOTIFYs sipward sends, and (derived)
-    /// the proxy's branches and Record-Route dialog tokens.
+    /// Keys the branches, tags and Call-IDs of every request sipward sends.
     pub notify: [u8; 32],
 }
 
@@ -76,7 +77,7 @@ pub struct Bound {
     pub sip_udp: SocketAddr,
     pub sip_tcp: SocketAddr,
     pub endpoint: Arc<Endpoint>,
-    udp: Arc<UdpSocket>,
+    transports: Arc<Transports>,
     tcp: TcpListener,
     registry: Registry,
     cfg: ServeConfig,
@@ -95,8 +96,8 @@ pub async fn bind(
         addr: cfg.sip,
         source,
     };
-    let (udp, tcp) = transport::bind_pair(cfg.sip).await.map_err(bind_err)?;
-    let sip_udp = udp.local_addr().map_err(bind_err)?;
+    let (transports, tcp) = Transports::bind(cfg.sip).await.map_err(bind_err)?;
+    let sip_udp = transports.local_addr().map_err(bind_err)?;
     let sip_tcp = tcp.local_addr().map_err(bind_err)?;
 
     let metrics = Arc::new(Metrics::default());
@@ -136,7 +137,7 @@ pub async fn bind(
     let now = clock.now();
     registrar.reconcile(|n, b| {
         dir.by_number(n)
-            .is_some_and(|a| a.backs(b.generation, b.source.ip(), now))
+            .is_some_and(|a| a.backs(b.generation, b.flow.remote.ip(), now))
     });
     metrics
         .bindings
@@ -153,18 +154,18 @@ pub async fn bind(
         keys.nonce,
         keys.dummy,
     );
-    let endpoint = Arc::new(
-        Endpoint::new(
-            directory,
-            guard,
-            auth,
-            registrar,
-            metrics,
-            clock.clone(),
-            Notifier::new(keys.notify),
-        )
-        .with_dialplan(registry.settings().dialplan.clone()),
-    );
+    let endpoint = Arc::new(Endpoint::new(Parts {
+        directory,
+        guard,
+        auth,
+        registrar,
+        metrics,
+        clock: clock.clone(),
+        outbound: Arc::new(Outbound::new(registry.settings().dialplan.clone())),
+        trunks: Arc::new(Trunks::default()),
+        bound: sip_udp,
+        key: keys.notify,
+    }));
     load_trunks(&registry, &endpoint).await?;
     let mut conn = registry.store().conn().await?;
     load_guard(&mut conn, &endpoint, clock.now(), false).await?;
@@ -173,11 +174,13 @@ pub async fn bind(
         endpoint.directory.get().extension_numbers(),
     );
     drop(conn);
+    // Every message sipward writes goes through the egress rule to these sockets.
+    endpoint.egress.connect(transports.clone());
     Ok(Bound {
         sip_udp,
         sip_tcp,
         endpoint,
-        udp: Arc::new(udp),
+        transports,
         tcp,
         registry,
         cfg,
@@ -200,24 +203,19 @@ impl Bound {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
-        // The proxy sends on the socket: connected before the first datagram is read.
-        self.endpoint.set_socket(self.udp.clone());
-        // So are the guard's events: a ban or refusal made by the first datagram read is
+        // The guard's events: a ban or refusal made by the first datagram read is
         // persisted and logged, not lost before the writer exists.
         let (event_tx, event_rx) = tokio::sync::mpsc::channel(4096);
         self.endpoint.guard.set_events(event_tx);
+        let inbound: Arc<dyn Inbound> = self.endpoint.clone();
         for _ in 0..self.cfg.udp_workers.max(1) {
             tasks.spawn(transport::serve_udp(
-                self.udp.clone(),
-                self.endpoint.clone(),
+                self.transports.clone(),
+                inbound.clone(),
                 stop_rx.clone(),
             ));
         }
-        tasks.spawn(proxy_loop(
-            self.endpoint.clone(),
-            self.clock.clone(),
-            stop_rx.clone(),
-        ));
+        tasks.spawn(timer_loop(self.endpoint.clone(), stop_rx.clone()));
         tasks.spawn(event_writer(
             self.registry.clone(),
             self.endpoint.clone(),
@@ -226,11 +224,12 @@ impl Bound {
         ));
         tasks.spawn(transport::serve_tcp(
             self.tcp,
-            self.endpoint.clone(),
+            self.transports.clone(),
+            inbound.clone(),
             stop_rx.clone(),
         ));
         tasks.spawn(reload_loop(
-            self.udp.clone(),
+            self.transports.clone(),
             self.registry.clone(),
             self.endpoint.clone(),
             self.clock.clone(),
@@ -239,7 +238,6 @@ impl Bound {
             stop_rx.clone(),
         ));
         tasks.spawn(resync_loop(
-            self.udp.clone(),
             self.registry.clone(),
             self.endpoint.clone(),
             self.clock.clone(),
@@ -274,7 +272,7 @@ impl Bound {
 /// registry version moves, the guard when the ban/allow version moves (or the registry's:
 /// gateway addresses are exempt). Also keeps the guard's coarse clock current.
 async fn reload_loop(
-    udp: Arc<UdpSocket>,
+    transports: Arc<Transports>,
     registry: Registry,
     endpoint: Arc<Endpoint>,
     clock: Arc<dyn Clock>,
@@ -294,7 +292,7 @@ async fn reload_loop(
         let generation = endpoint.guard.generation();
         if kernel_generation != Some(generation) {
             let list = endpoint.guard.kernel_drop_list();
-            if transport::set_kernel_drop(&udp, &list).is_ok() {
+            if transports.kernel_drop(&list).is_ok() {
                 endpoint
                     .metrics
                     .kernel_drop_sources
@@ -368,7 +366,7 @@ pub fn apply_directory(endpoint: &Endpoint, dir: Directory, now: i64) -> Reloade
     let bindings_dropped = endpoint.registrar.reconcile(|n, b| {
         current
             .by_number(n)
-            .is_some_and(|a| a.backs(b.generation, b.source.ip(), now))
+            .is_some_and(|a| a.backs(b.generation, b.flow.remote.ip(), now))
     });
     if !bindings_dropped.is_empty() {
         endpoint
@@ -410,6 +408,7 @@ async fn load_trunks(registry: &Registry, endpoint: &Endpoint) -> Result<()> {
         }
     }
     endpoint.trunks.replace(set, |h| resolved.get(h).copied());
+    endpoint.providers.sync(endpoint.trunks.providers());
     Ok(())
 }
 
@@ -494,6 +493,12 @@ async fn handle_event(registry: &Registry, endpoint: &Endpoint, e: Event) {
         Event::EmergencyCall { number, dialled } => {
             Some(registry.emergency_alert(number, dialled, now).await.is_ok())
         }
+        Event::EmergencyRefused { number, breach } => Some(
+            registry
+                .emergency_refused_alert(number, *breach, now)
+                .await
+                .is_ok(),
+        ),
         _ => None,
     };
     eprintln!("{}", e.to_json(persisted));
@@ -517,24 +522,22 @@ async fn persist_ban(registry: &Registry, row: &gq::BanRow) -> bool {
 pub const RESYNC_EVERY: Duration = Duration::from_millis(500);
 pub const OUTBOX_EVERY: Duration = Duration::from_secs(2);
 
-/// Sends a check-sync NOTIFY to every UDP contact of each extension the store asks
-/// for (Re-Generate queues them), each retransmitted in its own task until answered.
+/// Sends a check-sync NOTIFY to every registration of each extension the store asks for
+/// (Re-Generate queues them), on the flow each registered from (UDP, or the phone's own
+/// TCP connection); their transactions run on the server's timer.
 async fn resync_loop(
-    udp: Arc<UdpSocket>,
     registry: Registry,
     endpoint: Arc<Endpoint>,
     clock: Arc<dyn Clock>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(RESYNC_EVERY);
-    let bound = udp.local_addr().ok();
     let realm = registry.settings().realm.clone();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let Some(bound) = bound else { return };
         let Ok(mut conn) = registry.store().conn().await else {
             continue;
         };
@@ -549,55 +552,33 @@ async fn resync_loop(
                 .and_then(|r| r.model)
                 .and_then(|m| Vendor::from_model(&m));
             let Some(vendor) = vendor else { continue };
-            for b in endpoint.registrar.bindings(&number, clock.now()) {
-                if b.transport != crate::registrar::TransportKind::Udp {
-                    continue; // TCP contacts re-fetch on their next periodic check
-                }
-                let local = local_for(bound, b.source);
-                let Some(out) = endpoint.notifier.build(
-                    &b.contact,
-                    &number,
-                    &realm,
-                    vendor.check_sync_event(),
-                    local,
-                    b.source,
-                ) else {
-                    continue;
-                };
-                let (udp, endpoint) = (udp.clone(), endpoint.clone());
-                tokio::spawn(async move {
-                    endpoint.notifier.run(&udp, out, &endpoint.metrics).await;
-                });
-            }
+            let registrations = endpoint.registrar.flows(&number, clock.now());
+            endpoint.notifier.check_sync(
+                &number,
+                &realm,
+                vendor.check_sync_event(),
+                &registrations,
+            );
         }
     }
 }
 
-/// How often the proxy's retransmission timers are looked at.
-pub const PROXY_TICK: Duration = Duration::from_millis(100);
+/// How often the transaction, dialog and call timers are looked at. The timers read the
+/// injected clock: tests move it, and the next tick acts on it.
+pub const TIMER_TICK: Duration = Duration::from_millis(20);
 
-/// Runs the proxy's, the trunk calls' and the provider registrations' timers
-/// (retransmissions, timeouts, refreshes, forgetting ended calls).
-async fn proxy_loop(
-    endpoint: Arc<Endpoint>,
-    clock: Arc<dyn Clock>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(PROXY_TICK);
+/// Runs every client and server transaction's timers (retransmissions, timeouts), the
+/// trunk calls' ring limits and maximum durations, provider registration refreshes, and
+/// forgets ended dialogs.
+async fn timer_loop(endpoint: Arc<Endpoint>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(TIMER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let now = clock.instant();
-        let mut sends = endpoint.proxy.tick(now);
-        sends.extend(endpoint.b2bua.tick(now));
-        sends.extend(
-            endpoint
-                .trunks
-                .tick(now, |peer| endpoint.proxy.local_to(peer)),
-        );
-        endpoint.send_all(sends);
+        endpoint.tick();
     }
 }
 
@@ -673,7 +654,7 @@ async fn write_trunk_state(
     let Ok(mut conn) = registry.store().conn().await else {
         return;
     };
-    for s in endpoint.trunks.take_status(now) {
+    for s in endpoint.providers.take_status(now) {
         let _ = store::trunks::put_provider_status(&mut conn, &s).await;
     }
     let calls = endpoint.b2bua.snapshot();

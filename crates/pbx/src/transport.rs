@@ -1,33 +1,150 @@
 //! UDP and TCP transports (RFC 3261 §18): they move bytes between sockets and the
-//! endpoint and do nothing else. TCP is framed by Content-Length; connections and
-//! message sizes are bounded.
+//! endpoint and do nothing else. Received messages are handed on with the [`Flow`] they
+//! came on; written messages come only as [`Cleared`] values, which only the egress
+//! rule can make: the UDP socket and the connections' writers are private to this
+//! module, and [`Transports`]' one writing method takes nothing else.
+//!
+//! TCP is framed by Content-Length; connections and message sizes are bounded. Every
+//! live connection has an entry in one bounded registry (its id, its peer, its writer
+//! channel), so that sipward can send a request on a connection a phone opened; an entry
+//! goes with its connection.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::endpoint::Endpoint;
+use crate::egress::{Cleared, Undeliverable, Wire};
+use crate::flow::{ConnId, Flow, TransportKind};
 use crate::guard::Admission;
-use crate::registrar::TransportKind;
 
 /// The largest SIP message accepted on a stream.
 pub const MAX_MESSAGE: usize = 64 * 1024;
-/// Concurrent TCP connections.
+/// Concurrent TCP connections (the registry's bound).
 pub const MAX_TCP_CONNECTIONS: usize = 4096;
 /// A TCP connection that sends nothing for this long is closed.
 pub const TCP_IDLE: Duration = Duration::from_secs(900);
+/// Messages waiting to be written on one connection; a peer that reads no faster is
+/// cut off rather than buffered without bound.
+pub const TCP_QUEUE: usize = 256;
+
+/// What the transports hand received messages to (the endpoint).
+pub trait Inbound: Send + Sync + 'static {
+    /// Whether a datagram from `ip` is read at all (the guard, before parsing).
+    fn admit(&self, ip: IpAddr) -> Admission;
+    /// Whether a message on a connection from `ip` is read: the handshake proved the
+    /// source, so a flood from it bans whatever its standing.
+    fn admit_on_connection(&self, ip: IpAddr) -> Admission;
+    /// Whether a connection from `ip` is accepted.
+    fn admits_connection(&self, ip: IpAddr) -> bool;
+    /// One message, as it came on `flow`.
+    fn received(&self, bytes: &[u8], flow: Flow);
+    /// A stream could not be framed (it is closed).
+    fn unframed(&self);
+}
+
+/// The writing end of one connection: messages queued for its writer task.
+type Writer = mpsc::Sender<Arc<[u8]>>;
+
+/// The live connections: id -> peer and writer.
+#[derive(Debug, Default)]
+struct Connections {
+    by_id: HashMap<ConnId, (SocketAddr, Writer)>,
+}
+
+/// The sockets sipward writes to, behind the egress rule.
+#[derive(Debug)]
+pub struct Transports {
+    udp: Arc<UdpSocket>,
+    connections: Mutex<Connections>,
+    next_conn: AtomicU64,
+}
+
+impl Transports {
+    /// Binds UDP and TCP on the same address (see [`bind_pair`]). The UDP socket stays in
+    /// here: nothing outside this module can write to it.
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<(Arc<Self>, TcpListener)> {
+        let (udp, tcp) = bind_pair(addr).await?;
+        let transports = Self {
+            udp: Arc::new(udp),
+            connections: Mutex::new(Connections::default()),
+            next_conn: AtomicU64::new(0),
+        };
+        Ok((Arc::new(transports), tcp))
+    }
+
+    /// The UDP socket's address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.udp.local_addr()
+    }
+
+    /// Has the kernel drop datagrams from `sources` (see [`set_kernel_drop`]).
+    pub fn kernel_drop(&self, sources: &[std::net::Ipv4Addr]) -> std::io::Result<()> {
+        set_kernel_drop(&self.udp, sources)
+    }
+
+    fn connections(&self) -> std::sync::MutexGuard<'_, Connections> {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Live connections (a gauge).
+    pub fn connection_count(&self) -> usize {
+        self.connections().by_id.len()
+    }
+
+    fn open(&self, peer: SocketAddr, writer: Writer) -> ConnId {
+        let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed) + 1);
+        self.connections().by_id.insert(id, (peer, writer));
+        id
+    }
+
+    fn close(&self, id: ConnId) {
+        self.connections().by_id.remove(&id);
+    }
+}
+
+impl Wire for Transports {
+    fn send(&self, message: Cleared) -> Result<(), Undeliverable> {
+        let flow = *message.flow();
+        match flow.transport {
+            TransportKind::Udp => {
+                // A full send buffer or an unreachable peer is the peer's problem: UDP
+                // is best effort, and transactions retransmit.
+                let _ = self.udp.try_send_to(message.bytes(), flow.remote);
+                Ok(())
+            }
+            TransportKind::Tcp => {
+                let writer = flow.conn.and_then(|id| {
+                    self.connections()
+                        .by_id
+                        .get(&id)
+                        .filter(|(peer, _)| *peer == flow.remote)
+                        .map(|(_, w)| w.clone())
+                });
+                let Some(writer) = writer else {
+                    return Err(Undeliverable);
+                };
+                writer
+                    .try_send(Arc::from(message.bytes()))
+                    .map_err(|_| Undeliverable)
+            }
+        }
+    }
+}
 
 /// Receives datagrams until shutdown. Several of these may share one socket: each
 /// datagram goes to exactly one of them, so both cores work.
 pub async fn serve_udp(
-    socket: Arc<UdpSocket>,
-    endpoint: Arc<Endpoint>,
+    transports: Arc<Transports>,
+    inbound: Arc<dyn Inbound>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let socket = &transports.udp;
     let mut buf = vec![0u8; 65_535];
     loop {
         tokio::select! {
@@ -35,28 +152,10 @@ pub async fn serve_udp(
                 Ok((n, src)) => {
                     // A banned or silenced source costs a lookup or two: nothing is
                     // parsed or allocated.
-                    if endpoint.guard.admit(src.ip()) != Admission::Admit {
+                    if inbound.admit(src.ip()) != Admission::Admit {
                         continue;
                     }
-                    if let Some(mut reply) = endpoint.handle(&buf[..n], src, TransportKind::Udp) {
-                        // A full send buffer or an unreachable peer is the peer's problem:
-                        // UDP responses are best effort, retransmissions recover.
-                        match reply.held.take() {
-                            None => {
-                                let _ = socket.send_to(&reply.bytes, reply.target).await;
-                            }
-                            // Sent once the binding it reports is in the store; the
-                            // receiver goes on reading meanwhile.
-                            Some(held) => {
-                                let (socket, endpoint) = (socket.clone(), endpoint.clone());
-                                tokio::spawn(async move {
-                                    if endpoint.release(held, &reply.bytes).await {
-                                        let _ = socket.send_to(&reply.bytes, reply.target).await;
-                                    }
-                                });
-                            }
-                        }
-                    }
+                    inbound.received(&buf[..n], Flow::udp(src));
                 }
                 // ICMP errors from earlier sends surface here on Linux; keep serving.
                 Err(_) => continue,
@@ -69,7 +168,8 @@ pub async fn serve_udp(
 /// Accepts TCP connections until shutdown.
 pub async fn serve_tcp(
     listener: TcpListener,
-    endpoint: Arc<Endpoint>,
+    transports: Arc<Transports>,
+    inbound: Arc<dyn Inbound>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
@@ -77,16 +177,15 @@ pub async fn serve_tcp(
         tokio::select! {
             r = listener.accept() => {
                 let Ok((stream, peer)) = r else { continue };
-                if !endpoint.guard.admits(peer.ip()) {
-                    endpoint.metrics.dropped_banned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if !inbound.admits_connection(peer.ip()) {
                     continue;
                 }
                 // Over the limit: refuse by closing at once.
                 let Ok(permit) = permits.clone().try_acquire_owned() else { continue };
-                let endpoint = endpoint.clone();
-                let shutdown = shutdown.clone();
+                let (transports, inbound, shutdown) =
+                    (transports.clone(), inbound.clone(), shutdown.clone());
                 tokio::spawn(async move {
-                    connection(stream, peer, endpoint, shutdown).await;
+                    connection(stream, peer, transports, inbound, shutdown).await;
                     drop(permit);
                 });
             }
@@ -96,15 +195,27 @@ pub async fn serve_tcp(
 }
 
 async fn connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
-    endpoint: Arc<Endpoint>,
+    transports: Arc<Transports>,
+    inbound: Arc<dyn Inbound>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Arc<[u8]>>(TCP_QUEUE);
+    let id = transports.open(peer, tx);
+    let flow = Flow::tcp(peer, id);
+    let write = tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            if writer.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 16 * 1024];
-    loop {
+    'read: loop {
         // Keep-alive CRLFs between messages are skipped (RFC 5626 §3.5.1 pings).
         let skip = buf
             .iter()
@@ -115,51 +226,42 @@ async fn connection(
             Ok(Some(n)) => {
                 // A source banned while connected is cut off at its next message; a
                 // silenced one loses the message.
-                match endpoint.guard.admit(peer.ip()) {
+                match inbound.admit_on_connection(peer.ip()) {
                     Admission::Admit => {}
-                    Admission::Banned => return,
+                    Admission::Banned => break 'read,
                     Admission::Silenced => {
                         buf.drain(..n);
                         continue;
                     }
                 }
                 let message: Vec<u8> = buf.drain(..n).collect();
-                if let Some(mut reply) = endpoint.handle(&message, peer, TransportKind::Tcp) {
-                    // A held answer waits for its write; the connection's next message
-                    // waits behind it, which keeps answers in order.
-                    let send = match reply.held.take() {
-                        None => true,
-                        Some(held) => endpoint.release(held, &reply.bytes).await,
-                    };
-                    if send && stream.write_all(&reply.bytes).await.is_err() {
-                        return;
-                    }
-                }
+                inbound.received(&message, flow);
                 continue;
             }
             Ok(None) => {}
             // No Content-Length, too large, or garbage: the stream cannot be re-synchronised.
             Err(_) => {
-                endpoint
-                    .metrics
-                    .parse_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return;
+                inbound.unframed();
+                break 'read;
             }
         }
         tokio::select! {
-            r = tokio::time::timeout(TCP_IDLE, stream.read(&mut chunk)) => match r {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+            r = tokio::time::timeout(TCP_IDLE, reader.read(&mut chunk)) => match r {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break 'read,
                 Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
             },
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break 'read,
         }
     }
+    // The registry entry goes first, so nothing more is queued; what is queued is
+    // still written before the connection closes.
+    transports.close(id);
+    let _ = write.await;
 }
 
 /// Binds UDP and TCP on the same address. With port 0, the UDP socket picks the port and
 /// TCP takes the same one (retrying with a new port if TCP finds it taken).
-pub async fn bind_pair(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+async fn bind_pair(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
     let attempts = if addr.port() == 0 { 20 } else { 1 };
     let mut last_err = None;
     for _ in 0..attempts {
@@ -194,7 +296,7 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 /// source in turn (two instructions each). A banned flood then costs no wake-up, no
 /// system call and no copy. An empty list removes the filter. IPv4 sockets only.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-pub fn set_kernel_drop(socket: &UdpSocket, sources: &[std::net::Ipv4Addr]) -> std::io::Result<()> {
+fn set_kernel_drop(socket: &UdpSocket, sources: &[std::net::Ipv4Addr]) -> std::io::Result<()> {
     use socket2::{SockFilter, SockRef};
     const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
     const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
@@ -222,10 +324,7 @@ pub fn set_kernel_drop(socket: &UdpSocket, sources: &[std::net::Ipv4Addr]) -> st
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-pub fn set_kernel_drop(
-    _socket: &UdpSocket,
-    _sources: &[std::net::Ipv4Addr],
-) -> std::io::Result<()> {
+fn set_kernel_drop(_socket: &UdpSocket, _sources: &[std::net::Ipv4Addr]) -> std::io::Result<()> {
     Ok(())
 }
 

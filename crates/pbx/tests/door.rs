@@ -3,18 +3,22 @@
 //! process, with the clock moved by the test instead of waited for.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pbx::admission::Outbound;
 use pbx::authenticator::{AuthConfig, Authenticator};
 use pbx::directory::{Directory, DirectoryCache};
-use pbx::endpoint::Endpoint;
+use pbx::egress::{Cleared, Undeliverable, Wire};
+use pbx::endpoint::{Endpoint, Parts};
+use pbx::flow::Flow;
 use pbx::guard::{Admission, Event, Guard};
 use pbx::metrics::Metrics;
-use pbx::notify::Notifier;
-use pbx::registrar::{Registrar, RegistrarConfig, TransportKind};
+use pbx::registrar::{Registrar, RegistrarConfig};
+use pbx::trunk::Trunks;
 use policy::ban::BanPolicy;
 use policy::clock::{Clock, ManualClock};
+use policy::dialplan::DialPlan;
 use sip::digest::{Algorithm, ResponseInput, expected_response, ha1};
 use store::directory::DirectoryRow;
 use tokio::sync::mpsc;
@@ -26,6 +30,37 @@ struct Door {
     endpoint: Endpoint,
     clock: Arc<ManualClock>,
     events: mpsc::Receiver<Event>,
+    wire: Arc<Capture>,
+    /// Runs the task that sends a new binding's 200 once its write is committed.
+    rt: tokio::runtime::Runtime,
+}
+
+/// Stands for the sockets: keeps what the egress rule lets out.
+#[derive(Debug, Default)]
+struct Capture(Mutex<Vec<(Flow, Vec<u8>)>>);
+
+impl Wire for Capture {
+    fn send(&self, m: Cleared) -> Result<(), Undeliverable> {
+        self.0
+            .lock()
+            .expect("lock")
+            .push((*m.flow(), m.bytes().to_vec()));
+        Ok(())
+    }
+}
+
+impl Capture {
+    /// The last message sent to `to` since the last call (all others are dropped).
+    fn take_to(&self, to: SocketAddr) -> Option<Vec<u8>> {
+        let mut sent = self.0.lock().expect("lock");
+        let last = sent
+            .iter()
+            .rev()
+            .find(|(f, _)| f.remote == to)
+            .map(|(_, b)| b.clone());
+        sent.clear();
+        last
+    }
 }
 
 fn row(number: &str, auth_id: &str, password: &str, score: u8) -> DirectoryRow {
@@ -70,19 +105,30 @@ fn door() -> Door {
         [1; 32],
         [2; 32],
     );
-    let endpoint = Endpoint::new(
+    let endpoint = Endpoint::new(Parts {
         directory,
         guard,
         auth,
         registrar,
         metrics,
-        clock.clone(),
-        Notifier::new([3; 32]),
-    );
+        clock: clock.clone(),
+        outbound: Arc::new(Outbound::new(DialPlan::default())),
+        trunks: Arc::new(Trunks::default()),
+        bound: "127.0.0.1:5060".parse().expect("addr"),
+        key: [3; 32],
+    });
+    let wire = Arc::new(Capture::default());
+    endpoint.egress.connect(wire.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
     Door {
         endpoint,
         clock,
         events,
+        wire,
+        rt,
     }
 }
 
@@ -141,9 +187,18 @@ impl Door {
         if self.endpoint.guard.admit(from.ip()) != Admission::Admit {
             return None;
         }
-        self.endpoint
-            .handle(text.as_bytes(), from, TransportKind::Udp)
-            .map(|r| r.bytes)
+        self.rt.block_on(async {
+            self.endpoint.handle(text.as_bytes(), Flow::udp(from));
+            // The server's writer: a new binding's 200 waits for this commit.
+            let registrar = &self.endpoint.registrar;
+            registrar.committed(registrar.take_dirty().id);
+            // The task holding the 200 runs at the next yields; nothing else is waited
+            // for (no timer is involved), so a few yields are enough for it to be sent.
+            for _ in 0..8 {
+                tokio::task::yield_now().await;
+            }
+            self.wire.take_to(from)
+        })
     }
 
     /// REGISTER, 401, REGISTER with digest: the final answer's status and the request

@@ -199,6 +199,10 @@ pub struct ClassSettings {
     /// The longest an answered trunk call may last before sipward ends it (seconds).
     /// Revenue-share fraud keeps answered calls up for hours; a cap bounds the bill.
     pub max_call_seconds: u32,
+    /// The longest a trunk call may ring before sipward gives it up (seconds). A trunk
+    /// leg that rings is no longer bound by Timer B; an attacker who controls the called
+    /// number could otherwise keep it ringing, uncounted, for as long as it likes.
+    pub max_ring_seconds: u32,
     /// Whether auto-answer hints (`Call-Info: ...;answer-after`, `Alert-Info` auto-answer)
     /// may pass from an extension of this class to another extension. Off: a low-class
     /// extension could otherwise make a higher-class phone answer by itself and then
@@ -210,11 +214,16 @@ pub struct ClassSettings {
 pub const DEFAULT_MAX_CALL_SECONDS: u32 = 7_200;
 /// The accepted range of `max_call_seconds`: a minute to a day.
 pub const MAX_CALL_SECONDS_RANGE: std::ops::RangeInclusive<u32> = 60..=86_400;
+/// Three minutes: RFC 3261 §16.6's Timer C, the usual ring-no-answer time of a PBX.
+pub const DEFAULT_MAX_RING_SECONDS: u32 = 180;
+/// The accepted range of `max_ring_seconds`: ten seconds to ten minutes.
+pub const MAX_RING_SECONDS_RANGE: std::ops::RangeInclusive<u32> = 10..=600;
 
 impl Default for ClassSettings {
     fn default() -> Self {
         Self {
             max_call_seconds: DEFAULT_MAX_CALL_SECONDS,
+            max_ring_seconds: DEFAULT_MAX_RING_SECONDS,
             intercom: false,
         }
     }
@@ -276,6 +285,10 @@ pub enum InvalidPlan {
         "dialplan.classes.{class}.max_call_seconds must be between 60 and 86400 (a minute to a day)"
     )]
     MaxCallSeconds { class: ClassOfService },
+    #[error(
+        "dialplan.classes.{class}.max_ring_seconds must be between 10 and 600 (ten seconds to ten minutes)"
+    )]
+    MaxRingSeconds { class: ClassOfService },
     #[error(transparent)]
     Limits(#[from] InvalidLimits),
 }
@@ -389,6 +402,9 @@ impl DialPlan {
         for class in ClassOfService::ALL {
             if !MAX_CALL_SECONDS_RANGE.contains(&self.classes.get(class).max_call_seconds) {
                 return Err(InvalidPlan::MaxCallSeconds { class });
+            }
+            if !MAX_RING_SECONDS_RANGE.contains(&self.classes.get(class).max_ring_seconds) {
+                return Err(InvalidPlan::MaxRingSeconds { class });
             }
         }
         self.limits.validate()?;
@@ -532,6 +548,12 @@ impl DialPlan {
     /// the rewritten number is the one that is billed.
     pub fn classify(&self, dialled: &str, is_extension: impl Fn(&str) -> bool) -> CallClass {
         self.classify_routed(dialled, dialled, is_extension)
+    }
+
+    /// How long a trunk call of an extension of class `caller` may ring. Emergency calls
+    /// too: a call that nobody answers in that time will not be answered.
+    pub fn max_ring_duration(&self, caller: ClassOfService) -> Duration {
+        Duration::from_secs(u64::from(self.classes.get(caller).max_ring_seconds))
     }
 
     /// How long an answered trunk call of an extension of class `caller` may last.
@@ -890,11 +912,20 @@ mod tests {
             "country_code = \"44\"\ninternational_prefix = \"00\"\nnational_prefix = \"0\"\n\
              area_code = \"20\"\nemergency_numbers = [\"999\", \"112\"]\n\
              [classes.international]\nmax_call_seconds = 3600\nintercom = true\n\
+             max_ring_seconds = 60\n\
              [emergency]\nper_extension = 2\ntotal = 4\n",
         )
         .expect("parses");
         assert!(p.validate().is_ok());
         assert_eq!(p.classes.international.max_call_seconds, 3600);
+        assert_eq!(
+            p.max_ring_duration(ClassOfService::International),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            p.max_ring_duration(ClassOfService::National),
+            Duration::from_secs(u64::from(DEFAULT_MAX_RING_SECONDS))
+        );
         assert!(p.classes.international.intercom && !p.classes.national.intercom);
         assert_eq!(
             p.classes.national.max_call_seconds,
@@ -963,6 +994,14 @@ mod tests {
             (
                 with(&|p| p.classes.unrestricted.max_call_seconds = 86_401),
                 "classes.unrestricted",
+            ),
+            (
+                with(&|p| p.classes.local.max_ring_seconds = 9),
+                "dialplan.classes.local.max_ring_seconds must be between 10 and 600",
+            ),
+            (
+                with(&|p| p.classes.internal.max_ring_seconds = 601),
+                "classes.internal.max_ring_seconds",
             ),
             (
                 with(&|p| p.limits.attempts_per_minute = 0),

@@ -100,6 +100,22 @@ impl ResponseBuilder {
         self.text.push_str("Content-Length: 0\r\n\r\n");
         self.text.into_bytes()
     }
+
+    /// Finishes the response with `body` of `content_type` (an SDP answer a back-to-back
+    /// agent passes on); Content-Length is computed. An empty body is no body. A content
+    /// type that holds a control character is not printed, and then neither is the body.
+    pub fn finish_with_body(mut self, content_type: &str, body: &[u8]) -> Vec<u8> {
+        if body.is_empty() || content_type.is_empty() || content_type.chars().any(char::is_control)
+        {
+            return self.finish();
+        }
+        self.text.push_str("Content-Type: ");
+        self.text.push_str(content_type);
+        let _ = write!(self.text, "\r\nContent-Length: {}\r\n\r\n", body.len());
+        let mut bytes = self.text.into_bytes();
+        bytes.extend_from_slice(body);
+        bytes
+    }
 }
 
 fn has_tag(to: &str) -> bool {
@@ -187,6 +203,23 @@ Content-Length: 0\r\n\r\n";
             datagram_target(&plain, src),
             "192.0.2.7:5062".parse().expect("addr")
         );
+    }
+
+    #[test]
+    fn a_body_is_counted_and_a_bad_content_type_drops_it() {
+        let req = parse(REQ).expect("req");
+        let src: SocketAddr = "192.0.2.7:40000".parse().expect("addr");
+        let ok = ResponseBuilder::new(&req, 200, "OK", src, "t")
+            .expect("ok")
+            .finish_with_body("application/sdp", b"v=0\r\n");
+        let m = parse(&ok).expect("parses");
+        assert_eq!(m.header(Name::ContentType), Some("application/sdp"));
+        assert_eq!(m.body, b"v=0\r\n");
+        assert_eq!(crate::msg::frame_len(&ok, usize::MAX), Ok(Some(ok.len())));
+        let bad = ResponseBuilder::new(&req, 200, "OK", src, "t")
+            .expect("ok")
+            .finish_with_body("application/sdp\r\nX: y", b"v=0");
+        assert!(bad.ends_with(b"Content-Length: 0\r\n\r\n"));
     }
 
     #[test]

@@ -150,8 +150,14 @@ impl Store {
     }
 
     /// Starts a transaction; everything written through it lands together or not at all.
+    ///
+    /// `BEGIN IMMEDIATE`: the write lock is taken at the start. A deferred transaction
+    /// that reads, then writes after another process (the running server writing
+    /// bindings behind) committed, fails in WAL mode with SQLITE_BUSY_SNAPSHOT, which no
+    /// busy timeout retries: `ext update` next to a running `serve` failed that way
+    /// under load. Taken up front, the lock is waited for like any other.
     pub async fn begin(&self) -> Result<Tx> {
-        Ok(Tx(self.pool.begin().await?))
+        Ok(Tx(self.pool.begin_with("BEGIN IMMEDIATE").await?))
     }
 
     pub async fn close(&self) {

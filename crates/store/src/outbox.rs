@@ -178,3 +178,73 @@ pub async fn list_mail(db: &mut dyn Db) -> Result<Vec<OutboxRow>> {
     .await?;
     rows.iter().map(outbox_from_row).collect()
 }
+
+/// The merge window of one kind of alert about one extension (see `0010_alerts.sql`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertWindowRow {
+    pub number: String,
+    /// A stable reason id (`emergency`, ...).
+    pub reason: String,
+    /// When the window the mail `mail_id` covers began.
+    pub window_start: i64,
+    /// How many events that mail stands for so far.
+    pub count: i64,
+    pub mail_id: String,
+}
+
+/// The current merge window of `reason` alerts about `number`, if any.
+pub async fn alert_window(
+    db: &mut dyn Db,
+    number: &str,
+    reason: &str,
+) -> Result<Option<AlertWindowRow>> {
+    let conn = raw(db);
+    let row = sqlx::query(
+        "SELECT number, reason, window_start, count, mail_id FROM alert_windows \
+         WHERE number = $1 AND reason = $2",
+    )
+    .bind(number)
+    .bind(reason)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|r| {
+        Ok(AlertWindowRow {
+            number: r.try_get("number")?,
+            reason: r.try_get("reason")?,
+            window_start: r.try_get("window_start")?,
+            count: r.try_get("count")?,
+            mail_id: r.try_get("mail_id")?,
+        })
+    })
+    .transpose()
+}
+
+/// Records a merge window (replacing the extension's previous one for that reason).
+pub async fn put_alert_window(db: &mut dyn Db, w: &AlertWindowRow) -> Result<()> {
+    let conn = raw(db);
+    sqlx::query(
+        "INSERT INTO alert_windows (number, reason, window_start, count, mail_id) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (number, reason) DO UPDATE SET \
+         window_start = excluded.window_start, count = excluded.count, mail_id = excluded.mail_id",
+    )
+    .bind(&w.number)
+    .bind(&w.reason)
+    .bind(w.window_start)
+    .bind(w.count)
+    .bind(&w.mail_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Replaces the message of a mail nobody has claimed yet; false when it is being sent
+/// or gone already (the caller then queues another).
+pub async fn replace_queued_message(db: &mut dyn Db, id: &str, message_enc: &str) -> Result<bool> {
+    let conn = raw(db);
+    let done = sqlx::query("UPDATE outbox SET message_enc = $2 WHERE id = $1 AND state = 'queued'")
+        .bind(id)
+        .bind(message_enc)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}

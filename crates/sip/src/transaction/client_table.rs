@@ -88,6 +88,15 @@ impl<D: Clone> ClientTransactions<D> {
         self.entries.get(&tx).map(|e| &e.tx)
     }
 
+    /// The destination chosen when the live transaction of `branch` and `method`
+    /// started (an ACK is sent by its INVITE's transaction, a CANCEL runs in its own).
+    /// What a runtime checks every message it sends for a transaction against.
+    pub fn destination_of(&self, branch: &str, method: &str) -> Option<&D> {
+        let method = if method == "ACK" { "INVITE" } else { method };
+        let id = self.lookup(branch, method)?;
+        self.entries.get(&id).map(|e| e.tx.destination())
+    }
+
     /// When [`Self::on_deadline`] must be called next, if ever.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.first().map(|(t, _)| *t)
@@ -445,6 +454,16 @@ mod tests {
         );
         assert_eq!(t.get(invite).map(|x| x.state()), Some(State::Proceeding));
         assert_eq!(t.get(options).map(|x| x.state()), Some(State::Trying));
+        // Where each was sent, as the egress rule asks it.
+        let b1 = format!("z9hG4bK{B1}");
+        assert_eq!(t.destination_of(&b1, "INVITE"), Some(&PEER));
+        assert_eq!(
+            t.destination_of(&b1, "ACK"),
+            Some(&PEER),
+            "the INVITE's ACK"
+        );
+        assert_eq!(t.destination_of(&b1, "OPTIONS"), None);
+        assert_eq!(t.destination_of(B1, "INVITE"), None);
         // A transaction with the same branch and method cannot start twice.
         assert_eq!(
             t.start(request("INVITE", B1), PEER, Reliability::Unreliable, t0)

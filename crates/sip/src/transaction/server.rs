@@ -1,21 +1,56 @@
-//! Non-INVITE server transactions (RFC 3261 §17.2.2), as a bounded table: a
-//! retransmitted request is absorbed while it is being handled and answered with the
-//! last response once there is one; entries linger for Timer J (64*T1 = 32 s) on
-//! unreliable transports. Only requests with an RFC 3261 branch (`z9hG4bK`) are matched.
+//! Server transactions (RFC 3261 §17.2 with RFC 6026's corrections), sans IO, as one
+//! bounded table: every request sipward answers is entered here with the destination
+//! its answers go to (`D`, chosen when the request arrived: the source, RFC 3581), and
+//! every response sipward sends is recorded here first. So the table is what says
+//! whether a response may leave and where to: a response that answers no request in it
+//! goes nowhere.
+//!
+//! Non-INVITE (§17.2.2): a retransmitted request is absorbed while the TU works on it
+//! and answered with the last response once there is one; the entry lingers for
+//! Timer J (64·T1; 0 on reliable transports) after the final response.
+//!
+//! INVITE (§17.2.1, RFC 6026 §7.1):
+//! - Proceeding: a retransmitted INVITE gets the last provisional answer again.
+//! - Completed (300-699): the final answer is retransmitted (Timer G, from T1 doubling
+//!   to T2; not on reliable transports) until the hop-by-hop ACK arrives (then Timer I,
+//!   T4, absorbs stray ACKs) or Timer H (64·T1) gives up and reports it.
+//! - Accepted (2xx): retransmitted INVITEs are absorbed and further 2xx (a proxy passes
+//!   on the callee's retransmissions) may still be sent, for Timer L (64·T1). A 2xx of
+//!   sipward's own (a UAS core, §13.3.1.4) is retransmitted by the table until the TU
+//!   says its ACK arrived, and reported when it never does.
+//!
+//! Bounds: non-INVITE entries are evicted oldest first when the table is full (their
+//! answers are sent at once, so the oldest are long answered); INVITE entries have a
+//! capacity of their own and are never evicted, so a flood of REGISTERs cannot take a
+//! ringing call's answer away. A pending INVITE is forgotten after [`INVITE_PENDING_MAX`]
+//! whatever the TU does. Only requests with an RFC 3261 branch (`z9hG4bK`) are matched.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::branch::MAGIC_COOKIE;
+use crate::header::cseq::CSeq;
+use crate::header::via::Via;
+use crate::msg::{Message, Name, StartLine};
 
-/// Timer J for UDP.
+use super::timer::{Reliability, Timers};
+
+/// Timer J for UDP (64·T1 with the RFC's T1).
 pub const TIMER_J: Duration = Duration::from_secs(32);
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// The longest an INVITE may wait for its final answer before the table forgets it.
+/// Longer than any ring time sipward allows (ten minutes at most).
+pub const INVITE_PENDING_MAX: Duration = Duration::from_secs(15 * 60);
+
+/// What matches a request, its retransmissions and its responses to one server
+/// transaction (§17.2.3): the top Via's branch and sent-by, and the method (an ACK's
+/// is its INVITE's).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TxKey {
-    branch: String,
-    sent_by: String,
-    method: String,
+    branch: Box<str>,
+    sent_by: Box<str>,
+    method: Box<str>,
 }
 
 impl TxKey {
@@ -32,49 +67,172 @@ impl TxKey {
         // ACK matches the INVITE's transaction; it never creates a non-INVITE one.
         let method = if method == "ACK" { "INVITE" } else { method };
         Some(Self {
-            branch: branch.to_owned(),
+            branch: branch.into(),
             sent_by: format!(
                 "{}:{}",
                 sent_by_host.to_ascii_lowercase(),
                 sent_by_port.unwrap_or(5060)
-            ),
-            method: method.to_owned(),
+            )
+            .into(),
+            method: method.into(),
         })
+    }
+
+    /// The key of a request or of a response: its top Via and its CSeq method (for a
+    /// request, the CSeq method must be the request's own).
+    pub fn of(m: &Message<'_>) -> Option<Self> {
+        let via = m.header(Name::Via).and_then(Via::parse_top)?;
+        let cseq = m.header(Name::CSeq).and_then(CSeq::parse)?;
+        if let StartLine::Request { method, .. } = m.start
+            && method != cseq.method
+        {
+            return None;
+        }
+        Self::new(via.branch?, via.host, via.port, cseq.method)
+    }
+
+    pub fn branch(&self) -> &str {
+        &self.branch
+    }
+
+    /// The method of the transaction (INVITE for an ACK).
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    pub fn is_invite(&self) -> bool {
+        &*self.method == "INVITE"
     }
 }
 
 /// What to do with an incoming request.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Seen<'a> {
-    /// A new request: handle it, then record the response with [`ServerTransactions::respond`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seen<D> {
+    /// A new request: handle it, then answer it through [`ServerTransactions::respond`].
     New,
-    /// A retransmission of a request still being handled: drop it.
+    /// A retransmission of a request still being handled (or an INVITE already
+    /// answered 2xx): drop it.
     Absorb,
     /// A retransmission of an answered request: send this response again.
-    Resend(&'a [u8]),
+    Resend { to: D, bytes: Arc<[u8]> },
+    /// The table has no room for another transaction of this kind: drop the request
+    /// (it cannot be answered, since an answer needs an entry).
+    Full,
+}
+
+/// What a deadline brought.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerOutput<D> {
+    /// Send a final answer again (Timer G, or sipward's own 2xx).
+    Send { to: D, bytes: Arc<[u8]> },
+    /// A final answer was never acknowledged (Timer H for a non-2xx, Timer L for a
+    /// 2xx of sipward's own): the TU may want to end the call it made.
+    Unacknowledged { key: TxKey, success: bool },
+}
+
+/// Why a response was not recorded (the caller drops it and counts the reason).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unanswerable {
+    #[error("the response has no RFC 3261 top Via or no CSeq")]
+    NoKey,
+    #[error("no request in the table is answered by this response")]
+    NoTransaction,
+    #[error("the request has had its final answer")]
+    Answered,
+    #[error("the bytes are not a response with a valid status code")]
+    NotAResponse,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// No final answer yet.
+    Pending,
+    /// Non-INVITE answered finally; INVITE answered 300-699 and waiting for its ACK.
+    Completed,
+    /// INVITE answered 300-699 and ACKed (Timer I).
+    Confirmed,
+    /// INVITE answered 2xx (Timer L).
+    Accepted,
+}
+
+/// Which answers the table repeats by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Repeat {
+    /// A 300-699 answer to an INVITE, until its ACK (Timer G).
+    UntilAck,
+    /// Nothing (answers to requests nobody authenticated).
+    Never,
+    /// A 2xx of our own, until the TU reports its ACK.
+    Own2xx,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Retransmit {
+    at: Instant,
+    interval: Duration,
 }
 
 #[derive(Debug)]
-struct Entry {
-    response: Option<Vec<u8>>,
+struct Entry<D> {
+    to: D,
+    invite: bool,
+    reliability: Reliability,
+    phase: Phase,
+    /// The last response sent.
+    response: Option<Arc<[u8]>>,
+    /// Timer G, or the repetition of a 2xx of our own.
+    retransmit: Option<Retransmit>,
+    /// A 2xx of our own, repeated until the TU reports its ACK.
+    own_2xx: bool,
+    /// When the entry goes (Timer H, I, J, L or the pending limit).
     expires: Instant,
+    /// The deadline as filed (INVITE entries only).
+    filed: Option<Instant>,
 }
 
+impl<D> Entry<D> {
+    fn deadline(&self) -> Instant {
+        match self.retransmit {
+            Some(r) if r.at < self.expires => r.at,
+            _ => self.expires,
+        }
+    }
+}
+
+/// The server transactions of one endpoint; see the module documentation.
 #[derive(Debug)]
-pub struct ServerTransactions {
-    entries: HashMap<TxKey, Entry>,
+pub struct ServerTransactions<D> {
+    timers: Timers,
+    entries: HashMap<TxKey, Entry<D>>,
+    /// Non-INVITE keys, oldest first (expiry is lazy: a key whose entry is gone or has
+    /// moved on is skipped).
     order: VecDeque<(Instant, TxKey)>,
+    /// INVITE deadlines.
+    deadlines: BTreeSet<(Instant, TxKey)>,
     capacity: usize,
-    linger: Duration,
+    invite_capacity: usize,
+    invites: usize,
 }
 
-impl ServerTransactions {
-    pub fn new(capacity: usize, linger: Duration) -> Self {
+/// The status code of a response's bytes (`SIP/2.0 NNN ...`).
+fn status_of(bytes: &[u8]) -> Option<u16> {
+    let rest = bytes.strip_prefix(b"SIP/2.0 ")?;
+    let code = std::str::from_utf8(rest.get(..3)?).ok()?.parse().ok()?;
+    (100..=699).contains(&code).then_some(code)
+}
+
+impl<D: Clone> ServerTransactions<D> {
+    /// A table of at most `capacity` non-INVITE and `invite_capacity` INVITE
+    /// transactions (at least one each).
+    pub fn new(capacity: usize, invite_capacity: usize, timers: Timers) -> Self {
         Self {
+            timers,
             entries: HashMap::new(),
             order: VecDeque::new(),
+            deadlines: BTreeSet::new(),
             capacity: capacity.max(1),
-            linger,
+            invite_capacity: invite_capacity.max(1),
+            invites: 0,
         }
     }
 
@@ -86,48 +244,313 @@ impl ServerTransactions {
         self.entries.is_empty()
     }
 
+    /// INVITE transactions in the table.
+    pub fn invites(&self) -> usize {
+        self.invites
+    }
+
+    /// Where the answers of the request `key` go, while it is in the table.
+    pub fn destination(&self, key: &TxKey) -> Option<&D> {
+        self.entries.get(key).map(|e| &e.to)
+    }
+
+    /// Whether the request `key` is in the table and still waits for its final answer.
+    pub fn pending(&self, key: &TxKey) -> bool {
+        self.entries
+            .get(key)
+            .is_some_and(|e| e.phase == Phase::Pending)
+    }
+
+    /// When [`Self::on_deadline`] must be called next for INVITE timers.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|(t, _)| *t)
+    }
+
+    /// Drops non-INVITE entries that are over, and the oldest ones while the table is
+    /// full.
     fn expire(&mut self, now: Instant) {
+        let non_invites = self.entries.len() - self.invites;
+        let mut over = non_invites >= self.capacity;
         while let Some((t, _)) = self.order.front() {
-            if *t > now && self.entries.len() < self.capacity {
+            if *t > now && !over {
                 break;
             }
-            if let Some((_, key)) = self.order.pop_front()
-                && self
-                    .entries
-                    .get(&key)
-                    .is_some_and(|e| e.expires <= now || self.entries.len() >= self.capacity)
-            {
+            let Some((_, key)) = self.order.pop_front() else {
+                break;
+            };
+            let gone = match self.entries.get(&key) {
+                Some(e) if !e.invite => e.expires <= now || over,
+                _ => false,
+            };
+            if gone {
                 self.entries.remove(&key);
+                over = self.entries.len() - self.invites >= self.capacity;
             }
         }
     }
 
-    pub fn on_request(&mut self, key: &TxKey, now: Instant) -> Seen<'_> {
+    fn file(&mut self, key: &TxKey) {
+        let Some(e) = self.entries.get_mut(key) else {
+            return;
+        };
+        let new = e.deadline();
+        if e.filed != Some(new) {
+            if let Some(old) = e.filed {
+                self.deadlines.remove(&(old, key.clone()));
+            }
+            self.deadlines.insert((new, key.clone()));
+            e.filed = Some(new);
+        }
+    }
+
+    fn remove(&mut self, key: &TxKey) {
+        if let Some(e) = self.entries.remove(key) {
+            if let Some(t) = e.filed {
+                self.deadlines.remove(&(t, key.clone()));
+            }
+            if e.invite {
+                self.invites -= 1;
+            }
+        }
+    }
+
+    /// A request arrived (not an ACK: see [`Self::on_ack`]); its answers will go to `to`.
+    pub fn on_request(
+        &mut self,
+        key: &TxKey,
+        to: D,
+        reliability: Reliability,
+        now: Instant,
+    ) -> Seen<D> {
         self.expire(now);
-        if self.entries.contains_key(key) {
-            return match self.entries.get(key).and_then(|e| e.response.as_deref()) {
-                Some(r) => Seen::Resend(r),
-                None => Seen::Absorb,
+        if self
+            .entries
+            .get(key)
+            .is_some_and(|e| !e.invite && e.expires <= now)
+        {
+            self.entries.remove(key);
+        }
+        if let Some(e) = self.entries.get(key) {
+            return match (e.phase, &e.response) {
+                (Phase::Accepted | Phase::Confirmed, _) | (_, None) => Seen::Absorb,
+                (_, Some(r)) => Seen::Resend {
+                    to: e.to.clone(),
+                    bytes: Arc::clone(r),
+                },
             };
         }
-        let expires = now + self.linger;
+        let invite = key.is_invite();
+        if invite && self.invites >= self.invite_capacity {
+            return Seen::Full;
+        }
+        let expires = if invite {
+            now + INVITE_PENDING_MAX
+        } else {
+            // The TU answers within its own client transaction's Timer F; twice that
+            // is a generous bound for a request it forgot.
+            now + self.timers.timeout() * 2
+        };
         self.entries.insert(
             key.clone(),
             Entry {
+                to,
+                invite,
+                reliability,
+                phase: Phase::Pending,
                 response: None,
+                retransmit: None,
+                own_2xx: false,
                 expires,
+                filed: None,
             },
         );
-        self.order.push_back((expires, key.clone()));
+        if invite {
+            self.invites += 1;
+            self.file(key);
+        } else {
+            self.order.push_back((expires, key.clone()));
+        }
         Seen::New
     }
 
-    /// Records the (final) response sent for a request.
-    pub fn respond(&mut self, key: &TxKey, response: &[u8], now: Instant) {
-        if let Some(e) = self.entries.get_mut(key) {
-            e.response = Some(response.to_vec());
-            e.expires = now + self.linger;
+    /// An ACK arrived with the key of an INVITE transaction. True when it acknowledged
+    /// a 300-699 answer of that transaction (the ACK ends here, hop by hop); false for
+    /// anything else (the ACK of a 2xx belongs to its dialog, not to a transaction).
+    pub fn on_ack(&mut self, key: &TxKey, now: Instant) -> bool {
+        let timers = self.timers;
+        let Some(e) = self.entries.get_mut(key) else {
+            return false;
+        };
+        match e.phase {
+            Phase::Completed if e.invite => {
+                e.phase = Phase::Confirmed;
+                e.retransmit = None;
+                e.expires = now + timers.timer_k(e.reliability);
+                self.file(key);
+                true
+            }
+            Phase::Confirmed => true,
+            _ => false,
         }
+    }
+
+    /// Records the response `bytes` to the request `key` and returns where it goes.
+    /// A final answer moves the transaction on (see the module documentation); `Err`
+    /// says why this response may not be sent.
+    pub fn respond(
+        &mut self,
+        key: &TxKey,
+        bytes: Arc<[u8]>,
+        now: Instant,
+    ) -> Result<D, Unanswerable> {
+        self.record(key, bytes, Repeat::UntilAck, now)
+    }
+
+    /// [`Self::respond`], except that a 300-699 answer to an INVITE is not repeated by
+    /// Timer G: it goes again only when the INVITE does. For answers to requests nobody
+    /// has authenticated (a 407 challenge, a refusal): a forged source address then gets
+    /// one answer per request it is sent, never ten, so sipward cannot be used to
+    /// amplify a flood towards it.
+    pub fn respond_once(
+        &mut self,
+        key: &TxKey,
+        bytes: Arc<[u8]>,
+        now: Instant,
+    ) -> Result<D, Unanswerable> {
+        self.record(key, bytes, Repeat::Never, now)
+    }
+
+    /// [`Self::respond`] for a 2xx of sipward's own to an INVITE (a UAS core): the table
+    /// sends it again (T1 doubling to T2, on unreliable transports) until
+    /// [`Self::acknowledged`], and reports it at Timer L if never.
+    pub fn respond_until_ack(
+        &mut self,
+        key: &TxKey,
+        bytes: Arc<[u8]>,
+        now: Instant,
+    ) -> Result<D, Unanswerable> {
+        self.record(key, bytes, Repeat::Own2xx, now)
+    }
+
+    fn record(
+        &mut self,
+        key: &TxKey,
+        bytes: Arc<[u8]>,
+        repeat: Repeat,
+        now: Instant,
+    ) -> Result<D, Unanswerable> {
+        let own_2xx = repeat == Repeat::Own2xx;
+        let code = status_of(&bytes).ok_or(Unanswerable::NotAResponse)?;
+        let timers = self.timers;
+        let e = self
+            .entries
+            .get_mut(key)
+            .ok_or(Unanswerable::NoTransaction)?;
+        let to = e.to.clone();
+        match (e.phase, code) {
+            (Phase::Pending, 100..=199) => {
+                e.response = Some(bytes);
+                return Ok(to);
+            }
+            // More 2xx after the first: a proxy passes on every one (RFC 6026).
+            (Phase::Accepted, 200..=299) if e.invite => return Ok(to),
+            (Phase::Pending, _) => {}
+            _ => return Err(Unanswerable::Answered),
+        }
+        let unreliable = e.reliability == Reliability::Unreliable;
+        e.response = Some(bytes);
+        if !e.invite {
+            e.phase = Phase::Completed;
+            let linger = match e.reliability {
+                Reliability::Unreliable => timers.timeout(),
+                Reliability::Reliable => Duration::ZERO,
+            };
+            e.expires = now + linger;
+            if linger.is_zero() {
+                self.entries.remove(key);
+            } else {
+                self.order.push_back((now + linger, key.clone()));
+            }
+            return Ok(to);
+        }
+        if (200..300).contains(&code) {
+            e.phase = Phase::Accepted;
+            e.own_2xx = own_2xx;
+            e.retransmit = (own_2xx && unreliable).then(|| Retransmit {
+                at: now + timers.t1(),
+                interval: timers.t1(),
+            });
+        } else {
+            e.phase = Phase::Completed;
+            e.retransmit = (unreliable && repeat != Repeat::Never).then(|| Retransmit {
+                at: now + timers.t1(),
+                interval: timers.t1(),
+            });
+        }
+        e.expires = now + timers.timeout();
+        self.file(key);
+        Ok(to)
+    }
+
+    /// The TU matched the ACK of its own 2xx to the INVITE `key`: stop repeating it.
+    pub fn acknowledged(&mut self, key: &TxKey) {
+        if let Some(e) = self.entries.get_mut(key)
+            && e.phase == Phase::Accepted
+        {
+            e.retransmit = None;
+            e.own_2xx = false;
+            self.file(key);
+        }
+    }
+
+    /// Runs the INVITE timers due at `now`: retransmissions, and entries that end.
+    pub fn on_deadline(&mut self, now: Instant) -> Vec<ServerOutput<D>> {
+        let mut due = Vec::new();
+        while let Some((t, _)) = self.deadlines.first() {
+            if *t > now {
+                break;
+            }
+            if let Some((_, key)) = self.deadlines.pop_first() {
+                if let Some(e) = self.entries.get_mut(&key) {
+                    e.filed = None;
+                }
+                due.push(key);
+            }
+        }
+        let t2 = self.timers.t2();
+        let mut out = Vec::new();
+        for key in due {
+            let Some(e) = self.entries.get_mut(&key) else {
+                continue;
+            };
+            if e.expires <= now {
+                let report = match e.phase {
+                    Phase::Completed => Some(false),
+                    Phase::Accepted if e.own_2xx => Some(true),
+                    _ => None,
+                };
+                self.remove(&key);
+                if let Some(success) = report {
+                    out.push(ServerOutput::Unacknowledged { key, success });
+                }
+                continue;
+            }
+            if let (Some(r), Some(bytes)) = (e.retransmit, &e.response)
+                && r.at <= now
+            {
+                let interval = (r.interval * 2).min(t2);
+                e.retransmit = Some(Retransmit {
+                    at: now + interval,
+                    interval,
+                });
+                out.push(ServerOutput::Send {
+                    to: e.to.clone(),
+                    bytes: Arc::clone(bytes),
+                });
+            }
+            self.file(&key);
+        }
+        out
     }
 }
 
@@ -135,41 +558,239 @@ impl ServerTransactions {
 mod tests {
     use super::*;
 
-    fn key(b: &str) -> TxKey {
-        TxKey::new(b, "Host.Example", None, "REGISTER").expect("rfc3261 branch")
+    type Table = ServerTransactions<&'static str>;
+    const UDP: Reliability = Reliability::Unreliable;
+
+    fn key(b: &str, method: &str) -> TxKey {
+        TxKey::new(b, "Host.Example", None, method).expect("rfc3261 branch")
+    }
+
+    fn bytes(s: &str) -> Arc<[u8]> {
+        Arc::from(s.as_bytes())
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
     }
 
     #[test]
     fn retransmissions_are_absorbed_then_answered() {
         let t0 = Instant::now();
-        let mut t = ServerTransactions::new(10, TIMER_J);
-        let k = key("z9hG4bK1");
-        assert_eq!(t.on_request(&k, t0), Seen::New);
-        assert_eq!(t.on_request(&k, t0), Seen::Absorb);
-        t.respond(&k, b"SIP/2.0 200 OK", t0);
+        let mut t = Table::new(10, 10, Timers::default());
+        let k = key("z9hG4bK1", "REGISTER");
+        assert_eq!(t.on_request(&k, "phone", UDP, t0), Seen::New);
+        assert_eq!(t.on_request(&k, "phone", UDP, t0), Seen::Absorb);
+        assert_eq!(t.respond(&k, bytes("SIP/2.0 200 OK"), t0), Ok("phone"));
         assert_eq!(
-            t.on_request(&k, t0 + Duration::from_secs(1)),
-            Seen::Resend(b"SIP/2.0 200 OK")
+            t.on_request(&k, "elsewhere", UDP, t0 + Duration::from_secs(1)),
+            Seen::Resend {
+                to: "phone",
+                bytes: bytes("SIP/2.0 200 OK")
+            },
+            "to where the first one came from"
         );
         assert_eq!(
-            t.on_request(&k, t0 + Duration::from_secs(40)),
+            t.respond(&k, bytes("SIP/2.0 500 Again"), t0),
+            Err(Unanswerable::Answered),
+            "one final answer"
+        );
+        assert_eq!(
+            t.on_request(&k, "phone", UDP, t0 + Duration::from_secs(40)),
             Seen::New,
             "expired after Timer J"
         );
         assert_eq!(TxKey::new("old-style", "h", None, "REGISTER"), None);
         assert_ne!(
-            key("z9hG4bK1"),
+            key("z9hG4bK1", "REGISTER"),
             TxKey::new("z9hG4bK1", "host.example", Some(5070), "REGISTER").expect("k")
+        );
+        assert_eq!(
+            t.respond(&key("z9hG4bKnone", "REGISTER"), bytes("SIP/2.0 200 OK"), t0),
+            Err(Unanswerable::NoTransaction)
+        );
+        assert_eq!(
+            t.respond(&k, bytes("REGISTER sip:x SIP/2.0"), t0),
+            Err(Unanswerable::NotAResponse)
         );
     }
 
     #[test]
-    fn the_table_is_bounded() {
+    fn a_reliable_request_is_forgotten_with_its_final_answer() {
         let t0 = Instant::now();
-        let mut t = ServerTransactions::new(100, TIMER_J);
+        let mut t = Table::new(10, 10, Timers::default());
+        let k = key("z9hG4bK1", "OPTIONS");
+        t.on_request(&k, "conn", Reliability::Reliable, t0);
+        assert_eq!(t.respond(&k, bytes("SIP/2.0 100 Trying"), t0), Ok("conn"));
+        assert_eq!(t.respond(&k, bytes("SIP/2.0 200 OK"), t0), Ok("conn"));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_invites_are_never_evicted() {
+        let t0 = Instant::now();
+        let mut t = Table::new(100, 2, Timers::default());
+        let ringing = key("z9hG4bKinvite", "INVITE");
+        assert_eq!(t.on_request(&ringing, "caller", UDP, t0), Seen::New);
         for i in 0..10_000 {
-            t.on_request(&key(&format!("z9hG4bK{i}")), t0);
+            t.on_request(&key(&format!("z9hG4bK{i}"), "REGISTER"), "bot", UDP, t0);
         }
-        assert!(t.len() <= 100, "{}", t.len());
+        assert!(t.len() <= 101, "{}", t.len());
+        assert_eq!(
+            t.destination(&ringing),
+            Some(&"caller"),
+            "a REGISTER flood keeps it"
+        );
+        t.on_request(&key("z9hG4bKinvite2", "INVITE"), "caller", UDP, t0);
+        assert_eq!(
+            t.on_request(&key("z9hG4bKinvite3", "INVITE"), "caller", UDP, t0),
+            Seen::Full
+        );
+        assert_eq!(t.invites(), 2);
+    }
+
+    #[test]
+    fn a_failure_to_an_invite_is_repeated_until_its_ack() {
+        let t0 = Instant::now();
+        let mut t = Table::new(10, 10, Timers::default());
+        let k = key("z9hG4bKinv", "INVITE");
+        t.on_request(&k, "caller", UDP, t0);
+        t.respond(&k, bytes("SIP/2.0 180 Ringing"), t0)
+            .expect("180");
+        assert_eq!(
+            t.on_request(&k, "caller", UDP, t0 + ms(100)),
+            Seen::Resend {
+                to: "caller",
+                bytes: bytes("SIP/2.0 180 Ringing")
+            },
+            "§17.2.1: the last provisional answer again"
+        );
+        t.respond(&k, bytes("SIP/2.0 486 Busy"), t0 + ms(1000))
+            .expect("486");
+        // Timer G: 1.5 s, 2.5 s, 4.5 s...
+        assert_eq!(t.next_deadline(), Some(t0 + ms(1500)));
+        let out = t.on_deadline(t0 + ms(1500));
+        assert_eq!(
+            out,
+            vec![ServerOutput::Send {
+                to: "caller",
+                bytes: bytes("SIP/2.0 486 Busy")
+            }]
+        );
+        assert_eq!(t.next_deadline(), Some(t0 + ms(2500)));
+        assert!(t.on_ack(&key("z9hG4bKinv", "ACK"), t0 + ms(2000)));
+        assert!(
+            t.on_deadline(t0 + ms(2500)).is_empty(),
+            "no more after the ACK"
+        );
+        assert!(
+            t.on_ack(&k, t0 + ms(2100)),
+            "a stray ACK is absorbed (Timer I)"
+        );
+        t.on_deadline(t0 + ms(8000));
+        assert!(t.is_empty(), "gone after Timer I");
+
+        // An answer sent once is not repeated by Timer G, only for the INVITE again.
+        let k = key("z9hG4bKonce", "INVITE");
+        t.on_request(&k, "stranger", UDP, t0);
+        t.respond_once(&k, bytes("SIP/2.0 407 Proxy Authentication Required"), t0)
+            .expect("407");
+        assert!(t.on_deadline(t0 + ms(600)).is_empty());
+        assert!(matches!(
+            t.on_request(&k, "stranger", UDP, t0 + ms(700)),
+            Seen::Resend { .. }
+        ));
+        assert!(t.on_ack(&k, t0 + ms(800)));
+
+        // No ACK ever: Timer H reports it.
+        let k = key("z9hG4bKinv2", "INVITE");
+        t.on_request(&k, "caller", UDP, t0);
+        t.respond(&k, bytes("SIP/2.0 603 Decline"), t0)
+            .expect("603");
+        let mut reported = Vec::new();
+        while let Some(d) = t.next_deadline() {
+            reported.extend(
+                t.on_deadline(d)
+                    .into_iter()
+                    .filter(|o| matches!(o, ServerOutput::Unacknowledged { .. })),
+            );
+        }
+        assert_eq!(
+            reported,
+            vec![ServerOutput::Unacknowledged {
+                key: k,
+                success: false
+            }]
+        );
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn an_own_2xx_is_repeated_until_the_tu_matches_its_ack() {
+        let t0 = Instant::now();
+        let mut t = Table::new(10, 10, Timers::default());
+        let k = key("z9hG4bKinv", "INVITE");
+        t.on_request(&k, "caller", UDP, t0);
+        t.respond_until_ack(&k, bytes("SIP/2.0 200 OK"), t0)
+            .expect("200");
+        assert_eq!(t.on_request(&k, "caller", UDP, t0), Seen::Absorb);
+        assert_eq!(t.on_deadline(t0 + ms(500)).len(), 1);
+        t.acknowledged(&k);
+        assert!(t.on_deadline(t0 + ms(1500)).is_empty());
+        assert!(
+            t.on_deadline(t0 + ms(33_000)).is_empty(),
+            "no report once ACKed"
+        );
+        assert!(t.is_empty());
+
+        // A proxied 2xx is passed on, not repeated by the table; more 2xx may follow.
+        let k = key("z9hG4bKproxied", "INVITE");
+        t.on_request(&k, "caller", UDP, t0);
+        t.respond(&k, bytes("SIP/2.0 200 OK"), t0).expect("200");
+        assert_eq!(t.respond(&k, bytes("SIP/2.0 200 OK"), t0), Ok("caller"));
+        assert_eq!(
+            t.respond(&k, bytes("SIP/2.0 486 Busy"), t0),
+            Err(Unanswerable::Answered)
+        );
+        assert!(t.on_deadline(t0 + ms(1000)).is_empty());
+        assert!(!t.on_ack(&k, t0), "a 2xx's ACK is the dialog's");
+
+        // Never ACKed: reported at Timer L.
+        let k = key("z9hG4bKlost", "INVITE");
+        t.on_request(&k, "caller", UDP, t0);
+        t.respond_until_ack(&k, bytes("SIP/2.0 200 OK"), t0)
+            .expect("200");
+        let mut last = Vec::new();
+        while let Some(d) = t.next_deadline() {
+            last = t.on_deadline(d);
+        }
+        assert_eq!(
+            last,
+            vec![ServerOutput::Unacknowledged {
+                key: k,
+                success: true
+            }]
+        );
+    }
+
+    #[test]
+    fn keys_come_from_requests_and_responses_alike() {
+        let req = crate::msg::parse(
+            b"INVITE sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP A.example:5062;branch=z9hG4bKk1;rport\r\n\
+              CSeq: 7 INVITE\r\nContent-Length: 0\r\n\r\n",
+        )
+        .expect("parse");
+        let resp = crate::msg::parse(
+            b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP a.example:5062;branch=z9hG4bKk1;received=192.0.2.1;rport=7\r\n\
+              CSeq: 7 INVITE\r\nContent-Length: 0\r\n\r\n",
+        )
+        .expect("parse");
+        assert_eq!(TxKey::of(&req), TxKey::of(&resp));
+        assert!(TxKey::of(&req).is_some_and(|k| k.is_invite()));
+        let mismatch = crate::msg::parse(
+            b"BYE sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP a:5062;branch=z9hG4bKk1\r\n\
+              CSeq: 7 INVITE\r\nContent-Length: 0\r\n\r\n",
+        )
+        .expect("parse");
+        assert_eq!(TxKey::of(&mismatch), None);
     }
 }

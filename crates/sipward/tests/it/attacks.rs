@@ -355,6 +355,8 @@ fn svwar_finds_no_extension() {
         assert_eq!(enumerated(&out), Vec::<String>::new(), "{method}:\n{out}");
     }
     assert_eq!(env.json(&["ban", "list", "--json"]), serde_json::json!([]));
+    // sipward only answered: it never tried to send anything the egress rule refuses.
+    assert_eq!(server.egress_denied("svwar, guard off"), 0);
     // With the default guard, svwar is banned at its first request.
     let (env, _users, server) = office_of_100("");
     let out = svwar(server.sip.port(), "REGISTER", "127.0.0.8");
@@ -363,6 +365,7 @@ fn svwar_finds_no_extension() {
         env.json(&["ban", "list", "--json"])[0]["reason"],
         "scanner.user_agent"
     );
+    assert_eq!(server.egress_denied("svwar, default guard"), 0);
 }
 
 #[test]
@@ -412,4 +415,5 @@ fn sipp_keeps_registering_while_the_tools_attack() {
     banned.sort_unstable();
     // svwar and svcrack send from 127.0.0.1 whatever `-b` says (SIPVicious 0.3.x).
     assert_eq!(banned, ["127.0.0.1", "127.0.0.9"], "{bans}");
+    assert_eq!(server.egress_denied("svwar + svcrack + flood + SIPp"), 0);
 }

@@ -288,6 +288,8 @@ fn svmap_finds_nothing_and_its_source_is_banned() {
         options(&office, 1).is_some(),
         "everyone else is still answered"
     );
+    assert_eq!(open.egress_denied("svmap, scanner bans off"), 0);
+    assert_eq!(server.egress_denied("svmap, default guard"), 0);
 }
 
 /// Runs svcrack against extension 1001 (auth ID 1001), guessing 1000..1030: its range
@@ -348,6 +350,7 @@ fn svcrack_finds_no_password_and_is_banned_within_10_guesses() {
         cracked(&seen),
         "svcrack must crack an undefended weak extension:\n{seen}"
     );
+    assert_eq!(open.egress_denied("svcrack, guard off"), 0);
 
     // Default guard, same weak extension: its first request bans it (scanner User-Agent).
     let (env, server) = target("", "1001");
@@ -379,4 +382,5 @@ fn svcrack_finds_no_password_and_is_banned_within_10_guesses() {
             || server.metric("sipward_kernel_drop_sources") >= 1,
         "what it sent after the ban was dropped unread"
     );
+    assert_eq!(server.egress_denied("svcrack, failures ban"), 0);
 }

@@ -148,7 +148,11 @@ impl Server {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
             if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(status.success(), "serve exited with {status}");
+                assert!(
+                    status.success(),
+                    "serve exited with {status}:\n{}",
+                    self.log()
+                );
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -186,6 +190,33 @@ impl Server {
         body.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
             .unwrap_or_else(|| panic!("metric {name} missing"))
+    }
+}
+
+impl Server {
+    /// `sipward_egress_denied_total` summed over its reasons, after printing every
+    /// non-zero reason with `what` (run with `--nocapture` to read the counts).
+    pub fn egress_denied(&self, what: &str) -> u64 {
+        let (_, body) = self.http_get("/metrics");
+        let mut total = 0;
+        for l in body.lines() {
+            let family = [
+                "sipward_egress_denied_total{",
+                "sipward_responses_dropped_total{",
+            ];
+            if family.iter().any(|f| l.starts_with(f)) {
+                let n: u64 = l
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                eprintln!("{what}: {l}");
+                if l.starts_with(family[0]) {
+                    total += n;
+                }
+            }
+        }
+        total
     }
 }
 
@@ -228,6 +259,24 @@ pub fn sipp_from(
     let inf = dir.join("users.csv");
     std::fs::write(&inf, csv).expect("csv");
     let stat = dir.join("stat.csv");
+    // SIPp 3.6 computes every digest over `sip:REMOTE_IP:PORT` unless told otherwise;
+    // sipward holds a digest's uri= to the Request-URI (RFC 3261 §22.4), so a scenario
+    // that calls `[field2]` signs that Request-URI (one dialled number per run).
+    let calls_field2 = std::fs::read_to_string(&scenario)
+        .is_ok_and(|t| t.contains("INVITE sip:[field2]@[remote_ip]:[remote_port] SIP/2.0"));
+    let dialled: std::collections::BTreeSet<&str> = csv
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(';').nth(2))
+        .collect();
+    let auth_uri = match (calls_field2, dialled.len()) {
+        (true, 1) => dialled
+            .first()
+            .map(|d| vec!["-auth_uri".to_owned(), format!("{d}@{target}")]),
+        (true, _) => panic!("one SIPp run signs one Request-URI: give it one dialled number"),
+        _ => None,
+    }
+    .unwrap_or_default();
     let out = Command::new(sipp)
         .current_dir(&dir)
         .args([
@@ -236,6 +285,7 @@ pub fn sipp_from(
             "-inf",
             inf.to_str().expect("utf8"),
         ])
+        .args(&auth_uri)
         .args([
             "-i",
             local_ip,

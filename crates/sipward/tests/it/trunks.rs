@@ -216,3 +216,63 @@ fn providers_are_audited() {
         serde_json::json!([])
     );
 }
+
+#[test]
+fn the_audit_reports_a_route_whose_rewrite_raises_the_class() {
+    let env = Env::new();
+    env.ok(&[
+        "gateway",
+        "add",
+        "pstn",
+        "--vendor",
+        "generic",
+        "--ext",
+        "4801",
+        "--auth-id",
+        "gw-pstn-48",
+        "--password",
+        "Rk8wQz3mTn6vLp2Xs",
+        "--host",
+        "192.0.2.10",
+    ]);
+    // A route that matches national numbers and sends them as they are: no finding.
+    env.ok(&[
+        "route",
+        "add",
+        "us",
+        "--pattern",
+        "1NXXNXXXXXX",
+        "--trunk",
+        "pstn",
+    ]);
+    let clean = env.json(&["audit", "--json"]);
+    assert!(
+        !rules_of(&clean["findings"]).contains(&"route.rewrite_raises_class".to_string()),
+        "{clean}"
+    );
+    // The README's `00.` route under the default (NANP) plan: `00...` is no number
+    // abroad as dialled, but leaves as `+...`, a call abroad.
+    env.ok(&[
+        "route",
+        "add",
+        "world",
+        "--pattern",
+        "00.",
+        "--trunk",
+        "pstn",
+        "--strip",
+        "2",
+        "--prepend",
+        "+",
+    ]);
+    let report = env.json(&["audit", "--json"]);
+    let finding = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["rule"] == "route.rewrite_raises_class")
+        .unwrap_or_else(|| panic!("no route finding: {report}"));
+    assert_eq!(finding["subject"], "route:world");
+    assert_eq!(finding["severity"], "critical");
+    assert_eq!(env.run(&["audit", "--fail-on", "critical"]).code, 1);
+}

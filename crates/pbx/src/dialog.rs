@@ -1,0 +1,629 @@
+//! Dialogs (RFC 3261 §12) bound to their parties: the table that says which in-dialog
+//! requests sipward carries, from whom, and to whom.
+//!
+//! A dialog is made by an INVITE that was authorised and admitted (early at a tagged
+//! provisional answer, confirmed at the 2xx), and is keyed by its Call-ID and both tags.
+//! It holds both parties: who they are (an extension, a trunk, or sipward itself on a
+//! back-to-back leg) and the flow each is reached on. An in-dialog request is carried
+//! only when it comes from one party's flow, and only to the other party's flow: the
+//! Request-URI and Route headers a peer writes are carried along but never decide where
+//! anything goes. A dialog ends at BYE, a final failure, a timeout or its maximum
+//! duration; an ended dialog is remembered for [`ENDED_KEPT`] so that anything that
+//! refers to it gets 481, and the table is bounded ([`MAX_DIALOGS`]).
+//!
+//! Nothing here is a credential: Call-IDs and tags only find a dialog; the flow a
+//! request came on is what is checked.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, KeyInit, Mac};
+use policy::dialplan::{CallClass, ClassOfService};
+use sha2::Sha256;
+
+use crate::flow::Flow;
+
+/// Dialogs at once (early, confirmed and recently ended).
+pub const MAX_DIALOGS: usize = 65_536;
+/// How long an ended dialog is remembered (64·T1: longer than any retransmission of
+/// the requests that ended it).
+pub const ENDED_KEPT: Duration = Duration::from_secs(32);
+/// An early dialog that no 2xx confirmed within this is over (longer than any ring time).
+pub const EARLY_MAX: Duration = Duration::from_secs(15 * 60);
+/// A confirmed dialog older than this is over: phones that vanish without a BYE must not
+/// fill the table (longer than the longest maximum call duration a class may have).
+pub const CONFIRMED_MAX: Duration = Duration::from_secs(25 * 3600);
+
+/// Unguessable tokens (tags, Call-IDs, cnonces) from a key drawn from the OS CSPRNG
+/// and a counter.
+#[derive(Debug)]
+pub struct Tokens {
+    key: [u8; 32],
+    counter: AtomicU64,
+}
+
+impl Tokens {
+    pub fn new(key: [u8; 32]) -> Self {
+        Self {
+            key,
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    /// 24 hex digits, distinct for every call, never predictable without the key.
+    pub fn next(&self, label: &str) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        m.update(label.as_bytes());
+        m.update(&n.to_be_bytes());
+        hex::encode(&m.finalize().into_bytes()[..12])
+    }
+}
+
+/// A dialog's handle, never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DialogId(u64);
+
+/// Who a party of a dialog is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Who {
+    /// An extension, by number.
+    Extension(String),
+    /// A trunk (`gateway:NAME`, `provider:NAME`).
+    Trunk(String),
+    /// sipward itself: one end of a back-to-back agent's leg.
+    Sipward,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Party {
+    pub who: Who,
+    /// The tag this party puts in its From (and gets in its To).
+    pub tag: String,
+    /// Where this party is reached; None for sipward itself.
+    pub flow: Option<Flow>,
+}
+
+/// Where a dialog is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// A tagged provisional answer, no 2xx yet.
+    Early,
+    Confirmed,
+    /// A BYE is on its way (a party's, or sipward's own): nothing but that BYE and
+    /// ACKs are carried any more.
+    Terminating,
+    /// Over; kept a while so that requests referring to it get 481.
+    Ended,
+}
+
+/// Which leg of a back-to-back call a dialog is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Leg {
+    /// Between the phone and sipward.
+    A,
+    /// Between sipward and the trunk.
+    B,
+}
+
+/// What made the dialog, and so who handles its requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A call the proxy forwarded: requests pass between the two parties.
+    Proxied,
+    /// One leg of a back-to-back call (its id in the B2BUA).
+    Trunk { call: u64, leg: Leg },
+}
+
+/// A dialog as the table holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dialog {
+    pub id: DialogId,
+    pub call_id: String,
+    /// The party that sent the INVITE.
+    pub caller: Party,
+    /// The party that answered it.
+    pub callee: Party,
+    pub phase: Phase,
+    pub kind: Kind,
+    /// The class the call was admitted as (internal, national, ...).
+    pub class: Option<CallClass>,
+    /// The class of service it was admitted under (the caller's, or a transfer's
+    /// referrer's); None for calls from trunks.
+    pub class_of_service: Option<ClassOfService>,
+    /// For a trunk call: the number that leaves, in E.164.
+    pub e164: Option<String>,
+    pub started: Instant,
+    pub answered: Option<Instant>,
+    pub ended: Option<Instant>,
+}
+
+/// Which party a request came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Caller,
+    Callee,
+}
+
+impl Dialog {
+    pub fn party(&self, side: Side) -> &Party {
+        match side {
+            Side::Caller => &self.caller,
+            Side::Callee => &self.callee,
+        }
+    }
+
+    pub fn other(&self, side: Side) -> &Party {
+        match side {
+            Side::Caller => &self.callee,
+            Side::Callee => &self.caller,
+        }
+    }
+
+    /// Whether a request in it still carries anything (not Terminating or Ended).
+    pub fn live(&self) -> bool {
+        matches!(self.phase, Phase::Early | Phase::Confirmed)
+    }
+}
+
+/// What a new dialog starts with.
+#[derive(Clone, Debug)]
+pub struct NewDialog {
+    pub call_id: String,
+    pub caller: Party,
+    pub callee: Party,
+    pub phase: Phase,
+    pub kind: Kind,
+    pub class: Option<CallClass>,
+    pub class_of_service: Option<ClassOfService>,
+    pub e164: Option<String>,
+}
+
+/// Why an in-dialog message may not go where it was meant to (the egress rule's
+/// reason labels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("no dialog has this Call-ID and these tags")]
+    NoDialog,
+    #[error("the dialog has ended")]
+    Ended,
+    #[error("the message does not come from one party of the dialog")]
+    NotFromAParty,
+    #[error("the destination is not the other party's flow")]
+    NotToTheOtherParty,
+}
+
+/// The dialog table was full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the dialog table is full")]
+pub struct Full;
+
+#[derive(Debug, Default)]
+struct Table {
+    by_id: HashMap<DialogId, Dialog>,
+    by_call_id: HashMap<String, Vec<DialogId>>,
+    next: u64,
+}
+
+impl Table {
+    fn find(&self, call_id: &str, from_tag: &str, to_tag: &str) -> Option<(DialogId, Side)> {
+        self.by_call_id.get(call_id)?.iter().find_map(|id| {
+            let d = self.by_id.get(id)?;
+            if d.caller.tag == from_tag && d.callee.tag == to_tag {
+                Some((*id, Side::Caller))
+            } else if d.callee.tag == from_tag && d.caller.tag == to_tag {
+                Some((*id, Side::Callee))
+            } else {
+                None
+            }
+        })
+    }
+
+    fn remove(&mut self, id: DialogId) -> Option<Dialog> {
+        let d = self.by_id.remove(&id)?;
+        if let Some(ids) = self.by_call_id.get_mut(&d.call_id) {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                self.by_call_id.remove(&d.call_id);
+            }
+        }
+        Some(d)
+    }
+}
+
+/// Every dialog sipward carries. Short internal locks; nothing is called back while one
+/// is held.
+#[derive(Debug)]
+pub struct Dialogs {
+    table: Mutex<Table>,
+    capacity: usize,
+}
+
+impl Default for Dialogs {
+    fn default() -> Self {
+        Self::new(MAX_DIALOGS)
+    }
+}
+
+impl Dialogs {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            table: Mutex::new(Table::default()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Starts a dialog. A full table refuses (ended dialogs are dropped first).
+    pub fn create(&self, d: NewDialog, now: Instant) -> Result<DialogId, Full> {
+        let mut t = self.lock();
+        if t.by_id.len() >= self.capacity {
+            let ended: Vec<DialogId> = t
+                .by_id
+                .values()
+                .filter(|d| d.phase == Phase::Ended)
+                .map(|d| d.id)
+                .collect();
+            for id in ended {
+                t.remove(id);
+            }
+            if t.by_id.len() >= self.capacity {
+                return Err(Full);
+            }
+        }
+        t.next += 1;
+        let id = DialogId(t.next);
+        let answered = (d.phase == Phase::Confirmed).then_some(now);
+        t.by_call_id.entry(d.call_id.clone()).or_default().push(id);
+        t.by_id.insert(
+            id,
+            Dialog {
+                id,
+                call_id: d.call_id,
+                caller: d.caller,
+                callee: d.callee,
+                phase: d.phase,
+                kind: d.kind,
+                class: d.class,
+                class_of_service: d.class_of_service,
+                e164: d.e164,
+                started: now,
+                answered,
+                ended: (d.phase == Phase::Ended).then_some(now),
+            },
+        );
+        Ok(id)
+    }
+
+    /// The dialog a message with this Call-ID, From tag and To tag belongs to, and
+    /// which party its From names.
+    pub fn find(&self, call_id: &str, from_tag: &str, to_tag: &str) -> Option<(Dialog, Side)> {
+        let t = self.lock();
+        let (id, side) = t.find(call_id, from_tag, to_tag)?;
+        t.by_id.get(&id).map(|d| (d.clone(), side))
+    }
+
+    pub fn get(&self, id: DialogId) -> Option<Dialog> {
+        self.lock().by_id.get(&id).cloned()
+    }
+
+    /// The 2xx arrived: the dialog is confirmed (and answered now).
+    pub fn confirm(&self, id: DialogId, now: Instant) {
+        if let Some(d) = self.lock().by_id.get_mut(&id)
+            && d.phase == Phase::Early
+        {
+            d.phase = Phase::Confirmed;
+            d.answered = Some(now);
+        }
+    }
+
+    /// A BYE is on its way: from now on only it (and ACKs) are carried.
+    pub fn terminating(&self, id: DialogId) {
+        if let Some(d) = self.lock().by_id.get_mut(&id)
+            && d.phase != Phase::Ended
+        {
+            d.phase = Phase::Terminating;
+        }
+    }
+
+    /// The dialog is over.
+    pub fn end(&self, id: DialogId, now: Instant) {
+        if let Some(d) = self.lock().by_id.get_mut(&id)
+            && d.phase != Phase::Ended
+        {
+            d.phase = Phase::Ended;
+            d.ended = Some(now);
+        }
+    }
+
+    /// Forgets dialogs ended [`ENDED_KEPT`] ago or more, and ends early dialogs older
+    /// than [`EARLY_MAX`] and confirmed ones older than [`CONFIRMED_MAX`].
+    pub fn sweep(&self, now: Instant) {
+        let mut t = self.lock();
+        for d in t.by_id.values_mut() {
+            let age = now.saturating_duration_since(d.started);
+            let stale = match d.phase {
+                Phase::Early => age >= EARLY_MAX,
+                Phase::Confirmed | Phase::Terminating => age >= CONFIRMED_MAX,
+                Phase::Ended => false,
+            };
+            if stale {
+                d.phase = Phase::Ended;
+                d.ended = Some(now);
+            }
+        }
+        let gone: Vec<DialogId> = t
+            .by_id
+            .values()
+            .filter(|d| {
+                d.ended
+                    .is_some_and(|e| now.saturating_duration_since(e) >= ENDED_KEPT)
+            })
+            .map(|d| d.id)
+            .collect();
+        for id in gone {
+            t.remove(id);
+        }
+    }
+
+    /// The dialogs one party is in that are not over (for ending an extension's calls).
+    pub fn of(&self, who: &Who) -> Vec<DialogId> {
+        self.lock()
+            .by_id
+            .values()
+            .filter(|d| d.phase != Phase::Ended && (&d.caller.who == who || &d.callee.who == who))
+            .map(|d| d.id)
+            .collect()
+    }
+
+    /// The egress rule for a request within a dialog: the dialog named by `call_id`
+    /// and the tags exists and has not ended; the To tag's party is reached on `to`;
+    /// the From tag's party is the sender, on `from` (a message carried for a peer), or
+    /// sipward itself (`None`: a message of sipward's own leg). While the dialog ends,
+    /// only `BYE` and `ACK` still go.
+    pub fn permits(
+        &self,
+        call_id: &str,
+        from_tag: &str,
+        to_tag: &str,
+        method: &str,
+        from: Option<&Flow>,
+        to: &Flow,
+    ) -> Result<(), Refusal> {
+        let t = self.lock();
+        let (id, side) = t.find(call_id, from_tag, to_tag).ok_or(Refusal::NoDialog)?;
+        let d = t.by_id.get(&id).ok_or(Refusal::NoDialog)?;
+        match d.phase {
+            Phase::Ended => return Err(Refusal::Ended),
+            Phase::Terminating if !matches!(method, "BYE" | "ACK") => {
+                return Err(Refusal::Ended);
+            }
+            _ => {}
+        }
+        let sender = d.party(side);
+        let recipient = d.other(side);
+        let sender_ok = match (from, &sender.flow) {
+            (Some(f), Some(own)) => own.same_peer(f),
+            (None, None) => sender.who == Who::Sipward,
+            _ => false,
+        };
+        if !sender_ok {
+            return Err(Refusal::NotFromAParty);
+        }
+        if !recipient.flow.is_some_and(|f| f.same_peer(to)) {
+            return Err(Refusal::NotToTheOtherParty);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(s: &str) -> Flow {
+        Flow::udp(s.parse().expect("addr"))
+    }
+
+    fn ext(number: &str, tag: &str, at: &str) -> Party {
+        Party {
+            who: Who::Extension(number.into()),
+            tag: tag.into(),
+            flow: Some(flow(at)),
+        }
+    }
+
+    fn call(d: &Dialogs, now: Instant) -> DialogId {
+        d.create(
+            NewDialog {
+                call_id: "c1".into(),
+                caller: ext("1001", "ta", "192.0.2.1:5060"),
+                callee: ext("1002", "tb", "192.0.2.2:5060"),
+                phase: Phase::Early,
+                kind: Kind::Proxied,
+                class: Some(CallClass::Internal),
+                class_of_service: Some(ClassOfService::National),
+                e164: None,
+            },
+            now,
+        )
+        .expect("room")
+    }
+
+    #[test]
+    fn requests_go_only_from_one_party_to_the_other() {
+        let t0 = Instant::now();
+        let d = Dialogs::default();
+        let id = call(&d, t0);
+        let (a, b, third) = (
+            flow("192.0.2.1:5060"),
+            flow("192.0.2.2:5060"),
+            flow("192.0.2.66:5060"),
+        );
+        // Found by Call-ID and tags, in either direction.
+        assert_eq!(d.find("c1", "ta", "tb").map(|x| x.1), Some(Side::Caller));
+        assert_eq!(d.find("c1", "tb", "ta").map(|x| x.1), Some(Side::Callee));
+        assert!(d.find("c1", "ta", "tx").is_none());
+        assert!(d.find("c2", "ta", "tb").is_none());
+        // Each party to the other.
+        assert_eq!(d.permits("c1", "ta", "tb", "BYE", Some(&a), &b), Ok(()));
+        assert_eq!(d.permits("c1", "tb", "ta", "INFO", Some(&b), &a), Ok(()));
+        // A third address, as sender or as destination.
+        assert_eq!(
+            d.permits("c1", "ta", "tb", "INVITE", Some(&third), &b),
+            Err(Refusal::NotFromAParty)
+        );
+        assert_eq!(
+            d.permits("c1", "ta", "tb", "INVITE", Some(&a), &third),
+            Err(Refusal::NotToTheOtherParty)
+        );
+        // The other party's address, in the caller's name.
+        assert_eq!(
+            d.permits("c1", "ta", "tb", "REFER", Some(&b), &b),
+            Err(Refusal::NotFromAParty)
+        );
+        // The same address over another transport is another flow.
+        let tcp = Flow::tcp(a.remote, crate::flow::ConnId(9));
+        assert_eq!(
+            d.permits("c1", "ta", "tb", "BYE", Some(&tcp), &b),
+            Err(Refusal::NotFromAParty)
+        );
+        // sipward is no party of a proxied dialog.
+        assert_eq!(
+            d.permits("c1", "ta", "tb", "BYE", None, &b),
+            Err(Refusal::NotFromAParty)
+        );
+        assert_eq!(
+            d.permits("c1", "ta", "tx", "BYE", Some(&a), &b),
+            Err(Refusal::NoDialog)
+        );
+        // Ending: the BYE goes, nothing else; ended: nothing, then forgotten.
+        d.confirm(id, t0);
+        d.terminating(id);
+        assert_eq!(d.permits("c1", "ta", "tb", "BYE", Some(&a), &b), Ok(()));
+        assert_eq!(
+            d.permits("c1", "ta", "tb", "INVITE", Some(&a), &b),
+            Err(Refusal::Ended)
+        );
+        d.end(id, t0 + Duration::from_secs(1));
+        assert_eq!(
+            d.permits("c1", "ta", "tb", "BYE", Some(&a), &b),
+            Err(Refusal::Ended)
+        );
+        d.sweep(t0 + Duration::from_secs(10));
+        assert_eq!(d.len(), 1, "remembered a while");
+        d.sweep(t0 + Duration::from_secs(34));
+        assert!(d.is_empty());
+        assert_eq!(
+            d.permits("c1", "ta", "tb", "BYE", Some(&a), &b),
+            Err(Refusal::NoDialog)
+        );
+    }
+
+    #[test]
+    fn dialogs_nobody_ends_are_ended_in_time() {
+        let t0 = Instant::now();
+        let d = Dialogs::default();
+        let early = call(&d, t0);
+        let confirmed = call(&d, t0);
+        d.confirm(confirmed, t0);
+        d.sweep(t0 + EARLY_MAX);
+        assert_eq!(d.get(early).map(|x| x.phase), Some(Phase::Ended));
+        assert_eq!(d.get(confirmed).map(|x| x.phase), Some(Phase::Confirmed));
+        d.sweep(t0 + CONFIRMED_MAX);
+        assert_eq!(d.get(confirmed).map(|x| x.phase), Some(Phase::Ended));
+        d.sweep(t0 + CONFIRMED_MAX + ENDED_KEPT);
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn a_back_to_back_leg_has_sipward_as_a_party() {
+        let t0 = Instant::now();
+        let d = Dialogs::default();
+        let trunk = flow("192.0.2.7:5060");
+        d.create(
+            NewDialog {
+                call_id: "leg-b".into(),
+                caller: Party {
+                    who: Who::Sipward,
+                    tag: "ours".into(),
+                    flow: None,
+                },
+                callee: Party {
+                    who: Who::Trunk("gateway:pstn".into()),
+                    tag: "theirs".into(),
+                    flow: Some(trunk),
+                },
+                phase: Phase::Confirmed,
+                kind: Kind::Trunk {
+                    call: 1,
+                    leg: Leg::B,
+                },
+                class: Some(CallClass::National),
+                class_of_service: Some(ClassOfService::National),
+                e164: Some("+12125550123".into()),
+            },
+            t0,
+        )
+        .expect("room");
+        assert_eq!(
+            d.permits("leg-b", "ours", "theirs", "BYE", None, &trunk),
+            Ok(())
+        );
+        assert_eq!(
+            d.permits("leg-b", "theirs", "ours", "BYE", Some(&trunk), &trunk),
+            Err(Refusal::NotToTheOtherParty),
+            "sipward is reached by no flow"
+        );
+        assert_eq!(d.of(&Who::Trunk("gateway:pstn".into())).len(), 1);
+        assert!(d.of(&Who::Extension("1001".into())).is_empty());
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_makes_room_from_ended_dialogs() {
+        let t0 = Instant::now();
+        let d = Dialogs::new(2);
+        let first = call(&d, t0);
+        call(&d, t0);
+        assert!(call_result(&d, t0).is_err());
+        d.end(first, t0);
+        assert!(call_result(&d, t0).is_ok());
+    }
+
+    fn call_result(d: &Dialogs, now: Instant) -> Result<DialogId, Full> {
+        d.create(
+            NewDialog {
+                call_id: "c9".into(),
+                caller: ext("1001", "x", "192.0.2.1:5060"),
+                callee: ext("1002", "y", "192.0.2.2:5060"),
+                phase: Phase::Early,
+                kind: Kind::Proxied,
+                class: None,
+                class_of_service: None,
+                e164: None,
+            },
+            now,
+        )
+    }
+
+    #[test]
+    fn tokens_are_distinct() {
+        let t = Tokens::new([1; 32]);
+        assert_ne!(t.next("tag"), t.next("tag"));
+        assert_eq!(t.next("x").len(), 24);
+    }
+}

@@ -1,0 +1,1301 @@
+//! The call path of the running server, in process: `pbx::server::bind` on real loopback
+//! sockets with a clock the test moves, UDP sockets standing for the phones and the
+//! gateway. Timers (Timer B, the ring limit, the maximum duration, the late-answer
+//! window) are shown by moving the clock, never by waiting for them.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use accounts::extension::NewExtension;
+use accounts::gateway::NewGateway;
+use accounts::trunks::NewRoute;
+use accounts::{Registry, Settings};
+use pbx::registrar::RegistrarConfig;
+use pbx::server::{ServeConfig, ServerKeys};
+use policy::PolicyConfig;
+use policy::ban::BanPolicy;
+use policy::clock::ManualClock;
+use policy::dialplan::DialPlan;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use sip::header::auth::Challenge;
+use store::DataDir;
+use tokio::net::UdpSocket;
+
+const T0: i64 = 1_800_000_000;
+/// How long anything that must come may take (real time: the server ticks every 20 ms).
+const ANSWER: Duration = Duration::from_secs(5);
+/// How long silence is watched for where nothing must come.
+const QUIET: Duration = Duration::from_millis(600);
+
+/// A user agent on one UDP socket, or on one TCP connection it opened to the PBX: it
+/// records everything that arrives.
+struct Ua {
+    addr: SocketAddr,
+    pbx: SocketAddr,
+    sock: Arc<UdpSocket>,
+    tcp: Option<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>,
+    inbox: Arc<Mutex<Vec<(String, bool)>>>,
+    number: String,
+    auth_id: String,
+    password: String,
+    counter: std::sync::atomic::AtomicU32,
+}
+
+fn header<'a>(m: &'a str, name: &str) -> Option<&'a str> {
+    m.split("\r\n\r\n").next()?.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn status(m: &str) -> u16 {
+    m.strip_prefix("SIP/2.0 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn method(m: &str) -> Option<&str> {
+    if m.starts_with("SIP/2.0") {
+        return None;
+    }
+    m.split(' ').next()
+}
+
+fn tag_of(value: &str) -> Option<&str> {
+    value
+        .split(";tag=")
+        .nth(1)
+        .map(|t| t.split(';').next().unwrap_or(t))
+}
+
+/// A response to `req` (Vias, From, To with `tag`, Call-ID, CSeq), with `extra` headers.
+fn response(req: &str, code: u16, reason: &str, tag: &str, extra: &str, body: &str) -> String {
+    let head = req.split("\r\n\r\n").next().unwrap_or(req);
+    let mut t = format!("SIP/2.0 {code} {reason}\r\n");
+    for l in head.lines().skip(1) {
+        let name = l
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match name.as_str() {
+            "via" | "from" | "call-id" | "cseq" | "record-route" => {
+                t.push_str(l);
+                t.push_str("\r\n");
+            }
+            "to" if !tag.is_empty() && tag_of(l).is_none() && code > 100 => {
+                t.push_str(&format!("{l};tag={tag}\r\n"));
+            }
+            "to" => {
+                t.push_str(l);
+                t.push_str("\r\n");
+            }
+            _ => {}
+        }
+    }
+    t.push_str(&format!(
+        "{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    t
+}
+
+/// What a UAC remembers of the INVITE it sent.
+#[derive(Clone, Debug)]
+struct Outgoing {
+    call_id: String,
+    from: String,
+    to: String,
+    ruri: String,
+    branch: String,
+    cseq: u32,
+}
+
+impl Ua {
+    async fn bind(ip: &str, pbx: SocketAddr, number: &str) -> Ua {
+        let sock = Arc::new(UdpSocket::bind((ip, 0)).await.expect("bind"));
+        let addr = sock.local_addr().expect("addr");
+        let inbox: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+        let (rx, ib) = (sock.clone(), inbox.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                if let Ok((n, _)) = rx.recv_from(&mut buf).await {
+                    ib.lock()
+                        .expect("inbox")
+                        .push((String::from_utf8_lossy(&buf[..n]).into_owned(), false));
+                }
+            }
+        });
+        Ua {
+            addr,
+            pbx,
+            sock,
+            tcp: None,
+            inbox,
+            number: number.to_owned(),
+            auth_id: format!("cp{number}desk"),
+            password: format!("Vb7-qLx9-{number}-Tz4Wm"),
+            counter: Default::default(),
+        }
+    }
+
+    /// A phone on a TCP connection it opens from `ip` to the PBX (its address is the
+    /// connection's).
+    async fn connect(ip: &str, pbx: SocketAddr, number: &str) -> Ua {
+        use tokio::io::AsyncReadExt;
+        let mut ua = Ua::bind(ip, pbx, number).await;
+        let s = tokio::net::TcpSocket::new_v4().expect("socket");
+        s.bind((ua.addr.ip(), 0).into()).expect("bind");
+        let stream = s.connect(pbx).await.expect("connect");
+        ua.addr = stream.local_addr().expect("addr");
+        let (mut rd, wr) = stream.into_split();
+        let ib = ua.inbox.clone();
+        tokio::spawn(async move {
+            let mut buf: Vec<u8> = Vec::new();
+            let mut chunk = vec![0u8; 65_536];
+            while let Ok(n) = rd.read(&mut chunk).await {
+                if n == 0 {
+                    return;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                while let Ok(Some(len)) = sip::msg::frame_len(&buf, 1 << 20) {
+                    let m: Vec<u8> = buf.drain(..len).collect();
+                    ib.lock()
+                        .expect("inbox")
+                        .push((String::from_utf8_lossy(&m).into_owned(), false));
+                }
+            }
+        });
+        ua.tcp = Some(tokio::sync::Mutex::new(wr));
+        ua
+    }
+
+    fn next(&self, what: &str) -> String {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{what}{}x{n}", self.addr.port())
+    }
+
+    async fn send(&self, text: &str) {
+        use tokio::io::AsyncWriteExt;
+        match &self.tcp {
+            Some(w) => w
+                .lock()
+                .await
+                .write_all(text.as_bytes())
+                .await
+                .expect("send TCP"),
+            None => {
+                self.sock
+                    .send_to(text.as_bytes(), self.pbx)
+                    .await
+                    .expect("send");
+            }
+        }
+    }
+
+    /// Takes the first message not taken yet that `pred` accepts, within `within`.
+    async fn try_wait(&self, within: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let start = Instant::now();
+        loop {
+            {
+                let mut ib = self.inbox.lock().expect("inbox");
+                if let Some((m, taken)) = ib.iter_mut().find(|(m, t)| !*t && pred(m)) {
+                    *taken = true;
+                    return Some(m.clone());
+                }
+            }
+            if start.elapsed() > within {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn wait(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        match self.try_wait(ANSWER, pred).await {
+            Some(m) => m,
+            None => {
+                let seen: Vec<String> = self
+                    .inbox
+                    .lock()
+                    .expect("inbox")
+                    .iter()
+                    .map(|(m, _)| m.lines().next().unwrap_or("").to_owned())
+                    .collect();
+                panic!(
+                    "{what}: nothing at {} within {ANSWER:?}; it saw {seen:#?}",
+                    self.addr
+                )
+            }
+        }
+    }
+
+    /// Whether nothing `pred` accepts arrives within [`QUIET`].
+    async fn quiet(&self, pred: impl Fn(&str) -> bool) -> bool {
+        self.try_wait(QUIET, pred).await.is_none()
+    }
+
+    async fn request_for(&self, method_: &str, call_id: &str, cseq: u32) -> String {
+        self.wait(&format!("{method_} of {call_id}"), |m| {
+            method(m) == Some(method_)
+                && header(m, "Call-ID") == Some(call_id)
+                && (cseq == 0
+                    || header(m, "CSeq").is_some_and(|c| c.starts_with(&format!("{cseq} "))))
+        })
+        .await
+    }
+
+    async fn reply(&self, req: &str, code: u16, reason: &str, tag: &str, extra: &str, body: &str) {
+        self.send(&response(req, code, reason, tag, extra, body))
+            .await;
+    }
+
+    fn via(&self, branch: &str) -> String {
+        let t = if self.tcp.is_some() { "TCP" } else { "UDP" };
+        format!("SIP/2.0/{t} {};branch={branch};rport", self.addr)
+    }
+
+    async fn register(&self) {
+        let call_id = self.next("reg");
+        let tag = self.next("rt");
+        let text = |cseq: u32, auth: &str| {
+            format!(
+                "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\n\
+                 From: <sip:{n}@127.0.0.1>;tag={tag}\r\nTo: <sip:{n}@127.0.0.1>\r\nCall-ID: {call_id}\r\n\
+                 CSeq: {cseq} REGISTER\r\nContact: <sip:{n}@{}>\r\nExpires: 3600\r\n{auth}Content-Length: 0\r\n\r\n",
+                self.via(&self.next("z9hG4bKreg")),
+                self.addr,
+                n = self.number,
+            )
+        };
+        self.send(&text(1, "")).await;
+        let challenge = self
+            .wait("401", |m| {
+                header(m, "Call-ID") == Some(&call_id) && status(m) == 401
+            })
+            .await;
+        let auth = self.answer(&challenge, "WWW-Authenticate", "REGISTER", "sip:127.0.0.1");
+        self.send(&text(2, &format!("Authorization: {auth}\r\n")))
+            .await;
+        let ok = self
+            .wait("200 to REGISTER", |m| {
+                header(m, "Call-ID") == Some(&call_id) && status(m) >= 200 && status(m) != 401
+            })
+            .await;
+        assert_eq!(status(&ok), 200, "{ok}");
+    }
+
+    fn answer(&self, challenge: &str, name: &str, method_: &str, uri: &str) -> String {
+        let ch = Challenge::parse(header(challenge, name).expect("challenge")).expect("parses");
+        ch.answer(method_, uri, &self.auth_id, &self.password, "c0ffee01")
+            .expect("MD5")
+    }
+
+    fn sdp(&self) -> String {
+        let ip = self.addr.ip();
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\n",
+            self.addr.port() + 2
+        )
+    }
+
+    fn invite_text(&self, out: &Outgoing, extra: &str) -> String {
+        let sdp = self.sdp();
+        format!(
+            "INVITE {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\n\
+             Call-ID: {}\r\nCSeq: {} INVITE\r\nContact: <sip:{}@{}>\r\n{extra}\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            out.ruri,
+            self.via(&out.branch),
+            out.from,
+            out.to,
+            out.call_id,
+            out.cseq,
+            self.number,
+            self.addr,
+            sdp.len()
+        )
+    }
+
+    /// Calls `dialled` through the PBX, answering its 407; returns the INVITE sent last.
+    async fn invite(&self, dialled: &str, extra: &str) -> Outgoing {
+        let ruri = format!("sip:{dialled}@{}", self.pbx);
+        let mut out = Outgoing {
+            call_id: self.next("call"),
+            from: format!("<sip:{}@127.0.0.1>;tag={}", self.number, self.next("ft")),
+            to: format!("<{ruri}>"),
+            ruri: ruri.clone(),
+            branch: self.next("z9hG4bKinv"),
+            cseq: 1,
+        };
+        self.send(&self.invite_text(&out, extra)).await;
+        let challenge = self
+            .wait("407", |m| {
+                header(m, "Call-ID") == Some(&out.call_id) && status(m) == 407
+            })
+            .await;
+        self.ack_failure(&out, &challenge).await;
+        let auth = self.answer(&challenge, "Proxy-Authenticate", "INVITE", &ruri);
+        out.cseq = 2;
+        out.branch = self.next("z9hG4bKinv");
+        self.send(&self.invite_text(&out, &format!("{extra}Proxy-Authorization: {auth}\r\n")))
+            .await;
+        out
+    }
+
+    async fn answer_to(&self, out: &Outgoing, pred: impl Fn(u16) -> bool) -> String {
+        self.wait("an answer to our INVITE", |m| {
+            header(m, "Call-ID") == Some(&out.call_id)
+                && header(m, "CSeq") == Some(&format!("{} INVITE", out.cseq))
+                && pred(status(m))
+        })
+        .await
+    }
+
+    async fn ack_failure(&self, out: &Outgoing, answer: &str) {
+        let text = format!(
+            "ACK {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\n\
+             CSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
+            out.ruri,
+            self.via(&out.branch),
+            out.from,
+            header(answer, "To").unwrap_or(&out.to),
+            out.call_id,
+            out.cseq
+        );
+        self.send(&text).await;
+    }
+
+    async fn cancel(&self, out: &Outgoing) {
+        let text = format!(
+            "CANCEL {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\n\
+             CSeq: {} CANCEL\r\nContent-Length: 0\r\n\r\n",
+            out.ruri,
+            self.via(&out.branch),
+            out.from,
+            out.to,
+            out.call_id,
+            out.cseq
+        );
+        self.send(&text).await;
+    }
+
+    /// A request in the dialog the answer `answer` to `out` made (no route set: sipward
+    /// is the other end of the phone's leg).
+    async fn in_dialog(&self, out: &Outgoing, answer: &str, method_: &str, cseq: u32) {
+        let target = header(answer, "Contact")
+            .map(|c| {
+                c.trim_start_matches('<')
+                    .split('>')
+                    .next()
+                    .unwrap_or(c)
+                    .to_owned()
+            })
+            .unwrap_or_else(|| out.ruri.clone());
+        let text = format!(
+            "{method_} {target} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\n\
+             Call-ID: {}\r\nCSeq: {cseq} {method_}\r\nContent-Length: 0\r\n\r\n",
+            self.via(&self.next("z9hG4bKdlg")),
+            out.from,
+            header(answer, "To").unwrap_or(&out.to),
+            out.call_id,
+        );
+        self.send(&text).await;
+    }
+}
+
+/// A server running in process on a manual clock.
+struct Pbx {
+    sip: SocketAddr,
+    clock: Arc<ManualClock>,
+    registry: Registry,
+    endpoint: Arc<pbx::endpoint::Endpoint>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Pbx {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+impl Pbx {
+    /// Moves the clock, then lets the server's timer (every 20 ms) see it.
+    async fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        let text = self.endpoint.metrics.render();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+}
+
+/// What a test sets up before the server starts.
+#[derive(Default)]
+struct Setup {
+    plan: DialPlan,
+    /// (number, class) of extensions.
+    extensions: Vec<(&'static str, &'static str)>,
+    /// The gateway's address, with routes `1NXXNXXXXXX` and `911`.
+    gateway: Option<SocketAddr>,
+    admin_email: bool,
+    /// (DID, extension) pairs: numbers the gateway may call in on.
+    dids: Vec<(&'static str, &'static str)>,
+}
+
+async fn start(setup: Setup) -> Pbx {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = DataDir::new(dir.path().join("data"));
+    let clock = Arc::new(ManualClock::new(T0, Instant::now()));
+    let settings = Settings {
+        realm: "sipward".into(),
+        domain: None,
+        policy: PolicyConfig::default(),
+        dialplan: setup.plan,
+        admin_email: setup.admin_email.then(|| "admin@example.com".into()),
+        provisioning: Default::default(),
+    };
+    let (registry, _) = Registry::open(
+        &data,
+        settings,
+        Box::new(StdRng::seed_from_u64(14)),
+        clock.clone(),
+    )
+    .await
+    .expect("open");
+    for (number, class) in &setup.extensions {
+        registry
+            .add_extension(
+                number,
+                NewExtension {
+                    auth_id: Some(format!("cp{number}desk")),
+                    password: Some(format!("Vb7-qLx9-{number}-Tz4Wm")),
+                    class_of_service: Some((*class).into()),
+                    ..NewExtension::default()
+                },
+            )
+            .await
+            .expect("extension");
+    }
+    if let Some(gw) = setup.gateway {
+        registry
+            .add_gateway(
+                "pstn",
+                NewGateway {
+                    vendor: "generic".into(),
+                    number: "800".into(),
+                    auth_id: "gw-pstn-7".into(),
+                    password: "Gw7-pQ2v-Xk9m-Lr4t".into(),
+                    host: gw.to_string(),
+                },
+            )
+            .await
+            .expect("gateway");
+        for (did, number) in &setup.dids {
+            registry.add_did(did, number).await.expect("did");
+        }
+        for (name, pattern, priority) in [
+            ("emergency", "911", Some(1)),
+            ("us", "1NXXNXXXXXX", None),
+            ("world", "011.", None),
+        ] {
+            registry
+                .add_route(
+                    name,
+                    NewRoute {
+                        pattern: pattern.into(),
+                        trunk: "pstn".into(),
+                        strip: 0,
+                        prepend: String::new(),
+                        priority,
+                    },
+                )
+                .await
+                .expect("route");
+        }
+    }
+    let bans = BanPolicy {
+        flood_requests: 0,
+        auth_failures: 10_000,
+        extension_failures: 0,
+        ..BanPolicy::default()
+    };
+    let cfg = ServeConfig {
+        sip: "127.0.0.1:0".parse().expect("addr"),
+        registrar: RegistrarConfig::default(),
+        nonce_max_age_secs: 300,
+        digest_algorithms: vec![sip::digest::Algorithm::Md5],
+        bans,
+        min_strength_score: 3,
+        udp_workers: 2,
+        mailer: None,
+    };
+    let keys = ServerKeys {
+        nonce: [1; 32],
+        dummy: [2; 32],
+        notify: [3; 32],
+    };
+    let bound = pbx::server::bind(registry.clone(), cfg, keys, clock.clone())
+        .await
+        .expect("bind");
+    let sip = bound.sip_udp;
+    let endpoint = bound.endpoint.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(bound.run(async {
+        let _ = stopped.await;
+    }));
+    Pbx {
+        sip,
+        clock,
+        registry,
+        endpoint,
+        stop: Some(stop),
+        _dir: dir,
+    }
+}
+
+/// A gateway socket on 127.0.0.7, made before the server (its address is configured).
+async fn gateway_socket() -> Ua {
+    Ua::bind("127.0.0.7", "127.0.0.1:9".parse().expect("addr"), "800").await
+}
+
+fn towards(mut ua: Ua, pbx: &Pbx) -> Ua {
+    ua.pbx = pbx.sip;
+    ua
+}
+
+/// A call from `phone` to a US number; the gateway's INVITE as it arrived.
+async fn trunk_call(phone: &Ua, gw: &Ua, dialled: &str) -> (Outgoing, String) {
+    let out = phone.invite(dialled, "").await;
+    let invite = gw
+        .wait("the trunk leg's INVITE", |m| {
+            method(m) == Some("INVITE") && m.contains(&dialled[1..])
+        })
+        .await;
+    (out, invite)
+}
+
+fn us_plan() -> DialPlan {
+    let mut plan = DialPlan::default();
+    plan.limits.attempts_per_minute = 100;
+    plan
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_trunk_call_ends_at_its_class_maximum_with_bye_both_ways() {
+    let gw = gateway_socket().await;
+    let mut plan = us_plan();
+    plan.classes.national.max_call_seconds = 60;
+    let pbx = start(Setup {
+        plan,
+        extensions: vec![("3101", "national")],
+        gateway: Some(gw.addr),
+        ..Setup::default()
+    })
+    .await;
+    let gw = towards(gw, &pbx);
+    let phone = Ua::bind("127.0.0.21", pbx.sip, "3101").await;
+    let (out, invite) = trunk_call(&phone, &gw, "12125550123").await;
+    let tag = "gw1";
+    gw.reply(
+        &invite,
+        200,
+        "OK",
+        tag,
+        &format!("Contact: <sip:{}>\r\n", gw.addr),
+        "",
+    )
+    .await;
+    let ok = phone.answer_to(&out, |c| c == 200).await;
+    gw.request_for("ACK", header(&invite, "Call-ID").expect("call-id"), 0)
+        .await;
+    // The phone ACKs its leg.
+    phone.in_dialog(&out, &ok, "ACK", out.cseq).await;
+    // Nothing ends the call before its time...
+    pbx.advance(Duration::from_secs(59)).await;
+    assert!(
+        gw.quiet(|m| method(m) == Some("BYE")).await,
+        "no BYE before 60 s"
+    );
+    // ...and at 60 s sipward hangs up both sides.
+    pbx.advance(Duration::from_secs(2)).await;
+    let bye_gw = gw
+        .request_for("BYE", header(&invite, "Call-ID").expect("call-id"), 0)
+        .await;
+    let bye_phone = phone.request_for("BYE", &out.call_id, 0).await;
+    gw.reply(&bye_gw, 200, "OK", "", "", "").await;
+    phone.reply(&bye_phone, 200, "OK", "", "", "").await;
+    assert_eq!(pbx.metric("sipward_calls_ended_max_duration_total"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ringing_trunk_leg_outlives_timer_b_and_ends_at_the_ring_limit() {
+    let gw = gateway_socket().await;
+    let mut plan = us_plan();
+    plan.classes.national.max_ring_seconds = 60;
+    let pbx = start(Setup {
+        plan,
+        extensions: vec![("3201", "national")],
+        gateway: Some(gw.addr),
+        ..Setup::default()
+    })
+    .await;
+    let gw = towards(gw, &pbx);
+    let phone = Ua::bind("127.0.0.21", pbx.sip, "3201").await;
+    let (out, invite) = trunk_call(&phone, &gw, "12125550124").await;
+    let gw_call = header(&invite, "Call-ID").expect("call-id").to_owned();
+    gw.reply(&invite, 180, "Ringing", "gw1", "", "").await;
+    phone.answer_to(&out, |c| c == 180).await;
+    // Timer A stops at the first provisional answer, and Timer B with it: 40 s of
+    // ringing bring no retransmission, no 408 and no CANCEL.
+    for _ in 0..4 {
+        pbx.advance(Duration::from_secs(10)).await;
+    }
+    assert!(
+        gw.quiet(|m| header(m, "Call-ID") == Some(gw_call.as_str()))
+            .await,
+        "nothing more to the trunk while it rings"
+    );
+    assert!(
+        phone.quiet(|m| status(m) >= 200).await,
+        "no final answer to the phone"
+    );
+    assert_eq!(pbx.endpoint.b2bua.active_for("3201"), 1);
+    // The class's ring time (60 s) ends it: CANCEL to the trunk, 480 to the phone.
+    pbx.advance(Duration::from_secs(21)).await;
+    let cancel = gw.request_for("CANCEL", &gw_call, 0).await;
+    let refused = phone.answer_to(&out, |c| c >= 300).await;
+    assert_eq!(status(&refused), 480, "{refused}");
+    phone.ack_failure(&out, &refused).await;
+    gw.reply(&cancel, 200, "OK", "gw1", "", "").await;
+    gw.reply(&invite, 487, "Request Terminated", "gw1", "", "")
+        .await;
+    gw.request_for("ACK", &gw_call, 0).await;
+    assert_eq!(pbx.metric("sipward_trunk_legs_cancelled_total"), 1);
+    // Answered and ACKed: the leg no longer counts.
+    pbx.advance(Duration::from_millis(100)).await;
+    assert_eq!(pbx.endpoint.b2bua.active_for("3201"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2xx_after_timer_b_is_acked_and_hung_up() {
+    let gw = gateway_socket().await;
+    let pbx = start(Setup {
+        plan: us_plan(),
+        extensions: vec![("3301", "national")],
+        gateway: Some(gw.addr),
+        ..Setup::default()
+    })
+    .await;
+    let gw = towards(gw, &pbx);
+    let phone = Ua::bind("127.0.0.21", pbx.sip, "3301").await;
+    let (out, invite) = trunk_call(&phone, &gw, "12125550125").await;
+    let gw_call = header(&invite, "Call-ID").expect("call-id").to_owned();
+    // Timer A retransmits the unanswered INVITE...
+    pbx.advance(Duration::from_millis(600)).await;
+    gw.wait("a retransmitted INVITE", |m| {
+        method(m) == Some("INVITE") && header(m, "Call-ID") == Some(gw_call.as_str())
+    })
+    .await;
+    // ...until Timer B gives up: the phone gets 408.
+    for _ in 0..4 {
+        pbx.advance(Duration::from_secs(8)).await;
+    }
+    let timeout = phone.answer_to(&out, |c| c >= 300).await;
+    assert_eq!(status(&timeout), 408, "{timeout}");
+    phone.ack_failure(&out, &timeout).await;
+    // The trunk leg still counts: a 2xx may yet come.
+    assert_eq!(pbx.endpoint.b2bua.active_for("3301"), 1);
+    assert!(
+        pbx.endpoint
+            .b2bua
+            .snapshot()
+            .iter()
+            .any(|c| c.caller == "3301"),
+        "shown in `sipward calls` while it counts"
+    );
+    // It does: ACKed, then ended with BYE.
+    gw.reply(
+        &invite,
+        200,
+        "OK",
+        "late",
+        &format!("Contact: <sip:{}>\r\n", gw.addr),
+        "",
+    )
+    .await;
+    gw.request_for("ACK", &gw_call, 1).await;
+    let bye = gw.request_for("BYE", &gw_call, 0).await;
+    assert_eq!(tag_of(header(&bye, "To").expect("To")), Some("late"));
+    gw.reply(&bye, 200, "OK", "", "", "").await;
+    assert_eq!(pbx.metric("sipward_late_answers_ended_total"), 1);
+    assert!(
+        phone.quiet(|m| status(m) == 200).await,
+        "the phone never hears of it"
+    );
+    // Another fork could still answer late: the leg counts until that window closes.
+    assert_eq!(pbx.endpoint.b2bua.active_for("3301"), 1);
+    pbx.advance(Duration::from_secs(33)).await;
+    assert_eq!(pbx.endpoint.b2bua.active_for("3301"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_cancel_and_early_bye_cancel_the_trunk_leg() {
+    let gw = gateway_socket().await;
+    let pbx = start(Setup {
+        plan: us_plan(),
+        extensions: vec![("3401", "national")],
+        gateway: Some(gw.addr),
+        ..Setup::default()
+    })
+    .await;
+    let gw = towards(gw, &pbx);
+    let phone = Ua::bind("127.0.0.21", pbx.sip, "3401").await;
+    for how in ["cancel", "bye"] {
+        let (out, invite) = trunk_call(&phone, &gw, "12125550126").await;
+        let gw_call = header(&invite, "Call-ID").expect("call-id").to_owned();
+        gw.reply(&invite, 180, "Ringing", "gw1", "", "").await;
+        let ringing = phone.answer_to(&out, |c| c == 180).await;
+        if how == "cancel" {
+            phone.cancel(&out).await;
+            phone
+                .wait("200 to CANCEL", |m| {
+                    status(m) == 200 && header(m, "CSeq").is_some_and(|c| c.ends_with("CANCEL"))
+                })
+                .await;
+        } else {
+            // Hung up in the early dialog the 180 made.
+            phone.in_dialog(&out, &ringing, "BYE", out.cseq + 1).await;
+            phone
+                .wait("200 to BYE", |m| {
+                    status(m) == 200 && header(m, "CSeq").is_some_and(|c| c.ends_with("BYE"))
+                })
+                .await;
+        }
+        let terminated = phone.answer_to(&out, |c| c >= 300).await;
+        assert_eq!(status(&terminated), 487, "{how}: {terminated}");
+        phone.ack_failure(&out, &terminated).await;
+        let cancel = gw.request_for("CANCEL", &gw_call, 0).await;
+        gw.reply(&cancel, 200, "OK", "gw1", "", "").await;
+        gw.reply(&invite, 487, "Request Terminated", "gw1", "", "")
+            .await;
+        gw.request_for("ACK", &gw_call, 0).await;
+    }
+    assert_eq!(pbx.metric("sipward_trunk_legs_cancelled_total"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trunk_leg_counts_against_the_limits_until_its_final_end() {
+    let gw = gateway_socket().await;
+    let mut plan = us_plan();
+    plan.limits.concurrent_external = 1;
+    let pbx = start(Setup {
+        plan,
+        extensions: vec![("3501", "national"), ("3502", "national")],
+        gateway: Some(gw.addr),
+        ..Setup::default()
+    })
+    .await;
+    let gw = towards(gw, &pbx);
+    let phone = Ua::bind("127.0.0.21", pbx.sip, "3501").await;
+    let (out, invite) = trunk_call(&phone, &gw, "12125550127").await;
+    let gw_call = header(&invite, "Call-ID").expect("call-id").to_owned();
+    gw.reply(&invite, 180, "Ringing", "gw1", "", "").await;
+    phone.answer_to(&out, |c| c == 180).await;
+    // The caller gives up; the far end never answers the CANCEL nor the INVITE.
+    phone.cancel(&out).await;
+    gw.request_for("CANCEL", &gw_call, 0).await;
+    let terminated = phone.answer_to(&out, |c| c >= 300).await;
+    phone.ack_failure(&out, &terminated).await;
+    assert_eq!(pbx.endpoint.b2bua.active_for("3501"), 1, "still counts");
+    // A second call while it counts breaks the limit of one.
+    let second = phone.invite("12125550128", "").await;
+    let refused = phone.answer_to(&second, |c| c >= 300).await;
+    assert_eq!(status(&refused), 403, "{refused}");
+    phone.ack_failure(&second, &refused).await;
+    assert!(
+        gw.quiet(|m| method(m) == Some("INVITE") && m.contains("2125550128"))
+            .await
+    );
+    // 64·T1 after the CANCEL the INVITE is given up, and for 64·T1 more a late 2xx
+    // could still come: it counts all that time, then no more.
+    pbx.advance(Duration::from_secs(33)).await;
+    assert_eq!(
+        pbx.endpoint.b2bua.active_for("3501"),
+        1,
+        "the late-2xx window"
+    );
+    pbx.advance(Duration::from_secs(33)).await;
+    assert_eq!(pbx.endpoint.b2bua.active_for("3501"), 0, "over");
+    assert!(pbx.endpoint.b2bua.snapshot().is_empty());
+    // Another extension was never held back.
+    let other = Ua::bind("127.0.0.22", pbx.sip, "3502").await;
+    trunk_call(&other, &gw, "12125550129").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emergency_calls_go_through_within_the_caps_and_alerts_are_merged() {
+    let gw = gateway_socket().await;
+    let mut plan = us_plan();
+    plan.emergency.per_extension = 1;
+    plan.emergency.total = 2;
+    let pbx = start(Setup {
+        plan,
+        extensions: vec![
+            ("3601", "internal"),
+            ("3602", "internal"),
+            ("3603", "internal"),
+        ],
+        gateway: Some(gw.addr),
+        admin_email: true,
+        ..Setup::default()
+    })
+    .await;
+    let gw = towards(gw, &pbx);
+    let emergency_invites = |m: &str| {
+        method(m) == Some("INVITE") && m.lines().next().is_some_and(|l| l.contains("sip:911@"))
+    };
+    let a = Ua::bind("127.0.0.21", pbx.sip, "3601").await;
+    let b = Ua::bind("127.0.0.22", pbx.sip, "3602").await;
+    let c = Ua::bind("127.0.0.23", pbx.sip, "3603").await;
+    // An internal-class extension reaches the emergency number.
+    let first = a.invite("911", "").await;
+    let invite = gw.wait("the first emergency call", emergency_invites).await;
+    gw.reply(&invite, 180, "Ringing", "e1", "", "").await;
+    a.answer_to(&first, |code| code == 180).await;
+    // One at a time per extension: a second one from it is refused.
+    let again = a.invite("911", "").await;
+    let busy = a.answer_to(&again, |code| code >= 300).await;
+    assert_eq!(status(&busy), 486, "{busy}");
+    a.ack_failure(&again, &busy).await;
+    // Another extension's goes (two in all)...
+    let second = b.invite("911", "").await;
+    let invite2 = gw.wait("the second extension's", emergency_invites).await;
+    gw.reply(&invite2, 180, "Ringing", "e2", "", "").await;
+    b.answer_to(&second, |code| code == 180).await;
+    // ...and the global cap holds a third.
+    let third = c.invite("911", "").await;
+    let capped = c.answer_to(&third, |code| code >= 300).await;
+    assert_eq!(status(&capped), 486, "{capped}");
+    c.ack_failure(&third, &capped).await;
+    assert!(
+        gw.quiet(emergency_invites).await,
+        "two emergency calls reached the trunk, no more"
+    );
+    assert_eq!(pbx.metric("sipward_emergency_refused_total"), 2);
+    assert_eq!(pbx.metric("sipward_emergency_calls_total"), 2);
+    // The first ends; the extension may call again, and its alerts are one mail.
+    gw.reply(&invite, 486, "Busy Here", "e1", "", "").await;
+    a.answer_to(&first, |code| code == 486).await;
+    let fourth = a.invite("911", "").await;
+    gw.wait("the extension's next emergency call", emergency_invites)
+        .await;
+    let _ = fourth;
+    let deadline = Instant::now() + ANSWER;
+    let alerts = loop {
+        let alerts: Vec<_> = pbx
+            .registry
+            .outbox()
+            .await
+            .expect("outbox")
+            .into_iter()
+            .filter(|m| m.number == "alert:3601")
+            .collect();
+        let mut conn = pbx.registry.store().conn().await.expect("conn");
+        let window = store::outbox::alert_window(&mut conn, "3601", "emergency")
+            .await
+            .expect("read");
+        if window.as_ref().is_some_and(|w| w.count >= 2) || Instant::now() > deadline {
+            break (alerts, window);
+        }
+        drop(conn);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (mails, window) = alerts;
+    let emergency_mails = mails
+        .iter()
+        .filter(|m| window.as_ref().is_some_and(|w| w.mail_id == m.id))
+        .count();
+    assert_eq!(
+        emergency_mails, 1,
+        "one mail for two emergency calls: {mails:?}"
+    );
+    assert_eq!(window.map(|w| w.count), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_transfer_abroad_is_the_referrers_call() {
+    let gw = gateway_socket().await;
+    let pbx = start(Setup {
+        plan: us_plan(),
+        extensions: vec![("3701", "international"), ("3702", "internal")],
+        gateway: Some(gw.addr),
+        ..Setup::default()
+    })
+    .await;
+    let gw = towards(gw, &pbx);
+    let referrer = Ua::bind("127.0.0.21", pbx.sip, "3701").await;
+    let transferee = Ua::bind("127.0.0.22", pbx.sip, "3702").await;
+    transferee.register().await;
+    // Control: the internal-class extension cannot call abroad by itself.
+    let own = transferee.invite("011442079460000", "").await;
+    let refused = transferee.answer_to(&own, |c| c >= 300).await;
+    assert_eq!(status(&refused), 403, "{refused}");
+    transferee.ack_failure(&own, &refused).await;
+    // A call between them, answered.
+    let out = referrer.invite("3702", "").await;
+    let invite = transferee.request_for("INVITE", &out.call_id, 0).await;
+    transferee
+        .reply(
+            &invite,
+            200,
+            "OK",
+            "callee",
+            &format!("Contact: <sip:3702@{}>\r\n", transferee.addr),
+            "",
+        )
+        .await;
+    let ok = referrer.answer_to(&out, |c| c == 200).await;
+    let route = header(&ok, "Record-Route")
+        .expect("record-routed")
+        .to_owned();
+    // The referrer (international) sends the transferee abroad.
+    let refer = format!(
+        "REFER sip:3702@{} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKrefer1;rport\r\n\
+         Route: {route}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 3 REFER\r\n\
+         Refer-To: <sip:011442079460000@{}>\r\nContent-Length: 0\r\n\r\n",
+        transferee.addr,
+        referrer.addr,
+        out.from,
+        header(&ok, "To").expect("To"),
+        out.call_id,
+        pbx.sip
+    );
+    referrer.send(&refer).await;
+    let got = transferee.request_for("REFER", &out.call_id, 0).await;
+    transferee.reply(&got, 202, "Accepted", "", "", "").await;
+    // The transferee places the call: it goes out, charged to the referrer.
+    transferee.invite("011442079460000", "").await;
+    gw.wait("the transferred call", |m| {
+        method(m) == Some("INVITE") && m.contains("011442079460000")
+    })
+    .await;
+    assert_eq!(pbx.endpoint.b2bua.active_for("3701"), 1, "the referrer's");
+    assert_eq!(pbx.endpoint.b2bua.active_for("3702"), 0);
+    // The grant is used once: the same number again is the transferee's own call.
+    let again = transferee.invite("011442079460000", "").await;
+    let refused = transferee.answer_to(&again, |c| c >= 300).await;
+    assert_eq!(status(&refused), 403, "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_answer_passes_only_from_an_intercom_class() {
+    let mut plan = us_plan();
+    plan.classes.international.intercom = true;
+    let pbx = start(Setup {
+        plan,
+        extensions: vec![
+            ("3801", "international"),
+            ("3802", "national"),
+            ("3803", "internal"),
+        ],
+        ..Setup::default()
+    })
+    .await;
+    let intercom = Ua::bind("127.0.0.21", pbx.sip, "3801").await;
+    let plain = Ua::bind("127.0.0.22", pbx.sip, "3802").await;
+    let callee = Ua::bind("127.0.0.23", pbx.sip, "3803").await;
+    callee.register().await;
+    let hint = "Call-Info: <sip:127.0.0.1>;answer-after=0\r\nAlert-Info: info=alert-autoanswer\r\n";
+    let out = intercom.invite("3803", hint).await;
+    let invite = callee.request_for("INVITE", &out.call_id, 0).await;
+    assert!(
+        invite.contains("answer-after=0") && invite.contains("alert-autoanswer"),
+        "{invite}"
+    );
+    let out = plain.invite("3803", hint).await;
+    let invite = callee.request_for("INVITE", &out.call_id, 0).await;
+    assert!(
+        !invite.contains("answer-after") && !invite.contains("autoanswer"),
+        "{invite}"
+    );
+    assert_eq!(pbx.metric("sipward_auto_answer_removed_total"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_egress_rule_refuses_is_counted_by_reason() {
+    let pbx = start(Setup {
+        extensions: vec![("3901", "national")],
+        ..Setup::default()
+    })
+    .await;
+    let phone = Ua::bind("127.0.0.21", pbx.sip, "3901").await;
+    phone.register().await;
+    // A response no transaction of ours sent: dropped, counted, and nothing relayed.
+    phone
+        .send(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKforged\r\n\
+             Via: SIP/2.0/UDP 127.0.0.66:5060;branch=z9hG4bKvictim\r\nFrom: <sip:a@b>;tag=1\r\n\
+             To: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await;
+    let deadline = Instant::now() + ANSWER;
+    while pbx.metric("sipward_responses_dropped_total{reason=\"no_transaction\"}") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the forged response was not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A response to a request sipward never received: refused by the rule itself.
+    let stray = sip::transaction::TxKey::new("z9hG4bKnever", "127.0.0.66", Some(5060), "OPTIONS")
+        .expect("key");
+    let bytes = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.66:5060;branch=z9hG4bKnever\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n".to_vec();
+    assert!(pbx.endpoint.egress.respond(&stray, bytes).is_err());
+    let text = pbx.endpoint.metrics.render();
+    assert!(
+        text.contains("sipward_egress_denied_total{reason=\"no_server_transaction\"} 1"),
+        "{text}"
+    );
+    for reason in [
+        "not_a_registration",
+        "not_a_trunk",
+        "no_dialog",
+        "not_from_a_party",
+    ] {
+        assert!(
+            text.contains(&format!(
+                "sipward_egress_denied_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_go_over_tcp_on_the_connection_a_phone_registered_on() {
+    let pbx = start(Setup {
+        extensions: vec![("4001", "national"), ("4002", "national")],
+        ..Setup::default()
+    })
+    .await;
+    let tcp = Ua::connect("127.0.0.21", pbx.sip, "4001").await;
+    let udp = Ua::bind("127.0.0.22", pbx.sip, "4002").await;
+    tcp.register().await;
+    udp.register().await;
+    // UDP to TCP: the INVITE comes on the phone's own connection.
+    let out = udp.invite("4001", "").await;
+    let invite = tcp.request_for("INVITE", &out.call_id, 0).await;
+    assert!(invite.contains("Via: SIP/2.0/TCP "), "{invite}");
+    assert!(
+        invite.contains(";transport=tcp;lr>"),
+        "a Record-Route the TCP phone reaches on its connection: {invite}"
+    );
+    assert!(
+        invite.contains(";lr>\r\nRecord-Route: <sip:127.0.0.1:"),
+        "two, RFC 5658: {invite}"
+    );
+    tcp.reply(
+        &invite,
+        200,
+        "OK",
+        "t1",
+        &format!("Contact: <sip:4001@{};transport=tcp>\r\n", tcp.addr),
+        "",
+    )
+    .await;
+    let ok = udp.answer_to(&out, |c| c == 200).await;
+    assert!(ok.contains("tag=t1"));
+    // TCP to UDP: the call goes the other way too (it used to get 480).
+    let out = tcp.invite("4002", "").await;
+    let invite = udp.request_for("INVITE", &out.call_id, 0).await;
+    udp.reply(&invite, 486, "Busy Here", "u1", "", "").await;
+    let busy = tcp.answer_to(&out, |c| c >= 300).await;
+    assert_eq!(status(&busy), 486, "{busy}");
+}
+
+/// The URI inside a name-addr header value (`<sip:...>;params` → `sip:...`).
+fn uri_of(value: &str) -> &str {
+    value
+        .split_once('<')
+        .and_then(|(_, rest)| rest.split_once('>'))
+        .map_or(value, |(uri, _)| uri)
+}
+
+/// A request the callee of `invite` (it answered with tag `tag`) sends in that dialog,
+/// through the Record-Route the INVITE carried.
+fn callee_request(callee: &Ua, invite: &str, tag: &str, method_: &str, extra: &str) -> String {
+    let route = header(invite, "Record-Route")
+        .map(|r| format!("Route: {r}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "{method_} {} SIP/2.0\r\nVia: {}\r\n{route}Max-Forwards: 70\r\nFrom: {};tag={tag}\r\n\
+         To: {}\r\nCall-ID: {}\r\nCSeq: 7 {method_}\r\nContact: <sip:{}@{}>\r\n{extra}\
+         Content-Length: 0\r\n\r\n",
+        uri_of(header(invite, "Contact").expect("Contact")),
+        callee.via(&callee.next("z9hG4bKuas")),
+        header(invite, "To").expect("To"),
+        header(invite, "From").expect("From"),
+        header(invite, "Call-ID").expect("Call-ID"),
+        callee.number,
+        callee.addr,
+    )
+}
+
+/// The gateway calls `dialled` from its configured address (no challenge: it is known
+/// by its address).
+async fn call_in(gw: &Ua, dialled: &str) -> Outgoing {
+    let ruri = format!("sip:{dialled}@{}", gw.pbx);
+    let out = Outgoing {
+        call_id: gw.next("in"),
+        from: format!("<sip:+15551230000@{}>;tag={}", gw.addr, gw.next("ft")),
+        to: format!("<{ruri}>"),
+        ruri,
+        branch: gw.next("z9hG4bKin"),
+        cseq: 1,
+    };
+    gw.send(&gw.invite_text(&out, "")).await;
+    out
+}
+
+/// The callee `ua` answers the INVITE of `call_id` with 200 (tag `tag`).
+async fn pick_up(ua: &Ua, call_id: &str, tag: &str) -> String {
+    let invite = ua.request_for("INVITE", call_id, 0).await;
+    let contact = format!("Contact: <sip:{}@{}>\r\n", ua.number, ua.addr);
+    ua.reply(&invite, 200, "OK", tag, &contact, "").await;
+    invite
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_transfer_or_redirect_goes_to_a_trunk_and_a_refer_names_one_target() {
+    let gw = gateway_socket().await;
+    let pbx = start(Setup {
+        plan: us_plan(),
+        extensions: vec![
+            ("4201", "international"),
+            ("4202", "international"),
+            ("4203", "international"),
+        ],
+        gateway: Some(gw.addr),
+        dids: vec![("12125550100", "4201"), ("12125550101", "4202")],
+        ..Setup::default()
+    })
+    .await;
+    let gw = towards(gw, &pbx);
+    let a = Ua::bind("127.0.0.21", pbx.sip, "4201").await;
+    let b = Ua::bind("127.0.0.22", pbx.sip, "4202").await;
+    let c = Ua::bind("127.0.0.23", pbx.sip, "4203").await;
+    for ua in [&a, &b, &c] {
+        ua.register().await;
+    }
+    let to_c = format!("Refer-To: <sip:4203@{}>\r\n", pbx.sip);
+
+    // Between extensions a REFER to an extension passes, but not one naming two targets.
+    let out = b.invite("4201", "").await;
+    let invite = pick_up(&a, &out.call_id, "a1").await;
+    let ok = b.answer_to(&out, |c| c == 200).await;
+    b.in_dialog(&out, &ok, "ACK", out.cseq).await;
+    let two = format!("{to_c}Refer-To: <sip:011442079460000@{}>\r\n", pbx.sip);
+    a.send(&callee_request(&a, &invite, "a1", "REFER", &two))
+        .await;
+    let refused = a
+        .wait("the answer to a REFER with two targets", |m| {
+            header(m, "CSeq") == Some("7 REFER") && status(m) >= 200
+        })
+        .await;
+    assert_eq!(status(&refused), 403, "{refused}");
+    assert!(b.quiet(|m| method(m) == Some("REFER")).await);
+    a.send(&callee_request(&a, &invite, "a1", "REFER", &to_c))
+        .await;
+    b.request_for("REFER", &out.call_id, 0).await;
+
+    // A call from the trunk: the same REFER towards the gateway is refused, target inside
+    // or not (the gateway would place the call itself, at the owner's cost).
+    let inbound = call_in(&gw, "12125550100").await;
+    let invite = pick_up(&a, &inbound.call_id, "a2").await;
+    let ok = gw.answer_to(&inbound, |c| c == 200).await;
+    gw.in_dialog(&inbound, &ok, "ACK", inbound.cseq).await;
+    let before = pbx.metric("sipward_transfers_refused_total");
+    a.send(&callee_request(&a, &invite, "a2", "REFER", &to_c))
+        .await;
+    let refused = a
+        .wait("the answer to a REFER towards the trunk", |m| {
+            header(m, "CSeq") == Some("7 REFER")
+                && header(m, "Call-ID") == Some(inbound.call_id.as_str())
+                && status(m) >= 200
+        })
+        .await;
+    assert_eq!(status(&refused), 403, "{refused}");
+    assert!(gw.quiet(|m| method(m) == Some("REFER")).await);
+    assert_eq!(pbx.metric("sipward_transfers_refused_total"), before + 1);
+
+    // A redirect to an extension reaches an extension caller...
+    let moved = format!("Contact: <sip:4203@{}>\r\n", pbx.sip);
+    let out = a.invite("4202", "").await;
+    let invite = b.request_for("INVITE", &out.call_id, 0).await;
+    b.reply(&invite, 302, "Moved Temporarily", "b1", &moved, "")
+        .await;
+    let redirected = a.answer_to(&out, |c| c >= 300).await;
+    assert_eq!(status(&redirected), 302, "{redirected}");
+    a.ack_failure(&out, &redirected).await;
+    // ...but never goes back to a trunk.
+    let inbound = call_in(&gw, "12125550101").await;
+    let invite = b.request_for("INVITE", &inbound.call_id, 0).await;
+    b.reply(&invite, 302, "Moved Temporarily", "b2", &moved, "")
+        .await;
+    let answer = gw.answer_to(&inbound, |c| c >= 300).await;
+    assert_eq!(status(&answer), 480, "{answer}");
+    assert!(!answer.contains("4203"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trunk_that_ends_its_early_dialog_has_its_invite_cancelled() {
+    let gw = gateway_socket().await;
+    let pbx = start(Setup {
+        plan: us_plan(),
+        extensions: vec![("4301", "national")],
+        gateway: Some(gw.addr),
+        ..Setup::default()
+    })
+    .await;
+    let gw = towards(gw, &pbx);
+    let phone = Ua::bind("127.0.0.21", pbx.sip, "4301").await;
+    let (out, invite) = trunk_call(&phone, &gw, "12125550130").await;
+    let gw_call = header(&invite, "Call-ID").expect("call-id").to_owned();
+    let contact = format!("Contact: <sip:{}>\r\n", gw.addr);
+    gw.reply(&invite, 183, "Session Progress", "gw1", &contact, "")
+        .await;
+    phone.answer_to(&out, |c| c == 183).await;
+    // The trunk hangs up its early dialog, and never answers the INVITE.
+    gw.send(&callee_request(&gw, &invite, "gw1", "BYE", ""))
+        .await;
+    gw.wait("200 to the trunk's BYE", |m| {
+        status(m) == 200 && header(m, "CSeq") == Some("7 BYE")
+    })
+    .await;
+    let over = phone.answer_to(&out, |c| c >= 300).await;
+    assert_eq!(status(&over), 480, "{over}");
+    phone.ack_failure(&out, &over).await;
+    gw.request_for("CANCEL", &gw_call, 0).await;
+    assert_eq!(pbx.endpoint.b2bua.active_for("4301"), 1, "until its end");
+    // 64·T1 after the CANCEL the INVITE is given up, 64·T1 more for a late 2xx: then
+    // nothing counts it any more.
+    pbx.advance(Duration::from_secs(33)).await;
+    pbx.advance(Duration::from_secs(33)).await;
+    assert_eq!(pbx.endpoint.b2bua.active_for("4301"), 0);
+    assert!(pbx.endpoint.b2bua.snapshot().is_empty());
+}
