@@ -304,9 +304,20 @@ fn behind_a_trusted_proxy_bans_and_the_allow_list_see_the_real_client() {
         403,
         "the proxy itself is not allowed"
     );
-    // Ten probes from one phone-less client through the proxy ban that client only.
+    // Ten wrong provisioning logins from one phone-less client through the proxy ban
+    // that client only (a request without a login is only challenged, never counted).
+    let wrong_login = |from: &str, xff: Option<&str>| {
+        let mut args = vec!["--digest", "-u", "001565aabbcc:wrong"];
+        let header = xff.map(|c| format!("X-Forwarded-For: {c}"));
+        if let Some(h) = &header {
+            args.extend(["-H", h.as_str()]);
+        }
+        let target = url("/prov/wrong/001565aabbcc.cfg");
+        args.push(&target);
+        curl_from(from, &args).0
+    };
     for _ in 0..10 {
-        via_proxy("203.0.113.66", "/prov/wrong/001565aabbcc.cfg");
+        wrong_login("127.0.0.50", Some("203.0.113.66"));
     }
     eventually("the client is banned", Duration::from_secs(10), || {
         env.json(&["ban", "list", "--json"])
@@ -332,14 +343,7 @@ fn behind_a_trusted_proxy_bans_and_the_allow_list_see_the_real_client() {
     // Forwarding headers from an address that is no listed proxy are ignored (the
     // request is judged by its own address), counted, and the advisor warns.
     for _ in 0..10 {
-        curl_from(
-            "127.0.0.51",
-            &[
-                "-H",
-                "X-Forwarded-For: 198.51.100.8",
-                &url("/prov/wrong/x.cfg"),
-            ],
-        );
+        wrong_login("127.0.0.51", Some("198.51.100.8"));
     }
     eventually(
         "the unlisted sender is banned itself",

@@ -235,6 +235,8 @@ fn every_vendors_boot_sequence_finishes_without_a_ban() {
 /// A bare HTTP/1.1 client on one kept-alive connection, with Digest by hand.
 struct Http {
     reader: BufReader<TcpStream>,
+    /// The server's own address, the Host it answers to.
+    host: String,
 }
 
 struct Answer {
@@ -250,11 +252,12 @@ impl Http {
             .expect("timeout");
         Http {
             reader: BufReader::new(s),
+            host: server.http.to_string(),
         }
     }
 
     fn get(&mut self, path: &str, authorization: Option<&str>) -> Answer {
-        let mut req = format!("GET {path} HTTP/1.1\r\nHost: pbx\r\n");
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
         if let Some(a) = authorization {
             req.push_str(&format!("Authorization: {a}\r\n"));
         }

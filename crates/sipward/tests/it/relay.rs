@@ -42,7 +42,7 @@ const QUIET_DEADLINE: Duration = Duration::from_secs(30);
 fn config(extra: &str) -> String {
     format!(
         "[sip]\ndigest_algorithms = [\"MD5\"]\n\
-         [guard]\nflood_requests = 0\nauth_failures = 10000\nextension_failures = 0\n{extra}"
+         [guard]\nflood_requests = \"off\"\nauth_failures = 100\nextension_failures = \"off\"\n{extra}"
     )
 }
 
