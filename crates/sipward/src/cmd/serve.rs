@@ -14,22 +14,23 @@ use crate::cli::ServeArgs;
 use crate::config::Config;
 use crate::error::OperatorError;
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGINT or SIGTERM. The handlers are installed when this is called, before the ready
+/// line: a SIGTERM right after "ready" stops the server cleanly instead of killing it.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
+    })
 }
 
 pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Result<ExitCode> {
+    let shutdown = shutdown_signal()
+        .map_err(|e| anyhow::anyhow!("cannot install the SIGTERM/SIGINT handlers: {e}"))?;
     // Settings that weaken a defence are said at start, one event line each.
     let findings = config.findings();
     for f in &findings {
@@ -169,7 +170,7 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
             secs,
         ))
     });
-    bound.run(shutdown_signal()).await?;
+    bound.run(shutdown).await?;
     if let Some(s) = scheduler {
         s.abort();
     }
