@@ -1214,6 +1214,95 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_call_gets_our_bye_to_each_party_and_nothing_else_goes_in_our_name() {
+        let r = rig();
+        let p = proxy(&r);
+        let (_, sent) = invite(&r, &p);
+        answer(&r, &p, &sent, 200, callee());
+        r.wire.take();
+        let (d, _) = r.dialogs.find("c1", "f1", "callee").expect("dialog");
+        // Denied: sipward's own request in a party's name, while the dialog is not
+        // one it closes.
+        let bye = |to: &str, from_tag: &str, to_tag: &str| {
+            format!(
+                "BYE sip:x@{to} SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.100:5060;branch=z9hG4bKown1\r\n\
+                 From: <sip:a@pbx>;tag={from_tag}\r\nTo: <sip:b@pbx>;tag={to_tag}\r\nCall-ID: c1\r\n\
+                 CSeq: 9 BYE\r\nContent-Length: 0\r\n\r\n"
+            )
+            .into_bytes()
+        };
+        let own = Purpose::InDialog { from: None };
+        assert_eq!(
+            r.egress
+                .start(
+                    bye("192.0.2.1", "f1", "callee"),
+                    callee(),
+                    own,
+                    Owner::Proxy
+                )
+                .err(),
+            Some(crate::egress::NotStarted::Denied(
+                crate::egress::Denial::NotFromAParty
+            ))
+        );
+        assert!(r.wire.take().is_empty());
+        // Closing: one BYE each way, in the other's name.
+        assert_eq!(
+            p.end_calls_of(&Who::Extension("1002".into()), r.clock.instant()),
+            1
+        );
+        let out = r.wire.take();
+        assert_eq!(out.len(), 2, "{out:?}");
+        let to_caller = out.iter().find(|(f, _)| *f == caller()).expect("to caller");
+        let to_callee = out.iter().find(|(f, _)| *f == callee()).expect("to callee");
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).expect("utf8");
+        let (to_caller, to_callee) = (text(&to_caller.1), text(&to_callee.1));
+        assert!(
+            to_callee.starts_with("BYE sip:1001@198.51.100.9 SIP/2.0"),
+            "{to_callee}"
+        );
+        assert!(
+            to_callee.contains("From: <sip:1002@pbx>;tag=f1\r\n"),
+            "{to_callee}"
+        );
+        assert!(
+            to_callee.contains("To: <sip:1001@pbx>;tag=callee\r\n"),
+            "{to_callee}"
+        );
+        assert!(
+            to_callee.contains("CSeq: 3 BYE"),
+            "above the INVITE's 2: {to_callee}"
+        );
+        assert!(
+            to_caller.contains("From: <sip:1001@pbx>;tag=callee\r\n"),
+            "{to_caller}"
+        );
+        assert!(
+            to_caller.contains("To: <sip:1002@pbx>;tag=f1\r\n"),
+            "{to_caller}"
+        );
+        assert!(to_caller.contains("CSeq: 1 BYE"), "{to_caller}");
+        assert_eq!(d.kind, Kind::Proxied);
+        // Still nothing but a BYE in a party's name, and not to a third address.
+        let info = String::from_utf8(bye("192.0.2.1", "f1", "callee"))
+            .expect("utf8")
+            .replace("BYE", "INFO")
+            .into_bytes();
+        assert!(r.egress.start(info, callee(), own, Owner::Proxy).is_err());
+        let third = Flow::udp(addr("192.0.2.66:5060"));
+        assert!(
+            r.egress
+                .start(bye("192.0.2.66", "f1", "callee"), third, own, Owner::Proxy)
+                .is_err()
+        );
+        // Nothing more to end.
+        assert_eq!(
+            p.end_calls_of(&Who::Extension("1002".into()), r.clock.instant()),
+            0
+        );
+    }
+
+    #[test]
     fn auto_answer_hints_are_taken_out_entry_by_entry() {
         let cases = [
             ("Call-Info", "<sip:127.0.0.1>;answer-after=0", None),
