@@ -13,7 +13,10 @@
 //! time. A caller who CANCELs, or hangs up in the early dialog, cancels the trunk leg.
 //! A 2xx that arrives after the caller has gone (after a CANCEL, Timer B, or the ring
 //! limit) is ACKed and ended with a BYE. An answered call lasts at most its class's
-//! maximum duration; then sipward sends BYE to both sides.
+//! maximum duration; then sipward sends BYE to both sides. So does it when the
+//! credentials of the extension a call is charged to are revoked
+//! ([`B2bua::end_calls_of`]; a call still ringing is given up as at its ring limit).
+//! Emergency calls are never ended so: whoever is on one keeps it.
 //!
 //! A call counts against every limit of the account it is charged to (the caller, or the
 //! referrer of a transfer) from its INVITE until the trunk leg's final end: while any
@@ -1187,6 +1190,42 @@ impl B2bua {
         if let Ok(ack) = b.build() {
             let _ = self.sig.egress.ack(ack, None, flow);
         }
+    }
+
+    /// Ends every call `number` places or is charged for, but emergency calls (the
+    /// extension's credentials were revoked): an answered call gets BYE on both legs,
+    /// one still ringing is given up (CANCEL to the trunk, 480 to the phone). Returns
+    /// how many calls it ended; each stays in the table, and in `sipward calls`, until
+    /// its trunk leg is over.
+    pub fn end_calls_of(&self, number: &str, now: Instant) -> usize {
+        let mut st = self.lock();
+        let ids: Vec<u64> = st
+            .calls
+            .values()
+            .filter(|c| {
+                (c.caller == number || c.counted == number)
+                    && c.class != CallClass::Emergency
+                    && c.phase != Phase::Ending
+            })
+            .map(|c| c.id)
+            .collect();
+        for id in &ids {
+            let Some(call) = st.calls.get_mut(id) else {
+                continue;
+            };
+            match call.phase {
+                Phase::Calling | Phase::Ringing => {
+                    self.give_up(call, 480, "Temporarily Unavailable", now);
+                }
+                Phase::Answered => {
+                    call.phase = Phase::Ending;
+                    self.bye(&mut st, *id, Leg::A);
+                    self.bye(&mut st, *id, Leg::B);
+                }
+                Phase::Ending => {}
+            }
+        }
+        ids.len()
     }
 
     /// sipward's own 2xx to the phone was never ACKed: the call is ended both ways.

@@ -118,6 +118,42 @@ pub enum Kind {
     Trunk { call: u64, leg: Leg },
 }
 
+/// One party of a proxied dialog as sipward must name it to end the dialog itself
+/// (RFC 3261 §12.2.1.1): the URI its From/To carries, the target its Contact gave (the
+/// Request-URI of a request to it), and the highest CSeq it has sent in the dialog (a
+/// request to the *other* party must go above it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartyState {
+    pub uri: String,
+    pub target: String,
+    pub cseq: Option<u32>,
+}
+
+/// Both parties' [`PartyState`], recorded when a proxied dialog is confirmed. No route
+/// set is kept: sipward relays in-dialog requests without Route headers, so a request
+/// it sends itself carries none either.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ends {
+    pub caller: PartyState,
+    pub callee: PartyState,
+}
+
+impl Ends {
+    pub fn of(&self, side: Side) -> &PartyState {
+        match side {
+            Side::Caller => &self.caller,
+            Side::Callee => &self.callee,
+        }
+    }
+
+    fn of_mut(&mut self, side: Side) -> &mut PartyState {
+        match side {
+            Side::Caller => &mut self.caller,
+            Side::Callee => &mut self.callee,
+        }
+    }
+}
+
 /// A dialog as the table holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dialog {
@@ -139,6 +175,11 @@ pub struct Dialog {
     pub started: Instant,
     pub answered: Option<Instant>,
     pub ended: Option<Instant>,
+    /// For a confirmed proxied dialog: what a BYE to either party needs.
+    pub ends: Option<Box<Ends>>,
+    /// sipward itself is ending this proxied dialog (its parties' credentials were
+    /// revoked): its own BYE to each party may go (see [`Dialogs::permits`]).
+    pub closing: bool,
 }
 
 /// Which party a request came from.
@@ -304,6 +345,8 @@ impl Dialogs {
                 started: now,
                 answered,
                 ended: (d.phase == Phase::Ended).then_some(now),
+                ends: None,
+                closing: false,
             },
         );
         Ok(id)
@@ -329,6 +372,40 @@ impl Dialogs {
             d.phase = Phase::Confirmed;
             d.answered = Some(now);
         }
+    }
+
+    /// Records what sipward needs to end a confirmed proxied dialog itself.
+    pub fn record_ends(&self, id: DialogId, ends: Ends) {
+        if let Some(d) = self.lock().by_id.get_mut(&id) {
+            d.ends = Some(Box::new(ends));
+        }
+    }
+
+    /// A request with CSeq `cseq` from `side` passed: the BYE sipward may send to the
+    /// other party must go above it.
+    pub fn saw_cseq(&self, id: DialogId, side: Side, cseq: u32) {
+        if let Some(d) = self.lock().by_id.get_mut(&id)
+            && let Some(ends) = d.ends.as_mut()
+        {
+            let seen = &mut ends.of_mut(side).cseq;
+            *seen = Some(seen.map_or(cseq, |s| s.max(cseq)));
+        }
+    }
+
+    /// sipward ends the confirmed proxied dialog `id` itself: it becomes Terminating
+    /// and sipward's own BYEs to its parties are permitted. Returns the dialog as it
+    /// was to build them from; None when it is not a confirmed proxied dialog with its
+    /// ends recorded (anything else is ending already, or is no call of the proxy's).
+    pub fn close(&self, id: DialogId) -> Option<Dialog> {
+        let mut t = self.lock();
+        let d = t.by_id.get_mut(&id)?;
+        if d.kind != Kind::Proxied || d.phase != Phase::Confirmed || d.ends.is_none() {
+            return None;
+        }
+        let was = d.clone();
+        d.phase = Phase::Terminating;
+        d.closing = true;
+        Some(was)
     }
 
     /// A BYE is on its way: from now on only it (and ACKs) are carried.
@@ -394,7 +471,9 @@ impl Dialogs {
     /// and the tags exists and has not ended; the To tag's party is reached on `to`;
     /// the From tag's party is the sender, on `from` (a message carried for a peer), or
     /// sipward itself (`None`: a message of sipward's own leg). While the dialog ends,
-    /// only `BYE` and `ACK` still go.
+    /// only `BYE` and `ACK` still go. One more case for `None`: a BYE sipward sends
+    /// in a party's name to the other party of a proxied dialog it is closing
+    /// ([`Dialogs::close`], when credentials are revoked), and nothing else in its name.
     pub fn permits(
         &self,
         call_id: &str,
@@ -419,6 +498,7 @@ impl Dialogs {
         let sender_ok = match (from, &sender.flow) {
             (Some(f), Some(own)) => own.same_peer(f),
             (None, None) => sender.who == Who::Sipward,
+            (None, Some(_)) => d.closing && d.kind == Kind::Proxied && method == "BYE",
             _ => false,
         };
         if !sender_ok {
@@ -531,6 +611,71 @@ mod tests {
         assert_eq!(
             d.permits("c1", "ta", "tb", "BYE", Some(&a), &b),
             Err(Refusal::NoDialog)
+        );
+    }
+
+    #[test]
+    fn sipward_sends_only_a_bye_and_only_in_a_proxied_dialog_it_closes() {
+        let t0 = Instant::now();
+        let d = Dialogs::default();
+        let id = call(&d, t0);
+        let (a, b, third) = (
+            flow("192.0.2.1:5060"),
+            flow("192.0.2.2:5060"),
+            flow("192.0.2.66:5060"),
+        );
+        // Early, or confirmed without its ends recorded: nothing to close.
+        assert!(d.close(id).is_none());
+        d.confirm(id, t0);
+        assert!(d.close(id).is_none());
+        let ends = Ends {
+            caller: PartyState {
+                uri: "sip:1001@pbx".into(),
+                target: "sip:1001@192.0.2.1".into(),
+                cseq: Some(2),
+            },
+            callee: PartyState {
+                uri: "sip:1002@pbx".into(),
+                target: "sip:1002@192.0.2.2".into(),
+                cseq: None,
+            },
+        };
+        d.record_ends(id, ends);
+        d.saw_cseq(id, Side::Callee, 7);
+        d.saw_cseq(id, Side::Caller, 1);
+        // Denied while the dialog is not closing: sipward is no party of it.
+        assert_eq!(
+            d.permits("c1", "ta", "tb", "BYE", None, &b),
+            Err(Refusal::NotFromAParty)
+        );
+        let was = d.close(id).expect("closes");
+        let seen = was.ends.expect("ends");
+        assert_eq!((seen.caller.cseq, seen.callee.cseq), (Some(2), Some(7)));
+        assert_eq!(d.get(id).map(|x| x.phase), Some(Phase::Terminating));
+        assert!(d.close(id).is_none(), "closed once");
+        // A BYE in either party's name, to the other party's flow...
+        assert_eq!(d.permits("c1", "ta", "tb", "BYE", None, &b), Ok(()));
+        assert_eq!(d.permits("c1", "tb", "ta", "BYE", None, &a), Ok(()));
+        // ...and nothing else: no other method, no other destination, no ACK.
+        for method in ["INVITE", "INFO", "REFER", "ACK"] {
+            assert!(
+                d.permits("c1", "ta", "tb", method, None, &b).is_err(),
+                "{method}"
+            );
+        }
+        assert_eq!(
+            d.permits("c1", "ta", "tb", "BYE", None, &third),
+            Err(Refusal::NotToTheOtherParty)
+        );
+        assert_eq!(
+            d.permits("c1", "ta", "tb", "BYE", None, &a),
+            Err(Refusal::NotToTheOtherParty)
+        );
+        // Once ended, not even that.
+        d.end(id, t0);
+        assert_eq!(
+            d.permits("c1", "ta", "tb", "BYE", None, &b),
+            Err(Refusal::Ended)
         );
     }
 

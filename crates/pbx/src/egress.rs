@@ -9,7 +9,9 @@
 //! - (b) a request of a client transaction sipward created, to the destination chosen
 //!   when it was created: the live client transaction table;
 //! - (c) a request within a live dialog sipward authorised, from one party's flow to the
-//!   other party's flow (or from sipward's own leg): the dialog table;
+//!   other party's flow (or from sipward's own leg; or a BYE of sipward's own, in one
+//!   party's name, in a proxied dialog it is closing because credentials were revoked):
+//!   the dialog table;
 //! - (d) NOTIFY and OPTIONS to the flow of a live registration: the registrar;
 //! - (e) REGISTER to a configured provider's registrar: the trunk table.
 //!
@@ -205,7 +207,7 @@ pub enum Purpose<'a> {
     /// must be that trunk's address (or, for a gateway, where it is registered from).
     Trunk { label: &'a str },
     /// A request within a dialog (c): relayed for the peer on `from`, or sipward's own
-    /// (`None`) on a back-to-back leg.
+    /// (`None`) on a back-to-back leg or, a BYE only, in a proxied dialog it closes.
     InDialog { from: Option<&'a Flow> },
     /// NOTIFY or OPTIONS to a registration of the extension `number` (d).
     Registration { number: &'a str },

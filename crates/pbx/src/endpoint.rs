@@ -189,6 +189,22 @@ impl Endpoint {
             .extend(numbers);
     }
 
+    /// Ends every call of the extension `number` whose credentials were revoked, on
+    /// every leg (proxied calls and trunk calls alike), but its emergency calls: one
+    /// made before the change goes on. Returns how many calls it ended, also counted
+    /// in `sipward_calls_ended_revoked_total`.
+    pub fn end_calls_of(&self, number: &str) -> usize {
+        let now = self.clock.instant();
+        let ended = self
+            .proxy
+            .end_calls_of(&Who::Extension(number.to_owned()), now)
+            + self.b2bua.end_calls_of(number, now);
+        self.metrics
+            .calls_ended_revoked
+            .fetch_add(ended as u64, std::sync::atomic::Ordering::Relaxed);
+        ended
+    }
+
     /// Runs every timer due now (the server calls this every few tens of ms; tests
     /// move the injected clock and wait for the next call): transaction
     /// retransmissions and timeouts, ring limits, maximum call durations, provider

@@ -83,6 +83,7 @@ pub struct Metrics {
     pub responses_dropped: [AtomicU64; RESPONSES_DROPPED.len()],
     pub emergency_refused: AtomicU64,
     pub calls_ended_max_duration: AtomicU64,
+    pub calls_ended_revoked: AtomicU64,
     pub trunk_legs_cancelled: AtomicU64,
     pub late_answers_ended: AtomicU64,
     pub transfers_refused: AtomicU64,
@@ -288,6 +289,11 @@ impl Metrics {
                 "sipward_calls_ended_max_duration_total",
                 "answered trunk calls ended by sipward at their class's maximum duration",
                 get(&self.calls_ended_max_duration),
+            ),
+            (
+                "sipward_calls_ended_revoked_total",
+                "calls ended by sipward because an extension's credentials were revoked (removal, new password, Re-Generate)",
+                get(&self.calls_ended_revoked),
             ),
             (
                 "sipward_trunk_legs_cancelled_total",

@@ -16,11 +16,19 @@
 //! each in a client transaction of its own (ACKs of 2xx, which have none, through the
 //! egress rule's dialog permit). The Request-URI is carried as the sender wrote it and
 //! Route headers are dropped: neither ever decides where a request goes.
+//!
+//! When an extension's credentials are revoked, its calls end ([`Proxy::end_calls_of`]):
+//! a ringing call has its branches cancelled (the caller gets their 487), and an
+//! answered one gets a BYE to each party in the other's name, built from what the
+//! dialog table recorded at the 2xx (each party's URI and Contact) and since (the
+//! highest CSeq each party sent). Emergency calls are never ended so.
 
 use sip::header::addr::NameAddr;
+use sip::header::cseq::CSeq;
 use sip::header::split_list;
 use sip::header::via::Via;
 use sip::msg::{Message, Name, StartLine};
+use sip::request::{DialogState, RequestBuilder, TopVia};
 use sip::response::{ResponseBuilder, top_via_with_source};
 use sip::transaction::{Action, ResponseClass, TxId, TxKey};
 use std::collections::HashMap;
@@ -28,7 +36,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::dialog::{Dialog, DialogId, Dialogs, Kind, NewDialog, Party, Phase, Side, Who};
+use crate::dialog::{
+    Dialog, DialogId, Dialogs, Ends, Kind, NewDialog, Party, PartyState, Phase, Side, Who,
+};
 use crate::egress::{Delivery, Egress, Owner, Purpose};
 use crate::flow::{Flow, our_uri};
 use crate::metrics::Metrics;
@@ -108,8 +118,17 @@ struct Relay {
 
 #[derive(Debug)]
 enum Forward {
-    Branch { call: TxKey, index: usize },
+    Branch {
+        call: TxKey,
+        index: usize,
+    },
     Relay(Relay),
+    /// A BYE of sipward's own to one party of a dialog it closes; `done` once answered
+    /// or timed out.
+    Close {
+        dialog: DialogId,
+        done: bool,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -118,6 +137,8 @@ struct State {
     by_tx: HashMap<TxId, Forward>,
     /// Relayed re-INVITEs by their upstream key (for CANCEL).
     relays_by_key: HashMap<TxKey, TxId>,
+    /// Dialogs sipward closes, with how many of its BYEs still wait for an answer.
+    closing: HashMap<DialogId, usize>,
 }
 
 /// The proxy's state; see the module documentation.
@@ -189,6 +210,31 @@ fn without_auto_answer(raw_name: &str, value: &str) -> (Option<String>, bool) {
     } else {
         (Some(kept.join(", ")), removed)
     }
+}
+
+fn cseq_of(m: &Message<'_>) -> Option<u32> {
+    m.header(Name::CSeq).and_then(CSeq::parse).map(|c| c.seq)
+}
+
+/// Both parties' state in the dialog the callee's 2xx `answer` to the caller's
+/// `request` confirms: their URIs, their Contacts (the URI, if a peer sent none: the
+/// flow decides where a request goes, the target only fills the Request-URI) and the
+/// INVITE's CSeq, the caller's first.
+fn ends_of(request: &[u8], answer: &Message<'_>) -> Option<Ends> {
+    let invite = sip::msg::parse(request).ok()?;
+    let party = |m: &Message<'_>, name: Name, cseq: Option<u32>| -> Option<PartyState> {
+        let uri = NameAddr::parse(m.header(name)?)?.uri.to_owned();
+        let target = m
+            .header(Name::Contact)
+            .and_then(|c| split_list(c).next())
+            .and_then(NameAddr::parse)
+            .map_or_else(|| uri.clone(), |a| a.uri.to_owned());
+        Some(PartyState { uri, target, cseq })
+    };
+    Some(Ends {
+        caller: party(&invite, Name::From, cseq_of(&invite))?,
+        callee: party(answer, Name::To, None)?,
+    })
 }
 
 /// A message from its start line, headers and body; Content-Length is ours.
@@ -536,6 +582,11 @@ impl Proxy {
             .other(side)
             .flow
             .ok_or((481, "Call/Transaction Does Not Exist"))?;
+        // What the party has sent: a BYE sipward sends the other party in its name must
+        // go above it.
+        if let Some(cseq) = cseq_of(m) {
+            self.dialogs.saw_cseq(d.id, side, cseq);
+        }
         let branch = self.sig.branch();
         let (out, _) = self
             .forward(m, source, &to, uri, branch.as_str(), &[], false)
@@ -600,6 +651,10 @@ impl Proxy {
                     Some(Forward::Relay(r)) => {
                         st.relays_by_key.remove(&r.key);
                     }
+                    Some(Forward::Close {
+                        dialog,
+                        done: false,
+                    }) => self.bye_over(&mut st, dialog, now),
                     Some(Forward::Branch { call, .. }) => {
                         let gone = st.calls.get(&call).is_some_and(|c| {
                             c.branches.iter().all(|b| !st.by_tx.contains_key(&b.tx))
@@ -608,13 +663,27 @@ impl Proxy {
                             st.calls.remove(&call);
                         }
                     }
-                    None => {}
+                    Some(Forward::Close { done: true, .. }) | None => {}
                 }
                 return;
             }
-            match st.by_tx.get(&d.tx) {
+            match st.by_tx.get_mut(&d.tx) {
                 Some(Forward::Branch { call, index }) => Some((call.clone(), *index)),
                 Some(Forward::Relay(_)) => None,
+                Some(Forward::Close { dialog, done }) => {
+                    let over = matches!(
+                        d.action,
+                        Action::Deliver(ResponseClass::Success | ResponseClass::Failure)
+                            | Action::TimedOut
+                            | Action::TransportFailed
+                    );
+                    if over && !*done {
+                        *done = true;
+                        let dialog = *dialog;
+                        self.bye_over(&mut st, dialog, now);
+                    }
+                    return;
+                }
                 None => return,
             }
         };
@@ -622,6 +691,117 @@ impl Proxy {
             Some((call, index)) => self.branch_event(&call, index, &d.action, m, now),
             None => self.relay_event(d, m, now),
         }
+    }
+
+    /// One of sipward's own BYEs of the closing `dialog` has its answer (or none will
+    /// come): when it was the last, the dialog is over.
+    fn bye_over(&self, st: &mut State, dialog: DialogId, now: Instant) {
+        let left = st.closing.get_mut(&dialog).map(|n| {
+            *n = n.saturating_sub(1);
+            *n
+        });
+        if left == Some(0) {
+            st.closing.remove(&dialog);
+            self.dialogs.end(dialog, now);
+        }
+    }
+
+    /// Ends every call `who` is a party of, but emergency calls (the extension's
+    /// credentials were revoked). A call still ringing has its branches cancelled (the
+    /// caller gets the 487s, or ours); an answered one is closed with a BYE of
+    /// sipward's own to each party, in the other's name, and ends when both are
+    /// answered or time out. Returns how many calls it ended.
+    pub fn end_calls_of(&self, who: &Who, now: Instant) -> usize {
+        let is_emergency = |class: Option<policy::dialplan::CallClass>| {
+            class == Some(policy::dialplan::CallClass::Emergency)
+        };
+        let callee = match who {
+            Who::Extension(n) => Some(n.as_str()),
+            _ => None,
+        };
+        let mut ended = 0;
+        // The table is held while the BYEs start: their answers may come at once.
+        let mut st = self.lock();
+        let mut pending = Vec::new();
+        for c in st.calls.values_mut() {
+            let involved = c.caller == *who || callee == Some(c.callee.as_str());
+            if involved && !is_emergency(c.class) && !c.answered && !c.final_sent && !c.cancelled {
+                c.cancelled = true;
+                ended += 1;
+                pending.extend(c.branches.iter().filter(|b| !b.done).map(|b| b.tx));
+            }
+        }
+        for tx in pending {
+            let _ = self.egress.cancel(tx);
+        }
+        for id in self.dialogs.of(who) {
+            if self
+                .dialogs
+                .get(id)
+                .is_none_or(|d| d.kind != Kind::Proxied || is_emergency(d.class))
+            {
+                continue;
+            }
+            let Some(d) = self.dialogs.close(id) else {
+                continue;
+            };
+            ended += 1;
+            let mut started = 0;
+            for side in [Side::Caller, Side::Callee] {
+                if let Some(tx) = self.bye_to(&d, side) {
+                    st.by_tx.insert(
+                        tx,
+                        Forward::Close {
+                            dialog: id,
+                            done: false,
+                        },
+                    );
+                    started += 1;
+                }
+            }
+            if started == 0 {
+                self.dialogs.end(id, now);
+            } else {
+                st.closing.insert(id, started);
+            }
+        }
+        ended
+    }
+
+    /// sipward's BYE to the `side` party of the dialog `d` it closes, in the other
+    /// party's name: that party's URI and tag in From, a CSeq above the last request
+    /// the other party sent, the recipient's Contact as Request-URI, on its flow.
+    fn bye_to(&self, d: &Dialog, side: Side) -> Option<TxId> {
+        let ends = d.ends.as_deref()?;
+        let other_side = match side {
+            Side::Caller => Side::Callee,
+            Side::Callee => Side::Caller,
+        };
+        let (to, from) = (d.party(side), d.party(other_side));
+        let (to_state, from_state) = (ends.of(side), ends.of(other_side));
+        let flow = to.flow?;
+        let cseq = from_state.cseq.map_or(1, |c| c.saturating_add(1));
+        let ds = DialogState {
+            call_id: &d.call_id,
+            local_uri: &from_state.uri,
+            local_tag: &from.tag,
+            remote_uri: &to_state.uri,
+            remote_tag: Some(&to.tag),
+            remote_target: &to_state.target,
+            route_set: Vec::new(),
+        };
+        let branch = self.sig.branch();
+        let bytes = RequestBuilder::in_dialog(&ds, "BYE", cseq)
+            .via(TopVia::new(
+                flow.transport.via_token(),
+                self.sig.local(&flow),
+                &branch,
+            ))
+            .build()
+            .ok()?;
+        self.egress
+            .start(bytes, flow, Purpose::InDialog { from: None }, Owner::Proxy)
+            .ok()
     }
 
     fn relay_event(&self, d: &Delivery, m: Option<&Message<'_>>, now: Instant) {
@@ -715,16 +895,24 @@ impl Proxy {
                         .iter()
                         .find(|(t, _)| t == tag)
                         .map(|(_, id)| *id);
-                    match existing {
-                        Some(id) => self.dialogs.confirm(id, now),
-                        None => {
-                            if let Ok(id) = self.dialogs.create(
+                    let confirmed = match existing {
+                        Some(id) => {
+                            self.dialogs.confirm(id, now);
+                            Some(id)
+                        }
+                        None => self
+                            .dialogs
+                            .create(
                                 self.new_dialog(call, tag, branch_flow, Phase::Confirmed),
                                 now,
-                            ) {
-                                call.branches[index].dialogs.push((tag.clone(), id));
-                            }
-                        }
+                            )
+                            .ok()
+                            .inspect(|id| call.branches[index].dialogs.push((tag.clone(), *id))),
+                    };
+                    if let Some(id) = confirmed
+                        && let Some(ends) = ends_of(&request, m)
+                    {
+                        self.dialogs.record_ends(id, ends);
                     }
                 }
                 // The other branches and the early dialogs that did not answer end.
@@ -1023,6 +1211,95 @@ mod tests {
             "both answers go upstream"
         );
         assert!(out.iter().any(|(_, m)| m.starts_with(b"SIP/2.0 200")));
+    }
+
+    #[test]
+    fn a_closed_call_gets_our_bye_to_each_party_and_nothing_else_goes_in_our_name() {
+        let r = rig();
+        let p = proxy(&r);
+        let (_, sent) = invite(&r, &p);
+        answer(&r, &p, &sent, 200, callee());
+        r.wire.take();
+        let (d, _) = r.dialogs.find("c1", "f1", "callee").expect("dialog");
+        // Denied: sipward's own request in a party's name, while the dialog is not
+        // one it closes.
+        let bye = |to: &str, from_tag: &str, to_tag: &str| {
+            format!(
+                "BYE sip:x@{to} SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.100:5060;branch=z9hG4bKown1\r\n\
+                 From: <sip:a@pbx>;tag={from_tag}\r\nTo: <sip:b@pbx>;tag={to_tag}\r\nCall-ID: c1\r\n\
+                 CSeq: 9 BYE\r\nContent-Length: 0\r\n\r\n"
+            )
+            .into_bytes()
+        };
+        let own = Purpose::InDialog { from: None };
+        assert_eq!(
+            r.egress
+                .start(
+                    bye("192.0.2.1", "f1", "callee"),
+                    callee(),
+                    own,
+                    Owner::Proxy
+                )
+                .err(),
+            Some(crate::egress::NotStarted::Denied(
+                crate::egress::Denial::NotFromAParty
+            ))
+        );
+        assert!(r.wire.take().is_empty());
+        // Closing: one BYE each way, in the other's name.
+        assert_eq!(
+            p.end_calls_of(&Who::Extension("1002".into()), r.clock.instant()),
+            1
+        );
+        let out = r.wire.take();
+        assert_eq!(out.len(), 2, "{out:?}");
+        let to_caller = out.iter().find(|(f, _)| *f == caller()).expect("to caller");
+        let to_callee = out.iter().find(|(f, _)| *f == callee()).expect("to callee");
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).expect("utf8");
+        let (to_caller, to_callee) = (text(&to_caller.1), text(&to_callee.1));
+        assert!(
+            to_callee.starts_with("BYE sip:1001@198.51.100.9 SIP/2.0"),
+            "{to_callee}"
+        );
+        assert!(
+            to_callee.contains("From: <sip:1002@pbx>;tag=f1\r\n"),
+            "{to_callee}"
+        );
+        assert!(
+            to_callee.contains("To: <sip:1001@pbx>;tag=callee\r\n"),
+            "{to_callee}"
+        );
+        assert!(
+            to_callee.contains("CSeq: 3 BYE"),
+            "above the INVITE's 2: {to_callee}"
+        );
+        assert!(
+            to_caller.contains("From: <sip:1001@pbx>;tag=callee\r\n"),
+            "{to_caller}"
+        );
+        assert!(
+            to_caller.contains("To: <sip:1002@pbx>;tag=f1\r\n"),
+            "{to_caller}"
+        );
+        assert!(to_caller.contains("CSeq: 1 BYE"), "{to_caller}");
+        assert_eq!(d.kind, Kind::Proxied);
+        // Still nothing but a BYE in a party's name, and not to a third address.
+        let info = String::from_utf8(bye("192.0.2.1", "f1", "callee"))
+            .expect("utf8")
+            .replace("BYE", "INFO")
+            .into_bytes();
+        assert!(r.egress.start(info, callee(), own, Owner::Proxy).is_err());
+        let third = Flow::udp(addr("192.0.2.66:5060"));
+        assert!(
+            r.egress
+                .start(bye("192.0.2.66", "f1", "callee"), third, own, Owner::Proxy)
+                .is_err()
+        );
+        // Nothing more to end.
+        assert_eq!(
+            p.end_calls_of(&Who::Extension("1002".into()), r.clock.instant()),
+            0
+        );
     }
 
     #[test]

@@ -328,6 +328,9 @@ async fn reload_loop(
             for r in &reloaded.revoked {
                 eprintln!("{}", revocation_event(r, &reloaded.bindings_dropped));
             }
+            for (number, calls) in &reloaded.calls_ended {
+                eprintln!("{}", calls_ended_event(number, *calls));
+            }
             versions.0 = v;
             registry_moved = true;
             let _ = load_trunks(&registry, &endpoint).await;
@@ -352,12 +355,16 @@ pub struct Reloaded {
     /// Extensions that lost bindings no credentials back any more (revoked ones, and
     /// those whose grace window ended).
     pub bindings_dropped: Vec<String>,
+    /// Revoked extensions whose calls were ended, with how many (emergency calls are
+    /// kept, so an extension on one alone is not here).
+    pub calls_ended: Vec<(String, usize)>,
 }
 
 /// Puts a new directory snapshot in force: the registrar drops every binding that no
 /// credentials in it back (removed extensions, changed credentials without a grace
-/// window from the binding's source, ended windows). Returns what was revoked, for the
-/// call path to end those accounts' calls.
+/// window from the binding's source, ended windows), and every call of a revoked
+/// extension ends with BYE on every leg (`Endpoint::end_calls_of`: emergency calls go
+/// on). Returns what was revoked and what ended.
 pub fn apply_directory(endpoint: &Endpoint, dir: Directory, now: i64) -> Reloaded {
     let old = endpoint.directory.get();
     let revoked = old.revocations(&dir);
@@ -374,10 +381,30 @@ pub fn apply_directory(endpoint: &Endpoint, dir: Directory, now: i64) -> Reloade
             .bindings
             .store(endpoint.registrar.binding_count() as u64, Ordering::Relaxed);
     }
+    // A gateway's number is no party of any call (its calls are the trunk's).
+    let calls_ended = revoked
+        .iter()
+        .filter(|r| r.kind == "ext")
+        .filter_map(|r| {
+            let n = endpoint.end_calls_of(&r.number);
+            (n > 0).then(|| (r.number.clone(), n))
+        })
+        .collect();
     Reloaded {
         revoked,
         bindings_dropped,
+        calls_ended,
     }
+}
+
+/// The security event for the calls ended because `number`'s credentials were revoked.
+fn calls_ended_event(number: &str, calls: usize) -> serde_json::Value {
+    serde_json::json!({
+        "event": "calls_ended",
+        "number": number,
+        "calls": calls,
+        "reason": "credentials_revoked",
+    })
 }
 
 /// The security event for one revocation (one JSON line).

@@ -1299,3 +1299,248 @@ async fn a_trunk_that_ends_its_early_dialog_has_its_invite_cancelled() {
     assert_eq!(pbx.endpoint.b2bua.active_for("4301"), 0);
     assert!(pbx.endpoint.b2bua.snapshot().is_empty());
 }
+
+/// The calls of the server's trunk calls as `sipward calls` shows them, by caller.
+fn trunk_callers(pbx: &Pbx) -> Vec<String> {
+    let mut callers: Vec<String> = pbx
+        .endpoint
+        .b2bua
+        .snapshot()
+        .into_iter()
+        .map(|r| r.caller)
+        .collect();
+    callers.sort();
+    callers
+}
+
+/// Waits (real time, bounded) until `pred` holds of the server.
+async fn until(what: &str, pred: impl Fn() -> bool) {
+    let deadline = Instant::now() + ANSWER;
+    while !pred() {
+        assert!(Instant::now() < deadline, "{what} within {ANSWER:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The gateway answers its INVITE 200 and the phone ACKs: an answered trunk call. The
+/// phone's 200.
+async fn answered_trunk_call(
+    phone: &Ua,
+    gw: &Ua,
+    out: &Outgoing,
+    invite: &str,
+    tag: &str,
+) -> String {
+    let contact = format!("Contact: <sip:{}>\r\n", gw.addr);
+    gw.reply(invite, 200, "OK", tag, &contact, "").await;
+    let ok = phone.answer_to(out, |c| c == 200).await;
+    gw.request_for("ACK", header(invite, "Call-ID").expect("call-id"), 0)
+        .await;
+    phone.in_dialog(out, &ok, "ACK", out.cseq).await;
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_extensions_trunk_call_ends_with_bye_on_both_legs_but_an_emergency_call_goes_on()
+{
+    let gw = gateway_socket().await;
+    let pbx = start(Setup {
+        plan: us_plan(),
+        extensions: vec![
+            ("4401", "national"),
+            ("4402", "national"),
+            ("4403", "national"),
+        ],
+        gateway: Some(gw.addr),
+        ..Setup::default()
+    })
+    .await;
+    let gw = towards(gw, &pbx);
+    let doomed = Ua::bind("127.0.0.21", pbx.sip, "4401").await;
+    let other = Ua::bind("127.0.0.22", pbx.sip, "4402").await;
+    let rescued = Ua::bind("127.0.0.23", pbx.sip, "4403").await;
+    let (out, invite) = trunk_call(&doomed, &gw, "12125550141").await;
+    let ok = answered_trunk_call(&doomed, &gw, &out, &invite, "gw1").await;
+    let (other_out, other_invite) = trunk_call(&other, &gw, "12125550142").await;
+    answered_trunk_call(&other, &gw, &other_out, &other_invite, "gw2").await;
+    let sos = rescued.invite("911", "").await;
+    let sos_invite = gw
+        .wait("the emergency call", |m| {
+            method(m) == Some("INVITE") && m.lines().next().is_some_and(|l| l.contains("sip:911@"))
+        })
+        .await;
+    answered_trunk_call(&rescued, &gw, &sos, &sos_invite, "gw3").await;
+    assert_eq!(trunk_callers(&pbx), ["4401", "4402", "4403"]);
+
+    // 4401 is removed, and 4403 too, in the middle of its emergency call.
+    pbx.registry.remove_extension("4401").await.expect("remove");
+    pbx.registry.remove_extension("4403").await.expect("remove");
+    // The directory reload ends 4401's call: BYE to the phone and to the gateway.
+    let gw_call = header(&invite, "Call-ID").expect("call-id");
+    let bye_gw = gw.request_for("BYE", gw_call, 0).await;
+    let bye_phone = doomed.request_for("BYE", &out.call_id, 0).await;
+    // Each in its own dialog: the phone's with sipward's tag, the trunk's with the
+    // gateway's.
+    assert_eq!(
+        header(&bye_phone, "From").and_then(tag_of),
+        header(&ok, "To").and_then(tag_of),
+        "{bye_phone}"
+    );
+    assert_eq!(
+        header(&bye_phone, "To").and_then(tag_of),
+        tag_of(&out.from),
+        "{bye_phone}"
+    );
+    assert_eq!(
+        header(&bye_gw, "To").and_then(tag_of),
+        Some("gw1"),
+        "{bye_gw}"
+    );
+    gw.reply(&bye_gw, 200, "OK", "", "", "").await;
+    doomed.reply(&bye_phone, 200, "OK", "", "", "").await;
+    until("4401's call gone from the active calls", || {
+        trunk_callers(&pbx) == ["4402", "4403"]
+    })
+    .await;
+    assert_eq!(pbx.metric("sipward_calls_ended_revoked_total"), 1);
+    // Nothing ends the other extension's call or the emergency call.
+    for call_id in [
+        header(&other_invite, "Call-ID").expect("call-id"),
+        header(&sos_invite, "Call-ID").expect("call-id"),
+    ] {
+        assert!(
+            gw.quiet(|m| method(m) == Some("BYE") && header(m, "Call-ID") == Some(call_id))
+                .await
+        );
+    }
+    assert!(other.quiet(|m| method(m) == Some("BYE")).await);
+    assert!(rescued.quiet(|m| method(m) == Some("BYE")).await);
+    assert_eq!(pbx.endpoint.b2bua.emergencies("4403"), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_password_ends_the_extensions_calls_between_extensions_with_bye_to_both_phones() {
+    let pbx = start(Setup {
+        extensions: vec![
+            ("4501", "national"),
+            ("4502", "national"),
+            ("4503", "national"),
+            ("4504", "national"),
+            ("4505", "national"),
+        ],
+        ..Setup::default()
+    })
+    .await;
+    let caller = Ua::bind("127.0.0.21", pbx.sip, "4501").await;
+    let callee = Ua::bind("127.0.0.22", pbx.sip, "4502").await;
+    let bystander = Ua::bind("127.0.0.23", pbx.sip, "4503").await;
+    let friend = Ua::bind("127.0.0.24", pbx.sip, "4504").await;
+    let ringer = Ua::bind("127.0.0.25", pbx.sip, "4505").await;
+    callee.register().await;
+    friend.register().await;
+
+    // 4501 calls 4502, who answers; each side sends a request in the dialog.
+    let out = caller.invite("4502", "").await;
+    let invite = pick_up(&callee, &out.call_id, "b1").await;
+    let ok = caller.answer_to(&out, |c| c == 200).await;
+    caller.in_dialog(&out, &ok, "ACK", out.cseq).await;
+    callee.request_for("ACK", &out.call_id, 0).await;
+    caller.in_dialog(&out, &ok, "INFO", 5).await;
+    let info = callee.request_for("INFO", &out.call_id, 5).await;
+    callee.reply(&info, 200, "OK", "", "", "").await;
+    caller
+        .wait("200 to the caller's INFO", |m| {
+            status(m) == 200 && header(m, "CSeq") == Some("5 INFO")
+        })
+        .await;
+    callee
+        .send(&callee_request(&callee, &invite, "b1", "INFO", ""))
+        .await;
+    let info = caller.request_for("INFO", &out.call_id, 7).await;
+    caller.reply(&info, 200, "OK", "", "", "").await;
+    callee
+        .wait("200 to the callee's INFO", |m| {
+            status(m) == 200 && header(m, "CSeq") == Some("7 INFO")
+        })
+        .await;
+    // Control: 4503 calls 4504, answered.
+    let other = bystander.invite("4504", "").await;
+    pick_up(&friend, &other.call_id, "d1").await;
+    let other_ok = bystander.answer_to(&other, |c| c == 200).await;
+    bystander
+        .in_dialog(&other, &other_ok, "ACK", other.cseq)
+        .await;
+    // And 4505 calls 4502, which rings.
+    let ringing = ringer.invite("4502", "").await;
+    let ring_invite = callee.request_for("INVITE", &ringing.call_id, 0).await;
+    callee
+        .reply(&ring_invite, 180, "Ringing", "r1", "", "")
+        .await;
+    ringer.answer_to(&ringing, |c| c == 180).await;
+
+    // 4502's password changes.
+    pbx.registry
+        .update_extension(
+            "4502",
+            accounts::extension::ExtensionChange {
+                password: Some("Wq8-Lz3r-Tk6v-Pm2x-Hn9c".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("update");
+
+    // A BYE to each phone, in the other's name: its tags, a CSeq above what the other
+    // sent, the phone's Contact as Request-URI.
+    let to_callee = callee.request_for("BYE", &out.call_id, 0).await;
+    let to_caller = caller.request_for("BYE", &out.call_id, 0).await;
+    let caller_tag = tag_of(&out.from).expect("tag");
+    assert!(
+        to_callee.starts_with(&format!("BYE sip:4502@{} SIP/2.0", callee.addr)),
+        "{to_callee}"
+    );
+    assert_eq!(
+        header(&to_callee, "From").and_then(tag_of),
+        Some(caller_tag)
+    );
+    assert_eq!(header(&to_callee, "To").and_then(tag_of), Some("b1"));
+    assert_eq!(header(&to_callee, "CSeq"), Some("6 BYE"), "{to_callee}");
+    assert!(
+        to_caller.starts_with(&format!("BYE sip:4501@{} SIP/2.0", caller.addr)),
+        "{to_caller}"
+    );
+    assert_eq!(header(&to_caller, "From").and_then(tag_of), Some("b1"));
+    assert_eq!(header(&to_caller, "To").and_then(tag_of), Some(caller_tag));
+    assert_eq!(header(&to_caller, "CSeq"), Some("8 BYE"), "{to_caller}");
+    callee.reply(&to_callee, 200, "OK", "", "", "").await;
+    caller.reply(&to_caller, 200, "OK", "", "", "").await;
+    // The ringing call is cancelled, and its caller gets the 487.
+    let cancel = callee.request_for("CANCEL", &ringing.call_id, 0).await;
+    callee.reply(&cancel, 200, "OK", "r1", "", "").await;
+    callee
+        .reply(&ring_invite, 487, "Request Terminated", "r1", "", "")
+        .await;
+    let gone = ringer.answer_to(&ringing, |c| c >= 300).await;
+    assert_eq!(status(&gone), 487, "{gone}");
+    assert_eq!(pbx.metric("sipward_calls_ended_revoked_total"), 2);
+    // The dialog is over: what the caller sends in it now gets 481.
+    let ended = || {
+        pbx.endpoint
+            .dialogs
+            .of(&pbx::dialog::Who::Extension("4502".into()))
+            .is_empty()
+    };
+    until("the dialog to end", ended).await;
+    caller.in_dialog(&out, &ok, "INFO", 9).await;
+    let refused = caller
+        .wait("an answer to an INFO in the ended dialog", |m| {
+            header(m, "CSeq") == Some("9 INFO") && status(m) >= 200
+        })
+        .await;
+    assert_eq!(status(&refused), 481, "{refused}");
+    // Control: the other call goes on, untouched.
+    assert!(bystander.quiet(|m| method(m) == Some("BYE")).await);
+    assert!(friend.quiet(|m| method(m) == Some("BYE")).await);
+    bystander.in_dialog(&other, &other_ok, "INFO", 3).await;
+    friend.request_for("INFO", &other.call_id, 3).await;
+}

@@ -388,3 +388,120 @@ fn a_waiting_mail_follows_the_address_and_the_password() {
     );
     assert_eq!(env.json(&["mail", "send", "--json"]), serde_json::json!([]));
 }
+
+/// The callers of the calls `sipward calls --json` lists.
+fn listed_callers(env: &Env) -> Vec<String> {
+    env.json(&["calls", "--json"])["calls"]
+        .as_array()
+        .map(|calls| {
+            calls
+                .iter()
+                .filter_map(|c| c["caller"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A removed extension's answered trunk call: sipward hangs up both legs (the phone's
+/// and the gateway's), and the call leaves `sipward calls`. Removing a hijacked
+/// extension stops the toll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_an_extension_ends_its_trunk_call_with_bye_on_both_legs() {
+    use crate::user_agent::{Account, Dialog, Ua, header, request_method};
+    let env = Env::with_config("[sip]\ndigest_algorithms = [\"MD5\"]\n");
+    // The gateway's socket exists before the server, so that the CLI can name it.
+    let mut gw = Ua::bind("127.0.0.7", "127.0.0.1:9".parse().expect("addr")).await;
+    env.ok(&[
+        "gateway",
+        "add",
+        "pstn",
+        "--vendor",
+        "generic",
+        "--ext",
+        "800",
+        "--auth-id",
+        "gw-pstn-7",
+        "--password",
+        "Gw7-pQ2v-Xk9m-Lr4t",
+        "--host",
+        &gw.addr.to_string(),
+    ]);
+    env.ok(&[
+        "route",
+        "add",
+        "us",
+        "--pattern",
+        "1NXXNXXXXXX",
+        "--trunk",
+        "pstn",
+    ]);
+    let account = Account {
+        number: "3801".into(),
+        auth_id: "rv3801desk".into(),
+        password: "Vb7-qLx9-3801-Tz4Wm".into(),
+    };
+    env.ok(&[
+        "ext",
+        "add",
+        &account.number,
+        "--auth-id",
+        &account.auth_id,
+        "--password",
+        &account.password,
+        "--class",
+        "national",
+    ]);
+    let server = env.serve();
+    gw.pbx = server.sip;
+    let phone = Ua::phone("127.0.0.21", server.sip, &account).await;
+
+    let out = phone.invite("12125550123", "").await;
+    let invite = gw
+        .wait("the trunk leg's INVITE", |m| {
+            request_method(m) == Some("INVITE") && m.contains("2125550123")
+        })
+        .await;
+    let gw_call = header(&invite, "Call-ID").expect("Call-ID").to_owned();
+    let sdp = gw.sdp("sendrecv");
+    gw.reply(
+        &invite,
+        200,
+        "OK",
+        "gw1",
+        &format!(
+            "Contact: <sip:{}>\r\nContent-Type: application/sdp\r\n",
+            gw.addr
+        ),
+        &sdp,
+    )
+    .await;
+    let ok = phone.wait_answer(&out, |c| c == 200).await;
+    phone.ack_2xx(&Dialog::uac(&out, &ok), out.cseq).await;
+    gw.wait_request("ACK", &gw_call).await;
+    eventually_or(
+        "the answered call listed by `sipward calls`",
+        Duration::from_secs(10),
+        || listed_callers(&env) == ["3801"],
+        || server.log(),
+    );
+
+    env.ok(&["ext", "remove", "3801"]);
+    let bye_gw = gw.wait_request("BYE", &gw_call).await;
+    let bye_phone = phone.wait_request("BYE", &out.call_id).await;
+    gw.reply(&bye_gw, 200, "OK", "", "", "").await;
+    phone.reply(&bye_phone, 200, "OK", "", "", "").await;
+    eventually_or(
+        "the call gone from `sipward calls`",
+        Duration::from_secs(10),
+        || listed_callers(&env).is_empty(),
+        || server.log(),
+    );
+    let log = server.log();
+    assert!(
+        log.lines().any(|l| l.contains("\"event\":\"calls_ended\"")
+            && l.contains("\"number\":\"3801\"")
+            && l.contains("\"calls\":1")),
+        "a calls_ended event: {log}"
+    );
+    server.stop();
+}
