@@ -22,7 +22,7 @@ use store::provisioning::ProvisioningRow;
 
 use crate::mail::{MailMessage, MailOutcome};
 use crate::provisioning::{self, PhoneAccount, Templates, Vendor};
-use crate::registry::{META_PROVISIONING_PATH, Registry, ext_aad};
+use crate::registry::{Ha1Owner, META_PROVISIONING_PATH, Registry, ext_aad};
 use crate::{Error, Result};
 
 /// Extensions changed per transaction.
@@ -478,14 +478,15 @@ impl Registry {
         email: bool,
     ) -> Result<(Regenerated, Option<(ExtensionRow, ProvisioningRow)>)> {
         let now = self.now();
-        let (old_md5, old_sha) = (row.ha1_md5.clone(), row.ha1_sha256.clone());
+        let old = (row.ha1_md5_enc.clone(), row.ha1_sha256_enc.clone());
         let password = self.generated_password(&[&row.number, &row.auth_id], &row.name);
         let pin_len = self.settings.policy.generated_pin_length;
         let pin = self.with_rng(|rng| generate::pin(rng, pin_len, &row.number));
         row.password_enc = self.seal(&ext_aad(&row.number, "password"), password.expose());
         row.pin_enc = self.seal(&ext_aad(&row.number, "pin"), pin.expose());
         row.password_score = i64::from(generate::GENERATED_PASSWORD_SCORE);
-        (row.ha1_md5, row.ha1_sha256) = self.ha1s(&row.auth_id, &password);
+        (row.ha1_md5_enc, row.ha1_sha256_enc) =
+            self.sealed_ha1s(Ha1Owner::Extension(&row.number), &row.auth_id, &password);
         row.updated_at = now;
         q::update_extension(conn, &row).await?;
 
@@ -508,9 +509,17 @@ impl Registry {
                         .split(',')
                         .filter_map(|s| s.parse().ok())
                         .collect();
-                    (g.ha1_md5, g.ha1_sha256, prev)
+                    (g.ha1_md5_enc, g.ha1_sha256_enc, prev)
                 }
-                None => (old_md5, old_sha, BTreeSet::new()),
+                None => {
+                    // The extension's HA1s until now become the window's old ones.
+                    let (md5, sha) = self.reseal_ha1s(
+                        Ha1Owner::Extension(&row.number),
+                        Ha1Owner::Grace(&row.number),
+                        (&old.0, &old.1),
+                    )?;
+                    (md5, sha, BTreeSet::new())
+                }
             };
             all.extend(sources.iter().copied());
             let until = now + grace_secs;
@@ -519,8 +528,8 @@ impl Registry {
                 &GraceRow {
                     number: row.number.clone(),
                     auth_id: row.auth_id.clone(),
-                    ha1_md5: md5,
-                    ha1_sha256: sha,
+                    ha1_md5_enc: md5,
+                    ha1_sha256_enc: sha,
                     sources: all
                         .iter()
                         .map(IpAddr::to_string)

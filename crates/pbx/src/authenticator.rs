@@ -221,8 +221,9 @@ fn unreachable_hmac() -> Hmac<Sha256> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use accounts::credentials::{Credential, GraceCredential};
+    use policy::Secret;
     use sip::digest::{expected_response, ha1};
-    use store::directory::DirectoryRow;
 
     const SRC: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
     const NOW: u64 = 1_795_894_105;
@@ -236,18 +237,23 @@ mod tests {
         };
         let a = Authenticator::new(cfg, [1; 32], [2; 32]);
         let d = Directory::from_rows(
-            vec![DirectoryRow {
+            vec![Credential {
                 kind: "ext",
                 number: "1001".into(),
                 auth_id: "alice1001".into(),
                 sip_id: None,
-                ha1_md5: ha1(Algorithm::Md5, "alice1001", "sipward", "Zq8xLmTr4wPyK7vB2"),
-                ha1_sha256: ha1(
+                ha1_md5: Secret::new(ha1(
+                    Algorithm::Md5,
+                    "alice1001",
+                    "sipward",
+                    "Zq8xLmTr4wPyK7vB2",
+                )),
+                ha1_sha256: Secret::new(ha1(
                     Algorithm::Sha256,
                     "alice1001",
                     "sipward",
                     "Zq8xLmTr4wPyK7vB2",
-                ),
+                )),
                 password_score: 4,
             }],
             "sipward",
@@ -455,22 +461,22 @@ mod tests {
     #[test]
     fn the_old_password_works_only_from_grace_sources_until_the_window_ends() {
         let (a, d) = setup(&[Algorithm::Md5]);
-        let row = |pw: &str| DirectoryRow {
+        let row = |pw: &str| Credential {
             kind: "ext",
             number: "1001".into(),
             auth_id: "alice1001".into(),
             sip_id: None,
-            ha1_md5: ha1(Algorithm::Md5, "alice1001", "sipward", pw),
-            ha1_sha256: ha1(Algorithm::Sha256, "alice1001", "sipward", pw),
+            ha1_md5: Secret::new(ha1(Algorithm::Md5, "alice1001", "sipward", pw)),
+            ha1_sha256: Secret::new(ha1(Algorithm::Sha256, "alice1001", "sipward", pw)),
             password_score: 4,
         };
         let old = "Zq8xLmTr4wPyK7vB2";
         let new = "Nq4Zt8LmXw2Kp7RbQ";
-        let grace = store::grace::GraceRow {
+        let grace = GraceCredential {
             number: "1001".into(),
             auth_id: "alice1001".into(),
-            ha1_md5: ha1(Algorithm::Md5, "alice1001", "sipward", old),
-            ha1_sha256: ha1(Algorithm::Sha256, "alice1001", "sipward", old),
+            ha1_md5: Secret::new(ha1(Algorithm::Md5, "alice1001", "sipward", old)),
+            ha1_sha256: Secret::new(ha1(Algorithm::Sha256, "alice1001", "sipward", old)),
             sources: "127.0.0.1,192.0.2.7".into(),
             expires_at: i64::try_from(NOW).expect("fits") + 100,
         };

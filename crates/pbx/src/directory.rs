@@ -1,19 +1,18 @@
 //! The credential directory the registrar authenticates against: auth IDs, numbers and
-//! HA1s held in memory (never secrets), reloaded whenever the store's registry version
-//! moves, so a change made with the CLI takes effect in the running server.
+//! HA1s held in memory (never passwords; the HA1s are sealed at rest and opened by
+//! `accounts::credentials`), reloaded whenever the store's registry version moves, so a
+//! change made with the CLI takes effect in the running server.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
+use accounts::credentials::{Credential, GraceCredential};
 use sip::digest::{Algorithm, ha1};
-use store::directory::DirectoryRow;
-use store::grace::GraceRow;
 
 /// An extension's previous password during its grace window after Re-Generate: HA1s
 /// only, accepted only from the addresses its phones were registered from.
-#[derive(Debug)]
 pub struct Grace {
     pub ha1_md5: String,
     pub ha1_sha256: String,
@@ -38,6 +37,17 @@ impl Grace {
     }
 }
 
+/// HA1s log in like passwords: never printed.
+impl std::fmt::Debug for Grace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grace")
+            .field("sources", &self.sources)
+            .field("expires_at", &self.expires_at)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PartialEq for Grace {
     fn eq(&self, o: &Self) -> bool {
         self.ha1_md5 == o.ha1_md5
@@ -49,7 +59,7 @@ impl PartialEq for Grace {
 impl Eq for Grace {}
 
 /// One account that can authenticate.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Account {
     /// `ext` or `gateway`.
     pub kind: &'static str,
@@ -64,6 +74,19 @@ pub struct Account {
     pub grace: Option<Arc<Grace>>,
 }
 
+/// HA1s log in like passwords: never printed.
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("kind", &self.kind)
+            .field("number", &self.number)
+            .field("auth_id", &self.auth_id)
+            .field("weak", &self.weak)
+            .field("grace", &self.grace)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An immutable snapshot; replaced whole on reload.
 #[derive(Debug, Default)]
 pub struct Directory {
@@ -75,18 +98,18 @@ pub struct Directory {
 
 impl Directory {
     /// Builds the snapshot; `realm` and `min_score` decide which passwords are weak.
-    pub fn from_rows(rows: Vec<DirectoryRow>, realm: &str, min_score: u8) -> Self {
+    pub fn from_rows(rows: Vec<Credential>, realm: &str, min_score: u8) -> Self {
         Self::with_graces(rows, Vec::new(), realm, min_score)
     }
 
     /// Builds the snapshot with the open grace windows (matched by number and auth ID).
     pub fn with_graces(
-        rows: Vec<DirectoryRow>,
-        graces: Vec<GraceRow>,
+        rows: Vec<Credential>,
+        graces: Vec<GraceCredential>,
         realm: &str,
         min_score: u8,
     ) -> Self {
-        let mut graces: HashMap<String, GraceRow> =
+        let mut graces: HashMap<String, GraceCredential> =
             graces.into_iter().map(|g| (g.number.clone(), g)).collect();
         let mut d = Directory::default();
         for r in rows {
@@ -96,8 +119,8 @@ impl Directory {
             }
             let md5 = |password: &str| ha1(Algorithm::Md5, &r.auth_id, realm, password);
             let weak = r.password_score < min_score
-                || r.ha1_md5 == md5(&r.number)
-                || r.ha1_md5 == md5(&r.auth_id);
+                || r.ha1_md5.ct_eq(&md5(&r.number))
+                || r.ha1_md5.ct_eq(&md5(&r.auth_id));
             let grace = match graces.remove(&r.number) {
                 Some(g) if r.kind == "ext" && g.auth_id == r.auth_id => Some(Arc::new(Grace {
                     sources: g
@@ -105,8 +128,8 @@ impl Directory {
                         .split(',')
                         .filter_map(|s| s.parse().ok())
                         .collect(),
-                    ha1_md5: g.ha1_md5,
-                    ha1_sha256: g.ha1_sha256,
+                    ha1_md5: g.ha1_md5.expose().to_owned(),
+                    ha1_sha256: g.ha1_sha256.expose().to_owned(),
                     expires_at: g.expires_at,
                     ended: AtomicBool::new(false),
                 })),
@@ -118,8 +141,8 @@ impl Directory {
                 kind: r.kind,
                 number: r.number,
                 auth_id: r.auth_id,
-                ha1_md5: r.ha1_md5,
-                ha1_sha256: r.ha1_sha256,
+                ha1_md5: r.ha1_md5.expose().to_owned(),
+                ha1_sha256: r.ha1_sha256.expose().to_owned(),
             };
             let acc = Arc::new(acc);
             d.by_number.insert(acc.number.clone(), acc.clone());
@@ -182,14 +205,14 @@ impl DirectoryCache {
 mod tests {
     use super::*;
 
-    fn row(number: &str, auth_id: &str, password: &str, score: u8) -> DirectoryRow {
-        DirectoryRow {
+    fn row(number: &str, auth_id: &str, password: &str, score: u8) -> Credential {
+        Credential {
             kind: "ext",
             number: number.into(),
             auth_id: auth_id.into(),
             sip_id: None,
-            ha1_md5: ha1(Algorithm::Md5, auth_id, "sipward", password),
-            ha1_sha256: ha1(Algorithm::Sha256, auth_id, "sipward", password),
+            ha1_md5: policy::Secret::new(ha1(Algorithm::Md5, auth_id, "sipward", password)),
+            ha1_sha256: policy::Secret::new(ha1(Algorithm::Sha256, auth_id, "sipward", password)),
             password_score: score,
         }
     }
@@ -213,5 +236,19 @@ mod tests {
         assert!(weak("dave1004"), "guessable");
         assert_eq!(d.auth_id_of("1002"), Some("bob1002"));
         assert_eq!(d.auth_id_of("1999"), None);
+    }
+
+    #[test]
+    fn debug_output_never_shows_an_ha1() {
+        let d = Directory::from_rows(
+            vec![row("1001", "alice1001", "Zq8xLmTr4wPyK7vB2", 4)],
+            "sipward",
+            3,
+        );
+        let a = d.account("alice1001").expect("account");
+        let shown = format!("{a:?} {d:?}");
+        assert!(shown.contains("alice1001"), "{shown}");
+        assert!(!shown.contains(&a.ha1_md5), "{shown}");
+        assert!(!shown.contains(&a.ha1_sha256), "{shown}");
     }
 }

@@ -61,7 +61,7 @@ impl DataDir {
         Ok(!self.db_path().exists())
     }
 
-    /// Restricts the database files to their owner; they hold HA1s and sealed secrets.
+    /// Restricts the database files to their owner; they hold sealed secrets and HA1s.
     pub fn restrict_db_files(&self) -> Result<()> {
         let db = self.db_path();
         for path in [

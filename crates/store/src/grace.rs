@@ -12,8 +12,9 @@ use crate::error::Result;
 pub struct GraceRow {
     pub number: String,
     pub auth_id: String,
-    pub ha1_md5: String,
-    pub ha1_sha256: String,
+    /// The old HA1s, sealed (`grace/1001/ha1_md5`).
+    pub ha1_md5_enc: String,
+    pub ha1_sha256_enc: String,
     /// IP addresses, comma-separated.
     pub sources: String,
     pub expires_at: i64,
@@ -23,8 +24,8 @@ fn grace_from_row(r: &AnyRow) -> Result<GraceRow> {
     Ok(GraceRow {
         number: r.try_get("number")?,
         auth_id: r.try_get("auth_id")?,
-        ha1_md5: r.try_get("ha1_md5")?,
-        ha1_sha256: r.try_get("ha1_sha256")?,
+        ha1_md5_enc: r.try_get("ha1_md5_enc")?,
+        ha1_sha256_enc: r.try_get("ha1_sha256_enc")?,
         sources: r.try_get("sources")?,
         expires_at: r.try_get("expires_at")?,
     })
@@ -34,9 +35,20 @@ fn grace_from_row(r: &AnyRow) -> Result<GraceRow> {
 pub async fn live_graces(db: &mut dyn Db, now: i64) -> Result<Vec<GraceRow>> {
     let conn = raw(db);
     let rows = sqlx::query(
-        "SELECT number, auth_id, ha1_md5, ha1_sha256, sources, expires_at FROM credential_grace WHERE expires_at > $1",
+        "SELECT number, auth_id, ha1_md5_enc, ha1_sha256_enc, sources, expires_at FROM credential_grace WHERE expires_at > $1",
     )
     .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(grace_from_row).collect()
+}
+
+/// Every grace window, open or expired (for re-sealing them all at once).
+pub async fn all_graces(db: &mut dyn Db) -> Result<Vec<GraceRow>> {
+    let conn = raw(db);
+    let rows = sqlx::query(
+        "SELECT number, auth_id, ha1_md5_enc, ha1_sha256_enc, sources, expires_at FROM credential_grace",
+    )
     .fetch_all(&mut *conn)
     .await?;
     rows.iter().map(grace_from_row).collect()
@@ -45,7 +57,7 @@ pub async fn live_graces(db: &mut dyn Db, now: i64) -> Result<Vec<GraceRow>> {
 pub async fn get_grace(db: &mut dyn Db, number: &str) -> Result<Option<GraceRow>> {
     let conn = raw(db);
     let row = sqlx::query(
-        "SELECT number, auth_id, ha1_md5, ha1_sha256, sources, expires_at FROM credential_grace WHERE number = $1",
+        "SELECT number, auth_id, ha1_md5_enc, ha1_sha256_enc, sources, expires_at FROM credential_grace WHERE number = $1",
     )
     .bind(number)
     .fetch_optional(&mut *conn)
@@ -56,15 +68,15 @@ pub async fn get_grace(db: &mut dyn Db, number: &str) -> Result<Option<GraceRow>
 pub async fn put_grace(db: &mut dyn Db, g: &GraceRow) -> Result<()> {
     let conn = raw(db);
     sqlx::query(
-        "INSERT INTO credential_grace (number, auth_id, ha1_md5, ha1_sha256, sources, expires_at) \
+        "INSERT INTO credential_grace (number, auth_id, ha1_md5_enc, ha1_sha256_enc, sources, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (number) DO UPDATE SET auth_id = excluded.auth_id, \
-         ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256, sources = excluded.sources, \
+         ha1_md5_enc = excluded.ha1_md5_enc, ha1_sha256_enc = excluded.ha1_sha256_enc, sources = excluded.sources, \
          expires_at = excluded.expires_at",
     )
     .bind(&g.number)
     .bind(&g.auth_id)
-    .bind(&g.ha1_md5)
-    .bind(&g.ha1_sha256)
+    .bind(&g.ha1_md5_enc)
+    .bind(&g.ha1_sha256_enc)
     .bind(&g.sources)
     .bind(g.expires_at)
     .execute(&mut *conn)
