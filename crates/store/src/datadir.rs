@@ -29,6 +29,12 @@ impl DataDir {
         self.root.join("secrets.key")
     }
 
+    /// The install's backup signing key (never put in a backup: it stays with the
+    /// install it names).
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.root.join("backup-signing.key")
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.root.join("sipward.toml")
     }
