@@ -57,11 +57,12 @@ pub struct Credentials {
     pub unopened: Vec<String>,
 }
 
-/// HA1s opened by the last load, by AAD and sealed text (both: the same ciphertext
-/// under another record must still fail to open). Holds only what the last load used.
+/// HA1s opened by the last load: sealed text to the AAD it opened under and the HA1.
+/// A hit counts only under the same AAD (the same ciphertext copied into another record
+/// must still fail to open). Holds only what the last load used.
 #[derive(Debug, Default)]
 pub struct OpenedHa1s {
-    map: HashMap<(String, String), Secret>,
+    map: HashMap<String, (String, Secret)>,
 }
 
 impl OpenedHa1s {
@@ -77,6 +78,13 @@ impl OpenedHa1s {
 /// One sealed value a load needs: its AAD and ciphertext.
 type Wanted = (String, String);
 
+/// A value of one load: opened already (from the last load), or waiting to be opened
+/// (its index among the values to open).
+enum Slot {
+    Ready(Option<Secret>),
+    Pending(usize),
+}
+
 impl Registry {
     /// Every account that can register and every grace window open at `now`, with their
     /// HA1s opened; values `opened` holds from the last load are not opened again. Many
@@ -91,72 +99,89 @@ impl Registry {
         let rows = store::directory::directory(conn).await?;
         let graces = store::grace::live_graces(conn, now).await?;
 
-        let mut wanted: Vec<Wanted> = Vec::with_capacity(2 * (rows.len() + graces.len()));
-        for r in &rows {
-            let owner = owner_of(r);
-            wanted.push((owner.aad(Algorithm::Md5), r.ha1_md5_enc.clone()));
-            wanted.push((owner.aad(Algorithm::Sha256), r.ha1_sha256_enc.clone()));
-        }
-        for g in &graces {
-            let owner = Ha1Owner::Grace(&g.number);
-            wanted.push((owner.aad(Algorithm::Md5), g.ha1_md5_enc.clone()));
-            wanted.push((owner.aad(Algorithm::Sha256), g.ha1_sha256_enc.clone()));
-        }
+        // One pass: each sealed value is taken from the last load or queued to open.
         let mut previous = std::mem::take(&mut opened.map);
         let mut todo: Vec<Wanted> = Vec::new();
-        for w in &wanted {
-            match previous.remove(w) {
-                Some(s) => {
-                    opened.map.insert(w.clone(), s);
+        let mut slot = |owner: Ha1Owner<'_>, alg, sealed: String| -> (String, Slot) {
+            let aad = owner.aad(alg);
+            match previous.remove(&sealed) {
+                Some((was, ha1)) if was == aad => {
+                    opened.map.insert(sealed, (was, ha1.clone()));
+                    (aad, Slot::Ready(Some(ha1)))
                 }
-                None => todo.push(w.clone()),
-            }
-        }
-        drop(previous);
-        let results = self.open_many(todo).await?;
-        let mut unopened = Vec::new();
-        for ((aad, sealed), result) in results {
-            match result {
-                Some(s) => {
-                    opened.map.insert((aad, sealed), s);
+                _ => {
+                    todo.push((aad.clone(), sealed));
+                    (aad, Slot::Pending(todo.len() - 1))
                 }
-                None => unopened.push(aad),
             }
-        }
-        let get = |aad: String, sealed: &str| opened.map.get(&(aad, sealed.to_owned())).cloned();
-
-        let mut out = Credentials {
-            unopened,
-            ..Credentials::default()
         };
-        for r in rows {
-            let owner = owner_of(&r);
-            let (Some(md5), Some(sha)) = (
-                get(owner.aad(Algorithm::Md5), &r.ha1_md5_enc),
-                get(owner.aad(Algorithm::Sha256), &r.ha1_sha256_enc),
-            ) else {
-                continue;
+        let mut rows: Vec<_> = rows
+            .into_iter()
+            .map(|mut r| {
+                let sealed = (
+                    std::mem::take(&mut r.ha1_md5_enc),
+                    std::mem::take(&mut r.ha1_sha256_enc),
+                );
+                let md5 = slot(owner_of(&r), Algorithm::Md5, sealed.0);
+                let sha = slot(owner_of(&r), Algorithm::Sha256, sealed.1);
+                (r, md5, sha)
+            })
+            .collect();
+        let mut graces: Vec<_> = graces
+            .into_iter()
+            .map(|mut g| {
+                let sealed = (
+                    std::mem::take(&mut g.ha1_md5_enc),
+                    std::mem::take(&mut g.ha1_sha256_enc),
+                );
+                let owner = Ha1Owner::Grace(&g.number);
+                let md5 = slot(owner, Algorithm::Md5, sealed.0);
+                let sha = slot(owner, Algorithm::Sha256, sealed.1);
+                (g, md5, sha)
+            })
+            .collect();
+        drop(previous);
+
+        let mut results = self.open_many(todo).await?;
+        let mut out = Credentials::default();
+        let mut resolve = |(aad, s): (String, Slot)| -> Option<Secret> {
+            let ha1 = match s {
+                Slot::Ready(h) => h,
+                Slot::Pending(i) => {
+                    let ((aad, sealed), ha1) = std::mem::take(&mut results[i]);
+                    if let Some(h) = &ha1 {
+                        opened.map.insert(sealed, (aad, h.clone()));
+                    }
+                    ha1
+                }
             };
-            out.accounts.push(Credential {
-                kind: r.kind,
-                number: r.number,
-                auth_id: r.auth_id,
-                sip_id: r.sip_id,
-                ha1_md5: md5,
-                ha1_sha256: sha,
-                password_score: r.password_score,
-            });
+            if ha1.is_none() {
+                out.unopened.push(aad);
+            }
+            ha1
+        };
+        let mut accounts = Vec::with_capacity(rows.len());
+        for (r, md5, sha) in rows.drain(..) {
+            if let (Some(md5), Some(sha)) = (resolve(md5), resolve(sha)) {
+                accounts.push(Credential {
+                    kind: r.kind,
+                    number: r.number,
+                    auth_id: r.auth_id,
+                    sip_id: r.sip_id,
+                    ha1_md5: md5,
+                    ha1_sha256: sha,
+                    password_score: r.password_score,
+                });
+            }
         }
-        for g in graces {
-            let owner = Ha1Owner::Grace(&g.number);
-            let (Some(md5), Some(sha)) = (
-                get(owner.aad(Algorithm::Md5), &g.ha1_md5_enc),
-                get(owner.aad(Algorithm::Sha256), &g.ha1_sha256_enc),
-            ) else {
-                continue;
-            };
-            out.graces.push(grace_credential(g, md5, sha));
+        let mut open_graces = Vec::with_capacity(graces.len());
+        for (g, md5, sha) in graces.drain(..) {
+            if let (Some(md5), Some(sha)) = (resolve(md5), resolve(sha)) {
+                open_graces.push(grace_credential(g, md5, sha));
+            }
         }
+        out.accounts = accounts;
+        out.graces = open_graces;
         Ok(out)
     }
 
