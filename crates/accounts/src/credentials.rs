@@ -100,7 +100,10 @@ impl Registry {
         let graces = store::grace::live_graces(conn, now).await?;
 
         // One pass: each sealed value is taken from the last load or queued to open.
-        let mut previous = std::mem::take(&mut opened.map);
+        let mut previous = std::mem::replace(
+            &mut opened.map,
+            HashMap::with_capacity(2 * (rows.len() + graces.len())),
+        );
         let mut todo: Vec<Wanted> = Vec::new();
         let mut slot = |owner: Ha1Owner<'_>, alg, sealed: String| -> (String, Slot) {
             let aad = owner.aad(alg);
