@@ -15,6 +15,7 @@ use sip::msg::{Message, Name};
 use sip::nonce::{NcTracker, NonceCheck, NonceKey};
 
 use crate::directory::{Account, Directory};
+use crate::metrics::{Challenged, Metrics};
 
 /// Settings of the authenticator.
 #[derive(Clone, Debug)]
@@ -37,6 +38,8 @@ pub struct Authenticator {
     opaque: String,
     dummy_key: [u8; 32],
     nc: Mutex<NcTracker>,
+    /// Where each new challenge is counted by the check that failed.
+    metrics: Arc<Metrics>,
 }
 
 /// The result of checking a request's credentials.
@@ -58,7 +61,12 @@ pub enum Outcome {
 
 impl Authenticator {
     /// `nonce_key` and `dummy_key` come from the OS CSPRNG (through the caller).
-    pub fn new(cfg: AuthConfig, nonce_key: [u8; 32], dummy_key: [u8; 32]) -> Self {
+    pub fn new(
+        cfg: AuthConfig,
+        nonce_key: [u8; 32],
+        dummy_key: [u8; 32],
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let nonces = NonceKey::new(nonce_key);
         let opaque = nonces.opaque();
         let nc = Mutex::new(NcTracker::new(cfg.nc_capacity, cfg.nonce_max_age_secs));
@@ -68,7 +76,14 @@ impl Authenticator {
             opaque,
             dummy_key,
             nc,
+            metrics,
         }
+    }
+
+    /// Counts a new challenge by the check that failed (one relaxed increment whatever
+    /// the reason: the work stays the same for every outcome).
+    fn challenged(&self, why: Challenged) {
+        Metrics::inc(&self.metrics.challenged_by_reason[why as usize]);
     }
 
     /// The two `WWW-Authenticate` values for a 401 (RFC 8760: one per algorithm, in
@@ -130,12 +145,14 @@ impl Authenticator {
             }
         }
         let Some(c) = chosen else {
+            self.challenged(Challenged::Malformed);
             return Outcome::Challenge {
                 stale: false,
                 failed: None,
             };
         };
         let Some(alg) = c.algorithm().filter(|a| self.cfg.algorithms.contains(a)) else {
+            self.challenged(Challenged::Malformed);
             return Outcome::Challenge {
                 stale: false,
                 failed: None,
@@ -199,16 +216,28 @@ impl Authenticator {
                 } else if fresh {
                     Outcome::Authenticated(a)
                 } else {
+                    self.challenged(Challenged::NcReplay);
                     Outcome::Challenge {
                         stale: false,
                         failed: Some(c.username.to_string()),
                     }
                 }
             }
-            _ => Outcome::Challenge {
-                stale: nonce == NonceCheck::Stale,
-                failed: nonce_ok.then(|| c.username.to_string()),
-            },
+            (_, account, _) => {
+                self.challenged(match nonce {
+                    NonceCheck::Invalid => Challenged::NonceInvalid,
+                    NonceCheck::Stale => Challenged::NonceStale,
+                    NonceCheck::Valid { .. } if !realm_ok || qop_auth.is_none() => {
+                        Challenged::WrongParameters
+                    }
+                    NonceCheck::Valid { .. } if account.is_none() => Challenged::UnknownUser,
+                    NonceCheck::Valid { .. } => Challenged::WrongResponse,
+                });
+                Outcome::Challenge {
+                    stale: nonce == NonceCheck::Stale,
+                    failed: nonce_ok.then(|| c.username.to_string()),
+                }
+            }
         }
     }
 }
@@ -235,7 +264,7 @@ mod tests {
             nc_capacity: 100,
             algorithms: algorithms.to_vec(),
         };
-        let a = Authenticator::new(cfg, [1; 32], [2; 32]);
+        let a = Authenticator::new(cfg, [1; 32], [2; 32], Arc::new(Metrics::default()));
         let d = Directory::from_rows(
             vec![Credential {
                 kind: "ext",
@@ -455,6 +484,49 @@ mod tests {
                 Outcome::Challenge { stale: false, .. }
             ),
             "qop=auth is required"
+        );
+        let stranger = authorization(
+            "mallory",
+            "sipward",
+            "Zq8xLmTr4wPyK7vB2",
+            &nonce,
+            "00000005",
+            Algorithm::Md5,
+        );
+        assert!(matches!(
+            verify(&a, &d, &stranger, NOW),
+            Outcome::Challenge { .. }
+        ));
+        assert!(matches!(
+            verify(&a, &d, "Basic YWxpY2U6eA==", NOW),
+            Outcome::Challenge { .. }
+        ));
+
+        // Each new challenge is counted by the check that failed: a 401 nobody expected
+        // can be explained from /metrics afterwards.
+        let count = |why: Challenged| {
+            a.metrics.challenged_by_reason[why as usize].load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let counted: Vec<(&str, u64)> = Challenged::ALL
+            .iter()
+            .map(|w| (w.as_str(), count(*w)))
+            .collect();
+        assert_eq!(
+            counted,
+            [
+                ("malformed", 1),
+                ("nonce_invalid", 1),
+                ("nonce_stale", 1),
+                ("wrong_parameters", 1),
+                ("unknown_user", 1),
+                ("wrong_response", 1),
+                ("nc_replay", 1),
+            ]
+        );
+        assert!(
+            a.metrics
+                .render()
+                .contains("sipward_auth_challenged_total{reason=\"nc_replay\"} 1")
         );
     }
 

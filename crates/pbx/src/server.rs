@@ -145,6 +145,7 @@ pub async fn bind(
         },
         keys.nonce,
         keys.dummy,
+        metrics.clone(),
     );
     let endpoint = Arc::new(
         Endpoint::new(

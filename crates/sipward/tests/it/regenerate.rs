@@ -558,8 +558,23 @@ fn kill_9_during_bulk_regenerate_leaves_every_extension_old_or_new() {
                 ))
             })
             .collect();
+        // Which check answered the 401: the server counts every new challenge by it.
+        let (_, metrics) = server.http_get("/metrics");
+        let why: Vec<&str> = metrics
+            .lines()
+            .filter(|l| {
+                [
+                    "sipward_auth_challenged_total{",
+                    "sipward_refused_credentials_total ",
+                    "sipward_sip_retransmissions_total ",
+                    "sipward_dropped_silenced_total ",
+                ]
+                .iter()
+                .any(|p| l.starts_with(p))
+            })
+            .collect();
         panic!(
-            "SIPp: {} ok, {} failed (exit {}); {compare:?}\nSIPp's errors:\n{}\n{}",
+            "SIPp: {} ok, {} failed (exit {}); {compare:?}\n{why:#?}\nSIPp's errors:\n{}\n{}",
             run.successful,
             run.failed,
             run.code,
