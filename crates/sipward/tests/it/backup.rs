@@ -345,9 +345,11 @@ fn a_backup_restores_everything_and_phones_register_with_the_same_credentials() 
     let server = copy.serve();
     let login = reveal(&env);
     let users = format!(
-        "SEQUENTIAL\n2001;[authentication username={} password={}]\n",
-        login["auth_id"].as_str().expect("auth"),
-        login["password"].as_str().expect("pw")
+        "SEQUENTIAL\n2001;{}\n",
+        crate::peers::sipp_auth(
+            login["auth_id"].as_str().expect("auth"),
+            login["password"].as_str().expect("pw")
+        )
     );
     let run = sipp_from(
         "127.0.0.2",
