@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use store::Error as StoreError;
 use store::backup::{self, Contents, Manifest, Seal};
+use store::signing::SigningKey;
 
 use crate::Result;
 use crate::audit_log::LogEntry;
@@ -17,6 +18,9 @@ pub struct Created {
     pub path: PathBuf,
     pub bytes: u64,
     pub manifest: Manifest,
+    /// The fingerprint of the install's signing key the archive is signed with: what a
+    /// restore elsewhere passes to `--trust-signer`.
+    pub signer: String,
 }
 
 /// `sipward-20261129T014755Z.swbak`: sorts by time, which retention relies on.
@@ -120,9 +124,11 @@ impl Registry {
         let contents = Contents { files };
         let manifest =
             backup::manifest_for(&contents, env!("CARGO_PKG_VERSION"), schema, epoch, now)?;
+        let signing = self.signing_key()?;
         // Compression and encryption are CPU work: off the async threads where the
         // runtime has others to run them.
-        let mut write = || backup::write_archive(out, seal, &manifest, &contents, progress);
+        let mut write =
+            || backup::write_archive(out, seal, &signing, &manifest, &contents, progress);
         let bytes = match tokio::runtime::Handle::current().runtime_flavor() {
             tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(write),
             _ => write(),
@@ -131,7 +137,14 @@ impl Registry {
             path: out.to_owned(),
             bytes,
             manifest,
+            signer: signing.signer().fingerprint(),
         })
+    }
+
+    /// The install's backup signing key, created (0600) on first use.
+    pub fn signing_key(&self) -> Result<SigningKey> {
+        let path = self.data_dir().signing_key_path();
+        Ok(self.with_rng(|rng| SigningKey::load_or_create(&path, rng))?)
     }
 }
 

@@ -25,6 +25,9 @@ pub enum Error {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// Work handed to a worker thread was dropped because the runtime is stopping.
+    #[error("sipward is shutting down")]
+    ShuttingDown,
 }
 
 impl Error {
@@ -36,6 +39,7 @@ impl Error {
             }
             Error::Store(e) => e.is_operator_error(),
             Error::Template(_) | Error::Io { .. } => true,
+            Error::ShuttingDown => false,
         }
     }
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 use store::Db;
 use store::account::{self as q, ExtensionRow};
 
-use crate::registry::{Generated, Identity, Registry, ext_aad};
+use crate::registry::{Generated, Ha1Owner, Identity, Registry, ext_aad};
 use crate::{Error, Result};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -178,7 +178,11 @@ impl Registry {
                 let id = self.with_rng(|rng| generate::auth_id(rng));
                 p.row.auth_id = id.into_string();
                 p.generated.auth_id = Some(p.row.auth_id.clone());
-                (p.row.ha1_md5, p.row.ha1_sha256) = self.ha1s(&p.row.auth_id, &p.password);
+                (p.row.ha1_md5_enc, p.row.ha1_sha256_enc) = self.sealed_ha1s(
+                    Ha1Owner::Extension(&p.row.number),
+                    &p.row.auth_id,
+                    &p.password,
+                );
             }
             return Ok(p);
         }
@@ -235,7 +239,11 @@ impl Registry {
             }
         };
         let now = self.now();
-        let (ha1_md5, ha1_sha256) = self.ha1s(auth_id.as_str(), &password);
+        let (ha1_md5_enc, ha1_sha256_enc) = self.sealed_ha1s(
+            Ha1Owner::Extension(number.as_str()),
+            auth_id.as_str(),
+            &password,
+        );
         let row = ExtensionRow {
             password_enc: self.seal(&ext_aad(number.as_str(), "password"), password.expose()),
             pin_enc: self.seal(&ext_aad(number.as_str(), "pin"), pin.expose()),
@@ -246,8 +254,8 @@ impl Registry {
             auth_id: auth_id.into_string(),
             sip_id: sip_id.map(SipId::into_string),
             password_score: i64::from(score),
-            ha1_md5,
-            ha1_sha256,
+            ha1_md5_enc,
+            ha1_sha256_enc,
             mac: mac.map(Mac::into_string),
             model: model.map(PhoneModel::into_string),
             created_at: now,
@@ -339,7 +347,8 @@ impl Registry {
             row.auth_id = auth_id.into_string();
         }
         if rehash {
-            (row.ha1_md5, row.ha1_sha256) = self.ha1s(&row.auth_id, &password);
+            (row.ha1_md5_enc, row.ha1_sha256_enc) =
+                self.sealed_ha1s(Ha1Owner::Extension(&row.number), &row.auth_id, &password);
         }
         // Only what changes is checked: an existing collision (reported by the audit)
         // must not block an unrelated edit.
@@ -354,7 +363,14 @@ impl Registry {
         let now = self.now();
         row.updated_at = now;
         q::update_extension(&mut tx, &row).await?;
-        let credentials_changed = rehash && row.ha1_md5 != old.ha1_md5;
+        // Sealed HA1s differ on every write (fresh nonce): the opened ones are compared.
+        // An old HA1 that no longer opens counts as changed (revoke rather than keep).
+        let credentials_changed = rehash && {
+            let owner = Ha1Owner::Extension(&row.number);
+            let was = self.open_ha1s(owner, (&old.ha1_md5_enc, &old.ha1_sha256_enc));
+            let is = self.open_ha1s(owner, (&row.ha1_md5_enc, &row.ha1_sha256_enc))?;
+            was.map_or(true, |(md5, _)| !md5.ct_eq(is.0.expose()))
+        };
         let withdrawn = if credentials_changed {
             self.revoke_credentials(&mut tx, &old, &mut row, now)
                 .await?

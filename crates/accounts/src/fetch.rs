@@ -13,7 +13,7 @@ use sip::digest::Algorithm;
 
 use crate::Result;
 use crate::provisioning::Vendor;
-use crate::registry::{Registry, ext_aad};
+use crate::registry::{Ha1Owner, Registry, ext_aad};
 
 /// The associated data of the stand-in secret opened for logins no phone has.
 const STAND_IN_AAD: &str = "ext/000000/phone_http";
@@ -51,12 +51,13 @@ impl PhoneFiles {
     }
 }
 
-/// The previous provisioning login of a phone (HA1s only), accepted only from `sources`
-/// until `expires_at`: the phone fetches the file that brings its new login with it.
+/// The previous provisioning login of a phone (HA1s only, opened from their sealed
+/// form), accepted only from `sources` until `expires_at`: the phone fetches the file
+/// that brings its new login with it.
 #[derive(Clone, Debug)]
 pub struct LoginGrace {
-    pub ha1_md5: String,
-    pub ha1_sha256: String,
+    pub ha1_md5: Secret,
+    pub ha1_sha256: Secret,
     pub sources: Vec<IpAddr>,
     pub expires_at: i64,
 }
@@ -68,10 +69,10 @@ impl LoginGrace {
             return None;
         }
         let ha1 = match alg {
-            Algorithm::Md5 => &self.ha1_md5,
-            Algorithm::Sha256 => &self.ha1_sha256,
+            Algorithm::Md5 => self.ha1_md5.expose(),
+            Algorithm::Sha256 => self.ha1_sha256.expose(),
         };
-        (!ha1.is_empty()).then_some(ha1.as_str())
+        (!ha1.is_empty()).then_some(ha1)
     }
 }
 
@@ -113,23 +114,39 @@ impl Registry {
             }),
             _ => None,
         };
-        let grace = match (
-            found.grace_prov_ha1_md5,
-            found.grace_prov_ha1_sha256,
+        let window = match (
+            &phone,
+            found.grace_prov_ha1_md5_enc,
+            found.grace_prov_ha1_sha256_enc,
             found.grace_sources,
             found.grace_expires_at,
         ) {
-            (Some(ha1_md5), Some(ha1_sha256), Some(sources), Some(expires_at))
-                if phone.is_some() =>
+            (Some(phone), Some(md5), Some(sha), Some(sources), Some(expires_at))
+                if !md5.is_empty() && !sha.is_empty() =>
             {
-                Some(LoginGrace {
+                Some((phone.number.clone(), md5, sha, sources, expires_at))
+            }
+            _ => None,
+        };
+        // The old login's HA1s are sealed at rest: opened here, or (no window) the
+        // stand-in twice in their place, so an open window costs no more to look up.
+        let grace = match window {
+            Some((number, md5, sha, sources, expires_at)) => self
+                .open_ha1s(Ha1Owner::GraceProvisioning(&number), (&md5, &sha))
+                .ok()
+                .map(|(ha1_md5, ha1_sha256)| LoginGrace {
                     ha1_md5,
                     ha1_sha256,
                     sources: sources.split(',').filter_map(|s| s.parse().ok()).collect(),
                     expires_at,
-                })
+                }),
+            None => {
+                let stand_in = self.stand_in();
+                for _ in 0..2 {
+                    let _ = self.open_secret(STAND_IN_AAD, &stand_in);
+                }
+                None
             }
-            _ => None,
         };
         Ok(PhoneLogin {
             phone,

@@ -6,7 +6,7 @@ use policy::{password, vendor};
 use serde::Serialize;
 use store::account::{self as q, GatewayRow};
 
-use crate::registry::{Identity, Registry, gateway_aad};
+use crate::registry::{Ha1Owner, Identity, Registry, gateway_aad};
 use crate::{Error, Result};
 
 const FIELD_NAME: &str = "gateway name";
@@ -78,7 +78,8 @@ impl Registry {
             .await?;
         self.ensure_identity_free(&mut tx, Identity::AuthId, auth_id.as_str(), None)
             .await?;
-        let (ha1_md5, ha1_sha256) = self.ha1s(auth_id.as_str(), &pw);
+        let (ha1_md5_enc, ha1_sha256_enc) =
+            self.sealed_ha1s(Ha1Owner::Gateway(name.as_str()), auth_id.as_str(), &pw);
         let now = self.now();
         let row = GatewayRow {
             password_enc: self.seal(&gateway_aad(name.as_str()), pw.expose()),
@@ -87,8 +88,8 @@ impl Registry {
             vendor: vendor.id.clone(),
             number: number.into_string(),
             auth_id: auth_id.into_string(),
-            ha1_md5,
-            ha1_sha256,
+            ha1_md5_enc,
+            ha1_sha256_enc,
             host: host.into_string(),
             created_at: now,
             updated_at: now,
@@ -138,7 +139,8 @@ impl Registry {
             row.host = Host::parse(h.trim())?.into_string();
         }
         if rehash {
-            (row.ha1_md5, row.ha1_sha256) = self.ha1s(&row.auth_id, &pw);
+            (row.ha1_md5_enc, row.ha1_sha256_enc) =
+                self.sealed_ha1s(Ha1Owner::Gateway(&row.name), &row.auth_id, &pw);
         }
         row.updated_at = self.now();
         q::update_gateway(&mut tx, &row).await?;

@@ -10,6 +10,7 @@ pub mod audit_log;
 pub mod backup;
 pub mod bans;
 pub mod class_of_service;
+pub mod credentials;
 pub mod epoch;
 mod error;
 pub mod exposure;

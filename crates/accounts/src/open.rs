@@ -1,21 +1,23 @@
 //! Opening a data dir: creating it on first use (schema, secrets key, the fax extension
 //! 888 with strong credentials, the provisioning path), checking the key against the
-//! database, re-hashing every account after a realm change, and rewriting provisioning
-//! files a crash left behind. What it found is reported back, never silently fixed.
+//! database, sealing the HA1s of a data dir from before they were sealed at rest,
+//! re-hashing every account after a realm change, and rewriting provisioning files a
+//! crash left behind. What it found is reported back, never silently fixed.
 
 use std::sync::{Arc, Mutex};
 
 use policy::clock::Clock;
 use policy::generate;
 use rand_core::CryptoRng;
+use sip::digest::Algorithm;
 use store::account as q;
 use store::{DataDir, Db, Store, Vault};
 
 use crate::Result;
 use crate::extension::{ExtensionKind, NewExtension};
 use crate::registry::{
-    DEFAULT_FAX_NUMBER, META_EPOCH, META_KEY_CHECK, META_PROVISIONING_PATH, META_REALM, Registry,
-    Settings, SharedRng, ext_aad, gateway_aad,
+    DEFAULT_FAX_NUMBER, Ha1Owner, META_EPOCH, META_HA1_SEALED, META_KEY_CHECK,
+    META_PROVISIONING_PATH, META_REALM, Registry, Settings, SharedRng, ext_aad, gateway_aad,
 };
 
 /// The key check: a known text sealed with the data dir's key when it was created, so a
@@ -30,6 +32,9 @@ pub struct Opened {
     pub created: bool,
     /// The realm changed since the HA1s were computed; this many accounts were re-hashed.
     pub rehashed: Option<usize>,
+    /// The data dir was from before HA1s were sealed at rest; this many rows
+    /// (extensions, gateways, grace windows) had theirs sealed now, once.
+    pub ha1_sealed: Option<usize>,
     /// Phones whose provisioning files were behind the database (an interrupted
     /// Re-Generate) and were rewritten.
     pub provisioning_rewritten: usize,
@@ -101,6 +106,13 @@ impl Registry {
                 opened.created = true;
             }
         }
+        if store::meta::get_meta(&mut tx, META_HA1_SEALED)
+            .await?
+            .is_some_and(|v| v != "1")
+        {
+            opened.ha1_sealed = Some(registry.seal_stored_ha1s(&mut tx).await?);
+            store::meta::set_meta(&mut tx, META_HA1_SEALED, "1").await?;
+        }
         let stored_realm = store::meta::get_meta(&mut tx, META_REALM).await?;
         if stored_realm.as_deref() != Some(registry.settings.realm.as_str()) {
             opened.rehashed = Some(registry.rehash_all(&mut tx).await?);
@@ -120,6 +132,10 @@ impl Registry {
             .unwrap_or(0);
         opened.epoch_behind = (at < policy::epoch::CURRENT).then_some(at);
         tx.commit().await?;
+        if opened.ha1_sealed.is_some_and(|n| n > 0) {
+            // The plain HA1s must not survive in free pages or the log either.
+            registry.store.compact().await?;
+        }
         // Files a crash left behind their database state are written now.
         (opened.provisioning_rewritten, opened.provisioning_failed) =
             registry.write_unwritten_files().await?;
@@ -144,15 +160,70 @@ impl Registry {
         let mut n = 0;
         for mut e in q::list_extensions(conn).await? {
             let pw = self.open_secret(&ext_aad(&e.number, "password"), &e.password_enc)?;
-            (e.ha1_md5, e.ha1_sha256) = self.ha1s(&e.auth_id, &pw);
+            (e.ha1_md5_enc, e.ha1_sha256_enc) =
+                self.sealed_ha1s(Ha1Owner::Extension(&e.number), &e.auth_id, &pw);
             q::update_extension(conn, &e).await?;
             n += 1;
         }
         for mut g in q::list_gateways(conn).await? {
             let pw = self.open_secret(&gateway_aad(&g.name), &g.password_enc)?;
-            (g.ha1_md5, g.ha1_sha256) = self.ha1s(&g.auth_id, &pw);
+            (g.ha1_md5_enc, g.ha1_sha256_enc) =
+                self.sealed_ha1s(Ha1Owner::Gateway(&g.name), &g.auth_id, &pw);
             q::update_gateway(conn, &g).await?;
             n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The one-time step of migration 12: seals every HA1 a data dir from before it
+    /// stored in the clear: extensions', gateways', and grace windows' (the old SIP HA1s
+    /// and the phone's old provisioning login, which logs in just the same). Values
+    /// already sealed, and a window's empty provisioning login (the phone had none), are
+    /// left as they are. Returns how many rows changed.
+    async fn seal_stored_ha1s(&self, conn: &mut dyn Db) -> Result<usize> {
+        // Seals one value if it is in the clear; true when it did.
+        let seal = |owner: Ha1Owner<'_>, alg: Algorithm, value: &mut String| {
+            let plain = !value.is_empty() && !Vault::looks_sealed(value);
+            if plain {
+                *value = self.seal(&owner.aad(alg), value);
+            }
+            plain
+        };
+        let pair = |owner: Ha1Owner<'_>, md5: &mut String, sha: &mut String| {
+            // Both, always: `|` does not short-circuit.
+            seal(owner, Algorithm::Md5, md5) | seal(owner, Algorithm::Sha256, sha)
+        };
+        let mut n = 0;
+        for mut e in q::list_extensions(conn).await? {
+            let owner = Ha1Owner::Extension(&e.number);
+            if pair(owner, &mut e.ha1_md5_enc, &mut e.ha1_sha256_enc) {
+                q::update_extension(conn, &e).await?;
+                n += 1;
+            }
+        }
+        for mut g in q::list_gateways(conn).await? {
+            let owner = Ha1Owner::Gateway(&g.name);
+            if pair(owner, &mut g.ha1_md5_enc, &mut g.ha1_sha256_enc) {
+                q::update_gateway(conn, &g).await?;
+                n += 1;
+            }
+        }
+        for mut g in store::grace::all_graces(conn).await? {
+            let number = g.number.clone();
+            let sip = pair(
+                Ha1Owner::Grace(&number),
+                &mut g.ha1_md5_enc,
+                &mut g.ha1_sha256_enc,
+            );
+            let login = pair(
+                Ha1Owner::GraceProvisioning(&number),
+                &mut g.prov_ha1_md5_enc,
+                &mut g.prov_ha1_sha256_enc,
+            );
+            if sip | login {
+                store::grace::put_grace(conn, &g).await?;
+                n += 1;
+            }
         }
         Ok(n)
     }

@@ -21,7 +21,7 @@ use store::provisioning::ProvisioningRow;
 
 use crate::mail::{MailMessage, MailOutcome};
 use crate::provisioning::{self, PhoneAccount, Templates, Vendor};
-use crate::registry::{META_PROVISIONING_PATH, Registry, ext_aad};
+use crate::registry::{Ha1Owner, META_PROVISIONING_PATH, Registry, ext_aad};
 use crate::{Error, Result};
 
 /// Extensions changed per transaction.
@@ -508,11 +508,12 @@ impl Registry {
         row.password_enc = self.seal(&ext_aad(&row.number, "password"), password.expose());
         row.pin_enc = self.seal(&ext_aad(&row.number, "pin"), pin.expose());
         row.password_score = i64::from(generate::GENERATED_PASSWORD_SCORE);
-        (row.ha1_md5, row.ha1_sha256) = self.ha1s(&row.auth_id, &password);
+        (row.ha1_md5_enc, row.ha1_sha256_enc) =
+            self.sealed_ha1s(Ha1Owner::Extension(&row.number), &row.auth_id, &password);
         row.updated_at = now;
         q::update_extension(conn, &row).await?;
-        // Bindings, grace window, provisioning login, queued mails: all in this
-        // transaction.
+        // Bindings, grace window (the old HA1s re-sealed as the window's), provisioning
+        // login, queued mails: all in this transaction.
         let revoked = self.revoke_credentials(conn, &old, &mut row, now).await?;
 
         let prov = self.bump_provisioning(conn, &row).await?;

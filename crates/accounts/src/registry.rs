@@ -65,11 +65,43 @@ pub(crate) const META_REALM: &str = "realm";
 pub(crate) const META_KEY_CHECK: &str = "key_check";
 pub(crate) const META_EPOCH: &str = "security_epoch";
 pub(crate) const META_PROVISIONING_PATH: &str = "provisioning_path";
+/// `0` until every stored HA1 is sealed (set by migration 12 on data dirs from before).
+pub(crate) const META_HA1_SEALED: &str = "ha1_sealed";
 
 /// The associated data that binds a sealed secret to its extension and field
 /// (`ext/1001/password`): a ciphertext copied to another row or field does not open.
 pub(crate) fn ext_aad(number: &str, field: &str) -> String {
     format!("ext/{number}/{field}")
+}
+
+/// Whose HA1s a sealed value holds. The AAD names the record, the field and the
+/// algorithm (`ext/1001/ha1_md5`): an HA1 copied into another row, into a grace window or
+/// into the other algorithm's column does not open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ha1Owner<'a> {
+    Extension(&'a str),
+    /// A gateway, by name (its number can change; its name cannot).
+    Gateway(&'a str),
+    /// An extension's previous HA1s, during its grace window after Re-Generate.
+    Grace(&'a str),
+    /// The previous provisioning login of an extension's phone (HA1s over the
+    /// provisioning realm), during its grace window: it logs in like the SIP HA1s do.
+    GraceProvisioning(&'a str),
+}
+
+impl Ha1Owner<'_> {
+    pub(crate) fn aad(self, alg: Algorithm) -> String {
+        let field = match alg {
+            Algorithm::Md5 => "ha1_md5",
+            Algorithm::Sha256 => "ha1_sha256",
+        };
+        match self {
+            Ha1Owner::Extension(n) => format!("ext/{n}/{field}"),
+            Ha1Owner::Gateway(n) => format!("gateway/{n}/{field}"),
+            Ha1Owner::Grace(n) => format!("grace/{n}/{field}"),
+            Ha1Owner::GraceProvisioning(n) => format!("grace/{n}/prov_{field}"),
+        }
+    }
 }
 
 /// The associated data of a gateway's sealed password.
@@ -150,13 +182,47 @@ impl Registry {
         self.open_secret(&format!("admin:{admin}:totp"), sealed)
     }
 
-    /// HA1 digests (MD5, SHA-256) for an auth ID and password in the configured realm.
-    pub(crate) fn ha1s(&self, auth_id: &str, password: &Secret) -> (String, String) {
+    /// HA1 digests (MD5, SHA-256) for an auth ID and password in the configured realm,
+    /// sealed for `owner`: what the `ha1_*_enc` columns hold.
+    pub(crate) fn sealed_ha1s(
+        &self,
+        owner: Ha1Owner<'_>,
+        auth_id: &str,
+        password: &Secret,
+    ) -> (String, String) {
         let realm = &self.settings.realm;
-        (
-            digest::ha1(Algorithm::Md5, auth_id, realm, password.expose()),
-            digest::ha1(Algorithm::Sha256, auth_id, realm, password.expose()),
-        )
+        let seal = |alg| {
+            let ha1 = Secret::new(digest::ha1(alg, auth_id, realm, password.expose()));
+            self.seal(&owner.aad(alg), ha1.expose())
+        };
+        (seal(Algorithm::Md5), seal(Algorithm::Sha256))
+    }
+
+    /// Opens HA1s sealed for `owner` (MD5, SHA-256).
+    pub(crate) fn open_ha1s(
+        &self,
+        owner: Ha1Owner<'_>,
+        (md5, sha256): (&str, &str),
+    ) -> Result<(Secret, Secret)> {
+        Ok((
+            self.open_secret(&owner.aad(Algorithm::Md5), md5)?,
+            self.open_secret(&owner.aad(Algorithm::Sha256), sha256)?,
+        ))
+    }
+
+    /// Re-seals HA1s opened for one owner for another (an extension's current HA1s
+    /// becoming its grace window's old ones).
+    pub(crate) fn reseal_ha1s(
+        &self,
+        from: Ha1Owner<'_>,
+        to: Ha1Owner<'_>,
+        sealed: (&str, &str),
+    ) -> Result<(String, String)> {
+        let (md5, sha) = self.open_ha1s(from, sealed)?;
+        Ok((
+            self.seal(&to.aad(Algorithm::Md5), md5.expose()),
+            self.seal(&to.aad(Algorithm::Sha256), sha.expose()),
+        ))
     }
 
     /// A generated password for an account: it avoids the account's identifiers, the

@@ -24,7 +24,7 @@ use store::account::{self as q, ExtensionRow};
 use store::grace::GraceRow;
 
 use crate::provisioning::REALM as PROVISIONING_REALM;
-use crate::registry::{Registry, ext_aad};
+use crate::registry::{Ha1Owner, Registry, ext_aad};
 use crate::{Error, Result};
 
 /// What one revocation did.
@@ -77,18 +77,26 @@ impl Registry {
             let mut grace = match open {
                 Some(g) => g,
                 None => {
-                    let (prov_user, prov_ha1_md5, prov_ha1_sha256) = old_login.unwrap_or_default();
+                    let (prov_user, prov_ha1_md5_enc, prov_ha1_sha256_enc) =
+                        old_login.unwrap_or_default();
+                    // The extension's HA1s until now become the window's old ones,
+                    // sealed for the window (a value copied between rows never opens).
+                    let (ha1_md5_enc, ha1_sha256_enc) = self.reseal_ha1s(
+                        Ha1Owner::Extension(&old.number),
+                        Ha1Owner::Grace(&row.number),
+                        (&old.ha1_md5_enc, &old.ha1_sha256_enc),
+                    )?;
                     GraceRow {
                         number: row.number.clone(),
                         auth_id: old.auth_id.clone(),
-                        ha1_md5: old.ha1_md5.clone(),
-                        ha1_sha256: old.ha1_sha256.clone(),
+                        ha1_md5_enc,
+                        ha1_sha256_enc,
                         sources: String::new(),
                         expires_at: 0,
                         generation: old.credential_generation,
                         prov_user,
-                        prov_ha1_md5,
-                        prov_ha1_sha256,
+                        prov_ha1_md5_enc,
+                        prov_ha1_sha256_enc,
                     }
                 }
             };
@@ -125,7 +133,8 @@ impl Registry {
     }
 
     /// The phone's provisioning login as it is now (user = MAC, HA1s over the
-    /// provisioning realm), if the extension has a phone.
+    /// provisioning realm), if the extension has a phone. The HA1s come sealed for the
+    /// extension's grace window (`grace/1001/prov_ha1_md5`): they log in like passwords.
     async fn provisioning_login_ha1s(
         &self,
         conn: &mut dyn Db,
@@ -138,10 +147,15 @@ impl Registry {
             return Ok(None);
         };
         let pw = self.open_secret(&ext_aad(&row.number, "phone_http"), &prov.http_password_enc)?;
+        let owner = Ha1Owner::GraceProvisioning(&row.number);
+        let sealed = |alg| {
+            let ha1 = Secret::new(digest::ha1(alg, mac, PROVISIONING_REALM, pw.expose()));
+            self.seal(&owner.aad(alg), ha1.expose())
+        };
         Ok(Some((
             mac.to_owned(),
-            digest::ha1(Algorithm::Md5, mac, PROVISIONING_REALM, pw.expose()),
-            digest::ha1(Algorithm::Sha256, mac, PROVISIONING_REALM, pw.expose()),
+            sealed(Algorithm::Md5),
+            sealed(Algorithm::Sha256),
         )))
     }
 

@@ -161,8 +161,13 @@ async fn grace_keeps_the_password_phones_have_and_mails_are_superseded() {
         .expect("q")
         .expect("grace");
     assert_eq!(
-        g.ha1_md5,
+        grace_md5(&reg, &mut conn).await,
         ha1(Algorithm::Md5, &auth_id, "sipward", original)
+    );
+    assert!(
+        !g.ha1_md5_enc
+            .contains(&ha1(Algorithm::Md5, &auth_id, "sipward", original)),
+        "the old HA1 is sealed too"
     );
 
     // A second Re-Generate while the window is open keeps the password the phone has,
@@ -182,7 +187,7 @@ async fn grace_keeps_the_password_phones_have_and_mails_are_superseded() {
         .expect("q")
         .expect("grace");
     assert_eq!(
-        g.ha1_md5,
+        grace_md5(&reg, &mut conn).await,
         ha1(Algorithm::Md5, &auth_id, "sipward", original)
     );
     assert_eq!(g.sources, "192.0.2.10,192.0.2.11");
@@ -267,4 +272,18 @@ async fn selections_and_unknown_numbers() {
         .await
         .expect("all");
     assert_eq!(all.len(), 3, "888, 1001, 1002");
+}
+
+/// The old MD5 HA1 of extension 1001's grace window, as the registrar opens it.
+async fn grace_md5(reg: &Registry, conn: &mut store::Conn) -> String {
+    let found = reg
+        .credentials(conn, NOW, &mut accounts::credentials::OpenedHa1s::default())
+        .await
+        .expect("credentials");
+    let g = found
+        .graces
+        .iter()
+        .find(|g| g.number == "1001")
+        .expect("open grace window");
+    g.ha1_md5.expose().to_owned()
 }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use accounts::credentials::OpenedHa1s;
 use accounts::extension::{ExtensionChange, NewExtension};
 use accounts::{Registry, Settings};
 use policy::PolicyConfig;
@@ -23,25 +24,38 @@ fn settings(realm: &str) -> Settings {
     }
 }
 
+const NOW: i64 = 1_700_000_000;
+
 async fn open(data: &DataDir, realm: &str, seed: u64) -> Registry {
     let (reg, _) = Registry::open(
         data,
         settings(realm),
         Box::new(StdRng::seed_from_u64(seed)),
-        Arc::new(ManualClock::new(1_700_000_000, std::time::Instant::now())),
+        Arc::new(ManualClock::new(NOW, std::time::Instant::now())),
     )
     .await
     .expect("open");
     reg
 }
 
+/// An extension's auth ID and HA1s as the registrar gets them (opened from the store).
 async fn stored_ha1s(reg: &Registry, number: &str) -> (String, String, String) {
     let mut conn = reg.store().conn().await.expect("conn");
-    let row = q::get_extension(&mut conn, number)
+    let found = reg
+        .credentials(&mut conn, NOW, &mut OpenedHa1s::default())
         .await
-        .expect("get")
+        .expect("credentials");
+    assert!(found.unopened.is_empty(), "{:?}", found.unopened);
+    let a = found
+        .accounts
+        .into_iter()
+        .find(|a| a.number == number)
         .expect("exists");
-    (row.auth_id, row.ha1_md5, row.ha1_sha256)
+    (
+        a.auth_id,
+        a.ha1_md5.expose().to_owned(),
+        a.ha1_sha256.expose().to_owned(),
+    )
 }
 
 #[tokio::test]
@@ -220,4 +234,104 @@ async fn emergency_alerts_are_merged_into_one_mail_an_hour() {
         .expect("alert");
     let w = window(&reg).await;
     assert_eq!((w.window_start, w.count), (T + 10_000, 1));
+}
+
+#[tokio::test]
+async fn digests_are_sealed_at_rest_bound_to_their_row_and_sealed_on_upgrade() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = DataDir::new(dir.path().join("d"));
+    let reg = open(&data, "sipward", 5).await;
+    let pw = |n: &str| format!("Zq8xLmTr4wPyK7vB{n}");
+    for n in ["1001", "1002"] {
+        reg.add_extension(
+            n,
+            NewExtension {
+                password: Some(pw(n)),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("add");
+    }
+    let mut conn = reg.store().conn().await.expect("conn");
+    let row = |n: &'static str| row_of(&reg, n);
+    let plain = |r: &q::ExtensionRow| {
+        (
+            ha1(Algorithm::Md5, &r.auth_id, "sipward", &pw(&r.number)),
+            ha1(Algorithm::Sha256, &r.auth_id, "sipward", &pw(&r.number)),
+        )
+    };
+    let a = row("1001").await;
+    let (md5, sha) = plain(&a);
+    for (stored, digest) in [(&a.ha1_md5_enc, &md5), (&a.ha1_sha256_enc, &sha)] {
+        assert!(stored.starts_with("v1:"), "sealed: {stored}");
+        assert!(!stored.contains(digest.as_str()), "no HA1 in the clear");
+    }
+    assert_eq!(
+        stored_ha1s(&reg, "1001").await,
+        (a.auth_id.clone(), md5.clone(), sha.clone()),
+        "the registrar gets them opened"
+    );
+
+    // A sealed HA1 copied into another row does not open there, even when a loader
+    // already opened it for its own row: that account cannot log in.
+    let mut cache = OpenedHa1s::default();
+    let first = reg
+        .credentials(&mut conn, NOW, &mut cache)
+        .await
+        .expect("load");
+    assert!(first.unopened.is_empty());
+    let mut b = row("1002").await;
+    b.ha1_md5_enc = a.ha1_md5_enc.clone();
+    q::update_extension(&mut conn, &b).await.expect("copy");
+    for mut opened in [OpenedHa1s::default(), cache] {
+        let found = reg
+            .credentials(&mut conn, NOW, &mut opened)
+            .await
+            .expect("load");
+        assert_eq!(found.unopened, ["ext/1002/ha1_md5"]);
+        assert!(found.accounts.iter().all(|c| c.number != "1002"));
+        assert!(found.accounts.iter().any(|c| c.number == "1001"));
+    }
+
+    // A data dir from before sealing: plain HA1s, and the marker migration 12 sets.
+    for n in ["1001", "1002"] {
+        let mut r = row(n).await;
+        (r.ha1_md5_enc, r.ha1_sha256_enc) = plain(&r);
+        q::update_extension(&mut conn, &r).await.expect("plain");
+    }
+    store::meta::set_meta(&mut conn, "ha1_sealed", "0")
+        .await
+        .expect("marker");
+    drop(conn);
+    reg.store().close().await;
+    let reopen = || async {
+        Registry::open(
+            &data,
+            settings("sipward"),
+            Box::new(StdRng::seed_from_u64(6)),
+            Arc::new(ManualClock::new(NOW, std::time::Instant::now())),
+        )
+        .await
+        .expect("open")
+    };
+    let (reg, opened) = reopen().await;
+    assert_eq!(opened.ha1_sealed, Some(2), "the two plain rows, not 888");
+    let (auth, md5_now, sha_now) = stored_ha1s(&reg, "1002").await;
+    assert_eq!((md5_now, sha_now), plain(&row_of(&reg, "1002").await));
+    assert_eq!(auth, b.auth_id);
+    let sealed = row_of(&reg, "1001").await;
+    assert!(sealed.ha1_md5_enc.starts_with("v1:") && !sealed.ha1_md5_enc.contains(&md5));
+    reg.store().close().await;
+    let (reg, opened) = reopen().await;
+    assert_eq!(opened.ha1_sealed, None, "once");
+    reg.store().close().await;
+}
+
+async fn row_of(reg: &Registry, number: &str) -> q::ExtensionRow {
+    let mut conn = reg.store().conn().await.expect("conn");
+    q::get_extension(&mut conn, number)
+        .await
+        .expect("get")
+        .expect("exists")
 }

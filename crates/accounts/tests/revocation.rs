@@ -196,6 +196,45 @@ async fn regenerate_rotates_the_login_and_keeps_only_the_grace_sources_bindings(
         accounts::provisioning::REALM,
         old_login.expose(),
     );
+    // At rest the old login is sealed like the SIP HA1s, bound to the window.
+    {
+        let mut conn = f.reg.store().conn().await.expect("conn");
+        let row = store::grace::get_grace(&mut conn, "1001")
+            .await
+            .expect("read")
+            .expect("a window");
+        let old_sha = ha1(
+            Algorithm::Sha256,
+            MAC,
+            accounts::provisioning::REALM,
+            old_login.expose(),
+        );
+        for (stored, plain) in [
+            (&row.prov_ha1_md5_enc, &old_ha1),
+            (&row.prov_ha1_sha256_enc, &old_sha),
+        ] {
+            assert!(stored.starts_with("v1:"), "sealed: {stored}");
+            assert!(!stored.contains(plain.as_str()), "no HA1 in the clear");
+        }
+        // Copied into the SIP column, the login does not open: that window's old SIP
+        // password stops working, never turns into the provisioning login.
+        let mut swapped = row.clone();
+        swapped.prov_ha1_md5_enc = row.ha1_md5_enc.clone();
+        swapped.prov_ha1_sha256_enc = row.ha1_sha256_enc.clone();
+        store::grace::put_grace(&mut conn, &swapped)
+            .await
+            .expect("swap");
+        drop(conn);
+        let login = f.reg.provisioning_login(MAC).await.expect("lookup");
+        assert!(
+            login.grace.is_none(),
+            "a value copied between fields never opens"
+        );
+        let mut conn = f.reg.store().conn().await.expect("conn");
+        store::grace::put_grace(&mut conn, &row)
+            .await
+            .expect("restore");
+    }
     let phone_ip = "192.0.2.10".parse().expect("ip");
     let elsewhere = "198.51.100.9".parse().expect("ip");
     assert_eq!(

@@ -15,6 +15,7 @@ use sip::msg::{Message, Name, StartLine};
 use sip::nonce::{NcCheck, NcTracker, NonceCheck, NonceKey};
 
 use crate::directory::{Account, Directory};
+use crate::metrics::{Challenged, Metrics};
 
 /// Settings of the authenticator.
 #[derive(Clone, Debug)]
@@ -37,6 +38,8 @@ pub struct Authenticator {
     opaque: String,
     dummy_key: [u8; 32],
     nc: Mutex<NcTracker>,
+    /// Where each new challenge is counted by the check that failed.
+    metrics: Arc<Metrics>,
 }
 
 /// The result of checking a request's credentials.
@@ -58,7 +61,12 @@ pub enum Outcome {
 
 impl Authenticator {
     /// `nonce_key` and `dummy_key` come from the OS CSPRNG (through the caller).
-    pub fn new(cfg: AuthConfig, nonce_key: [u8; 32], dummy_key: [u8; 32]) -> Self {
+    pub fn new(
+        cfg: AuthConfig,
+        nonce_key: [u8; 32],
+        dummy_key: [u8; 32],
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let nonces = NonceKey::new(nonce_key);
         let opaque = nonces.opaque();
         let nc = Mutex::new(NcTracker::new(cfg.nc_capacity, cfg.nonce_max_age_secs));
@@ -68,7 +76,14 @@ impl Authenticator {
             opaque,
             dummy_key,
             nc,
+            metrics,
         }
+    }
+
+    /// Counts a new challenge by the check that failed (one relaxed increment whatever
+    /// the reason: the work stays the same for every outcome).
+    fn challenged(&self, why: Challenged) {
+        Metrics::inc(&self.metrics.challenged_by_reason[why as usize]);
     }
 
     /// The two `WWW-Authenticate` values for a 401 (RFC 8760: one per algorithm, in
@@ -130,12 +145,14 @@ impl Authenticator {
             }
         }
         let Some(c) = chosen else {
+            self.challenged(Challenged::Malformed);
             return Outcome::Challenge {
                 stale: false,
                 failed: None,
             };
         };
         let Some(alg) = c.algorithm().filter(|a| self.cfg.algorithms.contains(a)) else {
+            self.challenged(Challenged::Malformed);
             return Outcome::Challenge {
                 stale: false,
                 failed: None,
@@ -204,22 +221,39 @@ impl Authenticator {
                 match seen {
                     NcCheck::Fresh if old => Outcome::Grace(a),
                     NcCheck::Fresh => Outcome::Authenticated(a),
-                    NcCheck::Replayed => Outcome::Challenge {
-                        stale: false,
-                        failed: Some(c.username.to_string()),
-                    },
+                    NcCheck::Replayed => {
+                        self.challenged(Challenged::NcReplay);
+                        Outcome::Challenge {
+                            stale: false,
+                            failed: Some(c.username.to_string()),
+                        }
+                    }
                     // The nonce's replay record is gone: a new nonce, and nothing
                     // counted against the source (it is not the client's doing).
-                    NcCheck::Forgotten => Outcome::Challenge {
-                        stale: true,
-                        failed: None,
-                    },
+                    NcCheck::Forgotten => {
+                        self.challenged(Challenged::NcForgotten);
+                        Outcome::Challenge {
+                            stale: true,
+                            failed: None,
+                        }
+                    }
                 }
             }
-            _ => Outcome::Challenge {
-                stale: nonce == NonceCheck::Stale,
-                failed: nonce_ok.then(|| c.username.to_string()),
-            },
+            (_, account, _, _) => {
+                self.challenged(match nonce {
+                    NonceCheck::Invalid => Challenged::NonceInvalid,
+                    NonceCheck::Stale => Challenged::NonceStale,
+                    NonceCheck::Valid { .. } if !realm_ok || !uri_ok || qop_auth.is_none() => {
+                        Challenged::WrongParameters
+                    }
+                    NonceCheck::Valid { .. } if account.is_none() => Challenged::UnknownUser,
+                    NonceCheck::Valid { .. } => Challenged::WrongResponse,
+                });
+                Outcome::Challenge {
+                    stale: nonce == NonceCheck::Stale,
+                    failed: nonce_ok.then(|| c.username.to_string()),
+                }
+            }
         }
     }
 }
@@ -232,8 +266,9 @@ fn unreachable_hmac() -> Hmac<Sha256> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use accounts::credentials::{Credential, GraceCredential};
+    use policy::Secret;
     use sip::digest::{expected_response, ha1};
-    use store::directory::DirectoryRow;
 
     const SRC: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
     const NOW: u64 = 1_795_894_105;
@@ -245,20 +280,25 @@ mod tests {
             nc_capacity: 100,
             algorithms: algorithms.to_vec(),
         };
-        let a = Authenticator::new(cfg, [1; 32], [2; 32]);
+        let a = Authenticator::new(cfg, [1; 32], [2; 32], Arc::new(Metrics::default()));
         let d = Directory::from_rows(
-            vec![DirectoryRow {
+            vec![Credential {
                 kind: "ext",
                 number: "1001".into(),
                 auth_id: "alice1001".into(),
                 sip_id: None,
-                ha1_md5: ha1(Algorithm::Md5, "alice1001", "sipward", "Zq8xLmTr4wPyK7vB2"),
-                ha1_sha256: ha1(
+                ha1_md5: Secret::new(ha1(
+                    Algorithm::Md5,
+                    "alice1001",
+                    "sipward",
+                    "Zq8xLmTr4wPyK7vB2",
+                )),
+                ha1_sha256: Secret::new(ha1(
                     Algorithm::Sha256,
                     "alice1001",
                     "sipward",
                     "Zq8xLmTr4wPyK7vB2",
-                ),
+                )),
                 password_score: 4,
                 credential_generation: 1,
             }],
@@ -462,6 +502,50 @@ mod tests {
             ),
             "qop=auth is required"
         );
+        let stranger = authorization(
+            "mallory",
+            "sipward",
+            "Zq8xLmTr4wPyK7vB2",
+            &nonce,
+            "00000005",
+            Algorithm::Md5,
+        );
+        assert!(matches!(
+            verify(&a, &d, &stranger, NOW),
+            Outcome::Challenge { .. }
+        ));
+        assert!(matches!(
+            verify(&a, &d, "Basic YWxpY2U6eA==", NOW),
+            Outcome::Challenge { .. }
+        ));
+
+        // Each new challenge is counted by the check that failed: a 401 nobody expected
+        // can be explained from /metrics afterwards.
+        let count = |why: Challenged| {
+            a.metrics.challenged_by_reason[why as usize].load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let counted: Vec<(&str, u64)> = Challenged::ALL
+            .iter()
+            .map(|w| (w.as_str(), count(*w)))
+            .collect();
+        assert_eq!(
+            counted,
+            [
+                ("malformed", 1),
+                ("nonce_invalid", 1),
+                ("nonce_stale", 1),
+                ("wrong_parameters", 1),
+                ("unknown_user", 1),
+                ("wrong_response", 1),
+                ("nc_replay", 1),
+                ("nc_forgotten", 0),
+            ]
+        );
+        assert!(
+            a.metrics
+                .render()
+                .contains("sipward_auth_challenged_total{reason=\"nc_replay\"} 1")
+        );
     }
 
     #[test]
@@ -498,29 +582,26 @@ mod tests {
     #[test]
     fn the_old_password_works_only_from_grace_sources_until_the_window_ends() {
         let (a, d) = setup(&[Algorithm::Md5]);
-        let row = |pw: &str| DirectoryRow {
+        let row = |pw: &str| Credential {
             kind: "ext",
             number: "1001".into(),
             auth_id: "alice1001".into(),
             sip_id: None,
-            ha1_md5: ha1(Algorithm::Md5, "alice1001", "sipward", pw),
-            ha1_sha256: ha1(Algorithm::Sha256, "alice1001", "sipward", pw),
+            ha1_md5: Secret::new(ha1(Algorithm::Md5, "alice1001", "sipward", pw)),
+            ha1_sha256: Secret::new(ha1(Algorithm::Sha256, "alice1001", "sipward", pw)),
             password_score: 4,
             credential_generation: 2,
         };
         let old = "Zq8xLmTr4wPyK7vB2";
         let new = "Nq4Zt8LmXw2Kp7RbQ";
-        let grace = store::grace::GraceRow {
+        let grace = GraceCredential {
             number: "1001".into(),
             auth_id: "alice1001".into(),
-            ha1_md5: ha1(Algorithm::Md5, "alice1001", "sipward", old),
-            ha1_sha256: ha1(Algorithm::Sha256, "alice1001", "sipward", old),
+            ha1_md5: Secret::new(ha1(Algorithm::Md5, "alice1001", "sipward", old)),
+            ha1_sha256: Secret::new(ha1(Algorithm::Sha256, "alice1001", "sipward", old)),
             sources: "127.0.0.1,192.0.2.7".into(),
             expires_at: i64::try_from(NOW).expect("fits") + 100,
             generation: 1,
-            prov_user: String::new(),
-            prov_ha1_md5: String::new(),
-            prov_ha1_sha256: String::new(),
         };
         drop(d);
         let d = Directory::with_graces(vec![row(new)], vec![grace], "sipward", 3);

@@ -1,6 +1,7 @@
 //! The credential directory the registrar authenticates against: auth IDs, numbers and
-//! HA1s held in memory (never secrets), reloaded whenever the store's registry version
-//! moves, so a change made with the CLI takes effect in the running server.
+//! HA1s held in memory (never passwords; the HA1s are sealed at rest and opened by
+//! `accounts::credentials`), reloaded whenever the store's registry version moves, so a
+//! change made with the CLI takes effect in the running server.
 //!
 //! Each account carries its credential generation; comparing two snapshots says which
 //! extensions were removed or had their credentials changed ([`Directory::revocations`]),
@@ -12,13 +13,11 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
+use accounts::credentials::{Credential, GraceCredential};
 use sip::digest::{Algorithm, ha1};
-use store::directory::DirectoryRow;
-use store::grace::GraceRow;
 
 /// An extension's previous password during its grace window after Re-Generate: HA1s
 /// only, accepted only from the addresses its phones were registered from.
-#[derive(Debug)]
 pub struct Grace {
     pub ha1_md5: String,
     pub ha1_sha256: String,
@@ -46,6 +45,17 @@ impl Grace {
     }
 }
 
+/// HA1s log in like passwords: never printed.
+impl std::fmt::Debug for Grace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grace")
+            .field("sources", &self.sources)
+            .field("expires_at", &self.expires_at)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PartialEq for Grace {
     fn eq(&self, o: &Self) -> bool {
         self.ha1_md5 == o.ha1_md5
@@ -58,7 +68,7 @@ impl PartialEq for Grace {
 impl Eq for Grace {}
 
 /// One account that can authenticate.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Account {
     /// `ext` or `gateway`.
     pub kind: &'static str,
@@ -135,7 +145,8 @@ pub struct Revocation {
 /// from its HA1, so it moves exactly when the gateway's credentials (or the realm) do.
 fn gateway_generation(ha1_md5: &str) -> i64 {
     // FNV-1a: stable across processes (unlike the std hasher), and no secret is at
-    // stake (an HA1 is stored beside it).
+    // stake (the opened HA1 is in memory beside it; a gateway's bindings, and so this
+    // value, are never stored).
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in ha1_md5.bytes() {
         h ^= u64::from(b);
@@ -143,6 +154,19 @@ fn gateway_generation(ha1_md5: &str) -> i64 {
     }
     // Negative, so it never equals an extension's generation (those count up from 1).
     i64::from_ne_bytes(h.to_ne_bytes()) | i64::MIN
+}
+
+/// HA1s log in like passwords: never printed.
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("kind", &self.kind)
+            .field("number", &self.number)
+            .field("auth_id", &self.auth_id)
+            .field("weak", &self.weak)
+            .field("grace", &self.grace)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An immutable snapshot; replaced whole on reload.
@@ -156,18 +180,18 @@ pub struct Directory {
 
 impl Directory {
     /// Builds the snapshot; `realm` and `min_score` decide which passwords are weak.
-    pub fn from_rows(rows: Vec<DirectoryRow>, realm: &str, min_score: u8) -> Self {
+    pub fn from_rows(rows: Vec<Credential>, realm: &str, min_score: u8) -> Self {
         Self::with_graces(rows, Vec::new(), realm, min_score)
     }
 
     /// Builds the snapshot with the open grace windows (matched by number and auth ID).
     pub fn with_graces(
-        rows: Vec<DirectoryRow>,
-        graces: Vec<GraceRow>,
+        rows: Vec<Credential>,
+        graces: Vec<GraceCredential>,
         realm: &str,
         min_score: u8,
     ) -> Self {
-        let mut graces: HashMap<String, GraceRow> =
+        let mut graces: HashMap<String, GraceCredential> =
             graces.into_iter().map(|g| (g.number.clone(), g)).collect();
         let mut d = Directory::default();
         // A SIP ID that is another extension's number (data from before the identity
@@ -181,8 +205,8 @@ impl Directory {
             }
             let md5 = |password: &str| ha1(Algorithm::Md5, &r.auth_id, realm, password);
             let weak = r.password_score < min_score
-                || r.ha1_md5 == md5(&r.number)
-                || r.ha1_md5 == md5(&r.auth_id);
+                || r.ha1_md5.ct_eq(&md5(&r.number))
+                || r.ha1_md5.ct_eq(&md5(&r.auth_id));
             let grace = match graces.remove(&r.number) {
                 Some(g) if r.kind == "ext" && g.auth_id == r.auth_id => Some(Arc::new(Grace {
                     sources: g
@@ -190,8 +214,8 @@ impl Directory {
                         .split(',')
                         .filter_map(|s| s.parse().ok())
                         .collect(),
-                    ha1_md5: g.ha1_md5,
-                    ha1_sha256: g.ha1_sha256,
+                    ha1_md5: g.ha1_md5.expose().to_owned(),
+                    ha1_sha256: g.ha1_sha256.expose().to_owned(),
                     expires_at: g.expires_at,
                     generation: g.generation,
                     ended: AtomicBool::new(false),
@@ -199,7 +223,7 @@ impl Directory {
                 _ => None,
             };
             let generation = if r.kind == "gateway" {
-                gateway_generation(&r.ha1_md5)
+                gateway_generation(r.ha1_md5.expose())
             } else {
                 r.credential_generation
             };
@@ -210,8 +234,8 @@ impl Directory {
                 kind: r.kind,
                 number: r.number,
                 auth_id: r.auth_id,
-                ha1_md5: r.ha1_md5,
-                ha1_sha256: r.ha1_sha256,
+                ha1_md5: r.ha1_md5.expose().to_owned(),
+                ha1_sha256: r.ha1_sha256.expose().to_owned(),
             };
             let acc = Arc::new(acc);
             d.by_number.insert(acc.number.clone(), acc.clone());
@@ -320,14 +344,14 @@ impl DirectoryCache {
 mod tests {
     use super::*;
 
-    fn row(number: &str, auth_id: &str, password: &str, score: u8) -> DirectoryRow {
-        DirectoryRow {
+    fn row(number: &str, auth_id: &str, password: &str, score: u8) -> Credential {
+        Credential {
             kind: "ext",
             number: number.into(),
             auth_id: auth_id.into(),
             sip_id: None,
-            ha1_md5: ha1(Algorithm::Md5, auth_id, "sipward", password),
-            ha1_sha256: ha1(Algorithm::Sha256, auth_id, "sipward", password),
+            ha1_md5: policy::Secret::new(ha1(Algorithm::Md5, auth_id, "sipward", password)),
+            ha1_sha256: policy::Secret::new(ha1(Algorithm::Sha256, auth_id, "sipward", password)),
             password_score: score,
             credential_generation: 1,
         }
@@ -357,7 +381,7 @@ mod tests {
     #[test]
     fn revocations_name_removed_and_changed_accounts_only() {
         let strong = "Zq8xLmTr4wPyK7vB2";
-        let gw = |password: &str| DirectoryRow {
+        let gw = |password: &str| Credential {
             kind: "gateway",
             credential_generation: 0,
             ..row("4001", "gw4001", password, 4)
@@ -403,17 +427,14 @@ mod tests {
         let elsewhere: IpAddr = "127.0.0.3".parse().expect("ip");
         let mut r = row("1001", "a1001", "Zq8xLmTr4wPyK7vB2", 4);
         r.credential_generation = 5;
-        let grace = GraceRow {
+        let grace = GraceCredential {
             number: "1001".into(),
             auth_id: "a1001".into(),
-            ha1_md5: "x".into(),
-            ha1_sha256: "y".into(),
+            ha1_md5: policy::Secret::new("x"),
+            ha1_sha256: policy::Secret::new("y"),
             sources: "127.0.0.2".into(),
             expires_at: 100,
             generation: 4,
-            prov_user: String::new(),
-            prov_ha1_md5: String::new(),
-            prov_ha1_sha256: String::new(),
         };
         let d = Directory::with_graces(vec![r], vec![grace], "sipward", 3);
         let a = d.by_number("1001").expect("account");
@@ -436,7 +457,7 @@ mod tests {
         for order in [[0, 1], [1, 0]] {
             let rows = [
                 row("2102", "a2102", "Zq8xLmTr4wPyK7vB2", 4),
-                DirectoryRow {
+                Credential {
                     sip_id: Some("2102".into()),
                     ..row("2104", "a2104", "Nq4Zt8LmXw2Kp7RbQ", 4)
                 },
@@ -463,5 +484,19 @@ mod tests {
         assert_eq!(d.number_for_user("800"), Some("800"), "it may register");
         assert_eq!(d.extension_for_user("800"), None, "it cannot be dialled");
         assert_eq!(d.extension_for_user("1001"), Some("1001"));
+    }
+
+    #[test]
+    fn debug_output_never_shows_an_ha1() {
+        let d = Directory::from_rows(
+            vec![row("1001", "alice1001", "Zq8xLmTr4wPyK7vB2", 4)],
+            "sipward",
+            3,
+        );
+        let a = d.account("alice1001").expect("account");
+        let shown = format!("{a:?} {d:?}");
+        assert!(shown.contains("alice1001"), "{shown}");
+        assert!(!shown.contains(&a.ha1_md5), "{shown}");
+        assert!(!shown.contains(&a.ha1_sha256), "{shown}");
     }
 }

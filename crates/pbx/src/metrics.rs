@@ -88,6 +88,57 @@ pub struct Metrics {
     pub late_answers_ended: AtomicU64,
     pub transfers_refused: AtomicU64,
     pub auto_answer_removed: AtomicU64,
+    /// Digest answers that did not authenticate, by [`Challenged`] (its discriminant):
+    /// which check failed, so a 401 nobody expected can be told apart after the fact.
+    pub challenged_by_reason: [AtomicU64; Challenged::ALL.len()],
+}
+
+/// Why the authenticator answered credentials with a new challenge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Challenged {
+    /// No Digest credentials for our realm that parse, or an algorithm not offered.
+    Malformed,
+    /// A nonce not issued by this process to this source (or altered, or from the future).
+    NonceInvalid,
+    /// A nonce of ours past its lifetime (answered with `stale=true`).
+    NonceStale,
+    /// The credentials name another realm, lack `qop=auth`, or were computed for
+    /// another Request-URI (`uri=`).
+    WrongParameters,
+    UnknownUser,
+    /// The response does not verify against the account's HA1 (a wrong password).
+    WrongResponse,
+    /// Right response, but its `nc` was used before with this nonce (a replay).
+    NcReplay,
+    /// Right response, but the bounded replay table had let the nonce's record go: a
+    /// new nonce (`stale=true`), not the client's doing.
+    NcForgotten,
+}
+
+impl Challenged {
+    pub const ALL: [Challenged; 8] = [
+        Challenged::Malformed,
+        Challenged::NonceInvalid,
+        Challenged::NonceStale,
+        Challenged::WrongParameters,
+        Challenged::UnknownUser,
+        Challenged::WrongResponse,
+        Challenged::NcReplay,
+        Challenged::NcForgotten,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Challenged::Malformed => "malformed",
+            Challenged::NonceInvalid => "nonce_invalid",
+            Challenged::NonceStale => "nonce_stale",
+            Challenged::WrongParameters => "wrong_parameters",
+            Challenged::UnknownUser => "unknown_user",
+            Challenged::WrongResponse => "wrong_response",
+            Challenged::NcReplay => "nc_replay",
+            Challenged::NcForgotten => "nc_forgotten",
+        }
+    }
 }
 
 impl Metrics {
@@ -354,6 +405,15 @@ impl Metrics {
                 "{name}{{reason=\"{label}\"}} {}",
                 get(&self.responses_dropped[i])
             );
+        }
+        let name = "sipward_auth_challenged_total";
+        let _ = write!(
+            s,
+            "# HELP {name} digest credentials answered with a new challenge, by the check that failed\n# TYPE {name} counter\n"
+        );
+        for r in Challenged::ALL {
+            let v = get(&self.challenged_by_reason[r as usize]);
+            let _ = writeln!(s, "{name}{{reason=\"{}\"}} {v}", r.as_str());
         }
         let gauges = [
             (

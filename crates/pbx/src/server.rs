@@ -23,6 +23,7 @@ use crate::transport::{Inbound, Transports};
 use crate::trunk::Trunks;
 use crate::{Result, transport};
 use accounts::Registry;
+use accounts::credentials::OpenedHa1s;
 use accounts::provisioning::Vendor;
 use accounts::trunks::resolve;
 use policy::clock::Clock;
@@ -83,6 +84,8 @@ pub struct Bound {
     cfg: ServeConfig,
     /// The registry and guard versions the loaded state corresponds to.
     versions: (i64, i64),
+    /// The HA1s the directory was loaded with, so a reload opens only what changed.
+    opened: OpenedHa1s,
     clock: Arc<dyn Clock>,
 }
 
@@ -108,9 +111,14 @@ pub async fn bind(
         gq::guard_version(&mut conn).await?,
     );
     let realm = registry.settings().realm.clone();
+    let mut opened = OpenedHa1s::default();
+    let credentials = registry
+        .credentials(&mut conn, clock.now(), &mut opened)
+        .await?;
+    report_unopened(&credentials.unopened);
     let dir = Directory::with_graces(
-        store::directory::directory(&mut conn).await?,
-        store::grace::live_graces(&mut conn, clock.now()).await?,
+        credentials.accounts,
+        credentials.graces,
         &realm,
         cfg.min_strength_score,
     );
@@ -153,6 +161,7 @@ pub async fn bind(
         },
         keys.nonce,
         keys.dummy,
+        metrics.clone(),
     );
     let endpoint = Arc::new(Endpoint::new(Parts {
         directory,
@@ -185,8 +194,21 @@ pub async fn bind(
         registry,
         cfg,
         versions,
+        opened,
         clock,
     })
+}
+
+/// Says which sealed HA1s did not open (altered in the database, or copied from another
+/// row): those accounts cannot log in until their password is set again.
+fn report_unopened(unopened: &[String]) {
+    if !unopened.is_empty() {
+        let line = serde_json::json!({
+            "event": "credentials_unreadable",
+            "fields": unopened,
+        });
+        eprintln!("{line}");
+    }
 }
 
 impl Bound {
@@ -233,7 +255,7 @@ impl Bound {
             self.registry.clone(),
             self.endpoint.clone(),
             self.clock.clone(),
-            self.versions,
+            (self.versions, self.opened),
             self.cfg.min_strength_score,
             stop_rx.clone(),
         ));
@@ -276,7 +298,7 @@ async fn reload_loop(
     registry: Registry,
     endpoint: Arc<Endpoint>,
     clock: Arc<dyn Clock>,
-    mut versions: (i64, i64),
+    (mut versions, mut opened): ((i64, i64), OpenedHa1s),
     min_score: u8,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -311,10 +333,17 @@ async fn reload_loop(
         let mut registry_moved = false;
         if let Ok(v) = store::directory::accounts_version(&mut conn).await
             && v != versions.0
-            && let Ok(rows) = store::directory::directory(&mut conn).await
-            && let Ok(graces) = store::grace::live_graces(&mut conn, clock.now()).await
+            && let Ok(credentials) = registry
+                .credentials(&mut conn, clock.now(), &mut opened)
+                .await
         {
-            let dir = Directory::with_graces(rows, graces, &registry.settings().realm, min_score);
+            report_unopened(&credentials.unopened);
+            let dir = Directory::with_graces(
+                credentials.accounts,
+                credentials.graces,
+                &registry.settings().realm,
+                min_score,
+            );
             endpoint
                 .metrics
                 .directory_accounts

@@ -134,18 +134,19 @@ impl Transfers {
 mod tests {
     use super::*;
     use crate::directory::Directory;
+    use accounts::credentials::Credential;
+    use policy::Secret;
     use policy::dialplan::DialPlan;
-    use store::directory::DirectoryRow;
     use store::outbound::{CallingRow, OutboundRow};
 
-    fn row(number: &str) -> DirectoryRow {
-        DirectoryRow {
+    fn row(number: &str) -> Credential {
+        Credential {
             kind: "ext",
             number: number.into(),
             auth_id: format!("a{number}"),
             sip_id: None,
-            ha1_md5: String::new(),
-            ha1_sha256: String::new(),
+            ha1_md5: Secret::new(""),
+            ha1_sha256: Secret::new(""),
             password_score: 4,
             credential_generation: 1,
         }

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use accounts::credentials::Credential;
 use pbx::admission::Outbound;
 use pbx::authenticator::{AuthConfig, Authenticator};
 use pbx::directory::{Directory, DirectoryCache};
@@ -16,11 +17,11 @@ use pbx::guard::{Admission, Event, Guard};
 use pbx::metrics::Metrics;
 use pbx::registrar::{Registrar, RegistrarConfig};
 use pbx::trunk::Trunks;
+use policy::Secret;
 use policy::ban::BanPolicy;
 use policy::clock::{Clock, ManualClock};
 use policy::dialplan::DialPlan;
 use sip::digest::{Algorithm, ResponseInput, expected_response, ha1};
-use store::directory::DirectoryRow;
 use tokio::sync::mpsc;
 
 const REALM: &str = "sipward";
@@ -63,14 +64,14 @@ impl Capture {
     }
 }
 
-fn row(number: &str, auth_id: &str, password: &str, score: u8) -> DirectoryRow {
-    DirectoryRow {
+fn row(number: &str, auth_id: &str, password: &str, score: u8) -> Credential {
+    Credential {
         kind: "ext",
         number: number.into(),
         auth_id: auth_id.into(),
         sip_id: None,
-        ha1_md5: ha1(Algorithm::Md5, auth_id, REALM, password),
-        ha1_sha256: ha1(Algorithm::Sha256, auth_id, REALM, password),
+        ha1_md5: Secret::new(ha1(Algorithm::Md5, auth_id, REALM, password)),
+        ha1_sha256: Secret::new(ha1(Algorithm::Sha256, auth_id, REALM, password)),
         password_score: score,
         credential_generation: 1,
     }
@@ -104,6 +105,7 @@ fn door() -> Door {
         },
         [1; 32],
         [2; 32],
+        metrics.clone(),
     );
     let endpoint = Endpoint::new(Parts {
         directory,

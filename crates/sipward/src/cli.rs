@@ -186,6 +186,14 @@ pub enum BackupCommand {
         /// With --reharden: queue no welcome mails for re-generated extensions.
         #[arg(long)]
         no_email: bool,
+        /// Trust archives signed by this key (its fingerprint, as `backup create` and a
+        /// refused restore print it). The data dir restored into trusts its own key.
+        #[arg(long, value_name = "FINGERPRINT")]
+        trust_signer: Vec<String>,
+        /// Restore an archive made before backups were signed (format 1). Anyone with
+        /// the age recipient could have made one: only for a file you know is yours.
+        #[arg(long)]
+        allow_unsigned: bool,
         #[command(flatten)]
         out: JsonFlag,
     },

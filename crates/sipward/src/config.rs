@@ -72,19 +72,38 @@ struct RawBackup {
     recipient: Option<String>,
     /// Or with the passphrase on this file's first line.
     passphrase_file: Option<PathBuf>,
+    /// The most bytes one restore writes (all files of the archive together).
+    restore_max_bytes: Option<u64>,
 }
 
 /// `[backup]`: scheduled backups and the key automatic ones are encrypted with.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct BackupConfig {
     pub dir: Option<PathBuf>,
     pub interval_secs: Option<u64>,
     pub keep: usize,
     pub recipient: Option<String>,
     pub passphrase_file: Option<PathBuf>,
+    /// What one restore may write: a crafted archive cannot fill the disk.
+    pub restore_limits: store::backup::Limits,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            interval_secs: None,
+            keep: DEFAULT_BACKUP_KEEP,
+            recipient: None,
+            passphrase_file: None,
+            restore_limits: store::backup::Limits::default(),
+        }
+    }
 }
 
 const DEFAULT_BACKUP_KEEP: usize = 7;
+/// Below this a restore of even a new data dir would be refused.
+const MIN_RESTORE_BYTES: u64 = 1 << 20;
 
 fn backup(raw: RawBackup) -> anyhow::Result<BackupConfig> {
     if raw.recipient.is_some() && raw.passphrase_file.is_some() {
@@ -108,12 +127,22 @@ fn backup(raw: RawBackup) -> anyhow::Result<BackupConfig> {
     if keep == 0 {
         return Err(OperatorError("backup.keep must be at least 1".into()).into());
     }
+    let max_bytes = raw
+        .restore_max_bytes
+        .unwrap_or(store::backup::DEFAULT_MAX_BYTES);
+    if max_bytes < MIN_RESTORE_BYTES {
+        return Err(OperatorError(format!(
+            "backup.restore_max_bytes must be at least {MIN_RESTORE_BYTES} (1 MiB)"
+        ))
+        .into());
+    }
     Ok(BackupConfig {
         dir: raw.dir,
         interval_secs,
         keep,
         recipient: raw.recipient,
         passphrase_file: raw.passphrase_file,
+        restore_limits: store::backup::Limits { max_bytes },
     })
 }
 

@@ -46,6 +46,11 @@ pub async fn open_registry(
             opened.provisioning_failed.len()
         );
     }
+    if let Some(n) = opened.ha1_sealed.filter(|n| *n > 0) {
+        eprintln!(
+            "sealed the stored digests (HA1s) of {n} accounts and grace windows with the data dir's key"
+        );
+    }
     if let Some(n) = opened.rehashed {
         eprintln!(
             "the realm changed to {:?}: re-computed the digests of {n} accounts",

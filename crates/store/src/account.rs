@@ -21,8 +21,9 @@ pub struct ExtensionRow {
     pub password_enc: String,
     pub password_score: i64,
     pub pin_enc: String,
-    pub ha1_md5: String,
-    pub ha1_sha256: String,
+    /// HA1s for the configured realm, sealed like the secrets (`ext/1001/ha1_md5`).
+    pub ha1_md5_enc: String,
+    pub ha1_sha256_enc: String,
     pub mac: Option<String>,
     pub model: Option<String>,
     pub created_at: i64,
@@ -42,8 +43,9 @@ pub struct GatewayRow {
     pub auth_id: String,
     pub password_enc: String,
     pub password_score: i64,
-    pub ha1_md5: String,
-    pub ha1_sha256: String,
+    /// HA1s, sealed (`gateway/gw1/ha1_md5`).
+    pub ha1_md5_enc: String,
+    pub ha1_sha256_enc: String,
     pub host: String,
     pub created_at: i64,
     pub updated_at: i64,
@@ -61,9 +63,9 @@ pub struct ProviderRow {
 }
 
 const EXT_COLUMNS: &str = "number, kind, name, email, auth_id, sip_id, password_enc, password_score, \
-     pin_enc, ha1_md5, ha1_sha256, mac, model, created_at, updated_at, credential_generation";
-const GW_COLUMNS: &str = "name, vendor, number, auth_id, password_enc, password_score, ha1_md5, \
-     ha1_sha256, host, created_at, updated_at";
+     pin_enc, ha1_md5_enc, ha1_sha256_enc, mac, model, created_at, updated_at, credential_generation";
+const GW_COLUMNS: &str = "name, vendor, number, auth_id, password_enc, password_score, ha1_md5_enc, \
+     ha1_sha256_enc, host, created_at, updated_at";
 const PROV_COLUMNS: &str =
     "name, registrar, auth_id, password_enc, password_score, created_at, updated_at";
 
@@ -78,8 +80,8 @@ fn ext_from_row(r: &AnyRow) -> Result<ExtensionRow> {
         password_enc: r.try_get("password_enc")?,
         password_score: r.try_get("password_score")?,
         pin_enc: r.try_get("pin_enc")?,
-        ha1_md5: r.try_get("ha1_md5")?,
-        ha1_sha256: r.try_get("ha1_sha256")?,
+        ha1_md5_enc: r.try_get("ha1_md5_enc")?,
+        ha1_sha256_enc: r.try_get("ha1_sha256_enc")?,
         mac: r.try_get("mac")?,
         model: r.try_get("model")?,
         created_at: r.try_get("created_at")?,
@@ -96,8 +98,8 @@ fn gw_from_row(r: &AnyRow) -> Result<GatewayRow> {
         auth_id: r.try_get("auth_id")?,
         password_enc: r.try_get("password_enc")?,
         password_score: r.try_get("password_score")?,
-        ha1_md5: r.try_get("ha1_md5")?,
-        ha1_sha256: r.try_get("ha1_sha256")?,
+        ha1_md5_enc: r.try_get("ha1_md5_enc")?,
+        ha1_sha256_enc: r.try_get("ha1_sha256_enc")?,
         host: r.try_get("host")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
@@ -225,8 +227,8 @@ pub async fn insert_extension(db: &mut dyn Db, e: &ExtensionRow) -> Result<i64> 
         .bind(&e.password_enc)
         .bind(e.password_score)
         .bind(&e.pin_enc)
-        .bind(&e.ha1_md5)
-        .bind(&e.ha1_sha256)
+        .bind(&e.ha1_md5_enc)
+        .bind(&e.ha1_sha256_enc)
         .bind(&e.mac)
         .bind(&e.model)
         .bind(e.created_at)
@@ -262,7 +264,7 @@ pub async fn update_extension(db: &mut dyn Db, e: &ExtensionRow) -> Result<bool>
     let conn = raw(db);
     let done = sqlx::query(
         "UPDATE extensions SET kind = $2, name = $3, email = $4, auth_id = $5, sip_id = $6, \
-         password_enc = $7, password_score = $8, pin_enc = $9, ha1_md5 = $10, ha1_sha256 = $11, \
+         password_enc = $7, password_score = $8, pin_enc = $9, ha1_md5_enc = $10, ha1_sha256_enc = $11, \
          mac = $12, model = $13, updated_at = $14 WHERE number = $1",
     )
     .bind(&e.number)
@@ -274,8 +276,8 @@ pub async fn update_extension(db: &mut dyn Db, e: &ExtensionRow) -> Result<bool>
     .bind(&e.password_enc)
     .bind(e.password_score)
     .bind(&e.pin_enc)
-    .bind(&e.ha1_md5)
-    .bind(&e.ha1_sha256)
+    .bind(&e.ha1_md5_enc)
+    .bind(&e.ha1_sha256_enc)
     .bind(&e.mac)
     .bind(&e.model)
     .bind(e.updated_at)
@@ -410,8 +412,8 @@ pub async fn insert_gateway(db: &mut dyn Db, g: &GatewayRow) -> Result<()> {
         .bind(&g.auth_id)
         .bind(&g.password_enc)
         .bind(g.password_score)
-        .bind(&g.ha1_md5)
-        .bind(&g.ha1_sha256)
+        .bind(&g.ha1_md5_enc)
+        .bind(&g.ha1_sha256_enc)
         .bind(&g.host)
         .bind(g.created_at)
         .bind(g.updated_at)
@@ -429,7 +431,7 @@ pub async fn update_gateway(db: &mut dyn Db, g: &GatewayRow) -> Result<bool> {
     let conn = raw(db);
     let done = sqlx::query(
         "UPDATE gateways SET vendor = $2, number = $3, auth_id = $4, password_enc = $5, \
-         password_score = $6, ha1_md5 = $7, ha1_sha256 = $8, host = $9, updated_at = $10 WHERE name = $1",
+         password_score = $6, ha1_md5_enc = $7, ha1_sha256_enc = $8, host = $9, updated_at = $10 WHERE name = $1",
     )
     .bind(&g.name)
     .bind(&g.vendor)
@@ -437,8 +439,8 @@ pub async fn update_gateway(db: &mut dyn Db, g: &GatewayRow) -> Result<bool> {
     .bind(&g.auth_id)
     .bind(&g.password_enc)
     .bind(g.password_score)
-    .bind(&g.ha1_md5)
-    .bind(&g.ha1_sha256)
+    .bind(&g.ha1_md5_enc)
+    .bind(&g.ha1_sha256_enc)
     .bind(&g.host)
     .bind(g.updated_at)
     .execute(&mut *conn)

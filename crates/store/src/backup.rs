@@ -6,11 +6,18 @@
 //! ```
 //!
 //! The tar holds `manifest.json` first (product and schema version, security epoch,
-//! creation time, and the size and SHA-256 of every other file), then the files: a
-//! consistent database snapshot (`VACUUM INTO`), the secrets key, the config, operator
-//! templates and provisioning files. Reading checks everything: the age MAC and chunk
-//! tags (a flipped byte or a cut-off file fails), the manifest, and every file's size and
-//! digest; entries that are not plain files or whose paths leave the archive are refused.
+//! creation time, and the size and SHA-256 of every other file), then `manifest.sig`
+//! (the install's Ed25519 signature over the manifest, with its public key: see
+//! [`crate::signing`]), then the files: a consistent database snapshot (`VACUUM INTO`),
+//! the secrets key, the config, operator templates and provisioning files. Reading checks
+//! everything: the age MAC and chunk tags (a flipped byte or a cut-off file fails), the
+//! signature, the manifest, and every file's size and digest; entries that are not plain
+//! files or whose paths leave the archive are refused.
+//!
+//! A crafted archive cannot fill the disk or the memory: the manifest's total is held to
+//! a limit before anything is written, every entry's size in its tar header must be the
+//! manifest's before its file is created, and the tar reader runs raw (extension headers
+//! are not read into memory whole; long names are bounded).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -26,10 +33,55 @@ use sha2::{Digest, Sha256};
 
 use crate::datadir::DataDir;
 use crate::error::{BackupError, Error, Result};
+use crate::signing::{Signer, SigningKey};
 
-/// The archive layout this code writes and reads.
-pub const FORMAT: u32 = 1;
+/// How much a read may write (or, checking only, decompress).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The most bytes all files of one archive may hold together.
+    pub max_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+/// The `manifest.sig` entry.
+#[derive(Debug, Serialize, Deserialize)]
+struct SignatureEntry {
+    algorithm: String,
+    /// The signer's public key, hex.
+    public_key: String,
+    /// Ed25519 over the manifest's bytes as stored (see [`crate::signing`]), hex.
+    signature: String,
+}
+
+/// What reading an archive found.
+#[derive(Clone, Debug)]
+pub struct Opened {
+    pub manifest: Manifest,
+    /// Who signed it; `None` for a format 1 archive (made before archives were signed).
+    pub signer: Option<Signer>,
+}
+
+/// The archive layout this code writes (and the newest it reads): 2 adds the signature.
+/// Format 1 archives carry none.
+pub const FORMAT: u32 = 2;
 pub const MANIFEST: &str = "manifest.json";
+/// The second entry: the signature over the manifest, and the signer's public key.
+pub const SIGNATURE: &str = "manifest.sig";
+/// A signature entry larger than this is not one of ours.
+const SIGNATURE_MAX: u64 = 4096;
+/// The longest GNU long name accepted (longer paths are not ours).
+const LONG_NAME_MAX: u64 = 4096;
+/// The largest zstd window a reader allocates (2^24 = 16 MiB); ours use far less.
+const ZSTD_WINDOW_LOG_MAX: u32 = 24;
+/// The default total of the files a restore writes (`backup.restore_max_bytes`).
+pub const DEFAULT_MAX_BYTES: u64 = 4 << 30;
 const PRODUCT: &str = "sipward";
 /// The database file's name inside the archive (and in a data dir).
 pub const DB_FILE: &str = "sipward.db";
@@ -192,12 +244,13 @@ pub fn manifest_for(
 pub fn write_archive(
     out: &Path,
     seal: &Seal,
+    signing: &SigningKey,
     manifest: &Manifest,
     contents: &Contents,
     progress: Progress<'_>,
 ) -> Result<u64> {
     let partial = partial_path(out);
-    let result = write_to(&partial, seal, manifest, contents, progress);
+    let result = write_to(&partial, seal, signing, manifest, contents, progress);
     match result {
         Ok(()) => {
             fs::rename(&partial, out).map_err(|e| Error::io(out, e))?;
@@ -219,6 +272,7 @@ fn partial_path(out: &Path) -> PathBuf {
 fn write_to(
     partial: &Path,
     seal: &Seal,
+    signing: &SigningKey,
     manifest: &Manifest,
     contents: &Contents,
     progress: Progress<'_>,
@@ -247,6 +301,13 @@ fn write_to(
     tar.mode(tar::HeaderMode::Deterministic);
     let json = serde_json::to_vec_pretty(manifest).map_err(|e| io_err(io::Error::other(e)))?;
     append(&mut tar, MANIFEST, json.len() as u64, &mut json.as_slice()).map_err(io_err)?;
+    let sig = serde_json::to_vec_pretty(&SignatureEntry {
+        algorithm: "ed25519".into(),
+        public_key: hex::encode(signing.signer().to_bytes()),
+        signature: hex::encode(signing.sign(&json)),
+    })
+    .map_err(|e| io_err(io::Error::other(e)))?;
+    append(&mut tar, SIGNATURE, sig.len() as u64, &mut sig.as_slice()).map_err(io_err)?;
     let total: u64 = manifest.files.iter().map(|f| f.size).sum();
     let mut done = 0u64;
     for ((name, path), entry) in contents.files.iter().zip(&manifest.files) {
@@ -288,15 +349,18 @@ pub enum Target<'a> {
     Dir(&'a Path),
 }
 
-/// Decrypts and reads a whole archive, checking the manifest and every file against
-/// it. `on_manifest` sees the manifest before any file is read and may refuse it.
+/// Decrypts and reads a whole archive, checking the signature, the manifest and every
+/// file against it. `on_manifest` sees the manifest and its signer before any file is
+/// read and may refuse them (the caller decides which signers it trusts); `limits` holds
+/// the total, checked before anything is written.
 pub fn read_archive(
     path: &Path,
     unseal: &Unseal,
     target: Target<'_>,
-    on_manifest: &mut dyn FnMut(&Manifest) -> Result<()>,
+    limits: Limits,
+    on_manifest: &mut dyn FnMut(&Manifest, Option<&Signer>) -> Result<()>,
     progress: Progress<'_>,
-) -> Result<Manifest> {
+) -> Result<Opened> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let decryptor = age::Decryptor::new(BufReader::new(file)).map_err(|e| match e {
         age::DecryptError::Io(e) if e.kind() != io::ErrorKind::UnexpectedEof => Error::io(path, e),
@@ -344,9 +408,16 @@ pub fn read_archive(
             other => BackupError::damaged(path, other).into(),
         }
     })?;
-    let zst = zstd::Decoder::new(reader).map_err(|e| BackupError::damaged(path, e))?;
+    let mut zst = zstd::Decoder::new(reader).map_err(|e| BackupError::damaged(path, e))?;
+    zst.window_log_max(ZSTD_WINDOW_LOG_MAX)
+        .map_err(|e| BackupError::damaged(path, e))?;
     let mut tar = tar::Archive::new(zst);
-    let mut entries = tar.entries().map_err(|e| BackupError::damaged(path, e))?;
+    // Raw: GNU long names and PAX headers come to us as entries (bounded below) instead
+    // of being read into memory whole by the tar reader.
+    let mut entries = tar
+        .entries()
+        .map_err(|e| BackupError::damaged(path, e))?
+        .raw(true);
     let bad_manifest = |detail: String| -> Error {
         BackupError::BadManifest {
             path: path.to_owned(),
@@ -358,6 +429,13 @@ pub fn read_archive(
         BackupError::Mismatch {
             path: path.to_owned(),
             detail,
+        }
+        .into()
+    };
+    let bad_signature = |detail: &str| -> Error {
+        BackupError::BadSignature {
+            path: path.to_owned(),
+            detail: detail.to_owned(),
         }
         .into()
     };
@@ -391,6 +469,45 @@ pub fn read_archive(
             manifest.format
         )));
     }
+    // From format 2 on, the signature comes second; format 1 archives have none.
+    let signer = if manifest.format >= 2 {
+        let entry = entries
+            .next()
+            .ok_or_else(|| bad_signature("there is none"))?
+            .map_err(|e| BackupError::damaged(path, e))?;
+        if entry.path_bytes().as_ref() != SIGNATURE.as_bytes() {
+            return Err(bad_signature(&format!(
+                "the second entry is not {SIGNATURE}"
+            )));
+        }
+        if entry.size() > SIGNATURE_MAX {
+            return Err(bad_signature("it is too large"));
+        }
+        let mut sig = Vec::new();
+        entry
+            .take(SIGNATURE_MAX)
+            .read_to_end(&mut sig)
+            .map_err(|e| BackupError::damaged(path, e))?;
+        let sig: SignatureEntry =
+            serde_json::from_slice(&sig).map_err(|_| bad_signature("it is not readable"))?;
+        if sig.algorithm != "ed25519" {
+            return Err(bad_signature("its algorithm is not ed25519"));
+        }
+        let mut key = [0u8; 32];
+        let mut signature = [0u8; 64];
+        hex::decode_to_slice(&sig.public_key, &mut key)
+            .map_err(|_| bad_signature("its public key is not readable"))?;
+        hex::decode_to_slice(&sig.signature, &mut signature)
+            .map_err(|_| bad_signature("it is not readable"))?;
+        let signer = Signer::from_bytes(&key)
+            .ok_or_else(|| bad_signature("its public key is not readable"))?;
+        if !signer.verifies(&text, &signature) {
+            return Err(bad_signature("it does not match the manifest"));
+        }
+        Some(signer)
+    } else {
+        None
+    };
     let mut expected: BTreeMap<&str, &FileEntry> = BTreeMap::new();
     for f in &manifest.files {
         if safe_relative(&f.path).is_none() {
@@ -403,15 +520,50 @@ pub fn read_archive(
     if !expected.contains_key(DB_FILE) {
         return Err(bad_manifest(format!("it lists no {DB_FILE}")));
     }
-    on_manifest(&manifest)?;
+    let total = manifest
+        .files
+        .iter()
+        .try_fold(0u64, |sum, f| sum.checked_add(f.size))
+        .filter(|t| *t <= limits.max_bytes)
+        .ok_or_else(|| -> Error {
+            BackupError::TooLarge {
+                path: path.to_owned(),
+                detail: format!(
+                    "its manifest lists more than {} bytes of files, the most a restore writes (backup.restore_max_bytes)",
+                    limits.max_bytes
+                ),
+            }
+            .into()
+        })?;
+    on_manifest(&manifest, signer.as_ref())?;
 
-    let total: u64 = manifest.files.iter().map(|f| f.size).sum();
     let mut done = 0u64;
+    let mut long_name: Option<Vec<u8>> = None;
     for entry in entries {
         let mut entry = entry.map_err(|e| BackupError::damaged(path, e))?;
-        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let kind = entry.header().entry_type();
+        if kind.is_gnu_longname() {
+            if long_name.is_some() || entry.size() > LONG_NAME_MAX {
+                return Err(mismatch("an entry has an overlong name".into()));
+            }
+            let mut name = Vec::new();
+            (&mut entry)
+                .take(LONG_NAME_MAX)
+                .read_to_end(&mut name)
+                .map_err(|e| BackupError::damaged(path, e))?;
+            if name.last() == Some(&0) {
+                name.pop();
+            }
+            long_name = Some(name);
+            continue;
+        }
+        let raw_name = match long_name.take() {
+            Some(n) => n,
+            None => entry.path_bytes().into_owned(),
+        };
+        let name = String::from_utf8_lossy(&raw_name).into_owned();
         let name = name.trim_end_matches('/').to_owned();
-        match entry.header().entry_type() {
+        match kind {
             tar::EntryType::Directory => {
                 if safe_relative(&name).is_none() {
                     return Err(mismatch(format!("unsafe path {name:?}")));
@@ -430,6 +582,15 @@ pub fn read_archive(
                 "{name:?} is not in the manifest, or is there twice"
             )));
         };
+        // Checked before the file is created: an entry larger than its manifest says
+        // writes nothing.
+        if entry.size() != want.size {
+            return Err(mismatch(format!(
+                "{name} holds {} bytes, its manifest says {}",
+                entry.size(),
+                want.size
+            )));
+        }
         let rel = safe_relative(&name).ok_or_else(|| mismatch(format!("unsafe path {name:?}")))?;
         let mut sink: Box<dyn Write> = match target {
             Target::Nowhere => Box::new(io::sink()),
@@ -455,8 +616,10 @@ pub fn read_archive(
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 64 * 1024];
         let mut size = 0u64;
+        // Never more than the manifest's size, whatever the reader yields.
+        let mut body = (&mut entry).take(want.size);
         loop {
-            let n = entry
+            let n = body
                 .read(&mut buf)
                 .map_err(|e| BackupError::damaged(path, e))?;
             if n == 0 {
@@ -473,10 +636,13 @@ pub fn read_archive(
             return Err(mismatch(format!("{name} does not match its SHA-256")));
         }
     }
+    if long_name.is_some() {
+        return Err(mismatch("a long name names no entry".into()));
+    }
     if let Some(missing) = expected.keys().next() {
         return Err(mismatch(format!("{missing} is listed but missing")));
     }
-    Ok(manifest)
+    Ok(Opened { manifest, signer })
 }
 
 /// `name` as a relative path of normal components only (no `..`, no root).
@@ -499,6 +665,8 @@ fn safe_relative(name: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
+    use serde_json::Value;
 
     #[test]
     fn only_plain_relative_paths_are_safe() {
@@ -530,28 +698,45 @@ mod tests {
         }
     }
 
+    fn signing_key(dir: &Path, name: &str) -> SigningKey {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(name.len() as u64);
+        SigningKey::load_or_create(&dir.join(name), &mut rng).expect("signing key")
+    }
+
+    fn read(p: &Path, u: &Unseal, target: Target<'_>, limits: Limits) -> Result<Opened> {
+        read_archive(p, u, target, limits, &mut |_, _| Ok(()), &mut |_, _| {})
+    }
+
     #[test]
     fn round_trip_with_a_key_and_every_refusal() {
         let dir = tempfile::tempdir().expect("tmp");
         let c = contents(dir.path());
         let m = manifest_for(&c, "0.1.0", 7, 1, 1_700_000_000).expect("manifest");
         let (secret, public) = new_identity();
+        let key = signing_key(dir.path(), "sign.key");
         let out = dir.path().join("b.swbak");
-        write_archive(&out, &Seal::Recipient(public), &m, &c, &mut |_, _| {}).expect("write");
+        write_archive(&out, &Seal::Recipient(public), &key, &m, &c, &mut |_, _| {}).expect("write");
         assert!(!partial_path(&out).exists());
 
         let restore = dir.path().join("r");
         fs::create_dir(&restore).expect("dir");
         let unseal = Unseal::Identity(secret);
+        let mut seen = None;
         let got = read_archive(
             &out,
             &unseal,
             Target::Dir(&restore),
-            &mut |_| Ok(()),
+            Limits::default(),
+            &mut |_, signer| {
+                seen = signer.cloned();
+                Ok(())
+            },
             &mut |_, _| {},
         )
         .expect("read");
-        assert_eq!(got, m);
+        assert_eq!(got.manifest, m);
+        assert_eq!(got.signer, Some(key.signer()));
+        assert_eq!(seen, Some(key.signer()), "the caller sees the signer first");
         assert_eq!(
             fs::read(restore.join("templates/welcome.txt")).expect("file"),
             b"hello"
@@ -560,7 +745,7 @@ mod tests {
         // Another key, a passphrase, a flipped byte, a cut-off file, not age at all.
         let other = Unseal::Identity(new_identity().0);
         let check = |p: &Path, u: &Unseal| {
-            read_archive(p, u, Target::Nowhere, &mut |_| Ok(()), &mut |_, _| {})
+            read(p, u, Target::Nowhere, Limits::default())
                 .expect_err("refused")
                 .to_string()
         };
@@ -588,5 +773,212 @@ mod tests {
         let junk = dir.path().join("junk");
         fs::write(&junk, b"PK\x03\x04 a zip file").expect("write");
         assert!(check(&junk, &unseal).contains("not a sipward backup"));
+    }
+
+    /// One tar entry of a crafted archive.
+    struct Raw<'a> {
+        name: &'a str,
+        bytes: Vec<u8>,
+        kind: tar::EntryType,
+    }
+
+    fn raw(name: &str, bytes: impl Into<Vec<u8>>) -> Raw<'_> {
+        Raw {
+            name,
+            bytes: bytes.into(),
+            kind: tar::EntryType::Regular,
+        }
+    }
+
+    /// Packs `entries` as the archive's tar, encrypted to `public`: what an attacker who
+    /// knows the age public key can write.
+    fn pack(out: &Path, public: &str, entries: &[Raw<'_>]) {
+        let r = parse_recipient(public).expect("recipient");
+        let enc = age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient))
+            .expect("encryptor");
+        let file = File::create(out).expect("create");
+        let sealed = enc.wrap_output(file).expect("wrap");
+        let zst = zstd::Encoder::new(sealed, 3).expect("zstd");
+        let mut tar = tar::Builder::new(zst);
+        for e in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(e.bytes.len() as u64);
+            h.set_mode(0o600);
+            h.set_entry_type(e.kind);
+            h.set_cksum();
+            if e.kind.is_gnu_longname() {
+                h.as_gnu_mut().expect("gnu").name[..13].copy_from_slice(b"././@LongLink");
+                h.set_cksum();
+                tar.append(&h, e.bytes.as_slice()).expect("append");
+            } else {
+                tar.append_data(&mut h, e.name, e.bytes.as_slice())
+                    .expect("append");
+            }
+        }
+        let zst = tar.into_inner().expect("tar");
+        zst.finish().expect("zstd").finish().expect("age");
+    }
+
+    /// A manifest listing `files` (name, size, bytes hashed) and its signature entry.
+    fn signed(key: &SigningKey, files: &[(&str, u64, &[u8])]) -> (Vec<u8>, Vec<u8>) {
+        let manifest = Manifest {
+            format: FORMAT,
+            product: PRODUCT.into(),
+            version: "0.1.0".into(),
+            schema_version: 1,
+            security_epoch: 1,
+            created_at: 1_700_000_000,
+            files: files
+                .iter()
+                .map(|(path, size, bytes)| FileEntry {
+                    path: (*path).into(),
+                    size: *size,
+                    sha256: hex::encode(Sha256::digest(bytes)),
+                })
+                .collect(),
+        };
+        let json = serde_json::to_vec(&manifest).expect("json");
+        let sig = serde_json::to_vec(&SignatureEntry {
+            algorithm: "ed25519".into(),
+            public_key: hex::encode(key.signer().to_bytes()),
+            signature: hex::encode(key.sign(&json)),
+        })
+        .expect("json");
+        (json, sig)
+    }
+
+    #[test]
+    fn crafted_archives_are_refused_before_anything_big_is_written() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (secret, public) = new_identity();
+        let unseal = Unseal::Identity(secret);
+        let key = signing_key(dir.path(), "sign.key");
+        let limits = Limits { max_bytes: 1 << 20 };
+        let db = b"a small database".to_vec();
+        let big = vec![0u8; 8 << 20];
+        let refused = |name: &str, entries: &[Raw<'_>]| {
+            let file = dir.path().join(format!("{name}.swbak"));
+            pack(&file, &public, entries);
+            let target = dir.path().join(name);
+            fs::create_dir(&target).expect("dir");
+            let err = read(&file, &unseal, Target::Dir(&target), limits)
+                .expect_err("refused")
+                .to_string();
+            let written: Vec<_> = fs::read_dir(&target)
+                .expect("dir")
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
+            (err, written)
+        };
+
+        // An entry larger than its manifest says (8 MiB where 16 bytes are listed): its
+        // header is checked before the file is created.
+        let (m, sig) = signed(&key, &[(DB_FILE, db.len() as u64, &db)]);
+        let (err, written) = refused(
+            "larger",
+            &[
+                raw(MANIFEST, m),
+                raw(SIGNATURE, sig),
+                raw(DB_FILE, big.clone()),
+            ],
+        );
+        assert!(
+            err.contains("holds 8388608 bytes, its manifest says 16"),
+            "{err}"
+        );
+        assert!(written.is_empty(), "nothing written: {written:?}");
+
+        // A manifest whose files add up to more than the limit: refused before any file.
+        let (m, sig) = signed(
+            &key,
+            &[
+                (DB_FILE, db.len() as u64, &db),
+                ("provisioning/a.cfg", 2 << 20, &big),
+            ],
+        );
+        let (err, written) = refused(
+            "total",
+            &[
+                raw(MANIFEST, m),
+                raw(SIGNATURE, sig),
+                raw(DB_FILE, db.clone()),
+            ],
+        );
+        assert!(
+            err.contains("more than 1048576 bytes") && err.contains("before anything is written"),
+            "{err}"
+        );
+        assert!(written.is_empty(), "{written:?}");
+        // Sizes that overflow when added are refused the same way.
+        let (m, sig) = signed(&key, &[(DB_FILE, u64::MAX, &db), ("x", 2, &db)]);
+        let (err, _) = refused("overflow", &[raw(MANIFEST, m), raw(SIGNATURE, sig)]);
+        assert!(err.contains("more than 1048576 bytes"), "{err}");
+
+        // A GNU long name is read only up to its bound, never into memory whole.
+        let (m, sig) = signed(&key, &[(DB_FILE, db.len() as u64, &db)]);
+        let (err, written) = refused(
+            "longname",
+            &[
+                raw(MANIFEST, m),
+                raw(SIGNATURE, sig),
+                Raw {
+                    name: "",
+                    bytes: big.clone(),
+                    kind: tar::EntryType::GNULongName,
+                },
+                raw(DB_FILE, db.clone()),
+            ],
+        );
+        assert!(err.contains("overlong name"), "{err}");
+        assert!(written.is_empty(), "{written:?}");
+
+        // Signatures: none, altered manifest, not ours at all.
+        let (m, sig) = signed(&key, &[(DB_FILE, db.len() as u64, &db)]);
+        let (err, _) = refused(
+            "unsigned",
+            &[raw(MANIFEST, m.clone()), raw(DB_FILE, db.clone())],
+        );
+        assert!(err.contains("bad signature"), "{err}");
+        let altered = String::from_utf8(m.clone())
+            .expect("utf8")
+            .replace("1700000000", "1700000001");
+        let (err, written) = refused(
+            "altered",
+            &[
+                raw(MANIFEST, altered),
+                raw(SIGNATURE, sig.clone()),
+                raw(DB_FILE, db.clone()),
+            ],
+        );
+        assert!(err.contains("does not match the manifest"), "{err}");
+        assert!(written.is_empty());
+        // Signed by another key: sound, and the caller learns who signed it.
+        let stranger = signing_key(dir.path(), "stranger.key");
+        let (m2, sig2) = signed(&stranger, &[(DB_FILE, db.len() as u64, &db)]);
+        let file = dir.path().join("stranger.swbak");
+        pack(
+            &file,
+            &public,
+            &[
+                raw(MANIFEST, m2),
+                raw(SIGNATURE, sig2),
+                raw(DB_FILE, db.clone()),
+            ],
+        );
+        let got = read(&file, &unseal, Target::Nowhere, limits).expect("sound");
+        assert_eq!(got.signer, Some(stranger.signer()));
+        assert_ne!(got.signer, Some(key.signer()));
+        // A format 1 archive (before signatures) reads with no signer.
+        let mut old: Value = serde_json::from_slice(&m).expect("json");
+        old["format"] = 1.into();
+        let file = dir.path().join("old.swbak");
+        pack(
+            &file,
+            &public,
+            &[raw(MANIFEST, old.to_string()), raw(DB_FILE, db.clone())],
+        );
+        let got = read(&file, &unseal, Target::Nowhere, limits).expect("old format");
+        assert_eq!(got.signer, None);
     }
 }

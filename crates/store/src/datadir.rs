@@ -29,6 +29,12 @@ impl DataDir {
         self.root.join("secrets.key")
     }
 
+    /// The install's backup signing key (never put in a backup: it stays with the
+    /// install it names).
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.root.join("backup-signing.key")
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.root.join("sipward.toml")
     }
@@ -61,7 +67,7 @@ impl DataDir {
         Ok(!self.db_path().exists())
     }
 
-    /// Restricts the database files to their owner; they hold HA1s and sealed secrets.
+    /// Restricts the database files to their owner; they hold sealed secrets and HA1s.
     pub fn restrict_db_files(&self) -> Result<()> {
         let db = self.db_path();
         for path in [

@@ -176,6 +176,16 @@ impl Store {
         Ok(())
     }
 
+    /// Rewrites the database file without its free pages and empties the write-ahead
+    /// log, so values overwritten (HA1s stored in the clear before they were sealed) are
+    /// gone from the disk, not only from the tables. Must run outside any transaction.
+    pub async fn compact(&self) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        conn.execute("VACUUM").await?;
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").await?;
+        Ok(())
+    }
+
     /// The highest migration applied to this database.
     pub async fn schema_version(&self) -> Result<i64> {
         let v: Option<i64> =

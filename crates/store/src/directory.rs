@@ -1,5 +1,5 @@
 //! The credential directory the running registrar authenticates against (auth IDs and
-//! HA1s, never secrets), and the version it polls to learn that it changed.
+//! sealed HA1s, never passwords), and the version it polls to learn that it changed.
 
 use sqlx::Row;
 
@@ -11,12 +11,17 @@ use crate::error::{Error, Result};
 pub struct DirectoryRow {
     /// `ext` or `gateway`.
     pub kind: &'static str,
+    /// The row's key, which sealed values are bound to: the extension number, or the
+    /// gateway's name.
+    pub record: String,
     /// The extension number (or the gateway's virtual extension number).
     pub number: String,
     pub auth_id: String,
     pub sip_id: Option<String>,
-    pub ha1_md5: String,
-    pub ha1_sha256: String,
+    /// The HA1s as sealed by the vault (`ext/1001/ha1_md5`, `gateway/gw1/ha1_md5`, ...):
+    /// the caller opens them.
+    pub ha1_md5_enc: String,
+    pub ha1_sha256_enc: String,
     /// The password's zxcvbn score (0..=4), stored when it was set.
     pub password_score: u8,
     /// An extension's credential generation (see
@@ -37,11 +42,11 @@ pub async fn accounts_version(db: &mut dyn Db) -> Result<i64> {
 pub async fn directory(db: &mut dyn Db) -> Result<Vec<DirectoryRow>> {
     let conn = raw(db);
     let row = sqlx::query(
-        "SELECT (SELECT group_concat('ext' || char(31) || number || char(31) || auth_id || char(31) || \
-                coalesce(sip_id, '') || char(31) || ha1_md5 || char(31) || ha1_sha256 || char(31) || password_score || char(31) || \
+        "SELECT (SELECT group_concat('ext' || char(31) || number || char(31) || number || char(31) || auth_id || char(31) || \
+                coalesce(sip_id, '') || char(31) || ha1_md5_enc || char(31) || ha1_sha256_enc || char(31) || password_score || char(31) || \
                 credential_generation, char(30)) FROM extensions) AS e, \
-                (SELECT group_concat('gateway' || char(31) || number || char(31) || auth_id || char(31) || \
-                '' || char(31) || ha1_md5 || char(31) || ha1_sha256 || char(31) || password_score || char(31) || '0', char(30)) FROM gateways) AS g",
+                (SELECT group_concat('gateway' || char(31) || name || char(31) || number || char(31) || auth_id || char(31) || \
+                '' || char(31) || ha1_md5_enc || char(31) || ha1_sha256_enc || char(31) || password_score || char(31) || '0', char(30)) FROM gateways) AS g",
     )
     .fetch_one(&mut *conn)
     .await?;
@@ -55,7 +60,18 @@ pub async fn directory(db: &mut dyn Db) -> Result<Vec<DirectoryRow>> {
             .filter(|r| !r.is_empty())
         {
             let f: Vec<&str> = record.split('\u{1f}').collect();
-            let [kind, number, auth_id, sip_id, md5, sha, score, generation] = f[..] else {
+            let [
+                kind,
+                record,
+                number,
+                auth_id,
+                sip_id,
+                md5,
+                sha,
+                score,
+                generation,
+            ] = f[..]
+            else {
                 return Err(Error::Corrupt {
                     path: "extensions".into(),
                     detail: "a directory row has unexpected fields".into(),
@@ -63,11 +79,12 @@ pub async fn directory(db: &mut dyn Db) -> Result<Vec<DirectoryRow>> {
             };
             out.push(DirectoryRow {
                 kind: if kind == "gateway" { "gateway" } else { "ext" },
+                record: record.to_owned(),
                 number: number.to_owned(),
                 auth_id: auth_id.to_owned(),
                 sip_id: (!sip_id.is_empty()).then(|| sip_id.to_owned()),
-                ha1_md5: md5.to_owned(),
-                ha1_sha256: sha.to_owned(),
+                ha1_md5_enc: md5.to_owned(),
+                ha1_sha256_enc: sha.to_owned(),
                 password_score: score.parse().unwrap_or(0),
                 credential_generation: generation.parse().map_err(|_| Error::Corrupt {
                     path: "extensions".into(),

@@ -22,6 +22,12 @@ pub enum Error {
         "the secrets key does not match this database (the stored secrets cannot be decrypted with it); restore the matching key"
     )]
     KeyMismatch,
+    #[error(
+        "the backup signing key {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`"
+    )]
+    SigningKeyPermissions { path: PathBuf, mode: u32 },
+    #[error("the backup signing key {path} is not a sipward key (expected 64 hex digits)")]
+    SigningKeyInvalid { path: PathBuf },
     #[error("stored secret {what} cannot be decrypted: the database or the key was altered")]
     Decrypt { what: String },
     #[error("the database {path} is not a valid sipward database ({detail})")]
@@ -53,6 +59,8 @@ impl Error {
             self,
             Error::KeyPermissions { .. }
                 | Error::KeyInvalid { .. }
+                | Error::SigningKeyPermissions { .. }
+                | Error::SigningKeyInvalid { .. }
                 | Error::KeyMissing { .. }
                 | Error::KeyMismatch
                 | Error::Corrupt { .. }
@@ -114,6 +122,10 @@ pub enum BackupError {
     BadManifest { path: PathBuf, detail: String },
     #[error("{path} does not match its manifest: {detail}")]
     Mismatch { path: PathBuf, detail: String },
+    #[error("{path} has a bad signature ({detail}): it was altered or forged")]
+    BadSignature { path: PathBuf, detail: String },
+    #[error("{path} is refused before anything is written: {detail}")]
+    TooLarge { path: PathBuf, detail: String },
     #[error("{0}")]
     BadKey(String),
     /// The archive is sound but not restorable here (an older security epoch, a newer

@@ -23,6 +23,7 @@ pub mod meta;
 pub mod outbound;
 pub mod outbox;
 pub mod provisioning;
+pub mod signing;
 pub mod trunks;
 mod vault;
 

@@ -118,8 +118,9 @@ pub struct PhoneByMac {
     pub number: Option<String>,
     pub model: Option<String>,
     pub http_password_enc: Option<String>,
-    pub grace_prov_ha1_md5: Option<String>,
-    pub grace_prov_ha1_sha256: Option<String>,
+    /// Sealed (`grace/1001/prov_ha1_md5`): the caller opens them.
+    pub grace_prov_ha1_md5_enc: Option<String>,
+    pub grace_prov_ha1_sha256_enc: Option<String>,
     /// IP addresses, comma-separated.
     pub grace_sources: Option<String>,
     pub grace_expires_at: Option<i64>,
@@ -132,7 +133,7 @@ pub async fn phone_by_mac(db: &mut dyn Db, mac: &str, now: i64) -> Result<PhoneB
     let conn = raw(db);
     let r = sqlx::query(
         "SELECT e.number AS number, e.model AS model, p.http_password_enc AS http_password_enc, \
-         g.prov_ha1_md5 AS g_md5, g.prov_ha1_sha256 AS g_sha256, g.sources AS g_sources, \
+         g.prov_ha1_md5_enc AS g_md5, g.prov_ha1_sha256_enc AS g_sha256, g.sources AS g_sources, \
          g.expires_at AS g_expires \
          FROM (SELECT $1 AS mac) k \
          LEFT JOIN extensions e ON e.mac = k.mac \
@@ -147,8 +148,8 @@ pub async fn phone_by_mac(db: &mut dyn Db, mac: &str, now: i64) -> Result<PhoneB
         number: r.try_get("number")?,
         model: r.try_get("model")?,
         http_password_enc: r.try_get("http_password_enc")?,
-        grace_prov_ha1_md5: r.try_get("g_md5")?,
-        grace_prov_ha1_sha256: r.try_get("g_sha256")?,
+        grace_prov_ha1_md5_enc: r.try_get("g_md5")?,
+        grace_prov_ha1_sha256_enc: r.try_get("g_sha256")?,
         grace_sources: r.try_get("g_sources")?,
         grace_expires_at: r.try_get("g_expires")?,
     })

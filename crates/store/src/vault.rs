@@ -85,6 +85,12 @@ impl Vault {
         }
     }
 
+    /// Whether `text` has the form of a sealed value (not whether it opens): tells values
+    /// stored before a field was sealed at rest from those sealed since.
+    pub fn looks_sealed(text: &str) -> bool {
+        text.starts_with(PREFIX)
+    }
+
     /// Seals `plaintext` for the record and field named by `aad`.
     pub fn seal<R: CryptoRng + ?Sized>(&self, rng: &mut R, aad: &str, plaintext: &str) -> String {
         let mut nonce = [0u8; NONCE_LEN];

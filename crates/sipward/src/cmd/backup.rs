@@ -16,6 +16,7 @@ use policy::epoch::{self, CURRENT};
 use serde::Serialize;
 use store::BackupError;
 use store::backup::{self as archive, Manifest, Target, Unseal};
+use store::signing::{Signer, SigningKey};
 
 use crate::backup_keys::{config_seal, default_dir, seal_for, unseal_for};
 use crate::cli::{BackupCommand, BackupKeyArgs};
@@ -63,16 +64,24 @@ pub async fn run(
             let config = crate::config::load(config_path, data)?;
             let unseal = unseal_for(&key, &config.backup)?;
             let started = Instant::now();
-            let manifest = tokio::task::block_in_place(|| {
+            let opened = tokio::task::block_in_place(|| {
                 archive::read_archive(
                     &file,
                     &unseal,
                     Target::Nowhere,
-                    &mut |_| Ok(()),
+                    config.backup.restore_limits,
+                    &mut |_, _| Ok(()),
                     &mut progress("verify"),
                 )
             })?;
-            print_verified(&file, &manifest, started.elapsed().as_secs_f64(), out.json)?;
+            let own = own_signer(data)?;
+            print_verified(
+                &file,
+                &opened,
+                own.as_ref(),
+                started.elapsed().as_secs_f64(),
+                out.json,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         BackupCommand::Restore {
@@ -80,18 +89,20 @@ pub async fn run(
             key,
             reharden,
             no_email,
+            trust_signer,
+            allow_unsigned,
             out,
         } => {
-            restore(
-                data,
-                config_path,
-                &file,
-                &key,
+            let how = How {
+                trust: Trust {
+                    signers: trust_signer,
+                    allow_unsigned,
+                },
                 reharden,
-                !no_email,
-                out.json,
-            )
-            .await
+                email: !no_email,
+                json: out.json,
+            };
+            restore(data, config_path, &file, &key, &how).await
         }
     }
 }
@@ -164,6 +175,8 @@ struct CreatedOut<'a> {
     schema_version: i64,
     security_epoch: u32,
     created_at: i64,
+    /// The fingerprint of the key that signed it.
+    signer: &'a str,
 }
 
 fn print_created(c: &Created, seconds: f64, json: bool) -> anyhow::Result<()> {
@@ -177,20 +190,76 @@ fn print_created(c: &Created, seconds: f64, json: bool) -> anyhow::Result<()> {
             schema_version: c.manifest.schema_version,
             security_epoch: c.manifest.security_epoch,
             created_at: c.manifest.created_at,
+            signer: &c.signer,
         });
     }
     println!(
-        "wrote {} ({} bytes, {} files, schema {}, security epoch {}) in {seconds:.2} s",
+        "wrote {} ({} bytes, {} files, schema {}, security epoch {}) in {seconds:.2} s, signed by this install's key {}",
         c.path.display(),
         c.bytes,
         c.manifest.files.len(),
         c.manifest.schema_version,
-        c.manifest.security_epoch
+        c.manifest.security_epoch,
+        c.signer
     );
     Ok(())
 }
 
-fn print_verified(file: &Path, m: &Manifest, seconds: f64, json: bool) -> anyhow::Result<()> {
+/// The public half of the signing key of the data dir at `data`, if it has one.
+fn own_signer(data: &Path) -> anyhow::Result<Option<Signer>> {
+    let path = store::DataDir::new(data).signing_key_path();
+    Ok(SigningKey::load(&path)?.map(|k| k.signer()))
+}
+
+/// Which signers a restore trusts besides the target data dir's own key.
+#[derive(Debug, Default)]
+struct Trust {
+    /// Fingerprints given with `--trust-signer`.
+    signers: Vec<String>,
+    /// `--allow-unsigned`: a format 1 archive (made before archives were signed).
+    allow_unsigned: bool,
+}
+
+impl Trust {
+    /// Refuses an archive whose signer the operator has not vouched for: the target's
+    /// own key and the `--trust-signer` fingerprints are trusted; nothing else is, even
+    /// when the archive opened with the configured key (anyone with the age recipient
+    /// can encrypt to it).
+    fn check(
+        &self,
+        file: &Path,
+        signer: Option<&Signer>,
+        own: Option<&Signer>,
+    ) -> store::Result<()> {
+        match signer {
+            None if self.allow_unsigned => Ok(()),
+            None => Err(BackupError::Refused(format!(
+                "{} is not signed (made before sipward signed its backups): anyone who knows the age recipient could have made it; if you know it is yours, restore it with --allow-unsigned",
+                file.display()
+            ))
+            .into()),
+            Some(s) if own == Some(s) || self.signers.iter().any(|t| s.matches(t)) => Ok(()),
+            Some(s) => Err(BackupError::Refused(format!(
+                "{} is signed by key {}, which is not this install's: if that is the key of the install you backed up (`backup create` printed it), restore with --trust-signer {}",
+                file.display(),
+                s.fingerprint(),
+                s.fingerprint()
+            ))
+            .into()),
+        }
+    }
+}
+
+fn print_verified(
+    file: &Path,
+    opened: &archive::Opened,
+    own: Option<&Signer>,
+    seconds: f64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let m = &opened.manifest;
+    let signer = opened.signer.as_ref().map(Signer::fingerprint);
+    let own_key = opened.signer.is_some() && opened.signer.as_ref() == own;
     if json {
         #[derive(Serialize)]
         struct Out<'a> {
@@ -198,12 +267,18 @@ fn print_verified(file: &Path, m: &Manifest, seconds: f64, json: bool) -> anyhow
             ok: bool,
             seconds: f64,
             manifest: &'a Manifest,
+            /// The signer's fingerprint (null: an unsigned format 1 archive).
+            signer: Option<&'a str>,
+            /// Signed by this data dir's own key.
+            own_key: bool,
         }
         return output::json(&Out {
             file,
             ok: true,
             seconds,
             manifest: m,
+            signer: signer.as_deref(),
+            own_key,
         });
     }
     let mut t = Table::new(&["FILE", "BYTES", "SHA-256"]);
@@ -219,8 +294,15 @@ fn print_verified(file: &Path, m: &Manifest, seconds: f64, json: bool) -> anyhow
     } else {
         String::new()
     };
+    let signed = match (&signer, own_key) {
+        (None, _) => "not signed (restore needs --allow-unsigned)".to_owned(),
+        (Some(fp), true) => format!("signed by this install's key {fp}"),
+        (Some(fp), false) => {
+            format!("signed by key {fp}, not this install's (restore needs --trust-signer {fp})")
+        }
+    };
     println!(
-        "{}: decrypted, manifest and {} files check out; sipward {}, schema {}, security epoch {}{epoch_note}, made {}",
+        "{}: decrypted, manifest and {} files check out; {signed}; sipward {}, schema {}, security epoch {}{epoch_note}, made {}",
         file.display(),
         m.files.len(),
         m.version,
@@ -283,9 +365,22 @@ struct RestoredOut<'a> {
     data: &'a Path,
     /// Where the data dir that was replaced is kept (None: there was none).
     replaced_kept_at: Option<&'a Path>,
+    /// The fingerprint of the key that signed the archive (null: unsigned).
+    signer: Option<&'a str>,
     manifest: &'a Manifest,
     hardening: &'a [Hardening],
     seconds: f64,
+}
+
+/// How `backup restore` was asked to restore.
+#[derive(Debug)]
+struct How {
+    trust: Trust,
+    /// `--reharden`.
+    reharden: bool,
+    /// Queue welcome mails for extensions hardening re-generates.
+    email: bool,
+    json: bool,
 }
 
 async fn restore(
@@ -293,10 +388,9 @@ async fn restore(
     config_path: Option<&Path>,
     file: &Path,
     key: &BackupKeyArgs,
-    reharden: bool,
-    email: bool,
-    json: bool,
+    how: &How,
 ) -> anyhow::Result<ExitCode> {
+    let (trust, reharden, email, json) = (&how.trust, how.reharden, how.email, how.json);
     let started = Instant::now();
     let target = absolute(data)?;
     let name = target
@@ -349,6 +443,20 @@ async fn restore(
         .map(|c| c.backup)
         .unwrap_or_default();
     let unseal = unseal_for(key, &config_for_key)?;
+    // The install being replaced trusts its own backups, and keeps its key.
+    let own_key_path = store::DataDir::new(&target).signing_key_path();
+    let own_key = SigningKey::load(&own_key_path)?;
+    let own = own_key.as_ref().map(SigningKey::signer);
+    let bad_fingerprint = trust
+        .signers
+        .iter()
+        .find(|t| store::signing::normalize_fingerprint(t).is_none());
+    if let Some(t) = bad_fingerprint {
+        return Err(OperatorError(format!(
+            "--trust-signer {t:?} is not a key fingerprint (32 hex digits, as `backup create` prints it)"
+        ))
+        .into());
+    }
 
     // Everything happens in a staging dir beside the target; the target is touched only
     // by the final rename. A staging dir left by an interrupted restore goes first.
@@ -365,14 +473,46 @@ async fn restore(
         .mode(0o700)
         .create(&staging)
         .map_err(|e| OperatorError(format!("cannot create {}: {e}", staging.display())))?;
-    let result = restore_into(config_path, file, &unseal, &staging, reharden, email).await;
-    let (manifest, hardening) = match result {
+    let check = Check {
+        limits: config_for_key.restore_limits,
+        trust,
+        own: own.as_ref(),
+    };
+    let result = restore_into(
+        config_path,
+        file,
+        &unseal,
+        &staging,
+        &check,
+        reharden,
+        email,
+    )
+    .await
+    .and_then(|done| {
+        if own_key.is_some() {
+            // The signing key stays with the install (it is in no backup).
+            fs::copy(
+                &own_key_path,
+                staging.join(own_key_path.file_name().unwrap_or_default()),
+            )
+            .map_err(|e| {
+                OperatorError(format!(
+                    "cannot keep the signing key {}: {e}",
+                    own_key_path.display()
+                ))
+            })?;
+        }
+        Ok(done)
+    });
+    let (opened, hardening) = match result {
         Ok(v) => v,
         Err(e) => {
             let _ = fs::remove_dir_all(&staging);
             return Err(e);
         }
     };
+    let manifest = opened.manifest;
+    let signer = opened.signer.as_ref().map(Signer::fingerprint);
     let kept = swap_into_place(&staging, &target, &parent, &name)?;
     if let Some(k) = &kept {
         eprintln!(
@@ -385,6 +525,7 @@ async fn restore(
         output::json(&RestoredOut {
             data: &target,
             replaced_kept_at: kept.as_deref(),
+            signer: signer.as_deref(),
             manifest: &manifest,
             hardening: &hardening,
             seconds,
@@ -392,9 +533,10 @@ async fn restore(
     } else {
         print_hardening(&hardening)?;
         println!(
-            "restored {} into {} (sipward {}, schema {}, security epoch {} -> {CURRENT}) in {seconds:.2} s",
+            "restored {} into {} (signed by {}; sipward {}, schema {}, security epoch {} -> {CURRENT}) in {seconds:.2} s",
             file.display(),
             target.display(),
+            signer.as_deref().unwrap_or("nobody"),
             manifest.version,
             manifest.schema_version,
             manifest.security_epoch
@@ -412,23 +554,54 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
         .join(p))
 }
 
+/// What a restore holds an archive to before anything is written.
+struct Check<'a> {
+    limits: archive::Limits,
+    trust: &'a Trust,
+    /// The signing key of the data dir restored into.
+    own: Option<&'a Signer>,
+}
+
+/// The bytes free for an unprivileged writer on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 /// Extracts, checks, opens (migrating to this version's schema) and, with `reharden`,
-/// hardens the backup in `staging`.
+/// hardens the backup in `staging`. Signer, sizes, schema and epoch are checked before
+/// the first file is written.
 async fn restore_into(
     config_path: Option<&Path>,
     file: &Path,
     unseal: &Unseal,
     staging: &Path,
+    check: &Check<'_>,
     reharden: bool,
     email: bool,
-) -> anyhow::Result<(Manifest, Vec<Hardening>)> {
+) -> anyhow::Result<(archive::Opened, Vec<Hardening>)> {
     let known = store::Store::known_schema_version();
-    let manifest = tokio::task::block_in_place(|| {
+    let opened = tokio::task::block_in_place(|| {
         archive::read_archive(
             file,
             unseal,
             Target::Dir(staging),
-            &mut |m| {
+            check.limits,
+            &mut |m, signer| {
+                check.trust.check(file, signer, check.own)?;
+                let total: u64 = m.files.iter().map(|f| f.size).sum();
+                if let Some(free) = free_bytes(staging)
+                    && total > free
+                {
+                    return Err(BackupError::TooLarge {
+                        path: file.to_owned(),
+                        detail: format!(
+                            "its files need {total} bytes and {} has {free} free",
+                            staging.display()
+                        ),
+                    }
+                    .into());
+                }
                 if m.schema_version > known {
                     return Err(BackupError::Refused(format!(
                         "{} was made by a newer sipward ({}, schema {}); this one knows schema {known}: upgrade sipward to restore it",
@@ -455,12 +628,13 @@ async fn restore_into(
             &mut progress("restore"),
         )
     })?;
+    let manifest = &opened.manifest;
     let config = crate::config::load(config_path, staging)?;
     let data = store::DataDir::new(staging);
     let rng = Box::new(rand_core::UnwrapErr(rand::rngs::SysRng));
-    let (reg, opened) =
+    let (reg, dir_opened) =
         Registry::open(&data, config.settings.clone(), rng, crate::clock::clock()).await?;
-    if opened.created {
+    if dir_opened.created {
         return Err(OperatorError(format!(
             "{} holds no database that sipward can open",
             file.display()
@@ -484,10 +658,14 @@ async fn restore_into(
     }
     let subject = file.display().to_string();
     let detail = format!(
-        "made {} by sipward {} at security epoch {}; {} hardening changes",
+        "made {} by sipward {} at security epoch {}, signed by {}; {} hardening changes",
         utc_stamp(manifest.created_at),
         manifest.version,
         manifest.security_epoch,
+        opened
+            .signer
+            .as_ref()
+            .map_or_else(|| "nobody".to_owned(), Signer::fingerprint),
         hardening.len()
     );
     reg.log(LogEntry {
@@ -498,7 +676,7 @@ async fn restore_into(
     })
     .await?;
     reg.store().close().await;
-    Ok((manifest, hardening))
+    Ok((opened, hardening))
 }
 
 /// Puts `staging` at `target`. An existing target is exchanged atomically
@@ -519,10 +697,16 @@ fn swap_into_place(
         fs::rename(staging, target).map_err(fail)?;
         return Ok(None);
     }
-    let kept = parent.join(format!(
-        "{name}.pre-restore-{}",
-        utc_stamp(crate::clock::clock().now())
-    ));
+    // Two restores in the same second must not collide on the name the old dir is
+    // kept under (the second rename would fail after the exchange).
+    let stamp = utc_stamp(crate::clock::clock().now());
+    let kept = (1..)
+        .map(|n| match n {
+            1 => parent.join(format!("{name}.pre-restore-{stamp}")),
+            n => parent.join(format!("{name}.pre-restore-{stamp}-{n}")),
+        })
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| parent.join(format!("{name}.pre-restore-{stamp}")));
     use rustix::fs::{CWD, RenameFlags, renameat_with};
     match renameat_with(CWD, staging, CWD, target, RenameFlags::EXCHANGE) {
         Ok(()) => {

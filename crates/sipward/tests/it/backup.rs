@@ -60,10 +60,28 @@ fn q(p: &Path) -> String {
     format!("'{}'", p.display())
 }
 
+/// How [`repack`] signs the archive it writes.
+#[derive(Clone, Copy)]
+pub(crate) enum Sign<'a> {
+    /// With the signing key of this data dir: what that install would have written.
+    As(&'a Env),
+    /// Keep the original `manifest.sig`: a forger without the key.
+    KeepOld,
+    /// No signature, as format 1 (before backups were signed).
+    Unsigned,
+}
+
 /// Opens `src` with the age CLI, lets `edit` change the files and the manifest, and
-/// packs it again (checksums recomputed) for `public`: what another sipward version
-/// would have written.
-fn repack(src: &Path, key: &Path, public: &str, dest: &Path, edit: impl FnOnce(&Path, &mut Value)) {
+/// packs it again (checksums recomputed, signed as `sign` says) for `public`: what
+/// another sipward version, or a forger, would have written.
+pub(crate) fn repack(
+    src: &Path,
+    key: &Path,
+    public: &str,
+    dest: &Path,
+    sign: Sign<'_>,
+    edit: impl FnOnce(&Path, &mut Value),
+) {
     let dir = dest.with_extension("d");
     std::fs::create_dir_all(&dir).expect("dir");
     sh(&format!(
@@ -84,13 +102,42 @@ fn repack(src: &Path, key: &Path, public: &str, dest: &Path, edit: impl FnOnce(&
         f["sha256"] = hex::encode(Sha256::digest(&bytes)).into();
         names.push(format!("'{path}'"));
     }
-    std::fs::write(dir.join("manifest.json"), manifest.to_string()).expect("manifest");
+    if let Sign::Unsigned = sign {
+        manifest["format"] = 1.into();
+    }
+    let text = manifest.to_string();
+    std::fs::write(dir.join("manifest.json"), &text).expect("manifest");
+    match sign {
+        Sign::As(env) => {
+            let signing = store::signing::SigningKey::load(&env.data.join("backup-signing.key"))
+                .expect("load")
+                .expect("the install has a signing key");
+            let sig = serde_json::json!({
+                "algorithm": "ed25519",
+                "public_key": hex::encode(signing.signer().to_bytes()),
+                "signature": hex::encode(signing.sign(text.as_bytes())),
+            });
+            std::fs::write(dir.join("manifest.sig"), sig.to_string()).expect("sig");
+            names.insert(1, "manifest.sig".into());
+        }
+        Sign::KeepOld => names.insert(1, "manifest.sig".into()),
+        Sign::Unsigned => {}
+    }
     sh(&format!(
         "tar -cf - -C {} {} | zstd -q -c | age -r {public} -o {}",
         q(&dir),
         names.join(" "),
         q(dest)
     ));
+}
+
+/// The fingerprint of the key `env`'s backups are signed with.
+pub(crate) fn signer_of(env: &Env) -> String {
+    store::signing::SigningKey::load(&env.data.join("backup-signing.key"))
+        .expect("load")
+        .expect("the install has a signing key")
+        .signer()
+        .fingerprint()
 }
 
 /// Every file under `dir`: relative path to SHA-256.
@@ -198,6 +245,13 @@ fn a_backup_restores_everything_and_phones_register_with_the_same_credentials() 
     assert_eq!(made["security_epoch"], 1);
     assert!(made["bytes"].as_u64().expect("bytes") > 0);
     assert_eq!(crate::harness::mode_of(&file) & 0o777, 0o600);
+    // Signed with the install's own key, kept in the data dir (0600) and in no backup.
+    let signer = made["signer"].as_str().expect("signer").to_owned();
+    assert_eq!(signer, signer_of(&env));
+    assert_eq!(
+        crate::harness::mode_of(&env.data.join("backup-signing.key")) & 0o777,
+        0o600
+    );
 
     // The age, zstd and tar tools open it by hand, manifest first.
     let listing = sh(&format!(
@@ -207,6 +261,8 @@ fn a_backup_restores_everything_and_phones_register_with_the_same_credentials() 
     ));
     let names: Vec<&str> = listing.lines().collect();
     assert_eq!(names[0], "manifest.json", "{listing}");
+    assert_eq!(names[1], "manifest.sig", "{listing}");
+    assert!(!names.contains(&"backup-signing.key"), "{listing}");
     for want in [
         "sipward.db",
         "secrets.key",
@@ -224,17 +280,46 @@ fn a_backup_restores_everything_and_phones_register_with_the_same_credentials() 
         "--json",
     ]);
     assert_eq!(verified["ok"], true);
+    assert_eq!(verified["signer"], signer.as_str());
+    assert_eq!(verified["own_key"], true);
 
+    // Another install does not know the key: it shows the fingerprint and refuses
+    // until the operator vouches for it.
     let copy = Env::new();
+    let id = key.to_str().expect("utf8");
+    let err = copy.fails(&["backup", "restore", f, "--identity", id], 2);
+    assert!(
+        err.contains(&format!(
+            "signed by key {signer}, which is not this install's"
+        )) && err.contains(&format!("--trust-signer {signer}")),
+        "{err}"
+    );
+    assert!(!copy.data.exists(), "a refused restore creates nothing");
+    let err = copy.fails(
+        &[
+            "backup",
+            "restore",
+            f,
+            "--identity",
+            id,
+            "--trust-signer",
+            "beef",
+        ],
+        2,
+    );
+    assert!(err.contains("not a key fingerprint"), "{err}");
     let restored = copy.json(&[
         "backup",
         "restore",
         f,
         "--identity",
-        key.to_str().expect("utf8"),
+        id,
+        "--trust-signer",
+        &signer.replace(':', "").to_uppercase(),
         "--json",
     ]);
     assert_eq!(restored["replaced_kept_at"], Value::Null);
+    assert_eq!(restored["signer"], signer.as_str());
     assert_eq!(state(&copy), state(&env));
     let templates = |e: &Env| files_under(&e.data.join("templates"));
     assert_eq!(templates(&copy), templates(&env), "operator templates");
@@ -260,9 +345,11 @@ fn a_backup_restores_everything_and_phones_register_with_the_same_credentials() 
     let server = copy.serve();
     let login = reveal(&env);
     let users = format!(
-        "SEQUENTIAL\n2001;[authentication username={} password={}]\n",
-        login["auth_id"].as_str().expect("auth"),
-        login["password"].as_str().expect("pw")
+        "SEQUENTIAL\n2001;{}\n",
+        crate::peers::sipp_auth(
+            login["auth_id"].as_str().expect("auth"),
+            login["password"].as_str().expect("pw")
+        )
     );
     let run = sipp_from(
         "127.0.0.2",
@@ -295,6 +382,162 @@ fn a_backup_restores_everything_and_phones_register_with_the_same_credentials() 
     );
     assert!(err.contains("serve is running"), "{err}");
     server.stop();
+}
+
+#[test]
+fn forged_unsigned_and_oversized_archives_are_refused_and_an_install_trusts_its_own() {
+    let env = populated();
+    let (key, public) = keygen(&env, "key.txt");
+    let id = key.to_str().expect("utf8").to_owned();
+    // The recipient is in the config, where a forger may read it.
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        format!("{CONFIG}[backup]\nrecipient = \"{public}\"\n"),
+    )
+    .expect("config");
+    let own = env.path("own.swbak");
+    let own_s = own.to_str().expect("utf8").to_owned();
+    env.ok(&["backup", "create", "--out", &own_s]);
+    let fp = signer_of(&env);
+    let before = (state(&env), files_under(&env.data.join("provisioning")));
+    let restore = |file: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "backup",
+            "restore",
+            file.to_str().expect("utf8"),
+            "--identity",
+            &id,
+        ];
+        args.extend_from_slice(extra);
+        env.run(&args)
+    };
+
+    // Another install, encrypting to the configured recipient: a sound archive, but not
+    // signed by this install's key.
+    let evil = Env::with_config(CONFIG);
+    evil.ok(&["ext", "add", "6666", "--password", "Forged-Pass-6666-Zq8x"]);
+    let forged = env.path("forged.swbak");
+    evil.ok(&[
+        "backup",
+        "create",
+        "--recipient",
+        &public,
+        "--out",
+        forged.to_str().expect("utf8"),
+    ]);
+    let r = restore(&forged, &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let evil_fp = signer_of(&evil);
+    assert_ne!(evil_fp, fp);
+    assert!(
+        r.stderr.contains(&format!(
+            "signed by key {evil_fp}, which is not this install's"
+        )),
+        "{}",
+        r.stderr
+    );
+    // This install's backup with its database swapped, keeping the old signature.
+    let altered = env.path("altered.swbak");
+    repack(&own, &key, &public, &altered, Sign::KeepOld, |dir, _| {
+        sh(&format!(
+            "sqlite3 {} \"UPDATE extensions SET name = 'mallory' WHERE number = '2001'\"",
+            q(&dir.join("sipward.db"))
+        ));
+    });
+    let r = restore(&altered, &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("bad signature") && r.stderr.contains("altered or forged"),
+        "{}",
+        r.stderr
+    );
+    // Unsigned, as a sipward before signing would have made it.
+    let unsigned = env.path("unsigned.swbak");
+    repack(&own, &key, &public, &unsigned, Sign::Unsigned, |_, _| {});
+    let r = restore(&unsigned, &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("is not signed") && r.stderr.contains("--allow-unsigned"),
+        "{}",
+        r.stderr
+    );
+    let verified = env.json(&["backup", "verify", &own_s, "--identity", &id, "--json"]);
+    assert_eq!(
+        (verified["signer"].as_str(), verified["own_key"].as_bool()),
+        (Some(fp.as_str()), Some(true))
+    );
+    let verified = env.json(&[
+        "backup",
+        "verify",
+        forged.to_str().expect("utf8"),
+        "--identity",
+        &id,
+        "--json",
+    ]);
+    assert_eq!(
+        (verified["signer"].as_str(), verified["own_key"].as_bool()),
+        (Some(evil_fp.as_str()), Some(false))
+    );
+
+    // Files adding up to more than the restore limit: refused before anything is written.
+    let big = env.path("big.swbak");
+    repack(&own, &key, &public, &big, Sign::As(&env), |dir, m| {
+        std::fs::write(dir.join("provisioning/huge.cfg"), vec![b'x'; 2 << 20]).expect("big");
+        m["files"]
+            .as_array_mut()
+            .expect("files")
+            .push(serde_json::json!({"path": "provisioning/huge.cfg", "size": 0, "sha256": ""}));
+    });
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        format!("{CONFIG}[backup]\nrecipient = \"{public}\"\nrestore_max_bytes = 1048576\n"),
+    )
+    .expect("config");
+    let r = restore(&big, &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("refused before anything is written")
+            && r.stderr.contains("more than 1048576 bytes"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        (state(&env), files_under(&env.data.join("provisioning"))),
+        before
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(env.data.parent().expect("parent"))
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("restoring") || n.contains("pre-restore"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Its own backup restores into the same install without being told, and the install
+    // keeps its key; an unsigned one with --allow-unsigned.
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        format!("{CONFIG}[backup]\nrecipient = \"{public}\"\n"),
+    )
+    .expect("config");
+    let r = restore(&own, &["--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out: Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(out["signer"], fp.as_str());
+    assert_eq!(signer_of(&env), fp, "the install keeps its signing key");
+    assert_eq!(state(&env), before.0);
+    let r = restore(&unsigned, &["--allow-unsigned", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out: Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(out["signer"], Value::Null);
+    let again = env.json(&[
+        "backup",
+        "create",
+        "--out",
+        env.path("again.swbak").to_str().expect("utf8"),
+        "--json",
+    ]);
+    assert_eq!(again["signer"], fp.as_str());
 }
 
 #[test]
@@ -372,11 +615,20 @@ fn damaged_wrong_key_and_newer_backups_are_refused_and_change_nothing() {
         &p(&keyed),
     ]);
     let newer = env.path("newer.swbak");
-    repack(&keyed, &key, &public, &newer, |_, m| {
+    repack(&keyed, &key, &public, &newer, Sign::As(&env), |_, m| {
         m["schema_version"] = 99.into();
         m["version"] = "9.0.0".into();
     });
-    let err = restore(&newer, &["--identity", key.to_str().expect("utf8")]);
+    let trusted = signer_of(&env);
+    let err = restore(
+        &newer,
+        &[
+            "--identity",
+            key.to_str().expect("utf8"),
+            "--trust-signer",
+            &trusted,
+        ],
+    );
     assert!(
         err.contains("newer sipward") && err.contains("schema 99"),
         "{err}"
@@ -439,7 +691,7 @@ fn old_epoch_backup(env: &Env) -> (PathBuf, PathBuf) {
         now.to_str().expect("utf8"),
     ]);
     let old = env.path("old.swbak");
-    repack(&now, &key, &public, &old, |dir, m| {
+    repack(&now, &key, &public, &old, Sign::As(env), |dir, m| {
         sh(&format!(
             "sqlite3 {} \"UPDATE meta SET value = '0' WHERE key = 'security_epoch'\"",
             q(&dir.join("sipward.db"))
@@ -475,22 +727,33 @@ fn an_old_epoch_backup_is_refused_and_reharden_fixes_every_weak_credential() {
     assert!(verified.contains("restore needs --reharden"), "{verified}");
 
     let copy = Env::new();
-    let err = copy.fails(&["backup", "restore", old_s, "--identity", id], 2);
+    let signer = signer_of(&env);
+    let trust = ["--trust-signer", signer.as_str()];
+    let err = copy.fails(
+        &[&["backup", "restore", old_s, "--identity", id][..], &trust].concat(),
+        2,
+    );
     assert!(
         err.contains("before security epoch 1") && err.contains("--reharden"),
         "{err}"
     );
     assert!(!copy.data.exists(), "a refused restore creates nothing");
 
-    let out = copy.json(&[
-        "backup",
-        "restore",
-        old_s,
-        "--identity",
-        id,
-        "--reharden",
-        "--json",
-    ]);
+    let out = copy.json(
+        &[
+            &[
+                "backup",
+                "restore",
+                old_s,
+                "--identity",
+                id,
+                "--reharden",
+                "--json",
+            ][..],
+            &trust,
+        ]
+        .concat(),
+    );
     let changes = out["hardening"].as_array().expect("changes");
     let subjects = |action: &str| -> Vec<String> {
         let mut v: Vec<String> = changes
@@ -560,6 +823,7 @@ fn an_interrupted_restore_leaves_the_data_dir_untouched() {
     let before = (state(&target), files_under(&target.data));
 
     // Killed while it re-hardens (after the first batch of Re-Generates).
+    let signer = signer_of(&env);
     let args = [
         "backup",
         "restore",
@@ -567,6 +831,8 @@ fn an_interrupted_restore_leaves_the_data_dir_untouched() {
         "--identity",
         key.to_str().expect("utf8"),
         "--reharden",
+        "--trust-signer",
+        &signer,
     ];
     let mut child = target.spawn(&args);
     let mut err = BufReader::new(child.stderr.take().expect("stderr"));
@@ -714,6 +980,13 @@ fn backup_settings_and_keys_are_checked() {
     .expect("config");
     let err = env.fails(&["ext", "list"], 2);
     assert!(err.contains("not an age recipient"), "{err}");
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        "[backup]\nrestore_max_bytes = 1000\n",
+    )
+    .expect("config");
+    let err = env.fails(&["ext", "list"], 2);
+    assert!(err.contains("restore_max_bytes must be at least"), "{err}");
     std::fs::remove_file(env.data.join("sipward.toml")).expect("rm");
     let err = env.fails(
         &[

@@ -40,8 +40,8 @@ fn call(
 ) -> u64 {
     let before = server.metric("sipward_calls_unrouted_total");
     let csv = format!(
-        "SEQUENTIAL\n{number};[authentication username={} password={}];{dialled}\n",
-        login.0, login.1
+        "SEQUENTIAL\n{number};{};{dialled}\n",
+        crate::peers::sipp_auth(&login.0, &login.1)
     );
     let run = sipp_from(
         "127.0.0.1",
@@ -277,8 +277,8 @@ fn a_call_between_two_extensions_goes_through_the_proxy() {
     let port = register_phone(&server, "127.0.0.3", "4002", &callee);
     let phone = SippServer::start(&env, "call_uas.xml", "127.0.0.3", port, 1);
     let csv = format!(
-        "SEQUENTIAL\n4001;[authentication username={} password={}];4002\n",
-        caller.0, caller.1
+        "SEQUENTIAL\n4001;{};4002\n",
+        crate::peers::sipp_auth(&caller.0, &caller.1)
     );
     let run = sipp_from(
         "127.0.0.2",
@@ -345,8 +345,8 @@ fn a_ringing_call_can_be_cancelled() {
     let port = register_phone(&server, "127.0.0.3", "4202", &callee);
     let phone = SippServer::start(&env, "cancel_uas.xml", "127.0.0.3", port, 1);
     let csv = format!(
-        "SEQUENTIAL\n4201;[authentication username={} password={}];4202\n",
-        caller.0, caller.1
+        "SEQUENTIAL\n4201;{};4202\n",
+        crate::peers::sipp_auth(&caller.0, &caller.1)
     );
     let run = sipp_from(
         "127.0.0.2",

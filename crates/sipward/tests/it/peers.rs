@@ -237,6 +237,22 @@ pub struct SippRun {
     pub errors: String,
 }
 
+/// The `[authentication ...]` keyword for a SIPp injection file, values quoted.
+///
+/// SIPp reads an unquoted keyword value that begins with `0x` as hex and sends the
+/// decoded bytes (`SendingMessage::getKeywordParam`): a generated password such as
+/// `0xA7...` (one in 62² of them) became other bytes, and that phone's REGISTER got a
+/// 401 for a wrong digest. A quoted value is taken as written, `\` escaping `"` and `\`
+/// (`]` would still end the keyword and `;` the field: generated passwords hold neither).
+pub fn sipp_auth(auth_id: &str, password: &str) -> String {
+    let quote = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+    format!(
+        "[authentication username=\"{}\" password=\"{}\"]",
+        quote(auth_id),
+        quote(password)
+    )
+}
+
 /// Runs a SIPp client scenario from `local_ip` (a loopback address) against `target`
 /// and reads its final statistics.
 #[allow(clippy::too_many_arguments)]

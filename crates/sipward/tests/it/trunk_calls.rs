@@ -44,8 +44,8 @@ fn dial(
 
 fn creds(number: &str, login: &(String, String), dialled: &str) -> String {
     format!(
-        "SEQUENTIAL\n{number};[authentication username={} password={}];{dialled}\n",
-        login.0, login.1
+        "SEQUENTIAL\n{number};{};{dialled}\n",
+        crate::peers::sipp_auth(&login.0, &login.1)
     )
 }
 
