@@ -1,0 +1,191 @@
+//! Attacks on issue 15's promise, from outside: a party holding an extension's old
+//! credentials (registered when they changed, or not) tries to keep what they reached.
+//! Raw UDP clients on loopback addresses are the attacker, the phone and the caller: the
+//! attacker's socket is the contact it binds, so a call that rings it arrives there.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use sip::digest::{Algorithm, ResponseInput, expected_response, ha1};
+
+use crate::harness::Env;
+use crate::peers::{Server, UdpClient};
+use crate::registrar::{Login, header, nonce_of, register, status};
+
+const ATTACKER: &str = "127.0.0.66";
+const PHONE: &str = "127.0.0.2";
+const CALLER: &str = "127.0.0.5";
+const OLD: &str = "Vq3Lx9TzKp2Wm7Rb";
+const NEW: &str = "Nq4Zt8LmXw2Kp7Rb";
+const CALLER_PW: &str = "Hx7Lq2Vb9TzKp4Wm";
+
+/// MD5 only (the raw clients compute it), and a grace window of `grace` seconds.
+fn config(grace: i64) -> String {
+    format!("[sip]\ndigest_algorithms = [\"MD5\"]\n[provisioning]\ngrace_secs = {grace}\n")
+}
+
+fn login<'a>(number: &'a str, auth_id: &'a str, password: &'a str) -> Login<'a> {
+    Login {
+        number,
+        auth_id,
+        realm: "sipward",
+        password,
+    }
+}
+
+/// Adds `number` with a known auth ID and password.
+fn add(env: &Env, number: &str, auth_id: &str, password: &str) {
+    env.ok(&[
+        "ext",
+        "add",
+        number,
+        "--auth-id",
+        auth_id,
+        "--password",
+        password,
+    ]);
+}
+
+/// Calls `f` every `every` until it holds or `deadline` passes; whether it held.
+/// (Waits at a pace the guard's flood limit does not mind.)
+fn poll(deadline: Duration, every: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if start.elapsed() >= deadline {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// A call to `callee` from a fresh client at [`CALLER`] (INVITE, 407, ACK, INVITE with
+/// credentials): the first answer to the authenticated INVITE (100 when the call was
+/// forked to a contact, 480 when there is none).
+fn call(server: &Server, who: &Login<'_>, callee: &str, call_id: &str) -> String {
+    let c = UdpClient::from_address(CALLER, server.sip, Duration::from_secs(3));
+    let invite = |cseq: u32, auth: &str| {
+        format!(
+            "INVITE sip:{callee}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{call_id}x{cseq};rport\r\n\
+             From: <sip:{n}@127.0.0.1>;tag=c{call_id}\r\nTo: <sip:{callee}@127.0.0.1>\r\nCall-ID: {call_id}\r\n\
+             CSeq: {cseq} INVITE\r\nContact: <sip:{n}@{local}>\r\nMax-Forwards: 70\r\n{auth}Content-Length: 0\r\n\r\n",
+            local = c.local,
+            n = who.number,
+        )
+    };
+    let challenge = c.request(&invite(1, "")).expect("407");
+    assert_eq!(status(&challenge), 407, "{challenge}");
+    let to = header(&challenge, "To")[0].to_owned();
+    c.send(&format!(
+        "ACK sip:{callee}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{call_id}x1;rport\r\n\
+         From: <sip:{n}@127.0.0.1>;tag=c{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\n\
+         CSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        local = c.local,
+        n = who.number,
+    ));
+    let nonce = nonce_of(header(&challenge, "Proxy-Authenticate")[0]);
+    let uri = format!("sip:{callee}@127.0.0.1");
+    let h = ha1(Algorithm::Md5, who.auth_id, who.realm, who.password);
+    let response = expected_response(
+        Algorithm::Md5,
+        &h,
+        &ResponseInput {
+            method: "INVITE",
+            uri: &uri,
+            nonce: &nonce,
+            qop_auth: Some(("00000001", "c0ffee")),
+        },
+    );
+    let auth = format!(
+        "Proxy-Authorization: Digest username=\"{}\", realm=\"{}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+         response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c0ffee\"\r\n",
+        who.auth_id, who.realm
+    );
+    c.request(&invite(2, &auth)).expect("answer")
+}
+
+/// Whether an INVITE of the call `call_id` reaches `phone` within its read timeout
+/// (other datagrams, such as retransmissions of earlier calls, are skipped).
+fn rang(phone: &UdpClient, call_id: &str) -> bool {
+    while let Some(m) = phone.receive() {
+        if m.starts_with("INVITE ") && header(&m, "Call-ID").contains(&call_id) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Stored registrations of `number` (what `ext show` lists).
+fn stored(env: &Env, number: &str) -> usize {
+    env.json(&["ext", "show", number, "--json"])["registrations"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+/// A REGISTER query (no Contact: it binds nothing) from `c` with `who`'s credentials:
+/// whether they were accepted.
+fn accepted(c: &UdpClient, who: &Login<'_>, n: &Cell<u32>) -> bool {
+    n.set(n.get() + 1);
+    status(&register(c, who, &format!("q{}", n.get()), 1, None, None)) == 200
+}
+
+#[test]
+fn a_binding_from_a_grace_source_does_not_outlive_the_grace_window() {
+    // The attacker registered with the stolen password before the operator changed it:
+    // its address becomes a grace source (it cannot be told from the phone). Once the
+    // window is over, its binding must go with it, as it goes from the store.
+    let env = Env::with_config(&config(3));
+    add(&env, "6201", "desk6201", OLD);
+    add(&env, "6202", "desk6202", CALLER_PW);
+    let server = env.serve();
+    let attacker = UdpClient::from_address(ATTACKER, server.sip, Duration::from_secs(2));
+    let stolen = login("6201", "desk6201", OLD);
+    let contact = format!("<sip:6201@{}>", attacker.local);
+    let reg = register(&attacker, &stolen, "atk", 1, Some(&contact), Some(3600));
+    assert_eq!(status(&reg), 200, "{reg}");
+    let caller = login("6202", "desk6202", CALLER_PW);
+
+    // Control: while the stolen password is the extension's, a call rings the attacker
+    // (so the check below can see a ring).
+    let a = call(&server, &caller, "6201", "before");
+    assert_eq!(status(&a), 100, "{a}");
+    assert!(
+        rang(&attacker, "before"),
+        "control: the attacker's phone rings"
+    );
+
+    env.ok(&["ext", "update", "6201", "--password", NEW]);
+    // The window ends: the old password is refused even from the grace source, and the
+    // store forgets the binding it kept.
+    let probe = UdpClient::from_address(ATTACKER, server.sip, Duration::from_secs(2));
+    let n = Cell::new(0);
+    assert!(
+        poll(Duration::from_secs(30), Duration::from_millis(500), || {
+            !accepted(&probe, &stolen, &n)
+        }),
+        "the old password is refused once the window is over\n{}",
+        server.log()
+    );
+    assert!(
+        poll(Duration::from_secs(10), Duration::from_millis(200), || {
+            stored(&env, "6201") == 0
+        }),
+        "the store let go of the window's binding"
+    );
+
+    // The hole: the running registrar still holds the binding (until its own expiry,
+    // up to registrar.max_expires later), so calls to 6201 still ring the attacker.
+    let dropped = poll(Duration::from_secs(10), Duration::from_millis(200), || {
+        server.metric("sipward_bindings") == 0
+    });
+    let a = call(&server, &caller, "6201", "after");
+    let rings = rang(&attacker, "after");
+    assert!(
+        dropped && !rings && status(&a) == 480,
+        "after the grace window ended, the binding it kept still lives in the registrar \
+         (bindings dropped: {dropped}; the attacker's phone rang: {rings}; answer: {a})"
+    );
+    server.stop();
+}
