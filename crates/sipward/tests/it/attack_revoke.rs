@@ -189,3 +189,154 @@ fn a_binding_from_a_grace_source_does_not_outlive_the_grace_window() {
     );
     server.stop();
 }
+
+#[test]
+fn a_phone_that_logs_in_with_the_new_password_ends_the_attackers_grace_binding() {
+    // The attacker and the phone were both registered with the old password when it
+    // changed: both addresses are grace sources. The phone's first login with the new
+    // password must end the window for the attacker too: no more rings, no old password.
+    let env = Env::with_config(&config(86_400));
+    add(&env, "6211", "desk6211", OLD);
+    add(&env, "6212", "desk6212", CALLER_PW);
+    let server = env.serve();
+    let stolen = login("6211", "desk6211", OLD);
+    let attacker = UdpClient::from_address(ATTACKER, server.sip, Duration::from_secs(2));
+    let contact = format!("<sip:6211@{}>", attacker.local);
+    let reg = register(&attacker, &stolen, "atk", 1, Some(&contact), Some(3600));
+    assert_eq!(status(&reg), 200, "{reg}");
+    let phone = UdpClient::from_address(PHONE, server.sip, Duration::from_secs(2));
+    let phone_contact = format!("<sip:6211@{}>", phone.local);
+    let reg = register(&phone, &stolen, "ph", 1, Some(&phone_contact), Some(3600));
+    assert_eq!(status(&reg), 200, "{reg}");
+    let caller = login("6212", "desk6212", CALLER_PW);
+
+    env.ok(&["ext", "update", "6211", "--password", NEW]);
+    // Control: inside the window, from its source, the old binding still rings (the
+    // promise keeps it for the phone, and the attacker cannot be told from it).
+    let a = call(&server, &caller, "6211", "inside");
+    assert_eq!(status(&a), 100, "{a}");
+    assert!(rang(&attacker, "inside"), "control: kept inside the window");
+
+    // The phone logs in with the new password (a new binding: durable before its 200),
+    // from a new socket (its old one is being rung).
+    let phone = UdpClient::from_address(PHONE, server.sip, Duration::from_secs(2));
+    let phone_contact = format!("<sip:6211@{}>", phone.local);
+    let fresh = login("6211", "desk6211", NEW);
+    let cseq = Cell::new(0);
+    assert!(
+        poll(Duration::from_secs(10), Duration::from_millis(300), || {
+            cseq.set(cseq.get() + 2);
+            let reg = register(
+                &phone,
+                &fresh,
+                "ph2",
+                cseq.get(),
+                Some(&phone_contact),
+                Some(3600),
+            );
+            status(&reg) == 200
+        }),
+        "the new password registers once the server has reloaded"
+    );
+    assert!(
+        poll(Duration::from_secs(10), Duration::from_millis(200), || {
+            server.metric("sipward_bindings") == 1
+        }),
+        "only the phone's new binding is left\n{}",
+        server.log()
+    );
+    let a = call(&server, &caller, "6211", "ended");
+    assert_eq!(status(&a), 100, "the phone's binding rings: {a}");
+    assert!(!rang(&attacker, "ended"), "the attacker's binding went");
+    let probe = UdpClient::from_address(ATTACKER, server.sip, Duration::from_secs(2));
+    assert!(
+        !accepted(&probe, &stolen, &Cell::new(0)),
+        "the old password is dead at the grace source too"
+    );
+    assert_eq!(stored(&env, "6211"), 1);
+    server.stop();
+}
+
+#[test]
+fn a_new_auth_id_kills_the_old_login_even_at_the_grace_source() {
+    // The old SIP login (old auth ID + old password) from where it was registered: the
+    // window keeps the provisioning login only, never the old auth ID.
+    let env = Env::with_config(&config(86_400));
+    add(&env, "6221", "desk6221", OLD);
+    add(&env, "6222", "desk6222", CALLER_PW);
+    let server = env.serve();
+    let stolen = login("6221", "desk6221", OLD);
+    let attacker = UdpClient::from_address(ATTACKER, server.sip, Duration::from_secs(2));
+    let contact = format!("<sip:6221@{}>", attacker.local);
+    let reg = register(&attacker, &stolen, "atk", 1, Some(&contact), Some(3600));
+    assert_eq!(status(&reg), 200, "{reg}");
+    let probe = UdpClient::from_address(ATTACKER, server.sip, Duration::from_secs(2));
+    let n = Cell::new(0);
+    assert!(
+        accepted(&probe, &stolen, &n),
+        "control: the old login works"
+    );
+
+    env.ok(&["ext", "update", "6221", "--auth-id", "moved6221"]);
+    assert!(
+        poll(Duration::from_secs(10), Duration::from_millis(300), || {
+            !accepted(&probe, &stolen, &n)
+        }),
+        "the old auth ID is refused at the grace source"
+    );
+    assert!(
+        poll(Duration::from_secs(10), Duration::from_millis(200), || {
+            server.metric("sipward_bindings") == 0 && stored(&env, "6221") == 0
+        }),
+        "the old login's binding goes from memory and from the store\n{}",
+        server.log()
+    );
+    let caller = login("6222", "desk6222", CALLER_PW);
+    let a = call(&server, &caller, "6221", "moved");
+    assert_eq!(status(&a), 480, "{a}");
+    assert!(!rang(&attacker, "moved"));
+    server.stop();
+    // Nor does it come back after a restart.
+    let server = env.serve();
+    assert_eq!(server.metric("sipward_bindings"), 0);
+    let a = call(&server, &caller, "6221", "restarted");
+    assert_eq!(status(&a), 480, "{a}");
+    server.stop();
+}
+
+#[test]
+fn a_number_removed_and_added_again_with_the_same_login_never_rings_the_old_phone() {
+    // Same number, same auth ID, same password, within one reload: only the credential
+    // generation tells the old binding from a new one.
+    let env = Env::with_config(&config(86_400));
+    add(&env, "6231", "desk6231", OLD);
+    add(&env, "6232", "desk6232", CALLER_PW);
+    let server = env.serve();
+    let stolen = login("6231", "desk6231", OLD);
+    let old_phone = UdpClient::from_address(ATTACKER, server.sip, Duration::from_secs(2));
+    let contact = format!("<sip:6231@{}>", old_phone.local);
+    let reg = register(&old_phone, &stolen, "old", 1, Some(&contact), Some(3600));
+    assert_eq!(status(&reg), 200, "{reg}");
+    let caller = login("6232", "desk6232", CALLER_PW);
+    let a = call(&server, &caller, "6231", "first");
+    assert_eq!(status(&a), 100, "{a}");
+    assert!(rang(&old_phone, "first"), "control: the old phone rings");
+
+    env.ok(&["ext", "remove", "6231"]);
+    add(&env, "6231", "desk6231", OLD);
+    assert_eq!(stored(&env, "6231"), 0, "ext show");
+    assert!(
+        poll(Duration::from_secs(10), Duration::from_millis(200), || {
+            server.metric("sipward_bindings") == 0
+        }),
+        "the old phone's binding goes\n{}",
+        server.log()
+    );
+    let a = call(&server, &caller, "6231", "again");
+    assert_eq!(status(&a), 480, "{a}");
+    assert!(!rang(&old_phone, "again"));
+    server.stop();
+    let server = env.serve();
+    assert_eq!(server.metric("sipward_bindings"), 0, "not after a restart");
+    server.stop();
+}
