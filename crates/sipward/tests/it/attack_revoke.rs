@@ -340,3 +340,56 @@ fn a_number_removed_and_added_again_with_the_same_login_never_rings_the_old_phon
     assert_eq!(server.metric("sipward_bindings"), 0, "not after a restart");
     server.stop();
 }
+
+#[test]
+fn a_second_change_inside_the_window_does_not_extend_the_oldest_password() {
+    // The attacker registered with the first stolen password; the operator changes it,
+    // and changes it again a little later (say, seeing the attacker still listed). The
+    // window of the first change must not be stretched by the second: the oldest
+    // password dies when its own window ends.
+    let env = Env::with_config(&config(4));
+    add(&env, "6241", "desk6241", OLD);
+    let server = env.serve();
+    let stolen = login("6241", "desk6241", OLD);
+    let attacker = UdpClient::from_address(ATTACKER, server.sip, Duration::from_secs(2));
+    let contact = format!("<sip:6241@{}>", attacker.local);
+    let reg = register(&attacker, &stolen, "atk", 1, Some(&contact), Some(3600));
+    assert_eq!(status(&reg), 200, "{reg}");
+
+    let first = env.json(&["ext", "regenerate", "6241", "--json"]);
+    let first_until = first["regenerated"][0]["grace"]["until"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("a window: {first}"));
+    std::thread::sleep(Duration::from_secs(2));
+    let second = env.json(&["ext", "regenerate", "6241", "--json"]);
+    let second_until = second["regenerated"][0]["grace"]["until"]
+        .as_i64()
+        .unwrap_or(0);
+    // Wait until the first window is over by the wall clock (the server's clock).
+    let epoch = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    };
+    assert!(poll(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || { epoch() > first_until }
+    ));
+    let probe = UdpClient::from_address(ATTACKER, server.sip, Duration::from_secs(2));
+    let alive = accepted(&probe, &stolen, &Cell::new(0));
+    // Control: the window is gone in the end (so the check above can fail).
+    assert!(poll(
+        Duration::from_secs(20),
+        Duration::from_millis(500),
+        || {
+            epoch() > second_until.max(first_until) && !accepted(&probe, &stolen, &Cell::new(100))
+        }
+    ));
+    assert!(
+        !alive,
+        "the first stolen password still worked after its window (ended {first_until}) \
+         because the second change moved it to {second_until}"
+    );
+    server.stop();
+}
