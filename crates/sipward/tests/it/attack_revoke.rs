@@ -393,3 +393,80 @@ fn a_second_change_inside_the_window_does_not_extend_the_oldest_password() {
     );
     server.stop();
 }
+
+/// Whether `ip` is in the stored ban list.
+fn banned(env: &Env, ip: &str) -> bool {
+    env.json(&["ban", "list", "--json"])
+        .as_array()
+        .expect("bans")
+        .iter()
+        .any(|b| b["source"] == ip)
+}
+
+#[test]
+fn an_address_only_named_in_a_contact_is_not_exempt_from_the_provisioning_ban() {
+    // Probes from where a phone is registered never ban SIP. The registrar's "known
+    // hosts" also count every Contact host, which the registering party chooses: an
+    // attacker with any account names its prober's address in a Contact, and that
+    // address (which never registered nor logged in) probes provisioning logins
+    // without ever being banned.
+    let env = Env::with_config(
+        "[sip]\ndigest_algorithms = [\"MD5\"]\n[provisioning]\nbase_url = \"http://pbx.example.com:8080\"\n",
+    );
+    env.ok(&[
+        "ext",
+        "add",
+        "6301",
+        "--auth-id",
+        "desk6301",
+        "--password",
+        OLD,
+        "--mac",
+        "001565aabb31",
+        "--model",
+        "Yealink T46U",
+    ]);
+    add(&env, "6302", "desk6302", CALLER_PW);
+    let shown = env.json(&["ext", "show", "6301", "--reveal", "--json"]);
+    let user = shown["provisioning"]["user"]
+        .as_str()
+        .expect("user")
+        .to_owned();
+    let path = shown["provisioning"]["path"]
+        .as_str()
+        .expect("path")
+        .to_owned();
+    let server = env.serve();
+    let (account, prober, stranger) = ("127.0.0.7", "127.0.0.88", "127.0.0.89");
+    let c = UdpClient::from_address(account, server.sip, Duration::from_secs(2));
+    let own = login("6302", "desk6302", CALLER_PW);
+    let named = format!("<sip:6302@{prober}:5060>");
+    let reg = register(&c, &own, "named", 1, Some(&named), Some(3600));
+    assert_eq!(status(&reg), 200, "{reg}");
+
+    let url = format!("http://{}/prov/{path}/{user}.cfg", server.http);
+    let wrong = |from: &str, i: usize| {
+        let guess = format!("{user}:wrong-{i}");
+        crate::regenerate::curl(&["--interface", from, "--digest", "-u", &guess], &url).0
+    };
+    // Control: a stranger's ten wrong logins ban it.
+    let codes: Vec<u16> = (0..10).map(|i| wrong(stranger, i)).collect();
+    assert_eq!(codes[9], 403, "{codes:?}");
+    assert!(
+        poll(Duration::from_secs(10), Duration::from_millis(200), || {
+            banned(&env, stranger)
+        }),
+        "control: a stranger is banned"
+    );
+    // The prober, named only in another party's Contact, the same.
+    let codes: Vec<u16> = (0..10).map(|i| wrong(prober, i)).collect();
+    assert_eq!(codes[9], 403, "{codes:?}");
+    assert!(
+        poll(Duration::from_secs(10), Duration::from_millis(200), || {
+            banned(&env, prober)
+        }),
+        "an address that only appears as a Contact host escaped the provisioning ban\n{}",
+        server.log()
+    );
+    server.stop();
+}
