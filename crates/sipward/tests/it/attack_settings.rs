@@ -72,3 +72,39 @@ fn off_spelled_any_other_way_is_refused() {
             .any(|(r, _)| r == "config.flood_limits_off")
     );
 }
+
+#[test]
+fn every_ban_shortened_to_a_minute_is_a_finding() {
+    // `ban_secs` below ten minutes is reported; the other bans may each be cut from a
+    // day or a week to a minute (their range allows 60 s) and the audit says nothing:
+    // a provisioning prober (ten guesses, then a day's ban by default) is back every
+    // minute, a decoy or scanner hit costs a minute instead of a week, and repeat
+    // offenders are never held longer.
+    let env = Env::with_config("[guard]\nban_secs = 60\n");
+    let control = config_rules(&env.json(&["audit", "--json"]));
+    assert!(
+        control.iter().any(|(_, f)| f == "guard.ban_secs"),
+        "control: a short ban_secs is reported: {control:?}"
+    );
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        "[guard]\nprovisioning_ban_secs = 60\ndecoy_ban_secs = 60\nscanner_ban_secs = 60\n\
+         flood_ban_secs = 60\nrepeat_ban_secs = 60\n",
+    )
+    .expect("config");
+    let found = config_rules(&env.json(&["audit", "--json"]));
+    let missing: Vec<&str> = [
+        "guard.provisioning_ban_secs",
+        "guard.decoy_ban_secs",
+        "guard.scanner_ban_secs",
+        "guard.flood_ban_secs",
+        "guard.repeat_ban_secs",
+    ]
+    .into_iter()
+    .filter(|field| !found.iter().any(|(_, f)| f == field))
+    .collect();
+    assert!(
+        missing.is_empty(),
+        "bans cut to a minute that audit does not report: {missing:?} (found {found:?})"
+    );
+}
