@@ -108,3 +108,23 @@ fn every_ban_shortened_to_a_minute_is_a_finding() {
         "bans cut to a minute that audit does not report: {missing:?} (found {found:?})"
     );
 }
+
+#[test]
+fn a_registration_interval_has_a_ceiling() {
+    // Out-of-range values are refused at load. `registrar.max_expires` has none: a
+    // binding may be granted for 136 years, and a binding lives in the running
+    // registrar until its own expiry once no reload drops it.
+    let env = Env::with_config("[registrar]\nmax_expires = 86400\n");
+    env.ok(&["ext", "list"]);
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        "[registrar]\nmin_expires = 60\nmax_expires = 4294967295\ndefault_expires = 4294967295\n",
+    )
+    .expect("config");
+    let r = env.run(&["ext", "list"]);
+    assert_eq!(
+        r.code, 2,
+        "registrar.max_expires = 4294967295 (136 years) was taken: {}{}",
+        r.stdout, r.stderr
+    );
+}
