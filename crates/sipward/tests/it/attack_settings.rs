@@ -128,3 +128,41 @@ fn a_registration_interval_has_a_ceiling() {
         r.stdout, r.stderr
     );
 }
+
+#[test]
+fn a_backup_passphrase_file_others_may_read_is_refused() {
+    // The SMTP password's file must be 0600; the backup passphrase (which opens every
+    // backup, and with it every sealed SIP password) is read from a file of any mode.
+    let env = Env::with_config("");
+    let chmod = |p: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    let secret = env.path("open.secret");
+    std::fs::write(&secret, "Backup-Passphrase-Open-To-All-42\n").expect("secret");
+    chmod(&secret, 0o644);
+    // Control: the same file as the SMTP password's is refused.
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        format!(
+            "[mail]\nsmtp_host = \"127.0.0.1\"\nfrom = \"pbx@example.com\"\nusername = \"pbx\"\npassword_file = \"{}\"\n",
+            secret.display()
+        ),
+    )
+    .expect("config");
+    let err = env.fails(&["ext", "list"], 2);
+    assert!(err.contains("0644"), "{err}");
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        format!(
+            "[backup]\ninterval_secs = 86400\npassphrase_file = \"{}\"\n",
+            secret.display()
+        ),
+    )
+    .expect("config");
+    let r = env.run(&["ext", "list"]);
+    assert_eq!(
+        r.code, 2,
+        "a world-readable backup passphrase file was taken: {}{}",
+        r.stdout, r.stderr
+    );
+}
