@@ -470,3 +470,65 @@ fn an_address_only_named_in_a_contact_is_not_exempt_from_the_provisioning_ban() 
     );
     server.stop();
 }
+
+#[test]
+fn a_gateways_registration_is_durable_like_an_extensions() {
+    // A new binding is in the store before its 200, so a restart keeps it. The bindings
+    // table now belongs to extensions only: the row of a gateway's registration is
+    // refused by the store, yet the gateway got its 200.
+    let env = Env::with_config(&config(86_400));
+    add(&env, "6401", "desk6401", OLD);
+    env.ok(&[
+        "gateway",
+        "add",
+        "gw64",
+        "--vendor",
+        "patton",
+        "--ext",
+        "6490",
+        "--auth-id",
+        "gw64in",
+        "--password",
+        CALLER_PW,
+        "--host",
+        "127.0.0.64",
+    ]);
+    let server = env.serve();
+    let phone = UdpClient::from_address(PHONE, server.sip, Duration::from_secs(2));
+    let contact = format!("<sip:6401@{}>", phone.local);
+    let reg = register(
+        &phone,
+        &login("6401", "desk6401", OLD),
+        "ph",
+        1,
+        Some(&contact),
+        Some(3600),
+    );
+    assert_eq!(status(&reg), 200, "{reg}");
+    let gw = UdpClient::from_address("127.0.0.64", server.sip, Duration::from_secs(2));
+    let contact = format!("<sip:6490@{}>", gw.local);
+    let reg = register(
+        &gw,
+        &login("6490", "gw64in", CALLER_PW),
+        "gw",
+        1,
+        Some(&contact),
+        Some(3600),
+    );
+    assert_eq!(status(&reg), 200, "{reg}");
+    assert_eq!(server.metric("sipward_bindings"), 2);
+    server.stop();
+    let server = env.serve();
+    // Control: the extension's binding came back.
+    assert_eq!(
+        stored(&env, "6401"),
+        1,
+        "control: the extension's binding is stored"
+    );
+    assert_eq!(
+        server.metric("sipward_bindings"),
+        2,
+        "the gateway's registration, answered 200, did not survive a restart"
+    );
+    server.stop();
+}
