@@ -532,3 +532,89 @@ fn a_gateways_registration_is_durable_like_an_extensions() {
     );
     server.stop();
 }
+
+/// Fetches the phone's Yealink file `mac`.cfg with the provisioning `password` from
+/// `from`: the status and the body.
+fn fetch(server: &Server, path: &str, mac: &str, from: &str, password: &str) -> (u16, String) {
+    let url = format!("http://{}/prov/{path}/{mac}.cfg", server.http);
+    let user = format!("{mac}:{password}");
+    crate::regenerate::curl(&["--interface", from, "--digest", "-u", &user], &url)
+}
+
+#[test]
+fn an_attacker_registered_at_regenerate_cannot_fetch_the_new_file_with_the_old_login() {
+    // The attacker holds an old welcome mail (SIP password and, as mails used to, the
+    // provisioning login) and is registered with it when the operator presses
+    // Re-Generate: its address becomes a grace source. The grace window exists so that
+    // the phone can fetch its new file with the login it has; it must not hand the new
+    // password to an address that never fetched the phone's file.
+    let env = Env::with_config(
+        "[sip]\ndigest_algorithms = [\"MD5\"]\n[provisioning]\nserver = \"pbx.example.com\"\n\
+         base_url = \"http://pbx.example.com:8080\"\n",
+    );
+    let mac = "001565aabb51";
+    env.ok(&[
+        "ext",
+        "add",
+        "6501",
+        "--auth-id",
+        "desk6501",
+        "--password",
+        OLD,
+        "--mac",
+        mac,
+        "--model",
+        "Yealink T46U",
+    ]);
+    let shown = env.json(&["ext", "show", "6501", "--reveal", "--json"]);
+    let l1 = shown["provisioning"]["password"]
+        .as_str()
+        .expect("login")
+        .to_owned();
+    let path = shown["provisioning"]["path"]
+        .as_str()
+        .expect("path")
+        .to_owned();
+    let server = env.serve();
+    // The phone fetches its file and registers from its address.
+    assert_eq!(fetch(&server, &path, mac, PHONE, &l1).0, 200);
+    let phone = UdpClient::from_address(PHONE, server.sip, Duration::from_secs(2));
+    let contact = format!("<sip:6501@{}>", phone.local);
+    let old = login("6501", "desk6501", OLD);
+    assert_eq!(
+        status(&register(&phone, &old, "ph", 1, Some(&contact), Some(3600))),
+        200
+    );
+    // The attacker registers with the mail's password from its own address.
+    let attacker = UdpClient::from_address(ATTACKER, server.sip, Duration::from_secs(2));
+    let contact = format!("<sip:6501@{}>", attacker.local);
+    assert_eq!(
+        status(&register(
+            &attacker,
+            &old,
+            "atk",
+            1,
+            Some(&contact),
+            Some(3600)
+        )),
+        200
+    );
+
+    let regenerated = env.json(&["ext", "regenerate", "6501", "--json"]);
+    let p2 = regenerated["regenerated"][0]["password"]
+        .as_str()
+        .expect("p2")
+        .to_owned();
+    // Control: the phone re-provisions with its login from where it fetched before.
+    let (code, body) = fetch(&server, &path, mac, PHONE, &l1);
+    assert_eq!(code, 200, "control: the phone gets its new file: {body}");
+    assert!(body.contains(&p2));
+    // The attacker, from its grace address, with the mail's login.
+    let (code, body) = fetch(&server, &path, mac, ATTACKER, &l1);
+    assert!(
+        code != 200 && !body.contains(&p2),
+        "the old provisioning login handed the new SIP password ({code}) to an address that \
+         only registered with the stolen password and never fetched the phone's file"
+    );
+    server.stop();
+}
