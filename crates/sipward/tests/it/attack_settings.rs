@@ -166,3 +166,31 @@ fn a_backup_passphrase_file_others_may_read_is_refused() {
         r.stdout, r.stderr
     );
 }
+
+#[test]
+fn wider_trust_for_logged_in_sources_is_a_finding() {
+    // A source where any account once logged in gets `trusted_factor` times the flood
+    // limits, and its failures for that account stop counting, for `trusted_secs`.
+    // Raising either (up to 1000× and 30 days) widens the door for whoever holds one
+    // account, and the audit says nothing.
+    let env = Env::with_config("[guard]\nflood_requests = 5000\nflood_window_secs = 10\n");
+    let control = config_rules(&env.json(&["audit", "--json"]));
+    assert!(
+        control.iter().any(|(_, f)| f == "guard.flood_requests"),
+        "control: a flood limit raised 100× is reported: {control:?}"
+    );
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        "[guard]\ntrusted_factor = 1000\ntrusted_secs = 2592000\n",
+    )
+    .expect("config");
+    let found = config_rules(&env.json(&["audit", "--json"]));
+    let missing: Vec<&str> = ["guard.trusted_factor", "guard.trusted_secs"]
+        .into_iter()
+        .filter(|field| !found.iter().any(|(_, f)| f == field))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "trust widened without a finding: {missing:?} (found {found:?})"
+    );
+}
