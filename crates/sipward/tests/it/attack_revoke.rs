@@ -618,3 +618,33 @@ fn an_attacker_registered_at_regenerate_cannot_fetch_the_new_file_with_the_old_l
     );
     server.stop();
 }
+
+#[test]
+fn a_new_auth_id_made_while_the_server_is_down_lists_no_old_registration() {
+    // The old auth ID is dead at once, even at the grace source (the window keeps only
+    // the provisioning login). Made while the server is stopped, the change leaves the
+    // old login's binding in the store as "current": the grace row's generation backs
+    // it whatever its auth ID, so `ext show` lists the attacker as the extension's
+    // registration (and, by the code, the next start's guard trusts its address for
+    // the new auth ID before the reconcile drops the binding; not shown here).
+    let env = Env::with_config(&config(86_400));
+    add(&env, "6601", "desk6601", OLD);
+    let server = env.serve();
+    let attacker = UdpClient::from_address(ATTACKER, server.sip, Duration::from_secs(2));
+    let contact = format!("<sip:6601@{}>", attacker.local);
+    let stolen = login("6601", "desk6601", OLD);
+    let reg = register(&attacker, &stolen, "atk", 1, Some(&contact), Some(3600));
+    assert_eq!(status(&reg), 200, "{reg}");
+    server.stop();
+    assert_eq!(stored(&env, "6601"), 1, "control: stored and listed");
+
+    env.ok(&["ext", "update", "6601", "--auth-id", "moved6601"]);
+    let listed = stored(&env, "6601");
+    let server = env.serve();
+    assert_eq!(server.metric("sipward_bindings"), 0, "not loaded as live");
+    server.stop();
+    assert_eq!(
+        listed, 0,
+        "ext show lists the old auth ID's registration after the auth ID changed"
+    );
+}
