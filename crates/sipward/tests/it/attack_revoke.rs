@@ -648,3 +648,58 @@ fn a_new_auth_id_made_while_the_server_is_down_lists_no_old_registration() {
         "ext show lists the old auth ID's registration after the auth ID changed"
     );
 }
+
+#[test]
+fn the_old_provisioning_login_dies_with_the_window_even_from_its_source() {
+    // The window's clock alone (no new login from the phone) must end the old
+    // provisioning login at the grace source, as it ends the old SIP password.
+    let env = Env::with_config(
+        "[sip]\ndigest_algorithms = [\"MD5\"]\n[provisioning]\nserver = \"pbx.example.com\"\n\
+         base_url = \"http://pbx.example.com:8080\"\ngrace_secs = 3\n",
+    );
+    let mac = "001565aabb71";
+    env.ok(&[
+        "ext",
+        "add",
+        "6701",
+        "--auth-id",
+        "desk6701",
+        "--password",
+        OLD,
+        "--mac",
+        mac,
+        "--model",
+        "Yealink T46U",
+    ]);
+    let shown = env.json(&["ext", "show", "6701", "--reveal", "--json"]);
+    let l1 = shown["provisioning"]["password"]
+        .as_str()
+        .expect("login")
+        .to_owned();
+    let path = shown["provisioning"]["path"]
+        .as_str()
+        .expect("path")
+        .to_owned();
+    let server = env.serve();
+    let phone = UdpClient::from_address(PHONE, server.sip, Duration::from_secs(2));
+    let contact = format!("<sip:6701@{}>", phone.local);
+    let old = login("6701", "desk6701", OLD);
+    assert_eq!(
+        status(&register(&phone, &old, "ph", 1, Some(&contact), Some(3600))),
+        200
+    );
+    env.ok(&["ext", "regenerate", "6701"]);
+    // Control: inside the window, from the phone's address, the old login works.
+    assert_eq!(fetch(&server, &path, mac, PHONE, &l1).0, 200);
+    let probe = UdpClient::from_address(PHONE, server.sip, Duration::from_secs(2));
+    let n = Cell::new(0);
+    assert!(
+        poll(Duration::from_secs(30), Duration::from_millis(500), || {
+            !accepted(&probe, &old, &n)
+        }),
+        "the SIP window ends"
+    );
+    let (code, body) = fetch(&server, &path, mac, PHONE, &l1);
+    assert_eq!(code, 401, "the old login after its window: {body}");
+    server.stop();
+}
