@@ -703,3 +703,67 @@ fn the_old_provisioning_login_dies_with_the_window_even_from_its_source() {
     assert_eq!(code, 401, "the old login after its window: {body}");
     server.stop();
 }
+
+#[test]
+fn a_mail_whose_sender_died_mid_send_is_never_sent_after_the_password_changed() {
+    use crate::peers::{SMTP_PASSWORD, Smtp, free_port, require};
+    use crate::regenerate::mail_field;
+    let env = Env::new();
+    let smtp = Smtp::start(&env);
+    env.ok(&["ext", "list"]);
+    // SMTP down: the Re-Generate mails wait.
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        format!(
+            "[mail]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\nfrom = \"pbx@example.com\"\ntimeout_secs = 2\n",
+            free_port()
+        ),
+    )
+    .expect("config");
+    env.ok(&["ext", "add", "6801", "--email", "victim@example.com"]);
+    env.ok(&["ext", "add", "6802", "--email", "other@example.com"]);
+    let first = env.json(&["ext", "regenerate", "6801", "--json"]);
+    let p1 = first["regenerated"][0]["password"]
+        .as_str()
+        .expect("p1")
+        .to_owned();
+    env.ok(&["ext", "regenerate", "6802"]);
+    // Both mails were claimed by senders that died mid-send: `sending`, lease run out.
+    let sqlite3 = require("sqlite3", "sqlite3");
+    let db = env.data.join("sipward.db");
+    let done = std::process::Command::new(sqlite3)
+        .arg(&db)
+        .arg(
+            "UPDATE outbox SET state = 'sending', lease_until = 1, next_attempt_at = 0 \
+             WHERE state = 'queued' AND number IN ('6801', '6802')",
+        )
+        .status()
+        .expect("sqlite3");
+    assert!(done.success());
+    // The password changes while 6801's mail is in that state.
+    env.ok(&["ext", "update", "6801", "--password", NEW]);
+
+    std::fs::write(env.data.join("sipward.toml"), smtp.config(SMTP_PASSWORD)).expect("config");
+    env.ok(&["mail", "send"]);
+    let delivered = smtp.messages();
+    // Control: the other dead sender's mail is picked up again and delivered.
+    assert!(
+        delivered
+            .iter()
+            .any(|m| m.starts_with("X-Test-Envelope-To: other@example.com")),
+        "control: a lapsed claim is sent: {delivered:?}"
+    );
+    let to_victim: Vec<&String> = delivered
+        .iter()
+        .filter(|m| m.starts_with("X-Test-Envelope-To: victim@example.com"))
+        .collect();
+    assert!(
+        to_victim.iter().all(|m| !m.contains(&p1)),
+        "the mail with the replaced password was sent"
+    );
+    assert_eq!(to_victim.len(), 1, "one mail, with what holds now");
+    assert_eq!(
+        mail_field(to_victim[0], "SIP password:").as_deref(),
+        Some(NEW)
+    );
+}
