@@ -767,3 +767,72 @@ fn a_mail_whose_sender_died_mid_send_is_never_sent_after_the_password_changed() 
         Some(NEW)
     );
 }
+
+/// A REGISTER query with `password` for `who`: the final status, or None when the
+/// server does not answer (a banned source).
+fn try_login(c: &UdpClient, who: &Login<'_>, password: &str, call_id: &str) -> Option<u16> {
+    use crate::registrar::{authorization, register_text};
+    let challenge = c.request(&register_text(c, who.number, 1, call_id, None, None, ""))?;
+    if status(&challenge) != 401 {
+        return Some(status(&challenge));
+    }
+    let nonce = nonce_of(header(&challenge, "WWW-Authenticate")[0]);
+    let auth = authorization(who.auth_id, who.realm, password, &nonce);
+    c.request(&register_text(c, who.number, 2, call_id, None, None, &auth))
+        .map(|a| status(&a))
+}
+
+#[test]
+fn trust_earned_with_the_old_password_does_not_outlive_it() {
+    // A source where an auth ID logged in is trusted for it (a week): its failures for
+    // that auth ID are not counted, and the per-account lockout does not apply there.
+    // The attacker once logged in with the stolen password (a query: no binding, so no
+    // grace window); after the change, that trust lets it guess the new password
+    // without ever being banned.
+    let env = Env::with_config(&config(86_400));
+    add(&env, "6901", "desk6901", OLD);
+    let server = env.serve();
+    let who = login("6901", "desk6901", OLD);
+    let attacker = UdpClient::from_address(ATTACKER, server.sip, Duration::from_secs(1));
+    assert_eq!(try_login(&attacker, &who, OLD, "a0"), Some(200));
+
+    env.ok(&["ext", "update", "6901", "--password", NEW]);
+    let n = Cell::new(0);
+    assert!(
+        poll(Duration::from_secs(10), Duration::from_millis(300), || {
+            n.set(n.get() + 1);
+            try_login(&attacker, &who, OLD, &format!("r{}", n.get())) != Some(200)
+        }),
+        "the old password is refused"
+    );
+
+    // Control: a source that never logged in is banned after ten wrong guesses.
+    let stranger = "127.0.0.67";
+    let other = UdpClient::from_address(stranger, server.sip, Duration::from_secs(1));
+    for i in 0..10 {
+        let _ = try_login(&other, &who, &format!("Guess-{i}-x9Kq"), &format!("s{i}"));
+    }
+    assert_eq!(
+        try_login(&other, &who, NEW, "s-right"),
+        None,
+        "control: the stranger is banned, even with the right password"
+    );
+
+    // The attacker guesses thirty times, then sends the right password.
+    for i in 0..30 {
+        let _ = try_login(
+            &attacker,
+            &who,
+            &format!("Guess-{i}-x9Kq"),
+            &format!("g{i}"),
+        );
+    }
+    let last = try_login(&attacker, &who, NEW, "g-right");
+    assert_ne!(
+        last,
+        Some(200),
+        "thirty wrong guesses after the change, then the new password answered 200: the \
+         trust the stolen password earned outlived it"
+    );
+    server.stop();
+}
