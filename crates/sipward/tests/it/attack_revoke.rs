@@ -356,21 +356,26 @@ fn a_second_change_inside_the_window_does_not_extend_the_oldest_password() {
     let reg = register(&attacker, &stolen, "atk", 1, Some(&contact), Some(3600));
     assert_eq!(status(&reg), 200, "{reg}");
 
-    let first = env.json(&["ext", "regenerate", "6241", "--json"]);
-    let first_until = first["regenerated"][0]["grace"]["until"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("a window: {first}"));
-    std::thread::sleep(Duration::from_secs(2));
-    let second = env.json(&["ext", "regenerate", "6241", "--json"]);
-    let second_until = second["regenerated"][0]["grace"]["until"]
-        .as_i64()
-        .unwrap_or(0);
-    // Wait until the first window is over by the wall clock (the server's clock).
     let epoch = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64)
     };
+    let first = env.json(&["ext", "regenerate", "6241", "--json"]);
+    let first_until = first["regenerated"][0]["grace"]["until"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("a window: {first}"));
+    // Halfway through the first window (by the wall clock, the server's), the second.
+    assert!(poll(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || { epoch() >= first_until - 2 }
+    ));
+    let second = env.json(&["ext", "regenerate", "6241", "--json"]);
+    let second_until = second["regenerated"][0]["grace"]["until"]
+        .as_i64()
+        .unwrap_or(0);
+    // Wait until the first window is over by the wall clock.
     assert!(poll(
         Duration::from_secs(20),
         Duration::from_millis(100),
