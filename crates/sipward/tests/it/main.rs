@@ -1,5 +1,7 @@
 //! End-to-end tests: the real `sipward` binary on temporary data dirs.
 
+mod attack_revoke;
+mod attack_settings;
 mod attacks;
 mod backup;
 mod bad_input;
