@@ -240,6 +240,29 @@ fn guard(r: &mut Report, g: &BanPolicy) {
             );
         }
     }
+    if g.trusted_factor > d.trusted_factor {
+        r.push(
+            Check::TrustWide,
+            Severity::Warning,
+            "guard.trusted_factor",
+            format!(
+                "a source where any account logged in may send {}× the flood limits (the default allows {}×): whoever holds one account gets that much room",
+                g.trusted_factor, d.trusted_factor
+            ),
+        );
+    }
+    if g.trusted_secs > d.trusted_secs {
+        r.push(
+            Check::TrustWide,
+            Severity::Warning,
+            "guard.trusted_secs",
+            format!(
+                "a source stays trusted for {} days after a login (the default is {}): its failures for that account go uncounted that long",
+                g.trusted_secs / 86_400,
+                d.trusted_secs / 86_400
+            ),
+        );
+    }
     if g.extension_failures == 0 {
         r.push(
             Check::ExtensionLockoutOff,
@@ -442,6 +465,8 @@ mod tests {
             scanner_ban_secs: 60,
             flood_ban_secs: 60,
             repeat_ban_secs: 60,
+            trusted_factor: 1000,
+            trusted_secs: 30 * 86_400,
             ..BanPolicy::default()
         };
         let p = PolicyConfig {
@@ -485,6 +510,8 @@ mod tests {
             "config.bans_short warning guard.scanner_ban_secs",
             "config.bans_short warning guard.flood_ban_secs",
             "config.bans_short warning guard.repeat_ban_secs",
+            "config.trust_wide warning guard.trusted_factor",
+            "config.trust_wide warning guard.trusted_secs",
             "config.min_password_length_low warning policy.min_password_length",
             "config.default_class_wide warning dialplan.default_user_class",
             "config.grace_long warning provisioning.grace_secs",
@@ -495,7 +522,7 @@ mod tests {
         ] {
             assert!(got.iter().any(|g| g == want), "missing {want}: {got:#?}");
         }
-        assert_eq!(got.len(), 23, "{got:#?}");
+        assert_eq!(got.len(), 25, "{got:#?}");
         let f = findings(&s);
         assert!(
             f.windows(2).all(|w| w[0].severity >= w[1].severity),
