@@ -74,6 +74,9 @@ impl Registry {
             let open = store::grace::get_grace(conn, &row.number)
                 .await?
                 .filter(|g| g.expires_at > now && g.auth_id == old.auth_id);
+            // A window still open keeps its own end: a second change must not stretch
+            // the life of the oldest password (the one most likely to have leaked).
+            let reopened = open.is_some();
             let mut grace = match open {
                 Some(g) => g,
                 None => {
@@ -103,7 +106,9 @@ impl Registry {
                 .map(IpAddr::to_string)
                 .collect::<Vec<_>>()
                 .join(",");
-            grace.expires_at = now + grace_secs;
+            if !reopened {
+                grace.expires_at = now + grace_secs;
+            }
             // Only the window's auth ID can use the old password: with a new auth ID
             // the old SIP login is dead at once (the provisioning login is by MAC).
             grace.auth_id = old.auth_id.clone();
