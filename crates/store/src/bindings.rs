@@ -29,8 +29,12 @@ pub struct BindingRow {
 /// The condition that a binding `b` is still backed by credentials that exist.
 /// (`$1` is now; absent rows compare as -1, which no generation is, so the condition is
 /// never NULL.)
+/// A grace window backs old bindings only while its auth ID is the extension's: a new
+/// auth ID kills the old SIP login at once (the window then keeps only the provisioning
+/// login), so nothing made with it is listed, loaded or written again.
 const CURRENT: &str = "(b.generation = coalesce((SELECT e.credential_generation FROM extensions e WHERE e.number = b.number), -1) \
-     OR b.generation = coalesce((SELECT g.generation FROM credential_grace g WHERE g.number = b.number AND g.expires_at > $1), -1))";
+     OR b.generation = coalesce((SELECT g.generation FROM credential_grace g JOIN extensions e ON e.number = g.number \
+     WHERE g.number = b.number AND g.expires_at > $1 AND g.auth_id = e.auth_id), -1))";
 
 const COLUMNS: &str =
     "b.number, b.contact, b.call_id, b.cseq, b.expires_at, b.source, b.transport, b.generation";
@@ -94,7 +98,8 @@ pub async fn replace_bindings(
             "INSERT INTO bindings (number, contact, call_id, cseq, expires_at, source, transport, generation) \
              SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE \
              EXISTS (SELECT 1 FROM extensions e WHERE e.number = $1 AND e.credential_generation = $8) \
-             OR EXISTS (SELECT 1 FROM credential_grace g WHERE g.number = $1 AND g.generation = $8 AND g.expires_at > $9)",
+             OR EXISTS (SELECT 1 FROM credential_grace g JOIN extensions e ON e.number = g.number \
+             WHERE g.number = $1 AND g.generation = $8 AND g.expires_at > $9 AND g.auth_id = e.auth_id)",
         )
         .bind(&b.number)
         .bind(&b.contact)
