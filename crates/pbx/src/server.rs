@@ -282,6 +282,8 @@ async fn reload_loop(
 ) {
     let mut tick = tokio::time::interval(RELOAD_EVERY);
     let mut kernel_generation = None;
+    // The next grace window to end by time: no reload marks it, so the loop watches.
+    let mut next_grace_end = endpoint.directory.get().next_grace_end(clock.now());
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -332,6 +334,21 @@ async fn reload_loop(
             registry_moved = true;
             let _ = load_trunks(&registry, &endpoint).await;
         }
+        let now = clock.now();
+        if registry_moved {
+            next_grace_end = endpoint.directory.get().next_grace_end(now);
+        } else if next_grace_end.is_some_and(|end| now >= end) {
+            // A window ended by time: the bindings it kept go from memory as they go
+            // from the store (the flush's sweep), so calls stop ringing them.
+            let dropped = reconcile_bindings(&endpoint, now);
+            if !dropped.is_empty() {
+                eprintln!(
+                    "{}",
+                    serde_json::json!({"event": "grace_ended", "bindings_dropped": dropped})
+                );
+            }
+            next_grace_end = endpoint.directory.get().next_grace_end(now);
+        }
         if let Ok(v) = gq::guard_version(&mut conn).await
             && (v != versions.1 || registry_moved)
             && load_guard(&mut conn, &endpoint, clock.now(), true)
@@ -362,22 +379,29 @@ pub fn apply_directory(endpoint: &Endpoint, dir: Directory, now: i64) -> Reloade
     let old = endpoint.directory.get();
     let revoked = old.revocations(&dir);
     endpoint.directory.replace(dir);
+    let bindings_dropped = reconcile_bindings(endpoint, now);
+    Reloaded {
+        revoked,
+        bindings_dropped,
+    }
+}
+
+/// Drops every binding the directory in force no longer backs at `now` (changed or
+/// removed credentials, grace windows ended by time); the numbers that lost bindings.
+pub fn reconcile_bindings(endpoint: &Endpoint, now: i64) -> Vec<String> {
     let current = endpoint.directory.get();
-    let bindings_dropped = endpoint.registrar.reconcile(|n, b| {
+    let dropped = endpoint.registrar.reconcile(|n, b| {
         current
             .by_number(n)
             .is_some_and(|a| a.backs(b.generation, b.flow.remote.ip(), now))
     });
-    if !bindings_dropped.is_empty() {
+    if !dropped.is_empty() {
         endpoint
             .metrics
             .bindings
             .store(endpoint.registrar.binding_count() as u64, Ordering::Relaxed);
     }
-    Reloaded {
-        revoked,
-        bindings_dropped,
-    }
+    dropped
 }
 
 /// The security event for one revocation (one JSON line).
