@@ -124,11 +124,14 @@ pub async fn bind(
     let guard = Arc::new(Guard::new(cfg.bans.clone(), metrics.clone()));
     guard.set_registrations(registrar.clone());
     let dir = directory.get();
+    // (Only bindings made with the account's current credentials: a grace window's
+    // old password earns no trust.)
     for b in &bindings {
-        if let (Some(auth_id), Ok(source)) =
-            (dir.auth_id_of(&b.number), b.source.parse::<SocketAddr>())
+        if let (Some(account), Ok(source)) =
+            (dir.by_number(&b.number), b.source.parse::<SocketAddr>())
+            && account.generation == b.generation
         {
-            guard.auth_success(source.ip(), auth_id, clock.now());
+            guard.auth_success(source.ip(), &account.auth_id, clock.now());
         }
     }
     registrar.load(bindings);
@@ -378,6 +381,15 @@ pub struct Reloaded {
 pub fn apply_directory(endpoint: &Endpoint, dir: Directory, now: i64) -> Reloaded {
     let old = endpoint.directory.get();
     let revoked = old.revocations(&dir);
+    // Trust earned with the old credentials goes with them: a removed-then-re-added
+    // number, or one with a new password or auth ID, starts with none.
+    for r in &revoked {
+        for d in [old.as_ref(), &dir] {
+            if let Some(a) = d.by_number(&r.number) {
+                endpoint.guard.forget_account(&a.auth_id);
+            }
+        }
+    }
     endpoint.directory.replace(dir);
     let bindings_dropped = reconcile_bindings(endpoint, now);
     Reloaded {
