@@ -699,6 +699,9 @@ fn the_old_provisioning_login_dies_with_the_window_even_from_its_source() {
         status(&register(&phone, &old, "ph", 1, Some(&contact), Some(3600))),
         200
     );
+    // The phone fetched its file with its login before (the window keeps the login only
+    // for the addresses where it did).
+    assert_eq!(fetch(&server, &path, mac, PHONE, &l1).0, 200);
     env.ok(&["ext", "regenerate", "6701"]);
     // Control: inside the window, from the phone's address, the old login works.
     assert_eq!(fetch(&server, &path, mac, PHONE, &l1).0, 200);
