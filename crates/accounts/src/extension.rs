@@ -70,6 +70,9 @@ pub struct ExtensionChange {
     pub model: Option<String>,
     /// An empty string resets it to the default for the extension's kind.
     pub class_of_service: Option<String>,
+    /// A new password or auth ID opens no grace window (a suspected compromise): the
+    /// old credentials stop working everywhere at once, the phones' included.
+    pub no_grace: bool,
 }
 
 /// An extension as shown to operators: no secrets.
@@ -372,7 +375,7 @@ impl Registry {
             was.map_or(true, |(md5, _)| !md5.ct_eq(is.0.expose()))
         };
         let withdrawn = if credentials_changed {
-            self.revoke_credentials(&mut tx, &old, &mut row, now)
+            self.revoke_credentials(&mut tx, &old, &mut row, now, !change.no_grace)
                 .await?
                 .mails_withdrawn
         } else if row.email != old.email || row.pin_enc != old.pin_enc {

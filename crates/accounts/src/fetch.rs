@@ -1,9 +1,10 @@
 //! What the provisioning server needs to answer one fetch: the phone whose login the
 //! request names (the Digest user is the phone's MAC), the files it may fetch, its
 //! current password, and the previous login its grace window keeps for the addresses
-//! where it is registered. Looking a login up costs the same whether or not a phone has
-//! it (one query that always returns a row, one secret opened, a stand-in when there
-//! is none), so the time of an answer tells a prober nothing about which MACs exist.
+//! where that login fetched the phone's file before the change. Looking a login up
+//! costs the same whether or not a phone has it (one query that always returns a row,
+//! one secret opened, a stand-in when there is none), so the time of an answer tells a
+//! prober nothing about which MACs exist.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -153,6 +154,14 @@ impl Registry {
             password,
             grace,
         })
+    }
+
+    /// Records that the phone of `number` fetched a file with its current login from
+    /// `ip`: once the login is rotated, its grace window accepts it only from there.
+    pub async fn record_fetch(&self, number: &str, ip: IpAddr) -> Result<()> {
+        let mut conn = self.store.conn().await?;
+        store::provisioning::record_fetch(&mut conn, number, &ip.to_string(), self.now()).await?;
+        Ok(())
     }
 
     /// A sealed secret nobody knows, opened in place of a phone's for logins no phone

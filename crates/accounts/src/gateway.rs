@@ -111,6 +111,7 @@ impl Registry {
         let mut row = q::get_gateway(&mut tx, name.as_str())
             .await?
             .ok_or_else(|| Error::not_found(format!("gateway {name}")))?;
+        let old_number = row.number.clone();
         let mut pw = self.open_secret(&gateway_aad(&row.name), &row.password_enc)?;
         let mut rehash = false;
         if let Some(v) = change.vendor.as_deref() {
@@ -143,6 +144,10 @@ impl Registry {
                 self.sealed_ha1s(Ha1Owner::Gateway(&row.name), &row.auth_id, &pw);
         }
         row.updated_at = self.now();
+        // Its registrations were made with the old number or credentials: revoked.
+        if row.number != old_number || rehash {
+            store::bindings::delete_gateway_bindings(&mut tx, &old_number).await?;
+        }
         q::update_gateway(&mut tx, &row).await?;
         tx.commit().await?;
         let findings = self.audit_gateway_row(&row)?;

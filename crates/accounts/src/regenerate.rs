@@ -89,6 +89,9 @@ pub struct Regenerated {
     pub mail: MailOutcome,
     /// Addresses the old password keeps working from until the grace window ends.
     pub grace_sources: Vec<IpAddr>,
+    /// Addresses the old provisioning login keeps working from (where it fetched the
+    /// phone's file before) until the window ends.
+    pub provisioning_sources: Vec<IpAddr>,
     pub grace_until: Option<i64>,
     /// Whether its registered phones were queued a NOTIFY to re-fetch their files.
     pub resync: bool,
@@ -459,6 +462,19 @@ impl Registry {
         email: bool,
         progress: &mut (dyn FnMut(usize, usize) + Send),
     ) -> Result<Vec<Regenerated>> {
+        self.regenerate_with(selection, email, true, progress).await
+    }
+
+    /// [`Registry::regenerate`], with `keep_grace` false for a suspected compromise: no
+    /// grace window, the old password and provisioning login die everywhere at once
+    /// (the phones re-provision by hand or with their new login).
+    pub async fn regenerate_with(
+        &self,
+        selection: &Selection,
+        email: bool,
+        keep_grace: bool,
+        progress: &mut (dyn FnMut(usize, usize) + Send),
+    ) -> Result<Vec<Regenerated>> {
         let numbers = self.select(selection).await?;
         let templates = self.templates()?;
         let prov_path = self.provisioning_path().await?;
@@ -473,7 +489,7 @@ impl Registry {
                     continue; // removed meanwhile
                 };
                 let (r, phone) = self
-                    .regenerate_one(&mut tx, &templates, &prov_path, row, email)
+                    .regenerate_one(&mut tx, &templates, &prov_path, row, email, keep_grace)
                     .await?;
                 changed.push(r);
                 phones.extend(phone);
@@ -499,6 +515,7 @@ impl Registry {
         prov_path: &str,
         old: ExtensionRow,
         email: bool,
+        keep_grace: bool,
     ) -> Result<(Regenerated, Option<(ExtensionRow, ProvisioningRow)>)> {
         let now = self.now();
         let mut row = old.clone();
@@ -514,7 +531,9 @@ impl Registry {
         q::update_extension(conn, &row).await?;
         // Bindings, grace window (the old HA1s re-sealed as the window's), provisioning
         // login, queued mails: all in this transaction.
-        let revoked = self.revoke_credentials(conn, &old, &mut row, now).await?;
+        let revoked = self
+            .revoke_credentials(conn, &old, &mut row, now, keep_grace)
+            .await?;
 
         let prov = self.bump_provisioning(conn, &row).await?;
         let phone = match &prov {
@@ -553,6 +572,7 @@ impl Registry {
             files: FilesOutcome::NoPhone,
             mail,
             grace_sources: revoked.grace_sources,
+            provisioning_sources: revoked.provisioning_sources,
             grace_until: revoked.grace_until,
             resync,
         };

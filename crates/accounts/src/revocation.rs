@@ -6,8 +6,11 @@
 //!   bindings from the grace window's sources, which stay until the phone logs in with
 //!   the new password or the window ends;
 //! - the phone's provisioning login and admin password are rotated (its file is
-//!   rewritten by the caller after the commit); the old login keeps working only from
-//!   the grace window's sources, so the phone can fetch its new file;
+//!   rewritten by the caller after the commit); the old login keeps working during the
+//!   window only from the addresses where it fetched the phone's file before (never
+//!   merely from where the old SIP password registered: whoever registered with a
+//!   stolen password must not fetch the file that carries the new one);
+//! - with `keep_grace` false (a suspected compromise) there is no window at all;
 //! - queued mails of the extension, including those a sender claimed and never finished,
 //!   are withdrawn.
 //!
@@ -35,6 +38,9 @@ pub(crate) struct Revoked {
     pub grace_until: Option<i64>,
     /// Phones were registered when the credentials changed.
     pub registered: bool,
+    /// Addresses the old provisioning login keeps working from (where it fetched the
+    /// phone's file before the change) until the window ends.
+    pub provisioning_sources: Vec<IpAddr>,
     /// Mails withdrawn (queued, or claimed by a sender that never finished).
     pub mails_withdrawn: u64,
 }
@@ -42,13 +48,16 @@ pub(crate) struct Revoked {
 impl Registry {
     /// Revokes what `old` (the row as it was) reached; `row` (already written, with the
     /// new credentials) gets its new credential generation. Runs in the caller's
-    /// transaction, so the extension is always fully old or fully new.
+    /// transaction, so the extension is always fully old or fully new. With
+    /// `keep_grace` false no grace window is opened (and an open one ends): everything
+    /// the old credentials reached is cut at once.
     pub(crate) async fn revoke_credentials(
         &self,
         conn: &mut dyn Db,
         old: &ExtensionRow,
         row: &mut ExtensionRow,
         now: i64,
+        keep_grace: bool,
     ) -> Result<Revoked> {
         // The phones registered now (with the old credentials, or with those of a grace
         // window still open) are where the old credentials may go on working. Read
@@ -68,12 +77,15 @@ impl Registry {
             registered: !bindings.is_empty(),
             ..Revoked::default()
         };
-        if grace_secs > 0 && !sources.is_empty() {
+        if keep_grace && grace_secs > 0 && !sources.is_empty() {
             // A window still open keeps the credentials the phones actually have: none
             // of them has logged in with the newer ones yet (that would have ended it).
             let open = store::grace::get_grace(conn, &row.number)
                 .await?
                 .filter(|g| g.expires_at > now && g.auth_id == old.auth_id);
+            // A window still open keeps its own end: a second change must not stretch
+            // the life of the oldest password (the one most likely to have leaked).
+            let reopened = open.is_some();
             let mut grace = match open {
                 Some(g) => g,
                 None => {
@@ -111,11 +123,24 @@ impl Registry {
                 .map(IpAddr::to_string)
                 .collect::<Vec<_>>()
                 .join(",");
-            grace.expires_at = now + grace_secs;
+            if !reopened {
+                grace.expires_at = now + grace_secs;
+            }
             // Only the window's auth ID can use the old password: with a new auth ID
             // the old SIP login is dead at once (the provisioning login is by MAC).
             grace.auth_id = old.auth_id.clone();
             store::grace::put_grace(conn, &grace).await?;
+            // The old provisioning login: only from where it fetched the file. (A
+            // window still open keeps the addresses of the login it keeps.)
+            if !reopened {
+                store::provisioning::hand_fetch_sources_to_grace(conn, &row.number).await?;
+            }
+            revoked.provisioning_sources =
+                store::provisioning::grace_fetch_sources(conn, &row.number)
+                    .await?
+                    .split(',')
+                    .filter_map(|s| s.parse().ok())
+                    .collect();
             // Every binding now is from a source of the window: they all stay (under
             // the old generation) until the phone logs in anew or the window ends.
             revoked.grace_sources = all.into_iter().collect();
@@ -169,6 +194,8 @@ impl Registry {
         prov.admin_password_enc = self.seal(&ext_aad(number, "phone_admin"), admin.expose());
         prov.http_password_enc = self.seal(&ext_aad(number, "phone_http"), http.expose());
         store::provisioning::put_provisioning(conn, &prov).await?;
+        // The new login has fetched from nowhere yet.
+        store::provisioning::forget_fetch_sources(conn, number).await?;
         Ok(())
     }
 }

@@ -165,6 +165,12 @@ async fn regenerate_rotates_the_login_and_keeps_only_the_grace_sources_bindings(
         "the file carries it"
     );
     register(&f.reg, "192.0.2.10:5060").await;
+    // The phone fetched its file with that login from there (the window keeps the old
+    // login only where it fetched, not merely where the SIP password registered).
+    f.reg
+        .record_fetch("1001", "192.0.2.10".parse().expect("ip"))
+        .await
+        .expect("fetch");
 
     let r = f
         .reg
@@ -176,6 +182,10 @@ async fn regenerate_rotates_the_login_and_keeps_only_the_grace_sources_bindings(
         .await
         .expect("regenerate");
     assert!(r[0].resync);
+    assert_eq!(
+        r[0].provisioning_sources,
+        ["192.0.2.10".parse::<std::net::IpAddr>().expect("ip")]
+    );
     // The provisioning login is rotated; the new file brings the new one.
     let (_, new_login) = f
         .reg

@@ -381,6 +381,9 @@ struct Regenerate {
     numbers: Vec<String>,
     /// Queue welcome mails (default true).
     email: Option<bool>,
+    /// No grace window (a suspected compromise): the old credentials stop working
+    /// everywhere at once (default false).
+    no_grace: Option<bool>,
 }
 
 async fn regenerate(
@@ -397,7 +400,12 @@ async fn regenerate(
     let selection = Selection::Numbers(req.numbers);
     let results = match web
         .registry
-        .regenerate(&selection, req.email.unwrap_or(true), &mut |_, _| {})
+        .regenerate_with(
+            &selection,
+            req.email.unwrap_or(true),
+            !req.no_grace.unwrap_or(false),
+            &mut |_, _| {},
+        )
         .await
     {
         Ok(r) => r,
@@ -419,6 +427,11 @@ async fn regenerate(
                 "number": r.number,
                 "files": r.files.describe(),
                 "mail": r.mail.describe(),
+                "grace": {
+                    "sources": r.grace_sources.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "provisioning_sources": r.provisioning_sources.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "until": r.grace_until,
+                },
             })
         })
         .collect();
@@ -491,7 +504,7 @@ pub fn openapi_document() -> Value {
                                     "remove": { "type": "boolean" } } },
                 "Regenerate": { "type": "object", "required": ["numbers"], "additionalProperties": false,
                     "properties": { "numbers": { "type": "array", "items": { "type": "string" } },
-                                    "email": { "type": "boolean" } } },
+                                    "email": { "type": "boolean" }, "no_grace": { "type": "boolean" } } },
             },
         },
     })

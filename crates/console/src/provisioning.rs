@@ -204,6 +204,11 @@ pub async fn serve_file(
     match tokio::fs::read(&on_disk).await {
         Ok(body) => {
             p.server.provisioning_served();
+            // Where the current login fetched from: the only addresses its grace window
+            // will accept it from once it is rotated. (Not for the previous login.)
+            if current {
+                let _ = p.registry.record_fetch(&phone.number, ip).await;
+            }
             let ctype = if body.starts_with(b"<?xml") {
                 "application/xml"
             } else {

@@ -728,9 +728,10 @@ async fn regenerate(State(web): State<Web>, AdminForm { session: s, form }: Admi
         );
     }
     let selection = Selection::Numbers(numbers.clone());
+    let keep_grace = field(&form, "no_grace") != Some("yes");
     let results = match web
         .registry
-        .regenerate(&selection, true, &mut |_, _| {})
+        .regenerate_with(&selection, true, keep_grace, &mut |_, _| {})
         .await
     {
         Ok(r) => r,
@@ -755,7 +756,16 @@ async fn regenerate(State(web): State<Web>, AdminForm { session: s, form }: Admi
     let results: Vec<_> = results
         .iter()
 
-        .map(|r| context! { number => r.number.clone(), files => r.files.describe(), mail => r.mail.describe() })
+        .map(|r| {
+            let kept: Vec<String> = r
+                .grace_sources
+                .iter()
+                .chain(&r.provisioning_sources)
+                .map(ToString::to_string)
+                .collect();
+            context! { number => r.number.clone(), files => r.files.describe(), mail => r.mail.describe(),
+                grace => kept.join(", ") }
+        })
         .collect();
     web.render(
         StatusCode::OK,

@@ -316,6 +316,16 @@ impl Directory {
         self.by_auth_id.len()
     }
 
+    /// The earliest end of a grace window after `after`: when it comes, the bindings the
+    /// window kept lose their footing even though no reload says so.
+    pub fn next_grace_end(&self, after: i64) -> Option<i64> {
+        self.by_number
+            .values()
+            .filter_map(|a| a.grace.as_ref().map(|g| g.expires_at))
+            .filter(|t| *t > after)
+            .min()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_auth_id.is_empty()
     }

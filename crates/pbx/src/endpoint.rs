@@ -595,7 +595,11 @@ impl Endpoint {
         }
         match outcome {
             Outcome::Authenticated(a) | Outcome::Grace(a) => {
-                self.guard.auth_success(ip, &a.auth_id, now);
+                // A login with the grace window's old password earns no trust: trust
+                // outlives the window, the old password must not.
+                if !old_password {
+                    self.guard.auth_success(ip, &a.auth_id, now);
+                }
                 // The first login with the new password closes the old one's window.
                 if !old_password && a.grace.as_ref().is_some_and(|g| g.end()) {
                     self.graces_ended

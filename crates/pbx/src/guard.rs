@@ -967,6 +967,18 @@ impl Guard {
         }
     }
 
+    /// Forgets every address trusted for `auth_id`: its credentials changed or the
+    /// account is gone, and standing earned with the old password must not outlive it
+    /// (a holder of the stolen password would guess the new one uncounted).
+    pub fn forget_account(&self, auth_id: &str) {
+        let mut t = lock(&self.trusted);
+        if let Some(pairs) = t.by_account.remove(auth_id) {
+            for (ip, _) in pairs {
+                t.remove(ip, auth_id);
+            }
+        }
+    }
+
     fn trusted(&self, ip: IpAddr, auth_id: &str, now: i64) -> bool {
         lock(&self.trusted)
             .until

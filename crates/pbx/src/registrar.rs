@@ -40,6 +40,9 @@ pub struct RegistrarConfig {
     pub max_contacts: usize,
 }
 
+/// The longest registration interval a config may grant (a day).
+pub const MAX_EXPIRES_CEILING: u32 = 86_400;
+
 impl Default for RegistrarConfig {
     fn default() -> Self {
         Self {
@@ -53,6 +56,14 @@ impl Default for RegistrarConfig {
 
 impl RegistrarConfig {
     pub fn validate(&self) -> Result<(), String> {
+        // A binding lives in the running registrar until its own expiry when nothing
+        // else drops it: a day is the longest a phone may go without proving it is
+        // still there (phones refresh every hour or less).
+        if self.max_expires > MAX_EXPIRES_CEILING {
+            return Err(format!(
+                "registrar.max_expires must be at most {MAX_EXPIRES_CEILING} seconds (a day): a longer binding outlives whatever dropped its credentials"
+            ));
+        }
         if self.min_expires == 0 || self.min_expires > self.max_expires {
             return Err(
                 "registrar.min_expires must be at least 1 and at most registrar.max_expires".into(),

@@ -132,11 +132,14 @@ pub async fn bind(
     let guard = Arc::new(Guard::new(cfg.bans.clone(), metrics.clone()));
     guard.set_registrations(registrar.clone());
     let dir = directory.get();
+    // (Only bindings made with the account's current credentials: a grace window's
+    // old password earns no trust.)
     for b in &bindings {
-        if let (Some(auth_id), Ok(source)) =
-            (dir.auth_id_of(&b.number), b.source.parse::<SocketAddr>())
+        if let (Some(account), Ok(source)) =
+            (dir.by_number(&b.number), b.source.parse::<SocketAddr>())
+            && account.generation == b.generation
         {
-            guard.auth_success(source.ip(), auth_id, clock.now());
+            guard.auth_success(source.ip(), &account.auth_id, clock.now());
         }
     }
     registrar.load(bindings);
@@ -304,6 +307,8 @@ async fn reload_loop(
 ) {
     let mut tick = tokio::time::interval(RELOAD_EVERY);
     let mut kernel_generation = None;
+    // The next grace window to end by time: no reload marks it, so the loop watches.
+    let mut next_grace_end = endpoint.directory.get().next_grace_end(clock.now());
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -364,6 +369,21 @@ async fn reload_loop(
             registry_moved = true;
             let _ = load_trunks(&registry, &endpoint).await;
         }
+        let now = clock.now();
+        if registry_moved {
+            next_grace_end = endpoint.directory.get().next_grace_end(now);
+        } else if next_grace_end.is_some_and(|end| now >= end) {
+            // A window ended by time: the bindings it kept go from memory as they go
+            // from the store (the flush's sweep), so calls stop ringing them.
+            let dropped = reconcile_bindings(&endpoint, now);
+            if !dropped.is_empty() {
+                eprintln!(
+                    "{}",
+                    serde_json::json!({"event": "grace_ended", "bindings_dropped": dropped})
+                );
+            }
+            next_grace_end = endpoint.directory.get().next_grace_end(now);
+        }
         if let Ok(v) = gq::guard_version(&mut conn).await
             && (v != versions.1 || registry_moved)
             && load_guard(&mut conn, &endpoint, clock.now(), true)
@@ -397,19 +417,17 @@ pub struct Reloaded {
 pub fn apply_directory(endpoint: &Endpoint, dir: Directory, now: i64) -> Reloaded {
     let old = endpoint.directory.get();
     let revoked = old.revocations(&dir);
-    endpoint.directory.replace(dir);
-    let current = endpoint.directory.get();
-    let bindings_dropped = endpoint.registrar.reconcile(|n, b| {
-        current
-            .by_number(n)
-            .is_some_and(|a| a.backs(b.generation, b.flow.remote.ip(), now))
-    });
-    if !bindings_dropped.is_empty() {
-        endpoint
-            .metrics
-            .bindings
-            .store(endpoint.registrar.binding_count() as u64, Ordering::Relaxed);
+    // Trust earned with the old credentials goes with them: a removed-then-re-added
+    // number, or one with a new password or auth ID, starts with none.
+    for r in &revoked {
+        for d in [old.as_ref(), &dir] {
+            if let Some(a) = d.by_number(&r.number) {
+                endpoint.guard.forget_account(&a.auth_id);
+            }
+        }
     }
+    endpoint.directory.replace(dir);
+    let bindings_dropped = reconcile_bindings(endpoint, now);
     // A gateway's number is no party of any call (its calls are the trunk's).
     let calls_ended = revoked
         .iter()
@@ -424,6 +442,24 @@ pub fn apply_directory(endpoint: &Endpoint, dir: Directory, now: i64) -> Reloade
         bindings_dropped,
         calls_ended,
     }
+}
+
+/// Drops every binding the directory in force no longer backs at `now` (changed or
+/// removed credentials, grace windows ended by time); the numbers that lost bindings.
+pub fn reconcile_bindings(endpoint: &Endpoint, now: i64) -> Vec<String> {
+    let current = endpoint.directory.get();
+    let dropped = endpoint.registrar.reconcile(|n, b| {
+        current
+            .by_number(n)
+            .is_some_and(|a| a.backs(b.generation, b.flow.remote.ip(), now))
+    });
+    if !dropped.is_empty() {
+        endpoint
+            .metrics
+            .bindings
+            .store(endpoint.registrar.binding_count() as u64, Ordering::Relaxed);
+    }
+    dropped
 }
 
 /// The security event for the calls ended because `number`'s credentials were revoked.

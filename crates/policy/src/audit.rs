@@ -120,6 +120,9 @@ pub enum Check {
     GraceLong,
     ProvisioningPlainHttp,
     NonceLifetimeLong,
+    /// Sources where an account logged in are trusted wider (more traffic, or longer)
+    /// than the default.
+    TrustWide,
 }
 
 impl Check {
@@ -166,6 +169,7 @@ impl Check {
             Check::GraceLong => "grace_long",
             Check::ProvisioningPlainHttp => "provisioning_plain_http",
             Check::NonceLifetimeLong => "nonce_lifetime_long",
+            Check::TrustWide => "trust_wide",
         }
     }
 
@@ -199,7 +203,8 @@ impl Check {
             | MailUnencrypted
             | GraceLong
             | ProvisioningPlainHttp
-            | NonceLifetimeLong => Severity::Critical,
+            | NonceLifetimeLong
+            | TrustWide => Severity::Critical,
             SipIdEqualsNumber
             | AuthIdEqualsNumber
             | PasswordNotMixed
@@ -239,7 +244,8 @@ impl Check {
             | MailUnencrypted
             | GraceLong
             | ProvisioningPlainHttp
-            | NonceLifetimeLong => "setting",
+            | NonceLifetimeLong
+            | TrustWide => "setting",
             _ => "password",
         }
     }

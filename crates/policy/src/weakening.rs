@@ -207,6 +207,62 @@ fn guard(r: &mut Report, g: &BanPolicy) {
             ),
         );
     }
+    // The other bans default to a day or a week: cut below an hour, a prober, a decoy
+    // or scanner hit, a flooder or a repeat offender is back before anyone looks.
+    for (field, value, default) in [
+        (
+            "guard.repeat_ban_secs",
+            g.repeat_ban_secs,
+            d.repeat_ban_secs,
+        ),
+        (
+            "guard.scanner_ban_secs",
+            g.scanner_ban_secs,
+            d.scanner_ban_secs,
+        ),
+        ("guard.flood_ban_secs", g.flood_ban_secs, d.flood_ban_secs),
+        ("guard.decoy_ban_secs", g.decoy_ban_secs, d.decoy_ban_secs),
+        (
+            "guard.provisioning_ban_secs",
+            g.provisioning_ban_secs,
+            d.provisioning_ban_secs,
+        ),
+    ] {
+        if value < 3600 {
+            r.push(
+                Check::BansShort,
+                Severity::Warning,
+                field,
+                format!(
+                    "a ban lasts {value} s where the default holds it for {} hours: the banned source is back within the hour",
+                    default / 3600
+                ),
+            );
+        }
+    }
+    if g.trusted_factor > d.trusted_factor {
+        r.push(
+            Check::TrustWide,
+            Severity::Warning,
+            "guard.trusted_factor",
+            format!(
+                "a source where any account logged in may send {}× the flood limits (the default allows {}×): whoever holds one account gets that much room",
+                g.trusted_factor, d.trusted_factor
+            ),
+        );
+    }
+    if g.trusted_secs > d.trusted_secs {
+        r.push(
+            Check::TrustWide,
+            Severity::Warning,
+            "guard.trusted_secs",
+            format!(
+                "a source stays trusted for {} days after a login (the default is {}): its failures for that account go uncounted that long",
+                g.trusted_secs / 86_400,
+                d.trusted_secs / 86_400
+            ),
+        );
+    }
     if g.extension_failures == 0 {
         r.push(
             Check::ExtensionLockoutOff,
@@ -404,6 +460,13 @@ mod tests {
             extension_failures: 0,
             weak_credentials: WeakCredentials::Allow,
             ban_secs: 60,
+            provisioning_ban_secs: 60,
+            decoy_ban_secs: 60,
+            scanner_ban_secs: 60,
+            flood_ban_secs: 60,
+            repeat_ban_secs: 60,
+            trusted_factor: 1000,
+            trusted_secs: 30 * 86_400,
             ..BanPolicy::default()
         };
         let p = PolicyConfig {
@@ -442,6 +505,13 @@ mod tests {
             "config.flood_limits_off warning guard.flood_requests",
             "config.scanner_bans_off warning guard.ban_scanners",
             "config.bans_short warning guard.ban_secs",
+            "config.bans_short warning guard.provisioning_ban_secs",
+            "config.bans_short warning guard.decoy_ban_secs",
+            "config.bans_short warning guard.scanner_ban_secs",
+            "config.bans_short warning guard.flood_ban_secs",
+            "config.bans_short warning guard.repeat_ban_secs",
+            "config.trust_wide warning guard.trusted_factor",
+            "config.trust_wide warning guard.trusted_secs",
             "config.min_password_length_low warning policy.min_password_length",
             "config.default_class_wide warning dialplan.default_user_class",
             "config.grace_long warning provisioning.grace_secs",
@@ -452,7 +522,7 @@ mod tests {
         ] {
             assert!(got.iter().any(|g| g == want), "missing {want}: {got:#?}");
         }
-        assert_eq!(got.len(), 18, "{got:#?}");
+        assert_eq!(got.len(), 25, "{got:#?}");
         let f = findings(&s);
         assert!(
             f.windows(2).all(|w| w[0].severity >= w[1].severity),

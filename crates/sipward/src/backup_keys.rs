@@ -114,7 +114,13 @@ pub fn seal_for(key: &BackupKeyArgs, config: &BackupConfig) -> anyhow::Result<Se
 pub fn config_seal(config: &BackupConfig) -> anyhow::Result<Seal> {
     match (&config.recipient, &config.passphrase_file) {
         (Some(r), _) => Ok(Seal::Recipient(r.clone())),
-        (None, Some(f)) => Ok(Seal::Passphrase(read_passphrase_file(f)?)),
+        (None, Some(f)) => {
+            // Checked at load when it existed; a file that appeared since is checked here
+            // (once it could be read: a missing file says so).
+            let passphrase = read_passphrase_file(f)?;
+            crate::config::private(f, "the backup passphrase", "SIPWARD_BACKUP_PASSPHRASE")?;
+            Ok(Seal::Passphrase(passphrase))
+        }
         (None, None) => {
             Err(OperatorError("[backup] names no recipient or passphrase_file".into()).into())
         }

@@ -388,6 +388,10 @@ pub enum ExtCommand {
         /// Make it a user (non-fax) extension.
         #[arg(long, conflicts_with = "fax")]
         user: bool,
+        /// With a new password or auth ID: no grace window (a suspected compromise),
+        /// the old credentials stop working everywhere at once.
+        #[arg(long = "no-grace")]
+        no_grace: bool,
         #[command(flatten)]
         out: JsonFlag,
     },
@@ -419,6 +423,10 @@ pub enum ExtCommand {
         /// Queue no welcome mails.
         #[arg(long = "no-email")]
         no_email: bool,
+        /// No grace window (a suspected compromise): the old password and phone login
+        /// stop working everywhere at once, the phones' own addresses included.
+        #[arg(long = "no-grace")]
+        no_grace: bool,
         #[command(flatten)]
         out: JsonFlag,
     },

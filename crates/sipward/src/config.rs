@@ -116,6 +116,14 @@ fn backup(raw: RawBackup) -> anyhow::Result<BackupConfig> {
         store::backup::parse_recipient(r)
             .map_err(|e| OperatorError(format!("backup.recipient: {e}")))?;
     }
+    // The passphrase opens every backup, and with it every sealed SIP password: its
+    // file is held to the rule of the SMTP password's. (A file not there yet is read,
+    // and checked, when the first backup needs it.)
+    if let Some(f) = &raw.passphrase_file
+        && f.exists()
+    {
+        private(f, "the backup passphrase", "SIPWARD_BACKUP_PASSPHRASE")?;
+    }
     let interval_secs = raw.interval_secs.filter(|s| *s > 0);
     if interval_secs.is_some() && raw.recipient.is_none() && raw.passphrase_file.is_none() {
         return Err(OperatorError(
@@ -266,7 +274,7 @@ pub fn load(explicit: Option<&Path>, data: &Path) -> anyhow::Result<Config> {
 
 /// Refuses a file that holds a secret (`what`) but that others may read, the way the
 /// data dir's key is refused.
-fn private(path: &Path, what: &str, instead: &str) -> anyhow::Result<()> {
+pub(crate) fn private(path: &Path, what: &str, instead: &str) -> anyhow::Result<()> {
     let mode = std::fs::metadata(path)
         .map_err(|e| OperatorError(format!("cannot read {}: {e}", path.display())))?
         .permissions()

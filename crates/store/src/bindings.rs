@@ -1,5 +1,6 @@
 //! Registrations as the running registrar writes them: read back at start, by `ext show`,
-//! by Re-Generate (grace sources) and the exposure advisor.
+//! by Re-Generate (grace sources) and the exposure advisor. A gateway's registrations
+//! (by its virtual number) are kept in a table of their own, tied to the gateway.
 //!
 //! A binding belongs to its extension (removing the extension removes its bindings) and
 //! to the credential generation it was made with. Only bindings of the extension's
@@ -29,17 +30,24 @@ pub struct BindingRow {
 /// The condition that a binding `b` is still backed by credentials that exist.
 /// (`$1` is now; absent rows compare as -1, which no generation is, so the condition is
 /// never NULL.)
+/// A grace window backs old bindings only while its auth ID is the extension's: a new
+/// auth ID kills the old SIP login at once (the window then keeps only the provisioning
+/// login), so nothing made with it is listed, loaded or written again.
 const CURRENT: &str = "(b.generation = coalesce((SELECT e.credential_generation FROM extensions e WHERE e.number = b.number), -1) \
-     OR b.generation = coalesce((SELECT g.generation FROM credential_grace g WHERE g.number = b.number AND g.expires_at > $1), -1))";
+     OR b.generation = coalesce((SELECT g.generation FROM credential_grace g JOIN extensions e ON e.number = g.number \
+     WHERE g.number = b.number AND g.expires_at > $1 AND g.auth_id = e.auth_id), -1))";
 
 const COLUMNS: &str =
     "b.number, b.contact, b.call_id, b.cseq, b.expires_at, b.source, b.transport, b.generation";
 
-/// Bindings that have not expired at `now` and whose credentials still exist.
+/// Bindings that have not expired at `now` and whose credentials still exist: the
+/// extensions', and the gateways' (whose generation, derived from the gateway's
+/// credentials, the running server checks against its directory).
 pub async fn live_bindings(db: &mut dyn Db, now: i64) -> Result<Vec<BindingRow>> {
     let conn = raw(db);
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM bindings b WHERE b.expires_at > $1 AND {CURRENT}"
+        "SELECT {COLUMNS} FROM bindings b WHERE b.expires_at > $1 AND {CURRENT} \
+         UNION ALL SELECT {COLUMNS} FROM gateway_bindings b WHERE b.expires_at > $1"
     )))
     .bind(now)
     .fetch_all(&mut *conn)
@@ -88,13 +96,18 @@ pub async fn replace_bindings(
         .bind(number)
         .execute(&mut *conn)
         .await?;
+    sqlx::query("DELETE FROM gateway_bindings WHERE number = $1")
+        .bind(number)
+        .execute(&mut *conn)
+        .await?;
     let mut written = 0;
     for b in rows {
         let done = sqlx::query(
             "INSERT INTO bindings (number, contact, call_id, cseq, expires_at, source, transport, generation) \
              SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE \
              EXISTS (SELECT 1 FROM extensions e WHERE e.number = $1 AND e.credential_generation = $8) \
-             OR EXISTS (SELECT 1 FROM credential_grace g WHERE g.number = $1 AND g.generation = $8 AND g.expires_at > $9)",
+             OR EXISTS (SELECT 1 FROM credential_grace g JOIN extensions e ON e.number = g.number \
+             WHERE g.number = $1 AND g.generation = $8 AND g.expires_at > $9 AND g.auth_id = e.auth_id)",
         )
         .bind(&b.number)
         .bind(&b.contact)
@@ -108,8 +121,35 @@ pub async fn replace_bindings(
         .execute(&mut *conn)
         .await?;
         written += usize::try_from(done.rows_affected()).unwrap_or(0);
+        // A gateway's virtual number: its own table (the row above was not written).
+        let done = sqlx::query(
+            "INSERT INTO gateway_bindings (number, contact, call_id, cseq, expires_at, source, transport, generation) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM gateways w WHERE w.number = $1)",
+        )
+        .bind(&b.number)
+        .bind(&b.contact)
+        .bind(&b.call_id)
+        .bind(b.cseq)
+        .bind(b.expires_at)
+        .bind(&b.source)
+        .bind(&b.transport)
+        .bind(b.generation)
+        .execute(&mut *conn)
+        .await?;
+        written += usize::try_from(done.rows_affected()).unwrap_or(0);
     }
     Ok(written)
+}
+
+/// Deletes every stored binding of the gateway with virtual number `number` (its
+/// number or credentials change: what the old ones made is revoked).
+pub async fn delete_gateway_bindings(db: &mut dyn Db, number: &str) -> Result<()> {
+    let conn = raw(db);
+    sqlx::query("DELETE FROM gateway_bindings WHERE number = $1")
+        .bind(number)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// Deletes the given contacts' bindings of one extension (Re-Generate drops those its
@@ -136,5 +176,9 @@ pub async fn delete_expired_bindings(db: &mut dyn Db, now: i64) -> Result<u64> {
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    Ok(done.rows_affected())
+    let gateways = sqlx::query("DELETE FROM gateway_bindings WHERE expires_at <= $1")
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() + gateways.rows_affected())
 }

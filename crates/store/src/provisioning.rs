@@ -85,6 +85,95 @@ pub async fn mark_written(db: &mut dyn Db, number: &str, generation: i64) -> Res
     Ok(())
 }
 
+/// Addresses remembered per phone login (the newest fetches win).
+pub const FETCH_SOURCES_MAX: usize = 4;
+
+/// `list` (`ip@epoch`, comma-separated, newest first) with a fetch from `ip` at `now` put
+/// first, the address's older entry dropped, bounded to [`FETCH_SOURCES_MAX`].
+pub fn with_fetch(list: &str, ip: &str, now: i64) -> String {
+    let mut out = vec![format!("{ip}@{now}")];
+    out.extend(
+        list.split(',')
+            .filter(|e| !e.is_empty() && e.split('@').next() != Some(ip))
+            .take(FETCH_SOURCES_MAX - 1)
+            .map(str::to_owned),
+    );
+    out.join(",")
+}
+
+/// The addresses of an `ip@epoch` list, comma-separated (as grace sources are kept).
+pub fn fetch_addresses(list: &str) -> String {
+    list.split(',')
+        .filter_map(|e| e.split('@').next())
+        .filter(|a| !a.is_empty())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Records that the phone of `number` fetched its file with its current login from
+/// `ip` at `now`.
+pub async fn record_fetch(db: &mut dyn Db, number: &str, ip: &str, now: i64) -> Result<()> {
+    let conn = raw(db);
+    let list: Option<String> =
+        sqlx::query_scalar("SELECT fetch_sources FROM provisioning WHERE number = $1")
+            .bind(number)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(list) = list else {
+        return Ok(());
+    };
+    sqlx::query("UPDATE provisioning SET fetch_sources = $2 WHERE number = $1")
+        .bind(number)
+        .bind(with_fetch(&list, ip, now))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Hands the addresses the phone's current login fetched from to its grace window (they
+/// alone may use that login once it is the previous one) and starts the new login's
+/// list empty. Call after the window's row is written.
+pub async fn hand_fetch_sources_to_grace(db: &mut dyn Db, number: &str) -> Result<()> {
+    let conn = raw(db);
+    let list: Option<String> =
+        sqlx::query_scalar("SELECT fetch_sources FROM provisioning WHERE number = $1")
+            .bind(number)
+            .fetch_optional(&mut *conn)
+            .await?;
+    sqlx::query("UPDATE credential_grace SET prov_sources = $2 WHERE number = $1")
+        .bind(number)
+        .bind(fetch_addresses(list.as_deref().unwrap_or("")))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE provisioning SET fetch_sources = '' WHERE number = $1")
+        .bind(number)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Starts the phone's login's fetch list empty (its login was rotated).
+pub async fn forget_fetch_sources(db: &mut dyn Db, number: &str) -> Result<()> {
+    let conn = raw(db);
+    sqlx::query("UPDATE provisioning SET fetch_sources = '' WHERE number = $1")
+        .bind(number)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The addresses the grace window of `number` accepts the previous provisioning login
+/// from (comma-separated; empty when there is no window).
+pub async fn grace_fetch_sources(db: &mut dyn Db, number: &str) -> Result<String> {
+    let conn = raw(db);
+    let list: Option<String> =
+        sqlx::query_scalar("SELECT prov_sources FROM credential_grace WHERE number = $1")
+            .bind(number)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(list.unwrap_or_default())
+}
+
 /// Asks the running server to tell the phones of `number` to re-fetch their files.
 pub async fn request_resync(db: &mut dyn Db, number: &str, now: i64) -> Result<()> {
     let conn = raw(db);
@@ -121,7 +210,8 @@ pub struct PhoneByMac {
     /// Sealed (`grace/1001/prov_ha1_md5`): the caller opens them.
     pub grace_prov_ha1_md5_enc: Option<String>,
     pub grace_prov_ha1_sha256_enc: Option<String>,
-    /// IP addresses, comma-separated.
+    /// IP addresses where the previous login fetched the file, comma-separated (the
+    /// only ones it is accepted from).
     pub grace_sources: Option<String>,
     pub grace_expires_at: Option<i64>,
 }
@@ -133,7 +223,7 @@ pub async fn phone_by_mac(db: &mut dyn Db, mac: &str, now: i64) -> Result<PhoneB
     let conn = raw(db);
     let r = sqlx::query(
         "SELECT e.number AS number, e.model AS model, p.http_password_enc AS http_password_enc, \
-         g.prov_ha1_md5_enc AS g_md5, g.prov_ha1_sha256_enc AS g_sha256, g.sources AS g_sources, \
+         g.prov_ha1_md5_enc AS g_md5, g.prov_ha1_sha256_enc AS g_sha256, g.prov_sources AS g_sources, \
          g.expires_at AS g_expires \
          FROM (SELECT $1 AS mac) k \
          LEFT JOIN extensions e ON e.mac = k.mac \
@@ -153,4 +243,30 @@ pub async fn phone_by_mac(db: &mut dyn Db, mac: &str, now: i64) -> Result<PhoneB
         grace_sources: r.try_get("g_sources")?,
         grace_expires_at: r.try_get("g_expires")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fetch_list_keeps_the_newest_few_addresses_once_each() {
+        let mut l = String::new();
+        for (i, ip) in [
+            "10.0.0.1", "10.0.0.2", "10.0.0.1", "10.0.0.3", "10.0.0.4", "10.0.0.5",
+        ]
+        .iter()
+        .enumerate()
+        {
+            l = with_fetch(&l, ip, 100 + i as i64);
+        }
+        assert_eq!(l, "10.0.0.5@105,10.0.0.4@104,10.0.0.3@103,10.0.0.1@102");
+        assert_eq!(fetch_addresses(&l), "10.0.0.5,10.0.0.4,10.0.0.3,10.0.0.1");
+        assert_eq!(fetch_addresses(""), "");
+        // An address that is a prefix of another is not taken for it.
+        assert_eq!(
+            with_fetch("10.0.0.10@1", "10.0.0.1", 2),
+            "10.0.0.1@2,10.0.0.10@1"
+        );
+    }
 }

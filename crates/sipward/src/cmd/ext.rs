@@ -45,6 +45,7 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
             weak,
             all,
             no_email,
+            no_grace,
             out,
         } => {
             let selection = if all {
@@ -54,7 +55,7 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
             } else {
                 Selection::Numbers(numbers)
             };
-            super::regenerate::run(reg, selection, !no_email, out.json, config).await
+            super::regenerate::run(reg, selection, !no_email, !no_grace, out.json, config).await
         }
         ExtCommand::Resume { number } => {
             if reg.resume(&number).await? {
@@ -129,6 +130,7 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
             number,
             mut fields,
             user,
+            no_grace,
             out,
         } => {
             secrets_from_stdin([&mut fields.password, &mut fields.pin])?;
@@ -139,7 +141,10 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
             } else {
                 None
             };
-            let change = change_from(fields, kind);
+            let change = ExtensionChange {
+                no_grace,
+                ..change_from(fields, kind)
+            };
             let (view, findings) = reg.update_extension(&number, change).await?;
             output::warn_findings(&format!("extension {}", view.number), &findings);
             if out.json {
@@ -347,5 +352,6 @@ fn change_from(f: ExtFields, kind: Option<ExtensionKind>) -> ExtensionChange {
         mac: f.mac,
         model: f.model,
         class_of_service: f.class_of_service,
+        no_grace: false,
     }
 }

@@ -26,9 +26,13 @@ struct Item<'a> {
     grace: Grace<'a>,
 }
 
+/// Where the old credentials keep working until `until`, so the operator sees it.
 #[derive(Serialize)]
 struct Grace<'a> {
+    /// The old SIP password (where phones were registered).
     sources: Vec<String>,
+    /// The old provisioning login (where it fetched the phone's file before).
+    provisioning_sources: Vec<String>,
     until: &'a Option<i64>,
 }
 
@@ -36,11 +40,17 @@ pub async fn run(
     reg: &Registry,
     selection: Selection,
     email: bool,
+    keep_grace: bool,
     json: bool,
     config: &Config,
 ) -> anyhow::Result<ExitCode> {
     let mut results = reg
-        .regenerate(&selection, email, &mut crate::output::regenerate_progress)
+        .regenerate_with(
+            &selection,
+            email,
+            keep_grace,
+            &mut crate::output::regenerate_progress,
+        )
         .await?;
 
     let queued: HashSet<String> = results
@@ -130,6 +140,11 @@ fn item(r: &Regenerated) -> Item<'_> {
         resync: r.resync,
         grace: Grace {
             sources: r.grace_sources.iter().map(|s| s.to_string()).collect(),
+            provisioning_sources: r
+                .provisioning_sources
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             until: &r.grace_until,
         },
     }
@@ -143,6 +158,14 @@ fn phones_text(r: &Regenerated) -> String {
     if !r.grace_sources.is_empty() {
         let list: Vec<String> = r.grace_sources.iter().map(|s| s.to_string()).collect();
         parts.push(format!("old password ok from {}", list.join(",")));
+    }
+    if !r.provisioning_sources.is_empty() {
+        let list: Vec<String> = r
+            .provisioning_sources
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        parts.push(format!("old phone login ok from {}", list.join(",")));
     }
     if parts.is_empty() {
         "-".into()

@@ -1205,6 +1205,11 @@ fn a_scheduled_backup_that_fails_is_reported_and_the_next_one_succeeds() {
     assert!(!server.log().contains("backup_created"));
     // Once it is there, the next one is made (and it opens with that passphrase).
     std::fs::write(&pass, "a long and right passphrase\n").expect("pass");
+    // Private, as a file holding a secret must be (one others may read is refused).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
     eventually_or(
         "a backup after the failures",
         Duration::from_secs(30),

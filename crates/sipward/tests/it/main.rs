@@ -1,6 +1,8 @@
 //! End-to-end tests: the real `sipward` binary on temporary data dirs.
 
 mod at_rest;
+mod attack_revoke;
+mod attack_settings;
 mod attacks;
 mod backup;
 mod bad_input;

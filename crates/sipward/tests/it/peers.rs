@@ -419,6 +419,14 @@ impl UdpClient {
         let (n, _) = self.socket.recv_from(&mut buf).ok()?;
         Some(String::from_utf8_lossy(&buf[..n]).into_owned())
     }
+
+    /// Waits for the next datagram sent to this client (a request the server forwards
+    /// to the contact it bound); None on timeout.
+    pub fn receive(&self) -> Option<String> {
+        let mut buf = vec![0u8; 65_535];
+        let (n, _) = self.socket.recv_from(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
 }
 
 pub const SMTP_USER: &str = "pbx";
