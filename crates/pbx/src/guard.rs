@@ -299,6 +299,12 @@ impl<K: Hash + Eq + Clone> Windows<K> {
 struct Pair {
     until: i64,
     seq: u64,
+    /// The account's credentials changed since this pair logged in: it grants no
+    /// trust (the per-account lockout applies, and a correct login is needed again),
+    /// but the address's failures for this account are counted against the account
+    /// only, never towards banning the address (an office phone left with the old
+    /// password must not get its office banned).
+    stale: bool,
 }
 
 /// (address, auth ID) pairs that authenticated successfully, with their expiry. Keyed
@@ -391,10 +397,14 @@ impl TrustTable {
     fn insert(&mut self, ip: IpAddr, auth_id: &str, until: i64) {
         self.seq += 1;
         let seq = self.seq;
-        self.until
-            .entry(ip)
-            .or_default()
-            .insert(auth_id.to_owned(), Pair { until, seq });
+        self.until.entry(ip).or_default().insert(
+            auth_id.to_owned(),
+            Pair {
+                until,
+                seq,
+                stale: false,
+            },
+        );
         self.pairs += 1;
         self.order.push_back((ip, auth_id.to_owned(), seq));
         self.by_account
@@ -958,6 +968,7 @@ impl Guard {
         }
         if let Some(pair) = t.until.get_mut(&ip).and_then(|m| m.get_mut(auth_id)) {
             pair.until = until;
+            pair.stale = false;
             return;
         }
         let cap = usize::try_from(self.policy.trusted_per_account).unwrap_or(usize::MAX);
@@ -967,24 +978,33 @@ impl Guard {
         }
     }
 
-    /// Forgets every address trusted for `auth_id`: its credentials changed or the
-    /// account is gone, and standing earned with the old password must not outlive it
-    /// (a holder of the stolen password would guess the new one uncounted).
+    /// Withdraws the trust every address earned for `auth_id`: its credentials changed
+    /// or the account is gone, and standing earned with the old password must not
+    /// outlive it (a holder of the stolen password would guess the new one uncounted).
+    /// The pairs stay as *stale* (see [`Pair::stale`]) until a correct login renews them.
     pub fn forget_account(&self, auth_id: &str) {
         let mut t = lock(&self.trusted);
-        if let Some(pairs) = t.by_account.remove(auth_id) {
-            for (ip, _) in pairs {
-                t.remove(ip, auth_id);
+        let Some(pairs) = t.by_account.get(auth_id).cloned() else {
+            return;
+        };
+        for (ip, _) in pairs {
+            if let Some(p) = t.until.get_mut(&ip).and_then(|m| m.get_mut(auth_id)) {
+                p.stale = true;
             }
         }
     }
 
-    fn trusted(&self, ip: IpAddr, auth_id: &str, now: i64) -> bool {
+    fn pair(&self, ip: IpAddr, auth_id: &str, now: i64) -> Option<bool> {
         lock(&self.trusted)
             .until
             .get(&ip)
             .and_then(|m| m.get(auth_id))
-            .is_some_and(|p| p.until > now)
+            .filter(|p| p.until > now)
+            .map(|p| p.stale)
+    }
+
+    fn trusted(&self, ip: IpAddr, auth_id: &str, now: i64) -> bool {
+        self.pair(ip, auth_id, now) == Some(false)
     }
 
     fn trusted_anywhere(&self, ip: IpAddr, now: i64) -> bool {
@@ -1066,7 +1086,8 @@ impl Guard {
     /// phone that still has its old password must not get its office banned nor its
     /// account closed).
     pub fn auth_failure(&self, ip: IpAddr, auth_id: &str, known: bool, now: i64) {
-        if self.allowed(ip) || self.trusted(ip, auth_id, now) {
+        let pair = self.pair(ip, auth_id, now);
+        if self.allowed(ip) || pair == Some(false) {
             return;
         }
         let p = &self.policy;
@@ -1083,6 +1104,12 @@ impl Guard {
                     failures: after,
                 });
             }
+        }
+        // Where this account logged in before its credentials changed: most likely its
+        // own phone with the old password. The account's lockout bounds the guesses;
+        // the address (an office) is not banned for it.
+        if pair == Some(true) {
+            return;
         }
         let Some((source, count)) =
             self.count_failure(&self.failures, ip, p.auth_failures, p.auth_window_secs, now)
@@ -1451,6 +1478,46 @@ mod tests {
         g.auth_success(office, "alice1001", 0);
         g.auth_failure(office, "alice1001", true, 604_801);
         assert_eq!(bans(&mut rx).len(), 1);
+    }
+
+    #[test]
+    fn after_a_credential_change_the_old_trust_spares_the_office_but_not_the_account() {
+        let (g, mut rx) = guard(BanPolicy {
+            auth_failures: 3,
+            extension_failures: 5,
+            ..Default::default()
+        });
+        let office = ip("198.51.100.20");
+        g.auth_success(office, "alice1001", 0);
+        g.forget_account("alice1001");
+        for t in 1..=5 {
+            g.auth_failure(office, "alice1001", true, t);
+        }
+        let seen = events(&mut rx);
+        assert!(
+            !seen.iter().any(|e| matches!(e, Event::Ban { .. })),
+            "the office is not banned for its phone's old password: {seen:?}"
+        );
+        assert!(
+            seen.iter()
+                .any(|e| matches!(e, Event::AccountProtected { .. })),
+            "but the guesses count against the account: {seen:?}"
+        );
+        assert!(!g.trusted(office, "alice1001", 6), "no trust left");
+        // A correct login with the new credentials renews it.
+        g.auth_success(office, "alice1001", 7);
+        assert!(g.trusted(office, "alice1001", 8));
+        // Control: without the change, the same failures count for nothing.
+        let (g, mut rx) = guard(BanPolicy {
+            auth_failures: 3,
+            extension_failures: 5,
+            ..Default::default()
+        });
+        g.auth_success(office, "alice1001", 0);
+        for t in 1..=5 {
+            g.auth_failure(office, "alice1001", true, t);
+        }
+        assert!(events(&mut rx).is_empty());
     }
 
     #[test]
