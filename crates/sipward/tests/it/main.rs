@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `sipward` binary on temporary data dirs.
 
+mod attack_console;
 mod attacks;
 mod backup;
 mod bad_input;
