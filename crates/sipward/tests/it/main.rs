@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `sipward` binary on temporary data dirs.
 
 mod attack_console;
+mod attack_dialogs;
 mod attack_flood;
 mod attack_flows;
 mod attacks;
