@@ -24,6 +24,8 @@ use crate::user_agent::{Ua, header, status};
 /// The INVITE part of the server transaction table (`INVITE_CAPACITY` in egress.rs),
 /// with a margin.
 const FLOOD: usize = 16_384 + 1_000;
+/// More Via lines than sipward answers (`MAX_VIA_LINES` is 70).
+const VIAS: usize = 71;
 
 /// An INVITE from `from` (its own Via on top), `vias` Via lines in all.
 fn invite(from: SocketAddr, pbx: SocketAddr, dialled: &str, n: usize, vias: usize) -> String {
@@ -188,5 +190,66 @@ async fn a_forged_invite_flood_in_a_gateways_name_leaves_no_room_for_an_emergenc
         got,
         "after {sent} forged INVITEs in the gateway's name ({read} answered), an emergency \
          INVITE got no answer: the INVITE transaction table is full"
+    );
+}
+
+/// Without any address forged: INVITEs with 71 Via lines are parsed and challenged, but
+/// the 407 cannot be built (more Vias than an answer may carry), so no answer is ever
+/// recorded and each entry waits fifteen minutes (`INVITE_PENDING_MAX`). 25 such
+/// INVITEs from each of about 700 addresses (below every flood limit; no address
+/// forged, a botnet will do) fill the table, and every INVITE is dropped long after
+/// Timer H would have freed an answered one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswerable_invites_hold_the_invite_table_for_fifteen_minutes() {
+    let env = Env::with_config(&config());
+    let server = start(&env);
+    let probe = Ua::bind("127.0.0.49", server.sip).await;
+    assert!(
+        answered(&probe, "2601", Duration::from_secs(5)).await,
+        "control: an INVITE is answered before the flood\n{}",
+        server.log()
+    );
+
+    // 25 INVITEs from each new address (below every flood limit), paced a little,
+    // until sipward has taken 16,384 of them in (some are lost in full socket buffers,
+    // so the count sent is not fixed), or 40,000 were sent.
+    let mut sent = 0;
+    let mut full = false;
+    let mut k = 0u32;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !full && sent < 40_000 && Instant::now() < deadline {
+        let ip = format!("127.5.{}.{}", k / 250, 1 + k % 250);
+        let s = UdpSocket::bind((ip.as_str(), 0)).await.expect("bind");
+        let from = s.local_addr().expect("addr");
+        for _ in 0..25 {
+            let text = invite(from, server.sip, "2601", sent, VIAS);
+            let _ = s.send_to(text.as_bytes(), server.sip).await;
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        k += 1;
+        if sent >= 16_384 && k.is_multiple_of(40) {
+            // Every INVITE challenged holds an entry: the control's (answered), and the
+            // flood's (never answered).
+            full = server.metric("sipward_invite_challenged_total") > 16_384;
+        }
+    }
+    if !full {
+        // The attack failed: nothing fills the table for long.
+        server.stop();
+        return;
+    }
+    // An answered INVITE's entry is gone after Timer H (32 s); an unanswerable one must
+    // not outlive it. Probe until 40 s after the flood.
+    let until = Instant::now() + Duration::from_secs(40);
+    let mut got = false;
+    while !got && Instant::now() < until {
+        got = answered(&probe, "2601", Duration::from_secs(2)).await;
+    }
+    server.stop();
+    assert!(
+        got,
+        "40 s after {sent} unanswerable INVITEs from {k} addresses, an INVITE still gets no \
+         answer: they hold the INVITE transaction table for fifteen minutes"
     );
 }
