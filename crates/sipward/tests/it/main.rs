@@ -4,6 +4,7 @@ mod attack_console;
 mod attack_dialogs;
 mod attack_flood;
 mod attack_flows;
+mod attack_transfer;
 mod attacks;
 mod backup;
 mod bad_input;
