@@ -3,6 +3,11 @@
 mod at_rest;
 mod attack_revoke;
 mod attack_settings;
+mod attack_console;
+mod attack_dialogs;
+mod attack_flood;
+mod attack_flows;
+mod attack_transfer;
 mod attacks;
 mod backup;
 mod bad_input;
