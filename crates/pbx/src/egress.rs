@@ -345,6 +345,12 @@ impl Egress {
         }
     }
 
+    /// The TU gives the request `key` no answer: its entry goes at once (see
+    /// [`sip::transaction::server::ServerTransactions::abandon`]).
+    pub fn abandon(&self, key: &TxKey) {
+        self.server().abandon(key);
+    }
+
     /// An ACK with the key of an INVITE server transaction: true when it acknowledged
     /// sipward's 300-699 answer (and ends here).
     pub fn ack_arrived(&self, key: &TxKey, now: Instant) -> bool {

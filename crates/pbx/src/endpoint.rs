@@ -297,6 +297,8 @@ impl Endpoint {
             String::new()
         };
         let Ok(mut b) = ResponseBuilder::new(m, code, reason, source, &tag) else {
+            // No answer can ever be built: the entry must not wait for one.
+            self.egress.abandon(key);
             return;
         };
         for (name, value) in headers {
@@ -356,6 +358,13 @@ impl Endpoint {
         else {
             return;
         };
+        // A request sipward cannot answer never takes a place in the transaction
+        // table: the INVITE part of it is small and not evicted, so such requests
+        // would otherwise hold it until the pending limit.
+        if !sip::response::answerable(&m) {
+            Metrics::inc(&self.metrics.unanswerable);
+            return;
+        }
         let now = self.clock.instant();
         if method == "ACK" {
             // The ACK of a failure of ours ends here (hop by hop); the ACK of a 2xx
@@ -645,7 +654,12 @@ impl Endpoint {
         let caller =
             match self.authenticate(&dir, m, Name::ProxyAuthorization, "INVITE", source, now) {
                 Authn::Account(a) => a,
-                Authn::Silent => return,
+                Authn::Silent => {
+                    // Silence is an answer of sorts: nothing more will be sent, so
+                    // the entry goes now rather than at the pending limit.
+                    self.egress.abandon(key);
+                    return;
+                }
                 Authn::Challenge(challenges) => {
                     Metrics::inc(&self.metrics.invite_challenged);
                     let headers: Vec<(&str, &str)> = challenges

@@ -314,6 +314,22 @@ impl<D: Clone> ServerTransactions<D> {
         }
     }
 
+    /// The TU gives the request `key` no answer at all (it cannot build one, or it
+    /// stays silent on purpose): its entry goes now, while it still waits for its
+    /// first final answer, so that a request nobody answers cannot hold a place in
+    /// the table until [`INVITE_PENDING_MAX`]. A retransmission is then handled as new.
+    /// True when an entry went.
+    pub fn abandon(&mut self, key: &TxKey) -> bool {
+        let pending = self
+            .entries
+            .get(key)
+            .is_some_and(|e| e.phase == Phase::Pending && e.response.is_none());
+        if pending {
+            self.remove(key);
+        }
+        pending
+    }
+
     /// A request arrived (not an ACK: see [`Self::on_ack`]); its answers will go to `to`.
     pub fn on_request(
         &mut self,
@@ -646,6 +662,24 @@ mod tests {
             Seen::Full
         );
         assert_eq!(t.invites(), 2);
+    }
+
+    #[test]
+    fn an_invite_its_tu_abandons_leaves_the_table_at_once() {
+        let t0 = Instant::now();
+        let mut t = Table::new(100, 1, Timers::default());
+        let unanswered = key("z9hG4bKsilent", "INVITE");
+        assert_eq!(t.on_request(&unanswered, "caller", UDP, t0), Seen::New);
+        let next = key("z9hG4bKnext", "INVITE");
+        assert_eq!(t.on_request(&next, "caller", UDP, t0), Seen::Full);
+        assert!(t.abandon(&unanswered));
+        assert_eq!(t.invites(), 0);
+        assert_eq!(t.next_deadline(), None, "its timer went with it");
+        assert_eq!(t.on_request(&next, "caller", UDP, t0), Seen::New);
+        // An answered entry is not the TU's to drop: its answer must be repeatable.
+        assert!(t.respond_once(&next, bytes("SIP/2.0 486 Busy"), t0).is_ok());
+        assert!(!t.abandon(&next));
+        assert_eq!(t.invites(), 1);
     }
 
     #[test]
