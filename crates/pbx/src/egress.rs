@@ -351,6 +351,30 @@ impl Egress {
         self.server().abandon(key);
     }
 
+    /// [`Egress::arrived`] for an emergency INVITE from a source with standing: when
+    /// the INVITE table is full, it takes the place of the oldest pending INVITE that
+    /// is not an emergency call, whose key comes back so that its TU gives it up.
+    pub fn arrived_urgent(
+        &self,
+        key: &TxKey,
+        reply_to: Flow,
+        now: Instant,
+    ) -> (Arrival, Option<TxKey>) {
+        let (seen, evicted) =
+            self.server()
+                .on_urgent_request(key, reply_to, reply_to.reliability(), now);
+        let arrival = match seen {
+            Seen::New => Arrival::New,
+            Seen::Absorb => Arrival::Retransmission,
+            Seen::Resend { to, bytes } => {
+                let _ = self.write(to, bytes);
+                Arrival::Retransmission
+            }
+            Seen::Full => Arrival::Full,
+        };
+        (arrival, evicted)
+    }
+
     /// An ACK with the key of an INVITE server transaction: true when it acknowledged
     /// sipward's 300-699 answer (and ends here).
     pub fn ack_arrived(&self, key: &TxKey, now: Instant) -> bool {

@@ -374,7 +374,26 @@ impl Endpoint {
             }
             return;
         }
-        match self.egress.arrived(&key, reply_to, now) {
+        // An emergency call from a source where a phone is registered or an account
+        // authenticated is never the one dropped for want of room (issue 14): it takes
+        // the place of the oldest pending INVITE that is not an emergency call.
+        let urgent = method == "INVITE"
+            && SipUri::parse(uri).and_then(|u| u.user).is_some_and(|user| {
+                self.outbound.plan().dialled(user, |_| false) == Dialled::Emergency
+            })
+            && self.guard.standing(source.ip(), self.clock.now()).is_some();
+        let arrival = if urgent {
+            let (arrival, evicted) = self.egress.arrived_urgent(&key, reply_to, now);
+            if let Some(k) = evicted
+                && !self.proxy.cancel(&k)
+            {
+                self.b2bua.cancel(&k);
+            }
+            arrival
+        } else {
+            self.egress.arrived(&key, reply_to, now)
+        };
+        match arrival {
             Arrival::New => {}
             Arrival::Retransmission => {
                 Metrics::inc(&self.metrics.retransmissions);
