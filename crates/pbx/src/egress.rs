@@ -666,7 +666,15 @@ impl Egress {
             let mut c = self.client();
             let key = sip::transaction::TxKey::of(m);
             // The branch is unguessable; still, an answer must come from where the
-            // request went (the same host; for a stream, the same connection).
+            // request went: for a stream, the same connection; for a datagram, the
+            // same IP address *and port*. Another program on the callee's host, or
+            // another phone behind the same NAT, shares the IP but is not the callee.
+            // A phone answers from the flow it registered from (the one the request
+            // went to; RFC 5626's flow, and symmetric RFC 3581 signalling), and a
+            // server sends its responses from the port it listens on (RFC 3261
+            // §18.2.2 with §18.1.2: responses come back to the port in our Via), so a
+            // well-behaved peer is never refused. A peer that answers from another
+            // port is dropped (`wrong_source`).
             if let Some(k) = &key
                 && let Some(dest) = c.table.destination_of(k.branch(), k.method())
             {
@@ -674,6 +682,7 @@ impl Egress {
                     TransportKind::Udp => {
                         dest.transport == TransportKind::Udp
                             && dest.remote.ip() == source.remote.ip()
+                            && dest.remote.port() == source.remote.port()
                     }
                     TransportKind::Tcp => dest.same_peer(source),
                 };
@@ -1117,6 +1126,13 @@ pub(crate) mod tests {
         assert_eq!(
             r.egress
                 .on_response(&m, &Flow::udp(addr("192.0.2.66:5062")), r.clock.instant()),
+            Err(Dropped::WrongSource)
+        );
+        // From the same host but another port (another program, another phone behind
+        // the same NAT): dropped too.
+        assert_eq!(
+            r.egress
+                .on_response(&m, &Flow::udp(addr("192.0.2.1:5070")), r.clock.instant()),
             Err(Dropped::WrongSource)
         );
         let got = r
