@@ -4,6 +4,14 @@
 //! and only up to the rightmost hop that is not itself a listed proxy: everything to its
 //! left was written by someone we do not trust. Bans, provisioning probe counting, the
 //! console's allow list, the login lockout and the audit log all use this address.
+//!
+//! A trusted proxy writes one of the two headers; the other, when there is one, may
+//! come from the client unchanged. So when both are present and name different
+//! clients, or when the hop to the left of our last proxy is no address (`unknown`, an
+//! obfuscated node, junk), the proxy's client is unknown. It is then judged as a
+//! stand-in address of that proxy in the RFC 6666 discard prefix `100::/64` (see
+//! [`stand_in`]): never the proxy's own address, which a ban would take from every
+//! client behind it, and never an address a client chose.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -36,34 +44,82 @@ pub enum Forwarding {
 }
 
 /// The addresses a request passed through, leftmost (the original client) first, as
-/// `Forwarded` lists them, or else `X-Forwarded-For`. `None` marks a hop that is not
-/// an address (`unknown`, an obfuscated name): nothing to its left can be trusted.
+/// `Forwarded` lists them. `None` marks a hop that is not an address (`unknown`, an
+/// obfuscated name): nothing to its left can be trusted.
 pub fn forwarded_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
-    let forwarded: Vec<&str> = headers
+    headers
         .get_all("forwarded")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if !forwarded.is_empty() {
-        return forwarded
-            .iter()
-            .flat_map(|v| v.split(','))
-            .map(|element| {
-                element
-                    .split(';')
-                    .filter_map(|pair| pair.split_once('='))
-                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
-                    .and_then(|(_, v)| node_address(v.trim()))
-            })
-            .collect();
-    }
+        .map(|v| v.to_str().unwrap_or(""))
+        .flat_map(|v| v.split(','))
+        .map(|element| {
+            element
+                .split(';')
+                .filter_map(|pair| pair.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
+                .and_then(|(_, v)| node_address(v.trim()))
+        })
+        .collect()
+}
+
+/// [`forwarded_chain`] for `X-Forwarded-For`.
+pub fn x_forwarded_for_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
     headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.to_str().unwrap_or(""))
         .flat_map(|v| v.split(','))
         .map(|hop| node_address(hop.trim()))
         .collect()
+}
+
+/// The address an unknown client of the trusted proxy `proxy` is judged by: in the
+/// RFC 6666 discard-only prefix `100::/64`, with the proxy's address (IPv4) or its low
+/// 64 bits (IPv6) below it. Probes and failed logins of such clients are counted, and
+/// banned, under it: no real host has it, and the proxy's own address is untouched.
+pub fn stand_in(proxy: IpAddr) -> IpAddr {
+    let low: [u16; 4] = match proxy.to_canonical() {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            [
+                0,
+                0,
+                u16::from_be_bytes([o[0], o[1]]),
+                u16::from_be_bytes([o[2], o[3]]),
+            ]
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            [s[4], s[5], s[6], s[7]]
+        }
+    };
+    IpAddr::V6(std::net::Ipv6Addr::new(
+        0x100, 0, 0, 0, low[0], low[1], low[2], low[3],
+    ))
+}
+
+/// Who one forwarding header says the client is, walking from the right past our own
+/// proxies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hop {
+    /// The first hop that is not a trusted proxy.
+    Client(IpAddr),
+    /// The hop left of the trusted proxy `.0` is no address: its client is unknown.
+    Unknown(IpAddr),
+    /// Every hop is a trusted proxy: the leftmost of them.
+    Proxy(IpAddr),
+}
+
+fn walk(chain: &[Option<IpAddr>], peer: IpAddr, is_trusted: impl Fn(&IpAddr) -> bool) -> Hop {
+    let mut last_trusted = peer;
+    for hop in chain.iter().rev() {
+        match hop {
+            Some(ip) if is_trusted(ip) => last_trusted = ip.to_canonical(),
+            Some(ip) => return Hop::Client(ip.to_canonical()),
+            None => return Hop::Unknown(last_trusted),
+        }
+    }
+    Hop::Proxy(last_trusted)
 }
 
 /// The address of an RFC 7239 node (`192.0.2.7`, `"[2001:db8::1]:4711"`,
@@ -86,8 +142,9 @@ pub fn client_of(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> (C
         peer,
         forwarded: false,
     };
-    let chain = forwarded_chain(headers);
-    if chain.is_empty() {
+    let rfc = forwarded_chain(headers);
+    let xff = x_forwarded_for_chain(headers);
+    if rfc.is_empty() && xff.is_empty() {
         return (direct, Forwarding::None);
     }
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(&ip.to_canonical()));
@@ -95,26 +152,27 @@ pub fn client_of(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> (C
         return (direct, Forwarding::Untrusted);
     }
     // From the right: skip our own proxies; the first hop that is not one is the client.
-    let mut last_trusted = direct.ip;
-    for hop in chain.iter().rev() {
-        match hop {
-            Some(ip) if is_trusted(ip) => last_trusted = ip.to_canonical(),
-            Some(ip) => {
-                let client = Client {
-                    ip: ip.to_canonical(),
-                    peer,
-                    forwarded: true,
-                };
-                return (client, Forwarding::Honoured);
-            }
-            // A hop we cannot read: the proxy that wrote it is the best we know.
-            None => break,
+    let hop = match (rfc.is_empty(), xff.is_empty()) {
+        (false, true) => walk(&rfc, direct.ip, is_trusted),
+        (true, false) => walk(&xff, direct.ip, is_trusted),
+        // Both: our proxy wrote one, the client may have written the other, and we
+        // cannot tell which. Agreeing, they name the client; otherwise it is unknown.
+        _ => {
+            let (a, b) = (
+                walk(&rfc, direct.ip, is_trusted),
+                walk(&xff, direct.ip, is_trusted),
+            );
+            if a == b { a } else { Hop::Unknown(direct.ip) }
         }
-    }
+    };
+    let ip = match hop {
+        Hop::Client(ip) | Hop::Proxy(ip) => ip,
+        Hop::Unknown(proxy) => stand_in(proxy),
+    };
     let client = Client {
-        ip: last_trusted,
+        ip,
         peer,
-        forwarded: last_trusted != direct.ip,
+        forwarded: ip != direct.ip,
     };
     (client, Forwarding::Honoured)
 }
@@ -197,29 +255,53 @@ mod tests {
             ("x-forwarded-for", "10.0.0.9"),
         ]);
         assert_eq!(client_of(peer, &two, &trusted).0.ip, ip("198.51.100.7"));
-        // RFC 7239, preferred over X-Forwarded-For.
+        // RFC 7239.
         let rfc = headers(&[
             ("forwarded", "for=192.0.2.60;proto=http;by=203.0.113.43"),
             (
                 "forwarded",
                 "for=\"[2001:db8:cafe::17]:4711\", for=10.0.0.9",
             ),
-            ("x-forwarded-for", "192.0.2.99"),
         ]);
         assert_eq!(
             client_of(peer, &rfc, &trusted).0.ip,
             ip("2001:db8:cafe::17")
         );
-        // A hop that is not an address: the proxy that wrote it is the client we know.
+        // Both headers, naming different clients: one was the client's own, and
+        // which one cannot be told, so neither is believed.
+        let both = headers(&[
+            ("forwarded", "for=198.51.100.7"),
+            ("x-forwarded-for", "203.0.113.9"),
+        ]);
+        let (c, _) = client_of(peer, &both, &trusted);
+        assert_eq!((c.ip, c.forwarded), (ip("100::a00:5"), true));
+        // Both, agreeing: that client.
+        let agree = headers(&[
+            ("forwarded", "for=203.0.113.9"),
+            ("x-forwarded-for", "203.0.113.9"),
+        ]);
+        assert_eq!(client_of(peer, &agree, &trusted).0.ip, ip("203.0.113.9"));
+        // A hop that is not an address: the client of the proxy that wrote it is
+        // unknown, judged as that proxy's stand-in, never as the proxy.
         let hidden = headers(&[("forwarded", "for=192.0.2.1, for=_hidden, for=10.0.0.9")]);
         let (c, _) = client_of(peer, &hidden, &trusted);
-        assert_eq!((c.ip, c.forwarded), (ip("10.0.0.9"), true));
+        assert_eq!((c.ip, c.forwarded), (ip("100::a00:9"), true));
+        let unknown = headers(&[
+            ("forwarded", "for=unknown"),
+            ("x-forwarded-for", "203.0.113.77"),
+        ]);
+        assert_eq!(client_of(peer, &unknown, &trusted).0.ip, ip("100::a00:5"));
         // Every hop ours: the leftmost.
         let ours = headers(&[("x-forwarded-for", "10.0.0.7, 10.0.0.8")]);
         assert_eq!(client_of(peer, &ours, &trusted).0.ip, ip("10.0.0.7"));
-        // Junk is not an address.
+        // Junk is not an address: unknown.
         let junk = headers(&[("x-forwarded-for", "<script>, 10.0.0.8")]);
-        assert_eq!(client_of(peer, &junk, &trusted).0.ip, ip("10.0.0.8"));
+        assert_eq!(client_of(peer, &junk, &trusted).0.ip, ip("100::a00:8"));
+        assert_eq!(
+            stand_in(ip("2001:db8::1:2:3:4")),
+            ip("100::1:2:3:4"),
+            "IPv6 proxies keep their low 64 bits"
+        );
         // IPv4-mapped peers (a dual-stack listener) match IPv4 networks.
         let mapped: SocketAddr = "[::ffff:10.0.0.5]:41000".parse().expect("addr");
         let xff = headers(&[("x-forwarded-for", "203.0.113.9")]);

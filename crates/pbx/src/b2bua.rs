@@ -38,7 +38,9 @@ use sip::response::ResponseBuilder;
 use sip::transaction::{Action, ResponseClass, State, TxId, TxKey};
 use store::trunks::ActiveCallRow;
 
-use crate::dialog::{DialogId, Kind, Leg, NewDialog, Party, Phase as DialogPhase, Who};
+use crate::dialog::{
+    DialogId, Kind, Leg, MAX_EARLY_PER_BRANCH, NewDialog, Party, Phase as DialogPhase, Who,
+};
 use crate::egress::{Delivery, Owner, Purpose};
 use crate::flow::{Flow, our_uri};
 use crate::metrics::Metrics;
@@ -888,6 +890,7 @@ impl B2bua {
                     .header(Name::To)
                     .and_then(NameAddr::parse)
                     .and_then(|a| a.tag())
+                    && call.b_early.len() < MAX_EARLY_PER_BRANCH
                     && !call.b_early.iter().any(|(t, _)| t == tag)
                     && let Some(dialog) = self.b_dialog(call, tag, DialogPhase::Early, now)
                 {

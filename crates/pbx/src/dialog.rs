@@ -14,7 +14,7 @@
 //! Nothing here is a credential: Call-IDs and tags only find a dialog; the flow a
 //! request came on is what is checked.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -32,6 +32,12 @@ pub const MAX_DIALOGS: usize = 65_536;
 pub const ENDED_KEPT: Duration = Duration::from_secs(32);
 /// An early dialog that no 2xx confirmed within this is over (longer than any ring time).
 pub const EARLY_MAX: Duration = Duration::from_secs(15 * 60);
+/// Early dialogs one branch of a call may make (one per To tag of its tagged
+/// provisional answers). A phone or a forking server downstream makes one or two; a
+/// callee sending a new tag with every 180 must not fill the table. Further tags make
+/// no dialog: their provisional is still passed on (RFC 3261 §16.7), and a 2xx with
+/// such a tag still makes its dialog when it comes (one per answer).
+pub const MAX_EARLY_PER_BRANCH: usize = 4;
 /// A confirmed dialog older than this is over: phones that vanish without a BYE must not
 /// fill the table (longer than the longest maximum call duration a class may have).
 pub const CONFIRMED_MAX: Duration = Duration::from_secs(25 * 3600);
@@ -246,6 +252,9 @@ pub struct Full;
 struct Table {
     by_id: HashMap<DialogId, Dialog>,
     by_call_id: HashMap<String, Vec<DialogId>>,
+    /// Ended dialogs, in the order they ended: the ones a full table drops first, in
+    /// O(1) (lazy: an id already gone is skipped).
+    ended: VecDeque<DialogId>,
     next: u64,
 }
 
@@ -309,21 +318,17 @@ impl Dialogs {
         self.len() == 0
     }
 
-    /// Starts a dialog. A full table refuses (ended dialogs are dropped first).
+    /// Starts a dialog. A full table refuses, after dropping the dialog that ended
+    /// first, if any: O(1), whatever the table holds, so that a flood of dialogs
+    /// cannot make every creation scan the table under the lock.
     pub fn create(&self, d: NewDialog, now: Instant) -> Result<DialogId, Full> {
         let mut t = self.lock();
-        if t.by_id.len() >= self.capacity {
-            let ended: Vec<DialogId> = t
-                .by_id
-                .values()
-                .filter(|d| d.phase == Phase::Ended)
-                .map(|d| d.id)
-                .collect();
-            for id in ended {
-                t.remove(id);
-            }
-            if t.by_id.len() >= self.capacity {
+        while t.by_id.len() >= self.capacity {
+            let Some(old) = t.ended.pop_front() else {
                 return Err(Full);
+            };
+            if t.by_id.get(&old).is_some_and(|d| d.phase == Phase::Ended) {
+                t.remove(old);
             }
         }
         t.next += 1;
@@ -349,6 +354,9 @@ impl Dialogs {
                 closing: false,
             },
         );
+        if d.phase == Phase::Ended {
+            t.ended.push_back(id);
+        }
         Ok(id)
     }
 
@@ -419,11 +427,13 @@ impl Dialogs {
 
     /// The dialog is over.
     pub fn end(&self, id: DialogId, now: Instant) {
-        if let Some(d) = self.lock().by_id.get_mut(&id)
+        let mut t = self.lock();
+        if let Some(d) = t.by_id.get_mut(&id)
             && d.phase != Phase::Ended
         {
             d.phase = Phase::Ended;
             d.ended = Some(now);
+            t.ended.push_back(id);
         }
     }
 
@@ -431,6 +441,7 @@ impl Dialogs {
     /// than [`EARLY_MAX`] and confirmed ones older than [`CONFIRMED_MAX`].
     pub fn sweep(&self, now: Instant) {
         let mut t = self.lock();
+        let mut stale_ids = Vec::new();
         for d in t.by_id.values_mut() {
             let age = now.saturating_duration_since(d.started);
             let stale = match d.phase {
@@ -441,8 +452,10 @@ impl Dialogs {
             if stale {
                 d.phase = Phase::Ended;
                 d.ended = Some(now);
+                stale_ids.push(d.id);
             }
         }
+        t.ended.extend(stale_ids);
         let gone: Vec<DialogId> = t
             .by_id
             .values()
@@ -454,6 +467,13 @@ impl Dialogs {
             .collect();
         for id in gone {
             t.remove(id);
+        }
+        // Ids of dialogs already gone, oldest first, go from the eviction queue too.
+        while let Some(id) = t.ended.front() {
+            if t.by_id.contains_key(id) {
+                break;
+            }
+            t.ended.pop_front();
         }
     }
 
@@ -736,6 +756,29 @@ mod tests {
         );
         assert_eq!(d.of(&Who::Trunk("gateway:pstn".into())).len(), 1);
         assert!(d.of(&Who::Extension("1001".into())).is_empty());
+    }
+
+    #[test]
+    fn a_full_table_drops_the_dialog_that_ended_first_and_sweeps_its_queue() {
+        let t0 = Instant::now();
+        let d = Dialogs::new(3);
+        let a = call(&d, t0);
+        let b = call(&d, t0);
+        let c = call(&d, t0);
+        d.end(b, t0);
+        d.end(a, t0);
+        assert!(call_result(&d, t0).is_ok(), "b ended first and goes");
+        assert!(d.get(b).is_none());
+        assert!(d.get(a).is_some());
+        d.sweep(t0 + ENDED_KEPT);
+        assert!(d.get(a).is_none(), "swept");
+        assert!(
+            d.lock().ended.is_empty(),
+            "the queue holds no id of a gone dialog"
+        );
+        assert!(call_result(&d, t0).is_ok());
+        assert!(call_result(&d, t0).is_err(), "nothing ended: full");
+        assert!(d.get(c).is_some());
     }
 
     #[test]

@@ -345,6 +345,36 @@ impl Egress {
         }
     }
 
+    /// The TU gives the request `key` no answer: its entry goes at once (see
+    /// [`sip::transaction::server::ServerTransactions::abandon`]).
+    pub fn abandon(&self, key: &TxKey) {
+        self.server().abandon(key);
+    }
+
+    /// [`Egress::arrived`] for an emergency INVITE from a source with standing: when
+    /// the INVITE table is full, it takes the place of the oldest pending INVITE that
+    /// is not an emergency call, whose key comes back so that its TU gives it up.
+    pub fn arrived_urgent(
+        &self,
+        key: &TxKey,
+        reply_to: Flow,
+        now: Instant,
+    ) -> (Arrival, Option<TxKey>) {
+        let (seen, evicted) =
+            self.server()
+                .on_urgent_request(key, reply_to, reply_to.reliability(), now);
+        let arrival = match seen {
+            Seen::New => Arrival::New,
+            Seen::Absorb => Arrival::Retransmission,
+            Seen::Resend { to, bytes } => {
+                let _ = self.write(to, bytes);
+                Arrival::Retransmission
+            }
+            Seen::Full => Arrival::Full,
+        };
+        (arrival, evicted)
+    }
+
     /// An ACK with the key of an INVITE server transaction: true when it acknowledged
     /// sipward's 300-699 answer (and ends here).
     pub fn ack_arrived(&self, key: &TxKey, now: Instant) -> bool {
@@ -636,7 +666,15 @@ impl Egress {
             let mut c = self.client();
             let key = sip::transaction::TxKey::of(m);
             // The branch is unguessable; still, an answer must come from where the
-            // request went (the same host; for a stream, the same connection).
+            // request went: for a stream, the same connection; for a datagram, the
+            // same IP address *and port*. Another program on the callee's host, or
+            // another phone behind the same NAT, shares the IP but is not the callee.
+            // A phone answers from the flow it registered from (the one the request
+            // went to; RFC 5626's flow, and symmetric RFC 3581 signalling), and a
+            // server sends its responses from the port it listens on (RFC 3261
+            // §18.2.2 with §18.1.2: responses come back to the port in our Via), so a
+            // well-behaved peer is never refused. A peer that answers from another
+            // port is dropped (`wrong_source`).
             if let Some(k) = &key
                 && let Some(dest) = c.table.destination_of(k.branch(), k.method())
             {
@@ -644,6 +682,7 @@ impl Egress {
                     TransportKind::Udp => {
                         dest.transport == TransportKind::Udp
                             && dest.remote.ip() == source.remote.ip()
+                            && dest.remote.port() == source.remote.port()
                     }
                     TransportKind::Tcp => dest.same_peer(source),
                 };
@@ -1087,6 +1126,13 @@ pub(crate) mod tests {
         assert_eq!(
             r.egress
                 .on_response(&m, &Flow::udp(addr("192.0.2.66:5062")), r.clock.instant()),
+            Err(Dropped::WrongSource)
+        );
+        // From the same host but another port (another program, another phone behind
+        // the same NAT): dropped too.
+        assert_eq!(
+            r.egress
+                .on_response(&m, &Flow::udp(addr("192.0.2.1:5070")), r.clock.instant()),
             Err(Dropped::WrongSource)
         );
         let got = r

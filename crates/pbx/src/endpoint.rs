@@ -297,6 +297,8 @@ impl Endpoint {
             String::new()
         };
         let Ok(mut b) = ResponseBuilder::new(m, code, reason, source, &tag) else {
+            // No answer can ever be built: the entry must not wait for one.
+            self.egress.abandon(key);
             return;
         };
         for (name, value) in headers {
@@ -356,6 +358,13 @@ impl Endpoint {
         else {
             return;
         };
+        // A request sipward cannot answer never takes a place in the transaction
+        // table: the INVITE part of it is small and not evicted, so such requests
+        // would otherwise hold it until the pending limit.
+        if !sip::response::answerable(&m) {
+            Metrics::inc(&self.metrics.unanswerable);
+            return;
+        }
         let now = self.clock.instant();
         if method == "ACK" {
             // The ACK of a failure of ours ends here (hop by hop); the ACK of a 2xx
@@ -365,7 +374,26 @@ impl Endpoint {
             }
             return;
         }
-        match self.egress.arrived(&key, reply_to, now) {
+        // An emergency call from a source where a phone is registered or an account
+        // authenticated is never the one dropped for want of room (issue 14): it takes
+        // the place of the oldest pending INVITE that is not an emergency call.
+        let urgent = method == "INVITE"
+            && SipUri::parse(uri).and_then(|u| u.user).is_some_and(|user| {
+                self.outbound.plan().dialled(user, |_| false) == Dialled::Emergency
+            })
+            && self.guard.standing(source.ip(), self.clock.now()).is_some();
+        let arrival = if urgent {
+            let (arrival, evicted) = self.egress.arrived_urgent(&key, reply_to, now);
+            if let Some(k) = evicted
+                && !self.proxy.cancel(&k)
+            {
+                self.b2bua.cancel(&k);
+            }
+            arrival
+        } else {
+            self.egress.arrived(&key, reply_to, now)
+        };
+        match arrival {
             Arrival::New => {}
             Arrival::Retransmission => {
                 Metrics::inc(&self.metrics.retransmissions);
@@ -645,7 +673,12 @@ impl Endpoint {
         let caller =
             match self.authenticate(&dir, m, Name::ProxyAuthorization, "INVITE", source, now) {
                 Authn::Account(a) => a,
-                Authn::Silent => return,
+                Authn::Silent => {
+                    // Silence is an answer of sorts: nothing more will be sent, so
+                    // the entry goes now rather than at the pending limit.
+                    self.egress.abandon(key);
+                    return;
+                }
                 Authn::Challenge(challenges) => {
                     Metrics::inc(&self.metrics.invite_challenged);
                     let headers: Vec<(&str, &str)> = challenges

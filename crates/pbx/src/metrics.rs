@@ -35,6 +35,7 @@ pub struct Metrics {
     pub requests: AtomicU64,
     pub parse_errors: AtomicU64,
     pub bad_requests: AtomicU64,
+    pub unanswerable: AtomicU64,
     pub retransmissions: AtomicU64,
     pub register_ok: AtomicU64,
     pub register_challenged: AtomicU64,
@@ -165,6 +166,11 @@ impl Metrics {
                 "sipward_sip_bad_requests_total",
                 "requests answered 400",
                 get(&self.bad_requests),
+            ),
+            (
+                "sipward_sip_unanswerable_total",
+                "requests dropped before the transaction table because no answer to them can be built (more than 70 Via lines)",
+                get(&self.unanswerable),
             ),
             (
                 "sipward_sip_retransmissions_total",

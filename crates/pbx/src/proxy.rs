@@ -37,7 +37,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::dialog::{
-    Dialog, DialogId, Dialogs, Ends, Kind, NewDialog, Party, PartyState, Phase, Side, Who,
+    Dialog, DialogId, Dialogs, Ends, Kind, MAX_EARLY_PER_BRANCH, NewDialog, Party, PartyState,
+    Phase, Side, Who,
 };
 use crate::egress::{Delivery, Egress, Owner, Purpose};
 use crate::flow::{Flow, our_uri};
@@ -869,6 +870,7 @@ impl Proxy {
                 if code > 100
                     && let Some(tag) = &to_tag
                     && !call.final_sent
+                    && call.branches[index].dialogs.len() < MAX_EARLY_PER_BRANCH
                     && !call.branches[index].dialogs.iter().any(|(t, _)| t == tag)
                     && let Ok(id) = self
                         .dialogs
@@ -1119,13 +1121,17 @@ mod tests {
 
     /// The callee's answer to `req`, through the egress rule and back to the proxy.
     fn answer(r: &Rig, p: &Proxy, req: &str, code: u16, from: Flow) {
+        answer_tagged(r, p, req, code, from, "callee");
+    }
+
+    fn answer_tagged(r: &Rig, p: &Proxy, req: &str, code: u16, from: Flow, tag: &str) {
         let m = sip::msg::parse(req.as_bytes()).expect("parse");
         let vias: String = m
             .headers_named(Name::Via)
             .map(|v| format!("Via: {v}\r\n"))
             .collect();
         let text = format!(
-            "SIP/2.0 {code} X\r\n{vias}From: <sip:1002@pbx>;tag=f1\r\nTo: <sip:1001@pbx>;tag=callee\r\n\
+            "SIP/2.0 {code} X\r\n{vias}From: <sip:1002@pbx>;tag=f1\r\nTo: <sip:1001@pbx>;tag={tag}\r\n\
              Call-ID: c1\r\nCSeq: 2 INVITE\r\nContact: <sip:1001@198.51.100.9>\r\nContent-Length: 0\r\n\r\n"
         );
         let m = sip::msg::parse(text.as_bytes()).expect("parse");
@@ -1189,6 +1195,24 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert!(out[0].1.starts_with(b"CANCEL sip:1001@198.51.100.9:7000"));
         assert_eq!(out[0].0, callee());
+    }
+
+    #[test]
+    fn a_branch_makes_few_early_dialogs_however_many_tags_it_rings_with() {
+        let r = rig();
+        let p = proxy(&r);
+        let (_, sent) = invite(&r, &p);
+        for n in 0..50 {
+            answer_tagged(&r, &p, &sent, 180, callee(), &format!("t{n}"));
+        }
+        assert_eq!(r.dialogs.len(), MAX_EARLY_PER_BRANCH);
+        let up = r.wire.take();
+        assert_eq!(up.len(), 50, "every provisional still goes upstream");
+        assert!(up.iter().all(|(f, _)| *f == caller()));
+        // A 2xx with a tag beyond the bound still makes its dialog.
+        answer_tagged(&r, &p, &sent, 200, callee(), "t49");
+        let (d, _) = r.dialogs.find("c1", "t49", "f1").expect("dialog");
+        assert_eq!(d.phase, crate::dialog::Phase::Confirmed);
     }
 
     #[test]

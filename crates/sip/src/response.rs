@@ -26,6 +26,19 @@ pub struct ResponseBuilder {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Unroutable;
 
+/// Whether a response to `req` can be built at all: a top Via that parses, and no more
+/// than [`MAX_VIA_LINES`] Via lines. Checked before a request is entered in the server
+/// transaction table, so that a request sipward could never answer takes no place there.
+pub fn answerable(req: &Message<'_>) -> bool {
+    let mut vias = req.headers_named(Name::Via);
+    let top_ok = vias
+        .next()
+        .and_then(|v| crate::header::split_list(v).next())
+        .and_then(Via::parse)
+        .is_some();
+    top_ok && vias.count() < MAX_VIA_LINES
+}
+
 impl ResponseBuilder {
     /// Starts a response to `req` received from `source`. The top Via gets `received`
     /// and, when asked for, `rport` filled in; `to_tag` is added to `To` when the request
@@ -254,10 +267,23 @@ Content-Length: 0\r\n\r\n";
             Some(Unroutable),
             "too many Via lines"
         );
+        assert!(!answerable(&long), "refused before the transaction table");
+        assert!(answerable(&req));
+        assert!(!answerable(&novia));
         let badvia = parse(b"OPTIONS sip:x SIP/2.0\r\nVia: garbage\r\n\r\n").expect("req");
         assert_eq!(
             ResponseBuilder::new(&badvia, 400, "Bad Request", src, "t").err(),
             Some(Unroutable)
         );
+        assert!(!answerable(&badvia));
+        let most: String = std::iter::once("OPTIONS sip:x SIP/2.0\r\n".to_string())
+            .chain(
+                (1..=MAX_VIA_LINES).map(|i| format!("Via: SIP/2.0/UDP h{i};branch=z9hG4bK{i}\r\n")),
+            )
+            .chain(std::iter::once("\r\n".to_string()))
+            .collect();
+        let most = parse(most.as_bytes()).expect("parses");
+        assert!(answerable(&most), "exactly the limit is answerable");
+        assert!(ResponseBuilder::new(&most, 200, "OK", src, "t").is_ok());
     }
 }

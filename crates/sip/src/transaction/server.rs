@@ -21,9 +21,16 @@
 //!
 //! Bounds: non-INVITE entries are evicted oldest first when the table is full (their
 //! answers are sent at once, so the oldest are long answered); INVITE entries have a
-//! capacity of their own and are never evicted, so a flood of REGISTERs cannot take a
-//! ringing call's answer away. A pending INVITE is forgotten after [`INVITE_PENDING_MAX`]
-//! whatever the TU does. Only requests with an RFC 3261 branch (`z9hG4bK`) are matched.
+//! capacity of their own, so a flood of REGISTERs cannot take a ringing call's answer
+//! away. When the INVITE part is full, a new INVITE takes the place of the oldest one
+//! already answered 300-699 (Completed or Confirmed: it only waits for its ACK or Timer
+//! H, and losing it only means a retransmitted INVITE is handled again), so INVITEs
+//! answered with a failure and never ACKed (forged sources) cannot fill it. Pending and
+//! 2xx-answered INVITEs are not evicted, except by an urgent one (an emergency call, see
+//! [`ServerTransactions::on_urgent_request`]), which takes the place of the oldest
+//! pending INVITE that is not urgent itself. A pending INVITE is forgotten after
+//! [`INVITE_PENDING_MAX`] whatever the TU does. Only requests with an RFC 3261 branch
+//! (`z9hG4bK`) are matched.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -188,6 +195,8 @@ struct Entry<D> {
     expires: Instant,
     /// The deadline as filed (INVITE entries only).
     filed: Option<Instant>,
+    /// An INVITE entered by [`ServerTransactions::on_urgent_request`].
+    urgent: bool,
 }
 
 impl<D> Entry<D> {
@@ -212,6 +221,9 @@ pub struct ServerTransactions<D> {
     capacity: usize,
     invite_capacity: usize,
     invites: usize,
+    /// INVITE keys answered 300-699, oldest first: the ones to evict when the INVITE
+    /// part is full (lazy: a key whose entry is gone or moved on is skipped).
+    failed: VecDeque<TxKey>,
 }
 
 /// The status code of a response's bytes (`SIP/2.0 NNN ...`).
@@ -233,6 +245,7 @@ impl<D: Clone> ServerTransactions<D> {
             capacity: capacity.max(1),
             invite_capacity: invite_capacity.max(1),
             invites: 0,
+            failed: VecDeque::new(),
         }
     }
 
@@ -314,6 +327,60 @@ impl<D: Clone> ServerTransactions<D> {
         }
     }
 
+    /// The TU gives the request `key` no answer at all (it cannot build one, or it
+    /// stays silent on purpose): its entry goes now, while it still waits for its
+    /// first final answer, so that a request nobody answers cannot hold a place in
+    /// the table until [`INVITE_PENDING_MAX`]. A retransmission is then handled as new.
+    /// True when an entry went.
+    pub fn abandon(&mut self, key: &TxKey) -> bool {
+        let pending = self
+            .entries
+            .get(key)
+            .is_some_and(|e| e.phase == Phase::Pending && e.response.is_none());
+        if pending {
+            self.remove(key);
+        }
+        pending
+    }
+
+    /// Whether `key` names an INVITE entry answered 300-699 (evictable).
+    fn failed_invite(&self, key: &TxKey) -> bool {
+        self.entries
+            .get(key)
+            .is_some_and(|e| e.invite && matches!(e.phase, Phase::Completed | Phase::Confirmed))
+    }
+
+    /// Makes room for one INVITE by evicting the oldest one answered 300-699. False
+    /// when there is none.
+    fn evict_failed(&mut self) -> bool {
+        while let Some(key) = self.failed.pop_front() {
+            if self.failed_invite(&key) {
+                self.remove(&key);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Makes room for an urgent INVITE by evicting the oldest pending INVITE that is not
+    /// urgent; returns its key, so that the TU can give its call up. Linear in the
+    /// INVITE entries, but only taken when the table is full of pending and accepted
+    /// INVITEs and an emergency call arrives.
+    fn evict_pending(&mut self) -> Option<TxKey> {
+        let victim = self
+            .deadlines
+            .iter()
+            .map(|(_, k)| k)
+            .find(|k| {
+                self.entries
+                    .get(*k)
+                    .is_some_and(|e| e.phase == Phase::Pending && !e.urgent)
+            })
+            .cloned()?;
+        self.remove(&victim);
+        Some(victim)
+    }
+
     /// A request arrived (not an ACK: see [`Self::on_ack`]); its answers will go to `to`.
     pub fn on_request(
         &mut self,
@@ -322,6 +389,31 @@ impl<D: Clone> ServerTransactions<D> {
         reliability: Reliability,
         now: Instant,
     ) -> Seen<D> {
+        self.enter(key, to, reliability, now, false).0
+    }
+
+    /// [`Self::on_request`] for an INVITE that must not be dropped for want of room (an
+    /// emergency call): when the INVITE part is full even after evicting failures, it
+    /// takes the place of the oldest pending INVITE that is not urgent, whose key is
+    /// returned (its TU must give it up: no answer to it can be sent any more).
+    pub fn on_urgent_request(
+        &mut self,
+        key: &TxKey,
+        to: D,
+        reliability: Reliability,
+        now: Instant,
+    ) -> (Seen<D>, Option<TxKey>) {
+        self.enter(key, to, reliability, now, true)
+    }
+
+    fn enter(
+        &mut self,
+        key: &TxKey,
+        to: D,
+        reliability: Reliability,
+        now: Instant,
+        urgent: bool,
+    ) -> (Seen<D>, Option<TxKey>) {
         self.expire(now);
         if self
             .entries
@@ -331,17 +423,22 @@ impl<D: Clone> ServerTransactions<D> {
             self.entries.remove(key);
         }
         if let Some(e) = self.entries.get(key) {
-            return match (e.phase, &e.response) {
+            let seen = match (e.phase, &e.response) {
                 (Phase::Accepted | Phase::Confirmed, _) | (_, None) => Seen::Absorb,
                 (_, Some(r)) => Seen::Resend {
                     to: e.to.clone(),
                     bytes: Arc::clone(r),
                 },
             };
+            return (seen, None);
         }
         let invite = key.is_invite();
-        if invite && self.invites >= self.invite_capacity {
-            return Seen::Full;
+        let mut evicted = None;
+        if invite && self.invites >= self.invite_capacity && !self.evict_failed() {
+            evicted = if urgent { self.evict_pending() } else { None };
+            if evicted.is_none() {
+                return (Seen::Full, None);
+            }
         }
         let expires = if invite {
             now + INVITE_PENDING_MAX
@@ -362,6 +459,7 @@ impl<D: Clone> ServerTransactions<D> {
                 own_2xx: false,
                 expires,
                 filed: None,
+                urgent: urgent && invite,
             },
         );
         if invite {
@@ -370,7 +468,7 @@ impl<D: Clone> ServerTransactions<D> {
         } else {
             self.order.push_back((expires, key.clone()));
         }
-        Seen::New
+        (Seen::New, evicted)
     }
 
     /// An ACK arrived with the key of an INVITE transaction. True when it acknowledged
@@ -487,8 +585,19 @@ impl<D: Clone> ServerTransactions<D> {
                 interval: timers.t1(),
             });
         }
+        let failed = e.phase == Phase::Completed;
         e.expires = now + timers.timeout();
         self.file(key);
+        if failed {
+            self.failed.push_back(key.clone());
+            // Keys that left by their timers are skipped lazily; sweep them out before
+            // they outnumber the table.
+            if self.failed.len() > 2 * self.invite_capacity {
+                let mut keys = std::mem::take(&mut self.failed);
+                keys.retain(|k| self.failed_invite(k));
+                self.failed = keys;
+            }
+        }
         Ok(to)
     }
 
@@ -646,6 +755,69 @@ mod tests {
             Seen::Full
         );
         assert_eq!(t.invites(), 2);
+    }
+
+    #[test]
+    fn a_new_invite_takes_the_place_of_a_failed_one_and_an_urgent_one_of_a_pending_one() {
+        let t0 = Instant::now();
+        let mut t = Table::new(100, 2, Timers::default());
+        let ringing = key("z9hG4bKringing", "INVITE");
+        let refused = key("z9hG4bKrefused", "INVITE");
+        assert_eq!(t.on_request(&ringing, "phone", UDP, t0), Seen::New);
+        assert_eq!(t.on_request(&refused, "forged", UDP, t0), Seen::New);
+        assert!(
+            t.respond_once(&refused, bytes("SIP/2.0 404 Not Found"), t0)
+                .is_ok()
+        );
+        // Full, but the 404 only waits for an ACK that will never come.
+        let next = key("z9hG4bKnext", "INVITE");
+        assert_eq!(t.on_request(&next, "phone", UDP, t0 + ms(1)), Seen::New);
+        assert_eq!(t.destination(&refused), None, "the failure made room");
+        assert_eq!(
+            t.destination(&ringing),
+            Some(&"phone"),
+            "the pending one stays"
+        );
+        assert_eq!(t.invites(), 2);
+        // Full of pending INVITEs: an ordinary one is dropped, an urgent one evicts
+        // the oldest pending one that is not urgent.
+        let more = key("z9hG4bKmore", "INVITE");
+        assert_eq!(t.on_request(&more, "phone", UDP, t0), Seen::Full);
+        let sos = key("z9hG4bKsos", "INVITE");
+        assert_eq!(
+            t.on_urgent_request(&sos, "phone", UDP, t0 + ms(2)),
+            (Seen::New, Some(ringing.clone()))
+        );
+        let sos2 = key("z9hG4bKsos2", "INVITE");
+        assert_eq!(
+            t.on_urgent_request(&sos2, "phone", UDP, t0 + ms(3)),
+            (Seen::New, Some(next.clone()))
+        );
+        let sos3 = key("z9hG4bKsos3", "INVITE");
+        assert_eq!(
+            t.on_urgent_request(&sos3, "phone", UDP, t0 + ms(4)),
+            (Seen::Full, None),
+            "an urgent INVITE never evicts another"
+        );
+        assert_eq!(t.invites(), 2);
+    }
+
+    #[test]
+    fn an_invite_its_tu_abandons_leaves_the_table_at_once() {
+        let t0 = Instant::now();
+        let mut t = Table::new(100, 1, Timers::default());
+        let unanswered = key("z9hG4bKsilent", "INVITE");
+        assert_eq!(t.on_request(&unanswered, "caller", UDP, t0), Seen::New);
+        let next = key("z9hG4bKnext", "INVITE");
+        assert_eq!(t.on_request(&next, "caller", UDP, t0), Seen::Full);
+        assert!(t.abandon(&unanswered));
+        assert_eq!(t.invites(), 0);
+        assert_eq!(t.next_deadline(), None, "its timer went with it");
+        assert_eq!(t.on_request(&next, "caller", UDP, t0), Seen::New);
+        // An answered entry is not the TU's to drop: its answer must be repeatable.
+        assert!(t.respond_once(&next, bytes("SIP/2.0 486 Busy"), t0).is_ok());
+        assert!(!t.abandon(&next));
+        assert_eq!(t.invites(), 1);
     }
 
     #[test]

@@ -1,8 +1,13 @@
 //! End-to-end tests: the real `sipward` binary on temporary data dirs.
 
 mod at_rest;
+mod attack_console;
+mod attack_dialogs;
+mod attack_flood;
+mod attack_flows;
 mod attack_revoke;
 mod attack_settings;
+mod attack_transfer;
 mod attacks;
 mod backup;
 mod bad_input;
