@@ -12,7 +12,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use policy::clock::Clock;
 use policy::dialplan::{CallClass, ClassOfService, Dialled};
@@ -39,7 +39,7 @@ use crate::proxy::{self, Proxy};
 use crate::registrar::{Contacts, Durable, RegisterError, RegisterRequest, Registrar};
 use crate::signalling::Signalling;
 use crate::transfer::{Transfers, Verdict};
-use crate::transport::Inbound;
+use crate::transport::{ConnectionEnd, Inbound};
 use crate::trunk::{Routed, Trunks};
 use policy::ban::Proof;
 
@@ -308,11 +308,17 @@ impl Endpoint {
     }
 
     /// Handles one message, as it came on `flow`.
-    pub fn handle(&self, bytes: &[u8], flow: Flow) {
+    /// Handles one message; false when it did not parse (a stream carrying it is closed).
+    pub fn handle(&self, bytes: &[u8], flow: Flow) -> bool {
         let Ok(m) = msg::parse(bytes) else {
             Metrics::inc(&self.metrics.parse_errors);
-            return;
+            return false;
         };
+        self.handle_message(m, bytes, flow);
+        true
+    }
+
+    fn handle_message(&self, m: Message<'_>, bytes: &[u8], flow: Flow) {
         // A scanner's first request bans its source, and it gets no answer at all.
         // Over TCP the handshake proved the source; a datagram proves nothing.
         let proof = match flow.transport {
@@ -1060,12 +1066,45 @@ impl Inbound for Endpoint {
         admitted
     }
 
-    fn received(&self, bytes: &[u8], flow: Flow) {
-        self.handle(bytes, flow);
+    fn banned(&self, ip: IpAddr) -> bool {
+        !self.guard.admits(ip)
     }
 
-    fn unframed(&self) {
+    fn uncapped(&self, ip: IpAddr) -> bool {
+        self.guard.allowed(ip)
+    }
+
+    fn registered_from(&self, ip: IpAddr) -> bool {
+        self.registrar.registered_from(ip)
+    }
+
+    fn received(&self, bytes: &[u8], flow: Flow) -> bool {
+        self.handle(bytes, flow)
+    }
+
+    fn unframed(&self, ip: IpAddr) {
         Metrics::inc(&self.metrics.parse_errors);
+        // The handshake proved the source: junk from it counts toward its flood limit
+        // like any message, and bans it at the limit.
+        let _ = self.guard.admit_on_connection(ip);
+    }
+
+    fn connection(&self, closed: ConnectionEnd) {
+        Metrics::inc(match closed {
+            ConnectionEnd::Refused => &self.metrics.tcp_refused,
+            ConnectionEnd::TimedOut => &self.metrics.tcp_timeouts,
+            ConnectionEnd::Banned => &self.metrics.tcp_banned_closed,
+        });
+    }
+
+    fn accept_backoff(&self, error: &std::io::Error, delay: Duration, first: bool) {
+        Metrics::inc(&self.metrics.accept_backoff);
+        if first {
+            self.guard.report(Event::AcceptBackoff {
+                error: error.to_string(),
+                delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            });
+        }
     }
 }
 

@@ -117,6 +117,9 @@ pub enum Event {
         number: String,
         breach: policy::dialplan::EmergencyBreach,
     },
+    /// The SIP TCP accept loop could not accept (out of file descriptors, most likely):
+    /// it waits `delay_ms` before trying again instead of spinning.
+    AcceptBackoff { error: String, delay_ms: u64 },
 }
 
 impl Event {
@@ -201,6 +204,12 @@ impl Event {
                 "extension": number,
                 "reason": breach.id(),
                 "detail": breach.describe(),
+            }),
+            Event::AcceptBackoff { error, delay_ms } => json!({
+                "event": "accept_backoff",
+                "transport": "tcp",
+                "error": error,
+                "delay_ms": delay_ms,
             }),
         }
     }

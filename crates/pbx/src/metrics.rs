@@ -55,6 +55,14 @@ pub struct Metrics {
     pub refused_credentials: AtomicU64,
     pub accounts_protected: AtomicU64,
     pub ip_uri_dropped: AtomicU64,
+    /// SIP TCP connections closed at accept: over a per-source, per-prefix or total cap.
+    pub tcp_refused: AtomicU64,
+    /// SIP TCP connections closed for missing the first-message deadline or idling.
+    pub tcp_timeouts: AtomicU64,
+    /// SIP TCP connections closed because their source was banned while connected.
+    pub tcp_banned_closed: AtomicU64,
+    /// Times the SIP TCP accept loop waited after an accept error (fd exhaustion).
+    pub accept_backoff: AtomicU64,
     pub kernel_drop_sources: AtomicU64,
     pub allowed_networks: AtomicU64,
     pub notify_sent: AtomicU64,
@@ -231,6 +239,26 @@ impl Metrics {
                 "sipward_accounts_protected_total",
                 "times an account was closed to untrusted sources after distributed guessing",
                 get(&self.accounts_protected),
+            ),
+            (
+                "sipward_tcp_connections_refused_total",
+                "SIP TCP connections closed at accept (per-source, per-prefix or total cap)",
+                get(&self.tcp_refused),
+            ),
+            (
+                "sipward_tcp_connections_timed_out_total",
+                "SIP TCP connections closed: no complete message by the deadline, or idle",
+                get(&self.tcp_timeouts),
+            ),
+            (
+                "sipward_tcp_connections_banned_total",
+                "open SIP TCP connections closed because their source was banned",
+                get(&self.tcp_banned_closed),
+            ),
+            (
+                "sipward_accept_backoff_total",
+                "times the SIP TCP accept loop backed off after an accept error (file descriptors exhausted)",
+                get(&self.accept_backoff),
             ),
             (
                 "sipward_dropped_ip_uri_total",

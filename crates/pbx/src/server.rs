@@ -53,6 +53,8 @@ pub struct ServeConfig {
     pub min_strength_score: u8,
     /// Tasks receiving on the UDP socket (one per core is best).
     pub udp_workers: usize,
+    /// What the SIP TCP transport enforces per connection and per source.
+    pub tcp: crate::transport::TcpLimits,
     /// The SMTP server the outbox is sent through; None leaves mails queued.
     pub mailer: Option<accounts::mail::Mailer>,
 }
@@ -251,6 +253,7 @@ impl Bound {
             self.tcp,
             self.transports.clone(),
             inbound.clone(),
+            self.cfg.tcp.clone(),
             stop_rx.clone(),
         ));
         tasks.spawn(reload_loop(

@@ -7,7 +7,13 @@
 //! TCP is framed by Content-Length; connections and message sizes are bounded. Every
 //! live connection has an entry in one bounded registry (its id, its peer, its writer
 //! channel), so that sipward can send a request on a connection a phone opened; an entry
-//! goes with its connection.
+//! goes with its connection. No source can hold connections open for nothing (issue
+//! #17): each address and each network prefix may hold only so many ([`TcpLimits`]); a
+//! new connection must deliver a complete message within a deadline, and one that sends
+//! no complete message for a while is closed (bytes alone keep nothing open); a ban
+//! closes the source's connections within a tick; a stream that cannot be framed or a
+//! message that does not parse closes its connection and counts toward the source's
+//! flood limit. At the file-descriptor limit the accept loop backs off.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -15,9 +21,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::Instant;
 
 use crate::egress::{Cleared, Undeliverable, Wire};
 use crate::flow::{ConnId, Flow, TransportKind};
@@ -27,11 +35,82 @@ use crate::guard::Admission;
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Concurrent TCP connections (the registry's bound).
 pub const MAX_TCP_CONNECTIONS: usize = 4096;
-/// A TCP connection that sends nothing for this long is closed.
+/// A TCP connection that carries a live registration and sends no complete message
+/// (nor a keep-alive) for this long is closed.
 pub const TCP_IDLE: Duration = Duration::from_secs(900);
 /// Messages waiting to be written on one connection; a peer that reads no faster is
 /// cut off rather than buffered without bound.
 pub const TCP_QUEUE: usize = 256;
+/// The first wait of the accept loop after an accept error; it doubles up to
+/// [`ACCEPT_BACKOFF_MAX`].
+pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// What the TCP transport enforces per connection and per source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpLimits {
+    /// Open connections per address (`[sip] tcp_connections_per_source`).
+    pub per_source: u32,
+    /// Open connections per network prefix (per_source × `guard.prefix_factor`).
+    pub per_prefix: u32,
+    /// The prefix lengths (`guard.ipv4_prefix`, `guard.ipv6_prefix`).
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    /// A new connection's first complete message must arrive within this
+    /// (`[sip] tcp_first_message_secs`).
+    pub first_message: Duration,
+    /// A connection with no live registration from its source is closed after this long
+    /// without a complete message (`[sip] tcp_idle_secs`).
+    pub idle: Duration,
+    /// The same for a source with a live registration ([`TCP_IDLE`]).
+    pub idle_registered: Duration,
+    /// How often an open connection looks whether its source has been banned.
+    pub ban_check: Duration,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        Self {
+            per_source: 32,
+            per_prefix: 32 * 4,
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+            first_message: Duration::from_secs(5),
+            idle: Duration::from_secs(60),
+            idle_registered: TCP_IDLE,
+            ban_check: Duration::from_secs(1),
+        }
+    }
+}
+
+impl TcpLimits {
+    /// The keys a connection from `ip` counts under, each with its cap.
+    fn keys(&self, ip: IpAddr) -> Vec<(IpNet, u32)> {
+        let host = IpNet::from(ip);
+        let len = match ip {
+            IpAddr::V4(_) => self.ipv4_prefix,
+            IpAddr::V6(_) => self.ipv6_prefix,
+        };
+        let mut keys = vec![(host, self.per_source)];
+        if let Ok(p) = IpNet::new(ip, len).map(|n| n.trunc())
+            && p != host
+        {
+            keys.push((p, self.per_prefix));
+        }
+        keys
+    }
+}
+
+/// Why a connection was closed by the transport (for the metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionEnd {
+    /// Over a per-source, per-prefix or total cap: closed at accept.
+    Refused,
+    /// No complete message by the first-message deadline, or idle too long.
+    TimedOut,
+    /// Its source was banned while it was open.
+    Banned,
+}
 
 /// What the transports hand received messages to (the endpoint).
 pub trait Inbound: Send + Sync + 'static {
@@ -42,10 +121,71 @@ pub trait Inbound: Send + Sync + 'static {
     fn admit_on_connection(&self, ip: IpAddr) -> Admission;
     /// Whether a connection from `ip` is accepted.
     fn admits_connection(&self, ip: IpAddr) -> bool;
-    /// One message, as it came on `flow`.
-    fn received(&self, bytes: &[u8], flow: Flow);
-    /// A stream could not be framed (it is closed).
-    fn unframed(&self);
+    /// Whether `ip` is banned now (an open connection's periodic look; counts nothing).
+    fn banned(&self, ip: IpAddr) -> bool;
+    /// Whether `ip` is exempt from the per-source connection caps (allow-listed: a
+    /// trunk, or an office NAT the operator vouches for).
+    fn uncapped(&self, ip: IpAddr) -> bool;
+    /// Whether a registration made from `ip` is live (its connections get the long
+    /// idle timeout).
+    fn registered_from(&self, ip: IpAddr) -> bool;
+    /// One message, as it came on `flow`; false when it did not parse.
+    fn received(&self, bytes: &[u8], flow: Flow) -> bool;
+    /// A stream from `ip` could not be framed (it is closed).
+    fn unframed(&self, ip: IpAddr);
+    /// A connection was refused or closed by a limit.
+    fn connection(&self, closed: ConnectionEnd);
+    /// The accept loop waits `delay` after `error`; `first` for the first wait of a run.
+    fn accept_backoff(&self, error: &std::io::Error, delay: Duration, first: bool);
+}
+
+type SlotTable = Arc<Mutex<HashMap<IpNet, u32>>>;
+
+/// A connection's place in the per-source table; given back when dropped.
+struct Slot {
+    table: SlotTable,
+    keys: Vec<IpNet>,
+}
+
+impl Slot {
+    /// Takes a place for `ip`, or None when it or its prefix is at its cap.
+    fn take(table: &SlotTable, ip: IpAddr, limits: &TcpLimits, uncapped: bool) -> Option<Slot> {
+        if uncapped {
+            return Some(Slot {
+                table: table.clone(),
+                keys: Vec::new(),
+            });
+        }
+        let keys = limits.keys(ip);
+        let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
+        if keys
+            .iter()
+            .any(|(k, cap)| t.get(k).copied().unwrap_or(0) >= *cap)
+        {
+            return None;
+        }
+        for (k, _) in &keys {
+            *t.entry(*k).or_default() += 1;
+        }
+        Some(Slot {
+            table: table.clone(),
+            keys: keys.into_iter().map(|(k, _)| k).collect(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &self.keys {
+            if let Some(n) = t.get_mut(k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    t.remove(k);
+                }
+            }
+        }
+    }
 }
 
 /// The writing end of one connection: messages queued for its writer task.
@@ -165,32 +305,71 @@ pub async fn serve_udp(
     }
 }
 
-/// Accepts TCP connections until shutdown.
+/// Whether an accept error is about this one connection (it went away before we took
+/// it) rather than about us (no file descriptors, no memory): only the latter is waited on.
+fn transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
+    matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted)
+}
+
+/// Accepts TCP connections until shutdown, under `limits`.
 pub async fn serve_tcp(
     listener: TcpListener,
     transports: Arc<Transports>,
     inbound: Arc<dyn Inbound>,
+    limits: TcpLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    let table = SlotTable::default();
+    let limits = Arc::new(limits);
+    let mut backoff: Option<Duration> = None;
     loop {
-        tokio::select! {
-            r = listener.accept() => {
-                let Ok((stream, peer)) = r else { continue };
-                if !inbound.admits_connection(peer.ip()) {
-                    continue;
-                }
-                // Over the limit: refuse by closing at once.
-                let Ok(permit) = permits.clone().try_acquire_owned() else { continue };
-                let (transports, inbound, shutdown) =
-                    (transports.clone(), inbound.clone(), shutdown.clone());
-                tokio::spawn(async move {
-                    connection(stream, peer, transports, inbound, shutdown).await;
-                    drop(permit);
-                });
-            }
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
             _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => {
+                backoff = None;
+                a
+            }
+            Err(e) if transient(&e) => continue,
+            Err(e) => {
+                // Out of file descriptors: accept fails at once, every time, until a
+                // connection closes. Wait, longer each time, instead of spinning.
+                let delay = backoff.map_or(ACCEPT_BACKOFF_MIN, |d| (d * 2).min(ACCEPT_BACKOFF_MAX));
+                inbound.accept_backoff(&e, delay, backoff.is_none());
+                backoff = Some(delay);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
+        };
+        if !inbound.admits_connection(peer.ip()) {
+            continue;
         }
+        // Over a limit: refuse by closing at once.
+        let Some(slot) = Slot::take(&table, peer.ip(), &limits, inbound.uncapped(peer.ip())) else {
+            inbound.connection(ConnectionEnd::Refused);
+            continue;
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            inbound.connection(ConnectionEnd::Refused);
+            continue;
+        };
+        let (transports, inbound, limits, shutdown) = (
+            transports.clone(),
+            inbound.clone(),
+            limits.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            connection(stream, peer, transports, inbound, &limits, shutdown).await;
+            drop(slot);
+            drop(permit);
+        });
     }
 }
 
@@ -199,6 +378,7 @@ async fn connection(
     peer: SocketAddr,
     transports: Arc<Transports>,
     inbound: Arc<dyn Inbound>,
+    limits: &TcpLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -213,6 +393,15 @@ async fn connection(
             }
         }
     });
+    let opened = Instant::now();
+    // Idleness is measured from the last complete message, never from the last byte: a
+    // peer dripping bytes keeps nothing open. A registered flow's keep-alives (RFC 5626
+    // CRLF pings) also count, for its long timeout only.
+    let mut last_message: Option<Instant> = None;
+    let mut last_ping = opened;
+    let mut registered = false;
+    let mut ban_check = tokio::time::interval(limits.ban_check);
+    ban_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 16 * 1024];
     'read: loop {
@@ -221,6 +410,9 @@ async fn connection(
             .iter()
             .take_while(|b| matches!(b, b'\r' | b'\n'))
             .count();
+        if skip > 0 {
+            last_ping = Instant::now();
+        }
         buf.drain(..skip);
         match sip::msg::frame_len(&buf, MAX_MESSAGE) {
             Ok(Some(n)) => {
@@ -234,22 +426,48 @@ async fn connection(
                         continue;
                     }
                 }
+                last_message = Some(Instant::now());
                 let message: Vec<u8> = buf.drain(..n).collect();
-                inbound.received(&message, flow);
+                if !inbound.received(&message, flow) {
+                    // It parsed as a frame but not as SIP: it was counted toward the
+                    // flood limit at the door; nothing on this stream can be trusted.
+                    break 'read;
+                }
                 continue;
             }
             Ok(None) => {}
             // No Content-Length, too large, or garbage: the stream cannot be re-synchronised.
             Err(_) => {
-                inbound.unframed();
+                inbound.unframed(peer.ip());
                 break 'read;
             }
         }
+        let deadline = match last_message {
+            None => opened + limits.first_message,
+            Some(t) if registered => t.max(last_ping) + limits.idle_registered,
+            Some(t) => t + limits.idle,
+        };
         tokio::select! {
-            r = tokio::time::timeout(TCP_IDLE, reader.read(&mut chunk)) => match r {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break 'read,
+            r = tokio::time::timeout_at(deadline, reader.read(&mut chunk)) => match r {
+                Ok(Ok(0)) | Ok(Err(_)) => break 'read,
                 Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                Err(_) => {
+                    // The short idle ran out: a source with a live registration keeps
+                    // its flow for the long one.
+                    if last_message.is_some() && !registered && inbound.registered_from(peer.ip()) {
+                        registered = true;
+                        continue;
+                    }
+                    inbound.connection(ConnectionEnd::TimedOut);
+                    break 'read;
+                }
             },
+            _ = ban_check.tick() => {
+                if inbound.banned(peer.ip()) {
+                    inbound.connection(ConnectionEnd::Banned);
+                    break 'read;
+                }
+            }
             _ = shutdown.changed() => break 'read,
         }
     }

@@ -542,6 +542,7 @@ async fn start(setup: Setup) -> Pbx {
         bans,
         min_strength_score: 3,
         udp_workers: 2,
+        tcp: pbx::transport::TcpLimits::default(),
         mailer: None,
     };
     let keys = ServerKeys {

@@ -200,6 +200,12 @@ struct RawSip {
     nonce_lifetime: Option<u64>,
     /// Digest algorithms challenged with, in order of preference.
     digest_algorithms: Option<Vec<String>>,
+    /// Open SIP TCP connections per address (a prefix gets guard.prefix_factor times it).
+    tcp_connections_per_source: Option<u32>,
+    /// Seconds a new TCP connection has to deliver its first complete message.
+    tcp_first_message_secs: Option<u64>,
+    /// Seconds a TCP connection with no live registration may go without a complete message.
+    tcp_idle_secs: Option<u64>,
 }
 
 /// Everything the config file sets, typed and checked.
@@ -218,6 +224,9 @@ pub struct Config {
     /// `[console]` hosts and healthz, `[http]`: what the HTTP server's entry checks and
     /// its listener enforce.
     pub http: console::entry::HttpSettings,
+    /// `[sip] tcp_*`: what the SIP TCP transport enforces (the prefix lengths and
+    /// factor come from `[guard]`).
+    pub sip_tcp: pbx::transport::TcpLimits,
 }
 
 impl Config {
@@ -355,6 +364,7 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
     raw.policy.validate().map_err(OperatorError)?;
     raw.registrar.validate().map_err(OperatorError)?;
     raw.guard.validate().map_err(OperatorError)?;
+    let sip_tcp = sip_tcp(&raw.sip, &raw.guard)?;
     let domain = raw
         .sip
         .domain
@@ -443,6 +453,7 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
         backup,
         console_allow,
         http,
+        sip_tcp,
         settings: Settings {
             realm,
             domain,
@@ -547,6 +558,46 @@ fn http(
         connections_per_source,
         header_timeout: std::time::Duration::from_secs(header_timeout_secs),
         request_timeout: std::time::Duration::from_secs(request_timeout_secs),
+    })
+}
+
+/// The SIP TCP limits from `[sip]`, with the prefixes of `[guard]`.
+fn sip_tcp(
+    raw: &RawSip,
+    guard: &policy::ban::BanPolicy,
+) -> anyhow::Result<pbx::transport::TcpLimits> {
+    let d = pbx::transport::TcpLimits::default();
+    let per_source = raw.tcp_connections_per_source.unwrap_or(d.per_source);
+    if !(1..=4096).contains(&per_source) {
+        return Err(OperatorError(
+            "sip.tcp_connections_per_source must be between 1 and 4096".into(),
+        )
+        .into());
+    }
+    let first = raw
+        .tcp_first_message_secs
+        .unwrap_or(d.first_message.as_secs());
+    if !(1..=60).contains(&first) {
+        return Err(
+            OperatorError("sip.tcp_first_message_secs must be between 1 and 60".into()).into(),
+        );
+    }
+    let idle = raw.tcp_idle_secs.unwrap_or(d.idle.as_secs());
+    if !(first..=d.idle_registered.as_secs()).contains(&idle) {
+        return Err(OperatorError(format!(
+            "sip.tcp_idle_secs must be between sip.tcp_first_message_secs and {}",
+            d.idle_registered.as_secs()
+        ))
+        .into());
+    }
+    Ok(pbx::transport::TcpLimits {
+        per_source,
+        per_prefix: per_source.saturating_mul(guard.prefix_factor),
+        ipv4_prefix: guard.ipv4_prefix,
+        ipv6_prefix: guard.ipv6_prefix,
+        first_message: std::time::Duration::from_secs(first),
+        idle: std::time::Duration::from_secs(idle),
+        ..d
     })
 }
 
@@ -761,6 +812,9 @@ mod tests {
             "[console]\nhealthz = \"sometimes\"\n",
             "[http]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
             "[http]\nconnections_per_source = 0\n",
+            "[sip]\ntcp_connections_per_source = 0\n",
+            "[sip]\ntcp_first_message_secs = 0\n",
+            "[sip]\ntcp_idle_secs = 2\n",
             "[http]\nheader_timeout_secs = 0\n",
             "[http]\nproxies = []\n",
         ] {

@@ -45,6 +45,7 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
             })
         );
     }
+    raise_fd_limit();
     let mut rng = rand_core::UnwrapErr(rand::rngs::SysRng);
     let mut keys = ServerKeys {
         nonce: [0; 32],
@@ -70,6 +71,7 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
         udp_workers: std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(1, 8),
+        tcp: config.sip_tcp.clone(),
         mailer,
     };
     let bound = server::bind(reg.clone(), cfg, keys, crate::clock::clock()).await?;
@@ -178,4 +180,36 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
     let _ = http_task.await;
     eprintln!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the soft limit on open files to the hard one: every SIP and HTTP connection is
+/// a file descriptor, and the usual soft limit (1,024) is reached long before the
+/// connection caps are. Past it, the accept loops back off (`sipward_accept_backoff_total`).
+fn raise_fd_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    /// Linux's default `fs.nr_open`: the most a soft limit may be when the hard one is
+    /// unlimited.
+    const NR_OPEN: u64 = 1 << 20;
+    let now = getrlimit(Resource::Nofile);
+    let target = now.maximum.unwrap_or(NR_OPEN);
+    if now.current.is_some_and(|c| c < target) {
+        let raised = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(target),
+                maximum: now.maximum,
+            },
+        );
+        if let Err(e) = raised {
+            eprintln!(
+                "{}",
+                serde_json::json!({
+                    "event": "fd_limit_not_raised",
+                    "soft": now.current,
+                    "hard": now.maximum,
+                    "error": e.to_string(),
+                })
+            );
+        }
+    }
 }

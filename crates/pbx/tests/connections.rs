@@ -1,0 +1,320 @@
+//! SIP over TCP under connections held by an attacker (issue #17): per-source caps, the
+//! first-message deadline, a ban closing open connections, junk counted by the flood
+//! guard. The real server runs in process on loopback; its deadlines are made short,
+//! and every wait polls against a deadline. Each case has a control: a well-behaved
+//! connection from another address stays open and is answered.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use accounts::{Registry, Settings};
+use pbx::endpoint::Endpoint;
+use pbx::registrar::RegistrarConfig;
+use pbx::server::{ServeConfig, ServerKeys};
+use pbx::transport::TcpLimits;
+use policy::PolicyConfig;
+use policy::ban::BanPolicy;
+use policy::clock::ManualClock;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use store::DataDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+const T0: i64 = 1_800_000_000;
+
+struct Pbx {
+    tcp: SocketAddr,
+    endpoint: Arc<Endpoint>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Pbx {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Limits short enough to watch: 1 s to the first message, 2 s idle, bans looked up
+/// every 50 ms.
+fn short_limits() -> TcpLimits {
+    TcpLimits {
+        first_message: Duration::from_secs(1),
+        idle: Duration::from_secs(2),
+        ban_check: Duration::from_millis(50),
+        ..TcpLimits::default()
+    }
+}
+
+async fn start(bans: BanPolicy, tcp: TcpLimits) -> Pbx {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = DataDir::new(dir.path().join("data"));
+    let clock = Arc::new(ManualClock::new(T0, std::time::Instant::now()));
+    let settings = Settings {
+        realm: "sipward".into(),
+        domain: None,
+        policy: PolicyConfig::default(),
+        dialplan: Default::default(),
+        admin_email: None,
+        provisioning: Default::default(),
+    };
+    let (registry, _) = Registry::open(
+        &data,
+        settings,
+        Box::new(StdRng::seed_from_u64(17)),
+        clock.clone(),
+    )
+    .await
+    .expect("open");
+    let cfg = ServeConfig {
+        sip: "127.0.0.1:0".parse().expect("addr"),
+        registrar: RegistrarConfig::default(),
+        nonce_max_age_secs: 300,
+        digest_algorithms: vec![sip::digest::Algorithm::Md5],
+        bans,
+        min_strength_score: 3,
+        udp_workers: 1,
+        tcp,
+        mailer: None,
+    };
+    let keys = ServerKeys {
+        nonce: [1; 32],
+        dummy: [2; 32],
+        notify: [3; 32],
+    };
+    let bound = pbx::server::bind(registry, cfg, keys, clock)
+        .await
+        .expect("bind");
+    let tcp = bound.sip_tcp;
+    let endpoint = bound.endpoint.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(bound.run(async {
+        let _ = stopped.await;
+    }));
+    Pbx {
+        tcp,
+        endpoint,
+        stop: Some(stop),
+        _dir: dir,
+    }
+}
+
+/// Limits that never silence the tests' own requests.
+fn calm() -> BanPolicy {
+    BanPolicy {
+        flood_requests: 10_000,
+        silence_requests: 10_000,
+        ..BanPolicy::default()
+    }
+}
+
+async fn connect(from: &str, to: SocketAddr) -> TcpStream {
+    let s = TcpSocket::new_v4().expect("socket");
+    s.bind(SocketAddr::new(from.parse().expect("ip"), 0))
+        .expect("bind");
+    s.connect(to).await.expect("connect")
+}
+
+fn options(c: &TcpStream, n: u32, user_agent: &str) -> Vec<u8> {
+    let local = c.local_addr().expect("local");
+    let to = c.peer_addr().expect("peer");
+    format!(
+        "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bK-conn-{n}-{port}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:probe@{ip}>;tag=t{n}\r\nTo: <sip:{to}>\r\n\
+         Call-ID: conn-{n}-{port}@test\r\nCSeq: {n} OPTIONS\r\nUser-Agent: {user_agent}\r\n\
+         Content-Length: 0\r\n\r\n",
+        port = local.port(),
+        ip = local.ip(),
+    )
+    .into_bytes()
+}
+
+/// What became of a connection: the bytes it received before `within` ran out, and
+/// whether the server closed it.
+async fn read_for(c: &mut TcpStream, within: Duration) -> (String, bool) {
+    let until = tokio::time::Instant::now() + within;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(until, c.read(&mut buf)).await {
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&got).into_owned(), true),
+            Ok(Ok(n)) => {
+                got.extend_from_slice(&buf[..n]);
+                if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    return (String::from_utf8_lossy(&got).into_owned(), false);
+                }
+            }
+        }
+    }
+}
+
+/// Sends an OPTIONS and says whether a 200 came back on the same connection.
+async fn answered(c: &mut TcpStream, n: u32) -> bool {
+    let m = options(c, n, "control-phone/1.0");
+    if c.write_all(&m).await.is_err() {
+        return false;
+    }
+    let (reply, _) = read_for(c, Duration::from_secs(3)).await;
+    reply.starts_with("SIP/2.0 200")
+}
+
+fn metric(pbx: &Pbx, f: impl Fn(&pbx::metrics::Metrics) -> &std::sync::atomic::AtomicU64) -> u64 {
+    f(&pbx.endpoint.metrics).load(Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_holds_at_most_its_cap_of_connections() {
+    let pbx = start(calm(), short_limits()).await;
+    let cap = TcpLimits::default().per_source;
+    let mut conns = Vec::new();
+    for _ in 0..40 {
+        conns.push(connect("127.0.0.21", pbx.tcp).await);
+    }
+    let mut open = 0;
+    for (i, c) in conns.iter_mut().enumerate() {
+        if answered(c, u32::try_from(i).expect("small")).await {
+            open += 1;
+        }
+    }
+    assert_eq!(open, cap, "exactly the cap of connections is served");
+    assert_eq!(metric(&pbx, |m| &m.tcp_refused), 40 - u64::from(cap));
+    // Control: another address is not affected by the first one's cap.
+    let mut other = connect("127.0.0.22", pbx.tcp).await;
+    assert!(answered(&mut other, 1).await, "another source is served");
+    // A closed connection gives its place back.
+    conns.clear();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = connect("127.0.0.21", pbx.tcp).await;
+        if answered(&mut again, 99).await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the places were never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dripping_bytes_is_closed_at_the_first_message_deadline() {
+    let limits = short_limits();
+    let pbx = start(calm(), limits.clone()).await;
+    let mut control = connect("127.0.0.24", pbx.tcp).await;
+    assert!(answered(&mut control, 1).await);
+    let mut drip = connect("127.0.0.23", pbx.tcp).await;
+    let opened = Instant::now();
+    let message = options(&drip, 1, "drip/1.0");
+    let mut closed_after = None;
+    for byte in message.iter().take(60) {
+        if drip.write_all(std::slice::from_ref(byte)).await.is_err() {
+            closed_after = Some(opened.elapsed());
+            break;
+        }
+        let (_, closed) = read_for(&mut drip, Duration::from_millis(100)).await;
+        if closed {
+            closed_after = Some(opened.elapsed());
+            break;
+        }
+    }
+    let closed_after = closed_after.expect("the dripping connection was never closed");
+    assert!(
+        closed_after >= limits.first_message - Duration::from_millis(100)
+            && closed_after < limits.first_message * 3,
+        "closed after {closed_after:?}, the deadline is {:?}",
+        limits.first_message
+    );
+    assert!(metric(&pbx, |m| &m.tcp_timeouts) >= 1);
+    // Control: the connection that sent a whole message in time is still served, past
+    // the first-message deadline.
+    assert!(opened.elapsed() > limits.first_message);
+    assert!(answered(&mut control, 2).await, "the control was cut too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_without_a_complete_message_do_not_restart_the_idle_timeout() {
+    let limits = short_limits();
+    let pbx = start(calm(), limits.clone()).await;
+    let mut c = connect("127.0.0.25", pbx.tcp).await;
+    assert!(answered(&mut c, 1).await);
+    let last_message = Instant::now();
+    let mut closed_after = None;
+    for byte in options(&c, 2, "drip/1.0").iter().take(80) {
+        if c.write_all(std::slice::from_ref(byte)).await.is_err() {
+            closed_after = Some(last_message.elapsed());
+            break;
+        }
+        let (_, closed) = read_for(&mut c, Duration::from_millis(100)).await;
+        if closed {
+            closed_after = Some(last_message.elapsed());
+            break;
+        }
+    }
+    let closed_after = closed_after.expect("the idle connection was never closed");
+    assert!(
+        closed_after >= limits.idle - Duration::from_millis(200) && closed_after < limits.idle * 2,
+        "closed after {closed_after:?}, the idle timeout is {:?}",
+        limits.idle
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_closes_the_sources_open_connections() {
+    let pbx = start(calm(), short_limits()).await;
+    let mut held = connect("127.0.0.31", pbx.tcp).await;
+    assert!(answered(&mut held, 1).await, "the connection is open first");
+    let mut control = connect("127.0.0.32", pbx.tcp).await;
+    assert!(answered(&mut control, 1).await);
+    // The same address shows itself a scanner on another connection: banned.
+    let mut scanner = connect("127.0.0.31", pbx.tcp).await;
+    let m = options(&scanner, 2, "friendly-scanner");
+    scanner.write_all(&m).await.expect("write");
+    let ip: IpAddr = "127.0.0.31".parse().expect("ip");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while pbx.endpoint.guard.admits(ip) {
+        assert!(Instant::now() < deadline, "the scanner was not banned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, closed) = read_for(&mut held, Duration::from_secs(2)).await;
+    assert!(closed, "the banned source's earlier connection stayed open");
+    assert!(metric(&pbx, |m| &m.tcp_banned_closed) >= 1);
+    assert!(answered(&mut control, 2).await, "the control was cut too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_over_tcp_closes_the_connection_and_counts_toward_the_flood_limit() {
+    let bans = BanPolicy {
+        flood_requests: 20,
+        silence_requests: 10,
+        ..BanPolicy::default()
+    };
+    let pbx = start(bans, short_limits()).await;
+    let mut control = connect("127.0.0.42", pbx.tcp).await;
+    assert!(answered(&mut control, 1).await);
+    let ip: IpAddr = "127.0.0.41".parse().expect("ip");
+    // A head with no Content-Length cannot be framed.
+    let junk = b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.41\r\n\r\n";
+    let mut sent = 0;
+    while pbx.endpoint.guard.admits(ip) {
+        assert!(sent < 30, "30 junk connections and no ban");
+        let mut c = connect("127.0.0.41", pbx.tcp).await;
+        // A refused connection may be reset before the junk goes out.
+        let _ = c.write_all(junk).await;
+        let (_, closed) = read_for(&mut c, Duration::from_secs(2)).await;
+        assert!(closed, "a junk connection stayed open");
+        sent += 1;
+    }
+    assert!(sent > 20, "banned after {sent}: before the flood limit");
+    assert!(metric(&pbx, |m| &m.parse_errors) >= 21);
+    // Banned now: a new connection is closed at once.
+    let mut after = connect("127.0.0.41", pbx.tcp).await;
+    assert!(!answered(&mut after, 1).await);
+    assert!(answered(&mut control, 2).await, "the control was cut too");
+}
