@@ -1695,13 +1695,16 @@ async fn the_provider_client_stands_up_to_a_hostile_registrar() {
     let answer = register_at(&reg, cseq + 2).await;
 
     // A 200 from another address, with the right branch: ignored.
-    let other = towards(Ua::bind("127.0.0.9", pbx.sip, "901").await, &pbx);
-    other
-        .reply(&answer, 200, "OK", "r", "Expires: 600\r\n", "")
-        .await;
+    // Another host, then another port of the registrar's host.
+    for ip in ["127.0.0.9", "127.0.0.8"] {
+        let other = towards(Ua::bind(ip, pbx.sip, "901").await, &pbx);
+        other
+            .reply(&answer, 200, "OK", "r", "Expires: 600\r\n", "")
+            .await;
+    }
     let dropped = "sipward_responses_dropped_total{reason=\"wrong_source\"}";
-    until("the 200 from another address dropped", || {
-        pbx.metric(dropped) >= 1
+    until("the 200s from other addresses dropped", || {
+        pbx.metric(dropped) >= 2
     })
     .await;
     assert!(
