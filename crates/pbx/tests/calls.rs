@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use accounts::extension::NewExtension;
 use accounts::gateway::NewGateway;
+use accounts::provider::NewProvider;
 use accounts::trunks::NewRoute;
 use accounts::{Registry, Settings};
 use pbx::registrar::RegistrarConfig;
@@ -455,6 +456,8 @@ struct Setup {
     admin_email: bool,
     /// (DID, extension) pairs: numbers the gateway may call in on.
     dids: Vec<(&'static str, &'static str)>,
+    /// A provider `carrier` whose registrar is at this address.
+    provider: Option<SocketAddr>,
 }
 
 async fn start(setup: Setup) -> Pbx {
@@ -527,6 +530,19 @@ async fn start(setup: Setup) -> Pbx {
                 .await
                 .expect("route");
         }
+    }
+    if let Some(registrar) = setup.provider {
+        registry
+            .add_provider(
+                "carrier",
+                NewProvider {
+                    registrar: registrar.to_string(),
+                    auth_id: "acct-77".into(),
+                    password: "Pv9-qT4m-Wz8k-Lc2x".into(),
+                },
+            )
+            .await
+            .expect("provider");
     }
     let bans = BanPolicy {
         flood_requests: 0,
@@ -1544,4 +1560,160 @@ async fn a_new_password_ends_the_extensions_calls_between_extensions_with_bye_to
     assert!(friend.quiet(|m| method(m) == Some("BYE")).await);
     bystander.in_dialog(&other, &other_ok, "INFO", 3).await;
     friend.request_for("INFO", &other.call_id, 3).await;
+}
+
+/// The `REGISTER` with CSeq `cseq` that the hostile registrar `reg` received.
+async fn register_at(reg: &Ua, cseq: u32) -> String {
+    reg.wait(&format!("REGISTER {cseq}"), |m| {
+        method(m) == Some("REGISTER")
+            && header(m, "CSeq").is_some_and(|c| c.starts_with(&format!("{cseq} ")))
+    })
+    .await
+}
+
+/// Whether no REGISTER with CSeq `cseq` comes.
+async fn no_register(reg: &Ua, cseq: u32) -> bool {
+    reg.quiet(|m| {
+        method(m) == Some("REGISTER")
+            && header(m, "CSeq").is_some_and(|c| c.starts_with(&format!("{cseq} ")))
+    })
+    .await
+}
+
+/// sipward's registration at a hostile registrar: a challenge without qop and one for
+/// another realm are not answered, twenty stale challenges are answered a bounded
+/// number of times and then backed off from, a 136-year grant is refreshed within the
+/// clamp, and a 200 from another address registers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_client_stands_up_to_a_hostile_registrar() {
+    let reg = Ua::bind("127.0.0.8", "127.0.0.1:9".parse().expect("addr"), "900").await;
+    let pbx = start(Setup {
+        provider: Some(reg.addr),
+        ..Setup::default()
+    })
+    .await;
+    let reg = towards(reg, &pbx);
+    let registered = || pbx.endpoint.providers.registered("carrier");
+    let md5 =
+        "WWW-Authenticate: Digest realm=\"carrier\", nonce=\"n1\", qop=\"auth\", algorithm=MD5\r\n";
+    let sha = "WWW-Authenticate: Digest realm=\"carrier\", nonce=\"n2\", qop=\"auth\", algorithm=SHA-256\r\n";
+
+    // A challenge without qop: not answered.
+    let r1 = register_at(&reg, 1).await;
+    reg.reply(
+        &r1,
+        401,
+        "Unauthorized",
+        "r",
+        "WWW-Authenticate: Digest realm=\"carrier\", nonce=\"bare\"\r\n",
+        "",
+    )
+    .await;
+    assert!(
+        no_register(&reg, 2).await,
+        "a qop-less challenge was answered"
+    );
+    assert!(!registered());
+
+    // After the backoff: challenged with MD5 and SHA-256, it answers SHA-256 and
+    // pins the realm; a 200 granting 4294967295 s registers it.
+    pbx.advance(Duration::from_secs(31)).await;
+    let r2 = register_at(&reg, 2).await;
+    assert!(header(&r2, "Authorization").is_none());
+    reg.reply(&r2, 401, "Unauthorized", "r", &format!("{md5}{sha}"), "")
+        .await;
+    let r3 = register_at(&reg, 3).await;
+    let auth = header(&r3, "Authorization").expect("answered");
+    assert!(
+        auth.contains("realm=\"carrier\"")
+            && auth.contains("algorithm=SHA-256")
+            && auth.contains("qop=auth"),
+        "{auth}"
+    );
+    reg.reply(&r3, 200, "OK", "r", "Expires: 4294967295\r\n", "")
+        .await;
+    until("registered", registered).await;
+
+    // Refreshed at half the clamped grant, not in 68 years.
+    pbx.advance(Duration::from_secs(1_790)).await;
+    assert!(no_register(&reg, 4).await, "refreshed too early");
+    pbx.advance(Duration::from_secs(15)).await;
+    let r4 = register_at(&reg, 4).await;
+
+    // A challenge for another realm: not answered, and the registration is failed.
+    reg.reply(
+        &r4,
+        401,
+        "Unauthorized",
+        "r",
+        "WWW-Authenticate: Digest realm=\"elsewhere\", nonce=\"n3\", qop=\"auth\"\r\n",
+        "",
+    )
+    .await;
+    assert!(
+        no_register(&reg, 5).await,
+        "another realm's challenge was answered"
+    );
+    until("the registration failed", || !registered()).await;
+
+    // Twenty stale challenges: at most three answered after the first answer.
+    pbx.advance(Duration::from_secs(31)).await;
+    let r5 = register_at(&reg, 5).await;
+    reg.reply(&r5, 401, "Unauthorized", "r", sha, "").await;
+    let mut last = register_at(&reg, 6).await;
+    let mut cseq = 6;
+    let mut answered = 0;
+    for i in 0..20 {
+        let stale = format!(
+            "WWW-Authenticate: Digest realm=\"carrier\", nonce=\"s{i}\", qop=\"auth\", algorithm=SHA-256, stale=true\r\n"
+        );
+        reg.reply(&last, 401, "Unauthorized", "r", &stale, "").await;
+        match reg
+            .try_wait(QUIET, |m| {
+                method(m) == Some("REGISTER")
+                    && header(m, "CSeq").is_some_and(|c| c.starts_with(&format!("{} ", cseq + 1)))
+            })
+            .await
+        {
+            Some(m) => {
+                answered += 1;
+                cseq += 1;
+                last = m;
+            }
+            None => break,
+        }
+    }
+    assert_eq!(answered, 3, "stale challenges answered");
+    // Backoff: the previous failure doubled the wait to 60 s.
+    pbx.advance(Duration::from_secs(40)).await;
+    assert!(
+        no_register(&reg, cseq + 1).await,
+        "no backoff after the stale run"
+    );
+    pbx.advance(Duration::from_secs(25)).await;
+    let again = register_at(&reg, cseq + 1).await;
+    reg.reply(&again, 401, "Unauthorized", "r", sha, "").await;
+    let answer = register_at(&reg, cseq + 2).await;
+
+    // A 200 from another address, with the right branch: ignored.
+    // Another host, then another port of the registrar's host.
+    for ip in ["127.0.0.9", "127.0.0.8"] {
+        let other = towards(Ua::bind(ip, pbx.sip, "901").await, &pbx);
+        other
+            .reply(&answer, 200, "OK", "r", "Expires: 600\r\n", "")
+            .await;
+    }
+    let dropped = "sipward_responses_dropped_total{reason=\"wrong_source\"}";
+    until("the 200s from other addresses dropped", || {
+        pbx.metric(dropped) >= 2
+    })
+    .await;
+    assert!(
+        !registered(),
+        "a 200 from another address registered sipward"
+    );
+    // The registrar's own 200 does.
+    reg.reply(&answer, 200, "OK", "r", "Expires: 600\r\n", "")
+        .await;
+    until("registered by the registrar itself", registered).await;
 }
