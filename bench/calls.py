@@ -10,6 +10,7 @@ generator is not an office: the guard's flood limits would silence it).
 """
 
 import json
+import urllib.request
 import os
 import shutil
 import subprocess
@@ -26,6 +27,9 @@ STEPS = [int(x) for x in os.environ.get("STEPS", "100 200 400 600 800 1000 1200 
 SECONDS = 10
 CALLER, CALLEE = "6001", "6002"
 PW_CALLER, PW_CALLEE = "Pw6001Zq8xLmTr4wPyK7", "Pw6002Zq8xLmTr4wPyK7"
+
+
+SIPWARD_HTTP = None
 
 
 def run(*args):
@@ -69,6 +73,14 @@ def run_step(label, target, inf, rate, pids):
     elapsed = time.time() - start
     server_cpu = (R.cpu_ticks(pids) - s0) / tick
     ok, failed = R.sipp_result(stat)
+    if label == "sipward" and SIPWARD_HTTP:
+        # What the server counted at this rate (drops, refusals, tables), for diagnosis.
+        try:
+            with urllib.request.urlopen(f"http://{SIPWARD_HTTP}/metrics", timeout=5) as r:
+                with open(os.path.join(OUT, f"sipward-{rate}.metrics"), "wb") as f:
+                    f.write(r.read())
+        except OSError as e:
+            print(f"metrics not read: {e}", file=sys.stderr)
     sustained = failed == 0 and ok == calls and elapsed <= SECONDS + 2
     return {"server": label, "rate": rate, "calls": calls, "ok": ok, "failed": failed,
             "elapsed_s": round(elapsed, 2), "server_cpu_pct": round(100 * server_cpu / elapsed),
@@ -84,6 +96,8 @@ def setup_sipward():
     run("--data", data, "ext", "add", CALLEE, "--auth-id", "c" + CALLEE, "--password", PW_CALLEE)
     run("--data", data, "allow", "add", "127.0.0.0/8", "--note", "SIPp load generators")
     p, ready, _ = R.start_sipward(data)
+    global SIPWARD_HTTP
+    SIPWARD_HTTP = ready["http"]
     target = ready["sip_udp"]
     port = R.free_port()
     register_callee(target, "c" + CALLEE, PW_CALLEE, port)

@@ -42,12 +42,16 @@ use crate::metrics::Metrics;
 use crate::registrar::Registrar;
 use crate::trunk::Trunks;
 
-/// Client transactions at once (every request sipward has in flight).
-pub const CLIENT_CAPACITY: usize = 65_536;
+/// Client transactions at once (every request sipward has in flight). An INVITE's
+/// stays 32 s after its 2xx (RFC 6026 Timer M) and a BYE's 5 s (Timer K): 3,000 calls/s
+/// hold about 111,000.
+pub const CLIENT_CAPACITY: usize = 262_144;
 /// Non-INVITE server transactions remembered at once.
 pub const SERVER_CAPACITY: usize = 65_536;
-/// INVITE server transactions at once (never evicted: a ringing call keeps its own).
-pub const INVITE_CAPACITY: usize = 16_384;
+/// INVITE server transactions at once. A ringing call keeps its own; one whose work is
+/// done (answered 300-699, or its 2xx relayed and waiting 32 s for Timer L) makes room
+/// for a new INVITE when the table is full.
+pub const INVITE_CAPACITY: usize = 65_536;
 
 /// A message the egress rule let through, with where it goes. Only this module can
 /// make one; the transports write nothing else.

@@ -46,8 +46,10 @@ use crate::metrics::Metrics;
 use crate::signalling::Signalling;
 use crate::transfer::{Transfers, Verdict};
 
-/// Calls being set up at once (bounded like every table); more are answered 503.
-pub const MAX_CALLS: usize = 16_384;
+/// Calls the proxy holds at once (bounded like every table); more are answered 503. An
+/// answered call stays until its branch's INVITE transaction ends, 32 s after the 2xx
+/// (RFC 6026 Timer M, to pass on retransmitted 2xx): 3,000 calls/s hold about 96,000.
+pub const MAX_CALLS: usize = 131_072;
 
 /// A call to an extension, admitted by the endpoint.
 #[derive(Debug)]

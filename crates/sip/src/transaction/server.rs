@@ -221,8 +221,9 @@ pub struct ServerTransactions<D> {
     capacity: usize,
     invite_capacity: usize,
     invites: usize,
-    /// INVITE keys answered 300-699, oldest first: the ones to evict when the INVITE
-    /// part is full (lazy: a key whose entry is gone or moved on is skipped).
+    /// INVITE keys whose work is done (answered 300-699, or a relayed 2xx), oldest
+    /// first: the ones to evict when the INVITE part is full (lazy: a key whose entry is
+    /// gone or moved on is skipped).
     failed: VecDeque<TxKey>,
 }
 
@@ -343,15 +344,20 @@ impl<D: Clone> ServerTransactions<D> {
         pending
     }
 
-    /// Whether `key` names an INVITE entry answered 300-699 (evictable).
+    /// Whether `key` names an INVITE entry whose work is done (evictable): answered
+    /// 300-699, or a 2xx it relayed (waiting only for Timer L; a 2xx of sipward's own
+    /// still repeats until its ACK and is not done).
     fn failed_invite(&self, key: &TxKey) -> bool {
-        self.entries
-            .get(key)
-            .is_some_and(|e| e.invite && matches!(e.phase, Phase::Completed | Phase::Confirmed))
+        self.entries.get(key).is_some_and(|e| {
+            e.invite
+                && (matches!(e.phase, Phase::Completed | Phase::Confirmed)
+                    || (e.phase == Phase::Accepted && !e.own_2xx))
+        })
     }
 
-    /// Makes room for one INVITE by evicting the oldest one answered 300-699. False
-    /// when there is none.
+    /// Makes room for one INVITE by evicting the oldest one whose work is done (see
+    /// [`Self::failed_invite`]): losing it only means that a late retransmission of
+    /// that INVITE is handled as new. False when there is none.
     fn evict_failed(&mut self) -> bool {
         while let Some(key) = self.failed.pop_front() {
             if self.failed_invite(&key) {
@@ -585,10 +591,10 @@ impl<D: Clone> ServerTransactions<D> {
                 interval: timers.t1(),
             });
         }
-        let failed = e.phase == Phase::Completed;
+        let done = e.phase == Phase::Completed || !e.own_2xx;
         e.expires = now + timers.timeout();
         self.file(key);
-        if failed {
+        if done {
             self.failed.push_back(key.clone());
             // Keys that left by their timers are skipped lazily; sweep them out before
             // they outnumber the table.
@@ -609,6 +615,7 @@ impl<D: Clone> ServerTransactions<D> {
             e.retransmit = None;
             e.own_2xx = false;
             self.file(key);
+            self.failed.push_back(key.clone());
         }
     }
 
@@ -755,6 +762,33 @@ mod tests {
             Seen::Full
         );
         assert_eq!(t.invites(), 2);
+    }
+
+    #[test]
+    fn a_relayed_2xx_makes_room_when_full_but_an_unacknowledged_own_2xx_does_not() {
+        let t0 = Instant::now();
+        let mut t = Table::new(100, 2, Timers::default());
+        let relayed = key("z9hG4bKrelayed", "INVITE");
+        let own = key("z9hG4bKown", "INVITE");
+        assert_eq!(t.on_request(&relayed, "caller", UDP, t0), Seen::New);
+        assert_eq!(t.on_request(&own, "caller", UDP, t0), Seen::New);
+        assert!(t.respond(&relayed, bytes("SIP/2.0 200 OK"), t0).is_ok());
+        assert!(
+            t.respond_until_ack(&own, bytes("SIP/2.0 200 OK"), t0)
+                .is_ok()
+        );
+        // Full: the relayed 2xx only waits for Timer L (32 s); it goes.
+        let next = key("z9hG4bKnext", "INVITE");
+        assert_eq!(t.on_request(&next, "caller", UDP, t0 + ms(1)), Seen::New);
+        assert_eq!(t.destination(&relayed), None, "the relayed 2xx made room");
+        // sipward's own 2xx repeats until its ACK: it stays, so the next one is refused.
+        let more = key("z9hG4bKmore", "INVITE");
+        assert_eq!(t.on_request(&more, "caller", UDP, t0 + ms(2)), Seen::Full);
+        assert_eq!(t.destination(&own), Some(&"caller"));
+        // Once acknowledged, it may go too.
+        t.acknowledged(&own);
+        assert_eq!(t.on_request(&more, "caller", UDP, t0 + ms(3)), Seen::New);
+        assert_eq!(t.destination(&own), None);
     }
 
     #[test]
