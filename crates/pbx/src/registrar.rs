@@ -91,6 +91,11 @@ pub struct Binding {
     pub flow: Flow,
     /// The credential generation of the login that made it.
     pub generation: i64,
+    /// The expiry the store holds for it (0: not written yet). A refresh from the same
+    /// place is written only once the stored expiry has used up half the granted time,
+    /// so that a restart still finds the binding alive until the phone's next refresh
+    /// without a write for every refresh.
+    pub stored_until: i64,
 }
 
 /// The Contact part of a REGISTER.
@@ -298,6 +303,7 @@ impl Registrar {
                                 expires_at: now + i64::from(e),
                                 flow: req.flow,
                                 generation: req.generation,
+                                stored_until: 0,
                             };
                             let same_place = pos.is_some_and(|i| {
                                 let o = &next[i];
@@ -309,6 +315,12 @@ impl Registrar {
                                     && o.generation == b.generation
                             });
                             must_write |= !same_place;
+                            let b = Binding {
+                                stored_until: pos
+                                    .filter(|_| same_place)
+                                    .map_or(0, |i| next[i].stored_until),
+                                ..b
+                            };
                             match pos {
                                 Some(i) => next[i] = b,
                                 None => next.push(b),
@@ -344,12 +356,20 @@ impl Registrar {
                 st.count_sources(&existing, false);
                 st.count_sources(&next, true);
             }
+            // Written behind: a change, an expired binding gone, or a stored expiry that
+            // has used up half its time; a refresh of a recently stored binding is not.
+            let lapsing = next
+                .iter()
+                .any(|b| b.stored_until.saturating_sub(now).saturating_mul(2) < b.expires_at - now);
+            let write = must_write || lapsing || next.len() != existing.len();
             if next.is_empty() {
                 st.by_number.remove(number);
             } else {
                 st.by_number.insert(number.to_owned(), next);
             }
-            st.dirty.insert(number.to_owned());
+            if write {
+                st.dirty.insert(number.to_owned());
+            }
         }
         let durable = if waits {
             let batch = st.batch;
@@ -479,11 +499,17 @@ impl Registrar {
         let rows = dirty
             .into_iter()
             .map(|n| {
-                let rows = st
-                    .by_number
-                    .get(&n)
-                    .map(|l| l.iter().map(|b| to_row(&n, b)).collect())
-                    .unwrap_or_default();
+                let rows = match st.by_number.get_mut(&n) {
+                    Some(l) => l
+                        .iter_mut()
+                        .map(|b| {
+                            // Optimistic: a failed write marks the extension dirty again.
+                            b.stored_until = b.expires_at;
+                            to_row(&n, b)
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                };
                 (n, rows)
             })
             .collect();
@@ -548,6 +574,7 @@ impl Registrar {
                     conn: None,
                 },
                 generation: r.generation,
+                stored_until: r.expires_at,
             };
             st.count_sources(std::slice::from_ref(&b), true);
             st.by_number.entry(r.number).or_default().push(b);
@@ -897,6 +924,34 @@ mod tests {
             .register("1001", &req("z", 1, Contacts::Star, Some(0)), 4)
             .expect("remove");
         assert!(gone.durable.is_some());
+    }
+
+    #[test]
+    fn a_refresh_is_written_only_once_the_stored_expiry_has_used_half_its_time() {
+        let r = Registrar::new(RegistrarConfig::default());
+        let q = |cseq| req("a", cseq, list(&[("sip:a@h", Some(600))]), None);
+        // The writer: takes the batch and reports it in the store.
+        let write = |r: &Registrar| {
+            let b = r.take_dirty();
+            r.committed(b.id);
+            b.rows
+        };
+        reg(&r, "1001", &q(1), 0).expect("new");
+        assert_eq!(write(&r).len(), 1, "a new binding is written");
+        reg(&r, "1001", &q(2), 100).expect("refresh");
+        assert!(
+            write(&r).is_empty(),
+            "stored until 600, granted until 700: not yet"
+        );
+        reg(&r, "1001", &q(3), 301).expect("refresh");
+        let rows = write(&r);
+        assert_eq!(rows.len(), 1, "stored until 600 at 301: half is used up");
+        assert_eq!(rows[0].1[0].expires_at, 901);
+        // Control: a refresh from elsewhere is a move, written at once.
+        let mut moved = q(4);
+        moved.flow = Flow::udp("127.0.0.9:5062".parse().expect("addr"));
+        reg(&r, "1001", &moved, 302).expect("moved");
+        assert_eq!(write(&r).len(), 1);
     }
 
     #[test]
