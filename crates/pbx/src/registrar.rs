@@ -10,7 +10,9 @@
 //! another flow or login) and a removal are written before their `200` is sent:
 //! [`Registrar::register`] hands back a [`Durable`] ticket for the group commit that
 //! will carry the change, and the answer waits for it. Refreshes of an unchanged
-//! binding stay write-behind: losing one in a crash costs nothing but an older expiry.
+//! binding stay write-behind, and are written only once the stored expiry has used up
+//! half its granted time: losing one in a crash costs nothing but an older expiry that
+//! still outlives the phone's next refresh.
 //!
 //! Revocation: [`Registrar::reconcile`] drops every binding no credentials back any more
 //! (the extension is gone, or its credentials changed and no grace window keeps it).
