@@ -7,10 +7,9 @@
 //! capped. Trusted reverse proxies carry many clients and are exempt from the
 //! per-source caps, not from the total. A refused connection is closed at once.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -23,6 +22,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tower_service::Service;
+
+use policy::places::{Place, PlaceCaps, Places};
 
 use crate::entry::{Counters, LocalAddr};
 
@@ -45,68 +46,21 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The keys a connection from `ip` counts under, each with its cap.
-    fn keys(&self, ip: IpAddr) -> Vec<(IpNet, u32)> {
-        let host = IpNet::from(ip);
-        let len = match ip {
-            IpAddr::V4(_) => self.ipv4_prefix,
-            IpAddr::V6(_) => self.ipv6_prefix,
-        };
-        let mut keys = vec![(host, self.per_source)];
-        if let Ok(p) = IpNet::new(ip, len).map(|n| n.trunc())
-            && p != host
-        {
-            keys.push((p, self.per_prefix));
+    fn caps(&self) -> PlaceCaps {
+        PlaceCaps {
+            per_source: self.per_source,
+            per_prefix: self.per_prefix,
+            ipv4_prefix: self.ipv4_prefix,
+            ipv6_prefix: self.ipv6_prefix,
         }
-        keys
     }
-}
 
-type Table = Arc<Mutex<HashMap<IpNet, u32>>>;
-
-/// A connection's place in the per-source table; given back when dropped.
-struct Slot {
-    table: Table,
-    keys: Vec<IpNet>,
-}
-
-impl Slot {
-    fn take(table: &Table, ip: IpAddr, limits: &Limits) -> Option<Slot> {
-        if limits.trusted_proxies.iter().any(|n| n.contains(&ip)) {
-            return Some(Slot {
-                table: table.clone(),
-                keys: Vec::new(),
-            });
+    /// A place for a connection from `ip` (trusted proxies count against nothing).
+    fn place(&self, places: &Places, ip: IpAddr) -> Option<Place> {
+        if self.trusted_proxies.iter().any(|n| n.contains(&ip)) {
+            return Some(places.exempt());
         }
-        let keys = limits.keys(ip);
-        let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
-        if keys
-            .iter()
-            .any(|(k, cap)| t.get(k).copied().unwrap_or(0) >= *cap)
-        {
-            return None;
-        }
-        for (k, _) in &keys {
-            *t.entry(*k).or_default() += 1;
-        }
-        Some(Slot {
-            table: table.clone(),
-            keys: keys.into_iter().map(|(k, _)| k).collect(),
-        })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        for k in &self.keys {
-            if let Some(n) = t.get_mut(k) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    t.remove(k);
-                }
-            }
-        }
+        places.take(ip, &self.caps())
     }
 }
 
@@ -120,7 +74,7 @@ pub async fn serve(
     counters: Arc<Counters>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let table: Table = Arc::default();
+    let places = Places::default();
     let total = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -143,7 +97,7 @@ pub async fn serve(
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let (Ok(permit), Some(slot)) = (
             total.clone().try_acquire_owned(),
-            Slot::take(&table, peer.ip(), &limits),
+            limits.place(&places, peer.ip()),
         ) else {
             counters.connections_refused.fetch_add(1, Ordering::Relaxed);
             continue;
@@ -199,45 +153,43 @@ mod tests {
 
     #[test]
     fn sources_and_prefixes_hold_only_their_share_of_connections() {
-        let (t, l) = (Table::default(), limits());
+        let (t, l) = (Places::default(), limits());
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
-        let a = Slot::take(&t, ip("192.0.2.1"), &l);
-        let b = Slot::take(&t, ip("192.0.2.1"), &l);
+        let a = l.place(&t, ip("192.0.2.1"));
+        let b = l.place(&t, ip("192.0.2.1"));
         assert!(a.is_some() && b.is_some());
         assert!(
-            Slot::take(&t, ip("192.0.2.1"), &l).is_none(),
+            l.place(&t, ip("192.0.2.1")).is_none(),
             "the third from one address"
         );
         assert!(
-            Slot::take(&t, ip("192.0.2.2"), &l).is_some(),
+            l.place(&t, ip("192.0.2.2")).is_some(),
             "IPv4 counts per address"
         );
         drop(a);
         assert!(
-            Slot::take(&t, ip("192.0.2.1"), &l).is_some(),
+            l.place(&t, ip("192.0.2.1")).is_some(),
             "a closed one frees its place"
         );
         // IPv6: three addresses of one /64 fill it.
         let held: Vec<_> = (1..=3)
-            .map(|i| Slot::take(&t, ip(&format!("2001:db8:1:2::{i}")), &l))
+            .map(|i| l.place(&t, ip(&format!("2001:db8:1:2::{i}"))))
             .collect();
         assert!(held.iter().all(Option::is_some));
         assert!(
-            Slot::take(&t, ip("2001:db8:1:2::99"), &l).is_none(),
+            l.place(&t, ip("2001:db8:1:2::99")).is_none(),
             "the /64 is full"
         );
-        assert!(Slot::take(&t, ip("2001:db8:1:3::1"), &l).is_some());
+        assert!(l.place(&t, ip("2001:db8:1:3::1")).is_some());
         // The trusted proxy carries many clients.
-        let proxy: Vec<_> = (0..10)
-            .map(|_| Slot::take(&t, ip("10.0.0.5"), &l))
-            .collect();
+        let proxy: Vec<_> = (0..10).map(|_| l.place(&t, ip("10.0.0.5"))).collect();
         assert!(proxy.iter().all(Option::is_some));
         drop(held);
         drop(proxy);
         drop(b);
-        let left = t.lock().expect("lock");
+        let left = t.counted();
         assert!(
-            left.keys().all(|k| k.addr() == ip("192.0.2.1")
+            left.iter().all(|k| k.addr() == ip("192.0.2.1")
                 || k.addr() == ip("192.0.2.2")
                 || k.addr() == ip("2001:db8:1:3::")),
             "{left:?}"

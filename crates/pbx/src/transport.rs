@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ipnet::IpNet;
+use policy::places::{PlaceCaps, Places};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -84,20 +84,13 @@ impl Default for TcpLimits {
 }
 
 impl TcpLimits {
-    /// The keys a connection from `ip` counts under, each with its cap.
-    fn keys(&self, ip: IpAddr) -> Vec<(IpNet, u32)> {
-        let host = IpNet::from(ip);
-        let len = match ip {
-            IpAddr::V4(_) => self.ipv4_prefix,
-            IpAddr::V6(_) => self.ipv6_prefix,
-        };
-        let mut keys = vec![(host, self.per_source)];
-        if let Ok(p) = IpNet::new(ip, len).map(|n| n.trunc())
-            && p != host
-        {
-            keys.push((p, self.per_prefix));
+    fn caps(&self) -> PlaceCaps {
+        PlaceCaps {
+            per_source: self.per_source,
+            per_prefix: self.per_prefix,
+            ipv4_prefix: self.ipv4_prefix,
+            ipv6_prefix: self.ipv6_prefix,
         }
-        keys
     }
 }
 
@@ -137,55 +130,6 @@ pub trait Inbound: Send + Sync + 'static {
     fn connection(&self, closed: ConnectionEnd);
     /// The accept loop waits `delay` after `error`; `first` for the first wait of a run.
     fn accept_backoff(&self, error: &std::io::Error, delay: Duration, first: bool);
-}
-
-type SlotTable = Arc<Mutex<HashMap<IpNet, u32>>>;
-
-/// A connection's place in the per-source table; given back when dropped.
-struct Slot {
-    table: SlotTable,
-    keys: Vec<IpNet>,
-}
-
-impl Slot {
-    /// Takes a place for `ip`, or None when it or its prefix is at its cap.
-    fn take(table: &SlotTable, ip: IpAddr, limits: &TcpLimits, uncapped: bool) -> Option<Slot> {
-        if uncapped {
-            return Some(Slot {
-                table: table.clone(),
-                keys: Vec::new(),
-            });
-        }
-        let keys = limits.keys(ip);
-        let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
-        if keys
-            .iter()
-            .any(|(k, cap)| t.get(k).copied().unwrap_or(0) >= *cap)
-        {
-            return None;
-        }
-        for (k, _) in &keys {
-            *t.entry(*k).or_default() += 1;
-        }
-        Some(Slot {
-            table: table.clone(),
-            keys: keys.into_iter().map(|(k, _)| k).collect(),
-        })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        for k in &self.keys {
-            if let Some(n) = t.get_mut(k) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    t.remove(k);
-                }
-            }
-        }
-    }
 }
 
 /// The writing end of one connection: messages queued for its writer task.
@@ -321,7 +265,8 @@ pub async fn serve_tcp(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
-    let table = SlotTable::default();
+    let places = Places::default();
+    let caps = limits.caps();
     let limits = Arc::new(limits);
     let mut backoff: Option<Duration> = None;
     loop {
@@ -351,7 +296,12 @@ pub async fn serve_tcp(
             continue;
         }
         // Over a limit: refuse by closing at once.
-        let Some(slot) = Slot::take(&table, peer.ip(), &limits, inbound.uncapped(peer.ip())) else {
+        let place = if inbound.uncapped(peer.ip()) {
+            Some(places.exempt())
+        } else {
+            places.take(peer.ip(), &caps)
+        };
+        let Some(slot) = place else {
             inbound.connection(ConnectionEnd::Refused);
             continue;
         };

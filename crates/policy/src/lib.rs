@@ -24,6 +24,7 @@ pub mod high_cost;
 pub mod nanp;
 pub mod password;
 pub mod pin;
+pub mod places;
 pub mod route;
 pub mod scanner;
 pub mod secret;
