@@ -34,6 +34,9 @@ struct Door {
     wire: Arc<Capture>,
     /// Runs the task that sends a new binding's 200 once its write is committed.
     rt: tokio::runtime::Runtime,
+    /// Whether the stand-in for the server's writer commits what the registrar hands
+    /// it (false: a store that is stuck).
+    writer: std::cell::Cell<bool>,
 }
 
 /// Stands for the sockets: keeps what the egress rule lets out.
@@ -131,6 +134,7 @@ fn door() -> Door {
         events,
         wire,
         rt,
+        writer: std::cell::Cell::new(true),
     }
 }
 
@@ -193,7 +197,19 @@ impl Door {
             self.endpoint.handle(text.as_bytes(), Flow::udp(from));
             // The server's writer: a new binding's 200 waits for this commit.
             let registrar = &self.endpoint.registrar;
-            registrar.committed(registrar.take_dirty().id);
+            if self.writer.get() {
+                registrar.committed(registrar.take_dirty().id);
+            } else {
+                // A stuck store: the answer comes when the hold gives up (4 s).
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while tokio::time::Instant::now() < deadline {
+                    if let Some(a) = self.wire.take_to(from) {
+                        return Some(a);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                return None;
+            }
             // The task holding the 200 runs at the next yields; nothing else is waited
             // for (no timer is involved), so a few yields are enough for it to be sent.
             for _ in 0..8 {
@@ -358,4 +374,21 @@ fn the_same_attack_from_one_ipv6_64_flushes_nothing_either() {
     let events = d.events();
     assert!(bans(&events).is_empty(), "{:?}", bans(&events));
     assert!(events.iter().any(|e| matches!(e, Event::Withheld { source, .. } if source.to_string() == "2001:db8:bad:1::/64")));
+}
+
+#[test]
+fn a_binding_the_store_does_not_take_is_answered_500_never_200() {
+    let d = door();
+    let desk: SocketAddr = "198.51.100.30:5060".parse().expect("addr");
+    assert_eq!(
+        d.register(desk, &ATTACKER, "held", true).0,
+        200,
+        "control: with a writer the binding is answered 200"
+    );
+    // The store takes nothing now: the moved binding's answer waits for a write that
+    // never comes, then tells the phone to try again (500 with Retry-After); it never
+    // claims a binding the store does not hold.
+    d.writer.set(false);
+    let moved: SocketAddr = "198.51.100.31:5060".parse().expect("addr");
+    assert_eq!(d.register(moved, &ATTACKER, "stuck", true).0, 500);
 }
