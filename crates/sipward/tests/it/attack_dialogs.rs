@@ -12,32 +12,11 @@ use std::time::Duration;
 
 use crate::harness::Env;
 use crate::peers::Server;
-use crate::user_agent::{Account, Dialog, Ua, answers, header, response, status};
+use crate::user_agent::{Dialog, Ua, answers, ext, header, response, status};
 
 /// Tags per call, and calls: more early dialogs than the table holds.
 const TAGS: usize = 4_000;
 const CALLS: usize = 17;
-
-fn ext(env: &Env, number: &str, class: &str) -> Account {
-    let auth_id = format!("dl{number}desk");
-    let password = format!("Vb7-qLx9-{number}-Tz4Wm");
-    env.ok(&[
-        "ext",
-        "add",
-        number,
-        "--auth-id",
-        &auth_id,
-        "--password",
-        &password,
-        "--class",
-        class,
-    ]);
-    Account {
-        number: number.to_owned(),
-        auth_id,
-        password,
-    }
-}
 
 /// A call from `caller` to `callee`, answered 200 by the callee, then hung up by the
 /// caller: how far it got ("completed" when the ACK and the BYE reached the callee).

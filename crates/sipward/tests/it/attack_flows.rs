@@ -7,28 +7,7 @@ use tokio::net::UdpSocket;
 
 use crate::harness::Env;
 use crate::peers::Server;
-use crate::user_agent::{Account, Ua, header, param, response, status};
-
-fn ext(env: &Env, number: &str, class: &str) -> Account {
-    let auth_id = format!("fw{number}desk");
-    let password = format!("Vb7-qLx9-{number}-Tz4Wm");
-    env.ok(&[
-        "ext",
-        "add",
-        number,
-        "--auth-id",
-        &auth_id,
-        "--password",
-        &password,
-        "--class",
-        class,
-    ]);
-    Account {
-        number: number.to_owned(),
-        auth_id,
-        password,
-    }
-}
+use crate::user_agent::{Ua, ext, header, param, response, status};
 
 fn config() -> String {
     "[sip]\ndigest_algorithms = [\"MD5\"]\n".to_owned()

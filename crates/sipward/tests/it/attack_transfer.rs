@@ -8,28 +8,7 @@
 use std::time::Duration;
 
 use crate::harness::Env;
-use crate::user_agent::{Account, Dialog, Ua, header};
-
-fn ext(env: &Env, number: &str, class: &str) -> Account {
-    let auth_id = format!("tr{number}desk");
-    let password = format!("Vb7-qLx9-{number}-Tz4Wm");
-    env.ok(&[
-        "ext",
-        "add",
-        number,
-        "--auth-id",
-        &auth_id,
-        "--password",
-        &password,
-        "--class",
-        class,
-    ]);
-    Account {
-        number: number.to_owned(),
-        auth_id,
-        password,
-    }
-}
+use crate::user_agent::{Dialog, Ua, ext, header};
 
 /// Targets abroad (London, from the NANP default plan), one per line.
 #[rustfmt::skip]

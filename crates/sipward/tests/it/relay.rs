@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crate::harness::Env;
 use crate::peers::{Server, Smtp, eventually_or};
 use crate::user_agent::{
-    Account, Dialog, Outgoing, Received, Ua, answers, body, cseq, first_line, header, headers,
+    Account, Dialog, Outgoing, Received, Ua, answers, body, cseq, ext, first_line, header, headers,
     request_method, request_uri, response, split_commas, status, top_branch, uri_in,
 };
 
@@ -49,28 +49,6 @@ fn config(extra: &str) -> String {
 /// Limits high enough that the tests which place many calls are never suspended.
 const HIGH_LIMITS: &str = "[dialplan.limits]\nattempts_per_minute = 1000\n\
     international_per_day = 1000\nconcurrent_external = 100\n";
-
-/// An extension of `class` with known credentials.
-fn ext(env: &Env, number: &str, class: &str) -> Account {
-    let auth_id = format!("rl{number}desk");
-    let password = format!("Vb7-qLx9-{number}-Tz4Wm");
-    env.ok(&[
-        "ext",
-        "add",
-        number,
-        "--auth-id",
-        &auth_id,
-        "--password",
-        &password,
-        "--class",
-        class,
-    ]);
-    Account {
-        number: number.to_owned(),
-        auth_id,
-        password,
-    }
-}
 
 /// The PSTN gateway `pstn` (virtual extension 800) at `host`.
 fn gateway(env: &Env, host: SocketAddr) -> Account {

@@ -1032,3 +1032,25 @@ pub fn top_branch(m: &str) -> Option<&str> {
     let top = header(m, "Via")?;
     param(top.split(',').next().unwrap_or(top), "branch")
 }
+
+/// Adds extension `number` of `class` with known credentials (a test's phone).
+pub fn ext(env: &crate::harness::Env, number: &str, class: &str) -> Account {
+    let auth_id = format!("ua{number}desk");
+    let password = format!("Vb7-qLx9-{number}-Tz4Wm");
+    env.ok(&[
+        "ext",
+        "add",
+        number,
+        "--auth-id",
+        &auth_id,
+        "--password",
+        &password,
+        "--class",
+        class,
+    ]);
+    Account {
+        number: number.to_owned(),
+        auth_id,
+        password,
+    }
+}
