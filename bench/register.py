@@ -27,6 +27,14 @@ USERS = 1000
 SECONDS = 10
 STEPS = [int(x) for x in os.environ.get("STEPS", "2000 4000 6000 8000 10000 12000 14000 16000 18000 20000").split()]
 KAM_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
+# ONE_CORE=1 gives each server the same CPU budget: the server under test (sipward, or every
+# Kamailio process) on CPU 1, SIPp on CPU 0. Without it all three share both cores and
+# SIPp's own ceiling (~16,000 REGISTER calls/s here) caps both servers alike.
+ONE_CORE = os.environ.get("ONE_CORE") == "1"
+
+
+def pinned(cmd, cpu):
+    return ["taskset", "-c", str(cpu)] + cmd if ONE_CORE else cmd
 
 
 def free_port():
@@ -74,7 +82,7 @@ def sipp(target, csv_path, rate, calls, label):
         "-trace_stat", "-stf", stat, "-fd", "1", target,
     ]
     start = time.time()
-    p = subprocess.Popen(cmd, cwd=OUT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(pinned(cmd, 0), cwd=OUT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return p, stat, start
 
 
@@ -112,7 +120,7 @@ def users():
 def start_sipward(data):
     port = free_port()
     t0 = time.time()
-    p = subprocess.Popen([SIPWARD, "--data", data, "serve", "--sip", f"127.0.0.1:{port}", "--http", "127.0.0.1:0"],
+    p = subprocess.Popen(pinned([SIPWARD, "--data", data, "serve", "--sip", f"127.0.0.1:{port}", "--http", "127.0.0.1:0"], 1),
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     ready = json.loads(p.stdout.readline())
     return p, ready, (time.time() - t0) * 1000
@@ -197,7 +205,7 @@ def setup_kamailio():
         for n, _a, pw in users():
             f.write(f"{n};[authentication username={n} password={pw}]\n")
     pidfile = os.path.join(OUT, "kamailio.pid")
-    p = subprocess.Popen(["kamailio", "-f", cfg, "-DD", "-E", "-m", "128", "-M", "16", "-P", pidfile],
+    p = subprocess.Popen(pinned(["kamailio", "-f", cfg, "-DD", "-E", "-m", "128", "-M", "16", "-P", pidfile], 1),
                          stdout=subprocess.DEVNULL, stderr=open(os.path.join(OUT, "kamailio.log"), "w"))
     # -DD keeps the main process in the foreground with its children.
     check = subprocess.run(["kamailio", "-c", "-f", cfg], capture_output=True, text=True)

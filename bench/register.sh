@@ -3,6 +3,7 @@
 #
 #   bench/register.sh                 # full run (~6 minutes)
 #   STEPS="2000 4000" bench/register.sh
+#   ONE_CORE=1 bench/register.sh      # each server on one core, SIPp on the other
 #
 # Installs its peers (SIPp, Kamailio with SQLite modules) when missing, builds sipward
 # in release mode, and writes bench/out/register/report.md.
