@@ -129,6 +129,29 @@ pub struct Added {
     pub findings: Vec<policy::Finding>,
 }
 
+/// The result of changing an extension.
+#[derive(Debug)]
+pub struct Updated {
+    pub extension: ExtensionView,
+    /// Current weaknesses of the changed extension.
+    pub findings: Vec<policy::Finding>,
+    /// Where the old credentials keep working until the grace window ends (empty when
+    /// the credentials did not change, or changed with `no_grace`).
+    pub grace: GraceWindow,
+}
+
+/// Where a changed extension's old credentials keep working, and until when, so the
+/// operator sees what is still open after a change.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct GraceWindow {
+    /// The old SIP password (from where phones were registered).
+    pub sources: Vec<std::net::IpAddr>,
+    /// The old provisioning login (from where it fetched the phone's file before).
+    pub provisioning_sources: Vec<std::net::IpAddr>,
+    /// Unix seconds; `None` when no window is open.
+    pub until: Option<i64>,
+}
+
 /// A validated new extension ready to insert, with what was generated for it.
 pub(crate) struct Prepared {
     pub row: ExtensionRow,
@@ -305,18 +328,15 @@ impl Registry {
         })
     }
 
-    /// Changes some fields of an extension; returns its view and current findings.
+    /// Changes some fields of an extension; returns its view, current findings and the
+    /// grace window the change left open.
     ///
     /// A new password or auth ID revokes what the old credentials reached (bindings,
     /// the phone's provisioning login, queued mails; see [`crate::revocation`]). A new
     /// address or PIN withdraws the mails still waiting. Either way, when a credentials
     /// mail was withdrawn, one with what holds now is queued to the address that holds
     /// now: the old one is never sent.
-    pub async fn update_extension(
-        &self,
-        number: &str,
-        change: ExtensionChange,
-    ) -> Result<(ExtensionView, Vec<policy::Finding>)> {
+    pub async fn update_extension(&self, number: &str, change: ExtensionChange) -> Result<Updated> {
         let number = ExtensionNumber::parse(number.trim())?;
         let mut tx = self.store.begin().await?;
         let old = q::get_extension(&mut tx, number.as_str())
@@ -374,10 +394,17 @@ impl Registry {
             let is = self.open_ha1s(owner, (&row.ha1_md5_enc, &row.ha1_sha256_enc))?;
             was.map_or(true, |(md5, _)| !md5.ct_eq(is.0.expose()))
         };
+        let mut grace = GraceWindow::default();
         let withdrawn = if credentials_changed {
-            self.revoke_credentials(&mut tx, &old, &mut row, now, !change.no_grace)
-                .await?
-                .mails_withdrawn
+            let revoked = self
+                .revoke_credentials(&mut tx, &old, &mut row, now, !change.no_grace)
+                .await?;
+            grace = GraceWindow {
+                sources: revoked.grace_sources,
+                provisioning_sources: revoked.provisioning_sources,
+                until: revoked.grace_until,
+            };
+            revoked.mails_withdrawn
         } else if row.email != old.email || row.pin_enc != old.pin_enc {
             store::outbox::supersede_mail(&mut tx, &row.number).await?
         } else {
@@ -417,7 +444,11 @@ impl Registry {
             self.write_files(std::slice::from_ref(&row.number)).await?;
         }
         let findings = self.audit_extension_row(&row)?;
-        Ok((ExtensionView::from(&row), findings))
+        Ok(Updated {
+            extension: ExtensionView::from(&row),
+            findings,
+            grace,
+        })
     }
 
     /// Applies the fields of `change` that need no other row (name, email, SIP ID, MAC,

@@ -2,6 +2,7 @@
 //! against a real store with a clock the tests move: bindings, the phone's provisioning
 //! login, and queued mails (also those a sender claimed and never finished).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -269,6 +270,49 @@ async fn regenerate_rotates_the_login_and_keeps_only_the_grace_sources_bindings(
             .grace
             .is_none()
     );
+}
+
+#[tokio::test]
+async fn a_new_password_says_where_the_old_one_still_works() {
+    let f = fresh(86_400).await;
+    f.reg
+        .add_extension("1001", desk("a@example.com"))
+        .await
+        .expect("add");
+    register(&f.reg, "192.0.2.10:5060").await;
+    let up = f
+        .reg
+        .update_extension(
+            "1001",
+            ExtensionChange {
+                password: Some("Nq4Zt8LmXw2Kp7RbQ".into()),
+                ..ExtensionChange::default()
+            },
+        )
+        .await
+        .expect("update");
+    assert_eq!(
+        up.grace.sources,
+        vec!["192.0.2.10".parse::<IpAddr>().expect("ip")]
+    );
+    assert!(up.grace.until.is_some(), "{:?}", up.grace);
+
+    // Control: without a window nothing stays open, and the change says so.
+    register(&f.reg, "192.0.2.11:5060").await;
+    let up = f
+        .reg
+        .update_extension(
+            "1001",
+            ExtensionChange {
+                password: Some("Vb3Hs9QwTx6Lm2PkR".into()),
+                no_grace: true,
+                ..ExtensionChange::default()
+            },
+        )
+        .await
+        .expect("update");
+    assert!(up.grace.sources.is_empty(), "{:?}", up.grace);
+    assert!(up.grace.provisioning_sources.is_empty(), "{:?}", up.grace);
 }
 
 #[tokio::test]

@@ -99,7 +99,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint {
         method: "patch",
         path: "/api/v1/extensions/{number}",
-        summary: "Change some fields of an extension (absent fields stay; an empty email, SIP ID, MAC or model clears it)",
+        summary: "Change some fields of an extension (absent fields stay; an empty email, SIP ID, MAC or model clears it); the answer says where old credentials still work (grace)",
         errors: &[400, 401, 403, 404, 409],
         body: Some("ExtensionChange"),
     },
@@ -667,7 +667,7 @@ async fn update(
         ..Default::default()
     };
     match web.registry.update_extension(&number, change).await {
-        Ok((view, findings)) => {
+        Ok(up) => {
             web.log(
                 &actor,
                 "ext.updated",
@@ -675,7 +675,10 @@ async fn update(
                 &changed.join(", "),
             )
             .await;
-            axum::Json(json!({ "extension": view, "findings": findings })).into_response()
+            axum::Json(
+                json!({ "extension": up.extension, "findings": up.findings, "grace": up.grace }),
+            )
+            .into_response()
         }
         Err(e) => accounts_error(&e),
     }

@@ -860,7 +860,11 @@ async fn edit(
     .map(|(n, _)| *n)
     .collect();
     match web.registry.update_extension(&number, change).await {
-        Ok((view, findings)) => {
+        Ok(accounts::extension::Updated {
+            extension: view,
+            findings,
+            grace,
+        }) => {
             web.log(
                 &s.actor(),
                 "ext.updated",
@@ -873,7 +877,9 @@ async fn edit(
                 "edit.html",
                 context! { title => format!("Extension {number}"), admin => s.admin, csrf => s.csrf,
                 e => ser(&view),
-                fields => ser(field_findings(&findings)), saved => true },
+                fields => ser(field_findings(&findings)), saved => true,
+                grace => grace.sources.iter().chain(&grace.provisioning_sources)
+                    .map(ToString::to_string).collect::<Vec<_>>().join(", ") },
             )
         }
         Err(accounts::Error::NotFound { .. }) => {

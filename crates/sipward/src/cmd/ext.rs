@@ -30,6 +30,32 @@ struct WithFindings<'a, T: Serialize> {
     findings: Vec<&'a Finding>,
 }
 
+/// Says where a changed password and phone login still work, so the operator knows
+/// what the change left open (Re-Generate prints the same in its table).
+fn print_grace(grace: &accounts::extension::GraceWindow) {
+    let Some(until) = grace.until else { return };
+    let left = until.saturating_sub(crate::clock::clock().now()).max(0);
+    let window = format!("for {} h {} min", left / 3600, left % 3600 / 60);
+    let list = |a: &[std::net::IpAddr]| {
+        a.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !grace.sources.is_empty() {
+        println!(
+            "  old password still works {window}, from {} only",
+            list(&grace.sources)
+        );
+    }
+    if !grace.provisioning_sources.is_empty() {
+        println!(
+            "  old phone login still works {window}, from {} only",
+            list(&grace.provisioning_sources)
+        );
+    }
+}
+
 fn is_weak(findings: &[&Finding]) -> bool {
     findings.iter().any(|f| f.severity >= WEAK_AT)
 }
@@ -145,17 +171,28 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
                 no_grace,
                 ..change_from(fields, kind)
             };
-            let (view, findings) = reg.update_extension(&number, change).await?;
-            output::warn_findings(&format!("extension {}", view.number), &findings);
+            let up = reg.update_extension(&number, change).await?;
+            let view = &up.extension;
+            output::warn_findings(&format!("extension {}", view.number), &up.findings);
             if out.json {
-                let refs: Vec<&Finding> = findings.iter().collect();
-                output::json(&WithFindings {
-                    item: &view,
-                    weak: is_weak(&refs),
-                    findings: refs,
+                #[derive(Serialize)]
+                struct Changed<'a> {
+                    #[serde(flatten)]
+                    with: WithFindings<'a, ExtensionView>,
+                    grace: &'a accounts::extension::GraceWindow,
+                }
+                let refs: Vec<&Finding> = up.findings.iter().collect();
+                output::json(&Changed {
+                    with: WithFindings {
+                        item: view,
+                        weak: is_weak(&refs),
+                        findings: refs,
+                    },
+                    grace: &up.grace,
                 })?;
             } else {
                 println!("updated extension {}", view.number);
+                print_grace(&up.grace);
             }
             Ok(ExitCode::SUCCESS)
         }

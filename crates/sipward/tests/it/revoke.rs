@@ -278,7 +278,11 @@ fn a_new_password_lets_go_of_the_registrations_made_with_the_old_one() {
     eventually("registered", Duration::from_secs(10), || {
         registrations(&env, "6101").len() == 1 && server.metric("sipward_bindings") == 1
     });
-    env.ok(&["ext", "update", "6101", "--password", "Nq4Zt8LmXw2Kp7Rb"]);
+    let said = env.ok(&["ext", "update", "6101", "--password", "Nq4Zt8LmXw2Kp7Rb"]);
+    assert!(
+        !said.contains("still works"),
+        "no window, nothing said open:\n{said}"
+    );
     assert!(registrations(&env, "6101").is_empty());
     eventually_or(
         "the old registration goes",
@@ -309,7 +313,15 @@ fn a_new_password_lets_go_of_the_registrations_made_with_the_old_one() {
         "desk6102",
         "Vq3Lx9TzKp2Wm7Rb"
     ));
-    env.ok(&["ext", "update", "6102", "--password", "Nq4Zt8LmXw2Kp7Rb"]);
+    let said = env.ok(&["ext", "update", "6102", "--password", "Nq4Zt8LmXw2Kp7Rb"]);
+    assert!(
+        said.contains(&format!(
+            "old password still works for 23 h 59 min, from {PHONE} only"
+        )) || said.contains(&format!(
+            "old password still works for 24 h 0 min, from {PHONE} only"
+        )),
+        "the operator is told where the old password still works:\n{said}"
+    );
     assert_eq!(registrations(&env, "6102").len(), 1, "kept for the phone");
     eventually(
         "the old password is refused elsewhere",
