@@ -1201,15 +1201,21 @@ impl B2bua {
     /// how many calls it ended; each stays in the table, and in `sipward calls`, until
     /// its trunk leg is over.
     pub fn end_calls_of(&self, number: &str, now: Instant) -> usize {
+        self.end_calls_where(|c| c.caller == number || c.counted == number, now)
+    }
+
+    /// Ends every call through the trunk `label` (the operator removed it or moved it
+    /// to another host), but emergency calls, as [`Self::end_calls_of`] does.
+    pub fn end_calls_via(&self, label: &str, now: Instant) -> usize {
+        self.end_calls_where(|c| c.target.label == label, now)
+    }
+
+    fn end_calls_where(&self, involved: impl Fn(&Call) -> bool, now: Instant) -> usize {
         let mut st = self.lock();
         let ids: Vec<u64> = st
             .calls
             .values()
-            .filter(|c| {
-                (c.caller == number || c.counted == number)
-                    && c.class != CallClass::Emergency
-                    && c.phase != Phase::Ending
-            })
+            .filter(|c| involved(c) && c.class != CallClass::Emergency && c.phase != Phase::Ending)
             .map(|c| c.id)
             .collect();
         for id in &ids {

@@ -195,10 +195,25 @@ impl Endpoint {
     /// in `sipward_calls_ended_revoked_total`.
     pub fn end_calls_of(&self, number: &str) -> usize {
         let now = self.clock.instant();
-        let ended = self
-            .proxy
-            .end_calls_of(&Who::Extension(number.to_owned()), now)
-            + self.b2bua.end_calls_of(number, now);
+        self.count_ended(
+            self.proxy
+                .end_calls_of(&Who::Extension(number.to_owned()), now)
+                + self.b2bua.end_calls_of(number, now),
+        )
+    }
+
+    /// Ends every call through the trunk `label` (`gateway:NAME`, `provider:NAME`) the
+    /// operator removed or moved, on every leg, but emergency calls (their media does
+    /// not pass here and goes on). Counted in `sipward_calls_ended_revoked_total` too.
+    pub fn end_calls_via(&self, label: &str) -> usize {
+        let now = self.clock.instant();
+        self.count_ended(
+            self.proxy.end_calls_of(&Who::Trunk(label.to_owned()), now)
+                + self.b2bua.end_calls_via(label, now),
+        )
+    }
+
+    fn count_ended(&self, ended: usize) -> usize {
         self.metrics
             .calls_ended_revoked
             .fetch_add(ended as u64, std::sync::atomic::Ordering::Relaxed);

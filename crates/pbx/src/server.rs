@@ -502,8 +502,22 @@ async fn load_trunks(registry: &Registry, endpoint: &Endpoint) -> Result<()> {
             resolved.insert(host, addr);
         }
     }
-    endpoint.trunks.replace(set, |h| resolved.get(h).copied());
+    let withdrawn = endpoint.trunks.replace(set, |h| resolved.get(h).copied());
     endpoint.providers.sync(endpoint.trunks.providers());
+    for label in withdrawn {
+        let calls = endpoint.end_calls_via(&label);
+        if calls > 0 {
+            eprintln!(
+                "{}",
+                serde_json::json!({
+                    "event": "calls_ended",
+                    "trunk": label,
+                    "calls": calls,
+                    "reason": "trunk_withdrawn",
+                })
+            );
+        }
+    }
     Ok(())
 }
 

@@ -85,8 +85,33 @@ impl Trunks {
     }
 
     /// Replaces the trunk set; `resolve` gives each `host[:port]` its address (None:
-    /// not resolvable now; calls to it fail with 503 until the next load).
-    pub fn replace(&self, set: TrunkSet, resolve: impl Fn(&str) -> Option<SocketAddr>) {
+    /// not resolvable now; calls to it fail with 503 until the next load). Returns the
+    /// labels of the trunks the operator withdrew: removed, or moved to another
+    /// configured host. Their calls have lost their way and must end; a host that
+    /// merely fails to resolve this time withdraws nothing.
+    pub fn replace(
+        &self,
+        set: TrunkSet,
+        resolve: impl Fn(&str) -> Option<SocketAddr>,
+    ) -> Vec<String> {
+        let configured = |set: &TrunkSet| -> HashMap<String, String> {
+            set.gateways
+                .iter()
+                .map(|g| (format!("gateway:{}", g.name), g.host.clone()))
+                .chain(
+                    set.providers
+                        .iter()
+                        .map(|p| (format!("provider:{}", p.name), p.registrar.clone())),
+                )
+                .collect()
+        };
+        let now = configured(&set);
+        let mut withdrawn: Vec<String> = configured(&self.get().set)
+            .into_iter()
+            .filter(|(label, host)| now.get(label) != Some(host))
+            .map(|(label, _)| label)
+            .collect();
+        withdrawn.sort();
         let mut addrs = HashMap::new();
         let mut ips = HashMap::new();
         for g in &set.gateways {
@@ -105,6 +130,7 @@ impl Trunks {
         }
         *self.loaded.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(Loaded { set, addrs, ips });
+        withdrawn
     }
 
     /// The provider accounts with an address now (what the registration client keeps

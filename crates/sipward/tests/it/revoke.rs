@@ -414,13 +414,18 @@ fn listed_callers(env: &Env) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A removed extension's answered trunk call: sipward hangs up both legs (the phone's
-/// and the gateway's), and the call leaves `sipward calls`. Removing a hijacked
-/// extension stops the toll.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn removing_an_extension_ends_its_trunk_call_with_bye_on_both_legs() {
+/// An answered call from extension 3801 (a phone at 127.0.0.21) to the US through the
+/// gateway `pstn` (a user agent at 127.0.0.7), listed by `sipward calls`.
+struct TrunkCall {
+    server: Server,
+    gw: crate::user_agent::Ua,
+    phone: crate::user_agent::Ua,
+    out: crate::user_agent::Outgoing,
+    gw_call: String,
+}
+
+async fn answered_trunk_call(env: &Env) -> TrunkCall {
     use crate::user_agent::{Account, Dialog, Ua, header, request_method};
-    let env = Env::with_config("[sip]\ndigest_algorithms = [\"MD5\"]\n");
     // The gateway's socket exists before the server, so that the CLI can name it.
     let mut gw = Ua::bind("127.0.0.7", "127.0.0.1:9".parse().expect("addr")).await;
     env.ok(&[
@@ -493,9 +498,31 @@ async fn removing_an_extension_ends_its_trunk_call_with_bye_on_both_legs() {
     eventually_or(
         "the answered call listed by `sipward calls`",
         Duration::from_secs(10),
-        || listed_callers(&env) == ["3801"],
+        || listed_callers(env) == ["3801"],
         || server.log(),
     );
+    TrunkCall {
+        server,
+        gw,
+        phone,
+        out,
+        gw_call,
+    }
+}
+
+/// A removed extension's answered trunk call: sipward hangs up both legs (the phone's
+/// and the gateway's), and the call leaves `sipward calls`. Removing a hijacked
+/// extension stops the toll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_an_extension_ends_its_trunk_call_with_bye_on_both_legs() {
+    let env = Env::with_config("[sip]\ndigest_algorithms = [\"MD5\"]\n");
+    let TrunkCall {
+        server,
+        gw,
+        phone,
+        out,
+        gw_call,
+    } = answered_trunk_call(&env).await;
 
     env.ok(&["ext", "remove", "3801"]);
     let bye_gw = gw.wait_request("BYE", &gw_call).await;
@@ -514,6 +541,68 @@ async fn removing_an_extension_ends_its_trunk_call_with_bye_on_both_legs() {
             && l.contains("\"number\":\"3801\"")
             && l.contains("\"calls\":1")),
         "a calls_ended event: {log}"
+    );
+    server.stop();
+}
+
+/// A removed gateway's answered call: both legs get a BYE (the call has lost its way:
+/// in-dialog requests no longer pass the egress rule), and the call leaves
+/// `sipward calls`. Control: a change that keeps the gateway where it was (a new
+/// password) ends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_gateway_ends_the_calls_through_it() {
+    let env = Env::with_config("[sip]\ndigest_algorithms = [\"MD5\"]\n");
+    let TrunkCall {
+        server,
+        gw,
+        phone,
+        out,
+        gw_call,
+    } = answered_trunk_call(&env).await;
+
+    // Control: the gateway stays where it was; a later reload (a new extension) shows
+    // the server has taken the change in, and the call is still up.
+    let accounts = server.metric("sipward_directory_accounts");
+    env.ok(&[
+        "gateway",
+        "update",
+        "pstn",
+        "--password",
+        "Gw8-rT3w-Yl0n-Ms5u",
+    ]);
+    env.ok(&["ext", "add", "3802"]);
+    eventually_or(
+        "both changes loaded",
+        Duration::from_secs(10),
+        || server.metric("sipward_directory_accounts") > accounts,
+        || server.log(),
+    );
+    assert_eq!(listed_callers(&env), ["3801"], "{}", server.log());
+    assert!(
+        !gw.received().iter().any(|r| r.text.starts_with("BYE ")),
+        "no BYE for a gateway that stayed"
+    );
+
+    // A gateway in use by a route cannot go; the route goes first (an answered call
+    // does not depend on it).
+    env.ok(&["route", "remove", "us"]);
+    env.ok(&["gateway", "remove", "pstn"]);
+    let bye_gw = gw.wait_request("BYE", &gw_call).await;
+    let bye_phone = phone.wait_request("BYE", &out.call_id).await;
+    gw.reply(&bye_gw, 200, "OK", "", "", "").await;
+    phone.reply(&bye_phone, 200, "OK", "", "", "").await;
+    eventually_or(
+        "the call gone from `sipward calls`",
+        Duration::from_secs(10),
+        || listed_callers(&env).is_empty(),
+        || server.log(),
+    );
+    let log = server.log();
+    assert!(
+        log.lines().any(|l| l.contains("\"event\":\"calls_ended\"")
+            && l.contains("\"trunk\":\"gateway:pstn\"")
+            && l.contains("\"reason\":\"trunk_withdrawn\"")),
+        "a calls_ended event for the trunk: {log}"
     );
     server.stop();
 }
