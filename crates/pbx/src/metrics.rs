@@ -50,6 +50,8 @@ pub struct Metrics {
     /// Bans imposed, by [`policy::ban::Reason`] (indexed by its discriminant).
     pub bans_by_reason: [AtomicU64; policy::ban::Reason::ALL.len()],
     pub silenced: AtomicU64,
+    /// Packets from a gateway's address over its own limit (`guard.gateway_requests`).
+    pub gateway_limited: AtomicU64,
     /// Bans a signal without proof would have imposed on a source with standing.
     pub bans_withheld: AtomicU64,
     pub refused_credentials: AtomicU64,
@@ -224,6 +226,11 @@ impl Metrics {
                 "sipward_dropped_silenced_total",
                 "packets from sources over the silence rate, dropped unread",
                 get(&self.silenced),
+            ),
+            (
+                "sipward_dropped_gateway_limit_total",
+                "packets from a gateway's address over its limit (guard.gateway_requests), dropped unread; gateways are never banned",
+                get(&self.gateway_limited),
             ),
             (
                 "sipward_bans_withheld_total",

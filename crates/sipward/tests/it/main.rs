@@ -5,6 +5,7 @@ mod attack_console;
 mod attack_dialogs;
 mod attack_flood;
 mod attack_flows;
+mod attack_gateway;
 mod attack_revoke;
 mod attack_settings;
 mod attack_transfer;
