@@ -52,6 +52,11 @@ pub struct Metrics {
     pub silenced: AtomicU64,
     /// Packets from a gateway's address over its own limit (`guard.gateway_requests`).
     pub gateway_limited: AtomicU64,
+    /// Messages over the size limit answered 513, and dropped (no answer possible).
+    pub too_large_answered: AtomicU64,
+    pub too_large_dropped: AtomicU64,
+    /// Requests answered 416 (a Request-URI neither sip: nor sips:).
+    pub unsupported_scheme: AtomicU64,
     /// Bans a signal without proof would have imposed on a source with standing.
     pub bans_withheld: AtomicU64,
     pub refused_credentials: AtomicU64,
@@ -231,6 +236,21 @@ impl Metrics {
                 "sipward_dropped_gateway_limit_total",
                 "packets from a gateway's address over its limit (guard.gateway_requests), dropped unread; gateways are never banned",
                 get(&self.gateway_limited),
+            ),
+            (
+                "sipward_too_large_answered_total",
+                "messages over the size limit ([sip] max_message_udp / max_message_tcp), answered 513",
+                get(&self.too_large_answered),
+            ),
+            (
+                "sipward_too_large_dropped_total",
+                "messages over the size limit that could not be answered (no readable head), dropped",
+                get(&self.too_large_dropped),
+            ),
+            (
+                "sipward_unsupported_scheme_total",
+                "requests answered 416: a Request-URI scheme other than sip or sips",
+                get(&self.unsupported_scheme),
             ),
             (
                 "sipward_bans_withheld_total",

@@ -31,8 +31,39 @@ use crate::egress::{Cleared, Undeliverable, Wire};
 use crate::flow::{ConnId, Flow, TransportKind};
 use crate::guard::Admission;
 
-/// The largest SIP message accepted on a stream.
+/// The largest SIP message accepted on a stream, by default (`[sip] max_message_tcp`).
 pub const MAX_MESSAGE: usize = 64 * 1024;
+/// The largest datagram accepted, by default (`[sip] max_message_udp`): RFC 3261 §18.1.1
+/// keeps requests that may exceed the path MTU off UDP, so nothing a phone sends over
+/// UDP legitimately comes near it.
+pub const MAX_DATAGRAM: usize = 16 * 1024;
+
+/// The largest message accepted per transport; a larger one is answered `513 Message
+/// Too Large` when its head can be read (RFC 3261 §21.5.14), otherwise dropped, and
+/// counted either way. The limit is checked before the message is parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageLimits {
+    pub datagram: usize,
+    pub stream: usize,
+}
+
+impl Default for MessageLimits {
+    fn default() -> Self {
+        Self {
+            datagram: MAX_DATAGRAM,
+            stream: MAX_MESSAGE,
+        }
+    }
+}
+
+impl MessageLimits {
+    pub fn of(&self, transport: TransportKind) -> usize {
+        match transport {
+            TransportKind::Udp => self.datagram,
+            TransportKind::Tcp => self.stream,
+        }
+    }
+}
 /// Concurrent TCP connections (the registry's bound).
 pub const MAX_TCP_CONNECTIONS: usize = 4096;
 /// A TCP connection that carries a live registration and sends no complete message
@@ -124,6 +155,11 @@ pub trait Inbound: Send + Sync + 'static {
     fn registered_from(&self, ip: IpAddr) -> bool;
     /// One message, as it came on `flow`; false when it did not parse.
     fn received(&self, bytes: &[u8], flow: Flow) -> bool;
+    /// The largest message taken on `transport` (see [`MessageLimits`]).
+    fn max_message(&self, transport: TransportKind) -> usize;
+    /// A message over that limit (`bytes` holds at least its start): answered 513 when
+    /// its head can be read, otherwise dropped; counted either way.
+    fn oversized(&self, bytes: &[u8], flow: Flow);
     /// A stream from `ip` could not be framed (it is closed).
     fn unframed(&self, ip: IpAddr);
     /// A connection was refused or closed by a limit.
@@ -352,6 +388,7 @@ async fn connection(
     let mut registered = false;
     let mut ban_check = tokio::time::interval(limits.ban_check);
     ban_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let max_message = inbound.max_message(TransportKind::Tcp);
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 16 * 1024];
     'read: loop {
@@ -364,7 +401,7 @@ async fn connection(
             last_ping = Instant::now();
         }
         buf.drain(..skip);
-        match sip::msg::frame_len(&buf, MAX_MESSAGE) {
+        match sip::msg::frame_len(&buf, max_message) {
             Ok(Some(n)) => {
                 // A source banned while connected is cut off at its next message; a
                 // silenced one loses the message.
@@ -386,7 +423,15 @@ async fn connection(
                 continue;
             }
             Ok(None) => {}
-            // No Content-Length, too large, or garbage: the stream cannot be re-synchronised.
+            // Over the limit: answered 513 if its head can be read, and closed (what
+            // follows is the rest of its body).
+            Err(sip::msg::ParseError::TooLarge) => {
+                if inbound.admit_on_connection(peer.ip()) == Admission::Admit {
+                    inbound.oversized(&buf, flow);
+                }
+                break 'read;
+            }
+            // No Content-Length, or garbage: the stream cannot be re-synchronised.
             Err(_) => {
                 inbound.unframed(peer.ip());
                 break 'read;

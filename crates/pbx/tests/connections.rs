@@ -80,6 +80,7 @@ async fn start(bans: BanPolicy, tcp: TcpLimits) -> Pbx {
         min_strength_score: 3,
         udp_workers: 1,
         tcp,
+        messages: pbx::transport::MessageLimits::default(),
         mailer: None,
     };
     let keys = ServerKeys {

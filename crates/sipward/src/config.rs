@@ -206,6 +206,10 @@ struct RawSip {
     tcp_first_message_secs: Option<u64>,
     /// Seconds a TCP connection with no live registration may go without a complete message.
     tcp_idle_secs: Option<u64>,
+    /// The largest datagram taken, in bytes (larger: 513, or dropped and counted).
+    max_message_udp: Option<usize>,
+    /// The largest message taken on a stream, in bytes.
+    max_message_tcp: Option<usize>,
 }
 
 /// Everything the config file sets, typed and checked.
@@ -227,6 +231,8 @@ pub struct Config {
     /// `[sip] tcp_*`: what the SIP TCP transport enforces (the prefix lengths and
     /// factor come from `[guard]`).
     pub sip_tcp: pbx::transport::TcpLimits,
+    /// `[sip] max_message_udp`, `max_message_tcp`.
+    pub sip_messages: pbx::transport::MessageLimits,
 }
 
 impl Config {
@@ -365,6 +371,7 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
     raw.registrar.validate().map_err(OperatorError)?;
     raw.guard.validate().map_err(OperatorError)?;
     let sip_tcp = sip_tcp(&raw.sip, &raw.guard)?;
+    let sip_messages = sip_messages(&raw.sip)?;
     let domain = raw
         .sip
         .domain
@@ -454,6 +461,7 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
         console_allow,
         http,
         sip_tcp,
+        sip_messages,
         settings: Settings {
             realm,
             domain,
@@ -559,6 +567,28 @@ fn http(
         header_timeout: std::time::Duration::from_secs(header_timeout_secs),
         request_timeout: std::time::Duration::from_secs(request_timeout_secs),
     })
+}
+
+/// The message size limits of `[sip]`: at least what any SIP message needs (1,300 bytes,
+/// RFC 3261 §18.1.1's path-MTU figure), at most what a datagram can hold (UDP) or a
+/// megabyte (TCP).
+fn sip_messages(raw: &RawSip) -> anyhow::Result<pbx::transport::MessageLimits> {
+    let d = pbx::transport::MessageLimits::default();
+    let datagram = raw.max_message_udp.unwrap_or(d.datagram);
+    if !(1300..=65_507).contains(&datagram) {
+        return Err(OperatorError(
+            "sip.max_message_udp must be between 1300 and 65507 bytes".into(),
+        )
+        .into());
+    }
+    let stream = raw.max_message_tcp.unwrap_or(d.stream);
+    if !(1300..=1 << 20).contains(&stream) {
+        return Err(OperatorError(
+            "sip.max_message_tcp must be between 1300 and 1048576 bytes".into(),
+        )
+        .into());
+    }
+    Ok(pbx::transport::MessageLimits { datagram, stream })
 }
 
 /// The SIP TCP limits from `[sip]`, with the prefixes of `[guard]`.
@@ -815,6 +845,9 @@ mod tests {
             "[sip]\ntcp_connections_per_source = 0\n",
             "[sip]\ntcp_first_message_secs = 0\n",
             "[sip]\ntcp_idle_secs = 2\n",
+            "[sip]\nmax_message_udp = 100\n",
+            "[sip]\nmax_message_udp = 70000\n",
+            "[sip]\nmax_message_tcp = 2000000\n",
             "[http]\nheader_timeout_secs = 0\n",
             "[http]\nproxies = []\n",
         ] {

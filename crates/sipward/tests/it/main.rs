@@ -15,6 +15,7 @@ mod bad_input;
 mod baresip;
 mod calls;
 mod cli;
+mod conformance;
 mod console;
 mod console_entry;
 mod door;
