@@ -1169,6 +1169,7 @@ impl Inbound for Endpoint {
             ConnectionEnd::Refused => &self.metrics.tcp_refused,
             ConnectionEnd::TimedOut => &self.metrics.tcp_timeouts,
             ConnectionEnd::Banned => &self.metrics.tcp_banned_closed,
+            ConnectionEnd::Unfinished => &self.metrics.tcp_unfinished_closed,
         });
     }
 

@@ -68,6 +68,9 @@ pub struct Metrics {
     pub tcp_timeouts: AtomicU64,
     /// SIP TCP connections closed because their source was banned while connected.
     pub tcp_banned_closed: AtomicU64,
+    /// SIP TCP connections closed holding an unfinished request over the per-source or
+    /// per-prefix cap, or past the deadline to finish it.
+    pub tcp_unfinished_closed: AtomicU64,
     /// Times the SIP TCP accept loop waited after an accept error (fd exhaustion).
     pub accept_backoff: AtomicU64,
     pub kernel_drop_sources: AtomicU64,
@@ -281,6 +284,11 @@ impl Metrics {
                 "sipward_tcp_connections_banned_total",
                 "open SIP TCP connections closed because their source was banned",
                 get(&self.tcp_banned_closed),
+            ),
+            (
+                "sipward_tcp_connections_unfinished_total",
+                "SIP TCP connections closed holding an unfinished request: over the per-source or per-prefix cap, or not finished in time",
+                get(&self.tcp_unfinished_closed),
             ),
             (
                 "sipward_accept_backoff_total",

@@ -206,6 +206,13 @@ struct RawSip {
     tcp_first_message_secs: Option<u64>,
     /// Seconds a TCP connection with no live registration may go without a complete message.
     tcp_idle_secs: Option<u64>,
+    /// The same for a connection from a source with a live registration (900).
+    tcp_idle_registered_secs: Option<u64>,
+    /// Connections holding an unfinished request per address (a prefix gets
+    /// guard.prefix_factor times it).
+    tcp_unfinished_per_source: Option<u32>,
+    /// Seconds an unfinished request has to become whole.
+    tcp_message_secs: Option<u64>,
     /// The largest datagram taken, in bytes (larger: 513, or dropped and counted).
     max_message_udp: Option<usize>,
     /// The largest message taken on a stream, in bytes.
@@ -620,6 +627,30 @@ fn sip_tcp(
         ))
         .into());
     }
+    let idle_registered = raw
+        .tcp_idle_registered_secs
+        .unwrap_or(d.idle_registered.as_secs());
+    if !(idle..=86_400).contains(&idle_registered) {
+        return Err(OperatorError(
+            "sip.tcp_idle_registered_secs must be between sip.tcp_idle_secs and 86400 (a day)"
+                .into(),
+        )
+        .into());
+    }
+    let unfinished = raw
+        .tcp_unfinished_per_source
+        .unwrap_or(d.unfinished_per_source);
+    if !(1..=per_source).contains(&unfinished) {
+        return Err(OperatorError(
+            "sip.tcp_unfinished_per_source must be between 1 and sip.tcp_connections_per_source"
+                .into(),
+        )
+        .into());
+    }
+    let message = raw.tcp_message_secs.unwrap_or(d.message.as_secs());
+    if !(1..=120).contains(&message) {
+        return Err(OperatorError("sip.tcp_message_secs must be between 1 and 120".into()).into());
+    }
     Ok(pbx::transport::TcpLimits {
         per_source,
         per_prefix: per_source.saturating_mul(guard.prefix_factor),
@@ -627,6 +658,10 @@ fn sip_tcp(
         ipv6_prefix: guard.ipv6_prefix,
         first_message: std::time::Duration::from_secs(first),
         idle: std::time::Duration::from_secs(idle),
+        idle_registered: std::time::Duration::from_secs(idle_registered),
+        unfinished_per_source: unfinished,
+        unfinished_per_prefix: unfinished.saturating_mul(guard.prefix_factor),
+        message: std::time::Duration::from_secs(message),
         ..d
     })
 }
@@ -745,6 +780,14 @@ mod tests {
         assert_eq!(c.nonce_lifetime_secs, 300);
         assert_eq!(c.registrar, RegistrarConfig::default());
         assert_eq!(c.digest_algorithms, vec![Algorithm::Md5, Algorithm::Sha256]);
+        assert_eq!(
+            c.sip_tcp.idle_registered.as_secs(),
+            900,
+            "the RFC 5626 figure"
+        );
+        assert_eq!(c.sip_messages.datagram, 16 * 1024);
+        assert_eq!(c.sip_messages.stream, 64 * 1024);
+        assert_eq!(c.bans.gateway_requests, 10_000);
         let md5 = config("[sip]\ndigest_algorithms = [\"MD5\"]\n").expect("valid");
         assert_eq!(md5.digest_algorithms, vec![Algorithm::Md5]);
     }
@@ -846,6 +889,10 @@ mod tests {
             "[sip]\ntcp_first_message_secs = 0\n",
             "[sip]\ntcp_idle_secs = 2\n",
             "[sip]\nmax_message_udp = 100\n",
+            "[sip]\ntcp_idle_registered_secs = 10\n",
+            "[sip]\ntcp_unfinished_per_source = 0\n",
+            "[sip]\ntcp_unfinished_per_source = 33\n",
+            "[sip]\ntcp_message_secs = 0\n",
             "[sip]\nmax_message_udp = 70000\n",
             "[sip]\nmax_message_tcp = 2000000\n",
             "[http]\nheader_timeout_secs = 0\n",
