@@ -19,6 +19,7 @@ mod conformance;
 mod console;
 mod console_entry;
 mod door;
+mod exhaustion;
 mod guard;
 mod harness;
 mod import;
