@@ -124,3 +124,43 @@ fn the_limits_are_configurable_and_tcp_answers_513_then_closes() {
     assert_eq!(server.metric("sipward_too_large_answered_total"), 2);
     server.stop();
 }
+
+/// tests/sipp/options_expect.xml with a body of `body` bytes, expecting `status`.
+fn sipp_options(env: &Env, name: &str, body: usize, status: u16) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/sipp/options_expect.xml"),
+    )
+    .expect("scenario")
+    .replace("@BODY@", &"x".repeat(body))
+    .replace("@STATUS@", &status.to_string());
+    let path = env.path(name);
+    std::fs::write(&path, text).expect("write scenario");
+    path
+}
+
+#[test]
+fn sipp_sees_416_for_a_tel_uri_and_513_for_a_20_kb_datagram() {
+    let env = Env::new();
+    let server = env.serve();
+    let run = |scenario: &std::path::Path, uri: &str| {
+        crate::peers::sipp_from(
+            "127.0.0.1",
+            &env,
+            scenario.to_str().expect("utf8"),
+            &format!("SEQUENTIAL\n{uri};\n"),
+            server.sip,
+            "u1",
+            1,
+            1,
+        )
+    };
+    let tel = run(&sipp_options(&env, "416.xml", 0, 416), "tel:+4930555123");
+    assert_eq!((tel.successful, tel.failed), (1, 0), "416: {tel:?}");
+    let big = run(&sipp_options(&env, "513.xml", 20_000, 513), "sip:127.0.0.1");
+    assert_eq!((big.successful, big.failed), (1, 0), "513: {big:?}");
+    // Control: the same scenario expecting 416 for a sip: URI fails.
+    let control = run(&sipp_options(&env, "control.xml", 0, 416), "sip:127.0.0.1");
+    assert_eq!((control.successful, control.failed), (0, 1), "{control:?}");
+    server.stop();
+}
