@@ -291,6 +291,9 @@ pub async fn serve_udp(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let socket = &transports.udp;
+    // Room for the largest datagram UDP carries (65,507 bytes over IPv4, 65,527 over
+    // IPv6): one over the size limit is seen whole, answered 513 or counted, never cut
+    // short and misread.
     let mut buf = vec![0u8; 65_535];
     loop {
         tokio::select! {
