@@ -10,6 +10,16 @@ use sip::header::via::Via;
 
 fuzz_target!(|data: &[u8]| {
     let _ = sip::msg::frame_len(data, 65_535);
+    // An oversized message is answered 513 from its head alone.
+    if let Ok(head) = sip::msg::parse_head(data) {
+        assert!(head.body.is_empty());
+        let src = "192.0.2.1:5060".parse().expect("literal address");
+        if let Ok(b) =
+            sip::response::ResponseBuilder::new(&head, 513, "Message Too Large", src, "t")
+        {
+            assert!(sip::msg::parse(&b.finish()).is_ok());
+        }
+    }
     let Ok(m) = sip::msg::parse(data) else { return };
     for h in &m.headers {
         let v = h.value.as_ref();

@@ -39,7 +39,7 @@ use crate::proxy::{self, Proxy};
 use crate::registrar::{Contacts, Durable, RegisterError, RegisterRequest, Registrar};
 use crate::signalling::Signalling;
 use crate::transfer::{Transfers, Verdict};
-use crate::transport::{ConnectionEnd, Inbound};
+use crate::transport::{ConnectionEnd, Inbound, MessageLimits};
 use crate::trunk::{Routed, Trunks};
 use policy::ban::Proof;
 
@@ -86,6 +86,8 @@ pub struct Parts {
     pub bound: SocketAddr,
     /// Keys branches, tags and Call-IDs (from the OS CSPRNG, through the binary).
     pub key: [u8; 32],
+    /// The largest message taken per transport.
+    pub messages: MessageLimits,
 }
 
 #[derive(Debug)]
@@ -117,6 +119,7 @@ pub struct Endpoint {
     graces_ended: Mutex<Vec<String>>,
     clock: Arc<dyn Clock>,
     tag_hasher: RandomState,
+    messages: MessageLimits,
 }
 
 /// The Call-ID and both tags of a request.
@@ -168,6 +171,7 @@ impl Endpoint {
             graces_ended: Mutex::new(Vec::new()),
             clock: p.clock,
             tag_hasher: RandomState::new(),
+            messages: p.messages,
         }
     }
 
@@ -325,12 +329,67 @@ impl Endpoint {
     /// Handles one message, as it came on `flow`.
     /// Handles one message; false when it did not parse (a stream carrying it is closed).
     pub fn handle(&self, bytes: &[u8], flow: Flow) -> bool {
+        if bytes.len() > self.messages.of(flow.transport) {
+            self.oversized(bytes, flow);
+            return true;
+        }
         let Ok(m) = msg::parse(bytes) else {
             Metrics::inc(&self.metrics.parse_errors);
             return false;
         };
         self.handle_message(m, bytes, flow);
         true
+    }
+
+    /// A message over its transport's limit: a request whose head lies within the limit
+    /// and parses is answered `513 Message Too Large` (RFC 3261 §21.5.14) through the
+    /// server transaction table (so a retransmission is answered again, not re-read);
+    /// anything else is dropped. Only the head is read, never the body. The answer is
+    /// far smaller than the request, so a forged source gains nothing by it.
+    fn oversized(&self, bytes: &[u8], flow: Flow) {
+        let limit = self.messages.of(flow.transport);
+        let within = bytes.get(..limit).unwrap_or(bytes);
+        let answered = msg::head_end(within)
+            .and_then(|end| within.get(..end))
+            .and_then(|head| msg::parse_head(head).ok())
+            .is_some_and(|m| self.too_large(&m, flow));
+        Metrics::inc(if answered {
+            &self.metrics.too_large_answered
+        } else {
+            &self.metrics.too_large_dropped
+        });
+    }
+
+    /// Answers 513 to the request whose head is `m`; false when it cannot be answered
+    /// (a response, an ACK, no transaction to answer).
+    fn too_large(&self, m: &Message<'_>, flow: Flow) -> bool {
+        let StartLine::Request { method, .. } = m.start else {
+            return false;
+        };
+        if method == "ACK" || !sip::response::answerable(m) {
+            return false;
+        }
+        let Some(top) = m.header(Name::Via).and_then(Via::parse_top) else {
+            return false;
+        };
+        let Some(key) = top
+            .branch
+            .and_then(|b| TxKey::new(b, top.host, top.port, method))
+        else {
+            return false;
+        };
+        let reply_to = match flow.transport {
+            TransportKind::Udp => Flow::udp(datagram_target(&top, flow.remote)),
+            TransportKind::Tcp => flow,
+        };
+        match self.egress.arrived(&key, reply_to, self.clock.instant()) {
+            Arrival::New => {
+                self.respond(m, &key, flow.remote, 513, "Message Too Large", &[]);
+                true
+            }
+            Arrival::Retransmission => true,
+            Arrival::Full => false,
+        }
     }
 
     fn handle_message(&self, m: Message<'_>, bytes: &[u8], flow: Flow) {
@@ -432,6 +491,14 @@ impl Endpoint {
         if !cseq_ok || !headers_ok {
             Metrics::inc(&self.metrics.bad_requests);
             self.respond(&m, &key, source, 400, "Bad Request", &[]);
+            return;
+        }
+        // RFC 3261 §8.2.2.1: only SIP URIs are served. A tel: URI (RFC 3966) is refused
+        // too: nothing here routes one (a DID, an extension and a dialled number are
+        // all the user part of a SIP URI), so a trunk must send sip: Request-URIs.
+        if !sip_scheme(uri) {
+            Metrics::inc(&self.metrics.unsupported_scheme);
+            self.respond(&m, &key, source, 416, "Unsupported URI Scheme", &[]);
             return;
         }
         // Requests within a dialog (a To tag) are the dialog table's. REGISTER (the hot
@@ -1097,6 +1164,14 @@ impl Inbound for Endpoint {
         self.handle(bytes, flow)
     }
 
+    fn max_message(&self, transport: TransportKind) -> usize {
+        self.messages.of(transport)
+    }
+
+    fn oversized(&self, bytes: &[u8], flow: Flow) {
+        Endpoint::oversized(self, bytes, flow);
+    }
+
     fn unframed(&self, ip: IpAddr) {
         Metrics::inc(&self.metrics.parse_errors);
         // The handshake proved the source: junk from it counts toward its flood limit
@@ -1109,6 +1184,7 @@ impl Inbound for Endpoint {
             ConnectionEnd::Refused => &self.metrics.tcp_refused,
             ConnectionEnd::TimedOut => &self.metrics.tcp_timeouts,
             ConnectionEnd::Banned => &self.metrics.tcp_banned_closed,
+            ConnectionEnd::Unfinished => &self.metrics.tcp_unfinished_closed,
         });
     }
 
@@ -1121,6 +1197,16 @@ impl Inbound for Endpoint {
             });
         }
     }
+}
+
+/// Whether a Request-URI is a SIP or SIPS URI (RFC 3261 §19.1; the scheme is
+/// case-insensitive).
+fn sip_scheme(uri: &str) -> bool {
+    uri.split_once(':').is_some_and(|(scheme, _)| {
+        ["sip", "sips"]
+            .iter()
+            .any(|s| scheme.eq_ignore_ascii_case(s))
+    })
 }
 
 /// Reads the registrar's view of a REGISTER; `None` when Contact or Expires is malformed.

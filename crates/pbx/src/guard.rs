@@ -1,6 +1,8 @@
 //! The guard: the first thing every packet meets. A banned source costs one hash lookup
 //! (two for an IPv6 source while prefixes are banned) before any parsing or allocation;
-//! allow-listed networks and gateway addresses are never dropped, counted or banned. The
+//! allow-listed networks and gateway addresses are never banned, and allow-listed
+//! networks are not flood-limited; a gateway's address is (its own, higher limit,
+//! `guard.gateway_requests`: a UDP source can be forged in a trunk's name). The
 //! ban and allow records are loaded from the store and reloaded when they change, so a
 //! ban made with the CLI takes effect in the running server within the reload interval.
 //!
@@ -117,6 +119,13 @@ pub enum Event {
         number: String,
         breach: policy::dialplan::EmergencyBreach,
     },
+    /// A gateway's address sent more than its limit within the flood window: what is
+    /// over it is dropped unread (the address is never banned: it may be forged).
+    GatewayLimited {
+        source: Source,
+        requests: u32,
+        limit: u32,
+    },
     /// The SIP TCP accept loop could not accept (out of file descriptors, most likely):
     /// it waits `delay_ms` before trying again instead of spinning.
     AcceptBackoff { error: String, delay_ms: u64 },
@@ -140,6 +149,15 @@ impl Event {
             Event::Expired { source } => {
                 json!({"event": "ban_expired", "source": source.to_string()})
             }
+            Event::GatewayLimited {
+                source,
+                requests,
+                limit,
+            } => json!({
+                "event": "gateway_limited",
+                "source": source.to_string(),
+                "detail": format!("{requests} requests within the flood window from a gateway's address, over its limit of {limit}: the rest is dropped, the address is never banned"),
+            }),
             Event::Silenced { source, requests } => json!({
                 "event": "silenced",
                 "source": source.to_string(),
@@ -243,6 +261,10 @@ struct State {
 impl State {
     fn allowed(&self, ip: IpAddr) -> bool {
         self.gateways.contains(&ip) || self.allow.iter().any(|n| n.contains(&ip))
+    }
+
+    fn gateway(&self, ip: IpAddr) -> bool {
+        self.gateways.contains(&ip)
     }
 
     fn count_prefixes(&mut self) {
@@ -463,7 +485,10 @@ impl TrustTable {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Class {
     Standing(Standing),
+    /// Allow-listed: never limited.
     Exempt,
+    /// A gateway's address: never banned, held to its own limit per window.
+    Gateway(u32),
 }
 
 #[derive(Debug, Default)]
@@ -515,6 +540,8 @@ enum Verdict {
     /// From an allow-listed address: admitted, and not counted against its prefix.
     Exempt,
     Silence,
+    /// From a gateway's address over its limit: dropped unread, never banned.
+    Limited,
     Ban(u32),
 }
 
@@ -690,6 +717,10 @@ impl Guard {
         };
         match verdict {
             Verdict::Admit | Verdict::Exempt => Admission::Admit,
+            Verdict::Limited => {
+                Metrics::inc(&self.metrics.gateway_limited);
+                Admission::Silenced
+            }
             Verdict::Silence => {
                 Metrics::inc(&self.metrics.silenced);
                 Admission::Silenced
@@ -735,6 +766,10 @@ impl Guard {
         if e.class.is_none() {
             e.class = if source.is_prefix() {
                 self.prefix_standing(&source, now).map(Class::Standing)
+            } else if self.read().gateway(ip) {
+                // A gateway also on the allow list is still a gateway: its address is
+                // the one an attacker forges to reach the trunk's call path.
+                Some(Class::Gateway(p.gateway_limit(ip)))
             } else if self.read().allowed(ip) {
                 Some(Class::Exempt)
             } else {
@@ -743,6 +778,9 @@ impl Guard {
         }
         let standing = match e.class {
             Some(Class::Exempt) => return Verdict::Exempt,
+            Some(Class::Gateway(limit)) => {
+                return self.gateway_verdict(e, source, requests, limit, now);
+            }
             Some(Class::Standing(s)) => Some(s),
             None => None,
         };
@@ -792,6 +830,43 @@ impl Guard {
         }
         e.requests = 0;
         Verdict::Ban(requests)
+    }
+
+    /// A gateway over the silence rate, held to `limit` per window: never banned, and over
+    /// the limit each second lets the limit's share through (so the real trunk keeps that
+    /// rate however much is forged in its name); the rest is dropped, one event a window.
+    fn gateway_verdict(
+        &self,
+        e: &mut FloodEntry,
+        source: Source,
+        requests: u32,
+        limit: u32,
+        now: i64,
+    ) -> Verdict {
+        if requests <= limit {
+            return Verdict::Admit;
+        }
+        let window = self.policy.flood_window_secs;
+        let per_second = limit
+            .div_ceil(u32::try_from(window).unwrap_or(u32::MAX))
+            .max(1);
+        if e.second != now {
+            e.second = now;
+            e.tokens = per_second;
+        }
+        if e.tokens > 0 {
+            e.tokens -= 1;
+            return Verdict::Admit;
+        }
+        if !e.silenced {
+            e.silenced = true;
+            self.emit(Event::GatewayLimited {
+                source,
+                requests,
+                limit,
+            });
+        }
+        Verdict::Limited
     }
 
     /// Reports a ban withheld by the proof rule (at most once a minute per source and
@@ -1847,6 +1922,61 @@ mod tests {
             g.auth_failure(ip("::1"), "x", false, t);
         }
         assert_eq!(bans(&mut rx)[0].source, "::1");
+    }
+
+    #[test]
+    fn a_gateway_is_held_to_its_own_limit_and_never_banned() {
+        let (g, mut rx) = guard(BanPolicy {
+            gateway_requests: 200,
+            ..Default::default()
+        });
+        let (gw, office) = (ip("203.0.113.50"), ip("198.51.100.1"));
+        // The gateway is allow-listed too: it stays a gateway.
+        g.replace(
+            &[],
+            &[allow("198.51.100.0/24"), allow("203.0.113.0/24")],
+            &[gw],
+            false,
+        );
+        g.tick(100);
+        let admitted = (0..5000)
+            .filter(|_| g.admit(gw) == Admission::Admit)
+            .count();
+        // Its 200 a window, and then its share of the current second (200 / 10 s).
+        assert_eq!(admitted, 200 + 20, "the limit holds");
+        assert!(g.admits(gw), "never banned");
+        assert_eq!(g.banned_count(), 0);
+        assert_eq!(
+            g.metrics.gateway_limited.load(Ordering::Relaxed),
+            5000 - 220,
+            "every drop counted"
+        );
+        let limited: Vec<_> = events(&mut rx)
+            .into_iter()
+            .filter(|e| matches!(e, Event::GatewayLimited { .. }))
+            .collect();
+        assert_eq!(limited.len(), 1, "one event a window: {limited:?}");
+        // The next second lets its share through again.
+        g.tick(101);
+        assert_eq!(
+            (0..100).filter(|_| g.admit(gw) == Admission::Admit).count(),
+            20
+        );
+        // An allow-listed address that is no gateway is not limited.
+        assert!((0..5000).all(|_| g.admit(office) == Admission::Admit));
+        // Per address: another gateway has its own count, and its own exception.
+        let mut p = BanPolicy::default();
+        p.gateway_limits.insert("203.0.113.51".into(), 1000);
+        let (g, _rx) = guard(p);
+        g.replace(&[], &[], &[gw, ip("203.0.113.51")], false);
+        g.tick(100);
+        let count = |ip| {
+            (0..20_000)
+                .filter(|_| g.admit(ip) == Admission::Admit)
+                .count()
+        };
+        assert_eq!(count(gw), 10_000 + 1000, "the default");
+        assert_eq!(count(ip("203.0.113.51")), 1000 + 100, "its exception");
     }
 
     #[test]

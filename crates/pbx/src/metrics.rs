@@ -50,6 +50,13 @@ pub struct Metrics {
     /// Bans imposed, by [`policy::ban::Reason`] (indexed by its discriminant).
     pub bans_by_reason: [AtomicU64; policy::ban::Reason::ALL.len()],
     pub silenced: AtomicU64,
+    /// Packets from a gateway's address over its own limit (`guard.gateway_requests`).
+    pub gateway_limited: AtomicU64,
+    /// Messages over the size limit answered 513, and dropped (no answer possible).
+    pub too_large_answered: AtomicU64,
+    pub too_large_dropped: AtomicU64,
+    /// Requests answered 416 (a Request-URI neither sip: nor sips:).
+    pub unsupported_scheme: AtomicU64,
     /// Bans a signal without proof would have imposed on a source with standing.
     pub bans_withheld: AtomicU64,
     pub refused_credentials: AtomicU64,
@@ -61,6 +68,9 @@ pub struct Metrics {
     pub tcp_timeouts: AtomicU64,
     /// SIP TCP connections closed because their source was banned while connected.
     pub tcp_banned_closed: AtomicU64,
+    /// SIP TCP connections closed holding an unfinished request over the per-source or
+    /// per-prefix cap, or past the deadline to finish it.
+    pub tcp_unfinished_closed: AtomicU64,
     /// Times the SIP TCP accept loop waited after an accept error (fd exhaustion).
     pub accept_backoff: AtomicU64,
     pub kernel_drop_sources: AtomicU64,
@@ -226,6 +236,26 @@ impl Metrics {
                 get(&self.silenced),
             ),
             (
+                "sipward_dropped_gateway_limit_total",
+                "packets from a gateway's address over its limit (guard.gateway_requests), dropped unread; gateways are never banned",
+                get(&self.gateway_limited),
+            ),
+            (
+                "sipward_too_large_answered_total",
+                "messages over the size limit ([sip] max_message_udp / max_message_tcp), answered 513",
+                get(&self.too_large_answered),
+            ),
+            (
+                "sipward_too_large_dropped_total",
+                "messages over the size limit that could not be answered (no readable head), dropped",
+                get(&self.too_large_dropped),
+            ),
+            (
+                "sipward_unsupported_scheme_total",
+                "requests answered 416: a Request-URI scheme other than sip or sips",
+                get(&self.unsupported_scheme),
+            ),
+            (
                 "sipward_bans_withheld_total",
                 "bans not imposed: the signal did not prove its source address, and the source has standing (authenticated or registered)",
                 get(&self.bans_withheld),
@@ -254,6 +284,11 @@ impl Metrics {
                 "sipward_tcp_connections_banned_total",
                 "open SIP TCP connections closed because their source was banned",
                 get(&self.tcp_banned_closed),
+            ),
+            (
+                "sipward_tcp_connections_unfinished_total",
+                "SIP TCP connections closed holding an unfinished request: over the per-source or per-prefix cap, or not finished in time",
+                get(&self.tcp_unfinished_closed),
             ),
             (
                 "sipward_accept_backoff_total",

@@ -55,6 +55,8 @@ pub struct ServeConfig {
     pub udp_workers: usize,
     /// What the SIP TCP transport enforces per connection and per source.
     pub tcp: crate::transport::TcpLimits,
+    /// The largest message taken per transport (`[sip] max_message_*`).
+    pub messages: crate::transport::MessageLimits,
     /// The SMTP server the outbox is sent through; None leaves mails queued.
     pub mailer: Option<accounts::mail::Mailer>,
 }
@@ -179,6 +181,7 @@ pub async fn bind(
         trunks: Arc::new(Trunks::default()),
         bound: sip_udp,
         key: keys.notify,
+        messages: cfg.messages,
     }));
     load_trunks(&registry, &endpoint).await?;
     let mut conn = registry.store().conn().await?;

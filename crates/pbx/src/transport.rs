@@ -13,7 +13,10 @@
 //! no complete message for a while is closed (bytes alone keep nothing open); a ban
 //! closes the source's connections within a tick; a stream that cannot be framed or a
 //! message that does not parse closes its connection and counts toward the source's
-//! flood limit. At the file-descriptor limit the accept loop backs off.
+//! flood limit. At the file-descriptor limit the accept loop backs off. Unfinished
+//! requests (bytes that do not yet make a whole message) are capped per address and per
+//! prefix, and each must be finished within a deadline: a source cannot hold many
+//! half-sent requests, each costing a buffer, on its connections.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -21,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use policy::places::{PlaceCaps, Places};
+use policy::places::{Place, PlaceCaps, Places};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -31,8 +34,39 @@ use crate::egress::{Cleared, Undeliverable, Wire};
 use crate::flow::{ConnId, Flow, TransportKind};
 use crate::guard::Admission;
 
-/// The largest SIP message accepted on a stream.
+/// The largest SIP message accepted on a stream, by default (`[sip] max_message_tcp`).
 pub const MAX_MESSAGE: usize = 64 * 1024;
+/// The largest datagram accepted, by default (`[sip] max_message_udp`): RFC 3261 §18.1.1
+/// keeps requests that may exceed the path MTU off UDP, so nothing a phone sends over
+/// UDP legitimately comes near it.
+pub const MAX_DATAGRAM: usize = 16 * 1024;
+
+/// The largest message accepted per transport; a larger one is answered `513 Message
+/// Too Large` when its head can be read (RFC 3261 §21.5.14), otherwise dropped, and
+/// counted either way. The limit is checked before the message is parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageLimits {
+    pub datagram: usize,
+    pub stream: usize,
+}
+
+impl Default for MessageLimits {
+    fn default() -> Self {
+        Self {
+            datagram: MAX_DATAGRAM,
+            stream: MAX_MESSAGE,
+        }
+    }
+}
+
+impl MessageLimits {
+    pub fn of(&self, transport: TransportKind) -> usize {
+        match transport {
+            TransportKind::Udp => self.datagram,
+            TransportKind::Tcp => self.stream,
+        }
+    }
+}
 /// Concurrent TCP connections (the registry's bound).
 pub const MAX_TCP_CONNECTIONS: usize = 4096;
 /// A TCP connection that carries a live registration and sends no complete message
@@ -62,8 +96,17 @@ pub struct TcpLimits {
     /// A connection with no live registration from its source is closed after this long
     /// without a complete message (`[sip] tcp_idle_secs`).
     pub idle: Duration,
-    /// The same for a source with a live registration ([`TCP_IDLE`]).
+    /// The same for a source with a live registration (`[sip] tcp_idle_registered_secs`,
+    /// [`TCP_IDLE`] by default). Only a complete message or a keep-alive restarts it,
+    /// never a byte alone.
     pub idle_registered: Duration,
+    /// Connections holding an unfinished request, per address
+    /// (`[sip] tcp_unfinished_per_source`) and per prefix (times `guard.prefix_factor`).
+    pub unfinished_per_source: u32,
+    pub unfinished_per_prefix: u32,
+    /// An unfinished request must be complete this long after its first byte
+    /// (`[sip] tcp_message_secs`).
+    pub message: Duration,
     /// How often an open connection looks whether its source has been banned.
     pub ban_check: Duration,
 }
@@ -78,6 +121,9 @@ impl Default for TcpLimits {
             first_message: Duration::from_secs(5),
             idle: Duration::from_secs(60),
             idle_registered: TCP_IDLE,
+            unfinished_per_source: 8,
+            unfinished_per_prefix: 8 * 4,
+            message: Duration::from_secs(10),
             ban_check: Duration::from_secs(1),
         }
     }
@@ -92,6 +138,14 @@ impl TcpLimits {
             ipv6_prefix: self.ipv6_prefix,
         }
     }
+
+    fn unfinished_caps(&self) -> PlaceCaps {
+        PlaceCaps {
+            per_source: self.unfinished_per_source,
+            per_prefix: self.unfinished_per_prefix,
+            ..self.caps()
+        }
+    }
 }
 
 /// Why a connection was closed by the transport (for the metrics).
@@ -103,6 +157,9 @@ pub enum ConnectionEnd {
     TimedOut,
     /// Its source was banned while it was open.
     Banned,
+    /// It held an unfinished request over the per-source or per-prefix cap, or past the
+    /// deadline to finish it.
+    Unfinished,
 }
 
 /// What the transports hand received messages to (the endpoint).
@@ -124,6 +181,11 @@ pub trait Inbound: Send + Sync + 'static {
     fn registered_from(&self, ip: IpAddr) -> bool;
     /// One message, as it came on `flow`; false when it did not parse.
     fn received(&self, bytes: &[u8], flow: Flow) -> bool;
+    /// The largest message taken on `transport` (see [`MessageLimits`]).
+    fn max_message(&self, transport: TransportKind) -> usize;
+    /// A message over that limit (`bytes` holds at least its start): answered 513 when
+    /// its head can be read, otherwise dropped; counted either way.
+    fn oversized(&self, bytes: &[u8], flow: Flow);
     /// A stream from `ip` could not be framed (it is closed).
     fn unframed(&self, ip: IpAddr);
     /// A connection was refused or closed by a limit.
@@ -229,6 +291,9 @@ pub async fn serve_udp(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let socket = &transports.udp;
+    // Room for the largest datagram UDP carries (65,507 bytes over IPv4, 65,527 over
+    // IPv6): one over the size limit is seen whole, answered 513 or counted, never cut
+    // short and misread.
     let mut buf = vec![0u8; 65_535];
     loop {
         tokio::select! {
@@ -266,6 +331,7 @@ pub async fn serve_tcp(
 ) {
     let permits = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
     let places = Places::default();
+    let unfinished = Places::default();
     let caps = limits.caps();
     let limits = Arc::new(limits);
     let mut backoff: Option<Duration> = None;
@@ -296,7 +362,8 @@ pub async fn serve_tcp(
             continue;
         }
         // Over a limit: refuse by closing at once.
-        let place = if inbound.uncapped(peer.ip()) {
+        let uncapped = inbound.uncapped(peer.ip());
+        let place = if uncapped {
             Some(places.exempt())
         } else {
             places.take(peer.ip(), &caps)
@@ -315,11 +382,60 @@ pub async fn serve_tcp(
             limits.clone(),
             shutdown.clone(),
         );
+        let unfinished = Unfinished {
+            places: unfinished.clone(),
+            uncapped,
+            held: None,
+        };
         tokio::spawn(async move {
-            connection(stream, peer, transports, inbound, &limits, shutdown).await;
+            connection(
+                stream, peer, transports, inbound, &limits, unfinished, shutdown,
+            )
+            .await;
             drop(slot);
             drop(permit);
         });
+    }
+}
+
+/// A connection's claim on the unfinished-request table while it holds part of a
+/// message: taken at the first byte of a message, given back when the message is whole.
+struct Unfinished {
+    places: Places,
+    /// An allow-listed source: counted against nothing.
+    uncapped: bool,
+    /// The place held, and when the unfinished message began.
+    held: Option<(Place, Instant)>,
+}
+
+impl Unfinished {
+    /// Notes whether `buf` holds part of a message now; false when a new unfinished
+    /// message finds its source (or prefix) at the cap.
+    fn holding(&mut self, ip: IpAddr, partial: bool, caps: &PlaceCaps) -> bool {
+        if !partial {
+            self.held = None;
+            return true;
+        }
+        if self.held.is_some() {
+            return true;
+        }
+        let place = if self.uncapped {
+            Some(self.places.exempt())
+        } else {
+            self.places.take(ip, caps)
+        };
+        match place {
+            Some(p) => {
+                self.held = Some((p, Instant::now()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// When the unfinished message must be whole by.
+    fn deadline(&self, within: Duration) -> Option<Instant> {
+        self.held.as_ref().map(|(_, since)| *since + within)
     }
 }
 
@@ -329,8 +445,10 @@ async fn connection(
     transports: Arc<Transports>,
     inbound: Arc<dyn Inbound>,
     limits: &TcpLimits,
+    mut unfinished: Unfinished,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let unfinished_caps = limits.unfinished_caps();
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Arc<[u8]>>(TCP_QUEUE);
@@ -352,6 +470,7 @@ async fn connection(
     let mut registered = false;
     let mut ban_check = tokio::time::interval(limits.ban_check);
     ban_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let max_message = inbound.max_message(TransportKind::Tcp);
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 16 * 1024];
     'read: loop {
@@ -364,7 +483,7 @@ async fn connection(
             last_ping = Instant::now();
         }
         buf.drain(..skip);
-        match sip::msg::frame_len(&buf, MAX_MESSAGE) {
+        match sip::msg::frame_len(&buf, max_message) {
             Ok(Some(n)) => {
                 // A source banned while connected is cut off at its next message; a
                 // silenced one loses the message.
@@ -377,6 +496,8 @@ async fn connection(
                     }
                 }
                 last_message = Some(Instant::now());
+                // The next message, if bytes of it came along, starts its own clock.
+                unfinished.held = None;
                 let message: Vec<u8> = buf.drain(..n).collect();
                 if !inbound.received(&message, flow) {
                     // It parsed as a frame but not as SIP: it was counted toward the
@@ -386,22 +507,42 @@ async fn connection(
                 continue;
             }
             Ok(None) => {}
-            // No Content-Length, too large, or garbage: the stream cannot be re-synchronised.
+            // Over the limit: answered 513 if its head can be read, and closed (what
+            // follows is the rest of its body).
+            Err(sip::msg::ParseError::TooLarge) => {
+                if inbound.admit_on_connection(peer.ip()) == Admission::Admit {
+                    inbound.oversized(&buf, flow);
+                }
+                break 'read;
+            }
+            // No Content-Length, or garbage: the stream cannot be re-synchronised.
             Err(_) => {
                 inbound.unframed(peer.ip());
                 break 'read;
             }
         }
-        let deadline = match last_message {
+        // Part of a message is held: it takes a place in the unfinished-request table
+        // (closed over the cap) and must be whole within its deadline.
+        if !unfinished.holding(peer.ip(), !buf.is_empty(), &unfinished_caps) {
+            inbound.connection(ConnectionEnd::Unfinished);
+            break 'read;
+        }
+        let idle = match last_message {
             None => opened + limits.first_message,
             Some(t) if registered => t.max(last_ping) + limits.idle_registered,
             Some(t) => t + limits.idle,
         };
+        let finish = unfinished.deadline(limits.message);
+        let deadline = finish.map_or(idle, |f| f.min(idle));
         tokio::select! {
             r = tokio::time::timeout_at(deadline, reader.read(&mut chunk)) => match r {
                 Ok(Ok(0)) | Ok(Err(_)) => break 'read,
                 Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
                 Err(_) => {
+                    if finish.is_some_and(|f| f <= Instant::now()) {
+                        inbound.connection(ConnectionEnd::Unfinished);
+                        break 'read;
+                    }
                     // The short idle ran out: a source with a live registration keeps
                     // its flow for the long one.
                     if last_message.is_some() && !registered && inbound.registered_from(peer.ip()) {

@@ -559,6 +559,7 @@ async fn start(setup: Setup) -> Pbx {
         min_strength_score: 3,
         udp_workers: 2,
         tcp: pbx::transport::TcpLimits::default(),
+        messages: pbx::transport::MessageLimits::default(),
         mailer: None,
     };
     let keys = ServerKeys {

@@ -80,6 +80,7 @@ async fn start(bans: BanPolicy, tcp: TcpLimits) -> Pbx {
         min_strength_score: 3,
         udp_workers: 1,
         tcp,
+        messages: pbx::transport::MessageLimits::default(),
         mailer: None,
     };
     let keys = ServerKeys {
@@ -317,4 +318,205 @@ async fn junk_over_tcp_closes_the_connection_and_counts_toward_the_flood_limit()
     let mut after = connect("127.0.0.41", pbx.tcp).await;
     assert!(!answered(&mut after, 1).await);
     assert!(answered(&mut control, 2).await, "the control was cut too");
+}
+
+/// Marks `ip` as the source of a live registration (as the registrar would after a
+/// REGISTER over TCP that answered our nonce).
+fn registered(pbx: &Pbx, ip: &str) {
+    pbx.endpoint
+        .registrar
+        .load(vec![store::bindings::BindingRow {
+            number: "1000".into(),
+            contact: format!("<sip:1000@{ip}:5999;transport=tcp>"),
+            call_id: format!("reg-{ip}"),
+            cseq: 1,
+            expires_at: T0 + 3600,
+            source: format!("{ip}:5999"),
+            transport: "tcp".into(),
+            generation: 1,
+        }]);
+    assert!(
+        pbx.endpoint
+            .registrar
+            .registered_from(ip.parse().expect("ip"))
+    );
+}
+
+/// Sends `bytes` to `c` every `every` until `total` passed or the server closed it;
+/// how long after `since` it was closed, None when it stayed open.
+async fn keep_sending(
+    c: &mut TcpStream,
+    bytes: &[u8],
+    every: Duration,
+    total: Duration,
+    since: Instant,
+) -> Option<Duration> {
+    let start = Instant::now();
+    let mut bytes = bytes.iter().cycle();
+    while start.elapsed() < total {
+        let chunk: Vec<u8> = if every >= Duration::from_millis(500) {
+            b"\r\n\r\n".to_vec()
+        } else {
+            bytes.next().map(|b| vec![*b]).unwrap_or_default()
+        };
+        if c.write_all(&chunk).await.is_err() {
+            return Some(since.elapsed());
+        }
+        let (_, closed) = read_for(c, every).await;
+        if closed {
+            return Some(since.elapsed());
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_connection_gets_the_long_idle_restarted_by_messages_and_keepalives_only() {
+    // The long idle made short (`[sip] tcp_idle_registered_secs`; 900 s by default).
+    let limits = TcpLimits {
+        first_message: Duration::from_secs(1),
+        idle: Duration::from_secs(1),
+        idle_registered: Duration::from_secs(3),
+        message: Duration::from_secs(60),
+        ban_check: Duration::from_millis(50),
+        ..TcpLimits::default()
+    };
+    let pbx = start(calm(), limits.clone()).await;
+    registered(&pbx, "127.0.0.51");
+    let mut phone = connect("127.0.0.51", pbx.tcp).await;
+    let mut stranger = connect("127.0.0.52", pbx.tcp).await;
+    assert!(answered(&mut phone, 1).await);
+    assert!(answered(&mut stranger, 1).await);
+    // Keep-alives (RFC 5626 CRLF pings) every second for 5 s: the registered flow
+    // outlives its 3 s idle; the stranger's keep-alives keep nothing open (1 s idle).
+    let since = Instant::now();
+    let stranger_closed = keep_sending(
+        &mut stranger,
+        b"",
+        Duration::from_millis(500),
+        Duration::from_secs(3),
+        since,
+    )
+    .await
+    .expect("a stranger's keep-alives kept its connection open");
+    assert!(
+        stranger_closed < Duration::from_secs(3),
+        "{stranger_closed:?}"
+    );
+    let kept = keep_sending(
+        &mut phone,
+        b"",
+        Duration::from_secs(1),
+        Duration::from_secs(5),
+        Instant::now(),
+    )
+    .await;
+    assert_eq!(
+        kept, None,
+        "keep-alives restart the registered flow's idle timer"
+    );
+    // A complete message restarts it too; then bytes alone (a request dripped, never
+    // finished) do not: the flow is closed its idle after the last message.
+    assert!(answered(&mut phone, 2).await, "open past its idle");
+    let last_message = Instant::now();
+    let drip = options(&phone, 3, "drip/1.0");
+    let closed = keep_sending(
+        &mut phone,
+        &drip,
+        Duration::from_millis(200),
+        Duration::from_secs(8),
+        last_message,
+    )
+    .await
+    .expect("dripped bytes kept the registered flow open");
+    assert!(
+        closed >= limits.idle_registered - Duration::from_millis(200)
+            && closed < limits.idle_registered + Duration::from_secs(1),
+        "closed {closed:?} after the last message; the idle is {:?}",
+        limits.idle_registered
+    );
+    assert!(metric(&pbx, |m| &m.tcp_timeouts) >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_are_capped_per_source_and_per_prefix_and_must_finish_in_time() {
+    let limits = TcpLimits {
+        first_message: Duration::from_secs(30),
+        idle: Duration::from_secs(30),
+        unfinished_per_source: 3,
+        unfinished_per_prefix: 4,
+        ipv4_prefix: 24,
+        message: Duration::from_secs(2),
+        ban_check: Duration::from_millis(50),
+        ..TcpLimits::default()
+    };
+    let pbx = start(calm(), limits.clone()).await;
+    let half = |c: &TcpStream, n| {
+        let m = options(c, n, "half/1.0");
+        m[..m.len() / 2].to_vec()
+    };
+    // Six connections from one address, each with half a request.
+    let started = Instant::now();
+    let mut held = Vec::new();
+    for n in 0..6 {
+        let mut c = connect("127.0.1.61", pbx.tcp).await;
+        let h = half(&c, n);
+        c.write_all(&h).await.expect("write");
+        held.push(c);
+    }
+    let mut open = Vec::new();
+    for mut c in held {
+        let (_, closed) = read_for(&mut c, Duration::from_millis(300)).await;
+        if !closed {
+            open.push(c);
+        }
+    }
+    assert_eq!(open.len(), 3, "the cap per source");
+    assert_eq!(metric(&pbx, |m| &m.tcp_unfinished_closed), 3);
+    // Whole requests from that address are still served: only unfinished ones count.
+    let mut whole = connect("127.0.1.61", pbx.tcp).await;
+    assert!(answered(&mut whole, 10).await);
+    // The prefix (a /24 here) holds 4: another address of it gets one more, not two.
+    let mut neighbours = Vec::new();
+    for n in 0..2 {
+        let mut c = connect("127.0.1.62", pbx.tcp).await;
+        let h = half(&c, 20 + n);
+        c.write_all(&h).await.expect("write");
+        neighbours.push(c);
+    }
+    let mut neighbours_open = 0;
+    for c in &mut neighbours {
+        if !read_for(c, Duration::from_millis(300)).await.1 {
+            neighbours_open += 1;
+        }
+    }
+    assert_eq!(neighbours_open, 1, "the cap per prefix");
+    // Control: another network is not affected, and a request finished within the
+    // deadline is answered.
+    let mut other = connect("127.0.2.63", pbx.tcp).await;
+    let m = options(&other, 30, "slow-but-fine/1.0");
+    other.write_all(&m[..m.len() / 2]).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    other.write_all(&m[m.len() / 2..]).await.expect("write");
+    assert!(
+        read_for(&mut other, Duration::from_secs(2))
+            .await
+            .0
+            .starts_with("SIP/2.0 200")
+    );
+    // The held ones are closed at the deadline to finish a message.
+    for mut c in open {
+        let (_, closed) = read_for(&mut c, Duration::from_secs(4)).await;
+        assert!(closed, "an unfinished request outlived its deadline");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= limits.message && took < limits.message * 3,
+        "closed after {took:?}"
+    );
+    // The neighbour's one goes the same way, a little later.
+    let (_, closed) = read_for(&mut neighbours[0], Duration::from_secs(4)).await;
+    let (_, closed_too) = read_for(&mut neighbours[1], Duration::from_secs(4)).await;
+    assert!(closed && closed_too);
+    assert_eq!(metric(&pbx, |m| &m.tcp_unfinished_closed), 3 + 1 + 3 + 1);
 }

@@ -121,6 +121,7 @@ fn door() -> Door {
         trunks: Arc::new(Trunks::default()),
         bound: "127.0.0.1:5060".parse().expect("addr"),
         key: [3; 32],
+        messages: pbx::transport::MessageLimits::default(),
     });
     let wire = Arc::new(Capture::default());
     endpoint.egress.connect(wire.clone());

@@ -103,6 +103,9 @@ pub enum Check {
     // Settings that weaken a defence (`config.*`, see [`crate::weakening`]).
     FloodLimitsOff,
     FloodLimitsLenient,
+    /// A gateway's address may send far more than the default before it is limited
+    /// (anyone can forge it).
+    GatewayLimitLenient,
     ScannerBansOff,
     NoDecoys,
     AuthFailuresLenient,
@@ -152,6 +155,7 @@ impl Check {
             Check::RewriteLowersClass => "rewrite_lowers_class",
             Check::FloodLimitsOff => "flood_limits_off",
             Check::FloodLimitsLenient => "flood_limits_lenient",
+            Check::GatewayLimitLenient => "gateway_limit_lenient",
             Check::ScannerBansOff => "scanner_bans_off",
             Check::NoDecoys => "no_decoys",
             Check::AuthFailuresLenient => "auth_failures_lenient",
@@ -187,6 +191,7 @@ impl Check {
             // much the setting opens (see `crate::weakening`).
             FloodLimitsOff
             | FloodLimitsLenient
+            | GatewayLimitLenient
             | ScannerBansOff
             | NoDecoys
             | AuthFailuresLenient
@@ -228,6 +233,7 @@ impl Check {
             RewriteRaisesClass | RewriteLowersClass => "rewrite",
             FloodLimitsOff
             | FloodLimitsLenient
+            | GatewayLimitLenient
             | ScannerBansOff
             | NoDecoys
             | AuthFailuresLenient

@@ -3,7 +3,7 @@
 //! from and may therefore punish it ([`Proof`], [`may_ban`]); and what a ban covers, one
 //! address or a network prefix ([`Source`]). The server counts; these rules decide.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -187,6 +187,18 @@ pub struct BanPolicy {
     pub flood_ban_secs: i64,
     /// Sources where some account authenticated get limits this many times higher.
     pub trusted_factor: u32,
+    /// A gateway's or trunk's address is never banned by a flood (a forged flood in its
+    /// name must not cut the office off the PSTN), but it is held to this many requests
+    /// within `flood_window_secs`, counted per gateway address: beyond it, each second
+    /// lets only its share through and the rest is dropped unread and counted. A UDP
+    /// source address is whatever the sender wrote, so without this limit anyone could
+    /// make sipward parse, look up and answer (404) every packet forged in a trunk's
+    /// name. The default (10,000 per 10 s: 1,000 a second) is far above what a small
+    /// or mid-sized office's trunk sends.
+    pub gateway_requests: u32,
+    /// Per-gateway exceptions to `gateway_requests`, by address
+    /// (`gateway_limits = { "192.0.2.10" = 50000 }`), for a trunk that carries more.
+    pub gateway_limits: BTreeMap<String, u32>,
     /// An account that collects this many failures within `extension_window_secs` from
     /// sources it never authenticated from can no longer authenticate from such sources
     /// until the failures age out (`"off"` turns this off; 0 in memory). Distributed
@@ -265,6 +277,8 @@ impl Default for BanPolicy {
             flood_window_secs: 10,
             flood_ban_secs: 86_400,
             trusted_factor: 100,
+            gateway_requests: 10_000,
+            gateway_limits: BTreeMap::new(),
             extension_failures: 20,
             extension_window_secs: 3600,
             weak_credentials: WeakCredentials::TrustedOnly,
@@ -286,6 +300,8 @@ impl Default for BanPolicy {
 /// patient attacker and of yesterday's office add up, and far beyond it the arithmetic
 /// itself breaks (a window of 2^63 seconds silenced calm traffic).
 pub const MAX_WINDOW_SECS: i64 = 86_400;
+/// The highest gateway limit per flood window (`guard.gateway_requests`).
+pub const GATEWAY_REQUESTS_MAX: u32 = 10_000_000;
 /// The longest ban: a year.
 pub const MAX_BAN_SECS: i64 = 365 * 86_400;
 /// How long a source stays trusted for an account at most: 30 days.
@@ -355,6 +371,27 @@ impl BanPolicy {
         if self.flood_requests > 0 && !(1..=self.flood_requests).contains(&self.silence_requests) {
             return Err("guard.silence_requests must be between 1 and guard.flood_requests".into());
         }
+        let gateway_range = 10..=GATEWAY_REQUESTS_MAX;
+        if !gateway_range.contains(&self.gateway_requests) {
+            return Err(format!(
+                "guard.gateway_requests must be between 10 and {GATEWAY_REQUESTS_MAX}"
+            ));
+        }
+        if self.gateway_limits.len() > 1000 {
+            return Err("guard.gateway_limits may name at most 1000 addresses".into());
+        }
+        for (address, limit) in &self.gateway_limits {
+            if address.trim().parse::<IpAddr>().is_err() {
+                return Err(format!(
+                    "guard.gateway_limits: {address:?} is not an IP address"
+                ));
+            }
+            if !gateway_range.contains(limit) {
+                return Err(format!(
+                    "guard.gateway_limits: the limit for {address} must be between 10 and {GATEWAY_REQUESTS_MAX}"
+                ));
+            }
+        }
         if self.extension_failures > 10_000 {
             return Err("guard.extension_failures must be between 1 and 10000, or \"off\"".into());
         }
@@ -391,6 +428,15 @@ impl BanPolicy {
             self.silence_requests.saturating_mul(f),
             self.flood_requests.saturating_mul(f),
         )
+    }
+
+    /// The request limit per flood window of the gateway at `ip`: its own entry in
+    /// `gateway_limits`, or `gateway_requests`.
+    pub fn gateway_limit(&self, ip: IpAddr) -> u32 {
+        self.gateway_limits
+            .iter()
+            .find(|(a, _)| a.trim().parse::<IpAddr>().ok() == Some(ip))
+            .map_or(self.gateway_requests, |(_, l)| *l)
     }
 
     /// The prefix `ip` is counted under besides itself, when the configured length is
@@ -694,6 +740,38 @@ mod tests {
             .validate()
             .is_err()
         );
+    }
+
+    #[test]
+    fn gateways_have_their_own_limit_with_exceptions_by_address() {
+        let mut p = BanPolicy::default();
+        let (gw, big) = ("192.0.2.10".parse().expect("ip"), "2001:db8::5");
+        assert_eq!(p.gateway_limit(gw), 10_000);
+        p.gateway_limits.insert(big.into(), 50_000);
+        assert!(p.validate().is_ok());
+        assert_eq!(p.gateway_limit(big.parse().expect("ip")), 50_000);
+        assert_eq!(p.gateway_limit(gw), 10_000, "only the address named");
+        for (bad, says) in [
+            (
+                ("gateway_requests", 5),
+                "gateway_requests must be between 10 and",
+            ),
+            (("nonsense", 100), "\"nonsense\" is not an IP address"),
+            (
+                ("192.0.2.1", 0),
+                "the limit for 192.0.2.1 must be between 10 and",
+            ),
+        ] {
+            let mut p = BanPolicy::default();
+            match bad {
+                ("gateway_requests", n) => p.gateway_requests = n,
+                (a, n) => {
+                    p.gateway_limits.insert(a.into(), n);
+                }
+            }
+            let e = p.validate().expect_err("refused");
+            assert!(e.contains(says), "{e}");
+        }
     }
 
     #[test]

@@ -165,6 +165,30 @@ fn guard(r: &mut Report, g: &BanPolicy) {
             ),
         );
     }
+    // The most any gateway address may send: its own exception, or the common limit.
+    let gateway = g
+        .gateway_limits
+        .values()
+        .copied()
+        .chain(std::iter::once(g.gateway_requests))
+        .max()
+        .unwrap_or(g.gateway_requests);
+    if g.flood_requests > 0
+        && let Some(sev) = by_factor(
+            per_hour(gateway, g.flood_window_secs),
+            per_hour(d.gateway_requests, d.flood_window_secs),
+        )
+    {
+        r.push(
+            Check::GatewayLimitLenient,
+            sev,
+            "guard.gateway_requests",
+            format!(
+                "a gateway's address may send {gateway} requests within {} s before the rest is dropped; a UDP source can be forged, so anyone may send that many in a trunk's name, each read and answered",
+                g.flood_window_secs
+            ),
+        );
+    }
     if !g.ban_scanners {
         r.push(
             Check::ScannerBansOff,
@@ -578,6 +602,33 @@ mod tests {
         assert_eq!(
             rules(&f),
             ["config.fraud_limit_high warning dialplan.limits.concurrent_external"]
+        );
+    }
+
+    #[test]
+    fn a_gateway_limit_far_above_the_default_is_a_finding() {
+        let (p, d) = (PolicyConfig::default(), DialPlan::default());
+        let sev = |g: BanPolicy| {
+            findings(&settings(&g, &p, &d))
+                .into_iter()
+                .find(|f| f.field == "guard.gateway_requests")
+                .map(|f| (f.rule.to_string(), f.severity))
+        };
+        assert_eq!(sev(BanPolicy::default()), None);
+        let mut one = BanPolicy::default();
+        one.gateway_limits.insert("192.0.2.10".into(), 50_000);
+        assert_eq!(
+            sev(one),
+            Some(("config.gateway_limit_lenient".into(), Severity::Warning)),
+            "one gateway's exception at 5× the default"
+        );
+        assert_eq!(
+            sev(BanPolicy {
+                gateway_requests: 10_000_000,
+                ..BanPolicy::default()
+            })
+            .map(|(_, s)| s),
+            Some(Severity::Critical)
         );
     }
 

@@ -19,6 +19,8 @@ pub enum ParseError {
     TooManyHeaders,
     /// The body is shorter than Content-Length says, or Content-Length is invalid.
     BadLength,
+    /// Longer than the transport's limit (RFC 3261 §21.5.14: 513 when it can be answered).
+    TooLarge,
 }
 
 impl std::fmt::Display for ParseError {
@@ -28,6 +30,7 @@ impl std::fmt::Display for ParseError {
             ParseError::Malformed => "malformed message",
             ParseError::TooManyHeaders => "too many headers",
             ParseError::BadLength => "body length does not match Content-Length",
+            ParseError::TooLarge => "message too large",
         })
     }
 }
@@ -175,6 +178,17 @@ pub fn head_end(buf: &[u8]) -> Option<usize> {
 /// (cut to Content-Length when present); a stream transport frames first (see
 /// [`frame_len`]). Leading empty lines (stream keep-alives) are skipped.
 pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
+    parse_with(buf, true)
+}
+
+/// Parses only the head of a message (start line and headers), leaving the body empty
+/// whatever Content-Length says: for a message over the size limit, which is answered
+/// 513 from its head (RFC 3261 §21.5.14) without its body being looked at.
+pub fn parse_head(buf: &[u8]) -> Result<Message<'_>, ParseError> {
+    parse_with(buf, false)
+}
+
+fn parse_with(buf: &[u8], with_body: bool) -> Result<Message<'_>, ParseError> {
     let skip = buf
         .iter()
         .take_while(|b| matches!(b, b'\r' | b'\n'))
@@ -216,6 +230,7 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
     }
     let rest = buf.get(end..).unwrap_or_default();
     let body = match headers.iter().find(|h| h.name == Name::ContentLength) {
+        _ if !with_body => &[][..],
         Some(h) => {
             let len: usize = h.value.trim().parse().map_err(|_| ParseError::BadLength)?;
             rest.get(..len).ok_or(ParseError::BadLength)?
@@ -236,7 +251,7 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
 pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, ParseError> {
     let Some(end) = head_end(buf) else {
         return if buf.len() > max {
-            Err(ParseError::BadLength)
+            Err(ParseError::TooLarge)
         } else {
             Ok(None)
         };
@@ -263,7 +278,7 @@ pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, ParseError> {
         .checked_add(len.ok_or(ParseError::BadLength)?)
         .ok_or(ParseError::BadLength)?;
     if total > max {
-        return Err(ParseError::BadLength);
+        return Err(ParseError::TooLarge);
     }
     Ok((buf.len() >= total).then_some(total))
 }
@@ -396,7 +411,7 @@ Content-Length: 0\r\n\r\n";
             Err(ParseError::BadLength),
             "Content-Length is mandatory on streams"
         );
-        assert_eq!(frame_len(&[b'a'; 2000], 1000), Err(ParseError::BadLength));
+        assert_eq!(frame_len(&[b'a'; 2000], 1000), Err(ParseError::TooLarge));
         assert_eq!(
             frame_len(
                 b"OPTIONS sip:x SIP/2.0\r\nl: 99999999999999999999999\r\n\r\n",
@@ -406,7 +421,19 @@ Content-Length: 0\r\n\r\n";
         );
         assert_eq!(
             frame_len(b"OPTIONS sip:x SIP/2.0\r\nl: 5000\r\n\r\n", 1000),
-            Err(ParseError::BadLength)
+            Err(ParseError::TooLarge),
+            "over the limit: 513 when the head parses"
         );
+    }
+
+    #[test]
+    fn a_head_parses_without_its_body() {
+        let text =
+            b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nl: 90000\r\n\r\nabc";
+        assert_eq!(parse(text).err(), Some(ParseError::BadLength));
+        let m = parse_head(text).expect("head");
+        assert!(m.body.is_empty());
+        assert_eq!(m.header(Name::ContentLength), Some("90000"));
+        assert_eq!(m.method(), Some("OPTIONS"));
     }
 }

@@ -206,6 +206,17 @@ struct RawSip {
     tcp_first_message_secs: Option<u64>,
     /// Seconds a TCP connection with no live registration may go without a complete message.
     tcp_idle_secs: Option<u64>,
+    /// The same for a connection from a source with a live registration (900).
+    tcp_idle_registered_secs: Option<u64>,
+    /// Connections holding an unfinished request per address (a prefix gets
+    /// guard.prefix_factor times it).
+    tcp_unfinished_per_source: Option<u32>,
+    /// Seconds an unfinished request has to become whole.
+    tcp_message_secs: Option<u64>,
+    /// The largest datagram taken, in bytes (larger: 513, or dropped and counted).
+    max_message_udp: Option<usize>,
+    /// The largest message taken on a stream, in bytes.
+    max_message_tcp: Option<usize>,
 }
 
 /// Everything the config file sets, typed and checked.
@@ -227,6 +238,8 @@ pub struct Config {
     /// `[sip] tcp_*`: what the SIP TCP transport enforces (the prefix lengths and
     /// factor come from `[guard]`).
     pub sip_tcp: pbx::transport::TcpLimits,
+    /// `[sip] max_message_udp`, `max_message_tcp`.
+    pub sip_messages: pbx::transport::MessageLimits,
 }
 
 impl Config {
@@ -365,6 +378,7 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
     raw.registrar.validate().map_err(OperatorError)?;
     raw.guard.validate().map_err(OperatorError)?;
     let sip_tcp = sip_tcp(&raw.sip, &raw.guard)?;
+    let sip_messages = sip_messages(&raw.sip)?;
     let domain = raw
         .sip
         .domain
@@ -454,6 +468,7 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
         console_allow,
         http,
         sip_tcp,
+        sip_messages,
         settings: Settings {
             realm,
             domain,
@@ -561,6 +576,28 @@ fn http(
     })
 }
 
+/// The message size limits of `[sip]`: at least what any SIP message needs (1,300 bytes,
+/// RFC 3261 §18.1.1's path-MTU figure), at most what a datagram can hold (UDP) or a
+/// megabyte (TCP).
+fn sip_messages(raw: &RawSip) -> anyhow::Result<pbx::transport::MessageLimits> {
+    let d = pbx::transport::MessageLimits::default();
+    let datagram = raw.max_message_udp.unwrap_or(d.datagram);
+    if !(1300..=65_507).contains(&datagram) {
+        return Err(OperatorError(
+            "sip.max_message_udp must be between 1300 and 65507 bytes".into(),
+        )
+        .into());
+    }
+    let stream = raw.max_message_tcp.unwrap_or(d.stream);
+    if !(1300..=1 << 20).contains(&stream) {
+        return Err(OperatorError(
+            "sip.max_message_tcp must be between 1300 and 1048576 bytes".into(),
+        )
+        .into());
+    }
+    Ok(pbx::transport::MessageLimits { datagram, stream })
+}
+
 /// The SIP TCP limits from `[sip]`, with the prefixes of `[guard]`.
 fn sip_tcp(
     raw: &RawSip,
@@ -590,6 +627,30 @@ fn sip_tcp(
         ))
         .into());
     }
+    let idle_registered = raw
+        .tcp_idle_registered_secs
+        .unwrap_or(d.idle_registered.as_secs());
+    if !(idle..=86_400).contains(&idle_registered) {
+        return Err(OperatorError(
+            "sip.tcp_idle_registered_secs must be between sip.tcp_idle_secs and 86400 (a day)"
+                .into(),
+        )
+        .into());
+    }
+    let unfinished = raw
+        .tcp_unfinished_per_source
+        .unwrap_or(d.unfinished_per_source);
+    if !(1..=per_source).contains(&unfinished) {
+        return Err(OperatorError(
+            "sip.tcp_unfinished_per_source must be between 1 and sip.tcp_connections_per_source"
+                .into(),
+        )
+        .into());
+    }
+    let message = raw.tcp_message_secs.unwrap_or(d.message.as_secs());
+    if !(1..=120).contains(&message) {
+        return Err(OperatorError("sip.tcp_message_secs must be between 1 and 120".into()).into());
+    }
     Ok(pbx::transport::TcpLimits {
         per_source,
         per_prefix: per_source.saturating_mul(guard.prefix_factor),
@@ -597,6 +658,10 @@ fn sip_tcp(
         ipv6_prefix: guard.ipv6_prefix,
         first_message: std::time::Duration::from_secs(first),
         idle: std::time::Duration::from_secs(idle),
+        idle_registered: std::time::Duration::from_secs(idle_registered),
+        unfinished_per_source: unfinished,
+        unfinished_per_prefix: unfinished.saturating_mul(guard.prefix_factor),
+        message: std::time::Duration::from_secs(message),
         ..d
     })
 }
@@ -715,6 +780,14 @@ mod tests {
         assert_eq!(c.nonce_lifetime_secs, 300);
         assert_eq!(c.registrar, RegistrarConfig::default());
         assert_eq!(c.digest_algorithms, vec![Algorithm::Md5, Algorithm::Sha256]);
+        assert_eq!(
+            c.sip_tcp.idle_registered.as_secs(),
+            900,
+            "the RFC 5626 figure"
+        );
+        assert_eq!(c.sip_messages.datagram, 16 * 1024);
+        assert_eq!(c.sip_messages.stream, 64 * 1024);
+        assert_eq!(c.bans.gateway_requests, 10_000);
         let md5 = config("[sip]\ndigest_algorithms = [\"MD5\"]\n").expect("valid");
         assert_eq!(md5.digest_algorithms, vec![Algorithm::Md5]);
     }
@@ -815,6 +888,13 @@ mod tests {
             "[sip]\ntcp_connections_per_source = 0\n",
             "[sip]\ntcp_first_message_secs = 0\n",
             "[sip]\ntcp_idle_secs = 2\n",
+            "[sip]\nmax_message_udp = 100\n",
+            "[sip]\ntcp_idle_registered_secs = 10\n",
+            "[sip]\ntcp_unfinished_per_source = 0\n",
+            "[sip]\ntcp_unfinished_per_source = 33\n",
+            "[sip]\ntcp_message_secs = 0\n",
+            "[sip]\nmax_message_udp = 70000\n",
+            "[sip]\nmax_message_tcp = 2000000\n",
             "[http]\nheader_timeout_secs = 0\n",
             "[http]\nproxies = []\n",
         ] {

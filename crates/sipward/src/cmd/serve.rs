@@ -72,6 +72,7 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
             .map_or(2, |n| n.get())
             .clamp(1, 8),
         tcp: config.sip_tcp.clone(),
+        messages: config.sip_messages,
         mailer,
     };
     let bound = server::bind(reg.clone(), cfg, keys, crate::clock::clock()).await?;

@@ -103,13 +103,18 @@ async fn counting_socket(ip: &str) -> (Arc<UdpSocket>, Arc<AtomicUsize>) {
 }
 
 /// A stranger forges the gateway's address (UDP proves no source) and sends INVITEs for
-/// a number that is no DID. Gateway addresses are exempt from the flood limits, so all
-/// are read; each is answered 404 and holds an INVITE entry for Timer H (32 s), since no
-/// ACK comes. 16,384 of them leave no room: a registered phone's emergency call is
-/// dropped unanswered, for as long as the attacker keeps sending.
+/// a number that is no DID. Each one read is answered 404 and holds an INVITE entry for
+/// Timer H (32 s), since no ACK comes. 16,384 of them left no room: a registered phone's
+/// emergency call was dropped unanswered, for as long as the attacker kept sending.
+/// A gateway is held to its own limit now (`attack_gateway.rs`), so this test raises
+/// it out of the way: the table must hold even where an operator let a trunk send that
+/// much.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_invite_flood_in_a_gateways_name_leaves_no_room_for_an_emergency_call() {
-    let env = Env::with_config(&config());
+    let env = Env::with_config(&format!(
+        "{}[guard]\ngateway_requests = 10000000\n",
+        config()
+    ));
     // The gateway's own address (nothing listens there: it stands for a host elsewhere).
     env.ok(&[
         "gateway",

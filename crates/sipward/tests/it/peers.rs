@@ -185,6 +185,11 @@ impl Server {
         (code, body)
     }
 
+    /// The server's process id (to read its CPU time from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn metric(&self, name: &str) -> u64 {
         let (_, body) = self.http_get("/metrics");
         body.lines()
