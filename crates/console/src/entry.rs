@@ -233,7 +233,12 @@ impl Entry {
             })
         );
         tokio::spawn(async move {
-            let _ = accounts::exposure::note_forwarded_untrusted(&reg, from, count, now).await;
+            let noted = accounts::exposure::note_forwarded_untrusted(&reg, from, count, now).await;
+            accounts::background::checked(
+                accounts::background::Task::Console,
+                "noting an untrusted Forwarded header",
+                noted,
+            );
         });
     }
 }

@@ -449,6 +449,14 @@ impl Metrics {
             let v = get(&self.challenged_by_reason[r as usize]);
             let _ = writeln!(s, "{name}{{reason=\"{}\"}} {v}", r.as_str());
         }
+        let name = "sipward_background_errors_total";
+        let _ = write!(
+            s,
+            "# HELP {name} failures of work no request waits for (store writes, reloads, sends), by task\n# TYPE {name} counter\n"
+        );
+        for (task, v) in accounts::background::counts() {
+            let _ = writeln!(s, "{name}{{task=\"{}\"}} {v}", task.as_str());
+        }
         let gauges = [
             (
                 "sipward_bindings",
