@@ -47,7 +47,8 @@ struct Grant {
 /// The outbound state of the server.
 #[derive(Debug)]
 pub struct Outbound {
-    plan: DialPlan,
+    /// Replaced whole on a config reload (SIGHUP); calls in progress keep theirs.
+    plan: RwLock<Arc<DialPlan>>,
     lines: RwLock<Arc<HashMap<String, Line>>>,
     attempts: Mutex<Windows<String>>,
     international: Mutex<Windows<String>>,
@@ -59,7 +60,7 @@ pub struct Outbound {
 impl Outbound {
     pub fn new(plan: DialPlan) -> Self {
         Self {
-            plan,
+            plan: RwLock::new(Arc::new(plan)),
             lines: RwLock::new(Arc::new(HashMap::new())),
             attempts: Mutex::new(Windows::default()),
             international: Mutex::new(Windows::default()),
@@ -69,8 +70,14 @@ impl Outbound {
     }
 
     /// The dial plan calls are classified with.
-    pub fn plan(&self) -> &DialPlan {
-        &self.plan
+    pub fn plan(&self) -> Arc<DialPlan> {
+        self.plan.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts a new dial plan in force. The lines keep the classes the old one gave them
+    /// until `replace_with_users` runs again, which the reload does at once.
+    pub fn set_plan(&self, plan: DialPlan) {
+        *self.plan.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(plan);
     }
 
     /// An extension's class of service, and whether its outbound calling is suspended
@@ -129,18 +136,19 @@ impl Outbound {
         rows: &[CallingRow],
         users: impl Iterator<Item = &'a str>,
     ) {
+        let plan = self.plan();
         let default_user = Line::from_row(
             &CallingRow {
                 kind: "user".into(),
                 outbound: store::outbound::OutboundRow::default(),
             },
-            &self.plan,
+            &plan,
         );
         let mut lines: HashMap<String, Line> =
             users.map(|n| (n.to_owned(), default_user)).collect();
         lines.extend(
             rows.iter()
-                .map(|r| (r.outbound.number.clone(), Line::from_row(r, &self.plan))),
+                .map(|r| (r.outbound.number.clone(), Line::from_row(r, &plan))),
         );
         *self.lines.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(lines);
     }

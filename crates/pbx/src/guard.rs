@@ -518,14 +518,30 @@ enum Verdict {
     Ban(u32),
 }
 
+/// The `[guard]` settings and what is derived from them, swapped as one.
+#[derive(Debug, Default)]
+struct Rules {
+    policy: Arc<BanPolicy>,
+    decoys: HashSet<String>,
+}
+
+impl From<BanPolicy> for Rules {
+    fn from(policy: BanPolicy) -> Self {
+        Self {
+            decoys: policy.decoys.iter().cloned().collect(),
+            policy: Arc::new(policy),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Guard {
     state: RwLock<State>,
     /// A coarse clock (epoch seconds) refreshed by the reload loop, so the hot path
     /// needs no time call.
     now: AtomicI64,
-    policy: BanPolicy,
-    decoys: HashSet<String>,
+    /// The `[guard]` settings, replaced whole on a config reload (SIGHUP).
+    rules: RwLock<Arc<Rules>>,
     failures: Mutex<Windows<Source>>,
     provisioning_probes: Mutex<Windows<Source>>,
     /// Phones' addresses over the provisioning probe limit, and until when provisioning
@@ -554,15 +570,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Guard {
     pub fn new(policy: BanPolicy, metrics: Arc<Metrics>) -> Self {
         Self {
-            decoys: policy.decoys.iter().cloned().collect(),
-            policy,
+            rules: RwLock::new(Arc::new(Rules::from(policy))),
             metrics,
             ..Self::default()
         }
     }
 
-    pub fn policy(&self) -> &BanPolicy {
-        &self.policy
+    /// The settings in force now.
+    pub fn policy(&self) -> Arc<BanPolicy> {
+        self.rules().policy.clone()
+    }
+
+    /// Puts new `[guard]` settings in force (a config reload). Counts, bans and trust
+    /// already earned stay; each is judged by the new thresholds from the next packet.
+    pub fn set_policy(&self, policy: BanPolicy) {
+        let rules = Arc::new(Rules::from(policy));
+        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
+    }
+
+    fn rules(&self) -> Arc<Rules> {
+        self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Connects the channel events (and the bans to persist) go through.
@@ -645,7 +672,7 @@ impl Guard {
         let now = self.now();
         let banned = |s: &Source| st.banned.get(s).is_some_and(|e| *e > now);
         let hit = banned(&Source::host(ip))
-            || (st.prefixes > 0 && self.policy.prefix_of(ip).is_some_and(|p| banned(&p)));
+            || (st.prefixes > 0 && self.policy().prefix_of(ip).is_some_and(|p| banned(&p)));
         !hit || st.allowed(ip)
     }
 
@@ -667,13 +694,14 @@ impl Guard {
             Metrics::inc(&self.metrics.dropped_banned);
             return Admission::Banned;
         }
-        if self.policy.flood_requests == 0 {
+        let policy = self.policy();
+        if policy.flood_requests == 0 {
             return Admission::Admit;
         }
         let now = self.now();
-        let window = self.policy.flood_window_secs;
+        let window = policy.flood_window_secs;
         let host = Source::host(ip);
-        let prefix = self.policy.prefix_of(ip);
+        let prefix = policy.prefix_of(ip);
         let (source, verdict) = {
             let mut t = lock(&self.flood);
             match prefix {
@@ -700,7 +728,7 @@ impl Guard {
                     Reason::Flood,
                     now,
                     |_| format!("{requests} requests within {window} s"),
-                    Some(self.policy.flood_ban_secs),
+                    Some(policy.flood_ban_secs),
                 );
                 Metrics::inc(&self.metrics.dropped_banned);
                 Admission::Banned
@@ -717,7 +745,7 @@ impl Guard {
         proof: Proof,
         now: i64,
     ) -> Verdict {
-        let p = &self.policy;
+        let p = self.policy();
         let window = p.flood_window_secs;
         let previous = t.previous.get(&source).copied().unwrap_or(0);
         let elapsed = now - t.start;
@@ -969,8 +997,8 @@ impl Guard {
 
     /// Records that `auth_id` authenticated from `ip`: the pair is trusted for a while.
     pub fn auth_success(&self, ip: IpAddr, auth_id: &str, now: i64) {
-        let until = now.saturating_add(self.policy.trusted_secs);
-        let prefix = self.policy.prefix_of(ip);
+        let until = now.saturating_add(self.policy().trusted_secs);
+        let prefix = self.policy().prefix_of(ip);
         let mut t = lock(&self.trusted);
         if let Some(p) = prefix {
             t.note_prefix(p, until);
@@ -980,7 +1008,7 @@ impl Guard {
             pair.stale = false;
             return;
         }
-        let cap = usize::try_from(self.policy.trusted_per_account).unwrap_or(usize::MAX);
+        let cap = usize::try_from(self.policy().trusted_per_account).unwrap_or(usize::MAX);
         let live = |ip: IpAddr| self.live_from(ip);
         if t.make_room(auth_id, cap, &live) {
             t.insert(ip, auth_id, until);
@@ -1031,22 +1059,22 @@ impl Guard {
         if self.allowed(ip) || self.trusted(ip, &account.auth_id, now) {
             return true;
         }
-        if account.weak && self.policy.weak_credentials == WeakCredentials::TrustedOnly {
+        if account.weak && self.policy().weak_credentials == WeakCredentials::TrustedOnly {
             return false;
         }
-        self.policy.extension_failures == 0
+        self.policy().extension_failures == 0
             || lock(&self.account_failures).count(
                 &account.auth_id,
                 now,
-                self.policy.extension_window_secs,
-            ) < self.policy.extension_failures
+                self.policy().extension_window_secs,
+            ) < self.policy().extension_failures
     }
 
     /// The right password was refused by [`Guard::may_authenticate`]: counted, and
     /// logged once an hour per account when the password is weak.
     pub fn refused(&self, ip: IpAddr, account: &Account, now: i64) {
         Metrics::inc(&self.metrics.refused_credentials);
-        if account.weak && self.policy.weak_credentials == WeakCredentials::TrustedOnly {
+        if account.weak && self.policy().weak_credentials == WeakCredentials::TrustedOnly {
             let mut noted = lock(&self.weak_noted);
             if noted.len() >= TABLE_CAPACITY {
                 noted.clear();
@@ -1075,9 +1103,9 @@ impl Guard {
     ) -> Option<(Source, u32)> {
         let mut t = lock(table);
         let host = Source::host(ip);
-        let keys = std::iter::once(host).chain(self.policy.prefix_of(ip));
+        let keys = std::iter::once(host).chain(self.policy().prefix_of(ip));
         for key in keys {
-            let limit = self.policy.scaled(threshold, &key);
+            let limit = self.policy().scaled(threshold, &key);
             let count = t.record(&key, now, window, limit);
             if count >= limit {
                 t.reset(&key);
@@ -1099,7 +1127,7 @@ impl Guard {
         if self.allowed(ip) || pair == Some(false) {
             return;
         }
-        let p = &self.policy;
+        let p = self.policy();
         if known && p.extension_failures > 0 {
             let key = auth_id.to_owned();
             let mut t = lock(&self.account_failures);
@@ -1155,7 +1183,7 @@ impl Guard {
         let Some(tool) = policy::scanner::scanner(user_agent) else {
             return false;
         };
-        if !self.policy.ban_scanners || self.allowed(ip) {
+        if !self.policy().ban_scanners || self.allowed(ip) {
             return false;
         }
         let now = self.now();
@@ -1170,7 +1198,7 @@ impl Guard {
             Reason::Scanner,
             now,
             |_| signal,
-            Some(self.policy.scanner_ban_secs),
+            Some(self.policy().scanner_ban_secs),
         );
         true
     }
@@ -1192,7 +1220,7 @@ impl Guard {
         if self.allowed(ip) {
             return ProbeVerdict::Counted;
         }
-        let p = &self.policy;
+        let p = self.policy();
         let Some((source, count)) = self.count_failure(
             &self.provisioning_probes,
             ip,
@@ -1236,7 +1264,7 @@ impl Guard {
     /// here, and that the request answered a nonce issued to `ip`). Returns whether it
     /// did.
     pub fn decoy(&self, ip: IpAddr, user: &str, now: i64) -> bool {
-        if !self.decoys.contains(user) || self.allowed(ip) {
+        if !self.rules().decoys.contains(user) || self.allowed(ip) {
             return false;
         }
         self.impose(
@@ -1244,7 +1272,7 @@ impl Guard {
             Reason::Decoy,
             now,
             |_| format!("authenticated as the decoy user name {user:?}"),
-            Some(self.policy.decoy_ban_secs),
+            Some(self.policy().decoy_ban_secs),
         );
         true
     }
@@ -1261,9 +1289,9 @@ impl Guard {
     ) -> BanRow {
         let mut st = self.write();
         let n = self
-            .policy
+            .policy()
             .ban_number(st.history.get(&source).copied(), now);
-        let expires_at = now.saturating_add(fixed.unwrap_or_else(|| self.policy.ban_length(n)));
+        let expires_at = now.saturating_add(fixed.unwrap_or_else(|| self.policy().ban_length(n)));
         if st.banned.insert(source, expires_at).is_none() && source.is_prefix() {
             st.prefixes += 1;
         }

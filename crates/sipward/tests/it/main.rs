@@ -25,6 +25,7 @@ mod provisioning;
 mod regenerate;
 mod registrar;
 mod relay;
+mod reload;
 mod revoke;
 mod settings;
 mod trunk_calls;
