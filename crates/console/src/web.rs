@@ -149,7 +149,7 @@ impl Web {
                 let event = serde_json::json!({
                     "event": "console_error", "page": name, "error": e.to_string(),
                 });
-                eprintln!("{event}");
+                accounts::event::emit(&event);
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "the page could not be rendered\n",

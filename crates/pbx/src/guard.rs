@@ -617,10 +617,7 @@ impl Guard {
             let e = match e {
                 mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => e,
             };
-            eprintln!(
-                "{}",
-                json!({"event": "event_dropped", "dropped": e.to_json(None)})
-            );
+            accounts::event::emit(&json!({"event": "event_dropped", "dropped": e.to_json(None)}));
         }
     }
 

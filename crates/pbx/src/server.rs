@@ -257,7 +257,7 @@ fn report_unopened(unopened: &[String]) {
             "event": "credentials_unreadable",
             "fields": unopened,
         });
-        eprintln!("{line}");
+        accounts::event::emit(&line);
     }
 }
 
@@ -435,10 +435,10 @@ async fn reload_loop(
             }
             let reloaded = apply_directory(&endpoint, dir, clock.now());
             for r in &reloaded.revoked {
-                eprintln!("{}", revocation_event(r, &reloaded.bindings_dropped));
+                accounts::event::emit(&revocation_event(r, &reloaded.bindings_dropped));
             }
             for (number, calls) in &reloaded.calls_ended {
-                eprintln!("{}", calls_ended_event(number, *calls));
+                accounts::event::emit(&calls_ended_event(number, *calls));
             }
             versions.0 = v;
             registry_moved = true;
@@ -452,9 +452,8 @@ async fn reload_loop(
             // from the store (the flush's sweep), so calls stop ringing them.
             let dropped = reconcile_bindings(&endpoint, now);
             if !dropped.is_empty() {
-                eprintln!(
-                    "{}",
-                    serde_json::json!({"event": "grace_ended", "bindings_dropped": dropped})
+                accounts::event::emit(
+                    &serde_json::json!({"event": "grace_ended", "bindings_dropped": dropped}),
                 );
             }
             next_grace_end = endpoint.directory.get().next_grace_end(now);
@@ -680,7 +679,7 @@ async fn handle_event(registry: &Registry, endpoint: &Endpoint, e: Event) {
         ),
         _ => None,
     };
-    eprintln!("{}", e.to_json(persisted));
+    accounts::event::emit(&e.to_json(persisted));
 }
 
 async fn persist_ban(registry: &Registry, row: &gq::BanRow) -> bool {

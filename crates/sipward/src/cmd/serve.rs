@@ -249,7 +249,7 @@ pub async fn run(
     }
     // Blocking threads still busy (a backup being written) are not waited for.
     console_rt.shutdown_background();
-    eprintln!("stopped");
+    tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -330,15 +330,12 @@ fn raise_fd_limit() {
             },
         );
         if let Err(e) = raised {
-            eprintln!(
-                "{}",
-                serde_json::json!({
-                    "event": "fd_limit_not_raised",
-                    "soft": now.current,
-                    "hard": now.maximum,
-                    "error": e.to_string(),
-                })
-            );
+            accounts::event::emit(&serde_json::json!({
+                "event": "fd_limit_not_raised",
+                "soft": now.current,
+                "hard": now.maximum,
+                "error": e.to_string(),
+            }));
         }
     }
 }
