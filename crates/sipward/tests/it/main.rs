@@ -27,6 +27,7 @@ mod registrar;
 mod relay;
 mod reload;
 mod revoke;
+mod service;
 mod settings;
 mod trunk_calls;
 mod trunks;
