@@ -59,7 +59,7 @@ fn the_service_unit_verifies_and_its_exposure_is_below_2() {
 #[test]
 fn the_service_unit_keeps_the_sandbox_it_promises() {
     for line in [
-        "DynamicUser=yes",
+        "User=sipward",
         "StateDirectory=sipward",
         "ProtectSystem=strict",
         "ReadWritePaths=/var/lib/sipward",
