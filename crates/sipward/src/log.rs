@@ -24,9 +24,11 @@ pub enum Format {
     Json,
 }
 
-/// What the log shows when neither `--log` nor `RUST_LOG` says: our own crates' notes
-/// and every warning.
-pub const DEFAULT_FILTER: &str = "warn,sipward=info,pbx=info,console=info,accounts=info";
+/// What the log shows when neither `--log`, `RUST_LOG` nor `[log] filter` says: our own
+/// crates' notes and every warning, but sqlx only for errors (its slow-statement
+/// warnings would come and go with the machine's load, in CLI output too).
+pub const DEFAULT_FILTER: &str =
+    "warn,sqlx=error,sipward=info,pbx=info,console=info,accounts=info,store=info";
 
 /// A filter that cannot be parsed: refused at start and on reload alike.
 #[derive(Debug, thiserror::Error)]

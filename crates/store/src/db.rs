@@ -132,16 +132,11 @@ impl Store {
     }
 
     async fn migrate(&self, path: &Path) -> Result<()> {
-        schema()
-            .run(&self.pool)
-            .await
-            .map_err(|e| match e {
-                sqlx::migrate::MigrateError::Execute(db) => Error::from_open(path, db),
-                sqlx::migrate::MigrateError::VersionTooNew(v, _) => {
-                    Error::SchemaTooNew { version: v }
-                }
-                other => Error::Migrate(other),
-            })
+        schema().run(&self.pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(db) => Error::from_open(path, db),
+            sqlx::migrate::MigrateError::VersionTooNew(v, _) => Error::SchemaTooNew { version: v },
+            other => Error::Migrate(other),
+        })
     }
 
     /// A connection from the pool, for reads and single writes.
