@@ -486,3 +486,28 @@ impl Metrics {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use accounts::background::{self, Task};
+
+    #[test]
+    fn background_errors_are_rendered_for_every_task_and_move_when_counted() {
+        let m = Metrics::default();
+        let line = |text: &str, task: &str| -> u64 {
+            let prefix = format!("sipward_background_errors_total{{task=\"{task}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no line for {task}:\n{text}"))
+        };
+        let before = m.render();
+        for t in Task::ALL {
+            line(&before, t.as_str());
+        }
+        background::count(Task::Cleanup);
+        let after = m.render();
+        assert!(line(&after, "cleanup") > line(&before, "cleanup"));
+    }
+}

@@ -214,12 +214,16 @@ impl Wire for Transports {
                         .filter(|(peer, _)| *peer == flow.remote)
                         .map(|(_, w)| w.clone())
                 });
+                // The connection is gone or its queue is full: the caller may not look
+                // (retransmissions, best-effort answers), so it is counted here.
                 let Some(writer) = writer else {
+                    background::count(Task::TcpWrite);
                     return Err(Undeliverable);
                 };
-                writer
-                    .try_send(Arc::from(message.bytes()))
-                    .map_err(|_| Undeliverable)
+                writer.try_send(Arc::from(message.bytes())).map_err(|_| {
+                    background::count(Task::TcpWrite);
+                    Undeliverable
+                })
             }
         }
     }

@@ -67,9 +67,36 @@ fn announce_findings(findings: &[policy::Finding]) {
     }
 }
 
-/// The runtime the console and scheduled backups run on, apart from SIP's.
-fn console_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// The runtime the console and scheduled backups run on, apart from SIP's. Dropped, it
+/// shuts down without waiting: a runtime dropped the ordinary way inside another one's
+/// task (any early return of `run`) would panic.
+struct ConsoleRuntime(Option<tokio::runtime::Runtime>);
+
+impl ConsoleRuntime {
+    fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.0 {
+            Some(rt) => rt.spawn(future),
+            // Only between drop's take and the end of drop: never seen by a caller.
+            None => tokio::spawn(future),
+        }
+    }
+}
+
+impl Drop for ConsoleRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            // Blocking threads still busy (a backup being written) are not waited for.
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn console_runtime() -> std::io::Result<ConsoleRuntime> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(CONSOLE_WORKERS)
         .max_blocking_threads(CONSOLE_BLOCKING)
         .thread_name("console")
@@ -84,7 +111,8 @@ fn console_runtime() -> std::io::Result<tokio::runtime::Runtime> {
             }
         })
         .enable_all()
-        .build()
+        .build()?;
+    Ok(ConsoleRuntime(Some(rt)))
 }
 
 pub async fn run(
@@ -247,8 +275,7 @@ pub async fn run(
         Ok(Err(e)) => tracing::error!(error = %e, "the console could not serve HTTP"),
         Err(e) => tracing::error!(error = %e, "the console stopped abnormally"),
     }
-    // Blocking threads still busy (a backup being written) are not waited for.
-    console_rt.shutdown_background();
+    drop(console_rt);
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
