@@ -246,6 +246,7 @@ impl Outbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use policy::dialplan::Dialled;
     use store::outbound::OutboundRow;
 
     fn row(number: &str, kind: &str, class: Option<&str>) -> CallingRow {
@@ -287,6 +288,28 @@ mod tests {
             row("1003", "user", Some("internal")),
         ]);
         o
+    }
+
+    #[test]
+    fn a_new_dial_plan_classifies_the_next_call() {
+        let o = outbound();
+        let ext = |n: &str| ["888", "1001", "1002", "1003"].contains(&n);
+        assert_eq!(
+            decide(&o, "1001", "0301234567", ext, || 0, 0),
+            Decision::Allow(CallClass::National)
+        );
+        // The same office moves to the UK: 0301234567 is now a UK national number,
+        // and 112 is no longer the only emergency number.
+        o.set_plan(DialPlan {
+            country_code: "44".into(),
+            international_prefix: "00".into(),
+            national_prefix: "0".into(),
+            emergency_numbers: vec!["999".into()],
+            ..DialPlan::default()
+        });
+        assert_eq!(o.plan().country_code, "44");
+        assert_eq!(o.plan().dialled("999", |_| false), Dialled::Emergency);
+        assert_ne!(o.plan().dialled("112", |_| false), Dialled::Emergency);
     }
 
     #[test]
