@@ -518,22 +518,6 @@ enum Verdict {
     Ban(u32),
 }
 
-/// The `[guard]` settings and what is derived from them, swapped as one.
-#[derive(Debug, Default)]
-struct Rules {
-    policy: Arc<BanPolicy>,
-    decoys: HashSet<String>,
-}
-
-impl From<BanPolicy> for Rules {
-    fn from(policy: BanPolicy) -> Self {
-        Self {
-            decoys: policy.decoys.iter().cloned().collect(),
-            policy: Arc::new(policy),
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 pub struct Guard {
     state: RwLock<State>,
@@ -541,7 +525,9 @@ pub struct Guard {
     /// needs no time call.
     now: AtomicI64,
     /// The `[guard]` settings, replaced whole on a config reload (SIGHUP).
-    rules: RwLock<Arc<Rules>>,
+    policy: RwLock<Arc<BanPolicy>>,
+    /// `policy.decoys` as a set, replaced with it.
+    decoys: RwLock<Arc<HashSet<String>>>,
     failures: Mutex<Windows<Source>>,
     provisioning_probes: Mutex<Windows<Source>>,
     /// Phones' addresses over the provisioning probe limit, and until when provisioning
@@ -570,7 +556,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Guard {
     pub fn new(policy: BanPolicy, metrics: Arc<Metrics>) -> Self {
         Self {
-            rules: RwLock::new(Arc::new(Rules::from(policy))),
+            decoys: RwLock::new(Arc::new(policy.decoys.iter().cloned().collect())),
+            policy: RwLock::new(Arc::new(policy)),
             metrics,
             ..Self::default()
         }
@@ -578,18 +565,18 @@ impl Guard {
 
     /// The settings in force now.
     pub fn policy(&self) -> Arc<BanPolicy> {
-        self.rules().policy.clone()
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Puts new `[guard]` settings in force (a config reload). Counts, bans and trust
     /// already earned stay; each is judged by the new thresholds from the next packet.
     pub fn set_policy(&self, policy: BanPolicy) {
-        let rules = Arc::new(Rules::from(policy));
-        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
-    }
-
-    fn rules(&self) -> Arc<Rules> {
-        self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
+        let decoys = Arc::new(policy.decoys.iter().cloned().collect());
+        *self.decoys.write().unwrap_or_else(|p| p.into_inner()) = decoys;
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
     }
 
     /// Connects the channel events (and the bans to persist) go through.
@@ -705,11 +692,14 @@ impl Guard {
                 Some(p) => t.roll(&[host, p], now, window),
                 None => t.roll(&[host], now, window),
             }
-            let mut v = (host, self.flood_verdict(&mut t, ip, host, proof, now));
+            let mut v = (
+                host,
+                self.flood_verdict(&policy, &mut t, ip, host, proof, now),
+            );
             if matches!(v.1, Verdict::Admit)
                 && let Some(p) = prefix
             {
-                v = (p, self.flood_verdict(&mut t, ip, p, proof, now));
+                v = (p, self.flood_verdict(&policy, &mut t, ip, p, proof, now));
             }
             v
         };
@@ -736,13 +726,13 @@ impl Guard {
     /// Counts one packet of `ip` against `source` (its address or its prefix).
     fn flood_verdict(
         &self,
+        p: &BanPolicy,
         t: &mut FloodTable,
         ip: IpAddr,
         source: Source,
         proof: Proof,
         now: i64,
     ) -> Verdict {
-        let p = self.policy();
         let window = p.flood_window_secs;
         let previous = t.previous.get(&source).copied().unwrap_or(0);
         let elapsed = now - t.start;
@@ -1261,7 +1251,13 @@ impl Guard {
     /// here, and that the request answered a nonce issued to `ip`). Returns whether it
     /// did.
     pub fn decoy(&self, ip: IpAddr, user: &str, now: i64) -> bool {
-        if !self.rules().decoys.contains(user) || self.allowed(ip) {
+        if !self
+            .decoys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(user)
+            || self.allowed(ip)
+        {
             return false;
         }
         self.impose(
