@@ -92,3 +92,39 @@ fn sighup_puts_a_new_guard_threshold_in_force_and_a_bad_file_keeps_the_old_one()
     assert_eq!(status(&ok), 200);
     server.stop();
 }
+
+#[test]
+fn json_logs_leave_security_events_as_they_are_and_a_bad_filter_is_refused() {
+    let env = Env::with_config(LENIENT);
+    let server = env.serve_with(&["--log-format", "json", "--log", "info"]);
+    let log_path = env.path("serve.log");
+    server.stop();
+    let log = std::fs::read_to_string(log_path).expect("log");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    // A security event: exactly its fields, no log envelope around it.
+    let weakened = lines
+        .iter()
+        .find(|l| l["event"] == "config_weakened" && l["field"] == "guard.flood_requests")
+        .expect("the config_weakened event");
+    let mut keys: Vec<&str> = weakened
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["detail", "event", "field", "rule", "severity"]);
+    // An ordinary record: the JSON log's envelope.
+    let stopped = lines
+        .iter()
+        .find(|l| l["message"] == "stopped")
+        .expect("the stopped record");
+    assert_eq!(stopped["level"], "INFO");
+    assert!(stopped["timestamp"].is_string(), "{stopped}");
+
+    let err = env.fails(&["--log", "pbx=loud", "ext", "list"], 2);
+    assert!(err.contains("log filter"), "{err}");
+}
