@@ -81,7 +81,13 @@ impl Registry {
         let result = self
             .create_backup_via(&staging, out, seal, now, progress)
             .await;
-        let _ = std::fs::remove_dir_all(&staging);
+        if let Err(e) = std::fs::remove_dir_all(&staging) {
+            crate::background::failed(
+                crate::background::Task::Cleanup,
+                "removing a backup's staging directory",
+                &e,
+            );
+        }
         let created = result?;
         let subject = created.path.display().to_string();
         let detail = format!(

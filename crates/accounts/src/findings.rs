@@ -91,10 +91,29 @@ impl Registry {
         let provs = q::list_providers(&mut conn).await?;
         let routes = store::trunks::routes(&mut conn).await?;
         drop(conn);
+        // Tens of milliseconds per thousand accounts: off the async worker, on tokio's
+        // bounded blocking pool, so the runtime's other tasks keep running meanwhile.
+        let this = self.clone();
+        match tokio::task::spawn_blocking(move || this.audit_rows(&exts, &gws, &provs, &routes))
+            .await
+        {
+            Ok(findings) => findings,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(crate::Error::ShuttingDown),
+        }
+    }
 
+    /// The audit's CPU work over rows already read.
+    fn audit_rows(
+        &self,
+        exts: &[ExtensionAuditRow],
+        gws: &[GatewayRow],
+        provs: &[ProviderRow],
+        routes: &[store::trunks::RouteRow],
+    ) -> Result<Vec<Finding>> {
         // Opening ~200,000 sealed secrets is the largest cost after the fetch: use every core.
         let opened: Vec<OpenedExt<'_>> =
-            crate::registry::parallel_map(&exts, crate::registry::worker_threads(), |r| {
+            crate::registry::parallel_map(exts, crate::registry::worker_threads(), |r| {
                 self.open_ext(r)
             })
             .into_iter()
@@ -121,7 +140,7 @@ impl Registry {
         // Stored routes were validated when added; a row that no longer parses (an
         // older rule) has nothing to sample and is skipped.
         let plan = &self.settings().dialplan;
-        for r in &routes {
+        for r in routes {
             let (Ok(pattern), Some(rewrite)) = (
                 Pattern::parse(&r.pattern),
                 u32::try_from(r.strip)

@@ -7,12 +7,14 @@
 //! It does no SIP: the running server (`pbx`) reads what this crate writes.
 
 pub mod audit_log;
+pub mod background;
 pub mod backup;
 pub mod bans;
 pub mod class_of_service;
 pub mod credentials;
 pub mod epoch;
 mod error;
+pub mod event;
 pub mod exposure;
 pub mod extension;
 pub mod fetch;

@@ -450,7 +450,16 @@ impl Registry {
         };
         let dir = self.data.provisioning_dir();
         for (name, _) in vendor.files(mac) {
-            let _ = std::fs::remove_file(dir.join(name));
+            match std::fs::remove_file(dir.join(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    crate::background::failed(
+                        crate::background::Task::Cleanup,
+                        "removing an old provisioning file",
+                        &e,
+                    );
+                }
+                _ => {}
+            }
         }
     }
 

@@ -224,16 +224,18 @@ impl Entry {
         }
         let count = self.counters.forwarded_untrusted.load(Ordering::Relaxed);
         let reg = self.registry.clone();
-        eprintln!(
-            "{}",
-            serde_json::json!({
-                "event": "forwarded_untrusted",
-                "source": from.to_string(),
-                "detail": "Forwarded / X-Forwarded-For from an address not in [http] trusted_proxies: ignored; list your reverse proxy there, or someone is posing as another client",
-            })
-        );
+        accounts::event::emit(&serde_json::json!({
+            "event": "forwarded_untrusted",
+            "source": from.to_string(),
+            "detail": "Forwarded / X-Forwarded-For from an address not in [http] trusted_proxies: ignored; list your reverse proxy there, or someone is posing as another client",
+        }));
         tokio::spawn(async move {
-            let _ = accounts::exposure::note_forwarded_untrusted(&reg, from, count, now).await;
+            let noted = accounts::exposure::note_forwarded_untrusted(&reg, from, count, now).await;
+            accounts::background::checked(
+                accounts::background::Task::Console,
+                "noting an untrusted Forwarded header",
+                noted,
+            );
         });
     }
 }

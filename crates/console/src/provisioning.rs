@@ -207,7 +207,12 @@ pub async fn serve_file(
             // Where the current login fetched from: the only addresses its grace window
             // will accept it from once it is rotated. (Not for the previous login.)
             if current {
-                let _ = p.registry.record_fetch(&phone.number, ip).await;
+                let recorded = p.registry.record_fetch(&phone.number, ip).await;
+                accounts::background::checked(
+                    accounts::background::Task::Console,
+                    "recording a provisioning fetch",
+                    recorded,
+                );
             }
             let ctype = if body.starts_with(b"<?xml") {
                 "application/xml"

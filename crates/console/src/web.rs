@@ -149,7 +149,7 @@ impl Web {
                 let event = serde_json::json!({
                     "event": "console_error", "page": name, "error": e.to_string(),
                 });
-                eprintln!("{event}");
+                accounts::event::emit(&event);
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "the page could not be rendered\n",
@@ -176,14 +176,18 @@ impl Web {
             detail.to_owned(),
         );
         async move {
-            if let Ok(mut conn) = reg.store().conn().await {
+            let conn = reg.store().conn().await;
+            let what = "writing the audit log";
+            let task = accounts::background::Task::Console;
+            if let Some(mut conn) = accounts::background::checked(task, what, conn) {
                 let entry = LogEntry {
                     actor: &actor,
                     action: &action,
                     subject: &subject,
                     detail: &detail,
                 };
-                let _ = reg.log_in(&mut conn, now, entry).await;
+                let logged = reg.log_in(&mut conn, now, entry).await;
+                accounts::background::checked(task, what, logged);
             }
         }
     }
@@ -549,8 +553,13 @@ async fn second_factor(web: &Web, name: &str, code: &str, now: i64) -> bool {
 }
 
 async fn logout(State(web): State<Web>, AdminForm { session: s, .. }: AdminForm) -> Response {
-    if let Ok(mut conn) = web.registry.store().conn().await {
-        let _ = q::delete_session(&mut conn, &s.digest, web.clock.now()).await;
+    let what = "ending a console session";
+    let conn = web.registry.store().conn().await;
+    if let Some(mut conn) =
+        accounts::background::checked(accounts::background::Task::Console, what, conn)
+    {
+        let deleted = q::delete_session(&mut conn, &s.digest, web.clock.now()).await;
+        accounts::background::checked(accounts::background::Task::Console, what, deleted);
     }
     web.log(&s.actor(), "console.logout", "console", "logged out")
         .await;

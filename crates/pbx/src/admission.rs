@@ -47,7 +47,8 @@ struct Grant {
 /// The outbound state of the server.
 #[derive(Debug)]
 pub struct Outbound {
-    plan: DialPlan,
+    /// Replaced whole on a config reload (SIGHUP); calls in progress keep theirs.
+    plan: RwLock<Arc<DialPlan>>,
     lines: RwLock<Arc<HashMap<String, Line>>>,
     attempts: Mutex<Windows<String>>,
     international: Mutex<Windows<String>>,
@@ -59,7 +60,7 @@ pub struct Outbound {
 impl Outbound {
     pub fn new(plan: DialPlan) -> Self {
         Self {
-            plan,
+            plan: RwLock::new(Arc::new(plan)),
             lines: RwLock::new(Arc::new(HashMap::new())),
             attempts: Mutex::new(Windows::default()),
             international: Mutex::new(Windows::default()),
@@ -69,8 +70,14 @@ impl Outbound {
     }
 
     /// The dial plan calls are classified with.
-    pub fn plan(&self) -> &DialPlan {
-        &self.plan
+    pub fn plan(&self) -> Arc<DialPlan> {
+        self.plan.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts a new dial plan in force. The lines keep the classes the old one gave them
+    /// until `replace_with_users` runs again, which the reload does at once.
+    pub fn set_plan(&self, plan: DialPlan) {
+        *self.plan.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(plan);
     }
 
     /// An extension's class of service, and whether its outbound calling is suspended
@@ -129,18 +136,19 @@ impl Outbound {
         rows: &[CallingRow],
         users: impl Iterator<Item = &'a str>,
     ) {
+        let plan = self.plan();
         let default_user = Line::from_row(
             &CallingRow {
                 kind: "user".into(),
                 outbound: store::outbound::OutboundRow::default(),
             },
-            &self.plan,
+            &plan,
         );
         let mut lines: HashMap<String, Line> =
             users.map(|n| (n.to_owned(), default_user)).collect();
         lines.extend(
             rows.iter()
-                .map(|r| (r.outbound.number.clone(), Line::from_row(r, &self.plan))),
+                .map(|r| (r.outbound.number.clone(), Line::from_row(r, &plan))),
         );
         *self.lines.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(lines);
     }
@@ -238,6 +246,7 @@ impl Outbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use policy::dialplan::Dialled;
     use store::outbound::OutboundRow;
 
     fn row(number: &str, kind: &str, class: Option<&str>) -> CallingRow {
@@ -279,6 +288,28 @@ mod tests {
             row("1003", "user", Some("internal")),
         ]);
         o
+    }
+
+    #[test]
+    fn a_new_dial_plan_classifies_the_next_call() {
+        let o = outbound();
+        let ext = |n: &str| ["888", "1001", "1002", "1003"].contains(&n);
+        assert_eq!(
+            decide(&o, "1001", "0301234567", ext, || 0, 0),
+            Decision::Allow(CallClass::National)
+        );
+        // The same office moves to the UK: 0301234567 is now a UK national number,
+        // and 112 is no longer the only emergency number.
+        o.set_plan(DialPlan {
+            country_code: "44".into(),
+            international_prefix: "00".into(),
+            national_prefix: "0".into(),
+            emergency_numbers: vec!["999".into()],
+            ..DialPlan::default()
+        });
+        assert_eq!(o.plan().country_code, "44");
+        assert_eq!(o.plan().dialled("999", |_| false), Dialled::Emergency);
+        assert_ne!(o.plan().dialled("112", |_| false), Dialled::Emergency);
     }
 
     #[test]

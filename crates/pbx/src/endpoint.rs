@@ -821,7 +821,7 @@ impl Endpoint {
                 let Some(callee) = dir.extension_for_user(dialled) else {
                     return respond(404, "Not Found");
                 };
-                let intercom = policy::transfer::auto_answer_passes(plan, cos);
+                let intercom = policy::transfer::auto_answer_passes(&plan, cos);
                 self.proxy_to(
                     m,
                     bytes,

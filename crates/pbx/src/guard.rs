@@ -506,6 +506,24 @@ struct FloodEntry {
     second: i64,
 }
 
+impl FloodEntry {
+    /// For a source held to `limit` per window of `window` seconds but never banned:
+    /// whether this packet is within the current second's share of the limit (so the
+    /// real source keeps that rate however much is forged in its name, and is answered
+    /// in full the second the forged packets stop).
+    fn within_share(&mut self, limit: u32, window: i64, now: i64) -> bool {
+        if self.second != now {
+            self.second = now;
+            self.tokens = limit
+                .div_ceil(u32::try_from(window).unwrap_or(u32::MAX))
+                .max(1);
+        }
+        let within = self.tokens > 0;
+        self.tokens = self.tokens.saturating_sub(1);
+        within
+    }
+}
+
 /// Requests per source (address and prefix) in the current and the previous fixed
 /// window. When the current window holds [`TABLE_CAPACITY`] sources it is closed early,
 /// so memory stays bounded (under a flood from that many addresses windows get
@@ -551,8 +569,10 @@ pub struct Guard {
     /// A coarse clock (epoch seconds) refreshed by the reload loop, so the hot path
     /// needs no time call.
     now: AtomicI64,
-    policy: BanPolicy,
-    decoys: HashSet<String>,
+    /// The `[guard]` settings, replaced whole on a config reload (SIGHUP).
+    policy: RwLock<Arc<BanPolicy>>,
+    /// `policy.decoys` as a set, replaced with it.
+    decoys: RwLock<Arc<HashSet<String>>>,
     failures: Mutex<Windows<Source>>,
     provisioning_probes: Mutex<Windows<Source>>,
     /// Phones' addresses over the provisioning probe limit, and until when provisioning
@@ -581,15 +601,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Guard {
     pub fn new(policy: BanPolicy, metrics: Arc<Metrics>) -> Self {
         Self {
-            decoys: policy.decoys.iter().cloned().collect(),
-            policy,
+            decoys: RwLock::new(Arc::new(policy.decoys.iter().cloned().collect())),
+            policy: RwLock::new(Arc::new(policy)),
             metrics,
             ..Self::default()
         }
     }
 
-    pub fn policy(&self) -> &BanPolicy {
-        &self.policy
+    /// The settings in force now.
+    pub fn policy(&self) -> Arc<BanPolicy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts new `[guard]` settings in force (a config reload). Counts, bans and trust
+    /// already earned stay; each is judged by the new thresholds from the next packet.
+    pub fn set_policy(&self, policy: BanPolicy) {
+        let decoys = Arc::new(policy.decoys.iter().cloned().collect());
+        *self.decoys.write().unwrap_or_else(|p| p.into_inner()) = decoys;
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
     }
 
     /// Connects the channel events (and the bans to persist) go through.
@@ -617,10 +649,7 @@ impl Guard {
             let e = match e {
                 mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => e,
             };
-            eprintln!(
-                "{}",
-                json!({"event": "event_dropped", "dropped": e.to_json(None)})
-            );
+            accounts::event::emit(&json!({"event": "event_dropped", "dropped": e.to_json(None)}));
         }
     }
 
@@ -672,7 +701,7 @@ impl Guard {
         let now = self.now();
         let banned = |s: &Source| st.banned.get(s).is_some_and(|e| *e > now);
         let hit = banned(&Source::host(ip))
-            || (st.prefixes > 0 && self.policy.prefix_of(ip).is_some_and(|p| banned(&p)));
+            || (st.prefixes > 0 && self.policy().prefix_of(ip).is_some_and(|p| banned(&p)));
         !hit || st.allowed(ip)
     }
 
@@ -694,24 +723,28 @@ impl Guard {
             Metrics::inc(&self.metrics.dropped_banned);
             return Admission::Banned;
         }
-        if self.policy.flood_requests == 0 {
+        let policy = self.policy();
+        if policy.flood_requests == 0 {
             return Admission::Admit;
         }
         let now = self.now();
-        let window = self.policy.flood_window_secs;
+        let window = policy.flood_window_secs;
         let host = Source::host(ip);
-        let prefix = self.policy.prefix_of(ip);
+        let prefix = policy.prefix_of(ip);
         let (source, verdict) = {
             let mut t = lock(&self.flood);
             match prefix {
                 Some(p) => t.roll(&[host, p], now, window),
                 None => t.roll(&[host], now, window),
             }
-            let mut v = (host, self.flood_verdict(&mut t, ip, host, proof, now));
+            let mut v = (
+                host,
+                self.flood_verdict(&policy, &mut t, ip, host, proof, now),
+            );
             if matches!(v.1, Verdict::Admit)
                 && let Some(p) = prefix
             {
-                v = (p, self.flood_verdict(&mut t, ip, p, proof, now));
+                v = (p, self.flood_verdict(&policy, &mut t, ip, p, proof, now));
             }
             v
         };
@@ -731,7 +764,7 @@ impl Guard {
                     Reason::Flood,
                     now,
                     |_| format!("{requests} requests within {window} s"),
-                    Some(self.policy.flood_ban_secs),
+                    Some(policy.flood_ban_secs),
                 );
                 Metrics::inc(&self.metrics.dropped_banned);
                 Admission::Banned
@@ -742,13 +775,13 @@ impl Guard {
     /// Counts one packet of `ip` against `source` (its address or its prefix).
     fn flood_verdict(
         &self,
+        p: &BanPolicy,
         t: &mut FloodTable,
         ip: IpAddr,
         source: Source,
         proof: Proof,
         now: i64,
     ) -> Verdict {
-        let p = &self.policy;
         let window = p.flood_window_secs;
         let previous = t.previous.get(&source).copied().unwrap_or(0);
         let elapsed = now - t.start;
@@ -779,7 +812,7 @@ impl Guard {
         let standing = match e.class {
             Some(Class::Exempt) => return Verdict::Exempt,
             Some(Class::Gateway(limit)) => {
-                return self.gateway_verdict(e, source, requests, limit, now);
+                return self.gateway_verdict(e, source, requests, limit, window, now);
             }
             Some(Class::Standing(s)) => Some(s),
             None => None,
@@ -791,18 +824,8 @@ impl Guard {
         }
         if let Some(standing) = standing.filter(|_| !may_ban(proof, standing)) {
             // Held to its limit, never banned: over it, each second lets the limit's
-            // share through (`silence` per window, spread over its seconds), so the
-            // source keeps that rate however much is forged in its name, and is answered
-            // in full the second the forged packets stop.
-            let per_second = silence
-                .div_ceil(u32::try_from(window).unwrap_or(u32::MAX))
-                .max(1);
-            if e.second != now {
-                e.second = now;
-                e.tokens = per_second;
-            }
-            if e.tokens > 0 {
-                e.tokens -= 1;
+            // share through.
+            if e.within_share(silence, window, now) {
                 return Verdict::Admit;
             }
             let first = !e.withheld;
@@ -841,21 +864,10 @@ impl Guard {
         source: Source,
         requests: u32,
         limit: u32,
+        window: i64,
         now: i64,
     ) -> Verdict {
-        if requests <= limit {
-            return Verdict::Admit;
-        }
-        let window = self.policy.flood_window_secs;
-        let per_second = limit
-            .div_ceil(u32::try_from(window).unwrap_or(u32::MAX))
-            .max(1);
-        if e.second != now {
-            e.second = now;
-            e.tokens = per_second;
-        }
-        if e.tokens > 0 {
-            e.tokens -= 1;
+        if requests <= limit || e.within_share(limit, window, now) {
             return Verdict::Admit;
         }
         if !e.silenced {
@@ -1044,8 +1056,8 @@ impl Guard {
 
     /// Records that `auth_id` authenticated from `ip`: the pair is trusted for a while.
     pub fn auth_success(&self, ip: IpAddr, auth_id: &str, now: i64) {
-        let until = now.saturating_add(self.policy.trusted_secs);
-        let prefix = self.policy.prefix_of(ip);
+        let until = now.saturating_add(self.policy().trusted_secs);
+        let prefix = self.policy().prefix_of(ip);
         let mut t = lock(&self.trusted);
         if let Some(p) = prefix {
             t.note_prefix(p, until);
@@ -1055,7 +1067,7 @@ impl Guard {
             pair.stale = false;
             return;
         }
-        let cap = usize::try_from(self.policy.trusted_per_account).unwrap_or(usize::MAX);
+        let cap = usize::try_from(self.policy().trusted_per_account).unwrap_or(usize::MAX);
         let live = |ip: IpAddr| self.live_from(ip);
         if t.make_room(auth_id, cap, &live) {
             t.insert(ip, auth_id, until);
@@ -1106,22 +1118,22 @@ impl Guard {
         if self.allowed(ip) || self.trusted(ip, &account.auth_id, now) {
             return true;
         }
-        if account.weak && self.policy.weak_credentials == WeakCredentials::TrustedOnly {
+        if account.weak && self.policy().weak_credentials == WeakCredentials::TrustedOnly {
             return false;
         }
-        self.policy.extension_failures == 0
+        self.policy().extension_failures == 0
             || lock(&self.account_failures).count(
                 &account.auth_id,
                 now,
-                self.policy.extension_window_secs,
-            ) < self.policy.extension_failures
+                self.policy().extension_window_secs,
+            ) < self.policy().extension_failures
     }
 
     /// The right password was refused by [`Guard::may_authenticate`]: counted, and
     /// logged once an hour per account when the password is weak.
     pub fn refused(&self, ip: IpAddr, account: &Account, now: i64) {
         Metrics::inc(&self.metrics.refused_credentials);
-        if account.weak && self.policy.weak_credentials == WeakCredentials::TrustedOnly {
+        if account.weak && self.policy().weak_credentials == WeakCredentials::TrustedOnly {
             let mut noted = lock(&self.weak_noted);
             if noted.len() >= TABLE_CAPACITY {
                 noted.clear();
@@ -1150,9 +1162,9 @@ impl Guard {
     ) -> Option<(Source, u32)> {
         let mut t = lock(table);
         let host = Source::host(ip);
-        let keys = std::iter::once(host).chain(self.policy.prefix_of(ip));
+        let keys = std::iter::once(host).chain(self.policy().prefix_of(ip));
         for key in keys {
-            let limit = self.policy.scaled(threshold, &key);
+            let limit = self.policy().scaled(threshold, &key);
             let count = t.record(&key, now, window, limit);
             if count >= limit {
                 t.reset(&key);
@@ -1174,7 +1186,7 @@ impl Guard {
         if self.allowed(ip) || pair == Some(false) {
             return;
         }
-        let p = &self.policy;
+        let p = self.policy();
         if known && p.extension_failures > 0 {
             let key = auth_id.to_owned();
             let mut t = lock(&self.account_failures);
@@ -1230,7 +1242,7 @@ impl Guard {
         let Some(tool) = policy::scanner::scanner(user_agent) else {
             return false;
         };
-        if !self.policy.ban_scanners || self.allowed(ip) {
+        if !self.policy().ban_scanners || self.allowed(ip) {
             return false;
         }
         let now = self.now();
@@ -1245,7 +1257,7 @@ impl Guard {
             Reason::Scanner,
             now,
             |_| signal,
-            Some(self.policy.scanner_ban_secs),
+            Some(self.policy().scanner_ban_secs),
         );
         true
     }
@@ -1267,7 +1279,7 @@ impl Guard {
         if self.allowed(ip) {
             return ProbeVerdict::Counted;
         }
-        let p = &self.policy;
+        let p = self.policy();
         let Some((source, count)) = self.count_failure(
             &self.provisioning_probes,
             ip,
@@ -1311,7 +1323,13 @@ impl Guard {
     /// here, and that the request answered a nonce issued to `ip`). Returns whether it
     /// did.
     pub fn decoy(&self, ip: IpAddr, user: &str, now: i64) -> bool {
-        if !self.decoys.contains(user) || self.allowed(ip) {
+        if !self
+            .decoys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(user)
+            || self.allowed(ip)
+        {
             return false;
         }
         self.impose(
@@ -1319,7 +1337,7 @@ impl Guard {
             Reason::Decoy,
             now,
             |_| format!("authenticated as the decoy user name {user:?}"),
-            Some(self.policy.decoy_ban_secs),
+            Some(self.policy().decoy_ban_secs),
         );
         true
     }
@@ -1336,9 +1354,9 @@ impl Guard {
     ) -> BanRow {
         let mut st = self.write();
         let n = self
-            .policy
+            .policy()
             .ban_number(st.history.get(&source).copied(), now);
-        let expires_at = now.saturating_add(fixed.unwrap_or_else(|| self.policy.ban_length(n)));
+        let expires_at = now.saturating_add(fixed.unwrap_or_else(|| self.policy().ban_length(n)));
         if st.banned.insert(source, expires_at).is_none() && source.is_prefix() {
             st.prefixes += 1;
         }

@@ -484,6 +484,14 @@ impl Metrics {
             let v = get(&self.challenged_by_reason[r as usize]);
             let _ = writeln!(s, "{name}{{reason=\"{}\"}} {v}", r.as_str());
         }
+        let name = "sipward_background_errors_total";
+        let _ = write!(
+            s,
+            "# HELP {name} failures of work no request waits for (store writes, reloads, sends), by task\n# TYPE {name} counter\n"
+        );
+        for (task, v) in accounts::background::counts() {
+            let _ = writeln!(s, "{name}{{task=\"{}\"}} {v}", task.as_str());
+        }
         let gauges = [
             (
                 "sipward_bindings",
@@ -511,5 +519,30 @@ impl Metrics {
             let _ = write!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use accounts::background::{self, Task};
+
+    #[test]
+    fn background_errors_are_rendered_for_every_task_and_move_when_counted() {
+        let m = Metrics::default();
+        let line = |text: &str, task: &str| -> u64 {
+            let prefix = format!("sipward_background_errors_total{{task=\"{task}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no line for {task}:\n{text}"))
+        };
+        let before = m.render();
+        for t in Task::ALL {
+            line(&before, t.as_str());
+        }
+        background::count(Task::Cleanup);
+        let after = m.render();
+        assert!(line(&after, "cleanup") > line(&before, "cleanup"));
     }
 }

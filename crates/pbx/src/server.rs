@@ -23,6 +23,7 @@ use crate::transport::{Inbound, Transports};
 use crate::trunk::Trunks;
 use crate::{Result, transport};
 use accounts::Registry;
+use accounts::background::{self, Health, Task};
 use accounts::credentials::OpenedHa1s;
 use accounts::provisioning::Vendor;
 use accounts::trunks::resolve;
@@ -91,6 +92,48 @@ pub struct Bound {
     /// The HA1s the directory was loaded with, so a reload opens only what changed.
     opened: OpenedHa1s,
     clock: Arc<dyn Clock>,
+    /// The SMTP server the outbox goes through now; a config reload replaces it.
+    mailer: Arc<watch::Sender<Option<accounts::mail::Mailer>>>,
+}
+
+/// What a config reload (SIGHUP) changes in a running server. Everything else (sockets,
+/// realm, registrar and TCP limits, the prefix lengths the TCP caps count by) is fixed
+/// at start.
+#[derive(Clone, Debug)]
+pub struct Live {
+    /// The guard's thresholds, windows, decoys and switches.
+    pub bans: policy::ban::BanPolicy,
+    /// The dial plan and its classes of service.
+    pub dialplan: policy::dialplan::DialPlan,
+    /// The SMTP server the outbox is sent through; None leaves mails queued.
+    pub mailer: Option<accounts::mail::Mailer>,
+}
+
+/// Applies a reloaded config to the running server; kept by the binary after `run`
+/// took the server.
+#[derive(Clone, Debug)]
+pub struct Reconfigure {
+    endpoint: Arc<Endpoint>,
+    registry: Registry,
+    mailer: Arc<watch::Sender<Option<accounts::mail::Mailer>>>,
+}
+
+impl Reconfigure {
+    /// Puts `live` in force: the guard's rules and the dial plan from the next message,
+    /// the mail settings from the next outbox round. The classes of service are
+    /// recomputed from the store under the new plan; if the store cannot be read the
+    /// new plan is in force already and the lines follow at the next directory reload.
+    pub async fn apply(&self, live: Live) -> Result<()> {
+        self.endpoint.guard.set_policy(live.bans);
+        self.endpoint.outbound.set_plan(live.dialplan);
+        self.mailer.send_replace(live.mailer);
+        let mut conn = self.registry.store().conn().await?;
+        let rows = store::outbound::calling(&mut conn).await?;
+        self.endpoint
+            .outbound
+            .replace_with_users(&rows, self.endpoint.directory.get().extension_numbers());
+        Ok(())
+    }
 }
 
 pub async fn bind(
@@ -193,6 +236,7 @@ pub async fn bind(
     drop(conn);
     // Every message sipward writes goes through the egress rule to these sockets.
     endpoint.egress.connect(transports.clone());
+    let mailer = Arc::new(watch::channel(cfg.mailer.clone()).0);
     Ok(Bound {
         sip_udp,
         sip_tcp,
@@ -204,6 +248,7 @@ pub async fn bind(
         versions,
         opened,
         clock,
+        mailer,
     })
 }
 
@@ -215,11 +260,20 @@ fn report_unopened(unopened: &[String]) {
             "event": "credentials_unreadable",
             "fields": unopened,
         });
-        eprintln!("{line}");
+        accounts::event::emit(&line);
     }
 }
 
 impl Bound {
+    /// What the binary keeps to apply a reloaded config once `run` has the server.
+    pub fn reconfigure(&self) -> Reconfigure {
+        Reconfigure {
+            endpoint: self.endpoint.clone(),
+            registry: self.registry.clone(),
+            mailer: self.mailer.clone(),
+        }
+    }
+
     /// The console's handle on this server (ban check, provisioning probes, metrics).
     pub fn handle(&self) -> Arc<dyn accounts::running::RunningServer> {
         Arc::new(crate::handle::ServerHandle::new(
@@ -274,14 +328,12 @@ impl Bound {
             self.clock.clone(),
             stop_rx.clone(),
         ));
-        if let Some(mailer) = self.cfg.mailer.clone() {
-            tasks.spawn(outbox_loop(
-                self.registry.clone(),
-                mailer,
-                self.endpoint.clone(),
-                stop_rx.clone(),
-            ));
-        }
+        tasks.spawn(outbox_loop(
+            self.registry.clone(),
+            self.mailer.subscribe(),
+            self.endpoint.clone(),
+            stop_rx.clone(),
+        ));
         tasks.spawn(flush_loop(
             self.registry.clone(),
             self.endpoint.clone(),
@@ -292,8 +344,16 @@ impl Bound {
         let _ = stop_tx.send(true);
         while tasks.join_next().await.is_some() {}
         // No server, no calls: `sipward calls` must not show the last ones as up.
-        if let Ok(mut conn) = self.registry.store().conn().await {
-            let _ = store::trunks::replace_active_calls(&mut conn, &[], 0).await;
+        if let Some(mut conn) = background::checked(
+            Task::CallState,
+            "clearing the active calls",
+            self.registry.store().conn().await,
+        ) {
+            background::checked(
+                Task::CallState,
+                "clearing the active calls",
+                store::trunks::replace_active_calls(&mut conn, &[], 0).await,
+            );
         }
         flush(&self.registry, &self.endpoint, self.clock.now(), true).await
     }
@@ -313,6 +373,7 @@ async fn reload_loop(
 ) {
     let mut tick = tokio::time::interval(RELOAD_EVERY);
     let mut kernel_generation = None;
+    let mut store_health = Health::new(Task::Reload, "reloading from the store");
     // The next grace window to end by time: no reload marks it, so the loop watches.
     let mut next_grace_end = endpoint.directory.get().next_grace_end(clock.now());
     loop {
@@ -325,7 +386,13 @@ async fn reload_loop(
         let generation = endpoint.guard.generation();
         if kernel_generation != Some(generation) {
             let list = endpoint.guard.kernel_drop_list();
-            if transports.kernel_drop(&list).is_ok() {
+            if background::checked(
+                Task::SocketSetup,
+                "updating the kernel drop filter",
+                transports.kernel_drop(&list),
+            )
+            .is_some()
+            {
                 endpoint
                     .metrics
                     .kernel_drop_sources
@@ -338,15 +405,20 @@ async fn reload_loop(
             .metrics
             .bans
             .store(endpoint.guard.banned_count() as u64, Ordering::Relaxed);
-        let Ok(mut conn) = registry.store().conn().await else {
+        let conn = registry.store().conn().await;
+        let Some(mut conn) = store_health.checked(conn) else {
+            store_health.settle();
             continue;
         };
         let mut registry_moved = false;
-        if let Ok(v) = store::directory::accounts_version(&mut conn).await
+        let version = store_health.checked(store::directory::accounts_version(&mut conn).await);
+        if let Some(v) = version
             && v != versions.0
-            && let Ok(credentials) = registry
-                .credentials(&mut conn, clock.now(), &mut opened)
-                .await
+            && let Some(credentials) = store_health.checked(
+                registry
+                    .credentials(&mut conn, clock.now(), &mut opened)
+                    .await,
+            )
         {
             report_unopened(&credentials.unopened);
             let dir = Directory::with_graces(
@@ -359,21 +431,21 @@ async fn reload_loop(
                 .metrics
                 .directory_accounts
                 .store(dir.len() as u64, Ordering::Relaxed);
-            if let Ok(rows) = store::outbound::calling(&mut conn).await {
+            if let Some(rows) = store_health.checked(store::outbound::calling(&mut conn).await) {
                 endpoint
                     .outbound
                     .replace_with_users(&rows, dir.extension_numbers());
             }
             let reloaded = apply_directory(&endpoint, dir, clock.now());
             for r in &reloaded.revoked {
-                eprintln!("{}", revocation_event(r, &reloaded.bindings_dropped));
+                accounts::event::emit(&revocation_event(r, &reloaded.bindings_dropped));
             }
             for (number, calls) in &reloaded.calls_ended {
-                eprintln!("{}", calls_ended_event(number, *calls));
+                accounts::event::emit(&calls_ended_event(number, *calls));
             }
             versions.0 = v;
             registry_moved = true;
-            let _ = load_trunks(&registry, &endpoint).await;
+            store_health.checked(load_trunks(&registry, &endpoint).await);
         }
         let now = clock.now();
         if registry_moved {
@@ -383,21 +455,21 @@ async fn reload_loop(
             // from the store (the flush's sweep), so calls stop ringing them.
             let dropped = reconcile_bindings(&endpoint, now);
             if !dropped.is_empty() {
-                eprintln!(
-                    "{}",
-                    serde_json::json!({"event": "grace_ended", "bindings_dropped": dropped})
+                accounts::event::emit(
+                    &serde_json::json!({"event": "grace_ended", "bindings_dropped": dropped}),
                 );
             }
             next_grace_end = endpoint.directory.get().next_grace_end(now);
         }
-        if let Ok(v) = gq::guard_version(&mut conn).await
+        if let Some(v) = store_health.checked(gq::guard_version(&mut conn).await)
             && (v != versions.1 || registry_moved)
-            && load_guard(&mut conn, &endpoint, clock.now(), true)
-                .await
-                .is_ok()
+            && store_health
+                .checked(load_guard(&mut conn, &endpoint, clock.now(), true).await)
+                .is_some()
         {
             versions.1 = v;
         }
+        store_health.settle();
     }
 }
 
@@ -510,15 +582,12 @@ async fn load_trunks(registry: &Registry, endpoint: &Endpoint) -> Result<()> {
     for label in withdrawn {
         let calls = endpoint.end_calls_via(&label);
         if calls > 0 {
-            eprintln!(
-                "{}",
-                serde_json::json!({
-                    "event": "calls_ended",
-                    "trunk": label,
-                    "calls": calls,
-                    "reason": "trunk_withdrawn",
-                })
-            );
+            accounts::event::emit(&serde_json::json!({
+                "event": "calls_ended",
+                "trunk": label,
+                "calls": calls,
+                "reason": "trunk_withdrawn",
+            }));
         }
     }
     Ok(())
@@ -593,40 +662,55 @@ async fn handle_event(registry: &Registry, endpoint: &Endpoint, e: Event) {
             dialled,
             ..
         } => {
-            let ok = registry
-                .suspend_outbound(number, *breach, dialled, now)
-                .await
-                .is_ok();
+            let ok = background::checked(
+                Task::Reload,
+                "recording a suspension",
+                registry
+                    .suspend_outbound(number, *breach, dialled, now)
+                    .await,
+            )
+            .is_some();
             if ok {
                 endpoint.outbound.persisted(number);
             }
             Some(ok)
         }
-        Event::EmergencyCall { number, dialled } => {
-            Some(registry.emergency_alert(number, dialled, now).await.is_ok())
-        }
+        Event::EmergencyCall { number, dialled } => Some(
+            background::checked(
+                Task::Outbox,
+                "queuing an emergency alert",
+                registry.emergency_alert(number, dialled, now).await,
+            )
+            .is_some(),
+        ),
         Event::EmergencyRefused { number, breach } => Some(
-            registry
-                .emergency_refused_alert(number, *breach, now)
-                .await
-                .is_ok(),
+            background::checked(
+                Task::Outbox,
+                "queuing an emergency alert",
+                registry.emergency_refused_alert(number, *breach, now).await,
+            )
+            .is_some(),
         ),
         _ => None,
     };
-    eprintln!("{}", e.to_json(persisted));
+    accounts::event::emit(&e.to_json(persisted));
 }
 
 async fn persist_ban(registry: &Registry, row: &gq::BanRow) -> bool {
-    let Ok(mut conn) = registry.store().conn().await else {
+    let what = "writing a ban record";
+    let Some(mut conn) = background::checked(Task::BanRecord, what, registry.store().conn().await)
+    else {
         return false;
     };
     // The record keeps its first_seen on update (see put_ban).
-    let stored = gq::put_ban(&mut conn, row).await.is_ok();
-    let _ = gq::prune_bans(
+    let stored =
+        background::checked(Task::BanRecord, what, gq::put_ban(&mut conn, row).await).is_some();
+    let pruned = gq::prune_bans(
         &mut conn,
         row.last_seen.saturating_sub(BAN_RECORDS_KEPT_SECS),
     )
     .await;
+    background::checked(Task::BanRecord, "pruning old ban records", pruned);
     stored
 }
 
@@ -650,10 +734,13 @@ async fn resync_loop(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let Ok(mut conn) = registry.store().conn().await else {
+        let what = "taking the phones to re-sync";
+        let Some(mut conn) = background::checked(Task::Reload, what, registry.store().conn().await)
+        else {
             continue;
         };
-        let Ok(numbers) = store::provisioning::take_resyncs(&mut conn).await else {
+        let taken = store::provisioning::take_resyncs(&mut conn).await;
+        let Some(numbers) = background::checked(Task::Reload, what, taken) else {
             continue;
         };
         for number in numbers {
@@ -694,10 +781,11 @@ async fn timer_loop(endpoint: Arc<Endpoint>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Sends the outbox's due mails (retries included) every few seconds.
+/// Sends the outbox's due mails (retries included) every few seconds, through the
+/// SMTP server configured now (none: mails stay queued).
 async fn outbox_loop(
     registry: Registry,
-    mailer: accounts::mail::Mailer,
+    mailer: watch::Receiver<Option<accounts::mail::Mailer>>,
     endpoint: Arc<Endpoint>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -707,8 +795,15 @@ async fn outbox_loop(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let Ok(done) = registry.send_due_mail(&mailer, None).await else {
+        let Some(smtp) = mailer.borrow().clone() else {
             continue;
+        };
+        let done = match registry.send_due_mail(&smtp, None).await {
+            Ok(done) => done,
+            Err(e) => {
+                background::failed(Task::Outbox, "sending the outbox", &e);
+                continue;
+            }
         };
         for (_, outcome) in done {
             use accounts::mail::MailOutcome as M;
@@ -734,6 +829,7 @@ async fn flush_loop(
 ) {
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     let mut calls_written = None;
+    let mut health = Health::new(Task::Flush, "writing the bindings");
     loop {
         let every_second = tokio::select! {
             _ = tick.tick() => true,
@@ -746,7 +842,8 @@ async fn flush_loop(
         if every_second {
             write_trunk_state(&registry, &endpoint, clock.now(), &mut calls_written).await;
         }
-        let _ = flush(&registry, &endpoint, clock.now(), every_second).await;
+        health.checked(flush(&registry, &endpoint, clock.now(), every_second).await);
+        health.settle();
     }
 }
 
@@ -763,11 +860,17 @@ async fn write_trunk_state(
     now: i64,
     last: &mut Option<(Vec<store::trunks::ActiveCallRow>, i64)>,
 ) {
-    let Ok(mut conn) = registry.store().conn().await else {
+    let what = "writing the provider status and active calls";
+    let Some(mut conn) = background::checked(Task::CallState, what, registry.store().conn().await)
+    else {
         return;
     };
     for s in endpoint.providers.take_status(now) {
-        let _ = store::trunks::put_provider_status(&mut conn, &s).await;
+        background::checked(
+            Task::CallState,
+            what,
+            store::trunks::put_provider_status(&mut conn, &s).await,
+        );
     }
     let calls = endpoint.b2bua.snapshot();
     let due = match last {
@@ -775,9 +878,12 @@ async fn write_trunk_state(
         None => true,
     };
     if due
-        && store::trunks::replace_active_calls(&mut conn, &calls, now)
-            .await
-            .is_ok()
+        && background::checked(
+            Task::CallState,
+            what,
+            store::trunks::replace_active_calls(&mut conn, &calls, now).await,
+        )
+        .is_some()
     {
         *last = Some((calls, now));
     }

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use accounts::background::{self, Task};
 use policy::places::{Place, PlaceCaps, Places};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -260,8 +261,11 @@ impl Wire for Transports {
         match flow.transport {
             TransportKind::Udp => {
                 // A full send buffer or an unreachable peer is the peer's problem: UDP
-                // is best effort, and transactions retransmit.
-                let _ = self.udp.try_send_to(message.bytes(), flow.remote);
+                // is best effort, and transactions retransmit. Counted, not logged: under
+                // load this comes by the thousand.
+                if self.udp.try_send_to(message.bytes(), flow.remote).is_err() {
+                    background::count(Task::UdpSend);
+                }
                 Ok(())
             }
             TransportKind::Tcp => {
@@ -272,12 +276,16 @@ impl Wire for Transports {
                         .filter(|(peer, _)| *peer == flow.remote)
                         .map(|(_, w)| w.clone())
                 });
+                // The connection is gone or its queue is full: the caller may not look
+                // (retransmissions, best-effort answers), so it is counted here.
                 let Some(writer) = writer else {
+                    background::count(Task::TcpWrite);
                     return Err(Undeliverable);
                 };
-                writer
-                    .try_send(Arc::from(message.bytes()))
-                    .map_err(|_| Undeliverable)
+                writer.try_send(Arc::from(message.bytes())).map_err(|_| {
+                    background::count(Task::TcpWrite);
+                    Undeliverable
+                })
             }
         }
     }
@@ -449,7 +457,11 @@ async fn connection(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let unfinished_caps = limits.unfinished_caps();
-    let _ = stream.set_nodelay(true);
+    background::checked(
+        Task::SocketSetup,
+        "setting TCP_NODELAY",
+        stream.set_nodelay(true),
+    );
     let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Arc<[u8]>>(TCP_QUEUE);
     let id = transports.open(peer, tx);
@@ -457,6 +469,8 @@ async fn connection(
     let write = tokio::spawn(async move {
         while let Some(bytes) = rx.recv().await {
             if writer.write_all(&bytes).await.is_err() {
+                // A peer gone without closing: common, so counted and not logged.
+                background::count(Task::TcpWrite);
                 return;
             }
         }
@@ -565,7 +579,7 @@ async fn connection(
     // The registry entry goes first, so nothing more is queued; what is queued is
     // still written before the connection closes.
     transports.close(id);
-    let _ = write.await;
+    background::checked(Task::TcpWrite, "a TCP connection's writer", write.await);
 }
 
 /// Binds UDP and TCP on the same address. With port 0, the UDP socket picks the port and
@@ -593,8 +607,9 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
         socket2::Domain::IPV4
     };
     let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-    let _ = s.set_recv_buffer_size(4 << 20);
-    let _ = s.set_send_buffer_size(4 << 20);
+    let what = "setting the UDP socket's 4 MiB buffers";
+    background::checked(Task::SocketSetup, what, s.set_recv_buffer_size(4 << 20));
+    background::checked(Task::SocketSetup, what, s.set_send_buffer_size(4 << 20));
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     UdpSocket::from_std(s.into())
@@ -614,9 +629,11 @@ fn set_kernel_drop(socket: &UdpSocket, sources: &[std::net::Ipv4Addr]) -> std::i
     const IPV4_SOURCE: u32 = 0xFFF0_0000 + 12;
     let sock = SockRef::from(socket);
     if sources.is_empty() {
-        // Nothing attached yet is not an error worth reporting.
-        let _ = sock.detach_filter();
-        return Ok(());
+        // Nothing attached yet (ENOENT) is not an error worth reporting.
+        return match sock.detach_filter() {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
     }
     if !socket.local_addr()?.is_ipv4() || sources.len() > crate::guard::KERNEL_DROP_MAX {
         return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));

@@ -26,6 +26,20 @@ pub struct Cli {
     /// The config file (TOML); by default DATA/sipward.toml when it exists.
     #[arg(long, global = true, env = "SIPWARD_CONFIG")]
     pub config: Option<PathBuf>,
+    /// How log records are written to stderr: text or json. Security events are one
+    /// JSON line each in both.
+    #[arg(
+        long,
+        global = true,
+        env = "SIPWARD_LOG_FORMAT",
+        value_enum,
+        default_value_t = crate::log::Format::Text
+    )]
+    pub log_format: crate::log::Format,
+    /// Which log records are written, as RUST_LOG says it (`info`, `pbx=debug,warn`);
+    /// it overrides the config file's `[log] filter`.
+    #[arg(long = "log", global = true, env = "RUST_LOG")]
+    pub log_filter: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -29,6 +29,15 @@ struct RawConfig {
     backup: RawBackup,
     console: RawConsole,
     http: RawHttp,
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    /// Which log records are written, as RUST_LOG says it; `--log` and RUST_LOG win
+    /// over it. Changes on SIGHUP.
+    filter: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -240,6 +249,8 @@ pub struct Config {
     pub sip_tcp: pbx::transport::TcpLimits,
     /// `[sip] max_message_udp`, `max_message_tcp`.
     pub sip_messages: pbx::transport::MessageLimits,
+    /// `[log] filter`: the log filter when neither `--log` nor RUST_LOG gives one.
+    pub log_filter: Option<String>,
 }
 
 impl Config {
@@ -455,6 +466,9 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
     };
     let mail = raw.mail.map(mail).transpose()?;
     let backup = backup(raw.backup)?;
+    if let Some(spec) = &raw.log.filter {
+        crate::log::check(spec).map_err(|e| OperatorError(format!("log.filter: {e}")))?;
+    }
     let console_allow = networks("console.allow", &raw.console.allow)?;
     let http = http(
         &raw.console,
@@ -482,6 +496,7 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
         nonce_lifetime_secs,
         digest_algorithms,
         bans: raw.guard,
+        log_filter: raw.log.filter,
     })
 }
 

@@ -8,6 +8,7 @@ mod clock;
 mod cmd;
 mod config;
 mod error;
+mod log;
 mod open;
 mod output;
 
@@ -17,6 +18,13 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    let log = match log::init(cli.log_format, cli.log_filter.as_deref()) {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -27,7 +35,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(cmd::run(cli)) {
+    match runtime.block_on(cmd::run(cli, log)) {
         Ok(code) => code,
         Err(err) => {
             let chain: Vec<String> = err.chain().map(|c| c.to_string()).collect();

@@ -257,7 +257,11 @@ pub fn write_archive(
             Ok(fs::metadata(out).map_err(|e| Error::io(out, e))?.len())
         }
         Err(e) => {
-            let _ = fs::remove_file(&partial);
+            if let Err(rm) = fs::remove_file(&partial)
+                && rm.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %partial.display(), error = %rm, "a failed backup's partial file could not be removed");
+            }
             Err(e)
         }
     }

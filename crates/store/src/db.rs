@@ -132,16 +132,11 @@ impl Store {
     }
 
     async fn migrate(&self, path: &Path) -> Result<()> {
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&self.pool)
-            .await
-            .map_err(|e| match e {
-                sqlx::migrate::MigrateError::Execute(db) => Error::from_open(path, db),
-                sqlx::migrate::MigrateError::VersionTooNew(v, _) => {
-                    Error::SchemaTooNew { version: v }
-                }
-                other => Error::Migrate(other),
-            })
+        schema().run(&self.pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(db) => Error::from_open(path, db),
+            sqlx::migrate::MigrateError::VersionTooNew(v, _) => Error::SchemaTooNew { version: v },
+            other => Error::Migrate(other),
+        })
     }
 
     /// A connection from the pool, for reads and single writes.
@@ -197,17 +192,141 @@ impl Store {
 
     /// The highest schema version this build knows.
     pub fn known_schema_version() -> i64 {
-        sqlx::migrate!("./migrations/sqlite")
-            .iter()
-            .map(|m| m.version)
-            .max()
-            .unwrap_or(0)
+        MIGRATIONS.iter().map(|(v, _, _)| *v).max().unwrap_or(0)
     }
+}
+
+/// The schema's migrations, embedded: (version, file name's description, SQL). Listed
+/// by hand rather than by `sqlx::migrate!`, which needs sqlx's proc-macro crates (and
+/// their dependencies) in every build for this one list; a test holds the list to the
+/// directory. Checksums are computed as sqlx computes them from the files, so data dirs
+/// migrated by either agree.
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "registry",
+        include_str!("../migrations/sqlite/0001_registry.sql"),
+    ),
+    (
+        2,
+        "registrar",
+        include_str!("../migrations/sqlite/0002_registrar.sql"),
+    ),
+    (
+        3,
+        "guard",
+        include_str!("../migrations/sqlite/0003_guard.sql"),
+    ),
+    (
+        4,
+        "regenerate",
+        include_str!("../migrations/sqlite/0004_regenerate.sql"),
+    ),
+    (
+        5,
+        "outbound",
+        include_str!("../migrations/sqlite/0005_outbound.sql"),
+    ),
+    (
+        6,
+        "trunks",
+        include_str!("../migrations/sqlite/0006_trunks.sql"),
+    ),
+    (
+        7,
+        "epochs",
+        include_str!("../migrations/sqlite/0007_epochs.sql"),
+    ),
+    (
+        8,
+        "console",
+        include_str!("../migrations/sqlite/0008_console.sql"),
+    ),
+    (
+        9,
+        "totp",
+        include_str!("../migrations/sqlite/0009_totp.sql"),
+    ),
+    (
+        10,
+        "alerts",
+        include_str!("../migrations/sqlite/0010_alerts.sql"),
+    ),
+    (
+        11,
+        "revoke",
+        include_str!("../migrations/sqlite/0011_revoke.sql"),
+    ),
+    (
+        12,
+        "sealed_ha1",
+        include_str!("../migrations/sqlite/0012_sealed_ha1.sql"),
+    ),
+    (
+        13,
+        "gateway_bindings",
+        include_str!("../migrations/sqlite/0013_gateway_bindings.sql"),
+    ),
+    (
+        14,
+        "fetch_sources",
+        include_str!("../migrations/sqlite/0014_fetch_sources.sql"),
+    ),
+];
+
+fn schema() -> sqlx::migrate::Migrator {
+    use sqlx::SqlSafeStr;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|(version, name, sql)| {
+                Migration::new(
+                    *version,
+                    name.replace('_', " ").into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    sql.starts_with("-- no-transaction"),
+                )
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_embedded_migrations_are_the_directory_s_files_with_sqlx_s_checksums() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .expect("migrations dir")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .collect();
+        files.sort();
+        let listed: Vec<String> = MIGRATIONS
+            .iter()
+            .map(|(v, name, _)| format!("{v:04}_{name}.sql"))
+            .collect();
+        assert_eq!(listed, files, "MIGRATIONS lists every file, in order");
+        // sqlx's own resolution of the directory (what `migrate!` did) gives the same
+        // versions, descriptions and checksums: databases migrated before agree.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let from_files = rt
+            .block_on(sqlx::migrate::Migrator::new(dir.as_path()))
+            .expect("resolve");
+        let ours = schema();
+        assert_eq!(from_files.iter().count(), ours.iter().count());
+        for (a, b) in from_files.iter().zip(ours.iter()) {
+            assert_eq!(a.version, b.version);
+            assert_eq!(a.description, b.description);
+            assert_eq!(a.checksum, b.checksum, "migration {}", a.version);
+            assert_eq!(a.no_tx, b.no_tx);
+        }
+    }
 
     #[test]
     fn urls_escape_special_characters() {

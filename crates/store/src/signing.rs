@@ -67,7 +67,12 @@ impl SigningKey {
             fs::hard_link(&tmp, path)
         };
         let result = write();
-        let _ = fs::remove_file(&tmp);
+        // The key is in place (hard link) or not: the temporary name goes either way.
+        if let Err(e) = fs::remove_file(&tmp)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %tmp.display(), error = %e, "a key's temporary file could not be removed");
+        }
         match result {
             Ok(()) => Ok(Self {
                 key: DalekKey::from_bytes(&seed),

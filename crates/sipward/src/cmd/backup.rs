@@ -507,7 +507,9 @@ async fn restore(
     let (opened, hardening) = match result {
         Ok(v) => v,
         Err(e) => {
-            let _ = fs::remove_dir_all(&staging);
+            if let Err(rm) = fs::remove_dir_all(&staging) {
+                tracing::warn!(path = %staging.display(), error = %rm, "the restore's staging directory could not be removed");
+            }
             return Err(e);
         }
     };
@@ -717,7 +719,13 @@ fn swap_into_place(
             // File systems without RENAME_EXCHANGE: two renames.
             fs::rename(target, &kept).map_err(fail)?;
             if let Err(e) = fs::rename(staging, target) {
-                let _ = fs::rename(&kept, target);
+                if let Err(back) = fs::rename(&kept, target) {
+                    tracing::error!(
+                        kept = %kept.display(),
+                        error = %back,
+                        "the old data dir could not be moved back: it is at the kept path"
+                    );
+                }
                 return Err(fail(e).into());
             }
         }

@@ -17,11 +17,13 @@ use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
 
-pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub async fn run(cli: Cli, log: crate::log::Log) -> anyhow::Result<ExitCode> {
     let Cli {
         data,
         config: config_path,
         command,
+        log_filter,
+        ..
     } = cli;
     let command = match command {
         // Backups open data dirs themselves: a restore must not create its target first.
@@ -29,9 +31,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         other => other,
     };
     let config = crate::config::load(config_path.as_deref(), &data)?;
+    if log_filter.is_none()
+        && let Some(spec) = &config.log_filter
+    {
+        log.set_filter(spec)?;
+    }
     let registry = crate::open::open_registry(&data, &config).await?;
     let code = match command {
-        Command::Serve(a) => serve::run(&registry, a, &config).await?,
+        Command::Serve(a) => {
+            let source = serve::Source {
+                config: config_path,
+                data: data.clone(),
+                log,
+                log_filter,
+            };
+            serve::run(&registry, a, &config, source).await?
+        }
         Command::Ext(c) => ext::run(&registry, c, &config).await?,
         Command::Gateway(c) => trunk::gateway(&registry, c).await?,
         Command::Provider(c) => trunk::provider(&registry, c).await?,

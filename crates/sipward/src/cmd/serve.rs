@@ -1,13 +1,20 @@
 //! `sipward serve`: binds SIP (UDP+TCP) and HTTP, prints one JSON ready line, serves
-//! until SIGINT or SIGTERM, then writes the bindings a last time.
+//! until SIGINT or SIGTERM, then writes the bindings a last time. SIGHUP reloads the
+//! config file.
+//!
+//! SIP runs on the main runtime; the console (every HTTP request: the audit behind the
+//! extension list, argon2 logins, backups, CSV import) and the scheduled backups run on
+//! a runtime of their own, whose threads are niced, so no console request can hold a
+//! thread that serves SIP or take its CPU.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use accounts::Registry;
-use pbx::server::{self, ServeConfig, ServerKeys};
+use pbx::server::{self, Live, Reconfigure, ServeConfig, ServerKeys};
 use rand_core::Rng;
 
 use crate::cli::ServeArgs;
@@ -28,23 +35,98 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Result<ExitCode> {
+/// Where the config came from, for SIGHUP to read it again, and the log it may refilter.
+#[derive(Debug)]
+pub struct Source {
+    /// `--config`, if given (else DATA/sipward.toml when present).
+    pub config: Option<PathBuf>,
+    pub data: PathBuf,
+    pub log: crate::log::Log,
+    /// `--log` / RUST_LOG: when given, it wins over the file's `[log] filter`.
+    pub log_filter: Option<String>,
+}
+
+/// Threads of the console's runtime: one worker, and at most two blocking threads
+/// (argon2, archives) at a time.
+const CONSOLE_WORKERS: usize = 1;
+const CONSOLE_BLOCKING: usize = 2;
+/// How much less CPU the console's threads get than SIP's when both want it (nice 10:
+/// about a tenth of the share).
+const CONSOLE_NICE: i32 = 10;
+
+/// Settings that weaken a defence: said at start and at each reload, one event each.
+fn announce_findings(findings: &[policy::Finding]) {
+    for f in findings {
+        accounts::event::emit(&serde_json::json!({
+            "event": "config_weakened",
+            "rule": f.rule,
+            "severity": f.severity,
+            "field": f.field,
+            "detail": f.message,
+        }));
+    }
+}
+
+/// The runtime the console and scheduled backups run on, apart from SIP's. Dropped, it
+/// shuts down without waiting: a runtime dropped the ordinary way inside another one's
+/// task (any early return of `run`) would panic.
+struct ConsoleRuntime(Option<tokio::runtime::Runtime>);
+
+impl ConsoleRuntime {
+    fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.0 {
+            Some(rt) => rt.spawn(future),
+            // Only between drop's take and the end of drop: never seen by a caller.
+            None => tokio::spawn(future),
+        }
+    }
+}
+
+impl Drop for ConsoleRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            // Blocking threads still busy (a backup being written) are not waited for.
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn console_runtime() -> std::io::Result<ConsoleRuntime> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(CONSOLE_WORKERS)
+        .max_blocking_threads(CONSOLE_BLOCKING)
+        .thread_name("console")
+        .on_thread_start(|| {
+            let tid = rustix::thread::gettid();
+            if let Err(e) = rustix::process::setpriority_process(Some(tid), CONSOLE_NICE) {
+                accounts::background::failed(
+                    accounts::background::Task::SocketSetup,
+                    "lowering the console thread's priority",
+                    &std::io::Error::from(e),
+                );
+            }
+        })
+        .enable_all()
+        .build()?;
+    Ok(ConsoleRuntime(Some(rt)))
+}
+
+pub async fn run(
+    reg: &Registry,
+    args: ServeArgs,
+    config: &Config,
+    source: Source,
+) -> anyhow::Result<ExitCode> {
     let shutdown = shutdown_signal()
         .map_err(|e| anyhow::anyhow!("cannot install the SIGTERM/SIGINT handlers: {e}"))?;
-    // Settings that weaken a defence are said at start, one event line each.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| anyhow::anyhow!("cannot install the SIGHUP handler: {e}"))?;
     let findings = config.findings();
-    for f in &findings {
-        eprintln!(
-            "{}",
-            serde_json::json!({
-                "event": "config_weakened",
-                "rule": f.rule,
-                "severity": f.severity,
-                "field": f.field,
-                "detail": f.message,
-            })
-        );
-    }
+    announce_findings(&findings);
     raise_fd_limit();
     let mut rng = rand_core::UnwrapErr(rand::rngs::SysRng);
     let mut keys = ServerKeys {
@@ -76,10 +158,13 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
         mailer,
     };
     let bound = server::bind(reg.clone(), cfg, keys, crate::clock::clock()).await?;
-    let http = tokio::net::TcpListener::bind(args.http)
-        .await
+    let reconfigure = bound.reconfigure();
+    let http = std::net::TcpListener::bind(args.http)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| OperatorError(format!("cannot serve HTTP on {}: {e}", args.http)))?;
     let http_addr = http.local_addr()?;
+    let console_rt = console_runtime()
+        .map_err(|e| anyhow::anyhow!("cannot start the console's runtime: {e}"))?;
     let data_root = reg.data_dir().root().to_owned();
     let _serving =
         super::backup::DirLock::take(&super::backup::serve_lock_path(&data_root), || {
@@ -144,15 +229,16 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
         trusted_proxies: config.http.trusted_proxies.clone(),
     };
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http_task = tokio::spawn(console::listener::serve(
-        http,
-        app,
-        limits,
-        counters,
-        async {
-            let _ = http_stopped.await;
-        },
-    ));
+    let http_task = console_rt.spawn(async move {
+        // Registered with the console runtime's reactor, where it is served.
+        let http = tokio::net::TcpListener::from_std(http)?;
+        console::listener::serve(http, app, limits, counters, async {
+            // Sent by this function before it returns; a dropped sender stops it too.
+            drop(http_stopped.await);
+        })
+        .await;
+        Ok::<_, std::io::Error>(())
+    });
 
     ready.store(true, Ordering::Release);
     let line = serde_json::json!({
@@ -167,20 +253,90 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
     drop(out);
 
     let scheduler = config.backup.interval_secs.map(|secs| {
-        tokio::spawn(super::backup::scheduled(
+        console_rt.spawn(super::backup::scheduled(
             reg.clone(),
             config.backup.clone(),
             secs,
         ))
     });
+    let reloader = tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            reload(&source, &reconfigure).await;
+        }
+    });
     bound.run(shutdown).await?;
+    reloader.abort();
     if let Some(s) = scheduler {
         s.abort();
     }
-    let _ = stop_http.send(());
-    let _ = http_task.await;
-    eprintln!("stopped");
+    // The receiver is gone only if the console stopped by itself: nothing to stop.
+    stop_http.send(()).ok();
+    match http_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "the console could not serve HTTP"),
+        Err(e) => tracing::error!(error = %e, "the console stopped abnormally"),
+    }
+    drop(console_rt);
+    tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP: everything that is reloaded without a restart.
+async fn reload(source: &Source, server: &Reconfigure) {
+    reload_config(source, server).await;
+}
+
+/// Reads the config file again and puts what can change live in force: the guard's
+/// rules, the dial plan and classes of service, the mail settings and the log filter.
+/// A file that does not load changes nothing, and says why in one line.
+async fn reload_config(source: &Source, server: &Reconfigure) {
+    let loaded = crate::config::load(source.config.as_deref(), &source.data).and_then(|c| {
+        let mailer = c
+            .mail
+            .as_ref()
+            .map(accounts::mail::Mailer::new)
+            .transpose()
+            .map_err(|e| OperatorError(format!("[mail]: {e}")))?;
+        Ok((c, mailer))
+    });
+    let (config, mailer) = match loaded {
+        Ok(v) => v,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            tracing::error!(
+                "config not reloaded, the running settings stay: {}",
+                chain.join(": ")
+            );
+            return;
+        }
+    };
+    if source.log_filter.is_none() {
+        let spec = config
+            .log_filter
+            .as_deref()
+            .unwrap_or(crate::log::DEFAULT_FILTER);
+        if let Err(e) = source.log.set_filter(spec) {
+            tracing::error!(error = %e, "the log filter was not replaced");
+        }
+    }
+    let live = Live {
+        bans: config.bans.clone(),
+        dialplan: config.settings.dialplan.clone(),
+        mailer,
+    };
+    if let Err(e) = server.apply(live).await {
+        let e: anyhow::Error = e.into();
+        let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        tracing::warn!(
+            "config reloaded, but the classes of service wait for the next directory reload: {}",
+            chain.join(": ")
+        );
+        return;
+    }
+    announce_findings(&config.findings());
+    tracing::info!(
+        "config reloaded: [guard], [dialplan], [mail] and [log] are in force; [sip], [http], [console], [registrar], [policy], [provisioning] and [backup] take effect at the next start"
+    );
 }
 
 /// Raises the soft limit on open files to the hard one: every SIP and HTTP connection is
@@ -202,15 +358,12 @@ fn raise_fd_limit() {
             },
         );
         if let Err(e) = raised {
-            eprintln!(
-                "{}",
-                serde_json::json!({
-                    "event": "fd_limit_not_raised",
-                    "soft": now.current,
-                    "hard": now.maximum,
-                    "error": e.to_string(),
-                })
-            );
+            accounts::event::emit(&serde_json::json!({
+                "event": "fd_limit_not_raised",
+                "soft": now.current,
+                "hard": now.maximum,
+                "error": e.to_string(),
+            }));
         }
     }
 }
