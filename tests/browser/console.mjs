@@ -41,6 +41,8 @@ try {
   seen.cookie = cookie ? { httpOnly: cookie.httpOnly, secure: cookie.secure, sameSite: cookie.sameSite } : null;
   seen.weakTotal = (await page.textContent("#weak-total span")).trim();
   seen.recentBans = await page.$$eval("#recent-bans tbody tr td:nth-child(2)", (tds) => tds.map((t) => t.textContent.trim()));
+  // Times: ISO in the markup, "… ago" on screen, the exact local time on hover.
+  seen.banTime = await page.$eval("#recent-bans time", (t) => ({ iso: t.getAttribute("datetime"), text: t.textContent.trim(), title: t.title }));
   await page.screenshot({ path: join(env.ARTIFACTS, "dashboard.png"), fullPage: true });
 
   // The list: weak rows bold red, strong ones not; a hostile name is text.
@@ -49,11 +51,27 @@ try {
   seen.strongRow = { color: await style(`#ext-${env.STRONG} td.name`, "color"), weight: await style(`#ext-${env.STRONG} td.name`, "font-weight") };
   seen.weakTitle = await page.getAttribute(`#ext-${weakA}`, "title");
   seen.xssText = (await page.textContent(`#ext-${env.XSS} td.name`)).trim();
+  // Findings in words, the rule id in the tooltip.
+  seen.weakCell = (await page.textContent(`#ext-${weakA} td:last-child`)).replace(/\s+/g, " ").trim();
+  seen.weakRuleTips = await page.$$eval(`#ext-${weakA} .finding`, (s) => s.map((x) => x.title));
+  seen.strongCell = (await page.textContent(`#ext-${env.STRONG} td:last-child`)).trim();
   await page.screenshot({ path: join(env.ARTIFACTS, "extensions.png"), fullPage: true });
 
   // Weak only.
   await page.click("#weak-only");
   seen.weakOnlyRows = await page.$$eval("#extensions tbody tr", (rows) => rows.map((r) => r.id));
+
+  // Search on the server: by name, by email, and nothing.
+  await page.goto(base + "/extensions");
+  await page.fill("#q", "reception");
+  await Promise.all([page.waitForURL(/q=reception/), page.click('#search button[type="submit"]')]);
+  seen.searchByName = await page.$$eval("#extensions tbody tr", (rows) => rows.map((r) => r.id));
+  seen.searchUrl = page.url();
+  seen.searchSummary = (await page.textContent("#summary")).replace(/\s+/g, " ").trim();
+  await page.goto(base + `/extensions?q=u${weakB}%40example`);
+  seen.searchByEmail = await page.$$eval("#extensions tbody tr", (rows) => rows.map((r) => r.id));
+  await page.goto(base + "/extensions?q=nobody-here");
+  seen.searchEmpty = (await page.textContent("#empty")).trim();
 
   // Select two weak extensions, Re-Generate, confirm.
   await page.goto(base + "/extensions");

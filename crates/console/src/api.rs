@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use accounts::regenerate::Selection;
 use axum::Router;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::Method;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -78,7 +78,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint {
         method: "get",
         path: "/api/v1/extensions",
-        summary: "Every extension with its audit findings and whether it is weak",
+        summary: "Extensions with their audit findings (title, message, rule id) and whether each is weak; `q` searches number, name and email, `weak=1` filters, `page`/`per_page` page (X-Total-Count: all matches)",
         errors: &[401],
         body: None,
     },
@@ -264,6 +264,11 @@ async fn caller(
     Ok(s.actor())
 }
 
+/// Findings with their titles (rule id, severity, subject, field, title, message).
+fn plain(findings: &[policy::Finding]) -> Vec<crate::findings::Plain> {
+    findings.iter().map(crate::findings::Plain::of).collect()
+}
+
 fn accounts_error(e: &accounts::Error) -> Response {
     let status = match e {
         accounts::Error::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -275,9 +280,32 @@ fn accounts_error(e: &accounts::Error) -> Response {
     error(status, e.to_string())
 }
 
-async fn list(State(web): State<Web>, Caller(_): Caller) -> Response {
-    match web::rows(&web.registry).await {
-        Ok(rows) => axum::Json(rows).into_response(),
+/// The list, or one page of it: `q` searches number, name and email, `weak=1` keeps
+/// the weak ones, `page` and `per_page` page it (every match when neither is given).
+/// `X-Total-Count` says how many match in all.
+async fn list(
+    State(web): State<Web>,
+    Caller(_): Caller,
+    Query(query): Query<web::ListQuery>,
+) -> Response {
+    match web::rows(&web).await {
+        Ok(rows) => {
+            let paged = query.page.is_some() || query.per_page.is_some();
+            let (rows, matching) = if paged {
+                let page = query.select(rows, web::PER_PAGE);
+                (page.rows, page.matching)
+            } else {
+                // Unpaged: every match (the shape scripts had before paging).
+                let rows = query.filter(rows);
+                let n = rows.len();
+                (rows, n)
+            };
+            let mut r = axum::Json(rows).into_response();
+            if let Ok(v) = axum::http::HeaderValue::from_str(&matching.to_string()) {
+                r.headers_mut().insert("x-total-count", v);
+            }
+            r
+        }
         Err(e) => accounts_error(&e),
     }
 }
@@ -289,7 +317,7 @@ async fn one(State(web): State<Web>, Caller(_): Caller, Path(number): Path<Strin
             format!("{number:?} is not an extension number"),
         );
     }
-    match web::rows(&web.registry).await {
+    match web::rows(&web).await {
         Ok(rows) => match rows.into_iter().find(|r| r.view.number == number) {
             Some(r) => axum::Json(r).into_response(),
             None => error(
@@ -354,7 +382,7 @@ async fn add(
                 "pin": g.pin.as_ref().map(|p| p.expose().to_owned()),
                 "auth_id": g.auth_id,
             },
-            "findings": added.findings,
+            "findings": plain(&added.findings),
         })),
     )
         .into_response()
@@ -430,7 +458,7 @@ async fn regenerate(
                 "grace": {
                     "sources": r.grace_sources.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "provisioning_sources": r.provisioning_sources.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "until": r.grace_until,
+                    "until": r.grace_until.map(crate::timestamp::iso8601),
                 },
             })
         })
@@ -462,6 +490,17 @@ pub fn openapi_document() -> Value {
         if e.path.contains("{number}") {
             op["parameters"] = json!([{ "name": "number", "in": "path", "required": true,
                                          "schema": { "type": "string", "pattern": "^[0-9]{2,15}$" } }]);
+        }
+        if e.method == "get" && e.path == "/api/v1/extensions" {
+            op["parameters"] = json!([
+                { "name": "q", "in": "query", "required": false, "description": "part of a number, name or email",
+                  "schema": { "type": "string", "maxLength": 100 } },
+                { "name": "weak", "in": "query", "required": false, "description": "1: weak extensions only",
+                  "schema": { "type": "string", "enum": ["0", "1"] } },
+                { "name": "page", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1 } },
+                { "name": "per_page", "in": "query", "required": false,
+                  "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } },
+            ]);
         }
         if e.path.contains("{source}") {
             op["parameters"] = json!([{ "name": "source", "in": "path", "required": true,
@@ -530,7 +569,11 @@ fn with_findings<T: serde::Serialize>(
                 .unwrap_or_default();
             let mut v = serde_json::to_value(item).unwrap_or(Value::Null);
             v["weak"] = json!(!mine.is_empty());
-            v["findings"] = json!(mine);
+            v["findings"] = json!(
+                mine.iter()
+                    .map(|f| crate::findings::Plain::of(f))
+                    .collect::<Vec<_>>()
+            );
             v
         })
         .collect()
@@ -543,7 +586,7 @@ async fn trunk_accounts<T: serde::Serialize>(
     kind: &str,
     name: impl Fn(&T) -> &str,
 ) -> Response {
-    match (list, web.registry.audit().await) {
+    match (list, web.findings().await) {
         (Ok(items), Ok(f)) => {
             axum::Json(with_findings(&items, |i| format!("{kind}:{}", name(i)), &f)).into_response()
         }
@@ -562,8 +605,24 @@ async fn providers(State(web): State<Web>, Caller(_): Caller) -> Response {
 }
 
 async fn bans(State(web): State<Web>, Caller(_): Caller) -> Response {
+    use crate::timestamp::{iso8601, iso8601_or_null};
     match web.registry.bans(false).await {
-        Ok(b) => axum::Json(b).into_response(),
+        Ok(b) => axum::Json(
+            b.iter()
+                .map(|b| {
+                    json!({
+                        "source": b.source, "reason": b.reason, "detail": b.detail,
+                        "first_seen": iso8601_or_null(b.first_seen),
+                        "last_seen": iso8601_or_null(b.last_seen),
+                        // A ban by hand without an end has none.
+                        "expires_at": (b.expires_at < accounts::bans::FOREVER)
+                            .then(|| iso8601(b.expires_at)),
+                        "times": b.times,
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
         Err(e) => accounts_error(&e),
     }
 }
@@ -590,13 +649,14 @@ async fn calls(State(web): State<Web>, Caller(_): Caller) -> Response {
                 .map(|c| {
                     json!({
                         "id": c.id, "caller": c.caller, "callee": c.callee, "kind": c.kind,
-                        "trunk": c.trunk, "state": c.state, "started_at": c.started_at,
-                        "answered_at": (c.answered_at > 0).then_some(c.answered_at),
+                        "trunk": c.trunk, "state": c.state,
+                        "started_at": crate::timestamp::iso8601_or_null(c.started_at),
+                        "answered_at": crate::timestamp::iso8601_or_null(c.answered_at),
                     })
                 })
                 .collect();
             axum::Json(
-                json!({ "calls": calls, "written_at": (written_at > 0).then_some(written_at) }),
+                json!({ "calls": calls, "written_at": crate::timestamp::iso8601_or_null(written_at) }),
             )
             .into_response()
         }
@@ -609,7 +669,7 @@ async fn log(State(web): State<Web>, Caller(_): Caller) -> Response {
         Ok(rows) => axum::Json(
             rows.iter()
                 .map(|r| {
-                    json!({ "id": r.id, "at": r.at, "actor": r.actor, "action": r.action,
+                    json!({ "id": r.id, "at": crate::timestamp::iso8601(r.at), "actor": r.actor, "action": r.action,
                                   "subject": r.subject, "detail": r.detail })
                 })
                 .collect::<Vec<_>>(),
@@ -676,7 +736,10 @@ async fn update(
             )
             .await;
             axum::Json(
-                json!({ "extension": up.extension, "findings": up.findings, "grace": up.grace }),
+                json!({ "extension": up.extension, "findings": plain(&up.findings), "grace": {
+                    "sources": up.grace.sources, "provisioning_sources": up.grace.provisioning_sources,
+                    "until": up.grace.until.map(crate::timestamp::iso8601),
+                } }),
             )
             .into_response()
         }

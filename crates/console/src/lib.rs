@@ -17,9 +17,11 @@ pub mod admin;
 pub mod api;
 pub mod client;
 pub mod entry;
+pub mod findings;
 pub mod listener;
 pub mod pages;
 pub mod provisioning;
+pub mod timestamp;
 pub mod web;
 
 #[derive(Clone, Debug)]

@@ -1,7 +1,6 @@
 //! The console's other pages: adding an extension, gateways and providers, security
 //! (bans and the allow list), the exposure advisor and the audit log.
 
-use accounts::backup::utc_stamp;
 use accounts::extension::{ExtensionKind, NewExtension};
 use accounts::findings::weak_by_subject;
 use axum::Router;
@@ -12,6 +11,7 @@ use axum::routing::{get, post};
 use minijinja::context;
 use policy::exposure;
 
+use crate::findings::Plain;
 use crate::web::{self, Admin, AdminForm, Web, field, ser};
 
 pub fn routes(web: Web) -> Router {
@@ -92,7 +92,7 @@ async fn add(State(web): State<Web>, AdminForm { session: s, form }: AdminForm) 
 async fn trunks(State(web): State<Web>, Admin(s): Admin) -> Response {
     let reg = &web.registry;
     let (Ok(findings), Ok(gws), Ok(provs)) = (
-        reg.audit().await,
+        web.findings().await,
         reg.list_gateways().await,
         reg.list_providers().await,
     ) else {
@@ -108,8 +108,8 @@ async fn trunks(State(web): State<Web>, Admin(s): Admin) -> Response {
         context! {
             subject => subject.replace(':', "-"), kind, name, address, auth_id,
             weak => !fs.is_empty(),
-            rules => fs.iter().map(|f| f.rule.to_string()).collect::<Vec<_>>(),
-            reasons => fs.iter().map(|f| f.message.clone()).collect::<Vec<_>>(),
+            findings => fs.iter().map(|f| ser(Plain::of(f))).collect::<Vec<_>>(),
+            reasons => fs.iter().map(|f| Plain::of(f).sentence()).collect::<Vec<_>>(),
         }
     };
     let mut rows: Vec<_> = gws
@@ -141,7 +141,8 @@ async fn security(State(web): State<Web>, Admin(s): Admin) -> Response {
             context! {
                 source => b.source.clone(), reason => b.reason.clone(),
                 detail => b.detail.clone(), times => b.times,
-                until => if b.expires_at >= accounts::bans::FOREVER { "never".to_owned() } else { utc_stamp(b.expires_at) },
+                until => b.expires_at, forever => b.expires_at >= accounts::bans::FOREVER,
+                last_seen => b.last_seen,
             }
         })
         .collect();
@@ -238,7 +239,7 @@ async fn calls(State(web): State<Web>, Admin(s): Admin) -> Response {
         .filter(|c| c.outbound.suspended_at > 0)
         .map(|c| {
             context! {
-                number => c.outbound.number, since => utc_stamp(c.outbound.suspended_at),
+                number => c.outbound.number, since => c.outbound.suspended_at,
                 reason => c.outbound.suspend_reason,
             }
         })
@@ -248,7 +249,7 @@ async fn calls(State(web): State<Web>, Admin(s): Admin) -> Response {
         .map(|c| {
             context! {
                 caller => c.caller.clone(), callee => c.callee.clone(), kind => c.kind.clone(),
-                trunk => c.trunk.clone(), state => c.state.clone(), since => utc_stamp(c.started_at),
+                trunk => c.trunk.clone(), state => c.state.clone(), since => c.started_at,
             }
         })
         .collect();
@@ -256,7 +257,7 @@ async fn calls(State(web): State<Web>, Admin(s): Admin) -> Response {
         StatusCode::OK,
         "calls.html",
         context! { title => "Calls", admin => s.admin, csrf => s.csrf, calls, suspended,
-        written => (written_at > 0).then(|| utc_stamp(written_at)) },
+        written => (written_at > 0).then_some(written_at) },
     )
 }
 
@@ -306,7 +307,7 @@ async fn backups(State(web): State<Web>, Admin(s): Admin) -> Response {
     let epoch = web.registry.security_epoch().await.unwrap_or(0);
     let files: Vec<_> = files
         .iter()
-        .map(|(name, bytes, at)| context! { name, bytes, at => utc_stamp(*at) })
+        .map(|(name, bytes, at)| context! { name, bytes, at })
         .collect();
     web.render(
         StatusCode::OK,

@@ -33,6 +33,7 @@ use store::console::{self as q, SessionRow};
 
 use crate::admin::{self, Locked, Lockout};
 use crate::client::ClientIp;
+use crate::findings::{AuditCache, Plain};
 
 pub const COOKIE: &str = "sipward_session";
 /// Sessions last 12 hours.
@@ -52,6 +53,8 @@ pub struct Web {
     pub verifying: Arc<tokio::sync::Semaphore>,
     pub templates: Arc<Environment<'static>>,
     pub options: Arc<Options>,
+    /// The audit's findings, computed once per registry version.
+    pub audit: Arc<AuditCache>,
 }
 
 /// What the console shows of the server's settings.
@@ -113,6 +116,7 @@ pub fn templates() -> Result<Environment<'static>, minijinja::Error> {
     ] {
         env.add_template(name, text)?;
     }
+    env.add_filter("when", crate::timestamp::when);
     Ok(env)
 }
 
@@ -129,7 +133,13 @@ impl Web {
             verifying: Arc::new(tokio::sync::Semaphore::new(admin::MAX_VERIFYING)),
             templates: Arc::new(templates()?),
             options: Arc::new(options),
+            audit: Arc::new(AuditCache::default()),
         })
+    }
+
+    /// The audit's findings (cached per registry version, see [`AuditCache`]).
+    pub async fn findings(&self) -> accounts::Result<Arc<Vec<Finding>>> {
+        self.audit.findings(&self.registry).await
     }
 
     /// Whether the console's allow list (if any) lets `ip` in.
@@ -563,20 +573,40 @@ async fn logout(State(web): State<Web>, AdminForm { session: s, .. }: AdminForm)
 }
 
 /// An extension as the list shows it.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Row {
     #[serde(flatten)]
     pub view: ExtensionView,
     pub weak: bool,
+    /// The rule ids that make it weak, without the `ext.` prefix.
     pub rules: Vec<String>,
+    /// Their messages.
     pub reasons: Vec<String>,
+    /// The same findings as sentences (title, message, rule id).
+    pub findings: Vec<Plain>,
 }
 
-/// Every extension with its findings (the same audit as `sipward ext list`).
-pub async fn rows(reg: &Registry) -> accounts::Result<Vec<Row>> {
-    let findings = reg.audit().await?;
+impl Row {
+    /// Whether `q` (already lower-case) is in the number, name or email.
+    fn matches(&self, q: &str) -> bool {
+        q.is_empty()
+            || self.view.number.contains(q)
+            || self.view.name.to_lowercase().contains(q)
+            || self
+                .view
+                .email
+                .as_deref()
+                .is_some_and(|e| e.to_lowercase().contains(q))
+    }
+}
+
+/// Every extension with its findings (the same audit as `sipward ext list`, cached per
+/// registry version).
+pub async fn rows(web: &Web) -> accounts::Result<Vec<Row>> {
+    let findings = web.findings().await?;
     let weak = weak_by_subject(&findings);
-    Ok(reg
+    Ok(web
+        .registry
         .list_extensions()
         .await?
         .into_iter()
@@ -592,16 +622,109 @@ pub async fn rows(reg: &Registry) -> accounts::Result<Vec<Row>> {
                     .map(|f| f.rule.to_string().trim_start_matches("ext.").to_owned())
                     .collect(),
                 reasons: weak_ones.iter().map(|f| f.message.clone()).collect(),
+                findings: weak_ones.iter().map(|f| Plain::of(f)).collect(),
                 view,
             }
         })
         .collect())
 }
 
+/// Extensions per page of the list.
+pub const PER_PAGE: usize = 100;
+/// The most a caller may ask for in one page (the API's `per_page`).
+pub const MAX_PER_PAGE: usize = 1000;
+/// The longest search text looked at.
+const MAX_QUERY: usize = 100;
+
+/// One page of the extension list: which rows, and how many match in all.
+#[derive(Debug)]
+pub struct Page {
+    pub rows: Vec<Row>,
+    /// Rows that match the search and filter, on every page.
+    pub matching: usize,
+    /// Of those, the weak ones.
+    pub weak: usize,
+    /// 1-based, clamped to the pages there are.
+    pub page: usize,
+    pub pages: usize,
+}
+
+/// The search and filter of the extension list, as the page and the API take them.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ListQuery {
+    /// Part of a number, name or email (case-insensitive).
+    pub q: Option<String>,
+    /// `1` (or `true`): weak extensions only.
+    pub weak: Option<String>,
+    /// 1-based.
+    pub page: Option<String>,
+    pub per_page: Option<String>,
+}
+
+impl ListQuery {
+    pub fn weak_only(&self) -> bool {
+        matches!(self.weak.as_deref(), Some("1" | "true" | "yes"))
+    }
+
+    /// The search text, trimmed, lower-case, at most [`MAX_QUERY`] characters.
+    pub fn text(&self) -> String {
+        self.q
+            .as_deref()
+            .unwrap_or("")
+            .trim()
+            .chars()
+            .take(MAX_QUERY)
+            .collect::<String>()
+            .to_lowercase()
+    }
+
+    /// The rows that match the search and the weak-only filter.
+    pub fn filter(&self, all: Vec<Row>) -> Vec<Row> {
+        let q = self.text();
+        let weak_only = self.weak_only();
+        all.into_iter()
+            .filter(|r| (!weak_only || r.weak) && r.matches(&q))
+            .collect()
+    }
+
+    /// The page asked for: a page past the matching rows clamps to the last one; text
+    /// that is not a number counts as the first page (or the default size).
+    pub fn select(&self, all: Vec<Row>, default_per_page: usize) -> Page {
+        let per_page = self
+            .per_page
+            .as_deref()
+            .and_then(|p| p.parse::<usize>().ok())
+            .unwrap_or(default_per_page)
+            .clamp(1, MAX_PER_PAGE);
+        let matching = self.filter(all);
+        let pages = matching.len().div_ceil(per_page).max(1);
+        let page = self
+            .page
+            .as_deref()
+            .and_then(|p| p.parse::<usize>().ok())
+            .unwrap_or(1)
+            .clamp(1, pages);
+        let weak = matching.iter().filter(|r| r.weak).count();
+        let count = matching.len();
+        let rows = matching
+            .into_iter()
+            .skip((page - 1) * per_page)
+            .take(per_page)
+            .collect();
+        Page {
+            rows,
+            matching: count,
+            weak,
+            page,
+            pages,
+        }
+    }
+}
+
 async fn dashboard(State(web): State<Web>, Admin(s): Admin) -> Response {
     let reg = &web.registry;
     let (Ok(findings), Ok(exts), Ok(gws), Ok(provs), Ok(bans)) = (
-        reg.audit().await,
+        web.findings().await,
         reg.list_extensions().await,
         reg.list_gateways().await,
         reg.list_providers().await,
@@ -638,7 +761,7 @@ async fn dashboard(State(web): State<Web>, Admin(s): Admin) -> Response {
         .take(5)
         .map(|b| {
             context! {
-                at => accounts::backup::utc_stamp(b.last_seen), source => b.source.clone(),
+                at => b.last_seen, source => b.source.clone(),
                 reason => b.reason.clone(), detail => b.detail.clone(),
             }
         })
@@ -647,12 +770,7 @@ async fn dashboard(State(web): State<Web>, Admin(s): Admin) -> Response {
         .options
         .config_findings
         .iter()
-        .map(|f| {
-            context! {
-                severity => f.severity.as_str(), rule => f.rule.to_string(),
-                field => f.field, message => f.message.clone(),
-            }
-        })
+        .map(|f| ser(Plain::of(f)))
         .collect();
     web.render(
         StatusCode::OK,
@@ -673,7 +791,7 @@ pub(crate) fn log_rows(rows: &[LogRow]) -> Vec<Value> {
         .rev()
         .map(|e| {
             context! {
-                at => accounts::backup::utc_stamp(e.at),
+                at => e.at,
                 actor => e.actor.clone(), action => e.action.clone(),
                 subject => e.subject.clone(), detail => e.detail.clone(),
             }
@@ -681,34 +799,58 @@ pub(crate) fn log_rows(rows: &[LogRow]) -> Vec<Value> {
         .collect()
 }
 
-#[derive(Debug, serde::Deserialize)]
-struct ListQuery {
-    weak: Option<String>,
-}
-
 async fn extensions(
     State(web): State<Web>,
     Admin(s): Admin,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    let Ok(mut rows) = rows(&web.registry).await else {
+    let Ok(all) = rows(&web).await else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "the data dir cannot be read\n",
         )
             .into_response();
     };
-    let weak_only = query.weak.as_deref().is_some_and(|w| w == "1");
-    if weak_only {
-        rows.retain(|r| r.weak);
-    }
-    let weak_count = rows.iter().filter(|r| r.weak).count();
+    let total = all.len();
+    let page = query.select(all, PER_PAGE);
+    let q = query.text();
+    let weak_only = query.weak_only();
+    // The links to other pages keep the search and the filter.
+    let link = |n: usize| {
+        let mut url = format!("/extensions?page={n}");
+        if !q.is_empty() {
+            url.push_str("&q=");
+            url.push_str(&form_urlencode(&q));
+        }
+        if weak_only {
+            url.push_str("&weak=1");
+        }
+        url
+    };
     web.render(
         StatusCode::OK,
         "extensions.html",
         context! { title => "Extensions", admin => s.admin, csrf => s.csrf,
-        rows => ser(&rows), weak_only, weak_count },
+        rows => ser(&page.rows), weak_only, q => q.clone(), total, matching => page.matching,
+        weak_count => page.weak, page => page.page, pages => page.pages,
+        prev => (page.page > 1).then(|| link(page.page - 1)),
+        next => (page.page < page.pages).then(|| link(page.page + 1)) },
     )
+}
+
+/// `application/x-www-form-urlencoded` text for a query value.
+fn form_urlencode(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(char::from(b));
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 async fn regenerate(State(web): State<Web>, AdminForm { session: s, form }: AdminForm) -> Response {
@@ -774,12 +916,14 @@ async fn regenerate(State(web): State<Web>, AdminForm { session: s, form }: Admi
     )
 }
 
-/// The password, PIN and SIP ID findings (warning or worse), by field.
+/// The password, PIN and SIP ID findings (warning or worse), by field, as sentences.
 fn field_findings(findings: &[Finding]) -> BTreeMap<&'static str, Vec<String>> {
     let mut out: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
     for f in findings.iter().filter(|f| f.severity >= WEAK_AT) {
         if matches!(f.field, "password" | "pin" | "sip_id") {
-            out.entry(f.field).or_default().push(f.message.clone());
+            out.entry(f.field)
+                .or_default()
+                .push(Plain::of(f).sentence());
         }
     }
     out
@@ -804,7 +948,7 @@ async fn edit_page(
                 .into_response();
         }
     };
-    let Ok(findings) = web.registry.audit().await else {
+    let Ok(findings) = web.findings().await else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "the data dir cannot be read\n",
@@ -813,8 +957,9 @@ async fn edit_page(
     };
     let subject = format!("ext:{number}");
     let mine: Vec<Finding> = findings
-        .into_iter()
+        .iter()
         .filter(|f| f.subject == subject)
+        .cloned()
         .collect();
     web.render(
         StatusCode::OK,
@@ -968,6 +1113,79 @@ mod tests {
         assert!(!same_origin(&h));
         h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
         assert!(same_origin(&h));
+    }
+
+    fn row(number: &str, name: &str, email: Option<&str>, weak: bool) -> Row {
+        let view = ExtensionView {
+            number: number.into(),
+            kind: accounts::extension::ExtensionKind::User,
+            name: name.into(),
+            email: email.map(str::to_owned),
+            auth_id: format!("a{number}"),
+            sip_id: None,
+            mac: None,
+            model: None,
+            created_at: 0,
+            updated_at: 0,
+        };
+        Row {
+            view,
+            weak,
+            rules: Vec::new(),
+            reasons: Vec::new(),
+            findings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_list_pages_searches_and_filters_on_the_server() {
+        let all = || {
+            (0..250)
+                .map(|i| {
+                    let n = format!("{}", 1000 + i);
+                    let email = format!("user{i}@example.com");
+                    let name = if i == 42 { "Reception Desk" } else { "Desk" };
+                    row(&n, name, Some(&email), i % 10 == 0)
+                })
+                .collect::<Vec<_>>()
+        };
+        let q = |q: &str, weak: bool, page: &str| ListQuery {
+            q: Some(q.into()),
+            weak: weak.then(|| "1".into()),
+            page: Some(page.into()),
+            per_page: None,
+        };
+        let p = q("", false, "2").select(all(), 100);
+        assert_eq!(
+            (p.matching, p.pages, p.page, p.rows.len()),
+            (250, 3, 2, 100)
+        );
+        assert_eq!(p.rows[0].view.number, "1100");
+        // Past the end clamps to the last page; nonsense is the first.
+        assert_eq!(q("", false, "99").select(all(), 100).rows.len(), 50);
+        assert_eq!(q("", false, "x").select(all(), 100).page, 1);
+        // By number, name (any case) and email.
+        let by = |text: &str| {
+            q(text, false, "1")
+                .select(all(), 100)
+                .rows
+                .iter()
+                .map(|r| r.view.number.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(by("1042"), ["1042"]);
+        assert_eq!(by("RECEPTION"), ["1042"]);
+        assert_eq!(by("user7@"), ["1007"]);
+        assert!(by("nobody").is_empty());
+        // Weak only: every tenth.
+        let weak = q("", true, "1").select(all(), 100);
+        assert_eq!((weak.matching, weak.weak), (25, 25));
+        assert!(weak.rows.iter().all(|r| r.weak));
+    }
+
+    #[test]
+    fn search_links_carry_any_text_safely() {
+        assert_eq!(form_urlencode("a b&c=d/é"), "a+b%26c%3Dd%2F%C3%A9");
     }
 
     #[test]

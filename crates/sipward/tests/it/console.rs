@@ -171,6 +171,46 @@ fn the_console_in_a_real_browser() {
     );
     assert_eq!(seen["weakTotal"], "3", "two extensions and the gateway");
     assert_eq!(seen["recentBans"], serde_json::json!(["203.0.113.9"]));
+    // The ban's time: ISO 8601 in the markup, words on screen, exact time on hover.
+    let ban_time = &seen["banTime"];
+    assert!(
+        ban_time["iso"]
+            .as_str()
+            .is_some_and(|t| t.len() == 20 && t.ends_with('Z') && t.as_bytes()[10] == b'T'),
+        "{ban_time}"
+    );
+    assert!(
+        ban_time["text"]
+            .as_str()
+            .is_some_and(|t| t == "just now" || t.ends_with(" ago")),
+        "{ban_time}"
+    );
+    assert!(ban_time["title"].as_str().is_some_and(|t| !t.is_empty()));
+    // A weak row says so in words (not by colour alone), with each finding's title and
+    // its rule id as the tooltip.
+    let cell = seen["weakCell"].as_str().expect("cell");
+    assert!(cell.starts_with("⚠ Weak"), "{cell}");
+    assert!(cell.contains("Password is the extension number"), "{cell}");
+    assert!(cell.contains("PIN is the extension number"), "{cell}");
+    let tips = seen["weakRuleTips"].as_array().expect("tips");
+    assert!(
+        tips.contains(&Value::from("ext.password_equals_number")),
+        "{tips:?}"
+    );
+    assert_eq!(seen["strongCell"], "Strong");
+    // Server-side search by name and email; an empty result says what to do.
+    assert_eq!(
+        seen["searchByName"],
+        serde_json::json!(["ext-4003"]),
+        "{seen:#}"
+    );
+    assert_eq!(seen["searchByEmail"], serde_json::json!(["ext-4002"]));
+    assert!(
+        seen["searchEmpty"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("No extension matches")),
+        "{seen:#}"
+    );
     // Weak rows bold red (computed), the strong one not.
     assert_eq!(seen["weakRow"]["color"], "rgb(192, 0, 0)", "{seen:#}");
     assert_eq!(seen["weakRow"]["weight"], "700");
@@ -369,6 +409,39 @@ fn the_api_answers_every_error_and_works_with_a_token() {
         .filter_map(|e| e["number"].as_str())
         .collect();
     assert_eq!(weak, ["4001", "4002"]);
+    // Each finding in words, with its rule id.
+    let first = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|e| e["number"] == "4001")
+        .expect("4001");
+    assert!(
+        first["findings"].as_array().is_some_and(|f| f
+            .iter()
+            .any(|f| f["rule"] == "ext.password_equals_number"
+                && f["title"] == "Password is the extension number")),
+        "{first}"
+    );
+    // Server-side search, weak filter and paging.
+    let page = |query: &str| -> Vec<String> {
+        let (code, body) = curl(&["-H", &bearer, &api(&format!("/extensions?{query}"))]);
+        assert_eq!(code, 200, "{query}: {body}");
+        serde_json::from_str::<Value>(&body)
+            .expect("json")
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|e| e["number"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(page("q=reception"), ["4003"]);
+    assert_eq!(page("weak=1"), ["4001", "4002"]);
+    let all = page("");
+    assert_eq!(all.len(), 5, "{all:?}");
+    assert_eq!(page("per_page=2&page=2"), all[2..4]);
+    assert_eq!(page("per_page=2&page=99"), all[4..]);
+    assert_eq!(page("page=nonsense&per_page=-1"), all, "first page, default size");
     // 400, 404.
     assert_eq!(curl(&["-H", &bearer, &api("/extensions/abc")]).0, 400);
     assert_eq!(curl(&["-H", &bearer, &api("/extensions/9999")]).0, 404);
@@ -470,12 +543,23 @@ fn the_api_answers_every_error_and_works_with_a_token() {
     assert_eq!(get("/gateways")[0]["weak"], true);
     assert_eq!(get("/providers"), serde_json::json!([]));
     assert_eq!(get("/bans")[0]["source"], "203.0.113.9");
+    assert!(get("/bans")[0]["last_seen"].is_string());
+    // A ban by hand with `--for` ends; its end is an ISO time too.
+    assert!(get("/bans")[0]["expires_at"].is_string());
     let lift = |s: &str| curl(&["-X", "DELETE", "-H", &bearer, &api(&format!("/bans/{s}"))]).0;
     assert_eq!(lift("203.0.113.9"), 204);
     assert_eq!(lift("203.0.113.9"), 404);
     assert_eq!(lift("not-an-address"), 400);
     assert_eq!(get("/calls")["calls"], serde_json::json!([]));
     let log = get("/log");
+    // Times are ISO 8601 in the API.
+    assert!(
+        log[0]["at"]
+            .as_str()
+            .is_some_and(|t| t.len() == 20 && t.ends_with('Z') && t.as_bytes()[10] == b'T'),
+        "{log}"
+    );
+    assert!(get("/calls")["written_at"].is_null() || get("/calls")["written_at"].is_string());
     assert!(
         log.as_array()
             .expect("log")
