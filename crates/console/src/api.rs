@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::admin;
+use crate::trunks::{Item, Refused};
 use crate::web::{self, Web};
 
 /// One documented operation.
@@ -138,6 +139,118 @@ pub const ENDPOINTS: &[Endpoint] = &[
         errors: &[400, 401, 403, 404],
         body: Some("Regenerate"),
     },
+    Endpoint {
+        method: "post",
+        path: "/api/v1/gateways",
+        summary: "Add a PSTN gateway (the same checks as `sipward gateway add`); answers it with its findings",
+        errors: &[400, 401, 403, 404, 409],
+        body: Some("NewGateway"),
+    },
+    Endpoint {
+        method: "patch",
+        path: "/api/v1/gateways/{name}",
+        summary: "Change some fields of a gateway (absent fields stay)",
+        errors: &[400, 401, 403, 404, 409],
+        body: Some("GatewayChange"),
+    },
+    Endpoint {
+        method: "delete",
+        path: "/api/v1/gateways/{name}",
+        summary: "Remove a gateway (refused while a route uses it)",
+        errors: &[400, 401, 403, 404, 409],
+        body: None,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/v1/providers",
+        summary: "Add a VoIP provider account (the same checks as `sipward provider add`)",
+        errors: &[400, 401, 403, 404, 409],
+        body: Some("NewProvider"),
+    },
+    Endpoint {
+        method: "patch",
+        path: "/api/v1/providers/{name}",
+        summary: "Change some fields of a provider account (absent fields stay)",
+        errors: &[400, 401, 403, 404, 409],
+        body: Some("ProviderChange"),
+    },
+    Endpoint {
+        method: "delete",
+        path: "/api/v1/providers/{name}",
+        summary: "Remove a provider account (refused while a route uses it)",
+        errors: &[400, 401, 403, 404, 409],
+        body: None,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/routes",
+        summary: "Outbound routes in the order they are tried",
+        errors: &[401],
+        body: None,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/v1/routes",
+        summary: "Add an outbound route (the same checks as `sipward route add`)",
+        errors: &[400, 401, 403, 404, 409],
+        body: Some("NewRoute"),
+    },
+    Endpoint {
+        method: "patch",
+        path: "/api/v1/routes/{name}",
+        summary: "Change a route's pattern, trunk, rewrite or priority (absent fields stay)",
+        errors: &[400, 401, 403, 404, 409],
+        body: Some("RouteChange"),
+    },
+    Endpoint {
+        method: "delete",
+        path: "/api/v1/routes/{name}",
+        summary: "Remove an outbound route",
+        errors: &[400, 401, 403, 404],
+        body: None,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/dids",
+        summary: "DIDs and the extensions they ring",
+        errors: &[401],
+        body: None,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/v1/dids",
+        summary: "Add a DID ringing an extension (the same checks as `sipward did add`)",
+        errors: &[400, 401, 403, 404, 409],
+        body: Some("NewDid"),
+    },
+    Endpoint {
+        method: "patch",
+        path: "/api/v1/dids/{did}",
+        summary: "Point a DID at another extension",
+        errors: &[400, 401, 403, 404, 409],
+        body: Some("DidChange"),
+    },
+    Endpoint {
+        method: "delete",
+        path: "/api/v1/dids/{did}",
+        summary: "Remove a DID",
+        errors: &[400, 401, 403, 404],
+        body: None,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/v1/bans",
+        summary: "Ban an address or prefix by hand (the same checks as `sipward ban add`); `seconds` absent: until lifted",
+        errors: &[400, 401, 403, 409],
+        body: Some("Ban"),
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/guard",
+        summary: "The anti-hacking thresholds in force (`[guard]` in the config file)",
+        errors: &[401],
+        body: None,
+    },
 ];
 
 pub fn routes(web: Web) -> Router {
@@ -151,9 +264,34 @@ pub fn routes(web: Web) -> Router {
         )
         .route("/api/v1/extensions/{number}/resume", post(resume))
         .route("/api/v1/allow", get(allow_list).post(allow_change))
-        .route("/api/v1/gateways", get(gateways))
-        .route("/api/v1/providers", get(providers))
-        .route("/api/v1/bans", get(bans))
+        .route("/api/v1/gateways", get(gateways).post(add_item::<GATEWAY>))
+        .route(
+            "/api/v1/gateways/{name}",
+            axum::routing::patch(update_item::<GATEWAY>).delete(remove_item::<GATEWAY>),
+        )
+        .route(
+            "/api/v1/providers",
+            get(providers).post(add_item::<PROVIDER>),
+        )
+        .route(
+            "/api/v1/providers/{name}",
+            axum::routing::patch(update_item::<PROVIDER>).delete(remove_item::<PROVIDER>),
+        )
+        .route(
+            "/api/v1/routes",
+            get(list_items::<ROUTE>).post(add_item::<ROUTE>),
+        )
+        .route(
+            "/api/v1/routes/{name}",
+            axum::routing::patch(update_item::<ROUTE>).delete(remove_item::<ROUTE>),
+        )
+        .route("/api/v1/dids", get(list_items::<DID>).post(add_item::<DID>))
+        .route(
+            "/api/v1/dids/{did}",
+            axum::routing::patch(update_item::<DID>).delete(remove_item::<DID>),
+        )
+        .route("/api/v1/guard", get(guard))
+        .route("/api/v1/bans", get(bans).post(ban))
         .route("/api/v1/bans/{source}", axum::routing::delete(unban))
         .route("/api/v1/calls", get(calls))
         .route("/api/v1/log", get(log))
@@ -502,6 +640,12 @@ pub fn openapi_document() -> Value {
                   "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } },
             ]);
         }
+        for p in ["name", "did"] {
+            if e.path.contains(&format!("{{{p}}}")) {
+                op["parameters"] = json!([{ "name": p, "in": "path", "required": true,
+                                             "schema": { "type": "string", "maxLength": 100 } }]);
+            }
+        }
         if e.path.contains("{source}") {
             op["parameters"] = json!([{ "name": "source", "in": "path", "required": true,
                                          "schema": { "type": "string" } }]);
@@ -541,6 +685,13 @@ pub fn openapi_document() -> Value {
                 "AllowChange": { "type": "object", "required": ["network"], "additionalProperties": false,
                     "properties": { "network": { "type": "string" }, "note": { "type": "string" },
                                     "remove": { "type": "boolean" } } },
+                "NewGateway": Item::Gateway.schema(false), "GatewayChange": Item::Gateway.schema(true),
+                "NewProvider": Item::Provider.schema(false), "ProviderChange": Item::Provider.schema(true),
+                "NewRoute": Item::Route.schema(false), "RouteChange": Item::Route.schema(true),
+                "NewDid": Item::Did.schema(false), "DidChange": Item::Did.schema(true),
+                "Ban": { "type": "object", "required": ["source"], "additionalProperties": false,
+                    "properties": { "source": { "type": "string" }, "reason": { "type": "string" },
+                                    "seconds": { "type": "integer", "minimum": 1, "maximum": MAX_BAN_SECS } } },
                 "Regenerate": { "type": "object", "required": ["numbers"], "additionalProperties": false,
                     "properties": { "numbers": { "type": "array", "items": { "type": "string" } },
                                     "email": { "type": "boolean" }, "no_grace": { "type": "boolean" } } },
@@ -804,4 +955,124 @@ async fn allow_change(
         }
         Err(e) => accounts_error(&e),
     }
+}
+
+// Gateways, providers, routes and DIDs: one handler each for add, change and remove,
+// told apart by a const parameter (axum needs a concrete function per route).
+const GATEWAY: u8 = 0;
+const PROVIDER: u8 = 1;
+const ROUTE: u8 = 2;
+const DID: u8 = 3;
+
+fn item_of<const I: u8>() -> Item {
+    match I {
+        GATEWAY => Item::Gateway,
+        PROVIDER => Item::Provider,
+        ROUTE => Item::Route,
+        _ => Item::Did,
+    }
+}
+
+fn refused(e: &Refused) -> Response {
+    match e {
+        Refused::Input(s) => error(StatusCode::BAD_REQUEST, s.clone()),
+        Refused::Accounts(e) => accounts_error(e),
+    }
+}
+
+/// An item and its findings (titles included), as an add or a change answers.
+fn answer(d: &crate::trunks::Done) -> Value {
+    json!({ "item": d.view, "findings": plain(&d.findings) })
+}
+
+async fn list_items<const I: u8>(State(web): State<Web>, Caller(_): Caller) -> Response {
+    match crate::trunks::list(&web, item_of::<I>()).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => accounts_error(&e),
+    }
+}
+
+async fn add_item<const I: u8>(
+    State(web): State<Web>,
+    Caller(actor): Caller,
+    Body(body): Body<Value>,
+) -> Response {
+    let item = item_of::<I>();
+    let values = match crate::trunks::from_json(item, &body, false) {
+        Ok(v) => v,
+        Err(e) => return refused(&e),
+    };
+    match crate::trunks::add(&web, &actor, item, &values).await {
+        Ok(d) => (StatusCode::CREATED, axum::Json(answer(&d))).into_response(),
+        Err(e) => refused(&e),
+    }
+}
+
+async fn update_item<const I: u8>(
+    State(web): State<Web>,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+    Body(body): Body<Value>,
+) -> Response {
+    let item = item_of::<I>();
+    let values = match crate::trunks::from_json(item, &body, true) {
+        Ok(v) => v,
+        Err(e) => return refused(&e),
+    };
+    match crate::trunks::update(&web, &actor, item, &id, &values).await {
+        Ok(d) => axum::Json(answer(&d)).into_response(),
+        Err(e) => refused(&e),
+    }
+}
+
+async fn remove_item<const I: u8>(
+    State(web): State<Web>,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+) -> Response {
+    match crate::trunks::remove(&web, &actor, item_of::<I>(), &id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => refused(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Ban {
+    source: String,
+    reason: Option<String>,
+    /// Absent: until lifted.
+    seconds: Option<i64>,
+}
+
+/// The longest ban by hand with an end: ten years (longer is "until lifted").
+const MAX_BAN_SECS: i64 = 10 * 365 * 86_400;
+
+async fn ban(State(web): State<Web>, Caller(actor): Caller, Body(b): Body<Ban>) -> Response {
+    if b.seconds.is_some_and(|s| !(1..=MAX_BAN_SECS).contains(&s)) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("seconds must be 1 to {MAX_BAN_SECS}, or absent for a ban until lifted"),
+        );
+    }
+    let reason = b.reason.unwrap_or_default();
+    match web.registry.ban(&b.source, &reason, b.seconds).await {
+        Ok(v) => {
+            web.log(&actor, "ban.added", &v.source, &reason).await;
+            (
+                StatusCode::CREATED,
+                axum::Json(json!({
+                    "source": v.source, "reason": v.reason, "detail": v.detail,
+                    "expires_at": (v.expires_at < accounts::bans::FOREVER)
+                        .then(|| crate::timestamp::iso8601(v.expires_at)),
+                })),
+            )
+                .into_response()
+        }
+        Err(e) => accounts_error(&e),
+    }
+}
+
+async fn guard(State(web): State<Web>, Caller(_): Caller) -> Response {
+    axum::Json(&web.options.guard).into_response()
 }

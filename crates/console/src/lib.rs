@@ -22,6 +22,7 @@ pub mod listener;
 pub mod pages;
 pub mod provisioning;
 pub mod timestamp;
+pub mod trunks;
 pub mod web;
 
 #[derive(Clone, Debug)]
@@ -52,6 +53,7 @@ pub fn router(
         .merge(prov)
         .merge(web::routes(web.clone()))
         .merge(pages::routes(web.clone()))
+        .merge(trunks::routes(web.clone()))
         .merge(api::routes(web))
         .layer(axum::middleware::from_fn_with_state(entry, entry::check))
 }

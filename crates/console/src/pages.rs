@@ -2,7 +2,6 @@
 //! (bans and the allow list), the exposure advisor and the audit log.
 
 use accounts::extension::{ExtensionKind, NewExtension};
-use accounts::findings::weak_by_subject;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -11,13 +10,11 @@ use axum::routing::{get, post};
 use minijinja::context;
 use policy::exposure;
 
-use crate::findings::Plain;
 use crate::web::{self, Admin, AdminForm, Web, field, ser};
 
 pub fn routes(web: Web) -> Router {
     Router::new()
         .route("/extensions/new", get(new_page).post(add))
-        .route("/trunks", get(trunks))
         .route("/security", get(security))
         .route("/security/{action}", post(security_change))
         .route("/advisor", get(advisor))
@@ -87,45 +84,6 @@ async fn add(State(web): State<Web>, AdminForm { session: s, form }: AdminForm) 
                        number, name => text("name"), email => text("email") },
         ),
     }
-}
-
-async fn trunks(State(web): State<Web>, Admin(s): Admin) -> Response {
-    let reg = &web.registry;
-    let (Ok(findings), Ok(gws), Ok(provs)) = (
-        web.findings().await,
-        reg.list_gateways().await,
-        reg.list_providers().await,
-    ) else {
-        return unreadable();
-    };
-    let by_subject = weak_by_subject(&findings);
-    let row = |kind: &str, name: &str, address: &str, auth_id: &str| {
-        let subject = format!("{kind}:{name}");
-        let fs = by_subject
-            .get(subject.as_str())
-            .cloned()
-            .unwrap_or_default();
-        context! {
-            subject => subject.replace(':', "-"), kind, name, address, auth_id,
-            weak => !fs.is_empty(),
-            findings => fs.iter().map(|f| ser(Plain::of(f))).collect::<Vec<_>>(),
-            reasons => fs.iter().map(|f| Plain::of(f).sentence()).collect::<Vec<_>>(),
-        }
-    };
-    let mut rows: Vec<_> = gws
-        .iter()
-        .map(|g| row("gateway", &g.name, &g.host, &g.auth_id))
-        .collect();
-    rows.extend(
-        provs
-            .iter()
-            .map(|p| row("provider", &p.name, &p.registrar, &p.auth_id)),
-    );
-    web.render(
-        StatusCode::OK,
-        "trunks.html",
-        context! { title => "Gateways and providers", admin => s.admin, csrf => s.csrf, trunks => rows },
-    )
 }
 
 async fn security(State(web): State<Web>, Admin(s): Admin) -> Response {

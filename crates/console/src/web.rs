@@ -104,6 +104,10 @@ pub fn templates() -> Result<Environment<'static>, minijinja::Error> {
         ("new.html", include_str!("../templates/new.html")),
         ("added.html", include_str!("../templates/added.html")),
         ("trunks.html", include_str!("../templates/trunks.html")),
+        (
+            "trunk_form.html",
+            include_str!("../templates/trunk_form.html"),
+        ),
         ("security.html", include_str!("../templates/security.html")),
         ("advisor.html", include_str!("../templates/advisor.html")),
         ("log.html", include_str!("../templates/log.html")),
@@ -1080,7 +1084,11 @@ mod tests {
     #[test]
     fn every_page_the_handlers_render_is_there_and_compiles() {
         let env = templates().expect("templates");
-        let sources = [include_str!("web.rs"), include_str!("pages.rs")];
+        let sources = [
+            include_str!("web.rs"),
+            include_str!("pages.rs"),
+            include_str!("trunks.rs"),
+        ];
         let mut names = 0;
         for src in sources {
             for part in src.split('"').skip(1).step_by(2) {
