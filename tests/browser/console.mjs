@@ -121,6 +121,61 @@ try {
   // Gateways and providers: the weak gateway is red.
   await page.goto(base + "/trunks");
   seen.gatewayClass = await page.getAttribute("#gateway-gw1", "class");
+  await page.screenshot({ path: join(env.ARTIFACTS, "trunks.png"), fullPage: true });
+
+  // Every trunk setting round-trips through its forms: create, edit, delete.
+  const submit = async (fields, expectUrl) => {
+    for (const [k, v] of Object.entries(fields)) await page.fill(`#trunk-form [name="${k}"]`, v);
+    await Promise.all([page.waitForURL(expectUrl), page.click("#save")]);
+  };
+  const cells = (sel) => page.$$eval(`${sel} td`, (tds) => tds.map((t) => t.textContent.trim()));
+  const trips = {};
+  await page.goto(base + "/trunks");
+  await page.click("#add-gateway");
+  await submit({ name: "gw9", vendor: "generic", number: "2960", auth_id: "gwx2960", password: "Gateway-Secret-Words-55", host: "127.0.0.11" }, /\/trunks(#.*)?$/);
+  trips.gatewayAdded = await cells("#gateway-gw9");
+  await page.goto(base + "/trunks/edit/gateway/gw9");
+  await submit({ host: "bad host!" }, /\/trunks\/edit\/gateway\/gw9$/);
+  trips.gatewayError = (await page.textContent("#form-error")).replace(/^⚠\s*/, "").trim();
+  await page.screenshot({ path: join(env.ARTIFACTS, "trunk-form-error.png"), fullPage: true });
+  await submit({ host: "127.0.0.12" }, /\/trunks(#.*)?$/);
+  trips.gatewayEdited = await cells("#gateway-gw9");
+
+  await page.click("#add-provider");
+  await submit({ name: "carrier", registrar: "127.0.0.13", auth_id: "acct1", password: "Carrier-Secret-Words-61" }, /\/trunks(#.*)?$/);
+  await page.goto(base + "/trunks/edit/provider/carrier");
+  await submit({ auth_id: "acct2" }, /\/trunks(#.*)?$/);
+  trips.providerEdited = await cells("#provider-carrier");
+
+  await page.click("#add-route");
+  await submit({ name: "national", pattern: "0ZX.", trunk: "gw9", strip: "1", prepend: "+49" }, /\/trunks(#.*)?$/);
+  trips.routeAdded = await cells("#route-national");
+  await page.goto(base + "/trunks/edit/route/national");
+  await submit({ pattern: "0ZX.!" }, /\/trunks\/edit\/route\/national$/);
+  trips.routeError = (await page.textContent("#form-error")).replace(/^⚠\s*/, "").trim();
+  await submit({ pattern: "00X.", trunk: "provider:carrier", prepend: "" }, /\/trunks(#.*)?$/);
+  trips.routeEdited = await cells("#route-national");
+
+  await page.click("#add-did");
+  await submit({ did: "+4930999", number: env.STRONG }, /\/trunks(#.*)?$/);
+  trips.didAdded = await cells("#did-4930999");
+  await page.goto(base + "/trunks/edit/did/4930999");
+  await submit({ number: env.XSS }, /\/trunks(#.*)?$/);
+  trips.didEdited = await cells("#did-4930999");
+  await page.screenshot({ path: join(env.ARTIFACTS, "trunks-filled.png"), fullPage: true });
+
+  // A gateway a route uses cannot go: the form says why.
+  await page.goto(base + "/trunks/edit/provider/carrier");
+  await Promise.all([page.waitForLoadState("load"), page.click("#remove")]);
+  trips.removeRefused = (await page.textContent("#form-error")).trim();
+  for (const path of ["route/national", "did/4930999", "gateway/gw9", "provider/carrier"]) {
+    await page.goto(`${base}/trunks/edit/${path}`);
+    await Promise.all([page.waitForURL(/\/trunks$/), page.click("#remove")]);
+  }
+  trips.emptyRoutes = (await page.textContent("#routes-empty")).trim();
+  trips.emptyDids = (await page.textContent("#dids-empty")).trim();
+  trips.leftRows = await page.$$eval("#section-gateway tbody tr, #section-provider tbody tr", (rows) => rows.map((r) => r.id));
+  seen.trips = trips;
 
   // Security: the ban with its reason, then lifted.
   await page.goto(base + "/security");
@@ -128,6 +183,14 @@ try {
   await page.screenshot({ path: join(env.ARTIFACTS, "security.png"), fullPage: true });
   await Promise.all([page.waitForURL(base + "/security"), page.click("#bans button")]);
   seen.bansAfter = (await page.textContent("#bans tbody")).trim();
+  // A ban by hand, for an hour.
+  await page.fill("#ban-source", "198.51.100.20");
+  await page.fill("#ban-reason", "seen scanning");
+  await page.selectOption("#ban-for", "3600");
+  await Promise.all([page.waitForURL(base + "/security"), page.click("#ban")]);
+  seen.bannedByHand = await page.$$eval("#bans tbody tr", (rows) => rows.map((r) => [...r.cells].slice(0, 3).map((c) => c.textContent.trim())));
+  await page.click("#bans button");
+  await page.waitForURL(base + "/security");
 
   // The advisor and the audit log.
   await page.goto(base + "/advisor");

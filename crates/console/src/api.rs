@@ -430,11 +430,11 @@ async fn list(
         Ok(rows) => {
             let paged = query.page.is_some() || query.per_page.is_some();
             let (rows, matching) = if paged {
-                let page = query.select(rows, web::PER_PAGE);
+                let page = query.select(&rows, web::PER_PAGE);
                 (page.rows, page.matching)
             } else {
                 // Unpaged: every match (the shape scripts had before paging).
-                let rows = query.filter(rows);
+                let rows: Vec<web::Row> = query.filter(&rows).into_iter().cloned().collect();
                 let n = rows.len();
                 (rows, n)
             };
@@ -456,7 +456,7 @@ async fn one(State(web): State<Web>, Caller(_): Caller, Path(number): Path<Strin
         );
     }
     match web::rows(&web).await {
-        Ok(rows) => match rows.into_iter().find(|r| r.view.number == number) {
+        Ok(rows) => match rows.iter().find(|r| r.view.number == number) {
             Some(r) => axum::Json(r).into_response(),
             None => error(
                 StatusCode::NOT_FOUND,

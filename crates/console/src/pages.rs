@@ -131,6 +131,18 @@ async fn security_change(
             let r = web.registry.allow(&network, &note).await.map(|_| ());
             ("allow.added", network, note, r)
         }
+        "ban" => {
+            let (source, reason) = (value("source"), value("reason"));
+            let seconds = match value("for").as_str() {
+                "forever" | "" => None,
+                s => match s.parse::<i64>() {
+                    Ok(n) if (1..=10 * 365 * 86_400).contains(&n) => Some(n),
+                    _ => return (StatusCode::BAD_REQUEST, "choose how long the ban lasts\n").into_response(),
+                },
+            };
+            let r = web.registry.ban(&source, &reason, seconds).await.map(|_| ());
+            ("ban.added", source, reason, r)
+        }
         "disallow" => {
             let network = value("network");
             let r = web.registry.disallow(&network).await;

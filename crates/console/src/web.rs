@@ -121,6 +121,7 @@ pub fn templates() -> Result<Environment<'static>, minijinja::Error> {
         env.add_template(name, text)?;
     }
     env.add_filter("when", crate::timestamp::when);
+    env.add_filter("segment", |v: String| path_segment(&v));
     Ok(env)
 }
 
@@ -604,15 +605,16 @@ impl Row {
     }
 }
 
-/// Every extension with its findings (the same audit as `sipward ext list`, cached per
-/// registry version).
-pub async fn rows(web: &Web) -> accounts::Result<Vec<Row>> {
-    let findings = web.findings().await?;
-    let weak = weak_by_subject(&findings);
-    Ok(web
-        .registry
-        .list_extensions()
-        .await?
+/// Every extension with its findings (the same audit as `sipward ext list`), built
+/// once per registry version ([`AuditCache::rows`]).
+pub async fn rows(web: &Web) -> accounts::Result<Arc<Vec<Row>>> {
+    web.audit.rows(&web.registry).await
+}
+
+/// The list's rows from the extensions and the audit's findings.
+pub fn rows_of(views: Vec<ExtensionView>, findings: &[Finding]) -> Vec<Row> {
+    let weak = weak_by_subject(findings);
+    views
         .into_iter()
         .map(|view| {
             let weak_ones = weak
@@ -630,7 +632,7 @@ pub async fn rows(web: &Web) -> accounts::Result<Vec<Row>> {
                 view,
             }
         })
-        .collect())
+        .collect()
 }
 
 /// Extensions per page of the list.
@@ -683,17 +685,17 @@ impl ListQuery {
     }
 
     /// The rows that match the search and the weak-only filter.
-    pub fn filter(&self, all: Vec<Row>) -> Vec<Row> {
+    pub fn filter<'r>(&self, all: &'r [Row]) -> Vec<&'r Row> {
         let q = self.text();
         let weak_only = self.weak_only();
-        all.into_iter()
+        all.iter()
             .filter(|r| (!weak_only || r.weak) && r.matches(&q))
             .collect()
     }
 
     /// The page asked for: a page past the matching rows clamps to the last one; text
     /// that is not a number counts as the first page (or the default size).
-    pub fn select(&self, all: Vec<Row>, default_per_page: usize) -> Page {
+    pub fn select(&self, all: &[Row], default_per_page: usize) -> Page {
         let per_page = self
             .per_page
             .as_deref()
@@ -714,6 +716,7 @@ impl ListQuery {
             .into_iter()
             .skip((page - 1) * per_page)
             .take(per_page)
+            .cloned()
             .collect();
         Page {
             rows,
@@ -729,7 +732,7 @@ async fn dashboard(State(web): State<Web>, Admin(s): Admin) -> Response {
     let reg = &web.registry;
     let (Ok(findings), Ok(exts), Ok(gws), Ok(provs), Ok(bans)) = (
         web.findings().await,
-        reg.list_extensions().await,
+        rows(&web).await,
         reg.list_gateways().await,
         reg.list_providers().await,
         reg.bans(false).await,
@@ -816,7 +819,7 @@ async fn extensions(
             .into_response();
     };
     let total = all.len();
-    let page = query.select(all, PER_PAGE);
+    let page = query.select(&all, PER_PAGE);
     let q = query.text();
     let weak_only = query.weak_only();
     // The links to other pages keep the search and the filter.
@@ -840,6 +843,20 @@ async fn extensions(
         prev => (page.page > 1).then(|| link(page.page - 1)),
         next => (page.page < page.pages).then(|| link(page.page + 1)) },
     )
+}
+
+/// Text as one percent-encoded path segment (a name in a link, whatever it holds).
+pub fn path_segment(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(char::from(b));
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 /// `application/x-www-form-urlencoded` text for a query value.
@@ -1163,19 +1180,19 @@ mod tests {
             page: Some(page.into()),
             per_page: None,
         };
-        let p = q("", false, "2").select(all(), 100);
+        let p = q("", false, "2").select(&all(), 100);
         assert_eq!(
             (p.matching, p.pages, p.page, p.rows.len()),
             (250, 3, 2, 100)
         );
         assert_eq!(p.rows[0].view.number, "1100");
         // Past the end clamps to the last page; nonsense is the first.
-        assert_eq!(q("", false, "99").select(all(), 100).rows.len(), 50);
-        assert_eq!(q("", false, "x").select(all(), 100).page, 1);
+        assert_eq!(q("", false, "99").select(&all(), 100).rows.len(), 50);
+        assert_eq!(q("", false, "x").select(&all(), 100).page, 1);
         // By number, name (any case) and email.
         let by = |text: &str| {
             q(text, false, "1")
-                .select(all(), 100)
+                .select(&all(), 100)
                 .rows
                 .iter()
                 .map(|r| r.view.number.clone())
@@ -1186,7 +1203,7 @@ mod tests {
         assert_eq!(by("user7@"), ["1007"]);
         assert!(by("nobody").is_empty());
         // Weak only: every tenth.
-        let weak = q("", true, "1").select(all(), 100);
+        let weak = q("", true, "1").select(&all(), 100);
         assert_eq!((weak.matching, weak.weak), (25, 25));
         assert!(weak.rows.iter().all(|r| r.weak));
     }
@@ -1194,6 +1211,7 @@ mod tests {
     #[test]
     fn search_links_carry_any_text_safely() {
         assert_eq!(form_urlencode("a b&c=d/é"), "a+b%26c%3Dd%2F%C3%A9");
+        assert_eq!(path_segment("a b/+1"), "a%20b%2F%2B1");
     }
 
     #[test]

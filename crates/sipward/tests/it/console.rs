@@ -259,6 +259,71 @@ fn the_console_in_a_real_browser() {
     );
     assert!(env.ok(&["ext", "list"]).contains("4200"));
     assert_eq!(seen["gatewayClass"], "weak");
+    // Gateways, providers, routes and DIDs: created, edited and removed in the forms, and
+    // invalid input refused with the CLI's own sentence.
+    let t = &seen["trips"];
+    let row = |k: &str| -> Vec<String> {
+        t[k].as_array()
+            .unwrap_or_else(|| panic!("{k}: {seen:#}"))
+            .iter()
+            .filter_map(|c| c.as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(
+        row("gatewayAdded")[..5],
+        ["gw9", "generic", "2960", "gwx2960", "127.0.0.11"]
+    );
+    assert_eq!(row("gatewayEdited")[4], "127.0.0.12");
+    let cli = env.fails(&["gateway", "update", "gw1", "--host", "bad host!"], 2);
+    let said = t["gatewayError"].as_str().expect("gateway error");
+    assert!(
+        !said.is_empty() && cli.contains(said),
+        "CLI: {cli}\nconsole: {said}"
+    );
+    assert_eq!(
+        row("providerEdited")[..3],
+        ["carrier", "127.0.0.13", "acct2"]
+    );
+    assert_eq!(
+        row("routeAdded")[1..6],
+        ["national", "0ZX.", "gateway:gw9", "1", "+49"]
+    );
+    let cli = env.fails(
+        &["route", "add", "r2", "--pattern", "0ZX.!", "--trunk", "gw1"],
+        2,
+    );
+    let said = t["routeError"].as_str().expect("route error");
+    assert!(
+        !said.is_empty() && cli.contains(said),
+        "CLI: {cli}\nconsole: {said}"
+    );
+    assert_eq!(
+        row("routeEdited")[1..6],
+        ["national", "00X.", "provider:carrier", "1", ""]
+    );
+    assert_eq!(row("didAdded"), ["4930999", "4003", "Edit"]);
+    assert_eq!(row("didEdited"), ["4930999", "4009", "Edit"]);
+    assert!(
+        t["removeRefused"]
+            .as_str()
+            .is_some_and(|m| m.contains("route national")),
+        "{t:#}"
+    );
+    assert!(
+        t["emptyRoutes"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("No outbound route yet"))
+    );
+    assert!(
+        t["emptyDids"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("No DID yet"))
+    );
+    assert_eq!(t["leftRows"], serde_json::json!(["gateway-gw1"]), "{t:#}");
+    assert_eq!(
+        env.json(&["route", "list", "--json"]),
+        serde_json::json!([])
+    );
     assert!(
         seen["calls"]
             .as_str()
@@ -283,6 +348,10 @@ fn the_console_in_a_real_browser() {
         seen["bansAfter"]
             .as_str()
             .is_some_and(|t| t.contains("No source is banned"))
+    );
+    assert_eq!(
+        seen["bannedByHand"],
+        serde_json::json!([["198.51.100.20", "manual", "seen scanning"]])
     );
     assert_eq!(env.json(&["ban", "list", "--json"]), serde_json::json!([]));
     assert!(
