@@ -43,7 +43,26 @@ try {
   seen.recentBans = await page.$$eval("#recent-bans tbody tr td:nth-child(2)", (tds) => tds.map((t) => t.textContent.trim()));
   // Times: ISO in the markup, "… ago" on screen, the exact local time on hover.
   seen.banTime = await page.$eval("#recent-bans time", (t) => ({ iso: t.getAttribute("datetime"), text: t.textContent.trim(), title: t.title }));
+  // The pictures: server-drawn SVG bars, each with its time and value.
+  const bars = (id) => page.$$eval(`#${id} rect.bar`, (rs) => rs.map((r) => [r.dataset.at, r.dataset.value]));
+  // The server samples at start and every minute after: wait (with a deadline) for the
+  // first sample rather than hoping it is there.
+  for (const deadline = Date.now() + 15000; Date.now() < deadline; ) {
+    const b = await bars("chart-strong");
+    if (b.length && b[b.length - 1][1] !== "") break;
+    await page.waitForTimeout(250);
+    await page.reload();
+  }
+  seen.charts = {
+    ids: await page.$$eval("#trends svg.chart", (s) => s.map((x) => x.id)),
+    strong: await bars("chart-strong"),
+    registrations: await bars("chart-registrations"),
+    score: (await page.textContent(".cards .card:last-child span")).trim(),
+  };
   await page.screenshot({ path: join(env.ARTIFACTS, "dashboard.png"), fullPage: true });
+  await page.click("#range-30d");
+  await page.waitForURL(/range=30d/);
+  seen.charts.days = (await bars("chart-auth")).length;
 
   // The list: weak rows bold red, strong ones not; a hostile name is text.
   await page.goto(base + "/extensions");
@@ -180,6 +199,7 @@ try {
   // Security: the ban with its reason, then lifted.
   await page.goto(base + "/security");
   seen.bans = await page.$$eval("#bans tbody tr", (rows) => rows.map((r) => [...r.cells].slice(0, 2).map((c) => c.textContent.trim())));
+  seen.topBanned = await page.$$eval("#top-banned tbody tr", (rows) => rows.map((r) => [...r.cells].slice(0, 2).map((c) => c.textContent.trim())));
   await page.screenshot({ path: join(env.ARTIFACTS, "security.png"), fullPage: true });
   await Promise.all([page.waitForURL(base + "/security"), page.click("#bans button")]);
   seen.bansAfter = (await page.textContent("#bans tbody")).trim();

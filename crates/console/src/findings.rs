@@ -238,7 +238,10 @@ mod tests {
         let rows = cache.rows(&reg).await.expect("rows");
         assert!(Arc::ptr_eq(&rows, &cache.rows(&reg).await.expect("rows")));
         assert!(rows.iter().any(|r| r.view.number == "1001" && r.weak));
-        assert!(Arc::ptr_eq(&first, &cache.findings(&reg).await.expect("audit")));
+        assert!(Arc::ptr_eq(
+            &first,
+            &cache.findings(&reg).await.expect("audit")
+        ));
         // A write moves the version: audited again, and the finding is gone.
         let change = accounts::extension::ExtensionChange {
             password: Some("Quiet-Harbour-Lantern-93".into()),
@@ -246,7 +249,11 @@ mod tests {
         };
         reg.update_extension("1001", change).await.expect("update");
         let rows_after = cache.rows(&reg).await.expect("rows");
-        assert!(rows_after.iter().any(|r| r.view.number == "1001" && !r.weak));
+        assert!(
+            rows_after
+                .iter()
+                .any(|r| r.view.number == "1001" && !r.weak)
+        );
         let after = cache.findings(&reg).await.expect("audit");
         assert!(!Arc::ptr_eq(&first, &after));
         assert!(

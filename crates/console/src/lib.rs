@@ -22,6 +22,7 @@ pub mod listener;
 pub mod pages;
 pub mod provisioning;
 pub mod timestamp;
+pub mod trends;
 pub mod trunks;
 pub mod web;
 

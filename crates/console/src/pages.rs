@@ -87,12 +87,23 @@ async fn add(State(web): State<Web>, AdminForm { session: s, form }: AdminForm) 
 }
 
 async fn security(State(web): State<Web>, Admin(s): Admin) -> Response {
-    let (Ok(bans), Ok(allow)) = (
+    let (Ok(bans), Ok(allow), Ok(mut every)) = (
         web.registry.bans(false).await,
         web.registry.allow_list().await,
+        web.registry.bans(true).await,
     ) else {
         return unreadable();
     };
+    // The sources banned most often (expired bans included: they are kept for escalation).
+    every.sort_by_key(|b| (std::cmp::Reverse(b.times), std::cmp::Reverse(b.last_seen)));
+    let top: Vec<_> = every
+        .iter()
+        .take(10)
+        .map(|b| {
+            context! { source => b.source.clone(), times => b.times, reason => b.reason.clone(),
+            last_seen => b.last_seen, active => b.expires_at > web.clock.now() }
+        })
+        .collect();
     let bans: Vec<_> = bans
         .iter()
         .map(|b| {
@@ -107,7 +118,7 @@ async fn security(State(web): State<Web>, Admin(s): Admin) -> Response {
     web.render(
         StatusCode::OK,
         "security.html",
-        context! { title => "Security", admin => s.admin, csrf => s.csrf, bans, allow => ser(&allow),
+        context! { title => "Security", admin => s.admin, csrf => s.csrf, bans, allow => ser(&allow), top,
                    guard => ser(&web.options.guard) },
     )
 }
@@ -137,10 +148,17 @@ async fn security_change(
                 "forever" | "" => None,
                 s => match s.parse::<i64>() {
                     Ok(n) if (1..=10 * 365 * 86_400).contains(&n) => Some(n),
-                    _ => return (StatusCode::BAD_REQUEST, "choose how long the ban lasts\n").into_response(),
+                    _ => {
+                        return (StatusCode::BAD_REQUEST, "choose how long the ban lasts\n")
+                            .into_response();
+                    }
                 },
             };
-            let r = web.registry.ban(&source, &reason, seconds).await.map(|_| ());
+            let r = web
+                .registry
+                .ban(&source, &reason, seconds)
+                .await
+                .map(|_| ());
             ("ban.added", source, reason, r)
         }
         "disallow" => {

@@ -78,6 +78,23 @@ pub struct Options {
     pub http: Arc<crate::entry::Counters>,
 }
 
+/// Options for unit tests: nothing configured.
+#[cfg(test)]
+pub(crate) fn tests_options() -> Options {
+    Options {
+        listening: (
+            SocketAddr::from(([127, 0, 0, 1], 5060)),
+            SocketAddr::from(([127, 0, 0, 1], 8080)),
+        ),
+        allow: Vec::new(),
+        backups_dir: std::path::PathBuf::from("backups"),
+        guard: policy::ban::BanPolicy::default(),
+        config_findings: Vec::new(),
+        trusted_proxies: Vec::new(),
+        http: Arc::new(crate::entry::Counters::default()),
+    }
+}
+
 impl std::fmt::Debug for Web {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Web")
@@ -728,8 +745,22 @@ impl ListQuery {
     }
 }
 
-async fn dashboard(State(web): State<Web>, Admin(s): Admin) -> Response {
+#[derive(Debug, serde::Deserialize)]
+struct DashboardQuery {
+    /// `48h` (the default) or `30d`.
+    range: Option<String>,
+}
+
+async fn dashboard(
+    State(web): State<Web>,
+    Admin(s): Admin,
+    Query(query): Query<DashboardQuery>,
+) -> Response {
     let reg = &web.registry;
+    let window = crate::trends::Window::parse(query.range.as_deref().unwrap_or(""));
+    let charts = crate::trends::dashboard(&web, window)
+        .await
+        .unwrap_or(Value::UNDEFINED);
     let (Ok(findings), Ok(exts), Ok(gws), Ok(provs), Ok(bans)) = (
         web.findings().await,
         rows(&web).await,
@@ -787,7 +818,7 @@ async fn dashboard(State(web): State<Web>, Admin(s): Admin) -> Response {
             weak_total, bans => bans.len(), registrations, recent_bans,
             score => ((total - weak_total) * 100).checked_div(total).unwrap_or(100),
             kinds => kinds.iter().map(|k| context! { kind => k.0, weak => k.1, total => k.2 }).collect::<Vec<_>>(),
-            log,
+            log, charts,
         },
     )
 }

@@ -106,6 +106,29 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
         reg.clone(),
         crate::clock::clock(),
     );
+    let web = console::web::Web::new(
+        reg.clone(),
+        crate::clock::clock(),
+        console::web::Options {
+            listening: (bound.sip_udp, http_addr),
+            allow: config.console_allow.clone(),
+            backups_dir: config
+                .backup
+                .dir
+                .clone()
+                .unwrap_or_else(|| reg.backups_dir()),
+            guard: config.bans.clone(),
+            config_findings: findings.clone(),
+            trusted_proxies: config.http.trusted_proxies.clone(),
+            http: counters.clone(),
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("the console's templates do not compile: {e}"))?;
+    // The dashboard's pictures: the server's counters and gauges, every minute.
+    let trends = tokio::spawn(
+        console::trends::Recorder::new(web.clone(), server.clone())
+            .run(std::time::Duration::from_secs(60), std::future::pending()),
+    );
     let app = console::router(
         console::ConsoleState {
             server,
@@ -113,24 +136,7 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
             http: counters.clone(),
         },
         prov,
-        console::web::Web::new(
-            reg.clone(),
-            crate::clock::clock(),
-            console::web::Options {
-                listening: (bound.sip_udp, http_addr),
-                allow: config.console_allow.clone(),
-                backups_dir: config
-                    .backup
-                    .dir
-                    .clone()
-                    .unwrap_or_else(|| reg.backups_dir()),
-                guard: config.bans.clone(),
-                config_findings: findings.clone(),
-                trusted_proxies: config.http.trusted_proxies.clone(),
-                http: counters.clone(),
-            },
-        )
-        .map_err(|e| anyhow::anyhow!("the console's templates do not compile: {e}"))?,
+        web,
         entry,
     );
     let per_source = config.http.connections_per_source;
@@ -176,6 +182,7 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
     if let Some(s) = scheduler {
         s.abort();
     }
+    trends.abort();
     let _ = stop_http.send(());
     let _ = http_task.await;
     eprintln!("stopped");

@@ -171,6 +171,31 @@ fn the_console_in_a_real_browser() {
     );
     assert_eq!(seen["weakTotal"], "3", "two extensions and the gateway");
     assert_eq!(seen["recentBans"], serde_json::json!(["203.0.113.9"]));
+    // The pictures: six charts, 48 hourly bars each; the server sampled at start, so the
+    // current hour's strong share is the dashboard's score and 0 registrations.
+    let charts = &seen["charts"];
+    assert_eq!(
+        charts["ids"],
+        serde_json::json!([
+            "chart-auth",
+            "chart-bans",
+            "chart-registrations",
+            "chart-calls",
+            "chart-refused",
+            "chart-strong"
+        ]),
+        "{seen:#}"
+    );
+    let strong = charts["strong"].as_array().expect("strong");
+    assert_eq!(strong.len(), 48);
+    let now_bar = &strong[47];
+    assert_eq!(now_bar[1], charts["score"], "{charts:#}");
+    assert!(
+        now_bar[0].as_str().is_some_and(|t| t.ends_with(":00:00Z")),
+        "{charts:#}"
+    );
+    assert_eq!(charts["registrations"][47][1], "0", "{charts:#}");
+    assert_eq!(charts["days"], 30);
     // The ban's time: ISO 8601 in the markup, words on screen, exact time on hover.
     let ban_time = &seen["banTime"];
     assert!(
@@ -344,6 +369,7 @@ fn the_console_in_a_real_browser() {
         "{seen:#}"
     );
     assert_eq!(seen["bans"], serde_json::json!([["203.0.113.9", "manual"]]));
+    assert_eq!(seen["topBanned"], serde_json::json!([["203.0.113.9", "1"]]));
     assert!(
         seen["bansAfter"]
             .as_str()
