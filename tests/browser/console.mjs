@@ -5,7 +5,8 @@
 //   BASE=http://127.0.0.1:PORT NAME=admin PASSWORD=... WEAK=4001,4002 STRONG=4003
 //   XSS=4009 NEW=4200 ARTIFACTS=dir node console.mjs
 import { chromium } from "playwright-core";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -25,6 +26,31 @@ const context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir()
 });
 const page = context.pages()[0] || (await context.newPage());
 page.on("dialog", async (d) => { seen.dialogs += 1; await d.dismiss(); });
+// axe-core, evaluated in the page through the DevTools protocol (the console's CSP lets
+// no injected script tag run, and it must stay on for the test to mean anything).
+const axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
+seen.axe = {};
+const audit = async (name) => {
+  await page.evaluate(axeSource);
+  const r = await page.evaluate(async () => {
+    const res = await window.axe.run(document, { resultTypes: ["violations"] });
+    return res.violations
+      .filter((v) => v.impact === "serious" || v.impact === "critical")
+      .map((v) => `${v.id} (${v.impact}): ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(", ")}`);
+  });
+  seen.axe[name] = r;
+};
+// Every page at desktop and phone width: a screenshot of each, and whether a phone-wide
+// window scrolls sideways (tables may scroll inside their box, the page may not).
+seen.phoneOverflow = {};
+const shots = async (name) => {
+  await page.setViewportSize({ width: 1280, height: 800 });
+  await page.screenshot({ path: join(env.ARTIFACTS, `desktop-${name}.png`), fullPage: true });
+  await page.setViewportSize({ width: 390, height: 844 });
+  seen.phoneOverflow[name] = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  await page.screenshot({ path: join(env.ARTIFACTS, `phone-${name}.png`), fullPage: true });
+  await page.setViewportSize({ width: 1280, height: 800 });
+};
 const style = (selector, prop) =>
   page.$eval(selector, (el, p) => getComputedStyle(el).getPropertyValue(p), prop);
 
@@ -33,6 +59,8 @@ try {
   await page.goto(base + "/extensions");
   seen.redirectedToLogin = new URL(page.url()).pathname === "/login";
 
+  await audit("login");
+  await shots("login");
   await page.fill('input[name="name"]', env.NAME);
   await page.fill('input[name="password"]', env.PASSWORD);
   await Promise.all([page.waitForURL(base + "/"), page.click('button[type="submit"]')]);
@@ -224,6 +252,37 @@ try {
   seen.thresholds = (await page.textContent("#thresholds")).replace(/\s+/g, " ").trim();
   await page.goto(base + "/log");
   seen.logActions = await page.$$eval("#log tbody tr", (rows) => rows.map((r) => r.cells[2].textContent.trim()));
+
+  // Every page: axe-core, a desktop and a phone screenshot.
+  const pages = {
+    dashboard: "/", "dashboard-30d": "/?range=30d", extensions: "/extensions",
+    "extensions-empty": "/extensions?q=nobody-here", edit: `/extensions/${env.STRONG}`,
+    new: "/extensions/new", trunks: "/trunks", "trunk-new": "/trunks/new/route",
+    "trunk-edit": "/trunks/edit/gateway/gw1", calls: "/calls", security: "/security",
+    backups: "/backups", advisor: "/advisor", log: "/log",
+  };
+  for (const [name, path] of Object.entries(pages)) {
+    await page.goto(base + path);
+    await audit(name);
+    await shots(name);
+  }
+  // The Re-Generate confirmation and results (reached by a form, not a link).
+  await page.goto(base + "/extensions");
+  await page.check(`input[name="number"][value="${env.STRONG}"]`);
+  await page.click("#regenerate");
+  await page.waitForSelector("#confirm");
+  await audit("confirm");
+  await shots("confirm");
+
+  // Keyboard only: Tab reaches the skip link first, then the navigation, and focus is
+  // visible (an outline is drawn).
+  await page.goto(base + "/extensions");
+  await page.keyboard.press("Tab");
+  seen.firstTab = await page.evaluate(() => document.activeElement.textContent.trim());
+  await page.keyboard.press("Tab");
+  await page.keyboard.press("Tab");
+  seen.focusOutline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+  seen.focusedText = await page.evaluate(() => document.activeElement.textContent.trim());
 } catch (e) {
   seen.error = String(e && e.stack || e);
 } finally {

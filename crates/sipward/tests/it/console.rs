@@ -399,16 +399,40 @@ fn the_console_in_a_real_browser() {
     ] {
         assert!(shown.contains(&a), "{a} not in {shown:?}");
     }
-    for shot in [
-        "dashboard.png",
-        "extensions.png",
-        "edit.png",
-        "security.png",
-        "advisor.png",
-    ] {
+    // axe-core on every page: no serious or critical violation.
+    let axe = seen["axe"].as_object().expect("axe");
+    assert!(axe.len() >= 16, "{axe:?}");
+    for (page, found) in axe {
+        assert_eq!(found, &serde_json::json!([]), "axe on {page}");
+    }
+    // A phone-wide window never scrolls sideways (wide tables scroll in their box).
+    for (page, overflow) in seen["phoneOverflow"].as_object().expect("phone") {
+        assert!(
+            overflow.as_i64().is_some_and(|o| o <= 0),
+            "{page}: {overflow}"
+        );
+    }
+    // Keyboard: the skip link first, focus visible on the next controls.
+    assert_eq!(seen["firstTab"], "Skip to the content");
+    assert_eq!(seen["focusOutline"], "solid", "{seen:#}");
+    let mut shots: Vec<String> = axe
+        .keys()
+        .flat_map(|p| [format!("desktop-{p}.png"), format!("phone-{p}.png")])
+        .collect();
+    shots.extend(
+        [
+            "dashboard.png",
+            "extensions.png",
+            "edit.png",
+            "security.png",
+            "advisor.png",
+        ]
+        .map(String::from),
+    );
+    for shot in shots {
         assert!(
             artifacts
-                .join(shot)
+                .join(&shot)
                 .metadata()
                 .is_ok_and(|m| m.len() > 1000),
             "{shot}"
