@@ -424,17 +424,18 @@ fn accounts_error(e: &accounts::Error) -> Response {
 async fn list(
     State(web): State<Web>,
     Caller(_): Caller,
-    Query(query): Query<web::ListQuery>,
+    Query(query): Query<crate::snapshot::ListQuery>,
 ) -> Response {
     match web::rows(&web).await {
         Ok(rows) => {
             let paged = query.page.is_some() || query.per_page.is_some();
             let (rows, matching) = if paged {
-                let page = query.select(&rows, web::PER_PAGE);
+                let page = query.select(&rows, crate::snapshot::PER_PAGE);
                 (page.rows, page.matching)
             } else {
                 // Unpaged: every match (the shape scripts had before paging).
-                let rows: Vec<web::Row> = query.filter(&rows).into_iter().cloned().collect();
+                let rows: Vec<crate::snapshot::Row> =
+                    query.filter(&rows).into_iter().cloned().collect();
                 let n = rows.len();
                 (rows, n)
             };

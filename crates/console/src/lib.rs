@@ -21,6 +21,7 @@ pub mod findings;
 pub mod listener;
 pub mod pages;
 pub mod provisioning;
+pub mod snapshot;
 pub mod timestamp;
 pub mod trends;
 pub mod trunks;

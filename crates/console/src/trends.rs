@@ -10,11 +10,13 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use accounts::Registry;
 use accounts::running::RunningServer;
 use minijinja::Value;
 use policy::ban::Reason;
+use policy::clock::Clock;
 
-use crate::web::Web;
+use crate::snapshot::AuditCache;
 
 /// Counters read from the server's metrics: (trend name, metric line prefix).
 const COUNTERS: [(&str, &str); 3] = [
@@ -41,17 +43,32 @@ fn counter(text: &str, prefix: &str) -> Option<i64> {
 
 /// Writes the trends every minute. Counters are remembered between calls, so each call
 /// writes only their increase (a counter that went down, a restart, counts from zero).
-#[derive(Debug)]
 pub struct Recorder {
-    web: Web,
+    registry: Registry,
+    /// The console's audit (the share of strong accounts comes from it).
+    audit: Arc<AuditCache>,
+    clock: Arc<dyn Clock>,
     server: Arc<dyn RunningServer>,
     last: HashMap<String, i64>,
 }
 
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Recorder")
+    }
+}
+
 impl Recorder {
-    pub fn new(web: Web, server: Arc<dyn RunningServer>) -> Self {
+    pub fn new(
+        registry: Registry,
+        audit: Arc<AuditCache>,
+        clock: Arc<dyn Clock>,
+        server: Arc<dyn RunningServer>,
+    ) -> Self {
         Self {
-            web,
+            registry,
+            audit,
+            clock,
             server,
             last: HashMap::new(),
         }
@@ -59,7 +76,7 @@ impl Recorder {
 
     /// One minute's samples, stamped with the console's clock, and the pruning.
     pub async fn record(&mut self) -> accounts::Result<()> {
-        let now = self.web.clock.now();
+        let now = self.clock.now();
         let text = self.server.metrics_text();
         let mut counters: Vec<(String, i64)> = COUNTERS
             .iter()
@@ -72,8 +89,7 @@ impl Recorder {
             }
         }
         let strong = self.strong_share().await?;
-        let reg = &self.web.registry;
-        let mut conn = reg.store().conn().await?;
+        let mut conn = self.registry.store().conn().await?;
         let registrations = store::bindings::live_bindings(&mut conn, now)
             .await
             .map_or(0, |b| b.len());
@@ -101,15 +117,15 @@ impl Recorder {
     }
 
     async fn strong_share(&self) -> accounts::Result<i64> {
-        let findings = self.web.findings().await?;
+        let reg = &self.registry;
+        let findings = self.audit.findings(reg).await?;
         let weak = accounts::findings::weak_by_subject(&findings)
             .keys()
             .filter(|s| {
                 s.starts_with("ext:") || s.starts_with("gateway:") || s.starts_with("provider:")
             })
             .count();
-        let reg = &self.web.registry;
-        let total = self.web.audit.rows(reg).await?.len()
+        let total = self.audit.rows(reg).await?.len()
             + reg.list_gateways().await?.len()
             + reg.list_providers().await?.len();
         let strong = total.saturating_sub(weak) * 100;
@@ -290,10 +306,9 @@ pub fn chart(
 }
 
 /// Every chart of the dashboard for `window`, in order, and the counts beside them.
-pub async fn dashboard(web: &Web, window: Window) -> accounts::Result<Value> {
-    let now = web.clock.now();
+pub async fn dashboard(reg: &Registry, now: i64, window: Window) -> accounts::Result<Value> {
     let from = window.from(now);
-    let mut conn = web.registry.store().conn().await?;
+    let mut conn = reg.store().conn().await?;
     let auth = store::trends::series(&mut conn, "auth_failures", from).await?;
     let regs = store::trends::series(&mut conn, REGISTRATIONS, from).await?;
     let calls = store::trends::series(&mut conn, "calls_trunk", from).await?;
@@ -467,11 +482,14 @@ mod tests {
             ..Default::default()
         };
         registry.add_extension("1001", weak).await.expect("add");
-        let web =
-            Web::new(registry.clone(), clock.clone(), crate::web::tests_options()).expect("web");
         let server = Arc::new(Server::default());
         let set = |t: &str| *server.text.lock().expect("lock") = t.to_owned();
-        let mut rec = Recorder::new(web.clone(), server.clone());
+        let mut rec = Recorder::new(
+            registry.clone(),
+            Arc::new(AuditCache::default()),
+            clock.clone(),
+            server.clone(),
+        );
         set("sipward_auth_failures_total 5\nsipward_bans_total{reason=\"scanner.user_agent\"} 1\n");
         rec.record().await.expect("record");
         clock.advance(std::time::Duration::from_secs(60));

@@ -22,7 +22,7 @@ pub(crate) fn ser<T: Serialize>(v: T) -> Value {
 }
 use accounts::Registry;
 use accounts::audit_log::LogEntry;
-use accounts::extension::{ExtensionChange, ExtensionView};
+use accounts::extension::ExtensionChange;
 use accounts::findings::{WEAK_AT, weak_by_subject};
 use accounts::regenerate::Selection;
 use policy::Finding;
@@ -33,7 +33,8 @@ use store::console::{self as q, SessionRow};
 
 use crate::admin::{self, Locked, Lockout};
 use crate::client::ClientIp;
-use crate::findings::{AuditCache, Plain};
+use crate::findings::Plain;
+use crate::snapshot::{AuditCache, ListQuery, PER_PAGE, Row};
 
 pub const COOKIE: &str = "sipward_session";
 /// Sessions last 12 hours.
@@ -76,23 +77,6 @@ pub struct Options {
     /// The HTTP side's counters (the advisor reads forwarding headers from unlisted
     /// addresses there).
     pub http: Arc<crate::entry::Counters>,
-}
-
-/// Options for unit tests: nothing configured.
-#[cfg(test)]
-pub(crate) fn tests_options() -> Options {
-    Options {
-        listening: (
-            SocketAddr::from(([127, 0, 0, 1], 5060)),
-            SocketAddr::from(([127, 0, 0, 1], 8080)),
-        ),
-        allow: Vec::new(),
-        backups_dir: std::path::PathBuf::from("backups"),
-        guard: policy::ban::BanPolicy::default(),
-        config_findings: Vec::new(),
-        trusted_proxies: Vec::new(),
-        http: Arc::new(crate::entry::Counters::default()),
-    }
 }
 
 impl std::fmt::Debug for Web {
@@ -594,155 +578,10 @@ async fn logout(State(web): State<Web>, AdminForm { session: s, .. }: AdminForm)
     r
 }
 
-/// An extension as the list shows it.
-#[derive(Clone, Debug, Serialize)]
-pub struct Row {
-    #[serde(flatten)]
-    pub view: ExtensionView,
-    pub weak: bool,
-    /// The rule ids that make it weak, without the `ext.` prefix.
-    pub rules: Vec<String>,
-    /// Their messages.
-    pub reasons: Vec<String>,
-    /// The same findings as sentences (title, message, rule id).
-    pub findings: Vec<Plain>,
-}
-
-impl Row {
-    /// Whether `q` (already lower-case) is in the number, name or email.
-    fn matches(&self, q: &str) -> bool {
-        q.is_empty()
-            || self.view.number.contains(q)
-            || self.view.name.to_lowercase().contains(q)
-            || self
-                .view
-                .email
-                .as_deref()
-                .is_some_and(|e| e.to_lowercase().contains(q))
-    }
-}
-
 /// Every extension with its findings (the same audit as `sipward ext list`), built
 /// once per registry version ([`AuditCache::rows`]).
 pub async fn rows(web: &Web) -> accounts::Result<Arc<Vec<Row>>> {
     web.audit.rows(&web.registry).await
-}
-
-/// The list's rows from the extensions and the audit's findings.
-pub fn rows_of(views: Vec<ExtensionView>, findings: &[Finding]) -> Vec<Row> {
-    let weak = weak_by_subject(findings);
-    views
-        .into_iter()
-        .map(|view| {
-            let weak_ones = weak
-                .get(format!("ext:{}", view.number).as_str())
-                .cloned()
-                .unwrap_or_default();
-            Row {
-                weak: !weak_ones.is_empty(),
-                rules: weak_ones
-                    .iter()
-                    .map(|f| f.rule.to_string().trim_start_matches("ext.").to_owned())
-                    .collect(),
-                reasons: weak_ones.iter().map(|f| f.message.clone()).collect(),
-                findings: weak_ones.iter().map(|f| Plain::of(f)).collect(),
-                view,
-            }
-        })
-        .collect()
-}
-
-/// Extensions per page of the list.
-pub const PER_PAGE: usize = 100;
-/// The most a caller may ask for in one page (the API's `per_page`).
-pub const MAX_PER_PAGE: usize = 1000;
-/// The longest search text looked at.
-const MAX_QUERY: usize = 100;
-
-/// One page of the extension list: which rows, and how many match in all.
-#[derive(Debug)]
-pub struct Page {
-    pub rows: Vec<Row>,
-    /// Rows that match the search and filter, on every page.
-    pub matching: usize,
-    /// Of those, the weak ones.
-    pub weak: usize,
-    /// 1-based, clamped to the pages there are.
-    pub page: usize,
-    pub pages: usize,
-}
-
-/// The search and filter of the extension list, as the page and the API take them.
-#[derive(Debug, Default, serde::Deserialize)]
-pub struct ListQuery {
-    /// Part of a number, name or email (case-insensitive).
-    pub q: Option<String>,
-    /// `1` (or `true`): weak extensions only.
-    pub weak: Option<String>,
-    /// 1-based.
-    pub page: Option<String>,
-    pub per_page: Option<String>,
-}
-
-impl ListQuery {
-    pub fn weak_only(&self) -> bool {
-        matches!(self.weak.as_deref(), Some("1" | "true" | "yes"))
-    }
-
-    /// The search text, trimmed, lower-case, at most [`MAX_QUERY`] characters.
-    pub fn text(&self) -> String {
-        self.q
-            .as_deref()
-            .unwrap_or("")
-            .trim()
-            .chars()
-            .take(MAX_QUERY)
-            .collect::<String>()
-            .to_lowercase()
-    }
-
-    /// The rows that match the search and the weak-only filter.
-    pub fn filter<'r>(&self, all: &'r [Row]) -> Vec<&'r Row> {
-        let q = self.text();
-        let weak_only = self.weak_only();
-        all.iter()
-            .filter(|r| (!weak_only || r.weak) && r.matches(&q))
-            .collect()
-    }
-
-    /// The page asked for: a page past the matching rows clamps to the last one; text
-    /// that is not a number counts as the first page (or the default size).
-    pub fn select(&self, all: &[Row], default_per_page: usize) -> Page {
-        let per_page = self
-            .per_page
-            .as_deref()
-            .and_then(|p| p.parse::<usize>().ok())
-            .unwrap_or(default_per_page)
-            .clamp(1, MAX_PER_PAGE);
-        let matching = self.filter(all);
-        let pages = matching.len().div_ceil(per_page).max(1);
-        let page = self
-            .page
-            .as_deref()
-            .and_then(|p| p.parse::<usize>().ok())
-            .unwrap_or(1)
-            .clamp(1, pages);
-        let weak = matching.iter().filter(|r| r.weak).count();
-        let count = matching.len();
-        let rows = matching
-            .into_iter()
-            .skip((page - 1) * per_page)
-            .take(per_page)
-            .cloned()
-            .collect();
-        Page {
-            rows,
-            matching: count,
-            weak,
-            page,
-            pages,
-        }
-    }
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -758,7 +597,7 @@ async fn dashboard(
 ) -> Response {
     let reg = &web.registry;
     let window = crate::trends::Window::parse(query.range.as_deref().unwrap_or(""));
-    let charts = crate::trends::dashboard(&web, window)
+    let charts = crate::trends::dashboard(reg, web.clock.now(), window)
         .await
         .unwrap_or(Value::UNDEFINED);
     let (Ok(findings), Ok(exts), Ok(gws), Ok(provs), Ok(bans)) = (
@@ -1169,74 +1008,6 @@ mod tests {
         assert!(!same_origin(&h));
         h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
         assert!(same_origin(&h));
-    }
-
-    fn row(number: &str, name: &str, email: Option<&str>, weak: bool) -> Row {
-        let view = ExtensionView {
-            number: number.into(),
-            kind: accounts::extension::ExtensionKind::User,
-            name: name.into(),
-            email: email.map(str::to_owned),
-            auth_id: format!("a{number}"),
-            sip_id: None,
-            mac: None,
-            model: None,
-            created_at: 0,
-            updated_at: 0,
-        };
-        Row {
-            view,
-            weak,
-            rules: Vec::new(),
-            reasons: Vec::new(),
-            findings: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn the_list_pages_searches_and_filters_on_the_server() {
-        let all = || {
-            (0..250)
-                .map(|i| {
-                    let n = format!("{}", 1000 + i);
-                    let email = format!("user{i}@example.com");
-                    let name = if i == 42 { "Reception Desk" } else { "Desk" };
-                    row(&n, name, Some(&email), i % 10 == 0)
-                })
-                .collect::<Vec<_>>()
-        };
-        let q = |q: &str, weak: bool, page: &str| ListQuery {
-            q: Some(q.into()),
-            weak: weak.then(|| "1".into()),
-            page: Some(page.into()),
-            per_page: None,
-        };
-        let p = q("", false, "2").select(&all(), 100);
-        assert_eq!(
-            (p.matching, p.pages, p.page, p.rows.len()),
-            (250, 3, 2, 100)
-        );
-        assert_eq!(p.rows[0].view.number, "1100");
-        // Past the end clamps to the last page; nonsense is the first.
-        assert_eq!(q("", false, "99").select(&all(), 100).rows.len(), 50);
-        assert_eq!(q("", false, "x").select(&all(), 100).page, 1);
-        // By number, name (any case) and email.
-        let by = |text: &str| {
-            q(text, false, "1")
-                .select(&all(), 100)
-                .rows
-                .iter()
-                .map(|r| r.view.number.clone())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(by("1042"), ["1042"]);
-        assert_eq!(by("RECEPTION"), ["1042"]);
-        assert_eq!(by("user7@"), ["1007"]);
-        assert!(by("nobody").is_empty());
-        // Weak only: every tenth.
-        let weak = q("", true, "1").select(&all(), 100);
-        assert_eq!((weak.matching, weak.weak), (25, 25));
-        assert!(weak.rows.iter().all(|r| r.weak));
     }
 
     #[test]

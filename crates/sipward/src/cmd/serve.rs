@@ -126,8 +126,13 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
     .map_err(|e| anyhow::anyhow!("the console's templates do not compile: {e}"))?;
     // The dashboard's pictures: the server's counters and gauges, every minute.
     let trends = tokio::spawn(
-        console::trends::Recorder::new(web.clone(), server.clone())
-            .run(std::time::Duration::from_secs(60), std::future::pending()),
+        console::trends::Recorder::new(
+            reg.clone(),
+            web.audit.clone(),
+            crate::clock::clock(),
+            server.clone(),
+        )
+        .run(std::time::Duration::from_secs(60), std::future::pending()),
     );
     let app = console::router(
         console::ConsoleState {
