@@ -1129,6 +1129,20 @@ fn a_schemathesis_run_from_the_openapi_document_finds_no_server_error() {
         server.log()
     );
     assert!(text.contains("passed"), "{text}");
+    // Every documented operation was exercised, the trunk writes included.
+    let selected = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Operations:"))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|w| w.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    assert!(
+        selected.len() == 2 && selected[0] == selected[1] && selected[0] >= 31,
+        "{selected:?}\n{text}"
+    );
     assert!(!server.log().contains("panicked"), "{}", server.log());
     server.stop();
 }
