@@ -187,6 +187,46 @@ impl Registry {
         Ok(RouteView::from(&row))
     }
 
+    /// Replaces a route's pattern, trunk and rewrite (the same checks as
+    /// [`Registry::add_route`]) in one transaction; `priority: None` keeps its place.
+    pub async fn update_route(&self, name: &str, new: NewRoute) -> Result<RouteView> {
+        let name = AccountName::parse(FIELD_ROUTE, name.trim())?.into_string();
+        let pattern =
+            Pattern::parse(new.pattern.trim()).map_err(|r| InvalidField::new("pattern", r))?;
+        Rewrite::parse(new.strip, new.prepend.trim())
+            .map_err(|r| InvalidField::new("rewrite", r))?;
+        let mut tx = self.store.begin().await?;
+        let Some(old) = tq::get_route(&mut tx, &name).await? else {
+            return Err(Error::not_found(format!("route {name}")));
+        };
+        let (kind, trunk) = self.resolve_trunk(&mut tx, &new.trunk).await?;
+        let row = RouteRow {
+            name,
+            pattern: pattern.as_str().to_owned(),
+            trunk_kind: kind.as_str().to_owned(),
+            trunk,
+            strip: i64::from(new.strip),
+            prepend: new.prepend.trim().to_owned(),
+            priority: new.priority.unwrap_or(old.priority),
+            created_at: old.created_at,
+        };
+        tq::delete_route(&mut tx, &row.name).await?;
+        tq::insert_route(&mut tx, &row).await?;
+        tx.commit().await?;
+        Ok(RouteView::from(&row))
+    }
+
+    /// A route as stored (for an edit form).
+    pub async fn get_route(&self, name: &str) -> Result<RouteView> {
+        let name = AccountName::parse(FIELD_ROUTE, name.trim())?;
+        let mut conn = self.store.conn().await?;
+        tq::get_route(&mut conn, name.as_str())
+            .await?
+            .as_ref()
+            .map(RouteView::from)
+            .ok_or_else(|| Error::not_found(format!("route {name}")))
+    }
+
     pub async fn remove_route(&self, name: &str) -> Result<()> {
         let name = AccountName::parse(FIELD_ROUTE, name.trim())?;
         let mut conn = self.store.conn().await?;
@@ -225,6 +265,34 @@ impl Registry {
             number,
             created_at: self.now(),
         };
+        tq::insert_did(&mut tx, &row).await?;
+        tx.commit().await?;
+        Ok(DidView {
+            did: row.did,
+            number: row.number,
+        })
+    }
+
+    /// Points a DID at another extension (the same checks as [`Registry::add_did`]), in
+    /// one transaction.
+    pub async fn update_did(&self, did: &str, number: &str) -> Result<DidView> {
+        let d = normalize_did(did).ok_or_else(|| {
+            InvalidField::new("DID", "a DID is 1 to 24 digits, optionally after +")
+        })?;
+        let number = ExtensionNumber::parse(number.trim())?.into_string();
+        let mut tx = self.store.begin().await?;
+        let Some(old) = tq::get_did(&mut tx, &d).await? else {
+            return Err(Error::not_found(format!("DID {d}")));
+        };
+        if q::get_extension(&mut tx, &number).await?.is_none() {
+            return Err(Error::not_found(format!("extension {number}")));
+        }
+        let row = DidRow {
+            did: d,
+            number,
+            created_at: old.created_at,
+        };
+        tq::delete_did(&mut tx, &row.did).await?;
         tq::insert_did(&mut tx, &row).await?;
         tx.commit().await?;
         Ok(DidView {

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use accounts::regenerate::Selection;
 use axum::Router;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::Method;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::admin;
+use crate::trunks::{Item, Refused};
 use crate::web::{self, Web};
 
 /// One documented operation.
@@ -78,7 +79,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint {
         method: "get",
         path: "/api/v1/extensions",
-        summary: "Every extension with its audit findings and whether it is weak",
+        summary: "Extensions with their audit findings (title, message, rule id) and whether each is weak; `q` searches number, name and email, `weak=1` filters, `page`/`per_page` page (X-Total-Count: all matches)",
         errors: &[401],
         body: None,
     },
@@ -138,6 +139,118 @@ pub const ENDPOINTS: &[Endpoint] = &[
         errors: &[400, 401, 403, 404],
         body: Some("Regenerate"),
     },
+    Endpoint {
+        method: "post",
+        path: "/api/v1/gateways",
+        summary: "Add a PSTN gateway (the same checks as `sipward gateway add`); answers it with its findings",
+        errors: &[400, 401, 403, 404, 409],
+        body: Some("NewGateway"),
+    },
+    Endpoint {
+        method: "patch",
+        path: "/api/v1/gateways/{name}",
+        summary: "Change some fields of a gateway (absent fields stay)",
+        errors: &[400, 401, 403, 404, 409],
+        body: Some("GatewayChange"),
+    },
+    Endpoint {
+        method: "delete",
+        path: "/api/v1/gateways/{name}",
+        summary: "Remove a gateway (refused while a route uses it)",
+        errors: &[400, 401, 403, 404, 409],
+        body: None,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/v1/providers",
+        summary: "Add a VoIP provider account (the same checks as `sipward provider add`)",
+        errors: &[400, 401, 403, 404, 409],
+        body: Some("NewProvider"),
+    },
+    Endpoint {
+        method: "patch",
+        path: "/api/v1/providers/{name}",
+        summary: "Change some fields of a provider account (absent fields stay)",
+        errors: &[400, 401, 403, 404, 409],
+        body: Some("ProviderChange"),
+    },
+    Endpoint {
+        method: "delete",
+        path: "/api/v1/providers/{name}",
+        summary: "Remove a provider account (refused while a route uses it)",
+        errors: &[400, 401, 403, 404, 409],
+        body: None,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/routes",
+        summary: "Outbound routes in the order they are tried",
+        errors: &[401],
+        body: None,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/v1/routes",
+        summary: "Add an outbound route (the same checks as `sipward route add`)",
+        errors: &[400, 401, 403, 404, 409],
+        body: Some("NewRoute"),
+    },
+    Endpoint {
+        method: "patch",
+        path: "/api/v1/routes/{name}",
+        summary: "Change a route's pattern, trunk, rewrite or priority (absent fields stay)",
+        errors: &[400, 401, 403, 404, 409],
+        body: Some("RouteChange"),
+    },
+    Endpoint {
+        method: "delete",
+        path: "/api/v1/routes/{name}",
+        summary: "Remove an outbound route",
+        errors: &[400, 401, 403, 404],
+        body: None,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/dids",
+        summary: "DIDs and the extensions they ring",
+        errors: &[401],
+        body: None,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/v1/dids",
+        summary: "Add a DID ringing an extension (the same checks as `sipward did add`)",
+        errors: &[400, 401, 403, 404, 409],
+        body: Some("NewDid"),
+    },
+    Endpoint {
+        method: "patch",
+        path: "/api/v1/dids/{did}",
+        summary: "Point a DID at another extension",
+        errors: &[400, 401, 403, 404, 409],
+        body: Some("DidChange"),
+    },
+    Endpoint {
+        method: "delete",
+        path: "/api/v1/dids/{did}",
+        summary: "Remove a DID",
+        errors: &[400, 401, 403, 404],
+        body: None,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/v1/bans",
+        summary: "Ban an address or prefix by hand (the same checks as `sipward ban add`); `seconds` absent: until lifted",
+        errors: &[400, 401, 403, 409],
+        body: Some("Ban"),
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/guard",
+        summary: "The anti-hacking thresholds in force (`[guard]` in the config file)",
+        errors: &[401],
+        body: None,
+    },
 ];
 
 pub fn routes(web: Web) -> Router {
@@ -151,9 +264,34 @@ pub fn routes(web: Web) -> Router {
         )
         .route("/api/v1/extensions/{number}/resume", post(resume))
         .route("/api/v1/allow", get(allow_list).post(allow_change))
-        .route("/api/v1/gateways", get(gateways))
-        .route("/api/v1/providers", get(providers))
-        .route("/api/v1/bans", get(bans))
+        .route("/api/v1/gateways", get(gateways).post(add_item::<GATEWAY>))
+        .route(
+            "/api/v1/gateways/{name}",
+            axum::routing::patch(update_item::<GATEWAY>).delete(remove_item::<GATEWAY>),
+        )
+        .route(
+            "/api/v1/providers",
+            get(providers).post(add_item::<PROVIDER>),
+        )
+        .route(
+            "/api/v1/providers/{name}",
+            axum::routing::patch(update_item::<PROVIDER>).delete(remove_item::<PROVIDER>),
+        )
+        .route(
+            "/api/v1/routes",
+            get(list_items::<ROUTE>).post(add_item::<ROUTE>),
+        )
+        .route(
+            "/api/v1/routes/{name}",
+            axum::routing::patch(update_item::<ROUTE>).delete(remove_item::<ROUTE>),
+        )
+        .route("/api/v1/dids", get(list_items::<DID>).post(add_item::<DID>))
+        .route(
+            "/api/v1/dids/{did}",
+            axum::routing::patch(update_item::<DID>).delete(remove_item::<DID>),
+        )
+        .route("/api/v1/guard", get(guard))
+        .route("/api/v1/bans", get(bans).post(ban))
         .route("/api/v1/bans/{source}", axum::routing::delete(unban))
         .route("/api/v1/calls", get(calls))
         .route("/api/v1/log", get(log))
@@ -264,6 +402,11 @@ async fn caller(
     Ok(s.actor())
 }
 
+/// Findings with their titles (rule id, severity, subject, field, title, message).
+fn plain(findings: &[policy::Finding]) -> Vec<crate::findings::Plain> {
+    findings.iter().map(crate::findings::Plain::of).collect()
+}
+
 fn accounts_error(e: &accounts::Error) -> Response {
     let status = match e {
         accounts::Error::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -275,9 +418,33 @@ fn accounts_error(e: &accounts::Error) -> Response {
     error(status, e.to_string())
 }
 
-async fn list(State(web): State<Web>, Caller(_): Caller) -> Response {
-    match web::rows(&web.registry).await {
-        Ok(rows) => axum::Json(rows).into_response(),
+/// The list, or one page of it: `q` searches number, name and email, `weak=1` keeps
+/// the weak ones, `page` and `per_page` page it (every match when neither is given).
+/// `X-Total-Count` says how many match in all.
+async fn list(
+    State(web): State<Web>,
+    Caller(_): Caller,
+    Query(query): Query<crate::snapshot::ListQuery>,
+) -> Response {
+    match web::rows(&web).await {
+        Ok(rows) => {
+            let paged = query.page.is_some() || query.per_page.is_some();
+            let (rows, matching) = if paged {
+                let page = query.select(&rows, crate::snapshot::PER_PAGE);
+                (page.rows, page.matching)
+            } else {
+                // Unpaged: every match (the shape scripts had before paging).
+                let rows: Vec<crate::snapshot::Row> =
+                    query.filter(&rows).into_iter().cloned().collect();
+                let n = rows.len();
+                (rows, n)
+            };
+            let mut r = axum::Json(rows).into_response();
+            if let Ok(v) = axum::http::HeaderValue::from_str(&matching.to_string()) {
+                r.headers_mut().insert("x-total-count", v);
+            }
+            r
+        }
         Err(e) => accounts_error(&e),
     }
 }
@@ -289,8 +456,8 @@ async fn one(State(web): State<Web>, Caller(_): Caller, Path(number): Path<Strin
             format!("{number:?} is not an extension number"),
         );
     }
-    match web::rows(&web.registry).await {
-        Ok(rows) => match rows.into_iter().find(|r| r.view.number == number) {
+    match web::rows(&web).await {
+        Ok(rows) => match rows.iter().find(|r| r.view.number == number) {
             Some(r) => axum::Json(r).into_response(),
             None => error(
                 StatusCode::NOT_FOUND,
@@ -354,7 +521,7 @@ async fn add(
                 "pin": g.pin.as_ref().map(|p| p.expose().to_owned()),
                 "auth_id": g.auth_id,
             },
-            "findings": added.findings,
+            "findings": plain(&added.findings),
         })),
     )
         .into_response()
@@ -430,7 +597,7 @@ async fn regenerate(
                 "grace": {
                     "sources": r.grace_sources.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "provisioning_sources": r.provisioning_sources.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "until": r.grace_until,
+                    "until": r.grace_until.map(crate::timestamp::iso8601),
                 },
             })
         })
@@ -462,6 +629,23 @@ pub fn openapi_document() -> Value {
         if e.path.contains("{number}") {
             op["parameters"] = json!([{ "name": "number", "in": "path", "required": true,
                                          "schema": { "type": "string", "pattern": "^[0-9]{2,15}$" } }]);
+        }
+        if e.method == "get" && e.path == "/api/v1/extensions" {
+            op["parameters"] = json!([
+                { "name": "q", "in": "query", "required": false, "description": "part of a number, name or email",
+                  "schema": { "type": "string", "maxLength": 100 } },
+                { "name": "weak", "in": "query", "required": false, "description": "1: weak extensions only",
+                  "schema": { "type": "string", "enum": ["0", "1"] } },
+                { "name": "page", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1 } },
+                { "name": "per_page", "in": "query", "required": false,
+                  "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } },
+            ]);
+        }
+        for p in ["name", "did"] {
+            if e.path.contains(&format!("{{{p}}}")) {
+                op["parameters"] = json!([{ "name": p, "in": "path", "required": true,
+                                             "schema": { "type": "string", "maxLength": 100 } }]);
+            }
         }
         if e.path.contains("{source}") {
             op["parameters"] = json!([{ "name": "source", "in": "path", "required": true,
@@ -502,6 +686,13 @@ pub fn openapi_document() -> Value {
                 "AllowChange": { "type": "object", "required": ["network"], "additionalProperties": false,
                     "properties": { "network": { "type": "string" }, "note": { "type": "string" },
                                     "remove": { "type": "boolean" } } },
+                "NewGateway": Item::Gateway.schema(false), "GatewayChange": Item::Gateway.schema(true),
+                "NewProvider": Item::Provider.schema(false), "ProviderChange": Item::Provider.schema(true),
+                "NewRoute": Item::Route.schema(false), "RouteChange": Item::Route.schema(true),
+                "NewDid": Item::Did.schema(false), "DidChange": Item::Did.schema(true),
+                "Ban": { "type": "object", "required": ["source"], "additionalProperties": false,
+                    "properties": { "source": { "type": "string" }, "reason": { "type": "string" },
+                                    "seconds": { "type": "integer", "minimum": 1, "maximum": MAX_BAN_SECS } } },
                 "Regenerate": { "type": "object", "required": ["numbers"], "additionalProperties": false,
                     "properties": { "numbers": { "type": "array", "items": { "type": "string" } },
                                     "email": { "type": "boolean" }, "no_grace": { "type": "boolean" } } },
@@ -530,7 +721,11 @@ fn with_findings<T: serde::Serialize>(
                 .unwrap_or_default();
             let mut v = serde_json::to_value(item).unwrap_or(Value::Null);
             v["weak"] = json!(!mine.is_empty());
-            v["findings"] = json!(mine);
+            v["findings"] = json!(
+                mine.iter()
+                    .map(|f| crate::findings::Plain::of(f))
+                    .collect::<Vec<_>>()
+            );
             v
         })
         .collect()
@@ -543,7 +738,7 @@ async fn trunk_accounts<T: serde::Serialize>(
     kind: &str,
     name: impl Fn(&T) -> &str,
 ) -> Response {
-    match (list, web.registry.audit().await) {
+    match (list, web.findings().await) {
         (Ok(items), Ok(f)) => {
             axum::Json(with_findings(&items, |i| format!("{kind}:{}", name(i)), &f)).into_response()
         }
@@ -562,8 +757,24 @@ async fn providers(State(web): State<Web>, Caller(_): Caller) -> Response {
 }
 
 async fn bans(State(web): State<Web>, Caller(_): Caller) -> Response {
+    use crate::timestamp::{iso8601, iso8601_or_null};
     match web.registry.bans(false).await {
-        Ok(b) => axum::Json(b).into_response(),
+        Ok(b) => axum::Json(
+            b.iter()
+                .map(|b| {
+                    json!({
+                        "source": b.source, "reason": b.reason, "detail": b.detail,
+                        "first_seen": iso8601_or_null(b.first_seen),
+                        "last_seen": iso8601_or_null(b.last_seen),
+                        // A ban by hand without an end has none.
+                        "expires_at": (b.expires_at < accounts::bans::FOREVER)
+                            .then(|| iso8601(b.expires_at)),
+                        "times": b.times,
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
         Err(e) => accounts_error(&e),
     }
 }
@@ -590,13 +801,14 @@ async fn calls(State(web): State<Web>, Caller(_): Caller) -> Response {
                 .map(|c| {
                     json!({
                         "id": c.id, "caller": c.caller, "callee": c.callee, "kind": c.kind,
-                        "trunk": c.trunk, "state": c.state, "started_at": c.started_at,
-                        "answered_at": (c.answered_at > 0).then_some(c.answered_at),
+                        "trunk": c.trunk, "state": c.state,
+                        "started_at": crate::timestamp::iso8601_or_null(c.started_at),
+                        "answered_at": crate::timestamp::iso8601_or_null(c.answered_at),
                     })
                 })
                 .collect();
             axum::Json(
-                json!({ "calls": calls, "written_at": (written_at > 0).then_some(written_at) }),
+                json!({ "calls": calls, "written_at": crate::timestamp::iso8601_or_null(written_at) }),
             )
             .into_response()
         }
@@ -609,7 +821,7 @@ async fn log(State(web): State<Web>, Caller(_): Caller) -> Response {
         Ok(rows) => axum::Json(
             rows.iter()
                 .map(|r| {
-                    json!({ "id": r.id, "at": r.at, "actor": r.actor, "action": r.action,
+                    json!({ "id": r.id, "at": crate::timestamp::iso8601(r.at), "actor": r.actor, "action": r.action,
                                   "subject": r.subject, "detail": r.detail })
                 })
                 .collect::<Vec<_>>(),
@@ -676,7 +888,10 @@ async fn update(
             )
             .await;
             axum::Json(
-                json!({ "extension": up.extension, "findings": up.findings, "grace": up.grace }),
+                json!({ "extension": up.extension, "findings": plain(&up.findings), "grace": {
+                    "sources": up.grace.sources, "provisioning_sources": up.grace.provisioning_sources,
+                    "until": up.grace.until.map(crate::timestamp::iso8601),
+                } }),
             )
             .into_response()
         }
@@ -741,4 +956,124 @@ async fn allow_change(
         }
         Err(e) => accounts_error(&e),
     }
+}
+
+// Gateways, providers, routes and DIDs: one handler each for add, change and remove,
+// told apart by a const parameter (axum needs a concrete function per route).
+const GATEWAY: u8 = 0;
+const PROVIDER: u8 = 1;
+const ROUTE: u8 = 2;
+const DID: u8 = 3;
+
+fn item_of<const I: u8>() -> Item {
+    match I {
+        GATEWAY => Item::Gateway,
+        PROVIDER => Item::Provider,
+        ROUTE => Item::Route,
+        _ => Item::Did,
+    }
+}
+
+fn refused(e: &Refused) -> Response {
+    match e {
+        Refused::Input(s) => error(StatusCode::BAD_REQUEST, s.clone()),
+        Refused::Accounts(e) => accounts_error(e),
+    }
+}
+
+/// An item and its findings (titles included), as an add or a change answers.
+fn answer(d: &crate::trunks::Done) -> Value {
+    json!({ "item": d.view, "findings": plain(&d.findings) })
+}
+
+async fn list_items<const I: u8>(State(web): State<Web>, Caller(_): Caller) -> Response {
+    match crate::trunks::list(&web, item_of::<I>()).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => accounts_error(&e),
+    }
+}
+
+async fn add_item<const I: u8>(
+    State(web): State<Web>,
+    Caller(actor): Caller,
+    Body(body): Body<Value>,
+) -> Response {
+    let item = item_of::<I>();
+    let values = match crate::trunks::from_json(item, &body, false) {
+        Ok(v) => v,
+        Err(e) => return refused(&e),
+    };
+    match crate::trunks::add(&web, &actor, item, &values).await {
+        Ok(d) => (StatusCode::CREATED, axum::Json(answer(&d))).into_response(),
+        Err(e) => refused(&e),
+    }
+}
+
+async fn update_item<const I: u8>(
+    State(web): State<Web>,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+    Body(body): Body<Value>,
+) -> Response {
+    let item = item_of::<I>();
+    let values = match crate::trunks::from_json(item, &body, true) {
+        Ok(v) => v,
+        Err(e) => return refused(&e),
+    };
+    match crate::trunks::update(&web, &actor, item, &id, &values).await {
+        Ok(d) => axum::Json(answer(&d)).into_response(),
+        Err(e) => refused(&e),
+    }
+}
+
+async fn remove_item<const I: u8>(
+    State(web): State<Web>,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+) -> Response {
+    match crate::trunks::remove(&web, &actor, item_of::<I>(), &id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => refused(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Ban {
+    source: String,
+    reason: Option<String>,
+    /// Absent: until lifted.
+    seconds: Option<i64>,
+}
+
+/// The longest ban by hand with an end: ten years (longer is "until lifted").
+const MAX_BAN_SECS: i64 = 10 * 365 * 86_400;
+
+async fn ban(State(web): State<Web>, Caller(actor): Caller, Body(b): Body<Ban>) -> Response {
+    if b.seconds.is_some_and(|s| !(1..=MAX_BAN_SECS).contains(&s)) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("seconds must be 1 to {MAX_BAN_SECS}, or absent for a ban until lifted"),
+        );
+    }
+    let reason = b.reason.unwrap_or_default();
+    match web.registry.ban(&b.source, &reason, b.seconds).await {
+        Ok(v) => {
+            web.log(&actor, "ban.added", &v.source, &reason).await;
+            (
+                StatusCode::CREATED,
+                axum::Json(json!({
+                    "source": v.source, "reason": v.reason, "detail": v.detail,
+                    "expires_at": (v.expires_at < accounts::bans::FOREVER)
+                        .then(|| crate::timestamp::iso8601(v.expires_at)),
+                })),
+            )
+                .into_response()
+        }
+        Err(e) => accounts_error(&e),
+    }
+}
+
+async fn guard(State(web): State<Web>, Caller(_): Caller) -> Response {
+    axum::Json(&web.options.guard).into_response()
 }

@@ -17,9 +17,14 @@ pub mod admin;
 pub mod api;
 pub mod client;
 pub mod entry;
+pub mod findings;
 pub mod listener;
 pub mod pages;
 pub mod provisioning;
+pub mod snapshot;
+pub mod timestamp;
+pub mod trends;
+pub mod trunks;
 pub mod web;
 
 #[derive(Clone, Debug)]
@@ -50,6 +55,7 @@ pub fn router(
         .merge(prov)
         .merge(web::routes(web.clone()))
         .merge(pages::routes(web.clone()))
+        .merge(trunks::routes(web.clone()))
         .merge(api::routes(web))
         .layer(axum::middleware::from_fn_with_state(entry, entry::check))
 }

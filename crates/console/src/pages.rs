@@ -1,9 +1,7 @@
 //! The console's other pages: adding an extension, gateways and providers, security
 //! (bans and the allow list), the exposure advisor and the audit log.
 
-use accounts::backup::utc_stamp;
 use accounts::extension::{ExtensionKind, NewExtension};
-use accounts::findings::weak_by_subject;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -17,7 +15,6 @@ use crate::web::{self, Admin, AdminForm, Web, field, ser};
 pub fn routes(web: Web) -> Router {
     Router::new()
         .route("/extensions/new", get(new_page).post(add))
-        .route("/trunks", get(trunks))
         .route("/security", get(security))
         .route("/security/{action}", post(security_change))
         .route("/advisor", get(advisor))
@@ -89,66 +86,39 @@ async fn add(State(web): State<Web>, AdminForm { session: s, form }: AdminForm) 
     }
 }
 
-async fn trunks(State(web): State<Web>, Admin(s): Admin) -> Response {
-    let reg = &web.registry;
-    let (Ok(findings), Ok(gws), Ok(provs)) = (
-        reg.audit().await,
-        reg.list_gateways().await,
-        reg.list_providers().await,
-    ) else {
-        return unreadable();
-    };
-    let by_subject = weak_by_subject(&findings);
-    let row = |kind: &str, name: &str, address: &str, auth_id: &str| {
-        let subject = format!("{kind}:{name}");
-        let fs = by_subject
-            .get(subject.as_str())
-            .cloned()
-            .unwrap_or_default();
-        context! {
-            subject => subject.replace(':', "-"), kind, name, address, auth_id,
-            weak => !fs.is_empty(),
-            rules => fs.iter().map(|f| f.rule.to_string()).collect::<Vec<_>>(),
-            reasons => fs.iter().map(|f| f.message.clone()).collect::<Vec<_>>(),
-        }
-    };
-    let mut rows: Vec<_> = gws
-        .iter()
-        .map(|g| row("gateway", &g.name, &g.host, &g.auth_id))
-        .collect();
-    rows.extend(
-        provs
-            .iter()
-            .map(|p| row("provider", &p.name, &p.registrar, &p.auth_id)),
-    );
-    web.render(
-        StatusCode::OK,
-        "trunks.html",
-        context! { title => "Gateways and providers", admin => s.admin, csrf => s.csrf, trunks => rows },
-    )
-}
-
 async fn security(State(web): State<Web>, Admin(s): Admin) -> Response {
-    let (Ok(bans), Ok(allow)) = (
+    let (Ok(bans), Ok(allow), Ok(mut every)) = (
         web.registry.bans(false).await,
         web.registry.allow_list().await,
+        web.registry.bans(true).await,
     ) else {
         return unreadable();
     };
+    // The sources banned most often (expired bans included: they are kept for escalation).
+    every.sort_by_key(|b| (std::cmp::Reverse(b.times), std::cmp::Reverse(b.last_seen)));
+    let top: Vec<_> = every
+        .iter()
+        .take(10)
+        .map(|b| {
+            context! { source => b.source.clone(), times => b.times, reason => b.reason.clone(),
+            last_seen => b.last_seen, active => b.expires_at > web.clock.now() }
+        })
+        .collect();
     let bans: Vec<_> = bans
         .iter()
         .map(|b| {
             context! {
                 source => b.source.clone(), reason => b.reason.clone(),
                 detail => b.detail.clone(), times => b.times,
-                until => if b.expires_at >= accounts::bans::FOREVER { "never".to_owned() } else { utc_stamp(b.expires_at) },
+                until => b.expires_at, forever => b.expires_at >= accounts::bans::FOREVER,
+                last_seen => b.last_seen,
             }
         })
         .collect();
     web.render(
         StatusCode::OK,
         "security.html",
-        context! { title => "Security", admin => s.admin, csrf => s.csrf, bans, allow => ser(&allow),
+        context! { title => "Security", admin => s.admin, csrf => s.csrf, bans, allow => ser(&allow), top,
                    guard => ser(&web.options.guard) },
     )
 }
@@ -171,6 +141,25 @@ async fn security_change(
             let (network, note) = (value("network"), value("note"));
             let r = web.registry.allow(&network, &note).await.map(|_| ());
             ("allow.added", network, note, r)
+        }
+        "ban" => {
+            let (source, reason) = (value("source"), value("reason"));
+            let seconds = match value("for").as_str() {
+                "forever" | "" => None,
+                s => match s.parse::<i64>() {
+                    Ok(n) if (1..=10 * 365 * 86_400).contains(&n) => Some(n),
+                    _ => {
+                        return (StatusCode::BAD_REQUEST, "choose how long the ban lasts\n")
+                            .into_response();
+                    }
+                },
+            };
+            let r = web
+                .registry
+                .ban(&source, &reason, seconds)
+                .await
+                .map(|_| ());
+            ("ban.added", source, reason, r)
         }
         "disallow" => {
             let network = value("network");
@@ -238,7 +227,7 @@ async fn calls(State(web): State<Web>, Admin(s): Admin) -> Response {
         .filter(|c| c.outbound.suspended_at > 0)
         .map(|c| {
             context! {
-                number => c.outbound.number, since => utc_stamp(c.outbound.suspended_at),
+                number => c.outbound.number, since => c.outbound.suspended_at,
                 reason => c.outbound.suspend_reason,
             }
         })
@@ -248,7 +237,7 @@ async fn calls(State(web): State<Web>, Admin(s): Admin) -> Response {
         .map(|c| {
             context! {
                 caller => c.caller.clone(), callee => c.callee.clone(), kind => c.kind.clone(),
-                trunk => c.trunk.clone(), state => c.state.clone(), since => utc_stamp(c.started_at),
+                trunk => c.trunk.clone(), state => c.state.clone(), since => c.started_at,
             }
         })
         .collect();
@@ -256,7 +245,7 @@ async fn calls(State(web): State<Web>, Admin(s): Admin) -> Response {
         StatusCode::OK,
         "calls.html",
         context! { title => "Calls", admin => s.admin, csrf => s.csrf, calls, suspended,
-        written => (written_at > 0).then(|| utc_stamp(written_at)) },
+        written => (written_at > 0).then_some(written_at) },
     )
 }
 
@@ -306,7 +295,7 @@ async fn backups(State(web): State<Web>, Admin(s): Admin) -> Response {
     let epoch = web.registry.security_epoch().await.unwrap_or(0);
     let files: Vec<_> = files
         .iter()
-        .map(|(name, bytes, at)| context! { name, bytes, at => utc_stamp(*at) })
+        .map(|(name, bytes, at)| context! { name, bytes, at })
         .collect();
     web.render(
         StatusCode::OK,

@@ -22,7 +22,7 @@ pub(crate) fn ser<T: Serialize>(v: T) -> Value {
 }
 use accounts::Registry;
 use accounts::audit_log::LogEntry;
-use accounts::extension::{ExtensionChange, ExtensionView};
+use accounts::extension::ExtensionChange;
 use accounts::findings::{WEAK_AT, weak_by_subject};
 use accounts::regenerate::Selection;
 use policy::Finding;
@@ -33,6 +33,8 @@ use store::console::{self as q, SessionRow};
 
 use crate::admin::{self, Locked, Lockout};
 use crate::client::ClientIp;
+use crate::findings::Plain;
+use crate::snapshot::{AuditCache, ListQuery, PER_PAGE, Row};
 
 pub const COOKIE: &str = "sipward_session";
 /// Sessions last 12 hours.
@@ -52,6 +54,8 @@ pub struct Web {
     pub verifying: Arc<tokio::sync::Semaphore>,
     pub templates: Arc<Environment<'static>>,
     pub options: Arc<Options>,
+    /// The audit's findings, computed once per registry version.
+    pub audit: Arc<AuditCache>,
 }
 
 /// What the console shows of the server's settings.
@@ -101,6 +105,10 @@ pub fn templates() -> Result<Environment<'static>, minijinja::Error> {
         ("new.html", include_str!("../templates/new.html")),
         ("added.html", include_str!("../templates/added.html")),
         ("trunks.html", include_str!("../templates/trunks.html")),
+        (
+            "trunk_form.html",
+            include_str!("../templates/trunk_form.html"),
+        ),
         ("security.html", include_str!("../templates/security.html")),
         ("advisor.html", include_str!("../templates/advisor.html")),
         ("log.html", include_str!("../templates/log.html")),
@@ -113,6 +121,8 @@ pub fn templates() -> Result<Environment<'static>, minijinja::Error> {
     ] {
         env.add_template(name, text)?;
     }
+    env.add_filter("when", crate::timestamp::when);
+    env.add_filter("segment", |v: String| path_segment(&v));
     Ok(env)
 }
 
@@ -129,7 +139,13 @@ impl Web {
             verifying: Arc::new(tokio::sync::Semaphore::new(admin::MAX_VERIFYING)),
             templates: Arc::new(templates()?),
             options: Arc::new(options),
+            audit: Arc::new(AuditCache::default()),
         })
+    }
+
+    /// The audit's findings (cached per registry version, see [`AuditCache`]).
+    pub async fn findings(&self) -> accounts::Result<Arc<Vec<Finding>>> {
+        self.audit.findings(&self.registry).await
     }
 
     /// Whether the console's allow list (if any) lets `ip` in.
@@ -571,47 +587,31 @@ async fn logout(State(web): State<Web>, AdminForm { session: s, .. }: AdminForm)
     r
 }
 
-/// An extension as the list shows it.
-#[derive(Debug, Serialize)]
-pub struct Row {
-    #[serde(flatten)]
-    pub view: ExtensionView,
-    pub weak: bool,
-    pub rules: Vec<String>,
-    pub reasons: Vec<String>,
+/// Every extension with its findings (the same audit as `sipward ext list`), built
+/// once per registry version ([`AuditCache::rows`]).
+pub async fn rows(web: &Web) -> accounts::Result<Arc<Vec<Row>>> {
+    web.audit.rows(&web.registry).await
 }
 
-/// Every extension with its findings (the same audit as `sipward ext list`).
-pub async fn rows(reg: &Registry) -> accounts::Result<Vec<Row>> {
-    let findings = reg.audit().await?;
-    let weak = weak_by_subject(&findings);
-    Ok(reg
-        .list_extensions()
-        .await?
-        .into_iter()
-        .map(|view| {
-            let weak_ones = weak
-                .get(format!("ext:{}", view.number).as_str())
-                .cloned()
-                .unwrap_or_default();
-            Row {
-                weak: !weak_ones.is_empty(),
-                rules: weak_ones
-                    .iter()
-                    .map(|f| f.rule.to_string().trim_start_matches("ext.").to_owned())
-                    .collect(),
-                reasons: weak_ones.iter().map(|f| f.message.clone()).collect(),
-                view,
-            }
-        })
-        .collect())
+#[derive(Debug, serde::Deserialize)]
+struct DashboardQuery {
+    /// `48h` (the default) or `30d`.
+    range: Option<String>,
 }
 
-async fn dashboard(State(web): State<Web>, Admin(s): Admin) -> Response {
+async fn dashboard(
+    State(web): State<Web>,
+    Admin(s): Admin,
+    Query(query): Query<DashboardQuery>,
+) -> Response {
     let reg = &web.registry;
+    let window = crate::trends::Window::parse(query.range.as_deref().unwrap_or(""));
+    let charts = crate::trends::dashboard(reg, web.clock.now(), window)
+        .await
+        .unwrap_or(Value::UNDEFINED);
     let (Ok(findings), Ok(exts), Ok(gws), Ok(provs), Ok(bans)) = (
-        reg.audit().await,
-        reg.list_extensions().await,
+        web.findings().await,
+        rows(&web).await,
         reg.list_gateways().await,
         reg.list_providers().await,
         reg.bans(false).await,
@@ -647,7 +647,7 @@ async fn dashboard(State(web): State<Web>, Admin(s): Admin) -> Response {
         .take(5)
         .map(|b| {
             context! {
-                at => accounts::backup::utc_stamp(b.last_seen), source => b.source.clone(),
+                at => b.last_seen, source => b.source.clone(),
                 reason => b.reason.clone(), detail => b.detail.clone(),
             }
         })
@@ -656,12 +656,7 @@ async fn dashboard(State(web): State<Web>, Admin(s): Admin) -> Response {
         .options
         .config_findings
         .iter()
-        .map(|f| {
-            context! {
-                severity => f.severity.as_str(), rule => f.rule.to_string(),
-                field => f.field, message => f.message.clone(),
-            }
-        })
+        .map(|f| ser(Plain::of(f)))
         .collect();
     web.render(
         StatusCode::OK,
@@ -671,7 +666,7 @@ async fn dashboard(State(web): State<Web>, Admin(s): Admin) -> Response {
             weak_total, bans => bans.len(), registrations, recent_bans,
             score => ((total - weak_total) * 100).checked_div(total).unwrap_or(100),
             kinds => kinds.iter().map(|k| context! { kind => k.0, weak => k.1, total => k.2 }).collect::<Vec<_>>(),
-            log,
+            log, charts,
         },
     )
 }
@@ -682,7 +677,7 @@ pub(crate) fn log_rows(rows: &[LogRow]) -> Vec<Value> {
         .rev()
         .map(|e| {
             context! {
-                at => accounts::backup::utc_stamp(e.at),
+                at => e.at,
                 actor => e.actor.clone(), action => e.action.clone(),
                 subject => e.subject.clone(), detail => e.detail.clone(),
             }
@@ -690,34 +685,72 @@ pub(crate) fn log_rows(rows: &[LogRow]) -> Vec<Value> {
         .collect()
 }
 
-#[derive(Debug, serde::Deserialize)]
-struct ListQuery {
-    weak: Option<String>,
-}
-
 async fn extensions(
     State(web): State<Web>,
     Admin(s): Admin,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    let Ok(mut rows) = rows(&web.registry).await else {
+    let Ok(all) = rows(&web).await else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "the data dir cannot be read\n",
         )
             .into_response();
     };
-    let weak_only = query.weak.as_deref().is_some_and(|w| w == "1");
-    if weak_only {
-        rows.retain(|r| r.weak);
-    }
-    let weak_count = rows.iter().filter(|r| r.weak).count();
+    let total = all.len();
+    let page = query.select(&all, PER_PAGE);
+    let q = query.text();
+    let weak_only = query.weak_only();
+    // The links to other pages keep the search and the filter.
+    let link = |n: usize| {
+        let mut url = format!("/extensions?page={n}");
+        if !q.is_empty() {
+            url.push_str("&q=");
+            url.push_str(&form_urlencode(&q));
+        }
+        if weak_only {
+            url.push_str("&weak=1");
+        }
+        url
+    };
     web.render(
         StatusCode::OK,
         "extensions.html",
         context! { title => "Extensions", admin => s.admin, csrf => s.csrf,
-        rows => ser(&rows), weak_only, weak_count },
+        rows => ser(&page.rows), weak_only, q => q.clone(), total, matching => page.matching,
+        weak_count => page.weak, page => page.page, pages => page.pages,
+        prev => (page.page > 1).then(|| link(page.page - 1)),
+        next => (page.page < page.pages).then(|| link(page.page + 1)) },
     )
+}
+
+/// Text as one percent-encoded path segment (a name in a link, whatever it holds).
+pub fn path_segment(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(char::from(b));
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// `application/x-www-form-urlencoded` text for a query value.
+fn form_urlencode(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(char::from(b));
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 async fn regenerate(State(web): State<Web>, AdminForm { session: s, form }: AdminForm) -> Response {
@@ -783,12 +816,14 @@ async fn regenerate(State(web): State<Web>, AdminForm { session: s, form }: Admi
     )
 }
 
-/// The password, PIN and SIP ID findings (warning or worse), by field.
+/// The password, PIN and SIP ID findings (warning or worse), by field, as sentences.
 fn field_findings(findings: &[Finding]) -> BTreeMap<&'static str, Vec<String>> {
     let mut out: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
     for f in findings.iter().filter(|f| f.severity >= WEAK_AT) {
         if matches!(f.field, "password" | "pin" | "sip_id") {
-            out.entry(f.field).or_default().push(f.message.clone());
+            out.entry(f.field)
+                .or_default()
+                .push(Plain::of(f).sentence());
         }
     }
     out
@@ -813,7 +848,7 @@ async fn edit_page(
                 .into_response();
         }
     };
-    let Ok(findings) = web.registry.audit().await else {
+    let Ok(findings) = web.findings().await else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "the data dir cannot be read\n",
@@ -822,8 +857,9 @@ async fn edit_page(
     };
     let subject = format!("ext:{number}");
     let mine: Vec<Finding> = findings
-        .into_iter()
+        .iter()
         .filter(|f| f.subject == subject)
+        .cloned()
         .collect();
     web.render(
         StatusCode::OK,
@@ -944,7 +980,11 @@ mod tests {
     #[test]
     fn every_page_the_handlers_render_is_there_and_compiles() {
         let env = templates().expect("templates");
-        let sources = [include_str!("web.rs"), include_str!("pages.rs")];
+        let sources = [
+            include_str!("web.rs"),
+            include_str!("pages.rs"),
+            include_str!("trunks.rs"),
+        ];
         let mut names = 0;
         for src in sources {
             for part in src.split('"').skip(1).step_by(2) {
@@ -977,6 +1017,12 @@ mod tests {
         assert!(!same_origin(&h));
         h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
         assert!(same_origin(&h));
+    }
+
+    #[test]
+    fn search_links_carry_any_text_safely() {
+        assert_eq!(form_urlencode("a b&c=d/é"), "a+b%26c%3Dd%2F%C3%A9");
+        assert_eq!(path_segment("a b/+1"), "a%20b%2F%2B1");
     }
 
     #[test]

@@ -272,6 +272,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "fetch_sources",
         include_str!("../migrations/sqlite/0014_fetch_sources.sql"),
     ),
+    (
+        15,
+        "trends",
+        include_str!("../migrations/sqlite/0015_trends.sql"),
+    ),
 ];
 
 fn schema() -> sqlx::migrate::Migrator {

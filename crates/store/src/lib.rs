@@ -24,6 +24,7 @@ pub mod outbound;
 pub mod outbox;
 pub mod provisioning;
 pub mod signing;
+pub mod trends;
 pub mod trunks;
 mod vault;
 

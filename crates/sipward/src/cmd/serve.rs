@@ -192,6 +192,34 @@ pub async fn run(
         reg.clone(),
         crate::clock::clock(),
     );
+    let web = console::web::Web::new(
+        reg.clone(),
+        crate::clock::clock(),
+        console::web::Options {
+            listening: (bound.sip_udp, http_addr),
+            allow: config.console_allow.clone(),
+            backups_dir: config
+                .backup
+                .dir
+                .clone()
+                .unwrap_or_else(|| reg.backups_dir()),
+            guard: config.bans.clone(),
+            config_findings: findings.clone(),
+            trusted_proxies: config.http.trusted_proxies.clone(),
+            http: counters.clone(),
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("the console's templates do not compile: {e}"))?;
+    // The dashboard's pictures: the server's counters and gauges, every minute.
+    let trends = tokio::spawn(
+        console::trends::Recorder::new(
+            reg.clone(),
+            web.audit.clone(),
+            crate::clock::clock(),
+            server.clone(),
+        )
+        .run(std::time::Duration::from_secs(60), std::future::pending()),
+    );
     let app = console::router(
         console::ConsoleState {
             server,
@@ -199,24 +227,7 @@ pub async fn run(
             http: counters.clone(),
         },
         prov,
-        console::web::Web::new(
-            reg.clone(),
-            crate::clock::clock(),
-            console::web::Options {
-                listening: (bound.sip_udp, http_addr),
-                allow: config.console_allow.clone(),
-                backups_dir: config
-                    .backup
-                    .dir
-                    .clone()
-                    .unwrap_or_else(|| reg.backups_dir()),
-                guard: config.bans.clone(),
-                config_findings: findings.clone(),
-                trusted_proxies: config.http.trusted_proxies.clone(),
-                http: counters.clone(),
-            },
-        )
-        .map_err(|e| anyhow::anyhow!("the console's templates do not compile: {e}"))?,
+        web,
         entry,
     );
     let per_source = config.http.connections_per_source;
@@ -269,6 +280,7 @@ pub async fn run(
     if let Some(s) = scheduler {
         s.abort();
     }
+    trends.abort();
     // The receiver is gone only if the console stopped by itself: nothing to stop.
     stop_http.send(()).ok();
     match http_task.await {
