@@ -84,6 +84,8 @@ pub struct Parts {
     pub trunks: Arc<Trunks>,
     /// The address the SIP sockets are bound to.
     pub bound: SocketAddr,
+    /// The address the TLS listener is bound to, if there is one.
+    pub tls_bound: Option<SocketAddr>,
     /// Keys branches, tags and Call-IDs (from the OS CSPRNG, through the binary).
     pub key: [u8; 32],
 }
@@ -142,7 +144,7 @@ impl Endpoint {
             dialogs.clone(),
             p.metrics.clone(),
             p.clock.clone(),
-            p.bound,
+            (p.bound, p.tls_bound),
             p.key,
         ));
         let transfers = Arc::new(Transfers::new(
@@ -323,7 +325,7 @@ impl Endpoint {
         // Over TCP the handshake proved the source; a datagram proves nothing.
         let proof = match flow.transport {
             TransportKind::Udp => Proof::Spoofable,
-            TransportKind::Tcp => Proof::Handshake,
+            TransportKind::Tcp | TransportKind::Tls => Proof::Handshake,
         };
         if let Some(ua) = m.header(Name::UserAgent)
             && self.guard.scanner(flow.remote.ip(), ua, proof)
@@ -354,7 +356,7 @@ impl Endpoint {
         };
         let reply_to = match flow.transport {
             TransportKind::Udp => Flow::udp(datagram_target(&top, source)),
-            TransportKind::Tcp => flow,
+            TransportKind::Tcp | TransportKind::Tls => flow,
         };
         // Only requests with an RFC 3261 branch have a transaction, and only a
         // transaction can be answered.
@@ -1094,7 +1096,15 @@ impl Inbound for Endpoint {
             ConnectionEnd::Refused => &self.metrics.tcp_refused,
             ConnectionEnd::TimedOut => &self.metrics.tcp_timeouts,
             ConnectionEnd::Banned => &self.metrics.tcp_banned_closed,
+            ConnectionEnd::HandshakeFailed => &self.metrics.tls_handshake_failed,
+            ConnectionEnd::HandshakeTimedOut => &self.metrics.tls_handshake_timeouts,
         });
+    }
+
+    fn closed(&self, flow: Flow) {
+        if let Some(conn) = flow.conn {
+            self.registrar.connection_closed(conn);
+        }
     }
 
     fn accept_backoff(&self, error: &std::io::Error, delay: Duration, first: bool) {

@@ -473,13 +473,27 @@ impl Registrar {
         if let Some(list) = st.by_number.get(number) {
             let mut live: Vec<&Binding> = list.iter().filter(|b| b.expires_at > now).collect();
             live.sort_by_key(|b| std::cmp::Reverse(b.expires_at));
-            for b in live {
+            // A stream flow whose connection is gone reaches nobody: it is skipped until
+            // the phone registers again on a new connection.
+            for b in live.into_iter().filter(|b| b.flow.reachable()) {
                 if !out.iter().any(|(_, f)| f.same_peer(&b.flow)) {
                     out.push((b.contact.clone(), b.flow));
                 }
             }
         }
         out
+    }
+
+    /// A connection closed: the bindings made on it are unreachable until their phone
+    /// registers again (they stay, with their expiry, so the phone's next refresh on a
+    /// new connection is a move, and the store keeps its row).
+    pub fn connection_closed(&self, conn: crate::flow::ConnId) {
+        let mut st = self.lock();
+        for list in st.by_number.values_mut() {
+            for b in list.iter_mut().filter(|b| b.flow.conn == Some(conn)) {
+                b.flow.conn = None;
+            }
+        }
     }
 
     /// Whether a current binding was registered from this source address.
@@ -560,11 +574,7 @@ impl Registrar {
             };
             // A stream's connection did not survive the restart: such a phone is
             // reached again once it registers again on a new one.
-            let transport = if r.transport == "tcp" {
-                TransportKind::Tcp
-            } else {
-                TransportKind::Udp
-            };
+            let transport = TransportKind::parse(&r.transport).unwrap_or(TransportKind::Udp);
             let b = Binding {
                 contact: r.contact,
                 call_id: r.call_id,

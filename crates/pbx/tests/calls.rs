@@ -560,6 +560,7 @@ async fn start(setup: Setup) -> Pbx {
         udp_workers: 2,
         tcp: pbx::transport::TcpLimits::default(),
         mailer: None,
+        tls: None,
     };
     let keys = ServerKeys {
         nonce: [1; 32],

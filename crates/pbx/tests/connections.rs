@@ -81,6 +81,7 @@ async fn start(bans: BanPolicy, tcp: TcpLimits) -> Pbx {
         udp_workers: 1,
         tcp,
         mailer: None,
+        tls: None,
     };
     let keys = ServerKeys {
         nonce: [1; 32],

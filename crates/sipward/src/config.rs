@@ -29,6 +29,52 @@ struct RawConfig {
     backup: RawBackup,
     console: RawConsole,
     http: RawHttp,
+    tls: RawTls,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTls {
+    /// Serve SIP over TLS (default true: with no certificate configured, the first
+    /// start makes a private CA and a server certificate in DATA/tls).
+    enabled: bool,
+    /// Where to listen (default: the SIP address with the next port).
+    listen: Option<std::net::SocketAddr>,
+    /// The operator's certificate chain (PEM, leaf first) and key; both or neither.
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    /// Extra DNS names and IP addresses for the generated server certificate (the SIP
+    /// domain is always in it).
+    names: Vec<String>,
+    /// Seconds a TLS handshake may take before the connection is cut.
+    handshake_secs: Option<u64>,
+    /// TLS handshakes in flight per source address.
+    handshakes_per_source: Option<u32>,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+            cert: None,
+            key: None,
+            names: Vec::new(),
+            handshake_secs: None,
+            handshakes_per_source: None,
+        }
+    }
+}
+
+/// `[tls]`: SIP over TLS and where its certificate comes from.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    pub enabled: bool,
+    pub listen: Option<std::net::SocketAddr>,
+    /// The operator's certificate and key; None: the generated ones in DATA/tls.
+    pub operator: Option<(PathBuf, PathBuf)>,
+    /// Names for the generated certificate besides the domain.
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -227,6 +273,7 @@ pub struct Config {
     /// `[sip] tcp_*`: what the SIP TCP transport enforces (the prefix lengths and
     /// factor come from `[guard]`).
     pub sip_tcp: pbx::transport::TcpLimits,
+    pub tls: TlsConfig,
 }
 
 impl Config {
@@ -364,7 +411,8 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
     raw.policy.validate().map_err(OperatorError)?;
     raw.registrar.validate().map_err(OperatorError)?;
     raw.guard.validate().map_err(OperatorError)?;
-    let sip_tcp = sip_tcp(&raw.sip, &raw.guard)?;
+    let sip_tcp = sip_tcp(&raw.sip, &raw.guard, &raw.tls)?;
+    let tls = tls(&raw.tls)?;
     let domain = raw
         .sip
         .domain
@@ -454,6 +502,7 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
         console_allow,
         http,
         sip_tcp,
+        tls,
         settings: Settings {
             realm,
             domain,
@@ -565,6 +614,7 @@ fn http(
 fn sip_tcp(
     raw: &RawSip,
     guard: &policy::ban::BanPolicy,
+    tls: &RawTls,
 ) -> anyhow::Result<pbx::transport::TcpLimits> {
     let d = pbx::transport::TcpLimits::default();
     let per_source = raw.tcp_connections_per_source.unwrap_or(d.per_source);
@@ -590,7 +640,19 @@ fn sip_tcp(
         ))
         .into());
     }
+    let handshake = tls.handshake_secs.unwrap_or(d.handshake.as_secs());
+    if !(1..=30).contains(&handshake) {
+        return Err(OperatorError("tls.handshake_secs must be between 1 and 30".into()).into());
+    }
+    let handshakes = tls.handshakes_per_source.unwrap_or(d.handshakes_per_source);
+    if !(1..=256).contains(&handshakes) {
+        return Err(
+            OperatorError("tls.handshakes_per_source must be between 1 and 256".into()).into(),
+        );
+    }
     Ok(pbx::transport::TcpLimits {
+        handshake: std::time::Duration::from_secs(handshake),
+        handshakes_per_source: handshakes,
         per_source,
         per_prefix: per_source.saturating_mul(guard.prefix_factor),
         ipv4_prefix: guard.ipv4_prefix,
@@ -598,6 +660,35 @@ fn sip_tcp(
         first_message: std::time::Duration::from_secs(first),
         idle: std::time::Duration::from_secs(idle),
         ..d
+    })
+}
+
+/// `[tls]`, checked: a certificate needs its key, names must be host names or addresses.
+fn tls(raw: &RawTls) -> anyhow::Result<TlsConfig> {
+    let operator = match (&raw.cert, &raw.key) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (None, None) => None,
+        _ => {
+            return Err(OperatorError(
+                "tls.cert and tls.key go together: set both, or neither to use the generated certificate".into(),
+            )
+            .into());
+        }
+    };
+    let mut names = Vec::new();
+    for n in &raw.names {
+        let n = n.trim().to_ascii_lowercase();
+        if n.parse::<std::net::IpAddr>().is_err() {
+            policy::fields::Host::parse(&n)
+                .map_err(|e| OperatorError(format!("tls.names: {e}")))?;
+        }
+        names.push(n);
+    }
+    Ok(TlsConfig {
+        enabled: raw.enabled,
+        listen: raw.listen,
+        operator,
+        names,
     })
 }
 

@@ -10,6 +10,7 @@ mod config;
 mod error;
 mod open;
 mod output;
+mod tls;
 
 use std::process::ExitCode;
 

@@ -61,6 +61,20 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
         .map(accounts::mail::Mailer::new)
         .transpose()
         .map_err(|e| OperatorError(e.to_string()))?;
+    // SIP over TLS: the certificate (made at the first start when none is configured)
+    // is in force before anything listens.
+    let tls = if config.tls.enabled {
+        let addr = args
+            .sips
+            .or(config.tls.listen)
+            .unwrap_or_else(|| next_port(args.sip));
+        let source = crate::tls::Source::of(&config.tls, reg.data_dir().root());
+        let names = crate::tls::names(&config.tls, &config.settings, addr);
+        let identity = crate::tls::open(&source, &names, crate::clock::clock().now())?;
+        Some((source, server::TlsListen { addr, identity }))
+    } else {
+        None
+    };
     let cfg = ServeConfig {
         sip: args.sip,
         registrar: config.registrar.clone(),
@@ -73,6 +87,7 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
             .clamp(1, 8),
         tcp: config.sip_tcp.clone(),
         mailer,
+        tls: tls.as_ref().map(|(_, t)| t.clone()),
     };
     let bound = server::bind(reg.clone(), cfg, keys, crate::clock::clock()).await?;
     let http = tokio::net::TcpListener::bind(args.http)
@@ -153,13 +168,33 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
         },
     ));
 
+    // Reloads of the certificate: SIGHUP, `sipward tls reload`, the files changing.
+    let tls_watch = match tls {
+        Some((source, listen)) => {
+            let hup = tls_hup()?;
+            let metrics = bound.endpoint.metrics.clone();
+            crate::tls::record_expiry(&listen.identity, &metrics, crate::clock::clock().now());
+            Some(tokio::spawn(crate::tls::watch(
+                reg.clone(),
+                source,
+                listen.identity,
+                metrics,
+                hup,
+            )))
+        }
+        None => None,
+    };
+
     ready.store(true, Ordering::Release);
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "event": "ready",
         "sip_udp": bound.sip_udp.to_string(),
         "sip_tcp": bound.sip_tcp.to_string(),
         "http": http_addr.to_string(),
     });
+    if let Some(a) = bound.sip_tls {
+        line["sip_tls"] = a.to_string().into();
+    }
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")?;
     out.flush()?;
@@ -176,10 +211,38 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
     if let Some(s) = scheduler {
         s.abort();
     }
+    if let Some(w) = tls_watch {
+        w.abort();
+    }
     let _ = stop_http.send(());
     let _ = http_task.await;
     eprintln!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The TLS address beside a SIP address: the next port (5061 beside 5060), or an
+/// ephemeral one beside an ephemeral one.
+fn next_port(sip: std::net::SocketAddr) -> std::net::SocketAddr {
+    let port = match sip.port() {
+        0 => 0,
+        p => p.saturating_add(1),
+    };
+    std::net::SocketAddr::new(sip.ip(), port)
+}
+
+/// SIGHUP, as a stream of reload requests for the TLS certificate (kept to this one
+/// small forwarder so that a config reload on SIGHUP can share the signal).
+fn tls_hup() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())
+        .map_err(|e| anyhow::anyhow!("cannot install the SIGHUP handler: {e}"))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let _ = tx.try_send(());
+        }
+    });
+    Ok(rx)
 }
 
 /// Raises the soft limit on open files to the hard one: every SIP and HTTP connection is
