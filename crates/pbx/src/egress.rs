@@ -755,6 +755,7 @@ impl Egress {
 pub(crate) mod tests {
     use super::*;
     use crate::dialog::{Kind, NewDialog, Party, Phase, Who};
+    use crate::flow::ConnId;
     use crate::registrar::{Contacts, RegisterRequest, RegistrarConfig};
     use policy::clock::ManualClock;
     use std::net::SocketAddr;
@@ -968,6 +969,60 @@ pub(crate) mod tests {
             r.egress.start(again, registered, callee, Owner::Proxy),
             Err(NotStarted::Denied(Denial::NotARegistration))
         ));
+    }
+
+    #[test]
+    fn a_sips_request_uri_leaves_only_over_tls() {
+        let r = rig();
+        // 1001 registers a sips: Contact over TLS as well as its UDP binding.
+        let tls = Flow::stream(TransportKind::Tls, addr("192.0.2.1:40000"), ConnId(7));
+        r.registrar
+            .register(
+                "1001",
+                &RegisterRequest {
+                    call_id: "r2".into(),
+                    cseq: 1,
+                    contacts: Contacts::List(vec![("sips:1001@198.51.100.9:7001".into(), None)]),
+                    expires_header: Some(3600),
+                    flow: tls,
+                    generation: 1,
+                },
+                T0,
+            )
+            .expect("registered");
+        let sips = |branch: &str| {
+            String::from_utf8(request("NOTIFY", branch, ""))
+                .expect("utf8")
+                .replacen("NOTIFY sip:", "NOTIFY SIPS:", 1)
+                .into_bytes()
+        };
+        let purpose = Purpose::Registration { number: "1001" };
+        let udp = Flow::udp(addr("192.0.2.1:5062"));
+        assert_eq!(
+            r.egress
+                .start(sips("z9hG4bKs1"), udp, purpose, Owner::Notify)
+                .map(|_| ()),
+            Err(NotStarted::Denied(Denial::SipsOverClear)),
+            "a registered UDP flow does not carry a sips: request"
+        );
+        assert_eq!(denied(&r, Denial::SipsOverClear), 1);
+        assert!(
+            r.egress
+                .start(sips("z9hG4bKs2"), tls, purpose, Owner::Notify)
+                .is_ok(),
+            "the TLS flow does"
+        );
+        // The control: the same request as sip: goes out on UDP.
+        assert!(
+            r.egress
+                .start(
+                    request("NOTIFY", "z9hG4bKs3", ""),
+                    udp,
+                    purpose,
+                    Owner::Notify
+                )
+                .is_ok()
+        );
     }
 
     #[test]

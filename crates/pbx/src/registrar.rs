@@ -709,6 +709,38 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_connection_leaves_its_bindings_unreachable_until_the_phone_registers_again() {
+        use crate::flow::ConnId;
+        let r = Registrar::new(RegistrarConfig::default());
+        let peer = "127.0.0.1:40000".parse().expect("addr");
+        let mut on_tls = req("a", 1, list(&[("sip:a@h;transport=tls", None)]), None);
+        on_tls.flow = Flow::stream(TransportKind::Tls, peer, ConnId(1));
+        reg(&r, "1001", &on_tls, 0).expect("register");
+        assert_eq!(r.flows("1001", 1).len(), 1);
+        r.connection_closed(ConnId(2));
+        assert_eq!(
+            r.flows("1001", 1).len(),
+            1,
+            "another connection's close changes nothing"
+        );
+        r.connection_closed(ConnId(1));
+        assert!(r.flows("1001", 1).is_empty(), "nobody to fork a call to");
+        assert!(
+            !r.has_flow("1001", &on_tls.flow, 1),
+            "nor to send a NOTIFY to"
+        );
+        assert_eq!(r.binding_count(), 1, "the binding stays, with its expiry");
+        let mut again = on_tls.clone();
+        again.cseq = 2;
+        again.flow = Flow::stream(TransportKind::Tls, peer, ConnId(3));
+        reg(&r, "1001", &again, 2).expect("register again");
+        assert_eq!(
+            r.flows("1001", 3),
+            vec![("sip:a@h;transport=tls".to_owned(), again.flow)]
+        );
+    }
+
+    #[test]
     fn a_contact_listed_twice_is_one_binding() {
         let r = Registrar::new(RegistrarConfig::default());
         let twice = list(&[("sip:a@h", Some(120)), ("sip:a@h", Some(300))]);

@@ -319,3 +319,32 @@ async fn junk_over_tcp_closes_the_connection_and_counts_toward_the_flood_limit()
     assert!(!answered(&mut after, 1).await);
     assert!(answered(&mut control, 2).await, "the control was cut too");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_double_crlf_ping_is_answered_with_a_crlf_pong() {
+    let pbx = start(calm(), short_limits()).await;
+    let mut c = connect("127.0.0.51", pbx.tcp).await;
+    assert!(answered(&mut c, 1).await, "the connection works");
+    // RFC 5626 §4.4.1: CRLFCRLF in, CRLF out; a ping split over two writes too.
+    c.write_all(b"\r\n\r\n").await.expect("ping");
+    let mut pong = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(3), c.read_exact(&mut pong))
+        .await
+        .expect("a pong within 3 s")
+        .expect("read");
+    assert_eq!(&pong, b"\r\n");
+    c.write_all(b"\r\n").await.expect("half");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.write_all(b"\r\n").await.expect("other half");
+    tokio::time::timeout(Duration::from_secs(3), c.read_exact(&mut pong))
+        .await
+        .expect("a pong within 3 s")
+        .expect("read");
+    assert_eq!(&pong, b"\r\n");
+    // A lone CRLF (a pong of the phone's own) is not answered; a message still is.
+    c.write_all(b"\r\n").await.expect("lone");
+    assert!(
+        answered(&mut c, 2).await,
+        "the next message is answered, and nothing before it"
+    );
+}

@@ -63,6 +63,8 @@ pub struct Server {
     log: PathBuf,
     pub sip: SocketAddr,
     pub http: SocketAddr,
+    /// SIP over TLS (absent when `[tls] enabled = false`).
+    pub sip_tls: Option<SocketAddr>,
 }
 
 impl Env {
@@ -127,6 +129,9 @@ impl Env {
         Server {
             sip: addr("sip_udp"),
             http: addr("http"),
+            sip_tls: ready["sip_tls"]
+                .as_str()
+                .map(|a| a.parse().expect("sip_tls")),
             child,
             log,
         }
@@ -137,6 +142,14 @@ impl Server {
     /// What the server wrote to stderr (security events, errors).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal (`HUP`, ...) to the server.
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status();
     }
 
     /// Stops with SIGTERM (the server writes its bindings on the way out).
