@@ -20,7 +20,7 @@ use store::account::{self as q, ExtensionRow};
 use store::provisioning::ProvisioningRow;
 
 use crate::mail::{MailMessage, MailOutcome};
-use crate::provisioning::{self, PhoneAccount, Templates, Vendor};
+use crate::provisioning::{self, PhoneAccount, PhoneTransport, Templates, Vendor};
 use crate::registry::{Ha1Owner, META_PROVISIONING_PATH, Registry, ext_aad};
 use crate::{Error, Result};
 
@@ -382,6 +382,14 @@ impl Registry {
             }
         };
         let p = &self.settings.provisioning;
+        let ca = p
+            .ca_pem
+            .as_deref()
+            .filter(|_| p.transport == PhoneTransport::Tls);
+        let ca_url = match (ca, prov_dir) {
+            (Some(_), Some(dir)) => Some(format!("{dir}{}", provisioning::ca_file(&phone.mac))),
+            _ => None,
+        };
         let account = PhoneAccount {
             number: &row.number,
             display_name: &row.name,
@@ -396,9 +404,15 @@ impl Registry {
             mac: &phone.mac,
             provisioning_url: prov_dir,
             provisioning_password: phone.http_password.expose(),
+            ca_url: ca_url.as_deref(),
         };
         let files = match templates.phone_files(phone.vendor, &account) {
-            Ok(f) => f,
+            Ok(mut f) => {
+                if let Some(ca) = ca {
+                    f.push((provisioning::ca_file(&phone.mac), ca.to_owned()));
+                }
+                f
+            }
             Err(e) => {
                 return FilesOutcome::Failed {
                     reason: e.to_string(),

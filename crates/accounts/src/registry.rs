@@ -42,6 +42,9 @@ pub struct ProvisioningSettings {
     /// How long an old password keeps working after Re-Generate, from the addresses the
     /// extension was registered from (0 = not at all).
     pub grace_secs: i64,
+    /// The private CA that signed sipward's TLS certificate (PEM), given to phones that
+    /// register over TLS; None when the certificate chains to a public root.
+    pub ca_pem: Option<String>,
 }
 
 impl Default for ProvisioningSettings {
@@ -53,6 +56,7 @@ impl Default for ProvisioningSettings {
             voicemail_number: "*97".into(),
             base_url: None,
             grace_secs: 86_400,
+            ca_pem: None,
         }
     }
 }

@@ -740,17 +740,23 @@ fn provisioning(raw: RawProvisioning) -> anyhow::Result<accounts::registry::Prov
             "provisioning.grace_secs must be between 0 and 604800 seconds (7 days)".into(),
         ));
     }
-    let port = raw.port.unwrap_or(d.port);
+    let transport = raw.transport.unwrap_or(d.transport);
+    // TLS phones go to the TLS port unless told otherwise.
+    let port = raw.port.unwrap_or(match transport {
+        accounts::provisioning::PhoneTransport::Tls => 5061,
+        _ => d.port,
+    });
     if port == 0 {
         return Err(bad("provisioning.port must not be 0".into()));
     }
     Ok(accounts::registry::ProvisioningSettings {
         server,
         port,
-        transport: raw.transport.unwrap_or(d.transport),
+        transport,
         voicemail_number,
         base_url,
         grace_secs,
+        ca_pem: None,
     })
 }
 

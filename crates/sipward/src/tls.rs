@@ -119,6 +119,61 @@ pub fn names(config: &TlsConfig, settings: &accounts::Settings, listen: SocketAd
     out
 }
 
+/// The private CA's certificate (PEM) phones must trust, when sipward's certificate is
+/// the generated one: read from DATA/tls, made first when `create` and missing (the
+/// data dir must exist then). None with TLS off or an operator's certificate.
+pub fn private_ca(config: &TlsConfig, data: &Path, create: bool) -> anyhow::Result<Option<String>> {
+    if !config.enabled {
+        return Ok(None);
+    }
+    let source = Source::of(config, data);
+    let Some(ca) = &source.ca else {
+        return Ok(None);
+    };
+    if create && data.is_dir() {
+        ensure_ca(ca, &[])?;
+    }
+    Ok(std::fs::read_to_string(ca).ok())
+}
+
+/// Makes the private CA in DATA/tls unless it exists (the key 0600, the directory 0700).
+/// Returns whether it was made.
+fn ensure_ca(ca_path: &Path, names: &[String]) -> anyhow::Result<bool> {
+    let dir = ca_path
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("the TLS directory has no parent"))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let ca_key_path = dir.join("ca.key");
+    if ca_path.exists() && ca_key_path.exists() {
+        return Ok(false);
+    }
+    let key = rcgen::KeyPair::generate()?;
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    let mut cn = "sipward private CA".to_owned();
+    if let Some(n) = names.first() {
+        cn = format!("{cn} {n}");
+    }
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    p.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "sipward");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+    validity(&mut p, now, CA_DAYS)?;
+    let cert = p.self_signed(&key)?;
+    write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
+    write_public(ca_path, cert.pem().as_bytes())?;
+    Ok(true)
+}
+
 /// Makes what is missing in DATA/tls: the private CA (once), and a server certificate
 /// signed by it when there is none, when it is not for `names`, or when it expires
 /// within [`RENEW_BEFORE_DAYS`]. Keys are written 0600 in a 0700 directory.
@@ -126,38 +181,11 @@ pub fn ensure_generated(source: &Source, names: &[String], now: i64) -> anyhow::
     let Some(ca_path) = &source.ca else {
         return Ok(());
     };
-    let dir = ca_path
-        .parent()
-        .ok_or_else(|| anyhow::anyhow!("the TLS directory has no parent"))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    let ca_key_path = dir.join("ca.key");
-    if !ca_path.exists() || !ca_key_path.exists() {
-        let key = rcgen::KeyPair::generate()?;
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-        p.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        p.distinguished_name = rcgen::DistinguishedName::new();
-        p.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            format!(
-                "sipward private CA {}",
-                names.first().map_or("", String::as_str)
-            ),
-        );
-        p.distinguished_name
-            .push(rcgen::DnType::OrganizationName, "sipward");
-        validity(&mut p, now, CA_DAYS)?;
-        let cert = p.self_signed(&key)?;
-        write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
-        write_public(ca_path, cert.pem().as_bytes())?;
+    if ensure_ca(ca_path, names)? {
         // A new CA makes the old server certificate useless.
         let _ = std::fs::remove_file(&source.cert);
     }
+    let ca_key_path = ca_path.with_file_name("ca.key");
     let current = source.read().ok();
     let fits = current.as_ref().is_some_and(|c| {
         let f = c.facts();

@@ -595,3 +595,66 @@ fn a_flood_of_half_open_connections_is_cut_and_other_addresses_keep_registering(
     );
     server.stop();
 }
+
+#[test]
+fn tls_phones_are_provisioned_with_the_transport_the_port_and_the_private_ca() {
+    let env = Env::with_config(
+        "[sip]\ndomain = \"pbx.example.com\"\n[provisioning]\ntransport = \"tls\"\n\
+         base_url = \"http://pbx.example.com:8080\"\n",
+    );
+    let mac = "001565aabb61";
+    env.ok(&[
+        "ext",
+        "add",
+        "3601",
+        "--mac",
+        mac,
+        "--model",
+        "Yealink T46U",
+    ]);
+    let shown = env.json(&["ext", "show", "3601", "--reveal", "--json"]);
+    let login = &shown["provisioning"];
+    let (user, pw, path) = (
+        login["user"].as_str().expect("user"),
+        login["password"].as_str().expect("password"),
+        login["path"].as_str().expect("path"),
+    );
+    let server = env.serve();
+    let url = |f: &str| format!("http://{}/prov/{path}/{f}", server.http);
+    let good = format!("{user}:{pw}");
+    let (code, cfg) =
+        crate::regenerate::curl(&["--digest", "-u", &good], &url(&format!("{mac}.cfg")));
+    assert_eq!(code, 200, "{cfg}");
+    assert!(
+        cfg.contains("account.1.sip_server.1.transport_type = 2\n"),
+        "{cfg}"
+    );
+    assert!(
+        cfg.contains("account.1.sip_server.1.port = 5061\n"),
+        "{cfg}"
+    );
+    let ca_name = format!("{mac}-ca.pem");
+    assert!(
+        cfg.contains(&format!(
+            "static.trusted_certificates.url = http://pbx.example.com:8080/prov/{path}/{ca_name}\n"
+        )),
+        "{cfg}"
+    );
+    // The CA file is served behind the same login, and is the CA that signed the server.
+    let (code, ca) = crate::regenerate::curl(&["--digest", "-u", &good], &url(&ca_name));
+    assert_eq!(code, 200);
+    assert_eq!(
+        ca,
+        std::fs::read_to_string(env.data.join("tls/ca.pem")).expect("ca")
+    );
+    assert_eq!(
+        crate::regenerate::curl(&[], &url(&ca_name)).0,
+        401,
+        "no login, no file"
+    );
+    let fetched = env.path("fetched-ca.pem");
+    std::fs::write(&fetched, &ca).expect("write");
+    let (ok, _, out) = s_client(server.sip_tls.expect("tls"), &fetched, &[]);
+    assert!(ok, "{out}");
+    server.stop();
+}
