@@ -146,6 +146,19 @@ pub enum PhoneTransport {
 }
 
 impl PhoneTransport {
+    /// `udp`, `tcp` or `tls` (any case).
+    pub fn parse(value: &str) -> Result<Self, policy::InvalidField> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "udp" => Ok(PhoneTransport::Udp),
+            "tcp" => Ok(PhoneTransport::Tcp),
+            "tls" => Ok(PhoneTransport::Tls),
+            _ => Err(policy::InvalidField::new(
+                "transport",
+                "must be udp, tcp or tls",
+            )),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             PhoneTransport::Udp => "udp",

@@ -382,10 +382,11 @@ impl Registry {
             }
         };
         let p = &self.settings.provisioning;
+        let (transport, port) = p.for_phone(row.phone_transport.as_deref());
         let ca = p
             .ca_pem
             .as_deref()
-            .filter(|_| p.transport == PhoneTransport::Tls);
+            .filter(|_| transport == PhoneTransport::Tls);
         let ca_url = match (ca, prov_dir) {
             (Some(_), Some(dir)) => Some(format!("{dir}{}", provisioning::ca_file(&phone.mac))),
             _ => None,
@@ -398,8 +399,8 @@ impl Registry {
             password: password.expose(),
             admin_password: phone.admin_password.expose(),
             server,
-            port: p.port,
-            transport: p.transport,
+            port,
+            transport,
             voicemail: &p.voicemail_number,
             mac: &phone.mac,
             provisioning_url: prov_dir,
@@ -615,6 +616,10 @@ impl Registry {
             )));
         };
         let file = phone.map(|p| p.vendor.files(&p.mac).remove(0).0);
+        let (transport, port) = self
+            .settings
+            .provisioning
+            .for_phone(row.phone_transport.as_deref());
         let ctx = WelcomeContext {
             number: &row.number,
             name: &row.name,
@@ -624,8 +629,8 @@ impl Registry {
             pin: pin.expose(),
             voicemail: &self.settings.provisioning.voicemail_number,
             server: self.phone_server().unwrap_or("(ask your administrator)"),
-            port: self.settings.provisioning.port,
-            transport: self.settings.provisioning.transport,
+            port,
+            transport,
             mac: phone.map(|p| p.mac.as_str()),
             provisioning_url: file.and_then(|f| self.provisioning_url(prov_path, &f)),
         };

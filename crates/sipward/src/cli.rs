@@ -391,6 +391,10 @@ pub struct ExtFields {
     /// empty value resets it.
     #[arg(long = "class")]
     pub class_of_service: Option<String>,
+    /// The transport its phones are provisioned with: udp, tcp or tls (default: the
+    /// config's `[provisioning] transport`; an empty value returns to it).
+    #[arg(long)]
+    pub transport: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -205,7 +205,10 @@ fn backup(raw: RawBackup) -> anyhow::Result<BackupConfig> {
 struct RawProvisioning {
     /// The SIP server phones register to; defaults to sip.domain.
     server: Option<String>,
+    /// The SIP port UDP and TCP phones are given.
     port: Option<u16>,
+    /// The SIP port TLS phones are given (the TLS listener's, 5061 by default).
+    tls_port: Option<u16>,
     transport: Option<accounts::provisioning::PhoneTransport>,
     voicemail_number: Option<String>,
     /// `http://host:port` phones fetch their files from (shown in welcome mails).
@@ -741,17 +744,18 @@ fn provisioning(raw: RawProvisioning) -> anyhow::Result<accounts::registry::Prov
         ));
     }
     let transport = raw.transport.unwrap_or(d.transport);
-    // TLS phones go to the TLS port unless told otherwise.
-    let port = raw.port.unwrap_or(match transport {
-        accounts::provisioning::PhoneTransport::Tls => 5061,
-        _ => d.port,
-    });
+    let port = raw.port.unwrap_or(d.port);
+    let tls_port = raw.tls_port.unwrap_or(d.tls_port);
+    if tls_port == 0 {
+        return Err(bad("provisioning.tls_port must not be 0".into()));
+    }
     if port == 0 {
         return Err(bad("provisioning.port must not be 0".into()));
     }
     Ok(accounts::registry::ProvisioningSettings {
         server,
         port,
+        tls_port,
         transport,
         voicemail_number,
         base_url,

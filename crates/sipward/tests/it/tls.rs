@@ -658,3 +658,64 @@ fn tls_phones_are_provisioned_with_the_transport_the_port_and_the_private_ca() {
     assert!(ok, "{out}");
     server.stop();
 }
+
+#[test]
+fn one_extension_can_be_given_tls_while_the_others_keep_the_installations_transport() {
+    let env = Env::with_config(
+        "[sip]\ndomain = \"pbx.example.com\"\n[provisioning]\nbase_url = \"http://pbx.example.com:8080\"\n",
+    );
+    let (remote, office) = ("001565aabb71", "001565aabb72");
+    env.ok(&[
+        "ext",
+        "add",
+        "3701",
+        "--mac",
+        remote,
+        "--model",
+        "Yealink T46U",
+        "--transport",
+        "tls",
+    ]);
+    env.ok(&[
+        "ext",
+        "add",
+        "3702",
+        "--mac",
+        office,
+        "--model",
+        "Yealink T46U",
+    ]);
+    let err = env.fails(&["ext", "add", "3703", "--transport", "sctp"], 2);
+    assert!(err.contains("udp, tcp or tls"), "{err}");
+    let file = |mac: &str| {
+        std::fs::read_to_string(env.data.join("provisioning").join(format!("{mac}.cfg")))
+            .expect("file")
+    };
+    let tls = file(remote);
+    assert!(
+        tls.contains("transport_type = 2\n") && tls.contains(".port = 5061\n"),
+        "{tls}"
+    );
+    assert!(tls.contains(&format!("{remote}-ca.pem")), "{tls}");
+    assert!(
+        env.data
+            .join("provisioning")
+            .join(format!("{remote}-ca.pem"))
+            .is_file()
+    );
+    let udp = file(office);
+    assert!(
+        udp.contains("transport_type = 0\n") && udp.contains(".port = 5060\n"),
+        "{udp}"
+    );
+    assert!(!udp.contains("ca.pem"), "{udp}");
+    let shown = env.json(&["ext", "show", "3701", "--json"]);
+    assert_eq!(shown["transport"], "tls", "{shown}");
+    // Back to the installation's setting.
+    env.ok(&["ext", "update", "3701", "--transport", ""]);
+    let back = file(remote);
+    assert!(
+        back.contains("transport_type = 0\n") && back.contains(".port = 5060\n"),
+        "{back}"
+    );
+}
