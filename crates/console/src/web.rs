@@ -59,6 +59,8 @@ pub struct Web {
 pub struct Options {
     /// Where `serve` listens for SIP and HTTP (for the advisor).
     pub listening: (SocketAddr, SocketAddr),
+    /// The SIP over TLS address, when served.
+    pub sips: Option<SocketAddr>,
     /// When not empty, the only networks the console and API answer.
     pub allow: Vec<ipnet::IpNet>,
     /// Where scheduled and automatic backups go.

@@ -133,6 +133,7 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
             crate::clock::clock(),
             console::web::Options {
                 listening: (bound.sip_udp, http_addr),
+                sips: bound.sip_tls,
                 allow: config.console_allow.clone(),
                 backups_dir: config
                     .backup
@@ -222,7 +223,7 @@ pub async fn run(reg: &Registry, args: ServeArgs, config: &Config) -> anyhow::Re
 
 /// The TLS address beside a SIP address: the next port (5061 beside 5060), or an
 /// ephemeral one beside an ephemeral one.
-fn next_port(sip: std::net::SocketAddr) -> std::net::SocketAddr {
+pub(crate) fn next_port(sip: std::net::SocketAddr) -> std::net::SocketAddr {
     let port = match sip.port() {
         0 => 0,
         p => p.saturating_add(1),
