@@ -478,10 +478,33 @@ fn phones_over_tcp_and_tls_get_notify_and_calls_on_their_own_connections_across_
         "TCP call: {run:?}\n{}",
         phone.log()
     );
+    // A caller over TLS too: SIPp's call scenario through stunnel4 to the TCP phone.
+    let tunnel = Stunnel::start(&env, "caller", tls, &env.data.join("tls/ca.pem"));
+    let csv = format!(
+        "SEQUENTIAL\n{};{};1201\n",
+        caller.0,
+        sipp_auth(&caller.1, &caller.2)
+    );
+    let run = sipp_from(
+        "127.0.0.1",
+        &env,
+        "call_uac.xml",
+        &csv,
+        tunnel.local,
+        "t1",
+        1,
+        1,
+    );
+    assert_eq!(
+        (run.successful, run.failed),
+        (1, 0),
+        "a call from a TLS caller: {run:?}\n{}",
+        tunnel.log()
+    );
     let held = std::thread::scope(|s| {
         let held = s.spawn(|| call("1202", "call_uac_held.xml"));
         eventually("the TLS call is up", Duration::from_secs(10), || {
-            server.metric("sipward_calls_proxied_total") >= 2
+            server.metric("sipward_calls_proxied_total") >= 3
         });
         std::thread::sleep(Duration::from_millis(500));
         let answer = env.json(&["tls", "reload", "--json"]);
