@@ -10,11 +10,12 @@ use policy::exposure::{Facts, is_public};
 use crate::Result;
 use crate::registry::Registry;
 
-/// The facts for a server listening on `sip` and `http`; `remote_declared` when the
-/// administrator says phones outside the LAN will register.
+/// The facts for a server listening on `sip`, `tls` (SIP over TLS, if served) and
+/// `http`; `remote_declared` when the administrator says phones outside the LAN will
+/// register.
 pub async fn facts(
     reg: &Registry,
-    sip: SocketAddr,
+    (sip, tls): (SocketAddr, Option<SocketAddr>),
     http: SocketAddr,
     remote_declared: bool,
     now: i64,
@@ -29,16 +30,27 @@ pub async fn facts(
         providers.push((p.name, addrs));
     }
     let mut conn = reg.store().conn().await?;
-    let mut remote_seen: Vec<_> = store::bindings::live_bindings(&mut conn, now)
+    let remote: Vec<_> = store::bindings::live_bindings(&mut conn, now)
         .await?
         .into_iter()
         .filter_map(|b| {
             let ip = b.source.parse::<SocketAddr>().ok()?.ip();
-            is_public(ip).then_some((b.number, ip))
+            is_public(ip).then_some((b.number, ip, b.transport == "tls"))
         })
         .collect();
-    remote_seen.sort();
-    remote_seen.dedup();
+    let list = |keep: fn(bool) -> bool| {
+        let mut v: Vec<_> = remote
+            .iter()
+            .filter(|(_, _, tls)| keep(*tls))
+            .map(|(n, ip, _)| (n.clone(), *ip))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let remote_seen = list(|_| true);
+    // Registered in clear text: UDP or TCP.
+    let remote_clear = list(|tls| !tls);
     let forwarded_untrusted = store::meta::get_meta(&mut conn, META_FORWARDED_UNTRUSTED)
         .await?
         .and_then(|t| serde_json::from_str::<ForwardedNote>(&t).ok())
@@ -51,6 +63,8 @@ pub async fn facts(
         providers,
         remote_declared,
         remote_seen,
+        remote_clear,
+        tls_port: tls.map(|a| a.port()),
         trusted_proxies: Vec::new(),
         forwarded_untrusted,
     })

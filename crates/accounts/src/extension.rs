@@ -6,6 +6,7 @@ use serde::Serialize;
 use store::Db;
 use store::account::{self as q, ExtensionRow};
 
+use crate::provisioning::PhoneTransport;
 use crate::registry::{Generated, Ha1Owner, Identity, Registry, ext_aad};
 use crate::{Error, Result};
 
@@ -53,6 +54,9 @@ pub struct NewExtension {
     /// `internal`, `local`, `national`, `international` or `unrestricted`; the
     /// `[dialplan]` default for its kind when absent.
     pub class_of_service: Option<String>,
+    /// `udp`, `tcp` or `tls` for this extension's phones; the installation's
+    /// `[provisioning] transport` when absent.
+    pub transport: Option<String>,
 }
 
 /// Changes to an extension: `Some` sets a field; for email, SIP ID, MAC and model an empty
@@ -70,6 +74,8 @@ pub struct ExtensionChange {
     pub model: Option<String>,
     /// An empty string resets it to the default for the extension's kind.
     pub class_of_service: Option<String>,
+    /// `udp`, `tcp` or `tls`; an empty string follows the installation's setting again.
+    pub transport: Option<String>,
     /// A new password or auth ID opens no grace window (a suspected compromise): the
     /// old credentials stop working everywhere at once, the phones' included.
     pub no_grace: bool,
@@ -86,6 +92,9 @@ pub struct ExtensionView {
     pub sip_id: Option<String>,
     pub mac: Option<String>,
     pub model: Option<String>,
+    /// The transport its phones are provisioned with when set for this extension
+    /// (None: the installation's).
+    pub transport: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -105,6 +114,7 @@ impl From<&ExtensionRow> for ExtensionView {
             sip_id: r.sip_id.clone(),
             mac: r.mac.clone(),
             model: r.model.clone(),
+            transport: r.phone_transport.clone(),
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -233,6 +243,7 @@ impl Registry {
         };
         let mac = optional(new.mac.as_deref(), Mac::parse)?;
         let model = optional(new.model.as_deref(), PhoneModel::parse)?;
+        let transport = optional(new.transport.as_deref(), PhoneTransport::parse)?;
         let mut generated = Generated::default();
         let auth_id = match optional(new.auth_id.as_deref(), AuthId::parse)? {
             Some(a) => a,
@@ -288,6 +299,7 @@ impl Registry {
             updated_at: now,
             // Drawn by the store when the row is inserted.
             credential_generation: 0,
+            phone_transport: transport.map(|t| t.as_str().to_owned()),
         };
         Ok(Prepared {
             row,
@@ -472,6 +484,10 @@ impl Registry {
         }
         if let Some(model) = change.model.as_deref() {
             row.model = optional(Some(model), PhoneModel::parse)?.map(PhoneModel::into_string);
+        }
+        if let Some(t) = change.transport.as_deref() {
+            row.phone_transport =
+                optional(Some(t), PhoneTransport::parse)?.map(|t| t.as_str().to_owned());
         }
         if let Some(p) = change.pin.as_deref() {
             let pin = fields::parse_pin(p)?;

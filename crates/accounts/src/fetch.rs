@@ -108,7 +108,13 @@ impl Registry {
         let phone = match (real, vendor) {
             (Some((number, _)), Some(vendor)) => Some(PhoneFiles {
                 number,
-                files: vendor.files(&mac).into_iter().map(|(f, _)| f).collect(),
+                // The CA file is served when it was written (TLS phones, private CA).
+                files: vendor
+                    .files(&mac)
+                    .into_iter()
+                    .map(|(f, _)| f)
+                    .chain([crate::provisioning::ca_file(&mac)])
+                    .collect(),
                 mac,
                 vendor,
                 dir: self.data.provisioning_dir(),

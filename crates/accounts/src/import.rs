@@ -17,7 +17,17 @@ use crate::registry::{Identity, Registry};
 use crate::{Error, Result};
 
 const COLUMNS: &[&str] = &[
-    "number", "name", "email", "kind", "password", "pin", "sip_id", "auth_id", "mac", "model",
+    "number",
+    "name",
+    "email",
+    "kind",
+    "password",
+    "pin",
+    "sip_id",
+    "auth_id",
+    "mac",
+    "model",
+    "transport",
 ];
 
 /// What an import did.
@@ -143,6 +153,7 @@ fn parse_rows(reader: impl Read, errors: &mut Vec<RowError>) -> Vec<ParsedRow> {
                 // Imported extensions get their kind's default; set classes with
                 // `ext update --class`.
                 class_of_service: None,
+                transport: cell("transport"),
             },
         });
     }

@@ -121,7 +121,8 @@ impl Vendor {
 /// [`Vendor::files`] produces. The caller still checks the phone's vendor.
 pub fn mac_of_file(name: &str) -> Option<String> {
     let stem = name
-        .strip_suffix("-sipward.cfg")
+        .strip_suffix("-ca.pem")
+        .or_else(|| name.strip_suffix("-sipward.cfg"))
         .or_else(|| name.strip_suffix(".cfg"))
         .or_else(|| name.strip_suffix(".xml"))?;
     let stem = stem
@@ -139,6 +140,38 @@ pub enum PhoneTransport {
     #[default]
     Udp,
     Tcp,
+    /// SIP over TLS: the files also carry the CA phones verify sipward with, where the
+    /// vendor can take it from a file.
+    Tls,
+}
+
+impl PhoneTransport {
+    /// `udp`, `tcp` or `tls` (any case).
+    pub fn parse(value: &str) -> Result<Self, policy::InvalidField> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "udp" => Ok(PhoneTransport::Udp),
+            "tcp" => Ok(PhoneTransport::Tcp),
+            "tls" => Ok(PhoneTransport::Tls),
+            _ => Err(policy::InvalidField::new(
+                "transport",
+                "must be udp, tcp or tls",
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhoneTransport::Udp => "udp",
+            PhoneTransport::Tcp => "tcp",
+            PhoneTransport::Tls => "tls",
+        }
+    }
+}
+
+/// The CA file served beside a phone's own files (PEM), for vendors that fetch the
+/// certificate to trust from a URL.
+pub fn ca_file(mac: &str) -> String {
+    format!("{mac}-ca.pem")
 }
 
 /// Everything one phone's files say.
@@ -162,6 +195,9 @@ pub struct PhoneAccount<'a> {
     /// The phone's provisioning login (user = MAC): the files set it, so that a
     /// rotated login reaches the phone with its next fetch.
     pub provisioning_password: &'a str,
+    /// Where the phone fetches the CA that signed sipward's TLS certificate ([`ca_file`]
+    /// under the provisioning URL), when it registers over TLS and the CA is private.
+    pub ca_url: Option<&'a str>,
 }
 
 /// The Digest realm of the provisioning server (HA1s of provisioning logins are over it).
@@ -255,6 +291,7 @@ impl Templates {
             ("MAC address", a.mac),
             ("provisioning URL", a.provisioning_url.unwrap_or("")),
             ("provisioning password", a.provisioning_password),
+            ("CA URL", a.ca_url.unwrap_or("")),
         ] {
             check_value(field, v)?;
         }
@@ -320,6 +357,7 @@ mod tests {
             mac: "001565aabbcc",
             provisioning_url: Some("http://pbx.example.com:8080/prov/Kq2Zx8Lm4TwPy7Rb3Nc9Vd5H/"),
             provisioning_password: "Pv7Lq2Zx8Mn4Tw9Ry3Kb",
+            ca_url: None,
         }
     }
 
@@ -340,6 +378,64 @@ mod tests {
     }
 
     #[test]
+    fn tls_phones_are_told_the_transport_the_port_and_where_the_ca_is() {
+        let t = Templates::load(None).expect("builtins");
+        let url = "http://pbx.example.com:8080/prov/Kq2Zx8Lm4TwPy7Rb3Nc9Vd5H/001565aabbcc-ca.pem";
+        let a = PhoneAccount {
+            transport: PhoneTransport::Tls,
+            port: 5061,
+            ca_url: Some(url),
+            ..account()
+        };
+        let text = |v: Vendor| -> String {
+            t.phone_files(v, &a)
+                .expect("render")
+                .into_iter()
+                .map(|(_, c)| c)
+                .collect()
+        };
+        let y = text(Vendor::Yealink);
+        assert!(
+            y.contains("account.1.sip_server.1.transport_type = 2\n"),
+            "{y}"
+        );
+        assert!(y.contains("account.1.sip_server.1.port = 5061\n"), "{y}");
+        assert!(
+            y.contains(&format!("static.trusted_certificates.url = {url}\n")),
+            "{y}"
+        );
+        assert!(text(Vendor::Poly).contains(r#"reg.1.server.1.transport="TLS""#));
+        assert!(text(Vendor::Snom).contains("pbx.example.com:5061;transport=tls<"));
+        assert!(text(Vendor::Grandstream).contains("<P130>2</P130>"));
+        let c = text(Vendor::Cisco);
+        assert!(
+            c.contains("<SIP_Transport_1_>TLS</SIP_Transport_1_>"),
+            "{c}"
+        );
+        // (XML templates escape `/` as `&#x2f;`, which every XML parser reads back.)
+        assert!(
+            c.contains("<Custom_CA_Rule>http:&#x2f;&#x2f;pbx.example.com"),
+            "{c}"
+        );
+        assert!(c.contains("001565aabbcc-ca.pem</Custom_CA_Rule>"), "{c}");
+        assert!(text(Vendor::Fanvil).contains("<Transport>2</Transport>"));
+        // Every vendor's file names the CA's place (a key, or a note for the operator).
+        for v in Vendor::ALL {
+            assert!(text(v).contains("001565aabbcc-ca.pem"), "{v:?}");
+        }
+        // Without TLS, nothing about a CA.
+        for v in Vendor::ALL {
+            let udp: String = t
+                .phone_files(v, &account())
+                .expect("render")
+                .into_iter()
+                .map(|(_, c)| c)
+                .collect();
+            assert!(!udp.contains("ca.pem"), "{v:?}");
+        }
+    }
+
+    #[test]
     fn file_names_map_back_to_their_mac() {
         for v in Vendor::ALL {
             for (file, _) in v.files("001565aabbcc") {
@@ -350,6 +446,10 @@ mod tests {
                 );
             }
         }
+        assert_eq!(
+            mac_of_file(&ca_file("001565aabbcc")).as_deref(),
+            Some("001565aabbcc")
+        );
         for bad in [
             "",
             "x.cfg",

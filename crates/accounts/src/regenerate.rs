@@ -20,7 +20,7 @@ use store::account::{self as q, ExtensionRow};
 use store::provisioning::ProvisioningRow;
 
 use crate::mail::{MailMessage, MailOutcome};
-use crate::provisioning::{self, PhoneAccount, Templates, Vendor};
+use crate::provisioning::{self, PhoneAccount, PhoneTransport, Templates, Vendor};
 use crate::registry::{Ha1Owner, META_PROVISIONING_PATH, Registry, ext_aad};
 use crate::{Error, Result};
 
@@ -382,6 +382,15 @@ impl Registry {
             }
         };
         let p = &self.settings.provisioning;
+        let (transport, port) = p.for_phone(row.phone_transport.as_deref());
+        let ca = p
+            .ca_pem
+            .as_deref()
+            .filter(|_| transport == PhoneTransport::Tls);
+        let ca_url = match (ca, prov_dir) {
+            (Some(_), Some(dir)) => Some(format!("{dir}{}", provisioning::ca_file(&phone.mac))),
+            _ => None,
+        };
         let account = PhoneAccount {
             number: &row.number,
             display_name: &row.name,
@@ -390,15 +399,21 @@ impl Registry {
             password: password.expose(),
             admin_password: phone.admin_password.expose(),
             server,
-            port: p.port,
-            transport: p.transport,
+            port,
+            transport,
             voicemail: &p.voicemail_number,
             mac: &phone.mac,
             provisioning_url: prov_dir,
             provisioning_password: phone.http_password.expose(),
+            ca_url: ca_url.as_deref(),
         };
         let files = match templates.phone_files(phone.vendor, &account) {
-            Ok(f) => f,
+            Ok(mut f) => {
+                if let Some(ca) = ca {
+                    f.push((provisioning::ca_file(&phone.mac), ca.to_owned()));
+                }
+                f
+            }
             Err(e) => {
                 return FilesOutcome::Failed {
                     reason: e.to_string(),
@@ -610,6 +625,10 @@ impl Registry {
             )));
         };
         let file = phone.map(|p| p.vendor.files(&p.mac).remove(0).0);
+        let (transport, port) = self
+            .settings
+            .provisioning
+            .for_phone(row.phone_transport.as_deref());
         let ctx = WelcomeContext {
             number: &row.number,
             name: &row.name,
@@ -619,8 +638,8 @@ impl Registry {
             pin: pin.expose(),
             voicemail: &self.settings.provisioning.voicemail_number,
             server: self.phone_server().unwrap_or("(ask your administrator)"),
-            port: self.settings.provisioning.port,
-            transport: self.settings.provisioning.transport,
+            port,
+            transport,
             mac: phone.map(|p| p.mac.as_str()),
             provisioning_url: file.and_then(|f| self.provisioning_url(prov_path, &f)),
         };

@@ -33,7 +33,11 @@ pub struct Settings {
 pub struct ProvisioningSettings {
     /// The SIP server phones register to (host name or address); defaults to the domain.
     pub server: Option<String>,
+    /// The SIP port of UDP and TCP phones.
     pub port: u16,
+    /// The SIP port of TLS phones.
+    pub tls_port: u16,
+    /// The transport of every extension's phones but those with their own.
     pub transport: crate::provisioning::PhoneTransport,
     /// The number phones dial for voicemail.
     pub voicemail_number: String,
@@ -42,6 +46,25 @@ pub struct ProvisioningSettings {
     /// How long an old password keeps working after Re-Generate, from the addresses the
     /// extension was registered from (0 = not at all).
     pub grace_secs: i64,
+    /// The private CA that signed sipward's TLS certificate (PEM), given to phones that
+    /// register over TLS; None when the certificate chains to a public root.
+    pub ca_pem: Option<String>,
+}
+
+impl ProvisioningSettings {
+    /// The transport and port an extension's phones are given: its own transport when
+    /// set (`udp`, `tcp`, `tls`), else the installation's; TLS phones get the TLS port.
+    pub fn for_phone(&self, own: Option<&str>) -> (crate::provisioning::PhoneTransport, u16) {
+        use crate::provisioning::PhoneTransport;
+        let t = own
+            .and_then(|t| PhoneTransport::parse(t).ok())
+            .unwrap_or(self.transport);
+        let port = match t {
+            PhoneTransport::Tls => self.tls_port,
+            _ => self.port,
+        };
+        (t, port)
+    }
 }
 
 impl Default for ProvisioningSettings {
@@ -49,10 +72,12 @@ impl Default for ProvisioningSettings {
         Self {
             server: None,
             port: 5060,
+            tls_port: 5061,
             transport: crate::provisioning::PhoneTransport::Udp,
             voicemail_number: "*97".into(),
             base_url: None,
             grace_secs: 86_400,
+            ca_pem: None,
         }
     }
 }

@@ -543,7 +543,8 @@ async fn looking_up_a_login_costs_the_same_whether_a_phone_has_it() {
         .expect("add");
     let known = f.reg.provisioning_login(MAC).await.expect("known");
     let phone = known.phone.expect("phone");
-    assert_eq!(phone.files, [format!("{MAC}.cfg")]);
+    // Its vendor's file, and the CA file TLS phones fetch (served once written).
+    assert_eq!(phone.files, [format!("{MAC}.cfg"), format!("{MAC}-ca.pem")]);
     assert!(phone.path_of(&format!("{MAC}.cfg")).is_some());
     assert!(phone.path_of("y000000000028.cfg").is_none());
     for user in ["0015650000aa", "admin", ""] {

@@ -481,6 +481,8 @@ struct NewExtension {
     auth_id: Option<String>,
     mac: Option<String>,
     model: Option<String>,
+    /// `udp`, `tcp` or `tls` for this extension's phones.
+    transport: Option<String>,
 }
 
 async fn add(
@@ -503,6 +505,7 @@ async fn add(
         mac: req.mac,
         model: req.model,
         class_of_service: None,
+        transport: req.transport,
     };
     let added = match web.registry.add_extension(&req.number, new).await {
         Ok(a) => a,
@@ -675,14 +678,16 @@ pub fn openapi_document() -> Value {
                         "email": { "type": "string" }, "fax": { "type": "boolean" },
                         "password": { "type": "string" }, "pin": { "type": "string" },
                         "sip_id": { "type": "string" }, "auth_id": { "type": "string" },
-                        "mac": { "type": "string" }, "model": { "type": "string" } } },
+                        "mac": { "type": "string" }, "model": { "type": "string" },
+                        "transport": { "type": "string", "enum": ["udp", "tcp", "tls"] } } },
                 "ExtensionChange": { "type": "object", "additionalProperties": false,
                     "properties": {
                         "name": { "type": "string" }, "email": { "type": "string" },
                         "password": { "type": "string" }, "pin": { "type": "string" },
                         "sip_id": { "type": "string" }, "auth_id": { "type": "string" },
                         "mac": { "type": "string" }, "model": { "type": "string" },
-                        "class_of_service": { "type": "string" } } },
+                        "class_of_service": { "type": "string" },
+                        "transport": { "type": "string", "enum": ["", "udp", "tcp", "tls"] } } },
                 "AllowChange": { "type": "object", "required": ["network"], "additionalProperties": false,
                     "properties": { "network": { "type": "string" }, "note": { "type": "string" },
                                     "remove": { "type": "boolean" } } },
@@ -843,6 +848,7 @@ struct Change {
     mac: Option<String>,
     model: Option<String>,
     class_of_service: Option<String>,
+    transport: Option<String>,
 }
 
 async fn update(
@@ -861,6 +867,7 @@ async fn update(
         ("mac", c.mac.is_some()),
         ("model", c.model.is_some()),
         ("class_of_service", c.class_of_service.is_some()),
+        ("transport", c.transport.is_some()),
     ]
     .iter()
     .filter(|(_, set)| *set)
@@ -876,6 +883,7 @@ async fn update(
         mac: c.mac,
         model: c.model,
         class_of_service: c.class_of_service,
+        transport: c.transport,
         ..Default::default()
     };
     match web.registry.update_extension(&number, change).await {

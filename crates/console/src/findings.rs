@@ -35,6 +35,8 @@ pub fn title(check: Check) -> &'static str {
         Check::FloodLimitsOff => "Flood limits are off",
         Check::FloodLimitsLenient => "Flood limits are lenient",
         Check::GatewayLimitLenient => "Gateway limit is lenient",
+        Check::CertExpiring => "TLS certificate expires soon",
+        Check::CertExpired => "TLS certificate is not valid now",
         Check::ScannerBansOff => "Scanners are not banned",
         Check::NoDecoys => "No decoy accounts",
         Check::AuthFailuresLenient => "Many failed logins allowed",

@@ -182,8 +182,14 @@ async fn security_change(
 
 async fn advisor(State(web): State<Web>, Admin(s): Admin) -> Response {
     let (sip, http) = web.options.listening;
-    let Ok(mut facts) =
-        accounts::exposure::facts(&web.registry, sip, http, false, web.clock.now()).await
+    let Ok(mut facts) = accounts::exposure::facts(
+        &web.registry,
+        (sip, web.options.sips),
+        http,
+        false,
+        web.clock.now(),
+    )
+    .await
     else {
         return unreadable();
     };

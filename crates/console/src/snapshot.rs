@@ -312,6 +312,7 @@ mod tests {
             sip_id: None,
             mac: None,
             model: None,
+            transport: None,
             created_at: 0,
             updated_at: 0,
         };

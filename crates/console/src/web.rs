@@ -63,6 +63,8 @@ pub struct Web {
 pub struct Options {
     /// Where `serve` listens for SIP and HTTP (for the advisor).
     pub listening: (SocketAddr, SocketAddr),
+    /// The SIP over TLS address, when served.
+    pub sips: Option<SocketAddr>,
     /// When not empty, the only networks the console and API answer.
     pub allow: Vec<ipnet::IpNet>,
     /// Where scheduled and automatic backups go.
@@ -861,11 +863,25 @@ async fn edit_page(
         .filter(|f| f.subject == subject)
         .cloned()
         .collect();
+    // Where its phones are registered from, and over which transport (UDP, TCP, TLS),
+    // as the running server last wrote it.
+    let registrations = web
+        .registry
+        .registrations(&number)
+        .await
+        .unwrap_or_default();
+    let (transport, port) = web
+        .registry
+        .settings()
+        .provisioning
+        .for_phone(view.transport.as_deref());
     web.render(
         StatusCode::OK,
         "edit.html",
         context! { title => format!("Extension {number}"), admin => s.admin, csrf => s.csrf,
         e => ser(&view),
+        registrations => ser(&registrations),
+        transport => transport.as_str(), port => port,
         fields => ser(field_findings(&mine)) },
     )
 }
@@ -883,6 +899,7 @@ fn change_from(form: &[(String, String)]) -> ExtensionChange {
         sip_id: given("sip_id"),
         password: secret("password"),
         pin: secret("pin"),
+        transport: given("transport"),
         ..Default::default()
     }
 }

@@ -400,7 +400,11 @@ impl B2bua {
         let branch = self.sig.branch();
         let flow = call.target.flow;
         let local = self.sig.local(&flow);
-        let contact = our_uri(self.sig.bound, &flow, Some(&call.target.from_user));
+        let contact = our_uri(
+            self.sig.bound_for(&flow),
+            &flow,
+            Some(&call.target.from_user),
+        );
         let mut b = RequestBuilder::new("INVITE", &call.b_uri)
             .via(TopVia::new(flow.transport.via_token(), local, &branch))
             .from(UriParty::new(&call.b_from).tag(&call.b_tag))
@@ -449,7 +453,10 @@ impl B2bua {
         if (101..300).contains(&code) {
             b = b.header(
                 "Contact",
-                &format!("<{}>", our_uri(self.sig.bound, &call.a_flow, None)),
+                &format!(
+                    "<{}>",
+                    our_uri(self.sig.bound_for(&call.a_flow), &call.a_flow, None)
+                ),
             );
         }
         if (200..300).contains(&code) {
@@ -564,7 +571,7 @@ impl B2bua {
             }
         };
         let local = self.sig.local(&flow);
-        let contact = our_uri(self.sig.bound, &flow, None);
+        let contact = our_uri(self.sig.bound_for(&flow), &flow, None);
         let ds = match leg {
             Leg::A => call.a_dialog_state(),
             Leg::B => call.b_dialog_state()?,
@@ -1023,7 +1030,10 @@ impl B2bua {
         if reinvite_ok {
             b = b.header(
                 "Contact",
-                &format!("<{}>", our_uri(self.sig.bound, &origin.source, None)),
+                &format!(
+                    "<{}>",
+                    our_uri(self.sig.bound_for(&origin.source), &origin.source, None)
+                ),
             );
             if let Some(our_cseq) = m.and_then(cseq_of) {
                 call.reinvite_acks.push(ReinviteAck {

@@ -111,10 +111,12 @@ pub enum Denial {
     NotToTheOtherParty,
     #[error("a method this permit does not cover")]
     WrongMethod,
+    #[error("a sips: Request-URI on a flow that is not TLS")]
+    SipsOverClear,
 }
 
 impl Denial {
-    pub const ALL: [Denial; 12] = [
+    pub const ALL: [Denial; 13] = [
         Denial::NoServerTransaction,
         Denial::Answered,
         Denial::Malformed,
@@ -127,6 +129,7 @@ impl Denial {
         Denial::NotFromAParty,
         Denial::NotToTheOtherParty,
         Denial::WrongMethod,
+        Denial::SipsOverClear,
     ];
 
     /// Its place in [`Denial::ALL`] and in the metric's labels.
@@ -138,6 +141,15 @@ impl Denial {
     pub fn as_str(self) -> &'static str {
         crate::metrics::EGRESS_DENIALS[self.index()]
     }
+}
+
+/// Whether a request to `uri` would leave on a flow that is not TLS while the URI is
+/// `sips:` (RFC 3261 §26.2: such a request travels over TLS on every hop, or not at all).
+fn sips_over_clear(uri: &str, to: &Flow) -> bool {
+    let sips = uri
+        .get(..5)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("sips:"));
+    sips && to.transport != TransportKind::Tls
 }
 
 impl From<Refusal> for Denial {
@@ -458,9 +470,12 @@ impl Egress {
     /// Checks the destination of a new client transaction against the table its
     /// purpose names.
     fn check(&self, m: &Message<'_>, to: &Flow, purpose: Purpose<'_>) -> Result<(), Denial> {
-        let StartLine::Request { method, .. } = m.start else {
+        let StartLine::Request { method, uri } = m.start else {
             return Err(Denial::Malformed);
         };
+        if sips_over_clear(uri, to) {
+            return Err(Denial::SipsOverClear);
+        }
         let now = self.clock.now();
         match purpose {
             Purpose::Callee { number } => {
@@ -583,8 +598,11 @@ impl Egress {
     pub fn ack(&self, ack: Vec<u8>, from: Option<&Flow>, to: Flow) -> Result<(), Denial> {
         {
             let m = msg::parse(&ack).map_err(|_| self.deny(Denial::Malformed))?;
-            if m.method() != Some("ACK") {
+            let StartLine::Request { method: "ACK", uri } = m.start else {
                 return Err(self.deny(Denial::WrongMethod));
+            };
+            if sips_over_clear(uri, &to) {
+                return Err(self.deny(Denial::SipsOverClear));
             }
             let (call_id, from_tag, to_tag) =
                 dialog_ids(&m).ok_or_else(|| self.deny(Denial::NoDialog))?;
@@ -688,7 +706,7 @@ impl Egress {
                             && dest.remote.ip() == source.remote.ip()
                             && dest.remote.port() == source.remote.port()
                     }
-                    TransportKind::Tcp => dest.same_peer(source),
+                    TransportKind::Tcp | TransportKind::Tls => dest.same_peer(source),
                 };
                 if !same {
                     Metrics::inc(&self.metrics.responses_dropped[Dropped::WrongSource.index()]);
@@ -737,6 +755,7 @@ impl Egress {
 pub(crate) mod tests {
     use super::*;
     use crate::dialog::{Kind, NewDialog, Party, Phase, Who};
+    use crate::flow::ConnId;
     use crate::registrar::{Contacts, RegisterRequest, RegistrarConfig};
     use policy::clock::ManualClock;
     use std::net::SocketAddr;
@@ -779,7 +798,7 @@ pub(crate) mod tests {
                 self.dialogs.clone(),
                 self.metrics.clone(),
                 self.clock.clone(),
-                addr("192.0.2.100:5060"),
+                (addr("192.0.2.100:5060"), Some(addr("192.0.2.100:5061"))),
                 [5; 32],
             ))
         }
@@ -950,6 +969,60 @@ pub(crate) mod tests {
             r.egress.start(again, registered, callee, Owner::Proxy),
             Err(NotStarted::Denied(Denial::NotARegistration))
         ));
+    }
+
+    #[test]
+    fn a_sips_request_uri_leaves_only_over_tls() {
+        let r = rig();
+        // 1001 registers a sips: Contact over TLS as well as its UDP binding.
+        let tls = Flow::stream(TransportKind::Tls, addr("192.0.2.1:40000"), ConnId(7));
+        r.registrar
+            .register(
+                "1001",
+                &RegisterRequest {
+                    call_id: "r2".into(),
+                    cseq: 1,
+                    contacts: Contacts::List(vec![("sips:1001@198.51.100.9:7001".into(), None)]),
+                    expires_header: Some(3600),
+                    flow: tls,
+                    generation: 1,
+                },
+                T0,
+            )
+            .expect("registered");
+        let sips = |branch: &str| {
+            String::from_utf8(request("NOTIFY", branch, ""))
+                .expect("utf8")
+                .replacen("NOTIFY sip:", "NOTIFY SIPS:", 1)
+                .into_bytes()
+        };
+        let purpose = Purpose::Registration { number: "1001" };
+        let udp = Flow::udp(addr("192.0.2.1:5062"));
+        assert_eq!(
+            r.egress
+                .start(sips("z9hG4bKs1"), udp, purpose, Owner::Notify)
+                .map(|_| ()),
+            Err(NotStarted::Denied(Denial::SipsOverClear)),
+            "a registered UDP flow does not carry a sips: request"
+        );
+        assert_eq!(denied(&r, Denial::SipsOverClear), 1);
+        assert!(
+            r.egress
+                .start(sips("z9hG4bKs2"), tls, purpose, Owner::Notify)
+                .is_ok(),
+            "the TLS flow does"
+        );
+        // The control: the same request as sip: goes out on UDP.
+        assert!(
+            r.egress
+                .start(
+                    request("NOTIFY", "z9hG4bKs3", ""),
+                    udp,
+                    purpose,
+                    Owner::Notify
+                )
+                .is_ok()
+        );
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub struct Parts {
     pub trunks: Arc<Trunks>,
     /// The address the SIP sockets are bound to.
     pub bound: SocketAddr,
+    /// The address the TLS listener is bound to, if there is one.
+    pub tls_bound: Option<SocketAddr>,
     /// Keys branches, tags and Call-IDs (from the OS CSPRNG, through the binary).
     pub key: [u8; 32],
     /// The largest message taken per transport.
@@ -145,7 +147,7 @@ impl Endpoint {
             dialogs.clone(),
             p.metrics.clone(),
             p.clock.clone(),
-            p.bound,
+            (p.bound, p.tls_bound),
             p.key,
         ));
         let transfers = Arc::new(Transfers::new(
@@ -380,7 +382,7 @@ impl Endpoint {
         };
         let reply_to = match flow.transport {
             TransportKind::Udp => Flow::udp(datagram_target(&top, flow.remote)),
-            TransportKind::Tcp => flow,
+            TransportKind::Tcp | TransportKind::Tls => flow,
         };
         match self.egress.arrived(&key, reply_to, self.clock.instant()) {
             Arrival::New => {
@@ -397,7 +399,7 @@ impl Endpoint {
         // Over TCP the handshake proved the source; a datagram proves nothing.
         let proof = match flow.transport {
             TransportKind::Udp => Proof::Spoofable,
-            TransportKind::Tcp => Proof::Handshake,
+            TransportKind::Tcp | TransportKind::Tls => Proof::Handshake,
         };
         if let Some(ua) = m.header(Name::UserAgent)
             && self.guard.scanner(flow.remote.ip(), ua, proof)
@@ -428,7 +430,7 @@ impl Endpoint {
         };
         let reply_to = match flow.transport {
             TransportKind::Udp => Flow::udp(datagram_target(&top, source)),
-            TransportKind::Tcp => flow,
+            TransportKind::Tcp | TransportKind::Tls => flow,
         };
         // Only requests with an RFC 3261 branch have a transaction, and only a
         // transaction can be answered.
@@ -1185,7 +1187,15 @@ impl Inbound for Endpoint {
             ConnectionEnd::TimedOut => &self.metrics.tcp_timeouts,
             ConnectionEnd::Banned => &self.metrics.tcp_banned_closed,
             ConnectionEnd::Unfinished => &self.metrics.tcp_unfinished_closed,
+            ConnectionEnd::HandshakeFailed => &self.metrics.tls_handshake_failed,
+            ConnectionEnd::HandshakeTimedOut => &self.metrics.tls_handshake_timeouts,
         });
+    }
+
+    fn closed(&self, flow: Flow) {
+        if let Some(conn) = flow.conn {
+            self.registrar.connection_closed(conn);
+        }
     }
 
     fn accept_backoff(&self, error: &std::io::Error, delay: Duration, first: bool) {

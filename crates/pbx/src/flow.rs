@@ -13,6 +13,8 @@ use sip::transaction::Reliability;
 pub enum TransportKind {
     Udp,
     Tcp,
+    /// TCP carrying TLS (RFC 3261 §26): the only transport a `sips:` URI is sent on.
+    Tls,
 }
 
 impl TransportKind {
@@ -20,6 +22,7 @@ impl TransportKind {
         match self {
             TransportKind::Udp => "udp",
             TransportKind::Tcp => "tcp",
+            TransportKind::Tls => "tls",
         }
     }
 
@@ -28,6 +31,7 @@ impl TransportKind {
         match self {
             TransportKind::Udp => "UDP",
             TransportKind::Tcp => "TCP",
+            TransportKind::Tls => "TLS",
         }
     }
 
@@ -35,7 +39,22 @@ impl TransportKind {
     pub fn reliability(self) -> Reliability {
         match self {
             TransportKind::Udp => Reliability::Unreliable,
-            TransportKind::Tcp => Reliability::Reliable,
+            TransportKind::Tcp | TransportKind::Tls => Reliability::Reliable,
+        }
+    }
+
+    /// Whether the transport is a connection (a flow is then also its connection).
+    pub fn is_stream(self) -> bool {
+        !matches!(self, TransportKind::Udp)
+    }
+
+    /// The stored name back to a kind (`"udp"`, `"tcp"`, `"tls"`); None for anything else.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "udp" => Some(TransportKind::Udp),
+            "tcp" => Some(TransportKind::Tcp),
+            "tls" => Some(TransportKind::Tls),
+            _ => None,
         }
     }
 }
@@ -72,8 +91,24 @@ impl Flow {
         }
     }
 
+    /// A stream flow of `transport` on connection `conn`.
+    pub fn stream(transport: TransportKind, remote: SocketAddr, conn: ConnId) -> Self {
+        Self {
+            transport,
+            remote,
+            conn: Some(conn),
+        }
+    }
+
     pub fn reliability(&self) -> Reliability {
         self.transport.reliability()
+    }
+
+    /// Whether sipward can write to this flow at all: a stream flow whose connection is
+    /// gone (closed, or from before a restart) reaches nobody until the phone
+    /// registers again on a new one.
+    pub fn reachable(&self) -> bool {
+        !self.transport.is_stream() || self.conn.is_some()
     }
 
     /// The same peer on the same transport (a stream flow only on the same
@@ -81,7 +116,7 @@ impl Flow {
     pub fn same_peer(&self, other: &Flow) -> bool {
         self.transport == other.transport
             && self.remote == other.remote
-            && (self.transport == TransportKind::Udp || self.conn == other.conn)
+            && (!self.transport.is_stream() || self.conn == other.conn)
     }
 }
 
@@ -106,14 +141,16 @@ pub fn local_for(bound: SocketAddr, target: SocketAddr) -> SocketAddr {
     }
 }
 
-/// `sip:HOST:PORT` (with `;transport=tcp` for a stream flow) as a peer on `flow` reaches
-/// sipward: for Contact and Record-Route.
+/// `sip:HOST:PORT` (with `;transport=tcp` or `;transport=tls` for a stream flow) as a
+/// peer on `flow` reaches sipward: for Contact and Record-Route. `bound` is the address
+/// the SIP sockets are bound to; a TLS flow names `tls_port`, the TLS listener's port.
 pub fn our_uri(bound: SocketAddr, flow: &Flow, user: Option<&str>) -> String {
     let local = local_for(bound, flow.remote);
     let user = user.map(|u| format!("{u}@")).unwrap_or_default();
     match flow.transport {
         TransportKind::Udp => format!("sip:{user}{local}"),
         TransportKind::Tcp => format!("sip:{user}{local};transport=tcp"),
+        TransportKind::Tls => format!("sip:{user}{local};transport=tls"),
     }
 }
 

@@ -22,6 +22,7 @@ pub mod proxy;
 pub mod registrar;
 pub mod server;
 pub mod signalling;
+pub mod tls;
 pub mod transfer;
 pub mod transport;
 pub mod trunk;

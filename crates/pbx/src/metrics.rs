@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The reasons of `sipward_egress_denied_total{reason}`: a fixed set (the egress
 /// rule's denials), never an address or a user.
-pub const EGRESS_DENIALS: [&str; 12] = [
+pub const EGRESS_DENIALS: [&str; 13] = [
     "no_server_transaction",
     "answered",
     "malformed",
@@ -19,6 +19,7 @@ pub const EGRESS_DENIALS: [&str; 12] = [
     "not_from_a_party",
     "not_to_the_other_party",
     "wrong_method",
+    "sips_over_clear",
 ];
 
 /// The reasons of `sipward_responses_dropped_total{reason}`.
@@ -71,6 +72,14 @@ pub struct Metrics {
     /// SIP TCP connections closed holding an unfinished request over the per-source or
     /// per-prefix cap, or past the deadline to finish it.
     pub tcp_unfinished_closed: AtomicU64,
+    /// TLS handshakes that failed (old protocol versions, weak suites, not TLS at all).
+    pub tls_handshake_failed: AtomicU64,
+    /// TLS connections cut because their handshake missed its deadline (half-open).
+    pub tls_handshake_timeouts: AtomicU64,
+    /// Seconds until the TLS certificate in force expires (negative once expired);
+    /// only shown while `tls_enabled`.
+    pub tls_cert_expiry: std::sync::atomic::AtomicI64,
+    pub tls_enabled: std::sync::atomic::AtomicBool,
     /// Times the SIP TCP accept loop waited after an accept error (fd exhaustion).
     pub accept_backoff: AtomicU64,
     pub kernel_drop_sources: AtomicU64,
@@ -289,6 +298,16 @@ impl Metrics {
                 "sipward_tcp_connections_unfinished_total",
                 "SIP TCP connections closed holding an unfinished request: over the per-source or per-prefix cap, or not finished in time",
                 get(&self.tcp_unfinished_closed),
+            ),
+            (
+                "sipward_tls_handshakes_failed_total",
+                "SIP TLS connections whose handshake failed (protocol version or cipher suite refused, not TLS)",
+                get(&self.tls_handshake_failed),
+            ),
+            (
+                "sipward_tls_handshakes_timed_out_total",
+                "SIP TLS connections cut because the handshake missed its deadline",
+                get(&self.tls_handshake_timeouts),
             ),
             (
                 "sipward_accept_backoff_total",
@@ -517,6 +536,14 @@ impl Metrics {
         ];
         for (name, help, v) in gauges {
             let _ = write!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");
+        }
+        if self.tls_enabled.load(Ordering::Relaxed) {
+            let name = "sipward_tls_cert_expiry_seconds";
+            let v = self.tls_cert_expiry.load(Ordering::Relaxed);
+            let _ = write!(
+                s,
+                "# HELP {name} seconds until the SIP TLS certificate in force expires\n# TYPE {name} gauge\n{name} {v}\n"
+            );
         }
         s
     }

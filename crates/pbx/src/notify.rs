@@ -53,7 +53,7 @@ impl Notifier {
         let call_id = format!("{}@sipward", self.sig.token("notify-call-id"));
         let from = format!("sip:sipward@{realm}");
         let to = format!("sip:{number}@{realm}");
-        let us = our_uri(self.sig.bound, flow, Some("sipward"));
+        let us = our_uri(self.sig.bound_for(flow), flow, Some("sipward"));
         RequestBuilder::new("NOTIFY", contact)
             .via(TopVia::new(
                 flow.transport.via_token(),

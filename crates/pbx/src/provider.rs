@@ -321,7 +321,7 @@ impl ProviderRegistrations {
         let domain = &r.account.domain;
         let uri = format!("sip:{domain}");
         let aor = format!("sip:{}@{domain}", r.account.auth_id);
-        let contact = our_uri(self.sig.bound, &flow, Some(&r.account.auth_id));
+        let contact = our_uri(self.sig.bound_for(&flow), &flow, Some(&r.account.auth_id));
         let expires = r.expires.to_string();
         let mut b = RequestBuilder::new("REGISTER", &uri)
             .via(TopVia::new("UDP", self.sig.local(&flow), &branch))

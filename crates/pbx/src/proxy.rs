@@ -409,13 +409,13 @@ impl Proxy {
     /// Our Record-Route entries for a call between `caller` and `callee` flows: one,
     /// or two when the transports differ (RFC 5658), each reachable on its side.
     fn record_route(&self, caller: &Flow, callee: &Flow) -> Vec<String> {
-        let towards_callee = format!("<{};lr>", our_uri(self.sig.bound, callee, None));
+        let towards_callee = format!("<{};lr>", our_uri(self.sig.bound_for(callee), callee, None));
         if caller.transport == callee.transport {
             vec![towards_callee]
         } else {
             vec![
                 towards_callee,
-                format!("<{};lr>", our_uri(self.sig.bound, caller, None)),
+                format!("<{};lr>", our_uri(self.sig.bound_for(caller), caller, None)),
             ]
         }
     }

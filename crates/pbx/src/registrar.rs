@@ -473,13 +473,27 @@ impl Registrar {
         if let Some(list) = st.by_number.get(number) {
             let mut live: Vec<&Binding> = list.iter().filter(|b| b.expires_at > now).collect();
             live.sort_by_key(|b| std::cmp::Reverse(b.expires_at));
-            for b in live {
+            // A stream flow whose connection is gone reaches nobody: it is skipped until
+            // the phone registers again on a new connection.
+            for b in live.into_iter().filter(|b| b.flow.reachable()) {
                 if !out.iter().any(|(_, f)| f.same_peer(&b.flow)) {
                     out.push((b.contact.clone(), b.flow));
                 }
             }
         }
         out
+    }
+
+    /// A connection closed: the bindings made on it are unreachable until their phone
+    /// registers again (they stay, with their expiry, so the phone's next refresh on a
+    /// new connection is a move, and the store keeps its row).
+    pub fn connection_closed(&self, conn: crate::flow::ConnId) {
+        let mut st = self.lock();
+        for list in st.by_number.values_mut() {
+            for b in list.iter_mut().filter(|b| b.flow.conn == Some(conn)) {
+                b.flow.conn = None;
+            }
+        }
     }
 
     /// Whether a current binding was registered from this source address.
@@ -560,11 +574,7 @@ impl Registrar {
             };
             // A stream's connection did not survive the restart: such a phone is
             // reached again once it registers again on a new one.
-            let transport = if r.transport == "tcp" {
-                TransportKind::Tcp
-            } else {
-                TransportKind::Udp
-            };
+            let transport = TransportKind::parse(&r.transport).unwrap_or(TransportKind::Udp);
             let b = Binding {
                 contact: r.contact,
                 call_id: r.call_id,
@@ -696,6 +706,38 @@ mod tests {
         let cur = reg(&r, "1001", &req("c9", 1, Contacts::Star, Some(0)), 1050).expect("star");
         assert!(cur.is_empty());
         assert_eq!(r.binding_count(), 0);
+    }
+
+    #[test]
+    fn a_closed_connection_leaves_its_bindings_unreachable_until_the_phone_registers_again() {
+        use crate::flow::ConnId;
+        let r = Registrar::new(RegistrarConfig::default());
+        let peer = "127.0.0.1:40000".parse().expect("addr");
+        let mut on_tls = req("a", 1, list(&[("sip:a@h;transport=tls", None)]), None);
+        on_tls.flow = Flow::stream(TransportKind::Tls, peer, ConnId(1));
+        reg(&r, "1001", &on_tls, 0).expect("register");
+        assert_eq!(r.flows("1001", 1).len(), 1);
+        r.connection_closed(ConnId(2));
+        assert_eq!(
+            r.flows("1001", 1).len(),
+            1,
+            "another connection's close changes nothing"
+        );
+        r.connection_closed(ConnId(1));
+        assert!(r.flows("1001", 1).is_empty(), "nobody to fork a call to");
+        assert!(
+            !r.has_flow("1001", &on_tls.flow, 1),
+            "nor to send a NOTIFY to"
+        );
+        assert_eq!(r.binding_count(), 1, "the binding stays, with its expiry");
+        let mut again = on_tls.clone();
+        again.cseq = 2;
+        again.flow = Flow::stream(TransportKind::Tls, peer, ConnId(3));
+        reg(&r, "1001", &again, 2).expect("register again");
+        assert_eq!(
+            r.flows("1001", 3),
+            vec![("sip:a@h;transport=tls".to_owned(), again.flow)]
+        );
     }
 
     #[test]

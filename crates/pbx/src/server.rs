@@ -60,6 +60,16 @@ pub struct ServeConfig {
     pub messages: crate::transport::MessageLimits,
     /// The SMTP server the outbox is sent through; None leaves mails queued.
     pub mailer: Option<accounts::mail::Mailer>,
+    /// SIP over TLS: where to listen, and the certificate in force (which the binary
+    /// replaces on reload). None serves no TLS.
+    pub tls: Option<TlsListen>,
+}
+
+/// The TLS listener's address and the certificate it presents.
+#[derive(Clone, Debug)]
+pub struct TlsListen {
+    pub addr: SocketAddr,
+    pub identity: Arc<crate::tls::ServerIdentity>,
 }
 
 /// Random keys for this process, from the OS CSPRNG (through the binary).
@@ -82,9 +92,12 @@ impl std::fmt::Debug for ServerKeys {
 pub struct Bound {
     pub sip_udp: SocketAddr,
     pub sip_tcp: SocketAddr,
+    /// The TLS listener's address, when TLS is served.
+    pub sip_tls: Option<SocketAddr>,
     pub endpoint: Arc<Endpoint>,
     transports: Arc<Transports>,
     tcp: TcpListener,
+    tls: Option<(TcpListener, Arc<crate::tls::ServerIdentity>)>,
     registry: Registry,
     cfg: ServeConfig,
     /// The registry and guard versions the loaded state corresponds to.
@@ -149,6 +162,21 @@ pub async fn bind(
     let (transports, tcp) = Transports::bind(cfg.sip).await.map_err(bind_err)?;
     let sip_udp = transports.local_addr().map_err(bind_err)?;
     let sip_tcp = tcp.local_addr().map_err(bind_err)?;
+    let tls = match &cfg.tls {
+        Some(t) => {
+            let tls_err = |source| crate::Error::Bind {
+                addr: t.addr,
+                source,
+            };
+            let listener = TcpListener::bind(t.addr).await.map_err(tls_err)?;
+            Some((listener, t.identity.clone()))
+        }
+        None => None,
+    };
+    let sip_tls = match &tls {
+        Some((l, _)) => Some(l.local_addr().map_err(bind_err)?),
+        None => None,
+    };
 
     let metrics = Arc::new(Metrics::default());
     let directory = Arc::new(DirectoryCache::default());
@@ -223,6 +251,7 @@ pub async fn bind(
         outbound: Arc::new(Outbound::new(registry.settings().dialplan.clone())),
         trunks: Arc::new(Trunks::default()),
         bound: sip_udp,
+        tls_bound: sip_tls,
         key: keys.notify,
         messages: cfg.messages,
     }));
@@ -240,9 +269,11 @@ pub async fn bind(
     Ok(Bound {
         sip_udp,
         sip_tcp,
+        sip_tls,
         endpoint,
         transports,
         tcp,
+        tls,
         registry,
         cfg,
         versions,
@@ -313,6 +344,16 @@ impl Bound {
             self.cfg.tcp.clone(),
             stop_rx.clone(),
         ));
+        if let Some((listener, identity)) = self.tls {
+            tasks.spawn(transport::serve_tls(
+                listener,
+                identity,
+                self.transports.clone(),
+                inbound.clone(),
+                self.cfg.tcp.clone(),
+                stop_rx.clone(),
+            ));
+        }
         tasks.spawn(reload_loop(
             self.transports.clone(),
             self.registry.clone(),

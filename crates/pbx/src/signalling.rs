@@ -11,7 +11,7 @@ use sip::branch::{Branch, BranchSource, KeyedBranches};
 
 use crate::dialog::{Dialogs, Tokens};
 use crate::egress::Egress;
-use crate::flow::{Flow, local_for};
+use crate::flow::{Flow, TransportKind, local_for};
 use crate::metrics::Metrics;
 
 #[derive(Debug)]
@@ -22,6 +22,8 @@ pub struct Signalling {
     pub clock: Arc<dyn Clock>,
     /// The address the SIP sockets are bound to.
     pub bound: SocketAddr,
+    /// The address the TLS listener is bound to, if there is one.
+    pub tls_bound: Option<SocketAddr>,
     branches: KeyedBranches,
     tokens: Tokens,
 }
@@ -34,7 +36,7 @@ impl Signalling {
         dialogs: Arc<Dialogs>,
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
-        bound: SocketAddr,
+        (bound, tls_bound): (SocketAddr, Option<SocketAddr>),
         key: [u8; 32],
     ) -> Self {
         let derive = |label: &[u8]| {
@@ -51,6 +53,7 @@ impl Signalling {
             metrics,
             clock,
             bound,
+            tls_bound,
             branches: KeyedBranches::new(derive(b"branches")),
             tokens: Tokens::new(derive(b"tokens")),
         }
@@ -66,8 +69,16 @@ impl Signalling {
         self.tokens.next(label)
     }
 
+    /// The bound address that serves `flow`'s transport (the TLS listener for TLS).
+    pub fn bound_for(&self, flow: &Flow) -> SocketAddr {
+        match (flow.transport, self.tls_bound) {
+            (TransportKind::Tls, Some(tls)) => tls,
+            _ => self.bound,
+        }
+    }
+
     /// The address a peer on `flow` sees sipward at.
     pub fn local(&self, flow: &Flow) -> SocketAddr {
-        local_for(self.bound, flow.remote)
+        local_for(self.bound_for(flow), flow.remote)
     }
 }

@@ -1,22 +1,28 @@
-//! UDP and TCP transports (RFC 3261 §18): they move bytes between sockets and the
-//! endpoint and do nothing else. Received messages are handed on with the [`Flow`] they
-//! came on; written messages come only as [`Cleared`] values, which only the egress
+//! UDP, TCP and TLS transports (RFC 3261 §18, §26): they move bytes between sockets and
+//! the endpoint and do nothing else. Received messages are handed on with the [`Flow`]
+//! they came on; written messages come only as [`Cleared`] values, which only the egress
 //! rule can make: the UDP socket and the connections' writers are private to this
 //! module, and [`Transports`]' one writing method takes nothing else.
 //!
-//! TCP is framed by Content-Length; connections and message sizes are bounded. Every
-//! live connection has an entry in one bounded registry (its id, its peer, its writer
-//! channel), so that sipward can send a request on a connection a phone opened; an entry
-//! goes with its connection. No source can hold connections open for nothing (issue
-//! #17): each address and each network prefix may hold only so many ([`TcpLimits`]); a
-//! new connection must deliver a complete message within a deadline, and one that sends
-//! no complete message for a while is closed (bytes alone keep nothing open); a ban
-//! closes the source's connections within a tick; a stream that cannot be framed or a
-//! message that does not parse closes its connection and counts toward the source's
-//! flood limit. At the file-descriptor limit the accept loop backs off. Unfinished
-//! requests (bytes that do not yet make a whole message) are capped per address and per
-//! prefix, and each must be finished within a deadline: a source cannot hold many
-//! half-sent requests, each costing a buffer, on its connections.
+//! TCP and TLS share one accept loop and one connection loop, generic over the stream:
+//! framed by Content-Length; connections and message sizes are bounded. Every live
+//! connection has an entry in one bounded registry (its id, its peer, its writer
+//! channel), so that sipward can send a request on a connection a phone opened (a call,
+//! a check-sync NOTIFY: RFC 5626 flows, and RFC 5923's reuse, since sipward never opens
+//! a connection of its own to a phone); an entry goes with its connection, and the
+//! endpoint is told so the bindings made on it stop being reached. No source can hold
+//! connections open for nothing (issue #17): each address and each network prefix may
+//! hold only so many ([`TcpLimits`]); a new connection must deliver a complete message
+//! within a deadline, and one that sends no complete message for a while is closed
+//! (bytes alone keep nothing open); a ban closes the source's connections within a
+//! tick; a stream that cannot be framed or a message that does not parse closes its
+//! connection and counts toward the source's flood limit. At the file-descriptor limit
+//! the accept loop backs off. A TLS handshake must finish within a few seconds, and
+//! each source may have only so many in flight: a half-open flood costs one timer per
+//! connection. A double-CRLF keep-alive ping is answered with a CRLF pong (RFC 5626
+//! §4.4.1). Unfinished requests (bytes that do not yet make a whole message) are capped
+//! per address and per prefix, and each must be finished within a deadline: a source
+//! cannot hold many half-sent requests, each costing a buffer, on its connections.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -26,14 +32,15 @@ use std::time::Duration;
 
 use accounts::background::{self, Task};
 use policy::places::{Place, PlaceCaps, Places};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::egress::{Cleared, Undeliverable, Wire};
 use crate::flow::{ConnId, Flow, TransportKind};
 use crate::guard::Admission;
+use crate::tls::ServerIdentity;
 
 /// The largest SIP message accepted on a stream, by default (`[sip] max_message_tcp`).
 pub const MAX_MESSAGE: usize = 64 * 1024;
@@ -64,7 +71,7 @@ impl MessageLimits {
     pub fn of(&self, transport: TransportKind) -> usize {
         match transport {
             TransportKind::Udp => self.datagram,
-            TransportKind::Tcp => self.stream,
+            TransportKind::Tcp | TransportKind::Tls => self.stream,
         }
     }
 }
@@ -110,6 +117,11 @@ pub struct TcpLimits {
     pub message: Duration,
     /// How often an open connection looks whether its source has been banned.
     pub ban_check: Duration,
+    /// A TLS handshake must be complete within this (`[tls] handshake_secs`).
+    pub handshake: Duration,
+    /// TLS handshakes in flight per address (`[tls] handshakes_per_source`); per
+    /// prefix, times the same factor as connections.
+    pub handshakes_per_source: u32,
 }
 
 impl Default for TcpLimits {
@@ -126,6 +138,8 @@ impl Default for TcpLimits {
             unfinished_per_prefix: 8 * 4,
             message: Duration::from_secs(10),
             ban_check: Duration::from_secs(1),
+            handshake: Duration::from_secs(5),
+            handshakes_per_source: 8,
         }
     }
 }
@@ -147,6 +161,20 @@ impl TcpLimits {
             ..self.caps()
         }
     }
+
+    fn handshake_caps(&self) -> PlaceCaps {
+        let factor = self
+            .per_prefix
+            .checked_div(self.per_source)
+            .unwrap_or(1)
+            .max(1);
+        PlaceCaps {
+            per_source: self.handshakes_per_source,
+            per_prefix: self.handshakes_per_source.saturating_mul(factor),
+            ipv4_prefix: self.ipv4_prefix,
+            ipv6_prefix: self.ipv6_prefix,
+        }
+    }
 }
 
 /// Why a connection was closed by the transport (for the metrics).
@@ -161,6 +189,10 @@ pub enum ConnectionEnd {
     /// It held an unfinished request over the per-source or per-prefix cap, or past the
     /// deadline to finish it.
     Unfinished,
+    /// Its TLS handshake failed (a protocol version or suite refused, not TLS at all).
+    HandshakeFailed,
+    /// Its TLS handshake was not complete by the deadline (a half-open connection).
+    HandshakeTimedOut,
 }
 
 /// What the transports hand received messages to (the endpoint).
@@ -191,6 +223,8 @@ pub trait Inbound: Send + Sync + 'static {
     fn unframed(&self, ip: IpAddr);
     /// A connection was refused or closed by a limit.
     fn connection(&self, closed: ConnectionEnd);
+    /// A connection ended, whatever the reason: what was reached on `flow` no longer is.
+    fn closed(&self, flow: Flow);
     /// The accept loop waits `delay` after `error`; `first` for the first wait of a run.
     fn accept_backoff(&self, error: &std::io::Error, delay: Duration, first: bool);
 }
@@ -268,7 +302,7 @@ impl Wire for Transports {
                 }
                 Ok(())
             }
-            TransportKind::Tcp => {
+            TransportKind::Tcp | TransportKind::Tls => {
                 let writer = flow.conn.and_then(|id| {
                     self.connections()
                         .by_id
@@ -335,12 +369,48 @@ pub async fn serve_tcp(
     transports: Arc<Transports>,
     inbound: Arc<dyn Inbound>,
     limits: TcpLimits,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_stream(listener, None, transports, inbound, limits, shutdown).await;
+}
+
+/// Accepts TLS connections until shutdown, under `limits`: each handshake is made with
+/// the certificate in force at its accept.
+pub async fn serve_tls(
+    listener: TcpListener,
+    identity: Arc<ServerIdentity>,
+    transports: Arc<Transports>,
+    inbound: Arc<dyn Inbound>,
+    limits: TcpLimits,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_stream(
+        listener,
+        Some(identity),
+        transports,
+        inbound,
+        limits,
+        shutdown,
+    )
+    .await;
+}
+
+/// The accept loop of both stream transports: the guard, the per-source places, the
+/// total bound, back-off at the file-descriptor limit, and for TLS the handshake.
+async fn serve_stream(
+    listener: TcpListener,
+    tls: Option<Arc<ServerIdentity>>,
+    transports: Arc<Transports>,
+    inbound: Arc<dyn Inbound>,
+    limits: TcpLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
     let places = Places::default();
     let unfinished = Places::default();
+    let handshakes = Places::default();
     let caps = limits.caps();
+    let handshake_caps = limits.handshake_caps();
     let limits = Arc::new(limits);
     let mut backoff: Option<Duration> = None;
     loop {
@@ -380,15 +450,33 @@ pub async fn serve_tcp(
             inbound.connection(ConnectionEnd::Refused);
             continue;
         };
+        // Handshakes in flight are the expensive part of a TLS flood: capped apart.
+        let handshake = match (&tls, uncapped) {
+            (None, _) => None,
+            (Some(_), true) => Some(handshakes.exempt()),
+            (Some(_), false) => match handshakes.take(peer.ip(), &handshake_caps) {
+                Some(h) => Some(h),
+                None => {
+                    inbound.connection(ConnectionEnd::Refused);
+                    continue;
+                }
+            },
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             inbound.connection(ConnectionEnd::Refused);
             continue;
         };
-        let (transports, inbound, limits, shutdown) = (
+        background::checked(
+            Task::SocketSetup,
+            "setting TCP_NODELAY",
+            stream.set_nodelay(true),
+        );
+        let (transports, inbound, limits, mut shutdown, tls) = (
             transports.clone(),
             inbound.clone(),
             limits.clone(),
             shutdown.clone(),
+            tls.clone(),
         );
         let unfinished = Unfinished {
             places: unfinished.clone(),
@@ -396,10 +484,37 @@ pub async fn serve_tcp(
             held: None,
         };
         tokio::spawn(async move {
-            connection(
-                stream, peer, transports, inbound, &limits, unfinished, shutdown,
-            )
-            .await;
+            match tls {
+                None => {
+                    let kind = TransportKind::Tcp;
+                    connection(
+                        stream, peer, kind, transports, inbound, &limits, unfinished, shutdown,
+                    )
+                    .await;
+                }
+                Some(identity) => {
+                    // The acceptor is read once, here: a reload during the handshake
+                    // or later never touches this connection.
+                    let accept = identity.acceptor().accept(stream);
+                    let done = tokio::select! {
+                        r = tokio::time::timeout(limits.handshake, accept) => r,
+                        _ = shutdown.changed() => return,
+                    };
+                    drop(handshake);
+                    match done {
+                        Ok(Ok(stream)) => {
+                            let kind = TransportKind::Tls;
+                            connection(
+                                stream, peer, kind, transports, inbound, &limits, unfinished,
+                                shutdown,
+                            )
+                            .await;
+                        }
+                        Ok(Err(_)) => inbound.connection(ConnectionEnd::HandshakeFailed),
+                        Err(_) => inbound.connection(ConnectionEnd::HandshakeTimedOut),
+                    }
+                }
+            }
             drop(slot);
             drop(permit);
         });
@@ -447,25 +562,29 @@ impl Unfinished {
     }
 }
 
-async fn connection(
-    stream: TcpStream,
+/// A double CRLF between messages: an RFC 5626 keep-alive ping.
+const PING: usize = 4;
+/// The pong that answers it (RFC 5626 §4.4.1).
+const PONG: &[u8] = b"\r\n";
+
+async fn connection<S>(
+    stream: S,
     peer: SocketAddr,
+    kind: TransportKind,
     transports: Arc<Transports>,
     inbound: Arc<dyn Inbound>,
     limits: &TcpLimits,
     mut unfinished: Unfinished,
     mut shutdown: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let unfinished_caps = limits.unfinished_caps();
-    background::checked(
-        Task::SocketSetup,
-        "setting TCP_NODELAY",
-        stream.set_nodelay(true),
-    );
-    let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Arc<[u8]>>(TCP_QUEUE);
+    let pong = tx.clone();
     let id = transports.open(peer, tx);
-    let flow = Flow::tcp(peer, id);
+    let flow = Flow::stream(kind, peer, id);
     let write = tokio::spawn(async move {
         while let Some(bytes) = rx.recv().await {
             if writer.write_all(&bytes).await.is_err() {
@@ -474,6 +593,8 @@ async fn connection(
                 return;
             }
         }
+        // The close_notify of a TLS stream; a TCP stream is shut down for writing.
+        let _ = writer.shutdown().await;
     });
     let opened = Instant::now();
     // Idleness is measured from the last complete message, never from the last byte: a
@@ -482,23 +603,33 @@ async fn connection(
     let mut last_message: Option<Instant> = None;
     let mut last_ping = opened;
     let mut registered = false;
+    // CR and LF bytes seen since the last message: every four are one ping.
+    let mut crlf_run = 0usize;
     let mut ban_check = tokio::time::interval(limits.ban_check);
     ban_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let max_message = inbound.max_message(TransportKind::Tcp);
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 16 * 1024];
     'read: loop {
-        // Keep-alive CRLFs between messages are skipped (RFC 5626 §3.5.1 pings).
+        // Keep-alive CRLFs between messages are skipped (RFC 5626 §3.5.1 pings), and
+        // each double CRLF is answered with one CRLF. A full queue drops the pong: the
+        // peer is not reading anyway.
         let skip = buf
             .iter()
             .take_while(|b| matches!(b, b'\r' | b'\n'))
             .count();
         if skip > 0 {
             last_ping = Instant::now();
+            crlf_run += skip;
+            while crlf_run >= PING {
+                crlf_run -= PING;
+                let _ = pong.try_send(Arc::from(PONG));
+            }
         }
         buf.drain(..skip);
         match sip::msg::frame_len(&buf, max_message) {
             Ok(Some(n)) => {
+                crlf_run = 0;
                 // A source banned while connected is cut off at its next message; a
                 // silenced one loses the message.
                 match inbound.admit_on_connection(peer.ip()) {
@@ -520,7 +651,11 @@ async fn connection(
                 }
                 continue;
             }
-            Ok(None) => {}
+            Ok(None) => {
+                if !buf.is_empty() {
+                    crlf_run = 0;
+                }
+            }
             // Over the limit: answered 513 if its head can be read, and closed (what
             // follows is the rest of its body).
             Err(sip::msg::ParseError::TooLarge) => {
@@ -577,8 +712,11 @@ async fn connection(
         }
     }
     // The registry entry goes first, so nothing more is queued; what is queued is
-    // still written before the connection closes.
+    // still written before the connection closes. The bindings made on it stop being
+    // reached until their phone registers again.
     transports.close(id);
+    inbound.closed(flow);
+    drop(pong);
     background::checked(Task::TcpWrite, "a TCP connection's writer", write.await);
 }
 

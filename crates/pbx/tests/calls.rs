@@ -561,6 +561,7 @@ async fn start(setup: Setup) -> Pbx {
         tcp: pbx::transport::TcpLimits::default(),
         messages: pbx::transport::MessageLimits::default(),
         mailer: None,
+        tls: None,
     };
     let keys = ServerKeys {
         nonce: [1; 32],

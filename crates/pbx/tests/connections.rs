@@ -82,6 +82,7 @@ async fn start(bans: BanPolicy, tcp: TcpLimits) -> Pbx {
         tcp,
         messages: pbx::transport::MessageLimits::default(),
         mailer: None,
+        tls: None,
     };
     let keys = ServerKeys {
         nonce: [1; 32],
@@ -519,4 +520,33 @@ async fn half_sent_requests_are_capped_per_source_and_per_prefix_and_must_finish
     let (_, closed_too) = read_for(&mut neighbours[1], Duration::from_secs(4)).await;
     assert!(closed && closed_too);
     assert_eq!(metric(&pbx, |m| &m.tcp_unfinished_closed), 3 + 1 + 3 + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_double_crlf_ping_is_answered_with_a_crlf_pong() {
+    let pbx = start(calm(), short_limits()).await;
+    let mut c = connect("127.0.0.51", pbx.tcp).await;
+    assert!(answered(&mut c, 1).await, "the connection works");
+    // RFC 5626 §4.4.1: CRLFCRLF in, CRLF out; a ping split over two writes too.
+    c.write_all(b"\r\n\r\n").await.expect("ping");
+    let mut pong = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(3), c.read_exact(&mut pong))
+        .await
+        .expect("a pong within 3 s")
+        .expect("read");
+    assert_eq!(&pong, b"\r\n");
+    c.write_all(b"\r\n").await.expect("half");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.write_all(b"\r\n").await.expect("other half");
+    tokio::time::timeout(Duration::from_secs(3), c.read_exact(&mut pong))
+        .await
+        .expect("a pong within 3 s")
+        .expect("read");
+    assert_eq!(&pong, b"\r\n");
+    // A lone CRLF (a pong of the phone's own) is not answered; a message still is.
+    c.write_all(b"\r\n").await.expect("lone");
+    assert!(
+        answered(&mut c, 2).await,
+        "the next message is answered, and nothing before it"
+    );
 }

@@ -120,6 +120,7 @@ fn door() -> Door {
         outbound: Arc::new(Outbound::new(DialPlan::default())),
         trunks: Arc::new(Trunks::default()),
         bound: "127.0.0.1:5060".parse().expect("addr"),
+        tls_bound: None,
         key: [3; 32],
         messages: pbx::transport::MessageLimits::default(),
     });

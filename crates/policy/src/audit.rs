@@ -23,6 +23,8 @@ pub enum Kind {
     Route,
     /// The installation's settings (`sipward.toml`): see [`crate::weakening`].
     Config,
+    /// The SIP TLS certificate.
+    Tls,
 }
 
 impl Kind {
@@ -33,6 +35,7 @@ impl Kind {
             Kind::Provider => "provider",
             Kind::Route => "route",
             Kind::Config => "config",
+            Kind::Tls => "tls",
         }
     }
 
@@ -126,6 +129,45 @@ pub enum Check {
     /// Sources where an account logged in are trusted wider (more traffic, or longer)
     /// than the default.
     TrustWide,
+    /// The SIP TLS certificate expires within [`CERT_WARN_DAYS`] days.
+    CertExpiring,
+    /// The SIP TLS certificate has expired (or is not valid yet): phones that verify it
+    /// cannot connect.
+    CertExpired,
+}
+
+/// `tls.cert_expiring` is reported this many days before the certificate expires.
+pub const CERT_WARN_DAYS: i64 = 21;
+
+/// The finding about a TLS certificate valid from `not_before` to `not_after` (Unix
+/// seconds) at `now`, if any.
+pub fn certificate(subject: &str, not_before: i64, not_after: i64, now: i64) -> Option<Finding> {
+    let days = (not_after - now).div_euclid(86_400);
+    let (check, message) = if now >= not_after || now < not_before {
+        (
+            Check::CertExpired,
+            "the SIP TLS certificate is not valid now: phones that verify it cannot connect; replace it and run `sipward tls reload`".to_owned(),
+        )
+    } else if not_after - now <= CERT_WARN_DAYS * 86_400 {
+        (
+            Check::CertExpiring,
+            format!(
+                "the SIP TLS certificate expires in {days} days: renew it and run `sipward tls reload`"
+            ),
+        )
+    } else {
+        return None;
+    };
+    Some(Finding {
+        rule: RuleId {
+            kind: Kind::Tls,
+            check,
+        },
+        severity: check.severity(),
+        subject: Kind::Tls.subject(subject),
+        field: check.field(),
+        message,
+    })
 }
 
 impl Check {
@@ -174,6 +216,8 @@ impl Check {
             Check::ProvisioningPlainHttp => "provisioning_plain_http",
             Check::NonceLifetimeLong => "nonce_lifetime_long",
             Check::TrustWide => "trust_wide",
+            Check::CertExpiring => "cert_expiring",
+            Check::CertExpired => "cert_expired",
         }
     }
 
@@ -209,7 +253,9 @@ impl Check {
             | GraceLong
             | ProvisioningPlainHttp
             | NonceLifetimeLong
-            | TrustWide => Severity::Critical,
+            | TrustWide
+            | CertExpired => Severity::Critical,
+            CertExpiring => Severity::Warning,
             SipIdEqualsNumber
             | AuthIdEqualsNumber
             | PasswordNotMixed
@@ -252,6 +298,7 @@ impl Check {
             | ProvisioningPlainHttp
             | NonceLifetimeLong
             | TrustWide => "setting",
+            CertExpiring | CertExpired => "certificate",
             _ => "password",
         }
     }
@@ -1466,5 +1513,21 @@ mod tests {
         assert_eq!(Severity::parse("fatal"), None);
         assert_eq!(Check::PasswordEqualsNumber.severity(), Severity::Critical);
         assert_eq!(Check::SipIdEqualsNumber.severity(), Severity::Warning);
+    }
+
+    #[test]
+    fn a_certificate_is_flagged_21_days_before_it_expires_and_once_it_has() {
+        const DAY: i64 = 86_400;
+        let now = 1_800_000_000;
+        assert_eq!(certificate("sip", now - DAY, now + 22 * DAY, now), None);
+        let soon = certificate("sip", now - DAY, now + 21 * DAY, now).expect("finding");
+        assert_eq!(soon.rule.to_string(), "tls.cert_expiring");
+        assert_eq!(soon.severity, Severity::Warning);
+        assert_eq!(soon.subject, "tls:sip");
+        let gone = certificate("sip", now - 2 * DAY, now - DAY, now).expect("finding");
+        assert_eq!(gone.rule.to_string(), "tls.cert_expired");
+        assert_eq!(gone.severity, Severity::Critical);
+        let early = certificate("sip", now + DAY, now + 90 * DAY, now).expect("finding");
+        assert_eq!(early.rule.to_string(), "tls.cert_expired");
     }
 }

@@ -19,6 +19,10 @@ pub struct Facts {
     pub remote_declared: bool,
     /// Extensions registered right now from public addresses: (number, address).
     pub remote_seen: Vec<(String, IpAddr)>,
+    /// Those of them registered over clear-text UDP or TCP (not TLS).
+    pub remote_clear: Vec<(String, IpAddr)>,
+    /// SIP over TLS is served on this port (None: no TLS).
+    pub tls_port: Option<u16>,
     /// `[http] trusted_proxies`, as configured.
     pub trusted_proxies: Vec<String>,
     /// Requests with `Forwarded` / `X-Forwarded-For` from an address not among them,
@@ -32,7 +36,7 @@ pub struct Port {
     pub port: u16,
     /// `udp` or `tcp`.
     pub protocol: &'static str,
-    /// `sip`, `provisioning` or `console`.
+    /// `sip`, `sips` (SIP over TLS), `provisioning` or `console`.
     pub service: &'static str,
     /// Whether to open it to the internet.
     pub open: bool,
@@ -116,18 +120,72 @@ pub fn advise(f: &Facts) -> Advice {
                 list.join(", ")
             )
         };
-        for protocol in ["udp", "tcp"] {
-            ports.push(sip(
-                protocol,
-                true,
-                vec![],
-                format!("{who}; they can move, so from anywhere"),
-            ));
+        match f.tls_port {
+            Some(tls) => {
+                ports.push(Port {
+                    port: tls,
+                    protocol: "tcp",
+                    service: "sips",
+                    open: true,
+                    from: vec![],
+                    why: format!("{who}: over TLS; they can move, so from anywhere"),
+                });
+                if f.remote_clear.is_empty() {
+                    // Every remote phone is on TLS: clear-text SIP is for providers only.
+                    let why = if f.providers.is_empty() {
+                        "remote phones use TLS: clear-text SIP stays on the LAN".to_owned()
+                    } else {
+                        "remote phones use TLS: clear-text SIP only from the VoIP providers' addresses".to_owned()
+                    };
+                    if f.providers.is_empty() {
+                        for protocol in ["udp", "tcp"] {
+                            ports.push(sip(protocol, false, vec![], why.clone()));
+                        }
+                    } else {
+                        ports.push(sip("udp", true, provider_ips.clone(), why));
+                    }
+                } else {
+                    let list: Vec<String> = f
+                        .remote_clear
+                        .iter()
+                        .take(5)
+                        .map(|(n, ip)| format!("{n} from {ip}"))
+                        .collect();
+                    for protocol in ["udp", "tcp"] {
+                        ports.push(sip(
+                            protocol,
+                            true,
+                            vec![],
+                            format!(
+                                "remote phones still register in clear text ({}); close it to all but the providers once they use TLS",
+                                list.join(", ")
+                            ),
+                        ));
+                    }
+                    warnings.push(Warning {
+                        id: "sip.udp_for_remote_phones",
+                        message: format!(
+                            "remote phones register over UDP or TCP in clear text ({}): their digest logins and call set-ups cross the internet unencrypted; provision them with TLS (`sipward ext update NUMBER --transport tls`, or [provisioning] transport = \"tls\")",
+                            list.join(", ")
+                        ),
+                    });
+                }
+            }
+            None => {
+                for protocol in ["udp", "tcp"] {
+                    ports.push(sip(
+                        protocol,
+                        true,
+                        vec![],
+                        format!("{who}; they can move, so from anywhere"),
+                    ));
+                }
+                warnings.push(Warning {
+                    id: "sip.udp_for_remote_phones",
+                    message: "remote phones use SIP over UDP or TCP in clear text: their digest logins and call set-ups cross the internet unencrypted; serve SIP over TLS ([tls] enabled = true) and provision them with it".into(),
+                });
+            }
         }
-        warnings.push(Warning {
-            id: "sip.udp_for_remote_phones",
-            message: "remote phones use SIP over UDP or TCP in clear text: their digest logins and call set-ups cross the internet unencrypted; prefer a VPN (sipward does not offer TLS yet)".into(),
-        });
     } else if !f.providers.is_empty() {
         let names: Vec<&str> = f.providers.iter().map(|(n, _)| n.as_str()).collect();
         let why = format!(
@@ -153,7 +211,10 @@ pub fn advise(f: &Facts) -> Advice {
     }
     if remote && !f.providers.is_empty() {
         // Already open from anywhere; say why providers need it too.
-        for p in ports.iter_mut().filter(|p| p.service == "sip") {
+        for p in ports
+            .iter_mut()
+            .filter(|p| p.service == "sip" && p.from.is_empty() && p.open)
+        {
             p.why
                 .push_str("; VoIP providers send inbound calls here too");
         }
@@ -386,6 +447,60 @@ mod tests {
                 .iter()
                 .any(|p| p.service == "sip" && p.why.contains("1001 from 203.0.113.9"))
         );
+    }
+
+    #[test]
+    fn with_tls_remote_phones_get_the_tls_port_and_clear_sip_only_the_providers() {
+        let mut f = facts();
+        f.tls_port = Some(5061);
+        f.remote_seen = vec![("1001".into(), ip("203.0.113.9"))];
+        f.providers = vec![("carrier".into(), vec![ip("198.51.100.7")])];
+        // 1001 still registers over UDP: 5060 stays open to all, with the warning.
+        f.remote_clear = f.remote_seen.clone();
+        let a = advise(&f);
+        assert_eq!(
+            open(&a, "sips"),
+            vec![("tcp", vec![])],
+            "the TLS port is open to the world"
+        );
+        assert_eq!(open(&a, "sip"), vec![("udp", vec![]), ("tcp", vec![])]);
+        let w = a
+            .warnings
+            .iter()
+            .find(|w| w.id == "sip.udp_for_remote_phones")
+            .expect("clear-text warning");
+        assert!(w.message.contains("1001 from 203.0.113.9"), "{}", w.message);
+        // Once it registers over TLS: the warning goes, 5060 only from the provider.
+        f.remote_clear.clear();
+        let a = advise(&f);
+        assert!(
+            a.warnings
+                .iter()
+                .all(|w| w.id != "sip.udp_for_remote_phones")
+        );
+        assert_eq!(open(&a, "sips"), vec![("tcp", vec![])]);
+        assert_eq!(open(&a, "sip"), vec![("udp", vec![ip("198.51.100.7")])]);
+        assert!(
+            a.nftables.contains("tcp dport 5061 accept  # sips"),
+            "{}",
+            a.nftables
+        );
+        assert!(
+            a.nftables
+                .contains("ip saddr { 198.51.100.7 } udp dport 5060 accept  # sip (providers)"),
+            "{}",
+            a.nftables
+        );
+        assert!(
+            !a.nftables.contains("\n    udp dport 5060 accept"),
+            "{}",
+            a.nftables
+        );
+        // Without providers, clear-text SIP stays closed.
+        f.providers.clear();
+        let a = advise(&f);
+        assert!(open(&a, "sip").is_empty());
+        assert_eq!(open(&a, "sips"), vec![("tcp", vec![])]);
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub enum Command {
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// The SIP TLS certificate: reload it in the running server, or show it.
+    #[command(subcommand)]
+    Tls(TlsCommand),
     /// Which ports must be reachable from the internet, and why; an nftables rule set.
     Advise {
         /// The SIP address `serve` listens on (to name its port).
@@ -267,6 +270,22 @@ pub enum DidCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Check the certificate files and have the running server put them in force
+    /// (existing connections keep theirs); a bad or expired certificate is refused and
+    /// the one in force kept.
+    Reload {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// The certificate files: names, validity, serial, the CA's fingerprint.
+    Show {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum MailCommand {
     /// Every mail in the outbox and its state (no contents).
     List {
@@ -332,6 +351,10 @@ pub struct ServeArgs {
     /// HTTP address for /healthz and /metrics (local only by default).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: std::net::SocketAddr,
+    /// SIP over TLS address (default `[tls] listen`, else the --sip address with the
+    /// next port: 0.0.0.0:5061 beside 0.0.0.0:5060, an ephemeral port beside port 0).
+    #[arg(long)]
+    pub sips: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -382,6 +405,10 @@ pub struct ExtFields {
     /// empty value resets it.
     #[arg(long = "class")]
     pub class_of_service: Option<String>,
+    /// The transport its phones are provisioned with: udp, tcp or tls (default: the
+    /// config's `[provisioning] transport`; an empty value returns to it).
+    #[arg(long)]
+    pub transport: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -30,6 +30,7 @@ struct RawConfig {
     console: RawConsole,
     http: RawHttp,
     log: RawLog,
+    tls: RawTls,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -38,6 +39,51 @@ struct RawLog {
     /// Which log records are written, as RUST_LOG says it; `--log` and RUST_LOG win
     /// over it. Changes on SIGHUP.
     filter: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTls {
+    /// Serve SIP over TLS (default true: with no certificate configured, the first
+    /// start makes a private CA and a server certificate in DATA/tls).
+    enabled: bool,
+    /// Where to listen (default: the SIP address with the next port).
+    listen: Option<std::net::SocketAddr>,
+    /// The operator's certificate chain (PEM, leaf first) and key; both or neither.
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    /// Extra DNS names and IP addresses for the generated server certificate (the SIP
+    /// domain is always in it).
+    names: Vec<String>,
+    /// Seconds a TLS handshake may take before the connection is cut.
+    handshake_secs: Option<u64>,
+    /// TLS handshakes in flight per source address.
+    handshakes_per_source: Option<u32>,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+            cert: None,
+            key: None,
+            names: Vec::new(),
+            handshake_secs: None,
+            handshakes_per_source: None,
+        }
+    }
+}
+
+/// `[tls]`: SIP over TLS and where its certificate comes from.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    pub enabled: bool,
+    pub listen: Option<std::net::SocketAddr>,
+    /// The operator's certificate and key; None: the generated ones in DATA/tls.
+    pub operator: Option<(PathBuf, PathBuf)>,
+    /// Names for the generated certificate besides the domain.
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,7 +214,10 @@ fn backup(raw: RawBackup) -> anyhow::Result<BackupConfig> {
 struct RawProvisioning {
     /// The SIP server phones register to; defaults to sip.domain.
     server: Option<String>,
+    /// The SIP port UDP and TCP phones are given.
     port: Option<u16>,
+    /// The SIP port TLS phones are given (the TLS listener's, 5061 by default).
+    tls_port: Option<u16>,
     transport: Option<accounts::provisioning::PhoneTransport>,
     voicemail_number: Option<String>,
     /// `http://host:port` phones fetch their files from (shown in welcome mails).
@@ -251,6 +300,7 @@ pub struct Config {
     pub sip_messages: pbx::transport::MessageLimits,
     /// `[log] filter`: the log filter when neither `--log` nor RUST_LOG gives one.
     pub log_filter: Option<String>,
+    pub tls: TlsConfig,
 }
 
 impl Config {
@@ -388,8 +438,9 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
     raw.policy.validate().map_err(OperatorError)?;
     raw.registrar.validate().map_err(OperatorError)?;
     raw.guard.validate().map_err(OperatorError)?;
-    let sip_tcp = sip_tcp(&raw.sip, &raw.guard)?;
+    let sip_tcp = sip_tcp(&raw.sip, &raw.guard, &raw.tls)?;
     let sip_messages = sip_messages(&raw.sip)?;
+    let tls = tls(&raw.tls)?;
     let domain = raw
         .sip
         .domain
@@ -483,6 +534,7 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
         http,
         sip_tcp,
         sip_messages,
+        tls,
         settings: Settings {
             realm,
             domain,
@@ -617,6 +669,7 @@ fn sip_messages(raw: &RawSip) -> anyhow::Result<pbx::transport::MessageLimits> {
 fn sip_tcp(
     raw: &RawSip,
     guard: &policy::ban::BanPolicy,
+    tls: &RawTls,
 ) -> anyhow::Result<pbx::transport::TcpLimits> {
     let d = pbx::transport::TcpLimits::default();
     let per_source = raw.tcp_connections_per_source.unwrap_or(d.per_source);
@@ -666,7 +719,19 @@ fn sip_tcp(
     if !(1..=120).contains(&message) {
         return Err(OperatorError("sip.tcp_message_secs must be between 1 and 120".into()).into());
     }
+    let handshake = tls.handshake_secs.unwrap_or(d.handshake.as_secs());
+    if !(1..=30).contains(&handshake) {
+        return Err(OperatorError("tls.handshake_secs must be between 1 and 30".into()).into());
+    }
+    let handshakes = tls.handshakes_per_source.unwrap_or(d.handshakes_per_source);
+    if !(1..=256).contains(&handshakes) {
+        return Err(
+            OperatorError("tls.handshakes_per_source must be between 1 and 256".into()).into(),
+        );
+    }
     Ok(pbx::transport::TcpLimits {
+        handshake: std::time::Duration::from_secs(handshake),
+        handshakes_per_source: handshakes,
         per_source,
         per_prefix: per_source.saturating_mul(guard.prefix_factor),
         ipv4_prefix: guard.ipv4_prefix,
@@ -678,6 +743,35 @@ fn sip_tcp(
         unfinished_per_prefix: unfinished.saturating_mul(guard.prefix_factor),
         message: std::time::Duration::from_secs(message),
         ..d
+    })
+}
+
+/// `[tls]`, checked: a certificate needs its key, names must be host names or addresses.
+fn tls(raw: &RawTls) -> anyhow::Result<TlsConfig> {
+    let operator = match (&raw.cert, &raw.key) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (None, None) => None,
+        _ => {
+            return Err(OperatorError(
+                "tls.cert and tls.key go together: set both, or neither to use the generated certificate".into(),
+            )
+            .into());
+        }
+    };
+    let mut names = Vec::new();
+    for n in &raw.names {
+        let n = n.trim().to_ascii_lowercase();
+        if n.parse::<std::net::IpAddr>().is_err() {
+            policy::fields::Host::parse(&n)
+                .map_err(|e| OperatorError(format!("tls.names: {e}")))?;
+        }
+        names.push(n);
+    }
+    Ok(TlsConfig {
+        enabled: raw.enabled,
+        listen: raw.listen,
+        operator,
+        names,
     })
 }
 
@@ -729,17 +823,24 @@ fn provisioning(raw: RawProvisioning) -> anyhow::Result<accounts::registry::Prov
             "provisioning.grace_secs must be between 0 and 604800 seconds (7 days)".into(),
         ));
     }
+    let transport = raw.transport.unwrap_or(d.transport);
     let port = raw.port.unwrap_or(d.port);
+    let tls_port = raw.tls_port.unwrap_or(d.tls_port);
+    if tls_port == 0 {
+        return Err(bad("provisioning.tls_port must not be 0".into()));
+    }
     if port == 0 {
         return Err(bad("provisioning.port must not be 0".into()));
     }
     Ok(accounts::registry::ProvisioningSettings {
         server,
         port,
-        transport: raw.transport.unwrap_or(d.transport),
+        tls_port,
+        transport,
         voicemail_number,
         base_url,
         grace_secs,
+        ca_pem: None,
     })
 }
 

@@ -11,6 +11,7 @@ mod error;
 mod log;
 mod open;
 mod output;
+mod tls;
 
 use std::process::ExitCode;
 

@@ -25,10 +25,21 @@ pub async fn open_registry(
     path: &std::path::Path,
     config: &config::Config,
 ) -> anyhow::Result<Registry> {
-    let settings = config.settings.clone();
+    let mut settings = config.settings.clone();
     let data = DataDir::new(path);
+    // The private CA phones are given with their files (made once, DATA/tls).
+    settings.provisioning.ca_pem = crate::tls::private_ca(&config.tls, path, false)?;
     let rng = Box::new(rand_core::UnwrapErr(rand::rngs::SysRng));
-    let (registry, opened) = Registry::open(&data, settings, rng, clock()).await?;
+    let (mut registry, opened) = Registry::open(&data, settings.clone(), rng, clock()).await?;
+    // A new data dir (or one from before TLS) gets its CA now; the registry is opened
+    // again so that phones' files written by this command carry it.
+    let ca = crate::tls::private_ca(&config.tls, path, true)?;
+    if ca != settings.provisioning.ca_pem {
+        settings.provisioning.ca_pem = ca;
+        let rng = Box::new(rand_core::UnwrapErr(rand::rngs::SysRng));
+        registry.store().close().await;
+        registry = Registry::open(&data, settings, rng, clock()).await?.0;
+    }
     if opened.created {
         eprintln!(
             "created data dir {} (database, secrets key, fax extension {} with strong credentials)",

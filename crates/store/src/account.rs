@@ -33,6 +33,9 @@ pub struct ExtensionRow {
     /// under another generation is revoked. Set by the store, never by the caller:
     /// [`insert_extension`] draws a fresh one, [`renew_credentials`] draws the next.
     pub credential_generation: i64,
+    /// `udp`, `tcp` or `tls`: the transport this extension's phones are provisioned
+    /// with; None follows the installation's setting.
+    pub phone_transport: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,7 +66,7 @@ pub struct ProviderRow {
 }
 
 const EXT_COLUMNS: &str = "number, kind, name, email, auth_id, sip_id, password_enc, password_score, \
-     pin_enc, ha1_md5_enc, ha1_sha256_enc, mac, model, created_at, updated_at, credential_generation";
+     pin_enc, ha1_md5_enc, ha1_sha256_enc, mac, model, created_at, updated_at, credential_generation, phone_transport";
 const GW_COLUMNS: &str = "name, vendor, number, auth_id, password_enc, password_score, ha1_md5_enc, \
      ha1_sha256_enc, host, created_at, updated_at";
 const PROV_COLUMNS: &str =
@@ -87,6 +90,7 @@ fn ext_from_row(r: &AnyRow) -> Result<ExtensionRow> {
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         credential_generation: r.try_get("credential_generation")?,
+        phone_transport: r.try_get("phone_transport")?,
     })
 }
 
@@ -215,7 +219,7 @@ pub async fn insert_extension(db: &mut dyn Db, e: &ExtensionRow) -> Result<i64> 
     let conn = raw(db);
     let generation = next_credential_generation(conn).await?;
     let sql = format!(
-        "INSERT INTO extensions ({EXT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)"
+        "INSERT INTO extensions ({EXT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(&e.number)
@@ -234,6 +238,7 @@ pub async fn insert_extension(db: &mut dyn Db, e: &ExtensionRow) -> Result<i64> 
         .bind(e.created_at)
         .bind(e.updated_at)
         .bind(generation)
+        .bind(&e.phone_transport)
         .execute(&mut *conn)
         .await
         .map_err(|err| {
@@ -265,7 +270,7 @@ pub async fn update_extension(db: &mut dyn Db, e: &ExtensionRow) -> Result<bool>
     let done = sqlx::query(
         "UPDATE extensions SET kind = $2, name = $3, email = $4, auth_id = $5, sip_id = $6, \
          password_enc = $7, password_score = $8, pin_enc = $9, ha1_md5_enc = $10, ha1_sha256_enc = $11, \
-         mac = $12, model = $13, updated_at = $14 WHERE number = $1",
+         mac = $12, model = $13, updated_at = $14, phone_transport = $15 WHERE number = $1",
     )
     .bind(&e.number)
     .bind(&e.kind)
@@ -281,6 +286,7 @@ pub async fn update_extension(db: &mut dyn Db, e: &ExtensionRow) -> Result<bool>
     .bind(&e.mac)
     .bind(&e.model)
     .bind(e.updated_at)
+    .bind(&e.phone_transport)
     .execute(&mut *conn)
     .await
     .map_err(|err| {

@@ -9,7 +9,8 @@
 //! creation time, and the size and SHA-256 of every other file), then `manifest.sig`
 //! (the install's Ed25519 signature over the manifest, with its public key: see
 //! [`crate::signing`]), then the files: a consistent database snapshot (`VACUUM INTO`),
-//! the secrets key, the config, operator templates and provisioning files. Reading checks
+//! the secrets key, the config, operator templates, provisioning files and the generated
+//! TLS CA and certificate. Reading checks
 //! everything: the age MAC and chunk tags (a flipped byte or a cut-off file fails), the
 //! signature, the manifest, and every file's size and digest; entries that are not plain
 //! files or whose paths leave the archive are refused.
@@ -156,7 +157,9 @@ pub fn data_files(data: &DataDir) -> Result<Vec<String>> {
             out.push(top.to_owned());
         }
     }
-    for dir in ["templates", "provisioning"] {
+    // `tls`: the private CA and server certificate made at the first start; a restore
+    // without them would make a new CA that no provisioned phone trusts.
+    for dir in ["templates", "provisioning", "tls"] {
         walk(data.root(), Path::new(dir), &mut out)?;
     }
     Ok(out)

@@ -277,6 +277,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "trends",
         include_str!("../migrations/sqlite/0015_trends.sql"),
     ),
+    (
+        16,
+        "phone_transport",
+        include_str!("../migrations/sqlite/0016_phone_transport.sql"),
+    ),
 ];
 
 fn schema() -> sqlx::migrate::Migrator {

@@ -21,6 +21,7 @@ fn ext(number: &str, auth_id: &str) -> ExtensionRow {
         created_at: 1,
         updated_at: 1,
         credential_generation: 0,
+        phone_transport: None,
     }
 }
 

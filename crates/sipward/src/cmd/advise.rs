@@ -27,9 +27,21 @@ pub async fn run(
     remote_phones: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let mut facts =
-        accounts::exposure::facts(reg, sip, http, remote_phones, crate::clock::clock().now())
-            .await?;
+    // SIP over TLS as `serve` would listen for it with this config.
+    let tls = config.tls.enabled.then(|| {
+        config
+            .tls
+            .listen
+            .unwrap_or_else(|| super::serve::next_port(sip))
+    });
+    let mut facts = accounts::exposure::facts(
+        reg,
+        (sip, tls),
+        http,
+        remote_phones,
+        crate::clock::clock().now(),
+    )
+    .await?;
     facts.trusted_proxies = config
         .http
         .trusted_proxies

@@ -23,9 +23,23 @@ struct Report<'a> {
     findings: &'a [Finding],
 }
 
+/// The SIP TLS certificate's expiry (`tls.cert_expiring` 21 days before, then
+/// `tls.cert_expired`); nothing when TLS is off or no certificate exists yet.
+fn tls_finding(reg: &Registry, config: &Config) -> Option<Finding> {
+    if !config.tls.enabled {
+        return None;
+    }
+    let source = crate::tls::Source::of(&config.tls, reg.data_dir().root());
+    let cert = source.read().ok()?;
+    let f = cert.facts();
+    let now = crate::clock::clock().now();
+    policy::audit::certificate("sip", f.not_before, f.not_after, now)
+}
+
 /// The config's weakened settings first, then every stored account's findings.
 pub async fn run(reg: &Registry, args: AuditArgs, config: &Config) -> anyhow::Result<ExitCode> {
     let mut findings = config.findings();
+    findings.extend(tls_finding(reg, config));
     findings.extend(reg.audit().await?);
     let count = |s: Severity| findings.iter().filter(|f| f.severity == s).count();
     let summary = Summary {

@@ -112,6 +112,7 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
                 mac: fields.mac,
                 model: fields.model,
                 class_of_service: fields.class_of_service,
+                transport: fields.transport,
             };
             let added = reg.add_extension(&number, new).await?;
             let e = &added.extension;
@@ -332,6 +333,19 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
                 println!("SIP ID     {}", view.sip_id.as_deref().unwrap_or("(blank)"));
                 println!("MAC        {}", view.mac.as_deref().unwrap_or("-"));
                 println!("model      {}", view.model.as_deref().unwrap_or("-"));
+                let (transport, port) = reg
+                    .settings()
+                    .provisioning
+                    .for_phone(view.transport.as_deref());
+                println!(
+                    "phones use {} port {port}{}",
+                    transport.as_str().to_ascii_uppercase(),
+                    if view.transport.is_some() {
+                        ""
+                    } else {
+                        " (the installation's setting)"
+                    }
+                );
                 println!(
                     "calling    {}{}",
                     outbound.class_of_service.as_str(),
@@ -389,6 +403,7 @@ fn change_from(f: ExtFields, kind: Option<ExtensionKind>) -> ExtensionChange {
         mac: f.mac,
         model: f.model,
         class_of_service: f.class_of_service,
+        transport: f.transport,
         no_grace: false,
     }
 }

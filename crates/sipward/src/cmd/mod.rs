@@ -11,6 +11,7 @@ mod import;
 mod mail;
 pub mod regenerate;
 mod serve;
+mod tls;
 mod trunk;
 
 use std::process::ExitCode;
@@ -60,6 +61,7 @@ pub async fn run(cli: Cli, log: crate::log::Log) -> anyhow::Result<ExitCode> {
         Command::Calls { out } => calls::calls(&registry, out.json).await?,
         Command::Admin(c) => admin::run(&registry, c).await?,
         Command::Log { limit, out } => backup::log(&registry, limit, out.json).await?,
+        Command::Tls(c) => tls::run(&registry, c, &config).await?,
         Command::Advise {
             sip,
             http,

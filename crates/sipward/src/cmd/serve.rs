@@ -143,6 +143,20 @@ pub async fn run(
         .map(accounts::mail::Mailer::new)
         .transpose()
         .map_err(|e| OperatorError(e.to_string()))?;
+    // SIP over TLS: the certificate (made at the first start when none is configured)
+    // is in force before anything listens.
+    let tls = if config.tls.enabled {
+        let addr = args
+            .sips
+            .or(config.tls.listen)
+            .unwrap_or_else(|| next_port(args.sip));
+        let source = crate::tls::Source::of(&config.tls, reg.data_dir().root());
+        let names = crate::tls::names(&config.tls, &config.settings, addr);
+        let identity = crate::tls::open(&source, &names, crate::clock::clock().now())?;
+        Some((source, server::TlsListen { addr, identity }))
+    } else {
+        None
+    };
     let cfg = ServeConfig {
         sip: args.sip,
         registrar: config.registrar.clone(),
@@ -156,6 +170,7 @@ pub async fn run(
         tcp: config.sip_tcp.clone(),
         messages: config.sip_messages,
         mailer,
+        tls: tls.as_ref().map(|(_, t)| t.clone()),
     };
     let bound = server::bind(reg.clone(), cfg, keys, crate::clock::clock()).await?;
     let reconfigure = bound.reconfigure();
@@ -197,6 +212,7 @@ pub async fn run(
         crate::clock::clock(),
         console::web::Options {
             listening: (bound.sip_udp, http_addr),
+            sips: bound.sip_tls,
             allow: config.console_allow.clone(),
             backups_dir: config
                 .backup
@@ -251,13 +267,35 @@ pub async fn run(
         Ok::<_, std::io::Error>(())
     });
 
+    // Reloads of the certificate: SIGHUP, `sipward tls reload`, the files changing.
+    // SIGHUP reloads the config and then the certificate: its one handler (below)
+    // forwards to this channel.
+    let (tls_reload, hup) = tokio::sync::mpsc::channel::<()>(1);
+    let tls_watch = match tls {
+        Some((source, listen)) => {
+            let metrics = bound.endpoint.metrics.clone();
+            crate::tls::record_expiry(&listen.identity, &metrics, crate::clock::clock().now());
+            Some(tokio::spawn(crate::tls::watch(
+                reg.clone(),
+                source,
+                listen.identity,
+                metrics,
+                hup,
+            )))
+        }
+        None => None,
+    };
+
     ready.store(true, Ordering::Release);
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "event": "ready",
         "sip_udp": bound.sip_udp.to_string(),
         "sip_tcp": bound.sip_tcp.to_string(),
         "http": http_addr.to_string(),
     });
+    if let Some(a) = bound.sip_tls {
+        line["sip_tls"] = a.to_string().into();
+    }
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")?;
     out.flush()?;
@@ -272,7 +310,7 @@ pub async fn run(
     });
     let reloader = tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            reload(&source, &reconfigure).await;
+            reload(&source, &reconfigure, &tls_reload).await;
         }
     });
     bound.run(shutdown).await?;
@@ -281,6 +319,9 @@ pub async fn run(
         s.abort();
     }
     trends.abort();
+    if let Some(w) = tls_watch {
+        w.abort();
+    }
     // The receiver is gone only if the console stopped by itself: nothing to stop.
     stop_http.send(()).ok();
     match http_task.await {
@@ -293,9 +334,12 @@ pub async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGHUP: everything that is reloaded without a restart.
-async fn reload(source: &Source, server: &Reconfigure) {
+/// SIGHUP: everything that is reloaded without a restart: the config, then the TLS
+/// certificate (`tls`: the certificate watch's channel).
+async fn reload(source: &Source, server: &Reconfigure, tls: &tokio::sync::mpsc::Sender<()>) {
     reload_config(source, server).await;
+    // Full: a reload is pending already, and it reads the files anyway.
+    tls.try_send(()).ok();
 }
 
 /// Reads the config file again and puts what can change live in force: the guard's
@@ -349,6 +393,16 @@ async fn reload_config(source: &Source, server: &Reconfigure) {
     tracing::info!(
         "config reloaded: [guard], [dialplan], [mail] and [log] are in force; [sip], [http], [console], [registrar], [policy], [provisioning] and [backup] take effect at the next start"
     );
+}
+
+/// The TLS address beside a SIP address: the next port (5061 beside 5060), or an
+/// ephemeral one beside an ephemeral one.
+pub(crate) fn next_port(sip: std::net::SocketAddr) -> std::net::SocketAddr {
+    let port = match sip.port() {
+        0 => 0,
+        p => p.saturating_add(1),
+    };
+    std::net::SocketAddr::new(sip.ip(), port)
 }
 
 /// Raises the soft limit on open files to the hard one: every SIP and HTTP connection is

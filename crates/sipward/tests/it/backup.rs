@@ -1134,7 +1134,21 @@ fn the_advisor_answers_for_four_configurations() {
         "{text}"
     );
     assert!(text.contains("sip.default_port"), "{text}");
-    // Both: SIP from anywhere (phones move), UDP and TCP.
+    // Both, with SIP over TLS (served by default): the TLS port from anywhere (phones
+    // move), clear-text SIP still from the provider only.
+    let both = advice(&env, &["--remote-phones"]);
+    assert_eq!(
+        both,
+        vec![
+            ("5061/tcp".to_owned(), false, 0),
+            ("5060/udp".to_owned(), true, 1)
+        ]
+    );
+    let text = env.ok(&["advise", "--remote-phones"]);
+    assert!(text.contains("tcp dport 5061 accept  # sips"), "{text}");
+    assert!(!text.contains("sip.udp_for_remote_phones"), "{text}");
+    // Without TLS: SIP from anywhere, UDP and TCP, and the clear-text warning.
+    std::fs::write(env.data.join("sipward.toml"), "[tls]\nenabled = false\n").expect("config");
     let both = advice(&env, &["--remote-phones"]);
     assert_eq!(
         both,
@@ -1143,8 +1157,8 @@ fn the_advisor_answers_for_four_configurations() {
             ("5060/tcp".to_owned(), true, 0)
         ]
     );
-    // Remote phones only: the same ports, the UDP warning, never the console.
-    let remote = Env::new();
+    // Remote phones only, no TLS: the same ports, the UDP warning, never the console.
+    let remote = Env::with_config("[tls]\nenabled = false\n");
     let v = remote.json(&[
         "advise",
         "--json",

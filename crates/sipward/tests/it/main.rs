@@ -32,6 +32,7 @@ mod reload;
 mod revoke;
 mod service;
 mod settings;
+mod tls;
 mod trunk_calls;
 mod trunks;
 mod user_agent;

@@ -63,6 +63,8 @@ pub struct Server {
     log: PathBuf,
     pub sip: SocketAddr,
     pub http: SocketAddr,
+    /// SIP over TLS (absent when `[tls] enabled = false`).
+    pub sip_tls: Option<SocketAddr>,
 }
 
 impl Env {
@@ -127,6 +129,9 @@ impl Env {
         Server {
             sip: addr("sip_udp"),
             http: addr("http"),
+            sip_tls: ready["sip_tls"]
+                .as_str()
+                .map(|a| a.parse().expect("sip_tls")),
             child,
             log,
         }
