@@ -8,6 +8,7 @@ mod attack_flows;
 mod attack_gateway;
 mod attack_revoke;
 mod attack_settings;
+mod attack_tls;
 mod attack_transfer;
 mod attacks;
 mod backup;
