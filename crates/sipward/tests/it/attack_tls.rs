@@ -54,6 +54,54 @@ fn banned(env: &Env, ip: &str) -> bool {
         .is_some_and(|l| l.iter().any(|b| b["source"] == ip))
 }
 
+/// A phone registered over UDP with a `sip:` Contact is called at `sips:NUMBER@pbx`. RFC
+/// 3261 §26.2 / RFC 5630 §3.1.3: a request whose Request-URI is `sips:` travels over TLS
+/// on every hop, so a proxy that can reach the target only in the clear must refuse the
+/// request (sipward's own promise: "a `sips:` Request-URI is never sent over anything
+/// but TLS"). The proxy rewrites the Request-URI to the `sip:` Contact and the egress
+/// rule, which looks only at the outgoing URI, lets it go out over UDP: the caller asked
+/// for an end-to-end secure call and gets one in the clear without being told.
+/// Control: the same call to `sip:` reaches the phone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sips_call_is_not_forwarded_to_a_phone_registered_in_the_clear() {
+    let env = Env::with_config(&config());
+    let a = ext(&env, "2901", "internal");
+    let b = ext(&env, "2902", "internal");
+    let server = env.serve();
+    let caller = Ua::phone("127.0.0.101", server.sip, &a).await;
+    let callee = Ua::phone("127.0.0.102", server.sip, &b).await;
+    caller.register().await;
+    callee.register().await;
+
+    let ruri = format!("sips:2902@{}", server.sip);
+    let extra = "Content-Type: application/sdp\r\n".to_owned();
+    let sdp = caller.sdp("sendrecv");
+    let (_, first) = caller
+        .request_authenticated("INVITE", &ruri, &ruri, &extra, &sdp, false)
+        .await;
+    let leaked = callee
+        .try_wait(Duration::from_secs(3), |m| {
+            request_method(m) == Some("INVITE")
+        })
+        .await;
+
+    // Control: the clear-text call reaches the phone.
+    let plain = caller.invite("2902", "").await;
+    let reached = callee
+        .try_wait(Duration::from_secs(5), |m| {
+            request_method(m) == Some("INVITE") && m.contains(&plain.call_id)
+        })
+        .await;
+    server.stop();
+    assert!(reached.is_some(), "control: the sip: call reaches 2902");
+    assert!(
+        leaked.is_none(),
+        "a sips: INVITE (first answer {first:?}) went to 2902 over UDP as {:?}:\n{}",
+        leaked.as_deref().and_then(request_uri),
+        leaked.as_deref().unwrap_or_default()
+    );
+}
+
 /// Junk on the TLS port (bytes that are no ClientHello) fails the handshake and closes
 /// the connection, but nothing counts it against the source: the same junk on the TCP
 /// port counts toward the flood limit (`unframed`) and bans the source. So a source may
