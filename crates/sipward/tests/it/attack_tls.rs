@@ -141,3 +141,272 @@ fn junk_on_the_tls_port_counts_toward_the_ban_like_junk_on_the_tcp_port() {
     );
 }
 
+/// The generated CA, as a rustls client configuration.
+fn client_config(env: &Env) -> Arc<rustls::ClientConfig> {
+    let pem = std::fs::read(env.data.join("tls/ca.pem")).expect("ca.pem");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.expect("a certificate")).expect("a root");
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+/// A verified TLS connection to sipward from `from`.
+fn tls_connect(
+    env: &Env,
+    from: &str,
+    to: SocketAddr,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let name = ServerName::try_from(to.ip().to_string()).expect("name");
+    let conn = rustls::ClientConnection::new(client_config(env), name.to_owned()).expect("client");
+    let mut s = rustls::StreamOwned::new(conn, connect_from(from, to));
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).expect("handshake");
+    }
+    s
+}
+
+/// A double-CRLF flood over TLS before any message: every four bytes of ping are
+/// answered with at most two of pong (no amplification), and the pings do not keep an
+/// unregistered connection open past the first-message deadline (5 s by default): bytes
+/// alone keep nothing open. Control: the first ping is answered with a pong.
+#[test]
+fn a_double_crlf_flood_over_tls_never_amplifies_and_keeps_nothing_open() {
+    let env = Env::with_config(&config());
+    let server = env.serve();
+    let tls = server.sip_tls.expect("tls");
+    let mut s = tls_connect(&env, "127.0.0.105", tls);
+    s.sock
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    s.write_all(b"\r\n\r\n").expect("ping");
+    s.flush().expect("flush");
+    let mut pong = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut b = [0u8; 16 * 1024];
+    while pong.len() < 2 && Instant::now() < deadline {
+        if let Ok(n) = s.read(&mut b) {
+            pong.extend_from_slice(&b[..n]);
+        }
+    }
+    assert_eq!(pong, b"\r\n", "control: one ping, one pong");
+
+    let started = Instant::now();
+    let (mut sent, mut got) = (4usize, 2usize);
+    let ping = vec![b'\r', b'\n'].repeat(4096);
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(12) {
+        if s.write_all(&ping).and_then(|()| s.flush()).is_err() {
+            closed = true;
+            break;
+        }
+        sent += ping.len();
+        match s.read(&mut b) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => got += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lasted = started.elapsed();
+    server.stop();
+    assert!(got * 2 <= sent, "{got} bytes of pong for {sent} of ping");
+    assert!(
+        closed && lasted < Duration::from_secs(10),
+        "a connection sending only CRLFs stayed open {lasted:?}"
+    );
+}
+
+/// The private CA's key stays in the data dir: 0600 in a 0700 directory, never in the
+/// log, and not reachable through the provisioning server: not as the phone's CA file
+/// (which carries the certificate only), not under another name, not by a path that
+/// climbs out, and not with one phone's login for another phone's files.
+/// Control: the phone's own CA file is served with its login.
+#[test]
+fn the_private_ca_key_never_leaves_the_data_dir() {
+    let env = Env::with_config(
+        "[sip]\ndomain = \"pbx.example.com\"\n[provisioning]\ntransport = \"tls\"\n\
+         base_url = \"http://pbx.example.com:8080\"\n",
+    );
+    let macs = ["001565aabb71", "001565aabb72"];
+    for (n, mac) in ["3701", "3702"].iter().zip(macs) {
+        env.ok(&["ext", "add", n, "--mac", mac, "--model", "Yealink T46U"]);
+    }
+    let login = |n: &str| {
+        let shown = env.json(&["ext", "show", n, "--reveal", "--json"]);
+        let p = &shown["provisioning"];
+        (
+            format!(
+                "{}:{}",
+                p["user"].as_str().expect("user"),
+                p["password"].as_str().expect("password")
+            ),
+            p["path"].as_str().expect("path").to_owned(),
+        )
+    };
+    let (good, path) = login("3701");
+    let (_, other_path) = login("3702");
+    let server = env.serve();
+    let get = |p: &str, f: &str| {
+        crate::regenerate::curl(
+            &["--digest", "-u", &good, "--path-as-is"],
+            &format!("http://{}/prov/{p}/{f}", server.http),
+        )
+    };
+    let (code, ca) = get(&path, &format!("{}-ca.pem", macs[0]));
+    assert_eq!(code, 200, "control: the phone's CA file is served: {ca}");
+    assert!(ca.contains("BEGIN CERTIFICATE"), "{ca}");
+    let mut leaks = Vec::new();
+    if ca.contains("PRIVATE KEY") {
+        leaks.push(format!("{}-ca.pem carries a key", macs[0]));
+    }
+    for (p, f) in [
+        (path.as_str(), format!("{}-ca.key", macs[0])),
+        (path.as_str(), "ca.key".to_owned()),
+        (path.as_str(), "ca.pem".to_owned()),
+        (path.as_str(), "server.key".to_owned()),
+        (path.as_str(), "../../tls/ca.key".to_owned()),
+        (path.as_str(), "..%2f..%2ftls%2fca.key".to_owned()),
+        (path.as_str(), format!("{}-ca.pem", macs[1])),
+        (path.as_str(), format!("{}.cfg", macs[1])),
+        (other_path.as_str(), format!("{}-ca.pem", macs[1])),
+        (other_path.as_str(), format!("{}.cfg", macs[1])),
+    ] {
+        let (code, body) = get(p, &f);
+        if code == 200 || body.contains("PRIVATE KEY") {
+            leaks.push(format!("{p}/{f}: {code} {}", &body[..body.len().min(80)]));
+        }
+    }
+    let log = server.log();
+    server.stop();
+    let mode = |f: &str| {
+        std::fs::metadata(env.data.join(f))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("tls"), 0o700);
+    assert_eq!(mode("tls/ca.key"), 0o600);
+    assert_eq!(mode("tls/server.key"), 0o600);
+    assert!(!log.contains("PRIVATE KEY"), "the key is in the log");
+    assert!(leaks.is_empty(), "{leaks:#?}");
+}
+
+/// Phone 2911 registers over a TCP connection (the connection loop and the registry of
+/// connections are TLS's too). From another connection, Mallory (a low-class account of
+/// her own) sends a REGISTER of 2911's address of record naming her own connection, with
+/// an RFC 5923 `alias` on her Via: first with no credentials, then with her own. Neither
+/// moves the binding: the first is challenged, the second refused; a call to 2911 then
+/// arrives on 2911's connection and nothing reaches Mallory. Control: the call reaches
+/// 2911 on its own connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_register_from_another_connection_cannot_take_a_phones_binding() {
+    let env = Env::with_config(&config());
+    let a = ext(&env, "2911", "internal");
+    let c = ext(&env, "2912", "internal");
+    let m = ext(&env, "2913", "internal");
+    let server = env.serve();
+    let phone = Ua::phone("127.0.0.111", server.sip, &a).await;
+    let contact = format!(
+        "Contact: <sip:2911@{};transport=tcp>\r\nExpires: 3600\r\n",
+        phone.addr
+    );
+    let (out, _) = phone
+        .request_authenticated(
+            "REGISTER",
+            "sip:127.0.0.1",
+            "sip:127.0.0.1",
+            &contact,
+            "",
+            true,
+        )
+        .await;
+    phone.wait_answer(&out, |c| c == 200).await;
+
+    let mallory = Ua::phone("127.0.0.113", server.sip, &m).await;
+    let text = |cseq: u32, auth: Option<&str>| {
+        let auth = auth
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "REGISTER sip:127.0.0.1 SIP/2.0\r\n\
+             Via: SIP/2.0/TCP {addr};branch=z9hG4bKhj{cseq};rport;alias;received=127.0.0.111\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:2911@127.0.0.1>;tag=mt1\r\nTo: <sip:2911@127.0.0.1>\r\n\
+             Call-ID: hijack-1\r\nCSeq: {cseq} REGISTER\r\n\
+             Contact: <sip:2911@{addr};transport=tcp>\r\nExpires: 3600\r\n{auth}\
+             Content-Length: 0\r\n\r\n",
+            addr = mallory.addr
+        )
+    };
+    let answer = |cseq: u32| {
+        move |msg: &str| {
+            header(msg, "Call-ID") == Some("hijack-1")
+                && header(msg, "CSeq").is_some_and(|s| s.starts_with(&format!("{cseq} ")))
+                && status(msg) >= 200
+        }
+    };
+    mallory.send_tcp(&text(1, None)).await;
+    let challenge = mallory.wait("the challenge", answer(1)).await;
+    let with_own = match header(&challenge, "WWW-Authenticate") {
+        Some(ch) => {
+            let auth = digest(ch, "REGISTER", "sip:127.0.0.1", &m.auth_id, &m.password);
+            mallory.send_tcp(&text(2, Some(&auth))).await;
+            Some(
+                mallory
+                    .wait("the answer with Mallory's login", answer(2))
+                    .await,
+            )
+        }
+        None => None,
+    };
+
+    let caller = Ua::phone("127.0.0.112", server.sip, &c).await;
+    caller.register().await;
+    let call = caller.invite("2911", "").await;
+    let at_phone = phone
+        .try_wait(Duration::from_secs(5), |msg| {
+            request_method(msg) == Some("INVITE") && msg.contains(&call.call_id)
+        })
+        .await;
+    let at_mallory = mallory
+        .try_wait(Duration::from_secs(1), |msg| {
+            request_method(msg) == Some("INVITE")
+        })
+        .await;
+    let on_tcp = phone
+        .received()
+        .into_iter()
+        .any(|r| r.tcp && r.text.contains(&call.call_id));
+    server.stop();
+    assert_eq!(status(&challenge), 401, "{challenge}");
+    let with_own = with_own.expect("a challenge");
+    assert!(
+        status(&with_own) >= 400,
+        "Mallory's login moved 2911: {with_own}"
+    );
+    assert!(at_mallory.is_none(), "{at_mallory:?}");
+    assert!(
+        at_phone.is_some() && on_tcp,
+        "control: 2911 is called on its connection"
+    );
+}
