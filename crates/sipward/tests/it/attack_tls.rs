@@ -410,3 +410,72 @@ async fn a_register_from_another_connection_cannot_take_a_phones_binding() {
         "control: 2911 is called on its connection"
     );
 }
+
+/// The ban applies to TLS sources: a verified TLS connection from an address is cut
+/// within a few seconds of `sipward ban add` for it, and a new connection from it gets
+/// no handshake. Control: before the ban the connection is answered (a ping gets its
+/// pong), and another address still completes a handshake after it.
+#[test]
+fn a_ban_cuts_a_tls_sources_open_connection_and_refuses_its_next_handshake() {
+    let env = Env::with_config(&config());
+    let server = env.serve();
+    let tls = server.sip_tls.expect("tls");
+    let mut s = tls_connect(&env, "127.0.0.106", tls);
+    s.sock
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    s.write_all(b"\r\n\r\n").expect("ping");
+    s.flush().expect("flush");
+    let mut b = [0u8; 64];
+    let mut pong = 0;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while pong < 2 && Instant::now() < deadline {
+        if let Ok(n) = s.read(&mut b) {
+            pong += n;
+        }
+    }
+    assert_eq!(
+        pong, 2,
+        "control: the connection is answered before the ban"
+    );
+    env.ok(&["ban", "add", "127.0.0.106", "--reason", "attack test"]);
+    // The open connection is cut (ban_check is a second; the server learns of a CLI ban
+    // from the store within a few).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut cut = false;
+    while Instant::now() < deadline {
+        match s.read(&mut b) {
+            Ok(0) => {
+                cut = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    // A new connection from the banned source gets no handshake.
+    let name = ServerName::try_from(tls.ip().to_string()).expect("name");
+    let conn = rustls::ClientConnection::new(client_config(&env), name.to_owned()).expect("client");
+    let mut again = rustls::StreamOwned::new(conn, connect_from("127.0.0.106", tls));
+    let mut refused = false;
+    while again.conn.is_handshaking() {
+        if again.conn.complete_io(&mut again.sock).is_err() {
+            refused = true;
+            break;
+        }
+    }
+    // Control: another address still gets its handshake.
+    let other = tls_connect(&env, "127.0.0.107", tls);
+    server.stop();
+    assert!(!other.conn.is_handshaking());
+    assert!(cut, "the banned source's TLS connection stayed open");
+    assert!(refused, "the banned source completed a new handshake");
+}
