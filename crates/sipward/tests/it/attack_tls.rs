@@ -479,3 +479,50 @@ fn a_ban_cuts_a_tls_sources_open_connection_and_refuses_its_next_handshake() {
     assert!(cut, "the banned source's TLS connection stayed open");
     assert!(refused, "the banned source completed a new handshake");
 }
+
+/// A double-CRLF flood is cheap but must be counted: RFC 5626 pings from a source that
+/// registered nothing, tens of thousands of them, should show somewhere (a metric of
+/// keep-alives, or the source's flood count). Now each is answered and forgotten: no
+/// metric names them and the guard never hears of them. Control: the pings are answered.
+#[test]
+fn a_double_crlf_flood_is_counted() {
+    let env = Env::with_config(&config());
+    let server = env.serve();
+    let tls = server.sip_tls.expect("tls");
+    let before = server.http_get("/metrics").1;
+    let mut s = tls_connect(&env, "127.0.0.108", tls);
+    s.sock
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let ping = vec![b'\r', b'\n'].repeat(8192);
+    let mut got = 0usize;
+    let mut b = [0u8; 16 * 1024];
+    for _ in 0..4 {
+        if s.write_all(&ping).and_then(|()| s.flush()).is_err() {
+            break;
+        }
+        while let Ok(n) = s.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+    }
+    let after = server.http_get("/metrics").1;
+    let is_banned = banned(&env, "127.0.0.108");
+    server.stop();
+    assert!(got > 0, "control: the pings are answered");
+    // A metric about keep-alives that moved.
+    let moved = after.lines().any(|l| {
+        let lower = l.to_ascii_lowercase();
+        !l.starts_with('#')
+            && (lower.contains("keepalive")
+                || lower.contains("keep_alive")
+                || lower.contains("ping"))
+            && !before.lines().any(|o| o == l)
+    });
+    assert!(
+        moved || is_banned,
+        "16384 pings from 127.0.0.108 left no trace on /metrics nor in the guard"
+    );
+}
