@@ -526,3 +526,130 @@ fn a_double_crlf_flood_is_counted() {
         "16384 pings from 127.0.0.108 left no trace on /metrics nor in the guard"
     );
 }
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// The next whole SIP message on `s` (framed by Content-Length), within `wait`.
+fn read_message(s: &mut TlsStream, buf: &mut Vec<u8>, wait: Duration) -> Option<String> {
+    s.sock
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let deadline = Instant::now() + wait;
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        // Pongs and keep-alives between messages.
+        while buf.first().is_some_and(|b| matches!(b, b'\r' | b'\n')) {
+            buf.remove(0);
+        }
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+            let len = header(&head, "Content-Length")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let m: Vec<u8> = buf.drain(..end + 4 + len).collect();
+                return Some(String::from_utf8_lossy(&m).into_owned());
+            }
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Registers `account` over the TLS connection `s` (answering the 401); the final answer.
+fn register_over_tls(s: &mut TlsStream, account: &crate::user_agent::Account) -> String {
+    let local = s.sock.local_addr().expect("addr");
+    let n = &account.number;
+    let text = |cseq: u32, auth: &str| {
+        format!(
+            "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS {local};branch=z9hG4bKtr{cseq};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{n}@127.0.0.1>;tag=tr1\r\nTo: <sip:{n}@127.0.0.1>\r\n\
+             Call-ID: tls-reg-{n}\r\nCSeq: {cseq} REGISTER\r\n\
+             Contact: <sip:{n}@{local};transport=tls>\r\nExpires: 3600\r\n{auth}\
+             Content-Length: 0\r\n\r\n"
+        )
+    };
+    let mut buf = Vec::new();
+    s.write_all(text(1, "").as_bytes()).expect("write");
+    s.flush().expect("flush");
+    let challenge = read_message(s, &mut buf, Duration::from_secs(5)).expect("a 401");
+    let auth = digest(
+        header(&challenge, "WWW-Authenticate").expect("challenge"),
+        "REGISTER",
+        "sip:127.0.0.1",
+        &account.auth_id,
+        &account.password,
+    );
+    s.write_all(text(2, &format!("Authorization: {auth}\r\n")).as_bytes())
+        .expect("write");
+    s.flush().expect("flush");
+    read_message(s, &mut buf, Duration::from_secs(5)).expect("an answer")
+}
+
+/// A phone registers over TLS and is called on its connection (the control). It then
+/// closes that connection, and a new TLS connection from the same address, which
+/// registers nothing, is opened: a second call to the phone must not arrive on it (it
+/// does not inherit the binding), and the caller gets a final failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_tls_connection_from_a_phones_address_does_not_inherit_its_binding() {
+    let env = Env::with_config(&config());
+    let a = ext(&env, "2921", "internal");
+    let c = ext(&env, "2922", "internal");
+    let server = env.serve();
+    let tls = server.sip_tls.expect("tls");
+    let (phone, ok) = {
+        let (env, a) = (&env, a.clone());
+        let mut s = tokio::task::block_in_place(|| tls_connect(env, "127.0.0.121", tls));
+        let ok = tokio::task::block_in_place(|| register_over_tls(&mut s, &a));
+        (s, ok)
+    };
+    assert_eq!(status(&ok), 200, "{ok}");
+    let caller = Ua::phone("127.0.0.122", server.sip, &c).await;
+    caller.register().await;
+
+    // Control: the call arrives on the phone's TLS connection; the phone is busy.
+    let first = caller.invite("2921", "").await;
+    let mut phone = phone;
+    let invite = tokio::task::block_in_place(|| {
+        let mut buf = Vec::new();
+        read_message(&mut phone, &mut buf, Duration::from_secs(5))
+    });
+    let invite = invite.expect("control: the INVITE on the TLS connection");
+    assert!(invite.contains(&first.call_id), "{invite}");
+    let busy = crate::user_agent::response(&invite, 486, "Busy Here", "busy1", "", "");
+    tokio::task::block_in_place(|| {
+        phone.write_all(busy.as_bytes()).expect("busy");
+        phone.flush().expect("flush");
+    });
+    caller.wait_answer(&first, |c| c == 486).await;
+
+    // The phone goes; a connection from its address that registered nothing comes.
+    tokio::task::block_in_place(|| {
+        phone.conn.send_close_notify();
+        let _ = phone.flush();
+        let _ = phone.sock.shutdown(std::net::Shutdown::Both);
+    });
+    drop(phone);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut squatter = tokio::task::block_in_place(|| tls_connect(&env, "127.0.0.121", tls));
+    let second = caller.invite("2921", "").await;
+    let answer = caller.wait_answer(&second, |c| c >= 300).await;
+    let reached = tokio::task::block_in_place(|| {
+        let mut buf = Vec::new();
+        read_message(&mut squatter, &mut buf, Duration::from_secs(2))
+    });
+    server.stop();
+    assert!(status(&answer) >= 400, "{answer}");
+    assert!(reached.is_none(), "the squatter got {reached:?}");
+}
