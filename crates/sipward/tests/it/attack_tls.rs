@@ -653,3 +653,32 @@ async fn a_new_tls_connection_from_a_phones_address_does_not_inherit_its_binding
     assert!(status(&answer) >= 400, "{answer}");
     assert!(reached.is_none(), "the squatter got {reached:?}");
 }
+
+/// The private CA is what every provisioned phone trusts; its key is best kept off the
+/// machine once the server certificate is made (as with any CA). But every command that
+/// opens the data dir (`ext list` here) makes a new CA when `ca.key` is missing, and
+/// writes it over `ca.pem`: the trust anchor changes silently, the server certificate is
+/// reissued under it at the next start, and every TLS phone stops verifying sipward.
+/// A missing key should be refused (or the old CA kept), never replaced. Control: with
+/// the key in place, commands leave the CA alone.
+#[test]
+fn a_missing_ca_key_does_not_silently_replace_the_ca_phones_trust() {
+    let env = Env::with_config(&config());
+    env.ok(&["ext", "list"]);
+    let ca = env.data.join("tls/ca.pem");
+    let first = std::fs::read_to_string(&ca).expect("ca.pem after the first command");
+    env.ok(&["ext", "list"]);
+    let control = std::fs::read_to_string(&ca).expect("ca.pem");
+    std::fs::remove_file(env.data.join("tls/ca.key")).expect("take the key offline");
+    // The command may refuse; it must not mint a new CA.
+    let _ = env.run(&["ext", "list"]);
+    let after = std::fs::read_to_string(&ca).unwrap_or_default();
+    assert_eq!(
+        control, first,
+        "control: the CA is kept while its key is there"
+    );
+    assert_eq!(
+        after, first,
+        "the CA phones were given was replaced because its key was missing"
+    );
+}
