@@ -682,3 +682,51 @@ fn a_missing_ca_key_does_not_silently_replace_the_ca_phones_trust() {
         "the CA phones were given was replaced because its key was missing"
     );
 }
+
+/// Handshakes in flight per source are capped, but handshakes per second are not: one
+/// address completes full TLS handshakes (the server's key exchange and signature each
+/// time) and closes each at once, sending nothing, as fast as it can. Nothing counts
+/// them: the guard never hears of a connection that carried no message, so the source
+/// is neither slowed, refused nor banned. Measured here (`--nocapture` prints the rate);
+/// the test asks that 300 such handshakes in a row from one address end in a refusal or
+/// a ban. Control: the first handshake completes.
+#[test]
+fn a_source_completing_handshakes_and_sending_nothing_is_not_served_for_ever() {
+    let env = Env::with_config(&config());
+    let server = env.serve();
+    let tls = server.sip_tls.expect("tls");
+    let config = client_config(&env);
+    let name = ServerName::try_from(tls.ip().to_string()).expect("name");
+    let started = Instant::now();
+    let mut completed = 0u32;
+    for _ in 0..300 {
+        let conn = rustls::ClientConnection::new(config.clone(), name.to_owned()).expect("client");
+        let Ok(sock) = std::panic::catch_unwind(|| connect_from("127.0.0.109", tls)) else {
+            break;
+        };
+        let mut s = rustls::StreamOwned::new(conn, sock);
+        let mut ok = true;
+        while s.conn.is_handshaking() {
+            if s.conn.complete_io(&mut s.sock).is_err() {
+                ok = false;
+                break;
+            }
+        }
+        if ok {
+            completed += 1;
+        }
+        let _ = s.sock.shutdown(std::net::Shutdown::Both);
+    }
+    let took = started.elapsed();
+    let is_banned = banned(&env, "127.0.0.109");
+    server.stop();
+    println!(
+        "{completed} full handshakes from one address in {took:?} ({:.0}/s), banned: {is_banned}",
+        f64::from(completed) / took.as_secs_f64()
+    );
+    assert!(completed >= 1, "control: a handshake completes");
+    assert!(
+        completed < 300 || is_banned,
+        "300 full handshakes from one address, none carrying a message: all served, no ban"
+    );
+}
