@@ -201,7 +201,7 @@ fn a_double_crlf_flood_over_tls_never_amplifies_and_keeps_nothing_open() {
 
     let started = Instant::now();
     let (mut sent, mut got) = (4usize, 2usize);
-    let ping = vec![b'\r', b'\n'].repeat(4096);
+    let ping = [b'\r', b'\n'].repeat(4096);
     let mut closed = false;
     while started.elapsed() < Duration::from_secs(12) {
         if s.write_all(&ping).and_then(|()| s.flush()).is_err() {
@@ -494,7 +494,7 @@ fn a_double_crlf_flood_is_counted() {
     s.sock
         .set_read_timeout(Some(Duration::from_millis(100)))
         .expect("timeout");
-    let ping = vec![b'\r', b'\n'].repeat(8192);
+    let ping = [b'\r', b'\n'].repeat(8192);
     let mut got = 0usize;
     let mut b = [0u8; 16 * 1024];
     for _ in 0..4 {
@@ -728,5 +728,56 @@ fn a_source_completing_handshakes_and_sending_nothing_is_not_served_for_ever() {
     assert!(
         completed < 300 || is_banned,
         "300 full handshakes from one address, none carrying a message: all served, no ban"
+    );
+}
+
+/// The per-source cap on connections (`[sip] tcp_connections_per_source`, 32 by
+/// default) is kept per listener: the TCP and the TLS accept loops each hold their own
+/// places, so one address holds the cap on the TCP port and the cap again on the TLS
+/// port (and the total bound, 4096, is per listener too). Here one address holds 32
+/// idle TCP connections, then opens TLS connections: they should be refused, the
+/// source being at its cap. Control: the 33rd TCP connection is refused.
+#[test]
+fn the_per_source_connection_cap_covers_tcp_and_tls_together() {
+    let env = Env::with_config(&config());
+    let server = env.serve();
+    let tls = server.sip_tls.expect("tls");
+    let held: Vec<TcpStream> = (0..32)
+        .map(|_| connect_from("127.0.0.110", server.sip))
+        .collect();
+    let refused_before = server.metric("sipward_tcp_connections_refused_total");
+    // Control: one more on TCP is over the cap.
+    let mut extra = connect_from("127.0.0.110", server.sip);
+    let mut b = [0u8; 16];
+    let control_closed = matches!(extra.read(&mut b), Ok(0) | Err(_));
+    let refused_tcp = server.metric("sipward_tcp_connections_refused_total") - refused_before;
+    // Then TLS, from the same address, while the 32 are still held (the first-message
+    // deadline is 5 s).
+    let name = ServerName::try_from(tls.ip().to_string()).expect("name");
+    let mut completed = 0;
+    for _ in 0..8 {
+        let conn =
+            rustls::ClientConnection::new(client_config(&env), name.to_owned()).expect("client");
+        let mut s = rustls::StreamOwned::new(conn, connect_from("127.0.0.110", tls));
+        let mut ok = true;
+        while s.conn.is_handshaking() {
+            if s.conn.complete_io(&mut s.sock).is_err() {
+                ok = false;
+                break;
+            }
+        }
+        if ok {
+            completed += 1;
+        }
+    }
+    drop(held);
+    server.stop();
+    assert!(
+        control_closed && refused_tcp >= 1,
+        "control: the 33rd TCP connection is refused"
+    );
+    assert_eq!(
+        completed, 0,
+        "with 32 TCP connections held, the same address completed {completed} TLS handshakes"
     );
 }
