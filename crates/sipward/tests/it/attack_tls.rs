@@ -1,9 +1,11 @@
 //! Attacks on SIP over TLS and the connection flows (issue #19), from outside: a `sips:`
-//! call steered onto a clear-text binding, junk sent to the TLS port over and over
-//! without the guard counting it, a double-CRLF flood (no amplification, no keeping a
-//! connection open), and the private CA's key through the provisioning server, the log
-//! and the file modes.
-
+//! call steered onto a clear-text binding; junk, and full handshakes carrying nothing,
+//! sent to the TLS port over and over without the guard counting them; the per-source
+//! connection cap split between the TCP and TLS listeners; double-CRLF floods (no
+//! amplification, nothing kept open, but counted nowhere); a ban cutting a TLS source; a
+//! binding taken from another connection or inherited by a new one from the same
+//! address; the private CA (its key through provisioning, the log and file modes, and a
+//! missing key replacing the CA phones trust).
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
