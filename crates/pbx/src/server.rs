@@ -282,6 +282,7 @@ impl Bound {
         tasks.spawn(flush_loop(
             self.registry.clone(),
             self.endpoint.clone(),
+            self.transports.clone(),
             self.clock.clone(),
             stop_rx.clone(),
         ));
@@ -712,6 +713,7 @@ async fn outbox_loop(
 async fn flush_loop(
     registry: Registry,
     endpoint: Arc<Endpoint>,
+    transports: Arc<Transports>,
     clock: Arc<dyn Clock>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -727,10 +729,29 @@ async fn flush_loop(
             _ = stop.changed() => return,
         };
         if every_second {
+            sample_tables(&endpoint, &transports);
             write_trunk_state(&registry, &endpoint, clock.now(), &mut calls_written).await;
         }
         let _ = flush(&registry, &endpoint, clock.now(), every_second).await;
     }
+}
+
+/// Samples every bounded table and the write-behind backlog into the metrics (once a
+/// second, before the write-behind, so the backlog is what one second gathered).
+fn sample_tables(endpoint: &Endpoint, transports: &Transports) {
+    let m = &endpoint.metrics;
+    let (backlog, waiting) = endpoint.registrar.backlog();
+    m.write_behind_backlog
+        .store(backlog as u64, Ordering::Relaxed);
+    m.write_behind_waiting
+        .store(waiting as u64, Ordering::Relaxed);
+    let mut tables: Vec<(&'static str, u64)> = endpoint
+        .table_sizes()
+        .into_iter()
+        .map(|(k, v)| (k, v as u64))
+        .collect();
+    tables.push(("tcp_connections", transports.connection_count() as u64));
+    *m.tables.lock().unwrap_or_else(|p| p.into_inner()) = tables;
 }
 
 /// How often an unchanged active-calls snapshot is stamped again (so `sipward calls`
