@@ -719,6 +719,7 @@ async fn flush_loop(
 ) {
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     let mut calls_written = None;
+    let mut report = WriteReport::default();
     loop {
         let every_second = tokio::select! {
             _ = tick.tick() => true,
@@ -732,7 +733,46 @@ async fn flush_loop(
             sample_tables(&endpoint, &transports);
             write_trunk_state(&registry, &endpoint, clock.now(), &mut calls_written).await;
         }
-        let _ = flush(&registry, &endpoint, clock.now(), every_second).await;
+        let started = std::time::Instant::now();
+        let result = flush(&registry, &endpoint, clock.now(), every_second).await;
+        report.note(&result, started.elapsed());
+    }
+}
+
+/// What the bindings' writer tells the operator: a write that failed (the changes stay
+/// dirty and the answers waiting for them are told to retry after
+/// [`crate::endpoint::HOLD_AT_MOST`]), or one that took longer than a second (another
+/// process held the database). At most one line per [`WRITE_REPORT_EVERY`].
+#[derive(Default)]
+struct WriteReport {
+    last: Option<std::time::Instant>,
+    failed: u64,
+    slow: u64,
+}
+
+const WRITE_REPORT_EVERY: Duration = Duration::from_secs(10);
+const WRITE_SLOW: Duration = Duration::from_secs(1);
+
+impl WriteReport {
+    fn note(&mut self, result: &Result<()>, took: Duration) {
+        match result {
+            Err(_) => self.failed += 1,
+            Ok(()) if took >= WRITE_SLOW => self.slow += 1,
+            Ok(()) => return,
+        }
+        if self.last.is_some_and(|t| t.elapsed() < WRITE_REPORT_EVERY) {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        let line = serde_json::json!({
+            "event": "bindings_write_delayed",
+            "failed": self.failed,
+            "slow": self.slow,
+            "last_ms": took.as_millis() as u64,
+            "error": result.as_ref().err().map(|e| e.to_string()),
+        });
+        eprintln!("{line}");
+        (self.failed, self.slow) = (0, 0);
     }
 }
 
