@@ -27,6 +27,7 @@ mod registrar;
 mod relay;
 mod revoke;
 mod settings;
+mod soak;
 mod trunk_calls;
 mod trunks;
 mod user_agent;
