@@ -196,6 +196,18 @@ impl Registry {
         conn: &mut dyn Db,
     ) -> Result<Prepared> {
         let p = self.validate_new_extension(number, new)?;
+        self.claim_new_extension(p, conn).await
+    }
+
+    /// The stored part of preparing an extension `validate_new_extension` made: its
+    /// identifiers must be free (a generated auth ID is drawn again on a collision).
+    /// Cheap queries only: the caller may hold the database's write lock, which the
+    /// running server's group commit of registrations waits for.
+    pub(crate) async fn claim_new_extension(
+        &self,
+        p: Prepared,
+        conn: &mut dyn Db,
+    ) -> Result<Prepared> {
         // Nothing stored may hold any of the new account's identifiers (its own may
         // repeat each other: a SIP ID equal to its number is only a finding).
         self.ensure_identity_free(conn, Identity::Number, &p.row.number, None)
@@ -320,8 +332,11 @@ impl Registry {
                 },
             })
         })?;
+        // Validation, generation, zxcvbn and sealing before the write lock is taken: a
+        // running server's group commit waits for it, and a REGISTER's 200 with it.
+        let prepared = self.validate_new_extension(number, new)?;
         let mut tx = self.store.begin().await?;
-        let prepared = self.prepare_new_extension(number, new, &mut tx).await?;
+        let prepared = self.claim_new_extension(prepared, &mut tx).await?;
         q::insert_extension(&mut tx, &prepared.row).await?;
         if class.is_some() {
             self.set_class(&mut tx, &prepared.row.number, class).await?;

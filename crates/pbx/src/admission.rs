@@ -58,6 +58,33 @@ pub struct Outbound {
 }
 
 impl Outbound {
+    /// The sizes of the admission tables, for `/metrics`.
+    pub fn table_sizes(&self) -> [(&'static str, usize); 6] {
+        let windows = |w: &Mutex<Windows<String>>| {
+            let w = w.lock().unwrap_or_else(|p| p.into_inner());
+            (w.len(), w.queued())
+        };
+        let (attempts, attempts_queue) = windows(&self.attempts);
+        let (international, international_queue) = windows(&self.international);
+        [
+            ("admission_attempts", attempts),
+            ("admission_attempts_queue", attempts_queue),
+            ("admission_international", international),
+            ("admission_international_queue", international_queue),
+            (
+                "admission_suspended_now",
+                self.suspended_now
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .len(),
+            ),
+            (
+                "transfer_grants",
+                self.grants.lock().unwrap_or_else(|p| p.into_inner()).len(),
+            ),
+        ]
+    }
+
     pub fn new(plan: DialPlan) -> Self {
         Self {
             plan: RwLock::new(Arc::new(plan)),

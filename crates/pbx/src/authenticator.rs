@@ -80,6 +80,11 @@ impl Authenticator {
         }
     }
 
+    /// Nonces whose `nc` is tracked now (a table bounded by `nc_capacity`), for `/metrics`.
+    pub fn nc_tracked(&self) -> usize {
+        self.nc.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Counts a new challenge by the check that failed (one relaxed increment whatever
     /// the reason: the work stays the same for every outcome).
     fn challenged(&self, why: Challenged) {

@@ -1359,6 +1359,16 @@ impl B2bua {
     pub fn call_count(&self) -> usize {
         self.lock().calls.len()
     }
+
+    /// The sizes of the B2BUA's tables, for `/metrics`.
+    pub fn table_sizes(&self) -> [(&'static str, usize); 3] {
+        let st = self.lock();
+        [
+            ("trunk_calls", st.calls.len()),
+            ("trunk_call_transactions", st.by_tx.len()),
+            ("trunk_call_keys", st.by_a_key.len()),
+        ]
+    }
 }
 
 #[cfg(test)]

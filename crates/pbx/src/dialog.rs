@@ -314,6 +314,17 @@ impl Dialogs {
         self.lock().by_id.len()
     }
 
+    /// The sizes of the table's indexes, for `/metrics` (each must stay flat under
+    /// steady load: the soak suite watches them).
+    pub fn table_sizes(&self) -> [(&'static str, usize); 3] {
+        let t = self.lock();
+        [
+            ("dialogs", t.by_id.len()),
+            ("dialogs_by_call_id", t.by_call_id.len()),
+            ("dialogs_ended", t.ended.len()),
+        ]
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

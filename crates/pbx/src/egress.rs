@@ -327,6 +327,17 @@ impl Egress {
         self.client.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The sizes of the transaction tables, for `/metrics`.
+    pub fn table_sizes(&self) -> [(&'static str, usize); 3] {
+        let server = self.server().len();
+        let client = self.client();
+        [
+            ("server_transactions", server),
+            ("client_transactions", client.table.len()),
+            ("client_transaction_owners", client.live.len()),
+        ]
+    }
+
     fn deny(&self, d: Denial) -> Denial {
         Metrics::inc(&self.metrics.egress_denied[d.index()]);
         d

@@ -182,6 +182,28 @@ impl Endpoint {
         self.clock.now()
     }
 
+    /// The size of every bounded table the SIP side holds, for `/metrics`.
+    pub fn table_sizes(&self) -> Vec<(&'static str, usize)> {
+        let mut v = Vec::with_capacity(48);
+        v.extend(self.egress.table_sizes());
+        v.extend(self.dialogs.table_sizes());
+        v.extend(self.proxy.table_sizes());
+        v.extend(self.b2bua.table_sizes());
+        v.extend(self.registrar.table_sizes());
+        v.push(("nonce_nc_tracked", self.auth.nc_tracked()));
+        v.push(("notify_pending", self.notifier.pending_count()));
+        v.extend(self.outbound.table_sizes());
+        v.extend(self.guard.table_sizes());
+        v.push((
+            "graces_ended",
+            self.graces_ended
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len(),
+        ));
+        v
+    }
+
     /// Takes the extensions whose grace window ended since the last call.
     pub fn take_graces_ended(&self) -> Vec<String> {
         std::mem::take(&mut *self.graces_ended.lock().unwrap_or_else(|p| p.into_inner()))

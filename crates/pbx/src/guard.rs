@@ -312,6 +312,16 @@ impl<K: Hash + Eq + Clone> Windows<K> {
             .record(now, window, cap)
     }
 
+    /// Keys counted now.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Keys in the insertion queue (the map's order; never longer than the map).
+    pub(crate) fn queued(&self) -> usize {
+        self.order.len()
+    }
+
     fn count(&mut self, key: &K, now: i64, window: i64) -> u32 {
         self.map.get_mut(key).map_or(0, |w| w.count(now, window))
     }
@@ -1036,6 +1046,56 @@ impl Guard {
         v.sort_unstable_by(|a, b| b.cmp(a));
         v.truncate(KERNEL_DROP_MAX);
         v.into_iter().map(|(_, ip)| ip).collect()
+    }
+
+    /// The sizes of the guard's tables (each bounded by [`TABLE_CAPACITY`] or its own
+    /// limit), for `/metrics`. The insertion queues are included: a queue that outgrows
+    /// its map is a leak even while the map stays bounded.
+    pub fn table_sizes(&self) -> Vec<(&'static str, usize)> {
+        let mut v = Vec::with_capacity(16);
+        {
+            let st = self.read();
+            v.push(("guard_ban_records", st.banned.len()));
+            v.push(("guard_bans_pending", st.pending.len()));
+            v.push(("guard_ban_history", st.history.len()));
+        }
+        let windows = |name: &'static str, queue: &'static str, w: &Mutex<Windows<Source>>| {
+            let w = lock(w);
+            [(name, w.map.len()), (queue, w.order.len())]
+        };
+        v.extend(windows(
+            "guard_failures",
+            "guard_failures_queue",
+            &self.failures,
+        ));
+        v.extend(windows(
+            "guard_provisioning_probes",
+            "guard_provisioning_probes_queue",
+            &self.provisioning_probes,
+        ));
+        {
+            let w = lock(&self.account_failures);
+            v.push(("guard_account_failures", w.map.len()));
+            v.push(("guard_account_failures_queue", w.order.len()));
+        }
+        v.push((
+            "guard_provisioning_limited",
+            lock(&self.provisioning_limited).len(),
+        ));
+        v.push(("guard_weak_noted", lock(&self.weak_noted).len()));
+        v.push(("guard_withheld_noted", lock(&self.withheld_noted).len()));
+        {
+            let t = lock(&self.trusted);
+            v.push(("guard_trusted_pairs", t.pairs));
+            v.push(("guard_trusted_queue", t.order.len()));
+            v.push(("guard_trusted_accounts", t.by_account.len()));
+            v.push(("guard_trusted_prefixes", t.prefixes.len()));
+        }
+        {
+            let f = lock(&self.flood);
+            v.push(("guard_flood_sources", f.current.len() + f.previous.len()));
+        }
+        v
     }
 
     /// How many allow-list networks are in force.

@@ -84,6 +84,13 @@ pub struct Metrics {
     pub accept_backoff: AtomicU64,
     pub kernel_drop_sources: AtomicU64,
     pub allowed_networks: AtomicU64,
+    /// Extensions whose bindings wait for the write-behind (sampled each second, before
+    /// the write), and of those, how many have a `200` waiting for the group commit.
+    pub write_behind_backlog: AtomicU64,
+    pub write_behind_waiting: AtomicU64,
+    /// Every bounded table's size, sampled each second by the server
+    /// (`sipward_table_entries{table}`): what the soak suite holds flat.
+    pub tables: std::sync::Mutex<Vec<(&'static str, u64)>>,
     pub notify_sent: AtomicU64,
     pub notify_answered: AtomicU64,
     pub notify_unanswered: AtomicU64,
@@ -534,7 +541,19 @@ impl Metrics {
                 get(&self.allowed_networks),
             ),
         ];
-        for (name, help, v) in gauges {
+        let backlog = [
+            (
+                "sipward_write_behind_backlog",
+                "extensions whose bindings wait for the write-behind, sampled each second before the write",
+                get(&self.write_behind_backlog),
+            ),
+            (
+                "sipward_write_behind_waiting",
+                "of those, extensions whose 200 waits for the group commit",
+                get(&self.write_behind_waiting),
+            ),
+        ];
+        for (name, help, v) in gauges.into_iter().chain(backlog) {
             let _ = write!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");
         }
         if self.tls_enabled.load(Ordering::Relaxed) {
@@ -544,6 +563,15 @@ impl Metrics {
                 s,
                 "# HELP {name} seconds until the SIP TLS certificate in force expires\n# TYPE {name} gauge\n{name} {v}\n"
             );
+        }
+        let name = "sipward_table_entries";
+        let _ = write!(
+            s,
+            "# HELP {name} entries in each bounded table, sampled each second\n# TYPE {name} gauge\n"
+        );
+        let tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        for (table, v) in tables.iter() {
+            let _ = writeln!(s, "{name}{{table=\"{table}\"}} {v}");
         }
         s
     }

@@ -37,6 +37,11 @@ impl Notifier {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// NOTIFYs sent and not answered yet (bounded by [`MAX_PENDING`]), for `/metrics`.
+    pub fn pending_count(&self) -> usize {
+        self.pending().len()
+    }
+
     /// The NOTIFY for one registration of extension `number`: to its Contact URI as
     /// Request-URI, sent on the flow it registered from. None when a value would not
     /// make a valid request (the builder refuses control characters and the like).

@@ -342,6 +342,17 @@ impl Proxy {
         self.lock().calls.len()
     }
 
+    /// The sizes of the proxy's tables, for `/metrics`.
+    pub fn table_sizes(&self) -> [(&'static str, usize); 4] {
+        let st = self.lock();
+        [
+            ("proxy_calls", st.calls.len()),
+            ("proxy_forwards", st.by_tx.len()),
+            ("proxy_relays", st.relays_by_key.len()),
+            ("proxy_closing", st.closing.len()),
+        ]
+    }
+
     /// Our Via for a request to `to`.
     fn via(&self, to: &Flow, branch: &str) -> String {
         let local = self.sig.local(to);

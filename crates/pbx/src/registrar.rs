@@ -501,6 +501,22 @@ impl Registrar {
         self.lock().sources.contains_key(&ip)
     }
 
+    /// The write-behind backlog: extensions whose bindings changed and are not written
+    /// yet, and how many of them have an answer waiting for the write.
+    pub fn backlog(&self) -> (usize, usize) {
+        let st = self.lock();
+        (st.dirty.len(), st.unwritten.len())
+    }
+
+    /// The sizes of the registrar's tables, for `/metrics`.
+    pub fn table_sizes(&self) -> [(&'static str, usize); 2] {
+        let st = self.lock();
+        [
+            ("registered_extensions", st.by_number.len()),
+            ("registration_sources", st.sources.len()),
+        ]
+    }
+
     pub fn binding_count(&self) -> usize {
         self.lock().by_number.values().map(Vec::len).sum()
     }

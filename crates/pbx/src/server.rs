@@ -378,6 +378,7 @@ impl Bound {
         tasks.spawn(flush_loop(
             self.registry.clone(),
             self.endpoint.clone(),
+            self.transports.clone(),
             self.clock.clone(),
             stop_rx.clone(),
         ));
@@ -865,12 +866,14 @@ async fn outbox_loop(
 async fn flush_loop(
     registry: Registry,
     endpoint: Arc<Endpoint>,
+    transports: Arc<Transports>,
     clock: Arc<dyn Clock>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     let mut calls_written = None;
     let mut health = Health::new(Task::Flush, "writing the bindings");
+    let mut slow = SlowWrites::default();
     loop {
         let every_second = tokio::select! {
             _ = tick.tick() => true,
@@ -881,11 +884,72 @@ async fn flush_loop(
             _ = stop.changed() => return,
         };
         if every_second {
+            sample_tables(&endpoint, &transports);
             write_trunk_state(&registry, &endpoint, clock.now(), &mut calls_written).await;
         }
-        health.checked(flush(&registry, &endpoint, clock.now(), every_second).await);
+        let started = clock.instant();
+        let written = flush(&registry, &endpoint, clock.now(), every_second).await;
+        if written.is_ok() {
+            slow.note(
+                clock.instant().saturating_duration_since(started),
+                clock.instant(),
+            );
+        }
+        health.checked(written);
         health.settle();
     }
+}
+
+/// A bindings write that took longer than a second (another process held the database):
+/// the answers waiting for it waited as long. Failures are the flush [`Health`]'s. At most
+/// one line per [`WRITE_REPORT_EVERY`], saying how many since the last.
+#[derive(Default)]
+struct SlowWrites {
+    last: Option<std::time::Instant>,
+    slow: u64,
+}
+
+const WRITE_REPORT_EVERY: Duration = Duration::from_secs(10);
+const WRITE_SLOW: Duration = Duration::from_secs(1);
+
+impl SlowWrites {
+    fn note(&mut self, took: Duration, now: std::time::Instant) {
+        if took < WRITE_SLOW {
+            return;
+        }
+        self.slow += 1;
+        if self
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < WRITE_REPORT_EVERY)
+        {
+            return;
+        }
+        self.last = Some(now);
+        tracing::warn!(
+            slow = self.slow,
+            last_ms = took.as_millis() as u64,
+            "bindings writes took over a second (another process held the database)"
+        );
+        self.slow = 0;
+    }
+}
+
+/// Samples every bounded table and the write-behind backlog into the metrics (once a
+/// second, before the write-behind, so the backlog is what one second gathered).
+fn sample_tables(endpoint: &Endpoint, transports: &Transports) {
+    let m = &endpoint.metrics;
+    let (backlog, waiting) = endpoint.registrar.backlog();
+    m.write_behind_backlog
+        .store(backlog as u64, Ordering::Relaxed);
+    m.write_behind_waiting
+        .store(waiting as u64, Ordering::Relaxed);
+    let mut tables: Vec<(&'static str, u64)> = endpoint
+        .table_sizes()
+        .into_iter()
+        .map(|(k, v)| (k, v as u64))
+        .collect();
+    tables.push(("tcp_connections", transports.connection_count() as u64));
+    *m.tables.lock().unwrap_or_else(|p| p.into_inner()) = tables;
 }
 
 /// How often an unchanged active-calls snapshot is stamped again (so `sipward calls`

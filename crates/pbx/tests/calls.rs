@@ -661,6 +661,77 @@ async fn an_answered_trunk_call_ends_at_its_class_maximum_with_bye_both_ways() {
     assert_eq!(pbx.metric("sipward_calls_ended_max_duration_total"), 1);
 }
 
+/// `/metrics` shows every bounded table's size (what the soak suite holds flat): a
+/// trunk call up is in the B2BUA's table and the dialog table, and leaves both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_the_size_of_every_bounded_table() {
+    let gw = gateway_socket().await;
+    let pbx = start(Setup {
+        plan: us_plan(),
+        extensions: vec![("3101", "national")],
+        gateway: Some(gw.addr),
+        ..Setup::default()
+    })
+    .await;
+    let names: Vec<&str> = pbx
+        .endpoint
+        .table_sizes()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let mut unique = names.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len(), "table names repeat: {names:?}");
+    for table in [
+        "server_transactions",
+        "client_transactions",
+        "dialogs",
+        "proxy_calls",
+        "trunk_calls",
+        "registered_extensions",
+        "nonce_nc_tracked",
+        "guard_trusted_pairs",
+        "guard_flood_sources",
+        "admission_attempts",
+    ] {
+        assert!(names.contains(&table), "{table} missing from {names:?}");
+    }
+    let trunk_calls = "sipward_table_entries{table=\"trunk_calls\"}";
+    let gw = towards(gw, &pbx);
+    let phone = Ua::bind("127.0.0.21", pbx.sip, "3101").await;
+    let (out, invite) = trunk_call(&phone, &gw, "12125550123").await;
+    let contact = format!("Contact: <sip:{}>\r\n", gw.addr);
+    gw.reply(&invite, 200, "OK", "gw1", &contact, "").await;
+    let ok = phone.answer_to(&out, |c| c == 200).await;
+    phone.in_dialog(&out, &ok, "ACK", out.cseq).await;
+    // Sampled once a second by the server's writer.
+    until("the trunk call is counted in its table", || {
+        pbx.metric(trunk_calls) == 1
+    })
+    .await;
+    assert!(pbx.metric("sipward_table_entries{table=\"dialogs\"}") >= 1);
+    let text = pbx.endpoint.metrics.render();
+    assert!(text.contains("sipward_write_behind_backlog "), "{text}");
+    assert!(
+        text.contains("sipward_table_entries{table=\"tcp_connections\"} 0"),
+        "{text}"
+    );
+    phone.in_dialog(&out, &ok, "BYE", out.cseq + 1).await;
+    let bye = gw
+        .request_for("BYE", header(&invite, "Call-ID").expect("call-id"), 0)
+        .await;
+    gw.reply(&bye, 200, "OK", "", "", "").await;
+    // The B2BUA keeps an answered call until its INVITE transactions end (64·T1 after
+    // the 2xx, for retransmissions): then it leaves the table.
+    pbx.advance(Duration::from_secs(33)).await;
+    pbx.advance(Duration::from_secs(33)).await;
+    until("the ended call leaves the table", || {
+        pbx.metric(trunk_calls) == 0
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ringing_trunk_leg_outlives_timer_b_and_ends_at_the_ring_limit() {
     let gw = gateway_socket().await;

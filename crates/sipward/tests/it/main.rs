@@ -33,6 +33,7 @@ mod reload;
 mod revoke;
 mod service;
 mod settings;
+mod soak;
 mod tls;
 mod trunk_calls;
 mod trunks;
