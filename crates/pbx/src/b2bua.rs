@@ -1453,6 +1453,38 @@ mod tests {
     }
 
     #[test]
+    fn a_sips_call_is_refused_before_anything_goes_to_a_clear_text_trunk() {
+        let r = rig();
+        let b = B2bua::new(r.signalling());
+        let invite = INVITE.replacen("INVITE sip:", "INVITE sips:", 1);
+        let m = sip::msg::parse(invite.as_bytes()).expect("parse");
+        let key = TxKey::of(&m).expect("key");
+        r.egress.arrived(&key, phone(), r.clock.instant());
+        let trunks = crate::trunk::tests::trunks();
+        let Routed::To(target, number) = trunks.route("12125550123", "1001", |_| None) else {
+            panic!("routed")
+        };
+        let started = b.start(Placed {
+            request: invite.as_bytes(),
+            key,
+            source: phone(),
+            caller: "1001".into(),
+            counted: "1001".into(),
+            dialled: "12125550123".into(),
+            number,
+            e164: Some("+12125550123".into()),
+            class: CallClass::National,
+            class_of_service: ClassOfService::National,
+            ring: Duration::from_secs(180),
+            max: Some(Duration::from_secs(7200)),
+            target,
+        });
+        assert_eq!(started, Err((480, "Temporarily Unavailable")));
+        assert!(r.wire.take().is_empty(), "nothing went to the trunk");
+        assert_eq!(b.call_count(), 0);
+    }
+
+    #[test]
     fn a_challenged_call_is_answered_with_the_trunks_credentials_once() {
         let r = rig();
         let b = placed(&r);

@@ -1010,6 +1010,67 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_call_that_arrived_as_sips_is_held_to_tls_though_its_forwarded_uri_is_sip() {
+        let r = rig();
+        let tls = Flow::stream(TransportKind::Tls, addr("192.0.2.1:40000"), ConnId(7));
+        r.registrar
+            .register(
+                "1001",
+                &RegisterRequest {
+                    call_id: "r2".into(),
+                    cseq: 1,
+                    contacts: Contacts::List(vec![("sip:1001@198.51.100.9:7001".into(), None)]),
+                    expires_header: Some(3600),
+                    flow: tls,
+                    generation: 1,
+                },
+                T0,
+            )
+            .expect("registered");
+        let udp = Flow::udp(addr("192.0.2.1:5062"));
+        let secure = Purpose::Callee {
+            number: "1001",
+            hops: Hops::Tls,
+        };
+        // The forwarded INVITE's own URI is the sip: Contact: only the purpose knows.
+        assert_eq!(
+            r.egress
+                .start(
+                    request("INVITE", "z9hG4bKh1", ""),
+                    udp,
+                    secure,
+                    Owner::Proxy
+                )
+                .map(|_| ()),
+            Err(NotStarted::Denied(Denial::SipsOverClear)),
+        );
+        assert!(
+            r.egress
+                .start(
+                    request("INVITE", "z9hG4bKh2", ""),
+                    tls,
+                    secure,
+                    Owner::Proxy
+                )
+                .is_ok(),
+            "the TLS binding takes it"
+        );
+        // Control: a call that arrived as sip: goes to the UDP binding.
+        let any = Purpose::Callee {
+            number: "1001",
+            hops: Hops::Any,
+        };
+        assert!(
+            r.egress
+                .start(request("INVITE", "z9hG4bKh3", ""), udp, any, Owner::Proxy)
+                .is_ok()
+        );
+        assert_eq!(Hops::of("SIPS:1001@example.com"), Hops::Tls);
+        assert_eq!(Hops::of("sip:1001@example.com"), Hops::Any);
+        assert_eq!(Hops::of("sip"), Hops::Any);
+    }
+
+    #[test]
     fn a_sips_request_uri_leaves_only_over_tls() {
         let r = rig();
         // 1001 registers a sips: Contact over TLS as well as its UDP binding.
