@@ -613,6 +613,8 @@ const PING: usize = 4;
 /// The pong that answers it (RFC 5626 §4.4.1).
 const PONG: &[u8] = b"\r\n";
 
+// What one connection needs from its accept loop, each passed on as it is.
+#[allow(clippy::too_many_arguments)]
 async fn connection<S>(
     stream: S,
     peer: SocketAddr,
