@@ -41,7 +41,7 @@ use store::trunks::ActiveCallRow;
 use crate::dialog::{
     DialogId, Kind, Leg, MAX_EARLY_PER_BRANCH, NewDialog, Party, Phase as DialogPhase, Who,
 };
-use crate::egress::{Delivery, Owner, Purpose};
+use crate::egress::{Delivery, Hops, Owner, Purpose};
 use crate::flow::{Flow, our_uri};
 use crate::metrics::Metrics;
 use crate::proxy::clean_reason;
@@ -119,6 +119,9 @@ struct Remote {
 #[derive(Debug)]
 struct Call {
     id: u64,
+    /// What the caller's Request-URI asked of every hop (the trunk's INVITE is held
+    /// to it at the egress check).
+    hops: Hops,
     counted: String,
     caller: String,
     dialled: String,
@@ -320,6 +323,15 @@ impl B2bua {
             .ok_or(bad)?;
         let a_call_id = m.header(Name::CallId).ok_or(bad)?.to_owned();
         let a_invite_cseq = cseq_of(&m).ok_or(bad)?;
+        // A sips: call may leave only over TLS, and trunks are reached in the clear: it
+        // is refused here, where the trunk is chosen (and the egress check would too).
+        let StartLine::Request { uri, .. } = m.start else {
+            return Err(bad);
+        };
+        let hops = Hops::of(uri);
+        if !hops.allows(&p.target.flow) {
+            return Err((480, "Temporarily Unavailable"));
+        }
         // The table is held until the call is in it: the trunk's first answer may come
         // at once, on another thread.
         let mut st = self.lock();
@@ -338,6 +350,7 @@ impl B2bua {
             .unwrap_or_default();
         let mut call = Call {
             id: 0,
+            hops,
             counted: p.counted,
             caller: p.caller,
             dialled: p.dialled,
@@ -430,6 +443,7 @@ impl B2bua {
                 flow,
                 Purpose::Trunk {
                     label: &call.target.label,
+                    hops: call.hops,
                 },
                 Owner::B2bua,
             )
@@ -1446,6 +1460,38 @@ mod tests {
         for d in r.egress.on_response(&m, &trunk(), now).expect("matched") {
             b.on_delivery(&d, Some(&m), now);
         }
+    }
+
+    #[test]
+    fn a_sips_call_is_refused_before_anything_goes_to_a_clear_text_trunk() {
+        let r = rig();
+        let b = B2bua::new(r.signalling());
+        let invite = INVITE.replacen("INVITE sip:", "INVITE sips:", 1);
+        let m = sip::msg::parse(invite.as_bytes()).expect("parse");
+        let key = TxKey::of(&m).expect("key");
+        r.egress.arrived(&key, phone(), r.clock.instant());
+        let trunks = crate::trunk::tests::trunks();
+        let Routed::To(target, number) = trunks.route("12125550123", "1001", |_| None) else {
+            panic!("routed")
+        };
+        let started = b.start(Placed {
+            request: invite.as_bytes(),
+            key,
+            source: phone(),
+            caller: "1001".into(),
+            counted: "1001".into(),
+            dialled: "12125550123".into(),
+            number,
+            e164: Some("+12125550123".into()),
+            class: CallClass::National,
+            class_of_service: ClassOfService::National,
+            ring: Duration::from_secs(180),
+            max: Some(Duration::from_secs(7200)),
+            target,
+        });
+        assert_eq!(started, Err((480, "Temporarily Unavailable")));
+        assert!(r.wire.take().is_empty(), "nothing went to the trunk");
+        assert_eq!(b.call_count(), 0);
     }
 
     #[test]

@@ -143,13 +143,38 @@ impl Denial {
     }
 }
 
+/// What a request asked of every hop it takes, read once from the Request-URI it
+/// arrived with, where its target is chosen (the proxy's bindings, the B2BUA's trunk),
+/// and carried in the [`Purpose`] to the egress check: a forwarded request's own URI
+/// (a `sip:` Contact, a trunk's `sip:` URI) no longer shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hops {
+    /// Any transport.
+    Any,
+    /// TLS only: the Request-URI was `sips:` (RFC 3261 §26.2, RFC 5630 §3.1.3: such a
+    /// request travels over TLS on every hop, or not at all).
+    Tls,
+}
+
+impl Hops {
+    /// What the Request-URI `uri` asks (its scheme, case-insensitive).
+    pub fn of(uri: &str) -> Self {
+        let sips = uri
+            .get(..5)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("sips:"));
+        if sips { Self::Tls } else { Self::Any }
+    }
+
+    /// Whether a request may leave on `to`.
+    pub fn allows(self, to: &Flow) -> bool {
+        self == Self::Any || to.transport == TransportKind::Tls
+    }
+}
+
 /// Whether a request to `uri` would leave on a flow that is not TLS while the URI is
-/// `sips:` (RFC 3261 §26.2: such a request travels over TLS on every hop, or not at all).
+/// `sips:`.
 fn sips_over_clear(uri: &str, to: &Flow) -> bool {
-    let sips = uri
-        .get(..5)
-        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("sips:"));
-    sips && to.transport != TransportKind::Tls
+    !Hops::of(uri).allows(to)
 }
 
 impl From<Refusal> for Denial {
@@ -217,11 +242,12 @@ pub enum Owner {
 #[derive(Clone, Copy, Debug)]
 pub enum Purpose<'a> {
     /// A branch of a call to the extension `number`: `to` must be a flow a live
-    /// registration of it came on.
-    Callee { number: &'a str },
+    /// registration of it came on, and one `hops` allows.
+    Callee { number: &'a str, hops: Hops },
     /// The INVITE of a call to the trunk `label` (`gateway:NAME`, `provider:NAME`): `to`
-    /// must be that trunk's address (or, for a gateway, where it is registered from).
-    Trunk { label: &'a str },
+    /// must be that trunk's address (or, for a gateway, where it is registered from),
+    /// and one `hops` allows.
+    Trunk { label: &'a str, hops: Hops },
     /// A request within a dialog (c): relayed for the peer on `from`, or sipward's own
     /// (`None`) on a back-to-back leg or, a BYE only, in a proxied dialog it closes.
     InDialog { from: Option<&'a Flow> },
@@ -489,7 +515,10 @@ impl Egress {
         }
         let now = self.clock.now();
         match purpose {
-            Purpose::Callee { number } => {
+            Purpose::Callee { number, hops } => {
+                if !hops.allows(to) {
+                    return Err(Denial::SipsOverClear);
+                }
                 if method != "INVITE" {
                     return Err(Denial::WrongMethod);
                 }
@@ -505,7 +534,10 @@ impl Egress {
                     return Err(Denial::NotARegistration);
                 }
             }
-            Purpose::Trunk { label } => {
+            Purpose::Trunk { label, hops } => {
+                if !hops.allows(to) {
+                    return Err(Denial::SipsOverClear);
+                }
                 if method != "INVITE" {
                     return Err(Denial::WrongMethod);
                 }
@@ -940,7 +972,10 @@ pub(crate) mod tests {
         let registered = Flow::udp(addr("192.0.2.1:5062"));
         let contact = Flow::udp(addr("198.51.100.9:7000"));
         let invite = request("INVITE", "z9hG4bKinv1", "");
-        let callee = Purpose::Callee { number: "1001" };
+        let callee = Purpose::Callee {
+            number: "1001",
+            hops: Hops::Any,
+        };
         // Where the Contact points: never.
         assert_eq!(
             r.egress
@@ -954,7 +989,10 @@ pub(crate) mod tests {
                 .start(
                     invite.clone(),
                     registered,
-                    Purpose::Callee { number: "1002" },
+                    Purpose::Callee {
+                        number: "1002",
+                        hops: Hops::Any,
+                    },
                     Owner::Proxy
                 )
                 .map(|_| ()),
@@ -980,6 +1018,67 @@ pub(crate) mod tests {
             r.egress.start(again, registered, callee, Owner::Proxy),
             Err(NotStarted::Denied(Denial::NotARegistration))
         ));
+    }
+
+    #[test]
+    fn a_call_that_arrived_as_sips_is_held_to_tls_though_its_forwarded_uri_is_sip() {
+        let r = rig();
+        let tls = Flow::stream(TransportKind::Tls, addr("192.0.2.1:40000"), ConnId(7));
+        r.registrar
+            .register(
+                "1001",
+                &RegisterRequest {
+                    call_id: "r2".into(),
+                    cseq: 1,
+                    contacts: Contacts::List(vec![("sip:1001@198.51.100.9:7001".into(), None)]),
+                    expires_header: Some(3600),
+                    flow: tls,
+                    generation: 1,
+                },
+                T0,
+            )
+            .expect("registered");
+        let udp = Flow::udp(addr("192.0.2.1:5062"));
+        let secure = Purpose::Callee {
+            number: "1001",
+            hops: Hops::Tls,
+        };
+        // The forwarded INVITE's own URI is the sip: Contact: only the purpose knows.
+        assert_eq!(
+            r.egress
+                .start(
+                    request("INVITE", "z9hG4bKh1", ""),
+                    udp,
+                    secure,
+                    Owner::Proxy
+                )
+                .map(|_| ()),
+            Err(NotStarted::Denied(Denial::SipsOverClear)),
+        );
+        assert!(
+            r.egress
+                .start(
+                    request("INVITE", "z9hG4bKh2", ""),
+                    tls,
+                    secure,
+                    Owner::Proxy
+                )
+                .is_ok(),
+            "the TLS binding takes it"
+        );
+        // Control: a call that arrived as sip: goes to the UDP binding.
+        let any = Purpose::Callee {
+            number: "1001",
+            hops: Hops::Any,
+        };
+        assert!(
+            r.egress
+                .start(request("INVITE", "z9hG4bKh3", ""), udp, any, Owner::Proxy)
+                .is_ok()
+        );
+        assert_eq!(Hops::of("SIPS:1001@example.com"), Hops::Tls);
+        assert_eq!(Hops::of("sip:1001@example.com"), Hops::Any);
+        assert_eq!(Hops::of("sip"), Hops::Any);
     }
 
     #[test]
@@ -1088,6 +1187,7 @@ pub(crate) mod tests {
         // A trunk call goes to the trunk's address (or where its gateway registered).
         let trunk = Purpose::Trunk {
             label: "gateway:pstn",
+            hops: Hops::Any,
         };
         assert!(
             r.egress
@@ -1204,7 +1304,10 @@ pub(crate) mod tests {
             .start(
                 invite.clone(),
                 registered,
-                Purpose::Callee { number: "1001" },
+                Purpose::Callee {
+                    number: "1001",
+                    hops: Hops::Any,
+                },
                 Owner::Proxy,
             )
             .expect("started");

@@ -1172,6 +1172,19 @@ impl Inbound for Endpoint {
         admitted
     }
 
+    fn handshake(&self, ip: IpAddr) -> Admission {
+        Metrics::inc(&self.metrics.tls_handshakes);
+        self.guard.admit_on_connection(ip)
+    }
+
+    fn keepalive(&self, ip: IpAddr) -> Admission {
+        Metrics::inc(&self.metrics.keepalive_pings);
+        if self.registrar.registered_from(ip) {
+            return Admission::Admit;
+        }
+        self.guard.admit_on_connection(ip)
+    }
+
     fn banned(&self, ip: IpAddr) -> bool {
         !self.guard.admits(ip)
     }

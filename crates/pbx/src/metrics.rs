@@ -76,6 +76,11 @@ pub struct Metrics {
     pub tls_handshake_failed: AtomicU64,
     /// TLS connections cut because their handshake missed its deadline (half-open).
     pub tls_handshake_timeouts: AtomicU64,
+    /// TLS handshakes begun (each counted toward its source's flood limit: each costs
+    /// the server a key exchange and a signature).
+    pub tls_handshakes: AtomicU64,
+    /// RFC 5626 double-CRLF keep-alive pings received on SIP connections.
+    pub keepalive_pings: AtomicU64,
     /// Seconds until the TLS certificate in force expires (negative once expired);
     /// only shown while `tls_enabled`.
     pub tls_cert_expiry: std::sync::atomic::AtomicI64,
@@ -315,6 +320,16 @@ impl Metrics {
                 "sipward_tls_handshakes_timed_out_total",
                 "SIP TLS connections cut because the handshake missed its deadline",
                 get(&self.tls_handshake_timeouts),
+            ),
+            (
+                "sipward_tls_handshakes_total",
+                "SIP TLS handshakes begun (each counts toward its source's flood limit)",
+                get(&self.tls_handshakes),
+            ),
+            (
+                "sipward_keepalive_pings_total",
+                "RFC 5626 double-CRLF keep-alive pings received on SIP TCP and TLS connections",
+                get(&self.keepalive_pings),
             ),
             (
                 "sipward_accept_backoff_total",

@@ -40,7 +40,7 @@ use crate::dialog::{
     Dialog, DialogId, Dialogs, Ends, Kind, MAX_EARLY_PER_BRANCH, NewDialog, Party, PartyState,
     Phase, Side, Who,
 };
-use crate::egress::{Delivery, Egress, Owner, Purpose};
+use crate::egress::{Delivery, Egress, Hops, Owner, Purpose};
 use crate::flow::{Flow, our_uri};
 use crate::metrics::Metrics;
 use crate::signalling::Signalling;
@@ -451,7 +451,15 @@ impl Proxy {
             .header(Name::CallId)
             .ok_or((400, "Bad Request"))?
             .to_owned();
-        if p.contacts.is_empty() {
+        // A sips: call is forked only to the callee's TLS bindings; none is a 480, as
+        // with no binding at all. The egress check holds each branch to the same rule.
+        let StartLine::Request { uri, .. } = m.start else {
+            return Err((400, "Bad Request"));
+        };
+        let hops = Hops::of(uri);
+        let contacts: Vec<&(String, Flow)> =
+            p.contacts.iter().filter(|(_, f)| hops.allows(f)).collect();
+        if contacts.is_empty() {
             return Err((480, "Temporarily Unavailable"));
         }
         // The table is held until the call is in it: a callee that answers at once must
@@ -465,7 +473,7 @@ impl Proxy {
         }
         let mut branches = Vec::new();
         let mut hints_removed = false;
-        for (contact, flow) in &p.contacts {
+        for (contact, flow) in contacts {
             let branch = self.sig.branch();
             let rr = self.record_route(&p.source, flow);
             let Some((bytes, removed)) = self.forward(
@@ -483,7 +491,10 @@ impl Proxy {
             if let Ok(tx) = self.egress.start(
                 bytes,
                 *flow,
-                Purpose::Callee { number: p.callee },
+                Purpose::Callee {
+                    number: p.callee,
+                    hops,
+                },
                 Owner::Proxy,
             ) {
                 st.by_tx.insert(

@@ -12,15 +12,18 @@
 //! a connection of its own to a phone); an entry goes with its connection, and the
 //! endpoint is told so the bindings made on it stop being reached. No source can hold
 //! connections open for nothing (issue #17): each address and each network prefix may
-//! hold only so many ([`TcpLimits`]); a new connection must deliver a complete message
+//! hold only so many ([`TcpLimits`]), counted across the TCP and TLS ports together; a
+//! new connection must deliver a complete message
 //! within a deadline, and one that sends no complete message for a while is closed
 //! (bytes alone keep nothing open); a ban closes the source's connections within a
 //! tick; a stream that cannot be framed or a message that does not parse closes its
 //! connection and counts toward the source's flood limit. At the file-descriptor limit
 //! the accept loop backs off. A TLS handshake must finish within a few seconds, and
 //! each source may have only so many in flight: a half-open flood costs one timer per
-//! connection. A double-CRLF keep-alive ping is answered with a CRLF pong (RFC 5626
-//! §4.4.1). Unfinished requests (bytes that do not yet make a whole message) are capped
+//! connection; every handshake, completed or not, counts toward the source's flood
+//! limit. A double-CRLF keep-alive ping is answered with a CRLF pong (RFC 5626
+//! §4.4.1), counted, and from a source with no live registration counted toward its
+//! flood limit. Unfinished requests (bytes that do not yet make a whole message) are capped
 //! per address and per prefix, and each must be finished within a deadline: a source
 //! cannot hold many half-sent requests, each costing a buffer, on its connections.
 
@@ -204,6 +207,15 @@ pub trait Inbound: Send + Sync + 'static {
     fn admit_on_connection(&self, ip: IpAddr) -> Admission;
     /// Whether a connection from `ip` is accepted.
     fn admits_connection(&self, ip: IpAddr) -> bool;
+    /// A TLS handshake from `ip` is about to begin: it costs the server a key exchange
+    /// and a signature whether it completes or not, so it counts toward the source's
+    /// flood limit like a message (the TCP handshake proved the source). Anything but
+    /// [`Admission::Admit`] refuses the connection.
+    fn handshake(&self, ip: IpAddr) -> Admission;
+    /// One RFC 5626 double-CRLF ping on a connection from `ip`: counted, and for a
+    /// source with no live registration counted toward its flood limit (a registered
+    /// phone's keep-alives are never limited).
+    fn keepalive(&self, ip: IpAddr) -> Admission;
     /// Whether `ip` is banned now (an open connection's periodic look; counts nothing).
     fn banned(&self, ip: IpAddr) -> bool;
     /// Whether `ip` is exempt from the per-source connection caps (allow-listed: a
@@ -238,12 +250,39 @@ struct Connections {
     by_id: HashMap<ConnId, (SocketAddr, Writer)>,
 }
 
+/// The places the stream listeners take connections from: one set for TCP and TLS
+/// together, so a source holds its per-source cap (and all sources the total bound)
+/// once across both ports, never once per listener.
+#[derive(Debug, Clone)]
+struct StreamPlaces {
+    /// The total bound on open connections ([`MAX_TCP_CONNECTIONS`]).
+    permits: Arc<Semaphore>,
+    /// Open connections per address and prefix.
+    open: Places,
+    /// Connections holding an unfinished request.
+    unfinished: Places,
+    /// TLS handshakes in flight.
+    handshakes: Places,
+}
+
+impl Default for StreamPlaces {
+    fn default() -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS)),
+            open: Places::default(),
+            unfinished: Places::default(),
+            handshakes: Places::default(),
+        }
+    }
+}
+
 /// The sockets sipward writes to, behind the egress rule.
 #[derive(Debug)]
 pub struct Transports {
     udp: Arc<UdpSocket>,
     connections: Mutex<Connections>,
     next_conn: AtomicU64,
+    places: StreamPlaces,
 }
 
 impl Transports {
@@ -255,6 +294,7 @@ impl Transports {
             udp: Arc::new(udp),
             connections: Mutex::new(Connections::default()),
             next_conn: AtomicU64::new(0),
+            places: StreamPlaces::default(),
         };
         Ok((Arc::new(transports), tcp))
     }
@@ -405,10 +445,12 @@ async fn serve_stream(
     limits: TcpLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
-    let places = Places::default();
-    let unfinished = Places::default();
-    let handshakes = Places::default();
+    let StreamPlaces {
+        permits,
+        open: places,
+        unfinished,
+        handshakes,
+    } = transports.places.clone();
     let caps = limits.caps();
     let handshake_caps = limits.handshake_caps();
     let limits = Arc::new(limits);
@@ -451,12 +493,14 @@ async fn serve_stream(
             continue;
         };
         // Handshakes in flight are the expensive part of a TLS flood: capped apart.
+        // Each handshake also counts toward the source's flood limit (a rate): one
+        // address completing handshakes and sending nothing is silenced, then banned.
         let handshake = match (&tls, uncapped) {
             (None, _) => None,
             (Some(_), true) => Some(handshakes.exempt()),
             (Some(_), false) => match handshakes.take(peer.ip(), &handshake_caps) {
-                Some(h) => Some(h),
-                None => {
+                Some(h) if inbound.handshake(peer.ip()) == Admission::Admit => Some(h),
+                _ => {
                     inbound.connection(ConnectionEnd::Refused);
                     continue;
                 }
@@ -510,6 +554,8 @@ async fn serve_stream(
                             )
                             .await;
                         }
+                        // Counted toward the flood limit at accept, like every
+                        // handshake; here it is only told apart on /metrics.
                         Ok(Err(_)) => inbound.connection(ConnectionEnd::HandshakeFailed),
                         Err(_) => inbound.connection(ConnectionEnd::HandshakeTimedOut),
                     }
@@ -626,7 +672,15 @@ async fn connection<S>(
             crlf_run += skip;
             while crlf_run >= PING {
                 crlf_run -= PING;
-                let _ = pong.try_send(Arc::from(PONG));
+                // Counted, and for a source with no live registration counted toward
+                // its flood limit: a ping flood is silenced (no pong), then banned.
+                match inbound.keepalive(peer.ip()) {
+                    Admission::Admit => {
+                        let _ = pong.try_send(Arc::from(PONG));
+                    }
+                    Admission::Silenced => {}
+                    Admission::Banned => break 'read,
+                }
             }
         }
         buf.drain(..skip);

@@ -550,3 +550,54 @@ async fn a_double_crlf_ping_is_answered_with_a_crlf_pong() {
         "the next message is answered, and nothing before it"
     );
 }
+
+/// Keep-alive pings are counted (`sipward_keepalive_pings_total`). From a source with
+/// no live registration each counts toward its flood limit: a ping flood bans it and
+/// closes its connection. A registered phone's pings are never limited: far more of
+/// them than the flood limit are all answered, and the phone is not banned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_pings_are_counted_and_only_an_unregistered_sources_are_limited() {
+    let bans = BanPolicy {
+        flood_requests: 20,
+        silence_requests: 10,
+        ..BanPolicy::default()
+    };
+    let pbx = start(bans, short_limits()).await;
+    registered(&pbx, "127.0.0.61");
+    let mut phone = connect("127.0.0.61", pbx.tcp).await;
+    // 100 pings, five times the flood limit, in one write.
+    phone
+        .write_all(&b"\r\n\r\n".repeat(100))
+        .await
+        .expect("pings");
+    let mut pongs = vec![0u8; 200];
+    tokio::time::timeout(Duration::from_secs(3), phone.read_exact(&mut pongs))
+        .await
+        .expect("every pong within 3 s")
+        .expect("read");
+    assert!(pongs.chunks(2).all(|p| p == b"\r\n"));
+    assert!(pbx.endpoint.guard.admits("127.0.0.61".parse().expect("ip")));
+    assert!(metric(&pbx, |m| &m.keepalive_pings) >= 100);
+
+    let ip: IpAddr = "127.0.0.62".parse().expect("ip");
+    let mut stranger = connect("127.0.0.62", pbx.tcp).await;
+    let _ = stranger.write_all(&b"\r\n\r\n".repeat(100)).await;
+    // The first pongs come back; then the connection is closed.
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut buf = [0u8; 1024];
+    let closed = loop {
+        match tokio::time::timeout_at(until, stranger.read(&mut buf)).await {
+            Err(_) => break false,
+            Ok(Ok(0) | Err(_)) => break true,
+            Ok(Ok(_)) => {}
+        }
+    };
+    assert!(closed, "the ping flood's connection stayed open");
+    assert!(
+        !pbx.endpoint.guard.admits(ip),
+        "the ping flood was not banned"
+    );
+    assert!(metric(&pbx, |m| &m.keepalive_pings) >= 121);
+    // Control: the registered phone's connection still works.
+    assert!(answered(&mut phone, 1).await);
+}

@@ -137,7 +137,8 @@ pub fn private_ca(config: &TlsConfig, data: &Path, create: bool) -> anyhow::Resu
 }
 
 /// Makes the private CA in DATA/tls unless it exists (the key 0600, the directory 0700).
-/// Returns whether it was made.
+/// Returns whether it was made. A `ca.pem` without its `ca.key` is refused (an operator
+/// error), never replaced.
 fn ensure_ca(ca_path: &Path, names: &[String]) -> anyhow::Result<bool> {
     let dir = ca_path
         .parent()
@@ -147,6 +148,20 @@ fn ensure_ca(ca_path: &Path, names: &[String]) -> anyhow::Result<bool> {
     let ca_key_path = dir.join("ca.key");
     if ca_path.exists() && ca_key_path.exists() {
         return Ok(false);
+    }
+    // The CA phones were given stays theirs: a new one written over it would make every
+    // TLS phone stop verifying sipward, without a word. Only the operator may choose
+    // that, by removing ca.pem.
+    if ca_path.exists() {
+        return Err(OperatorError(format!(
+            "the private CA's key {} is missing while its certificate {} is there: put \
+             the key back, or remove {} to make a new CA, which every TLS phone must \
+             then be provisioned with again",
+            ca_key_path.display(),
+            ca_path.display(),
+            ca_path.display()
+        ))
+        .into());
     }
     let key = rcgen::KeyPair::generate()?;
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;

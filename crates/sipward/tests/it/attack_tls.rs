@@ -136,7 +136,10 @@ fn junk_on_the_tls_port_counts_toward_the_ban_like_junk_on_the_tcp_port() {
     }
     let tls_banned = banned(&env, "127.0.0.103");
     server.stop();
-    assert!(failed >= 80, "the junk failed its handshakes ({failed})");
+    // Control: the junk reached the handshake and failed it. Not all 80 do: once the
+    // source is silenced, then banned, its connections are refused before any
+    // handshake, as the TCP source's are.
+    assert!(failed >= 1, "the junk failed its handshakes ({failed})");
     assert!(
         tls_banned,
         "80 failed TLS handshakes of junk from 127.0.0.103 left it unbanned"

@@ -742,3 +742,28 @@ fn one_extension_can_be_given_tls_while_the_others_keep_the_installations_transp
         "{back}"
     );
 }
+
+/// A `ca.pem` whose `ca.key` is gone is refused with one sentence and exit code 2 (the
+/// operator's environment): what is missing, and what removing `ca.pem` would cost. The
+/// CA stays as it was; removing `ca.pem` makes a new one, as the sentence says.
+#[test]
+fn a_ca_without_its_key_is_refused_with_what_to_do_and_a_new_one_made_only_when_asked() {
+    let env = Env::with_config("");
+    env.ok(&["ext", "list"]);
+    let ca = env.data.join("tls/ca.pem");
+    let first = std::fs::read_to_string(&ca).expect("ca.pem");
+    std::fs::remove_file(env.data.join("tls/ca.key")).expect("remove the key");
+    let err = env.fails(&["ext", "list"], 2);
+    assert!(err.contains("ca.key") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("remove") && err.contains("provisioned"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&ca).expect("ca.pem"), first);
+    // The operator's choice: a new CA.
+    std::fs::remove_file(&ca).expect("remove ca.pem");
+    env.ok(&["ext", "list"]);
+    let new = std::fs::read_to_string(&ca).expect("a new ca.pem");
+    assert_ne!(new, first);
+    assert!(env.data.join("tls/ca.key").exists());
+}
