@@ -15,11 +15,13 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import register as R  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench", "out", "console_load")
@@ -30,22 +32,6 @@ USERS = min(int(os.environ.get("USERS", "1000")), EXTENSIONS)
 RATE = int(os.environ.get("RATE", "500"))
 SECONDS = int(os.environ.get("SECONDS", "20"))
 FETCHERS = int(os.environ.get("FETCHERS", "2"))
-
-
-def free_port():
-    while True:
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        u.bind(("127.0.0.1", 0))
-        port = u.getsockname()[1]
-        t = socket.socket()
-        try:
-            t.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-        finally:
-            t.close()
-            u.close()
 
 
 def number(i):
@@ -84,7 +70,7 @@ def setup():
 
 def start(data):
     p = subprocess.Popen(
-        [SIPWARD, "--data", data, "serve", "--sip", f"127.0.0.1:{free_port()}", "--http", "127.0.0.1:0"],
+        [SIPWARD, "--data", data, "serve", "--sip", f"127.0.0.1:{R.free_port()}", "--http", "127.0.0.1:0"],
         stdout=subprocess.PIPE, stderr=open(os.path.join(OUT, "serve.log"), "w"), text=True)
     return p, json.loads(p.stdout.readline())
 
@@ -145,7 +131,7 @@ def register_phase(label, target, inf, seconds):
     stat = os.path.join(cwd, "stat.csv")
     cmd = [
         "sipp", "-sf", SCENARIO, "-inf", inf, "-i", "127.0.0.1",
-        "-p", str(free_port()), "-cp", str(free_port()), "-t", "u1",
+        "-p", str(R.free_port()), "-cp", str(R.free_port()), "-t", "u1",
         "-r", str(RATE), "-m", str(calls), "-l", str(calls),
         "-timeout", str(seconds * 3 + 30) + "s", "-recv_timeout", "5000", "-nostdin",
         "-buff_size", "8388608", "-trace_stat", "-stf", stat, "-fd", "1",

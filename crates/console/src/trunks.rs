@@ -586,33 +586,18 @@ fn changed_fields(values: &Values) -> String {
 
 /// Every item of a kind as the list shows it (views as JSON objects).
 pub async fn list(web: &Web, item: Item) -> accounts::Result<Vec<Value>> {
+    fn values<T: serde::Serialize>(views: Vec<T>) -> Vec<Value> {
+        views
+            .iter()
+            .map(|v| serde_json::to_value(v).unwrap_or(Value::Null))
+            .collect()
+    }
     let reg = &web.registry;
-    let to = |v: Result<Value, serde_json::Error>| v.unwrap_or(Value::Null);
     Ok(match item {
-        Item::Gateway => reg
-            .list_gateways()
-            .await?
-            .iter()
-            .map(|v| to(serde_json::to_value(v)))
-            .collect(),
-        Item::Provider => reg
-            .list_providers()
-            .await?
-            .iter()
-            .map(|v| to(serde_json::to_value(v)))
-            .collect(),
-        Item::Route => reg
-            .list_routes()
-            .await?
-            .iter()
-            .map(|v| to(serde_json::to_value(v)))
-            .collect(),
-        Item::Did => reg
-            .list_dids()
-            .await?
-            .iter()
-            .map(|v| to(serde_json::to_value(v)))
-            .collect(),
+        Item::Gateway => values(reg.list_gateways().await?),
+        Item::Provider => values(reg.list_providers().await?),
+        Item::Route => values(reg.list_routes().await?),
+        Item::Did => values(reg.list_dids().await?),
     })
 }
 
