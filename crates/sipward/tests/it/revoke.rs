@@ -516,33 +516,33 @@ async fn answered_trunk_call(env: &Env) -> TrunkCall {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_an_extension_ends_its_trunk_call_with_bye_on_both_legs() {
     let env = Env::with_config("[sip]\ndigest_algorithms = [\"MD5\"]\n");
-    let TrunkCall {
-        server,
-        gw,
-        phone,
-        out,
-        gw_call,
-    } = answered_trunk_call(&env).await;
+    let call = answered_trunk_call(&env).await;
 
     env.ok(&["ext", "remove", "3801"]);
-    let bye_gw = gw.wait_request("BYE", &gw_call).await;
-    let bye_phone = phone.wait_request("BYE", &out.call_id).await;
-    gw.reply(&bye_gw, 200, "OK", "", "", "").await;
-    phone.reply(&bye_phone, 200, "OK", "", "", "").await;
-    eventually_or(
-        "the call gone from `sipward calls`",
-        Duration::from_secs(10),
-        || listed_callers(&env).is_empty(),
-        || server.log(),
-    );
-    let log = server.log();
+    let log = hung_up_on_both_legs(&env, &call).await;
     assert!(
         log.lines().any(|l| l.contains("\"event\":\"calls_ended\"")
             && l.contains("\"number\":\"3801\"")
             && l.contains("\"calls\":1")),
         "a calls_ended event: {log}"
     );
-    server.stop();
+    call.server.stop();
+}
+
+/// Both legs of `call` get a BYE, which they answer, and the call leaves `sipward
+/// calls`; the server's log then.
+async fn hung_up_on_both_legs(env: &Env, call: &TrunkCall) -> String {
+    let bye_gw = call.gw.wait_request("BYE", &call.gw_call).await;
+    let bye_phone = call.phone.wait_request("BYE", &call.out.call_id).await;
+    call.gw.reply(&bye_gw, 200, "OK", "", "", "").await;
+    call.phone.reply(&bye_phone, 200, "OK", "", "", "").await;
+    eventually_or(
+        "the call gone from `sipward calls`",
+        Duration::from_secs(10),
+        || listed_callers(env).is_empty(),
+        || call.server.log(),
+    );
+    call.server.log()
 }
 
 /// A removed gateway's answered call: both legs get a BYE (the call has lost its way:
@@ -552,17 +552,11 @@ async fn removing_an_extension_ends_its_trunk_call_with_bye_on_both_legs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_gateway_ends_the_calls_through_it() {
     let env = Env::with_config("[sip]\ndigest_algorithms = [\"MD5\"]\n");
-    let TrunkCall {
-        server,
-        gw,
-        phone,
-        out,
-        gw_call,
-    } = answered_trunk_call(&env).await;
+    let call = answered_trunk_call(&env).await;
 
     // Control: the gateway stays where it was; a later reload (a new extension) shows
     // the server has taken the change in, and the call is still up.
-    let accounts = server.metric("sipward_directory_accounts");
+    let accounts = call.server.metric("sipward_directory_accounts");
     env.ok(&[
         "gateway",
         "update",
@@ -574,12 +568,16 @@ async fn removing_a_gateway_ends_the_calls_through_it() {
     eventually_or(
         "both changes loaded",
         Duration::from_secs(10),
-        || server.metric("sipward_directory_accounts") > accounts,
-        || server.log(),
+        || call.server.metric("sipward_directory_accounts") > accounts,
+        || call.server.log(),
     );
-    assert_eq!(listed_callers(&env), ["3801"], "{}", server.log());
+    assert_eq!(listed_callers(&env), ["3801"], "{}", call.server.log());
     assert!(
-        !gw.received().iter().any(|r| r.text.starts_with("BYE ")),
+        !call
+            .gw
+            .received()
+            .iter()
+            .any(|r| r.text.starts_with("BYE ")),
         "no BYE for a gateway that stayed"
     );
 
@@ -587,22 +585,12 @@ async fn removing_a_gateway_ends_the_calls_through_it() {
     // does not depend on it).
     env.ok(&["route", "remove", "us"]);
     env.ok(&["gateway", "remove", "pstn"]);
-    let bye_gw = gw.wait_request("BYE", &gw_call).await;
-    let bye_phone = phone.wait_request("BYE", &out.call_id).await;
-    gw.reply(&bye_gw, 200, "OK", "", "", "").await;
-    phone.reply(&bye_phone, 200, "OK", "", "", "").await;
-    eventually_or(
-        "the call gone from `sipward calls`",
-        Duration::from_secs(10),
-        || listed_callers(&env).is_empty(),
-        || server.log(),
-    );
-    let log = server.log();
+    let log = hung_up_on_both_legs(&env, &call).await;
     assert!(
         log.lines().any(|l| l.contains("\"event\":\"calls_ended\"")
             && l.contains("\"trunk\":\"gateway:pstn\"")
             && l.contains("\"reason\":\"trunk_withdrawn\"")),
         "a calls_ended event for the trunk: {log}"
     );
-    server.stop();
+    call.server.stop();
 }
