@@ -319,6 +319,26 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn only_a_trunk_removed_or_moved_is_withdrawn_never_one_that_fails_to_resolve() {
+        let t = trunks();
+        let set = t.get().set.clone();
+        // A DNS failure at this reload: no address now, but nothing withdrawn.
+        assert!(t.replace(set.clone(), |_| None).is_empty());
+        // The same hosts again: nothing withdrawn.
+        let resolve = |h: &str| format!("{h}:5060").parse().ok().or_else(|| h.parse().ok());
+        assert!(t.replace(set.clone(), resolve).is_empty());
+        // The gateway moved to another configured host.
+        let mut moved = set.clone();
+        moved.gateways[0].host = "192.0.2.70".into();
+        assert_eq!(t.replace(moved, resolve), ["gateway:pstn"]);
+        // Both removed.
+        assert_eq!(
+            t.replace(TrunkSet::default(), resolve),
+            ["gateway:pstn", "provider:voip"]
+        );
+    }
+
+    #[test]
     fn domains_drop_the_port() {
         assert_eq!(domain_of("sip.example.net:5080"), "sip.example.net");
         assert_eq!(domain_of("192.0.2.1"), "192.0.2.1");
