@@ -8,6 +8,63 @@ use store::audit_log::{self as q, LogRow};
 use crate::Result;
 use crate::registry::Registry;
 
+/// A setting an administrator changes, from the CLI or the console: both write the same
+/// action id and subject for the same change, so the log reads the same whichever way
+/// the change was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setting {
+    Extension,
+    Gateway,
+    Provider,
+    Route,
+    Did,
+    /// A source banned by hand (the subject is the address itself).
+    Ban,
+    /// An allow-list network (the subject is the network itself).
+    Allow,
+}
+
+/// What was done to a [`Setting`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Added,
+    Updated,
+    Removed,
+}
+
+impl Setting {
+    fn word(self) -> &'static str {
+        match self {
+            Setting::Extension => "ext",
+            Setting::Gateway => "gateway",
+            Setting::Provider => "provider",
+            Setting::Route => "route",
+            Setting::Did => "did",
+            Setting::Ban => "ban",
+            Setting::Allow => "allow",
+        }
+    }
+
+    /// The action id: `gateway.added`, `ext.removed`; a ban that is removed was `lifted`.
+    pub fn action(self, change: Change) -> String {
+        let verb = match (self, change) {
+            (_, Change::Added) => "added",
+            (_, Change::Updated) => "updated",
+            (Setting::Ban, Change::Removed) => "lifted",
+            (_, Change::Removed) => "removed",
+        };
+        format!("{}.{verb}", self.word())
+    }
+
+    /// The subject: `ext:1001`, `gateway:office`; a ban or allow entry is its address.
+    pub fn subject(self, id: &str) -> String {
+        match self {
+            Setting::Ban | Setting::Allow => id.to_owned(),
+            _ => format!("{}:{id}", self.word()),
+        }
+    }
+}
+
 /// One entry, as the code that made the change describes it.
 #[derive(Clone, Copy, Debug)]
 pub struct LogEntry<'a> {
@@ -42,9 +99,45 @@ impl Registry {
         self.log_in(&mut conn, self.now(), entry).await
     }
 
+    /// Logs `change` to `setting` named `id`, stamped now. `detail` names what changed,
+    /// never a value that may be a secret.
+    pub async fn log_setting(
+        &self,
+        actor: &str,
+        setting: Setting,
+        change: Change,
+        id: &str,
+        detail: &str,
+    ) -> Result<()> {
+        let (action, subject) = (setting.action(change), setting.subject(id));
+        self.log(LogEntry {
+            actor,
+            action: &action,
+            subject: &subject,
+            detail,
+        })
+        .await
+    }
+
     /// The newest `limit` entries, oldest first.
     pub async fn recent_log(&self, limit: i64) -> Result<Vec<LogRow>> {
         let mut conn = self.store.conn().await?;
         Ok(q::recent(&mut conn, limit).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Change, Setting};
+
+    #[test]
+    fn actions_and_subjects_read_the_same_from_cli_and_console() {
+        assert_eq!(Setting::Gateway.action(Change::Added), "gateway.added");
+        assert_eq!(Setting::Extension.action(Change::Updated), "ext.updated");
+        assert_eq!(Setting::Ban.action(Change::Removed), "ban.lifted");
+        assert_eq!(Setting::Allow.action(Change::Removed), "allow.removed");
+        assert_eq!(Setting::Did.subject("+4930123"), "did:+4930123");
+        assert_eq!(Setting::Ban.subject("192.0.2.7"), "192.0.2.7");
+        assert_eq!(Setting::Extension.subject("1001"), "ext:1001");
     }
 }

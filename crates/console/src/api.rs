@@ -7,6 +7,7 @@
 
 use std::net::IpAddr;
 
+use accounts::audit_log::{self, Setting};
 use accounts::regenerate::Selection;
 use axum::Router;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -512,8 +513,14 @@ async fn add(
         Err(e) => return accounts_error(&e),
     };
     let number = added.extension.number.clone();
-    web.log(&actor, "ext.added", &format!("ext:{number}"), "")
-        .await;
+    web.log_setting(
+        &actor,
+        Setting::Extension,
+        audit_log::Change::Added,
+        &number,
+        "",
+    )
+    .await;
     let g = &added.generated;
     (
         StatusCode::CREATED,
@@ -537,8 +544,14 @@ async fn remove(
 ) -> Response {
     match web.registry.remove_extension(&number).await {
         Ok(()) => {
-            web.log(&actor, "ext.removed", &format!("ext:{number}"), "")
-                .await;
+            web.log_setting(
+                &actor,
+                Setting::Extension,
+                audit_log::Change::Removed,
+                &number,
+                "",
+            )
+            .await;
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => accounts_error(&e),
@@ -791,7 +804,14 @@ async fn unban(
 ) -> Response {
     match web.registry.unban(&source).await {
         Ok(()) => {
-            web.log(&actor, "ban.lifted", &source, "").await;
+            web.log_setting(
+                &actor,
+                Setting::Ban,
+                audit_log::Change::Removed,
+                &source,
+                "",
+            )
+            .await;
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => accounts_error(&e),
@@ -888,10 +908,11 @@ async fn update(
     };
     match web.registry.update_extension(&number, change).await {
         Ok(up) => {
-            web.log(
+            web.log_setting(
                 &actor,
-                "ext.updated",
-                &format!("ext:{number}"),
+                Setting::Extension,
+                audit_log::Change::Updated,
+                &number,
                 &changed.join(", "),
             )
             .await;
@@ -950,7 +971,14 @@ async fn allow_change(
     if c.remove == Some(true) {
         return match web.registry.disallow(&c.network).await {
             Ok(()) => {
-                web.log(&actor, "allow.removed", &c.network, "").await;
+                web.log_setting(
+                    &actor,
+                    Setting::Allow,
+                    audit_log::Change::Removed,
+                    &c.network,
+                    "",
+                )
+                .await;
                 axum::Json(json!({ "removed": c.network })).into_response()
             }
             Err(e) => accounts_error(&e),
@@ -959,7 +987,14 @@ async fn allow_change(
     let note = c.note.unwrap_or_default();
     match web.registry.allow(&c.network, &note).await {
         Ok(view) => {
-            web.log(&actor, "allow.added", &c.network, &note).await;
+            web.log_setting(
+                &actor,
+                Setting::Allow,
+                audit_log::Change::Added,
+                &c.network,
+                &note,
+            )
+            .await;
             (StatusCode::CREATED, axum::Json(view)).into_response()
         }
         Err(e) => accounts_error(&e),
@@ -1067,7 +1102,14 @@ async fn ban(State(web): State<Web>, Caller(actor): Caller, Body(b): Body<Ban>) 
     let reason = b.reason.unwrap_or_default();
     match web.registry.ban(&b.source, &reason, b.seconds).await {
         Ok(v) => {
-            web.log(&actor, "ban.added", &v.source, &reason).await;
+            web.log_setting(
+                &actor,
+                Setting::Ban,
+                audit_log::Change::Added,
+                &v.source,
+                &reason,
+            )
+            .await;
             (
                 StatusCode::CREATED,
                 axum::Json(json!({

@@ -1,6 +1,7 @@
 //! The console's other pages: adding an extension, gateways and providers, security
 //! (bans and the allow list), the exposure advisor and the audit log.
 
+use accounts::audit_log::{Change, Setting};
 use accounts::extension::{ExtensionKind, NewExtension};
 use axum::Router;
 use axum::extract::{Path, State};
@@ -63,7 +64,13 @@ async fn add(State(web): State<Web>, AdminForm { session: s, form }: AdminForm) 
     };
     match web.registry.add_extension(&number, new).await {
         Ok(added) => {
-            web.log(&s.actor(), "ext.added", &format!("ext:{number}"), "generated credentials")
+            web.log_setting(
+                &s.actor(),
+                Setting::Extension,
+                Change::Added,
+                &number,
+                "generated credentials",
+            )
                 .await;
             let g = &added.generated;
             web.render(
@@ -135,12 +142,12 @@ async fn security_change(
         "unban" => {
             let source = value("source");
             let r = web.registry.unban(&source).await;
-            ("ban.lifted", source, String::new(), r)
+            ((Setting::Ban, Change::Removed), source, String::new(), r)
         }
         "allow" => {
             let (network, note) = (value("network"), value("note"));
             let r = web.registry.allow(&network, &note).await.map(|_| ());
-            ("allow.added", network, note, r)
+            ((Setting::Allow, Change::Added), network, note, r)
         }
         "ban" => {
             let (source, reason) = (value("source"), value("reason"));
@@ -159,18 +166,19 @@ async fn security_change(
                 .ban(&source, &reason, seconds)
                 .await
                 .map(|_| ());
-            ("ban.added", source, reason, r)
+            ((Setting::Ban, Change::Added), source, reason, r)
         }
         "disallow" => {
             let network = value("network");
             let r = web.registry.disallow(&network).await;
-            ("allow.removed", network, String::new(), r)
+            ((Setting::Allow, Change::Removed), network, String::new(), r)
         }
         _ => return (StatusCode::NOT_FOUND, "no such action\n").into_response(),
     };
     match r {
         Ok(()) => {
-            web.log(&s.actor(), what, &subject, &detail).await;
+            web.log_setting(&s.actor(), what.0, what.1, &subject, &detail)
+                .await;
             Redirect::to("/security").into_response()
         }
         Err(accounts::Error::NotFound { what }) => {

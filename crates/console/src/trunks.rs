@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use accounts::audit_log::{Change, Setting};
 use accounts::gateway::{GatewayChange, NewGateway};
 use accounts::provider::{NewProvider, ProviderChange};
 use accounts::trunks::NewRoute;
@@ -212,7 +213,17 @@ impl Item {
         Self::ALL.into_iter().find(|i| i.as_str() == s)
     }
 
-    /// The word in paths, audit-log actions and subjects.
+    /// The audit log's name for this kind of item.
+    pub fn setting(self) -> Setting {
+        match self {
+            Item::Gateway => Setting::Gateway,
+            Item::Provider => Setting::Provider,
+            Item::Route => Setting::Route,
+            Item::Did => Setting::Did,
+        }
+    }
+
+    /// The word in paths and anchors.
     pub fn as_str(self) -> &'static str {
         match self {
             Item::Gateway => "gateway",
@@ -406,7 +417,7 @@ fn number<T: std::str::FromStr>(values: &Values, name: &'static str) -> Result<O
 
 /// The subject of an item in the audit log and findings: `gateway:NAME`.
 pub fn subject(item: Item, id: &str) -> String {
-    format!("{}:{id}", item.as_str())
+    item.setting().subject(id)
 }
 
 /// What a change did: the item as it is now and its findings (accounts only).
@@ -475,13 +486,8 @@ pub async fn add(web: &Web, actor: &str, item: Item, values: &Values) -> Result<
         }
     };
     let detail = changed_fields(values);
-    web.log(
-        actor,
-        &format!("{}.added", item.as_str()),
-        &subject(item, &out.id),
-        &detail,
-    )
-    .await;
+    web.log_setting(actor, item.setting(), Change::Added, &out.id, &detail)
+        .await;
     Ok(out)
 }
 
@@ -546,10 +552,11 @@ pub async fn update(
             done(v.did.clone(), &v, Vec::new())
         }
     };
-    web.log(
+    web.log_setting(
         actor,
-        &format!("{}.updated", item.as_str()),
-        &subject(item, &out.id),
+        item.setting(),
+        Change::Updated,
+        &out.id,
         &changed_fields(values),
     )
     .await;
@@ -569,13 +576,8 @@ pub async fn remove(web: &Web, actor: &str, item: Item, id: &str) -> Result<(), 
         Item::Did => policy::trunk::normalize_did(id).unwrap_or_default(),
         _ => id.trim().to_owned(),
     };
-    web.log(
-        actor,
-        &format!("{}.removed", item.as_str()),
-        &subject(item, &id),
-        "",
-    )
-    .await;
+    web.log_setting(actor, item.setting(), Change::Removed, &id, "")
+        .await;
     Ok(())
 }
 

@@ -21,7 +21,7 @@ pub(crate) fn ser<T: Serialize>(v: T) -> Value {
     Value::from(minijinja::value::Serde(v))
 }
 use accounts::Registry;
-use accounts::audit_log::LogEntry;
+use accounts::audit_log::{Change, LogEntry, Setting};
 use accounts::extension::ExtensionChange;
 use accounts::findings::{WEAK_AT, weak_by_subject};
 use accounts::regenerate::Selection;
@@ -178,13 +178,25 @@ impl Web {
     }
 
     /// Appends to the audit log (a failure to log does not fail the action).
+    /// Logs a change to a setting with the action id and subject the CLI writes too.
+    pub(crate) fn log_setting(
+        &self,
+        actor: &str,
+        setting: Setting,
+        change: Change,
+        id: &str,
+        detail: &str,
+    ) -> impl Future<Output = ()> + Send + use<> {
+        self.log(actor, &setting.action(change), &setting.subject(id), detail)
+    }
+
     pub(crate) fn log(
         &self,
         actor: &str,
         action: &str,
         subject: &str,
         detail: &str,
-    ) -> impl Future<Output = ()> + Send + 'static {
+    ) -> impl Future<Output = ()> + Send + use<> {
         let reg = self.registry.clone();
         let now = self.clock.now();
         let (actor, action, subject, detail) = (
@@ -927,10 +939,11 @@ async fn edit(
             findings,
             grace,
         }) => {
-            web.log(
+            web.log_setting(
                 &s.actor(),
-                "ext.updated",
-                &format!("ext:{number}"),
+                Setting::Extension,
+                Change::Updated,
+                &number,
                 &changed.join(", "),
             )
             .await;

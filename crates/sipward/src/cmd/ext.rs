@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 use accounts::Registry;
+use accounts::audit_log::{Change, Setting};
 use accounts::extension::{ExtensionChange, ExtensionKind, ExtensionView, NewExtension};
 use accounts::findings::WEAK_AT;
 use policy::Finding;
@@ -116,6 +117,7 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
             };
             let added = reg.add_extension(&number, new).await?;
             let e = &added.extension;
+            super::logged(reg, Setting::Extension, Change::Added, &e.number, "").await?;
             output::warn_findings(&format!("extension {}", e.number), &added.findings);
             let g = &added.generated;
             if out.json {
@@ -172,8 +174,17 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
                 no_grace,
                 ..change_from(fields, kind)
             };
+            let detail = changed_fields(&change);
             let up = reg.update_extension(&number, change).await?;
             let view = &up.extension;
+            super::logged(
+                reg,
+                Setting::Extension,
+                Change::Updated,
+                &view.number,
+                &detail,
+            )
+            .await?;
             output::warn_findings(&format!("extension {}", view.number), &up.findings);
             if out.json {
                 #[derive(Serialize)]
@@ -199,6 +210,7 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
         }
         ExtCommand::Remove { number } => {
             reg.remove_extension(&number).await?;
+            super::logged(reg, Setting::Extension, Change::Removed, number.trim(), "").await?;
             println!("removed extension {}", number.trim());
             Ok(ExitCode::SUCCESS)
         }
@@ -389,6 +401,24 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The names of the fields a change gives, for the audit log.
+fn changed_fields(c: &ExtensionChange) -> String {
+    super::given(&[
+        ("kind", c.kind.is_some()),
+        ("name", c.name.is_some()),
+        ("email", c.email.is_some()),
+        ("password", c.password.is_some()),
+        ("pin", c.pin.is_some()),
+        ("sip_id", c.sip_id.is_some()),
+        ("auth_id", c.auth_id.is_some()),
+        ("mac", c.mac.is_some()),
+        ("model", c.model.is_some()),
+        ("class_of_service", c.class_of_service.is_some()),
+        ("transport", c.transport.is_some()),
+        ("no_grace", c.no_grace),
+    ])
 }
 
 fn change_from(f: ExtFields, kind: Option<ExtensionKind>) -> ExtensionChange {

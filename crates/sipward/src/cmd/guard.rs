@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use accounts::Registry;
+use accounts::audit_log::{Change, Setting};
 use accounts::bans::FOREVER;
 
 use crate::cli::{AllowCommand, BanCommand};
@@ -72,6 +73,7 @@ pub async fn ban(reg: &Registry, cmd: BanCommand) -> anyhow::Result<ExitCode> {
         } => {
             let seconds = parse_duration(&duration)?;
             let b = reg.ban(&address, &reason, seconds).await?;
+            super::logged(reg, Setting::Ban, Change::Added, &b.source, &reason).await?;
             if out.json {
                 output::json(&b)?;
             } else {
@@ -80,6 +82,7 @@ pub async fn ban(reg: &Registry, cmd: BanCommand) -> anyhow::Result<ExitCode> {
         }
         BanCommand::Remove { address } => {
             reg.unban(&address).await?;
+            super::logged(reg, Setting::Ban, Change::Removed, address.trim(), "").await?;
             println!("lifted the ban of {}", address.trim());
         }
     }
@@ -102,6 +105,7 @@ pub async fn allow(reg: &Registry, cmd: AllowCommand) -> anyhow::Result<ExitCode
         }
         AllowCommand::Add { network, note, out } => {
             let a = reg.allow(&network, &note).await?;
+            super::logged(reg, Setting::Allow, Change::Added, &a.network, &note).await?;
             if out.json {
                 output::json(&a)?;
             } else {
@@ -110,6 +114,7 @@ pub async fn allow(reg: &Registry, cmd: AllowCommand) -> anyhow::Result<ExitCode
         }
         AllowCommand::Remove { network } => {
             reg.disallow(&network).await?;
+            super::logged(reg, Setting::Allow, Change::Removed, network.trim(), "").await?;
             println!("removed {} from the allow list", network.trim());
         }
     }
