@@ -94,7 +94,7 @@ impl Registry {
         let row = oq::calling_of(&mut conn, number.as_str())
             .await?
             .ok_or_else(|| Error::not_found(format!("extension {number}")))?;
-        let line = Line::from_row(&row, &self.settings().dialplan);
+        let line = Line::from_row(&row, &self.dialplan());
         let o = &row.outbound;
         Ok(OutboundView {
             class_of_service: line.class,

@@ -139,7 +139,7 @@ impl Registry {
         }
         // Stored routes were validated when added; a row that no longer parses (an
         // older rule) has nothing to sample and is skipped.
-        let plan = &self.settings().dialplan;
+        let plan = &*self.dialplan();
         for r in routes {
             let (Ok(pattern), Some(rewrite)) = (
                 Pattern::parse(&r.pattern),

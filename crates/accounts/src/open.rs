@@ -76,6 +76,10 @@ impl Registry {
             store,
             data: data.clone(),
             vault: Arc::new(vault),
+            plan: Arc::new(std::sync::RwLock::new((
+                0,
+                Arc::new(settings.dialplan.clone()),
+            ))),
             settings: Arc::new(settings),
             rng,
             clock,

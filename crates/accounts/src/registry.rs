@@ -22,7 +22,9 @@ pub struct Settings {
     pub policy: PolicyConfig,
     /// What phones' provisioning files and welcome mails say.
     pub provisioning: ProvisioningSettings,
-    /// Call classes, classes of service and fraud limits (`[dialplan]`).
+    /// Call classes, classes of service and fraud limits (`[dialplan]`) as the registry
+    /// opens; a reload replaces it ([`Registry::set_dialplan`]): read
+    /// [`Registry::dialplan`], never this field, for the plan in force.
     pub dialplan: policy::dialplan::DialPlan,
     /// Where security alerts (suspensions, emergency calls) are mailed (`mail.admin`).
     pub admin_email: Option<String>,
@@ -157,6 +159,9 @@ pub struct Registry {
     pub(crate) clock: Arc<dyn Clock>,
     /// The stand-in secret the provisioning lookup opens for logins no phone has.
     pub(crate) stand_in: Arc<std::sync::OnceLock<String>>,
+    /// The dial plan in force and how many times it was replaced, shared by every clone
+    /// (the server's and the console's see one reload).
+    pub(crate) plan: Arc<std::sync::RwLock<(u64, Arc<policy::dialplan::DialPlan>)>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -170,6 +175,24 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The dial plan in force (the config's `[dialplan]` as last loaded).
+    pub fn dialplan(&self) -> Arc<policy::dialplan::DialPlan> {
+        let plan = self.plan.read().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(&plan.1)
+    }
+
+    /// How many times the dial plan was replaced since the registry opened: part of the
+    /// key of anything computed from it (the console's cached audit).
+    pub fn dialplan_generation(&self) -> u64 {
+        self.plan.read().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// Puts a reloaded dial plan in force for the audit and the classes of service.
+    pub fn set_dialplan(&self, plan: policy::dialplan::DialPlan) {
+        let mut cell = self.plan.write().unwrap_or_else(|p| p.into_inner());
+        *cell = (cell.0.wrapping_add(1), Arc::new(plan));
     }
 
     pub fn data_dir(&self) -> &DataDir {

@@ -162,7 +162,7 @@ impl ListQuery {
 /// version.
 #[derive(Debug, Default)]
 struct Cached {
-    version: i64,
+    version: (i64, u64),
     findings: Option<Arc<Vec<Finding>>>,
     rows: Option<Arc<Vec<Row>>>,
 }
@@ -201,15 +201,18 @@ impl AuditCache {
         Ok(rows)
     }
 
-    async fn version(reg: &Registry) -> accounts::Result<i64> {
+    /// The registry version and the dial plan's generation: a reloaded dial plan changes
+    /// what the audit finds about routes without moving the registry version.
+    async fn version(reg: &Registry) -> accounts::Result<(i64, u64)> {
         let mut conn = reg.store().conn().await?;
-        Ok(store::directory::accounts_version(&mut conn).await?)
+        let accounts = store::directory::accounts_version(&mut conn).await?;
+        Ok((accounts, reg.dialplan_generation()))
     }
 
     async fn findings_at(
         cached: &mut Cached,
         reg: &Registry,
-        version: i64,
+        version: (i64, u64),
     ) -> accounts::Result<Arc<Vec<Finding>>> {
         if let Some(f) = &cached.findings
             && cached.version == version

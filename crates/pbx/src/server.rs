@@ -138,6 +138,7 @@ impl Reconfigure {
     /// new plan is in force already and the lines follow at the next directory reload.
     pub async fn apply(&self, live: Live) -> Result<()> {
         self.endpoint.guard.set_policy(live.bans);
+        self.registry.set_dialplan(live.dialplan.clone());
         self.endpoint.outbound.set_plan(live.dialplan);
         self.mailer.send_replace(live.mailer);
         let mut conn = self.registry.store().conn().await?;
@@ -248,7 +249,7 @@ pub async fn bind(
         registrar,
         metrics,
         clock: clock.clone(),
-        outbound: Arc::new(Outbound::new(registry.settings().dialplan.clone())),
+        outbound: Arc::new(Outbound::new((*registry.dialplan()).clone())),
         trunks: Arc::new(Trunks::default()),
         bound: sip_udp,
         tls_bound: sip_tls,

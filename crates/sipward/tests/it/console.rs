@@ -76,7 +76,7 @@ pub(crate) fn office(env: &Env, smtp: Option<&Smtp>) {
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
 
-fn curl(args: &[&str]) -> (u16, String) {
+pub(crate) fn curl(args: &[&str]) -> (u16, String) {
     let out = Command::new(require("curl", "curl"))
         .args(["-s", "-o", "-", "-w", "\n%{http_code}"])
         .args(args)

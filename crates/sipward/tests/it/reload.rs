@@ -128,3 +128,74 @@ fn json_logs_leave_security_events_as_they_are_and_a_bad_filter_is_refused() {
     let err = env.fails(&["--log", "pbx=loud", "ext", "list"], 2);
     assert!(err.contains("log filter"), "{err}");
 }
+
+/// A reloaded `[dialplan]` is in force for the console's audit too, not only for calls:
+/// the route finding that depends on the plan follows it without a restart.
+#[test]
+fn sighup_puts_a_new_dial_plan_in_force_for_the_console_s_audit() {
+    use crate::console::{ADMIN_PASSWORD, curl, login};
+    let env = Env::with_config("");
+    env.ok(&[
+        "gateway",
+        "add",
+        "pstn",
+        "--vendor",
+        "generic",
+        "--ext",
+        "4801",
+        "--auth-id",
+        "gw-pstn-48",
+        "--password",
+        "Rk8wQz3mTn6vLp2Xs",
+        "--host",
+        "192.0.2.10",
+    ]);
+    // `00.` sent as `+...`: under the default (NANP) plan a call abroad made from a
+    // number that is none as dialled, so the audit flags it.
+    env.ok(&[
+        "route",
+        "add",
+        "world",
+        "--pattern",
+        "00.",
+        "--trunk",
+        "pstn",
+        "--strip",
+        "2",
+        "--prepend",
+        "+",
+    ]);
+    let r = env.run_with_stdin(
+        &["admin", "passwd", "--password", "-"],
+        &format!("{ADMIN_PASSWORD}\n"),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let server = env.serve();
+    let base = format!("http://{}", server.http);
+    let (_, cookie) = login(&base, "127.0.0.1", ADMIN_PASSWORD);
+    let cookie = format!("Cookie: sipward_session={}", cookie.expect("session"));
+    let flagged = || {
+        let (code, page) = curl(&["-H", &cookie, &format!("{base}/trunks")]);
+        assert_eq!(code, 200, "{page}");
+        assert!(page.contains(r#"id="route-world""#), "the route is listed: {page}");
+        page.contains(r#"id="route-world" class="weak""#)
+    };
+    assert!(
+        flagged(),
+        "the control: flagged under the plan the server started with"
+    );
+
+    // Under a plan where `00` is the international prefix, `00...` is a call abroad
+    // as dialled: the rewrite raises nothing.
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        "[dialplan]\ncountry_code = \"49\"\ninternational_prefix = \"00\"\nnational_prefix = \"0\"\n",
+    )
+    .expect("config");
+    hangup(&server, "config reloaded");
+    assert!(
+        !flagged(),
+        "the audit still uses the plan from before the reload"
+    );
+    server.stop();
+}
