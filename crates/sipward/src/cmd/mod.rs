@@ -31,6 +31,16 @@ pub async fn run(cli: Cli, log: crate::log::Log) -> anyhow::Result<ExitCode> {
         Command::Backup(c) => return backup::run(&data, config_path.as_deref(), c).await,
         other => other,
     };
+    // The server's SIGHUP handler goes in before anything slow (the config, the
+    // registry): a reload asked for while it starts must not kill it (SIGHUP's default),
+    // and is carried out once it runs.
+    let hangup = match command {
+        Command::Serve(_) => Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| anyhow::anyhow!("cannot install the SIGHUP handler: {e}"))?,
+        ),
+        _ => None,
+    };
     let config = crate::config::load(config_path.as_deref(), &data)?;
     if log_filter.is_none()
         && let Some(spec) = &config.log_filter
@@ -40,13 +50,14 @@ pub async fn run(cli: Cli, log: crate::log::Log) -> anyhow::Result<ExitCode> {
     let registry = crate::open::open_registry(&data, &config).await?;
     let code = match command {
         Command::Serve(a) => {
+            let hangup = hangup.ok_or_else(|| anyhow::anyhow!("no SIGHUP handler"))?;
             let source = serve::Source {
                 config: config_path,
                 data: data.clone(),
                 log,
                 log_filter,
             };
-            serve::run(&registry, a, &config, source).await?
+            serve::run(&registry, a, &config, source, hangup).await?
         }
         Command::Ext(c) => ext::run(&registry, c, &config).await?,
         Command::Gateway(c) => trunk::gateway(&registry, c).await?,

@@ -120,11 +120,10 @@ pub async fn run(
     args: ServeArgs,
     config: &Config,
     source: Source,
+    mut hangup: tokio::signal::unix::Signal,
 ) -> anyhow::Result<ExitCode> {
     let shutdown = shutdown_signal()
         .map_err(|e| anyhow::anyhow!("cannot install the SIGTERM/SIGINT handlers: {e}"))?;
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| anyhow::anyhow!("cannot install the SIGHUP handler: {e}"))?;
     let findings = config.findings();
     announce_findings(&findings);
     raise_fd_limit();
