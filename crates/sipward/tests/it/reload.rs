@@ -177,7 +177,10 @@ fn sighup_puts_a_new_dial_plan_in_force_for_the_console_s_audit() {
     let flagged = || {
         let (code, page) = curl(&["-H", &cookie, &format!("{base}/trunks")]);
         assert_eq!(code, 200, "{page}");
-        assert!(page.contains(r#"id="route-world""#), "the route is listed: {page}");
+        assert!(
+            page.contains(r#"id="route-world""#),
+            "the route is listed: {page}"
+        );
         page.contains(r#"id="route-world" class="weak""#)
     };
     assert!(
