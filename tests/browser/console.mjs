@@ -250,6 +250,14 @@ try {
   seen.backups = await page.$$eval("#backups tbody tr td:first-child", (tds) => tds.map((t) => t.textContent.trim()));
   await page.goto(base + "/security");
   seen.thresholds = (await page.textContent("#thresholds")).replace(/\s+/g, " ").trim();
+  // A threshold changed in the form: in force (the same validation as the file), and
+  // shown as changed here.
+  seen.authFailuresBefore = await page.inputValue("#g-auth_failures");
+  await page.fill("#g-auth_failures", "7");
+  await page.click("#save-thresholds");
+  await page.waitForURL(base + "/security#thresholds");
+  seen.authFailuresAfter = await page.inputValue("#g-auth_failures");
+  seen.authFailuresFrom = (await page.textContent("#g-auth_failures >> xpath=../following-sibling::td")).trim();
   await page.goto(base + "/log");
   seen.logActions = await page.$$eval("#log tbody tr", (rows) => rows.map((r) => r.cells[2].textContent.trim()));
 

@@ -20,6 +20,7 @@ pub mod extension;
 pub mod fetch;
 pub mod findings;
 pub mod gateway;
+pub mod guard_policy;
 pub mod import;
 pub mod mail;
 pub mod open;

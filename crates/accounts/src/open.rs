@@ -84,6 +84,7 @@ impl Registry {
             rng,
             clock,
             stand_in: Arc::default(),
+            guard_file: Arc::default(),
         };
         let mut opened = Opened::default();
 

@@ -162,6 +162,9 @@ pub struct Registry {
     /// The dial plan in force and how many times it was replaced, shared by every clone
     /// (the server's and the console's see one reload).
     pub(crate) plan: Arc<std::sync::RwLock<(u64, Arc<policy::dialplan::DialPlan>)>>,
+    /// The config file's `[guard]` as last loaded (the defaults until the binary sets
+    /// it), under the settings changed in the database ([`crate::guard_policy`]).
+    pub(crate) guard_file: Arc<std::sync::RwLock<Arc<policy::ban::BanPolicy>>>,
 }
 
 impl std::fmt::Debug for Registry {

@@ -248,9 +248,16 @@ pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint {
         method: "get",
         path: "/api/v1/guard",
-        summary: "The anti-hacking thresholds in force (`[guard]` in the config file)",
+        summary: "The anti-hacking thresholds in force (`[guard]` in the config file, with the settings changed here over it), which were changed here, and which can be",
         errors: &[401],
         body: None,
+    },
+    Endpoint {
+        method: "patch",
+        path: "/api/v1/guard",
+        summary: "Change anti-hacking thresholds without editing the config file (`null` puts a setting back to the file's); all or none, checked like the file; in force on the running server within seconds",
+        errors: &[400, 401, 403],
+        body: Some("GuardChange"),
     },
 ];
 
@@ -291,7 +298,7 @@ pub fn routes(web: Web) -> Router {
             "/api/v1/dids/{did}",
             axum::routing::patch(update_item::<DID>).delete(remove_item::<DID>),
         )
-        .route("/api/v1/guard", get(guard))
+        .route("/api/v1/guard", get(guard).patch(guard_change))
         .route("/api/v1/bans", get(bans).post(ban))
         .route("/api/v1/bans/{source}", axum::routing::delete(unban))
         .route("/api/v1/calls", get(calls))
@@ -701,6 +708,7 @@ pub fn openapi_document() -> Value {
                         "mac": { "type": "string" }, "model": { "type": "string" },
                         "class_of_service": { "type": "string" },
                         "transport": { "type": "string", "enum": ["", "udp", "tcp", "tls"] } } },
+                "GuardChange": guard_change_schema(),
                 "AllowChange": { "type": "object", "required": ["network"], "additionalProperties": false,
                     "properties": { "network": { "type": "string" }, "note": { "type": "string" },
                                     "remove": { "type": "boolean" } } },
@@ -1125,5 +1133,72 @@ async fn ban(State(web): State<Web>, Caller(actor): Caller, Body(b): Body<Ban>) 
 }
 
 async fn guard(State(web): State<Web>, Caller(_): Caller) -> Response {
-    axum::Json(&web.options.guard).into_response()
+    match web.registry.guard_view().await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => accounts_error(&e),
+    }
+}
+
+/// `{"auth_failures": 5, "flood_requests": "off", "ban_secs": null}`: each key set (or
+/// back to the file's with `null`), all together or none.
+async fn guard_change(
+    State(web): State<Web>,
+    Caller(actor): Caller,
+    Body(body): Body<serde_json::Map<String, Value>>,
+) -> Response {
+    let mut texts: Vec<(String, Option<String>)> = Vec::with_capacity(body.len());
+    for (key, value) in &body {
+        let text = match value {
+            Value::Null => None,
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            Value::String(s) => Some(s.clone()),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "guard.{key} must be a number, true or false, a word such as off, or null"
+                    ),
+                );
+            }
+        };
+        texts.push((key.clone(), text));
+    }
+    if texts.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "name at least one guard setting to change",
+        );
+    }
+    let changes: Vec<(&str, Option<&str>)> = texts
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_deref()))
+        .collect();
+    match web.registry.set_guard(&actor, &changes).await {
+        Ok(_) => guard(State(web), Caller(actor)).await,
+        Err(e) => accounts_error(&e),
+    }
+}
+
+/// The schema of `PATCH /api/v1/guard`: every setting that can be changed there, each a
+/// value or `null` (back to the config file's).
+fn guard_change_schema() -> Value {
+    let properties: serde_json::Map<String, Value> = accounts::guard_policy::EDITABLE
+        .iter()
+        .map(|k| {
+            let schema = match *k {
+                "ban_scanners" => json!({ "type": ["boolean", "null"] }),
+                "weak_credentials" => {
+                    json!({ "type": ["string", "null"], "enum": ["trusted-only", "allow", null] })
+                }
+                "flood_requests" | "extension_failures" => {
+                    json!({ "type": ["integer", "string", "null"] })
+                }
+                _ => json!({ "type": ["integer", "null"] }),
+            };
+            ((*k).to_owned(), schema)
+        })
+        .collect();
+    json!({ "type": "object", "additionalProperties": false, "minProperties": 1,
+            "properties": properties })
 }

@@ -122,11 +122,15 @@ async fn security(State(web): State<Web>, Admin(s): Admin) -> Response {
             }
         })
         .collect();
+    let Ok(guard) = web.registry.guard_view().await else {
+        return unreadable();
+    };
+    let thresholds = thresholds(&guard);
     web.render(
         StatusCode::OK,
         "security.html",
         context! { title => "Security", admin => s.admin, csrf => s.csrf, bans, allow => ser(&allow), top,
-                   guard => ser(&web.options.guard) },
+                   thresholds, refused => guard.refused },
     )
 }
 
@@ -138,6 +142,9 @@ async fn security_change(
     AdminForm { session: s, form }: AdminForm,
 ) -> Response {
     let value = |k: &str| field(&form, k).unwrap_or("").trim().to_owned();
+    if action == "guard" {
+        return guard_change(&web, &s.actor(), &form).await;
+    }
     let (what, subject, detail, r) = match action.as_str() {
         "unban" => {
             let source = value("source");
@@ -317,4 +324,84 @@ async fn backups(State(web): State<Web>, Admin(s): Admin) -> Response {
         context! { title => "Backups", admin => s.admin, csrf => s.csrf, files,
         dir => dir.display().to_string(), epoch },
     )
+}
+
+/// What each guard setting means, in the words of the security page.
+fn threshold_label(key: &str) -> &'static str {
+    match key {
+        "auth_failures" => "Failed logins that ban a source",
+        "auth_window_secs" => "…counted within (seconds)",
+        "ban_secs" => "Ban length (seconds)",
+        "repeat_bans" => "Bans that make a source a repeat offender",
+        "repeat_window_secs" => "…counted within (seconds)",
+        "repeat_ban_secs" => "A repeat offender's ban (seconds)",
+        "trusted_secs" => "A phone's address stays trusted for (seconds)",
+        "ban_scanners" => "Ban scanners' User-Agents at once (true or false)",
+        "scanner_ban_secs" => "A scanner's ban (seconds)",
+        "flood_requests" => "Requests from a stranger that ban it as a flood (or off)",
+        "silence_requests" => "…and above which it is not answered",
+        "flood_window_secs" => "…counted within (seconds)",
+        "flood_ban_secs" => "A flood's ban (seconds)",
+        "trusted_factor" => "Times higher limits for addresses that logged in",
+        "gateway_requests" => "Requests a gateway's address may send per window",
+        "extension_failures" => "Failures that close an account to strangers (or off)",
+        "extension_window_secs" => "…counted within (seconds)",
+        "weak_credentials" => "Weak accounts log in (trusted-only or allow)",
+        "decoy_ban_secs" => "A decoy user name's ban (seconds)",
+        "provisioning_probes" => "Provisioning probes that ban a source",
+        "provisioning_window_secs" => "…counted within (seconds)",
+        "provisioning_ban_secs" => "A provisioning prober's ban (seconds)",
+        _ => "",
+    }
+}
+
+/// A setting's value as typed in the form (`off`, `trusted-only`, `5`, `true`).
+fn typed_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn thresholds(view: &accounts::guard_policy::GuardView) -> Vec<minijinja::Value> {
+    let policy = serde_json::to_value(&view.policy).unwrap_or_default();
+    view.editable
+        .iter()
+        .map(|k| {
+            context! {
+                key => *k, label => threshold_label(k), value => typed_text(&policy[*k]),
+                changed => view.overrides.contains_key(*k),
+            }
+        })
+        .collect()
+}
+
+/// The thresholds form: every field whose value differs from the one in force is set,
+/// every `reset.KEY` ticked goes back to the file's; all together or none.
+async fn guard_change(web: &Web, actor: &str, form: &[(String, String)]) -> Response {
+    let Ok(view) = web.registry.guard_view().await else {
+        return unreadable();
+    };
+    let policy = serde_json::to_value(&view.policy).unwrap_or_default();
+    let mut changes: Vec<(&str, Option<&str>)> = Vec::new();
+    for key in view.editable {
+        if field(form, &format!("reset.{key}")).is_some() {
+            changes.push((key, None));
+        } else if let Some(v) = field(form, &format!("g.{key}"))
+            && !v.trim().is_empty()
+            && v.trim() != typed_text(&policy[*key])
+        {
+            changes.push((key, Some(v)));
+        }
+    }
+    if changes.is_empty() {
+        return Redirect::to("/security#thresholds").into_response();
+    }
+    match web.registry.set_guard(actor, &changes).await {
+        Ok(_) => Redirect::to("/security#thresholds").into_response(),
+        Err(e) if e.is_operator_error() => {
+            (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
+        }
+        Err(_) => unreadable(),
+    }
 }

@@ -69,8 +69,6 @@ pub struct Options {
     pub allow: Vec<ipnet::IpNet>,
     /// Where scheduled and automatic backups go.
     pub backups_dir: std::path::PathBuf,
-    /// The anti-hacking thresholds in force (`[guard]`).
-    pub guard: policy::ban::BanPolicy,
     /// The config's settings that weaken a defence (`config.*` findings), shown on the
     /// dashboard.
     pub config_findings: Vec<policy::Finding>,

@@ -137,11 +137,15 @@ impl Reconfigure {
     /// recomputed from the store under the new plan; if the store cannot be read the
     /// new plan is in force already and the lines follow at the next directory reload.
     pub async fn apply(&self, live: Live) -> Result<()> {
+        // The file's rules at once; the console's changes over them as soon as they are
+        // read (if the store cannot be read, at the next guard reload).
+        self.registry.set_guard_file(live.bans.clone());
         self.endpoint.guard.set_policy(live.bans);
         self.registry.set_dialplan(live.dialplan.clone());
         self.endpoint.outbound.set_plan(live.dialplan);
         self.mailer.send_replace(live.mailer);
         let mut conn = self.registry.store().conn().await?;
+        apply_guard_policy(&mut conn, &self.registry, &self.endpoint).await?;
         let rows = store::outbound::calling(&mut conn).await?;
         self.endpoint
             .outbound
@@ -258,7 +262,8 @@ pub async fn bind(
     }));
     load_trunks(&registry, &endpoint).await?;
     let mut conn = registry.store().conn().await?;
-    load_guard(&mut conn, &endpoint, clock.now(), false).await?;
+    registry.set_guard_file(cfg.bans.clone());
+    load_guard(&mut conn, &registry, &endpoint, clock.now(), false).await?;
     endpoint.outbound.replace_with_users(
         &store::outbound::calling(&mut conn).await?,
         endpoint.directory.get().extension_numbers(),
@@ -507,7 +512,7 @@ async fn reload_loop(
         if let Some(v) = store_health.checked(gq::guard_version(&mut conn).await)
             && (v != versions.1 || registry_moved)
             && store_health
-                .checked(load_guard(&mut conn, &endpoint, clock.now(), true).await)
+                .checked(load_guard(&mut conn, &registry, &endpoint, clock.now(), true).await)
                 .is_some()
         {
             versions.1 = v;
@@ -636,12 +641,42 @@ async fn load_trunks(registry: &Registry, endpoint: &Endpoint) -> Result<()> {
     Ok(())
 }
 
+/// Puts the guard's rules in force: the config file's `[guard]` with the settings an
+/// administrator changed in the database over it, or the file's alone when those no
+/// longer fit it (one event says why).
+async fn apply_guard_policy(
+    conn: &mut dyn store::Db,
+    registry: &Registry,
+    endpoint: &Endpoint,
+) -> Result<()> {
+    let stored = gq::overrides(conn).await?;
+    let overrides = accounts::guard_policy::Overrides::from_stored(stored.as_deref());
+    let file = registry.guard_file();
+    let (policy, refused) = match overrides.over(&file) {
+        Ok(p) => (p, None),
+        Err(e) => ((*file).clone(), Some(e)),
+    };
+    // Said once, when the rules in force change, not at every ban's reload.
+    if *endpoint.guard.policy() != policy {
+        if let Some(e) = refused {
+            accounts::event::emit(&serde_json::json!({
+                "event": "guard_settings_refused",
+                "detail": e.to_string(),
+            }));
+        }
+        endpoint.guard.set_policy(policy);
+    }
+    Ok(())
+}
+
 async fn load_guard(
     conn: &mut dyn store::Db,
+    registry: &Registry,
     endpoint: &Endpoint,
     now: i64,
     announce: bool,
 ) -> Result<()> {
+    apply_guard_policy(conn, registry, endpoint).await?;
     // Expired records too: they feed escalation.
     let bans = gq::bans(conn, None).await?;
     let allow = gq::allow_list(conn).await?;

@@ -67,6 +67,10 @@ pub enum Command {
     /// Networks that are never banned (trunks, gateways, offices).
     #[command(subcommand)]
     Allow(AllowCommand),
+    /// The guard's thresholds in force, and changing them without editing the config
+    /// file (stored in the database; a running server takes them within seconds).
+    #[command(subcommand)]
+    Guard(GuardCommand),
     /// The welcome-mail outbox.
     #[command(subcommand)]
     Mail(MailCommand),
@@ -322,6 +326,28 @@ pub enum BanCommand {
     },
     /// Lift the ban of an address or prefix.
     Remove { address: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GuardCommand {
+    /// The thresholds in force, and which ones were changed outside the config file.
+    Show {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Change one threshold (`sipward guard set auth_failures 5`, `... flood_requests off`).
+    Set {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Back to the config file's value.
+    Reset {
+        key: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
 }
 
 #[derive(Debug, Subcommand)]

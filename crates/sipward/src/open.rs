@@ -40,6 +40,8 @@ pub async fn open_registry(
         registry.store().close().await;
         registry = Registry::open(&data, settings, rng, clock()).await?.0;
     }
+    // What `sipward guard` and the console check a changed guard setting against.
+    registry.set_guard_file(config.bans.clone());
     if opened.created {
         eprintln!(
             "created data dir {} (database, secrets key, fax extension {} with strong credentials)",

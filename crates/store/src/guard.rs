@@ -34,6 +34,24 @@ pub async fn guard_version(db: &mut dyn Db) -> Result<i64> {
     crate::meta::meta_counter(conn, "guard_version").await
 }
 
+/// The guard settings an administrator changed outside the config file (JSON), if any.
+pub async fn overrides(db: &mut dyn Db) -> Result<Option<String>> {
+    crate::meta::get_meta(raw(db), "guard_overrides").await
+}
+
+/// Stores the changed guard settings and moves the guard version, so the running
+/// server puts them in force at its next poll.
+pub async fn set_overrides(db: &mut dyn Db, json: &str) -> Result<()> {
+    let conn = raw(db);
+    crate::meta::set_meta(conn, "guard_overrides", json).await?;
+    sqlx::query(
+        "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'guard_version'",
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// The `host` of every PSTN gateway (their addresses are never banned).
 pub async fn gateway_hosts(db: &mut dyn Db) -> Result<Vec<String>> {
     let conn = raw(db);

@@ -1,4 +1,4 @@
-//! `sipward ban ...` and `sipward allow ...`
+//! `sipward ban ...`, `sipward allow ...` and `sipward guard ...`
 
 use std::process::ExitCode;
 
@@ -6,7 +6,7 @@ use accounts::Registry;
 use accounts::audit_log::{Change, Setting};
 use accounts::bans::FOREVER;
 
-use crate::cli::{AllowCommand, BanCommand};
+use crate::cli::{AllowCommand, BanCommand, GuardCommand};
 use crate::error::OperatorError;
 use crate::output::{self, Table};
 
@@ -118,6 +118,45 @@ pub async fn allow(reg: &Registry, cmd: AllowCommand) -> anyhow::Result<ExitCode
             println!("removed {} from the allow list", network.trim());
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sipward guard show|set|reset`.
+pub async fn thresholds(reg: &Registry, cmd: GuardCommand) -> anyhow::Result<ExitCode> {
+    let json = match cmd {
+        GuardCommand::Show { out } => out.json,
+        GuardCommand::Set { key, value, out } => {
+            reg.set_guard(&super::actor(), &[(&key, Some(&value))])
+                .await?;
+            out.json
+        }
+        GuardCommand::Reset { key, out } => {
+            reg.set_guard(&super::actor(), &[(&key, None)]).await?;
+            out.json
+        }
+    };
+    let view = reg.guard_view().await?;
+    if json {
+        output::json(&view)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(why) = &view.refused {
+        eprintln!("warning: the changed settings are not in force, the config file's are: {why}");
+    }
+    let policy = serde_json::to_value(&view.policy)?;
+    let mut t = Table::new(&["SETTING", "VALUE", "FROM"]);
+    for key in view.editable {
+        let from = if view.overrides.contains_key(*key) {
+            "changed here"
+        } else {
+            "config file"
+        };
+        t.row(
+            vec![(*key).to_owned(), policy[*key].to_string(), from.to_owned()],
+            false,
+        );
+    }
+    t.print()?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -66,6 +66,7 @@ pub async fn run(cli: Cli, log: crate::log::Log) -> anyhow::Result<ExitCode> {
         Command::Import(a) => import::run(&registry, a).await?,
         Command::Ban(c) => guard::ban(&registry, c).await?,
         Command::Allow(c) => guard::allow(&registry, c).await?,
+        Command::Guard(c) => guard::thresholds(&registry, c).await?,
         Command::Mail(c) => mail::run(&registry, c, &config).await?,
         Command::Route(c) => calls::route(&registry, c).await?,
         Command::Did(c) => calls::did(&registry, c).await?,

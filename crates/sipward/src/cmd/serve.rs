@@ -218,7 +218,6 @@ pub async fn run(
                 .dir
                 .clone()
                 .unwrap_or_else(|| reg.backups_dir()),
-            guard: config.bans.clone(),
             config_findings: findings.clone(),
             trusted_proxies: config.http.trusted_proxies.clone(),
             http: counters.clone(),

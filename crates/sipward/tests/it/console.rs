@@ -363,11 +363,21 @@ fn the_console_in_a_real_browser() {
             .is_some_and(|n| n.starts_with("sipward-") && n.ends_with(".swbak"))
     );
     assert!(
-        seen["thresholds"]
-            .as_str()
-            .is_some_and(|t| t.contains("10 within 600 s")),
+        seen["thresholds"].as_str().is_some_and(
+            |t| t.contains("Failed logins that ban a source auth_failures config file")
+        ),
         "{seen:#}"
     );
+    assert_eq!(seen["authFailuresBefore"], "10", "{seen:#}");
+    assert_eq!(seen["authFailuresAfter"], "7", "{seen:#}");
+    assert!(
+        seen["authFailuresFrom"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("changed here")),
+        "{seen:#}"
+    );
+    let guard = env.json(&["guard", "show", "--json"]);
+    assert_eq!(guard["auth_failures"], 7, "{guard}");
     assert_eq!(seen["bans"], serde_json::json!([["203.0.113.9", "manual"]]));
     assert_eq!(seen["topBanned"], serde_json::json!([["203.0.113.9", "1"]]));
     assert!(

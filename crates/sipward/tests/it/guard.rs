@@ -384,3 +384,106 @@ fn svcrack_finds_no_password_and_is_banned_within_10_guesses() {
     );
     assert_eq!(server.egress_denied("svcrack, failures ban"), 0);
 }
+
+/// A threshold changed without touching the config file (CLI, API) is in force on the
+/// running server within its store poll, checked by the file's own rules, logged, and
+/// put back to the file's value by a reset.
+#[test]
+fn a_threshold_changed_from_the_cli_or_api_is_in_force_on_the_running_server() {
+    use crate::registrar::{ALICE, Login, PASSWORD, register, register_text, status};
+    let env = Env::with_config("[guard]\nauth_failures = 100\nflood_requests = \"off\"\n");
+    env.ok(&[
+        "ext",
+        "add",
+        "1001",
+        "--auth-id",
+        "alice1001",
+        "--password",
+        PASSWORD,
+    ]);
+    let token = env
+        .ok(&["admin", "token", "create", "ops"])
+        .trim()
+        .to_owned();
+    let server = env.serve();
+    let guesser = UdpClient::from_address("127.0.0.2", server.sip, Duration::from_millis(400));
+    let wrong = Login {
+        password: "guess",
+        ..ALICE
+    };
+    let mut guesses = 0;
+    let mut guess = || {
+        guesses += 1;
+        register(&guesser, &wrong, &format!("t{guesses}"), 1, None, None)
+    };
+    for _ in 0..3 {
+        assert_eq!(status(&guess()), 401, "the file's threshold (100) holds");
+    }
+
+    // The API refuses what the file would refuse, with the file's sentence, and changes
+    // nothing (all or none).
+    let api = format!("http://{}/api/v1/guard", server.http);
+    let bearer = format!("Authorization: Bearer {token}");
+    let patch = |body: &str| {
+        crate::console::curl(&[
+            "-X",
+            "PATCH",
+            "-H",
+            &bearer,
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            body,
+            &api,
+        ])
+    };
+    let (code, body) = patch(r#"{"ban_secs": 60, "auth_failures": 1000}"#);
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("guard.auth_failures must be between 1 and 100"),
+        "{body}"
+    );
+    let (code, body) = patch(r#"{"decoys": []}"#);
+    assert_eq!(code, 400, "{body}");
+    let shown = env.json(&["guard", "show", "--json"]);
+    assert_eq!(shown["overrides"], serde_json::json!({}), "{shown}");
+
+    // The CLI lowers it: the running server bans at the next failure, without a restart.
+    env.ok(&["guard", "set", "auth_failures", "3"]);
+    let (code, body) = patch(r#"{"ban_secs": 120}"#);
+    assert_eq!(code, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(view["auth_failures"], 3);
+    assert_eq!(view["ban_secs"], 120);
+    let mut rounds = 0;
+    eventually(
+        "the guesser banned under the new threshold",
+        Duration::from_secs(10),
+        || {
+            rounds += 1;
+            assert_eq!(status(&guess()), 401);
+            let probe = register_text(&guesser, "1001", 1, &format!("p{rounds}"), None, None, "");
+            guesser.request(&probe).is_none()
+        },
+    );
+    assert!(
+        rounds < 30,
+        "banned by the new threshold, not the old one ({rounds})"
+    );
+
+    let log = env.json(&["log", "--json"]);
+    let changes: Vec<&str> = log
+        .as_array()
+        .expect("log")
+        .iter()
+        .filter(|e| e["action"] == "guard.changed")
+        .filter_map(|e| e["detail"].as_str())
+        .collect();
+    assert_eq!(changes, ["auth_failures = 3", "ban_secs = 120"]);
+
+    env.ok(&["guard", "reset", "auth_failures"]);
+    let shown = env.json(&["guard", "show", "--json"]);
+    assert_eq!(shown["auth_failures"], 100, "{shown}");
+    assert_eq!(shown["overrides"], serde_json::json!({"ban_secs": 120}));
+    server.stop();
+}
