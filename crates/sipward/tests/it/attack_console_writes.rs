@@ -1,0 +1,645 @@
+//! Attacks on the console's and the API's writes (issue #22) from outside: the login
+//! door, sessions, CSRF and origin checks, the validation the console shares with the
+//! CLI, the audit log both write, and the cached audit. Every test talks to a real
+//! `sipward serve` with curl; a test named for a hole fails while the hole is there,
+//! and each carries a control showing it can pass.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::console::{ADMIN_PASSWORD, curl, login};
+use crate::harness::Env;
+use crate::peers::require;
+
+/// A data dir with the console administrator `admin` on [`ADMIN_PASSWORD`].
+fn with_admin() -> Env {
+    let env = Env::new();
+    env.ok(&["ext", "list"]);
+    let r = env.run_with_stdin(
+        &["admin", "passwd", "--password", "-"],
+        &format!("{ADMIN_PASSWORD}\n"),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    env
+}
+
+/// A new API token named `name`.
+fn token(env: &Env, name: &str) -> String {
+    let t = env
+        .ok(&["admin", "token", "create", name])
+        .trim()
+        .to_owned();
+    assert_eq!(t.len(), 64, "{t}");
+    format!("Authorization: Bearer {t}")
+}
+
+/// A logged-in browser: its `Cookie:` header and the session's CSRF token.
+struct Browser {
+    cookie: String,
+    csrf: String,
+}
+
+fn browser(base: &str, ip: &str) -> Browser {
+    let (code, cookie) = login(base, ip, ADMIN_PASSWORD);
+    assert_eq!(code, 303, "login from {ip}");
+    let cookie = format!(
+        "Cookie: sipward_session={}",
+        cookie.expect("session cookie")
+    );
+    let (code, page) = curl(&["-H", &cookie, &format!("{base}/security")]);
+    assert_eq!(code, 200, "{page}");
+    let csrf = page
+        .split("name=\"csrf-token\" content=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the page's CSRF token")
+        .to_owned();
+    Browser { cookie, csrf }
+}
+
+/// `{"error": ...}` of an API answer.
+fn api_error(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("not an error: {body}"))
+}
+
+/// Cross-site, malformed and disguised writes against the console's forms and the
+/// API, with a live session in the cookie jar: none changes anything. The control at
+/// the end makes the same changes the console's own way.
+#[test]
+fn cross_site_and_disguised_writes_change_nothing() {
+    let env = with_admin();
+    let bearer = token(&env, "ops");
+    env.ok(&["ban", "add", "198.51.100.5", "--reason", "victim"]);
+    let server = env.serve();
+    let base = format!("http://{}", server.http);
+    let b = browser(&base, "127.0.0.1");
+    let csrf_field = format!("csrf={}", b.csrf);
+    let csrf_header = format!("X-CSRF-Token: {}", b.csrf);
+    let ban_form = format!("{base}/security/ban");
+    let lift_url = format!("{base}/api/v1/bans/198.51.100.5");
+    let mut changed = Vec::new();
+    let mut attempt = |what: &str, args: &[&str]| {
+        let (code, body) = curl(args);
+        // Done (2xx) or redirected back as a form that was taken (303).
+        if (200..400).contains(&code) {
+            changed.push(format!(
+                "{what}: {code} {}",
+                body.chars().take(80).collect::<String>()
+            ));
+        }
+    };
+    // The console's form: no token, a token with another site's origin, a cross-site
+    // fetch, a sibling site, an opaque origin, text/plain and multipart bodies.
+    attempt(
+        "form without token",
+        &["-H", &b.cookie, "--data", "source=198.51.100.66", &ban_form],
+    );
+    for headers in [
+        ["Origin: http://evil.example", "X-Dummy: 1"],
+        ["Sec-Fetch-Site: cross-site", "X-Dummy: 1"],
+        ["Sec-Fetch-Site: same-site", "X-Dummy: 1"],
+        ["Origin: null", "X-Dummy: 1"],
+        ["Origin: http://evil.example", "Sec-Fetch-Site: same-origin"],
+    ] {
+        attempt(
+            &format!("form with {headers:?}"),
+            &[
+                "-H",
+                &b.cookie,
+                "-H",
+                headers[0],
+                "-H",
+                headers[1],
+                "--data-urlencode",
+                &csrf_field,
+                "--data",
+                "source=198.51.100.66",
+                &ban_form,
+            ],
+        );
+    }
+    let plain = format!("{csrf_field}&source=198.51.100.66");
+    attempt(
+        "form as text/plain",
+        &[
+            "-H",
+            &b.cookie,
+            "-H",
+            "Content-Type: text/plain",
+            "--data",
+            &plain,
+            &ban_form,
+        ],
+    );
+    attempt(
+        "form as multipart",
+        &[
+            "-H",
+            &b.cookie,
+            "-F",
+            &csrf_field,
+            "-F",
+            "source=198.51.100.66",
+            &ban_form,
+        ],
+    );
+    // The API with the session: no header token, another origin, a text/plain body.
+    let ban_json = r#"{"source": "198.51.100.67"}"#;
+    let api_bans = format!("{base}/api/v1/bans");
+    attempt(
+        "API without X-CSRF-Token",
+        &[
+            "-H",
+            &b.cookie,
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            ban_json,
+            &api_bans,
+        ],
+    );
+    attempt(
+        "API with a form's csrf field",
+        &[
+            "-H",
+            &b.cookie,
+            "--data-urlencode",
+            &csrf_field,
+            &format!("{base}/api/v1/extensions/regenerate"),
+        ],
+    );
+    attempt(
+        "API from another origin",
+        &[
+            "-H",
+            &b.cookie,
+            "-H",
+            &csrf_header,
+            "-H",
+            "Origin: http://evil.example",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            ban_json,
+            &api_bans,
+        ],
+    );
+    attempt(
+        "API text/plain",
+        &[
+            "-H",
+            &b.cookie,
+            "-H",
+            "Content-Type: text/plain",
+            "--data",
+            ban_json,
+            &api_bans,
+        ],
+    );
+    // Method overrides and other methods on the lift.
+    for (method, extra) in [
+        ("POST", "X-HTTP-Method-Override: DELETE"),
+        ("POST", "X-Method-Override: DELETE"),
+        ("GET", "X-HTTP-Method: DELETE"),
+        ("HEAD", "X-Dummy: 1"),
+        ("OPTIONS", "X-Dummy: 1"),
+        ("PUT", "X-Dummy: 1"),
+        ("PATCH", "X-Dummy: 1"),
+    ] {
+        let mut args = vec!["-X", method, "-H", &b.cookie, "-H", extra];
+        if method == "HEAD" {
+            args = vec!["-I", "-H", &b.cookie];
+        }
+        args.push(&lift_url);
+        attempt(&format!("{method} with {extra}"), &args);
+    }
+    // Path tricks on the lift, without any credential and with the session alone.
+    let http = server.http.to_string();
+    for path in [
+        "//api/v1/bans/198.51.100.5",
+        "/api/v1/bans/198.51.100.5/",
+        "/api/v1//bans/198.51.100.5",
+        "/api/v1/%62ans/198.51.100.5",
+        "/api/v1/x/%2e%2e/bans/198.51.100.5",
+        "/api/v1/x/../bans/198.51.100.5",
+        "/API/v1/bans/198.51.100.5",
+        "/api/v1/bans/198.51.100.5%00",
+        "/api/v1/bans/198.51.100.5;x",
+    ] {
+        let url = format!("http://{http}{path}");
+        attempt(
+            &format!("DELETE {path}"),
+            &["--path-as-is", "-X", "DELETE", &url],
+        );
+        attempt(
+            &format!("DELETE {path} with the session"),
+            &["--path-as-is", "-X", "DELETE", "-H", &b.cookie, &url],
+        );
+    }
+    // A page of another origin cannot even ask: no CORS grant for any origin.
+    let out = Command::new(require("curl", "curl"))
+        .args(["-s", "-D", "-", "-o", "/dev/null", "-X", "OPTIONS"])
+        .args(["-H", "Origin: http://evil.example"])
+        .args(["-H", "Access-Control-Request-Method: DELETE"])
+        .args(["-H", "Access-Control-Request-Headers: authorization"])
+        .arg(&lift_url)
+        .output()
+        .expect("curl");
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    if head.contains("access-control-allow") {
+        changed.push(format!("a CORS preflight was granted: {head}"));
+    }
+    let bans = env.json(&["ban", "list", "--json"]).to_string();
+    for s in ["198.51.100.66", "198.51.100.67"] {
+        if bans.contains(s) {
+            changed.push(format!("{s} was banned"));
+        }
+    }
+    if !bans.contains("198.51.100.5") {
+        changed.push("the ban of 198.51.100.5 was lifted".into());
+    }
+    // Control: the console's own form and the API do it.
+    let (code, _) = curl(&[
+        "-H",
+        &b.cookie,
+        "-H",
+        "Sec-Fetch-Site: same-origin",
+        "-H",
+        &format!("Origin: http://{http}"),
+        "--data-urlencode",
+        &csrf_field,
+        "--data",
+        "source=198.51.100.66",
+        &ban_form,
+    ]);
+    assert_eq!(code, 303, "control: the console's own form bans");
+    assert_eq!(
+        curl(&[
+            "-X",
+            "DELETE",
+            "-H",
+            &b.cookie,
+            "-H",
+            &csrf_header,
+            &lift_url
+        ])
+        .0,
+        204,
+        "control: the session with its token lifts"
+    );
+    assert_eq!(
+        curl(&[
+            "-X",
+            "DELETE",
+            "-H",
+            &bearer,
+            &format!("{api_bans}/198.51.100.66")
+        ])
+        .0,
+        204,
+        "control: the token lifts"
+    );
+    server.stop();
+    assert!(changed.is_empty(), "changed or answered: {changed:#?}");
+}
+
+/// The cached audit (one per registry version) follows changes the CLI makes in
+/// another process while the console runs: an extension or a gateway made weak shows
+/// weak at the next request, in the API, the list page and the dashboard count.
+#[test]
+fn the_cached_audit_never_shows_a_stale_strong_after_a_cli_change() {
+    let env = with_admin();
+    let bearer = token(&env, "ops");
+    env.ok(&["ext", "add", "4100", "--name", "Lobby"]);
+    env.ok(&[
+        "gateway",
+        "add",
+        "gw1",
+        "--vendor",
+        "generic",
+        "--ext",
+        "2900",
+        "--auth-id",
+        "gwlogin7",
+        "--password",
+        "Gateway-Strong-Secret-51",
+        "--host",
+        "127.0.0.7",
+    ]);
+    let server = env.serve();
+    let base = format!("http://{}", server.http);
+    let b = browser(&base, "127.0.0.1");
+    let weak = |path: &str| -> Value {
+        let (code, body) = curl(&["-H", &bearer, &format!("{base}/api/v1{path}")]);
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("json");
+        if v.is_array() {
+            v[0]["weak"].clone()
+        } else {
+            v["weak"].clone()
+        }
+    };
+    let dashboard_weak = || -> String {
+        let (_, page) = curl(&["-H", &b.cookie, &format!("{base}/")]);
+        page.split("id=\"weak-total\"><span>")
+            .nth(1)
+            .and_then(|r| r.split('<').next())
+            .unwrap_or("")
+            .to_owned()
+    };
+    // Control: strong, and the cache is warm.
+    assert_eq!(weak("/extensions/4100"), false);
+    assert_eq!(weak("/gateways"), false);
+    assert_eq!(dashboard_weak(), "0");
+    // Another process weakens both.
+    env.ok(&["ext", "update", "4100", "--password", "4100"]);
+    env.ok(&["gateway", "update", "gw1", "--password", "gwlogin7"]);
+    let ext = weak("/extensions/4100");
+    let gw = weak("/gateways");
+    let (_, list) = curl(&["-H", &b.cookie, &format!("{base}/extensions?q=4100&weak=1")]);
+    let dash = dashboard_weak();
+    server.stop();
+    assert_eq!(ext, true, "the extension still shows strong");
+    assert_eq!(gw, true, "the gateway still shows strong");
+    assert!(
+        list.contains("/extensions/4100"),
+        "the weak-only list misses 4100"
+    );
+    assert_eq!(dash, "2", "the dashboard's weak count");
+}
+
+/// Names, notes and reasons with markup, written through the API, the console and the
+/// CLI, reach the pages that show them only escaped.
+#[test]
+fn hostile_names_notes_and_reasons_render_escaped() {
+    let env = with_admin();
+    let bearer = token(&env, "ops");
+    let server = env.serve();
+    let base = format!("http://{}", server.http);
+    let b = browser(&base, "127.0.0.1");
+    let payloads = [
+        "<script>alert(1)</script>",
+        "\"><img src=x onerror=alert(2)>",
+        "</td></tr><tr><td>forged",
+    ];
+    let name = serde_json::json!({ "number": "4200", "name": payloads[0] }).to_string();
+    let (code, body) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &bearer,
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        &name,
+        &format!("{base}/api/v1/extensions"),
+    ]);
+    assert_eq!(code, 201, "{body}");
+    let note = serde_json::json!({ "network": "192.0.2.0/24", "note": payloads[1] }).to_string();
+    let (code, body) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &bearer,
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        &note,
+        &format!("{base}/api/v1/allow"),
+    ]);
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = curl(&[
+        "-H",
+        &b.cookie,
+        "--data-urlencode",
+        &format!("csrf={}", b.csrf),
+        "--data",
+        "source=198.51.100.9",
+        "--data-urlencode",
+        &format!("reason={}", payloads[2]),
+        &format!("{base}/security/ban"),
+    ]);
+    assert_eq!(code, 303, "{body}");
+    let mut raw = Vec::new();
+    let mut seen = 0;
+    for page in ["/", "/extensions", "/extensions/4200", "/security", "/log"] {
+        let (code, html) = curl(&["-H", &b.cookie, &format!("{base}{page}")]);
+        assert_eq!(code, 200, "{page}");
+        for p in payloads {
+            if html.contains(p) {
+                raw.push(format!("{page}: {p}"));
+            }
+        }
+        // minijinja writes `/` as `&#x2f;`.
+        if html.contains("&lt;script&gt;alert(1)")
+            || html.contains("&lt;img src=x onerror=alert(2)&gt;")
+            || html.contains("&lt;tr&gt;&lt;td&gt;forged")
+        {
+            seen += 1;
+        }
+    }
+    server.stop();
+    assert!(
+        seen >= 3,
+        "control: the escaped text is shown ({seen} pages)"
+    );
+    assert!(raw.is_empty(), "unescaped: {raw:#?}");
+}
+
+/// Paging and search parameters chosen to cost the server: huge numbers, a zero or
+/// huge page size, long and regex-like search text. Each is answered at once, with at
+/// most the largest page, and a search matches no field but number, name and email.
+#[test]
+fn paging_and_search_cannot_be_made_to_cost_or_to_leak() {
+    let env = with_admin();
+    let bearer = token(&env, "ops");
+    let csv = env.path("many.csv");
+    let mut rows = String::from("number,name,email,kind,password,pin,sip_id,auth_id,mac,model\n");
+    for n in 5000..6500 {
+        rows.push_str(&format!("{n},Person {n},p{n}@example.com,user,,,,,,\n"));
+    }
+    std::fs::write(&csv, rows).expect("csv");
+    env.ok(&["import", csv.to_str().expect("utf8")]);
+    let auth = env.json(&["ext", "show", "5000", "--json"])["auth_id"]
+        .as_str()
+        .expect("auth_id")
+        .to_owned();
+    let server = env.serve();
+    let base = format!("http://{}", server.http);
+    let b = browser(&base, "127.0.0.1");
+    let long = "(a+)+$.*".repeat(2000);
+    let mut slow = Vec::new();
+    for query in [
+        "page=99999999999999999999999999&per_page=100".to_owned(),
+        "page=18446744073709551615&per_page=18446744073709551615".to_owned(),
+        "page=-1&per_page=0".to_owned(),
+        "per_page=1000000000".to_owned(),
+        format!("q={long}&per_page=5"),
+        "q=%25&weak=1&per_page=5".to_owned(),
+    ] {
+        for (who, url) in [
+            (&bearer, format!("{base}/api/v1/extensions?{query}")),
+            (&b.cookie, format!("{base}/extensions?{query}")),
+        ] {
+            let start = Instant::now();
+            let (code, body) = curl(&["-H", who, &url]);
+            let took = start.elapsed();
+            assert_eq!(code, 200, "{url}");
+            if took > Duration::from_secs(3) {
+                slow.push(format!("{url}: {took:?}"));
+            }
+            if url.contains("/api/")
+                && let Ok(v) = serde_json::from_str::<Value>(&body)
+            {
+                let n = v.as_array().map_or(0, Vec::len);
+                assert!(n <= 1000, "{query}: {n} rows in one page");
+            }
+        }
+    }
+    // Search by a field the list does not search (the auth ID): nothing found.
+    let (_, body) = curl(&[
+        "-H",
+        &bearer,
+        &format!("{base}/api/v1/extensions?q={auth}&per_page=5"),
+    ]);
+    let found: Value = serde_json::from_str(&body).expect("json");
+    // Control: the name is searched.
+    let (_, named) = curl(&[
+        "-H",
+        &bearer,
+        &format!("{base}/api/v1/extensions?q=person%205001&per_page=5"),
+    ]);
+    server.stop();
+    assert_eq!(
+        serde_json::from_str::<Value>(&named).expect("json")[0]["number"],
+        "5001"
+    );
+    assert_eq!(found, serde_json::json!([]), "search by auth ID");
+    assert!(slow.is_empty(), "slow answers: {slow:#?}");
+}
+
+/// Values the CLI refuses are refused by the API with the CLI's own sentence: a DID to
+/// a gateway's virtual number, an extension on a gateway's number, a gateway on an
+/// extension's number, a ban of an allow-listed address, a weak gateway password
+/// shape the CLI refuses.
+#[test]
+fn the_api_refuses_what_the_cli_refuses_with_the_same_sentence() {
+    let env = with_admin();
+    let bearer = token(&env, "ops");
+    env.ok(&["ext", "add", "4001"]);
+    env.ok(&[
+        "gateway",
+        "add",
+        "gw1",
+        "--vendor",
+        "generic",
+        "--ext",
+        "2900",
+        "--auth-id",
+        "gwlogin7",
+        "--password",
+        "Gateway-Strong-Secret-51",
+        "--host",
+        "127.0.0.7",
+    ]);
+    env.ok(&["allow", "add", "192.0.2.0/24"]);
+    let before = env.snapshot();
+    let server = env.serve();
+    let base = format!("http://{}/api/v1", server.http);
+    let post = |path: &str, body: &str| {
+        curl(&[
+            "-X",
+            "POST",
+            "-H",
+            &bearer,
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            body,
+            &format!("{base}{path}"),
+        ])
+    };
+    let cases: Vec<(&str, &str, Vec<&str>)> = vec![
+        (
+            "/dids",
+            r#"{"did": "+4930111", "number": "2900"}"#,
+            vec!["did", "add", "+4930111", "--ext", "2900"],
+        ),
+        (
+            "/extensions",
+            r#"{"number": "2900"}"#,
+            vec!["ext", "add", "2900"],
+        ),
+        (
+            "/gateways",
+            r#"{"name": "gw2", "vendor": "generic", "number": "4001", "auth_id": "gw2login",
+                "password": "Gateway-Strong-Secret-52", "host": "127.0.0.8"}"#,
+            vec![
+                "gateway",
+                "add",
+                "gw2",
+                "--vendor",
+                "generic",
+                "--ext",
+                "4001",
+                "--auth-id",
+                "gw2login",
+                "--password",
+                "Gateway-Strong-Secret-52",
+                "--host",
+                "127.0.0.8",
+            ],
+        ),
+        (
+            "/gateways",
+            r#"{"name": "gw3", "vendor": "generic", "number": "2901", "auth_id": "gw3login",
+                "password": "line\nbreak", "host": "127.0.0.8"}"#,
+            vec![
+                "gateway",
+                "add",
+                "gw3",
+                "--vendor",
+                "generic",
+                "--ext",
+                "2901",
+                "--auth-id",
+                "gw3login",
+                "--password",
+                "line\nbreak",
+                "--host",
+                "127.0.0.8",
+            ],
+        ),
+        (
+            "/bans",
+            r#"{"source": "192.0.2.5"}"#,
+            vec!["ban", "add", "192.0.2.5"],
+        ),
+    ];
+    let mut differ = Vec::new();
+    for (path, body, cli) in &cases {
+        let (code, answer) = post(path, body);
+        let r = env.run(cli);
+        if !(400..500).contains(&code) || r.code != 2 {
+            differ.push(format!("{path}: API {code}, CLI exit {}", r.code));
+            continue;
+        }
+        let sentence = api_error(&answer);
+        if !r.stderr.contains(&sentence) {
+            differ.push(format!("{path}: API {sentence:?}, CLI {:?}", r.stderr));
+        }
+        if sentence.contains("Gateway-Strong") || sentence.contains("line\nbreak") {
+            differ.push(format!(
+                "{path}: the error repeats the password: {sentence}"
+            ));
+        }
+    }
+    server.stop();
+    assert_eq!(env.snapshot(), before, "a refused write changed something");
+    assert!(differ.is_empty(), "{differ:#?}");
+}
