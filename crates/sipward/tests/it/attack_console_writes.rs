@@ -4,6 +4,7 @@
 //! `sipward serve` with curl; a test named for a hole fails while the hole is there,
 //! and each carries a control showing it can pass.
 
+use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -65,6 +66,104 @@ fn api_error(body: &str) -> String {
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_owned))
         .unwrap_or_else(|| panic!("not an error: {body}"))
+}
+
+/// The server's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("/proc status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+/// A login POSTed from `ip` with `body` (already form-encoded) as a file: the status.
+fn post_login_file(base: &str, ip: &str, body: &std::path::Path) -> u16 {
+    let out = Command::new(require("curl", "curl"))
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--interface",
+            ip,
+        ])
+        .args([
+            "-H",
+            "Content-Type: application/x-www-form-urlencoded",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", body.display()))
+        .arg(format!("{base}/login"))
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// 20 wrong logins from 4 sources (5 each: under the per-source lockout), two at a
+/// time (the argon2 slots), each carrying 1.9 MB in the field `big` (`name` or
+/// `password`) with a new value every time.
+fn big_logins(env: &Env, base: &str, big: &str, first_ip: usize) {
+    let filler = "A".repeat(1_900_000);
+    let run = |part: usize| {
+        let body = env.path(&format!("{big}{part}.form"));
+        for s in 0..2 {
+            let ip = format!("127.0.0.{}", first_ip + part * 2 + s);
+            for i in 0..5 {
+                let mut f = std::fs::File::create(&body).expect("body");
+                let value = format!("v{part}x{s}x{i}{filler}");
+                let form = if big == "name" {
+                    format!("name={value}&password=wrong&code=")
+                } else {
+                    format!("name=admin{part}{s}{i}&password={value}&code=")
+                };
+                f.write_all(form.as_bytes()).expect("write");
+                drop(f);
+                let code = post_login_file(base, &ip, &body);
+                assert!(code == 401 || code == 429, "login answered {code}");
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        scope.spawn(|| run(0));
+        scope.spawn(|| run(1));
+    });
+}
+
+/// The login lockout keeps a failure tally per account name, keyed by the name exactly
+/// as typed, with no bound on its length: every wrong login with a new name of up to
+/// the 2 MB form limit leaves that name in memory for the lockout window. Anyone who
+/// can reach the login page from many addresses (IPv6 sources are counted per /64)
+/// makes the server hold megabytes per request, unauthenticated.
+#[test]
+fn login_names_cannot_make_the_lockout_hold_megabytes() {
+    let env = with_admin();
+    let server = env.serve();
+    let base = format!("http://{}", server.http);
+    // Control: the same logins with the 1.9 MB in the password, which nothing keeps;
+    // the memory the bodies, the argon2 checks and the answers need is reached here.
+    big_logins(&env, &base, "password", 10);
+    let before = rss_kib(server.pid());
+    // The attack: the 1.9 MB in the name.
+    big_logins(&env, &base, "name", 40);
+    let after = rss_kib(server.pid());
+    // The server still answers the real administrator.
+    let (code, _) = login(&base, "127.0.0.90", ADMIN_PASSWORD);
+    server.stop();
+    assert_eq!(code, 303, "the administrator logs in");
+    let grown_mib = after.saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 16,
+        "20 wrong logins with 1.9 MB names grew the server by {grown_mib} MiB more than \
+         the same logins with 1.9 MB passwords ({before} KiB -> {after} KiB): the lockout \
+         keeps every name as typed"
+    );
 }
 
 /// Cross-site, malformed and disguised writes against the console's forms and the
