@@ -166,6 +166,47 @@ fn login_names_cannot_make_the_lockout_hold_megabytes() {
     );
 }
 
+/// `sipward admin totp NAME` turns a second factor on, the step an administrator takes
+/// when a password may have leaked; a new password ends every session of the account
+/// (control), but turning TOTP on does not: a session opened with the password alone
+/// keeps working.
+#[test]
+fn turning_totp_on_ends_the_sessions_the_password_alone_opened() {
+    let env = with_admin();
+    let server = env.serve();
+    let base = format!("http://{}", server.http);
+    let api = format!("{base}/api/v1/extensions");
+    // Control: a session works, and a new password ends it.
+    let first = browser(&base, "127.0.0.61");
+    assert_eq!(curl(&["-H", &first.cookie, &api]).0, 200);
+    let renewed = "Console-Renewed-Secret-93";
+    let r = env.run_with_stdin(
+        &["admin", "passwd", "--password", "-"],
+        &format!("{renewed}\n"),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        curl(&["-H", &first.cookie, &api]).0,
+        401,
+        "control: a new password ends the session"
+    );
+    // The attack: a session from the password alone, then TOTP turned on.
+    let (code, cookie) = login(&base, "127.0.0.62", renewed);
+    assert_eq!(code, 303);
+    let cookie = format!("Cookie: sipward_session={}", cookie.expect("cookie"));
+    assert_eq!(curl(&["-H", &cookie, &api]).0, 200);
+    env.ok(&["admin", "totp", "admin"]);
+    // A new login needs the code now (the factor is in force)...
+    assert_eq!(login(&base, "127.0.0.63", renewed).0, 401);
+    // ...but the old session is still let in.
+    let (code, _) = curl(&["-H", &cookie, &api]);
+    server.stop();
+    assert_eq!(
+        code, 401,
+        "a session opened with the password alone still works after `sipward admin totp admin`"
+    );
+}
+
 /// Cross-site, malformed and disguised writes against the console's forms and the
 /// API, with a live session in the cookie jar: none changes anything. The control at
 /// the end makes the same changes the console's own way.
