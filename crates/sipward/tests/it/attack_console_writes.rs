@@ -60,6 +60,25 @@ fn browser(base: &str, ip: &str) -> Browser {
     Browser { cookie, csrf }
 }
 
+/// The audit log as the CLI prints it.
+fn log_entries(env: &Env) -> Vec<Value> {
+    env.json(&["log", "--limit", "1000", "--json"])
+        .as_array()
+        .expect("log")
+        .clone()
+}
+
+fn actions(log: &[Value]) -> Vec<(String, String)> {
+    log.iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap_or("").to_owned(),
+                e["subject"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// `{"error": ...}` of an API answer.
 fn api_error(body: &str) -> String {
     serde_json::from_str::<Value>(body)
@@ -204,6 +223,44 @@ fn turning_totp_on_ends_the_sessions_the_password_alone_opened() {
     assert_eq!(
         code, 401,
         "a session opened with the password alone still works after `sipward admin totp admin`"
+    );
+}
+
+/// The CLI writes the audit log for the changes it makes (`ext add` logs `ext.added`:
+/// the control), but Re-Generate and import change credentials and accounts without a
+/// line in it, while the console and the API log `ext.regenerated` for the same change.
+#[test]
+fn cli_regenerate_and_import_are_in_the_audit_log() {
+    let env = Env::new();
+    env.ok(&["ext", "add", "4001", "--password", "4001", "--pin", "4001"]);
+    let log = actions(&log_entries(&env));
+    assert!(
+        log.contains(&("ext.added".into(), "ext:4001".into())),
+        "control: {log:?}"
+    );
+    env.ok(&["ext", "regenerate", "4001", "--no-email"]);
+    let csv = env.path("staff.csv");
+    std::fs::write(
+        &csv,
+        "number,name,email,kind,password,pin,sip_id,auth_id,mac,model\n\
+         4101,Ann Smith,ann@example.com,user,,,,,,\n",
+    )
+    .expect("csv");
+    env.ok(&["import", csv.to_str().expect("utf8")]);
+    assert_eq!(
+        env.json(&["ext", "show", "4101", "--json"])["number"],
+        "4101"
+    );
+    let log = actions(&log_entries(&env));
+    let mut missing = Vec::new();
+    for want in [("ext.regenerated", "ext:4001"), ("ext.added", "ext:4101")] {
+        if !log.contains(&(want.0.into(), want.1.into())) {
+            missing.push(want);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not in the audit log: {missing:?}\nlog: {log:?}"
     );
 }
 
