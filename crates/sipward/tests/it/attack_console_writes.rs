@@ -264,6 +264,81 @@ fn cli_regenerate_and_import_are_in_the_audit_log() {
     );
 }
 
+/// An allow-list entry is a network that is never banned, and from which a weak
+/// account may still log in (`weak_credentials = "trusted-only"`) and distributed
+/// guessing is not held against. `0.0.0.0/0` or `::/0` turns all of that off for the
+/// whole internet, yet the CLI, the API and the console take it as readily as an
+/// office network (the control), and no audit or advice finding says so.
+#[test]
+fn an_allow_list_entry_cannot_cover_every_address() {
+    let env = with_admin();
+    let bearer = token(&env, "ops");
+    let server = env.serve();
+    let base = format!("http://{}", server.http);
+    let b = browser(&base, "127.0.0.1");
+    let api_allow = |network: &str| {
+        let body = serde_json::json!({ "network": network, "note": "test" }).to_string();
+        curl(&[
+            "-X",
+            "POST",
+            "-H",
+            &bearer,
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            &body,
+            &format!("{base}/api/v1/allow"),
+        ])
+    };
+    let page_allow = |network: &str| {
+        curl(&[
+            "-X",
+            "POST",
+            "-H",
+            &b.cookie,
+            "--data-urlencode",
+            &format!("csrf={}", b.csrf),
+            "--data-urlencode",
+            &format!("network={network}"),
+            "--data-urlencode",
+            "note=test",
+            &format!("{base}/security/allow"),
+        ])
+    };
+    // Controls: an office network each way.
+    env.ok(&["allow", "add", "192.0.2.0/24"]);
+    assert_eq!(api_allow("198.51.100.0/24").0, 201);
+    assert_eq!(page_allow("203.0.113.0/24").0, 303);
+    let mut taken = Vec::new();
+    for net in ["0.0.0.0/0", "::/0"] {
+        let cli = env.run(&["allow", "add", net]);
+        if cli.code != 2 {
+            taken.push(format!("CLI `allow add {net}` exit {}", cli.code));
+            env.ok(&["allow", "remove", net]);
+        }
+        let (code, body) = api_allow(net);
+        if code != 400 {
+            taken.push(format!("API {net} -> {code}"));
+            env.ok(&["allow", "remove", net]);
+        } else if !cli.stderr.contains(&api_error(&body)) {
+            taken.push(format!(
+                "API {net}: {body} is not the CLI's sentence {}",
+                cli.stderr
+            ));
+        }
+        let (code, _) = page_allow(net);
+        if code != 400 {
+            taken.push(format!("console {net} -> {code}"));
+            env.ok(&["allow", "remove", net]);
+        }
+    }
+    server.stop();
+    assert!(
+        taken.is_empty(),
+        "an allow-list entry covering every address was taken: {taken:#?}"
+    );
+}
+
 /// Cross-site, malformed and disguised writes against the console's forms and the
 /// API, with a live session in the cookie jar: none changes anything. The control at
 /// the end makes the same changes the console's own way.
