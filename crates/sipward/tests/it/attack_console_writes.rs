@@ -339,6 +339,82 @@ fn an_allow_list_entry_cannot_cover_every_address() {
     );
 }
 
+/// Every field of every audit-log entry is one line of text, and an allow or ban entry
+/// names the network as stored (what the CLI's `allow add` writes: the control). The
+/// API writes the value as sent: `192.0.2.77/24` for the stored `192.0.2.0/24`, and a
+/// trailing line break or tab, which the parsers trim, goes into the log as is; the
+/// CLI's actor takes `$USER` with its control characters.
+#[test]
+fn audit_log_entries_are_one_line_and_name_what_was_stored() {
+    let env = with_admin();
+    let bearer = token(&env, "ops");
+    let server = env.serve();
+    let api = |method: &str, path: &str, body: &str| {
+        let url = format!("http://{}/api/v1{path}", server.http);
+        let mut args = vec!["-X", method, "-H", &bearer];
+        if !body.is_empty() {
+            args.extend(["-H", "Content-Type: application/json", "--data", body]);
+        }
+        args.push(&url);
+        curl(&args)
+    };
+    // Control: the CLI logs the stored network.
+    env.ok(&["allow", "add", "198.51.100.9/24"]);
+    // The API, with values its parsers accept after trimming or truncating.
+    assert_eq!(
+        api("POST", "/allow", r#"{"network": "192.0.2.77/24"}"#).0,
+        201
+    );
+    assert_eq!(
+        api("POST", "/allow", r#"{"network": "203.0.113.0/24\n"}"#).0,
+        201
+    );
+    assert_eq!(
+        api(
+            "POST",
+            "/bans",
+            r#"{"source": "198.18.0.7", "reason": "seen scanning\n\t"}"#
+        )
+        .0,
+        201
+    );
+    assert_eq!(api("DELETE", "/bans/198.18.0.7%0A", "").0, 204);
+    // The CLI run by a login whose name carries a line break.
+    let out = Command::new(env!("CARGO_BIN_EXE_sipward"))
+        .arg("--data")
+        .arg(&env.data)
+        .args(["ban", "add", "198.18.0.8"])
+        .env_remove("SIPWARD_DATA")
+        .env_remove("SIPWARD_CONFIG")
+        .env_remove("SUDO_USER")
+        .env("USER", "eve\n2026-11-30 admin root (console) ext.removed")
+        .output()
+        .expect("sipward");
+    assert!(out.status.success(), "{out:?}");
+    server.stop();
+    let log = log_entries(&env);
+    let mut bad = Vec::new();
+    for e in &log {
+        for k in ["actor", "action", "subject", "detail"] {
+            let v = e[k].as_str().unwrap_or("");
+            if v.chars().any(char::is_control) {
+                bad.push(format!("{k} {v:?} of {}", e["action"]));
+            }
+        }
+    }
+    let pairs = actions(&log);
+    assert!(
+        pairs.contains(&("allow.added".into(), "198.51.100.0/24".into())),
+        "control: the CLI logs the stored network: {pairs:?}"
+    );
+    for want in ["192.0.2.0/24", "203.0.113.0/24"] {
+        if !pairs.contains(&("allow.added".into(), want.into())) {
+            bad.push(format!("no allow.added {want} (stored as such): {pairs:?}"));
+        }
+    }
+    assert!(bad.is_empty(), "audit log entries: {bad:#?}");
+}
+
 /// Cross-site, malformed and disguised writes against the console's forms and the
 /// API, with a live session in the cookie jar: none changes anything. The control at
 /// the end makes the same changes the console's own way.
