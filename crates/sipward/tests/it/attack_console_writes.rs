@@ -991,3 +991,64 @@ fn the_api_refuses_what_the_cli_refuses_with_the_same_sentence() {
     assert_eq!(env.snapshot(), before, "a refused write changed something");
     assert!(differ.is_empty(), "{differ:#?}");
 }
+
+/// A ban by hand from the console or the API of the very address the administrator is
+/// working from (or a prefix holding it) is taken like any other (control: another
+/// address): the administrator's own phones and provisioning at that address are cut
+/// off by a slip of the keyboard, with nothing asking first.
+#[test]
+fn the_console_does_not_ban_its_own_client() {
+    let env = with_admin();
+    let bearer = token(&env, "ops");
+    let server = env.serve();
+    let base = format!("http://{}", server.http);
+    let b = browser(&base, "127.0.0.1");
+    let api_ban = |source: &str| {
+        let body = serde_json::json!({ "source": source, "seconds": 3600 }).to_string();
+        curl(&[
+            "-X",
+            "POST",
+            "-H",
+            &bearer,
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            &body,
+            &format!("{base}/api/v1/bans"),
+        ])
+        .0
+    };
+    let page_ban = |source: &str| {
+        curl(&[
+            "-H",
+            &b.cookie,
+            "--data-urlencode",
+            &format!("csrf={}", b.csrf),
+            "--data-urlencode",
+            &format!("source={source}"),
+            "--data",
+            "for=3600",
+            &format!("{base}/security/ban"),
+        ])
+        .0
+    };
+    // Controls: another address, each way.
+    assert_eq!(api_ban("198.51.100.1"), 201);
+    assert_eq!(page_ban("198.51.100.2"), 303);
+    let mut taken = Vec::new();
+    for source in ["127.0.0.1", "127.0.0.0/8"] {
+        let code = api_ban(source);
+        if (200..300).contains(&code) {
+            taken.push(format!("API ban of {source} -> {code}"));
+        }
+        let code = page_ban(source);
+        if code == 303 {
+            taken.push(format!("console ban of {source} -> {code}"));
+        }
+    }
+    server.stop();
+    assert!(
+        taken.is_empty(),
+        "the administrator's own address was banned: {taken:#?}"
+    );
+}
