@@ -2,6 +2,7 @@
 
 mod at_rest;
 mod attack_console;
+mod attack_console_writes;
 mod attack_dialogs;
 mod attack_flood;
 mod attack_flows;
