@@ -30,6 +30,8 @@ pub enum Change {
     Added,
     Updated,
     Removed,
+    /// New credentials made by Re-Generate.
+    Regenerated,
 }
 
 impl Setting {
@@ -52,6 +54,7 @@ impl Setting {
             (_, Change::Updated) => "updated",
             (Setting::Ban, Change::Removed) => "lifted",
             (_, Change::Removed) => "removed",
+            (_, Change::Regenerated) => "regenerated",
         };
         format!("{}.{verb}", self.word())
     }
@@ -63,6 +66,22 @@ impl Setting {
             _ => format!("{}:{id}", self.word()),
         }
     }
+}
+
+/// The most characters a field of an entry keeps.
+const FIELD_MAX: usize = 500;
+
+/// `text` as one line: control characters (line breaks, tabs, escapes) become spaces,
+/// the ends are trimmed and at most [`FIELD_MAX`] characters are kept, so an entry can
+/// neither forge a second line nor hide its end.
+pub fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .chars()
+        .take(FIELD_MAX)
+        .collect()
 }
 
 /// One entry, as the code that made the change describes it.
@@ -80,14 +99,16 @@ pub struct LogEntry<'a> {
 impl Registry {
     /// Appends `entry`, stamped `at`, inside the caller's transaction (so the entry lands
     /// with the change it records) or on a connection.
+    /// Every field is made one line of bounded text first ([`one_line`]): what a caller
+    /// passes may hold what an administrator or the environment typed.
     pub async fn log_in(&self, db: &mut dyn Db, at: i64, entry: LogEntry<'_>) -> Result<()> {
         q::append(
             db,
             at,
-            entry.actor,
-            entry.action,
-            entry.subject,
-            entry.detail,
+            &one_line(entry.actor),
+            &one_line(entry.action),
+            &one_line(entry.subject),
+            &one_line(entry.detail),
         )
         .await?;
         Ok(())
@@ -129,6 +150,16 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::{Change, Setting};
+
+    #[test]
+    fn entries_are_one_line_of_bounded_text() {
+        assert_eq!(super::one_line(" seen scanning\n\t"), "seen scanning");
+        assert_eq!(
+            super::one_line("eve\n2026-11-30 admin ext.removed\u{1b}[2J"),
+            "eve 2026-11-30 admin ext.removed [2J"
+        );
+        assert_eq!(super::one_line(&"x".repeat(9000)).len(), 500);
+    }
 
     #[test]
     fn actions_and_subjects_read_the_same_from_cli_and_console() {

@@ -61,6 +61,11 @@ fn parse_source(value: &str) -> Result<Source> {
 }
 
 /// A network in CIDR form; a bare address means that one host.
+/// The widest IPv4 network the allow list takes (a /8).
+pub const ALLOW_WIDEST_V4: u8 = 8;
+/// The widest IPv6 network the allow list takes (a /32, one provider's allocation).
+pub const ALLOW_WIDEST_V6: u8 = 32;
+
 fn parse_network(value: &str) -> Result<IpNet> {
     let v = value.trim();
     v.parse::<IpNet>()
@@ -93,10 +98,29 @@ fn note_text(field: &'static str, value: &str) -> Result<String> {
 impl Registry {
     /// Bans `source` (an address or a prefix) by hand for `seconds` (or forever). A
     /// source the allow list covers whole is refused (allow-listed addresses inside a
-    /// banned prefix stay allowed).
-    pub async fn ban(&self, source: &str, why: &str, seconds: Option<i64>) -> Result<BanView> {
+    /// banned prefix stay allowed), and so is one that covers `asker`, the address of the
+    /// administrator asking through the console (their own phones and provisioning would
+    /// be cut off by their own hand).
+    pub async fn ban(
+        &self,
+        source: &str,
+        why: &str,
+        seconds: Option<i64>,
+        asker: Option<IpAddr>,
+    ) -> Result<BanView> {
         let source = parse_source(source)?;
         let why = note_text("reason", why)?;
+        if let Some(ip) = asker
+            && source.network().contains(&ip)
+        {
+            return Err(InvalidField {
+                field: "source",
+                reason: format!(
+                    "a ban of {source} covers your own address {ip}: ban it from another address, or with `sipward ban add`"
+                ),
+            }
+            .into());
+        }
         let mut conn = self.store().conn().await?;
         if let Some(a) = q::allow_list(&mut conn).await?.into_iter().find(|a| {
             a.network
@@ -132,13 +156,15 @@ impl Registry {
         Ok(row.into())
     }
 
-    pub async fn unban(&self, source: &str) -> Result<()> {
+    /// Lifts the ban of `source`; returns the source as it was stored (what the audit
+    /// log names).
+    pub async fn unban(&self, source: &str) -> Result<String> {
         let source = parse_source(source)?;
         let mut conn = self.store().conn().await?;
         if !q::delete_ban(&mut conn, &source.to_string()).await? {
             return Err(Error::not_found(format!("a ban of {source}")));
         }
-        Ok(())
+        Ok(source.to_string())
     }
 
     /// Bans in force (or every recorded ban with `all`).
@@ -152,8 +178,25 @@ impl Registry {
             .collect())
     }
 
+    /// Allow-lists `network`. A network wider than [`ALLOW_WIDEST_V4`] or
+    /// [`ALLOW_WIDEST_V6`] is refused: an allow-listed source is never banned, is spared
+    /// the distributed-guessing lockout and may log in to weak accounts, so `0.0.0.0/0`
+    /// would turn the guard off for the whole internet.
     pub async fn allow(&self, network: &str, note: &str) -> Result<AllowView> {
         let net = parse_network(network)?;
+        let widest = match net {
+            IpNet::V4(_) => ALLOW_WIDEST_V4,
+            IpNet::V6(_) => ALLOW_WIDEST_V6,
+        };
+        if net.prefix_len() < widest {
+            return Err(InvalidField {
+                field: "network",
+                reason: format!(
+                    "{net} is too wide to allow-list: an allow-listed source is never banned, so allow your offices and trunks, at most a /{widest}"
+                ),
+            }
+            .into());
+        }
         let row = AllowRow {
             network: net.to_string(),
             note: note_text("note", note)?,
@@ -168,13 +211,14 @@ impl Registry {
         })
     }
 
-    pub async fn disallow(&self, network: &str) -> Result<()> {
+    /// Removes `network` from the allow list; returns it as it was stored.
+    pub async fn disallow(&self, network: &str) -> Result<String> {
         let net = parse_network(network)?;
         let mut conn = self.store().conn().await?;
         if !q::delete_allow(&mut conn, &net.to_string()).await? {
             return Err(Error::not_found(format!("allow-list entry {net}")));
         }
-        Ok(())
+        Ok(net.to_string())
     }
 
     pub async fn allow_list(&self) -> Result<Vec<AllowView>> {

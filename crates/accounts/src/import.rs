@@ -234,7 +234,13 @@ impl<'a> Identities<'a> {
 
 impl Registry {
     /// Imports extensions from CSV, all or nothing.
-    pub async fn import_extensions_csv(&self, reader: impl Read) -> Result<ImportReport> {
+    /// Each extension imported is logged as `ext.added` by `actor`, in the transaction
+    /// that adds it.
+    pub async fn import_extensions_csv(
+        &self,
+        reader: impl Read,
+        actor: &str,
+    ) -> Result<ImportReport> {
         let mut errors = Vec::new();
         let rows = parse_rows(reader, &mut errors);
 
@@ -322,11 +328,25 @@ impl Registry {
             .count();
         let mut tx = self.store().begin().await?;
         let mut phones = Vec::new();
+        let now = self.now();
+        let (setting, added) = (
+            crate::audit_log::Setting::Extension,
+            crate::audit_log::Change::Added,
+        );
+        let action = setting.action(added);
         for (_, p) in &prepared {
             q::insert_extension(&mut tx, &p.row).await?;
             if self.bump_provisioning(&mut tx, &p.row).await?.is_some() {
                 phones.push(p.row.number.clone());
             }
+            let subject = setting.subject(&p.row.number);
+            let entry = crate::audit_log::LogEntry {
+                actor,
+                action: &action,
+                subject: &subject,
+                detail: "imported",
+            };
+            self.log_in(&mut tx, now, entry).await?;
         }
         tx.commit().await?;
         // Phones' files follow the commit (rewritten at the next open if this is cut short).

@@ -115,7 +115,7 @@ async fn import_of_many_rows_is_consistent_with_single_adds() {
         csv.push_str(&format!("{n},\n"));
     }
     let report = reg
-        .import_extensions_csv(csv.as_bytes())
+        .import_extensions_csv(csv.as_bytes(), "test")
         .await
         .expect("import");
     assert_eq!(report.imported, 200);

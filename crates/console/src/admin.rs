@@ -212,7 +212,10 @@ pub fn source_key(ip: IpAddr) -> IpNet {
 }
 
 impl Lockout {
-    /// Takes a place for a login from `ip` for `account` at `now`, or says why not. The
+    /// Takes a place for a login from `ip` for `account` at `now`, or says why not. An
+    /// `account` that is no possible administrator name ([`name_ok`]) is tallied under
+    /// one shared key: what a stranger types is never kept as it came (a name of
+    /// megabytes, a new one each time, would make the table hold them). The
     /// place counts like a failure until [`Attempt::finish`] settles it, so N
     /// concurrent attempts can never pass a limit of fewer than N.
     pub fn reserve(
@@ -222,6 +225,7 @@ impl Lockout {
         now: i64,
     ) -> Result<Attempt, Locked> {
         let key = source_key(ip);
+        let account = if name_ok(account) { account } else { "" };
         let mut l = lockout.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = l.sources.get_mut(&key)
             && t.used(now) >= SOURCE_FAILURES
@@ -409,6 +413,14 @@ pub async fn request_unlock(
     Ok(unlock)
 }
 
+/// Whether `name` can be an administrator's: 1 to 64 letters, digits and `._-@`.
+pub fn name_ok(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,6 +471,22 @@ mod tests {
             "others still may"
         );
         assert!(Lockout::reserve(&l, ip, "admin", 100 + WINDOW_SECS + 10).is_ok());
+    }
+
+    #[test]
+    fn a_name_no_administrator_can_have_is_not_kept_as_typed() {
+        let l = lockout();
+        for i in 0..4u8 {
+            let ip = IpAddr::from([192, 0, 2, i]);
+            let name = format!("{i}{}", "A".repeat(100_000));
+            drop(Lockout::reserve(&l, ip, &name, 100));
+        }
+        let held = l.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(
+            held.accounts.keys().all(|k| k.len() <= 64),
+            "names kept as typed"
+        );
+        assert!(name_ok("ops.admin-2@site") && !name_ok("") && !name_ok("a b"));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::admin;
+use crate::client::ClientIp;
 use crate::trunks::{Item, Refused};
 use crate::web::{self, Web};
 
@@ -602,10 +603,11 @@ async fn regenerate(
         Err(e) => return accounts_error(&e),
     };
     for r in &results {
-        web.log(
+        web.log_setting(
             &actor,
-            "ext.regenerated",
-            &format!("ext:{}", r.number),
+            Setting::Extension,
+            audit_log::Change::Regenerated,
+            &r.number,
             "new password and PIN",
         )
         .await;
@@ -811,12 +813,12 @@ async fn unban(
     Path(source): Path<String>,
 ) -> Response {
     match web.registry.unban(&source).await {
-        Ok(()) => {
+        Ok(stored) => {
             web.log_setting(
                 &actor,
                 Setting::Ban,
                 audit_log::Change::Removed,
-                &source,
+                &stored,
                 "",
             )
             .await;
@@ -978,16 +980,16 @@ async fn allow_change(
 ) -> Response {
     if c.remove == Some(true) {
         return match web.registry.disallow(&c.network).await {
-            Ok(()) => {
+            Ok(stored) => {
                 web.log_setting(
                     &actor,
                     Setting::Allow,
                     audit_log::Change::Removed,
-                    &c.network,
+                    &stored,
                     "",
                 )
                 .await;
-                axum::Json(json!({ "removed": c.network })).into_response()
+                axum::Json(json!({ "removed": stored })).into_response()
             }
             Err(e) => accounts_error(&e),
         };
@@ -999,8 +1001,8 @@ async fn allow_change(
                 &actor,
                 Setting::Allow,
                 audit_log::Change::Added,
-                &c.network,
-                &note,
+                &view.network,
+                &view.note,
             )
             .await;
             (StatusCode::CREATED, axum::Json(view)).into_response()
@@ -1100,7 +1102,12 @@ struct Ban {
 /// The longest ban by hand with an end: ten years (longer is "until lifted").
 const MAX_BAN_SECS: i64 = 10 * 365 * 86_400;
 
-async fn ban(State(web): State<Web>, Caller(actor): Caller, Body(b): Body<Ban>) -> Response {
+async fn ban(
+    State(web): State<Web>,
+    Caller(actor): Caller,
+    ClientIp(asker): ClientIp,
+    Body(b): Body<Ban>,
+) -> Response {
     if b.seconds.is_some_and(|s| !(1..=MAX_BAN_SECS).contains(&s)) {
         return error(
             StatusCode::BAD_REQUEST,
@@ -1108,7 +1115,11 @@ async fn ban(State(web): State<Web>, Caller(actor): Caller, Body(b): Body<Ban>) 
         );
     }
     let reason = b.reason.unwrap_or_default();
-    match web.registry.ban(&b.source, &reason, b.seconds).await {
+    match web
+        .registry
+        .ban(&b.source, &reason, b.seconds, Some(asker))
+        .await
+    {
         Ok(v) => {
             web.log_setting(
                 &actor,

@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use minijinja::context;
 use policy::exposure;
 
+use crate::client::ClientIp;
 use crate::web::{self, Admin, AdminForm, Web, field, ser};
 
 pub fn routes(web: Web) -> Router {
@@ -139,22 +140,23 @@ async fn security(State(web): State<Web>, Admin(s): Admin) -> Response {
 async fn security_change(
     State(web): State<Web>,
     Path(action): Path<String>,
+    ClientIp(asker): ClientIp,
     AdminForm { session: s, form }: AdminForm,
 ) -> Response {
     let value = |k: &str| field(&form, k).unwrap_or("").trim().to_owned();
     if action == "guard" {
         return guard_change(&web, &s.actor(), &form).await;
     }
-    let (what, subject, detail, r) = match action.as_str() {
+    // Each change answers the subject as stored, which the audit log names.
+    let (what, detail, r) = match action.as_str() {
         "unban" => {
-            let source = value("source");
-            let r = web.registry.unban(&source).await;
-            ((Setting::Ban, Change::Removed), source, String::new(), r)
+            let r = web.registry.unban(&value("source")).await;
+            ((Setting::Ban, Change::Removed), String::new(), r)
         }
         "allow" => {
             let (network, note) = (value("network"), value("note"));
-            let r = web.registry.allow(&network, &note).await.map(|_| ());
-            ((Setting::Allow, Change::Added), network, note, r)
+            let r = web.registry.allow(&network, &note).await.map(|v| v.network);
+            ((Setting::Allow, Change::Added), note, r)
         }
         "ban" => {
             let (source, reason) = (value("source"), value("reason"));
@@ -170,20 +172,19 @@ async fn security_change(
             };
             let r = web
                 .registry
-                .ban(&source, &reason, seconds)
+                .ban(&source, &reason, seconds, Some(asker))
                 .await
-                .map(|_| ());
-            ((Setting::Ban, Change::Added), source, reason, r)
+                .map(|v| v.source);
+            ((Setting::Ban, Change::Added), reason, r)
         }
         "disallow" => {
-            let network = value("network");
-            let r = web.registry.disallow(&network).await;
-            ((Setting::Allow, Change::Removed), network, String::new(), r)
+            let r = web.registry.disallow(&value("network")).await;
+            ((Setting::Allow, Change::Removed), String::new(), r)
         }
         _ => return (StatusCode::NOT_FOUND, "no such action\n").into_response(),
     };
     match r {
-        Ok(()) => {
+        Ok(subject) => {
             web.log_setting(&s.actor(), what.0, what.1, &subject, &detail)
                 .await;
             Redirect::to("/security").into_response()

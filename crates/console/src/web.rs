@@ -435,7 +435,13 @@ async fn login(
     if !same_origin(&headers) || !web.admits(ip) {
         return forbidden();
     }
-    let name = field(&form, "name").unwrap_or("").trim().to_owned();
+    // The name shown back in the form is cut to what a name can be.
+    let name: String = field(&form, "name")
+        .unwrap_or("")
+        .trim()
+        .chars()
+        .take(65)
+        .collect();
     let password = field(&form, "password").unwrap_or("").to_owned();
     let now = web.clock.now();
     let page = |status, error: String| {
@@ -799,10 +805,11 @@ async fn regenerate(State(web): State<Web>, AdminForm { session: s, form }: Admi
         }
     };
     for r in &results {
-        web.log(
+        web.log_setting(
             &s.actor(),
-            "ext.regenerated",
-            &format!("ext:{}", r.number),
+            Setting::Extension,
+            Change::Regenerated,
+            &r.number,
             "new password and PIN",
         )
         .await;

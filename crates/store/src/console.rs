@@ -140,10 +140,17 @@ pub async fn admin_totp(db: &mut dyn Db, name: &str) -> Result<Option<(String, i
 }
 
 /// Turns TOTP on (with a sealed secret) or off (`None`); whether the administrator exists.
+/// Their sessions end either way.
 pub async fn set_admin_totp(db: &mut dyn Db, name: &str, sealed: Option<&str>) -> Result<bool> {
     let conn = raw(db);
     let done = sqlx::query("UPDATE admins SET totp_enc = $1, totp_last_step = 0 WHERE name = $2")
         .bind(sealed)
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+    // A second factor changed: sessions opened without it (perhaps with a leaked
+    // password, the reason to turn it on) end, as after a new password.
+    sqlx::query("DELETE FROM console_sessions WHERE admin = $1")
         .bind(name)
         .execute(&mut *conn)
         .await?;

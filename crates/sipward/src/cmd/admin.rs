@@ -12,13 +12,6 @@ use crate::error::OperatorError;
 
 const MIN_LEN: usize = 12;
 
-fn name_ok(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
-}
-
 /// Hashes `password` and stores it for administrator `name` (sessions end).
 pub async fn set_password(reg: &Registry, name: &str, password: &str) -> anyhow::Result<()> {
     let mut rng = rand_core::UnwrapErr(rand::rngs::SysRng);
@@ -31,7 +24,7 @@ pub async fn set_password(reg: &Registry, name: &str, password: &str) -> anyhow:
 pub async fn run(reg: &Registry, command: AdminCommand) -> anyhow::Result<ExitCode> {
     match command {
         AdminCommand::Passwd { name, mut password } => {
-            if !name_ok(&name) {
+            if !admin::name_ok(&name) {
                 return Err(OperatorError(
                     "an administrator name is 1 to 64 letters, digits or . _ - @".into(),
                 )
@@ -105,7 +98,7 @@ pub async fn run(reg: &Registry, command: AdminCommand) -> anyhow::Result<ExitCo
             }
         }
         AdminCommand::Token(TokenCommand::Create { name }) => {
-            if !name_ok(&name) {
+            if !admin::name_ok(&name) {
                 return Err(OperatorError(
                     "a token name is 1 to 64 letters, digits or . _ - @".into(),
                 )
@@ -148,7 +141,7 @@ pub async fn run(reg: &Registry, command: AdminCommand) -> anyhow::Result<ExitCo
                 .into());
             }
             if let Some(n) = name
-                && !name_ok(n)
+                && !admin::name_ok(n)
             {
                 return Err(OperatorError(
                     "an administrator name is 1 to 64 letters, digits or . _ - @".into(),

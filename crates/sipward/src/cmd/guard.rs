@@ -72,7 +72,7 @@ pub async fn ban(reg: &Registry, cmd: BanCommand) -> anyhow::Result<ExitCode> {
             out,
         } => {
             let seconds = parse_duration(&duration)?;
-            let b = reg.ban(&address, &reason, seconds).await?;
+            let b = reg.ban(&address, &reason, seconds, None).await?;
             super::logged(reg, Setting::Ban, Change::Added, &b.source, &reason).await?;
             if out.json {
                 output::json(&b)?;
@@ -81,8 +81,8 @@ pub async fn ban(reg: &Registry, cmd: BanCommand) -> anyhow::Result<ExitCode> {
             }
         }
         BanCommand::Remove { address } => {
-            reg.unban(&address).await?;
-            super::logged(reg, Setting::Ban, Change::Removed, address.trim(), "").await?;
+            let source = reg.unban(&address).await?;
+            super::logged(reg, Setting::Ban, Change::Removed, &source, "").await?;
             println!("lifted the ban of {}", address.trim());
         }
     }
@@ -113,8 +113,8 @@ pub async fn allow(reg: &Registry, cmd: AllowCommand) -> anyhow::Result<ExitCode
             }
         }
         AllowCommand::Remove { network } => {
-            reg.disallow(&network).await?;
-            super::logged(reg, Setting::Allow, Change::Removed, network.trim(), "").await?;
+            let network = reg.disallow(&network).await?;
+            super::logged(reg, Setting::Allow, Change::Removed, &network, "").await?;
             println!("removed {} from the allow list", network.trim());
         }
     }

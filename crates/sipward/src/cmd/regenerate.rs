@@ -52,6 +52,16 @@ pub async fn run(
             &mut crate::output::regenerate_progress,
         )
         .await?;
+    for r in &results {
+        super::logged(
+            reg,
+            accounts::audit_log::Setting::Extension,
+            accounts::audit_log::Change::Regenerated,
+            &r.number,
+            "new password and PIN",
+        )
+        .await?;
+    }
 
     let queued: HashSet<String> = results
         .iter()
