@@ -1,12 +1,19 @@
 //! Voicemail rules with no IO: the mailbox lockout (how wrong PINs lock a box, and how
-//! repeated locks escalate), when a PIN is too weak to keep, and the per-extension
-//! voicemail settings' ranges.
+//! repeated locks escalate), when a PIN is too weak to keep, the per-extension
+//! voicemail settings' ranges, what a login and a PIN change answer, and the menu
+//! ([`menu`], a sans-IO state machine). `accounts::voicemail` re-exports the types the
+//! call side uses and does the IO behind them.
 //!
 //! Why the lockout is per mailbox and persisted: PIN guessing limited only per call
 //! (Asterisk `maxlogins`, FreeSWITCH `max-login-attempts`) lets an attacker redial, and
 //! limited per source lets a botnet rotate addresses. The state lives in the database
 //! (the caller stores [`LockState`]), so neither a redial nor a restart resets it.
 
+pub mod menu;
+
+use serde::Serialize;
+
+use crate::Secret;
 use crate::fields::InvalidField;
 use crate::pin;
 
@@ -136,6 +143,70 @@ pub fn pin_weakness(pin: &str, number: &str) -> Option<&'static str> {
         return Some("it contains the extension number");
     }
     None
+}
+
+/// How the caller proves they may open a box.
+#[derive(Clone, Debug)]
+pub enum Credential {
+    /// The PIN as typed in DTMF digits.
+    Pin(Secret),
+    /// The call is digest-authenticated as the mailbox's own account and came on one of
+    /// its registered flows. Pass it for nothing less (never for caller ID).
+    AuthenticatedOwner,
+}
+
+/// The answer to a login. `Refused` is the same for a wrong PIN, a locked box and an
+/// unknown box: the caller must not be able to tell them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "login", rename_all = "snake_case")]
+pub enum Login {
+    /// Open. With `must_change_pin`, the PIN is weak (or was found weak before and not
+    /// changed since): the menu asks for a new one before anything else.
+    Granted { must_change_pin: bool },
+    /// Not open. For a [`Credential::Pin`], one failure of the caller's source for the
+    /// guard.
+    Refused,
+}
+
+/// The outcome of a PIN change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "pin", rename_all = "snake_case")]
+pub enum PinChange {
+    Changed,
+    /// The new PIN was not taken: `reason` says why (too weak by the audit's rules, or
+    /// not 1 to 12 digits). The old PIN still holds.
+    Refused {
+        reason: String,
+    },
+}
+
+/// Where a message is filed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Folder {
+    New,
+    Saved,
+}
+
+impl Folder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Folder::New => "new",
+            Folder::Saved => "saved",
+        }
+    }
+}
+
+/// One message, without its audio.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MessageView {
+    pub id: String,
+    /// Unix seconds.
+    pub received_at: i64,
+    pub duration_ms: i64,
+    /// The caller as the INVITE named them: display text only, never dialled.
+    pub caller: String,
+    pub folder: Folder,
 }
 
 /// The fewest digits a PIN may have (the audit's `ext.pin_too_short`).
