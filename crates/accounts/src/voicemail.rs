@@ -710,8 +710,9 @@ impl Registry {
         let weak = pin_weakness(stored.expose(), &row.number).is_some();
         let typed = match credential {
             Credential::AuthenticatedOwner => {
-                // The owner's own phone: no PIN, so no lock and no count.
-                let must_change_pin = weak || b.must_change_pin;
+                // The owner's own phone: no PIN, so no lock and no count. Weakness is
+                // judged on the PIN as it is now (a Re-Generate since may have fixed it).
+                let must_change_pin = weak;
                 if must_change_pin != b.must_change_pin {
                     b.must_change_pin = must_change_pin;
                     b.updated_at = now;
@@ -733,7 +734,7 @@ impl Registry {
         }
         if matches {
             apply_lock_state(&mut b, &lockout.after_success(&state));
-            b.must_change_pin = weak || b.must_change_pin;
+            b.must_change_pin = weak;
             b.updated_at = now;
             q::save_box(&mut tx, &b).await?;
             tx.commit().await?;

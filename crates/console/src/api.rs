@@ -671,6 +671,13 @@ pub fn openapi_document() -> Value {
             op["parameters"] = json!([{ "name": "number", "in": "path", "required": true,
                                          "schema": { "type": "string", "pattern": "^[0-9]{2,15}$" } }]);
         }
+        if e.path.contains("{id}")
+            && let Some(params) = op["parameters"].as_array_mut()
+        {
+            params.push(json!({ "name": "id", "in": "path", "required": true,
+                                "description": "a message id from the box's list",
+                                "schema": { "type": "string", "maxLength": 64 } }));
+        }
         if e.method == "get" && e.path == "/api/v1/extensions" {
             op["parameters"] = json!([
                 { "name": "q", "in": "query", "required": false, "description": "part of a number, name or email",

@@ -160,12 +160,28 @@ pub enum Credential {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "login", rename_all = "snake_case")]
 pub enum Login {
-    /// Open. With `must_change_pin`, the PIN is weak (or was found weak before and not
-    /// changed since): the menu asks for a new one before anything else.
+    /// Open. With `must_change_pin`, the PIN is weak by the audit's rules: the menu asks
+    /// for a new one before anything else.
     Granted { must_change_pin: bool },
     /// Not open. For a [`Credential::Pin`], one failure of the caller's source for the
-    /// guard.
+    /// guard (see [`Login::counts_against_source`]).
     Refused,
+}
+
+impl Login {
+    /// Whether this answer to a PIN login is one failed authentication of the caller's
+    /// source, to be counted by the guard like a wrong SIP password from it: every
+    /// refusal of a PIN, whether the PIN was wrong, the box locked or unknown (so one
+    /// address trying many boxes is banned, not only each box locked).
+    ///
+    /// The source is the address the call's signalling proved (the flow its INVITE came
+    /// on, answered to a nonce). A call that came in from a trunk or gateway shares that
+    /// address with every outside caller: the guard must not count against it (allow
+    /// listed trunk ranges are never banned); the per-box lockout still holds for those.
+    /// An [`Credential::AuthenticatedOwner`] login never counts.
+    pub fn counts_against_source(self, credential: &Credential) -> bool {
+        self == Login::Refused && matches!(credential, Credential::Pin(_))
+    }
 }
 
 /// The outcome of a PIN change.
@@ -362,6 +378,17 @@ mod tests {
             let flagged = a.finish().iter().any(|f| f.field == "pin");
             assert_eq!(pin_weakness(pin, "1001").is_some(), flagged, "{pin}");
         }
+    }
+
+    #[test]
+    fn only_a_refused_pin_counts_against_the_source() {
+        let pin = Credential::Pin(Secret::new("1234"));
+        assert!(Login::Refused.counts_against_source(&pin));
+        assert!(!Login::Refused.counts_against_source(&Credential::AuthenticatedOwner));
+        let granted = Login::Granted {
+            must_change_pin: false,
+        };
+        assert!(!granted.counts_against_source(&pin));
     }
 
     #[test]
