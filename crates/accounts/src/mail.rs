@@ -426,7 +426,11 @@ impl Registry {
                         None => None,
                         Some(number) => store::account::get_extension(&mut conn, number).await?,
                     };
-                    if let Some(reason) = stale_reason(row, ext.as_ref()) {
+                    let stale = stale_reason(row, ext.as_ref()).or_else(|| {
+                        self.attachment_gone(row)
+                            .then_some("withdrawn: the voicemail message was deleted")
+                    });
+                    if let Some(reason) = stale {
                         store::outbox::withdraw_mail(&mut conn, &row.id, reason).await?;
                         out.push((
                             row.id.clone(),

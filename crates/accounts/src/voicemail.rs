@@ -960,6 +960,21 @@ impl Registry {
         }
     }
 
+    /// Whether a voicemail mail's recording was deleted before the mail went out (it is
+    /// then withdrawn: the owner deleted the message, or an administrator did).
+    pub(crate) fn attachment_gone(&self, row: &store::outbox::OutboxRow) -> bool {
+        if !row.number.starts_with("vm:") {
+            return false;
+        }
+        match self.open_mail(row) {
+            Ok(MailMessage {
+                attachment: Some(a),
+                ..
+            }) => !self.stored_file(&a.path).is_some_and(|p| p.is_file()),
+            _ => false,
+        }
+    }
+
     /// A voicemail mail's attachment, read when the mail is sent; None when the message
     /// is gone (deleted since), so the mail is withdrawn.
     pub(crate) fn attachment_bytes(&self, a: &MailAttachment) -> Result<Option<Vec<u8>>> {

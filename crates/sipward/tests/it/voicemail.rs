@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::console::{ADMIN_PASSWORD, login};
 use crate::harness::Env;
-use crate::peers::require;
+use crate::peers::{SMTP_PASSWORD, Smtp, require};
 
 /// A WAV of `samples` 16-bit samples at 8 kHz.
 fn wav(samples: usize) -> Vec<u8> {
@@ -38,15 +38,19 @@ fn wav(samples: usize) -> Vec<u8> {
     w
 }
 
-/// Leaves a message in `number`'s box the way the call side does (begin, write, commit).
-fn deposit(env: &Env, number: &str, audio: &[u8]) {
+/// Runs `f` on the data dir's registry as a process beside the CLI would (the realm the
+/// binary uses when no domain is configured).
+fn with_registry<F, Fut, T>(env: &Env, f: F) -> T
+where
+    F: FnOnce(Registry) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
         let settings = Settings {
-            // No config file: the realm the binary uses then.
             realm: "sipward".into(),
             domain: None,
             policy: Default::default(),
@@ -69,13 +73,25 @@ fn deposit(env: &Env, number: &str, audio: &[u8]) {
         )
         .await
         .expect("open");
+        let store = reg.store().clone();
+        let out = f(reg).await;
+        store.close().await;
+        out
+    })
+}
+
+/// Leaves a message in `number`'s box the way the call side does (begin, write,
+/// commit); returns its id.
+fn deposit(env: &Env, number: &str, audio: &[u8]) -> String {
+    with_registry(env, |reg| async move {
         let pending = reg.begin_message(number).await.expect("begin");
+        let id = pending.id().to_owned();
         std::fs::write(pending.path(), audio).expect("write");
         reg.commit_message(pending, "\"Bob\" <sip:4002@pbx>", 2500)
             .await
             .expect("commit");
-        reg.store().close().await;
-    });
+        id
+    })
 }
 
 fn curl(args: &[&str]) -> (u16, Vec<u8>) {
@@ -231,4 +247,81 @@ fn the_console_and_api_list_voicemail_and_open_a_message_only_with_a_reason() {
     assert_eq!(code, 200);
     assert_eq!(got, audio);
     server.stop();
+}
+
+#[test]
+fn a_new_message_is_mailed_with_its_recording_unless_deleted_first() {
+    let env = Env::new();
+    env.ok(&["ext", "list"]);
+    let smtp = Smtp::start(&env);
+    std::fs::write(env.data.join("sipward.toml"), smtp.config(SMTP_PASSWORD)).expect("config");
+    env.ok(&[
+        "ext",
+        "add",
+        "4001",
+        "--email",
+        "ann@example.com",
+        "--name",
+        "Ann",
+    ]);
+    // The welcome mail is not what this test is about: send it out of the way.
+    env.ok(&["mail", "send"]);
+    let before = smtp.messages().len();
+
+    let audio = wav(800);
+    deposit(&env, "4001", &audio);
+    let sent: Value = serde_json::from_str(&env.ok(&["mail", "send", "--json"])).expect("json");
+    assert!(sent.to_string().contains("sent"), "{sent}");
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), before + 1, "{sent}");
+    let mail = mails.last().expect("mail");
+    assert!(mail.contains("Voicemail for 4001"), "{mail}");
+    assert!(
+        mail.to_ascii_lowercase()
+            .contains("content-type: audio/wav"),
+        "{mail}"
+    );
+    // The attachment is the recording (base64, folded into lines).
+    let b64: String = mail
+        .split("\r\n\r\n")
+        .chain(mail.split("\n\n"))
+        .filter(|part| part.starts_with("UklGR"))
+        .map(|part| {
+            part.split("--")
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect()
+        })
+        .next()
+        .expect("a base64 WAV part");
+    assert!(
+        b64.starts_with(&base64_head(&audio)),
+        "the attached bytes are the recording"
+    );
+
+    // A message deleted before its mail went out: the mail is withdrawn, not sent.
+    let id = deposit(&env, "4001", &audio);
+    with_registry(&env, |reg| async move {
+        assert!(
+            reg.delete_message("4001", &id, "test")
+                .await
+                .expect("delete")
+        );
+    });
+    let sent = env.ok(&["mail", "send", "--json"]);
+    assert!(!sent.contains("\"sent\""), "{sent}");
+    assert_eq!(smtp.messages().len(), before + 1, "no second mail");
+}
+
+/// The first 48 bytes of `bytes` in base64 (a prefix that does not depend on padding).
+fn base64_head(bytes: &[u8]) -> String {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    bytes[..48]
+        .chunks(3)
+        .flat_map(|c| {
+            let n = (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]);
+            [18, 12, 6, 0].map(|s| char::from(ABC[((n >> s) & 63) as usize]))
+        })
+        .collect()
 }
