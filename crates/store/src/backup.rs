@@ -673,6 +673,20 @@ fn safe_relative(name: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn voicemail_recordings_go_into_a_backup_beside_the_database() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = DataDir::new(dir.path());
+        fs::create_dir_all(dir.path().join("voicemail/1001")).expect("dir");
+        fs::write(dir.path().join("voicemail/1001/msg-a.wav"), b"RIFF").expect("wav");
+        fs::write(dir.path().join("secrets.key"), b"k").expect("key");
+        let files = data_files(&data).expect("files");
+        assert!(
+            files.contains(&"voicemail/1001/msg-a.wav".to_owned()),
+            "{files:?}"
+        );
+    }
     use rand::SeedableRng;
     use serde_json::Value;
 
