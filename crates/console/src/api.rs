@@ -248,6 +248,34 @@ pub const ENDPOINTS: &[Endpoint] = &[
     },
     Endpoint {
         method: "get",
+        path: "/api/v1/voicemail",
+        summary: "Every extension's voicemail box: messages new and saved, their total length, the latest, the lock, whether the PIN is weak (reset it with Re-Generate)",
+        errors: &[401],
+        body: None,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/voicemail/{number}",
+        summary: "One box with its messages (time, length, caller, folder; no audio)",
+        errors: &[400, 401, 404],
+        body: None,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/v1/voicemail/{number}/messages/{id}/open",
+        summary: "A message's recording (audio/wav), for an administrator who gives a reason; the reason and who asked go to the audit log",
+        errors: &[400, 401, 403, 404],
+        body: Some("VoicemailOpen"),
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/v1/voicemail/{number}/unlock",
+        summary: "End a box's lock after wrong PINs and clear its count (after Re-Generate gave it a new PIN)",
+        errors: &[400, 401, 403, 404],
+        body: None,
+    },
+    Endpoint {
+        method: "get",
         path: "/api/v1/guard",
         summary: "The anti-hacking thresholds in force (`[guard]` in the config file, with the settings changed here over it), which were changed here, and which can be",
         errors: &[401],
@@ -309,7 +337,7 @@ pub fn routes(web: Web) -> Router {
         .layer(axum::middleware::map_response(web::security_headers))
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
@@ -416,7 +444,7 @@ fn plain(findings: &[policy::Finding]) -> Vec<crate::findings::Plain> {
     findings.iter().map(crate::findings::Plain::of).collect()
 }
 
-fn accounts_error(e: &accounts::Error) -> Response {
+pub(crate) fn accounts_error(e: &accounts::Error) -> Response {
     let status = match e {
         accounts::Error::NotFound { .. } => StatusCode::NOT_FOUND,
         accounts::Error::InUse { .. } => StatusCode::CONFLICT,
@@ -492,6 +520,14 @@ struct NewExtension {
     model: Option<String>,
     /// `udp`, `tcp` or `tls` for this extension's phones.
     transport: Option<String>,
+    /// Seconds a call rings before voicemail answers (0: no voicemail).
+    voicemail_after_secs: Option<u32>,
+    /// Mail new messages to the extension's address.
+    voicemail_mail: Option<bool>,
+}
+
+fn switch_text(on: bool) -> String {
+    if on { "on" } else { "off" }.to_owned()
 }
 
 async fn add(
@@ -515,6 +551,8 @@ async fn add(
         model: req.model,
         class_of_service: None,
         transport: req.transport,
+        voicemail_after_secs: req.voicemail_after_secs.map(|v| v.to_string()),
+        voicemail_mail: req.voicemail_mail.map(switch_text),
     };
     let added = match web.registry.add_extension(&req.number, new).await {
         Ok(a) => a,
@@ -655,6 +693,13 @@ pub fn openapi_document() -> Value {
             op["parameters"] = json!([{ "name": "number", "in": "path", "required": true,
                                          "schema": { "type": "string", "pattern": "^[0-9]{2,15}$" } }]);
         }
+        if e.path.contains("{id}")
+            && let Some(params) = op["parameters"].as_array_mut()
+        {
+            params.push(json!({ "name": "id", "in": "path", "required": true,
+                                "description": "a message id from the box's list",
+                                "schema": { "type": "string", "maxLength": 64 } }));
+        }
         if e.method == "get" && e.path == "/api/v1/extensions" {
             op["parameters"] = json!([
                 { "name": "q", "in": "query", "required": false, "description": "part of a number, name or email",
@@ -701,7 +746,9 @@ pub fn openapi_document() -> Value {
                         "password": { "type": "string" }, "pin": { "type": "string" },
                         "sip_id": { "type": "string" }, "auth_id": { "type": "string" },
                         "mac": { "type": "string" }, "model": { "type": "string" },
-                        "transport": { "type": "string", "enum": ["udp", "tcp", "tls"] } } },
+                        "transport": { "type": "string", "enum": ["udp", "tcp", "tls"] },
+                        "voicemail_after_secs": { "type": "integer", "minimum": 0, "maximum": 300 },
+                        "voicemail_mail": { "type": "boolean" } } },
                 "ExtensionChange": { "type": "object", "additionalProperties": false,
                     "properties": {
                         "name": { "type": "string" }, "email": { "type": "string" },
@@ -709,7 +756,11 @@ pub fn openapi_document() -> Value {
                         "sip_id": { "type": "string" }, "auth_id": { "type": "string" },
                         "mac": { "type": "string" }, "model": { "type": "string" },
                         "class_of_service": { "type": "string" },
-                        "transport": { "type": "string", "enum": ["", "udp", "tcp", "tls"] } } },
+                        "transport": { "type": "string", "enum": ["", "udp", "tcp", "tls"] },
+                        "voicemail_after_secs": { "type": "integer", "minimum": 0, "maximum": 300 },
+                        "voicemail_mail": { "type": "boolean" } } },
+                "VoicemailOpen": { "type": "object", "required": ["reason"], "additionalProperties": false,
+                    "properties": { "reason": { "type": "string", "minLength": 4, "maxLength": 200 } } },
                 "GuardChange": guard_change_schema(),
                 "AllowChange": { "type": "object", "required": ["network"], "additionalProperties": false,
                     "properties": { "network": { "type": "string" }, "note": { "type": "string" },
@@ -879,6 +930,8 @@ struct Change {
     model: Option<String>,
     class_of_service: Option<String>,
     transport: Option<String>,
+    voicemail_after_secs: Option<u32>,
+    voicemail_mail: Option<bool>,
 }
 
 async fn update(
@@ -898,6 +951,8 @@ async fn update(
         ("model", c.model.is_some()),
         ("class_of_service", c.class_of_service.is_some()),
         ("transport", c.transport.is_some()),
+        ("voicemail_after_secs", c.voicemail_after_secs.is_some()),
+        ("voicemail_mail", c.voicemail_mail.is_some()),
     ]
     .iter()
     .filter(|(_, set)| *set)
@@ -914,6 +969,8 @@ async fn update(
         model: c.model,
         class_of_service: c.class_of_service,
         transport: c.transport,
+        voicemail_after_secs: c.voicemail_after_secs.map(|v| v.to_string()),
+        voicemail_mail: c.voicemail_mail.map(switch_text),
         ..Default::default()
     };
     match web.registry.update_extension(&number, change).await {
