@@ -31,6 +31,15 @@ struct RawConfig {
     http: RawHttp,
     log: RawLog,
     tls: RawTls,
+    store: RawStore,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStore {
+    /// `postgres://user:password@host/db`: the database several nodes share. Absent:
+    /// SQLite in the data dir. `--database` and SIPWARD_DATABASE_URL win over it.
+    url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -301,6 +310,9 @@ pub struct Config {
     /// `[log] filter`: the log filter when neither `--log` nor RUST_LOG gives one.
     pub log_filter: Option<String>,
     pub tls: TlsConfig,
+    /// `[store] url`, `--database`, SIPWARD_DATABASE_URL: the PostgreSQL database; None
+    /// for SQLite in the data dir. Shown and logged redacted only.
+    pub database: Option<store::PgUrl>,
 }
 
 impl Config {
@@ -327,8 +339,13 @@ const DEFAULT_REALM: &str = "sipward";
 const DEFAULT_NONCE_LIFETIME: u64 = 300;
 
 /// Reads the config: the explicit file (which must exist), else DATA/sipward.toml when
-/// present, else the defaults.
-pub fn load(explicit: Option<&Path>, data: &Path) -> anyhow::Result<Config> {
+/// present, else the defaults. `database` (`--database` / SIPWARD_DATABASE_URL) wins
+/// over the file's `[store] url`.
+pub fn load(
+    explicit: Option<&Path>,
+    data: &Path,
+    database: Option<&str>,
+) -> anyhow::Result<Config> {
     let path: Option<PathBuf> = match explicit {
         Some(p) => Some(p.to_owned()),
         None => Some(data.join("sipward.toml")).filter(|p| p.exists()),
@@ -351,6 +368,18 @@ pub fn load(explicit: Option<&Path>, data: &Path) -> anyhow::Result<Config> {
             )?;
         }
         m.password = mail_password(m)?;
+    }
+    if let (Some(p), Some(url)) = (&path, &raw.store.url)
+        && store::PgUrl::parse(url).is_ok_and(|u| u.redacted() != *url)
+    {
+        private(
+            p,
+            "the database password (store.url)",
+            "--database or SIPWARD_DATABASE_URL",
+        )?;
+    }
+    if let Some(url) = database {
+        raw.store.url = Some(url.to_owned());
     }
     typed(raw)
 }
@@ -520,6 +549,14 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
     if let Some(spec) = &raw.log.filter {
         crate::log::check(spec).map_err(|e| OperatorError(format!("log.filter: {e}")))?;
     }
+    let database = raw
+        .store
+        .url
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+        .map(store::PgUrl::parse)
+        .transpose()
+        .map_err(|e| OperatorError(format!("store.url: {e}")))?;
     let console_allow = networks("console.allow", &raw.console.allow)?;
     let http = http(
         &raw.console,
@@ -549,6 +586,7 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
         digest_algorithms,
         bans: raw.guard,
         log_filter: raw.log.filter,
+        database,
     })
 }
 

@@ -29,6 +29,6 @@ pub mod trunks;
 mod vault;
 
 pub use datadir::DataDir;
-pub use db::{Conn, Db, Store, Tx};
+pub use db::{Backend, Conn, Db, PgUrl, Store, Tx};
 pub use error::{BackupError, Error, Result};
 pub use vault::Vault;
