@@ -288,6 +288,15 @@ impl Store {
         self.backend
     }
 
+    /// A listener for the version rows' change hints (`None` on SQLite, where only
+    /// polling tells one process of another's writes).
+    pub async fn version_listener(&self) -> Result<Option<crate::listen::VersionListener>> {
+        match &self.url {
+            Some(url) => Ok(Some(crate::listen::VersionListener::connect(url).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// The PostgreSQL URL this store was opened with (`None` on SQLite).
     pub fn postgres_url(&self) -> Option<&PgUrl> {
         self.url.as_ref()
@@ -414,7 +423,7 @@ impl Store {
 const WRITE_LOCK: i64 = 0x7369_7077;
 
 /// What a failed connection says, without the URL (the driver's text can carry it).
-fn connect_detail(e: &sqlx::Error) -> String {
+pub(crate) fn connect_detail(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Io(io) => io.to_string(),
         sqlx::Error::Database(db) => db.message().to_owned(),

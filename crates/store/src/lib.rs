@@ -19,6 +19,7 @@ pub mod directory;
 mod error;
 pub mod grace;
 pub mod guard;
+pub mod listen;
 pub mod meta;
 pub mod outbound;
 pub mod outbox;

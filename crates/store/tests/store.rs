@@ -571,3 +571,70 @@ async fn a_phone_lookup_returns_one_row_either_way(backend: Backend) {
         .expect("unknown");
     assert_eq!(unknown, p::PhoneByMac::default());
 }
+
+/// Every write of a watched table moves its version row and sends a hint; a listener
+/// whose connection is cut says so when it is back (what was sent meanwhile is lost,
+/// so the caller re-reads everything), and hears later writes again.
+#[tokio::test]
+async fn a_listener_hears_version_bumps_and_says_when_it_reconnected() {
+    use std::time::Duration;
+    use store::listen::{APPLICATION_NAME, Hint};
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let url = cluster.fresh_database();
+    let store = Store::open_postgres(&PgUrl::parse(&url).expect("url"))
+        .await
+        .expect("open");
+    let mut listener = store
+        .version_listener()
+        .await
+        .expect("listen")
+        .expect("postgres listens");
+    let ban = |source: &str| store::guard::BanRow {
+        source: source.into(),
+        reason: "manual".into(),
+        detail: "d".into(),
+        first_seen: 1,
+        last_seen: 1,
+        expires_at: i64::MAX,
+        times: 1,
+    };
+    let mut conn = store.conn().await.expect("conn");
+    let before = store::guard::guard_version(&mut conn).await.expect("v");
+    store::guard::put_ban(&mut conn, &ban("192.0.2.1"))
+        .await
+        .expect("ban");
+    assert!(store::guard::guard_version(&mut conn).await.expect("v") > before);
+    assert_eq!(
+        next_hint(&mut listener).await,
+        Hint::Changed("guard_version".into())
+    );
+
+    let db = pg::database_of(&url).to_owned();
+    let ended = tokio::task::spawn_blocking(move || {
+        pg::cluster().map(|c| c.terminate(&db, APPLICATION_NAME))
+    })
+    .await
+    .expect("join");
+    assert_eq!(ended, Some(1), "one listening connection");
+    assert_eq!(next_hint(&mut listener).await, Hint::Reconnected);
+    store::guard::put_ban(&mut conn, &ban("192.0.2.2"))
+        .await
+        .expect("ban");
+    assert_eq!(
+        next_hint(&mut listener).await,
+        Hint::Changed("guard_version".into())
+    );
+    // SQLite has nothing to listen to.
+    let Some((_dir, sqlite)) = open_store(Backend::Sqlite).await else {
+        return;
+    };
+    assert!(sqlite.version_listener().await.expect("none").is_none());
+}
+
+async fn next_hint(l: &mut store::listen::VersionListener) -> store::listen::Hint {
+    tokio::time::timeout(std::time::Duration::from_secs(10), l.next())
+        .await
+        .expect("a hint within 10 s")
+}
