@@ -62,6 +62,17 @@ impl VersionListener {
         })
     }
 
+    /// A listener that connects at its first [`VersionListener::next`] (which then
+    /// says [`Hint::Reconnected`]): for a server that must start while the database's
+    /// notifications cannot be reached yet.
+    pub fn disconnected(url: &PgUrl) -> Self {
+        Self {
+            url: url.clone(),
+            listener: None,
+            backoff: Duration::from_millis(50),
+        }
+    }
+
     /// Waits for the next hint. Never fails: a lost connection is retried (with a
     /// backoff up to two seconds) until it is back, then reported as
     /// [`Hint::Reconnected`].

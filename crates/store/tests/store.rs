@@ -577,7 +577,6 @@ async fn a_phone_lookup_returns_one_row_either_way(backend: Backend) {
 /// so the caller re-reads everything), and hears later writes again.
 #[tokio::test]
 async fn a_listener_hears_version_bumps_and_says_when_it_reconnected() {
-    use std::time::Duration;
     use store::listen::{APPLICATION_NAME, Hint};
     let Some(cluster) = pg::cluster() else {
         return;

@@ -173,6 +173,7 @@ pub async fn run(
         messages: config.sip_messages,
         mailer,
         tls: tls.as_ref().map(|(_, t)| t.clone()),
+        version_poll: config.version_poll,
     };
     let bound = server::bind(reg.clone(), cfg, keys, crate::clock::clock()).await?;
     let reconfigure = bound.reconfigure();

@@ -35,6 +35,12 @@ pub fn cluster() -> Option<&'static Cluster> {
     CLUSTER.get_or_init(start).as_ref()
 }
 
+/// A cluster of the caller's own (a test that restarts PostgreSQL must not do it
+/// under the other tests' feet); stopped and removed once the test process is gone.
+pub fn private() -> Option<Cluster> {
+    start()
+}
+
 fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
