@@ -474,6 +474,8 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     migration!(14, "fetch_sources", "0014_fetch_sources.sql"),
     migration!(15, "trends", "0015_trends.sql"),
     migration!(16, "phone_transport", "0016_phone_transport.sql"),
+    // 17 is taken by the fraud limits of the other half of issue 21 (branch h-pg2).
+    migration!(18, "shared_failures", "0018_shared_failures.sql"),
 ];
 
 fn schema(backend: Backend) -> sqlx::migrate::Migrator {

@@ -272,7 +272,60 @@ on_both_backends!(
     a_grace_window_keeps_the_old_generation_until_it_ends,
     withdrawn_mails_stay_withdrawn_even_when_claimed,
     a_phone_lookup_returns_one_row_either_way,
+    failure_counts_add_up_per_account_over_other_nodes,
 );
+
+async fn failure_counts_add_up_per_account_over_other_nodes(backend: Backend) {
+    use store::failures::{self as f, FailureDelta};
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
+    let mut conn = store.conn().await.expect("conn");
+    let d = |auth_id: &str, minute: i64, count: i64| FailureDelta {
+        auth_id: auth_id.into(),
+        minute,
+        count,
+    };
+    f::add_auth_failures(&mut conn, "a", &[d("1001", 10, 3), d("1002", 10, 1)])
+        .await
+        .expect("a");
+    f::add_auth_failures(&mut conn, "a", &[d("1001", 10, 2), d("1001", 11, 4)])
+        .await
+        .expect("a again: added, not replaced");
+    f::add_auth_failures(&mut conn, "b", &[d("1001", 11, 5)])
+        .await
+        .expect("b");
+    let seen_by = |node: &'static str, since: i64| {
+        let store = store.clone();
+        async move {
+            let mut c = store.conn().await.expect("conn");
+            f::others_auth_failures(&mut c, node, since, 100)
+                .await
+                .expect("others")
+        }
+    };
+    assert_eq!(
+        seen_by("b", 0).await,
+        [("1001".to_owned(), 9), ("1002".to_owned(), 1)]
+    );
+    assert_eq!(seen_by("a", 0).await, [("1001".to_owned(), 5)]);
+    assert_eq!(
+        seen_by("c", 11).await,
+        [("1001".to_owned(), 9)],
+        "minute 10 is out of the window"
+    );
+    let mut c = store.conn().await.expect("conn");
+    assert_eq!(
+        f::others_auth_failures(&mut c, "c", 0, 1)
+            .await
+            .expect("top")
+            .len(),
+        1,
+        "bounded"
+    );
+    assert_eq!(f::prune_auth_failures(&mut c, 11).await.expect("prune"), 2);
+    assert_eq!(seen_by("c", 0).await, [("1001".to_owned(), 9)]);
+}
 
 /// The two migration sets may differ in dialect, never in what they declare: the same
 /// tables with the same columns (what `store copy` and backups rely on).

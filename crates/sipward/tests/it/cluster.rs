@@ -174,3 +174,93 @@ fn a_cut_listener_and_a_database_restart_leave_no_node_stale() {
     );
     node_a.stop();
 }
+
+/// svcrack with a dictionary against extension 1001 (auth ID 1001) on `server`.
+fn crack_with(server: &Server, dictionary: &std::path::Path) -> String {
+    crate::guard::run_sipvicious(
+        "svcrack",
+        &[
+            "-u",
+            "1001",
+            "-d",
+            dictionary.to_str().expect("utf-8"),
+            "-p",
+            &server.sip.port().to_string(),
+            "127.0.0.1",
+        ],
+    )
+}
+
+#[test]
+fn svcrack_spreading_its_guesses_over_two_nodes_meets_one_account_limit() {
+    const PASSWORD: &str = "Zq8xLmTr4wPyK7vB2";
+    // The account limit (10) alone is under test: per-source bans (10 per node) never
+    // trigger at 8 guesses a node, and svcrack's User-Agent is let through.
+    let config = "[guard]\nban_scanners = false\nextension_failures = 10\n";
+    let wrong: Vec<String> = (0..8).map(|i| format!("wrong-guess-{i}")).collect();
+    let dir = tempfile::tempdir().expect("tmp");
+    let only_wrong = dir.path().join("wrong.txt");
+    std::fs::write(&only_wrong, wrong.join("\n") + "\n").expect("dict");
+    let then_right = dir.path().join("then-right.txt");
+    std::fs::write(&then_right, format!("{}\n{PASSWORD}\n", wrong.join("\n"))).expect("dict");
+    let cracked = |out: &str| out.contains(PASSWORD);
+
+    // Positive control: one node, 8 wrong guesses then the right one: found.
+    let control = crate::guard::target_env(config, PASSWORD);
+    let alone = control.serve();
+    let seen = crack_with(&alone, &then_right);
+    assert!(
+        cracked(&seen),
+        "svcrack must find the password past 8 wrong guesses on one node:\n{seen}"
+    );
+
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let (a, b) = two_nodes(cluster, config);
+    a.ok(&[
+        "ext",
+        "add",
+        "1001",
+        "--auth-id",
+        "1001",
+        "--password",
+        PASSWORD,
+    ]);
+    let node_a = a.serve();
+    let node_b = b.serve();
+    let seen = crack_with(&node_a, &only_wrong);
+    assert!(!cracked(&seen), "{seen}");
+    assert!(
+        node_a.metric("sipward_auth_failures_total") >= 8,
+        "A checked its 8 wrong guesses"
+    );
+    // A writes its failures within a second, and B reads them within another.
+    eventually(
+        "B knows of A's failures for 1001",
+        Duration::from_secs(10),
+        || {
+            node_b
+                .http_get("/metrics")
+                .1
+                .contains("sipward_table_entries{table=\"guard_shared_failures_others\"} 1")
+        },
+    );
+    let seen = crack_with(&node_b, &then_right);
+    assert!(
+        !cracked(&seen),
+        "8 guesses on A and the rest on B meet the account limit:\n{seen}"
+    );
+    assert!(
+        node_b.log().contains(r#""event":"account_protected""#),
+        "B protected the account:\n{}",
+        node_b.log()
+    );
+    // The owner's phone from a trusted or allow-listed address still logs in; the
+    // account is closed to strangers only (the guard's rule, unchanged).
+    assert_eq!(
+        a.json(&["ban", "list", "--json"]),
+        serde_json::json!([]),
+        "no source was banned: the account limit stopped it"
+    );
+}
