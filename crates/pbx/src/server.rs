@@ -921,14 +921,30 @@ async fn outbox_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(OUTBOX_EVERY);
+    // One node at a time sends (on SQLite, the one node always does).
+    let mut job = store::jobs::JobLock::new(registry.store(), store::jobs::Job::Outbox);
+    let holder = |held: bool| {
+        endpoint.metrics.job_holder[0].store(held, Ordering::Relaxed);
+    };
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                job.release().await;
+                return;
+            }
         }
         let Some(smtp) = mailer.borrow().clone() else {
+            // A node that cannot send leaves the job to one that can.
+            job.release().await;
+            holder(false);
             continue;
         };
+        let held = job.hold().await;
+        holder(held);
+        if !held {
+            continue;
+        }
         let done = match registry.send_due_mail(&smtp, None).await {
             Ok(done) => done,
             Err(e) => {

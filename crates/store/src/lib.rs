@@ -20,6 +20,7 @@ mod error;
 pub mod failures;
 pub mod grace;
 pub mod guard;
+pub mod jobs;
 pub mod listen;
 pub mod meta;
 pub mod outbound;

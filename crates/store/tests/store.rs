@@ -690,3 +690,45 @@ async fn next_hint(l: &mut store::listen::VersionListener) -> store::listen::Hin
         .await
         .expect("a hint within 10 s")
 }
+
+/// One holder of a job at a time on PostgreSQL; the next takes over once the holder's
+/// connection is gone (released, or ended by the server as when a node dies). SQLite
+/// has one node, which always holds every job.
+#[tokio::test]
+async fn a_job_has_one_holder_and_another_takes_over_when_it_is_gone() {
+    use store::jobs::{Job, JobLock};
+    let Some((_dir, sqlite)) = open_store(Backend::Sqlite).await else {
+        return;
+    };
+    let (mut one, mut two) = (
+        JobLock::new(&sqlite, Job::Outbox),
+        JobLock::new(&sqlite, Job::Outbox),
+    );
+    assert!(one.hold().await && two.hold().await);
+
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let url = cluster.fresh_database();
+    let store = Store::open_postgres(&PgUrl::parse(&url).expect("url"))
+        .await
+        .expect("open");
+    let mut a = JobLock::new(&store, Job::Outbox);
+    let mut b = JobLock::new(&store, Job::Outbox);
+    assert!(a.hold().await, "free: A takes it");
+    assert!(a.hold().await, "and keeps it");
+    assert!(!b.hold().await, "B waits");
+    a.release().await;
+    assert!(b.hold().await, "released: B takes it");
+    assert!(!a.hold().await, "A waits now");
+    // B's connection is ended by the server (a dead node's would be): A takes over.
+    let db = pg::database_of(&url).to_owned();
+    let ended = tokio::task::spawn_blocking(move || {
+        pg::cluster().map(|c| c.terminate(&db, "sipward-job-outbox"))
+    })
+    .await
+    .expect("join");
+    assert_eq!(ended, Some(1), "only the holder keeps a connection");
+    assert!(a.hold().await, "B's lock went with its connection");
+    assert!(!b.hold().await, "B finds A holding it");
+}

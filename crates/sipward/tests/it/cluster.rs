@@ -264,3 +264,75 @@ fn svcrack_spreading_its_guesses_over_two_nodes_meets_one_account_limit() {
         "no source was banned: the account limit stopped it"
     );
 }
+
+fn holds_outbox(node: &Server) -> bool {
+    node.http_get("/metrics")
+        .1
+        .contains("sipward_job_holder{job=\"outbox\"} 1")
+}
+
+#[test]
+fn kill_9_of_the_outbox_holder_hands_the_waiting_mail_to_the_other_node_once() {
+    use crate::peers::Smtp;
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let url = cluster.fresh_database();
+    let a = Env::on_postgres(&url, None);
+    a.ok(&["ext", "list"]);
+    let smtp = Smtp::start(&a);
+    let config = crate::regenerate::base_config() + &smtp.config(crate::peers::SMTP_PASSWORD);
+    let b = Env::on_postgres(&url, Some(&a));
+    // The administrator's CLI on a third machine, without [mail]: it queues mail and
+    // leaves the sending to the servers.
+    let admin = Env::on_postgres(&url, Some(&a));
+    for env in [&a, &b] {
+        std::fs::create_dir_all(&env.data).expect("data dir");
+        std::fs::write(env.data.join("sipward.toml"), &config).expect("config");
+    }
+    let node_a = a.serve();
+    eventually("A takes the outbox", Duration::from_secs(10), || {
+        holds_outbox(&node_a)
+    });
+    let node_b = b.serve();
+    assert!(!holds_outbox(&node_b), "one holder at a time");
+
+    // A Re-Generate queues the new credentials' mail.
+    admin.ok(&["ext", "add", "3001", "--email", "alice@example.com"]);
+    admin.ok(&["ext", "regenerate", "3001"]);
+    eventually("A sends the first mail", Duration::from_secs(20), || {
+        smtp.messages().len() == 1
+    });
+    assert!(!holds_outbox(&node_b), "B never took it while A was alive");
+
+    node_a.signal("KILL");
+    admin.ok(&["ext", "add", "3002", "--email", "bob@example.com"]);
+    admin.ok(&["ext", "regenerate", "3002"]);
+    eventually(
+        "B takes the outbox over and sends the waiting mail",
+        Duration::from_secs(20),
+        || smtp.messages().len() == 2,
+    );
+    assert!(holds_outbox(&node_b));
+    let mails = smtp.messages();
+    assert!(mails[0].starts_with("X-Test-Envelope-To: alice@example.com"));
+    assert!(mails[1].starts_with("X-Test-Envelope-To: bob@example.com"));
+    let outbox = admin.json(&["mail", "list", "--json"]);
+    let states: Vec<(String, i64)> = outbox
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|m| {
+            (
+                m["state"].as_str().unwrap_or("").to_owned(),
+                m["attempts"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [("sent".to_owned(), 1), ("sent".to_owned(), 1)],
+        "each mail sent once, in one attempt"
+    );
+    node_b.stop();
+}
