@@ -345,13 +345,32 @@ impl Store {
         }
     }
 
+    /// A read-only transaction whose reads all see one moment of the database
+    /// (PostgreSQL: repeatable read; SQLite: a deferred transaction reads one WAL
+    /// snapshot), whatever other nodes commit meanwhile.
+    pub async fn read_snapshot(&self) -> Result<Tx> {
+        let begin = match self.backend {
+            Backend::Sqlite => "BEGIN",
+            Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        };
+        Ok(Tx(self.pool.begin_with(begin).await?))
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
 
-    /// Writes a consistent snapshot of the SQLite database to `dest` (which must not
-    /// exist).
+    /// Writes a consistent snapshot of the database to `dest` (which must not exist),
+    /// always as a SQLite file: a backup has one format whichever backend made it. A
+    /// PostgreSQL database is copied table by table, read in one snapshot
+    /// ([`Store::read_snapshot`]).
     pub async fn snapshot_into(&self, dest: &Path) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            let snapshot = Store::open_sqlite(dest).await?;
+            let copied = crate::copy::copy_all(self, &snapshot, &mut |_, _| {}).await;
+            snapshot.close().await;
+            return copied.map(|_| ());
+        }
         let path = dest
             .to_str()
             .ok_or_else(|| Error::io(dest, io::Error::other("the path is not valid UTF-8")))?;

@@ -1,5 +1,5 @@
 //! Single-instance jobs: work that one node at a time must do when several share a
-//! PostgreSQL database (the mail outbox sender, and later scheduled backups and sweeps).
+//! PostgreSQL database (the mail outbox sender, the scheduled backups).
 //!
 //! A job is held through a session advisory lock taken on a connection of its own, not
 //! a pooled one (a pooled connection goes back to the pool, lock and all, and sqlx's
@@ -20,16 +20,20 @@ use crate::db::{PgUrl, Store};
 pub enum Job {
     /// Sending the mail outbox.
     Outbox,
+    /// The scheduled backups (`[backup] interval`): one archive per interval, not one
+    /// per node.
+    Backup,
 }
 
 impl Job {
     /// Every job, for metrics.
-    pub const ALL: [Job; 1] = [Job::Outbox];
+    pub const ALL: [Job; 2] = [Job::Outbox, Job::Backup];
 
     /// Its stable name (metric labels, the connection's application name).
     pub fn as_str(self) -> &'static str {
         match self {
             Job::Outbox => "outbox",
+            Job::Backup => "backup",
         }
     }
 
@@ -37,6 +41,7 @@ impl Job {
     fn key(self) -> i64 {
         let n = match self {
             Job::Outbox => 1,
+            Job::Backup => 2,
         };
         (0x7369_7077_i64 << 16) | n
     }

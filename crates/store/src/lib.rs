@@ -13,6 +13,7 @@ pub mod audit_log;
 pub mod backup;
 pub mod bindings;
 pub mod console;
+pub mod copy;
 mod datadir;
 mod db;
 pub mod directory;

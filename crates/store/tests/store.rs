@@ -732,3 +732,102 @@ async fn a_job_has_one_holder_and_another_takes_over_when_it_is_gone() {
     assert!(a.hold().await, "B's lock went with its connection");
     assert!(!b.hold().await, "B finds A holding it");
 }
+
+/// A SQLite database copied into PostgreSQL holds the same rows, a target that holds an
+/// install is refused, and a PostgreSQL snapshot (what a backup archives) is a SQLite
+/// file with the same rows again.
+#[tokio::test]
+async fn a_database_copies_between_backends_and_a_postgres_snapshot_is_sqlite() {
+    use store::copy::copy_all;
+    let Some((dir, sqlite)) = open_store(Backend::Sqlite).await else {
+        return;
+    };
+    let mut conn = sqlite.conn().await.expect("conn");
+    let mut generation = 0;
+    for (n, a) in [("1001", "a1"), ("1002", "a2")] {
+        let mut e = ext(n, a);
+        e.email = Some(format!("{n}@example.com"));
+        let g = account::insert_extension(&mut conn, &e).await.expect("ext");
+        if n == "1001" {
+            generation = g;
+        }
+    }
+    store::meta::set_meta(&mut conn, "key_check", "sealed")
+        .await
+        .expect("meta");
+    store::bindings::replace_bindings(
+        &mut conn,
+        "1001",
+        &[binding("1001", "<sip:a@b>", generation)],
+        0,
+    )
+    .await
+    .expect("binding");
+    store::audit_log::append(&mut conn, 5, "admin", "ext.add", "ext:1001", "")
+        .await
+        .expect("log");
+    drop(conn);
+
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let url = PgUrl::parse(&cluster.fresh_database()).expect("url");
+    let postgres = Store::open_postgres(&url).await.expect("open");
+    let mut seen = Vec::new();
+    let copied = copy_all(&sqlite, &postgres, &mut |t, n| seen.push((t.to_owned(), n)))
+        .await
+        .expect("copy");
+    assert_eq!(
+        seen.first().map(|(t, _)| t.as_str()),
+        Some("meta"),
+        "parents first"
+    );
+    assert!(copied.tables.contains(&("extensions".to_owned(), 2)));
+    assert!(copied.tables.contains(&("bindings".to_owned(), 1)));
+    let mut pg_conn = postgres.conn().await.expect("conn");
+    let listed = account::list_extensions(&mut pg_conn).await.expect("list");
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].email.as_deref(), Some("1001@example.com"));
+    assert_eq!(
+        store::meta::get_meta(&mut pg_conn, "key_check")
+            .await
+            .expect("meta")
+            .as_deref(),
+        Some("sealed")
+    );
+    // The audit log's ids go on after the copied ones.
+    store::audit_log::append(&mut pg_conn, 6, "admin", "ext.add", "ext:1002", "")
+        .await
+        .expect("log after the copy");
+    let log = store::audit_log::recent(&mut pg_conn, 10)
+        .await
+        .expect("log");
+    assert_eq!(log.len(), 2);
+    assert!(log[1].id > log[0].id);
+
+    let err = copy_all(&sqlite, &postgres, &mut |_, _| {})
+        .await
+        .expect_err("the target holds an install now");
+    assert!(matches!(err, Error::CopyRefused { .. }), "{err}");
+    assert!(err.is_operator_error());
+
+    let snap = dir.path().join("snapshot.db");
+    postgres.snapshot_into(&snap).await.expect("snapshot");
+    let back = Store::open_sqlite(&snap).await.expect("open snapshot");
+    let mut c = back.conn().await.expect("conn");
+    assert_eq!(
+        account::list_extensions(&mut c).await.expect("list").len(),
+        2
+    );
+    assert_eq!(
+        store::audit_log::recent(&mut c, 10)
+            .await
+            .expect("log")
+            .len(),
+        2
+    );
+    assert_eq!(
+        back.schema_version().await.expect("v"),
+        postgres.schema_version().await.expect("v")
+    );
+}

@@ -336,3 +336,64 @@ fn kill_9_of_the_outbox_holder_hands_the_waiting_mail_to_the_other_node_once() {
     );
     node_b.stop();
 }
+
+#[test]
+fn a_sqlite_data_dir_moves_into_postgres_and_a_postgres_backup_restores_anywhere() {
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let old = Env::new();
+    old.ok(&["ext", "add", "2001", "--email", "a@example.com"]);
+    old.ok(&["ban", "add", "192.0.2.7", "--for", "1h"]);
+    let before = old.json(&["ext", "list", "--json"]);
+    let url = cluster.fresh_database();
+    let from = old.data.to_str().expect("utf-8");
+    let copy = old.run(&["store", "copy", "--from", from, "--to", &url, "--json"]);
+    assert_eq!(copy.code, 0, "{}{}", copy.stdout, copy.stderr);
+    let out: serde_json::Value = serde_json::from_str(&copy.stdout).expect("json");
+    assert_eq!(out["tables"]["extensions"], 2, "888 and 2001: {out}");
+    assert_eq!(out["tables"]["bans"], 1);
+    assert!(
+        copy.stderr.contains("copied extensions: 2 rows"),
+        "progress: {}",
+        copy.stderr
+    );
+    // Not twice: the target holds an install now.
+    let err = old.fails(&["store", "copy", "--from", from, "--to", &url], 2);
+    assert!(err.contains("already holds an install"), "{err}");
+    let err = old.fails(
+        &["store", "copy", "--from", "/nonexistent", "--to", &url],
+        2,
+    );
+    assert!(err.contains("holds no sipward database"), "{err}");
+
+    // A node on PostgreSQL with the data dir's key sees everything.
+    let node = Env::on_postgres(&url, Some(&old));
+    assert_eq!(node.json(&["ext", "list", "--json"]), before);
+    assert_eq!(
+        node.json(&["ban", "list", "--json"])[0]["source"],
+        "192.0.2.7"
+    );
+
+    // Its backup is the usual archive, restored here into a SQLite data dir.
+    let (key, public) = crate::backup::keygen(&node, "key.txt");
+    let file = node.path("pg.swbak");
+    let f = file.to_str().expect("utf-8");
+    node.ok(&["backup", "create", "--recipient", &public, "--out", f]);
+    let signer = crate::backup::signer_of(&node);
+    let restored = Env::new();
+    restored.ok(&[
+        "backup",
+        "restore",
+        f,
+        "--identity",
+        key.to_str().expect("utf-8"),
+        "--trust-signer",
+        &signer,
+    ]);
+    assert_eq!(restored.json(&["ext", "list", "--json"]), before);
+    assert_eq!(
+        restored.json(&["ban", "list", "--json"])[0]["source"],
+        "192.0.2.7"
+    );
+}
