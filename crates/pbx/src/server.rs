@@ -63,7 +63,14 @@ pub struct ServeConfig {
     /// SIP over TLS: where to listen, and the certificate in force (which the binary
     /// replaces on reload). None serves no TLS.
     pub tls: Option<TlsListen>,
+    /// How often the store's versions are read (`[store] poll_ms`). On PostgreSQL a
+    /// notification makes the read happen at once; this bounds how long a lost one
+    /// leaves this node stale.
+    pub version_poll: Duration,
 }
+
+/// The default of [`ServeConfig::version_poll`].
+pub const VERSION_POLL: Duration = RELOAD_EVERY;
 
 /// The TLS listener's address and the certificate it presents.
 #[derive(Clone, Debug)]
@@ -107,6 +114,9 @@ pub struct Bound {
     clock: Arc<dyn Clock>,
     /// The SMTP server the outbox goes through now; a config reload replaces it.
     mailer: Arc<watch::Sender<Option<accounts::mail::Mailer>>>,
+    /// This process's token in the rows it shares with other nodes (the per-account
+    /// failure counts): derived from its random keys, so each process has its own.
+    node: String,
 }
 
 /// What a config reload (SIGHUP) changes in a running server. Everything else (sockets,
@@ -269,6 +279,17 @@ pub async fn bind(
         endpoint.directory.get().extension_numbers(),
     );
     drop(conn);
+    if registry.store().backend() == store::Backend::Postgres {
+        endpoint.guard.share_failures();
+    }
+    let node = {
+        use sha2::Digest;
+        let digest = sha2::Sha256::new()
+            .chain_update(keys.dummy)
+            .chain_update(b"sipward node token")
+            .finalize();
+        hex::encode(&digest[..8])
+    };
     // Every message sipward writes goes through the egress rule to these sockets.
     endpoint.egress.connect(transports.clone());
     let mailer = Arc::new(watch::channel(cfg.mailer.clone()).0);
@@ -286,6 +307,7 @@ pub async fn bind(
         opened,
         clock,
         mailer,
+        node,
     })
 }
 
@@ -360,13 +382,22 @@ impl Bound {
                 stop_rx.clone(),
             ));
         }
+        let hints = Arc::new(Hints::default());
+        if let Some(url) = self.registry.store().postgres_url() {
+            tasks.spawn(listen_loop(
+                url.clone(),
+                hints.clone(),
+                self.endpoint.clone(),
+                stop_rx.clone(),
+            ));
+        }
         tasks.spawn(reload_loop(
             self.transports.clone(),
             self.registry.clone(),
             self.endpoint.clone(),
             self.clock.clone(),
             (self.versions, self.opened),
-            self.cfg.min_strength_score,
+            (self.cfg.min_strength_score, self.cfg.version_poll, hints),
             stop_rx.clone(),
         ));
         tasks.spawn(resync_loop(
@@ -386,6 +417,7 @@ impl Bound {
             self.endpoint.clone(),
             self.transports.clone(),
             self.clock.clone(),
+            self.node.clone(),
             stop_rx.clone(),
         ));
         shutdown.await;
@@ -407,28 +439,72 @@ impl Bound {
     }
 }
 
-/// Reloads what other processes (the CLI) change: the credential directory when the
-/// registry version moves, the guard when the ban/allow version moves (or the registry's:
-/// gateway addresses are exempt). Also keeps the guard's coarse clock current.
+/// What the PostgreSQL listener tells the reload loop: read the versions now, and
+/// whether everything must be reloaded (the listener reconnected: what was notified
+/// meanwhile is lost).
+#[derive(Default)]
+struct Hints {
+    now: tokio::sync::Notify,
+    everything: std::sync::atomic::AtomicBool,
+}
+
+/// Turns the database's change notifications into [`Hints`] for the reload loop.
+async fn listen_loop(
+    url: store::PgUrl,
+    hints: Arc<Hints>,
+    endpoint: Arc<Endpoint>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut listener = match store::listen::VersionListener::connect(&url).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "the database's change notifications are not reachable yet; polling meanwhile");
+            store::listen::VersionListener::disconnected(&url)
+        }
+    };
+    loop {
+        let hint = tokio::select! {
+            h = listener.next() => h,
+            _ = stop.changed() => return,
+        };
+        if hint == store::listen::Hint::Reconnected {
+            Metrics::inc(&endpoint.metrics.store_reconnects);
+            hints.everything.store(true, Ordering::Relaxed);
+        } else {
+            Metrics::inc(&endpoint.metrics.store_hints);
+        }
+        hints.now.notify_one();
+    }
+}
+
+/// Reloads what other processes (the CLI, other nodes) change: the credential directory
+/// when the registry version moves, the guard when the ban/allow version moves (or the
+/// registry's: gateway addresses are exempt). The versions are read every `poll`, and
+/// at once on a hint from the PostgreSQL listener; after the listener reconnected,
+/// everything is reloaded. Also keeps the guard's coarse clock current.
 async fn reload_loop(
     transports: Arc<Transports>,
     registry: Registry,
     endpoint: Arc<Endpoint>,
     clock: Arc<dyn Clock>,
     (mut versions, mut opened): ((i64, i64), OpenedHa1s),
-    min_score: u8,
+    (min_score, poll, hints): (u8, Duration, Arc<Hints>),
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(RELOAD_EVERY);
+    let mut tick = tokio::time::interval(RELOAD_EVERY.min(poll));
+    // Paced by the runtime's time, like the tick: the injected clock is the domain's
+    // time (bans, windows), which a test may hold still.
+    let mut last_poll: Option<tokio::time::Instant> = None;
     let mut kernel_generation = None;
     let mut store_health = Health::new(Task::Reload, "reloading from the store");
     // The next grace window to end by time: no reload marks it, so the loop watches.
     let mut next_grace_end = endpoint.directory.get().next_grace_end(clock.now());
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let hinted = tokio::select! {
+            _ = tick.tick() => false,
+            _ = hints.now.notified() => true,
             _ = stop.changed() => return,
-        }
+        };
         // Bans reach the kernel's socket filter within one tick; until then (and beyond
         // its capacity) they are dropped in user space.
         let generation = endpoint.guard.generation();
@@ -453,11 +529,20 @@ async fn reload_loop(
             .metrics
             .bans
             .store(endpoint.guard.banned_count() as u64, Ordering::Relaxed);
+        let instant = tokio::time::Instant::now();
+        if !hinted && last_poll.is_some_and(|t| instant.saturating_duration_since(t) < poll) {
+            continue;
+        }
+        if hints.everything.swap(false, Ordering::Relaxed) {
+            // Versions that match nothing: both reloads run.
+            versions = (i64::MIN, i64::MIN);
+        }
         let conn = registry.store().conn().await;
         let Some(mut conn) = store_health.checked(conn) else {
             store_health.settle();
             continue;
         };
+        last_poll = Some(instant);
         let mut registry_moved = false;
         let version = store_health.checked(store::directory::accounts_version(&mut conn).await);
         if let Some(v) = version
@@ -516,6 +601,12 @@ async fn reload_loop(
                 .is_some()
         {
             versions.1 = v;
+        }
+        if versions.0 != i64::MIN && versions.1 != i64::MIN {
+            endpoint
+                .metrics
+                .store_versions_seen_at
+                .store(clock.now(), Ordering::Relaxed);
         }
         store_health.settle();
     }
@@ -868,14 +959,30 @@ async fn outbox_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(OUTBOX_EVERY);
+    // One node at a time sends (on SQLite, the one node always does).
+    let mut job = store::jobs::JobLock::new(registry.store(), store::jobs::Job::Outbox);
+    let holder = |held: bool| {
+        endpoint.metrics.job_holder[0].store(held, Ordering::Relaxed);
+    };
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                job.release().await;
+                return;
+            }
         }
         let Some(smtp) = mailer.borrow().clone() else {
+            // A node that cannot send leaves the job to one that can.
+            job.release().await;
+            holder(false);
             continue;
         };
+        let held = job.hold().await;
+        holder(held);
+        if !held {
+            continue;
+        }
         let done = match registry.send_due_mail(&smtp, None).await {
             Ok(done) => done,
             Err(e) => {
@@ -904,9 +1011,11 @@ async fn flush_loop(
     endpoint: Arc<Endpoint>,
     transports: Arc<Transports>,
     clock: Arc<dyn Clock>,
+    node: String,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(FLUSH_EVERY);
+    let shared = registry.store().backend() == store::Backend::Postgres;
     let mut calls_written = None;
     let mut health = Health::new(Task::Flush, "writing the bindings");
     let mut slow = SlowWrites::default();
@@ -922,6 +1031,9 @@ async fn flush_loop(
         if every_second {
             sample_tables(&endpoint, &transports);
             write_trunk_state(&registry, &endpoint, clock.now(), &mut calls_written).await;
+            if shared {
+                share_failures(&registry, &endpoint, &node, clock.now()).await;
+            }
         }
         let started = clock.instant();
         let written = flush(&registry, &endpoint, clock.now(), every_second).await;
@@ -933,6 +1045,52 @@ async fn flush_loop(
         }
         health.checked(written);
         health.settle();
+    }
+}
+
+/// How many accounts' shared failure sums a node reads back: the most-failed first.
+const SHARED_FAILURES_READ: i64 = 10_000;
+
+/// Writes this node's new per-account failures and reads the other nodes' sums (once a
+/// second, on PostgreSQL): an account's count on any node is behind the truth by at
+/// most one second of the others' failures. Counts older than the window are pruned.
+async fn share_failures(registry: &Registry, endpoint: &Endpoint, node: &str, now: i64) {
+    let what = "sharing the failure counts";
+    let Some(mut conn) = background::checked(Task::Reload, what, registry.store().conn().await)
+    else {
+        return;
+    };
+    let deltas = endpoint.guard.take_failure_deltas();
+    if !deltas.is_empty() {
+        let rows: Vec<store::failures::FailureDelta> = deltas
+            .iter()
+            .map(|(auth_id, minute, count)| store::failures::FailureDelta {
+                auth_id: auth_id.clone(),
+                minute: *minute,
+                count: i64::from(*count),
+            })
+            .collect();
+        let written = store::failures::add_auth_failures(&mut conn, node, &rows).await;
+        if background::checked(Task::Reload, what, written).is_none() {
+            endpoint.guard.return_failure_deltas(deltas);
+        }
+    }
+    let window = endpoint.guard.policy().extension_window_secs.max(0);
+    // The minute the window starts in counts whole: the sum errs high, never low.
+    let since = (now - window) / 60;
+    let read =
+        store::failures::others_auth_failures(&mut conn, node, since, SHARED_FAILURES_READ).await;
+    if let Some(sums) = background::checked(Task::Reload, what, read) {
+        endpoint.guard.set_others_failures(
+            sums.into_iter()
+                .map(|(id, n)| (id, u32::try_from(n).unwrap_or(u32::MAX)))
+                .collect(),
+            now,
+        );
+    }
+    if now % 60 == 0 {
+        let pruned = store::failures::prune_auth_failures(&mut conn, since - 1).await;
+        background::checked(Task::Reload, "pruning the shared failure counts", pruned);
     }
 }
 

@@ -562,6 +562,7 @@ async fn start(setup: Setup) -> Pbx {
         messages: pbx::transport::MessageLimits::default(),
         mailer: None,
         tls: None,
+        version_poll: pbx::server::VERSION_POLL,
     };
     let keys = ServerKeys {
         nonce: [1; 32],

@@ -1,7 +1,11 @@
-//! Store tests against a real SQLite file.
+//! Store tests, each run on both backends: a real SQLite file and a database of its own
+//! in the test run's PostgreSQL cluster (`support/pg.rs`).
+
+#[path = "support/pg.rs"]
+mod pg;
 
 use store::account::{self, ExtensionRow, GatewayRow};
-use store::{Error, Store};
+use store::{Backend, Error, PgUrl, Store};
 
 fn ext(number: &str, auth_id: &str) -> ExtensionRow {
     ExtensionRow {
@@ -27,12 +31,10 @@ fn ext(number: &str, auth_id: &str) -> ExtensionRow {
     }
 }
 
-#[tokio::test]
-async fn extension_round_trip_and_conflicts() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open_sqlite(&dir.path().join("t.db"))
-        .await
-        .expect("open");
+async fn extension_round_trip_and_conflicts(backend: Backend) {
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
     let mut conn = store.conn().await.expect("conn");
     let mut a = ext("1001", "authA");
     a.credential_generation = account::insert_extension(&mut conn, &a)
@@ -165,12 +167,10 @@ async fn a_corrupt_file_is_reported_as_such() {
     );
 }
 
-#[tokio::test]
-async fn a_transaction_rolls_back_as_a_whole() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open_sqlite(&dir.path().join("t.db"))
-        .await
-        .expect("open");
+async fn a_transaction_rolls_back_as_a_whole(backend: Backend) {
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
     let mut tx = store.begin().await.expect("begin");
     account::insert_extension(&mut tx, &ext("1001", "a1"))
         .await
@@ -188,13 +188,11 @@ async fn a_transaction_rolls_back_as_a_whole() {
     );
 }
 
-#[tokio::test]
-async fn ban_records_keep_first_seen_and_old_ones_are_pruned() {
+async fn ban_records_keep_first_seen_and_old_ones_are_pruned(backend: Backend) {
     use store::guard::{self as g, BanRow};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open_sqlite(&dir.path().join("t.db"))
-        .await
-        .expect("open");
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
     let mut conn = store.conn().await.expect("conn");
     let ban = |source: &str, seen: i64, expires_at: i64, times: i64| BanRow {
         source: source.into(),
@@ -233,12 +231,123 @@ async fn ban_records_keep_first_seen_and_old_ones_are_pruned() {
     );
 }
 
-async fn open_store() -> (tempfile::TempDir, Store) {
+/// A fresh store on `backend` (and the temp dir its SQLite file lives in); `None` when
+/// PostgreSQL is not installed and CI does not require it.
+async fn open_store(backend: Backend) -> Option<(tempfile::TempDir, Store)> {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open_sqlite(&dir.path().join("t.db"))
+    let store = match backend {
+        Backend::Sqlite => Store::open_sqlite(&dir.path().join("t.db"))
+            .await
+            .expect("open"),
+        Backend::Postgres => {
+            let url = pg::cluster()?.fresh_database();
+            Store::open_postgres(&PgUrl::parse(&url).expect("url"))
+                .await
+                .expect("open")
+        }
+    };
+    assert_eq!(store.backend(), backend);
+    Some((dir, store))
+}
+
+/// Runs each named test (an `async fn(Backend)`) once per backend.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    extension_round_trip_and_conflicts,
+    a_transaction_rolls_back_as_a_whole,
+    ban_records_keep_first_seen_and_old_ones_are_pruned,
+    bindings_belong_to_their_extension_and_its_credential_generation,
+    a_grace_window_keeps_the_old_generation_until_it_ends,
+    withdrawn_mails_stay_withdrawn_even_when_claimed,
+    a_phone_lookup_returns_one_row_either_way,
+    failure_counts_add_up_per_account_over_other_nodes,
+    voicemail_boxes_and_messages_belong_to_their_extension,
+);
+
+async fn failure_counts_add_up_per_account_over_other_nodes(backend: Backend) {
+    use store::failures::{self as f, FailureDelta};
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
+    let mut conn = store.conn().await.expect("conn");
+    let d = |auth_id: &str, minute: i64, count: i64| FailureDelta {
+        auth_id: auth_id.into(),
+        minute,
+        count,
+    };
+    f::add_auth_failures(&mut conn, "a", &[d("1001", 10, 3), d("1002", 10, 1)])
         .await
-        .expect("open");
-    (dir, store)
+        .expect("a");
+    f::add_auth_failures(&mut conn, "a", &[d("1001", 10, 2), d("1001", 11, 4)])
+        .await
+        .expect("a again: added, not replaced");
+    f::add_auth_failures(&mut conn, "b", &[d("1001", 11, 5)])
+        .await
+        .expect("b");
+    let seen_by = |node: &'static str, since: i64| {
+        let store = store.clone();
+        async move {
+            let mut c = store.conn().await.expect("conn");
+            f::others_auth_failures(&mut c, node, since, 100)
+                .await
+                .expect("others")
+        }
+    };
+    assert_eq!(
+        seen_by("b", 0).await,
+        [("1001".to_owned(), 9), ("1002".to_owned(), 1)]
+    );
+    assert_eq!(seen_by("a", 0).await, [("1001".to_owned(), 5)]);
+    assert_eq!(
+        seen_by("c", 11).await,
+        [("1001".to_owned(), 9)],
+        "minute 10 is out of the window"
+    );
+    let mut c = store.conn().await.expect("conn");
+    assert_eq!(
+        f::others_auth_failures(&mut c, "c", 0, 1)
+            .await
+            .expect("top")
+            .len(),
+        1,
+        "bounded"
+    );
+    assert_eq!(f::prune_auth_failures(&mut c, 11).await.expect("prune"), 2);
+    assert_eq!(seen_by("c", 0).await, [("1001".to_owned(), 9)]);
+}
+
+/// The two migration sets may differ in dialect, never in what they declare: the same
+/// tables with the same columns (what `store copy` and backups rely on).
+#[tokio::test]
+async fn both_schemas_declare_the_same_tables_and_columns() {
+    let Some((_a, sqlite)) = open_store(Backend::Sqlite).await else {
+        return;
+    };
+    let Some((_b, postgres)) = open_store(Backend::Postgres).await else {
+        return;
+    };
+    let a = sqlite.schema_columns().await.expect("sqlite columns");
+    let b = postgres.schema_columns().await.expect("postgres columns");
+    assert!(a.len() > 50, "{a:?}");
+    assert_eq!(a, b);
+    assert_eq!(
+        sqlite.schema_version().await.expect("v"),
+        postgres.schema_version().await.expect("v")
+    );
 }
 
 fn binding(number: &str, contact: &str, generation: i64) -> store::bindings::BindingRow {
@@ -258,10 +367,11 @@ fn contacts(rows: &[store::bindings::BindingRow]) -> Vec<&str> {
     rows.iter().map(|b| b.contact.as_str()).collect()
 }
 
-#[tokio::test]
-async fn bindings_belong_to_their_extension_and_its_credential_generation() {
+async fn bindings_belong_to_their_extension_and_its_credential_generation(backend: Backend) {
     use store::bindings as b;
-    let (_dir, store) = open_store().await;
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
     let mut conn = store.conn().await.expect("conn");
     let g1 = account::insert_extension(&mut conn, &ext("1001", "a1"))
         .await
@@ -342,11 +452,12 @@ async fn bindings_belong_to_their_extension_and_its_credential_generation() {
     );
 }
 
-#[tokio::test]
-async fn a_grace_window_keeps_the_old_generation_until_it_ends() {
+async fn a_grace_window_keeps_the_old_generation_until_it_ends(backend: Backend) {
     use store::bindings as b;
     use store::grace::{self, GraceRow};
-    let (_dir, store) = open_store().await;
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
     let mut conn = store.conn().await.expect("conn");
     let g1 = account::insert_extension(&mut conn, &ext("1001", "a1"))
         .await
@@ -417,10 +528,11 @@ async fn a_grace_window_keeps_the_old_generation_until_it_ends() {
     );
 }
 
-#[tokio::test]
-async fn withdrawn_mails_stay_withdrawn_even_when_claimed() {
+async fn withdrawn_mails_stay_withdrawn_even_when_claimed(backend: Backend) {
     use store::outbox::{self as o, OutboxRow};
-    let (_dir, store) = open_store().await;
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
     let mut conn = store.conn().await.expect("conn");
     let mail = |id: &str| OutboxRow {
         id: id.into(),
@@ -480,10 +592,11 @@ async fn withdrawn_mails_stay_withdrawn_even_when_claimed() {
     );
 }
 
-#[tokio::test]
-async fn a_phone_lookup_returns_one_row_either_way() {
+async fn a_phone_lookup_returns_one_row_either_way(backend: Backend) {
     use store::provisioning as p;
-    let (_dir, store) = open_store().await;
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
     let mut conn = store.conn().await.expect("conn");
     let mut e = ext("1001", "a1");
     e.mac = Some("001565aabbcc".into());
@@ -515,13 +628,11 @@ async fn a_phone_lookup_returns_one_row_either_way() {
     assert_eq!(unknown, p::PhoneByMac::default());
 }
 
-#[tokio::test]
-async fn voicemail_boxes_and_messages_belong_to_their_extension() {
+async fn voicemail_boxes_and_messages_belong_to_their_extension(backend: Backend) {
     use store::voicemail::{self as vm, BoxRow, MessageRow};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open_sqlite(&dir.path().join("t.db"))
-        .await
-        .expect("open");
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
     let mut conn = store.conn().await.expect("conn");
     account::insert_extension(&mut conn, &ext("1001", "authA"))
         .await
@@ -618,4 +729,209 @@ async fn voicemail_boxes_and_messages_belong_to_their_extension() {
             .is_empty()
     );
     assert_eq!(vm::get_box(&mut conn, "1001").await.expect("get"), None);
+/// Every write of a watched table moves its version row and sends a hint; a listener
+/// whose connection is cut says so when it is back (what was sent meanwhile is lost,
+/// so the caller re-reads everything), and hears later writes again.
+#[tokio::test]
+async fn a_listener_hears_version_bumps_and_says_when_it_reconnected() {
+    use store::listen::{APPLICATION_NAME, Hint};
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let url = cluster.fresh_database();
+    let store = Store::open_postgres(&PgUrl::parse(&url).expect("url"))
+        .await
+        .expect("open");
+    let mut listener = store
+        .version_listener()
+        .await
+        .expect("listen")
+        .expect("postgres listens");
+    let ban = |source: &str| store::guard::BanRow {
+        source: source.into(),
+        reason: "manual".into(),
+        detail: "d".into(),
+        first_seen: 1,
+        last_seen: 1,
+        expires_at: i64::MAX,
+        times: 1,
+    };
+    let mut conn = store.conn().await.expect("conn");
+    let before = store::guard::guard_version(&mut conn).await.expect("v");
+    store::guard::put_ban(&mut conn, &ban("192.0.2.1"))
+        .await
+        .expect("ban");
+    assert!(store::guard::guard_version(&mut conn).await.expect("v") > before);
+    assert_eq!(
+        next_hint(&mut listener).await,
+        Hint::Changed("guard_version".into())
+    );
+
+    let db = pg::database_of(&url).to_owned();
+    let ended = tokio::task::spawn_blocking(move || {
+        pg::cluster().map(|c| c.terminate(&db, APPLICATION_NAME))
+    })
+    .await
+    .expect("join");
+    assert_eq!(ended, Some(1), "one listening connection");
+    assert_eq!(next_hint(&mut listener).await, Hint::Reconnected);
+    store::guard::put_ban(&mut conn, &ban("192.0.2.2"))
+        .await
+        .expect("ban");
+    assert_eq!(
+        next_hint(&mut listener).await,
+        Hint::Changed("guard_version".into())
+    );
+    // SQLite has nothing to listen to.
+    let Some((_dir, sqlite)) = open_store(Backend::Sqlite).await else {
+        return;
+    };
+    assert!(sqlite.version_listener().await.expect("none").is_none());
+}
+
+async fn next_hint(l: &mut store::listen::VersionListener) -> store::listen::Hint {
+    tokio::time::timeout(std::time::Duration::from_secs(10), l.next())
+        .await
+        .expect("a hint within 10 s")
+}
+
+/// One holder of a job at a time on PostgreSQL; the next takes over once the holder's
+/// connection is gone (released, or ended by the server as when a node dies). SQLite
+/// has one node, which always holds every job.
+#[tokio::test]
+async fn a_job_has_one_holder_and_another_takes_over_when_it_is_gone() {
+    use store::jobs::{Job, JobLock};
+    let Some((_dir, sqlite)) = open_store(Backend::Sqlite).await else {
+        return;
+    };
+    let (mut one, mut two) = (
+        JobLock::new(&sqlite, Job::Outbox),
+        JobLock::new(&sqlite, Job::Outbox),
+    );
+    assert!(one.hold().await && two.hold().await);
+
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let url = cluster.fresh_database();
+    let store = Store::open_postgres(&PgUrl::parse(&url).expect("url"))
+        .await
+        .expect("open");
+    let mut a = JobLock::new(&store, Job::Outbox);
+    let mut b = JobLock::new(&store, Job::Outbox);
+    assert!(a.hold().await, "free: A takes it");
+    assert!(a.hold().await, "and keeps it");
+    assert!(!b.hold().await, "B waits");
+    a.release().await;
+    assert!(b.hold().await, "released: B takes it");
+    assert!(!a.hold().await, "A waits now");
+    // B's connection is ended by the server (a dead node's would be): A takes over.
+    let db = pg::database_of(&url).to_owned();
+    let ended = tokio::task::spawn_blocking(move || {
+        pg::cluster().map(|c| c.terminate(&db, "sipward-job-outbox"))
+    })
+    .await
+    .expect("join");
+    assert_eq!(ended, Some(1), "only the holder keeps a connection");
+    assert!(a.hold().await, "B's lock went with its connection");
+    assert!(!b.hold().await, "B finds A holding it");
+}
+
+/// A SQLite database copied into PostgreSQL holds the same rows, a target that holds an
+/// install is refused, and a PostgreSQL snapshot (what a backup archives) is a SQLite
+/// file with the same rows again.
+#[tokio::test]
+async fn a_database_copies_between_backends_and_a_postgres_snapshot_is_sqlite() {
+    use store::copy::copy_all;
+    let Some((dir, sqlite)) = open_store(Backend::Sqlite).await else {
+        return;
+    };
+    let mut conn = sqlite.conn().await.expect("conn");
+    let mut generation = 0;
+    for (n, a) in [("1001", "a1"), ("1002", "a2")] {
+        let mut e = ext(n, a);
+        e.email = Some(format!("{n}@example.com"));
+        let g = account::insert_extension(&mut conn, &e).await.expect("ext");
+        if n == "1001" {
+            generation = g;
+        }
+    }
+    store::meta::set_meta(&mut conn, "key_check", "sealed")
+        .await
+        .expect("meta");
+    store::bindings::replace_bindings(
+        &mut conn,
+        "1001",
+        &[binding("1001", "<sip:a@b>", generation)],
+        0,
+    )
+    .await
+    .expect("binding");
+    store::audit_log::append(&mut conn, 5, "admin", "ext.add", "ext:1001", "")
+        .await
+        .expect("log");
+    drop(conn);
+
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let url = PgUrl::parse(&cluster.fresh_database()).expect("url");
+    let postgres = Store::open_postgres(&url).await.expect("open");
+    let mut seen = Vec::new();
+    let copied = copy_all(&sqlite, &postgres, &mut |t, n| seen.push((t.to_owned(), n)))
+        .await
+        .expect("copy");
+    assert_eq!(
+        seen.first().map(|(t, _)| t.as_str()),
+        Some("meta"),
+        "parents first"
+    );
+    assert!(copied.tables.contains(&("extensions".to_owned(), 2)));
+    assert!(copied.tables.contains(&("bindings".to_owned(), 1)));
+    let mut pg_conn = postgres.conn().await.expect("conn");
+    let listed = account::list_extensions(&mut pg_conn).await.expect("list");
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].email.as_deref(), Some("1001@example.com"));
+    assert_eq!(
+        store::meta::get_meta(&mut pg_conn, "key_check")
+            .await
+            .expect("meta")
+            .as_deref(),
+        Some("sealed")
+    );
+    // The audit log's ids go on after the copied ones.
+    store::audit_log::append(&mut pg_conn, 6, "admin", "ext.add", "ext:1002", "")
+        .await
+        .expect("log after the copy");
+    let log = store::audit_log::recent(&mut pg_conn, 10)
+        .await
+        .expect("log");
+    assert_eq!(log.len(), 2);
+    assert!(log[1].id > log[0].id);
+
+    let err = copy_all(&sqlite, &postgres, &mut |_, _| {})
+        .await
+        .expect_err("the target holds an install now");
+    assert!(matches!(err, Error::CopyRefused { .. }), "{err}");
+    assert!(err.is_operator_error());
+
+    let snap = dir.path().join("snapshot.db");
+    postgres.snapshot_into(&snap).await.expect("snapshot");
+    let back = Store::open_sqlite(&snap).await.expect("open snapshot");
+    let mut c = back.conn().await.expect("conn");
+    assert_eq!(
+        account::list_extensions(&mut c).await.expect("list").len(),
+        2
+    );
+    assert_eq!(
+        store::audit_log::recent(&mut c, 10)
+            .await
+            .expect("log")
+            .len(),
+        2
+    );
+    assert_eq!(
+        back.schema_version().await.expect("v"),
+        postgres.schema_version().await.expect("v")
+    );
 }

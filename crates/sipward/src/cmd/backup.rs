@@ -30,6 +30,7 @@ const PROGRESS_FROM: u64 = 4 << 20;
 pub async fn run(
     data: &Path,
     config_path: Option<&Path>,
+    database: Option<&str>,
     command: BackupCommand,
 ) -> anyhow::Result<ExitCode> {
     match command {
@@ -38,7 +39,7 @@ pub async fn run(
             key,
             out_format,
         } => {
-            let config = crate::config::load(config_path, data)?;
+            let config = crate::config::load(config_path, data, database)?;
             let reg = crate::open::open_registry(data, &config).await?;
             let seal = seal_for(&key, &config.backup)?;
             let out = match out {
@@ -61,7 +62,7 @@ pub async fn run(
             Ok(ExitCode::SUCCESS)
         }
         BackupCommand::Verify { file, key, out } => {
-            let config = crate::config::load(config_path, data)?;
+            let config = crate::config::load(config_path, data, database)?;
             let unseal = unseal_for(&key, &config.backup)?;
             let started = Instant::now();
             let opened = tokio::task::block_in_place(|| {
@@ -108,13 +109,30 @@ pub async fn run(
 }
 
 /// `serve`'s scheduled backups: one every `secs`, then the oldest pruned down to
-/// `keep`. Each outcome is one JSON event line on stderr.
-pub async fn scheduled(reg: Registry, config: BackupConfig, secs: u64) {
+/// `keep`. Each outcome is one JSON event line on stderr. On a shared PostgreSQL
+/// database only the node holding the backup job makes them.
+pub async fn scheduled(
+    reg: Registry,
+    config: BackupConfig,
+    secs: u64,
+    metrics: std::sync::Arc<pbx::metrics::Metrics>,
+) {
     let every = std::time::Duration::from_secs(secs);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Nodes sharing a database make one archive per interval: the holder's.
+    let mut job = store::jobs::JobLock::new(reg.store(), store::jobs::Job::Backup);
+    let slot = store::jobs::Job::ALL
+        .iter()
+        .position(|j| *j == store::jobs::Job::Backup)
+        .unwrap_or(0);
     loop {
         tick.tick().await;
+        let held = job.hold().await;
+        metrics.job_holder[slot].store(held, std::sync::atomic::Ordering::Relaxed);
+        if !held {
+            continue;
+        }
         let outcome = async {
             let seal = config_seal(&config)?;
             let dir = default_dir(&reg, &config)?;
@@ -439,7 +457,7 @@ async fn restore(
     } else {
         None
     };
-    let config_for_key = crate::config::load(config_path, &target)
+    let config_for_key = crate::config::load(config_path, &target, None)
         .map(|c| c.backup)
         .unwrap_or_default();
     let unseal = unseal_for(key, &config_for_key)?;
@@ -631,7 +649,7 @@ async fn restore_into(
         )
     })?;
     let manifest = &opened.manifest;
-    let config = crate::config::load(config_path, staging)?;
+    let config = crate::config::load(config_path, staging, None)?;
     let data = store::DataDir::new(staging);
     let rng = Box::new(rand_core::UnwrapErr(rand::rngs::SysRng));
     let (reg, dir_opened) =

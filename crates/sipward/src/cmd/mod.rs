@@ -11,6 +11,7 @@ mod import;
 mod mail;
 pub mod regenerate;
 mod serve;
+mod store;
 mod tls;
 mod trunk;
 mod vm;
@@ -25,11 +26,16 @@ pub async fn run(cli: Cli, log: crate::log::Log) -> anyhow::Result<ExitCode> {
         config: config_path,
         command,
         log_filter,
+        database,
         ..
     } = cli;
     let command = match command {
         // Backups open data dirs themselves: a restore must not create its target first.
-        Command::Backup(c) => return backup::run(&data, config_path.as_deref(), c).await,
+        Command::Backup(c) => {
+            return backup::run(&data, config_path.as_deref(), database.as_deref(), c).await;
+        }
+        // A copy names its own source and target.
+        Command::Store(c) => return store::run(database.as_deref(), c).await,
         other => other,
     };
     // The server's SIGHUP handler goes in before anything slow (the config, the
@@ -42,7 +48,7 @@ pub async fn run(cli: Cli, log: crate::log::Log) -> anyhow::Result<ExitCode> {
         ),
         _ => None,
     };
-    let config = crate::config::load(config_path.as_deref(), &data)?;
+    let config = crate::config::load(config_path.as_deref(), &data, database.as_deref())?;
     if log_filter.is_none()
         && let Some(spec) = &config.log_filter
     {
@@ -57,6 +63,7 @@ pub async fn run(cli: Cli, log: crate::log::Log) -> anyhow::Result<ExitCode> {
                 data: data.clone(),
                 log,
                 log_filter,
+                database: database.clone(),
             };
             serve::run(&registry, a, &config, source, hangup).await?
         }
@@ -83,7 +90,7 @@ pub async fn run(cli: Cli, log: crate::log::Log) -> anyhow::Result<ExitCode> {
             out,
         } => advise::run(&registry, &config, sip, http, remote_phones, out.json).await?,
         // Returned above, before any data dir was opened.
-        Command::Backup(_) => ExitCode::from(2),
+        Command::Backup(_) | Command::Store(_) => ExitCode::from(2),
     };
     registry.store().close().await;
     Ok(code)
