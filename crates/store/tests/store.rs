@@ -729,6 +729,8 @@ async fn voicemail_boxes_and_messages_belong_to_their_extension(backend: Backend
             .is_empty()
     );
     assert_eq!(vm::get_box(&mut conn, "1001").await.expect("get"), None);
+}
+
 /// Every write of a watched table moves its version row and sends a hint; a listener
 /// whose connection is cut says so when it is back (what was sent meanwhile is lost,
 /// so the caller re-reads everything), and hears later writes again.
