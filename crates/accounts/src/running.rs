@@ -43,4 +43,8 @@ pub trait RunningServer: Send + Sync + std::fmt::Debug {
 
     /// `/metrics`: the Prometheus text exposition of the server's counters.
     fn metrics_text(&self) -> String;
+
+    /// The auth IDs with the most failed authentications from sources they never
+    /// logged in from, within the guard's account window, most first (at most `limit`).
+    fn targeted_accounts(&self, now: i64, limit: usize) -> Vec<(String, u32)>;
 }

@@ -127,11 +127,15 @@ async fn security(State(web): State<Web>, Admin(s): Admin) -> Response {
         return unreadable();
     };
     let thresholds = thresholds(&guard);
+    let Ok(targeted) = targeted(&web, &guard.policy).await else {
+        return unreadable();
+    };
     web.render(
         StatusCode::OK,
         "security.html",
         context! { title => "Security", admin => s.admin, csrf => s.csrf, bans, allow => ser(&allow), top,
-                   thresholds, refused => guard.refused },
+                   thresholds, refused => guard.refused, targeted,
+                   account_window_min => guard.policy.extension_window_secs / 60 },
     )
 }
 
@@ -405,4 +409,34 @@ async fn guard_change(web: &Web, actor: &str, form: &[(String, String)]) -> Resp
         }
         Err(_) => unreadable(),
     }
+}
+
+/// The accounts with the most failed logins from strangers in the guard's account window
+/// (the running server's memory, the other nodes' counts included), each with its
+/// extension or gateway and whether it is closed to strangers now.
+async fn targeted(
+    web: &Web,
+    policy: &policy::ban::BanPolicy,
+) -> accounts::Result<Vec<minijinja::Value>> {
+    let top = web.server.targeted_accounts(web.clock.now(), 10);
+    if top.is_empty() {
+        return Ok(Vec::new());
+    }
+    let owners: std::collections::HashMap<String, (String, String)> = web
+        .registry
+        .list_extensions()
+        .await?
+        .into_iter()
+        .map(|e| (e.auth_id.clone(), (e.number.clone(), e.name.clone())))
+        .collect();
+    Ok(top
+        .into_iter()
+        .map(|(auth_id, failures)| {
+            let (number, name) = owners.get(&auth_id).cloned().unwrap_or_default();
+            context! {
+                auth_id, number, name, failures,
+                closed => policy.extension_failures > 0 && failures >= policy.extension_failures,
+            }
+        })
+        .collect())
 }

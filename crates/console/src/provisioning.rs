@@ -272,6 +272,9 @@ mod tests {
         fn metrics_text(&self) -> String {
             String::new()
         }
+        fn targeted_accounts(&self, _: i64, _: usize) -> Vec<(String, u32)> {
+            Vec::new()
+        }
     }
 
     async fn setup() -> (

@@ -451,6 +451,9 @@ mod tests {
         fn metrics_text(&self) -> String {
             self.text.lock().map(|t| t.clone()).unwrap_or_default()
         }
+        fn targeted_accounts(&self, _: i64, _: usize) -> Vec<(String, u32)> {
+            Vec::new()
+        }
     }
 
     #[tokio::test]

@@ -56,6 +56,9 @@ pub struct Web {
     pub options: Arc<Options>,
     /// The audit's findings, computed once per registry version.
     pub audit: Arc<AuditCache>,
+    /// The SIP server running in this process (what only its memory holds: the accounts
+    /// under attack now).
+    pub server: Arc<dyn accounts::running::RunningServer>,
 }
 
 /// What the console shows of the server's settings.
@@ -139,10 +142,12 @@ impl Web {
         registry: Registry,
         clock: Arc<dyn Clock>,
         options: Options,
+        server: Arc<dyn accounts::running::RunningServer>,
     ) -> Result<Self, minijinja::Error> {
         Ok(Self {
             registry,
             clock,
+            server,
             lockout: Arc::new(Mutex::new(Lockout::default())),
             verifying: Arc::new(tokio::sync::Semaphore::new(admin::MAX_VERIFYING)),
             templates: Arc::new(templates()?),

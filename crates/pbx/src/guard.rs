@@ -326,6 +326,17 @@ impl<K: Hash + Eq + Clone> Windows<K> {
         self.map.get_mut(key).map_or(0, |w| w.count(now, window))
     }
 
+    /// Every key with failures in the window now, and its count.
+    fn counted(&mut self, now: i64, window: i64) -> Vec<(K, u32)> {
+        self.map
+            .iter_mut()
+            .filter_map(|(k, w)| {
+                let n = w.count(now, window);
+                (n > 0).then(|| (k.clone(), n))
+            })
+            .collect()
+    }
+
     /// Starts counting afresh for `key` (it stays in the table, so the order stays true).
     pub(crate) fn reset(&mut self, key: &K) {
         if let Some(w) = self.map.get_mut(key) {
@@ -1236,6 +1247,26 @@ impl Guard {
             }
             *shared.pending.entry((id, minute)).or_default() += n;
         }
+    }
+
+    /// The `limit` accounts with the most failed authentications from strangers within
+    /// the account window now (this node's and, on a shared database, the other nodes'),
+    /// most first: what the console shows as the accounts under attack. Counts stop at
+    /// the lockout threshold, where the account is closed to strangers.
+    pub fn targeted_accounts(&self, now: i64, limit: usize) -> Vec<(String, u32)> {
+        let window = self.policy().extension_window_secs;
+        let mut all: HashMap<String, u32> = lock(&self.account_failures)
+            .counted(now, window)
+            .into_iter()
+            .collect();
+        for (id, n) in &lock(&self.shared).others {
+            let e = all.entry(id.clone()).or_default();
+            *e = e.saturating_add(*n);
+        }
+        let mut all: Vec<(String, u32)> = all.into_iter().collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(limit);
+        all
     }
 
     /// The other nodes' failure sums per auth ID, as the store has them now (replaces
@@ -2520,5 +2551,45 @@ mod tests {
             let _ = g.provisioning_probe(stranger, 1000 + t, false);
         }
         assert!(!g.admits(stranger));
+    }
+
+    #[test]
+    fn the_accounts_under_attack_are_those_with_most_failures_in_the_window() {
+        let (g, _rx) = guard(BanPolicy {
+            auth_failures: 100,
+            extension_failures: 5,
+            extension_window_secs: 600,
+            ..Default::default()
+        });
+        assert!(g.targeted_accounts(1000, 10).is_empty());
+        for (i, (account, n)) in [("alice1001", 3), ("bob1002", 7), ("carol1003", 1)]
+            .into_iter()
+            .enumerate()
+        {
+            for t in 0..n {
+                let src = IpAddr::from([203, 0, 113, u8::try_from(i * 10 + t).expect("u8")]);
+                g.auth_failure(src, account, true, 1000);
+            }
+        }
+        // An unknown user name is no account under attack.
+        g.auth_failure(ip("203.0.113.99"), "nobody", false, 1000);
+        assert_eq!(
+            g.targeted_accounts(1000, 2),
+            [("bob1002".to_string(), 5), ("alice1001".to_string(), 3)],
+            "most first, stopped at the lockout threshold, the limit kept"
+        );
+        // Another node's failures add up; the window ages everything out.
+        g.set_others_failures(vec![("carol1003".into(), 3)], 1001);
+        let named = |v: &[(&str, u32)]| -> Vec<(String, u32)> {
+            v.iter().map(|(a, n)| ((*a).to_string(), *n)).collect()
+        };
+        assert_eq!(
+            g.targeted_accounts(1001, 3),
+            named(&[("bob1002", 5), ("carol1003", 4), ("alice1001", 3)])
+        );
+        assert_eq!(
+            g.targeted_accounts(1000 + 601, 10),
+            [("carol1003".to_string(), 3)]
+        );
     }
 }

@@ -55,4 +55,8 @@ impl RunningServer for ServerHandle {
     fn metrics_text(&self) -> String {
         self.metrics.render()
     }
+
+    fn targeted_accounts(&self, now: i64, limit: usize) -> Vec<(String, u32)> {
+        self.guard.targeted_accounts(now, limit)
+    }
 }

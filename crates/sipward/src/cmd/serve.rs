@@ -225,6 +225,7 @@ pub async fn run(
             trusted_proxies: config.http.trusted_proxies.clone(),
             http: counters.clone(),
         },
+        server.clone(),
     )
     .map_err(|e| anyhow::anyhow!("the console's templates do not compile: {e}"))?;
     // The dashboard's pictures: the server's counters and gauges, every minute.

@@ -405,7 +405,30 @@ fn a_threshold_changed_from_the_cli_or_api_is_in_force_on_the_running_server() {
         .ok(&["admin", "token", "create", "ops"])
         .trim()
         .to_owned();
+    let r = env.run_with_stdin(
+        &["admin", "passwd", "--password", "-"],
+        &format!("{}\n", crate::console::ADMIN_PASSWORD),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
     let server = env.serve();
+    let base = format!("http://{}", server.http);
+    let (_, cookie) = crate::console::login(&base, "127.0.0.1", crate::console::ADMIN_PASSWORD);
+    let cookie = format!("Cookie: sipward_session={}", cookie.expect("session"));
+    // The security page's accounts under attack, as one line of its table.
+    let under_attack = || {
+        let (code, page) = crate::console::curl(&["-H", &cookie, &format!("{base}/security")]);
+        assert_eq!(code, 200, "{page}");
+        let start = page.find(r#"<table id="targeted""#).expect("the table");
+        let end = start + page[start..].find("</table>").expect("its end");
+        page[start..end]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert!(
+        under_attack().contains("No account had a failed login"),
+        "control"
+    );
     let guesser = UdpClient::from_address("127.0.0.2", server.sip, Duration::from_millis(400));
     let wrong = Login {
         password: "guess",
@@ -419,6 +442,12 @@ fn a_threshold_changed_from_the_cli_or_api_is_in_force_on_the_running_server() {
     for _ in 0..3 {
         assert_eq!(status(&guess()), 401, "the file's threshold (100) holds");
     }
+    let table = under_attack();
+    assert!(
+        table.contains(r#"<a href="/extensions/1001">1001</a>"#)
+            && table.contains("<td>alice1001</td><td>3</td><td>open</td>"),
+        "the guessed account is under attack, 3 failures: {table}"
+    );
 
     // The API refuses what the file would refuse, with the file's sentence, and changes
     // nothing (all or none).
