@@ -63,6 +63,9 @@ pub struct ServeConfig {
     /// SIP over TLS: where to listen, and the certificate in force (which the binary
     /// replaces on reload). None serves no TLS.
     pub tls: Option<TlsListen>,
+    /// This node's name: on `/metrics`, and on the rows it owns in a store other nodes
+    /// share (its call leases).
+    pub node: policy::node::NodeName,
 }
 
 /// The TLS listener's address and the certificate it presents.
@@ -179,6 +182,7 @@ pub async fn bind(
     };
 
     let metrics = Arc::new(Metrics::default());
+    let _ = metrics.node.set(cfg.node.to_string());
     let directory = Arc::new(DirectoryCache::default());
     let mut conn = registry.store().conn().await?;
     let versions = (

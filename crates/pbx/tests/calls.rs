@@ -562,6 +562,7 @@ async fn start(setup: Setup) -> Pbx {
         messages: pbx::transport::MessageLimits::default(),
         mailer: None,
         tls: None,
+        node: policy::node::NodeName::parse("test").expect("name"),
     };
     let keys = ServerKeys {
         nonce: [1; 32],

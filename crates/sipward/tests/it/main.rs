@@ -24,6 +24,7 @@ mod exhaustion;
 mod guard;
 mod harness;
 mod import;
+mod nodes;
 mod peers;
 mod provisioning;
 mod regenerate;
