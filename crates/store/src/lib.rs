@@ -17,6 +17,7 @@ mod datadir;
 mod db;
 pub mod directory;
 mod error;
+pub mod fraud;
 pub mod grace;
 pub mod guard;
 pub mod meta;
