@@ -12,7 +12,7 @@ use store::guard as gq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admission::Outbound;
+use crate::admission::{self, Ledger, Outbound};
 use crate::authenticator::{AuthConfig, Authenticator};
 use crate::directory::{Directory, DirectoryCache, Revocation};
 use crate::endpoint::{Endpoint, Parts};
@@ -245,20 +245,32 @@ pub async fn bind(
         keys.dummy,
         metrics.clone(),
     );
-    let endpoint = Arc::new(Endpoint::new(Parts {
+    let outbound = Arc::new(Outbound::new(registry.settings().dialplan.clone()));
+    // Lease names carry a random word per process: a restarted node's never meet the
+    // ones its last run left to lapse.
+    let boot = std::hash::BuildHasher::hash_one(
+        &std::collections::hash_map::RandomState::new(),
+        clock.now(),
+    );
+    outbound.attach(Arc::new(Ledger::new(
+        registry.store().clone(),
+        &cfg.node,
+        boot,
+    )));
+    let endpoint = Endpoint::shared(Parts {
         directory,
         guard,
         auth,
         registrar,
         metrics,
         clock: clock.clone(),
-        outbound: Arc::new(Outbound::new(registry.settings().dialplan.clone())),
+        outbound,
         trunks: Arc::new(Trunks::default()),
         bound: sip_udp,
         tls_bound: sip_tls,
         key: keys.notify,
         messages: cfg.messages,
-    }));
+    });
     load_trunks(&registry, &endpoint).await?;
     let mut conn = registry.store().conn().await?;
     load_guard(&mut conn, &endpoint, clock.now(), false).await?;
@@ -377,6 +389,11 @@ impl Bound {
             self.registry.clone(),
             self.mailer.subscribe(),
             self.endpoint.clone(),
+            stop_rx.clone(),
+        ));
+        tasks.spawn(lease_loop(
+            self.endpoint.clone(),
+            self.clock.clone(),
             stop_rx.clone(),
         ));
         tasks.spawn(flush_loop(
@@ -901,6 +918,57 @@ async fn flush_loop(
         }
         health.checked(written);
         health.settle();
+    }
+}
+
+/// How often call leases are tended: the leases of calls that ended released (another
+/// node sees the place free within this), and every [`admission::RENEW_EVERY_SECS`]
+/// the rest renewed.
+pub const LEASES_EVERY: Duration = Duration::from_secs(1);
+/// Rounds between prunings of what lapsed in the fraud tables.
+const PRUNE_LEASES_EVERY: u32 = 60;
+
+/// Tends this node's call leases (see [`admission::Ledger::tend`]). On the way out,
+/// the leases of calls still up are released: the server ends with them.
+async fn lease_loop(
+    endpoint: Arc<Endpoint>,
+    clock: Arc<dyn Clock>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(ledger) = endpoint.outbound.ledger().cloned() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(LEASES_EVERY);
+    let mut health = Health::new(Task::CallState, "tending the call leases");
+    let mut last_renewal = clock.now();
+    let mut round: u32 = 0;
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.changed() => true,
+        };
+        let now = clock.now();
+        let renew = now - last_renewal >= admission::RENEW_EVERY_SECS;
+        round = round.wrapping_add(1);
+        let prune = round % PRUNE_LEASES_EVERY == 0;
+        let live = || {
+            if stopping {
+                std::collections::HashSet::new()
+            } else {
+                endpoint.b2bua.live_leases()
+            }
+        };
+        if health
+            .checked(ledger.tend(live, now, renew, prune).await)
+            .is_some()
+            && renew
+        {
+            last_renewal = now;
+        }
+        health.settle();
+        if stopping {
+            return;
+        }
     }
 }
 

@@ -694,7 +694,7 @@ async fn metrics_show_the_size_of_every_bounded_table() {
         "nonce_nc_tracked",
         "guard_trusted_pairs",
         "guard_flood_sources",
-        "admission_attempts",
+        "admission_leases_held",
     ] {
         assert!(names.contains(&table), "{table} missing from {names:?}");
     }
