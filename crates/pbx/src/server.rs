@@ -950,7 +950,7 @@ async fn lease_loop(
         let now = clock.now();
         let renew = now - last_renewal >= admission::RENEW_EVERY_SECS;
         round = round.wrapping_add(1);
-        let prune = round % PRUNE_LEASES_EVERY == 0;
+        let prune = round.is_multiple_of(PRUNE_LEASES_EVERY);
         let live = || {
             if stopping {
                 std::collections::HashSet::new()

@@ -573,3 +573,63 @@ fn a_trunk_whose_host_does_not_resolve_answers_503_and_sends_nothing() {
     assert_eq!(server.metric("sipward_calls_trunk_total"), 0);
     server.stop();
 }
+
+/// Issue 21: the concurrent limit is taken in the store, in one transaction per call,
+/// so INVITEs that race for it cannot pass it. Twenty at once against a limit of two:
+/// exactly two reach the gateway, the rest are refused (and the extension suspended).
+/// The control, a limit of twenty, lets all twenty through the same way.
+#[test]
+fn twenty_racing_invites_against_a_limit_of_two_give_exactly_two_calls() {
+    assert_eq!(racing_calls(2), 2);
+    assert_eq!(
+        racing_calls(20),
+        20,
+        "control: the race itself passes twenty"
+    );
+}
+
+/// Twenty INVITEs of one extension at once, against a concurrent limit of `limit`;
+/// how many calls reached the gateway.
+fn racing_calls(limit: u32) -> u64 {
+    let env = Env::with_config(&format!(
+        "{GERMANY}[dialplan.limits]\nconcurrent_external = {limit}\nattempts_per_minute = 100\n"
+    ));
+    let port = free_port();
+    gateway(&env, "127.0.0.7", port);
+    let user = add(&env, "5201");
+    let server = env.serve();
+    let scenario = trunk_scenario(
+        &env,
+        ("gw-pstn-7", TRUNK_PASSWORD),
+        NATIONAL,
+        3000,
+        Challenge::Www,
+        "",
+    );
+    // The gateway would take all twenty.
+    let gw = SippServer::start(&env, &scenario, "127.0.0.7", port, 20);
+    let run = sipp_from(
+        "127.0.0.2",
+        &env,
+        "race_uac.xml",
+        &creds("5201", &user, NATIONAL),
+        server.sip,
+        "u1",
+        20,
+        200,
+    );
+    assert_eq!(
+        (run.successful, run.failed),
+        (20, 0),
+        "every call answered 200 or 403: {run:?}\n{}",
+        server.log()
+    );
+    let (reached, failed) = gw.finish(Duration::from_secs(3));
+    assert_eq!(failed, 0);
+    assert_eq!(server.metric("sipward_calls_trunk_total"), reached);
+    if reached < 20 {
+        assert!(server.metric("sipward_outbound_suspensions_total") >= 1);
+    }
+    server.stop();
+    reached
+}
