@@ -11,7 +11,7 @@ use policy::generate;
 use rand_core::CryptoRng;
 use sip::digest::Algorithm;
 use store::account as q;
-use store::{DataDir, Db, Store, Vault};
+use store::{DataDir, Db, PgUrl, Store, Vault};
 
 use crate::Result;
 use crate::extension::{ExtensionKind, NewExtension};
@@ -55,8 +55,35 @@ impl Registry {
         rng: Box<dyn CryptoRng + Send>,
         clock: Arc<dyn Clock>,
     ) -> Result<(Self, Opened)> {
+        Self::open_on(data, None, settings, rng, clock).await
+    }
+
+    /// Like [`Registry::open`], with the database in PostgreSQL at `database` when it is
+    /// given (several nodes share it; each keeps the data dir for its secrets key,
+    /// provisioning files and backups). The secrets key is created only along with the
+    /// database's key check: a node given an initialised database without the key is
+    /// refused, as a data dir without its key is.
+    pub async fn open_on(
+        data: &DataDir,
+        database: Option<&PgUrl>,
+        settings: Settings,
+        rng: Box<dyn CryptoRng + Send>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Self, Opened)> {
         let rng: SharedRng = Arc::new(Mutex::new(rng));
-        let fresh = data.ensure()?;
+        let fresh_file = data.ensure()?;
+        let (store, fresh, db_name) = match database {
+            None => (None, fresh_file, data.db_path()),
+            Some(url) => {
+                let store = Store::open_postgres(url).await?;
+                let mut conn = store.conn().await?;
+                let fresh = store::meta::get_meta(&mut conn, META_KEY_CHECK)
+                    .await?
+                    .is_none();
+                drop(conn);
+                (Some(store), fresh, std::path::PathBuf::from(url.redacted()))
+            }
+        };
         let key_path = data.key_path();
         let vault = if key_path.exists() {
             Vault::load(&key_path)?
@@ -66,12 +93,18 @@ impl Registry {
         } else {
             return Err(store::Error::KeyMissing {
                 path: key_path,
-                db: data.db_path(),
+                db: db_name,
             }
             .into());
         };
-        let store = Store::open_sqlite(&data.db_path()).await?;
-        data.restrict_db_files()?;
+        let store = match store {
+            Some(store) => store,
+            None => {
+                let store = Store::open_sqlite(&data.db_path()).await?;
+                data.restrict_db_files()?;
+                store
+            }
+        };
         let registry = Self {
             store,
             data: data.clone(),

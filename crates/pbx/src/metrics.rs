@@ -93,6 +93,13 @@ pub struct Metrics {
     pub accept_backoff: AtomicU64,
     pub kernel_drop_sources: AtomicU64,
     pub allowed_networks: AtomicU64,
+    /// Change notifications from the database (PostgreSQL), and reconnects of the
+    /// listener (after each, everything was reloaded).
+    pub store_hints: AtomicU64,
+    pub store_reconnects: AtomicU64,
+    /// When (Unix seconds) the store's versions were last read and everything they
+    /// moved reloaded: `time() - this` is how far this node may lag behind.
+    pub store_versions_seen_at: std::sync::atomic::AtomicI64,
     /// Extensions whose bindings wait for the write-behind (sampled each second, before
     /// the write), and of those, how many have a `200` waiting for the group commit.
     pub write_behind_backlog: AtomicU64,
@@ -560,6 +567,32 @@ impl Metrics {
                 get(&self.allowed_networks),
             ),
         ];
+        let store = [
+            (
+                "sipward_store_hints_total",
+                "change notifications received from the database (PostgreSQL)",
+                get(&self.store_hints),
+                "counter",
+            ),
+            (
+                "sipward_store_listener_reconnects_total",
+                "times the database's notification listener reconnected (each followed by a full reload)",
+                get(&self.store_reconnects),
+                "counter",
+            ),
+        ];
+        for (name, help, v, kind) in store {
+            let _ = write!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            );
+        }
+        let name = "sipward_store_versions_seen_at_seconds";
+        let _ = write!(
+            s,
+            "# HELP {name} when this node last read the store's versions and reloaded what moved (Unix time; now minus this is its lag)\n# TYPE {name} gauge\n{name} {}\n",
+            self.store_versions_seen_at.load(Ordering::Relaxed)
+        );
         let backlog = [
             (
                 "sipward_write_behind_backlog",

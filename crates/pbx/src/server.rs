@@ -66,7 +66,14 @@ pub struct ServeConfig {
     /// This node's name: on `/metrics`, and on the rows it owns in a store other nodes
     /// share (its call leases).
     pub node: policy::node::NodeName,
+    /// How often the store's versions are read (`[store] poll_ms`). On PostgreSQL a
+    /// notification makes the read happen at once; this bounds how long a lost one
+    /// leaves this node stale.
+    pub version_poll: Duration,
 }
+
+/// The default of [`ServeConfig::version_poll`].
+pub const VERSION_POLL: Duration = RELOAD_EVERY;
 
 /// The TLS listener's address and the certificate it presents.
 #[derive(Clone, Debug)]
@@ -370,13 +377,22 @@ impl Bound {
                 stop_rx.clone(),
             ));
         }
+        let hints = Arc::new(Hints::default());
+        if let Some(url) = self.registry.store().postgres_url() {
+            tasks.spawn(listen_loop(
+                url.clone(),
+                hints.clone(),
+                self.endpoint.clone(),
+                stop_rx.clone(),
+            ));
+        }
         tasks.spawn(reload_loop(
             self.transports.clone(),
             self.registry.clone(),
             self.endpoint.clone(),
             self.clock.clone(),
             (self.versions, self.opened),
-            self.cfg.min_strength_score,
+            (self.cfg.min_strength_score, self.cfg.version_poll, hints),
             stop_rx.clone(),
         ));
         tasks.spawn(resync_loop(
@@ -422,28 +438,70 @@ impl Bound {
     }
 }
 
-/// Reloads what other processes (the CLI) change: the credential directory when the
-/// registry version moves, the guard when the ban/allow version moves (or the registry's:
-/// gateway addresses are exempt). Also keeps the guard's coarse clock current.
+/// What the PostgreSQL listener tells the reload loop: read the versions now, and
+/// whether everything must be reloaded (the listener reconnected: what was notified
+/// meanwhile is lost).
+#[derive(Default)]
+struct Hints {
+    now: tokio::sync::Notify,
+    everything: std::sync::atomic::AtomicBool,
+}
+
+/// Turns the database's change notifications into [`Hints`] for the reload loop.
+async fn listen_loop(
+    url: store::PgUrl,
+    hints: Arc<Hints>,
+    endpoint: Arc<Endpoint>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut listener = match store::listen::VersionListener::connect(&url).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "the database's change notifications are not reachable yet; polling meanwhile");
+            store::listen::VersionListener::disconnected(&url)
+        }
+    };
+    loop {
+        let hint = tokio::select! {
+            h = listener.next() => h,
+            _ = stop.changed() => return,
+        };
+        if hint == store::listen::Hint::Reconnected {
+            Metrics::inc(&endpoint.metrics.store_reconnects);
+            hints.everything.store(true, Ordering::Relaxed);
+        } else {
+            Metrics::inc(&endpoint.metrics.store_hints);
+        }
+        hints.now.notify_one();
+    }
+}
+
+/// Reloads what other processes (the CLI, other nodes) change: the credential directory
+/// when the registry version moves, the guard when the ban/allow version moves (or the
+/// registry's: gateway addresses are exempt). The versions are read every `poll`, and
+/// at once on a hint from the PostgreSQL listener; after the listener reconnected,
+/// everything is reloaded. Also keeps the guard's coarse clock current.
 async fn reload_loop(
     transports: Arc<Transports>,
     registry: Registry,
     endpoint: Arc<Endpoint>,
     clock: Arc<dyn Clock>,
     (mut versions, mut opened): ((i64, i64), OpenedHa1s),
-    min_score: u8,
+    (min_score, poll, hints): (u8, Duration, Arc<Hints>),
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(RELOAD_EVERY);
+    let mut tick = tokio::time::interval(RELOAD_EVERY.min(poll));
+    let mut last_poll: Option<std::time::Instant> = None;
     let mut kernel_generation = None;
     let mut store_health = Health::new(Task::Reload, "reloading from the store");
     // The next grace window to end by time: no reload marks it, so the loop watches.
     let mut next_grace_end = endpoint.directory.get().next_grace_end(clock.now());
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let hinted = tokio::select! {
+            _ = tick.tick() => false,
+            _ = hints.now.notified() => true,
             _ = stop.changed() => return,
-        }
+        };
         // Bans reach the kernel's socket filter within one tick; until then (and beyond
         // its capacity) they are dropped in user space.
         let generation = endpoint.guard.generation();
@@ -468,11 +526,20 @@ async fn reload_loop(
             .metrics
             .bans
             .store(endpoint.guard.banned_count() as u64, Ordering::Relaxed);
+        let instant = clock.instant();
+        if !hinted && last_poll.is_some_and(|t| instant.saturating_duration_since(t) < poll) {
+            continue;
+        }
+        if hints.everything.swap(false, Ordering::Relaxed) {
+            // Versions that match nothing: both reloads run.
+            versions = (i64::MIN, i64::MIN);
+        }
         let conn = registry.store().conn().await;
         let Some(mut conn) = store_health.checked(conn) else {
             store_health.settle();
             continue;
         };
+        last_poll = Some(instant);
         let mut registry_moved = false;
         let version = store_health.checked(store::directory::accounts_version(&mut conn).await);
         if let Some(v) = version
@@ -531,6 +598,12 @@ async fn reload_loop(
                 .is_some()
         {
             versions.1 = v;
+        }
+        if versions.0 != i64::MIN && versions.1 != i64::MIN {
+            endpoint
+                .metrics
+                .store_versions_seen_at
+                .store(clock.now(), Ordering::Relaxed);
         }
         store_health.settle();
     }

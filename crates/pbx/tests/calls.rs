@@ -563,6 +563,7 @@ async fn start(setup: Setup) -> Pbx {
         mailer: None,
         tls: None,
         node: policy::node::NodeName::parse("test").expect("name"),
+        version_poll: pbx::server::VERSION_POLL,
     };
     let keys = ServerKeys {
         nonce: [1; 32],

@@ -84,6 +84,7 @@ async fn start(bans: BanPolicy, tcp: TcpLimits) -> Pbx {
         mailer: None,
         tls: None,
         node: policy::node::NodeName::parse("test").expect("name"),
+        version_poll: pbx::server::VERSION_POLL,
     };
     let keys = ServerKeys {
         nonce: [1; 32],

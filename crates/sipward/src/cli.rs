@@ -23,6 +23,17 @@ pub struct Cli {
         default_value = "./sipward-data"
     )]
     pub data: PathBuf,
+    /// The PostgreSQL database several nodes share (`postgres://user:pass@host/db`);
+    /// by default the config's `[store] url`, else SQLite in the data dir. The data dir
+    /// still holds the secrets key: give every node the same one.
+    #[arg(
+        long,
+        global = true,
+        env = "SIPWARD_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub database: Option<String>,
     /// The config file (TOML); by default DATA/sipward.toml when it exists.
     #[arg(long, global = true, env = "SIPWARD_CONFIG")]
     pub config: Option<PathBuf>,

@@ -32,6 +32,7 @@ struct RawConfig {
     log: RawLog,
     tls: RawTls,
     cluster: RawCluster,
+    store: RawStore,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -40,6 +41,18 @@ struct RawCluster {
     /// This node's name among the nodes sharing one database (default: the host name;
     /// `--node-name` wins).
     node: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStore {
+    /// `postgres://user:password@host/db`: the database several nodes share. Absent:
+    /// SQLite in the data dir. `--database` and SIPWARD_DATABASE_URL win over it.
+    url: Option<String>,
+    /// How often `serve` reads the store's versions, in milliseconds (50 to 10,000;
+    /// default 250). On PostgreSQL a notification makes it read them at once; this
+    /// bounds how long a lost notification leaves a node behind.
+    poll_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -312,6 +325,11 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[cluster] node`: this node's name, when the file gives one.
     pub node: Option<policy::node::NodeName>,
+    /// `[store] url`, `--database`, SIPWARD_DATABASE_URL: the PostgreSQL database; None
+    /// for SQLite in the data dir. Shown and logged redacted only.
+    pub database: Option<store::PgUrl>,
+    /// `[store] poll_ms`.
+    pub version_poll: std::time::Duration,
 }
 
 impl Config {
@@ -338,8 +356,13 @@ const DEFAULT_REALM: &str = "sipward";
 const DEFAULT_NONCE_LIFETIME: u64 = 300;
 
 /// Reads the config: the explicit file (which must exist), else DATA/sipward.toml when
-/// present, else the defaults.
-pub fn load(explicit: Option<&Path>, data: &Path) -> anyhow::Result<Config> {
+/// present, else the defaults. `database` (`--database` / SIPWARD_DATABASE_URL) wins
+/// over the file's `[store] url`.
+pub fn load(
+    explicit: Option<&Path>,
+    data: &Path,
+    database: Option<&str>,
+) -> anyhow::Result<Config> {
     let path: Option<PathBuf> = match explicit {
         Some(p) => Some(p.to_owned()),
         None => Some(data.join("sipward.toml")).filter(|p| p.exists()),
@@ -362,6 +385,18 @@ pub fn load(explicit: Option<&Path>, data: &Path) -> anyhow::Result<Config> {
             )?;
         }
         m.password = mail_password(m)?;
+    }
+    if let (Some(p), Some(url)) = (&path, &raw.store.url)
+        && store::PgUrl::parse(url).is_ok_and(|u| u.redacted() != *url)
+    {
+        private(
+            p,
+            "the database password (store.url)",
+            "--database or SIPWARD_DATABASE_URL",
+        )?;
+    }
+    if let Some(url) = database {
+        raw.store.url = Some(url.to_owned());
     }
     typed(raw)
 }
@@ -531,6 +566,24 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
     if let Some(spec) = &raw.log.filter {
         crate::log::check(spec).map_err(|e| OperatorError(format!("log.filter: {e}")))?;
     }
+    let database = raw
+        .store
+        .url
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+        .map(store::PgUrl::parse)
+        .transpose()
+        .map_err(|e| OperatorError(format!("store.url: {e}")))?;
+    let version_poll = match raw.store.poll_ms {
+        None => pbx::server::VERSION_POLL,
+        Some(ms @ 50..=10_000) => std::time::Duration::from_millis(ms),
+        Some(ms) => {
+            return Err(OperatorError(format!(
+                "store.poll_ms must be between 50 and 10000 (milliseconds), not {ms}"
+            ))
+            .into());
+        }
+    };
     let console_allow = networks("console.allow", &raw.console.allow)?;
     let http = http(
         &raw.console,
@@ -568,6 +621,8 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
         digest_algorithms,
         bans: raw.guard,
         log_filter: raw.log.filter,
+        database,
+        version_poll,
     })
 }
 
@@ -1090,16 +1145,61 @@ mod tests {
     }
 
     #[test]
+    fn the_database_url_is_a_secret_and_the_command_line_wins() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let with_pw = "[store]\nurl = \"postgres://pbx:Db-Secret-7@db.example/pbx\"\n";
+        let open = write(dir.path(), "open.toml", with_pw, 0o644);
+        let e = format!(
+            "{:#}",
+            load(Some(&open), dir.path(), None).expect_err("0644")
+        );
+        assert!(e.contains("chmod 600"), "{e}");
+        assert!(!e.contains("Db-Secret-7"), "never quoted: {e}");
+        let closed = write(dir.path(), "closed.toml", with_pw, 0o600);
+        let c = load(Some(&closed), dir.path(), None).expect("0600");
+        let url = c.database.expect("url");
+        assert_eq!(url.to_string(), "postgres://pbx:***@db.example/pbx");
+        assert!(!format!("{url:?}").contains("Db-Secret-7"));
+        assert_eq!(c.version_poll, pbx::server::VERSION_POLL);
+        // Without a password the file may be readable; --database wins over it.
+        let plain = write(
+            dir.path(),
+            "plain.toml",
+            "[store]\nurl = \"postgres://pbx@db.example/pbx\"\npoll_ms = 2000\n",
+            0o644,
+        );
+        let c = load(Some(&plain), dir.path(), Some("postgres://x@other/db")).expect("plain");
+        assert_eq!(
+            c.database.expect("url").to_string(),
+            "postgres://x@other/db"
+        );
+        assert_eq!(c.version_poll, std::time::Duration::from_secs(2));
+        let c = load(None, dir.path(), None).expect("defaults");
+        assert!(c.database.is_none(), "SQLite in the data dir by default");
+        for bad in [
+            "[store]\nurl = \"mysql://u:Db-Secret-8@h/db\"\n",
+            "[store]\npoll_ms = 20\n",
+        ] {
+            let p = write(dir.path(), "bad.toml", bad, 0o600);
+            let e = format!("{:#}", load(Some(&p), dir.path(), None).expect_err(bad));
+            assert!(e.contains("store."), "{e}");
+            assert!(!e.contains("Db-Secret-8"), "{e}");
+        }
+    }
+
+    #[test]
     fn a_secret_in_a_file_others_may_read_is_refused() {
         let dir = tempfile::tempdir().expect("tmp");
         let mail = "[mail]\nsmtp_host = \"mail.example.com\"\nfrom = \"pbx@example.com\"\nusername = \"pbx\"\n";
         let inline = format!("{mail}password = \"Smtp-Secret-1\"\n");
         let open = write(dir.path(), "open.toml", &inline, 0o644);
-        let e = load(Some(&open), dir.path()).expect_err("0644").to_string();
+        let e = load(Some(&open), dir.path(), None)
+            .expect_err("0644")
+            .to_string();
         assert!(e.contains("mode 0644") && e.contains("chmod 600"), "{e}");
         assert!(!e.contains("Smtp-Secret-1"), "never quoted");
         let closed = write(dir.path(), "closed.toml", &inline, 0o600);
-        let c = load(Some(&closed), dir.path()).expect("0600");
+        let c = load(Some(&closed), dir.path(), None).expect("0600");
         let pw = c.mail.expect("mail").password.expect("password");
         assert!(pw.ct_eq("Smtp-Secret-1"));
         // Or the secret lives in a file of its own (private too), and the config may be
@@ -1111,7 +1211,7 @@ mod tests {
             &format!("{mail}password_file = \"{}\"\n", secret.display()),
             0o644,
         );
-        let c = load(Some(&by_file), dir.path()).expect("file");
+        let c = load(Some(&by_file), dir.path(), None).expect("file");
         assert!(
             c.mail
                 .expect("mail")
@@ -1121,7 +1221,7 @@ mod tests {
         );
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).expect("chmod");
         assert!(
-            load(Some(&by_file), dir.path()).is_err(),
+            load(Some(&by_file), dir.path(), None).is_err(),
             "a readable secret file"
         );
         // Two sources at once are refused.
@@ -1131,14 +1231,14 @@ mod tests {
             &format!("{mail}password_file = \"x\"\npassword_env = \"Y\"\n"),
             0o600,
         );
-        assert!(load(Some(&both), dir.path()).is_err());
+        assert!(load(Some(&both), dir.path(), None).is_err());
         let unset = write(
             dir.path(),
             "env.toml",
             &format!("{mail}password_env = \"SIPWARD_TEST_NOT_SET_ANYWHERE\"\n"),
             0o644,
         );
-        let e = load(Some(&unset), dir.path())
+        let e = load(Some(&unset), dir.path(), None)
             .expect_err("unset")
             .to_string();
         assert!(e.contains("SIPWARD_TEST_NOT_SET_ANYWHERE"), "{e}");

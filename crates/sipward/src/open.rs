@@ -30,7 +30,14 @@ pub async fn open_registry(
     // The private CA phones are given with their files (made once, DATA/tls).
     settings.provisioning.ca_pem = crate::tls::private_ca(&config.tls, path, false)?;
     let rng = Box::new(rand_core::UnwrapErr(rand::rngs::SysRng));
-    let (mut registry, opened) = Registry::open(&data, settings.clone(), rng, clock()).await?;
+    let (mut registry, opened) = Registry::open_on(
+        &data,
+        config.database.as_ref(),
+        settings.clone(),
+        rng,
+        clock(),
+    )
+    .await?;
     // A new data dir (or one from before TLS) gets its CA now; the registry is opened
     // again so that phones' files written by this command carry it.
     let ca = crate::tls::private_ca(&config.tls, path, true)?;
@@ -38,7 +45,9 @@ pub async fn open_registry(
         settings.provisioning.ca_pem = ca;
         let rng = Box::new(rand_core::UnwrapErr(rand::rngs::SysRng));
         registry.store().close().await;
-        registry = Registry::open(&data, settings, rng, clock()).await?.0;
+        registry = Registry::open_on(&data, config.database.as_ref(), settings, rng, clock())
+            .await?
+            .0;
     }
     if opened.created {
         eprintln!(

@@ -363,13 +363,19 @@ impl From<&ExtensionRow> for ExtensionAuditRow {
 /// sealed secrets are hex). PostgreSQL's equivalent is `string_agg`.
 pub async fn list_extensions_for_audit(db: &mut dyn Db) -> Result<Vec<ExtensionAuditRow>> {
     let conn = raw(db);
-    let row = sqlx::query(
-        "SELECT group_concat(number || char(31) || name || char(31) || coalesce(email, '') || char(31) || \
-         auth_id || char(31) || coalesce(sip_id, '') || char(31) || password_enc || char(31) || \
-         password_score || char(31) || pin_enc, char(30)) AS packed FROM extensions",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
+    let sql = match crate::db::backend(conn) {
+        crate::db::Backend::Sqlite => {
+            "SELECT group_concat(number || char(31) || name || char(31) || coalesce(email, '') || char(31) || \
+             auth_id || char(31) || coalesce(sip_id, '') || char(31) || password_enc || char(31) || \
+             password_score || char(31) || pin_enc, char(30)) AS packed FROM extensions"
+        }
+        crate::db::Backend::Postgres => {
+            "SELECT string_agg(number || chr(31) || name || chr(31) || coalesce(email, '') || chr(31) || \
+             auth_id || chr(31) || coalesce(sip_id, '') || chr(31) || password_enc || chr(31) || \
+             password_score || chr(31) || pin_enc, chr(30)) AS packed FROM extensions"
+        }
+    };
+    let row = sqlx::query(sql).fetch_one(&mut *conn).await?;
     let packed: Option<String> = row.try_get("packed")?;
     let Some(packed) = packed else {
         return Ok(Vec::new());

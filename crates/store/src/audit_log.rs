@@ -42,7 +42,7 @@ pub async fn recent(db: &mut dyn Db, limit: i64) -> Result<Vec<LogRow>> {
     let conn = raw(db);
     let rows = sqlx::query(
         "SELECT id, at, actor, action, subject, detail FROM \
-         (SELECT * FROM audit_log ORDER BY id DESC LIMIT $1) ORDER BY id",
+         (SELECT * FROM audit_log ORDER BY id DESC LIMIT $1) AS recent ORDER BY id",
     )
     .bind(limit)
     .fetch_all(&mut *conn)

@@ -2,6 +2,11 @@
 //! is one pooled connection, a [`Tx`] one transaction. Both are opaque outside this
 //! crate: they can only be handed to this crate's repository functions (which take any
 //! [`Db`]), so no SQL is written anywhere else and no other crate names sqlx.
+//!
+//! Two backends sit behind the same queries: SQLite in the data dir (the default) and
+//! PostgreSQL (several nodes on one database). Each has its own migration set, with the
+//! same tables and columns; the few queries that cannot be written portably ask
+//! [`backend`] which one they run on.
 
 use std::io;
 use std::path::Path;
@@ -9,7 +14,7 @@ use std::str::FromStr;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Row, Transaction};
 
 use crate::error::{Error, Result};
 
@@ -20,6 +25,119 @@ const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    backend: Backend,
+    /// The PostgreSQL URL, for the connections that must not come from the pool (the
+    /// listener, advisory locks). A secret when it carries a password.
+    url: Option<PgUrl>,
+}
+
+/// Which database engine a [`Store`] runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// The engine behind a connection (sqlx's Any driver names it).
+pub(crate) fn backend(conn: &AnyConnection) -> Backend {
+    if conn.backend_name().eq_ignore_ascii_case("postgresql") {
+        Backend::Postgres
+    } else {
+        Backend::Sqlite
+    }
+}
+
+/// A PostgreSQL connection URL. It may carry a password: `Display` and `Debug` show it
+/// with the password replaced by `***`, so it can be logged and put in errors; only
+/// [`PgUrl::expose`] gives the real text, for connecting.
+#[derive(Clone)]
+pub struct PgUrl(String);
+
+impl PgUrl {
+    /// Accepts `postgres://` and `postgresql://` URLs; anything else is refused with a
+    /// sentence that never repeats the text (it may hold a password).
+    pub fn parse(text: &str) -> Result<Self> {
+        let text = text.trim();
+        if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+            return Err(Error::DatabaseUrl {
+                detail: "it must start with postgres:// or postgresql://".into(),
+            });
+        }
+        if text.chars().any(char::is_control) {
+            return Err(Error::DatabaseUrl {
+                detail: "it holds a control character".into(),
+            });
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// The URL with its password, for the driver only.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with the password (if any) replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let s = &self.0;
+        let Some(scheme_end) = s.find("://").map(|i| i + 3) else {
+            return "***".into();
+        };
+        let rest = &s[scheme_end..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let authority = &rest[..authority_end];
+        // The last '@' ends the userinfo (a password may itself contain '@').
+        let Some(at) = authority.rfind('@') else {
+            return redact_query(s);
+        };
+        let userinfo = &authority[..at];
+        let user = match userinfo.find(':') {
+            Some(colon) => format!("{}:***", &userinfo[..colon]),
+            None => userinfo.to_owned(),
+        };
+        redact_query(&format!(
+            "{}{}{}{}",
+            &s[..scheme_end],
+            user,
+            &authority[at..],
+            &rest[authority_end..]
+        ))
+    }
+}
+
+/// A `password=` query parameter is a password too.
+fn redact_query(url: &str) -> String {
+    let Some(q) = url.find('?') else {
+        return url.to_owned();
+    };
+    let params: Vec<String> = url[q + 1..]
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => p.to_owned(),
+        })
+        .collect();
+    format!("{}?{}", &url[..q], params.join("&"))
+}
+
+impl std::fmt::Display for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl std::fmt::Debug for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PgUrl({})", self.redacted())
+    }
 }
 
 /// One connection from the pool; back to the pool when dropped.
@@ -126,17 +244,75 @@ impl Store {
             .connect_with(opts)
             .await
             .map_err(|e| Error::from_open(path, e))?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            backend: Backend::Sqlite,
+            url: None,
+        };
         store.migrate(path).await?;
         Ok(store)
     }
 
+    /// Connects to the PostgreSQL database at `url` and applies migrations. Several
+    /// nodes may do this at once: sqlx's migrator takes an advisory lock first.
+    pub async fn open_postgres(url: &PgUrl) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let unreachable = |e: sqlx::Error| Error::Connect {
+            url: url.redacted(),
+            detail: connect_detail(&e),
+        };
+        let opts = AnyConnectOptions::from_str(url.expose()).map_err(|_| Error::DatabaseUrl {
+            detail: "the driver cannot parse it".into(),
+        })?;
+        // One direct connection first, as for SQLite: the pool would hide the cause
+        // behind its acquire timeout.
+        let probe: AnyConnection = opts.connect().await.map_err(unreachable)?;
+        probe.close().await.map_err(unreachable)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_with(opts)
+            .await
+            .map_err(unreachable)?;
+        let store = Self {
+            pool,
+            backend: Backend::Postgres,
+            url: Some(url.clone()),
+        };
+        store.migrate(Path::new(&url.redacted())).await?;
+        Ok(store)
+    }
+
+    /// Which engine this store runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A listener for the version rows' change hints (`None` on SQLite, where only
+    /// polling tells one process of another's writes).
+    pub async fn version_listener(&self) -> Result<Option<crate::listen::VersionListener>> {
+        match &self.url {
+            Some(url) => Ok(Some(crate::listen::VersionListener::connect(url).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The PostgreSQL URL this store was opened with (`None` on SQLite).
+    pub fn postgres_url(&self) -> Option<&PgUrl> {
+        self.url.as_ref()
+    }
+
     async fn migrate(&self, path: &Path) -> Result<()> {
-        schema().run(&self.pool).await.map_err(|e| match e {
-            sqlx::migrate::MigrateError::Execute(db) => Error::from_open(path, db),
-            sqlx::migrate::MigrateError::VersionTooNew(v, _) => Error::SchemaTooNew { version: v },
-            other => Error::Migrate(other),
-        })
+        schema(self.backend)
+            .run(&self.pool)
+            .await
+            .map_err(|e| match e {
+                sqlx::migrate::MigrateError::Execute(db) => Error::from_open(path, db),
+                sqlx::migrate::MigrateError::VersionTooNew(v, _) => {
+                    Error::SchemaTooNew { version: v }
+                }
+                other => Error::Migrate(other),
+            })
     }
 
     /// A connection from the pool, for reads and single writes.
@@ -151,15 +327,30 @@ impl Store {
     /// bindings behind) committed, fails in WAL mode with SQLITE_BUSY_SNAPSHOT, which no
     /// busy timeout retries: `ext update` next to a running `serve` failed that way
     /// under load. Taken up front, the lock is waited for like any other.
+    ///
+    /// On PostgreSQL the same serialisation is an advisory transaction lock taken first,
+    /// so a workflow that reads, then writes what it read (Re-Generate, the outbox's
+    /// claims, the counters) behaves exactly as on SQLite, whichever node runs it.
     pub async fn begin(&self) -> Result<Tx> {
-        Ok(Tx(self.pool.begin_with("BEGIN IMMEDIATE").await?))
+        match self.backend {
+            Backend::Sqlite => Ok(Tx(self.pool.begin_with("BEGIN IMMEDIATE").await?)),
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock($1)) AS l")
+                    .bind(WRITE_LOCK)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                Ok(Tx(tx))
+            }
+        }
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
     }
 
-    /// Writes a consistent snapshot of the database to `dest` (which must not exist).
+    /// Writes a consistent snapshot of the SQLite database to `dest` (which must not
+    /// exist).
     pub async fn snapshot_into(&self, dest: &Path) -> Result<()> {
         let path = dest
             .to_str()
@@ -176,129 +367,130 @@ impl Store {
     /// gone from the disk, not only from the tables. Must run outside any transaction.
     pub async fn compact(&self) -> Result<()> {
         let mut conn = self.pool.acquire().await?;
-        conn.execute("VACUUM").await?;
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").await?;
+        match self.backend {
+            Backend::Sqlite => {
+                conn.execute("VACUUM").await?;
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").await?;
+            }
+            // PostgreSQL rewrites the tables; old row versions go with the old files.
+            Backend::Postgres => {
+                conn.execute("VACUUM FULL").await?;
+            }
+        }
         Ok(())
     }
 
     /// The highest migration applied to this database.
     pub async fn schema_version(&self) -> Result<i64> {
         let v: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
                 .fetch_one(&self.pool)
                 .await?;
         Ok(v.unwrap_or(0))
     }
 
+    /// Every table of the schema (sqlx's bookkeeping aside) with its columns, as
+    /// `(table, column)` sorted: the same list on both backends.
+    pub async fn schema_columns(&self) -> Result<Vec<(String, String)>> {
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "SELECT m.name AS t, p.name AS c FROM sqlite_master m, pragma_table_info(m.name) p \
+                 WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name <> '_sqlx_migrations'"
+            }
+            Backend::Postgres => {
+                "SELECT CAST(table_name AS TEXT) AS t, CAST(column_name AS TEXT) AS c \
+                 FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name <> '_sqlx_migrations'"
+            }
+        };
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
+        let mut out = rows
+            .iter()
+            .map(|r| Ok((r.try_get("t")?, r.try_get("c")?)))
+            .collect::<Result<Vec<(String, String)>>>()?;
+        out.sort();
+        Ok(out)
+    }
+
     /// The highest schema version this build knows.
     pub fn known_schema_version() -> i64 {
-        MIGRATIONS.iter().map(|(v, _, _)| *v).max().unwrap_or(0)
+        MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0)
     }
 }
 
-/// The schema's migrations, embedded: (version, file name's description, SQL). Listed
-/// by hand rather than by `sqlx::migrate!`, which needs sqlx's proc-macro crates (and
-/// their dependencies) in every build for this one list; a test holds the list to the
-/// directory. Checksums are computed as sqlx computes them from the files, so data dirs
-/// migrated by either agree.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "registry",
-        include_str!("../migrations/sqlite/0001_registry.sql"),
-    ),
-    (
-        2,
-        "registrar",
-        include_str!("../migrations/sqlite/0002_registrar.sql"),
-    ),
-    (
-        3,
-        "guard",
-        include_str!("../migrations/sqlite/0003_guard.sql"),
-    ),
-    (
-        4,
-        "regenerate",
-        include_str!("../migrations/sqlite/0004_regenerate.sql"),
-    ),
-    (
-        5,
-        "outbound",
-        include_str!("../migrations/sqlite/0005_outbound.sql"),
-    ),
-    (
-        6,
-        "trunks",
-        include_str!("../migrations/sqlite/0006_trunks.sql"),
-    ),
-    (
-        7,
-        "epochs",
-        include_str!("../migrations/sqlite/0007_epochs.sql"),
-    ),
-    (
-        8,
-        "console",
-        include_str!("../migrations/sqlite/0008_console.sql"),
-    ),
-    (
-        9,
-        "totp",
-        include_str!("../migrations/sqlite/0009_totp.sql"),
-    ),
-    (
-        10,
-        "alerts",
-        include_str!("../migrations/sqlite/0010_alerts.sql"),
-    ),
-    (
-        11,
-        "revoke",
-        include_str!("../migrations/sqlite/0011_revoke.sql"),
-    ),
-    (
-        12,
-        "sealed_ha1",
-        include_str!("../migrations/sqlite/0012_sealed_ha1.sql"),
-    ),
-    (
-        13,
-        "gateway_bindings",
-        include_str!("../migrations/sqlite/0013_gateway_bindings.sql"),
-    ),
-    (
-        14,
-        "fetch_sources",
-        include_str!("../migrations/sqlite/0014_fetch_sources.sql"),
-    ),
-    (
-        15,
-        "trends",
-        include_str!("../migrations/sqlite/0015_trends.sql"),
-    ),
-    (
-        16,
-        "phone_transport",
-        include_str!("../migrations/sqlite/0016_phone_transport.sql"),
-    ),
-    (
-        17,
-        "fraud_limits",
-        include_str!("../migrations/sqlite/0017_fraud_limits.sql"),
-    ),
+/// The key of the advisory lock every PostgreSQL write transaction takes (any constant;
+/// this one spells "sipw").
+const WRITE_LOCK: i64 = 0x7369_7077;
+
+/// What a failed connection says, without the URL (the driver's text can carry it).
+pub(crate) fn connect_detail(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        sqlx::Error::Tls(_) => "TLS failed".into(),
+        sqlx::Error::PoolTimedOut => "timed out".into(),
+        _ => "the server refused or the URL is wrong".into(),
+    }
+}
+
+/// One migration in both dialects: the same version and name, the SQLite file and the
+/// PostgreSQL file of that name. A test holds both sets to the same tables and columns.
+pub(crate) struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sqlite: &'static str,
+    pub postgres: &'static str,
+}
+
+macro_rules! migration {
+    ($version:literal, $name:literal, $file:literal) => {
+        Migration {
+            version: $version,
+            name: $name,
+            sqlite: include_str!(concat!("../migrations/sqlite/", $file)),
+            postgres: include_str!(concat!("../migrations/postgres/", $file)),
+        }
+    };
+}
+
+/// The schema's migrations, embedded. Listed by hand rather than by `sqlx::migrate!`,
+/// which needs sqlx's proc-macro crates (and their dependencies) in every build for this
+/// one list; a test holds the list to both directories. Checksums are computed as sqlx
+/// computes them from the files, so data dirs migrated by either agree.
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    migration!(1, "registry", "0001_registry.sql"),
+    migration!(2, "registrar", "0002_registrar.sql"),
+    migration!(3, "guard", "0003_guard.sql"),
+    migration!(4, "regenerate", "0004_regenerate.sql"),
+    migration!(5, "outbound", "0005_outbound.sql"),
+    migration!(6, "trunks", "0006_trunks.sql"),
+    migration!(7, "epochs", "0007_epochs.sql"),
+    migration!(8, "console", "0008_console.sql"),
+    migration!(9, "totp", "0009_totp.sql"),
+    migration!(10, "alerts", "0010_alerts.sql"),
+    migration!(11, "revoke", "0011_revoke.sql"),
+    migration!(12, "sealed_ha1", "0012_sealed_ha1.sql"),
+    migration!(13, "gateway_bindings", "0013_gateway_bindings.sql"),
+    migration!(14, "fetch_sources", "0014_fetch_sources.sql"),
+    migration!(15, "trends", "0015_trends.sql"),
+    migration!(16, "phone_transport", "0016_phone_transport.sql"),
+    migration!(17, "fraud_limits", "0017_fraud_limits.sql"),
 ];
 
-fn schema() -> sqlx::migrate::Migrator {
+fn schema(backend: Backend) -> sqlx::migrate::Migrator {
     use sqlx::SqlSafeStr;
-    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    use sqlx::migrate::{MigrationType, Migrator};
     Migrator::with_migrations(
         MIGRATIONS
             .iter()
-            .map(|(version, name, sql)| {
-                Migration::new(
-                    *version,
-                    name.replace('_', " ").into(),
+            .map(|m| {
+                let sql = match backend {
+                    Backend::Sqlite => m.sqlite,
+                    Backend::Postgres => m.postgres,
+                };
+                sqlx::migrate::Migration::new(
+                    m.version,
+                    m.name.replace('_', " ").into(),
                     MigrationType::Simple,
                     sql.into_sql_str(),
                     sql.starts_with("-- no-transaction"),
@@ -314,7 +506,16 @@ mod tests {
 
     #[test]
     fn the_embedded_migrations_are_the_directory_s_files_with_sqlx_s_checksums() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+        for (backend, sub) in [
+            (Backend::Sqlite, "migrations/sqlite"),
+            (Backend::Postgres, "migrations/postgres"),
+        ] {
+            check_migrations(backend, sub);
+        }
+    }
+
+    fn check_migrations(backend: Backend, sub: &str) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(sub);
         let mut files: Vec<String> = std::fs::read_dir(&dir)
             .expect("migrations dir")
             .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
@@ -322,9 +523,12 @@ mod tests {
         files.sort();
         let listed: Vec<String> = MIGRATIONS
             .iter()
-            .map(|(v, name, _)| format!("{v:04}_{name}.sql"))
+            .map(|m| format!("{:04}_{}.sql", m.version, m.name))
             .collect();
-        assert_eq!(listed, files, "MIGRATIONS lists every file, in order");
+        assert_eq!(
+            listed, files,
+            "MIGRATIONS lists every file of {sub}, in order"
+        );
         // sqlx's own resolution of the directory (what `migrate!` did) gives the same
         // versions, descriptions and checksums: databases migrated before agree.
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -333,7 +537,7 @@ mod tests {
         let from_files = rt
             .block_on(sqlx::migrate::Migrator::new(dir.as_path()))
             .expect("resolve");
-        let ours = schema();
+        let ours = schema(backend);
         assert_eq!(from_files.iter().count(), ours.iter().count());
         for (a, b) in from_files.iter().zip(ours.iter()) {
             assert_eq!(a.version, b.version);
@@ -341,6 +545,28 @@ mod tests {
             assert_eq!(a.checksum, b.checksum, "migration {}", a.version);
             assert_eq!(a.no_tx, b.no_tx);
         }
+    }
+
+    #[test]
+    fn a_postgres_url_never_shows_its_password() {
+        for (url, shown) in [
+            (
+                "postgres://sipward:s3cr%40t@db.example:5432/pbx",
+                "postgres://sipward:***@db.example:5432/pbx",
+            ),
+            (
+                "postgresql://u:p@ss@h/db?sslmode=require&password=other",
+                "postgresql://u:***@h/db?sslmode=require&password=***",
+            ),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            ("postgres:///db?host=/run/pg", "postgres:///db?host=/run/pg"),
+        ] {
+            let u = PgUrl::parse(url).expect("valid");
+            assert_eq!(u.to_string(), shown);
+            assert!(!format!("{u:?}").contains("s3cr"), "{u:?}");
+        }
+        let err = PgUrl::parse("mysql://u:hunter2@h/db").expect_err("not postgres");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -37,19 +37,27 @@ pub async fn accounts_version(db: &mut dyn Db) -> Result<i64> {
     crate::meta::meta_counter(conn, "registry_version").await
 }
 
-/// Every account that can register, packed by SQLite into one value (see
+/// Every account that can register, packed by the database into one value (see
 /// `list_extensions_for_audit` for why).
 pub async fn directory(db: &mut dyn Db) -> Result<Vec<DirectoryRow>> {
     let conn = raw(db);
-    let row = sqlx::query(
-        "SELECT (SELECT group_concat('ext' || char(31) || number || char(31) || number || char(31) || auth_id || char(31) || \
+    let sql = match crate::db::backend(conn) {
+        crate::db::Backend::Sqlite => {
+            "SELECT (SELECT group_concat('ext' || char(31) || number || char(31) || number || char(31) || auth_id || char(31) || \
                 coalesce(sip_id, '') || char(31) || ha1_md5_enc || char(31) || ha1_sha256_enc || char(31) || password_score || char(31) || \
                 credential_generation, char(30)) FROM extensions) AS e, \
                 (SELECT group_concat('gateway' || char(31) || name || char(31) || number || char(31) || auth_id || char(31) || \
-                '' || char(31) || ha1_md5_enc || char(31) || ha1_sha256_enc || char(31) || password_score || char(31) || '0', char(30)) FROM gateways) AS g",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
+                '' || char(31) || ha1_md5_enc || char(31) || ha1_sha256_enc || char(31) || password_score || char(31) || '0', char(30)) FROM gateways) AS g"
+        }
+        crate::db::Backend::Postgres => {
+            "SELECT (SELECT string_agg('ext' || chr(31) || number || chr(31) || number || chr(31) || auth_id || chr(31) || \
+                coalesce(sip_id, '') || chr(31) || ha1_md5_enc || chr(31) || ha1_sha256_enc || chr(31) || password_score || chr(31) || \
+                credential_generation, chr(30)) FROM extensions) AS e, \
+                (SELECT string_agg('gateway' || chr(31) || name || chr(31) || number || chr(31) || auth_id || chr(31) || \
+                '' || chr(31) || ha1_md5_enc || chr(31) || ha1_sha256_enc || chr(31) || password_score || chr(31) || '0', chr(30)) FROM gateways) AS g"
+        }
+    };
+    let row = sqlx::query(sql).fetch_one(&mut *conn).await?;
     let mut out = Vec::new();
     for col in ["e", "g"] {
         let packed: Option<String> = row.try_get(col)?;

@@ -36,6 +36,11 @@ pub enum Error {
         "the database was written by a newer sipward (schema version {version}); upgrade sipward"
     )]
     SchemaTooNew { version: i64 },
+    #[error("the database URL is not usable: {detail}")]
+    DatabaseUrl { detail: String },
+    /// `url` is redacted (no password).
+    #[error("cannot connect to the database {url}: {detail}")]
+    Connect { url: String, detail: String },
     #[error("{what} already exists")]
     Conflict { what: String },
     #[error("cannot use {path}: {source}")]
@@ -66,6 +71,8 @@ impl Error {
                 | Error::Corrupt { .. }
                 | Error::SchemaTooNew { .. }
                 | Error::Conflict { .. }
+                | Error::DatabaseUrl { .. }
+                | Error::Connect { .. }
                 | Error::Io { .. }
                 | Error::Backup(_)
         )

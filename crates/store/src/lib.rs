@@ -20,6 +20,7 @@ mod error;
 pub mod fraud;
 pub mod grace;
 pub mod guard;
+pub mod listen;
 pub mod meta;
 pub mod outbound;
 pub mod outbox;
@@ -30,6 +31,6 @@ pub mod trunks;
 mod vault;
 
 pub use datadir::DataDir;
-pub use db::{Conn, Db, Store, Tx};
+pub use db::{Backend, Conn, Db, PgUrl, Store, Tx};
 pub use error::{BackupError, Error, Result};
 pub use vault::Vault;

@@ -1,22 +1,61 @@
 //! The fraud limits in the store (issue 21): counters and call leases hold their caps
 //! exactly when many writers race, as they do when several nodes share one database.
+//! Each test runs on both backends (a SQLite file, and a database of its own in the test
+//! run's PostgreSQL cluster, `support/pg.rs`), on a runtime with two worker threads so
+//! the racing tasks really run at once, each on its own pooled connection.
+
+#[path = "support/pg.rs"]
+mod pg;
 
 use std::sync::Arc;
 
-use store::Store;
 use store::fraud::{self, Counter, Lease};
+use store::{Backend, PgUrl, Store};
 
-async fn open_store() -> (tempfile::TempDir, Store) {
+/// A fresh store on `backend`; `None` when PostgreSQL is not installed and CI does not
+/// require it (`support/pg.rs` fails under `CI=true`).
+async fn open_store(backend: Backend) -> Option<(tempfile::TempDir, Store)> {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open_sqlite(&dir.path().join("t.db"))
-        .await
-        .expect("open");
-    (dir, store)
+    let store = match backend {
+        Backend::Sqlite => Store::open_sqlite(&dir.path().join("t.db"))
+            .await
+            .expect("open"),
+        Backend::Postgres => {
+            let url = pg::cluster()?.fresh_database();
+            Store::open_postgres(&PgUrl::parse(&url).expect("url"))
+                .await
+                .expect("open")
+        }
+    };
+    Some((dir, store))
 }
 
-#[tokio::test]
-async fn a_counter_stops_at_its_cap_and_a_new_period_starts_from_one() {
-    let (_dir, store) = open_store().await;
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    a_counter_stops_at_its_cap_and_a_new_period_starts_from_one,
+    racing_counts_never_pass_the_cap,
+    leases_hold_the_concurrent_cap_until_released_or_lapsed,
+    racing_admissions_take_exactly_the_cap,
+);
+
+async fn a_counter_stops_at_its_cap_and_a_new_period_starts_from_one(backend: Backend) {
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
     let mut conn = store.conn().await.expect("conn");
     let minute = Counter::AttemptsPerMinute;
     for i in 1..=3 {
@@ -67,9 +106,10 @@ async fn a_counter_stops_at_its_cap_and_a_new_period_starts_from_one() {
     assert_eq!(sizes[2], ("fraud_counts", 2), "1001's day and next minute");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_counts_never_pass_the_cap() {
-    let (_dir, store) = open_store().await;
+async fn racing_counts_never_pass_the_cap(backend: Backend) {
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
     let store = Arc::new(store);
     let mut tasks = Vec::new();
     for _ in 0..40 {
@@ -110,9 +150,10 @@ async fn take(store: &Store, lease: &str, account: &str, now: i64, cap: Option<u
     taken
 }
 
-#[tokio::test]
-async fn leases_hold_the_concurrent_cap_until_released_or_lapsed() {
-    let (_dir, store) = open_store().await;
+async fn leases_hold_the_concurrent_cap_until_released_or_lapsed(backend: Backend) {
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
     assert!(take(&store, "a/1", "1001", 100, Some(2)).await);
     assert!(take(&store, "a/2", "1001", 100, Some(2)).await);
     assert!(!take(&store, "a/3", "1001", 101, Some(2)).await, "a third");
@@ -159,9 +200,10 @@ async fn leases_hold_the_concurrent_cap_until_released_or_lapsed() {
     assert_eq!(sizes[1], ("call_leases", 0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_admissions_take_exactly_the_cap() {
-    let (_dir, store) = open_store().await;
+async fn racing_admissions_take_exactly_the_cap(backend: Backend) {
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
     let store = Arc::new(store);
     let mut tasks = Vec::new();
     for i in 0..20 {

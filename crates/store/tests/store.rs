@@ -1,7 +1,11 @@
-//! Store tests against a real SQLite file.
+//! Store tests, each run on both backends: a real SQLite file and a database of its own
+//! in the test run's PostgreSQL cluster (`support/pg.rs`).
+
+#[path = "support/pg.rs"]
+mod pg;
 
 use store::account::{self, ExtensionRow, GatewayRow};
-use store::{Error, Store};
+use store::{Backend, Error, PgUrl, Store};
 
 fn ext(number: &str, auth_id: &str) -> ExtensionRow {
     ExtensionRow {
@@ -25,12 +29,10 @@ fn ext(number: &str, auth_id: &str) -> ExtensionRow {
     }
 }
 
-#[tokio::test]
-async fn extension_round_trip_and_conflicts() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open_sqlite(&dir.path().join("t.db"))
-        .await
-        .expect("open");
+async fn extension_round_trip_and_conflicts(backend: Backend) {
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
     let mut conn = store.conn().await.expect("conn");
     let mut a = ext("1001", "authA");
     a.credential_generation = account::insert_extension(&mut conn, &a)
@@ -163,12 +165,10 @@ async fn a_corrupt_file_is_reported_as_such() {
     );
 }
 
-#[tokio::test]
-async fn a_transaction_rolls_back_as_a_whole() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open_sqlite(&dir.path().join("t.db"))
-        .await
-        .expect("open");
+async fn a_transaction_rolls_back_as_a_whole(backend: Backend) {
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
     let mut tx = store.begin().await.expect("begin");
     account::insert_extension(&mut tx, &ext("1001", "a1"))
         .await
@@ -186,13 +186,11 @@ async fn a_transaction_rolls_back_as_a_whole() {
     );
 }
 
-#[tokio::test]
-async fn ban_records_keep_first_seen_and_old_ones_are_pruned() {
+async fn ban_records_keep_first_seen_and_old_ones_are_pruned(backend: Backend) {
     use store::guard::{self as g, BanRow};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open_sqlite(&dir.path().join("t.db"))
-        .await
-        .expect("open");
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
     let mut conn = store.conn().await.expect("conn");
     let ban = |source: &str, seen: i64, expires_at: i64, times: i64| BanRow {
         source: source.into(),
@@ -231,12 +229,69 @@ async fn ban_records_keep_first_seen_and_old_ones_are_pruned() {
     );
 }
 
-async fn open_store() -> (tempfile::TempDir, Store) {
+/// A fresh store on `backend` (and the temp dir its SQLite file lives in); `None` when
+/// PostgreSQL is not installed and CI does not require it.
+async fn open_store(backend: Backend) -> Option<(tempfile::TempDir, Store)> {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open_sqlite(&dir.path().join("t.db"))
-        .await
-        .expect("open");
-    (dir, store)
+    let store = match backend {
+        Backend::Sqlite => Store::open_sqlite(&dir.path().join("t.db"))
+            .await
+            .expect("open"),
+        Backend::Postgres => {
+            let url = pg::cluster()?.fresh_database();
+            Store::open_postgres(&PgUrl::parse(&url).expect("url"))
+                .await
+                .expect("open")
+        }
+    };
+    assert_eq!(store.backend(), backend);
+    Some((dir, store))
+}
+
+/// Runs each named test (an `async fn(Backend)`) once per backend.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    extension_round_trip_and_conflicts,
+    a_transaction_rolls_back_as_a_whole,
+    ban_records_keep_first_seen_and_old_ones_are_pruned,
+    bindings_belong_to_their_extension_and_its_credential_generation,
+    a_grace_window_keeps_the_old_generation_until_it_ends,
+    withdrawn_mails_stay_withdrawn_even_when_claimed,
+    a_phone_lookup_returns_one_row_either_way,
+);
+
+/// The two migration sets may differ in dialect, never in what they declare: the same
+/// tables with the same columns (what `store copy` and backups rely on).
+#[tokio::test]
+async fn both_schemas_declare_the_same_tables_and_columns() {
+    let Some((_a, sqlite)) = open_store(Backend::Sqlite).await else {
+        return;
+    };
+    let Some((_b, postgres)) = open_store(Backend::Postgres).await else {
+        return;
+    };
+    let a = sqlite.schema_columns().await.expect("sqlite columns");
+    let b = postgres.schema_columns().await.expect("postgres columns");
+    assert!(a.len() > 50, "{a:?}");
+    assert_eq!(a, b);
+    assert_eq!(
+        sqlite.schema_version().await.expect("v"),
+        postgres.schema_version().await.expect("v")
+    );
 }
 
 fn binding(number: &str, contact: &str, generation: i64) -> store::bindings::BindingRow {
@@ -256,10 +311,11 @@ fn contacts(rows: &[store::bindings::BindingRow]) -> Vec<&str> {
     rows.iter().map(|b| b.contact.as_str()).collect()
 }
 
-#[tokio::test]
-async fn bindings_belong_to_their_extension_and_its_credential_generation() {
+async fn bindings_belong_to_their_extension_and_its_credential_generation(backend: Backend) {
     use store::bindings as b;
-    let (_dir, store) = open_store().await;
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
     let mut conn = store.conn().await.expect("conn");
     let g1 = account::insert_extension(&mut conn, &ext("1001", "a1"))
         .await
@@ -340,11 +396,12 @@ async fn bindings_belong_to_their_extension_and_its_credential_generation() {
     );
 }
 
-#[tokio::test]
-async fn a_grace_window_keeps_the_old_generation_until_it_ends() {
+async fn a_grace_window_keeps_the_old_generation_until_it_ends(backend: Backend) {
     use store::bindings as b;
     use store::grace::{self, GraceRow};
-    let (_dir, store) = open_store().await;
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
     let mut conn = store.conn().await.expect("conn");
     let g1 = account::insert_extension(&mut conn, &ext("1001", "a1"))
         .await
@@ -415,10 +472,11 @@ async fn a_grace_window_keeps_the_old_generation_until_it_ends() {
     );
 }
 
-#[tokio::test]
-async fn withdrawn_mails_stay_withdrawn_even_when_claimed() {
+async fn withdrawn_mails_stay_withdrawn_even_when_claimed(backend: Backend) {
     use store::outbox::{self as o, OutboxRow};
-    let (_dir, store) = open_store().await;
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
     let mut conn = store.conn().await.expect("conn");
     let mail = |id: &str| OutboxRow {
         id: id.into(),
@@ -478,10 +536,11 @@ async fn withdrawn_mails_stay_withdrawn_even_when_claimed() {
     );
 }
 
-#[tokio::test]
-async fn a_phone_lookup_returns_one_row_either_way() {
+async fn a_phone_lookup_returns_one_row_either_way(backend: Backend) {
     use store::provisioning as p;
-    let (_dir, store) = open_store().await;
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
     let mut conn = store.conn().await.expect("conn");
     let mut e = ext("1001", "a1");
     e.mac = Some("001565aabbcc".into());
@@ -511,4 +570,70 @@ async fn a_phone_lookup_returns_one_row_either_way() {
         .await
         .expect("unknown");
     assert_eq!(unknown, p::PhoneByMac::default());
+}
+
+/// Every write of a watched table moves its version row and sends a hint; a listener
+/// whose connection is cut says so when it is back (what was sent meanwhile is lost,
+/// so the caller re-reads everything), and hears later writes again.
+#[tokio::test]
+async fn a_listener_hears_version_bumps_and_says_when_it_reconnected() {
+    use store::listen::{APPLICATION_NAME, Hint};
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let url = cluster.fresh_database();
+    let store = Store::open_postgres(&PgUrl::parse(&url).expect("url"))
+        .await
+        .expect("open");
+    let mut listener = store
+        .version_listener()
+        .await
+        .expect("listen")
+        .expect("postgres listens");
+    let ban = |source: &str| store::guard::BanRow {
+        source: source.into(),
+        reason: "manual".into(),
+        detail: "d".into(),
+        first_seen: 1,
+        last_seen: 1,
+        expires_at: i64::MAX,
+        times: 1,
+    };
+    let mut conn = store.conn().await.expect("conn");
+    let before = store::guard::guard_version(&mut conn).await.expect("v");
+    store::guard::put_ban(&mut conn, &ban("192.0.2.1"))
+        .await
+        .expect("ban");
+    assert!(store::guard::guard_version(&mut conn).await.expect("v") > before);
+    assert_eq!(
+        next_hint(&mut listener).await,
+        Hint::Changed("guard_version".into())
+    );
+
+    let db = pg::database_of(&url).to_owned();
+    let ended = tokio::task::spawn_blocking(move || {
+        pg::cluster().map(|c| c.terminate(&db, APPLICATION_NAME))
+    })
+    .await
+    .expect("join");
+    assert_eq!(ended, Some(1), "one listening connection");
+    assert_eq!(next_hint(&mut listener).await, Hint::Reconnected);
+    store::guard::put_ban(&mut conn, &ban("192.0.2.2"))
+        .await
+        .expect("ban");
+    assert_eq!(
+        next_hint(&mut listener).await,
+        Hint::Changed("guard_version".into())
+    );
+    // SQLite has nothing to listen to.
+    let Some((_dir, sqlite)) = open_store(Backend::Sqlite).await else {
+        return;
+    };
+    assert!(sqlite.version_listener().await.expect("none").is_none());
+}
+
+async fn next_hint(l: &mut store::listen::VersionListener) -> store::listen::Hint {
+    tokio::time::timeout(std::time::Duration::from_secs(10), l.next())
+        .await
+        .expect("a hint within 10 s")
 }

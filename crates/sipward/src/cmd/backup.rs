@@ -30,6 +30,7 @@ const PROGRESS_FROM: u64 = 4 << 20;
 pub async fn run(
     data: &Path,
     config_path: Option<&Path>,
+    database: Option<&str>,
     command: BackupCommand,
 ) -> anyhow::Result<ExitCode> {
     match command {
@@ -38,7 +39,7 @@ pub async fn run(
             key,
             out_format,
         } => {
-            let config = crate::config::load(config_path, data)?;
+            let config = crate::config::load(config_path, data, database)?;
             let reg = crate::open::open_registry(data, &config).await?;
             let seal = seal_for(&key, &config.backup)?;
             let out = match out {
@@ -61,7 +62,7 @@ pub async fn run(
             Ok(ExitCode::SUCCESS)
         }
         BackupCommand::Verify { file, key, out } => {
-            let config = crate::config::load(config_path, data)?;
+            let config = crate::config::load(config_path, data, database)?;
             let unseal = unseal_for(&key, &config.backup)?;
             let started = Instant::now();
             let opened = tokio::task::block_in_place(|| {
@@ -439,7 +440,7 @@ async fn restore(
     } else {
         None
     };
-    let config_for_key = crate::config::load(config_path, &target)
+    let config_for_key = crate::config::load(config_path, &target, None)
         .map(|c| c.backup)
         .unwrap_or_default();
     let unseal = unseal_for(key, &config_for_key)?;
@@ -631,7 +632,7 @@ async fn restore_into(
         )
     })?;
     let manifest = &opened.manifest;
-    let config = crate::config::load(config_path, staging)?;
+    let config = crate::config::load(config_path, staging, None)?;
     let data = store::DataDir::new(staging);
     let rng = Box::new(rand_core::UnwrapErr(rand::rngs::SysRng));
     let (reg, dir_opened) =

@@ -24,14 +24,17 @@ pub async fn run(cli: Cli, log: crate::log::Log) -> anyhow::Result<ExitCode> {
         config: config_path,
         command,
         log_filter,
+        database,
         ..
     } = cli;
     let command = match command {
         // Backups open data dirs themselves: a restore must not create its target first.
-        Command::Backup(c) => return backup::run(&data, config_path.as_deref(), c).await,
+        Command::Backup(c) => {
+            return backup::run(&data, config_path.as_deref(), database.as_deref(), c).await;
+        }
         other => other,
     };
-    let config = crate::config::load(config_path.as_deref(), &data)?;
+    let config = crate::config::load(config_path.as_deref(), &data, database.as_deref())?;
     if log_filter.is_none()
         && let Some(spec) = &config.log_filter
     {
@@ -45,6 +48,7 @@ pub async fn run(cli: Cli, log: crate::log::Log) -> anyhow::Result<ExitCode> {
                 data: data.clone(),
                 log,
                 log_filter,
+                database: database.clone(),
             };
             serve::run(&registry, a, &config, source).await?
         }

@@ -44,6 +44,8 @@ pub struct Source {
     pub log: crate::log::Log,
     /// `--log` / RUST_LOG: when given, it wins over the file's `[log] filter`.
     pub log_filter: Option<String>,
+    /// `--database` / SIPWARD_DATABASE_URL (a reload keeps the database it runs on).
+    pub database: Option<String>,
 }
 
 /// Threads of the console's runtime: one worker, and at most two blocking threads
@@ -196,6 +198,7 @@ pub async fn run(
         mailer,
         tls: tls.as_ref().map(|(_, t)| t.clone()),
         node: node_name(args.node_name.as_deref(), config.node.as_ref())?,
+        version_poll: config.version_poll,
     };
     let bound = server::bind(reg.clone(), cfg, keys, crate::clock::clock()).await?;
     let reconfigure = bound.reconfigure();
@@ -371,7 +374,12 @@ async fn reload(source: &Source, server: &Reconfigure, tls: &tokio::sync::mpsc::
 /// rules, the dial plan and classes of service, the mail settings and the log filter.
 /// A file that does not load changes nothing, and says why in one line.
 async fn reload_config(source: &Source, server: &Reconfigure) {
-    let loaded = crate::config::load(source.config.as_deref(), &source.data).and_then(|c| {
+    let loaded = crate::config::load(
+        source.config.as_deref(),
+        &source.data,
+        source.database.as_deref(),
+    )
+    .and_then(|c| {
         let mailer = c
             .mail
             .as_ref()

@@ -9,6 +9,9 @@ use serde_json::Value;
 pub struct Env {
     _dir: tempfile::TempDir,
     pub data: PathBuf,
+    /// The PostgreSQL database this node uses (SIPWARD_DATABASE_URL); None: SQLite in
+    /// the data dir.
+    pub database: Option<String>,
 }
 
 pub struct Run {
@@ -21,7 +24,39 @@ impl Env {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
-        Self { _dir: dir, data }
+        Self {
+            _dir: dir,
+            data,
+            database: None,
+        }
+    }
+
+    /// A node on the PostgreSQL database `url`, with its own data dir. Given `key_of`,
+    /// that node's secrets key is copied in first (every node needs the same one).
+    pub fn on_postgres(url: &str, key_of: Option<&Env>) -> Self {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let mut env = Self::new();
+        env.database = Some(url.to_owned());
+        if let Some(other) = key_of {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .recursive(true)
+                .create(&env.data)
+                .expect("data dir");
+            let key = env.data.join("secrets.key");
+            std::fs::copy(other.data.join("secrets.key"), &key).expect("copy the secrets key");
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod key");
+        }
+        env
+    }
+
+    /// Points `command` at this node's database.
+    pub fn database_env(&self, command: &mut Command) {
+        match &self.database {
+            Some(url) => command.env("SIPWARD_DATABASE_URL", url),
+            None => command.env_remove("SIPWARD_DATABASE_URL"),
+        };
     }
 
     /// A data dir created by the CLI, with `config` as its `sipward.toml`.
@@ -43,6 +78,7 @@ impl Env {
             .args(args)
             .env_remove("SIPWARD_DATA")
             .env_remove("SIPWARD_CONFIG");
+        self.database_env(&mut c);
         c
     }
 

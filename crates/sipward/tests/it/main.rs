@@ -16,6 +16,7 @@ mod bad_input;
 mod baresip;
 mod calls;
 mod cli;
+mod cluster;
 mod conformance;
 mod console;
 mod console_entry;
@@ -26,6 +27,9 @@ mod harness;
 mod import;
 mod nodes;
 mod peers;
+/// One PostgreSQL cluster per test run (shared with the store's tests).
+#[path = "../../../store/tests/support/pg.rs"]
+mod pg;
 mod provisioning;
 mod regenerate;
 mod registrar;

@@ -92,6 +92,7 @@ impl Env {
             None => (env!("CARGO_BIN_EXE_sipward"), &[]),
         };
         let mut command = Command::new(program);
+        self.database_env(&mut command);
         command.args(before);
         if !wrapper.is_empty() {
             command.arg(env!("CARGO_BIN_EXE_sipward"));
