@@ -188,7 +188,16 @@ impl Call {
     /// given up and may still be answered late; a BYE on its way) or a dialog that has
     /// not ended. A failure that was answered and ACKed is over, even while its
     /// transaction lingers to absorb retransmissions.
+    ///
+    /// A call still waiting for the trunk's final answer (calling or ringing) counts
+    /// whatever its transactions say this instant: between a challenge or a 2xx
+    /// reaching the transaction and this table hearing of it, no transaction of leg B
+    /// is open, and a call must not stop counting for that moment (its lease would be
+    /// released under it, and another node's call take its place).
     fn counts(&self, sig: &Signalling) -> bool {
+        if matches!(self.phase, Phase::Calling | Phase::Ringing) {
+            return true;
+        }
         let open = |tx: &TxId| {
             matches!(
                 sig.egress.state(*tx),
