@@ -579,6 +579,8 @@ pub struct Guard {
     /// refuses them (bounded like every table).
     provisioning_limited: Mutex<HashMap<IpAddr, i64>>,
     account_failures: Mutex<Windows<String>>,
+    /// Per-account failures shared with the other nodes on one database (PostgreSQL).
+    shared: Mutex<SharedFailures>,
     /// Weak accounts refused lately: one event per account and hour, not per attempt.
     weak_noted: Mutex<HashMap<String, i64>>,
     /// Withheld bans reported lately, per source and reason.
@@ -592,6 +594,16 @@ pub struct Guard {
     registrations: OnceLock<Arc<dyn Registrations>>,
     /// Moves whenever the set of banned sources changes.
     generation: AtomicU64,
+}
+
+/// This node's side of the per-account failure counts shared between nodes: its new
+/// failures not yet written (per auth ID and minute), and the sums the other nodes
+/// wrote (read back each second). Off (nothing gathered) on a single node.
+#[derive(Debug, Default)]
+struct SharedFailures {
+    on: bool,
+    pending: HashMap<(String, i64), u32>,
+    others: HashMap<String, u32>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1073,6 +1085,11 @@ impl Guard {
             lock(&self.provisioning_limited).len(),
         ));
         v.push(("guard_weak_noted", lock(&self.weak_noted).len()));
+        {
+            let shared = lock(&self.shared);
+            v.push(("guard_shared_failures_pending", shared.pending.len()));
+            v.push(("guard_shared_failures_others", shared.others.len()));
+        }
         v.push(("guard_withheld_noted", lock(&self.withheld_noted).len()));
         {
             let t = lock(&self.trusted);
@@ -1172,11 +1189,73 @@ impl Guard {
             return false;
         }
         self.policy().extension_failures == 0
-            || lock(&self.account_failures).count(
-                &account.auth_id,
-                now,
-                self.policy().extension_window_secs,
-            ) < self.policy().extension_failures
+            || lock(&self.account_failures)
+                .count(&account.auth_id, now, self.policy().extension_window_secs)
+                .saturating_add(self.others_failures(&account.auth_id))
+                < self.policy().extension_failures
+    }
+
+    /// The failures of `auth_id` the other nodes counted (0 on a single node).
+    fn others_failures(&self, auth_id: &str) -> u32 {
+        lock(&self.shared).others.get(auth_id).copied().unwrap_or(0)
+    }
+
+    /// Shares the per-account failure counts with other nodes from now on: new failures
+    /// are gathered for [`Guard::take_failure_deltas`], and the others' sums count.
+    pub fn share_failures(&self) {
+        lock(&self.shared).on = true;
+    }
+
+    /// The failures counted since the last call, per (auth ID, minute), to be written to
+    /// the store.
+    pub fn take_failure_deltas(&self) -> Vec<(String, i64, u32)> {
+        lock(&self.shared)
+            .pending
+            .drain()
+            .map(|((id, minute), n)| (id, minute, n))
+            .collect()
+    }
+
+    /// Deltas that could not be written: kept for the next write (bounded like every
+    /// table; beyond it they are dropped, which only lowers the count others see).
+    pub fn return_failure_deltas(&self, deltas: Vec<(String, i64, u32)>) {
+        let mut shared = lock(&self.shared);
+        for (id, minute, n) in deltas {
+            if shared.pending.len() >= TABLE_CAPACITY {
+                break;
+            }
+            *shared.pending.entry((id, minute)).or_default() += n;
+        }
+    }
+
+    /// The other nodes' failure sums per auth ID, as the store has them now (replaces
+    /// the previous ones; at most [`TABLE_CAPACITY`]). Accounts that cross the limit
+    /// by them are reported protected as by local failures.
+    pub fn set_others_failures(&self, sums: Vec<(String, u32)>, now: i64) {
+        let p = self.policy();
+        let mut crossed = Vec::new();
+        {
+            let mut local = lock(&self.account_failures);
+            let mut shared = lock(&self.shared);
+            let mut next = HashMap::with_capacity(sums.len().min(TABLE_CAPACITY));
+            for (id, n) in sums.into_iter().take(TABLE_CAPACITY) {
+                let mine = local.count(&id, now, p.extension_window_secs);
+                let before = mine.saturating_add(shared.others.get(&id).copied().unwrap_or(0));
+                let after = mine.saturating_add(n);
+                if p.extension_failures > 0
+                    && before < p.extension_failures
+                    && after >= p.extension_failures
+                {
+                    crossed.push((id.clone(), after));
+                }
+                next.insert(id, n);
+            }
+            shared.others = next;
+        }
+        for (auth_id, failures) in crossed {
+            Metrics::inc(&self.metrics.accounts_protected);
+            self.emit(Event::AccountProtected { auth_id, failures });
+        }
     }
 
     /// The right password was refused by [`Guard::may_authenticate`]: counted, and
@@ -1239,9 +1318,23 @@ impl Guard {
         let p = self.policy();
         if known && p.extension_failures > 0 {
             let key = auth_id.to_owned();
+            let others = {
+                let mut shared = lock(&self.shared);
+                if shared.on
+                    && (shared.pending.len() < TABLE_CAPACITY
+                        || shared.pending.contains_key(&(key.clone(), now / 60)))
+                {
+                    *shared.pending.entry((key.clone(), now / 60)).or_default() += 1;
+                }
+                shared.others.get(&key).copied().unwrap_or(0)
+            };
             let mut t = lock(&self.account_failures);
-            let before = t.count(&key, now, p.extension_window_secs);
-            let after = t.record(&key, now, p.extension_window_secs, p.extension_failures);
+            let before = t
+                .count(&key, now, p.extension_window_secs)
+                .saturating_add(others);
+            let after = t
+                .record(&key, now, p.extension_window_secs, p.extension_failures)
+                .saturating_add(others);
             drop(t);
             if before < p.extension_failures && after >= p.extension_failures {
                 Metrics::inc(&self.metrics.accounts_protected);
@@ -2152,6 +2245,51 @@ mod tests {
         assert_eq!(g.admit(new_office), Admission::Silenced);
         g.auth_success(new_office, "bob1002", 0);
         assert_eq!(g.admit(new_office), Admission::Admit);
+    }
+
+    #[test]
+    fn guesses_spread_over_nodes_meet_the_same_account_limit() {
+        // Two nodes share the counts through the store: each writes its deltas and
+        // reads the other's sum (here handed over by hand).
+        let (a, mut rx_a) = guard(BanPolicy::default());
+        let (b, mut rx_b) = guard(BanPolicy::default());
+        let alone = guard(BanPolicy::default()).0;
+        for g in [&a, &b] {
+            g.share_failures();
+        }
+        let alice = account("alice1001", false);
+        let stranger = ip("203.0.113.1");
+        for i in 0..10u8 {
+            a.auth_failure(IpAddr::from([192, 0, 2, i]), "alice1001", true, 100);
+            b.auth_failure(IpAddr::from([198, 51, 100, i]), "alice1001", true, 100);
+            alone.auth_failure(IpAddr::from([198, 51, 100, i]), "alice1001", true, 100);
+        }
+        assert!(
+            alone.take_failure_deltas().is_empty(),
+            "a single node gathers nothing to share"
+        );
+        assert!(a.may_authenticate(stranger, &alice, 101), "10 of 20 on A");
+        let from_a = a.take_failure_deltas();
+        assert_eq!(from_a, vec![("alice1001".to_owned(), 1, 10)]);
+        assert!(a.take_failure_deltas().is_empty(), "taken once");
+        // B learns A's 10 on top of its own 10: the limit (20) is met on B.
+        b.set_others_failures(vec![("alice1001".into(), 10)], 101);
+        assert!(!b.may_authenticate(stranger, &alice, 101));
+        assert_eq!(
+            events(&mut rx_b),
+            vec![Event::AccountProtected {
+                auth_id: "alice1001".into(),
+                failures: 20
+            }]
+        );
+        // A learns B's; a failed write is kept for the next one.
+        a.set_others_failures(vec![("alice1001".into(), 10)], 101);
+        assert!(!a.may_authenticate(stranger, &alice, 101));
+        assert_eq!(events(&mut rx_a).len(), 1);
+        a.return_failure_deltas(from_a);
+        assert_eq!(a.take_failure_deltas().len(), 1);
+        // The control: a node alone with its 10 still lets the right password in.
+        assert!(alone.may_authenticate(stranger, &alice, 101));
     }
 
     #[test]

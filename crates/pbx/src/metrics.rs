@@ -96,6 +96,9 @@ pub struct Metrics {
     /// Change notifications from the database (PostgreSQL), and reconnects of the
     /// listener (after each, everything was reloaded).
     pub store_hints: AtomicU64,
+    /// Whether this node holds each single-instance job now (indexed like
+    /// `store::jobs::Job::ALL`).
+    pub job_holder: [std::sync::atomic::AtomicBool; store::jobs::Job::ALL.len()],
     pub store_reconnects: AtomicU64,
     /// When (Unix seconds) the store's versions were last read and everything they
     /// moved reloaded: `time() - this` is how far this node may lag behind.
@@ -585,6 +588,19 @@ impl Metrics {
             let _ = write!(
                 s,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            );
+        }
+        let name = "sipward_job_holder";
+        let _ = write!(
+            s,
+            "# HELP {name} 1 when this node runs the single-instance job now (one node at a time on a shared database)\n# TYPE {name} gauge\n"
+        );
+        for (job, held) in store::jobs::Job::ALL.iter().zip(&self.job_holder) {
+            let _ = writeln!(
+                s,
+                "{name}{{job=\"{}\"}} {}",
+                job.as_str(),
+                u8::from(held.load(Ordering::Relaxed))
             );
         }
         let name = "sipward_store_versions_seen_at_seconds";

@@ -117,6 +117,9 @@ pub struct Bound {
     clock: Arc<dyn Clock>,
     /// The SMTP server the outbox goes through now; a config reload replaces it.
     mailer: Arc<watch::Sender<Option<accounts::mail::Mailer>>>,
+    /// This process's token in the rows it shares with other nodes (the per-account
+    /// failure counts): derived from its random keys, so each process has its own.
+    node: String,
 }
 
 /// What a config reload (SIGHUP) changes in a running server. Everything else (sockets,
@@ -286,6 +289,17 @@ pub async fn bind(
         endpoint.directory.get().extension_numbers(),
     );
     drop(conn);
+    if registry.store().backend() == store::Backend::Postgres {
+        endpoint.guard.share_failures();
+    }
+    let node = {
+        use sha2::Digest;
+        let digest = sha2::Sha256::new()
+            .chain_update(keys.dummy)
+            .chain_update(b"sipward node token")
+            .finalize();
+        hex::encode(&digest[..8])
+    };
     // Every message sipward writes goes through the egress rule to these sockets.
     endpoint.egress.connect(transports.clone());
     let mailer = Arc::new(watch::channel(cfg.mailer.clone()).0);
@@ -303,6 +317,7 @@ pub async fn bind(
         opened,
         clock,
         mailer,
+        node,
     })
 }
 
@@ -417,6 +432,7 @@ impl Bound {
             self.endpoint.clone(),
             self.transports.clone(),
             self.clock.clone(),
+            self.node.clone(),
             stop_rx.clone(),
         ));
         shutdown.await;
@@ -926,14 +942,30 @@ async fn outbox_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(OUTBOX_EVERY);
+    // One node at a time sends (on SQLite, the one node always does).
+    let mut job = store::jobs::JobLock::new(registry.store(), store::jobs::Job::Outbox);
+    let holder = |held: bool| {
+        endpoint.metrics.job_holder[0].store(held, Ordering::Relaxed);
+    };
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                job.release().await;
+                return;
+            }
         }
         let Some(smtp) = mailer.borrow().clone() else {
+            // A node that cannot send leaves the job to one that can.
+            job.release().await;
+            holder(false);
             continue;
         };
+        let held = job.hold().await;
+        holder(held);
+        if !held {
+            continue;
+        }
         let done = match registry.send_due_mail(&smtp, None).await {
             Ok(done) => done,
             Err(e) => {
@@ -962,9 +994,11 @@ async fn flush_loop(
     endpoint: Arc<Endpoint>,
     transports: Arc<Transports>,
     clock: Arc<dyn Clock>,
+    node: String,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(FLUSH_EVERY);
+    let shared = registry.store().backend() == store::Backend::Postgres;
     let mut calls_written = None;
     let mut health = Health::new(Task::Flush, "writing the bindings");
     let mut slow = SlowWrites::default();
@@ -980,6 +1014,9 @@ async fn flush_loop(
         if every_second {
             sample_tables(&endpoint, &transports);
             write_trunk_state(&registry, &endpoint, clock.now(), &mut calls_written).await;
+            if shared {
+                share_failures(&registry, &endpoint, &node, clock.now()).await;
+            }
         }
         let started = clock.instant();
         let written = flush(&registry, &endpoint, clock.now(), every_second).await;
@@ -1042,6 +1079,52 @@ async fn lease_loop(
         if stopping {
             return;
         }
+    }
+}
+
+/// How many accounts' shared failure sums a node reads back: the most-failed first.
+const SHARED_FAILURES_READ: i64 = 10_000;
+
+/// Writes this node's new per-account failures and reads the other nodes' sums (once a
+/// second, on PostgreSQL): an account's count on any node is behind the truth by at
+/// most one second of the others' failures. Counts older than the window are pruned.
+async fn share_failures(registry: &Registry, endpoint: &Endpoint, node: &str, now: i64) {
+    let what = "sharing the failure counts";
+    let Some(mut conn) = background::checked(Task::Reload, what, registry.store().conn().await)
+    else {
+        return;
+    };
+    let deltas = endpoint.guard.take_failure_deltas();
+    if !deltas.is_empty() {
+        let rows: Vec<store::failures::FailureDelta> = deltas
+            .iter()
+            .map(|(auth_id, minute, count)| store::failures::FailureDelta {
+                auth_id: auth_id.clone(),
+                minute: *minute,
+                count: i64::from(*count),
+            })
+            .collect();
+        let written = store::failures::add_auth_failures(&mut conn, node, &rows).await;
+        if background::checked(Task::Reload, what, written).is_none() {
+            endpoint.guard.return_failure_deltas(deltas);
+        }
+    }
+    let window = endpoint.guard.policy().extension_window_secs.max(0);
+    // The minute the window starts in counts whole: the sum errs high, never low.
+    let since = (now - window) / 60;
+    let read =
+        store::failures::others_auth_failures(&mut conn, node, since, SHARED_FAILURES_READ).await;
+    if let Some(sums) = background::checked(Task::Reload, what, read) {
+        endpoint.guard.set_others_failures(
+            sums.into_iter()
+                .map(|(id, n)| (id, u32::try_from(n).unwrap_or(u32::MAX)))
+                .collect(),
+            now,
+        );
+    }
+    if now % 60 == 0 {
+        let pruned = store::failures::prune_auth_failures(&mut conn, since - 1).await;
+        background::checked(Task::Reload, "pruning the shared failure counts", pruned);
     }
 }
 

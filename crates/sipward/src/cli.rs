@@ -96,6 +96,9 @@ pub enum Command {
     /// epoch unless --reharden).
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// The database itself: copy a SQLite data dir into PostgreSQL.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Console administrators and API tokens.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -178,6 +181,24 @@ pub struct BackupKeyArgs {
     /// The age identity file that opens a backup made for a recipient (verify, restore).
     #[arg(long)]
     pub identity: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy every row of a SQLite data dir's database into an empty PostgreSQL
+    /// database (refused when it already holds an install). The secrets key stays in
+    /// the data dir: copy it to every node.
+    Copy {
+        /// The data dir whose sipward.db is copied (it is only read).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The PostgreSQL database (`postgres://user:pass@host/db`); by default
+        /// --database / SIPWARD_DATABASE_URL.
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
 }
 
 #[derive(Debug, Subcommand)]

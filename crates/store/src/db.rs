@@ -345,13 +345,32 @@ impl Store {
         }
     }
 
+    /// A read-only transaction whose reads all see one moment of the database
+    /// (PostgreSQL: repeatable read; SQLite: a deferred transaction reads one WAL
+    /// snapshot), whatever other nodes commit meanwhile.
+    pub async fn read_snapshot(&self) -> Result<Tx> {
+        let begin = match self.backend {
+            Backend::Sqlite => "BEGIN",
+            Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        };
+        Ok(Tx(self.pool.begin_with(begin).await?))
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
 
-    /// Writes a consistent snapshot of the SQLite database to `dest` (which must not
-    /// exist).
+    /// Writes a consistent snapshot of the database to `dest` (which must not exist),
+    /// always as a SQLite file: a backup has one format whichever backend made it. A
+    /// PostgreSQL database is copied table by table, read in one snapshot
+    /// ([`Store::read_snapshot`]).
     pub async fn snapshot_into(&self, dest: &Path) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            let snapshot = Store::open_sqlite(dest).await?;
+            let copied = crate::copy::copy_all(self, &snapshot, &mut |_, _| {}).await;
+            snapshot.close().await;
+            return copied.map(|_| ());
+        }
         let path = dest
             .to_str()
             .ok_or_else(|| Error::io(dest, io::Error::other("the path is not valid UTF-8")))?;
@@ -475,6 +494,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     migration!(15, "trends", "0015_trends.sql"),
     migration!(16, "phone_transport", "0016_phone_transport.sql"),
     migration!(17, "fraud_limits", "0017_fraud_limits.sql"),
+    migration!(18, "shared_failures", "0018_shared_failures.sql"),
 ];
 
 fn schema(backend: Backend) -> sqlx::migrate::Migrator {

@@ -41,6 +41,8 @@ pub enum Error {
     /// `url` is redacted (no password).
     #[error("cannot connect to the database {url}: {detail}")]
     Connect { url: String, detail: String },
+    #[error("the database cannot be copied: {detail}")]
+    CopyRefused { detail: String },
     #[error("{what} already exists")]
     Conflict { what: String },
     #[error("cannot use {path}: {source}")]
@@ -72,6 +74,7 @@ impl Error {
                 | Error::SchemaTooNew { .. }
                 | Error::Conflict { .. }
                 | Error::DatabaseUrl { .. }
+                | Error::CopyRefused { .. }
                 | Error::Connect { .. }
                 | Error::Io { .. }
                 | Error::Backup(_)

@@ -272,7 +272,60 @@ on_both_backends!(
     a_grace_window_keeps_the_old_generation_until_it_ends,
     withdrawn_mails_stay_withdrawn_even_when_claimed,
     a_phone_lookup_returns_one_row_either_way,
+    failure_counts_add_up_per_account_over_other_nodes,
 );
+
+async fn failure_counts_add_up_per_account_over_other_nodes(backend: Backend) {
+    use store::failures::{self as f, FailureDelta};
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
+    let mut conn = store.conn().await.expect("conn");
+    let d = |auth_id: &str, minute: i64, count: i64| FailureDelta {
+        auth_id: auth_id.into(),
+        minute,
+        count,
+    };
+    f::add_auth_failures(&mut conn, "a", &[d("1001", 10, 3), d("1002", 10, 1)])
+        .await
+        .expect("a");
+    f::add_auth_failures(&mut conn, "a", &[d("1001", 10, 2), d("1001", 11, 4)])
+        .await
+        .expect("a again: added, not replaced");
+    f::add_auth_failures(&mut conn, "b", &[d("1001", 11, 5)])
+        .await
+        .expect("b");
+    let seen_by = |node: &'static str, since: i64| {
+        let store = store.clone();
+        async move {
+            let mut c = store.conn().await.expect("conn");
+            f::others_auth_failures(&mut c, node, since, 100)
+                .await
+                .expect("others")
+        }
+    };
+    assert_eq!(
+        seen_by("b", 0).await,
+        [("1001".to_owned(), 9), ("1002".to_owned(), 1)]
+    );
+    assert_eq!(seen_by("a", 0).await, [("1001".to_owned(), 5)]);
+    assert_eq!(
+        seen_by("c", 11).await,
+        [("1001".to_owned(), 9)],
+        "minute 10 is out of the window"
+    );
+    let mut c = store.conn().await.expect("conn");
+    assert_eq!(
+        f::others_auth_failures(&mut c, "c", 0, 1)
+            .await
+            .expect("top")
+            .len(),
+        1,
+        "bounded"
+    );
+    assert_eq!(f::prune_auth_failures(&mut c, 11).await.expect("prune"), 2);
+    assert_eq!(seen_by("c", 0).await, [("1001".to_owned(), 9)]);
+}
 
 /// The two migration sets may differ in dialect, never in what they declare: the same
 /// tables with the same columns (what `store copy` and backups rely on).
@@ -636,4 +689,145 @@ async fn next_hint(l: &mut store::listen::VersionListener) -> store::listen::Hin
     tokio::time::timeout(std::time::Duration::from_secs(10), l.next())
         .await
         .expect("a hint within 10 s")
+}
+
+/// One holder of a job at a time on PostgreSQL; the next takes over once the holder's
+/// connection is gone (released, or ended by the server as when a node dies). SQLite
+/// has one node, which always holds every job.
+#[tokio::test]
+async fn a_job_has_one_holder_and_another_takes_over_when_it_is_gone() {
+    use store::jobs::{Job, JobLock};
+    let Some((_dir, sqlite)) = open_store(Backend::Sqlite).await else {
+        return;
+    };
+    let (mut one, mut two) = (
+        JobLock::new(&sqlite, Job::Outbox),
+        JobLock::new(&sqlite, Job::Outbox),
+    );
+    assert!(one.hold().await && two.hold().await);
+
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let url = cluster.fresh_database();
+    let store = Store::open_postgres(&PgUrl::parse(&url).expect("url"))
+        .await
+        .expect("open");
+    let mut a = JobLock::new(&store, Job::Outbox);
+    let mut b = JobLock::new(&store, Job::Outbox);
+    assert!(a.hold().await, "free: A takes it");
+    assert!(a.hold().await, "and keeps it");
+    assert!(!b.hold().await, "B waits");
+    a.release().await;
+    assert!(b.hold().await, "released: B takes it");
+    assert!(!a.hold().await, "A waits now");
+    // B's connection is ended by the server (a dead node's would be): A takes over.
+    let db = pg::database_of(&url).to_owned();
+    let ended = tokio::task::spawn_blocking(move || {
+        pg::cluster().map(|c| c.terminate(&db, "sipward-job-outbox"))
+    })
+    .await
+    .expect("join");
+    assert_eq!(ended, Some(1), "only the holder keeps a connection");
+    assert!(a.hold().await, "B's lock went with its connection");
+    assert!(!b.hold().await, "B finds A holding it");
+}
+
+/// A SQLite database copied into PostgreSQL holds the same rows, a target that holds an
+/// install is refused, and a PostgreSQL snapshot (what a backup archives) is a SQLite
+/// file with the same rows again.
+#[tokio::test]
+async fn a_database_copies_between_backends_and_a_postgres_snapshot_is_sqlite() {
+    use store::copy::copy_all;
+    let Some((dir, sqlite)) = open_store(Backend::Sqlite).await else {
+        return;
+    };
+    let mut conn = sqlite.conn().await.expect("conn");
+    let mut generation = 0;
+    for (n, a) in [("1001", "a1"), ("1002", "a2")] {
+        let mut e = ext(n, a);
+        e.email = Some(format!("{n}@example.com"));
+        let g = account::insert_extension(&mut conn, &e).await.expect("ext");
+        if n == "1001" {
+            generation = g;
+        }
+    }
+    store::meta::set_meta(&mut conn, "key_check", "sealed")
+        .await
+        .expect("meta");
+    store::bindings::replace_bindings(
+        &mut conn,
+        "1001",
+        &[binding("1001", "<sip:a@b>", generation)],
+        0,
+    )
+    .await
+    .expect("binding");
+    store::audit_log::append(&mut conn, 5, "admin", "ext.add", "ext:1001", "")
+        .await
+        .expect("log");
+    drop(conn);
+
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let url = PgUrl::parse(&cluster.fresh_database()).expect("url");
+    let postgres = Store::open_postgres(&url).await.expect("open");
+    let mut seen = Vec::new();
+    let copied = copy_all(&sqlite, &postgres, &mut |t, n| seen.push((t.to_owned(), n)))
+        .await
+        .expect("copy");
+    assert_eq!(
+        seen.first().map(|(t, _)| t.as_str()),
+        Some("meta"),
+        "parents first"
+    );
+    assert!(copied.tables.contains(&("extensions".to_owned(), 2)));
+    assert!(copied.tables.contains(&("bindings".to_owned(), 1)));
+    let mut pg_conn = postgres.conn().await.expect("conn");
+    let listed = account::list_extensions(&mut pg_conn).await.expect("list");
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].email.as_deref(), Some("1001@example.com"));
+    assert_eq!(
+        store::meta::get_meta(&mut pg_conn, "key_check")
+            .await
+            .expect("meta")
+            .as_deref(),
+        Some("sealed")
+    );
+    // The audit log's ids go on after the copied ones.
+    store::audit_log::append(&mut pg_conn, 6, "admin", "ext.add", "ext:1002", "")
+        .await
+        .expect("log after the copy");
+    let log = store::audit_log::recent(&mut pg_conn, 10)
+        .await
+        .expect("log");
+    assert_eq!(log.len(), 2);
+    assert!(log[1].id > log[0].id);
+
+    let err = copy_all(&sqlite, &postgres, &mut |_, _| {})
+        .await
+        .expect_err("the target holds an install now");
+    assert!(matches!(err, Error::CopyRefused { .. }), "{err}");
+    assert!(err.is_operator_error());
+
+    let snap = dir.path().join("snapshot.db");
+    postgres.snapshot_into(&snap).await.expect("snapshot");
+    let back = Store::open_sqlite(&snap).await.expect("open snapshot");
+    let mut c = back.conn().await.expect("conn");
+    assert_eq!(
+        account::list_extensions(&mut c).await.expect("list").len(),
+        2
+    );
+    assert_eq!(
+        store::audit_log::recent(&mut c, 10)
+            .await
+            .expect("log")
+            .len(),
+        2
+    );
+    assert_eq!(
+        back.schema_version().await.expect("v"),
+        postgres.schema_version().await.expect("v")
+    );
 }

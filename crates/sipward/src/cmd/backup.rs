@@ -109,13 +109,30 @@ pub async fn run(
 }
 
 /// `serve`'s scheduled backups: one every `secs`, then the oldest pruned down to
-/// `keep`. Each outcome is one JSON event line on stderr.
-pub async fn scheduled(reg: Registry, config: BackupConfig, secs: u64) {
+/// `keep`. Each outcome is one JSON event line on stderr. On a shared PostgreSQL
+/// database only the node holding the backup job makes them.
+pub async fn scheduled(
+    reg: Registry,
+    config: BackupConfig,
+    secs: u64,
+    metrics: std::sync::Arc<pbx::metrics::Metrics>,
+) {
     let every = std::time::Duration::from_secs(secs);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Nodes sharing a database make one archive per interval: the holder's.
+    let mut job = store::jobs::JobLock::new(reg.store(), store::jobs::Job::Backup);
+    let slot = store::jobs::Job::ALL
+        .iter()
+        .position(|j| *j == store::jobs::Job::Backup)
+        .unwrap_or(0);
     loop {
         tick.tick().await;
+        let held = job.hold().await;
+        metrics.job_holder[slot].store(held, std::sync::atomic::Ordering::Relaxed);
+        if !held {
+            continue;
+        }
         let outcome = async {
             let seal = config_seal(&config)?;
             let dir = default_dir(&reg, &config)?;

@@ -11,6 +11,7 @@ mod import;
 mod mail;
 pub mod regenerate;
 mod serve;
+mod store;
 mod tls;
 mod trunk;
 
@@ -32,6 +33,8 @@ pub async fn run(cli: Cli, log: crate::log::Log) -> anyhow::Result<ExitCode> {
         Command::Backup(c) => {
             return backup::run(&data, config_path.as_deref(), database.as_deref(), c).await;
         }
+        // A copy names its own source and target.
+        Command::Store(c) => return store::run(database.as_deref(), c).await,
         other => other,
     };
     let config = crate::config::load(config_path.as_deref(), &data, database.as_deref())?;
@@ -73,7 +76,7 @@ pub async fn run(cli: Cli, log: crate::log::Log) -> anyhow::Result<ExitCode> {
             out,
         } => advise::run(&registry, &config, sip, http, remote_phones, out.json).await?,
         // Returned above, before any data dir was opened.
-        Command::Backup(_) => ExitCode::from(2),
+        Command::Backup(_) | Command::Store(_) => ExitCode::from(2),
     };
     registry.store().close().await;
     Ok(code)

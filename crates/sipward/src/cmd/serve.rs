@@ -334,6 +334,7 @@ pub async fn run(
             reg.clone(),
             config.backup.clone(),
             secs,
+            bound.endpoint.metrics.clone(),
         ))
     });
     let reloader = tokio::spawn(async move {

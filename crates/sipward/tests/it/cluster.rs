@@ -174,3 +174,226 @@ fn a_cut_listener_and_a_database_restart_leave_no_node_stale() {
     );
     node_a.stop();
 }
+
+/// svcrack with a dictionary against extension 1001 (auth ID 1001) on `server`.
+fn crack_with(server: &Server, dictionary: &std::path::Path) -> String {
+    crate::guard::run_sipvicious(
+        "svcrack",
+        &[
+            "-u",
+            "1001",
+            "-d",
+            dictionary.to_str().expect("utf-8"),
+            "-p",
+            &server.sip.port().to_string(),
+            "127.0.0.1",
+        ],
+    )
+}
+
+#[test]
+fn svcrack_spreading_its_guesses_over_two_nodes_meets_one_account_limit() {
+    const PASSWORD: &str = "Zq8xLmTr4wPyK7vB2";
+    // The account limit (10) alone is under test: per-source bans (10 per node) never
+    // trigger at 8 guesses a node, and svcrack's User-Agent is let through.
+    let config = "[guard]\nban_scanners = false\nextension_failures = 10\n";
+    let wrong: Vec<String> = (0..8).map(|i| format!("wrong-guess-{i}")).collect();
+    let dir = tempfile::tempdir().expect("tmp");
+    let only_wrong = dir.path().join("wrong.txt");
+    std::fs::write(&only_wrong, wrong.join("\n") + "\n").expect("dict");
+    let then_right = dir.path().join("then-right.txt");
+    std::fs::write(&then_right, format!("{}\n{PASSWORD}\n", wrong.join("\n"))).expect("dict");
+    let cracked = |out: &str| out.contains(PASSWORD);
+
+    // Positive control: one node, 8 wrong guesses then the right one: found.
+    let control = crate::guard::target_env(config, PASSWORD);
+    let alone = control.serve();
+    let seen = crack_with(&alone, &then_right);
+    assert!(
+        cracked(&seen),
+        "svcrack must find the password past 8 wrong guesses on one node:\n{seen}"
+    );
+
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let (a, b) = two_nodes(cluster, config);
+    a.ok(&[
+        "ext",
+        "add",
+        "1001",
+        "--auth-id",
+        "1001",
+        "--password",
+        PASSWORD,
+    ]);
+    let node_a = a.serve();
+    let node_b = b.serve();
+    let seen = crack_with(&node_a, &only_wrong);
+    assert!(!cracked(&seen), "{seen}");
+    assert!(
+        node_a.metric("sipward_auth_failures_total") >= 8,
+        "A checked its 8 wrong guesses"
+    );
+    // A writes its failures within a second, and B reads them within another.
+    eventually(
+        "B knows of A's failures for 1001",
+        Duration::from_secs(10),
+        || {
+            node_b
+                .http_get("/metrics")
+                .1
+                .contains("sipward_table_entries{table=\"guard_shared_failures_others\"} 1")
+        },
+    );
+    let seen = crack_with(&node_b, &then_right);
+    assert!(
+        !cracked(&seen),
+        "8 guesses on A and the rest on B meet the account limit:\n{seen}"
+    );
+    assert!(
+        node_b.log().contains(r#""event":"account_protected""#),
+        "B protected the account:\n{}",
+        node_b.log()
+    );
+    // The owner's phone from a trusted or allow-listed address still logs in; the
+    // account is closed to strangers only (the guard's rule, unchanged).
+    assert_eq!(
+        a.json(&["ban", "list", "--json"]),
+        serde_json::json!([]),
+        "no source was banned: the account limit stopped it"
+    );
+}
+
+fn holds_outbox(node: &Server) -> bool {
+    node.http_get("/metrics")
+        .1
+        .contains("sipward_job_holder{job=\"outbox\"} 1")
+}
+
+#[test]
+fn kill_9_of_the_outbox_holder_hands_the_waiting_mail_to_the_other_node_once() {
+    use crate::peers::Smtp;
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let url = cluster.fresh_database();
+    let a = Env::on_postgres(&url, None);
+    a.ok(&["ext", "list"]);
+    let smtp = Smtp::start(&a);
+    let config = crate::regenerate::base_config() + &smtp.config(crate::peers::SMTP_PASSWORD);
+    let b = Env::on_postgres(&url, Some(&a));
+    // The administrator's CLI on a third machine, without [mail]: it queues mail and
+    // leaves the sending to the servers.
+    let admin = Env::on_postgres(&url, Some(&a));
+    for env in [&a, &b] {
+        std::fs::create_dir_all(&env.data).expect("data dir");
+        std::fs::write(env.data.join("sipward.toml"), &config).expect("config");
+    }
+    let node_a = a.serve();
+    eventually("A takes the outbox", Duration::from_secs(10), || {
+        holds_outbox(&node_a)
+    });
+    let node_b = b.serve();
+    assert!(!holds_outbox(&node_b), "one holder at a time");
+
+    // A Re-Generate queues the new credentials' mail.
+    admin.ok(&["ext", "add", "3001", "--email", "alice@example.com"]);
+    admin.ok(&["ext", "regenerate", "3001"]);
+    eventually("A sends the first mail", Duration::from_secs(20), || {
+        smtp.messages().len() == 1
+    });
+    assert!(!holds_outbox(&node_b), "B never took it while A was alive");
+
+    node_a.signal("KILL");
+    admin.ok(&["ext", "add", "3002", "--email", "bob@example.com"]);
+    admin.ok(&["ext", "regenerate", "3002"]);
+    eventually(
+        "B takes the outbox over and sends the waiting mail",
+        Duration::from_secs(20),
+        || smtp.messages().len() == 2,
+    );
+    assert!(holds_outbox(&node_b));
+    let mails = smtp.messages();
+    assert!(mails[0].starts_with("X-Test-Envelope-To: alice@example.com"));
+    assert!(mails[1].starts_with("X-Test-Envelope-To: bob@example.com"));
+    let outbox = admin.json(&["mail", "list", "--json"]);
+    let states: Vec<(String, i64)> = outbox
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|m| {
+            (
+                m["state"].as_str().unwrap_or("").to_owned(),
+                m["attempts"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [("sent".to_owned(), 1), ("sent".to_owned(), 1)],
+        "each mail sent once, in one attempt"
+    );
+    node_b.stop();
+}
+
+#[test]
+fn a_sqlite_data_dir_moves_into_postgres_and_a_postgres_backup_restores_anywhere() {
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let old = Env::new();
+    old.ok(&["ext", "add", "2001", "--email", "a@example.com"]);
+    old.ok(&["ban", "add", "192.0.2.7", "--for", "1h"]);
+    let before = old.json(&["ext", "list", "--json"]);
+    let url = cluster.fresh_database();
+    let from = old.data.to_str().expect("utf-8");
+    let copy = old.run(&["store", "copy", "--from", from, "--to", &url, "--json"]);
+    assert_eq!(copy.code, 0, "{}{}", copy.stdout, copy.stderr);
+    let out: serde_json::Value = serde_json::from_str(&copy.stdout).expect("json");
+    assert_eq!(out["tables"]["extensions"], 2, "888 and 2001: {out}");
+    assert_eq!(out["tables"]["bans"], 1);
+    assert!(
+        copy.stderr.contains("copied extensions: 2 rows"),
+        "progress: {}",
+        copy.stderr
+    );
+    // Not twice: the target holds an install now.
+    let err = old.fails(&["store", "copy", "--from", from, "--to", &url], 2);
+    assert!(err.contains("already holds an install"), "{err}");
+    let err = old.fails(
+        &["store", "copy", "--from", "/nonexistent", "--to", &url],
+        2,
+    );
+    assert!(err.contains("holds no sipward database"), "{err}");
+
+    // A node on PostgreSQL with the data dir's key sees everything.
+    let node = Env::on_postgres(&url, Some(&old));
+    assert_eq!(node.json(&["ext", "list", "--json"]), before);
+    assert_eq!(
+        node.json(&["ban", "list", "--json"])[0]["source"],
+        "192.0.2.7"
+    );
+
+    // Its backup is the usual archive, restored here into a SQLite data dir.
+    let (key, public) = crate::backup::keygen(&node, "key.txt");
+    let file = node.path("pg.swbak");
+    let f = file.to_str().expect("utf-8");
+    node.ok(&["backup", "create", "--recipient", &public, "--out", f]);
+    let signer = crate::backup::signer_of(&node);
+    let restored = Env::new();
+    restored.ok(&[
+        "backup",
+        "restore",
+        f,
+        "--identity",
+        key.to_str().expect("utf-8"),
+        "--trust-signer",
+        &signer,
+    ]);
+    assert_eq!(restored.json(&["ext", "list", "--json"]), before);
+    assert_eq!(
+        restored.json(&["ban", "list", "--json"])[0]["source"],
+        "192.0.2.7"
+    );
+}
