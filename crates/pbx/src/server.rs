@@ -216,7 +216,10 @@ pub async fn bind(
         .store(dir.len() as u64, Ordering::Relaxed);
     directory.replace(dir);
     let registrar = Arc::new(Registrar::new(cfg.registrar.clone()));
-    let bindings = store::bindings::live_bindings(&mut conn, clock.now()).await?;
+    // This node's bindings (and unowned ones, which it takes over): another node's
+    // flows are not reachable from here.
+    let bindings =
+        store::bindings::live_node_bindings(&mut conn, cfg.node.as_str(), clock.now()).await?;
     // Where phones are registered from is trusted for them, across restarts.
     let guard = Arc::new(Guard::new(cfg.bans.clone(), metrics.clone()));
     guard.set_registrations(registrar.clone());
@@ -432,7 +435,7 @@ impl Bound {
             self.endpoint.clone(),
             self.transports.clone(),
             self.clock.clone(),
-            self.node.clone(),
+            (self.node.clone(), self.cfg.node.to_string()),
             stop_rx.clone(),
         ));
         shutdown.await;
@@ -450,7 +453,14 @@ impl Bound {
                 store::trunks::replace_active_calls(&mut conn, &[], 0).await,
             );
         }
-        flush(&self.registry, &self.endpoint, self.clock.now(), true).await
+        flush(
+            &self.registry,
+            &self.endpoint,
+            self.cfg.node.as_str(),
+            self.clock.now(),
+            true,
+        )
+        .await
     }
 }
 
@@ -994,7 +1004,7 @@ async fn flush_loop(
     endpoint: Arc<Endpoint>,
     transports: Arc<Transports>,
     clock: Arc<dyn Clock>,
-    node: String,
+    (node, holder): (String, String),
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(FLUSH_EVERY);
@@ -1019,7 +1029,7 @@ async fn flush_loop(
             }
         }
         let started = clock.instant();
-        let written = flush(&registry, &endpoint, clock.now(), every_second).await;
+        let written = flush(&registry, &endpoint, &holder, clock.now(), every_second).await;
         if written.is_ok() {
             slow.note(
                 clock.instant().saturating_duration_since(started),
@@ -1225,7 +1235,15 @@ async fn write_trunk_state(
 /// Writes every changed extension's bindings in one transaction (one batch: the answers
 /// waiting for it go out once it is committed), expiring bindings first when `sweep`;
 /// on failure the changes stay dirty and are retried with the next batch.
-async fn flush(registry: &Registry, endpoint: &Endpoint, now: i64, sweep: bool) -> Result<()> {
+/// `holder` is this node's name: the bindings it writes are its own (their flows are
+/// this node's), and other nodes' stay as they are.
+async fn flush(
+    registry: &Registry,
+    endpoint: &Endpoint,
+    holder: &str,
+    now: i64,
+    sweep: bool,
+) -> Result<()> {
     let ended = endpoint.take_graces_ended();
     if !ended.is_empty() {
         let mut conn = registry.store().conn().await?;
@@ -1251,7 +1269,7 @@ async fn flush(registry: &Registry, endpoint: &Endpoint, now: i64, sweep: bool) 
         for (number, rows) in &batch.rows {
             // Rows no credentials back any more (changed or removed since) are not
             // written: the store refuses them.
-            store::bindings::replace_bindings(&mut tx, number, rows, now).await?;
+            store::bindings::replace_node_bindings(&mut tx, holder, number, rows, now).await?;
         }
         if sweep {
             store::bindings::delete_expired_bindings(&mut tx, now).await?;
