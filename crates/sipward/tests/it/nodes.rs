@@ -63,3 +63,92 @@ fn an_address_never_names_a_node() {
     assert!(err.contains("IP address"), "{err}");
     // The control, a name that starts, is the test above.
 }
+
+/// Issue 21: each binding belongs to the node that holds its flow. Two nodes on one
+/// PostgreSQL database, one phone of extension 1001 registered through each: each node
+/// writes only its own registrations, so neither write (nor a refresh) removes the
+/// other node's. Before bindings had owners, the second node's write replaced all of
+/// the extension's rows with its own.
+#[test]
+fn each_node_keeps_its_registrations_and_leaves_the_other_nodes() {
+    use crate::peers::UdpClient;
+    use crate::registrar::{ALICE, PASSWORD, register, status};
+    use std::time::Duration;
+    let Some(cluster) = crate::pg::cluster() else {
+        return;
+    };
+    let url = cluster.fresh_database();
+    let a = Env::on_postgres(&url, None);
+    a.ok(&[
+        "ext",
+        "add",
+        "1001",
+        "--auth-id",
+        "alice1001",
+        "--password",
+        PASSWORD,
+    ]);
+    let b = Env::on_postgres(&url, Some(&a));
+    let node_a = a.serve_with(&["--node-name", "a"]);
+    let node_b = b.serve_with(&["--node-name", "b"]);
+    let office = UdpClient::from_address("127.0.0.2", node_a.sip, Duration::from_secs(2));
+    let home = UdpClient::from_address("127.0.0.3", node_b.sip, Duration::from_secs(2));
+    let contact = |c: &UdpClient| format!("<sip:1001@{}>", c.local);
+    let sources = || -> Vec<String> {
+        let show = a.json(&["ext", "show", "1001", "--json"]);
+        let mut s: Vec<String> = show["registrations"]
+            .as_array()
+            .expect("registrations")
+            .iter()
+            .map(|r| {
+                r["source"]
+                    .as_str()
+                    .and_then(|s| s.split(':').next())
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect();
+        s.sort();
+        s
+    };
+    let at_office = contact(&office);
+    let at_home = contact(&home);
+    assert_eq!(
+        status(&register(
+            &office,
+            &ALICE,
+            "office",
+            1,
+            Some(&at_office),
+            Some(300)
+        )),
+        200
+    );
+    assert_eq!(
+        status(&register(
+            &home,
+            &ALICE,
+            "home",
+            1,
+            Some(&at_home),
+            Some(300)
+        )),
+        200
+    );
+    assert_eq!(sources(), ["127.0.0.2", "127.0.0.3"], "B's write kept A's");
+    // A refreshes its phone: B's stays.
+    assert_eq!(
+        status(&register(
+            &office,
+            &ALICE,
+            "office",
+            3,
+            Some(&at_office),
+            Some(300)
+        )),
+        200
+    );
+    assert_eq!(sources(), ["127.0.0.2", "127.0.0.3"], "A's write kept B's");
+    node_a.stop();
+    node_b.stop();
+}
