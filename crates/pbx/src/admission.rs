@@ -64,9 +64,10 @@ pub struct Admitted {
 pub const LEASE_SECS: i64 = 30;
 /// How often a node renews the leases of its calls (well within [`LEASE_SECS`]).
 pub const RENEW_EVERY_SECS: i64 = 10;
-/// Leases one node remembers (its trunk calls are bounded by `b2bua::MAX_CALLS`; a
-/// lease not remembered is never renewed, and lapses).
-pub const MAX_HELD: usize = 2 * crate::b2bua::MAX_CALLS;
+/// Leases one node remembers: twice the trunk calls `b2bua::MAX_CALLS` lets up at once
+/// (`server` holds the two to it at compile time). A lease not remembered is never
+/// renewed, and lapses.
+pub const MAX_HELD: usize = 32_768;
 
 /// How long a transfer grant waits for the transferee's INVITE.
 pub const GRANT_LIFETIME: i64 = 60;

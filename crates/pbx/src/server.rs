@@ -1041,6 +1041,9 @@ async fn flush_loop(
     }
 }
 
+// Every call up can hold its lease, and those ended within the last round too.
+const _: () = assert!(admission::MAX_HELD >= 2 * crate::b2bua::MAX_CALLS);
+
 /// How often call leases are tended: the leases of calls that ended released (another
 /// node sees the place free within this), and every [`admission::RENEW_EVERY_SECS`]
 /// the rest renewed.
