@@ -1,17 +1,24 @@
 //! Admission of outbound calls in the running server: each extension's class of service, fraud
-//! limits and suspension (a snapshot reloaded with the directory), the attempt counts,
-//! the transfer grants, and the decision for each authenticated INVITE. The decision is
-//! taken on the class of the number that leaves (after the route's rewrite, in E.164:
-//! the endpoint classifies with `policy::dialplan`); this keeps the state.
+//! limits and suspension (a snapshot reloaded with the directory), the transfer grants,
+//! and the decision for each authenticated INVITE. The decision is taken on the class of
+//! the number that leaves (after the route's rewrite, in E.164: the endpoint classifies
+//! with `policy::dialplan`); this keeps the state.
+//!
+//! The fraud limits' counts live in the store (`store::fraud`), not here: attempts per
+//! minute and international calls per day are counters moved by one conditional
+//! statement each, and every external call holds a lease while it counts (renewed by
+//! [`Ledger::tend`], lapsing when this node dies). So the limits are exact whether one
+//! node uses the database or several do, with one implementation for both.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use accounts::class_of_service::Line;
-use policy::dialplan::{Breach, CallClass, ClassOfService, Destination, DialPlan, Usage};
+use policy::dialplan::{Breach, CallClass, ClassOfService, Destination, DialPlan};
+use policy::fraud::FraudLimits;
+use store::fraud::{self as ledger, Counter, Lease};
 use store::outbound::CallingRow;
-
-use crate::guard::Windows;
 
 /// The answer to an authenticated caller's INVITE.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,8 +32,42 @@ pub enum Decision {
     Suspend(Breach),
 }
 
-const MINUTE: i64 = 60;
-const DAY: i64 = 86_400;
+/// What admission can say without the store, and what it must ask it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    Decided(Decision),
+    /// An external call by an extension that is not suspended: its counts are taken in
+    /// the store ([`Outbound::count`]) before it is decided.
+    Count(Counting),
+}
+
+/// An external call attempt waiting for its counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counting {
+    /// The account charged.
+    pub number: String,
+    pub class: CallClass,
+    /// Whether the class of service allows the call (a forbidden attempt still counts).
+    allowed: bool,
+    limits: FraudLimits,
+}
+
+/// What the store's counts came to: the decision, and the lease an admitted call holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admitted {
+    pub decision: Decision,
+    pub lease: Option<String>,
+}
+
+/// How long a call's lease holds without renewal: a node that dies frees its calls'
+/// places within this.
+pub const LEASE_SECS: i64 = 30;
+/// How often a node renews the leases of its calls (well within [`LEASE_SECS`]).
+pub const RENEW_EVERY_SECS: i64 = 10;
+/// Leases one node remembers: twice the trunk calls `b2bua::MAX_CALLS` lets up at once
+/// (`server` holds the two to it at compile time). A lease not remembered is never
+/// renewed, and lapses.
+pub const MAX_HELD: usize = 32_768;
 
 /// How long a transfer grant waits for the transferee's INVITE.
 pub const GRANT_LIFETIME: i64 = 60;
@@ -44,33 +85,141 @@ struct Grant {
     until: i64,
 }
 
+/// This node's side of the fraud limits in the store: the names of the leases its
+/// calls hold, which it renews and releases.
+#[derive(Debug)]
+pub struct Ledger {
+    store: store::Store,
+    node: String,
+    /// Random per process: a restarted node's lease names never meet its old ones.
+    boot: u64,
+    next: AtomicU64,
+    /// Leases taken for calls of this node, by name: the account charged.
+    held: Mutex<HashMap<String, String>>,
+}
+
+impl Ledger {
+    pub fn new(store: store::Store, node: &policy::node::NodeName, boot: u64) -> Self {
+        Self {
+            store,
+            node: node.to_string(),
+            boot,
+            next: AtomicU64::new(0),
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new lease name, unique across nodes and restarts.
+    pub fn name(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{}/{:016x}/{n}", self.node, self.boot)
+    }
+
+    /// Remembers a lease taken for a call that is now up (`b2bua` lists it among the
+    /// live ones). Called only after the call started, so [`Ledger::ended`] never takes
+    /// a lease for ended before its call begins.
+    pub fn hold(&self, lease: String, account: String) {
+        let mut held = self.held();
+        if held.len() < MAX_HELD {
+            held.insert(lease, account);
+        }
+    }
+
+    /// The leases held whose calls no longer count (not in `live`), forgotten here. The
+    /// live set is read under the lock, so a lease held after its call started is
+    /// always in it.
+    fn ended(&self, live: impl FnOnce() -> HashSet<String>) -> Vec<String> {
+        let mut held = self.held();
+        let live = live();
+        let ended: Vec<String> = held
+            .keys()
+            .filter(|l| !live.contains(*l))
+            .cloned()
+            .collect();
+        for l in &ended {
+            held.remove(l);
+        }
+        ended
+    }
+
+    /// How many leases this node holds.
+    pub fn held_count(&self) -> usize {
+        self.held().len()
+    }
+
+    /// Releases the leases of calls that ended and, when `renew`, moves the rest
+    /// [`LEASE_SECS`] past `now`; with `prune`, also deletes what lapsed anywhere.
+    /// The server runs it every second (renewing every [`RENEW_EVERY_SECS`]).
+    pub async fn tend(
+        &self,
+        live: impl FnOnce() -> HashSet<String>,
+        now: i64,
+        renew: bool,
+        prune: bool,
+    ) -> store::Result<()> {
+        let ended = self.ended(live);
+        let mut conn = self.store.conn().await?;
+        if !ended.is_empty() {
+            ledger::release_leases(&mut conn, &ended).await?;
+        }
+        if renew {
+            let held: Vec<String> = self.held().keys().cloned().collect();
+            ledger::renew_leases(&mut conn, &held, now + LEASE_SECS).await?;
+        }
+        if prune {
+            ledger::prune(&mut conn, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes a lease with no cap for a call that is never refused but counts (an
+    /// emergency call), and holds it.
+    pub async fn take_uncapped(
+        &self,
+        lease: String,
+        account: String,
+        now: i64,
+    ) -> store::Result<()> {
+        let mut tx = self.store.begin().await?;
+        ledger::take_lease(
+            &mut tx,
+            &Lease {
+                lease: &lease,
+                account: &account,
+                node: &self.node,
+                expires_at: now + LEASE_SECS,
+            },
+            now,
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        self.hold(lease, account);
+        Ok(())
+    }
+}
+
 /// The outbound state of the server.
 #[derive(Debug)]
 pub struct Outbound {
     /// Replaced whole on a config reload (SIGHUP); calls in progress keep theirs.
     plan: RwLock<Arc<DialPlan>>,
     lines: RwLock<Arc<HashMap<String, Line>>>,
-    attempts: Mutex<Windows<String>>,
-    international: Mutex<Windows<String>>,
     /// Suspended here and not yet seen back from the store.
     suspended_now: Mutex<HashSet<String>>,
     grants: Mutex<VecDeque<Grant>>,
+    /// The counts in the store; without one, no external call is admitted.
+    ledger: std::sync::OnceLock<Arc<Ledger>>,
 }
 
 impl Outbound {
     /// The sizes of the admission tables, for `/metrics`.
-    pub fn table_sizes(&self) -> [(&'static str, usize); 6] {
-        let windows = |w: &Mutex<Windows<String>>| {
-            let w = w.lock().unwrap_or_else(|p| p.into_inner());
-            (w.len(), w.queued())
-        };
-        let (attempts, attempts_queue) = windows(&self.attempts);
-        let (international, international_queue) = windows(&self.international);
+    pub fn table_sizes(&self) -> [(&'static str, usize); 3] {
         [
-            ("admission_attempts", attempts),
-            ("admission_attempts_queue", attempts_queue),
-            ("admission_international", international),
-            ("admission_international_queue", international_queue),
             (
                 "admission_suspended_now",
                 self.suspended_now
@@ -82,6 +231,10 @@ impl Outbound {
                 "transfer_grants",
                 self.grants.lock().unwrap_or_else(|p| p.into_inner()).len(),
             ),
+            (
+                "admission_leases_held",
+                self.ledger.get().map_or(0, |l| l.held_count()),
+            ),
         ]
     }
 
@@ -89,11 +242,20 @@ impl Outbound {
         Self {
             plan: RwLock::new(Arc::new(plan)),
             lines: RwLock::new(Arc::new(HashMap::new())),
-            attempts: Mutex::new(Windows::default()),
-            international: Mutex::new(Windows::default()),
             suspended_now: Mutex::new(HashSet::new()),
             grants: Mutex::new(VecDeque::new()),
+            ledger: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Gives admission the store's counts (once, when the server binds).
+    pub fn attach(&self, ledger: Arc<Ledger>) {
+        let _ = self.ledger.set(ledger);
+    }
+
+    /// The store's counts, when attached.
+    pub fn ledger(&self) -> Option<&Arc<Ledger>> {
+        self.ledger.get()
     }
 
     /// The dial plan calls are classified with.
@@ -190,15 +352,9 @@ impl Outbound {
     }
 
     /// Decides a call of `class` from extension `number` (authenticated, or the
-    /// referrer of a transfer): the class of the number that leaves, as the dial plan
-    /// gives it after the route's rewrite.
-    pub fn decide(
-        &self,
-        number: &str,
-        class: CallClass,
-        active_external: impl FnOnce() -> u32,
-        now: i64,
-    ) -> Decision {
+    /// referrer of a transfer) as far as it can without the store: the class of the
+    /// number that leaves, as the dial plan gives it after the route's rewrite.
+    pub fn decide(&self, number: &str, class: CallClass) -> Step {
         let Some(line) = self
             .lines
             .read()
@@ -206,17 +362,17 @@ impl Outbound {
             .get(number)
             .copied()
         else {
-            return Decision::Forbidden;
+            return Step::Decided(Decision::Forbidden);
         };
         if class == CallClass::Emergency {
-            return Decision::Allow(class);
+            return Step::Decided(Decision::Allow(class));
         }
         if !class.is_external() {
-            return if line.class.allows(class) {
+            return Step::Decided(if line.class.allows(class) {
                 Decision::Allow(class)
             } else {
                 Decision::Forbidden
-            };
+            });
         }
         let suspended = line.suspended
             || self
@@ -225,48 +381,111 @@ impl Outbound {
                 .unwrap_or_else(|p| p.into_inner())
                 .contains(number);
         if suspended {
-            return Decision::Forbidden;
+            return Step::Decided(Decision::Forbidden);
         }
-        // Every external attempt counts, also one the class of service forbids: an
-        // intruder trying numbers abroad on a national extension is suspended (and the
-        // administrator told) as fast as one who succeeds.
-        let key = number.to_owned();
-        let l = line.limits;
-        let attempts = self
-            .attempts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .record(&key, now, MINUTE, l.attempts_per_minute.saturating_add(1));
-        let allowed = line.class.allows(class);
-        let international =
-            if class.destination().is_some_and(Destination::counts_per_day) && allowed {
-                self.international
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .record(&key, now, DAY, l.international_per_day.saturating_add(1))
-            } else {
-                0
+        Step::Count(Counting {
+            number: number.to_owned(),
+            class,
+            allowed: line.class.allows(class),
+            limits: line.limits,
+        })
+    }
+
+    /// Takes an external attempt's counts in the store, in one transaction, and decides
+    /// it: every attempt counts against the attempts per minute, also one the class of
+    /// service forbids (an intruder trying numbers abroad on a national extension is
+    /// suspended as fast as one who succeeds); an allowed call then takes a lease
+    /// against the concurrent limit and, abroad, counts against the day's. A breach
+    /// suspends at once, here, before the store has the suspension. `live` lists the
+    /// leases of this node's calls that still count: the others are released first.
+    pub async fn count(
+        &self,
+        c: &Counting,
+        live: impl FnOnce() -> HashSet<String>,
+        now: i64,
+    ) -> store::Result<Admitted> {
+        let Some(ledger) = self.ledger.get() else {
+            return Ok(Admitted {
+                decision: Decision::Forbidden,
+                lease: None,
+            });
+        };
+        let ended = ledger.ended(live);
+        let l = c.limits;
+        let lease = ledger.name();
+        let mut tx = ledger.store.begin().await?;
+        if !ended.is_empty() {
+            ledger::release_leases(&mut tx, &ended).await?;
+        }
+        let breach = 'counted: {
+            let attempts = ledger::count(
+                &mut tx,
+                &c.number,
+                Counter::AttemptsPerMinute,
+                now,
+                l.attempts_per_minute,
+            )
+            .await?;
+            if attempts.is_none() {
+                break 'counted Some(Breach::AttemptsPerMinute {
+                    limit: l.attempts_per_minute,
+                });
+            }
+            if !c.allowed {
+                tx.commit().await?;
+                return Ok(Admitted {
+                    decision: Decision::Forbidden,
+                    lease: None,
+                });
+            }
+            let leased = Lease {
+                lease: &lease,
+                account: &c.number,
+                node: &ledger.node,
+                expires_at: now + LEASE_SECS,
             };
-        let usage = Usage {
-            active_external: active_external(),
-            attempts_last_minute: attempts,
-            international_today: international,
+            if !ledger::take_lease(&mut tx, &leased, now, Some(l.concurrent_external)).await? {
+                break 'counted Some(Breach::ConcurrentExternal {
+                    limit: l.concurrent_external,
+                });
+            }
+            if c.class
+                .destination()
+                .is_some_and(Destination::counts_per_day)
+                && ledger::count(
+                    &mut tx,
+                    &c.number,
+                    Counter::InternationalPerDay,
+                    now,
+                    l.international_per_day,
+                )
+                .await?
+                .is_none()
+            {
+                ledger::release_leases(&mut tx, std::slice::from_ref(&lease)).await?;
+                break 'counted Some(Breach::InternationalPerDay {
+                    limit: l.international_per_day,
+                });
+            }
+            None
         };
-        let breach = match class.destination().and_then(|d| l.check(d, usage)) {
-            Some(b @ Breach::AttemptsPerMinute { .. }) => Some(b),
-            _ if !allowed => return Decision::Forbidden,
-            other => other,
-        };
-        match breach {
-            None => Decision::Allow(class),
+        tx.commit().await?;
+        Ok(match breach {
+            None => Admitted {
+                decision: Decision::Allow(c.class),
+                lease: Some(lease),
+            },
             Some(breach) => {
                 self.suspended_now
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(key);
-                Decision::Suspend(breach)
+                    .insert(c.number.clone());
+                Admitted {
+                    decision: Decision::Suspend(breach),
+                    lease: None,
+                }
             }
-        }
+        })
     }
 }
 
@@ -287,20 +506,62 @@ mod tests {
         }
     }
 
-    /// The old signature: classify as dialled, then decide.
-    fn decide(
+    /// Classifies as dialled, then decides, with the store's counts; every call
+    /// admitted before has ended.
+    async fn decide(
         o: &Outbound,
         number: &str,
         dialled: &str,
         is_extension: impl Fn(&str) -> bool,
-        active: impl FnOnce() -> u32,
         now: i64,
     ) -> Decision {
-        let class = o.plan().classify(dialled, is_extension);
-        o.decide(number, class, active, now)
+        decide_with(o, number, dialled, is_extension, now, false).await
     }
 
-    fn outbound() -> Outbound {
+    /// [`decide`], and every call admitted before is still up when `up`.
+    async fn decide_with(
+        o: &Outbound,
+        number: &str,
+        dialled: &str,
+        is_extension: impl Fn(&str) -> bool,
+        now: i64,
+        up: bool,
+    ) -> Decision {
+        let class = o.plan().classify(dialled, is_extension);
+        match o.decide(number, class) {
+            Step::Decided(d) => d,
+            Step::Count(c) => {
+                let ledger = o.ledger().expect("attached");
+                let live: HashSet<String> = if up {
+                    ledger.held().keys().cloned().collect()
+                } else {
+                    HashSet::new()
+                };
+                let admitted = o.count(&c, || live, now).await.expect("store");
+                if let Some(lease) = admitted.lease {
+                    ledger.hold(lease, c.number.clone());
+                }
+                admitted.decision
+            }
+        }
+    }
+
+    /// Outbound with its ledger in a fresh store (kept alive by the returned dir).
+    async fn outbound() -> (tempfile::TempDir, Outbound) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store::Store::open_sqlite(&dir.path().join("t.db"))
+            .await
+            .expect("store");
+        let o = plain();
+        o.attach(Arc::new(Ledger::new(
+            store,
+            &policy::node::NodeName::parse("a").expect("name"),
+            1,
+        )));
+        (dir, o)
+    }
+
+    fn plain() -> Outbound {
         let o = Outbound::new(DialPlan {
             country_code: "49".into(),
             international_prefix: "00".into(),
@@ -317,12 +578,12 @@ mod tests {
         o
     }
 
-    #[test]
-    fn a_new_dial_plan_classifies_the_next_call() {
-        let o = outbound();
+    #[tokio::test]
+    async fn a_new_dial_plan_classifies_the_next_call() {
+        let (_dir, o) = outbound().await;
         let ext = |n: &str| ["888", "1001", "1002", "1003"].contains(&n);
         assert_eq!(
-            decide(&o, "1001", "0301234567", ext, || 0, 0),
+            decide(&o, "1001", "0301234567", ext, 0).await,
             Decision::Allow(CallClass::National)
         );
         // The same office moves to the UK: 0301234567 is now a UK national number,
@@ -339,77 +600,77 @@ mod tests {
         assert_ne!(o.plan().dialled("112", |_| false), Dialled::Emergency);
     }
 
-    #[test]
-    fn the_fax_extension_cannot_call_abroad_by_default() {
-        let o = outbound();
+    #[tokio::test]
+    async fn the_fax_extension_cannot_call_abroad_by_default() {
+        let (_dir, o) = outbound().await;
         let ext = |n: &str| ["888", "1001", "1002", "1003"].contains(&n);
         assert_eq!(
-            decide(&o, "888", "00252612345678", ext, || 0, 0),
+            decide(&o, "888", "00252612345678", ext, 0).await,
             Decision::Forbidden
         );
         assert_eq!(
-            decide(&o, "888", "0301234567", ext, || 0, 0),
+            decide(&o, "888", "0301234567", ext, 0).await,
             Decision::Allow(CallClass::National)
         );
         assert_eq!(
-            decide(&o, "1002", "00442079460000", ext, || 0, 0),
+            decide(&o, "1002", "00442079460000", ext, 0).await,
             Decision::Allow(CallClass::International)
         );
         assert_eq!(
-            decide(&o, "1002", "00252612345678", ext, || 0, 0),
+            decide(&o, "1002", "00252612345678", ext, 0).await,
             Decision::Forbidden,
             "Somalia is a high-cost destination: international is not enough"
         );
         assert_eq!(
-            decide(&o, "1003", "0301234567", ext, || 0, 0),
+            decide(&o, "1003", "0301234567", ext, 0).await,
             Decision::Forbidden
         );
         assert_eq!(
-            decide(&o, "1003", "1001", ext, || 0, 0),
+            decide(&o, "1003", "1001", ext, 0).await,
             Decision::Allow(CallClass::Internal)
         );
         assert_eq!(
-            decide(&o, "1003", "112", ext, || 0, 0),
+            decide(&o, "1003", "112", ext, 0).await,
             Decision::Allow(CallClass::Emergency)
         );
         assert_eq!(
-            decide(&o, "9999", "1001", ext, || 0, 0),
+            decide(&o, "9999", "1001", ext, 0).await,
             Decision::Forbidden,
             "unknown caller"
         );
     }
 
-    #[test]
-    fn the_sixth_attempt_in_a_minute_suspends_until_resumed() {
-        let o = outbound();
+    #[tokio::test]
+    async fn the_sixth_attempt_in_a_minute_suspends_until_resumed() {
+        let (_dir, o) = outbound().await;
         let ext = |n: &str| n == "1001";
         for i in 0..5 {
             assert_eq!(
-                decide(&o, "1001", "0301234567", ext, || 0, 100 + i),
+                decide(&o, "1001", "0301234567", ext, 100 + i).await,
                 Decision::Allow(CallClass::National)
             );
         }
         assert_eq!(
-            decide(&o, "1001", "0301234567", ext, || 0, 105),
+            decide(&o, "1001", "0301234567", ext, 105).await,
             Decision::Suspend(Breach::AttemptsPerMinute { limit: 5 })
         );
         // Suspended at once, before the store knows; internal and emergency calls go on.
         assert_eq!(
-            decide(&o, "1001", "0301234567", ext, || 0, 500),
+            decide(&o, "1001", "0301234567", ext, 500).await,
             Decision::Forbidden
         );
         assert_eq!(
-            decide(&o, "1001", "1001", ext, || 0, 500),
+            decide(&o, "1001", "1001", ext, 500).await,
             Decision::Allow(CallClass::Internal)
         );
         assert_eq!(
-            decide(&o, "1001", "112", ext, || 0, 500),
+            decide(&o, "1001", "112", ext, 500).await,
             Decision::Allow(CallClass::Emergency)
         );
         // A reload before the store has it keeps it; then the store records it...
         o.replace(&[row("1001", "user", None)]);
         assert_eq!(
-            decide(&o, "1001", "0301234567", ext, || 0, 550),
+            decide(&o, "1001", "0301234567", ext, 550).await,
             Decision::Forbidden
         );
         let mut suspended = row("1001", "user", None);
@@ -417,65 +678,65 @@ mod tests {
         o.replace(&[suspended]);
         o.persisted("1001");
         assert_eq!(
-            decide(&o, "1001", "0301234567", ext, || 0, 600),
+            decide(&o, "1001", "0301234567", ext, 600).await,
             Decision::Forbidden
         );
         // ...and `ext resume` clears it there.
         o.replace(&[row("1001", "user", None)]);
         assert_eq!(
-            decide(&o, "1001", "0301234567", ext, || 0, 700),
+            decide(&o, "1001", "0301234567", ext, 700).await,
             Decision::Allow(CallClass::National)
         );
     }
 
-    #[test]
-    fn users_without_a_stored_row_get_the_user_defaults() {
-        let o = outbound();
+    #[tokio::test]
+    async fn users_without_a_stored_row_get_the_user_defaults() {
+        let (_dir, o) = outbound().await;
         o.replace_with_users(
             &[row("888", "fax", Some("internal"))],
             ["1001", "888"].into_iter(),
         );
         let ext = |_: &str| false;
         assert_eq!(
-            decide(&o, "1001", "0301234567", ext, || 0, 0),
+            decide(&o, "1001", "0301234567", ext, 0).await,
             Decision::Allow(CallClass::National)
         );
         assert_eq!(
-            decide(&o, "888", "0301234567", ext, || 0, 0),
+            decide(&o, "888", "0301234567", ext, 0).await,
             Decision::Forbidden,
             "stored row wins"
         );
         assert_eq!(
-            decide(&o, "1002", "0301234567", ext, || 0, 0),
+            decide(&o, "1002", "0301234567", ext, 0).await,
             Decision::Forbidden,
             "unknown"
         );
     }
 
-    #[test]
-    fn forbidden_attempts_count_too() {
-        let o = outbound();
+    #[tokio::test]
+    async fn forbidden_attempts_count_too() {
+        let (_dir, o) = outbound().await;
         let ext = |_: &str| false;
         for i in 0..5 {
             assert_eq!(
-                decide(&o, "888", "00252612345678", ext, || 0, i),
+                decide(&o, "888", "00252612345678", ext, i).await,
                 Decision::Forbidden
             );
         }
         assert_eq!(
-            decide(&o, "888", "00252612345678", ext, || 0, 5),
+            decide(&o, "888", "00252612345678", ext, 5).await,
             Decision::Suspend(Breach::AttemptsPerMinute { limit: 5 })
         );
         assert_eq!(
-            decide(&o, "888", "0301234567", ext, || 0, 6),
+            decide(&o, "888", "0301234567", ext, 6).await,
             Decision::Forbidden,
             "suspended"
         );
     }
 
-    #[test]
-    fn a_grant_is_used_once_by_its_transferee_for_its_target() {
-        let o = outbound();
+    #[tokio::test]
+    async fn a_grant_is_used_once_by_its_transferee_for_its_target() {
+        let (_dir, o) = outbound().await;
         o.grant("1002", "00442079460000", "1001", 100);
         assert_eq!(o.take_grant("1003", "00442079460000", 110), None);
         assert_eq!(o.take_grant("1002", "00442079460001", 110), None);
@@ -494,24 +755,39 @@ mod tests {
         assert_eq!(o.line("9999"), None);
     }
 
-    #[test]
-    fn concurrent_calls_and_international_per_day() {
-        let o = outbound();
+    #[tokio::test]
+    async fn concurrent_calls_and_international_per_day() {
+        let (_dir, o) = outbound().await;
         let ext = |_: &str| false;
+        for now in [0, 1] {
+            assert_eq!(
+                decide_with(&o, "1002", "0301234567", ext, now, true).await,
+                Decision::Allow(CallClass::National)
+            );
+        }
         assert_eq!(
-            decide(&o, "1002", "0301234567", ext, || 2, 0),
-            Decision::Suspend(Breach::ConcurrentExternal { limit: 2 })
+            decide_with(&o, "1002", "0301234567", ext, 2, true).await,
+            Decision::Suspend(Breach::ConcurrentExternal { limit: 2 }),
+            "a third call while two are up"
         );
-        let o = outbound();
+        // Control: three calls, each ended before the next, pass.
+        let (_dir, o) = outbound().await;
+        for now in [0, 1, 2] {
+            assert_eq!(
+                decide(&o, "1002", "0301234567", ext, now).await,
+                Decision::Allow(CallClass::National)
+            );
+        }
+        let (_dir, o) = outbound().await;
         for i in 0..10 {
             // One a minute: the per-minute limit stays quiet.
             assert_eq!(
-                decide(&o, "1002", "0044207946", ext, || 0, i * 61),
+                decide(&o, "1002", "0044207946", ext, i * 61).await,
                 Decision::Allow(CallClass::International)
             );
         }
         assert_eq!(
-            decide(&o, "1002", "0044207946", ext, || 0, 700),
+            decide(&o, "1002", "0044207946", ext, 700).await,
             Decision::Suspend(Breach::InternationalPerDay { limit: 10 })
         );
     }

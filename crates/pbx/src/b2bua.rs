@@ -63,6 +63,8 @@ pub struct Placed<'a> {
     pub caller: String,
     /// The account the call is charged to: the caller, or a transfer's referrer.
     pub counted: String,
+    /// The lease the call holds in the store while it counts (`admission::Ledger`).
+    pub lease: Option<String>,
     pub dialled: String,
     /// The number as the trunk gets it (after the route's rewrite).
     pub number: String,
@@ -123,6 +125,7 @@ struct Call {
     /// to it at the egress check).
     hops: Hops,
     counted: String,
+    lease: Option<String>,
     caller: String,
     dialled: String,
     e164: Option<String>,
@@ -185,7 +188,16 @@ impl Call {
     /// given up and may still be answered late; a BYE on its way) or a dialog that has
     /// not ended. A failure that was answered and ACKed is over, even while its
     /// transaction lingers to absorb retransmissions.
+    ///
+    /// A call still waiting for the trunk's final answer (calling or ringing) counts
+    /// whatever its transactions say this instant: between a challenge or a 2xx
+    /// reaching the transaction and this table hearing of it, no transaction of leg B
+    /// is open, and a call must not stop counting for that moment (its lease would be
+    /// released under it, and another node's call take its place).
     fn counts(&self, sig: &Signalling) -> bool {
+        if matches!(self.phase, Phase::Calling | Phase::Ringing) {
+            return true;
+        }
         let open = |tx: &TxId| {
             matches!(
                 sig.egress.state(*tx),
@@ -281,6 +293,16 @@ impl B2bua {
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
+    /// The leases of the calls that still count (the others' are released).
+    pub fn live_leases(&self) -> HashSet<String> {
+        let st = self.lock();
+        st.calls
+            .values()
+            .filter(|c| c.counts(&self.sig))
+            .filter_map(|c| c.lease.clone())
+            .collect()
+    }
+
     /// Emergency calls up now: of `caller`, and in all.
     pub fn emergencies(&self, caller: &str) -> (u32, u32) {
         let st = self.lock();
@@ -352,6 +374,7 @@ impl B2bua {
             id: 0,
             hops,
             counted: p.counted,
+            lease: p.lease,
             caller: p.caller,
             dialled: p.dialled,
             e164: p.e164,
@@ -1421,6 +1444,7 @@ mod tests {
             source: phone(),
             caller: "1001".into(),
             counted: "1001".into(),
+            lease: None,
             dialled: "12125550123".into(),
             number,
             e164: Some("+12125550123".into()),
@@ -1480,6 +1504,7 @@ mod tests {
             source: phone(),
             caller: "1001".into(),
             counted: "1001".into(),
+            lease: None,
             dialled: "12125550123".into(),
             number,
             e164: Some("+12125550123".into()),

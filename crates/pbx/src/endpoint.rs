@@ -11,7 +11,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use policy::clock::Clock;
@@ -24,7 +24,7 @@ use sip::msg::{self, Message, Name, StartLine};
 use sip::response::{ResponseBuilder, datagram_target};
 use sip::transaction::TxKey;
 
-use crate::admission::{Decision, Outbound};
+use crate::admission::{Admitted, Counting, Decision, Outbound, Step};
 use crate::authenticator::{Authenticator, Outcome};
 use crate::b2bua::{self, B2bua};
 use crate::dialog::{Dialog, Dialogs, Kind, Side, Who};
@@ -41,6 +41,7 @@ use crate::signalling::Signalling;
 use crate::transfer::{Transfers, Verdict};
 use crate::transport::{ConnectionEnd, Inbound, MessageLimits};
 use crate::trunk::{Routed, Trunks};
+use accounts::background::{self, Task};
 use policy::ban::Proof;
 
 /// Methods sipward knows but does not serve outside a dialog: answered 405 with `Allow`.
@@ -122,6 +123,10 @@ pub struct Endpoint {
     clock: Arc<dyn Clock>,
     tag_hasher: RandomState,
     messages: MessageLimits,
+    /// The endpoint itself, for work that continues after an await (an external call
+    /// waits for its counts in the store); dangling for an endpoint not made by
+    /// [`Endpoint::shared`], which then admits no external call.
+    me: Weak<Endpoint>,
 }
 
 /// The Call-ID and both tags of a request.
@@ -134,6 +139,16 @@ fn dialog_ids<'m>(m: &'m Message<'_>) -> Option<(&'m str, &'m str, &'m str)> {
 
 impl Endpoint {
     pub fn new(p: Parts) -> Self {
+        Self::build(p, Weak::new())
+    }
+
+    /// An endpoint that can continue its own work after an await (what the server
+    /// runs).
+    pub fn shared(p: Parts) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self::build(p, me.clone()))
+    }
+
+    fn build(p: Parts, me: Weak<Endpoint>) -> Self {
         let dialogs = Arc::new(Dialogs::default());
         let egress = Arc::new(Egress::new(
             dialogs.clone(),
@@ -174,6 +189,7 @@ impl Endpoint {
             clock: p.clock,
             tag_hasher: RandomState::new(),
             messages: p.messages,
+            me,
         }
     }
 
@@ -835,11 +851,8 @@ impl Endpoint {
         match plan.dialled(dialled, is_extension) {
             Dialled::Invalid => forbidden(),
             Dialled::Internal => {
-                match self
-                    .outbound
-                    .decide(&counted, CallClass::Internal, || 0, now)
-                {
-                    Decision::Allow(_) => {}
+                match self.outbound.decide(&counted, CallClass::Internal) {
+                    Step::Decided(Decision::Allow(_)) => {}
                     _ => return forbidden(),
                 }
                 let Some(callee) = dir.extension_for_user(dialled) else {
@@ -879,6 +892,10 @@ impl Endpoint {
                     }
                     _ => None,
                 };
+                // An emergency call is never refused by the fraud limits and never
+                // waits for the store, but it counts against the next external call:
+                // its lease is written behind.
+                let lease = self.outbound.ledger().map(|l| l.name());
                 self.trunk_call(
                     m,
                     bytes,
@@ -892,8 +909,23 @@ impl Endpoint {
                         e164,
                         class: CallClass::Emergency,
                         cos,
+                        lease: lease.clone(),
                     },
                 );
+                if let (Some(lease), Some(ledger), Ok(rt)) = (
+                    lease,
+                    self.outbound.ledger().cloned(),
+                    tokio::runtime::Handle::try_current(),
+                ) {
+                    let account = caller.number.clone();
+                    rt.spawn(async move {
+                        background::checked(
+                            Task::CallState,
+                            "leasing an emergency call",
+                            ledger.take_uncapped(lease, account, now).await,
+                        );
+                    });
+                }
             }
             Dialled::Outside => {
                 let routed = self.route(dialled, &caller.number);
@@ -909,20 +941,18 @@ impl Endpoint {
                     },
                     _ => (plan.classify(dialled, is_extension), None),
                 };
-                let active = || self.b2bua.active_for(&counted);
-                match self.outbound.decide(&counted, class, active, now) {
-                    Decision::Forbidden => return forbidden(),
-                    Decision::Suspend(breach) => {
-                        Metrics::inc(&self.metrics.outbound_suspensions);
-                        self.guard.report(Event::Suspended {
-                            number: counted.clone(),
-                            breach,
+                match self.outbound.decide(&counted, class) {
+                    Step::Decided(Decision::Allow(_)) => {}
+                    Step::Decided(_) => return forbidden(),
+                    Step::Count(counting) => {
+                        let call = OwnedTrunkCall {
+                            caller: caller.number.clone(),
                             dialled: dialled.to_owned(),
-                            source: source.ip(),
-                        });
-                        return forbidden();
+                            e164,
+                            cos,
+                        };
+                        return self.count_then_call(bytes, key, flow, routed, counting, call, now);
                     }
-                    Decision::Allow(_) => {}
                 }
                 self.trunk_call(
                     m,
@@ -937,10 +967,104 @@ impl Endpoint {
                         e164,
                         class,
                         cos,
+                        lease: None,
                     },
                 );
             }
         }
+    }
+
+    /// Takes an external call's counts in the store, off the receiving thread, and
+    /// then places it, or refuses it (`403`; `503` when the store cannot count it:
+    /// no external call leaves uncounted).
+    #[allow(clippy::too_many_arguments)]
+    fn count_then_call(
+        &self,
+        bytes: &[u8],
+        key: &TxKey,
+        flow: &Flow,
+        routed: Routed,
+        counting: Counting,
+        call: OwnedTrunkCall,
+        now: i64,
+    ) {
+        let source = flow.remote;
+        let (Some(me), Ok(rt)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
+            Metrics::inc(&self.metrics.calls_forbidden);
+            if let Ok(m) = msg::parse(bytes) {
+                self.respond(&m, key, source, 403, "Forbidden", &[]);
+            }
+            return;
+        };
+        let (bytes, key, flow) = (bytes.to_vec(), key.clone(), *flow);
+        rt.spawn(async move {
+            let counted = me
+                .outbound
+                .count(&counting, || me.b2bua.live_leases(), now)
+                .await;
+            // It parsed on arrival: the same bytes parse again.
+            let Ok(m) = msg::parse(&bytes) else {
+                me.egress.abandon(&key);
+                return;
+            };
+            match counted {
+                Err(e) => {
+                    background::failed(
+                        Task::CallState,
+                        "counting a call against the fraud limits",
+                        &e,
+                    );
+                    me.respond(&m, &key, source, 503, "Service Unavailable", &[]);
+                }
+                Ok(Admitted {
+                    decision: Decision::Allow(class),
+                    lease,
+                }) => {
+                    me.trunk_call(
+                        &m,
+                        &bytes,
+                        &key,
+                        &flow,
+                        routed,
+                        TrunkCall {
+                            caller: &call.caller,
+                            counted: &counting.number,
+                            dialled: &call.dialled,
+                            e164: call.e164,
+                            class,
+                            cos: call.cos,
+                            lease: lease.clone(),
+                        },
+                    );
+                    // Held once the call is up (or refused: then the next round
+                    // releases it), never before.
+                    if let (Some(lease), Some(ledger)) = (lease, me.outbound.ledger()) {
+                        ledger.hold(lease, counting.number.clone());
+                    }
+                }
+                Ok(Admitted {
+                    decision: Decision::Suspend(breach),
+                    ..
+                }) => {
+                    Metrics::inc(&me.metrics.outbound_suspensions);
+                    me.guard.report(Event::Suspended {
+                        number: counting.number.clone(),
+                        breach,
+                        dialled: call.dialled.clone(),
+                        source: source.ip(),
+                    });
+                    Metrics::inc(&me.metrics.calls_forbidden);
+                    me.respond(&m, &key, source, 403, "Forbidden", &[]);
+                }
+                Ok(Admitted {
+                    decision: Decision::Forbidden,
+                    ..
+                }) => {
+                    Metrics::inc(&me.metrics.calls_forbidden);
+                    me.respond(&m, &key, source, 403, "Forbidden", &[]);
+                }
+            }
+        });
     }
 
     /// The route for a number (a gateway is reached where it registered from, if it did).
@@ -985,6 +1109,7 @@ impl Endpoint {
             source: *flow,
             caller: call.caller.to_owned(),
             counted: call.counted.to_owned(),
+            lease: call.lease,
             dialled: call.dialled.to_owned(),
             number,
             e164: call.e164,
@@ -1152,6 +1277,16 @@ struct TrunkCall<'a> {
     e164: Option<String>,
     class: CallClass,
     /// The class of service of the account the call is charged to.
+    cos: ClassOfService,
+    /// The lease it holds in the store while it counts.
+    lease: Option<String>,
+}
+
+/// What a [`TrunkCall`] borrows, owned while its counts are taken.
+struct OwnedTrunkCall {
+    caller: String,
+    dialled: String,
+    e164: Option<String>,
     cos: ClassOfService,
 }
 

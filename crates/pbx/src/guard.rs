@@ -312,16 +312,6 @@ impl<K: Hash + Eq + Clone> Windows<K> {
             .record(now, window, cap)
     }
 
-    /// Keys counted now.
-    pub(crate) fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// Keys in the insertion queue (the map's order; never longer than the map).
-    pub(crate) fn queued(&self) -> usize {
-        self.order.len()
-    }
-
     fn count(&mut self, key: &K, now: i64, window: i64) -> u32 {
         self.map.get_mut(key).map_or(0, |w| w.count(now, window))
     }

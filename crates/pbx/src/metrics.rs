@@ -85,6 +85,10 @@ pub struct Metrics {
     /// only shown while `tls_enabled`.
     pub tls_cert_expiry: std::sync::atomic::AtomicI64,
     pub tls_enabled: std::sync::atomic::AtomicBool,
+    /// This node's name (`sipward_node_info{node}`): set once when the server binds, so
+    /// the series of several nodes sharing a database can be told apart. A validated
+    /// `policy::node::NodeName`, never an address.
+    pub node: std::sync::OnceLock<String>,
     /// Times the SIP TCP accept loop waited after an accept error (fd exhaustion).
     pub accept_backoff: AtomicU64,
     pub kernel_drop_sources: AtomicU64,
@@ -628,6 +632,13 @@ impl Metrics {
                 "# HELP {name} seconds until the SIP TLS certificate in force expires\n# TYPE {name} gauge\n{name} {v}\n"
             );
         }
+        if let Some(node) = self.node.get() {
+            let name = "sipward_node_info";
+            let _ = write!(
+                s,
+                "# HELP {name} this node's name (always 1)\n# TYPE {name} gauge\n{name}{{node=\"{node}\"}} 1\n"
+            );
+        }
         let name = "sipward_table_entries";
         let _ = write!(
             s,
@@ -663,5 +674,16 @@ mod tests {
         background::count(Task::Cleanup);
         let after = m.render();
         assert!(line(&after, "cleanup") > line(&before, "cleanup"));
+    }
+
+    #[test]
+    fn the_node_is_named_once_it_is_known() {
+        let m = Metrics::default();
+        assert!(!m.render().contains("sipward_node_info"));
+        let _ = m.node.set("pbx-a".into());
+        assert!(
+            m.render()
+                .contains("# TYPE sipward_node_info gauge\nsipward_node_info{node=\"pbx-a\"} 1\n")
+        );
     }
 }

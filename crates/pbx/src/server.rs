@@ -12,7 +12,7 @@ use store::guard as gq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admission::Outbound;
+use crate::admission::{self, Ledger, Outbound};
 use crate::authenticator::{AuthConfig, Authenticator};
 use crate::directory::{Directory, DirectoryCache, Revocation};
 use crate::endpoint::{Endpoint, Parts};
@@ -63,6 +63,9 @@ pub struct ServeConfig {
     /// SIP over TLS: where to listen, and the certificate in force (which the binary
     /// replaces on reload). None serves no TLS.
     pub tls: Option<TlsListen>,
+    /// This node's name: on `/metrics`, and on the rows it owns in a store other nodes
+    /// share (its call leases).
+    pub node: policy::node::NodeName,
     /// How often the store's versions are read (`[store] poll_ms`). On PostgreSQL a
     /// notification makes the read happen at once; this bounds how long a lost one
     /// leaves this node stale.
@@ -194,6 +197,7 @@ pub async fn bind(
     };
 
     let metrics = Arc::new(Metrics::default());
+    let _ = metrics.node.set(cfg.node.to_string());
     let directory = Arc::new(DirectoryCache::default());
     let mut conn = registry.store().conn().await?;
     let versions = (
@@ -217,7 +221,10 @@ pub async fn bind(
         .store(dir.len() as u64, Ordering::Relaxed);
     directory.replace(dir);
     let registrar = Arc::new(Registrar::new(cfg.registrar.clone()));
-    let bindings = store::bindings::live_bindings(&mut conn, clock.now()).await?;
+    // This node's bindings (and unowned ones, which it takes over): another node's
+    // flows are not reachable from here.
+    let bindings =
+        store::bindings::live_node_bindings(&mut conn, cfg.node.as_str(), clock.now()).await?;
     // Where phones are registered from is trusted for them, across restarts.
     let guard = Arc::new(Guard::new(cfg.bans.clone(), metrics.clone()));
     guard.set_registrations(registrar.clone());
@@ -256,20 +263,32 @@ pub async fn bind(
         keys.dummy,
         metrics.clone(),
     );
-    let endpoint = Arc::new(Endpoint::new(Parts {
+    let outbound = Arc::new(Outbound::new((*registry.dialplan()).clone()));
+    // Lease names carry a random word per process: a restarted node's never meet the
+    // ones its last run left to lapse.
+    let boot = std::hash::BuildHasher::hash_one(
+        &std::collections::hash_map::RandomState::new(),
+        clock.now(),
+    );
+    outbound.attach(Arc::new(Ledger::new(
+        registry.store().clone(),
+        &cfg.node,
+        boot,
+    )));
+    let endpoint = Endpoint::shared(Parts {
         directory,
         guard,
         auth,
         registrar,
         metrics,
         clock: clock.clone(),
-        outbound: Arc::new(Outbound::new((*registry.dialplan()).clone())),
+        outbound,
         trunks: Arc::new(Trunks::default()),
         bound: sip_udp,
         tls_bound: sip_tls,
         key: keys.notify,
         messages: cfg.messages,
-    }));
+    });
     load_trunks(&registry, &endpoint).await?;
     let mut conn = registry.store().conn().await?;
     registry.set_guard_file(cfg.bans.clone());
@@ -412,12 +431,17 @@ impl Bound {
             self.endpoint.clone(),
             stop_rx.clone(),
         ));
+        tasks.spawn(lease_loop(
+            self.endpoint.clone(),
+            self.clock.clone(),
+            stop_rx.clone(),
+        ));
         tasks.spawn(flush_loop(
             self.registry.clone(),
             self.endpoint.clone(),
             self.transports.clone(),
             self.clock.clone(),
-            self.node.clone(),
+            (self.node.clone(), self.cfg.node.to_string()),
             stop_rx.clone(),
         ));
         shutdown.await;
@@ -435,7 +459,14 @@ impl Bound {
                 store::trunks::replace_active_calls(&mut conn, &[], 0).await,
             );
         }
-        flush(&self.registry, &self.endpoint, self.clock.now(), true).await
+        flush(
+            &self.registry,
+            &self.endpoint,
+            self.cfg.node.as_str(),
+            self.clock.now(),
+            true,
+        )
+        .await
     }
 }
 
@@ -1011,7 +1042,7 @@ async fn flush_loop(
     endpoint: Arc<Endpoint>,
     transports: Arc<Transports>,
     clock: Arc<dyn Clock>,
-    node: String,
+    (node, holder): (String, String),
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(FLUSH_EVERY);
@@ -1036,7 +1067,7 @@ async fn flush_loop(
             }
         }
         let started = clock.instant();
-        let written = flush(&registry, &endpoint, clock.now(), every_second).await;
+        let written = flush(&registry, &endpoint, &holder, clock.now(), every_second).await;
         if written.is_ok() {
             slow.note(
                 clock.instant().saturating_duration_since(started),
@@ -1045,6 +1076,60 @@ async fn flush_loop(
         }
         health.checked(written);
         health.settle();
+    }
+}
+
+// Every call up can hold its lease, and those ended within the last round too.
+const _: () = assert!(admission::MAX_HELD >= 2 * crate::b2bua::MAX_CALLS);
+
+/// How often call leases are tended: the leases of calls that ended released (another
+/// node sees the place free within this), and every [`admission::RENEW_EVERY_SECS`]
+/// the rest renewed.
+pub const LEASES_EVERY: Duration = Duration::from_secs(1);
+/// Rounds between prunings of what lapsed in the fraud tables.
+const PRUNE_LEASES_EVERY: u32 = 60;
+
+/// Tends this node's call leases (see [`admission::Ledger::tend`]). On the way out,
+/// the leases of calls still up are released: the server ends with them.
+async fn lease_loop(
+    endpoint: Arc<Endpoint>,
+    clock: Arc<dyn Clock>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(ledger) = endpoint.outbound.ledger().cloned() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(LEASES_EVERY);
+    let mut health = Health::new(Task::CallState, "tending the call leases");
+    let mut last_renewal = clock.now();
+    let mut round: u32 = 0;
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.changed() => true,
+        };
+        let now = clock.now();
+        let renew = now - last_renewal >= admission::RENEW_EVERY_SECS;
+        round = round.wrapping_add(1);
+        let prune = round.is_multiple_of(PRUNE_LEASES_EVERY);
+        let live = || {
+            if stopping {
+                std::collections::HashSet::new()
+            } else {
+                endpoint.b2bua.live_leases()
+            }
+        };
+        if health
+            .checked(ledger.tend(live, now, renew, prune).await)
+            .is_some()
+            && renew
+        {
+            last_renewal = now;
+        }
+        health.settle();
+        if stopping {
+            return;
+        }
     }
 }
 
@@ -1191,7 +1276,15 @@ async fn write_trunk_state(
 /// Writes every changed extension's bindings in one transaction (one batch: the answers
 /// waiting for it go out once it is committed), expiring bindings first when `sweep`;
 /// on failure the changes stay dirty and are retried with the next batch.
-async fn flush(registry: &Registry, endpoint: &Endpoint, now: i64, sweep: bool) -> Result<()> {
+/// `holder` is this node's name: the bindings it writes are its own (their flows are
+/// this node's), and other nodes' stay as they are.
+async fn flush(
+    registry: &Registry,
+    endpoint: &Endpoint,
+    holder: &str,
+    now: i64,
+    sweep: bool,
+) -> Result<()> {
     let ended = endpoint.take_graces_ended();
     if !ended.is_empty() {
         let mut conn = registry.store().conn().await?;
@@ -1217,7 +1310,7 @@ async fn flush(registry: &Registry, endpoint: &Endpoint, now: i64, sweep: bool) 
         for (number, rows) in &batch.rows {
             // Rows no credentials back any more (changed or removed since) are not
             // written: the store refuses them.
-            store::bindings::replace_bindings(&mut tx, number, rows, now).await?;
+            store::bindings::replace_node_bindings(&mut tx, holder, number, rows, now).await?;
         }
         if sweep {
             store::bindings::delete_expired_bindings(&mut tx, now).await?;

@@ -562,6 +562,7 @@ async fn start(setup: Setup) -> Pbx {
         messages: pbx::transport::MessageLimits::default(),
         mailer: None,
         tls: None,
+        node: policy::node::NodeName::parse("test").expect("name"),
         version_poll: pbx::server::VERSION_POLL,
     };
     let keys = ServerKeys {
@@ -694,7 +695,7 @@ async fn metrics_show_the_size_of_every_bounded_table() {
         "nonce_nc_tracked",
         "guard_trusted_pairs",
         "guard_flood_sources",
-        "admission_attempts",
+        "admission_leases_held",
     ] {
         assert!(names.contains(&table), "{table} missing from {names:?}");
     }

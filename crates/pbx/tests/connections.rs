@@ -83,6 +83,7 @@ async fn start(bans: BanPolicy, tcp: TcpLimits) -> Pbx {
         messages: pbx::transport::MessageLimits::default(),
         mailer: None,
         tls: None,
+        node: policy::node::NodeName::parse("test").expect("name"),
         version_poll: pbx::server::VERSION_POLL,
     };
     let keys = ServerKeys {

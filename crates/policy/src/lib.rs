@@ -22,6 +22,7 @@ pub mod fraud;
 pub mod generate;
 pub mod high_cost;
 pub mod nanp;
+pub mod node;
 pub mod password;
 pub mod pin;
 pub mod places;

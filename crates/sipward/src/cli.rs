@@ -417,6 +417,10 @@ pub struct ServeArgs {
     /// next port: 0.0.0.0:5061 beside 0.0.0.0:5060, an ephemeral port beside port 0).
     #[arg(long)]
     pub sips: Option<std::net::SocketAddr>,
+    /// This node's name among the nodes sharing one database (default `[cluster]
+    /// node`, else the host name): on /metrics and on the rows the node owns.
+    #[arg(long = "node-name", env = "SIPWARD_NODE_NAME")]
+    pub node_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]

@@ -31,7 +31,16 @@ struct RawConfig {
     http: RawHttp,
     log: RawLog,
     tls: RawTls,
+    cluster: RawCluster,
     store: RawStore,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCluster {
+    /// This node's name among the nodes sharing one database (default: the host name;
+    /// `--node-name` wins).
+    node: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -314,6 +323,8 @@ pub struct Config {
     /// `[log] filter`: the log filter when neither `--log` nor RUST_LOG gives one.
     pub log_filter: Option<String>,
     pub tls: TlsConfig,
+    /// `[cluster] node`: this node's name, when the file gives one.
+    pub node: Option<policy::node::NodeName>,
     /// `[store] url`, `--database`, SIPWARD_DATABASE_URL: the PostgreSQL database; None
     /// for SQLite in the data dir. Shown and logged redacted only.
     pub database: Option<store::PgUrl>,
@@ -581,7 +592,15 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
         &provisioning,
         domain.as_deref(),
     )?;
+    let node = raw
+        .cluster
+        .node
+        .as_deref()
+        .map(policy::node::NodeName::parse)
+        .transpose()
+        .map_err(|e| OperatorError(format!("cluster.node: {e}")))?;
     Ok(Config {
+        node,
         backup,
         console_allow,
         http,
@@ -1050,6 +1069,9 @@ mod tests {
             "[guard]\nauth_window_secs = 172800\n",
             "[policy]\nmin_strength_score = 0\n",
             "[dialplan.limits]\nconcurrent_external = 0\n",
+            "[cluster]\nnode = \"10.0.0.1\"\n",
+            "[cluster]\nnode = \"a b\"\n",
+            "[cluster]\nnode = \"\"\n",
             "[mail]\nsmtp_host = \"mail.example.com\"\nfrom = \"pbx@example.com\"\nsecurity = \"none\"\nusername = \"u\"\npassword = \"p\"\n",
             "[console]\nhosts = [\"bad host\"]\n",
             "[console]\nhosts = [\"pbx.example.com:0\"]\n",

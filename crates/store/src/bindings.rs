@@ -7,6 +7,10 @@
 //! current generation, or of the generation its open grace window keeps alive, are ever
 //! read or written: a binding made with credentials that were since changed is revoked
 //! here even if a running server still holds it in memory and tries to write it back.
+//!
+//! A binding also belongs to the node that holds its flow (the NAT mapping or the TCP
+//! connection are that node's): a node writes, replaces and loads only its own, and
+//! takes over a contact another node held only with a newer registration.
 
 use sqlx::Row;
 
@@ -55,6 +59,22 @@ pub async fn live_bindings(db: &mut dyn Db, now: i64) -> Result<Vec<BindingRow>>
     rows.iter().map(binding_from_row).collect()
 }
 
+/// The live bindings `node` holds, and the unowned ones (written before bindings had
+/// owners, or by a process that is no node), which it takes over: what a node loads at
+/// start. Other nodes' bindings are theirs: their flows are not this node's.
+pub async fn live_node_bindings(db: &mut dyn Db, node: &str, now: i64) -> Result<Vec<BindingRow>> {
+    let conn = raw(db);
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM bindings b WHERE b.expires_at > $1 AND {CURRENT} AND (b.node = $2 OR b.node = '') \
+         UNION ALL SELECT {COLUMNS} FROM gateway_bindings b WHERE b.expires_at > $1 AND (b.node = $2 OR b.node = '')"
+    )))
+    .bind(now)
+    .bind(node)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(binding_from_row).collect()
+}
+
 fn binding_from_row(r: &sqlx::any::AnyRow) -> Result<BindingRow> {
     Ok(BindingRow {
         number: r.try_get("number")?,
@@ -81,34 +101,55 @@ pub async fn bindings_of(db: &mut dyn Db, number: &str, now: i64) -> Result<Vec<
     rows.iter().map(binding_from_row).collect()
 }
 
-/// Replaces the stored bindings of one extension with `rows`. A row whose generation is
-/// neither the extension's nor its open grace window's is not written (its credentials
-/// changed, or the extension is gone, since the server made it); returns how many rows
-/// were written.
+/// Replaces the stored bindings of one extension with `rows`, as a process that is no
+/// node of a cluster sees them ([`replace_node_bindings`] with the unowned node `""`).
 pub async fn replace_bindings(
     db: &mut dyn Db,
     number: &str,
     rows: &[BindingRow],
     now: i64,
 ) -> Result<usize> {
+    replace_node_bindings(db, "", number, rows, now).await
+}
+
+/// Replaces the stored bindings of one extension that `node` holds with `rows`: the
+/// node's own and unowned ones are deleted first, other nodes' are left alone (their
+/// flows are theirs). A row for a contact another node holds is taken over only when it
+/// is newer (it expires later: the phone registered through this node since). A row
+/// whose generation is neither the extension's nor its open grace window's is not
+/// written (its credentials changed, or the extension is gone, since the server made
+/// it); returns how many rows were written.
+pub async fn replace_node_bindings(
+    db: &mut dyn Db,
+    node: &str,
+    number: &str,
+    rows: &[BindingRow],
+    now: i64,
+) -> Result<usize> {
     let conn = raw(db);
-    sqlx::query("DELETE FROM bindings WHERE number = $1")
+    for table in ["bindings", "gateway_bindings"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE number = $1 AND (node = $2 OR node = '')"
+        )))
         .bind(number)
+        .bind(node)
         .execute(&mut *conn)
         .await?;
-    sqlx::query("DELETE FROM gateway_bindings WHERE number = $1")
-        .bind(number)
-        .execute(&mut *conn)
-        .await?;
+    }
+    // Taken over: from another node only by a newer registration of the contact.
+    const TAKE_OVER: &str = "DO UPDATE SET call_id = excluded.call_id, cseq = excluded.cseq, \
+         expires_at = excluded.expires_at, source = excluded.source, transport = excluded.transport, \
+         generation = excluded.generation, node = excluded.node";
     let mut written = 0;
     for b in rows {
-        let done = sqlx::query(
-            "INSERT INTO bindings (number, contact, call_id, cseq, expires_at, source, transport, generation) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE \
-             EXISTS (SELECT 1 FROM extensions e WHERE e.number = $1 AND e.credential_generation = $8) \
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO bindings (number, contact, call_id, cseq, expires_at, source, transport, generation, node) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $10 WHERE \
+             (EXISTS (SELECT 1 FROM extensions e WHERE e.number = $1 AND e.credential_generation = $8) \
              OR EXISTS (SELECT 1 FROM credential_grace g JOIN extensions e ON e.number = g.number \
-             WHERE g.number = $1 AND g.generation = $8 AND g.expires_at > $9 AND g.auth_id = e.auth_id)",
-        )
+             WHERE g.number = $1 AND g.generation = $8 AND g.expires_at > $9 AND g.auth_id = e.auth_id)) \
+             ON CONFLICT (number, contact) {TAKE_OVER} WHERE bindings.expires_at < excluded.expires_at"
+        )))
         .bind(&b.number)
         .bind(&b.contact)
         .bind(&b.call_id)
@@ -118,14 +159,16 @@ pub async fn replace_bindings(
         .bind(&b.transport)
         .bind(b.generation)
         .bind(now)
+        .bind(node)
         .execute(&mut *conn)
         .await?;
         written += usize::try_from(done.rows_affected()).unwrap_or(0);
         // A gateway's virtual number: its own table (the row above was not written).
-        let done = sqlx::query(
-            "INSERT INTO gateway_bindings (number, contact, call_id, cseq, expires_at, source, transport, generation) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM gateways w WHERE w.number = $1)",
-        )
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO gateway_bindings (number, contact, call_id, cseq, expires_at, source, transport, generation, node) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE EXISTS (SELECT 1 FROM gateways w WHERE w.number = $1) \
+             ON CONFLICT (number, contact) {TAKE_OVER} WHERE gateway_bindings.expires_at < excluded.expires_at"
+        )))
         .bind(&b.number)
         .bind(&b.contact)
         .bind(&b.call_id)
@@ -134,6 +177,7 @@ pub async fn replace_bindings(
         .bind(&b.source)
         .bind(&b.transport)
         .bind(b.generation)
+        .bind(node)
         .execute(&mut *conn)
         .await?;
         written += usize::try_from(done.rows_affected()).unwrap_or(0);

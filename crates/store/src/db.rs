@@ -495,6 +495,8 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     migration!(16, "phone_transport", "0016_phone_transport.sql"),
     migration!(17, "voicemail", "0017_voicemail.sql"),
     migration!(18, "shared_failures", "0018_shared_failures.sql"),
+    migration!(19, "binding_nodes", "0019_binding_nodes.sql"),
+    migration!(20, "fraud_limits", "0020_fraud_limits.sql"),
 ];
 
 fn schema(backend: Backend) -> sqlx::migrate::Migrator {

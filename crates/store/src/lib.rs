@@ -19,6 +19,7 @@ mod db;
 pub mod directory;
 mod error;
 pub mod failures;
+pub mod fraud;
 pub mod grace;
 pub mod guard;
 pub mod jobs;

@@ -117,6 +117,30 @@ fn console_runtime() -> std::io::Result<ConsoleRuntime> {
     Ok(ConsoleRuntime(Some(rt)))
 }
 
+/// This node's name: `--node-name`, else `[cluster] node`, else the host name.
+fn node_name(
+    flag: Option<&str>,
+    config: Option<&policy::node::NodeName>,
+) -> anyhow::Result<policy::node::NodeName> {
+    if let Some(raw) = flag {
+        return policy::node::NodeName::parse(raw)
+            .map_err(|e| OperatorError(format!("--node-name: {e}")).into());
+    }
+    if let Some(name) = config {
+        return Ok(name.clone());
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    policy::node::NodeName::parse(&host).map_err(|e| {
+        OperatorError(format!(
+            "the host name {:?} cannot name this node ({e}): give --node-name or [cluster] node",
+            host.trim()
+        ))
+        .into()
+    })
+}
+
 pub async fn run(
     reg: &Registry,
     args: ServeArgs,
@@ -172,6 +196,7 @@ pub async fn run(
         messages: config.sip_messages,
         mailer,
         tls: tls.as_ref().map(|(_, t)| t.clone()),
+        node: node_name(args.node_name.as_deref(), config.node.as_ref())?,
         version_poll: config.version_poll,
     };
     let bound = server::bind(reg.clone(), cfg, keys, crate::clock::clock()).await?;

@@ -26,6 +26,7 @@ mod exhaustion;
 mod guard;
 mod harness;
 mod import;
+mod nodes;
 mod peers;
 /// One PostgreSQL cluster per test run (shared with the store's tests).
 #[path = "../../../store/tests/support/pg.rs"]

@@ -573,3 +573,155 @@ fn a_trunk_whose_host_does_not_resolve_answers_503_and_sends_nothing() {
     assert_eq!(server.metric("sipward_calls_trunk_total"), 0);
     server.stop();
 }
+
+/// Issue 21: the concurrent limit is taken in the store, in one transaction per call,
+/// so INVITEs that race for it cannot pass it. Twenty at once against a limit of two:
+/// exactly two reach the gateway, the rest are refused (and the extension suspended).
+/// The control, a limit of twenty, lets all twenty through the same way.
+#[test]
+fn twenty_racing_invites_against_a_limit_of_two_give_exactly_two_calls() {
+    assert_eq!(racing_calls(2), 2);
+    assert_eq!(
+        racing_calls(20),
+        20,
+        "control: the race itself passes twenty"
+    );
+}
+
+/// Twenty INVITEs of one extension at once, against a concurrent limit of `limit`;
+/// how many calls reached the gateway.
+fn racing_calls(limit: u32) -> u64 {
+    let env = Env::with_config(&format!(
+        "{GERMANY}[dialplan.limits]\nconcurrent_external = {limit}\nattempts_per_minute = 100\n"
+    ));
+    let port = free_port();
+    gateway(&env, "127.0.0.7", port);
+    let user = add(&env, "5201");
+    let server = env.serve();
+    let scenario = trunk_scenario(
+        &env,
+        ("gw-pstn-7", TRUNK_PASSWORD),
+        NATIONAL,
+        3000,
+        Challenge::Www,
+        "",
+    );
+    // The gateway would take all twenty.
+    let gw = SippServer::start(&env, &scenario, "127.0.0.7", port, 20);
+    let run = sipp_from(
+        "127.0.0.2",
+        &env,
+        "race_uac.xml",
+        &creds("5201", &user, NATIONAL),
+        server.sip,
+        "u1",
+        20,
+        200,
+    );
+    assert_eq!(
+        (run.successful, run.failed),
+        (20, 0),
+        "every call answered 200 or 403: {run:?}\n{}",
+        server.log()
+    );
+    let (reached, failed) = gw.finish(Duration::from_secs(3));
+    assert_eq!(failed, 0);
+    assert_eq!(server.metric("sipward_calls_trunk_total"), reached);
+    if reached < 20 {
+        assert!(server.metric("sipward_outbound_suspensions_total") >= 1);
+    }
+    server.stop();
+    reached
+}
+
+/// The same race over two nodes on one PostgreSQL database (issue 21): ten INVITEs at
+/// each node at once, one extension, a concurrent limit of two. Exactly two calls reach
+/// the gateway; the control, a limit of twenty, passes all twenty.
+#[test]
+fn twenty_racing_invites_over_two_nodes_against_a_limit_of_two_give_exactly_two_calls() {
+    let Some(cluster) = crate::pg::cluster() else {
+        return;
+    };
+    assert_eq!(racing_calls_on_two_nodes(cluster, 2), 2);
+    assert_eq!(
+        racing_calls_on_two_nodes(cluster, 20),
+        20,
+        "control: the race itself passes twenty"
+    );
+}
+
+fn racing_calls_on_two_nodes(cluster: &crate::pg::Cluster, limit: u32) -> u64 {
+    let config = format!(
+        "{GERMANY}[dialplan.limits]\nconcurrent_external = {limit}\nattempts_per_minute = 100\n"
+    );
+    let url = cluster.fresh_database();
+    let a = Env::on_postgres(&url, None);
+    a.ok(&["ext", "list"]);
+    let b = Env::on_postgres(&url, Some(&a));
+    for env in [&a, &b] {
+        std::fs::create_dir_all(&env.data).expect("data dir");
+        std::fs::write(env.data.join("sipward.toml"), &config).expect("config");
+    }
+    let port = free_port();
+    gateway(&a, "127.0.0.7", port);
+    let user = add(&a, "5301");
+    let node_a = a.serve_with(&["--node-name", "a"]);
+    let node_b = b.serve_with(&["--node-name", "b"]);
+    let scenario = trunk_scenario(
+        &a,
+        ("gw-pstn-7", TRUNK_PASSWORD),
+        NATIONAL,
+        3000,
+        Challenge::Www,
+        "",
+    );
+    let gw = SippServer::start(&a, &scenario, "127.0.0.7", port, 20);
+    let csv = creds("5301", &user, NATIONAL);
+    let (run_a, run_b) = std::thread::scope(|scope| {
+        let at_a = scope.spawn(|| {
+            sipp_from(
+                "127.0.0.2",
+                &a,
+                "race_uac.xml",
+                &csv,
+                node_a.sip,
+                "u1",
+                10,
+                200,
+            )
+        });
+        let at_b = scope.spawn(|| {
+            sipp_from(
+                "127.0.0.3",
+                &b,
+                "race_uac.xml",
+                &csv,
+                node_b.sip,
+                "u1",
+                10,
+                200,
+            )
+        });
+        (
+            at_a.join().expect("phone at A"),
+            at_b.join().expect("phone at B"),
+        )
+    });
+    for (run, node) in [(&run_a, &node_a), (&run_b, &node_b)] {
+        assert_eq!(
+            (run.successful, run.failed),
+            (10, 0),
+            "every call answered 200 or 403: {run:?}\n{}",
+            node.log()
+        );
+    }
+    let (reached, failed) = gw.finish(Duration::from_secs(3));
+    assert_eq!(failed, 0);
+    let placed_a = node_a.metric("sipward_calls_trunk_total");
+    let placed_b = node_b.metric("sipward_calls_trunk_total");
+    assert_eq!(placed_a + placed_b, reached);
+    eprintln!("limit {limit}: {placed_a} calls through A, {placed_b} through B");
+    node_a.stop();
+    node_b.stop();
+    reached
+}

@@ -1,0 +1,154 @@
+//! Node identity (issue 21): the name a node goes by among the nodes sharing one
+//! database, on `/metrics` and never an address.
+
+use crate::harness::Env;
+
+fn node_line(metrics: &str) -> Option<&str> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("sipward_node_info{"))
+}
+
+#[test]
+fn the_node_name_is_on_metrics_and_the_flag_wins_over_the_file() {
+    let env = Env::with_config("[cluster]\nnode = \"from-file\"\n");
+    let server = env.serve_with(&["--node-name", "PBX-A"]);
+    let (code, metrics) = server.http_get("/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(
+        node_line(&metrics),
+        Some("sipward_node_info{node=\"pbx-a\"} 1")
+    );
+    server.stop();
+    // Without the flag, the file's name.
+    let server = env.serve();
+    let metrics = server.http_get("/metrics").1;
+    assert_eq!(
+        node_line(&metrics),
+        Some("sipward_node_info{node=\"from-file\"} 1")
+    );
+    server.stop();
+}
+
+#[test]
+fn without_a_name_the_host_name_names_the_node() {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("host name");
+    let host = host.trim().to_ascii_lowercase();
+    let env = Env::new();
+    let server = env.serve();
+    let metrics = server.http_get("/metrics").1;
+    assert_eq!(
+        node_line(&metrics).map(str::to_owned),
+        Some(format!("sipward_node_info{{node=\"{host}\"}} 1"))
+    );
+    server.stop();
+}
+
+#[test]
+fn an_address_never_names_a_node() {
+    let env = Env::new();
+    let err = env.fails(
+        &[
+            "serve",
+            "--sip",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--node-name",
+            "10.0.0.1",
+        ],
+        2,
+    );
+    assert!(err.contains("--node-name"), "{err}");
+    assert!(err.contains("IP address"), "{err}");
+    // The control, a name that starts, is the test above.
+}
+
+/// Issue 21: each binding belongs to the node that holds its flow. Two nodes on one
+/// PostgreSQL database, one phone of extension 1001 registered through each: each node
+/// writes only its own registrations, so neither write (nor a refresh) removes the
+/// other node's. Before bindings had owners, the second node's write replaced all of
+/// the extension's rows with its own.
+#[test]
+fn each_node_keeps_its_registrations_and_leaves_the_other_nodes() {
+    use crate::peers::UdpClient;
+    use crate::registrar::{ALICE, PASSWORD, register, status};
+    use std::time::Duration;
+    let Some(cluster) = crate::pg::cluster() else {
+        return;
+    };
+    let url = cluster.fresh_database();
+    let a = Env::on_postgres(&url, None);
+    a.ok(&[
+        "ext",
+        "add",
+        "1001",
+        "--auth-id",
+        "alice1001",
+        "--password",
+        PASSWORD,
+    ]);
+    let b = Env::on_postgres(&url, Some(&a));
+    let node_a = a.serve_with(&["--node-name", "a"]);
+    let node_b = b.serve_with(&["--node-name", "b"]);
+    let office = UdpClient::from_address("127.0.0.2", node_a.sip, Duration::from_secs(2));
+    let home = UdpClient::from_address("127.0.0.3", node_b.sip, Duration::from_secs(2));
+    let contact = |c: &UdpClient| format!("<sip:1001@{}>", c.local);
+    let sources = || -> Vec<String> {
+        let show = a.json(&["ext", "show", "1001", "--json"]);
+        let mut s: Vec<String> = show["registrations"]
+            .as_array()
+            .expect("registrations")
+            .iter()
+            .map(|r| {
+                r["source"]
+                    .as_str()
+                    .and_then(|s| s.split(':').next())
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect();
+        s.sort();
+        s
+    };
+    let at_office = contact(&office);
+    let at_home = contact(&home);
+    assert_eq!(
+        status(&register(
+            &office,
+            &ALICE,
+            "office",
+            1,
+            Some(&at_office),
+            Some(300)
+        )),
+        200
+    );
+    assert_eq!(
+        status(&register(
+            &home,
+            &ALICE,
+            "home",
+            1,
+            Some(&at_home),
+            Some(300)
+        )),
+        200
+    );
+    assert_eq!(sources(), ["127.0.0.2", "127.0.0.3"], "B's write kept A's");
+    // A refreshes its phone: B's stays.
+    assert_eq!(
+        status(&register(
+            &office,
+            &ALICE,
+            "office",
+            3,
+            Some(&at_office),
+            Some(300)
+        )),
+        200
+    );
+    assert_eq!(sources(), ["127.0.0.2", "127.0.0.3"], "A's write kept B's");
+    node_a.stop();
+    node_b.stop();
+}

@@ -1,0 +1,172 @@
+//! Bindings owned by the node that holds their flow (issue 21), on both backends: a node
+//! replaces only its own bindings, loads only its own (and unowned ones), and takes a
+//! contact over from another node only with a newer registration.
+
+#[path = "support/pg.rs"]
+mod pg;
+
+use store::account::{self, ExtensionRow};
+use store::bindings::{self as b, BindingRow};
+use store::{Backend, PgUrl, Store};
+
+async fn open_store(backend: Backend) -> Option<(tempfile::TempDir, Store)> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = match backend {
+        Backend::Sqlite => Store::open_sqlite(&dir.path().join("t.db"))
+            .await
+            .expect("open"),
+        Backend::Postgres => {
+            let url = pg::cluster()?.fresh_database();
+            Store::open_postgres(&PgUrl::parse(&url).expect("url"))
+                .await
+                .expect("open")
+        }
+    };
+    Some((dir, store))
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(each_node_writes_and_loads_only_the_bindings_it_holds);
+
+fn binding(contact: &str, expires_at: i64, generation: i64) -> BindingRow {
+    BindingRow {
+        number: "1001".into(),
+        contact: contact.into(),
+        call_id: format!("call-{contact}"),
+        cseq: 1,
+        expires_at,
+        source: "127.0.0.2:5060".into(),
+        transport: "udp".into(),
+        generation,
+    }
+}
+
+fn contacts(rows: &[BindingRow]) -> Vec<&str> {
+    let mut c: Vec<&str> = rows.iter().map(|r| r.contact.as_str()).collect();
+    c.sort_unstable();
+    c
+}
+
+async fn each_node_writes_and_loads_only_the_bindings_it_holds(backend: Backend) {
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
+    let mut conn = store.conn().await.expect("conn");
+    let g = account::insert_extension(
+        &mut conn,
+        &ExtensionRow {
+            number: "1001".into(),
+            kind: "user".into(),
+            name: "Ann".into(),
+            email: None,
+            auth_id: "ann1001".into(),
+            sip_id: None,
+            password_enc: "v1:00".into(),
+            password_score: 4,
+            pin_enc: "v1:00".into(),
+            ha1_md5_enc: "a".into(),
+            ha1_sha256_enc: "b".into(),
+            mac: None,
+            model: None,
+            created_at: 1,
+            updated_at: 1,
+            credential_generation: 0,
+            phone_transport: None,
+            voicemail_after_secs: 20,
+            voicemail_mail: true,
+        },
+    )
+    .await
+    .expect("insert");
+    // A binding from before nodes (unowned): any node loads it, to take it over.
+    b::replace_bindings(&mut conn, "1001", &[binding("sip:old@h", 100, g)], 0)
+        .await
+        .expect("unowned");
+    let of = |rows: Vec<BindingRow>| {
+        contacts(&rows)
+            .iter()
+            .map(|c| (*c).to_owned())
+            .collect::<Vec<_>>()
+    };
+    for node in ["a", "b"] {
+        assert_eq!(
+            of(b::live_node_bindings(&mut conn, node, 0)
+                .await
+                .expect("load")),
+            ["sip:old@h"]
+        );
+    }
+    // a writes it back with its own phone (it is a's now); b writes its phone.
+    b::replace_node_bindings(
+        &mut conn,
+        "a",
+        "1001",
+        &[binding("sip:x@h", 100, g), binding("sip:old@h", 100, g)],
+        0,
+    )
+    .await
+    .expect("a");
+    b::replace_node_bindings(&mut conn, "b", "1001", &[binding("sip:y@h", 100, g)], 0)
+        .await
+        .expect("b");
+    assert_eq!(
+        of(b::live_bindings(&mut conn, 0).await.expect("all")),
+        ["sip:old@h", "sip:x@h", "sip:y@h"],
+        "b's write left a's bindings alone"
+    );
+    assert_eq!(
+        of(b::live_node_bindings(&mut conn, "a", 0).await.expect("a")),
+        ["sip:old@h", "sip:x@h"]
+    );
+    assert_eq!(
+        of(b::live_node_bindings(&mut conn, "b", 0).await.expect("b")),
+        ["sip:y@h"]
+    );
+    // The phone behind x registers again through b (a died, or DNS moved it): b holds it.
+    b::replace_node_bindings(
+        &mut conn,
+        "b",
+        "1001",
+        &[binding("sip:y@h", 100, g), binding("sip:x@h", 200, g)],
+        0,
+    )
+    .await
+    .expect("b takes x");
+    assert_eq!(
+        of(b::live_node_bindings(&mut conn, "b", 0).await.expect("b")),
+        ["sip:x@h", "sip:y@h"]
+    );
+    // a, still holding its older registration, writes it back: it does not take it back.
+    b::replace_node_bindings(
+        &mut conn,
+        "a",
+        "1001",
+        &[binding("sip:x@h", 100, g), binding("sip:old@h", 100, g)],
+        0,
+    )
+    .await
+    .expect("a writes a stale x");
+    assert_eq!(
+        of(b::live_node_bindings(&mut conn, "a", 0).await.expect("a")),
+        ["sip:old@h"]
+    );
+    assert_eq!(
+        of(b::live_node_bindings(&mut conn, "b", 0).await.expect("b")),
+        ["sip:x@h", "sip:y@h"],
+        "the newer registration through b stays b's"
+    );
+}
