@@ -20,6 +20,7 @@ pub mod notify;
 pub mod provider;
 pub mod proxy;
 pub mod registrar;
+pub mod rtp;
 pub mod server;
 pub mod signalling;
 pub mod tls;

@@ -131,6 +131,12 @@ pub struct Metrics {
     /// Digest answers that did not authenticate, by [`Challenged`] (its discriminant):
     /// which check failed, so a 401 nobody expected can be told apart after the fact.
     pub challenged_by_reason: [AtomicU64; Challenged::ALL.len()],
+    /// RTP packets dropped, by reason (indexed like [`crate::rtp::RTP_DROPS`]).
+    pub rtp_dropped: [AtomicU64; crate::rtp::RTP_DROPS.len()],
+    /// RTP port pairs refused: the range exhausted (0), the source's share held (1).
+    pub rtp_ports_refused: [AtomicU64; 2],
+    /// RTP port pairs held by calls now (gauge).
+    pub rtp_ports_in_use: AtomicU64,
 }
 
 /// Why the authenticator answered credentials with a new challenge.
@@ -525,6 +531,30 @@ impl Metrics {
             let v = get(&self.challenged_by_reason[r as usize]);
             let _ = writeln!(s, "{name}{{reason=\"{}\"}} {v}", r.as_str());
         }
+        let name = "sipward_rtp_dropped_total";
+        let _ = write!(
+            s,
+            "# HELP {name} RTP packets dropped by the RTP guard or the parser, by reason\n# TYPE {name} counter\n"
+        );
+        for (i, label) in crate::rtp::RTP_DROPS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "{name}{{reason=\"{label}\"}} {}",
+                get(&self.rtp_dropped[i])
+            );
+        }
+        let name = "sipward_rtp_ports_refused_total";
+        let _ = write!(
+            s,
+            "# HELP {name} calls refused an RTP port pair (503), by reason\n# TYPE {name} counter\n"
+        );
+        for (i, label) in ["exhausted", "per_source"].iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "{name}{{reason=\"{label}\"}} {}",
+                get(&self.rtp_ports_refused[i])
+            );
+        }
         let name = "sipward_background_errors_total";
         let _ = write!(
             s,
@@ -549,6 +579,11 @@ impl Metrics {
                 "sipward_kernel_drop_sources",
                 "banned IPv4 sources the kernel's socket filter drops before sipward sees them",
                 get(&self.kernel_drop_sources),
+            ),
+            (
+                "sipward_rtp_ports_in_use",
+                "RTP port pairs held by calls sipward answers itself",
+                get(&self.rtp_ports_in_use),
             ),
             (
                 "sipward_allowed_networks",
