@@ -41,6 +41,7 @@ use crate::signalling::Signalling;
 use crate::transfer::{Transfers, Verdict};
 use crate::transport::{ConnectionEnd, Inbound, MessageLimits};
 use crate::trunk::{Routed, Trunks};
+use crate::voicemail::Voicemail;
 use policy::ban::Proof;
 
 /// Methods sipward knows but does not serve outside a dialog: answered 405 with `Allow`.
@@ -113,6 +114,9 @@ pub struct Endpoint {
     pub b2bua: B2bua,
     /// Check-sync NOTIFYs.
     pub notifier: Notifier,
+    /// Calls sipward answers itself for an extension's voicemail box (off until the
+    /// server attaches its store and RTP ports).
+    pub voicemail: Arc<Voicemail>,
     /// sipward's registrations at providers.
     pub providers: ProviderRegistrations,
     transfers: Arc<Transfers>,
@@ -159,6 +163,7 @@ impl Endpoint {
             proxy: Proxy::new(sig.clone(), transfers.clone()),
             b2bua: B2bua::new(sig.clone()),
             notifier: Notifier::new(sig.clone()),
+            voicemail: Arc::new(Voicemail::new(sig.clone())),
             providers: ProviderRegistrations::new(sig),
             transfers,
             egress,
@@ -308,6 +313,7 @@ impl Endpoint {
                 Owner::Proxy => self.proxy.on_delivery(d, m, now),
                 Owner::B2bua => self.b2bua.on_delivery(d, m, now),
                 Owner::Notify => self.notifier.on_delivery(d),
+                Owner::Voicemail => self.voicemail.on_delivery(d),
                 Owner::Provider => self.providers.on_delivery(d, m),
             }
         }
@@ -564,15 +570,16 @@ impl Endpoint {
             "CANCEL" => {
                 let invite = TxKey::new(top.branch.unwrap_or(""), top.host, top.port, "INVITE");
                 let ours = invite.as_ref().filter(|k| {
-                    self.egress.pending(k) && (self.proxy.owns(k) || self.b2bua.owns(k))
+                    self.egress.pending(k)
+                        && (self.proxy.owns(k) || self.b2bua.owns(k) || self.voicemail.owns(k))
                 });
                 match ours {
                     // Answered before anything is cancelled, so the caller sees this
                     // 200 before the 487 that follows.
                     Some(k) => {
                         self.respond(&m, &key, source, 200, "OK", &[]);
-                        if !self.proxy.cancel(k) {
-                            self.b2bua.cancel(k);
+                        if !self.proxy.cancel(k) && !self.b2bua.cancel(k) {
+                            self.voicemail.cancel(k);
                         }
                     }
                     None => self.respond(
@@ -649,6 +656,7 @@ impl Endpoint {
                 }
             }
             Kind::Trunk { call, leg } => self.b2bua.in_dialog(m, bytes, key, flow, call, leg),
+            Kind::Voicemail { call } => self.voicemail.in_dialog(m, key, flow, call),
         }
     }
 
@@ -1043,6 +1051,10 @@ impl Endpoint {
     ) {
         let source = flow.remote;
         let contacts = self.registrar.flows(callee, self.clock.now());
+        if contacts.is_empty() && self.voicemail.enabled() {
+            // No phone to ring: the box takes the call (or answers why it cannot).
+            return self.voicemail.deposit(m, bytes, key, flow, caller, callee);
+        }
         if contacts.is_empty() {
             Metrics::inc(&self.metrics.calls_unrouted);
             return self.respond(m, key, source, 480, "Temporarily Unavailable", &[]);

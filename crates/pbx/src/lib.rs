@@ -27,5 +27,6 @@ pub mod tls;
 pub mod transfer;
 pub mod transport;
 pub mod trunk;
+pub mod voicemail;
 
 pub use error::{Error, Result};

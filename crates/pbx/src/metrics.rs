@@ -137,6 +137,11 @@ pub struct Metrics {
     pub rtp_ports_refused: [AtomicU64; 2],
     /// RTP port pairs held by calls now (gauge).
     pub rtp_ports_in_use: AtomicU64,
+    /// Calls the voicemail took, refused (no answerable offer, no port, no box), and
+    /// messages it filed.
+    pub voicemail_calls: AtomicU64,
+    pub voicemail_refused: AtomicU64,
+    pub voicemail_messages: AtomicU64,
 }
 
 /// Why the authenticator answered credentials with a new challenge.
@@ -426,6 +431,21 @@ impl Metrics {
                 "sipward_calls_unrouted_total",
                 "admitted INVITEs not routed: callee not registered (480), no route (404), trunk without an address (503)",
                 get(&self.calls_unrouted),
+            ),
+            (
+                "sipward_voicemail_calls_total",
+                "calls the voicemail answered itself (no registered phone)",
+                get(&self.voicemail_calls),
+            ),
+            (
+                "sipward_voicemail_refused_total",
+                "calls the voicemail could not take: no answerable offer (488), no RTP port (503), no box (480)",
+                get(&self.voicemail_refused),
+            ),
+            (
+                "sipward_voicemail_messages_total",
+                "voicemail messages recorded and filed",
+                get(&self.voicemail_messages),
             ),
             (
                 "sipward_calls_proxied_total",

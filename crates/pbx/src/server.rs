@@ -63,6 +63,17 @@ pub struct ServeConfig {
     /// SIP over TLS: where to listen, and the certificate in force (which the binary
     /// replaces on reload). None serves no TLS.
     pub tls: Option<TlsListen>,
+    /// Voicemail: where messages are filed and the RTP ports its calls use. None
+    /// answers a call to an extension without a registered phone 480, as before.
+    pub voicemail: Option<VoicemailConfig>,
+}
+
+/// What switches voicemail on.
+#[derive(Clone, Debug)]
+pub struct VoicemailConfig {
+    pub deposits: Arc<dyn crate::voicemail::Deposits>,
+    pub rtp: crate::rtp::RtpConfig,
+    pub limits: crate::voicemail::DepositLimits,
 }
 
 /// The TLS listener's address and the certificate it presents.
@@ -255,6 +266,19 @@ pub async fn bind(
         key: keys.notify,
         messages: cfg.messages,
     }));
+    if let Some(vm) = &cfg.voicemail {
+        // RTP is bound on the SIP address: the SDP names the address the phone reaches
+        // sipward at, which is where its RTP must arrive.
+        let pool = crate::rtp::PortPool::new(sip_udp.ip(), &vm.rtp, endpoint.metrics.clone());
+        endpoint.voicemail.attach(crate::voicemail::Backend {
+            deposits: vm.deposits.clone(),
+            pool,
+            registrar: endpoint.registrar.clone(),
+            realm: registry.settings().realm.clone(),
+            limits: vm.limits,
+            runtime: tokio::runtime::Handle::current(),
+        });
+    }
     load_trunks(&registry, &endpoint).await?;
     let mut conn = registry.store().conn().await?;
     load_guard(&mut conn, &endpoint, clock.now(), false).await?;

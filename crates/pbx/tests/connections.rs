@@ -83,6 +83,7 @@ async fn start(bans: BanPolicy, tcp: TcpLimits) -> Pbx {
         messages: pbx::transport::MessageLimits::default(),
         mailer: None,
         tls: None,
+        voicemail: None,
     };
     let keys = ServerKeys {
         nonce: [1; 32],

@@ -171,6 +171,7 @@ pub async fn run(
         messages: config.sip_messages,
         mailer,
         tls: tls.as_ref().map(|(_, t)| t.clone()),
+        voicemail: None,
     };
     let bound = server::bind(reg.clone(), cfg, keys, crate::clock::clock()).await?;
     let reconfigure = bound.reconfigure();
