@@ -314,5 +314,6 @@ fn alert_message(subject: &str, text: &str) -> MailMessage {
                 .replace('<', "&lt;")
                 .replace('>', "&gt;")
         ),
+        attachment: None,
     }
 }

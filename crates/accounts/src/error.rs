@@ -25,6 +25,8 @@ pub enum Error {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Voicemail(#[from] crate::voicemail::limits::VoicemailError),
     /// Work handed to a worker thread was dropped because the runtime is stopping.
     #[error("sipward is shutting down")]
     ShuttingDown,
@@ -38,7 +40,7 @@ impl Error {
                 true
             }
             Error::Store(e) => e.is_operator_error(),
-            Error::Template(_) | Error::Io { .. } => true,
+            Error::Template(_) | Error::Io { .. } | Error::Voicemail(_) => true,
             Error::ShuttingDown => false,
         }
     }

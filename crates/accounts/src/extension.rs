@@ -1,7 +1,7 @@
 //! Extension operations: add, update, remove, show, list.
 
 use policy::fields::{self, AuthId, DisplayName, Email, ExtensionNumber, Mac, PhoneModel, SipId};
-use policy::{Secret, generate, password};
+use policy::{Secret, generate, password, voicemail};
 use serde::Serialize;
 use store::Db;
 use store::account::{self as q, ExtensionRow};
@@ -57,6 +57,12 @@ pub struct NewExtension {
     /// `udp`, `tcp` or `tls` for this extension's phones; the installation's
     /// `[provisioning] transport` when absent.
     pub transport: Option<String>,
+    /// Seconds a call rings before voicemail answers, 0 to 300 (0: no voicemail);
+    /// 20 when absent.
+    pub voicemail_after_secs: Option<String>,
+    /// `on` or `off`: mail each new message to the extension's address; on when absent
+    /// (it only takes effect while the extension has an address).
+    pub voicemail_mail: Option<String>,
 }
 
 /// Changes to an extension: `Some` sets a field; for email, SIP ID, MAC and model an empty
@@ -76,6 +82,10 @@ pub struct ExtensionChange {
     pub class_of_service: Option<String>,
     /// `udp`, `tcp` or `tls`; an empty string follows the installation's setting again.
     pub transport: Option<String>,
+    /// Seconds a call rings before voicemail answers, 0 to 300 (0: no voicemail).
+    pub voicemail_after_secs: Option<String>,
+    /// `on` or `off`: mail each new message to the extension's address.
+    pub voicemail_mail: Option<String>,
     /// A new password or auth ID opens no grace window (a suspected compromise): the
     /// old credentials stop working everywhere at once, the phones' included.
     pub no_grace: bool,
@@ -95,6 +105,10 @@ pub struct ExtensionView {
     /// The transport its phones are provisioned with when set for this extension
     /// (None: the installation's).
     pub transport: Option<String>,
+    /// Seconds a call rings before voicemail answers (0: no voicemail).
+    pub voicemail_after_secs: i64,
+    /// Whether new messages are mailed (only while `email` is set).
+    pub voicemail_mail: bool,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -115,6 +129,8 @@ impl From<&ExtensionRow> for ExtensionView {
             mac: r.mac.clone(),
             model: r.model.clone(),
             transport: r.phone_transport.clone(),
+            voicemail_after_secs: r.voicemail_after_secs,
+            voicemail_mail: r.voicemail_mail,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -256,6 +272,15 @@ impl Registry {
         let mac = optional(new.mac.as_deref(), Mac::parse)?;
         let model = optional(new.model.as_deref(), PhoneModel::parse)?;
         let transport = optional(new.transport.as_deref(), PhoneTransport::parse)?;
+        let voicemail_after_secs = optional(
+            new.voicemail_after_secs.as_deref(),
+            voicemail::parse_after_secs,
+        )?
+        .unwrap_or(voicemail::DEFAULT_AFTER_SECS);
+        let voicemail_mail = optional(new.voicemail_mail.as_deref(), |v| {
+            voicemail::parse_switch("voicemail mail", v)
+        })?
+        .unwrap_or(true);
         let mut generated = Generated::default();
         let auth_id = match optional(new.auth_id.as_deref(), AuthId::parse)? {
             Some(a) => a,
@@ -312,6 +337,8 @@ impl Registry {
             // Drawn by the store when the row is inserted.
             credential_generation: 0,
             phone_transport: transport.map(|t| t.as_str().to_owned()),
+            voicemail_after_secs: i64::from(voicemail_after_secs),
+            voicemail_mail,
         };
         Ok(Prepared {
             row,
@@ -504,6 +531,12 @@ impl Registry {
             row.phone_transport =
                 optional(Some(t), PhoneTransport::parse)?.map(|t| t.as_str().to_owned());
         }
+        if let Some(v) = change.voicemail_after_secs.as_deref() {
+            row.voicemail_after_secs = i64::from(voicemail::parse_after_secs(v)?);
+        }
+        if let Some(v) = change.voicemail_mail.as_deref() {
+            row.voicemail_mail = voicemail::parse_switch("voicemail mail", v)?;
+        }
         if let Some(p) = change.pin.as_deref() {
             let pin = fields::parse_pin(p)?;
             row.pin_enc = self.seal(&ext_aad(&row.number, "pin"), pin.expose());
@@ -548,6 +581,8 @@ impl Registry {
         if let Some(row) = row {
             self.remove_phone_files(row.mac.as_deref(), row.model.as_deref());
         }
+        // Its voicemail rows went with it; the recordings go too.
+        self.remove_box_files(number.as_str());
         Ok(())
     }
 

@@ -28,6 +28,8 @@ const COLUMNS: &[&str] = &[
     "mac",
     "model",
     "transport",
+    "voicemail_after_secs",
+    "voicemail_mail",
 ];
 
 /// What an import did.
@@ -154,6 +156,8 @@ fn parse_rows(reader: impl Read, errors: &mut Vec<RowError>) -> Vec<ParsedRow> {
                 // `ext update --class`.
                 class_of_service: None,
                 transport: cell("transport"),
+                voicemail_after_secs: cell("voicemail_after_secs"),
+                voicemail_mail: cell("voicemail_mail"),
             },
         });
     }

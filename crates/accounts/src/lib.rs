@@ -30,6 +30,7 @@ pub mod registry;
 mod revocation;
 pub mod running;
 pub mod trunks;
+pub mod voicemail;
 
 pub use error::{Error, ImportErrors, Result, RowError};
 pub use registry::{Registry, Settings};

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use lettre::message::header::ContentType;
-use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -26,6 +26,20 @@ pub struct MailMessage {
     pub subject: String,
     pub text: String,
     pub html: String,
+    /// A file from the data dir to attach (a voicemail message), read when the mail is
+    /// sent: the outbox holds a reference, not the audio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<MailAttachment>,
+}
+
+/// A file attached to a mail, by its path relative to the data dir.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailAttachment {
+    /// The name the recipient sees.
+    pub file_name: String,
+    /// Relative to the data dir (only files under `voicemail/` are read).
+    pub path: String,
+    pub content_type: String,
 }
 
 /// What happened to an extension's welcome mail.
@@ -192,31 +206,48 @@ impl Mailer {
         })
     }
 
-    /// Sends one message (text and HTML alternatives) to `to`.
-    pub async fn send(&self, to: &str, id: &str, m: &MailMessage) -> Result<(), SendFailure> {
+    /// Sends one message (text and HTML alternatives, and `attached` when given) to `to`.
+    pub async fn send(
+        &self,
+        to: &str,
+        id: &str,
+        m: &MailMessage,
+        attached: Option<Vec<u8>>,
+    ) -> Result<(), SendFailure> {
         let to: Mailbox = to.parse().map_err(|_| SendFailure {
             permanent: true,
             reason: "the recipient is not a mail address".into(),
         })?;
+        let alternative = MultiPart::alternative()
+            .singlepart(
+                SinglePart::builder()
+                    .header(ContentType::TEXT_PLAIN)
+                    .body(m.text.clone()),
+            )
+            .singlepart(
+                SinglePart::builder()
+                    .header(ContentType::TEXT_HTML)
+                    .body(m.html.clone()),
+            );
+        let body = match (&m.attachment, attached) {
+            (Some(a), Some(bytes)) => {
+                let kind = ContentType::parse(&a.content_type).map_err(|_| SendFailure {
+                    permanent: true,
+                    reason: "the attachment's content type is not valid".into(),
+                })?;
+                MultiPart::mixed()
+                    .multipart(alternative)
+                    .singlepart(Attachment::new(a.file_name.clone()).body(bytes, kind))
+            }
+            _ => alternative,
+        };
         let msg = Message::builder()
             .from(self.from.clone())
             .to(to)
             .subject(&m.subject)
             // Derived from the outbox row: a mail sent twice after a crash is recognisably one.
             .message_id(Some(format!("<{id}@sipward.outbox>")))
-            .multipart(
-                MultiPart::alternative()
-                    .singlepart(
-                        SinglePart::builder()
-                            .header(ContentType::TEXT_PLAIN)
-                            .body(m.text.clone()),
-                    )
-                    .singlepart(
-                        SinglePart::builder()
-                            .header(ContentType::TEXT_HTML)
-                            .body(m.html.clone()),
-                    ),
-            )
+            .multipart(body)
             .map_err(|e| SendFailure {
                 permanent: true,
                 reason: format!("cannot build the message: {e}"),
@@ -270,8 +301,20 @@ pub(crate) fn credentials_basis(row: &store::account::ExtensionRow, recipient: &
     hex::encode(h.finalize())
 }
 
+/// The extension whose state decides whether a claimed mail still goes out: the row's
+/// own number for a credentials mail, the box's for a voicemail mail (`vm:NUMBER`),
+/// none for an alert (`alert:NUMBER`).
+fn checked_extension(row: &OutboxRow) -> Option<&str> {
+    if row.number.starts_with("alert:") {
+        None
+    } else {
+        Some(row.number.strip_prefix("vm:").unwrap_or(&row.number))
+    }
+}
+
 /// Why a claimed mail must not go out, if it must not: alerts (`alert:NUMBER`) always
-/// go; a credentials mail only while its extension still has the address and the
+/// go; a voicemail mail (`vm:NUMBER`) only while its extension still has the address;
+/// a credentials mail only while its extension still has the address and the
 /// credentials it was made from.
 fn stale_reason(
     row: &OutboxRow,
@@ -285,6 +328,9 @@ fn stale_reason(
     };
     if ext.email.as_deref() != Some(row.recipient.as_str()) {
         return Some("withdrawn: the extension's address changed");
+    }
+    if row.number.starts_with("vm:") {
+        return None;
     }
     if row.basis.is_empty() || row.basis != credentials_basis(ext, &row.recipient) {
         return Some("withdrawn: the extension's credentials changed");
@@ -376,10 +422,9 @@ impl Registry {
                     // Checked against the extension as it is now, after the claim: a
                     // change made before this point has withdrawn it or shows here; one
                     // made later withdraws it (a send in flight still finishes).
-                    let ext = if row.number.starts_with("alert:") {
-                        None
-                    } else {
-                        store::account::get_extension(&mut conn, &row.number).await?
+                    let ext = match checked_extension(row) {
+                        None => None,
+                        Some(number) => store::account::get_extension(&mut conn, number).await?,
                     };
                     if let Some(reason) = stale_reason(row, ext.as_ref()) {
                         store::outbox::withdraw_mail(&mut conn, &row.id, reason).await?;
@@ -396,7 +441,21 @@ impl Registry {
                     let (reg, mailer) = (self.clone(), mailer.clone());
                     sends.spawn(async move {
                         let result = match reg.open_mail(&row) {
-                            Ok(m) => mailer.send(&row.recipient, &row.id, &m).await,
+                            Ok(m) => match m.attachment.as_ref().map(|a| reg.attachment_bytes(a)) {
+                                None => mailer.send(&row.recipient, &row.id, &m, None).await,
+                                Some(Ok(Some(bytes))) => {
+                                    mailer.send(&row.recipient, &row.id, &m, Some(bytes)).await
+                                }
+                                // The message was deleted before its mail went out.
+                                Some(Ok(None)) => Err(SendFailure {
+                                    permanent: true,
+                                    reason: "withdrawn: the voicemail message was deleted".into(),
+                                }),
+                                Some(Err(e)) => Err(SendFailure {
+                                    permanent: true,
+                                    reason: format!("cannot read the attachment: {e}"),
+                                }),
+                            },
                             Err(e) => Err(SendFailure {
                                 permanent: true,
                                 reason: format!("cannot open the queued message: {e}"),

@@ -647,6 +647,7 @@ impl Registry {
             subject: format!("Your phone extension {}: new credentials", row.number),
             text: templates.render("welcome.txt", &ctx)?,
             html: templates.render("welcome.html", &ctx)?,
+            attachment: None,
         };
         let mut mail = self.outbox_row(&row.number, to, &message, now)?;
         mail.basis = crate::mail::credentials_basis(row, to);

@@ -483,6 +483,14 @@ struct NewExtension {
     model: Option<String>,
     /// `udp`, `tcp` or `tls` for this extension's phones.
     transport: Option<String>,
+    /// Seconds a call rings before voicemail answers (0: no voicemail).
+    voicemail_after_secs: Option<u32>,
+    /// Mail new messages to the extension's address.
+    voicemail_mail: Option<bool>,
+}
+
+fn switch_text(on: bool) -> String {
+    if on { "on" } else { "off" }.to_owned()
 }
 
 async fn add(
@@ -506,6 +514,8 @@ async fn add(
         model: req.model,
         class_of_service: None,
         transport: req.transport,
+        voicemail_after_secs: req.voicemail_after_secs.map(|v| v.to_string()),
+        voicemail_mail: req.voicemail_mail.map(switch_text),
     };
     let added = match web.registry.add_extension(&req.number, new).await {
         Ok(a) => a,
@@ -679,7 +689,9 @@ pub fn openapi_document() -> Value {
                         "password": { "type": "string" }, "pin": { "type": "string" },
                         "sip_id": { "type": "string" }, "auth_id": { "type": "string" },
                         "mac": { "type": "string" }, "model": { "type": "string" },
-                        "transport": { "type": "string", "enum": ["udp", "tcp", "tls"] } } },
+                        "transport": { "type": "string", "enum": ["udp", "tcp", "tls"] },
+                        "voicemail_after_secs": { "type": "integer", "minimum": 0, "maximum": 300 },
+                        "voicemail_mail": { "type": "boolean" } } },
                 "ExtensionChange": { "type": "object", "additionalProperties": false,
                     "properties": {
                         "name": { "type": "string" }, "email": { "type": "string" },
@@ -687,7 +699,9 @@ pub fn openapi_document() -> Value {
                         "sip_id": { "type": "string" }, "auth_id": { "type": "string" },
                         "mac": { "type": "string" }, "model": { "type": "string" },
                         "class_of_service": { "type": "string" },
-                        "transport": { "type": "string", "enum": ["", "udp", "tcp", "tls"] } } },
+                        "transport": { "type": "string", "enum": ["", "udp", "tcp", "tls"] },
+                        "voicemail_after_secs": { "type": "integer", "minimum": 0, "maximum": 300 },
+                        "voicemail_mail": { "type": "boolean" } } },
                 "AllowChange": { "type": "object", "required": ["network"], "additionalProperties": false,
                     "properties": { "network": { "type": "string" }, "note": { "type": "string" },
                                     "remove": { "type": "boolean" } } },
@@ -849,6 +863,8 @@ struct Change {
     model: Option<String>,
     class_of_service: Option<String>,
     transport: Option<String>,
+    voicemail_after_secs: Option<u32>,
+    voicemail_mail: Option<bool>,
 }
 
 async fn update(
@@ -868,6 +884,8 @@ async fn update(
         ("model", c.model.is_some()),
         ("class_of_service", c.class_of_service.is_some()),
         ("transport", c.transport.is_some()),
+        ("voicemail_after_secs", c.voicemail_after_secs.is_some()),
+        ("voicemail_mail", c.voicemail_mail.is_some()),
     ]
     .iter()
     .filter(|(_, set)| *set)
@@ -884,6 +902,8 @@ async fn update(
         model: c.model,
         class_of_service: c.class_of_service,
         transport: c.transport,
+        voicemail_after_secs: c.voicemail_after_secs.map(|v| v.to_string()),
+        voicemail_mail: c.voicemail_mail.map(switch_text),
         ..Default::default()
     };
     match web.registry.update_extension(&number, change).await {

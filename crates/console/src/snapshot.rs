@@ -313,6 +313,8 @@ mod tests {
             mac: None,
             model: None,
             transport: None,
+            voicemail_after_secs: 20,
+            voicemail_mail: true,
             created_at: 0,
             updated_at: 0,
         };

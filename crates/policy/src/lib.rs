@@ -32,6 +32,7 @@ pub mod switch;
 pub mod transfer;
 pub mod trunk;
 pub mod vendor;
+pub mod voicemail;
 pub mod weakening;
 
 pub use audit::{Finding, Kind, RuleId, Severity};

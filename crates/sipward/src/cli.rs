@@ -409,6 +409,14 @@ pub struct ExtFields {
     /// config's `[provisioning] transport`; an empty value returns to it).
     #[arg(long)]
     pub transport: Option<String>,
+    /// Seconds a call rings before voicemail answers, 0 to 300 (0: no voicemail;
+    /// default 20).
+    #[arg(long = "voicemail-after")]
+    pub voicemail_after_secs: Option<String>,
+    /// Mail each new voicemail message to the extension's address: on or off (default
+    /// on; only while it has an address).
+    #[arg(long = "voicemail-mail")]
+    pub voicemail_mail: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -36,6 +36,10 @@ pub struct ExtensionRow {
     /// `udp`, `tcp` or `tls`: the transport this extension's phones are provisioned
     /// with; None follows the installation's setting.
     pub phone_transport: Option<String>,
+    /// Seconds a call rings before voicemail answers; 0: no voicemail.
+    pub voicemail_after_secs: i64,
+    /// Whether a new message is mailed to `email` (only when there is one).
+    pub voicemail_mail: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,7 +70,8 @@ pub struct ProviderRow {
 }
 
 const EXT_COLUMNS: &str = "number, kind, name, email, auth_id, sip_id, password_enc, password_score, \
-     pin_enc, ha1_md5_enc, ha1_sha256_enc, mac, model, created_at, updated_at, credential_generation, phone_transport";
+     pin_enc, ha1_md5_enc, ha1_sha256_enc, mac, model, created_at, updated_at, credential_generation, phone_transport, \
+     voicemail_after_secs, voicemail_mail";
 const GW_COLUMNS: &str = "name, vendor, number, auth_id, password_enc, password_score, ha1_md5_enc, \
      ha1_sha256_enc, host, created_at, updated_at";
 const PROV_COLUMNS: &str =
@@ -91,6 +96,8 @@ fn ext_from_row(r: &AnyRow) -> Result<ExtensionRow> {
         updated_at: r.try_get("updated_at")?,
         credential_generation: r.try_get("credential_generation")?,
         phone_transport: r.try_get("phone_transport")?,
+        voicemail_after_secs: r.try_get("voicemail_after_secs")?,
+        voicemail_mail: r.try_get::<i64, _>("voicemail_mail")? != 0,
     })
 }
 
@@ -219,7 +226,7 @@ pub async fn insert_extension(db: &mut dyn Db, e: &ExtensionRow) -> Result<i64> 
     let conn = raw(db);
     let generation = next_credential_generation(conn).await?;
     let sql = format!(
-        "INSERT INTO extensions ({EXT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)"
+        "INSERT INTO extensions ({EXT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(&e.number)
@@ -239,6 +246,8 @@ pub async fn insert_extension(db: &mut dyn Db, e: &ExtensionRow) -> Result<i64> 
         .bind(e.updated_at)
         .bind(generation)
         .bind(&e.phone_transport)
+        .bind(e.voicemail_after_secs)
+        .bind(i64::from(e.voicemail_mail))
         .execute(&mut *conn)
         .await
         .map_err(|err| {
@@ -270,7 +279,8 @@ pub async fn update_extension(db: &mut dyn Db, e: &ExtensionRow) -> Result<bool>
     let done = sqlx::query(
         "UPDATE extensions SET kind = $2, name = $3, email = $4, auth_id = $5, sip_id = $6, \
          password_enc = $7, password_score = $8, pin_enc = $9, ha1_md5_enc = $10, ha1_sha256_enc = $11, \
-         mac = $12, model = $13, updated_at = $14, phone_transport = $15 WHERE number = $1",
+         mac = $12, model = $13, updated_at = $14, phone_transport = $15, \
+         voicemail_after_secs = $16, voicemail_mail = $17 WHERE number = $1",
     )
     .bind(&e.number)
     .bind(&e.kind)
@@ -287,6 +297,8 @@ pub async fn update_extension(db: &mut dyn Db, e: &ExtensionRow) -> Result<bool>
     .bind(&e.model)
     .bind(e.updated_at)
     .bind(&e.phone_transport)
+    .bind(e.voicemail_after_secs)
+    .bind(i64::from(e.voicemail_mail))
     .execute(&mut *conn)
     .await
     .map_err(|err| {

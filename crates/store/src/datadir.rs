@@ -44,6 +44,12 @@ impl DataDir {
         self.root.join("provisioning")
     }
 
+    /// Voicemail audio: `voicemail/<extension>/` holds a box's messages and greeting
+    /// (directories 0700, files 0600).
+    pub fn voicemail_dir(&self) -> PathBuf {
+        self.root.join("voicemail")
+    }
+
     /// Operator overrides of the built-in templates (phone files, welcome mail).
     pub fn templates_dir(&self) -> PathBuf {
         self.root.join("templates")

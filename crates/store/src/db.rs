@@ -282,6 +282,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "phone_transport",
         include_str!("../migrations/sqlite/0016_phone_transport.sql"),
     ),
+    (
+        17,
+        "voicemail",
+        include_str!("../migrations/sqlite/0017_voicemail.sql"),
+    ),
 ];
 
 fn schema() -> sqlx::migrate::Migrator {

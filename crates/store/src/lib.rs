@@ -27,6 +27,7 @@ pub mod signing;
 pub mod trends;
 pub mod trunks;
 mod vault;
+pub mod voicemail;
 
 pub use datadir::DataDir;
 pub use db::{Conn, Db, Store, Tx};

@@ -22,6 +22,8 @@ fn ext(number: &str, auth_id: &str) -> ExtensionRow {
         updated_at: 1,
         credential_generation: 0,
         phone_transport: None,
+        voicemail_after_secs: 20,
+        voicemail_mail: true,
     }
 }
 
@@ -511,4 +513,109 @@ async fn a_phone_lookup_returns_one_row_either_way() {
         .await
         .expect("unknown");
     assert_eq!(unknown, p::PhoneByMac::default());
+}
+
+#[tokio::test]
+async fn voicemail_boxes_and_messages_belong_to_their_extension() {
+    use store::voicemail::{self as vm, BoxRow, MessageRow};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_sqlite(&dir.path().join("t.db"))
+        .await
+        .expect("open");
+    let mut conn = store.conn().await.expect("conn");
+    account::insert_extension(&mut conn, &ext("1001", "authA"))
+        .await
+        .expect("insert");
+    let mut b = BoxRow {
+        number: "1001".into(),
+        failures: 2,
+        failure_window_start: 100,
+        updated_at: 100,
+        ..Default::default()
+    };
+    assert!(vm::save_box(&mut conn, &b).await.expect("save"));
+    b.locked_until = 4000;
+    b.must_change_pin = true;
+    assert!(vm::save_box(&mut conn, &b).await.expect("update"));
+    assert_eq!(
+        vm::get_box(&mut conn, "1001").await.expect("get"),
+        Some(b.clone())
+    );
+    let ghost = BoxRow {
+        number: "1002".into(),
+        ..b.clone()
+    };
+    assert!(!vm::save_box(&mut conn, &ghost).await.expect("no extension"));
+    assert_eq!(vm::get_box(&mut conn, "1002").await.expect("get"), None);
+
+    let msg = |id: &str, at: i64, folder: &str| MessageRow {
+        id: id.into(),
+        number: "1001".into(),
+        received_at: at,
+        duration_ms: 1500,
+        caller: "\"Bob\" <sip:1002@pbx>".into(),
+        folder: folder.into(),
+        file: format!("voicemail/1001/{id}.wav"),
+    };
+    vm::insert_message(&mut conn, &msg("b", 20, "new"))
+        .await
+        .expect("b");
+    vm::insert_message(&mut conn, &msg("a", 30, "saved"))
+        .await
+        .expect("a");
+    vm::insert_message(&mut conn, &msg("c", 10, "new"))
+        .await
+        .expect("c");
+    let ids: Vec<String> = vm::messages_of(&mut conn, "1001")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(ids, ["c", "b", "a"], "new first, oldest first");
+    assert_eq!(vm::counts(&mut conn, "1001").await.expect("counts"), (2, 1));
+    assert!(
+        vm::set_folder(&mut conn, "1001", "c", "saved")
+            .await
+            .expect("save")
+    );
+    assert!(
+        !vm::set_folder(&mut conn, "1002", "c", "saved")
+            .await
+            .expect("other box")
+    );
+    assert!(
+        vm::get_message(&mut conn, "1002", "c")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(
+        vm::delete_message(&mut conn, "1001", "b")
+            .await
+            .expect("delete")
+    );
+    let totals = vm::totals(&mut conn).await.expect("totals");
+    assert_eq!(totals.len(), 1);
+    assert_eq!(
+        (
+            totals[0].new,
+            totals[0].saved,
+            totals[0].total_ms,
+            totals[0].latest
+        ),
+        (0, 2, 3000, 30)
+    );
+
+    // Gone with the extension.
+    account::delete_extension(&mut conn, "1001")
+        .await
+        .expect("delete");
+    assert!(
+        vm::messages_of(&mut conn, "1001")
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert_eq!(vm::get_box(&mut conn, "1001").await.expect("get"), None);
 }

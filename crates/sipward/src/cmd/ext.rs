@@ -113,6 +113,8 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
                 model: fields.model,
                 class_of_service: fields.class_of_service,
                 transport: fields.transport,
+                voicemail_after_secs: fields.voicemail_after_secs,
+                voicemail_mail: fields.voicemail_mail,
             };
             let added = reg.add_extension(&number, new).await?;
             let e = &added.extension;
@@ -347,6 +349,22 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
                     }
                 );
                 println!(
+                    "voicemail  {}",
+                    if view.voicemail_after_secs == 0 {
+                        "none".to_owned()
+                    } else {
+                        format!(
+                            "after {} s ringing; messages {}",
+                            view.voicemail_after_secs,
+                            match (view.voicemail_mail, view.email.is_some()) {
+                                (true, true) => "mailed",
+                                (true, false) => "not mailed (no address)",
+                                (false, _) => "not mailed",
+                            }
+                        )
+                    }
+                );
+                println!(
                     "calling    {}{}",
                     outbound.class_of_service.as_str(),
                     match &outbound.suspend_reason {
@@ -404,6 +422,8 @@ fn change_from(f: ExtFields, kind: Option<ExtensionKind>) -> ExtensionChange {
         model: f.model,
         class_of_service: f.class_of_service,
         transport: f.transport,
+        voicemail_after_secs: f.voicemail_after_secs,
+        voicemail_mail: f.voicemail_mail,
         no_grace: false,
     }
 }
