@@ -22,6 +22,9 @@ pub const EGRESS_DENIALS: [&str; 13] = [
     "sips_over_clear",
 ];
 
+/// The reasons of `sipward_rtp_dropped_total{reason}` (`crate::rtp::RtpDrop`).
+pub const RTP_DROPS: [&str; 3] = ["wrong_source", "malformed", "unexpected_payload"];
+
 /// The reasons of `sipward_responses_dropped_total{reason}`.
 pub const RESPONSES_DROPPED: [&str; 5] = [
     "not_a_response",
@@ -131,8 +134,8 @@ pub struct Metrics {
     /// Digest answers that did not authenticate, by [`Challenged`] (its discriminant):
     /// which check failed, so a 401 nobody expected can be told apart after the fact.
     pub challenged_by_reason: [AtomicU64; Challenged::ALL.len()],
-    /// RTP packets dropped, by reason (indexed like [`crate::rtp::RTP_DROPS`]).
-    pub rtp_dropped: [AtomicU64; crate::rtp::RTP_DROPS.len()],
+    /// RTP packets dropped, by reason (indexed like [`RTP_DROPS`]).
+    pub rtp_dropped: [AtomicU64; RTP_DROPS.len()],
     /// RTP port pairs refused: the range exhausted (0), the source's share held (1).
     pub rtp_ports_refused: [AtomicU64; 2],
     /// RTP port pairs held by calls now (gauge).
@@ -556,7 +559,7 @@ impl Metrics {
             s,
             "# HELP {name} RTP packets dropped by the RTP guard or the parser, by reason\n# TYPE {name} counter\n"
         );
-        for (i, label) in crate::rtp::RTP_DROPS.iter().enumerate() {
+        for (i, label) in RTP_DROPS.iter().enumerate() {
             let _ = writeln!(
                 s,
                 "{name}{{reason=\"{label}\"}} {}",

@@ -23,10 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::metrics::Metrics;
 
-/// The reasons of `sipward_rtp_dropped_total{reason}`.
-pub const RTP_DROPS: [&str; 3] = ["wrong_source", "malformed", "unexpected_payload"];
-
-/// Why a packet was dropped (its index in [`RTP_DROPS`]).
+/// Why a packet was dropped (its index in [`crate::metrics::RTP_DROPS`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RtpDrop {
     /// Not from the negotiated or latched address.

@@ -171,7 +171,11 @@ pub async fn run(
         messages: config.sip_messages,
         mailer,
         tls: tls.as_ref().map(|(_, t)| t.clone()),
-        voicemail: None,
+        voicemail: Some(server::VoicemailConfig {
+            deposits: Arc::new(pbx::mailbox::Mailboxes::new(reg.clone())),
+            rtp: config.rtp.clone(),
+            limits: pbx::voicemail::DepositLimits::default(),
+        }),
     };
     let bound = server::bind(reg.clone(), cfg, keys, crate::clock::clock()).await?;
     let reconfigure = bound.reconfigure();
