@@ -38,3 +38,4 @@ mod tls;
 mod trunk_calls;
 mod trunks;
 mod user_agent;
+mod voicemail;

@@ -1,0 +1,131 @@
+//! Voicemail on the wire with real peers: SIPp leaves a message (Debian's `g711a.pcap`
+//! played as RTP after the greeting); the WAV in the data dir is private and holds the
+//! audio that was sent, sample for sample; `sox` reads it as 8 kHz 16-bit mono.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::{Env, mode_of};
+use crate::peers::{eventually, free_port, require, sipp_auth, sipp_from};
+
+/// An extension with known credentials.
+fn add(env: &Env, number: &str) -> (String, String) {
+    let auth = format!("desk{number}");
+    let pw = format!("Zq8xLmTr4wPy{number}Kb");
+    env.ok(&["ext", "add", number, "--auth-id", &auth, "--password", &pw]);
+    (auth, pw)
+}
+
+/// A config with MD5 only (SIPp's) and a range of RTP ports of this run's own.
+fn config() -> String {
+    let base = (free_port() & !1).min(65_000);
+    format!(
+        "[sip]\ndigest_algorithms = [\"MD5\"]\n[media]\nrtp_ports = \"{base}-{}\"\n",
+        base + 39
+    )
+}
+
+/// The A-law payloads of the RTP packets in a pcap file (Ethernet, IPv4, UDP), decoded.
+fn pcap_audio(path: &Path) -> Vec<i16> {
+    let b = std::fs::read(path).expect("pcap");
+    assert_eq!(&b[..4], &[0xd4, 0xc3, 0xb2, 0xa1], "little-endian pcap");
+    let mut at = 24;
+    let mut out = Vec::new();
+    while at + 16 <= b.len() {
+        let len = u32::from_le_bytes([b[at + 8], b[at + 9], b[at + 10], b[at + 11]]) as usize;
+        let frame = &b[at + 16..at + 16 + len];
+        at += 16 + len;
+        let ip = &frame[14..];
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        let rtp = media::rtp::RtpPacket::parse(&ip[ihl + 8..]).expect("RTP");
+        assert_eq!(rtp.payload_type, 8, "A-law");
+        media::g711::Law::ALaw.decode_into(rtp.payload, &mut out);
+    }
+    out
+}
+
+fn messages(env: &Env, number: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(env.data.join("voicemail").join(number))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("msg-"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn soxi(flag: &str, path: &Path) -> String {
+    let out = Command::new(require("soxi", "sox"))
+        .arg(flag)
+        .arg(path)
+        .output()
+        .expect("soxi");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn sipp_leaves_a_message_that_holds_the_audio_it_sent() {
+    let env = Env::with_config(&config());
+    let caller = add(&env, "1001");
+    add(&env, "1002");
+    let server = env.serve();
+    let csv = format!(
+        "SEQUENTIAL\n1001;{};1002\n",
+        sipp_auth(&caller.0, &caller.1)
+    );
+    let run = sipp_from(
+        "127.0.0.1",
+        &env,
+        "vm_deposit_uac.xml",
+        &csv,
+        server.sip,
+        "u1",
+        1,
+        1,
+    );
+    assert_eq!(
+        (run.successful, run.failed),
+        (1, 0),
+        "{run:?}\n{}",
+        server.log()
+    );
+    eventually("the message is filed", Duration::from_secs(5), || {
+        server.metric("sipward_voicemail_messages_total") == 1
+    });
+    let files = messages(&env, "1002");
+    assert_eq!(files.len(), 1, "{files:?}");
+    let wav = &files[0];
+    assert_eq!(mode_of(wav), 0o600);
+    assert_eq!(soxi("-r", wav), "8000");
+    assert_eq!(soxi("-c", wav), "1");
+    assert_eq!(soxi("-b", wav), "16");
+
+    let sent = pcap_audio(Path::new("/usr/share/sip-tester/g711a.pcap"));
+    let recorded =
+        media::wav::decode(&std::fs::read(wav).expect("wav"), 8000 * 600).expect("8 kHz mono PCM");
+    // SIPp starts the pcap after the tone: the message is the pcap's audio, in order.
+    let slack = sent.len() / 20;
+    assert!(
+        recorded.len() + slack >= sent.len() && recorded.len() <= sent.len() + slack,
+        "recorded {} samples, sent {}",
+        recorded.len(),
+        sent.len()
+    );
+    let same = recorded.iter().zip(&sent).filter(|(a, b)| a == b).count();
+    assert!(
+        same * 100 >= sent.len() * 95,
+        "{same} of {} samples as sent",
+        sent.len()
+    );
+    assert_eq!(
+        server.metric("sipward_rtp_ports_in_use"),
+        0,
+        "port given back"
+    );
+    server.stop();
+}
