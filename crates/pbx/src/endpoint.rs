@@ -197,6 +197,11 @@ impl Endpoint {
         v.extend(self.registrar.table_sizes());
         v.push(("nonce_nc_tracked", self.auth.nc_tracked()));
         v.push(("notify_pending", self.notifier.pending_count()));
+        v.push(("voicemail_calls", self.voicemail.call_count()));
+        v.push((
+            "voicemail_subscriptions",
+            self.voicemail.subscription_count(),
+        ));
         v.extend(self.outbound.table_sizes());
         v.extend(self.guard.table_sizes());
         v.push((
@@ -556,6 +561,7 @@ impl Endpoint {
                 }
             }
             "INVITE" => self.invite(&m, uri, bytes, &key, &flow),
+            "SUBSCRIBE" if self.voicemail.enabled() => self.subscribe(&m, uri, &key, &flow),
             "OPTIONS" => {
                 Metrics::inc(&self.metrics.options);
                 self.respond(
@@ -949,6 +955,90 @@ impl Endpoint {
                 );
             }
         }
+    }
+
+    /// A SUBSCRIBE for a box's message-summary (RFC 3842): accepted only from a phone
+    /// that authenticates (401) as the box's own extension and is registered on this
+    /// very flow; any other event is 489. The box's state follows in a NOTIFY.
+    fn subscribe(&self, m: &Message<'_>, uri: &str, key: &TxKey, flow: &Flow) {
+        let source = flow.remote;
+        let now = self.clock.now();
+        let event = m.header(Name::Event).unwrap_or("");
+        let package = event.split(';').next().unwrap_or("").trim();
+        if !package.eq_ignore_ascii_case("message-summary") {
+            return self.respond(
+                m,
+                key,
+                source,
+                489,
+                "Bad Event",
+                &[("Allow-Events", "message-summary")],
+            );
+        }
+        let dir = self.directory.get();
+        let account =
+            match self.authenticate(&dir, m, Name::Authorization, "SUBSCRIBE", source, now) {
+                Authn::Account(a) => a,
+                Authn::Silent => {
+                    self.egress.abandon(key);
+                    return;
+                }
+                Authn::Challenge(challenges) => {
+                    let headers: Vec<(&str, &str)> = challenges
+                        .iter()
+                        .map(|c| ("WWW-Authenticate", c.as_str()))
+                        .collect();
+                    return self.respond(m, key, source, 401, "Unauthorized", &headers);
+                }
+            };
+        let target = SipUri::parse(uri).and_then(|u| u.user);
+        let own_box = account.kind == "ext"
+            && target.is_none_or(|t| t == account.number || t == account.auth_id);
+        let registered_here = self
+            .registrar
+            .flows(&account.number, now)
+            .iter()
+            .any(|(_, f)| f.same_peer(flow));
+        if !own_box || !registered_here {
+            return self.respond(m, key, source, 403, "Forbidden", &[]);
+        }
+        let (Some(from), Some(call_id)) = (
+            m.header(Name::From).and_then(NameAddr::parse),
+            m.header(Name::CallId),
+        ) else {
+            return self.respond(m, key, source, 400, "Bad Request", &[]);
+        };
+        let expires = m
+            .header(Name::Expires)
+            .and_then(|e| e.trim().parse::<i64>().ok())
+            .unwrap_or(3600)
+            .clamp(0, 3600);
+        let remote_target = m
+            .header(Name::Contact)
+            .and_then(|c| split_list(c).next())
+            .and_then(NameAddr::parse)
+            .map_or_else(|| from.uri.to_owned(), |a| a.uri.to_owned());
+        let expires_text = expires.to_string();
+        let contact = self.voicemail.contact(flow);
+        self.respond(
+            m,
+            key,
+            source,
+            200,
+            "OK",
+            &[("Expires", &expires_text), ("Contact", &contact)],
+        );
+        self.voicemail.subscribed(crate::voicemail::Subscription {
+            number: account.number.clone(),
+            call_id: call_id.to_owned(),
+            local_tag: self.to_tag(m),
+            remote_uri: from.uri.to_owned(),
+            remote_tag: from.tag().unwrap_or("").to_owned(),
+            remote_target,
+            flow: *flow,
+            expires_at: now + expires,
+            cseq: 0,
+        });
     }
 
     /// The route for a number (a gateway is reached where it registered from, if it did).

@@ -176,6 +176,28 @@ impl Call {
     }
 }
 
+/// A phone's subscription to its box's message-summary (RFC 3842 over RFC 6665): the
+/// dialog its SUBSCRIBE made, where NOTIFYs go, and until when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    pub number: String,
+    pub call_id: String,
+    /// Our tag (the To tag of our 200).
+    pub local_tag: String,
+    pub remote_uri: String,
+    pub remote_tag: String,
+    /// The subscriber's Contact.
+    pub remote_target: String,
+    pub flow: Flow,
+    /// Wall-clock second it ends.
+    pub expires_at: i64,
+    pub cseq: u32,
+}
+
+/// At most this many subscriptions in all, and per extension.
+pub const MAX_SUBSCRIPTIONS: usize = 65_536;
+pub const MAX_SUBSCRIPTIONS_PER_BOX: usize = 8;
+
 #[derive(Debug, Default)]
 struct Calls {
     by_id: HashMap<u64, Call>,
@@ -189,6 +211,7 @@ pub struct Voicemail {
     sig: Arc<Signalling>,
     backend: OnceLock<Backend>,
     calls: Mutex<Calls>,
+    subscriptions: Mutex<HashMap<String, Vec<Subscription>>>,
     next: AtomicU64,
     greeting: Vec<i16>,
 }
@@ -224,9 +247,18 @@ impl Voicemail {
             sig,
             backend: OnceLock::new(),
             calls: Mutex::new(Calls::default()),
+            subscriptions: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             greeting,
         }
+    }
+
+    /// The voicemail's Contact as a peer on `flow` reaches it (`<sip:voicemail@...>`).
+    pub fn contact(&self, flow: &Flow) -> String {
+        format!(
+            "<{}>",
+            our_uri(self.sig.bound_for(flow), flow, Some("voicemail"))
+        )
     }
 
     /// Switches voicemail on (once; later calls are ignored).
@@ -426,46 +458,140 @@ impl Voicemail {
         self.forget_when_done(id);
     }
 
-    /// Sends the message-summary NOTIFY to every phone registered for `number`.
+    fn subs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Subscription>>> {
+        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Subscriptions held now (for `/metrics`' table sizes).
+    pub fn subscription_count(&self) -> usize {
+        self.subs().values().map(Vec::len).sum()
+    }
+
+    /// A SUBSCRIBE the endpoint accepted (authenticated as the box's own extension,
+    /// from one of its registered flows) and answered 200: remembered (replacing one
+    /// of the same dialog; `expires_at` now or earlier removes it), and answered at
+    /// once with the box's state.
+    pub fn subscribed(self: &Arc<Self>, sub: Subscription) {
+        let Some(b) = self.backend.get() else { return };
+        let now = self.sig.clock.now();
+        {
+            let mut all = self.subs();
+            let total: usize = all.values().map(Vec::len).sum();
+            let list = all.entry(sub.number.clone()).or_default();
+            list.retain(|s| s.expires_at > now && s.call_id != sub.call_id);
+            if sub.expires_at > now
+                && list.len() < MAX_SUBSCRIPTIONS_PER_BOX
+                && total < MAX_SUBSCRIPTIONS
+            {
+                list.push(sub.clone());
+            }
+            if list.is_empty() {
+                all.remove(&sub.number);
+            }
+        }
+        let this = self.clone();
+        b.runtime.spawn(async move {
+            let Some(b) = this.backend.get() else { return };
+            let waiting = b.deposits.waiting(&sub.number).await.unwrap_or_default();
+            let mut sub = sub;
+            sub.cseq = 1;
+            this.notify_subscription(&sub, waiting, &b.realm);
+        });
+    }
+
+    /// A NOTIFY in a subscription's dialog.
+    fn notify_subscription(&self, sub: &Subscription, waiting: Waiting, realm: &str) -> bool {
+        let now = self.sig.clock.now();
+        let left = sub.expires_at - now;
+        let state = if left > 0 {
+            format!("active;expires={left}")
+        } else {
+            "terminated;reason=timeout".to_owned()
+        };
+        let local_uri = format!("sip:{}@{realm}", sub.number);
+        let body = message_summary(waiting, &local_uri);
+        let dialog = DialogState {
+            call_id: &sub.call_id,
+            local_uri: &local_uri,
+            local_tag: &sub.local_tag,
+            remote_uri: &sub.remote_uri,
+            remote_tag: Some(&sub.remote_tag),
+            remote_target: &sub.remote_target,
+            route_set: Vec::new(),
+        };
+        let branch = self.sig.branch();
+        let Ok(bytes) = RequestBuilder::in_dialog(&dialog, "NOTIFY", sub.cseq)
+            .via(TopVia::new(
+                sub.flow.transport.via_token(),
+                self.sig.local(&sub.flow),
+                &branch,
+            ))
+            .contact(&our_uri(
+                self.sig.bound_for(&sub.flow),
+                &sub.flow,
+                Some("voicemail"),
+            ))
+            .header("Event", "message-summary")
+            .header("Subscription-State", &state)
+            .body("application/simple-message-summary", body.as_bytes())
+            .build()
+        else {
+            return false;
+        };
+        self.send_notify(bytes, sub.flow, &sub.number)
+    }
+
+    fn send_notify(&self, bytes: Vec<u8>, flow: Flow, number: &str) -> bool {
+        let sent = self
+            .sig
+            .egress
+            .start(bytes, flow, Purpose::Registration { number }, Owner::Notify)
+            .is_ok();
+        if sent {
+            Metrics::inc(&self.sig.metrics.notify_sent);
+        }
+        sent
+    }
+
+    /// Tells `number`'s phones what its box holds: in each live subscription's dialog,
+    /// or, when none subscribed, unsolicited to every phone registered for it. Returns
+    /// how many NOTIFYs went out.
     pub fn notify_waiting(&self, number: &str, waiting: Waiting) -> usize {
         let Some(b) = self.backend.get() else {
             return 0;
         };
-        let registrations = b.registrar.flows(number, self.sig.clock.now());
-        let body = message_summary(waiting, &format!("sip:{number}@{}", b.realm));
-        self.notifier_send(number, &b.realm, &registrations, &body)
-    }
-
-    fn notifier_send(
-        &self,
-        number: &str,
-        realm: &str,
-        registrations: &[(String, Flow)],
-        body: &str,
-    ) -> usize {
-        let mut sent = 0;
-        for (contact, flow) in registrations {
-            let Some(bytes) =
-                crate::notify::build_message_summary(&self.sig, contact, number, realm, flow, body)
-            else {
-                continue;
-            };
-            if self
-                .sig
-                .egress
-                .start(
-                    bytes,
-                    *flow,
-                    Purpose::Registration { number },
-                    Owner::Notify,
-                )
-                .is_ok()
-            {
-                Metrics::inc(&self.sig.metrics.notify_sent);
-                sent += 1;
+        let now = self.sig.clock.now();
+        let subs: Vec<Subscription> = {
+            let mut all = self.subs();
+            match all.get_mut(number) {
+                Some(list) => {
+                    list.retain(|s| s.expires_at > now);
+                    for s in list.iter_mut() {
+                        s.cseq += 1;
+                    }
+                    list.clone()
+                }
+                None => Vec::new(),
             }
+        };
+        if !subs.is_empty() {
+            return subs
+                .iter()
+                .filter(|s| self.notify_subscription(s, waiting, &b.realm))
+                .count();
         }
-        sent
+        let registrations = b.registrar.flows(number, now);
+        let body = message_summary(waiting, &format!("sip:{number}@{}", b.realm));
+        registrations
+            .iter()
+            .filter_map(|(contact, flow)| {
+                crate::notify::build_message_summary(
+                    &self.sig, contact, number, &b.realm, flow, &body,
+                )
+                .map(|bytes| (bytes, *flow))
+            })
+            .filter(|(bytes, flow)| self.send_notify(bytes.clone(), *flow, number))
+            .count()
     }
 
     /// The 200 with our SDP, and the dialog it makes. False when the call is gone.
@@ -997,6 +1123,7 @@ mod tests {
         );
         assert!(flat.contains("Purpose::InDialog{from:None},Owner::Voicemail"));
         assert!(flat.contains("Purpose::Registration{number},Owner::Notify"));
+        assert!(!flat.contains("Purpose::Callee"));
     }
 
     #[test]

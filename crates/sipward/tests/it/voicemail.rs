@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::baresip::Baresip;
 use crate::harness::{Env, mode_of};
-use crate::peers::{eventually, free_port, require, sipp_auth, sipp_from};
+use crate::peers::{eventually, eventually_or, free_port, require, sipp_auth, sipp_from};
 
 /// An extension with known credentials.
 fn add(env: &Env, number: &str) -> (String, String) {
@@ -68,19 +69,16 @@ fn soxi(flag: &str, path: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-#[test]
-fn sipp_leaves_a_message_that_holds_the_audio_it_sent() {
-    let env = Env::with_config(&config());
-    let caller = add(&env, "1001");
-    add(&env, "1002");
-    let server = env.serve();
+/// SIPp, as extension 1001, leaves a message in 1002's box.
+fn leave_message(env: &Env, server: &crate::peers::Server, caller: &(String, String)) {
     let csv = format!(
         "SEQUENTIAL\n1001;{};1002\n",
         sipp_auth(&caller.0, &caller.1)
     );
+    let before = server.metric("sipward_voicemail_messages_total");
     let run = sipp_from(
         "127.0.0.1",
-        &env,
+        env,
         "vm_deposit_uac.xml",
         &csv,
         server.sip,
@@ -95,8 +93,50 @@ fn sipp_leaves_a_message_that_holds_the_audio_it_sent() {
         server.log()
     );
     eventually("the message is filed", Duration::from_secs(5), || {
-        server.metric("sipward_voicemail_messages_total") == 1
+        server.metric("sipward_voicemail_messages_total") == before + 1
     });
+}
+
+#[test]
+fn baresip_sees_the_message_waiting_light_go_on() {
+    let env = Env::with_config(&config());
+    let caller = add(&env, "1001");
+    let (auth, pass) = add(&env, "1002");
+    let server = env.serve();
+    // No phone of 1002 is registered: the box takes the call.
+    leave_message(&env, &server, &caller);
+    // 1002's phone starts, registers, subscribes to message-summary (401, then with
+    // credentials) and is told a message waits.
+    let phone = Baresip::start_with(
+        &env,
+        &format!(
+            "<sip:1002@{};transport=udp>;auth_user={auth};auth_pass={pass};regint=60\n",
+            server.sip
+        ),
+        "module_app menu.so\nmodule_app mwi.so\n",
+    );
+    eventually_or(
+        "baresip shows the message-waiting light on",
+        Duration::from_secs(15),
+        || {
+            let l = phone.log();
+            l.contains("MWI for")
+                && l.contains("Messages-Waiting: yes")
+                && l.contains("Voice-Message: 1/0")
+        },
+        || format!("{}\n---- server\n{}", phone.log(), server.log()),
+    );
+    assert!(server.metric("sipward_notify_sent_total") >= 1);
+    server.stop();
+}
+
+#[test]
+fn sipp_leaves_a_message_that_holds_the_audio_it_sent() {
+    let env = Env::with_config(&config());
+    let caller = add(&env, "1001");
+    add(&env, "1002");
+    let server = env.serve();
+    leave_message(&env, &server, &caller);
     let files = messages(&env, "1002");
     assert_eq!(files.len(), 1, "{files:?}");
     let wav = &files[0];
