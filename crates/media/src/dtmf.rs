@@ -4,7 +4,10 @@
 //! An event is one RTP timestamp: its packets repeat with a growing duration and its
 //! end is sent three times (RFC 4733 §2.5.1.4). A digit is reported once, at its first
 //! end packet; an event whose end packets were all lost is reported when the next
-//! event starts or when the caller calls [`EventReceiver::finish`].
+//! event starts or when the caller calls [`EventReceiver::finish`]. A packet with the
+//! timestamp of one of the last few events is a late or repeated packet of that event,
+//! never a new digit; any other timestamp starts a new event, even one behind the
+//! current (senders that splice recorded events, as SIPp's pcap play does, go back).
 
 /// The digits of events 0–15 (RFC 4733 §3.2).
 const DIGITS: [char; 16] = [
@@ -57,10 +60,16 @@ struct Current {
     reported: bool,
 }
 
+/// How many finished events' timestamps are remembered.
+const RECENT: usize = 4;
+
 /// Turns the telephone-event packets of one stream into digits, each once.
 #[derive(Clone, Debug, Default)]
 pub struct EventReceiver {
     current: Option<Current>,
+    /// Timestamps of the events before the current one (a ring).
+    recent: [Option<u32>; RECENT],
+    next_recent: usize,
 }
 
 impl EventReceiver {
@@ -85,13 +94,18 @@ impl EventReceiver {
                 }
                 return;
             }
-            // A late packet of an earlier event (its timestamp is behind the current's,
-            // modulo 2^32) is not a new event.
-            Some(c) if (timestamp.wrapping_sub(c.timestamp) as i32) < 0 => return,
             _ => {}
+        }
+        // A late or repeated packet of an earlier event is not a new event.
+        if self.recent.contains(&Some(timestamp)) {
+            return;
         }
         if let Some(previous) = self.finish() {
             out.push(previous);
+        }
+        if let Some(c) = self.current {
+            self.recent[self.next_recent] = Some(c.timestamp);
+            self.next_recent = (self.next_recent + 1) % RECENT;
         }
         self.current = Some(Current {
             timestamp,
@@ -184,17 +198,35 @@ mod tests {
         let mut r = EventReceiver::new();
         let mut out = Vec::new();
         r.receive(5000, &packet(2, true, 160), &mut out);
-        r.receive(4000, &packet(3, true, 160), &mut out);
-        r.receive(6000, &packet(16, true, 160), &mut out); // flash
-        r.receive(7000, &[1, 2], &mut out);
-        assert_eq!(out, ['2']);
-        // Timestamps wrap: after u32::MAX comes 0, which is ahead, not late.
+        r.receive(6000, &packet(4, true, 160), &mut out);
+        // A late end packet of the event before: not a new digit.
+        r.receive(5000, &packet(2, true, 160), &mut out);
+        r.receive(7000, &packet(16, true, 160), &mut out); // flash
+        r.receive(8000, &[1, 2], &mut out);
+        assert_eq!(out, ['2', '4']);
+    }
+
+    #[test]
+    fn spliced_events_whose_timestamps_go_back_are_digits() {
+        // SIPp plays each digit's pcap with the timestamps it was recorded with.
         let mut r = EventReceiver::new();
         let mut out = Vec::new();
-        r.receive(u32::MAX - 10, &packet(4, true, 160), &mut out);
-        r.receive(5, &packet(6, true, 160), &mut out);
-        r.receive(u32::MAX - 5, &packet(7, true, 160), &mut out);
-        assert_eq!(out, ['4', '6']);
+        for (ts, ev) in [
+            (17632, 0),
+            (13280, 1),
+            (43200, 5),
+            (92640, 11),
+            (13280 + 8, 1),
+        ] {
+            r.receive(ts, &packet(ev, false, 160), &mut out);
+            r.receive(ts, &packet(ev, true, 480), &mut out);
+            r.receive(ts, &packet(ev, true, 480), &mut out);
+        }
+        assert_eq!(out, ['0', '1', '5', '#', '1']);
+        // Wrapping timestamps are nothing special.
+        r.receive(u32::MAX, &packet(3, true, 160), &mut out);
+        r.receive(0, &packet(6, true, 160), &mut out);
+        assert_eq!(out[5..], ['3', '6']);
     }
 
     #[test]

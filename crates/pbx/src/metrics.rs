@@ -145,6 +145,8 @@ pub struct Metrics {
     pub voicemail_calls: AtomicU64,
     pub voicemail_refused: AtomicU64,
     pub voicemail_messages: AtomicU64,
+    /// DTMF digits the voicemail received (RFC 4733 or SIP INFO).
+    pub voicemail_digits: AtomicU64,
 }
 
 /// Why the authenticator answered credentials with a new challenge.
@@ -449,6 +451,11 @@ impl Metrics {
                 "sipward_voicemail_messages_total",
                 "voicemail messages recorded and filed",
                 get(&self.voicemail_messages),
+            ),
+            (
+                "sipward_voicemail_digits_total",
+                "DTMF digits the voicemail received (RFC 4733 events or SIP INFO)",
+                get(&self.voicemail_digits),
             ),
             (
                 "sipward_calls_proxied_total",

@@ -1038,6 +1038,9 @@ impl Session {
                         let _ = jitter.push(p.sequence, p.payload.to_vec());
                     } else if Some(p.payload_type) == self.telephone_event {
                         digits.receive(p.timestamp, p.payload, &mut got);
+                        for _ in &got {
+                            Metrics::inc(&metrics.voicemail_digits);
+                        }
                         if recording && got.contains(&'#') {
                             break Ended::Pound;
                         }
@@ -1058,8 +1061,12 @@ impl Session {
                 }
                 s = signals.recv() => match s {
                     Some(Signal::HungUp) | None => break Ended::HungUp,
-                    Some(Signal::Digit('#')) if recording => break Ended::Pound,
-                    Some(Signal::Digit(_)) => {}
+                    Some(Signal::Digit(d)) => {
+                        Metrics::inc(&metrics.voicemail_digits);
+                        if d == '#' && recording {
+                            break Ended::Pound;
+                        }
+                    }
                 },
             }
         };

@@ -169,3 +169,144 @@ fn sipp_leaves_a_message_that_holds_the_audio_it_sent() {
     );
     server.stop();
 }
+
+/// The deposit scenario with `play` (the audio part) replaced.
+fn deposit_scenario(env: &Env, play: &str) -> String {
+    let base = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/sipp/vm_deposit_uac.xml"),
+    )
+    .expect("scenario");
+    let start = base.find("  <nop>").expect("the audio part");
+    let end = base
+        .find("  <send retrans=\"500\">\n    <![CDATA[\n      BYE")
+        .expect("BYE");
+    let text = format!("{}{play}{}", &base[..start], &base[end..]);
+    let path = env.path(&format!("vm-digits-{}.xml", free_port()));
+    std::fs::write(&path, text).expect("write scenario");
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn no_digits_in_a_deposit_reach_a_trunk() {
+    // Germany's plan: "0..." is a national number, "00..." international; both are
+    // routed to a gateway that is a bare UDP socket here, recording what it gets.
+    let env = Env::with_config(&format!(
+        "{}[dialplan]\ncountry_code = \"49\"\ninternational_prefix = \"00\"\nnational_prefix = \"0\"\n",
+        config()
+    ));
+    let trunk = std::net::UdpSocket::bind("127.0.0.7:0").expect("bind the fake trunk");
+    trunk
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let at = trunk.local_addr().expect("addr");
+    env.ok(&[
+        "gateway",
+        "add",
+        "pstn",
+        "--vendor",
+        "generic",
+        "--ext",
+        "800",
+        "--auth-id",
+        "gw-pstn-7",
+        "--password",
+        "Gw7-pQ2v-Xk9m-Lr4t",
+        "--host",
+        &at.to_string(),
+    ]);
+    env.ok(&[
+        "route",
+        "add",
+        "national",
+        "--pattern",
+        "0ZX.",
+        "--trunk",
+        "pstn",
+    ]);
+    env.ok(&[
+        "route",
+        "add",
+        "world",
+        "--pattern",
+        "00.",
+        "--trunk",
+        "pstn",
+    ]);
+    let caller = add(&env, "1001");
+    add(&env, "1002");
+    let server = env.serve();
+    let received = |trunk: &std::net::UdpSocket| {
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        while let Ok(n) = trunk.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        got
+    };
+
+    // Every digit, and sequences that are numbers abroad and at home, typed during the
+    // greeting and the message.
+    let mut play = String::new();
+    let sequences = [
+        "0 1 2 3 4 5 6 7 8 9 star",
+        "0 0 4 4 2 0 7 9 4 6 0 0 0 0",
+        "star 0 star 5 0 3 0 1 2 3 4 5 6 7",
+        "9 0 0 star star 0",
+    ];
+    for seq in sequences {
+        for d in seq.split(' ') {
+            play.push_str(&format!(
+                "  <nop>\n    <action>\n      <exec play_pcap_audio=\"/usr/share/sip-tester/dtmf_2833_{d}.pcap\"/>\n    </action>\n  </nop>\n  <pause milliseconds=\"250\"/>\n"
+            ));
+        }
+    }
+    let scenario = deposit_scenario(&env, &play);
+    let csv = format!(
+        "SEQUENTIAL\n1001;{};1002\n",
+        sipp_auth(&caller.0, &caller.1)
+    );
+    let run = sipp_from("127.0.0.1", &env, &scenario, &csv, server.sip, "u1", 1, 1);
+    assert_eq!(
+        (run.successful, run.failed),
+        (1, 0),
+        "{run:?}\n{}",
+        server.log()
+    );
+    // Each digit's pcap carries one fixed RTP timestamp, so a digit repeated within a
+    // few events is one event to the receiver; the first run of eleven different
+    // digits all count.
+    eventually_or(
+        "the digits reached the voicemail",
+        Duration::from_secs(5),
+        || server.metric("sipward_voicemail_digits_total") >= 11,
+        || format!("{} digits", server.metric("sipward_voicemail_digits_total")),
+    );
+    assert_eq!(
+        received(&trunk),
+        Vec::<String>::new(),
+        "nothing reached the trunk"
+    );
+    assert_eq!(server.metric("sipward_calls_trunk_total"), 0);
+
+    // Positive control: the same caller dialling the same number does reach the trunk.
+    let csv = format!(
+        "SEQUENTIAL\n1001;{};04420794600\n",
+        sipp_auth(&caller.0, &caller.1)
+    );
+    let _ = sipp_from(
+        "127.0.0.1",
+        &env,
+        "invite_auth.xml",
+        &csv,
+        server.sip,
+        "u1",
+        1,
+        1,
+    );
+    let got = received(&trunk);
+    assert!(
+        got.iter().any(|m| m.starts_with("INVITE ")),
+        "the control call reaches the fake trunk: {got:?}"
+    );
+    server.stop();
+}
