@@ -8,8 +8,11 @@
 //! its INVITE came from. The first packet from the signalling flow's IP (any port)
 //! latches the call to that address and port: from then on RTP is sent there and
 //! taken only from there. A packet from the SDP's address before any latch is taken
-//! and latches too. Nothing else is ever taken or answered, so a flood to an open port
-//! from elsewhere costs one `recv` and a counter, and never moves the call's media.
+//! and latches too. Nothing else is ever taken or answered, and it never moves the
+//! call's media. Once latched, the call's socket is connected to the peer, so the
+//! kernel drops other sources' datagrams before they reach the socket's queue: a flood
+//! to an open port then neither costs a `recv` nor crowds out the caller's audio
+//! (before the latch, each costs one `recv` and a counter).
 //!
 //! Ports are bounded by the configured range and, per source address, by
 //! `ports_per_source`: a caller who opens call after call gets 503 at its limit, not

@@ -1027,7 +1027,14 @@ impl Session {
                             metrics.rtp_dropped(RtpDrop::WrongSource);
                             continue;
                         }
-                        Verdict::Take | Verdict::Latch => {}
+                        // Latched: the socket is connected to the peer, so the kernel
+                        // drops every other source's datagrams before they take room in
+                        // its queue or cost a wake-up (a flood to an open port then
+                        // cannot crowd out the caller's audio).
+                        Verdict::Latch => {
+                            let _ = self.rtp.connect(from).await;
+                        }
+                        Verdict::Take => {}
                     }
                     let Ok(p) = RtpPacket::parse(&buf[..n]) else {
                         metrics.rtp_dropped(RtpDrop::Malformed);

@@ -1905,7 +1905,7 @@ async fn a_call_to_an_extension_without_a_phone_leaves_a_message_with_the_sent_a
 
     // The phone's RTP comes from another port than its SDP named (as behind NAT): the
     // first packet from the signalling IP latches the call to it. A stranger's packets
-    // are dropped and counted, and never latch.
+    // (one sent before the phone's first) never latch and never reach the message.
     let stranger = UdpSocket::bind("127.0.0.9:0").await.expect("bind");
     let rtp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
     let heard = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1983,7 +1983,9 @@ async fn a_call_to_an_extension_without_a_phone_leaves_a_message_with_the_sent_a
     assert_eq!(recorded, tail, "the WAV holds what was sent, in order");
     // The greeting reached the latched port; the stranger was refused, counted.
     assert!(heard.load(std::sync::atomic::Ordering::Relaxed) > 100);
-    assert!(pbx.metric("sipward_rtp_dropped_total{reason=\"wrong_source\"}") >= 20);
+    // The stranger's packet before the latch is refused and counted; after it the
+    // socket is connected to the phone and the kernel drops the rest unseen.
+    assert!(pbx.metric("sipward_rtp_dropped_total{reason=\"wrong_source\"}") >= 1);
     assert_eq!(pbx.metric("sipward_voicemail_messages_total"), 1);
     until("the port is given back", || {
         pbx.metric("sipward_rtp_ports_in_use") == 0
