@@ -159,11 +159,14 @@ impl Endpoint {
             p.trunks.clone(),
             p.directory.clone(),
         ));
+        let voicemail = Arc::new(Voicemail::new(sig.clone()));
+        let proxy = Proxy::new(sig.clone(), transfers.clone());
+        proxy.attach_voicemail(voicemail.clone());
         Self {
-            proxy: Proxy::new(sig.clone(), transfers.clone()),
+            proxy,
             b2bua: B2bua::new(sig.clone()),
             notifier: Notifier::new(sig.clone()),
-            voicemail: Arc::new(Voicemail::new(sig.clone())),
+            voicemail,
             providers: ProviderRegistrations::new(sig),
             transfers,
             egress,
@@ -584,8 +587,9 @@ impl Endpoint {
                     // 200 before the 487 that follows.
                     Some(k) => {
                         self.respond(&m, &key, source, 200, "OK", &[]);
-                        if !self.proxy.cancel(k) && !self.b2bua.cancel(k) {
-                            self.voicemail.cancel(k);
+                        // The voicemail first: a call the proxy handed to it is its.
+                        if !self.voicemail.cancel(k) && !self.proxy.cancel(k) {
+                            self.b2bua.cancel(k);
                         }
                     }
                     None => self.respond(

@@ -76,6 +76,21 @@ impl Deposits for Mailboxes {
         Box::pin(async move { self.registry.greeting(&mailbox).await.ok().flatten() })
     }
 
+    fn ring_times(&self) -> BoxFuture<'_, Option<std::collections::HashMap<String, u32>>> {
+        Box::pin(async move {
+            let mut conn = self.registry.store().conn().await.ok()?;
+            let rows = store::account::list_extensions(&mut conn).await.ok()?;
+            Some(
+                rows.into_iter()
+                    .map(|r| {
+                        let secs = u32::try_from(r.voicemail_after_secs.max(0)).unwrap_or(0);
+                        (r.number, secs)
+                    })
+                    .collect(),
+            )
+        })
+    }
+
     fn waiting(&self, mailbox: &str) -> BoxFuture<'_, Option<Waiting>> {
         let mailbox = mailbox.to_owned();
         Box::pin(async move { self.registry.summary(&mailbox).await.ok().map(waiting) })

@@ -279,6 +279,7 @@ pub async fn bind(
             runtime: tokio::runtime::Handle::current(),
         });
     }
+    endpoint.voicemail.reload_ring_times().await;
     load_trunks(&registry, &endpoint).await?;
     let mut conn = registry.store().conn().await?;
     load_guard(&mut conn, &endpoint, clock.now(), false).await?;
@@ -512,6 +513,7 @@ async fn reload_loop(
             versions.0 = v;
             registry_moved = true;
             store_health.checked(load_trunks(&registry, &endpoint).await);
+            endpoint.voicemail.reload_ring_times().await;
         }
         let now = clock.now();
         if registry_moved {

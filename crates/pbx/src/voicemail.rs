@@ -94,6 +94,8 @@ pub trait Deposits: Send + Sync + std::fmt::Debug {
     fn greeting(&self, mailbox: &str) -> BoxFuture<'_, Option<Vec<u8>>>;
     /// The box's counts (answering a SUBSCRIBE for message-summary).
     fn waiting(&self, mailbox: &str) -> BoxFuture<'_, Option<Waiting>>;
+    /// Every extension's seconds of ringing before its voicemail answers (0: none).
+    fn ring_times(&self) -> BoxFuture<'_, Option<HashMap<String, u32>>>;
 }
 
 /// How long things may last.
@@ -212,6 +214,8 @@ pub struct Voicemail {
     backend: OnceLock<Backend>,
     calls: Mutex<Calls>,
     subscriptions: Mutex<HashMap<String, Vec<Subscription>>>,
+    /// Each extension's ring time before its voicemail answers (absent or 0: none).
+    ring_times: std::sync::RwLock<HashMap<String, u32>>,
     next: AtomicU64,
     greeting: Vec<i16>,
 }
@@ -248,6 +252,7 @@ impl Voicemail {
             backend: OnceLock::new(),
             calls: Mutex::new(Calls::default()),
             subscriptions: Mutex::new(HashMap::new()),
+            ring_times: std::sync::RwLock::new(HashMap::new()),
             next: AtomicU64::new(1),
             greeting,
         }
@@ -259,6 +264,26 @@ impl Voicemail {
             "<{}>",
             our_uri(self.sig.bound_for(flow), flow, Some("voicemail"))
         )
+    }
+
+    /// How long `number`'s phones ring before its voicemail answers; None when voicemail
+    /// is off or the extension has none.
+    pub fn ring_time(&self, number: &str) -> Option<Duration> {
+        self.backend.get()?;
+        let secs = *self
+            .ring_times
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(number)?;
+        (secs > 0).then(|| Duration::from_secs(u64::from(secs)))
+    }
+
+    /// Reads every extension's ring time again (at start and when accounts change).
+    pub async fn reload_ring_times(&self) {
+        let Some(b) = self.backend.get() else { return };
+        if let Some(times) = b.deposits.ring_times().await {
+            *self.ring_times.write().unwrap_or_else(|p| p.into_inner()) = times;
+        }
     }
 
     /// Switches voicemail on (once; later calls are ignored).

@@ -1861,6 +1861,12 @@ impl pbx::voicemail::Deposits for Boxes {
         Box::pin(async { None })
     }
 
+    fn ring_times(
+        &self,
+    ) -> pbx::voicemail::BoxFuture<'_, Option<std::collections::HashMap<String, u32>>> {
+        Box::pin(async { Some([("1002".to_owned(), 5)].into_iter().collect()) })
+    }
+
     fn waiting(&self, _: &str) -> pbx::voicemail::BoxFuture<'_, Option<pbx::voicemail::Waiting>> {
         Box::pin(async move {
             Some(pbx::voicemail::Waiting {
@@ -1991,4 +1997,78 @@ async fn a_call_to_an_extension_without_a_phone_leaves_a_message_with_the_sent_a
         pbx.metric("sipward_rtp_ports_in_use") == 0
     })
     .await;
+}
+
+/// A server with voicemail filing into a temporary directory, and phones of 1001 and
+/// 1002 registered (1002's rings for 5 s before its voicemail answers).
+async fn with_boxes() -> (Pbx, Ua, Ua, tempfile::TempDir) {
+    let boxes_dir = tempfile::tempdir().expect("tmp");
+    let boxes = Arc::new(Boxes {
+        dir: boxes_dir.path().to_owned(),
+        filed: Mutex::new(Vec::new()),
+    });
+    let pbx = start(Setup {
+        extensions: vec![("1001", "internal"), ("1002", "internal")],
+        voicemail: Some(boxes),
+        ..Setup::default()
+    })
+    .await;
+    let caller = Ua::bind("127.0.0.1", pbx.sip, "1001").await;
+    caller.register().await;
+    let callee = Ua::bind("127.0.0.1", pbx.sip, "1002").await;
+    callee.register().await;
+    (pbx, caller, callee, boxes_dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_phone_sends_the_call_to_its_voicemail() {
+    let (pbx, caller, callee, _boxes) = with_boxes().await;
+    let out = caller.invite("1002", "").await;
+    let invite = callee.request_for("INVITE", &out.call_id, 0).await;
+    callee
+        .reply(&invite, 486, "Busy Here", "busy1", "", "")
+        .await;
+    let ok = caller.answer_to(&out, |c| c >= 200).await;
+    assert_eq!(status(&ok), 200, "the voicemail answers: {ok}");
+    assert!(ok.contains("m=audio "), "{ok}");
+    assert!(
+        header(&ok, "Contact").is_some_and(|c| c.contains("voicemail@")),
+        "{ok}"
+    );
+    caller.in_dialog(&out, &ok, "ACK", out.cseq).await;
+    caller.in_dialog(&out, &ok, "BYE", out.cseq + 1).await;
+    caller
+        .wait("200 to BYE", |m| {
+            status(m) == 200 && header(m, "CSeq") == Some(&format!("{} BYE", out.cseq + 1))
+        })
+        .await;
+    assert_eq!(pbx.metric("sipward_voicemail_calls_total"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_call_goes_to_voicemail_at_the_extensions_ring_time() {
+    let (pbx, caller, callee, _boxes) = with_boxes().await;
+    let out = caller.invite("1002", "").await;
+    let invite = callee.request_for("INVITE", &out.call_id, 0).await;
+    callee.reply(&invite, 180, "Ringing", "ring1", "", "").await;
+    caller.answer_to(&out, |c| c == 180).await;
+    // Not yet at 4 s; at 5 s the phone's branch is cancelled and the box answers.
+    pbx.advance(Duration::from_secs(4)).await;
+    assert!(callee.quiet(|m| method(m) == Some("CANCEL")).await);
+    pbx.advance(Duration::from_secs(1)).await;
+    let cancel = callee.request_for("CANCEL", &out.call_id, 0).await;
+    callee.reply(&cancel, 200, "OK", "ring1", "", "").await;
+    callee
+        .reply(&invite, 487, "Request Terminated", "ring1", "", "")
+        .await;
+    let ok = caller.answer_to(&out, |c| c >= 200).await;
+    assert_eq!(status(&ok), 200, "the voicemail answers: {ok}");
+    caller.in_dialog(&out, &ok, "ACK", out.cseq).await;
+    caller.in_dialog(&out, &ok, "BYE", out.cseq + 1).await;
+    caller
+        .wait("200 to BYE", |m| {
+            status(m) == 200 && header(m, "CSeq") == Some(&format!("{} BYE", out.cseq + 1))
+        })
+        .await;
+    assert_eq!(pbx.metric("sipward_voicemail_calls_total"), 1);
 }
