@@ -1147,7 +1147,10 @@ impl Endpoint {
         let contacts = self.registrar.flows(callee, self.clock.now());
         if contacts.is_empty() && self.voicemail.enabled() {
             // No phone to ring: the box takes the call (or answers why it cannot).
-            return self.voicemail.deposit(m, bytes, key, flow, caller, callee);
+            Metrics::inc(&self.metrics.calls_unrouted);
+            return self
+                .voicemail
+                .deposit(m, bytes, key, flow, caller, callee, None);
         }
         if contacts.is_empty() {
             Metrics::inc(&self.metrics.calls_unrouted);

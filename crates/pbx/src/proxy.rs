@@ -1068,7 +1068,10 @@ impl Proxy {
             && let Ok(m) = sip::msg::parse(&request)
         {
             let (caller, callee) = (call.caller.clone(), call.callee.clone());
-            vm.deposit(&m, &request, &key, &source, caller, &callee);
+            // Without voicemail the caller would have had the best failure; a call the
+            // box cannot take gets it still (after a CANCEL for the box: 480).
+            let fallback = best.filter(|_| !call.to_voicemail).map(|(_, bytes)| bytes);
+            vm.deposit(&m, &request, &key, &source, caller, &callee, fallback);
             return;
         }
         match best {

@@ -158,6 +158,8 @@ struct Call {
     our_cseq: u32,
     dialog: Option<DialogId>,
     answered: bool,
+    /// What the caller gets if the box takes no message.
+    fallback: Option<Vec<u8>>,
     signals: mpsc::Sender<Signal>,
     bye: Option<TxId>,
     /// The call's task has finished with it.
@@ -315,9 +317,11 @@ impl Voicemail {
         }
     }
 
-    /// Takes a call for `callee`'s box. Answers it at once when it cannot be taken
-    /// (no offer sipward can answer: 488; no port: 503); otherwise 100 now, and the
-    /// rest from the call's task.
+    /// Takes a call for `callee`'s box. A call the box cannot take (no offer it can
+    /// answer, or no box) gets `fallback` (the answer the caller would have had without
+    /// voicemail: the callee's own failure, else 480); no port: 503. Otherwise 100 now,
+    /// and the rest from the call's task.
+    #[allow(clippy::too_many_arguments)]
     pub fn deposit(
         self: &Arc<Self>,
         m: &Message<'_>,
@@ -326,17 +330,30 @@ impl Voicemail {
         flow: &Flow,
         caller: Who,
         callee: &str,
+        fallback: Option<Vec<u8>>,
     ) {
+        let decline = |fallback: Option<Vec<u8>>| match fallback {
+            Some(bytes) => {
+                let _ = self.sig.egress.respond(key, bytes);
+            }
+            None => self.respond(m, key, flow, 480, "Temporarily Unavailable"),
+        };
         let Some(b) = self.backend.get() else {
-            return self.respond(m, key, flow, 480, "Temporarily Unavailable");
+            return decline(fallback);
         };
         let offer = (!m.body.is_empty())
             .then(|| SessionDescription::parse(m.body).ok())
             .flatten();
         let local_ip = crate::flow::local_for(self.sig.bound_for(flow), flow.remote).ip();
-        let Some(offer) = offer else {
+        // A call with no offer, or one sipward cannot answer, is not the box's.
+        let probe = sdp::Local {
+            address: SocketAddr::new(local_ip, 0),
+            session_id: 0,
+            session_version: 0,
+        };
+        let Some(offer) = offer.filter(|o| sdp::answer(o, probe).is_ok()) else {
             Metrics::inc(&self.sig.metrics.voicemail_refused);
-            return self.respond(m, key, flow, 488, "Not Acceptable Here");
+            return decline(fallback);
         };
         let lease = match b.pool.lease(flow.remote.ip()) {
             Ok(l) => l,
@@ -396,6 +413,7 @@ impl Voicemail {
                     our_cseq: 0,
                     dialog: None,
                     answered: false,
+                    fallback,
                     signals: tx,
                     bye: None,
                     done: false,
@@ -425,7 +443,7 @@ impl Voicemail {
         let Some(b) = self.backend.get() else { return };
         let Some(opened) = b.deposits.begin(&job.callee).await else {
             Metrics::inc(&self.sig.metrics.voicemail_refused);
-            self.finish_unanswered(job.id, 480, "Temporarily Unavailable");
+            self.decline(job.id);
             return;
         };
         if !self.answer(job.id, &job.answer) {
@@ -674,6 +692,26 @@ impl Voicemail {
         }
         call.answered = true;
         true
+    }
+
+    /// The box takes no message: the caller gets the answer it would have had without
+    /// voicemail (the callee's own failure, else 480); the call is forgotten.
+    fn decline(&self, id: u64) {
+        let fallback = {
+            let mut st = self.lock();
+            st.by_id.get_mut(&id).and_then(|c| c.fallback.take())
+        };
+        match fallback {
+            Some(bytes) => {
+                let mut st = self.lock();
+                if let Some(call) = st.by_id.remove(&id) {
+                    st.by_key.remove(&call.key);
+                    drop(st);
+                    let _ = self.sig.egress.respond(&call.key, bytes);
+                }
+            }
+            None => self.finish_unanswered(id, 480, "Temporarily Unavailable"),
+        }
     }
 
     /// A final failure to the INVITE before it was answered; the call is forgotten.

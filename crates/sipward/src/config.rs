@@ -31,7 +31,7 @@ struct RawConfig {
     http: RawHttp,
     log: RawLog,
     tls: RawTls,
-    media: RawMedia,
+    media: Option<RawMedia>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -312,8 +312,9 @@ pub struct Config {
     /// `[log] filter`: the log filter when neither `--log` nor RUST_LOG gives one.
     pub log_filter: Option<String>,
     pub tls: TlsConfig,
-    /// `[media]`: the RTP port range and each source's share of it.
-    pub rtp: pbx::rtp::RtpConfig,
+    /// `[media]`: the RTP port range and each source's share of it. None (no `[media]`
+    /// section): voicemail is off and no RTP port is ever opened.
+    pub rtp: Option<pbx::rtp::RtpConfig>,
 }
 
 impl Config {
@@ -453,7 +454,7 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
     raw.guard.validate().map_err(OperatorError)?;
     let sip_tcp = sip_tcp(&raw.sip, &raw.guard, &raw.tls)?;
     let sip_messages = sip_messages(&raw.sip)?;
-    let rtp = rtp(&raw.media)?;
+    let rtp = raw.media.as_ref().map(rtp).transpose()?;
     let tls = tls(&raw.tls)?;
     let domain = raw
         .sip
@@ -954,11 +955,16 @@ mod tests {
         assert_eq!(c.bans.gateway_requests, 10_000);
         let md5 = config("[sip]\ndigest_algorithms = [\"MD5\"]\n").expect("valid");
         assert_eq!(md5.digest_algorithms, vec![Algorithm::Md5]);
-        assert_eq!(c.rtp, pbx::rtp::RtpConfig::default());
+        assert_eq!(c.rtp, None, "no [media]: no voicemail, no RTP port");
         let media = config("[media]\nrtp_ports = \" 30000-30099 \"\nrtp_ports_per_source = 2\n")
             .expect("valid");
-        assert_eq!(media.rtp.ports, 30000..=30099);
-        assert_eq!(media.rtp.ports_per_source, 2);
+        let rtp = media.rtp.expect("[media] given");
+        assert_eq!(rtp.ports, 30000..=30099);
+        assert_eq!(rtp.ports_per_source, 2);
+        assert_eq!(
+            config("[media]\n").expect("valid").rtp,
+            Some(pbx::rtp::RtpConfig::default())
+        );
     }
 
     #[test]

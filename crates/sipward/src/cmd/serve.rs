@@ -171,9 +171,11 @@ pub async fn run(
         messages: config.sip_messages,
         mailer,
         tls: tls.as_ref().map(|(_, t)| t.clone()),
-        voicemail: Some(server::VoicemailConfig {
+        // Voicemail answers calls only with a `[media]` section: no RTP port is opened
+        // until the operator names the range the firewall lets through.
+        voicemail: config.rtp.clone().map(|rtp| server::VoicemailConfig {
             deposits: Arc::new(pbx::mailbox::Mailboxes::new(reg.clone())),
-            rtp: config.rtp.clone(),
+            rtp,
             limits: pbx::voicemail::DepositLimits::default(),
         }),
     };
