@@ -260,6 +260,7 @@ try {
     new: "/extensions/new", trunks: "/trunks", "trunk-new": "/trunks/new/route",
     "trunk-edit": "/trunks/edit/gateway/gw1", calls: "/calls", security: "/security",
     backups: "/backups", advisor: "/advisor", log: "/log",
+    voicemail: "/voicemail", "voicemail-box": `/voicemail/${env.STRONG}`,
   };
   for (const [name, path] of Object.entries(pages)) {
     await page.goto(base + path);

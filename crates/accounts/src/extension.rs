@@ -58,7 +58,7 @@ pub struct NewExtension {
     /// `[provisioning] transport` when absent.
     pub transport: Option<String>,
     /// Seconds a call rings before voicemail answers, 0 to 300 (0: no voicemail);
-    /// 20 when absent.
+    /// 20 when absent (0 for a fax extension).
     pub voicemail_after_secs: Option<String>,
     /// `on` or `off`: mail each new message to the extension's address; on when absent
     /// (it only takes effect while the extension has an address).
@@ -276,7 +276,11 @@ impl Registry {
             new.voicemail_after_secs.as_deref(),
             voicemail::parse_after_secs,
         )?
-        .unwrap_or(voicemail::DEFAULT_AFTER_SECS);
+        // A fax line answers its own calls: no voicemail unless asked for.
+        .unwrap_or(match new.kind {
+            ExtensionKind::Fax => 0,
+            ExtensionKind::User => voicemail::DEFAULT_AFTER_SECS,
+        });
         let voicemail_mail = optional(new.voicemail_mail.as_deref(), |v| {
             voicemail::parse_switch("voicemail mail", v)
         })?

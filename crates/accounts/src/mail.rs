@@ -426,7 +426,11 @@ impl Registry {
                         None => None,
                         Some(number) => store::account::get_extension(&mut conn, number).await?,
                     };
-                    if let Some(reason) = stale_reason(row, ext.as_ref()) {
+                    let stale = stale_reason(row, ext.as_ref()).or_else(|| {
+                        self.attachment_gone(row)
+                            .then_some("withdrawn: the voicemail message was deleted")
+                    });
+                    if let Some(reason) = stale {
                         store::outbox::withdraw_mail(&mut conn, &row.id, reason).await?;
                         out.push((
                             row.id.clone(),
@@ -511,6 +515,59 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn outbox(number: &str, recipient: &str) -> OutboxRow {
+        OutboxRow {
+            id: "m1".into(),
+            number: number.into(),
+            recipient: recipient.into(),
+            message_enc: String::new(),
+            state: "queued".into(),
+            attempts: 0,
+            next_attempt_at: 0,
+            lease_until: 0,
+            last_error: String::new(),
+            created_at: 0,
+            sent_at: 0,
+            basis: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_voicemail_mail_goes_while_its_extension_has_the_address() {
+        let vm = outbox("vm:1001", "ann@example.com");
+        assert_eq!(checked_extension(&vm), Some("1001"));
+        assert_eq!(checked_extension(&outbox("alert:1001", "a@b.c")), None);
+        assert_eq!(checked_extension(&outbox("1001", "a@b.c")), Some("1001"));
+        let mut ext = store::account::ExtensionRow {
+            number: "1001".into(),
+            kind: "user".into(),
+            name: String::new(),
+            email: Some("ann@example.com".into()),
+            auth_id: "a".into(),
+            sip_id: None,
+            password_enc: String::new(),
+            password_score: 4,
+            pin_enc: String::new(),
+            ha1_md5_enc: String::new(),
+            ha1_sha256_enc: String::new(),
+            mac: None,
+            model: None,
+            created_at: 0,
+            updated_at: 0,
+            credential_generation: 1,
+            phone_transport: None,
+            voicemail_after_secs: 20,
+            voicemail_mail: true,
+        };
+        // No credentials basis needed: it carries none.
+        assert_eq!(stale_reason(&vm, Some(&ext)), None);
+        // Control: a credentials mail without its basis is withdrawn.
+        assert!(stale_reason(&outbox("1001", "ann@example.com"), Some(&ext)).is_some());
+        ext.email = Some("other@example.com".into());
+        assert!(stale_reason(&vm, Some(&ext)).is_some());
+        assert!(stale_reason(&vm, None).is_some());
+    }
 
     #[test]
     fn backoff_doubles_up_to_an_hour() {

@@ -37,7 +37,9 @@
 //!   extension the administrator configured.
 
 pub mod limits;
-pub mod menu;
+
+pub use policy::voicemail::menu;
+pub use policy::voicemail::{Credential, Folder, Login, MessageView, PinChange};
 
 pub use limits::{
     MAX_CALLER_CHARS, MAX_GREETING_BYTES, MAX_MESSAGE_BYTES, MAX_MESSAGES, VoicemailError,
@@ -62,41 +64,6 @@ use crate::mail::{MailAttachment, MailMessage};
 use crate::registry::{Registry, ext_aad};
 use crate::{Error, Result};
 
-/// How the caller proves they may open a box.
-#[derive(Clone, Debug)]
-pub enum Credential {
-    /// The PIN as typed in DTMF digits.
-    Pin(Secret),
-    /// The call is digest-authenticated as the mailbox's own account and came on one of
-    /// its registered flows. Pass it for nothing less (never for caller ID).
-    AuthenticatedOwner,
-}
-
-/// The answer to a login. `Refused` is the same for a wrong PIN, a locked box and an
-/// unknown box: the caller must not be able to tell them apart.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "login", rename_all = "snake_case")]
-pub enum Login {
-    /// Open. With `must_change_pin`, the PIN is weak (or was found weak before and not
-    /// changed since): the menu asks for a new one before anything else.
-    Granted { must_change_pin: bool },
-    /// Not open. For a [`Credential::Pin`], one failure of the caller's source for the
-    /// guard.
-    Refused,
-}
-
-/// The outcome of a PIN change.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "pin", rename_all = "snake_case")]
-pub enum PinChange {
-    Changed,
-    /// The new PIN was not taken: `reason` says why (too weak by the audit's rules, or
-    /// not 1 to 12 digits). The old PIN still holds.
-    Refused {
-        reason: String,
-    },
-}
-
 /// A box's messages in numbers: what the message-waiting NOTIFY (RFC 3842
 /// `Voice-Message: new/old`) and the menu's count say.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -105,48 +72,18 @@ pub struct Summary {
     pub saved: u32,
 }
 
-/// Where a message is filed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Folder {
-    New,
-    Saved,
-}
-
-impl Folder {
-    fn as_str(self) -> &'static str {
-        match self {
-            Folder::New => "new",
-            Folder::Saved => "saved",
-        }
-    }
-}
-
-/// One message, without its audio.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct MessageView {
-    pub id: String,
-    /// Unix seconds.
-    pub received_at: i64,
-    pub duration_ms: i64,
-    /// The caller as the INVITE named them: display text only, never dialled.
-    pub caller: String,
-    pub folder: Folder,
-}
-
-impl From<&MessageRow> for MessageView {
-    fn from(r: &MessageRow) -> Self {
-        Self {
-            id: r.id.clone(),
-            received_at: r.received_at,
-            duration_ms: r.duration_ms,
-            caller: r.caller.clone(),
-            folder: if r.folder == "saved" {
-                Folder::Saved
-            } else {
-                Folder::New
-            },
-        }
+/// A stored message as the menu and the console see it.
+fn message_view(r: &MessageRow) -> MessageView {
+    MessageView {
+        id: r.id.clone(),
+        received_at: r.received_at,
+        duration_ms: r.duration_ms,
+        caller: r.caller.clone(),
+        folder: if r.folder == "saved" {
+            Folder::Saved
+        } else {
+            Folder::New
+        },
     }
 }
 
@@ -520,7 +457,7 @@ impl Registry {
         Ok(q::messages_of(&mut conn, number.as_str())
             .await?
             .iter()
-            .map(MessageView::from)
+            .map(message_view)
             .collect())
     }
 
@@ -773,8 +710,9 @@ impl Registry {
         let weak = pin_weakness(stored.expose(), &row.number).is_some();
         let typed = match credential {
             Credential::AuthenticatedOwner => {
-                // The owner's own phone: no PIN, so no lock and no count.
-                let must_change_pin = weak || b.must_change_pin;
+                // The owner's own phone: no PIN, so no lock and no count. Weakness is
+                // judged on the PIN as it is now (a Re-Generate since may have fixed it).
+                let must_change_pin = weak;
                 if must_change_pin != b.must_change_pin {
                     b.must_change_pin = must_change_pin;
                     b.updated_at = now;
@@ -796,7 +734,7 @@ impl Registry {
         }
         if matches {
             apply_lock_state(&mut b, &lockout.after_success(&state));
-            b.must_change_pin = weak || b.must_change_pin;
+            b.must_change_pin = weak;
             b.updated_at = now;
             q::save_box(&mut tx, &b).await?;
             tx.commit().await?;
@@ -1019,6 +957,21 @@ impl Registry {
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(path = %dir.display(), error = %e, "cannot remove a voicemail box's files");
+        }
+    }
+
+    /// Whether a voicemail mail's recording was deleted before the mail went out (it is
+    /// then withdrawn: the owner deleted the message, or an administrator did).
+    pub(crate) fn attachment_gone(&self, row: &store::outbox::OutboxRow) -> bool {
+        if !row.number.starts_with("vm:") {
+            return false;
+        }
+        match self.open_mail(row) {
+            Ok(MailMessage {
+                attachment: Some(a),
+                ..
+            }) => !self.stored_file(&a.path).is_some_and(|p| p.is_file()),
+            _ => false,
         }
     }
 

@@ -481,3 +481,27 @@ async fn a_box_without_voicemail_takes_no_message_and_a_full_box_takes_no_more()
         );
     }
 }
+
+#[tokio::test]
+async fn csv_import_takes_the_voicemail_settings_and_refuses_bad_ones() {
+    let f = fixture(GOOD, None).await;
+    let bad = "number,name,voicemail_after_secs\n2001,A,0\n2002,B,900\n";
+    assert!(f.reg.import_extensions_csv(bad.as_bytes()).await.is_err());
+    assert!(f.reg.get_extension("2001").await.is_err(), "all or nothing");
+    let good = "number,name,email,voicemail_after_secs,voicemail_mail\n\
+                2001,A,a@example.com,0,on\n2002,B,b@example.com,45,off\n2003,C,,,\n";
+    f.reg
+        .import_extensions_csv(good.as_bytes())
+        .await
+        .expect("import");
+    let got = |n: &'static str| {
+        let reg = f.reg.clone();
+        async move {
+            let v = reg.get_extension(n).await.expect("get");
+            (v.voicemail_after_secs, v.voicemail_mail)
+        }
+    };
+    assert_eq!(got("2001").await, (0, true));
+    assert_eq!(got("2002").await, (45, false));
+    assert_eq!(got("2003").await, (20, true), "defaults");
+}

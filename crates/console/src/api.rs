@@ -246,6 +246,34 @@ pub const ENDPOINTS: &[Endpoint] = &[
     },
     Endpoint {
         method: "get",
+        path: "/api/v1/voicemail",
+        summary: "Every extension's voicemail box: messages new and saved, their total length, the latest, the lock, whether the PIN is weak (reset it with Re-Generate)",
+        errors: &[401],
+        body: None,
+    },
+    Endpoint {
+        method: "get",
+        path: "/api/v1/voicemail/{number}",
+        summary: "One box with its messages (time, length, caller, folder; no audio)",
+        errors: &[400, 401, 404],
+        body: None,
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/v1/voicemail/{number}/messages/{id}/open",
+        summary: "A message's recording (audio/wav), for an administrator who gives a reason; the reason and who asked go to the audit log",
+        errors: &[400, 401, 403, 404],
+        body: Some("VoicemailOpen"),
+    },
+    Endpoint {
+        method: "post",
+        path: "/api/v1/voicemail/{number}/unlock",
+        summary: "End a box's lock after wrong PINs and clear its count (after Re-Generate gave it a new PIN)",
+        errors: &[400, 401, 403, 404],
+        body: None,
+    },
+    Endpoint {
+        method: "get",
         path: "/api/v1/guard",
         summary: "The anti-hacking thresholds in force (`[guard]` in the config file)",
         errors: &[401],
@@ -300,7 +328,7 @@ pub fn routes(web: Web) -> Router {
         .layer(axum::middleware::map_response(web::security_headers))
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
@@ -407,7 +435,7 @@ fn plain(findings: &[policy::Finding]) -> Vec<crate::findings::Plain> {
     findings.iter().map(crate::findings::Plain::of).collect()
 }
 
-fn accounts_error(e: &accounts::Error) -> Response {
+pub(crate) fn accounts_error(e: &accounts::Error) -> Response {
     let status = match e {
         accounts::Error::NotFound { .. } => StatusCode::NOT_FOUND,
         accounts::Error::InUse { .. } => StatusCode::CONFLICT,
@@ -643,6 +671,13 @@ pub fn openapi_document() -> Value {
             op["parameters"] = json!([{ "name": "number", "in": "path", "required": true,
                                          "schema": { "type": "string", "pattern": "^[0-9]{2,15}$" } }]);
         }
+        if e.path.contains("{id}")
+            && let Some(params) = op["parameters"].as_array_mut()
+        {
+            params.push(json!({ "name": "id", "in": "path", "required": true,
+                                "description": "a message id from the box's list",
+                                "schema": { "type": "string", "maxLength": 64 } }));
+        }
         if e.method == "get" && e.path == "/api/v1/extensions" {
             op["parameters"] = json!([
                 { "name": "q", "in": "query", "required": false, "description": "part of a number, name or email",
@@ -702,6 +737,8 @@ pub fn openapi_document() -> Value {
                         "transport": { "type": "string", "enum": ["", "udp", "tcp", "tls"] },
                         "voicemail_after_secs": { "type": "integer", "minimum": 0, "maximum": 300 },
                         "voicemail_mail": { "type": "boolean" } } },
+                "VoicemailOpen": { "type": "object", "required": ["reason"], "additionalProperties": false,
+                    "properties": { "reason": { "type": "string", "minLength": 4, "maxLength": 200 } } },
                 "AllowChange": { "type": "object", "required": ["network"], "additionalProperties": false,
                     "properties": { "network": { "type": "string" }, "note": { "type": "string" },
                                     "remove": { "type": "boolean" } } },

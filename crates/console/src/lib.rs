@@ -25,6 +25,7 @@ pub mod snapshot;
 pub mod timestamp;
 pub mod trends;
 pub mod trunks;
+pub mod voicemail;
 pub mod web;
 
 #[derive(Clone, Debug)]
@@ -56,6 +57,7 @@ pub fn router(
         .merge(web::routes(web.clone()))
         .merge(pages::routes(web.clone()))
         .merge(trunks::routes(web.clone()))
+        .merge(voicemail::routes(web.clone()))
         .merge(api::routes(web))
         .layer(axum::middleware::from_fn_with_state(entry, entry::check))
 }

@@ -120,6 +120,14 @@ pub fn templates() -> Result<Environment<'static>, minijinja::Error> {
         ),
         ("calls.html", include_str!("../templates/calls.html")),
         ("backups.html", include_str!("../templates/backups.html")),
+        (
+            "voicemail.html",
+            include_str!("../templates/voicemail.html"),
+        ),
+        (
+            "voicemail_box.html",
+            include_str!("../templates/voicemail_box.html"),
+        ),
     ] {
         env.add_template(name, text)?;
     }
@@ -1001,6 +1009,7 @@ mod tests {
             include_str!("web.rs"),
             include_str!("pages.rs"),
             include_str!("trunks.rs"),
+            include_str!("voicemail.rs"),
         ];
         let mut names = 0;
         for src in sources {

@@ -1,12 +1,19 @@
 //! Voicemail rules with no IO: the mailbox lockout (how wrong PINs lock a box, and how
-//! repeated locks escalate), when a PIN is too weak to keep, and the per-extension
-//! voicemail settings' ranges.
+//! repeated locks escalate), when a PIN is too weak to keep, the per-extension
+//! voicemail settings' ranges, what a login and a PIN change answer, and the menu
+//! ([`menu`], a sans-IO state machine). `accounts::voicemail` re-exports the types the
+//! call side uses and does the IO behind them.
 //!
 //! Why the lockout is per mailbox and persisted: PIN guessing limited only per call
 //! (Asterisk `maxlogins`, FreeSWITCH `max-login-attempts`) lets an attacker redial, and
 //! limited per source lets a botnet rotate addresses. The state lives in the database
 //! (the caller stores [`LockState`]), so neither a redial nor a restart resets it.
 
+pub mod menu;
+
+use serde::Serialize;
+
+use crate::Secret;
 use crate::fields::InvalidField;
 use crate::pin;
 
@@ -136,6 +143,86 @@ pub fn pin_weakness(pin: &str, number: &str) -> Option<&'static str> {
         return Some("it contains the extension number");
     }
     None
+}
+
+/// How the caller proves they may open a box.
+#[derive(Clone, Debug)]
+pub enum Credential {
+    /// The PIN as typed in DTMF digits.
+    Pin(Secret),
+    /// The call is digest-authenticated as the mailbox's own account and came on one of
+    /// its registered flows. Pass it for nothing less (never for caller ID).
+    AuthenticatedOwner,
+}
+
+/// The answer to a login. `Refused` is the same for a wrong PIN, a locked box and an
+/// unknown box: the caller must not be able to tell them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "login", rename_all = "snake_case")]
+pub enum Login {
+    /// Open. With `must_change_pin`, the PIN is weak by the audit's rules: the menu asks
+    /// for a new one before anything else.
+    Granted { must_change_pin: bool },
+    /// Not open. For a [`Credential::Pin`], one failure of the caller's source for the
+    /// guard (see [`Login::counts_against_source`]).
+    Refused,
+}
+
+impl Login {
+    /// Whether this answer to a PIN login is one failed authentication of the caller's
+    /// source, to be counted by the guard like a wrong SIP password from it: every
+    /// refusal of a PIN, whether the PIN was wrong, the box locked or unknown (so one
+    /// address trying many boxes is banned, not only each box locked).
+    ///
+    /// The source is the address the call's signalling proved (the flow its INVITE came
+    /// on, answered to a nonce). A call that came in from a trunk or gateway shares that
+    /// address with every outside caller: the guard must not count against it (allow
+    /// listed trunk ranges are never banned); the per-box lockout still holds for those.
+    /// An [`Credential::AuthenticatedOwner`] login never counts.
+    pub fn counts_against_source(self, credential: &Credential) -> bool {
+        self == Login::Refused && matches!(credential, Credential::Pin(_))
+    }
+}
+
+/// The outcome of a PIN change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "pin", rename_all = "snake_case")]
+pub enum PinChange {
+    Changed,
+    /// The new PIN was not taken: `reason` says why (too weak by the audit's rules, or
+    /// not 1 to 12 digits). The old PIN still holds.
+    Refused {
+        reason: String,
+    },
+}
+
+/// Where a message is filed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Folder {
+    New,
+    Saved,
+}
+
+impl Folder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Folder::New => "new",
+            Folder::Saved => "saved",
+        }
+    }
+}
+
+/// One message, without its audio.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MessageView {
+    pub id: String,
+    /// Unix seconds.
+    pub received_at: i64,
+    pub duration_ms: i64,
+    /// The caller as the INVITE named them: display text only, never dialled.
+    pub caller: String,
+    pub folder: Folder,
 }
 
 /// The fewest digits a PIN may have (the audit's `ext.pin_too_short`).
@@ -291,6 +378,17 @@ mod tests {
             let flagged = a.finish().iter().any(|f| f.field == "pin");
             assert_eq!(pin_weakness(pin, "1001").is_some(), flagged, "{pin}");
         }
+    }
+
+    #[test]
+    fn only_a_refused_pin_counts_against_the_source() {
+        let pin = Credential::Pin(Secret::new("1234"));
+        assert!(Login::Refused.counts_against_source(&pin));
+        assert!(!Login::Refused.counts_against_source(&Credential::AuthenticatedOwner));
+        let granted = Login::Granted {
+            must_change_pin: false,
+        };
+        assert!(!granted.counts_against_source(&pin));
     }
 
     #[test]

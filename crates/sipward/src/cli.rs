@@ -76,6 +76,10 @@ pub enum Command {
     /// Inbound numbers (DIDs): which extension a call from a trunk reaches.
     #[command(subcommand)]
     Did(DidCommand),
+    /// Voicemail boxes: list them, show one with its messages, reset a PIN (through
+    /// Re-Generate, which mails the owner the new one).
+    #[command(subcommand)]
+    Vm(VmCommand),
     /// Calls to trunks up right now (as the running server last wrote them).
     Calls {
         #[command(flatten)]
@@ -373,6 +377,31 @@ pub struct JsonFlag {
 
 /// Extension fields shared by `ext add` and `ext update`. A password or PIN given as `-`
 /// is read from standard input (keeps it out of the process list and shell history).
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Every extension's box: messages new and saved, their length, the latest, the lock.
+    List {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// One box and its messages (time, length, caller, folder; never the audio).
+    Show {
+        number: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// A new PIN for the box by Re-Generate (new password and PIN, phone files, welcome
+    /// mail with both), then the box's lock and wrong-PIN count are cleared.
+    ResetPin {
+        number: String,
+        /// Do not queue the welcome mail.
+        #[arg(long = "no-email")]
+        no_email: bool,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
 #[derive(Debug, Args, Default)]
 pub struct ExtFields {
     #[arg(long)]

@@ -9,8 +9,8 @@
 //! creation time, and the size and SHA-256 of every other file), then `manifest.sig`
 //! (the install's Ed25519 signature over the manifest, with its public key: see
 //! [`crate::signing`]), then the files: a consistent database snapshot (`VACUUM INTO`),
-//! the secrets key, the config, operator templates, provisioning files and the generated
-//! TLS CA and certificate. Reading checks
+//! the secrets key, the config, operator templates, provisioning files, voicemail
+//! recordings and the generated TLS CA and certificate. Reading checks
 //! everything: the age MAC and chunk tags (a flipped byte or a cut-off file fails), the
 //! signature, the manifest, and every file's size and digest; entries that are not plain
 //! files or whose paths leave the archive are refused.
@@ -158,8 +158,9 @@ pub fn data_files(data: &DataDir) -> Result<Vec<String>> {
         }
     }
     // `tls`: the private CA and server certificate made at the first start; a restore
-    // without them would make a new CA that no provisioned phone trusts.
-    for dir in ["templates", "provisioning", "tls"] {
+    // without them would make a new CA that no provisioned phone trusts. `voicemail`: the
+    // recordings and greetings the database's voicemail rows name.
+    for dir in ["templates", "provisioning", "tls", "voicemail"] {
         walk(data.root(), Path::new(dir), &mut out)?;
     }
     Ok(out)

@@ -13,6 +13,7 @@ pub mod regenerate;
 mod serve;
 mod tls;
 mod trunk;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -59,6 +60,7 @@ pub async fn run(cli: Cli, log: crate::log::Log) -> anyhow::Result<ExitCode> {
         Command::Route(c) => calls::route(&registry, c).await?,
         Command::Did(c) => calls::did(&registry, c).await?,
         Command::Calls { out } => calls::calls(&registry, out.json).await?,
+        Command::Vm(c) => vm::run(&registry, c, &config).await?,
         Command::Admin(c) => admin::run(&registry, c).await?,
         Command::Log { limit, out } => backup::log(&registry, limit, out.json).await?,
         Command::Tls(c) => tls::run(&registry, c, &config).await?,

@@ -40,8 +40,8 @@
 
 use std::time::Duration;
 
-use policy::Secret;
-use policy::fields::ExtensionNumber;
+use crate::Secret;
+use crate::fields::ExtensionNumber;
 
 use super::{Credential, Login, MessageView, PinChange};
 
@@ -55,7 +55,7 @@ pub const MAX_IDLE: u32 = 3;
 /// Digits a PIN entry takes at most (a PIN is 1 to 12 digits); more make it wrong.
 pub const MAX_PIN_DIGITS: usize = 12;
 /// Digits a mailbox number takes at most.
-pub const MAX_MAILBOX_DIGITS: usize = policy::fields::MAX_NUMBER_DIGITS;
+pub const MAX_MAILBOX_DIGITS: usize = crate::fields::MAX_NUMBER_DIGITS;
 
 /// The one extension `0` reaches, as the administrator configured it (`[voicemail]
 /// operator`). Not constructible from anything a caller types.
