@@ -167,6 +167,18 @@ fn sipp_leaves_a_message_that_holds_the_audio_it_sent() {
         0,
         "port given back"
     );
+    // The box files it as new, with the recorded length (7.08 s of pcap).
+    let listed = env.json(&["vm", "list", "--json"]);
+    let b = listed
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|b| b["number"] == "1002")
+        .expect("1002")
+        .clone();
+    assert_eq!(b["new"].as_u64(), Some(1), "{b}");
+    let ms = b["total_ms"].as_u64().expect("total_ms");
+    assert!((6500..=7500).contains(&ms), "{ms} ms");
     server.stop();
 }
 
