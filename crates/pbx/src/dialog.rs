@@ -122,6 +122,8 @@ pub enum Kind {
     Proxied,
     /// One leg of a back-to-back call (its id in the B2BUA).
     Trunk { call: u64, leg: Leg },
+    /// A caller and sipward's voicemail (the call's id in `crate::voicemail`).
+    Voicemail { call: u64 },
 }
 
 /// One party of a proxied dialog as sipward must name it to end the dialog itself

@@ -236,6 +236,8 @@ pub enum Owner {
     B2bua,
     Notify,
     Provider,
+    /// The voicemail's BYE to its caller.
+    Voicemail,
 }
 
 /// Why sipward starts a client transaction: which permit its destination must meet.

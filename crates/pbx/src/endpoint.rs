@@ -41,6 +41,7 @@ use crate::signalling::Signalling;
 use crate::transfer::{Transfers, Verdict};
 use crate::transport::{ConnectionEnd, Inbound, MessageLimits};
 use crate::trunk::{Routed, Trunks};
+use crate::voicemail::Voicemail;
 use accounts::background::{self, Task};
 use policy::ban::Proof;
 
@@ -114,6 +115,9 @@ pub struct Endpoint {
     pub b2bua: B2bua,
     /// Check-sync NOTIFYs.
     pub notifier: Notifier,
+    /// Calls sipward answers itself for an extension's voicemail box (off until the
+    /// server attaches its store and RTP ports).
+    pub voicemail: Arc<Voicemail>,
     /// sipward's registrations at providers.
     pub providers: ProviderRegistrations,
     transfers: Arc<Transfers>,
@@ -170,10 +174,14 @@ impl Endpoint {
             p.trunks.clone(),
             p.directory.clone(),
         ));
+        let voicemail = Arc::new(Voicemail::new(sig.clone()));
+        let proxy = Proxy::new(sig.clone(), transfers.clone());
+        proxy.attach_voicemail(voicemail.clone());
         Self {
-            proxy: Proxy::new(sig.clone(), transfers.clone()),
+            proxy,
             b2bua: B2bua::new(sig.clone()),
             notifier: Notifier::new(sig.clone()),
+            voicemail,
             providers: ProviderRegistrations::new(sig),
             transfers,
             egress,
@@ -208,6 +216,11 @@ impl Endpoint {
         v.extend(self.registrar.table_sizes());
         v.push(("nonce_nc_tracked", self.auth.nc_tracked()));
         v.push(("notify_pending", self.notifier.pending_count()));
+        v.push(("voicemail_calls", self.voicemail.call_count()));
+        v.push((
+            "voicemail_subscriptions",
+            self.voicemail.subscription_count(),
+        ));
         v.extend(self.outbound.table_sizes());
         v.extend(self.guard.table_sizes());
         v.push((
@@ -324,6 +337,7 @@ impl Endpoint {
                 Owner::Proxy => self.proxy.on_delivery(d, m, now),
                 Owner::B2bua => self.b2bua.on_delivery(d, m, now),
                 Owner::Notify => self.notifier.on_delivery(d),
+                Owner::Voicemail => self.voicemail.on_delivery(d),
                 Owner::Provider => self.providers.on_delivery(d, m),
             }
         }
@@ -566,6 +580,7 @@ impl Endpoint {
                 }
             }
             "INVITE" => self.invite(&m, uri, bytes, &key, &flow),
+            "SUBSCRIBE" if self.voicemail.enabled() => self.subscribe(&m, uri, &key, &flow),
             "OPTIONS" => {
                 Metrics::inc(&self.metrics.options);
                 self.respond(
@@ -580,14 +595,16 @@ impl Endpoint {
             "CANCEL" => {
                 let invite = TxKey::new(top.branch.unwrap_or(""), top.host, top.port, "INVITE");
                 let ours = invite.as_ref().filter(|k| {
-                    self.egress.pending(k) && (self.proxy.owns(k) || self.b2bua.owns(k))
+                    self.egress.pending(k)
+                        && (self.proxy.owns(k) || self.b2bua.owns(k) || self.voicemail.owns(k))
                 });
                 match ours {
                     // Answered before anything is cancelled, so the caller sees this
                     // 200 before the 487 that follows.
                     Some(k) => {
                         self.respond(&m, &key, source, 200, "OK", &[]);
-                        if !self.proxy.cancel(k) {
+                        // The voicemail first: a call the proxy handed to it is its.
+                        if !self.voicemail.cancel(k) && !self.proxy.cancel(k) {
                             self.b2bua.cancel(k);
                         }
                     }
@@ -665,6 +682,7 @@ impl Endpoint {
                 }
             }
             Kind::Trunk { call, leg } => self.b2bua.in_dialog(m, bytes, key, flow, call, leg),
+            Kind::Voicemail { call } => self.voicemail.in_dialog(m, key, flow, call),
         }
     }
 
@@ -1067,6 +1085,90 @@ impl Endpoint {
         });
     }
 
+    /// A SUBSCRIBE for a box's message-summary (RFC 3842): accepted only from a phone
+    /// that authenticates (401) as the box's own extension and is registered on this
+    /// very flow; any other event is 489. The box's state follows in a NOTIFY.
+    fn subscribe(&self, m: &Message<'_>, uri: &str, key: &TxKey, flow: &Flow) {
+        let source = flow.remote;
+        let now = self.clock.now();
+        let event = m.header(Name::Event).unwrap_or("");
+        let package = event.split(';').next().unwrap_or("").trim();
+        if !package.eq_ignore_ascii_case("message-summary") {
+            return self.respond(
+                m,
+                key,
+                source,
+                489,
+                "Bad Event",
+                &[("Allow-Events", "message-summary")],
+            );
+        }
+        let dir = self.directory.get();
+        let account =
+            match self.authenticate(&dir, m, Name::Authorization, "SUBSCRIBE", source, now) {
+                Authn::Account(a) => a,
+                Authn::Silent => {
+                    self.egress.abandon(key);
+                    return;
+                }
+                Authn::Challenge(challenges) => {
+                    let headers: Vec<(&str, &str)> = challenges
+                        .iter()
+                        .map(|c| ("WWW-Authenticate", c.as_str()))
+                        .collect();
+                    return self.respond(m, key, source, 401, "Unauthorized", &headers);
+                }
+            };
+        let target = SipUri::parse(uri).and_then(|u| u.user);
+        let own_box = account.kind == "ext"
+            && target.is_none_or(|t| t == account.number || t == account.auth_id);
+        let registered_here = self
+            .registrar
+            .flows(&account.number, now)
+            .iter()
+            .any(|(_, f)| f.same_peer(flow));
+        if !own_box || !registered_here {
+            return self.respond(m, key, source, 403, "Forbidden", &[]);
+        }
+        let (Some(from), Some(call_id)) = (
+            m.header(Name::From).and_then(NameAddr::parse),
+            m.header(Name::CallId),
+        ) else {
+            return self.respond(m, key, source, 400, "Bad Request", &[]);
+        };
+        let expires = m
+            .header(Name::Expires)
+            .and_then(|e| e.trim().parse::<i64>().ok())
+            .unwrap_or(3600)
+            .clamp(0, 3600);
+        let remote_target = m
+            .header(Name::Contact)
+            .and_then(|c| split_list(c).next())
+            .and_then(NameAddr::parse)
+            .map_or_else(|| from.uri.to_owned(), |a| a.uri.to_owned());
+        let expires_text = expires.to_string();
+        let contact = self.voicemail.contact(flow);
+        self.respond(
+            m,
+            key,
+            source,
+            200,
+            "OK",
+            &[("Expires", &expires_text), ("Contact", &contact)],
+        );
+        self.voicemail.subscribed(crate::voicemail::Subscription {
+            number: account.number.clone(),
+            call_id: call_id.to_owned(),
+            local_tag: self.to_tag(m),
+            remote_uri: from.uri.to_owned(),
+            remote_tag: from.tag().unwrap_or("").to_owned(),
+            remote_target,
+            flow: *flow,
+            expires_at: now + expires,
+            cseq: 0,
+        });
+    }
+
     /// The route for a number (a gateway is reached where it registered from, if it did).
     fn route(&self, dialled: &str, caller: &str) -> Routed {
         let now = self.clock.now();
@@ -1168,6 +1270,13 @@ impl Endpoint {
     ) {
         let source = flow.remote;
         let contacts = self.registrar.flows(callee, self.clock.now());
+        if contacts.is_empty() && self.voicemail.enabled() {
+            // No phone to ring: the box takes the call (or answers why it cannot).
+            Metrics::inc(&self.metrics.calls_unrouted);
+            return self
+                .voicemail
+                .deposit(m, bytes, key, flow, caller, callee, None);
+        }
         if contacts.is_empty() {
             Metrics::inc(&self.metrics.calls_unrouted);
             return self.respond(m, key, source, 480, "Temporarily Unavailable", &[]);

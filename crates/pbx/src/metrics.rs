@@ -22,6 +22,9 @@ pub const EGRESS_DENIALS: [&str; 13] = [
     "sips_over_clear",
 ];
 
+/// The reasons of `sipward_rtp_dropped_total{reason}` (`crate::rtp::RtpDrop`).
+pub const RTP_DROPS: [&str; 3] = ["wrong_source", "malformed", "unexpected_payload"];
+
 /// The reasons of `sipward_responses_dropped_total{reason}`.
 pub const RESPONSES_DROPPED: [&str; 5] = [
     "not_a_response",
@@ -145,6 +148,19 @@ pub struct Metrics {
     /// Digest answers that did not authenticate, by [`Challenged`] (its discriminant):
     /// which check failed, so a 401 nobody expected can be told apart after the fact.
     pub challenged_by_reason: [AtomicU64; Challenged::ALL.len()],
+    /// RTP packets dropped, by reason (indexed like [`RTP_DROPS`]).
+    pub rtp_dropped: [AtomicU64; RTP_DROPS.len()],
+    /// RTP port pairs refused: the range exhausted (0), the source's share held (1).
+    pub rtp_ports_refused: [AtomicU64; 2],
+    /// RTP port pairs held by calls now (gauge).
+    pub rtp_ports_in_use: AtomicU64,
+    /// Calls the voicemail took, refused (no answerable offer, no port, no box), and
+    /// messages it filed.
+    pub voicemail_calls: AtomicU64,
+    pub voicemail_refused: AtomicU64,
+    pub voicemail_messages: AtomicU64,
+    /// DTMF digits the voicemail received (RFC 4733 or SIP INFO).
+    pub voicemail_digits: AtomicU64,
 }
 
 /// Why the authenticator answered credentials with a new challenge.
@@ -436,6 +452,26 @@ impl Metrics {
                 get(&self.calls_unrouted),
             ),
             (
+                "sipward_voicemail_calls_total",
+                "calls the voicemail answered itself (no registered phone)",
+                get(&self.voicemail_calls),
+            ),
+            (
+                "sipward_voicemail_refused_total",
+                "calls the voicemail could not take: no answerable offer (488), no RTP port (503), no box (480)",
+                get(&self.voicemail_refused),
+            ),
+            (
+                "sipward_voicemail_messages_total",
+                "voicemail messages recorded and filed",
+                get(&self.voicemail_messages),
+            ),
+            (
+                "sipward_voicemail_digits_total",
+                "DTMF digits the voicemail received (RFC 4733 events or SIP INFO)",
+                get(&self.voicemail_digits),
+            ),
+            (
                 "sipward_calls_proxied_total",
                 "INVITEs forked to a registered extension",
                 get(&self.calls_proxied),
@@ -539,6 +575,30 @@ impl Metrics {
             let v = get(&self.challenged_by_reason[r as usize]);
             let _ = writeln!(s, "{name}{{reason=\"{}\"}} {v}", r.as_str());
         }
+        let name = "sipward_rtp_dropped_total";
+        let _ = write!(
+            s,
+            "# HELP {name} RTP packets dropped by the RTP guard or the parser, by reason\n# TYPE {name} counter\n"
+        );
+        for (i, label) in RTP_DROPS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "{name}{{reason=\"{label}\"}} {}",
+                get(&self.rtp_dropped[i])
+            );
+        }
+        let name = "sipward_rtp_ports_refused_total";
+        let _ = write!(
+            s,
+            "# HELP {name} calls refused an RTP port pair (503), by reason\n# TYPE {name} counter\n"
+        );
+        for (i, label) in ["exhausted", "per_source"].iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "{name}{{reason=\"{label}\"}} {}",
+                get(&self.rtp_ports_refused[i])
+            );
+        }
         let name = "sipward_background_errors_total";
         let _ = write!(
             s,
@@ -563,6 +623,11 @@ impl Metrics {
                 "sipward_kernel_drop_sources",
                 "banned IPv4 sources the kernel's socket filter drops before sipward sees them",
                 get(&self.kernel_drop_sources),
+            ),
+            (
+                "sipward_rtp_ports_in_use",
+                "RTP port pairs held by calls sipward answers itself",
+                get(&self.rtp_ports_in_use),
             ),
             (
                 "sipward_allowed_networks",

@@ -18,6 +18,41 @@ use crate::signalling::Signalling;
 /// At most this many NOTIFYs wait for an answer at once (bounded like every table).
 pub const MAX_PENDING: usize = 65_536;
 
+/// An unsolicited RFC 3842 `message-summary` NOTIFY for one registration of extension
+/// `number` (the voicemail's message-waiting light), with `body` from
+/// `crate::voicemail::message_summary`.
+pub fn build_message_summary(
+    sig: &Signalling,
+    contact: &str,
+    number: &str,
+    realm: &str,
+    flow: &Flow,
+    body: &str,
+) -> Option<Vec<u8>> {
+    let branch = sig.branch();
+    let tag = sig.token("notify-tag");
+    let call_id = format!("{}@sipward", sig.token("notify-call-id"));
+    let from = format!("sip:{number}@{realm}");
+    let to = format!("sip:{number}@{realm}");
+    let us = our_uri(sig.bound_for(flow), flow, Some("sipward"));
+    RequestBuilder::new("NOTIFY", contact)
+        .via(TopVia::new(
+            flow.transport.via_token(),
+            sig.local(flow),
+            &branch,
+        ))
+        .from(Party::new(&from).tag(&tag))
+        .to(Party::new(&to))
+        .call_id(&call_id)
+        .cseq(1)
+        .contact(&us)
+        .header("Event", "message-summary")
+        .header("Subscription-State", "terminated;reason=timeout")
+        .body("application/simple-message-summary", body.as_bytes())
+        .build()
+        .ok()
+}
+
 /// The NOTIFY client side.
 #[derive(Debug)]
 pub struct Notifier {
@@ -107,6 +142,14 @@ impl Notifier {
             }
         }
         sent
+    }
+
+    /// Counts an answer to a message-summary NOTIFY too (they share [`Owner::Notify`]).
+    pub fn track(&self, tx: sip::transaction::TxId) {
+        let mut p = self.pending();
+        if p.len() < MAX_PENDING {
+            p.insert(tx);
+        }
     }
 
     /// An output of one of our NOTIFY transactions.

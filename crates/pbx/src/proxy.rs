@@ -107,6 +107,11 @@ struct Call {
     cancelled: bool,
     /// When the branches are cancelled if nobody answered (Timer C).
     ring_until: Instant,
+    /// When the callee's voicemail takes the call if nobody answered (its
+    /// `voicemail_after_secs`); None when it has no voicemail.
+    voicemail_at: Option<Instant>,
+    /// The branches were cancelled for the voicemail: it answers once they are done.
+    to_voicemail: bool,
 }
 
 /// A request relayed within a dialog, waiting for its answer.
@@ -153,6 +158,8 @@ pub struct Proxy {
     transfers: Arc<Transfers>,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
+    /// Where a call goes that the callee's phones leave unanswered or busy.
+    voicemail: std::sync::OnceLock<Arc<crate::voicemail::Voicemail>>,
 }
 
 /// The order in which failures are passed upstream (RFC 3261 §16.7 step 6: 6xx first,
@@ -323,7 +330,14 @@ impl Proxy {
             sig,
             transfers,
             state: Mutex::new(State::default()),
+            voicemail: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Calls to an extension whose phones are busy or do not answer within its ring
+    /// time go to this voicemail (set once, by the endpoint).
+    pub fn attach_voicemail(&self, voicemail: Arc<crate::voicemail::Voicemail>) {
+        let _ = self.voicemail.set(voicemail);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -536,6 +550,12 @@ impl Proxy {
                 final_sent: false,
                 cancelled: false,
                 ring_until: self.sig.clock.instant() + p.ring,
+                voicemail_at: self
+                    .voicemail
+                    .get()
+                    .and_then(|v| v.ring_time(p.callee))
+                    .map(|d| self.sig.clock.instant() + d),
+                to_voicemail: false,
             },
         );
         Ok(())
@@ -548,8 +568,14 @@ impl Proxy {
             let mut st = self.lock();
             st.calls
                 .values_mut()
-                .filter(|c| !c.answered && !c.final_sent && !c.cancelled && now >= c.ring_until)
+                .filter(|c| {
+                    let due = now >= c.ring_until || c.voicemail_at.is_some_and(|t| now >= t);
+                    !c.answered && !c.final_sent && !c.cancelled && due
+                })
                 .flat_map(|c| {
+                    // Unanswered within the callee's voicemail time (before its class's
+                    // ring time): the branches go, the voicemail answers.
+                    c.to_voicemail = c.voicemail_at.is_some_and(|t| now >= t);
                     c.cancelled = true;
                     c.branches.iter().filter(|b| !b.done).map(|b| b.tx)
                 })
@@ -1031,6 +1057,23 @@ impl Proxy {
             call.source,
             call.cancelled,
         );
+        // Busy, declined, unavailable or unanswered: the callee's voicemail takes the
+        // call (never a caller's own CANCEL).
+        let busy = best
+            .as_ref()
+            .is_none_or(|(code, _)| matches!(code, 408 | 480 | 486 | 600 | 603));
+        let to_box = call.voicemail_at.is_some() && (call.to_voicemail || (!cancelled && busy));
+        if to_box
+            && let Some(vm) = self.voicemail.get()
+            && let Ok(m) = sip::msg::parse(&request)
+        {
+            let (caller, callee) = (call.caller.clone(), call.callee.clone());
+            // Without voicemail the caller would have had the best failure; a call the
+            // box cannot take gets it still (after a CANCEL for the box: 480).
+            let fallback = best.filter(|_| !call.to_voicemail).map(|(_, bytes)| bytes);
+            vm.deposit(&m, &request, &key, &source, caller, &callee, fallback);
+            return;
+        }
         match best {
             Some((_, bytes)) => {
                 let _ = self.egress.respond(&key, bytes);

@@ -70,6 +70,17 @@ pub struct ServeConfig {
     /// notification makes the read happen at once; this bounds how long a lost one
     /// leaves this node stale.
     pub version_poll: Duration,
+    /// Voicemail: where messages are filed and the RTP ports its calls use. None
+    /// answers a call to an extension without a registered phone 480, as before.
+    pub voicemail: Option<VoicemailConfig>,
+}
+
+/// What switches voicemail on.
+#[derive(Clone, Debug)]
+pub struct VoicemailConfig {
+    pub deposits: Arc<dyn crate::voicemail::Deposits>,
+    pub rtp: crate::rtp::RtpConfig,
+    pub limits: crate::voicemail::DepositLimits,
 }
 
 /// The default of [`ServeConfig::version_poll`].
@@ -289,6 +300,20 @@ pub async fn bind(
         key: keys.notify,
         messages: cfg.messages,
     });
+    if let Some(vm) = &cfg.voicemail {
+        // RTP is bound on the SIP address: the SDP names the address the phone reaches
+        // sipward at, which is where its RTP must arrive.
+        let pool = crate::rtp::PortPool::new(sip_udp.ip(), &vm.rtp, endpoint.metrics.clone());
+        endpoint.voicemail.attach(crate::voicemail::Backend {
+            deposits: vm.deposits.clone(),
+            pool,
+            registrar: endpoint.registrar.clone(),
+            realm: registry.settings().realm.clone(),
+            limits: vm.limits,
+            runtime: tokio::runtime::Handle::current(),
+        });
+    }
+    endpoint.voicemail.reload_ring_times().await;
     load_trunks(&registry, &endpoint).await?;
     let mut conn = registry.store().conn().await?;
     registry.set_guard_file(cfg.bans.clone());
@@ -610,6 +635,7 @@ async fn reload_loop(
             versions.0 = v;
             registry_moved = true;
             store_health.checked(load_trunks(&registry, &endpoint).await);
+            endpoint.voicemail.reload_ring_times().await;
         }
         let now = clock.now();
         if registry_moved {

@@ -458,6 +458,8 @@ struct Setup {
     dids: Vec<(&'static str, &'static str)>,
     /// A provider `carrier` whose registrar is at this address.
     provider: Option<SocketAddr>,
+    /// Voicemail on, filing messages here.
+    voicemail: Option<Arc<dyn pbx::voicemail::Deposits>>,
 }
 
 async fn start(setup: Setup) -> Pbx {
@@ -564,6 +566,16 @@ async fn start(setup: Setup) -> Pbx {
         tls: None,
         node: policy::node::NodeName::parse("test").expect("name"),
         version_poll: pbx::server::VERSION_POLL,
+        voicemail: setup
+            .voicemail
+            .map(|deposits| pbx::server::VoicemailConfig {
+                deposits,
+                rtp: pbx::rtp::RtpConfig {
+                    ports: 31000..=31999,
+                    ports_per_source: 4,
+                },
+                limits: pbx::voicemail::DepositLimits::default(),
+            }),
     };
     let keys = ServerKeys {
         nonce: [1; 32],
@@ -1791,4 +1803,274 @@ async fn the_provider_client_stands_up_to_a_hostile_registrar() {
     reg.reply(&answer, 200, "OK", "r", "Expires: 600\r\n", "")
         .await;
     until("registered by the registrar itself", registered).await;
+}
+
+/// Voicemail boxes in a directory: what the server's store side does, without accounts.
+#[derive(Debug)]
+struct Boxes {
+    dir: std::path::PathBuf,
+    /// (file, caller, duration in ms) of each message filed.
+    filed: Mutex<Vec<(std::path::PathBuf, String, u64)>>,
+}
+
+impl pbx::voicemail::Deposits for Boxes {
+    fn begin(
+        &self,
+        mailbox: &str,
+    ) -> pbx::voicemail::BoxFuture<'_, Option<pbx::voicemail::Opened>> {
+        let mailbox = mailbox.to_owned();
+        Box::pin(async move {
+            use std::os::unix::fs::OpenOptionsExt;
+            if mailbox != "1002" {
+                return None;
+            }
+            let n = self.filed.lock().expect("filed").len();
+            let path = self.dir.join(format!("{mailbox}-{n}.wav"));
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .ok()?;
+            Some(pbx::voicemail::Opened {
+                path,
+                handle: Box::new(()),
+            })
+        })
+    }
+
+    fn commit(
+        &self,
+        opened: pbx::voicemail::Opened,
+        caller: String,
+        duration_ms: u64,
+    ) -> pbx::voicemail::BoxFuture<'_, Option<pbx::voicemail::Waiting>> {
+        Box::pin(async move {
+            let mut f = self.filed.lock().expect("filed");
+            f.push((opened.path, caller, duration_ms));
+            Some(pbx::voicemail::Waiting {
+                new: f.len() as u32,
+                saved: 0,
+            })
+        })
+    }
+
+    fn discard(&self, opened: pbx::voicemail::Opened) {
+        let _ = std::fs::remove_file(opened.path);
+    }
+
+    fn greeting(&self, _: &str) -> pbx::voicemail::BoxFuture<'_, Option<Vec<u8>>> {
+        Box::pin(async { None })
+    }
+
+    fn ring_times(
+        &self,
+    ) -> pbx::voicemail::BoxFuture<'_, Option<std::collections::HashMap<String, u32>>> {
+        Box::pin(async { Some([("1002".to_owned(), 5)].into_iter().collect()) })
+    }
+
+    fn waiting(&self, _: &str) -> pbx::voicemail::BoxFuture<'_, Option<pbx::voicemail::Waiting>> {
+        Box::pin(async move {
+            Some(pbx::voicemail::Waiting {
+                new: self.filed.lock().expect("filed").len() as u32,
+                saved: 0,
+            })
+        })
+    }
+}
+
+/// The audio port of an SDP body.
+fn sdp_port(body: &str) -> u16 {
+    body.lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .expect("m=audio")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_an_extension_without_a_phone_leaves_a_message_with_the_sent_audio() {
+    let boxes_dir = tempfile::tempdir().expect("tmp");
+    let boxes = Arc::new(Boxes {
+        dir: boxes_dir.path().to_owned(),
+        filed: Mutex::new(Vec::new()),
+    });
+    let pbx = start(Setup {
+        extensions: vec![("1001", "internal"), ("1002", "internal")],
+        voicemail: Some(boxes.clone()),
+        ..Setup::default()
+    })
+    .await;
+    let phone = Ua::bind("127.0.0.1", pbx.sip, "1001").await;
+    phone.register().await;
+    let out = phone.invite("1002", "").await;
+    let ok = phone.answer_to(&out, |c| c == 200).await;
+    assert_eq!(header(&ok, "Content-Type"), Some("application/sdp"), "{ok}");
+    let body = ok.split("\r\n\r\n").nth(1).unwrap_or("");
+    assert!(body.contains("a=rtpmap:0 PCMU/8000"), "{body}");
+    let rtp_to = SocketAddr::from(([127, 0, 0, 1], sdp_port(body)));
+    phone.in_dialog(&out, &ok, "ACK", out.cseq).await;
+
+    // The phone's RTP comes from another port than its SDP named (as behind NAT): the
+    // first packet from the signalling IP latches the call to it. A stranger's packets
+    // (one sent before the phone's first) never latch and never reach the message.
+    let stranger = UdpSocket::bind("127.0.0.9:0").await.expect("bind");
+    let rtp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+    let heard = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let (rtp, heard) = (rtp.clone(), heard.clone());
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, _)) = rtp.recv_from(&mut buf).await {
+                if media::rtp::RtpPacket::parse(&buf[..n]).is_ok_and(|p| p.payload_type == 0) {
+                    heard.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    // A 1 kHz tone, 20 ms per packet, for 4 s: the greeting and tone take about 2.75 s,
+    // the rest is the message.
+    let mut sent: Vec<Vec<u8>> = Vec::new();
+    let start = Instant::now();
+    for i in 0..200u16 {
+        let samples: Vec<i16> = (0..160)
+            .map(|k| {
+                let t = f64::from(u32::from(i) * 160 + k) / 8000.0;
+                (6000.0 * (2.0 * std::f64::consts::PI * 1000.0 * t).sin()) as i16
+            })
+            .collect();
+        let payload = media::g711::Law::MuLaw.encode(&samples);
+        let packet = media::rtp::RtpPacket {
+            marker: i == 0,
+            payload_type: 0,
+            sequence: 1000 + i,
+            timestamp: 5000 + u32::from(i) * 160,
+            ssrc: 77,
+            payload: &payload,
+        }
+        .build();
+        if i % 10 == 0 {
+            stranger.send_to(&packet, rtp_to).await.expect("send");
+        }
+        rtp.send_to(&packet, rtp_to).await.expect("send");
+        sent.push(payload);
+        // Paced like a phone: packet i leaves at i × 20 ms.
+        let due = start + Duration::from_millis(20 * (u64::from(i) + 1));
+        tokio::time::sleep_until(due.into()).await;
+    }
+    phone.in_dialog(&out, &ok, "BYE", out.cseq + 1).await;
+    phone
+        .wait("200 to BYE", |m| {
+            status(m) == 200 && header(m, "CSeq") == Some(&format!("{} BYE", out.cseq + 1))
+        })
+        .await;
+    until("the message is filed", || {
+        !boxes.filed.lock().expect("filed").is_empty()
+    })
+    .await;
+    let (path, caller, ms) = boxes.filed.lock().expect("filed")[0].clone();
+    assert!(caller.contains("1001"), "{caller}");
+    assert!(
+        (800..=1600).contains(&ms),
+        "about 1.25 s recorded after the tone: {ms} ms"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).expect("file").permissions().mode() & 0o777,
+        0o600
+    );
+    let recorded =
+        media::wav::decode(&std::fs::read(&path).expect("read"), 8000 * 60).expect("wav");
+    // The recording is the sent audio, sample for sample: the tail of what was sent.
+    let mut all = Vec::new();
+    for p in &sent {
+        media::g711::Law::MuLaw.decode_into(p, &mut all);
+    }
+    assert!(recorded.len() >= 160 * 40, "{} samples", recorded.len());
+    let tail = &all[all.len() - recorded.len()..];
+    assert_eq!(recorded, tail, "the WAV holds what was sent, in order");
+    // The greeting reached the latched port; the stranger was refused, counted.
+    assert!(heard.load(std::sync::atomic::Ordering::Relaxed) > 100);
+    // The stranger's packet before the latch is refused and counted; after it the
+    // socket is connected to the phone and the kernel drops the rest unseen.
+    assert!(pbx.metric("sipward_rtp_dropped_total{reason=\"wrong_source\"}") >= 1);
+    assert_eq!(pbx.metric("sipward_voicemail_messages_total"), 1);
+    until("the port is given back", || {
+        pbx.metric("sipward_rtp_ports_in_use") == 0
+    })
+    .await;
+}
+
+/// A server with voicemail filing into a temporary directory, and phones of 1001 and
+/// 1002 registered (1002's rings for 5 s before its voicemail answers).
+async fn with_boxes() -> (Pbx, Ua, Ua, tempfile::TempDir) {
+    let boxes_dir = tempfile::tempdir().expect("tmp");
+    let boxes = Arc::new(Boxes {
+        dir: boxes_dir.path().to_owned(),
+        filed: Mutex::new(Vec::new()),
+    });
+    let pbx = start(Setup {
+        extensions: vec![("1001", "internal"), ("1002", "internal")],
+        voicemail: Some(boxes),
+        ..Setup::default()
+    })
+    .await;
+    let caller = Ua::bind("127.0.0.1", pbx.sip, "1001").await;
+    caller.register().await;
+    let callee = Ua::bind("127.0.0.1", pbx.sip, "1002").await;
+    callee.register().await;
+    (pbx, caller, callee, boxes_dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_phone_sends_the_call_to_its_voicemail() {
+    let (pbx, caller, callee, _boxes) = with_boxes().await;
+    let out = caller.invite("1002", "").await;
+    let invite = callee.request_for("INVITE", &out.call_id, 0).await;
+    callee
+        .reply(&invite, 486, "Busy Here", "busy1", "", "")
+        .await;
+    let ok = caller.answer_to(&out, |c| c >= 200).await;
+    assert_eq!(status(&ok), 200, "the voicemail answers: {ok}");
+    assert!(ok.contains("m=audio "), "{ok}");
+    assert!(
+        header(&ok, "Contact").is_some_and(|c| c.contains("voicemail@")),
+        "{ok}"
+    );
+    caller.in_dialog(&out, &ok, "ACK", out.cseq).await;
+    caller.in_dialog(&out, &ok, "BYE", out.cseq + 1).await;
+    caller
+        .wait("200 to BYE", |m| {
+            status(m) == 200 && header(m, "CSeq") == Some(&format!("{} BYE", out.cseq + 1))
+        })
+        .await;
+    assert_eq!(pbx.metric("sipward_voicemail_calls_total"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_call_goes_to_voicemail_at_the_extensions_ring_time() {
+    let (pbx, caller, callee, _boxes) = with_boxes().await;
+    let out = caller.invite("1002", "").await;
+    let invite = callee.request_for("INVITE", &out.call_id, 0).await;
+    callee.reply(&invite, 180, "Ringing", "ring1", "", "").await;
+    caller.answer_to(&out, |c| c == 180).await;
+    // Not yet at 4 s; at 5 s the phone's branch is cancelled and the box answers.
+    pbx.advance(Duration::from_secs(4)).await;
+    assert!(callee.quiet(|m| method(m) == Some("CANCEL")).await);
+    pbx.advance(Duration::from_secs(1)).await;
+    let cancel = callee.request_for("CANCEL", &out.call_id, 0).await;
+    callee.reply(&cancel, 200, "OK", "ring1", "", "").await;
+    callee
+        .reply(&invite, 487, "Request Terminated", "ring1", "", "")
+        .await;
+    let ok = caller.answer_to(&out, |c| c >= 200).await;
+    assert_eq!(status(&ok), 200, "the voicemail answers: {ok}");
+    caller.in_dialog(&out, &ok, "ACK", out.cseq).await;
+    caller.in_dialog(&out, &ok, "BYE", out.cseq + 1).await;
+    caller
+        .wait("200 to BYE", |m| {
+            status(m) == 200 && header(m, "CSeq") == Some(&format!("{} BYE", out.cseq + 1))
+        })
+        .await;
+    assert_eq!(pbx.metric("sipward_voicemail_calls_total"), 1);
 }

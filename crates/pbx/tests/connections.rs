@@ -85,6 +85,7 @@ async fn start(bans: BanPolicy, tcp: TcpLimits) -> Pbx {
         tls: None,
         node: policy::node::NodeName::parse("test").expect("name"),
         version_poll: pbx::server::VERSION_POLL,
+        voicemail: None,
     };
     let keys = ServerKeys {
         nonce: [1; 32],

@@ -1,5 +1,5 @@
 //! SIP protocol pieces for sipward, sans IO: message parsing and printing, typed
-//! headers, digest computations, stateless nonces, the request builder, and
+//! headers, SDP offer/answer, digest computations, stateless nonces, the request builder, and
 //! transactions: the non-INVITE server table and the INVITE and non-INVITE client
 //! transactions, all driven by a clock the caller gives. The transports that move
 //! bytes live in `pbx`, which owns the sockets and the tasks.
@@ -13,4 +13,5 @@ pub mod msg;
 pub mod nonce;
 pub mod request;
 pub mod response;
+pub mod sdp;
 pub mod transaction;

@@ -33,6 +33,7 @@ struct RawConfig {
     tls: RawTls,
     cluster: RawCluster,
     store: RawStore,
+    media: Option<RawMedia>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -53,6 +54,16 @@ struct RawStore {
     /// default 250). On PostgreSQL a notification makes it read them at once; this
     /// bounds how long a lost notification leaves a node behind.
     poll_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMedia {
+    /// The UDP ports calls sipward answers itself (voicemail) use, "LOW-HIGH": each call
+    /// holds an even port for RTP and the next for RTCP. Open them in the firewall.
+    rtp_ports: Option<String>,
+    /// Calls one source address may hold ports for at once (more are answered 503).
+    rtp_ports_per_source: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -330,6 +341,9 @@ pub struct Config {
     pub database: Option<store::PgUrl>,
     /// `[store] poll_ms`.
     pub version_poll: std::time::Duration,
+    /// `[media]`: the RTP port range and each source's share of it. None (no `[media]`
+    /// section): voicemail is off and no RTP port is ever opened.
+    pub rtp: Option<pbx::rtp::RtpConfig>,
 }
 
 impl Config {
@@ -486,6 +500,7 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
     raw.guard.validate().map_err(OperatorError)?;
     let sip_tcp = sip_tcp(&raw.sip, &raw.guard, &raw.tls)?;
     let sip_messages = sip_messages(&raw.sip)?;
+    let rtp = raw.media.as_ref().map(rtp).transpose()?;
     let tls = tls(&raw.tls)?;
     let domain = raw
         .sip
@@ -607,6 +622,7 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
         sip_tcp,
         sip_messages,
         tls,
+        rtp,
         settings: Settings {
             realm,
             domain,
@@ -737,6 +753,39 @@ fn sip_messages(raw: &RawSip) -> anyhow::Result<pbx::transport::MessageLimits> {
         .into());
     }
     Ok(pbx::transport::MessageLimits { datagram, stream })
+}
+
+/// `[media]`: a range of at least one port pair, inside 1024-65535, and a share of it.
+fn rtp(raw: &RawMedia) -> anyhow::Result<pbx::rtp::RtpConfig> {
+    let d = pbx::rtp::RtpConfig::default();
+    let ports = match &raw.rtp_ports {
+        None => d.ports,
+        Some(text) => {
+            let parsed = text
+                .split_once('-')
+                .and_then(|(a, b)| {
+                    Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+                })
+                .filter(|(lo, hi)| *lo >= 1024 && hi > lo);
+            let Some((lo, hi)) = parsed else {
+                return Err(OperatorError(
+                    "media.rtp_ports must be \"LOW-HIGH\" with 1024 <= LOW < HIGH <= 65535".into(),
+                )
+                .into());
+            };
+            lo..=hi
+        }
+    };
+    let per_source = raw.rtp_ports_per_source.unwrap_or(d.ports_per_source);
+    if !(1..=64).contains(&per_source) {
+        return Err(
+            OperatorError("media.rtp_ports_per_source must be between 1 and 64".into()).into(),
+        );
+    }
+    Ok(pbx::rtp::RtpConfig {
+        ports,
+        ports_per_source: per_source,
+    })
 }
 
 /// The SIP TCP limits from `[sip]`, with the prefixes of `[guard]`.
@@ -980,6 +1029,16 @@ mod tests {
         assert_eq!(c.bans.gateway_requests, 10_000);
         let md5 = config("[sip]\ndigest_algorithms = [\"MD5\"]\n").expect("valid");
         assert_eq!(md5.digest_algorithms, vec![Algorithm::Md5]);
+        assert_eq!(c.rtp, None, "no [media]: no voicemail, no RTP port");
+        let media = config("[media]\nrtp_ports = \" 30000-30099 \"\nrtp_ports_per_source = 2\n")
+            .expect("valid");
+        let rtp = media.rtp.expect("[media] given");
+        assert_eq!(rtp.ports, 30000..=30099);
+        assert_eq!(rtp.ports_per_source, 2);
+        assert_eq!(
+            config("[media]\n").expect("valid").rtp,
+            Some(pbx::rtp::RtpConfig::default())
+        );
     }
 
     #[test]
@@ -1090,6 +1149,12 @@ mod tests {
             "[sip]\nmax_message_tcp = 2000000\n",
             "[http]\nheader_timeout_secs = 0\n",
             "[http]\nproxies = []\n",
+            "[media]\nrtp_ports = \"10000\"\n",
+            "[media]\nrtp_ports = \"20000-10000\"\n",
+            "[media]\nrtp_ports = \"80-2000\"\n",
+            "[media]\nrtp_ports = \"10000-70000\"\n",
+            "[media]\nrtp_ports_per_source = 0\n",
+            "[media]\nports = \"1-2\"\n",
         ] {
             assert!(config(bad).is_err(), "{bad}");
         }

@@ -198,6 +198,13 @@ pub async fn run(
         tls: tls.as_ref().map(|(_, t)| t.clone()),
         node: node_name(args.node_name.as_deref(), config.node.as_ref())?,
         version_poll: config.version_poll,
+        // Voicemail answers calls only with a `[media]` section: no RTP port is opened
+        // until the operator names the range the firewall lets through.
+        voicemail: config.rtp.clone().map(|rtp| server::VoicemailConfig {
+            deposits: Arc::new(pbx::mailbox::Mailboxes::new(reg.clone())),
+            rtp,
+            limits: pbx::voicemail::DepositLimits::default(),
+        }),
     };
     let bound = server::bind(reg.clone(), cfg, keys, crate::clock::clock()).await?;
     let reconfigure = bound.reconfigure();

@@ -16,13 +16,18 @@ pub(crate) struct Baresip {
 impl Baresip {
     /// Starts baresip on 127.0.0.1 with `accounts` (its accounts file, one line each).
     pub(crate) fn start(env: &Env, accounts: &str) -> Baresip {
+        Self::start_with(env, accounts, "")
+    }
+
+    /// [`Baresip::start`] with more config lines (modules, say).
+    pub(crate) fn start_with(env: &Env, accounts: &str, extra: &str) -> Baresip {
         let baresip = require("baresip", "baresip-core");
         let dir = env.path("baresip");
         std::fs::create_dir_all(&dir).expect("dir");
         std::fs::write(
             dir.join("config"),
             format!(
-                "sip_listen 127.0.0.1:{}\nnet_interface 127.0.0.1\nmodule_path /usr/lib/baresip/modules\nmodule account.so\nmodule g711.so\n",
+                "sip_listen 127.0.0.1:{}\nnet_interface 127.0.0.1\nmodule_path /usr/lib/baresip/modules\nmodule account.so\nmodule g711.so\n{extra}",
                 free_port()
             ),
         )

@@ -45,3 +45,4 @@ mod trunk_calls;
 mod trunks;
 mod user_agent;
 mod voicemail;
+mod voicemail_wire;

@@ -1,0 +1,366 @@
+//! RTP for the calls sipward answers itself: the pool of UDP ports they use, the guard
+//! every received packet passes, and the socket pair (RTP on an even port, RTCP on the
+//! next) of one call.
+//!
+//! The guard's rule, in full. A packet is taken only from the address the caller's SDP
+//! named, or, once, from the caller's signalling IP: a phone behind NAT names its
+//! private address in SDP but its packets arrive from the NAT's, which is the address
+//! its INVITE came from. The first packet from the signalling flow's IP (any port)
+//! latches the call to that address and port: from then on RTP is sent there and
+//! taken only from there. A packet from the SDP's address before any latch is taken
+//! and latches too. Nothing else is ever taken or answered, and it never moves the
+//! call's media. Once latched, the call's socket is connected to the peer, so the
+//! kernel drops other sources' datagrams before they reach the socket's queue: a flood
+//! to an open port then neither costs a `recv` nor crowds out the caller's audio
+//! (before the latch, each costs one `recv` and a counter).
+//!
+//! Ports are bounded by the configured range and, per source address, by
+//! `ports_per_source`: a caller who opens call after call gets 503 at its limit, not
+//! the whole range. A port is given back when its [`Lease`] drops (the call ended).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use crate::metrics::Metrics;
+
+/// Why a packet was dropped (its index in [`crate::metrics::RTP_DROPS`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RtpDrop {
+    /// Not from the negotiated or latched address.
+    WrongSource = 0,
+    /// Not an RTP (or RTCP) packet.
+    Malformed = 1,
+    /// A payload type the answer did not accept.
+    UnexpectedPayload = 2,
+}
+
+impl Metrics {
+    /// Counts a dropped RTP packet.
+    pub fn rtp_dropped(&self, reason: RtpDrop) {
+        Metrics::inc(&self.rtp_dropped[reason as usize]);
+    }
+}
+
+/// `[media]`: where the ports come from and how many one source may hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RtpConfig {
+    /// Even ports in this range carry RTP, each with the next port for RTCP.
+    pub ports: RangeInclusive<u16>,
+    /// Calls (port pairs) one source address may hold at once.
+    pub ports_per_source: usize,
+}
+
+impl Default for RtpConfig {
+    fn default() -> Self {
+        RtpConfig {
+            ports: 10000..=20000,
+            ports_per_source: 4,
+        }
+    }
+}
+
+/// Why no port was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// Every port of the range is in use or could not be bound (answered 503).
+    #[error("no free RTP port in the configured range")]
+    Exhausted,
+    /// The source already holds its share of ports (answered 503).
+    #[error("the source holds as many RTP ports as it may")]
+    PerSource,
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    /// Even ports free to try, in order (lowest first, so tests and operators see a
+    /// predictable port; the pool never hands out one in use).
+    free: BTreeSet<u16>,
+    per_source: HashMap<IpAddr, usize>,
+    in_use: usize,
+}
+
+/// The RTP ports of the server. Every call holds one even port and the odd one after.
+#[derive(Debug)]
+pub struct PortPool {
+    ip: IpAddr,
+    per_source: usize,
+    state: Mutex<PoolState>,
+    metrics: Arc<Metrics>,
+}
+
+/// Two bound sockets (RTP, RTCP) and the place they hold in the pool until dropped.
+#[derive(Debug)]
+pub struct Lease {
+    pub rtp: std::net::UdpSocket,
+    pub rtcp: std::net::UdpSocket,
+    pub port: u16,
+    source: IpAddr,
+    pool: Arc<PortPool>,
+}
+
+impl std::ops::Drop for Lease {
+    fn drop(&mut self) {
+        self.pool.give_back(self.port, self.source);
+    }
+}
+
+impl PortPool {
+    /// A pool of the even ports of `config.ports` (with their odd neighbour inside the
+    /// range), bound on `ip`.
+    pub fn new(ip: IpAddr, config: &RtpConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+        let (lo, hi) = (*config.ports.start(), *config.ports.end());
+        let free = (lo..hi)
+            .filter(|p| p % 2 == 0)
+            .filter(|p| *p != 0)
+            .collect();
+        Arc::new(PortPool {
+            ip,
+            per_source: config.ports_per_source.max(1),
+            state: Mutex::new(PoolState {
+                free,
+                ..PoolState::default()
+            }),
+            metrics,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Pairs in use now.
+    pub fn in_use(&self) -> usize {
+        self.lock().in_use
+    }
+
+    /// A port pair for a call from `source`. A port another program holds is skipped
+    /// (and tried again once a lease is given back).
+    pub fn lease(self: &Arc<Self>, source: IpAddr) -> Result<Lease, PoolError> {
+        let mut s = self.lock();
+        if s.per_source.get(&source).copied().unwrap_or(0) >= self.per_source {
+            Metrics::inc(&self.metrics.rtp_ports_refused[1]);
+            return Err(PoolError::PerSource);
+        }
+        let mut busy = Vec::new();
+        let found = loop {
+            let Some(port) = s.free.pop_first() else {
+                break None;
+            };
+            let bind = |p: u16| std::net::UdpSocket::bind(SocketAddr::new(self.ip, p));
+            match (bind(port), bind(port + 1)) {
+                (Ok(rtp), Ok(rtcp)) => break Some((port, rtp, rtcp)),
+                _ => busy.push(port),
+            }
+        };
+        // Ports another program held go back to be tried later.
+        s.free.extend(busy);
+        let Some((port, rtp, rtcp)) = found else {
+            Metrics::inc(&self.metrics.rtp_ports_refused[0]);
+            return Err(PoolError::Exhausted);
+        };
+        *s.per_source.entry(source).or_insert(0) += 1;
+        s.in_use += 1;
+        self.metrics
+            .rtp_ports_in_use
+            .store(s.in_use as u64, Ordering::Relaxed);
+        Ok(Lease {
+            rtp,
+            rtcp,
+            port,
+            source,
+            pool: self.clone(),
+        })
+    }
+
+    fn give_back(&self, port: u16, source: IpAddr) {
+        let mut s = self.lock();
+        s.free.insert(port);
+        if let Some(n) = s.per_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                s.per_source.remove(&source);
+            }
+        }
+        s.in_use = s.in_use.saturating_sub(1);
+        self.metrics
+            .rtp_ports_in_use
+            .store(s.in_use as u64, Ordering::Relaxed);
+    }
+}
+
+/// Where a call's RTP goes and from where it is taken (the rule at the top).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RtpPeer {
+    negotiated: SocketAddr,
+    signalling: IpAddr,
+    latched: Option<SocketAddr>,
+}
+
+/// What to do with a received packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Take,
+    /// Taken, and the call is latched to its source from now on.
+    Latch,
+    Refuse,
+}
+
+impl RtpPeer {
+    /// `negotiated`: the SDP's address; `signalling`: the IP of the flow the INVITE
+    /// came on.
+    pub fn new(negotiated: SocketAddr, signalling: IpAddr) -> Self {
+        RtpPeer {
+            negotiated,
+            signalling,
+            latched: None,
+        }
+    }
+
+    /// Judges an RTP packet from `from`.
+    pub fn judge(&mut self, from: SocketAddr) -> Verdict {
+        match self.latched {
+            Some(l) if l == from => Verdict::Take,
+            Some(_) => Verdict::Refuse,
+            None if from == self.negotiated || from.ip() == self.signalling => {
+                self.latched = Some(from);
+                Verdict::Latch
+            }
+            None => Verdict::Refuse,
+        }
+    }
+
+    /// Where RTP is sent: the latched source, or the SDP's address until a packet came.
+    pub fn target(&self) -> SocketAddr {
+        self.latched.unwrap_or(self.negotiated)
+    }
+
+    /// Whether RTCP from `from` is the peer's: from the latched (or negotiated) IP.
+    pub fn rtcp_from(&self, from: SocketAddr) -> bool {
+        from.ip() == self.target().ip()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(range: RangeInclusive<u16>, per_source: usize) -> (Arc<PortPool>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::default());
+        let config = RtpConfig {
+            ports: range,
+            ports_per_source: per_source,
+        };
+        (
+            PortPool::new("127.0.0.1".parse().expect("ip"), &config, metrics.clone()),
+            metrics,
+        )
+    }
+
+    /// A free range of `n` pairs: bind an ephemeral port and use the ports after it
+    /// (another test or program may take one; the pool skips what it cannot bind).
+    fn free_range(n: u16) -> RangeInclusive<u16> {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let p = probe.local_addr().expect("addr").port();
+        let start = (p.min(60000) + 2) & !1;
+        start..=start + 2 * n - 1
+    }
+
+    #[test]
+    fn leases_even_pairs_bounded_and_given_back() {
+        let range = free_range(2);
+        let (pool, metrics) = pool(range.clone(), 8);
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let first = pool.lease(a).expect("free");
+        assert_eq!(first.port % 2, 0);
+        assert!(range.contains(&first.port) && range.contains(&(first.port + 1)));
+        assert_eq!(
+            first.rtcp.local_addr().expect("addr").port(),
+            first.port + 1
+        );
+        let second = pool.lease(a).expect("free");
+        assert_eq!(pool.lease(a).err(), Some(PoolError::Exhausted));
+        assert_eq!(pool.in_use(), 2);
+        assert_eq!(metrics.rtp_ports_in_use.load(Ordering::Relaxed), 2);
+        let port = first.port;
+        drop(first);
+        assert_eq!(pool.in_use(), 1);
+        let again = pool.lease(a).expect("given back");
+        assert_eq!(again.port, port);
+        drop((second, again));
+        assert_eq!(pool.in_use(), 0);
+        assert!(
+            metrics
+                .render()
+                .contains("sipward_rtp_ports_refused_total{reason=\"exhausted\"} 1")
+        );
+    }
+
+    #[test]
+    fn one_source_holds_at_most_its_share() {
+        let (pool, metrics) = pool(free_range(4), 2);
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let b: IpAddr = "192.0.2.2".parse().expect("ip");
+        let held = [pool.lease(a).expect("1"), pool.lease(a).expect("2")];
+        assert_eq!(pool.lease(a).err(), Some(PoolError::PerSource));
+        let other = pool.lease(b).expect("another source still gets one");
+        drop(held);
+        assert!(pool.lease(a).is_ok());
+        drop(other);
+        assert!(
+            metrics
+                .render()
+                .contains("sipward_rtp_ports_refused_total{reason=\"per_source\"} 1")
+        );
+    }
+
+    #[test]
+    fn a_port_held_elsewhere_is_skipped() {
+        let range = free_range(2);
+        let squatter = std::net::UdpSocket::bind(("127.0.0.1", *range.start()));
+        let (pool, _) = pool(range.clone(), 8);
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let lease = pool.lease(a).expect("the other pair");
+        if squatter.is_ok() {
+            assert_eq!(lease.port, range.start() + 2);
+            assert_eq!(pool.lease(a).err(), Some(PoolError::Exhausted));
+        }
+    }
+
+    #[test]
+    fn latches_once_to_the_signalling_ip_and_refuses_everyone_else() {
+        let sdp: SocketAddr = "10.0.0.5:4000".parse().expect("addr");
+        let nat: IpAddr = "198.51.100.7".parse().expect("ip");
+        let mut peer = RtpPeer::new(sdp, nat);
+        assert_eq!(peer.target(), sdp);
+        let attacker: SocketAddr = "203.0.113.9:4000".parse().expect("addr");
+        assert_eq!(peer.judge(attacker), Verdict::Refuse);
+        assert_eq!(peer.target(), sdp, "a refused packet moves nothing");
+        let natted: SocketAddr = "198.51.100.7:61000".parse().expect("addr");
+        assert_eq!(peer.judge(natted), Verdict::Latch);
+        assert_eq!(peer.target(), natted);
+        assert_eq!(peer.judge(natted), Verdict::Take);
+        // Latched once: another port of the same IP, and the SDP address, are refused.
+        assert_eq!(
+            peer.judge("198.51.100.7:61002".parse().expect("addr")),
+            Verdict::Refuse
+        );
+        assert_eq!(peer.judge(sdp), Verdict::Refuse);
+        assert_eq!(peer.target(), natted);
+        assert!(peer.rtcp_from("198.51.100.7:61001".parse().expect("addr")));
+        assert!(!peer.rtcp_from("203.0.113.9:61001".parse().expect("addr")));
+    }
+
+    #[test]
+    fn the_sdp_address_latches_too() {
+        let sdp: SocketAddr = "10.0.0.5:4000".parse().expect("addr");
+        let mut peer = RtpPeer::new(sdp, "198.51.100.7".parse().expect("ip"));
+        assert_eq!(peer.judge(sdp), Verdict::Latch);
+        assert_eq!(
+            peer.judge("198.51.100.7:4000".parse().expect("addr")),
+            Verdict::Refuse
+        );
+    }
+}

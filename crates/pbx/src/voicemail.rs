@@ -1,0 +1,1224 @@
+//! Voicemail on the wire: sipward answers a call to an extension that cannot take it
+//! (no registered phone) itself, with a 200 and an SDP answer, plays the greeting and
+//! a tone over RTP, records what the caller says into a WAV file of the mailbox, files
+//! it, and tells the extension's phones that a message waits (RFC 3842
+//! `message-summary` NOTIFY).
+//!
+//! Architecture invariant: **the voicemail never places a call.** This module has no
+//! path to `crate::b2bua`, `crate::trunk` or `crate::proxy`: the only request it sends
+//! is a BYE in its own dialog with the caller (egress permit (c), sipward's own leg),
+//! and its NOTIFYs go through [`crate::notify`] under the registration permit (d).
+//! A unit test reads this file and fails if that changes.
+//!
+//! The media side runs as one task per call on the server's runtime; the signalling
+//! side (answers, the dialog, BYE) is synchronous like the rest of the endpoint. The
+//! store side (opening a message file, filing it) is behind [`Deposits`], which the
+//! server implements with `accounts` and tests with a directory.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use media::activity::{MediaTimeout, SilenceDetector};
+use media::dtmf::EventReceiver;
+use media::g711::Law;
+use media::jitter::{JitterBuffer, Playout};
+use media::rtp::RtpPacket;
+use sip::header::addr::NameAddr;
+use sip::header::cseq::CSeq;
+use sip::header::split_list;
+use sip::msg::{Message, Name};
+use sip::request::{DialogState, RequestBuilder, TopVia};
+use sip::response::ResponseBuilder;
+use sip::sdp::{self, Codec, SessionDescription};
+use sip::transaction::{Action, ResponseClass, TxId, TxKey};
+use tokio::sync::mpsc;
+
+use crate::dialog::{DialogId, Kind, NewDialog, Party, Phase, Who};
+use crate::egress::{Delivery, Owner, Purpose};
+use crate::flow::{Flow, our_uri};
+use crate::metrics::Metrics;
+use crate::registrar::Registrar;
+use crate::rtp::{Lease, PortPool, RtpDrop, RtpPeer, Verdict};
+use crate::signalling::Signalling;
+
+/// At most this many voicemail calls at once (the port pool bounds them too).
+pub const MAX_CALLS: usize = 1024;
+/// Samples in one 20 ms G.711 packet.
+const FRAME: usize = 160;
+/// What a voicemail dialog allows.
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
+
+/// The default greeting (see `prompts/README.md` for how it was made).
+const DEFAULT_GREETING: &[u8] = include_bytes!("../prompts/greeting.wav");
+
+/// A boxed future, as [`Deposits`] returns (no async-trait dependency).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A box's counts for the message-waiting NOTIFY.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Waiting {
+    pub new: u32,
+    pub saved: u32,
+}
+
+/// A message file opened for a recording: where to write the WAV.
+#[derive(Debug)]
+pub struct Opened {
+    pub path: PathBuf,
+    /// The store's handle, given back to [`Deposits::commit`] or [`Deposits::discard`].
+    pub handle: Box<dyn std::any::Any + Send>,
+}
+
+/// The store side of a deposit. The server implements it with `accounts`' voicemail
+/// (`begin_message`, `commit_message`, `discard`, `summary`).
+pub trait Deposits: Send + Sync + std::fmt::Debug {
+    /// A new, empty message file (0600) for `mailbox`; None when the box takes no
+    /// message (no voicemail for that extension, or the box is full).
+    fn begin(&self, mailbox: &str) -> BoxFuture<'_, Option<Opened>>;
+    /// Files the written message; the box's counts after it, None on failure.
+    fn commit(
+        &self,
+        opened: Opened,
+        caller: String,
+        duration_ms: u64,
+    ) -> BoxFuture<'_, Option<Waiting>>;
+    /// Drops a message that is not kept (its file is removed).
+    fn discard(&self, opened: Opened);
+    /// The box's own greeting (a WAV file's bytes), None for the default.
+    fn greeting(&self, mailbox: &str) -> BoxFuture<'_, Option<Vec<u8>>>;
+    /// The box's counts (answering a SUBSCRIBE for message-summary).
+    fn waiting(&self, mailbox: &str) -> BoxFuture<'_, Option<Waiting>>;
+    /// Every extension's seconds of ringing before its voicemail answers (0: none).
+    fn ring_times(&self) -> BoxFuture<'_, Option<HashMap<String, u32>>>;
+}
+
+/// How long things may last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DepositLimits {
+    /// The longest message recorded; the call is then ended.
+    pub max_message: Duration,
+    /// Silence this long ends the recording.
+    pub silence: Duration,
+    /// No RTP at all for this long ends the call.
+    pub no_media: Duration,
+    /// A recording shorter than this is not kept (a caller who hung up at the tone).
+    pub min_message: Duration,
+}
+
+impl Default for DepositLimits {
+    fn default() -> Self {
+        DepositLimits {
+            max_message: Duration::from_secs(180),
+            silence: Duration::from_secs(10),
+            no_media: Duration::from_secs(20),
+            min_message: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What the server attaches to switch voicemail on.
+#[derive(Debug)]
+pub struct Backend {
+    pub deposits: Arc<dyn Deposits>,
+    pub pool: Arc<PortPool>,
+    pub registrar: Arc<Registrar>,
+    pub realm: String,
+    pub limits: DepositLimits,
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// What the media task is told by the signalling side.
+#[derive(Debug)]
+enum Signal {
+    /// The caller hung up (BYE or CANCEL).
+    HungUp,
+    /// A digit from a SIP INFO.
+    Digit(char),
+}
+
+#[derive(Debug)]
+struct Call {
+    key: TxKey,
+    request: Vec<u8>,
+    flow: Flow,
+    caller: Who,
+    tag: String,
+    call_id: String,
+    remote_uri: String,
+    remote_tag: String,
+    local_uri: String,
+    remote_target: String,
+    invite_cseq: u32,
+    our_cseq: u32,
+    dialog: Option<DialogId>,
+    answered: bool,
+    /// What the caller gets if the box takes no message.
+    fallback: Option<Vec<u8>>,
+    signals: mpsc::Sender<Signal>,
+    bye: Option<TxId>,
+    /// The call's task has finished with it.
+    done: bool,
+}
+
+impl Call {
+    fn dialog_state(&self) -> DialogState<'_> {
+        DialogState {
+            call_id: &self.call_id,
+            local_uri: &self.local_uri,
+            local_tag: &self.tag,
+            remote_uri: &self.remote_uri,
+            remote_tag: Some(&self.remote_tag),
+            remote_target: &self.remote_target,
+            route_set: Vec::new(),
+        }
+    }
+}
+
+/// A phone's subscription to its box's message-summary (RFC 3842 over RFC 6665): the
+/// dialog its SUBSCRIBE made, where NOTIFYs go, and until when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    pub number: String,
+    pub call_id: String,
+    /// Our tag (the To tag of our 200).
+    pub local_tag: String,
+    pub remote_uri: String,
+    pub remote_tag: String,
+    /// The subscriber's Contact.
+    pub remote_target: String,
+    pub flow: Flow,
+    /// Wall-clock second it ends.
+    pub expires_at: i64,
+    pub cseq: u32,
+}
+
+/// At most this many subscriptions in all, and per extension.
+pub const MAX_SUBSCRIPTIONS: usize = 65_536;
+pub const MAX_SUBSCRIPTIONS_PER_BOX: usize = 8;
+
+#[derive(Debug, Default)]
+struct Calls {
+    by_id: HashMap<u64, Call>,
+    by_key: HashMap<TxKey, u64>,
+    by_tx: HashMap<TxId, u64>,
+}
+
+/// The voicemail's calls; see the module documentation.
+#[derive(Debug)]
+pub struct Voicemail {
+    sig: Arc<Signalling>,
+    backend: OnceLock<Backend>,
+    calls: Mutex<Calls>,
+    subscriptions: Mutex<HashMap<String, Vec<Subscription>>>,
+    /// Each extension's ring time before its voicemail answers (absent or 0: none).
+    ring_times: std::sync::RwLock<HashMap<String, u32>>,
+    next: AtomicU64,
+    greeting: Vec<i16>,
+}
+
+/// Why the recording ended (for the log and the tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    HungUp,
+    Pound,
+    MaxLength,
+    Silence,
+    NoMedia,
+}
+
+/// The tone after the greeting: 425 Hz for 400 ms at about −12 dBFS.
+fn tone() -> Vec<i16> {
+    (0..3200)
+        .map(|i| {
+            let t = f64::from(i) / f64::from(media::SAMPLE_RATE);
+            (8000.0 * (2.0 * std::f64::consts::PI * 425.0 * t).sin()) as i16
+        })
+        .collect()
+}
+
+fn cseq_of(m: &Message<'_>) -> Option<u32> {
+    m.header(Name::CSeq).and_then(CSeq::parse).map(|c| c.seq)
+}
+
+impl Voicemail {
+    pub fn new(sig: Arc<Signalling>) -> Self {
+        let greeting = media::wav::decode(DEFAULT_GREETING, 8000 * 60).unwrap_or_default();
+        Voicemail {
+            sig,
+            backend: OnceLock::new(),
+            calls: Mutex::new(Calls::default()),
+            subscriptions: Mutex::new(HashMap::new()),
+            ring_times: std::sync::RwLock::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            greeting,
+        }
+    }
+
+    /// The voicemail's Contact as a peer on `flow` reaches it (`<sip:voicemail@...>`).
+    pub fn contact(&self, flow: &Flow) -> String {
+        format!(
+            "<{}>",
+            our_uri(self.sig.bound_for(flow), flow, Some("voicemail"))
+        )
+    }
+
+    /// How long `number`'s phones ring before its voicemail answers; None when voicemail
+    /// is off or the extension has none.
+    pub fn ring_time(&self, number: &str) -> Option<Duration> {
+        self.backend.get()?;
+        let secs = *self
+            .ring_times
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(number)?;
+        (secs > 0).then(|| Duration::from_secs(u64::from(secs)))
+    }
+
+    /// Reads every extension's ring time again (at start and when accounts change).
+    pub async fn reload_ring_times(&self) {
+        let Some(b) = self.backend.get() else { return };
+        if let Some(times) = b.deposits.ring_times().await {
+            *self.ring_times.write().unwrap_or_else(|p| p.into_inner()) = times;
+        }
+    }
+
+    /// Switches voicemail on (once; later calls are ignored).
+    pub fn attach(&self, backend: Backend) {
+        let _ = self.backend.set(backend);
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.backend.get().is_some()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Calls> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Calls in progress (for `/metrics`' table sizes).
+    pub fn call_count(&self) -> usize {
+        self.lock().by_id.len()
+    }
+
+    /// Whether the INVITE `key` is one of ours (a CANCEL for it is ours to answer).
+    pub fn owns(&self, key: &TxKey) -> bool {
+        self.lock().by_key.contains_key(key)
+    }
+
+    fn respond(&self, m: &Message<'_>, key: &TxKey, flow: &Flow, code: u16, reason: &str) {
+        if let Ok(b) = ResponseBuilder::new(m, code, reason, flow.remote, "") {
+            let _ = self.sig.egress.respond(key, b.finish());
+        }
+    }
+
+    /// Takes a call for `callee`'s box. A call the box cannot take (no offer it can
+    /// answer, or no box) gets `fallback` (the answer the caller would have had without
+    /// voicemail: the callee's own failure, else 480); no port: 503. Otherwise 100 now,
+    /// and the rest from the call's task.
+    #[allow(clippy::too_many_arguments)]
+    pub fn deposit(
+        self: &Arc<Self>,
+        m: &Message<'_>,
+        bytes: &[u8],
+        key: &TxKey,
+        flow: &Flow,
+        caller: Who,
+        callee: &str,
+        fallback: Option<Vec<u8>>,
+    ) {
+        let decline = |fallback: Option<Vec<u8>>| match fallback {
+            Some(bytes) => {
+                let _ = self.sig.egress.respond(key, bytes);
+            }
+            None => self.respond(m, key, flow, 480, "Temporarily Unavailable"),
+        };
+        let Some(b) = self.backend.get() else {
+            return decline(fallback);
+        };
+        let offer = (!m.body.is_empty())
+            .then(|| SessionDescription::parse(m.body).ok())
+            .flatten();
+        let local_ip = crate::flow::local_for(self.sig.bound_for(flow), flow.remote).ip();
+        // A call with no offer, or one sipward cannot answer, is not the box's.
+        let probe = sdp::Local {
+            address: SocketAddr::new(local_ip, 0),
+            session_id: 0,
+            session_version: 0,
+        };
+        let Some(offer) = offer.filter(|o| sdp::answer(o, probe).is_ok()) else {
+            Metrics::inc(&self.sig.metrics.voicemail_refused);
+            return decline(fallback);
+        };
+        let lease = match b.pool.lease(flow.remote.ip()) {
+            Ok(l) => l,
+            Err(_) => {
+                Metrics::inc(&self.sig.metrics.voicemail_refused);
+                return self.respond(m, key, flow, 503, "Service Unavailable");
+            }
+        };
+        let local = sdp::Local {
+            address: SocketAddr::new(local_ip, lease.port),
+            session_id: self.next.load(Ordering::Relaxed),
+            session_version: 1,
+        };
+        let Ok((answer, negotiated)) = sdp::answer(&offer, local) else {
+            Metrics::inc(&self.sig.metrics.voicemail_refused);
+            return self.respond(m, key, flow, 488, "Not Acceptable Here");
+        };
+        let (Some(from), Some(to), Some(call_id), Some(invite_cseq)) = (
+            m.header(Name::From).and_then(NameAddr::parse),
+            m.header(Name::To).and_then(NameAddr::parse),
+            m.header(Name::CallId),
+            cseq_of(m),
+        ) else {
+            return self.respond(m, key, flow, 400, "Bad Request");
+        };
+        let remote_target = m
+            .header(Name::Contact)
+            .and_then(|c| split_list(c).next())
+            .and_then(NameAddr::parse)
+            .map_or_else(|| from.uri.to_owned(), |a| a.uri.to_owned());
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(32);
+        {
+            let mut st = self.lock();
+            if st.by_key.contains_key(key) {
+                return;
+            }
+            if st.by_id.len() >= MAX_CALLS {
+                drop(st);
+                return self.respond(m, key, flow, 503, "Service Unavailable");
+            }
+            st.by_key.insert(key.clone(), id);
+            st.by_id.insert(
+                id,
+                Call {
+                    key: key.clone(),
+                    request: bytes.to_vec(),
+                    flow: *flow,
+                    caller,
+                    tag: self.sig.token("vm-tag"),
+                    call_id: call_id.to_owned(),
+                    remote_uri: from.uri.to_owned(),
+                    remote_tag: from.tag().unwrap_or("").to_owned(),
+                    local_uri: to.uri.to_owned(),
+                    remote_target,
+                    invite_cseq,
+                    our_cseq: 0,
+                    dialog: None,
+                    answered: false,
+                    fallback,
+                    signals: tx,
+                    bye: None,
+                    done: false,
+                },
+            );
+        }
+        self.respond(m, key, flow, 100, "Trying");
+        Metrics::inc(&self.sig.metrics.voicemail_calls);
+        let caller_text = from.uri.chars().take(128).collect::<String>();
+        let this = self.clone();
+        let callee = callee.to_owned();
+        let job = Job {
+            id,
+            callee,
+            caller: caller_text,
+            lease,
+            peer: RtpPeer::new(negotiated.remote, flow.remote.ip()),
+            negotiated,
+            answer: answer.print(),
+            signals: rx,
+        };
+        b.runtime.spawn(async move { this.run(job).await });
+    }
+
+    /// The call's task: open the message, answer, play, record, file, notify, hang up.
+    async fn run(self: Arc<Self>, job: Job) {
+        let Some(b) = self.backend.get() else { return };
+        let Some(opened) = b.deposits.begin(&job.callee).await else {
+            Metrics::inc(&self.sig.metrics.voicemail_refused);
+            self.decline(job.id);
+            return;
+        };
+        if !self.answer(job.id, &job.answer) {
+            b.deposits.discard(opened);
+            return;
+        }
+        let greeting = match b.deposits.greeting(&job.callee).await {
+            Some(wav) => media::wav::decode(&wav, 8000 * 120).unwrap_or_default(),
+            None => self.greeting.clone(),
+        };
+        let mut prompt = greeting;
+        prompt.extend(tone());
+        let Job {
+            id,
+            callee,
+            caller,
+            lease,
+            peer,
+            negotiated,
+            signals,
+            ..
+        } = job;
+        let session = Session::new(lease, peer, negotiated, self.sig.clone());
+        let (recorded, ended) = match session {
+            Some(s) => s.deposit(prompt, signals, b.limits).await,
+            None => (Vec::new(), Ended::NoMedia),
+        };
+        tracing::info!(mailbox = %callee, samples = recorded.len(), ended = ?ended, "voicemail deposit ended");
+        if ended != Ended::HungUp {
+            self.hang_up(id);
+        }
+        let min = b.limits.min_message.as_millis() as usize * 8;
+        if recorded.len() < min {
+            b.deposits.discard(opened);
+            self.forget_when_done(id);
+            return;
+        }
+        let duration_ms = recorded.len() as u64 / 8;
+        let path = opened.path.clone();
+        let bytes = media::wav::encode(&recorded);
+        let written = tokio::task::spawn_blocking(move || write_private(&path, &bytes)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            tracing::warn!(mailbox = %callee, "cannot write a voicemail message");
+            b.deposits.discard(opened);
+            self.forget_when_done(id);
+            return;
+        }
+        match b.deposits.commit(opened, caller, duration_ms).await {
+            Some(waiting) => {
+                Metrics::inc(&self.sig.metrics.voicemail_messages);
+                self.notify_waiting(&callee, waiting);
+            }
+            None => tracing::warn!(mailbox = %callee, "cannot file a voicemail message"),
+        }
+        self.forget_when_done(id);
+    }
+
+    fn subs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Subscription>>> {
+        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Subscriptions held now (for `/metrics`' table sizes).
+    pub fn subscription_count(&self) -> usize {
+        self.subs().values().map(Vec::len).sum()
+    }
+
+    /// A SUBSCRIBE the endpoint accepted (authenticated as the box's own extension,
+    /// from one of its registered flows) and answered 200: remembered (replacing one
+    /// of the same dialog; `expires_at` now or earlier removes it), and answered at
+    /// once with the box's state.
+    pub fn subscribed(self: &Arc<Self>, sub: Subscription) {
+        let Some(b) = self.backend.get() else { return };
+        let now = self.sig.clock.now();
+        {
+            let mut all = self.subs();
+            let total: usize = all.values().map(Vec::len).sum();
+            let list = all.entry(sub.number.clone()).or_default();
+            list.retain(|s| s.expires_at > now && s.call_id != sub.call_id);
+            if sub.expires_at > now
+                && list.len() < MAX_SUBSCRIPTIONS_PER_BOX
+                && total < MAX_SUBSCRIPTIONS
+            {
+                list.push(sub.clone());
+            }
+            if list.is_empty() {
+                all.remove(&sub.number);
+            }
+        }
+        let this = self.clone();
+        b.runtime.spawn(async move {
+            let Some(b) = this.backend.get() else { return };
+            let waiting = b.deposits.waiting(&sub.number).await.unwrap_or_default();
+            let mut sub = sub;
+            sub.cseq = 1;
+            this.notify_subscription(&sub, waiting, &b.realm);
+        });
+    }
+
+    /// A NOTIFY in a subscription's dialog.
+    fn notify_subscription(&self, sub: &Subscription, waiting: Waiting, realm: &str) -> bool {
+        let now = self.sig.clock.now();
+        let left = sub.expires_at - now;
+        let state = if left > 0 {
+            format!("active;expires={left}")
+        } else {
+            "terminated;reason=timeout".to_owned()
+        };
+        let local_uri = format!("sip:{}@{realm}", sub.number);
+        let body = message_summary(waiting, &local_uri);
+        let dialog = DialogState {
+            call_id: &sub.call_id,
+            local_uri: &local_uri,
+            local_tag: &sub.local_tag,
+            remote_uri: &sub.remote_uri,
+            remote_tag: Some(&sub.remote_tag),
+            remote_target: &sub.remote_target,
+            route_set: Vec::new(),
+        };
+        let branch = self.sig.branch();
+        let Ok(bytes) = RequestBuilder::in_dialog(&dialog, "NOTIFY", sub.cseq)
+            .via(TopVia::new(
+                sub.flow.transport.via_token(),
+                self.sig.local(&sub.flow),
+                &branch,
+            ))
+            .contact(&our_uri(
+                self.sig.bound_for(&sub.flow),
+                &sub.flow,
+                Some("voicemail"),
+            ))
+            .header("Event", "message-summary")
+            .header("Subscription-State", &state)
+            .body("application/simple-message-summary", body.as_bytes())
+            .build()
+        else {
+            return false;
+        };
+        self.send_notify(bytes, sub.flow, &sub.number)
+    }
+
+    fn send_notify(&self, bytes: Vec<u8>, flow: Flow, number: &str) -> bool {
+        let sent = self
+            .sig
+            .egress
+            .start(bytes, flow, Purpose::Registration { number }, Owner::Notify)
+            .is_ok();
+        if sent {
+            Metrics::inc(&self.sig.metrics.notify_sent);
+        }
+        sent
+    }
+
+    /// Tells `number`'s phones what its box holds: in each live subscription's dialog,
+    /// or, when none subscribed, unsolicited to every phone registered for it. Returns
+    /// how many NOTIFYs went out.
+    pub fn notify_waiting(&self, number: &str, waiting: Waiting) -> usize {
+        let Some(b) = self.backend.get() else {
+            return 0;
+        };
+        let now = self.sig.clock.now();
+        let subs: Vec<Subscription> = {
+            let mut all = self.subs();
+            match all.get_mut(number) {
+                Some(list) => {
+                    list.retain(|s| s.expires_at > now);
+                    for s in list.iter_mut() {
+                        s.cseq += 1;
+                    }
+                    list.clone()
+                }
+                None => Vec::new(),
+            }
+        };
+        if !subs.is_empty() {
+            return subs
+                .iter()
+                .filter(|s| self.notify_subscription(s, waiting, &b.realm))
+                .count();
+        }
+        let registrations = b.registrar.flows(number, now);
+        let body = message_summary(waiting, &format!("sip:{number}@{}", b.realm));
+        registrations
+            .iter()
+            .filter_map(|(contact, flow)| {
+                crate::notify::build_message_summary(
+                    &self.sig, contact, number, &b.realm, flow, &body,
+                )
+                .map(|bytes| (bytes, *flow))
+            })
+            .filter(|(bytes, flow)| self.send_notify(bytes.clone(), *flow, number))
+            .count()
+    }
+
+    /// The 200 with our SDP, and the dialog it makes. False when the call is gone.
+    fn answer(&self, id: u64, sdp_answer: &str) -> bool {
+        let mut st = self.lock();
+        let Some(call) = st.by_id.get_mut(&id) else {
+            return false;
+        };
+        let Ok(m) = sip::msg::parse(&call.request) else {
+            return false;
+        };
+        let Ok(b) = ResponseBuilder::new(&m, 200, "OK", call.flow.remote, &call.tag) else {
+            return false;
+        };
+        let contact = format!(
+            "<{}>",
+            our_uri(
+                self.sig.bound_for(&call.flow),
+                &call.flow,
+                Some("voicemail")
+            )
+        );
+        let bytes = b
+            .header("Contact", &contact)
+            .header("Allow", ALLOW)
+            .finish_with_body("application/sdp", sdp_answer.as_bytes());
+        let now = self.sig.clock.instant();
+        call.dialog = self
+            .sig
+            .dialogs
+            .create(
+                NewDialog {
+                    call_id: call.call_id.clone(),
+                    caller: Party {
+                        who: call.caller.clone(),
+                        tag: call.remote_tag.clone(),
+                        flow: Some(call.flow),
+                    },
+                    callee: Party {
+                        who: Who::Sipward,
+                        tag: call.tag.clone(),
+                        flow: None,
+                    },
+                    phase: Phase::Confirmed,
+                    kind: Kind::Voicemail { call: id },
+                    class: None,
+                    class_of_service: None,
+                    e164: None,
+                },
+                now,
+            )
+            .ok();
+        if call.dialog.is_none() || self.sig.egress.respond_until_ack(&call.key, bytes).is_err() {
+            return false;
+        }
+        call.answered = true;
+        true
+    }
+
+    /// The box takes no message: the caller gets the answer it would have had without
+    /// voicemail (the callee's own failure, else 480); the call is forgotten.
+    fn decline(&self, id: u64) {
+        let fallback = {
+            let mut st = self.lock();
+            st.by_id.get_mut(&id).and_then(|c| c.fallback.take())
+        };
+        match fallback {
+            Some(bytes) => {
+                let mut st = self.lock();
+                if let Some(call) = st.by_id.remove(&id) {
+                    st.by_key.remove(&call.key);
+                    drop(st);
+                    let _ = self.sig.egress.respond(&call.key, bytes);
+                }
+            }
+            None => self.finish_unanswered(id, 480, "Temporarily Unavailable"),
+        }
+    }
+
+    /// A final failure to the INVITE before it was answered; the call is forgotten.
+    fn finish_unanswered(&self, id: u64, code: u16, reason: &str) {
+        let mut st = self.lock();
+        let Some(call) = st.by_id.remove(&id) else {
+            return;
+        };
+        st.by_key.remove(&call.key);
+        drop(st);
+        if let Ok(m) = sip::msg::parse(&call.request)
+            && let Ok(b) = ResponseBuilder::new(&m, code, reason, call.flow.remote, &call.tag)
+        {
+            let _ = self.sig.egress.respond(&call.key, b.finish());
+        }
+    }
+
+    /// Our BYE to the caller (the recording ended on our side).
+    fn hang_up(&self, id: u64) {
+        let mut st = self.lock();
+        let Some(call) = st.by_id.get_mut(&id) else {
+            return;
+        };
+        let Some(dialog) = call.dialog else { return };
+        if !self
+            .sig
+            .dialogs
+            .get(dialog)
+            .is_some_and(|d| d.phase == Phase::Confirmed)
+        {
+            return;
+        }
+        self.sig.dialogs.terminating(dialog);
+        call.our_cseq += 1;
+        let flow = call.flow;
+        let branch = self.sig.branch();
+        let bytes = RequestBuilder::in_dialog(&call.dialog_state(), "BYE", call.our_cseq)
+            .via(TopVia::new(
+                flow.transport.via_token(),
+                self.sig.local(&flow),
+                &branch,
+            ))
+            .build();
+        let started = bytes.ok().and_then(|bytes| {
+            self.sig
+                .egress
+                .start(
+                    bytes,
+                    flow,
+                    Purpose::InDialog { from: None },
+                    Owner::Voicemail,
+                )
+                .ok()
+        });
+        match started {
+            Some(tx) => {
+                call.bye = Some(tx);
+                st.by_tx.insert(tx, id);
+            }
+            None => self.sig.dialogs.end(dialog, self.sig.clock.instant()),
+        }
+    }
+
+    /// Forgets a call whose media is over, unless our BYE still waits for its answer
+    /// (then [`Voicemail::on_delivery`] forgets it).
+    fn forget_when_done(&self, id: u64) {
+        let mut st = self.lock();
+        let Some(call) = st.by_id.get_mut(&id) else {
+            return;
+        };
+        call.done = true;
+        if call.bye.is_some() {
+            return;
+        }
+        if let Some(d) = call.dialog {
+            self.sig.dialogs.end(d, self.sig.clock.instant());
+        }
+        let key = call.key.clone();
+        st.by_id.remove(&id);
+        st.by_key.remove(&key);
+    }
+
+    /// An output of our BYE's transaction: the dialog is over either way.
+    pub fn on_delivery(&self, d: &Delivery) {
+        let done = matches!(
+            d.action,
+            Action::Deliver(ResponseClass::Success | ResponseClass::Failure)
+                | Action::TimedOut
+                | Action::TransportFailed
+        );
+        if !done {
+            return;
+        }
+        let mut st = self.lock();
+        let Some(id) = st.by_tx.remove(&d.tx) else {
+            return;
+        };
+        if let Some(call) = st.by_id.get_mut(&id) {
+            call.bye = None;
+            if let Some(dialog) = call.dialog {
+                self.sig.dialogs.end(dialog, self.sig.clock.instant());
+            }
+            // Forgotten now if its task is done; else the task forgets it when it is.
+            if call.done {
+                let key = call.key.clone();
+                st.by_id.remove(&id);
+                st.by_key.remove(&key);
+            }
+        }
+    }
+
+    /// A CANCEL for a call not answered yet: 487, and the task stops.
+    pub fn cancel(&self, key: &TxKey) -> bool {
+        let id = {
+            let st = self.lock();
+            match st.by_key.get(key) {
+                Some(id) => *id,
+                None => return false,
+            }
+        };
+        let answered = self.lock().by_id.get(&id).is_some_and(|c| c.answered);
+        if answered {
+            return true;
+        }
+        self.signal(id, Signal::HungUp);
+        self.finish_unanswered(id, 487, "Request Terminated");
+        true
+    }
+
+    fn signal(&self, id: u64, s: Signal) {
+        let tx = self.lock().by_id.get(&id).map(|c| c.signals.clone());
+        if let Some(tx) = tx {
+            let _ = tx.try_send(s);
+        }
+    }
+
+    /// A request in a voicemail dialog (`key`: None for an ACK).
+    pub fn in_dialog(&self, m: &Message<'_>, key: Option<&TxKey>, flow: &Flow, id: u64) {
+        let Some(method) = m.method() else { return };
+        let answer = |code: u16, reason: &str| {
+            if let Some(key) = key {
+                self.respond(m, key, flow, code, reason);
+            }
+        };
+        let (invite_key, invite_cseq) = {
+            let st = self.lock();
+            match st.by_id.get(&id) {
+                Some(c) => (c.key.clone(), c.invite_cseq),
+                None => return answer(481, "Call/Transaction Does Not Exist"),
+            }
+        };
+        match method {
+            "ACK" => {
+                if cseq_of(m) == Some(invite_cseq) {
+                    self.sig.egress.acknowledged(&invite_key);
+                }
+            }
+            "BYE" => {
+                answer(200, "OK");
+                self.signal(id, Signal::HungUp);
+                let mut st = self.lock();
+                if let Some(c) = st.by_id.get_mut(&id)
+                    && let Some(d) = c.dialog
+                {
+                    self.sig.dialogs.end(d, self.sig.clock.instant());
+                    c.dialog = None;
+                }
+            }
+            "INFO" => {
+                let is_relay = m
+                    .header(Name::ContentType)
+                    .is_some_and(|c| c.trim().eq_ignore_ascii_case("application/dtmf-relay"));
+                match is_relay
+                    .then(|| media::dtmf::parse_dtmf_relay(m.body))
+                    .flatten()
+                {
+                    Some(d) => {
+                        self.signal(id, Signal::Digit(d));
+                        answer(200, "OK");
+                    }
+                    None => answer(415, "Unsupported Media Type"),
+                }
+            }
+            "OPTIONS" => answer(200, "OK"),
+            // A re-INVITE (hold, codec change) is refused: the call keeps its media.
+            "INVITE" | "UPDATE" => answer(488, "Not Acceptable Here"),
+            // No transfer, ever: the voicemail places no call.
+            "REFER" => {
+                Metrics::inc(&self.sig.metrics.transfers_refused);
+                answer(403, "Forbidden");
+            }
+            _ => answer(501, "Not Implemented"),
+        }
+    }
+}
+
+/// Writes a message's WAV: the file exists already (0600, made by the store side).
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// The RFC 3842 body: `Messages-Waiting`, the account, and the voice counts.
+pub fn message_summary(w: Waiting, account: &str) -> String {
+    format!(
+        "Messages-Waiting: {}\r\nMessage-Account: {account}\r\nVoice-Message: {}/{} (0/0)\r\n",
+        if w.new > 0 { "yes" } else { "no" },
+        w.new,
+        w.saved
+    )
+}
+
+/// What the call's task is given.
+#[derive(Debug)]
+struct Job {
+    id: u64,
+    callee: String,
+    caller: String,
+    lease: Lease,
+    peer: RtpPeer,
+    negotiated: sdp::Negotiated,
+    answer: String,
+    signals: mpsc::Receiver<Signal>,
+}
+
+/// One call's RTP: the sockets, the guard, what is sent.
+#[derive(Debug)]
+struct Session {
+    rtp: tokio::net::UdpSocket,
+    rtcp: tokio::net::UdpSocket,
+    _lease: Lease,
+    peer: RtpPeer,
+    law: Law,
+    payload_type: u8,
+    telephone_event: Option<u8>,
+    ssrc: u32,
+    sequence: u16,
+    timestamp: u32,
+    sig: Arc<Signalling>,
+}
+
+impl Session {
+    fn new(lease: Lease, peer: RtpPeer, n: sdp::Negotiated, sig: Arc<Signalling>) -> Option<Self> {
+        let rtp = lease.rtp.try_clone().ok()?;
+        let rtcp = lease.rtcp.try_clone().ok()?;
+        rtp.set_nonblocking(true).ok()?;
+        rtcp.set_nonblocking(true).ok()?;
+        let seed = sig.token("vm-ssrc");
+        let mut h = 0u64;
+        for b in seed.bytes() {
+            h = h.wrapping_mul(31).wrapping_add(u64::from(b));
+        }
+        Some(Session {
+            rtp: tokio::net::UdpSocket::from_std(rtp).ok()?,
+            rtcp: tokio::net::UdpSocket::from_std(rtcp).ok()?,
+            _lease: lease,
+            peer,
+            law: match n.codec {
+                Codec::Pcmu => Law::MuLaw,
+                Codec::Pcma => Law::ALaw,
+            },
+            payload_type: n.codec.payload_type(),
+            telephone_event: n.telephone_event,
+            ssrc: h as u32,
+            sequence: (h >> 32) as u16,
+            timestamp: (h >> 16) as u32,
+            sig,
+        })
+    }
+
+    async fn send_frame(&mut self, samples: &[i16], marker: bool) {
+        let payload = self.law.encode(samples);
+        let p = RtpPacket {
+            marker,
+            payload_type: self.payload_type,
+            sequence: self.sequence,
+            timestamp: self.timestamp,
+            ssrc: self.ssrc,
+            payload: &payload,
+        };
+        let _ = self.rtp.send_to(&p.build(), self.peer.target()).await;
+        self.sequence = self.sequence.wrapping_add(1);
+        self.timestamp = self.timestamp.wrapping_add(samples.len() as u32);
+    }
+
+    /// Plays `prompt`, then records until the caller hangs up, presses `#`, goes
+    /// silent, sends nothing, or the message reaches its longest.
+    async fn deposit(
+        mut self,
+        prompt: Vec<i16>,
+        mut signals: mpsc::Receiver<Signal>,
+        limits: DepositLimits,
+    ) -> (Vec<i16>, Ended) {
+        let clock = self.sig.clock.clone();
+        let start = clock.instant();
+        let since = |now: Instant| now.saturating_duration_since(start);
+        let mut timeout = MediaTimeout::new(limits.no_media, Duration::ZERO);
+        let mut silence = SilenceDetector::new(300, limits.silence);
+        let mut jitter: JitterBuffer<Vec<u8>> = JitterBuffer::new(3, 64);
+        let mut digits = EventReceiver::new();
+        let mut got = Vec::new();
+        let max = limits.max_message.as_millis() as usize * 8;
+        let mut recorded: Vec<i16> = Vec::new();
+        let mut played = 0usize;
+        let mut recording = false;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut buf = vec![0u8; 2048];
+        let mut rtcp_buf = vec![0u8; 1500];
+        let metrics = self.sig.metrics.clone();
+        let fill = |recorded: &mut Vec<i16>, law: Law, bytes: &[u8]| {
+            if recorded.len() < max {
+                law.decode_into(bytes, recorded);
+                recorded.truncate(max);
+            }
+        };
+        let ended = loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if played < prompt.len() {
+                        let end = (played + FRAME).min(prompt.len());
+                        let frame = prompt[played..end].to_vec();
+                        self.send_frame(&frame, played == 0).await;
+                        played = end;
+                        if played == prompt.len() {
+                            recording = true;
+                        }
+                    }
+                    if !recording {
+                        // What comes during the greeting is not the message; it is
+                        // played out (and dropped) so that no gap opens at the tone.
+                        while jitter.pop().is_some() {}
+                    } else {
+                        while let Some(p) = jitter.pop() {
+                            match p {
+                                Playout::Packet(bytes) => {
+                                    let before = recorded.len();
+                                    fill(&mut recorded, self.law, &bytes);
+                                    if silence.feed(&recorded[before..]) {
+                                        break;
+                                    }
+                                }
+                                // A lost stretch is silence, at most a second of it.
+                                Playout::Lost(n) => {
+                                    let n = (n.min(50) as usize) * FRAME;
+                                    if recorded.len() < max {
+                                        recorded.extend(std::iter::repeat_n(0, n));
+                                        recorded.truncate(max);
+                                    }
+                                }
+                            }
+                        }
+                        if recorded.len() >= max {
+                            break Ended::MaxLength;
+                        }
+                        if silence.silent_for() >= limits.silence {
+                            break Ended::Silence;
+                        }
+                    }
+                    if timeout.expired(since(clock.instant())) {
+                        break Ended::NoMedia;
+                    }
+                }
+                r = self.rtp.recv_from(&mut buf) => {
+                    let Ok((n, from)) = r else { continue };
+                    match self.peer.judge(from) {
+                        Verdict::Refuse => {
+                            metrics.rtp_dropped(RtpDrop::WrongSource);
+                            continue;
+                        }
+                        // Latched: the socket is connected to the peer, so the kernel
+                        // drops every other source's datagrams before they take room in
+                        // its queue or cost a wake-up (a flood to an open port then
+                        // cannot crowd out the caller's audio).
+                        Verdict::Latch => {
+                            let _ = self.rtp.connect(from).await;
+                        }
+                        Verdict::Take => {}
+                    }
+                    let Ok(p) = RtpPacket::parse(&buf[..n]) else {
+                        metrics.rtp_dropped(RtpDrop::Malformed);
+                        continue;
+                    };
+                    timeout.packet(since(clock.instant()));
+                    if p.payload_type == self.payload_type {
+                        let _ = jitter.push(p.sequence, p.payload.to_vec());
+                    } else if Some(p.payload_type) == self.telephone_event {
+                        digits.receive(p.timestamp, p.payload, &mut got);
+                        for _ in &got {
+                            Metrics::inc(&metrics.voicemail_digits);
+                        }
+                        if recording && got.contains(&'#') {
+                            break Ended::Pound;
+                        }
+                        got.clear();
+                    } else {
+                        metrics.rtp_dropped(RtpDrop::UnexpectedPayload);
+                    }
+                }
+                r = self.rtcp.recv_from(&mut rtcp_buf) => {
+                    let Ok((n, from)) = r else { continue };
+                    if !self.peer.rtcp_from(from) {
+                        metrics.rtp_dropped(RtpDrop::WrongSource);
+                    } else if media::rtcp::parse(&rtcp_buf[..n]).is_err() {
+                        metrics.rtp_dropped(RtpDrop::Malformed);
+                    } else {
+                        timeout.packet(since(clock.instant()));
+                    }
+                }
+                s = signals.recv() => match s {
+                    Some(Signal::HungUp) | None => break Ended::HungUp,
+                    Some(Signal::Digit(d)) => {
+                        Metrics::inc(&metrics.voicemail_digits);
+                        if d == '#' && recording {
+                            break Ended::Pound;
+                        }
+                    }
+                },
+            }
+        };
+        if ended == Ended::HungUp || ended == Ended::Pound {
+            // What is still buffered belongs to the message.
+            while let Some(p) = jitter.drain() {
+                if let Playout::Packet(bytes) = p
+                    && recording
+                {
+                    fill(&mut recorded, self.law, &bytes);
+                }
+            }
+        }
+        let target = self.peer.target();
+        let bye = media::rtcp::bye(self.ssrc, "sipward");
+        let _ = self
+            .rtcp
+            .send_to(
+                &bye,
+                SocketAddr::new(target.ip(), target.port().wrapping_add(1)),
+            )
+            .await;
+        (recorded, ended)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_voicemail_has_no_path_to_a_trunk() {
+        // The invariant at the top of this file, held by reading it: no trunk, B2BUA
+        // or proxy, and no client transaction but a BYE of its own and NOTIFYs.
+        let source = include_str!("voicemail.rs");
+        let code: String = source
+            .split("#[cfg(test)]")
+            .next()
+            .unwrap_or(source)
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for forbidden in [
+            concat!("crate::", "b2bua"),
+            concat!("crate::", "trunk"),
+            concat!("crate::", "proxy"),
+            concat!("Purpose::", "Callee"),
+            concat!("Purpose::", "Trunk"),
+            concat!("Owner::", "B2bua"),
+            concat!("Owner::", "Proxy"),
+            concat!("\"", "INVITE", "\", call"),
+        ] {
+            assert!(!code.contains(forbidden), "voicemail.rs names {forbidden}");
+        }
+        let flat: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+        assert_eq!(
+            flat.matches("egress.start(").count(),
+            2,
+            "one BYE and the NOTIFYs, nothing else"
+        );
+        assert!(flat.contains("Purpose::InDialog{from:None},Owner::Voicemail"));
+        assert!(flat.contains("Purpose::Registration{number},Owner::Notify"));
+        assert!(!flat.contains("Purpose::Callee"));
+    }
+
+    #[test]
+    fn message_summary_body() {
+        assert_eq!(
+            message_summary(Waiting { new: 2, saved: 1 }, "sip:1001@pbx.example.com"),
+            "Messages-Waiting: yes\r\nMessage-Account: sip:1001@pbx.example.com\r\nVoice-Message: 2/1 (0/0)\r\n"
+        );
+        assert!(
+            message_summary(Waiting::default(), "sip:1@x").starts_with("Messages-Waiting: no\r\n")
+        );
+    }
+
+    #[test]
+    fn the_default_greeting_is_shipped_and_playable() {
+        let s = media::wav::decode(DEFAULT_GREETING, 8000 * 60).expect("8 kHz mono 16-bit");
+        assert!(s.len() > 8000, "over a second of speech");
+        assert!(s.iter().any(|v| v.unsigned_abs() > 3000), "not silence");
+        assert_eq!(tone().len(), 3200);
+    }
+}
