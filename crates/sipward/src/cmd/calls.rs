@@ -33,7 +33,7 @@ pub async fn route(reg: &Registry, cmd: RouteCommand) -> anyhow::Result<ExitCode
                     },
                 )
                 .await?;
-            super::logged(reg, Setting::Route, Change::Added, &r.name, "").await?;
+            super::audit_log::logged(reg, Setting::Route, Change::Added, &r.name, "").await?;
             if out.json {
                 output::json(&r)?;
             } else {
@@ -45,7 +45,7 @@ pub async fn route(reg: &Registry, cmd: RouteCommand) -> anyhow::Result<ExitCode
         }
         RouteCommand::Remove { name } => {
             reg.remove_route(&name).await?;
-            super::logged(reg, Setting::Route, Change::Removed, name.trim(), "").await?;
+            super::audit_log::logged(reg, Setting::Route, Change::Removed, name.trim(), "").await?;
             println!("removed route {}", name.trim());
         }
         RouteCommand::List { out } => {
@@ -77,7 +77,7 @@ pub async fn did(reg: &Registry, cmd: DidCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         DidCommand::Add { did, number, out } => {
             let d = reg.add_did(&did, &number).await?;
-            super::logged(reg, Setting::Did, Change::Added, &d.did, "").await?;
+            super::audit_log::logged(reg, Setting::Did, Change::Added, &d.did, "").await?;
             if out.json {
                 output::json(&d)?;
             } else {
@@ -87,7 +87,7 @@ pub async fn did(reg: &Registry, cmd: DidCommand) -> anyhow::Result<ExitCode> {
         DidCommand::Remove { did } => {
             reg.remove_did(&did).await?;
             let id = policy::trunk::normalize_did(&did).unwrap_or_default();
-            super::logged(reg, Setting::Did, Change::Removed, &id, "").await?;
+            super::audit_log::logged(reg, Setting::Did, Change::Removed, &id, "").await?;
             println!("removed DID {}", did.trim());
         }
         DidCommand::List { out } => {

@@ -119,7 +119,7 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
             };
             let added = reg.add_extension(&number, new).await?;
             let e = &added.extension;
-            super::logged(reg, Setting::Extension, Change::Added, &e.number, "").await?;
+            super::audit_log::logged(reg, Setting::Extension, Change::Added, &e.number, "").await?;
             output::warn_findings(&format!("extension {}", e.number), &added.findings);
             let g = &added.generated;
             if out.json {
@@ -179,7 +179,7 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
             let detail = changed_fields(&change);
             let up = reg.update_extension(&number, change).await?;
             let view = &up.extension;
-            super::logged(
+            super::audit_log::logged(
                 reg,
                 Setting::Extension,
                 Change::Updated,
@@ -212,7 +212,8 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
         }
         ExtCommand::Remove { number } => {
             reg.remove_extension(&number).await?;
-            super::logged(reg, Setting::Extension, Change::Removed, number.trim(), "").await?;
+            super::audit_log::logged(reg, Setting::Extension, Change::Removed, number.trim(), "")
+                .await?;
             println!("removed extension {}", number.trim());
             Ok(ExitCode::SUCCESS)
         }
@@ -423,7 +424,7 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
 
 /// The names of the fields a change gives, for the audit log.
 fn changed_fields(c: &ExtensionChange) -> String {
-    super::given(&[
+    super::audit_log::given(&[
         ("kind", c.kind.is_some()),
         ("name", c.name.is_some()),
         ("email", c.email.is_some()),

@@ -73,7 +73,7 @@ pub async fn ban(reg: &Registry, cmd: BanCommand) -> anyhow::Result<ExitCode> {
         } => {
             let seconds = parse_duration(&duration)?;
             let b = reg.ban(&address, &reason, seconds, None).await?;
-            super::logged(reg, Setting::Ban, Change::Added, &b.source, &reason).await?;
+            super::audit_log::logged(reg, Setting::Ban, Change::Added, &b.source, &reason).await?;
             if out.json {
                 output::json(&b)?;
             } else {
@@ -82,7 +82,7 @@ pub async fn ban(reg: &Registry, cmd: BanCommand) -> anyhow::Result<ExitCode> {
         }
         BanCommand::Remove { address } => {
             let source = reg.unban(&address).await?;
-            super::logged(reg, Setting::Ban, Change::Removed, &source, "").await?;
+            super::audit_log::logged(reg, Setting::Ban, Change::Removed, &source, "").await?;
             println!("lifted the ban of {}", address.trim());
         }
     }
@@ -105,7 +105,7 @@ pub async fn allow(reg: &Registry, cmd: AllowCommand) -> anyhow::Result<ExitCode
         }
         AllowCommand::Add { network, note, out } => {
             let a = reg.allow(&network, &note).await?;
-            super::logged(reg, Setting::Allow, Change::Added, &a.network, &note).await?;
+            super::audit_log::logged(reg, Setting::Allow, Change::Added, &a.network, &note).await?;
             if out.json {
                 output::json(&a)?;
             } else {
@@ -114,7 +114,7 @@ pub async fn allow(reg: &Registry, cmd: AllowCommand) -> anyhow::Result<ExitCode
         }
         AllowCommand::Remove { network } => {
             let network = reg.disallow(&network).await?;
-            super::logged(reg, Setting::Allow, Change::Removed, &network, "").await?;
+            super::audit_log::logged(reg, Setting::Allow, Change::Removed, &network, "").await?;
             println!("removed {} from the allow list", network.trim());
         }
     }
@@ -126,12 +126,13 @@ pub async fn thresholds(reg: &Registry, cmd: GuardCommand) -> anyhow::Result<Exi
     let json = match cmd {
         GuardCommand::Show { out } => out.json,
         GuardCommand::Set { key, value, out } => {
-            reg.set_guard(&super::actor(), &[(&key, Some(&value))])
+            reg.set_guard(&super::audit_log::actor(), &[(&key, Some(&value))])
                 .await?;
             out.json
         }
         GuardCommand::Reset { key, out } => {
-            reg.set_guard(&super::actor(), &[(&key, None)]).await?;
+            reg.set_guard(&super::audit_log::actor(), &[(&key, None)])
+                .await?;
             out.json
         }
     };

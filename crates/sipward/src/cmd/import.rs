@@ -24,7 +24,7 @@ pub async fn run(reg: &Registry, args: ImportArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("importing {} ...", args.file.display());
     let report = reg
-        .import_extensions_csv(std::io::BufReader::new(file), &super::actor())
+        .import_extensions_csv(std::io::BufReader::new(file), &super::audit_log::actor())
         .await?;
     if args.out.json {
         output::json(&report)?;

@@ -53,7 +53,7 @@ pub async fn run(
         )
         .await?;
     for r in &results {
-        super::logged(
+        super::audit_log::logged(
             reg,
             accounts::audit_log::Setting::Extension,
             accounts::audit_log::Change::Regenerated,

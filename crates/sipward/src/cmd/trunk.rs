@@ -122,7 +122,7 @@ pub async fn gateway(reg: &Registry, cmd: GatewayCommand) -> anyhow::Result<Exit
                 host: required(fields.host, "--host", "gateway")?,
             };
             let (view, findings) = reg.add_gateway(&name, new).await?;
-            super::logged(reg, Setting::Gateway, Change::Added, &view.name, "").await?;
+            super::audit_log::logged(reg, Setting::Gateway, Change::Added, &view.name, "").await?;
             saved(
                 &format!("gateway {}", view.name),
                 &view,
@@ -149,7 +149,7 @@ pub async fn gateway(reg: &Registry, cmd: GatewayCommand) -> anyhow::Result<Exit
                 password: fields.password,
                 host: fields.host,
             };
-            let detail = super::given(&[
+            let detail = super::audit_log::given(&[
                 ("vendor", change.vendor.is_some()),
                 ("number", change.number.is_some()),
                 ("auth_id", change.auth_id.is_some()),
@@ -157,7 +157,8 @@ pub async fn gateway(reg: &Registry, cmd: GatewayCommand) -> anyhow::Result<Exit
                 ("host", change.host.is_some()),
             ]);
             let (view, findings) = reg.update_gateway(&name, change).await?;
-            super::logged(reg, Setting::Gateway, Change::Updated, &view.name, &detail).await?;
+            super::audit_log::logged(reg, Setting::Gateway, Change::Updated, &view.name, &detail)
+                .await?;
             saved(
                 &format!("gateway {}", view.name),
                 &view,
@@ -168,7 +169,8 @@ pub async fn gateway(reg: &Registry, cmd: GatewayCommand) -> anyhow::Result<Exit
         }
         GatewayCommand::Remove { name } => {
             reg.remove_gateway(&name).await?;
-            super::logged(reg, Setting::Gateway, Change::Removed, name.trim(), "").await?;
+            super::audit_log::logged(reg, Setting::Gateway, Change::Removed, name.trim(), "")
+                .await?;
             println!("removed gateway {}", name.trim());
         }
         GatewayCommand::List { out } => {
@@ -223,7 +225,7 @@ pub async fn provider(reg: &Registry, cmd: ProviderCommand) -> anyhow::Result<Ex
                 password: required(fields.password, "--password", "provider")?,
             };
             let (view, findings) = reg.add_provider(&name, new).await?;
-            super::logged(reg, Setting::Provider, Change::Added, &view.name, "").await?;
+            super::audit_log::logged(reg, Setting::Provider, Change::Added, &view.name, "").await?;
             saved(
                 &format!("provider {}", view.name),
                 &view,
@@ -248,13 +250,14 @@ pub async fn provider(reg: &Registry, cmd: ProviderCommand) -> anyhow::Result<Ex
                 auth_id: fields.auth_id,
                 password: fields.password,
             };
-            let detail = super::given(&[
+            let detail = super::audit_log::given(&[
                 ("registrar", change.registrar.is_some()),
                 ("auth_id", change.auth_id.is_some()),
                 ("password", change.password.is_some()),
             ]);
             let (view, findings) = reg.update_provider(&name, change).await?;
-            super::logged(reg, Setting::Provider, Change::Updated, &view.name, &detail).await?;
+            super::audit_log::logged(reg, Setting::Provider, Change::Updated, &view.name, &detail)
+                .await?;
             saved(
                 &format!("provider {}", view.name),
                 &view,
@@ -265,7 +268,8 @@ pub async fn provider(reg: &Registry, cmd: ProviderCommand) -> anyhow::Result<Ex
         }
         ProviderCommand::Remove { name } => {
             reg.remove_provider(&name).await?;
-            super::logged(reg, Setting::Provider, Change::Removed, name.trim(), "").await?;
+            super::audit_log::logged(reg, Setting::Provider, Change::Removed, name.trim(), "")
+                .await?;
             println!("removed provider {}", name.trim());
         }
         ProviderCommand::List { out } => {
