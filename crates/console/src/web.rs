@@ -61,6 +61,20 @@ pub struct Web {
     pub server: Arc<dyn accounts::running::RunningServer>,
 }
 
+/// The config's weakened settings (`config.*` findings) as a function of the guard policy
+/// in force.
+#[derive(Clone)]
+pub struct ConfigFindings(pub Arc<FindingsWith>);
+
+/// What [`ConfigFindings`] holds: the findings with a given guard policy.
+pub type FindingsWith = dyn Fn(&policy::ban::BanPolicy) -> Vec<policy::Finding> + Send + Sync;
+
+impl std::fmt::Debug for ConfigFindings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConfigFindings")
+    }
+}
+
 /// What the console shows of the server's settings.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -72,9 +86,10 @@ pub struct Options {
     pub allow: Vec<ipnet::IpNet>,
     /// Where scheduled and automatic backups go.
     pub backups_dir: std::path::PathBuf,
-    /// The config's settings that weaken a defence (`config.*` findings), shown on the
-    /// dashboard.
-    pub config_findings: Vec<policy::Finding>,
+    /// The config's settings that weaken a defence (`config.*` findings) with a given
+    /// guard policy in force, shown on the dashboard with the one in force now (the
+    /// console can change the guard's thresholds).
+    pub config_findings: ConfigFindings,
     /// `[http] trusted_proxies` (for the advisor).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The HTTP side's counters (the advisor reads forwarding headers from unlisted
@@ -683,9 +698,11 @@ async fn dashboard(
             }
         })
         .collect();
-    let settings: Vec<Value> = web
-        .options
-        .config_findings
+    let guard = match web.registry.guard_view().await {
+        Ok(v) => v.policy,
+        Err(_) => (*web.registry.guard_file()).clone(),
+    };
+    let settings: Vec<Value> = (web.options.config_findings.0)(&guard)
         .iter()
         .map(|f| ser(Plain::of(f)))
         .collect();

@@ -350,12 +350,19 @@ impl Config {
     /// The settings that weaken a defence (`config.*` findings, worst first): what
     /// `audit`, `advise`, `serve` and the console's dashboard report.
     pub fn findings(&self) -> Vec<policy::Finding> {
+        self.findings_with(&self.bans)
+    }
+
+    /// The weakened settings with `guard` in force instead of the file's `[guard]` (the
+    /// file's with the thresholds changed in the database over it: a threshold lowered
+    /// from the console is as much a weakening as one lowered in the file).
+    pub fn findings_with(&self, guard: &policy::ban::BanPolicy) -> Vec<policy::Finding> {
         let mail = self.mail.as_ref().map(|m| policy::weakening::MailFacts {
             host: &m.host,
             encrypted: m.security != accounts::mail::Security::None,
         });
         policy::weakening::findings(&policy::weakening::Settings {
-            guard: &self.bans,
+            guard,
             policy: &self.settings.policy,
             dialplan: &self.settings.dialplan,
             mail,

@@ -49,7 +49,8 @@ pub async fn run(
         .map(ToString::to_string)
         .collect();
     let advice = exposure::advise(&facts);
-    let findings = config.findings();
+    let guard = reg.guard_view().await?.policy;
+    let findings = config.findings_with(&guard);
     if json {
         output::json(&Report {
             advice: &advice,

@@ -38,7 +38,8 @@ fn tls_finding(reg: &Registry, config: &Config) -> Option<Finding> {
 
 /// The config's weakened settings first, then every stored account's findings.
 pub async fn run(reg: &Registry, args: AuditArgs, config: &Config) -> anyhow::Result<ExitCode> {
-    let mut findings = config.findings();
+    let guard = reg.guard_view().await?.policy;
+    let mut findings = config.findings_with(&guard);
     findings.extend(tls_finding(reg, config));
     findings.extend(reg.audit().await?);
     let count = |s: Severity| findings.iter().filter(|f| f.severity == s).count();

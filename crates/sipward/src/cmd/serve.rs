@@ -150,7 +150,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let shutdown = shutdown_signal()
         .map_err(|e| anyhow::anyhow!("cannot install the SIGTERM/SIGINT handlers: {e}"))?;
-    let findings = config.findings();
+    let findings = config.findings_with(&reg.guard_view().await?.policy);
     announce_findings(&findings);
     raise_fd_limit();
     let mut rng = rand_core::UnwrapErr(rand::rngs::SysRng);
@@ -253,7 +253,10 @@ pub async fn run(
                 .dir
                 .clone()
                 .unwrap_or_else(|| reg.backups_dir()),
-            config_findings: findings.clone(),
+            config_findings: {
+                let config = config.clone();
+                console::web::ConfigFindings(Arc::new(move |guard| config.findings_with(guard)))
+            },
             trusted_proxies: config.http.trusted_proxies.clone(),
             http: counters.clone(),
         },

@@ -510,6 +510,22 @@ fn a_threshold_changed_from_the_cli_or_api_is_in_force_on_the_running_server() {
         .collect();
     assert_eq!(changes, ["auth_failures = 3", "ban_secs = 120"]);
 
+    // A weakening made outside the file is reported like one made in it.
+    let weak_login_finding = |env: &Env| {
+        env.json(&["audit", "--json"])["findings"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .any(|f| f["field"] == "guard.weak_credentials")
+    };
+    assert!(
+        !weak_login_finding(&env),
+        "control: the file's setting is no finding"
+    );
+    env.ok(&["guard", "set", "weak_credentials", "allow"]);
+    assert!(weak_login_finding(&env), "the setting changed here is");
+    env.ok(&["guard", "reset", "weak_credentials"]);
+
     env.ok(&["guard", "reset", "auth_failures"]);
     let shown = env.json(&["guard", "show", "--json"]);
     assert_eq!(shown["auth_failures"], 100, "{shown}");
