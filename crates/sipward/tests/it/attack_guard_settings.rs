@@ -224,6 +224,46 @@ fn the_api_refuses_every_key_and_value_outside_the_editable_ones_all_or_none() {
 }
 
 #[test]
+fn a_guard_key_padded_with_whitespace_is_not_a_guard_key() {
+    // The API documents `additionalProperties: false` over the editable keys, and the
+    // brief's promise is that nothing outside them is taken. The registry trims each
+    // key first: " auth_failures" (or with a newline, an ideographic space, a line
+    // separator) is taken as `auth_failures`, and one body can then change one setting
+    // twice under two spellings, each logged as its own change.
+    let (env, bearer) = office("");
+    let server = env.serve();
+    let base = format!("http://{}", server.http);
+    let auth = ["-H", bearer.as_str()];
+    let mut taken = Vec::new();
+    for body in [
+        r#"{" auth_failures": 3}"#,
+        r#"{"auth_failures\n": 3}"#,
+        r#"{"\u3000auth_failures": 3}"#,
+        r#"{"auth_failures\u2028": 3}"#,
+        r#"{"auth_failures": 3, "auth_failures ": 50}"#,
+    ] {
+        let (code, answer) = patch(&env, &base, &auth, body);
+        if code != 400 {
+            let shown = answer.get(..answer.len().min(60)).unwrap_or_default();
+            taken.push(format!(
+                "{body} -> {code} {shown}..., stored: {}",
+                overrides(&env)
+            ));
+        }
+        env.ok(&["guard", "reset", "auth_failures"]);
+    }
+    // Control: the key as documented is taken.
+    let (code, answer) = patch(&env, &base, &auth, r#"{"auth_failures": 3}"#);
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(overrides(&env), json!({"auth_failures": 3}));
+    server.stop();
+    assert!(
+        taken.is_empty(),
+        "keys outside the editable ones were taken: {taken:#?}"
+    );
+}
+
+#[test]
 fn only_an_authenticated_administrator_changes_a_threshold() {
     let (env, bearer) = office("");
     let server = env.serve();
