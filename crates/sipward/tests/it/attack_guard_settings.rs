@@ -72,6 +72,15 @@ fn guard_changes(env: &Env) -> Vec<String> {
     v
 }
 
+/// Sends SIGHUP and waits for the server's line `mark` to appear once more.
+fn hangup(server: &crate::peers::Server, mark: &str) {
+    let before = server.log().matches(mark).count();
+    server.signal("HUP");
+    eventually(mark, Duration::from_secs(10), || {
+        server.log().matches(mark).count() > before
+    });
+}
+
 #[test]
 fn the_api_refuses_every_key_and_value_outside_the_editable_ones_all_or_none() {
     let (env, bearer) = office("");
@@ -407,6 +416,66 @@ fn only_an_authenticated_administrator_changes_a_threshold() {
     assert_eq!(code, 400, "{answer}");
     assert_eq!(overrides(&env), json!({"auth_failures": 3}));
     server.stop();
+}
+
+#[test]
+fn overrides_a_new_config_file_makes_invalid_leave_the_file_rules_and_say_so() {
+    // Stored from the CLI over a file with flood limits of 100: a stricter login limit
+    // and a silence threshold of 80. The file then lowers flood_requests to 60, below
+    // the stored silence threshold: the override set no longer fits it.
+    let (env, _) =
+        office("[guard]\nauth_failures = 50\nflood_requests = 100\nsilence_requests = 60\n");
+    env.ok(&["guard", "set", "auth_failures", "3"]);
+    env.ok(&["guard", "set", "silence_requests", "80"]);
+    let server = env.serve();
+    std::fs::write(
+        env.data.join("sipward.toml"),
+        "[guard]\nauth_failures = 4\nflood_requests = 60\nsilence_requests = 30\n",
+    )
+    .expect("config");
+    hangup(&server, "config reloaded");
+    // The server runs on, with the file's rules (not none): the fourth wrong guess bans.
+    let shown = env.json(&["guard", "show", "--json"]);
+    assert!(shown["refused"].is_string(), "{shown}");
+    assert_eq!(shown["auth_failures"], 4, "{shown}");
+    let guesser = UdpClient::from_address("127.0.0.2", server.sip, Duration::from_millis(500));
+    let wrong = Login {
+        password: "guess",
+        ..ALICE
+    };
+    for i in 0..4 {
+        let answer = register(&guesser, &wrong, &format!("g{i}"), 1, None, None);
+        assert_eq!(status(&answer), 401, "guess {i}");
+    }
+    let after = guesser.request(&register_text(&guesser, "1001", 1, "after", None, None, ""));
+    assert_eq!(after, None, "banned by the file's threshold");
+
+    // The hole: the administrator's stricter auth_failures = 3 was dropped with every
+    // other override, and the server never says so. `guard_settings_refused` is only
+    // emitted when the policy in force changes, but the reload (and the start) put the
+    // file's policy in force *before* comparing, so it never differs.
+    let mut log = server.log();
+    server.stop();
+    // A start on the same store and file: it starts, with the file's rules.
+    let server = env.serve();
+    let (code, _) = server.http_get("/login");
+    assert_eq!(code, 200, "the restarted server answers");
+    let fresh = UdpClient::from_address("127.0.0.4", server.sip, Duration::from_millis(500));
+    for i in 0..4 {
+        let answer = register(&fresh, &wrong, &format!("r{i}"), 1, None, None);
+        assert_eq!(status(&answer), 401, "guess {i} after the restart");
+    }
+    let after = fresh.request(&register_text(&fresh, "1001", 1, "after", None, None, ""));
+    assert_eq!(
+        after, None,
+        "banned by the file's threshold after the restart"
+    );
+    log.push_str(&server.log());
+    server.stop();
+    assert!(
+        log.contains("guard_settings_refused"),
+        "the dropped overrides are announced as a security event: {log}"
+    );
 }
 
 #[test]
