@@ -479,6 +479,43 @@ fn overrides_a_new_config_file_makes_invalid_leave_the_file_rules_and_say_so() {
 }
 
 #[test]
+fn a_reload_announces_the_weakenings_in_force_not_the_file_alone() {
+    // `serve` announces each weakened setting (`config_weakened`) with the guard policy
+    // in force at start; at SIGHUP it announces `config.findings()`, the file's
+    // `[guard]` alone, so a weakening stored from the console or CLI disappears from
+    // the event stream at the first reload.
+    let env = Env::with_config("[guard]\nban_scanners = false\n");
+    env.ok(&["ext", "list"]);
+    env.ok(&["guard", "set", "weak_credentials", "allow"]);
+    let server = env.serve();
+    let announced = |field: &str| {
+        server
+            .log()
+            .lines()
+            .filter(|l| l.contains(r#""event":"config_weakened""#) && l.contains(field))
+            .count()
+    };
+    eventually("the start's announcements", Duration::from_secs(5), || {
+        announced("guard.ban_scanners") == 1
+    });
+    assert_eq!(
+        announced("guard.weak_credentials"),
+        1,
+        "control: at start the stored weakening is announced"
+    );
+    hangup(&server, "config reloaded");
+    eventually("the reload's announcements", Duration::from_secs(5), || {
+        announced("guard.ban_scanners") == 2
+    });
+    let weak = announced("guard.weak_credentials");
+    server.stop();
+    assert_eq!(
+        weak, 2,
+        "the reload announces the stored weak_credentials = allow too"
+    );
+}
+
+#[test]
 fn made_up_user_names_never_reach_the_accounts_under_attack() {
     let (env, _) = office("[guard]\nauth_failures = 100\nflood_requests = \"off\"\n");
     let server = env.serve();
