@@ -72,6 +72,17 @@ fn guard_changes(env: &Env) -> Vec<String> {
     v
 }
 
+/// The `config.*` findings' fields `sipward audit` reports.
+fn config_fields(env: &Env) -> Vec<String> {
+    env.json(&["audit", "--json"])["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["subject"] == "config")
+        .map(|f| f["field"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
 /// Sends SIGHUP and waits for the server's line `mark` to appear once more.
 fn hangup(server: &crate::peers::Server, mark: &str) {
     let before = server.log().matches(mark).count();
@@ -512,6 +523,42 @@ fn a_reload_announces_the_weakenings_in_force_not_the_file_alone() {
     assert_eq!(
         weak, 2,
         "the reload announces the stored weak_credentials = allow too"
+    );
+}
+
+#[test]
+fn escalation_turned_off_outside_the_file_is_a_finding() {
+    // A source banned `repeat_bans` times within `repeat_window_secs` is banned for a
+    // week. Both are editable from the console: 100 bans (an hour each: at most 24 a
+    // day) or a one-minute window mean no source is ever escalated, and the audit says
+    // nothing, where every shortened ban is reported.
+    let env = Env::new();
+    env.ok(&["ext", "list"]);
+    env.ok(&["guard", "set", "repeat_ban_secs", "60"]);
+    assert!(
+        config_fields(&env)
+            .iter()
+            .any(|f| f == "guard.repeat_ban_secs"),
+        "control: a shortened escalated ban is a finding"
+    );
+    env.ok(&["guard", "reset", "repeat_ban_secs"]);
+    assert!(
+        config_fields(&env)
+            .iter()
+            .all(|f| !f.starts_with("guard.repeat"))
+    );
+    let mut missing = Vec::new();
+    for (key, value) in [("repeat_bans", "100"), ("repeat_window_secs", "60")] {
+        env.ok(&["guard", "set", key, value]);
+        let fields = config_fields(&env);
+        if !fields.iter().any(|f| f.starts_with("guard.repeat")) {
+            missing.push(format!("{key} = {value} ({fields:?})"));
+        }
+        env.ok(&["guard", "reset", key]);
+    }
+    assert!(
+        missing.is_empty(),
+        "escalation turned off without a finding: {missing:?}"
     );
 }
 
