@@ -203,7 +203,9 @@ impl Registry {
         let mut overrides = Overrides::from_stored(stored.as_deref());
         let mut details = Vec::with_capacity(changes.len());
         for (key, value) in changes {
-            let key = key.trim();
+            // Taken as given: a key padded with spaces is no key (trimming it would let
+            // one body set one setting twice, under two spellings).
+            let key = *key;
             let detail = match value {
                 Some(text) => {
                     let v = typed(key, text)?;

@@ -41,6 +41,7 @@ pub fn title(check: Check) -> &'static str {
         Check::NoDecoys => "No decoy accounts",
         Check::AuthFailuresLenient => "Many failed logins allowed",
         Check::BansShort => "Bans are short",
+        Check::EscalationOff => "Repeat offenders are never banned longer",
         Check::ExtensionLockoutOff => "Accounts under guessing stay open",
         Check::ExtensionLockoutLenient => "Accounts under guessing close late",
         Check::WeakCredentialsAllowed => "Weak credentials may register",

@@ -156,20 +156,25 @@ pub struct Reconfigure {
 }
 
 impl Reconfigure {
+    /// The guard's rules in force now (the file's with the stored changes over them).
+    pub fn guard_policy(&self) -> policy::ban::BanPolicy {
+        (*self.endpoint.guard.policy()).clone()
+    }
+
     /// Puts `live` in force: the guard's rules and the dial plan from the next message,
     /// the mail settings from the next outbox round. The classes of service are
     /// recomputed from the store under the new plan; if the store cannot be read the
     /// new plan is in force already and the lines follow at the next directory reload.
     pub async fn apply(&self, live: Live) -> Result<()> {
         // The file's rules at once; the console's changes over them as soon as they are
-        // read (if the store cannot be read, at the next guard reload).
+        // read (if the store cannot be read, once the guard version next moves).
         self.registry.set_guard_file(live.bans.clone());
         self.endpoint.guard.set_policy(live.bans);
         self.registry.set_dialplan(live.dialplan.clone());
         self.endpoint.outbound.set_plan(live.dialplan);
         self.mailer.send_replace(live.mailer);
         let mut conn = self.registry.store().conn().await?;
-        apply_guard_policy(&mut conn, &self.registry, &self.endpoint).await?;
+        apply_guard_policy(&mut conn, &self.registry, &self.endpoint, true).await?;
         let rows = store::outbound::calling(&mut conn).await?;
         self.endpoint
             .outbound
@@ -796,6 +801,7 @@ async fn apply_guard_policy(
     conn: &mut dyn store::Db,
     registry: &Registry,
     endpoint: &Endpoint,
+    announce: bool,
 ) -> Result<()> {
     let stored = gq::overrides(conn).await?;
     let overrides = accounts::guard_policy::Overrides::from_stored(stored.as_deref());
@@ -804,14 +810,18 @@ async fn apply_guard_policy(
         Ok(p) => (p, None),
         Err(e) => ((*file).clone(), Some(e)),
     };
-    // Said once, when the rules in force change, not at every ban's reload.
-    if *endpoint.guard.policy() != policy {
-        if let Some(e) = refused {
-            accounts::event::emit(&serde_json::json!({
-                "event": "guard_settings_refused",
-                "detail": e.to_string(),
-            }));
-        }
+    // Said at start and at each config reload (`announce`), and when the rules in
+    // force change: not at every ban's reload.
+    let changed = *endpoint.guard.policy() != policy;
+    if let Some(e) = refused
+        && (announce || changed)
+    {
+        accounts::event::emit(&serde_json::json!({
+            "event": "guard_settings_refused",
+            "detail": e.to_string(),
+        }));
+    }
+    if changed {
         endpoint.guard.set_policy(policy);
     }
     Ok(())
@@ -824,7 +834,8 @@ async fn load_guard(
     now: i64,
     announce: bool,
 ) -> Result<()> {
-    apply_guard_policy(conn, registry, endpoint).await?;
+    // At start (not `announce`: the guard's first load) a refusal is said too.
+    apply_guard_policy(conn, registry, endpoint, !announce).await?;
     // Expired records too: they feed escalation.
     let bans = gq::bans(conn, None).await?;
     let allow = gq::allow_list(conn).await?;

@@ -113,6 +113,9 @@ pub enum Check {
     NoDecoys,
     AuthFailuresLenient,
     BansShort,
+    /// Repeat offenders can never be banned often enough within the window to get the
+    /// long ban.
+    EscalationOff,
     ExtensionLockoutOff,
     ExtensionLockoutLenient,
     WeakCredentialsAllowed,
@@ -202,6 +205,7 @@ impl Check {
             Check::NoDecoys => "no_decoys",
             Check::AuthFailuresLenient => "auth_failures_lenient",
             Check::BansShort => "bans_short",
+            Check::EscalationOff => "escalation_off",
             Check::ExtensionLockoutOff => "extension_lockout_off",
             Check::ExtensionLockoutLenient => "extension_lockout_lenient",
             Check::WeakCredentialsAllowed => "weak_credentials_allowed",
@@ -240,6 +244,7 @@ impl Check {
             | NoDecoys
             | AuthFailuresLenient
             | BansShort
+            | EscalationOff
             | ExtensionLockoutOff
             | ExtensionLockoutLenient
             | WeakCredentialsAllowed
@@ -284,6 +289,7 @@ impl Check {
             | NoDecoys
             | AuthFailuresLenient
             | BansShort
+            | EscalationOff
             | ExtensionLockoutOff
             | ExtensionLockoutLenient
             | WeakCredentialsAllowed

@@ -231,6 +231,20 @@ fn guard(r: &mut Report, g: &BanPolicy) {
             ),
         );
     }
+    // A source can be banned at most once per ban length: more repeat bans than fit in
+    // the window never add up, and the long ban never comes.
+    let fit = g.repeat_window_secs / g.ban_secs.max(1) + 1;
+    if i64::from(g.repeat_bans) > fit {
+        r.push(
+            Check::EscalationOff,
+            Severity::Warning,
+            "guard.repeat_bans",
+            format!(
+                "a source must be banned {} times within {} s for the long ban, but bans of {} s fit only {fit} times: a guesser that waits out each ban is never banned longer",
+                g.repeat_bans, g.repeat_window_secs, g.ban_secs
+            ),
+        );
+    }
     // The other bans default to a day or a week: cut below an hour, a prober, a decoy
     // or scanner hit, a flooder or a repeat offender is back before anyone looks.
     for (field, value, default) in [

@@ -348,14 +348,10 @@ pub struct Config {
 
 impl Config {
     /// The settings that weaken a defence (`config.*` findings, worst first): what
-    /// `audit`, `advise`, `serve` and the console's dashboard report.
-    pub fn findings(&self) -> Vec<policy::Finding> {
-        self.findings_with(&self.bans)
-    }
-
-    /// The weakened settings with `guard` in force instead of the file's `[guard]` (the
-    /// file's with the thresholds changed in the database over it: a threshold lowered
-    /// from the console is as much a weakening as one lowered in the file).
+    /// `audit`, `advise`, `serve` and the console's dashboard report, with `guard` in
+    /// force instead of the file's `[guard]` (the file's with the thresholds changed in
+    /// the database over it: a threshold lowered from the console is as much a
+    /// weakening as one lowered in the file).
     pub fn findings_with(&self, guard: &policy::ban::BanPolicy) -> Vec<policy::Finding> {
         let mail = self.mail.as_ref().map(|m| policy::weakening::MailFacts {
             host: &m.host,
@@ -1189,21 +1185,28 @@ mod tests {
         let c = config("[guard]\nflood_requests = \"off\"\nextension_failures = \"off\"\n")
             .expect("off is taken");
         assert_eq!((c.bans.flood_requests, c.bans.extension_failures), (0, 0));
-        let rules: Vec<String> = c.findings().iter().map(|f| f.rule.to_string()).collect();
+        let rules: Vec<String> = c
+            .findings_with(&c.bans)
+            .iter()
+            .map(|f| f.rule.to_string())
+            .collect();
         assert_eq!(
             rules,
             ["config.extension_lockout_off", "config.flood_limits_off"]
         );
-        assert!(config("").expect("defaults").findings().is_empty());
+        assert!({
+            let c = config("").expect("defaults");
+            c.findings_with(&c.bans).is_empty()
+        });
         // A relay on this machine may go without TLS; anywhere else it is critical.
         let local = config(
             "[mail]\nsmtp_host = \"127.0.0.1\"\nfrom = \"pbx@example.com\"\nsecurity = \"none\"\n",
         )
         .expect("local relay");
-        assert!(local.findings().is_empty());
+        assert!(local.findings_with(&local.bans).is_empty());
         let remote = config("[mail]\nsmtp_host = \"mail.example.com\"\nfrom = \"pbx@example.com\"\nsecurity = \"none\"\n")
             .expect("accepted, and reported");
-        let f = remote.findings();
+        let f = remote.findings_with(&remote.bans);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].rule.to_string(), "config.mail_unencrypted");
         assert_eq!(f[0].severity, policy::Severity::Critical);

@@ -432,7 +432,7 @@ async fn reload_config(source: &Source, server: &Reconfigure) {
         );
         return;
     }
-    announce_findings(&config.findings());
+    announce_findings(&config.findings_with(&server.guard_policy()));
     tracing::info!(
         "config reloaded: [guard], [dialplan], [mail] and [log] are in force; [sip], [http], [console], [registrar], [policy], [provisioning] and [backup] take effect at the next start"
     );
