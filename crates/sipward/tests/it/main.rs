@@ -11,6 +11,7 @@ mod attack_revoke;
 mod attack_settings;
 mod attack_tls;
 mod attack_transfer;
+mod attack_voicemail;
 mod attacks;
 mod backup;
 mod bad_input;

@@ -1,0 +1,260 @@
+//! Attacks on the voicemail's media (crates/pbx/src/voicemail.rs, rtp.rs), played on
+//! the wire against the real binary by an authenticated extension that calls a box.
+//!
+//! The box answers any call to an extension that no phone takes, so whoever can call an
+//! extension (any extension of any class, or a caller from a trunk) opens a deposit: a
+//! port pair from the pool, a greeting played as RTP, and a recording. These tests ask
+//! where that RTP goes, and whether the port comes back when the caller sends no audio.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use crate::harness::Env;
+use crate::peers::{Server, free_port};
+use crate::user_agent::{Account, Dialog, Outgoing, Ua, answers, body, ext, header, status};
+
+/// MD5 only (the test agent's digest) and a range of RTP ports of this run's own.
+fn config() -> String {
+    let base = (free_port() & !1).min(65_000);
+    format!(
+        "[sip]\ndigest_algorithms = [\"MD5\"]\n[media]\nrtp_ports = \"{base}-{}\"\n",
+        base + 39
+    )
+}
+
+/// An SDP offer whose media go to `media` (PCMU and telephone-event).
+fn offer(signalling: SocketAddr, media: SocketAddr) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 {sip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+         a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\n",
+        sip = signalling.ip(),
+        ip = media.ip(),
+        port = media.port()
+    )
+}
+
+/// Calls `box_number` (no phone registered: the box answers) with an SDP naming
+/// `media`, ACKs the 200; returns the dialog and the port sipward's answer named.
+async fn call_box(caller: &Ua, box_number: &str, media: SocketAddr) -> (Dialog, Outgoing, u16) {
+    let ruri = format!("sip:{box_number}@{}", caller.pbx);
+    let (out, _) = caller
+        .request_authenticated(
+            "INVITE",
+            &ruri,
+            &ruri,
+            "Content-Type: application/sdp\r\n",
+            &offer(caller.addr, media),
+            false,
+        )
+        .await;
+    let ok = caller
+        .try_wait(Duration::from_secs(10), |m| {
+            answers(m, &out) && status(m) >= 200
+        })
+        .await
+        .unwrap_or_else(|| panic!("no final answer from the box for {}", out.call_id));
+    assert_eq!(status(&ok), 200, "the box answers: {ok}");
+    let port = body(&ok)
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|p| p.trim().parse().ok())
+        .expect("the answer names a port");
+    let d = Dialog::uac(&out, &ok);
+    caller.ack_2xx(&d, out.cseq).await;
+    (d, out, port)
+}
+
+/// Datagrams (count, bytes) arriving at `socket` within `window`.
+fn collect(socket: &UdpSocket, window: Duration) -> (usize, usize) {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let start = Instant::now();
+    let mut buf = [0u8; 2048];
+    let (mut n, mut bytes) = (0, 0);
+    while start.elapsed() < window {
+        if let Ok(len) = socket.recv(&mut buf) {
+            n += 1;
+            bytes += len;
+        }
+    }
+    (n, bytes)
+}
+
+/// The status of the final answer to `out`, if one comes within 3 s.
+async fn final_answer(ua: &Ua, out: &Outgoing) -> Option<u16> {
+    ua.try_wait(Duration::from_secs(3), |m| {
+        answers(m, out) && status(m) >= 200
+    })
+    .await
+    .map(|m| status(&m))
+}
+
+async fn phone(ip: &str, server: &Server, account: &Account) -> Ua {
+    Ua::phone(ip, server.sip, account).await
+}
+
+/// WITHSTOOD. A stranger on another address, who knows the port (the pool hands out
+/// the lowest free pair, so it is easy to guess), sends RTP before the caller's first
+/// packet: it is refused, does not latch the call, and the greeting keeps going to the
+/// caller, not to the stranger. The caller's own re-INVITE naming the stranger's
+/// address is refused 488 and moves nothing; its REFER to a number abroad is 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_racing_the_first_packet_does_not_latch_the_call() {
+    let env = Env::with_config(&config());
+    let a = ext(&env, "1001", "international");
+    ext(&env, "1002", "international");
+    let server = env.serve();
+    let caller = phone("127.0.0.65", &server, &a).await;
+    let own = UdpSocket::bind("127.0.0.65:0").expect("bind");
+    let stranger = UdpSocket::bind("127.0.0.66:0").expect("bind stranger");
+    let (mut d, _, port) = call_box(&caller, "1002", own.local_addr().expect("addr")).await;
+    let target = SocketAddr::new(server.sip.ip(), port);
+    let payload = [0xffu8; 160];
+    for i in 0..50u16 {
+        let p = media::rtp::RtpPacket {
+            marker: i == 0,
+            payload_type: 0,
+            sequence: i,
+            timestamp: u32::from(i) * 160,
+            ssrc: 0xbad,
+            payload: &payload,
+        };
+        stranger.send_to(&p.build(), target).expect("send");
+    }
+    // Then the caller itself moves the media to the stranger's address by re-INVITE,
+    // and asks the box to transfer it there by REFER: both refused.
+    let reinvite = caller
+        .send_in_dialog(
+            &mut d,
+            "INVITE",
+            "Content-Type: application/sdp\r\n",
+            &offer(caller.addr, stranger.local_addr().expect("addr")),
+        )
+        .await;
+    let reinvite_cseq = d.cseq;
+    let refer = caller
+        .send_in_dialog(
+            &mut d,
+            "REFER",
+            &format!("Refer-To: <sip:004420794600@{}>\r\n", caller.pbx),
+            "",
+        )
+        .await;
+    let refer_cseq = d.cseq;
+    let answer_to = |cseq: u32, method: &'static str| {
+        let call_id = d.call_id.clone();
+        move |m: &str| {
+            status(m) >= 200
+                && header(m, "Call-ID") == Some(call_id.as_str())
+                && crate::user_agent::cseq(m) == Some((cseq, method.to_owned()))
+        }
+    };
+    let re = caller
+        .try_wait(Duration::from_secs(3), answer_to(reinvite_cseq, "INVITE"))
+        .await
+        .map(|m| status(&m));
+    let rf = caller
+        .try_wait(Duration::from_secs(3), answer_to(refer_cseq, "REFER"))
+        .await
+        .map(|m| status(&m));
+    assert!(!reinvite.is_empty() && !refer.is_empty());
+    assert_eq!(
+        (re, rf),
+        (Some(488), Some(403)),
+        "re-INVITE and REFER refused"
+    );
+    let (to_stranger, _) = collect(&stranger, Duration::from_secs(2));
+    let (to_caller, _) = collect(&own, Duration::from_secs(1));
+    caller.send_in_dialog(&mut d, "BYE", "", "").await;
+    assert_eq!(to_stranger, 0, "the stranger latched the call");
+    assert!(
+        to_caller >= 10,
+        "the caller still hears the greeting ({to_caller})"
+    );
+    assert!(
+        server.metric("sipward_rtp_dropped_total{reason=\"wrong_source\"}") >= 50,
+        "the stranger's packets are counted as dropped"
+    );
+    server.stop();
+}
+
+/// WITHSTOOD. SUBSCRIBE for message-summary: a registered phone of 1001 asking for
+/// 1002's box, and 1001's own credentials from an address where no phone of 1001 is
+/// registered (a forged or borrowed source), are refused 403 and get no NOTIFY; the
+/// unauthenticated request is challenged. Control: the registered phone subscribing
+/// to its own box gets 200 and a NOTIFY on its flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_boxs_own_registered_phone_subscribes_to_it() {
+    let env = Env::with_config(&config());
+    let a = ext(&env, "1001", "international");
+    ext(&env, "1002", "international");
+    let server = env.serve();
+    let registered = phone("127.0.0.67", &server, &a).await;
+    registered.register().await;
+    let elsewhere = phone("127.0.0.68", &server, &a).await;
+    let events =
+        "Event: message-summary\r\nAccept: application/simple-message-summary\r\nExpires: 60\r\n";
+    let notifies = |ua: &Ua| {
+        ua.received()
+            .iter()
+            .filter(|r| r.text.starts_with("NOTIFY "))
+            .count()
+    };
+
+    // Another extension's box, from a registered phone.
+    let ruri = format!("sip:1002@{}", server.sip);
+    let (out, first) = registered
+        .request_authenticated("SUBSCRIBE", &ruri, &ruri, events, "", false)
+        .await;
+    assert_eq!(first.as_deref().map(status), Some(401), "challenged first");
+    assert_eq!(final_answer(&registered, &out).await, Some(403));
+
+    // The own box, with the right credentials, from an address not registered.
+    let ruri = format!("sip:1001@{}", server.sip);
+    let (out, _) = elsewhere
+        .request_authenticated("SUBSCRIBE", &ruri, &ruri, events, "", false)
+        .await;
+    assert_eq!(final_answer(&elsewhere, &out).await, Some(403));
+
+    // Control: the registered phone, its own box.
+    let (out, _) = registered
+        .request_authenticated("SUBSCRIBE", &ruri, &ruri, events, "", false)
+        .await;
+    assert_eq!(final_answer(&registered, &out).await, Some(200));
+    let got = registered
+        .try_wait(Duration::from_secs(3), |m| {
+            m.starts_with("NOTIFY ") && m.contains("Messages-Waiting")
+        })
+        .await;
+    assert!(got.is_some(), "control: the own box's state is NOTIFYed");
+    // Silence observed, not assumed: half a second with nothing new, at most 3 s.
+    let quiet = Duration::from_millis(500);
+    elsewhere
+        .quiet_after(0, Instant::now(), quiet, Duration::from_secs(3))
+        .await;
+    registered
+        .quiet_after(0, Instant::now(), quiet, Duration::from_secs(3))
+        .await;
+    assert_eq!(
+        notifies(&elsewhere),
+        0,
+        "nothing went to the unregistered address"
+    );
+    // The test agent does not answer NOTIFYs: retransmissions of one are one.
+    let mut all: Vec<String> = registered
+        .received()
+        .iter()
+        .filter(|r| r.text.starts_with("NOTIFY "))
+        .map(|r| r.text.clone())
+        .collect();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        1,
+        "one NOTIFY, for the one accepted subscription: {all:#?}"
+    );
+    server.stop();
+}
