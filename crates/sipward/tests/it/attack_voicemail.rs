@@ -96,6 +96,51 @@ async fn phone(ip: &str, server: &Server, account: &Account) -> Ua {
     Ua::phone(ip, server.sip, account).await
 }
 
+/// HOLE (RTP reflection with amplification). An extension calls a box with an SDP whose
+/// `c=`/`m=` name a victim's address (not the caller's, and not the IP its INVITE came
+/// from). Until a packet from the caller latches the call, `RtpPeer::target` is the
+/// SDP's address, and the greeting (and the tone, and the RTCP BYE) is sent there: one
+/// INVITE of a few hundred bytes makes sipward send the whole greeting, seconds of
+/// 50 packets a second, to a third party that never asked; four at once per source
+/// address, and from every address the caller holds. The rule sipward states is that
+/// RTP goes to the caller: sent before any packet proves the address, it should go only
+/// to an address on the caller's signalling IP.
+///
+/// Control: the same caller naming its own address hears the greeting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_greeting_is_not_reflected_at_an_address_the_sdp_names() {
+    let env = Env::with_config(&config());
+    let attacker = ext(&env, "1001", "international");
+    ext(&env, "1002", "international");
+    let server = env.serve();
+    let caller = phone("127.0.0.61", &server, &attacker).await;
+
+    // Control first: media at the caller's own address come back.
+    let own = UdpSocket::bind("127.0.0.61:0").expect("bind own RTP");
+    let (mut d, _, _) = call_box(&caller, "1002", own.local_addr().expect("addr")).await;
+    let (own_packets, _) = collect(&own, Duration::from_secs(2));
+    caller.send_in_dialog(&mut d, "BYE", "", "").await;
+    assert!(
+        own_packets >= 20,
+        "control: the caller's own address hears the greeting ({own_packets} packets)\n{}",
+        server.log()
+    );
+
+    // The attack: the SDP names a victim on another address.
+    let victim = UdpSocket::bind("127.0.0.62:0").expect("bind the victim");
+    let sent_invite = offer(caller.addr, victim.local_addr().expect("addr")).len();
+    let (mut d, _, _) = call_box(&caller, "1002", victim.local_addr().expect("addr")).await;
+    let (packets, bytes) = collect(&victim, Duration::from_secs(4));
+    caller.send_in_dialog(&mut d, "BYE", "", "").await;
+    assert_eq!(
+        (packets, bytes),
+        (0, 0),
+        "sipward sent {packets} datagrams ({bytes} bytes in 4 s) to a victim named only in \
+         the SDP of one INVITE (body {sent_invite} bytes)"
+    );
+    server.stop();
+}
+
 /// WITHSTOOD. A stranger on another address, who knows the port (the pool hands out
 /// the lowest free pair, so it is easy to guess), sends RTP before the caller's first
 /// packet: it is refused, does not latch the call, and the greeting keeps going to the
