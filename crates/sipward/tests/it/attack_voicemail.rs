@@ -141,6 +141,70 @@ async fn the_greeting_is_not_reflected_at_an_address_the_sdp_names() {
     server.stop();
 }
 
+/// HOLE (ports held forever). The deposit ends on no media for 20 s, on 10 s of
+/// silence, or at the longest message (180 s of recorded audio). But the no-media
+/// timer is reset by any RTCP packet from the caller's IP (and by RTP of any payload
+/// type, DTMF included), while silence and length are measured only on recorded audio.
+/// A caller who sends one RTCP receiver report every few seconds and no audio is never
+/// ended by any of them: the call and its port pair stay while the caller wants, and
+/// four per source address drain the configured range (the SIP side has no session
+/// timer either). A call that sends no audio should end like one that sends nothing.
+///
+/// Control: a call from another address that sends nothing at all is ended (BYE from
+/// the box) once the no-media time has passed; both calls run at the same time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_sends_only_rtcp_is_ended_like_a_silent_one() {
+    let env = Env::with_config(&config());
+    let a = ext(&env, "1001", "international");
+    let b = ext(&env, "1003", "international");
+    ext(&env, "1002", "international");
+    let server = env.serve();
+    let holder = phone("127.0.0.63", &server, &a).await;
+    let silent = phone("127.0.0.64", &server, &b).await;
+
+    let holder_rtp = UdpSocket::bind("127.0.0.63:0").expect("bind");
+    let silent_rtp = UdpSocket::bind("127.0.0.64:0").expect("bind");
+    let (_, held_out, port) =
+        call_box(&holder, "1002", holder_rtp.local_addr().expect("addr")).await;
+    let (_, silent_out, _) =
+        call_box(&silent, "1002", silent_rtp.local_addr().expect("addr")).await;
+    let rtcp_at = SocketAddr::new(server.sip.ip(), port + 1);
+    assert_eq!(server.metric("sipward_rtp_ports_in_use"), 2);
+
+    // No media (20 s) plus slack: every 2 s one RTCP receiver report, never audio.
+    let report = media::rtcp::receiver_report(0x5eed_0001, "holder");
+    let bye_from_box = |out: &Outgoing| {
+        let call_id = out.call_id.clone();
+        move |m: &str| m.starts_with("BYE ") && header(m, "Call-ID") == Some(call_id.as_str())
+    };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(27) {
+        holder_rtp.send_to(&report, rtcp_at).expect("send RTCP");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let silent_ended = silent
+        .try_wait(Duration::from_millis(100), bye_from_box(&silent_out))
+        .await
+        .is_some();
+    let held_ended = holder
+        .try_wait(Duration::from_millis(100), bye_from_box(&held_out))
+        .await
+        .is_some();
+    let in_use = server.metric("sipward_rtp_ports_in_use");
+    assert!(
+        silent_ended,
+        "control: the box hangs up a call that sends nothing\n{}",
+        server.log()
+    );
+    assert!(
+        held_ended && in_use == 0,
+        "a call that sends only RTCP is still up after {:?} (box hung up: {held_ended}; \
+         RTP ports in use: {in_use})",
+        start.elapsed()
+    );
+    server.stop();
+}
+
 /// WITHSTOOD. A stranger on another address, who knows the port (the pool hands out
 /// the lowest free pair, so it is easy to guess), sends RTP before the caller's first
 /// packet: it is refused, does not latch the call, and the greeting keeps going to the
