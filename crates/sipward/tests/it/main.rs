@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `sipward` binary on temporary data dirs.
 
 mod at_rest;
+mod attack_cluster;
 mod attack_console;
 mod attack_console_writes;
 mod attack_dialogs;
