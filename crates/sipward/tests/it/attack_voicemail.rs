@@ -367,3 +367,97 @@ async fn only_the_boxs_own_registered_phone_subscribes_to_it() {
     );
     server.stop();
 }
+
+/// HOLE (one caller shuts the box for everyone calling from the PSTN). The RTP pool's
+/// per-source share (4 pairs) is counted on the signalling source, and every call that
+/// comes in from a trunk has the trunk's address as its source. So four callers
+/// anywhere in the world, dialling the office's DIDs and leaving long messages (180 s
+/// each, or without end with the RTCP-only call above when the provider relays RTCP),
+/// hold the whole provider's share: every other external caller is answered 503 by
+/// every box. Shown here with four calls from the gateway that stay in the greeting, and
+/// a fifth, to another extension's box, refused.
+///
+/// Control: an extension calling from its own address still reaches the box, so the
+/// pool itself has ports to give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_callers_through_a_trunk_do_not_close_every_box_to_the_pstn() {
+    let env = Env::with_config(&format!(
+        "{}[dialplan]\ncountry_code = \"49\"\ninternational_prefix = \"00\"\nnational_prefix = \"0\"\n",
+        config()
+    ));
+    let gw = Ua::bind("127.0.0.69", "127.0.0.1:9".parse().expect("addr")).await;
+    env.ok(&[
+        "gateway",
+        "add",
+        "pstn",
+        "--vendor",
+        "generic",
+        "--ext",
+        "800",
+        "--auth-id",
+        "gw-pstn-7",
+        "--password",
+        "Gw7-pQ2v-Xk9m-Lr4t",
+        "--host",
+        &gw.addr.to_string(),
+    ]);
+    ext(&env, "5301", "national");
+    ext(&env, "5302", "national");
+    let inside = ext(&env, "5303", "national");
+    env.ok(&["did", "add", "+4930555123", "--ext", "5301"]);
+    env.ok(&["did", "add", "+4930555124", "--ext", "5302"]);
+    let server = env.serve();
+    let media = UdpSocket::bind("127.0.0.69:0").expect("bind media");
+    let did_call = |did: &'static str, n: usize| {
+        let gw = &gw;
+        let pbx = server.sip;
+        let media = media.local_addr().expect("addr");
+        async move {
+            let call_id = gw.next("pstn-");
+            let ruri = format!("sip:{did}@{pbx}");
+            let invite = gw.request_text(
+                "INVITE",
+                &ruri,
+                &call_id,
+                &format!(
+                    "<sip:49301111{n:03}@{}>;tag={}",
+                    gw.addr.ip(),
+                    gw.next("pt")
+                ),
+                &format!("<{ruri}>"),
+                1,
+                &gw.next("z9hG4bKpstn"),
+                false,
+                "Content-Type: application/sdp\r\n",
+                &offer(gw.addr, media),
+            );
+            gw.send_to(&invite, pbx).await;
+            gw.try_wait(Duration::from_secs(10), |m| {
+                header(m, "Call-ID") == Some(call_id.as_str()) && status(m) >= 200
+            })
+            .await
+            .map(|m| status(&m))
+        }
+    };
+    for n in 0..4 {
+        assert_eq!(
+            did_call("4930555123", n).await,
+            Some(200),
+            "PSTN caller {n} reaches the box\n{}",
+            server.log()
+        );
+    }
+    let inside = phone("127.0.0.70", &server, &inside).await;
+    let own = UdpSocket::bind("127.0.0.70:0").expect("bind");
+    let (mut d, _, _) = call_box(&inside, "5302", own.local_addr().expect("addr")).await;
+    inside.send_in_dialog(&mut d, "BYE", "", "").await;
+    let fifth = did_call("4930555124", 4).await;
+    assert_eq!(
+        fifth,
+        Some(200),
+        "a fifth PSTN caller, to another box, while four others leave messages (RTP ports \
+         in use: {})",
+        server.metric("sipward_rtp_ports_in_use")
+    );
+    server.stop();
+}
