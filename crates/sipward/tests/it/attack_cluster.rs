@@ -202,3 +202,50 @@ async fn a_stalled_node_does_not_carry_a_call_past_the_concurrent_limit() {
     node_a.stop();
     node_b.stop();
 }
+
+/// HOLE (two nodes under one name erase each other's phones). A node's name
+/// (`--node-name`, `[cluster] node`, else the host name, which cloned machines and
+/// containers share) owns its bindings: a node replaces every binding row of an
+/// extension under its name when that extension's registrations change
+/// (`store::bindings::replace_node_bindings` deletes the rows of that node first), and
+/// loads them all as its own at start. Nothing refuses a second node under a live
+/// node's name, so a phone registering on the second node deletes the stored binding of
+/// the same extension's phone on the first, which the other nodes then no longer reach.
+/// A node should refuse a name that is live elsewhere (or rows should carry a token of
+/// the process, as the failure counts do).
+///
+/// Control: the same two phones through nodes named apart leave two rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_under_another_live_nodes_name_does_not_erase_its_bindings() {
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let rows_after = |second_name: &'static str| async move {
+        let (a, b, db) = two_nodes(cluster);
+        let account = ext(&a, "5501", "national");
+        let node_a = a.serve_with(&["--node-name", "pbx1"]);
+        let node_b = b.serve_with(&["--node-name", second_name]);
+        let desk = Ua::phone("127.0.0.71", node_a.sip, &account).await;
+        desk.register().await;
+        let mobile = Ua::phone("127.0.0.72", node_b.sip, &account).await;
+        mobile.register().await;
+        // A REGISTER is answered once its bindings are committed.
+        let rows: u64 = cluster
+            .psql(&db, "SELECT COUNT(*) FROM bindings WHERE number = '5501'")
+            .parse()
+            .expect("a count");
+        node_a.stop();
+        node_b.stop();
+        rows
+    };
+    assert_eq!(
+        rows_after("pbx2").await,
+        2,
+        "control: a phone on each node, two bindings"
+    );
+    let rows = rows_after("pbx1").await;
+    assert_eq!(
+        rows, 2,
+        "a node started under the live node's name erased that node's phone ({rows} rows)"
+    );
+}
