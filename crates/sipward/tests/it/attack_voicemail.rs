@@ -9,8 +9,9 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use crate::guard::options;
 use crate::harness::Env;
-use crate::peers::{Server, free_port};
+use crate::peers::{Server, UdpClient, free_port};
 use crate::user_agent::{Account, Dialog, Outgoing, Ua, answers, body, ext, header, status};
 
 /// MD5 only (the test agent's digest) and a range of RTP ports of this run's own.
@@ -458,6 +459,54 @@ async fn four_callers_through_a_trunk_do_not_close_every_box_to_the_pstn() {
         "a fifth PSTN caller, to another box, while four others leave messages (RTP ports \
          in use: {})",
         server.metric("sipward_rtp_ports_in_use")
+    );
+    server.stop();
+}
+
+/// HOLE (sipward bans itself, and the other nodes with it). The caller's SDP names
+/// sipward's own SIP address and port. The greeting, about 140 RTP datagrams in 3 s, then
+/// arrives at sipward's SIP socket from sipward's own address, and the guard's flood
+/// limit bans that address (`flood.requests`), in the kernel's socket filter too: every
+/// SIP packet from the server's own IP is dropped from then on (a gateway, an SBC or a
+/// monitor on the same host, and in a cluster, where bans are shared rows, the node
+/// whose address it is). Aimed at another node's SIP port, it bans the sending node on
+/// every node; aimed at a provider's, it is a flood from the PBX that the provider's own
+/// guard may answer by banning the PBX. Nothing from sipward's own sockets should count
+/// against its own address.
+///
+/// Control: a probe from sipward's own address is answered before the greeting. (A
+/// phone registered from that address would have standing, and the ban would be
+/// withheld; a server's own address seldom has one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_greeting_aimed_at_sipwards_own_sip_port_bans_nobody() {
+    let env = Env::with_config(&config());
+    let a = ext(&env, "1001", "international");
+    ext(&env, "1002", "international");
+    let server = env.serve();
+    assert_eq!(server.sip.ip().to_string(), "127.0.0.1");
+    let local = UdpClient::from_address("127.0.0.1", server.sip, Duration::from_secs(2));
+    assert!(
+        options(&local, 1).is_some(),
+        "control: sipward's own address is answered"
+    );
+
+    let caller = phone("127.0.0.73", &server, &a).await;
+    let (mut d, _, _) = call_box(&caller, "1002", server.sip).await;
+    // The greeting lasts about 3 s: watch for a ban through it, and a little more.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) && server.metric("sipward_bans") == 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    caller.send_in_dialog(&mut d, "BYE", "", "").await;
+    let bans = env.json(&["ban", "list", "--json"]);
+    assert_eq!(
+        bans,
+        serde_json::json!([]),
+        "sipward banned an address after sending its greeting to its own SIP port"
+    );
+    assert!(
+        options(&local, 2).is_some(),
+        "sipward's own address is still answered"
     );
     server.stop();
 }
