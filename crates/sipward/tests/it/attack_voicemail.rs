@@ -510,3 +510,55 @@ async fn the_greeting_aimed_at_sipwards_own_sip_port_bans_nobody() {
     );
     server.stop();
 }
+
+/// WITHSTOOD. A box with voicemail off (`--voicemail-after 0`) takes no call: the
+/// caller gets a failure, no port stays held, no file is made. Control: a box with
+/// voicemail on answers 200 to the same caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_box_with_voicemail_off_takes_no_message() {
+    let env = Env::with_config(&config());
+    let a = ext(&env, "1001", "international");
+    ext(&env, "1002", "international");
+    ext(&env, "1004", "international");
+    env.ok(&["ext", "update", "1002", "--voicemail-after", "0"]);
+    let server = env.serve();
+    let caller = phone("127.0.0.74", &server, &a).await;
+    let own = UdpSocket::bind("127.0.0.74:0").expect("bind");
+
+    let ruri = format!("sip:1002@{}", server.sip);
+    let (out, _) = caller
+        .request_authenticated(
+            "INVITE",
+            &ruri,
+            &ruri,
+            "Content-Type: application/sdp\r\n",
+            &offer(caller.addr, own.local_addr().expect("addr")),
+            false,
+        )
+        .await;
+    let answer = caller
+        .try_wait(Duration::from_secs(10), |m| {
+            answers(m, &out) && status(m) >= 200
+        })
+        .await
+        .map(|m| status(&m));
+    assert!(
+        answer.is_some_and(|s| s >= 400),
+        "the box with voicemail off refuses: {answer:?}"
+    );
+    crate::peers::eventually("the port is given back", Duration::from_secs(3), || {
+        server.metric("sipward_rtp_ports_in_use") == 0
+    });
+    assert!(
+        !env.data.join("voicemail").join("1002").exists()
+            || std::fs::read_dir(env.data.join("voicemail").join("1002"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+                == 0,
+        "no file for the box with voicemail off"
+    );
+
+    let (mut d, _, _) = call_box(&caller, "1004", own.local_addr().expect("addr")).await;
+    caller.send_in_dialog(&mut d, "BYE", "", "").await;
+    server.stop();
+}
