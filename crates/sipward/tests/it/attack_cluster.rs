@@ -203,6 +203,81 @@ async fn a_stalled_node_does_not_carry_a_call_past_the_concurrent_limit() {
     node_b.stop();
 }
 
+/// WITHSTOOD. A node killed (`kill -9`) with a call up leaves no lease held for ever:
+/// within the lease's 30 s the place is free, and the other node admits a call into
+/// it. Control: before the kill, both places are taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_lease_lapses_and_its_place_is_given_again() {
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let (a, b, db) = two_nodes(cluster);
+    let gateway = Ua::bind("127.0.0.8", "127.0.0.1:9".parse().expect("addr")).await;
+    a.ok(&[
+        "gateway",
+        "add",
+        "pstn",
+        "--vendor",
+        "generic",
+        "--ext",
+        "800",
+        "--auth-id",
+        "gw-pstn-8",
+        "--password",
+        "Gw8-pQ2v-Xk9m-Lr4t",
+        "--host",
+        &gateway.addr.to_string(),
+    ]);
+    a.ok(&[
+        "route",
+        "add",
+        "national",
+        "--pattern",
+        "0ZX.",
+        "--trunk",
+        "pstn",
+    ]);
+    let account = ext(&a, "5402", "national");
+    let node_a = a.serve_with(&["--node-name", "a"]);
+    let node_b = b.serve_with(&["--node-name", "b"]);
+    let at_a = Ua::phone("127.0.0.4", node_a.sip, &account).await;
+    let at_b = Ua::phone("127.0.0.5", node_b.sip, &account).await;
+    let mut seen = Vec::new();
+    assert!(
+        call_up(&at_a, &gateway, &node_a, &mut seen).await,
+        "A's call"
+    );
+    assert!(
+        call_up(&at_b, &gateway, &node_b, &mut seen).await,
+        "B's call"
+    );
+    assert_eq!(live_leases(cluster, &db), 2, "control: both places taken");
+
+    node_a.signal("KILL");
+    pg::wait_for(
+        Duration::from_secs(50),
+        "the dead node's lease to lapse",
+        || {
+            let left: u64 = cluster
+                .psql(
+                    &db,
+                    "SELECT COUNT(*) FROM call_leases WHERE node = 'a' \
+                 AND expires_at > CAST(FLOOR(EXTRACT(EPOCH FROM now())) AS BIGINT) - 3",
+                )
+                .parse()
+                .expect("a count");
+            (left == 0).then_some(())
+        },
+    );
+    assert!(
+        call_up(&at_b, &gateway, &node_b, &mut seen).await,
+        "the dead node's place is given again\n{}",
+        node_b.log()
+    );
+    drop(node_a);
+    node_b.stop();
+}
+
 /// HOLE (two nodes under one name erase each other's phones). A node's name
 /// (`--node-name`, `[cluster] node`, else the host name, which cloned machines and
 /// containers share) owns its bindings: a node replaces every binding row of an
