@@ -278,6 +278,72 @@ async fn a_killed_nodes_lease_lapses_and_its_place_is_given_again() {
     node_b.stop();
 }
 
+/// WITHSTOOD. A store error at admission lets no call through uncounted: with the
+/// lease table gone from under a running node (renamed in the database), an external
+/// call is answered 503 and nothing reaches the gateway; renamed back, the same call
+/// goes through (the control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_error_at_admission_lets_no_call_through() {
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let (a, _, db) = two_nodes(cluster);
+    let gateway = Ua::bind("127.0.0.9", "127.0.0.1:9".parse().expect("addr")).await;
+    a.ok(&[
+        "gateway",
+        "add",
+        "pstn",
+        "--vendor",
+        "generic",
+        "--ext",
+        "800",
+        "--auth-id",
+        "gw-pstn-9",
+        "--password",
+        "Gw9-pQ2v-Xk9m-Lr4t",
+        "--host",
+        &gateway.addr.to_string(),
+    ]);
+    a.ok(&[
+        "route",
+        "add",
+        "national",
+        "--pattern",
+        "0ZX.",
+        "--trunk",
+        "pstn",
+    ]);
+    let account = ext(&a, "5403", "national");
+    let node = a.serve_with(&["--node-name", "solo"]);
+    let phone = Ua::phone("127.0.0.6", node.sip, &account).await;
+
+    cluster.psql(&db, "ALTER TABLE call_leases RENAME TO call_leases_away");
+    let out = phone.invite(NATIONAL, "").await;
+    let answer = phone
+        .try_wait(Duration::from_secs(5), |m| {
+            answers(m, &out) && status(m) >= 300
+        })
+        .await
+        .map(|m| status(&m));
+    let reached = gateway
+        .try_wait(Duration::from_millis(500), |m| m.starts_with("INVITE "))
+        .await;
+    cluster.psql(&db, "ALTER TABLE call_leases_away RENAME TO call_leases");
+    assert_eq!(answer, Some(503), "the uncounted call is refused 503");
+    assert!(
+        reached.is_none(),
+        "nothing reached the gateway: {reached:?}"
+    );
+
+    let mut seen = Vec::new();
+    assert!(
+        call_up(&phone, &gateway, &node, &mut seen).await,
+        "control: with the table back the call goes through\n{}",
+        node.log()
+    );
+    node.stop();
+}
+
 /// HOLE (two nodes under one name erase each other's phones). A node's name
 /// (`--node-name`, `[cluster] node`, else the host name, which cloned machines and
 /// containers share) owns its bindings: a node replaces every binding row of an
