@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `sipward` binary on temporary data dirs.
 
 mod at_rest;
+mod attack_cluster;
 mod attack_console;
 mod attack_console_writes;
 mod attack_dialogs;
@@ -12,6 +13,7 @@ mod attack_revoke;
 mod attack_settings;
 mod attack_tls;
 mod attack_transfer;
+mod attack_voicemail;
 mod attacks;
 mod backup;
 mod bad_input;
