@@ -232,14 +232,28 @@ impl RtpPeer {
         }
     }
 
-    /// Where RTP is sent: the latched source, or the SDP's address until a packet came.
-    pub fn target(&self) -> SocketAddr {
-        self.latched.unwrap_or(self.negotiated)
+    /// Where RTP is sent: the latched source; before a packet came, the SDP's address
+    /// only when it is on the IP the INVITE came from (the caller's own), else nowhere.
+    /// The SDP's address is what the caller *says*: anyone may name a victim (or
+    /// sipward's own SIP port) there, and a greeting sent to another host before it
+    /// proved the address by sending from it is a reflected flood (138 datagrams from
+    /// one 180-byte INVITE). A caller behind a media gateway (SDP on another IP) hears
+    /// the greeting from its first packet on.
+    pub fn target(&self) -> Option<SocketAddr> {
+        let own = self.negotiated.ip() == self.signalling
+            && !self.negotiated.ip().is_unspecified()
+            && !self.negotiated.ip().is_multicast()
+            && self.negotiated.port() != 0;
+        self.latched.or(own.then_some(self.negotiated))
     }
 
-    /// Whether RTCP from `from` is the peer's: from the latched (or negotiated) IP.
+    /// Whether RTCP from `from` is the peer's: from the latched IP, or before the latch
+    /// from the SDP's or the signalling IP.
     pub fn rtcp_from(&self, from: SocketAddr) -> bool {
-        from.ip() == self.target().ip()
+        match self.latched {
+            Some(l) => from.ip() == l.ip(),
+            None => from.ip() == self.negotiated.ip() || from.ip() == self.signalling,
+        }
     }
 }
 
@@ -334,13 +348,23 @@ mod tests {
         let sdp: SocketAddr = "10.0.0.5:4000".parse().expect("addr");
         let nat: IpAddr = "198.51.100.7".parse().expect("ip");
         let mut peer = RtpPeer::new(sdp, nat);
-        assert_eq!(peer.target(), sdp);
+        assert_eq!(
+            peer.target(),
+            None,
+            "nothing is sent to an SDP address off the caller's IP"
+        );
+        let own: SocketAddr = "198.51.100.7:4000".parse().expect("addr");
+        assert_eq!(
+            RtpPeer::new(own, nat).target(),
+            Some(own),
+            "the caller's own IP"
+        );
         let attacker: SocketAddr = "203.0.113.9:4000".parse().expect("addr");
         assert_eq!(peer.judge(attacker), Verdict::Refuse);
-        assert_eq!(peer.target(), sdp, "a refused packet moves nothing");
+        assert_eq!(peer.target(), None, "a refused packet moves nothing");
         let natted: SocketAddr = "198.51.100.7:61000".parse().expect("addr");
         assert_eq!(peer.judge(natted), Verdict::Latch);
-        assert_eq!(peer.target(), natted);
+        assert_eq!(peer.target(), Some(natted));
         assert_eq!(peer.judge(natted), Verdict::Take);
         // Latched once: another port of the same IP, and the SDP address, are refused.
         assert_eq!(
@@ -348,7 +372,7 @@ mod tests {
             Verdict::Refuse
         );
         assert_eq!(peer.judge(sdp), Verdict::Refuse);
-        assert_eq!(peer.target(), natted);
+        assert_eq!(peer.target(), Some(natted));
         assert!(peer.rtcp_from("198.51.100.7:61001".parse().expect("addr")));
         assert!(!peer.rtcp_from("203.0.113.9:61001".parse().expect("addr")));
     }

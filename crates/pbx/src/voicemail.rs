@@ -1000,7 +1000,11 @@ impl Session {
             ssrc: self.ssrc,
             payload: &payload,
         };
-        let _ = self.rtp.send_to(&p.build(), self.peer.target()).await;
+        // Before the caller's first packet nothing is sent (see `RtpPeer::target`); the
+        // frames still count, so the greeting keeps its time.
+        if let Some(target) = self.peer.target() {
+            let _ = self.rtp.send_to(&p.build(), target).await;
+        }
         self.sequence = self.sequence.wrapping_add(1);
         self.timestamp = self.timestamp.wrapping_add(samples.len() as u32);
     }
@@ -1103,8 +1107,10 @@ impl Session {
                         metrics.rtp_dropped(RtpDrop::Malformed);
                         continue;
                     };
-                    timeout.packet(since(clock.instant()));
                     if p.payload_type == self.payload_type {
+                        // Only audio is media: RTCP, digits or another payload type
+                        // alone would hold the call and its ports for ever.
+                        timeout.packet(since(clock.instant()));
                         let _ = jitter.push(p.sequence, p.payload.to_vec());
                     } else if Some(p.payload_type) == self.telephone_event {
                         digits.receive(p.timestamp, p.payload, &mut got);
@@ -1125,8 +1131,6 @@ impl Session {
                         metrics.rtp_dropped(RtpDrop::WrongSource);
                     } else if media::rtcp::parse(&rtcp_buf[..n]).is_err() {
                         metrics.rtp_dropped(RtpDrop::Malformed);
-                    } else {
-                        timeout.packet(since(clock.instant()));
                     }
                 }
                 s = signals.recv() => match s {
@@ -1150,15 +1154,16 @@ impl Session {
                 }
             }
         }
-        let target = self.peer.target();
-        let bye = media::rtcp::bye(self.ssrc, "sipward");
-        let _ = self
-            .rtcp
-            .send_to(
-                &bye,
-                SocketAddr::new(target.ip(), target.port().wrapping_add(1)),
-            )
-            .await;
+        if let Some(target) = self.peer.target() {
+            let bye = media::rtcp::bye(self.ssrc, "sipward");
+            let _ = self
+                .rtcp
+                .send_to(
+                    &bye,
+                    SocketAddr::new(target.ip(), target.port().wrapping_add(1)),
+                )
+                .await;
+        }
         (recorded, ended)
     }
 }
