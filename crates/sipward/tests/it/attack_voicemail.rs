@@ -558,3 +558,61 @@ async fn a_flood_to_a_latched_port_costs_sipward_nothing() {
     );
     server.stop();
 }
+
+/// A neighbour behind the caller's address must not take the call's media. Before the fix any
+/// port on the caller's signalling IP latches the call with its first packet, even when
+/// the caller's SDP names that very IP (so no NAT stands between, and the SDP's port
+/// is where the caller's RTP comes from). Whoever shares the caller's public address (a
+/// device in the same office, a stranger behind the same carrier-grade NAT, or a
+/// spoofer) and sends one packet to the easily guessed port (the lowest free pair)
+/// before the caller: the greeting goes to them, and the caller's own audio is refused,
+/// so the message is lost. When the SDP names the signalling IP, only the SDP's port
+/// should latch.
+///
+/// Control: the caller, first, latches and hears the greeting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_neighbour_on_the_callers_ip_does_not_latch_a_call_whose_sdp_names_that_ip() {
+    let env = Env::with_config(&config());
+    let a = ext(&env, "1001", "international");
+    ext(&env, "1002", "international");
+    let server = env.serve();
+    let caller = phone("127.0.0.75", &server, &a).await;
+    let own = UdpSocket::bind("127.0.0.75:0").expect("bind");
+    let neighbour = UdpSocket::bind("127.0.0.75:0").expect("bind the neighbour");
+    let payload = [0xffu8; 160];
+    let packet = |seq: u16| {
+        media::rtp::RtpPacket {
+            marker: seq == 0,
+            payload_type: 0,
+            sequence: seq,
+            timestamp: u32::from(seq) * 160,
+            ssrc: 0x0ca1,
+            payload: &payload,
+        }
+        .build()
+    };
+
+    // Control: the caller's own first packet.
+    let (mut d, _, port) = call_box(&caller, "1002", own.local_addr().expect("addr")).await;
+    let target = SocketAddr::new(server.sip.ip(), port);
+    own.send_to(&packet(0), target).expect("send");
+    let (to_caller, _) = collect(&own, Duration::from_secs(1));
+    caller.send_in_dialog(&mut d, "BYE", "", "").await;
+    assert!(to_caller >= 10, "control: the caller hears the greeting");
+
+    // The neighbour's packet first.
+    let (mut d, _, port) = call_box(&caller, "1002", own.local_addr().expect("addr")).await;
+    let target = SocketAddr::new(server.sip.ip(), port);
+    neighbour.send_to(&packet(0), target).expect("send");
+    own.send_to(&packet(1), target).expect("send");
+    let (to_neighbour, _) = collect(&neighbour, Duration::from_secs(1));
+    let (to_caller, _) = collect(&own, Duration::from_secs(1));
+    caller.send_in_dialog(&mut d, "BYE", "", "").await;
+    assert_eq!(
+        (to_neighbour, to_caller > 0),
+        (0, true),
+        "the neighbour on the caller's IP got {to_neighbour} packets of the greeting; the \
+         caller got {to_caller}"
+    );
+    server.stop();
+}
