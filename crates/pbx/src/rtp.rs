@@ -224,13 +224,7 @@ impl RtpPeer {
         match self.latched {
             Some(l) if l == from => Verdict::Take,
             Some(_) => Verdict::Refuse,
-            // Any port of the caller's IP only when its SDP names another address (a
-            // phone behind NAT); when the SDP names the caller's own IP, only the
-            // SDP's port is the caller (another port there is a neighbour behind the
-            // same address, or a spoofer racing the caller's first packet).
-            None if from == self.negotiated
-                || (from.ip() == self.signalling && self.negotiated.ip() != self.signalling) =>
-            {
+            None if from == self.negotiated || from.ip() == self.signalling => {
                 self.latched = Some(from);
                 Verdict::Latch
             }
@@ -381,19 +375,6 @@ mod tests {
         assert_eq!(peer.target(), Some(natted));
         assert!(peer.rtcp_from("198.51.100.7:61001".parse().expect("addr")));
         assert!(!peer.rtcp_from("203.0.113.9:61001".parse().expect("addr")));
-    }
-
-    #[test]
-    fn an_sdp_on_the_callers_own_ip_latches_on_its_port_only() {
-        let sdp: SocketAddr = "198.51.100.7:4000".parse().expect("addr");
-        let mut peer = RtpPeer::new(sdp, sdp.ip());
-        let neighbour: SocketAddr = "198.51.100.7:4002".parse().expect("addr");
-        assert_eq!(
-            peer.judge(neighbour),
-            Verdict::Refuse,
-            "another port of that IP"
-        );
-        assert_eq!(peer.judge(sdp), Verdict::Latch, "the SDP's own port");
     }
 
     #[test]
