@@ -91,6 +91,34 @@ pub struct ExtensionChange {
     pub no_grace: bool,
 }
 
+impl ExtensionChange {
+    /// The names of the fields this change gives, for the audit log (never their
+    /// values: one may be a password). The CLI and the console log the same words.
+    pub fn given_fields(&self) -> String {
+        [
+            ("kind", self.kind.is_some()),
+            ("name", self.name.is_some()),
+            ("email", self.email.is_some()),
+            ("password", self.password.is_some()),
+            ("pin", self.pin.is_some()),
+            ("sip_id", self.sip_id.is_some()),
+            ("auth_id", self.auth_id.is_some()),
+            ("mac", self.mac.is_some()),
+            ("model", self.model.is_some()),
+            ("class_of_service", self.class_of_service.is_some()),
+            ("transport", self.transport.is_some()),
+            ("voicemail_after_secs", self.voicemail_after_secs.is_some()),
+            ("voicemail_mail", self.voicemail_mail.is_some()),
+            ("no_grace", self.no_grace),
+        ]
+        .iter()
+        .filter(|(_, given)| *given)
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
+}
+
 /// An extension as shown to operators: no secrets.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ExtensionView {
@@ -638,5 +666,22 @@ impl Registry {
             .iter()
             .map(ExtensionView::from)
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ExtensionChange;
+
+    #[test]
+    fn a_change_names_the_fields_it_gives_never_their_values() {
+        let change = ExtensionChange {
+            password: Some("Hunter2-secret".into()),
+            voicemail_mail: Some("off".into()),
+            no_grace: true,
+            ..Default::default()
+        };
+        assert_eq!(change.given_fields(), "password, voicemail_mail, no_grace");
+        assert_eq!(ExtensionChange::default().given_fields(), "");
     }
 }

@@ -940,24 +940,6 @@ async fn update(
     Path(number): Path<String>,
     Body(c): Body<Change>,
 ) -> Response {
-    let changed: Vec<&str> = [
-        ("name", c.name.is_some()),
-        ("email", c.email.is_some()),
-        ("password", c.password.is_some()),
-        ("pin", c.pin.is_some()),
-        ("sip_id", c.sip_id.is_some()),
-        ("auth_id", c.auth_id.is_some()),
-        ("mac", c.mac.is_some()),
-        ("model", c.model.is_some()),
-        ("class_of_service", c.class_of_service.is_some()),
-        ("transport", c.transport.is_some()),
-        ("voicemail_after_secs", c.voicemail_after_secs.is_some()),
-        ("voicemail_mail", c.voicemail_mail.is_some()),
-    ]
-    .iter()
-    .filter(|(_, set)| *set)
-    .map(|(n, _)| *n)
-    .collect();
     let change = accounts::extension::ExtensionChange {
         name: c.name,
         email: c.email,
@@ -973,6 +955,7 @@ async fn update(
         voicemail_mail: c.voicemail_mail.map(switch_text),
         ..Default::default()
     };
+    let changed = change.given_fields();
     match web.registry.update_extension(&number, change).await {
         Ok(up) => {
             web.log_setting(
@@ -980,7 +963,7 @@ async fn update(
                 Setting::Extension,
                 audit_log::Change::Updated,
                 &number,
-                &changed.join(", "),
+                &changed,
             )
             .await;
             axum::Json(

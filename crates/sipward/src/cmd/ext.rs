@@ -176,7 +176,7 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
                 no_grace,
                 ..change_from(fields, kind)
             };
-            let detail = changed_fields(&change);
+            let detail = change.given_fields();
             let up = reg.update_extension(&number, change).await?;
             let view = &up.extension;
             super::audit_log::logged(
@@ -420,26 +420,6 @@ pub async fn run(reg: &Registry, cmd: ExtCommand, config: &Config) -> anyhow::Re
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// The names of the fields a change gives, for the audit log.
-fn changed_fields(c: &ExtensionChange) -> String {
-    super::audit_log::given(&[
-        ("kind", c.kind.is_some()),
-        ("name", c.name.is_some()),
-        ("email", c.email.is_some()),
-        ("password", c.password.is_some()),
-        ("pin", c.pin.is_some()),
-        ("sip_id", c.sip_id.is_some()),
-        ("auth_id", c.auth_id.is_some()),
-        ("mac", c.mac.is_some()),
-        ("model", c.model.is_some()),
-        ("class_of_service", c.class_of_service.is_some()),
-        ("transport", c.transport.is_some()),
-        ("voicemail_after_secs", c.voicemail_after_secs.is_some()),
-        ("voicemail_mail", c.voicemail_mail.is_some()),
-        ("no_grace", c.no_grace),
-    ])
 }
 
 fn change_from(f: ExtFields, kind: Option<ExtensionKind>) -> ExtensionChange {
