@@ -59,6 +59,20 @@ pub async fn live_bindings(db: &mut dyn Db, now: i64) -> Result<Vec<BindingRow>>
     rows.iter().map(binding_from_row).collect()
 }
 
+/// How many bindings [`live_bindings`] would return, counted by the database (the
+/// console's registrations picture every minute: no row leaves the database).
+pub async fn count_live_bindings(db: &mut dyn Db, now: i64) -> Result<i64> {
+    let conn = raw(db);
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT (SELECT COUNT(*) FROM bindings b WHERE b.expires_at > $1 AND {CURRENT}) \
+         + (SELECT COUNT(*) FROM gateway_bindings b WHERE b.expires_at > $1) AS n"
+    )))
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(row.try_get("n")?)
+}
+
 /// The live bindings `node` holds, and the unowned ones (written before bindings had
 /// owners, or by a process that is no node), which it takes over: what a node loads at
 /// start. Other nodes' bindings are theirs: their flows are not this node's.

@@ -386,6 +386,10 @@ async fn bindings_belong_to_their_extension_and_its_credential_generation(backen
         contacts(&b::live_bindings(&mut conn, 0).await.expect("live")),
         ["sip:a@h"]
     );
+    assert_eq!(
+        b::count_live_bindings(&mut conn, 0).await.expect("count"),
+        1
+    );
 
     // New credentials: the binding made with the old ones is neither read nor written.
     let g2 = account::renew_credentials(&mut conn, "1001")
@@ -398,6 +402,11 @@ async fn bindings_belong_to_their_extension_and_its_credential_generation(backen
             .await
             .expect("of")
             .is_empty()
+    );
+    assert_eq!(
+        b::count_live_bindings(&mut conn, 0).await.expect("count"),
+        0,
+        "the count leaves out what the list leaves out"
     );
     assert_eq!(
         b::replace_bindings(&mut conn, "1001", &[binding("1001", "sip:a@h", g1)], 0)
