@@ -9,6 +9,21 @@ pub enum Error {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "the node name {node:?} is held by another live sipward (last seen {seen_secs_ago} s ago): \
+         give this node a name of its own (--node-name or [cluster] node); if that process is \
+         gone, the name is free in {free_in_secs} s"
+    )]
+    NodeNameHeld {
+        node: String,
+        seen_secs_ago: i64,
+        free_in_secs: i64,
+    },
+    #[error(
+        "the node name {node:?} was taken over by another sipward while this one stalled: \
+         stopped, and its bindings were not written"
+    )]
+    NodeNameLost { node: String },
     #[error(transparent)]
     Accounts(#[from] accounts::Error),
     #[error(transparent)]
@@ -19,7 +34,8 @@ impl Error {
     /// Whether the cause lies with the operator's input or environment (exit code 2).
     pub fn is_operator_error(&self) -> bool {
         match self {
-            Error::Bind { .. } => true,
+            Error::Bind { .. } | Error::NodeNameHeld { .. } => true,
+            Error::NodeNameLost { .. } => false,
             Error::Accounts(e) => e.is_operator_error(),
             Error::Store(e) => e.is_operator_error(),
         }

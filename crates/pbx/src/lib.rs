@@ -17,6 +17,7 @@ pub mod guard;
 pub mod handle;
 pub mod mailbox;
 pub mod metrics;
+pub mod node;
 pub mod notify;
 pub mod provider;
 pub mod proxy;

@@ -129,8 +129,11 @@ pub struct Bound {
     /// The SMTP server the outbox goes through now; a config reload replaces it.
     mailer: Arc<watch::Sender<Option<accounts::mail::Mailer>>>,
     /// This process's token in the rows it shares with other nodes (the per-account
-    /// failure counts): derived from its random keys, so each process has its own.
+    /// failure counts, the `nodes` row's instance): derived from its random keys, so
+    /// each process has its own.
     node: String,
+    /// This process's claim on its node name.
+    hold: Arc<crate::node::NodeHold>,
 }
 
 /// What a config reload (SIGHUP) changes in a running server. Everything else (sockets,
@@ -342,6 +345,20 @@ pub async fn bind(
     // Every message sipward writes goes through the egress rule to these sockets.
     endpoint.egress.connect(transports.clone());
     let mailer = Arc::new(watch::channel(cfg.mailer.clone()).0);
+    // Last, so that nothing after it can fail and leave the name held by a process that
+    // never served. On SQLite the data dir's serve lock, taken before, proves this the
+    // only process.
+    let hold = Arc::new(
+        crate::node::NodeHold::claim(
+            registry.store(),
+            cfg.node.as_str(),
+            &node,
+            "",
+            clock.now(),
+            registry.store().backend() == store::Backend::Sqlite,
+        )
+        .await?,
+    );
     Ok(Bound {
         sip_udp,
         sip_tcp,
@@ -357,6 +374,7 @@ pub async fn bind(
         clock,
         mailer,
         node,
+        hold,
     })
 }
 
@@ -471,10 +489,13 @@ impl Bound {
             self.endpoint.clone(),
             self.transports.clone(),
             self.clock.clone(),
-            (self.node.clone(), self.cfg.node.to_string()),
+            (self.node.clone(), self.hold.clone()),
             stop_rx.clone(),
         ));
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            () = self.hold.lost() => {}
+        }
         let _ = stop_tx.send(true);
         while tasks.join_next().await.is_some() {}
         // No server, no calls: `sipward calls` must not show the last ones as up.
@@ -489,14 +510,21 @@ impl Bound {
                 store::trunks::replace_active_calls(&mut conn, &[], 0).await,
             );
         }
+        if self.hold.is_lost() {
+            // The name, and the bindings under it, are another process's now.
+            return Err(crate::Error::NodeNameLost {
+                node: self.cfg.node.to_string(),
+            });
+        }
         flush(
             &self.registry,
             &self.endpoint,
-            self.cfg.node.as_str(),
+            &self.hold,
             self.clock.now(),
             true,
         )
-        .await
+        .await?;
+        self.hold.release(self.registry.store()).await
     }
 }
 
@@ -1079,10 +1107,11 @@ async fn flush_loop(
     endpoint: Arc<Endpoint>,
     transports: Arc<Transports>,
     clock: Arc<dyn Clock>,
-    (node, holder): (String, String),
+    (node, hold): (String, Arc<crate::node::NodeHold>),
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(FLUSH_EVERY);
+    let mut beaten = clock.instant();
     let shared = registry.store().backend() == store::Backend::Postgres;
     let mut calls_written = None;
     let mut health = Health::new(Task::Flush, "writing the bindings");
@@ -1102,9 +1131,21 @@ async fn flush_loop(
             if shared {
                 share_failures(&registry, &endpoint, &node, clock.now()).await;
             }
+            if clock.instant().saturating_duration_since(beaten) >= crate::node::HEARTBEAT_EVERY {
+                beaten = clock.instant();
+                background::checked(
+                    Task::Flush,
+                    "moving this node's heartbeat",
+                    hold.beat(registry.store(), clock.now()).await,
+                );
+            }
+        }
+        if hold.is_lost() {
+            // The server is stopping: nothing more is written under the name.
+            return;
         }
         let started = clock.instant();
-        let written = flush(&registry, &endpoint, &holder, clock.now(), every_second).await;
+        let written = flush(&registry, &endpoint, &hold, clock.now(), every_second).await;
         if written.is_ok() {
             slow.note(
                 clock.instant().saturating_duration_since(started),
@@ -1313,12 +1354,13 @@ async fn write_trunk_state(
 /// Writes every changed extension's bindings in one transaction (one batch: the answers
 /// waiting for it go out once it is committed), expiring bindings first when `sweep`;
 /// on failure the changes stay dirty and are retried with the next batch.
-/// `holder` is this node's name: the bindings it writes are its own (their flows are
-/// this node's), and other nodes' stay as they are.
+/// `hold` is this node's name: the bindings it writes are its own (their flows are
+/// this node's), and other nodes' stay as they are. They are written only in a
+/// transaction that finds the name still this process's.
 async fn flush(
     registry: &Registry,
     endpoint: &Endpoint,
-    holder: &str,
+    hold: &crate::node::NodeHold,
     now: i64,
     sweep: bool,
 ) -> Result<()> {
@@ -1344,6 +1386,12 @@ async fn flush(
     }
     let write = async {
         let mut tx = registry.store().begin().await?;
+        if !hold.still_held(&mut tx).await? {
+            return Err(crate::Error::NodeNameLost {
+                node: hold.name().to_owned(),
+            });
+        }
+        let holder = hold.name();
         for (number, rows) in &batch.rows {
             // Rows no credentials back any more (changed or removed since) are not
             // written: the store refuses them.

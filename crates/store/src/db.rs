@@ -497,6 +497,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     migration!(18, "shared_failures", "0018_shared_failures.sql"),
     migration!(19, "binding_nodes", "0019_binding_nodes.sql"),
     migration!(20, "fraud_limits", "0020_fraud_limits.sql"),
+    migration!(21, "nodes", "0021_nodes.sql"),
 ];
 
 fn schema(backend: Backend) -> sqlx::migrate::Migrator {

@@ -25,6 +25,7 @@ pub mod guard;
 pub mod jobs;
 pub mod listen;
 pub mod meta;
+pub mod nodes;
 pub mod outbound;
 pub mod outbox;
 pub mod provisioning;

@@ -7,6 +7,7 @@ mod pg;
 
 use store::account::{self, ExtensionRow};
 use store::bindings::{self as b, BindingRow};
+use store::nodes::{self, Claim};
 use store::{Backend, PgUrl, Store};
 
 async fn open_store(backend: Backend) -> Option<(tempfile::TempDir, Store)> {
@@ -40,7 +41,10 @@ macro_rules! on_both_backends {
     )*};
 }
 
-on_both_backends!(each_node_writes_and_loads_only_the_bindings_it_holds);
+on_both_backends!(
+    each_node_writes_and_loads_only_the_bindings_it_holds,
+    a_node_name_is_claimed_by_one_live_process,
+);
 
 fn binding(contact: &str, expires_at: i64, generation: i64) -> BindingRow {
     BindingRow {
@@ -169,4 +173,79 @@ async fn each_node_writes_and_loads_only_the_bindings_it_holds(backend: Backend)
         ["sip:x@h", "sip:y@h"],
         "the newer registration through b stays b's"
     );
+}
+
+/// Claims `name` for `instance` at `now`, stale before `now - 15`.
+async fn claim(store: &Store, name: &str, instance: &str, now: i64) -> Claim {
+    let mut tx = store.begin().await.expect("begin");
+    let c = nodes::claim(&mut tx, name, instance, "127.0.0.1:5070", now, now - 15)
+        .await
+        .expect("claim");
+    tx.commit().await.expect("commit");
+    c
+}
+
+async fn a_node_name_is_claimed_by_one_live_process(backend: Backend) {
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
+    let mut conn = store.conn().await.expect("conn");
+    assert_eq!(
+        claim(&store, "pbx1", "p1", 1000).await,
+        Claim::Taken,
+        "a free name"
+    );
+    // Control: another name is free whatever pbx1 does.
+    assert_eq!(claim(&store, "pbx2", "p2", 1000).await, Claim::Taken);
+    // A second process under a live name is refused, and told when it was last seen.
+    assert_eq!(
+        claim(&store, "pbx1", "p3", 1005).await,
+        Claim::Held { heartbeat_at: 1000 }
+    );
+    assert!(nodes::holds(&mut conn, "pbx1", "p1").await.expect("holds"));
+    assert!(!nodes::holds(&mut conn, "pbx1", "p3").await.expect("holds"));
+    // Its own row is its own again (a claim repeated).
+    assert_eq!(claim(&store, "pbx1", "p1", 1006).await, Claim::Taken);
+    // The heartbeat keeps it live: 15 s after the claim it is still held.
+    assert!(
+        nodes::heartbeat(&mut conn, "pbx1", "p1", 1010)
+            .await
+            .expect("beat")
+    );
+    assert_eq!(
+        claim(&store, "pbx1", "p3", 1021).await,
+        Claim::Held { heartbeat_at: 1010 }
+    );
+    // Stalled past the staleness: the name is taken over, and the old process's next
+    // heartbeat says so (it then writes nothing under it).
+    assert_eq!(claim(&store, "pbx1", "p3", 1026).await, Claim::Taken);
+    assert!(
+        !nodes::heartbeat(&mut conn, "pbx1", "p1", 1027)
+            .await
+            .expect("beat")
+    );
+    assert!(!nodes::holds(&mut conn, "pbx1", "p1").await.expect("holds"));
+    let live: Vec<(String, String)> = nodes::live_nodes(&mut conn, 1020)
+        .await
+        .expect("live")
+        .into_iter()
+        .map(|n| (n.name, n.instance))
+        .collect();
+    assert_eq!(
+        live,
+        [("pbx1".to_owned(), "p3".to_owned())],
+        "pbx2 went stale"
+    );
+    // A clean stop gives the name up (only the holder's own row goes).
+    assert!(
+        !nodes::release(&mut conn, "pbx1", "p1")
+            .await
+            .expect("release")
+    );
+    assert!(
+        nodes::release(&mut conn, "pbx1", "p3")
+            .await
+            .expect("release")
+    );
+    assert_eq!(claim(&store, "pbx1", "p4", 1028).await, Claim::Taken);
 }

@@ -206,14 +206,8 @@ pub async fn run(
             limits: pbx::voicemail::DepositLimits::default(),
         }),
     };
-    let bound = server::bind(reg.clone(), cfg, keys, crate::clock::clock()).await?;
-    let reconfigure = bound.reconfigure();
-    let http = std::net::TcpListener::bind(args.http)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|e| OperatorError(format!("cannot serve HTTP on {}: {e}", args.http)))?;
-    let http_addr = http.local_addr()?;
-    let console_rt = console_runtime()
-        .map_err(|e| anyhow::anyhow!("cannot start the console's runtime: {e}"))?;
+    // Before the server claims its node name: on SQLite this lock is what proves the
+    // process the data dir's only server (`pbx::node`).
     let data_root = reg.data_dir().root().to_owned();
     let _serving =
         super::backup::DirLock::take(&super::backup::serve_lock_path(&data_root), || {
@@ -222,6 +216,14 @@ pub async fn run(
                 data_root.display()
             )
         })?;
+    let bound = server::bind(reg.clone(), cfg, keys, crate::clock::clock()).await?;
+    let reconfigure = bound.reconfigure();
+    let http = std::net::TcpListener::bind(args.http)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| OperatorError(format!("cannot serve HTTP on {}: {e}", args.http)))?;
+    let http_addr = http.local_addr()?;
+    let console_rt = console_runtime()
+        .map_err(|e| anyhow::anyhow!("cannot start the console's runtime: {e}"))?;
     let ready = Arc::new(AtomicBool::new(false));
     let mut prov_nonce = [0u8; 32];
     rng.fill_bytes(&mut prov_nonce);

@@ -226,3 +226,115 @@ async fn a_store_error_at_admission_lets_no_call_through() {
     );
     node.stop();
 }
+
+/// Was a HOLE (two nodes under one name erase each other's phones), brought back from
+/// branch h-atkvm with its expectation adapted to the decided behaviour. A node's name
+/// (`--node-name`, `[cluster] node`, else the host name, which cloned machines and
+/// containers share) owns its bindings: a node replaces every binding row of an
+/// extension under its name when that extension's registrations change, and loads them
+/// all as its own at start. The attacker's version let a second node start under a live
+/// node's name, and a phone registering on it deleted the first node's phone. Now a name
+/// is held by one live process (`pbx::node`, the `nodes` table): the second `serve` is
+/// refused at start with an error naming the node and when it was last seen, so the
+/// phone on the first node keeps its row. (The attacker's test expected two rows after
+/// the second phone registered on the second node; that node no longer runs, so the
+/// first node's one row is what must survive.)
+///
+/// Control: the same two phones through nodes named apart leave two rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_under_another_live_nodes_name_does_not_erase_its_bindings() {
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let args = |name: &'static str| {
+        [
+            "serve",
+            "--sip",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--node-name",
+            name,
+        ]
+    };
+    // Both runs: A under pbx1 with a phone, then B under `second_name`. B's `serve`
+    // answers with a ready line (it runs) or exits (refused): what it printed, and
+    // its exit code when it exited.
+    let rows_after = |second_name: &'static str| async move {
+        let (a, b, db) = two_nodes(cluster);
+        let account = ext(&a, "5501", "national");
+        let node_a = a.serve_with(&["--node-name", "pbx1"]);
+        let desk = Ua::phone("127.0.0.71", node_a.sip, &account).await;
+        desk.register().await;
+        let mut second = b.spawn(&args(second_name));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut ready = String::new();
+        let exited = loop {
+            if let Some(status) = second.try_wait().expect("wait") {
+                break Some(status.code().unwrap_or(-1));
+            }
+            let line = cluster.psql(
+                &db,
+                &format!("SELECT COUNT(*) FROM nodes WHERE name = '{second_name}'"),
+            );
+            if second_name != "pbx1" && line == "1" {
+                break None;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the second serve neither ran nor exited within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if exited.is_none() {
+            // Running under its own name: its phone registers.
+            use std::io::BufRead;
+            let out = second.stdout.take().expect("stdout");
+            std::io::BufReader::new(out)
+                .read_line(&mut ready)
+                .expect("ready line");
+            let line: serde_json::Value = serde_json::from_str(&ready).expect("ready json");
+            let sip = line["sip_udp"]
+                .as_str()
+                .expect("sip_udp")
+                .parse()
+                .expect("addr");
+            let mobile = Ua::phone("127.0.0.72", sip, &account).await;
+            mobile.register().await;
+            let _ = second.kill();
+            let _ = second.wait();
+        } else {
+            use std::io::Read;
+            let mut err = String::new();
+            if let Some(mut e) = second.stderr.take() {
+                e.read_to_string(&mut err).expect("stderr");
+            }
+            ready = err;
+        }
+        // A REGISTER is answered once its bindings are committed.
+        let rows: u64 = cluster
+            .psql(&db, "SELECT COUNT(*) FROM bindings WHERE number = '5501'")
+            .parse()
+            .expect("a count");
+        node_a.stop();
+        (rows, exited, ready)
+    };
+    let (rows, exited, _) = rows_after("pbx2").await;
+    assert_eq!(exited, None, "control: a node under a name of its own runs");
+    assert_eq!(rows, 2, "control: a phone on each node, two bindings");
+    let (rows, exited, said) = rows_after("pbx1").await;
+    assert_eq!(
+        exited,
+        Some(2),
+        "a second node under a live node's name is refused at start: {said}"
+    );
+    assert!(
+        said.contains("\"pbx1\"") && said.contains("held by another live sipward"),
+        "the refusal names the node and says it is live: {said}"
+    );
+    assert!(said.contains("last seen"), "{said}");
+    assert_eq!(
+        rows, 1,
+        "the live node's phone keeps its binding ({rows} rows)"
+    );
+}

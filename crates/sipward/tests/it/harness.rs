@@ -51,12 +51,30 @@ impl Env {
         env
     }
 
-    /// Points `command` at this node's database.
+    /// Points `command` at this node's database. A node on PostgreSQL is named after its
+    /// data dir (unless `--node-name` says otherwise): nodes sharing a database need
+    /// names of their own, and the host name is every test node's.
     pub fn database_env(&self, command: &mut Command) {
         match &self.database {
-            Some(url) => command.env("SIPWARD_DATABASE_URL", url),
-            None => command.env_remove("SIPWARD_DATABASE_URL"),
+            Some(url) => {
+                command.env("SIPWARD_DATABASE_URL", url);
+                command.env("SIPWARD_NODE_NAME", self.node_name());
+            }
+            None => {
+                command.env_remove("SIPWARD_DATABASE_URL");
+            }
         };
+    }
+
+    /// This data dir's own node name (`node-` and its temp dir's letters and digits).
+    pub fn node_name(&self) -> String {
+        let dir = self._dir.path().file_name().unwrap_or_default();
+        let word: String = dir
+            .to_string_lossy()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        format!("node-{}", word.to_ascii_lowercase())
     }
 
     /// A data dir created by the CLI, with `config` as its `sipward.toml`.

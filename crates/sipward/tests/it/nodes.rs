@@ -152,3 +152,133 @@ fn each_node_keeps_its_registrations_and_leaves_the_other_nodes() {
     node_a.stop();
     node_b.stop();
 }
+
+/// Issue 21: a node name is held by one live process. A node that stalls past the
+/// name's staleness (three missed heartbeats, 15 s) may have its name claimed by a new
+/// process (the operator restarted it elsewhere); when the stalled one wakes up it finds
+/// the name another's, writes no binding under it (its in-memory phone would replace
+/// the new process's rows) and exits with an error that says so. Control: before the
+/// stall, a second process under the live name is refused (the attacker's test in
+/// `attack_cluster.rs` covers that refusal in full).
+#[test]
+fn a_node_whose_name_was_taken_over_while_it_stalled_stops_and_writes_nothing() {
+    use crate::peers::UdpClient;
+    use crate::registrar::{ALICE, PASSWORD, register, status};
+    use std::time::{Duration, Instant};
+    let Some(cluster) = crate::pg::cluster() else {
+        return;
+    };
+    let url = cluster.fresh_database();
+    let db = crate::pg::database_of(&url).to_owned();
+    let a = Env::on_postgres(&url, None);
+    a.ok(&[
+        "ext",
+        "add",
+        "1001",
+        "--auth-id",
+        "alice1001",
+        "--password",
+        PASSWORD,
+    ]);
+    let b = Env::on_postgres(&url, Some(&a));
+    let serve = [
+        "serve",
+        "--sip",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--node-name",
+        "pbx1",
+    ];
+    let mut old = a.serve_with(&["--node-name", "pbx1"]);
+    let office = UdpClient::from_address("127.0.0.81", old.sip, Duration::from_secs(2));
+    let at_office = format!("<sip:1001@{}>", office.local);
+    assert_eq!(
+        status(&register(
+            &office,
+            &ALICE,
+            "office",
+            1,
+            Some(&at_office),
+            Some(300)
+        )),
+        200
+    );
+    // Control: while the old process is live, the name is refused.
+    let err = b.fails(&serve, 2);
+    assert!(err.contains("held by another live sipward"), "{err}");
+
+    old.signal("STOP");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let stale = cluster.psql(
+            &db,
+            "SELECT COUNT(*) FROM nodes WHERE name = 'pbx1' \
+             AND heartbeat_at < CAST(FLOOR(EXTRACT(EPOCH FROM now())) AS BIGINT) - 16",
+        );
+        if stale == "1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pbx1's heartbeat never went stale"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let new = b.serve_with(&["--node-name", "pbx1"]);
+    let home = UdpClient::from_address("127.0.0.82", new.sip, Duration::from_secs(2));
+    let at_home = format!("<sip:1001@{}>", home.local);
+    assert_eq!(
+        status(&register(
+            &home,
+            &ALICE,
+            "home",
+            1,
+            Some(&at_home),
+            Some(300)
+        )),
+        200
+    );
+    // The old process wakes up and the office phone registers a new contact through it:
+    // were that written under pbx1, it would replace the new process's rows of 1001.
+    // (Its 200 never comes, since it waits for that write: the thread's panic is
+    // expected and ignored.)
+    old.signal("CONT");
+    let moved = std::thread::spawn(move || {
+        register(
+            &office,
+            &ALICE,
+            "office-2",
+            1,
+            Some("<sip:1001@127.0.0.81:5999>"),
+            Some(300),
+        )
+    });
+    let status = old.exited_within(Duration::from_secs(20));
+    let log = old.log();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the stalled process stops with an error ({status:?}):\n{log}"
+    );
+    let _ = moved.join();
+    assert!(log.contains("node_name_lost"), "it says why:\n{log}");
+    assert!(log.contains("taken over"), "{log}");
+    let sources = cluster.psql(
+        &db,
+        "SELECT string_agg(source, ',' ORDER BY source) FROM bindings \
+         WHERE number = '1001' AND node = 'pbx1'",
+    );
+    assert!(
+        sources.contains("127.0.0.82"),
+        "the new process's phone keeps its row: {sources}"
+    );
+    let contacts = cluster.psql(
+        &db,
+        "SELECT COUNT(*) FROM bindings WHERE contact LIKE '%127.0.0.81:5999%'",
+    );
+    assert_eq!(
+        contacts, "0",
+        "nothing the stalled process took was written"
+    );
+    new.stop();
+}

@@ -155,6 +155,19 @@ impl Server {
         assert!(sent.success(), "kill -{signal}");
     }
 
+    /// Waits up to `deadline` for the server to exit by itself: its status, or None
+    /// while it still runs.
+    pub fn exited_within(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Stops with SIGTERM (the server writes its bindings on the way out).
     pub fn stop(mut self) {
         let _ = Command::new("kill")
