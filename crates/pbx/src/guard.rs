@@ -104,6 +104,10 @@ pub enum Event {
         dialled: String,
         source: IpAddr,
     },
+    /// A call's lease on the concurrent limit lapsed (this node stalled past its
+    /// expiry) and the limit was full again when the node took it back: the call was
+    /// ended, both ways, rather than carried on uncounted.
+    LeaseLapsed { number: String, calls_ended: usize },
     /// An extension called an emergency number (always allowed; the administrator is told).
     EmergencyCall { number: String, dialled: String },
     /// Provisioning probes from an address where a phone is registered or logged in:
@@ -222,6 +226,16 @@ impl Event {
                 "extension": number,
                 "reason": breach.id(),
                 "detail": breach.describe(),
+            }),
+            Event::LeaseLapsed {
+                number,
+                calls_ended,
+            } => json!({
+                "event": "call_ended_lease_lapsed",
+                "extension": number,
+                "calls_ended": calls_ended,
+                "detail": "the call's place on the concurrent-call limit lapsed while this \
+                           node stalled, and other calls took it",
             }),
             Event::AcceptBackoff { error, delay_ms } => json!({
                 "event": "accept_backoff",

@@ -1156,12 +1156,21 @@ async fn lease_loop(
                 endpoint.b2bua.live_leases()
             }
         };
-        if health
-            .checked(ledger.tend(live, now, renew, prune).await)
-            .is_some()
+        let tended = health.checked(ledger.tend(live, now, renew, prune).await);
+        if let Some(lapsed) = &tended
             && renew
         {
             last_renewal = now;
+            // Calls whose place lapsed and was taken meanwhile: ended, not carried on
+            // uncounted past the concurrent limit.
+            for l in lapsed {
+                let ended = endpoint.b2bua.end_call_holding(&l.lease, clock.instant());
+                Metrics::inc(&endpoint.metrics.calls_ended_lease_lapsed);
+                endpoint.guard.report(crate::guard::Event::LeaseLapsed {
+                    number: l.account.clone(),
+                    calls_ended: ended,
+                });
+            }
         }
         health.settle();
         if stopping {
