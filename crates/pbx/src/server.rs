@@ -453,6 +453,7 @@ impl Bound {
             self.registry.clone(),
             self.endpoint.clone(),
             self.clock.clone(),
+            self.cfg.node.to_string(),
             stop_rx.clone(),
         ));
         tasks.spawn(outbox_loop(
@@ -956,12 +957,14 @@ pub const RESYNC_EVERY: Duration = Duration::from_millis(500);
 pub const OUTBOX_EVERY: Duration = Duration::from_secs(2);
 
 /// Sends a check-sync NOTIFY to every registration of each extension the store asks for
-/// (Re-Generate queues them), on the flow each registered from (UDP, or the phone's own
-/// TCP connection); their transactions run on the server's timer.
+/// (Re-Generate queues them) whose flows this node holds (`node`: the other nodes send
+/// to theirs), on the flow each registered from (UDP, or the phone's own TCP
+/// connection); their transactions run on the server's timer.
 async fn resync_loop(
     registry: Registry,
     endpoint: Arc<Endpoint>,
     clock: Arc<dyn Clock>,
+    node: String,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(RESYNC_EVERY);
@@ -976,11 +979,17 @@ async fn resync_loop(
         else {
             continue;
         };
-        let taken = store::provisioning::take_resyncs(&mut conn).await;
-        let Some(numbers) = background::checked(Task::Reload, what, taken) else {
+        // Only the requests for phones whose flows this node holds (the other nodes
+        // take theirs); those with no live phone anywhere are dropped, counted.
+        let taken = store::provisioning::take_resyncs(&mut conn, &node, clock.now()).await;
+        let Some(taken) = background::checked(Task::Reload, what, taken) else {
             continue;
         };
-        for number in numbers {
+        endpoint
+            .metrics
+            .resyncs_dropped
+            .fetch_add(taken.dropped, std::sync::atomic::Ordering::Relaxed);
+        for number in taken.numbers {
             let vendor = store::account::get_extension(&mut conn, &number)
                 .await
                 .ok()
