@@ -463,6 +463,53 @@ async fn four_callers_through_a_trunk_do_not_close_every_box_to_the_pstn() {
     server.stop();
 }
 
+/// The control of the trunk's share: a plain source (an extension's phone, calling
+/// from its own address) is still held to `rtp_ports_per_source` (4): with four calls
+/// to boxes up, its fifth is answered 503 and counted as `per_source`, while a caller
+/// from another address still gets a port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifth_call_from_one_address_still_gets_503() {
+    let env = Env::with_config(&config());
+    let a = ext(&env, "5311", "national");
+    let b = ext(&env, "5312", "national");
+    ext(&env, "5313", "national");
+    let server = env.serve();
+    let caller = phone("127.0.0.73", &server, &a).await;
+    let own = UdpSocket::bind("127.0.0.73:0").expect("bind");
+    let mut up = Vec::new();
+    for _ in 0..4 {
+        up.push(call_box(&caller, "5313", own.local_addr().expect("addr")).await);
+    }
+    let ruri = format!("sip:5313@{}", caller.pbx);
+    let (fifth, _) = caller
+        .request_authenticated(
+            "INVITE",
+            &ruri,
+            &ruri,
+            "Content-Type: application/sdp\r\n",
+            &offer(caller.addr, own.local_addr().expect("addr")),
+            false,
+        )
+        .await;
+    assert_eq!(
+        final_answer(&caller, &fifth).await,
+        Some(503),
+        "a fifth call from one address"
+    );
+    assert_eq!(
+        server.metric("sipward_rtp_ports_refused_total{reason=\"per_source\"}"),
+        1
+    );
+    let other = phone("127.0.0.74", &server, &b).await;
+    let theirs = UdpSocket::bind("127.0.0.74:0").expect("bind");
+    let (mut d, _, _) = call_box(&other, "5313", theirs.local_addr().expect("addr")).await;
+    other.send_in_dialog(&mut d, "BYE", "", "").await;
+    for (mut d, _, _) in up {
+        caller.send_in_dialog(&mut d, "BYE", "", "").await;
+    }
+    server.stop();
+}
+
 /// HOLE (sipward bans itself, and the other nodes with it). The caller's SDP names
 /// sipward's own SIP address and port. The greeting, about 140 RTP datagrams in 3 s, then
 /// arrives at sipward's SIP socket from sipward's own address, and the guard's flood
