@@ -44,7 +44,7 @@ use crate::egress::{Delivery, Owner, Purpose};
 use crate::flow::{Flow, our_uri};
 use crate::metrics::Metrics;
 use crate::registrar::Registrar;
-use crate::rtp::{Lease, PortPool, RtpDrop, RtpPeer, Verdict};
+use crate::rtp::{Lease, PortPool, RtpDrop, RtpPeer, Share, Verdict};
 use crate::signalling::Signalling;
 
 /// At most this many voicemail calls at once (the port pool bounds them too).
@@ -355,7 +355,13 @@ impl Voicemail {
             Metrics::inc(&self.sig.metrics.voicemail_refused);
             return decline(fallback);
         };
-        let lease = match b.pool.lease(flow.remote.ip()) {
+        // A trunk's callers all arrive from the trunk's address: they share the
+        // trunk's part of the pool, not one address's (see `crate::rtp`).
+        let share = match &caller {
+            Who::Trunk(label) => Share::Trunk(label.clone()),
+            _ => Share::Source(flow.remote.ip()),
+        };
+        let lease = match b.pool.lease(share) {
             Ok(l) => l,
             Err(_) => {
                 Metrics::inc(&self.sig.metrics.voicemail_refused);
@@ -439,7 +445,7 @@ impl Voicemail {
     }
 
     /// The call's task: open the message, answer, play, record, file, notify, hang up.
-    async fn run(self: Arc<Self>, job: Job) {
+    async fn run(self: Arc<Self>, mut job: Job) {
         let Some(b) = self.backend.get() else { return };
         let Some(opened) = b.deposits.begin(&job.callee).await else {
             Metrics::inc(&self.sig.metrics.voicemail_refused);
@@ -450,6 +456,8 @@ impl Voicemail {
             b.deposits.discard(opened);
             return;
         }
+        // The latch's grace window starts at the answer (see `crate::rtp`).
+        job.peer.answered(self.sig.clock.instant());
         let greeting = match b.deposits.greeting(&job.callee).await {
             Some(wav) => media::wav::decode(&wav, 8000 * 120).unwrap_or_default(),
             None => self.greeting.clone(),
@@ -1089,7 +1097,7 @@ impl Session {
                 }
                 r = self.rtp.recv_from(&mut buf) => {
                     let Ok((n, from)) = r else { continue };
-                    match self.peer.judge(from) {
+                    match self.peer.judge(from, clock.instant()) {
                         Verdict::Refuse => {
                             metrics.rtp_dropped(RtpDrop::WrongSource);
                             continue;
