@@ -47,6 +47,9 @@ use crate::registrar::Registrar;
 use crate::rtp::{Lease, PortPool, RtpDrop, RtpPeer, Verdict};
 use crate::signalling::Signalling;
 
+pub mod retrieval;
+pub use retrieval::{Boxes, Retrieval, RetrievalNumbers};
+
 /// At most this many voicemail calls at once (the port pool bounds them too).
 pub const MAX_CALLS: usize = 1024;
 /// Samples in one 20 ms G.711 packet.
@@ -131,6 +134,8 @@ pub struct Backend {
     pub realm: String,
     pub limits: DepositLimits,
     pub runtime: tokio::runtime::Handle,
+    /// Retrieval (`*97`, `*98`); None: only deposits.
+    pub retrieval: Option<Retrieval>,
 }
 
 /// What the media task is told by the signalling side.
@@ -220,6 +225,7 @@ pub struct Voicemail {
     ring_times: std::sync::RwLock<HashMap<String, u32>>,
     next: AtomicU64,
     greeting: Vec<i16>,
+    prompts: retrieval::Prompts,
 }
 
 /// Why the recording ended (for the log and the tests).
@@ -257,6 +263,7 @@ impl Voicemail {
             ring_times: std::sync::RwLock::new(HashMap::new()),
             next: AtomicU64::new(1),
             greeting,
+            prompts: retrieval::Prompts::load(),
         }
     }
 
@@ -332,11 +339,60 @@ impl Voicemail {
         callee: &str,
         fallback: Option<Vec<u8>>,
     ) {
-        let decline = |fallback: Option<Vec<u8>>| match fallback {
-            Some(bytes) => {
-                let _ = self.sig.egress.respond(key, bytes);
+        let Some((job, runtime)) = self.admit(m, bytes, key, flow, caller, callee, fallback) else {
+            return;
+        };
+        Metrics::inc(&self.sig.metrics.voicemail_calls);
+        let this = self.clone();
+        runtime.spawn(async move { this.run(job).await });
+    }
+
+    /// Takes a retrieval call (`*97` or `*98`, as [`Voicemail::retrieval_entry`] said)
+    /// into the menu: 100 now, the 200 and the menu from the call's task; the same
+    /// refusals as a deposit (488, 503, 480).
+    pub fn retrieve(
+        self: &Arc<Self>,
+        m: &Message<'_>,
+        bytes: &[u8],
+        key: &TxKey,
+        flow: &Flow,
+        caller: Who,
+        entry: policy::voicemail::menu::Entry,
+    ) {
+        let Some((job, runtime)) = self.admit(m, bytes, key, flow, caller, "", None) else {
+            return;
+        };
+        Metrics::inc(&self.sig.metrics.voicemail_retrievals);
+        let this = self.clone();
+        let source = flow.remote.ip();
+        runtime.spawn(async move { this.run_menu(job, entry, source).await });
+    }
+
+    /// What a deposit and a retrieval share: the offer answered, a port pair leased,
+    /// the call entered, 100 sent. None when the call was refused (answered already).
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
+        &self,
+        m: &Message<'_>,
+        bytes: &[u8],
+        key: &TxKey,
+        flow: &Flow,
+        caller: Who,
+        callee: &str,
+        fallback: Option<Vec<u8>>,
+    ) -> Option<(Job, tokio::runtime::Handle)> {
+        let decline = |fallback: Option<Vec<u8>>| {
+            match fallback {
+                Some(bytes) => {
+                    let _ = self.sig.egress.respond(key, bytes);
+                }
+                None => self.respond(m, key, flow, 480, "Temporarily Unavailable"),
             }
-            None => self.respond(m, key, flow, 480, "Temporarily Unavailable"),
+            None
+        };
+        let refuse = |code: u16, reason: &str| {
+            self.respond(m, key, flow, code, reason);
+            None
         };
         let Some(b) = self.backend.get() else {
             return decline(fallback);
@@ -359,7 +415,7 @@ impl Voicemail {
             Ok(l) => l,
             Err(_) => {
                 Metrics::inc(&self.sig.metrics.voicemail_refused);
-                return self.respond(m, key, flow, 503, "Service Unavailable");
+                return refuse(503, "Service Unavailable");
             }
         };
         let local = sdp::Local {
@@ -369,7 +425,7 @@ impl Voicemail {
         };
         let Ok((answer, negotiated)) = sdp::answer(&offer, local) else {
             Metrics::inc(&self.sig.metrics.voicemail_refused);
-            return self.respond(m, key, flow, 488, "Not Acceptable Here");
+            return refuse(488, "Not Acceptable Here");
         };
         let (Some(from), Some(to), Some(call_id), Some(invite_cseq)) = (
             m.header(Name::From).and_then(NameAddr::parse),
@@ -377,7 +433,7 @@ impl Voicemail {
             m.header(Name::CallId),
             cseq_of(m),
         ) else {
-            return self.respond(m, key, flow, 400, "Bad Request");
+            return refuse(400, "Bad Request");
         };
         let remote_target = m
             .header(Name::Contact)
@@ -389,11 +445,11 @@ impl Voicemail {
         {
             let mut st = self.lock();
             if st.by_key.contains_key(key) {
-                return;
+                return None;
             }
             if st.by_id.len() >= MAX_CALLS {
                 drop(st);
-                return self.respond(m, key, flow, 503, "Service Unavailable");
+                return refuse(503, "Service Unavailable");
             }
             st.by_key.insert(key.clone(), id);
             st.by_id.insert(
@@ -421,9 +477,7 @@ impl Voicemail {
             );
         }
         self.respond(m, key, flow, 100, "Trying");
-        Metrics::inc(&self.sig.metrics.voicemail_calls);
         let caller_text = from.uri.chars().take(128).collect::<String>();
-        let this = self.clone();
         let callee = callee.to_owned();
         let job = Job {
             id,
@@ -435,7 +489,7 @@ impl Voicemail {
             answer: answer.print(),
             signals: rx,
         };
-        b.runtime.spawn(async move { this.run(job).await });
+        Some((job, b.runtime.clone()))
     }
 
     /// The call's task: open the message, answer, play, record, file, notify, hang up.
@@ -1171,15 +1225,21 @@ mod tests {
     fn the_voicemail_has_no_path_to_a_trunk() {
         // The invariant at the top of this file, held by reading it: no trunk, B2BUA
         // or proxy, and no client transaction but a BYE of its own and NOTIFYs.
-        let source = include_str!("voicemail.rs");
-        let code: String = source
-            .split("#[cfg(test)]")
-            .next()
-            .unwrap_or(source)
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("//"))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let code: String = [
+            include_str!("voicemail.rs"),
+            include_str!("voicemail/retrieval.rs"),
+        ]
+        .iter()
+        .flat_map(|source| {
+            source
+                .split("#[cfg(test)]")
+                .next()
+                .unwrap_or(source)
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
         for forbidden in [
             concat!("crate::", "b2bua"),
             concat!("crate::", "trunk"),
