@@ -393,6 +393,10 @@ impl Driver<'_> {
         let prompts_audio = &self.vm.prompts;
         let mut audio = Vec::new();
         for p in prompts {
+            if let Prompt::MessageCount { new, saved } = p {
+                // What the caller hears after a login, for the log (never the PIN).
+                tracing::info!(mailbox = ?self.mailbox.as_ref().map(ExtensionNumber::as_str), new, saved, "voicemail login: message count played");
+            }
             if let Prompt::Message { id } = p {
                 let wav = match &self.mailbox {
                     Some(m) => self.boxes.recording(m.as_str(), id).await,
