@@ -81,6 +81,12 @@ pub struct VoicemailConfig {
     pub deposits: Arc<dyn crate::voicemail::Deposits>,
     pub rtp: crate::rtp::RtpConfig,
     pub limits: crate::voicemail::DepositLimits,
+    /// The boxes' store side for retrieval; None: calls to `*97`/`*98` are not the
+    /// voicemail's (they are refused like any service code).
+    pub boxes: Option<Arc<dyn crate::voicemail::Boxes>>,
+    /// The number that reaches any box (`*98`); the own box's is the provisioning
+    /// `voicemail_number` the phones are given.
+    pub any_box: String,
 }
 
 /// The default of [`ServeConfig::version_poll`].
@@ -316,6 +322,14 @@ pub async fn bind(
             realm: registry.settings().realm.clone(),
             limits: vm.limits,
             runtime: tokio::runtime::Handle::current(),
+            retrieval: vm.boxes.clone().map(|boxes| crate::voicemail::Retrieval {
+                boxes,
+                numbers: crate::voicemail::RetrievalNumbers {
+                    own_box: registry.settings().provisioning.voicemail_number.clone(),
+                    any_box: vm.any_box.clone(),
+                },
+                guard: endpoint.guard.clone(),
+            }),
         });
     }
     endpoint.voicemail.reload_ring_times().await;

@@ -16,26 +16,24 @@
 //! server implements with `accounts` and tests with a directory.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use media::activity::{MediaTimeout, SilenceDetector};
-use media::dtmf::EventReceiver;
+use media::activity::SilenceDetector;
 use media::g711::Law;
 use media::jitter::{JitterBuffer, Playout};
-use media::rtp::RtpPacket;
+use policy::fields::ExtensionNumber;
+use policy::voicemail::menu::{Entry, Menu, MenuConfig};
 use sip::header::addr::NameAddr;
 use sip::header::cseq::CSeq;
 use sip::header::split_list;
 use sip::msg::{Message, Name};
 use sip::request::{DialogState, RequestBuilder, TopVia};
 use sip::response::ResponseBuilder;
-use sip::sdp::{self, Codec, SessionDescription};
+use sip::sdp::{self, SessionDescription};
 use sip::transaction::{Action, ResponseClass, TxId, TxKey};
 use tokio::sync::mpsc;
 
@@ -44,21 +42,24 @@ use crate::egress::{Delivery, Owner, Purpose};
 use crate::flow::{Flow, our_uri};
 use crate::metrics::Metrics;
 use crate::registrar::Registrar;
-use crate::rtp::{Lease, PortPool, RtpDrop, RtpPeer, Verdict};
+use crate::rtp::{Lease, PortPool, RtpPeer};
 use crate::signalling::Signalling;
+
+mod call;
+pub mod retrieval;
+pub use call::{BoxFuture, DepositLimits};
+pub use retrieval::{Boxes, Retrieval, RetrievalNumbers};
+
+use call::{FRAME, Heard, Session, Signal, tone};
+use retrieval::{Indicator, Left, Prompts};
 
 /// At most this many voicemail calls at once (the port pool bounds them too).
 pub const MAX_CALLS: usize = 1024;
-/// Samples in one 20 ms G.711 packet.
-const FRAME: usize = 160;
 /// What a voicemail dialog allows.
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
 
 /// The default greeting (see `prompts/README.md` for how it was made).
 const DEFAULT_GREETING: &[u8] = include_bytes!("../prompts/greeting.wav");
-
-/// A boxed future, as [`Deposits`] returns (no async-trait dependency).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A box's counts for the message-waiting NOTIFY.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -98,30 +99,6 @@ pub trait Deposits: Send + Sync + std::fmt::Debug {
     fn ring_times(&self) -> BoxFuture<'_, Option<HashMap<String, u32>>>;
 }
 
-/// How long things may last.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DepositLimits {
-    /// The longest message recorded; the call is then ended.
-    pub max_message: Duration,
-    /// Silence this long ends the recording.
-    pub silence: Duration,
-    /// No RTP at all for this long ends the call.
-    pub no_media: Duration,
-    /// A recording shorter than this is not kept (a caller who hung up at the tone).
-    pub min_message: Duration,
-}
-
-impl Default for DepositLimits {
-    fn default() -> Self {
-        DepositLimits {
-            max_message: Duration::from_secs(180),
-            silence: Duration::from_secs(10),
-            no_media: Duration::from_secs(20),
-            min_message: Duration::from_millis(500),
-        }
-    }
-}
-
 /// What the server attaches to switch voicemail on.
 #[derive(Debug)]
 pub struct Backend {
@@ -131,15 +108,8 @@ pub struct Backend {
     pub realm: String,
     pub limits: DepositLimits,
     pub runtime: tokio::runtime::Handle,
-}
-
-/// What the media task is told by the signalling side.
-#[derive(Debug)]
-enum Signal {
-    /// The caller hung up (BYE or CANCEL).
-    HungUp,
-    /// A digit from a SIP INFO.
-    Digit(char),
+    /// Retrieval (`*97`, `*98`); None: only deposits.
+    pub retrieval: Option<Retrieval>,
 }
 
 #[derive(Debug)]
@@ -220,6 +190,7 @@ pub struct Voicemail {
     ring_times: std::sync::RwLock<HashMap<String, u32>>,
     next: AtomicU64,
     greeting: Vec<i16>,
+    prompts: Prompts,
 }
 
 /// Why the recording ended (for the log and the tests).
@@ -230,16 +201,6 @@ pub enum Ended {
     MaxLength,
     Silence,
     NoMedia,
-}
-
-/// The tone after the greeting: 425 Hz for 400 ms at about −12 dBFS.
-fn tone() -> Vec<i16> {
-    (0..3200)
-        .map(|i| {
-            let t = f64::from(i) / f64::from(media::SAMPLE_RATE);
-            (8000.0 * (2.0 * std::f64::consts::PI * 425.0 * t).sin()) as i16
-        })
-        .collect()
 }
 
 fn cseq_of(m: &Message<'_>) -> Option<u32> {
@@ -257,6 +218,7 @@ impl Voicemail {
             ring_times: std::sync::RwLock::new(HashMap::new()),
             next: AtomicU64::new(1),
             greeting,
+            prompts: Prompts::load(),
         }
     }
 
@@ -332,11 +294,60 @@ impl Voicemail {
         callee: &str,
         fallback: Option<Vec<u8>>,
     ) {
-        let decline = |fallback: Option<Vec<u8>>| match fallback {
-            Some(bytes) => {
-                let _ = self.sig.egress.respond(key, bytes);
+        let Some((job, runtime)) = self.admit(m, bytes, key, flow, caller, callee, fallback) else {
+            return;
+        };
+        Metrics::inc(&self.sig.metrics.voicemail_calls);
+        let this = self.clone();
+        runtime.spawn(async move { this.run(job).await });
+    }
+
+    /// Takes a retrieval call (`*97` or `*98`, as [`Voicemail::retrieval_entry`] said)
+    /// into the menu: 100 now, the 200 and the menu from the call's task; the same
+    /// refusals as a deposit (488, 503, 480).
+    pub fn retrieve(
+        self: &Arc<Self>,
+        m: &Message<'_>,
+        bytes: &[u8],
+        key: &TxKey,
+        flow: &Flow,
+        caller: Who,
+        entry: policy::voicemail::menu::Entry,
+    ) {
+        let Some((job, runtime)) = self.admit(m, bytes, key, flow, caller, "", None) else {
+            return;
+        };
+        Metrics::inc(&self.sig.metrics.voicemail_retrievals);
+        let this = self.clone();
+        let source = flow.remote.ip();
+        runtime.spawn(async move { this.run_menu(job, entry, source).await });
+    }
+
+    /// What a deposit and a retrieval share: the offer answered, a port pair leased,
+    /// the call entered, 100 sent. None when the call was refused (answered already).
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
+        &self,
+        m: &Message<'_>,
+        bytes: &[u8],
+        key: &TxKey,
+        flow: &Flow,
+        caller: Who,
+        callee: &str,
+        fallback: Option<Vec<u8>>,
+    ) -> Option<(Job, tokio::runtime::Handle)> {
+        let decline = |fallback: Option<Vec<u8>>| {
+            match fallback {
+                Some(bytes) => {
+                    let _ = self.sig.egress.respond(key, bytes);
+                }
+                None => self.respond(m, key, flow, 480, "Temporarily Unavailable"),
             }
-            None => self.respond(m, key, flow, 480, "Temporarily Unavailable"),
+            None
+        };
+        let refuse = |code: u16, reason: &str| {
+            self.respond(m, key, flow, code, reason);
+            None
         };
         let Some(b) = self.backend.get() else {
             return decline(fallback);
@@ -359,7 +370,7 @@ impl Voicemail {
             Ok(l) => l,
             Err(_) => {
                 Metrics::inc(&self.sig.metrics.voicemail_refused);
-                return self.respond(m, key, flow, 503, "Service Unavailable");
+                return refuse(503, "Service Unavailable");
             }
         };
         let local = sdp::Local {
@@ -369,7 +380,7 @@ impl Voicemail {
         };
         let Ok((answer, negotiated)) = sdp::answer(&offer, local) else {
             Metrics::inc(&self.sig.metrics.voicemail_refused);
-            return self.respond(m, key, flow, 488, "Not Acceptable Here");
+            return refuse(488, "Not Acceptable Here");
         };
         let (Some(from), Some(to), Some(call_id), Some(invite_cseq)) = (
             m.header(Name::From).and_then(NameAddr::parse),
@@ -377,7 +388,7 @@ impl Voicemail {
             m.header(Name::CallId),
             cseq_of(m),
         ) else {
-            return self.respond(m, key, flow, 400, "Bad Request");
+            return refuse(400, "Bad Request");
         };
         let remote_target = m
             .header(Name::Contact)
@@ -389,11 +400,11 @@ impl Voicemail {
         {
             let mut st = self.lock();
             if st.by_key.contains_key(key) {
-                return;
+                return None;
             }
             if st.by_id.len() >= MAX_CALLS {
                 drop(st);
-                return self.respond(m, key, flow, 503, "Service Unavailable");
+                return refuse(503, "Service Unavailable");
             }
             st.by_key.insert(key.clone(), id);
             st.by_id.insert(
@@ -421,9 +432,7 @@ impl Voicemail {
             );
         }
         self.respond(m, key, flow, 100, "Trying");
-        Metrics::inc(&self.sig.metrics.voicemail_calls);
         let caller_text = from.uri.chars().take(128).collect::<String>();
-        let this = self.clone();
         let callee = callee.to_owned();
         let job = Job {
             id,
@@ -435,7 +444,74 @@ impl Voicemail {
             answer: answer.print(),
             signals: rx,
         };
-        b.runtime.spawn(async move { this.run(job).await });
+        Some((job, b.runtime.clone()))
+    }
+
+    /// What a call dialling `dialled` from `caller` (digest-authenticated as that
+    /// extension) opens, if it dials a retrieval number. `on_registered_flow`: the
+    /// INVITE came on one of the caller's own registered flows; only then does `*97`
+    /// log in without a PIN (never on caller ID).
+    pub fn retrieval_entry(
+        &self,
+        dialled: &str,
+        caller: &str,
+        on_registered_flow: bool,
+    ) -> Option<Entry> {
+        let r = self.backend.get()?.retrieval.as_ref()?;
+        if dialled == r.numbers.own_box {
+            Some(Entry::OwnBox {
+                mailbox: ExtensionNumber::parse(caller).ok()?,
+                authenticated_owner: on_registered_flow,
+            })
+        } else if dialled == r.numbers.any_box {
+            Some(Entry::AnyBox)
+        } else {
+            None
+        }
+    }
+
+    /// The menu's call's task: answer, drive the menu, hang up.
+    async fn run_menu(self: Arc<Self>, job: Job, entry: Entry, source: IpAddr) {
+        let Some(b) = self.backend.get() else { return };
+        let Some(retrieval) = b.retrieval.as_ref() else {
+            self.decline(job.id);
+            return;
+        };
+        if !self.answer(job.id, &job.answer) {
+            return;
+        }
+        let Job {
+            id,
+            lease,
+            peer,
+            negotiated,
+            signals,
+            ..
+        } = job;
+        let session = Session::new(lease, peer, negotiated, self.sig.clone(), b.limits.no_media);
+        let left = match session {
+            Some(s) => {
+                let menu = Menu::new(MenuConfig::default(), entry);
+                s.retrieve(
+                    &self.prompts,
+                    self.as_ref(),
+                    menu,
+                    retrieval,
+                    source,
+                    signals,
+                    b.limits,
+                )
+                .await
+            }
+            None => Left::NoMedia,
+        };
+        tracing::info!(ended = ?left, "voicemail retrieval ended");
+        // No operator is configured for the menu yet: `Left::Operator` does not
+        // happen, and would end the call like a goodbye.
+        if left != Left::HungUp {
+            self.hang_up(id);
+        }
+        self.forget_when_done(id);
     }
 
     /// The call's task: open the message, answer, play, record, file, notify, hang up.
@@ -466,7 +542,7 @@ impl Voicemail {
             signals,
             ..
         } = job;
-        let session = Session::new(lease, peer, negotiated, self.sig.clone());
+        let session = Session::new(lease, peer, negotiated, self.sig.clone(), b.limits.no_media);
         let (recorded, ended) = match session {
             Some(s) => s.deposit(prompt, signals, b.limits).await,
             None => (Vec::new(), Ended::NoMedia),
@@ -908,6 +984,17 @@ impl Voicemail {
     }
 }
 
+impl Indicator for Voicemail {
+    fn box_changed<'a>(&'a self, mailbox: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(b) = self.backend.get() else { return };
+            if let Some(w) = b.deposits.waiting(mailbox).await {
+                self.notify_waiting(mailbox, w);
+            }
+        })
+    }
+}
+
 /// Writes a message's WAV: the file exists already (0600, made by the store side).
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
@@ -945,87 +1032,22 @@ struct Job {
     signals: mpsc::Receiver<Signal>,
 }
 
-/// One call's RTP: the sockets, the guard, what is sent.
-#[derive(Debug)]
-struct Session {
-    rtp: tokio::net::UdpSocket,
-    rtcp: tokio::net::UdpSocket,
-    _lease: Lease,
-    peer: RtpPeer,
-    law: Law,
-    payload_type: u8,
-    telephone_event: Option<u8>,
-    ssrc: u32,
-    sequence: u16,
-    timestamp: u32,
-    sig: Arc<Signalling>,
-}
-
 impl Session {
-    fn new(lease: Lease, peer: RtpPeer, n: sdp::Negotiated, sig: Arc<Signalling>) -> Option<Self> {
-        let rtp = lease.rtp.try_clone().ok()?;
-        let rtcp = lease.rtcp.try_clone().ok()?;
-        rtp.set_nonblocking(true).ok()?;
-        rtcp.set_nonblocking(true).ok()?;
-        let seed = sig.token("vm-ssrc");
-        let mut h = 0u64;
-        for b in seed.bytes() {
-            h = h.wrapping_mul(31).wrapping_add(u64::from(b));
-        }
-        Some(Session {
-            rtp: tokio::net::UdpSocket::from_std(rtp).ok()?,
-            rtcp: tokio::net::UdpSocket::from_std(rtcp).ok()?,
-            _lease: lease,
-            peer,
-            law: match n.codec {
-                Codec::Pcmu => Law::MuLaw,
-                Codec::Pcma => Law::ALaw,
-            },
-            payload_type: n.codec.payload_type(),
-            telephone_event: n.telephone_event,
-            ssrc: h as u32,
-            sequence: (h >> 32) as u16,
-            timestamp: (h >> 16) as u32,
-            sig,
-        })
-    }
-
-    async fn send_frame(&mut self, samples: &[i16], marker: bool) {
-        let payload = self.law.encode(samples);
-        let p = RtpPacket {
-            marker,
-            payload_type: self.payload_type,
-            sequence: self.sequence,
-            timestamp: self.timestamp,
-            ssrc: self.ssrc,
-            payload: &payload,
-        };
-        // Before the caller's first packet nothing is sent (see `RtpPeer::target`); the
-        // frames still count, so the greeting keeps its time.
-        if let Some(target) = self.peer.target() {
-            let _ = self.rtp.send_to(&p.build(), target).await;
-        }
-        self.sequence = self.sequence.wrapping_add(1);
-        self.timestamp = self.timestamp.wrapping_add(samples.len() as u32);
-    }
-
     /// Plays `prompt`, then records until the caller hangs up, presses `#`, goes
-    /// silent, sends nothing, or the message reaches its longest.
+    /// silent, sends nothing, or the message reaches its longest. The call lasts at
+    /// most the prompt and the longest message: digits keep it open like audio (see
+    /// [`Session::hear_rtp`]) but record nothing, so without that bound a caller typing
+    /// digits would hold it for ever.
     async fn deposit(
         mut self,
         prompt: Vec<i16>,
         mut signals: mpsc::Receiver<Signal>,
         limits: DepositLimits,
     ) -> (Vec<i16>, Ended) {
-        let clock = self.sig.clock.clone();
-        let start = clock.instant();
-        let since = |now: Instant| now.saturating_duration_since(start);
-        let mut timeout = MediaTimeout::new(limits.no_media, Duration::ZERO);
         let mut silence = SilenceDetector::new(300, limits.silence);
         let mut jitter: JitterBuffer<Vec<u8>> = JitterBuffer::new(3, 64);
-        let mut digits = EventReceiver::new();
-        let mut got = Vec::new();
         let max = limits.max_message.as_millis() as usize * 8;
+        let longest = Duration::from_millis(prompt.len() as u64 / 8) + limits.max_message;
         let mut recorded: Vec<i16> = Vec::new();
         let mut played = 0usize;
         let mut recording = false;
@@ -1083,56 +1105,30 @@ impl Session {
                             break Ended::Silence;
                         }
                     }
-                    if timeout.expired(since(clock.instant())) {
+                    if self.media_expired() {
                         break Ended::NoMedia;
+                    }
+                    if self.elapsed() >= longest {
+                        break Ended::MaxLength;
                     }
                 }
                 r = self.rtp.recv_from(&mut buf) => {
-                    let Ok((n, from)) = r else { continue };
-                    match self.peer.judge(from) {
-                        Verdict::Refuse => {
-                            metrics.rtp_dropped(RtpDrop::WrongSource);
-                            continue;
+                    match self.hear_rtp(r, &buf).await {
+                        Heard::Audio { sequence, payload } => {
+                            let _ = jitter.push(sequence, payload.to_vec());
                         }
-                        // Latched: the socket is connected to the peer, so the kernel
-                        // drops every other source's datagrams before they take room in
-                        // its queue or cost a wake-up (a flood to an open port then
-                        // cannot crowd out the caller's audio).
-                        Verdict::Latch => {
-                            let _ = self.rtp.connect(from).await;
+                        Heard::Digits(got) => {
+                            for _ in &got {
+                                Metrics::inc(&metrics.voicemail_digits);
+                            }
+                            if recording && got.contains(&'#') {
+                                break Ended::Pound;
+                            }
                         }
-                        Verdict::Take => {}
-                    }
-                    let Ok(p) = RtpPacket::parse(&buf[..n]) else {
-                        metrics.rtp_dropped(RtpDrop::Malformed);
-                        continue;
-                    };
-                    if p.payload_type == self.payload_type {
-                        // Only audio is media: RTCP, digits or another payload type
-                        // alone would hold the call and its ports for ever.
-                        timeout.packet(since(clock.instant()));
-                        let _ = jitter.push(p.sequence, p.payload.to_vec());
-                    } else if Some(p.payload_type) == self.telephone_event {
-                        digits.receive(p.timestamp, p.payload, &mut got);
-                        for _ in &got {
-                            Metrics::inc(&metrics.voicemail_digits);
-                        }
-                        if recording && got.contains(&'#') {
-                            break Ended::Pound;
-                        }
-                        got.clear();
-                    } else {
-                        metrics.rtp_dropped(RtpDrop::UnexpectedPayload);
+                        Heard::Nothing => {}
                     }
                 }
-                r = self.rtcp.recv_from(&mut rtcp_buf) => {
-                    let Ok((n, from)) = r else { continue };
-                    if !self.peer.rtcp_from(from) {
-                        metrics.rtp_dropped(RtpDrop::WrongSource);
-                    } else if media::rtcp::parse(&rtcp_buf[..n]).is_err() {
-                        metrics.rtp_dropped(RtpDrop::Malformed);
-                    }
-                }
+                r = self.rtcp.recv_from(&mut rtcp_buf) => self.hear_rtcp(r, &rtcp_buf),
                 s = signals.recv() => match s {
                     Some(Signal::HungUp) | None => break Ended::HungUp,
                     Some(Signal::Digit(d)) => {
@@ -1154,16 +1150,7 @@ impl Session {
                 }
             }
         }
-        if let Some(target) = self.peer.target() {
-            let bye = media::rtcp::bye(self.ssrc, "sipward");
-            let _ = self
-                .rtcp
-                .send_to(
-                    &bye,
-                    SocketAddr::new(target.ip(), target.port().wrapping_add(1)),
-                )
-                .await;
-        }
+        self.close().await;
         (recorded, ended)
     }
 }
@@ -1176,15 +1163,22 @@ mod tests {
     fn the_voicemail_has_no_path_to_a_trunk() {
         // The invariant at the top of this file, held by reading it: no trunk, B2BUA
         // or proxy, and no client transaction but a BYE of its own and NOTIFYs.
-        let source = include_str!("voicemail.rs");
-        let code: String = source
-            .split("#[cfg(test)]")
-            .next()
-            .unwrap_or(source)
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("//"))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let code: String = [
+            include_str!("voicemail.rs"),
+            include_str!("voicemail/call.rs"),
+            include_str!("voicemail/retrieval.rs"),
+        ]
+        .iter()
+        .flat_map(|source| {
+            source
+                .split("#[cfg(test)]")
+                .next()
+                .unwrap_or(source)
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
         for forbidden in [
             concat!("crate::", "b2bua"),
             concat!("crate::", "trunk"),

@@ -200,10 +200,15 @@ pub async fn run(
         version_poll: config.version_poll,
         // Voicemail answers calls only with a `[media]` section: no RTP port is opened
         // until the operator names the range the firewall lets through.
-        voicemail: config.rtp.clone().map(|rtp| server::VoicemailConfig {
-            deposits: Arc::new(pbx::mailbox::Mailboxes::new(reg.clone())),
-            rtp,
-            limits: pbx::voicemail::DepositLimits::default(),
+        voicemail: config.rtp.clone().map(|rtp| {
+            let boxes = Arc::new(pbx::mailbox::Mailboxes::new(reg.clone()));
+            server::VoicemailConfig {
+                deposits: boxes.clone(),
+                rtp,
+                limits: pbx::voicemail::DepositLimits::default(),
+                boxes: Some(boxes),
+                any_box: pbx::voicemail::RetrievalNumbers::default().any_box,
+            }
         }),
     };
     let bound = server::bind(reg.clone(), cfg, keys, crate::clock::clock()).await?;

@@ -48,4 +48,5 @@ mod trunk_calls;
 mod trunks;
 mod user_agent;
 mod voicemail;
+mod voicemail_retrieval;
 mod voicemail_wire;
