@@ -165,6 +165,8 @@ pub struct Metrics {
     /// (a wrong PIN, a locked or unknown box: one count each).
     pub voicemail_retrievals: AtomicU64,
     pub voicemail_logins_refused: AtomicU64,
+    /// Voicemail callers sent to the configured operator (`0`, a REFER).
+    pub voicemail_operator_refers: AtomicU64,
 }
 
 /// Why the authenticator answered credentials with a new challenge.
@@ -484,6 +486,11 @@ impl Metrics {
                 "sipward_voicemail_logins_refused_total",
                 "voicemail logins refused: wrong PIN, locked or unknown box (answered alike)",
                 get(&self.voicemail_logins_refused),
+            ),
+            (
+                "sipward_voicemail_operator_refers_total",
+                "voicemail callers referred to the configured operator extension (0)",
+                get(&self.voicemail_operator_refers),
             ),
             (
                 "sipward_calls_proxied_total",

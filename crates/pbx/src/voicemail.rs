@@ -5,10 +5,11 @@
 //! `message-summary` NOTIFY).
 //!
 //! Architecture invariant: **the voicemail never places a call.** This module has no
-//! path to `crate::b2bua`, `crate::trunk` or `crate::proxy`: the only request it sends
-//! is a BYE in its own dialog with the caller (egress permit (c), sipward's own leg),
-//! and its NOTIFYs go through [`crate::notify`] under the registration permit (d).
-//! A unit test reads this file and fails if that changes.
+//! path to `crate::b2bua`, `crate::trunk` or `crate::proxy`: the only requests it sends
+//! in its own dialog with the caller (egress permit (c), sipward's own leg) are its BYE
+//! and one REFER to the operator the configuration names (`[voicemail] operator`, an
+//! internal extension), to an internal caller only; its NOTIFYs go under the
+//! registration permit (d). A unit test reads this file and fails if that changes.
 //!
 //! The media side runs as one task per call on the server's runtime; the signalling
 //! side (answers, the dialog, BYE) is synchronous like the rest of the endpoint. The
@@ -26,7 +27,7 @@ use media::activity::SilenceDetector;
 use media::g711::Law;
 use media::jitter::{JitterBuffer, Playout};
 use policy::fields::ExtensionNumber;
-use policy::voicemail::menu::{Entry, Menu, MenuConfig};
+use policy::voicemail::menu::{Entry, Menu, MenuConfig, Operator};
 use sip::header::addr::NameAddr;
 use sip::header::cseq::CSeq;
 use sip::header::split_list;
@@ -51,12 +52,12 @@ pub use call::{BoxFuture, DepositLimits};
 pub use retrieval::{Boxes, Retrieval, RetrievalNumbers};
 
 use call::{FRAME, Heard, Session, Signal, tone};
-use retrieval::{Indicator, Left, Prompts};
+use retrieval::{Indicator, Left, MenuCall, Prompts};
 
 /// At most this many voicemail calls at once (the port pool bounds them too).
 pub const MAX_CALLS: usize = 1024;
 /// What a voicemail dialog allows.
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY";
 
 /// The default greeting (see `prompts/README.md` for how it was made).
 const DEFAULT_GREETING: &[u8] = include_bytes!("../prompts/greeting.wav");
@@ -106,6 +107,9 @@ pub struct Backend {
     pub pool: Arc<PortPool>,
     pub registrar: Arc<Registrar>,
     pub realm: String,
+    /// `sip.domain`: the host of the operator's Refer-To (else the address the caller
+    /// reached sipward at).
+    pub domain: Option<String>,
     pub limits: DepositLimits,
     pub runtime: tokio::runtime::Handle,
     /// Retrieval (`*97`, `*98`); None: only deposits.
@@ -132,6 +136,8 @@ struct Call {
     fallback: Option<Vec<u8>>,
     signals: mpsc::Sender<Signal>,
     bye: Option<TxId>,
+    /// Our REFER to the operator, until its transaction ends (then our BYE).
+    refer: Option<TxId>,
     /// The call's task has finished with it.
     done: bool,
 }
@@ -191,6 +197,8 @@ pub struct Voicemail {
     next: AtomicU64,
     greeting: Vec<i16>,
     prompts: Prompts,
+    /// `[voicemail] operator`, replaced at a config reload.
+    operator: std::sync::RwLock<Option<Operator>>,
 }
 
 /// Why the recording ended (for the log and the tests).
@@ -201,6 +209,8 @@ pub enum Ended {
     MaxLength,
     Silence,
     NoMedia,
+    /// The caller pressed `0` during the greeting, and an operator is configured.
+    Operator,
 }
 
 fn cseq_of(m: &Message<'_>) -> Option<u32> {
@@ -219,7 +229,19 @@ impl Voicemail {
             next: AtomicU64::new(1),
             greeting,
             prompts: Prompts::load(),
+            operator: std::sync::RwLock::new(None),
         }
+    }
+
+    /// Puts `[voicemail] operator` in force for the calls that start from now.
+    pub fn set_operator(&self, operator: Option<Operator>) {
+        *self.operator.write().unwrap_or_else(|p| p.into_inner()) = operator;
+    }
+
+    /// The operator a call from `caller` may be referred to (see [`zero_out`]).
+    fn operator_for(&self, caller: &Who) -> Option<Operator> {
+        let configured = self.operator.read().unwrap_or_else(|p| p.into_inner());
+        zero_out(caller, configured.as_ref())
     }
 
     /// The voicemail's Contact as a peer on `flow` reaches it (`<sip:voicemail@...>`).
@@ -390,6 +412,7 @@ impl Voicemail {
         ) else {
             return refuse(400, "Bad Request");
         };
+        let operator = self.operator_for(&caller);
         let remote_target = m
             .header(Name::Contact)
             .and_then(|c| split_list(c).next())
@@ -427,6 +450,7 @@ impl Voicemail {
                     fallback,
                     signals: tx,
                     bye: None,
+                    refer: None,
                     done: false,
                 },
             );
@@ -443,6 +467,7 @@ impl Voicemail {
             negotiated,
             answer: answer.print(),
             signals: rx,
+            operator,
         };
         Some((job, b.runtime.clone()))
     }
@@ -486,30 +511,29 @@ impl Voicemail {
             peer,
             negotiated,
             signals,
+            operator,
             ..
         } = job;
         let session = Session::new(lease, peer, negotiated, self.sig.clone(), b.limits.no_media);
         let left = match session {
             Some(s) => {
-                let menu = Menu::new(MenuConfig::default(), entry);
-                s.retrieve(
-                    &self.prompts,
-                    self.as_ref(),
-                    menu,
+                let menu = Menu::new(MenuConfig { operator }, entry);
+                let call = MenuCall {
+                    prompts: &self.prompts,
+                    indicator: self.as_ref(),
                     retrieval,
                     source,
-                    signals,
-                    b.limits,
-                )
-                .await
+                    silence: b.limits.silence,
+                };
+                s.retrieve(call, menu, signals).await
             }
             None => Left::NoMedia,
         };
         tracing::info!(ended = ?left, "voicemail retrieval ended");
-        // No operator is configured for the menu yet: `Left::Operator` does not
-        // happen, and would end the call like a goodbye.
-        if left != Left::HungUp {
-            self.hang_up(id);
+        match left {
+            Left::HungUp => {}
+            Left::Operator(op) => self.refer(id, &op),
+            _ => self.hang_up(id),
         }
         self.forget_when_done(id);
     }
@@ -540,16 +564,22 @@ impl Voicemail {
             peer,
             negotiated,
             signals,
+            operator,
             ..
         } = job;
         let session = Session::new(lease, peer, negotiated, self.sig.clone(), b.limits.no_media);
         let (recorded, ended) = match session {
-            Some(s) => s.deposit(prompt, signals, b.limits).await,
+            Some(s) => {
+                s.deposit(prompt, signals, b.limits, operator.is_some())
+                    .await
+            }
             None => (Vec::new(), Ended::NoMedia),
         };
         tracing::info!(mailbox = %callee, samples = recorded.len(), ended = ?ended, "voicemail deposit ended");
-        if ended != Ended::HungUp {
-            self.hang_up(id);
+        match (ended, operator) {
+            (Ended::HungUp, _) => {}
+            (Ended::Operator, Some(op)) => self.refer(id, &op),
+            _ => self.hang_up(id),
         }
         let min = b.limits.min_message.as_millis() as usize * 8;
         if recorded.len() < min {
@@ -851,6 +881,74 @@ impl Voicemail {
         }
     }
 
+    /// Our REFER (RFC 3515) sending the caller to the configured operator; our BYE
+    /// follows once the REFER's transaction has ended, whatever its answer. The
+    /// `Refer-To` is built here from the configuration alone (the operator extension at
+    /// `sip.domain`, else at the address the caller reached sipward at), never from
+    /// anything the caller sent; the caller's phone then places an ordinary call of its
+    /// own, which sipward routes and holds to the caller's class like any other.
+    fn refer(&self, id: u64, operator: &Operator) {
+        let domain = self.backend.get().and_then(|b| b.domain.clone());
+        let mut st = self.lock();
+        let Some(call) = st.by_id.get_mut(&id) else {
+            return;
+        };
+        let Some(dialog) = call.dialog else { return };
+        if !self
+            .sig
+            .dialogs
+            .get(dialog)
+            .is_some_and(|d| d.phase == Phase::Confirmed)
+        {
+            return;
+        }
+        let flow = call.flow;
+        let target = operator_uri(
+            operator,
+            domain.as_deref(),
+            self.sig.bound_for(&flow),
+            &flow,
+        );
+        call.our_cseq += 1;
+        let branch = self.sig.branch();
+        let bytes = RequestBuilder::in_dialog(&call.dialog_state(), "REFER", call.our_cseq)
+            .via(TopVia::new(
+                flow.transport.via_token(),
+                self.sig.local(&flow),
+                &branch,
+            ))
+            .contact(&our_uri(
+                self.sig.bound_for(&flow),
+                &flow,
+                Some("voicemail"),
+            ))
+            .header("Refer-To", &format!("<{target}>"))
+            .build();
+        let started = bytes.ok().and_then(|bytes| {
+            self.sig
+                .egress
+                .start(
+                    bytes,
+                    flow,
+                    Purpose::InDialog { from: None },
+                    Owner::Voicemail,
+                )
+                .ok()
+        });
+        match started {
+            Some(tx) => {
+                call.refer = Some(tx);
+                st.by_tx.insert(tx, id);
+                Metrics::inc(&self.sig.metrics.voicemail_operator_refers);
+                tracing::info!(operator = %operator.extension(), "voicemail call referred to the operator");
+            }
+            None => {
+                drop(st);
+                self.hang_up(id);
+            }
+        }
+    }
+
     /// Forgets a call whose media is over, unless our BYE still waits for its answer
     /// (then [`Voicemail::on_delivery`] forgets it).
     fn forget_when_done(&self, id: u64) {
@@ -859,7 +957,7 @@ impl Voicemail {
             return;
         };
         call.done = true;
-        if call.bye.is_some() {
+        if call.bye.is_some() || call.refer.is_some() {
             return;
         }
         if let Some(d) = call.dialog {
@@ -885,6 +983,18 @@ impl Voicemail {
         let Some(id) = st.by_tx.remove(&d.tx) else {
             return;
         };
+        if let Some(call) = st.by_id.get_mut(&id)
+            && call.refer == Some(d.tx)
+        {
+            // The REFER is answered (or never will be): now the call ends as any other.
+            call.refer = None;
+            drop(st);
+            self.hang_up(id);
+            if self.lock().by_id.get(&id).is_some_and(|c| c.done) {
+                self.forget_when_done(id);
+            }
+            return;
+        }
         if let Some(call) = st.by_id.get_mut(&id) {
             call.bye = None;
             if let Some(dialog) = call.dialog {
@@ -972,6 +1082,9 @@ impl Voicemail {
                 }
             }
             "OPTIONS" => answer(200, "OK"),
+            // The progress of a REFER to the operator (RFC 3515's implicit
+            // subscription): taken note of, nothing more.
+            "NOTIFY" => answer(200, "OK"),
             // A re-INVITE (hold, codec change) is refused: the call keeps its media.
             "INVITE" | "UPDATE" => answer(488, "Not Acceptable Here"),
             // No transfer, ever: the voicemail places no call.
@@ -992,6 +1105,32 @@ impl Indicator for Voicemail {
                 self.notify_waiting(mailbox, w);
             }
         })
+    }
+}
+
+/// Where `0` sends a call from `caller`: the configured operator, only for an internal,
+/// authenticated extension's call. A trunk's caller is never offered the zero-out: a
+/// REFER to a carrier is an instruction to the carrier to place a call, outside the
+/// egress rule and the class of service.
+fn zero_out(caller: &Who, configured: Option<&Operator>) -> Option<Operator> {
+    match caller {
+        Who::Extension(_) => configured.cloned(),
+        Who::Trunk(_) | Who::Sipward => None,
+    }
+}
+
+/// The operator's `Refer-To` URI: `sip:OPERATOR@DOMAIN`, or without a configured domain
+/// the operator at the address `flow`'s caller reached sipward at.
+fn operator_uri(
+    operator: &Operator,
+    domain: Option<&str>,
+    bound: SocketAddr,
+    flow: &Flow,
+) -> String {
+    let user = operator.extension().as_str();
+    match domain {
+        Some(d) => format!("sip:{user}@{d}"),
+        None => our_uri(bound, flow, Some(user)),
     }
 }
 
@@ -1030,6 +1169,8 @@ struct Job {
     negotiated: sdp::Negotiated,
     answer: String,
     signals: mpsc::Receiver<Signal>,
+    /// Where `0` refers this caller (an internal caller with an operator configured).
+    operator: Option<Operator>,
 }
 
 impl Session {
@@ -1043,6 +1184,7 @@ impl Session {
         prompt: Vec<i16>,
         mut signals: mpsc::Receiver<Signal>,
         limits: DepositLimits,
+        zero_out: bool,
     ) -> (Vec<i16>, Ended) {
         let mut silence = SilenceDetector::new(300, limits.silence);
         let mut jitter: JitterBuffer<Vec<u8>> = JitterBuffer::new(3, 64);
@@ -1124,6 +1266,9 @@ impl Session {
                             if recording && got.contains(&'#') {
                                 break Ended::Pound;
                             }
+                            if zero_out && !recording && got.contains(&'0') {
+                                break Ended::Operator;
+                            }
                         }
                         Heard::Nothing => {}
                     }
@@ -1135,6 +1280,9 @@ impl Session {
                         Metrics::inc(&metrics.voicemail_digits);
                         if d == '#' && recording {
                             break Ended::Pound;
+                        }
+                        if d == '0' && zero_out && !recording {
+                            break Ended::Operator;
                         }
                     }
                 },
@@ -1194,12 +1342,54 @@ mod tests {
         let flat: String = code.chars().filter(|c| !c.is_whitespace()).collect();
         assert_eq!(
             flat.matches("egress.start(").count(),
-            2,
-            "one BYE and the NOTIFYs, nothing else"
+            3,
+            "one BYE, one REFER to the operator and the NOTIFYs, nothing else"
         );
-        assert!(flat.contains("Purpose::InDialog{from:None},Owner::Voicemail"));
+        assert_eq!(
+            flat.matches("Purpose::InDialog{from:None},Owner::Voicemail")
+                .count(),
+            2,
+            "the BYE and the REFER are requests in the call's own dialog"
+        );
+        // The REFER's one Refer-To is the configured operator, built by `operator_uri`
+        // from an `Operator` (which only the configuration makes).
+        assert_eq!(flat.matches(",\"REFER\",").count(), 1, "one REFER built");
+        assert_eq!(flat.matches("\"Refer-To\"").count(), 1);
+        assert!(flat.contains(".header(\"Refer-To\",&format!(\"<{target}>\"))"));
+        assert!(flat.contains("lettarget=operator_uri(operator,"));
+        assert!(flat.contains("fnrefer(&self,id:u64,operator:&Operator)"));
         assert!(flat.contains("Purpose::Registration{number},Owner::Notify"));
         assert!(!flat.contains("Purpose::Callee"));
+    }
+
+    #[test]
+    fn only_an_internal_caller_is_offered_the_operator() {
+        let op = Operator::configured(ExtensionNumber::parse("100").expect("number"));
+        assert_eq!(
+            zero_out(&Who::Extension("1001".into()), Some(&op)),
+            Some(op.clone())
+        );
+        assert_eq!(zero_out(&Who::Extension("1001".into()), None), None);
+        assert_eq!(
+            zero_out(&Who::Trunk("gateway:pstn".into()), Some(&op)),
+            None
+        );
+        assert_eq!(zero_out(&Who::Sipward, Some(&op)), None);
+    }
+
+    #[test]
+    fn the_operator_is_reached_at_the_configured_domain_or_at_sipward_itself() {
+        let op = Operator::configured(ExtensionNumber::parse("100").expect("number"));
+        let bound: SocketAddr = "192.0.2.10:5060".parse().expect("addr");
+        let flow = Flow::udp("198.51.100.7:5062".parse().expect("addr"));
+        assert_eq!(
+            operator_uri(&op, Some("pbx.example.com"), bound, &flow),
+            "sip:100@pbx.example.com"
+        );
+        assert_eq!(
+            operator_uri(&op, None, bound, &flow),
+            "sip:100@192.0.2.10:5060"
+        );
     }
 
     #[test]

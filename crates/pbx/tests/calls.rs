@@ -579,6 +579,7 @@ async fn start(setup: Setup) -> Pbx {
                 limits: pbx::voicemail::DepositLimits::default(),
                 boxes: None,
                 any_box: "*98".into(),
+                operator: None,
             }),
     };
     let keys = ServerKeys {

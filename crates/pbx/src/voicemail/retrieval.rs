@@ -29,7 +29,7 @@ use policy::voicemail::{Credential, Login, MessageView, PinChange};
 use tokio::sync::mpsc;
 use tokio::time::Instant as TokioInstant;
 
-use super::call::{BoxFuture, DepositLimits, FRAME, Heard, Session, Signal, tone};
+use super::call::{BoxFuture, FRAME, Heard, Session, Signal, tone};
 use crate::metrics::Metrics;
 use crate::signalling::Signalling;
 
@@ -260,6 +260,17 @@ pub enum Left {
     TooLong,
 }
 
+/// What a menu call is driven with besides its RTP session and the menu.
+pub(super) struct MenuCall<'a> {
+    pub(super) prompts: &'a Prompts,
+    pub(super) indicator: &'a dyn Indicator,
+    pub(super) retrieval: &'a Retrieval,
+    /// The caller's address (the audit log, the guard's count of refused PINs).
+    pub(super) source: IpAddr,
+    /// Silence this long ends a greeting's recording.
+    pub(super) silence: Duration,
+}
+
 /// What the menu's call side knows besides the menu.
 struct Driver<'a> {
     sig: Arc<Signalling>,
@@ -430,22 +441,18 @@ impl Session {
     /// chose the operator and heard that it is being transferred.
     pub(super) async fn retrieve(
         mut self,
-        prompts: &Prompts,
-        indicator: &dyn Indicator,
+        call: MenuCall<'_>,
         mut menu: Menu,
-        retrieval: &Retrieval,
-        source: IpAddr,
         mut signals: mpsc::Receiver<Signal>,
-        limits: DepositLimits,
     ) -> Left {
-        let silence_limit = limits.silence;
+        let silence_limit = call.silence;
         let mut driver = Driver {
             sig: self.sig.clone(),
-            prompts,
-            indicator,
-            boxes: retrieval.boxes.clone(),
-            guard: retrieval.guard.clone(),
-            source,
+            prompts: call.prompts,
+            indicator: call.indicator,
+            boxes: call.retrieval.boxes.clone(),
+            guard: call.retrieval.guard.clone(),
+            source: call.source,
             mailbox: None,
             owner_login: false,
             event_at: TokioInstant::now(),
