@@ -2,8 +2,9 @@
 //! message, presses `0` (Debian's `dtmf_2833_0.pcap`, RFC 4733) during the greeting and
 //! gets a REFER whose Refer-To is exactly the configured operator, then sipward's BYE;
 //! the same from the retrieval menu after the PIN. The control presses `0` with no
-//! operator configured and gets no REFER. A fake trunk routed for every outside number
-//! hears nothing either way. A `[voicemail] operator` that is not an internal extension
+//! operator configured and gets no REFER, and a PSTN caller coming in through a DID
+//! gets none either (with the rule mutated to offer it, that test fails on the REFER).
+//! A fake trunk routed for every outside number hears nothing either way. A `[voicemail] operator` that is not an internal extension
 //! (a PSTN number, a pattern, a gateway's virtual extension, the fax) stops `serve` at
 //! start and is refused at SIGHUP, the error naming the key.
 
@@ -337,6 +338,73 @@ fn an_operator_that_is_no_internal_extension_is_refused_at_start_and_at_reload()
             log.contains("config not reloaded") && log.contains("voicemail.operator")
         },
         || server.log(),
+    );
+    server.stop();
+}
+
+/// The trunk's call into a DID whose box answers: the trunk scenario with RFC 4733
+/// offered, `0` during the greeting, then its own BYE after the greeting (a REFER in
+/// between would be an unexpected message and fail the call).
+fn trunk_scenario(env: &Env) -> String {
+    let base = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/sipp/trunk_uac.xml"),
+    )
+    .expect("scenario");
+    let text = base
+        .replace(
+            "      m=audio [media_port] RTP/AVP 0\n      a=rtpmap:0 PCMU/8000\n",
+            "      m=audio [media_port] RTP/AVP 0 101\n      a=rtpmap:0 PCMU/8000\n      a=rtpmap:101 telephone-event/8000\n      a=fmtp:101 0-15\n",
+        )
+        .replace(
+            "  <pause milliseconds=\"200\"/>\n",
+            &(keys(500, "0") + "  <pause milliseconds=\"3000\"/>\n"),
+        );
+    assert!(text.contains("telephone-event") && text.contains("dtmf_2833_0"));
+    let path = env.path(&format!("vm-trunk-{}.xml", free_port()));
+    std::fs::write(&path, text).expect("write scenario");
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_caller_from_a_trunk_is_not_offered_the_operator() {
+    // The same operator as in the REFER test above (its positive control): an internal
+    // caller's `0` gets the REFER; the PSTN caller's `0` through a DID gets nothing.
+    let env = Env::with_config(&config("operator = \"100\"\n"));
+    let trunk = fake_trunk(&env);
+    add(&env, "100", "705318");
+    add(&env, "1002", PIN);
+    env.ok(&["did", "add", "+4930555123", "--ext", "1002"]);
+    let server = env.serve();
+    let run = sipp_from(
+        "127.0.0.7",
+        &env,
+        &trunk_scenario(&env),
+        "SEQUENTIAL\n4930555123;\n",
+        server.sip,
+        "u1",
+        1,
+        1,
+    );
+    assert_eq!(
+        (run.successful, run.failed),
+        (1, 0),
+        "{run:?}\n{}",
+        server.log()
+    );
+    assert_eq!(
+        server.metric("sipward_voicemail_calls_total"),
+        1,
+        "the box answered"
+    );
+    assert!(
+        server.metric("sipward_voicemail_digits_total") >= 1,
+        "the 0 arrived (else this proves nothing)"
+    );
+    assert_eq!(server.metric("sipward_voicemail_operator_refers_total"), 0);
+    assert_eq!(
+        heard(&trunk),
+        Vec::<String>::new(),
+        "nothing went to the trunk"
     );
     server.stop();
 }
