@@ -856,6 +856,28 @@ impl Endpoint {
         if caller.kind != "ext" {
             return forbidden();
         }
+        // The voicemail menu: only for an extension that authenticated (above; a trunk's
+        // call never gets here). `*97` opens the caller's own box without a PIN only
+        // from one of its registered flows; never on caller ID.
+        let on_registered_flow = || {
+            self.registrar
+                .flows(&caller.number, now)
+                .iter()
+                .any(|(_, f)| f.same_peer(flow))
+        };
+        if let Some(entry) =
+            self.voicemail
+                .retrieval_entry(dialled, &caller.number, on_registered_flow())
+        {
+            return self.voicemail.retrieve(
+                m,
+                bytes,
+                key,
+                flow,
+                Who::Extension(caller.number.clone()),
+                entry,
+            );
+        }
         // A transfer or redirect a referrer allowed: the call is the referrer's.
         let counted = self
             .outbound

@@ -1445,6 +1445,36 @@ impl Guard {
         );
     }
 
+    /// Counts a refused voicemail PIN against `ip`, the source of an authenticated
+    /// call (its signalling answered a nonce), like a failed SIP authentication from
+    /// it: the same table and ban, so one address guessing many boxes is banned, not
+    /// only each box locked. Allow-listed sources (a trunk's shared range among them)
+    /// are never counted; the box's own lockout still holds for them.
+    pub fn voicemail_pin_failure(&self, ip: IpAddr, now: i64) {
+        if self.allowed(ip) {
+            return;
+        }
+        let p = self.policy();
+        let Some((source, count)) =
+            self.count_failure(&self.failures, ip, p.auth_failures, p.auth_window_secs, now)
+        else {
+            return;
+        };
+        let window_min = p.auth_window_secs / 60;
+        let hours = p.repeat_window_secs / 3600;
+        self.impose(
+            source,
+            Reason::AuthFailures,
+            now,
+            |n| {
+                format!(
+                    "{count} failed authentications (voicemail PINs among them) within {window_min} minutes (ban {n} within {hours} hours)"
+                )
+            },
+            None,
+        );
+    }
+
     /// Handles a request whose User-Agent names a known scanner: bans the source at once
     /// (unless allow-listed or scanner bans are off), or, when the User-Agent came in a
     /// datagram (`proof` spoofable) from a source with standing, withholds the ban and
@@ -1763,6 +1793,31 @@ mod tests {
         let last = bans(&mut rx).pop().expect("banned again");
         assert_eq!(last.times, 3);
         assert_eq!(last.expires_at - t, 604_800);
+    }
+
+    #[test]
+    fn wrong_voicemail_pins_count_with_failed_logins_but_never_from_the_allow_list() {
+        let (g, mut rx) = guard(BanPolicy::default());
+        let src = ip("203.0.113.6");
+        for i in 0..5 {
+            g.auth_failure(src, "x", false, i);
+        }
+        for i in 5..9 {
+            g.voicemail_pin_failure(src, i);
+        }
+        assert!(bans(&mut rx).is_empty());
+        g.voicemail_pin_failure(src, 9);
+        let row = bans(&mut rx).pop().expect("the tenth failure bans");
+        assert_eq!(row.reason, "auth.failures");
+        assert!(row.detail.contains("voicemail"), "{}", row.detail);
+        // A trunk's range (allow-listed) shares its address with every outside caller.
+        let (g, mut rx) = guard(BanPolicy {
+            auth_failures: 1,
+            ..Default::default()
+        });
+        g.replace(&[], &[allow("10.0.0.0/8")], &[], false);
+        g.voicemail_pin_failure(ip("10.1.2.3"), 0);
+        assert!(events(&mut rx).is_empty());
     }
 
     #[test]

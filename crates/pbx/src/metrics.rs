@@ -163,6 +163,12 @@ pub struct Metrics {
     pub voicemail_messages: AtomicU64,
     /// DTMF digits the voicemail received (RFC 4733 or SIP INFO).
     pub voicemail_digits: AtomicU64,
+    /// Retrieval calls the voicemail answered (`*97`, `*98`), and their refused logins
+    /// (a wrong PIN, a locked or unknown box: one count each).
+    pub voicemail_retrievals: AtomicU64,
+    pub voicemail_logins_refused: AtomicU64,
+    /// Voicemail callers sent to the configured operator (`0`, a REFER).
+    pub voicemail_operator_refers: AtomicU64,
 }
 
 /// Why the authenticator answered credentials with a new challenge.
@@ -482,6 +488,21 @@ impl Metrics {
                 "sipward_voicemail_digits_total",
                 "DTMF digits the voicemail received (RFC 4733 events or SIP INFO)",
                 get(&self.voicemail_digits),
+            ),
+            (
+                "sipward_voicemail_retrievals_total",
+                "calls to the voicemail menu (*97 own box, *98 any box) it answered",
+                get(&self.voicemail_retrievals),
+            ),
+            (
+                "sipward_voicemail_logins_refused_total",
+                "voicemail logins refused: wrong PIN, locked or unknown box (answered alike)",
+                get(&self.voicemail_logins_refused),
+            ),
+            (
+                "sipward_voicemail_operator_refers_total",
+                "voicemail callers referred to the configured operator extension (0)",
+                get(&self.voicemail_operator_refers),
             ),
             (
                 "sipward_calls_proxied_total",

@@ -81,6 +81,15 @@ pub struct VoicemailConfig {
     pub deposits: Arc<dyn crate::voicemail::Deposits>,
     pub rtp: crate::rtp::RtpConfig,
     pub limits: crate::voicemail::DepositLimits,
+    /// The boxes' store side for retrieval; None: calls to `*97`/`*98` are not the
+    /// voicemail's (they are refused like any service code).
+    pub boxes: Option<Arc<dyn crate::voicemail::Boxes>>,
+    /// The number that reaches any box (`*98`); the own box's is the provisioning
+    /// `voicemail_number` the phones are given.
+    pub any_box: String,
+    /// `[voicemail] operator`: the internal extension `0` refers an internal caller to
+    /// (the binary checked it is one); None: `0` does nothing special.
+    pub operator: Option<policy::voicemail::menu::Operator>,
 }
 
 /// The default of [`ServeConfig::version_poll`].
@@ -147,6 +156,8 @@ pub struct Live {
     pub dialplan: policy::dialplan::DialPlan,
     /// The SMTP server the outbox is sent through; None leaves mails queued.
     pub mailer: Option<accounts::mail::Mailer>,
+    /// `[voicemail] operator`, checked by the binary against the extensions.
+    pub voicemail_operator: Option<policy::voicemail::menu::Operator>,
 }
 
 /// Applies a reloaded config to the running server; kept by the binary after `run`
@@ -159,6 +170,12 @@ pub struct Reconfigure {
 }
 
 impl Reconfigure {
+    /// The data dir's registry the server runs on (what a reloaded setting is checked
+    /// against, such as the voicemail's operator extension).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The guard's rules in force now (the file's with the stored changes over them).
     pub fn guard_policy(&self) -> policy::ban::BanPolicy {
         (*self.endpoint.guard.policy()).clone()
@@ -176,6 +193,9 @@ impl Reconfigure {
         self.registry.set_dialplan(live.dialplan.clone());
         self.endpoint.outbound.set_plan(live.dialplan);
         self.mailer.send_replace(live.mailer);
+        self.endpoint
+            .voicemail
+            .set_operator(live.voicemail_operator);
         let mut conn = self.registry.store().conn().await?;
         apply_guard_policy(&mut conn, &self.registry, &self.endpoint, true).await?;
         let rows = store::outbound::calling(&mut conn).await?;
@@ -317,9 +337,21 @@ pub async fn bind(
             pool,
             registrar: endpoint.registrar.clone(),
             realm: registry.settings().realm.clone(),
+            domain: registry.settings().domain.clone(),
             limits: vm.limits,
             runtime: tokio::runtime::Handle::current(),
+            retrieval: vm.boxes.clone().map(|boxes| crate::voicemail::Retrieval {
+                boxes,
+                numbers: crate::voicemail::RetrievalNumbers {
+                    own_box: registry.settings().provisioning.voicemail_number.clone(),
+                    any_box: vm.any_box.clone(),
+                },
+                guard: endpoint.guard.clone(),
+            }),
         });
+    }
+    if let Some(vm) = &cfg.voicemail {
+        endpoint.voicemail.set_operator(vm.operator.clone());
     }
     endpoint.voicemail.reload_ring_times().await;
     load_trunks(&registry, &endpoint).await?;

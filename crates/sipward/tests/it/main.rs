@@ -48,4 +48,6 @@ mod trunk_calls;
 mod trunks;
 mod user_agent;
 mod voicemail;
+mod voicemail_operator;
+mod voicemail_retrieval;
 mod voicemail_wire;
