@@ -2042,7 +2042,11 @@ async fn a_deposit_held_open_by_digits_alone_ends_at_its_longest() {
     assert!(body.contains("telephone-event"), "{body}");
     let rtp_to = SocketAddr::from(([127, 0, 0, 1], sdp_port(body)));
     phone.in_dialog(&out, &ok, "ACK", out.cseq).await;
-    let rtp = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    // From the port its SDP names, as a phone does: the latch's grace takes only that
+    // port on the caller's IP (any other port only after it).
+    let rtp = UdpSocket::bind(SocketAddr::new(phone.addr.ip(), phone.addr.port() + 2))
+        .await
+        .expect("bind");
     let bye = |m: &str| m.starts_with("BYE ") && header(m, "Call-ID") == Some(&out.call_id);
     // One `5` (a new event each time) every 5 s of the clock (a packet taken just
     // before or just after the clock moves leaves gaps of at most 10 s): never audio.
@@ -2301,9 +2305,10 @@ async fn menu_call(ua: &Ua, dialled: &str) -> (Outgoing, String, Arc<Mutex<Vec<I
     ua.in_dialog(&out, &ok, "ACK", out.cseq).await;
     let body = ok.split("\r\n\r\n").nth(1).unwrap_or("");
     let rtp_to = SocketAddr::new(ua.pbx.ip(), sdp_port(body));
-    // From the phone's own address: the RTP guard latches only to the signalling IP.
+    // From the phone's own address and the port its SDP names: the RTP guard latches
+    // only to the signalling IP, and during its grace only to that port.
     let rtp = Arc::new(
-        UdpSocket::bind(SocketAddr::new(ua.addr.ip(), 0))
+        UdpSocket::bind(SocketAddr::new(ua.addr.ip(), ua.addr.port() + 2))
             .await
             .expect("bind"),
     );
