@@ -174,7 +174,7 @@ impl Endpoint {
             p.trunks.clone(),
             p.directory.clone(),
         ));
-        let voicemail = Arc::new(Voicemail::new(sig.clone()));
+        let voicemail = Arc::new(Voicemail::new(sig.clone(), p.directory.clone()));
         let proxy = Proxy::new(sig.clone(), transfers.clone());
         proxy.attach_voicemail(voicemail.clone());
         Self {

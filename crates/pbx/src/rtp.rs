@@ -26,10 +26,11 @@
 //! Ports are bounded by the configured range and by a share per [`Share`]: a source
 //! address holds at most `ports_per_source` pairs, so a caller who opens call after
 //! call gets 503 at its limit, not the whole range. A trunk's calls all come from the
-//! trunk's address whoever dials them, so they are shared per trunk instead, up to
-//! `ports_per_trunk` (by default half the pool): four callers from the PSTN then do
-//! not close every box to the PSTN, and one trunk's callers still cannot take the
-//! ports the extensions need. A port is given back when its [`Lease`] drops (the call
+//! trunk's address whoever dials them, so they are shared per trunk instead, and all
+//! trunks together hold at most `ports_per_trunk` (by default half the pool): four
+//! callers from the PSTN then do not close every box to the PSTN, and the trunks'
+//! callers, through one trunk or several, still cannot take the ports the extensions
+//! need. A port is given back when its [`Lease`] drops (the call
 //! ended).
 
 use std::collections::{BTreeSet, HashMap};
@@ -127,6 +128,8 @@ struct PoolState {
     free: BTreeSet<u16>,
     /// Pairs held per share; an entry lives while it holds one (bounded by the pool).
     per_share: HashMap<Share, usize>,
+    /// Pairs held by all trunks' callers together.
+    trunks: usize,
     in_use: usize,
 }
 
@@ -194,7 +197,10 @@ impl PortPool {
             Share::Source(_) => self.per_source,
             Share::Trunk(_) => self.per_trunk,
         };
-        if s.per_share.get(&share).copied().unwrap_or(0) >= limit {
+        // Every trunk's callers together hold at most the trunks' part: two trunks
+        // (or one trunk under many names) never take the extensions' ports.
+        let trunks_full = matches!(share, Share::Trunk(_)) && s.trunks >= self.per_trunk;
+        if trunks_full || s.per_share.get(&share).copied().unwrap_or(0) >= limit {
             Metrics::inc(&self.metrics.rtp_ports_refused[1]);
             return Err(PoolError::PerSource);
         }
@@ -216,6 +222,9 @@ impl PortPool {
             return Err(PoolError::Exhausted);
         };
         *s.per_share.entry(share.clone()).or_insert(0) += 1;
+        if matches!(share, Share::Trunk(_)) {
+            s.trunks += 1;
+        }
         s.in_use += 1;
         self.metrics
             .rtp_ports_in_use
@@ -232,6 +241,9 @@ impl PortPool {
     fn give_back(&self, port: u16, share: &Share) {
         let mut s = self.lock();
         s.free.insert(port);
+        if matches!(share, Share::Trunk(_)) {
+            s.trunks = s.trunks.saturating_sub(1);
+        }
         if let Some(n) = s.per_share.get_mut(share) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -259,6 +271,8 @@ pub struct RtpPeer {
     latched: Option<SocketAddr>,
     /// When the call was answered (on the call's clock): the grace window's start.
     answered: Option<Instant>,
+    /// Only the SDP's exact address ever latches (see [`RtpPeer::exact_only`]).
+    exact: bool,
 }
 
 /// What to do with a received packet.
@@ -279,7 +293,26 @@ impl RtpPeer {
             signalling,
             latched: None,
             answered: None,
+            exact: false,
         }
+    }
+
+    /// Only the SDP's exact address latches: no NAT fallback, no fallback after the
+    /// grace. For a call whose media is worth more than a deposit — the owner's
+    /// PIN-less `*97` menu: there a device sharing the phone's public address (an
+    /// office or carrier NAT) that spoke first after the grace would hear the box and
+    /// drive it with no PIN at all.
+    #[must_use]
+    pub fn exact_only(mut self) -> Self {
+        self.exact = true;
+        self
+    }
+
+    /// Whether the SDP's address is on the caller's signalling IP, where a phone
+    /// that is not behind a NAT sends from (the only case [`RtpPeer::exact_only`]
+    /// can latch a real phone).
+    pub fn sdp_on_caller_ip(&self) -> bool {
+        self.negotiated.ip() == self.signalling
     }
 
     /// The call was answered at `at` (read from the call's injected clock): the grace
@@ -296,6 +329,7 @@ impl RtpPeer {
             Some(l) if l == from => Verdict::Take,
             Some(_) => Verdict::Refuse,
             None if from == self.negotiated => self.latch(from),
+            None if self.exact => Verdict::Refuse,
             None if from.ip() == self.signalling => {
                 if self.negotiated.ip() != self.signalling {
                     // Behind NAT: the SDP names a private address, the packets come
@@ -449,9 +483,11 @@ mod tests {
             "a seventh caller through the trunk"
         );
         let another = Share::Trunk("provider:carrier".into());
-        let held = pool
-            .lease(another)
-            .expect("another trunk has its own share");
+        assert_eq!(
+            pool.lease(another.clone()).err(),
+            Some(PoolError::PerSource),
+            "another trunk: the trunks' part is shared by every trunk"
+        );
         let phones: Vec<Lease> = (0..4)
             .map(|n| {
                 pool.lease(phone.clone())
@@ -464,12 +500,15 @@ mod tests {
             "a fifth call from one address"
         );
         drop(callers);
+        let held = pool
+            .lease(another)
+            .expect("given back: another trunk's caller");
         assert!(pool.lease(trunk).is_ok(), "given back");
         drop((held, phones));
         assert!(
             metrics
                 .render()
-                .contains("sipward_rtp_ports_refused_total{reason=\"per_source\"} 2")
+                .contains("sipward_rtp_ports_refused_total{reason=\"per_source\"} 3")
         );
         let set = RtpConfig {
             ports_per_trunk: Some(2),
@@ -540,6 +579,32 @@ mod tests {
         assert_eq!(
             peer.judge("198.51.100.7:4000".parse().expect("addr"), now),
             Verdict::Refuse
+        );
+    }
+
+    #[test]
+    fn an_exact_only_peer_latches_the_sdps_address_and_nothing_else_ever() {
+        let sdp: SocketAddr = "198.51.100.7:4000".parse().expect("addr");
+        let neighbour: SocketAddr = "198.51.100.7:4002".parse().expect("addr");
+        let (peer, answer) = answered_peer(sdp);
+        let mut peer = peer.exact_only();
+        let long_after = answer + LATCH_GRACE * 10;
+        assert_eq!(
+            peer.judge(neighbour, long_after),
+            Verdict::Refuse,
+            "another port of the caller's IP, long after the grace"
+        );
+        assert_eq!(peer.judge(sdp, long_after), Verdict::Latch, "control");
+        // Behind a NAT (SDP on a private address): nothing from the public IP latches.
+        let private: SocketAddr = "10.0.0.5:4000".parse().expect("addr");
+        let mut nat = RtpPeer::new(private, sdp.ip()).exact_only();
+        assert!(!nat.sdp_on_caller_ip());
+        assert_eq!(nat.judge(sdp, answer), Verdict::Refuse);
+        let mut plain = RtpPeer::new(private, sdp.ip());
+        assert_eq!(
+            plain.judge(sdp, answer),
+            Verdict::Latch,
+            "control: NAT latch"
         );
     }
 

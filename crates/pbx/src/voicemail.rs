@@ -199,6 +199,9 @@ pub struct Voicemail {
     prompts: Prompts,
     /// `[voicemail] operator`, replaced at a config reload.
     operator: std::sync::RwLock<Option<Operator>>,
+    /// The accounts in force: the operator is referred to only while it is one of
+    /// their extensions (the config is checked at load, the directory on every call).
+    directory: Arc<crate::directory::DirectoryCache>,
 }
 
 /// Why the recording ended (for the log and the tests).
@@ -218,7 +221,7 @@ fn cseq_of(m: &Message<'_>) -> Option<u32> {
 }
 
 impl Voicemail {
-    pub fn new(sig: Arc<Signalling>) -> Self {
+    pub fn new(sig: Arc<Signalling>, directory: Arc<crate::directory::DirectoryCache>) -> Self {
         let greeting = media::wav::decode(DEFAULT_GREETING, 8000 * 60).unwrap_or_default();
         Voicemail {
             sig,
@@ -230,6 +233,7 @@ impl Voicemail {
             greeting,
             prompts: Prompts::load(),
             operator: std::sync::RwLock::new(None),
+            directory,
         }
     }
 
@@ -239,9 +243,18 @@ impl Voicemail {
     }
 
     /// The operator a call from `caller` may be referred to (see [`zero_out`]).
+    /// The operator must still be an extension of the directory in force: one removed
+    /// (its number perhaps given to a gateway's virtual extension, a trunk) while the
+    /// server runs is referred to by no call until the config names another.
     fn operator_for(&self, caller: &Who) -> Option<Operator> {
         let configured = self.operator.read().unwrap_or_else(|p| p.into_inner());
-        zero_out(caller, configured.as_ref())
+        let operator = configured.as_ref().filter(|op| {
+            self.directory
+                .get()
+                .by_number(op.extension().as_str())
+                .is_some_and(|a| a.kind == "ext")
+        });
+        zero_out(caller, operator)
     }
 
     /// The voicemail's Contact as a peer on `flow` reaches it (`<sip:voicemail@...>`).
@@ -336,8 +349,27 @@ impl Voicemail {
         caller: Who,
         entry: policy::voicemail::menu::Entry,
     ) {
-        let Some((job, runtime)) = self.admit(m, bytes, key, flow, caller, "", None) else {
+        let Some((mut job, runtime)) = self.admit(m, bytes, key, flow, caller, "", None) else {
             return;
+        };
+        // A PIN-less login holds only for media from the exact address the
+        // authenticated INVITE's SDP named on the caller's own IP: anything else (a
+        // phone behind a NAT, a port rewritten) is asked for the PIN like any caller.
+        let entry = match entry {
+            policy::voicemail::menu::Entry::OwnBox {
+                mailbox,
+                authenticated_owner: true,
+            } => {
+                let exact = job.peer.sdp_on_caller_ip();
+                if exact {
+                    job.peer = job.peer.exact_only();
+                }
+                policy::voicemail::menu::Entry::OwnBox {
+                    mailbox,
+                    authenticated_owner: exact,
+                }
+            }
+            other => other,
         };
         Metrics::inc(&self.sig.metrics.voicemail_retrievals);
         let this = self.clone();
