@@ -1500,11 +1500,10 @@ async fn flush(
             });
         }
         let holder = hold.name();
-        for (number, rows) in &batch.rows {
-            // Rows no credentials back any more (changed or removed since) are not
-            // written: the store refuses them.
-            store::bindings::replace_node_bindings(&mut tx, holder, number, rows, now).await?;
-        }
+        // Rows no credentials back any more (changed or removed since) are not written:
+        // the store refuses them. The whole batch is a few statements (on PostgreSQL each
+        // is a round trip, and the answers wait for all of them).
+        store::bindings::replace_node_batch(&mut tx, holder, &batch.rows, now).await?;
         if sweep {
             store::bindings::delete_expired_bindings(&mut tx, now).await?;
         }
