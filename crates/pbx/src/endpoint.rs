@@ -1079,7 +1079,7 @@ impl Endpoint {
                     // Held once the call is up (or refused: then the next round
                     // releases it), never before.
                     if let (Some(lease), Some(ledger)) = (lease, me.outbound.ledger()) {
-                        ledger.hold(lease, counting.number.clone());
+                        ledger.hold(lease, counting.number.clone(), counting.cap());
                     }
                 }
                 Ok(Admitted {

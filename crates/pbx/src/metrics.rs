@@ -127,6 +127,8 @@ pub struct Metrics {
     pub invite_challenged: AtomicU64,
     pub calls_forbidden: AtomicU64,
     pub outbound_suspensions: AtomicU64,
+    pub calls_ended_lease_lapsed: AtomicU64,
+    pub resyncs_dropped: AtomicU64,
     pub emergency_calls: AtomicU64,
     pub calls_unrouted: AtomicU64,
     pub calls_proxied: AtomicU64,
@@ -446,6 +448,16 @@ impl Metrics {
                 "sipward_outbound_suspensions_total",
                 "extensions suspended for breaking a fraud limit",
                 get(&self.outbound_suspensions),
+            ),
+            (
+                "sipward_resyncs_dropped_total",
+                "re-fetch requests dropped: no live registration of the extension on any node",
+                get(&self.resyncs_dropped),
+            ),
+            (
+                "sipward_calls_ended_lease_lapsed_total",
+                "external calls ended because their lease on the concurrent limit lapsed and the limit was full",
+                get(&self.calls_ended_lease_lapsed),
             ),
             (
                 "sipward_emergency_calls_total",

@@ -485,6 +485,7 @@ impl Bound {
             self.registry.clone(),
             self.endpoint.clone(),
             self.clock.clone(),
+            self.cfg.node.to_string(),
             stop_rx.clone(),
         ));
         tasks.spawn(outbox_loop(
@@ -988,12 +989,14 @@ pub const RESYNC_EVERY: Duration = Duration::from_millis(500);
 pub const OUTBOX_EVERY: Duration = Duration::from_secs(2);
 
 /// Sends a check-sync NOTIFY to every registration of each extension the store asks for
-/// (Re-Generate queues them), on the flow each registered from (UDP, or the phone's own
-/// TCP connection); their transactions run on the server's timer.
+/// (Re-Generate queues them) whose flows this node holds (`node`: the other nodes send
+/// to theirs), on the flow each registered from (UDP, or the phone's own TCP
+/// connection); their transactions run on the server's timer.
 async fn resync_loop(
     registry: Registry,
     endpoint: Arc<Endpoint>,
     clock: Arc<dyn Clock>,
+    node: String,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(RESYNC_EVERY);
@@ -1008,11 +1011,17 @@ async fn resync_loop(
         else {
             continue;
         };
-        let taken = store::provisioning::take_resyncs(&mut conn).await;
-        let Some(numbers) = background::checked(Task::Reload, what, taken) else {
+        // Only the requests for phones whose flows this node holds (the other nodes
+        // take theirs); those with no live phone anywhere are dropped, counted.
+        let taken = store::provisioning::take_resyncs(&mut conn, &node, clock.now()).await;
+        let Some(taken) = background::checked(Task::Reload, what, taken) else {
             continue;
         };
-        for number in numbers {
+        endpoint
+            .metrics
+            .resyncs_dropped
+            .fetch_add(taken.dropped, std::sync::atomic::Ordering::Relaxed);
+        for number in taken.numbers {
             let vendor = store::account::get_extension(&mut conn, &number)
                 .await
                 .ok()
@@ -1119,6 +1128,7 @@ async fn flush_loop(
     let mut calls_written = None;
     let mut health = Health::new(Task::Flush, "writing the bindings");
     let mut slow = SlowWrites::default();
+    let mut sweep = FailureSweep::default();
     loop {
         let every_second = tokio::select! {
             _ = tick.tick() => true,
@@ -1132,7 +1142,7 @@ async fn flush_loop(
             sample_tables(&endpoint, &transports);
             write_trunk_state(&registry, &endpoint, clock.now(), &mut calls_written).await;
             if shared {
-                share_failures(&registry, &endpoint, &node, clock.now()).await;
+                share_failures(&registry, &endpoint, &node, clock.now(), &mut sweep).await;
             }
         }
         let started = clock.instant();
@@ -1188,12 +1198,21 @@ async fn lease_loop(
                 endpoint.b2bua.live_leases()
             }
         };
-        if health
-            .checked(ledger.tend(live, now, renew, prune).await)
-            .is_some()
+        let tended = health.checked(ledger.tend(live, now, renew, prune).await);
+        if let Some(lapsed) = &tended
             && renew
         {
             last_renewal = now;
+            // Calls whose place lapsed and was taken meanwhile: ended, not carried on
+            // uncounted past the concurrent limit.
+            for l in lapsed {
+                let ended = endpoint.b2bua.end_call_holding(&l.lease, clock.instant());
+                Metrics::inc(&endpoint.metrics.calls_ended_lease_lapsed);
+                endpoint.guard.report(crate::guard::Event::LeaseLapsed {
+                    number: l.account.clone(),
+                    calls_ended: ended,
+                });
+            }
         }
         health.settle();
         if stopping {
@@ -1202,13 +1221,32 @@ async fn lease_loop(
     }
 }
 
-/// How many accounts' shared failure sums a node reads back: the most-failed first.
+/// How many accounts' shared failure sums a node reads back a round: the most-failed
+/// first, and as many again of a sweep over every account in auth ID order.
 const SHARED_FAILURES_READ: i64 = 10_000;
 
+/// Where the sweep over the other nodes' failure sums stands: the last auth ID read (the
+/// next page starts after it), and the sums read since the sweep began (bounded by the
+/// guard's table), given whole to the guard when it ends.
+#[derive(Debug, Default)]
+struct FailureSweep {
+    cursor: String,
+    seen: std::collections::HashMap<String, u32>,
+}
+
 /// Writes this node's new per-account failures and reads the other nodes' sums (once a
-/// second, on PostgreSQL): an account's count on any node is behind the truth by at
-/// most one second of the others' failures. Counts older than the window are pruned.
-async fn share_failures(registry: &Registry, endpoint: &Endpoint, node: &str, now: i64) {
+/// second, on PostgreSQL). Each round reads the [`SHARED_FAILURES_READ`] most-failed
+/// accounts (an account under the heaviest guessing is behind the truth by at most one
+/// second of the others' failures) and the next page of a sweep over all of them (so
+/// with more accounts under attack than the bound, each is still seen, within a second
+/// per page). Counts older than the window are pruned.
+async fn share_failures(
+    registry: &Registry,
+    endpoint: &Endpoint,
+    node: &str,
+    now: i64,
+    sweep: &mut FailureSweep,
+) {
     let what = "sharing the failure counts";
     let Some(mut conn) = background::checked(Task::Reload, what, registry.store().conn().await)
     else {
@@ -1232,15 +1270,53 @@ async fn share_failures(registry: &Registry, endpoint: &Endpoint, node: &str, no
     let window = endpoint.guard.policy().extension_window_secs.max(0);
     // The minute the window starts in counts whole: the sum errs high, never low.
     let since = (now - window) / 60;
-    let read =
-        store::failures::others_auth_failures(&mut conn, node, since, SHARED_FAILURES_READ).await;
-    if let Some(sums) = background::checked(Task::Reload, what, read) {
-        endpoint.guard.set_others_failures(
-            sums.into_iter()
-                .map(|(id, n)| (id, u32::try_from(n).unwrap_or(u32::MAX)))
-                .collect(),
-            now,
-        );
+    let sums = |rows: Vec<(String, i64)>| -> Vec<(String, u32)> {
+        rows.into_iter()
+            .map(|(id, n)| (id, u32::try_from(n).unwrap_or(u32::MAX)))
+            .collect()
+    };
+    let started_over = sweep.cursor.is_empty();
+    let page = store::failures::others_auth_failures_after(
+        &mut conn,
+        node,
+        since,
+        &sweep.cursor,
+        SHARED_FAILURES_READ,
+    )
+    .await;
+    if let Some(page) = background::checked(Task::Reload, what, page).map(sums) {
+        let last_page = page.len() < usize::try_from(SHARED_FAILURES_READ).unwrap_or(usize::MAX);
+        // One page that holds every account is the whole set: no top to read apart.
+        let top = if started_over && last_page {
+            Some(Vec::new())
+        } else {
+            let top =
+                store::failures::others_auth_failures(&mut conn, node, since, SHARED_FAILURES_READ)
+                    .await;
+            background::checked(Task::Reload, what, top).map(sums)
+        };
+        if let Some(top) = top {
+            match page.last() {
+                Some((id, _)) if !last_page => sweep.cursor.clone_from(id),
+                _ => sweep.cursor.clear(),
+            }
+            for (id, n) in page.iter().chain(&top) {
+                if sweep.seen.len() < crate::guard::TABLE_CAPACITY || sweep.seen.contains_key(id) {
+                    sweep.seen.insert(id.clone(), *n);
+                }
+            }
+            if last_page {
+                // The sweep is whole: accounts no longer failing are forgotten.
+                endpoint.guard.set_others_failures(
+                    std::mem::take(&mut sweep.seen).into_iter().collect(),
+                    now,
+                );
+            } else {
+                endpoint
+                    .guard
+                    .merge_others_failures(page.into_iter().chain(top).collect(), now);
+            }
+        }
     }
     if now % 60 == 0 {
         let pruned = store::failures::prune_auth_failures(&mut conn, since - 1).await;

@@ -43,7 +43,7 @@ use crate::egress::{Delivery, Owner, Purpose};
 use crate::flow::{Flow, our_uri};
 use crate::metrics::Metrics;
 use crate::registrar::Registrar;
-use crate::rtp::{Lease, PortPool, RtpPeer};
+use crate::rtp::{Lease, PortPool, RtpPeer, Share};
 use crate::signalling::Signalling;
 
 mod call;
@@ -388,7 +388,13 @@ impl Voicemail {
             Metrics::inc(&self.sig.metrics.voicemail_refused);
             return decline(fallback);
         };
-        let lease = match b.pool.lease(flow.remote.ip()) {
+        // A trunk's callers all arrive from the trunk's address: they share the
+        // trunk's part of the pool, not one address's (see `crate::rtp`).
+        let share = match &caller {
+            Who::Trunk(label) => Share::Trunk(label.clone()),
+            _ => Share::Source(flow.remote.ip()),
+        };
+        let lease = match b.pool.lease(share) {
             Ok(l) => l,
             Err(_) => {
                 Metrics::inc(&self.sig.metrics.voicemail_refused);
@@ -496,7 +502,7 @@ impl Voicemail {
     }
 
     /// The menu's call's task: answer, drive the menu, hang up.
-    async fn run_menu(self: Arc<Self>, job: Job, entry: Entry, source: IpAddr) {
+    async fn run_menu(self: Arc<Self>, mut job: Job, entry: Entry, source: IpAddr) {
         let Some(b) = self.backend.get() else { return };
         let Some(retrieval) = b.retrieval.as_ref() else {
             self.decline(job.id);
@@ -505,6 +511,8 @@ impl Voicemail {
         if !self.answer(job.id, &job.answer) {
             return;
         }
+        // The latch's grace window starts at the answer (see `crate::rtp`).
+        job.peer.answered(self.sig.clock.instant());
         let Job {
             id,
             lease,
@@ -539,7 +547,7 @@ impl Voicemail {
     }
 
     /// The call's task: open the message, answer, play, record, file, notify, hang up.
-    async fn run(self: Arc<Self>, job: Job) {
+    async fn run(self: Arc<Self>, mut job: Job) {
         let Some(b) = self.backend.get() else { return };
         let Some(opened) = b.deposits.begin(&job.callee).await else {
             Metrics::inc(&self.sig.metrics.voicemail_refused);
@@ -550,6 +558,8 @@ impl Voicemail {
             b.deposits.discard(opened);
             return;
         }
+        // The latch's grace window starts at the answer (see `crate::rtp`).
+        job.peer.answered(self.sig.clock.instant());
         let greeting = match b.deposits.greeting(&job.callee).await {
             Some(wav) => media::wav::decode(&wav, 8000 * 120).unwrap_or_default(),
             None => self.greeting.clone(),

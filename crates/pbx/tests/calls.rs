@@ -575,6 +575,7 @@ async fn start(setup: Setup) -> Pbx {
                 rtp: pbx::rtp::RtpConfig {
                     ports: 31000..=31999,
                     ports_per_source: 4,
+                    ports_per_trunk: None,
                 },
                 limits: pbx::voicemail::DepositLimits::default(),
                 boxes: None,
@@ -1920,9 +1921,12 @@ async fn a_call_to_an_extension_without_a_phone_leaves_a_message_with_the_sent_a
     let rtp_to = SocketAddr::from(([127, 0, 0, 1], sdp_port(body)));
     phone.in_dialog(&out, &ok, "ACK", out.cseq).await;
 
-    // The phone's RTP comes from another port than its SDP named (as behind NAT): the
-    // first packet from the signalling IP latches the call to it. A stranger's packets
-    // (one sent before the phone's first) never latch and never reach the message.
+    // The phone's RTP comes from another port than its SDP named, on the IP its SDP
+    // names (a NAT or ALG that rewrites the address and not the port): for the grace
+    // after the answer only the SDP's port latches, then the first packet from the
+    // signalling IP latches the call to it (the clock is moved past the grace half a
+    // second in, while the greeting plays). A stranger's packets (one sent before the
+    // phone's first) never latch and never reach the message.
     let stranger = UdpSocket::bind("127.0.0.9:0").await.expect("bind");
     let rtp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
     let heard = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1960,6 +1964,9 @@ async fn a_call_to_an_extension_without_a_phone_leaves_a_message_with_the_sent_a
         .build();
         if i % 10 == 0 {
             stranger.send_to(&packet, rtp_to).await.expect("send");
+        }
+        if i == 25 {
+            pbx.clock.advance(pbx::rtp::LATCH_GRACE);
         }
         rtp.send_to(&packet, rtp_to).await.expect("send");
         sent.push(payload);

@@ -74,6 +74,9 @@ struct RawMedia {
     rtp_ports: Option<String>,
     /// Calls one source address may hold ports for at once (more are answered 503).
     rtp_ports_per_source: Option<usize>,
+    /// Calls the callers of one trunk (who all arrive from its address) may hold ports
+    /// for at once; default half the range's pairs.
+    rtp_ports_per_trunk: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -846,10 +849,22 @@ fn rtp(raw: &RawMedia) -> anyhow::Result<pbx::rtp::RtpConfig> {
             OperatorError("media.rtp_ports_per_source must be between 1 and 64".into()).into(),
         );
     }
-    Ok(pbx::rtp::RtpConfig {
+    let config = pbx::rtp::RtpConfig {
         ports,
         ports_per_source: per_source,
-    })
+        ports_per_trunk: raw.rtp_ports_per_trunk,
+    };
+    if let Some(per_trunk) = raw.rtp_ports_per_trunk
+        && !(per_source..=config.pairs()).contains(&per_trunk)
+    {
+        return Err(OperatorError(format!(
+            "media.rtp_ports_per_trunk must be between media.rtp_ports_per_source ({per_source}) \
+             and the pairs of media.rtp_ports ({})",
+            config.pairs()
+        ))
+        .into());
+    }
+    Ok(config)
 }
 
 /// The SIP TCP limits from `[sip]`, with the prefixes of `[guard]`.
@@ -1119,6 +1134,14 @@ mod tests {
         assert_eq!(rtp.ports, 30000..=30099);
         assert_eq!(rtp.ports_per_source, 2);
         assert_eq!(
+            rtp.trunk_share(),
+            25,
+            "a trunk's callers: half the 50 pairs"
+        );
+        let trunk = config("[media]\nrtp_ports = \"30000-30099\"\nrtp_ports_per_trunk = 40\n")
+            .expect("valid");
+        assert_eq!(trunk.rtp.expect("[media] given").trunk_share(), 40);
+        assert_eq!(
             config("[media]\n").expect("valid").rtp,
             Some(pbx::rtp::RtpConfig::default())
         );
@@ -1237,6 +1260,8 @@ mod tests {
             "[media]\nrtp_ports = \"80-2000\"\n",
             "[media]\nrtp_ports = \"10000-70000\"\n",
             "[media]\nrtp_ports_per_source = 0\n",
+            "[media]\nrtp_ports = \"30000-30099\"\nrtp_ports_per_trunk = 51\n",
+            "[media]\nrtp_ports_per_source = 8\nrtp_ports_per_trunk = 4\n",
             "[media]\nports = \"1-2\"\n",
         ] {
             assert!(config(bad).is_err(), "{bad}");

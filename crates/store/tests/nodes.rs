@@ -40,7 +40,10 @@ macro_rules! on_both_backends {
     )*};
 }
 
-on_both_backends!(each_node_writes_and_loads_only_the_bindings_it_holds);
+on_both_backends!(
+    each_node_writes_and_loads_only_the_bindings_it_holds,
+    a_node_takes_only_the_resyncs_of_the_phones_it_holds,
+);
 
 fn binding(contact: &str, expires_at: i64, generation: i64) -> BindingRow {
     BindingRow {
@@ -169,4 +172,118 @@ async fn each_node_writes_and_loads_only_the_bindings_it_holds(backend: Backend)
         ["sip:x@h", "sip:y@h"],
         "the newer registration through b stays b's"
     );
+}
+
+/// Check-sync is sent by the node that holds the phone's flow: a node takes the
+/// re-fetch requests of extensions with a live binding of its own (or an unowned one),
+/// leaves those whose phones are all on other nodes, and drops (counting them) those
+/// with no live binding anywhere.
+async fn a_node_takes_only_the_resyncs_of_the_phones_it_holds(backend: Backend) {
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
+    let mut conn = store.conn().await.expect("conn");
+    let generation = |number: &'static str| ExtensionRow {
+        number: number.into(),
+        kind: "user".into(),
+        name: "Ann".into(),
+        email: None,
+        auth_id: format!("ann{number}"),
+        sip_id: None,
+        password_enc: "v1:00".into(),
+        password_score: 4,
+        pin_enc: "v1:00".into(),
+        ha1_md5_enc: "a".into(),
+        ha1_sha256_enc: "b".into(),
+        mac: None,
+        model: None,
+        created_at: 1,
+        updated_at: 1,
+        credential_generation: 0,
+        phone_transport: None,
+        voicemail_after_secs: 20,
+        voicemail_mail: true,
+    };
+    let on = |number: &str, contact: &str, expires_at: i64, g: i64| BindingRow {
+        number: number.into(),
+        ..binding(contact, expires_at, g)
+    };
+    let mut gens = Vec::new();
+    for n in ["1001", "1002", "1003", "1004"] {
+        let row = generation(n);
+        gens.push(
+            account::insert_extension(&mut conn, &row)
+                .await
+                .expect("insert"),
+        );
+    }
+    // 1001 on a, 1002 on b, 1003 on both, 1004 nowhere live (its binding expired).
+    b::replace_node_bindings(
+        &mut conn,
+        "a",
+        "1001",
+        &[on("1001", "sip:p1@h", 100, gens[0])],
+        0,
+    )
+    .await
+    .expect("a");
+    b::replace_node_bindings(
+        &mut conn,
+        "b",
+        "1002",
+        &[on("1002", "sip:p2@h", 100, gens[1])],
+        0,
+    )
+    .await
+    .expect("b");
+    b::replace_node_bindings(
+        &mut conn,
+        "a",
+        "1003",
+        &[on("1003", "sip:p3@h", 100, gens[2])],
+        0,
+    )
+    .await
+    .expect("a");
+    b::replace_node_bindings(
+        &mut conn,
+        "b",
+        "1003",
+        &[on("1003", "sip:q3@h", 100, gens[2])],
+        0,
+    )
+    .await
+    .expect("b");
+    b::replace_node_bindings(
+        &mut conn,
+        "a",
+        "1004",
+        &[on("1004", "sip:p4@h", 10, gens[3])],
+        0,
+    )
+    .await
+    .expect("a");
+    for n in ["1001", "1002", "1003", "1004"] {
+        store::provisioning::request_resync(&mut conn, n, 20)
+            .await
+            .expect("request");
+    }
+    let a = store::provisioning::take_resyncs(&mut conn, "a", 20)
+        .await
+        .expect("a takes");
+    assert_eq!(a.numbers, ["1001", "1003"], "a's phones");
+    assert_eq!(a.dropped, 1, "1004 has no live phone anywhere");
+    let again = store::provisioning::take_resyncs(&mut conn, "a", 20)
+        .await
+        .expect("a again");
+    assert_eq!(
+        again,
+        store::provisioning::Resyncs::default(),
+        "1002 is b's"
+    );
+    let b = store::provisioning::take_resyncs(&mut conn, "b", 20)
+        .await
+        .expect("b takes");
+    assert_eq!(b.numbers, ["1002"]);
+    assert_eq!(b.dropped, 0);
 }

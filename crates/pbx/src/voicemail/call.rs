@@ -192,7 +192,7 @@ impl Session {
         let Ok((n, from)) = received else {
             return Heard::Nothing;
         };
-        match self.peer.judge(from) {
+        match self.peer.judge(from, self.sig.clock.instant()) {
             Verdict::Refuse => {
                 metrics.rtp_dropped(RtpDrop::WrongSource);
                 return Heard::Nothing;
