@@ -1,0 +1,439 @@
+//! Attacks on voicemail retrieval (`*97`/`*98`, crates/pbx/src/voicemail/retrieval.rs and
+//! accounts' `login`), on the RTP latch's grace window and on the trunks' share of the
+//! RTP pool (crates/pbx/src/rtp.rs), played on the wire against the real binary by raw
+//! user agents: a registered phone, a neighbour on the phone's IP, gateways standing
+//! for two providers, and a guesser typing PINs by SIP INFO.
+//!
+//! Each `HOLE` test fails on the code it was written against and carries its own
+//! control; each `WITHSTOOD` test is an attack the code resisted, kept as a regression.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use crate::harness::Env;
+use crate::peers::{Server, eventually_or, free_port};
+use crate::user_agent::{Account, Dialog, Outgoing, Ua, answers, body, ext, header, status};
+
+/// MD5 only (the test agent's digest), and `pairs` RTP port pairs of this run's own.
+fn config(pairs: u16) -> String {
+    let base = (free_port() & !1).min(64_000);
+    format!(
+        "[sip]\ndigest_algorithms = [\"MD5\"]\n[media]\nrtp_ports = \"{base}-{}\"\n",
+        base + 2 * pairs - 1
+    )
+}
+
+/// An SDP offer whose media go to `media` (PCMU and telephone-event 101).
+fn offer(signalling: SocketAddr, media: SocketAddr) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 {sip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+         a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\n",
+        sip = signalling.ip(),
+        ip = media.ip(),
+        port = media.port()
+    )
+}
+
+/// The final answer to an authenticated INVITE of `dialled` with media at `media`.
+async fn invite(caller: &Ua, dialled: &str, media: SocketAddr) -> (Outgoing, Option<String>) {
+    let ruri = format!("sip:{dialled}@{}", caller.pbx);
+    let (out, _) = caller
+        .request_authenticated(
+            "INVITE",
+            &ruri,
+            &ruri,
+            "Content-Type: application/sdp\r\n",
+            &offer(caller.addr, media),
+            false,
+        )
+        .await;
+    let fin = caller
+        .try_wait(Duration::from_secs(10), |m| {
+            answers(m, &out) && status(m) >= 200
+        })
+        .await;
+    (out, fin)
+}
+
+/// Calls `dialled` (a box or `*97`/`*98`), which sipward answers itself; ACKs the 200.
+async fn call(caller: &Ua, dialled: &str, media: SocketAddr) -> (Dialog, u16) {
+    let (out, fin) = invite(caller, dialled, media).await;
+    let ok = fin.unwrap_or_else(|| panic!("no final answer for {dialled}"));
+    assert_eq!(status(&ok), 200, "sipward answers {dialled}: {ok}");
+    let port = body(&ok)
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|p| p.trim().parse().ok())
+        .expect("the answer names a port");
+    let d = Dialog::uac(&out, &ok);
+    caller.ack_2xx(&d, out.cseq).await;
+    (d, port)
+}
+
+/// Datagrams arriving at `socket` within `window`.
+fn collect(socket: &UdpSocket, window: Duration) -> usize {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let start = Instant::now();
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    while start.elapsed() < window {
+        if socket.recv(&mut buf).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// One PCMU packet of silence.
+fn audio(seq: u16) -> Vec<u8> {
+    let payload = [0xffu8; 160];
+    media::rtp::RtpPacket {
+        marker: seq == 0,
+        payload_type: 0,
+        sequence: seq,
+        timestamp: u32::from(seq) * 160,
+        ssrc: 0x0ca1,
+        payload: &payload,
+    }
+    .build()
+}
+
+/// The end packet of an RFC 4733 event (`event`: 0-9, 10 `*`, 11 `#`).
+fn digit_event(event: u8, timestamp: u32) -> Vec<u8> {
+    let payload = [event, 0x80 | 10, 0x03, 0x20];
+    media::rtp::RtpPacket {
+        marker: false,
+        payload_type: 101,
+        sequence: 500,
+        timestamp,
+        ssrc: 0x0bad,
+        payload: &payload,
+    }
+    .build()
+}
+
+/// Types `digits` by SIP INFO (`application/dtmf-relay`), 60 ms apart.
+async fn type_info(ua: &Ua, d: &mut Dialog, digits: &str) {
+    for c in digits.chars() {
+        ua.send_in_dialog(
+            d,
+            "INFO",
+            "Content-Type: application/dtmf-relay\r\n",
+            &format!("Signal={c}\r\nDuration=160\r\n"),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+}
+
+/// Empties what reached `socket` so far.
+fn drain(socket: &UdpSocket) {
+    socket.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 2048];
+    while socket.recv(&mut buf).is_ok() {}
+    socket.set_nonblocking(false).expect("blocking");
+}
+
+/// How long after `since` the next RTP packet with the marker bit (the first frame of
+/// a new prompt) reached `socket`; `None` within 6 s.
+fn next_prompt(socket: &UdpSocket, since: Instant) -> Option<Duration> {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let mut buf = [0u8; 2048];
+    while since.elapsed() < Duration::from_secs(6) {
+        if let Ok(n) = socket.recv(&mut buf)
+            && n > 12
+            && buf[1] & 0x80 != 0
+        {
+            return Some(since.elapsed());
+        }
+    }
+    None
+}
+
+async fn phone(ip: &str, server: &Server, account: &Account) -> Ua {
+    Ua::phone(ip, server.sip, account).await
+}
+
+/// One `*98` login attempt by SIP INFO: `mailbox#` then `pin#`. Returns how long after
+/// the `#` that ends the PIN the next prompt (the refusal's) began.
+async fn try_pin(ua: &Ua, d: &mut Dialog, own: &UdpSocket, mailbox: &str, pin: &str) -> Duration {
+    type_info(ua, d, &format!("{mailbox}#")).await;
+    type_info(ua, d, pin).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drain(own);
+    let at = Instant::now();
+    type_info(ua, d, "#").await;
+    next_prompt(own, at).expect("a prompt after the PIN")
+}
+
+/// WITHSTOOD (enumeration and lock detection by timing). A guesser dials `*98` and
+/// times, to the RTP packet, how late the prompt after a refused PIN starts: for a real
+/// box with a wrong PIN, for a box the wrong PINs just locked (the right PIN refused),
+/// and for a number that is no box. All three start `REFUSAL_DELAY` (1.5 s) after the
+/// `#`, within 300 ms of each other: the answer tells nothing. Two calls from two
+/// addresses lock the box (five wrong PINs), the sixth try is the right PIN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_pin_sounds_as_late_for_a_wrong_pin_a_locked_box_and_no_box() {
+    let env = Env::with_config(&config(20));
+    let guesser = ext(&env, "1001", "national");
+    env.ok(&[
+        "ext",
+        "add",
+        "1002",
+        "--auth-id",
+        "desk1002vm",
+        "--password",
+        "Zq8xLmTr4wPy1002Kb",
+        "--pin",
+        "482936",
+    ]);
+    let server = env.serve();
+    let mut wrong = Vec::new();
+    let mut locked = Vec::new();
+    let mut no_box = Vec::new();
+    for (ip, tries) in [("127.0.0.96", 3), ("127.0.0.97", 3)] {
+        let ua = phone(ip, &server, &guesser).await;
+        let own = UdpSocket::bind(format!("{ip}:0")).expect("bind");
+        let (mut d, _) = call(&ua, "*98", own.local_addr().expect("addr")).await;
+        for t in 0..tries {
+            let count = wrong.len() + locked.len();
+            if count < 5 {
+                wrong.push(try_pin(&ua, &mut d, &own, "1002", &format!("5069{t}{count}")).await);
+            } else {
+                locked.push(try_pin(&ua, &mut d, &own, "1002", "482936").await);
+            }
+        }
+    }
+    let shown = env.json(&["vm", "show", "1002", "--json"]);
+    assert!(
+        shown["box"]["locked_until"].as_i64().is_some(),
+        "five wrong PINs locked the box: {shown}"
+    );
+    let ua = phone("127.0.0.98", &server, &guesser).await;
+    let own = UdpSocket::bind("127.0.0.98:0").expect("bind");
+    let (mut d, _) = call(&ua, "*98", own.local_addr().expect("addr")).await;
+    for _ in 0..2 {
+        no_box.push(try_pin(&ua, &mut d, &own, "1999", "506912").await);
+    }
+    ua.send_in_dialog(&mut d, "BYE", "", "").await;
+    eprintln!("refusal prompt after #: wrong {wrong:?}, locked {locked:?}, no box {no_box:?}");
+    assert!(
+        !server
+            .log()
+            .contains("voicemail login: message count played"),
+        "the locked box never opened"
+    );
+    let all: Vec<Duration> = wrong
+        .iter()
+        .chain(&locked)
+        .chain(&no_box)
+        .copied()
+        .collect();
+    let (lo, hi) = (
+        all.iter().min().copied().unwrap_or_default(),
+        all.iter().max().copied().unwrap_or_default(),
+    );
+    assert!(
+        lo >= Duration::from_millis(1400) && hi - lo < Duration::from_millis(300),
+        "refusals: wrong {wrong:?}, locked {locked:?}, no box {no_box:?}"
+    );
+    server.stop();
+}
+
+/// WITHSTOOD (`*97` without a PIN off the owner's registered flow). The owner's own
+/// credentials, from an address that is not the flow its phone registered on (a second
+/// device with the phone's password, or a stolen password): `*97` asks for the PIN and
+/// no message count is played; a second extension registered on its own flow dialling
+/// `*97` opens only its own box, whatever From it sends. Control: the registered phone
+/// itself opens its box without a PIN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn star97_without_a_pin_only_from_the_boxs_own_registered_flow() {
+    let env = Env::with_config(&config(20));
+    let owner = ext(&env, "1001", "national");
+    let server = env.serve();
+    let registered = phone("127.0.0.99", &server, &owner).await;
+    registered.register().await;
+    // The same account, from another address that never registered.
+    let other = phone("127.0.0.100", &server, &owner).await;
+    let own = UdpSocket::bind("127.0.0.100:0").expect("bind");
+    let (mut d, _) = call(&other, "*97", own.local_addr().expect("addr")).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    other.send_in_dialog(&mut d, "BYE", "", "").await;
+    assert!(
+        !server
+            .log()
+            .contains("voicemail login: message count played"),
+        "*97 off the registered flow opened the box without a PIN:\n{}",
+        server.log()
+    );
+    // Control: the registered phone.
+    let own = UdpSocket::bind("127.0.0.99:0").expect("bind");
+    let (mut d, _) = call(&registered, "*97", own.local_addr().expect("addr")).await;
+    eventually_or(
+        "the registered phone's PIN-less login",
+        Duration::from_secs(5),
+        || {
+            server
+                .log()
+                .contains("voicemail login: message count played")
+        },
+        || server.log(),
+    );
+    registered.send_in_dialog(&mut d, "BYE", "", "").await;
+    server.stop();
+}
+
+/// WITHSTOOD (skipping the forced change of a weak PIN, or keeping a weak one). 1003's
+/// PIN is its own number. From its registered phone, `*97` logs in and asks for a new
+/// PIN first: an empty entry (`#`), a trivial PIN typed twice (`1234`), and a PIN of 13
+/// digits are refused, the box's messages are never reached, and no change is logged.
+/// Control: a strong PIN typed twice is taken and the message count follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weak_pin_must_be_changed_first_and_only_to_a_strong_one() {
+    let env = Env::with_config(&config(20));
+    env.ok(&[
+        "ext",
+        "add",
+        "1003",
+        "--auth-id",
+        "desk1003vm",
+        "--password",
+        "Zq8xLmTr4wPy1003Kb",
+        "--pin",
+        "1003",
+    ]);
+    let owner = Account {
+        number: "1003".into(),
+        auth_id: "desk1003vm".into(),
+        password: "Zq8xLmTr4wPy1003Kb".into(),
+    };
+    let server = env.serve();
+    let ua = phone("127.0.0.107", &server, &owner).await;
+    ua.register().await;
+    let own = UdpSocket::bind("127.0.0.107:0").expect("bind");
+    let (mut d, _) = call(&ua, "*97", own.local_addr().expect("addr")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    type_info(&ua, &mut d, "#").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    type_info(&ua, &mut d, "1234#").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    type_info(&ua, &mut d, "1234#").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ua.send_in_dialog(&mut d, "BYE", "", "").await;
+    let (mut d, _) = call(&ua, "*97", own.local_addr().expect("addr")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    type_info(&ua, &mut d, "1234567890123").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    type_info(&ua, &mut d, "1234567890123").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ua.send_in_dialog(&mut d, "BYE", "", "").await;
+    let log = server.log();
+    assert!(
+        !log.contains("voicemail login: message count played"),
+        "the weak PIN's box was opened without a change:\n{log}"
+    );
+    let audit = env.ok(&["log", "--limit", "50"]);
+    assert!(
+        !audit.contains("voicemail.pin_changed"),
+        "a weak PIN was taken: {audit}"
+    );
+    // Control: a strong PIN, twice.
+    let (mut d, _) = call(&ua, "*97", own.local_addr().expect("addr")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    type_info(&ua, &mut d, "749261#").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    type_info(&ua, &mut d, "749261#").await;
+    eventually_or(
+        "the strong PIN is taken and the count follows",
+        Duration::from_secs(10),
+        || {
+            server
+                .log()
+                .contains("voicemail login: message count played")
+        },
+        || server.log(),
+    );
+    ua.send_in_dialog(&mut d, "BYE", "", "").await;
+    server.stop();
+}
+
+/// WITHSTOOD (racing the counter, and a restart). Five guessers on five addresses, each
+/// on its own `*98` call, send their wrong PIN for 1002 at the same moment: no failure is
+/// lost (a read-then-write of the count would let two of them write the same number),
+/// so the five lock the box. Then sipward restarts, and the right PIN is still refused:
+/// the lock is in the database, not in the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_parallel_wrong_pins_lock_the_box_and_a_restart_keeps_the_lock() {
+    let env = Env::with_config(&config(20));
+    let guesser = ext(&env, "1001", "national");
+    env.ok(&[
+        "ext",
+        "add",
+        "1002",
+        "--auth-id",
+        "desk1002vm",
+        "--password",
+        "Zq8xLmTr4wPy1002Kb",
+        "--pin",
+        "482936",
+    ]);
+    let server = env.serve();
+    let mut calls = Vec::new();
+    for i in 0..5 {
+        let ip = format!("127.0.0.{}", 110 + i);
+        let ua = phone(&ip, &server, &guesser).await;
+        let own = UdpSocket::bind(format!("{ip}:0")).expect("bind");
+        let (mut d, _) = call(&ua, "*98", own.local_addr().expect("addr")).await;
+        type_info(&ua, &mut d, "1002#").await;
+        type_info(&ua, &mut d, &format!("50691{i}")).await;
+        calls.push((ua, d, own));
+    }
+    let mut it = calls.iter_mut();
+    let mut next = || {
+        let (ua, d, _) = it.next().expect("five calls");
+        (&*ua, d)
+    };
+    let (a, b, c, e, f) = (next(), next(), next(), next(), next());
+    tokio::join!(
+        type_info(a.0, a.1, "#"),
+        type_info(b.0, b.1, "#"),
+        type_info(c.0, c.1, "#"),
+        type_info(e.0, e.1, "#"),
+        type_info(f.0, f.1, "#"),
+    );
+    eventually_or(
+        "five refusals",
+        Duration::from_secs(10),
+        || server.metric("sipward_voicemail_logins_refused_total") >= 5,
+        || server.log(),
+    );
+    for (ua, mut d, _) in calls {
+        ua.send_in_dialog(&mut d, "BYE", "", "").await;
+    }
+    let shown = env.json(&["vm", "show", "1002", "--json"]);
+    assert!(
+        shown["box"]["locked_until"].as_i64().is_some(),
+        "five wrong PINs at once locked the box: {shown}"
+    );
+    server.stop();
+    let server = env.serve();
+    let ua = phone("127.0.0.116", &server, &guesser).await;
+    let own = UdpSocket::bind("127.0.0.116:0").expect("bind");
+    let (mut d, _) = call(&ua, "*98", own.local_addr().expect("addr")).await;
+    let took = try_pin(&ua, &mut d, &own, "1002", "482936").await;
+    ua.send_in_dialog(&mut d, "BYE", "", "").await;
+    assert!(
+        took >= Duration::from_millis(1400)
+            && !server
+                .log()
+                .contains("voicemail login: message count played"),
+        "after a restart the locked box opened to the right PIN ({took:?})"
+    );
+    server.stop();
+}
