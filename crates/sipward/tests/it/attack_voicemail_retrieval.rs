@@ -160,6 +160,76 @@ async fn phone(ip: &str, server: &Server, account: &Account) -> Ua {
     Ua::phone(ip, server.sip, account).await
 }
 
+/// HOLE (medium: a neighbour on the phone's IP takes over the owner's PIN-less box). The
+/// owner dials `*97` from its registered phone: sipward logs in without a PIN and plays
+/// the box. The phone's SDP names the phone's own signalling IP, so for 2 s only the
+/// SDP's port latches; after that, "with nothing from that port", the first datagram
+/// from any port of the IP latches the call (`RtpPeer::judge`), before it is even
+/// parsed. A device sharing the phone's public address (an office NAT, a carrier-grade
+/// NAT) or a spoofer that sends one RFC 4733 digit to the guessable port after 2 s of
+/// quiet (a phone that sends no RTP while its user listens, silence suppression) gets
+/// the whole menu: it hears the owner's messages, and its digits drive it (listen,
+/// delete, record the greeting, `8` set a new PIN), with no PIN and no failure counted
+/// anywhere. The phone's own audio and digits are refused from then on. On a call
+/// sipward answers with an open box, the grace's fallback hands the box to whoever
+/// speaks first on the IP.
+///
+/// Control: the phone's first packet inside the grace latches, and the neighbour gets
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_neighbour_after_the_grace_does_not_take_the_owners_pinless_menu() {
+    let env = Env::with_config(&config(20));
+    let owner = ext(&env, "1001", "national");
+    let server = env.serve();
+    let ua = phone("127.0.0.91", &server, &owner).await;
+    ua.register().await;
+    let own = UdpSocket::bind("127.0.0.91:0").expect("bind the phone's media");
+    let neighbour = UdpSocket::bind("127.0.0.91:0").expect("bind the neighbour");
+
+    // Control: the phone speaks first, inside the grace.
+    let (mut d, port) = call(&ua, "*97", own.local_addr().expect("addr")).await;
+    let target = SocketAddr::new(server.sip.ip(), port);
+    own.send_to(&audio(0), target).expect("send");
+    neighbour
+        .send_to(&digit_event(10, 4242), target)
+        .expect("send");
+    let to_neighbour = collect(&neighbour, Duration::from_millis(1500));
+    ua.send_in_dialog(&mut d, "BYE", "", "").await;
+    assert_eq!(to_neighbour, 0, "control: the neighbour hears nothing");
+    eventually_or(
+        "the control's PIN-less login",
+        Duration::from_secs(5),
+        || {
+            server
+                .log()
+                .contains("voicemail login: message count played")
+        },
+        || server.log(),
+    );
+
+    // The phone is quiet for 2.3 s; the neighbour presses `*` (main menu again).
+    let (mut d, port) = call(&ua, "*97", own.local_addr().expect("addr")).await;
+    let target = SocketAddr::new(server.sip.ip(), port);
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    drain(&own);
+    neighbour
+        .send_to(&digit_event(10, 9999), target)
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    own.send_to(&audio(0), target).expect("send");
+    let to_neighbour = collect(&neighbour, Duration::from_millis(1500));
+    let to_phone = collect(&own, Duration::from_millis(300));
+    ua.send_in_dialog(&mut d, "BYE", "", "").await;
+    assert_eq!(
+        (to_neighbour, to_phone > 0),
+        (0, true),
+        "a neighbour on the phone's IP latched the owner's PIN-less *97 call after the \
+         grace: it got {to_neighbour} packets of the menu (its `*` replayed the main \
+         menu), the phone {to_phone}"
+    );
+    server.stop();
+}
+
 /// One `*98` login attempt by SIP INFO: `mailbox#` then `pin#`. Returns how long after
 /// the `#` that ends the PIN the next prompt (the refusal's) began.
 async fn try_pin(ua: &Ua, d: &mut Dialog, own: &UdpSocket, mailbox: &str, pin: &str) -> Duration {
