@@ -230,6 +230,133 @@ async fn a_neighbour_after_the_grace_does_not_take_the_owners_pinless_menu() {
     server.stop();
 }
 
+/// A gateway on `ip` (a provider's address) whose calls come in as a trunk's.
+async fn gateway(env: &Env, ip: &str, name: &str, number: &str) -> Ua {
+    let gw = Ua::bind(ip, "127.0.0.1:9".parse().expect("addr")).await;
+    env.ok(&[
+        "gateway",
+        "add",
+        name,
+        "--vendor",
+        "generic",
+        "--ext",
+        number,
+        "--auth-id",
+        &format!("gw-{name}-{number}"),
+        "--password",
+        "Gw7-pQ2v-Xk9m-Lr4t",
+        "--host",
+        &gw.addr.to_string(),
+    ]);
+    gw
+}
+
+/// A PSTN caller through `gw` to `did`; the status of the final answer.
+async fn did_call(gw: &Ua, pbx: SocketAddr, media: SocketAddr, did: &str, n: usize) -> Option<u16> {
+    let call_id = gw.next("pstn-");
+    let ruri = format!("sip:{did}@{pbx}");
+    let invite = gw.request_text(
+        "INVITE",
+        &ruri,
+        &call_id,
+        &format!(
+            "<sip:49301111{n:03}@{}>;tag={}",
+            gw.addr.ip(),
+            gw.next("pt")
+        ),
+        &format!("<{ruri}>"),
+        1,
+        &gw.next("z9hG4bKpstn"),
+        false,
+        "Content-Type: application/sdp\r\n",
+        &offer(gw.addr, media),
+    );
+    gw.send_to(&invite, pbx).await;
+    gw.try_wait(Duration::from_secs(10), |m| {
+        header(m, "Call-ID") == Some(call_id.as_str()) && status(m) >= 200
+    })
+    .await
+    .map(|m| status(&m))
+}
+
+/// HOLE (medium: callers from the PSTN close every box to the extensions). Each trunk
+/// (provider or gateway) gets its own share of the RTP pool, `rtp_ports_per_trunk`,
+/// half the pairs by default, and nothing bounds the trunks together. The README says
+/// "one trunk's callers still leave half the ports to the extensions"; with two
+/// trunks (two providers, or a provider and a gateway, or two gateways) outside callers
+/// dialling the office's DIDs hold the whole pool, and every extension calling a box,
+/// or dialling `*97`, is answered 503. Anyone in the world can place those calls, and
+/// each lasts up to the 180 s message limit per redial. Shown with 8 pairs: four calls
+/// through each of two gateways.
+///
+/// Control: with one trunk's share taken, an extension still reaches a box.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_trunks_together_leave_the_extensions_rtp_ports() {
+    let env = Env::with_config(&format!(
+        "{}[dialplan]\ncountry_code = \"49\"\ninternational_prefix = \"00\"\nnational_prefix = \"0\"\n",
+        config(8)
+    ));
+    let gw_a = gateway(&env, "127.0.0.93", "pstna", "801").await;
+    let gw_b = gateway(&env, "127.0.0.94", "pstnb", "802").await;
+    ext(&env, "5401", "national");
+    ext(&env, "5402", "national");
+    let inside = ext(&env, "5403", "national");
+    env.ok(&["did", "add", "+4930555201", "--ext", "5401"]);
+    env.ok(&["did", "add", "+4930555202", "--ext", "5402"]);
+    let server = env.serve();
+    let media_a = UdpSocket::bind("127.0.0.93:0").expect("bind");
+    let media_b = UdpSocket::bind("127.0.0.94:0").expect("bind");
+    for n in 0..4 {
+        assert_eq!(
+            did_call(
+                &gw_a,
+                server.sip,
+                media_a.local_addr().expect("addr"),
+                "4930555201",
+                n
+            )
+            .await,
+            Some(200),
+            "PSTN caller {n} through the first trunk reaches the box\n{}",
+            server.log()
+        );
+    }
+    let inside = phone("127.0.0.95", &server, &inside).await;
+    let own = UdpSocket::bind("127.0.0.95:0").expect("bind");
+    let (mut d, _) = call(&inside, "5402", own.local_addr().expect("addr")).await;
+    inside.send_in_dialog(&mut d, "BYE", "", "").await;
+    eventually_or(
+        "the control's port is given back",
+        Duration::from_secs(5),
+        || server.metric("sipward_rtp_ports_in_use") == 4,
+        || server.log(),
+    );
+    for n in 0..4 {
+        assert_eq!(
+            did_call(
+                &gw_b,
+                server.sip,
+                media_b.local_addr().expect("addr"),
+                "4930555202",
+                n
+            )
+            .await,
+            Some(200),
+            "PSTN caller {n} through the second trunk reaches the box"
+        );
+    }
+    let (_, fin) = invite(&inside, "5402", own.local_addr().expect("addr")).await;
+    let code = fin.as_deref().map(status);
+    assert_eq!(
+        code,
+        Some(200),
+        "an extension calling a box while two trunks' callers hold their shares (RTP ports \
+         in use: {})",
+        server.metric("sipward_rtp_ports_in_use")
+    );
+    server.stop();
+}
+
 /// One `*98` login attempt by SIP INFO: `mailbox#` then `pin#`. Returns how long after
 /// the `#` that ends the PIN the next prompt (the refusal's) began.
 async fn try_pin(ua: &Ua, d: &mut Dialog, own: &UdpSocket, mailbox: &str, pin: &str) -> Duration {
