@@ -486,6 +486,88 @@ async fn star97_without_a_pin_only_from_the_boxs_own_registered_flow() {
     server.stop();
 }
 
+/// HOLE (low: the zero-out outlives its operator). `[voicemail] operator` is checked
+/// against the extensions only when the config is read (start, SIGHUP). Removing the
+/// operator's extension while sipward runs, and giving its number to a gateway's
+/// virtual extension (a trunk), leaves `0` in every greeting and menu referring callers
+/// to that number; a SIGHUP then refuses the reload ("config not reloaded") and keeps
+/// the running operator, so nothing short of a restart stops the REFER. The REFER's
+/// Refer-To is then not an internal extension, which the voicemail promises it never
+/// is: the caller's phone is told to call a trunk's number.
+///
+/// Control: while 100 is an extension, `0` in the greeting refers the caller to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_never_refers_to_an_operator_that_stopped_being_an_extension() {
+    let env = Env::with_config(&format!(
+        "{}[dialplan]\ncountry_code = \"49\"\ninternational_prefix = \"00\"\nnational_prefix = \"0\"\n\
+         [voicemail]\noperator = \"100\"\n",
+        config(20)
+    ));
+    ext(&env, "100", "national");
+    let a = ext(&env, "1001", "national");
+    ext(&env, "1002", "national");
+    let server = env.serve();
+    let caller = phone("127.0.0.105", &server, &a).await;
+    let own = UdpSocket::bind("127.0.0.105:0").expect("bind");
+    let refer_after_zero = |ts: u32| {
+        let caller = &caller;
+        let own = &own;
+        async move {
+            let (mut d, port) = call(caller, "1002", own.local_addr().expect("addr")).await;
+            let target = SocketAddr::new(caller.pbx.ip(), port);
+            own.send_to(&audio(0), target).expect("send");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            own.send_to(&digit_event(0, ts), target).expect("send");
+            let refer = caller
+                .try_wait(Duration::from_secs(5), |m| {
+                    crate::user_agent::request_method(m) == Some("REFER")
+                        && header(m, "Call-ID") == Some(d.call_id.as_str())
+                })
+                .await;
+            caller.send_in_dialog(&mut d, "BYE", "", "").await;
+            refer.and_then(|r| header(&r, "Refer-To").map(str::to_owned))
+        }
+    };
+    let first = refer_after_zero(1000).await;
+    assert!(
+        first.as_deref().is_some_and(|r| r.contains("sip:100@")),
+        "control: `0` refers to the operator: {first:?}\n{}",
+        server.log()
+    );
+    env.ok(&["ext", "remove", "100"]);
+    let gw = Ua::bind("127.0.0.106", "127.0.0.1:9".parse().expect("addr")).await;
+    env.ok(&[
+        "gateway",
+        "add",
+        "pstn",
+        "--vendor",
+        "generic",
+        "--ext",
+        "100",
+        "--auth-id",
+        "gw-pstn-100",
+        "--password",
+        "Gw7-pQ2v-Xk9m-Lr4t",
+        "--host",
+        &gw.addr.to_string(),
+    ]);
+    server.signal("HUP");
+    eventually_or(
+        "the reload is answered",
+        Duration::from_secs(10),
+        || server.log().contains("reloaded"),
+        || server.log(),
+    );
+    let refused = server.log().contains("config not reloaded");
+    let after = refer_after_zero(2000).await;
+    assert_eq!(
+        after, None,
+        "with 100 removed and now a gateway's virtual extension, `0` still refers the \
+         caller there (the SIGHUP's reload refused: {refused})"
+    );
+    server.stop();
+}
+
 /// WITHSTOOD (skipping the forced change of a weak PIN, or keeping a weak one). 1003's
 /// PIN is its own number. From its registered phone, `*97` logs in and asks for a new
 /// PIN first: an empty entry (`#`), a trivial PIN typed twice (`1234`), and a PIN of 13
