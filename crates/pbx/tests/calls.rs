@@ -302,7 +302,8 @@ impl Ua {
     fn sdp(&self) -> String {
         let ip = self.addr.ip();
         format!(
-            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\n",
+            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {} RTP/AVP 0 101\r\n\
+             a=rtpmap:101 telephone-event/8000\r\n",
             self.addr.port() + 2
         )
     }
@@ -2015,6 +2016,82 @@ async fn a_call_to_an_extension_without_a_phone_leaves_a_message_with_the_sent_a
         pbx.metric("sipward_rtp_ports_in_use") == 0
     })
     .await;
+}
+
+/// Digits are media (they keep a call open like audio), but a deposit records none of
+/// them: a caller who sends only RFC 4733 digits outlives the no-media time, and is
+/// ended once the greeting and the longest message have passed on the clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_held_open_by_digits_alone_ends_at_its_longest() {
+    let boxes_dir = tempfile::tempdir().expect("tmp");
+    let boxes = Arc::new(Boxes {
+        dir: boxes_dir.path().to_owned(),
+        filed: Mutex::new(Vec::new()),
+    });
+    let pbx = start(Setup {
+        extensions: vec![("1001", "internal"), ("1002", "internal")],
+        voicemail: Some(boxes.clone()),
+        ..Setup::default()
+    })
+    .await;
+    let phone = Ua::bind("127.0.0.1", pbx.sip, "1001").await;
+    phone.register().await;
+    let out = phone.invite("1002", "").await;
+    let ok = phone.answer_to(&out, |c| c == 200).await;
+    let body = ok.split("\r\n\r\n").nth(1).unwrap_or("");
+    assert!(body.contains("telephone-event"), "{body}");
+    let rtp_to = SocketAddr::from(([127, 0, 0, 1], sdp_port(body)));
+    phone.in_dialog(&out, &ok, "ACK", out.cseq).await;
+    let rtp = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let bye = |m: &str| m.starts_with("BYE ") && header(m, "Call-ID") == Some(&out.call_id);
+    // One `5` (a new event each time) every 5 s of the clock (a packet taken just
+    // before or just after the clock moves leaves gaps of at most 10 s): never audio.
+    let digit = |i: u16| {
+        let payload = media::dtmf::Event {
+            event: 5,
+            end: true,
+            volume: 10,
+            duration: 800,
+        }
+        .build();
+        media::rtp::RtpPacket {
+            marker: true,
+            payload_type: 101,
+            sequence: 2000 + i,
+            timestamp: 9000 + u32::from(i) * 4000,
+            ssrc: 78,
+            payload: &payload,
+        }
+        .build()
+    };
+    for i in 0..12u16 {
+        rtp.send_to(&digit(i), rtp_to).await.expect("send");
+        pbx.advance(Duration::from_secs(5)).await;
+    }
+    assert!(
+        phone
+            .try_wait(Duration::from_millis(200), bye)
+            .await
+            .is_none(),
+        "60 s of digits alone: still up (the no-media time is 20 s)"
+    );
+    // The last digit at 170 s; at 185 s the greeting (2.75 s) and the longest message
+    // (180 s) are over, while the no-media time (20 s after the last digit) is not.
+    for i in 12..35u16 {
+        rtp.send_to(&digit(i), rtp_to).await.expect("send");
+        pbx.advance(Duration::from_secs(5)).await;
+    }
+    until("every digit taken", || {
+        pbx.metric("sipward_voicemail_digits_total") == 35
+    })
+    .await;
+    pbx.advance(Duration::from_secs(10)).await;
+    phone.wait("the box's BYE after its longest", bye).await;
+    assert_eq!(
+        pbx.metric("sipward_voicemail_messages_total"),
+        0,
+        "digits are no message"
+    );
 }
 
 /// A server with voicemail filing into a temporary directory, and phones of 1001 and
