@@ -11,7 +11,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use crate::harness::Env;
-use crate::peers::{Server, eventually_or, free_port};
+use crate::peers::{Server, eventually_or, free_port, require};
 use crate::user_agent::{Account, Dialog, Outgoing, Ua, answers, body, ext, header, status};
 
 /// MD5 only (the test agent's digest), and `pairs` RTP port pairs of this run's own.
@@ -713,6 +713,102 @@ async fn five_parallel_wrong_pins_lock_the_box_and_a_restart_keeps_the_lock() {
                 .log()
                 .contains("voicemail login: message count played"),
         "after a restart the locked box opened to the right PIN ({took:?})"
+    );
+    server.stop();
+}
+
+/// HOLE (medium: the lockout's window is fixed, so a guesser is never locked). Five
+/// wrong PINs lock a box only when they fall in one 15-minute window that starts at
+/// the first failure and restarts at the first failure after it ends
+/// (`Lockout::after_failure`). A guesser who types four wrong PINs in each window is
+/// never locked: 384 guesses a day against the README's "five tries an hour at first
+/// and five a day after", without end (a 4-digit PIN falls within two weeks), and
+/// around a window's edge eight wrong PINs come within seconds of each other with no
+/// lock. Here one wrong PIN stands for a failure 880 s ago (its window's start is moved
+/// back in the database, as a clock would have moved), then three wrong PINs, the
+/// window ends, then four more: seven wrong PINs in under a minute, and the box stays
+/// open.
+///
+/// Control: five wrong PINs within one window lock another box, 1003.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seven_wrong_pins_within_a_minute_lock_the_box_even_across_the_window_edge() {
+    let sqlite3 = require("sqlite3", "sqlite3");
+    let env = Env::with_config(&config(20));
+    let guesser = ext(&env, "1001", "national");
+    env.ok(&[
+        "ext",
+        "add",
+        "1002",
+        "--auth-id",
+        "desk1002vm",
+        "--password",
+        "Zq8xLmTr4wPy1002Kb",
+        "--pin",
+        "482936",
+    ]);
+    env.ok(&[
+        "ext",
+        "add",
+        "1003",
+        "--auth-id",
+        "desk1003vm",
+        "--password",
+        "Zq8xLmTr4wPy1003Kb",
+        "--pin",
+        "482937",
+    ]);
+    let server = env.serve();
+    let guesses = |ip: &'static str, mailbox: &'static str, pins: &'static [&'static str]| {
+        let server = &server;
+        let guesser = &guesser;
+        async move {
+            let ua = phone(ip, server, guesser).await;
+            let own = UdpSocket::bind(format!("{ip}:0")).expect("bind");
+            let (mut d, _) = call(&ua, "*98", own.local_addr().expect("addr")).await;
+            for pin in pins {
+                try_pin(&ua, &mut d, &own, mailbox, pin).await;
+            }
+            ua.send_in_dialog(&mut d, "BYE", "", "").await;
+        }
+    };
+    // Control: five wrong PINs in one window lock 1003.
+    guesses("127.0.0.124", "1003", &["506901", "506902", "506903"]).await;
+    guesses("127.0.0.125", "1003", &["506904", "506905"]).await;
+    let shown = env.json(&["vm", "show", "1003", "--json"]);
+    assert!(
+        shown["box"]["locked_until"].as_i64().is_some(),
+        "control: five wrong PINs in one window lock the box: {shown}"
+    );
+
+    guesses("127.0.0.120", "1002", &["506901"]).await;
+    // The first wrong PIN was 880 s ago: its window has 20 s left.
+    let moved = std::process::Command::new(&sqlite3)
+        .arg(env.data.join("sipward.db"))
+        .arg(
+            "UPDATE voicemail_boxes SET failure_window_start = failure_window_start - 880 \
+             WHERE number = '1002' AND failures = 1",
+        )
+        .status()
+        .expect("sqlite3");
+    assert!(moved.success());
+    let window_ends = Instant::now() + Duration::from_secs(21);
+    let started = Instant::now();
+    guesses("127.0.0.121", "1002", &["506902", "506903", "506904"]).await;
+    let shown = env.json(&["vm", "show", "1002", "--json"]);
+    assert!(
+        shown["box"]["locked_until"].as_i64().is_none(),
+        "four wrong PINs in the window do not lock: {shown}"
+    );
+    // The window's end passes (the server's own clock, not a guess).
+    tokio::time::sleep(window_ends.saturating_duration_since(Instant::now())).await;
+    guesses("127.0.0.122", "1002", &["506905", "506906", "506907"]).await;
+    guesses("127.0.0.123", "1002", &["506908"]).await;
+    let took = started.elapsed();
+    let shown = env.json(&["vm", "show", "1002", "--json"]);
+    assert!(
+        shown["box"]["locked_until"].as_i64().is_some(),
+        "seven wrong PINs within {took:?} (eight within 15 minutes) left the box open: \
+         {shown}"
     );
     server.stop();
 }
