@@ -812,3 +812,47 @@ async fn seven_wrong_pins_within_a_minute_lock_the_box_even_across_the_window_ed
     );
     server.stop();
 }
+
+/// WITHSTOOD (hanging up before the refusal is heard). A guesser ends each `*98` call
+/// (BYE) 50 ms after the `#` of a wrong PIN, long before the refusal's 1.5 s prompt,
+/// hoping the failure is counted only when the refusal plays: each counts all the
+/// same, and three such calls leave three failures on the box.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hang_up_right_after_a_wrong_pin_still_counts_it() {
+    let env = Env::with_config(&config(20));
+    let guesser = ext(&env, "1001", "national");
+    env.ok(&[
+        "ext",
+        "add",
+        "1002",
+        "--auth-id",
+        "desk1002vm",
+        "--password",
+        "Zq8xLmTr4wPy1002Kb",
+        "--pin",
+        "482936",
+    ]);
+    let server = env.serve();
+    for i in 0..3u8 {
+        let ip = format!("127.0.0.{}", 130 + i);
+        let ua = phone(&ip, &server, &guesser).await;
+        let own = UdpSocket::bind(format!("{ip}:0")).expect("bind");
+        let (mut d, _) = call(&ua, "*98", own.local_addr().expect("addr")).await;
+        type_info(&ua, &mut d, "1002#").await;
+        type_info(&ua, &mut d, &format!("50691{i}#")).await;
+        ua.send_in_dialog(&mut d, "BYE", "", "").await;
+    }
+    eventually_or(
+        "three failures on the box",
+        Duration::from_secs(10),
+        || env.json(&["vm", "show", "1002", "--json"])["box"]["failures"].as_u64() == Some(3),
+        || {
+            format!(
+                "{}\n{}",
+                env.json(&["vm", "show", "1002", "--json"]),
+                server.log()
+            )
+        },
+    );
+    server.stop();
+}
