@@ -14,6 +14,7 @@ mod attack_settings;
 mod attack_tls;
 mod attack_transfer;
 mod attack_voicemail;
+mod attack_voicemail_retrieval;
 mod attacks;
 mod backup;
 mod bad_input;
