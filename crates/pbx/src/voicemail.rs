@@ -893,34 +893,49 @@ impl Voicemail {
             return;
         }
         self.sig.dialogs.terminating(dialog);
-        call.our_cseq += 1;
-        let flow = call.flow;
-        let branch = self.sig.branch();
-        let bytes = RequestBuilder::in_dialog(&call.dialog_state(), "BYE", call.our_cseq)
-            .via(TopVia::new(
-                flow.transport.via_token(),
-                self.sig.local(&flow),
-                &branch,
-            ))
-            .build();
-        let started = bytes.ok().and_then(|bytes| {
-            self.sig
-                .egress
-                .start(
-                    bytes,
-                    flow,
-                    Purpose::InDialog { from: None },
-                    Owner::Voicemail,
-                )
-                .ok()
-        });
-        match started {
+        match self.start_in_dialog(call, "BYE", None, &[]) {
             Some(tx) => {
                 call.bye = Some(tx);
                 st.by_tx.insert(tx, id);
             }
             None => self.sig.dialogs.end(dialog, self.sig.clock.instant()),
         }
+    }
+
+    /// Starts our in-dialog `method` to the caller (the next CSeq, a Via of ours on the
+    /// call's flow, the `contact` and `headers` given), through the egress rule as an
+    /// in-dialog request of the voicemail: the transaction, or None when it could not
+    /// be built or sent.
+    fn start_in_dialog(
+        &self,
+        call: &mut Call,
+        method: &str,
+        contact: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Option<TxId> {
+        call.our_cseq += 1;
+        let flow = call.flow;
+        let branch = self.sig.branch();
+        let local = self.sig.local(&flow);
+        let state = call.dialog_state();
+        let mut builder = RequestBuilder::in_dialog(&state, method, call.our_cseq)
+            .via(TopVia::new(flow.transport.via_token(), local, &branch));
+        if let Some(contact) = contact {
+            builder = builder.contact(contact);
+        }
+        for (name, value) in headers {
+            builder = builder.header(name, value);
+        }
+        let bytes = builder.build().ok()?;
+        self.sig
+            .egress
+            .start(
+                bytes,
+                flow,
+                Purpose::InDialog { from: None },
+                Owner::Voicemail,
+            )
+            .ok()
     }
 
     /// Our REFER (RFC 3515) sending the caller to the configured operator; our BYE
@@ -951,32 +966,10 @@ impl Voicemail {
             self.sig.bound_for(&flow),
             &flow,
         );
-        call.our_cseq += 1;
-        let branch = self.sig.branch();
-        let bytes = RequestBuilder::in_dialog(&call.dialog_state(), "REFER", call.our_cseq)
-            .via(TopVia::new(
-                flow.transport.via_token(),
-                self.sig.local(&flow),
-                &branch,
-            ))
-            .contact(&our_uri(
-                self.sig.bound_for(&flow),
-                &flow,
-                Some("voicemail"),
-            ))
-            .header("Refer-To", &format!("<{target}>"))
-            .build();
-        let started = bytes.ok().and_then(|bytes| {
-            self.sig
-                .egress
-                .start(
-                    bytes,
-                    flow,
-                    Purpose::InDialog { from: None },
-                    Owner::Voicemail,
-                )
-                .ok()
-        });
+        let contact = our_uri(self.sig.bound_for(&flow), &flow, Some("voicemail"));
+        let refer_to = format!("<{target}>");
+        let started =
+            self.start_in_dialog(call, "REFER", Some(&contact), &[("Refer-To", &refer_to)]);
         match started {
             Some(tx) => {
                 call.refer = Some(tx);
@@ -1384,20 +1377,27 @@ mod tests {
         let flat: String = code.chars().filter(|c| !c.is_whitespace()).collect();
         assert_eq!(
             flat.matches("egress.start(").count(),
-            3,
-            "one BYE, one REFER to the operator and the NOTIFYs, nothing else"
+            2,
+            "requests in the call's own dialog and the NOTIFYs, nothing else"
         );
         assert_eq!(
             flat.matches("Purpose::InDialog{from:None},Owner::Voicemail")
                 .count(),
-            2,
-            "the BYE and the REFER are requests in the call's own dialog"
+            1,
+            "the call's requests are in its own dialog"
         );
+        assert_eq!(
+            flat.matches("self.start_in_dialog(call,").count(),
+            2,
+            "the call's requests: a BYE and a REFER"
+        );
+        assert!(flat.contains("self.start_in_dialog(call,\"BYE\",None,&[])"));
         // The REFER's one Refer-To is the configured operator, built by `operator_uri`
         // from an `Operator` (which only the configuration makes).
         assert_eq!(flat.matches(",\"REFER\",").count(), 1, "one REFER built");
         assert_eq!(flat.matches("\"Refer-To\"").count(), 1);
-        assert!(flat.contains(".header(\"Refer-To\",&format!(\"<{target}>\"))"));
+        assert!(flat.contains("letrefer_to=format!(\"<{target}>\");"));
+        assert!(flat.contains("&[(\"Refer-To\",&refer_to)]"));
         assert!(flat.contains("lettarget=operator_uri(operator,"));
         assert!(flat.contains("fnrefer(&self,id:u64,operator:&Operator)"));
         assert!(flat.contains("Purpose::Registration{number},Owner::Notify"));

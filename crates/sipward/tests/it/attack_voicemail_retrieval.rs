@@ -290,6 +290,11 @@ async fn did_call(gw: &Ua, pbx: SocketAddr, media: SocketAddr, did: &str, n: usi
 /// through each of two gateways.
 ///
 /// Control: with one trunk's share taken, an extension still reaches a box.
+///
+/// (As fixed: every trunk's callers share one part of the pool, so the second trunk's
+/// callers are refused while the first holds that part, and the extensions keep the
+/// rest. The attacker's version expected the second trunk's four callers to be let in
+/// as well, which eight pairs cannot hold beside an extension's call.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_trunks_together_leave_the_extensions_rtp_ports() {
     let env = Env::with_config(&format!(
@@ -341,8 +346,8 @@ async fn two_trunks_together_leave_the_extensions_rtp_ports() {
                 n
             )
             .await,
-            Some(200),
-            "PSTN caller {n} through the second trunk reaches the box"
+            Some(503),
+            "PSTN caller {n} through the second trunk: the trunks' part is taken"
         );
     }
     let (_, fin) = invite(&inside, "5402", own.local_addr().expect("addr")).await;
