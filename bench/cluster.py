@@ -118,8 +118,14 @@ class Node:
             self.lines.append((time.time(), line))
 
     def stop(self):
-        self.p.kill()
-        self.p.wait()
+        # A clean stop gives the node's name up at once; a killed node's name is held
+        # until its heartbeat is stale (15 s), and the next start under it is refused.
+        self.p.terminate()
+        try:
+            self.p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
 
 
 def node_dir(name, url, key_from=None):
