@@ -126,7 +126,8 @@ struct PoolState {
     /// Even ports free to try, in order (lowest first, so tests and operators see a
     /// predictable port; the pool never hands out one in use).
     free: BTreeSet<u16>,
-    /// Pairs held per share; an entry lives while it holds one (bounded by the pool).
+    /// Pairs held per source address; an entry lives while it holds one (bounded by
+    /// the pool).
     per_share: HashMap<Share, usize>,
     /// Pairs held by all trunks' callers together.
     trunks: usize,
@@ -193,14 +194,14 @@ impl PortPool {
     /// is skipped (and tried again once a lease is given back).
     pub fn lease(self: &Arc<Self>, share: Share) -> Result<Lease, PoolError> {
         let mut s = self.lock();
-        let limit = match share {
-            Share::Source(_) => self.per_source,
-            Share::Trunk(_) => self.per_trunk,
+        // A source holds its own share; every trunk's callers together hold at most
+        // the trunks' part: two trunks (or one under many names) never take the
+        // extensions' ports.
+        let full = match share {
+            Share::Source(_) => s.per_share.get(&share).copied().unwrap_or(0) >= self.per_source,
+            Share::Trunk(_) => s.trunks >= self.per_trunk,
         };
-        // Every trunk's callers together hold at most the trunks' part: two trunks
-        // (or one trunk under many names) never take the extensions' ports.
-        let trunks_full = matches!(share, Share::Trunk(_)) && s.trunks >= self.per_trunk;
-        if trunks_full || s.per_share.get(&share).copied().unwrap_or(0) >= limit {
+        if full {
             Metrics::inc(&self.metrics.rtp_ports_refused[1]);
             return Err(PoolError::PerSource);
         }
@@ -221,9 +222,9 @@ impl PortPool {
             Metrics::inc(&self.metrics.rtp_ports_refused[0]);
             return Err(PoolError::Exhausted);
         };
-        *s.per_share.entry(share.clone()).or_insert(0) += 1;
-        if matches!(share, Share::Trunk(_)) {
-            s.trunks += 1;
+        match share {
+            Share::Source(_) => *s.per_share.entry(share.clone()).or_insert(0) += 1,
+            Share::Trunk(_) => s.trunks += 1,
         }
         s.in_use += 1;
         self.metrics
@@ -243,8 +244,7 @@ impl PortPool {
         s.free.insert(port);
         if matches!(share, Share::Trunk(_)) {
             s.trunks = s.trunks.saturating_sub(1);
-        }
-        if let Some(n) = s.per_share.get_mut(share) {
+        } else if let Some(n) = s.per_share.get_mut(share) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 s.per_share.remove(share);

@@ -156,6 +156,23 @@ fn next_prompt(socket: &UdpSocket, since: Instant) -> Option<Duration> {
     None
 }
 
+/// An extension `number` whose box has the PIN `pin` (its phone is not used).
+fn box_with_pin(env: &Env, number: &str, pin: &str) {
+    let auth_id = format!("desk{number}vm");
+    let password = format!("Zq8xLmTr4wPy{number}Kb");
+    env.ok(&[
+        "ext",
+        "add",
+        number,
+        "--auth-id",
+        &auth_id,
+        "--password",
+        &password,
+        "--pin",
+        pin,
+    ]);
+}
+
 async fn phone(ip: &str, server: &Server, account: &Account) -> Ua {
     Ua::phone(ip, server.sip, account).await
 }
@@ -384,17 +401,7 @@ async fn try_pin(ua: &Ua, d: &mut Dialog, own: &UdpSocket, mailbox: &str, pin: &
 async fn a_refused_pin_sounds_as_late_for_a_wrong_pin_a_locked_box_and_no_box() {
     let env = Env::with_config(&config(20));
     let guesser = ext(&env, "1001", "national");
-    env.ok(&[
-        "ext",
-        "add",
-        "1002",
-        "--auth-id",
-        "desk1002vm",
-        "--password",
-        "Zq8xLmTr4wPy1002Kb",
-        "--pin",
-        "482936",
-    ]);
+    box_with_pin(&env, "1002", "482936");
     let server = env.serve();
     let mut wrong = Vec::new();
     let mut locked = Vec::new();
@@ -581,17 +588,7 @@ async fn zero_never_refers_to_an_operator_that_stopped_being_an_extension() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weak_pin_must_be_changed_first_and_only_to_a_strong_one() {
     let env = Env::with_config(&config(20));
-    env.ok(&[
-        "ext",
-        "add",
-        "1003",
-        "--auth-id",
-        "desk1003vm",
-        "--password",
-        "Zq8xLmTr4wPy1003Kb",
-        "--pin",
-        "1003",
-    ]);
+    box_with_pin(&env, "1003", "1003");
     let owner = Account {
         number: "1003".into(),
         auth_id: "desk1003vm".into(),
@@ -656,17 +653,7 @@ async fn a_weak_pin_must_be_changed_first_and_only_to_a_strong_one() {
 async fn five_parallel_wrong_pins_lock_the_box_and_a_restart_keeps_the_lock() {
     let env = Env::with_config(&config(20));
     let guesser = ext(&env, "1001", "national");
-    env.ok(&[
-        "ext",
-        "add",
-        "1002",
-        "--auth-id",
-        "desk1002vm",
-        "--password",
-        "Zq8xLmTr4wPy1002Kb",
-        "--pin",
-        "482936",
-    ]);
+    box_with_pin(&env, "1002", "482936");
     let server = env.serve();
     let mut calls = Vec::new();
     for i in 0..5 {
@@ -740,28 +727,8 @@ async fn seven_wrong_pins_within_a_minute_lock_the_box_even_across_the_window_ed
     let sqlite3 = require("sqlite3", "sqlite3");
     let env = Env::with_config(&config(20));
     let guesser = ext(&env, "1001", "national");
-    env.ok(&[
-        "ext",
-        "add",
-        "1002",
-        "--auth-id",
-        "desk1002vm",
-        "--password",
-        "Zq8xLmTr4wPy1002Kb",
-        "--pin",
-        "482936",
-    ]);
-    env.ok(&[
-        "ext",
-        "add",
-        "1003",
-        "--auth-id",
-        "desk1003vm",
-        "--password",
-        "Zq8xLmTr4wPy1003Kb",
-        "--pin",
-        "482937",
-    ]);
+    box_with_pin(&env, "1002", "482936");
+    box_with_pin(&env, "1003", "482937");
     let server = env.serve();
     let guesses = |ip: &'static str, mailbox: &'static str, pins: &'static [&'static str]| {
         let server = &server;
@@ -826,17 +793,7 @@ async fn seven_wrong_pins_within_a_minute_lock_the_box_even_across_the_window_ed
 async fn a_hang_up_right_after_a_wrong_pin_still_counts_it() {
     let env = Env::with_config(&config(20));
     let guesser = ext(&env, "1001", "national");
-    env.ok(&[
-        "ext",
-        "add",
-        "1002",
-        "--auth-id",
-        "desk1002vm",
-        "--password",
-        "Zq8xLmTr4wPy1002Kb",
-        "--pin",
-        "482936",
-    ]);
+    box_with_pin(&env, "1002", "482936");
     let server = env.serve();
     for i in 0..3u8 {
         let ip = format!("127.0.0.{}", 130 + i);
