@@ -563,6 +563,19 @@ async fn zero_never_refers_to_an_operator_that_stopped_being_an_extension() {
         "--host",
         &gw.addr.to_string(),
     ]);
+    // The server reads the store's versions every poll: wait for a read that began
+    // after both changes (the gauge is in whole seconds), else the call may still meet
+    // the directory of before.
+    let changed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    eventually_or(
+        "the server reads the store after the changes",
+        Duration::from_secs(10),
+        || server.metric("sipward_store_versions_seen_at_seconds") as i64 > changed + 1,
+        || server.log(),
+    );
     server.signal("HUP");
     eventually_or(
         "the reload is answered",
