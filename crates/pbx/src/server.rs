@@ -540,7 +540,8 @@ impl Bound {
             background::checked(
                 Task::CallState,
                 "clearing the active calls",
-                store::trunks::replace_active_calls(&mut conn, &[], 0).await,
+                store::trunks::replace_active_calls(&mut conn, self.cfg.node.as_str(), &[], 0)
+                    .await,
             );
         }
         if self.hold.is_lost() {
@@ -1169,7 +1170,7 @@ async fn flush_loop(
         };
         if every_second {
             sample_tables(&endpoint, &transports);
-            write_trunk_state(&registry, &endpoint, clock.now(), &mut calls_written).await;
+            write_trunk_state(&registry, &endpoint, &node, clock.now(), &mut calls_written).await;
             if shared {
                 share_failures(&registry, &endpoint, &node, clock.now(), &mut sweep).await;
             }
@@ -1422,11 +1423,12 @@ fn sample_tables(endpoint: &Endpoint, transports: &Transports) {
 const CALLS_STAMP_EVERY: i64 = 10;
 
 /// Writes what `provider show` and `sipward calls` read: changed registration states,
-/// and the trunk calls up (when they change, and stamped every 10 s). `last` is what
+/// and this node's trunk calls up (when they change, and stamped every 10 s). `last` is what
 /// was written last; None writes in any case.
 async fn write_trunk_state(
     registry: &Registry,
     endpoint: &Endpoint,
+    node: &str,
     now: i64,
     last: &mut Option<(Vec<store::trunks::ActiveCallRow>, i64)>,
 ) {
@@ -1451,7 +1453,7 @@ async fn write_trunk_state(
         && background::checked(
             Task::CallState,
             what,
-            store::trunks::replace_active_calls(&mut conn, &calls, now).await,
+            store::trunks::replace_active_calls(&mut conn, node, &calls, now).await,
         )
         .is_some()
     {

@@ -498,6 +498,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     migration!(19, "binding_nodes", "0019_binding_nodes.sql"),
     migration!(20, "fraud_limits", "0020_fraud_limits.sql"),
     migration!(21, "nodes", "0021_nodes.sql"),
+    migration!(22, "node_rows", "0022_node_rows.sql"),
 ];
 
 fn schema(backend: Backend) -> sqlx::migrate::Migrator {

@@ -174,12 +174,20 @@ pub async fn grace_fetch_sources(db: &mut dyn Db, number: &str) -> Result<String
     Ok(list.unwrap_or_default())
 }
 
-/// Asks the running server to tell the phones of `number` to re-fetch their files.
+/// Asks the running servers to tell the phones of `number` to re-fetch their files: one
+/// request for each node that holds a live phone of it (each reaches only its own), or
+/// one for any node when none does (a phone may register before it is taken).
 pub async fn request_resync(db: &mut dyn Db, number: &str, now: i64) -> Result<()> {
     let conn = raw(db);
     sqlx::query(
-        "INSERT INTO resync (number, created_at) VALUES ($1, $2) \
-         ON CONFLICT (number) DO UPDATE SET created_at = excluded.created_at",
+        "INSERT INTO resync (number, node, created_at) \
+         SELECT t.number, t.node, $2 FROM ( \
+         SELECT DISTINCT b.number AS number, b.node AS node FROM bindings b \
+         WHERE b.number = $1 AND b.expires_at > $2 \
+         UNION SELECT CAST($1 AS TEXT), '' WHERE NOT EXISTS \
+         (SELECT 1 FROM bindings b WHERE b.number = $1 AND b.expires_at > $2)) t \
+         WHERE true \
+         ON CONFLICT (number, node) DO UPDATE SET created_at = excluded.created_at",
     )
     .bind(number)
     .bind(now)
@@ -194,27 +202,32 @@ pub struct Resyncs {
     /// Extensions with a live binding this node holds (or an unowned one): this node
     /// tells their phones.
     pub numbers: Vec<String>,
-    /// Requests for extensions with no live binding on any node: no phone to tell,
-    /// taken so that they do not pile up.
+    /// Requests with no live phone left where they were for: no phone to tell, taken so
+    /// that they do not pile up.
     pub dropped: u64,
 }
 
-/// Takes the pending re-fetch requests that are `node`'s to send, in one statement: an
-/// extension with a live binding this node holds (a phone's flow, the NAT mapping or
-/// the TCP connection, belongs to one node; only that node reaches it), or one with no
-/// live binding anywhere (dropped and counted). A request whose extension's phones are
-/// all on other nodes stays for them.
+/// Takes the pending re-fetch requests that are `node`'s to send, in one statement (a
+/// phone's flow, the NAT mapping or the TCP connection, belongs to one node; only that
+/// node reaches it):
+/// - the requests for this node: sent when the extension still has a live binding here;
+/// - a request for any node (none held a phone when it was asked): sent when this node
+///   now holds one, dropped when no node does, else left for the node that does;
+/// - another node's request whose phones are gone from it: dropped (that node may be
+///   gone too), so that none piles up.
 pub async fn take_resyncs(db: &mut dyn Db, node: &str, now: i64) -> Result<Resyncs> {
     let conn = raw(db);
     let rows = sqlx::query(
-        "DELETE FROM resync WHERE \
-         EXISTS (SELECT 1 FROM bindings b WHERE b.number = resync.number \
+        "DELETE FROM resync WHERE node = $1 \
+         OR (node = '' AND (EXISTS (SELECT 1 FROM bindings b WHERE b.number = resync.number \
          AND b.expires_at > $2 AND (b.node = $1 OR b.node = '')) \
          OR NOT EXISTS (SELECT 1 FROM bindings b WHERE b.number = resync.number \
-         AND b.expires_at > $2) \
-         RETURNING number, CAST(CASE WHEN EXISTS (SELECT 1 FROM bindings b \
-         WHERE b.number = resync.number AND b.expires_at > $2) THEN 1 ELSE 0 END AS BIGINT) \
-         AS bound",
+         AND b.expires_at > $2))) \
+         OR (node <> '' AND NOT EXISTS (SELECT 1 FROM bindings b \
+         WHERE b.number = resync.number AND b.node = resync.node AND b.expires_at > $2)) \
+         RETURNING number, CAST(CASE WHEN (node = $1 OR node = '') AND EXISTS (SELECT 1 \
+         FROM bindings b WHERE b.number = resync.number AND b.expires_at > $2 \
+         AND (b.node = $1 OR b.node = '')) THEN 1 ELSE 0 END AS BIGINT) AS bound",
     )
     .bind(node)
     .bind(now)
@@ -230,6 +243,7 @@ pub async fn take_resyncs(db: &mut dyn Db, node: &str, now: i64) -> Result<Resyn
         }
     }
     taken.numbers.sort_unstable();
+    taken.numbers.dedup();
     Ok(taken)
 }
 

@@ -217,21 +217,26 @@ pub struct ActiveCallRow {
     pub answered_at: i64,
 }
 
-/// Replaces the snapshot of active calls and stamps when it was written.
+/// Replaces `node`'s part of the snapshot of active calls and stamps when it wrote it;
+/// the other nodes' calls stay. With no calls and `now` 0 (a node stopping), the node's
+/// rows and stamp go: its calls are not shown as up, nor its stamp as the snapshot's.
 pub async fn replace_active_calls(
     db: &mut dyn Db,
+    node: &str,
     calls: &[ActiveCallRow],
     now: i64,
 ) -> Result<()> {
     let conn = raw(db);
-    sqlx::query("DELETE FROM active_calls")
+    sqlx::query("DELETE FROM active_calls WHERE node = $1")
+        .bind(node)
         .execute(&mut *conn)
         .await?;
     for c in calls {
         sqlx::query(
-            "INSERT INTO active_calls (id, caller, callee, kind, trunk, state, started_at, answered_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO active_calls (node, id, caller, callee, kind, trunk, state, started_at, answered_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
+        .bind(node)
         .bind(&c.id)
         .bind(&c.caller)
         .bind(&c.callee)
@@ -243,15 +248,32 @@ pub async fn replace_active_calls(
         .execute(&mut *conn)
         .await?;
     }
-    crate::meta::set_meta(conn, "calls_written_at", &now.to_string()).await
+    if calls.is_empty() && now == 0 {
+        sqlx::query("DELETE FROM call_writers WHERE node = $1")
+            .bind(node)
+            .execute(&mut *conn)
+            .await?;
+    } else {
+        sqlx::query(
+            "INSERT INTO call_writers (node, written_at) VALUES ($1, $2) \
+             ON CONFLICT (node) DO UPDATE SET written_at = excluded.written_at",
+        )
+        .bind(node)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
-/// The active calls as last written, and when they were written (0: never).
+/// The active calls of every node as last written, and when the snapshot was written:
+/// the oldest stamp of the nodes that wrote (each rewrites its part every few seconds,
+/// so a node that died with calls shows as a stale snapshot), 0 when no node did.
 pub async fn active_calls(db: &mut dyn Db) -> Result<(Vec<ActiveCallRow>, i64)> {
     let conn = raw(db);
     let rows = sqlx::query(
         "SELECT id, caller, callee, kind, trunk, state, started_at, answered_at FROM active_calls \
-         ORDER BY started_at, id",
+         ORDER BY started_at, node, id",
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -270,9 +292,8 @@ pub async fn active_calls(db: &mut dyn Db) -> Result<(Vec<ActiveCallRow>, i64)> 
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let at = crate::meta::get_meta(conn, "calls_written_at")
-        .await?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    Ok((calls, at))
+    let at: Option<i64> = sqlx::query_scalar("SELECT MIN(written_at) FROM call_writers")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok((calls, at.unwrap_or(0)))
 }

@@ -46,6 +46,7 @@ on_both_backends!(
     a_node_name_is_claimed_by_one_live_process,
     a_node_takes_only_the_resyncs_of_the_phones_it_holds,
     a_burst_of_registrations_is_written_as_one_batch,
+    each_node_writes_and_clears_only_its_own_calls,
 );
 
 fn extension(number: &str) -> ExtensionRow {
@@ -386,8 +387,48 @@ async fn a_node_takes_only_the_resyncs_of_the_phones_it_holds(backend: Backend) 
     let b = store::provisioning::take_resyncs(&mut conn, "b", 20)
         .await
         .expect("b takes");
-    assert_eq!(b.numbers, ["1002"]);
+    assert_eq!(
+        b.numbers,
+        ["1002", "1003"],
+        "1003's phone on b hears it too"
+    );
     assert_eq!(b.dropped, 0);
+    // A request for 1001 while its phone is on a; the phone then leaves a (its binding
+    // expires) before a takes it: b drops it, so that a dead node's requests do not
+    // pile up, and a takes nothing.
+    store::provisioning::request_resync(&mut conn, "1001", 20)
+        .await
+        .expect("request");
+    let later = store::provisioning::take_resyncs(&mut conn, "b", 200)
+        .await
+        .expect("b later");
+    assert_eq!((later.numbers.len(), later.dropped), (0, 1), "{later:?}");
+    let a = store::provisioning::take_resyncs(&mut conn, "a", 200)
+        .await
+        .expect("a later");
+    assert_eq!(a, store::provisioning::Resyncs::default());
+    // Asked while 1002 had no live phone: the first node that holds one takes it, a
+    // node without one leaves it.
+    store::provisioning::request_resync(&mut conn, "1002", 150)
+        .await
+        .expect("request");
+    b::replace_node_bindings(
+        &mut conn,
+        "b",
+        "1002",
+        &[on("1002", "sip:p2@h", 400, gens[1])],
+        0,
+    )
+    .await
+    .expect("b registers again");
+    let a = store::provisioning::take_resyncs(&mut conn, "a", 200)
+        .await
+        .expect("a");
+    assert_eq!(a, store::provisioning::Resyncs::default(), "not a's");
+    let b = store::provisioning::take_resyncs(&mut conn, "b", 200)
+        .await
+        .expect("b");
+    assert_eq!(b.numbers, ["1002"]);
 }
 
 /// The group commit of a burst: more extensions and rows than one statement carries, all
@@ -503,4 +544,45 @@ async fn a_burst_of_registrations_is_written_as_one_batch(backend: Backend) {
         "a's three rows of them gone, b's one stays"
     );
     assert_eq!(find(&all, "2000", "sip:b@h"), Some(500));
+}
+
+/// Two nodes count their calls from 1: each writes and clears only its own part of the
+/// active calls (a shared key or a whole-table replace would erase the other's calls,
+/// or fail on the same id); the snapshot is as old as its oldest writer.
+async fn each_node_writes_and_clears_only_its_own_calls(backend: Backend) {
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
+    let mut conn = store.conn().await.expect("conn");
+    let call = |caller: &str| store::trunks::ActiveCallRow {
+        id: "1".into(),
+        caller: caller.into(),
+        callee: "004930555".into(),
+        kind: "outbound".into(),
+        trunk: "pstn".into(),
+        state: "answered".into(),
+        started_at: 5,
+        answered_at: 6,
+    };
+    let (none, at) = store::trunks::active_calls(&mut conn).await.expect("read");
+    assert_eq!((none.len(), at), (0, 0), "no node wrote");
+    store::trunks::replace_active_calls(&mut conn, "a", &[call("1001")], 100)
+        .await
+        .expect("a");
+    store::trunks::replace_active_calls(&mut conn, "b", &[call("1002")], 90)
+        .await
+        .expect("b, the same call id");
+    let (calls, at) = store::trunks::active_calls(&mut conn).await.expect("read");
+    let callers: Vec<_> = calls.iter().map(|c| c.caller.as_str()).collect();
+    assert_eq!((callers, at), (vec!["1001", "1002"], 90));
+    store::trunks::replace_active_calls(&mut conn, "a", &[], 110)
+        .await
+        .expect("a's call ended");
+    let (calls, at) = store::trunks::active_calls(&mut conn).await.expect("read");
+    assert_eq!((calls, at), (vec![call("1002")], 90), "b's call stays");
+    store::trunks::replace_active_calls(&mut conn, "b", &[], 0)
+        .await
+        .expect("b stops");
+    let (calls, at) = store::trunks::active_calls(&mut conn).await.expect("read");
+    assert_eq!((calls.len(), at), (0, 110), "a still writes");
 }
