@@ -66,6 +66,9 @@ pub struct ServeConfig {
     /// This node's name: on `/metrics`, and on the rows it owns in a store other nodes
     /// share (its call leases).
     pub node: policy::node::NodeName,
+    /// Where this node takes internal hops (`[cluster] internal`), published in its
+    /// `nodes` row. Not built further yet: nothing listens there (branch h-hop-wip).
+    pub internal: Option<SocketAddr>,
     /// How often the store's versions are read (`[store] poll_ms`). On PostgreSQL a
     /// notification makes the read happen at once; this bounds how long a lost one
     /// leaves this node stale.
@@ -353,7 +356,7 @@ pub async fn bind(
             registry.store(),
             cfg.node.as_str(),
             &node,
-            "",
+            &cfg.internal.map(|a| a.to_string()).unwrap_or_default(),
             clock.now(),
             registry.store().backend() == store::Backend::Sqlite,
         )

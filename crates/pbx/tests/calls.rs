@@ -565,6 +565,7 @@ async fn start(setup: Setup) -> Pbx {
         mailer: None,
         tls: None,
         node: policy::node::NodeName::parse("test").expect("name"),
+        internal: None,
         version_poll: pbx::server::VERSION_POLL,
         voicemail: setup
             .voicemail
