@@ -22,6 +22,8 @@
 //! wire; put the internal addresses on a private network).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::RwLock;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -62,6 +64,48 @@ impl HopKey {
 #[cold]
 fn unreachable_hmac() -> Hmac<Sha256> {
     panic!("HMAC-SHA256 accepts keys of any length")
+}
+
+/// The most extensions [`Targets`] holds (what other nodes hold beyond it is not hopped
+/// to: those calls get the 480 they had before hops).
+pub const MAX_TARGETS: usize = 200_000;
+
+/// Where a call for an extension may hop: the internal addresses of the other live
+/// nodes that hold a live binding of it (`store::bindings::hops_to`), replaced whole by
+/// the server's reload. The egress rule's table for [`crate::egress::Purpose::Hop`]:
+/// a hop goes nowhere else.
+#[derive(Debug, Default)]
+pub struct Targets {
+    by_number: RwLock<HashMap<String, Vec<SocketAddr>>>,
+}
+
+impl Targets {
+    /// Puts `targets` in force, at most [`MAX_TARGETS`] extensions of it.
+    pub fn replace(&self, targets: impl IntoIterator<Item = (String, Vec<SocketAddr>)>) {
+        let map: HashMap<String, Vec<SocketAddr>> = targets
+            .into_iter()
+            .filter(|(_, addrs)| !addrs.is_empty())
+            .take(MAX_TARGETS)
+            .collect();
+        match self.by_number.write() {
+            Ok(mut m) => *m = map,
+            Err(poisoned) => *poisoned.into_inner() = map,
+        }
+    }
+
+    /// The internal addresses a call for `number` may hop to.
+    pub fn of(&self, number: &str) -> Vec<SocketAddr> {
+        let m = match self.by_number.read() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        m.get(number).cloned().unwrap_or_default()
+    }
+
+    /// Whether `to` is where a call for `number` may hop.
+    pub fn allows(&self, number: &str, to: SocketAddr) -> bool {
+        self.of(number).contains(&to)
+    }
 }
 
 /// What a hop's MAC covers.

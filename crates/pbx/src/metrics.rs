@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The reasons of `sipward_egress_denied_total{reason}`: a fixed set (the egress
 /// rule's denials), never an address or a user.
-pub const EGRESS_DENIALS: [&str; 13] = [
+pub const EGRESS_DENIALS: [&str; 14] = [
     "no_server_transaction",
     "answered",
     "malformed",
@@ -20,6 +20,7 @@ pub const EGRESS_DENIALS: [&str; 13] = [
     "not_to_the_other_party",
     "wrong_method",
     "sips_over_clear",
+    "not_a_hop",
 ];
 
 /// The reasons of `sipward_rtp_dropped_total{reason}` (`crate::rtp::RtpDrop`).
