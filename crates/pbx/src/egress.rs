@@ -517,12 +517,12 @@ impl Egress {
     // ------------------------------------------------------------------------------
     // Client side: permits (b) to (e).
 
-    /// Checks the destination of a new client transaction against the table its
     /// Where calls may hop to other nodes: the server replaces it on each reload.
     pub fn hop_targets(&self) -> &Arc<crate::hop::Targets> {
         &self.hop_targets
     }
 
+    /// Checks the destination of a new client transaction against the table its
     /// purpose names.
     fn check(&self, m: &Message<'_>, to: &Flow, purpose: Purpose<'_>) -> Result<(), Denial> {
         let StartLine::Request { method, uri } = m.start else {

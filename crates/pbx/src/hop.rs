@@ -21,7 +21,7 @@
 //! on-path attacker reading the internal network (it sees the call as any SIP on the
 //! wire; put the internal addresses on a private network).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::RwLock;
 
@@ -74,10 +74,15 @@ pub const MAX_TARGETS: usize = 200_000;
 /// nodes that hold a live binding of it (`store::bindings::hops_to`), replaced whole by
 /// the server's reload. The egress rule's table for [`crate::egress::Purpose::Hop`]:
 /// a hop goes nowhere else.
+/// Also the live nodes' internal addresses: the only sources a hop is read from.
 #[derive(Debug, Default)]
 pub struct Targets {
     by_number: RwLock<HashMap<String, Vec<SocketAddr>>>,
+    nodes: RwLock<HashSet<SocketAddr>>,
 }
+
+/// The most nodes whose internal addresses [`Targets`] holds.
+pub const MAX_NODES: usize = 1_024;
 
 impl Targets {
     /// Puts `targets` in force, at most [`MAX_TARGETS`] extensions of it.
@@ -91,6 +96,37 @@ impl Targets {
             Ok(mut m) => *m = map,
             Err(poisoned) => *poisoned.into_inner() = map,
         }
+    }
+
+    /// Puts the other live nodes' internal addresses in force (at most [`MAX_NODES`]).
+    pub fn replace_nodes(&self, nodes: impl IntoIterator<Item = SocketAddr>) {
+        let set: HashSet<SocketAddr> = nodes.into_iter().take(MAX_NODES).collect();
+        match self.nodes.write() {
+            Ok(mut m) => *m = set,
+            Err(poisoned) => *poisoned.into_inner() = set,
+        }
+    }
+
+    /// Whether `source` is a live node's published internal address (a hop from
+    /// anything else is dropped unread).
+    pub fn is_node(&self, source: SocketAddr) -> bool {
+        let m = match self.nodes.read() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        m.contains(&source)
+    }
+
+    /// Fills the table from `store::bindings::all_hops` rows (`(number, address)`, by
+    /// number): rows whose address does not parse are left out.
+    pub fn replace_from_rows(&self, rows: &[(String, String)]) {
+        let mut map: HashMap<String, Vec<SocketAddr>> = HashMap::new();
+        for (number, hop) in rows {
+            if let Ok(addr) = hop.parse::<SocketAddr>() {
+                map.entry(number.clone()).or_default().push(addr);
+            }
+        }
+        self.replace(map);
     }
 
     /// The internal addresses a call for `number` may hop to.
@@ -332,6 +368,40 @@ mod tests {
             Err(Refused::Malformed)
         );
         assert!(fresh.is_empty(), "nothing refused is remembered");
+    }
+
+    #[test]
+    fn each_refusal_has_its_metric_label_after_the_source_check() {
+        let all = [
+            Refused::Malformed,
+            Refused::Stale,
+            Refused::BadMac,
+            Refused::Replayed,
+            Refused::Full,
+        ];
+        assert_eq!(crate::metrics::HOPS_REFUSED.len(), all.len() + 1);
+        assert_eq!(crate::metrics::HOPS_REFUSED[0], "not_a_node");
+        for (i, r) in all.into_iter().enumerate() {
+            assert_eq!(crate::metrics::HOPS_REFUSED[i + 1], r.label());
+        }
+    }
+
+    #[test]
+    fn the_tables_come_from_the_stores_rows_and_name_only_live_nodes() {
+        let t = Targets::default();
+        t.replace_from_rows(&[
+            ("1001".to_owned(), "10.0.0.1:5070".to_owned()),
+            ("1001".to_owned(), "10.0.0.2:5070".to_owned()),
+            ("1002".to_owned(), "not an address".to_owned()),
+        ]);
+        assert_eq!(t.of("1001").len(), 2);
+        assert!(t.allows("1001", "10.0.0.2:5070".parse().expect("addr")));
+        assert!(t.of("1002").is_empty(), "an address that does not parse");
+        t.replace_nodes(["10.0.0.1:5070".parse().expect("addr")]);
+        assert!(t.is_node("10.0.0.1:5070".parse().expect("addr")));
+        assert!(!t.is_node("10.0.0.1:5071".parse().expect("addr")));
+        t.replace_nodes([]);
+        assert!(!t.is_node("10.0.0.1:5070".parse().expect("addr")));
     }
 
     #[test]

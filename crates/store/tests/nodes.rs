@@ -323,6 +323,35 @@ async fn a_call_hops_only_to_a_live_node_that_holds_the_extension_and_publishes_
         [("d".to_owned(), "10.0.0.4:5070".to_owned())]
     );
     assert!(hops("d", "1002").await.is_empty(), "nobody holds 1002");
+    // The bulk form the reload uses gives the same, for every extension at once.
+    let mut conn = store.conn().await.expect("conn");
+    assert_eq!(
+        b::all_hops(&mut conn, "d", 1000, 985, 10)
+            .await
+            .expect("all"),
+        [("1001".to_owned(), "10.0.0.1:5070".to_owned())]
+    );
+    assert_eq!(
+        b::all_hops(&mut conn, "a", 1000, 985, 10)
+            .await
+            .expect("all"),
+        [("1001".to_owned(), "10.0.0.4:5070".to_owned())]
+    );
+    assert!(
+        b::all_hops(&mut conn, "d", 1000, 985, 0)
+            .await
+            .expect("all")
+            .is_empty(),
+        "bounded"
+    );
+    assert!(
+        b::all_hops(&mut conn, "d", 2001, 985, 10)
+            .await
+            .expect("all")
+            .is_empty(),
+        "expired bindings lead nowhere"
+    );
+    drop(conn);
     // Expired bindings lead nowhere.
     let mut conn = store.conn().await.expect("conn");
     assert!(
