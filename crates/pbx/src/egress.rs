@@ -548,7 +548,7 @@ impl Egress {
                 if method != "INVITE" {
                     return Err(Denial::WrongMethod);
                 }
-                if to.transport != TransportKind::Udp || !self.hop_targets.allows(number, to.remote)
+                if to.transport != TransportKind::Hop || !self.hop_targets.allows(number, to.remote)
                 {
                     return Err(Denial::NotAHop);
                 }
@@ -771,8 +771,10 @@ impl Egress {
                 && let Some(dest) = c.table.destination_of(k.branch(), k.method())
             {
                 let same = match source.transport {
-                    TransportKind::Udp => {
-                        dest.transport == TransportKind::Udp
+                    // A hop's answer comes back on the internal socket from the node's
+                    // published address (the only source that socket reads).
+                    TransportKind::Udp | TransportKind::Hop => {
+                        dest.transport == source.transport
                             && dest.remote.ip() == source.remote.ip()
                             && dest.remote.port() == source.remote.port()
                     }
@@ -1434,7 +1436,7 @@ pub(crate) mod tests {
         // No hop targets: nowhere, not even a registered phone's flow.
         assert_eq!(
             r.egress
-                .start(invite.clone(), Flow::udp(node_a), hop, Owner::Proxy)
+                .start(invite.clone(), Flow::hop(node_a), hop, Owner::Proxy)
                 .map(|_| ()),
             Err(NotStarted::Denied(Denial::NotAHop))
         );
@@ -1457,7 +1459,7 @@ pub(crate) mod tests {
             r.egress
                 .start(
                     invite.clone(),
-                    Flow::udp(node_a),
+                    Flow::hop(node_a),
                     Purpose::Hop { number: "1002" },
                     Owner::Proxy
                 )
@@ -1468,19 +1470,41 @@ pub(crate) mod tests {
             r.egress
                 .start(
                     invite.clone(),
-                    Flow::udp(addr("10.0.0.9:5070")),
+                    Flow::hop(addr("10.0.0.9:5070")),
                     hop,
                     Owner::Proxy
                 )
                 .map(|_| ()),
             Err(NotStarted::Denied(Denial::NotAHop))
         );
+        // Only on the internal socket: the node's address on the public one is no hop.
+        assert_eq!(
+            r.egress
+                .start(invite.clone(), Flow::udp(node_a), hop, Owner::Proxy)
+                .map(|_| ()),
+            Err(NotStarted::Denied(Denial::NotAHop))
+        );
+        // And a hop flow is nothing else's: no binding is one.
+        assert_eq!(
+            r.egress
+                .start(
+                    invite.clone(),
+                    Flow::hop(node_a),
+                    Purpose::Callee {
+                        number: "1001",
+                        hops: Hops::Any
+                    },
+                    Owner::Proxy
+                )
+                .map(|_| ()),
+            Err(NotStarted::Denied(Denial::NotARegistration))
+        );
         // Only an INVITE.
         assert_eq!(
             r.egress
                 .start(
                     request("OPTIONS", "z9hG4bKhop2", ""),
-                    Flow::udp(node_a),
+                    Flow::hop(node_a),
                     hop,
                     Owner::Proxy
                 )
@@ -1490,11 +1514,11 @@ pub(crate) mod tests {
         // Control: the node that holds 1001 takes it.
         assert!(
             r.egress
-                .start(invite, Flow::udp(node_a), hop, Owner::Proxy)
+                .start(invite, Flow::hop(node_a), hop, Owner::Proxy)
                 .is_ok()
         );
-        assert_eq!(r.wire.take()[0].0, Flow::udp(node_a));
-        assert_eq!(denied(&r, Denial::NotAHop), 4);
+        assert_eq!(r.wire.take()[0].0, Flow::hop(node_a));
+        assert_eq!(denied(&r, Denial::NotAHop), 5);
     }
 
     #[test]

@@ -88,6 +88,8 @@ pub struct Parts {
     pub bound: SocketAddr,
     /// The address the TLS listener is bound to, if there is one.
     pub tls_bound: Option<SocketAddr>,
+    /// The internal hop socket's address (`[cluster] internal`), if hops are on.
+    pub internal: Option<SocketAddr>,
     /// Keys branches, tags and Call-IDs (from the OS CSPRNG, through the binary).
     pub key: [u8; 32],
     /// The largest message taken per transport.
@@ -161,14 +163,16 @@ impl Endpoint {
             p.metrics.clone(),
             p.clock.clone(),
         ));
-        let sig = Arc::new(Signalling::new(
+        let mut sig = Signalling::new(
             egress.clone(),
             dialogs.clone(),
             p.metrics.clone(),
             p.clock.clone(),
             (p.bound, p.tls_bound),
             p.key,
-        ));
+        );
+        sig.internal = p.internal;
+        let sig = Arc::new(sig);
         let transfers = Arc::new(Transfers::new(
             p.outbound.clone(),
             p.trunks.clone(),
@@ -395,6 +399,28 @@ impl Endpoint {
         true
     }
 
+    /// A datagram the internal hop socket read from a live node's published address
+    /// (`transport::serve_internal` checked the source). An answer goes to the hop
+    /// transaction it belongs to (the egress rule holds it to the node the hop went
+    /// to). A request, a hop itself, is not taken yet (issue 21's receiving node):
+    /// dropped, and false returned.
+    pub fn hop_received(&self, bytes: &[u8], flow: Flow) -> bool {
+        if flow.transport != TransportKind::Hop || bytes.len() > self.messages.of(flow.transport) {
+            return false;
+        }
+        match msg::parse(bytes) {
+            Ok(m) if matches!(m.start, StartLine::Response { .. }) => {
+                self.handle_message(m, bytes, flow);
+                true
+            }
+            Ok(_) => false,
+            Err(_) => {
+                Metrics::inc(&self.metrics.parse_errors);
+                false
+            }
+        }
+    }
+
     /// A message over its transport's limit: a request whose head lies within the limit
     /// and parses is answered `513 Message Too Large` (RFC 3261 §21.5.14) through the
     /// server transaction table (so a retransmission is answered again, not re-read);
@@ -434,7 +460,9 @@ impl Endpoint {
         };
         let reply_to = match flow.transport {
             TransportKind::Udp => Flow::udp(datagram_target(&top, flow.remote)),
-            TransportKind::Tcp | TransportKind::Tls => flow,
+            // A node is answered at the address it was read from (a live node's
+            // published one), never where its Via says.
+            TransportKind::Tcp | TransportKind::Tls | TransportKind::Hop => flow,
         };
         match self.egress.arrived(&key, reply_to, self.clock.instant()) {
             Arrival::New => {
@@ -450,7 +478,7 @@ impl Endpoint {
         // A scanner's first request bans its source, and it gets no answer at all.
         // Over TCP the handshake proved the source; a datagram proves nothing.
         let proof = match flow.transport {
-            TransportKind::Udp => Proof::Spoofable,
+            TransportKind::Udp | TransportKind::Hop => Proof::Spoofable,
             TransportKind::Tcp | TransportKind::Tls => Proof::Handshake,
         };
         if let Some(ua) = m.header(Name::UserAgent)
@@ -482,7 +510,9 @@ impl Endpoint {
         };
         let reply_to = match flow.transport {
             TransportKind::Udp => Flow::udp(datagram_target(&top, source)),
-            TransportKind::Tcp | TransportKind::Tls => flow,
+            // A node is answered at the address it was read from (a live node's
+            // published one), never where its Via says.
+            TransportKind::Tcp | TransportKind::Tls | TransportKind::Hop => flow,
         };
         // Only requests with an RFC 3261 branch have a transaction, and only a
         // transaction can be answered.
@@ -1255,7 +1285,15 @@ impl Endpoint {
         self.proxy_to(m, bytes, key, flow, caller, &callee, false, None);
     }
 
-    /// Forks an INVITE to the flows an extension is registered from.
+    /// Forks an INVITE to the flows an extension is registered from; with none here,
+    /// to the other live nodes that hold one (the hop, issue 21); with none anywhere, to
+    /// its voicemail (or 480).
+    ///
+    /// The hop comes before this node's voicemail: a phone registered on another node
+    /// is reachable, and ringing the box here instead would send every call that
+    /// lands on the "wrong" node to voicemail. When the hop fails busy, unavailable or
+    /// unanswered (408/480/486/6xx), the proxy's own fallback puts the call to the box
+    /// here, exactly as for a local phone: the other node never takes it to voicemail.
     #[allow(clippy::too_many_arguments)]
     fn proxy_to(
         &self,
@@ -1269,8 +1307,14 @@ impl Endpoint {
         class: Option<(CallClass, ClassOfService)>,
     ) {
         let source = flow.remote;
-        let contacts = self.registrar.flows(callee, self.clock.now());
-        if contacts.is_empty() && self.voicemail.enabled() {
+        let mut contacts = self.registrar.flows(callee, self.clock.now());
+        // Never from a hop: what came from another node goes to this node's phones
+        // only, not on to a third node nor to a voicemail box (no hop of a hop).
+        let from_node = flow.transport == TransportKind::Hop;
+        if contacts.is_empty() && !from_node && self.proxy.hops_on() {
+            contacts = self.hop_contacts(callee);
+        }
+        if contacts.is_empty() && !from_node && self.voicemail.enabled() {
             // No phone to ring: the box takes the call (or answers why it cannot).
             Metrics::inc(&self.metrics.calls_unrouted);
             return self
@@ -1308,6 +1352,18 @@ impl Endpoint {
                 self.respond(m, key, source, code, reason, &[]);
             }
         }
+    }
+
+    /// The other live nodes that hold a binding of `callee`, as hop branches: the
+    /// Request-URI names the extension and the node's internal address, nothing else
+    /// (the taking node looks the extension up in its own bindings).
+    fn hop_contacts(&self, callee: &str) -> Vec<(String, Flow)> {
+        self.egress
+            .hop_targets()
+            .of(callee)
+            .into_iter()
+            .map(|addr| (format!("sip:{callee}@{addr}"), Flow::hop(addr)))
+            .collect()
     }
 
     /// A REGISTER: the bytes of its answer (None: no answer at all), and the write it

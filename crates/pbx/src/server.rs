@@ -207,15 +207,17 @@ pub async fn bind(
     };
     let (transports, tcp) = Transports::bind(cfg.sip).await.map_err(bind_err)?;
     let sip_udp = transports.local_addr().map_err(bind_err)?;
-    if let Some(internal) = cfg.internal {
-        transports
-            .bind_internal(internal)
-            .await
-            .map_err(|source| crate::Error::Bind {
-                addr: internal,
-                source,
-            })?;
-    }
+    // What a hop's Via and Record-Route name (the bound port, should the config say 0).
+    let internal_bound =
+        match cfg.internal {
+            Some(internal) => Some(transports.bind_internal(internal).await.map_err(|source| {
+                crate::Error::Bind {
+                    addr: internal,
+                    source,
+                }
+            })?),
+            None => None,
+        };
     let sip_tcp = tcp.local_addr().map_err(bind_err)?;
     let tls = match &cfg.tls {
         Some(t) => {
@@ -323,9 +325,18 @@ pub async fn bind(
         trunks: Arc::new(Trunks::default()),
         bound: sip_udp,
         tls_bound: sip_tls,
+        internal: internal_bound,
         key: keys.notify,
         messages: cfg.messages,
     });
+    if internal_bound.is_some() {
+        // Hops on: calls for phones registered on another live node go there, proved
+        // with the install's hop key under this node's name.
+        endpoint.proxy.attach_hop(crate::proxy::HopSender {
+            key: crate::hop::HopKey::new(*registry.hop_key()),
+            node: cfg.node.as_str().to_owned(),
+        });
+    }
     if let Some(vm) = &cfg.voicemail {
         // RTP is bound on the SIP address: the SDP names the address the phone reaches
         // sipward at, which is where its RTP must arrive.
@@ -444,13 +455,16 @@ impl Bound {
             ));
         }
         if self.cfg.internal.is_some() {
+            let endpoint = self.endpoint.clone();
             tasks.spawn(transport::serve_internal(
                 self.transports.clone(),
                 self.endpoint.egress.hop_targets().clone(),
                 self.endpoint.metrics.clone(),
-                // Taking a hop (its check and the fork to this node's bindings) is not
-                // built yet (branch h-hop-wip): a node's datagram is dropped here too.
-                Arc::new(|_: &[u8], _: crate::flow::Flow| {}),
+                // Answers to this node's hops; taking a hop is not built yet (branch
+                // h-hop-wip): a node's request is dropped in `hop_received`.
+                Arc::new(move |bytes: &[u8], flow: crate::flow::Flow| {
+                    endpoint.hop_received(bytes, flow);
+                }),
                 stop_rx.clone(),
             ));
         }

@@ -73,7 +73,7 @@ impl Default for MessageLimits {
 impl MessageLimits {
     pub fn of(&self, transport: TransportKind) -> usize {
         match transport {
-            TransportKind::Udp => self.datagram,
+            TransportKind::Udp | TransportKind::Hop => self.datagram,
             TransportKind::Tcp | TransportKind::Tls => self.stream,
         }
     }
@@ -356,6 +356,18 @@ impl Wire for Transports {
                 }
                 Ok(())
             }
+            TransportKind::Hop => {
+                // Only from the internal socket: a node reads hops (and their answers)
+                // there, from this node's published address. Without one, nowhere.
+                let Some(internal) = self.internal.get() else {
+                    background::count(Task::UdpSend);
+                    return Err(Undeliverable);
+                };
+                if internal.try_send_to(message.bytes(), flow.remote).is_err() {
+                    background::count(Task::UdpSend);
+                }
+                Ok(())
+            }
             TransportKind::Tcp | TransportKind::Tls => {
                 let writer = flow.conn.and_then(|id| {
                     self.connections()
@@ -436,7 +448,7 @@ pub async fn serve_internal(
                         metrics.hops_refused[0].fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    hop(&buf[..n], Flow::udp(src));
+                    hop(&buf[..n], Flow::hop(src));
                 }
                 Err(_) => continue,
             },
@@ -982,7 +994,7 @@ mod tests {
         }
         assert_eq!(
             *read.lock().unwrap_or_else(|p| p.into_inner()),
-            vec![(b"hop".to_vec(), Flow::udp(node.local_addr().expect("addr")))],
+            vec![(b"hop".to_vec(), Flow::hop(node.local_addr().expect("addr")))],
             "only the node's datagram is read"
         );
         assert_eq!(metrics.hops_refused[0].load(Ordering::Relaxed), 1);
