@@ -129,10 +129,20 @@ pub struct Endpoint {
     clock: Arc<dyn Clock>,
     tag_hasher: RandomState,
     messages: MessageLimits,
+    /// What checks a hop taken from another node (issue 21), set when hops are on.
+    hop: std::sync::OnceLock<HopTaker>,
     /// The endpoint itself, for work that continues after an await (an external call
     /// waits for its counts in the store); dangling for an endpoint not made by
     /// [`Endpoint::shared`], which then admits no external call.
     me: Weak<Endpoint>,
+}
+
+/// What a node checks a hop from another node with: the install's hop key, and the
+/// Call-IDs and CSeqs of hops taken lately (replays refused).
+#[derive(Debug)]
+struct HopTaker {
+    key: crate::hop::HopKey,
+    replays: Mutex<crate::hop::Replays>,
 }
 
 /// The Call-ID and both tags of a request.
@@ -201,8 +211,23 @@ impl Endpoint {
             clock: p.clock,
             tag_hasher: RandomState::new(),
             messages: p.messages,
+            hop: std::sync::OnceLock::new(),
             me,
         }
+    }
+
+    /// Turns hops on (issue 21; the server, when `[cluster] internal` is set): calls
+    /// for phones registered on another live node go there with this node's proof, and
+    /// hops from other nodes are taken once checked against `key`.
+    pub fn attach_hop(&self, key: crate::hop::HopKey, node: &str) {
+        let _ = self.hop.set(HopTaker {
+            key: key.clone(),
+            replays: Mutex::new(crate::hop::Replays::default()),
+        });
+        self.proxy.attach_hop(proxy::HopSender {
+            key,
+            node: node.to_owned(),
+        });
     }
 
     /// The server's wall clock, for records written on the endpoint's behalf.
@@ -402,18 +427,18 @@ impl Endpoint {
     /// A datagram the internal hop socket read from a live node's published address
     /// (`transport::serve_internal` checked the source). An answer goes to the hop
     /// transaction it belongs to (the egress rule holds it to the node the hop went
-    /// to). A request, a hop itself, is not taken yet (issue 21's receiving node):
-    /// dropped, and false returned.
+    /// to); a request is a hop ([`Endpoint::take_hop`]), a CANCEL of one, or a request
+    /// in one of its dialogs (the dialog table's: only from the party's flow). False
+    /// when it was not read.
     pub fn hop_received(&self, bytes: &[u8], flow: Flow) -> bool {
         if flow.transport != TransportKind::Hop || bytes.len() > self.messages.of(flow.transport) {
             return false;
         }
         match msg::parse(bytes) {
-            Ok(m) if matches!(m.start, StartLine::Response { .. }) => {
+            Ok(m) => {
                 self.handle_message(m, bytes, flow);
                 true
             }
-            Ok(_) => false,
             Err(_) => {
                 Metrics::inc(&self.metrics.parse_errors);
                 false
@@ -481,7 +506,11 @@ impl Endpoint {
             TransportKind::Udp | TransportKind::Hop => Proof::Spoofable,
             TransportKind::Tcp | TransportKind::Tls => Proof::Handshake,
         };
-        if let Some(ua) = m.header(Name::UserAgent)
+        // A hop carries the caller's User-Agent; the sending node judged it, and a
+        // node's address is never banned for what it carries.
+        let from_node = flow.transport == TransportKind::Hop;
+        if !from_node
+            && let Some(ua) = m.header(Name::UserAgent)
             && self.guard.scanner(flow.remote.ip(), ua, proof)
         {
             return;
@@ -496,7 +525,9 @@ impl Endpoint {
         };
         let source = flow.remote;
         // Scanners address servers by IP; phones set up with the domain never do.
-        if self.guard.policy().refuse_ip_request_uri
+        // A hop's Request-URI names the node's internal address by design.
+        if !from_node
+            && self.guard.policy().refuse_ip_request_uri
             && SipUri::parse(uri)
                 .is_some_and(|u| policy::fields::Host::ip_literal(u.host).is_some())
             && !self.guard.allowed(source.ip())
@@ -591,6 +622,16 @@ impl Endpoint {
             !matches!(method, "REGISTER" | "CANCEL") && to.and_then(|t| t.tag()).is_some();
         if in_dialog {
             self.in_dialog(&m, bytes, Some(&key), &flow);
+            return;
+        }
+        // From another node, besides its dialogs' requests and CANCELs of its hops,
+        // only a hop (an INVITE) is taken: nothing registers, subscribes or asks here.
+        if from_node && method != "CANCEL" {
+            if method == "INVITE" {
+                self.take_hop(&m, uri, bytes, &key, &flow);
+            } else {
+                self.respond(&m, &key, source, 405, "Method Not Allowed", &[]);
+            }
             return;
         }
         match method {
@@ -1351,6 +1392,93 @@ impl Endpoint {
                 }
                 self.respond(m, key, source, code, reason, &[]);
             }
+        }
+    }
+
+    /// A hop from another node (issue 21): taken only with its proof (the source is a
+    /// live node's published address, the MAC under the install's hop key names that
+    /// node, the time is fresh, the Call-ID and CSeq unseen) and only for an extension
+    /// of the directory. It is forked to this node's own bindings of that extension and
+    /// nothing else: no dial plan, no trunk, no further hop, no voicemail (the sending
+    /// node's is the box), and no fraud count (the sending node admitted and counted
+    /// the call). The proof is stripped by the proxy before the phone sees the INVITE.
+    /// A refused hop is answered 403 (to the node's address, whoever forged it) and
+    /// counted by reason; no binding here is 480, which the sending node takes to its
+    /// voicemail.
+    fn take_hop(&self, m: &Message<'_>, uri: &str, bytes: &[u8], key: &TxKey, flow: &Flow) {
+        let source = flow.remote;
+        let refuse = |index: usize| {
+            if let Some(c) = self.metrics.hops_refused.get(index) {
+                c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            self.respond(m, key, source, 403, "Forbidden", &[]);
+        };
+        let (Some(taker), Some(node)) = (self.hop.get(), self.egress.hop_targets().node_at(source))
+        else {
+            return refuse(0);
+        };
+        let extension = SipUri::parse(uri).and_then(|u| u.user).unwrap_or("");
+        let mut proofs = m
+            .headers
+            .iter()
+            .filter(|h| h.raw_name.trim().eq_ignore_ascii_case(crate::hop::HEADER));
+        let proof = proofs.next().map(|h| h.value.as_ref());
+        let checked = match (
+            proofs.next(),
+            m.header(Name::CallId),
+            m.header(Name::CSeq).and_then(CSeq::parse),
+            m.header(Name::From)
+                .and_then(NameAddr::parse)
+                .and_then(|a| a.tag()),
+        ) {
+            (None, Some(call_id), Some(cseq), Some(from_tag)) => {
+                let fields = crate::hop::HopFields {
+                    method: "INVITE",
+                    extension,
+                    call_id,
+                    cseq: cseq.seq,
+                    from_tag,
+                    node: &node,
+                };
+                let mut replays = taker.replays.lock().unwrap_or_else(|p| p.into_inner());
+                crate::hop::check(&taker.key, &fields, proof, self.clock.now(), &mut replays)
+            }
+            _ => Err(crate::hop::Refused::Malformed),
+        };
+        if let Err(refused) = checked {
+            return refuse(refused.index());
+        }
+        if self.directory.get().by_number(extension).is_none() {
+            return self.respond(m, key, source, 404, "Not Found", &[]);
+        }
+        // Only this node's own bindings (a hop flow is never one).
+        let contacts: Vec<(String, Flow)> = self
+            .registrar
+            .flows(extension, self.clock.now())
+            .into_iter()
+            .filter(|(_, f)| f.transport != TransportKind::Hop)
+            .collect();
+        if contacts.is_empty() {
+            Metrics::inc(&self.metrics.calls_unrouted);
+            return self.respond(m, key, source, 480, "Temporarily Unavailable", &[]);
+        }
+        self.respond(m, key, source, 100, "Trying", &[]);
+        let placed = proxy::Placed {
+            request: bytes,
+            key: key.clone(),
+            source: *flow,
+            // Like a trunk to this node: no 3xx goes back to it.
+            caller: Who::Trunk(format!("node:{node}")),
+            callee: extension,
+            contacts,
+            intercom: false,
+            ring: std::time::Duration::from_secs(180),
+            class: None,
+            class_of_service: None,
+        };
+        match self.proxy.invite(placed) {
+            Ok(()) => Metrics::inc(&self.metrics.calls_proxied),
+            Err((code, reason)) => self.respond(m, key, source, code, reason, &[]),
         }
     }
 

@@ -21,7 +21,7 @@
 //! on-path attacker reading the internal network (it sees the call as any SIP on the
 //! wire; put the internal addresses on a private network).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::RwLock;
 
@@ -78,7 +78,9 @@ pub const MAX_TARGETS: usize = 200_000;
 #[derive(Debug, Default)]
 pub struct Targets {
     by_number: RwLock<HashMap<String, Vec<SocketAddr>>>,
-    nodes: RwLock<HashSet<SocketAddr>>,
+    /// The live nodes' internal addresses, with each node's name (what its hops' MACs
+    /// name).
+    nodes: RwLock<HashMap<SocketAddr, String>>,
 }
 
 /// The most nodes whose internal addresses [`Targets`] holds.
@@ -98,9 +100,10 @@ impl Targets {
         }
     }
 
-    /// Puts the other live nodes' internal addresses in force (at most [`MAX_NODES`]).
-    pub fn replace_nodes(&self, nodes: impl IntoIterator<Item = SocketAddr>) {
-        let set: HashSet<SocketAddr> = nodes.into_iter().take(MAX_NODES).collect();
+    /// Puts the other live nodes' internal addresses and names in force (at most
+    /// [`MAX_NODES`]).
+    pub fn replace_nodes(&self, nodes: impl IntoIterator<Item = (SocketAddr, String)>) {
+        let set: HashMap<SocketAddr, String> = nodes.into_iter().take(MAX_NODES).collect();
         match self.nodes.write() {
             Ok(mut m) => *m = set,
             Err(poisoned) => *poisoned.into_inner() = set,
@@ -114,7 +117,16 @@ impl Targets {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
-        m.contains(&source)
+        m.contains_key(&source)
+    }
+
+    /// The name of the live node whose published internal address is `source`.
+    pub fn node_at(&self, source: SocketAddr) -> Option<String> {
+        let m = match self.nodes.read() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        m.get(&source).cloned()
     }
 
     /// Fills the table from `store::bindings::all_hops` rows (`(number, address)`, by
@@ -192,6 +204,17 @@ pub enum Refused {
 }
 
 impl Refused {
+    /// Its place in [`crate::metrics::HOPS_REFUSED`] (after `not_a_node`).
+    pub fn index(self) -> usize {
+        match self {
+            Refused::Malformed => 1,
+            Refused::Stale => 2,
+            Refused::BadMac => 3,
+            Refused::Replayed => 4,
+            Refused::Full => 5,
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Refused::Malformed => "malformed",
@@ -383,6 +406,7 @@ mod tests {
         assert_eq!(crate::metrics::HOPS_REFUSED[0], "not_a_node");
         for (i, r) in all.into_iter().enumerate() {
             assert_eq!(crate::metrics::HOPS_REFUSED[i + 1], r.label());
+            assert_eq!(r.index(), i + 1);
         }
     }
 
@@ -397,8 +421,12 @@ mod tests {
         assert_eq!(t.of("1001").len(), 2);
         assert!(t.allows("1001", "10.0.0.2:5070".parse().expect("addr")));
         assert!(t.of("1002").is_empty(), "an address that does not parse");
-        t.replace_nodes(["10.0.0.1:5070".parse().expect("addr")]);
+        t.replace_nodes([("10.0.0.1:5070".parse().expect("addr"), "a".to_owned())]);
         assert!(t.is_node("10.0.0.1:5070".parse().expect("addr")));
+        assert_eq!(
+            t.node_at("10.0.0.1:5070".parse().expect("addr")).as_deref(),
+            Some("a")
+        );
         assert!(!t.is_node("10.0.0.1:5071".parse().expect("addr")));
         t.replace_nodes([]);
         assert!(!t.is_node("10.0.0.1:5070".parse().expect("addr")));

@@ -609,9 +609,12 @@ impl Proxy {
                 final_sent: false,
                 cancelled: false,
                 ring_until: self.sig.clock.instant() + p.ring,
+                // A call another node hopped here never goes to this node's box: the
+                // sending node's voicemail takes it when this answers 480/408.
                 voicemail_at: self
                     .voicemail
                     .get()
+                    .filter(|_| p.source.transport != TransportKind::Hop)
                     .and_then(|v| v.ring_time(p.callee))
                     .map(|d| self.sig.clock.instant() + d),
                 to_voicemail: false,

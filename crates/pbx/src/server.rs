@@ -124,6 +124,8 @@ pub struct Bound {
     pub sip_tcp: SocketAddr,
     /// The TLS listener's address, when TLS is served.
     pub sip_tls: Option<SocketAddr>,
+    /// The internal hop socket's address, when hops are on (issue 21).
+    pub sip_internal: Option<SocketAddr>,
     pub endpoint: Arc<Endpoint>,
     transports: Arc<Transports>,
     tcp: TcpListener,
@@ -332,10 +334,10 @@ pub async fn bind(
     if internal_bound.is_some() {
         // Hops on: calls for phones registered on another live node go there, proved
         // with the install's hop key under this node's name.
-        endpoint.proxy.attach_hop(crate::proxy::HopSender {
-            key: crate::hop::HopKey::new(*registry.hop_key()),
-            node: cfg.node.as_str().to_owned(),
-        });
+        endpoint.attach_hop(
+            crate::hop::HopKey::new(*registry.hop_key()),
+            cfg.node.as_str(),
+        );
     }
     if let Some(vm) = &cfg.voicemail {
         // RTP is bound on the SIP address: the SDP names the address the phone reaches
@@ -382,7 +384,8 @@ pub async fn bind(
             registry.store(),
             cfg.node.as_str(),
             &node,
-            &cfg.internal.map(|a| a.to_string()).unwrap_or_default(),
+            // The bound address: what the other nodes send hops to and read them from.
+            &internal_bound.map(|a| a.to_string()).unwrap_or_default(),
             clock.now(),
             registry.store().backend() == store::Backend::Sqlite,
         )
@@ -392,6 +395,7 @@ pub async fn bind(
         sip_udp,
         sip_tcp,
         sip_tls,
+        sip_internal: internal_bound,
         endpoint,
         transports,
         tcp,
@@ -776,7 +780,7 @@ async fn load_hops(
             nodes
                 .iter()
                 .filter(|n| n.name != own)
-                .filter_map(|n| n.hop.parse::<SocketAddr>().ok()),
+                .filter_map(|n| Some((n.hop.parse::<SocketAddr>().ok()?, n.name.clone()))),
         );
     }
     let limit = i64::try_from(crate::hop::MAX_TARGETS).unwrap_or(i64::MAX);

@@ -967,7 +967,7 @@ mod tests {
         let node = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let stranger = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind");
         let nodes = Arc::new(crate::hop::Targets::default());
-        nodes.replace_nodes([node.local_addr().expect("addr")]);
+        nodes.replace_nodes([(node.local_addr().expect("addr"), "a".to_owned())]);
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let read = Arc::new(Mutex::new(Vec::<(Vec<u8>, Flow)>::new()));
         let sink = read.clone();

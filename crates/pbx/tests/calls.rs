@@ -415,6 +415,8 @@ impl Ua {
 /// A server running in process on a manual clock.
 struct Pbx {
     sip: SocketAddr,
+    /// The internal hop socket, when hops are on.
+    internal: Option<SocketAddr>,
     clock: Arc<ManualClock>,
     registry: Registry,
     endpoint: Arc<pbx::endpoint::Endpoint>,
@@ -460,6 +462,8 @@ struct Setup {
     provider: Option<SocketAddr>,
     /// Voicemail on, filing messages here.
     voicemail: Option<Arc<dyn pbx::voicemail::Deposits>>,
+    /// Hops on (`[cluster] internal` on 127.0.0.1, a port of the OS's choosing).
+    internal: bool,
 }
 
 async fn start(setup: Setup) -> Pbx {
@@ -565,7 +569,7 @@ async fn start(setup: Setup) -> Pbx {
         mailer: None,
         tls: None,
         node: policy::node::NodeName::parse("test").expect("name"),
-        internal: None,
+        internal: setup.internal.then(|| "127.0.0.1:0".parse().expect("addr")),
         version_poll: pbx::server::VERSION_POLL,
         voicemail: setup
             .voicemail
@@ -587,6 +591,7 @@ async fn start(setup: Setup) -> Pbx {
         .await
         .expect("bind");
     let sip = bound.sip_udp;
+    let internal = bound.sip_internal;
     let endpoint = bound.endpoint.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(bound.run(async {
@@ -594,6 +599,7 @@ async fn start(setup: Setup) -> Pbx {
     }));
     Pbx {
         sip,
+        internal,
         clock,
         registry,
         endpoint,
@@ -2074,4 +2080,200 @@ async fn an_unanswered_call_goes_to_voicemail_at_the_extensions_ring_time() {
         })
         .await;
     assert_eq!(pbx.metric("sipward_voicemail_calls_total"), 1);
+}
+
+/// Another node, "b", as the test plays it: a socket on `ip` whose address is published
+/// in a live `nodes` row, talking to the PBX's internal hop socket once the PBX's hop
+/// tables name it.
+async fn node_b(pbx: &Pbx, ip: &str) -> Ua {
+    let internal = pbx.internal.expect("hops on");
+    let b = Ua::bind(ip, internal, "b").await;
+    pbx::node::NodeHold::claim(
+        pbx.registry.store(),
+        "b",
+        "b-instance",
+        &b.addr.to_string(),
+        T0,
+        false,
+    )
+    .await
+    .expect("b claims its name");
+    let targets = pbx.endpoint.egress.hop_targets().clone();
+    let at = b.addr;
+    until("the PBX reads node b's row", move || targets.is_node(at)).await;
+    b
+}
+
+/// A hop INVITE from node "b" (at `from`) for `extension`, stamped at `at` under `key`.
+fn hop_invite(from: SocketAddr, extension: &str, call_id: &str, proof: Option<&str>) -> String {
+    let proof = proof
+        .map(|p| format!("X-Sipward-Hop: {p}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "INVITE sip:{extension}@pbx SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK{call_id};rport\r\n\
+         Max-Forwards: 69\r\nFrom: <sip:1002@pbx>;tag=f{call_id}\r\nTo: <sip:{extension}@pbx>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:1002@{from}>\r\n{proof}Content-Length: 0\r\n\r\n"
+    )
+}
+
+fn hop_proof(pbx: &Pbx, extension: &str, call_id: &str, at: i64) -> String {
+    let key = pbx::hop::HopKey::new(*pbx.registry.hop_key());
+    pbx::hop::stamp(
+        &key,
+        &pbx::hop::HopFields {
+            method: "INVITE",
+            extension,
+            call_id,
+            cseq: 1,
+            from_tag: &format!("f{call_id}"),
+            node: "b",
+        },
+        at,
+    )
+}
+
+/// Issue 21, the taking node: a hop from a live node with its proof reaches this node's
+/// phone (without the proof) and its answer goes back to the node; a forged, stale,
+/// replayed or strangers' hop reaches nothing, and a hop naming a trunk number reaches
+/// no trunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hop_reaches_this_nodes_phone_only_with_a_live_nodes_fresh_unseen_proof() {
+    let gw = gateway_socket().await;
+    let pbx = start(Setup {
+        plan: us_plan(),
+        extensions: vec![("1001", "national")],
+        gateway: Some(gw.addr),
+        internal: true,
+        ..Setup::default()
+    })
+    .await;
+    let phone = Ua::bind("127.0.0.31", pbx.sip, "1001").await;
+    phone.register().await;
+    let b = node_b(&pbx, "127.0.0.1").await;
+    let is_invite = |m: &str| method(m) == Some("INVITE");
+    let refused = |code: u16| move |m: &str| status(m) == code;
+
+    // A stranger (not a node's published address) gets nothing at all, proof or not.
+    let stranger = Ua::bind("127.0.0.32", pbx.internal.expect("hops on"), "x").await;
+    let proof = hop_proof(&pbx, "1001", "h0", T0);
+    stranger
+        .send(&hop_invite(stranger.addr, "1001", "h0", Some(&proof)))
+        .await;
+    assert!(stranger.quiet(|_| true).await);
+    // From the node: a bad MAC, a stale time, no proof at all: 403, nothing rings.
+    let mut bad = hop_proof(&pbx, "1001", "h1", T0);
+    bad.replace_range(bad.len() - 2.., "00");
+    b.send(&hop_invite(b.addr, "1001", "h1", Some(&bad))).await;
+    b.wait("403 to a bad MAC", refused(403)).await;
+    let stale = hop_proof(&pbx, "1001", "h2", T0 - 120);
+    b.send(&hop_invite(b.addr, "1001", "h2", Some(&stale)))
+        .await;
+    b.wait("403 to a stale hop", refused(403)).await;
+    b.send(&hop_invite(b.addr, "1001", "h3", None)).await;
+    b.wait("403 to no proof", refused(403)).await;
+    // A proof made for another extension does not carry over.
+    let other = hop_proof(&pbx, "1002", "h4", T0);
+    b.send(&hop_invite(b.addr, "1001", "h4", Some(&other)))
+        .await;
+    b.wait("403 to another extension's proof", refused(403))
+        .await;
+    assert!(
+        phone.quiet(is_invite).await,
+        "nothing refused rings the phone"
+    );
+    assert_eq!(
+        pbx.metric("sipward_hops_refused_total{reason=\"not_a_node\"}"),
+        1
+    );
+    assert_eq!(
+        pbx.metric("sipward_hops_refused_total{reason=\"bad_mac\"}"),
+        2
+    );
+    assert_eq!(
+        pbx.metric("sipward_hops_refused_total{reason=\"stale\"}"),
+        1
+    );
+    assert_eq!(
+        pbx.metric("sipward_hops_refused_total{reason=\"malformed\"}"),
+        1
+    );
+
+    // Control: the node's real hop rings the phone, without the proof.
+    let proof = hop_proof(&pbx, "1001", "h5", T0);
+    let hop = hop_invite(b.addr, "1001", "h5", Some(&proof));
+    b.send(&hop).await;
+    let rung = phone.request_for("INVITE", "h5", 1).await;
+    assert!(
+        !rung.to_ascii_lowercase().contains("x-sipward-hop"),
+        "{rung}"
+    );
+    phone
+        .reply(
+            &rung,
+            200,
+            "OK",
+            "p5",
+            &format!("Contact: <sip:1001@{}>\r\n", phone.addr),
+            "",
+        )
+        .await;
+    let ok = b
+        .wait("the phone's 200 back to the node", |m| {
+            status(m) == 200 && header(m, "Call-ID") == Some("h5")
+        })
+        .await;
+    assert!(
+        ok.contains(&format!("Via: SIP/2.0/UDP {};branch=z9hG4bKh5", b.addr)),
+        "{ok}"
+    );
+    // In the dialog: the node's ACK and BYE reach the phone; the same BYE from the
+    // PBX's public side (a stranger's socket) reaches nothing.
+    let in_dialog = |from: SocketAddr, method_: &str, cseq: u32, branch: &str| {
+        format!(
+            "{method_} sip:1001@{} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK{branch};rport\r\n\
+             Max-Forwards: 69\r\nFrom: <sip:1002@pbx>;tag=fh5\r\nTo: <sip:1001@pbx>;tag=p5\r\n\
+             Call-ID: h5\r\nCSeq: {cseq} {method_}\r\nContent-Length: 0\r\n\r\n",
+            phone.addr
+        )
+    };
+    b.send(&in_dialog(b.addr, "ACK", 1, "ack5")).await;
+    phone.request_for("ACK", "h5", 1).await;
+    let outsider = Ua::bind("127.0.0.33", pbx.sip, "x").await;
+    outsider
+        .send(&in_dialog(outsider.addr, "BYE", 2, "bye5x"))
+        .await;
+    assert!(
+        phone
+            .quiet(|m| method(m) == Some("BYE") && header(m, "Call-ID") == Some("h5"))
+            .await,
+        "no BYE but the node's"
+    );
+    b.send(&in_dialog(b.addr, "BYE", 2, "bye5")).await;
+    let bye = phone.request_for("BYE", "h5", 2).await;
+    phone.reply(&bye, 200, "OK", "", "", "").await;
+    b.wait("the phone's 200 to the BYE", |m| {
+        status(m) == 200 && header(m, "CSeq") == Some("2 BYE")
+    })
+    .await;
+
+    // The same hop again (a replay, under a new branch) rings nothing.
+    b.send(&hop.replace("branch=z9hG4bKh5", "branch=z9hG4bKh5again"))
+        .await;
+    b.wait("403 to a replay", refused(403)).await;
+    assert!(
+        phone
+            .quiet(|m| is_invite(m) && header(m, "Call-ID") == Some("h5"))
+            .await
+    );
+    assert_eq!(
+        pbx.metric("sipward_hops_refused_total{reason=\"replayed\"}"),
+        1
+    );
+
+    // A hop naming a number the dial plan routes to the gateway reaches no trunk.
+    let proof = hop_proof(&pbx, "12125550123", "h6", T0);
+    b.send(&hop_invite(b.addr, "12125550123", "h6", Some(&proof)))
+        .await;
+    b.wait("404 to a hop for no extension", refused(404)).await;
+    assert!(gw.quiet(|_| true).await, "no trunk is reached by a hop");
 }
