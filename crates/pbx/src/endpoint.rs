@@ -252,6 +252,15 @@ impl Endpoint {
         ));
         v.extend(self.outbound.table_sizes());
         v.extend(self.guard.table_sizes());
+        let (hop_targets, hop_nodes) = self.egress.hop_targets().sizes();
+        v.push(("hop_targets", hop_targets));
+        v.push(("hop_nodes", hop_nodes));
+        v.push((
+            "hop_replays",
+            self.hop.get().map_or(0, |t| {
+                t.replays.lock().unwrap_or_else(|p| p.into_inner()).len()
+            }),
+        ));
         v.push((
             "graces_ended",
             self.graces_ended

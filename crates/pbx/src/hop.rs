@@ -141,6 +141,19 @@ impl Targets {
         self.replace(map);
     }
 
+    /// How many extensions and how many live nodes the tables hold (for `/metrics`).
+    pub fn sizes(&self) -> (usize, usize) {
+        let targets = match self.by_number.read() {
+            Ok(m) => m.len(),
+            Err(poisoned) => poisoned.into_inner().len(),
+        };
+        let nodes = match self.nodes.read() {
+            Ok(m) => m.len(),
+            Err(poisoned) => poisoned.into_inner().len(),
+        };
+        (targets, nodes)
+    }
+
     /// The internal addresses a call for `number` may hop to.
     pub fn of(&self, number: &str) -> Vec<SocketAddr> {
         let m = match self.by_number.read() {

@@ -715,6 +715,9 @@ async fn metrics_show_the_size_of_every_bounded_table() {
         "guard_trusted_pairs",
         "guard_flood_sources",
         "admission_leases_held",
+        "hop_targets",
+        "hop_nodes",
+        "hop_replays",
     ] {
         assert!(names.contains(&table), "{table} missing from {names:?}");
     }

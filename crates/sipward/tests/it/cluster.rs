@@ -546,3 +546,64 @@ fn every_administrator_command_works_on_postgres_as_on_sqlite() {
     assert!(!a.7.is_empty(), "the Re-Generate queued a mail");
     assert!(!a.8.is_empty(), "the audit log has the changes");
 }
+
+/// Issue 21: a phone registered on node A is called through node B. B has no binding
+/// of it, finds in the store that A holds one, and hops the INVITE to A's internal
+/// address with its proof; A sends it on the phone's flow. SIPp on both ends: the call
+/// is answered, and its ACK and BYE follow the route back over the hop.
+#[test]
+fn a_call_through_b_reaches_the_phone_registered_on_a_over_the_internal_hop() {
+    use crate::calls::{GERMANY, add, register_phone};
+    use crate::peers::{SippServer, free_port, sipp_from};
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let (a, b) = two_nodes(cluster, GERMANY);
+    for env in [&a, &b] {
+        let config = format!(
+            "{GERMANY}[cluster]\ninternal = \"127.0.0.1:{}\"\n",
+            free_port()
+        );
+        std::fs::write(env.data.join("sipward.toml"), config).expect("config");
+    }
+    let caller = add(&a, "4001", &[]);
+    let callee = add(&a, "4002", &[]);
+    let node_a = a.serve_with(&["--node-name", "a"]);
+    let node_b = b.serve_with(&["--node-name", "b"]);
+    let port = register_phone(&node_a, "127.0.0.3", "4002", &callee);
+    let phone = SippServer::start(&a, "call_uas.xml", "127.0.0.3", port, 1);
+    // B reads where calls may hop at most once a second.
+    eventually("B knows that A holds 4002", Duration::from_secs(10), || {
+        node_b.metric("sipward_table_entries{table=\"hop_targets\"}") == 1
+    });
+    let csv = format!(
+        "SEQUENTIAL\n4001;{};4002\n",
+        crate::peers::sipp_auth(&caller.0, &caller.1)
+    );
+    let run = sipp_from(
+        "127.0.0.2",
+        &b,
+        "call_uac.xml",
+        &csv,
+        node_b.sip,
+        "u1",
+        1,
+        1,
+    );
+    assert_eq!(
+        (run.successful, run.failed),
+        (1, 0),
+        "caller: {run:?}\nB: {}\nA: {}",
+        node_b.log(),
+        node_a.log()
+    );
+    assert_eq!(phone.finish(Duration::from_secs(10)), (1, 0), "callee");
+    assert_eq!(node_b.metric("sipward_calls_proxied_total"), 1);
+    assert_eq!(node_a.metric("sipward_calls_proxied_total"), 1);
+    assert!(
+        node_a.metric("sipward_relayed_total") >= 2,
+        "ACK and BYE came over the hop to the phone"
+    );
+    node_b.stop();
+    node_a.stop();
+}
