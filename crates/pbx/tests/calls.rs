@@ -2273,6 +2273,28 @@ async fn a_hop_reaches_this_nodes_phone_only_with_a_live_nodes_fresh_unseen_proo
         1
     );
 
+    // The node's CANCEL of a ringing hop reaches the phone (the caller hung up on B).
+    let proof = hop_proof(&pbx, "1001", "h7", T0);
+    let hop = hop_invite(b.addr, "1001", "h7", Some(&proof));
+    b.send(&hop).await;
+    let rung = phone.request_for("INVITE", "h7", 1).await;
+    // A branch is cancelled once it answered provisionally (RFC 3261 §9.1).
+    phone.reply(&rung, 180, "Ringing", "p7", "", "").await;
+    b.wait("the 180 back to the node", |m| {
+        status(m) == 180 && header(m, "Call-ID") == Some("h7")
+    })
+    .await;
+    let cancel = hop
+        .replace("INVITE sip:", "CANCEL sip:")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL")
+        .replace(&format!("X-Sipward-Hop: {proof}\r\n"), "");
+    b.send(&cancel).await;
+    b.wait("200 to the CANCEL", |m| {
+        status(m) == 200 && header(m, "CSeq") == Some("1 CANCEL")
+    })
+    .await;
+    phone.request_for("CANCEL", "h7", 1).await;
+
     // A hop naming a number the dial plan routes to the gateway reaches no trunk.
     let proof = hop_proof(&pbx, "12125550123", "h6", T0);
     b.send(&hop_invite(b.addr, "12125550123", "h6", Some(&proof)))
