@@ -9,6 +9,11 @@ calls that succeeded, messages filed, samples per message against those sent (a 
 packet is missing samples), sipward's CPU seconds per call and its RSS growth per
 concurrent call. The flood step sends RTP as fast as one Python socket can from
 127.0.0.99 to the ports the calls hold while the same deposits run.
+
+Jitter added: tcpdump captures what sipward sends from its RTP ports (the greeting and
+tone, on every call) and the RFC 3550 interarrival jitter of each stream is computed
+from the capture times against the RTP timestamps; the report gives the largest final
+jitter over the streams and the largest single deviation of a packet from its slot.
 """
 
 import json
@@ -89,8 +94,61 @@ def flood(stop, counter, pairs):
                 pass
 
 
+def capture(path):
+    """tcpdump of sipward's outgoing RTP (source ports in the media range)."""
+    return subprocess.Popen(
+        ["tcpdump", "-i", "lo", "-U", "-n", "-w", path, f"src host 127.0.0.1 and udp src portrange {RTP_LO}-{RTP_HI}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def jitter(path):
+    """Per RTP stream (SSRC) in the capture: RFC 3550 interarrival jitter J (final value)
+    and the largest |D| of one packet against the one before, both in ms; the worst over
+    all streams, and how many streams and packets."""
+    b = open(path, "rb").read()
+    if len(b) < 24:
+        return {"streams": 0}
+    magic = struct.unpack("<I", b[:4])[0]
+    end = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
+    nano = magic in (0xA1B23C4D, 0x4D3CB2A1)
+    link = struct.unpack(end + "I", b[20:24])[0]
+    skip = 14 if link == 1 else 16 if link == 113 else 4 if link == 0 else 0
+    at, streams, packets = 24, {}, 0
+    while at + 16 <= len(b):
+        sec, frac, incl, _ = struct.unpack(end + "IIII", b[at:at + 16])
+        pkt = b[at + 16:at + 16 + incl]
+        at += 16 + incl
+        t = sec + frac / (1e9 if nano else 1e6)
+        ip = pkt[skip:]
+        if len(ip) < 20 or ip[0] >> 4 != 4:
+            continue
+        rtp = ip[(ip[0] & 15) * 4 + 8:]
+        if len(rtp) < 12 or rtp[0] >> 6 != 2 or rtp[1] & 0x7F >= 72:
+            continue  # not RTP (RTCP's packet types are 200-204)
+        ts, ssrc = struct.unpack(">II", rtp[4:12])
+        packets += 1
+        s = streams.setdefault(ssrc, {"prev": None, "j": 0.0, "worst": 0.0})
+        if s["prev"] is not None:
+            pt, pts = s["prev"]
+            d = abs((t - pt) * 8000 - ((ts - pts) & 0xFFFFFFFF))
+            s["j"] += (d - s["j"]) / 16
+            s["worst"] = max(s["worst"], d)
+        s["prev"] = (t, ts)
+    if not streams:
+        return {"streams": 0, "packets": 0}
+    return {"streams": len(streams), "packets": packets,
+            "jitter_ms_max": round(max(s["j"] for s in streams.values()) / 8, 3),
+            "jitter_ms_median": round(sorted(s["j"] for s in streams.values())[len(streams) // 2] / 8, 3),
+            "deviation_ms_max": round(max(s["worst"] for s in streams.values()) / 8, 3)}
+
+
 def step(label, data, sip, http, pid, calls, with_flood, boxes):
     sipps = []
+    pcap = os.path.join(OUT, f"{label}.pcap")
+    dump = capture(pcap)
+    deadline = time.time() + 10
+    while (not os.path.exists(pcap) or os.path.getsize(pcap) < 24) and time.time() < deadline:
+        time.sleep(0.05)  # tcpdump has the interface open once it wrote the file header
     instances = (calls + PER_SIPP - 1) // PER_SIPP
     before_msgs = metric(http, "sipward_voicemail_messages_total")
     before_drop = metric_labelled(http, 'sipward_rtp_dropped_total{reason="wrong_source"}')
@@ -120,6 +178,8 @@ def step(label, data, sip, http, pid, calls, with_flood, boxes):
         time.sleep(0.2)
     wall = time.time() - t0
     stop.set()
+    dump.terminate()
+    dump.wait()
     deadline = time.time() + 20
     while metric(http, "sipward_voicemail_messages_total") < before_msgs + calls and time.time() < deadline:
         time.sleep(0.2)
@@ -147,6 +207,7 @@ def step(label, data, sip, http, pid, calls, with_flood, boxes):
         "cpu_s": round(cpu, 2), "cpu_ms_per_call": round(1000 * cpu / max(calls, 1), 1),
         "rss_start_mib": rss0 // 1024, "rss_peak_mib": peak // 1024,
         "rss_kib_per_call": (peak - rss0) // max(calls, 1),
+        "sent_rtp": jitter(pcap),
         "flood_packets_sent": sent[0],
         "flood_packets_dropped": metric_labelled(http, 'sipward_rtp_dropped_total{reason="wrong_source"}') - before_drop,
     }

@@ -90,9 +90,7 @@ impl Recorder {
         }
         let strong = self.strong_share().await?;
         let mut conn = self.registry.store().conn().await?;
-        let registrations = store::bindings::live_bindings(&mut conn, now)
-            .await
-            .map_or(0, |b| b.len());
+        let registrations = store::bindings::count_live_bindings(&mut conn, now).await?;
         for (name, value) in counters {
             let before = self.last.insert(name.clone(), value).unwrap_or(0);
             let delta = if value >= before {
@@ -104,13 +102,7 @@ impl Recorder {
                 store::trends::add(&mut conn, &name, now, delta).await?;
             }
         }
-        store::trends::set(
-            &mut conn,
-            REGISTRATIONS,
-            now,
-            i64::try_from(registrations).unwrap_or(i64::MAX),
-        )
-        .await?;
+        store::trends::set(&mut conn, REGISTRATIONS, now, registrations).await?;
         store::trends::set(&mut conn, STRONG_SHARE, now, strong).await?;
         store::trends::prune(&mut conn, now - store::trends::KEEP_SECS).await?;
         Ok(())
@@ -125,7 +117,13 @@ impl Recorder {
                 s.starts_with("ext:") || s.starts_with("gateway:") || s.starts_with("provider:")
             })
             .count();
-        let total = self.audit.rows(reg).await?.len()
+        // Counted, not listed: the extension list with its findings is built for the
+        // pages that show it, never for a number every minute.
+        let extensions = {
+            let mut conn = reg.store().conn().await?;
+            store::account::count_extensions(&mut conn).await?
+        };
+        let total = usize::try_from(extensions).unwrap_or(0)
             + reg.list_gateways().await?.len()
             + reg.list_providers().await?.len();
         let strong = total.saturating_sub(weak) * 100;

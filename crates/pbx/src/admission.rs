@@ -9,6 +9,12 @@
 //! statement each, and every external call holds a lease while it counts (renewed by
 //! [`Ledger::tend`], lapsing when this node dies). So the limits are exact whether one
 //! node uses the database or several do, with one implementation for both.
+//!
+//! A node that stalls (paused, cut off from the database) past its leases' expiry may
+//! find them lapsed, and their places taken by other nodes' calls: the renewal never
+//! revives one. It takes each lapsed lease again under its cap, in the same conditional
+//! statement as a new call, and a call whose lease cannot be taken again is returned to
+//! the server to be ended ([`Lapsed`]), so no call goes on uncounted.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +58,14 @@ pub struct Counting {
     limits: FraudLimits,
 }
 
+impl Counting {
+    /// The concurrent cap the call is admitted under (its lease is taken again under
+    /// it if it lapses).
+    pub fn cap(&self) -> Option<u32> {
+        Some(self.limits.concurrent_external)
+    }
+}
+
 /// What the store's counts came to: the decision, and the lease an admitted call holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Admitted {
@@ -85,6 +99,23 @@ struct Grant {
     until: i64,
 }
 
+/// A lease this node holds: the account charged, and the concurrent cap its call was
+/// admitted under (`None` for calls never refused, such as emergency calls), which a
+/// lease that lapsed is taken again under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Held {
+    account: String,
+    cap: Option<u32>,
+}
+
+/// A call whose lease lapsed and could not be taken again under its cap: the server
+/// ends it (it would otherwise go on uncounted, past the limit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lapsed {
+    pub lease: String,
+    pub account: String,
+}
+
 /// This node's side of the fraud limits in the store: the names of the leases its
 /// calls hold, which it renews and releases.
 #[derive(Debug)]
@@ -94,8 +125,8 @@ pub struct Ledger {
     /// Random per process: a restarted node's lease names never meet its old ones.
     boot: u64,
     next: AtomicU64,
-    /// Leases taken for calls of this node, by name: the account charged.
-    held: Mutex<HashMap<String, String>>,
+    /// Leases taken for calls of this node, by name.
+    held: Mutex<HashMap<String, Held>>,
 }
 
 impl Ledger {
@@ -109,7 +140,7 @@ impl Ledger {
         }
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -121,11 +152,12 @@ impl Ledger {
 
     /// Remembers a lease taken for a call that is now up (`b2bua` lists it among the
     /// live ones). Called only after the call started, so [`Ledger::ended`] never takes
-    /// a lease for ended before its call begins.
-    pub fn hold(&self, lease: String, account: String) {
+    /// a lease for ended before its call begins. `cap`: the concurrent limit the call
+    /// was admitted under ([`Counting::cap`]; `None` for a call never refused).
+    pub fn hold(&self, lease: String, account: String, cap: Option<u32>) {
         let mut held = self.held();
         if held.len() < MAX_HELD {
-            held.insert(lease, account);
+            held.insert(lease, Held { account, cap });
         }
     }
 
@@ -154,26 +186,66 @@ impl Ledger {
     /// Releases the leases of calls that ended and, when `renew`, moves the rest
     /// [`LEASE_SECS`] past `now`; with `prune`, also deletes what lapsed anywhere.
     /// The server runs it every second (renewing every [`RENEW_EVERY_SECS`]).
+    ///
+    /// A lease found lapsed at the renewal (this node stalled past its expiry) is not
+    /// revived: it is taken again under its cap, like a new call's, and when the cap is
+    /// full (other nodes' calls took the place) it is forgotten here and returned: the
+    /// server ends its call.
     pub async fn tend(
         &self,
         live: impl FnOnce() -> HashSet<String>,
         now: i64,
         renew: bool,
         prune: bool,
-    ) -> store::Result<()> {
+    ) -> store::Result<Vec<Lapsed>> {
         let ended = self.ended(live);
         let mut conn = self.store.conn().await?;
         if !ended.is_empty() {
             ledger::release_leases(&mut conn, &ended).await?;
         }
+        let mut lost = Vec::new();
         if renew {
             let held: Vec<String> = self.held().keys().cloned().collect();
-            ledger::renew_leases(&mut conn, &held, now + LEASE_SECS).await?;
+            let lapsed = ledger::renew_leases(&mut conn, &held, now, now + LEASE_SECS).await?;
+            drop(conn);
+            for lease in lapsed {
+                let Some(h) = self.held().get(&lease).cloned() else {
+                    continue;
+                };
+                if !self.retake(&lease, &h, now).await? {
+                    self.held().remove(&lease);
+                    lost.push(Lapsed {
+                        lease,
+                        account: h.account,
+                    });
+                }
+            }
+            conn = self.store.conn().await?;
         }
         if prune {
             ledger::prune(&mut conn, now).await?;
         }
-        Ok(())
+        Ok(lost)
+    }
+
+    /// Takes a lapsed lease again under its cap (one conditional statement behind the
+    /// account's gate row, as admission takes a new one).
+    async fn retake(&self, lease: &str, h: &Held, now: i64) -> store::Result<bool> {
+        let mut tx = self.store.begin().await?;
+        let taken = ledger::take_lease(
+            &mut tx,
+            &Lease {
+                lease,
+                account: &h.account,
+                node: &self.node,
+                expires_at: now + LEASE_SECS,
+            },
+            now,
+            h.cap,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(taken)
     }
 
     /// Takes a lease with no cap for a call that is never refused but counts (an
@@ -198,7 +270,7 @@ impl Ledger {
         )
         .await?;
         tx.commit().await?;
-        self.hold(lease, account);
+        self.hold(lease, account, None);
         Ok(())
     }
 }
@@ -539,7 +611,7 @@ mod tests {
                 };
                 let admitted = o.count(&c, || live, now).await.expect("store");
                 if let Some(lease) = admitted.lease {
-                    ledger.hold(lease, c.number.clone());
+                    ledger.hold(lease, c.number.clone(), c.cap());
                 }
                 admitted.decision
             }
@@ -753,6 +825,65 @@ mod tests {
         );
         assert_eq!(o.line("1003"), Some((ClassOfService::Internal, false)));
         assert_eq!(o.line("9999"), None);
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_lease_is_taken_again_under_the_cap_or_its_call_is_given_up() {
+        // Two nodes on one database.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.db");
+        let node = |name: &str, boot: u64| {
+            let path = path.clone();
+            let name = name.to_owned();
+            async move {
+                let o = plain();
+                let store = store::Store::open_sqlite(&path).await.expect("store");
+                o.attach(Arc::new(Ledger::new(
+                    store,
+                    &policy::node::NodeName::parse(&name).expect("name"),
+                    boot,
+                )));
+                o
+            }
+        };
+        let a = node("a", 1).await;
+        let b = node("b", 2).await;
+        let ext = |_: &str| false;
+        // a's two calls of 1002 (concurrent limit 2), up.
+        for now in [0, 1] {
+            assert_eq!(
+                decide_with(&a, "1002", "0301234567", ext, now, true).await,
+                Decision::Allow(CallClass::National)
+            );
+        }
+        let ledger = a.ledger().expect("attached").clone();
+        let live: HashSet<String> = ledger.held().keys().cloned().collect();
+        // a stalls: its leases lapse (at 30 and 31), and b's call takes a place at 40.
+        assert_eq!(
+            decide_with(&b, "1002", "0301234567", ext, 40, true).await,
+            Decision::Allow(CallClass::National)
+        );
+        // a resumes and renews at 41: nothing is revived; one lease is taken back
+        // under the cap, the other call is returned to be ended.
+        let given_up = ledger
+            .tend(|| live.clone(), 41, true, false)
+            .await
+            .expect("tend");
+        assert_eq!(given_up.len(), 1, "{given_up:?}");
+        assert_eq!(given_up[0].account, "1002");
+        assert!(live.contains(&given_up[0].lease));
+        assert_eq!(ledger.held_count(), 1, "the call given up is forgotten");
+        // The lease taken back renews like any other.
+        let again = ledger
+            .tend(|| live.clone(), 51, true, false)
+            .await
+            .expect("tend");
+        assert!(again.is_empty(), "{again:?}");
+        assert_eq!(
+            decide_with(&b, "1002", "0301234567", ext, 52, true).await,
+            Decision::Suspend(Breach::ConcurrentExternal { limit: 2 }),
+            "b's call and a's call taken back fill the limit"
+        );
     }
 
     #[tokio::test]

@@ -1257,6 +1257,12 @@ impl B2bua {
         self.end_calls_where(|c| c.target.label == label, now)
     }
 
+    /// Ends the call that holds `lease` (its lease lapsed and the concurrent limit is
+    /// full again: it would go on uncounted), as [`Self::end_calls_of`] does.
+    pub fn end_call_holding(&self, lease: &str, now: Instant) -> usize {
+        self.end_calls_where(|c| c.lease.as_deref() == Some(lease), now)
+    }
+
     fn end_calls_where(&self, involved: impl Fn(&Call) -> bool, now: Instant) -> usize {
         let mut st = self.lock();
         let ids: Vec<u64> = st

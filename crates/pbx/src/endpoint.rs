@@ -188,7 +188,7 @@ impl Endpoint {
             p.trunks.clone(),
             p.directory.clone(),
         ));
-        let voicemail = Arc::new(Voicemail::new(sig.clone()));
+        let voicemail = Arc::new(Voicemail::new(sig.clone(), p.directory.clone()));
         let proxy = Proxy::new(sig.clone(), transfers.clone());
         proxy.attach_voicemail(voicemail.clone());
         Self {
@@ -936,6 +936,28 @@ impl Endpoint {
         if caller.kind != "ext" {
             return forbidden();
         }
+        // The voicemail menu: only for an extension that authenticated (above; a trunk's
+        // call never gets here). `*97` opens the caller's own box without a PIN only
+        // from one of its registered flows; never on caller ID.
+        let on_registered_flow = || {
+            self.registrar
+                .flows(&caller.number, now)
+                .iter()
+                .any(|(_, f)| f.same_peer(flow))
+        };
+        if let Some(entry) =
+            self.voicemail
+                .retrieval_entry(dialled, &caller.number, on_registered_flow())
+        {
+            return self.voicemail.retrieve(
+                m,
+                bytes,
+                key,
+                flow,
+                Who::Extension(caller.number.clone()),
+                entry,
+            );
+        }
         // A transfer or redirect a referrer allowed: the call is the referrer's.
         let counted = self
             .outbound
@@ -1137,7 +1159,7 @@ impl Endpoint {
                     // Held once the call is up (or refused: then the next round
                     // releases it), never before.
                     if let (Some(lease), Some(ledger)) = (lease, me.outbound.ledger()) {
-                        ledger.hold(lease, counting.number.clone());
+                        ledger.hold(lease, counting.number.clone(), counting.cap());
                     }
                 }
                 Ok(Admitted {

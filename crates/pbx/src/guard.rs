@@ -104,6 +104,10 @@ pub enum Event {
         dialled: String,
         source: IpAddr,
     },
+    /// A call's lease on the concurrent limit lapsed (this node stalled past its
+    /// expiry) and the limit was full again when the node took it back: the call was
+    /// ended, both ways, rather than carried on uncounted.
+    LeaseLapsed { number: String, calls_ended: usize },
     /// An extension called an emergency number (always allowed; the administrator is told).
     EmergencyCall { number: String, dialled: String },
     /// Provisioning probes from an address where a phone is registered or logged in:
@@ -222,6 +226,16 @@ impl Event {
                 "extension": number,
                 "reason": breach.id(),
                 "detail": breach.describe(),
+            }),
+            Event::LeaseLapsed {
+                number,
+                calls_ended,
+            } => json!({
+                "event": "call_ended_lease_lapsed",
+                "extension": number,
+                "calls_ended": calls_ended,
+                "detail": "the call's place on the concurrent-call limit lapsed while this \
+                           node stalled, and other calls took it",
             }),
             Event::AcceptBackoff { error, delay_ms } => json!({
                 "event": "accept_backoff",
@@ -1263,15 +1277,40 @@ impl Guard {
     /// the previous ones; at most [`TABLE_CAPACITY`]). Accounts that cross the limit
     /// by them are reported protected as by local failures.
     pub fn set_others_failures(&self, sums: Vec<(String, u32)>, now: i64) {
+        self.others_failures_read(sums, now, true);
+    }
+
+    /// Some accounts' sums from the other nodes (a page of a sweep over every account
+    /// under attack, and the most-failed ones): they replace those accounts' previous
+    /// sums and leave the others' as they were (a new account beyond [`TABLE_CAPACITY`]
+    /// is left out). A sweep that ends gives the whole set to
+    /// [`Guard::set_others_failures`], which forgets the accounts no longer failing.
+    pub fn merge_others_failures(&self, sums: Vec<(String, u32)>, now: i64) {
+        self.others_failures_read(sums, now, false);
+    }
+
+    fn others_failures_read(&self, sums: Vec<(String, u32)>, now: i64, replace: bool) {
         let p = self.policy();
         let mut crossed = Vec::new();
         {
             let mut local = lock(&self.account_failures);
             let mut shared = lock(&self.shared);
-            let mut next = HashMap::with_capacity(sums.len().min(TABLE_CAPACITY));
+            let mut next = if replace {
+                HashMap::with_capacity(sums.len().min(TABLE_CAPACITY))
+            } else {
+                std::mem::take(&mut shared.others)
+            };
             for (id, n) in sums.into_iter().take(TABLE_CAPACITY) {
+                if next.len() >= TABLE_CAPACITY && !next.contains_key(&id) {
+                    continue;
+                }
                 let mine = local.count(&id, now, p.extension_window_secs);
-                let before = mine.saturating_add(shared.others.get(&id).copied().unwrap_or(0));
+                let previous = if replace {
+                    shared.others.get(&id)
+                } else {
+                    next.get(&id)
+                };
+                let before = mine.saturating_add(previous.copied().unwrap_or(0));
                 let after = mine.saturating_add(n);
                 if p.extension_failures > 0
                     && before < p.extension_failures
@@ -1400,6 +1439,36 @@ impl Guard {
             |n| {
                 format!(
                     "{count} failed authentications{spread} within {window_min} minutes (ban {n} within {hours} hours)"
+                )
+            },
+            None,
+        );
+    }
+
+    /// Counts a refused voicemail PIN against `ip`, the source of an authenticated
+    /// call (its signalling answered a nonce), like a failed SIP authentication from
+    /// it: the same table and ban, so one address guessing many boxes is banned, not
+    /// only each box locked. Allow-listed sources (a trunk's shared range among them)
+    /// are never counted; the box's own lockout still holds for them.
+    pub fn voicemail_pin_failure(&self, ip: IpAddr, now: i64) {
+        if self.allowed(ip) {
+            return;
+        }
+        let p = self.policy();
+        let Some((source, count)) =
+            self.count_failure(&self.failures, ip, p.auth_failures, p.auth_window_secs, now)
+        else {
+            return;
+        };
+        let window_min = p.auth_window_secs / 60;
+        let hours = p.repeat_window_secs / 3600;
+        self.impose(
+            source,
+            Reason::AuthFailures,
+            now,
+            |n| {
+                format!(
+                    "{count} failed authentications (voicemail PINs among them) within {window_min} minutes (ban {n} within {hours} hours)"
                 )
             },
             None,
@@ -1724,6 +1793,31 @@ mod tests {
         let last = bans(&mut rx).pop().expect("banned again");
         assert_eq!(last.times, 3);
         assert_eq!(last.expires_at - t, 604_800);
+    }
+
+    #[test]
+    fn wrong_voicemail_pins_count_with_failed_logins_but_never_from_the_allow_list() {
+        let (g, mut rx) = guard(BanPolicy::default());
+        let src = ip("203.0.113.6");
+        for i in 0..5 {
+            g.auth_failure(src, "x", false, i);
+        }
+        for i in 5..9 {
+            g.voicemail_pin_failure(src, i);
+        }
+        assert!(bans(&mut rx).is_empty());
+        g.voicemail_pin_failure(src, 9);
+        let row = bans(&mut rx).pop().expect("the tenth failure bans");
+        assert_eq!(row.reason, "auth.failures");
+        assert!(row.detail.contains("voicemail"), "{}", row.detail);
+        // A trunk's range (allow-listed) shares its address with every outside caller.
+        let (g, mut rx) = guard(BanPolicy {
+            auth_failures: 1,
+            ..Default::default()
+        });
+        g.replace(&[], &[allow("10.0.0.0/8")], &[], false);
+        g.voicemail_pin_failure(ip("10.1.2.3"), 0);
+        assert!(events(&mut rx).is_empty());
     }
 
     #[test]
@@ -2321,6 +2415,35 @@ mod tests {
         assert_eq!(a.take_failure_deltas().len(), 1);
         // The control: a node alone with its 10 still lets the right password in.
         assert!(alone.may_authenticate(stranger, &alice, 101));
+    }
+
+    #[test]
+    fn a_page_of_other_nodes_sums_merges_and_a_whole_sweep_replaces() {
+        // A sweep over more accounts under attack than one read holds: each page adds
+        // its accounts' sums and keeps the others'; the end of the sweep forgets the
+        // accounts no longer failing.
+        let (g, mut rx) = guard(BanPolicy::default());
+        g.share_failures();
+        let alice = account("alice1001", false);
+        let bob = account("bob1002", false);
+        let stranger = ip("203.0.113.1");
+        g.merge_others_failures(vec![("alice1001".into(), 25)], 101);
+        g.merge_others_failures(vec![("bob1002".into(), 25)], 101);
+        assert!(
+            !g.may_authenticate(stranger, &alice, 101),
+            "the first page's"
+        );
+        assert!(
+            !g.may_authenticate(stranger, &bob, 101),
+            "the second page's"
+        );
+        assert_eq!(events(&mut rx).len(), 2, "each crossing reported once");
+        g.merge_others_failures(vec![("alice1001".into(), 26)], 101);
+        assert!(events(&mut rx).is_empty(), "already over the limit");
+        // The sweep ends without bob: his failures aged out of the store.
+        g.set_others_failures(vec![("alice1001".into(), 26)], 102);
+        assert!(!g.may_authenticate(stranger, &alice, 102));
+        assert!(g.may_authenticate(stranger, &bob, 102), "forgotten");
     }
 
     #[test]

@@ -1,11 +1,15 @@
-//! The voicemail's store side in the running server: [`Deposits`] through the
+//! The voicemail's store side in the running server: [`Deposits`] and [`Boxes`] through the
 //! account workflow's voicemail boxes (`accounts::voicemail`), which own the message
 //! files, their rows, the mails and the audit log.
 
-use accounts::Registry;
-use accounts::voicemail::{PendingMessage, Summary};
+use std::net::IpAddr;
 
-use crate::voicemail::{BoxFuture, Deposits, Opened, Waiting};
+use accounts::Registry;
+use accounts::voicemail::{PendingMessage, Summary, caller_actor};
+use policy::Secret;
+use policy::voicemail::{Credential, Login, MessageView, PinChange};
+
+use crate::voicemail::{BoxFuture, Boxes, Deposits, Opened, Waiting};
 
 /// [`Deposits`] backed by the data dir's registry.
 #[derive(Clone, Debug)]
@@ -94,5 +98,84 @@ impl Deposits for Mailboxes {
     fn waiting(&self, mailbox: &str) -> BoxFuture<'_, Option<Waiting>> {
         let mailbox = mailbox.to_owned();
         Box::pin(async move { self.registry.summary(&mailbox).await.ok().map(waiting) })
+    }
+}
+
+/// The registry's answer, or a refusal when the store fails (logged).
+fn or_refused<T>(r: accounts::Result<T>, what: &str, refused: T) -> T {
+    r.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "voicemail {what} failed");
+        refused
+    })
+}
+
+impl Boxes for Mailboxes {
+    fn login(&self, mailbox: &str, credential: Credential, source: IpAddr) -> BoxFuture<'_, Login> {
+        let mailbox = mailbox.to_owned();
+        Box::pin(async move {
+            let r = self.registry.login(&mailbox, credential, source).await;
+            or_refused(r, "login", Login::Refused)
+        })
+    }
+
+    fn messages(&self, mailbox: &str) -> BoxFuture<'_, Option<Vec<MessageView>>> {
+        let mailbox = mailbox.to_owned();
+        Box::pin(async move { self.registry.messages(&mailbox).await.ok() })
+    }
+
+    fn recording(&self, mailbox: &str, id: &str) -> BoxFuture<'_, Option<Vec<u8>>> {
+        let (mailbox, id) = (mailbox.to_owned(), id.to_owned());
+        Box::pin(async move { self.registry.open_message(&mailbox, &id).await.ok() })
+    }
+
+    fn delete(&self, mailbox: &str, id: &str, source: IpAddr) -> BoxFuture<'_, bool> {
+        let (mailbox, id) = (mailbox.to_owned(), id.to_owned());
+        Box::pin(async move {
+            let r = self
+                .registry
+                .delete_message(&mailbox, &id, &caller_actor(source))
+                .await;
+            or_refused(r, "delete", false)
+        })
+    }
+
+    fn save(&self, mailbox: &str, id: &str, source: IpAddr) -> BoxFuture<'_, bool> {
+        let (mailbox, id) = (mailbox.to_owned(), id.to_owned());
+        Box::pin(async move {
+            let r = self
+                .registry
+                .save_message(&mailbox, &id, &caller_actor(source))
+                .await;
+            or_refused(r, "save", false)
+        })
+    }
+
+    fn change_pin(&self, mailbox: &str, pin: Secret, source: IpAddr) -> BoxFuture<'_, PinChange> {
+        let mailbox = mailbox.to_owned();
+        Box::pin(async move {
+            let r = self
+                .registry
+                .change_pin(&mailbox, &pin, &caller_actor(source))
+                .await;
+            or_refused(
+                r,
+                "PIN change",
+                PinChange::Refused {
+                    reason: "the PIN could not be stored".into(),
+                },
+            )
+        })
+    }
+
+    fn set_greeting(&self, mailbox: &str, wav: Vec<u8>, source: IpAddr) -> BoxFuture<'_, bool> {
+        let mailbox = mailbox.to_owned();
+        Box::pin(async move {
+            let r = self
+                .registry
+                .set_greeting(&mailbox, &wav, &caller_actor(source))
+                .await
+                .map(|()| true);
+            or_refused(r, "greeting", false)
+        })
     }
 }

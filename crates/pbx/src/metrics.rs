@@ -140,6 +140,8 @@ pub struct Metrics {
     pub invite_challenged: AtomicU64,
     pub calls_forbidden: AtomicU64,
     pub outbound_suspensions: AtomicU64,
+    pub calls_ended_lease_lapsed: AtomicU64,
+    pub resyncs_dropped: AtomicU64,
     pub emergency_calls: AtomicU64,
     pub calls_unrouted: AtomicU64,
     pub calls_proxied: AtomicU64,
@@ -176,6 +178,12 @@ pub struct Metrics {
     pub voicemail_messages: AtomicU64,
     /// DTMF digits the voicemail received (RFC 4733 or SIP INFO).
     pub voicemail_digits: AtomicU64,
+    /// Retrieval calls the voicemail answered (`*97`, `*98`), and their refused logins
+    /// (a wrong PIN, a locked or unknown box: one count each).
+    pub voicemail_retrievals: AtomicU64,
+    pub voicemail_logins_refused: AtomicU64,
+    /// Voicemail callers sent to the configured operator (`0`, a REFER).
+    pub voicemail_operator_refers: AtomicU64,
 }
 
 /// Why the authenticator answered credentials with a new challenge.
@@ -457,6 +465,16 @@ impl Metrics {
                 get(&self.outbound_suspensions),
             ),
             (
+                "sipward_resyncs_dropped_total",
+                "re-fetch requests dropped: no live registration of the extension on any node",
+                get(&self.resyncs_dropped),
+            ),
+            (
+                "sipward_calls_ended_lease_lapsed_total",
+                "external calls ended because their lease on the concurrent limit lapsed and the limit was full",
+                get(&self.calls_ended_lease_lapsed),
+            ),
+            (
                 "sipward_emergency_calls_total",
                 "calls to emergency numbers",
                 get(&self.emergency_calls),
@@ -485,6 +503,21 @@ impl Metrics {
                 "sipward_voicemail_digits_total",
                 "DTMF digits the voicemail received (RFC 4733 events or SIP INFO)",
                 get(&self.voicemail_digits),
+            ),
+            (
+                "sipward_voicemail_retrievals_total",
+                "calls to the voicemail menu (*97 own box, *98 any box) it answered",
+                get(&self.voicemail_retrievals),
+            ),
+            (
+                "sipward_voicemail_logins_refused_total",
+                "voicemail logins refused: wrong PIN, locked or unknown box (answered alike)",
+                get(&self.voicemail_logins_refused),
+            ),
+            (
+                "sipward_voicemail_operator_refers_total",
+                "voicemail callers referred to the configured operator extension (0)",
+                get(&self.voicemail_operator_refers),
             ),
             (
                 "sipward_calls_proxied_total",

@@ -90,6 +90,15 @@ pub struct VoicemailConfig {
     pub deposits: Arc<dyn crate::voicemail::Deposits>,
     pub rtp: crate::rtp::RtpConfig,
     pub limits: crate::voicemail::DepositLimits,
+    /// The boxes' store side for retrieval; None: calls to `*97`/`*98` are not the
+    /// voicemail's (they are refused like any service code).
+    pub boxes: Option<Arc<dyn crate::voicemail::Boxes>>,
+    /// The number that reaches any box (`*98`); the own box's is the provisioning
+    /// `voicemail_number` the phones are given.
+    pub any_box: String,
+    /// `[voicemail] operator`: the internal extension `0` refers an internal caller to
+    /// (the binary checked it is one); None: `0` does nothing special.
+    pub operator: Option<policy::voicemail::menu::Operator>,
 }
 
 /// The default of [`ServeConfig::version_poll`].
@@ -158,6 +167,8 @@ pub struct Live {
     pub dialplan: policy::dialplan::DialPlan,
     /// The SMTP server the outbox is sent through; None leaves mails queued.
     pub mailer: Option<accounts::mail::Mailer>,
+    /// `[voicemail] operator`, checked by the binary against the extensions.
+    pub voicemail_operator: Option<policy::voicemail::menu::Operator>,
 }
 
 /// Applies a reloaded config to the running server; kept by the binary after `run`
@@ -170,6 +181,12 @@ pub struct Reconfigure {
 }
 
 impl Reconfigure {
+    /// The data dir's registry the server runs on (what a reloaded setting is checked
+    /// against, such as the voicemail's operator extension).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The guard's rules in force now (the file's with the stored changes over them).
     pub fn guard_policy(&self) -> policy::ban::BanPolicy {
         (*self.endpoint.guard.policy()).clone()
@@ -187,6 +204,9 @@ impl Reconfigure {
         self.registry.set_dialplan(live.dialplan.clone());
         self.endpoint.outbound.set_plan(live.dialplan);
         self.mailer.send_replace(live.mailer);
+        self.endpoint
+            .voicemail
+            .set_operator(live.voicemail_operator);
         let mut conn = self.registry.store().conn().await?;
         apply_guard_policy(&mut conn, &self.registry, &self.endpoint, true).await?;
         let rows = store::outbound::calling(&mut conn).await?;
@@ -348,9 +368,21 @@ pub async fn bind(
             pool,
             registrar: endpoint.registrar.clone(),
             realm: registry.settings().realm.clone(),
+            domain: registry.settings().domain.clone(),
             limits: vm.limits,
             runtime: tokio::runtime::Handle::current(),
+            retrieval: vm.boxes.clone().map(|boxes| crate::voicemail::Retrieval {
+                boxes,
+                numbers: crate::voicemail::RetrievalNumbers {
+                    own_box: registry.settings().provisioning.voicemail_number.clone(),
+                    any_box: vm.any_box.clone(),
+                },
+                guard: endpoint.guard.clone(),
+            }),
         });
+    }
+    if let Some(vm) = &cfg.voicemail {
+        endpoint.voicemail.set_operator(vm.operator.clone());
     }
     endpoint.voicemail.reload_ring_times().await;
     load_trunks(&registry, &endpoint).await?;
@@ -524,6 +556,7 @@ impl Bound {
             self.registry.clone(),
             self.endpoint.clone(),
             self.clock.clone(),
+            self.cfg.node.to_string(),
             stop_rx.clone(),
         ));
         tasks.spawn(outbox_loop(
@@ -1073,12 +1106,14 @@ pub const RESYNC_EVERY: Duration = Duration::from_millis(500);
 pub const OUTBOX_EVERY: Duration = Duration::from_secs(2);
 
 /// Sends a check-sync NOTIFY to every registration of each extension the store asks for
-/// (Re-Generate queues them), on the flow each registered from (UDP, or the phone's own
-/// TCP connection); their transactions run on the server's timer.
+/// (Re-Generate queues them) whose flows this node holds (`node`: the other nodes send
+/// to theirs), on the flow each registered from (UDP, or the phone's own TCP
+/// connection); their transactions run on the server's timer.
 async fn resync_loop(
     registry: Registry,
     endpoint: Arc<Endpoint>,
     clock: Arc<dyn Clock>,
+    node: String,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(RESYNC_EVERY);
@@ -1093,11 +1128,17 @@ async fn resync_loop(
         else {
             continue;
         };
-        let taken = store::provisioning::take_resyncs(&mut conn).await;
-        let Some(numbers) = background::checked(Task::Reload, what, taken) else {
+        // Only the requests for phones whose flows this node holds (the other nodes
+        // take theirs); those with no live phone anywhere are dropped, counted.
+        let taken = store::provisioning::take_resyncs(&mut conn, &node, clock.now()).await;
+        let Some(taken) = background::checked(Task::Reload, what, taken) else {
             continue;
         };
-        for number in numbers {
+        endpoint
+            .metrics
+            .resyncs_dropped
+            .fetch_add(taken.dropped, std::sync::atomic::Ordering::Relaxed);
+        for number in taken.numbers {
             let vendor = store::account::get_extension(&mut conn, &number)
                 .await
                 .ok()
@@ -1205,6 +1246,7 @@ async fn flush_loop(
     let mut calls_written = None;
     let mut health = Health::new(Task::Flush, "writing the bindings");
     let mut slow = SlowWrites::default();
+    let mut sweep = FailureSweep::default();
     loop {
         let every_second = tokio::select! {
             _ = tick.tick() => true,
@@ -1218,7 +1260,7 @@ async fn flush_loop(
             sample_tables(&endpoint, &transports);
             write_trunk_state(&registry, &endpoint, clock.now(), &mut calls_written).await;
             if shared {
-                share_failures(&registry, &endpoint, &node, clock.now()).await;
+                share_failures(&registry, &endpoint, &node, clock.now(), &mut sweep).await;
             }
             if clock.instant().saturating_duration_since(beaten) >= crate::node::HEARTBEAT_EVERY {
                 beaten = clock.instant();
@@ -1286,12 +1328,21 @@ async fn lease_loop(
                 endpoint.b2bua.live_leases()
             }
         };
-        if health
-            .checked(ledger.tend(live, now, renew, prune).await)
-            .is_some()
+        let tended = health.checked(ledger.tend(live, now, renew, prune).await);
+        if let Some(lapsed) = &tended
             && renew
         {
             last_renewal = now;
+            // Calls whose place lapsed and was taken meanwhile: ended, not carried on
+            // uncounted past the concurrent limit.
+            for l in lapsed {
+                let ended = endpoint.b2bua.end_call_holding(&l.lease, clock.instant());
+                Metrics::inc(&endpoint.metrics.calls_ended_lease_lapsed);
+                endpoint.guard.report(crate::guard::Event::LeaseLapsed {
+                    number: l.account.clone(),
+                    calls_ended: ended,
+                });
+            }
         }
         health.settle();
         if stopping {
@@ -1300,13 +1351,32 @@ async fn lease_loop(
     }
 }
 
-/// How many accounts' shared failure sums a node reads back: the most-failed first.
+/// How many accounts' shared failure sums a node reads back a round: the most-failed
+/// first, and as many again of a sweep over every account in auth ID order.
 const SHARED_FAILURES_READ: i64 = 10_000;
 
+/// Where the sweep over the other nodes' failure sums stands: the last auth ID read (the
+/// next page starts after it), and the sums read since the sweep began (bounded by the
+/// guard's table), given whole to the guard when it ends.
+#[derive(Debug, Default)]
+struct FailureSweep {
+    cursor: String,
+    seen: std::collections::HashMap<String, u32>,
+}
+
 /// Writes this node's new per-account failures and reads the other nodes' sums (once a
-/// second, on PostgreSQL): an account's count on any node is behind the truth by at
-/// most one second of the others' failures. Counts older than the window are pruned.
-async fn share_failures(registry: &Registry, endpoint: &Endpoint, node: &str, now: i64) {
+/// second, on PostgreSQL). Each round reads the [`SHARED_FAILURES_READ`] most-failed
+/// accounts (an account under the heaviest guessing is behind the truth by at most one
+/// second of the others' failures) and the next page of a sweep over all of them (so
+/// with more accounts under attack than the bound, each is still seen, within a second
+/// per page). Counts older than the window are pruned.
+async fn share_failures(
+    registry: &Registry,
+    endpoint: &Endpoint,
+    node: &str,
+    now: i64,
+    sweep: &mut FailureSweep,
+) {
     let what = "sharing the failure counts";
     let Some(mut conn) = background::checked(Task::Reload, what, registry.store().conn().await)
     else {
@@ -1330,15 +1400,53 @@ async fn share_failures(registry: &Registry, endpoint: &Endpoint, node: &str, no
     let window = endpoint.guard.policy().extension_window_secs.max(0);
     // The minute the window starts in counts whole: the sum errs high, never low.
     let since = (now - window) / 60;
-    let read =
-        store::failures::others_auth_failures(&mut conn, node, since, SHARED_FAILURES_READ).await;
-    if let Some(sums) = background::checked(Task::Reload, what, read) {
-        endpoint.guard.set_others_failures(
-            sums.into_iter()
-                .map(|(id, n)| (id, u32::try_from(n).unwrap_or(u32::MAX)))
-                .collect(),
-            now,
-        );
+    let sums = |rows: Vec<(String, i64)>| -> Vec<(String, u32)> {
+        rows.into_iter()
+            .map(|(id, n)| (id, u32::try_from(n).unwrap_or(u32::MAX)))
+            .collect()
+    };
+    let started_over = sweep.cursor.is_empty();
+    let page = store::failures::others_auth_failures_after(
+        &mut conn,
+        node,
+        since,
+        &sweep.cursor,
+        SHARED_FAILURES_READ,
+    )
+    .await;
+    if let Some(page) = background::checked(Task::Reload, what, page).map(sums) {
+        let last_page = page.len() < usize::try_from(SHARED_FAILURES_READ).unwrap_or(usize::MAX);
+        // One page that holds every account is the whole set: no top to read apart.
+        let top = if started_over && last_page {
+            Some(Vec::new())
+        } else {
+            let top =
+                store::failures::others_auth_failures(&mut conn, node, since, SHARED_FAILURES_READ)
+                    .await;
+            background::checked(Task::Reload, what, top).map(sums)
+        };
+        if let Some(top) = top {
+            match page.last() {
+                Some((id, _)) if !last_page => sweep.cursor.clone_from(id),
+                _ => sweep.cursor.clear(),
+            }
+            for (id, n) in page.iter().chain(&top) {
+                if sweep.seen.len() < crate::guard::TABLE_CAPACITY || sweep.seen.contains_key(id) {
+                    sweep.seen.insert(id.clone(), *n);
+                }
+            }
+            if last_page {
+                // The sweep is whole: accounts no longer failing are forgotten.
+                endpoint.guard.set_others_failures(
+                    std::mem::take(&mut sweep.seen).into_iter().collect(),
+                    now,
+                );
+            } else {
+                endpoint
+                    .guard
+                    .merge_others_failures(page.into_iter().chain(top).collect(), now);
+            }
+        }
     }
     if now % 60 == 0 {
         let pruned = store::failures::prune_auth_failures(&mut conn, since - 1).await;
@@ -1481,11 +1589,10 @@ async fn flush(
             });
         }
         let holder = hold.name();
-        for (number, rows) in &batch.rows {
-            // Rows no credentials back any more (changed or removed since) are not
-            // written: the store refuses them.
-            store::bindings::replace_node_bindings(&mut tx, holder, number, rows, now).await?;
-        }
+        // Rows no credentials back any more (changed or removed since) are not written:
+        // the store refuses them. The whole batch is a few statements (on PostgreSQL each
+        // is a round trip, and the answers wait for all of them).
+        store::bindings::replace_node_batch(&mut tx, holder, &batch.rows, now).await?;
         if sweep {
             store::bindings::delete_expired_bindings(&mut tx, now).await?;
         }

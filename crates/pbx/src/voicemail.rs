@@ -5,10 +5,11 @@
 //! `message-summary` NOTIFY).
 //!
 //! Architecture invariant: **the voicemail never places a call.** This module has no
-//! path to `crate::b2bua`, `crate::trunk` or `crate::proxy`: the only request it sends
-//! is a BYE in its own dialog with the caller (egress permit (c), sipward's own leg),
-//! and its NOTIFYs go through [`crate::notify`] under the registration permit (d).
-//! A unit test reads this file and fails if that changes.
+//! path to `crate::b2bua`, `crate::trunk` or `crate::proxy`: the only requests it sends
+//! in its own dialog with the caller (egress permit (c), sipward's own leg) are its BYE
+//! and one REFER to the operator the configuration names (`[voicemail] operator`, an
+//! internal extension), to an internal caller only; its NOTIFYs go under the
+//! registration permit (d). A unit test reads this file and fails if that changes.
 //!
 //! The media side runs as one task per call on the server's runtime; the signalling
 //! side (answers, the dialog, BYE) is synchronous like the rest of the endpoint. The
@@ -16,26 +17,24 @@
 //! server implements with `accounts` and tests with a directory.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use media::activity::{MediaTimeout, SilenceDetector};
-use media::dtmf::EventReceiver;
+use media::activity::SilenceDetector;
 use media::g711::Law;
 use media::jitter::{JitterBuffer, Playout};
-use media::rtp::RtpPacket;
+use policy::fields::ExtensionNumber;
+use policy::voicemail::menu::{Entry, Menu, MenuConfig, Operator};
 use sip::header::addr::NameAddr;
 use sip::header::cseq::CSeq;
 use sip::header::split_list;
 use sip::msg::{Message, Name};
 use sip::request::{DialogState, RequestBuilder, TopVia};
 use sip::response::ResponseBuilder;
-use sip::sdp::{self, Codec, SessionDescription};
+use sip::sdp::{self, SessionDescription};
 use sip::transaction::{Action, ResponseClass, TxId, TxKey};
 use tokio::sync::mpsc;
 
@@ -44,21 +43,24 @@ use crate::egress::{Delivery, Owner, Purpose};
 use crate::flow::{Flow, our_uri};
 use crate::metrics::Metrics;
 use crate::registrar::Registrar;
-use crate::rtp::{Lease, PortPool, RtpDrop, RtpPeer, Verdict};
+use crate::rtp::{Lease, PortPool, RtpPeer, Share};
 use crate::signalling::Signalling;
+
+mod call;
+pub mod retrieval;
+pub use call::{BoxFuture, DepositLimits};
+pub use retrieval::{Boxes, Retrieval, RetrievalNumbers};
+
+use call::{FRAME, Heard, Session, Signal, tone};
+use retrieval::{Indicator, Left, MenuCall, Prompts};
 
 /// At most this many voicemail calls at once (the port pool bounds them too).
 pub const MAX_CALLS: usize = 1024;
-/// Samples in one 20 ms G.711 packet.
-const FRAME: usize = 160;
 /// What a voicemail dialog allows.
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY";
 
 /// The default greeting (see `prompts/README.md` for how it was made).
 const DEFAULT_GREETING: &[u8] = include_bytes!("../prompts/greeting.wav");
-
-/// A boxed future, as [`Deposits`] returns (no async-trait dependency).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A box's counts for the message-waiting NOTIFY.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -98,30 +100,6 @@ pub trait Deposits: Send + Sync + std::fmt::Debug {
     fn ring_times(&self) -> BoxFuture<'_, Option<HashMap<String, u32>>>;
 }
 
-/// How long things may last.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DepositLimits {
-    /// The longest message recorded; the call is then ended.
-    pub max_message: Duration,
-    /// Silence this long ends the recording.
-    pub silence: Duration,
-    /// No RTP at all for this long ends the call.
-    pub no_media: Duration,
-    /// A recording shorter than this is not kept (a caller who hung up at the tone).
-    pub min_message: Duration,
-}
-
-impl Default for DepositLimits {
-    fn default() -> Self {
-        DepositLimits {
-            max_message: Duration::from_secs(180),
-            silence: Duration::from_secs(10),
-            no_media: Duration::from_secs(20),
-            min_message: Duration::from_millis(500),
-        }
-    }
-}
-
 /// What the server attaches to switch voicemail on.
 #[derive(Debug)]
 pub struct Backend {
@@ -129,17 +107,13 @@ pub struct Backend {
     pub pool: Arc<PortPool>,
     pub registrar: Arc<Registrar>,
     pub realm: String,
+    /// `sip.domain`: the host of the operator's Refer-To (else the address the caller
+    /// reached sipward at).
+    pub domain: Option<String>,
     pub limits: DepositLimits,
     pub runtime: tokio::runtime::Handle,
-}
-
-/// What the media task is told by the signalling side.
-#[derive(Debug)]
-enum Signal {
-    /// The caller hung up (BYE or CANCEL).
-    HungUp,
-    /// A digit from a SIP INFO.
-    Digit(char),
+    /// Retrieval (`*97`, `*98`); None: only deposits.
+    pub retrieval: Option<Retrieval>,
 }
 
 #[derive(Debug)]
@@ -162,6 +136,8 @@ struct Call {
     fallback: Option<Vec<u8>>,
     signals: mpsc::Sender<Signal>,
     bye: Option<TxId>,
+    /// Our REFER to the operator, until its transaction ends (then our BYE).
+    refer: Option<TxId>,
     /// The call's task has finished with it.
     done: bool,
 }
@@ -220,6 +196,12 @@ pub struct Voicemail {
     ring_times: std::sync::RwLock<HashMap<String, u32>>,
     next: AtomicU64,
     greeting: Vec<i16>,
+    prompts: Prompts,
+    /// `[voicemail] operator`, replaced at a config reload.
+    operator: std::sync::RwLock<Option<Operator>>,
+    /// The accounts in force: the operator is referred to only while it is one of
+    /// their extensions (the config is checked at load, the directory on every call).
+    directory: Arc<crate::directory::DirectoryCache>,
 }
 
 /// Why the recording ended (for the log and the tests).
@@ -230,16 +212,8 @@ pub enum Ended {
     MaxLength,
     Silence,
     NoMedia,
-}
-
-/// The tone after the greeting: 425 Hz for 400 ms at about −12 dBFS.
-fn tone() -> Vec<i16> {
-    (0..3200)
-        .map(|i| {
-            let t = f64::from(i) / f64::from(media::SAMPLE_RATE);
-            (8000.0 * (2.0 * std::f64::consts::PI * 425.0 * t).sin()) as i16
-        })
-        .collect()
+    /// The caller pressed `0` during the greeting, and an operator is configured.
+    Operator,
 }
 
 fn cseq_of(m: &Message<'_>) -> Option<u32> {
@@ -247,7 +221,7 @@ fn cseq_of(m: &Message<'_>) -> Option<u32> {
 }
 
 impl Voicemail {
-    pub fn new(sig: Arc<Signalling>) -> Self {
+    pub fn new(sig: Arc<Signalling>, directory: Arc<crate::directory::DirectoryCache>) -> Self {
         let greeting = media::wav::decode(DEFAULT_GREETING, 8000 * 60).unwrap_or_default();
         Voicemail {
             sig,
@@ -257,7 +231,30 @@ impl Voicemail {
             ring_times: std::sync::RwLock::new(HashMap::new()),
             next: AtomicU64::new(1),
             greeting,
+            prompts: Prompts::load(),
+            operator: std::sync::RwLock::new(None),
+            directory,
         }
+    }
+
+    /// Puts `[voicemail] operator` in force for the calls that start from now.
+    pub fn set_operator(&self, operator: Option<Operator>) {
+        *self.operator.write().unwrap_or_else(|p| p.into_inner()) = operator;
+    }
+
+    /// The operator a call from `caller` may be referred to (see [`zero_out`]).
+    /// The operator must still be an extension of the directory in force: one removed
+    /// (its number perhaps given to a gateway's virtual extension, a trunk) while the
+    /// server runs is referred to by no call until the config names another.
+    fn operator_for(&self, caller: &Who) -> Option<Operator> {
+        let configured = self.operator.read().unwrap_or_else(|p| p.into_inner());
+        let operator = configured.as_ref().filter(|op| {
+            self.directory
+                .get()
+                .by_number(op.extension().as_str())
+                .is_some_and(|a| a.kind == "ext")
+        });
+        zero_out(caller, operator)
     }
 
     /// The voicemail's Contact as a peer on `flow` reaches it (`<sip:voicemail@...>`).
@@ -332,11 +329,79 @@ impl Voicemail {
         callee: &str,
         fallback: Option<Vec<u8>>,
     ) {
-        let decline = |fallback: Option<Vec<u8>>| match fallback {
-            Some(bytes) => {
-                let _ = self.sig.egress.respond(key, bytes);
+        let Some((job, runtime)) = self.admit(m, bytes, key, flow, caller, callee, fallback) else {
+            return;
+        };
+        Metrics::inc(&self.sig.metrics.voicemail_calls);
+        let this = self.clone();
+        runtime.spawn(async move { this.run(job).await });
+    }
+
+    /// Takes a retrieval call (`*97` or `*98`, as [`Voicemail::retrieval_entry`] said)
+    /// into the menu: 100 now, the 200 and the menu from the call's task; the same
+    /// refusals as a deposit (488, 503, 480).
+    pub fn retrieve(
+        self: &Arc<Self>,
+        m: &Message<'_>,
+        bytes: &[u8],
+        key: &TxKey,
+        flow: &Flow,
+        caller: Who,
+        entry: policy::voicemail::menu::Entry,
+    ) {
+        let Some((mut job, runtime)) = self.admit(m, bytes, key, flow, caller, "", None) else {
+            return;
+        };
+        // A PIN-less login holds only for media from the exact address the
+        // authenticated INVITE's SDP named on the caller's own IP: anything else (a
+        // phone behind a NAT, a port rewritten) is asked for the PIN like any caller.
+        let entry = match entry {
+            policy::voicemail::menu::Entry::OwnBox {
+                mailbox,
+                authenticated_owner: true,
+            } => {
+                let exact = job.peer.sdp_on_caller_ip();
+                if exact {
+                    job.peer = job.peer.exact_only();
+                }
+                policy::voicemail::menu::Entry::OwnBox {
+                    mailbox,
+                    authenticated_owner: exact,
+                }
             }
-            None => self.respond(m, key, flow, 480, "Temporarily Unavailable"),
+            other => other,
+        };
+        Metrics::inc(&self.sig.metrics.voicemail_retrievals);
+        let this = self.clone();
+        let source = flow.remote.ip();
+        runtime.spawn(async move { this.run_menu(job, entry, source).await });
+    }
+
+    /// What a deposit and a retrieval share: the offer answered, a port pair leased,
+    /// the call entered, 100 sent. None when the call was refused (answered already).
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
+        &self,
+        m: &Message<'_>,
+        bytes: &[u8],
+        key: &TxKey,
+        flow: &Flow,
+        caller: Who,
+        callee: &str,
+        fallback: Option<Vec<u8>>,
+    ) -> Option<(Job, tokio::runtime::Handle)> {
+        let decline = |fallback: Option<Vec<u8>>| {
+            match fallback {
+                Some(bytes) => {
+                    let _ = self.sig.egress.respond(key, bytes);
+                }
+                None => self.respond(m, key, flow, 480, "Temporarily Unavailable"),
+            }
+            None
+        };
+        let refuse = |code: u16, reason: &str| {
+            self.respond(m, key, flow, code, reason);
+            None
         };
         let Some(b) = self.backend.get() else {
             return decline(fallback);
@@ -355,11 +420,17 @@ impl Voicemail {
             Metrics::inc(&self.sig.metrics.voicemail_refused);
             return decline(fallback);
         };
-        let lease = match b.pool.lease(flow.remote.ip()) {
+        // A trunk's callers all arrive from the trunk's address: they share the
+        // trunk's part of the pool, not one address's (see `crate::rtp`).
+        let share = match &caller {
+            Who::Trunk(label) => Share::Trunk(label.clone()),
+            _ => Share::Source(flow.remote.ip()),
+        };
+        let lease = match b.pool.lease(share) {
             Ok(l) => l,
             Err(_) => {
                 Metrics::inc(&self.sig.metrics.voicemail_refused);
-                return self.respond(m, key, flow, 503, "Service Unavailable");
+                return refuse(503, "Service Unavailable");
             }
         };
         let local = sdp::Local {
@@ -369,7 +440,7 @@ impl Voicemail {
         };
         let Ok((answer, negotiated)) = sdp::answer(&offer, local) else {
             Metrics::inc(&self.sig.metrics.voicemail_refused);
-            return self.respond(m, key, flow, 488, "Not Acceptable Here");
+            return refuse(488, "Not Acceptable Here");
         };
         let (Some(from), Some(to), Some(call_id), Some(invite_cseq)) = (
             m.header(Name::From).and_then(NameAddr::parse),
@@ -377,8 +448,9 @@ impl Voicemail {
             m.header(Name::CallId),
             cseq_of(m),
         ) else {
-            return self.respond(m, key, flow, 400, "Bad Request");
+            return refuse(400, "Bad Request");
         };
+        let operator = self.operator_for(&caller);
         let remote_target = m
             .header(Name::Contact)
             .and_then(|c| split_list(c).next())
@@ -389,11 +461,11 @@ impl Voicemail {
         {
             let mut st = self.lock();
             if st.by_key.contains_key(key) {
-                return;
+                return None;
             }
             if st.by_id.len() >= MAX_CALLS {
                 drop(st);
-                return self.respond(m, key, flow, 503, "Service Unavailable");
+                return refuse(503, "Service Unavailable");
             }
             st.by_key.insert(key.clone(), id);
             st.by_id.insert(
@@ -416,14 +488,13 @@ impl Voicemail {
                     fallback,
                     signals: tx,
                     bye: None,
+                    refer: None,
                     done: false,
                 },
             );
         }
         self.respond(m, key, flow, 100, "Trying");
-        Metrics::inc(&self.sig.metrics.voicemail_calls);
         let caller_text = from.uri.chars().take(128).collect::<String>();
-        let this = self.clone();
         let callee = callee.to_owned();
         let job = Job {
             id,
@@ -434,12 +505,81 @@ impl Voicemail {
             negotiated,
             answer: answer.print(),
             signals: rx,
+            operator,
         };
-        b.runtime.spawn(async move { this.run(job).await });
+        Some((job, b.runtime.clone()))
+    }
+
+    /// What a call dialling `dialled` from `caller` (digest-authenticated as that
+    /// extension) opens, if it dials a retrieval number. `on_registered_flow`: the
+    /// INVITE came on one of the caller's own registered flows; only then does `*97`
+    /// log in without a PIN (never on caller ID).
+    pub fn retrieval_entry(
+        &self,
+        dialled: &str,
+        caller: &str,
+        on_registered_flow: bool,
+    ) -> Option<Entry> {
+        let r = self.backend.get()?.retrieval.as_ref()?;
+        if dialled == r.numbers.own_box {
+            Some(Entry::OwnBox {
+                mailbox: ExtensionNumber::parse(caller).ok()?,
+                authenticated_owner: on_registered_flow,
+            })
+        } else if dialled == r.numbers.any_box {
+            Some(Entry::AnyBox)
+        } else {
+            None
+        }
+    }
+
+    /// The menu's call's task: answer, drive the menu, hang up.
+    async fn run_menu(self: Arc<Self>, mut job: Job, entry: Entry, source: IpAddr) {
+        let Some(b) = self.backend.get() else { return };
+        let Some(retrieval) = b.retrieval.as_ref() else {
+            self.decline(job.id);
+            return;
+        };
+        if !self.answer(job.id, &job.answer) {
+            return;
+        }
+        // The latch's grace window starts at the answer (see `crate::rtp`).
+        job.peer.answered(self.sig.clock.instant());
+        let Job {
+            id,
+            lease,
+            peer,
+            negotiated,
+            signals,
+            operator,
+            ..
+        } = job;
+        let session = Session::new(lease, peer, negotiated, self.sig.clone(), b.limits.no_media);
+        let left = match session {
+            Some(s) => {
+                let menu = Menu::new(MenuConfig { operator }, entry);
+                let call = MenuCall {
+                    prompts: &self.prompts,
+                    indicator: self.as_ref(),
+                    retrieval,
+                    source,
+                    silence: b.limits.silence,
+                };
+                s.retrieve(call, menu, signals).await
+            }
+            None => Left::NoMedia,
+        };
+        tracing::info!(ended = ?left, "voicemail retrieval ended");
+        match left {
+            Left::HungUp => {}
+            Left::Operator(op) => self.refer(id, &op),
+            _ => self.hang_up(id),
+        }
+        self.forget_when_done(id);
     }
 
     /// The call's task: open the message, answer, play, record, file, notify, hang up.
-    async fn run(self: Arc<Self>, job: Job) {
+    async fn run(self: Arc<Self>, mut job: Job) {
         let Some(b) = self.backend.get() else { return };
         let Some(opened) = b.deposits.begin(&job.callee).await else {
             Metrics::inc(&self.sig.metrics.voicemail_refused);
@@ -450,6 +590,8 @@ impl Voicemail {
             b.deposits.discard(opened);
             return;
         }
+        // The latch's grace window starts at the answer (see `crate::rtp`).
+        job.peer.answered(self.sig.clock.instant());
         let greeting = match b.deposits.greeting(&job.callee).await {
             Some(wav) => media::wav::decode(&wav, 8000 * 120).unwrap_or_default(),
             None => self.greeting.clone(),
@@ -464,16 +606,22 @@ impl Voicemail {
             peer,
             negotiated,
             signals,
+            operator,
             ..
         } = job;
-        let session = Session::new(lease, peer, negotiated, self.sig.clone());
+        let session = Session::new(lease, peer, negotiated, self.sig.clone(), b.limits.no_media);
         let (recorded, ended) = match session {
-            Some(s) => s.deposit(prompt, signals, b.limits).await,
+            Some(s) => {
+                s.deposit(prompt, signals, b.limits, operator.is_some())
+                    .await
+            }
             None => (Vec::new(), Ended::NoMedia),
         };
         tracing::info!(mailbox = %callee, samples = recorded.len(), ended = ?ended, "voicemail deposit ended");
-        if ended != Ended::HungUp {
-            self.hang_up(id);
+        match (ended, operator) {
+            (Ended::HungUp, _) => {}
+            (Ended::Operator, Some(op)) => self.refer(id, &op),
+            _ => self.hang_up(id),
         }
         let min = b.limits.min_message.as_millis() as usize * 8;
         if recorded.len() < min {
@@ -745,33 +893,94 @@ impl Voicemail {
             return;
         }
         self.sig.dialogs.terminating(dialog);
-        call.our_cseq += 1;
-        let flow = call.flow;
-        let branch = self.sig.branch();
-        let bytes = RequestBuilder::in_dialog(&call.dialog_state(), "BYE", call.our_cseq)
-            .via(TopVia::new(
-                flow.transport.via_token(),
-                self.sig.local(&flow),
-                &branch,
-            ))
-            .build();
-        let started = bytes.ok().and_then(|bytes| {
-            self.sig
-                .egress
-                .start(
-                    bytes,
-                    flow,
-                    Purpose::InDialog { from: None },
-                    Owner::Voicemail,
-                )
-                .ok()
-        });
-        match started {
+        match self.start_in_dialog(call, "BYE", None, &[]) {
             Some(tx) => {
                 call.bye = Some(tx);
                 st.by_tx.insert(tx, id);
             }
             None => self.sig.dialogs.end(dialog, self.sig.clock.instant()),
+        }
+    }
+
+    /// Starts our in-dialog `method` to the caller (the next CSeq, a Via of ours on the
+    /// call's flow, the `contact` and `headers` given), through the egress rule as an
+    /// in-dialog request of the voicemail: the transaction, or None when it could not
+    /// be built or sent.
+    fn start_in_dialog(
+        &self,
+        call: &mut Call,
+        method: &str,
+        contact: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Option<TxId> {
+        call.our_cseq += 1;
+        let flow = call.flow;
+        let branch = self.sig.branch();
+        let local = self.sig.local(&flow);
+        let state = call.dialog_state();
+        let mut builder = RequestBuilder::in_dialog(&state, method, call.our_cseq)
+            .via(TopVia::new(flow.transport.via_token(), local, &branch));
+        if let Some(contact) = contact {
+            builder = builder.contact(contact);
+        }
+        for (name, value) in headers {
+            builder = builder.header(name, value);
+        }
+        let bytes = builder.build().ok()?;
+        self.sig
+            .egress
+            .start(
+                bytes,
+                flow,
+                Purpose::InDialog { from: None },
+                Owner::Voicemail,
+            )
+            .ok()
+    }
+
+    /// Our REFER (RFC 3515) sending the caller to the configured operator; our BYE
+    /// follows once the REFER's transaction has ended, whatever its answer. The
+    /// `Refer-To` is built here from the configuration alone (the operator extension at
+    /// `sip.domain`, else at the address the caller reached sipward at), never from
+    /// anything the caller sent; the caller's phone then places an ordinary call of its
+    /// own, which sipward routes and holds to the caller's class like any other.
+    fn refer(&self, id: u64, operator: &Operator) {
+        let domain = self.backend.get().and_then(|b| b.domain.clone());
+        let mut st = self.lock();
+        let Some(call) = st.by_id.get_mut(&id) else {
+            return;
+        };
+        let Some(dialog) = call.dialog else { return };
+        if !self
+            .sig
+            .dialogs
+            .get(dialog)
+            .is_some_and(|d| d.phase == Phase::Confirmed)
+        {
+            return;
+        }
+        let flow = call.flow;
+        let target = operator_uri(
+            operator,
+            domain.as_deref(),
+            self.sig.bound_for(&flow),
+            &flow,
+        );
+        let contact = our_uri(self.sig.bound_for(&flow), &flow, Some("voicemail"));
+        let refer_to = format!("<{target}>");
+        let started =
+            self.start_in_dialog(call, "REFER", Some(&contact), &[("Refer-To", &refer_to)]);
+        match started {
+            Some(tx) => {
+                call.refer = Some(tx);
+                st.by_tx.insert(tx, id);
+                Metrics::inc(&self.sig.metrics.voicemail_operator_refers);
+                tracing::info!(operator = %operator.extension(), "voicemail call referred to the operator");
+            }
+            None => {
+                drop(st);
+                self.hang_up(id);
+            }
         }
     }
 
@@ -783,7 +992,7 @@ impl Voicemail {
             return;
         };
         call.done = true;
-        if call.bye.is_some() {
+        if call.bye.is_some() || call.refer.is_some() {
             return;
         }
         if let Some(d) = call.dialog {
@@ -809,6 +1018,18 @@ impl Voicemail {
         let Some(id) = st.by_tx.remove(&d.tx) else {
             return;
         };
+        if let Some(call) = st.by_id.get_mut(&id)
+            && call.refer == Some(d.tx)
+        {
+            // The REFER is answered (or never will be): now the call ends as any other.
+            call.refer = None;
+            drop(st);
+            self.hang_up(id);
+            if self.lock().by_id.get(&id).is_some_and(|c| c.done) {
+                self.forget_when_done(id);
+            }
+            return;
+        }
         if let Some(call) = st.by_id.get_mut(&id) {
             call.bye = None;
             if let Some(dialog) = call.dialog {
@@ -896,6 +1117,9 @@ impl Voicemail {
                 }
             }
             "OPTIONS" => answer(200, "OK"),
+            // The progress of a REFER to the operator (RFC 3515's implicit
+            // subscription): taken note of, nothing more.
+            "NOTIFY" => answer(200, "OK"),
             // A re-INVITE (hold, codec change) is refused: the call keeps its media.
             "INVITE" | "UPDATE" => answer(488, "Not Acceptable Here"),
             // No transfer, ever: the voicemail places no call.
@@ -905,6 +1129,43 @@ impl Voicemail {
             }
             _ => answer(501, "Not Implemented"),
         }
+    }
+}
+
+impl Indicator for Voicemail {
+    fn box_changed<'a>(&'a self, mailbox: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(b) = self.backend.get() else { return };
+            if let Some(w) = b.deposits.waiting(mailbox).await {
+                self.notify_waiting(mailbox, w);
+            }
+        })
+    }
+}
+
+/// Where `0` sends a call from `caller`: the configured operator, only for an internal,
+/// authenticated extension's call. A trunk's caller is never offered the zero-out: a
+/// REFER to a carrier is an instruction to the carrier to place a call, outside the
+/// egress rule and the class of service.
+fn zero_out(caller: &Who, configured: Option<&Operator>) -> Option<Operator> {
+    match caller {
+        Who::Extension(_) => configured.cloned(),
+        Who::Trunk(_) | Who::Sipward => None,
+    }
+}
+
+/// The operator's `Refer-To` URI: `sip:OPERATOR@DOMAIN`, or without a configured domain
+/// the operator at the address `flow`'s caller reached sipward at.
+fn operator_uri(
+    operator: &Operator,
+    domain: Option<&str>,
+    bound: SocketAddr,
+    flow: &Flow,
+) -> String {
+    let user = operator.extension().as_str();
+    match domain {
+        Some(d) => format!("sip:{user}@{d}"),
+        None => our_uri(bound, flow, Some(user)),
     }
 }
 
@@ -943,89 +1204,27 @@ struct Job {
     negotiated: sdp::Negotiated,
     answer: String,
     signals: mpsc::Receiver<Signal>,
-}
-
-/// One call's RTP: the sockets, the guard, what is sent.
-#[derive(Debug)]
-struct Session {
-    rtp: tokio::net::UdpSocket,
-    rtcp: tokio::net::UdpSocket,
-    _lease: Lease,
-    peer: RtpPeer,
-    law: Law,
-    payload_type: u8,
-    telephone_event: Option<u8>,
-    ssrc: u32,
-    sequence: u16,
-    timestamp: u32,
-    sig: Arc<Signalling>,
+    /// Where `0` refers this caller (an internal caller with an operator configured).
+    operator: Option<Operator>,
 }
 
 impl Session {
-    fn new(lease: Lease, peer: RtpPeer, n: sdp::Negotiated, sig: Arc<Signalling>) -> Option<Self> {
-        let rtp = lease.rtp.try_clone().ok()?;
-        let rtcp = lease.rtcp.try_clone().ok()?;
-        rtp.set_nonblocking(true).ok()?;
-        rtcp.set_nonblocking(true).ok()?;
-        let seed = sig.token("vm-ssrc");
-        let mut h = 0u64;
-        for b in seed.bytes() {
-            h = h.wrapping_mul(31).wrapping_add(u64::from(b));
-        }
-        Some(Session {
-            rtp: tokio::net::UdpSocket::from_std(rtp).ok()?,
-            rtcp: tokio::net::UdpSocket::from_std(rtcp).ok()?,
-            _lease: lease,
-            peer,
-            law: match n.codec {
-                Codec::Pcmu => Law::MuLaw,
-                Codec::Pcma => Law::ALaw,
-            },
-            payload_type: n.codec.payload_type(),
-            telephone_event: n.telephone_event,
-            ssrc: h as u32,
-            sequence: (h >> 32) as u16,
-            timestamp: (h >> 16) as u32,
-            sig,
-        })
-    }
-
-    async fn send_frame(&mut self, samples: &[i16], marker: bool) {
-        let payload = self.law.encode(samples);
-        let p = RtpPacket {
-            marker,
-            payload_type: self.payload_type,
-            sequence: self.sequence,
-            timestamp: self.timestamp,
-            ssrc: self.ssrc,
-            payload: &payload,
-        };
-        // Before the caller's first packet nothing is sent (see `RtpPeer::target`); the
-        // frames still count, so the greeting keeps its time.
-        if let Some(target) = self.peer.target() {
-            let _ = self.rtp.send_to(&p.build(), target).await;
-        }
-        self.sequence = self.sequence.wrapping_add(1);
-        self.timestamp = self.timestamp.wrapping_add(samples.len() as u32);
-    }
-
     /// Plays `prompt`, then records until the caller hangs up, presses `#`, goes
-    /// silent, sends nothing, or the message reaches its longest.
+    /// silent, sends nothing, or the message reaches its longest. The call lasts at
+    /// most the prompt and the longest message: digits keep it open like audio (see
+    /// [`Session::hear_rtp`]) but record nothing, so without that bound a caller typing
+    /// digits would hold it for ever.
     async fn deposit(
         mut self,
         prompt: Vec<i16>,
         mut signals: mpsc::Receiver<Signal>,
         limits: DepositLimits,
+        zero_out: bool,
     ) -> (Vec<i16>, Ended) {
-        let clock = self.sig.clock.clone();
-        let start = clock.instant();
-        let since = |now: Instant| now.saturating_duration_since(start);
-        let mut timeout = MediaTimeout::new(limits.no_media, Duration::ZERO);
         let mut silence = SilenceDetector::new(300, limits.silence);
         let mut jitter: JitterBuffer<Vec<u8>> = JitterBuffer::new(3, 64);
-        let mut digits = EventReceiver::new();
-        let mut got = Vec::new();
         let max = limits.max_message.as_millis() as usize * 8;
+        let longest = Duration::from_millis(prompt.len() as u64 / 8) + limits.max_message;
         let mut recorded: Vec<i16> = Vec::new();
         let mut played = 0usize;
         let mut recording = false;
@@ -1083,62 +1282,42 @@ impl Session {
                             break Ended::Silence;
                         }
                     }
-                    if timeout.expired(since(clock.instant())) {
+                    if self.media_expired() {
                         break Ended::NoMedia;
+                    }
+                    if self.elapsed() >= longest {
+                        break Ended::MaxLength;
                     }
                 }
                 r = self.rtp.recv_from(&mut buf) => {
-                    let Ok((n, from)) = r else { continue };
-                    match self.peer.judge(from) {
-                        Verdict::Refuse => {
-                            metrics.rtp_dropped(RtpDrop::WrongSource);
-                            continue;
+                    match self.hear_rtp(r, &buf).await {
+                        Heard::Audio { sequence, payload } => {
+                            let _ = jitter.push(sequence, payload.to_vec());
                         }
-                        // Latched: the socket is connected to the peer, so the kernel
-                        // drops every other source's datagrams before they take room in
-                        // its queue or cost a wake-up (a flood to an open port then
-                        // cannot crowd out the caller's audio).
-                        Verdict::Latch => {
-                            let _ = self.rtp.connect(from).await;
+                        Heard::Digits(got) => {
+                            for _ in &got {
+                                Metrics::inc(&metrics.voicemail_digits);
+                            }
+                            if recording && got.contains(&'#') {
+                                break Ended::Pound;
+                            }
+                            if zero_out && !recording && got.contains(&'0') {
+                                break Ended::Operator;
+                            }
                         }
-                        Verdict::Take => {}
-                    }
-                    let Ok(p) = RtpPacket::parse(&buf[..n]) else {
-                        metrics.rtp_dropped(RtpDrop::Malformed);
-                        continue;
-                    };
-                    if p.payload_type == self.payload_type {
-                        // Only audio is media: RTCP, digits or another payload type
-                        // alone would hold the call and its ports for ever.
-                        timeout.packet(since(clock.instant()));
-                        let _ = jitter.push(p.sequence, p.payload.to_vec());
-                    } else if Some(p.payload_type) == self.telephone_event {
-                        digits.receive(p.timestamp, p.payload, &mut got);
-                        for _ in &got {
-                            Metrics::inc(&metrics.voicemail_digits);
-                        }
-                        if recording && got.contains(&'#') {
-                            break Ended::Pound;
-                        }
-                        got.clear();
-                    } else {
-                        metrics.rtp_dropped(RtpDrop::UnexpectedPayload);
+                        Heard::Nothing => {}
                     }
                 }
-                r = self.rtcp.recv_from(&mut rtcp_buf) => {
-                    let Ok((n, from)) = r else { continue };
-                    if !self.peer.rtcp_from(from) {
-                        metrics.rtp_dropped(RtpDrop::WrongSource);
-                    } else if media::rtcp::parse(&rtcp_buf[..n]).is_err() {
-                        metrics.rtp_dropped(RtpDrop::Malformed);
-                    }
-                }
+                r = self.rtcp.recv_from(&mut rtcp_buf) => self.hear_rtcp(r, &rtcp_buf),
                 s = signals.recv() => match s {
                     Some(Signal::HungUp) | None => break Ended::HungUp,
                     Some(Signal::Digit(d)) => {
                         Metrics::inc(&metrics.voicemail_digits);
                         if d == '#' && recording {
                             break Ended::Pound;
+                        }
+                        if d == '0' && zero_out && !recording {
+                            break Ended::Operator;
                         }
                     }
                 },
@@ -1154,16 +1333,7 @@ impl Session {
                 }
             }
         }
-        if let Some(target) = self.peer.target() {
-            let bye = media::rtcp::bye(self.ssrc, "sipward");
-            let _ = self
-                .rtcp
-                .send_to(
-                    &bye,
-                    SocketAddr::new(target.ip(), target.port().wrapping_add(1)),
-                )
-                .await;
-        }
+        self.close().await;
         (recorded, ended)
     }
 }
@@ -1176,15 +1346,22 @@ mod tests {
     fn the_voicemail_has_no_path_to_a_trunk() {
         // The invariant at the top of this file, held by reading it: no trunk, B2BUA
         // or proxy, and no client transaction but a BYE of its own and NOTIFYs.
-        let source = include_str!("voicemail.rs");
-        let code: String = source
-            .split("#[cfg(test)]")
-            .next()
-            .unwrap_or(source)
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("//"))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let code: String = [
+            include_str!("voicemail.rs"),
+            include_str!("voicemail/call.rs"),
+            include_str!("voicemail/retrieval.rs"),
+        ]
+        .iter()
+        .flat_map(|source| {
+            source
+                .split("#[cfg(test)]")
+                .next()
+                .unwrap_or(source)
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
         for forbidden in [
             concat!("crate::", "b2bua"),
             concat!("crate::", "trunk"),
@@ -1201,11 +1378,60 @@ mod tests {
         assert_eq!(
             flat.matches("egress.start(").count(),
             2,
-            "one BYE and the NOTIFYs, nothing else"
+            "requests in the call's own dialog and the NOTIFYs, nothing else"
         );
-        assert!(flat.contains("Purpose::InDialog{from:None},Owner::Voicemail"));
+        assert_eq!(
+            flat.matches("Purpose::InDialog{from:None},Owner::Voicemail")
+                .count(),
+            1,
+            "the call's requests are in its own dialog"
+        );
+        assert_eq!(
+            flat.matches("self.start_in_dialog(call,").count(),
+            2,
+            "the call's requests: a BYE and a REFER"
+        );
+        assert!(flat.contains("self.start_in_dialog(call,\"BYE\",None,&[])"));
+        // The REFER's one Refer-To is the configured operator, built by `operator_uri`
+        // from an `Operator` (which only the configuration makes).
+        assert_eq!(flat.matches(",\"REFER\",").count(), 1, "one REFER built");
+        assert_eq!(flat.matches("\"Refer-To\"").count(), 1);
+        assert!(flat.contains("letrefer_to=format!(\"<{target}>\");"));
+        assert!(flat.contains("&[(\"Refer-To\",&refer_to)]"));
+        assert!(flat.contains("lettarget=operator_uri(operator,"));
+        assert!(flat.contains("fnrefer(&self,id:u64,operator:&Operator)"));
         assert!(flat.contains("Purpose::Registration{number},Owner::Notify"));
         assert!(!flat.contains("Purpose::Callee"));
+    }
+
+    #[test]
+    fn only_an_internal_caller_is_offered_the_operator() {
+        let op = Operator::configured(ExtensionNumber::parse("100").expect("number"));
+        assert_eq!(
+            zero_out(&Who::Extension("1001".into()), Some(&op)),
+            Some(op.clone())
+        );
+        assert_eq!(zero_out(&Who::Extension("1001".into()), None), None);
+        assert_eq!(
+            zero_out(&Who::Trunk("gateway:pstn".into()), Some(&op)),
+            None
+        );
+        assert_eq!(zero_out(&Who::Sipward, Some(&op)), None);
+    }
+
+    #[test]
+    fn the_operator_is_reached_at_the_configured_domain_or_at_sipward_itself() {
+        let op = Operator::configured(ExtensionNumber::parse("100").expect("number"));
+        let bound: SocketAddr = "192.0.2.10:5060".parse().expect("addr");
+        let flow = Flow::udp("198.51.100.7:5062".parse().expect("addr"));
+        assert_eq!(
+            operator_uri(&op, Some("pbx.example.com"), bound, &flow),
+            "sip:100@pbx.example.com"
+        );
+        assert_eq!(
+            operator_uri(&op, None, bound, &flow),
+            "sip:100@192.0.2.10:5060"
+        );
     }
 
     #[test]

@@ -302,7 +302,8 @@ impl Ua {
     fn sdp(&self) -> String {
         let ip = self.addr.ip();
         format!(
-            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\n",
+            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {} RTP/AVP 0 101\r\n\
+             a=rtpmap:101 telephone-event/8000\r\n",
             self.addr.port() + 2
         )
     }
@@ -464,6 +465,8 @@ struct Setup {
     voicemail: Option<Arc<dyn pbx::voicemail::Deposits>>,
     /// Hops on (`[cluster] internal` on 127.0.0.1, a port of the OS's choosing).
     internal: bool,
+    /// Retrieval (`*97`, `*98`) on, with these boxes.
+    retrieval: Option<Arc<dyn pbx::voicemail::Boxes>>,
 }
 
 async fn start(setup: Setup) -> Pbx {
@@ -578,8 +581,12 @@ async fn start(setup: Setup) -> Pbx {
                 rtp: pbx::rtp::RtpConfig {
                     ports: 31000..=31999,
                     ports_per_source: 4,
+                    ports_per_trunk: None,
                 },
                 limits: pbx::voicemail::DepositLimits::default(),
+                boxes: None,
+                any_box: "*98".into(),
+                operator: None,
             }),
     };
     let keys = ServerKeys {
@@ -587,6 +594,10 @@ async fn start(setup: Setup) -> Pbx {
         dummy: [2; 32],
         notify: [3; 32],
     };
+    let mut cfg = cfg;
+    if let Some(vm) = cfg.voicemail.as_mut() {
+        vm.boxes = setup.retrieval.clone();
+    }
     let bound = pbx::server::bind(registry.clone(), cfg, keys, clock.clone())
         .await
         .expect("bind");
@@ -1921,9 +1932,12 @@ async fn a_call_to_an_extension_without_a_phone_leaves_a_message_with_the_sent_a
     let rtp_to = SocketAddr::from(([127, 0, 0, 1], sdp_port(body)));
     phone.in_dialog(&out, &ok, "ACK", out.cseq).await;
 
-    // The phone's RTP comes from another port than its SDP named (as behind NAT): the
-    // first packet from the signalling IP latches the call to it. A stranger's packets
-    // (one sent before the phone's first) never latch and never reach the message.
+    // The phone's RTP comes from another port than its SDP named, on the IP its SDP
+    // names (a NAT or ALG that rewrites the address and not the port): for the grace
+    // after the answer only the SDP's port latches, then the first packet from the
+    // signalling IP latches the call to it (the clock is moved past the grace half a
+    // second in, while the greeting plays). A stranger's packets (one sent before the
+    // phone's first) never latch and never reach the message.
     let stranger = UdpSocket::bind("127.0.0.9:0").await.expect("bind");
     let rtp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
     let heard = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1961,6 +1975,9 @@ async fn a_call_to_an_extension_without_a_phone_leaves_a_message_with_the_sent_a
         .build();
         if i % 10 == 0 {
             stranger.send_to(&packet, rtp_to).await.expect("send");
+        }
+        if i == 25 {
+            pbx.clock.advance(pbx::rtp::LATCH_GRACE);
         }
         rtp.send_to(&packet, rtp_to).await.expect("send");
         sent.push(payload);
@@ -2009,6 +2026,86 @@ async fn a_call_to_an_extension_without_a_phone_leaves_a_message_with_the_sent_a
         pbx.metric("sipward_rtp_ports_in_use") == 0
     })
     .await;
+}
+
+/// Digits are media (they keep a call open like audio), but a deposit records none of
+/// them: a caller who sends only RFC 4733 digits outlives the no-media time, and is
+/// ended once the greeting and the longest message have passed on the clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_held_open_by_digits_alone_ends_at_its_longest() {
+    let boxes_dir = tempfile::tempdir().expect("tmp");
+    let boxes = Arc::new(Boxes {
+        dir: boxes_dir.path().to_owned(),
+        filed: Mutex::new(Vec::new()),
+    });
+    let pbx = start(Setup {
+        extensions: vec![("1001", "internal"), ("1002", "internal")],
+        voicemail: Some(boxes.clone()),
+        ..Setup::default()
+    })
+    .await;
+    let phone = Ua::bind("127.0.0.1", pbx.sip, "1001").await;
+    phone.register().await;
+    let out = phone.invite("1002", "").await;
+    let ok = phone.answer_to(&out, |c| c == 200).await;
+    let body = ok.split("\r\n\r\n").nth(1).unwrap_or("");
+    assert!(body.contains("telephone-event"), "{body}");
+    let rtp_to = SocketAddr::from(([127, 0, 0, 1], sdp_port(body)));
+    phone.in_dialog(&out, &ok, "ACK", out.cseq).await;
+    // From the port its SDP names, as a phone does: the latch's grace takes only that
+    // port on the caller's IP (any other port only after it).
+    let rtp = UdpSocket::bind(SocketAddr::new(phone.addr.ip(), phone.addr.port() + 2))
+        .await
+        .expect("bind");
+    let bye = |m: &str| m.starts_with("BYE ") && header(m, "Call-ID") == Some(&out.call_id);
+    // One `5` (a new event each time) every 5 s of the clock (a packet taken just
+    // before or just after the clock moves leaves gaps of at most 10 s): never audio.
+    let digit = |i: u16| {
+        let payload = media::dtmf::Event {
+            event: 5,
+            end: true,
+            volume: 10,
+            duration: 800,
+        }
+        .build();
+        media::rtp::RtpPacket {
+            marker: true,
+            payload_type: 101,
+            sequence: 2000 + i,
+            timestamp: 9000 + u32::from(i) * 4000,
+            ssrc: 78,
+            payload: &payload,
+        }
+        .build()
+    };
+    for i in 0..12u16 {
+        rtp.send_to(&digit(i), rtp_to).await.expect("send");
+        pbx.advance(Duration::from_secs(5)).await;
+    }
+    assert!(
+        phone
+            .try_wait(Duration::from_millis(200), bye)
+            .await
+            .is_none(),
+        "60 s of digits alone: still up (the no-media time is 20 s)"
+    );
+    // The last digit at 170 s; at 185 s the greeting (2.75 s) and the longest message
+    // (180 s) are over, while the no-media time (20 s after the last digit) is not.
+    for i in 12..35u16 {
+        rtp.send_to(&digit(i), rtp_to).await.expect("send");
+        pbx.advance(Duration::from_secs(5)).await;
+    }
+    until("every digit taken", || {
+        pbx.metric("sipward_voicemail_digits_total") == 35
+    })
+    .await;
+    pbx.advance(Duration::from_secs(10)).await;
+    phone.wait("the box's BYE after its longest", bye).await;
+    assert_eq!(
+        pbx.metric("sipward_voicemail_messages_total"),
+        0,
+        "digits are no message"
+    );
 }
 
 /// A server with voicemail filing into a temporary directory, and phones of 1001 and
@@ -2301,4 +2398,305 @@ async fn a_hop_reaches_this_nodes_phone_only_with_a_live_nodes_fresh_unseen_proo
         .await;
     b.wait("404 to a hop for no extension", refused(404)).await;
     assert!(gw.quiet(|_| true).await, "no trunk is reached by a hop");
+}
+
+/// Box 1002 for the menu: PIN 482913, one new message; what the menu asked of it.
+#[derive(Debug, Default)]
+struct Menus {
+    /// (box, the owner's login rather than a PIN, granted) of each login.
+    logins: Mutex<Vec<(String, bool, bool)>>,
+    deleted: Mutex<Vec<String>>,
+    /// Answers a PIN login this much later (a locked box's slower path, say).
+    slow: Mutex<Duration>,
+}
+
+impl pbx::voicemail::Boxes for Menus {
+    fn login(
+        &self,
+        mailbox: &str,
+        credential: policy::voicemail::Credential,
+        _: std::net::IpAddr,
+    ) -> pbx::voicemail::BoxFuture<'_, policy::voicemail::Login> {
+        let mailbox = mailbox.to_owned();
+        Box::pin(async move {
+            let slow = *self.slow.lock().expect("slow");
+            tokio::time::sleep(slow).await;
+            let (owner, granted) = match &credential {
+                policy::voicemail::Credential::AuthenticatedOwner => (true, true),
+                policy::voicemail::Credential::Pin(p) => {
+                    (false, mailbox == "1002" && p.expose() == "482913")
+                }
+            };
+            self.logins
+                .lock()
+                .expect("logins")
+                .push((mailbox, owner, granted));
+            if granted {
+                policy::voicemail::Login::Granted {
+                    must_change_pin: false,
+                }
+            } else {
+                policy::voicemail::Login::Refused
+            }
+        })
+    }
+    fn messages(
+        &self,
+        _: &str,
+    ) -> pbx::voicemail::BoxFuture<'_, Option<Vec<policy::voicemail::MessageView>>> {
+        Box::pin(async move {
+            let gone = !self.deleted.lock().expect("deleted").is_empty();
+            Some(if gone {
+                Vec::new()
+            } else {
+                vec![policy::voicemail::MessageView {
+                    id: "m1".into(),
+                    received_at: 1,
+                    duration_ms: 500,
+                    caller: "sip:1001@sipward".into(),
+                    folder: policy::voicemail::Folder::New,
+                }]
+            })
+        })
+    }
+    fn recording(&self, _: &str, _: &str) -> pbx::voicemail::BoxFuture<'_, Option<Vec<u8>>> {
+        Box::pin(async { Some(media::wav::encode(&[1000; 4000])) })
+    }
+    fn delete(
+        &self,
+        _: &str,
+        id: &str,
+        _: std::net::IpAddr,
+    ) -> pbx::voicemail::BoxFuture<'_, bool> {
+        let id = id.to_owned();
+        Box::pin(async move {
+            self.deleted.lock().expect("deleted").push(id);
+            true
+        })
+    }
+    fn save(&self, _: &str, _: &str, _: std::net::IpAddr) -> pbx::voicemail::BoxFuture<'_, bool> {
+        Box::pin(async { true })
+    }
+    fn change_pin(
+        &self,
+        _: &str,
+        _: policy::Secret,
+        _: std::net::IpAddr,
+    ) -> pbx::voicemail::BoxFuture<'_, policy::voicemail::PinChange> {
+        Box::pin(async { policy::voicemail::PinChange::Changed })
+    }
+    fn set_greeting(
+        &self,
+        _: &str,
+        _: Vec<u8>,
+        _: std::net::IpAddr,
+    ) -> pbx::voicemail::BoxFuture<'_, bool> {
+        Box::pin(async { true })
+    }
+}
+
+/// A digit by SIP INFO `application/dtmf-relay` in the call's dialog.
+async fn info_digit(ua: &Ua, out: &Outgoing, answer: &str, cseq: u32, digit: char) {
+    let target = header(answer, "Contact")
+        .map(|c| {
+            c.trim_start_matches('<')
+                .split('>')
+                .next()
+                .unwrap_or(c)
+                .to_owned()
+        })
+        .unwrap_or_else(|| out.ruri.clone());
+    let body = format!("Signal={digit}\r\nDuration=160\r\n");
+    let text = format!(
+        "INFO {target} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\n\
+         Call-ID: {}\r\nCSeq: {cseq} INFO\r\nContent-Type: application/dtmf-relay\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        ua.via(&ua.next("z9hG4bKinfo")),
+        out.from,
+        header(answer, "To").unwrap_or(&out.to),
+        out.call_id,
+        body.len(),
+    );
+    ua.send(&text).await;
+    ua.wait("200 to INFO", |m| {
+        status(m) == 200 && header(m, "CSeq") == Some(&format!("{cseq} INFO"))
+    })
+    .await;
+}
+
+/// A menu call answered: the 200, and a socket that records when each prompt (an RTP
+/// packet with the marker bit) started.
+async fn menu_call(ua: &Ua, dialled: &str) -> (Outgoing, String, Arc<Mutex<Vec<Instant>>>) {
+    let out = ua.invite(dialled, "").await;
+    let ok = ua.answer_to(&out, |c| c >= 200).await;
+    assert_eq!(status(&ok), 200, "the menu answers: {ok}");
+    ua.in_dialog(&out, &ok, "ACK", out.cseq).await;
+    let body = ok.split("\r\n\r\n").nth(1).unwrap_or("");
+    let rtp_to = SocketAddr::new(ua.pbx.ip(), sdp_port(body));
+    // From the phone's own address and the port its SDP names: the RTP guard latches
+    // only to the signalling IP, and during its grace only to that port.
+    let rtp = Arc::new(
+        UdpSocket::bind(SocketAddr::new(ua.addr.ip(), ua.addr.port() + 2))
+            .await
+            .expect("bind"),
+    );
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    {
+        let (rtp, starts) = (rtp.clone(), starts.clone());
+        tokio::spawn(async move {
+            // Keeps the call's media alive and latches it to this socket.
+            let keep = rtp.clone();
+            tokio::spawn(async move {
+                for i in 0..1500u16 {
+                    let payload = [0xffu8; 160];
+                    let p = media::rtp::RtpPacket {
+                        marker: false,
+                        payload_type: 0,
+                        sequence: i,
+                        timestamp: u32::from(i) * 160,
+                        ssrc: 9,
+                        payload: &payload,
+                    }
+                    .build();
+                    if keep.send_to(&p, rtp_to).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+            let mut buf = [0u8; 2048];
+            while let Ok((n, _)) = rtp.recv_from(&mut buf).await {
+                if media::rtp::RtpPacket::parse(&buf[..n]).is_ok_and(|p| p.marker) {
+                    starts.lock().expect("starts").push(Instant::now());
+                }
+            }
+        });
+    }
+    (out, ok, starts)
+}
+
+/// How long after `since` the next prompt started.
+async fn next_prompt(starts: &Mutex<Vec<Instant>>, since: Instant) -> Duration {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(t) = starts.lock().expect("starts").iter().find(|t| **t > since) {
+            return *t - since;
+        }
+        assert!(Instant::now() < deadline, "no prompt after the entry");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn with_menus() -> (Pbx, Ua, Arc<Menus>, tempfile::TempDir) {
+    let boxes_dir = tempfile::tempdir().expect("tmp");
+    let boxes = Arc::new(Boxes {
+        dir: boxes_dir.path().to_owned(),
+        filed: Mutex::new(Vec::new()),
+    });
+    let menus = Arc::new(Menus::default());
+    let pbx = start(Setup {
+        extensions: vec![("1001", "internal"), ("1002", "internal")],
+        voicemail: Some(boxes),
+        retrieval: Some(menus.clone()),
+        ..Setup::default()
+    })
+    .await;
+    let phone = Ua::bind("127.0.0.1", pbx.sip, "1002").await;
+    phone.register().await;
+    (pbx, phone, menus, boxes_dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn star_97_from_the_owners_registered_phone_opens_its_box_and_a_delete_turns_the_light_off() {
+    let (pbx, phone, menus, _dir) = with_menus().await;
+    let (out, ok, _starts) = menu_call(&phone, "*97").await;
+    until("the owner's login", || {
+        !menus.logins.lock().expect("l").is_empty()
+    })
+    .await;
+    assert_eq!(
+        menus.logins.lock().expect("l")[0],
+        ("1002".to_owned(), true, true),
+        "no PIN for the authenticated owner on its registered flow"
+    );
+    // `1` listens to the first message, `7` deletes it.
+    info_digit(&phone, &out, &ok, out.cseq + 1, '1').await;
+    info_digit(&phone, &out, &ok, out.cseq + 2, '7').await;
+    until("the message deleted", || {
+        menus.deleted.lock().expect("d").as_slice() == ["m1"]
+    })
+    .await;
+    phone
+        .wait("the light goes off", |m| {
+            method(m) == Some("NOTIFY") && m.contains("Messages-Waiting: no")
+        })
+        .await;
+    assert_eq!(pbx.metric("sipward_voicemail_retrievals_total"), 1);
+    phone.in_dialog(&out, &ok, "BYE", out.cseq + 3).await;
+    until("the port is given back", || {
+        pbx.metric("sipward_rtp_ports_in_use") == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn star_97_from_another_address_asks_for_the_pin() {
+    let (_pbx, phone, menus, _dir) = with_menus().await;
+    // The same account's credentials, but not from the flow it registered on.
+    let elsewhere = Ua::bind("127.0.0.2", phone.pbx, "1002").await;
+    let (out, ok, starts) = menu_call(&elsewhere, "*97").await;
+    let t = Instant::now();
+    for d in "482913#".chars().enumerate() {
+        info_digit(&elsewhere, &out, &ok, out.cseq + 1 + d.0 as u32, d.1).await;
+    }
+    until("a PIN login", || {
+        !menus.logins.lock().expect("l").is_empty()
+    })
+    .await;
+    assert_eq!(
+        menus.logins.lock().expect("l")[0],
+        ("1002".to_owned(), false, true),
+        "asked for the PIN, not let in as the owner"
+    );
+    next_prompt(&starts, t).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_pin_is_answered_after_the_same_delay_however_long_the_login_took() {
+    let (pbx, phone, menus, _dir) = with_menus().await;
+    let (out, ok, starts) = menu_call(&phone, "*98").await;
+    let mut cseq = out.cseq;
+    let mut typed = |digits: &'static str| {
+        let v: Vec<(u32, char)> = digits
+            .chars()
+            .map(|d| {
+                cseq += 1;
+                (cseq, d)
+            })
+            .collect();
+        v
+    };
+    let mut delays = Vec::new();
+    for slow in [0u64, 600] {
+        *menus.slow.lock().expect("slow") = Duration::from_millis(slow);
+        for (c, d) in typed("1002#1111") {
+            info_digit(&phone, &out, &ok, c, d).await;
+        }
+        // Every earlier prompt has started by now.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (c, d) = typed("#")[0];
+        let at = Instant::now();
+        info_digit(&phone, &out, &ok, c, d).await;
+        delays.push(next_prompt(&starts, at).await);
+    }
+    let wait = pbx::voicemail::retrieval::REFUSAL_DELAY;
+    for d in &delays {
+        assert!(
+            *d >= wait - Duration::from_millis(50) && *d < wait + Duration::from_millis(300),
+            "refusal after {d:?}, not {wait:?}"
+        );
+    }
+    let spread = delays[0].abs_diff(delays[1]);
+    assert!(spread < Duration::from_millis(150), "{delays:?}");
+    assert_eq!(pbx.metric("sipward_voicemail_logins_refused_total"), 2);
 }

@@ -20,9 +20,9 @@ use crate::pin;
 /// A mailbox's counted failures and lock, as stored.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LockState {
-    /// Wrong PINs counted in the current window.
+    /// Wrong PINs counted (a leaky bucket, see [`Lockout::after_failure`]).
     pub failures: u32,
-    /// When the current counting window began (Unix seconds; 0: none).
+    /// When the count last leaked, or began (Unix seconds; 0: none).
     pub window_start: i64,
     /// The box refuses every PIN until then (Unix seconds; 0: not locked).
     pub locked_until: i64,
@@ -53,8 +53,9 @@ pub struct Lockout {
 
 impl Default for Lockout {
     /// Five wrong PINs in 15 minutes lock the box for an hour; the third lock within a
-    /// day of the one before lasts a day. A patient guesser gets five tries an hour at
-    /// first and five a day after, against a million six-digit PINs.
+    /// day of the one before lasts a day. A guesser who sets the lock off gets five
+    /// tries an hour at first and five a day after; one who never does, one try per 15
+    /// minutes (the count leaks), against a million six-digit PINs.
     fn default() -> Self {
         Self {
             failures: 5,
@@ -74,16 +75,34 @@ impl Lockout {
     }
 
     /// The state after a wrong PIN at `now`. A wrong PIN while locked changes nothing
-    /// (the lock neither grows nor ends; the guard still counts the source). A failure
-    /// outside the window starts a new one; the `failures`th within it locks the box.
+    /// (the lock neither grows nor ends; the guard still counts the source). The count
+    /// is a leaky bucket: one failure leaks out per `window_secs` since the last leak
+    /// (`window_start`), and the `failures`th one counted locks the box. So five wrong
+    /// PINs within 15 minutes lock it, and so do five spread around the edge of any
+    /// 15 minutes (a window that restarted at its end let a guesser type four per
+    /// window for ever); a guesser who never fills the bucket gets one try per window
+    /// after the first four (96 a day with the defaults), the guard's per-source count
+    /// besides.
     pub fn after_failure(&self, s: &LockState, now: i64) -> LockState {
         if self.is_locked(s, now) {
             return *s;
         }
         let mut next = *s;
-        if s.failures == 0 || now.saturating_sub(s.window_start) >= self.window_secs {
-            next.failures = 0;
+        if s.failures == 0 {
             next.window_start = now;
+        } else {
+            let elapsed = now.saturating_sub(s.window_start).max(0);
+            let leaked = elapsed.checked_div(self.window_secs).unwrap_or(i64::MAX);
+            if leaked > 0 {
+                let left = u32::try_from(leaked).map_or(0, |n| s.failures.saturating_sub(n));
+                next.failures = left;
+                next.window_start = if left == 0 {
+                    now
+                } else {
+                    s.window_start
+                        .saturating_add(leaked.saturating_mul(self.window_secs))
+                };
+            }
         }
         next.failures = next.failures.saturating_add(1);
         if next.failures >= self.failures {
@@ -286,15 +305,37 @@ mod tests {
     }
 
     #[test]
-    fn failures_spread_beyond_the_window_do_not_lock() {
+    fn one_failure_leaks_out_per_window_and_no_more() {
         let l = Lockout::default();
-        // One every 4 minutes: the window restarts before the fifth.
-        let s = fail_n(&l, LockState::default(), 20, T, 240);
-        assert!(!l.is_locked(&s, T + 20 * 240));
-        assert_eq!(s.lock_level, 0);
-        // Control: the same count, one a minute, locks.
-        let s = fail_n(&l, LockState::default(), 5, T, 60);
-        assert!(l.is_locked(&s, T + 300));
+        // One per window, for a day: each leaks out before the next comes.
+        let s = fail_n(&l, LockState::default(), 96, T, 900);
+        assert!(!l.is_locked(&s, T + 96 * 900));
+        assert_eq!((s.lock_level, s.failures), (0, 1));
+        // Four per window for ever (the hole of a window that restarted at its end):
+        // one leaks per window, so the bucket fills in the second window.
+        let mut s = LockState::default();
+        let mut locked_in = None;
+        for window in 0..8i64 {
+            for i in 0..4 {
+                s = l.after_failure(&s, T + window * 900 + i * 10);
+                if locked_in.is_none() && l.is_locked(&s, T + window * 900 + i * 10) {
+                    locked_in = Some(window);
+                }
+            }
+        }
+        assert_eq!(
+            locked_in,
+            Some(1),
+            "four a window lock in the second window"
+        );
+        // One every 4 minutes: a failure leaks every 15, the fifth counted locks.
+        let s = fail_n(&l, LockState::default(), 7, T, 240);
+        assert!(l.is_locked(&s, T + 6 * 240));
+        // Control: four, one a minute, and a fifth after the window: not locked.
+        let s = fail_n(&l, LockState::default(), 4, T, 60);
+        let s = l.after_failure(&s, T + 900);
+        assert!(!l.is_locked(&s, T + 900));
+        assert_eq!(s.failures, 4);
     }
 
     #[test]

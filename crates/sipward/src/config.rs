@@ -34,6 +34,16 @@ struct RawConfig {
     cluster: RawCluster,
     store: RawStore,
     media: Option<RawMedia>,
+    voicemail: RawVoicemail,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawVoicemail {
+    /// The internal extension `0` sends an internal caller to from the voicemail (a
+    /// REFER to `sip:NUMBER@DOMAIN`); absent: `0` does nothing special. `serve` refuses
+    /// a number that is not an extension of this system.
+    operator: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +77,9 @@ struct RawMedia {
     rtp_ports: Option<String>,
     /// Calls one source address may hold ports for at once (more are answered 503).
     rtp_ports_per_source: Option<usize>,
+    /// Calls the callers of one trunk (who all arrive from its address) may hold ports
+    /// for at once; default half the range's pairs.
+    rtp_ports_per_trunk: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -349,6 +362,10 @@ pub struct Config {
     /// `[media]`: the RTP port range and each source's share of it. None (no `[media]`
     /// section): voicemail is off and no RTP port is ever opened.
     pub rtp: Option<pbx::rtp::RtpConfig>,
+    /// `[voicemail] operator`, a well-formed extension number; whether it is one of
+    /// this system's extensions is [`voicemail_operator`]'s to say (it needs the
+    /// database).
+    pub voicemail_operator: Option<policy::fields::ExtensionNumber>,
 }
 
 impl Config {
@@ -615,6 +632,18 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
         &provisioning,
         domain.as_deref(),
     )?;
+    let voicemail_operator = raw
+        .voicemail
+        .operator
+        .as_deref()
+        .map(|n| {
+            policy::fields::ExtensionNumber::parse(n).map_err(|e| {
+                OperatorError(format!(
+                    "voicemail.operator must name an internal extension: {e}"
+                ))
+            })
+        })
+        .transpose()?;
     let node = raw
         .cluster
         .node
@@ -655,7 +684,42 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
         log_filter: raw.log.filter,
         database,
         version_poll,
+        voicemail_operator,
     })
+}
+
+/// The voicemail's operator (`[voicemail] operator`) once it is known to be an
+/// internal extension of this system: an extension (not a fax, not a gateway's virtual
+/// extension) that the dial plan takes for internal. Anything else (a PSTN number, an
+/// emergency number, a number nobody has) is refused with a sentence naming the key:
+/// `0` in the voicemail must never lead outside.
+pub async fn voicemail_operator(
+    config: &Config,
+    reg: &accounts::Registry,
+) -> anyhow::Result<Option<policy::voicemail::menu::Operator>> {
+    let Some(number) = &config.voicemail_operator else {
+        return Ok(None);
+    };
+    let refused = |why: &str| -> anyhow::Error {
+        OperatorError(format!(
+            "voicemail.operator = \"{}\" {why}: it must name an internal extension of this system",
+            number.as_str()
+        ))
+        .into()
+    };
+    let internal = config.settings.dialplan.dialled(number.as_str(), |_| true)
+        == policy::dialplan::Dialled::Internal;
+    if !internal {
+        return Err(refused("is an emergency number"));
+    }
+    match reg.get_extension(number.as_str()).await {
+        Ok(e) if e.kind == accounts::extension::ExtensionKind::User => Ok(Some(
+            policy::voicemail::menu::Operator::configured(number.clone()),
+        )),
+        Ok(_) => Err(refused("is a fax extension")),
+        Err(accounts::Error::NotFound { .. }) => Err(refused("is no extension")),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot check voicemail.operator")),
+    }
 }
 
 /// Addresses or CIDR networks of a list setting.
@@ -811,10 +875,22 @@ fn rtp(raw: &RawMedia) -> anyhow::Result<pbx::rtp::RtpConfig> {
             OperatorError("media.rtp_ports_per_source must be between 1 and 64".into()).into(),
         );
     }
-    Ok(pbx::rtp::RtpConfig {
+    let config = pbx::rtp::RtpConfig {
         ports,
         ports_per_source: per_source,
-    })
+        ports_per_trunk: raw.rtp_ports_per_trunk,
+    };
+    if let Some(per_trunk) = raw.rtp_ports_per_trunk
+        && !(per_source..=config.pairs()).contains(&per_trunk)
+    {
+        return Err(OperatorError(format!(
+            "media.rtp_ports_per_trunk must be between media.rtp_ports_per_source ({per_source}) \
+             and the pairs of media.rtp_ports ({})",
+            config.pairs()
+        ))
+        .into());
+    }
+    Ok(config)
 }
 
 /// The SIP TCP limits from `[sip]`, with the prefixes of `[guard]`.
@@ -1041,6 +1117,25 @@ mod tests {
     }
 
     #[test]
+    fn the_voicemail_operator_is_an_extension_number_or_refused_naming_the_key() {
+        assert_eq!(config("").expect("defaults").voicemail_operator, None);
+        let c = config("[voicemail]\noperator = \"100\"\n").expect("an extension number");
+        assert_eq!(
+            c.voicemail_operator.map(|n| n.as_str().to_owned()),
+            Some("100".into())
+        );
+        for bad in ["9XX", "+442079460000", "004420794600", "", "1"] {
+            let e = config(&format!("[voicemail]\noperator = \"{bad}\"\n"))
+                .expect_err("not an extension number");
+            assert!(e.to_string().contains("voicemail.operator"), "{bad}: {e}");
+        }
+        assert!(
+            config("[voicemail]\ncallback = \"1\"\n").is_err(),
+            "unknown keys"
+        );
+    }
+
+    #[test]
     fn defaults() {
         let c = config("").expect("valid");
         assert_eq!(c.settings.realm, "sipward");
@@ -1064,6 +1159,14 @@ mod tests {
         let rtp = media.rtp.expect("[media] given");
         assert_eq!(rtp.ports, 30000..=30099);
         assert_eq!(rtp.ports_per_source, 2);
+        assert_eq!(
+            rtp.trunk_share(),
+            25,
+            "a trunk's callers: half the 50 pairs"
+        );
+        let trunk = config("[media]\nrtp_ports = \"30000-30099\"\nrtp_ports_per_trunk = 40\n")
+            .expect("valid");
+        assert_eq!(trunk.rtp.expect("[media] given").trunk_share(), 40);
         assert_eq!(
             config("[media]\n").expect("valid").rtp,
             Some(pbx::rtp::RtpConfig::default())
@@ -1186,6 +1289,8 @@ mod tests {
             "[media]\nrtp_ports = \"80-2000\"\n",
             "[media]\nrtp_ports = \"10000-70000\"\n",
             "[media]\nrtp_ports_per_source = 0\n",
+            "[media]\nrtp_ports = \"30000-30099\"\nrtp_ports_per_trunk = 51\n",
+            "[media]\nrtp_ports_per_source = 8\nrtp_ports_per_trunk = 4\n",
             "[media]\nports = \"1-2\"\n",
         ] {
             assert!(config(bad).is_err(), "{bad}");

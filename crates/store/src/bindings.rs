@@ -59,6 +59,20 @@ pub async fn live_bindings(db: &mut dyn Db, now: i64) -> Result<Vec<BindingRow>>
     rows.iter().map(binding_from_row).collect()
 }
 
+/// How many bindings [`live_bindings`] would return, counted by the database (the
+/// console's registrations picture every minute: no row leaves the database).
+pub async fn count_live_bindings(db: &mut dyn Db, now: i64) -> Result<i64> {
+    let conn = raw(db);
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT (SELECT COUNT(*) FROM bindings b WHERE b.expires_at > $1 AND {CURRENT}) \
+         + (SELECT COUNT(*) FROM gateway_bindings b WHERE b.expires_at > $1) AS n"
+    )))
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(row.try_get("n")?)
+}
+
 /// The live bindings `node` holds, and the unowned ones (written before bindings had
 /// owners, or by a process that is no node), which it takes over: what a node loads at
 /// start. Other nodes' bindings are theirs: their flows are not this node's.
@@ -169,13 +183,8 @@ pub async fn replace_bindings(
     replace_node_bindings(db, "", number, rows, now).await
 }
 
-/// Replaces the stored bindings of one extension that `node` holds with `rows`: the
-/// node's own and unowned ones are deleted first, other nodes' are left alone (their
-/// flows are theirs). A row for a contact another node holds is taken over only when it
-/// is newer (it expires later: the phone registered through this node since). A row
-/// whose generation is neither the extension's nor its open grace window's is not
-/// written (its credentials changed, or the extension is gone, since the server made
-/// it); returns how many rows were written.
+/// Replaces the stored bindings of one extension that `node` holds with `rows`
+/// ([`replace_node_batch`] with one extension).
 pub async fn replace_node_bindings(
     db: &mut dyn Db,
     node: &str,
@@ -183,63 +192,135 @@ pub async fn replace_node_bindings(
     rows: &[BindingRow],
     now: i64,
 ) -> Result<usize> {
+    replace_node_batch(db, node, &[(number.to_owned(), rows.to_vec())], now).await
+}
+
+/// Extensions one statement deletes, and rows one statement writes: a group commit of a
+/// burst of registrations is a handful of statements, not four per extension (on
+/// PostgreSQL each statement is a round trip), and the bound parameters stay far below
+/// SQLite's 32,766 and PostgreSQL's 65,535.
+const NUMBERS_PER_STATEMENT: usize = 500;
+const ROWS_PER_STATEMENT: usize = 250;
+
+/// `$first, $first+1, ...`: `count` placeholders.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `($first, ..), (..)`: `rows` tuples of `width` placeholders.
+fn tuples(first: usize, rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", placeholders(first + r * width, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Replaces the stored bindings that `node` holds of each extension in `batch` (its
+/// number, and its rows; an empty list removes them): the node's own and unowned ones
+/// are deleted first, other nodes' are left alone (their flows are theirs). A row for a
+/// contact another node holds is taken over only when it is newer (it expires later:
+/// the phone registered through this node since). A row whose generation is neither
+/// the extension's nor its open grace window's is not written (its credentials
+/// changed, or the extension is gone, since the server made it); a gateway's virtual
+/// number goes to the gateway's table. Returns how many rows were written.
+///
+/// The running server's group commit: a few statements per batch whatever its size.
+/// A contact listed twice for one extension is written once, its latest expiry.
+pub async fn replace_node_batch(
+    db: &mut dyn Db,
+    node: &str,
+    batch: &[(String, Vec<BindingRow>)],
+    now: i64,
+) -> Result<usize> {
     let conn = raw(db);
-    for table in ["bindings", "gateway_bindings"] {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DELETE FROM {table} WHERE number = $1 AND (node = $2 OR node = '')"
-        )))
-        .bind(number)
-        .bind(node)
-        .execute(&mut *conn)
-        .await?;
+    for chunk in batch.chunks(NUMBERS_PER_STATEMENT) {
+        let list = placeholders(2, chunk.len());
+        for table in ["bindings", "gateway_bindings"] {
+            let sql = format!(
+                "DELETE FROM {table} WHERE (node = $1 OR node = '') AND number IN ({list})"
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(node);
+            for (number, _) in chunk {
+                q = q.bind(number);
+            }
+            q.execute(&mut *conn).await?;
+        }
+    }
+    // One row per (number, contact), the one that expires last: one statement must not
+    // touch a row twice (PostgreSQL refuses it), and row by row the later expiry won.
+    let mut unique: Vec<&BindingRow> = Vec::new();
+    let mut at: std::collections::HashMap<(&str, &str), usize> = std::collections::HashMap::new();
+    for b in batch.iter().flat_map(|(_, rows)| rows) {
+        match at.get(&(b.number.as_str(), b.contact.as_str())) {
+            Some(&i) => {
+                if unique[i].expires_at < b.expires_at {
+                    unique[i] = b;
+                }
+            }
+            None => {
+                at.insert((&b.number, &b.contact), unique.len());
+                unique.push(b);
+            }
+        }
     }
     // Taken over: from another node only by a newer registration of the contact.
     const TAKE_OVER: &str = "DO UPDATE SET call_id = excluded.call_id, cseq = excluded.cseq, \
          expires_at = excluded.expires_at, source = excluded.source, transport = excluded.transport, \
          generation = excluded.generation, node = excluded.node";
+    // VALUES columns are column1.. on both engines: number, contact, call_id, cseq,
+    // expires_at, source, transport, generation.
+    const V: &str =
+        "v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8";
     let mut written = 0;
-    for b in rows {
-        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+    for chunk in unique.chunks(ROWS_PER_STATEMENT) {
+        let extensions = format!(
             "INSERT INTO bindings (number, contact, call_id, cseq, expires_at, source, transport, generation, node) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $10 WHERE \
-             (EXISTS (SELECT 1 FROM extensions e WHERE e.number = $1 AND e.credential_generation = $8) \
+             SELECT {V}, $1 FROM (VALUES {}) AS v WHERE \
+             EXISTS (SELECT 1 FROM extensions e WHERE e.number = v.column1 AND e.credential_generation = v.column8) \
              OR EXISTS (SELECT 1 FROM credential_grace g JOIN extensions e ON e.number = g.number \
-             WHERE g.number = $1 AND g.generation = $8 AND g.expires_at > $9 AND g.auth_id = e.auth_id)) \
-             ON CONFLICT (number, contact) {TAKE_OVER} WHERE bindings.expires_at < excluded.expires_at"
-        )))
-        .bind(&b.number)
-        .bind(&b.contact)
-        .bind(&b.call_id)
-        .bind(b.cseq)
-        .bind(b.expires_at)
-        .bind(&b.source)
-        .bind(&b.transport)
-        .bind(b.generation)
-        .bind(now)
-        .bind(node)
-        .execute(&mut *conn)
-        .await?;
-        written += usize::try_from(done.rows_affected()).unwrap_or(0);
-        // A gateway's virtual number: its own table (the row above was not written).
-        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+             WHERE g.number = v.column1 AND g.generation = v.column8 AND g.expires_at > $2 AND g.auth_id = e.auth_id) \
+             ON CONFLICT (number, contact) {TAKE_OVER} WHERE bindings.expires_at < excluded.expires_at",
+            tuples(3, chunk.len(), 8)
+        );
+        let q = bind_rows(
+            sqlx::query(sqlx::AssertSqlSafe(extensions))
+                .bind(node)
+                .bind(now),
+            chunk,
+        );
+        written += usize::try_from(q.execute(&mut *conn).await?.rows_affected()).unwrap_or(0);
+        // A gateway's virtual number: its own table (the rows above were not written).
+        let gateways = format!(
             "INSERT INTO gateway_bindings (number, contact, call_id, cseq, expires_at, source, transport, generation, node) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE EXISTS (SELECT 1 FROM gateways w WHERE w.number = $1) \
-             ON CONFLICT (number, contact) {TAKE_OVER} WHERE gateway_bindings.expires_at < excluded.expires_at"
-        )))
-        .bind(&b.number)
-        .bind(&b.contact)
-        .bind(&b.call_id)
-        .bind(b.cseq)
-        .bind(b.expires_at)
-        .bind(&b.source)
-        .bind(&b.transport)
-        .bind(b.generation)
-        .bind(node)
-        .execute(&mut *conn)
-        .await?;
-        written += usize::try_from(done.rows_affected()).unwrap_or(0);
+             SELECT {V}, $1 FROM (VALUES {}) AS v WHERE EXISTS (SELECT 1 FROM gateways w WHERE w.number = v.column1) \
+             ON CONFLICT (number, contact) {TAKE_OVER} WHERE gateway_bindings.expires_at < excluded.expires_at",
+            tuples(2, chunk.len(), 8)
+        );
+        let q = bind_rows(sqlx::query(sqlx::AssertSqlSafe(gateways)).bind(node), chunk);
+        written += usize::try_from(q.execute(&mut *conn).await?.rows_affected()).unwrap_or(0);
     }
     Ok(written)
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Binds each row's eight columns, in the order of the VALUES tuples.
+fn bind_rows<'q>(mut q: AnyQuery<'q>, rows: &[&'q BindingRow]) -> AnyQuery<'q> {
+    for b in rows {
+        q = q
+            .bind(&b.number)
+            .bind(&b.contact)
+            .bind(&b.call_id)
+            .bind(b.cseq)
+            .bind(b.expires_at)
+            .bind(&b.source)
+            .bind(&b.transport)
+            .bind(b.generation);
+    }
+    q
 }
 
 /// Deletes every stored binding of the gateway with virtual number `number` (its

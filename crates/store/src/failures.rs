@@ -57,6 +57,35 @@ pub async fn others_auth_failures(
         .collect()
 }
 
+/// One page of [`others_auth_failures`] in auth ID order: the accounts after `after`
+/// (a cursor: the next page starts after the last ID of this one; `""` starts over), at
+/// most `limit`. Paging through every account under attack, a bounded page a round,
+/// reaches those a most-failed-first read of the same bound never does (more accounts
+/// under attack than the bound).
+pub async fn others_auth_failures_after(
+    db: &mut dyn Db,
+    node: &str,
+    since_minute: i64,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<(String, i64)>> {
+    let conn = raw(db);
+    let rows = sqlx::query(
+        "SELECT auth_id, CAST(SUM(count) AS BIGINT) AS n FROM auth_failures \
+         WHERE node <> $1 AND minute >= $2 AND auth_id > $3 GROUP BY auth_id \
+         ORDER BY auth_id LIMIT $4",
+    )
+    .bind(node)
+    .bind(since_minute)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("auth_id")?, r.try_get("n")?)))
+        .collect()
+}
+
 /// Removes the counts of minutes before `before_minute`; returns how many rows went.
 pub async fn prune_auth_failures(db: &mut dyn Db, before_minute: i64) -> Result<u64> {
     let conn = raw(db);

@@ -11,6 +11,11 @@
 //! lock held to the commit, so the next admission of that account waits for it and then
 //! counts with a fresh snapshot; on SQLite the transaction is the only writer), then
 //! inserts the lease only while fewer than `cap` live ones exist.
+//!
+//! A lease that lapsed (its node stalled past its expiry, so another node may have
+//! taken the place) is never revived by a renewal: [`renew_leases`] moves only live
+//! ones and names the others, and the node takes each again through [`take_lease`],
+//! under the cap, or ends its call.
 
 use sqlx::Row;
 
@@ -98,8 +103,9 @@ pub struct Lease<'a> {
 
 /// Takes `l` unless `account` holds `cap` leases live at `now` already (`None`: no cap,
 /// for calls that are never refused but still count, such as emergency calls). True
-/// when taken. Takes a [`Tx`]: the gate row and the insert must commit together, or the
-/// gate orders nothing.
+/// when taken. A lease of that name that lapsed (still in the table until pruned) is
+/// taken again by the same conditional statement. Takes a [`Tx`]: the gate row and the
+/// insert must commit together, or the gate orders nothing.
 pub async fn take_lease(tx: &mut Tx, l: &Lease<'_>, now: i64, cap: Option<u32>) -> Result<bool> {
     let conn = raw(tx);
     sqlx::query(
@@ -113,7 +119,9 @@ pub async fn take_lease(tx: &mut Tx, l: &Lease<'_>, now: i64, cap: Option<u32>) 
     let taken = sqlx::query(
         "INSERT INTO call_leases (lease, account, node, expires_at) \
          SELECT $1, $2, $3, $4 \
-         WHERE (SELECT COUNT(*) FROM call_leases WHERE account = $2 AND expires_at > $5) < $6",
+         WHERE (SELECT COUNT(*) FROM call_leases WHERE account = $2 AND expires_at > $5) < $6 \
+         ON CONFLICT (lease) DO UPDATE SET expires_at = excluded.expires_at, \
+         node = excluded.node",
     )
     .bind(l.lease)
     .bind(l.account)
@@ -153,21 +161,33 @@ pub async fn release_leases(db: &mut dyn Db, leases: &[String]) -> Result<u64> {
     Ok(gone)
 }
 
-/// Moves the expiry of the leases named (calls still up) to `expires_at`; how many were
-/// still there. A lease that lapsed meanwhile stays gone: its call counts again only
-/// through a new lease.
-pub async fn renew_leases(db: &mut dyn Db, leases: &[String], expires_at: i64) -> Result<u64> {
+/// Moves the expiry of the leases named (calls still up) that are live at `now` to
+/// `expires_at`; returns the names of those that were not (lapsed, or pruned). A lapsed
+/// lease stays lapsed: its place may be another node's call's by now, so its call counts
+/// again only by taking it again under the cap ([`take_lease`]).
+pub async fn renew_leases(
+    db: &mut dyn Db,
+    leases: &[String],
+    now: i64,
+    expires_at: i64,
+) -> Result<Vec<String>> {
     let conn = raw(db);
-    let mut kept = 0;
+    let mut lapsed = Vec::new();
     for lease in leases {
-        kept += sqlx::query("UPDATE call_leases SET expires_at = $2 WHERE lease = $1")
-            .bind(lease)
-            .bind(expires_at)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
+        let kept = sqlx::query(
+            "UPDATE call_leases SET expires_at = $2 WHERE lease = $1 AND expires_at > $3",
+        )
+        .bind(lease)
+        .bind(expires_at)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if kept == 0 {
+            lapsed.push(lease.clone());
+        }
     }
-    Ok(kept)
+    Ok(lapsed)
 }
 
 /// Deletes what no longer counts at `now`: lapsed leases, counters of ended periods,

@@ -188,15 +188,49 @@ pub async fn request_resync(db: &mut dyn Db, number: &str, now: i64) -> Result<(
     Ok(())
 }
 
-/// Takes every pending re-fetch request (the rows are deleted).
-pub async fn take_resyncs(db: &mut dyn Db) -> Result<Vec<String>> {
+/// What one node took of the pending re-fetch requests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resyncs {
+    /// Extensions with a live binding this node holds (or an unowned one): this node
+    /// tells their phones.
+    pub numbers: Vec<String>,
+    /// Requests for extensions with no live binding on any node: no phone to tell,
+    /// taken so that they do not pile up.
+    pub dropped: u64,
+}
+
+/// Takes the pending re-fetch requests that are `node`'s to send, in one statement: an
+/// extension with a live binding this node holds (a phone's flow, the NAT mapping or
+/// the TCP connection, belongs to one node; only that node reaches it), or one with no
+/// live binding anywhere (dropped and counted). A request whose extension's phones are
+/// all on other nodes stays for them.
+pub async fn take_resyncs(db: &mut dyn Db, node: &str, now: i64) -> Result<Resyncs> {
     let conn = raw(db);
-    let rows = sqlx::query("DELETE FROM resync RETURNING number")
-        .fetch_all(&mut *conn)
-        .await?;
-    rows.iter()
-        .map(|r| Ok(r.try_get::<String, _>("number")?))
-        .collect()
+    let rows = sqlx::query(
+        "DELETE FROM resync WHERE \
+         EXISTS (SELECT 1 FROM bindings b WHERE b.number = resync.number \
+         AND b.expires_at > $2 AND (b.node = $1 OR b.node = '')) \
+         OR NOT EXISTS (SELECT 1 FROM bindings b WHERE b.number = resync.number \
+         AND b.expires_at > $2) \
+         RETURNING number, CAST(CASE WHEN EXISTS (SELECT 1 FROM bindings b \
+         WHERE b.number = resync.number AND b.expires_at > $2) THEN 1 ELSE 0 END AS BIGINT) \
+         AS bound",
+    )
+    .bind(node)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut taken = Resyncs::default();
+    for r in &rows {
+        let number: String = r.try_get("number")?;
+        if r.try_get::<i64, _>("bound")? == 1 {
+            taken.numbers.push(number);
+        } else {
+            taken.dropped += 1;
+        }
+    }
+    taken.numbers.sort_unstable();
+    Ok(taken)
 }
 
 /// What the provisioning server knows about a login user (a MAC): the extension whose

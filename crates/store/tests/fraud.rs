@@ -49,6 +49,7 @@ on_both_backends!(
     a_counter_stops_at_its_cap_and_a_new_period_starts_from_one,
     racing_counts_never_pass_the_cap,
     leases_hold_the_concurrent_cap_until_released_or_lapsed,
+    a_lapsed_lease_is_not_revived_and_is_taken_again_only_under_the_cap,
     racing_admissions_take_exactly_the_cap,
 );
 
@@ -176,10 +177,10 @@ async fn leases_hold_the_concurrent_cap_until_released_or_lapsed(backend: Backen
     assert!(take(&store, "a/5", "1001", 102, Some(2)).await);
     // A lease renewed holds on; one that is not (its node died) lapses.
     assert_eq!(
-        fraud::renew_leases(&mut conn, &["a/5".into(), "a/gone".into()], 200)
+        fraud::renew_leases(&mut conn, &["a/5".into(), "a/gone".into()], 102, 200)
             .await
             .expect("renew"),
-        1
+        vec!["a/gone".to_owned()]
     );
     assert!(
         !take(&store, "a/6", "1001", 129, Some(2)).await,
@@ -221,5 +222,74 @@ async fn racing_admissions_take_exactly_the_cap(backend: Backend) {
     assert_eq!(
         fraud::live_leases(&mut conn, "1001", 500).await.expect("n"),
         2
+    );
+}
+
+/// A node that stalled past its lease's expiry: the renewal does not revive the lease
+/// (another node may have taken its place), and the node takes it again only while
+/// the cap has room.
+async fn a_lapsed_lease_is_not_revived_and_is_taken_again_only_under_the_cap(backend: Backend) {
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
+    // Node a's two calls, cap 2; both leases lapse at 130.
+    assert!(take(&store, "a/1", "1001", 100, Some(2)).await);
+    assert!(take(&store, "a/2", "1001", 100, Some(2)).await);
+    // Node b takes a place freed by a's lapsed lease.
+    let taken_by_b = async |lease: &str, now: i64| {
+        let mut tx = store.begin().await.expect("begin");
+        let taken = fraud::take_lease(
+            &mut tx,
+            &Lease {
+                lease,
+                account: "1001",
+                node: "b",
+                expires_at: now + 30,
+            },
+            now,
+            Some(2),
+        )
+        .await
+        .expect("take");
+        tx.commit().await.expect("commit");
+        taken
+    };
+    assert!(taken_by_b("b/1", 135).await, "a's places lapsed");
+    let mut conn = store.conn().await.expect("conn");
+    // a resumes at 136: neither lease is renewed, both are named.
+    assert_eq!(
+        fraud::renew_leases(&mut conn, &["a/1".into(), "a/2".into()], 136, 166)
+            .await
+            .expect("renew"),
+        vec!["a/1".to_owned(), "a/2".to_owned()]
+    );
+    assert_eq!(
+        fraud::live_leases(&mut conn, "1001", 136).await.expect("n"),
+        1,
+        "the renewal revived nothing"
+    );
+    // a takes one back (room for one), not the other.
+    assert!(
+        take(&store, "a/1", "1001", 136, Some(2)).await,
+        "one place left"
+    );
+    assert!(
+        !take(&store, "a/2", "1001", 136, Some(2)).await,
+        "the cap is full"
+    );
+    assert_eq!(
+        fraud::live_leases(&mut conn, "1001", 136).await.expect("n"),
+        2
+    );
+    // The lease taken again renews like any other.
+    assert!(
+        fraud::renew_leases(&mut conn, &["a/1".into()], 150, 180)
+            .await
+            .expect("renew")
+            .is_empty()
+    );
+    assert!(
+        !taken_by_b("b/2", 160).await,
+        "a/1 holds its place again (to 180), b/1 the other (to 165)"
     );
 }

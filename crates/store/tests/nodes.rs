@@ -45,7 +45,33 @@ on_both_backends!(
     each_node_writes_and_loads_only_the_bindings_it_holds,
     a_node_name_is_claimed_by_one_live_process,
     a_call_hops_only_to_a_live_node_that_holds_the_extension_and_publishes_an_address,
+    a_node_takes_only_the_resyncs_of_the_phones_it_holds,
+    a_burst_of_registrations_is_written_as_one_batch,
 );
+
+fn extension(number: &str) -> ExtensionRow {
+    ExtensionRow {
+        number: number.into(),
+        kind: "user".into(),
+        name: "Ann".into(),
+        email: None,
+        auth_id: format!("a{number}"),
+        sip_id: None,
+        password_enc: "v1:00".into(),
+        password_score: 4,
+        pin_enc: "v1:00".into(),
+        ha1_md5_enc: "a".into(),
+        ha1_sha256_enc: "b".into(),
+        mac: None,
+        model: None,
+        created_at: 1,
+        updated_at: 1,
+        credential_generation: 0,
+        phone_transport: None,
+        voicemail_after_secs: 20,
+        voicemail_mail: true,
+    }
+}
 
 fn binding(contact: &str, expires_at: i64, generation: i64) -> BindingRow {
     BindingRow {
@@ -360,4 +386,233 @@ async fn a_call_hops_only_to_a_live_node_that_holds_the_extension_and_publishes_
             .expect("hops")
             .is_empty()
     );
+}
+
+/// Check-sync is sent by the node that holds the phone's flow: a node takes the
+/// re-fetch requests of extensions with a live binding of its own (or an unowned one),
+/// leaves those whose phones are all on other nodes, and drops (counting them) those
+/// with no live binding anywhere.
+async fn a_node_takes_only_the_resyncs_of_the_phones_it_holds(backend: Backend) {
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
+    let mut conn = store.conn().await.expect("conn");
+    let generation = |number: &'static str| ExtensionRow {
+        number: number.into(),
+        kind: "user".into(),
+        name: "Ann".into(),
+        email: None,
+        auth_id: format!("ann{number}"),
+        sip_id: None,
+        password_enc: "v1:00".into(),
+        password_score: 4,
+        pin_enc: "v1:00".into(),
+        ha1_md5_enc: "a".into(),
+        ha1_sha256_enc: "b".into(),
+        mac: None,
+        model: None,
+        created_at: 1,
+        updated_at: 1,
+        credential_generation: 0,
+        phone_transport: None,
+        voicemail_after_secs: 20,
+        voicemail_mail: true,
+    };
+    let on = |number: &str, contact: &str, expires_at: i64, g: i64| BindingRow {
+        number: number.into(),
+        ..binding(contact, expires_at, g)
+    };
+    let mut gens = Vec::new();
+    for n in ["1001", "1002", "1003", "1004"] {
+        let row = generation(n);
+        gens.push(
+            account::insert_extension(&mut conn, &row)
+                .await
+                .expect("insert"),
+        );
+    }
+    // 1001 on a, 1002 on b, 1003 on both, 1004 nowhere live (its binding expired).
+    b::replace_node_bindings(
+        &mut conn,
+        "a",
+        "1001",
+        &[on("1001", "sip:p1@h", 100, gens[0])],
+        0,
+    )
+    .await
+    .expect("a");
+    b::replace_node_bindings(
+        &mut conn,
+        "b",
+        "1002",
+        &[on("1002", "sip:p2@h", 100, gens[1])],
+        0,
+    )
+    .await
+    .expect("b");
+    b::replace_node_bindings(
+        &mut conn,
+        "a",
+        "1003",
+        &[on("1003", "sip:p3@h", 100, gens[2])],
+        0,
+    )
+    .await
+    .expect("a");
+    b::replace_node_bindings(
+        &mut conn,
+        "b",
+        "1003",
+        &[on("1003", "sip:q3@h", 100, gens[2])],
+        0,
+    )
+    .await
+    .expect("b");
+    b::replace_node_bindings(
+        &mut conn,
+        "a",
+        "1004",
+        &[on("1004", "sip:p4@h", 10, gens[3])],
+        0,
+    )
+    .await
+    .expect("a");
+    for n in ["1001", "1002", "1003", "1004"] {
+        store::provisioning::request_resync(&mut conn, n, 20)
+            .await
+            .expect("request");
+    }
+    let a = store::provisioning::take_resyncs(&mut conn, "a", 20)
+        .await
+        .expect("a takes");
+    assert_eq!(a.numbers, ["1001", "1003"], "a's phones");
+    assert_eq!(a.dropped, 1, "1004 has no live phone anywhere");
+    let again = store::provisioning::take_resyncs(&mut conn, "a", 20)
+        .await
+        .expect("a again");
+    assert_eq!(
+        again,
+        store::provisioning::Resyncs::default(),
+        "1002 is b's"
+    );
+    let b = store::provisioning::take_resyncs(&mut conn, "b", 20)
+        .await
+        .expect("b takes");
+    assert_eq!(b.numbers, ["1002"]);
+    assert_eq!(b.dropped, 0);
+}
+
+/// The group commit of a burst: more extensions and rows than one statement carries, all
+/// written in one call; a contact listed twice is written once (its later expiry), a row
+/// of a stale generation not at all, another node's contact is taken over only by a
+/// newer registration, and the node's own old rows are replaced.
+async fn a_burst_of_registrations_is_written_as_one_batch(backend: Backend) {
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
+    const N: usize = 1_100;
+    let mut tx = store.begin().await.expect("begin");
+    let mut generations = Vec::new();
+    for i in 0..N {
+        let number = format!("{}", 2000 + i);
+        generations.push(
+            account::insert_extension(&mut tx, &extension(&number))
+                .await
+                .expect("insert"),
+        );
+    }
+    tx.commit().await.expect("commit");
+    let row = |i: usize, contact: &str, expires_at: i64| BindingRow {
+        number: format!("{}", 2000 + i),
+        contact: contact.into(),
+        call_id: format!("call-{i}-{contact}-{expires_at}"),
+        cseq: 1,
+        expires_at,
+        source: "127.0.0.2:5060".into(),
+        transport: "udp".into(),
+        generation: generations[i],
+    };
+    let mut conn = store.conn().await.expect("conn");
+    // Node b holds one contact of 2000 (expiring at 500) and one of 2001 (at 100).
+    b::replace_node_bindings(&mut conn, "b", "2000", &[row(0, "sip:b@h", 500)], 0)
+        .await
+        .expect("b");
+    b::replace_node_bindings(&mut conn, "b", "2001", &[row(1, "sip:b@h", 100)], 0)
+        .await
+        .expect("b");
+    // Node a's old row of 2002, which the batch replaces.
+    b::replace_node_bindings(&mut conn, "a", "2002", &[row(2, "sip:old@h", 900)], 0)
+        .await
+        .expect("a");
+    let mut batch: Vec<(String, Vec<BindingRow>)> = (0..N)
+        .map(|i| (format!("{}", 2000 + i), vec![row(i, "sip:a@h", 300)]))
+        .collect();
+    // 2000: b's contact, older here (stays b's); 2001: newer here (taken over).
+    batch[0].1.push(row(0, "sip:b@h", 200));
+    batch[1].1.push(row(1, "sip:b@h", 200));
+    // 2003: one contact listed twice: the later expiry is written.
+    batch[3].1.push(row(3, "sip:a@h", 400));
+    // 2004: a row made with credentials since changed: refused.
+    batch[4].1[0].generation += 1;
+    let mut tx = store.begin().await.expect("begin");
+    let written = b::replace_node_batch(&mut tx, "a", &batch, 0)
+        .await
+        .expect("batch");
+    tx.commit().await.expect("commit");
+    // N rows, less the refused one, plus the take-over of 2001's contact.
+    assert_eq!(written, N);
+    let a = b::live_node_bindings(&mut conn, "a", 0).await.expect("a");
+    assert_eq!(
+        a.len(),
+        N,
+        "every new binding stored but the refused one, and 2001's"
+    );
+    let find = |rows: &[BindingRow], n: &str, c: &str| {
+        rows.iter()
+            .find(|r| r.number == n && r.contact == c)
+            .map(|r| r.expires_at)
+    };
+    assert_eq!(
+        find(&a, "2000", "sip:b@h"),
+        None,
+        "b's newer contact stays b's"
+    );
+    assert_eq!(
+        find(&a, "2001", "sip:b@h"),
+        Some(200),
+        "taken over by a newer one"
+    );
+    assert_eq!(find(&a, "2002", "sip:old@h"), None, "a's old row replaced");
+    assert_eq!(
+        find(&a, "2003", "sip:a@h"),
+        Some(400),
+        "listed twice: the later"
+    );
+    assert_eq!(
+        find(&a, "2004", "sip:a@h"),
+        None,
+        "stale generation refused"
+    );
+    assert_eq!(find(&a, &format!("{}", 2000 + N - 1), "sip:a@h"), Some(300));
+    let b_rows = b::live_node_bindings(&mut conn, "b", 0).await.expect("b");
+    assert_eq!(contacts(&b_rows).len(), 1, "{b_rows:?}");
+    assert_eq!(find(&b_rows, "2000", "sip:b@h"), Some(500));
+    // An empty list removes the node's rows of that extension (and only the node's).
+    let mut tx = store.begin().await.expect("begin");
+    b::replace_node_batch(
+        &mut tx,
+        "a",
+        &[("2000".into(), Vec::new()), ("2001".into(), Vec::new())],
+        0,
+    )
+    .await
+    .expect("remove");
+    tx.commit().await.expect("commit");
+    let all = b::live_bindings(&mut conn, 0).await.expect("live");
+    assert_eq!(
+        all.len(),
+        N - 2,
+        "a's three rows of them gone, b's one stays"
+    );
+    assert_eq!(find(&all, "2000", "sip:b@h"), Some(500));
 }

@@ -275,6 +275,7 @@ on_both_backends!(
     withdrawn_mails_stay_withdrawn_even_when_claimed,
     a_phone_lookup_returns_one_row_either_way,
     failure_counts_add_up_per_account_over_other_nodes,
+    more_accounts_under_attack_than_a_read_holds_are_all_seen_page_by_page,
     voicemail_boxes_and_messages_belong_to_their_extension,
 );
 
@@ -328,6 +329,73 @@ async fn failure_counts_add_up_per_account_over_other_nodes(backend: Backend) {
     );
     assert_eq!(f::prune_auth_failures(&mut c, 11).await.expect("prune"), 2);
     assert_eq!(seen_by("c", 0).await, [("1001".to_owned(), 9)]);
+}
+
+/// More accounts under attack than one bounded read holds (10,050 against a bound of
+/// 10,000): the most-failed-first read never returns the least-failed accounts (the
+/// control), and paging in auth ID order after a cursor reaches every one of them, each
+/// once, in two bounded pages.
+async fn more_accounts_under_attack_than_a_read_holds_are_all_seen_page_by_page(backend: Backend) {
+    use store::failures::{self as f, FailureDelta};
+    const BOUND: i64 = 10_000;
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
+    // Node b's failures: 10,000 accounts with 2 each, 50 with 1 (the long tail).
+    let deltas: Vec<FailureDelta> = (0..10_050)
+        .map(|i| FailureDelta {
+            auth_id: format!("u{i:05}"),
+            minute: 10,
+            count: if i % 201 == 0 { 1 } else { 2 },
+        })
+        .collect();
+    let tail: Vec<String> = deltas
+        .iter()
+        .filter(|d| d.count == 1)
+        .map(|d| d.auth_id.clone())
+        .collect();
+    assert_eq!(tail.len(), 50);
+    let mut tx = store.begin().await.expect("begin");
+    f::add_auth_failures(&mut tx, "b", &deltas)
+        .await
+        .expect("b's failures");
+    tx.commit().await.expect("commit");
+    let mut c = store.conn().await.expect("conn");
+    let top = f::others_auth_failures(&mut c, "a", 0, BOUND)
+        .await
+        .expect("top");
+    assert_eq!(top.len(), 10_000);
+    assert!(
+        !top.iter().any(|(id, _)| tail.contains(id)),
+        "control: the most-failed-first read never sees the tail"
+    );
+    let mut cursor = String::new();
+    let mut seen = std::collections::HashMap::new();
+    let mut pages = 0;
+    loop {
+        let page = f::others_auth_failures_after(&mut c, "a", 0, &cursor, BOUND)
+            .await
+            .expect("page");
+        pages += 1;
+        assert!(page.len() <= 10_000, "bounded");
+        for (id, n) in &page {
+            assert!(seen.insert(id.clone(), *n).is_none(), "{id} read twice");
+        }
+        match page.last() {
+            Some((id, _)) if page.len() == 10_000 => cursor.clone_from(id),
+            _ => break,
+        }
+    }
+    assert_eq!(pages, 2);
+    assert_eq!(seen.len(), 10_050, "every account under attack");
+    assert!(tail.iter().all(|id| seen.get(id) == Some(&1)));
+    assert!(
+        f::others_auth_failures_after(&mut c, "b", 0, "", BOUND)
+            .await
+            .expect("b's own")
+            .is_empty(),
+        "a node's own failures are not the others'"
+    );
 }
 
 /// The two migration sets may differ in dialect, never in what they declare: the same
@@ -386,6 +454,10 @@ async fn bindings_belong_to_their_extension_and_its_credential_generation(backen
         contacts(&b::live_bindings(&mut conn, 0).await.expect("live")),
         ["sip:a@h"]
     );
+    assert_eq!(
+        b::count_live_bindings(&mut conn, 0).await.expect("count"),
+        1
+    );
 
     // New credentials: the binding made with the old ones is neither read nor written.
     let g2 = account::renew_credentials(&mut conn, "1001")
@@ -398,6 +470,11 @@ async fn bindings_belong_to_their_extension_and_its_credential_generation(backen
             .await
             .expect("of")
             .is_empty()
+    );
+    assert_eq!(
+        b::count_live_bindings(&mut conn, 0).await.expect("count"),
+        0,
+        "the count leaves out what the list leaves out"
     );
     assert_eq!(
         b::replace_bindings(&mut conn, "1001", &[binding("1001", "sip:a@h", g1)], 0)

@@ -150,6 +150,8 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let shutdown = shutdown_signal()
         .map_err(|e| anyhow::anyhow!("cannot install the SIGTERM/SIGINT handlers: {e}"))?;
+    // A zero-out that is not an internal extension is refused before anything listens.
+    let operator = crate::config::voicemail_operator(config, reg).await?;
     let findings = config.findings_with(&reg.guard_view().await?.policy);
     announce_findings(&findings);
     raise_fd_limit();
@@ -201,10 +203,16 @@ pub async fn run(
         version_poll: config.version_poll,
         // Voicemail answers calls only with a `[media]` section: no RTP port is opened
         // until the operator names the range the firewall lets through.
-        voicemail: config.rtp.clone().map(|rtp| server::VoicemailConfig {
-            deposits: Arc::new(pbx::mailbox::Mailboxes::new(reg.clone())),
-            rtp,
-            limits: pbx::voicemail::DepositLimits::default(),
+        voicemail: config.rtp.clone().map(|rtp| {
+            let boxes = Arc::new(pbx::mailbox::Mailboxes::new(reg.clone()));
+            server::VoicemailConfig {
+                deposits: boxes.clone(),
+                rtp,
+                limits: pbx::voicemail::DepositLimits::default(),
+                boxes: Some(boxes),
+                any_box: pbx::voicemail::RetrievalNumbers::default().any_box,
+                operator: operator.clone(),
+            }
         }),
     };
     // Before the server claims its node name: on SQLite this lock is what proves the
@@ -401,7 +409,13 @@ async fn reload_config(source: &Source, server: &Reconfigure) {
             .map_err(|e| OperatorError(format!("[mail]: {e}")))?;
         Ok((c, mailer))
     });
-    let (config, mailer) = match loaded {
+    let loaded = match loaded {
+        Ok((config, mailer)) => crate::config::voicemail_operator(&config, server.registry())
+            .await
+            .map(|operator| (config, mailer, operator)),
+        Err(e) => Err(e),
+    };
+    let (config, mailer, voicemail_operator) = match loaded {
         Ok(v) => v,
         Err(e) => {
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
@@ -425,6 +439,7 @@ async fn reload_config(source: &Source, server: &Reconfigure) {
         bans: config.bans.clone(),
         dialplan: config.settings.dialplan.clone(),
         mailer,
+        voicemail_operator,
     };
     if let Err(e) = server.apply(live).await {
         let e: anyhow::Error = e.into();
@@ -437,7 +452,7 @@ async fn reload_config(source: &Source, server: &Reconfigure) {
     }
     announce_findings(&config.findings_with(&server.guard_policy()));
     tracing::info!(
-        "config reloaded: [guard], [dialplan], [mail] and [log] are in force; [sip], [http], [console], [registrar], [policy], [provisioning] and [backup] take effect at the next start"
+        "config reloaded: [guard], [dialplan], [mail], [log] and [voicemail] are in force; [sip], [http], [console], [registrar], [policy], [provisioning] and [backup] take effect at the next start"
     );
 }
 

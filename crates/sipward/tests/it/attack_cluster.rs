@@ -7,7 +7,7 @@
 //! node cut off from the database while its SIP side stays up) keeps its calls up
 //! while its leases lapse: the other nodes then let new calls take the freed places.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::harness::Env;
 use crate::peers::Server;
@@ -84,6 +84,123 @@ async fn call_up(phone: &Ua, gateway: &Ua, server: &Server, seen: &mut Vec<Strin
     let d = Dialog::uac(&out, &ok);
     phone.ack_2xx(&d, out.cseq).await;
     true
+}
+
+/// HOLE (a stalled node's calls stop counting, and keep going). One extension, a
+/// concurrent limit of two, two nodes. A call through node A is up, and one through
+/// node B: the database holds two live leases (the control: the limit counts both
+/// nodes' calls). Node A then stalls (SIGSTOP) longer than a lease lives; its lease
+/// lapses while its call stays up at the gateway. Node B admits a third call. When A
+/// resumes, nothing ends the call whose lease lapsed (`renew_leases` even revives the
+/// row, whatever the cap), so the gateway carries three calls of an extension whose
+/// limit is two, for as long as the callers like. The promise is "racing INVITEs on two
+/// nodes never exceed a limit"; at the least, a node whose lease lapsed must not carry
+/// the call on uncounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_node_does_not_carry_a_call_past_the_concurrent_limit() {
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let (a, b, db) = two_nodes(cluster);
+    let gateway = Ua::bind("127.0.0.7", "127.0.0.1:9".parse().expect("addr")).await;
+    a.ok(&[
+        "gateway",
+        "add",
+        "pstn",
+        "--vendor",
+        "generic",
+        "--ext",
+        "800",
+        "--auth-id",
+        "gw-pstn-7",
+        "--password",
+        "Gw7-pQ2v-Xk9m-Lr4t",
+        "--host",
+        &gateway.addr.to_string(),
+    ]);
+    a.ok(&[
+        "route",
+        "add",
+        "national",
+        "--pattern",
+        "0ZX.",
+        "--trunk",
+        "pstn",
+    ]);
+    let account = ext(&a, "5401", "national");
+    let node_a = a.serve_with(&["--node-name", "a"]);
+    let node_b = b.serve_with(&["--node-name", "b"]);
+    let at_a = Ua::phone("127.0.0.2", node_a.sip, &account).await;
+    let at_b = Ua::phone("127.0.0.3", node_b.sip, &account).await;
+
+    let mut seen = Vec::new();
+    let first = call_up(&at_a, &gateway, &node_a, &mut seen).await;
+    assert!(first, "the first call (through A) is up\n{}", node_a.log());
+    let second = call_up(&at_b, &gateway, &node_b, &mut seen).await;
+    assert!(
+        second,
+        "the second call (through B) is up\n{}",
+        node_b.log()
+    );
+    assert_eq!(
+        live_leases(cluster, &db),
+        2,
+        "control: both nodes' calls hold a lease"
+    );
+
+    // A stalls; its lease lapses within 30 s of its last renewal.
+    node_a.signal("STOP");
+    let stalled = Instant::now();
+    // Lapsed, with seconds to spare (every node's clock reads whole seconds).
+    pg::wait_for(Duration::from_secs(50), "A's lease to lapse", || {
+        let left: u64 = cluster
+            .psql(
+                &db,
+                "SELECT COUNT(*) FROM call_leases WHERE node = 'a' \
+                 AND expires_at > CAST(FLOOR(EXTRACT(EPOCH FROM now())) AS BIGINT) - 3",
+            )
+            .parse()
+            .expect("a count");
+        (left == 0).then_some(())
+    });
+    assert_eq!(live_leases(cluster, &db), 1, "B's call alone counts now");
+    let third = call_up(&at_b, &gateway, &node_b, &mut seen).await;
+    node_a.signal("CONT");
+    if !third {
+        eprintln!(
+            "leases: {}",
+            cluster.psql(
+                &db,
+                "SELECT string_agg(lease || ' ' || node || ' ' || expires_at, '; ') || ' now ' || \
+                 CAST(EXTRACT(EPOCH FROM now()) AS BIGINT) FROM call_leases"
+            )
+        );
+    }
+    eprintln!(
+        "A stalled for {:?}; a third call through B: {third}",
+        stalled.elapsed()
+    );
+
+    // Give A two renewal rounds to notice that its lease is gone.
+    let resumed = Instant::now();
+    let mut byes = 0;
+    while resumed.elapsed() < Duration::from_secs(25) && third && byes == 0 {
+        byes = gateway
+            .received()
+            .iter()
+            .filter(|r| r.text.starts_with("BYE "))
+            .count();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let calls_up = 2 + usize::from(third) - byes.min(1);
+    let leases = live_leases(cluster, &db);
+    assert!(
+        calls_up <= 2,
+        "{calls_up} calls of one extension are up at the gateway against a concurrent limit \
+         of 2 ({leases} live leases in the database) after node A stalled for 30 s"
+    );
+    node_a.stop();
+    node_b.stop();
 }
 
 /// WITHSTOOD. A node killed (`kill -9`) with a call up leaves no lease held for ever:

@@ -369,6 +369,147 @@ async fn only_the_boxs_own_registered_phone_subscribes_to_it() {
     server.stop();
 }
 
+/// HOLE (one caller shuts the box for everyone calling from the PSTN). The RTP pool's
+/// per-source share (4 pairs) is counted on the signalling source, and every call that
+/// comes in from a trunk has the trunk's address as its source. So four callers
+/// anywhere in the world, dialling the office's DIDs and leaving long messages (180 s
+/// each, or without end with the RTCP-only call above when the provider relays RTCP),
+/// hold the whole provider's share: every other external caller is answered 503 by
+/// every box. Shown here with four calls from the gateway that stay in the greeting, and
+/// a fifth, to another extension's box, refused.
+///
+/// Control: an extension calling from its own address still reaches the box, so the
+/// pool itself has ports to give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_callers_through_a_trunk_do_not_close_every_box_to_the_pstn() {
+    let env = Env::with_config(&format!(
+        "{}[dialplan]\ncountry_code = \"49\"\ninternational_prefix = \"00\"\nnational_prefix = \"0\"\n",
+        config()
+    ));
+    let gw = Ua::bind("127.0.0.69", "127.0.0.1:9".parse().expect("addr")).await;
+    env.ok(&[
+        "gateway",
+        "add",
+        "pstn",
+        "--vendor",
+        "generic",
+        "--ext",
+        "800",
+        "--auth-id",
+        "gw-pstn-7",
+        "--password",
+        "Gw7-pQ2v-Xk9m-Lr4t",
+        "--host",
+        &gw.addr.to_string(),
+    ]);
+    ext(&env, "5301", "national");
+    ext(&env, "5302", "national");
+    let inside = ext(&env, "5303", "national");
+    env.ok(&["did", "add", "+4930555123", "--ext", "5301"]);
+    env.ok(&["did", "add", "+4930555124", "--ext", "5302"]);
+    let server = env.serve();
+    let media = UdpSocket::bind("127.0.0.69:0").expect("bind media");
+    let did_call = |did: &'static str, n: usize| {
+        let gw = &gw;
+        let pbx = server.sip;
+        let media = media.local_addr().expect("addr");
+        async move {
+            let call_id = gw.next("pstn-");
+            let ruri = format!("sip:{did}@{pbx}");
+            let invite = gw.request_text(
+                "INVITE",
+                &ruri,
+                &call_id,
+                &format!(
+                    "<sip:49301111{n:03}@{}>;tag={}",
+                    gw.addr.ip(),
+                    gw.next("pt")
+                ),
+                &format!("<{ruri}>"),
+                1,
+                &gw.next("z9hG4bKpstn"),
+                false,
+                "Content-Type: application/sdp\r\n",
+                &offer(gw.addr, media),
+            );
+            gw.send_to(&invite, pbx).await;
+            gw.try_wait(Duration::from_secs(10), |m| {
+                header(m, "Call-ID") == Some(call_id.as_str()) && status(m) >= 200
+            })
+            .await
+            .map(|m| status(&m))
+        }
+    };
+    for n in 0..4 {
+        assert_eq!(
+            did_call("4930555123", n).await,
+            Some(200),
+            "PSTN caller {n} reaches the box\n{}",
+            server.log()
+        );
+    }
+    let inside = phone("127.0.0.70", &server, &inside).await;
+    let own = UdpSocket::bind("127.0.0.70:0").expect("bind");
+    let (mut d, _, _) = call_box(&inside, "5302", own.local_addr().expect("addr")).await;
+    inside.send_in_dialog(&mut d, "BYE", "", "").await;
+    let fifth = did_call("4930555124", 4).await;
+    assert_eq!(
+        fifth,
+        Some(200),
+        "a fifth PSTN caller, to another box, while four others leave messages (RTP ports \
+         in use: {})",
+        server.metric("sipward_rtp_ports_in_use")
+    );
+    server.stop();
+}
+
+/// The control of the trunk's share: a plain source (an extension's phone, calling
+/// from its own address) is still held to `rtp_ports_per_source` (4): with four calls
+/// to boxes up, its fifth is answered 503 and counted as `per_source`, while a caller
+/// from another address still gets a port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifth_call_from_one_address_still_gets_503() {
+    let env = Env::with_config(&config());
+    let a = ext(&env, "5311", "national");
+    let b = ext(&env, "5312", "national");
+    ext(&env, "5313", "national");
+    let server = env.serve();
+    let caller = phone("127.0.0.73", &server, &a).await;
+    let own = UdpSocket::bind("127.0.0.73:0").expect("bind");
+    let mut up = Vec::new();
+    for _ in 0..4 {
+        up.push(call_box(&caller, "5313", own.local_addr().expect("addr")).await);
+    }
+    let ruri = format!("sip:5313@{}", caller.pbx);
+    let (fifth, _) = caller
+        .request_authenticated(
+            "INVITE",
+            &ruri,
+            &ruri,
+            "Content-Type: application/sdp\r\n",
+            &offer(caller.addr, own.local_addr().expect("addr")),
+            false,
+        )
+        .await;
+    assert_eq!(
+        final_answer(&caller, &fifth).await,
+        Some(503),
+        "a fifth call from one address"
+    );
+    assert_eq!(
+        server.metric("sipward_rtp_ports_refused_total{reason=\"per_source\"}"),
+        1
+    );
+    let other = phone("127.0.0.74", &server, &b).await;
+    let theirs = UdpSocket::bind("127.0.0.74:0").expect("bind");
+    let (mut d, _, _) = call_box(&other, "5313", theirs.local_addr().expect("addr")).await;
+    other.send_in_dialog(&mut d, "BYE", "", "").await;
+    for (mut d, _, _) in up {
+        caller.send_in_dialog(&mut d, "BYE", "", "").await;
+    }
+    server.stop();
+}
+
 /// HOLE (sipward bans itself, and the other nodes with it). The caller's SDP names
 /// sipward's own SIP address and port. The greeting, about 140 RTP datagrams in 3 s, then
 /// arrives at sipward's SIP socket from sipward's own address, and the guard's flood
@@ -466,6 +607,64 @@ async fn a_box_with_voicemail_off_takes_no_message() {
 
     let (mut d, _, _) = call_box(&caller, "1004", own.local_addr().expect("addr")).await;
     caller.send_in_dialog(&mut d, "BYE", "", "").await;
+    server.stop();
+}
+
+/// HOLE (low: a neighbour behind the caller's address takes the call's media). Any
+/// port on the caller's signalling IP latches the call with its first packet, even when
+/// the caller's SDP names that very IP (so no NAT stands between, and the SDP's port
+/// is where the caller's RTP comes from). Whoever shares the caller's public address (a
+/// device in the same office, a stranger behind the same carrier-grade NAT, or a
+/// spoofer) and sends one packet to the easily guessed port (the lowest free pair)
+/// before the caller: the greeting goes to them, and the caller's own audio is refused,
+/// so the message is lost. When the SDP names the signalling IP, only the SDP's port
+/// should latch.
+///
+/// Control: the caller, first, latches and hears the greeting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_neighbour_on_the_callers_ip_does_not_latch_a_call_whose_sdp_names_that_ip() {
+    let env = Env::with_config(&config());
+    let a = ext(&env, "1001", "international");
+    ext(&env, "1002", "international");
+    let server = env.serve();
+    let caller = phone("127.0.0.75", &server, &a).await;
+    let own = UdpSocket::bind("127.0.0.75:0").expect("bind");
+    let neighbour = UdpSocket::bind("127.0.0.75:0").expect("bind the neighbour");
+    let payload = [0xffu8; 160];
+    let packet = |seq: u16| {
+        media::rtp::RtpPacket {
+            marker: seq == 0,
+            payload_type: 0,
+            sequence: seq,
+            timestamp: u32::from(seq) * 160,
+            ssrc: 0x0ca1,
+            payload: &payload,
+        }
+        .build()
+    };
+
+    // Control: the caller's own first packet.
+    let (mut d, _, port) = call_box(&caller, "1002", own.local_addr().expect("addr")).await;
+    let target = SocketAddr::new(server.sip.ip(), port);
+    own.send_to(&packet(0), target).expect("send");
+    let (to_caller, _) = collect(&own, Duration::from_secs(1));
+    caller.send_in_dialog(&mut d, "BYE", "", "").await;
+    assert!(to_caller >= 10, "control: the caller hears the greeting");
+
+    // The neighbour's packet first.
+    let (mut d, _, port) = call_box(&caller, "1002", own.local_addr().expect("addr")).await;
+    let target = SocketAddr::new(server.sip.ip(), port);
+    neighbour.send_to(&packet(0), target).expect("send");
+    own.send_to(&packet(1), target).expect("send");
+    let (to_neighbour, _) = collect(&neighbour, Duration::from_secs(1));
+    let (to_caller, _) = collect(&own, Duration::from_secs(1));
+    caller.send_in_dialog(&mut d, "BYE", "", "").await;
+    assert_eq!(
+        (to_neighbour, to_caller > 0),
+        (0, true),
+        "the neighbour on the caller's IP got {to_neighbour} packets of the greeting; the \
+         caller got {to_caller}"
+    );
     server.stop();
 }
 

@@ -607,3 +607,69 @@ fn a_call_through_b_reaches_the_phone_registered_on_a_over_the_internal_hop() {
     node_b.stop();
     node_a.stop();
 }
+
+/// A burst of new phones on a PostgreSQL node: every REGISTER gets its `200`, each only
+/// once its binding is committed (group commits, not a round trip per phone), and every
+/// binding is in the database. The same phones refreshing from the same place a second
+/// later are answered without a write: the stored rows keep the first round's Call-IDs
+/// (SIPp numbers its calls, `N-pid@ip`, the refreshes being calls N+1..2N).
+#[test]
+fn a_burst_of_new_registrations_on_postgres_is_stored_and_refreshes_write_nothing() {
+    use crate::peers::{sipp_auth, sipp_from};
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    const PHONES: u32 = 300;
+    let url = cluster.fresh_database();
+    let env = Env::on_postgres(&url, None);
+    let password = |i: u32| format!("Pw{i}Zq8xLmTr4wPyK7");
+    let csv: String = std::iter::once("number,auth_id,password\n".to_owned())
+        .chain((0..PHONES).map(|i| format!("{},burst{i}x,{}\n", 3000 + i, password(i))))
+        .collect();
+    std::fs::write(env.path("burst.csv"), csv).expect("csv");
+    env.ok(&["import", env.path("burst.csv").to_str().expect("utf8")]);
+    // One address registering hundreds of phones a second is an SBC: allow-listed.
+    env.ok(&["allow", "add", "127.0.0.4/32", "--note", "SBC"]);
+    let server = env.serve();
+    let inf: String = std::iter::once("SEQUENTIAL\n".to_owned())
+        .chain((0..PHONES).map(|i| {
+            format!(
+                "{};{}\n",
+                3000 + i,
+                sipp_auth(&format!("burst{i}x"), &password(i))
+            )
+        }))
+        .collect();
+    // Two rounds over the phones at PHONES/s: the second round's REGISTERs are
+    // refreshes a second after the first.
+    let run = sipp_from(
+        "127.0.0.4",
+        &env,
+        "register_auth.xml",
+        &inf,
+        server.sip,
+        "u1",
+        2 * PHONES,
+        PHONES,
+    );
+    assert_eq!(
+        (run.successful, run.failed),
+        (u64::from(2 * PHONES), 0),
+        "{run:?}"
+    );
+    let db = pg::database_of(&url);
+    let count = |sql: &str| -> u64 { cluster.psql(db, sql).trim().parse().expect("count") };
+    assert_eq!(
+        count("SELECT count(*) FROM bindings"),
+        u64::from(PHONES),
+        "every answered phone's binding is stored"
+    );
+    assert_eq!(
+        count(&format!(
+            "SELECT count(*) FROM bindings WHERE CAST(split_part(call_id, '-', 1) AS INT) > {PHONES}"
+        )),
+        0,
+        "a refresh from the same place was written"
+    );
+    assert_eq!(server.egress_denied("burst of registrations"), 0);
+}

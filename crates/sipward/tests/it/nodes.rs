@@ -282,3 +282,76 @@ fn a_node_whose_name_was_taken_over_while_it_stalled_stops_and_writes_nothing() 
     );
     new.stop();
 }
+
+/// Issue 21: only the node that holds a phone's flow sends it check-sync. Two nodes on
+/// one PostgreSQL database; the phone of 1001 registers through A; 1001 is
+/// Re-Generated with the CLI of B's data dir. Both nodes poll the pending re-fetch
+/// requests; B, which holds no flow of 1001, must leave the request to A, and the phone
+/// gets A's NOTIFY. (Before, whichever node polled first took every request: when that
+/// was B, it found no registration of its own and the phone was never told.)
+#[test]
+fn check_sync_for_a_phone_registered_on_a_comes_from_a_when_b_regenerates_it() {
+    use crate::peers::UdpClient;
+    use crate::registrar::{ALICE, PASSWORD, register, status};
+    use std::time::{Duration, Instant};
+    let Some(cluster) = crate::pg::cluster() else {
+        return;
+    };
+    let url = cluster.fresh_database();
+    let a = Env::on_postgres(&url, None);
+    a.ok(&[
+        "ext",
+        "add",
+        "1001",
+        "--auth-id",
+        "alice1001",
+        "--password",
+        PASSWORD,
+        "--mac",
+        "001565aabb01",
+        "--model",
+        "snom D785",
+    ]);
+    let b = Env::on_postgres(&url, Some(&a));
+    let node_a = a.serve_with(&["--node-name", "a"]);
+    let node_b = b.serve_with(&["--node-name", "b"]);
+    let desk = UdpClient::from_address("127.0.0.2", node_a.sip, Duration::from_secs(1));
+    let contact = format!("<sip:1001@{}>", desk.local);
+    assert_eq!(
+        status(&register(
+            &desk,
+            &ALICE,
+            "desk",
+            1,
+            Some(&contact),
+            Some(300)
+        )),
+        200
+    );
+    let out = b.json(&["ext", "regenerate", "1001", "--no-email", "--json"]);
+    assert_eq!(out["regenerated"][0]["resync"], true, "{out}");
+    // Both nodes poll every second or so; several rounds of each pass.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut notify = None;
+    while notify.is_none() && Instant::now() < deadline {
+        notify = desk
+            .receive()
+            .filter(|m| m.starts_with("NOTIFY ") && m.contains("check-sync"));
+    }
+    let notify = notify.unwrap_or_else(|| {
+        panic!(
+            "the phone on A was never told to re-sync (sent by A: {}, by B: {})\n{}",
+            node_a.metric("sipward_notify_sent_total"),
+            node_b.metric("sipward_notify_sent_total"),
+            node_a.log()
+        )
+    });
+    assert!(notify.contains("Event: check-sync"), "{notify}");
+    assert_eq!(
+        node_b.metric("sipward_notify_sent_total"),
+        0,
+        "B has no flow"
+    );
+    node_a.stop();
+    node_b.stop();
+}
