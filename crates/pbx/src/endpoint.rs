@@ -767,7 +767,8 @@ impl Endpoint {
     }
 
     /// A REFER between two parties of a proxied dialog: its target must be one the
-    /// referrer's own class may call (a granted one is then the referrer's call).
+    /// referrer's own class may call (a granted one is then the referrer's call), and
+    /// neither the call nor the target may lie across the internal hop.
     fn refer_allowed(&self, m: &Message<'_>, d: &Dialog, side: Side) -> bool {
         let number = |w: &Who| match w {
             Who::Extension(n) => Some(n.clone()),
@@ -778,6 +779,15 @@ impl Endpoint {
         // Towards a trunk nothing is let through: the trunk would carry out the transfer
         // itself, at the owner's cost, whatever the target looks like.
         if matches!(d.other(side).who, Who::Trunk(_)) {
+            return false;
+        }
+        // Transfers are not offered across nodes (issue 21). Over the hop the other
+        // node would carry out the REFER with none of this node's state (the grant
+        // that charges an outside target to the referrer is held here), so a REFER in
+        // a call that crosses the hop goes no further, from either party.
+        let over_hop =
+            |p: &crate::dialog::Party| p.flow.is_some_and(|f| f.transport == TransportKind::Hop);
+        if over_hop(d.party(side)) || over_hop(d.other(side)) {
             return false;
         }
         // Exactly one Refer-To (RFC 3515 §2.1): a second one could name another target
@@ -793,12 +803,21 @@ impl Endpoint {
         let [target] = targets.as_slice() else {
             return false;
         };
-        self.transfers.judge(
-            referrer.as_deref(),
-            transferee.as_deref(),
-            target,
-            self.clock.now(),
-        ) != Verdict::Refused
+        // Nor is a phone of another node a transfer target: an extension with no
+        // binding here but one on another node would be reached only over the hop.
+        let now = self.clock.now();
+        if let Some(user) = crate::transfer::target_number(target) {
+            let dir = self.directory.get();
+            if let Some(callee) = dir.extension_for_user(&user)
+                && self.registrar.flows(callee, now).is_empty()
+                && !self.egress.hop_targets().of(callee).is_empty()
+            {
+                return false;
+            }
+        }
+        self.transfers
+            .judge(referrer.as_deref(), transferee.as_deref(), target, now)
+            != Verdict::Refused
     }
 
     /// Digest authentication with the guard's rules, shared by every method sipward

@@ -72,8 +72,8 @@ pub struct ServeConfig {
     /// share (its call leases).
     pub node: policy::node::NodeName,
     /// Where this node takes internal hops (`[cluster] internal`), published in its
-    /// `nodes` row: a UDP socket there reads only live nodes' datagrams. Taking a hop
-    /// is not built yet (branch h-hop-wip).
+    /// `nodes` row: a UDP socket there reads only live nodes' datagrams, and this node
+    /// sends calls for phones registered on another node to that node's address.
     pub internal: Option<SocketAddr>,
     /// How often the store's versions are read (`[store] poll_ms`). On PostgreSQL a
     /// notification makes the read happen at once; this bounds how long a lost one
@@ -496,8 +496,8 @@ impl Bound {
                 self.transports.clone(),
                 self.endpoint.egress.hop_targets().clone(),
                 self.endpoint.metrics.clone(),
-                // Answers to this node's hops; taking a hop is not built yet (branch
-                // h-hop-wip): a node's request is dropped in `hop_received`.
+                // Answers to this node's hops, hops from the other nodes (checked in
+                // `Endpoint::take_hop`) and requests in the dialogs they made.
                 Arc::new(move |bytes: &[u8], flow: crate::flow::Flow| {
                     endpoint.hop_received(bytes, flow);
                 }),
