@@ -2400,6 +2400,257 @@ async fn a_hop_reaches_this_nodes_phone_only_with_a_live_nodes_fresh_unseen_proo
     assert!(gw.quiet(|_| true).await, "no trunk is reached by a hop");
 }
 
+/// Node "a" as a sending PBX sees it: a socket on 127.0.0.1 published in a live `nodes`
+/// row that holds a live binding of `number`. Returns once the PBX's hop table sends
+/// calls for `number` there.
+async fn node_holding(pbx: &Pbx, number: &str) -> Ua {
+    let internal = pbx.internal.expect("hops on");
+    let a = Ua::bind("127.0.0.1", internal, "a").await;
+    let store = pbx.registry.store();
+    pbx::node::NodeHold::claim(store, "a", "a-instance", &a.addr.to_string(), T0, false)
+        .await
+        .expect("a claims its name");
+    let mut conn = store.conn().await.expect("conn");
+    let generation = store::account::get_extension(&mut conn, number)
+        .await
+        .expect("read")
+        .expect("the extension")
+        .credential_generation;
+    let row = store::bindings::BindingRow {
+        number: number.to_owned(),
+        contact: format!("sip:{number}@192.0.2.9:5060"),
+        call_id: format!("reg-{number}-on-a"),
+        cseq: 1,
+        expires_at: T0 + 3600,
+        source: "192.0.2.9:5060".into(),
+        transport: "udp".into(),
+        generation,
+    };
+    store::bindings::replace_node_bindings(&mut conn, "a", number, &[row], T0)
+        .await
+        .expect("a's binding");
+    drop(conn);
+    let targets = pbx.endpoint.egress.hop_targets().clone();
+    let (number, at) = (number.to_owned(), a.addr);
+    until("the PBX hops calls for the number to a", move || {
+        targets.of(&number) == [at]
+    })
+    .await;
+    a
+}
+
+/// Issue 21, the sending node: a call for an extension whose phone is registered on
+/// another node hops there, and when that node answers 480 (no phone there any more)
+/// or 408 (nobody answered), or the phone rings past the extension's voicemail time,
+/// the call ends in THIS node's voicemail, exactly as for a phone of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hop_that_fails_or_rings_out_ends_in_this_nodes_voicemail() {
+    let boxes_dir = tempfile::tempdir().expect("tmp");
+    let boxes = Arc::new(Boxes {
+        dir: boxes_dir.path().to_owned(),
+        filed: Mutex::new(Vec::new()),
+    });
+    let pbx = start(Setup {
+        extensions: vec![("1001", "internal"), ("1002", "internal")],
+        voicemail: Some(boxes),
+        internal: true,
+        ..Setup::default()
+    })
+    .await;
+    let caller = Ua::bind("127.0.0.1", pbx.sip, "1001").await;
+    caller.register().await;
+    let node_a = node_holding(&pbx, "1002").await;
+    let to_voicemail = |out: &Outgoing, ok: &str| {
+        assert_eq!(status(ok), 200, "the voicemail answers: {ok}");
+        assert!(
+            header(ok, "Contact").is_some_and(|c| c.contains("voicemail@")),
+            "this node's box answered, not the other node: {ok}"
+        );
+        assert_eq!(header(ok, "Call-ID"), Some(out.call_id.as_str()));
+    };
+    let hang_up = |out: Outgoing, ok: String| {
+        let caller = &caller;
+        async move {
+            caller.in_dialog(&out, &ok, "ACK", out.cseq).await;
+            caller.in_dialog(&out, &ok, "BYE", out.cseq + 1).await;
+            caller
+                .wait("200 to BYE", |m| {
+                    status(m) == 200
+                        && header(m, "Call-ID") == Some(&out.call_id)
+                        && header(m, "CSeq") == Some(&format!("{} BYE", out.cseq + 1))
+                })
+                .await;
+        }
+    };
+
+    // The other node answers at once that it cannot: 480, then 408.
+    for (n, (code, reason)) in [(480, "Temporarily Unavailable"), (408, "Request Timeout")]
+        .into_iter()
+        .enumerate()
+    {
+        let out = caller.invite("1002", "").await;
+        let hop = node_a.request_for("INVITE", &out.call_id, 0).await;
+        assert!(
+            hop.starts_with(&format!("INVITE sip:1002@{}", node_a.addr)),
+            "the hop names the extension at the node's address: {hop}"
+        );
+        assert!(hop.contains("X-Sipward-Hop: "), "with this node's proof");
+        node_a
+            .reply(&hop, code, reason, &format!("a{n}"), "", "")
+            .await;
+        // Acknowledged hop by hop, to the node.
+        node_a.request_for("ACK", &out.call_id, 0).await;
+        let ok = caller.answer_to(&out, |c| c >= 200).await;
+        to_voicemail(&out, &ok);
+        hang_up(out, ok).await;
+        assert_eq!(
+            pbx.metric("sipward_voicemail_calls_total"),
+            n as u64 + 1,
+            "{code} from the node"
+        );
+    }
+
+    // The phone on the other node rings and nobody answers: at the extension's voicemail
+    // time (5 s) this node cancels the hop and its box takes the call.
+    let out = caller.invite("1002", "").await;
+    let hop = node_a.request_for("INVITE", &out.call_id, 0).await;
+    node_a.reply(&hop, 180, "Ringing", "ring-a", "", "").await;
+    caller.answer_to(&out, |c| c == 180).await;
+    pbx.advance(Duration::from_secs(4)).await;
+    assert!(node_a.quiet(|m| method(m) == Some("CANCEL")).await);
+    pbx.advance(Duration::from_secs(1)).await;
+    let cancel = node_a.request_for("CANCEL", &out.call_id, 0).await;
+    node_a.reply(&cancel, 200, "OK", "ring-a", "", "").await;
+    node_a
+        .reply(&hop, 487, "Request Terminated", "ring-a", "", "")
+        .await;
+    let ok = caller.answer_to(&out, |c| c >= 200).await;
+    to_voicemail(&out, &ok);
+    hang_up(out, ok).await;
+    assert_eq!(pbx.metric("sipward_voicemail_calls_total"), 3);
+}
+
+/// A REFER in the dialog of `out` (answered by `answer`) naming `target`.
+async fn refer(ua: &Ua, out: &Outgoing, answer: &str, cseq: u32, target: &str) {
+    let to = header(answer, "Contact")
+        .map(|c| {
+            c.trim_start_matches('<')
+                .split('>')
+                .next()
+                .unwrap_or(c)
+                .to_owned()
+        })
+        .unwrap_or_else(|| out.ruri.clone());
+    let text = format!(
+        "REFER {to} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\n\
+         Call-ID: {}\r\nCSeq: {cseq} REFER\r\nRefer-To: <{target}>\r\nContent-Length: 0\r\n\r\n",
+        ua.via(&ua.next("z9hG4bKref")),
+        out.from,
+        header(answer, "To").unwrap_or(&out.to),
+        out.call_id,
+    );
+    ua.send(&text).await;
+}
+
+/// Issue 21: transfers are not offered across nodes. A REFER in a call that crosses
+/// the hop, or naming an extension whose phone is registered only on another node, is
+/// answered 403 and reaches neither the other node nor a phone; the call goes on. The
+/// control: the same REFER naming a phone of this node, in a call between two of its
+/// phones, is carried to the transferee.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refer_across_nodes_is_refused_and_the_call_goes_on() {
+    let pbx = start(Setup {
+        extensions: vec![
+            ("1001", "internal"),
+            ("1002", "internal"),
+            ("1003", "internal"),
+            ("1004", "internal"),
+        ],
+        internal: true,
+        ..Setup::default()
+    })
+    .await;
+    let caller = Ua::bind("127.0.0.1", pbx.sip, "1001").await;
+    caller.register().await;
+    let local = Ua::bind("127.0.0.1", pbx.sip, "1003").await;
+    local.register().await;
+    let other_local = Ua::bind("127.0.0.1", pbx.sip, "1004").await;
+    other_local.register().await;
+    let node_a = node_holding(&pbx, "1002").await;
+    let is_refer = |m: &str| method(m) == Some("REFER");
+    let answered_refer = |cseq: u32| {
+        move |m: &str| header(m, "CSeq") == Some(&format!("{cseq} REFER")) && status(m) >= 200
+    };
+
+    // A call between two phones of this node.
+    let out = caller.invite("1003", "").await;
+    let invite = local.request_for("INVITE", &out.call_id, 0).await;
+    local
+        .reply(
+            &invite,
+            200,
+            "OK",
+            "l1",
+            &format!("Contact: <sip:1003@{}>\r\n", local.addr),
+            "",
+        )
+        .await;
+    let ok = caller.answer_to(&out, |c| c == 200).await;
+    caller.in_dialog(&out, &ok, "ACK", out.cseq).await;
+    local.request_for("ACK", &out.call_id, 0).await;
+    // Naming the phone on the other node: 403, the transferee hears nothing.
+    refer(&caller, &out, &ok, 2, "sip:1002@pbx").await;
+    let no = caller
+        .wait("the answer to the REFER", answered_refer(2))
+        .await;
+    assert_eq!(status(&no), 403, "{no}");
+    assert!(
+        local.quiet(is_refer).await,
+        "nothing reaches the transferee"
+    );
+    // Control: naming a phone of this node, the REFER is carried to the transferee.
+    refer(&caller, &out, &ok, 3, "sip:1004@pbx").await;
+    let carried = local.request_for("REFER", &out.call_id, 3).await;
+    assert!(carried.contains("sip:1004@pbx"), "{carried}");
+    local.reply(&carried, 202, "Accepted", "l1", "", "").await;
+    let yes = caller.wait("202 to the REFER", answered_refer(3)).await;
+    assert_eq!(status(&yes), 202, "{yes}");
+
+    // A call that crosses the hop: a REFER naming a phone of this node is refused too,
+    // and the other node gets nothing but the call's own requests.
+    let out = caller.invite("1002", "").await;
+    let hop = node_a.request_for("INVITE", &out.call_id, 0).await;
+    node_a
+        .reply(
+            &hop,
+            200,
+            "OK",
+            "a1",
+            &format!("Contact: <sip:1002@{}>\r\n", node_a.addr),
+            "",
+        )
+        .await;
+    let ok = caller.answer_to(&out, |c| c == 200).await;
+    caller.in_dialog(&out, &ok, "ACK", out.cseq).await;
+    node_a.request_for("ACK", &out.call_id, 0).await;
+    refer(&caller, &out, &ok, 2, "sip:1004@pbx").await;
+    let no = caller
+        .wait("the answer to the REFER", answered_refer(2))
+        .await;
+    assert_eq!(status(&no), 403, "{no}");
+    assert!(node_a.quiet(is_refer).await, "no REFER goes over the hop");
+    // The call goes on: its BYE still reaches the other node.
+    caller.in_dialog(&out, &ok, "BYE", 3).await;
+    let bye = node_a.request_for("BYE", &out.call_id, 3).await;
+    node_a.reply(&bye, 200, "OK", "a1", "", "").await;
+    caller
+        .wait("200 to BYE", |m| {
+            status(m) == 200 && header(m, "CSeq") == Some("3 BYE")
+        })
+        .await;
+    assert_eq!(pbx.metric("sipward_transfers_refused_total"), 2);
+}
+
 /// Box 1002 for the menu: PIN 482913, one new message; what the menu asked of it.
 #[derive(Debug, Default)]
 struct Menus {
