@@ -176,6 +176,12 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
+    /// The internal hop's key, derived from the secrets key (`pbx::hop`): every node of
+    /// the install has the same one.
+    pub fn hop_key(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        self.vault.hop_key()
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }

@@ -113,10 +113,12 @@ pub enum Denial {
     WrongMethod,
     #[error("a sips: Request-URI on a flow that is not TLS")]
     SipsOverClear,
+    #[error("a hop to anything but a live node that holds the extension")]
+    NotAHop,
 }
 
 impl Denial {
-    pub const ALL: [Denial; 13] = [
+    pub const ALL: [Denial; 14] = [
         Denial::NoServerTransaction,
         Denial::Answered,
         Denial::Malformed,
@@ -130,6 +132,7 @@ impl Denial {
         Denial::NotToTheOtherParty,
         Denial::WrongMethod,
         Denial::SipsOverClear,
+        Denial::NotAHop,
     ];
 
     /// Its place in [`Denial::ALL`] and in the metric's labels.
@@ -246,6 +249,11 @@ pub enum Purpose<'a> {
     /// A branch of a call to the extension `number`: `to` must be a flow a live
     /// registration of it came on, and one `hops` allows.
     Callee { number: &'a str, hops: Hops },
+    /// The INVITE of a call to the extension `number` hopped to the node that holds its
+    /// phone (issue 21): `to` must be, over UDP, the internal address of a live node
+    /// that holds a live binding of it ([`crate::hop::Targets`]). Only an INVITE, only
+    /// to such a node: a hop never reaches a trunk, a gateway or a phone directly.
+    Hop { number: &'a str },
     /// The INVITE of a call to the trunk `label` (`gateway:NAME`, `provider:NAME`): `to`
     /// must be that trunk's address (or, for a gateway, where it is registered from),
     /// and one `hops` allows.
@@ -302,6 +310,8 @@ pub struct Egress {
     dialogs: Arc<Dialogs>,
     registrar: Arc<Registrar>,
     trunks: Arc<Trunks>,
+    /// Where calls may hop to other nodes (issue 21); empty without hops.
+    hop_targets: Arc<crate::hop::Targets>,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
 }
@@ -337,6 +347,7 @@ impl Egress {
             dialogs,
             registrar,
             trunks,
+            hop_targets: Arc::default(),
             metrics,
             clock,
         }
@@ -506,6 +517,11 @@ impl Egress {
     // ------------------------------------------------------------------------------
     // Client side: permits (b) to (e).
 
+    /// Where calls may hop to other nodes: the server replaces it on each reload.
+    pub fn hop_targets(&self) -> &Arc<crate::hop::Targets> {
+        &self.hop_targets
+    }
+
     /// Checks the destination of a new client transaction against the table its
     /// purpose names.
     fn check(&self, m: &Message<'_>, to: &Flow, purpose: Purpose<'_>) -> Result<(), Denial> {
@@ -526,6 +542,15 @@ impl Egress {
                 }
                 if !self.registrar.has_flow(number, to, now) {
                     return Err(Denial::NotARegistration);
+                }
+            }
+            Purpose::Hop { number } => {
+                if method != "INVITE" {
+                    return Err(Denial::WrongMethod);
+                }
+                if to.transport != TransportKind::Hop || !self.hop_targets.allows(number, to.remote)
+                {
+                    return Err(Denial::NotAHop);
                 }
             }
             Purpose::Registration { number } => {
@@ -746,8 +771,10 @@ impl Egress {
                 && let Some(dest) = c.table.destination_of(k.branch(), k.method())
             {
                 let same = match source.transport {
-                    TransportKind::Udp => {
-                        dest.transport == TransportKind::Udp
+                    // A hop's answer comes back on the internal socket from the node's
+                    // published address (the only source that socket reads).
+                    TransportKind::Udp | TransportKind::Hop => {
+                        dest.transport == source.transport
                             && dest.remote.ip() == source.remote.ip()
                             && dest.remote.port() == source.remote.port()
                     }
@@ -1398,6 +1425,100 @@ pub(crate) mod tests {
             .carry_out(vec![send(registered)], r.clock.instant());
         assert!(r.wire.take().is_empty());
         assert_eq!(denied(&r, Denial::NoClientTransaction), 2);
+    }
+
+    #[test]
+    fn a_hop_goes_only_to_a_live_node_that_holds_the_extension() {
+        let r = rig();
+        let node_a = addr("10.0.0.1:5070");
+        let hop = Purpose::Hop { number: "1001" };
+        let invite = request("INVITE", "z9hG4bKhop1", "");
+        // No hop targets: nowhere, not even a registered phone's flow.
+        assert_eq!(
+            r.egress
+                .start(invite.clone(), Flow::hop(node_a), hop, Owner::Proxy)
+                .map(|_| ()),
+            Err(NotStarted::Denied(Denial::NotAHop))
+        );
+        assert_eq!(
+            r.egress
+                .start(
+                    invite.clone(),
+                    Flow::udp(addr("192.0.2.1:5062")),
+                    hop,
+                    Owner::Proxy
+                )
+                .map(|_| ()),
+            Err(NotStarted::Denied(Denial::NotAHop))
+        );
+        r.egress
+            .hop_targets()
+            .replace([("1001".to_owned(), vec![node_a])]);
+        // Another extension's node, or another address: no.
+        assert_eq!(
+            r.egress
+                .start(
+                    invite.clone(),
+                    Flow::hop(node_a),
+                    Purpose::Hop { number: "1002" },
+                    Owner::Proxy
+                )
+                .map(|_| ()),
+            Err(NotStarted::Denied(Denial::NotAHop))
+        );
+        assert_eq!(
+            r.egress
+                .start(
+                    invite.clone(),
+                    Flow::hop(addr("10.0.0.9:5070")),
+                    hop,
+                    Owner::Proxy
+                )
+                .map(|_| ()),
+            Err(NotStarted::Denied(Denial::NotAHop))
+        );
+        // Only on the internal socket: the node's address on the public one is no hop.
+        assert_eq!(
+            r.egress
+                .start(invite.clone(), Flow::udp(node_a), hop, Owner::Proxy)
+                .map(|_| ()),
+            Err(NotStarted::Denied(Denial::NotAHop))
+        );
+        // And a hop flow is nothing else's: no binding is one.
+        assert_eq!(
+            r.egress
+                .start(
+                    invite.clone(),
+                    Flow::hop(node_a),
+                    Purpose::Callee {
+                        number: "1001",
+                        hops: Hops::Any
+                    },
+                    Owner::Proxy
+                )
+                .map(|_| ()),
+            Err(NotStarted::Denied(Denial::NotARegistration))
+        );
+        // Only an INVITE.
+        assert_eq!(
+            r.egress
+                .start(
+                    request("OPTIONS", "z9hG4bKhop2", ""),
+                    Flow::hop(node_a),
+                    hop,
+                    Owner::Proxy
+                )
+                .map(|_| ()),
+            Err(NotStarted::Denied(Denial::WrongMethod))
+        );
+        // Control: the node that holds 1001 takes it.
+        assert!(
+            r.egress
+                .start(invite, Flow::hop(node_a), hop, Owner::Proxy)
+                .is_ok()
+        );
+        assert_eq!(r.wire.take()[0].0, Flow::hop(node_a));
+        assert_eq!(denied(&r, Denial::NotAHop), 5);
     }
 
     #[test]

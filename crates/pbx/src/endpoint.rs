@@ -88,6 +88,8 @@ pub struct Parts {
     pub bound: SocketAddr,
     /// The address the TLS listener is bound to, if there is one.
     pub tls_bound: Option<SocketAddr>,
+    /// The internal hop socket's address (`[cluster] internal`), if hops are on.
+    pub internal: Option<SocketAddr>,
     /// Keys branches, tags and Call-IDs (from the OS CSPRNG, through the binary).
     pub key: [u8; 32],
     /// The largest message taken per transport.
@@ -127,10 +129,20 @@ pub struct Endpoint {
     clock: Arc<dyn Clock>,
     tag_hasher: RandomState,
     messages: MessageLimits,
+    /// What checks a hop taken from another node (issue 21), set when hops are on.
+    hop: std::sync::OnceLock<HopTaker>,
     /// The endpoint itself, for work that continues after an await (an external call
     /// waits for its counts in the store); dangling for an endpoint not made by
     /// [`Endpoint::shared`], which then admits no external call.
     me: Weak<Endpoint>,
+}
+
+/// What a node checks a hop from another node with: the install's hop key, and the
+/// Call-IDs and CSeqs of hops taken lately (replays refused).
+#[derive(Debug)]
+struct HopTaker {
+    key: crate::hop::HopKey,
+    replays: Mutex<crate::hop::Replays>,
 }
 
 /// The Call-ID and both tags of a request.
@@ -161,14 +173,16 @@ impl Endpoint {
             p.metrics.clone(),
             p.clock.clone(),
         ));
-        let sig = Arc::new(Signalling::new(
+        let mut sig = Signalling::new(
             egress.clone(),
             dialogs.clone(),
             p.metrics.clone(),
             p.clock.clone(),
             (p.bound, p.tls_bound),
             p.key,
-        ));
+        );
+        sig.internal = p.internal;
+        let sig = Arc::new(sig);
         let transfers = Arc::new(Transfers::new(
             p.outbound.clone(),
             p.trunks.clone(),
@@ -197,8 +211,23 @@ impl Endpoint {
             clock: p.clock,
             tag_hasher: RandomState::new(),
             messages: p.messages,
+            hop: std::sync::OnceLock::new(),
             me,
         }
+    }
+
+    /// Turns hops on (issue 21; the server, when `[cluster] internal` is set): calls
+    /// for phones registered on another live node go there with this node's proof, and
+    /// hops from other nodes are taken once checked against `key`.
+    pub fn attach_hop(&self, key: crate::hop::HopKey, node: &str) {
+        let _ = self.hop.set(HopTaker {
+            key: key.clone(),
+            replays: Mutex::new(crate::hop::Replays::default()),
+        });
+        self.proxy.attach_hop(proxy::HopSender {
+            key,
+            node: node.to_owned(),
+        });
     }
 
     /// The server's wall clock, for records written on the endpoint's behalf.
@@ -223,6 +252,15 @@ impl Endpoint {
         ));
         v.extend(self.outbound.table_sizes());
         v.extend(self.guard.table_sizes());
+        let (hop_targets, hop_nodes) = self.egress.hop_targets().sizes();
+        v.push(("hop_targets", hop_targets));
+        v.push(("hop_nodes", hop_nodes));
+        v.push((
+            "hop_replays",
+            self.hop.get().map_or(0, |t| {
+                t.replays.lock().unwrap_or_else(|p| p.into_inner()).len()
+            }),
+        ));
         v.push((
             "graces_ended",
             self.graces_ended
@@ -395,6 +433,28 @@ impl Endpoint {
         true
     }
 
+    /// A datagram the internal hop socket read from a live node's published address
+    /// (`transport::serve_internal` checked the source). An answer goes to the hop
+    /// transaction it belongs to (the egress rule holds it to the node the hop went
+    /// to); a request is a hop ([`Endpoint::take_hop`]), a CANCEL of one, or a request
+    /// in one of its dialogs (the dialog table's: only from the party's flow). False
+    /// when it was not read.
+    pub fn hop_received(&self, bytes: &[u8], flow: Flow) -> bool {
+        if flow.transport != TransportKind::Hop || bytes.len() > self.messages.of(flow.transport) {
+            return false;
+        }
+        match msg::parse(bytes) {
+            Ok(m) => {
+                self.handle_message(m, bytes, flow);
+                true
+            }
+            Err(_) => {
+                Metrics::inc(&self.metrics.parse_errors);
+                false
+            }
+        }
+    }
+
     /// A message over its transport's limit: a request whose head lies within the limit
     /// and parses is answered `513 Message Too Large` (RFC 3261 §21.5.14) through the
     /// server transaction table (so a retransmission is answered again, not re-read);
@@ -434,7 +494,9 @@ impl Endpoint {
         };
         let reply_to = match flow.transport {
             TransportKind::Udp => Flow::udp(datagram_target(&top, flow.remote)),
-            TransportKind::Tcp | TransportKind::Tls => flow,
+            // A node is answered at the address it was read from (a live node's
+            // published one), never where its Via says.
+            TransportKind::Tcp | TransportKind::Tls | TransportKind::Hop => flow,
         };
         match self.egress.arrived(&key, reply_to, self.clock.instant()) {
             Arrival::New => {
@@ -450,10 +512,14 @@ impl Endpoint {
         // A scanner's first request bans its source, and it gets no answer at all.
         // Over TCP the handshake proved the source; a datagram proves nothing.
         let proof = match flow.transport {
-            TransportKind::Udp => Proof::Spoofable,
+            TransportKind::Udp | TransportKind::Hop => Proof::Spoofable,
             TransportKind::Tcp | TransportKind::Tls => Proof::Handshake,
         };
-        if let Some(ua) = m.header(Name::UserAgent)
+        // A hop carries the caller's User-Agent; the sending node judged it, and a
+        // node's address is never banned for what it carries.
+        let from_node = flow.transport == TransportKind::Hop;
+        if !from_node
+            && let Some(ua) = m.header(Name::UserAgent)
             && self.guard.scanner(flow.remote.ip(), ua, proof)
         {
             return;
@@ -468,7 +534,9 @@ impl Endpoint {
         };
         let source = flow.remote;
         // Scanners address servers by IP; phones set up with the domain never do.
-        if self.guard.policy().refuse_ip_request_uri
+        // A hop's Request-URI names the node's internal address by design.
+        if !from_node
+            && self.guard.policy().refuse_ip_request_uri
             && SipUri::parse(uri)
                 .is_some_and(|u| policy::fields::Host::ip_literal(u.host).is_some())
             && !self.guard.allowed(source.ip())
@@ -482,7 +550,9 @@ impl Endpoint {
         };
         let reply_to = match flow.transport {
             TransportKind::Udp => Flow::udp(datagram_target(&top, source)),
-            TransportKind::Tcp | TransportKind::Tls => flow,
+            // A node is answered at the address it was read from (a live node's
+            // published one), never where its Via says.
+            TransportKind::Tcp | TransportKind::Tls | TransportKind::Hop => flow,
         };
         // Only requests with an RFC 3261 branch have a transaction, and only a
         // transaction can be answered.
@@ -561,6 +631,16 @@ impl Endpoint {
             !matches!(method, "REGISTER" | "CANCEL") && to.and_then(|t| t.tag()).is_some();
         if in_dialog {
             self.in_dialog(&m, bytes, Some(&key), &flow);
+            return;
+        }
+        // From another node, besides its dialogs' requests and CANCELs of its hops,
+        // only a hop (an INVITE) is taken: nothing registers, subscribes or asks here.
+        if from_node && method != "CANCEL" {
+            if method == "INVITE" {
+                self.take_hop(&m, uri, bytes, &key, &flow);
+            } else {
+                self.respond(&m, &key, source, 405, "Method Not Allowed", &[]);
+            }
             return;
         }
         match method {
@@ -687,7 +767,8 @@ impl Endpoint {
     }
 
     /// A REFER between two parties of a proxied dialog: its target must be one the
-    /// referrer's own class may call (a granted one is then the referrer's call).
+    /// referrer's own class may call (a granted one is then the referrer's call), and
+    /// neither the call nor the target may lie across the internal hop.
     fn refer_allowed(&self, m: &Message<'_>, d: &Dialog, side: Side) -> bool {
         let number = |w: &Who| match w {
             Who::Extension(n) => Some(n.clone()),
@@ -698,6 +779,15 @@ impl Endpoint {
         // Towards a trunk nothing is let through: the trunk would carry out the transfer
         // itself, at the owner's cost, whatever the target looks like.
         if matches!(d.other(side).who, Who::Trunk(_)) {
+            return false;
+        }
+        // Transfers are not offered across nodes (issue 21). Over the hop the other
+        // node would carry out the REFER with none of this node's state (the grant
+        // that charges an outside target to the referrer is held here), so a REFER in
+        // a call that crosses the hop goes no further, from either party.
+        let over_hop =
+            |p: &crate::dialog::Party| p.flow.is_some_and(|f| f.transport == TransportKind::Hop);
+        if over_hop(d.party(side)) || over_hop(d.other(side)) {
             return false;
         }
         // Exactly one Refer-To (RFC 3515 §2.1): a second one could name another target
@@ -713,12 +803,21 @@ impl Endpoint {
         let [target] = targets.as_slice() else {
             return false;
         };
-        self.transfers.judge(
-            referrer.as_deref(),
-            transferee.as_deref(),
-            target,
-            self.clock.now(),
-        ) != Verdict::Refused
+        // Nor is a phone of another node a transfer target: an extension with no
+        // binding here but one on another node would be reached only over the hop.
+        let now = self.clock.now();
+        if let Some(user) = crate::transfer::target_number(target) {
+            let dir = self.directory.get();
+            if let Some(callee) = dir.extension_for_user(&user)
+                && self.registrar.flows(callee, now).is_empty()
+                && !self.egress.hop_targets().of(callee).is_empty()
+            {
+                return false;
+            }
+        }
+        self.transfers
+            .judge(referrer.as_deref(), transferee.as_deref(), target, now)
+            != Verdict::Refused
     }
 
     /// Digest authentication with the guard's rules, shared by every method sipward
@@ -1277,7 +1376,15 @@ impl Endpoint {
         self.proxy_to(m, bytes, key, flow, caller, &callee, false, None);
     }
 
-    /// Forks an INVITE to the flows an extension is registered from.
+    /// Forks an INVITE to the flows an extension is registered from; with none here,
+    /// to the other live nodes that hold one (the hop, issue 21); with none anywhere, to
+    /// its voicemail (or 480).
+    ///
+    /// The hop comes before this node's voicemail: a phone registered on another node
+    /// is reachable, and ringing the box here instead would send every call that
+    /// lands on the "wrong" node to voicemail. When the hop fails busy, unavailable or
+    /// unanswered (408/480/486/6xx), the proxy's own fallback puts the call to the box
+    /// here, exactly as for a local phone: the other node never takes it to voicemail.
     #[allow(clippy::too_many_arguments)]
     fn proxy_to(
         &self,
@@ -1291,8 +1398,14 @@ impl Endpoint {
         class: Option<(CallClass, ClassOfService)>,
     ) {
         let source = flow.remote;
-        let contacts = self.registrar.flows(callee, self.clock.now());
-        if contacts.is_empty() && self.voicemail.enabled() {
+        let mut contacts = self.registrar.flows(callee, self.clock.now());
+        // Never from a hop: what came from another node goes to this node's phones
+        // only, not on to a third node nor to a voicemail box (no hop of a hop).
+        let from_node = flow.transport == TransportKind::Hop;
+        if contacts.is_empty() && !from_node && self.proxy.hops_on() {
+            contacts = self.hop_contacts(callee);
+        }
+        if contacts.is_empty() && !from_node && self.voicemail.enabled() {
             // No phone to ring: the box takes the call (or answers why it cannot).
             Metrics::inc(&self.metrics.calls_unrouted);
             return self
@@ -1330,6 +1443,105 @@ impl Endpoint {
                 self.respond(m, key, source, code, reason, &[]);
             }
         }
+    }
+
+    /// A hop from another node (issue 21): taken only with its proof (the source is a
+    /// live node's published address, the MAC under the install's hop key names that
+    /// node, the time is fresh, the Call-ID and CSeq unseen) and only for an extension
+    /// of the directory. It is forked to this node's own bindings of that extension and
+    /// nothing else: no dial plan, no trunk, no further hop, no voicemail (the sending
+    /// node's is the box), and no fraud count (the sending node admitted and counted
+    /// the call). The proof is stripped by the proxy before the phone sees the INVITE.
+    /// A refused hop is answered 403 (to the node's address, whoever forged it) and
+    /// counted by reason; no binding here is 480, which the sending node takes to its
+    /// voicemail.
+    fn take_hop(&self, m: &Message<'_>, uri: &str, bytes: &[u8], key: &TxKey, flow: &Flow) {
+        let source = flow.remote;
+        let refuse = |index: usize| {
+            if let Some(c) = self.metrics.hops_refused.get(index) {
+                c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            self.respond(m, key, source, 403, "Forbidden", &[]);
+        };
+        let (Some(taker), Some(node)) = (self.hop.get(), self.egress.hop_targets().node_at(source))
+        else {
+            return refuse(0);
+        };
+        let extension = SipUri::parse(uri).and_then(|u| u.user).unwrap_or("");
+        let mut proofs = m
+            .headers
+            .iter()
+            .filter(|h| h.raw_name.trim().eq_ignore_ascii_case(crate::hop::HEADER));
+        let proof = proofs.next().map(|h| h.value.as_ref());
+        let checked = match (
+            proofs.next(),
+            m.header(Name::CallId),
+            m.header(Name::CSeq).and_then(CSeq::parse),
+            m.header(Name::From)
+                .and_then(NameAddr::parse)
+                .and_then(|a| a.tag()),
+        ) {
+            (None, Some(call_id), Some(cseq), Some(from_tag)) => {
+                let fields = crate::hop::HopFields {
+                    method: "INVITE",
+                    extension,
+                    call_id,
+                    cseq: cseq.seq,
+                    from_tag,
+                    node: &node,
+                };
+                let mut replays = taker.replays.lock().unwrap_or_else(|p| p.into_inner());
+                crate::hop::check(&taker.key, &fields, proof, self.clock.now(), &mut replays)
+            }
+            _ => Err(crate::hop::Refused::Malformed),
+        };
+        if let Err(refused) = checked {
+            return refuse(refused.index());
+        }
+        if self.directory.get().by_number(extension).is_none() {
+            return self.respond(m, key, source, 404, "Not Found", &[]);
+        }
+        // Only this node's own bindings (a hop flow is never one).
+        let contacts: Vec<(String, Flow)> = self
+            .registrar
+            .flows(extension, self.clock.now())
+            .into_iter()
+            .filter(|(_, f)| f.transport != TransportKind::Hop)
+            .collect();
+        if contacts.is_empty() {
+            Metrics::inc(&self.metrics.calls_unrouted);
+            return self.respond(m, key, source, 480, "Temporarily Unavailable", &[]);
+        }
+        self.respond(m, key, source, 100, "Trying", &[]);
+        let placed = proxy::Placed {
+            request: bytes,
+            key: key.clone(),
+            source: *flow,
+            // Like a trunk to this node: no 3xx goes back to it.
+            caller: Who::Trunk(format!("node:{node}")),
+            callee: extension,
+            contacts,
+            intercom: false,
+            ring: std::time::Duration::from_secs(180),
+            class: None,
+            class_of_service: None,
+        };
+        match self.proxy.invite(placed) {
+            Ok(()) => Metrics::inc(&self.metrics.calls_proxied),
+            Err((code, reason)) => self.respond(m, key, source, code, reason, &[]),
+        }
+    }
+
+    /// The other live nodes that hold a binding of `callee`, as hop branches: the
+    /// Request-URI names the extension and the node's internal address, nothing else
+    /// (the taking node looks the extension up in its own bindings).
+    fn hop_contacts(&self, callee: &str) -> Vec<(String, Flow)> {
+        self.egress
+            .hop_targets()
+            .of(callee)
+            .into_iter()
+            .map(|addr| (format!("sip:{callee}@{addr}"), Flow::hop(addr)))
+            .collect()
     }
 
     /// A REGISTER: the bytes of its answer (None: no answer at all), and the write it

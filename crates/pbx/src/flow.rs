@@ -15,6 +15,12 @@ pub enum TransportKind {
     Tcp,
     /// TCP carrying TLS (RFC 3261 §26): the only transport a `sips:` URI is sent on.
     Tls,
+    /// UDP on the internal hop socket (`[cluster] internal`, issue 21): between the
+    /// nodes of one install only. A kind of its own, so that what goes to or comes from
+    /// another node leaves from and is answered on the internal socket, and the egress
+    /// rule can hold a hop to it (and nothing else to it). Never parsed from stored
+    /// rows: no binding is ever a hop.
+    Hop,
 }
 
 impl TransportKind {
@@ -23,13 +29,14 @@ impl TransportKind {
             TransportKind::Udp => "udp",
             TransportKind::Tcp => "tcp",
             TransportKind::Tls => "tls",
+            TransportKind::Hop => "hop",
         }
     }
 
     /// The token of a Via's sent-protocol (`SIP/2.0/UDP`).
     pub fn via_token(self) -> &'static str {
         match self {
-            TransportKind::Udp => "UDP",
+            TransportKind::Udp | TransportKind::Hop => "UDP",
             TransportKind::Tcp => "TCP",
             TransportKind::Tls => "TLS",
         }
@@ -38,17 +45,18 @@ impl TransportKind {
     /// Whether the transport delivers reliably (no retransmissions, RFC 3261 §17).
     pub fn reliability(self) -> Reliability {
         match self {
-            TransportKind::Udp => Reliability::Unreliable,
+            TransportKind::Udp | TransportKind::Hop => Reliability::Unreliable,
             TransportKind::Tcp | TransportKind::Tls => Reliability::Reliable,
         }
     }
 
     /// Whether the transport is a connection (a flow is then also its connection).
     pub fn is_stream(self) -> bool {
-        !matches!(self, TransportKind::Udp)
+        !matches!(self, TransportKind::Udp | TransportKind::Hop)
     }
 
-    /// The stored name back to a kind (`"udp"`, `"tcp"`, `"tls"`); None for anything else.
+    /// The stored name back to a kind (`"udp"`, `"tcp"`, `"tls"`); None for anything else,
+    /// `"hop"` included: a stored row never names the internal socket.
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "udp" => Some(TransportKind::Udp),
@@ -78,6 +86,15 @@ impl Flow {
     pub fn udp(remote: SocketAddr) -> Self {
         Self {
             transport: TransportKind::Udp,
+            remote,
+            conn: None,
+        }
+    }
+
+    /// A flow to or from another node's internal hop address.
+    pub fn hop(remote: SocketAddr) -> Self {
+        Self {
+            transport: TransportKind::Hop,
             remote,
             conn: None,
         }
@@ -148,7 +165,9 @@ pub fn our_uri(bound: SocketAddr, flow: &Flow, user: Option<&str>) -> String {
     let local = local_for(bound, flow.remote);
     let user = user.map(|u| format!("{u}@")).unwrap_or_default();
     match flow.transport {
-        TransportKind::Udp => format!("sip:{user}{local}"),
+        // A hop's URI names the internal address (`bound` is it, see
+        // `Signalling::bound_for`), plain UDP as the other node reads it.
+        TransportKind::Udp | TransportKind::Hop => format!("sip:{user}{local}"),
         TransportKind::Tcp => format!("sip:{user}{local};transport=tcp"),
         TransportKind::Tls => format!("sip:{user}{local};transport=tls"),
     }
@@ -172,5 +191,20 @@ mod tests {
         assert!(Flow::tcp(a, ConnId(1)).same_peer(&Flow::tcp(a, ConnId(1))));
         assert!(!Flow::tcp(a, ConnId(1)).same_peer(&Flow::tcp(a, ConnId(2))));
         assert_eq!(Flow::tcp(a, ConnId(1)).reliability(), Reliability::Reliable);
+    }
+
+    #[test]
+    fn a_hop_flow_is_udp_on_the_wire_but_never_a_stored_kind() {
+        let a: SocketAddr = "10.0.0.1:5070".parse().expect("addr");
+        let hop = Flow::hop(a);
+        assert_eq!(hop.transport.via_token(), "UDP");
+        assert_eq!(hop.reliability(), Reliability::Unreliable);
+        assert!(hop.reachable());
+        assert!(
+            !hop.same_peer(&Flow::udp(a)),
+            "the public socket is not the hop"
+        );
+        assert_eq!(TransportKind::parse(hop.transport.as_str()), None);
+        assert_eq!(our_uri(a, &hop, Some("1001")), "sip:1001@10.0.0.1:5070");
     }
 }

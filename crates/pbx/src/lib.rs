@@ -15,6 +15,7 @@ mod error;
 pub mod flow;
 pub mod guard;
 pub mod handle;
+pub mod hop;
 pub mod mailbox;
 pub mod metrics;
 pub mod node;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The reasons of `sipward_egress_denied_total{reason}`: a fixed set (the egress
 /// rule's denials), never an address or a user.
-pub const EGRESS_DENIALS: [&str; 13] = [
+pub const EGRESS_DENIALS: [&str; 14] = [
     "no_server_transaction",
     "answered",
     "malformed",
@@ -20,6 +20,7 @@ pub const EGRESS_DENIALS: [&str; 13] = [
     "not_to_the_other_party",
     "wrong_method",
     "sips_over_clear",
+    "not_a_hop",
 ];
 
 /// The reasons of `sipward_rtp_dropped_total{reason}` (`crate::rtp::RtpDrop`).
@@ -32,6 +33,18 @@ pub const RESPONSES_DROPPED: [&str; 5] = [
     "no_cseq",
     "no_transaction",
     "wrong_source",
+];
+
+/// The reasons of `sipward_hops_refused_total{reason}` (issue 21): a datagram on the
+/// internal address from anything but a live node's published address, then
+/// [`crate::hop::Refused`]'s labels.
+pub const HOPS_REFUSED: [&str; 6] = [
+    "not_a_node",
+    "malformed",
+    "stale",
+    "bad_mac",
+    "replayed",
+    "full",
 ];
 
 #[derive(Debug, Default)]
@@ -140,6 +153,8 @@ pub struct Metrics {
     /// Responses that reached no client transaction, by reason (indexed like
     /// [`RESPONSES_DROPPED`]).
     pub responses_dropped: [AtomicU64; RESPONSES_DROPPED.len()],
+    /// Hops refused, by reason (indexed like [`HOPS_REFUSED`]).
+    pub hops_refused: [AtomicU64; HOPS_REFUSED.len()],
     pub emergency_refused: AtomicU64,
     pub calls_ended_max_duration: AtomicU64,
     pub calls_ended_revoked: AtomicU64,
@@ -585,6 +600,18 @@ impl Metrics {
                 s,
                 "{name}{{reason=\"{label}\"}} {}",
                 get(&self.egress_denied[i])
+            );
+        }
+        let name = "sipward_hops_refused_total";
+        let _ = write!(
+            s,
+            "# HELP {name} internal hops refused unread or unchecked, by reason\n# TYPE {name} counter\n"
+        );
+        for (i, label) in HOPS_REFUSED.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "{name}{{reason=\"{label}\"}} {}",
+                get(&self.hops_refused[i])
             );
         }
         let name = "sipward_responses_dropped_total";

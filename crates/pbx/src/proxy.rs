@@ -23,7 +23,7 @@
 //! dialog table recorded at the 2xx (each party's URI and Contact) and since (the
 //! highest CSeq each party sent). Emergency calls are never ended so.
 
-use sip::header::addr::NameAddr;
+use sip::header::addr::{NameAddr, SipUri};
 use sip::header::cseq::CSeq;
 use sip::header::split_list;
 use sip::header::via::Via;
@@ -41,7 +41,7 @@ use crate::dialog::{
     Phase, Side, Who,
 };
 use crate::egress::{Delivery, Egress, Hops, Owner, Purpose};
-use crate::flow::{Flow, our_uri};
+use crate::flow::{Flow, TransportKind, our_uri};
 use crate::metrics::Metrics;
 use crate::signalling::Signalling;
 use crate::transfer::{Transfers, Verdict};
@@ -64,7 +64,8 @@ pub struct Placed<'a> {
     pub caller: Who,
     /// The called extension's number.
     pub callee: &'a str,
-    /// Where it is registered from: (Contact URI, flow).
+    /// Where it is registered from: (Contact URI, flow); or, with no binding here, the
+    /// other nodes that hold one: (`sip:EXT@internal`, a hop flow).
     pub contacts: Vec<(String, Flow)>,
     /// Auto-answer hints may pass (the caller's class allows intercom).
     pub intercom: bool,
@@ -160,6 +161,17 @@ pub struct Proxy {
     state: Mutex<State>,
     /// Where a call goes that the callee's phones leave unanswered or busy.
     voicemail: std::sync::OnceLock<Arc<crate::voicemail::Voicemail>>,
+    /// This node's hop proof (issue 21), set when hops are on: without it nothing is
+    /// sent to another node.
+    hop: std::sync::OnceLock<HopSender>,
+}
+
+/// What a node stamps its hops with: the install's hop key and its own node name (both
+/// under the MAC, so a hop names the node that sent it).
+#[derive(Debug)]
+pub struct HopSender {
+    pub key: crate::hop::HopKey,
+    pub node: String,
 }
 
 /// The order in which failures are passed upstream (RFC 3261 §16.7 step 6: 6xx first,
@@ -331,7 +343,43 @@ impl Proxy {
             transfers,
             state: Mutex::new(State::default()),
             voicemail: std::sync::OnceLock::new(),
+            hop: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Turns hops on: requests to another node's internal address carry this node's
+    /// proof (set once, by the server, when `[cluster] internal` is set).
+    pub fn attach_hop(&self, sender: HopSender) {
+        let _ = self.hop.set(sender);
+    }
+
+    /// Whether hops are on (this node sends calls to the node that holds the callee).
+    pub fn hops_on(&self) -> bool {
+        self.hop.get().is_some()
+    }
+
+    /// The proof a request `m` to `request_uri` carries to another node now; None when
+    /// hops are off or the request lacks what the MAC covers (then it is not sent).
+    fn hop_stamp(&self, m: &Message<'_>, request_uri: &str) -> Option<String> {
+        let StartLine::Request { method, .. } = m.start else {
+            return None;
+        };
+        let sender = self.hop.get()?;
+        let fields = crate::hop::HopFields {
+            method,
+            extension: SipUri::parse(request_uri)
+                .and_then(|u| u.user)
+                .unwrap_or(""),
+            call_id: m.header(Name::CallId)?,
+            cseq: cseq_of(m)?,
+            from_tag: m.header(Name::From).and_then(NameAddr::parse)?.tag()?,
+            node: &sender.node,
+        };
+        Some(crate::hop::stamp(
+            &sender.key,
+            &fields,
+            self.sig.clock.now(),
+        ))
     }
 
     /// Calls to an extension whose phones are busy or do not answer within its ring
@@ -379,6 +427,8 @@ impl Proxy {
     /// `m` as it goes to `to`: our Via on top of the sender's (stamped with where it
     /// came from), Max-Forwards one less, no Route (the dialog or the registration
     /// decides where it goes), no credentials meant for us, and `record_route` added.
+    /// A hop proof that came in is never passed on (it was for this node, or forged);
+    /// a request to another node's internal address carries this node's own.
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
@@ -404,11 +454,18 @@ impl Proxy {
                 .iter()
                 .map(|r| ("Record-Route".to_owned(), r.clone())),
         );
+        if to.transport == TransportKind::Hop {
+            headers.push((
+                crate::hop::HEADER.to_owned(),
+                self.hop_stamp(m, request_uri)?,
+            ));
+        }
         let mut hops = None;
         let mut removed = false;
         for h in &m.headers {
             match h.name {
                 Name::Via | Name::Route | Name::ProxyAuthorization | Name::ContentLength => {}
+                _ if h.raw_name.trim().eq_ignore_ascii_case(crate::hop::HEADER) => {}
                 Name::MaxForwards => hops = Some(h.value.trim().parse::<u32>().ok()?),
                 _ if strip_hints => {
                     let (kept, gone) = without_auto_answer(h.raw_name, &h.value);
@@ -502,15 +559,17 @@ impl Proxy {
                 continue;
             };
             hints_removed |= removed;
-            if let Ok(tx) = self.egress.start(
-                bytes,
-                *flow,
+            // A branch to another node's internal address is a hop (the egress rule
+            // holds it to a live node that holds the callee); any other, a binding.
+            let purpose = if flow.transport == TransportKind::Hop {
+                Purpose::Hop { number: p.callee }
+            } else {
                 Purpose::Callee {
                     number: p.callee,
                     hops,
-                },
-                Owner::Proxy,
-            ) {
+                }
+            };
+            if let Ok(tx) = self.egress.start(bytes, *flow, purpose, Owner::Proxy) {
                 st.by_tx.insert(
                     tx,
                     Forward::Branch {
@@ -550,9 +609,12 @@ impl Proxy {
                 final_sent: false,
                 cancelled: false,
                 ring_until: self.sig.clock.instant() + p.ring,
+                // A call another node hopped here never goes to this node's box: the
+                // sending node's voicemail takes it when this answers 480/408.
                 voicemail_at: self
                     .voicemail
                     .get()
+                    .filter(|_| p.source.transport != TransportKind::Hop)
                     .and_then(|v| v.ring_time(p.callee))
                     .map(|d| self.sig.clock.instant() + d),
                 to_voicemail: false,
@@ -1152,6 +1214,10 @@ mod tests {
     }
 
     fn proxy(r: &Rig) -> Proxy {
+        proxy_on(r.signalling())
+    }
+
+    fn proxy_on(sig: Arc<Signalling>) -> Proxy {
         let transfers = Arc::new(Transfers::new(
             Arc::new(crate::admission::Outbound::new(
                 policy::dialplan::DialPlan::default(),
@@ -1159,7 +1225,49 @@ mod tests {
             Arc::new(crate::trunk::tests::trunks()),
             Arc::new(crate::directory::DirectoryCache::default()),
         ));
-        Proxy::new(r.signalling(), transfers)
+        Proxy::new(sig, transfers)
+    }
+
+    const NODE_A: &str = "10.0.0.1:5070";
+
+    /// A proxy on node "b" with hops on (its internal address 10.0.0.2:5070) and 1001
+    /// held by node A; the caller's INVITE (with a forged proof on it) hopped there.
+    fn hopped(r: &Rig, key: &crate::hop::HopKey) -> (Proxy, String) {
+        let mut sig = Arc::into_inner(r.signalling()).expect("one signalling");
+        sig.internal = Some(addr("10.0.0.2:5070"));
+        let p = proxy_on(Arc::new(sig));
+        p.attach_hop(HopSender {
+            key: key.clone(),
+            node: "b".to_owned(),
+        });
+        let node_a = Flow::hop(addr(NODE_A));
+        r.egress
+            .hop_targets()
+            .replace([("1001".to_owned(), vec![node_a.remote])]);
+        let forged = INVITE.replace(
+            "Max-Forwards: 70",
+            "x-sipward-hop: t=1;mac=00\r\nMax-Forwards: 70",
+        );
+        let m = sip::msg::parse(forged.as_bytes()).expect("parse");
+        let key = TxKey::of(&m).expect("key");
+        r.egress.arrived(&key, caller(), r.clock.instant());
+        p.invite(Placed {
+            request: forged.as_bytes(),
+            key,
+            source: caller(),
+            caller: Who::Extension("1002".into()),
+            callee: "1001",
+            contacts: vec![(format!("sip:1001@{NODE_A}"), node_a)],
+            intercom: false,
+            ring: std::time::Duration::from_secs(180),
+            class: Some(policy::dialplan::CallClass::Internal),
+            class_of_service: Some(policy::dialplan::ClassOfService::Internal),
+        })
+        .expect("hopped");
+        let sent = r.wire.take();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, node_a, "to the node's internal address");
+        (p, String::from_utf8(sent[0].1.clone()).expect("utf8"))
     }
 
     /// The caller's INVITE to 1001, arrived and forked; what went downstream.
@@ -1227,6 +1335,124 @@ mod tests {
         assert!(
             !sent.contains("answer-after"),
             "no auto-answer hint without intercom"
+        );
+    }
+
+    #[test]
+    fn a_hop_names_only_the_extension_and_carries_this_nodes_proof_not_the_callers() {
+        let r = rig();
+        let key = crate::hop::HopKey::new([9; 32]);
+        let (_, sent) = hopped(&r, &key);
+        assert!(
+            sent.starts_with(
+                "INVITE sip:1001@10.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:5070;branch=z9hG4bK"
+            ),
+            "{sent}"
+        );
+        // Requests in the dialog come back to each side's own socket.
+        assert!(sent.contains("Record-Route: <sip:10.0.0.2:5070;lr>\r\nRecord-Route: <sip:192.0.2.100:5060;lr>\r\n"), "{sent}");
+        let proofs: Vec<&str> = sent
+            .lines()
+            .filter_map(|l| l.strip_prefix("X-Sipward-Hop: "))
+            .collect();
+        assert_eq!(proofs.len(), 1, "{sent}");
+        assert!(
+            !sent.contains("t=1;mac=00"),
+            "the caller's forged proof is gone"
+        );
+        let fields = crate::hop::HopFields {
+            method: "INVITE",
+            extension: "1001",
+            call_id: "c1",
+            cseq: 2,
+            from_tag: "f1",
+            node: "b",
+        };
+        let mut replays = crate::hop::Replays::default();
+        assert_eq!(
+            crate::hop::check(&key, &fields, Some(proofs[0]), r.clock.now(), &mut replays),
+            Ok(()),
+            "node A takes it"
+        );
+        let other = crate::hop::HopKey::new([8; 32]);
+        assert_eq!(
+            crate::hop::check(
+                &other,
+                &fields,
+                Some(proofs[0]),
+                r.clock.now(),
+                &mut replays
+            ),
+            Err(crate::hop::Refused::BadMac)
+        );
+    }
+
+    #[test]
+    fn a_hops_answer_comes_only_from_the_node_on_the_internal_socket_and_goes_to_the_caller() {
+        let r = rig();
+        let (p, sent) = hopped(&r, &crate::hop::HopKey::new([9; 32]));
+        // The node's public socket, or another node, is not where the hop went.
+        answer(&r, &p, &sent, 200, Flow::udp(addr(NODE_A)));
+        answer(&r, &p, &sent, 200, Flow::hop(addr("10.0.0.3:5070")));
+        assert!(r.wire.take().is_empty());
+        answer(&r, &p, &sent, 200, Flow::hop(addr(NODE_A)));
+        let out = r.wire.take();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].0, caller());
+        assert!(out[0].1.starts_with(b"SIP/2.0 200"));
+        let (d, _) = r.dialogs.find("c1", "callee", "f1").expect("dialog");
+        assert_eq!(d.phase, crate::dialog::Phase::Confirmed);
+    }
+
+    #[test]
+    fn without_hops_on_nothing_goes_to_a_node_and_a_proof_never_reaches_a_phone() {
+        let r = rig();
+        let p = proxy(&r);
+        let node_a = Flow::hop(addr(NODE_A));
+        r.egress
+            .hop_targets()
+            .replace([("1001".to_owned(), vec![node_a.remote])]);
+        let m = sip::msg::parse(INVITE.as_bytes()).expect("parse");
+        let key = TxKey::of(&m).expect("key");
+        let placed = |contacts| Placed {
+            request: INVITE.as_bytes(),
+            key: key.clone(),
+            source: caller(),
+            caller: Who::Extension("1002".into()),
+            callee: "1001",
+            contacts,
+            intercom: false,
+            ring: std::time::Duration::from_secs(180),
+            class: Some(policy::dialplan::CallClass::Internal),
+            class_of_service: Some(policy::dialplan::ClassOfService::Internal),
+        };
+        assert_eq!(
+            p.invite(placed(vec![(format!("sip:1001@{NODE_A}"), node_a)])),
+            Err((480, "Temporarily Unavailable")),
+            "no proof to stamp: no hop"
+        );
+        assert!(r.wire.take().is_empty());
+        // A proof on a call to a local phone is stripped.
+        let forged = INVITE.replace(
+            "Max-Forwards: 70",
+            "X-Sipward-Hop: t=1;mac=00\r\nMax-Forwards: 70",
+        );
+        let m = sip::msg::parse(forged.as_bytes()).expect("parse");
+        let key = TxKey::of(&m).expect("key");
+        r.egress.arrived(&key, caller(), r.clock.instant());
+        p.invite(Placed {
+            request: forged.as_bytes(),
+            key,
+            ..placed(r.registrar.flows("1001", 1_800_000_000))
+        })
+        .expect("forked");
+        let sent = r.wire.take();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, callee());
+        let text = String::from_utf8(sent[0].1.clone()).expect("utf8");
+        assert!(
+            !text.to_ascii_lowercase().contains("x-sipward-hop"),
+            "{text}"
         );
     }
 

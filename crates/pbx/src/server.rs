@@ -31,6 +31,11 @@ use policy::clock::Clock;
 
 /// How often the store's registry version is polled (a CLI change is live within this).
 pub const RELOAD_EVERY: Duration = Duration::from_millis(250);
+
+/// How often the hop tables are read again (issue 21): bindings move no version, so
+/// they are polled, and a whole table every 250 ms would cost more than a second's
+/// delay before a phone just registered on another node can be called through this one.
+pub const HOPS_EVERY: Duration = Duration::from_secs(1);
 /// Ban records are kept this long after they expire (longer than any repeat window
 /// that escalation looks back over), then pruned.
 pub const BAN_RECORDS_KEPT_SECS: i64 = 30 * 86_400;
@@ -66,6 +71,10 @@ pub struct ServeConfig {
     /// This node's name: on `/metrics`, and on the rows it owns in a store other nodes
     /// share (its call leases).
     pub node: policy::node::NodeName,
+    /// Where this node takes internal hops (`[cluster] internal`), published in its
+    /// `nodes` row: a UDP socket there reads only live nodes' datagrams, and this node
+    /// sends calls for phones registered on another node to that node's address.
+    pub internal: Option<SocketAddr>,
     /// How often the store's versions are read (`[store] poll_ms`). On PostgreSQL a
     /// notification makes the read happen at once; this bounds how long a lost one
     /// leaves this node stale.
@@ -124,6 +133,8 @@ pub struct Bound {
     pub sip_tcp: SocketAddr,
     /// The TLS listener's address, when TLS is served.
     pub sip_tls: Option<SocketAddr>,
+    /// The internal hop socket's address, when hops are on (issue 21).
+    pub sip_internal: Option<SocketAddr>,
     pub endpoint: Arc<Endpoint>,
     transports: Arc<Transports>,
     tcp: TcpListener,
@@ -218,6 +229,17 @@ pub async fn bind(
     };
     let (transports, tcp) = Transports::bind(cfg.sip).await.map_err(bind_err)?;
     let sip_udp = transports.local_addr().map_err(bind_err)?;
+    // What a hop's Via and Record-Route name (the bound port, should the config say 0).
+    let internal_bound =
+        match cfg.internal {
+            Some(internal) => Some(transports.bind_internal(internal).await.map_err(|source| {
+                crate::Error::Bind {
+                    addr: internal,
+                    source,
+                }
+            })?),
+            None => None,
+        };
     let sip_tcp = tcp.local_addr().map_err(bind_err)?;
     let tls = match &cfg.tls {
         Some(t) => {
@@ -325,9 +347,18 @@ pub async fn bind(
         trunks: Arc::new(Trunks::default()),
         bound: sip_udp,
         tls_bound: sip_tls,
+        internal: internal_bound,
         key: keys.notify,
         messages: cfg.messages,
     });
+    if internal_bound.is_some() {
+        // Hops on: calls for phones registered on another live node go there, proved
+        // with the install's hop key under this node's name.
+        endpoint.attach_hop(
+            crate::hop::HopKey::new(*registry.hop_key()),
+            cfg.node.as_str(),
+        );
+    }
     if let Some(vm) = &cfg.voicemail {
         // RTP is bound on the SIP address: the SDP names the address the phone reaches
         // sipward at, which is where its RTP must arrive.
@@ -385,7 +416,8 @@ pub async fn bind(
             registry.store(),
             cfg.node.as_str(),
             &node,
-            "",
+            // The bound address: what the other nodes send hops to and read them from.
+            &internal_bound.map(|a| a.to_string()).unwrap_or_default(),
             clock.now(),
             registry.store().backend() == store::Backend::Sqlite,
         )
@@ -395,6 +427,7 @@ pub async fn bind(
         sip_udp,
         sip_tcp,
         sip_tls,
+        sip_internal: internal_bound,
         endpoint,
         transports,
         tcp,
@@ -457,6 +490,20 @@ impl Bound {
                 stop_rx.clone(),
             ));
         }
+        if self.cfg.internal.is_some() {
+            let endpoint = self.endpoint.clone();
+            tasks.spawn(transport::serve_internal(
+                self.transports.clone(),
+                self.endpoint.egress.hop_targets().clone(),
+                self.endpoint.metrics.clone(),
+                // Answers to this node's hops, hops from the other nodes (checked in
+                // `Endpoint::take_hop`) and requests in the dialogs they made.
+                Arc::new(move |bytes: &[u8], flow: crate::flow::Flow| {
+                    endpoint.hop_received(bytes, flow);
+                }),
+                stop_rx.clone(),
+            ));
+        }
         tasks.spawn(timer_loop(self.endpoint.clone(), stop_rx.clone()));
         tasks.spawn(event_writer(
             self.registry.clone(),
@@ -496,7 +543,13 @@ impl Bound {
             self.endpoint.clone(),
             self.clock.clone(),
             (self.versions, self.opened),
-            (self.cfg.min_strength_score, self.cfg.version_poll, hints),
+            (
+                self.cfg.min_strength_score,
+                self.cfg.version_poll,
+                hints,
+                // With an internal address, this node hops calls and takes hops.
+                self.cfg.internal.map(|_| self.cfg.node.as_str().to_owned()),
+            ),
             stop_rx.clone(),
         ));
         tasks.spawn(resync_loop(
@@ -611,13 +664,14 @@ async fn reload_loop(
     endpoint: Arc<Endpoint>,
     clock: Arc<dyn Clock>,
     (mut versions, mut opened): ((i64, i64), OpenedHa1s),
-    (min_score, poll, hints): (u8, Duration, Arc<Hints>),
+    (min_score, poll, hints, hops_from): (u8, Duration, Arc<Hints>, Option<String>),
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(RELOAD_EVERY.min(poll));
     // Paced by the runtime's time, like the tick: the injected clock is the domain's
     // time (bans, windows), which a test may hold still.
     let mut last_poll: Option<tokio::time::Instant> = None;
+    let mut last_hops: Option<tokio::time::Instant> = None;
     let mut kernel_generation = None;
     let mut store_health = Health::new(Task::Reload, "reloading from the store");
     // The next grace window to end by time: no reload marks it, so the loop watches.
@@ -726,6 +780,12 @@ async fn reload_loop(
         {
             versions.1 = v;
         }
+        if let Some(own) = &hops_from
+            && last_hops.is_none_or(|t| instant.saturating_duration_since(t) >= HOPS_EVERY)
+        {
+            last_hops = Some(instant);
+            load_hops(&mut conn, &endpoint, own, clock.now(), &mut store_health).await;
+        }
         if versions.0 != i64::MIN && versions.1 != i64::MIN {
             endpoint
                 .metrics
@@ -733,6 +793,35 @@ async fn reload_loop(
                 .store(clock.now(), Ordering::Relaxed);
         }
         store_health.settle();
+    }
+}
+
+/// Fills the egress rule's hop table (issue 21) on every poll, since bindings move
+/// without a version: the other live nodes' internal addresses (the only sources a hop
+/// is read from) and, in one query, every extension another live node holds a binding
+/// of, with that node's address. A failed read keeps the tables as they were.
+async fn load_hops(
+    conn: &mut store::Conn,
+    endpoint: &Endpoint,
+    own: &str,
+    now: i64,
+    health: &mut Health,
+) {
+    let live_since = now.saturating_sub(crate::node::STALE_AFTER_SECS);
+    let targets = endpoint.egress.hop_targets();
+    if let Some(nodes) = health.checked(store::nodes::live_nodes(&mut *conn, live_since).await) {
+        targets.replace_nodes(
+            nodes
+                .iter()
+                .filter(|n| n.name != own)
+                .filter_map(|n| Some((n.hop.parse::<SocketAddr>().ok()?, n.name.clone()))),
+        );
+    }
+    let limit = i64::try_from(crate::hop::MAX_TARGETS).unwrap_or(i64::MAX);
+    if let Some(rows) =
+        health.checked(store::bindings::all_hops(&mut *conn, own, now, live_since, limit).await)
+    {
+        targets.replace_from_rows(&rows);
     }
 }
 

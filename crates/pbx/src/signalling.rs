@@ -24,6 +24,10 @@ pub struct Signalling {
     pub bound: SocketAddr,
     /// The address the TLS listener is bound to, if there is one.
     pub tls_bound: Option<SocketAddr>,
+    /// The internal hop socket's address (`[cluster] internal`), if hops are on: what
+    /// a hop's Via and Record-Route name, so the other node answers and sends in-dialog
+    /// requests there, never to the public socket.
+    pub internal: Option<SocketAddr>,
     branches: KeyedBranches,
     tokens: Tokens,
 }
@@ -54,6 +58,7 @@ impl Signalling {
             clock,
             bound,
             tls_bound,
+            internal: None,
             branches: KeyedBranches::new(derive(b"branches")),
             tokens: Tokens::new(derive(b"tokens")),
         }
@@ -69,10 +74,12 @@ impl Signalling {
         self.tokens.next(label)
     }
 
-    /// The bound address that serves `flow`'s transport (the TLS listener for TLS).
+    /// The bound address that serves `flow`'s transport (the TLS listener for TLS, the
+    /// internal socket for a hop).
     pub fn bound_for(&self, flow: &Flow) -> SocketAddr {
-        match (flow.transport, self.tls_bound) {
-            (TransportKind::Tls, Some(tls)) => tls,
+        match (flow.transport, self.tls_bound, self.internal) {
+            (TransportKind::Tls, Some(tls), _) => tls,
+            (TransportKind::Hop, _, Some(internal)) => internal,
             _ => self.bound,
         }
     }

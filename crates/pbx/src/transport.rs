@@ -73,7 +73,7 @@ impl Default for MessageLimits {
 impl MessageLimits {
     pub fn of(&self, transport: TransportKind) -> usize {
         match transport {
-            TransportKind::Udp => self.datagram,
+            TransportKind::Udp | TransportKind::Hop => self.datagram,
             TransportKind::Tcp | TransportKind::Tls => self.stream,
         }
     }
@@ -280,6 +280,8 @@ impl Default for StreamPlaces {
 #[derive(Debug)]
 pub struct Transports {
     udp: Arc<UdpSocket>,
+    /// The internal hop socket (`[cluster] internal`, issue 21), bound when hops are on.
+    internal: std::sync::OnceLock<Arc<UdpSocket>>,
     connections: Mutex<Connections>,
     next_conn: AtomicU64,
     places: StreamPlaces,
@@ -292,6 +294,7 @@ impl Transports {
         let (udp, tcp) = bind_pair(addr).await?;
         let transports = Self {
             udp: Arc::new(udp),
+            internal: std::sync::OnceLock::new(),
             connections: Mutex::new(Connections::default()),
             next_conn: AtomicU64::new(0),
             places: StreamPlaces::default(),
@@ -302,6 +305,17 @@ impl Transports {
     /// The UDP socket's address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.udp.local_addr()
+    }
+
+    /// Binds the internal hop socket on `addr` (once; a second call is refused as
+    /// `AddrInUse`). Returns the bound address.
+    pub async fn bind_internal(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        let socket = UdpSocket::bind(addr).await?;
+        let local = socket.local_addr()?;
+        self.internal
+            .set(Arc::new(socket))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::AddrInUse))?;
+        Ok(local)
     }
 
     /// Has the kernel drop datagrams from `sources` (see [`set_kernel_drop`]).
@@ -338,6 +352,18 @@ impl Wire for Transports {
                 // is best effort, and transactions retransmit. Counted, not logged: under
                 // load this comes by the thousand.
                 if self.udp.try_send_to(message.bytes(), flow.remote).is_err() {
+                    background::count(Task::UdpSend);
+                }
+                Ok(())
+            }
+            TransportKind::Hop => {
+                // Only from the internal socket: a node reads hops (and their answers)
+                // there, from this node's published address. Without one, nowhere.
+                let Some(internal) = self.internal.get() else {
+                    background::count(Task::UdpSend);
+                    return Err(Undeliverable);
+                };
+                if internal.try_send_to(message.bytes(), flow.remote).is_err() {
                     background::count(Task::UdpSend);
                 }
                 Ok(())
@@ -389,6 +415,41 @@ pub async fn serve_udp(
                     inbound.received(&buf[..n], Flow::udp(src));
                 }
                 // ICMP errors from earlier sends surface here on Linux; keep serving.
+                Err(_) => continue,
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Where a datagram read on the internal hop socket from a live node goes.
+pub type HopInbound = Arc<dyn Fn(&[u8], Flow) + Send + Sync>;
+
+/// Receives datagrams on the internal hop socket until shutdown (issue 21). A datagram
+/// from anything but a live node's published internal address (`nodes`) is dropped
+/// unread and counted: a hop's MAC is only looked at when its source is a node. What
+/// comes from a node goes to `hop`.
+pub async fn serve_internal(
+    transports: Arc<Transports>,
+    nodes: Arc<crate::hop::Targets>,
+    metrics: Arc<crate::metrics::Metrics>,
+    hop: HopInbound,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Some(socket) = transports.internal.get().cloned() else {
+        return;
+    };
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, src)) => {
+                    if !nodes.is_node(src) {
+                        metrics.hops_refused[0].fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    hop(&buf[..n], Flow::hop(src));
+                }
                 Err(_) => continue,
             },
             _ = shutdown.changed() => return,
@@ -892,5 +953,63 @@ mod tests {
                 "IPv4 offsets on an IPv6 socket"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn the_internal_socket_reads_only_live_nodes_datagrams() {
+        let (transports, _tcp) = Transports::bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let at = transports
+            .bind_internal("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind internal");
+        let node = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let stranger = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind");
+        let nodes = Arc::new(crate::hop::Targets::default());
+        nodes.replace_nodes([(node.local_addr().expect("addr"), "a".to_owned())]);
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let read = Arc::new(Mutex::new(Vec::<(Vec<u8>, Flow)>::new()));
+        let sink = read.clone();
+        let (stop_tx, stop) = watch::channel(false);
+        let task = tokio::spawn(serve_internal(
+            transports.clone(),
+            nodes.clone(),
+            metrics.clone(),
+            Arc::new(move |bytes: &[u8], flow: Flow| {
+                sink.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((bytes.to_vec(), flow));
+            }),
+            stop,
+        ));
+        stranger.send_to(b"forged", at).expect("send");
+        node.send_to(b"hop", at).expect("send");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while (read.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+            || metrics.hops_refused[0].load(Ordering::Relaxed) == 0)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            *read.lock().unwrap_or_else(|p| p.into_inner()),
+            vec![(b"hop".to_vec(), Flow::hop(node.local_addr().expect("addr")))],
+            "only the node's datagram is read"
+        );
+        assert_eq!(metrics.hops_refused[0].load(Ordering::Relaxed), 1);
+        // No longer a live node: its datagrams are dropped too.
+        nodes.replace_nodes([]);
+        node.send_to(b"late", at).expect("send");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while metrics.hops_refused[0].load(Ordering::Relaxed) < 2
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(metrics.hops_refused[0].load(Ordering::Relaxed), 2);
+        assert_eq!(read.lock().unwrap_or_else(|p| p.into_inner()).len(), 1);
+        let _ = stop_tx.send(true);
+        task.await.expect("join");
     }
 }

@@ -416,6 +416,8 @@ impl Ua {
 /// A server running in process on a manual clock.
 struct Pbx {
     sip: SocketAddr,
+    /// The internal hop socket, when hops are on.
+    internal: Option<SocketAddr>,
     clock: Arc<ManualClock>,
     registry: Registry,
     endpoint: Arc<pbx::endpoint::Endpoint>,
@@ -461,6 +463,8 @@ struct Setup {
     provider: Option<SocketAddr>,
     /// Voicemail on, filing messages here.
     voicemail: Option<Arc<dyn pbx::voicemail::Deposits>>,
+    /// Hops on (`[cluster] internal` on 127.0.0.1, a port of the OS's choosing).
+    internal: bool,
     /// Retrieval (`*97`, `*98`) on, with these boxes.
     retrieval: Option<Arc<dyn pbx::voicemail::Boxes>>,
 }
@@ -568,6 +572,7 @@ async fn start(setup: Setup) -> Pbx {
         mailer: None,
         tls: None,
         node: policy::node::NodeName::parse("test").expect("name"),
+        internal: setup.internal.then(|| "127.0.0.1:0".parse().expect("addr")),
         version_poll: pbx::server::VERSION_POLL,
         voicemail: setup
             .voicemail
@@ -597,6 +602,7 @@ async fn start(setup: Setup) -> Pbx {
         .await
         .expect("bind");
     let sip = bound.sip_udp;
+    let internal = bound.sip_internal;
     let endpoint = bound.endpoint.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(bound.run(async {
@@ -604,6 +610,7 @@ async fn start(setup: Setup) -> Pbx {
     }));
     Pbx {
         sip,
+        internal,
         clock,
         registry,
         endpoint,
@@ -719,6 +726,9 @@ async fn metrics_show_the_size_of_every_bounded_table() {
         "guard_trusted_pairs",
         "guard_flood_sources",
         "admission_leases_held",
+        "hop_targets",
+        "hop_nodes",
+        "hop_replays",
     ] {
         assert!(names.contains(&table), "{table} missing from {names:?}");
     }
@@ -2170,6 +2180,475 @@ async fn an_unanswered_call_goes_to_voicemail_at_the_extensions_ring_time() {
         })
         .await;
     assert_eq!(pbx.metric("sipward_voicemail_calls_total"), 1);
+}
+
+/// Another node, "b", as the test plays it: a socket on `ip` whose address is published
+/// in a live `nodes` row, talking to the PBX's internal hop socket once the PBX's hop
+/// tables name it.
+async fn node_b(pbx: &Pbx, ip: &str) -> Ua {
+    let internal = pbx.internal.expect("hops on");
+    let b = Ua::bind(ip, internal, "b").await;
+    pbx::node::NodeHold::claim(
+        pbx.registry.store(),
+        "b",
+        "b-instance",
+        &b.addr.to_string(),
+        T0,
+        false,
+    )
+    .await
+    .expect("b claims its name");
+    let targets = pbx.endpoint.egress.hop_targets().clone();
+    let at = b.addr;
+    until("the PBX reads node b's row", move || targets.is_node(at)).await;
+    b
+}
+
+/// A hop INVITE from node "b" (at `from`) for `extension`, stamped at `at` under `key`.
+fn hop_invite(from: SocketAddr, extension: &str, call_id: &str, proof: Option<&str>) -> String {
+    let proof = proof
+        .map(|p| format!("X-Sipward-Hop: {p}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "INVITE sip:{extension}@pbx SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK{call_id};rport\r\n\
+         Max-Forwards: 69\r\nFrom: <sip:1002@pbx>;tag=f{call_id}\r\nTo: <sip:{extension}@pbx>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:1002@{from}>\r\n{proof}Content-Length: 0\r\n\r\n"
+    )
+}
+
+fn hop_proof(pbx: &Pbx, extension: &str, call_id: &str, at: i64) -> String {
+    let key = pbx::hop::HopKey::new(*pbx.registry.hop_key());
+    pbx::hop::stamp(
+        &key,
+        &pbx::hop::HopFields {
+            method: "INVITE",
+            extension,
+            call_id,
+            cseq: 1,
+            from_tag: &format!("f{call_id}"),
+            node: "b",
+        },
+        at,
+    )
+}
+
+/// Issue 21, the taking node: a hop from a live node with its proof reaches this node's
+/// phone (without the proof) and its answer goes back to the node; a forged, stale,
+/// replayed or strangers' hop reaches nothing, and a hop naming a trunk number reaches
+/// no trunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hop_reaches_this_nodes_phone_only_with_a_live_nodes_fresh_unseen_proof() {
+    let gw = gateway_socket().await;
+    let pbx = start(Setup {
+        plan: us_plan(),
+        extensions: vec![("1001", "national")],
+        gateway: Some(gw.addr),
+        internal: true,
+        ..Setup::default()
+    })
+    .await;
+    let phone = Ua::bind("127.0.0.31", pbx.sip, "1001").await;
+    phone.register().await;
+    let b = node_b(&pbx, "127.0.0.1").await;
+    let is_invite = |m: &str| method(m) == Some("INVITE");
+    let refused = |code: u16| move |m: &str| status(m) == code;
+
+    // A stranger (not a node's published address) gets nothing at all, proof or not.
+    let stranger = Ua::bind("127.0.0.32", pbx.internal.expect("hops on"), "x").await;
+    let proof = hop_proof(&pbx, "1001", "h0", T0);
+    stranger
+        .send(&hop_invite(stranger.addr, "1001", "h0", Some(&proof)))
+        .await;
+    assert!(stranger.quiet(|_| true).await);
+    // From the node: a bad MAC, a stale time, no proof at all: 403, nothing rings.
+    let mut bad = hop_proof(&pbx, "1001", "h1", T0);
+    bad.replace_range(bad.len() - 2.., "00");
+    b.send(&hop_invite(b.addr, "1001", "h1", Some(&bad))).await;
+    b.wait("403 to a bad MAC", refused(403)).await;
+    let stale = hop_proof(&pbx, "1001", "h2", T0 - 120);
+    b.send(&hop_invite(b.addr, "1001", "h2", Some(&stale)))
+        .await;
+    b.wait("403 to a stale hop", refused(403)).await;
+    b.send(&hop_invite(b.addr, "1001", "h3", None)).await;
+    b.wait("403 to no proof", refused(403)).await;
+    // A proof made for another extension does not carry over.
+    let other = hop_proof(&pbx, "1002", "h4", T0);
+    b.send(&hop_invite(b.addr, "1001", "h4", Some(&other)))
+        .await;
+    b.wait("403 to another extension's proof", refused(403))
+        .await;
+    assert!(
+        phone.quiet(is_invite).await,
+        "nothing refused rings the phone"
+    );
+    assert_eq!(
+        pbx.metric("sipward_hops_refused_total{reason=\"not_a_node\"}"),
+        1
+    );
+    assert_eq!(
+        pbx.metric("sipward_hops_refused_total{reason=\"bad_mac\"}"),
+        2
+    );
+    assert_eq!(
+        pbx.metric("sipward_hops_refused_total{reason=\"stale\"}"),
+        1
+    );
+    assert_eq!(
+        pbx.metric("sipward_hops_refused_total{reason=\"malformed\"}"),
+        1
+    );
+
+    // Control: the node's real hop rings the phone, without the proof.
+    let proof = hop_proof(&pbx, "1001", "h5", T0);
+    let hop = hop_invite(b.addr, "1001", "h5", Some(&proof));
+    b.send(&hop).await;
+    let rung = phone.request_for("INVITE", "h5", 1).await;
+    assert!(
+        !rung.to_ascii_lowercase().contains("x-sipward-hop"),
+        "{rung}"
+    );
+    phone
+        .reply(
+            &rung,
+            200,
+            "OK",
+            "p5",
+            &format!("Contact: <sip:1001@{}>\r\n", phone.addr),
+            "",
+        )
+        .await;
+    let ok = b
+        .wait("the phone's 200 back to the node", |m| {
+            status(m) == 200 && header(m, "Call-ID") == Some("h5")
+        })
+        .await;
+    assert!(
+        ok.contains(&format!("Via: SIP/2.0/UDP {};branch=z9hG4bKh5", b.addr)),
+        "{ok}"
+    );
+    // In the dialog: the node's ACK and BYE reach the phone; the same BYE from the
+    // PBX's public side (a stranger's socket) reaches nothing.
+    let in_dialog = |from: SocketAddr, method_: &str, cseq: u32, branch: &str| {
+        format!(
+            "{method_} sip:1001@{} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK{branch};rport\r\n\
+             Max-Forwards: 69\r\nFrom: <sip:1002@pbx>;tag=fh5\r\nTo: <sip:1001@pbx>;tag=p5\r\n\
+             Call-ID: h5\r\nCSeq: {cseq} {method_}\r\nContent-Length: 0\r\n\r\n",
+            phone.addr
+        )
+    };
+    b.send(&in_dialog(b.addr, "ACK", 1, "ack5")).await;
+    phone.request_for("ACK", "h5", 1).await;
+    let outsider = Ua::bind("127.0.0.33", pbx.sip, "x").await;
+    outsider
+        .send(&in_dialog(outsider.addr, "BYE", 2, "bye5x"))
+        .await;
+    assert!(
+        phone
+            .quiet(|m| method(m) == Some("BYE") && header(m, "Call-ID") == Some("h5"))
+            .await,
+        "no BYE but the node's"
+    );
+    b.send(&in_dialog(b.addr, "BYE", 2, "bye5")).await;
+    let bye = phone.request_for("BYE", "h5", 2).await;
+    phone.reply(&bye, 200, "OK", "", "", "").await;
+    b.wait("the phone's 200 to the BYE", |m| {
+        status(m) == 200 && header(m, "CSeq") == Some("2 BYE")
+    })
+    .await;
+
+    // The same hop again (a replay, under a new branch) rings nothing.
+    b.send(&hop.replace("branch=z9hG4bKh5", "branch=z9hG4bKh5again"))
+        .await;
+    b.wait("403 to a replay", refused(403)).await;
+    assert!(
+        phone
+            .quiet(|m| is_invite(m) && header(m, "Call-ID") == Some("h5"))
+            .await
+    );
+    assert_eq!(
+        pbx.metric("sipward_hops_refused_total{reason=\"replayed\"}"),
+        1
+    );
+
+    // The node's CANCEL of a ringing hop reaches the phone (the caller hung up on B).
+    let proof = hop_proof(&pbx, "1001", "h7", T0);
+    let hop = hop_invite(b.addr, "1001", "h7", Some(&proof));
+    b.send(&hop).await;
+    let rung = phone.request_for("INVITE", "h7", 1).await;
+    // A branch is cancelled once it answered provisionally (RFC 3261 §9.1).
+    phone.reply(&rung, 180, "Ringing", "p7", "", "").await;
+    b.wait("the 180 back to the node", |m| {
+        status(m) == 180 && header(m, "Call-ID") == Some("h7")
+    })
+    .await;
+    let cancel = hop
+        .replace("INVITE sip:", "CANCEL sip:")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL")
+        .replace(&format!("X-Sipward-Hop: {proof}\r\n"), "");
+    b.send(&cancel).await;
+    b.wait("200 to the CANCEL", |m| {
+        status(m) == 200 && header(m, "CSeq") == Some("1 CANCEL")
+    })
+    .await;
+    phone.request_for("CANCEL", "h7", 1).await;
+
+    // A hop naming a number the dial plan routes to the gateway reaches no trunk.
+    let proof = hop_proof(&pbx, "12125550123", "h6", T0);
+    b.send(&hop_invite(b.addr, "12125550123", "h6", Some(&proof)))
+        .await;
+    b.wait("404 to a hop for no extension", refused(404)).await;
+    assert!(gw.quiet(|_| true).await, "no trunk is reached by a hop");
+}
+
+/// Node "a" as a sending PBX sees it: a socket on 127.0.0.1 published in a live `nodes`
+/// row that holds a live binding of `number`. Returns once the PBX's hop table sends
+/// calls for `number` there.
+async fn node_holding(pbx: &Pbx, number: &str) -> Ua {
+    let internal = pbx.internal.expect("hops on");
+    let a = Ua::bind("127.0.0.1", internal, "a").await;
+    let store = pbx.registry.store();
+    pbx::node::NodeHold::claim(store, "a", "a-instance", &a.addr.to_string(), T0, false)
+        .await
+        .expect("a claims its name");
+    let mut conn = store.conn().await.expect("conn");
+    let generation = store::account::get_extension(&mut conn, number)
+        .await
+        .expect("read")
+        .expect("the extension")
+        .credential_generation;
+    let row = store::bindings::BindingRow {
+        number: number.to_owned(),
+        contact: format!("sip:{number}@192.0.2.9:5060"),
+        call_id: format!("reg-{number}-on-a"),
+        cseq: 1,
+        expires_at: T0 + 3600,
+        source: "192.0.2.9:5060".into(),
+        transport: "udp".into(),
+        generation,
+    };
+    store::bindings::replace_node_bindings(&mut conn, "a", number, &[row], T0)
+        .await
+        .expect("a's binding");
+    drop(conn);
+    let targets = pbx.endpoint.egress.hop_targets().clone();
+    let (number, at) = (number.to_owned(), a.addr);
+    until("the PBX hops calls for the number to a", move || {
+        targets.of(&number) == [at]
+    })
+    .await;
+    a
+}
+
+/// Issue 21, the sending node: a call for an extension whose phone is registered on
+/// another node hops there, and when that node answers 480 (no phone there any more)
+/// or 408 (nobody answered), or the phone rings past the extension's voicemail time,
+/// the call ends in THIS node's voicemail, exactly as for a phone of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hop_that_fails_or_rings_out_ends_in_this_nodes_voicemail() {
+    let boxes_dir = tempfile::tempdir().expect("tmp");
+    let boxes = Arc::new(Boxes {
+        dir: boxes_dir.path().to_owned(),
+        filed: Mutex::new(Vec::new()),
+    });
+    let pbx = start(Setup {
+        extensions: vec![("1001", "internal"), ("1002", "internal")],
+        voicemail: Some(boxes),
+        internal: true,
+        ..Setup::default()
+    })
+    .await;
+    let caller = Ua::bind("127.0.0.1", pbx.sip, "1001").await;
+    caller.register().await;
+    let node_a = node_holding(&pbx, "1002").await;
+    let to_voicemail = |out: &Outgoing, ok: &str| {
+        assert_eq!(status(ok), 200, "the voicemail answers: {ok}");
+        assert!(
+            header(ok, "Contact").is_some_and(|c| c.contains("voicemail@")),
+            "this node's box answered, not the other node: {ok}"
+        );
+        assert_eq!(header(ok, "Call-ID"), Some(out.call_id.as_str()));
+    };
+    let hang_up = |out: Outgoing, ok: String| {
+        let caller = &caller;
+        async move {
+            caller.in_dialog(&out, &ok, "ACK", out.cseq).await;
+            caller.in_dialog(&out, &ok, "BYE", out.cseq + 1).await;
+            caller
+                .wait("200 to BYE", |m| {
+                    status(m) == 200
+                        && header(m, "Call-ID") == Some(&out.call_id)
+                        && header(m, "CSeq") == Some(&format!("{} BYE", out.cseq + 1))
+                })
+                .await;
+        }
+    };
+
+    // The other node answers at once that it cannot: 480, then 408.
+    for (n, (code, reason)) in [(480, "Temporarily Unavailable"), (408, "Request Timeout")]
+        .into_iter()
+        .enumerate()
+    {
+        let out = caller.invite("1002", "").await;
+        let hop = node_a.request_for("INVITE", &out.call_id, 0).await;
+        assert!(
+            hop.starts_with(&format!("INVITE sip:1002@{}", node_a.addr)),
+            "the hop names the extension at the node's address: {hop}"
+        );
+        assert!(hop.contains("X-Sipward-Hop: "), "with this node's proof");
+        node_a
+            .reply(&hop, code, reason, &format!("a{n}"), "", "")
+            .await;
+        // Acknowledged hop by hop, to the node.
+        node_a.request_for("ACK", &out.call_id, 0).await;
+        let ok = caller.answer_to(&out, |c| c >= 200).await;
+        to_voicemail(&out, &ok);
+        hang_up(out, ok).await;
+        assert_eq!(
+            pbx.metric("sipward_voicemail_calls_total"),
+            n as u64 + 1,
+            "{code} from the node"
+        );
+    }
+
+    // The phone on the other node rings and nobody answers: at the extension's voicemail
+    // time (5 s) this node cancels the hop and its box takes the call.
+    let out = caller.invite("1002", "").await;
+    let hop = node_a.request_for("INVITE", &out.call_id, 0).await;
+    node_a.reply(&hop, 180, "Ringing", "ring-a", "", "").await;
+    caller.answer_to(&out, |c| c == 180).await;
+    pbx.advance(Duration::from_secs(4)).await;
+    assert!(node_a.quiet(|m| method(m) == Some("CANCEL")).await);
+    pbx.advance(Duration::from_secs(1)).await;
+    let cancel = node_a.request_for("CANCEL", &out.call_id, 0).await;
+    node_a.reply(&cancel, 200, "OK", "ring-a", "", "").await;
+    node_a
+        .reply(&hop, 487, "Request Terminated", "ring-a", "", "")
+        .await;
+    let ok = caller.answer_to(&out, |c| c >= 200).await;
+    to_voicemail(&out, &ok);
+    hang_up(out, ok).await;
+    assert_eq!(pbx.metric("sipward_voicemail_calls_total"), 3);
+}
+
+/// A REFER in the dialog of `out` (answered by `answer`) naming `target`.
+async fn refer(ua: &Ua, out: &Outgoing, answer: &str, cseq: u32, target: &str) {
+    let to = header(answer, "Contact")
+        .map(|c| {
+            c.trim_start_matches('<')
+                .split('>')
+                .next()
+                .unwrap_or(c)
+                .to_owned()
+        })
+        .unwrap_or_else(|| out.ruri.clone());
+    let text = format!(
+        "REFER {to} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\n\
+         Call-ID: {}\r\nCSeq: {cseq} REFER\r\nRefer-To: <{target}>\r\nContent-Length: 0\r\n\r\n",
+        ua.via(&ua.next("z9hG4bKref")),
+        out.from,
+        header(answer, "To").unwrap_or(&out.to),
+        out.call_id,
+    );
+    ua.send(&text).await;
+}
+
+/// Issue 21: transfers are not offered across nodes. A REFER in a call that crosses
+/// the hop, or naming an extension whose phone is registered only on another node, is
+/// answered 403 and reaches neither the other node nor a phone; the call goes on. The
+/// control: the same REFER naming a phone of this node, in a call between two of its
+/// phones, is carried to the transferee.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refer_across_nodes_is_refused_and_the_call_goes_on() {
+    let pbx = start(Setup {
+        extensions: vec![
+            ("1001", "internal"),
+            ("1002", "internal"),
+            ("1003", "internal"),
+            ("1004", "internal"),
+        ],
+        internal: true,
+        ..Setup::default()
+    })
+    .await;
+    let caller = Ua::bind("127.0.0.1", pbx.sip, "1001").await;
+    caller.register().await;
+    let local = Ua::bind("127.0.0.1", pbx.sip, "1003").await;
+    local.register().await;
+    let other_local = Ua::bind("127.0.0.1", pbx.sip, "1004").await;
+    other_local.register().await;
+    let node_a = node_holding(&pbx, "1002").await;
+    let is_refer = |m: &str| method(m) == Some("REFER");
+    let answered_refer = |cseq: u32| {
+        move |m: &str| header(m, "CSeq") == Some(&format!("{cseq} REFER")) && status(m) >= 200
+    };
+
+    // A call between two phones of this node.
+    let out = caller.invite("1003", "").await;
+    let invite = local.request_for("INVITE", &out.call_id, 0).await;
+    local
+        .reply(
+            &invite,
+            200,
+            "OK",
+            "l1",
+            &format!("Contact: <sip:1003@{}>\r\n", local.addr),
+            "",
+        )
+        .await;
+    let ok = caller.answer_to(&out, |c| c == 200).await;
+    caller.in_dialog(&out, &ok, "ACK", out.cseq).await;
+    local.request_for("ACK", &out.call_id, 0).await;
+    // Naming the phone on the other node: 403, the transferee hears nothing.
+    refer(&caller, &out, &ok, 2, "sip:1002@pbx").await;
+    let no = caller
+        .wait("the answer to the REFER", answered_refer(2))
+        .await;
+    assert_eq!(status(&no), 403, "{no}");
+    assert!(
+        local.quiet(is_refer).await,
+        "nothing reaches the transferee"
+    );
+    // Control: naming a phone of this node, the REFER is carried to the transferee.
+    refer(&caller, &out, &ok, 3, "sip:1004@pbx").await;
+    let carried = local.request_for("REFER", &out.call_id, 3).await;
+    assert!(carried.contains("sip:1004@pbx"), "{carried}");
+    local.reply(&carried, 202, "Accepted", "l1", "", "").await;
+    let yes = caller.wait("202 to the REFER", answered_refer(3)).await;
+    assert_eq!(status(&yes), 202, "{yes}");
+
+    // A call that crosses the hop: a REFER naming a phone of this node is refused too,
+    // and the other node gets nothing but the call's own requests.
+    let out = caller.invite("1002", "").await;
+    let hop = node_a.request_for("INVITE", &out.call_id, 0).await;
+    node_a
+        .reply(
+            &hop,
+            200,
+            "OK",
+            "a1",
+            &format!("Contact: <sip:1002@{}>\r\n", node_a.addr),
+            "",
+        )
+        .await;
+    let ok = caller.answer_to(&out, |c| c == 200).await;
+    caller.in_dialog(&out, &ok, "ACK", out.cseq).await;
+    node_a.request_for("ACK", &out.call_id, 0).await;
+    refer(&caller, &out, &ok, 2, "sip:1004@pbx").await;
+    let no = caller
+        .wait("the answer to the REFER", answered_refer(2))
+        .await;
+    assert_eq!(status(&no), 403, "{no}");
+    assert!(node_a.quiet(is_refer).await, "no REFER goes over the hop");
+    // The call goes on: its BYE still reaches the other node.
+    caller.in_dialog(&out, &ok, "BYE", 3).await;
+    let bye = node_a.request_for("BYE", &out.call_id, 3).await;
+    node_a.reply(&bye, 200, "OK", "a1", "", "").await;
+    caller
+        .wait("200 to BYE", |m| {
+            status(m) == 200 && header(m, "CSeq") == Some("3 BYE")
+        })
+        .await;
+    assert_eq!(pbx.metric("sipward_transfers_refused_total"), 2);
 }
 
 /// Box 1002 for the menu: PIN 482913, one new message; what the menu asked of it.

@@ -84,6 +84,7 @@ async fn start(bans: BanPolicy, tcp: TcpLimits) -> Pbx {
         mailer: None,
         tls: None,
         node: policy::node::NodeName::parse("test").expect("name"),
+        internal: None,
         version_poll: pbx::server::VERSION_POLL,
         voicemail: None,
     };

@@ -121,6 +121,7 @@ fn door() -> Door {
         trunks: Arc::new(Trunks::default()),
         bound: "127.0.0.1:5060".parse().expect("addr"),
         tls_bound: None,
+        internal: None,
         key: [3; 32],
         messages: pbx::transport::MessageLimits::default(),
     });

@@ -52,6 +52,9 @@ struct RawCluster {
     /// This node's name among the nodes sharing one database (default: the host name;
     /// `--node-name` wins).
     node: Option<String>,
+    /// `IP:PORT` where this node takes internal hops from the others (published in
+    /// its `nodes` row); absent: it takes and sends none.
+    internal: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -349,6 +352,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[cluster] node`: this node's name, when the file gives one.
     pub node: Option<policy::node::NodeName>,
+    /// `[cluster] internal`: where this node takes internal hops.
+    pub internal: Option<std::net::SocketAddr>,
     /// `[store] url`, `--database`, SIPWARD_DATABASE_URL: the PostgreSQL database; None
     /// for SQLite in the data dir. Shown and logged redacted only.
     pub database: Option<store::PgUrl>,
@@ -646,8 +651,16 @@ fn typed(raw: RawConfig) -> anyhow::Result<Config> {
         .map(policy::node::NodeName::parse)
         .transpose()
         .map_err(|e| OperatorError(format!("cluster.node: {e}")))?;
+    let internal = raw
+        .cluster
+        .internal
+        .as_deref()
+        .map(internal_address)
+        .transpose()
+        .map_err(|e| OperatorError(format!("cluster.internal: {e}")))?;
     Ok(Config {
         node,
+        internal,
         backup,
         console_allow,
         http,
@@ -710,6 +723,19 @@ pub async fn voicemail_operator(
 }
 
 /// Addresses or CIDR networks of a list setting.
+/// An internal hop address: a concrete `IP:PORT` the other nodes can reach (it is
+/// published for them), so neither an unspecified address nor port 0.
+fn internal_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    let addr: std::net::SocketAddr = text
+        .trim()
+        .parse()
+        .map_err(|_| "give IP:PORT (such as 10.0.0.5:5070)".to_owned())?;
+    if addr.ip().is_unspecified() || addr.port() == 0 {
+        return Err("the other nodes reach it there: name an address and a port".into());
+    }
+    Ok(addr)
+}
+
 fn networks(setting: &str, list: &[String]) -> anyhow::Result<Vec<ipnet::IpNet>> {
     list.iter()
         .map(|n| {
@@ -1237,6 +1263,9 @@ mod tests {
             "[cluster]\nnode = \"10.0.0.1\"\n",
             "[cluster]\nnode = \"a b\"\n",
             "[cluster]\nnode = \"\"\n",
+            "[cluster]\ninternal = \"0.0.0.0:5070\"\n",
+            "[cluster]\ninternal = \"10.0.0.5:0\"\n",
+            "[cluster]\ninternal = \"pbx-a:5070\"\n",
             "[mail]\nsmtp_host = \"mail.example.com\"\nfrom = \"pbx@example.com\"\nsecurity = \"none\"\nusername = \"u\"\npassword = \"p\"\n",
             "[console]\nhosts = [\"bad host\"]\n",
             "[console]\nhosts = [\"pbx.example.com:0\"]\n",

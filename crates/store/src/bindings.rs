@@ -89,6 +89,63 @@ pub async fn live_node_bindings(db: &mut dyn Db, node: &str, now: i64) -> Result
     rows.iter().map(binding_from_row).collect()
 }
 
+/// Where a call for extension `number` can hop (issue 21, the internal hop): the other
+/// live nodes (heartbeat at or after `live_since`) that hold a live binding of it which
+/// its credentials back, and publish an internal address; `(node, address)` by name.
+/// Only extensions' bindings: a hop never leads to a gateway (nor to a trunk, another
+/// hop or a voicemail), and `own` node's and unowned rows are never a hop's target.
+pub async fn hops_to(
+    db: &mut dyn Db,
+    number: &str,
+    own: &str,
+    now: i64,
+    live_since: i64,
+) -> Result<Vec<(String, String)>> {
+    let conn = raw(db);
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT DISTINCT n.name AS name, n.hop AS hop FROM bindings b JOIN nodes n ON n.name = b.node \
+         WHERE b.number = $2 AND b.expires_at > $1 AND {CURRENT} AND b.node <> $3 AND b.node <> '' \
+         AND n.hop <> '' AND n.heartbeat_at >= $4 ORDER BY n.name"
+    )))
+    .bind(now)
+    .bind(number)
+    .bind(own)
+    .bind(live_since)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("name")?, r.try_get("hop")?)))
+        .collect()
+}
+
+/// Every extension a call could hop for at once (the sending node's reload fills its
+/// hop table from this, one query however many extensions): `(number, address)` pairs
+/// as [`hops_to`] would give them for each number, by number, at most `limit` rows (what
+/// lies beyond is not hopped to: those calls get the 480 they had before hops).
+pub async fn all_hops(
+    db: &mut dyn Db,
+    own: &str,
+    now: i64,
+    live_since: i64,
+    limit: i64,
+) -> Result<Vec<(String, String)>> {
+    let conn = raw(db);
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT DISTINCT b.number AS number, n.hop AS hop FROM bindings b JOIN nodes n ON n.name = b.node \
+         WHERE b.expires_at > $1 AND {CURRENT} AND b.node <> $2 AND b.node <> '' \
+         AND n.hop <> '' AND n.heartbeat_at >= $3 ORDER BY b.number, n.hop LIMIT $4"
+    )))
+    .bind(now)
+    .bind(own)
+    .bind(live_since)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("number")?, r.try_get("hop")?)))
+        .collect()
+}
+
 fn binding_from_row(r: &sqlx::any::AnyRow) -> Result<BindingRow> {
     Ok(BindingRow {
         number: r.try_get("number")?,

@@ -20,9 +20,15 @@ use crate::error::{Error, Result};
 
 const PREFIX: &str = "v1:";
 const NONCE_LEN: usize = 24;
+/// The domain-separation label of the internal hop's key.
+const HOP_LABEL: &[u8] = b"sipward/v1/internal-hop-hmac";
 
 pub struct Vault {
     cipher: XChaCha20Poly1305,
+    /// The internal hop's key (issue 21): HMAC-SHA256 of a label under the secrets key,
+    /// so every node of the install has it, it opens nothing the vault sealed, and a
+    /// stolen database alone cannot make it.
+    hop: Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -34,9 +40,21 @@ impl std::fmt::Debug for Vault {
 impl Vault {
     /// A vault over raw key bytes (tests, restores).
     pub fn from_key(key: &[u8; 32]) -> Self {
+        use hmac::Mac as _;
+        let mut hop = Zeroizing::new([0u8; 32]);
+        if let Ok(mut m) = <hmac::Hmac<sha2::Sha256> as hmac::KeyInit>::new_from_slice(key) {
+            m.update(HOP_LABEL);
+            hop.copy_from_slice(&m.finalize().into_bytes());
+        }
         Self {
             cipher: XChaCha20Poly1305::new(key.into()),
+            hop,
         }
+    }
+
+    /// The internal hop's key (see the field): the same on every node given this key.
+    pub fn hop_key(&self) -> Zeroizing<[u8; 32]> {
+        self.hop.clone()
     }
 
     /// Loads the key file, refusing one that group or others can read.
@@ -183,6 +201,21 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
+
+    #[test]
+    fn the_hop_key_is_the_installs_own_and_not_the_secrets_key() {
+        let a = Vault::from_key(&[7u8; 32]);
+        let again = Vault::from_key(&[7u8; 32]);
+        let other = Vault::from_key(&[8u8; 32]);
+        assert_eq!(
+            *a.hop_key(),
+            *again.hop_key(),
+            "every node with the key derives it"
+        );
+        assert_ne!(*a.hop_key(), *other.hop_key(), "another install's differs");
+        assert_ne!(*a.hop_key(), [7u8; 32], "never the secrets key itself");
+        assert_ne!(*a.hop_key(), [0u8; 32]);
+    }
 
     #[test]
     fn seal_open_round_trip_and_binding() {

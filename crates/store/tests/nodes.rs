@@ -44,6 +44,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     each_node_writes_and_loads_only_the_bindings_it_holds,
     a_node_name_is_claimed_by_one_live_process,
+    a_call_hops_only_to_a_live_node_that_holds_the_extension_and_publishes_an_address,
     a_node_takes_only_the_resyncs_of_the_phones_it_holds,
     a_burst_of_registrations_is_written_as_one_batch,
     each_node_writes_and_clears_only_its_own_calls,
@@ -275,6 +276,117 @@ async fn a_node_name_is_claimed_by_one_live_process(backend: Backend) {
             .expect("release")
     );
     assert_eq!(claim(&store, "pbx1", "p4", 1028).await, Claim::Taken);
+}
+
+async fn a_call_hops_only_to_a_live_node_that_holds_the_extension_and_publishes_an_address(
+    backend: Backend,
+) {
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
+    let mut conn = store.conn().await.expect("conn");
+    let g = account::insert_extension(
+        &mut conn,
+        &ExtensionRow {
+            number: "1001".into(),
+            kind: "user".into(),
+            name: "Ann".into(),
+            email: None,
+            auth_id: "ann1001".into(),
+            sip_id: None,
+            password_enc: "v1:00".into(),
+            password_score: 4,
+            pin_enc: "v1:00".into(),
+            ha1_md5_enc: "a".into(),
+            ha1_sha256_enc: "b".into(),
+            mac: None,
+            model: None,
+            created_at: 1,
+            updated_at: 1,
+            credential_generation: 0,
+            phone_transport: None,
+            voicemail_after_secs: 20,
+            voicemail_mail: true,
+        },
+    )
+    .await
+    .expect("insert");
+    // a: live, publishes a hop address. b: live, takes no hops. c: stale. d: this node.
+    for (name, hop, at) in [
+        ("a", "10.0.0.1:5070", 1000),
+        ("b", "", 1000),
+        ("c", "10.0.0.3:5070", 900),
+        ("d", "10.0.0.4:5070", 1000),
+    ] {
+        let mut tx = store.begin().await.expect("begin");
+        nodes::claim(&mut tx, name, name, hop, at, at - 15)
+            .await
+            .expect("claim");
+        tx.commit().await.expect("commit");
+    }
+    for node in ["a", "b", "c", "d"] {
+        let contact = format!("sip:{node}@h");
+        b::replace_node_bindings(&mut conn, node, "1001", &[binding(&contact, 2000, g)], 1000)
+            .await
+            .expect("bind");
+    }
+    let hops = |own: &'static str, number: &'static str| {
+        let store = store.clone();
+        async move {
+            let mut conn = store.conn().await.expect("conn");
+            b::hops_to(&mut conn, number, own, 1000, 985)
+                .await
+                .expect("hops")
+        }
+    };
+    assert_eq!(
+        hops("d", "1001").await,
+        [("a".to_owned(), "10.0.0.1:5070".to_owned())],
+        "only the live node that holds 1001 and takes hops"
+    );
+    // From a, the others: d (a live node with an address), never a itself.
+    assert_eq!(
+        hops("a", "1001").await,
+        [("d".to_owned(), "10.0.0.4:5070".to_owned())]
+    );
+    assert!(hops("d", "1002").await.is_empty(), "nobody holds 1002");
+    // The bulk form the reload uses gives the same, for every extension at once.
+    let mut conn = store.conn().await.expect("conn");
+    assert_eq!(
+        b::all_hops(&mut conn, "d", 1000, 985, 10)
+            .await
+            .expect("all"),
+        [("1001".to_owned(), "10.0.0.1:5070".to_owned())]
+    );
+    assert_eq!(
+        b::all_hops(&mut conn, "a", 1000, 985, 10)
+            .await
+            .expect("all"),
+        [("1001".to_owned(), "10.0.0.4:5070".to_owned())]
+    );
+    assert!(
+        b::all_hops(&mut conn, "d", 1000, 985, 0)
+            .await
+            .expect("all")
+            .is_empty(),
+        "bounded"
+    );
+    assert!(
+        b::all_hops(&mut conn, "d", 2001, 985, 10)
+            .await
+            .expect("all")
+            .is_empty(),
+        "expired bindings lead nowhere"
+    );
+    drop(conn);
+    // Expired bindings lead nowhere.
+    let mut conn = store.conn().await.expect("conn");
+    assert!(
+        b::hops_to(&mut conn, "1001", "d", 2001, 985)
+            .await
+            .expect("hops")
+            .is_empty()
+    );
 }
 
 /// Check-sync is sent by the node that holds the phone's flow: a node takes the

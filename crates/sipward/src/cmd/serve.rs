@@ -199,6 +199,7 @@ pub async fn run(
         mailer,
         tls: tls.as_ref().map(|(_, t)| t.clone()),
         node: node_name(args.node_name.as_deref(), config.node.as_ref())?,
+        internal: config.internal,
         version_poll: config.version_poll,
         // Voicemail answers calls only with a `[media]` section: no RTP port is opened
         // until the operator names the range the firewall lets through.

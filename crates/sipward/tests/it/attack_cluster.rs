@@ -1,5 +1,9 @@
-//! Attacks on the fraud limits shared by several nodes (crates/store/src/fraud.rs,
-//! crates/pbx/src/admission.rs), on one PostgreSQL database in the test run's cluster.
+//! Attacks on what several nodes share (crates/store/src/fraud.rs,
+//! crates/pbx/src/admission.rs, crates/pbx/src/hop.rs), on one PostgreSQL database in
+//! the test run's cluster.
+//!
+//! The internal hop takes a call from another node only with its proof, at a live
+//! node's published address: a forged hop rings nothing and dials nothing out.
 //!
 //! The concurrent-calls limit is a lease row per external call, renewed by its node
 //! every 10 s and lapsing 30 s after the last renewal, so that a dead node's calls stop
@@ -7,12 +11,13 @@
 //! node cut off from the database while its SIP side stays up) keeps its calls up
 //! while its leases lapse: the other nodes then let new calls take the freed places.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::harness::Env;
 use crate::peers::Server;
 use crate::pg;
-use crate::user_agent::{Dialog, Outgoing, Ua, answers, ext, header, status};
+use crate::user_agent::{Dialog, Outgoing, Ua, answers, ext, header, request_method, status};
 
 const CONFIG: &str = "[sip]\ndigest_algorithms = [\"MD5\"]\n\
     [dialplan]\ncountry_code = \"49\"\ninternational_prefix = \"00\"\nnational_prefix = \"0\"\n\
@@ -454,4 +459,253 @@ async fn a_node_under_another_live_nodes_name_does_not_erase_its_bindings() {
         rows, 1,
         "the live node's phone keeps its binding ({rows} rows)"
     );
+}
+
+/// What a forger needs to stamp hops for the install (it stands for someone who stole
+/// a node's secrets key, or for the node itself): the hop key every node derives.
+fn hop_key_of(env: &Env) -> pbx::hop::HopKey {
+    let vault = store::Vault::load(&env.data.join("secrets.key")).expect("the key");
+    pbx::hop::HopKey::new(*vault.hop_key())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// A hop INVITE from `from` for `extension`, as node "b" would send it, with `proof`.
+fn hop_invite(
+    from: SocketAddr,
+    to: SocketAddr,
+    extension: &str,
+    call_id: &str,
+    proof: &str,
+) -> String {
+    let proof = if proof.is_empty() {
+        String::new()
+    } else {
+        format!("X-Sipward-Hop: {proof}\r\n")
+    };
+    format!(
+        "INVITE sip:{extension}@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK{call_id};rport\r\n\
+         Max-Forwards: 69\r\nFrom: <sip:5502@{from}>;tag=f{call_id}\r\nTo: <sip:{extension}@{to}>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:5502@{from}>\r\n{proof}Content-Length: 0\r\n\r\n"
+    )
+}
+
+fn hop_proof(
+    key: &pbx::hop::HopKey,
+    node: &str,
+    extension: &str,
+    call_id: &str,
+    at: i64,
+) -> String {
+    pbx::hop::stamp(
+        key,
+        &pbx::hop::HopFields {
+            method: "INVITE",
+            extension,
+            call_id,
+            cseq: 1,
+            from_tag: &format!("f{call_id}"),
+            node,
+        },
+        at,
+    )
+}
+
+/// Forged hops sent to a real node's internal socket (issue 21). Node A runs with
+/// `[cluster] internal`, a phone of 5501 registered on it, a gateway and a national
+/// route. A stranger's hop (not a live node's published address) gets no answer at
+/// all, even with a valid proof. From a live node's address (a row for node "b"
+/// naming the forger's socket: a spoofed source), a hop without a proof, with a MAC
+/// under another key, stale, or for another extension than its proof names is refused
+/// 403; the same hop again after it was taken once (a replay) is refused 403; a hop
+/// for a trunk number is refused 404. None of them rings the phone, and the gateway
+/// gets nothing. The control: the one genuine hop rings the phone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_hops_to_a_real_nodes_internal_socket_ring_nothing_and_dial_nothing_out() {
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let internal: SocketAddr = format!("127.0.0.1:{}", crate::peers::free_port())
+        .parse()
+        .expect("addr");
+    let url = cluster.fresh_database();
+    let a = Env::on_postgres(&url, None);
+    a.ok(&["ext", "list"]);
+    std::fs::create_dir_all(&a.data).expect("data dir");
+    std::fs::write(
+        a.data.join("sipward.toml"),
+        format!("{CONFIG}[cluster]\ninternal = \"{internal}\"\n"),
+    )
+    .expect("config");
+    let db = pg::database_of(&url).to_owned();
+    let gateway = Ua::bind("127.0.0.7", "127.0.0.1:9".parse().expect("addr")).await;
+    a.ok(&[
+        "gateway",
+        "add",
+        "pstn",
+        "--vendor",
+        "generic",
+        "--ext",
+        "800",
+        "--auth-id",
+        "gw-pstn-7",
+        "--password",
+        "Gw7-pQ2v-Xk9m-Lr4t",
+        "--host",
+        &gateway.addr.to_string(),
+    ]);
+    a.ok(&[
+        "route",
+        "add",
+        "national",
+        "--pattern",
+        "0ZX.",
+        "--trunk",
+        "pstn",
+    ]);
+    let account = ext(&a, "5501", "national");
+    let node_a = a.serve_with(&["--node-name", "a"]);
+    let phone = Ua::phone("127.0.0.2", node_a.sip, &account).await;
+    phone.register().await;
+    let key = hop_key_of(&a);
+    let forger = Ua::bind("127.0.0.40", internal).await;
+    let stranger = Ua::bind("127.0.0.41", internal).await;
+    // Node "b" is published at the forger's socket and beats for the whole test.
+    cluster.psql(
+        &db,
+        &format!(
+            "INSERT INTO nodes (name, instance, hop, heartbeat_at) VALUES ('b', 'forged', '{}', {})",
+            forger.addr,
+            unix_now() + 3600
+        ),
+    );
+    crate::peers::eventually("A reads node b's row", Duration::from_secs(10), || {
+        node_a.metric("sipward_table_entries{table=\"hop_nodes\"}") == 1
+    });
+    let invites = |m: &str| request_method(m) == Some("INVITE");
+    let refused = |code: u16, call_id: &'static str| {
+        move |m: &str| status(m) == code && header(m, "Call-ID") == Some(call_id)
+    };
+    let now = unix_now();
+
+    // Not a node's address: silence, whatever the proof.
+    let proof = hop_proof(&key, "b", "5501", "s1", now);
+    stranger
+        .send(&hop_invite(stranger.addr, internal, "5501", "s1", &proof))
+        .await;
+    let proof = hop_proof(&key, "b", NATIONAL, "s2", now);
+    stranger
+        .send(&hop_invite(stranger.addr, internal, NATIONAL, "s2", &proof))
+        .await;
+    // From the node's address: no proof, another install's key, a stale time, a proof
+    // made for another extension, a proof naming another node.
+    forger
+        .send(&hop_invite(forger.addr, internal, "5501", "f1", ""))
+        .await;
+    forger.wait("403 to no proof", refused(403, "f1")).await;
+    let other = pbx::hop::HopKey::new([7; 32]);
+    let proof = hop_proof(&other, "b", "5501", "f2", now);
+    forger
+        .send(&hop_invite(forger.addr, internal, "5501", "f2", &proof))
+        .await;
+    forger.wait("403 to another key", refused(403, "f2")).await;
+    let proof = hop_proof(&key, "b", "5501", "f3", now - 120);
+    forger
+        .send(&hop_invite(forger.addr, internal, "5501", "f3", &proof))
+        .await;
+    forger
+        .wait("403 to a stale proof", refused(403, "f3"))
+        .await;
+    let proof = hop_proof(&key, "b", "5599", "f4", now);
+    forger
+        .send(&hop_invite(forger.addr, internal, "5501", "f4", &proof))
+        .await;
+    forger
+        .wait("403 to another extension's proof", refused(403, "f4"))
+        .await;
+    let proof = hop_proof(&key, "a", "5501", "f5", now);
+    forger
+        .send(&hop_invite(forger.addr, internal, "5501", "f5", &proof))
+        .await;
+    forger
+        .wait("403 to a proof naming another node", refused(403, "f5"))
+        .await;
+    assert!(
+        phone
+            .try_wait(Duration::from_secs(1), invites)
+            .await
+            .is_none(),
+        "a refused hop rang the phone"
+    );
+
+    // The control: the genuine hop rings the phone (without the proof); the phone is
+    // busy, and its 486 goes back to the node.
+    let proof = hop_proof(&key, "b", "5501", "g1", now);
+    let genuine = hop_invite(forger.addr, internal, "5501", "g1", &proof);
+    forger.send(&genuine).await;
+    let rung = phone.wait_request("INVITE", "g1").await;
+    assert!(
+        !rung.to_ascii_lowercase().contains("x-sipward-hop"),
+        "{rung}"
+    );
+    phone.reply(&rung, 486, "Busy Here", "busy", "", "").await;
+    forger.wait("the phone's 486", refused(486, "g1")).await;
+    // Replayed under a new branch: refused, nothing rings.
+    forger
+        .send(&genuine.replace("branch=z9hG4bKg1", "branch=z9hG4bKg1replay"))
+        .await;
+    forger
+        .wait("403 to a replay", |m| {
+            status(m) == 403 && header(m, "Via").is_some_and(|v| v.contains("g1replay"))
+        })
+        .await;
+    assert!(
+        phone
+            .try_wait(Duration::from_secs(1), |m| invites(m)
+                && header(m, "Call-ID") == Some("g1"))
+            .await
+            .is_none(),
+        "a replay rang the phone again"
+    );
+
+    // A genuine proof for a number the dial plan routes to the gateway: 404.
+    let proof = hop_proof(&key, "b", NATIONAL, "t1", now);
+    forger
+        .send(&hop_invite(forger.addr, internal, NATIONAL, "t1", &proof))
+        .await;
+    forger
+        .wait("404 to a trunk number", refused(404, "t1"))
+        .await;
+
+    assert!(
+        gateway
+            .try_wait(Duration::from_secs(1), |_| true)
+            .await
+            .is_none(),
+        "a hop reached the gateway\n{}",
+        node_a.log()
+    );
+    assert!(
+        stranger
+            .try_wait(Duration::from_millis(200), |_| true)
+            .await
+            .is_none(),
+        "a stranger was answered"
+    );
+    let refusals = |reason: &str| {
+        node_a.metric(&format!(
+            "sipward_hops_refused_total{{reason=\"{reason}\"}}"
+        ))
+    };
+    assert_eq!(refusals("not_a_node"), 2);
+    assert_eq!(refusals("malformed"), 1);
+    assert_eq!(refusals("bad_mac"), 3);
+    assert_eq!(refusals("stale"), 1);
+    assert_eq!(refusals("replayed"), 1);
+    assert_eq!(node_a.metric("sipward_calls_trunk_total"), 0);
+    node_a.stop();
 }

@@ -12,14 +12,14 @@ use crate::harness::Env;
 use crate::peers::{Server, SippServer, Smtp, UdpClient, eventually, eventually_or, sipp_from};
 use crate::registrar::{Login, header, register, status};
 
-const GERMANY: &str = "[sip]\ndigest_algorithms = [\"MD5\"]\n\
+pub(crate) const GERMANY: &str = "[sip]\ndigest_algorithms = [\"MD5\"]\n\
     [dialplan]\ncountry_code = \"49\"\ninternational_prefix = \"00\"\nnational_prefix = \"0\"\n\
     emergency_numbers = [\"112\", \"110\"]\n";
 const FOREIGN: &str = "00252612345678";
 const NATIONAL: &str = "0301234567";
 
 /// An extension with known credentials.
-fn add(env: &Env, number: &str, extra: &[&str]) -> (String, String) {
+pub(crate) fn add(env: &Env, number: &str, extra: &[&str]) -> (String, String) {
     let auth = format!("desk{number}");
     let pw = format!("Zq8xLmTr4wPy{number}Kb");
     let mut args = vec!["ext", "add", number, "--auth-id", &auth, "--password", &pw];

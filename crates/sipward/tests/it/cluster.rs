@@ -547,6 +547,67 @@ fn every_administrator_command_works_on_postgres_as_on_sqlite() {
     assert!(!a.8.is_empty(), "the audit log has the changes");
 }
 
+/// Issue 21: a phone registered on node A is called through node B. B has no binding
+/// of it, finds in the store that A holds one, and hops the INVITE to A's internal
+/// address with its proof; A sends it on the phone's flow. SIPp on both ends: the call
+/// is answered, and its ACK and BYE follow the route back over the hop.
+#[test]
+fn a_call_through_b_reaches_the_phone_registered_on_a_over_the_internal_hop() {
+    use crate::calls::{GERMANY, add, register_phone};
+    use crate::peers::{SippServer, free_port, sipp_from};
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let (a, b) = two_nodes(cluster, GERMANY);
+    for env in [&a, &b] {
+        let config = format!(
+            "{GERMANY}[cluster]\ninternal = \"127.0.0.1:{}\"\n",
+            free_port()
+        );
+        std::fs::write(env.data.join("sipward.toml"), config).expect("config");
+    }
+    let caller = add(&a, "4001", &[]);
+    let callee = add(&a, "4002", &[]);
+    let node_a = a.serve_with(&["--node-name", "a"]);
+    let node_b = b.serve_with(&["--node-name", "b"]);
+    let port = register_phone(&node_a, "127.0.0.3", "4002", &callee);
+    let phone = SippServer::start(&a, "call_uas.xml", "127.0.0.3", port, 1);
+    // B reads where calls may hop at most once a second.
+    eventually("B knows that A holds 4002", Duration::from_secs(10), || {
+        node_b.metric("sipward_table_entries{table=\"hop_targets\"}") == 1
+    });
+    let csv = format!(
+        "SEQUENTIAL\n4001;{};4002\n",
+        crate::peers::sipp_auth(&caller.0, &caller.1)
+    );
+    let run = sipp_from(
+        "127.0.0.2",
+        &b,
+        "call_uac.xml",
+        &csv,
+        node_b.sip,
+        "u1",
+        1,
+        1,
+    );
+    assert_eq!(
+        (run.successful, run.failed),
+        (1, 0),
+        "caller: {run:?}\nB: {}\nA: {}",
+        node_b.log(),
+        node_a.log()
+    );
+    assert_eq!(phone.finish(Duration::from_secs(10)), (1, 0), "callee");
+    assert_eq!(node_b.metric("sipward_calls_proxied_total"), 1);
+    assert_eq!(node_a.metric("sipward_calls_proxied_total"), 1);
+    assert!(
+        node_a.metric("sipward_relayed_total") >= 2,
+        "ACK and BYE came over the hop to the phone"
+    );
+    node_b.stop();
+    node_a.stop();
+}
+
 /// A burst of new phones on a PostgreSQL node: every REGISTER gets its `200`, each only
 /// once its binding is committed (group commits, not a round trip per phone), and every
 /// binding is in the database. The same phones refreshing from the same place a second
@@ -611,4 +672,109 @@ fn a_burst_of_new_registrations_on_postgres_is_stored_and_refreshes_write_nothin
         "a refresh from the same place was written"
     );
     assert_eq!(server.egress_denied("burst of registrations"), 0);
+}
+
+/// Issue 21: a phone registered on node A that does not take the call (it answers
+/// `480`, as a phone set to do-not-disturb does) is called through node B. B hops the
+/// call to A, A's `480` comes back over the hop, and B's own voicemail takes the call:
+/// SIPp leaves its message on B, and A files nothing.
+#[test]
+fn a_phone_on_a_that_does_not_answer_sends_the_call_through_b_to_bs_voicemail() {
+    use crate::calls::{GERMANY, add, register_phone};
+    use crate::peers::{free_port, sipp_auth, sipp_from};
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let (a, b) = two_nodes(cluster, GERMANY);
+    for env in [&a, &b] {
+        let base = (free_port() & !1).min(65_000);
+        let config = format!(
+            "{GERMANY}[media]\nrtp_ports = \"{base}-{}\"\n[cluster]\ninternal = \"127.0.0.1:{}\"\n",
+            base + 39,
+            free_port()
+        );
+        std::fs::write(env.data.join("sipward.toml"), config).expect("config");
+    }
+    let caller = add(&a, "4101", &[]);
+    let callee = add(&a, "4102", &[]);
+    let node_a = a.serve_with(&["--node-name", "a"]);
+    let node_b = b.serve_with(&["--node-name", "b"]);
+    let port = register_phone(&node_a, "127.0.0.3", "4102", &callee);
+    // The phone: every INVITE answered 480 at once; what it received is counted.
+    let phone = std::net::UdpSocket::bind(("127.0.0.3", port)).expect("the phone's port");
+    phone
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let invites = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let dnd = {
+        let (stop, invites) = (stop.clone(), invites.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((n, from)) = phone.recv_from(&mut buf) else {
+                    continue;
+                };
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if text.starts_with("INVITE ") {
+                    invites.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let answer = crate::user_agent::response(
+                        &text,
+                        480,
+                        "Temporarily Unavailable",
+                        "dnd",
+                        "",
+                        "",
+                    );
+                    let _ = phone.send_to(answer.as_bytes(), from);
+                }
+            }
+        })
+    };
+    eventually("B knows that A holds 4102", Duration::from_secs(10), || {
+        node_b.metric("sipward_table_entries{table=\"hop_targets\"}") == 1
+    });
+    let csv = format!(
+        "SEQUENTIAL\n4101;{};4102\n",
+        sipp_auth(&caller.0, &caller.1)
+    );
+    let run = sipp_from(
+        "127.0.0.2",
+        &b,
+        "vm_deposit_uac.xml",
+        &csv,
+        node_b.sip,
+        "u1",
+        1,
+        1,
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = dnd.join();
+    assert_eq!(
+        (run.successful, run.failed),
+        (1, 0),
+        "caller: {run:?}\nB: {}\nA: {}",
+        node_b.log(),
+        node_a.log()
+    );
+    assert!(
+        invites.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "the hop reached the phone on A"
+    );
+    assert_eq!(
+        node_a.metric("sipward_calls_proxied_total"),
+        1,
+        "A took the hop"
+    );
+    eventually("B files the message", Duration::from_secs(5), || {
+        node_b.metric("sipward_voicemail_messages_total") == 1
+    });
+    assert_eq!(node_b.metric("sipward_voicemail_calls_total"), 1);
+    assert_eq!(
+        node_a.metric("sipward_voicemail_calls_total"),
+        0,
+        "A never takes a hop to voicemail"
+    );
+    node_b.stop();
+    node_a.stop();
 }
