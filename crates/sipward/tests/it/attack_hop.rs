@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::harness::Env;
 use crate::pg;
-use crate::user_agent::{Ua, header, request_method, status};
+use crate::user_agent::{Account, Ua, header, request_method, status};
 
 const CONFIG: &str = "[sip]\ndigest_algorithms = [\"MD5\"]\n\
     [dialplan]\ncountry_code = \"49\"\ninternational_prefix = \"00\"\nnational_prefix = \"0\"\n\
@@ -97,6 +97,125 @@ fn publish_node_b(cluster: &pg::Cluster, db: &str, at: SocketAddr) {
             unix_now() + 3600
         ),
     );
+}
+
+/// A hop for a gateway's virtual number (finding). A gateway registers with its
+/// credentials like a phone, under its virtual number (here 800), so it has a binding
+/// on the node it registered on. `Endpoint::take_hop` looks the hop's extension up
+/// with `Directory::by_number`, which holds gateways' virtual numbers as well as
+/// extensions, and forks the hop to that number's bindings here: a hop for 800 sends
+/// the INVITE to the gateway through the proxy, with no route, no class of service,
+/// no fraud count and no lease (the gateway then dials out on its line). Every other
+/// path refuses a gateway's number as a callee (`Directory::extension_for_user`), and
+/// the receiving node is the one that promises "never to a trunk, a gateway".
+///
+/// The hop is stamped with the install's key: it stands for a node whose key leaked
+/// or that has a bug in what it hops (the sending nodes only hop for extensions today,
+/// `store::bindings::all_hops` reads extensions' bindings only), so this is defence in
+/// depth, but the receiving node's own check is the one the promise rests on and it
+/// lets a gateway through. The fix is one filter in `take_hop`:
+/// `by_number(extension).filter(|a| a.kind == "ext")`. The control: the same proven hop
+/// for a phone's extension rings the phone, and a hop for a routed number is refused
+/// 404 (the receiving node does check the number).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proven_hop_for_a_gateways_virtual_number_never_reaches_the_gateway() {
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let (a, internal, db) = node_with_internal(cluster, CONFIG);
+    let gateway_account = Account {
+        number: "800".to_owned(),
+        auth_id: "gw-pstn-7".to_owned(),
+        password: "Gw7-pQ2v-Xk9m-Lr4t".to_owned(),
+    };
+    // The node's address is not known yet: nothing is sent before it is pointed there.
+    let mut gateway = Ua::bind("127.0.0.7", "127.0.0.1:9".parse().expect("addr")).await;
+    a.ok(&[
+        "gateway",
+        "add",
+        "pstn",
+        "--vendor",
+        "generic",
+        "--ext",
+        &gateway_account.number,
+        "--auth-id",
+        &gateway_account.auth_id,
+        "--password",
+        &gateway_account.password,
+        "--host",
+        &gateway.addr.to_string(),
+    ]);
+    a.ok(&[
+        "route",
+        "add",
+        "national",
+        "--pattern",
+        "0ZX.",
+        "--trunk",
+        "pstn",
+    ]);
+    let account = crate::user_agent::ext(&a, "5501", "national");
+    let node_a = a.serve_with(&["--node-name", "a"]);
+    let phone = Ua::phone("127.0.0.2", node_a.sip, &account).await;
+    phone.register().await;
+    // The gateway registers on its virtual number, as gateways do.
+    gateway.pbx = node_a.sip;
+    gateway.account = Some(gateway_account.clone());
+    gateway.register().await;
+    let forger = Ua::bind("127.0.0.40", internal).await;
+    publish_node_b(cluster, &db, forger.addr);
+    crate::peers::eventually("A reads node b's row", Duration::from_secs(10), || {
+        node_a.metric("sipward_table_entries{table=\"hop_nodes\"}") == 1
+    });
+    let key = hop_key_of(&a);
+    let now = unix_now();
+    let answered = |code: u16, call_id: &'static str| {
+        move |m: &str| status(m) == code && header(m, "Call-ID") == Some(call_id)
+    };
+
+    // Controls: a proven hop for a routed number is refused; one for the phone rings it.
+    let proof = hop_proof(&key, "b", "0301234567", "c1", now);
+    forger
+        .send(&hop_invite(
+            forger.addr,
+            internal,
+            "0301234567",
+            "c1",
+            &proof,
+        ))
+        .await;
+    forger
+        .wait("404 to a routed number", answered(404, "c1"))
+        .await;
+    let proof = hop_proof(&key, "b", "5501", "c2", now);
+    forger
+        .send(&hop_invite(forger.addr, internal, "5501", "c2", &proof))
+        .await;
+    let rung = phone.wait_request("INVITE", "c2").await;
+    phone.reply(&rung, 486, "Busy Here", "busy", "", "").await;
+    forger.wait("the phone's 486", answered(486, "c2")).await;
+
+    // The attack: a proven hop for the gateway's virtual number.
+    let proof = hop_proof(&key, "b", "800", "g1", now);
+    forger
+        .send(&hop_invite(forger.addr, internal, "800", "g1", &proof))
+        .await;
+    let reached = gateway
+        .try_wait(Duration::from_secs(2), |m| {
+            request_method(m) == Some("INVITE") && header(m, "Call-ID") == Some("g1")
+        })
+        .await;
+    assert!(
+        reached.is_none(),
+        "a hop for the gateway's virtual number 800 was sent to the gateway:\n{}",
+        reached.unwrap_or_default()
+    );
+    forger
+        .wait("a refusal of the hop for 800", |m| {
+            header(m, "Call-ID") == Some("g1") && status(m) >= 400
+        })
+        .await;
+    node_a.stop();
 }
 
 /// A BYE in the dialog a hop from node "b" made, sent from `from`.
