@@ -487,3 +487,108 @@ async fn a_redirect_from_a_phone_on_the_other_node_never_reaches_the_caller_or_a
     node_b.stop();
     node_a.stop();
 }
+
+/// A flood on the internal socket (withstood). Forged from node b's published address
+/// (a spoofed UDP source), 3,000 hops with a MAC under another key, each with a new
+/// branch and Call-ID, and 3,000 from a stranger's address. Each forged one costs a
+/// 403 (to the node's address) or nothing at all; none takes a place a real call needs:
+/// right after, node b's genuine hop rings the phone, and a caller on the public
+/// socket still reaches it. The counts show the flood was read and refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_flood_on_the_internal_socket_leaves_real_hops_and_calls_standing() {
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    let (a, internal, db) = node_with_internal(cluster, CONFIG);
+    let account = crate::user_agent::ext(&a, "5501", "national");
+    let caller = crate::user_agent::ext(&a, "5502", "national");
+    let node_a = a.serve_with(&["--node-name", "a"]);
+    let phone = Ua::phone("127.0.0.2", node_a.sip, &account).await;
+    phone.register().await;
+    let b = Ua::bind("127.0.0.40", internal).await;
+    let stranger = Ua::bind("127.0.0.41", internal).await;
+    publish_node_b(cluster, &db, b.addr);
+    crate::peers::eventually("A reads node b's row", Duration::from_secs(10), || {
+        node_a.metric("sipward_table_entries{table=\"hop_nodes\"}") == 1
+    });
+    let key = hop_key_of(&a);
+    let other = pbx::hop::HopKey::new([7; 32]);
+    const FLOOD: u64 = 3_000;
+    for i in 0..FLOOD {
+        let call_id = format!("flood{i}");
+        let proof = hop_proof(&other, "b", "5501", &call_id, unix_now());
+        b.send(&hop_invite(b.addr, internal, "5501", &call_id, &proof))
+            .await;
+        stranger
+            .send(&hop_invite(
+                stranger.addr,
+                internal,
+                "5501",
+                &call_id,
+                &proof,
+            ))
+            .await;
+    }
+    // Loopback drops much of a burst this fast at the socket buffer (the node reads
+    // what it can; a datagram flood is not something a node can refuse to receive).
+    // Wait until the node has read what reached it: the counts stop moving.
+    let refused = |reason: &str| {
+        node_a.metric(&format!(
+            "sipward_hops_refused_total{{reason=\"{reason}\"}}"
+        ))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut last = (u64::MAX, u64::MAX);
+    loop {
+        let now = (refused("bad_mac"), refused("not_a_node"));
+        if now == last && now.0 > 0 && now.1 > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flood was not read within 15 s: bad_mac {} not_a_node {}",
+            now.0,
+            now.1
+        );
+        last = now;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!(
+        "flood read: {} of {FLOOD} forged from b refused bad_mac, {} of {FLOOD} from a stranger not_a_node",
+        last.0, last.1
+    );
+
+    // b's genuine hop is taken.
+    let proof = hop_proof(&key, "b", "5501", "real1", unix_now());
+    b.send(&hop_invite(b.addr, internal, "5501", "real1", &proof))
+        .await;
+    let rung = phone.wait_request("INVITE", "real1").await;
+    phone.reply(&rung, 486, "Busy Here", "busy1", "", "").await;
+    b.wait("the phone's 486 to b", |m| {
+        status(m) == 486 && header(m, "Call-ID") == Some("real1")
+    })
+    .await;
+    // A caller on the public socket reaches the phone.
+    let caller_ua = Ua::phone("127.0.0.3", node_a.sip, &caller).await;
+    let out = caller_ua.invite("5501", "").await;
+    let rung = phone.wait_request("INVITE", &out.call_id).await;
+    phone.reply(&rung, 486, "Busy Here", "busy2", "", "").await;
+    let answer = caller_ua.wait_answer(&out, |c| c >= 200).await;
+    assert_eq!(status(&answer), 486, "{answer}");
+    caller_ua.ack_failure(&out, &answer).await;
+    assert!(
+        phone
+            .received()
+            .iter()
+            .all(|r| !r.text.contains("Call-ID: flood")),
+        "a forged hop rang the phone"
+    );
+    assert!(
+        stranger
+            .try_wait(Duration::from_millis(200), |_| true)
+            .await
+            .is_none(),
+        "a stranger was answered"
+    );
+    node_a.stop();
+}
