@@ -112,9 +112,9 @@ fn publish_node_b(cluster: &pg::Cluster, db: &str, at: SocketAddr) {
 /// The hop is stamped with the install's key: it stands for a node whose key leaked
 /// or that has a bug in what it hops (the sending nodes only hop for extensions today,
 /// `store::bindings::all_hops` reads extensions' bindings only), so this is defence in
-/// depth, but the receiving node's own check is the one the promise rests on and it
-/// lets a gateway through. The fix is one filter in `take_hop`:
-/// `by_number(extension).filter(|a| a.kind == "ext")`. The control: the same proven hop
+/// depth, but the receiving node's own check is the one the promise rests on, and it
+/// let a gateway through until `take_hop` took only an extension's number (404 for a
+/// gateway's, as for any number that is not an extension). The control: the same proven hop
 /// for a phone's extension rings the phone, and a hop for a routed number is refused
 /// 404 (the receiving node does check the number).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
