@@ -1498,7 +1498,14 @@ impl Endpoint {
         if let Err(refused) = checked {
             return refuse(refused.index());
         }
-        if self.directory.get().by_number(extension).is_none() {
+        // An extension's number only: a gateway's virtual number is in the directory
+        // (and has bindings) too, and a hop never reaches a gateway.
+        if self
+            .directory
+            .get()
+            .by_number(extension)
+            .is_none_or(|a| a.kind != "ext")
+        {
             return self.respond(m, key, source, 404, "Not Found", &[]);
         }
         // Only this node's own bindings (a hop flow is never one).
