@@ -52,6 +52,11 @@ fn short_limits() -> TcpLimits {
 }
 
 async fn start(bans: BanPolicy, tcp: TcpLimits) -> Pbx {
+    start_on(bans, tcp, 1).await
+}
+
+/// The server with `workers` UDP receivers (and as many lanes for stream messages).
+async fn start_on(bans: BanPolicy, tcp: TcpLimits, workers: usize) -> Pbx {
     let dir = tempfile::tempdir().expect("tmp");
     let data = DataDir::new(dir.path().join("data"));
     let clock = Arc::new(ManualClock::new(T0, std::time::Instant::now()));
@@ -78,7 +83,7 @@ async fn start(bans: BanPolicy, tcp: TcpLimits) -> Pbx {
         digest_algorithms: vec![sip::digest::Algorithm::Md5],
         bans,
         min_strength_score: 3,
-        udp_workers: 1,
+        udp_workers: workers,
         tcp,
         messages: pbx::transport::MessageLimits::default(),
         mailer: None,
@@ -603,4 +608,79 @@ async fn keepalive_pings_are_counted_and_only_an_unregistered_sources_are_limite
     assert!(metric(&pbx, |m| &m.keepalive_pings) >= 121);
     // Control: the registered phone's connection still works.
     assert!(answered(&mut phone, 1).await);
+}
+
+/// The status line and CSeq number of every response in `text`, in order.
+fn responses(text: &str) -> Vec<(String, String, u32)> {
+    text.split("SIP/2.0 ")
+        .skip(1)
+        .filter_map(|r| {
+            let status = r.get(..3)?.to_owned();
+            let call = r
+                .lines()
+                .find_map(|l| l.strip_prefix("Call-ID: "))?
+                .to_owned();
+            let cseq = r
+                .lines()
+                .find_map(|l| l.strip_prefix("CSeq: "))?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((status, call, cseq))
+        })
+        .collect()
+}
+
+/// Many requests pipelined on one connection (written at once, before any answer is
+/// read) are handled beside each other on several lanes: every one is answered, and the
+/// answers of each call come back in the order its requests were sent, since one call's
+/// messages keep to one lane. A connection also cannot hold more than its share: the
+/// reader waits at its bound instead of dropping anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_on_one_connection_are_all_answered_each_call_in_order() {
+    let limits = TcpLimits {
+        in_flight: 4,
+        ..short_limits()
+    };
+    let pbx = start_on(calm(), limits, 4).await;
+    let mut c = connect("127.0.0.41", pbx.tcp).await;
+    let local = c.local_addr().expect("local");
+    let (calls, per_call) = (40u32, 10u32);
+    let mut all = Vec::new();
+    for n in 1..=per_call {
+        for call in 0..calls {
+            all.extend_from_slice(
+                format!(
+                    "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bK-pipe-{call}-{n}\r\n\
+                     Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.41>;tag=p{call}\r\nTo: <sip:{to}>\r\n\
+                     Call-ID: pipe-{call}@test\r\nCSeq: {n} OPTIONS\r\nContent-Length: 0\r\n\r\n",
+                    to = pbx.tcp,
+                )
+                .as_bytes(),
+            );
+        }
+    }
+    c.write_all(&all).await.expect("write");
+    let want = usize::try_from(calls * per_call).expect("small");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while responses(&String::from_utf8_lossy(&got)).len() < want {
+        match tokio::time::timeout_at(deadline, c.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let answers = responses(&String::from_utf8_lossy(&got));
+    assert_eq!(answers.len(), want, "every pipelined request is answered");
+    assert!(answers.iter().all(|(s, _, _)| s == "200"), "{answers:?}");
+    let mut last: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+    for (_, call, cseq) in &answers {
+        let before = last.insert(call.as_str(), *cseq).unwrap_or(0);
+        assert!(
+            *cseq == before + 1,
+            "{call}: CSeq {cseq} answered after {before}"
+        );
+    }
 }
