@@ -82,13 +82,15 @@ impl MessageLimits {
 /// room beside them. Each takes a file descriptor; the binary raises the open-file limit
 /// to fit and says so when it cannot.
 pub const MAX_TCP_CONNECTIONS: usize = 8192;
-/// TLS handshakes in flight on the whole server, whatever their sources (allow-listed
-/// ones too). A handshake is the one expensive thing a connection costs before it has
-/// proved anything; without a total bound a flood of them shares the CPU until none
-/// finishes within its deadline (a collapse). Over the bound, a connection is closed at
-/// accept, before any cryptography: the excess is refused cheaply and the handshakes
-/// admitted finish.
-pub const MAX_HANDSHAKES: usize = 64;
+/// TLS handshakes in flight on a listener, whatever their sources (allow-listed ones
+/// too), counted from the client's first bytes to the end of the handshake. A handshake
+/// is the one expensive thing a connection costs before it has proved anything; without
+/// a total bound a flood of them shares the CPU until none finishes within its deadline
+/// (a collapse). Over the bound, a connection is closed before any cryptography: the
+/// excess is refused cheaply and the handshakes admitted finish. A half-open connection
+/// (one that never speaks) takes no place here, so such a flood cannot shut others out:
+/// it costs one timer each, under the per-source caps.
+pub const MAX_HANDSHAKES: usize = 256;
 /// Messages read from one connection and not yet handled: the reader keeps reading while
 /// earlier messages are handled, but one connection cannot hold more of the handling
 /// than this (its reader waits, and TCP pushes back on the peer).
@@ -537,22 +539,10 @@ async fn serve_stream(
             inbound.connection(ConnectionEnd::Refused);
             continue;
         };
-        // Handshakes in flight are the expensive part of a TLS flood: bounded on the
-        // whole listener first (allow-listed sources too: a bound on the CPU, not a
-        // judgement of the source), refused here before any cryptography.
-        let handshake_slot = match &tls {
-            None => None,
-            Some(_) => match in_flight.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    inbound.connection(ConnectionEnd::HandshakesFull);
-                    continue;
-                }
-            },
-        };
-        // Then per source and prefix. Each handshake also counts toward the source's
-        // flood limit (a rate): one address completing handshakes and sending nothing
-        // is silenced, then banned.
+        // Handshakes in flight are the expensive part of a TLS flood: capped per source
+        // and prefix here, and on the whole listener once the client speaks (below).
+        // Each handshake also counts toward the source's flood limit (a rate): one
+        // address completing handshakes and sending nothing is silenced, then banned.
         let handshake = match (&tls, uncapped) {
             (None, _) => None,
             (Some(_), true) => Some(handshakes.exempt()),
@@ -573,13 +563,14 @@ async fn serve_stream(
             "setting TCP_NODELAY",
             stream.set_nodelay(true),
         );
-        let (transports, inbound, limits, mut shutdown, tls, lanes) = (
+        let (transports, inbound, limits, mut shutdown, tls, lanes, in_flight) = (
             transports.clone(),
             inbound.clone(),
             limits.clone(),
             shutdown.clone(),
             tls.clone(),
             lanes.clone(),
+            in_flight.clone(),
         );
         let unfinished = Unfinished {
             places: unfinished.clone(),
@@ -600,11 +591,36 @@ async fn serve_stream(
                     connection(stream, link, &limits, unfinished, shutdown).await;
                 }
                 Some(identity) => {
+                    let deadline = Instant::now() + limits.handshake;
+                    // A half-open connection (nothing sent) costs this wait and nothing
+                    // more: it takes no place among the handshakes in flight.
+                    // (A peek, not `readable`, which may report readiness that is
+                    // not there.)
+                    let mut first = [0u8; 1];
+                    let spoke = tokio::select! {
+                        r = tokio::time::timeout_at(deadline, stream.peek(&mut first)) => r,
+                        _ = shutdown.changed() => return,
+                    };
+                    match spoke {
+                        Ok(Ok(1..)) => {}
+                        Ok(Ok(0) | Err(_)) => {
+                            return inbound.connection(ConnectionEnd::HandshakeFailed);
+                        }
+                        Err(_) => return inbound.connection(ConnectionEnd::HandshakeTimedOut),
+                    }
+                    // The listener's bound on handshakes in flight, whatever their
+                    // sources (allow-listed ones too: a bound on the CPU, not a judgement
+                    // of the source). Over it the connection is closed now, before any
+                    // cryptography: the excess is refused cheaply and the handshakes
+                    // admitted finish within their deadline instead of all missing it.
+                    let Ok(handshake_slot) = in_flight.try_acquire_owned() else {
+                        return inbound.connection(ConnectionEnd::HandshakesFull);
+                    };
                     // The acceptor is read once, here: a reload during the handshake
                     // or later never touches this connection.
                     let accept = identity.acceptor().accept(stream);
                     let done = tokio::select! {
-                        r = tokio::time::timeout(limits.handshake, accept) => r,
+                        r = tokio::time::timeout_at(deadline, accept) => r,
                         _ = shutdown.changed() => return,
                     };
                     drop(handshake);
