@@ -807,18 +807,21 @@ async fn write_queued<W>(mut writer: W, mut rx: mpsc::Receiver<Arc<[u8]>>)
 where
     W: AsyncWrite + Unpin,
 {
-    let mut batch: Vec<u8> = Vec::new();
     while let Some(first) = rx.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&first);
-        while batch.len() < READ_STEP {
+        // A lone message is written as it is; several are joined (an idle connection
+        // keeps no buffer for it either way).
+        let mut batch: Option<Vec<u8>> = None;
+        while batch.as_ref().map_or(first.len(), Vec::len) < READ_STEP {
             match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
+                Ok(more) => batch
+                    .get_or_insert_with(|| first.to_vec())
+                    .extend_from_slice(&more),
                 Err(_) => break,
             }
         }
+        let bytes: &[u8] = batch.as_deref().unwrap_or(&first);
         let written = tokio::time::timeout(WRITE_DEADLINE, async {
-            writer.write_all(&batch).await?;
+            writer.write_all(bytes).await?;
             writer.flush().await
         })
         .await;
@@ -827,9 +830,6 @@ where
             // not logged.
             background::count(Task::TcpWrite);
             return;
-        }
-        if batch.capacity() > READ_STEP {
-            batch = Vec::new();
         }
     }
     let _ = tokio::time::timeout(CLOSE_DEADLINE, writer.shutdown()).await;
