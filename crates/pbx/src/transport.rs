@@ -106,9 +106,12 @@ pub const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
 /// How long a closing connection waits for its messages still being handled, so their
 /// answers go out and the bindings they make are let go with the connection.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(1);
-/// A connection reads into its framing buffer in steps of this; the buffer is given back
-/// when it holds nothing, so an idle connection keeps no read buffer at all.
+/// A busy connection reads into its framing buffer in steps of this (many pipelined
+/// messages in one read); the buffer is given back whenever it holds nothing.
 const READ_STEP: usize = 16 * 1024;
+/// What a connection that is not busy offers a read: a message or two. An idle
+/// connection waits with this much buffer, not [`READ_STEP`] (5,000 idle phones).
+const READ_FIRST: usize = 2 * 1024;
 /// A TCP connection that carries a live registration and sends no complete message
 /// (nor a keep-alive) for this long is closed.
 pub const TCP_IDLE: Duration = Duration::from_secs(900);
@@ -881,6 +884,9 @@ async fn connection<S>(
     // The framing buffer, read into directly: it grows while a message needs it and is
     // given back whenever it holds nothing (an idle connection keeps no buffer).
     let mut buf: Vec<u8> = Vec::new();
+    // Whether the last read filled all it was offered: the peer is sending faster than
+    // a small read takes.
+    let mut busy = false;
     'read: loop {
         // Keep-alive CRLFs between messages are skipped (RFC 5626 §3.5.1 pings), and
         // each double CRLF is answered with one CRLF. A full queue drops the pong: the
@@ -984,16 +990,19 @@ async fn connection<S>(
         let finish = unfinished.deadline(limits.message);
         let deadline = finish.map_or(idle, |f| f.min(idle));
         if buf.is_empty() {
-            // Nothing held: an idle connection keeps no buffer.
+            // Nothing held: the buffer goes back, and the next read gets a small one
+            // unless the peer is busy.
             buf = Vec::new();
         }
-        if buf.capacity() - buf.len() < READ_STEP / 4 {
-            buf.reserve(READ_STEP);
+        let step = if busy { READ_STEP } else { READ_FIRST };
+        if buf.capacity() - buf.len() < step / 4 {
+            buf.reserve(step);
         }
+        let offered = buf.capacity() - buf.len();
         tokio::select! {
             r = tokio::time::timeout_at(deadline, reader.read_buf(&mut buf)) => match r {
                 Ok(Ok(0)) | Ok(Err(_)) => break 'read,
-                Ok(Ok(_)) => {}
+                Ok(Ok(n)) => busy = n >= offered,
                 Err(_) => {
                     if finish.is_some_and(|f| f <= Instant::now()) {
                         inbound.connection(ConnectionEnd::Unfinished);
