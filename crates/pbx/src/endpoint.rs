@@ -1709,6 +1709,7 @@ impl Inbound for Endpoint {
             ConnectionEnd::Unfinished => &self.metrics.tcp_unfinished_closed,
             ConnectionEnd::HandshakeFailed => &self.metrics.tls_handshake_failed,
             ConnectionEnd::HandshakeTimedOut => &self.metrics.tls_handshake_timeouts,
+            ConnectionEnd::HandshakesFull => &self.metrics.tls_handshakes_refused,
         });
     }
 

@@ -92,6 +92,9 @@ pub struct Metrics {
     pub tls_handshake_failed: AtomicU64,
     /// TLS connections cut because their handshake missed its deadline (half-open).
     pub tls_handshake_timeouts: AtomicU64,
+    /// TLS connections closed at accept, before any cryptography, because the
+    /// listener's handshakes in flight were at their bound.
+    pub tls_handshakes_refused: AtomicU64,
     /// TLS handshakes begun (each counted toward its source's flood limit: each costs
     /// the server a key exchange and a signature).
     pub tls_handshakes: AtomicU64,
@@ -373,6 +376,11 @@ impl Metrics {
                 "sipward_tls_handshakes_timed_out_total",
                 "SIP TLS connections cut because the handshake missed its deadline",
                 get(&self.tls_handshake_timeouts),
+            ),
+            (
+                "sipward_tls_handshakes_refused_total",
+                "SIP TLS connections closed at accept, before any cryptography: handshakes in flight at their bound",
+                get(&self.tls_handshakes_refused),
             ),
             (
                 "sipward_tls_handshakes_total",

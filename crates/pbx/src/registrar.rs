@@ -331,8 +331,23 @@ impl Registrar {
                     }
                     changed = true;
                 }
-                if next.len() > self.cfg.max_contacts {
-                    return Err(RegisterError::TooManyContacts);
+                // Over the cap, bindings whose connection is gone give way first,
+                // oldest first: nothing can reach them (a stream flow is only ever
+                // reached on its own connection), and a phone that reconnects for each
+                // registration (a new port, so a new Contact) would otherwise fill its
+                // contacts with dead ones and be refused until they expire, an hour on.
+                while next.len() > self.cfg.max_contacts {
+                    let dead = next
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, b)| b.flow.transport.is_stream() && b.flow.conn.is_none())
+                        .min_by_key(|(_, b)| b.expires_at)
+                        .map(|(i, _)| i);
+                    let Some(i) = dead else {
+                        return Err(RegisterError::TooManyContacts);
+                    };
+                    next.remove(i);
+                    must_write = true;
                 }
             }
         }
@@ -754,6 +769,45 @@ mod tests {
             r.flows("1001", 3),
             vec![("sip:a@h;transport=tls".to_owned(), again.flow)]
         );
+    }
+
+    #[test]
+    fn at_the_contact_cap_a_binding_whose_connection_closed_gives_way() {
+        use crate::flow::ConnId;
+        let cfg = RegistrarConfig {
+            max_contacts: 2,
+            ..Default::default()
+        };
+        let r = Registrar::new(cfg);
+        let on = |call: &str, contact: &str, conn: u64| {
+            let mut q = req(call, 1, list(&[(contact, None)]), None);
+            q.flow = Flow::stream(
+                TransportKind::Tls,
+                format!("127.0.0.1:{}", 40_000 + conn)
+                    .parse()
+                    .expect("addr"),
+                ConnId(conn),
+            );
+            q
+        };
+        reg(&r, "1001", &on("a", "sip:a@h:1", 1), 0).expect("first");
+        reg(&r, "1001", &on("b", "sip:a@h:2", 2), 10).expect("second");
+        // Control: with both connections open, a third contact is over the cap.
+        assert_eq!(
+            reg(&r, "1001", &on("c", "sip:a@h:3", 3), 20),
+            Err(RegisterError::TooManyContacts)
+        );
+        // The first connection closes: its binding, unreachable, gives way to the third.
+        r.connection_closed(ConnId(1));
+        let cur = reg(&r, "1001", &on("c", "sip:a@h:3", 3), 30).expect("room made");
+        let contacts: Vec<&str> = cur.iter().map(|c| c.contact.as_str()).collect();
+        assert_eq!(contacts, vec!["sip:a@h:2", "sip:a@h:3"]);
+        // A live binding never gives way: with both open again, the cap holds.
+        assert_eq!(
+            reg(&r, "1001", &on("d", "sip:a@h:4", 4), 40),
+            Err(RegisterError::TooManyContacts)
+        );
+        assert_eq!(r.binding_count(), 2);
     }
 
     #[test]

@@ -511,11 +511,17 @@ impl Bound {
             event_rx,
             stop_rx.clone(),
         ));
+        // Stream messages are handled on as many lanes as there are UDP receivers: one
+        // per core.
+        let stream_limits = transport::TcpLimits {
+            lanes: self.cfg.udp_workers.max(1),
+            ..self.cfg.tcp.clone()
+        };
         tasks.spawn(transport::serve_tcp(
             self.tcp,
             self.transports.clone(),
             inbound.clone(),
-            self.cfg.tcp.clone(),
+            stream_limits.clone(),
             stop_rx.clone(),
         ));
         if let Some((listener, identity)) = self.tls {
@@ -524,7 +530,7 @@ impl Bound {
                 identity,
                 self.transports.clone(),
                 inbound.clone(),
-                self.cfg.tcp.clone(),
+                stream_limits,
                 stop_rx.clone(),
             ));
         }

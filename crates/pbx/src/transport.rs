@@ -78,8 +78,40 @@ impl MessageLimits {
         }
     }
 }
-/// Concurrent TCP connections (the registry's bound).
-pub const MAX_TCP_CONNECTIONS: usize = 4096;
+/// Concurrent TCP and TLS connections (the registry's bound): 5,000 idle phones and
+/// room beside them. Each takes a file descriptor; the binary raises the open-file limit
+/// to fit and says so when it cannot.
+pub const MAX_TCP_CONNECTIONS: usize = 8192;
+/// TLS handshakes in flight on a listener, whatever their sources (allow-listed ones
+/// too), counted from the client's first bytes to the end of the handshake. A handshake
+/// is the one expensive thing a connection costs before it has proved anything; without
+/// a total bound a flood of them shares the CPU until none finishes within its deadline
+/// (a collapse). Over the bound, a connection is closed before any cryptography: the
+/// excess is refused cheaply and the handshakes admitted finish. A half-open connection
+/// (one that never speaks) takes no place here, so such a flood cannot shut others out:
+/// it costs one timer each, under the per-source caps.
+pub const MAX_HANDSHAKES: usize = 256;
+/// Messages read from one connection and not yet handled: the reader keeps reading while
+/// earlier messages are handled, but one connection cannot hold more of the handling
+/// than this (its reader waits, and TCP pushes back on the peer).
+pub const IN_FLIGHT_PER_CONNECTION: usize = 32;
+/// Messages waiting for one handling lane (shared by every connection of a listener).
+const LANE_QUEUE: usize = 1024;
+/// A write to a peer must make progress within this: a peer that stops reading cannot
+/// hold its connection (and its place under the total bound) open for ever.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// After its reader ends, a connection's writer gets this long to write what is queued
+/// and the close (a TLS close_notify), then it is cut.
+pub const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
+/// How long a closing connection waits for its messages still being handled, so their
+/// answers go out and the bindings they make are let go with the connection.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(1);
+/// A busy connection reads into its framing buffer in steps of this (many pipelined
+/// messages in one read); the buffer is given back whenever it holds nothing.
+const READ_STEP: usize = 16 * 1024;
+/// What a connection that is not busy offers a read: a message or two. An idle
+/// connection waits with this much buffer, not [`READ_STEP`] (5,000 idle phones).
+const READ_FIRST: usize = 2 * 1024;
 /// A TCP connection that carries a live registration and sends no complete message
 /// (nor a keep-alive) for this long is closed.
 pub const TCP_IDLE: Duration = Duration::from_secs(900);
@@ -125,6 +157,16 @@ pub struct TcpLimits {
     /// TLS handshakes in flight per address (`[tls] handshakes_per_source`); per
     /// prefix, times the same factor as connections.
     pub handshakes_per_source: u32,
+    /// TLS handshakes in flight on the listener, all sources together
+    /// ([`MAX_HANDSHAKES`]).
+    pub handshakes: usize,
+    /// Messages of one connection being handled at once ([`IN_FLIGHT_PER_CONNECTION`]).
+    pub in_flight: usize,
+    /// The tasks a listener's messages are handled on (the server gives one per core,
+    /// as many as UDP receivers). A connection's messages with one Call-ID always take
+    /// the same lane, so they are handled in the order they came; messages of other
+    /// calls on the same connection are handled beside them.
+    pub lanes: usize,
 }
 
 impl Default for TcpLimits {
@@ -143,6 +185,9 @@ impl Default for TcpLimits {
             ban_check: Duration::from_secs(1),
             handshake: Duration::from_secs(5),
             handshakes_per_source: 8,
+            handshakes: MAX_HANDSHAKES,
+            in_flight: IN_FLIGHT_PER_CONNECTION,
+            lanes: 2,
         }
     }
 }
@@ -196,6 +241,9 @@ pub enum ConnectionEnd {
     HandshakeFailed,
     /// Its TLS handshake was not complete by the deadline (a half-open connection).
     HandshakeTimedOut,
+    /// Refused at accept, before any cryptography: the listener's handshakes in flight
+    /// were at their bound ([`TcpLimits::handshakes`]).
+    HandshakesFull,
 }
 
 /// What the transports hand received messages to (the endpoint).
@@ -514,6 +562,8 @@ async fn serve_stream(
     } = transports.places.clone();
     let caps = limits.caps();
     let handshake_caps = limits.handshake_caps();
+    let in_flight = Arc::new(Semaphore::new(limits.handshakes.max(1)));
+    let lanes = Lanes::start(inbound.clone(), limits.lanes);
     let limits = Arc::new(limits);
     let mut backoff: Option<Duration> = None;
     loop {
@@ -553,7 +603,8 @@ async fn serve_stream(
             inbound.connection(ConnectionEnd::Refused);
             continue;
         };
-        // Handshakes in flight are the expensive part of a TLS flood: capped apart.
+        // Handshakes in flight are the expensive part of a TLS flood: capped per source
+        // and prefix here, and on the whole listener once the client speaks (below).
         // Each handshake also counts toward the source's flood limit (a rate): one
         // address completing handshakes and sending nothing is silenced, then banned.
         let handshake = match (&tls, uncapped) {
@@ -576,12 +627,14 @@ async fn serve_stream(
             "setting TCP_NODELAY",
             stream.set_nodelay(true),
         );
-        let (transports, inbound, limits, mut shutdown, tls) = (
+        let (transports, inbound, limits, mut shutdown, tls, lanes, in_flight) = (
             transports.clone(),
             inbound.clone(),
             limits.clone(),
             shutdown.clone(),
             tls.clone(),
+            lanes.clone(),
+            in_flight.clone(),
         );
         let unfinished = Unfinished {
             places: unfinished.clone(),
@@ -592,28 +645,60 @@ async fn serve_stream(
             match tls {
                 None => {
                     let kind = TransportKind::Tcp;
-                    connection(
-                        stream, peer, kind, transports, inbound, &limits, unfinished, shutdown,
-                    )
-                    .await;
+                    let link = Link {
+                        peer,
+                        kind,
+                        transports,
+                        inbound,
+                        lanes,
+                    };
+                    connection(stream, link, &limits, unfinished, shutdown).await;
                 }
                 Some(identity) => {
+                    let deadline = Instant::now() + limits.handshake;
+                    // A half-open connection (nothing sent) costs this wait and nothing
+                    // more: it takes no place among the handshakes in flight.
+                    // (A peek, not `readable`, which may report readiness that is
+                    // not there.)
+                    let mut first = [0u8; 1];
+                    let spoke = tokio::select! {
+                        r = tokio::time::timeout_at(deadline, stream.peek(&mut first)) => r,
+                        _ = shutdown.changed() => return,
+                    };
+                    match spoke {
+                        Ok(Ok(1..)) => {}
+                        Ok(Ok(0) | Err(_)) => {
+                            return inbound.connection(ConnectionEnd::HandshakeFailed);
+                        }
+                        Err(_) => return inbound.connection(ConnectionEnd::HandshakeTimedOut),
+                    }
+                    // The listener's bound on handshakes in flight, whatever their
+                    // sources (allow-listed ones too: a bound on the CPU, not a judgement
+                    // of the source). Over it the connection is closed now, before any
+                    // cryptography: the excess is refused cheaply and the handshakes
+                    // admitted finish within their deadline instead of all missing it.
+                    let Ok(handshake_slot) = in_flight.try_acquire_owned() else {
+                        return inbound.connection(ConnectionEnd::HandshakesFull);
+                    };
                     // The acceptor is read once, here: a reload during the handshake
                     // or later never touches this connection.
                     let accept = identity.acceptor().accept(stream);
                     let done = tokio::select! {
-                        r = tokio::time::timeout(limits.handshake, accept) => r,
+                        r = tokio::time::timeout_at(deadline, accept) => r,
                         _ = shutdown.changed() => return,
                     };
                     drop(handshake);
+                    drop(handshake_slot);
                     match done {
                         Ok(Ok(stream)) => {
-                            let kind = TransportKind::Tls;
-                            connection(
-                                stream, peer, kind, transports, inbound, &limits, unfinished,
-                                shutdown,
-                            )
-                            .await;
+                            let link = Link {
+                                peer,
+                                kind: TransportKind::Tls,
+                                transports,
+                                inbound,
+                                lanes,
+                            };
+                            connection(stream, link, &limits, unfinished, shutdown).await;
                         }
                         // Counted toward the flood limit at accept, like every
                         // handshake; here it is only told apart on /metrics.
@@ -674,37 +759,176 @@ const PING: usize = 4;
 /// The pong that answers it (RFC 5626 §4.4.1).
 const PONG: &[u8] = b"\r\n";
 
-// One connection's loop: what it reads from, who it is, and what bounds it; splitting the
-// list into a struct would only move the same eight names.
-#[allow(clippy::too_many_arguments)]
-async fn connection<S>(
-    stream: S,
+/// What a connection is, beside its stream: its peer, its transport, where its messages
+/// go and where they are handled.
+struct Link {
     peer: SocketAddr,
     kind: TransportKind,
     transports: Arc<Transports>,
     inbound: Arc<dyn Inbound>,
+    lanes: Lanes,
+}
+
+/// One connection's share of the handling: its messages in flight, and whether one of
+/// them failed to parse (then nothing more on the stream can be trusted).
+#[derive(Debug)]
+struct Share {
+    slots: Semaphore,
+    spoiled: std::sync::atomic::AtomicBool,
+    spoiled_now: tokio::sync::Notify,
+}
+
+impl Share {
+    fn spoil(&self) {
+        self.spoiled.store(true, Ordering::Relaxed);
+        self.spoiled_now.notify_one();
+    }
+
+    fn spoiled(&self) -> bool {
+        self.spoiled.load(Ordering::Relaxed)
+    }
+}
+
+/// One framed message on its way to a lane, holding one of its connection's slots.
+struct Job {
+    bytes: Vec<u8>,
+    flow: Flow,
+    share: Arc<Share>,
+}
+
+/// The tasks a listener's stream messages are handled on: the same handling as a
+/// datagram's (`Inbound::received`), on as many tasks as the server has UDP receivers, so
+/// one busy connection's messages are handled on every core while its reader keeps
+/// reading. A message goes to the lane its connection and Call-ID pick: one call's
+/// messages (a 180 and the 200 behind it, an INVITE and its CANCEL) are handled in the
+/// order they came.
+#[derive(Clone)]
+struct Lanes {
+    queues: Arc<[mpsc::Sender<Job>]>,
+    hasher: std::hash::RandomState,
+}
+
+impl Lanes {
+    /// Starts `n` lanes; each ends when every sender (the listener and its connections)
+    /// is gone.
+    fn start(inbound: Arc<dyn Inbound>, n: usize) -> Self {
+        let queues: Vec<mpsc::Sender<Job>> = (0..n.max(1))
+            .map(|_| {
+                let (tx, mut rx) = mpsc::channel::<Job>(LANE_QUEUE);
+                let inbound = inbound.clone();
+                tokio::spawn(async move {
+                    while let Some(job) = rx.recv().await {
+                        // A message that framed but does not parse: the stream is closed
+                        // by its reader (it was counted toward the flood limit at the
+                        // door).
+                        if !job.share.spoiled() && !inbound.received(&job.bytes, job.flow) {
+                            job.share.spoil();
+                        }
+                        job.share.slots.add_permits(1);
+                    }
+                });
+                tx
+            })
+            .collect();
+        Self {
+            queues: queues.into(),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    /// The lane for a message of connection `id`: by its Call-ID, or the connection's
+    /// first lane when none is found (such a message fails to parse anyway).
+    fn pick(&self, id: ConnId, message: &[u8]) -> &mpsc::Sender<Job> {
+        use std::hash::BuildHasher;
+        let n = self.queues.len();
+        let i = match call_id(message) {
+            Some(c) => self.hasher.hash_one((id, c)),
+            None => self.hasher.hash_one(id),
+        };
+        let i = usize::try_from(i % n as u64).unwrap_or(0);
+        &self.queues[i.min(n - 1)]
+    }
+}
+
+/// The Call-ID header's value in a message's head (`Call-ID` or its compact form `i`,
+/// any case), trimmed; None when there is none. A scan, not a parse: it only picks a
+/// lane, and the message is parsed in full there.
+fn call_id(message: &[u8]) -> Option<&[u8]> {
+    let head = &message[..sip::msg::head_end(message).unwrap_or(message.len())];
+    head.split(|b| *b == b'\n').skip(1).find_map(|line| {
+        let colon = line.iter().position(|b| *b == b':')?;
+        let name = line[..colon].trim_ascii();
+        (name.eq_ignore_ascii_case(b"call-id") || name.eq_ignore_ascii_case(b"i"))
+            .then(|| line[colon + 1..].trim_ascii())
+    })
+}
+
+/// Writes what is queued for one connection until every sender is gone, then closes the
+/// stream (a TLS close_notify; a TCP shutdown for writing). Messages queued together go
+/// out in one write (one TLS record, one system call). Every write must be done within
+/// [`WRITE_DEADLINE`]: a peer that stops reading is cut off, never waited on for ever.
+async fn write_queued<W>(mut writer: W, mut rx: mpsc::Receiver<Arc<[u8]>>)
+where
+    W: AsyncWrite + Unpin,
+{
+    while let Some(first) = rx.recv().await {
+        // A lone message is written as it is; several are joined (an idle connection
+        // keeps no buffer for it either way).
+        let mut batch: Option<Vec<u8>> = None;
+        while batch.as_ref().map_or(first.len(), Vec::len) < READ_STEP {
+            match rx.try_recv() {
+                Ok(more) => batch
+                    .get_or_insert_with(|| first.to_vec())
+                    .extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        let bytes: &[u8] = batch.as_deref().unwrap_or(&first);
+        let written = tokio::time::timeout(WRITE_DEADLINE, async {
+            writer.write_all(bytes).await?;
+            writer.flush().await
+        })
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
+            // A peer gone without closing, or not reading: common, so counted and
+            // not logged.
+            background::count(Task::TcpWrite);
+            return;
+        }
+    }
+    let _ = tokio::time::timeout(CLOSE_DEADLINE, writer.shutdown()).await;
+}
+
+/// One connection's loop: reads, frames, answers keep-alives and hands each message to
+/// its lane, until the peer closes, a limit closes it, or shutdown.
+async fn connection<S>(
+    stream: S,
+    link: Link,
     limits: &TcpLimits,
     mut unfinished: Unfinished,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (mut reader, mut writer) = tokio::io::split(stream);
+    let Link {
+        peer,
+        kind,
+        transports,
+        inbound,
+        lanes,
+    } = link;
+    let (mut reader, writer) = tokio::io::split(stream);
     let unfinished_caps = limits.unfinished_caps();
-    let (tx, mut rx) = mpsc::channel::<Arc<[u8]>>(TCP_QUEUE);
+    let (tx, rx) = mpsc::channel::<Arc<[u8]>>(TCP_QUEUE);
     let pong = tx.clone();
     let id = transports.open(peer, tx);
     let flow = Flow::stream(kind, peer, id);
-    let write = tokio::spawn(async move {
-        while let Some(bytes) = rx.recv().await {
-            if writer.write_all(&bytes).await.is_err() {
-                // A peer gone without closing: common, so counted and not logged.
-                background::count(Task::TcpWrite);
-                return;
-            }
-        }
-        // The close_notify of a TLS stream; a TCP stream is shut down for writing.
-        let _ = writer.shutdown().await;
+    let mut write = tokio::spawn(write_queued(writer, rx));
+    let in_flight = limits.in_flight.max(1);
+    let share = Arc::new(Share {
+        slots: Semaphore::new(in_flight),
+        spoiled: std::sync::atomic::AtomicBool::new(false),
+        spoiled_now: tokio::sync::Notify::new(),
     });
     let opened = Instant::now();
     // Idleness is measured from the last complete message, never from the last byte: a
@@ -718,8 +942,12 @@ async fn connection<S>(
     let mut ban_check = tokio::time::interval(limits.ban_check);
     ban_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let max_message = inbound.max_message(TransportKind::Tcp);
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut chunk = vec![0u8; 16 * 1024];
+    // The framing buffer, read into directly: it grows while a message needs it and is
+    // given back whenever it holds nothing (an idle connection keeps no buffer).
+    let mut buf: Vec<u8> = Vec::new();
+    // Whether the last read filled all it was offered: the peer is sending faster than
+    // a small read takes.
+    let mut busy = false;
     'read: loop {
         // Keep-alive CRLFs between messages are skipped (RFC 5626 §3.5.1 pings), and
         // each double CRLF is answered with one CRLF. A full queue drops the pong: the
@@ -745,6 +973,9 @@ async fn connection<S>(
             }
         }
         buf.drain(..skip);
+        if share.spoiled() {
+            break 'read;
+        }
         match sip::msg::frame_len(&buf, max_message) {
             Ok(Some(n)) => {
                 crlf_run = 0;
@@ -761,10 +992,28 @@ async fn connection<S>(
                 last_message = Some(Instant::now());
                 // The next message, if bytes of it came along, starts its own clock.
                 unfinished.held = None;
-                let message: Vec<u8> = buf.drain(..n).collect();
-                if !inbound.received(&message, flow) {
-                    // It parsed as a frame but not as SIP: it was counted toward the
-                    // flood limit at the door; nothing on this stream can be trusted.
+                let bytes: Vec<u8> = buf.drain(..n).collect();
+                // A slot of this connection's share first: at its bound, the reader
+                // waits (and reads nothing more) until an earlier message is handled.
+                let slot = tokio::select! {
+                    s = share.slots.acquire() => s,
+                    _ = shutdown.changed() => break 'read,
+                };
+                match slot {
+                    Ok(s) => s.forget(),
+                    Err(_) => break 'read,
+                }
+                let job = Job {
+                    bytes,
+                    flow,
+                    share: share.clone(),
+                };
+                let lane = lanes.pick(id, &job.bytes);
+                let sent = tokio::select! {
+                    r = lane.send(job) => r.is_ok(),
+                    _ = shutdown.changed() => false,
+                };
+                if !sent {
                     break 'read;
                 }
                 continue;
@@ -801,10 +1050,20 @@ async fn connection<S>(
         };
         let finish = unfinished.deadline(limits.message);
         let deadline = finish.map_or(idle, |f| f.min(idle));
+        if buf.is_empty() {
+            // Nothing held: the buffer goes back, and the next read gets a small one
+            // unless the peer is busy.
+            buf = Vec::new();
+        }
+        let step = if busy { READ_STEP } else { READ_FIRST };
+        if buf.capacity() - buf.len() < step / 4 {
+            buf.reserve(step);
+        }
+        let offered = buf.capacity() - buf.len();
         tokio::select! {
-            r = tokio::time::timeout_at(deadline, reader.read(&mut chunk)) => match r {
+            r = tokio::time::timeout_at(deadline, reader.read_buf(&mut buf)) => match r {
                 Ok(Ok(0)) | Ok(Err(_)) => break 'read,
-                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                Ok(Ok(n)) => busy = n >= offered,
                 Err(_) => {
                     if finish.is_some_and(|f| f <= Instant::now()) {
                         inbound.connection(ConnectionEnd::Unfinished);
@@ -820,6 +1079,7 @@ async fn connection<S>(
                     break 'read;
                 }
             },
+            _ = share.spoiled_now.notified() => break 'read,
             _ = ban_check.tick() => {
                 if inbound.banned(peer.ip()) {
                     inbound.connection(ConnectionEnd::Banned);
@@ -829,13 +1089,29 @@ async fn connection<S>(
             _ = shutdown.changed() => break 'read,
         }
     }
-    // The registry entry goes first, so nothing more is queued; what is queued is
-    // still written before the connection closes. The bindings made on it stop being
-    // reached until their phone registers again.
+    drop(buf);
+    // The messages still being handled finish first (briefly), so their answers are
+    // written and the bindings they make are let go with the connection below.
+    let _ = tokio::time::timeout(DRAIN_DEADLINE, async {
+        let n = u32::try_from(in_flight).unwrap_or(u32::MAX);
+        share.slots.acquire_many(n).await.map(|p| p.forget())
+    })
+    .await;
+    // The registry entry goes next, so nothing more is queued; what is queued is still
+    // written (within its deadline) before the connection closes. The bindings made on
+    // it stop being reached until their phone registers again.
     transports.close(id);
     inbound.closed(flow);
     drop(pong);
-    background::checked(Task::TcpWrite, "a TCP connection's writer", write.await);
+    match tokio::time::timeout(WRITE_DEADLINE + CLOSE_DEADLINE, &mut write).await {
+        Ok(done) => {
+            background::checked(Task::TcpWrite, "a TCP connection's writer", done);
+        }
+        Err(_) => {
+            background::count(Task::TcpWrite);
+            write.abort();
+        }
+    }
 }
 
 /// Binds UDP and TCP on the same address. With port 0, the UDP socket picks the port and
@@ -1011,5 +1287,49 @@ mod tests {
         assert_eq!(read.lock().unwrap_or_else(|p| p.into_inner()).len(), 1);
         let _ = stop_tx.send(true);
         task.await.expect("join");
+    }
+}
+
+#[cfg(test)]
+mod lane_tests {
+    use super::*;
+
+    #[test]
+    fn the_call_id_is_found_in_its_long_and_compact_forms_in_any_case() {
+        let long =
+            b"OPTIONS sip:a SIP/2.0\r\nVia: x\r\nCALL-id :  abc@h \r\nCSeq: 1 OPTIONS\r\n\r\n";
+        assert_eq!(call_id(long), Some(&b"abc@h"[..]));
+        let compact = b"SIP/2.0 200 OK\r\nv: x\r\ni:def\r\n\r\nbody i: nope\r\n";
+        assert_eq!(call_id(compact), Some(&b"def"[..]));
+        // Only the head is looked at, and the start line is never a header.
+        let none = b"i: x SIP/2.0\r\nVia: y\r\n\r\nCall-ID: in-the-body\r\n";
+        assert_eq!(call_id(none), None);
+        assert_eq!(call_id(b""), None);
+        assert_eq!(call_id(b"\r\n\r\n"), None);
+    }
+
+    #[tokio::test]
+    async fn one_calls_messages_take_one_lane_and_other_calls_spread() {
+        let lanes = Lanes {
+            queues: (0..4).map(|_| mpsc::channel::<Job>(1).0).collect(),
+            hasher: std::hash::RandomState::new(),
+        };
+        let msg = |c: &str, n: u32| {
+            format!("OPTIONS sip:a SIP/2.0\r\nCall-ID: {c}\r\nCSeq: {n} OPTIONS\r\n\r\n")
+                .into_bytes()
+        };
+        let conn = ConnId(7);
+        let lane_of = |m: &[u8]| {
+            let picked = lanes.pick(conn, m);
+            lanes.queues.iter().position(|q| std::ptr::eq(q, picked))
+        };
+        let first = lane_of(&msg("call-1", 1));
+        for n in 2..50 {
+            assert_eq!(lane_of(&msg("call-1", n)), first, "CSeq {n} moved lane");
+        }
+        let used: std::collections::HashSet<Option<usize>> = (0..64)
+            .map(|i| lane_of(&msg(&format!("c{i}"), 1)))
+            .collect();
+        assert!(used.len() > 1, "64 calls all took one of four lanes");
     }
 }

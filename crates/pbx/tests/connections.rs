@@ -27,6 +27,8 @@ const T0: i64 = 1_800_000_000;
 
 struct Pbx {
     tcp: SocketAddr,
+    /// The TLS listener, when the server was given a certificate.
+    tls: Option<SocketAddr>,
     endpoint: Arc<Endpoint>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
@@ -52,6 +54,21 @@ fn short_limits() -> TcpLimits {
 }
 
 async fn start(bans: BanPolicy, tcp: TcpLimits) -> Pbx {
+    start_on(bans, tcp, 1).await
+}
+
+/// The server with `workers` UDP receivers (and as many lanes for stream messages).
+async fn start_on(bans: BanPolicy, tcp: TcpLimits, workers: usize) -> Pbx {
+    start_with(bans, tcp, workers, None).await
+}
+
+/// The server, with a TLS listener presenting `identity` when given one.
+async fn start_with(
+    bans: BanPolicy,
+    tcp: TcpLimits,
+    workers: usize,
+    identity: Option<Arc<pbx::tls::ServerIdentity>>,
+) -> Pbx {
     let dir = tempfile::tempdir().expect("tmp");
     let data = DataDir::new(dir.path().join("data"));
     let clock = Arc::new(ManualClock::new(T0, std::time::Instant::now()));
@@ -78,11 +95,14 @@ async fn start(bans: BanPolicy, tcp: TcpLimits) -> Pbx {
         digest_algorithms: vec![sip::digest::Algorithm::Md5],
         bans,
         min_strength_score: 3,
-        udp_workers: 1,
+        udp_workers: workers,
         tcp,
         messages: pbx::transport::MessageLimits::default(),
         mailer: None,
-        tls: None,
+        tls: identity.map(|identity| pbx::server::TlsListen {
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            identity,
+        }),
         node: policy::node::NodeName::parse("test").expect("name"),
         internal: None,
         version_poll: pbx::server::VERSION_POLL,
@@ -97,6 +117,7 @@ async fn start(bans: BanPolicy, tcp: TcpLimits) -> Pbx {
         .await
         .expect("bind");
     let tcp = bound.sip_tcp;
+    let tls = bound.sip_tls;
     let endpoint = bound.endpoint.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(bound.run(async {
@@ -104,6 +125,7 @@ async fn start(bans: BanPolicy, tcp: TcpLimits) -> Pbx {
     }));
     Pbx {
         tcp,
+        tls,
         endpoint,
         stop: Some(stop),
         _dir: dir,
@@ -604,4 +626,216 @@ async fn keepalive_pings_are_counted_and_only_an_unregistered_sources_are_limite
     assert!(metric(&pbx, |m| &m.keepalive_pings) >= 121);
     // Control: the registered phone's connection still works.
     assert!(answered(&mut phone, 1).await);
+}
+
+/// The status line and CSeq number of every response in `text`, in order.
+fn responses(text: &str) -> Vec<(String, String, u32)> {
+    text.split("SIP/2.0 ")
+        .skip(1)
+        .filter_map(|r| {
+            let status = r.get(..3)?.to_owned();
+            let call = r
+                .lines()
+                .find_map(|l| l.strip_prefix("Call-ID: "))?
+                .to_owned();
+            let cseq = r
+                .lines()
+                .find_map(|l| l.strip_prefix("CSeq: "))?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((status, call, cseq))
+        })
+        .collect()
+}
+
+/// Many requests pipelined on one connection (written at once, before any answer is
+/// read) are handled beside each other on several lanes: every one is answered, and the
+/// answers of each call come back in the order its requests were sent, since one call's
+/// messages keep to one lane. A connection also cannot hold more than its share: the
+/// reader waits at its bound instead of dropping anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_on_one_connection_are_all_answered_each_call_in_order() {
+    let limits = TcpLimits {
+        in_flight: 4,
+        ..short_limits()
+    };
+    let pbx = start_on(calm(), limits, 4).await;
+    let mut c = connect("127.0.0.41", pbx.tcp).await;
+    let local = c.local_addr().expect("local");
+    let (calls, per_call) = (40u32, 10u32);
+    let mut all = Vec::new();
+    for n in 1..=per_call {
+        for call in 0..calls {
+            all.extend_from_slice(
+                format!(
+                    "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bK-pipe-{call}-{n}\r\n\
+                     Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.41>;tag=p{call}\r\nTo: <sip:{to}>\r\n\
+                     Call-ID: pipe-{call}@test\r\nCSeq: {n} OPTIONS\r\nContent-Length: 0\r\n\r\n",
+                    to = pbx.tcp,
+                )
+                .as_bytes(),
+            );
+        }
+    }
+    c.write_all(&all).await.expect("write");
+    let want = usize::try_from(calls * per_call).expect("small");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while responses(&String::from_utf8_lossy(&got)).len() < want {
+        match tokio::time::timeout_at(deadline, c.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let answers = responses(&String::from_utf8_lossy(&got));
+    assert_eq!(answers.len(), want, "every pipelined request is answered");
+    assert!(answers.iter().all(|(s, _, _)| s == "200"), "{answers:?}");
+    let mut last: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+    for (_, call, cseq) in &answers {
+        let before = last.insert(call.as_str(), *cseq).unwrap_or(0);
+        assert!(
+            *cseq == before + 1,
+            "{call}: CSeq {cseq} answered after {before}"
+        );
+    }
+}
+
+/// A certificate for 127.0.0.1 in force, and a client configuration that trusts it.
+fn tls_pair() -> (Arc<pbx::tls::ServerIdentity>, tokio_rustls::TlsConnector) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+    let cert = params.self_signed(&key).expect("sign");
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs(),
+    )
+    .expect("seconds");
+    let ours =
+        pbx::tls::Certificate::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+            .expect("pem");
+    let identity = Arc::new(pbx::tls::ServerIdentity::new(&ours, now).expect("in force"));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).expect("root");
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    (identity, tokio_rustls::TlsConnector::from(Arc::new(client)))
+}
+
+/// A TLS connection from `from` that completes its handshake and has an OPTIONS
+/// answered; false when the server refused it anywhere along the way.
+async fn tls_answered(tls: &tokio_rustls::TlsConnector, from: &str, to: SocketAddr) -> bool {
+    let c = connect(from, to).await;
+    let local = c.local_addr().expect("local");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(3), tls.connect(name, c)).await
+    else {
+        return false;
+    };
+    let m = format!(
+        "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/TLS {local};branch=z9hG4bK-tls-{port}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:probe@{ip}>;tag=t\r\nTo: <sip:{to}>\r\n\
+         Call-ID: tls-{port}@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        port = local.port(),
+        ip = local.ip(),
+    );
+    if s.write_all(m.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return false,
+        }
+    }
+    got.starts_with(b"SIP/2.0 200")
+}
+
+/// The start of a TLS ClientHello (a handshake record header announcing more than is
+/// sent): the client has spoken, so its handshake is in flight, and it never finishes.
+const STALLED_HELLO: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
+
+/// A handshake flood is bounded on the whole listener, before any cryptography: with
+/// its handshakes in flight at the bound (clients that began and stalled), a further
+/// handshake is closed at once and counted, and once the stalled ones reach their
+/// deadline the server takes and answers handshakes again: never wedged. Connections that
+/// never speak (half-open) take no place among the handshakes in flight, so they cannot
+/// shut anyone out. Control: with the stalled handshakes under the bound, another client
+/// is served beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_flood_is_refused_before_any_cryptography_and_leaves_the_server_serving() {
+    let (identity, client) = tls_pair();
+    let limits = TcpLimits {
+        handshake: Duration::from_secs(2),
+        handshakes: 4,
+        ..short_limits()
+    };
+    let pbx = start_with(calm(), limits, 2, Some(identity)).await;
+    let tls = pbx.tls.expect("a TLS listener");
+    // Half-open connections, as many as the source may hold: they take no handshake place.
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(connect("127.0.0.51", tls).await);
+    }
+    // Control: three stalled handshakes, under the bound of four, leave room for one.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut c = connect("127.0.0.52", tls).await;
+        c.write_all(STALLED_HELLO).await.expect("write");
+        stalled.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        tls_answered(&client, "127.0.0.53", tls).await,
+        "a client beside three stalled handshakes and eight half-open connections is served"
+    );
+    assert_eq!(metric(&pbx, |m| &m.tls_handshakes_refused), 0);
+    // The flood: the bound is reached, and what comes over it is refused at once.
+    for _ in 0..5 {
+        let mut c = connect("127.0.0.54", tls).await;
+        c.write_all(STALLED_HELLO).await.expect("write");
+        stalled.push(c);
+    }
+    let refused_at = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&pbx, |m| &m.tls_handshakes_refused) < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the excess handshakes were not refused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        refused_at.elapsed() < Duration::from_secs(1),
+        "the excess was refused at once, not at the handshake deadline"
+    );
+    assert_eq!(
+        metric(&pbx, |m| &m.tls_handshakes_refused),
+        4,
+        "exactly the excess"
+    );
+    // After the flood: the stalled handshakes reach their deadline and the server takes
+    // handshakes again.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while !tls_answered(&client, "127.0.0.55", tls).await {
+        assert!(
+            Instant::now() < deadline,
+            "the server stayed wedged after the handshake flood"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(&pbx, |m| &m.tls_handshake_timeouts) >= 4);
+    drop(silent);
 }

@@ -493,4 +493,24 @@ fn raise_fd_limit() {
             }));
         }
     }
+    // The SIP connection bound (TCP and TLS together) needs as many descriptors, plus
+    // room for the HTTP side, the database and the sockets: say so when the limit in
+    // force is lower, since the bound then cannot be reached (the accept loops back off
+    // before it).
+    let needed = u64::try_from(pbx::transport::MAX_TCP_CONNECTIONS)
+        .unwrap_or(u64::MAX)
+        .saturating_add(FD_RESERVE);
+    let in_force = getrlimit(Resource::Nofile).current;
+    if in_force.is_some_and(|c| c < needed) {
+        accounts::event::emit(&serde_json::json!({
+            "event": "fd_limit_below_connection_bound",
+            "soft": in_force,
+            "hard": now.maximum,
+            "needed": needed,
+        }));
+    }
 }
+
+/// Descriptors kept beside the SIP connection bound: the HTTP listener's connections, the
+/// database, the listeners and UDP sockets, the RTP sockets of a few hundred calls.
+const FD_RESERVE: u64 = 2048;
