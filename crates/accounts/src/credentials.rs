@@ -19,6 +19,8 @@ use crate::registry::{Ha1Owner, Registry, parallel_map, worker_threads};
 
 /// Below this many values to open, a load opens them on the calling thread.
 const PARALLEL_FROM: usize = 512;
+/// Extensions read per page at a load: 4,000 sealed values to open per page.
+const DIRECTORY_PAGE: i64 = 2_000;
 
 /// One account that can authenticate, with its HA1s opened.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,40 +104,28 @@ impl Registry {
         now: i64,
         opened: &mut OpenedHa1s,
     ) -> Result<Credentials> {
-        let rows = store::directory::directory(conn).await?;
+        self.credentials_in_pages(conn, now, opened, DIRECTORY_PAGE)
+            .await
+    }
+
+    async fn credentials_in_pages(
+        &self,
+        conn: &mut dyn Db,
+        now: i64,
+        opened: &mut OpenedHa1s,
+        page_size: i64,
+    ) -> Result<Credentials> {
         let graces = store::grace::live_graces(conn, now).await?;
+        let gateways = store::directory::gateway_directory(conn).await?;
 
         // One pass: each sealed value is taken from the last load or queued to open.
-        let mut previous = std::mem::replace(
-            &mut opened.map,
-            HashMap::with_capacity(2 * (rows.len() + graces.len())),
-        );
-        let mut todo: Vec<Wanted> = Vec::new();
-        let mut slot = |owner: Ha1Owner<'_>, alg, sealed: String| -> (String, Slot) {
-            let aad = owner.aad(alg);
-            match previous.remove(&sealed) {
-                Some((was, ha1)) if was == aad => {
-                    opened.map.insert(sealed, (was, ha1.clone()));
-                    (aad, Slot::Ready(Some(ha1)))
-                }
-                _ => {
-                    todo.push((aad.clone(), sealed));
-                    (aad, Slot::Pending(todo.len() - 1))
-                }
-            }
+        let last_load = opened.map.len();
+        let mut slots = Slots {
+            previous: std::mem::replace(&mut opened.map, HashMap::with_capacity(last_load)),
+            kept: &mut opened.map,
+            todo: Vec::new(),
+            queued: 0,
         };
-        let mut rows: Vec<_> = rows
-            .into_iter()
-            .map(|mut r| {
-                let sealed = (
-                    std::mem::take(&mut r.ha1_md5_enc),
-                    std::mem::take(&mut r.ha1_sha256_enc),
-                );
-                let md5 = slot(owner_of(&r), Algorithm::Md5, sealed.0);
-                let sha = slot(owner_of(&r), Algorithm::Sha256, sealed.1);
-                (r, md5, sha)
-            })
-            .collect();
         let mut graces: Vec<_> = graces
             .into_iter()
             .map(|mut g| {
@@ -144,20 +134,41 @@ impl Registry {
                     std::mem::take(&mut g.ha1_sha256_enc),
                 );
                 let owner = Ha1Owner::Grace(&g.number);
-                let md5 = slot(owner, Algorithm::Md5, sealed.0);
-                let sha = slot(owner, Algorithm::Sha256, sealed.1);
+                let md5 = slots.slot(owner, Algorithm::Md5, sealed.0);
+                let sha = slots.slot(owner, Algorithm::Sha256, sealed.1);
                 (g, md5, sha)
             })
             .collect();
-        drop(previous);
+        let mut gateways = slots.rows(gateways);
+        // Extensions a page at a time: a page's values are opened on worker threads
+        // while the next page is read, and the results come back in the order queued.
+        let mut results: Vec<(Wanted, Option<Secret>)> = Vec::new();
+        let mut opening = self.start_opening(slots.take());
+        let mut rows = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = store::directory::extension_directory(conn, &after, page_size).await?;
+            let full = i64::try_from(page.rows.len()).is_ok_and(|n| n >= page_size);
+            rows.extend(slots.rows(page.rows));
+            let next = self.start_opening(slots.take());
+            results.extend(opening.finish().await?);
+            opening = next;
+            match page.last {
+                Some(last) if full => after = last,
+                _ => break,
+            }
+        }
+        results.extend(opening.finish().await?);
+        drop(slots);
+        rows.append(&mut gateways);
 
-        let mut results = self.open_many(todo).await?;
         let mut out = Credentials::default();
         let mut resolve = |(aad, s): (String, Slot)| -> Option<Secret> {
             let ha1 = match s {
                 Slot::Ready(h) => h,
                 Slot::Pending(i) => {
-                    let ((aad, sealed), ha1) = std::mem::take(&mut results[i]);
+                    let ((aad, sealed), ha1) =
+                        results.get_mut(i).map(std::mem::take).unwrap_or_default();
                     if let Some(h) = &ha1 {
                         opened.map.insert(sealed, (aad, h.clone()));
                     }
@@ -195,9 +206,9 @@ impl Registry {
         Ok(out)
     }
 
-    /// Opens `todo`; `None` for a value that does not open. Many values are opened on
-    /// blocking worker threads (the caller may be a thread that serves SIP).
-    async fn open_many(&self, todo: Vec<Wanted>) -> Result<Vec<(Wanted, Option<Secret>)>> {
+    /// Starts opening `todo`: many values on blocking worker threads (the caller may be
+    /// a thread that serves SIP), a few at once on this one.
+    fn start_opening(&self, todo: Vec<Wanted>) -> Opening {
         let vault = self.vault.clone();
         let open = move |todo: Vec<Wanted>| {
             let one = |(aad, sealed): &Wanted| vault.open(aad, sealed).ok();
@@ -209,13 +220,82 @@ impl Registry {
             todo.into_iter().zip(opened).collect::<Vec<_>>()
         };
         if todo.len() < PARALLEL_FROM {
-            return Ok(open(todo));
+            Opening::Done(open(todo))
+        } else {
+            Opening::Running(tokio::task::spawn_blocking(move || open(todo)))
         }
-        match tokio::task::spawn_blocking(move || open(todo)).await {
-            Ok(v) => Ok(v),
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Err(crate::Error::ShuttingDown),
+    }
+}
+
+/// Values being opened, or opened already.
+enum Opening {
+    Done(Vec<(Wanted, Option<Secret>)>),
+    Running(tokio::task::JoinHandle<Vec<(Wanted, Option<Secret>)>>),
+}
+
+impl Opening {
+    async fn finish(self) -> Result<Vec<(Wanted, Option<Secret>)>> {
+        match self {
+            Opening::Done(v) => Ok(v),
+            Opening::Running(h) => match h.await {
+                Ok(v) => Ok(v),
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => Err(crate::Error::ShuttingDown),
+            },
         }
+    }
+}
+
+/// The directory rows of one load, with what each sealed value resolves to: opened by
+/// the last load, or the index it will have among the values opened by this one.
+type SlottedRow = (DirectoryRow, (String, Slot), (String, Slot));
+
+/// One load's pass over the sealed values.
+struct Slots<'m> {
+    /// What the last load opened, not yet claimed by this one.
+    previous: HashMap<String, (String, Secret)>,
+    /// What this load keeps for the next.
+    kept: &'m mut HashMap<String, (String, Secret)>,
+    /// Values to open, not yet handed to [`Registry::start_opening`].
+    todo: Vec<Wanted>,
+    /// Values handed over before `todo`: the index of `todo[0]` among all.
+    queued: usize,
+}
+
+impl Slots<'_> {
+    fn slot(&mut self, owner: Ha1Owner<'_>, alg: Algorithm, sealed: String) -> (String, Slot) {
+        let aad = owner.aad(alg);
+        match self.previous.remove(&sealed) {
+            Some((was, ha1)) if was == aad => {
+                self.kept.insert(sealed, (was, ha1.clone()));
+                (aad, Slot::Ready(Some(ha1)))
+            }
+            _ => {
+                self.todo.push((aad.clone(), sealed));
+                (aad, Slot::Pending(self.queued + self.todo.len() - 1))
+            }
+        }
+    }
+
+    fn rows(&mut self, rows: Vec<DirectoryRow>) -> Vec<SlottedRow> {
+        rows.into_iter()
+            .map(|mut r| {
+                let sealed = (
+                    std::mem::take(&mut r.ha1_md5_enc),
+                    std::mem::take(&mut r.ha1_sha256_enc),
+                );
+                let md5 = self.slot(owner_of(&r), Algorithm::Md5, sealed.0);
+                let sha = self.slot(owner_of(&r), Algorithm::Sha256, sealed.1);
+                (r, md5, sha)
+            })
+            .collect()
+    }
+
+    /// The values queued since the last call, to be opened next.
+    fn take(&mut self) -> Vec<Wanted> {
+        let todo = std::mem::take(&mut self.todo);
+        self.queued += todo.len();
+        todo
     }
 }
 
@@ -236,5 +316,71 @@ fn grace_credential(g: GraceRow, ha1_md5: Secret, ha1_sha256: Secret) -> GraceCr
         sources: g.sources,
         expires_at: g.expires_at,
         generation: g.generation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pages_load_what_one_read_loads_and_keep_every_value_for_the_next_load() {
+        use rand::SeedableRng;
+        let dir = tempfile::tempdir().expect("tmp");
+        let clock = std::sync::Arc::new(policy::clock::ManualClock::new(
+            1_795_916_875,
+            std::time::Instant::now(),
+        ));
+        let (reg, _) = Registry::open(
+            &store::DataDir::new(dir.path().join("d")),
+            crate::Settings {
+                realm: "sipward".into(),
+                domain: None,
+                policy: policy::PolicyConfig::default(),
+                dialplan: Default::default(),
+                admin_email: None,
+                provisioning: Default::default(),
+            },
+            Box::new(rand::rngs::StdRng::seed_from_u64(7)),
+            clock,
+        )
+        .await
+        .expect("open");
+        for n in ["1001", "1002", "1003", "1004", "1005"] {
+            reg.add_extension(n, Default::default()).await.expect("add");
+        }
+        let mut conn = reg.store().conn().await.expect("conn");
+        let numbers = |c: &Credentials| {
+            let mut n: Vec<String> = c.accounts.iter().map(|a| a.number.clone()).collect();
+            n.sort();
+            n
+        };
+        let mut whole_cache = OpenedHa1s::default();
+        let whole = reg
+            .credentials_in_pages(&mut conn, 0, &mut whole_cache, 1_000)
+            .await
+            .expect("one page");
+        // 888, the data dir's fax extension, and the five.
+        assert_eq!(
+            numbers(&whole),
+            ["1001", "1002", "1003", "1004", "1005", "888"]
+        );
+        for size in [1, 2, 4] {
+            let mut cache = OpenedHa1s::default();
+            let paged = reg
+                .credentials_in_pages(&mut conn, 0, &mut cache, size)
+                .await
+                .expect("pages");
+            assert_eq!(paged.accounts, whole.accounts, "pages of {size}");
+            assert!(paged.unopened.is_empty());
+            assert_eq!(cache.len(), 12, "two HA1s each, kept for the next load");
+            // The next load finds each value among what this one kept.
+            let again = reg
+                .credentials_in_pages(&mut conn, 0, &mut cache, size)
+                .await
+                .expect("reload");
+            assert_eq!(again.accounts, whole.accounts);
+            assert_eq!(cache.len(), 12);
+        }
     }
 }

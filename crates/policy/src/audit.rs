@@ -399,9 +399,28 @@ pub struct Auditor<'a> {
     /// The configured domain's tokens, lower-case, computed once.
     domain_tokens: Vec<String>,
     findings: Vec<Finding>,
-    by_password: HashMap<&'a str, Vec<(Kind, String)>>,
+    /// Every password with the accounts that use it. Owned (and wiped when the auditor
+    /// is dropped), so that accounts can be fed a page at a time: a caller need not
+    /// hold every account's opened secrets until the end.
+    by_password: HashMap<PasswordKey, Vec<(Kind, String)>>,
     /// Every number, SIP ID and auth ID of extensions and gateways, with its owners.
-    by_identity: HashMap<&'a str, Vec<Owner>>,
+    by_identity: HashMap<String, Vec<Owner>>,
+}
+
+/// A password as the reuse rule's key: wiped on drop like every plaintext secret.
+#[derive(PartialEq, Eq)]
+struct PasswordKey(zeroize::Zeroizing<String>);
+
+impl std::hash::Hash for PasswordKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.as_str().hash(state);
+    }
+}
+
+impl fmt::Debug for PasswordKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PasswordKey(..)")
+    }
 }
 
 /// An account holding an identifier: its kind, its id and the field (`number`,
@@ -429,7 +448,7 @@ impl<'a> Auditor<'a> {
         });
     }
 
-    pub fn extension(&mut self, e: &ExtensionFacts<'a>) {
+    pub fn extension(&mut self, e: &ExtensionFacts<'_>) {
         let (k, id) = (Kind::Ext, e.number);
         if e.password == e.number {
             self.push(k, id, Check::PasswordEqualsNumber, "the SIP password is the extension number: anyone who knows the number can register as this extension".into());
@@ -513,7 +532,7 @@ impl<'a> Auditor<'a> {
         self.track_identity(k, id, e.auth_id, "auth_id");
     }
 
-    pub fn gateway(&mut self, g: &GatewayFacts<'a>) {
+    pub fn gateway(&mut self, g: &GatewayFacts<'_>) {
         let (k, id) = (Kind::Gateway, g.name);
         if g.password == g.number {
             self.push(
@@ -563,7 +582,7 @@ impl<'a> Auditor<'a> {
         self.track_identity(k, id, g.auth_id, "auth_id");
     }
 
-    pub fn provider(&mut self, p: &ProviderFacts<'a>) {
+    pub fn provider(&mut self, p: &ProviderFacts<'_>) {
         let (k, id) = (Kind::Provider, p.name);
         let identity = Identity {
             auth_id: p.auth_id,
@@ -742,15 +761,18 @@ impl<'a> Auditor<'a> {
         }
     }
 
-    fn track_reuse(&mut self, kind: Kind, id: &str, pw: &'a str) {
+    fn track_reuse(&mut self, kind: Kind, id: &str, pw: &str) {
         self.by_password
-            .entry(pw)
+            .entry(PasswordKey(zeroize::Zeroizing::new(pw.to_owned())))
             .or_default()
             .push((kind, id.to_owned()));
     }
 
-    fn track_identity(&mut self, kind: Kind, id: &str, value: &'a str, field: &'static str) {
-        let owners = self.by_identity.entry(value).or_default();
+    fn track_identity(&mut self, kind: Kind, id: &str, value: &str, field: &'static str) {
+        let owners = match self.by_identity.get_mut(value) {
+            Some(owners) => owners,
+            None => self.by_identity.entry(value.to_owned()).or_default(),
+        };
         // An account's own identifiers may repeat each other (other rules flag that).
         if !owners.iter().any(|(k, i, _)| *k == kind && i == id) {
             owners.push((kind, id.to_owned(), field));
@@ -761,7 +783,7 @@ impl<'a> Auditor<'a> {
     /// ID that several accounts hold (data from before the check on add, update and
     /// import, or restored). One finding per account, on the field that collides.
     fn identity_collisions(&mut self) {
-        let mut groups: Vec<(&'a str, Vec<Owner>)> = std::mem::take(&mut self.by_identity)
+        let mut groups: Vec<(String, Vec<Owner>)> = std::mem::take(&mut self.by_identity)
             .into_iter()
             .filter(|(_, g)| g.len() > 1)
             .collect();
@@ -1241,6 +1263,50 @@ mod tests {
             msg.contains("ext:1001") && msg.contains("ext:1002"),
             "{msg}"
         );
+    }
+
+    /// The auditor keeps what the cross-account rules need on its own: each account's
+    /// facts may be dropped (its secrets wiped) as soon as it is fed, as the registry's
+    /// audit does a page at a time.
+    #[test]
+    fn reuse_and_collisions_are_found_after_each_account_is_dropped() {
+        let policy = PolicyConfig::default();
+        let mut a = Auditor::new(Context {
+            policy: &policy,
+            domain: None,
+        });
+        for (number, auth_id, sip_id) in
+            [("1001", "zz81kq", None), ("1002", "zz82kq", Some("1001"))]
+        {
+            // Owned here and dropped at the end of each round.
+            let (number, auth_id, password) =
+                (number.to_owned(), auth_id.to_owned(), STRONG.to_owned());
+            let sip_id = sip_id.map(str::to_owned);
+            a.extension(&ExtensionFacts {
+                number: &number,
+                auth_id: &auth_id,
+                sip_id: sip_id.as_deref(),
+                password: &password,
+                ..strong_ext()
+            });
+        }
+        let found: Vec<(String, String)> = a
+            .finish()
+            .into_iter()
+            .filter(|f| f.severity >= Severity::Warning)
+            .map(|f| (f.subject, f.rule.to_string()))
+            .collect();
+        for (subject, rule) in [
+            ("ext:1001", "ext.password_reused"),
+            ("ext:1002", "ext.password_reused"),
+            ("ext:1001", "ext.identity_collision"),
+            ("ext:1002", "ext.identity_collision"),
+        ] {
+            assert!(
+                found.contains(&(subject.to_owned(), rule.to_owned())),
+                "{subject} {rule}: {found:?}"
+            );
+        }
     }
 
     fn gateway_rules(g: GatewayFacts<'_>) -> Vec<String> {

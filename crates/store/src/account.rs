@@ -368,31 +368,64 @@ impl From<&ExtensionRow> for ExtensionAuditRow {
 
 /// Every extension's audit columns, in no particular order (the audit sorts its findings).
 ///
-/// SQLite packs all rows into one text value (fields joined by U+001F, rows by U+001E)
-/// which is split here: moving 100,000 rows one by one through sqlx costs a value copy
+/// One page of [`list_extensions_for_audit`]: up to the limit's extensions after a
+/// number, in number order, and the last number read (where the next page starts).
+#[derive(Debug, Default)]
+pub struct AuditPage {
+    pub rows: Vec<ExtensionAuditRow>,
+    /// `None` when no extension lies after the cursor.
+    pub last: Option<String>,
+}
+
+/// The extensions whose number sorts after `after` (`""` for the first page), at most
+/// `limit` of them: the audit reads accounts a page at a time, so that its memory is a
+/// page's, not every account's at once (at 10,000 extensions, all of them with their
+/// sealed secrets and copies were tens of MiB that the allocator then kept).
+///
+/// SQLite packs the page's rows into one text value (fields joined by U+001F, rows by
+/// U+001E) which is split here: moving rows one by one through sqlx costs a value copy
 /// per column and a channel wake-up per row, which dominated the audit's time. The
 /// separators cannot occur in stored values (validated fields refuse control characters;
-/// sealed secrets are hex). PostgreSQL's equivalent is `string_agg`.
-pub async fn list_extensions_for_audit(db: &mut dyn Db) -> Result<Vec<ExtensionAuditRow>> {
+/// sealed secrets are hex). PostgreSQL's equivalent is `string_agg`. The cursor is the
+/// database's own `max(number)`, so it follows the same collation as the `>` that reads
+/// the next page.
+pub async fn list_extensions_for_audit(
+    db: &mut dyn Db,
+    after: &str,
+    limit: i64,
+) -> Result<AuditPage> {
     let conn = raw(db);
     let sql = match crate::db::backend(conn) {
         crate::db::Backend::Sqlite => {
             "SELECT group_concat(number || char(31) || name || char(31) || coalesce(email, '') || char(31) || \
              auth_id || char(31) || coalesce(sip_id, '') || char(31) || password_enc || char(31) || \
-             password_score || char(31) || pin_enc, char(30)) AS packed FROM extensions"
+             password_score || char(31) || pin_enc, char(30)) AS packed, max(number) AS last \
+             FROM (SELECT number, name, email, auth_id, sip_id, password_enc, password_score, pin_enc \
+             FROM extensions WHERE number > $1 ORDER BY number LIMIT $2)"
         }
         crate::db::Backend::Postgres => {
             "SELECT string_agg(number || chr(31) || name || chr(31) || coalesce(email, '') || chr(31) || \
              auth_id || chr(31) || coalesce(sip_id, '') || chr(31) || password_enc || chr(31) || \
-             password_score || chr(31) || pin_enc, chr(30)) AS packed FROM extensions"
+             password_score || chr(31) || pin_enc, chr(30)) AS packed, max(number) AS last \
+             FROM (SELECT number, name, email, auth_id, sip_id, password_enc, password_score, pin_enc \
+             FROM extensions WHERE number > $1 ORDER BY number LIMIT $2) AS page"
         }
     };
-    let row = sqlx::query(sql).fetch_one(&mut *conn).await?;
+    let row = sqlx::query(sql)
+        .bind(after)
+        .bind(limit)
+        .fetch_one(&mut *conn)
+        .await?;
     let packed: Option<String> = row.try_get("packed")?;
+    let last: Option<String> = row.try_get("last")?;
     let Some(packed) = packed else {
-        return Ok(Vec::new());
+        return Ok(AuditPage::default());
     };
-    packed.split('\u{1e}').map(unpack_audit_row).collect()
+    let rows = packed
+        .split('\u{1e}')
+        .map(unpack_audit_row)
+        .collect::<Result<_>>()?;
+    Ok(AuditPage { rows, last })
 }
 
 fn unpack_audit_row(record: &str) -> Result<ExtensionAuditRow> {

@@ -37,69 +37,116 @@ pub async fn accounts_version(db: &mut dyn Db) -> Result<i64> {
     crate::meta::meta_counter(conn, "registry_version").await
 }
 
-/// Every account that can register, packed by the database into one value (see
-/// `list_extensions_for_audit` for why).
-pub async fn directory(db: &mut dyn Db) -> Result<Vec<DirectoryRow>> {
+/// One page of the directory's extensions: up to the limit's extensions after a number,
+/// and the last number read (where the next page starts).
+#[derive(Debug, Default)]
+pub struct DirectoryPage {
+    pub rows: Vec<DirectoryRow>,
+    /// `None` when no extension lies after the cursor.
+    pub last: Option<String>,
+}
+
+/// The extensions that can register whose number sorts after `after` (`""` first), at
+/// most `limit`, packed by the database into one value (see
+/// `list_extensions_for_audit` for why). Read a page at a time, so that a start can open
+/// one page's sealed HA1s while the next is read, and never holds every row's packed
+/// text at once. The cursor is the database's `max(number)`, in the collation of its `>`.
+pub async fn extension_directory(
+    db: &mut dyn Db,
+    after: &str,
+    limit: i64,
+) -> Result<DirectoryPage> {
     let conn = raw(db);
     let sql = match crate::db::backend(conn) {
         crate::db::Backend::Sqlite => {
-            "SELECT (SELECT group_concat('ext' || char(31) || number || char(31) || number || char(31) || auth_id || char(31) || \
+            "SELECT group_concat('ext' || char(31) || number || char(31) || number || char(31) || auth_id || char(31) || \
                 coalesce(sip_id, '') || char(31) || ha1_md5_enc || char(31) || ha1_sha256_enc || char(31) || password_score || char(31) || \
-                credential_generation, char(30)) FROM extensions) AS e, \
-                (SELECT group_concat('gateway' || char(31) || name || char(31) || number || char(31) || auth_id || char(31) || \
-                '' || char(31) || ha1_md5_enc || char(31) || ha1_sha256_enc || char(31) || password_score || char(31) || '0', char(30)) FROM gateways) AS g"
+                credential_generation, char(30)) AS e, max(number) AS last \
+                FROM (SELECT number, auth_id, sip_id, ha1_md5_enc, ha1_sha256_enc, password_score, credential_generation \
+                FROM extensions WHERE number > $1 ORDER BY number LIMIT $2)"
         }
         crate::db::Backend::Postgres => {
-            "SELECT (SELECT string_agg('ext' || chr(31) || number || chr(31) || number || chr(31) || auth_id || chr(31) || \
+            "SELECT string_agg('ext' || chr(31) || number || chr(31) || number || chr(31) || auth_id || chr(31) || \
                 coalesce(sip_id, '') || chr(31) || ha1_md5_enc || chr(31) || ha1_sha256_enc || chr(31) || password_score || chr(31) || \
-                credential_generation, chr(30)) FROM extensions) AS e, \
-                (SELECT string_agg('gateway' || chr(31) || name || chr(31) || number || chr(31) || auth_id || chr(31) || \
-                '' || chr(31) || ha1_md5_enc || chr(31) || ha1_sha256_enc || chr(31) || password_score || chr(31) || '0', chr(30)) FROM gateways) AS g"
+                credential_generation, chr(30)) AS e, max(number) AS last \
+                FROM (SELECT number, auth_id, sip_id, ha1_md5_enc, ha1_sha256_enc, password_score, credential_generation \
+                FROM extensions WHERE number > $1 ORDER BY number LIMIT $2) AS page"
+        }
+    };
+    let row = sqlx::query(sql)
+        .bind(after)
+        .bind(limit)
+        .fetch_one(&mut *conn)
+        .await?;
+    let mut rows = Vec::new();
+    unpack(row.try_get("e")?, &mut rows)?;
+    Ok(DirectoryPage {
+        rows,
+        last: row.try_get("last")?,
+    })
+}
+
+/// The gateways that can register (a handful: read whole).
+pub async fn gateway_directory(db: &mut dyn Db) -> Result<Vec<DirectoryRow>> {
+    let conn = raw(db);
+    let sql = match crate::db::backend(conn) {
+        crate::db::Backend::Sqlite => {
+            "SELECT group_concat('gateway' || char(31) || name || char(31) || number || char(31) || auth_id || char(31) || \
+                '' || char(31) || ha1_md5_enc || char(31) || ha1_sha256_enc || char(31) || password_score || char(31) || '0', char(30)) AS g \
+                FROM gateways"
+        }
+        crate::db::Backend::Postgres => {
+            "SELECT string_agg('gateway' || chr(31) || name || chr(31) || number || chr(31) || auth_id || chr(31) || \
+                '' || chr(31) || ha1_md5_enc || chr(31) || ha1_sha256_enc || chr(31) || password_score || chr(31) || '0', chr(30)) AS g \
+                FROM gateways"
         }
     };
     let row = sqlx::query(sql).fetch_one(&mut *conn).await?;
-    let mut out = Vec::new();
-    for col in ["e", "g"] {
-        let packed: Option<String> = row.try_get(col)?;
-        for record in packed
-            .as_deref()
-            .unwrap_or("")
-            .split('\u{1e}')
-            .filter(|r| !r.is_empty())
-        {
-            let f: Vec<&str> = record.split('\u{1f}').collect();
-            let [
-                kind,
-                record,
-                number,
-                auth_id,
-                sip_id,
-                md5,
-                sha,
-                score,
-                generation,
-            ] = f[..]
-            else {
-                return Err(Error::Corrupt {
-                    path: "extensions".into(),
-                    detail: "a directory row has unexpected fields".into(),
-                });
-            };
-            out.push(DirectoryRow {
-                kind: if kind == "gateway" { "gateway" } else { "ext" },
-                record: record.to_owned(),
-                number: number.to_owned(),
-                auth_id: auth_id.to_owned(),
-                sip_id: (!sip_id.is_empty()).then(|| sip_id.to_owned()),
-                ha1_md5_enc: md5.to_owned(),
-                ha1_sha256_enc: sha.to_owned(),
-                password_score: score.parse().unwrap_or(0),
-                credential_generation: generation.parse().map_err(|_| Error::Corrupt {
-                    path: "extensions".into(),
-                    detail: "a credential generation is not a number".into(),
-                })?,
+    let mut rows = Vec::new();
+    unpack(row.try_get("g")?, &mut rows)?;
+    Ok(rows)
+}
+
+/// Splits packed directory records (fields joined by U+001F, records by U+001E).
+fn unpack(packed: Option<String>, out: &mut Vec<DirectoryRow>) -> Result<()> {
+    for record in packed
+        .as_deref()
+        .unwrap_or("")
+        .split('\u{1e}')
+        .filter(|r| !r.is_empty())
+    {
+        let f: Vec<&str> = record.split('\u{1f}').collect();
+        let [
+            kind,
+            record,
+            number,
+            auth_id,
+            sip_id,
+            md5,
+            sha,
+            score,
+            generation,
+        ] = f[..]
+        else {
+            return Err(Error::Corrupt {
+                path: "extensions".into(),
+                detail: "a directory row has unexpected fields".into(),
             });
-        }
+        };
+        out.push(DirectoryRow {
+            kind: if kind == "gateway" { "gateway" } else { "ext" },
+            record: record.to_owned(),
+            number: number.to_owned(),
+            auth_id: auth_id.to_owned(),
+            sip_id: (!sip_id.is_empty()).then(|| sip_id.to_owned()),
+            ha1_md5_enc: md5.to_owned(),
+            ha1_sha256_enc: sha.to_owned(),
+            password_score: score.parse().unwrap_or(0),
+            credential_generation: generation.parse().map_err(|_| Error::Corrupt {
+                path: "extensions".into(),
+                detail: "a credential generation is not a number".into(),
+            })?,
+        });
     }
-    Ok(out)
+    Ok(())
 }

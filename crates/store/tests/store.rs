@@ -277,6 +277,7 @@ on_both_backends!(
     failure_counts_add_up_per_account_over_other_nodes,
     more_accounts_under_attack_than_a_read_holds_are_all_seen_page_by_page,
     voicemail_boxes_and_messages_belong_to_their_extension,
+    the_audit_reads_every_extension_once_a_page_at_a_time,
 );
 
 async fn failure_counts_add_up_per_account_over_other_nodes(backend: Backend) {
@@ -395,6 +396,69 @@ async fn more_accounts_under_attack_than_a_read_holds_are_all_seen_page_by_page(
             .expect("b's own")
             .is_empty(),
         "a node's own failures are not the others'"
+    );
+}
+
+/// The audit's pages: bounded, in number order, each extension once, the cursor the
+/// last number read, and an empty page (no cursor) after the last.
+async fn the_audit_reads_every_extension_once_a_page_at_a_time(backend: Backend) {
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
+    let mut conn = store.conn().await.expect("conn");
+    let empty = account::list_extensions_for_audit(&mut conn, "", 2)
+        .await
+        .expect("empty");
+    assert!(empty.rows.is_empty() && empty.last.is_none());
+    // Inserted out of order; numbers of different lengths sort as text.
+    for (n, number) in ["205", "1001", "30", "1002", "9"].iter().enumerate() {
+        let mut e = ext(number, &format!("auth{n}"));
+        if *number == "30" {
+            e.email = Some("ann@example.com".into());
+            e.sip_id = Some("ann".into());
+        }
+        account::insert_extension(&mut conn, &e)
+            .await
+            .expect("insert");
+    }
+    let mut cursor = String::new();
+    let mut pages = Vec::new();
+    loop {
+        let page = account::list_extensions_for_audit(&mut conn, &cursor, 2)
+            .await
+            .expect("page");
+        let Some(last) = page.last else {
+            assert!(page.rows.is_empty());
+            break;
+        };
+        assert!(page.rows.len() <= 2, "bounded");
+        assert_eq!(
+            page.rows.last().map(|r| r.number.as_str()),
+            Some(last.as_str())
+        );
+        pages.push(page.rows);
+        cursor = last;
+    }
+    let numbers: Vec<Vec<&str>> = pages
+        .iter()
+        .map(|p| p.iter().map(|r| r.number.as_str()).collect())
+        .collect();
+    assert_eq!(
+        numbers,
+        [vec!["1001", "1002"], vec!["205", "30"], vec!["9"]]
+    );
+    let thirty = &pages[1][1];
+    assert_eq!(
+        (
+            thirty.email.as_deref(),
+            thirty.sip_id.as_deref(),
+            thirty.auth_id.as_str()
+        ),
+        (Some("ann@example.com"), Some("ann"), "auth2")
+    );
+    assert_eq!(
+        (thirty.password_enc.as_str(), thirty.password_score),
+        ("v1:00", 4)
     );
 }
 

@@ -274,8 +274,10 @@ pub async fn run(
         server.clone(),
     )
     .map_err(|e| anyhow::anyhow!("the console's templates do not compile: {e}"))?;
-    // The dashboard's pictures: the server's counters and gauges, every minute.
-    let trends = tokio::spawn(
+    // The dashboard's pictures: the server's counters and gauges, every minute. On the
+    // console's runtime: each sample may run the audit over every account, work that
+    // never runs on the threads that serve SIP.
+    let trends = console_rt.spawn(
         console::trends::Recorder::new(
             reg.clone(),
             web.audit.clone(),
