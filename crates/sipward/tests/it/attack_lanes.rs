@@ -1,0 +1,365 @@
+//! Attacks on the new stream connection handling (issue #19), from outside: the
+//! listener-wide bound on TLS handshakes in flight held by a few sources that each send
+//! one byte and stall, and the contact cap's giving way of closed connections' bindings
+//! (which must never evict a live phone's binding).
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rustls_pki_types::ServerName;
+
+use crate::attack_tls::{
+    TlsStream, client_config, connect_from, read_message, register_over_tls, tls_connect,
+};
+use crate::harness::Env;
+use crate::peers::eventually;
+use crate::user_agent::{digest, ext, header, status};
+
+fn config() -> String {
+    "[sip]\ndigest_algorithms = [\"MD5\"]\n".to_owned()
+}
+
+/// One TLS handshake from `from` to `to`, within `wait`: whether it completed.
+fn handshake_completes(env: &Env, from: &str, to: SocketAddr, wait: Duration) -> bool {
+    let name = ServerName::try_from(to.ip().to_string()).expect("name");
+    let Ok(conn) = rustls::ClientConnection::new(client_config(env), name.to_owned()) else {
+        return false;
+    };
+    let sock = connect_from(from, to);
+    let _ = sock.set_read_timeout(Some(wait));
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    while s.conn.is_handshaking() {
+        if s.conn.complete_io(&mut s.sock).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether sipward has closed `s` (end of stream or an error other than a timeout).
+fn closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 64];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// The listener's bound on TLS handshakes in flight (256) counts a connection from its
+/// client's first byte (a peek). 32 addresses (the default per-source cap is 8
+/// handshakes in flight, each address its own prefix) each open 8 connections to the
+/// TLS port, send the single byte 0x16 (the first byte of a TLS record) and stall; each
+/// connection cut at the handshake deadline (5 s) is opened again at once. That is 16
+/// handshakes per address per 10 s, well under the flood limit (50), so nobody is
+/// banned; it costs one byte per connection every 5 s. Meanwhile every real client's
+/// handshake finds the 256 places taken and is closed before any cryptography: no phone
+/// can connect over TLS for as long as the attack lasts. Promise: the handshake bound
+/// cannot be held so that real phones cannot connect for long. Control: the same
+/// client completes its handshake before the attack and after it stops.
+#[test]
+fn a_few_sources_sending_one_byte_each_cannot_hold_every_handshake_place() {
+    let env = Env::with_config(&config());
+    let server = env.serve();
+    let tls = server.sip_tls.expect("tls");
+    assert!(
+        handshake_completes(&env, "127.0.0.201", tls, Duration::from_secs(5)),
+        "control: a real client's handshake failed before the attack"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(AtomicUsize::new(0));
+    let attackers: Vec<std::thread::JoinHandle<()>> = (0..32u8)
+        .map(|i| {
+            let (stop, held) = (stop.clone(), held.clone());
+            let from = format!("127.{}.0.1", 40 + i);
+            std::thread::spawn(move || {
+                let open = || {
+                    let mut s = connect_from(&from, tls);
+                    let _ = s.write_all(&[0x16]);
+                    let _ = s.set_nonblocking(true);
+                    s
+                };
+                let mut socks: Vec<TcpStream> = (0..8).map(|_| open()).collect();
+                held.fetch_add(8, Ordering::SeqCst);
+                while !stop.load(Ordering::SeqCst) {
+                    for s in socks.iter_mut() {
+                        if closed(s) {
+                            *s = open();
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        })
+        .collect();
+    eventually(
+        "the 256 stalled connections open",
+        Duration::from_secs(10),
+        || held.load(Ordering::SeqCst) == 256,
+    );
+    // The attack is in place once a handshake has been refused for want of a place.
+    let before = server.metric("sipward_tls_handshakes_refused_total");
+    let attack_start = Instant::now();
+    let mut tries = 0u32;
+    let mut connected = false;
+    // Over two handshake deadlines: a real client retries every 200 ms for 12 s.
+    while attack_start.elapsed() < Duration::from_secs(12) {
+        tries += 1;
+        if handshake_completes(&env, "127.0.0.202", tls, Duration::from_secs(2)) {
+            connected = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let refused = server
+        .metric("sipward_tls_handshakes_refused_total")
+        .saturating_sub(before);
+    stop.store(true, Ordering::SeqCst);
+    for a in attackers {
+        let _ = a.join();
+    }
+    // Control: with the attack over, the client connects again (the stalled ones are
+    // closed at their deadline).
+    let mut after = false;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline {
+        if handshake_completes(&env, "127.0.0.201", tls, Duration::from_secs(2)) {
+            after = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        after,
+        "control: no handshake completed after the attack stopped"
+    );
+    assert!(
+        connected,
+        "32 addresses each sending one byte on 8 connections kept every real TLS client \
+         out for {:?}: {tries} handshakes tried, {refused} refused for want of a place",
+        attack_start.elapsed()
+    );
+    server.stop();
+}
+
+/// The contact cap's new rule lets a binding whose TCP/TLS connection closed give way.
+/// An attacker holding the extension's password (or a second phone of the same
+/// extension) must still not be able to evict a live phone's binding: at the cap with
+/// both connections open, a third connection's REGISTER is refused 403 and the phone
+/// stays registered; a REGISTER without credentials is only challenged. Control: once
+/// the first connection closes, its binding gives way and the third registers.
+#[test]
+fn at_the_contact_cap_a_live_connections_binding_never_gives_way() {
+    let env = Env::with_config(&format!("{}[registrar]\nmax_contacts = 2\n", config()));
+    let a = ext(&env, "3301", "internal");
+    let server = env.serve();
+    let tls = server.sip_tls.expect("tls");
+    let mut one = tls_connect(&env, "127.0.0.211", tls);
+    let mut two = tls_connect(&env, "127.0.0.212", tls);
+    let first = register_over_tls(&mut one, &a);
+    assert_eq!(status(&first), 200, "{first}");
+    let second = register_over_tls(&mut two, &a);
+    assert_eq!(status(&second), 200, "{second}");
+    // Without the password: challenged, nothing else.
+    let mut stranger = tls_connect(&env, "127.0.0.213", tls);
+    let wrong = crate::user_agent::Account {
+        number: a.number.clone(),
+        auth_id: a.auth_id.clone(),
+        password: "not-the-password".to_owned(),
+    };
+    let answer = register_over_tls(&mut stranger, &wrong);
+    assert_ne!(status(&answer), 200, "{answer}");
+    // With it: over the cap, and both bindings' connections are open.
+    let mut third = tls_connect(&env, "127.0.0.214", tls);
+    let refused = register_over_tls(&mut third, &a);
+    assert_eq!(
+        status(&refused),
+        403,
+        "a third contact evicted a live connection's binding: {refused}"
+    );
+    let bindings = env.json(&["ext", "show", &a.number, "--json"])["registrations"].to_string();
+    for from in ["127.0.0.211", "127.0.0.212"] {
+        assert!(
+            bindings.contains(from),
+            "{from} lost its binding:\n{bindings}"
+        );
+    }
+    // Control: the first connection closes; its binding gives way to a new one.
+    let _ = one.sock.shutdown(std::net::Shutdown::Both);
+    drop(one);
+    let mut last = String::new();
+    eventually(
+        "the closed connection's binding gives way",
+        Duration::from_secs(8),
+        || {
+            let mut again = tls_connect(&env, "127.0.0.215", tls);
+            last = register_over_tls(&mut again, &a);
+            status(&last) == 200
+        },
+    );
+    let bindings = env.json(&["ext", "show", &a.number, "--json"])["registrations"].to_string();
+    assert!(bindings.contains("127.0.0.212"), "{bindings}");
+    drop(two);
+    server.stop();
+}
+
+/// Sends a request on `s`; reads until an answer whose CSeq is `cseq` and whose status
+/// is final (or until `wait`); every answer read is pushed on `seen`.
+fn final_answer(
+    s: &mut TlsStream,
+    buf: &mut Vec<u8>,
+    cseq: &str,
+    seen: &mut Vec<String>,
+    wait: Duration,
+) -> Option<String> {
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        let m = read_message(s, buf, deadline.saturating_duration_since(Instant::now()))?;
+        if m.starts_with("SIP/2.0 ") {
+            seen.push(
+                m.lines().next().unwrap_or_default().to_owned()
+                    + " / "
+                    + header(&m, "CSeq").unwrap_or_default(),
+            );
+        }
+        if status(&m) >= 200 && header(&m, "CSeq").is_some_and(|c| c.trim() == cseq) {
+            return Some(m);
+        }
+    }
+    None
+}
+
+/// An INVITE and its CANCEL written in one write on one TLS connection: the lanes hash
+/// a connection's messages by Call-ID, so both take one lane and the CANCEL is handled
+/// after the INVITE (answered 200, never 481 as for an INVITE not yet seen). Promise:
+/// no order violation inside a dialog. Control: the same with the CANCEL written after
+/// the INVITE's 100.
+#[test]
+fn an_invite_and_its_cancel_in_one_write_are_handled_in_order() {
+    let env = Env::with_config(&config());
+    let caller = ext(&env, "3401", "internal");
+    let callee = ext(&env, "3402", "internal");
+    let server = env.serve();
+    let tls = server.sip_tls.expect("tls");
+    let mut phone = tls_connect(&env, "127.0.0.221", tls);
+    let reg = register_over_tls(&mut phone, &callee);
+    assert_eq!(status(&reg), 200, "{reg}");
+    let mut c = tls_connect(&env, "127.0.0.222", tls);
+    let local = c.sock.local_addr().expect("addr");
+    let mut buf = Vec::new();
+    for (round, together) in [(1, false), (2, true), (3, true)] {
+        let call = format!("lane-order-{round}");
+        let head = |method: &str, cseq: u32, branch: &str, to_tag: &str| {
+            format!(
+                "{method} sip:3402@127.0.0.1 SIP/2.0\r\n\
+                 Via: SIP/2.0/TLS {local};branch=z9hG4bKlo{round}{branch};rport\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:3401@127.0.0.1>;tag=lo{round}\r\n\
+                 To: <sip:3402@127.0.0.1>{to_tag}\r\nCall-ID: {call}\r\nCSeq: {cseq} {method}\r\n"
+            )
+        };
+        let mut seen = Vec::new();
+        let invite = format!(
+            "{}Contact: <sip:3401@{local};transport=tls>\r\nContent-Length: 0\r\n\r\n",
+            head("INVITE", 1, "a", "")
+        );
+        c.write_all(invite.as_bytes()).expect("write");
+        c.flush().expect("flush");
+        let challenge = final_answer(
+            &mut c,
+            &mut buf,
+            "1 INVITE",
+            &mut seen,
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|| panic!("no answer to the first INVITE: {seen:?}"));
+        let code = status(&challenge);
+        assert!(code == 401 || code == 407, "{challenge}");
+        let to_tag = header(&challenge, "To")
+            .and_then(|t| {
+                t.split_once(";tag=")
+                    .map(|(_, tag)| format!(";tag={}", tag.trim()))
+            })
+            .unwrap_or_default();
+        let ack = format!("{}Content-Length: 0\r\n\r\n", head("ACK", 1, "a", &to_tag));
+        let (ask, answer) = if code == 407 {
+            ("Proxy-Authenticate", "Proxy-Authorization")
+        } else {
+            ("WWW-Authenticate", "Authorization")
+        };
+        let auth = digest(
+            header(&challenge, ask).expect("challenge"),
+            "INVITE",
+            "sip:3402@127.0.0.1",
+            &caller.auth_id,
+            &caller.password,
+        );
+        let invite = format!(
+            "{}Contact: <sip:3401@{local};transport=tls>\r\n{answer}: {auth}\r\nContent-Length: 0\r\n\r\n",
+            head("INVITE", 2, "b", "")
+        );
+        let cancel = format!("{}Content-Length: 0\r\n\r\n", head("CANCEL", 2, "b", ""));
+        if together {
+            c.write_all(format!("{ack}{invite}{cancel}").as_bytes())
+                .expect("write");
+            c.flush().expect("flush");
+        } else {
+            c.write_all(format!("{ack}{invite}").as_bytes())
+                .expect("write");
+            c.flush().expect("flush");
+            // The 100 Trying (or a 180): the INVITE has been handled.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let m = read_message(&mut c, &mut buf, Duration::from_secs(5))
+                    .unwrap_or_else(|| panic!("no provisional answer: {seen:?}"));
+                seen.push(format!(
+                    "{} / {}",
+                    m.lines().next().unwrap_or_default(),
+                    header(&m, "CSeq").unwrap_or_default()
+                ));
+                if (100..200).contains(&status(&m)) || Instant::now() > deadline {
+                    break;
+                }
+            }
+            c.write_all(cancel.as_bytes()).expect("write");
+            c.flush().expect("flush");
+        }
+        let cancelled = final_answer(
+            &mut c,
+            &mut buf,
+            "2 CANCEL",
+            &mut seen,
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|| panic!("round {round}: no answer to the CANCEL: {seen:?}"));
+        assert_eq!(
+            status(&cancelled),
+            200,
+            "round {round} (together: {together}): the CANCEL was handled before its INVITE: {seen:?}"
+        );
+        // The INVITE ends (487 or another final answer), and is acknowledged.
+        if let Some(end) = final_answer(
+            &mut c,
+            &mut buf,
+            "2 INVITE",
+            &mut seen,
+            Duration::from_secs(8),
+        ) {
+            let to_tag = header(&end, "To")
+                .and_then(|t| {
+                    t.split_once(";tag=")
+                        .map(|(_, tag)| format!(";tag={}", tag.trim()))
+                })
+                .unwrap_or_default();
+            let ack = format!("{}Content-Length: 0\r\n\r\n", head("ACK", 2, "b", &to_tag));
+            c.write_all(ack.as_bytes()).expect("write");
+            c.flush().expect("flush");
+        }
+    }
+    drop(phone);
+    server.stop();
+}
