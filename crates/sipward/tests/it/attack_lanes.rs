@@ -363,3 +363,163 @@ fn an_invite_and_its_cancel_in_one_write_are_handled_in_order() {
     drop(phone);
     server.stop();
 }
+
+/// An OPTIONS of one Call-ID from `local` (one lane), numbered `cseq`.
+fn options(local: SocketAddr, cseq: u32) -> String {
+    format!(
+        "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKhol{cseq};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:hol@127.0.0.1>;tag=hol\r\nTo: <sip:127.0.0.1>\r\n\
+         Call-ID: one-lane-for-ever\r\nCSeq: {cseq} OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// One source opens 8 TCP connections, writes 40 OPTIONS of a single Call-ID on each in
+/// one write (one lane, every connection at its 32 in flight) and never reads an
+/// answer. The guard's flood limit is applied by each reader before the lanes: the
+/// source is banned and its connections cut, and fewer answers than its flood limit
+/// allows were even produced; meanwhile a phone from another address registers over
+/// TLS at once. Promise: one source cannot deny service to other sources' connections
+/// (head-of-line blocking of a lane by one Call-ID or a peer that never reads), and the
+/// per-source guard limits still apply before the lanes. Control: the phone registers
+/// before the attack too.
+#[test]
+fn a_source_pipelining_one_call_id_and_never_reading_holds_no_lane() {
+    let env = Env::with_config(&config());
+    let a = ext(&env, "3501", "internal");
+    let server = env.serve();
+    let tls = server.sip_tls.expect("tls");
+    let mut phone = tls_connect(&env, "127.0.0.231", tls);
+    let first = register_over_tls(&mut phone, &a);
+    assert_eq!(status(&first), 200, "control: {first}");
+    drop(phone);
+    let mut flood: Vec<TcpStream> = (0..8)
+        .map(|_| connect_from("127.0.0.232", server.sip))
+        .collect();
+    for s in flood.iter_mut() {
+        let local = s.local_addr().expect("addr");
+        let burst: String = (1..=40).map(|n| options(local, n)).collect();
+        let _ = s.write_all(burst.as_bytes());
+    }
+    let start = Instant::now();
+    let mut phone = tls_connect(&env, "127.0.0.233", tls);
+    let answer = register_over_tls(&mut phone, &a);
+    assert_eq!(status(&answer), 200, "{answer}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "a phone's registration took {:?} beside the flood",
+        start.elapsed()
+    );
+    eventually(
+        "the flooding source is banned",
+        Duration::from_secs(10),
+        || crate::attack_tls::banned(&env, "127.0.0.232"),
+    );
+    // Its connections are cut; what was answered before that is under the limit.
+    let mut answered = 0usize;
+    for mut s in flood {
+        let mut got = Vec::new();
+        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+        let mut b = [0u8; 16 * 1024];
+        while let Ok(n) = s.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&b[..n]);
+        }
+        answered += String::from_utf8_lossy(&got).matches("SIP/2.0 ").count();
+    }
+    eprintln!("answered {answered}");
+    assert!(
+        answered <= 60,
+        "{answered} of 320 pipelined requests answered from one source"
+    );
+    server.stop();
+}
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A huge-Content-Length drip: 24 addresses, 8 connections each (the per-source cap on
+/// unfinished requests), each send a head declaring a 60,000-byte body and then 56 KiB
+/// of it, and stall. Each connection's framing buffer holds at most one message (the
+/// 64 KiB limit) plus one read: the server's resident memory grows by well under 64 MiB
+/// for the 192 connections, a ninth unfinished connection from one address is closed,
+/// and every one of them is cut at its deadline (the first message's, 5 s, as none has
+/// sent a whole message yet). Promise: memory per
+/// connection stays bounded under a slowloris or a huge-Content-Length drip. Control:
+/// a Content-Length over the limit is refused at once.
+#[test]
+fn a_huge_content_length_drip_holds_bounded_memory_and_is_cut() {
+    let env = Env::with_config(&config());
+    let server = env.serve();
+    let before = rss_kib(server.pid());
+    assert!(before > 0, "no RSS for the server");
+    let body = vec![b'x'; 56 * 1024];
+    let mut drips = Vec::new();
+    for i in 0..24u8 {
+        let from = format!("127.0.{}.9", 100 + i);
+        for _ in 0..8 {
+            let mut s = connect_from(&from, server.sip);
+            let local = s.local_addr().expect("addr");
+            let head = format!(
+                "MESSAGE sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKdrip\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:d@127.0.0.1>;tag=d\r\nTo: <sip:127.0.0.1>\r\n\
+                 Call-ID: drip\r\nCSeq: 1 MESSAGE\r\nContent-Length: 60000\r\n\r\n"
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&body);
+            drips.push(s);
+        }
+    }
+    let start = Instant::now();
+    // A ninth unfinished request from one address is closed at once.
+    let mut ninth = connect_from("127.0.100.9", server.sip);
+    let _ = ninth.write_all(b"MESSAGE sip:127.0.0.1 SIP/2.0\r\nContent-Length: 100\r\n\r\nx");
+    let _ = ninth.set_read_timeout(Some(Duration::from_secs(3)));
+    assert!(
+        closed(&mut ninth),
+        "a ninth unfinished request from one address stayed open"
+    );
+    // Control: a Content-Length over the limit is refused at once.
+    let mut huge = connect_from("127.0.0.240", server.sip);
+    let _ = huge.write_all(
+        b"MESSAGE sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.240:5060;branch=z9hG4bKh\r\n\
+          Max-Forwards: 70\r\nFrom: <sip:d@127.0.0.1>;tag=d\r\nTo: <sip:127.0.0.1>\r\n\
+          Call-ID: huge\r\nCSeq: 1 MESSAGE\r\nContent-Length: 1000000000\r\n\r\nxx",
+    );
+    let _ = huge.set_read_timeout(Some(Duration::from_secs(3)));
+    let mut b = Vec::new();
+    let _ = huge.read_to_end(&mut b);
+    let held = rss_kib(server.pid());
+    eprintln!("rss {before} -> {held} KiB");
+    let grown = held.saturating_sub(before);
+    assert!(
+        grown < 64 * 1024,
+        "192 dripping connections grew the server by {grown} KiB ({before} -> {held})"
+    );
+    // Every drip is cut at its deadline (the first message's, 5 s after it opened).
+    for s in drips.iter_mut() {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    }
+    let mut open: Vec<TcpStream> = drips;
+    while !open.is_empty() && start.elapsed() < Duration::from_secs(16) {
+        open.retain_mut(|s| !closed(s));
+    }
+    eprintln!("drips cut after {:?}", start.elapsed());
+    assert!(
+        open.is_empty(),
+        "{} dripping connections still open after {:?}",
+        open.len(),
+        start.elapsed()
+    );
+    server.stop();
+}
