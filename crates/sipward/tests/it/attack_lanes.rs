@@ -523,3 +523,119 @@ fn a_huge_content_length_drip_holds_bounded_memory_and_is_cut() {
     );
     server.stop();
 }
+
+/// A REGISTER of `account`'s number from `s`, answering `challenge` with `password`
+/// (no Authorization when None).
+fn register_guess(
+    s: &TlsStream,
+    account: &crate::user_agent::Account,
+    cseq: u32,
+    challenge: Option<&str>,
+    password: &str,
+) -> String {
+    let local = s.sock.local_addr().expect("addr");
+    let n = &account.number;
+    let auth = challenge
+        .map(|c| {
+            format!(
+                "Authorization: {}\r\n",
+                digest(c, "REGISTER", "sip:127.0.0.1", &account.auth_id, password)
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS {local};branch=z9hG4bKgs{cseq};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{n}@127.0.0.1>;tag=gs1\r\nTo: <sip:{n}@127.0.0.1>\r\n\
+         Call-ID: guess-{n}\r\nCSeq: {cseq} REGISTER\r\n\
+         Contact: <sip:{n}@{local};transport=tls>\r\nExpires: 3600\r\n{auth}\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// Password guessing over one TLS connection. The guard bans a source at its 10th
+/// failed authentication; before the lanes, the connection's reader handled each
+/// message before reading the next, so the ban cut it at the 11th. Now the reader
+/// admits up to 32 messages before any is handled: 15 wrong guesses and the right
+/// password 16th, written in one write, are all handled, the 16th after the source was
+/// banned, and it registers. Promise: no message handled after its connection's source
+/// was banned. Control: the same guesses sent one at a time (each answer read before the
+/// next) are cut at the ban, and the right password then is not accepted.
+#[test]
+fn guesses_pipelined_past_the_auth_failure_ban_are_not_handled() {
+    let env = Env::with_config(&config());
+    // Two extensions: the per-extension failure limit (20) stays out of the way.
+    let control = ext(&env, "3601", "internal");
+    let target = ext(&env, "3602", "internal");
+    let server = env.serve();
+    let tls = server.sip_tls.expect("tls");
+    let wrong = |i: u32| format!("Wrong-guess-{i}-Zq8");
+
+    // Control: one guess at a time.
+    let mut s = tls_connect(&env, "127.0.0.245", tls);
+    let mut buf = Vec::new();
+    s.write_all(register_guess(&s, &control, 1, None, "").as_bytes())
+        .expect("write");
+    let challenge = read_message(&mut s, &mut buf, Duration::from_secs(5)).expect("a 401");
+    let mut answered = 0;
+    let mut registered = false;
+    for i in 0..16u32 {
+        let password = if i == 15 {
+            control.password.clone()
+        } else {
+            wrong(i)
+        };
+        let text = register_guess(&s, &control, 2 + i, Some(&challenge), &password);
+        if s.write_all(text.as_bytes())
+            .and_then(|()| s.flush())
+            .is_err()
+        {
+            break;
+        }
+        match read_message(&mut s, &mut buf, Duration::from_secs(3)) {
+            Some(m) => {
+                answered += 1;
+                registered |= status(&m) == 200;
+            }
+            None => break,
+        }
+    }
+    assert!(
+        !registered && answered <= 11,
+        "control: one guess at a time, {answered} answered, registered: {registered}"
+    );
+    assert!(crate::attack_tls::banned(&env, "127.0.0.245"));
+
+    // The attack: the same 16 guesses in one write.
+    let mut s = tls_connect(&env, "127.0.0.246", tls);
+    let mut buf = Vec::new();
+    s.write_all(register_guess(&s, &target, 1, None, "").as_bytes())
+        .expect("write");
+    let challenge = read_message(&mut s, &mut buf, Duration::from_secs(5)).expect("a 401");
+    let burst: String = (0..16u32)
+        .map(|i| {
+            let password = if i == 15 {
+                target.password.clone()
+            } else {
+                wrong(i)
+            };
+            register_guess(&s, &target, 2 + i, Some(&challenge), &password)
+        })
+        .collect();
+    let _ = s.write_all(burst.as_bytes()).and_then(|()| s.flush());
+    let mut seen = Vec::new();
+    while let Some(m) = read_message(&mut s, &mut buf, Duration::from_secs(3)) {
+        seen.push(format!(
+            "{} / {}",
+            m.lines().next().unwrap_or_default(),
+            header(&m, "CSeq").unwrap_or_default()
+        ));
+    }
+    let stored = env.json(&["ext", "show", &target.number, "--json"])["registrations"].clone();
+    assert!(crate::attack_tls::banned(&env, "127.0.0.246"), "{seen:?}");
+    assert!(
+        !seen.iter().any(|l| l.starts_with("SIP/2.0 200")),
+        "the 16th guess, sent after 15 failures (the ban is at 10), was handled and \
+         registered: {seen:?}\nregistrations: {stored}"
+    );
+    server.stop();
+}
