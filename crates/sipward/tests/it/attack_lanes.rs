@@ -639,3 +639,84 @@ fn guesses_pipelined_past_the_auth_failure_ban_are_not_handled() {
     );
     server.stop();
 }
+
+/// An OPTIONS from `local` whose Call-ID header lines are `call_id` (raw).
+fn options_with(local: SocketAddr, cseq: u32, call_id: &str) -> String {
+    format!(
+        "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKodd{cseq};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:odd@127.0.0.1>;tag=odd\r\nTo: <sip:127.0.0.1>\r\n\
+         {call_id}CSeq: {cseq} OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// The reader picks a lane by scanning for the Call-ID, not by parsing: odd Call-ID
+/// lines (empty, compact with no space, 30 KiB long, folded, two of them, a line that is
+/// only a colon, a Call-ID line in a body) written in one write on one connection must
+/// neither panic nor wedge a lane. Promise: no panic, no denial to others. Control: a
+/// plain OPTIONS on another connection from another address is answered afterwards, and
+/// so is a plain one on the same connection before the odd ones.
+#[test]
+fn odd_call_id_lines_pick_a_lane_without_harm() {
+    let env = Env::with_config(&config());
+    let server = env.serve();
+    let mut s = connect_from("127.0.0.251", server.sip);
+    let local = s.local_addr().expect("addr");
+    let long = "x".repeat(30 * 1024);
+    let odd = [
+        "Call-ID: plain-first\r\n".to_owned(),
+        "i:\r\n".to_owned(),
+        "i:c2\r\n".to_owned(),
+        format!("Call-ID: {long}\r\n"),
+        "Call-ID:\r\n folded-id\r\n".to_owned(),
+        "Call-ID: one\r\nCall-ID: two\r\n".to_owned(),
+        "Call-ID : spaced\r\n".to_owned(),
+        ":\r\nCall-ID: after-colon\r\n".to_owned(),
+    ];
+    let mut burst: String = odd
+        .iter()
+        .enumerate()
+        .map(|(i, c)| options_with(local, 1 + i as u32, c))
+        .collect();
+    // A Call-ID line only in a body: the scan stops at the head's end.
+    burst.push_str(&format!(
+        "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKoddb\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:odd@127.0.0.1>;tag=odd\r\nTo: <sip:127.0.0.1>\r\n\
+         CSeq: 20 OPTIONS\r\nContent-Length: 17\r\n\r\nCall-ID: in-body\n"
+    ));
+    let _ = s.write_all(burst.as_bytes());
+    let mut got = Vec::new();
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut b = [0u8; 16 * 1024];
+    while let Ok(n) = s.read(&mut b) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&b[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.contains("CSeq: 1 OPTIONS"),
+        "control: the plain first OPTIONS was not answered: {text}"
+    );
+    // Another address is served afterwards: nothing panicked or wedged.
+    let mut other = connect_from("127.0.0.252", server.sip);
+    let local = other.local_addr().expect("addr");
+    other
+        .write_all(options_with(local, 1, "Call-ID: after-the-odd-ones\r\n").as_bytes())
+        .expect("write");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&got).contains("CSeq: 1 OPTIONS") && Instant::now() < deadline {
+        match other.read(&mut b) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+            Err(_) => {}
+        }
+    }
+    assert!(
+        String::from_utf8_lossy(&got).contains("CSeq: 1 OPTIONS"),
+        "another address's OPTIONS went unanswered after the odd Call-IDs: {}",
+        String::from_utf8_lossy(&got)
+    );
+    server.stop();
+}
