@@ -24,7 +24,7 @@ fn config() -> String {
 }
 
 /// A TCP connection to `to` from the loopback address `from`.
-fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+pub(crate) fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
     let s =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     let at: SocketAddr = format!("{from}:0").parse().expect("addr");
@@ -50,7 +50,7 @@ fn junk_connection(from: &str, to: SocketAddr, junk: &[u8]) {
 }
 
 /// Whether `ip` is on the ban list.
-fn banned(env: &Env, ip: &str) -> bool {
+pub(crate) fn banned(env: &Env, ip: &str) -> bool {
     env.json(&["ban", "list", "--json"])
         .as_array()
         .is_some_and(|l| l.iter().any(|b| b["source"] == ip))
@@ -147,7 +147,7 @@ fn junk_on_the_tls_port_counts_toward_the_ban_like_junk_on_the_tcp_port() {
 }
 
 /// The generated CA, as a rustls client configuration.
-fn client_config(env: &Env) -> Arc<rustls::ClientConfig> {
+pub(crate) fn client_config(env: &Env) -> Arc<rustls::ClientConfig> {
     let pem = std::fs::read(env.data.join("tls/ca.pem")).expect("ca.pem");
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(&pem) {
@@ -165,7 +165,7 @@ fn client_config(env: &Env) -> Arc<rustls::ClientConfig> {
 }
 
 /// A verified TLS connection to sipward from `from`.
-fn tls_connect(
+pub(crate) fn tls_connect(
     env: &Env,
     from: &str,
     to: SocketAddr,
@@ -532,10 +532,10 @@ fn a_double_crlf_flood_is_counted() {
     );
 }
 
-type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+pub(crate) type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 /// The next whole SIP message on `s` (framed by Content-Length), within `wait`.
-fn read_message(s: &mut TlsStream, buf: &mut Vec<u8>, wait: Duration) -> Option<String> {
+pub(crate) fn read_message(s: &mut TlsStream, buf: &mut Vec<u8>, wait: Duration) -> Option<String> {
     s.sock
         .set_read_timeout(Some(Duration::from_millis(100)))
         .expect("timeout");
@@ -573,7 +573,7 @@ fn read_message(s: &mut TlsStream, buf: &mut Vec<u8>, wait: Duration) -> Option<
 }
 
 /// Registers `account` over the TLS connection `s` (answering the 401); the final answer.
-fn register_over_tls(s: &mut TlsStream, account: &crate::user_agent::Account) -> String {
+pub(crate) fn register_over_tls(s: &mut TlsStream, account: &crate::user_agent::Account) -> String {
     let local = s.sock.local_addr().expect("addr");
     let n = &account.number;
     let text = |cseq: u32, auth: &str| {

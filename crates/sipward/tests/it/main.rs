@@ -10,6 +10,7 @@ mod attack_flows;
 mod attack_gateway;
 mod attack_guard_settings;
 mod attack_hop;
+mod attack_lanes;
 mod attack_revoke;
 mod attack_settings;
 mod attack_tls;
