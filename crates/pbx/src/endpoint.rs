@@ -1701,6 +1701,12 @@ impl Inbound for Endpoint {
         self.handle(bytes, flow)
     }
 
+    fn retransmissions(&self) -> u64 {
+        self.metrics
+            .retransmissions
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn overloaded(&self, on: bool) {
         use std::sync::atomic::Ordering::Relaxed;
         if on {

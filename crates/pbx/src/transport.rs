@@ -229,6 +229,11 @@ pub trait Inbound: Send + Sync + 'static {
     /// The UDP receive queue started (`true`) or stopped standing past
     /// [`crate::overload::STANDING_FOR`]: new work is to be refused cheaply meanwhile.
     fn overloaded(&self, _on: bool) {}
+    /// How many retransmitted requests the transaction table has absorbed so far
+    /// (what proves answers late, `crate::overload`).
+    fn retransmissions(&self) -> u64 {
+        0
+    }
     /// The largest message taken on `transport` (see [`MessageLimits`]).
     fn max_message(&self, transport: TransportKind) -> usize;
     /// A message over that limit (`bytes` holds at least its start): answered 513 when
@@ -423,7 +428,7 @@ pub async fn serve_udp(
                         return;
                     }
                 }
-                let shed = backlog.waiting(Instant::now());
+                let shed = backlog.waiting(Instant::now(), inbound.retransmissions());
                 if shed != shedding {
                     shedding = shed;
                     inbound.overloaded(shed);
@@ -431,11 +436,9 @@ pub async fn serve_udp(
                 Ok(r)
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if shedding {
-                    shedding = backlog.drained();
+                if backlog.drained(inbound.retransmissions()) != shedding {
+                    shedding = false;
                     inbound.overloaded(false);
-                } else {
-                    backlog.drained();
                 }
                 read_at_once = 0;
                 tokio::select! {
@@ -996,6 +999,10 @@ mod tests {
         }
         fn overloaded(&self, on: bool) {
             self.reports.lock().expect("lock").push(on);
+        }
+        fn retransmissions(&self) -> u64 {
+            // Every datagram stands for a retransmission: the clients' answers are late.
+            self.read.load(Ordering::Relaxed)
         }
         fn max_message(&self, _: TransportKind) -> usize {
             65_535
