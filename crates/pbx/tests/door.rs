@@ -395,3 +395,73 @@ fn a_binding_the_store_does_not_take_is_answered_500_never_200() {
     let moved: SocketAddr = "198.51.100.31:5060".parse().expect("addr");
     assert_eq!(d.register(moved, &ATTACKER, "stuck", true).0, 500);
 }
+
+/// Past the ceiling (a UDP receive queue that stands, `pbx::overload`) a REGISTER
+/// without credentials is answered 503 with Retry-After before it costs a nonce, while
+/// one that answers a challenge given before is still carried to its 200: the work
+/// begun is finished, no new work begins. Once the queue drains, challenges resume.
+#[test]
+fn an_overloaded_door_refuses_new_registers_and_finishes_begun_ones() {
+    use pbx::transport::Inbound;
+    let d = door();
+    let phone: SocketAddr = "127.0.0.1:5070".parse().expect("addr");
+    let other: SocketAddr = "127.0.0.2:5072".parse().expect("addr");
+    // The phone's first REGISTER is challenged before the overload.
+    let challenge = d
+        .send(&register_text(phone, &ATTACKER, "ovl1", 1, true, ""), phone)
+        .expect("a challenge");
+    assert_eq!(status(&challenge), 401);
+    let nonce = String::from_utf8_lossy(&challenge)
+        .split("nonce=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("nonce")
+        .to_owned();
+
+    Inbound::overloaded(&d.endpoint, true);
+    assert!(d.endpoint.shedding());
+    let refused = d
+        .send(&register_text(other, &PHONE, "ovl2", 1, true, ""), other)
+        .expect("an answer");
+    let text = String::from_utf8_lossy(&refused).into_owned();
+    assert_eq!(status(&refused), 503, "{text}");
+    assert!(text.contains("\r\nRetry-After: 1\r\n"), "{text}");
+    assert!(!text.contains("WWW-Authenticate"), "{text}");
+    assert_eq!(
+        d.endpoint
+            .metrics
+            .register_shed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+
+    // The begun registration is finished: its credentials are checked and bound.
+    let h = ha1(Algorithm::Md5, ATTACKER.auth_id, REALM, ATTACKER.password);
+    let input = ResponseInput {
+        method: "REGISTER",
+        uri: "sip:pbx",
+        nonce: &nonce,
+        qop_auth: Some(("00000001", "0a4f113b")),
+    };
+    let response = expected_response(Algorithm::Md5, &h, &input);
+    let auth = format!(
+        "Authorization: Digest username=\"{}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:pbx\", \
+         response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"0a4f113b\"\r\n",
+        ATTACKER.auth_id
+    );
+    let answer = d
+        .send(
+            &register_text(phone, &ATTACKER, "ovl1", 2, true, &auth),
+            phone,
+        )
+        .expect("an answer");
+    assert_eq!(status(&answer), 200, "{}", String::from_utf8_lossy(&answer));
+
+    // Drained: new registrations are challenged again.
+    Inbound::overloaded(&d.endpoint, false);
+    assert!(!d.endpoint.shedding());
+    let again = d
+        .send(&register_text(other, &PHONE, "ovl3", 1, true, ""), other)
+        .expect("an answer");
+    assert_eq!(status(&again), 401);
+}
