@@ -1750,6 +1750,7 @@ impl Inbound for Endpoint {
             ConnectionEnd::HandshakeFailed => &self.metrics.tls_handshake_failed,
             ConnectionEnd::HandshakeTimedOut => &self.metrics.tls_handshake_timeouts,
             ConnectionEnd::HandshakesFull => &self.metrics.tls_handshakes_refused,
+            ConnectionEnd::HandshakeYielded => &self.metrics.tls_handshakes_yielded,
         });
     }
 

@@ -96,6 +96,9 @@ pub struct Metrics {
     /// TLS connections closed at accept, before any cryptography, because the
     /// listener's handshakes in flight were at their bound.
     pub tls_handshakes_refused: AtomicU64,
+    /// TLS handshakes cut because, the bound being full, a newer one took the place of
+    /// this one after it had waited a second (a client that stalled mid-handshake).
+    pub tls_handshakes_yielded: AtomicU64,
     /// TLS handshakes begun (each counted toward its source's flood limit: each costs
     /// the server a key exchange and a signature).
     pub tls_handshakes: AtomicU64,
@@ -387,6 +390,11 @@ impl Metrics {
                 "sipward_tls_handshakes_refused_total",
                 "SIP TLS connections closed at accept, before any cryptography: handshakes in flight at their bound",
                 get(&self.tls_handshakes_refused),
+            ),
+            (
+                "sipward_tls_handshakes_yielded_total",
+                "SIP TLS handshakes cut at the bound after a second in flight, their place given to a newer one",
+                get(&self.tls_handshakes_yielded),
             ),
             (
                 "sipward_tls_handshakes_total",

@@ -91,6 +91,13 @@ pub const MAX_TCP_CONNECTIONS: usize = 8192;
 /// (one that never speaks) takes no place here, so such a flood cannot shut others out:
 /// it costs one timer each, under the per-source caps.
 pub const MAX_HANDSHAKES: usize = 256;
+/// At the bound, a new handshake takes the place of the oldest one in flight if that
+/// one has waited at least this long: a real client finishes in a few round trips, so
+/// the oldest place is most likely held by one that sent a byte and stalled. Holding
+/// every place then takes a fresh connection per place and per this interval (256 a
+/// second), which the per-source handshake caps and flood limits spread over more than
+/// a hundred addresses, instead of 32 addresses each stalling 8 for the whole deadline.
+pub const HANDSHAKE_YIELDS_AFTER: Duration = Duration::from_secs(1);
 /// Messages read from one connection and not yet handled: the reader keeps reading while
 /// earlier messages are handled, but one connection cannot hold more of the handling
 /// than this (its reader waits, and TCP pushes back on the peer).
@@ -225,6 +232,73 @@ impl TcpLimits {
     }
 }
 
+/// A listener's TLS handshakes in flight ([`MAX_HANDSHAKES`]), oldest first, each with
+/// the signal that tells it its place was given to a newcomer
+/// ([`HANDSHAKE_YIELDS_AFTER`]).
+struct HandshakeBound {
+    cap: usize,
+    state: Mutex<HandshakesInFlight>,
+}
+
+#[derive(Default)]
+struct HandshakesInFlight {
+    next: u64,
+    /// By the order they were admitted: the first is the oldest.
+    live: std::collections::BTreeMap<u64, (Instant, Arc<tokio::sync::Notify>)>,
+}
+
+/// One handshake's place; given back when dropped.
+struct HandshakePlace {
+    bound: Arc<HandshakeBound>,
+    id: u64,
+    /// Notified when the place was given to a newer handshake: this one is cut.
+    yielded: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for HandshakePlace {
+    fn drop(&mut self) {
+        self.bound
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .live
+            .remove(&self.id);
+    }
+}
+
+impl HandshakeBound {
+    fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self {
+            cap: cap.max(1),
+            state: Mutex::new(HandshakesInFlight::default()),
+        })
+    }
+
+    /// A place for a handshake starting `now`: a free one, else the oldest one's if it
+    /// has waited [`HANDSHAKE_YIELDS_AFTER`] (that handshake is told to stop), else none.
+    fn take(self: &Arc<Self>, now: Instant) -> Option<HandshakePlace> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.live.len() >= self.cap {
+            let (&oldest, (started, _)) = st.live.iter().next()?;
+            if now.saturating_duration_since(*started) < HANDSHAKE_YIELDS_AFTER {
+                return None;
+            }
+            if let Some((_, yielded)) = st.live.remove(&oldest) {
+                yielded.notify_one();
+            }
+        }
+        let id = st.next;
+        st.next += 1;
+        let yielded = Arc::new(tokio::sync::Notify::new());
+        st.live.insert(id, (now, yielded.clone()));
+        Some(HandshakePlace {
+            bound: self.clone(),
+            id,
+            yielded,
+        })
+    }
+}
+
 /// Why a connection was closed by the transport (for the metrics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnectionEnd {
@@ -244,6 +318,9 @@ pub enum ConnectionEnd {
     /// Refused at accept, before any cryptography: the listener's handshakes in flight
     /// were at their bound ([`TcpLimits::handshakes`]).
     HandshakesFull,
+    /// Its handshake had waited past [`HANDSHAKE_YIELDS_AFTER`] when the bound was full,
+    /// and a newer one took its place.
+    HandshakeYielded,
 }
 
 /// What the transports hand received messages to (the endpoint).
@@ -606,7 +683,7 @@ async fn serve_stream(
     } = transports.places.clone();
     let caps = limits.caps();
     let handshake_caps = limits.handshake_caps();
-    let in_flight = Arc::new(Semaphore::new(limits.handshakes.max(1)));
+    let in_flight = HandshakeBound::new(limits.handshakes);
     let lanes = Lanes::start(inbound.clone(), limits.lanes);
     let limits = Arc::new(limits);
     let mut backoff: Option<Duration> = None;
@@ -721,7 +798,9 @@ async fn serve_stream(
                     // of the source). Over it the connection is closed now, before any
                     // cryptography: the excess is refused cheaply and the handshakes
                     // admitted finish within their deadline instead of all missing it.
-                    let Ok(handshake_slot) = in_flight.try_acquire_owned() else {
+                    // At the bound the oldest handshake gives way if it has waited
+                    // long enough (see HANDSHAKE_YIELDS_AFTER).
+                    let Some(handshake_slot) = in_flight.take(Instant::now()) else {
                         return inbound.connection(ConnectionEnd::HandshakesFull);
                     };
                     // The acceptor is read once, here: a reload during the handshake
@@ -729,6 +808,9 @@ async fn serve_stream(
                     let accept = identity.acceptor().accept(stream);
                     let done = tokio::select! {
                         r = tokio::time::timeout_at(deadline, accept) => r,
+                        () = handshake_slot.yielded.notified() => {
+                            return inbound.connection(ConnectionEnd::HandshakeYielded);
+                        }
                         _ = shutdown.changed() => return,
                     };
                     drop(handshake);
@@ -865,6 +947,12 @@ impl Lanes {
                         // A message that framed but does not parse: the stream is closed
                         // by its reader (it was counted toward the flood limit at the
                         // door).
+                        // A source banned while its messages waited (a guesser
+                        // pipelining past its tenth failure) has the rest dropped and
+                        // its connection cut, as when each was read after the last.
+                        if !job.share.spoiled() && inbound.banned(job.flow.remote.ip()) {
+                            job.share.spoil();
+                        }
                         if !job.share.spoiled() && !inbound.received(&job.bytes, job.flow) {
                             job.share.spoil();
                         }
@@ -1458,6 +1546,45 @@ mod tests {
 #[cfg(test)]
 mod lane_tests {
     use super::*;
+
+    /// At the bound a newcomer is refused while every handshake is younger than
+    /// HANDSHAKE_YIELDS_AFTER, and takes the oldest one's place (which is told) once
+    /// that one has waited so long; a place given back is free again.
+    #[tokio::test]
+    async fn a_full_bound_gives_the_oldest_stalled_place_to_a_newcomer() {
+        let bound = HandshakeBound::new(2);
+        let t0 = Instant::now();
+        let first = bound.take(t0).expect("free");
+        let second = bound.take(t0 + Duration::from_millis(300)).expect("free");
+        let early = t0 + HANDSHAKE_YIELDS_AFTER - Duration::from_millis(1);
+        assert!(
+            bound.take(early).is_none(),
+            "both younger than the wait: refused"
+        );
+        let third = bound
+            .take(t0 + HANDSHAKE_YIELDS_AFTER)
+            .expect("the oldest gives way");
+        // The first was told; the second was not.
+        tokio::time::timeout(Duration::from_secs(1), first.yielded.notified())
+            .await
+            .expect("the oldest is told");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), second.yielded.notified())
+                .await
+                .is_err(),
+            "the second keeps its place"
+        );
+        // Dropping the told one frees nothing more (its place is the third's already).
+        drop(first);
+        let at = t0 + HANDSHAKE_YIELDS_AFTER + Duration::from_millis(100);
+        assert!(
+            bound.take(at).is_none(),
+            "second (0.8 s) and third are young"
+        );
+        drop(third);
+        assert!(bound.take(at).is_some(), "a place given back is free");
+        drop(second);
+    }
 
     #[test]
     fn the_call_id_is_found_in_its_long_and_compact_forms_in_any_case() {

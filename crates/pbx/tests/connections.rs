@@ -769,8 +769,9 @@ const STALLED_HELLO: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
 
 /// A handshake flood is bounded on the whole listener, before any cryptography: with
 /// its handshakes in flight at the bound (clients that began and stalled), a further
-/// handshake is closed at once and counted, and once the stalled ones reach their
-/// deadline the server takes and answers handshakes again: never wedged. Connections that
+/// handshake is closed at once and counted, and once the stalled ones have waited a
+/// second (or reached their deadline) the server takes and answers handshakes again:
+/// never wedged. Connections that
 /// never speak (half-open) take no place among the handshakes in flight, so they cannot
 /// shut anyone out. Control: with the stalled handshakes under the bound, another client
 /// is served beside them.
@@ -826,8 +827,8 @@ async fn a_handshake_flood_is_refused_before_any_cryptography_and_leaves_the_ser
         4,
         "exactly the excess"
     );
-    // After the flood: the stalled handshakes reach their deadline and the server takes
-    // handshakes again.
+    // After the flood: a newcomer takes the place of a handshake stalled for a second
+    // (or the stalled ones reach their deadline) and the server takes handshakes again.
     let deadline = Instant::now() + Duration::from_secs(8);
     while !tls_answered(&client, "127.0.0.55", tls).await {
         assert!(
@@ -836,6 +837,10 @@ async fn a_handshake_flood_is_refused_before_any_cryptography_and_leaves_the_ser
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(metric(&pbx, |m| &m.tls_handshake_timeouts) >= 4);
+    assert!(
+        metric(&pbx, |m| &m.tls_handshakes_yielded) + metric(&pbx, |m| &m.tls_handshake_timeouts)
+            >= 1,
+        "a stalled handshake gave way"
+    );
     drop(silent);
 }
