@@ -131,9 +131,6 @@ pub struct Endpoint {
     messages: MessageLimits,
     /// What checks a hop taken from another node (issue 21), set when hops are on.
     hop: std::sync::OnceLock<HopTaker>,
-    /// How many UDP receive loops find their queue standing (`crate::overload`): while
-    /// any does, a REGISTER without credentials is answered `503` at once.
-    overloaded: std::sync::atomic::AtomicUsize,
     /// The endpoint itself, for work that continues after an await (an external call
     /// waits for its counts in the store); dangling for an endpoint not made by
     /// [`Endpoint::shared`], which then admits no external call.
@@ -215,7 +212,6 @@ impl Endpoint {
             tag_hasher: RandomState::new(),
             messages: p.messages,
             hop: std::sync::OnceLock::new(),
-            overloaded: std::sync::atomic::AtomicUsize::new(0),
             me,
         }
     }
@@ -394,12 +390,6 @@ impl Endpoint {
             m.header(Name::CSeq),
         ));
         format!("{h:016x}")
-    }
-
-    /// Whether new REGISTERs are refused now: a UDP receive queue stands
-    /// (`crate::overload`).
-    pub fn shedding(&self) -> bool {
-        self.overloaded.load(std::sync::atomic::Ordering::Relaxed) > 0
     }
 
     /// Answers the request `m` (server transaction `key`, from `source`).
@@ -1572,18 +1562,6 @@ impl Endpoint {
         let source = flow.remote;
         let respond =
             |code: u16, reason: &str| ResponseBuilder::new(m, code, reason, source, tag).ok();
-        // Past the ceiling, new work is refused before it costs a nonce and a digest:
-        // a REGISTER with credentials finishes what a challenge began, one without
-        // would only begin more. The same answer for every user, before any lookup.
-        if m.header(Name::Authorization).is_none() && self.shedding() {
-            Metrics::inc(&self.metrics.register_shed);
-            return respond(503, "Service Unavailable")
-                .map(|b| {
-                    b.header("Retry-After", crate::overload::RETRY_AFTER_SECS)
-                        .finish()
-                })
-                .map(|answer| (answer, None));
-        }
         let now = self.clock.now();
         let dir = self.directory.get();
         let account = match self.authenticate(&dir, m, Name::Authorization, "REGISTER", source, now)
@@ -1706,24 +1684,6 @@ impl Inbound for Endpoint {
 
     fn received(&self, bytes: &[u8], flow: Flow) -> bool {
         self.handle(bytes, flow)
-    }
-
-    fn retransmissions(&self) -> u64 {
-        self.metrics
-            .retransmissions
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn overloaded(&self, on: bool) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if on {
-            self.overloaded.fetch_add(1, Relaxed);
-        } else {
-            // Each loop reports an end only after its start: never below zero.
-            let _ = self
-                .overloaded
-                .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
-        }
     }
 
     fn max_message(&self, transport: TransportKind) -> usize {

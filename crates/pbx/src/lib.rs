@@ -20,7 +20,6 @@ pub mod mailbox;
 pub mod metrics;
 pub mod node;
 pub mod notify;
-pub mod overload;
 pub mod provider;
 pub mod proxy;
 pub mod registrar;

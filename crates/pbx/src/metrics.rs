@@ -57,7 +57,6 @@ pub struct Metrics {
     pub register_ok: AtomicU64,
     pub register_challenged: AtomicU64,
     pub register_refused: AtomicU64,
-    pub register_shed: AtomicU64,
     pub auth_failures: AtomicU64,
     pub options: AtomicU64,
     pub other_methods: AtomicU64,
@@ -295,11 +294,6 @@ impl Metrics {
                 "sipward_register_refused_total",
                 "authenticated REGISTER requests refused (403, 423, 400, 500)",
                 get(&self.register_refused),
-            ),
-            (
-                "sipward_register_shed_total",
-                "REGISTER requests without credentials answered 503 while the UDP receive queue stood (overload)",
-                get(&self.register_shed),
             ),
             (
                 "sipward_options_total",

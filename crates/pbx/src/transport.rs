@@ -351,14 +351,6 @@ pub trait Inbound: Send + Sync + 'static {
     fn registered_from(&self, ip: IpAddr) -> bool;
     /// One message, as it came on `flow`; false when it did not parse.
     fn received(&self, bytes: &[u8], flow: Flow) -> bool;
-    /// The UDP receive queue started (`true`) or stopped standing past
-    /// [`crate::overload::STANDING_FOR`]: new work is to be refused cheaply meanwhile.
-    fn overloaded(&self, _on: bool) {}
-    /// How many retransmitted requests the transaction table has absorbed so far
-    /// (what proves answers late, `crate::overload`).
-    fn retransmissions(&self) -> u64 {
-        0
-    }
     /// The largest message taken on `transport` (see [`MessageLimits`]).
     fn max_message(&self, transport: TransportKind) -> usize;
     /// A message over that limit (`bytes` holds at least its start): answered 513 when
@@ -536,60 +528,24 @@ pub async fn serve_udp(
     // IPv6): one over the size limit is seen whole, answered 513 or counted, never cut
     // short and misread.
     let mut buf = vec![0u8; 65_535];
-    // Whether the queue stands (`overload`): a read that finds its datagram waiting
-    // says the queue was not empty; one that has to wait, that it was.
-    let mut backlog = crate::overload::Backlog::default();
-    let mut shedding = false;
-    let mut read_at_once = 0u32;
     loop {
-        let read = match socket.try_recv_from(&mut buf) {
-            Ok(r) => {
-                read_at_once = read_at_once.wrapping_add(1);
-                if read_at_once.is_multiple_of(YIELD_EVERY) {
-                    // Reads that never wait never give the runtime back: the timers,
-                    // the group commit and the shutdown get their turn here.
-                    tokio::task::yield_now().await;
-                    if shutdown.has_changed().unwrap_or(true) {
-                        return;
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, src)) => {
+                    // A banned or silenced source costs a lookup or two: nothing is
+                    // parsed or allocated.
+                    if inbound.admit(src.ip()) != Admission::Admit {
+                        continue;
                     }
+                    inbound.received(&buf[..n], Flow::udp(src));
                 }
-                let shed = backlog.waiting(Instant::now(), inbound.retransmissions());
-                if shed != shedding {
-                    shedding = shed;
-                    inbound.overloaded(shed);
-                }
-                Ok(r)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if backlog.drained(inbound.retransmissions()) != shedding {
-                    shedding = false;
-                    inbound.overloaded(false);
-                }
-                read_at_once = 0;
-                tokio::select! {
-                    r = socket.recv_from(&mut buf) => r,
-                    _ = shutdown.changed() => return,
-                }
-            }
-            Err(e) => Err(e),
-        };
-        match read {
-            Ok((n, src)) => {
-                // A banned or silenced source costs a lookup or two: nothing is
-                // parsed or allocated.
-                if inbound.admit(src.ip()) != Admission::Admit {
-                    continue;
-                }
-                inbound.received(&buf[..n], Flow::udp(src));
-            }
-            // ICMP errors from earlier sends surface here on Linux; keep serving.
-            Err(_) => continue,
+                // ICMP errors from earlier sends surface here on Linux; keep serving.
+                Err(_) => continue,
+            },
+            _ = shutdown.changed() => return,
         }
     }
 }
-
-/// Datagrams read back to back, without waiting, before the receive loop yields.
-const YIELD_EVERY: u32 = 64;
 
 /// Where a datagram read on the internal hop socket from a live node goes.
 pub type HopInbound = Arc<dyn Fn(&[u8], Flow) + Send + Sync>;
@@ -1322,127 +1278,6 @@ fn set_kernel_drop(_socket: &UdpSocket, _sources: &[std::net::Ipv4Addr]) -> std:
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
-
-    /// Stands for the endpoint: every datagram costs `cost` of the receive loop's time,
-    /// and the overload reports are kept.
-    struct Slow {
-        cost: Duration,
-        read: AtomicU64,
-        reports: Mutex<Vec<bool>>,
-    }
-
-    impl Inbound for Slow {
-        fn admit(&self, _: IpAddr) -> Admission {
-            Admission::Admit
-        }
-        fn admit_on_connection(&self, _: IpAddr) -> Admission {
-            Admission::Admit
-        }
-        fn admits_connection(&self, _: IpAddr) -> bool {
-            true
-        }
-        fn handshake(&self, _: IpAddr) -> Admission {
-            Admission::Admit
-        }
-        fn keepalive(&self, _: IpAddr) -> Admission {
-            Admission::Admit
-        }
-        fn banned(&self, _: IpAddr) -> bool {
-            false
-        }
-        fn uncapped(&self, _: IpAddr) -> bool {
-            false
-        }
-        fn registered_from(&self, _: IpAddr) -> bool {
-            false
-        }
-        fn received(&self, _: &[u8], _: Flow) -> bool {
-            std::thread::sleep(self.cost);
-            self.read.fetch_add(1, Ordering::Relaxed);
-            true
-        }
-        fn overloaded(&self, on: bool) {
-            self.reports.lock().expect("lock").push(on);
-        }
-        fn retransmissions(&self) -> u64 {
-            // Every datagram stands for a retransmission: the clients' answers are late.
-            self.read.load(Ordering::Relaxed)
-        }
-        fn max_message(&self, _: TransportKind) -> usize {
-            65_535
-        }
-        fn oversized(&self, _: &[u8], _: Flow) {}
-        fn unframed(&self, _: IpAddr) {}
-        fn connection(&self, _: ConnectionEnd) {}
-        fn closed(&self, _: Flow) {}
-        fn accept_backoff(&self, _: &std::io::Error, _: Duration, _: bool) {}
-    }
-
-    /// Offered more than it can read, the UDP receive loop reports the overload once
-    /// its queue has stood for `overload::STANDING_FOR`, and its end once the queue
-    /// drains; offered less, it never reports one.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_standing_receive_queue_is_reported_and_its_end_too() {
-        let (transports, _tcp) = Transports::bind("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("bind");
-        let to = transports.udp.local_addr().expect("addr");
-        let slow = Arc::new(Slow {
-            cost: Duration::from_millis(1),
-            read: AtomicU64::new(0),
-            reports: Mutex::new(Vec::new()),
-        });
-        let (stop, shutdown) = watch::channel(false);
-        let task = tokio::spawn(serve_udp(transports.clone(), slow.clone(), shutdown));
-        let reports = |s: &Slow| s.reports.lock().expect("lock").clone();
-        let send = move |every: Duration, for_: Duration| {
-            let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-            std::thread::spawn(move || {
-                let end = std::time::Instant::now() + for_;
-                while std::time::Instant::now() < end {
-                    let _ = tx.send_to(b"x", to);
-                    std::thread::sleep(every);
-                }
-            })
-        };
-        // A tenth of what it can read, for half a second: never a standing queue.
-        tokio::task::spawn_blocking(move || {
-            send(Duration::from_millis(10), Duration::from_millis(500)).join()
-        })
-        .await
-        .expect("join")
-        .expect("sender");
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while slow.read.load(Ordering::Relaxed) == 0 && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(slow.read.load(Ordering::Relaxed) > 0, "nothing was read");
-        assert_eq!(reports(&slow), Vec::<bool>::new());
-        // Many times what it can read, for a second: the queue stands, then drains.
-        tokio::task::spawn_blocking(move || {
-            send(Duration::from_micros(50), Duration::from_secs(1)).join()
-        })
-        .await
-        .expect("join")
-        .expect("sender");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while reports(&slow).last() != Some(&false) && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let r = reports(&slow);
-        // Starts and ends alternate (the queue may have drained for a moment while
-        // the sender was descheduled), the first a start, the last an end.
-        assert!(
-            r.first() == Some(&true) && r.last() == Some(&false),
-            "{r:?}"
-        );
-        assert!(r.windows(2).all(|w| w[0] != w[1]), "{r:?}");
-        let _ = stop.send(true);
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("the loop stops on shutdown")
-            .expect("join");
-    }
 
     /// What arrives on `rx` after one datagram from each sender, in order.
     async fn arrivals(rx: &UdpSocket, senders: &[&std::net::UdpSocket]) -> Vec<SocketAddr> {
