@@ -272,6 +272,7 @@ on_both_backends!(
     ban_records_keep_first_seen_and_old_ones_are_pruned,
     bindings_belong_to_their_extension_and_its_credential_generation,
     a_grace_window_keeps_the_old_generation_until_it_ends,
+    the_group_commit_binds_each_value_to_its_column,
     withdrawn_mails_stay_withdrawn_even_when_claimed,
     a_phone_lookup_returns_one_row_either_way,
     failure_counts_add_up_per_account_over_other_nodes,
@@ -667,6 +668,105 @@ async fn a_grace_window_keeps_the_old_generation_until_it_ends(backend: Backend)
         contacts(&b::bindings_of(&mut conn, "1001", 10).await.expect("of")),
         ["sip:new@h"]
     );
+}
+
+/// The group commit's statements number their parameters in the order of the text
+/// (`?` on SQLite, `$n` on PostgreSQL): every column read back is the value given, the
+/// node is the writer's, and the time (`now`, bound last) is what ends a grace window:
+/// a row of the old generation is written before the window ends and refused after.
+async fn the_group_commit_binds_each_value_to_its_column(backend: Backend) {
+    use store::bindings as b;
+    use store::grace::{self, GraceRow};
+    let Some((_dir, store)) = open_store(backend).await else {
+        return;
+    };
+    let mut conn = store.conn().await.expect("conn");
+    let g1 = account::insert_extension(&mut conn, &ext("1001", "a1"))
+        .await
+        .expect("insert");
+    let g2 = account::renew_credentials(&mut conn, "1001")
+        .await
+        .expect("renew")
+        .expect("exists");
+    let other = account::insert_extension(&mut conn, &ext("1002", "a2"))
+        .await
+        .expect("insert");
+    grace::put_grace(
+        &mut conn,
+        &GraceRow {
+            number: "1001".into(),
+            auth_id: "a1".into(),
+            ha1_md5_enc: "m".into(),
+            ha1_sha256_enc: "s".into(),
+            sources: "127.0.0.2".into(),
+            expires_at: 500,
+            generation: g1,
+            prov_user: String::new(),
+            prov_ha1_md5_enc: String::new(),
+            prov_ha1_sha256_enc: String::new(),
+        },
+    )
+    .await
+    .expect("grace");
+    let row = |number: &str, contact: &str, n: i64, generation: i64| b::BindingRow {
+        number: number.into(),
+        contact: contact.into(),
+        call_id: format!("call-{n}"),
+        cseq: 7 + n,
+        expires_at: 10_000 + n,
+        source: format!("192.0.2.{n}:50{n}0"),
+        transport: if n % 2 == 0 { "udp" } else { "tcp" }.into(),
+        generation,
+    };
+    let batch = || {
+        vec![
+            (
+                "1001".to_owned(),
+                vec![
+                    row("1001", "sip:new@h", 1, g2),
+                    row("1001", "sip:old@h", 2, g1),
+                ],
+            ),
+            ("1002".to_owned(), vec![row("1002", "sip:b@h", 3, other)]),
+        ]
+    };
+    // After the window (now 600): the old generation's row is refused.
+    let mut tx = store.begin().await.expect("begin");
+    let written = b::replace_node_batch(&mut tx, "node-x", &batch(), 600)
+        .await
+        .expect("batch");
+    tx.commit().await.expect("commit");
+    assert_eq!(written, 2, "the window ended at 500: the old row refused");
+    let mut got = b::live_node_bindings(&mut conn, "node-x", 0)
+        .await
+        .expect("read");
+    got.sort_by(|x, y| x.contact.cmp(&y.contact));
+    assert_eq!(
+        got,
+        vec![
+            row("1002", "sip:b@h", 3, other),
+            row("1001", "sip:new@h", 1, g2)
+        ],
+        "every column as given"
+    );
+    assert!(
+        b::live_node_bindings(&mut conn, "node-y", 0)
+            .await
+            .expect("read")
+            .is_empty(),
+        "written as node-x's"
+    );
+    // Inside the window (now 400): written too.
+    let mut tx = store.begin().await.expect("begin");
+    let written = b::replace_node_batch(&mut tx, "node-x", &batch(), 400)
+        .await
+        .expect("batch");
+    tx.commit().await.expect("commit");
+    assert_eq!(written, 3, "inside the window the old row is kept");
+    let got = b::live_node_bindings(&mut conn, "node-x", 0)
+        .await
+        .expect("read");
+    assert!(got.contains(&row("1001", "sip:old@h", 2, g1)), "{got:?}");
 }
 
 async fn withdrawn_mails_stay_withdrawn_even_when_claimed(backend: Backend) {
