@@ -325,27 +325,8 @@ mod tests {
 
     #[tokio::test]
     async fn pages_load_what_one_read_loads_and_keep_every_value_for_the_next_load() {
-        use rand::SeedableRng;
         let dir = tempfile::tempdir().expect("tmp");
-        let clock = std::sync::Arc::new(policy::clock::ManualClock::new(
-            1_795_916_875,
-            std::time::Instant::now(),
-        ));
-        let (reg, _) = Registry::open(
-            &store::DataDir::new(dir.path().join("d")),
-            crate::Settings {
-                realm: "sipward".into(),
-                domain: None,
-                policy: policy::PolicyConfig::default(),
-                dialplan: Default::default(),
-                admin_email: None,
-                provisioning: Default::default(),
-            },
-            Box::new(rand::rngs::StdRng::seed_from_u64(7)),
-            clock,
-        )
-        .await
-        .expect("open");
+        let reg = crate::open::tests::registry_in(dir.path()).await;
         for n in ["1001", "1002", "1003", "1004", "1005"] {
             reg.add_extension(n, Default::default()).await.expect("add");
         }

@@ -239,27 +239,8 @@ mod tests {
 
     #[tokio::test]
     async fn pages_find_what_one_read_of_every_account_finds() {
-        use rand::SeedableRng;
         let dir = tempfile::tempdir().expect("tmp");
-        let clock = std::sync::Arc::new(policy::clock::ManualClock::new(
-            1_795_916_875,
-            std::time::Instant::now(),
-        ));
-        let (reg, _) = Registry::open(
-            &store::DataDir::new(dir.path().join("d")),
-            crate::Settings {
-                realm: "sipward".into(),
-                domain: None,
-                policy: policy::PolicyConfig::default(),
-                dialplan: Default::default(),
-                admin_email: None,
-                provisioning: Default::default(),
-            },
-            Box::new(rand::rngs::StdRng::seed_from_u64(7)),
-            clock,
-        )
-        .await
-        .expect("open");
+        let reg = crate::open::tests::registry_in(dir.path()).await;
         let shared = "Quiet-Harbour-Lantern-93";
         // 1001 and 1005 share a password and 1003's SIP ID is 1004's number: with
         // pages of two (888 is the data dir's fax extension), each pair lies on

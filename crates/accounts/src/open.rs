@@ -266,3 +266,34 @@ impl Registry {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A new data dir's registry under `dir`, on a seeded generator and a clock held
+    /// still: what the unit tests that need a whole registry start from.
+    pub(crate) async fn registry_in(dir: &std::path::Path) -> Registry {
+        use rand::SeedableRng;
+        let clock = std::sync::Arc::new(policy::clock::ManualClock::new(
+            1_795_916_875,
+            std::time::Instant::now(),
+        ));
+        let (reg, _) = Registry::open(
+            &store::DataDir::new(dir.join("d")),
+            crate::Settings {
+                realm: "sipward".into(),
+                domain: None,
+                policy: policy::PolicyConfig::default(),
+                dialplan: Default::default(),
+                admin_email: None,
+                provisioning: Default::default(),
+            },
+            Box::new(rand::rngs::StdRng::seed_from_u64(7)),
+            clock,
+        )
+        .await
+        .expect("open");
+        reg
+    }
+}
