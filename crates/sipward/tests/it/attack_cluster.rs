@@ -11,32 +11,15 @@
 //! node cut off from the database while its SIP side stays up) keeps its calls up
 //! while its leases lapse: the other nodes then let new calls take the freed places.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::harness::Env;
+use crate::install::{
+    CONFIG, NATIONAL, hop_invite, hop_key_of, hop_proof, node_with_internal, pstn_gateway,
+    publish_node, two_nodes, unix_now,
+};
 use crate::peers::Server;
 use crate::pg;
 use crate::user_agent::{Dialog, Outgoing, Ua, answers, ext, header, request_method, status};
-
-const CONFIG: &str = "[sip]\ndigest_algorithms = [\"MD5\"]\n\
-    [dialplan]\ncountry_code = \"49\"\ninternational_prefix = \"00\"\nnational_prefix = \"0\"\n\
-    [dialplan.limits]\nconcurrent_external = 2\nattempts_per_minute = 100\n";
-const NATIONAL: &str = "0301234567";
-
-/// Two nodes' data dirs on one new database; returns them and the database's name.
-fn two_nodes(cluster: &pg::Cluster) -> (Env, Env, String) {
-    let url = cluster.fresh_database();
-    let a = Env::on_postgres(&url, None);
-    a.ok(&["ext", "list"]);
-    let b = Env::on_postgres(&url, Some(&a));
-    for env in [&a, &b] {
-        std::fs::create_dir_all(&env.data).expect("data dir");
-        std::fs::write(env.data.join("sipward.toml"), CONFIG).expect("config");
-    }
-    let db = pg::database_of(&url).to_owned();
-    (a, b, db)
-}
 
 /// Leases live now, on every node, as the database holds them.
 fn live_leases(cluster: &pg::Cluster, db: &str) -> u64 {
@@ -106,32 +89,8 @@ async fn a_stalled_node_does_not_carry_a_call_past_the_concurrent_limit() {
     let Some(cluster) = pg::cluster() else {
         return;
     };
-    let (a, b, db) = two_nodes(cluster);
-    let gateway = Ua::bind("127.0.0.7", "127.0.0.1:9".parse().expect("addr")).await;
-    a.ok(&[
-        "gateway",
-        "add",
-        "pstn",
-        "--vendor",
-        "generic",
-        "--ext",
-        "800",
-        "--auth-id",
-        "gw-pstn-7",
-        "--password",
-        "Gw7-pQ2v-Xk9m-Lr4t",
-        "--host",
-        &gateway.addr.to_string(),
-    ]);
-    a.ok(&[
-        "route",
-        "add",
-        "national",
-        "--pattern",
-        "0ZX.",
-        "--trunk",
-        "pstn",
-    ]);
+    let (a, b, db) = two_nodes(cluster, CONFIG);
+    let gateway = pstn_gateway(&a, "127.0.0.7").await;
     let account = ext(&a, "5401", "national");
     let node_a = a.serve_with(&["--node-name", "a"]);
     let node_b = b.serve_with(&["--node-name", "b"]);
@@ -216,32 +175,8 @@ async fn a_killed_nodes_lease_lapses_and_its_place_is_given_again() {
     let Some(cluster) = pg::cluster() else {
         return;
     };
-    let (a, b, db) = two_nodes(cluster);
-    let gateway = Ua::bind("127.0.0.8", "127.0.0.1:9".parse().expect("addr")).await;
-    a.ok(&[
-        "gateway",
-        "add",
-        "pstn",
-        "--vendor",
-        "generic",
-        "--ext",
-        "800",
-        "--auth-id",
-        "gw-pstn-8",
-        "--password",
-        "Gw8-pQ2v-Xk9m-Lr4t",
-        "--host",
-        &gateway.addr.to_string(),
-    ]);
-    a.ok(&[
-        "route",
-        "add",
-        "national",
-        "--pattern",
-        "0ZX.",
-        "--trunk",
-        "pstn",
-    ]);
+    let (a, b, db) = two_nodes(cluster, CONFIG);
+    let gateway = pstn_gateway(&a, "127.0.0.8").await;
     let account = ext(&a, "5402", "national");
     let node_a = a.serve_with(&["--node-name", "a"]);
     let node_b = b.serve_with(&["--node-name", "b"]);
@@ -292,32 +227,8 @@ async fn a_store_error_at_admission_lets_no_call_through() {
     let Some(cluster) = pg::cluster() else {
         return;
     };
-    let (a, _, db) = two_nodes(cluster);
-    let gateway = Ua::bind("127.0.0.9", "127.0.0.1:9".parse().expect("addr")).await;
-    a.ok(&[
-        "gateway",
-        "add",
-        "pstn",
-        "--vendor",
-        "generic",
-        "--ext",
-        "800",
-        "--auth-id",
-        "gw-pstn-9",
-        "--password",
-        "Gw9-pQ2v-Xk9m-Lr4t",
-        "--host",
-        &gateway.addr.to_string(),
-    ]);
-    a.ok(&[
-        "route",
-        "add",
-        "national",
-        "--pattern",
-        "0ZX.",
-        "--trunk",
-        "pstn",
-    ]);
+    let (a, _, db) = two_nodes(cluster, CONFIG);
+    let gateway = pstn_gateway(&a, "127.0.0.9").await;
     let account = ext(&a, "5403", "national");
     let node = a.serve_with(&["--node-name", "solo"]);
     let phone = Ua::phone("127.0.0.6", node.sip, &account).await;
@@ -383,7 +294,7 @@ async fn a_node_under_another_live_nodes_name_does_not_erase_its_bindings() {
     // answers with a ready line (it runs) or exits (refused): what it printed, and
     // its exit code when it exited.
     let rows_after = |second_name: &'static str| async move {
-        let (a, b, db) = two_nodes(cluster);
+        let (a, b, db) = two_nodes(cluster, CONFIG);
         let account = ext(&a, "5501", "national");
         let node_a = a.serve_with(&["--node-name", "pbx1"]);
         let desk = Ua::phone("127.0.0.71", node_a.sip, &account).await;
@@ -461,60 +372,6 @@ async fn a_node_under_another_live_nodes_name_does_not_erase_its_bindings() {
     );
 }
 
-/// What a forger needs to stamp hops for the install (it stands for someone who stole
-/// a node's secrets key, or for the node itself): the hop key every node derives.
-fn hop_key_of(env: &Env) -> pbx::hop::HopKey {
-    let vault = store::Vault::load(&env.data.join("secrets.key")).expect("the key");
-    pbx::hop::HopKey::new(*vault.hop_key())
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-/// A hop INVITE from `from` for `extension`, as node "b" would send it, with `proof`.
-fn hop_invite(
-    from: SocketAddr,
-    to: SocketAddr,
-    extension: &str,
-    call_id: &str,
-    proof: &str,
-) -> String {
-    let proof = if proof.is_empty() {
-        String::new()
-    } else {
-        format!("X-Sipward-Hop: {proof}\r\n")
-    };
-    format!(
-        "INVITE sip:{extension}@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK{call_id};rport\r\n\
-         Max-Forwards: 69\r\nFrom: <sip:5502@{from}>;tag=f{call_id}\r\nTo: <sip:{extension}@{to}>\r\n\
-         Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:5502@{from}>\r\n{proof}Content-Length: 0\r\n\r\n"
-    )
-}
-
-fn hop_proof(
-    key: &pbx::hop::HopKey,
-    node: &str,
-    extension: &str,
-    call_id: &str,
-    at: i64,
-) -> String {
-    pbx::hop::stamp(
-        key,
-        &pbx::hop::HopFields {
-            method: "INVITE",
-            extension,
-            call_id,
-            cseq: 1,
-            from_tag: &format!("f{call_id}"),
-            node,
-        },
-        at,
-    )
-}
-
 /// Forged hops sent to a real node's internal socket (issue 21). Node A runs with
 /// `[cluster] internal`, a phone of 5501 registered on it, a gateway and a national
 /// route. A stranger's hop (not a live node's published address) gets no answer at
@@ -529,44 +386,8 @@ async fn forged_hops_to_a_real_nodes_internal_socket_ring_nothing_and_dial_nothi
     let Some(cluster) = pg::cluster() else {
         return;
     };
-    let internal: SocketAddr = format!("127.0.0.1:{}", crate::peers::free_port())
-        .parse()
-        .expect("addr");
-    let url = cluster.fresh_database();
-    let a = Env::on_postgres(&url, None);
-    a.ok(&["ext", "list"]);
-    std::fs::create_dir_all(&a.data).expect("data dir");
-    std::fs::write(
-        a.data.join("sipward.toml"),
-        format!("{CONFIG}[cluster]\ninternal = \"{internal}\"\n"),
-    )
-    .expect("config");
-    let db = pg::database_of(&url).to_owned();
-    let gateway = Ua::bind("127.0.0.7", "127.0.0.1:9".parse().expect("addr")).await;
-    a.ok(&[
-        "gateway",
-        "add",
-        "pstn",
-        "--vendor",
-        "generic",
-        "--ext",
-        "800",
-        "--auth-id",
-        "gw-pstn-7",
-        "--password",
-        "Gw7-pQ2v-Xk9m-Lr4t",
-        "--host",
-        &gateway.addr.to_string(),
-    ]);
-    a.ok(&[
-        "route",
-        "add",
-        "national",
-        "--pattern",
-        "0ZX.",
-        "--trunk",
-        "pstn",
-    ]);
+    let (a, internal, db) = node_with_internal(cluster, CONFIG);
+    let gateway = pstn_gateway(&a, "127.0.0.7").await;
     let account = ext(&a, "5501", "national");
     let node_a = a.serve_with(&["--node-name", "a"]);
     let phone = Ua::phone("127.0.0.2", node_a.sip, &account).await;
@@ -575,14 +396,7 @@ async fn forged_hops_to_a_real_nodes_internal_socket_ring_nothing_and_dial_nothi
     let forger = Ua::bind("127.0.0.40", internal).await;
     let stranger = Ua::bind("127.0.0.41", internal).await;
     // Node "b" is published at the forger's socket and beats for the whole test.
-    cluster.psql(
-        &db,
-        &format!(
-            "INSERT INTO nodes (name, instance, hop, heartbeat_at) VALUES ('b', 'forged', '{}', {})",
-            forger.addr,
-            unix_now() + 3600
-        ),
-    );
+    publish_node(cluster, &db, "b", forger.addr);
     crate::peers::eventually("A reads node b's row", Duration::from_secs(10), || {
         node_a.metric("sipward_table_entries{table=\"hop_nodes\"}") == 1
     });

@@ -10,94 +10,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::harness::Env;
+use crate::install::{
+    CONFIG, NATIONAL, hop_invite, hop_key_of, hop_proof, node_with_internal, pstn_account,
+    pstn_gateway, publish_node, two_hop_nodes, unix_now,
+};
 use crate::pg;
-use crate::user_agent::{Account, Ua, header, request_method, status};
-
-const CONFIG: &str = "[sip]\ndigest_algorithms = [\"MD5\"]\n\
-    [dialplan]\ncountry_code = \"49\"\ninternational_prefix = \"00\"\nnational_prefix = \"0\"\n\
-    [dialplan.limits]\nconcurrent_external = 2\nattempts_per_minute = 100\n";
-
-/// What a forger needs to stamp hops for the install (it stands for a node of the
-/// install, or for whoever holds a node's secrets key): the hop key every node derives.
-fn hop_key_of(env: &Env) -> pbx::hop::HopKey {
-    let vault = store::Vault::load(&env.data.join("secrets.key")).expect("the key");
-    pbx::hop::HopKey::new(*vault.hop_key())
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-/// A hop INVITE from `from` for `extension`, as node "b" would send it, with `proof`.
-fn hop_invite(
-    from: SocketAddr,
-    to: SocketAddr,
-    extension: &str,
-    call_id: &str,
-    proof: &str,
-) -> String {
-    format!(
-        "INVITE sip:{extension}@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK{call_id};rport\r\n\
-         Max-Forwards: 69\r\nFrom: <sip:5502@{from}>;tag=f{call_id}\r\nTo: <sip:{extension}@{to}>\r\n\
-         Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:5502@{from}>\r\n\
-         X-Sipward-Hop: {proof}\r\nContent-Length: 0\r\n\r\n"
-    )
-}
-
-/// A genuine proof, as node `node` stamps a hop INVITE for `extension` at `at`.
-fn hop_proof(
-    key: &pbx::hop::HopKey,
-    node: &str,
-    extension: &str,
-    call_id: &str,
-    at: i64,
-) -> String {
-    pbx::hop::stamp(
-        key,
-        &pbx::hop::HopFields {
-            method: "INVITE",
-            extension,
-            call_id,
-            cseq: 1,
-            from_tag: &format!("f{call_id}"),
-            node,
-        },
-        at,
-    )
-}
-
-/// One node ("a") with `[cluster] internal` on a fresh database, `config` its
-/// configuration; returns its data dir, internal address and database name.
-fn node_with_internal(cluster: &pg::Cluster, config: &str) -> (Env, SocketAddr, String) {
-    let internal: SocketAddr = format!("127.0.0.1:{}", crate::peers::free_port())
-        .parse()
-        .expect("addr");
-    let url = cluster.fresh_database();
-    let a = Env::on_postgres(&url, None);
-    a.ok(&["ext", "list"]);
-    std::fs::create_dir_all(&a.data).expect("data dir");
-    std::fs::write(
-        a.data.join("sipward.toml"),
-        format!("{config}[cluster]\ninternal = \"{internal}\"\n"),
-    )
-    .expect("config");
-    (a, internal, pg::database_of(&url).to_owned())
-}
-
-/// Publishes a node "b" at `at` in the database, beating for the whole test (it stands
-/// for a live node of the install).
-fn publish_node_b(cluster: &pg::Cluster, db: &str, at: SocketAddr) {
-    cluster.psql(
-        db,
-        &format!(
-            "INSERT INTO nodes (name, instance, hop, heartbeat_at) VALUES ('b', 'forged', '{at}', {})",
-            unix_now() + 3600
-        ),
-    );
-}
+use crate::user_agent::{Ua, header, request_method, status};
 
 /// A hop for a gateway's virtual number (finding). A gateway registers with its
 /// credentials like a phone, under its virtual number (here 800), so it has a binding
@@ -123,47 +41,18 @@ async fn a_proven_hop_for_a_gateways_virtual_number_never_reaches_the_gateway() 
         return;
     };
     let (a, internal, db) = node_with_internal(cluster, CONFIG);
-    let gateway_account = Account {
-        number: "800".to_owned(),
-        auth_id: "gw-pstn-7".to_owned(),
-        password: "Gw7-pQ2v-Xk9m-Lr4t".to_owned(),
-    };
     // The node's address is not known yet: nothing is sent before it is pointed there.
-    let mut gateway = Ua::bind("127.0.0.7", "127.0.0.1:9".parse().expect("addr")).await;
-    a.ok(&[
-        "gateway",
-        "add",
-        "pstn",
-        "--vendor",
-        "generic",
-        "--ext",
-        &gateway_account.number,
-        "--auth-id",
-        &gateway_account.auth_id,
-        "--password",
-        &gateway_account.password,
-        "--host",
-        &gateway.addr.to_string(),
-    ]);
-    a.ok(&[
-        "route",
-        "add",
-        "national",
-        "--pattern",
-        "0ZX.",
-        "--trunk",
-        "pstn",
-    ]);
+    let mut gateway = pstn_gateway(&a, "127.0.0.7").await;
     let account = crate::user_agent::ext(&a, "5501", "national");
     let node_a = a.serve_with(&["--node-name", "a"]);
     let phone = Ua::phone("127.0.0.2", node_a.sip, &account).await;
     phone.register().await;
     // The gateway registers on its virtual number, as gateways do.
     gateway.pbx = node_a.sip;
-    gateway.account = Some(gateway_account.clone());
+    gateway.account = Some(pstn_account());
     gateway.register().await;
     let forger = Ua::bind("127.0.0.40", internal).await;
-    publish_node_b(cluster, &db, forger.addr);
+    publish_node(cluster, &db, "b", forger.addr);
     crate::peers::eventually("A reads node b's row", Duration::from_secs(10), || {
         node_a.metric("sipward_table_entries{table=\"hop_nodes\"}") == 1
     });
@@ -174,15 +63,9 @@ async fn a_proven_hop_for_a_gateways_virtual_number_never_reaches_the_gateway() 
     };
 
     // Controls: a proven hop for a routed number is refused; one for the phone rings it.
-    let proof = hop_proof(&key, "b", "0301234567", "c1", now);
+    let proof = hop_proof(&key, "b", NATIONAL, "c1", now);
     forger
-        .send(&hop_invite(
-            forger.addr,
-            internal,
-            "0301234567",
-            "c1",
-            &proof,
-        ))
+        .send(&hop_invite(forger.addr, internal, NATIONAL, "c1", &proof))
         .await;
     forger
         .wait("404 to a routed number", answered(404, "c1"))
@@ -258,15 +141,8 @@ async fn hop_dialogs_stay_bound_to_their_node_and_a_stale_node_is_not_heard() {
     phone.register().await;
     let b = Ua::bind("127.0.0.40", internal).await;
     let c = Ua::bind("127.0.0.42", internal).await;
-    publish_node_b(cluster, &db, b.addr);
-    cluster.psql(
-        &db,
-        &format!(
-            "INSERT INTO nodes (name, instance, hop, heartbeat_at) VALUES ('c', 'forged', '{}', {})",
-            c.addr,
-            unix_now() + 3600
-        ),
-    );
+    publish_node(cluster, &db, "b", b.addr);
+    publish_node(cluster, &db, "c", c.addr);
     crate::peers::eventually("A reads nodes b and c", Duration::from_secs(10), || {
         node_a.metric("sipward_table_entries{table=\"hop_nodes\"}") == 2
     });
@@ -391,46 +267,8 @@ async fn a_redirect_from_a_phone_on_the_other_node_never_reaches_the_caller_or_a
     let Some(cluster) = pg::cluster() else {
         return;
     };
-    let url = cluster.fresh_database();
-    let a = Env::on_postgres(&url, None);
-    a.ok(&["ext", "list"]);
-    let b = Env::on_postgres(&url, Some(&a));
-    for env in [&a, &b] {
-        std::fs::create_dir_all(&env.data).expect("data dir");
-        std::fs::write(
-            env.data.join("sipward.toml"),
-            format!(
-                "{CONFIG}[cluster]\ninternal = \"127.0.0.1:{}\"\n",
-                crate::peers::free_port()
-            ),
-        )
-        .expect("config");
-    }
-    let gateway = Ua::bind("127.0.0.7", "127.0.0.1:9".parse().expect("addr")).await;
-    a.ok(&[
-        "gateway",
-        "add",
-        "pstn",
-        "--vendor",
-        "generic",
-        "--ext",
-        "800",
-        "--auth-id",
-        "gw-pstn-7",
-        "--password",
-        "Gw7-pQ2v-Xk9m-Lr4t",
-        "--host",
-        &gateway.addr.to_string(),
-    ]);
-    a.ok(&[
-        "route",
-        "add",
-        "national",
-        "--pattern",
-        "0ZX.",
-        "--trunk",
-        "pstn",
-    ]);
+    let (a, b, _) = two_hop_nodes(cluster, CONFIG);
+    let gateway = pstn_gateway(&a, "127.0.0.7").await;
     let caller = ext(&a, "5502", "internal");
     let callee = ext(&a, "5501", "national");
     let node_a = a.serve_with(&["--node-name", "a"]);
@@ -441,12 +279,12 @@ async fn a_redirect_from_a_phone_on_the_other_node_never_reaches_the_caller_or_a
         node_a.metric("sipward_table_entries{table=\"hop_targets\"}") == 1
     });
     let caller_ua = Ua::phone("127.0.0.2", node_a.sip, &caller).await;
-    let moved = "Contact: <sip:0301234567@127.0.0.1>\r\n";
+    let moved = format!("Contact: <sip:{NATIONAL}@127.0.0.1>\r\n");
 
     let out = caller_ua.invite("5501", "").await;
     let rung = phone.wait_request("INVITE", &out.call_id).await;
     phone
-        .reply(&rung, 302, "Moved Temporarily", "mv1", moved, "")
+        .reply(&rung, 302, "Moved Temporarily", "mv1", &moved, "")
         .await;
     let answer = caller_ua.wait_answer(&out, |c| c >= 200).await;
     assert!(
@@ -479,7 +317,7 @@ async fn a_redirect_from_a_phone_on_the_other_node_never_reaches_the_caller_or_a
         "control: rung by A itself\n{rung}"
     );
     phone
-        .reply(&rung, 302, "Moved Temporarily", "mv2", moved, "")
+        .reply(&rung, 302, "Moved Temporarily", "mv2", &moved, "")
         .await;
     let answer = caller_ua.wait_answer(&out, |c| c >= 200).await;
     assert_eq!(status(&answer), 302, "control: {answer}");
@@ -507,7 +345,7 @@ async fn a_forged_flood_on_the_internal_socket_leaves_real_hops_and_calls_standi
     phone.register().await;
     let b = Ua::bind("127.0.0.40", internal).await;
     let stranger = Ua::bind("127.0.0.41", internal).await;
-    publish_node_b(cluster, &db, b.addr);
+    publish_node(cluster, &db, "b", b.addr);
     crate::peers::eventually("A reads node b's row", Duration::from_secs(10), || {
         node_a.metric("sipward_table_entries{table=\"hop_nodes\"}") == 1
     });

@@ -6,32 +6,9 @@ use std::time::{Duration, Instant};
 
 use crate::guard::options;
 use crate::harness::Env;
+use crate::install::{free_internal, media_ports, nodes, two_hop_nodes, two_nodes, with_internal};
 use crate::peers::{Server, UdpClient, eventually};
 use crate::pg;
-
-/// `n` nodes' data dirs on one new database: the first created it (and the key), the
-/// others were given a copy of the key. `config` is every node's `sipward.toml`.
-fn nodes(cluster: &pg::Cluster, config: &str, n: usize) -> Vec<Env> {
-    let url = cluster.fresh_database();
-    let first = Env::on_postgres(&url, None);
-    first.ok(&["ext", "list"]);
-    let mut all = vec![first];
-    for _ in 1..n {
-        all.push(Env::on_postgres(&url, Some(&all[0])));
-    }
-    for env in &all {
-        std::fs::create_dir_all(&env.data).expect("data dir");
-        std::fs::write(env.data.join("sipward.toml"), config).expect("config");
-    }
-    all
-}
-
-fn two_nodes(cluster: &pg::Cluster, config: &str) -> (Env, Env) {
-    let mut all = nodes(cluster, config, 2);
-    let b = all.pop().expect("b");
-    let a = all.pop().expect("a");
-    (a, b)
-}
 
 /// The probes of [`silenced_after`] come as fast as they are answered, which the guard
 /// would silence as a flood (31 requests within its window): off where that is not
@@ -63,7 +40,7 @@ fn a_ban_made_on_one_node_silences_the_source_on_the_others_within_a_second() {
         return;
     };
     // Probing as fast as answers come is a flood of its own: that rule is not under test.
-    let mut three = nodes(cluster, NO_FLOOD_LIMIT, 3);
+    let (mut three, _) = nodes(cluster, 3, || NO_FLOOD_LIMIT.to_owned());
     let c = three.pop().expect("c");
     let b = three.pop().expect("b");
     let a = three.pop().expect("a");
@@ -159,8 +136,7 @@ fn a_cut_listener_and_a_database_restart_leave_no_node_stale() {
     };
     // A polls only every 2 s: what reaches it sooner came by notification.
     let config = format!("{NO_FLOOD_LIMIT}[store]\npoll_ms = 2000\n");
-    let (a, b) = two_nodes(&cluster, &config);
-    let db = pg::database_of(a.database.as_deref().expect("url")).to_owned();
+    let (a, b, db) = two_nodes(&cluster, &config);
     let node_a = a.serve();
     b.ok(&["ban", "add", "127.0.0.2", "--for", "1h"]);
     silenced_after(&node_a, "127.0.0.2", Instant::now(), Duration::from_secs(5));
@@ -252,7 +228,7 @@ fn svcrack_spreading_its_guesses_over_two_nodes_meets_one_account_limit() {
     let Some(cluster) = pg::cluster() else {
         return;
     };
-    let (a, b) = two_nodes(cluster, config);
+    let (a, b, _) = two_nodes(cluster, config);
     a.ok(&[
         "ext",
         "add",
@@ -554,18 +530,11 @@ fn every_administrator_command_works_on_postgres_as_on_sqlite() {
 #[test]
 fn a_call_through_b_reaches_the_phone_registered_on_a_over_the_internal_hop() {
     use crate::calls::{GERMANY, add, register_phone};
-    use crate::peers::{SippServer, free_port, sipp_from};
+    use crate::peers::{SippServer, sipp_from};
     let Some(cluster) = pg::cluster() else {
         return;
     };
-    let (a, b) = two_nodes(cluster, GERMANY);
-    for env in [&a, &b] {
-        let config = format!(
-            "{GERMANY}[cluster]\ninternal = \"127.0.0.1:{}\"\n",
-            free_port()
-        );
-        std::fs::write(env.data.join("sipward.toml"), config).expect("config");
-    }
+    let (a, b, _) = two_hop_nodes(cluster, GERMANY);
     let caller = add(&a, "4001", &[]);
     let callee = add(&a, "4002", &[]);
     let node_a = a.serve_with(&["--node-name", "a"]);
@@ -681,20 +650,16 @@ fn a_burst_of_new_registrations_on_postgres_is_stored_and_refreshes_write_nothin
 #[test]
 fn a_phone_on_a_that_does_not_answer_sends_the_call_through_b_to_bs_voicemail() {
     use crate::calls::{GERMANY, add, register_phone};
-    use crate::peers::{free_port, sipp_auth, sipp_from};
+    use crate::peers::{sipp_auth, sipp_from};
     let Some(cluster) = pg::cluster() else {
         return;
     };
-    let (a, b) = two_nodes(cluster, GERMANY);
-    for env in [&a, &b] {
-        let base = (free_port() & !1).min(65_000);
-        let config = format!(
-            "{GERMANY}[media]\nrtp_ports = \"{base}-{}\"\n[cluster]\ninternal = \"127.0.0.1:{}\"\n",
-            base + 39,
-            free_port()
-        );
-        std::fs::write(env.data.join("sipward.toml"), config).expect("config");
-    }
+    // Each node its RTP ports and internal address.
+    let (mut two, _) = nodes(cluster, 2, || {
+        with_internal(&media_ports(GERMANY), free_internal())
+    });
+    let b = two.pop().expect("b");
+    let a = two.pop().expect("a");
     let caller = add(&a, "4101", &[]);
     let callee = add(&a, "4102", &[]);
     let node_a = a.serve_with(&["--node-name", "a"]);

@@ -32,6 +32,7 @@ mod exhaustion;
 mod guard;
 mod harness;
 mod import;
+mod install;
 mod nodes;
 mod peers;
 /// One PostgreSQL cluster per test run (shared with the store's tests).

@@ -654,14 +654,7 @@ fn racing_calls_on_two_nodes(cluster: &crate::pg::Cluster, limit: u32) -> u64 {
     let config = format!(
         "{GERMANY}[dialplan.limits]\nconcurrent_external = {limit}\nattempts_per_minute = 100\n"
     );
-    let url = cluster.fresh_database();
-    let a = Env::on_postgres(&url, None);
-    a.ok(&["ext", "list"]);
-    let b = Env::on_postgres(&url, Some(&a));
-    for env in [&a, &b] {
-        std::fs::create_dir_all(&env.data).expect("data dir");
-        std::fs::write(env.data.join("sipward.toml"), &config).expect("config");
-    }
+    let (a, b, _) = crate::install::two_nodes(cluster, &config);
     let port = free_port();
     gateway(&a, "127.0.0.7", port);
     let user = add(&a, "5301");
