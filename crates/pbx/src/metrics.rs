@@ -161,6 +161,9 @@ pub struct Metrics {
     pub responses_dropped: [AtomicU64; RESPONSES_DROPPED.len()],
     /// Hops refused, by reason (indexed like [`HOPS_REFUSED`]).
     pub hops_refused: [AtomicU64; HOPS_REFUSED.len()],
+    /// Hops sent that got no final answer (the branch's INVITE timed out): the other
+    /// node is dead or its internal socket unreachable, and UDP says nothing of it.
+    pub hops_unanswered: AtomicU64,
     pub emergency_refused: AtomicU64,
     pub calls_ended_max_duration: AtomicU64,
     pub calls_ended_revoked: AtomicU64,
@@ -549,6 +552,11 @@ impl Metrics {
                 "sipward_calls_inbound_total",
                 "calls from a trunk put through to an extension by DID",
                 get(&self.calls_inbound),
+            ),
+            (
+                "sipward_hops_unanswered_total",
+                "calls hopped to another node that got no final answer from it (the node dead, or its internal socket unreachable)",
+                get(&self.hops_unanswered),
             ),
             (
                 "sipward_relayed_total",

@@ -1090,6 +1090,12 @@ impl Proxy {
                 self.finish_if_done(&mut st, call_key);
             }
             Action::TimedOut | Action::TransportFailed => {
+                // A hop that times out got no final answer from the node: a datagram
+                // to a dead node's closed port fails silently (UDP reports nothing to
+                // an unconnected socket), so this is the only place that sees it.
+                if branch_flow.transport == TransportKind::Hop {
+                    Metrics::inc(&self.metrics.hops_unanswered);
+                }
                 call.branches[index].done = true;
                 for (_, id) in &call.branches[index].dialogs {
                     self.dialogs.end(*id, now);
@@ -1402,6 +1408,52 @@ mod tests {
         assert!(out[0].1.starts_with(b"SIP/2.0 200"));
         let (d, _) = r.dialogs.find("c1", "callee", "f1").expect("dialog");
         assert_eq!(d.phase, crate::dialog::Phase::Confirmed);
+    }
+
+    /// A hop no node answers (a dead node's closed port: UDP reports nothing) ends in
+    /// the caller's 408 when Timer B fires, and is counted; an answered one is not.
+    #[test]
+    fn a_hop_that_no_node_answers_is_counted_when_it_times_out() {
+        let r = rig();
+        let (p, _) = hopped(&r, &crate::hop::HopKey::new([9; 32]));
+        let now = r.clock.instant() + std::time::Duration::from_secs(33);
+        let (deliveries, _) = r.egress.on_deadline(now);
+        assert!(
+            deliveries.iter().any(|d| d.action == Action::TimedOut),
+            "{deliveries:?}"
+        );
+        for d in &deliveries {
+            p.on_delivery(d, None, now);
+        }
+        assert_eq!(
+            p.metrics
+                .hops_unanswered
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        let up: Vec<_> = r
+            .wire
+            .take()
+            .into_iter()
+            .filter(|(f, _)| *f == caller())
+            .collect();
+        assert_eq!(up.len(), 1, "{up:?}");
+        assert!(up[0].1.starts_with(b"SIP/2.0 408"));
+
+        // Control: an answered hop counts nothing.
+        let r = rig();
+        let (p, sent) = hopped(&r, &crate::hop::HopKey::new([9; 32]));
+        answer(&r, &p, &sent, 486, Flow::hop(addr(NODE_A)));
+        let (deliveries, _) = r.egress.on_deadline(now);
+        for d in &deliveries {
+            p.on_delivery(d, None, now);
+        }
+        assert_eq!(
+            p.metrics
+                .hops_unanswered
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 
     #[test]
