@@ -430,3 +430,131 @@ async fn a_forged_flood_on_the_internal_socket_leaves_real_hops_and_calls_standi
     );
     node_a.stop();
 }
+
+/// A caller of a low class, or one whose outbound calling is suspended, calling a phone
+/// registered only on the other node (withstood). The class rules (`ClassOfService::
+/// allows`: every class may call an extension) and the suspension (README: a broken
+/// fraud limit suspends the extension's *outbound* calling; `Admission::decide` holds
+/// only external classes to it) both allow a call to an extension, so the hop carries
+/// these calls like any other: node A's callers of class `internal` (5502) and
+/// suspended (5503, suspended here by breaking the attempts limit) ring 5501's phone
+/// on node B. What the hop must not do is take them further: each of them dialling the
+/// national number is refused 403 on A, and the phone on B redirecting their call to
+/// that number (302) hands them no redirect; the gateway gets nothing from either.
+///
+/// The controls: a national caller (5504) on A reaches the gateway with the same
+/// number (so the 403s are the class and the suspension, not a broken route), and
+/// 5503 was refused its outside calls before it was suspended only by its class, then
+/// by the suspension itself (`ext show` says SUSPENDED). The 302's control, the same
+/// redirect with the phone on A reaching the caller, is in
+/// [`a_redirect_from_a_phone_on_the_other_node_never_reaches_the_caller_or_a_trunk`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_internal_or_suspended_caller_reaches_an_extension_on_the_other_node_and_nothing_more() {
+    use crate::user_agent::{answers, ext};
+    let Some(cluster) = pg::cluster() else {
+        return;
+    };
+    // Two outside attempts a minute: the third suspends.
+    let config = CONFIG.replace("attempts_per_minute = 100", "attempts_per_minute = 2");
+    let (a, b, _) = two_hop_nodes(cluster, &config);
+    let gateway = pstn_gateway(&a, "127.0.0.7").await;
+    let callee = ext(&a, "5501", "national");
+    // No voicemail: the caller gets the phone's own answers.
+    a.ok(&["ext", "update", "5501", "--voicemail-after", "0"]);
+    let low = ext(&a, "5502", "internal");
+    let caught = ext(&a, "5503", "national");
+    let national = ext(&a, "5504", "national");
+    let node_a = a.serve_with(&["--node-name", "a"]);
+    let node_b = b.serve_with(&["--node-name", "b"]);
+    let phone = Ua::phone("127.0.0.3", node_b.sip, &callee).await;
+    phone.register().await;
+    crate::peers::eventually("A knows that B holds 5501", Duration::from_secs(10), || {
+        node_a.metric("sipward_table_entries{table=\"hop_targets\"}") == 1
+    });
+    let low_ua = Ua::phone("127.0.0.2", node_a.sip, &low).await;
+    let caught_ua = Ua::phone("127.0.0.4", node_a.sip, &caught).await;
+    let national_ua = Ua::phone("127.0.0.5", node_a.sip, &national).await;
+    let to_gateway = |m: &str| request_method(m) == Some("INVITE");
+
+    // Control: the route works for a class that allows the number.
+    let out = national_ua.invite(NATIONAL, "").await;
+    let reached = gateway
+        .wait("control: the national caller's INVITE", to_gateway)
+        .await;
+    gateway
+        .reply(&reached, 486, "Busy Here", "gw1", "", "")
+        .await;
+    let answer = national_ua.wait_answer(&out, |c| c >= 300).await;
+    national_ua.ack_failure(&out, &answer).await;
+
+    // 5503 dials abroad (its class forbids it: 403, yet counted) until the attempts
+    // limit suspends it; the calendar minute may turn between two attempts.
+    let mut suspended = false;
+    for _ in 0..6 {
+        let out = caught_ua.invite("00442071234567", "").await;
+        let answer = caught_ua.wait_answer(&out, |c| c >= 300).await;
+        assert_eq!(status(&answer), 403, "{answer}");
+        caught_ua.ack_failure(&out, &answer).await;
+        if a.ok(&["ext", "show", "5503"]).contains("SUSPENDED") {
+            suspended = true;
+            break;
+        }
+    }
+    assert!(suspended, "5503 was suspended\n{}", node_a.log());
+
+    for (who, ua) in [("internal 5502", &low_ua), ("suspended 5503", &caught_ua)] {
+        // An extension on the other node: allowed, over the hop.
+        let out = ua.invite("5501", "").await;
+        let rung = phone.wait_request("INVITE", &out.call_id).await;
+        assert!(
+            !rung.to_ascii_lowercase().contains("x-sipward-hop"),
+            "{rung}"
+        );
+        phone.reply(&rung, 486, "Busy Here", "busy", "", "").await;
+        let answer = ua.wait_answer(&out, |c| c >= 200).await;
+        assert_eq!(status(&answer), 486, "{who}: the phone's answer\n{answer}");
+        ua.ack_failure(&out, &answer).await;
+
+        // The national number: refused on A.
+        let out = ua.invite(NATIONAL, "").await;
+        let answer = ua.wait_answer(&out, |c| c >= 200).await;
+        assert_eq!(status(&answer), 403, "{who} dialled {NATIONAL}\n{answer}");
+        ua.ack_failure(&out, &answer).await;
+
+        // The phone on B redirects the call there: no redirect reaches the caller.
+        let out = ua.invite("5501", "").await;
+        let rung = phone.wait_request("INVITE", &out.call_id).await;
+        let moved = format!("Contact: <sip:{NATIONAL}@127.0.0.1>\r\n");
+        phone
+            .reply(&rung, 302, "Moved Temporarily", "mv", &moved, "")
+            .await;
+        let answer = ua
+            .wait(&format!("{who}: a final answer"), |m| {
+                answers(m, &out) && status(m) >= 200
+            })
+            .await;
+        assert!(
+            !(300..400).contains(&status(&answer)),
+            "{who}: a redirect crossed the hop back\n{answer}"
+        );
+        ua.ack_failure(&out, &answer).await;
+    }
+    let more = gateway.try_wait(Duration::from_secs(1), to_gateway).await;
+    assert!(
+        more.is_none(),
+        "a low or suspended caller reached the gateway:\n{}",
+        more.unwrap_or_default()
+    );
+    assert_eq!(
+        node_a.metric("sipward_calls_trunk_total") + node_b.metric("sipward_calls_trunk_total"),
+        1,
+        "the control's call alone went to a trunk"
+    );
+    assert_eq!(
+        node_b.metric("sipward_calls_proxied_total"),
+        4,
+        "B took the four hops"
+    );
+    node_b.stop();
+    node_a.stop();
+}

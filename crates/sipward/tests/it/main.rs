@@ -24,6 +24,7 @@ mod baresip;
 mod calls;
 mod cli;
 mod cluster;
+mod cluster_faults;
 mod conformance;
 mod console;
 mod console_entry;
