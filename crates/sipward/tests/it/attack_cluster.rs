@@ -14,12 +14,11 @@
 use std::time::{Duration, Instant};
 
 use crate::install::{
-    CONFIG, NATIONAL, hop_invite, hop_key_of, hop_proof, node_with_internal, pstn_gateway,
+    CONFIG, NATIONAL, call_up, hop_invite, hop_key_of, hop_proof, node_with_internal, pstn_gateway,
     publish_node, two_nodes, unix_now,
 };
-use crate::peers::Server;
 use crate::pg;
-use crate::user_agent::{Dialog, Outgoing, Ua, answers, ext, header, request_method, status};
+use crate::user_agent::{Ua, answers, ext, header, request_method, status};
 
 /// Leases live now, on every node, as the database holds them.
 fn live_leases(cluster: &pg::Cluster, db: &str) -> u64 {
@@ -33,45 +32,20 @@ fn live_leases(cluster: &pg::Cluster, db: &str) -> u64 {
         .expect("a count")
 }
 
-/// `phone` calls the national number through its node; the gateway answers 200 to
-/// an INVITE whose Call-ID it has not seen (`seen`). True when the call is up (the
-/// caller got the 200 and ACKed it); false when it was refused.
-async fn call_up(phone: &Ua, gateway: &Ua, server: &Server, seen: &mut Vec<String>) -> bool {
-    let out: Outgoing = phone.invite(NATIONAL, "").await;
-    let known = seen.clone();
-    let Some(invite) = gateway
-        .try_wait(Duration::from_secs(5), |m| {
-            m.starts_with("INVITE ")
-                && header(m, "Call-ID").is_some_and(|c| !known.iter().any(|k| k == c))
-        })
-        .await
-    else {
-        let refused = phone
-            .try_wait(Duration::from_secs(1), |m| {
-                answers(m, &out) && status(m) >= 300
-            })
-            .await;
-        if let Some(r) = refused {
-            eprintln!("refused: {}", crate::user_agent::first_line(&r));
-            phone.ack_failure(&out, &r).await;
-            return false;
-        }
-        panic!(
-            "the call neither reached the gateway nor was refused\n{}",
-            server.log()
-        );
-    };
-    seen.push(header(&invite, "Call-ID").unwrap_or_default().to_owned());
-    gateway.answer(&invite).await;
-    let ok = phone
-        .try_wait(Duration::from_secs(5), |m| {
-            answers(m, &out) && status(m) == 200
-        })
-        .await
-        .unwrap_or_else(|| panic!("the caller never got the 200\n{}", server.log()));
-    let d = Dialog::uac(&out, &ok);
-    phone.ack_2xx(&d, out.cseq).await;
-    true
+/// Waits (up to 50 s) until node "a" holds no live lease, with seconds to spare (every
+/// node's clock reads whole seconds).
+fn node_a_leases_lapse(cluster: &pg::Cluster, db: &str, what: &str) {
+    pg::wait_for(Duration::from_secs(50), what, || {
+        let left: u64 = cluster
+            .psql(
+                db,
+                "SELECT COUNT(*) FROM call_leases WHERE node = 'a' \
+                 AND expires_at > CAST(FLOOR(EXTRACT(EPOCH FROM now())) AS BIGINT) - 3",
+            )
+            .parse()
+            .expect("a count");
+        (left == 0).then_some(())
+    });
 }
 
 /// HOLE (a stalled node's calls stop counting, and keep going). One extension, a
@@ -97,10 +71,9 @@ async fn a_stalled_node_does_not_carry_a_call_past_the_concurrent_limit() {
     let at_a = Ua::phone("127.0.0.2", node_a.sip, &account).await;
     let at_b = Ua::phone("127.0.0.3", node_b.sip, &account).await;
 
-    let mut seen = Vec::new();
-    let first = call_up(&at_a, &gateway, &node_a, &mut seen).await;
+    let first = call_up(&at_a, &gateway, &node_a).await.is_ok();
     assert!(first, "the first call (through A) is up\n{}", node_a.log());
-    let second = call_up(&at_b, &gateway, &node_b, &mut seen).await;
+    let second = call_up(&at_b, &gateway, &node_b).await.is_ok();
     assert!(
         second,
         "the second call (through B) is up\n{}",
@@ -115,20 +88,9 @@ async fn a_stalled_node_does_not_carry_a_call_past_the_concurrent_limit() {
     // A stalls; its lease lapses within 30 s of its last renewal.
     node_a.signal("STOP");
     let stalled = Instant::now();
-    // Lapsed, with seconds to spare (every node's clock reads whole seconds).
-    pg::wait_for(Duration::from_secs(50), "A's lease to lapse", || {
-        let left: u64 = cluster
-            .psql(
-                &db,
-                "SELECT COUNT(*) FROM call_leases WHERE node = 'a' \
-                 AND expires_at > CAST(FLOOR(EXTRACT(EPOCH FROM now())) AS BIGINT) - 3",
-            )
-            .parse()
-            .expect("a count");
-        (left == 0).then_some(())
-    });
+    node_a_leases_lapse(cluster, &db, "A's lease to lapse");
     assert_eq!(live_leases(cluster, &db), 1, "B's call alone counts now");
-    let third = call_up(&at_b, &gateway, &node_b, &mut seen).await;
+    let third = call_up(&at_b, &gateway, &node_b).await.is_ok();
     node_a.signal("CONT");
     if !third {
         eprintln!(
@@ -182,35 +144,14 @@ async fn a_killed_nodes_lease_lapses_and_its_place_is_given_again() {
     let node_b = b.serve_with(&["--node-name", "b"]);
     let at_a = Ua::phone("127.0.0.4", node_a.sip, &account).await;
     let at_b = Ua::phone("127.0.0.5", node_b.sip, &account).await;
-    let mut seen = Vec::new();
-    assert!(
-        call_up(&at_a, &gateway, &node_a, &mut seen).await,
-        "A's call"
-    );
-    assert!(
-        call_up(&at_b, &gateway, &node_b, &mut seen).await,
-        "B's call"
-    );
+    assert!(call_up(&at_a, &gateway, &node_a).await.is_ok(), "A's call");
+    assert!(call_up(&at_b, &gateway, &node_b).await.is_ok(), "B's call");
     assert_eq!(live_leases(cluster, &db), 2, "control: both places taken");
 
     node_a.signal("KILL");
-    pg::wait_for(
-        Duration::from_secs(50),
-        "the dead node's lease to lapse",
-        || {
-            let left: u64 = cluster
-                .psql(
-                    &db,
-                    "SELECT COUNT(*) FROM call_leases WHERE node = 'a' \
-                 AND expires_at > CAST(FLOOR(EXTRACT(EPOCH FROM now())) AS BIGINT) - 3",
-                )
-                .parse()
-                .expect("a count");
-            (left == 0).then_some(())
-        },
-    );
+    node_a_leases_lapse(cluster, &db, "the dead node's lease to lapse");
     assert!(
-        call_up(&at_b, &gateway, &node_b, &mut seen).await,
+        call_up(&at_b, &gateway, &node_b).await.is_ok(),
         "the dead node's place is given again\n{}",
         node_b.log()
     );
@@ -251,9 +192,8 @@ async fn a_store_error_at_admission_lets_no_call_through() {
         "nothing reached the gateway: {reached:?}"
     );
 
-    let mut seen = Vec::new();
     assert!(
-        call_up(&phone, &gateway, &node, &mut seen).await,
+        call_up(&phone, &gateway, &node).await.is_ok(),
         "control: with the table back the call goes through\n{}",
         node.log()
     );

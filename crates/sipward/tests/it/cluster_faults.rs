@@ -7,25 +7,18 @@
 use std::time::{Duration, Instant};
 
 use crate::install::{
-    CONFIG, NATIONAL, free_internal, media_ports, nodes, pstn_gateway, two_nodes, with_internal,
+    CONFIG, call_up, final_answer, free_internal, media_ports, nodes, pstn_gateway, two_nodes,
+    with_internal,
 };
 use crate::peers::{Server, eventually};
 use crate::pg;
-use crate::user_agent::{Dialog, Outgoing, Ua, answers, ext, header, request_method, status};
+use crate::user_agent::{Dialog, Ua, ext, header, status};
 
 /// `sipward_background_errors_total` for `task` on `node`.
 fn background_errors(node: &Server, task: &str) -> u64 {
     node.metric(&format!(
         "sipward_background_errors_total{{task=\"{task}\"}}"
     ))
-}
-
-/// The first final answer to `out` at `ua`, waiting up to `deadline`; panics naming
-/// `what` when none comes (a call that hangs).
-async fn final_answer(ua: &Ua, out: &Outgoing, deadline: Duration, what: &str) -> String {
-    ua.try_wait(deadline, |m| answers(m, out) && status(m) >= 200)
-        .await
-        .unwrap_or_else(|| panic!("{what}: no final answer within {deadline:?}"))
 }
 
 /// The hop to a dead node (issue 21 follow-up). 5501 (no voicemail) and 5505 (its
@@ -162,38 +155,6 @@ async fn a_hop_to_a_dead_nodes_internal_socket_fails_cleanly_and_is_counted() {
         "a dead node cannot ring anything"
     );
     node_b.stop();
-}
-
-/// `phone` calls the national number through its node and the gateway answers: the
-/// call is up; or it was refused, with that status.
-async fn call_up(phone: &Ua, gateway: &Ua, node: &Server) -> Result<(), u16> {
-    let out = phone.invite(NATIONAL, "").await;
-    let call_id = out.call_id.clone();
-    let seen: Vec<String> = gateway
-        .received()
-        .iter()
-        .filter_map(|r| header(&r.text, "Call-ID").map(str::to_owned))
-        .collect();
-    let invite = gateway
-        .try_wait(Duration::from_secs(5), |m| {
-            request_method(m) == Some("INVITE")
-                && header(m, "Call-ID").is_some_and(|c| !seen.iter().any(|s| s == c))
-        })
-        .await;
-    let Some(invite) = invite else {
-        let answer = final_answer(phone, &out, Duration::from_secs(5), &call_id).await;
-        phone.ack_failure(&out, &answer).await;
-        return Err(status(&answer));
-    };
-    gateway.answer(&invite).await;
-    let ok = phone
-        .try_wait(Duration::from_secs(5), |m| {
-            answers(m, &out) && status(m) == 200
-        })
-        .await
-        .unwrap_or_else(|| panic!("the caller never got the 200\n{}", node.log()));
-    phone.ack_2xx(&Dialog::uac(&out, &ok), out.cseq).await;
-    Ok(())
 }
 
 /// The active-calls snapshot refused by the database (issue 21 follow-up). Each node

@@ -4,10 +4,12 @@
 //! needs to stamp hops. One fixture, so that each test keeps only what it proves.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use crate::harness::Env;
+use crate::peers::Server;
 use crate::pg;
-use crate::user_agent::{Account, Ua};
+use crate::user_agent::{Account, Dialog, Outgoing, Ua, answers, header, request_method, status};
 
 /// A German dial plan (MD5 for the test phones), a concurrent limit of two and room for
 /// as many attempts as a test makes: what the attack tests on nodes run with.
@@ -123,6 +125,49 @@ pub async fn pstn_gateway(env: &Env, ip: &str) -> Ua {
         "pstn",
     ]);
     gateway
+}
+
+/// The first final answer to `out` at `ua`, waiting up to `deadline`; panics naming
+/// `what` when none comes (a call that hangs).
+pub async fn final_answer(ua: &Ua, out: &Outgoing, deadline: Duration, what: &str) -> String {
+    ua.try_wait(deadline, |m| answers(m, out) && status(m) >= 200)
+        .await
+        .unwrap_or_else(|| panic!("{what}: no final answer within {deadline:?}"))
+}
+
+/// `phone` calls [`NATIONAL`] through `node` and the gateway answers an INVITE with a
+/// Call-ID it had not seen: the call is up (the caller got the 200 and ACKed it). Or
+/// the call was refused, with that status (and nothing new reached the gateway within
+/// 5 s).
+pub async fn call_up(phone: &Ua, gateway: &Ua, node: &Server) -> Result<(), u16> {
+    // Taken before the call leaves: its INVITE may reach the gateway at once.
+    let seen: Vec<String> = gateway
+        .received()
+        .iter()
+        .filter_map(|r| header(&r.text, "Call-ID").map(str::to_owned))
+        .collect();
+    let out = phone.invite(NATIONAL, "").await;
+    let invite = gateway
+        .try_wait(Duration::from_secs(5), |m| {
+            request_method(m) == Some("INVITE")
+                && header(m, "Call-ID").is_some_and(|c| !seen.iter().any(|s| s == c))
+        })
+        .await;
+    let Some(invite) = invite else {
+        let answer = final_answer(phone, &out, Duration::from_secs(5), &out.call_id).await;
+        eprintln!("refused: {}", crate::user_agent::first_line(&answer));
+        phone.ack_failure(&out, &answer).await;
+        return Err(status(&answer));
+    };
+    gateway.answer(&invite).await;
+    let ok = phone
+        .try_wait(Duration::from_secs(5), |m| {
+            answers(m, &out) && status(m) == 200
+        })
+        .await
+        .unwrap_or_else(|| panic!("the caller never got the 200\n{}", node.log()));
+    phone.ack_2xx(&Dialog::uac(&out, &ok), out.cseq).await;
+    Ok(())
 }
 
 /// Publishes a node `name` at `at` in the database, beating for the whole test (it
