@@ -276,14 +276,12 @@ async fn selections_and_unknown_numbers() {
 
 /// The old MD5 HA1 of extension 1001's grace window, as the registrar opens it.
 async fn grace_md5(reg: &Registry, conn: &mut store::Conn) -> String {
-    let found = reg
-        .credentials(conn, NOW, &mut accounts::credentials::OpenedHa1s::default())
-        .await
-        .expect("credentials");
+    let found = reg.credentials(conn, NOW).await.expect("credentials");
     let g = found
         .graces
         .iter()
         .find(|g| g.number == "1001")
         .expect("open grace window");
-    g.ha1_md5.expose().to_owned()
+    let opened = reg.ha1_opener().open_ha1s(&g.ha1s).expect("opens");
+    opened.md5.expose().to_owned()
 }

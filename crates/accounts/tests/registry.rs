@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use accounts::credentials::OpenedHa1s;
 use accounts::extension::{ExtensionChange, NewExtension};
 use accounts::{Registry, Settings};
 use policy::PolicyConfig;
@@ -41,20 +40,17 @@ async fn open(data: &DataDir, realm: &str, seed: u64) -> Registry {
 /// An extension's auth ID and HA1s as the registrar gets them (opened from the store).
 async fn stored_ha1s(reg: &Registry, number: &str) -> (String, String, String) {
     let mut conn = reg.store().conn().await.expect("conn");
-    let found = reg
-        .credentials(&mut conn, NOW, &mut OpenedHa1s::default())
-        .await
-        .expect("credentials");
-    assert!(found.unopened.is_empty(), "{:?}", found.unopened);
+    let found = reg.credentials(&mut conn, NOW).await.expect("credentials");
     let a = found
         .accounts
         .into_iter()
         .find(|a| a.number == number)
         .expect("exists");
+    let opened = reg.ha1_opener().open_ha1s(&a.ha1s).expect("opens");
     (
         a.auth_id,
-        a.ha1_md5.expose().to_owned(),
-        a.ha1_sha256.expose().to_owned(),
+        opened.md5.expose().to_owned(),
+        opened.sha256.expose().to_owned(),
     )
 }
 
@@ -273,26 +269,19 @@ async fn digests_are_sealed_at_rest_bound_to_their_row_and_sealed_on_upgrade() {
         "the registrar gets them opened"
     );
 
-    // A sealed HA1 copied into another row does not open there, even when a loader
-    // already opened it for its own row: that account cannot log in.
-    let mut cache = OpenedHa1s::default();
-    let first = reg
-        .credentials(&mut conn, NOW, &mut cache)
-        .await
-        .expect("load");
-    assert!(first.unopened.is_empty());
+    // A sealed HA1 copied into another row does not open there: that account cannot
+    // log in, and the field that failed is named.
     let mut b = row("1002").await;
     b.ha1_md5_enc = a.ha1_md5_enc.clone();
     q::update_extension(&mut conn, &b).await.expect("copy");
-    for mut opened in [OpenedHa1s::default(), cache] {
-        let found = reg
-            .credentials(&mut conn, NOW, &mut opened)
-            .await
-            .expect("load");
-        assert_eq!(found.unopened, ["ext/1002/ha1_md5"]);
-        assert!(found.accounts.iter().all(|c| c.number != "1002"));
-        assert!(found.accounts.iter().any(|c| c.number == "1001"));
-    }
+    let found = reg.credentials(&mut conn, NOW).await.expect("load");
+    let opener = reg.ha1_opener();
+    let open = |n: &str| {
+        let c = found.accounts.iter().find(|c| c.number == n).expect("read");
+        opener.open_ha1s(&c.ha1s).map(|_| ())
+    };
+    assert_eq!(open("1002"), Err(vec!["ext/1002/ha1_md5".to_owned()]));
+    assert_eq!(open("1001"), Ok(()));
 
     // A data dir from before sealing: plain HA1s, and the marker migration 12 sets.
     for n in ["1001", "1002"] {

@@ -177,12 +177,19 @@ impl Authenticator {
             }
             _ => None,
         };
-        // The same work whatever the outcome: look up, derive the dummy, hash.
+        // The same work whatever the outcome: look up, open (an account's HA1s on its
+        // first use; for an unknown user, a dummy pair while some are unopened), derive
+        // the dummy, hash. An account whose HA1s do not open is an unknown user.
         let account = dir.account(&c.username).cloned();
+        let opened = account.as_ref().and_then(|a| a.ha1s());
+        if account.is_none() {
+            dir.as_unknown(&c.username);
+        }
+        let known = opened.is_some();
         let dummy = self.dummy_ha1(&c.username, alg);
-        let ha1 = match (&account, alg) {
-            (Some(a), Algorithm::Md5) => a.ha1_md5.as_str(),
-            (Some(a), Algorithm::Sha256) => a.ha1_sha256.as_str(),
+        let ha1 = match (opened, alg) {
+            (Some(h), Algorithm::Md5) => h.md5.expose(),
+            (Some(h), Algorithm::Sha256) => h.sha256.expose(),
             (None, _) => dummy.as_str(),
         };
         let input = ResponseInput {
@@ -196,12 +203,16 @@ impl Authenticator {
         // phones were (the grace window); everywhere else it is dead.
         let mut old = false;
         if !response_ok
-            && let Some(g) = account.as_ref().and_then(|a| a.grace.as_ref())
+            && let Some(g) = account
+                .as_ref()
+                .filter(|_| known)
+                .and_then(|a| a.grace.as_ref())
             && g.applies(source, i64::try_from(now_secs).unwrap_or(i64::MAX))
+            && let Some(old_ha1s) = g.ha1s()
         {
             let old_ha1 = match alg {
-                Algorithm::Md5 => g.ha1_md5.as_str(),
-                Algorithm::Sha256 => g.ha1_sha256.as_str(),
+                Algorithm::Md5 => old_ha1s.md5.expose(),
+                Algorithm::Sha256 => old_ha1s.sha256.expose(),
             };
             old = digest::verify_response(alg, old_ha1, &input, &c.response);
             response_ok = old;
@@ -213,9 +224,8 @@ impl Authenticator {
         // password's path: same work, same answer, counted as a failure.
         let uri_ok = matches!(req.start, StartLine::Request { uri, .. } if *c.uri == *uri);
         let nonce_ok = matches!(nonce, NonceCheck::Valid { .. });
-        let ok =
-            response_ok & realm_ok & uri_ok & nonce_ok & qop_auth.is_some() & account.is_some();
-        match (ok, account, c.nc, nonce) {
+        let ok = response_ok & realm_ok & uri_ok & nonce_ok & qop_auth.is_some() & known;
+        match (ok, account.filter(|_| known), c.nc, nonce) {
             (true, Some(a), Some(nc), NonceCheck::Valid { salt, .. }) => {
                 let serial = self.nonces.serial(salt);
                 let seen = self
@@ -272,7 +282,6 @@ fn unreachable_hmac() -> Hmac<Sha256> {
 mod tests {
     use super::*;
     use accounts::credentials::{Credential, GraceCredential};
-    use policy::Secret;
     use sip::digest::{expected_response, ha1};
 
     const SRC: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
@@ -292,18 +301,20 @@ mod tests {
                 number: "1001".into(),
                 auth_id: "alice1001".into(),
                 sip_id: None,
-                ha1_md5: Secret::new(ha1(
-                    Algorithm::Md5,
-                    "alice1001",
-                    "sipward",
-                    "Zq8xLmTr4wPyK7vB2",
-                )),
-                ha1_sha256: Secret::new(ha1(
-                    Algorithm::Sha256,
-                    "alice1001",
-                    "sipward",
-                    "Zq8xLmTr4wPyK7vB2",
-                )),
+                ha1s: accounts::credentials::Ha1s::opened(
+                    policy::Secret::new(ha1(
+                        Algorithm::Md5,
+                        "alice1001",
+                        "sipward",
+                        "Zq8xLmTr4wPyK7vB2",
+                    )),
+                    policy::Secret::new(ha1(
+                        Algorithm::Sha256,
+                        "alice1001",
+                        "sipward",
+                        "Zq8xLmTr4wPyK7vB2",
+                    )),
+                ),
                 password_score: 4,
                 credential_generation: 1,
             }],
@@ -592,8 +603,10 @@ mod tests {
             number: "1001".into(),
             auth_id: "alice1001".into(),
             sip_id: None,
-            ha1_md5: Secret::new(ha1(Algorithm::Md5, "alice1001", "sipward", pw)),
-            ha1_sha256: Secret::new(ha1(Algorithm::Sha256, "alice1001", "sipward", pw)),
+            ha1s: accounts::credentials::Ha1s::opened(
+                policy::Secret::new(ha1(Algorithm::Md5, "alice1001", "sipward", pw)),
+                policy::Secret::new(ha1(Algorithm::Sha256, "alice1001", "sipward", pw)),
+            ),
             password_score: 4,
             credential_generation: 2,
         };
@@ -602,8 +615,10 @@ mod tests {
         let grace = GraceCredential {
             number: "1001".into(),
             auth_id: "alice1001".into(),
-            ha1_md5: Secret::new(ha1(Algorithm::Md5, "alice1001", "sipward", old)),
-            ha1_sha256: Secret::new(ha1(Algorithm::Sha256, "alice1001", "sipward", old)),
+            ha1s: accounts::credentials::Ha1s::opened(
+                policy::Secret::new(ha1(Algorithm::Md5, "alice1001", "sipward", old)),
+                policy::Secret::new(ha1(Algorithm::Sha256, "alice1001", "sipward", old)),
+            ),
             sources: "127.0.0.1,192.0.2.7".into(),
             expires_at: i64::try_from(NOW).expect("fits") + 100,
             generation: 1,

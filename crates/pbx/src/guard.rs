@@ -1210,7 +1210,7 @@ impl Guard {
         if self.allowed(ip) || self.trusted(ip, &account.auth_id, now) {
             return true;
         }
-        if account.weak && self.policy().weak_credentials == WeakCredentials::TrustedOnly {
+        if account.weak() && self.policy().weak_credentials == WeakCredentials::TrustedOnly {
             return false;
         }
         self.policy().extension_failures == 0
@@ -1332,7 +1332,7 @@ impl Guard {
     /// logged once an hour per account when the password is weak.
     pub fn refused(&self, ip: IpAddr, account: &Account, now: i64) {
         Metrics::inc(&self.metrics.refused_credentials);
-        if account.weak && self.policy().weak_credentials == WeakCredentials::TrustedOnly {
+        if account.weak() && self.policy().weak_credentials == WeakCredentials::TrustedOnly {
             let mut noted = lock(&self.weak_noted);
             if noted.len() >= TABLE_CAPACITY {
                 noted.clear();
@@ -1676,16 +1676,21 @@ mod tests {
     }
 
     fn account(auth_id: &str, weak: bool) -> Account {
-        Account {
+        let row = accounts::credentials::Credential {
             kind: "ext",
             number: "1001".into(),
             auth_id: auth_id.into(),
-            ha1_md5: String::new(),
-            ha1_sha256: String::new(),
-            weak,
-            grace: None,
-            generation: 1,
-        }
+            sip_id: None,
+            ha1s: accounts::credentials::Ha1s::opened(
+                policy::Secret::new(""),
+                policy::Secret::new(""),
+            ),
+            password_score: if weak { 0 } else { 4 },
+            credential_generation: 1,
+        };
+        let d = crate::directory::Directory::from_rows(vec![row], "sipward", 3);
+        let a = d.account(auth_id).expect("account");
+        Account::clone(a)
     }
 
     #[test]

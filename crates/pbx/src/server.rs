@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::admission::{self, Ledger, Outbound};
 use crate::authenticator::{AuthConfig, Authenticator};
-use crate::directory::{Directory, DirectoryCache, Revocation};
+use crate::directory::{Directory, DirectoryCache, Opening, Revocation};
 use crate::endpoint::{Endpoint, Parts};
 use crate::guard::{Event, Guard};
 use crate::metrics::Metrics;
@@ -24,7 +24,6 @@ use crate::trunk::Trunks;
 use crate::{Result, transport};
 use accounts::Registry;
 use accounts::background::{self, Health, Task};
-use accounts::credentials::OpenedHa1s;
 use accounts::provisioning::Vendor;
 use accounts::trunks::resolve;
 use policy::clock::Clock;
@@ -143,8 +142,8 @@ pub struct Bound {
     cfg: ServeConfig,
     /// The registry and guard versions the loaded state corresponds to.
     versions: (i64, i64),
-    /// The HA1s the directory was loaded with, so a reload opens only what changed.
-    opened: OpenedHa1s,
+    /// What opens the directory's HA1s (on first use, and in the pass after ready).
+    opening: Arc<Opening>,
     clock: Arc<dyn Clock>,
     /// The SMTP server the outbox goes through now; a config reload replaces it.
     mailer: Arc<watch::Sender<Option<accounts::mail::Mailer>>>,
@@ -266,17 +265,21 @@ pub async fn bind(
         gq::guard_version(&mut conn).await?,
     );
     let realm = registry.settings().realm.clone();
-    let mut opened = OpenedHa1s::default();
-    let credentials = registry
-        .credentials(&mut conn, clock.now(), &mut opened)
-        .await?;
-    report_unopened(&credentials.unopened);
-    let dir = Directory::with_graces(
+    // The HA1s stay sealed until first use, or until the pass `run` starts after the
+    // ready line opens them (`Directory::open_all`); the gateways' open now.
+    let opening = Arc::new(Opening {
+        opener: Some(registry.ha1_opener()),
+        realm: realm.clone(),
+    });
+    let credentials = registry.credentials(&mut conn, clock.now()).await?;
+    let (dir, unopened) = Directory::load(
         credentials.accounts,
         credentials.graces,
-        &realm,
+        opening.clone(),
         cfg.min_strength_score,
+        None,
     );
+    report_unopened(&unopened);
     metrics
         .directory_accounts
         .store(dir.len() as u64, Ordering::Relaxed);
@@ -435,12 +438,23 @@ pub async fn bind(
         registry,
         cfg,
         versions,
-        opened,
+        opening,
         clock,
         mailer,
         node,
         hold,
     })
+}
+
+/// Opens every HA1 of `dir` not opened yet on a blocking thread (20,000 values at a
+/// start with 10,000 extensions: tens of milliseconds the SIP threads must not spend);
+/// the AADs of those that did not open. `None` when the runtime is shutting down.
+async fn open_all(dir: Arc<Directory>) -> Option<Vec<String>> {
+    match tokio::task::spawn_blocking(move || dir.open_all()).await {
+        Ok(unopened) => Some(unopened),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => None,
+    }
 }
 
 /// Says which sealed HA1s did not open (altered in the database, or copied from another
@@ -548,7 +562,7 @@ impl Bound {
             self.registry.clone(),
             self.endpoint.clone(),
             self.clock.clone(),
-            (self.versions, self.opened),
+            (self.versions, self.opening),
             (
                 self.cfg.min_strength_score,
                 self.cfg.version_poll,
@@ -669,7 +683,7 @@ async fn reload_loop(
     registry: Registry,
     endpoint: Arc<Endpoint>,
     clock: Arc<dyn Clock>,
-    (mut versions, mut opened): ((i64, i64), OpenedHa1s),
+    (mut versions, opening): ((i64, i64), Arc<Opening>),
     (min_score, poll, hints, hops_from): (u8, Duration, Arc<Hints>, Option<String>),
     mut stop: watch::Receiver<bool>,
 ) {
@@ -682,6 +696,20 @@ async fn reload_loop(
     let mut store_health = Health::new(Task::Reload, "reloading from the store");
     // The next grace window to end by time: no reload marks it, so the loop watches.
     let mut next_grace_end = endpoint.directory.get().next_grace_end(clock.now());
+    // The HA1s the start left sealed: opened now, off the SIP threads, the ones that
+    // do not open reported and their accounts left out, as a load before the ready line
+    // did.
+    let Some(unopened) = open_all(endpoint.directory.get()).await else {
+        return;
+    };
+    report_unopened(&unopened);
+    if let Some(dir) = endpoint.directory.get().without_unopened() {
+        endpoint
+            .metrics
+            .directory_accounts
+            .store(dir.len() as u64, Ordering::Relaxed);
+        apply_directory(&endpoint, dir, clock.now());
+    }
     loop {
         let hinted = tokio::select! {
             _ = tick.tick() => false,
@@ -730,19 +758,28 @@ async fn reload_loop(
         let version = store_health.checked(store::directory::accounts_version(&mut conn).await);
         if let Some(v) = version
             && v != versions.0
-            && let Some(credentials) = store_health.checked(
-                registry
-                    .credentials(&mut conn, clock.now(), &mut opened)
-                    .await,
-            )
+            && let Some(credentials) =
+                store_health.checked(registry.credentials(&mut conn, clock.now()).await)
         {
-            report_unopened(&credentials.unopened);
-            let dir = Directory::with_graces(
+            // What changed is opened before it is in force; what did not keeps its
+            // opened HA1s.
+            let (dir, mut unopened) = Directory::load(
                 credentials.accounts,
                 credentials.graces,
-                &registry.settings().realm,
+                opening.clone(),
                 min_score,
+                Some(&endpoint.directory.get()),
             );
+            let dir = Arc::new(dir);
+            let Some(more) = open_all(dir.clone()).await else {
+                return;
+            };
+            unopened.extend(more);
+            report_unopened(&unopened);
+            let dir = match dir.without_unopened() {
+                Some(d) => d,
+                None => Arc::try_unwrap(dir).unwrap_or_else(|d| d.keeping(|_| true)),
+            };
             endpoint
                 .metrics
                 .directory_accounts

@@ -145,8 +145,7 @@ mod tests {
             number: number.into(),
             auth_id: format!("a{number}"),
             sip_id: None,
-            ha1_md5: Secret::new(""),
-            ha1_sha256: Secret::new(""),
+            ha1s: accounts::credentials::Ha1s::opened(Secret::new(""), Secret::new("")),
             password_score: 4,
             credential_generation: 1,
         }

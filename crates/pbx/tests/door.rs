@@ -17,7 +17,6 @@ use pbx::guard::{Admission, Event, Guard};
 use pbx::metrics::Metrics;
 use pbx::registrar::{Registrar, RegistrarConfig};
 use pbx::trunk::Trunks;
-use policy::Secret;
 use policy::ban::BanPolicy;
 use policy::clock::{Clock, ManualClock};
 use policy::dialplan::DialPlan;
@@ -73,8 +72,10 @@ fn row(number: &str, auth_id: &str, password: &str, score: u8) -> Credential {
         number: number.into(),
         auth_id: auth_id.into(),
         sip_id: None,
-        ha1_md5: Secret::new(ha1(Algorithm::Md5, auth_id, REALM, password)),
-        ha1_sha256: Secret::new(ha1(Algorithm::Sha256, auth_id, REALM, password)),
+        ha1s: accounts::credentials::Ha1s::opened(
+            policy::Secret::new(ha1(Algorithm::Md5, auth_id, REALM, password)),
+            policy::Secret::new(ha1(Algorithm::Sha256, auth_id, REALM, password)),
+        ),
         password_score: score,
         credential_generation: 1,
     }

@@ -1,16 +1,19 @@
 //! What a stolen data dir or backup gives away: no HA1 digest in the clear, in the
 //! database files or in a backup (found by searching the bytes for every account's
 //! HA1s, with a control that finds them in a data dir from before they were sealed);
-//! such a data dir is sealed at its next open and keeps working.
+//! such a data dir is sealed at its next open and keeps working. A sealed HA1 that does
+//! not open (altered, or copied from another row) never logs in and is reported.
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use sip::digest::{Algorithm, ha1};
 
 use crate::backup::keygen;
 use crate::harness::Env;
-use crate::peers::{require, sipp_from};
+use crate::peers::{UdpClient, eventually, require, sipp_from};
+use crate::registrar::{ALICE, Login, PASSWORD, register, status};
 
 /// Every HA1 (MD5 and SHA-256, lower and upper case hex) of the data dir's accounts:
 /// `(table, key column, key, auth ID, password)`.
@@ -261,4 +264,44 @@ fn no_ha1_is_in_the_clear_in_the_database_or_a_backup_and_an_old_data_dir_is_sea
         server.log()
     );
     server.stop();
+}
+
+#[test]
+fn a_sealed_hash_copied_into_another_row_is_reported_after_ready_and_never_logs_in() {
+    let env = Env::new();
+    for (n, auth) in [("1001", "alice1001"), ("1002", "bob1002")] {
+        env.ok(&["ext", "add", n, "--auth-id", auth, "--password", PASSWORD]);
+    }
+    // Alice's sealed MD5 HA1 in bob's row: bound to `ext/1001/ha1_md5`, it does not
+    // open as `ext/1002/ha1_md5`.
+    sqlite(
+        &env.data.join("sipward.db"),
+        "UPDATE extensions SET ha1_md5_enc = \
+         (SELECT ha1_md5_enc FROM extensions WHERE number = '1001') WHERE number = '1002';",
+    );
+    let server = env.serve();
+    // The HA1s open after the ready line; the one that does not is named to the
+    // operator, as a start reported it before opening moved after ready.
+    eventually(
+        "the unreadable field reported",
+        Duration::from_secs(20),
+        || {
+            server.log().lines().any(|l| {
+                l.contains("\"credentials_unreadable\"") && l.contains("\"ext/1002/ha1_md5\"")
+            })
+        },
+    );
+    assert!(!server.log().contains("ext/1001/"), "{}", server.log());
+    let c = UdpClient::new(server.sip);
+    let bob = Login {
+        number: "1002",
+        auth_id: "bob1002",
+        realm: "sipward",
+        password: PASSWORD,
+    };
+    let contact = |n: &str| format!("<sip:{n}@127.0.0.1:5999>");
+    let refused = register(&c, &bob, "bob", 1, Some(&contact("1002")), Some(120));
+    assert_eq!(status(&refused), 401, "{refused}");
+    let ok = register(&c, &ALICE, "alice", 1, Some(&contact("1001")), Some(120));
+    assert_eq!(status(&ok), 200, "{ok}");
 }
