@@ -165,13 +165,24 @@ impl<'a> Message<'a> {
 
 /// Finds the end of the message head (the index just past the empty line), if present.
 /// Accepts CRLF CRLF and, leniently, LF LF.
+///
+/// One pass over the line ends: both endings hold an LF followed by CR LF or by LF, so
+/// the first LF that starts either one ends the head (no later LF can end it sooner).
 pub fn head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    let mut from = 0;
+    while let Some(at) = buf.get(from..)?.iter().position(|&b| b == b'\n') {
+        let i = from + at;
+        match buf.get(i + 1) {
+            Some(b'\n') => return Some(i + 2),
+            Some(b'\r')
+                if i > 0 && buf.get(i - 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') =>
+            {
+                return Some(i + 3);
+            }
+            _ => from = i + 1,
+        }
     }
+    None
 }
 
 /// Parses one complete message. For datagrams the body is everything after the head
@@ -285,6 +296,10 @@ pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, ParseError> {
 
 /// Control characters other than horizontal tab are not allowed in header values.
 fn has_bad_control(text: &str) -> bool {
+    // Nearly every header is ASCII: bytes then, without decoding characters.
+    if text.is_ascii() {
+        return text.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f);
+    }
     text.contains(|c: char| c.is_control() && c != '\t')
 }
 
@@ -333,6 +348,31 @@ CSeq: 1826 REGISTER\r\n\
 Contact: <sip:1001@192.0.2.10:5062>\r\n\
 Expires: 7200\r\n\
 Content-Length: 0\r\n\r\n";
+
+    /// The two-scan `head_end` the single pass replaced, kept as the reference.
+    fn head_end_reference(buf: &[u8]) -> Option<usize> {
+        let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+        let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+        match (crlf, lf) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_head_end_agrees_with_the_reference(
+            buf in proptest::collection::vec(proptest::sample::select(b"\r\nab".to_vec()), 0..40)
+        ) {
+            proptest::prop_assert_eq!(head_end(&buf), head_end_reference(&buf));
+        }
+
+        #[test]
+        fn control_characters_are_found_as_before(value in "[a-z\t\u{0}-\u{1f}\u{7f}\u{80}-\u{a0}é]{0,20}") {
+            let reference = value.contains(|c: char| c.is_control() && c != '\t');
+            proptest::prop_assert_eq!(has_bad_control(&value), reference);
+        }
+    }
 
     #[test]
     fn a_register() {
