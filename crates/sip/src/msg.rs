@@ -326,7 +326,15 @@ fn parse_start_line(line: &str) -> Result<StartLine<'_>, ParseError> {
 }
 
 fn split_header(line: &str) -> Result<(&str, &str), ParseError> {
-    let (name, value) = line.split_once(':').ok_or(ParseError::Malformed)?;
+    // A byte search: `:` is ASCII, so the index is a char boundary.
+    let colon = line
+        .bytes()
+        .position(|b| b == b':')
+        .ok_or(ParseError::Malformed)?;
+    let (name, value) = (
+        line.get(..colon).unwrap_or_default(),
+        line.get(colon + 1..).unwrap_or_default(),
+    );
     let name = name.trim_end_matches([' ', '\t']);
     if !is_token(name) || has_bad_control(value) {
         return Err(ParseError::Malformed);
