@@ -296,9 +296,15 @@ pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, ParseError> {
 
 /// Control characters other than horizontal tab are not allowed in header values.
 fn has_bad_control(text: &str) -> bool {
-    // Nearly every header is ASCII: bytes then, without decoding characters.
-    if text.is_ascii() {
-        return text.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f);
+    // Nearly every header is ASCII: one pass over its bytes then, without decoding
+    // characters and without an early exit, so that it runs on whole vectors.
+    let (mut wide, mut control) = (false, false);
+    for b in text.bytes() {
+        wide |= b >= 0x80;
+        control |= (b < 0x20) & (b != b'\t') | (b == 0x7f);
+    }
+    if !wide {
+        return control;
     }
     text.contains(|c: char| c.is_control() && c != '\t')
 }
