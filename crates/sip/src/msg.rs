@@ -165,13 +165,24 @@ impl<'a> Message<'a> {
 
 /// Finds the end of the message head (the index just past the empty line), if present.
 /// Accepts CRLF CRLF and, leniently, LF LF.
+///
+/// One pass over the line ends: both endings hold an LF followed by CR LF or by LF, so
+/// the first LF that starts either one ends the head (no later LF can end it sooner).
 pub fn head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    let mut from = 0;
+    while let Some(at) = buf.get(from..)?.iter().position(|&b| b == b'\n') {
+        let i = from + at;
+        match buf.get(i + 1) {
+            Some(b'\n') => return Some(i + 2),
+            Some(b'\r')
+                if i > 0 && buf.get(i - 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') =>
+            {
+                return Some(i + 3);
+            }
+            _ => from = i + 1,
+        }
     }
+    None
 }
 
 /// Parses one complete message. For datagrams the body is everything after the head
@@ -285,6 +296,16 @@ pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, ParseError> {
 
 /// Control characters other than horizontal tab are not allowed in header values.
 fn has_bad_control(text: &str) -> bool {
+    // Nearly every header is ASCII: one pass over its bytes then, without decoding
+    // characters and without an early exit, so that it runs on whole vectors.
+    let (mut wide, mut control) = (false, false);
+    for b in text.bytes() {
+        wide |= b >= 0x80;
+        control |= (b < 0x20) & (b != b'\t') | (b == 0x7f);
+    }
+    if !wide {
+        return control;
+    }
     text.contains(|c: char| c.is_control() && c != '\t')
 }
 
@@ -311,7 +332,15 @@ fn parse_start_line(line: &str) -> Result<StartLine<'_>, ParseError> {
 }
 
 fn split_header(line: &str) -> Result<(&str, &str), ParseError> {
-    let (name, value) = line.split_once(':').ok_or(ParseError::Malformed)?;
+    // A byte search: `:` is ASCII, so the index is a char boundary.
+    let colon = line
+        .bytes()
+        .position(|b| b == b':')
+        .ok_or(ParseError::Malformed)?;
+    let (name, value) = (
+        line.get(..colon).unwrap_or_default(),
+        line.get(colon + 1..).unwrap_or_default(),
+    );
     let name = name.trim_end_matches([' ', '\t']);
     if !is_token(name) || has_bad_control(value) {
         return Err(ParseError::Malformed);
@@ -333,6 +362,31 @@ CSeq: 1826 REGISTER\r\n\
 Contact: <sip:1001@192.0.2.10:5062>\r\n\
 Expires: 7200\r\n\
 Content-Length: 0\r\n\r\n";
+
+    /// The two-scan `head_end` the single pass replaced, kept as the reference.
+    fn head_end_reference(buf: &[u8]) -> Option<usize> {
+        let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+        let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+        match (crlf, lf) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_head_end_agrees_with_the_reference(
+            buf in proptest::collection::vec(proptest::sample::select(b"\r\nab".to_vec()), 0..40)
+        ) {
+            proptest::prop_assert_eq!(head_end(&buf), head_end_reference(&buf));
+        }
+
+        #[test]
+        fn control_characters_are_found_as_before(value in "[a-z\t\u{0}-\u{1f}\u{7f}\u{80}-\u{a0}é]{0,20}") {
+            let reference = value.contains(|c: char| c.is_control() && c != '\t');
+            proptest::prop_assert_eq!(has_bad_control(&value), reference);
+        }
+    }
 
     #[test]
     fn a_register() {

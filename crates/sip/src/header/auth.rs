@@ -280,10 +280,22 @@ pub fn challenge(
     algorithm: Algorithm,
     stale: bool,
 ) -> String {
-    let mut s = format!(
-        "Digest realm=\"{realm}\", nonce=\"{nonce}\", opaque=\"{opaque}\", algorithm={}, qop=\"auth\"",
-        algorithm.token()
-    );
+    // Pushed into one buffer of the right size: built for every challenge sent.
+    let token = algorithm.token();
+    let mut s = String::with_capacity(realm.len() + nonce.len() + opaque.len() + token.len() + 80);
+    for part in [
+        "Digest realm=\"",
+        realm,
+        "\", nonce=\"",
+        nonce,
+        "\", opaque=\"",
+        opaque,
+        "\", algorithm=",
+        token,
+        ", qop=\"auth\"",
+    ] {
+        s.push_str(part);
+    }
     if stale {
         s.push_str(", stale=true");
     }

@@ -20,7 +20,7 @@ impl<'a> Via<'a> {
     pub fn parse(value: &'a str) -> Option<Self> {
         let value = value.trim();
         let (proto, rest) = value.split_once(|c: char| c.is_ascii_whitespace())?;
-        let mut p = proto.split('/');
+        let mut p = proto.split(['/']);
         let (name, version, transport) = (p.next()?, p.next()?, p.next()?);
         if !name.trim().eq_ignore_ascii_case("SIP")
             || version.trim() != "2.0"
@@ -30,7 +30,7 @@ impl<'a> Via<'a> {
             return None;
         }
         let rest = rest.trim_start();
-        let (sent_by, params) = match rest.find(';') {
+        let (sent_by, params) = match rest.bytes().position(|b| b == b';') {
             Some(i) => (rest[..i].trim(), &rest[i..]),
             None => (rest.trim(), ""),
         };
@@ -67,8 +67,8 @@ pub fn split_host_port(text: &str) -> Option<(&str, Option<u16>)> {
         };
         return (!host.is_empty()).then_some((host, port));
     }
-    let (host, port) = match text.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p.parse().ok()?)),
+    let (host, port) = match text.bytes().rposition(|b| b == b':') {
+        Some(i) => (&text[..i], Some(text[i + 1..].parse().ok()?)),
         None => (text, None),
     };
     let ok = !host.is_empty()

@@ -32,7 +32,9 @@
 //! [`INVITE_PENDING_MAX`] whatever the TU does. Only requests with an RFC 3261 branch
 //! (`z9hG4bK`) are matched.
 
+use std::collections::hash_map::Entry as Slot;
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,11 +55,15 @@ pub const INVITE_PENDING_MAX: Duration = Duration::from_secs(15 * 60);
 /// What matches a request, its retransmissions and its responses to one server
 /// transaction (§17.2.3): the top Via's branch and sent-by, and the method (an ACK's
 /// is its INVITE's).
+///
+/// One shared text (`branch`, `sent-by`, method, each field's end recorded): the table
+/// keeps a key in its map and in its expiry queue, and hashes it on every request, so a
+/// clone is a reference count and a hash one pass over one string.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TxKey {
-    branch: Box<str>,
-    sent_by: Box<str>,
-    method: Box<str>,
+    text: Arc<str>,
+    branch_end: usize,
+    sent_by_end: usize,
 }
 
 impl TxKey {
@@ -73,15 +79,17 @@ impl TxKey {
         }
         // ACK matches the INVITE's transaction; it never creates a non-INVITE one.
         let method = if method == "ACK" { "INVITE" } else { method };
+        let mut text = String::with_capacity(branch.len() + sent_by_host.len() + method.len() + 8);
+        text.push_str(branch);
+        let branch_end = text.len();
+        text.extend(sent_by_host.chars().map(|c| c.to_ascii_lowercase()));
+        let _ = write!(text, ":{}", sent_by_port.unwrap_or(5060));
+        let sent_by_end = text.len();
+        text.push_str(method);
         Some(Self {
-            branch: branch.into(),
-            sent_by: format!(
-                "{}:{}",
-                sent_by_host.to_ascii_lowercase(),
-                sent_by_port.unwrap_or(5060)
-            )
-            .into(),
-            method: method.into(),
+            text: text.into(),
+            branch_end,
+            sent_by_end,
         })
     }
 
@@ -99,16 +107,23 @@ impl TxKey {
     }
 
     pub fn branch(&self) -> &str {
-        &self.branch
+        self.text.get(..self.branch_end).unwrap_or_default()
+    }
+
+    /// `host:port` of the top Via's sent-by (the host in lower case).
+    pub fn sent_by(&self) -> &str {
+        self.text
+            .get(self.branch_end..self.sent_by_end)
+            .unwrap_or_default()
     }
 
     /// The method of the transaction (INVITE for an ACK).
     pub fn method(&self) -> &str {
-        &self.method
+        self.text.get(self.sent_by_end..).unwrap_or_default()
     }
 
     pub fn is_invite(&self) -> bool {
-        &*self.method == "INVITE"
+        self.method() == "INVITE"
     }
 }
 
@@ -292,12 +307,12 @@ impl<D: Clone> ServerTransactions<D> {
             let Some((_, key)) = self.order.pop_front() else {
                 break;
             };
-            let gone = match self.entries.get(&key) {
-                Some(e) if !e.invite => e.expires <= now || over,
-                _ => false,
-            };
-            if gone {
-                self.entries.remove(&key);
+            // One lookup per key, whether its entry goes or stays.
+            if let Slot::Occupied(slot) = self.entries.entry(key)
+                && !slot.get().invite
+                && (slot.get().expires <= now || over)
+            {
+                slot.remove();
                 over = self.entries.len() - self.invites >= self.capacity;
             }
         }
@@ -421,22 +436,21 @@ impl<D: Clone> ServerTransactions<D> {
         urgent: bool,
     ) -> (Seen<D>, Option<TxKey>) {
         self.expire(now);
-        if self
-            .entries
-            .get(key)
-            .is_some_and(|e| !e.invite && e.expires <= now)
-        {
-            self.entries.remove(key);
-        }
-        if let Some(e) = self.entries.get(key) {
-            let seen = match (e.phase, &e.response) {
-                (Phase::Accepted | Phase::Confirmed, _) | (_, None) => Seen::Absorb,
-                (_, Some(r)) => Seen::Resend {
-                    to: e.to.clone(),
-                    bytes: Arc::clone(r),
-                },
-            };
-            return (seen, None);
+        match self.entries.get(key) {
+            Some(e) if !e.invite && e.expires <= now => {
+                self.entries.remove(key);
+            }
+            Some(e) => {
+                let seen = match (e.phase, &e.response) {
+                    (Phase::Accepted | Phase::Confirmed, _) | (_, None) => Seen::Absorb,
+                    (_, Some(r)) => Seen::Resend {
+                        to: e.to.clone(),
+                        bytes: Arc::clone(r),
+                    },
+                };
+                return (seen, None);
+            }
+            None => {}
         }
         let invite = key.is_invite();
         let mut evicted = None;
