@@ -482,3 +482,72 @@ async fn a_row_that_does_not_open_is_an_unknown_user_to_the_guard_before_the_pas
         "before the pass, a row that does not open shows through as an account"
     );
 }
+
+/// The time of one verification (a REGISTER's digest check) for `user`.
+fn timed(a: &Authenticator, d: &Directory, user: &str) -> std::time::Duration {
+    let t = Instant::now();
+    std::hint::black_box(logs_in(a, d, user, "wrong-guess-1"));
+    t.elapsed()
+}
+
+fn median(mut v: Vec<std::time::Duration>) -> std::time::Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// The window between ready and the end of the pass: a flood of REGISTERs with
+/// Authorization for many different users forces every first-use opening onto the SIP
+/// threads. Each must cost about what an unknown user costs then (no account shows
+/// through by time), and the door must not stall (bounded per request, against the
+/// control of the same requests once everything is open).
+#[tokio::test]
+async fn a_first_use_flood_costs_what_unknown_users_cost_and_does_not_stall() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let reg = registry(dir.path()).await;
+    const N: usize = 300;
+    for i in 0..N {
+        add(&reg, &format!("3{i:03}"), &format!("u3{i:03}"), OLD).await;
+    }
+    let a = authenticator();
+    let opening = opening(&reg);
+    let d = load(&reg, &opening, None).await;
+    assert_eq!(d.opened_count(), 0);
+    // Interleaved, so that drift of the machine falls on both alike.
+    let (mut first, mut unknown) = (Vec::new(), Vec::new());
+    for i in 0..N {
+        first.push(timed(&a, &d, &format!("u3{i:03}")));
+        unknown.push(timed(&a, &d, &format!("x3{i:03}")));
+    }
+    assert_eq!(d.opened_count(), N, "every account opened by its first use");
+    assert!(d.open_all().is_empty());
+    let (mut again, mut unknown_after) = (Vec::new(), Vec::new());
+    for i in 0..N {
+        again.push(timed(&a, &d, &format!("u3{i:03}")));
+        unknown_after.push(timed(&a, &d, &format!("x3{i:03}")));
+    }
+    let (first, unknown, again, unknown_after) = (
+        median(first),
+        median(unknown),
+        median(again),
+        median(unknown_after),
+    );
+    println!(
+        "median per verification: first use {first:?}, unknown before the pass {unknown:?}, \
+         known after {again:?}, unknown after {unknown_after:?}"
+    );
+    let ratio = |x: std::time::Duration, y: std::time::Duration| {
+        x.as_secs_f64() / y.as_secs_f64().max(1e-9)
+    };
+    assert!(
+        (0.5..2.0).contains(&ratio(first, unknown)),
+        "a first use and an unknown user differ by time before the pass: {first:?} vs {unknown:?}"
+    );
+    assert!(
+        (0.5..2.0).contains(&ratio(again, unknown_after)),
+        "a known and an unknown user differ by time after the pass: {again:?} vs {unknown_after:?}"
+    );
+    assert!(
+        first < std::time::Duration::from_millis(2),
+        "a first use stalls the door: {first:?} (control after the pass: {again:?})"
+    );
+}
