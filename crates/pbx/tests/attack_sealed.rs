@@ -551,3 +551,35 @@ async fn a_first_use_flood_costs_what_unknown_users_cost_and_does_not_stall() {
         "a first use stalls the door: {first:?} (control after the pass: {again:?})"
     );
 }
+
+/// During the window before the pass is over, an outsider asks twice for each name: an
+/// account's second request no longer opens anything, while an unknown user's still
+/// opens the dummy pair. The second answers must take the same time for both, or the
+/// window tells which names are accounts.
+#[tokio::test]
+async fn a_second_request_before_the_pass_does_not_tell_accounts_from_nobody() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let reg = registry(dir.path()).await;
+    const N: usize = 200;
+    for i in 0..N {
+        add(&reg, &format!("4{i:03}"), &format!("u4{i:03}"), OLD).await;
+    }
+    let a = authenticator();
+    let opening = opening(&reg);
+    let d = load(&reg, &opening, None).await;
+    let (mut known, mut nobody) = (Vec::new(), Vec::new());
+    for i in 0..N {
+        let (user, other) = (format!("u4{i:03}"), format!("x4{i:03}"));
+        let _first = (timed(&a, &d, &user), timed(&a, &d, &other));
+        known.push(timed(&a, &d, &user));
+        nobody.push(timed(&a, &d, &other));
+    }
+    assert!(!d.opened_all(), "still inside the window");
+    let (known, nobody) = (median(known), median(nobody));
+    println!("second request before the pass: account {known:?}, nobody {nobody:?}");
+    let ratio = known.as_secs_f64() / nobody.as_secs_f64().max(1e-9);
+    assert!(
+        (0.67..1.5).contains(&ratio),
+        "an account's second request is told apart by time before the pass: {known:?} vs nobody {nobody:?}"
+    );
+}
