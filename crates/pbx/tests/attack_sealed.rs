@@ -583,3 +583,47 @@ async fn a_second_request_before_the_pass_does_not_tell_accounts_from_nobody() {
         "an account's second request is told apart by time before the pass: {known:?} vs nobody {nobody:?}"
     );
 }
+
+/// A request the guard refuses before authentication (a scanner's User-Agent, a banned
+/// source) opens no account's HA1s, though it carries an Authorization for an account
+/// not opened yet. Control: the same request from a clean source opens that account.
+#[tokio::test]
+async fn a_request_the_guard_refused_opens_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let reg = registry(dir.path()).await;
+    for i in 0..3 {
+        add(&reg, &format!("500{i}"), &format!("u500{i}"), OLD).await;
+    }
+    let opening = opening(&reg);
+    let d = door(load(&reg, &opening, None).await);
+    let opened = || d.endpoint.directory.get().opened_count();
+    let with_auth = |user: &str, ua: &str, from: SocketAddr| {
+        let nonce = d.endpoint.auth.challenges(from.ip(), NOW, false)[0]
+            .split("nonce=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .expect("nonce")
+            .to_owned();
+        format!(
+            "REGISTER sip:pbx SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKs{user}\r\n\
+             From: <sip:{user}@pbx>;tag=s\r\nTo: <sip:{user}@pbx>\r\nCall-ID: s{user}{from}\r\n\
+             CSeq: 2 REGISTER\r\n{ua}Authorization: Digest username=\"{user}\", realm=\"{REALM}\", \
+             nonce=\"{nonce}\", uri=\"sip:pbx\", response=\"00000000000000000000000000000000\", \
+             algorithm=MD5, qop=auth, nc=00000001, cnonce=\"0a4f113b\"\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let scanner: SocketAddr = "10.9.0.1:5060".parse().expect("addr");
+    let ua = "User-Agent: friendly-scanner\r\n";
+    assert!(d.send(&with_auth("u5000", ua, scanner), scanner).is_none());
+    assert_eq!(opened(), 0, "a scanner's request opened an account");
+    // Banned now: its next request, a phone's User-Agent, never reaches the door.
+    assert!(d.send(&with_auth("u5001", "", scanner), scanner).is_none());
+    assert_eq!(opened(), 0, "a banned source's request opened an account");
+    // Control: the same from a clean source opens the account it names.
+    let clean: SocketAddr = "10.9.0.2:5060".parse().expect("addr");
+    let answer = d
+        .send(&with_auth("u5001", "", clean), clean)
+        .expect("answer");
+    assert!(answer.starts_with("SIP/2.0 401"), "{answer}");
+    assert_eq!(opened(), 1, "control");
+}
