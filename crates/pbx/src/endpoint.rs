@@ -887,8 +887,9 @@ impl Endpoint {
                     Metrics::inc(&self.metrics.auth_failures);
                     // Counted only for answers to a nonce issued to this source; the
                     // answer itself stays the same either way. A decoy bans at once, and
-                    // its answer is silence.
-                    let known = dir.account(&auth_id).is_some();
+                    // its answer is silence. A row whose HA1s do not open is nobody's,
+                    // as the authenticator judged it (until the pass leaves it out).
+                    let known = dir.account(&auth_id).is_some_and(|a| a.ha1s().is_some());
                     if !known && self.guard.decoy(ip, &auth_id, now) {
                         return Authn::Silent;
                     }

@@ -12,6 +12,7 @@ mod attack_guard_settings;
 mod attack_hop;
 mod attack_lanes;
 mod attack_revoke;
+mod attack_sealed;
 mod attack_settings;
 mod attack_tls;
 mod attack_transfer;
