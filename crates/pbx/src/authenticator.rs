@@ -178,11 +178,13 @@ impl Authenticator {
             _ => None,
         };
         // The same work whatever the outcome: look up, open (an account's HA1s on its
-        // first use; for an unknown user, a dummy pair while some are unopened), derive
-        // the dummy, hash. An account whose HA1s do not open is an unknown user.
+        // first use; while some are unopened, a dummy pair for an unknown user and for
+        // an account opened before), derive the dummy, hash. An account whose HA1s do
+        // not open is an unknown user.
         let account = dir.account(&c.username).cloned();
+        let tried = account.as_ref().is_some_and(|a| a.ha1s_tried());
         let opened = account.as_ref().and_then(|a| a.ha1s());
-        if account.is_none() {
+        if account.is_none() || tried {
             dir.as_unknown(&c.username);
         }
         let known = opened.is_some();

@@ -193,6 +193,12 @@ impl Account {
         self.ha1s.open(&self.number, &self.auth_id).ok()
     }
 
+    /// Whether a use before this one opened the HA1s (or found them unopenable): this
+    /// use then costs no opening of its own ([`Directory::as_unknown`] pays for one).
+    pub fn ha1s_tried(&self) -> bool {
+        self.ha1s.is_open()
+    }
+
     /// The password is weak: guessable (zxcvbn below the policy's minimum) or equal to
     /// the number or the auth ID (recognised from the HA1, which this opens if it is
     /// not open yet).
@@ -483,9 +489,11 @@ impl Directory {
         )
     }
 
-    /// The work a first login does, for a user the directory does not hold, while some
-    /// HA1s may still be unopened: opens the dummy pair (and looks at it as at a real
-    /// one), so an unknown user and an account's first login take the same time.
+    /// The work a first login does, while some HA1s may still be unopened, for a user
+    /// the directory does not hold or an account whose HA1s an earlier use opened: opens
+    /// the dummy pair (and looks at it as at a real one), so that until the pass after
+    /// ready is over every attempt costs one opening, and an unknown user, an account's
+    /// first login and its later ones take the same time.
     pub fn as_unknown(&self, user: &str) {
         if self.opened_all.load(Ordering::Acquire) {
             return;
