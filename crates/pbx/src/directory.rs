@@ -361,10 +361,14 @@ impl Directory {
                 Some(g) if r.kind == "ext" && g.auth_id == r.auth_id => {
                     let was = before
                         .and_then(|b| b.grace.as_ref())
-                        .filter(|w| w.ha1s.ha1s == g.ha1s)
-                        .map(|w| w.ha1s.clone());
+                        .filter(|w| w.ha1s.ha1s == g.ha1s);
+                    // A window the new password's first login ended stays ended, though
+                    // its store row is deleted only behind that login: a reload in
+                    // between must not let the old password back in.
+                    let ended = was.is_some_and(|w| w.ended.load(Ordering::Relaxed));
                     Some(Arc::new(Grace {
                         ha1s: was
+                            .map(|w| w.ha1s.clone())
                             .unwrap_or_else(|| Arc::new(Ha1Cell::new(g.ha1s, opening.clone()))),
                         sources: g
                             .sources
@@ -373,7 +377,7 @@ impl Directory {
                             .collect(),
                         expires_at: g.expires_at,
                         generation: g.generation,
-                        ended: AtomicBool::new(false),
+                        ended: AtomicBool::new(ended),
                     }))
                 }
                 _ => None,

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use accounts::credentials::GraceCredential;
 use accounts::extension::{ExtensionChange, NewExtension};
 use accounts::{Registry, Settings};
 use pbx::admission::Outbound;
@@ -626,4 +627,64 @@ async fn a_request_the_guard_refused_opens_nothing() {
         .expect("answer");
     assert!(answer.starts_with("SIP/2.0 401"), "{answer}");
     assert_eq!(opened(), 1, "control");
+}
+
+/// A grace window ended by the new password's first login stays ended across a reload
+/// that lands before its store row is deleted: the reload must not hand the old
+/// password back to whoever still holds it at the phones' addresses.
+#[tokio::test]
+async fn a_grace_window_ended_by_the_new_login_stays_ended_across_a_reload() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let reg = registry(dir.path()).await;
+    add(&reg, "1001", "alice1001", OLD).await;
+    let now = i64::try_from(NOW).expect("fits");
+    let old = credentials_now(&reg).await.accounts.remove(0);
+    let change = ExtensionChange {
+        password: Some(NEW.into()),
+        ..ExtensionChange::default()
+    };
+    reg.update_extension("1001", change).await.expect("update");
+    // The window as the store would hand it over until its row is deleted.
+    let window = vec![GraceCredential {
+        number: "1001".into(),
+        auth_id: "alice1001".into(),
+        ha1s: old.ha1s,
+        sources: SRC.to_string(),
+        expires_at: now + 3600,
+        generation: old.credential_generation,
+    }];
+    let a = authenticator();
+    let opening = opening(&reg);
+    let c = credentials_now(&reg).await;
+    let (d1, _) = Directory::load(c.accounts, window.clone(), opening.clone(), 3, None);
+    assert!(
+        logs_in(&a, &d1, "alice1001", OLD),
+        "control: the window is open"
+    );
+    assert!(logs_in(&a, &d1, "alice1001", NEW));
+    let g = d1
+        .account("alice1001")
+        .and_then(|x| x.grace.clone())
+        .expect("window");
+    assert!(g.end(), "the new password's first login ends the window");
+    assert!(!logs_in(&a, &d1, "alice1001", OLD), "ended");
+    // A reload before the row is gone: the same window read again.
+    let c = credentials_now(&reg).await;
+    let (d2, _) = Directory::load(c.accounts, window.clone(), opening.clone(), 3, Some(&d1));
+    assert!(
+        !logs_in(&a, &d2, "alice1001", OLD),
+        "a reload reopened the ended window"
+    );
+    assert!(logs_in(&a, &d2, "alice1001", NEW));
+    // Control: a load that never saw the window end (a fresh start) opens it as stored.
+    let c = credentials_now(&reg).await;
+    let (d3, _) = Directory::load(c.accounts, window, opening, 3, None);
+    assert!(logs_in(&a, &d3, "alice1001", OLD), "control: a fresh load");
+}
+
+async fn credentials_now(reg: &Registry) -> accounts::credentials::Credentials {
+    let mut conn = reg.store().conn().await.expect("conn");
+    reg.credentials(&mut conn, i64::try_from(NOW).expect("fits"))
+        .await
+        .expect("credentials")
 }
