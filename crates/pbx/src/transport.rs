@@ -37,7 +37,7 @@ use accounts::background::{self, Task};
 use policy::places::{Place, PlaceCaps, Places};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::egress::{Cleared, Undeliverable, Wire};
@@ -125,6 +125,11 @@ pub const TCP_IDLE: Duration = Duration::from_secs(900);
 /// Messages waiting to be written on one connection; a peer that reads no faster is
 /// cut off rather than buffered without bound.
 pub const TCP_QUEUE: usize = 256;
+/// Room a connection's reader wants in its writer's queue, per message it may have in
+/// flight, before it hands on the next one: a lane never waits on one connection (it
+/// drops an answer that does not fit), so the reader waits instead, and a peer that
+/// reads its answers slowly is pushed back on by TCP, never answered with a gap.
+const ANSWERS_PER_MESSAGE: usize = 2;
 /// The first wait of the accept loop after an accept error; it doubles up to
 /// [`ACCEPT_BACKOFF_MAX`].
 pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -244,7 +249,7 @@ struct HandshakeBound {
 struct HandshakesInFlight {
     next: u64,
     /// By the order they were admitted: the first is the oldest.
-    live: std::collections::BTreeMap<u64, (Instant, Arc<tokio::sync::Notify>)>,
+    live: std::collections::BTreeMap<u64, (Instant, Arc<Notify>)>,
 }
 
 /// One handshake's place; given back when dropped.
@@ -252,7 +257,7 @@ struct HandshakePlace {
     bound: Arc<HandshakeBound>,
     id: u64,
     /// Notified when the place was given to a newer handshake: this one is cut.
-    yielded: Arc<tokio::sync::Notify>,
+    yielded: Arc<Notify>,
 }
 
 impl Drop for HandshakePlace {
@@ -289,7 +294,7 @@ impl HandshakeBound {
         }
         let id = st.next;
         st.next += 1;
-        let yielded = Arc::new(tokio::sync::Notify::new());
+        let yielded = Arc::new(Notify::new());
         st.live.insert(id, (now, yielded.clone()));
         Some(HandshakePlace {
             bound: self.clone(),
@@ -857,7 +862,7 @@ struct Link {
 struct Share {
     slots: Semaphore,
     spoiled: std::sync::atomic::AtomicBool,
-    spoiled_now: tokio::sync::Notify,
+    spoiled_now: Notify,
 }
 
 impl Share {
@@ -955,10 +960,18 @@ fn call_id(message: &[u8]) -> Option<&[u8]> {
 /// stream (a TLS close_notify; a TCP shutdown for writing). Messages queued together go
 /// out in one write (one TLS record, one system call). Every write must be done within
 /// [`WRITE_DEADLINE`]: a peer that stops reading is cut off, never waited on for ever.
-async fn write_queued<W>(mut writer: W, mut rx: mpsc::Receiver<Arc<[u8]>>)
+async fn write_queued<W>(mut writer: W, mut rx: mpsc::Receiver<Arc<[u8]>>, taken: Arc<Notify>)
 where
     W: AsyncWrite + Unpin,
 {
+    // However the writer ends, a reader waiting for room hears of it.
+    struct Wake(Arc<Notify>);
+    impl Drop for Wake {
+        fn drop(&mut self) {
+            self.0.notify_one();
+        }
+    }
+    let _wake = Wake(taken.clone());
     while let Some(first) = rx.recv().await {
         // A lone message is written as it is; several are joined (an idle connection
         // keeps no buffer for it either way).
@@ -971,6 +984,9 @@ where
                 Err(_) => break,
             }
         }
+        // The queue has room again: a reader waiting for it may go on while this is
+        // written.
+        taken.notify_one();
         let bytes: &[u8] = batch.as_deref().unwrap_or(&first);
         let written = tokio::time::timeout(WRITE_DEADLINE, async {
             writer.write_all(bytes).await?;
@@ -1011,12 +1027,16 @@ async fn connection<S>(
     let pong = tx.clone();
     let id = transports.open(peer, tx);
     let flow = Flow::stream(kind, peer, id);
-    let mut write = tokio::spawn(write_queued(writer, rx));
+    let taken = Arc::new(Notify::new());
+    let mut write = tokio::spawn(write_queued(writer, rx, taken.clone()));
     let in_flight = limits.in_flight.max(1);
+    let room = in_flight
+        .saturating_mul(ANSWERS_PER_MESSAGE)
+        .min(TCP_QUEUE / 2);
     let share = Arc::new(Share {
         slots: Semaphore::new(in_flight),
         spoiled: std::sync::atomic::AtomicBool::new(false),
-        spoiled_now: tokio::sync::Notify::new(),
+        spoiled_now: Notify::new(),
     });
     let opened = Instant::now();
     // Idleness is measured from the last complete message, never from the last byte: a
@@ -1081,7 +1101,19 @@ async fn connection<S>(
                 // The next message, if bytes of it came along, starts its own clock.
                 unfinished.held = None;
                 let bytes: Vec<u8> = buf.drain(..n).collect();
-                // A slot of this connection's share first: at its bound, the reader
+                // Room in the writer's queue for the answers of every message in flight
+                // first: while the peer reads its answers slowly, the reader waits (and
+                // reads nothing more), so no answer is dropped at a full queue.
+                while pong.capacity() < room {
+                    if pong.is_closed() {
+                        break 'read;
+                    }
+                    tokio::select! {
+                        _ = taken.notified() => {}
+                        _ = shutdown.changed() => break 'read,
+                    }
+                }
+                // A slot of this connection's share then: at its bound, the reader
                 // waits (and reads nothing more) until an earlier message is handled.
                 let slot = tokio::select! {
                     s = share.slots.acquire() => s,

@@ -844,3 +844,74 @@ async fn a_handshake_flood_is_refused_before_any_cryptography_and_leaves_the_ser
     );
     drop(silent);
 }
+
+/// A peer that sends many requests at once and reads its answers only later loses none
+/// of them: once the socket buffers are full the writer waits, and the reader stops
+/// handing on messages (TCP pushes back on the peer) instead of the writer's queue
+/// overflowing and answers being dropped. Control: the peer that reads at once gets as
+/// many answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_reading_its_answers_late_loses_none() {
+    let bans = BanPolicy {
+        flood_requests: 100_000,
+        silence_requests: 100_000,
+        ..BanPolicy::default()
+    };
+    let pbx = start_on(bans, short_limits(), 2).await;
+    const N: usize = 20_000;
+    for (ip, late) in [("127.0.0.43", false), ("127.0.0.44", true)] {
+        let s = TcpSocket::new_v4().expect("socket");
+        // A small window: the answers fill the socket buffers after a few dozen.
+        s.set_recv_buffer_size(4096).expect("rcvbuf");
+        s.bind(SocketAddr::new(ip.parse().expect("ip"), 0))
+            .expect("bind");
+        let c = s.connect(pbx.tcp).await.expect("connect");
+        let mut all = Vec::new();
+        for n in 1..=u32::try_from(N).expect("small") {
+            all.extend_from_slice(&options(&c, n, "slow-reader/1.0"));
+        }
+        let (mut rd, mut wr) = c.into_split();
+        let before = metric(&pbx, |m| &m.requests);
+        // Written from its own task: once the server pushes back, the write waits.
+        let writing = tokio::spawn(async move { wr.write_all(&all).await.map(|()| wr) });
+        if late {
+            // The slow reader: nothing read until the server has handled every
+            // request, or has stopped reading (none handled for 300 ms).
+            let until = tokio::time::Instant::now() + Duration::from_secs(20);
+            let (mut seen, mut since) = (0, tokio::time::Instant::now());
+            loop {
+                let now = tokio::time::Instant::now();
+                let handled = metric(&pbx, |m| &m.requests);
+                if handled - before >= u64::try_from(N).expect("small") {
+                    break;
+                }
+                if handled != seen {
+                    (seen, since) = (handled, now);
+                } else if seen > 0 && now - since > Duration::from_millis(300) {
+                    break;
+                }
+                assert!(now < until, "the server neither handled all nor stopped");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        // Status lines counted as they come (a Via says "SIP/2.0/TCP", never this).
+        let (mut count, mut scanned) = (0, 0);
+        while count < N {
+            match tokio::time::timeout_at(deadline, rd.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    got.extend_from_slice(&buf[..n]);
+                    while let Some(at) = got[scanned..].windows(8).position(|w| w == b"SIP/2.0 ") {
+                        count += 1;
+                        scanned += at + 8;
+                    }
+                }
+                _ => break,
+            }
+        }
+        assert_eq!(count, N, "answers to {ip} (late reader: {late})");
+        let _ = writing.await;
+    }
+}
