@@ -2,8 +2,11 @@
 //! heads over UDP, a forged retransmission from another address, and a stream message
 //! whose framing and parse could read it two ways.
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
+use crate::attack_tls::connect_from;
 use crate::harness::Env;
 use crate::peers::UdpClient;
 
@@ -103,5 +106,69 @@ fn a_forged_retransmission_is_answered_only_to_the_first_sender() {
         .request(&other)
         .expect("another method is another transaction");
     assert!(answer.contains("CSeq: 7 INFO"), "{answer}");
+    server.stop();
+}
+
+/// Reads from `s` until it is quiet for a moment or `deadline` passes.
+fn read_for(s: &mut TcpStream, deadline: Duration) -> String {
+    let _ = s.set_read_timeout(Some(Duration::from_millis(800)));
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut b = [0u8; 16 * 1024];
+    while start.elapsed() < deadline {
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// FINDING (request smuggling on a stream): a message with `Content-Length: 0` then
+/// `Content-Length: N` is framed by the last (N bytes of body, which hold a whole second
+/// OPTIONS) but parsed by the first (no body): sipward answers the first message as if
+/// it had no body, and the second message it framed as a body is never read. Two
+/// components read one message two ways; a front proxy that frames by the first
+/// Content-Length sees two requests where sipward sees one. Promise: a head with
+/// differing Content-Lengths is refused, not answered 200. Control: the same two
+/// messages with one Content-Length each are both answered 200.
+#[test]
+fn a_head_with_two_content_lengths_is_not_read_two_ways() {
+    let env = Env::new();
+    let server = env.serve();
+    let mut s = connect_from("127.0.0.66", server.sip);
+    let here = s.local_addr().expect("addr").to_string();
+    let tcp = |t: String| t.replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    let control = tcp(options(&here, 11, "")) + &tcp(options(&here, 12, ""));
+    s.write_all(control.as_bytes()).expect("write");
+    let got = read_for(&mut s, Duration::from_secs(5));
+    assert!(
+        got.contains("CSeq: 11 OPTIONS") && got.contains("CSeq: 12 OPTIONS"),
+        "control: both answered: {got}"
+    );
+
+    let second = tcp(options(&here, 14, ""));
+    let first = tcp(options(
+        &here,
+        13,
+        &format!("Content-Length: {}\r\n", second.len()),
+    ));
+    // `first` holds `Content-Length: N` then the usual `Content-Length: 0`: put the 0
+    // first, as a front proxy reading the first header would see it.
+    let first = first.replacen(
+        &format!("Content-Length: {}\r\nContent-Length: 0\r\n", second.len()),
+        &format!("Content-Length: 0\r\nContent-Length: {}\r\n", second.len()),
+        1,
+    );
+    s.write_all((first + &second).as_bytes()).expect("write");
+    let got = read_for(&mut s, Duration::from_secs(5));
+    let answered_200 = got
+        .split("SIP/2.0 ")
+        .any(|a| a.starts_with("200") && a.contains("CSeq: 13 OPTIONS"));
+    assert!(
+        !answered_200,
+        "a head with Content-Length 0 and {} was answered 200 as bodiless while its framed body (a second OPTIONS) was never read: {got}",
+        second.len()
+    );
     server.stop();
 }
