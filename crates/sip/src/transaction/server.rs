@@ -797,6 +797,33 @@ mod tests {
         assert_eq!(t.destination(&invite), Some(&"phone"));
     }
 
+    /// FINDING: a flood of unique requests over a reliable transport, each answered at
+    /// once, leaves the table empty (each entry goes with its final answer) but every
+    /// key's place in the expiry queue stays until its 64 s bound: the queue (and the
+    /// key text it holds) grows with the flood rate times 64 s, not with the table's
+    /// capacity. Control: the table itself stays within its capacity.
+    #[test]
+    fn the_expiry_queue_stays_bounded_under_a_reliable_flood() {
+        let t0 = Instant::now();
+        let mut t = Table::new(64, 8, Timers::default());
+        for n in 0..10_000u32 {
+            let k = TxKey::new(&format!("z9hG4bKr{n}"), "h", None, "OPTIONS").expect("k");
+            let now = t0 + Duration::from_micros(u64::from(n));
+            assert_eq!(
+                t.on_request(&k, "conn", Reliability::Reliable, now),
+                Seen::New
+            );
+            assert_eq!(t.respond(&k, bytes("SIP/2.0 200 OK"), now), Ok("conn"));
+            assert!(t.len() <= 64 + 8, "control: {} entries", t.len());
+        }
+        assert!(
+            t.order.len() <= 2 * (64 + 8),
+            "{} expiry-queue places for a table of {} entries",
+            t.order.len(),
+            t.len()
+        );
+    }
+
     #[test]
     fn retransmissions_are_absorbed_then_answered() {
         let t0 = Instant::now();
