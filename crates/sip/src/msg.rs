@@ -388,6 +388,138 @@ Content-Length: 0\r\n\r\n";
         }
     }
 
+    /// The `split_header` before the byte search, kept as the reference.
+    fn split_header_reference(line: &str) -> Result<(&str, &str), ParseError> {
+        let (name, value) = line.split_once(':').ok_or(ParseError::Malformed)?;
+        let name = name.trim_end_matches([' ', '\t']);
+        if !is_token(name) || value.contains(|c: char| c.is_control() && c != '\t') {
+            return Err(ParseError::Malformed);
+        }
+        Ok((name, value.trim_matches([' ', '\t'])))
+    }
+
+    /// Bytes an attacker mixes into a head: line ends of every kind, NUL, the bytes of
+    /// a multi-byte character (whole and cut), separators.
+    fn hostile_bytes() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::strategy::Strategy as _;
+        proptest::collection::vec(
+            proptest::sample::select(vec![
+                &b"\r"[..],
+                b"\n",
+                b"\r\n",
+                b"\n\r\n",
+                b"a",
+                b":",
+                b"\0",
+                "é".as_bytes(),
+                &"é".as_bytes()[..1],
+                b" ",
+                b"\t",
+            ]),
+            0..80,
+        )
+        .prop_map(|v| v.concat())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(3000))]
+
+        /// Attack: line ends of every kind, NUL and cut characters: the one pass ends
+        /// the head exactly where the two scans did (framing and parse share it).
+        #[test]
+        fn a_hostile_head_ends_where_it_did(buf in hostile_bytes()) {
+            proptest::prop_assert_eq!(head_end(&buf), head_end_reference(&buf));
+        }
+
+        /// Attack: any header line (multi-byte characters beside the colon, controls,
+        /// empty names or values) is split, accepted and refused as before.
+        #[test]
+        fn a_hostile_header_line_splits_as_before(
+            line in "[a-zA-Z: \t\u{0}\u{1}\u{7f}\u{85}\u{9f}é€\r-]{0,24}"
+        ) {
+            proptest::prop_assert_eq!(split_header(&line), split_header_reference(&line));
+        }
+
+        #[test]
+        fn any_text_has_control_characters_as_before(value in proptest::prelude::any::<String>()) {
+            let reference = value.contains(|c: char| c.is_control() && c != '\t');
+            proptest::prop_assert_eq!(has_bad_control(&value), reference);
+        }
+
+        /// Attack: no hostile head makes parse or framing panic.
+        #[test]
+        fn a_hostile_head_never_panics(tail in hostile_bytes()) {
+            let mut buf = b"OPTIONS sip:a SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n".to_vec();
+            buf.extend_from_slice(&tail);
+            let _ = parse(&buf);
+            let _ = parse_head(&buf);
+            let _ = frame_len(&buf, 65_535);
+        }
+    }
+
+    /// Attack on a stream: a head with two Content-Length headers. Framing (`frame_len`)
+    /// takes the last, the parse of the framed bytes the first: the two read one message
+    /// with different bodies (bytes framed into it that the parse never sees). Control:
+    /// one Content-Length, where both agree.
+    #[test]
+    fn framing_and_parse_read_one_message_alike() {
+        let head =
+            "OPTIONS sip:a SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nCSeq: 1 OPTIONS\r\n";
+        let one = format!("{head}Content-Length: 4\r\n\r\nabcd");
+        let n = frame_len(one.as_bytes(), 65_535)
+            .expect("frames")
+            .expect("whole");
+        assert_eq!(n, one.len());
+        assert_eq!(
+            parse(one.as_bytes()).expect("parses").body,
+            b"abcd",
+            "control"
+        );
+        let smuggle = format!(
+            "{head}Content-Length: 0\r\nContent-Length: 25\r\n\r\nOPTIONS sip:b SIP/2.0\r\n\r\n"
+        );
+        let n = frame_len(smuggle.as_bytes(), 65_535)
+            .expect("frames")
+            .expect("whole");
+        let framed = smuggle.as_bytes().get(..n).expect("within");
+        let body_framed = n - head_end(framed).expect("head");
+        if let Ok(m) = parse(framed) {
+            assert_eq!(
+                m.body.len(),
+                body_framed,
+                "framing took a {body_framed}-byte body, the parse a {}-byte one",
+                m.body.len()
+            );
+        }
+    }
+
+    /// FINDING: an LF then CR LF (`\n\r\n`) inside a head is no end of head for
+    /// `head_end` (nor for `frame_len`, which reads every line up to it, Content-Length
+    /// included), but the parse reads its lone `\r` as the empty line and stops reading
+    /// headers there: the lines between are read by framing (and by the lane pick's
+    /// Call-ID scan) and never by the parse. Promise: one message, one set of headers
+    /// (refused, or read alike). Control: with CR LF everywhere both read Content-Length.
+    #[test]
+    fn every_header_framing_reads_is_a_header_the_parse_reads() {
+        let good = b"OPTIONS sip:a SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nContent-Length: 4\r\n\r\nabcd";
+        assert_eq!(frame_len(good, 65_535), Ok(Some(good.len())));
+        let m = parse(good).expect("control parses");
+        assert!(m.header(Name::ContentLength).is_some(), "control");
+        let odd = b"OPTIONS sip:a SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\n\r\nContent-Length: 4\r\n\r\nabcd";
+        assert_eq!(
+            frame_len(odd, 65_535),
+            Ok(Some(odd.len())),
+            "framed by its Content-Length"
+        );
+        if let Ok(m) = parse(odd) {
+            assert!(
+                m.header(Name::ContentLength).is_some(),
+                "framing read a Content-Length the parse never saw: {:?}",
+                m.headers
+            );
+        }
+    }
+
     #[test]
     fn a_register() {
         let m = parse(REGISTER).expect("parses");

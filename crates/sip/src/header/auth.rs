@@ -306,6 +306,58 @@ pub fn challenge(
 mod tests {
     use super::*;
 
+    /// The formatter-built `challenge`, kept as the reference.
+    fn challenge_reference(
+        realm: &str,
+        nonce: &str,
+        opaque: &str,
+        algorithm: Algorithm,
+        stale: bool,
+    ) -> String {
+        let mut s = format!(
+            "Digest realm=\"{realm}\", nonce=\"{nonce}\", opaque=\"{opaque}\", algorithm={}, qop=\"auth\"",
+            algorithm.token()
+        );
+        if stale {
+            s.push_str(", stale=true");
+        }
+        s
+    }
+
+    proptest::proptest! {
+        /// Attack: the challenge is byte for byte what the formatter built, whatever its
+        /// parts (quotes, commas, `{}` and multi-byte text included).
+        #[test]
+        fn the_challenge_is_what_it_was(
+            realm in "[a-z.\"{}\\\\,é ]{0,20}",
+            nonce in "[A-Za-z0-9+/={}]{0,40}",
+            opaque in "[a-f0-9{}]{0,20}",
+            sha in proptest::prelude::any::<bool>(),
+            stale in proptest::prelude::any::<bool>(),
+        ) {
+            let alg = if sha { Algorithm::Sha256 } else { Algorithm::Md5 };
+            proptest::prop_assert_eq!(
+                challenge(&realm, &nonce, &opaque, alg, stale),
+                challenge_reference(&realm, &nonce, &opaque, alg, stale)
+            );
+        }
+    }
+
+    /// A typical challenge, byte for byte, parsed back by a client's reading.
+    #[test]
+    fn a_challenge_byte_for_byte() {
+        assert_eq!(
+            challenge(
+                "pbx.example.com",
+                "bm9uY2U=",
+                "0a1b",
+                Algorithm::Sha256,
+                true
+            ),
+            "Digest realm=\"pbx.example.com\", nonce=\"bm9uY2U=\", opaque=\"0a1b\", algorithm=SHA-256, qop=\"auth\", stale=true"
+        );
+    }
+
     #[test]
     fn a_typical_header() {
         let h = r#"Digest username="k3x9m2p8q4wz", realm="pbx.example.com", nonce="abc", uri="sip:pbx.example.com", response="0123abcd", algorithm=SHA-256, qop=auth, nc=0000012f, cnonce="x y", opaque="o""#;

@@ -145,6 +145,117 @@ mod tests {
         }
     }
 
+    /// Pieces an attacker strings together: quoted strings holding commas and escaped
+    /// quotes, comments, IPv6 references, empty parameter names, `;;`, trailing
+    /// separators, multi-byte UTF-8 next to every separator, a lone backslash.
+    fn hostile_piece() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::sample::select(vec![
+            "\"a,b\"",
+            "\"a\\\",b\"",
+            "\\",
+            "\"",
+            "(c, d)",
+            "[::1]:5060",
+            "[::1]",
+            ";;",
+            ";=x",
+            ";x=",
+            "=",
+            ",",
+            ", ,",
+            "<sip:a@b;x=1,2>",
+            "<",
+            ">",
+            "é",
+            "\u{85}",
+            "\u{2028}",
+            "€,",
+            ",é",
+            "\"é\\é\"",
+            "\\é",
+            ";é=\"é\"",
+            "SIP/2.0/UDP h",
+            " ",
+            "\t",
+            "z9hG4bK",
+            "Branch=Z",
+            ";RPORT",
+            "",
+        ])
+        .prop_map(str::to_owned)
+    }
+
+    fn hostile_value() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::collection::vec(hostile_piece(), 0..24).prop_map(|v| v.concat())
+    }
+
+    /// The `params` before byte searches, kept as the reference.
+    fn params_reference(text: &str) -> Vec<(&str, Option<&str>)> {
+        text.split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| match p.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+                None => (p, None),
+            })
+            .collect()
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+
+        /// Attack: any value built from hostile pieces splits exactly as before (a
+        /// difference would let the top Via, read lazily, differ from the full list).
+        #[test]
+        fn hostile_lists_split_as_before(value in hostile_value()) {
+            proptest::prop_assert_eq!(
+                split_list(&value).collect::<Vec<_>>(),
+                split_list_reference(&value)
+            );
+            proptest::prop_assert_eq!(
+                split_list(&value).next(),
+                split_list_reference(&value).first().copied()
+            );
+        }
+
+        #[test]
+        fn hostile_parameters_parse_as_before(value in hostile_value()) {
+            proptest::prop_assert_eq!(params(&value).collect::<Vec<_>>(), params_reference(&value));
+        }
+
+        #[test]
+        fn split_at_byte_is_split_once(value in hostile_value()) {
+            for sep in [b'=', b';', b',', b':', b'"'] {
+                proptest::prop_assert_eq!(
+                    split_at_byte(&value, sep),
+                    value.split_once(char::from(sep))
+                );
+            }
+        }
+    }
+
+    /// Attack: a list of 200 000 items of commas and quoted commas is split in linear
+    /// time (a quadratic rescan would take minutes). Control: its item count.
+    #[test]
+    fn a_very_long_list_splits_in_linear_time() {
+        let value = "\"a,\\\"b\" <sip:x,y>,".repeat(200_000);
+        let start = std::time::Instant::now();
+        assert_eq!(split_list(&value).count(), 200_000);
+        let open = "\"".to_owned() + &",".repeat(1_000_000);
+        assert_eq!(
+            split_list(&open).count(),
+            1,
+            "an unclosed quote holds every comma"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "took {:?}",
+            start.elapsed()
+        );
+    }
+
     #[test]
     fn parameters() {
         let p = ";branch=z9hG4bK1 ; rport; received=\"1.2.3.4\";Expires=30";

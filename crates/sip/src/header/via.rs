@@ -82,6 +82,47 @@ pub fn split_host_port(text: &str) -> Option<(&str, Option<u16>)> {
 mod tests {
     use super::*;
 
+    /// The `split_host_port` before the byte search, kept as the reference.
+    fn split_host_port_reference(text: &str) -> Option<(&str, Option<u16>)> {
+        if let Some(rest) = text.strip_prefix('[') {
+            let (host, after) = rest.split_once(']')?;
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':')?.parse().ok()?),
+            };
+            return (!host.is_empty()).then_some((host, port));
+        }
+        let (host, port) = match text.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p.parse().ok()?)),
+            None => (text, None),
+        };
+        let ok = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        ok.then_some((host, port))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(3000))]
+
+        /// Attack: IPv6 references, several colons, empty and huge ports, multi-byte
+        /// text beside the colon: split as before, never a panic.
+        #[test]
+        fn hostile_sent_by_splits_as_before(text in "[\\[\\]:0-9a-fA-Fé.€+-]{0,16}") {
+            proptest::prop_assert_eq!(split_host_port(&text), split_host_port_reference(&text));
+        }
+
+        /// Attack: a whole hostile Via never panics, and its top is the first item.
+        #[test]
+        fn a_hostile_via_never_panics(
+            v in "(SIP|sip|é)/(2\\.0|é)/(UDP|TCP|é) ?[\\[\\]:0-9a-fé;=,\" ]{0,30}"
+        ) {
+            let _ = Via::parse(&v);
+            let _ = Via::parse_top(&v);
+        }
+    }
+
     #[test]
     fn typical_vias() {
         let v = Via::parse("SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bK776;rport").expect("via");

@@ -703,6 +703,127 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(3000))]
+
+        /// Attack: two requests share a key only when branch, sent-by (host in any
+        /// case, port absent meaning 5060) and method (ACK as INVITE) are the same;
+        /// the split of one text into fields can never make two keys collide.
+        #[test]
+        fn keys_collide_only_for_one_transaction(
+            b1 in "z9hG4bK[a-z:0-9A]{0,4}", h1 in "[aA:0-9.]{1,4}", p1 in proptest::option::of(5059u16..5062),
+            m1 in "(INVITE|ACK|CANCEL|REGISTER|INVITEACK|A)",
+            b2 in "z9hG4bK[a-z:0-9A]{0,4}", h2 in "[aA:0-9.]{1,4}", p2 in proptest::option::of(5059u16..5062),
+            m2 in "(INVITE|ACK|CANCEL|REGISTER|INVITEACK|A)",
+        ) {
+            let k1 = TxKey::new(&b1, &h1, p1, &m1).expect("rfc3261");
+            let k2 = TxKey::new(&b2, &h2, p2, &m2).expect("rfc3261");
+            let norm = |m: &str| if m == "ACK" { "INVITE".to_owned() } else { m.to_owned() };
+            let same = b1 == b2
+                && h1.eq_ignore_ascii_case(&h2)
+                && p1.unwrap_or(5060) == p2.unwrap_or(5060)
+                && norm(&m1) == norm(&m2);
+            proptest::prop_assert_eq!(k1 == k2, same, "{:?} vs {:?}", k1, k2);
+            if k1 == k2 {
+                use std::hash::BuildHasher;
+                let s = std::collections::hash_map::RandomState::new();
+                proptest::prop_assert_eq!(s.hash_one(&k1), s.hash_one(&k2));
+            }
+            proptest::prop_assert_eq!(k1.branch(), b1.as_str());
+            proptest::prop_assert_eq!(k1.method(), norm(&m1));
+            proptest::prop_assert_eq!(
+                k1.sent_by().to_owned(),
+                format!("{}:{}", h1.to_ascii_lowercase(), p1.unwrap_or(5060))
+            );
+        }
+    }
+
+    /// Attack on expiry with one lookup: a transaction answered reliably is forgotten at
+    /// once but its place in the expiry queue stays; the same key entered again must
+    /// not be forgotten when that stale place comes up. Control: it does expire at its
+    /// own time.
+    #[test]
+    fn a_stale_queue_place_does_not_forget_a_new_transaction() {
+        let t0 = Instant::now();
+        let mut t = Table::new(10, 10, Timers::default());
+        let k = key("z9hG4bKre", "OPTIONS");
+        assert_eq!(
+            t.on_request(&k, "conn", Reliability::Reliable, t0),
+            Seen::New
+        );
+        assert_eq!(t.respond(&k, bytes("SIP/2.0 200 OK"), t0), Ok("conn"));
+        assert!(t.is_empty());
+        let t1 = t0 + Duration::from_secs(20);
+        assert_eq!(t.on_request(&k, "phone", UDP, t1), Seen::New);
+        assert_eq!(t.respond(&k, bytes("SIP/2.0 200 OK"), t1), Ok("phone"));
+        // Past the first entry's expiry, within the second's.
+        let t2 = t0 + Duration::from_secs(40);
+        assert_eq!(
+            t.on_request(&k, "forger", UDP, t2),
+            Seen::Resend {
+                to: "phone",
+                bytes: bytes("SIP/2.0 200 OK")
+            },
+            "still known, answered to where it came from, not to the forger"
+        );
+        assert_eq!(t.destination(&k), Some(&"phone"));
+        assert_eq!(
+            t.on_request(&k, "forger", UDP, t1 + Duration::from_secs(40)),
+            Seen::New,
+            "control: expired at its own time"
+        );
+    }
+
+    /// Attack: a flood of unique keys (with different case and absent ports) keeps the
+    /// table at its bound, and a pending INVITE stays.
+    #[test]
+    fn a_flood_of_unique_keys_stays_bounded() {
+        let t0 = Instant::now();
+        let mut t = Table::new(64, 8, Timers::default());
+        let invite = key("z9hG4bKinv", "INVITE");
+        assert_eq!(t.on_request(&invite, "phone", UDP, t0), Seen::New);
+        for n in 0..20_000u32 {
+            let host = if n % 2 == 0 {
+                "HOST.example"
+            } else {
+                "host.EXAMPLE"
+            };
+            let port = (n % 3 == 0).then_some(5060);
+            let k = TxKey::new(&format!("z9hG4bKf{n}"), host, port, "OPTIONS").expect("k");
+            let _ = t.on_request(&k, "flood", UDP, t0);
+            assert!(t.len() <= 64 + 8, "{} entries", t.len());
+        }
+        assert!(t.pending(&invite), "the INVITE stays");
+        assert_eq!(t.destination(&invite), Some(&"phone"));
+    }
+
+    /// FINDING: a flood of unique requests over a reliable transport, each answered at
+    /// once, leaves the table empty (each entry goes with its final answer) but every
+    /// key's place in the expiry queue stays until its 64 s bound: the queue (and the
+    /// key text it holds) grows with the flood rate times 64 s, not with the table's
+    /// capacity. Control: the table itself stays within its capacity.
+    #[test]
+    fn the_expiry_queue_stays_bounded_under_a_reliable_flood() {
+        let t0 = Instant::now();
+        let mut t = Table::new(64, 8, Timers::default());
+        for n in 0..10_000u32 {
+            let k = TxKey::new(&format!("z9hG4bKr{n}"), "h", None, "OPTIONS").expect("k");
+            let now = t0 + Duration::from_micros(u64::from(n));
+            assert_eq!(
+                t.on_request(&k, "conn", Reliability::Reliable, now),
+                Seen::New
+            );
+            assert_eq!(t.respond(&k, bytes("SIP/2.0 200 OK"), now), Ok("conn"));
+            assert!(t.len() <= 64 + 8, "control: {} entries", t.len());
+        }
+        assert!(
+            t.order.len() <= 2 * (64 + 8),
+            "{} expiry-queue places for a table of {} entries",
+            t.order.len(),
+            t.len()
+        );
+    }
+
     #[test]
     fn retransmissions_are_absorbed_then_answered() {
         let t0 = Instant::now();

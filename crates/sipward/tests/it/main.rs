@@ -11,6 +11,7 @@ mod attack_gateway;
 mod attack_guard_settings;
 mod attack_hop;
 mod attack_lanes;
+mod attack_parse;
 mod attack_revoke;
 mod attack_sealed;
 mod attack_settings;
