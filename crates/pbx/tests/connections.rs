@@ -1013,3 +1013,44 @@ async fn a_peer_that_never_reads_is_cut_at_the_write_deadline_and_stalls_no_othe
         stalled_at.elapsed()
     );
 }
+
+/// Attack (#19): a source banned while its connection's reader waits for room in the
+/// writer's queue. The wait listens only to the writer and shutdown, not to the ban
+/// check, so the ban is not noticed (nor counted as a ban close) and the connection
+/// stays open until the write deadline runs out (~10 s), not the 50 ms ban check.
+/// Control: the same source's idle connection is cut at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_banned_while_its_reader_waits_for_room_is_cut_at_the_ban_check() {
+    let bans = BanPolicy {
+        flood_requests: 100_000,
+        silence_requests: 100_000,
+        ..BanPolicy::default()
+    };
+    let pbx = start_on(bans, short_limits(), 2).await;
+    let mut idle = connect("127.0.0.63", pbx.tcp).await;
+    assert!(
+        answered(&mut idle, 1).await,
+        "the idle connection is open first"
+    );
+    let (_rd, mut writing) = stalled(&pbx, "127.0.0.63", 40_000).await;
+    let banned_before = metric(&pbx, |m| &m.tcp_banned_closed);
+    let mut scanner = connect("127.0.0.63", pbx.tcp).await;
+    let m = options(&scanner, 2, "friendly-scanner");
+    scanner.write_all(&m).await.expect("write");
+    let ip: IpAddr = "127.0.0.63".parse().expect("ip");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while pbx.endpoint.guard.admits(ip) {
+        assert!(Instant::now() < deadline, "the scanner was not banned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Control: the idle connection of the banned source goes at the ban check.
+    let (_, closed) = read_for(&mut idle, Duration::from_secs(2)).await;
+    assert!(closed, "the banned source's idle connection stayed open");
+    let closed = closed_within(&mut writing, Duration::from_secs(15)).await;
+    let noticed = metric(&pbx, |m| &m.tcp_banned_closed) - banned_before;
+    assert!(
+        closed.is_some_and(|t| t < Duration::from_secs(3)) && noticed >= 2,
+        "the banned, non-reading connection closed after {closed:?} \
+         ({noticed} ban closes counted, 2 expected)"
+    );
+}
