@@ -1113,6 +1113,11 @@ async fn connection<S>(
                         _ = shutdown.changed() => break 'read,
                     }
                 }
+                // A writer that gave up (its peer not reading) dropped its queue, which
+                // so has room: the peer is cut, not read on with its answers dropped.
+                if pong.is_closed() {
+                    break 'read;
+                }
                 // A slot of this connection's share then: at its bound, the reader
                 // waits (and reads nothing more) until an earlier message is handled.
                 let slot = tokio::select! {
