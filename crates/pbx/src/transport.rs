@@ -997,6 +997,9 @@ where
             // A peer gone without closing, or not reading: common, so counted and
             // not logged.
             background::count(Task::TcpWrite);
+            // Closed before `_wake` is dropped and wakes the reader, so it sees the
+            // writer gone (the queue is only dropped after the wake-up).
+            rx.close();
             return;
         }
     }
