@@ -1001,6 +1001,9 @@ where
             // A peer gone without closing, or not reading: common, so counted and
             // not logged.
             background::count(Task::TcpWrite);
+            // Closed before `_wake` is dropped and wakes the reader, so it sees the
+            // writer gone (the queue is only dropped after the wake-up).
+            rx.close();
             return;
         }
     }
@@ -1113,6 +1116,11 @@ async fn connection<S>(
                         _ = taken.notified() => {}
                         _ = shutdown.changed() => break 'read,
                     }
+                }
+                // A writer that gave up (its peer not reading) dropped its queue, which
+                // so has room: the peer is cut, not read on with its answers dropped.
+                if pong.is_closed() {
+                    break 'read;
                 }
                 // A slot of this connection's share then: at its bound, the reader
                 // waits (and reads nothing more) until an earlier message is handled.

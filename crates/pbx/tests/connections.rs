@@ -917,3 +917,143 @@ async fn a_peer_reading_its_answers_late_loses_none() {
         let _ = writing.await;
     }
 }
+
+/// A connection from `ip` that sends `n` OPTIONS and never reads: its answers fill the
+/// socket buffers and the writer's queue, and the server's reader waits for room. The
+/// sending task ends (with an error) once the server closes the connection. Returns
+/// when the server has stopped handling its requests (none for 300 ms).
+async fn stalled(
+    pbx: &Pbx,
+    ip: &str,
+    n: u32,
+) -> (
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let s = TcpSocket::new_v4().expect("socket");
+    s.set_recv_buffer_size(4096).expect("rcvbuf");
+    s.bind(SocketAddr::new(ip.parse().expect("ip"), 0))
+        .expect("bind");
+    let c = s.connect(pbx.tcp).await.expect("connect");
+    let mut all = Vec::new();
+    for k in 1..=n {
+        all.extend_from_slice(&options(&c, k, "never-reads/1.0"));
+    }
+    let (rd, mut wr) = c.into_split();
+    let before = metric(pbx, |m| &m.requests);
+    let writing = tokio::spawn(async move {
+        wr.write_all(&all).await?;
+        // Held open (not shut down) until the server closes: a later write fails.
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            wr.write_all(b"\r\n").await?;
+        }
+    });
+    let until = Instant::now() + Duration::from_secs(10);
+    let (mut seen, mut since) = (before, Instant::now());
+    loop {
+        let handled = metric(pbx, |m| &m.requests);
+        if handled != seen {
+            (seen, since) = (handled, Instant::now());
+        } else if seen > before && since.elapsed() > Duration::from_millis(300) {
+            break;
+        }
+        assert!(Instant::now() < until, "the server never stopped handling");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !writing.is_finished(),
+        "the stalled connection was closed at once"
+    );
+    (rd, writing)
+}
+
+/// How long until `writing` (a [`stalled`] connection's sender) saw the server close.
+async fn closed_within(
+    writing: &mut tokio::task::JoinHandle<std::io::Result<()>>,
+    within: Duration,
+) -> Option<Duration> {
+    let t = Instant::now();
+    tokio::time::timeout(within, writing)
+        .await
+        .ok()
+        .map(|_| t.elapsed())
+}
+
+/// Attack (#19): a peer that sends and never reads parks the server's reader waiting
+/// for room in its writer's queue. It must hold its connection no longer than the write
+/// deadline (plus the close deadlines). Finding: when the writer gives up at the write
+/// deadline, its queue is dropped and so has room again; the reader only asks whether
+/// the writer is gone while the queue is short of room, so it goes on reading and
+/// handling the peer's requests (answers dropped) for as long as the peer sends.
+/// Control: another source's requests (same lanes) are answered at once meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_is_cut_at_the_write_deadline_and_stalls_no_other() {
+    let bans = BanPolicy {
+        flood_requests: 100_000,
+        silence_requests: 100_000,
+        ..BanPolicy::default()
+    };
+    let pbx = start_on(bans, short_limits(), 2).await;
+    let (_rd, mut writing) = stalled(&pbx, "127.0.0.61", 40_000).await;
+    let stalled_at = Instant::now();
+    // Control: another source on the same lanes is answered while the first waits.
+    let mut other = connect("127.0.0.62", pbx.tcp).await;
+    for n in 1..=5 {
+        let t = Instant::now();
+        assert!(answered(&mut other, n).await, "another source stalled");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "another source slowed"
+        );
+    }
+    let bound = pbx::transport::WRITE_DEADLINE + pbx::transport::CLOSE_DEADLINE;
+    let closed = closed_within(&mut writing, bound + Duration::from_secs(3)).await;
+    assert!(
+        closed.is_some(),
+        "a peer that never reads held its connection past {:?}",
+        stalled_at.elapsed()
+    );
+}
+
+/// Attack (#19): a source banned while its connection's reader waits for room in the
+/// writer's queue. The wait listens only to the writer and shutdown, not to the ban
+/// check, and once the reader is out the connection still waits for its writer, which
+/// is stuck on the peer that does not read: the socket stays open until the write
+/// deadline runs out (9.6 s measured after the ban), not the 50 ms ban check.
+/// Control: the same source's idle connection is cut at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_banned_while_its_reader_waits_for_room_is_cut_at_the_ban_check() {
+    let bans = BanPolicy {
+        flood_requests: 100_000,
+        silence_requests: 100_000,
+        ..BanPolicy::default()
+    };
+    let pbx = start_on(bans, short_limits(), 2).await;
+    let mut idle = connect("127.0.0.63", pbx.tcp).await;
+    assert!(
+        answered(&mut idle, 1).await,
+        "the idle connection is open first"
+    );
+    let (_rd, mut writing) = stalled(&pbx, "127.0.0.63", 40_000).await;
+    let banned_before = metric(&pbx, |m| &m.tcp_banned_closed);
+    let mut scanner = connect("127.0.0.63", pbx.tcp).await;
+    let m = options(&scanner, 2, "friendly-scanner");
+    scanner.write_all(&m).await.expect("write");
+    let ip: IpAddr = "127.0.0.63".parse().expect("ip");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while pbx.endpoint.guard.admits(ip) {
+        assert!(Instant::now() < deadline, "the scanner was not banned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Control: the idle connection of the banned source goes at the ban check.
+    let (_, closed) = read_for(&mut idle, Duration::from_secs(2)).await;
+    assert!(closed, "the banned source's idle connection stayed open");
+    let closed = closed_within(&mut writing, Duration::from_secs(15)).await;
+    let noticed = metric(&pbx, |m| &m.tcp_banned_closed) - banned_before;
+    assert!(
+        closed.is_some_and(|t| t < Duration::from_secs(3)),
+        "the banned, non-reading connection closed after {closed:?} \
+         ({noticed} ban closes counted)"
+    );
+}
