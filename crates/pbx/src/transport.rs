@@ -1112,8 +1112,16 @@ async fn connection<S>(
                     if pong.is_closed() {
                         break 'read;
                     }
+                    // A ban or a spoiled stream ends the wait as it ends a read.
                     tokio::select! {
                         _ = taken.notified() => {}
+                        _ = share.spoiled_now.notified() => break 'read,
+                        _ = ban_check.tick() => {
+                            if inbound.banned(peer.ip()) {
+                                inbound.connection(ConnectionEnd::Banned);
+                                break 'read;
+                            }
+                        }
                         _ = shutdown.changed() => break 'read,
                     }
                 }
@@ -1232,6 +1240,12 @@ async fn connection<S>(
     transports.close(id);
     inbound.closed(flow);
     drop(pong);
+    // A banned source gets nothing more written: its connection is cut now, not after a
+    // writer that its peer stopped reading gives up.
+    if inbound.banned(peer.ip()) {
+        write.abort();
+        return;
+    }
     match tokio::time::timeout(WRITE_DEADLINE + CLOSE_DEADLINE, &mut write).await {
         Ok(done) => {
             background::checked(Task::TcpWrite, "a TCP connection's writer", done);
