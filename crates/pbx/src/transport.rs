@@ -1246,7 +1246,14 @@ async fn connection<S>(
         write.abort();
         return;
     }
-    match tokio::time::timeout(WRITE_DEADLINE + CLOSE_DEADLINE, &mut write).await {
+    // At shutdown the writer gets only the close's deadline: a peer that stopped
+    // reading does not hold the server's exit for a write deadline.
+    let last = if *shutdown.borrow() {
+        CLOSE_DEADLINE
+    } else {
+        WRITE_DEADLINE + CLOSE_DEADLINE
+    };
+    match tokio::time::timeout(last, &mut write).await {
         Ok(done) => {
             background::checked(Task::TcpWrite, "a TCP connection's writer", done);
         }
