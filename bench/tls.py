@@ -43,6 +43,21 @@ R.SECONDS = SECONDS
 STEPS = [int(x) for x in os.environ.get("STEPS", "1000 2000 3000 4000 5000 6000 8000 10000").split()]
 NEW_STEPS = [int(x) for x in os.environ.get("NEW_STEPS", "100 200 400 600 800 1000 1500").split()]
 IDLE = int(os.environ.get("IDLE", "5000"))
+# sipward's /metrics, once it runs: each step reports the answers it could not queue.
+SIPWARD_METRICS = None
+
+
+def dropped_answers():
+    """sipward's count of stream messages it could not queue for writing (None when not
+    known): an answer dropped is a REGISTER SIPp waits for until its timeout."""
+    if SIPWARD_METRICS is None:
+        return None
+    import urllib.request
+    text = urllib.request.urlopen(SIPWARD_METRICS, timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith('sipward_background_errors_total{task="tcp_write"}'):
+            return int(float(line.split()[-1]))
+    return None
 RELOAD_RATE = int(os.environ.get("RELOAD_RATE", "500"))
 
 
@@ -69,11 +84,14 @@ def step(transport):
         calls = rate * SECONDS
         tick = os.sysconf("SC_CLK_TCK")
         s0 = R.cpu_ticks(pids)
+        d0 = dropped_answers() if label == "sipward" else None
         p, stat, start = sipp(target, inf, rate, calls, f"{label}-{transport}", transport)
         _, _, usage = os.wait4(p.pid, 0)
         elapsed = time.time() - start
         ok, failed = R.sipp_result(stat)
+        d1 = dropped_answers() if d0 is not None else None
         return {
+            "answers_dropped": None if d1 is None else d1 - d0,
             "server": label, "transport": transport, "rate": rate, "calls": calls,
             "ok": ok, "failed": failed, "elapsed_s": round(elapsed, 2),
             "server_cpu_pct": round(100 * (R.cpu_ticks(pids) - s0) / tick / elapsed),
@@ -249,6 +267,8 @@ def main():
     os.makedirs(OUT)
     data, sw_inf = setup_sipward()
     sw, ready = start_sipward(data)
+    global SIPWARD_METRICS
+    SIPWARD_METRICS = f"http://{ready['http']}/metrics"
     ca = os.path.join(data, "tls", "ca.pem")
     cert, key = os.path.join(data, "tls", "server.pem"), os.path.join(data, "tls", "server.key")
     kam, kam_tls, kam_inf, ctl = setup_kamailio(cert, key)
