@@ -27,6 +27,7 @@
 //! per address and per prefix, and each must be finished within a deadline: a source
 //! cannot hold many half-sent requests, each costing a buffer, on its connections.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -948,16 +949,46 @@ impl Lanes {
 }
 
 /// The Call-ID header's value in a message's head (`Call-ID` or its compact form `i`,
-/// any case), trimmed; None when there is none. A scan, not a parse: it only picks a
-/// lane, and the message is parsed in full there.
-fn call_id(message: &[u8]) -> Option<&[u8]> {
+/// any case), as the parse reads it: trimmed, folded lines joined by one space, a
+/// continuation line never taken for a header. None when there is none. A scan, not a
+/// parse: it only picks a lane, and the message is parsed in full there; it reads the
+/// value as the parse does so that one call's messages keep to one lane however they
+/// fold it.
+fn call_id(message: &[u8]) -> Option<Cow<'_, [u8]>> {
     let head = &message[..sip::msg::head_end(message).unwrap_or(message.len())];
-    head.split(|b| *b == b'\n').skip(1).find_map(|line| {
-        let colon = line.iter().position(|b| *b == b':')?;
+    let folded = |l: &&[u8]| l.first().is_some_and(|b| matches!(b, b' ' | b'\t'));
+    // A header value's trim in the parse: spaces and tabs only.
+    fn value(l: &[u8]) -> &[u8] {
+        let blank = |b: &u8| matches!(b, b' ' | b'\t');
+        let front = l.iter().take_while(|b| blank(b)).count();
+        let l = &l[front..];
+        let back = l.iter().rev().take_while(|b| blank(b)).count();
+        &l[..l.len() - back]
+    }
+    let mut lines = head
+        .split(|b| *b == b'\n')
+        .skip(1)
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    while let Some(line) = lines.next() {
+        if folded(&line) {
+            continue;
+        }
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
         let name = line[..colon].trim_ascii();
-        (name.eq_ignore_ascii_case(b"call-id") || name.eq_ignore_ascii_case(b"i"))
-            .then(|| line[colon + 1..].trim_ascii())
-    })
+        if !(name.eq_ignore_ascii_case(b"call-id") || name.eq_ignore_ascii_case(b"i")) {
+            continue;
+        }
+        let mut id = Cow::Borrowed(value(&line[colon + 1..]));
+        for more in lines.take_while(folded) {
+            let id = id.to_mut();
+            id.push(b' ');
+            id.extend_from_slice(value(more));
+        }
+        return Some(id);
+    }
+    None
 }
 
 /// Writes what is queued for one connection until every sender is gone, then closes the
@@ -1487,14 +1518,36 @@ mod lane_tests {
     fn the_call_id_is_found_in_its_long_and_compact_forms_in_any_case() {
         let long =
             b"OPTIONS sip:a SIP/2.0\r\nVia: x\r\nCALL-id :  abc@h \r\nCSeq: 1 OPTIONS\r\n\r\n";
-        assert_eq!(call_id(long), Some(&b"abc@h"[..]));
+        assert_eq!(call_id(long).as_deref(), Some(&b"abc@h"[..]));
         let compact = b"SIP/2.0 200 OK\r\nv: x\r\ni:def\r\n\r\nbody i: nope\r\n";
-        assert_eq!(call_id(compact), Some(&b"def"[..]));
+        assert_eq!(call_id(compact).as_deref(), Some(&b"def"[..]));
         // Only the head is looked at, and the start line is never a header.
         let none = b"i: x SIP/2.0\r\nVia: y\r\n\r\nCall-ID: in-the-body\r\n";
         assert_eq!(call_id(none), None);
         assert_eq!(call_id(b""), None);
         assert_eq!(call_id(b"\r\n\r\n"), None);
+    }
+
+    /// The lane pick reads a folded Call-ID as the parse does (and a continuation line
+    /// that looks like `i: ...` is no header), so one call keeps to one lane.
+    #[test]
+    fn the_call_id_is_read_as_the_parse_reads_it() {
+        let cases: &[&[u8]] = &[
+            b"OPTIONS sip:a SIP/2.0\r\nCall-ID: abc\r\n\t@h \r\n x\r\nl: 0\r\n\r\n",
+            b"OPTIONS sip:a SIP/2.0\r\nCall-ID:\r\n abc\r\nl: 0\r\n\r\n",
+            b"OPTIONS sip:a SIP/2.0\r\nSubject: s\r\n i: fake\r\ni: real\r\nl: 0\r\n\r\n",
+            b"OPTIONS sip:a SIP/2.0\nCall-ID: lf\n  only\nl: 0\n\n",
+        ];
+        for c in cases {
+            let parsed = sip::msg::parse(c).expect("parses");
+            let parsed = parsed.header(sip::msg::Name::CallId).expect("call-id");
+            assert_eq!(
+                call_id(c).as_deref(),
+                Some(parsed.as_bytes()),
+                "{}",
+                String::from_utf8_lossy(c)
+            );
+        }
     }
 
     #[tokio::test]

@@ -17,7 +17,8 @@ pub enum ParseError {
     Malformed,
     /// More headers than [`MAX_HEADERS`].
     TooManyHeaders,
-    /// The body is shorter than Content-Length says, or Content-Length is invalid.
+    /// The body is shorter than Content-Length says, or Content-Length is invalid or
+    /// given more than once.
     BadLength,
     /// Longer than the transport's limit (RFC 3261 §21.5.14: 513 when it can be answered).
     TooLarge,
@@ -211,7 +212,7 @@ fn parse_with(buf: &[u8], with_body: bool) -> Result<Message<'_>, ParseError> {
     let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let start = parse_start_line(lines.next().unwrap_or(""))?;
     let mut headers: Vec<Header<'_>> = Vec::with_capacity(16);
-    for line in lines {
+    for line in lines.by_ref() {
         if line.is_empty() {
             break;
         }
@@ -239,8 +240,24 @@ fn parse_with(buf: &[u8], with_body: bool) -> Result<Message<'_>, ParseError> {
             value: Cow::Borrowed(value),
         });
     }
+    // The headers end where `head_end` ends the head, which framing and the lane pick
+    // read too: an empty line before it (a lone CR line, `\n\r\n` after a header) would
+    // end the parse's headers sooner, and the lines between would be read by framing
+    // alone. Such a head is refused rather than read two ways.
+    if lines.any(|l| !l.is_empty()) {
+        return Err(ParseError::Malformed);
+    }
+    // Content-Length is single-valued (RFC 3261 §20.14): with two, framing and a front
+    // proxy could each take a different one and read one message two ways (a body that
+    // smuggles a second message on a stream). Every duplicate is refused, identical or
+    // not, as `frame_len` does.
+    let mut lengths = headers.iter().filter(|h| h.name == Name::ContentLength);
+    let length = lengths.next();
+    if lengths.next().is_some() {
+        return Err(ParseError::BadLength);
+    }
     let rest = buf.get(end..).unwrap_or_default();
-    let body = match headers.iter().find(|h| h.name == Name::ContentLength) {
+    let body = match length {
         _ if !with_body => &[][..],
         Some(h) => {
             let len: usize = h.value.trim().parse().map_err(|_| ParseError::BadLength)?;
@@ -277,6 +294,11 @@ pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, ParseError> {
         }
         let (name, value) = split_header(line)?;
         if Name::parse(name) == Name::ContentLength {
+            // A second Content-Length, even an equal one, is refused (see `parse`): the
+            // stream closes, as for none.
+            if len.is_some() {
+                return Err(ParseError::BadLength);
+            }
             len = Some(
                 value
                     .trim()
@@ -478,19 +500,57 @@ Content-Length: 0\r\n\r\n";
         let smuggle = format!(
             "{head}Content-Length: 0\r\nContent-Length: 25\r\n\r\nOPTIONS sip:b SIP/2.0\r\n\r\n"
         );
-        let n = frame_len(smuggle.as_bytes(), 65_535)
-            .expect("frames")
-            .expect("whole");
-        let framed = smuggle.as_bytes().get(..n).expect("within");
-        let body_framed = n - head_end(framed).expect("head");
-        if let Ok(m) = parse(framed) {
+        // Refused by framing (the stream closes) is one reading too; framed, the parse
+        // must take the same body.
+        if let Some(n) = frame_len(smuggle.as_bytes(), 65_535).unwrap_or(None) {
+            let framed = smuggle.as_bytes().get(..n).expect("within");
+            let body_framed = n - head_end(framed).expect("head");
+            if let Ok(m) = parse(framed) {
+                assert_eq!(
+                    m.body.len(),
+                    body_framed,
+                    "framing took a {body_framed}-byte body, the parse a {}-byte one",
+                    m.body.len()
+                );
+            }
+        }
+    }
+
+    /// The fix: every duplicate Content-Length, long or compact, differing or equal, is
+    /// refused by framing and by the parse (and by the head-only parse of a 513).
+    #[test]
+    fn a_duplicate_content_length_is_refused_everywhere() {
+        let head = "OPTIONS sip:a SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\n";
+        for lengths in [
+            "Content-Length: 0\r\nContent-Length: 25\r\n",
+            "Content-Length: 25\r\nl: 0\r\n",
+            "l: 4\r\nCONTENT-LENGTH: 4\r\n",
+        ] {
+            let text = format!("{head}{lengths}\r\nOPTIONS sip:b SIP/2.0\r\n\r\n");
+            let b = text.as_bytes();
             assert_eq!(
-                m.body.len(),
-                body_framed,
-                "framing took a {body_framed}-byte body, the parse a {}-byte one",
-                m.body.len()
+                frame_len(b, 65_535),
+                Err(ParseError::BadLength),
+                "{lengths}"
+            );
+            assert_eq!(parse(b).err(), Some(ParseError::BadLength), "{lengths}");
+            assert_eq!(
+                parse_head(b).err(),
+                Some(ParseError::BadLength),
+                "{lengths}"
             );
         }
+    }
+
+    /// The fix: a head with an empty line before its end is refused by the parse; one
+    /// that ends in LF LF after a CR-ended header still parses.
+    #[test]
+    fn a_lone_cr_line_inside_a_head_is_refused() {
+        let odd = b"OPTIONS sip:a SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\n\r\nl: 0\r\n\r\n";
+        assert_eq!(parse(odd).err(), Some(ParseError::Malformed));
+        assert_eq!(parse_head(odd).err(), Some(ParseError::Malformed));
+        let mixed = b"OPTIONS sip:a SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nl: 2\r\n\nab";
+        assert_eq!(parse(mixed).expect("control").body, b"ab");
     }
 
     /// FINDING: an LF then CR LF (`\n\r\n`) inside a head is no end of head for

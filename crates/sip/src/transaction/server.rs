@@ -33,7 +33,7 @@
 //! (`z9hG4bK`) are matched.
 
 use std::collections::hash_map::Entry as Slot;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -318,6 +318,29 @@ impl<D: Clone> ServerTransactions<D> {
         }
     }
 
+    /// Puts a non-INVITE entry's expiry `at` in the queue. Places are dropped lazily, so
+    /// an entry that leaves early (a reliable request with its final answer) or moves on
+    /// (a new expiry) leaves a stale one behind; once the queue holds twice the table's
+    /// capacity, the stale places are swept out: what stays is one place per live entry,
+    /// its current expiry, in queue order. The queue then stays within twice the
+    /// capacity whatever the request rate, and the sweep, linear in the queue, comes at
+    /// most once per `capacity` places, so a request costs O(1) amortised.
+    fn place(&mut self, at: Instant, key: &TxKey) {
+        self.order.push_back((at, key.clone()));
+        if self.order.len() <= 2 * self.capacity {
+            return;
+        }
+        let entries = &self.entries;
+        let mut kept: HashSet<&TxKey> = HashSet::with_capacity(entries.len());
+        let mut order = std::mem::take(&mut self.order);
+        order.retain(|(t, k)| {
+            entries
+                .get_key_value(k)
+                .is_some_and(|(live, e)| !e.invite && e.expires == *t && kept.insert(live))
+        });
+        self.order = order;
+    }
+
     fn file(&mut self, key: &TxKey) {
         let Some(e) = self.entries.get_mut(key) else {
             return;
@@ -486,7 +509,7 @@ impl<D: Clone> ServerTransactions<D> {
             self.invites += 1;
             self.file(key);
         } else {
-            self.order.push_back((expires, key.clone()));
+            self.place(expires, key);
         }
         (Seen::New, evicted)
     }
@@ -587,7 +610,7 @@ impl<D: Clone> ServerTransactions<D> {
             if linger.is_zero() {
                 self.entries.remove(key);
             } else {
-                self.order.push_back((now + linger, key.clone()));
+                self.place(now + linger, key);
             }
             return Ok(to);
         }
@@ -822,6 +845,38 @@ mod tests {
             t.order.len(),
             t.len()
         );
+    }
+
+    /// The sweep keeps every live entry's place: requests still pending when a reliable
+    /// flood sweeps the queue expire at their own time afterwards (stranded, they would
+    /// stay in the table for ever), and the answered ones stay answerable until then.
+    #[test]
+    fn a_sweep_of_the_expiry_queue_strands_no_live_entry() {
+        let t0 = Instant::now();
+        let mut t = Table::new(8, 2, Timers::default());
+        let pending = key("z9hG4bKpend", "OPTIONS");
+        let answered = key("z9hG4bKans", "OPTIONS");
+        assert_eq!(t.on_request(&pending, "a", UDP, t0), Seen::New);
+        assert_eq!(t.on_request(&answered, "b", UDP, t0), Seen::New);
+        assert_eq!(t.respond(&answered, bytes("SIP/2.0 200 OK"), t0), Ok("b"));
+        for n in 0..100u32 {
+            let k = key(&format!("z9hG4bKf{n}"), "OPTIONS");
+            assert_eq!(t.on_request(&k, "c", Reliability::Reliable, t0), Seen::New);
+            assert_eq!(t.respond(&k, bytes("SIP/2.0 200 OK"), t0), Ok("c"));
+        }
+        assert!(t.order.len() <= 2 * 8, "{} places", t.order.len());
+        assert!(t.pending(&pending));
+        assert_eq!(
+            t.on_request(&answered, "forger", UDP, t0 + ms(1)),
+            Seen::Resend {
+                to: "b",
+                bytes: bytes("SIP/2.0 200 OK")
+            }
+        );
+        let later = t0 + Timers::default().timeout() * 2 + ms(1);
+        let k = key("z9hG4bKlate", "OPTIONS");
+        assert_eq!(t.on_request(&k, "d", UDP, later), Seen::New);
+        assert_eq!(t.len(), 1, "both earlier entries expired at their time");
     }
 
     #[test]
