@@ -1271,15 +1271,10 @@ async fn connection<S>(
     transports.close(id);
     inbound.closed(flow);
     drop(pong);
-    // A banned source gets nothing more written: its connection is cut now, not after a
-    // writer that its peer stopped reading gives up.
-    if inbound.banned(peer.ip()) {
-        write.abort();
-        return;
-    }
-    // At shutdown the writer gets only the close's deadline: a peer that stopped
-    // reading does not hold the server's exit for a write deadline.
-    let last = if *shutdown.borrow() {
+    // A banned source's connection, and every connection at shutdown, gets only the
+    // close's deadline to write what is queued: a peer that stopped reading holds
+    // neither a banned connection nor the server's exit for a write deadline.
+    let last = if inbound.banned(peer.ip()) || *shutdown.borrow() {
         CLOSE_DEADLINE
     } else {
         WRITE_DEADLINE + CLOSE_DEADLINE

@@ -1017,13 +1017,14 @@ async fn a_peer_that_never_reads_is_cut_at_the_write_deadline_and_stalls_no_othe
 }
 
 /// Attack (#19): a source banned while its connection's reader waits for room in the
-/// writer's queue. The wait listens only to the writer and shutdown, not to the ban
-/// check, and once the reader is out the connection still waits for its writer, which
-/// is stuck on the peer that does not read: the socket stays open until the write
-/// deadline runs out (9.6 s measured after the ban), not the 50 ms ban check.
+/// writer's queue. The wait listened only to the writer and shutdown, not to the ban
+/// check, and once the reader was out the connection still waited for its writer, stuck
+/// on the peer that does not read: the socket stayed open until the write deadline ran
+/// out (9.6 s measured after the ban). Now the ban ends the wait, and the writer gets
+/// only the close deadline (2 s) to write what is queued.
 /// Control: the same source's idle connection is cut at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_source_banned_while_its_reader_waits_for_room_is_cut_at_the_ban_check() {
+async fn a_source_banned_while_its_reader_waits_for_room_is_cut_within_the_close_deadline() {
     let bans = BanPolicy {
         flood_requests: 100_000,
         silence_requests: 100_000,
@@ -1052,7 +1053,7 @@ async fn a_source_banned_while_its_reader_waits_for_room_is_cut_at_the_ban_check
     let closed = closed_within(&mut writing, Duration::from_secs(15)).await;
     let noticed = metric(&pbx, |m| &m.tcp_banned_closed) - banned_before;
     assert!(
-        closed.is_some_and(|t| t < Duration::from_secs(3)),
+        closed.is_some_and(|t| t < Duration::from_secs(4)),
         "the banned, non-reading connection closed after {closed:?} \
          ({noticed} ban closes counted)"
     );
