@@ -3,16 +3,16 @@
 //! the pass after it is tens of milliseconds on the wire, too short to aim at from a
 //! socket, so these tests hold it open.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use accounts::Registry;
 use accounts::credentials::GraceCredential;
-use accounts::extension::{ExtensionChange, NewExtension};
-use accounts::{Registry, Settings};
+use accounts::extension::ExtensionChange;
 use pbx::admission::Outbound;
-use pbx::authenticator::{AuthConfig, Authenticator, Outcome};
-use pbx::directory::{Directory, DirectoryCache, Opening};
+use pbx::authenticator::{AuthConfig, Authenticator};
+use pbx::directory::{Directory, DirectoryCache};
 use pbx::egress::{Cleared, Undeliverable, Wire};
 use pbx::endpoint::{Endpoint, Parts};
 use pbx::flow::Flow;
@@ -20,112 +20,14 @@ use pbx::guard::{Admission, Event, Guard};
 use pbx::metrics::Metrics;
 use pbx::registrar::{Registrar, RegistrarConfig};
 use pbx::trunk::Trunks;
-use policy::PolicyConfig;
 use policy::ban::BanPolicy;
 use policy::clock::{Clock, ManualClock};
 use policy::dialplan::DialPlan;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use sip::digest::{Algorithm, ResponseInput, expected_response, ha1};
 use tokio::sync::mpsc;
 
-const NOW: u64 = 1_795_894_105;
-const SRC: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
-const REALM: &str = "sipward";
-const OLD: &str = "Zq8xLmTr4wPyK7vB2";
-const NEW: &str = "Nw7pQz4xTr9mLk2Vb";
-
-async fn registry(dir: &std::path::Path) -> Registry {
-    let settings = Settings {
-        realm: REALM.into(),
-        domain: None,
-        policy: PolicyConfig::default(),
-        dialplan: Default::default(),
-        admin_email: None,
-        provisioning: Default::default(),
-    };
-    let clock = Arc::new(ManualClock::new(
-        i64::try_from(NOW).expect("fits"),
-        Instant::now(),
-    ));
-    let data = store::DataDir::new(dir.join("d"));
-    let (reg, _) = Registry::open(&data, settings, Box::new(StdRng::seed_from_u64(7)), clock)
-        .await
-        .expect("open");
-    reg
-}
-
-async fn add(reg: &Registry, number: &str, auth_id: &str, password: &str) {
-    let new = NewExtension {
-        auth_id: Some(auth_id.into()),
-        password: Some(password.into()),
-        ..NewExtension::default()
-    };
-    reg.add_extension(number, new).await.expect("add");
-}
-
-fn opening(reg: &Registry) -> Arc<Opening> {
-    Arc::new(Opening {
-        opener: Some(reg.ha1_opener()),
-        realm: REALM.into(),
-    })
-}
-
-async fn load(reg: &Registry, opening: &Arc<Opening>, previous: Option<&Directory>) -> Directory {
-    let mut conn = reg.store().conn().await.expect("conn");
-    let c = reg
-        .credentials(&mut conn, i64::try_from(NOW).expect("fits"))
-        .await
-        .expect("credentials");
-    Directory::load(c.accounts, c.graces, opening.clone(), 3, previous).0
-}
-
-fn authenticator() -> Authenticator {
-    Authenticator::new(
-        AuthConfig {
-            realm: REALM.into(),
-            nonce_max_age_secs: 300,
-            nc_capacity: 1000,
-            algorithms: vec![Algorithm::Md5],
-        },
-        [1; 32],
-        [2; 32],
-        Arc::new(Metrics::default()),
-    )
-}
-
-/// Whether `user` with `password` logs in against `d` (a REGISTER with a fresh nonce).
-fn logs_in(a: &Authenticator, d: &Directory, user: &str, password: &str) -> bool {
-    let nonce = a.challenges(SRC, NOW, false)[0]
-        .split("nonce=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("nonce")
-        .to_owned();
-    let uri = "sip:127.0.0.1:5060";
-    let input = ResponseInput {
-        method: "REGISTER",
-        uri,
-        nonce: &nonce,
-        qop_auth: Some(("00000001", "6b8b4567")),
-    };
-    let response = expected_response(
-        Algorithm::Md5,
-        &ha1(Algorithm::Md5, user, REALM, password),
-        &input,
-    );
-    let text = format!(
-        "REGISTER {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:16062;branch=z9hG4bK-1\r\n\
-         Authorization: Digest username=\"{user}\",realm=\"{REALM}\",cnonce=\"6b8b4567\",nc=00000001,\
-         qop=auth,uri=\"{uri}\",nonce=\"{nonce}\",response=\"{response}\",algorithm=MD5\r\n\
-         Content-Length: 0\r\n\r\n"
-    );
-    let m = sip::msg::parse(text.as_bytes()).expect("parses");
-    matches!(
-        a.verify(d, &m, "REGISTER", SRC, NOW),
-        Outcome::Authenticated(_) | Outcome::Grace(_)
-    )
-}
+mod sealed;
+use sealed::*;
 
 async fn row(reg: &Registry, number: &str) -> store::account::ExtensionRow {
     let mut conn = reg.store().conn().await.expect("conn");
@@ -638,7 +540,7 @@ async fn a_grace_window_ended_by_the_new_login_stays_ended_across_a_reload() {
     let reg = registry(dir.path()).await;
     add(&reg, "1001", "alice1001", OLD).await;
     let now = i64::try_from(NOW).expect("fits");
-    let old = credentials_now(&reg).await.accounts.remove(0);
+    let old = credentials(&reg).await.accounts.remove(0);
     let change = ExtensionChange {
         password: Some(NEW.into()),
         ..ExtensionChange::default()
@@ -655,7 +557,7 @@ async fn a_grace_window_ended_by_the_new_login_stays_ended_across_a_reload() {
     }];
     let a = authenticator();
     let opening = opening(&reg);
-    let c = credentials_now(&reg).await;
+    let c = credentials(&reg).await;
     let (d1, _) = Directory::load(c.accounts, window.clone(), opening.clone(), 3, None);
     assert!(
         logs_in(&a, &d1, "alice1001", OLD),
@@ -669,7 +571,7 @@ async fn a_grace_window_ended_by_the_new_login_stays_ended_across_a_reload() {
     assert!(g.end(), "the new password's first login ends the window");
     assert!(!logs_in(&a, &d1, "alice1001", OLD), "ended");
     // A reload before the row is gone: the same window read again.
-    let c = credentials_now(&reg).await;
+    let c = credentials(&reg).await;
     let (d2, _) = Directory::load(c.accounts, window.clone(), opening.clone(), 3, Some(&d1));
     assert!(
         !logs_in(&a, &d2, "alice1001", OLD),
@@ -677,14 +579,7 @@ async fn a_grace_window_ended_by_the_new_login_stays_ended_across_a_reload() {
     );
     assert!(logs_in(&a, &d2, "alice1001", NEW));
     // Control: a load that never saw the window end (a fresh start) opens it as stored.
-    let c = credentials_now(&reg).await;
+    let c = credentials(&reg).await;
     let (d3, _) = Directory::load(c.accounts, window, opening, 3, None);
     assert!(logs_in(&a, &d3, "alice1001", OLD), "control: a fresh load");
-}
-
-async fn credentials_now(reg: &Registry) -> accounts::credentials::Credentials {
-    let mut conn = reg.store().conn().await.expect("conn");
-    reg.credentials(&mut conn, i64::try_from(NOW).expect("fits"))
-        .await
-        .expect("credentials")
 }

@@ -2,90 +2,14 @@
 //! or by the pass after ready, never before; a password changed after a first use
 //! replaces the opened HA1s; a value that does not open is an unknown user.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use accounts::extension::{ExtensionChange, NewExtension};
-use accounts::{Registry, Settings};
-use pbx::authenticator::{AuthConfig, Authenticator, Outcome};
-use pbx::directory::{Directory, Opening};
 use pbx::metrics::{Challenged, Metrics};
-use policy::PolicyConfig;
-use policy::clock::ManualClock;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use sip::digest::{Algorithm, ResponseInput, expected_response, ha1};
 
-const NOW: u64 = 1_795_894_105;
-const SRC: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
-const OLD: &str = "Zq8xLmTr4wPyK7vB2";
-const NEW: &str = "Nw7pQz4xTr9mLk2Vb";
-
-async fn registry(dir: &std::path::Path) -> Registry {
-    let settings = Settings {
-        realm: "sipward".into(),
-        domain: None,
-        policy: PolicyConfig::default(),
-        dialplan: Default::default(),
-        admin_email: None,
-        provisioning: Default::default(),
-    };
-    let clock = Arc::new(ManualClock::new(
-        i64::try_from(NOW).expect("fits"),
-        Instant::now(),
-    ));
-    let data = store::DataDir::new(dir.join("d"));
-    let (reg, _) = Registry::open(&data, settings, Box::new(StdRng::seed_from_u64(3)), clock)
-        .await
-        .expect("open");
-    reg
-}
-
-async fn load(reg: &Registry, opening: &Arc<Opening>, previous: Option<&Directory>) -> Directory {
-    let mut conn = reg.store().conn().await.expect("conn");
-    let c = reg
-        .credentials(&mut conn, i64::try_from(NOW).expect("fits"))
-        .await
-        .expect("credentials");
-    let (d, unopened) = Directory::load(c.accounts, c.graces, opening.clone(), 3, previous);
-    assert!(unopened.is_empty(), "no gateway here: {unopened:?}");
-    d
-}
-
-fn register(a: &Authenticator, d: &Directory, user: &str, password: &str) -> Outcome {
-    let nonce = a.challenges(SRC, NOW, false)[0]
-        .split("nonce=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("nonce")
-        .to_owned();
-    let uri = "sip:127.0.0.1:54686";
-    let input = ResponseInput {
-        method: "REGISTER",
-        uri,
-        nonce: &nonce,
-        qop_auth: Some(("00000001", "6b8b4567")),
-    };
-    let response = expected_response(
-        Algorithm::Md5,
-        &ha1(Algorithm::Md5, user, "sipward", password),
-        &input,
-    );
-    let text = format!(
-        "REGISTER {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:16062;branch=z9hG4bK-1\r\n\
-         Authorization: Digest username=\"{user}\",realm=\"sipward\",cnonce=\"6b8b4567\",nc=00000001,\
-         qop=auth,uri=\"{uri}\",nonce=\"{nonce}\",response=\"{response}\",algorithm=MD5\r\n\
-         Content-Length: 0\r\n\r\n"
-    );
-    let m = sip::msg::parse(text.as_bytes()).expect("parses");
-    a.verify(d, &m, "REGISTER", SRC, NOW)
-}
-
-fn accepted(o: &Outcome) -> bool {
-    matches!(o, Outcome::Authenticated(_) | Outcome::Grace(_))
-}
+mod sealed;
+use sealed::*;
 
 #[tokio::test]
 async fn hashes_open_on_first_use_and_a_changed_password_replaces_them() {
@@ -100,21 +24,8 @@ async fn hashes_open_on_first_use_and_a_changed_password_replaces_them() {
         reg.add_extension(n, new).await.expect("add");
     }
     let metrics = Arc::new(Metrics::default());
-    let auth = Authenticator::new(
-        AuthConfig {
-            realm: "sipward".into(),
-            nonce_max_age_secs: 300,
-            nc_capacity: 100,
-            algorithms: vec![Algorithm::Md5],
-        },
-        [1; 32],
-        [2; 32],
-        metrics.clone(),
-    );
-    let opening = Arc::new(Opening {
-        opener: Some(reg.ha1_opener()),
-        realm: "sipward".into(),
-    });
+    let auth = authenticator_with(metrics.clone());
+    let opening = opening(&reg);
 
     let first = load(&reg, &opening, None).await;
     assert_eq!(first.opened_count(), 0, "a load opens nothing");
@@ -183,21 +94,8 @@ async fn a_value_that_does_not_open_is_an_unknown_user_and_is_reported_by_the_pa
         .expect("copy");
     drop(conn);
     let metrics = Arc::new(Metrics::default());
-    let auth = Authenticator::new(
-        AuthConfig {
-            realm: "sipward".into(),
-            nonce_max_age_secs: 300,
-            nc_capacity: 100,
-            algorithms: vec![Algorithm::Md5],
-        },
-        [1; 32],
-        [2; 32],
-        metrics.clone(),
-    );
-    let opening = Arc::new(Opening {
-        opener: Some(reg.ha1_opener()),
-        realm: "sipward".into(),
-    });
+    let auth = authenticator_with(metrics.clone());
+    let opening = opening(&reg);
     let d = load(&reg, &opening, None).await;
     let unknown =
         || metrics.challenged_by_reason[Challenged::UnknownUser as usize].load(Ordering::Relaxed);
