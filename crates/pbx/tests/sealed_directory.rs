@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use accounts::extension::{ExtensionChange, NewExtension};
+use accounts::extension::ExtensionChange;
 use pbx::metrics::{Challenged, Metrics};
 
 mod sealed;
@@ -15,14 +15,8 @@ use sealed::*;
 async fn hashes_open_on_first_use_and_a_changed_password_replaces_them() {
     let dir = tempfile::tempdir().expect("tmp");
     let reg = registry(dir.path()).await;
-    for (n, id) in [("1001", "alice1001"), ("1002", "bob1002")] {
-        let new = NewExtension {
-            auth_id: Some(id.into()),
-            password: Some(OLD.into()),
-            ..NewExtension::default()
-        };
-        reg.add_extension(n, new).await.expect("add");
-    }
+    add(&reg, "1001", "alice1001", OLD).await;
+    add(&reg, "1002", "bob1002", OLD).await;
     let metrics = Arc::new(Metrics::default());
     let auth = authenticator_with(metrics.clone());
     let opening = opening(&reg);
@@ -70,14 +64,8 @@ async fn hashes_open_on_first_use_and_a_changed_password_replaces_them() {
 async fn a_value_that_does_not_open_is_an_unknown_user_and_is_reported_by_the_pass() {
     let dir = tempfile::tempdir().expect("tmp");
     let reg = registry(dir.path()).await;
-    for (n, id) in [("1001", "alice1001"), ("1002", "bob1002")] {
-        let new = NewExtension {
-            auth_id: Some(id.into()),
-            password: Some(OLD.into()),
-            ..NewExtension::default()
-        };
-        reg.add_extension(n, new).await.expect("add");
-    }
+    add(&reg, "1001", "alice1001", OLD).await;
+    add(&reg, "1002", "bob1002", OLD).await;
     // Alice's sealed MD5 HA1 copied into bob's row: it does not open there.
     let mut conn = reg.store().conn().await.expect("conn");
     let alice = store::account::get_extension(&mut conn, "1001")

@@ -366,17 +366,6 @@ impl From<&ExtensionRow> for ExtensionAuditRow {
     }
 }
 
-/// Every extension's audit columns, in no particular order (the audit sorts its findings).
-///
-/// One page of [`list_extensions_for_audit`]: up to the limit's extensions after a
-/// number, in number order, and the last number read (where the next page starts).
-#[derive(Debug, Default)]
-pub struct AuditPage {
-    pub rows: Vec<ExtensionAuditRow>,
-    /// `None` when no extension lies after the cursor.
-    pub last: Option<String>,
-}
-
 /// The extensions whose number sorts after `after` (`""` for the first page), at most
 /// `limit` of them: the audit reads accounts a page at a time, so that its memory is a
 /// page's, not every account's at once (at 10,000 extensions, all of them with their
@@ -393,7 +382,7 @@ pub async fn list_extensions_for_audit(
     db: &mut dyn Db,
     after: &str,
     limit: i64,
-) -> Result<AuditPage> {
+) -> Result<crate::Page<ExtensionAuditRow>> {
     let conn = raw(db);
     let sql = match crate::db::backend(conn) {
         crate::db::Backend::Sqlite => {
@@ -419,13 +408,16 @@ pub async fn list_extensions_for_audit(
     let packed: Option<String> = row.try_get("packed")?;
     let last: Option<String> = row.try_get("last")?;
     let Some(packed) = packed else {
-        return Ok(AuditPage::default());
+        return Ok(crate::Page {
+            rows: Vec::new(),
+            last,
+        });
     };
     let rows = packed
         .split('\u{1e}')
         .map(unpack_audit_row)
         .collect::<Result<_>>()?;
-    Ok(AuditPage { rows, last })
+    Ok(crate::Page { rows, last })
 }
 
 fn unpack_audit_row(record: &str) -> Result<ExtensionAuditRow> {

@@ -37,25 +37,15 @@ pub async fn accounts_version(db: &mut dyn Db) -> Result<i64> {
     crate::meta::meta_counter(conn, "registry_version").await
 }
 
-/// One page of the directory's extensions: up to the limit's extensions after a number,
-/// and the last number read (where the next page starts).
-#[derive(Debug, Default)]
-pub struct DirectoryPage {
-    pub rows: Vec<DirectoryRow>,
-    /// `None` when no extension lies after the cursor.
-    pub last: Option<String>,
-}
-
 /// The extensions that can register whose number sorts after `after` (`""` first), at
 /// most `limit`, packed by the database into one value (see
-/// `list_extensions_for_audit` for why). Read a page at a time, so that a start can open
-/// one page's sealed HA1s while the next is read, and never holds every row's packed
-/// text at once. The cursor is the database's `max(number)`, in the collation of its `>`.
+/// `list_extensions_for_audit` for why). Read a page at a time, so that a start never
+/// holds every row's packed text at once. The cursor is the database's `max(number)`, in the collation of its `>`.
 pub async fn extension_directory(
     db: &mut dyn Db,
     after: &str,
     limit: i64,
-) -> Result<DirectoryPage> {
+) -> Result<crate::Page<DirectoryRow>> {
     let conn = raw(db);
     let sql = match crate::db::backend(conn) {
         crate::db::Backend::Sqlite => {
@@ -80,7 +70,7 @@ pub async fn extension_directory(
         .await?;
     let mut rows = Vec::new();
     unpack(row.try_get("e")?, &mut rows)?;
-    Ok(DirectoryPage {
+    Ok(crate::Page {
         rows,
         last: row.try_get("last")?,
     })

@@ -39,3 +39,12 @@ pub use datadir::DataDir;
 pub use db::{Backend, Conn, Db, PgUrl, Store, Tx};
 pub use error::{BackupError, Error, Result};
 pub use vault::Vault;
+
+/// One page of accounts read in number order: up to a limit's rows after a number, and
+/// the last number read (where the next page starts), in the database's own collation.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub rows: Vec<T>,
+    /// `None` when no account lies after the cursor.
+    pub last: Option<String>,
+}
